@@ -1,0 +1,20 @@
+/**
+ * @file kvpages.h
+ * @brief Umbrella header of kvpages: includes the whole public C API.
+ *
+ * @defgroup kvpages kvpages
+ * @{
+ * @}
+ */
+#ifndef KVPAGES_H
+#define KVPAGES_H
+
+#include "kvpages/common.h"
+#include "kvpages/version.h"
+#include "kvpages/features.h"
+#include "kvpages/status.h"
+#include "kvpages/types.h"
+#include "kvpages/config.h"
+#include "kvpages/cache.h"
+
+#endif /* KVPAGES_H */

@@ -1,0 +1,220 @@
+/**
+ * @file kvpages/cache.h
+ * @brief The cache: one zero-filled page buffer per layer, and views of it.
+ *
+ * A ::kvp_cache owns `num_hidden_layers` buffers of identical shape (kvp_config_get_layout()),
+ * byte-exact to the reference layouts v2 and v3 (with its head_dim-64 case), on the CPU or a
+ * CUDA device. Page id `p` means the same token slots in every layer. Views describe the pages
+ * as strided tensors without copying.
+ *
+ * Thread safety of caches: a cache is not internally synchronised. Calls that modify the same
+ * cache must not run concurrently; calls taking a `const kvp_cache *` may run concurrently with
+ * each other; different caches may be used from different threads at once; a handle may be
+ * moved between threads.
+ *
+ * @defgroup kvp_cache Cache objects
+ * @ingroup kvpages
+ * @{
+ */
+#ifndef KVPAGES_CACHE_H
+#define KVPAGES_CACHE_H
+
+#include "kvpages/common.h"
+#include "kvpages/config.h"
+#include "kvpages/status.h"
+#include "kvpages/types.h"
+
+KVP_BEGIN_DECLS
+
+/** Opaque handle to a cache. Create with kvp_cache_create(), release with kvp_cache_destroy(). */
+typedef struct kvp_cache kvp_cache;
+
+/**
+ * @brief Optional host allocator used for the cache's page buffers and bookkeeping objects.
+ *
+ * @warning Callbacks must not unwind (no C++ exception, Rust panic or longjmp through them).
+ */
+typedef struct kvp_host_allocator {
+  /** Returns `size` bytes aligned to `align` (a power of two), or NULL on failure. */
+  void *(KVP_CALL *alloc)(void *user_data, size_t size, size_t align);
+  /** Releases a block returned by `alloc`; `ptr` is never NULL. */
+  void(KVP_CALL *free)(void *user_data, void *ptr);
+  /** Passed to both callbacks. */
+  void *user_data;
+} kvp_host_allocator;
+
+/** Current value of kvp_cache_options::abi_version. */
+#define KVP_CACHE_OPTIONS_VERSION 1u
+
+/** @brief Options of kvp_cache_create(). Zero means default for every field. */
+typedef struct kvp_cache_options {
+  uint32_t struct_size;                 /**< sizeof(kvp_cache_options). */
+  uint32_t abi_version;                 /**< ::KVP_CACHE_OPTIONS_VERSION. */
+  kvp_device_type device_type;          /**< ::KVP_DEVICE_CPU (0 = CPU) or ::KVP_DEVICE_CUDA. */
+  int32_t device_id;                    /**< CUDA ordinal; must be 0 for the CPU. */
+  const kvp_host_allocator *allocator;  /**< Host allocator (borrowed, must outlive the cache); NULL = built-in. */
+} kvp_cache_options;
+
+/** Static initialiser: a CPU cache with the built-in allocator. */
+#define KVP_CACHE_OPTIONS_INIT {sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION}
+
+/**
+ * @brief Fills cache options with defaults.
+ * @param[out] opts Options, not NULL.
+ * @param[in] struct_size sizeof(kvp_cache_options) as the caller sees it.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_ARGUMENT `opts` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_options_init(kvp_cache_options *opts, uint32_t struct_size);
+
+/**
+ * @brief Allocates a cache for a config: one zero-filled buffer per layer.
+ *
+ * On the CPU, large buffers come from the operating system already zeroed (anonymous mappings),
+ * so memory is not touched twice; with a custom allocator the library zero-fills what it gets.
+ * The config is copied.
+ *
+ * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
+ * @param[in] opts Options, or NULL for defaults (CPU).
+ * @param[out] out Receives the new handle, not NULL; set to NULL on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `cfg`/`out`, invalid config, `num_pages` < 1, bad device fields.
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype, or a non-zero tail in a larger options struct.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
+ * @retval KVP_ERR_NO_DEVICE CUDA requested but unavailable in this build or machine.
+ * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted; nothing leaked.
+ * @ownership Caller-owned result: release with kvp_cache_destroy().
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_create(const kvp_config *cfg, const kvp_cache_options *opts,
+                                             kvp_cache **out);
+
+/**
+ * @brief Releases a cache and its buffers. NULL is a no-op.
+ *
+ * The handle is poisoned before its memory is released, so a later call with it returns
+ * ::KVP_ERR_INVALID_HANDLE (with API armor, the default, even a double destroy is detected
+ * without touching freed memory).
+ *
+ * @param[in] cache Handle or NULL.
+ * @retval KVP_OK Released (or NULL).
+ * @retval KVP_ERR_INVALID_HANDLE Not a live cache handle.
+ * @ownership Takes ownership of `cache`.
+ * @threadsafety Must not race with other calls on the same cache.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_destroy(kvp_cache *cache);
+
+/**
+ * @brief Copies the config a cache was created with.
+ * @param[in] cache Cache handle.
+ * @param[out] out Config, not NULL.
+ * @retval KVP_OK Copied.
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_get_config(const kvp_cache *cache, kvp_config *out);
+
+/**
+ * @brief Returns the geometry of a cache's layer buffers (see kvp_config_get_layout()).
+ * @param[in] cache Cache handle.
+ * @param[out] out Info, not NULL, with `struct_size` set.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown `struct_size`.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_get_layout(const kvp_cache *cache, kvp_layout_info *out);
+
+/**
+ * @brief Reports where a cache lives.
+ * @param[in] cache Cache handle.
+ * @param[out] device_type_out ::KVP_DEVICE_CPU or ::KVP_DEVICE_CUDA; may be NULL.
+ * @param[out] device_id_out CUDA ordinal (0 on the CPU); may be NULL.
+ * @retval KVP_OK Reported.
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_get_device(const kvp_cache *cache,
+                                                 kvp_device_type *device_type_out,
+                                                 int32_t *device_id_out);
+
+/** Which view of a layer kvp_cache_get_view() describes. */
+typedef uint32_t kvp_view_kind;
+/** The layer's pages in the reference shape: v3 `[P,S,G,pack,Dst]`, v2 `[P,S,2H,D]`. */
+#define KVP_VIEW_PAGES 0u
+/** The reference's `flattened_kv_pages()`: v3 `[P,S,G*pack,Dst]`, v2 `[P,S,2H,D]`. */
+#define KVP_VIEW_FLAT 1u
+/** The keys, correctly: `[P,S,H,D]` (padding lanes and padding heads excluded; h64 lanes 0..63). */
+#define KVP_VIEW_KEYS 2u
+/** The values, correctly: `[P,S,H,D]` (h64: lanes 64..127). */
+#define KVP_VIEW_VALUES 3u
+/** The reference's literal `key_pages`: flattened `[:, :, 0::2, :]` (wrong for head_dim 64; see docs). */
+#define KVP_VIEW_REFERENCE_KEYS 4u
+/** The reference's literal `value_pages`: flattened `[:, :, 1::2, :]`. */
+#define KVP_VIEW_REFERENCE_VALUES 5u
+
+/**
+ * @brief Describes a view of one layer's pages as a strided tensor (no copy).
+ *
+ * The data pointer stays valid until the cache is destroyed; it is a device pointer for a CUDA
+ * cache. Writing through it is allowed (the cache does not cache anything about the contents).
+ *
+ * @param[in] cache Cache handle.
+ * @param[in] layer Layer index, < num_hidden_layers.
+ * @param[in] kind One of the `KVP_VIEW_*` values.
+ * @param[out] out Tensor descriptor, not NULL; unchanged on failure.
+ * @retval KVP_OK Described.
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL, `layer` out of range, or unknown `kind`.
+ * @ownership The tensor borrows the cache's memory.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_get_view(const kvp_cache *cache, uint32_t layer,
+                                               kvp_view_kind kind, kvp_tensor *out);
+
+/**
+ * @brief Reports (without clearing) the sticky asynchronous error of a cache.
+ *
+ * CPU caches never have one. A CUDA cache records here device faults and device-side validation
+ * failures of earlier calls; while one is set every other call except kvp_cache_destroy(),
+ * this function and kvp_cache_clear_async_error() returns ::KVP_ERR_DEVICE_LOST.
+ *
+ * @param[in] cache Cache handle.
+ * @param[out] out ::KVP_OK or the recorded error code, not NULL.
+ * @retval KVP_OK Reported (the recorded error is in `*out`; its message becomes this thread's last message).
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_get_async_error(const kvp_cache *cache, kvp_status *out);
+
+/**
+ * @brief Clears a recorded recoverable asynchronous error (a device-side validation failure),
+ *        so the cache accepts work again. A sticky CUDA fault cannot be cleared.
+ * @param[in] cache Cache handle.
+ * @retval KVP_OK Cleared (or nothing was recorded).
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @retval KVP_ERR_DEVICE_LOST The error is a sticky device fault; destroy the cache.
+ * @threadsafety Must not race with other calls on the same cache.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_clear_async_error(kvp_cache *cache);
+
+KVP_END_DECLS
+
+/** @} */
+#endif /* KVPAGES_CACHE_H */

@@ -1,0 +1,340 @@
+/**
+ * @file kvpages/config.h
+ * @brief The cache configuration (the reference's cache metadata), memory budgeting, derived
+ *        geometry and the planning query.
+ *
+ * A ::kvp_config is a plain value record with every field of the reference's
+ * `RaggedPagesCacheMetaData`, in the same order. kvp_config_create() fills it from model
+ * hyper-parameters and a memory budget, deriving `num_pages`, `max_num_pages_per_req` and
+ * `num_slices_per_kv_cache_update_page`. Callers may also fill a record by hand (for example
+ * from JSON): every function that reads a record validates it first.
+ *
+ * **Budgeting difference from the reference.** The reference sizes a page with the unpadded
+ * element count `2 * layers * page_size * kv_heads * head_dim * itemsize`, but the v3 storage
+ * pads the head dim to a multiple of 128 and the combined-head count to a multiple of the
+ * packing, so whenever padding occurs it allocates more than its budget (×1.33 for head_dim 96,
+ * ×2 for fp8 MQA). kvpages budgets with the true padded page size by default; set
+ * ::KVP_CONFIG_FLAG_REFERENCE_BUDGET to get the reference's `num_pages` exactly.
+ *
+ * @defgroup kvp_config Configuration and planning
+ * @ingroup kvpages
+ * @{
+ */
+#ifndef KVPAGES_CONFIG_H
+#define KVPAGES_CONFIG_H
+
+#include "kvpages/common.h"
+#include "kvpages/status.h"
+#include "kvpages/types.h"
+
+KVP_BEGIN_DECLS
+
+/** Current value of kvp_config::abi_version. */
+#define KVP_CONFIG_VERSION 1u
+
+/**
+ * @brief The cache configuration: geometry and derived sizes (the reference's 14 seed fields).
+ *
+ * A value record; copy it freely. Initialise with kvp_config_init() (reference defaults) or
+ * ::KVP_CONFIG_INIT, or get one from kvp_config_create(). `-1` means "not computed", as in the
+ * reference.
+ */
+typedef struct kvp_config {
+  uint32_t struct_size;                        /**< sizeof(kvp_config) as compiled by the caller. */
+  uint32_t abi_version;                        /**< ::KVP_CONFIG_VERSION. */
+  int64_t num_hidden_layers;                   /**< Layers (= per-layer buffers), > 0. */
+  int64_t max_model_length;                    /**< Longest sequence in tokens, > 0. */
+  int64_t num_kv_heads;                        /**< KV heads per layer, > 0. */
+  int64_t k_headdim;                           /**< Key head dim; drives the layout (64 → packed [K|V] lanes). */
+  int64_t v_headdim;                           /**< Value head dim; must equal k_headdim. */
+  double hbm_utilization;                      /**< Fraction of device memory to budget, (0, 1]. Default 0.9. */
+  int64_t page_size;                           /**< Tokens per page, > 0, multiple of the packing. Default 128. */
+  int64_t num_pages;                           /**< Pages per layer including the null page 0; -1 = not computed. */
+  int64_t max_num_pages_per_req;               /**< cdiv(max_model_length, page_size); -1 = not computed. */
+  int64_t num_slices_per_kv_cache_update_page; /**< v2 update batching factor in {1…64}; -1 = not computed. */
+  int64_t max_num_tokens;                      /**< Optional hint: tokens per step; -1 = unset. */
+  int64_t max_num_reqs;                        /**< Optional hint: concurrent requests; -1 = unset. */
+  kvp_layout version;                          /**< ::KVP_LAYOUT_V3 (default) or ::KVP_LAYOUT_V2. */
+  kvp_dtype kvdtype;                           /**< Storage dtype (default ::KVP_DTYPE_BF16). */
+} kvp_config;
+
+/** Static initialiser with the reference defaults; set the model fields afterwards. */
+#define KVP_CONFIG_INIT                                                                      \
+  {                                                                                          \
+    sizeof(kvp_config), KVP_CONFIG_VERSION, 0, 0, 0, 0, 0, 0.9, 128, -1, -1, -1, -1, -1,     \
+        KVP_LAYOUT_V3, KVP_DTYPE_BF16                                                        \
+  }
+
+/**
+ * @brief Fills a config record with the reference defaults (page 128, util 0.9, v3, bf16, -1
+ *        for the derived fields, 0 for the model fields).
+ * @param[out] cfg Record to fill, not NULL.
+ * @param[in] struct_size sizeof(kvp_config) as the caller sees it.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_ARGUMENT `cfg` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` is smaller than version 1 of the struct.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_config_init(kvp_config *cfg, uint32_t struct_size);
+
+/**
+ * @brief Checks a config record: known version and dtype, positive sizes, derived fields
+ *        consistent with the formulas.
+ *
+ * This is the check every function taking a `const kvp_config *` runs first.
+ *
+ * @param[in] cfg Record, not NULL.
+ * @retval KVP_OK Valid.
+ * @retval KVP_ERR_INVALID_ARGUMENT A field is out of range or inconsistent (the message names it).
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype.
+ * @retval KVP_ERR_UNSUPPORTED A dtype known only by name (fp64, fnuz variants).
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown struct_size or abi_version.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_config_validate(const kvp_config *cfg);
+
+/** Memory statistics of one device, the inputs of the reference's budget function. 0 = absent. */
+typedef struct kvp_memory_stats {
+  int64_t bytes_limit;            /**< Allocator limit; first non-zero of limit, reservable limit, total is used. */
+  int64_t bytes_reservable_limit; /**< Reservable limit. */
+  int64_t bytes_total;            /**< Physical total. */
+  int64_t bytes_in_use;           /**< Bytes in use. */
+  int64_t bytes_reserved;         /**< Bytes reserved; used = max(in_use, reserved). */
+  uint32_t valid;                 /**< Non-zero when the device reported stats; 0 = skip this device. */
+  uint32_t _reserved;             /**< Must be 0. */
+} kvp_memory_stats;
+
+/** Budget mode: `max(0, floor(free * util) - margin)` (what the reference's create uses). */
+#define KVP_BUDGET_FREE 0u
+/** Budget mode: `max(0, floor(limit * util) - used - margin)`. */
+#define KVP_BUDGET_TOTAL 1u
+
+/** Safety margin of the reference budget function: 256 MiB. */
+#define KVP_DEFAULT_SAFETY_MARGIN 268435456
+/** Budget returned when no device reported statistics: 4 GiB. */
+#define KVP_FALLBACK_BUDGET 4294967296
+
+/**
+ * @brief The reference's per-device budget (`per_device_hbm_budget_bytes`) over a list of
+ *        device statistics.
+ *
+ * For each device with `valid` set and a non-zero limit: `free = max(0, limit - used)`, then the
+ * usable bytes by `mode`; the result is the minimum over those devices, or
+ * ::KVP_FALLBACK_BUDGET when none reported.
+ *
+ * @param[in] stats Array of `num_stats` entries; may be NULL when `num_stats` is 0.
+ * @param[in] num_stats Number of entries.
+ * @param[in] utilization Fraction in (0, 1].
+ * @param[in] mode ::KVP_BUDGET_FREE or ::KVP_BUDGET_TOTAL.
+ * @param[in] safety_margin_bytes Bytes subtracted, ≥ 0 (reference: ::KVP_DEFAULT_SAFETY_MARGIN).
+ * @param[out] out Budget in bytes, not NULL; unchanged on failure.
+ * @retval KVP_OK Computed.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, utilization out of range, negative margin or sizes, unknown mode.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_hbm_budget_bytes(const kvp_memory_stats *stats, uint32_t num_stats,
+                                                 double utilization, uint32_t mode,
+                                                 int64_t safety_margin_bytes, int64_t *out);
+
+/**
+ * @brief Reads the memory statistics of a device: for the CPU the host's total and available
+ *        memory (`/proc/meminfo`), for CUDA `cudaMemGetInfo`.
+ * @param[in] device_type ::KVP_DEVICE_CPU or ::KVP_DEVICE_CUDA.
+ * @param[in] device_id CUDA ordinal (0 for the CPU).
+ * @param[out] out Statistics, not NULL; unchanged on failure.
+ * @retval KVP_OK Read.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL or the device type is unknown.
+ * @retval KVP_ERR_NO_DEVICE No such device, or no CUDA backend in this build.
+ * @retval KVP_ERR_IO The host statistics could not be read.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_device_memory_stats(kvp_device_type device_type, int32_t device_id,
+                                                    kvp_memory_stats *out);
+
+/** Flag: size pages with the reference's unpadded formula (reproduces its `num_pages` exactly). */
+#define KVP_CONFIG_FLAG_REFERENCE_BUDGET (1u << 0)
+/** Flag: no safety margin (overrides kvp_config_options::safety_margin_bytes). */
+#define KVP_CONFIG_FLAG_NO_SAFETY_MARGIN (1u << 1)
+
+/** Current value of kvp_config_options::abi_version. */
+#define KVP_CONFIG_OPTIONS_VERSION 1u
+
+/**
+ * @brief Inputs of kvp_config_create(): the model shape and how to budget memory.
+ *
+ * Zero means "default" for every field, so a zeroed struct with its size and version set plus the
+ * required model fields is valid.
+ */
+typedef struct kvp_config_options {
+  uint32_t struct_size;                 /**< sizeof(kvp_config_options). */
+  uint32_t abi_version;                 /**< ::KVP_CONFIG_OPTIONS_VERSION. */
+  int64_t num_hidden_layers;            /**< Required, > 0. */
+  int64_t num_kv_heads;                 /**< Required, > 0 (global, unsharded count). */
+  int64_t max_model_length;             /**< Required, > 0. */
+  int64_t kv_head_dim_size;             /**< Head dim used for budgeting; 0 = k_headdim. One of the two is required. */
+  int64_t k_headdim;                    /**< Key head dim; 0 = kv_head_dim_size. */
+  int64_t v_headdim;                    /**< Value head dim; 0 = kv_head_dim_size. Must equal k_headdim. */
+  double hbm_utilization;               /**< (0, 1]; 0 = 0.9. */
+  int64_t page_size;                    /**< Tokens per page; 0 = 128. */
+  kvp_dtype kvdtype;                    /**< Storage dtype; 0 = bf16. */
+  kvp_layout version;                   /**< ::KVP_LAYOUT_V3 / ::KVP_LAYOUT_V2; 0 = v3. */
+  uint32_t budget_mode;                 /**< ::KVP_BUDGET_FREE (default, as the reference) or ::KVP_BUDGET_TOTAL. */
+  uint32_t flags;                       /**< `KVP_CONFIG_FLAG_*`. */
+  int64_t budget_bytes;                 /**< > 0: use this per-device budget, skip statistics. 0 = compute. */
+  int64_t safety_margin_bytes;          /**< 0 = 256 MiB; use ::KVP_CONFIG_FLAG_NO_SAFETY_MARGIN for none. */
+  const kvp_memory_stats *memory_stats; /**< Injected statistics (borrowed); NULL = read the device. */
+  uint32_t num_memory_stats;            /**< Entries in memory_stats. */
+  kvp_device_type device_type;          /**< Device whose memory is budgeted; 0 = CPU. */
+  int32_t device_id;                    /**< CUDA ordinal. */
+  uint32_t _reserved0;                  /**< Must be 0. */
+  int64_t kv_head_shards;               /**< Devices the KV heads are sharded over (budget ×S); 0 = 1. */
+  int64_t max_num_tokens;               /**< Hint stored in the record; 0 = -1 (unset). */
+  int64_t max_num_reqs;                 /**< Hint stored in the record; 0 = -1 (unset). */
+} kvp_config_options;
+
+/** Static initialiser: everything default, model fields still to be set. */
+#define KVP_CONFIG_OPTIONS_INIT {sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION}
+
+/**
+ * @brief Fills options with defaults (all zero, size and version set).
+ * @param[out] opts Options to fill, not NULL.
+ * @param[in] struct_size sizeof(kvp_config_options) as the caller sees it.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_ARGUMENT `opts` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` is smaller than version 1 of the struct.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_config_options_init(kvp_config_options *opts, uint32_t struct_size);
+
+/**
+ * @brief Creates a validated config: derives `num_pages` from the memory budget,
+ *        `max_num_pages_per_req` and `num_slices_per_kv_cache_update_page` (the reference's
+ *        `create()`, with its errors as status codes).
+ *
+ * Budget: `budget_bytes` if > 0, else kvp_hbm_budget_bytes() over `memory_stats` if given, else
+ * over the statistics of the device. The budget is multiplied by `kv_head_shards`, then divided
+ * by the bytes of one page over all layers (true padded size, or the reference formula with
+ * ::KVP_CONFIG_FLAG_REFERENCE_BUDGET). Nothing is allocated.
+ *
+ * Rejected (::KVP_ERR_INVALID_ARGUMENT unless noted): non-positive layers, KV heads, max length,
+ * page size or head dims; k_headdim ≠ v_headdim; page size not a multiple of the packing;
+ * utilization outside (0, 1]; a page of one layer over 16 MiB; a budget too small for one page
+ * (`num_pages` ≤ 0); unknown dtype or layout (::KVP_ERR_NOT_FOUND); fp64 or fnuz dtypes
+ * (::KVP_ERR_UNSUPPORTED); non-zero reserved fields or unknown flags (::KVP_ERR_UNSUPPORTED).
+ *
+ * @param[in] opts Options, not NULL.
+ * @param[out] out The config, not NULL; unchanged on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_INVALID_ARGUMENT See above.
+ * @retval KVP_ERR_NOT_FOUND Unknown dtype or layout version.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype, unknown flag, non-zero reserved field.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_NO_DEVICE The budget device does not exist.
+ * @retval KVP_ERR_IO Host memory statistics could not be read.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ * @code
+ * kvp_config_options o = KVP_CONFIG_OPTIONS_INIT;
+ * o.num_hidden_layers = 32; o.num_kv_heads = 8; o.kv_head_dim_size = 128;
+ * o.max_model_length = 8192; o.budget_bytes = 8LL << 30;
+ * kvp_config cfg;
+ * if (kvp_config_create(&o, &cfg) != KVP_OK) puts(kvp_last_error_message());
+ * @endcode
+ */
+KVP_API kvp_status KVP_CALL kvp_config_create(const kvp_config_options *opts, kvp_config *out);
+
+/**
+ * @brief Geometry derived from a config (the reference's derived properties).
+ */
+typedef struct kvp_layout_info {
+  uint32_t struct_size;                  /**< sizeof(kvp_layout_info); set by the caller. */
+  uint32_t is_h64;                       /**< 1 when the v3 head_dim-64 layout ([K|V] in 128 lanes) applies. */
+  int64_t kv_head_packing;               /**< 32 / bits of the storage dtype. */
+  int64_t storage_num_combined_kv_heads; /**< v3: align(2H, pack), h64: align(H, pack). v2: 2H. */
+  int64_t storage_num_kv_groups;         /**< v3: combined / pack. v2: 2H. */
+  int64_t storage_head_dim;              /**< v3: align(D, 128), h64: 128. v2: D. */
+  int64_t itemsize;                      /**< Bytes per stored element. */
+  int32_t ndim;                          /**< Rank of a layer's pages: 5 for v3, 4 for v2. */
+  int32_t _reserved;                     /**< 0. */
+  int64_t shape[5];                      /**< Shape of a layer's pages (get_shape_and_axes). */
+  int64_t layer_bytes;                   /**< Bytes of one layer's buffer. */
+  int64_t page_bytes_per_layer;          /**< True bytes of one page of one layer. */
+  int64_t max_num_seqs;                  /**< The reference's get_max_num_seqs(): (524288 / pages_per_req) / 4. */
+} kvp_layout_info;
+
+/**
+ * @brief Computes the derived geometry of a config.
+ * @param[in] cfg Config, not NULL; validated first (kvp_config_validate()).
+ * @param[out] out Info, not NULL; `out->struct_size` must be set; unchanged on failure.
+ * @retval KVP_OK Computed.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer or invalid config (message names the field).
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype in `cfg`.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown struct sizes.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_config_get_layout(const kvp_config *cfg, kvp_layout_info *out);
+
+/**
+ * @brief The reference's `get_padded_num_slices(num_tokens, max_num_reqs)`: an upper bound on
+ *        the v2 update slices of one step, rounded up to `num_slices_per_kv_cache_update_page`.
+ *
+ * T = `num_tokens` if > 0, else the config's `max_num_tokens` if > 0, else `max_model_length`;
+ * R = `max_num_reqs` if > 0, else the config's if > 0, else get_max_num_seqs();
+ * result = round_up(min(2R + T / page_size, T), slices_per_page).
+ *
+ * @param[in] cfg Config, not NULL; must have a positive `num_slices_per_kv_cache_update_page`.
+ * @param[in] num_tokens Tokens this step, or ≤ 0 for the default.
+ * @param[in] max_num_reqs Requests this step, or ≤ 0 for the default.
+ * @param[out] out Slice capacity, not NULL; unchanged on failure.
+ * @retval KVP_OK Computed.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, invalid config, or slices-per-page not computed.
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype in `cfg`.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown struct size.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_config_padded_num_slices(const kvp_config *cfg, int64_t num_tokens,
+                                                         int64_t max_num_reqs, int64_t *out);
+
+/** @brief Planning numbers of a config, filled by kvp_config_plan(). */
+typedef struct kvp_plan {
+  uint32_t struct_size;             /**< sizeof(kvp_plan); set by the caller. */
+  uint32_t _reserved;               /**< 0. */
+  int64_t num_pages;                /**< Pages per layer, including the reserved null page 0. */
+  int64_t usable_pages;             /**< num_pages - 1: pages a pool can hand out. */
+  int64_t page_size;                /**< Tokens per page. */
+  int64_t bytes_per_page;           /**< True bytes of one page over all layers (K and V, padding included). */
+  int64_t reference_bytes_per_page; /**< The reference's unpadded page_bytes over all layers. */
+  int64_t bytes_per_token;          /**< bytes_per_page / page_size. */
+  int64_t total_bytes;              /**< Bytes the cache allocates: num_pages * bytes_per_page. */
+  int64_t token_capacity;           /**< Tokens that fit: usable_pages * page_size. */
+  int64_t max_concurrent_seqs;      /**< Sequences of max_model_length that fit: usable_pages / max_num_pages_per_req. */
+  int64_t max_num_seqs;             /**< The reference's SMEM page-table bound (get_max_num_seqs). */
+} kvp_plan;
+
+/**
+ * @brief Answers "what fits" for a config before anything is allocated.
+ * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
+ * @param[out] out Plan, not NULL; `out->struct_size` must be set; unchanged on failure.
+ * @retval KVP_OK Computed.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, invalid config or `num_pages` < 1.
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype in `cfg`.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown struct sizes.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_config_plan(const kvp_config *cfg, kvp_plan *out);
+
+KVP_END_DECLS
+
+/** @} */
+#endif /* KVPAGES_CONFIG_H */

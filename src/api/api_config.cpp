@@ -1,0 +1,108 @@
+// kvp_config_* shims: validate arguments, run the core, map errors.
+#include <cstring>
+
+#include "core/config.hpp"
+#include "kvpages/config.h"
+#include "util/error.hpp"
+#include "util/options.hpp"
+
+using namespace kvp::detail;
+
+extern "C" {
+
+KVP_API kvp_status kvp_config_init(kvp_config* cfg, uint32_t struct_size) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(cfg);
+  if (struct_size < sizeof(kvp_config))
+    fail(KVP_ERR_VERSION_MISMATCH, "kvp_config_init: struct_size %u is smaller than version 1 of kvp_config (%zu bytes)",
+         struct_size, sizeof(kvp_config));
+  kvp_config c = KVP_CONFIG_INIT;
+  std::memcpy(cfg, &c, sizeof c);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_validate(const kvp_config* cfg) {
+  KVP_API_BEGIN;
+  const kvp_config c = read_config(cfg, "kvp_config_validate");
+  validate_config(c, "kvp_config_validate");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_hbm_budget_bytes(const kvp_memory_stats* stats, uint32_t num_stats, double utilization,
+                                        uint32_t mode, int64_t safety_margin_bytes, int64_t* out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  *out = hbm_budget_bytes(stats, num_stats, utilization, mode, safety_margin_bytes);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_device_memory_stats(kvp_device_type device_type, int32_t device_id, kvp_memory_stats* out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  kvp_memory_stats s;
+  device_memory_stats(device_type, device_id, &s);
+  *out = s;
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_options_init(kvp_config_options* opts, uint32_t struct_size) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(opts);
+  init_versioned(opts, struct_size, sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION, "kvp_config_options_init",
+                 "kvp_config_options");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_create(const kvp_config_options* opts, kvp_config* out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(opts);
+  KVP_REQUIRE_NOT_NULL(out);
+  const kvp_config_options o =
+      read_versioned(opts, sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION, "kvp_config_create", "kvp_config_options");
+  const kvp_config c = create_config(o, "kvp_config_create");
+  std::memcpy(out, &c, sizeof c);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_get_layout(const kvp_config* cfg, kvp_layout_info* out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  const kvp_config c = read_config(cfg, "kvp_config_get_layout");
+  const Layout L = layout_of(c, "kvp_config_get_layout");
+  kvp_layout_info li;
+  std::memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  li.is_h64 = L.h64 ? 1u : 0u;
+  li.kv_head_packing = L.packing;
+  li.storage_num_combined_kv_heads = L.combined_heads;
+  li.storage_num_kv_groups = L.groups;
+  li.storage_head_dim = L.storage_head_dim;
+  li.itemsize = L.itemsize;
+  li.ndim = L.ndim;
+  for (int i = 0; i < 5; ++i) li.shape[i] = i < L.ndim ? L.shape[i] : 0;
+  li.layer_bytes = L.layer_bytes;
+  li.page_bytes_per_layer = L.page_bytes_per_layer;
+  li.max_num_seqs = L.max_num_seqs;
+  write_versioned(out, li, sizeof(kvp_layout_info), "kvp_config_get_layout", "kvp_layout_info");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_padded_num_slices(const kvp_config* cfg, int64_t num_tokens, int64_t max_num_reqs,
+                                                int64_t* out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  const kvp_config c = read_config(cfg, "kvp_config_padded_num_slices");
+  *out = padded_num_slices(c, num_tokens, max_num_reqs, "kvp_config_padded_num_slices");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_plan(const kvp_config* cfg, kvp_plan* out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  const kvp_config c = read_config(cfg, "kvp_config_plan");
+  const kvp_plan p = plan_of(c, "kvp_config_plan");
+  write_versioned(out, p, sizeof(kvp_plan), "kvp_config_plan", "kvp_plan");
+  KVP_API_END;
+}
+
+}  // extern "C"

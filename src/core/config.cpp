@@ -1,0 +1,339 @@
+// Config validation, derived geometry, budgeting and creation (SPEC.md §1, §2, §7.1).
+#include "core/config.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "backend/backend.hpp"
+#include "core/dtype.hpp"
+#include "core/math.hpp"
+#include "util/error.hpp"
+#include "util/options.hpp"
+
+namespace kvp::detail {
+namespace {
+constexpr int64_t kSixteenMiB = 16 * 1024 * 1024;
+constexpr int64_t kSlicesCap = 64;
+
+long long ll(int64_t v) { return static_cast<long long>(v); }
+}  // namespace
+
+int64_t page_size_bytes(int64_t page_size, int64_t num_kv_heads, int64_t head_size, kvp_dtype dtype) {
+  if (page_size <= 0) fail(KVP_ERR_INVALID_ARGUMENT, "page_size must be positive, got %lld", ll(page_size));
+  if (num_kv_heads <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "num_kv_heads must be positive, got %lld", ll(num_kv_heads));
+  if (head_size <= 0) fail(KVP_ERR_INVALID_ARGUMENT, "head_size must be positive, got %lld", ll(head_size));
+  const int64_t packing = dtype_packing(dtype);
+  const int64_t padded_head = checked_mul(cdiv(head_size, 128), 128, "padded head size");
+  const int64_t combined = align_to_multiple(checked_mul(2, num_kv_heads, "2 * num_kv_heads"), packing);
+  int64_t bytes = checked_mul(page_size, combined, "page size in bytes");
+  bytes = checked_mul(bytes, padded_head, "page size in bytes");
+  bytes = checked_mul(bytes, static_cast<int64_t>(dtype_bits(dtype)), "page size in bytes");
+  return bytes / 8;
+}
+
+int64_t num_slices_per_update_page(int64_t page_size_bytes_v) {
+  if (page_size_bytes_v <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "page_size_bytes must be positive, got %lld", ll(page_size_bytes_v));
+  const int64_t n = kSixteenMiB / page_size_bytes_v;
+  if (n <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "Number of slices should be positive: a page of one layer is %lld bytes, more than the 16 MiB "
+         "(16777216 bytes) update staging buffer",
+         ll(page_size_bytes_v));
+  const int64_t p = previous_power_of_2(n);
+  return p < kSlicesCap ? p : kSlicesCap;
+}
+
+int64_t max_num_seqs(const kvp_config& cfg) {
+  const int64_t pages_per_req = cdiv(cfg.max_model_length, cfg.page_size);
+  if (pages_per_req <= 0) return 0;
+  return ((1048576 / 2) / pages_per_req) / 4;
+}
+
+kvp_config read_config(const kvp_config* cfg, const char* function) {
+  if (cfg == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: config must not be NULL", function);
+  return read_versioned(cfg, sizeof(kvp_config), KVP_CONFIG_VERSION, function, "kvp_config");
+}
+
+void validate_config(const kvp_config& c, const char* fn) {
+  if (c.version != KVP_LAYOUT_V2 && c.version != KVP_LAYOUT_V3)
+    fail(KVP_ERR_NOT_FOUND, "%s: unknown layout version %u (expected v2 or v3)", fn,
+         static_cast<unsigned>(c.version));
+  require_storage_dtype(c.kvdtype, fn);
+  if (c.num_hidden_layers <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_hidden_layers must be positive, got %lld", fn, ll(c.num_hidden_layers));
+  if (c.num_kv_heads <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_kv_heads must be positive, got %lld", fn, ll(c.num_kv_heads));
+  if (c.k_headdim <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: k_headdim must be positive, got %lld", fn, ll(c.k_headdim));
+  if (c.v_headdim != c.k_headdim)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: v_headdim (%lld) must equal k_headdim (%lld): the layouts store values with the key head dim",
+         fn, ll(c.v_headdim), ll(c.k_headdim));
+  if (c.max_model_length <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_model_length must be positive, got %lld", fn, ll(c.max_model_length));
+  if (c.page_size <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_size must be positive, got %lld", fn, ll(c.page_size));
+  const int64_t packing = dtype_packing(c.kvdtype);
+  if (c.page_size % packing != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_size %lld must be a multiple of the packing %lld of %s", fn,
+         ll(c.page_size), ll(packing), dtype_name(c.kvdtype));
+  if (!(c.hbm_utilization > 0.0 && c.hbm_utilization <= 1.0))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: hbm_utilization must be in (0, 1], got %g", fn, c.hbm_utilization);
+  if (c.num_pages != -1 && c.num_pages < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages must be -1 (not computed) or positive, got %lld", fn,
+         ll(c.num_pages));
+  const int64_t ppr = cdiv(c.max_model_length, c.page_size);
+  if (c.max_num_pages_per_req != -1 && c.max_num_pages_per_req != ppr)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: max_num_pages_per_req is %lld but cdiv(max_model_length %lld, page_size %lld) = %lld", fn,
+         ll(c.max_num_pages_per_req), ll(c.max_model_length), ll(c.page_size), ll(ppr));
+  const int64_t slices = num_slices_per_update_page(page_size_bytes(c.page_size, c.num_kv_heads, c.k_headdim, c.kvdtype));
+  if (c.num_slices_per_kv_cache_update_page != -1 && c.num_slices_per_kv_cache_update_page != slices)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_slices_per_kv_cache_update_page is %lld but the formula gives %lld",
+         fn, ll(c.num_slices_per_kv_cache_update_page), ll(slices));
+  if (c.max_num_tokens != -1 && c.max_num_tokens <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens must be -1 (unset) or positive, got %lld", fn,
+         ll(c.max_num_tokens));
+  if (c.max_num_reqs != -1 && c.max_num_reqs <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs must be -1 (unset) or positive, got %lld", fn,
+         ll(c.max_num_reqs));
+}
+
+Layout layout_of(const kvp_config& c, const char* fn) {
+  validate_config(c, fn);
+  Layout L;
+  L.v3 = c.version == KVP_LAYOUT_V3;
+  L.dtype = c.kvdtype;
+  L.itemsize = dtype_size(c.kvdtype);
+  L.num_layers = c.num_hidden_layers;
+  L.num_pages = c.num_pages > 0 ? c.num_pages : 0;
+  L.page_size = c.page_size;
+  L.num_kv_heads = c.num_kv_heads;
+  L.head_dim = c.k_headdim;
+  L.packing = dtype_packing(c.kvdtype);
+  const int64_t two_h = checked_mul(2, c.num_kv_heads, "2 * num_kv_heads");
+  if (L.v3) {
+    L.h64 = c.k_headdim == 64;
+    L.combined_heads = L.h64 ? align_to_multiple(c.num_kv_heads, L.packing) : align_to_multiple(two_h, L.packing);
+    L.groups = L.combined_heads / L.packing;
+    L.storage_head_dim = L.h64 ? 128 : align_to_multiple(c.k_headdim, 128);
+    L.ndim = 5;
+    L.shape[0] = L.num_pages;
+    L.shape[1] = L.page_size;
+    L.shape[2] = L.groups;
+    L.shape[3] = L.packing;
+    L.shape[4] = L.storage_head_dim;
+  } else {
+    L.h64 = false;
+    L.combined_heads = two_h;
+    L.groups = two_h;
+    L.storage_head_dim = c.k_headdim;
+    L.ndim = 4;
+    L.shape[0] = L.num_pages;
+    L.shape[1] = L.page_size;
+    L.shape[2] = two_h;
+    L.shape[3] = c.k_headdim;
+  }
+  L.token_elems = checked_mul(L.combined_heads, L.storage_head_dim, "elements per token");
+  L.page_elems = checked_mul(L.page_size, L.token_elems, "elements per page");
+  L.layer_elems = checked_mul(L.num_pages, L.page_elems, "elements per layer");
+  L.layer_bytes = checked_mul(L.layer_elems, L.itemsize, "bytes per layer");
+  L.page_bytes_per_layer = checked_mul(L.page_elems, L.itemsize, "bytes per page");
+  L.max_num_seqs = max_num_seqs(c);
+  // The whole cache must be addressable.
+  checked_mul(L.layer_bytes, L.num_layers, "bytes of the cache");
+  return L;
+}
+
+int64_t hbm_budget_bytes(const kvp_memory_stats* stats, uint32_t n, double util, uint32_t mode, int64_t margin) {
+  if (n > 0 && stats == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "memory stats must not be NULL when count is %u", n);
+  if (!(util > 0.0 && util <= 1.0)) fail(KVP_ERR_INVALID_ARGUMENT, "utilization must be in (0, 1], got %g", util);
+  if (mode != KVP_BUDGET_FREE && mode != KVP_BUDGET_TOTAL)
+    fail(KVP_ERR_INVALID_ARGUMENT, "unknown budget mode %u (expected KVP_BUDGET_FREE or KVP_BUDGET_TOTAL)", mode);
+  if (margin < 0) fail(KVP_ERR_INVALID_ARGUMENT, "safety margin must not be negative, got %lld", ll(margin));
+  bool any = false;
+  int64_t best = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const kvp_memory_stats& s = stats[i];
+    if (!s.valid) continue;
+    if (s.bytes_limit < 0 || s.bytes_reservable_limit < 0 || s.bytes_total < 0 || s.bytes_in_use < 0 ||
+        s.bytes_reserved < 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "memory stats of device %u contain a negative byte count", i);
+    const int64_t limit = s.bytes_limit ? s.bytes_limit : (s.bytes_reservable_limit ? s.bytes_reservable_limit : s.bytes_total);
+    if (limit == 0) continue;
+    const int64_t used = s.bytes_in_use > s.bytes_reserved ? s.bytes_in_use : s.bytes_reserved;
+    const int64_t free_b = limit > used ? limit - used : 0;
+    int64_t usable;
+    // Python: int(x * util) multiplies in double precision and truncates; reproduce it exactly.
+    if (mode == KVP_BUDGET_FREE) {
+      usable = static_cast<int64_t>(std::floor(static_cast<double>(free_b) * util)) - margin;
+    } else {
+      usable = static_cast<int64_t>(std::floor(static_cast<double>(limit) * util)) - used - margin;
+    }
+    if (usable < 0) usable = 0;
+    if (!any || usable < best) best = usable;
+    any = true;
+  }
+  return any ? best : static_cast<int64_t>(KVP_FALLBACK_BUDGET);
+}
+
+void host_memory_stats(kvp_memory_stats* out) {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) fail(KVP_ERR_IO, "cannot open /proc/meminfo to read host memory statistics");
+  long long total_kb = -1, avail_kb = -1;
+  char line[256];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    long long v;
+    if (std::sscanf(line, "MemTotal: %lld kB", &v) == 1) total_kb = v;
+    if (std::sscanf(line, "MemAvailable: %lld kB", &v) == 1) avail_kb = v;
+  }
+  std::fclose(f);
+  if (total_kb < 0 || avail_kb < 0) fail(KVP_ERR_IO, "/proc/meminfo lacks MemTotal or MemAvailable");
+  std::memset(out, 0, sizeof *out);
+  out->bytes_total = total_kb * 1024;
+  out->bytes_in_use = (total_kb - avail_kb) * 1024;
+  out->valid = 1;
+}
+
+void device_memory_stats(kvp_device_type type, int32_t id, kvp_memory_stats* out) {
+  if (type == KVP_DEVICE_CPU) {
+    if (id != 0) fail(KVP_ERR_INVALID_ARGUMENT, "device_id must be 0 for the CPU, got %d", id);
+    host_memory_stats(out);
+  } else if (type == KVP_DEVICE_CUDA) {
+    cuda_memory_stats(id, out);
+  } else {
+    fail(KVP_ERR_INVALID_ARGUMENT, "unknown device type %d (expected KVP_DEVICE_CPU or KVP_DEVICE_CUDA)", type);
+  }
+}
+
+kvp_config create_config(const kvp_config_options& o, const char* fn) {
+  constexpr uint32_t kKnownFlags = KVP_CONFIG_FLAG_REFERENCE_BUDGET | KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  if (o.flags & ~kKnownFlags) fail(KVP_ERR_UNSUPPORTED, "%s: unknown flags 0x%x", fn, o.flags & ~kKnownFlags);
+  if (o._reserved0 != 0) fail(KVP_ERR_UNSUPPORTED, "%s: kvp_config_options._reserved0 must be 0", fn);
+
+  // Head dims: kv_head_dim_size (the reference's budgeting dim) defaults k/v and vice versa.
+  int64_t kvd = o.kv_head_dim_size, k = o.k_headdim, v = o.v_headdim;
+  if (kvd < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: kv_head_dim_size must be positive, got %lld", fn, ll(kvd));
+  if (kvd == 0) kvd = k;
+  if (kvd <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: kv_head_dim_size must be positive (neither kv_head_dim_size nor k_headdim given)", fn);
+  if (k == 0) k = kvd;
+  if (v == 0) v = kvd;
+  if (o.num_hidden_layers <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_hidden_layers must be positive, got %lld", fn, ll(o.num_hidden_layers));
+  if (o.num_kv_heads <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_kv_heads must be positive, got %lld", fn, ll(o.num_kv_heads));
+  if (o.page_size < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_size must be positive, got %lld", fn, ll(o.page_size));
+  if (o.hbm_utilization < 0.0 || std::isnan(o.hbm_utilization))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: hbm_utilization must be in (0, 1], got %g", fn, o.hbm_utilization);
+  if (o.budget_mode != KVP_BUDGET_FREE && o.budget_mode != KVP_BUDGET_TOTAL)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown budget_mode %u", fn, o.budget_mode);
+  if (o.budget_bytes < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: budget_bytes must not be negative, got %lld", fn, ll(o.budget_bytes));
+  if (o.safety_margin_bytes < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: safety_margin_bytes must not be negative, got %lld (use KVP_CONFIG_FLAG_NO_SAFETY_MARGIN)",
+         fn, ll(o.safety_margin_bytes));
+  if (o.kv_head_shards < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: kv_head_shards must be positive, got %lld", fn, ll(o.kv_head_shards));
+  if (o.max_num_tokens < 0 || o.max_num_reqs < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens and max_num_reqs must not be negative", fn);
+
+  kvp_config c;
+  std::memset(&c, 0, sizeof c);
+  c.struct_size = sizeof(kvp_config);
+  c.abi_version = KVP_CONFIG_VERSION;
+  c.num_hidden_layers = o.num_hidden_layers;
+  c.max_model_length = o.max_model_length;
+  c.num_kv_heads = o.num_kv_heads;
+  c.k_headdim = k;
+  c.v_headdim = v;
+  c.hbm_utilization = o.hbm_utilization == 0.0 ? 0.9 : o.hbm_utilization;
+  c.page_size = o.page_size == 0 ? 128 : o.page_size;
+  c.num_pages = -1;
+  c.max_num_pages_per_req = -1;
+  c.num_slices_per_kv_cache_update_page = -1;
+  c.max_num_tokens = o.max_num_tokens == 0 ? -1 : o.max_num_tokens;
+  c.max_num_reqs = o.max_num_reqs == 0 ? -1 : o.max_num_reqs;
+  c.version = o.version == KVP_LAYOUT_DEFAULT ? KVP_LAYOUT_V3 : o.version;
+  c.kvdtype = o.kvdtype == KVP_DTYPE_INVALID ? KVP_DTYPE_BF16 : o.kvdtype;
+  validate_config(c, fn);  // shape, dtype, version, page/packing, utilization, slices (> 16 MiB page)
+
+  c.max_num_pages_per_req = cdiv(c.max_model_length, c.page_size);
+  c.num_slices_per_kv_cache_update_page =
+      num_slices_per_update_page(page_size_bytes(c.page_size, c.num_kv_heads, c.k_headdim, c.kvdtype));
+
+  // Budget per device.
+  int64_t budget;
+  const int64_t margin = (o.flags & KVP_CONFIG_FLAG_NO_SAFETY_MARGIN) ? 0
+                         : o.safety_margin_bytes == 0             ? static_cast<int64_t>(KVP_DEFAULT_SAFETY_MARGIN)
+                                                                  : o.safety_margin_bytes;
+  if (o.budget_bytes > 0) {
+    budget = o.budget_bytes;
+  } else if (o.memory_stats != nullptr || o.num_memory_stats > 0) {
+    budget = hbm_budget_bytes(o.memory_stats, o.num_memory_stats, c.hbm_utilization, o.budget_mode, margin);
+  } else {
+    kvp_memory_stats s;
+    device_memory_stats(o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type, o.device_id, &s);
+    budget = hbm_budget_bytes(&s, 1, c.hbm_utilization, o.budget_mode, margin);
+  }
+  const int64_t shards = o.kv_head_shards == 0 ? 1 : o.kv_head_shards;
+  const int64_t total = checked_mul(budget, shards, "budget * kv_head_shards");
+
+  int64_t page_bytes;
+  if (o.flags & KVP_CONFIG_FLAG_REFERENCE_BUDGET) {
+    page_bytes = checked_mul(2, c.num_hidden_layers, "page bytes");
+    page_bytes = checked_mul(page_bytes, c.page_size, "page bytes");
+    page_bytes = checked_mul(page_bytes, c.num_kv_heads, "page bytes");
+    page_bytes = checked_mul(page_bytes, kvd, "page bytes");
+    page_bytes = checked_mul(page_bytes, static_cast<int64_t>(dtype_size(c.kvdtype)), "page bytes");
+  } else {
+    const Layout L = layout_of(c, fn);
+    page_bytes = checked_mul(L.page_bytes_per_layer, c.num_hidden_layers, "page bytes");
+  }
+  const int64_t pages = total / page_bytes;
+  if (pages <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: the memory budget of %lld bytes is too small for one page of %lld bytes (all %lld layers); "
+         "num_pages would be %lld",
+         fn, ll(total), ll(page_bytes), ll(c.num_hidden_layers), ll(pages));
+  c.num_pages = pages;
+  return c;
+}
+
+kvp_plan plan_of(const kvp_config& c, const char* fn) {
+  const Layout L = layout_of(c, fn);
+  if (c.num_pages < 1) fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages is not computed (-1); create the config first", fn);
+  kvp_plan p;
+  std::memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
+  p.num_pages = c.num_pages;
+  p.usable_pages = c.num_pages - 1;
+  p.page_size = c.page_size;
+  p.bytes_per_page = checked_mul(L.page_bytes_per_layer, c.num_hidden_layers, "bytes per page");
+  int64_t ref = checked_mul(2 * c.num_hidden_layers, c.page_size, "reference page bytes");
+  ref = checked_mul(ref, c.num_kv_heads, "reference page bytes");
+  ref = checked_mul(ref, c.k_headdim, "reference page bytes");
+  p.reference_bytes_per_page = checked_mul(ref, L.itemsize, "reference page bytes");
+  p.bytes_per_token = p.bytes_per_page / c.page_size;
+  p.total_bytes = checked_mul(p.bytes_per_page, c.num_pages, "total bytes");
+  p.token_capacity = checked_mul(p.usable_pages, c.page_size, "token capacity");
+  p.max_concurrent_seqs = p.usable_pages / cdiv(c.max_model_length, c.page_size);
+  p.max_num_seqs = L.max_num_seqs;
+  return p;
+}
+
+int64_t padded_num_slices(const kvp_config& c, int64_t num_tokens, int64_t max_reqs, const char* fn) {
+  validate_config(c, fn);
+  if (c.num_slices_per_kv_cache_update_page <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: num_slices_per_kv_cache_update_page is %lld (not computed); create the config first", fn,
+         ll(c.num_slices_per_kv_cache_update_page));
+  const int64_t T = num_tokens > 0 ? num_tokens : (c.max_num_tokens > 0 ? c.max_num_tokens : c.max_model_length);
+  const int64_t R = max_reqs > 0 ? max_reqs : (c.max_num_reqs > 0 ? c.max_num_reqs : max_num_seqs(c));
+  int64_t n = checked_add(checked_mul(2, R, "2 * max_num_reqs"), T / c.page_size, "padded slices");
+  if (T < n) n = T;
+  return align_to_multiple(n, c.num_slices_per_kv_cache_update_page);
+}
+
+}  // namespace kvp::detail

@@ -1,0 +1,69 @@
+#include "core/dtype.hpp"
+
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+bool dtype_known(kvp_dtype d) noexcept { return d >= KVP_DTYPE_F32 && d <= KVP_DTYPE_F8_E5M2FNUZ; }
+
+bool dtype_is_storage(kvp_dtype d) noexcept {
+  return d == KVP_DTYPE_F32 || d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16 ||
+         d == KVP_DTYPE_F8_E4M3FN || d == KVP_DTYPE_F8_E5M2;
+}
+
+bool dtype_is_input(kvp_dtype d) noexcept {
+  return d == KVP_DTYPE_F32 || d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16;
+}
+
+uint32_t dtype_bits(kvp_dtype d) noexcept {
+  switch (d) {
+    case KVP_DTYPE_F32: return 32;
+    case KVP_DTYPE_F16:
+    case KVP_DTYPE_BF16: return 16;
+    case KVP_DTYPE_F64: return 64;
+    case KVP_DTYPE_F8_E4M3FN:
+    case KVP_DTYPE_F8_E5M2:
+    case KVP_DTYPE_F8_E4M3FNUZ:
+    case KVP_DTYPE_F8_E4M3B11FNUZ:
+    case KVP_DTYPE_F8_E5M2FNUZ: return 8;
+    default: return 0;
+  }
+}
+
+const char* dtype_name(kvp_dtype d) noexcept {
+  switch (d) {
+    case KVP_DTYPE_F32: return "fp32";
+    case KVP_DTYPE_F16: return "fp16";
+    case KVP_DTYPE_BF16: return "bf16";
+    case KVP_DTYPE_F64: return "fp64";
+    case KVP_DTYPE_F8_E4M3FN: return "fp8_e4m3fn";
+    case KVP_DTYPE_F8_E5M2: return "fp8_e5m2";
+    case KVP_DTYPE_F8_E4M3FNUZ: return "fp8_e4m3fnuz";
+    case KVP_DTYPE_F8_E4M3B11FNUZ: return "fp8_e4m3b11fnuz";
+    case KVP_DTYPE_F8_E5M2FNUZ: return "fp8_e5m2fnuz";
+    default: return nullptr;
+  }
+}
+
+int64_t dtype_packing(kvp_dtype d) {
+  const uint32_t bits = dtype_bits(d);
+  if (bits == 0) fail(KVP_ERR_NOT_FOUND, "unknown dtype %u", static_cast<unsigned>(d));
+  if (32 % bits != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "dtype %s has %u bits; 32 is not a multiple of it, so it cannot be packed into 32-bit words",
+         dtype_name(d), bits);
+  return 32 / bits;
+}
+
+void require_storage_dtype(kvp_dtype d, const char* function) {
+  if (!dtype_known(d)) fail(KVP_ERR_NOT_FOUND, "%s: unknown kvdtype %u", function, static_cast<unsigned>(d));
+  if (d == KVP_DTYPE_F64)
+    fail(KVP_ERR_UNSUPPORTED,
+         "%s: kvdtype fp64 cannot be stored: 32 %% 64 != 0, so it has no packing", function);
+  if (!dtype_is_storage(d))
+    fail(KVP_ERR_UNSUPPORTED,
+         "%s: kvdtype %s is known by name only; storage dtypes are fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2",
+         function, dtype_name(d));
+}
+
+}  // namespace kvp::detail

@@ -1,0 +1,24 @@
+// Integer helpers with the reference's (Python) semantics in checked 64-bit arithmetic.
+#pragma once
+
+#include <cstdint>
+
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+// Floor division (Python //). b must not be 0.
+inline int64_t floordiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+
+// Checked helpers: throw error(KVP_ERR_INVALID_ARGUMENT) on overflow or division by zero.
+int64_t checked_add(int64_t a, int64_t b, const char* what);
+int64_t checked_mul(int64_t a, int64_t b, const char* what);
+int64_t cdiv(int64_t a, int64_t b);                // (a + b - 1) // b
+int64_t align_to_multiple(int64_t v, int64_t m);   // cdiv(v, m) * m
+int64_t previous_power_of_2(int64_t n) noexcept;   // 0 if n <= 0
+
+}  // namespace kvp::detail

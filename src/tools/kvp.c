@@ -1,0 +1,50 @@
+/* kvp: the kvpages command-line tool (plan a cache, run the demo, inspect files). */
+#include <stdio.h>
+#include <string.h>
+
+#include "kvp_tool.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: kvp <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  plan      print the planning numbers for a model shape (kvp plan --help)\n"
+          "  demo      run the CPU serving demo (the README's main job)\n"
+          "  inspect   print a serialized cache file's header and verify its checksums\n"
+          "  version   print the library version and build information\n"
+          "  help      print this message\n");
+}
+
+int main(int argc, char **argv) {
+  const char *cmd;
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  cmd = argv[1];
+  if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if (kvp_check_abi(KVP_VERSION_NUMBER) != KVP_OK) {
+    fprintf(stderr, "kvp: %s\n", kvp_last_error_message());
+    return 1;
+  }
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    printf("%s\n", kvp_build_info());
+    return 0;
+  }
+  if (strcmp(cmd, "plan") == 0) return kvp_cmd_plan(argc - 1, argv + 1);
+  if (strcmp(cmd, "demo") == 0) return kvp_cmd_demo(argc - 1, argv + 1);
+  if (strcmp(cmd, "inspect") == 0) {
+    if (kvp_cmd_inspect == NULL) {
+      fprintf(stderr, "kvp: 'inspect' is not available in this build\n");
+      return 2;
+    }
+    return kvp_cmd_inspect(argc - 1, argv + 1);
+  }
+  fprintf(stderr, "kvp: unknown command '%s'\n\n", cmd);
+  usage(stderr);
+  return 2;
+}

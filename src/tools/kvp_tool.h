@@ -1,0 +1,25 @@
+/* Shared declarations of the kvp command-line tool. */
+#ifndef KVP_TOOL_H
+#define KVP_TOOL_H
+
+#include <stdint.h>
+
+#include "kvpages.h"
+
+/* Subcommands; each returns the process exit code (0 ok, 1 failure, 2 usage error). Subcommands
+ * that live in optional modules are weak so the tool links while a module is absent. */
+int kvp_cmd_plan(int argc, char **argv);
+int kvp_cmd_demo(int argc, char **argv);
+int kvp_cmd_inspect(int argc, char **argv) __attribute__((weak));
+int kvp_cmd_bench(int argc, char **argv) __attribute__((weak));
+
+/* Parses a byte size such as "8G", "512M", "1048576", "80GiB". Returns 0 on success. */
+int kvp_tool_parse_bytes(const char *s, int64_t *out);
+/* Parses a positive decimal integer. Returns 0 on success. */
+int kvp_tool_parse_int(const char *s, int64_t *out);
+/* Formats bytes as e.g. "16.00 GiB" into buf. */
+const char *kvp_tool_fmt_bytes(int64_t bytes, char *buf, size_t cap);
+/* Prints a config's geometry and planning numbers as a table. Returns 0 on success. */
+int kvp_tool_print_plan(const kvp_config *cfg, const char *budget_note);
+
+#endif

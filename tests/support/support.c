@@ -1,0 +1,81 @@
+#include "support.h"
+
+#include <stdlib.h>
+
+static void *KVP_CALL test_alloc_fn(void *ud, size_t size, size_t align) {
+  kvp_test_alloc_state *st = (kvp_test_alloc_state *)ud;
+  if (st->fail_after >= 0 && st->allocations >= st->fail_after) return NULL;
+  /* test_malloc gives no alignment guarantee beyond malloc's; over-allocate and stash the
+   * original pointer just before the aligned block. */
+  size_t a = align < sizeof(void *) ? sizeof(void *) : align;
+  unsigned char *raw = (unsigned char *)test_malloc(size + a + sizeof(void *));
+  if (raw == NULL) return NULL;
+  uintptr_t p = ((uintptr_t)(raw + sizeof(void *)) + (a - 1)) & ~(uintptr_t)(a - 1);
+  ((void **)p)[-1] = raw;
+  st->allocations++;
+  st->live++;
+  return (void *)p;
+}
+
+static void KVP_CALL test_free_fn(void *ud, void *ptr) {
+  kvp_test_alloc_state *st = (kvp_test_alloc_state *)ud;
+  st->live--;
+  test_free(((void **)ptr)[-1]);
+}
+
+kvp_host_allocator kvp_test_allocator(kvp_test_alloc_state *state) {
+  kvp_host_allocator a;
+  a.alloc = test_alloc_fn;
+  a.free = test_free_fn;
+  a.user_data = state;
+  return a;
+}
+
+uint64_t kvp_test_rand(uint64_t *s) {
+  /* splitmix64 */
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+int64_t kvp_test_rand_range(uint64_t *s, int64_t lo, int64_t hi) {
+  uint64_t span = (uint64_t)(hi - lo) + 1u;
+  return lo + (int64_t)(kvp_test_rand(s) % span);
+}
+
+kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
+                           int64_t num_pages, kvp_dtype dtype, kvp_layout layout) {
+  kvp_config_options o;
+  kvp_config cfg;
+  kvp_config_options_init(&o, sizeof o);
+  o.num_hidden_layers = layers;
+  o.num_kv_heads = kv_heads;
+  o.kv_head_dim_size = head_dim;
+  o.max_model_length = page_size * 16;
+  o.page_size = page_size;
+  o.kvdtype = dtype;
+  o.version = layout;
+  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  {
+    /* Size the budget from the true page bytes so that exactly num_pages fit. */
+    kvp_config probe;
+    kvp_layout_info li;
+    kvp_config_init(&probe, sizeof probe);
+    probe.num_hidden_layers = layers;
+    probe.num_kv_heads = kv_heads;
+    probe.k_headdim = head_dim;
+    probe.v_headdim = head_dim;
+    probe.max_model_length = page_size * 16;
+    probe.page_size = page_size;
+    probe.kvdtype = dtype;
+    probe.version = layout == 0 ? KVP_LAYOUT_V3 : layout;
+    li.struct_size = sizeof li;
+    if (kvp_config_get_layout(&probe, &li) != KVP_OK)
+      fail_msg("kvp_test_config: %s", kvp_last_error_message());
+    o.budget_bytes = li.page_bytes_per_layer * layers * num_pages;
+  }
+  if (kvp_config_create(&o, &cfg) != KVP_OK) fail_msg("kvp_test_config: %s", kvp_last_error_message());
+  if (cfg.num_pages != num_pages) fail_msg("kvp_test_config: got %lld pages", (long long)cfg.num_pages);
+  return cfg;
+}

@@ -1,0 +1,54 @@
+/* Test helpers shared by the cmocka suites. Include after <cmocka.h>'s prerequisites. */
+#ifndef KVP_TEST_SUPPORT_H
+#define KVP_TEST_SUPPORT_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "kvpages.h"
+
+/* Fails the test with the status name and the library's message unless expr returns KVP_OK. */
+#define assert_kvp_ok(expr)                                                             \
+  do {                                                                                  \
+    kvp_status s_ = (expr);                                                             \
+    if (s_ != KVP_OK) fail_msg("%s -> %s: %s", #expr, kvp_status_name(s_), kvp_last_error_message()); \
+  } while (0)
+
+/* Asserts expr returns `code` and that the thread's message contains `substr` (may be ""). */
+#define assert_kvp_status(expr, code, substr)                                           \
+  do {                                                                                  \
+    kvp_status s_ = (expr);                                                             \
+    if (s_ != (code))                                                                   \
+      fail_msg("%s -> %s (expected %s): %s", #expr, kvp_status_name(s_), kvp_status_name(code), \
+               kvp_last_error_message());                                               \
+    if (strstr(kvp_last_error_message(), (substr)) == NULL)                             \
+      fail_msg("%s: message '%s' lacks '%s'", #expr, kvp_last_error_message(), (substr)); \
+    if ((code) != KVP_OK && kvp_last_error_message()[0] == '\0')                        \
+      fail_msg("%s: empty error message", #expr);                                       \
+  } while (0)
+
+/* A host allocator routed through cmocka's test_malloc/test_free (leak checks per test), with an
+ * optional countdown: after `fail_after` successful allocations every allocation fails
+ * (fail_after < 0 = never). */
+typedef struct kvp_test_alloc_state {
+  long fail_after;
+  long allocations;
+  long live;
+} kvp_test_alloc_state;
+
+kvp_host_allocator kvp_test_allocator(kvp_test_alloc_state *state);
+
+/* Deterministic PRNG for randomized tests. */
+uint64_t kvp_test_rand(uint64_t *state);
+/* Uniform integer in [lo, hi]. */
+int64_t kvp_test_rand_range(uint64_t *state, int64_t lo, int64_t hi);
+
+/* A small standard config (CPU-sized) for tests: explicit budget, no device query. */
+kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
+                           int64_t num_pages, kvp_dtype dtype, kvp_layout layout);
+
+#endif
