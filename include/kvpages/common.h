@@ -47,9 +47,13 @@
 #elif defined(_MSC_VER)
 #define KVP_DEPRECATED(msg) __declspec(deprecated(msg))
 #else
-/** Marks a declaration deprecated with a message naming its replacement. */
 #define KVP_DEPRECATED(msg)
 #endif
+/**
+ * @def KVP_DEPRECATED(msg)
+ * @brief Marks a declaration deprecated with a message naming its replacement; empty when
+ *        `KVP_DISABLE_DEPRECATION_WARNINGS` is defined.
+ */
 
 #ifdef __cplusplus
 #define KVP_BEGIN_DECLS extern "C" {

@@ -196,8 +196,17 @@ typedef struct kvp_config_options {
   int64_t max_num_reqs;                 /**< Hint stored in the record; 0 = -1 (unset). */
 } kvp_config_options;
 
-/** Static initialiser: everything default, model fields still to be set. */
+#ifdef __cplusplus
 #define KVP_CONFIG_OPTIONS_INIT {sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION}
+#else
+#define KVP_CONFIG_OPTIONS_INIT \
+  {.struct_size = sizeof(kvp_config_options), .abi_version = KVP_CONFIG_OPTIONS_VERSION}
+#endif
+/**
+ * @def KVP_CONFIG_OPTIONS_INIT
+ * @brief Static initialiser: everything default, model fields still to be set. Uses designated
+ *        initialisers in C so `-Wextra` does not warn about the fields left out.
+ */
 
 /**
  * @brief Fills options with defaults (all zero, size and version set).

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what kvpages needs to build and test, from Debian's packages and PyPI only.
+# Safe to run any number of times: it installs only what is missing.
+set -euo pipefail
+
+debs=(cmake ninja-build g++ pkg-config libcmocka-dev doxygen libxxhash-dev nlohmann-json3-dev
+      libdlpack-dev abigail-tools golang-go clang)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${KVP_DEPS_PYTHON:-1}" = "1" ]; then
+  py_missing=()
+  python3 -c "import numpy" 2>/dev/null || py_missing+=(numpy)
+  python3 -c "import pytest" 2>/dev/null || py_missing+=(pytest)
+  python3 -c "import ziglang" 2>/dev/null || py_missing+=(ziglang)
+  if [ ${#py_missing[@]} -gt 0 ]; then
+    echo "install-deps: installing PyPI packages: ${py_missing[*]}"
+    python3 -m pip install -q "${py_missing[@]}"
+  fi
+fi
