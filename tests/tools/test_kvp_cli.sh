@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Checks the kvp tool from the outside: usage errors exit 2 with a message on stderr, library
+# errors exit 1 with the library's message, and `kvp plan` prints the reference numbers.
+set -u
+kvp=${1:?usage: test_kvp_cli.sh <path to kvp>}
+fails=0
+pass=0
+
+expect() {  # <expected exit> <stderr|stdout substring> <args...>
+  local want=$1 needle=$2
+  shift 2
+  local out rc
+  out=$("$kvp" "$@" 2>&1)
+  rc=$?
+  if [ "$rc" -ne "$want" ] || [[ "$out" != *"$needle"* ]]; then
+    echo "FAIL: kvp $* -> exit $rc (want $want), output lacks '$needle':"
+    echo "$out" | sed 's/^/    /'
+    fails=$((fails + 1))
+  else
+    pass=$((pass + 1))
+  fi
+}
+
+expect 2 "usage: kvp"
+expect 2 "unknown command 'frobnicate'" frobnicate
+expect 0 "commands:" help
+expect 0 "kvpages 1." version
+expect 0 "usage: kvp plan" plan --help
+expect 2 "are required" plan --layers 32
+expect 2 "invalid value 'x' for --layers" plan --layers x --kv-heads 8 --head-dim 128 --max-len 8192
+expect 2 "invalid value '-3' for --kv-heads" plan --layers 2 --kv-heads -3 --head-dim 128 --max-len 8192
+expect 2 "invalid value 'int8' for --dtype" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --dtype int8
+expect 2 "invalid value 'v4' for --layout" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --layout v4
+expect 2 "invalid value '1.5' for --util" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --util 1.5
+expect 2 "unknown option '--bogus'" plan --bogus 1
+expect 2 "needs a value" plan --layers
+# Library errors surface with the library's message and exit 1.
+expect 1 "too small for one page" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 1M
+expect 1 "Number of slices should be positive" plan --layers 1 --kv-heads 16 --head-dim 128 --max-len 8192 --page-size 2048 --dtype fp32 --budget 64G
+# SPEC.md §2.5 row A (reference budget) and row I with and without the reference formula.
+expect 0 "3728 (3727 usable" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 62545461248 --reference-budget
+expect 0 "(3728, 128, 8, 2, 128)" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 62545461248
+expect 0 "1242 (1241 usable" plan --layers 32 --kv-heads 32 --head-dim 96 --max-len 4096 --budget 62545461248 --reference-budget
+expect 0 "932 (931 usable" plan --layers 32 --kv-heads 32 --head-dim 96 --max-len 4096 --budget 62545461248
+expect 0 "(14912, 128, 16, 64)" plan --layers 16 --kv-heads 8 --head-dim 64 --max-len 8192 --budget 62545461248 --layout v2 --reference-budget
+# Budget from the host's memory works without --budget.
+expect 0 "from host memory" plan --layers 2 --kv-heads 2 --head-dim 64 --max-len 1024
+
+echo "kvp cli: $pass passed, $fails failed"
+[ "$fails" -eq 0 ]
