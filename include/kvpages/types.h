@@ -141,7 +141,7 @@ KVP_API const char *KVP_CALL kvp_layout_name(kvp_layout layout);
 /**
  * @brief `cdiv(a, b) = floor((a + b - 1) / b)` with floor (Python) division, in 64 bits.
  *
- * Negative operands follow floor division (cdiv(-1, 4) = 0, cdiv(5, -2) = -2), as in the
+ * Negative operands follow floor division (cdiv(-1, 4) = 0, cdiv(5, -2) = -1), as in the
  * reference.
  *
  * @param[in] a Dividend.

@@ -53,7 +53,7 @@ int64_t max_num_seqs(const kvp_config& cfg) {
 }
 
 kvp_config read_config(const kvp_config* cfg, const char* function) {
-  if (cfg == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: config must not be NULL", function);
+  if (cfg == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'cfg' must not be NULL", function);
   return read_versioned(cfg, sizeof(kvp_config), KVP_CONFIG_VERSION, function, "kvp_config");
 }
 
@@ -149,7 +149,7 @@ Layout layout_of(const kvp_config& c, const char* fn) {
 }
 
 int64_t hbm_budget_bytes(const kvp_memory_stats* stats, uint32_t n, double util, uint32_t mode, int64_t margin) {
-  if (n > 0 && stats == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "memory stats must not be NULL when count is %u", n);
+  if (n > 0 && stats == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "memory_stats must not be NULL when num_memory_stats is %u", n);
   if (!(util > 0.0 && util <= 1.0)) fail(KVP_ERR_INVALID_ARGUMENT, "utilization must be in (0, 1], got %g", util);
   if (mode != KVP_BUDGET_FREE && mode != KVP_BUDGET_TOTAL)
     fail(KVP_ERR_INVALID_ARGUMENT, "unknown budget mode %u (expected KVP_BUDGET_FREE or KVP_BUDGET_TOTAL)", mode);

@@ -1,0 +1,350 @@
+/* Unit tests of kvpages/cache.h on the CPU: creation and destruction, options, the config and
+ * geometry queries, zero-filled buffers (also with a custom allocator whose memory is not zero),
+ * no double commit of large buffers, views of every layer, argument errors leaving outputs
+ * unchanged, and the (always empty) asynchronous error state of a CPU cache. */
+#include "support.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define FILL 0x5C
+
+static kvp_cache *make_cache(const kvp_config *cfg, const kvp_cache_options *opts) {
+  kvp_cache *c = (kvp_cache *)(uintptr_t)0x1;
+  assert_kvp_ok(kvp_cache_create(cfg, opts, &c));
+  assert_non_null(c);
+  return c;
+}
+
+static void test_cache__create_destroy_defaults(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(3, 2, 128, 16, 5, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *c = make_cache(&cfg, NULL);
+  assert_true(kvp_last_error_message()[0] == '\0');
+  kvp_device_type dt = -5;
+  int32_t id = -5;
+  assert_kvp_ok(kvp_cache_get_device(c, &dt, &id));
+  assert_int_equal(dt, KVP_DEVICE_CPU);
+  assert_int_equal(id, 0);
+  /* each output may be NULL */
+  assert_kvp_ok(kvp_cache_get_device(c, NULL, &id));
+  assert_kvp_ok(kvp_cache_get_device(c, &dt, NULL));
+  assert_kvp_ok(kvp_cache_get_device(c, NULL, NULL));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_cache_destroy(NULL));
+}
+
+static void test_cache__explicit_options(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(1, 1, 64, 8, 3, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  kvp_cache_options o = KVP_CACHE_OPTIONS_INIT;
+  kvp_cache *c = make_cache(&cfg, &o);
+  assert_kvp_ok(kvp_cache_destroy(c));
+  kvp_cache_options o2;
+  memset(&o2, FILL, sizeof o2);
+  assert_kvp_ok(kvp_cache_options_init(&o2, sizeof o2));
+  assert_int_equal(o2.struct_size, sizeof o2);
+  assert_int_equal(o2.abi_version, KVP_CACHE_OPTIONS_VERSION);
+  assert_int_equal(o2.device_type, 0);
+  assert_int_equal(o2.device_id, 0);
+  assert_null(o2.allocator);
+  assert_memory_equal(&o, &o2, sizeof o);
+  o2.device_type = KVP_DEVICE_CPU;
+  c = make_cache(&cfg, &o2);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_cache__get_config_round_trip(void **state) {
+  (void)state;
+  static const kvp_layout lays[] = {KVP_LAYOUT_V2, KVP_LAYOUT_V3};
+  static const kvp_dtype dts[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
+                                  KVP_DTYPE_F8_E5M2};
+  for (size_t i = 0; i < 2; i++)
+    for (size_t j = 0; j < 5; j++) {
+      kvp_config cfg = kvp_test_config(2, 3, 64, 8, 4, dts[j], lays[i]);
+      cfg.max_num_tokens = 77; /* hints survive too */
+      cfg.max_num_reqs = 5;
+      kvp_cache *c = make_cache(&cfg, NULL);
+      kvp_config got;
+      memset(&got, FILL, sizeof got);
+      assert_kvp_ok(kvp_cache_get_config(c, &got));
+      assert_memory_equal(&got, &cfg, sizeof cfg);
+      /* the cache copied the config: changing ours does not change its */
+      cfg.num_pages = 99;
+      assert_kvp_ok(kvp_cache_get_config(c, &got));
+      assert_int_equal(got.num_pages, 4);
+      /* its layout is the config's layout */
+      kvp_layout_info a, b;
+      memset(&a, 0, sizeof a);
+      memset(&b, 0, sizeof b);
+      a.struct_size = sizeof a;
+      b.struct_size = sizeof b;
+      assert_kvp_ok(kvp_cache_get_layout(c, &a));
+      assert_kvp_ok(kvp_config_get_layout(&got, &b));
+      assert_memory_equal(&a, &b, sizeof a);
+      assert_kvp_ok(kvp_cache_destroy(c));
+    }
+}
+
+/* One buffer per layer with the size of the layout, all zero, for every dtype and layout. */
+static void test_cache__new_cache_is_zero_for_every_layer(void **state) {
+  (void)state;
+  static const kvp_dtype dts[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
+                                  KVP_DTYPE_F8_E5M2};
+  for (size_t j = 0; j < 5; j++) {
+    kvp_config cfg = kvp_test_config(4, 3, 96, 16, 6, dts[j], KVP_LAYOUT_V3);
+    kvp_cache *c = make_cache(&cfg, NULL);
+    kvp_layout_info li;
+    li.struct_size = sizeof li;
+    assert_kvp_ok(kvp_cache_get_layout(c, &li));
+    /* 6 pages * 16 rows * align(6, pack) * 128 lanes * itemsize */
+    const int64_t it = kvp_dtype_bits(dts[j]) / 8, pack = 4 / it;
+    const int64_t cst = (6 + pack - 1) / pack * pack;
+    assert_true(li.layer_bytes == 6 * 16 * cst * 128 * it);
+    for (uint32_t l = 0; l < 4; l++) {
+      kvp_tensor t;
+      assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t));
+      const unsigned char *b = (const unsigned char *)t.data;
+      for (int64_t i = 0; i < li.layer_bytes; i++)
+        if (b[i]) fail_msg("dtype %u layer %u byte %lld = %u", dts[j], l, (long long)i, b[i]);
+      /* writable */
+      memset(t.data, 0xFF, (size_t)li.layer_bytes);
+    }
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+}
+
+/* With a custom allocator (whose test_malloc memory is filled with a non-zero pattern by
+ * cmocka) the library must zero-fill what it gets, route every allocation through the hook and
+ * release all of it on destroy (cmocka reports leaked test_malloc blocks). */
+static void test_cache__custom_allocator_is_used_and_zero_filled(void **state) {
+  (void)state;
+  kvp_test_alloc_state st = {-1, 0, 0};
+  kvp_host_allocator a = kvp_test_allocator(&st);
+  kvp_cache_options o = KVP_CACHE_OPTIONS_INIT;
+  o.allocator = &a;
+  kvp_config cfg = kvp_test_config(3, 2, 128, 16, 4, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *c = make_cache(&cfg, &o);
+  assert_true(st.allocations >= 3); /* at least one buffer per layer */
+  assert_true(st.live >= 3);
+  kvp_layout_info li;
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(c, &li));
+  for (uint32_t l = 0; l < 3; l++) {
+    kvp_tensor t;
+    assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t));
+    const unsigned char *b = (const unsigned char *)t.data;
+    for (int64_t i = 0; i < li.layer_bytes; i++)
+      if (b[i]) fail_msg("layer %u byte %lld = %u: custom-allocator memory not zero-filled", l, (long long)i, b[i]);
+  }
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_int_equal(st.live, 0);
+}
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (!f) return -1;
+  long size = 0, resident = 0;
+  int n = fscanf(f, "%ld %ld", &size, &resident);
+  fclose(f);
+  if (n != 2) return -1;
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Large buffers come from the OS already zeroed: creating a 256 MiB cache must not touch (commit)
+ * its memory; reading it afterwards still sees zeros. */
+static void test_cache__large_buffers_are_not_committed_at_creation(void **state) {
+  (void)state;
+  /* 2 layers x 512 pages x 128 rows x 16 combined x 128 lanes x 2 B = 2 x 128 MiB */
+  kvp_config cfg = kvp_test_config(2, 8, 128, 128, 512, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  long before = rss_kib();
+  if (before < 0) skip();
+  kvp_cache *c = make_cache(&cfg, NULL);
+  long after = rss_kib();
+  if (after - before > 32 * 1024)
+    fail_msg("creating a 256 MiB cache grew RSS by %ld KiB: memory was touched (zero-filled twice?)", after - before);
+  kvp_tensor t;
+  assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_PAGES, &t));
+  const uint64_t *w = (const uint64_t *)t.data;
+  for (int64_t i = 0; i < (128LL << 20) / 8; i += 512) assert_true(w[i] == 0);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_cache__views_of_every_layer_and_kind(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(3, 2, 128, 8, 2, KVP_DTYPE_F16, KVP_LAYOUT_V3);
+  kvp_cache *c = make_cache(&cfg, NULL);
+  void *prev = NULL;
+  for (uint32_t l = 0; l < 3; l++) {
+    for (kvp_view_kind k = KVP_VIEW_PAGES; k <= KVP_VIEW_REFERENCE_VALUES; k++) {
+      kvp_tensor t;
+      memset(&t, FILL, sizeof t);
+      assert_kvp_ok(kvp_cache_get_view(c, l, k, &t));
+      assert_non_null(t.data);
+      assert_int_equal(t.dtype, KVP_DTYPE_F16);
+      assert_int_equal(t.device_type, KVP_DEVICE_CPU);
+      assert_true(t.ndim == 4 || t.ndim == 5);
+    }
+    kvp_tensor t;
+    assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t));
+    assert_true(t.data != prev);
+    prev = t.data;
+  }
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_cache__view_argument_errors_leave_output_unchanged(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(3, 2, 128, 8, 2, KVP_DTYPE_BF16, KVP_LAYOUT_V2);
+  kvp_cache *c = make_cache(&cfg, NULL);
+  kvp_tensor t, before;
+  memset(&t, FILL, sizeof t);
+  before = t;
+  assert_kvp_status(kvp_cache_get_view(c, 3, KVP_VIEW_PAGES, &t), KVP_ERR_INVALID_ARGUMENT, "3");
+  assert_memory_equal(&t, &before, sizeof t);
+  assert_kvp_status(kvp_cache_get_view(c, 0xFFFFFFFFu, KVP_VIEW_KEYS, &t), KVP_ERR_INVALID_ARGUMENT, "layer");
+  assert_memory_equal(&t, &before, sizeof t);
+  assert_kvp_status(kvp_cache_get_view(c, 0, 6u, &t), KVP_ERR_INVALID_ARGUMENT, "6");
+  assert_memory_equal(&t, &before, sizeof t);
+  assert_kvp_status(kvp_cache_get_view(c, 0, 0xFFFFu, &t), KVP_ERR_INVALID_ARGUMENT, "");
+  assert_memory_equal(&t, &before, sizeof t);
+  assert_kvp_status(kvp_cache_get_view(c, 0, KVP_VIEW_PAGES, NULL), KVP_ERR_INVALID_ARGUMENT, "");
+  /* the last valid layer works */
+  assert_kvp_ok(kvp_cache_get_view(c, 2, KVP_VIEW_PAGES, &t));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_cache__query_argument_errors(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(1, 2, 128, 8, 2, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *c = make_cache(&cfg, NULL);
+  assert_kvp_status(kvp_cache_get_config(c, NULL), KVP_ERR_INVALID_ARGUMENT, "");
+  assert_kvp_status(kvp_cache_get_layout(c, NULL), KVP_ERR_INVALID_ARGUMENT, "");
+  kvp_layout_info li, lb;
+  memset(&li, FILL, sizeof li);
+  li.struct_size = 3;
+  lb = li;
+  assert_kvp_status(kvp_cache_get_layout(c, &li), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  assert_memory_equal(&li, &lb, sizeof li);
+  assert_kvp_status(kvp_cache_get_async_error(c, NULL), KVP_ERR_INVALID_ARGUMENT, "");
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_cache__cpu_cache_has_no_async_error(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(1, 2, 128, 8, 2, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *c = make_cache(&cfg, NULL);
+  kvp_status e = 12345;
+  assert_kvp_ok(kvp_cache_get_async_error(c, &e));
+  assert_int_equal(e, KVP_OK);
+  assert_kvp_ok(kvp_cache_clear_async_error(c));
+  assert_kvp_ok(kvp_cache_get_async_error(c, &e));
+  assert_int_equal(e, KVP_OK);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void expect_create_error(const kvp_config *cfg, const kvp_cache_options *o, kvp_status code,
+                                const char *substr) {
+  kvp_cache *c = (kvp_cache *)(uintptr_t)0x1234;
+  kvp_status s = kvp_cache_create(cfg, o, &c);
+  if (s != code)
+    fail_msg("expected %s ('%s'), got %s: %s", kvp_status_name(code), substr, kvp_status_name(s),
+             kvp_last_error_message());
+  if (strstr(kvp_last_error_message(), substr) == NULL)
+    fail_msg("message '%s' lacks '%s'", kvp_last_error_message(), substr);
+  assert_null(c); /* documented: set to NULL on failure */
+}
+
+static void test_cache__create_rejects_bad_configs(void **state) {
+  (void)state;
+  const kvp_config good = kvp_test_config(2, 2, 128, 8, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_config c;
+  c = good; c.num_pages = -1;          expect_create_error(&c, NULL, KVP_ERR_INVALID_ARGUMENT, "num_pages");
+  c = good; c.num_pages = 0;           expect_create_error(&c, NULL, KVP_ERR_INVALID_ARGUMENT, "num_pages");
+  c = good; c.num_hidden_layers = 0;   expect_create_error(&c, NULL, KVP_ERR_INVALID_ARGUMENT, "num_hidden_layers");
+  c = good; c.v_headdim = 64;          expect_create_error(&c, NULL, KVP_ERR_INVALID_ARGUMENT, "v_headdim");
+  c = good; c.page_size = 7;           expect_create_error(&c, NULL, KVP_ERR_INVALID_ARGUMENT, "page_size");
+  c = good; c.kvdtype = 99u;           expect_create_error(&c, NULL, KVP_ERR_NOT_FOUND, "99");
+  c = good; c.kvdtype = KVP_DTYPE_F64; expect_create_error(&c, NULL, KVP_ERR_UNSUPPORTED, "fp64");
+  c = good; c.version = 4u;            expect_create_error(&c, NULL, KVP_ERR_NOT_FOUND, "version");
+  c = good; c.abi_version = 0;         expect_create_error(&c, NULL, KVP_ERR_VERSION_MISMATCH, "abi_version");
+  c = good; c.struct_size = 8;         expect_create_error(&c, NULL, KVP_ERR_VERSION_MISMATCH, "struct_size");
+  expect_create_error(NULL, NULL, KVP_ERR_INVALID_ARGUMENT, "");
+  assert_kvp_status(kvp_cache_create(&good, NULL, NULL), KVP_ERR_INVALID_ARGUMENT, "");
+}
+
+static void test_cache__create_rejects_bad_device_fields(void **state) {
+  (void)state;
+  const kvp_config good = kvp_test_config(1, 2, 128, 8, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache_options o = KVP_CACHE_OPTIONS_INIT;
+  o.device_type = 99;
+  expect_create_error(&good, &o, KVP_ERR_INVALID_ARGUMENT, "99");
+  o = (kvp_cache_options)KVP_CACHE_OPTIONS_INIT;
+  o.device_type = KVP_DEVICE_CPU;
+  o.device_id = 1; /* must be 0 for the CPU */
+  expect_create_error(&good, &o, KVP_ERR_INVALID_ARGUMENT, "device_id");
+#if !KVP_HAS_CUDA
+  o = (kvp_cache_options)KVP_CACHE_OPTIONS_INIT;
+  o.device_type = KVP_DEVICE_CUDA;
+  expect_create_error(&good, &o, KVP_ERR_NO_DEVICE, "");
+#endif
+  o = (kvp_cache_options)KVP_CACHE_OPTIONS_INIT;
+  o.device_type = KVP_DEVICE_CUDA;
+  o.device_id = 1000;
+  expect_create_error(&good, &o, KVP_ERR_NO_DEVICE, "");
+  kvp_host_allocator half = {NULL, NULL, NULL};
+  o = (kvp_cache_options)KVP_CACHE_OPTIONS_INIT;
+  o.allocator = &half; /* an allocator without callbacks */
+  expect_create_error(&good, &o, KVP_ERR_INVALID_ARGUMENT, "alloc");
+}
+
+static void test_cache__options_init_errors(void **state) {
+  (void)state;
+  kvp_cache_options o, ob;
+  memset(&o, FILL, sizeof o);
+  ob = o;
+  assert_kvp_status(kvp_cache_options_init(&o, 4), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  assert_memory_equal(&o, &ob, sizeof o);
+  assert_kvp_status(kvp_cache_options_init(NULL, sizeof o), KVP_ERR_INVALID_ARGUMENT, "");
+}
+
+/* Several caches live at once and are independent. */
+static void test_cache__independent_caches(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(1, 1, 128, 8, 2, KVP_DTYPE_F32, KVP_LAYOUT_V2);
+  kvp_cache *a = make_cache(&cfg, NULL);
+  kvp_cache *b = make_cache(&cfg, NULL);
+  kvp_tensor ta, tb;
+  assert_kvp_ok(kvp_cache_get_view(a, 0, KVP_VIEW_PAGES, &ta));
+  assert_kvp_ok(kvp_cache_get_view(b, 0, KVP_VIEW_PAGES, &tb));
+  assert_true(ta.data != tb.data);
+  float one = 1.0f;
+  memcpy(ta.data, &one, sizeof one);
+  float got = -1.0f;
+  memcpy(&got, tb.data, sizeof got);
+  assert_true(got == 0.0f);
+  assert_kvp_ok(kvp_cache_destroy(a));
+  assert_kvp_ok(kvp_cache_get_view(b, 0, KVP_VIEW_PAGES, &tb));
+  assert_kvp_ok(kvp_cache_destroy(b));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cache__create_destroy_defaults),
+      cmocka_unit_test(test_cache__explicit_options),
+      cmocka_unit_test(test_cache__get_config_round_trip),
+      cmocka_unit_test(test_cache__new_cache_is_zero_for_every_layer),
+      cmocka_unit_test(test_cache__custom_allocator_is_used_and_zero_filled),
+      cmocka_unit_test(test_cache__large_buffers_are_not_committed_at_creation),
+      cmocka_unit_test(test_cache__views_of_every_layer_and_kind),
+      cmocka_unit_test(test_cache__view_argument_errors_leave_output_unchanged),
+      cmocka_unit_test(test_cache__query_argument_errors),
+      cmocka_unit_test(test_cache__cpu_cache_has_no_async_error),
+      cmocka_unit_test(test_cache__create_rejects_bad_configs),
+      cmocka_unit_test(test_cache__create_rejects_bad_device_fields),
+      cmocka_unit_test(test_cache__options_init_errors),
+      cmocka_unit_test(test_cache__independent_caches),
+  };
+  return cmocka_run_group_tests_name("cache", tests, NULL, NULL);
+}
