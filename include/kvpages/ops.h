@@ -1,0 +1,99 @@
+/**
+ * @file kvpages/ops.h
+ * @brief Operations on cache pages: writing a ragged batch's new keys and values.
+ *
+ * @defgroup kvp_ops Cache operations
+ * @ingroup kvpages
+ * @{
+ */
+#ifndef KVPAGES_OPS_H
+#define KVPAGES_OPS_H
+
+#include "kvpages/cache.h"
+#include "kvpages/common.h"
+#include "kvpages/metadata.h"
+#include "kvpages/status.h"
+#include "kvpages/types.h"
+
+KVP_BEGIN_DECLS
+
+/**
+ * @brief Writes the new keys and values of a ragged batch into one layer's pages (the
+ *        reference's `concatenate_to_cache`, for both layouts).
+ *
+ * `key` and `value` have shape `[T, num_kv_heads, head_dim]` (rank 3, any strides in
+ * elements, identical shapes), dtype f32, f16 or bf16, on the cache's device. Each stored
+ * element is converted to the cache dtype with round-to-nearest-even and **no saturation**:
+ * values beyond the range of fp8 e4m3fn become NaN (it has no infinity), beyond fp8 e5m2, f16
+ * or bf16 become ±infinity; NaN stays NaN (sign kept, quiet bit set). When the input dtype
+ * equals the cache dtype the bits are copied unchanged.
+ *
+ * - **v2** (the slice list): for every slice `j < n = num_kv_update_slices[0]`, tokens
+ *   `src_j + o` go to flat slots `dst_j + o` (flat slot = page * page_size + row) for
+ *   `o < len_j` — the per-token semantics of the corrected reference, so a slice may start
+ *   anywhere (also inside the last page) and may be longer than a page.
+ * - **v3** (generic and head_dim-64 layouts): for every request row `i < num_seqs`
+ *   (`num_seqs = request_distribution[2]`, or `num_seqs[0]` without a distribution), token
+ *   `t < q_len = query_start_loc[i+1] - query_start_loc[i]` (tensor row
+ *   `query_start_loc[i] + t`) goes to position `pos = context_lens[i] - q_len + t`, i.e. page
+ *   `pages_tables[i][pos / page_size]`, row `pos % page_size`. Padding lanes and padding heads
+ *   of every written token slot are written as zeros.
+ *
+ * Nothing else in the cache changes. **Validation happens before any write** for host
+ * metadata: every page id, slot, source index, length and count is checked against the cache
+ * and the tensors (v3 additionally checks the reference kernel's preconditions: distribution
+ * bounds `0 ≤ d ≤ p ≤ n ≤ R`, decode rows with `q_len == 1`, `0 < q_len ≤ context_len`,
+ * `cdiv(context_len, page_size) ≤ pages_per_req`, non-decreasing `query_start_loc`), and two
+ * writes to the same slot in one call are rejected. On any violation the call returns
+ * ::KVP_ERR_INVALID_ARGUMENT with a message naming the request or slice and the value, and the
+ * cache is byte-for-byte unchanged.
+ *
+ * Metadata in CUDA device memory is accepted only with a CUDA cache; its contents cannot be
+ * checked on the host, so the device code checks them and reports violations through the
+ * cache's asynchronous error (kvp_cache_get_async_error()) without writing out of bounds.
+ *
+ * On the CPU, batches that write at least 2 MiB are spread over a small thread pool (as many
+ * threads as CPUs, or `KVP_NUM_THREADS` / `OMP_NUM_THREADS` from the environment, read once);
+ * the calling thread always works too and never waits for a pool thread that has not started.
+ * Smaller calls, single-token decode steps included, run on the calling thread only. Batches
+ * writing 16 MiB or more use non-temporal stores (they would only evict the caches).
+ *
+ * @param[in,out] cache Cache handle (the layer's pages are written).
+ * @param[in] layer Layer index, < num_hidden_layers.
+ * @param[in] key New keys `[T, H, D]`, not NULL.
+ * @param[in] value New values `[T, H, D]`, not NULL.
+ * @param[in] metadata Runtime metadata of the step, not NULL; its version must match the
+ *            cache's layout and its page size (when non-zero) the cache's.
+ * @param[in] stream CUDA stream for a CUDA cache (NULL = legacy default stream); ignored for a
+ *            CPU cache (pass NULL).
+ * @retval KVP_OK Written (for a CUDA cache: enqueued).
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache or metadata handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL tensor, layer out of range, bad tensor shape, dtype
+ *         or device, metadata of the wrong version, page size or device, or any metadata value
+ *         out of range (see above). The cache is unchanged.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @retval KVP_ERR_DEVICE A CUDA launch failed.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory for the validation scratch was exhausted; the cache
+ *         is unchanged.
+ * @ownership Borrows everything for the duration of the call (CUDA: until the stream reaches
+ *            the enqueued work).
+ * @threadsafety Must not run concurrently with other calls that modify the same cache; calls on
+ *               different layers of the same cache must not overlap either.
+ * @stream Stream-ordered on `stream` for CUDA caches; never synchronises the host. Argument
+ *         errors are reported synchronously.
+ * @since 1.0
+ * @code
+ * // key/value: [T, H, D] bf16 host tensors packed in the builder's row order.
+ * for (uint32_t l = 0; l < layers; ++l)
+ *   if (kvp_concatenate(cache, l, &key[l], &value[l], md, NULL) != KVP_OK)
+ *     fprintf(stderr, "%s\n", kvp_last_error_message());
+ * @endcode
+ */
+KVP_API kvp_status KVP_CALL kvp_concatenate(kvp_cache *cache, uint32_t layer,
+                                            const kvp_tensor *key, const kvp_tensor *value,
+                                            const kvp_metadata *metadata, kvp_stream stream);
+
+KVP_END_DECLS
+
+/** @} */
+#endif /* KVPAGES_OPS_H */

@@ -1,0 +1,494 @@
+// CPU kvp_concatenate: a straight copy with conversion, token rows spread over a small
+// work-sharing thread pool for large batches. Every written token slot gets its whole row: data lanes converted with
+// fp_convert.hpp, padding lanes / heads zeroed.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define KVP_HAVE_NT_STORES 1
+#else
+#define KVP_HAVE_NT_STORES 0
+#endif
+
+#include "core/concat.hpp"
+#include "core/fp_convert.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+namespace {
+
+using RowFn = void (*)(const uint8_t* src, int64_t src_stride, uint8_t* dst, int64_t n);
+
+template <kvp_dtype D>
+struct Bits {
+  using type = std::conditional_t<D == KVP_DTYPE_F32, uint32_t,
+                                  std::conditional_t<D == KVP_DTYPE_F16 || D == KVP_DTYPE_BF16, uint16_t, uint8_t>>;
+};
+
+template <kvp_dtype SD>
+inline float to_f32(typename Bits<SD>::type c) {
+  if constexpr (SD == KVP_DTYPE_F32)
+    return fp::f32_from_bits(c);
+  else if constexpr (SD == KVP_DTYPE_F16)
+    return fp::f32_from_f16(c);
+  else
+    return fp::f32_from_bf16(c);
+}
+
+template <kvp_dtype DD>
+inline typename Bits<DD>::type from_f32(float f) {
+  if constexpr (DD == KVP_DTYPE_F32)
+    return fp::f32_bits(f);
+  else if constexpr (DD == KVP_DTYPE_F16)
+    return fp::f16_from_f32(f);
+  else if constexpr (DD == KVP_DTYPE_BF16)
+    return fp::bf16_from_f32(f);
+  else if constexpr (DD == KVP_DTYPE_F8_E4M3FN)
+    return fp::e4m3fn_from_f32(f);
+  else
+    return fp::e5m2_from_f32(f);
+}
+
+constexpr int elem_size(kvp_dtype d) { return d == KVP_DTYPE_F32 ? 4 : (d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16) ? 2 : 1; }
+
+// Converts one row of n lanes. The conversions are branch-free, so both loops vectorize;
+// strided rows are gathered into a small typed buffer first.
+// 16-bit input -> narrower/other 16-bit storage: a 64K-entry table built once from the same
+// conversion functions (static storage, no allocation; exact by construction).
+template <kvp_dtype SD, kvp_dtype DD>
+struct Table16 {
+  typename Bits<DD>::type v[65536];
+  Table16() {
+    for (uint32_t c = 0; c < 65536; ++c) v[c] = from_f32<DD>(to_f32<SD>(static_cast<uint16_t>(c)));
+  }
+};
+
+template <kvp_dtype SD, kvp_dtype DD>
+constexpr bool kUseTable = sizeof(typename Bits<SD>::type) == 2 && DD != SD && DD != KVP_DTYPE_F32;
+
+template <kvp_dtype SD, kvp_dtype DD>
+const typename Bits<DD>::type* table16() {
+  static const Table16<SD, DD> table;
+  return table.v;
+}
+
+template <kvp_dtype SD, kvp_dtype DD>
+void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+  using SrcT = typename Bits<SD>::type;
+  using DstT = typename Bits<DD>::type;
+  if constexpr (kUseTable<SD, DD>) {
+    const DstT* t = table16<SD, DD>();
+    const int64_t step = stride * static_cast<int64_t>(sizeof(SrcT));
+    for (int64_t d = 0; d < n; ++d) {
+      SrcT c;
+      std::memcpy(&c, src + d * step, sizeof c);
+      std::memcpy(dst + d * static_cast<int64_t>(sizeof(DstT)), &t[c], sizeof(DstT));
+    }
+    return;
+  }
+  if (stride == 1) {
+    for (int64_t d = 0; d < n; ++d) {
+      SrcT c;
+      std::memcpy(&c, src + d * static_cast<int64_t>(sizeof(SrcT)), sizeof c);
+      const DstT o = from_f32<DD>(to_f32<SD>(c));
+      std::memcpy(dst + d * static_cast<int64_t>(sizeof(DstT)), &o, sizeof o);
+    }
+    return;
+  }
+  constexpr int kChunk = 128;
+  SrcT in[kChunk];
+  const int64_t step = stride * static_cast<int64_t>(sizeof(SrcT));
+  for (int64_t d0 = 0; d0 < n; d0 += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - d0));
+    for (int i = 0; i < m; ++i) std::memcpy(&in[i], src + (d0 + i) * step, sizeof(SrcT));
+    for (int i = 0; i < m; ++i) {
+      const DstT o = from_f32<DD>(to_f32<SD>(in[i]));
+      std::memcpy(dst + (d0 + i) * static_cast<int64_t>(sizeof(DstT)), &o, sizeof o);
+    }
+  }
+}
+
+template <int kSize>
+void copy_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+  if (stride == 1) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * kSize);
+  } else {
+    const int64_t step = stride * kSize;
+    for (int64_t d = 0; d < n; ++d) std::memcpy(dst + d * kSize, src + d * step, kSize);
+  }
+}
+
+template <kvp_dtype SD, kvp_dtype DD>
+RowFn prepared() {
+  if constexpr (kUseTable<SD, DD>) (void)table16<SD, DD>();  // build before the first write
+  return convert_row<SD, DD>;
+}
+
+template <kvp_dtype SD>
+RowFn pick_dst(kvp_dtype dd) {
+  switch (dd) {
+    case KVP_DTYPE_F32: return prepared<SD, KVP_DTYPE_F32>();
+    case KVP_DTYPE_F16: return prepared<SD, KVP_DTYPE_F16>();
+    case KVP_DTYPE_BF16: return prepared<SD, KVP_DTYPE_BF16>();
+    case KVP_DTYPE_F8_E4M3FN: return prepared<SD, KVP_DTYPE_F8_E4M3FN>();
+    case KVP_DTYPE_F8_E5M2: return prepared<SD, KVP_DTYPE_F8_E5M2>();
+    default: return nullptr;
+  }
+}
+
+RowFn pick(kvp_dtype sd, kvp_dtype dd) {
+  if (sd == dd) {
+    switch (sd) {
+      case KVP_DTYPE_F32: return copy_row<4>;
+      case KVP_DTYPE_F16:
+      case KVP_DTYPE_BF16: return copy_row<2>;
+      default: return nullptr;
+    }
+  }
+  switch (sd) {
+    case KVP_DTYPE_F32: return pick_dst<KVP_DTYPE_F32>(dd);
+    case KVP_DTYPE_F16: return pick_dst<KVP_DTYPE_F16>(dd);
+    case KVP_DTYPE_BF16: return pick_dst<KVP_DTYPE_BF16>(dd);
+    default: return nullptr;
+  }
+}
+
+struct Ctx {
+  const ConcatJob* job;
+  RowFn kfn, vfn;
+  size_t token_bytes;
+  int64_t key_off0, val_off0, head_step;  // byte offsets inside a token row
+  // Padding (zeroed on every written row): `pad_lane_bytes` after each of the 2H data entries
+  // (generic v3 with D < Dst), and the padding entries [pad_tail_off, token_bytes).
+  int64_t entry_bytes, pad_lane_off, pad_lane_bytes, pad_tail_off;
+  bool pad_lanes, pad_tail;
+  // Same dtype, contiguous rows of a common size: fixed-size copies (+ fixed lane padding).
+  void (*fast)(const Ctx&, const uint8_t*, const uint8_t*, int64_t, int64_t, uint8_t*);
+};
+
+// Copies kBytes (a multiple of 16) with non-temporal stores; dst 16-byte aligned.
+template <int kBytes>
+inline void stream_copy(uint8_t* dst, const uint8_t* src) {
+#if KVP_HAVE_NT_STORES
+  for (int i = 0; i < kBytes; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+#else
+  __builtin_memcpy(dst, src, kBytes);
+#endif
+}
+
+template <int kBytes>
+inline void stream_zero(uint8_t* dst) {
+#if KVP_HAVE_NT_STORES
+  const __m128i z = _mm_setzero_si128();
+  for (int i = 0; i < kBytes; i += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), z);
+#else
+  __builtin_memset(dst, 0, kBytes);
+#endif
+}
+
+template <int kBytes, int kPad, bool kStream>
+void write_token_fast(const Ctx& c, const uint8_t* kb, const uint8_t* vb, int64_t kh, int64_t vh, uint8_t* row) {
+  const ConcatJob& j = *c.job;
+  uint8_t* kd = row + c.key_off0;
+  uint8_t* vd = row + c.val_off0;
+  for (int64_t h = 0; h < j.num_kv_heads; ++h) {
+    if (kStream) {
+      stream_copy<kBytes>(kd + h * c.head_step, kb + h * kh);
+      stream_copy<kBytes>(vd + h * c.head_step, vb + h * vh);
+      if (kPad > 0) {
+        stream_zero<kPad>(kd + h * c.head_step + kBytes);
+        stream_zero<kPad>(vd + h * c.head_step + kBytes);
+      }
+    } else {
+      __builtin_memcpy(kd + h * c.head_step, kb + h * kh, kBytes);
+      __builtin_memcpy(vd + h * c.head_step, vb + h * vh, kBytes);
+      if (kPad > 0) {
+        __builtin_memset(kd + h * c.head_step + kBytes, 0, kPad);
+        __builtin_memset(vd + h * c.head_step + kBytes, 0, kPad);
+      }
+    }
+  }
+}
+
+using FastFn = void (*)(const Ctx&, const uint8_t*, const uint8_t*, int64_t, int64_t, uint8_t*);
+
+// Fixed-size variants for common row sizes (bytes of D lanes, bytes of lane padding).
+// Fixed-size variants for common row sizes (bytes of D lanes, bytes of lane padding); `stream`
+// selects non-temporal stores (large batches that would only evict the caches).
+FastFn pick_fast(int64_t row_bytes, int64_t pad_bytes, bool stream) {
+  struct Entry {
+    int64_t row, pad;
+    FastFn fn, fn_stream;
+  };
+#define KVP_FAST(r, p) {r, p, write_token_fast<r, p, false>, write_token_fast<r, p, true>}
+  static const Entry kTable[] = {
+      KVP_FAST(64, 0),    KVP_FAST(128, 0),  KVP_FAST(256, 0),   KVP_FAST(512, 0),
+      KVP_FAST(192, 64),  KVP_FAST(384, 128), KVP_FAST(64, 192), KVP_FAST(128, 384),
+      KVP_FAST(160, 96),  KVP_FAST(96, 160), KVP_FAST(320, 192),
+  };
+#undef KVP_FAST
+  for (const Entry& e : kTable)
+    if (e.row == row_bytes && e.pad == pad_bytes) return stream ? e.fn_stream : e.fn;
+  return nullptr;
+}
+
+inline void write_token(const Ctx& c, int64_t s, int64_t slot) {
+  const ConcatJob& j = *c.job;
+  uint8_t* row = j.dst + static_cast<size_t>(slot) * c.token_bytes;
+  const auto* kb = static_cast<const uint8_t*>(j.key.data) + s * j.key.stride_t * j.key.itemsize;
+  const auto* vb = static_cast<const uint8_t*>(j.value.data) + s * j.value.stride_t * j.value.itemsize;
+  const int64_t kh = j.key.stride_h * j.key.itemsize, vh = j.value.stride_h * j.value.itemsize;
+  if (c.fast != nullptr) {
+    c.fast(c, kb, vb, kh, vh, row);
+  } else {
+    for (int64_t h = 0; h < j.num_kv_heads; ++h) {
+      c.kfn(kb + h * kh, j.key.stride_d, row + c.key_off0 + h * c.head_step, j.head_dim);
+      c.vfn(vb + h * vh, j.value.stride_d, row + c.val_off0 + h * c.head_step, j.head_dim);
+    }
+  }
+  if (c.pad_lanes)
+    for (int64_t e = 0; e < 2 * j.num_kv_heads; ++e)
+      std::memset(row + e * c.entry_bytes + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
+  if (c.pad_tail) std::memset(row + c.pad_tail_off, 0, c.token_bytes - static_cast<size_t>(c.pad_tail_off));
+}
+
+void write_range(const Ctx& c, const ConcatRun* runs, int64_t num_runs, const int64_t* starts, int64_t k0, int64_t k1) {
+  if (k0 >= k1) return;
+  // First run containing token k0.
+  int64_t r = static_cast<int64_t>(std::upper_bound(starts, starts + num_runs, k0) - starts) - 1;
+  int64_t k = k0;
+  while (k < k1 && r < num_runs) {
+    const ConcatRun& run = runs[r];
+    const int64_t o0 = k - starts[r];
+    const int64_t o1 = std::min(run.len, k1 - starts[r]);
+    for (int64_t o = o0; o < o1; ++o) write_token(c, run.src + o, run.dst_slot + o);
+    k = starts[r] + o1;
+    ++r;
+  }
+}
+
+
+// A small work-sharing pool. The caller publishes a job of `n` chunks, wakes up to `helpers`
+// pool threads, and works on the chunks itself; chunks are claimed from an atomic counter. The
+// caller returns as soon as every chunk is done: it never waits for a helper that has not started
+// yet (a helper that wakes late finds the job gone). So a helper that the OS does not schedule
+// (busy cores, an oversubscribed machine) costs nothing, unlike a fork/join team whose join
+// waits for every member. Threads: KVP_NUM_THREADS, else OMP_NUM_THREADS, else the number of
+// CPUs; created on first use and kept for the life of the process.
+class WorkPool {
+ public:
+  using ChunkFn = void (*)(void* arg, int64_t chunk);
+
+  static WorkPool& instance() {
+    static WorkPool* pool = new WorkPool();  // never destroyed: threads may outlive static dtors
+    return *pool;
+  }
+
+  int max_threads() const noexcept { return threads_total_; }
+
+  void run(int64_t n, int helpers, ChunkFn fn, void* arg) {
+    if (helpers > threads_total_ - 1) helpers = threads_total_ - 1;
+    std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
+    if (helpers <= 0 || n <= 1 || !run_lock.owns_lock()) {  // busy with another caller: run inline
+      for (int64_t i = 0; i < n; ++i) fn(arg, i);
+      return;
+    }
+    start_threads();
+    Job job;
+    job.fn = fn;
+    job.arg = arg;
+    job.n = n;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &job;
+      wanted_ = helpers;
+      ++gen_;
+    }
+    cv_.notify_all();
+    work(job);
+    for (int spins = 0; job.done.load(std::memory_order_acquire) < n; ++spins)
+      if (spins > 64) std::this_thread::yield();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = nullptr;
+      wanted_ = 0;
+    }
+    // Helpers that joined this job may still be failing to claim a chunk; wait for them to leave.
+    while (inside_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
+
+ private:
+  struct Job {
+    ChunkFn fn = nullptr;
+    void* arg = nullptr;
+    int64_t n = 0;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+
+  WorkPool() {
+    const char* env = std::getenv("KVP_NUM_THREADS");
+    if (env == nullptr || *env == 0) env = std::getenv("OMP_NUM_THREADS");
+    long n = env != nullptr ? std::strtol(env, nullptr, 10) : 0;
+    if (n <= 0) n = static_cast<long>(std::thread::hardware_concurrency());
+    if (n <= 0) n = 1;
+    threads_total_ = static_cast<int>(std::min<long>(n, 256));
+  }
+
+  static void work(Job& j) {
+    for (;;) {
+      const int64_t i = j.next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= j.n) return;
+      j.fn(j.arg, i);
+      j.done.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void start_threads() {
+    if (started_) return;
+    started_ = true;
+    for (int t = 1; t < threads_total_; ++t) {
+      try {
+        std::thread(&WorkPool::loop, this).detach();
+      } catch (...) {
+        break;  // fewer helpers; the caller still does all remaining work itself
+      }
+    }
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      Job* j;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return job_ != nullptr && gen_ != seen && wanted_ > 0; });
+        seen = gen_;
+        --wanted_;
+        j = job_;
+        inside_.fetch_add(1, std::memory_order_relaxed);
+      }
+      work(*j);
+      inside_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  int threads_total_ = 1;
+  bool started_ = false;  // guarded by run_mu_
+  std::mutex run_mu_;     // one job at a time; concurrent callers run inline
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Job* job_ = nullptr;  // guarded by mu_
+  uint64_t gen_ = 0;    // guarded by mu_
+  int wanted_ = 0;      // guarded by mu_
+  std::atomic<int> inside_{0};
+};
+
+struct ParallelWrite {
+  const Ctx* c;
+  const ConcatJob* job;
+  const int64_t* starts;
+  int64_t chunk_tokens;
+  bool stream;
+};
+
+void write_chunk(void* p, int64_t chunk) {
+  const ParallelWrite& w = *static_cast<const ParallelWrite*>(p);
+  const int64_t k0 = chunk * w.chunk_tokens;
+  const int64_t k1 = std::min(w.job->total_tokens, k0 + w.chunk_tokens);
+  write_range(*w.c, w.job->runs, w.job->num_runs, w.starts, k0, k1);
+#if KVP_HAVE_NT_STORES
+  if (w.stream) _mm_sfence();  // order the streaming stores before the chunk is reported done
+#endif
+}
+
+}  // namespace
+
+void cpu_concatenate(const ConcatJob& job) {
+  if (!job.host_validated) fail(KVP_ERR_INTERNAL, "kvp_concatenate: CPU path needs host-validated metadata");
+  if (job.num_runs <= 0) return;
+  Ctx c;
+  c.job = &job;
+  c.kfn = pick(job.key.dtype, job.cache_dtype);
+  c.vfn = pick(job.value.dtype, job.cache_dtype);
+  if (c.kfn == nullptr || c.vfn == nullptr)
+    fail(KVP_ERR_INTERNAL, "kvp_concatenate: no conversion from dtype %u/%u to %u", job.key.dtype, job.value.dtype,
+         job.cache_dtype);
+  const int64_t isz = job.cache_itemsize;
+  c.token_bytes = static_cast<size_t>(job.token_elems * isz);
+  const int64_t Dst = job.layout.storage_head_dim;
+  const int64_t H = job.num_kv_heads, D = job.head_dim;
+  c.entry_bytes = Dst * isz;
+  if (job.h64) {
+    // Head h owns one combined entry: [K (lanes 0..63) | V (lanes 64..127)]; D == 64.
+    c.key_off0 = 0;
+    c.val_off0 = 64 * isz;
+    c.head_step = Dst * isz;
+    c.pad_lanes = false;
+    c.pad_tail_off = H * Dst * isz;  // padding heads H .. combined_heads-1
+  } else {
+    // Entries K_0, V_0, K_1, V_1, ... each Dst lanes (v2: Dst = D, no padding).
+    c.key_off0 = 0;
+    c.val_off0 = Dst * isz;
+    c.head_step = 2 * Dst * isz;
+    c.pad_lanes = D < Dst;
+    c.pad_tail_off = 2 * H * Dst * isz;  // padding entries 2H .. combined_heads-1
+  }
+  c.pad_lane_off = D * isz;
+  c.pad_lane_bytes = (Dst - D) * isz;
+  c.pad_tail = static_cast<size_t>(c.pad_tail_off) < c.token_bytes;
+  // Batches writing more than this go around the caches (non-temporal stores), like a large
+  // memcpy does.
+  constexpr int64_t kStreamBytes = int64_t(16) << 20;
+  const bool aligned = (reinterpret_cast<uintptr_t>(job.dst) % 16) == 0 && c.token_bytes % 16 == 0 &&
+                       c.head_step % 16 == 0 && c.val_off0 % 16 == 0;
+  const bool stream = KVP_HAVE_NT_STORES && aligned &&
+                      job.total_tokens * static_cast<int64_t>(c.token_bytes) >= kStreamBytes;
+  c.fast = nullptr;
+  if (job.key.dtype == job.cache_dtype && job.value.dtype == job.cache_dtype && job.key.stride_d == 1 &&
+      job.value.stride_d == 1) {
+    c.fast = pick_fast(D * isz, c.pad_lanes ? c.pad_lane_bytes : 0, stream);
+    if (c.fast != nullptr) c.pad_lanes = false;  // the fixed-size variant zeroes the lane padding
+  }
+
+  const int64_t total = job.total_tokens;
+  const int64_t bytes = total * static_cast<int64_t>(c.token_bytes);
+  // Threads only pay off when each gets >= 1 MiB to write; single-token and small calls stay on
+  // the calling thread (no wake-ups, no allocation).
+  constexpr int64_t kBytesPerThread = int64_t(1) << 20;
+  const bool parallel = total >= 64 && bytes >= 2 * kBytesPerThread && WorkPool::instance().max_threads() > 1;
+  if (!parallel) {
+    for (int64_t r = 0; r < job.num_runs; ++r) {
+      const ConcatRun& run = job.runs[r];
+      for (int64_t o = 0; o < run.len; ++o) write_token(c, run.src + o, run.dst_slot + o);
+    }
+#if KVP_HAVE_NT_STORES
+    if (stream) _mm_sfence();
+#endif
+    return;
+  }
+  std::vector<int64_t> starts(static_cast<size_t>(job.num_runs));
+  int64_t acc = 0;
+  for (int64_t r = 0; r < job.num_runs; ++r) {
+    starts[static_cast<size_t>(r)] = acc;
+    acc += job.runs[r].len;
+  }
+  const int threads = static_cast<int>(std::min<int64_t>(WorkPool::instance().max_threads(), bytes / kBytesPerThread));
+  // Chunks of ~256 KiB (at least 4 per thread) so a slow helper holds up little work.
+  const int64_t chunk_tokens =
+      std::max<int64_t>(1, std::min<int64_t>((int64_t(256) << 10) / static_cast<int64_t>(c.token_bytes) + 1,
+                                             total / (4 * static_cast<int64_t>(threads))));
+  ParallelWrite w{&c, &job, starts.data(), chunk_tokens, stream};
+  WorkPool::instance().run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
+}
+
+}  // namespace kvp::detail

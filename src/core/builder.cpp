@@ -1,0 +1,221 @@
+#include "core/builder.hpp"
+
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/math.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+namespace {
+long long ll(int64_t v) { return static_cast<long long>(v); }
+constexpr int64_t kI32Max = std::numeric_limits<int32_t>::max();
+constexpr uint32_t kKnownFlags =
+    KVP_BATCH_FLAG_SEED_DISTRIBUTION | KVP_BATCH_FLAG_TIGHT_SLICES | KVP_BATCH_FLAG_KEEP_ORDER;
+
+struct Slice {
+  int64_t dst, src, len;
+};
+}  // namespace
+
+int64_t builder_padded_num_slices(const kvp_config& c, int64_t num_tokens, int64_t max_reqs) {
+  const int64_t T = num_tokens > 0 ? num_tokens : (c.max_num_tokens > 0 ? c.max_num_tokens : c.max_model_length);
+  const int64_t R = max_reqs > 0 ? max_reqs : (c.max_num_reqs > 0 ? c.max_num_reqs : max_num_seqs(c));
+  int64_t n = checked_add(checked_mul(2, R, "2 * max_num_reqs"), T / c.page_size, "padded slices");
+  if (T < n) n = T;
+  return align_to_multiple(n, c.num_slices_per_kv_cache_update_page);
+}
+
+Metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t num_requests,
+                         const kvp_batch_options& opts, int32_t* order_out, const char* fn) {
+  (void)layout_of(cfg, fn);  // validates the config
+  if (cfg.num_pages < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: config num_pages is %lld; create the config with kvp_config_create first", fn,
+         ll(cfg.num_pages));
+  if (opts.flags & ~kKnownFlags)
+    fail(KVP_ERR_UNSUPPORTED, "%s: unknown batch flags 0x%x", fn, opts.flags & ~kKnownFlags);
+  if (opts._reserved0 != 0) fail(KVP_ERR_UNSUPPORTED, "%s: kvp_batch_options._reserved0 must be 0", fn);
+  if (opts.max_num_reqs < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs %lld is negative", fn, ll(opts.max_num_reqs));
+  if (opts.max_num_tokens < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens %lld is negative", fn, ll(opts.max_num_tokens));
+  if (num_requests > 0 && reqs == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: requests is NULL but num_requests is %u", fn, num_requests);
+
+  const int64_t S = cfg.page_size;
+  const int64_t P = cfg.num_pages;
+  const int64_t W = cfg.max_num_pages_per_req > 0 ? cfg.max_num_pages_per_req : cdiv(cfg.max_model_length, S);
+  const bool v2 = cfg.version == KVP_LAYOUT_V2;
+
+  // 1. Check every request; collect the active ones.
+  std::vector<uint32_t> decode, other;
+  int64_t total_tokens = 0;
+  for (uint32_t i = 0; i < num_requests; ++i) {
+    const kvp_batch_request& r = reqs[i];
+    if (r.num_computed < 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_computed %lld is negative", fn, i, ll(r.num_computed));
+    if (r.num_scheduled < 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_scheduled %lld is negative", fn, i, ll(r.num_scheduled));
+    if (r.num_pages < 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_pages %lld is negative", fn, i, ll(r.num_pages));
+    if (r.num_pages > 0 && r.page_ids == nullptr)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids is NULL but num_pages is %lld", fn, i, ll(r.num_pages));
+    if (r.num_scheduled == 0) continue;
+    if (r.num_computed > cfg.max_model_length - r.num_scheduled)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request %u: num_computed %lld + num_scheduled %lld exceeds max_model_length %lld", fn, i,
+           ll(r.num_computed), ll(r.num_scheduled), ll(cfg.max_model_length));
+    const int64_t end = r.num_computed + r.num_scheduled;
+    if (end > kI32Max)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: context length %lld does not fit int32", fn, i, ll(end));
+    if (r.num_pages > W)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: %lld pages exceed max_num_pages_per_req %lld", fn, i,
+           ll(r.num_pages), ll(W));
+    const int64_t need = cdiv(end, S);
+    if (r.num_pages < need)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request %u: has %lld pages but %lld tokens (num_computed %lld + num_scheduled %lld) need %lld", fn, i,
+           ll(r.num_pages), ll(end), ll(r.num_computed), ll(r.num_scheduled), ll(need));
+    for (int64_t k = 0; k < r.num_pages; ++k) {
+      const int64_t pg = r.page_ids[k];
+      if (pg == 0)
+        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids[%lld] is the reserved null page 0", fn, i, ll(k));
+      if (pg < 0 || pg >= P)
+        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids[%lld] = %lld is out of range [1, %lld)", fn, i, ll(k),
+             ll(pg), ll(P));
+    }
+    total_tokens += r.num_scheduled;
+    if (total_tokens > kI32Max)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld scheduled tokens do not fit int32", fn, ll(total_tokens));
+    const bool is_decode = r.num_scheduled == 1 && r.num_computed > 0;
+    if (is_decode && !(opts.flags & KVP_BATCH_FLAG_KEEP_ORDER))
+      decode.push_back(i);
+    else
+      other.push_back(i);
+  }
+  // Decode-first (stable) order.
+  std::vector<uint32_t> rows;
+  rows.reserve(decode.size() + other.size());
+  rows.insert(rows.end(), decode.begin(), decode.end());
+  rows.insert(rows.end(), other.begin(), other.end());
+  const int64_t N = static_cast<int64_t>(rows.size());
+  // Decode bucket: the leading decode rows (all decodes unless KEEP_ORDER).
+  int64_t d = 0;
+  while (d < N) {
+    const kvp_batch_request& r = reqs[rows[static_cast<size_t>(d)]];
+    if (!(r.num_scheduled == 1 && r.num_computed > 0)) break;
+    ++d;
+  }
+
+  // 2. Sizes.
+  const int64_t R = opts.max_num_reqs > 0 ? opts.max_num_reqs : (cfg.max_num_reqs > 0 ? cfg.max_num_reqs : N);
+  if (N > R)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld active requests exceed max_num_reqs %lld", fn, ll(N), ll(R));
+  if (R >= kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs %lld does not fit int32", fn, ll(R));
+  const int64_t T = opts.max_num_tokens > 0 ? opts.max_num_tokens
+                                            : (cfg.max_num_tokens > 0 ? cfg.max_num_tokens : total_tokens);
+  if (total_tokens > T)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld scheduled tokens exceed the token bucket max_num_tokens %lld", fn,
+         ll(total_tokens), ll(T));
+  if (T > kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens %lld does not fit int32", fn, ll(T));
+  if (R * W > (int64_t(1) << 31))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page table of %lld x %lld entries is too large", fn, ll(R), ll(W));
+
+  // 3. v2 slices (request by request, page by page).
+  std::vector<Slice> slices;
+  int64_t columns = 0;
+  if (v2) {
+    if (cfg.num_slices_per_kv_cache_update_page <= 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: config num_slices_per_kv_cache_update_page is %lld (not computed)", fn,
+           ll(cfg.num_slices_per_kv_cache_update_page));
+    if (P * S > kI32Max)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld flat slots do not fit the int32 slice list", fn, ll(P * S));
+    int64_t src = 0;
+    for (uint32_t idx : rows) {
+      const kvp_batch_request& r = reqs[idx];
+      const int64_t a = r.num_computed, e = a + r.num_scheduled;
+      const int64_t lp0 = a / S, lp1 = (e - 1) / S;
+      for (int64_t lp = lp0; lp <= lp1; ++lp) {
+        const int64_t st = lp == lp0 ? a % S : 0;
+        const int64_t en = lp == lp1 ? ((e - 1) % S) + 1 : S;
+        const int64_t len = en - st;
+        slices.push_back({static_cast<int64_t>(r.page_ids[lp]) * S + st, src, len});
+        src += len;
+      }
+    }
+    const int64_t cap = builder_padded_num_slices(cfg, T, R);
+    const int64_t n = static_cast<int64_t>(slices.size());
+    if (n > cap)  // cannot happen with the checks above; keep the reference's invariant explicit
+      fail(KVP_ERR_INTERNAL, "%s: %lld slices exceed the padded capacity %lld", fn, ll(n), ll(cap));
+    columns = cap;
+    if (opts.flags & KVP_BATCH_FLAG_TIGHT_SLICES) {
+      const int64_t tight = align_to_multiple(n, cfg.num_slices_per_kv_cache_update_page);
+      if (tight < columns) columns = tight;
+    }
+    if (3 * columns > (int64_t(1) << 31))
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice capacity %lld is too large", fn, ll(columns));
+  }
+
+  // 4. Allocate and fill.
+  MetadataArrays s;
+  s.version = cfg.version;
+  s.page_size = S;
+  s.num_slices_per_page = cfg.num_slices_per_kv_cache_update_page;
+  s.num_reqs = R;
+  s.pages_per_req = W;
+  s.context_lens_len = R;
+  s.query_start_loc_len = R + 1;
+  s.num_seqs_len = 1;
+  s.position_ids_len = T;
+  if (v2) {
+    s.num_slices = columns;
+    s.num_kv_update_slices_len = 1;
+  } else {
+    s.request_distribution_len = 3;
+  }
+  std::unique_ptr<Metadata> m(new Metadata());
+  m->allocate(s);
+  const MetadataArrays& a = m->arrays();
+  int32_t* pt = m->mut(a.pages_tables);
+  int32_t* cl = m->mut(a.context_lens);
+  int32_t* qsl = m->mut(a.query_start_loc);
+  int32_t* pos = m->mut(a.position_ids);
+  int64_t q = 0;
+  qsl[0] = 0;
+  for (int64_t row = 0; row < N; ++row) {
+    const kvp_batch_request& r = reqs[rows[static_cast<size_t>(row)]];
+    for (int64_t k = 0; k < r.num_pages; ++k) pt[row * W + k] = r.page_ids[k];
+    cl[row] = static_cast<int32_t>(r.num_computed + r.num_scheduled);
+    for (int64_t t = 0; t < r.num_scheduled; ++t) pos[q + t] = static_cast<int32_t>(r.num_computed + t);
+    q += r.num_scheduled;
+    qsl[row + 1] = static_cast<int32_t>(q);
+  }
+  for (int64_t row = N; row < R; ++row) qsl[row + 1] = static_cast<int32_t>(q);
+  m->mut(a.num_seqs)[0] = static_cast<int32_t>(N);
+  if (v2) {
+    int32_t* sm = m->mut(a.slot_mapping);
+    for (size_t j = 0; j < slices.size(); ++j) {
+      sm[0 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].dst);
+      sm[1 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].src);
+      sm[2 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].len);
+    }
+    m->mut(a.num_kv_update_slices)[0] = static_cast<int32_t>(slices.size());
+  } else {
+    int32_t* rd = m->mut(a.request_distribution);
+    rd[0] = static_cast<int32_t>(d);
+    rd[1] = static_cast<int32_t>((opts.flags & KVP_BATCH_FLAG_SEED_DISTRIBUTION) ? d : N);
+    rd[2] = static_cast<int32_t>(N);
+  }
+  check_metadata_structure(m->arrays(), fn);
+
+  if (order_out != nullptr) {
+    for (uint32_t i = 0; i < num_requests; ++i)
+      order_out[i] = static_cast<int64_t>(i) < N ? static_cast<int32_t>(rows[i]) : -1;
+  }
+  return m.release();
+}
+
+}  // namespace kvp::detail
