@@ -1,0 +1,526 @@
+/**
+ * @file kvpages/serialize.h
+ * @brief Saving and loading caches: a versioned, little-endian, checksummed byte format, to and
+ *        from caller buffers, callbacks and files.
+ *
+ * A serialized cache ("blob") holds the full config, the ids of the pages it carries and, for
+ * every layer, the bytes of those pages, split into chunks that each carry an XXH3-64 checksum.
+ * The format is specified in `docs/serialization-format.md`. The bytes do not depend on where
+ * the cache lived: a blob written from a CUDA cache loads into a CPU cache and back.
+ *
+ * **Untrusted input.** Every reader treats its input as untrusted: a truncated blob, a flipped
+ * byte, a wrong magic, an unknown major version, absurd sizes or a config that does not fit the
+ * target are reported with a `KVP_ERR_FORMAT_*` status and a message, never by crashing or
+ * reading past the input. Sizes read from the input never drive an allocation before the header
+ * checksum and field checks have passed, and readers that stream (callbacks, files) allocate as
+ * data arrives, never more than one chunk ahead of it.
+ *
+ * **Failure atomicity.** kvp_deserialize_into() and its variants check every checksum of the
+ * blob before they write the first byte to the target cache, so on any failure the target is
+ * unchanged. kvp_serialize_to_file() replaces the destination file atomically.
+ *
+ * @defgroup kvp_serialize Serialization
+ * @ingroup kvpages
+ * @{
+ */
+#ifndef KVPAGES_SERIALIZE_H
+#define KVPAGES_SERIALIZE_H
+
+#include "kvpages/cache.h"
+#include "kvpages/common.h"
+#include "kvpages/config.h"
+#include "kvpages/status.h"
+#include "kvpages/types.h"
+
+KVP_BEGIN_DECLS
+
+/** Format major version this library writes and the only one it reads. */
+#define KVP_FORMAT_MAJOR 1u
+/** Format minor version this library writes; it reads any minor of ::KVP_FORMAT_MAJOR. */
+#define KVP_FORMAT_MINOR 0u
+/** Default payload bytes per checksummed chunk (1 MiB). */
+#define KVP_SERIALIZE_DEFAULT_CHUNK_BYTES 1048576u
+/** Smallest accepted chunk size in bytes. */
+#define KVP_SERIALIZE_MIN_CHUNK_BYTES 64u
+/** Largest accepted chunk size in bytes (1 GiB). */
+#define KVP_SERIALIZE_MAX_CHUNK_BYTES 1073741824u
+
+/** Current value of kvp_serialize_options::abi_version. */
+#define KVP_SERIALIZE_OPTIONS_VERSION 1u
+
+/**
+ * @brief What to serialize: all pages or a chosen list, and the chunk size.
+ *
+ * Zero means default for every field: a zeroed struct with its size and version set serializes
+ * the whole cache in 1 MiB chunks.
+ */
+typedef struct kvp_serialize_options {
+  uint32_t struct_size;   /**< sizeof(kvp_serialize_options). */
+  uint32_t abi_version;   /**< ::KVP_SERIALIZE_OPTIONS_VERSION. */
+  const int32_t *page_ids; /**< Pages to write, in this order (borrowed); NULL = every page 0 … num_pages-1. Each id in [0, num_pages), no duplicates. */
+  uint32_t num_page_ids;  /**< Entries in `page_ids`; must be 0 when `page_ids` is NULL. 0 with a non-NULL `page_ids` writes the config and no page. */
+  uint32_t flags;         /**< Reserved, must be 0. */
+  uint64_t chunk_bytes;   /**< Payload bytes per checksummed chunk; 0 = ::KVP_SERIALIZE_DEFAULT_CHUNK_BYTES; else in [::KVP_SERIALIZE_MIN_CHUNK_BYTES, ::KVP_SERIALIZE_MAX_CHUNK_BYTES]. */
+} kvp_serialize_options;
+
+/** Static initialiser: whole cache, default chunk size. */
+#define KVP_SERIALIZE_OPTIONS_INIT {sizeof(kvp_serialize_options), KVP_SERIALIZE_OPTIONS_VERSION}
+
+/**
+ * @brief Fills serialize options with defaults (whole cache, 1 MiB chunks).
+ * @param[out] opts Options to fill, not NULL.
+ * @param[in] struct_size sizeof(kvp_serialize_options) as the caller sees it.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_ARGUMENT `opts` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` is smaller than version 1 of the struct.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_serialize_options_init(kvp_serialize_options *opts, uint32_t struct_size);
+
+/**
+ * @brief Writer callback of kvp_serialize_to_writer(): consumes the next `size` bytes of the blob.
+ *
+ * Called with consecutive pieces of the blob, in order; pieces are at most one chunk plus 8 bytes
+ * (or the page-id table) long. `data` is valid only during the call.
+ *
+ * @param data The bytes, never NULL.
+ * @param size Number of bytes, > 0.
+ * @param user_data The pointer given to kvp_serialize_to_writer().
+ * @return 0 to continue; any other value stops serialization, which then returns ::KVP_ERR_IO
+ *         with the value in its message.
+ * @warning The callback must not unwind (no C++ exception, Rust panic or longjmp through it).
+ */
+typedef int32_t(KVP_CALL *kvp_write_fn)(const void *data, size_t size, void *user_data);
+
+/**
+ * @brief Reader callback of the `*_from_reader` functions: supplies up to `size` next bytes.
+ *
+ * @param dst Where to write, never NULL, `size` bytes available.
+ * @param size Bytes wanted, > 0.
+ * @param read_out Receives how many bytes were written to `dst` (0 … `size`); 0 with a return
+ *        value of 0 means end of input. Never NULL.
+ * @param user_data The pointer given to the calling function.
+ * @return 0 on success (including end of input); any other value aborts the call, which then
+ *         returns ::KVP_ERR_IO with the value in its message.
+ * @warning The callback must not unwind (no C++ exception, Rust panic or longjmp through it).
+ */
+typedef int32_t(KVP_CALL *kvp_read_fn)(void *dst, size_t size, size_t *read_out, void *user_data);
+
+/**
+ * @brief Computes the exact size in bytes of the blob kvp_serialize() would write.
+ *
+ * The size depends only on the config, the number of selected pages and the chunk size, so it
+ * is exact, not an upper bound.
+ *
+ * @param[in] cache Cache handle.
+ * @param[in] opts Selection and chunk size, or NULL for the whole cache with defaults.
+ * @param[out] out Receives the size in bytes, not NULL; unchanged on failure.
+ * @retval KVP_OK Computed.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL, a page id is out of range or repeated, `page_ids` is NULL with a non-zero count, a bad chunk size or a non-zero `flags`.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted while checking the selection.
+ * @threadsafety May run concurrently with other const calls on the same cache.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_serialized_size(const kvp_cache *cache, const kvp_serialize_options *opts,
+                                                size_t *out);
+
+/**
+ * @brief Serializes a cache (or chosen pages of it) into a caller buffer.
+ *
+ * When `cap` is smaller than the blob, nothing is written to `dst`, `*written_out` receives the
+ * required size and ::KVP_ERR_BUFFER_TOO_SMALL is returned (pass `dst` NULL and `cap` 0 to query
+ * the size, or use kvp_serialized_size()). For a CUDA cache the pages are copied to the host
+ * with synchronous copies on the legacy default stream: finish writing the pages first.
+ *
+ * @param[in] cache Cache handle.
+ * @param[in] opts Selection and chunk size, or NULL for the whole cache with defaults.
+ * @param[out] dst Destination, may be NULL only when `cap` is 0.
+ * @param[in] cap Capacity of `dst` in bytes.
+ * @param[out] written_out Receives the bytes written, or the required size with
+ *        ::KVP_ERR_BUFFER_TOO_SMALL; not NULL.
+ * @retval KVP_OK Written; `*written_out` bytes of `dst` hold the blob.
+ * @retval KVP_ERR_BUFFER_TOO_SMALL `cap` is too small; `*written_out` is the required size.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `written_out`, NULL `dst` with `cap` > 0, or a bad selection (see kvp_serialized_size()).
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership `dst` is borrowed.
+ * @threadsafety May run concurrently with other const calls on the same cache.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ * @code
+ * size_t need = 0, written = 0;
+ * kvp_serialized_size(cache, NULL, &need);
+ * void *buf = malloc(need);
+ * if (kvp_serialize(cache, NULL, buf, need, &written) != KVP_OK) puts(kvp_last_error_message());
+ * @endcode
+ */
+KVP_API kvp_status KVP_CALL kvp_serialize(const kvp_cache *cache, const kvp_serialize_options *opts, void *dst,
+                                          size_t cap, size_t *written_out);
+
+/**
+ * @brief Serializes a cache (or chosen pages of it) through a writer callback (streaming).
+ *
+ * The blob is produced in order, one chunk at a time, so memory use stays at about one chunk
+ * whatever the cache size. When the callback fails, serialization stops; what it already
+ * received is an incomplete blob that readers reject.
+ *
+ * @param[in] cache Cache handle.
+ * @param[in] opts Selection and chunk size, or NULL for the whole cache with defaults.
+ * @param[in] fn Writer, not NULL.
+ * @param[in] user_data Passed to every call of `fn`; may be NULL.
+ * @retval KVP_OK The whole blob was passed to `fn`.
+ * @retval KVP_ERR_IO `fn` returned non-zero.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `fn` or a bad selection (see kvp_serialized_size()).
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership `user_data` is borrowed for the duration of the call.
+ * @threadsafety May run concurrently with other const calls on the same cache.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, const kvp_serialize_options *opts,
+                                                    kvp_write_fn fn, void *user_data);
+
+/**
+ * @brief Serializes a cache (or chosen pages of it) to a file, replacing it atomically.
+ *
+ * Writes a temporary file in the same directory, flushes and `fsync`s it, renames it over
+ * `path` and `fsync`s the directory. On any failure the temporary file is removed and a file
+ * that existed under `path` is left as it was: a reader never sees a half-written file under
+ * the target name.
+ *
+ * @param[in] cache Cache handle.
+ * @param[in] opts Selection and chunk size, or NULL for the whole cache with defaults.
+ * @param[in] path Destination path, NUL-terminated, not NULL.
+ * @retval KVP_OK Written and renamed into place.
+ * @retval KVP_ERR_IO Creating, writing, syncing or renaming failed (the message has the OS error).
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL or empty `path`, or a bad selection (see kvp_serialized_size()).
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @threadsafety May run concurrently with other const calls on the same cache; concurrent
+ *               writers of the same path each replace the file atomically (the last rename wins).
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_serialize_to_file(const kvp_cache *cache, const kvp_serialize_options *opts,
+                                                  const char *path);
+
+/** Current value of kvp_deserialize_options::abi_version. */
+#define KVP_DESERIALIZE_OPTIONS_VERSION 1u
+
+/** @brief Options of the kvp_deserialize_new() family. Zero means default for every field. */
+typedef struct kvp_deserialize_options {
+  uint32_t struct_size;                   /**< sizeof(kvp_deserialize_options). */
+  uint32_t abi_version;                   /**< ::KVP_DESERIALIZE_OPTIONS_VERSION. */
+  const kvp_cache_options *cache_options; /**< Device and allocator of the new cache (borrowed); NULL = a CPU cache. */
+  uint64_t max_cache_bytes;               /**< Refuse blobs whose cache (all layers) would exceed this many bytes; 0 = no limit. Set it for untrusted input. */
+  uint32_t flags;                         /**< Reserved, must be 0. */
+  uint32_t _reserved;                     /**< Must be 0. */
+} kvp_deserialize_options;
+
+/** Static initialiser: CPU cache, no size limit. */
+#define KVP_DESERIALIZE_OPTIONS_INIT {sizeof(kvp_deserialize_options), KVP_DESERIALIZE_OPTIONS_VERSION}
+
+/**
+ * @brief Fills deserialize options with defaults (CPU cache, no size limit).
+ * @param[out] opts Options to fill, not NULL.
+ * @param[in] struct_size sizeof(kvp_deserialize_options) as the caller sees it.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_ARGUMENT `opts` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` is smaller than version 1 of the struct.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_options_init(kvp_deserialize_options *opts, uint32_t struct_size);
+
+/**
+ * @brief Creates a new cache from a blob in memory.
+ *
+ * The cache gets the blob's config; the pages the blob carries are loaded at their original
+ * page ids and every other page is zero. The whole input must be exactly one blob: trailing
+ * bytes are rejected.
+ *
+ * @param[in] src The blob, may be NULL only when `len` is 0.
+ * @param[in] len Bytes in `src`.
+ * @param[in] opts Options, or NULL for defaults (CPU cache, no size limit).
+ * @param[out] out Receives the new cache, not NULL; set to NULL on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_FORMAT_MAGIC The input does not start with the kvpages magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The input ends before the blob does.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum (header, page table or a chunk) does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid: bad sizes, an invalid config, bad page ids, trailing bytes.
+ * @retval KVP_ERR_FORMAT_MISMATCH The cache would exceed `max_cache_bytes`.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `out`, NULL `src` with `len` > 0, bad cache options.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
+ * @retval KVP_ERR_NO_DEVICE CUDA requested but not available.
+ * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted; nothing leaked.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @ownership Caller-owned result: release with kvp_cache_destroy(). `src` is borrowed.
+ * @threadsafety Thread-safe.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_new(const void *src, size_t len, const kvp_deserialize_options *opts,
+                                                kvp_cache **out);
+
+/**
+ * @brief Creates a new cache from a blob read through a callback (streaming).
+ *
+ * Reads exactly the blob's bytes and no more, so a stream may carry further data after it. The
+ * cache (sized by the checked header, subject to `max_cache_bytes`) is allocated before the
+ * pages arrive; each chunk is checked before it is stored.
+ *
+ * @param[in] fn Reader, not NULL.
+ * @param[in] user_data Passed to every call of `fn`; may be NULL.
+ * @param[in] opts Options, or NULL for defaults.
+ * @param[out] out Receives the new cache, not NULL; set to NULL on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_IO `fn` returned non-zero or reported more bytes than asked.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The input ended early.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input.
+ * @retval KVP_ERR_FORMAT_MISMATCH The cache would exceed `max_cache_bytes`.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `fn`/`out`, bad cache options.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
+ * @retval KVP_ERR_NO_DEVICE CUDA requested but not available.
+ * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @ownership Caller-owned result: release with kvp_cache_destroy().
+ * @threadsafety Thread-safe.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_reader(kvp_read_fn fn, void *user_data,
+                                                            const kvp_deserialize_options *opts, kvp_cache **out);
+
+/**
+ * @brief Creates a new cache from a blob file (see kvp_deserialize_new()).
+ *
+ * The file must hold exactly one blob: trailing bytes are rejected.
+ *
+ * @param[in] path File path, NUL-terminated, not NULL.
+ * @param[in] opts Options, or NULL for defaults.
+ * @param[out] out Receives the new cache, not NULL; set to NULL on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_IO The file could not be opened or read.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The file is shorter than the blob.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input, or trailing bytes.
+ * @retval KVP_ERR_FORMAT_MISMATCH The cache would exceed `max_cache_bytes`.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `path`/`out`, bad cache options.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
+ * @retval KVP_ERR_NO_DEVICE CUDA requested but not available.
+ * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @ownership Caller-owned result: release with kvp_cache_destroy().
+ * @threadsafety Thread-safe.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_file(const char *path, const kvp_deserialize_options *opts,
+                                                          kvp_cache **out);
+
+/**
+ * @brief Loads the pages of a blob in memory into chosen pages of an existing cache.
+ *
+ * The target must be compatible with the blob: same number of layers, KV heads, head dims,
+ * page size, layout version and dtype (its `num_pages` and the planning hints may differ). The
+ * blob's j-th page goes to `dst_page_ids[j]` in every layer, or to its original page id when
+ * `dst_page_ids` is NULL. Every checksum is verified before the first byte of the target is
+ * written, so on any failure the target is unchanged. Pages not named are not touched. The
+ * input must be exactly one blob.
+ *
+ * @param[in,out] cache Target cache.
+ * @param[in] src The blob, may be NULL only when `len` is 0.
+ * @param[in] len Bytes in `src`.
+ * @param[in] dst_page_ids Destination page ids (borrowed), one per page in the blob, each in
+ *            [0, num_pages) of the target, no duplicates; NULL = the blob's own page ids.
+ * @param[in] num_dst_page_ids Entries in `dst_page_ids`; must be 0 when it is NULL.
+ * @retval KVP_OK Loaded.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `src` with `len` > 0; a destination id out of range or repeated; NULL ids with a non-zero count.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The input ends before the blob does.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input, or trailing bytes.
+ * @retval KVP_ERR_FORMAT_MISMATCH The blob's geometry differs from the target's, the number of
+ *         destination ids differs from the blob's page count, or (with NULL ids) a page id of the
+ *         blob is outside the target.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; the target is unchanged.
+ * @retval KVP_ERR_DEVICE A device copy failed (the target may be partly written).
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership `src` and `dst_page_ids` are borrowed.
+ * @threadsafety Must not race with other calls on the same cache.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_into(kvp_cache *cache, const void *src, size_t len,
+                                                 const int32_t *dst_page_ids, uint32_t num_dst_page_ids);
+
+/**
+ * @brief Loads the pages of a blob read through a callback into chosen pages of an existing cache.
+ *
+ * Like kvp_deserialize_into(); the page payload is staged in host memory (allocated chunk by
+ * chunk as it arrives) and checked completely before the target is written.
+ *
+ * @param[in,out] cache Target cache.
+ * @param[in] fn Reader, not NULL.
+ * @param[in] user_data Passed to every call of `fn`; may be NULL.
+ * @param[in] dst_page_ids Destination page ids, or NULL (see kvp_deserialize_into()).
+ * @param[in] num_dst_page_ids Entries in `dst_page_ids`.
+ * @retval KVP_OK Loaded.
+ * @retval KVP_ERR_IO `fn` returned non-zero or reported more bytes than asked.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `fn`, bad destination ids.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The input ended early.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input.
+ * @retval KVP_ERR_FORMAT_MISMATCH The blob does not fit the target (see kvp_deserialize_into()).
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; the target is unchanged.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership `dst_page_ids` is borrowed.
+ * @threadsafety Must not race with other calls on the same cache.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_reader(kvp_cache *cache, kvp_read_fn fn, void *user_data,
+                                                             const int32_t *dst_page_ids,
+                                                             uint32_t num_dst_page_ids);
+
+/**
+ * @brief Loads the pages of a blob file into chosen pages of an existing cache
+ *        (see kvp_deserialize_into()).
+ *
+ * @param[in,out] cache Target cache.
+ * @param[in] path File path, NUL-terminated, not NULL.
+ * @param[in] dst_page_ids Destination page ids, or NULL (see kvp_deserialize_into()).
+ * @param[in] num_dst_page_ids Entries in `dst_page_ids`.
+ * @retval KVP_OK Loaded.
+ * @retval KVP_ERR_IO The file could not be opened or read.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `path`, bad destination ids.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The file is shorter than the blob.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input, or trailing bytes.
+ * @retval KVP_ERR_FORMAT_MISMATCH The blob does not fit the target (see kvp_deserialize_into()).
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; the target is unchanged.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership `dst_page_ids` is borrowed.
+ * @threadsafety Must not race with other calls on the same cache.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_file(kvp_cache *cache, const char *path,
+                                                           const int32_t *dst_page_ids, uint32_t num_dst_page_ids);
+
+/** @brief Header fields of a blob, filled by kvp_serialized_inspect(). */
+typedef struct kvp_serialized_info {
+  uint32_t struct_size;          /**< sizeof(kvp_serialized_info); set by the caller. */
+  uint32_t format_major;         /**< Format major version of the blob. */
+  uint32_t format_minor;         /**< Format minor version of the blob. */
+  uint32_t header_size;          /**< Bytes of the header, its checksum included. */
+  uint64_t flags;                /**< Format flags (none defined in 1.0). */
+  uint32_t writer_version;       /**< kvp_version_number() of the library that wrote the blob. */
+  uint32_t _reserved;            /**< 0. */
+  uint64_t header_checksum;      /**< XXH3-64 of the header. */
+  uint64_t num_stored_pages;     /**< Pages carried by the blob (per layer). */
+  uint64_t first_page_id;        /**< Id of the first stored page (0 when none). */
+  uint64_t last_page_id;         /**< Id of the last stored page (0 when none). */
+  uint64_t page_bytes_per_layer; /**< Bytes of one page of one layer. */
+  uint64_t chunk_bytes;          /**< Payload bytes per chunk. */
+  uint64_t num_chunks;           /**< Number of checksummed chunks. */
+  uint64_t payload_bytes;        /**< Page bytes over all layers. */
+  uint64_t total_bytes;          /**< Size of the whole blob. */
+  kvp_config config;             /**< The config stored in the blob. */
+} kvp_serialized_info;
+
+/** Flag of kvp_serialized_inspect(): also verify the page table and every chunk checksum. */
+#define KVP_INSPECT_VERIFY (1u << 0)
+
+/**
+ * @brief Reads and checks the header of a blob in memory; optionally verifies every checksum.
+ *
+ * Without ::KVP_INSPECT_VERIFY only the header (magic, version, header checksum, fields) is
+ * checked and `len` may be just the header (the page-id fields are then 0); with it the whole
+ * blob must be present and every checksum is verified, with the failing chunk named in the
+ * message.
+ *
+ * @param[in] src Input, may be NULL only when `len` is 0.
+ * @param[in] len Bytes in `src`.
+ * @param[in] flags 0 or ::KVP_INSPECT_VERIFY.
+ * @param[out] out Info, not NULL, with `struct_size` set; unchanged on failure.
+ * @retval KVP_OK The header (and with ::KVP_INSPECT_VERIFY the whole blob) is valid.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The input ends early.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `out`, NULL `src` with `len` > 0, unknown `flags`.
+ * @retval KVP_ERR_VERSION_MISMATCH `out->struct_size` is too small.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_serialized_inspect(const void *src, size_t len, uint32_t flags,
+                                                   kvp_serialized_info *out);
+
+/**
+ * @brief kvp_serialized_inspect() on a file, streaming (memory stays at about one chunk).
+ *
+ * @param[in] path File path, NUL-terminated, not NULL.
+ * @param[in] flags 0 or ::KVP_INSPECT_VERIFY.
+ * @param[out] out Info, not NULL, with `struct_size` set; unchanged on failure.
+ * @retval KVP_OK Valid.
+ * @retval KVP_ERR_IO The file could not be opened or read.
+ * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
+ * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The file ends early.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A checksum does not match.
+ * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input, or trailing bytes (with ::KVP_INSPECT_VERIFY).
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `path`/`out`, unknown `flags`.
+ * @retval KVP_ERR_VERSION_MISMATCH `out->struct_size` is too small.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_serialized_inspect_file(const char *path, uint32_t flags,
+                                                        kvp_serialized_info *out);
+
+KVP_END_DECLS
+
+/** @} */
+#endif /* KVPAGES_SERIALIZE_H */

@@ -1,0 +1,68 @@
+// kvp_config_to_json / kvp_config_from_json shims.
+#include <cstring>
+#include <string>
+
+#include "core/config.hpp"
+#include "core/serialize.hpp"
+#include "kvpages/json.h"
+#include "util/error.hpp"
+
+using namespace kvp::detail;
+
+extern "C" {
+
+KVP_API kvp_status kvp_config_to_json(const kvp_config* cfg, char* buf, size_t cap, size_t* written_out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(written_out);
+  if (buf == nullptr && cap != 0) fail(KVP_ERR_INVALID_ARGUMENT, "kvp_config_to_json: buf is NULL but cap is %zu", cap);
+  const kvp_config c = read_config(cfg, "kvp_config_to_json");
+  const std::string s = json::config_to_json(c, "kvp_config_to_json");
+  if (cap < s.size() + 1) {
+    *written_out = s.size() + 1;
+    fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_config_to_json: the text needs %zu bytes with its NUL but cap is %zu",
+         s.size() + 1, cap);
+  }
+  std::memcpy(buf, s.c_str(), s.size() + 1);
+  *written_out = s.size();
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_from_json(const char* json_text, size_t len, kvp_config* out) {
+  KVP_API_BEGIN;
+  if (json_text == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "kvp_config_from_json: 'json' must not be NULL");
+  KVP_REQUIRE_NOT_NULL(out);
+  const kvp_config c = json::config_from_json(json_text, len, "kvp_config_from_json");
+  std::memcpy(out, &c, sizeof c);
+  KVP_API_END;
+}
+
+}  // extern "C"
+
+extern "C" {
+
+KVP_API kvp_status kvp_metadata_to_json(const kvp_metadata* metadata, char* buf, size_t cap, size_t* written_out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(written_out);
+  if (buf == nullptr && cap != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_metadata_to_json: buf is NULL but cap is %zu", cap);
+  const std::string s = json::metadata_to_json(metadata, "kvp_metadata_to_json");
+  if (cap < s.size() + 1) {
+    *written_out = s.size() + 1;
+    fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_metadata_to_json: the text needs %zu bytes with its NUL but cap is %zu",
+         s.size() + 1, cap);
+  }
+  std::memcpy(buf, s.c_str(), s.size() + 1);
+  *written_out = s.size();
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_metadata_from_json(const char* json_text, size_t len, kvp_metadata** out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  *out = nullptr;
+  if (json_text == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "kvp_metadata_from_json: 'json' must not be NULL");
+  *out = json::metadata_from_json(json_text, len, "kvp_metadata_from_json");
+  KVP_API_END;
+}
+
+}  // extern "C"

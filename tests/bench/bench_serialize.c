@@ -1,0 +1,210 @@
+/* Serialization throughput to and from memory, checksums on, as GB/s and as a ratio to memcpy of
+ * the same bytes measured in the same run (best of several repetitions each).
+ *
+ *   bench_serialize [--mib N] [--reps N] [--cuda]
+ *
+ * Cases: the whole cache and a fragmented half (every other page). serialize = cache -> caller
+ * buffer; deserialize_into = buffer -> existing cache (verifies every checksum before writing,
+ * so it reads the input twice); deserialize_new = buffer -> new cache (single pass, includes the
+ * allocation). With --cuda the cache lives on GPU 0 (GPU -> host and host -> GPU). */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kvpages.h"
+
+#if defined(KVP_BENCH_HAVE_XXHASH)
+#include <xxhash.h>
+#if defined(__x86_64__) && defined(__has_include)
+#if __has_include(<xxh_x86dispatch.h>)
+#include <xxh_x86dispatch.h> /* the same (AVX2/AVX-512) XXH3 the library uses */
+#endif
+#endif
+#endif
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void check(kvp_status s, const char *what) {
+  if (s != KVP_OK) {
+    fprintf(stderr, "bench_serialize: %s: %s: %s\n", what, kvp_status_name(s), kvp_last_error_message());
+    exit(1);
+  }
+}
+
+static volatile uint8_t g_sink;
+
+int main(int argc, char **argv) {
+  int64_t mib = 512;
+  int reps = 5;
+  int cuda = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "--mib") == 0 && i + 1 < argc) mib = atoll(argv[++i]);
+    else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--cuda") == 0) cuda = 1;
+    else {
+      fprintf(stderr, "usage: bench_serialize [--mib N] [--reps N] [--cuda]\n");
+      return 2;
+    }
+  }
+  if (mib < 8) mib = 8;
+  if (reps < 1) reps = 1;
+
+  /* Llama-3-8B-like geometry, 16-token pages: 8 layers, 8 KV heads, head_dim 128, bf16, v3. */
+  const int64_t L = 8, H = 8, D = 128, S = 16;
+  kvp_config probe;
+  kvp_layout_info li;
+  check(kvp_config_init(&probe, sizeof probe), "config_init");
+  probe.num_hidden_layers = L;
+  probe.num_kv_heads = H;
+  probe.k_headdim = probe.v_headdim = D;
+  probe.max_model_length = 8192;
+  probe.page_size = S;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  check(kvp_config_get_layout(&probe, &li), "layout");
+  const int64_t pages = (mib << 20) / (li.page_bytes_per_layer * L);
+  kvp_config_options co;
+  check(kvp_config_options_init(&co, sizeof co), "options");
+  co.num_hidden_layers = L;
+  co.num_kv_heads = H;
+  co.kv_head_dim_size = D;
+  co.max_model_length = 8192;
+  co.page_size = S;
+  co.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  co.budget_bytes = pages * li.page_bytes_per_layer * L;
+  kvp_config cfg;
+  check(kvp_config_create(&co, &cfg), "config_create");
+
+  /* A host cache filled with a pattern (touches every page once, before timing). */
+  kvp_cache *host = NULL;
+  check(kvp_cache_create(&cfg, NULL, &host), "cache_create");
+  const size_t layer_bytes = (size_t)(pages * li.page_bytes_per_layer);
+  for (uint32_t l = 0; l < (uint32_t)L; ++l) {
+    kvp_tensor t;
+    check(kvp_cache_get_view(host, l, KVP_VIEW_PAGES, &t), "view");
+    uint8_t *p = (uint8_t *)t.data;
+    for (size_t i = 0; i < layer_bytes; ++i) p[i] = (uint8_t)(i * 131u + l * 7u);
+  }
+  kvp_cache *cache = host;
+  if (cuda) {
+    kvp_cache_options opt;
+    check(kvp_cache_options_init(&opt, sizeof opt), "cache_options");
+    opt.device_type = KVP_DEVICE_CUDA;
+    check(kvp_cache_create(&cfg, &opt, &cache), "cuda cache_create");
+    size_t n = 0, w = 0;
+    check(kvp_serialized_size(host, NULL, &n), "size");
+    void *b = malloc(n);
+    check(kvp_serialize(host, NULL, b, n, &w), "serialize host");
+    check(kvp_deserialize_into(cache, b, n, NULL, 0), "fill device");
+    free(b);
+  }
+
+  char date[64];
+  time_t tt = time(NULL);
+  strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S UTC", gmtime(&tt));
+  printf("bench_serialize  %s  %s\n", date, kvp_build_info());
+  printf("cache: %s, v3, %lld layers x %lld pages x %lld B (page %lld tokens, %lld KV heads, head_dim %lld, bf16) = "
+         "%.1f MiB; chunk 1 MiB; XXH3-64 checksums on; best of %d\n",
+         cuda ? "CUDA device 0" : "CPU", (long long)L, (long long)pages, (long long)li.page_bytes_per_layer,
+         (long long)S, (long long)H, (long long)D, (double)(layer_bytes * (size_t)L) / 1048576.0, reps);
+
+  /* Selections: whole cache, and every other page (fragmented). */
+  int32_t *half = malloc(sizeof(int32_t) * (size_t)pages);
+  uint32_t nhalf = 0;
+  for (int64_t p = 0; p < pages; p += 2) half[nhalf++] = (int32_t)p;
+  const char *names[2] = {"whole cache", "every other page"};
+
+  printf("%-18s %-18s %12s %10s %10s %8s\n", "selection", "operation", "bytes", "GB/s", "memcpy", "ratio");
+  for (int sel = 0; sel < 2; ++sel) {
+    kvp_serialize_options so;
+    check(kvp_serialize_options_init(&so, sizeof so), "serialize_options");
+    if (sel == 1) {
+      so.page_ids = half;
+      so.num_page_ids = nhalf;
+    }
+    size_t n = 0, w = 0;
+    check(kvp_serialized_size(cache, &so, &n), "size");
+    uint8_t *blob = malloc(n);
+    uint8_t *copy = malloc(n);
+    memset(blob, 1, n);
+    memset(copy, 2, n);
+
+    kvp_deserialize_options dop;
+    kvp_cache_options copt;
+    check(kvp_deserialize_options_init(&dop, sizeof dop), "deserialize_options");
+    check(kvp_cache_options_init(&copt, sizeof copt), "cache_options");
+    if (cuda) {
+      copt.device_type = KVP_DEVICE_CUDA;
+      dop.cache_options = &copt;
+    }
+    /* Interleaved repetitions, so that every operation and its memcpy baseline see the same
+     * machine load; the best time of each is kept. Baselines: memcpy between two buffers that
+     * are already mapped, and memcpy into freshly allocated memory (what deserialize_new must
+     * also pay: mapping and first-touch of a new cache). */
+    double t_mem = 1e30, t_fresh = 1e30, t_ser = 1e30, t_into = 1e30, t_new = 1e30, t_hash = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      double t0 = now_s();
+      memcpy(copy, blob, n);
+      double t = now_s() - t0;
+      g_sink ^= copy[n / 2];
+      if (t < t_mem) t_mem = t;
+
+      t0 = now_s();
+      uint8_t *fresh = malloc(n);
+      memcpy(fresh, blob, n);
+      g_sink ^= fresh[n / 3];
+      free(fresh);
+      t = now_s() - t0;
+      if (t < t_fresh) t_fresh = t;
+
+      t0 = now_s();
+      check(kvp_serialize(cache, &so, blob, n, &w), "serialize");
+      t = now_s() - t0;
+      if (t < t_ser) t_ser = t;
+
+      t0 = now_s();
+      check(kvp_deserialize_into(cache, blob, n, NULL, 0), "deserialize_into");
+      t = now_s() - t0;
+      if (t < t_into) t_into = t;
+
+#if defined(KVP_BENCH_HAVE_XXHASH)
+      /* The checksum alone, one thread, over the same bytes (for reading the numbers above). */
+      t0 = now_s();
+      g_sink ^= (uint8_t)XXH3_64bits_withSeed(blob, n, 2);
+      t = now_s() - t0;
+      if (t < t_hash) t_hash = t;
+#endif
+
+      kvp_cache *c2 = NULL;
+      t0 = now_s();
+      check(kvp_deserialize_new(blob, n, &dop, &c2), "deserialize_new");
+      t = now_s() - t0;
+      check(kvp_cache_destroy(c2), "destroy");
+      if (t < t_new) t_new = t;
+    }
+    const double gb = (double)n / 1e9;
+    printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f\n", names[sel], "serialize", n, gb / t_ser, gb / t_mem,
+           t_mem / t_ser);
+    printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f\n", names[sel], "deserialize_into", n, gb / t_into, gb / t_mem,
+           t_mem / t_into);
+    printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f  (baseline: memcpy into fresh memory)\n", names[sel],
+           "deserialize_new", n, gb / t_new, gb / t_fresh, t_fresh / t_new);
+#if defined(KVP_BENCH_HAVE_XXHASH)
+    printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f  (XXH3-64 alone, one thread)\n", names[sel], "checksum only", n,
+           gb / t_hash, gb / t_mem, t_mem / t_hash);
+#endif
+    free(copy);
+    free(blob);
+  }
+  free(half);
+  if (cache != host) check(kvp_cache_destroy(cache), "destroy");
+  check(kvp_cache_destroy(host), "destroy");
+  return 0;
+}

@@ -1,0 +1,90 @@
+/* Writes the golden blobs of tests/data/v1.0/ (see tests/data/README.md). Run it only when a new
+ * format version gets its own golden directory: committed blobs are never regenerated, they are
+ * the format's compatibility promise.
+ *
+ *   build/tests/kvp_gen_golden OUTDIR
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvpages.h"
+
+/* The documented fill pattern: byte `offset` of page `page` of layer `layer`. */
+static unsigned char golden_byte(uint32_t layer, uint64_t page, uint64_t offset) {
+  uint64_t v = (uint64_t)layer * 1000003u + page * 10007u + offset * 31u;
+  return (unsigned char)((v ^ (v >> 7)) & 0xFF);
+}
+
+static int check(kvp_status s, const char *what) {
+  if (s != KVP_OK) {
+    fprintf(stderr, "kvp_gen_golden: %s: %s: %s\n", what, kvp_status_name(s), kvp_last_error_message());
+    return 1;
+  }
+  return 0;
+}
+
+static int write_golden(const char *dir, const char *name, int64_t layers, int64_t heads, int64_t head_dim,
+                        int64_t page_size, int64_t pages, kvp_dtype dtype, kvp_layout layout, const int32_t *ids,
+                        uint32_t nids, uint64_t chunk_bytes) {
+  kvp_config probe, cfg;
+  kvp_layout_info li;
+  kvp_config_options o;
+  kvp_cache *c = NULL;
+  char path[1024];
+  kvp_config_init(&probe, sizeof probe);
+  probe.num_hidden_layers = layers;
+  probe.num_kv_heads = heads;
+  probe.k_headdim = probe.v_headdim = head_dim;
+  probe.max_model_length = page_size * 16;
+  probe.page_size = page_size;
+  probe.kvdtype = dtype;
+  probe.version = layout;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  if (check(kvp_config_get_layout(&probe, &li), "layout")) return 1;
+  kvp_config_options_init(&o, sizeof o);
+  o.num_hidden_layers = layers;
+  o.num_kv_heads = heads;
+  o.kv_head_dim_size = head_dim;
+  o.max_model_length = page_size * 16;
+  o.page_size = page_size;
+  o.kvdtype = dtype;
+  o.version = layout;
+  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  o.budget_bytes = li.page_bytes_per_layer * layers * pages;
+  if (check(kvp_config_create(&o, &cfg), "config")) return 1;
+  if (check(kvp_cache_create(&cfg, NULL, &c), "cache")) return 1;
+  for (uint32_t l = 0; l < (uint32_t)layers; ++l) {
+    kvp_tensor t;
+    if (check(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t), "view")) return 1;
+    unsigned char *p = (unsigned char *)t.data;
+    for (int64_t pg = 0; pg < pages; ++pg)
+      for (int64_t i = 0; i < li.page_bytes_per_layer; ++i)
+        p[pg * li.page_bytes_per_layer + i] = golden_byte(l, (uint64_t)pg, (uint64_t)i);
+  }
+  kvp_serialize_options so;
+  kvp_serialize_options_init(&so, sizeof so);
+  so.page_ids = ids;
+  so.num_page_ids = nids;
+  so.chunk_bytes = chunk_bytes;
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  if (check(kvp_serialize_to_file(c, &so, path), path)) return 1;
+  kvp_cache_destroy(c);
+  printf("wrote %s\n", path);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  static const int32_t subset[] = {3, 1};
+  if (argc != 2) {
+    fprintf(stderr, "usage: kvp_gen_golden OUTDIR\n");
+    return 2;
+  }
+  if (write_golden(argv[1], "whole-v3-h64-bf16.kvps", 2, 2, 64, 4, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3, NULL, 0, 4096))
+    return 1;
+  if (write_golden(argv[1], "subset-v2-fp8e4m3.kvps", 2, 1, 8, 4, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2, subset, 2,
+                   64))
+    return 1;
+  return 0;
+}
