@@ -3,7 +3,7 @@
 #   1. the main build (CUDA when nvcc is present) and every cmocka test (GPU tests skip without a GPU)
 #   2. the Doxygen docs build (warnings are errors)
 #   3. install + package consumers (pkg-config, find_package, dlopen) and ABI checks
-#   4. a build with CUDA switched off, and its tests
+#   4. a build with CUDA switched off, and its tests (plus the GPU tests against an emulated CUDA runtime)
 #   5. AddressSanitizer + UndefinedBehaviorSanitizer build, and its tests
 #   6. the deserializer fuzz target for a bounded time (clang/libFuzzer)
 #   7. the bindings' own test runners (Rust, Go, Zig, Python)
@@ -48,7 +48,7 @@ main_tests() { build_and_test build-ci -DKVPAGES_CUDA="${KVPAGES_CUDA:-AUTO}"; }
 docs() { cmake --build build-ci --target docs; }
 package() { bash tests/package/run.sh "$ROOT/build-ci"; }
 abi() { [ -x tests/abi/run.sh ] || [ -f tests/abi/run.sh ] || return 0; bash tests/abi/run.sh "$ROOT/build-ci"; }
-cpu_only() { build_and_test build-ci-nocuda -DKVPAGES_CUDA=OFF -DKVPAGES_BUILD_BENCH=OFF; }
+cpu_only() { build_and_test build-ci-nocuda -DKVPAGES_CUDA=OFF -DKVPAGES_BUILD_BENCH=OFF -DKVPAGES_CUDA_EMULATION_TESTS=ON; }
 sanitizers() {
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     build_and_test build-ci-asan -DKVPAGES_CUDA=OFF -DKVPAGES_SANITIZE=ON -DKVPAGES_BUILD_BENCH=OFF \

@@ -1,0 +1,527 @@
+// Device code of kvp_concatenate for CUDA caches (SPEC.md §5): one kernel template per
+// (input dtype, cache dtype, vectorised?) that writes whole token slots of one layer.
+//
+// Work decomposition. A "row" is one token slot to write. A block owns up to kMaxRowsPerBlock
+// rows: first each warp maps rows to (source token, destination slot) — a warp-cooperative
+// 32-ary search over the run starts (host-validated metadata) or over query_start_loc
+// (device-resident v3 metadata), with every index bounds-checked — then all threads stream the
+// rows' chunks: a chunk is 16 bytes of the destination (8 bf16/f16, 4 f32, 16 fp8 lanes of one
+// combined entry), loaded from key/value with vector loads when aligned, converted in registers
+// with core/fp_convert.hpp (the CPU backend's code, so the bytes are identical) and stored with
+// one 16-byte store. Consecutive threads store consecutive chunks of a slot, so stores are fully
+// coalesced; padding lanes and padding entries are written as zeros.
+//
+// Device-resident v2 metadata uses a second block function: block (j, y) writes slice j's token
+// rows y*rows, … and grid-strides over longer slices.
+//
+// Errors. Device-resident metadata that breaks a bound is not written; the first violation is
+// recorded in a DeviceErrorRecord (claimed with atomicCAS) and mirrored into mapped host memory
+// for the host to read without synchronising. The launch that records it still writes every
+// valid entry; its last block to finish marks the record "blocking", and every block of a later
+// launch reads that first and writes nothing, so a cache with a pending device-side error
+// refuses further writes, even from replayed CUDA graphs, until the host clears it.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "backend/cuda/cuda_device_error.hpp"
+#include "core/fp_convert.hpp"
+
+namespace kvp::detail::cuda {
+
+constexpr int kThreads = 256;
+constexpr int kMaxRowsPerBlock = 64;
+constexpr int kMaxInlineRuns = 32;
+
+enum RowMode : int32_t { kRowsRuns = 0, kRowsV3 = 1, kRowsV2 = 2 };
+
+struct InputDesc {
+  const void* data;
+  int64_t st, sh, sd;  // strides in elements: token, head, lane
+  kvp_dtype dtype;     // read at run time only by the mixed-dtype kernels (In = TAny)
+  int32_t itemsize;
+};
+
+// Kernel parameters (passed by value; about 1 KiB).
+struct ConcatParams {
+  uint8_t* dst;       // layer buffer
+  int64_t row_bytes;  // bytes of one token slot
+  int32_t entries;    // combined entries per slot (v3: Cst, v2: 2H)
+  int32_t lanes;      // lanes per entry (v3: Dst or 128, v2: D)
+  int32_t heads;      // H
+  int32_t head_dim;   // D
+  int32_t h64;        // v3 head_dim-64 layout: entry h = [K_h | V_h]
+  int32_t chunks_per_entry;
+  int32_t chunks_per_row;
+  int32_t cpe_shift;  // log2(chunks_per_entry) when it is a power of two, else -1
+  int32_t cpr_shift;  // log2(chunks_per_row) when it is a power of two, else -1
+  int32_t rows_per_block;
+  int32_t in_vec_ok;  // key and value allow vector loads of a chunk
+  int32_t mode;       // RowMode
+  InputDesc key, value;
+  int64_t num_slots;   // P * S
+  int64_t num_tokens;  // T
+  int64_t page_size;   // S
+  int64_t num_pages;   // P
+  int64_t num_rows;    // rows enumerated by the grid (runs: total tokens; v3: T)
+  // kRowsRuns: run j writes tokens [src_j, src_j + len_j) to slots [dst_j, …); start_j = Σ_{i<j} len_i.
+  int64_t num_runs;
+  const int64_t* runs;  // device array [3][num_runs] (src, dst, start), or nullptr if inline
+  int64_t inl[3 * kMaxInlineRuns];
+  // kRowsV3 (device-resident).
+  const int32_t* pages_tables;
+  int64_t num_reqs;
+  int64_t pages_per_req;
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+  const int32_t* num_seqs_ptr;  // &request_distribution[2] or &num_seqs[0]
+  // kRowsV2 (device-resident).
+  const int32_t* slot_mapping;  // [3, num_slices]
+  int64_t num_slices;
+  const int32_t* num_valid_slices_ptr;  // &num_kv_update_slices[0]
+  // Error record and its host mirror.
+  DeviceErrorRecord* err;
+  DeviceErrorRecord* mirror;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Dtype tags: the storage bits of each dtype and its conversions through f32.
+
+struct TF32 {
+  using bits = uint32_t;
+  static constexpr kvp_dtype id = KVP_DTYPE_F32;
+  __device__ static float to_f32(bits b) { return fp::f32_from_bits(b); }
+  __device__ static bits from_f32(float f) { return fp::f32_bits(f); }
+};
+struct TF16 {
+  using bits = uint16_t;
+  static constexpr kvp_dtype id = KVP_DTYPE_F16;
+  __device__ static float to_f32(bits b) { return fp::f32_from_f16(b); }
+  __device__ static bits from_f32(float f) { return fp::f16_from_f32(f); }
+};
+struct TBF16 {
+  using bits = uint16_t;
+  static constexpr kvp_dtype id = KVP_DTYPE_BF16;
+  __device__ static float to_f32(bits b) { return fp::f32_from_bf16(b); }
+  __device__ static bits from_f32(float f) { return fp::bf16_from_f32(f); }
+};
+struct TE4M3 {
+  using bits = uint8_t;
+  static constexpr kvp_dtype id = KVP_DTYPE_F8_E4M3FN;
+  __device__ static float to_f32(bits b) { return fp::f32_from_e4m3fn(b); }
+  __device__ static bits from_f32(float f) { return fp::e4m3fn_from_f32(f); }
+};
+struct TE5M2 {
+  using bits = uint8_t;
+  static constexpr kvp_dtype id = KVP_DTYPE_F8_E5M2;
+  __device__ static float to_f32(bits b) { return fp::f32_from_e5m2(b); }
+  __device__ static bits from_f32(float f) { return fp::e5m2_from_f32(f); }
+};
+
+// Key and value of different input dtypes: each element is read and converted by its run-time
+// dtype (slower, scalar loads; an unusual case).
+struct TAny {
+  using bits = uint32_t;
+};
+
+template <class Out>
+__device__ __forceinline__ typename Out::bits convert_any(const InputDesc& in, const void* p) {
+  uint32_t b;
+  if (in.itemsize == 4)
+    b = *static_cast<const uint32_t*>(p);
+  else
+    b = *static_cast<const uint16_t*>(p);
+  if (in.dtype == Out::id) return static_cast<typename Out::bits>(b);
+  return Out::from_f32(fp::decode_to_f32(b, in.dtype));
+}
+
+template <class In, class Out>
+__device__ __forceinline__ typename Out::bits convert(typename In::bits x) {
+  if constexpr (std::is_same_v<In, Out>) {
+    return x;  // same dtype: bits copied unchanged (NaN payloads included)
+  } else {
+    return Out::from_f32(In::to_f32(x));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+
+__device__ __forceinline__ void report(const ConcatParams& p, int32_t reason, int64_t index, int64_t value,
+                                       int64_t limit) {
+  if (atomicCAS(&p.err->code, 0, 1) != 0) return;  // first error wins
+  p.err->reason = reason;
+  p.err->index = index;
+  p.err->value = value;
+  p.err->limit = limit;
+  volatile DeviceErrorRecord* m = p.mirror;
+  m->reason = reason;
+  m->index = index;
+  m->value = value;
+  m->limit = limit;
+  __threadfence_system();
+  m->code = 1;
+  __threadfence_system();  // also orders the claim before this block's count in finish_block
+}
+
+// Largest i in [0, n) with load(i) <= key (for a non-decreasing array), or -1. Warp-collective:
+// all 32 lanes call it with the same arguments and get the same result; each step narrows the
+// range 32-fold with one round of loads, so a search costs ceil(log32 n) dependent loads.
+template <class Load>
+__device__ __forceinline__ int64_t warp_last_le(const Load& load, int64_t n, int64_t key, int lane) {
+  int64_t lo = 0, hi = n;
+  if (n <= 0) return -1;
+  while (hi - lo > 1) {
+    const int64_t step = (hi - lo + 31) / 32;
+    const int64_t idx = lo + static_cast<int64_t>(lane) * step;
+    const bool le = idx < hi && load(idx) <= key;
+    const unsigned m = __ballot_sync(0xFFFFFFFFu, le);
+    if (m == 0) return -1;  // load(lo) > key; lo is 0 here (later lo always satisfies the test)
+    const int k = 31 - __clz(static_cast<int>(m));
+    lo += static_cast<int64_t>(k) * step;
+    hi = (lo + step < hi) ? lo + step : hi;
+  }
+  return load(lo) <= key ? lo : -1;
+}
+
+// Maps row `row` of a kRowsRuns / kRowsV3 grid to (source token, destination slot); -1 = skip.
+__device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int lane, int64_t& src, int64_t& slot) {
+  src = -1;
+  slot = -1;
+  if (row >= p.num_rows) return;
+  if (p.mode == kRowsRuns) {
+    const int64_t* r = p.runs;
+    const int64_t n = p.num_runs;
+    int64_t j;
+    if (r == nullptr) {
+      j = warp_last_le([&](int64_t i) { return p.inl[2 * kMaxInlineRuns + i]; }, n, row, lane);
+      if (j < 0) return;
+      src = p.inl[j] + (row - p.inl[2 * kMaxInlineRuns + j]);
+      slot = p.inl[kMaxInlineRuns + j] + (row - p.inl[2 * kMaxInlineRuns + j]);
+    } else {
+      j = warp_last_le([&](int64_t i) { return r[2 * n + i]; }, n, row, lane);
+      if (j < 0) return;
+      src = r[j] + (row - r[2 * n + j]);
+      slot = r[n + j] + (row - r[2 * n + j]);
+    }
+    // Host-validated; keep a cheap guard against ever writing outside the layer.
+    if (slot < 0 || slot >= p.num_slots || src < 0 || src >= p.num_tokens) src = slot = -1;
+    return;
+  }
+  // kRowsV3: row = token t of key/value.
+  const int64_t t = row;
+  const int64_t ns = *p.num_seqs_ptr;
+  if (ns < 0 || ns > p.num_reqs) {
+    if (lane == 0) report(p, kDevErrNumSeqs, 2, ns, p.num_reqs);
+    return;
+  }
+  const int32_t* qsl = p.query_start_loc;
+  const int64_t i = warp_last_le([&](int64_t k) { return static_cast<int64_t>(qsl[k]); }, ns, t, lane);
+  if (i < 0) return;  // before the first request: a padding token
+  const int64_t qs = qsl[i], qe = qsl[i + 1];
+  if (qs < 0 || qe < qs || qe > p.num_tokens) {
+    if (lane == 0) report(p, kDevErrQueryStart, i + 1, qe, p.num_tokens);
+    return;
+  }
+  if (t >= qe) return;  // padding token after the last request
+  const int64_t kv = p.context_lens[i];
+  const int64_t q_len = qe - qs;
+  if (q_len > kv) {
+    if (lane == 0) report(p, kDevErrQueryLen, i, q_len, kv);
+    return;
+  }
+  const int64_t pos = kv - q_len + (t - qs);
+  const int64_t lp = pos / p.page_size;
+  if (lp >= p.pages_per_req) {
+    if (lane == 0) report(p, kDevErrPageIndex, i, lp, p.pages_per_req);
+    return;
+  }
+  const int64_t e = i * p.pages_per_req + lp;
+  const int64_t page = p.pages_tables[e];
+  if (page < 0 || page >= p.num_pages) {
+    if (lane == 0) report(p, kDevErrPageId, e, page, p.num_pages);
+    return;
+  }
+  src = t;
+  slot = page * p.page_size + (pos - lp * p.page_size);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Writing one 16-byte chunk (or one element when not vectorised) of a token slot.
+
+template <int kBytes>
+struct VecUnit;
+template <>
+struct VecUnit<8> {
+  using type = uint2;
+};
+template <>
+struct VecUnit<16> {
+  using type = uint4;
+};
+
+// x / d, with a shift when d is a power of two (the common v3 geometries): saves the integer
+// division sequence in the per-chunk loop.
+__device__ __forceinline__ int div_fast(int x, int d, int shift) { return shift >= 0 ? (x >> shift) : (x / d); }
+
+template <class In, class Out, bool kVec>
+__device__ __forceinline__ void write_chunk(const ConcatParams& p, int64_t t, int64_t slot, int ch) {
+  using IB = typename In::bits;
+  using OB = typename Out::bits;
+  constexpr int V = kVec ? static_cast<int>(16 / sizeof(OB)) : 1;
+  const int c = div_fast(ch, p.chunks_per_entry, p.cpe_shift);
+  const int l0 = (ch - c * p.chunks_per_entry) * V;
+  int h, kv, d0;
+  if (p.h64) {
+    h = c;
+    kv = l0 >= 64 ? 1 : 0;
+    d0 = l0 & 63;
+  } else {
+    h = c >> 1;
+    kv = c & 1;
+    d0 = l0;
+  }
+  alignas(16) OB out[V];
+  if (h < p.heads && d0 < p.head_dim) {
+    const InputDesc& in = kv ? p.value : p.key;
+    const int nvalid = (p.head_dim - d0) < V ? (p.head_dim - d0) : V;
+    if constexpr (std::is_same_v<In, TAny>) {
+      const uint8_t* base = static_cast<const uint8_t*>(in.data) +
+                            (t * in.st + h * in.sh + static_cast<int64_t>(d0) * in.sd) * in.itemsize;
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        out[k] = k < nvalid ? convert_any<Out>(in, base + static_cast<int64_t>(k) * in.sd * in.itemsize) : OB(0);
+    } else {
+      const IB* src = static_cast<const IB*>(in.data) + t * in.st + h * in.sh + static_cast<int64_t>(d0) * in.sd;
+      if (kVec && nvalid == V && p.in_vec_ok) {
+        constexpr int kInBytes = V * static_cast<int>(sizeof(IB));
+        constexpr int kUnitBytes = kInBytes >= 16 ? 16 : 8;
+        using U = typename VecUnit<kUnitBytes>::type;
+        alignas(16) IB vals[V];
+#pragma unroll
+        for (int k = 0; k < kInBytes / kUnitBytes; ++k)
+          reinterpret_cast<U*>(vals)[k] = __ldg(reinterpret_cast<const U*>(src) + k);
+#pragma unroll
+        for (int k = 0; k < V; ++k) out[k] = convert<In, Out>(vals[k]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) out[k] = k < nvalid ? convert<In, Out>(src[k * in.sd]) : OB(0);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = OB(0);
+  }
+  uint8_t* d = p.dst + slot * p.row_bytes + (static_cast<int64_t>(c) * p.lanes + l0) * static_cast<int64_t>(sizeof(OB));
+#if defined(KVP_CUDA_EMULATION)
+  ::cuemu::check_access(d, sizeof out, kVec ? 16 : sizeof(OB), true);
+#endif
+  if constexpr (kVec) {
+    *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(out);
+  } else {
+    *reinterpret_cast<OB*>(d) = out[0];
+  }
+}
+
+// The common case of a chunk: all V lanes are data lanes of one head and can be read with
+// vector loads. Fills the source/destination addresses; false for the other cases (padding,
+// partial chunks, unaligned or strided inputs, mixed dtypes), which write_chunk handles.
+template <class In, class Out, bool kVec>
+__device__ __forceinline__ bool fast_chunk(const ConcatParams& p, int64_t t, int64_t slot, int ch,
+                                           const typename In::bits*& src, uint8_t*& dst) {
+  if constexpr (!kVec || std::is_same_v<In, TAny>) {
+    return false;
+  } else {
+    using OB = typename Out::bits;
+    constexpr int V = static_cast<int>(16 / sizeof(OB));
+    if (!p.in_vec_ok) return false;
+    const int c = div_fast(ch, p.chunks_per_entry, p.cpe_shift);
+    const int l0 = (ch - c * p.chunks_per_entry) * V;
+    int h, kv, d0;
+    if (p.h64) {
+      h = c;
+      kv = l0 >= 64 ? 1 : 0;
+      d0 = l0 & 63;
+    } else {
+      h = c >> 1;
+      kv = c & 1;
+      d0 = l0;
+    }
+    if (h >= p.heads || d0 + V > p.head_dim) return false;
+    const InputDesc& in = kv ? p.value : p.key;
+    src = static_cast<const typename In::bits*>(in.data) + t * in.st + h * in.sh + d0;
+    dst = p.dst + slot * p.row_bytes + (static_cast<int64_t>(c) * p.lanes + l0) * static_cast<int64_t>(sizeof(OB));
+    return true;
+  }
+}
+
+template <class In, class Out, bool kVec>
+__device__ __forceinline__ void write_rows(const ConcatParams& p, const int64_t* s_src, const int64_t* s_slot) {
+  const int total = p.rows_per_block * p.chunks_per_row;
+  const int step = blockDim.x;
+  int it = threadIdx.x;
+  if constexpr (kVec && !std::is_same_v<In, TAny>) {
+    // Two chunks per iteration with both loads issued before either store, so each thread keeps
+    // two 16-byte (or wider) loads in flight.
+    using IB = typename In::bits;
+    using OB = typename Out::bits;
+    constexpr int V = static_cast<int>(16 / sizeof(OB));
+    constexpr int kInBytes = V * static_cast<int>(sizeof(IB));
+    constexpr int kUnitBytes = kInBytes >= 16 ? 16 : 8;
+    using U = typename VecUnit<kUnitBytes>::type;
+    for (; it + step < total; it += 2 * step) {
+      const int ia = it, ib = it + step;
+      const int ra = div_fast(ia, p.chunks_per_row, p.cpr_shift), rb = div_fast(ib, p.chunks_per_row, p.cpr_shift);
+      const int cha = ia - ra * p.chunks_per_row, chb = ib - rb * p.chunks_per_row;
+      const int64_t sa = s_slot[ra], sb = s_slot[rb];
+      const IB* pa = nullptr;
+      const IB* pb = nullptr;
+      uint8_t* da = nullptr;
+      uint8_t* db = nullptr;
+      const bool fa = sa >= 0 && fast_chunk<In, Out, kVec>(p, s_src[ra], sa, cha, pa, da);
+      const bool fb = sb >= 0 && fast_chunk<In, Out, kVec>(p, s_src[rb], sb, chb, pb, db);
+      if (fa && fb) {
+        alignas(16) IB va[V];
+        alignas(16) IB vb[V];
+#pragma unroll
+        for (int k = 0; k < kInBytes / kUnitBytes; ++k) {
+          reinterpret_cast<U*>(va)[k] = __ldg(reinterpret_cast<const U*>(pa) + k);
+          reinterpret_cast<U*>(vb)[k] = __ldg(reinterpret_cast<const U*>(pb) + k);
+        }
+        alignas(16) OB oa[V];
+        alignas(16) OB ob[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          oa[k] = convert<In, Out>(va[k]);
+          ob[k] = convert<In, Out>(vb[k]);
+        }
+#if defined(KVP_CUDA_EMULATION)
+        ::cuemu::check_access(da, 16, 16, true);
+        ::cuemu::check_access(db, 16, 16, true);
+#endif
+        *reinterpret_cast<uint4*>(da) = *reinterpret_cast<const uint4*>(oa);
+        *reinterpret_cast<uint4*>(db) = *reinterpret_cast<const uint4*>(ob);
+      } else {
+        if (sa >= 0) write_chunk<In, Out, kVec>(p, s_src[ra], sa, cha);
+        if (sb >= 0) write_chunk<In, Out, kVec>(p, s_src[rb], sb, chb);
+      }
+    }
+  }
+  for (; it < total; it += step) {
+    const int r = div_fast(it, p.chunks_per_row, p.cpr_shift);
+    const int ch = it - r * p.chunks_per_row;
+    const int64_t slot = s_slot[r];
+    if (slot < 0) continue;
+    write_chunk<In, Out, kVec>(p, s_src[r], slot, ch);
+  }
+}
+
+// Start of every block (thread 0): non-zero when an earlier launch recorded a device-side error;
+// the block then writes nothing (the cache refuses writes until the host has reported and
+// cleared the error). The load overlaps with the row mapping; the result is read after the
+// block's first __syncthreads.
+__device__ __forceinline__ int load_blocking(const ConcatParams& p) {
+  return *reinterpret_cast<volatile int32_t*>(&p.err->blocking);
+}
+
+// End of every block: the last block of the launch promotes an error recorded by this launch
+// to `blocking` and resets the block counter for the next launch. (A block that recorded an
+// error fenced after claiming it, so its claim is visible before its count.)
+__device__ __forceinline__ void finish_block(const ConcatParams& p) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned total = gridDim.x * gridDim.y;
+    const unsigned prev = atomicAdd(&p.err->blocks_done, 1u);
+    if (prev == total - 1) {
+      __threadfence();
+      if (*reinterpret_cast<volatile int32_t*>(&p.err->code) != 0) p.err->blocking = 1;
+      p.err->blocks_done = 0;
+      __threadfence();
+    }
+  }
+}
+
+// Host-validated runs and device-resident v3 metadata: grid.x blocks of rows_per_block rows.
+template <class In, class Out, bool kVec>
+__global__ void __launch_bounds__(kThreads) concat_rows_kernel(const ConcatParams p) {
+  __shared__ int64_t s_src[kMaxRowsPerBlock];
+  __shared__ int64_t s_slot[kMaxRowsPerBlock];
+  __shared__ int s_blocking;
+  if (threadIdx.x == 0) s_blocking = load_blocking(p);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.rows_per_block;
+  for (int r = warp; r < p.rows_per_block; r += nwarps) {
+    int64_t src, slot;
+    map_row(p, row0 + r, lane, src, slot);
+    if (lane == 0) {
+      s_src[r] = src;
+      s_slot[r] = slot;
+    }
+  }
+  __syncthreads();
+  if (s_blocking == 0) write_rows<In, Out, kVec>(p, s_src, s_slot);
+  finish_block(p);
+}
+
+// Device-resident v2 metadata: block (j, y) handles slice j, rows y*rpb + k*gridDim.y*rpb + r.
+template <class In, class Out, bool kVec>
+__device__ __forceinline__ void v2_block(const ConcatParams& p) {
+  __shared__ int64_t s_src[kMaxRowsPerBlock];
+  __shared__ int64_t s_slot[kMaxRowsPerBlock];
+  __shared__ int64_t s_len, s_dst0, s_src0;
+  const int64_t j = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int64_t len = 0, d0 = 0, s0 = 0;
+    const int blocking = load_blocking(p);
+    const int64_t n = *p.num_valid_slices_ptr;
+    if (n < 0 || n > p.num_slices) {
+      report(p, kDevErrNumSlices, 0, n, p.num_slices);
+    } else if (j < n) {
+      d0 = p.slot_mapping[j];
+      s0 = p.slot_mapping[p.num_slices + j];
+      len = p.slot_mapping[2 * p.num_slices + j];
+      if (len < 0) {
+        report(p, kDevErrSliceLength, j, len, p.page_size);
+        len = 0;
+      }
+    }
+    s_len = blocking != 0 ? 0 : len;  // a pending error from an earlier launch: write nothing
+    s_dst0 = d0;
+    s_src0 = s0;
+  }
+  __syncthreads();
+  const int64_t len = s_len, d0 = s_dst0, s0 = s_src0;
+  if (len == 0) return;
+  const int64_t stride = static_cast<int64_t>(gridDim.y) * p.rows_per_block;
+  for (int64_t o0 = static_cast<int64_t>(blockIdx.y) * p.rows_per_block; o0 < len; o0 += stride) {
+    if (threadIdx.x < p.rows_per_block) {
+      const int64_t o = o0 + threadIdx.x;
+      int64_t src = -1, slot = -1;
+      if (o < len) {
+        const int64_t sl = d0 + o, tk = s0 + o;
+        if (sl < 0 || sl >= p.num_slots) {
+          report(p, kDevErrSlot, j, d0, p.num_slots);  // names the slice's first slot
+        } else if (tk < 0 || tk >= p.num_tokens) {
+          report(p, kDevErrSliceSource, j, s0, p.num_tokens);
+        } else {
+          src = tk;
+          slot = sl;
+        }
+      }
+      s_src[threadIdx.x] = src;
+      s_slot[threadIdx.x] = slot;
+    }
+    __syncthreads();
+    write_rows<In, Out, kVec>(p, s_src, s_slot);
+    __syncthreads();
+  }
+}
+
+template <class In, class Out, bool kVec>
+__global__ void __launch_bounds__(kThreads) concat_v2_kernel(const ConcatParams p) {
+  v2_block<In, Out, kVec>(p);
+  finish_block(p);
+}
+
+}  // namespace kvp::detail::cuda

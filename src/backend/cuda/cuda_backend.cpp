@@ -1,0 +1,393 @@
+// CUDA backend, host side: device selection, allocation, copies, memory statistics, the device
+// error record and the metadata staging ring (see cuda_backend.hpp).
+#include "kvpages/features.h"
+
+#if KVP_HAS_CUDA
+#include "backend/cuda/cuda_backend.hpp"
+
+#include <cstring>
+#include <string>
+
+#include "core/cache.hpp"
+
+namespace kvp::detail {
+
+// ------------------------------------------------------------------------------------------------
+// Errors and the device guard
+
+kvp_status cuda_status_of(cudaError_t err) noexcept {
+  switch (err) {
+    case cudaSuccess:
+      return KVP_OK;
+    case cudaErrorMemoryAllocation:
+      return KVP_ERR_DEVICE_OUT_OF_MEMORY;
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorInvalidDevice:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorSystemDriverMismatch:
+    case cudaErrorCompatNotSupportedOnDevice:
+      return KVP_ERR_NO_DEVICE;
+    default:
+      return KVP_ERR_DEVICE;
+  }
+}
+
+bool cuda_error_is_sticky(cudaError_t err) noexcept {
+  switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorLaunchTimeout:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void cuda_check(cudaError_t err, const char* function, const char* what) {
+  if (err == cudaSuccess) return;
+  (void)cudaGetLastError();  // clear the non-sticky per-thread error state
+  fail(cuda_status_of(err), "%s: %s failed: %s: %s", function, what, cudaGetErrorName(err),
+       cudaGetErrorString(err));
+}
+
+DeviceGuard::DeviceGuard(int32_t device, const char* function) {
+  cuda_check(cudaGetDevice(&previous_), function, "cudaGetDevice");
+  if (previous_ != device) {
+    cuda_check(cudaSetDevice(device), function, "cudaSetDevice");
+    switched_ = true;
+  }
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (switched_) (void)cudaSetDevice(previous_);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Device discovery and statistics
+
+int32_t cuda_device_count() noexcept {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return static_cast<int32_t>(n);
+}
+
+static void require_device(int32_t device, const char* function) {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(KVP_ERR_NO_DEVICE, "%s: CUDA device %d requested, but CUDA reports no usable device (%s: %s)",
+         function, static_cast<int>(device), cudaGetErrorName(err), cudaGetErrorString(err));
+  }
+  if (device < 0 || device >= n)
+    fail(KVP_ERR_NO_DEVICE, "%s: CUDA device %d requested, but this machine has %d CUDA device(s)",
+         function, static_cast<int>(device), n);
+}
+
+void cuda_memory_stats(int32_t device, kvp_memory_stats* out) {
+  const char* fn = "kvp_device_memory_stats";
+  require_device(device, fn);
+  DeviceGuard guard(device, fn);
+  size_t free_bytes = 0, total_bytes = 0;
+  cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), fn, "cudaMemGetInfo");
+  std::memset(out, 0, sizeof *out);
+  out->bytes_total = static_cast<int64_t>(total_bytes);
+  out->bytes_in_use = static_cast<int64_t>(total_bytes - free_bytes);
+  out->valid = 1;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int32_t device) {
+  require_device(device, "kvp_cache_create");
+  return std::make_unique<CudaBackend>(device);
+}
+
+// ------------------------------------------------------------------------------------------------
+// CudaBackend
+
+CudaBackend::CudaBackend(int32_t device) : device_(device) {
+  const char* fn = "kvp_cache_create";
+  DeviceGuard guard(device_, fn);
+  try {
+    cuda_check(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_), fn,
+               "cudaDeviceGetAttribute");
+    cuda_check(cudaStreamCreateWithFlags(&aux_, cudaStreamNonBlocking), fn, "cudaStreamCreateWithFlags");
+    cuda_check(cudaMalloc(reinterpret_cast<void**>(&d_error_), sizeof(DeviceErrorRecord)), fn,
+               "cudaMalloc (error record)");
+    cuda_check(cudaMemsetAsync(d_error_, 0, sizeof(DeviceErrorRecord), aux_), fn, "cudaMemsetAsync (error record)");
+    cuda_check(cudaStreamSynchronize(aux_), fn, "cudaStreamSynchronize");
+    cuda_check(cudaHostAlloc(reinterpret_cast<void**>(&m_error_), sizeof(DeviceErrorRecord),
+                             cudaHostAllocMapped),
+               fn, "cudaHostAlloc (error mirror)");
+    std::memset(m_error_, 0, sizeof(DeviceErrorRecord));
+    cuda_check(cudaHostGetDevicePointer(reinterpret_cast<void**>(&m_error_dev_), m_error_, 0), fn,
+               "cudaHostGetDevicePointer (error mirror)");
+    for (int i = 0; i < kSlots; ++i)
+      cuda_check(cudaEventCreateWithFlags(&events_[i], cudaEventDisableTiming), fn, "cudaEventCreate");
+    grow_slots(kInitialSlotBytes, fn);
+    cuda_check(cudaHostAlloc(reinterpret_cast<void**>(&arena_host_), kGraphArenaBytes, cudaHostAllocDefault),
+               fn, "cudaHostAlloc (graph arena)");
+    cuda_check(cudaMalloc(reinterpret_cast<void**>(&arena_device_), kGraphArenaBytes), fn,
+               "cudaMalloc (graph arena)");
+  } catch (...) {
+    free_all();
+    throw;
+  }
+}
+
+CudaBackend::~CudaBackend() {
+  int previous = -1;
+  bool switched = false;
+  if (cudaGetDevice(&previous) == cudaSuccess && previous != device_)
+    switched = cudaSetDevice(device_) == cudaSuccess;
+  free_all();
+  if (switched) (void)cudaSetDevice(previous);
+}
+
+void CudaBackend::free_all() noexcept {
+  // Pending kernels may still read staging memory or write the error record.
+  if (aux_ != nullptr) (void)cudaDeviceSynchronize();
+  for (int i = 0; i < kSlots; ++i) {
+    if (events_[i] != nullptr) (void)cudaEventDestroy(events_[i]);
+    events_[i] = nullptr;
+  }
+  if (ring_host_ != nullptr) (void)cudaFreeHost(ring_host_);
+  if (ring_device_ != nullptr) (void)cudaFree(ring_device_);
+  if (arena_host_ != nullptr) (void)cudaFreeHost(arena_host_);
+  if (arena_device_ != nullptr) (void)cudaFree(arena_device_);
+  if (m_error_ != nullptr) (void)cudaFreeHost(m_error_);
+  if (d_error_ != nullptr) (void)cudaFree(d_error_);
+  if (aux_ != nullptr) (void)cudaStreamDestroy(aux_);
+  ring_host_ = ring_device_ = arena_host_ = arena_device_ = nullptr;
+  m_error_ = m_error_dev_ = d_error_ = nullptr;
+  aux_ = nullptr;
+  (void)cudaGetLastError();
+}
+
+void* CudaBackend::alloc_zeroed(size_t bytes) {
+  const char* fn = "kvp_cache_create";
+  DeviceGuard guard(device_, fn);
+  void* p = nullptr;
+  cudaError_t err = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(cuda_status_of(err), "%s: cudaMalloc of %zu bytes on CUDA device %d failed: %s", fn, bytes,
+         static_cast<int>(device_), cudaGetErrorString(err));
+  }
+  // Zero on the internal stream and wait: cudaMemset on the legacy stream would not be ordered
+  // before kernels the caller later enqueues on a non-blocking stream.
+  err = cudaMemsetAsync(p, 0, bytes, aux_);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(aux_);
+  if (err != cudaSuccess) {
+    (void)cudaFree(p);
+    cuda_check(err, fn, "cudaMemset (zero fill)");
+  }
+  return p;
+}
+
+void CudaBackend::release(void* ptr, size_t) noexcept {
+  if (ptr == nullptr) return;
+  int previous = -1;
+  bool switched = false;
+  if (cudaGetDevice(&previous) == cudaSuccess && previous != device_)
+    switched = cudaSetDevice(device_) == cudaSuccess;
+  (void)cudaFree(ptr);  // cudaFree synchronises the device: pending work finishes first
+  (void)cudaGetLastError();
+  if (switched) (void)cudaSetDevice(previous);
+}
+
+void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync) {
+  const char* fn = "copy_to_host";
+  DeviceGuard guard(device_, fn);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  cuda_check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s), fn, "cudaMemcpyAsync D2H");
+  if (sync) cuda_check(cudaStreamSynchronize(s), fn, "cudaStreamSynchronize");
+}
+
+void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync) {
+  const char* fn = "copy_from_host";
+  DeviceGuard guard(device_, fn);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  cuda_check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s), fn, "cudaMemcpyAsync H2D");
+  if (sync) cuda_check(cudaStreamSynchronize(s), fn, "cudaStreamSynchronize");
+}
+
+void CudaBackend::copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) {
+  const char* fn = "copy_within";
+  DeviceGuard guard(device_, fn);
+  cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(stream)),
+             fn, "cudaMemcpyAsync D2D");
+}
+
+void CudaBackend::fill_zero(void* dst, size_t bytes, kvp_stream stream) {
+  const char* fn = "fill_zero";
+  DeviceGuard guard(device_, fn);
+  cuda_check(cudaMemsetAsync(dst, 0, bytes, reinterpret_cast<cudaStream_t>(stream)), fn, "cudaMemsetAsync");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Device-side validation errors
+
+static std::string describe_device_error(const DeviceErrorRecord& r) {
+  const long long i = static_cast<long long>(r.index), v = static_cast<long long>(r.value),
+                  lim = static_cast<long long>(r.limit);
+  switch (r.reason) {
+    case kDevErrNumSeqs:
+      return format("device-resident metadata: request_distribution[2] (num_seqs) is %lld, outside [0, %lld]", v, lim);
+    case kDevErrQueryStart:
+      return format("device-resident metadata: query_start_loc[%lld] = %lld is decreasing, negative or beyond "
+                    "the %lld key/value tokens", i, v, lim);
+    case kDevErrQueryLen:
+      return format("device-resident metadata: request %lld has q_len %lld greater than its context_lens "
+                    "value %lld", i, v, lim);
+    case kDevErrPageIndex:
+      return format("device-resident metadata: request %lld needs logical page %lld but page tables have "
+                    "%lld pages per request", i, v, lim);
+    case kDevErrPageId:
+      return format("device-resident metadata: page id %lld at entry %lld is outside the cache's %lld pages",
+                    v, i, lim);
+    case kDevErrNumSlices:
+      return format("device-resident metadata: num_kv_update_slices is %lld, outside [0, %lld]", v, lim);
+    case kDevErrSliceLength:
+      return format("device-resident metadata: slice %lld has negative length %lld", i, v);
+    case kDevErrSliceSource:
+      return format("device-resident metadata: slice %lld (source tokens from %lld) reads outside the %lld "
+                    "key/value tokens", i, v, lim);
+    case kDevErrSlot:
+      return format("device-resident metadata: slice %lld (destination slots from %lld) writes outside the "
+                    "cache's %lld slots", i, v, lim);
+    default:
+      return format("device-resident metadata: unknown device error reason %d", static_cast<int>(r.reason));
+  }
+}
+
+void CudaBackend::poll(Cache& cache) {
+  if (m_error_ == nullptr) return;
+  std::lock_guard<std::recursive_mutex> lock(poll_mu_);
+  volatile DeviceErrorRecord* m = m_error_;
+  if (!reported_) {
+    if (m->code == 0) return;
+    DeviceErrorRecord r;
+    r.code = m->code;
+    r.reason = m->reason;
+    r.index = m->index;
+    r.value = m->value;
+    r.limit = m->limit;
+    if (r.reason == kDevErrNone) return;  // the kernel has claimed the record but not finished writing it
+    cache.set_async_error(KVP_ERR_INVALID_ARGUMENT,
+                          "kvp_concatenate: " + describe_device_error(r) +
+                              "; invalid entries were skipped, and the cache refuses writes until the error is cleared",
+                          false);
+    reported_ = true;
+    return;
+  }
+  // Reported earlier: once the user has cleared it, reset the device record so kernels write again.
+  // (Cache::async_error calls this hook again; the flag stops the recursion.)
+  if (in_poll_) return;
+  in_poll_ = true;
+  const kvp_status pending = cache.async_error(nullptr);
+  in_poll_ = false;
+  if (pending != KVP_OK) return;
+  DeviceGuard guard(device_, "kvp_cache_clear_async_error");
+  cudaError_t err = cudaMemsetAsync(d_error_, 0, kDeviceErrorResetBytes, aux_);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(aux_);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    cache.set_async_error(KVP_ERR_DEVICE, format("resetting the device error record failed: %s", cudaGetErrorString(err)),
+                          cuda_error_is_sticky(err));
+    return;
+  }
+  std::memset(m_error_, 0, sizeof(DeviceErrorRecord));
+  reported_ = false;
+}
+
+CudaBackend& cuda_backend_of(Cache& cache, const char* function) {
+  if (cache.device_type() != KVP_DEVICE_CUDA)
+    fail(KVP_ERR_INTERNAL, "%s: not a CUDA cache", function);
+  auto& b = static_cast<CudaBackend&>(cache.backend());
+  if (!cache.poll_async) {
+    CudaBackend* bp = &b;
+    cache.poll_async = [bp](Cache& c) { bp->poll(c); };
+  }
+  return b;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Staging of host-resident metadata
+
+void CudaBackend::grow_slots(size_t bytes, const char* function) {
+  size_t cap = slot_bytes_ == 0 ? kInitialSlotBytes : slot_bytes_;
+  while (cap < bytes) cap *= 2;
+  // Wait for every kernel that may still read the old slots.
+  for (int i = 0; i < kSlots; ++i)
+    if (event_pending_[i]) {
+      cuda_check(cudaEventSynchronize(events_[i]), function, "cudaEventSynchronize (staging)");
+      event_pending_[i] = false;
+    }
+  uint8_t* h = nullptr;
+  uint8_t* d = nullptr;
+  cuda_check(cudaHostAlloc(reinterpret_cast<void**>(&h), cap * kSlots, cudaHostAllocDefault), function,
+             "cudaHostAlloc (metadata staging)");
+  cudaError_t err = cudaMalloc(reinterpret_cast<void**>(&d), cap * kSlots);
+  if (err != cudaSuccess) {
+    (void)cudaFreeHost(h);
+    cuda_check(err, function, "cudaMalloc (metadata staging)");
+  }
+  if (ring_host_ != nullptr) (void)cudaFreeHost(ring_host_);
+  if (ring_device_ != nullptr) (void)cudaFree(ring_device_);
+  ring_host_ = h;
+  ring_device_ = d;
+  slot_bytes_ = cap;
+}
+
+CudaBackend::Staging CudaBackend::begin_staging(size_t bytes, cudaStream_t stream, bool capturing,
+                                                const char* function) {
+  Staging s;
+  if (capturing) {
+    const size_t aligned = (bytes + 255) & ~static_cast<size_t>(255);
+    if (arena_used_ + aligned > kGraphArenaBytes)
+      fail(KVP_ERR_UNSUPPORTED,
+           "%s: the stream is being captured into a CUDA graph and the %zu bytes of host-resident metadata do "
+           "not fit in the cache's graph staging arena (%zu of %zu bytes left); pass device-resident metadata "
+           "when capturing graphs",
+           function, bytes, kGraphArenaBytes - arena_used_, kGraphArenaBytes);
+    s.host = arena_host_ + arena_used_;
+    s.device = arena_device_ + arena_used_;
+    arena_used_ += aligned;
+    return s;
+  }
+  if (bytes > slot_bytes_) grow_slots(bytes, function);
+  const int i = next_slot_;
+  next_slot_ = (next_slot_ + 1) % kSlots;
+  if (event_pending_[i]) {
+    // Only waits when kSlots calls are still queued on the GPU; normally the event has completed.
+    cudaError_t q = cudaEventQuery(events_[i]);
+    if (q == cudaErrorNotReady) q = cudaEventSynchronize(events_[i]);
+    cuda_check(q, function, "cudaEventSynchronize (staging)");
+    event_pending_[i] = false;
+  }
+  s.slot = i;
+  s.host = ring_host_ + static_cast<size_t>(i) * slot_bytes_;
+  s.device = ring_device_ + static_cast<size_t>(i) * slot_bytes_;
+  return s;
+}
+
+void CudaBackend::finish_staging(const Staging& s, cudaStream_t stream, const char* function) {
+  if (s.slot < 0) return;
+  cuda_check(cudaEventRecord(events_[s.slot], stream), function, "cudaEventRecord (staging)");
+  event_pending_[s.slot] = true;
+}
+
+}  // namespace kvp::detail
+#endif  // KVP_HAS_CUDA

@@ -1,0 +1,100 @@
+// The CUDA backend (host side): one CudaBackend per cache, bound to one device at creation.
+// Besides the Backend interface it owns what kvp_concatenate needs without allocating or
+// synchronising the host in the steady state:
+//  - a device error record (checked by every concatenate kernel before writing) and its
+//    mapped pinned mirror (written by the kernel on error, read by the host without a sync);
+//  - a staging ring for host-resident metadata: kSlots slots, each a pinned host buffer and a
+//    device buffer of the same capacity plus an event recorded after the kernel that read it;
+//  - a graph arena: pinned + device memory handed out bump-style, never reused, to calls made
+//    while the stream is being captured into a CUDA graph (the graph re-reads it on replay).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "backend/backend.hpp"
+#include "backend/cuda/cuda_common.hpp"
+#include "backend/cuda/cuda_device_error.hpp"
+
+namespace kvp::detail {
+
+class Cache;
+
+class CudaBackend final : public Backend {
+ public:
+  static constexpr int kSlots = 64;
+  static constexpr size_t kInitialSlotBytes = 16 * 1024;
+  static constexpr size_t kGraphArenaBytes = 1024 * 1024;
+
+  explicit CudaBackend(int32_t device);
+  ~CudaBackend() override;
+
+  kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CUDA; }
+  int32_t device_id() const noexcept override { return device_; }
+  void* alloc_zeroed(size_t bytes) override;
+  void release(void* ptr, size_t bytes) noexcept override;
+  void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync) override;
+  void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync) override;
+  void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
+  void fill_zero(void* dst, size_t bytes, kvp_stream stream) override;
+
+  // Device error record (device memory) and the mirror kernels write on error (mapped pinned;
+  // the device-side address of it).
+  DeviceErrorRecord* device_error() const noexcept { return d_error_; }
+  DeviceErrorRecord* mirror_error_device_ptr() const noexcept { return m_error_dev_; }
+
+  // Reads the mirror: reports a new device-side error to the cache (recoverable), and after the
+  // user cleared it, resets the device record. Installed as Cache::poll_async.
+  void poll(Cache& cache);
+
+  // A staging region for `bytes` of host-resident metadata: `host` is pinned memory the caller
+  // fills, `device` the matching device memory the kernel reads. Call finish_staging(stream)
+  // after enqueueing the copy and the kernel. Outside capture this may wait for the kernel that
+  // last used the ring slot (only when the ring wraps before the GPU catches up) and may grow
+  // the slots (allocation); while `stream` is capturing it takes graph-arena memory instead and
+  // never allocates or waits (throws UNSUPPORTED when the arena is exhausted).
+  struct Staging {
+    uint8_t* host = nullptr;
+    uint8_t* device = nullptr;
+    int slot = -1;  // ring slot, or -1 for graph-arena memory
+  };
+  Staging begin_staging(size_t bytes, cudaStream_t stream, bool capturing, const char* function);
+  void finish_staging(const Staging& s, cudaStream_t stream, const char* function);
+
+  size_t slot_capacity() const noexcept { return slot_bytes_; }
+  int sm_count() const noexcept { return sm_count_; }
+
+ private:
+  void free_all() noexcept;
+  void grow_slots(size_t bytes, const char* function);
+
+  int32_t device_;
+  DeviceErrorRecord* d_error_ = nullptr;
+  DeviceErrorRecord* m_error_ = nullptr;      // host address of the mapped mirror
+  DeviceErrorRecord* m_error_dev_ = nullptr;  // device address of the mapped mirror
+  bool reported_ = false;
+  bool in_poll_ = false;
+  std::recursive_mutex poll_mu_;  // poll() runs from const calls, which may be concurrent
+  int sm_count_ = 0;
+  cudaStream_t aux_ = nullptr;  // non-blocking stream for resets
+
+  size_t slot_bytes_ = 0;
+  uint8_t* ring_host_ = nullptr;
+  uint8_t* ring_device_ = nullptr;
+  cudaEvent_t events_[kSlots] = {};
+  bool event_pending_[kSlots] = {};
+  int next_slot_ = 0;
+
+  uint8_t* arena_host_ = nullptr;
+  uint8_t* arena_device_ = nullptr;
+  size_t arena_used_ = 0;
+};
+
+// The CudaBackend of a CUDA cache (throws INTERNAL otherwise) with its poll hook installed.
+CudaBackend& cuda_backend_of(Cache& cache, const char* function);
+
+}  // namespace kvp::detail

@@ -1,0 +1,270 @@
+// Host emulation of the CUDA runtime subset in include/cuda_runtime_api.h (see there).
+#include "cuda_runtime_api.h"
+
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <vector>
+
+struct CUstream_st {
+  bool capturing = false;
+  std::vector<std::function<void()>> ops;
+};
+struct CUevent_st { int dummy; };
+struct CUgraph_st { std::vector<std::function<void()>> ops; };
+struct CUgraphExec_st { std::vector<std::function<void()>> ops; };
+
+namespace cuemu {
+static std::map<uintptr_t, size_t> g_allocs;  // device + pinned allocations
+static size_t g_allocated = 0;
+static long g_launches = 0, g_blocks = 0;
+
+static void die(const char *what) {
+  std::fprintf(stderr, "cuemu: %s\n", what);
+  std::abort();
+}
+
+void check_access(const void *p, size_t n, size_t align, bool write) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (align > 1 && a % align != 0) {
+    std::fprintf(stderr, "cuemu: misaligned %s of %zu bytes at %p\n", write ? "store" : "load", n, p);
+    std::abort();
+  }
+  auto it = g_allocs.upper_bound(a);
+  if (it == g_allocs.begin()) goto bad;
+  --it;
+  if (a >= it->first && a + n <= it->first + it->second) return;
+bad:
+  std::fprintf(stderr, "cuemu: %s of %zu bytes at %p is outside every device allocation\n", write ? "store" : "load", n, p);
+  std::abort();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fibers
+
+enum State { kRunnable, kAtBlock, kAtWarp, kDone };
+struct Fiber {
+  ucontext_t uc;
+  Ctx c;
+  State st = kRunnable;
+  bool vote = false;
+  unsigned result = 0;
+  std::unique_ptr<char[]> stack;
+};
+static constexpr size_t kStack = 256 * 1024;
+static std::vector<Fiber> g_fibers;
+static ucontext_t g_sched;
+static int g_cur = -1;
+static std::function<void()> *g_body = nullptr;
+static Ctx g_host_ctx;
+
+const Ctx &ctx() {
+  if (g_cur < 0) return g_host_ctx;
+  return g_fibers[g_cur].c;
+}
+
+static void fiber_entry() {
+  (*g_body)();
+  g_fibers[g_cur].st = kDone;
+  swapcontext(&g_fibers[g_cur].uc, &g_sched);
+}
+
+void syncthreads() {
+  Fiber &f = g_fibers[g_cur];
+  f.st = kAtBlock;
+  swapcontext(&f.uc, &g_sched);
+}
+
+unsigned ballot(bool pred) {
+  Fiber &f = g_fibers[g_cur];
+  f.st = kAtWarp;
+  f.vote = pred;
+  swapcontext(&f.uc, &g_sched);
+  return g_fibers[g_cur].result;
+}
+
+static void run_block(std::function<void()> &body, dim3 b, dim3 grid, dim3 block) {
+  const int n = static_cast<int>(block.x * block.y * block.z);
+  if (static_cast<int>(g_fibers.size()) < n) {
+    g_fibers.resize(n);
+    for (auto &f : g_fibers)
+      if (!f.stack) f.stack.reset(new char[kStack]);
+  }
+  g_body = &body;
+  for (int i = 0; i < n; ++i) {
+    Fiber &f = g_fibers[i];
+    f.c.tid = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
+    f.c.bid = b;
+    f.c.bdim = block;
+    f.c.gdim = grid;
+    f.st = kRunnable;
+    getcontext(&f.uc);
+    f.uc.uc_stack.ss_sp = f.stack.get();
+    f.uc.uc_stack.ss_size = kStack;
+    f.uc.uc_link = nullptr;
+    makecontext(&f.uc, fiber_entry, 0);
+  }
+  for (;;) {
+    bool ran = false;
+    for (int i = 0; i < n; ++i) {
+      if (g_fibers[i].st != kRunnable) continue;
+      g_cur = i;
+      swapcontext(&g_sched, &g_fibers[i].uc);
+      ran = true;
+    }
+    g_cur = -1;
+    // Resolve warp ballots: all non-done lanes of a warp waiting.
+    bool released = false;
+    for (int w = 0; w * 32 < n; ++w) {
+      int waiting = 0, live = 0;
+      unsigned mask = 0;
+      for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
+        Fiber &f = g_fibers[w * 32 + l];
+        if (f.st == kDone) continue;
+        ++live;
+        if (f.st == kAtWarp) {
+          ++waiting;
+          if (f.vote) mask |= 1u << l;
+        }
+      }
+      if (live > 0 && waiting == live) {
+        if (live != 32 && live != n - w * 32) die("ballot with exited lanes");
+        for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
+          Fiber &f = g_fibers[w * 32 + l];
+          if (f.st == kAtWarp) {
+            f.result = mask;
+            f.st = kRunnable;
+          }
+        }
+        released = true;
+      }
+    }
+    int done = 0, at_block = 0;
+    for (int i = 0; i < n; ++i) {
+      if (g_fibers[i].st == kDone) ++done;
+      if (g_fibers[i].st == kAtBlock) ++at_block;
+    }
+    if (done == n) break;
+    if (at_block > 0 && at_block + done == n) {
+      if (done > 0) die("__syncthreads after some threads exited");
+      for (int i = 0; i < n; ++i) g_fibers[i].st = kRunnable;
+      released = true;
+    }
+    if (!ran && !released) die("deadlock: threads wait at different barriers");
+  }
+}
+
+void launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
+  auto run = [body, grid, block]() mutable {
+    ++g_launches;
+    // Blocks run one at a time in a shuffled order (a GPU gives no order either), so results
+    // that depend on block order show up as test failures.
+    std::vector<dim3> order;
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) order.emplace_back(x, y, z);
+    static uint64_t seed = 0x9E3779B97F4A7C15ull;
+    for (size_t i = order.size(); i > 1; --i) {
+      seed ^= seed << 13;
+      seed ^= seed >> 7;
+      seed ^= seed << 17;
+      std::swap(order[i - 1], order[seed % i]);
+    }
+    for (const dim3& b : order) {
+      ++g_blocks;
+      run_block(body, b, grid, block);
+    }
+  };
+  if (s != nullptr && s->capturing)
+    s->ops.push_back(run);
+  else
+    run();
+}
+}  // namespace cuemu
+
+using namespace cuemu;
+
+static void *track(size_t n) {
+  void *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
+  if (p == nullptr) return nullptr;
+  std::memset(p, 0xCD, n);  // device memory is not zero: catch missing zero fills
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = n;
+  g_allocated += n;
+  return p;
+}
+static void untrack(void *p) {
+  if (p == nullptr) return;
+  auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_allocs.end()) die("free of an unknown pointer");
+  g_allocated -= it->second;
+  g_allocs.erase(it);
+  std::free(p);
+}
+
+extern "C" {
+cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+static int g_dev = 0;
+cudaError_t cudaGetDevice(int *d) { *d = g_dev; return cudaSuccess; }
+cudaError_t cudaSetDevice(int d) { if (d != 0) return cudaErrorInvalidDevice; g_dev = d; return cudaSuccess; }
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = 2; return cudaSuccess; }
+cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *t = size_t(80) << 30; *f = *t - g_allocated; return cudaSuccess; }
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+const char *cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
+const char *cudaGetErrorString(cudaError_t) { return "emulated error"; }
+cudaError_t cudaMalloc(void **p, size_t n) { *p = track(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+cudaError_t cudaFree(void *p) { untrack(p); return cudaSuccess; }
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) { *p = track(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+cudaError_t cudaFreeHost(void *p) { untrack(p); return cudaSuccess; }
+cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned) { *d = h; return cudaSuccess; }
+cudaError_t cudaMemset(void *p, int v, size_t n) { check_access(p, n, 1, true); std::memset(p, v, n); return cudaSuccess; }
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+  if (s && s->capturing) { s->ops.push_back([=] { std::memset(p, v, n); }); return cudaSuccess; }
+  return cudaMemset(p, v, n);
+}
+cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
+  if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) check_access(d, n, 1, true);
+  if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice) check_access(s, n, 1, false);
+  std::memmove(d, s, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st) {
+  if (st && st->capturing) { st->ops.push_back([=] { cudaMemcpy(d, s, n, k); }); return cudaSuccess; }
+  return cudaMemcpy(d, s, n, k);
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = new CUstream_st; return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { if (s && s->capturing) die("sync during capture"); return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
+  *st = (s && s->capturing) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  if (!s) return cudaErrorStreamCaptureUnsupported;
+  s->capturing = true;
+  s->ops.clear();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+  *g = new CUgraph_st{s->ops};
+  s->ops.clear();
+  s->capturing = false;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) { *e = new CUgraphExec_st{g->ops}; return cudaSuccess; }
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) { for (auto &op : e->ops) op(); return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return cudaSuccess; }
+cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { *e = new CUevent_st; return cudaSuccess; }
+cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new CUevent_st; return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 1.0f; return cudaSuccess; }
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = 2; return cudaSuccess; }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) { if (s && s->capturing) die("event record during capture"); return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+}

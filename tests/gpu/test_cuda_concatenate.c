@@ -1,0 +1,828 @@
+/* kvp_concatenate on CUDA caches, checked against the CPU backend byte for byte.
+ *
+ * Every test skip()s when the build has no CUDA or the machine has no GPU (then the line
+ * "kvpages: no CUDA device" is printed and ctest reports the test as skipped). With a GPU:
+ *   ctest --test-dir build -L gpu --output-on-failure
+ * or run build/tests/test_cuda_concatenate directly. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "support.h"
+
+#if KVP_HAS_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static int have_gpu(void) {
+  int32_t n = 0;
+  assert_kvp_ok(kvp_device_count(&n));
+  return KVP_HAS_CUDA && n > 0;
+}
+
+#if KVP_HAS_CUDA
+
+#define CUDA_OK(expr)                                                                   \
+  do {                                                                                  \
+    cudaError_t e_ = (expr);                                                            \
+    if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_));         \
+  } while (0)
+
+/* ------------------------------------------------------------------------------------------ */
+/* Helpers                                                                                    */
+
+static kvp_cache *new_cache(const kvp_config *cfg, kvp_device_type dt) {
+  kvp_cache_options o;
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
+  o.device_type = dt;
+  assert_kvp_ok(kvp_cache_create(cfg, &o, &c));
+  return c;
+}
+
+static size_t layer_bytes(const kvp_cache *c) {
+  kvp_layout_info li;
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(c, &li));
+  return (size_t)li.layer_bytes;
+}
+
+static uint8_t *read_layer(const kvp_cache *c, uint32_t layer) {
+  size_t n = layer_bytes(c);
+  uint8_t *p = (uint8_t *)malloc(n);
+  assert_non_null(p);
+  assert_kvp_ok(kvp_cache_read_layer(c, layer, p, n, NULL));
+  return p;
+}
+
+/* Fills a layer of several caches with the same random bytes, so untouched slots are visible. */
+static uint8_t *prefill(kvp_cache **caches, const uint32_t *layers, int n, uint64_t *rng) {
+  size_t bytes = layer_bytes(caches[0]);
+  uint8_t *p = (uint8_t *)malloc(bytes);
+  assert_non_null(p);
+  for (size_t i = 0; i < bytes; ++i) p[i] = (uint8_t)kvp_test_rand(rng);
+  for (int k = 0; k < n; ++k) assert_kvp_ok(kvp_cache_write_layer(caches[k], layers[k], p, bytes, NULL));
+  return p;
+}
+
+static void report_first_difference(const uint8_t *got, const uint8_t *want, size_t n, const char *what) {
+  for (size_t i = 0; i < n; ++i)
+    if (got[i] != want[i]) fail_msg("%s: first difference at byte %zu: got 0x%02x, want 0x%02x", what, i, got[i], want[i]);
+}
+
+static uint32_t dtype_size(kvp_dtype d) { return kvp_dtype_bits(d) / 8; }
+
+/* A random element of an input dtype: mostly ordinary values over a wide range of magnitudes
+ * (rounding, subnormals and overflow of the narrow formats), sometimes arbitrary bit patterns
+ * (NaN payloads, infinities). */
+static void random_element(void *dst, kvp_dtype dt, uint64_t *rng) {
+  uint64_t r = kvp_test_rand(rng);
+  float f;
+  if ((r & 7) == 0) {
+    uint32_t bits = (uint32_t)(r >> 32);
+    if (dt == KVP_DTYPE_F32) {
+      memcpy(dst, &bits, 4);
+    } else {
+      uint16_t h = (uint16_t)bits;
+      memcpy(dst, &h, 2);
+    }
+    return;
+  }
+  f = (float)((double)((int64_t)(r >> 11) % 2000001 - 1000000) / 1000000.0);
+  f = ldexpf(f, (int)((r >> 3) % 40) - 30);
+  if (dt == KVP_DTYPE_F32) {
+    memcpy(dst, &f, 4);
+  } else {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t h;
+    if (dt == KVP_DTYPE_BF16) {
+      h = (uint16_t)(u >> 16); /* truncation is fine: any bf16 pattern is a valid input */
+    } else {
+      /* crude f16: keep sign, clamp exponent; any f16 pattern is a valid input */
+      int e = (int)((u >> 23) & 0xFF) - 127 + 15;
+      uint16_t s = (uint16_t)((u >> 16) & 0x8000u);
+      if (e <= 0) h = s;
+      else if (e >= 31) h = (uint16_t)(s | 0x7BFFu);
+      else h = (uint16_t)(s | (uint16_t)(e << 10) | (uint16_t)((u >> 13) & 0x3FFu));
+    }
+    memcpy(dst, &h, 2);
+  }
+}
+
+/* An input tensor [T, H, D] in host memory with one of several stride patterns, and its copy in
+ * device memory with the same strides. */
+typedef struct tensor_pair {
+  kvp_tensor host, dev;
+  void *host_buf, *dev_buf;
+  size_t bytes;
+} tensor_pair;
+
+static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dtype dt, int stride_mode, uint64_t *rng) {
+  int64_t st, sh, sd, n;
+  switch (stride_mode) {
+    case 1: /* padded heads and rows: [T, H, D + 8] plus 4 spare elements per token */
+      sd = 1; sh = D + 8; st = H * (D + 8) + 4; n = T * st; break;
+    case 2: /* head-major: [H, T, D] */
+      sd = 1; st = D; sh = T * D; n = H * T * D; break;
+    case 3: /* every other lane: [T, H, D, 2][..., 0] */
+      sd = 2; sh = 2 * D; st = 2 * H * D; n = T * st; break;
+    default: /* contiguous */
+      sd = 1; sh = D; st = H * D; n = T * st; break;
+  }
+  if (n < 1) n = 1;
+  const uint32_t isz = dtype_size(dt);
+  tp->bytes = (size_t)n * isz;
+  tp->host_buf = malloc(tp->bytes);
+  assert_non_null(tp->host_buf);
+  for (int64_t i = 0; i < n; ++i) random_element((uint8_t *)tp->host_buf + (size_t)i * isz, dt, rng);
+  CUDA_OK(cudaMalloc(&tp->dev_buf, tp->bytes));
+  CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
+  memset(&tp->host, 0, sizeof tp->host);
+  tp->host.data = tp->host_buf;
+  tp->host.dtype = dt;
+  tp->host.ndim = 3;
+  tp->host.shape[0] = T;
+  tp->host.shape[1] = H;
+  tp->host.shape[2] = D;
+  tp->host.strides[0] = st;
+  tp->host.strides[1] = sh;
+  tp->host.strides[2] = sd;
+  tp->host.device_type = KVP_DEVICE_CPU;
+  tp->dev = tp->host;
+  tp->dev.data = tp->dev_buf;
+  tp->dev.device_type = KVP_DEVICE_CUDA;
+  tp->dev.device_id = 0;
+}
+
+static void refill_input(tensor_pair *tp, uint64_t *rng) {
+  const uint32_t isz = dtype_size(tp->host.dtype);
+  for (size_t i = 0; i < tp->bytes / isz; ++i) random_element((uint8_t *)tp->host_buf + i * isz, tp->host.dtype, rng);
+  CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
+}
+
+static void free_input(tensor_pair *tp) {
+  free(tp->host_buf);
+  CUDA_OK(cudaFree(tp->dev_buf));
+}
+
+/* A random batch for a config: 1..max_reqs requests over distinct pages drawn from
+ * [1, num_pages - 1) (the last page is kept free for the tests), built by the batch builder as
+ * owning host metadata with R rows and a T-token bucket. */
+static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int max_reqs, int64_t R, int64_t T_cap,
+                                  int64_t *tokens_out) {
+  const int64_t S = cfg->page_size, P = cfg->num_pages;
+  int32_t pool[1024];
+  int64_t npool = P - 2;
+  assert_true(npool <= 1024);
+  for (int64_t i = 0; i < npool; ++i) pool[i] = (int32_t)(i + 1);
+  for (int64_t i = npool - 1; i > 0; --i) {
+    int64_t j = kvp_test_rand_range(rng, 0, i);
+    int32_t t = pool[i];
+    pool[i] = pool[j];
+    pool[j] = t;
+  }
+  kvp_batch_request reqs[64];
+  int n = (int)kvp_test_rand_range(rng, 1, max_reqs);
+  int64_t used = 0, tokens = 0;
+  int k = 0;
+  for (int i = 0; i < n; ++i) {
+    int64_t computed = kvp_test_rand_range(rng, 0, 3 * S);
+    int64_t sched = (kvp_test_rand(rng) & 1) ? 1 : kvp_test_rand_range(rng, 1, 2 * S + 3);
+    if (T_cap > 0 && tokens + sched > T_cap) break;
+    int64_t need = (computed + sched + S - 1) / S;
+    if (need > cfg->max_num_pages_per_req || used + need > npool) break;
+    reqs[k].num_computed = computed;
+    reqs[k].num_scheduled = sched;
+    reqs[k].page_ids = pool + used;
+    reqs[k].num_pages = need;
+    used += need;
+    tokens += sched;
+    ++k;
+  }
+  assert_true(k >= 1);
+  kvp_batch_options bo;
+  assert_kvp_ok(kvp_batch_options_init(&bo, sizeof bo));
+  bo.max_num_reqs = R > 0 ? R : k;
+  bo.max_num_tokens = T_cap > 0 ? T_cap : tokens;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(cfg, reqs, (uint32_t)k, &bo, NULL, &md));
+  *tokens_out = T_cap > 0 ? T_cap : tokens;
+  return md;
+}
+
+/* Device-resident copy of host metadata (every array copied; the handle borrows the copies). */
+typedef struct device_md {
+  kvp_metadata *md;
+  void *bufs[8];
+  int nbufs;
+} device_md;
+
+static const int32_t *to_device(device_md *d, const int32_t *host, int64_t len) {
+  if (host == NULL || len <= 0) return NULL;
+  void *p = NULL;
+  CUDA_OK(cudaMalloc(&p, (size_t)len * 4));
+  CUDA_OK(cudaMemcpy(p, host, (size_t)len * 4, cudaMemcpyHostToDevice));
+  d->bufs[d->nbufs++] = p;
+  return (const int32_t *)p;
+}
+
+static void make_device_md(device_md *d, const kvp_metadata *host) {
+  kvp_metadata_desc desc;
+  memset(d, 0, sizeof *d);
+  assert_kvp_ok(kvp_metadata_desc_init(&desc, sizeof desc));
+  assert_kvp_ok(kvp_metadata_get_desc(host, &desc));
+  desc.pages_tables = to_device(d, desc.pages_tables, desc.num_reqs * desc.pages_per_req);
+  desc.context_lens = to_device(d, desc.context_lens, desc.context_lens_len);
+  desc.query_start_loc = to_device(d, desc.query_start_loc, desc.query_start_loc_len);
+  desc.num_seqs = to_device(d, desc.num_seqs, desc.num_seqs_len);
+  desc.slot_mapping = to_device(d, desc.slot_mapping, 3 * desc.num_slices);
+  desc.num_kv_update_slices = to_device(d, desc.num_kv_update_slices, desc.num_kv_update_slices_len);
+  desc.request_distribution = to_device(d, desc.request_distribution, desc.request_distribution_len);
+  desc.position_ids = to_device(d, desc.position_ids, desc.position_ids_len);
+  desc.device_type = KVP_DEVICE_CUDA;
+  desc.device_id = 0;
+  assert_kvp_ok(kvp_metadata_create(&desc, &d->md));
+}
+
+static void free_device_md(device_md *d) {
+  assert_kvp_ok(kvp_metadata_destroy(d->md));
+  for (int i = 0; i < d->nbufs; ++i) CUDA_OK(cudaFree(d->bufs[i]));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Random batches, every layout, dtype pair and several shapes: CUDA == CPU                    */
+
+typedef struct shape_case {
+  kvp_layout layout;
+  int64_t H, D, S;
+} shape_case;
+
+static void run_compare_case(const shape_case *sc, kvp_dtype kin, kvp_dtype vin, kvp_dtype cdt, int stride_mode,
+                             uint64_t *rng) {
+  kvp_config cfg = kvp_test_config(2, sc->H, sc->D, sc->S, 48, cdt, sc->layout);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[3] = {cpu, gpu, gpu};
+  const uint32_t layers[3] = {0, 0, 1};
+  uint8_t *before = prefill(all, layers, 3, rng);
+  const size_t n = layer_bytes(cpu);
+  int64_t T = 0;
+  kvp_metadata *md = random_batch(&cfg, rng, 6, 0, 0, &T);
+  device_md dmd;
+  make_device_md(&dmd, md);
+  tensor_pair k, v;
+  make_input(&k, T, sc->H, sc->D, kin, stride_mode, rng);
+  make_input(&v, T, sc->H, sc->D, vin, stride_mode, rng);
+
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));        /* host metadata */
+  assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, NULL));    /* device metadata */
+  uint8_t *want = read_layer(cpu, 0);
+  uint8_t *got_host_md = read_layer(gpu, 0);
+  uint8_t *got_dev_md = read_layer(gpu, 1);
+  char what[160];
+  snprintf(what, sizeof what, "layout v%u%s H=%lld D=%lld S=%lld key %s value %s cache %s strides %d, %s metadata",
+           (unsigned)sc->layout, sc->D == 64 && sc->layout == KVP_LAYOUT_V3 ? " (h64)" : "", (long long)sc->H,
+           (long long)sc->D, (long long)sc->S, kvp_dtype_name(kin), kvp_dtype_name(vin), kvp_dtype_name(cdt),
+           stride_mode, "host");
+  assert_true(memcmp(want, before, n) != 0); /* the batch really wrote something */
+  report_first_difference(got_host_md, want, n, what);
+  snprintf(what + strlen(what) - 13, 14, "dev metadata");
+  report_first_difference(got_dev_md, want, n, what);
+  kvp_status async = -1;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+
+  free(want);
+  free(got_host_md);
+  free(got_dev_md);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  static const shape_case shapes[] = {
+      {KVP_LAYOUT_V3, 8, 128, 16}, {KVP_LAYOUT_V3, 3, 96, 16}, {KVP_LAYOUT_V3, 1, 128, 32},
+      {KVP_LAYOUT_V3, 8, 64, 16},  {KVP_LAYOUT_V3, 3, 64, 16}, /* h64 */
+      {KVP_LAYOUT_V2, 8, 128, 16}, {KVP_LAYOUT_V2, 2, 80, 16}, {KVP_LAYOUT_V2, 1, 36, 8},
+  };
+  static const kvp_dtype inputs[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16};
+  static const kvp_dtype stores[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
+                                     KVP_DTYPE_F8_E5M2};
+  uint64_t rng = 0xC0DA;
+  int cases = 0;
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; ++s)
+    for (size_t i = 0; i < 3; ++i)
+      for (size_t o = 0; o < 5; ++o) {
+        /* page_size must be a multiple of the packing (fp8: 4) — all shapes above are. */
+        run_compare_case(&shapes[s], inputs[i], inputs[i], stores[o], (int)(cases % 4), &rng);
+        ++cases;
+      }
+  /* Key and value of different dtypes. */
+  run_compare_case(&shapes[0], KVP_DTYPE_F32, KVP_DTYPE_BF16, KVP_DTYPE_BF16, 0, &rng);
+  run_compare_case(&shapes[5], KVP_DTYPE_F16, KVP_DTYPE_F32, KVP_DTYPE_F8_E5M2, 1, &rng);
+  run_compare_case(&shapes[3], KVP_DTYPE_BF16, KVP_DTYPE_F16, KVP_DTYPE_F32, 2, &rng);
+  printf("compared %d layout/shape/dtype cases (+3 mixed-dtype cases)\n", cases);
+}
+
+/* Larger batches (hundreds of runs: host metadata goes through the staging ring, and the grid
+ * has many blocks), repeated so the ring wraps. */
+static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0xB16;
+  kvp_config cfg = kvp_test_config(1, 8, 128, 16, 600, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  for (int step = 0; step < 80; ++step) {
+    int64_t T = 0;
+    kvp_metadata *md = random_batch(&cfg, &rng, 64, 0, 0, &T);
+    tensor_pair k, v;
+    make_input(&k, T, 8, 128, KVP_DTYPE_BF16, 0, &rng);
+    make_input(&v, T, 8, 128, KVP_DTYPE_BF16, 0, &rng);
+    assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+    assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));
+    CUDA_OK(cudaDeviceSynchronize()); /* inputs are freed below */
+    free_input(&k);
+    free_input(&v);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  uint8_t *want = read_layer(cpu, 0), *got = read_layer(gpu, 0);
+  assert_true(memcmp(want, before, n) != 0);
+  report_first_difference(got, want, n, "80 large v3 batches");
+  free(want);
+  free(got);
+  free(before);
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* CUDA graphs                                                                                 */
+
+/* Copies the arrays of host metadata `src` into the fixed device buffers behind `dst` (same
+ * shapes: both built with the same R and T bucket). */
+static void update_device_md(device_md *dst, const kvp_metadata *src) {
+  kvp_metadata_desc a, b;
+  assert_kvp_ok(kvp_metadata_desc_init(&a, sizeof a));
+  assert_kvp_ok(kvp_metadata_desc_init(&b, sizeof b));
+  assert_kvp_ok(kvp_metadata_get_desc(src, &a));
+  assert_kvp_ok(kvp_metadata_get_desc(dst->md, &b));
+  assert_int_equal(a.num_reqs, b.num_reqs);
+  assert_int_equal(a.pages_per_req, b.pages_per_req);
+#define COPY_FIELD(ptr, len)                                                                          \
+  if (a.ptr != NULL) CUDA_OK(cudaMemcpy((void *)b.ptr, a.ptr, (size_t)(len) * 4, cudaMemcpyHostToDevice))
+  COPY_FIELD(pages_tables, a.num_reqs * a.pages_per_req);
+  COPY_FIELD(context_lens, a.context_lens_len);
+  COPY_FIELD(query_start_loc, a.query_start_loc_len);
+  COPY_FIELD(num_seqs, a.num_seqs_len);
+  COPY_FIELD(request_distribution, a.request_distribution_len);
+#undef COPY_FIELD
+}
+
+static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0x6A;
+  const int64_t H = 8, D = 128, S = 16, R = 8, T = 96;
+  kvp_config cfg = kvp_test_config(1, H, D, S, 400, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+
+  /* Device-resident metadata in fixed buffers, fixed-size inputs: what an engine captures. */
+  int64_t tok = 0;
+  kvp_metadata *md1 = random_batch(&cfg, &rng, 6, R, T, &tok);
+  device_md dmd;
+  make_device_md(&dmd, md1);
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  kvp_status st = kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, (kvp_stream)s);
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  assert_kvp_ok(st);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  /* Capturing ran nothing. */
+  uint8_t *got = read_layer(gpu, 0);
+  assert_memory_equal(got, before, n);
+  free(got);
+
+  for (int round = 0; round < 3; ++round) {
+    kvp_metadata *mdr = md1;
+    if (round > 0) { /* new batch and new inputs in the same buffers, then replay */
+      mdr = random_batch(&cfg, &rng, 6, R, T, &tok);
+      update_device_md(&dmd, mdr);
+      refill_input(&k, &rng);
+      refill_input(&v, &rng);
+    }
+    assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, mdr, NULL));
+    CUDA_OK(cudaGraphLaunch(exec, s));
+    CUDA_OK(cudaStreamSynchronize(s));
+    uint8_t *want = read_layer(cpu, 0);
+    got = read_layer(gpu, 0);
+    report_first_difference(got, want, n, "graph replay with device metadata");
+    free(want);
+    free(got);
+    if (round > 0) assert_kvp_ok(kvp_metadata_destroy(mdr));
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+
+  /* Host metadata with more runs than fit in the kernel parameters is staged in the graph
+   * arena: the graph keeps replaying the captured batch even after eager calls reuse the ring. */
+  int64_t ta = 0, tb = 0;
+  kvp_metadata *mda = random_batch(&cfg, &rng, 40, 0, 0, &ta);
+  kvp_metadata *mdb = random_batch(&cfg, &rng, 40, 0, 0, &tb);
+  tensor_pair ka, va, kb, vb;
+  make_input(&ka, ta, H, D, KVP_DTYPE_F32, 0, &rng);
+  make_input(&va, ta, H, D, KVP_DTYPE_F32, 0, &rng);
+  make_input(&kb, tb, H, D, KVP_DTYPE_F16, 0, &rng);
+  make_input(&vb, tb, H, D, KVP_DTYPE_F16, 0, &rng);
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  st = kvp_concatenate(gpu, 0, &ka.dev, &va.dev, mda, (kvp_stream)s);
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  assert_kvp_ok(st);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  /* CPU: A, B, A.  GPU: replay A, eager B, replay A. */
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mda, NULL));
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &kb.host, &vb.host, mdb, NULL));
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mda, NULL));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &kb.dev, &vb.dev, mdb, (kvp_stream)s));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  uint8_t *want = read_layer(cpu, 0);
+  got = read_layer(gpu, 0);
+  report_first_difference(got, want, n, "graph replay with host metadata (graph arena)");
+  free(want);
+  free(got);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+
+  free_input(&ka);
+  free_input(&va);
+  free_input(&kb);
+  free_input(&vb);
+  assert_kvp_ok(kvp_metadata_destroy(mda));
+  assert_kvp_ok(kvp_metadata_destroy(mdb));
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(md1));
+  CUDA_OK(cudaStreamDestroy(s));
+  free(before);
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Device-side validation                                                                      */
+
+/* A device-resident page id out of range: that page's tokens are not written (everything else
+ * is), the async error names the value, the cache refuses work until the error is cleared, and
+ * afterwards it works again. */
+static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
+  uint64_t rng = seed;
+  const int64_t H = 4, D = 128, S = 16, P = 40;
+  kvp_config cfg = kvp_test_config(1, H, D, S, P, KVP_DTYPE_F16, layout);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  const size_t page_bytes = n / (size_t)P;
+  const int32_t spare = (int32_t)(P - 1); /* random_batch never uses the last page */
+  int64_t T = 0;
+  kvp_metadata *md = NULL;
+  kvp_metadata_desc d;
+  int64_t bad_index = -1;
+  int32_t bad_value = 0;
+  /* Draw batches until one has a second row (so some rows stay valid). */
+  for (;;) {
+    md = random_batch(&cfg, &rng, 5, 0, 0, &T);
+    assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+    assert_kvp_ok(kvp_metadata_get_desc(md, &d));
+    if (layout == KVP_LAYOUT_V3 ? d.request_distribution[2] >= 2 : d.num_kv_update_slices[0] >= 2) break;
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  /* Host copy of the arrays we corrupt. */
+  int32_t *arr;
+  int64_t arr_len;
+  if (layout == KVP_LAYOUT_V3) {
+    arr_len = d.num_reqs * d.pages_per_req;
+    arr = (int32_t *)malloc((size_t)arr_len * 4);
+    memcpy(arr, d.pages_tables, (size_t)arr_len * 4);
+    /* Row 1's first new token: position ctx - q_len, logical page pos / S. */
+    int64_t q_len = d.query_start_loc[2] - d.query_start_loc[1];
+    int64_t pos = d.context_lens[1] - q_len;
+    bad_index = 1 * d.pages_per_req + pos / S;
+  } else {
+    arr_len = 3 * d.num_slices;
+    arr = (int32_t *)malloc((size_t)arr_len * 4);
+    memcpy(arr, d.slot_mapping, (size_t)arr_len * 4);
+    bad_index = 1; /* slice 1's destination slot */
+  }
+  /* Reference: the CPU writes the bad entry's tokens to the spare page instead... */
+  kvp_metadata_desc ref = d;
+  int32_t *ref_arr = (int32_t *)malloc((size_t)arr_len * 4);
+  memcpy(ref_arr, arr, (size_t)arr_len * 4);
+  if (layout == KVP_LAYOUT_V3) {
+    bad_value = (int32_t)(P + 5);
+    ref_arr[bad_index] = spare;
+    ref.pages_tables = ref_arr;
+  } else {
+    /* v2 slice 1: keep its in-page offset, move it to the spare page (len <= S here). */
+    int32_t dst = arr[bad_index], len = arr[2 * d.num_slices + bad_index];
+    assert_true(len <= S && dst % S + len <= S);
+    bad_value = (int32_t)(P * S + 3 + dst % S);
+    ref_arr[bad_index] = (int32_t)(spare * S + dst % S);
+    ref.slot_mapping = ref_arr;
+  }
+  kvp_metadata *ref_md = NULL;
+  assert_kvp_ok(kvp_metadata_create(&ref, &ref_md));
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_F32, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_F32, 0, &rng);
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, ref_md, NULL));
+  uint8_t *want = read_layer(cpu, 0);
+  /* ...and on the GPU the spare page keeps its old bytes. */
+  memcpy(want + (size_t)spare * page_bytes, before + (size_t)spare * page_bytes, page_bytes);
+
+  device_md dmd;
+  make_device_md(&dmd, md);
+  arr[bad_index] = bad_value;
+  {
+    kvp_metadata_desc dd;
+    assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
+    assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
+    void *dev_arr = layout == KVP_LAYOUT_V3 ? (void *)dd.pages_tables : (void *)dd.slot_mapping;
+    CUDA_OK(cudaMemcpy(dev_arr, arr, (size_t)arr_len * 4, cudaMemcpyHostToDevice));
+  }
+  /* A valid call captured in a graph before the error: replayed after it, the device itself
+   * must refuse to write (the host is not involved in a replay). */
+  cudaStream_t s;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  tensor_pair k2, v2;
+  make_input(&k2, T, H, D, KVP_DTYPE_F32, 0, &rng);
+  make_input(&v2, T, H, D, KVP_DTYPE_F32, 0, &rng);
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  kvp_status cst = kvp_concatenate(gpu, 0, &k2.dev, &v2.dev, md, (kvp_stream)s);
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  assert_kvp_ok(cst);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL)); /* enqueued: no host check possible */
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(s));
+  free_input(&k2);
+  free_input(&v2);
+
+  kvp_status async = KVP_OK;
+  char value_text[32];
+  snprintf(value_text, sizeof value_text, "%d", (int)bad_value);
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+  if (strstr(kvp_last_error_message(), value_text) == NULL ||
+      strstr(kvp_last_error_message(), layout == KVP_LAYOUT_V3 ? "page id" : "slot") == NULL)
+    fail_msg("async error message '%s' does not name %s", kvp_last_error_message(), value_text);
+  /* Refused until cleared. */
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL), KVP_ERR_DEVICE_LOST, value_text);
+  uint8_t *got = (uint8_t *)malloc(n);
+  assert_kvp_status(kvp_cache_read_layer(gpu, 0, got, n, NULL), KVP_ERR_DEVICE_LOST, "clear");
+  assert_kvp_ok(kvp_cache_clear_async_error(gpu));
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+  assert_kvp_ok(kvp_cache_read_layer(gpu, 0, got, n, NULL));
+  report_first_difference(got, want, n, layout == KVP_LAYOUT_V3 ? "v3 bad page id" : "v2 bad slot");
+
+  /* Works again after clearing: the valid reference batch, on both. */
+  assert_kvp_ok(kvp_cache_write_layer(cpu, 0, want, n, NULL));
+  refill_input(&k, &rng);
+  refill_input(&v, &rng);
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));
+  free(want);
+  want = read_layer(cpu, 0);
+  assert_kvp_ok(kvp_cache_read_layer(gpu, 0, got, n, NULL));
+  report_first_difference(got, want, n, "after clearing the async error");
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+
+  free(got);
+  free(want);
+  free(arr);
+  free(ref_arr);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(ref_md));
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+/* v3 device metadata whose context length puts a row's tokens past the end of its page-table
+ * row: that row is not written (and its neighbour's page-table entries are not used instead);
+ * the error names the logical page and the table width. */
+static void test_cuda_concatenate__device_page_index_beyond_table(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0x1DE;
+  const int64_t H = 2, D = 128, S = 16;
+  kvp_config cfg = kvp_test_config(1, H, D, S, 40, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  kvp_metadata *md = NULL;
+  kvp_metadata_desc d;
+  int64_t T = 0;
+  for (;;) { /* two active rows and a padding row (page ids 0) after them */
+    md = random_batch(&cfg, &rng, 2, 3, 0, &T);
+    assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+    assert_kvp_ok(kvp_metadata_get_desc(md, &d));
+    if (d.num_reqs == 3 && d.request_distribution[2] == 2) break;
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  /* Reference: only row 0 (num_seqs 1). */
+  int32_t ref_dist[3];
+  ref_dist[0] = d.request_distribution[0] < 1 ? d.request_distribution[0] : 1;
+  ref_dist[1] = d.request_distribution[1] < 1 ? d.request_distribution[1] : 1;
+  ref_dist[2] = 1;
+  kvp_metadata_desc ref = d;
+  ref.request_distribution = ref_dist;
+  kvp_metadata *ref_md = NULL;
+  assert_kvp_ok(kvp_metadata_create(&ref, &ref_md));
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, ref_md, NULL));
+  uint8_t *want = read_layer(cpu, 0);
+  assert_true(memcmp(want, before, n) != 0);
+
+  /* Device copy with row 1's context length moved past its table: first token at logical page
+   * pages_per_req. */
+  device_md dmd;
+  make_device_md(&dmd, md);
+  int32_t ctx[3] = {d.context_lens[0], 0, d.context_lens[2]};
+  const int64_t q_len1 = d.query_start_loc[2] - d.query_start_loc[1];
+  ctx[1] = (int32_t)(d.pages_per_req * S + q_len1);
+  {
+    kvp_metadata_desc dd;
+    assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
+    assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
+    CUDA_OK(cudaMemcpy((void *)dd.context_lens, ctx, sizeof ctx, cudaMemcpyHostToDevice));
+  }
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
+  CUDA_OK(cudaDeviceSynchronize());
+  kvp_status async = KVP_OK;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+  char width[48];
+  snprintf(width, sizeof width, "have %lld pages per request", (long long)d.pages_per_req);
+  if (strstr(kvp_last_error_message(), width) == NULL)
+    fail_msg("async error message '%s' lacks '%s'", kvp_last_error_message(), width);
+  assert_kvp_ok(kvp_cache_clear_async_error(gpu));
+  uint8_t *got = read_layer(gpu, 0);
+  report_first_difference(got, want, n, "row past its page table");
+  free(got);
+  free(want);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(ref_md));
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  run_bad_device_metadata(KVP_LAYOUT_V3, 0xBAD1);
+  run_bad_device_metadata(KVP_LAYOUT_V2, 0xBAD2);
+}
+
+/* Host-side errors on a CUDA cache are synchronous and change nothing; the caller's current
+ * device is restored. */
+static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0xE44;
+  kvp_config cfg = kvp_test_config(1, 2, 128, 16, 20, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[1] = {gpu};
+  const uint32_t layers[1] = {0};
+  uint8_t *before = prefill(all, layers, 1, &rng);
+  const size_t n = layer_bytes(gpu);
+  int64_t T = 0;
+  kvp_metadata *md = random_batch(&cfg, &rng, 4, 0, 0, &T);
+  tensor_pair k, v;
+  make_input(&k, T, 2, 128, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&v, T, 2, 128, KVP_DTYPE_BF16, 0, &rng);
+  /* Host tensors for a CUDA cache are rejected. */
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k.host, &v.dev, md, NULL), KVP_ERR_INVALID_ARGUMENT, "key");
+  /* Host metadata with a page id out of range is rejected before launch. */
+  kvp_metadata_desc d;
+  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+  assert_kvp_ok(kvp_metadata_get_desc(md, &d));
+  int32_t *pt = (int32_t *)malloc((size_t)(d.num_reqs * d.pages_per_req) * 4);
+  memcpy(pt, d.pages_tables, (size_t)(d.num_reqs * d.pages_per_req) * 4);
+  int64_t q_len = d.query_start_loc[1] - d.query_start_loc[0];
+  pt[(d.context_lens[0] - q_len) / 16] = 999;
+  d.pages_tables = pt;
+  kvp_metadata *bad = NULL;
+  assert_kvp_ok(kvp_metadata_create(&d, &bad));
+  int dev_before = -1, dev_after = -2;
+  CUDA_OK(cudaGetDevice(&dev_before));
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k.dev, &v.dev, bad, NULL), KVP_ERR_INVALID_ARGUMENT, "999");
+  CUDA_OK(cudaGetDevice(&dev_after));
+  assert_int_equal(dev_before, dev_after);
+  uint8_t *got = read_layer(gpu, 0);
+  assert_memory_equal(got, before, n);
+  kvp_status async = -1;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+  free(got);
+  free(pt);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  assert_kvp_ok(kvp_metadata_destroy(bad));
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+}
+
+#else /* !KVP_HAS_CUDA */
+
+static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__graph_capture_and_replay(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
+
+#endif
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cuda_concatenate__matches_cpu_every_layout_and_dtype),
+      cmocka_unit_test(test_cuda_concatenate__large_batches_and_staging_ring),
+      cmocka_unit_test(test_cuda_concatenate__graph_capture_and_replay),
+      cmocka_unit_test(test_cuda_concatenate__bad_device_page_id_is_async_error),
+      cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
+      cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),
+  };
+  if (!have_gpu()) printf("kvpages: no CUDA device (or no CUDA in this build); GPU tests skipped\n");
+  return cmocka_run_group_tests_name("cuda_concatenate", tests, NULL, NULL);
+}

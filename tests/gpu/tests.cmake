@@ -1,0 +1,52 @@
+# GPU test extras (included from tests/CMakeLists.txt).
+# - test_cuda_concatenate uses the CUDA runtime itself (device buffers, streams, graphs) when the
+#   build has CUDA.
+# - A run without a GPU prints "kvpages: no CUDA device" and is reported by ctest as skipped.
+if(TARGET test_cuda_concatenate)
+  if(KVP_HAS_CUDA)
+    target_link_libraries(test_cuda_concatenate PRIVATE CUDA::cudart)
+  endif()
+  set_tests_properties(gpu.test_cuda_concatenate PROPERTIES SKIP_REGULAR_EXPRESSION "kvpages: no CUDA device")
+endif()
+# The CUDA benchmark uses the runtime for device buffers, events and graphs.
+if(TARGET bench_cuda_concatenate AND KVP_HAS_CUDA)
+  target_link_libraries(bench_cuda_concatenate PRIVATE CUDA::cudart)
+endif()
+
+# Optional: the GPU tests against a host-only emulation of the CUDA runtime (tests/gpu/cuemu),
+# for machines without a GPU. The library is compiled a second time with the CUDA backend's host
+# code and kernels built as C++ against the emulated runtime (kernels run as fibers with real
+# __syncthreads/__ballot_sync semantics; graphs are recorded and replayed). This checks the
+# kernels' logic — indexing, conversions, validation, staging, graph capture — not timing or the
+# hardware memory model. Labelled "cuemu". Needs no CUDA toolkit.
+option(KVPAGES_CUDA_EMULATION_TESTS "Also run the GPU tests against an emulated CUDA runtime" OFF)
+if(KVPAGES_CUDA_EMULATION_TESTS)
+  set(KVP_EMU_DIR ${CMAKE_CURRENT_SOURCE_DIR}/gpu/cuemu)
+  set(KVP_EMU_GEN ${CMAKE_CURRENT_BINARY_DIR}/cuemu_include)
+  configure_file(${KVP_EMU_DIR}/features.h.in ${KVP_EMU_GEN}/kvpages/features.h COPYONLY)
+  set(KVP_EMU_SOURCES)
+  foreach(f ${KVP_SOURCES})
+    if(NOT f MATCHES "\\.cu$" AND NOT f MATCHES "src/backend/cuda/")
+      list(APPEND KVP_EMU_SOURCES ${f})
+    endif()
+  endforeach()
+  file(GLOB KVP_EMU_CUDA_HOST CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/backend/cuda/*.cpp)
+  add_library(kvpages_cuemu SHARED ${KVP_EMU_SOURCES} ${KVP_EMU_CUDA_HOST}
+              ${KVP_EMU_DIR}/cuda_concat_emu.cpp ${KVP_EMU_DIR}/cuemu.cpp)
+  target_include_directories(kvpages_cuemu BEFORE PUBLIC ${KVP_EMU_DIR} ${KVP_EMU_GEN})
+  target_include_directories(kvpages_cuemu PUBLIC ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE}
+                             PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR} ${DLPACK_INCLUDE_DIR})
+  target_compile_definitions(kvpages_cuemu PRIVATE KVP_BUILDING_LIBRARY KVP_GIT_SHA="cuemu"
+                             KVP_COMPILER_ID="${CMAKE_CXX_COMPILER_ID}-${CMAKE_CXX_COMPILER_VERSION}" KVP_API_ARMOR=1)
+  target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH nlohmann_json::nlohmann_json)
+  if(OpenMP_CXX_FOUND)
+    target_link_libraries(kvpages_cuemu PRIVATE OpenMP::OpenMP_CXX)
+  endif()
+  foreach(t test_cuda_device test_cuda_concatenate)
+    add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c)
+    target_include_directories(${t}_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/support)
+    target_link_libraries(${t}_emu PRIVATE kvpages_cuemu PkgConfig::CMOCKA m)
+    add_test(NAME cuemu.${t} COMMAND ${t}_emu)
+    set_tests_properties(cuemu.${t} PROPERTIES LABELS "cuemu" TIMEOUT 600)
+  endforeach()
+endif()
