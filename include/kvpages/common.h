@@ -65,5 +65,17 @@
 #define KVP_END_DECLS
 #endif
 
+#ifdef __cplusplus
+#define KVP__OPTIONS_INIT(type, version) {sizeof(type), (version)}
+#else
+#define KVP__OPTIONS_INIT(type, version) {.struct_size = sizeof(type), .abi_version = (version)}
+#endif
+/**
+ * @def KVP__OPTIONS_INIT(type, version)
+ * @brief Internal: the static initialiser of a size-versioned struct with every other field
+ *        zero. Uses designated initialisers in C, so `-Wextra` does not warn about the fields left
+ *        out.
+ */
+
 /** @} */
 #endif /* KVPAGES_COMMON_H */

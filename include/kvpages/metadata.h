@@ -86,8 +86,17 @@ typedef struct kvp_metadata_desc {
   int64_t position_ids_len;             /**< Length of `position_ids`. */
 } kvp_metadata_desc;
 
-/** Static initialiser: v3, host arrays, everything else empty. */
+#ifdef __cplusplus
 #define KVP_METADATA_DESC_INIT {sizeof(kvp_metadata_desc), KVP_METADATA_DESC_VERSION, KVP_LAYOUT_V3, KVP_DEVICE_CPU}
+#else
+#define KVP_METADATA_DESC_INIT                                                                  \
+  {.struct_size = sizeof(kvp_metadata_desc), .abi_version = KVP_METADATA_DESC_VERSION,           \
+   .version = KVP_LAYOUT_V3, .device_type = KVP_DEVICE_CPU}
+#endif
+/**
+ * @def KVP_METADATA_DESC_INIT
+ * @brief Static initialiser: v3, host arrays, everything else empty.
+ */
 
 /**
  * @brief Fills a metadata description with defaults (v3, host arrays, no arrays).
@@ -254,7 +263,7 @@ typedef struct kvp_batch_options {
 } kvp_batch_options;
 
 /** Static initialiser: all defaults. */
-#define KVP_BATCH_OPTIONS_INIT {sizeof(kvp_batch_options), KVP_BATCH_OPTIONS_VERSION}
+#define KVP_BATCH_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_batch_options, KVP_BATCH_OPTIONS_VERSION)
 
 /**
  * @brief Fills batch options with defaults (all zero, size and version set).

@@ -64,7 +64,7 @@ typedef struct kvp_serialize_options {
 } kvp_serialize_options;
 
 /** Static initialiser: whole cache, default chunk size. */
-#define KVP_SERIALIZE_OPTIONS_INIT {sizeof(kvp_serialize_options), KVP_SERIALIZE_OPTIONS_VERSION}
+#define KVP_SERIALIZE_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_serialize_options, KVP_SERIALIZE_OPTIONS_VERSION)
 
 /**
  * @brief Fills serialize options with defaults (whole cache, 1 MiB chunks).
@@ -235,7 +235,7 @@ typedef struct kvp_deserialize_options {
 } kvp_deserialize_options;
 
 /** Static initialiser: CPU cache, no size limit. */
-#define KVP_DESERIALIZE_OPTIONS_INIT {sizeof(kvp_deserialize_options), KVP_DESERIALIZE_OPTIONS_VERSION}
+#define KVP_DESERIALIZE_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_deserialize_options, KVP_DESERIALIZE_OPTIONS_VERSION)
 
 /**
  * @brief Fills deserialize options with defaults (CPU cache, no size limit).
