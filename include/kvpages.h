@@ -16,5 +16,11 @@
 #include "kvpages/types.h"
 #include "kvpages/config.h"
 #include "kvpages/cache.h"
+#include "kvpages/metadata.h"
+#include "kvpages/ops.h"
+#include "kvpages/device.h"
+#include "kvpages/pool.h"
+#include "kvpages/serialize.h"
+#include "kvpages/json.h"
 
 #endif /* KVPAGES_H */

@@ -1,0 +1,494 @@
+/**
+ * @file kvpages/pool.h
+ * @brief The page pool: pages handed to sequences, shared by reference count (fork,
+ *        copy-on-write), and reused across requests by prefix hash; plus the cache's page copy.
+ *
+ * A ::kvp_pool manages the page ids `1 … num_pages-1` of one ::kvp_cache (page 0 is the null
+ * page used as page-table padding; it is never handed out). Each sequence owns a page-table row:
+ * appending tokens allocates a page whenever a position crosses a page boundary, in O(1).
+ *
+ * **Sharing.** kvp_pool_fork() gives N children the parent's pages by reference count, without
+ * copying. The first append into a partial tail page that another sequence also holds copies
+ * that page first (copy-on-write, through kvp_cache_copy_pages(), all layers).
+ *
+ * **Prefix caching.** A full page whose KV is computed is keyed by XXH3-128 over its token ids,
+ * chained with the key of the page before it and seeded with the sequence's salt, and entered in
+ * the pool's prefix index. kvp_pool_add_sequence() reuses the longest indexed prefix of a prompt
+ * (the token ids of every matched page are compared too, so a hash collision cannot return
+ * another prompt's page). When its last holder releases an indexed page, the page stays cached
+ * and evictable; cached pages are evicted least-recently-released first, and only when no free
+ * page is left. A page in use is never evicted.
+ *
+ * **When KV counts as computed.** Each sequence has a computed watermark: tokens whose K/V has
+ * been written into the cache (or enqueued on the stream the other users of the cache use). Only
+ * pages below it enter the prefix index, so a request can never reuse a page whose KV has not
+ * been written yet. Reused tokens count as computed; kvp_pool_append() declares every token
+ * already in the sequence computed (an autoregressive step appends only after the previous step
+ * ran); kvp_pool_set_computed() declares it explicitly (after a prefill chunk).
+ *
+ * **Lifetime.** The pool borrows its cache: destroy the pool before the cache. A pool whose
+ * cache was destroyed can still be destroyed; with API armor (the default) other calls that need
+ * the cache return ::KVP_ERR_INVALID_HANDLE instead of touching freed memory.
+ *
+ * **Thread safety.** A pool is not internally synchronised: calls that modify the same pool must
+ * not run concurrently; calls taking a `const kvp_pool *` may run concurrently with each other.
+ *
+ * **Failures.** Every error leaves the pool exactly as it was (no page allocated, evicted,
+ * indexed or released). The one exception is a copy-on-write whose CUDA copy cannot be enqueued:
+ * the page taken for the copy is returned, but if it was an evictable cached page it has left
+ * the prefix index.
+ *
+ * @code
+ * kvp_pool *pool; kvp_seq_id seq; size_t reused;
+ * kvp_pool_create(cache, NULL, &pool);
+ * kvp_pool_add_sequence(pool, prompt, n, 0, 0, &seq, &reused);  // reuse a cached prefix
+ * // ... write K/V of tokens [reused, n) into the sequence's pages (kvp_pool_get_batch_request) ...
+ * kvp_pool_append(pool, seq, &next_token, 1, NULL);             // the prompt now counts as computed
+ * kvp_pool_free_sequence(pool, seq);                            // full pages stay cached
+ * kvp_pool_destroy(pool);
+ * @endcode
+ *
+ * @defgroup kvp_pool Page pool and prefix cache
+ * @ingroup kvpages
+ * @{
+ */
+#ifndef KVPAGES_POOL_H
+#define KVPAGES_POOL_H
+
+#include "kvpages/cache.h"
+#include "kvpages/common.h"
+#include "kvpages/metadata.h"
+#include "kvpages/status.h"
+#include "kvpages/types.h"
+
+KVP_BEGIN_DECLS
+
+/** Opaque handle to a page pool. Create with kvp_pool_create(), release with kvp_pool_destroy(). */
+typedef struct kvp_pool kvp_pool;
+
+/**
+ * @brief Identifies a sequence of a pool: slot index (low 20 bits) and generation (high 12 bits).
+ *
+ * A plain 32-bit value wrapped in a struct for type safety; it is passed by value like an
+ * integer (the same calling convention as `uint32_t` on every supported ABI). The value 0 is
+ * never a valid id. Freeing a sequence bumps its slot's generation, so a freed (stale) id is
+ * rejected with ::KVP_ERR_NOT_FOUND; slots are reused first-in first-out, so a stale id would
+ * only match again after 4095 × `max_sequences` frees.
+ */
+typedef struct kvp_seq_id {
+  uint32_t id; /**< Opaque value; 0 = no sequence. */
+} kvp_seq_id;
+
+/** Flag of kvp_pool_options::flags: never index pages (no prefix reuse; released pages are freed at once). */
+#define KVP_POOL_FLAG_NO_PREFIX_CACHE (1u << 0)
+
+/** Current value of kvp_pool_options::abi_version. */
+#define KVP_POOL_OPTIONS_VERSION 1u
+
+/** @brief Options of kvp_pool_create(). Zero means default for every field. */
+typedef struct kvp_pool_options {
+  uint32_t struct_size;                /**< sizeof(kvp_pool_options). */
+  uint32_t abi_version;                /**< ::KVP_POOL_OPTIONS_VERSION. */
+  uint32_t max_sequences;              /**< Live sequences at most, 1 … 1048575; 0 = the config's `max_num_reqs` if > 0, else its `get_max_num_seqs()` (a 128k-entry page-table budget). */
+  uint32_t flags;                      /**< `KVP_POOL_FLAG_*`. */
+  const kvp_host_allocator *allocator; /**< Host allocator for the pool's memory (borrowed, must outlive the pool); NULL = built-in. */
+} kvp_pool_options;
+
+/** Static initialiser: all defaults. */
+#define KVP_POOL_OPTIONS_INIT {sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, 0u, 0u, NULL}
+
+/**
+ * @brief Fills pool options with defaults.
+ * @param[out] opts Options, not NULL.
+ * @param[in] struct_size sizeof(kvp_pool_options) as the caller sees it.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_ARGUMENT `opts` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
+ * @threadsafety Thread-safe.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_options_init(kvp_pool_options *opts, uint32_t struct_size);
+
+/**
+ * @brief Creates a page pool over the pages of a cache.
+ *
+ * All the pool's memory is allocated here, in two blocks: bookkeeping per page (about 64 bytes
+ * plus 4 bytes per token slot for the token ids the prefix index compares), the prefix index
+ * (8 bytes per page) and a page-table row of `max_num_pages_per_req` entries per sequence slot.
+ * No later call allocates, so no later call can fail for lack of memory.
+ *
+ * @param[in] cache Cache whose pages the pool hands out, not NULL; borrowed: it must outlive
+ *            the pool. It must have at least 2 pages (page 0 is the null page).
+ * @param[in] opts Options, or NULL for defaults.
+ * @param[out] out Receives the new handle, not NULL; set to NULL on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_INVALID_HANDLE `cache` is not a live cache.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL, the cache has fewer than 2 pages, `max_sequences`
+ *         out of range, unknown flags, or the page tables would exceed 2^31 entries.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_UNSUPPORTED A non-zero tail in a larger options struct.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership Caller-owned result: release with kvp_pool_destroy(). Borrows `cache`.
+ * @threadsafety Thread-safe with respect to other pools; reads `cache` only.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_create(kvp_cache *cache, const kvp_pool_options *opts,
+                                            kvp_pool **out);
+
+/**
+ * @brief Releases a pool and all its bookkeeping. NULL is a no-op.
+ *
+ * Never touches the cache (it may already be destroyed) and does not change page contents.
+ *
+ * @param[in] pool Handle or NULL.
+ * @retval KVP_OK Released (or NULL).
+ * @retval KVP_ERR_INVALID_HANDLE Not a live pool handle.
+ * @ownership Takes ownership of `pool`; every ::kvp_seq_id of it becomes meaningless.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_destroy(kvp_pool *pool);
+
+/** Flag of kvp_pool_add_sequence(): reuse every full cached page, even when the whole prompt hits. */
+#define KVP_POOL_ADD_FLAG_REUSE_ALL (1u << 0)
+
+/**
+ * @brief Adds a sequence with a prompt, reusing the longest cached prefix of full pages.
+ *
+ * Page `i` of the prompt is reused when a page with the same chained key (token ids of pages
+ * 0 … i and `salt`) and the same token ids is in the prefix index and pages 0 … i-1 were reused.
+ * By default at most `floor((num_tokens - 1) / page_size)` pages are reused, so at least one
+ * prompt token is left to compute (the runtime needs its logits); ::KVP_POOL_ADD_FLAG_REUSE_ALL
+ * lifts that limit. The remaining positions get fresh pages (evicting least-recently-released
+ * cached pages only when no free page is left). Reused tokens count as computed; the caller
+ * writes the K/V of tokens `[*reused_tokens_out, num_tokens)`.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] tokens Token ids of the prompt, `num_tokens` entries; may be NULL only when
+ *            `num_tokens` is 0 (an empty sequence).
+ * @param[in] num_tokens Prompt length, ≤ the config's `max_model_length`.
+ * @param[in] salt Prefix-cache namespace (tenant, model, LoRA…): pages only match pages indexed
+ *            under the same salt. Inherited by appends and forks. 0 is a valid salt.
+ * @param[in] flags 0 or ::KVP_POOL_ADD_FLAG_REUSE_ALL.
+ * @param[out] seq_out Receives the new sequence id, not NULL; unchanged on failure.
+ * @param[out] reused_tokens_out Receives the number of reused prompt tokens (a multiple of
+ *             `page_size`); may be NULL; unchanged on failure.
+ * @retval KVP_OK Added.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `seq_out`, NULL `tokens` with `num_tokens` > 0, unknown
+ *         flags, or `num_tokens` above `max_model_length` (the message gives both).
+ * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages than needed (the message gives
+ *         needed and available), or every sequence slot is in use. Nothing changed.
+ * @ownership Borrows `tokens` for the call (the pool keeps a copy of the ids).
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_add_sequence(kvp_pool *pool, const int32_t *tokens,
+                                                  size_t num_tokens, uint64_t salt,
+                                                  uint32_t flags, kvp_seq_id *seq_out,
+                                                  size_t *reused_tokens_out);
+
+/**
+ * @brief Appends tokens to a sequence, allocating pages as positions cross page boundaries.
+ *
+ * First declares every token already in the sequence computed (which may index its full pages,
+ * see the file overview). If the sequence's partial tail page is also held by another sequence,
+ * it is copied to a fresh page first (copy-on-write, all layers, on `stream`); if only this
+ * sequence holds it but it is indexed (after a truncation), it leaves the index instead. The new
+ * tokens then take positions `length … length + num_tokens - 1`.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[in] tokens Token ids, `num_tokens` entries; may be NULL only when `num_tokens` is 0.
+ * @param[in] num_tokens Tokens to append; the new length must not exceed `max_model_length`.
+ * @param[in] stream CUDA stream for the copy-on-write of a CUDA cache (NULL = legacy default
+ *            stream); ignored for a CPU cache.
+ * @retval KVP_OK Appended.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or the pool's cache was destroyed (API armor).
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `tokens` with `num_tokens` > 0, or the new length would
+ *         exceed `max_model_length` (the message gives both).
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale (freed).
+ * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages than needed (message gives both).
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @retval KVP_ERR_DEVICE The CUDA copy could not be enqueued.
+ * @ownership Borrows `tokens` for the call.
+ * @threadsafety Must not race with other calls on the same pool or that modify its cache.
+ * @stream The copy-on-write is stream-ordered on `stream`: K/V of the copied rows must have been
+ *         written before, or enqueued earlier on the same stream. Bookkeeping is synchronous.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_append(kvp_pool *pool, kvp_seq_id seq, const int32_t *tokens,
+                                            size_t num_tokens, kvp_stream stream);
+
+/**
+ * @brief Declares that the K/V of the first `num_tokens` tokens of a sequence is written.
+ *
+ * Full pages below the watermark enter the prefix index (unless an identical page is already
+ * indexed). The watermark only moves forward; a smaller value is a no-op.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[in] num_tokens New watermark, ≤ the sequence's length.
+ * @retval KVP_OK Recorded.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `num_tokens` exceeds the sequence's length.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_set_computed(kvp_pool *pool, kvp_seq_id seq,
+                                                  size_t num_tokens);
+
+/**
+ * @brief Shortens a sequence, releasing the pages past its new end (last page first).
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[in] new_length New length, ≤ the current length (equal is a no-op).
+ * @retval KVP_OK Truncated.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `new_length` exceeds the current length.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_truncate(kvp_pool *pool, kvp_seq_id seq, size_t new_length);
+
+/**
+ * @brief Forks a sequence into `num_children` new sequences that share all its pages.
+ *
+ * Children get the parent's tokens, salt and computed watermark; every page of the parent gains
+ * `num_children` references. Nothing is copied now: a shared partial tail page is copied by the
+ * first append into it (kvp_pool_append()).
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] parent Sequence to fork.
+ * @param[in] num_children Number of children (0 is a no-op).
+ * @param[out] children_out Receives `num_children` ids; may be NULL only when `num_children` is
+ *             0; unchanged on failure.
+ * @retval KVP_OK Forked.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `children_out` is NULL with `num_children` > 0.
+ * @retval KVP_ERR_NOT_FOUND `parent` is unknown or stale.
+ * @retval KVP_ERR_OUT_OF_PAGES Fewer free sequence slots than `num_children`.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_fork(kvp_pool *pool, kvp_seq_id parent, uint32_t num_children,
+                                          kvp_seq_id *children_out);
+
+/**
+ * @brief Frees a sequence: releases its pages (last page first, so tails are evicted before
+ *        shared prefixes) and invalidates its id.
+ *
+ * A page whose last holder this was becomes evictable if it is indexed, free otherwise.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @retval KVP_OK Freed.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale (for example freed twice).
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_free_sequence(kvp_pool *pool, kvp_seq_id seq);
+
+/**
+ * @brief Reports the length (tokens) and computed watermark of a sequence.
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[out] length_out Tokens in the sequence; may be NULL.
+ * @param[out] computed_out Computed watermark; may be NULL.
+ * @retval KVP_OK Reported.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_sequence_length(const kvp_pool *pool, kvp_seq_id seq,
+                                                         size_t *length_out, size_t *computed_out);
+
+/**
+ * @brief Copies a sequence's page-table row: its page ids in logical order, padded with the
+ *        null page 0.
+ *
+ * Size-then-fill: `*count_out` receives the number of pages, `cdiv(length, page_size)`. When
+ * `capacity` is at least that, the ids are written and entries `[count, capacity)` are set to 0,
+ * so a row of `max_num_pages_per_req` entries comes back ready for a page table.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[out] pages_out Destination of `capacity` entries; may be NULL when `capacity` is 0.
+ * @param[in] capacity Entries available in `pages_out`.
+ * @param[out] count_out Receives the page count, not NULL (also on ::KVP_ERR_BUFFER_TOO_SMALL).
+ * @retval KVP_OK Copied.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `count_out` is NULL, or `pages_out` is NULL with `capacity` > 0.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @retval KVP_ERR_BUFFER_TOO_SMALL `capacity` is below the page count; nothing written to `pages_out`.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_page_table(const kvp_pool *pool, kvp_seq_id seq,
+                                                    int32_t *pages_out, size_t capacity,
+                                                    size_t *count_out);
+
+/**
+ * @brief Computes the cache slots (`page * page_size + row`) of positions of a sequence.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[in] start First position.
+ * @param[in] count Positions; `start + count` must not exceed the sequence's length.
+ * @param[out] slots_out Receives `count` slots; may be NULL only when `count` is 0.
+ * @retval KVP_OK Computed.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `slots_out` with `count` > 0, or positions past the end.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @retval KVP_ERR_UNSUPPORTED A slot does not fit in int32 (`num_pages * page_size` ≥ 2^31).
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_slots(const kvp_pool *pool, kvp_seq_id seq, size_t start,
+                                               size_t count, int32_t *slots_out);
+
+/**
+ * @brief Fills a request of the batch builder (kvp_metadata_build()) from a sequence, with
+ *        no copy: `num_computed` = the computed watermark, `num_scheduled` = length − watermark,
+ *        `page_ids` / `num_pages` = the sequence's page-table row.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[out] out Request, not NULL; unchanged on failure.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @ownership `out->page_ids` borrows the pool's row: valid until the next call that modifies the
+ *            pool, or its destruction.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_batch_request(const kvp_pool *pool, kvp_seq_id seq,
+                                                       kvp_batch_request *out);
+
+/** Page state flag: the null page 0 (never handed out). */
+#define KVP_PAGE_FLAG_NULL (1u << 0)
+/** Page state flag: on the free list (no holder, not indexed). */
+#define KVP_PAGE_FLAG_FREE (1u << 1)
+/** Page state flag: in the prefix index (reusable by hash). With refcount 0 the page is evictable. */
+#define KVP_PAGE_FLAG_INDEXED (1u << 2)
+
+/**
+ * @brief Reports the reference count and state of one page.
+ * @param[in] pool Pool handle.
+ * @param[in] page Page id in `[0, num_pages)`.
+ * @param[out] refcount_out Number of sequence page-table entries holding the page; may be NULL.
+ * @param[out] flags_out `KVP_PAGE_FLAG_*` bits; may be NULL.
+ * @retval KVP_OK Reported.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `page` out of range.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_page_state(const kvp_pool *pool, int32_t page,
+                                                    uint32_t *refcount_out, uint32_t *flags_out);
+
+/** @brief Counters of a pool (kvp_pool_get_stats()). */
+typedef struct kvp_pool_stats {
+  uint32_t struct_size;           /**< Set by the caller: sizeof(kvp_pool_stats). */
+  uint32_t max_sequences;         /**< Sequence slots. */
+  int64_t page_size;              /**< Tokens per page. */
+  int64_t max_pages_per_sequence; /**< cdiv(max_model_length, page_size). */
+  int64_t total_pages;            /**< Usable pages: num_pages − 1. */
+  int64_t free_pages;             /**< Pages on the free list. */
+  int64_t evictable_pages;        /**< Indexed pages with no holder (cached, evictable). */
+  int64_t used_pages;             /**< Pages with at least one holder. free + evictable + used = total. */
+  int64_t indexed_pages;          /**< Pages in the prefix index (evictable or in use). */
+  int64_t num_sequences;          /**< Live sequences. */
+  int64_t prompt_tokens;          /**< Prompt tokens given to kvp_pool_add_sequence() so far. */
+  int64_t reused_tokens;          /**< Of those, tokens served from the prefix cache. */
+  int64_t evictions;              /**< Cached pages evicted so far. */
+  int64_t cow_copies;             /**< Pages copied on write so far. */
+} kvp_pool_stats;
+
+/**
+ * @brief Reports a pool's counters.
+ * @param[in] pool Pool handle.
+ * @param[in,out] out Stats with `struct_size` set, not NULL; the first `struct_size` bytes are
+ *                filled.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_stats(const kvp_pool *pool, kvp_pool_stats *out);
+
+/**
+ * @brief Checks every invariant of the pool's bookkeeping (O(pages + sequence pages)).
+ *
+ * Free + evictable + used = total usable pages; each page is in exactly one state and on at most
+ * one list; lists are acyclic and consistent with the counters; every reference count equals
+ * the number of page-table entries holding the page; no sequence holds the null page or a page
+ * twice; every indexed page is found by its key and the index holds nothing else; lengths and
+ * watermarks are in range.
+ *
+ * @param[in] pool Pool handle.
+ * @retval KVP_OK All invariants hold.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INTERNAL An invariant is violated; the message says which, with the page or
+ *         sequence involved.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the check's scratch counts.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_check_invariants(const kvp_pool *pool);
+
+/**
+ * @brief Empties the prefix index: evictable pages become free, pages in use stay with their
+ *        holders but will not be reused by hash (use after the model or its weights change).
+ * @param[in] pool Pool handle.
+ * @retval KVP_OK Cleared.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_clear_prefix_cache(kvp_pool *pool);
+
+/**
+ * @brief Copies whole pages within a cache, in every layer: page `dst_pages[i]` receives the
+ *        contents of page `src_pages[i]`.
+ *
+ * Used for copy-on-write; runs of consecutive ids are copied as one block.
+ *
+ * @param[in] cache Cache handle.
+ * @param[in] src_pages Source page ids, `count` entries in `[0, num_pages)`; may be NULL only
+ *            when `count` is 0.
+ * @param[in] dst_pages Destination page ids, `count` distinct entries in `[0, num_pages)`, none
+ *            of them also a source; may be NULL only when `count` is 0.
+ * @param[in] count Number of pages (0 is a no-op).
+ * @param[in] stream CUDA stream for a CUDA cache (NULL = legacy default stream); ignored for a
+ *            CPU cache.
+ * @retval KVP_OK Copied (for a CUDA cache: enqueued).
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL arrays with `count` > 0, a page id out of range, a
+ *         repeated destination, or a destination that is also a source (the message names the
+ *         entry). The cache is unchanged.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the validation scratch; the cache is unchanged.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @retval KVP_ERR_DEVICE A CUDA copy could not be enqueued.
+ * @ownership Borrows the arrays for the call.
+ * @threadsafety Must not run concurrently with other calls that modify the same cache.
+ * @stream Stream-ordered on `stream` for CUDA caches; never synchronises the host.
+ * @since 1.0
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_copy_pages(kvp_cache *cache, const int32_t *src_pages,
+                                                 const int32_t *dst_pages, size_t count,
+                                                 kvp_stream stream);
+
+KVP_END_DECLS
+
+/** @} */
+#endif /* KVPAGES_POOL_H */

@@ -1,0 +1,175 @@
+// kvp_pool_* and kvp_cache_copy_pages shims (include/kvpages/pool.h).
+#include <cstring>
+
+#include "core/cache.hpp"
+#include "core/pool.hpp"
+#include "kvpages/pool.h"
+#include "util/error.hpp"
+#include "util/handle.hpp"
+#include "util/options.hpp"
+
+using namespace kvp::detail;
+
+extern "C" {
+
+KVP_API kvp_status kvp_pool_options_init(kvp_pool_options* opts, uint32_t struct_size) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(opts);
+  init_versioned(opts, struct_size, sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, "kvp_pool_options_init",
+                 "kvp_pool_options");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_create(kvp_cache* cache, const kvp_pool_options* opts, kvp_pool** out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  *out = nullptr;
+  Cache& c = cache_from(cache, "kvp_pool_create");
+  c.check_healthy("kvp_pool_create");
+  kvp_pool_options o;
+  if (opts != nullptr) {
+    o = read_versioned(opts, sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, "kvp_pool_create",
+                       "kvp_pool_options");
+  } else {
+    std::memset(&o, 0, sizeof o);
+  }
+  Pool* impl = Pool::create(cache, c, o);
+  kvp_pool* h = nullptr;
+  try {
+    h = static_cast<kvp_pool*>(host_alloc(o.allocator, sizeof(kvp_pool), alignof(kvp_pool)));
+    std::memset(h, 0, sizeof *h);
+    h->impl = impl;
+    if (o.allocator != nullptr) h->allocator = *o.allocator;
+    registry_add(h);
+  } catch (...) {
+    if (h != nullptr) host_free(o.allocator, h);
+    Pool::destroy(impl);
+    throw;
+  }
+  h->hdr.magic = kMagicPool;
+  h->hdr.state = kStateOpen;
+  *out = h;
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_destroy(kvp_pool* pool) {
+  KVP_API_BEGIN;
+  if (pool == nullptr) return KVP_OK;
+  check_header(pool, kMagicPool, "kvp_pool_destroy");
+  registry_remove(pool);
+  poison_header(&pool->hdr);
+  Pool::destroy(pool->impl);
+  pool->impl = nullptr;
+  const kvp_host_allocator a = pool->allocator;
+  host_free(a.alloc != nullptr ? &a : nullptr, pool);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_add_sequence(kvp_pool* pool, const int32_t* tokens, size_t num_tokens, uint64_t salt,
+                                         uint32_t flags, kvp_seq_id* seq_out, size_t* reused_tokens_out) {
+  KVP_API_BEGIN;
+  Pool& p = pool_from(pool, "kvp_pool_add_sequence");
+  KVP_REQUIRE_NOT_NULL(seq_out);
+  *seq_out = p.add_sequence(tokens, num_tokens, salt, flags, reused_tokens_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_append(kvp_pool* pool, kvp_seq_id seq, const int32_t* tokens, size_t num_tokens,
+                                   kvp_stream stream) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_append").append(seq, tokens, num_tokens, stream);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_set_computed(kvp_pool* pool, kvp_seq_id seq, size_t num_tokens) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_set_computed").set_computed(seq, num_tokens);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_truncate(kvp_pool* pool, kvp_seq_id seq, size_t new_length) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_truncate").truncate(seq, new_length);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_fork(kvp_pool* pool, kvp_seq_id parent, uint32_t num_children,
+                                 kvp_seq_id* children_out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_fork").fork(parent, num_children, children_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_free_sequence(kvp_pool* pool, kvp_seq_id seq) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_free_sequence").free_sequence(seq);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_sequence_length(const kvp_pool* pool, kvp_seq_id seq, size_t* length_out,
+                                                size_t* computed_out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_get_sequence_length").get_length(seq, length_out, computed_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_page_table(const kvp_pool* pool, kvp_seq_id seq, int32_t* pages_out,
+                                           size_t capacity, size_t* count_out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_get_page_table").get_page_table(seq, pages_out, capacity, count_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_slots(const kvp_pool* pool, kvp_seq_id seq, size_t start, size_t count,
+                                      int32_t* slots_out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_get_slots").get_slots(seq, start, count, slots_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_batch_request(const kvp_pool* pool, kvp_seq_id seq, kvp_batch_request* out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_get_batch_request").get_batch_request(seq, out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_page_state(const kvp_pool* pool, int32_t page, uint32_t* refcount_out,
+                                           uint32_t* flags_out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_get_page_state").get_page_state(page, refcount_out, flags_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_stats(const kvp_pool* pool, kvp_pool_stats* out) {
+  KVP_API_BEGIN;
+  const Pool& p = pool_from(pool, "kvp_pool_get_stats");
+  KVP_REQUIRE_NOT_NULL(out);
+  write_versioned(out, p.stats(), sizeof(kvp_pool_stats), "kvp_pool_get_stats", "kvp_pool_stats");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_check_invariants(const kvp_pool* pool) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_check_invariants").check_invariants();
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_clear_prefix_cache(kvp_pool* pool) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_clear_prefix_cache").clear_prefix_cache();
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_cache_copy_pages(kvp_cache* cache, const int32_t* src_pages, const int32_t* dst_pages,
+                                        size_t count, kvp_stream stream) {
+  KVP_API_BEGIN;
+  Cache& c = cache_from(cache, "kvp_cache_copy_pages");
+  if (count > 0) {
+    KVP_REQUIRE_NOT_NULL(src_pages);
+    KVP_REQUIRE_NOT_NULL(dst_pages);
+  }
+  copy_cache_pages(c, src_pages, dst_pages, count, stream, "kvp_cache_copy_pages");
+  KVP_API_END;
+}
+
+}  // extern "C"

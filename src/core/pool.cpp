@@ -1,0 +1,775 @@
+#include "core/pool.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "core/cache.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+// ---------------------------------------------------------------------------------------------
+// Page copies within a cache.
+
+void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size_t count,
+                      kvp_stream stream, const char* function) {
+  if (count == 0) return;
+  const int64_t P = cache.layout().num_pages;
+  for (size_t i = 0; i < count; ++i) {
+    if (src[i] < 0 || src[i] >= P)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: src_pages[%zu] = %d is out of range [0, %lld)", function, i,
+           src[i], static_cast<long long>(P));
+    if (dst[i] < 0 || dst[i] >= P)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: dst_pages[%zu] = %d is out of range [0, %lld)", function, i,
+           dst[i], static_cast<long long>(P));
+  }
+  if (count > 1 || src[0] == dst[0]) {
+    // Destinations must be distinct and must not be sources (otherwise the result would depend on
+    // the copy order, and concurrent device copies would race).
+    std::vector<int32_t> d(dst, dst + count), s(src, src + count);
+    std::sort(d.begin(), d.end());
+    std::sort(s.begin(), s.end());
+    for (size_t i = 1; i < count; ++i)
+      if (d[i] == d[i - 1]) fail(KVP_ERR_INVALID_ARGUMENT, "%s: destination page %d appears twice in dst_pages", function, d[i]);
+    for (size_t i = 0, j = 0; i < count && j < count;) {
+      if (d[i] == s[j])
+        fail(KVP_ERR_INVALID_ARGUMENT, "%s: page %d is both a source and a destination", function, d[i]);
+      if (d[i] < s[j]) ++i; else ++j;
+    }
+  }
+  cache.check_healthy(function);
+  const size_t pb = cache.page_bytes();
+  Backend& be = cache.backend();
+  size_t i = 0;
+  while (i < count) {
+    size_t run = 1;
+    while (i + run < count && src[i + run] == src[i] + static_cast<int32_t>(run) &&
+           dst[i + run] == dst[i] + static_cast<int32_t>(run))
+      ++run;
+    for (int64_t l = 0; l < cache.num_layers(); ++l) {
+      uint8_t* base = cache.layer_data(l);
+      be.copy_within(base + static_cast<size_t>(dst[i]) * pb, base + static_cast<size_t>(src[i]) * pb, run * pb,
+                     stream);
+    }
+    i += run;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creation.
+
+namespace {
+size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+}  // namespace
+
+Pool* Pool::create(kvp_cache* cache_handle, Cache& cache, const kvp_pool_options& o) {
+  const char* fn = "kvp_pool_create";
+  const kvp_config& cfg = cache.config();
+  const int64_t P = cache.layout().num_pages;
+  const int64_t S = cache.layout().page_size;
+  if (P < 2)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: the cache has %lld page(s); a pool needs at least 2 (page 0 is the null page)",
+         fn, static_cast<long long>(P));
+  if ((o.flags & ~KVP_POOL_FLAG_NO_PREFIX_CACHE) != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x in kvp_pool_options.flags", fn, o.flags);
+  if (o.allocator != nullptr && (o.allocator->alloc == nullptr || o.allocator->free == nullptr))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: allocator must provide both alloc and free", fn);
+  const int64_t max_len = cfg.max_model_length;
+  const size_t row_len = static_cast<size_t>((max_len + S - 1) / S);
+  uint64_t m = o.max_sequences;
+  if (m == 0) {
+    if (cfg.max_num_reqs > 0) m = static_cast<uint64_t>(cfg.max_num_reqs);
+    else m = static_cast<uint64_t>(std::max<int64_t>(1, cache.layout().max_num_seqs));
+    m = std::min<uint64_t>(m, kIndexMask);
+  }
+  if (m < 1 || m > kIndexMask)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_sequences %llu is out of range [1, %u]", fn,
+         static_cast<unsigned long long>(m), kIndexMask);
+  if (m * row_len > (uint64_t{1} << 31))
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: max_sequences %llu x %zu pages per sequence = %llu page-table entries exceeds 2^31", fn,
+         static_cast<unsigned long long>(m), row_len, static_cast<unsigned long long>(m * row_len));
+
+  size_t table_cap = 16;
+  while (table_cap < static_cast<size_t>(2 * P)) table_cap <<= 1;
+
+  // One block for every array.
+  size_t off = 0;
+  auto take = [&off](size_t bytes, size_t align) {
+    off = align_up(off, align);
+    size_t at = off;
+    off += bytes;
+    return at;
+  };
+  const size_t o_pages = take(sizeof(Page) * static_cast<size_t>(P), alignof(Page));
+  const size_t o_tokens = take(sizeof(int32_t) * static_cast<size_t>(P) * static_cast<size_t>(S), 64);
+  const size_t o_table = take(sizeof(int32_t) * table_cap, 64);
+  const size_t o_seqs = take(sizeof(Seq) * m, alignof(Seq));
+  const size_t o_rows = take(sizeof(int32_t) * m * row_len, 64);
+  const size_t o_ring = take(sizeof(uint32_t) * m, 64);
+  const size_t o_scratch = take(sizeof(int32_t) * row_len, 64);
+  const size_t o_hash = take(16 + sizeof(int32_t) * static_cast<size_t>(S), 64);
+  const size_t total = align_up(off, 64);
+
+  const kvp_host_allocator* a = o.allocator;
+  void* self_mem = host_alloc(a, sizeof(Pool), alignof(Pool));
+  Pool* pool = new (self_mem) Pool();
+  if (a != nullptr) {
+    pool->allocator_ = *a;
+    pool->has_allocator_ = true;
+  }
+  try {
+    pool->arrays_ = host_alloc(a, total, 64);
+  } catch (...) {
+    pool->~Pool();
+    host_free(a, self_mem);
+    throw;
+  }
+  uint8_t* base = static_cast<uint8_t*>(pool->arrays_);
+  pool->cache_handle_ = cache_handle;
+  pool->prefix_enabled_ = (o.flags & KVP_POOL_FLAG_NO_PREFIX_CACHE) == 0;
+  pool->num_pages_ = P;
+  pool->page_size_ = S;
+  pool->max_length_ = static_cast<uint64_t>(max_len);
+  pool->row_len_ = row_len;
+  pool->max_seqs_ = static_cast<uint32_t>(m);
+  pool->pages_ = reinterpret_cast<Page*>(base + o_pages);
+  pool->tokens_ = reinterpret_cast<int32_t*>(base + o_tokens);
+  pool->table_ = reinterpret_cast<int32_t*>(base + o_table);
+  pool->table_mask_ = table_cap - 1;
+  pool->seqs_ = reinterpret_cast<Seq*>(base + o_seqs);
+  pool->rows_ = reinterpret_cast<int32_t*>(base + o_rows);
+  pool->slot_ring_ = reinterpret_cast<uint32_t*>(base + o_ring);
+  pool->scratch_pages_ = reinterpret_cast<int32_t*>(base + o_scratch);
+  pool->hash_buf_ = base + o_hash;
+
+  std::memset(pool->tokens_, 0, sizeof(int32_t) * static_cast<size_t>(P) * static_cast<size_t>(S));
+  std::memset(pool->rows_, 0, sizeof(int32_t) * m * row_len);
+  for (size_t i = 0; i < table_cap; ++i) pool->table_[i] = -1;
+  for (uint32_t i = 0; i < m; ++i) {
+    pool->seqs_[i] = Seq{0, 0, 0, 1, 0};
+    pool->slot_ring_[i] = i;
+  }
+  pool->ring_head_ = 0;
+  pool->ring_count_ = static_cast<uint32_t>(m);
+  // Page 0 is the null page; pages 1 … P-1 go on the free list so that 1 is handed out first.
+  pool->pages_[0] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kNull, 0, 0, 0};
+  for (int64_t p = P - 1; p >= 1; --p) {
+    pool->pages_[p] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kFree, 0, 0, 0};
+    pool->pages_[p].next = pool->free_head_;
+    pool->free_head_ = static_cast<int32_t>(p);
+  }
+  pool->n_free_ = P - 1;
+  return pool;
+}
+
+void Pool::destroy(Pool* pool) noexcept {
+  if (pool == nullptr) return;
+  const kvp_host_allocator a = pool->allocator_;
+  const kvp_host_allocator* ap = pool->has_allocator_ ? &a : nullptr;
+  host_free(ap, pool->arrays_);
+  pool->~Pool();
+  host_free(ap, pool);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequence ids.
+
+uint32_t Pool::resolve(kvp_seq_id id, const char* function) const {
+  const uint32_t slot = id.id & kIndexMask;
+  const uint32_t gen = id.id >> kIndexBits;
+  if (id.id == 0 || gen == 0 || slot >= max_seqs_)
+    fail(KVP_ERR_NOT_FOUND, "%s: sequence id 0x%08x is not a sequence of this pool", function, id.id);
+  const Seq& s = seqs_[slot];
+  if (!s.alive || s.gen != gen)
+    fail(KVP_ERR_NOT_FOUND, "%s: sequence id 0x%08x is stale: its sequence was freed (slot %u is at generation %u%s)",
+         function, id.id, slot, s.gen, s.alive ? "" : ", unused");
+  return slot;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page lifecycle.
+
+void Pool::free_push(int32_t p) noexcept {
+  Page& pg = pages_[p];
+  pg.state = kFree;
+  pg.key_valid = 0;
+  pg.prev = -1;
+  pg.next = free_head_;
+  free_head_ = p;
+  ++n_free_;
+}
+
+void Pool::lru_push_tail(int32_t p) noexcept {
+  Page& pg = pages_[p];
+  pg.state = kEvictable;
+  pg.next = -1;
+  pg.prev = lru_tail_;
+  if (lru_tail_ >= 0) pages_[lru_tail_].next = p;
+  else lru_head_ = p;
+  lru_tail_ = p;
+  ++n_evictable_;
+}
+
+void Pool::lru_remove(int32_t p) noexcept {
+  Page& pg = pages_[p];
+  if (pg.prev >= 0) pages_[pg.prev].next = pg.next;
+  else lru_head_ = pg.next;
+  if (pg.next >= 0) pages_[pg.next].prev = pg.prev;
+  else lru_tail_ = pg.prev;
+  pg.prev = pg.next = -1;
+  --n_evictable_;
+}
+
+int32_t Pool::alloc_page() {
+  int32_t p = free_head_;
+  if (p >= 0) {
+    free_head_ = pages_[p].next;
+    --n_free_;
+  } else {
+    p = lru_head_;
+    if (p < 0) fail(KVP_ERR_INTERNAL, "kvp_pool: no page left after the availability check (please report)");
+    lru_remove(p);
+    index_remove(p);
+    ++evictions_;
+  }
+  Page& pg = pages_[p];
+  pg.state = kUsed;
+  pg.ref = 1;
+  pg.key_valid = 0;
+  pg.prev = pg.next = -1;
+  ++n_used_;
+  return p;
+}
+
+void Pool::acquire_page(int32_t p) noexcept {
+  Page& pg = pages_[p];
+  if (pg.state == kEvictable) {
+    lru_remove(p);
+    pg.state = kUsed;
+    ++n_used_;
+  }
+  ++pg.ref;
+}
+
+void Pool::release_page(int32_t p) noexcept {
+  Page& pg = pages_[p];
+  if (--pg.ref != 0) return;
+  --n_used_;
+  if (pg.indexed) lru_push_tail(p);
+  else free_push(p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefix index.
+
+int32_t Pool::index_lookup(const Key128& k) const noexcept {
+  size_t i = home(k);
+  for (;;) {
+    const int32_t p = table_[i];
+    if (p < 0) return -1;
+    if (pages_[p].key == k) return p;
+    i = (i + 1) & table_mask_;
+  }
+}
+
+bool Pool::index_insert(int32_t p) noexcept {
+  const Key128& k = pages_[p].key;
+  size_t i = home(k);
+  for (;;) {
+    const int32_t q = table_[i];
+    if (q < 0) break;
+    if (pages_[q].key == k) return false;
+    i = (i + 1) & table_mask_;
+  }
+  table_[i] = p;
+  pages_[p].indexed = 1;
+  ++n_indexed_;
+  return true;
+}
+
+void Pool::index_remove(int32_t p) noexcept {
+  if (!pages_[p].indexed) return;
+  size_t i = home(pages_[p].key);
+  while (table_[i] != p) i = (i + 1) & table_mask_;  // present by construction
+  // Backward-shift deletion keeps every probe chain unbroken without tombstones.
+  size_t j = i;
+  for (;;) {
+    j = (j + 1) & table_mask_;
+    const int32_t q = table_[j];
+    if (q < 0) break;
+    const size_t h = home(pages_[q].key);
+    // Move q into the hole at i unless its home lies cyclically in (i, j].
+    const bool in_range = (i <= j) ? (i < h && h <= j) : (i < h || h <= j);
+    if (!in_range) {
+      table_[i] = q;
+      i = j;
+    }
+  }
+  table_[i] = -1;
+  pages_[p].indexed = 0;
+  --n_indexed_;
+}
+
+Key128 Pool::compute_key(const Key128& parent, const int32_t* tokens, uint64_t salt) {
+  std::memcpy(hash_buf_, &parent.lo, 8);
+  std::memcpy(hash_buf_ + 8, &parent.hi, 8);
+  const size_t tb = sizeof(int32_t) * static_cast<size_t>(page_size_);
+  std::memcpy(hash_buf_ + 16, tokens, tb);
+  const XXH128_hash_t h = XXH3_128bits_withSeed(hash_buf_, 16 + tb, salt);
+  return Key128{h.low64, h.high64};
+}
+
+// Moves a sequence's computed watermark forward to n (≤ length), giving keys to the pages that
+// become full and computed, and indexing them.
+void Pool::mark_computed(uint32_t slot, uint64_t n) {
+  Seq& s = seqs_[slot];
+  if (n <= s.computed) return;
+  const uint64_t S = static_cast<uint64_t>(page_size_);
+  const uint64_t first = s.computed / S, last = n / S;  // pages [first, last) become full + computed
+  s.computed = n;
+  if (!prefix_enabled_) return;
+  int32_t* r = row(slot);
+  for (uint64_t i = first; i < last; ++i) {
+    Page& pg = pages_[r[i]];
+    if (!pg.key_valid) {
+      const Key128 parent = i == 0 ? Key128{} : pages_[r[i - 1]].key;
+      pg.key = compute_key(parent, tokens_ + static_cast<size_t>(r[i]) * S, s.salt);
+      pg.parent = parent;
+      pg.salt = s.salt;
+      pg.key_valid = 1;
+    }
+    if (!pg.indexed) index_insert(r[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations.
+
+kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, uint32_t flags,
+                              size_t* reused_out) {
+  const char* fn = "kvp_pool_add_sequence";
+  if ((flags & ~KVP_POOL_ADD_FLAG_REUSE_ALL) != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x", fn, flags);
+  if (n > 0 && tokens == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'tokens' must not be NULL when num_tokens is %zu", fn, n);
+  if (n > max_length_)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_tokens %zu exceeds max_model_length %llu", fn, n,
+         static_cast<unsigned long long>(max_length_));
+  if (ring_count_ == 0)
+    fail(KVP_ERR_OUT_OF_PAGES, "%s: all %u sequence slots are in use (raise kvp_pool_options.max_sequences)", fn,
+         max_seqs_);
+  const uint64_t S = static_cast<uint64_t>(page_size_);
+  const size_t need_pages = static_cast<size_t>(cdiv_u(n, S));
+
+  // Longest cached prefix (read-only).
+  size_t hits = 0;
+  int64_t hit_evictable = 0;
+  if (prefix_enabled_ && n > 0) {
+    const size_t max_hits = (flags & KVP_POOL_ADD_FLAG_REUSE_ALL) ? n / S : (n - 1) / S;
+    Key128 parent{};
+    for (size_t i = 0; i < max_hits; ++i) {
+      const int32_t* t = tokens + i * S;
+      const Key128 k = compute_key(parent, t, salt);
+      const int32_t p = index_lookup(k);
+      if (p < 0) break;
+      const Page& pg = pages_[p];
+      if (pg.salt != salt || pg.parent != parent ||
+          std::memcmp(tokens_ + static_cast<size_t>(p) * S, t, sizeof(int32_t) * S) != 0)
+        break;  // a hash collision: treat as a miss
+      scratch_pages_[i] = p;
+      if (pg.state == kEvictable) ++hit_evictable;
+      parent = k;
+      ++hits;
+    }
+  }
+  const int64_t fresh = static_cast<int64_t>(need_pages - hits);
+  const int64_t available = n_free_ + n_evictable_ - hit_evictable;
+  if (fresh > available)
+    fail(KVP_ERR_OUT_OF_PAGES,
+         "%s: needs %lld new page(s) for %zu tokens (%zu reused), but only %lld are free or evictable "
+         "(%lld free, %lld evictable)",
+         fn, static_cast<long long>(fresh), n, hits * S, static_cast<long long>(available),
+         static_cast<long long>(n_free_), static_cast<long long>(n_evictable_ - hit_evictable));
+
+  // Commit.
+  const uint32_t slot = slot_ring_[ring_head_];
+  ring_head_ = (ring_head_ + 1) % max_seqs_;
+  --ring_count_;
+  ++n_seqs_;
+  Seq& s = seqs_[slot];
+  s.alive = 1;
+  s.salt = salt;
+  s.length = n;
+  s.computed = hits * S;
+  int32_t* r = row(slot);
+  for (size_t i = 0; i < hits; ++i) {
+    r[i] = scratch_pages_[i];
+    acquire_page(r[i]);
+  }
+  for (size_t i = hits; i < need_pages; ++i) {
+    const int32_t p = alloc_page();
+    r[i] = p;
+    const size_t begin = i * S, cnt = std::min<size_t>(S, n - begin);
+    std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + begin, sizeof(int32_t) * cnt);
+  }
+  prompt_tokens_ += static_cast<int64_t>(n);
+  reused_tokens_ += static_cast<int64_t>(hits * S);
+  if (reused_out != nullptr) *reused_out = hits * S;
+  return kvp_seq_id{(s.gen << kIndexBits) | slot};
+}
+
+void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream stream) {
+  const char* fn = "kvp_pool_append";
+  const uint32_t slot = resolve(id, fn);
+  Seq& s = seqs_[slot];
+  if (n > 0 && tokens == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'tokens' must not be NULL when num_tokens is %zu", fn, n);
+  if (n > max_length_ - s.length)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: appending %zu token(s) to a sequence of %llu would exceed max_model_length %llu",
+         fn, n, static_cast<unsigned long long>(s.length), static_cast<unsigned long long>(max_length_));
+  Cache& cache = cache_from(cache_handle_, fn);  // detects a destroyed cache under API armor
+  cache.check_healthy(fn);
+  const uint64_t S = static_cast<uint64_t>(page_size_);
+  const uint64_t L = s.length;
+  int32_t* r = row(slot);
+  const bool partial_tail = (L % S) != 0 && n > 0;
+  const int32_t tail = partial_tail ? r[L / S] : -1;
+  const bool cow = partial_tail && pages_[tail].ref > 1;
+  const int64_t fresh = static_cast<int64_t>(cdiv_u(L + n, S) - cdiv_u(L, S)) + (cow ? 1 : 0);
+  if (fresh > n_free_ + n_evictable_)
+    fail(KVP_ERR_OUT_OF_PAGES,
+         "%s: needs %lld new page(s) (%s), but only %lld are free or evictable (%lld free, %lld evictable)", fn,
+         static_cast<long long>(fresh), cow ? "including a copy-on-write of the shared tail page" : "no copy",
+         static_cast<long long>(n_free_ + n_evictable_), static_cast<long long>(n_free_),
+         static_cast<long long>(n_evictable_));
+
+  if (cow) {
+    const int32_t q = alloc_page();
+    try {
+      copy_cache_pages(cache, &tail, &q, 1, stream, fn);
+    } catch (...) {
+      release_page(q);
+      throw;
+    }
+    std::memcpy(tokens_ + static_cast<size_t>(q) * S, tokens_ + static_cast<size_t>(tail) * S,
+                sizeof(int32_t) * (L % S));
+    r[L / S] = q;
+    release_page(tail);
+    ++cow_copies_;
+  }
+  // Every token already in the sequence now counts as computed.
+  mark_computed(slot, L);
+  if (partial_tail && !cow) {
+    // Only this sequence holds the tail: it is written in place, so it loses its key.
+    Page& pg = pages_[tail];
+    if (pg.indexed) index_remove(tail);
+    pg.key_valid = 0;
+  }
+  uint64_t pos = L;
+  size_t done = 0;
+  while (done < n) {
+    const uint64_t i = pos / S, off = pos % S;
+    if (off == 0) r[i] = alloc_page();
+    const size_t cnt = std::min<size_t>(S - off, n - done);
+    std::memcpy(tokens_ + static_cast<size_t>(r[i]) * S + off, tokens + done, sizeof(int32_t) * cnt);
+    done += cnt;
+    pos += cnt;
+  }
+  s.length = L + n;
+}
+
+void Pool::set_computed(kvp_seq_id id, size_t n) {
+  const char* fn = "kvp_pool_set_computed";
+  const uint32_t slot = resolve(id, fn);
+  if (n > seqs_[slot].length)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_tokens %zu exceeds the sequence's length %llu", fn, n,
+         static_cast<unsigned long long>(seqs_[slot].length));
+  mark_computed(slot, n);
+}
+
+void Pool::truncate(kvp_seq_id id, size_t new_length) {
+  const char* fn = "kvp_pool_truncate";
+  const uint32_t slot = resolve(id, fn);
+  Seq& s = seqs_[slot];
+  if (new_length > s.length)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: new_length %zu exceeds the sequence's length %llu", fn, new_length,
+         static_cast<unsigned long long>(s.length));
+  const uint64_t S = static_cast<uint64_t>(page_size_);
+  const size_t keep = static_cast<size_t>(cdiv_u(new_length, S));
+  int32_t* r = row(slot);
+  for (size_t i = static_cast<size_t>(cdiv_u(s.length, S)); i > keep; --i) {
+    release_page(r[i - 1]);
+    r[i - 1] = 0;
+  }
+  s.length = new_length;
+  if (s.computed > new_length) s.computed = new_length;
+}
+
+void Pool::fork(kvp_seq_id parent, uint32_t k, kvp_seq_id* children) {
+  const char* fn = "kvp_pool_fork";
+  const uint32_t ps = resolve(parent, fn);
+  if (k > 0 && children == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'children_out' must not be NULL when num_children is %u", fn, k);
+  if (k > ring_count_)
+    fail(KVP_ERR_OUT_OF_PAGES, "%s: %u children requested but only %u of %u sequence slots are free", fn, k,
+         ring_count_, max_seqs_);
+  if (k == 0) return;
+  const Seq& par = seqs_[ps];
+  const size_t np = static_cast<size_t>(cdiv_u(par.length, static_cast<uint64_t>(page_size_)));
+  const int32_t* pr = row(ps);
+  for (size_t i = 0; i < np; ++i) pages_[pr[i]].ref += k;
+  for (uint32_t c = 0; c < k; ++c) {
+    const uint32_t slot = slot_ring_[ring_head_];
+    ring_head_ = (ring_head_ + 1) % max_seqs_;
+    --ring_count_;
+    ++n_seqs_;
+    Seq& s = seqs_[slot];
+    s.alive = 1;
+    s.salt = par.salt;
+    s.length = par.length;
+    s.computed = par.computed;
+    std::memcpy(row(slot), pr, sizeof(int32_t) * np);
+    children[c] = kvp_seq_id{(s.gen << kIndexBits) | slot};
+  }
+}
+
+void Pool::free_sequence(kvp_seq_id id) {
+  const uint32_t slot = resolve(id, "kvp_pool_free_sequence");
+  Seq& s = seqs_[slot];
+  int32_t* r = row(slot);
+  for (size_t i = static_cast<size_t>(cdiv_u(s.length, static_cast<uint64_t>(page_size_))); i > 0; --i) {
+    release_page(r[i - 1]);
+    r[i - 1] = 0;
+  }
+  s.alive = 0;
+  s.length = s.computed = 0;
+  s.gen = s.gen >= kMaxGen ? 1 : s.gen + 1;
+  slot_ring_[(ring_head_ + ring_count_) % max_seqs_] = slot;
+  ++ring_count_;
+  --n_seqs_;
+}
+
+void Pool::clear_prefix_cache() noexcept {
+  for (size_t i = 0; i <= table_mask_; ++i) {
+    const int32_t p = table_[i];
+    if (p < 0) continue;
+    table_[i] = -1;
+    Page& pg = pages_[p];
+    pg.indexed = 0;
+    if (pg.state == kEvictable) {
+      lru_remove(p);
+      free_push(p);
+    }
+  }
+  n_indexed_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries.
+
+void Pool::get_length(kvp_seq_id id, size_t* length, size_t* computed) const {
+  const uint32_t slot = resolve(id, "kvp_pool_get_sequence_length");
+  if (length != nullptr) *length = static_cast<size_t>(seqs_[slot].length);
+  if (computed != nullptr) *computed = static_cast<size_t>(seqs_[slot].computed);
+}
+
+void Pool::get_page_table(kvp_seq_id id, int32_t* out, size_t capacity, size_t* count) const {
+  const char* fn = "kvp_pool_get_page_table";
+  if (count == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'count_out' must not be NULL", fn);
+  if (capacity > 0 && out == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'pages_out' must not be NULL when capacity is %zu", fn, capacity);
+  const uint32_t slot = resolve(id, fn);
+  const size_t np = static_cast<size_t>(cdiv_u(seqs_[slot].length, static_cast<uint64_t>(page_size_)));
+  *count = np;
+  if (capacity < np)
+    fail(KVP_ERR_BUFFER_TOO_SMALL, "%s: the sequence has %zu page(s) but capacity is %zu", fn, np, capacity);
+  if (np > 0) std::memcpy(out, row(slot), sizeof(int32_t) * np);
+  for (size_t i = np; i < capacity; ++i) out[i] = 0;
+}
+
+void Pool::get_slots(kvp_seq_id id, size_t start, size_t count, int32_t* out) const {
+  const char* fn = "kvp_pool_get_slots";
+  if (count > 0 && out == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'slots_out' must not be NULL when count is %zu", fn, count);
+  const uint32_t slot = resolve(id, fn);
+  const uint64_t L = seqs_[slot].length;
+  if (start > L || count > L - start)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: positions [%zu, %zu + %zu) are past the sequence's length %llu", fn, start,
+         start, count, static_cast<unsigned long long>(L));
+  const uint64_t S = static_cast<uint64_t>(page_size_);
+  if (count > 0 && static_cast<uint64_t>(num_pages_) * S > static_cast<uint64_t>(INT32_MAX))
+    fail(KVP_ERR_UNSUPPORTED, "%s: num_pages x page_size = %llu slots do not fit in int32", fn,
+         static_cast<unsigned long long>(static_cast<uint64_t>(num_pages_) * S));
+  const int32_t* r = row(slot);
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t pos = start + i;
+    out[i] = static_cast<int32_t>(static_cast<uint64_t>(r[pos / S]) * S + pos % S);
+  }
+}
+
+void Pool::get_batch_request(kvp_seq_id id, kvp_batch_request* out) const {
+  const char* fn = "kvp_pool_get_batch_request";
+  if (out == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'out' must not be NULL", fn);
+  const uint32_t slot = resolve(id, fn);
+  const Seq& s = seqs_[slot];
+  kvp_batch_request r;
+  std::memset(&r, 0, sizeof r);
+  r.num_computed = static_cast<int64_t>(s.computed);
+  r.num_scheduled = static_cast<int64_t>(s.length - s.computed);
+  r.num_pages = static_cast<int64_t>(cdiv_u(s.length, static_cast<uint64_t>(page_size_)));
+  r.page_ids = r.num_pages > 0 ? row(slot) : nullptr;
+  *out = r;
+}
+
+void Pool::get_page_state(int32_t page, uint32_t* ref, uint32_t* flags) const {
+  if (page < 0 || page >= num_pages_)
+    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_pool_get_page_state: page %d is out of range [0, %lld)", page,
+         static_cast<long long>(num_pages_));
+  const Page& pg = pages_[page];
+  uint32_t f = 0;
+  if (pg.state == kNull) f |= KVP_PAGE_FLAG_NULL;
+  if (pg.state == kFree) f |= KVP_PAGE_FLAG_FREE;
+  if (pg.indexed) f |= KVP_PAGE_FLAG_INDEXED;
+  if (ref != nullptr) *ref = pg.ref;
+  if (flags != nullptr) *flags = f;
+}
+
+kvp_pool_stats Pool::stats() const noexcept {
+  kvp_pool_stats st;
+  std::memset(&st, 0, sizeof st);
+  st.struct_size = sizeof st;
+  st.max_sequences = max_seqs_;
+  st.page_size = page_size_;
+  st.max_pages_per_sequence = static_cast<int64_t>(row_len_);
+  st.total_pages = num_pages_ - 1;
+  st.free_pages = n_free_;
+  st.evictable_pages = n_evictable_;
+  st.used_pages = n_used_;
+  st.indexed_pages = n_indexed_;
+  st.num_sequences = n_seqs_;
+  st.prompt_tokens = prompt_tokens_;
+  st.reused_tokens = reused_tokens_;
+  st.evictions = evictions_;
+  st.cow_copies = cow_copies_;
+  return st;
+}
+
+void Pool::check_invariants() const {
+  const char* fn = "kvp_pool_check_invariants";
+  const int64_t P = num_pages_;
+  const uint64_t S = static_cast<uint64_t>(page_size_);
+  auto bad = [fn](const char* what) { fail(KVP_ERR_INTERNAL, "%s: invariant violated: %s", fn, what); };
+  std::vector<uint32_t> holders(static_cast<size_t>(P), 0);
+  std::vector<uint8_t> seen(static_cast<size_t>(P), 0);  // 1 = free list, 2 = LRU
+  std::vector<uint32_t> last_slot(static_cast<size_t>(P), UINT32_MAX);  // duplicate detection
+
+  if (pages_[0].state != kNull || pages_[0].ref != 0 || pages_[0].indexed)
+    bad("the null page 0 changed state");
+  // Free list.
+  int64_t nf = 0;
+  for (int32_t p = free_head_; p >= 0; p = pages_[p].next) {
+    if (p == 0 || p >= P) fail(KVP_ERR_INTERNAL, "%s: invariant violated: free list holds page %d", fn, p);
+    if (seen[p]) fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on a list twice (cycle?)", fn, p);
+    seen[p] = 1;
+    if (pages_[p].state != kFree || pages_[p].ref != 0 || pages_[p].indexed)
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d on the free list has state %u, refcount %u, indexed %u",
+           fn, p, pages_[p].state, pages_[p].ref, pages_[p].indexed);
+    if (++nf > P) bad("free list longer than the pool");
+  }
+  // LRU.
+  int64_t ne = 0;
+  int32_t prev = -1;
+  for (int32_t p = lru_head_; p >= 0; p = pages_[p].next) {
+    if (p == 0 || p >= P) fail(KVP_ERR_INTERNAL, "%s: invariant violated: LRU holds page %d", fn, p);
+    if (seen[p])
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on two lists or twice on the LRU", fn, p);
+    seen[p] = 2;
+    if (pages_[p].prev != prev) fail(KVP_ERR_INTERNAL, "%s: invariant violated: LRU back link of page %d", fn, p);
+    if (pages_[p].state != kEvictable || pages_[p].ref != 0 || !pages_[p].indexed)
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d on the LRU has state %u, refcount %u, indexed %u", fn,
+           p, pages_[p].state, pages_[p].ref, pages_[p].indexed);
+    prev = p;
+    if (++ne > P) bad("LRU longer than the pool");
+  }
+  if (prev != lru_tail_) bad("LRU tail does not match its last element");
+  // Holders from sequences.
+  uint32_t live = 0;
+  for (uint32_t sl = 0; sl < max_seqs_; ++sl) {
+    const Seq& s = seqs_[sl];
+    if (s.gen == 0 || s.gen > kMaxGen) fail(KVP_ERR_INTERNAL, "%s: invariant violated: slot %u generation %u", fn, sl, s.gen);
+    if (!s.alive) continue;
+    ++live;
+    if (s.length > max_length_ || s.computed > s.length)
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u has length %llu, computed %llu (max %llu)", fn,
+           sl, static_cast<unsigned long long>(s.length), static_cast<unsigned long long>(s.computed),
+           static_cast<unsigned long long>(max_length_));
+    const size_t np = static_cast<size_t>(cdiv_u(s.length, S));
+    const int32_t* r = row(sl);
+    for (size_t i = 0; i < np; ++i) {
+      const int32_t p = r[i];
+      if (p <= 0 || p >= P)
+        fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u page %zu is %d", fn, sl, i, p);
+      if (last_slot[p] == sl)
+        fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u holds page %d twice", fn, sl, p);
+      last_slot[p] = sl;
+      ++holders[p];
+      if (prefix_enabled_ && i < s.computed / S && !pages_[p].key_valid)
+        fail(KVP_ERR_INTERNAL, "%s: invariant violated: computed full page %d of slot %u has no key", fn, p, sl);
+    }
+  }
+  if (live != n_seqs_ || live + ring_count_ != max_seqs_) bad("sequence counts do not add up");
+  // States vs holders.
+  int64_t nu = 0, ni = 0;
+  for (int64_t p = 1; p < P; ++p) {
+    const Page& pg = pages_[p];
+    if (pg.ref != holders[p])
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %lld has refcount %u but %u holder(s)", fn,
+           static_cast<long long>(p), pg.ref, holders[p]);
+    if (pg.state == kUsed) {
+      if (pg.ref == 0 || seen[p])
+        fail(KVP_ERR_INTERNAL, "%s: invariant violated: used page %lld has refcount %u / is on a list", fn,
+             static_cast<long long>(p), pg.ref);
+      ++nu;
+    } else if ((pg.state == kFree && seen[p] != 1) || (pg.state == kEvictable && seen[p] != 2) ||
+               (pg.state != kFree && pg.state != kEvictable)) {
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %lld has state %u but is not on its list", fn,
+           static_cast<long long>(p), pg.state);
+    }
+    if (pg.indexed) {
+      ++ni;
+      if (!pg.key_valid || index_lookup(pg.key) != static_cast<int32_t>(p))
+        fail(KVP_ERR_INTERNAL, "%s: invariant violated: indexed page %lld is not found by its key", fn,
+             static_cast<long long>(p));
+    }
+  }
+  if (nf != n_free_ || ne != n_evictable_ || nu != n_used_)
+    fail(KVP_ERR_INTERNAL, "%s: invariant violated: counters free %lld / evictable %lld / used %lld, lists say %lld / %lld / %lld",
+         fn, static_cast<long long>(n_free_), static_cast<long long>(n_evictable_), static_cast<long long>(n_used_),
+         static_cast<long long>(nf), static_cast<long long>(ne), static_cast<long long>(nu));
+  if (nf + ne + nu != P - 1)
+    fail(KVP_ERR_INTERNAL, "%s: invariant violated: free %lld + evictable %lld + used %lld != %lld usable pages", fn,
+         static_cast<long long>(nf), static_cast<long long>(ne), static_cast<long long>(nu),
+         static_cast<long long>(P - 1));
+  int64_t nt = 0;
+  for (size_t i = 0; i <= table_mask_; ++i) {
+    const int32_t p = table_[i];
+    if (p < 0) continue;
+    ++nt;
+    if (p == 0 || p >= P || !pages_[p].indexed)
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: index slot %zu holds page %d which is not indexed", fn, i, p);
+  }
+  if (nt != ni || ni != n_indexed_)
+    fail(KVP_ERR_INTERNAL, "%s: invariant violated: index holds %lld entries, %lld pages flagged, counter %lld", fn,
+         static_cast<long long>(nt), static_cast<long long>(ni), static_cast<long long>(n_indexed_));
+}
+
+Pool& pool_from(const kvp_pool* h, const char* function) {
+  check_header(h, kMagicPool, function);
+  return *h->impl;
+}
+
+}  // namespace kvp::detail

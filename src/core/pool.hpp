@@ -1,0 +1,150 @@
+// The page pool (include/kvpages/pool.h): O(1) page allocation over intrusive lists, reference
+// counts, copy-on-write, and a prefix index (open addressing over chained XXH3-128 keys) with an
+// LRU of evictable cached pages. All memory is allocated at creation; operations never allocate,
+// and every operation validates completely before it changes anything.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kvpages/cache.h"
+#include "kvpages/pool.h"
+#include "util/handle.hpp"
+
+namespace kvp::detail {
+
+class Cache;
+
+struct Key128 {
+  uint64_t lo = 0;
+  uint64_t hi = 0;
+  bool operator==(const Key128& o) const noexcept { return lo == o.lo && hi == o.hi; }
+  bool operator!=(const Key128& o) const noexcept { return !(*this == o); }
+};
+
+// Copies whole pages (all layers) within a cache; validates ids (range, distinct destinations,
+// destinations disjoint from sources) first. Runs of consecutive ids are copied as one block.
+void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size_t count,
+                      kvp_stream stream, const char* function);
+
+class Pool {
+ public:
+  // Page states.
+  enum : uint8_t { kNull = 0, kFree = 1, kUsed = 2, kEvictable = 3 };
+
+  struct Page {
+    Key128 key;     // chained key; valid when key_valid
+    Key128 parent;  // key of the page before it (zero for the first page)
+    uint64_t salt;
+    uint32_t ref;   // holders (page-table entries)
+    int32_t prev;   // LRU links (evictable pages)
+    int32_t next;   // LRU links, or the free-list link
+    uint8_t state;
+    uint8_t indexed;
+    uint8_t key_valid;
+    uint8_t pad_;
+  };
+
+  struct Seq {
+    uint64_t salt;
+    uint64_t length;
+    uint64_t computed;
+    uint32_t gen;    // 1 … 4095
+    uint32_t alive;
+  };
+
+  // Creates a pool (object and arrays through the allocator, which is copied). Throws.
+  static Pool* create(kvp_cache* cache_handle, Cache& cache, const kvp_pool_options& opts);
+  static void destroy(Pool* pool) noexcept;
+
+  kvp_seq_id add_sequence(const int32_t* tokens, size_t n, uint64_t salt, uint32_t flags,
+                          size_t* reused_out);
+  void append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream stream);
+  void set_computed(kvp_seq_id id, size_t n);
+  void truncate(kvp_seq_id id, size_t new_length);
+  void fork(kvp_seq_id parent, uint32_t k, kvp_seq_id* children);
+  void free_sequence(kvp_seq_id id);
+  void clear_prefix_cache() noexcept;
+
+  void get_length(kvp_seq_id id, size_t* length, size_t* computed) const;
+  void get_page_table(kvp_seq_id id, int32_t* out, size_t capacity, size_t* count) const;
+  void get_slots(kvp_seq_id id, size_t start, size_t count, int32_t* out) const;
+  void get_batch_request(kvp_seq_id id, kvp_batch_request* out) const;
+  void get_page_state(int32_t page, uint32_t* ref, uint32_t* flags) const;
+  kvp_pool_stats stats() const noexcept;
+  void check_invariants() const;  // throws KVP_ERR_INTERNAL
+
+ private:
+  Pool() = default;
+
+  static constexpr uint32_t kIndexBits = 20;
+  static constexpr uint32_t kIndexMask = (1u << kIndexBits) - 1;
+  static constexpr uint32_t kMaxGen = (1u << (32 - kIndexBits)) - 1;
+
+  uint32_t resolve(kvp_seq_id id, const char* function) const;
+  int32_t* row(uint32_t slot) const noexcept { return rows_ + static_cast<size_t>(slot) * row_len_; }
+  static uint64_t cdiv_u(uint64_t a, uint64_t b) noexcept { return (a + b - 1) / b; }
+
+  Key128 compute_key(const Key128& parent, const int32_t* tokens, uint64_t salt);
+  void mark_computed(uint32_t slot, uint64_t n);
+
+  // Page lifecycle (callers have checked availability).
+  int32_t alloc_page();
+  void release_page(int32_t p) noexcept;
+  void acquire_page(int32_t p) noexcept;
+  void free_push(int32_t p) noexcept;
+  void lru_push_tail(int32_t p) noexcept;
+  void lru_remove(int32_t p) noexcept;
+
+  // Prefix index (open addressing, linear probing, backward-shift deletion).
+  size_t home(const Key128& k) const noexcept { return static_cast<size_t>(k.lo) & table_mask_; }
+  int32_t index_lookup(const Key128& k) const noexcept;
+  bool index_insert(int32_t p) noexcept;  // false if an equal key is already indexed
+  void index_remove(int32_t p) noexcept;
+
+  kvp_cache* cache_handle_ = nullptr;
+  kvp_host_allocator allocator_{};
+  bool has_allocator_ = false;
+  void* arrays_ = nullptr;
+  bool prefix_enabled_ = true;
+
+  int64_t num_pages_ = 0;   // P (including the null page)
+  int64_t page_size_ = 0;   // S
+  uint64_t max_length_ = 0; // max_model_length
+  size_t row_len_ = 0;      // cdiv(max_model_length, S)
+  uint32_t max_seqs_ = 0;
+
+  Page* pages_ = nullptr;
+  int32_t* tokens_ = nullptr;   // [P * S]
+  int32_t* table_ = nullptr;    // [table_mask_ + 1], -1 = empty
+  size_t table_mask_ = 0;
+  Seq* seqs_ = nullptr;         // [max_seqs_]
+  int32_t* rows_ = nullptr;     // [max_seqs_ * row_len_]
+  uint32_t* slot_ring_ = nullptr;  // FIFO of free sequence slots
+  uint32_t ring_head_ = 0;
+  uint32_t ring_count_ = 0;
+  int32_t* scratch_pages_ = nullptr;  // [row_len_]
+  uint8_t* hash_buf_ = nullptr;       // [16 + 4 * S]
+
+  int32_t free_head_ = -1;
+  int32_t lru_head_ = -1;  // least recently released
+  int32_t lru_tail_ = -1;
+  int64_t n_free_ = 0, n_evictable_ = 0, n_used_ = 0, n_indexed_ = 0;
+  uint32_t n_seqs_ = 0;
+
+  int64_t prompt_tokens_ = 0, reused_tokens_ = 0, evictions_ = 0, cow_copies_ = 0;
+};
+
+}  // namespace kvp::detail
+
+// The public handle.
+struct kvp_pool {
+  kvp::detail::handle_header hdr;
+  kvp::detail::Pool* impl;
+  kvp_host_allocator allocator;
+};
+
+namespace kvp::detail {
+// Validates a pool handle (NULL, registry, magic); throws INVALID_HANDLE.
+Pool& pool_from(const kvp_pool* h, const char* function);
+}  // namespace kvp::detail

@@ -1,0 +1,275 @@
+/* Page pool costs: ns per page allocate / free, per fork, prefix-index insert and the time to
+ * prefix-match a 128k-token prompt (page sizes 16 and 128), plus kvp_cache_copy_pages (the
+ * copy-on-write path) as GB/s and as a ratio to memcpy of the same bytes in the same run.
+ *
+ *   bench_pool [--reps N]
+ *
+ * Every figure is the best of N repetitions (default 7). Timings go through the public API
+ * (handle validation with API armor included). */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kvpages.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void check(kvp_status s, const char *what) {
+  if (s != KVP_OK) {
+    fprintf(stderr, "bench_pool: %s: %s: %s\n", what, kvp_status_name(s), kvp_last_error_message());
+    exit(1);
+  }
+}
+
+static kvp_config make_config(int64_t layers, int64_t heads, int64_t page_size, int64_t num_pages,
+                              int64_t max_len) {
+  kvp_config probe;
+  kvp_layout_info li;
+  check(kvp_config_init(&probe, sizeof probe), "config_init");
+  probe.num_hidden_layers = layers;
+  probe.num_kv_heads = heads;
+  probe.k_headdim = probe.v_headdim = 128;
+  probe.max_model_length = max_len;
+  probe.page_size = page_size;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  check(kvp_config_get_layout(&probe, &li), "layout");
+  kvp_config_options co;
+  check(kvp_config_options_init(&co, sizeof co), "options");
+  co.num_hidden_layers = layers;
+  co.num_kv_heads = heads;
+  co.kv_head_dim_size = 128;
+  co.max_model_length = max_len;
+  co.page_size = page_size;
+  co.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  co.budget_bytes = num_pages * li.page_bytes_per_layer * layers;
+  kvp_config cfg;
+  check(kvp_config_create(&co, &cfg), "config_create");
+  return cfg;
+}
+
+static uint64_t rng_state = 0x243F6A8885A308D3ull;
+static uint32_t rnd(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (uint32_t)rng_state;
+}
+
+#define TOKENS_128K 131072
+
+/* Allocation, free, fork and prefix matching at one page size. */
+static void bench_page_size(int64_t S, int reps) {
+  const int64_t pages_128k = TOKENS_128K / S;
+  const int64_t P = 2 * pages_128k + 2;
+  kvp_config cfg = make_config(1, 1, S, P, TOKENS_128K);
+  kvp_cache *cache;
+  check(kvp_cache_create(&cfg, NULL, &cache), "cache_create");
+  int32_t *prompt = (int32_t *)malloc(sizeof(int32_t) * TOKENS_128K);
+  for (int64_t i = 0; i < TOKENS_128K; ++i) prompt[i] = (int32_t)(rnd() % 128256u);
+
+  kvp_pool_options o = KVP_POOL_OPTIONS_INIT;
+  o.max_sequences = 64;
+  kvp_pool *pool;
+  double best;
+
+  printf("\npage_size %lld: cache of %lld pages (1 layer, 1 KV head, head_dim 128, bf16), 128k-token prompt = %lld pages\n",
+         (long long)S, (long long)P, (long long)pages_128k);
+
+  /* 1. allocate / free, one page per call: append page_size tokens to a sequence; free it. */
+  o.flags = KVP_POOL_FLAG_NO_PREFIX_CACHE;
+  check(kvp_pool_create(cache, &o, &pool), "pool_create");
+  double best_alloc = 1e9, best_free = 1e9, best_bulk = 1e9, best_bulk_free = 1e9;
+  for (int r = 0; r < reps; ++r) {
+    kvp_seq_id s;
+    check(kvp_pool_add_sequence(pool, NULL, 0, 0, 0, &s, NULL), "add");
+    double t0 = now_s();
+    for (int64_t i = 0; i < pages_128k; ++i) check(kvp_pool_append(pool, s, prompt + i * S, (size_t)S, NULL), "append");
+    double t1 = now_s();
+    check(kvp_pool_free_sequence(pool, s), "free");
+    double t2 = now_s();
+    if (t1 - t0 < best_alloc) best_alloc = t1 - t0;
+    if (t2 - t1 < best_free) best_free = t2 - t1;
+    /* bulk: one add_sequence of all pages, one free */
+    t0 = now_s();
+    check(kvp_pool_add_sequence(pool, prompt, TOKENS_128K, 0, 0, &s, NULL), "add bulk");
+    t1 = now_s();
+    check(kvp_pool_free_sequence(pool, s), "free bulk");
+    t2 = now_s();
+    if (t1 - t0 < best_bulk) best_bulk = t1 - t0;
+    if (t2 - t1 < best_bulk_free) best_bulk_free = t2 - t1;
+  }
+  printf("  allocate, 1 page per kvp_pool_append call : %7.1f ns/page\n", 1e9 * best_alloc / (double)pages_128k);
+  printf("  allocate, %lld pages in one add_sequence  : %7.1f ns/page (incl. copying %lld token ids/page)\n",
+         (long long)pages_128k, 1e9 * best_bulk / (double)pages_128k, (long long)S);
+  printf("  free (kvp_pool_free_sequence)             : %7.1f ns/page\n",
+         1e9 * (best_free < best_bulk_free ? best_free : best_bulk_free) / (double)pages_128k);
+
+  /* 2. fork: a 1k-token sequence and a 128k-token sequence, one child each, freed again. */
+  const int64_t lens[2] = {1024, TOKENS_128K};
+  for (int k = 0; k < 2; ++k) {
+    kvp_seq_id s;
+    check(kvp_pool_add_sequence(pool, prompt, (size_t)lens[k], 0, 0, &s, NULL), "add");
+    double best_fork = 1e9, best_ffree = 1e9;
+    for (int r = 0; r < reps; ++r) {
+      kvp_seq_id kids[8];
+      double t0 = now_s();
+      for (int i = 0; i < 8; ++i) check(kvp_pool_fork(pool, s, 1, &kids[i]), "fork");
+      double t1 = now_s();
+      for (int i = 0; i < 8; ++i) check(kvp_pool_free_sequence(pool, kids[i]), "free child");
+      double t2 = now_s();
+      if ((t1 - t0) / 8 < best_fork) best_fork = (t1 - t0) / 8;
+      if ((t2 - t1) / 8 < best_ffree) best_ffree = (t2 - t1) / 8;
+    }
+    const double np = (double)(lens[k] / S);
+    printf("  fork of a %6lld-token sequence (%5.0f pages): %9.0f ns/fork (%5.2f ns/page), child free %5.2f ns/page\n",
+           (long long)lens[k], np, 1e9 * best_fork, 1e9 * best_fork / np, 1e9 * best_ffree / np);
+    check(kvp_pool_free_sequence(pool, s), "free");
+  }
+  check(kvp_pool_destroy(pool), "pool_destroy");
+
+  /* 3. prefix cache: index a 128k prompt (hash + insert), then match it (hash + lookup + verify). */
+  o.flags = 0;
+  check(kvp_pool_create(cache, &o, &pool), "pool_create");
+  double best_index = 1e9, best_match = 1e9, best_miss = 1e9;
+  size_t reused = 0;
+  for (int r = 0; r < reps; ++r) {
+    check(kvp_pool_clear_prefix_cache(pool), "clear");
+    kvp_seq_id a, b, c;
+    check(kvp_pool_add_sequence(pool, prompt, TOKENS_128K, 0, 0, &a, NULL), "add");
+    double t0 = now_s();
+    check(kvp_pool_set_computed(pool, a, TOKENS_128K), "set_computed");
+    double t1 = now_s();
+    check(kvp_pool_free_sequence(pool, a), "free"); /* all pages stay cached (evictable) */
+    double t2 = now_s();
+    check(kvp_pool_add_sequence(pool, prompt, TOKENS_128K, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &b, &reused), "match");
+    double t3 = now_s();
+    check(kvp_pool_free_sequence(pool, b), "free");
+    /* a miss on the first page: the cheapest path, for reference */
+    prompt[0] ^= 1;
+    double t4 = now_s();
+    check(kvp_pool_add_sequence(pool, prompt, (size_t)S, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &c, NULL), "miss");
+    double t5 = now_s();
+    prompt[0] ^= 1;
+    check(kvp_pool_free_sequence(pool, c), "free");
+    if (t1 - t0 < best_index) best_index = t1 - t0;
+    if (t3 - t2 < best_match) best_match = t3 - t2;
+    if (t5 - t4 < best_miss) best_miss = t5 - t4;
+  }
+  if (reused != TOKENS_128K) {
+    fprintf(stderr, "bench_pool: expected a full match, reused %zu\n", reused);
+    exit(1);
+  }
+  /* memcpy of the same token bytes, for the ratio */
+  int32_t *copy = (int32_t *)malloc(sizeof(int32_t) * TOKENS_128K);
+  double best_memcpy = 1e9;
+  for (int r = 0; r < reps; ++r) {
+    double t0 = now_s();
+    memcpy(copy, prompt, sizeof(int32_t) * TOKENS_128K);
+    double t1 = now_s();
+    if (t1 - t0 < best_memcpy) best_memcpy = t1 - t0;
+  }
+  const double tok_bytes = (double)sizeof(int32_t) * TOKENS_128K;
+  printf("  index 128k computed tokens (hash+insert)  : %7.3f ms (%6.1f ns/page)\n", 1e3 * best_index,
+         1e9 * best_index / (double)pages_128k);
+  printf("  prefix-match 128k-token prompt, full hit  : %7.3f ms (%6.1f ns/page; %.2f GB/s of token ids, %.2fx memcpy of them at %.2f GB/s)\n",
+         1e3 * best_match, 1e9 * best_match / (double)pages_128k, tok_bytes / best_match / 1e9,
+         best_memcpy / best_match, tok_bytes / best_memcpy / 1e9);
+  printf("  add with a first-page miss                : %7.3f us\n", 1e6 * best_miss);
+  free(copy);
+  check(kvp_pool_destroy(pool), "pool_destroy");
+  check(kvp_cache_destroy(cache), "cache_destroy");
+  free(prompt);
+}
+
+/* kvp_cache_copy_pages (copy-on-write) vs memcpy of the same bytes. */
+static void bench_copy_pages(int reps) {
+  const int64_t L = 4, H = 8, S = 16, P = 513, N = 256;
+  kvp_config cfg = make_config(L, H, S, P, 8192);
+  kvp_cache *cache;
+  check(kvp_cache_create(&cfg, NULL, &cache), "cache_create");
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  check(kvp_cache_get_layout(cache, &li), "layout");
+  const size_t pb = (size_t)li.page_bytes_per_layer;
+  for (uint32_t l = 0; l < (uint32_t)L; ++l) {
+    kvp_tensor t;
+    check(kvp_cache_get_view(cache, l, KVP_VIEW_FLAT, &t), "view");
+    memset(t.data, (int)(l + 1), pb * (size_t)P);
+  }
+  int32_t src[256], dst[256];
+  /* scattered: sources are the odd pages 1,3,..., destinations the even pages in a shuffled order */
+  for (int i = 0; i < N; ++i) {
+    src[i] = 2 * i + 1;
+    dst[i] = 2 * i + 2;
+  }
+  for (int i = N - 1; i > 0; --i) {
+    int j = (int)(rnd() % (uint32_t)(i + 1)), t = dst[i];
+    dst[i] = dst[j];
+    dst[j] = t;
+  }
+  double best = 1e9, best_mc = 1e9;
+  uint8_t *a = (uint8_t *)malloc(pb * (size_t)N * (size_t)L), *b = (uint8_t *)malloc(pb * (size_t)N * (size_t)L);
+  memset(a, 3, pb * (size_t)N * (size_t)L);
+  memset(b, 4, pb * (size_t)N * (size_t)L);
+  for (int r = 0; r < reps; ++r) {
+    double t0 = now_s();
+    check(kvp_cache_copy_pages(cache, src, dst, (size_t)N, NULL), "copy_pages");
+    double t1 = now_s();
+    memcpy(b, a, pb * (size_t)N * (size_t)L);
+    double t2 = now_s();
+    if (t1 - t0 < best) best = t1 - t0;
+    if (t2 - t1 < best_mc) best_mc = t2 - t1;
+  }
+  const double bytes = (double)pb * (double)N * (double)L;
+  printf("\nkvp_cache_copy_pages: %lld scattered pages x %lld layers (8 KV heads, head_dim 128, bf16, page 16: %zu KiB/page/layer)\n",
+         (long long)N, (long long)L, pb / 1024);
+  printf("  %.1f MiB in %.3f ms = %.2f GB/s; memcpy of the same bytes %.2f GB/s; ratio %.2f\n", bytes / 1048576.0,
+         1e3 * best, bytes / best / 1e9, bytes / best_mc / 1e9, best_mc / best);
+  free(a);
+  free(b);
+  check(kvp_cache_destroy(cache), "cache_destroy");
+}
+
+int main(int argc, char **argv) {
+  int reps = 7;
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = atoi(argv[++i]);
+    else {
+      fprintf(stderr, "usage: bench_pool [--reps N]\n");
+      return 2;
+    }
+  }
+  if (reps < 1) reps = 1;
+  char date[64];
+  time_t now = time(NULL);
+  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
+  char cpu[256] = "unknown CPU";
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  if (f != NULL) {
+    char line[512];
+    while (fgets(line, sizeof line, f) != NULL)
+      if (strncmp(line, "model name", 10) == 0) {
+        const char *c = strchr(line, ':');
+        if (c != NULL) {
+          snprintf(cpu, sizeof cpu, "%s", c + 2);
+          cpu[strcspn(cpu, "\n")] = '\0';
+        }
+        break;
+      }
+    fclose(f);
+  }
+  printf("bench_pool: %s, device CPU (%s), %s, best of %d\n", kvp_build_info(), cpu, date, reps);
+  bench_page_size(16, reps);
+  bench_page_size(128, reps);
+  bench_copy_pages(reps);
+  return 0;
+}

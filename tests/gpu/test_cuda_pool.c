@@ -1,0 +1,123 @@
+/* GPU tests of kvpages/pool.h: kvp_cache_copy_pages and the pool's copy-on-write on a CUDA cache
+ * give the same bytes as on a CPU cache. Every test skip()s when the build has no CUDA or the
+ * machine has no GPU (then "kvpages: no CUDA device" is printed). */
+#include "support.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kvpages/device.h"
+#include "kvpages/pool.h"
+
+static int make_pair(const kvp_config *cfg, kvp_cache **cpu, kvp_cache **gpu) {
+  kvp_cache_options o;
+  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
+  o.device_type = KVP_DEVICE_CUDA;
+  kvp_status s = kvp_cache_create(cfg, &o, gpu);
+  if (s == KVP_ERR_NO_DEVICE) {
+    printf("kvpages: no CUDA device\n");
+    return 0;
+  }
+  assert_kvp_ok(s);
+  assert_kvp_ok(kvp_cache_create(cfg, NULL, cpu));
+  return 1;
+}
+
+static size_t layer_bytes(const kvp_cache *c) {
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(c, &li));
+  return (size_t)li.layer_bytes;
+}
+
+/* Same random bytes into every layer of both caches. */
+static void fill_both(kvp_cache *cpu, kvp_cache *gpu, uint32_t layers, uint64_t seed) {
+  const size_t n = layer_bytes(cpu);
+  uint8_t *buf = (uint8_t *)malloc(n);
+  assert_non_null(buf);
+  for (uint32_t l = 0; l < layers; ++l) {
+    for (size_t i = 0; i < n; ++i) buf[i] = (uint8_t)kvp_test_rand(&seed);
+    assert_kvp_ok(kvp_cache_write_layer(cpu, l, buf, n, NULL));
+    assert_kvp_ok(kvp_cache_write_layer(gpu, l, buf, n, NULL));
+  }
+  free(buf);
+}
+
+static void assert_same_bytes(const kvp_cache *cpu, const kvp_cache *gpu, uint32_t layers) {
+  const size_t n = layer_bytes(cpu);
+  uint8_t *a = (uint8_t *)malloc(n), *b = (uint8_t *)malloc(n);
+  assert_non_null(a);
+  assert_non_null(b);
+  for (uint32_t l = 0; l < layers; ++l) {
+    assert_kvp_ok(kvp_cache_read_layer(cpu, l, a, n, NULL));
+    assert_kvp_ok(kvp_cache_read_layer(gpu, l, b, n, NULL));
+    assert_memory_equal(a, b, n);
+  }
+  free(a);
+  free(b);
+}
+
+static void test_cuda_pool__copy_pages_matches_cpu(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(3, 2, 128, 16, 24, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = NULL, *gpu = NULL;
+  if (!make_pair(&cfg, &cpu, &gpu)) skip();
+  fill_both(cpu, gpu, 3, 42);
+  const int32_t src[6] = {1, 2, 3, 20, 7, 0}, dst[6] = {10, 11, 12, 5, 23, 9};
+  assert_kvp_ok(kvp_cache_copy_pages(cpu, src, dst, 6, NULL));
+  assert_kvp_ok(kvp_cache_copy_pages(gpu, src, dst, 6, NULL));
+  assert_same_bytes(cpu, gpu, 3);
+  /* errors leave the device cache unchanged */
+  const int32_t bad[2] = {4, 4};
+  assert_kvp_status(kvp_cache_copy_pages(gpu, src, bad, 2, NULL), KVP_ERR_INVALID_ARGUMENT, "appears twice");
+  assert_same_bytes(cpu, gpu, 3);
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+static void test_cuda_pool__copy_on_write_matches_cpu(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(2, 4, 64, 8, 16, KVP_DTYPE_F16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = NULL, *gpu = NULL;
+  if (!make_pair(&cfg, &cpu, &gpu)) skip();
+  fill_both(cpu, gpu, 2, 7);
+  kvp_pool *pc, *pg;
+  assert_kvp_ok(kvp_pool_create(cpu, NULL, &pc));
+  assert_kvp_ok(kvp_pool_create(gpu, NULL, &pg));
+  int32_t t[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+  kvp_seq_id a, b, kc[2], kg[2];
+  assert_kvp_ok(kvp_pool_add_sequence(pc, t, 11, 0, 0, &a, NULL));
+  assert_kvp_ok(kvp_pool_add_sequence(pg, t, 11, 0, 0, &b, NULL));
+  assert_kvp_ok(kvp_pool_fork(pc, a, 2, kc));
+  assert_kvp_ok(kvp_pool_fork(pg, b, 2, kg));
+  for (int i = 0; i < 2; ++i) {
+    assert_kvp_ok(kvp_pool_append(pc, kc[i], &t[11], 1, NULL));
+    assert_kvp_ok(kvp_pool_append(pg, kg[i], &t[11], 1, NULL));
+  }
+  int32_t rc[2], rg[2], ra[2];
+  size_t n;
+  assert_kvp_ok(kvp_pool_get_page_table(pc, kc[1], rc, 2, &n));
+  assert_kvp_ok(kvp_pool_get_page_table(pg, kg[1], rg, 2, &n));
+  assert_kvp_ok(kvp_pool_get_page_table(pc, a, ra, 2, &n));
+  assert_int_equal(rc[1], rg[1]); /* same bookkeeping on both devices */
+  assert_int_not_equal(rc[1], ra[1]);
+  assert_same_bytes(cpu, gpu, 2);
+  kvp_pool_stats st;
+  st.struct_size = sizeof st;
+  assert_kvp_ok(kvp_pool_get_stats(pg, &st));
+  assert_int_equal(st.cow_copies, 2);
+  assert_kvp_ok(kvp_pool_check_invariants(pg));
+  assert_kvp_ok(kvp_pool_destroy(pg));
+  assert_kvp_ok(kvp_pool_destroy(pc));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cuda_pool__copy_pages_matches_cpu),
+      cmocka_unit_test(test_cuda_pool__copy_on_write_matches_cpu),
+  };
+  return cmocka_run_group_tests_name("cuda_pool", tests, NULL, NULL);
+}
