@@ -22,5 +22,6 @@
 #include "kvpages/pool.h"
 #include "kvpages/serialize.h"
 #include "kvpages/json.h"
+#include "kvpages/plugin.h"
 
 #endif /* KVPAGES_H */

@@ -5,6 +5,10 @@ set -euo pipefail
 
 debs=(cmake ninja-build g++ pkg-config libcmocka-dev doxygen libxxhash-dev nlohmann-json3-dev
       libdlpack-dev abigail-tools golang-go clang)
+# Rust for bindings/rust (needs >= 1.63): rustup's cargo when present, else Debian's.
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+  debs+=(cargo)
+fi
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +25,8 @@ if [ "${KVP_DEPS_PYTHON:-1}" = "1" ]; then
   py_missing=()
   python3 -c "import numpy" 2>/dev/null || py_missing+=(numpy)
   python3 -c "import pytest" 2>/dev/null || py_missing+=(pytest)
-  python3 -c "import ziglang" 2>/dev/null || py_missing+=(ziglang)
+  # bindings/zig is written for Zig 0.17 (translate-c module, new @typeInfo layout): pin it.
+  [ "$(python3 -m ziglang version 2>/dev/null)" = "0.17.1" ] || py_missing+=("ziglang==0.17.1")
   if [ ${#py_missing[@]} -gt 0 ]; then
     echo "install-deps: installing PyPI packages: ${py_missing[*]}"
     python3 -m pip install -q "${py_missing[@]}"

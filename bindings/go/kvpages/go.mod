@@ -1,0 +1,3 @@
+module kvpages.dev/go/kvpages
+
+go 1.19

@@ -1,0 +1,479 @@
+"""Python bindings of kvpages, through ctypes (no compiler needed).
+
+The shared library is found through, in order: the ``KVPAGES_LIBRARY`` environment variable (a
+path to ``libkvpages.so.1``), then the dynamic loader (``LD_LIBRARY_PATH``, the system paths).
+
+Handles (:class:`Cache`, :class:`Metadata`) are released exactly once: by ``close()``, by a
+``with`` block, or when the object is garbage-collected. Every non-OK status raises
+:class:`KvpError` (or its subclass for the code) carrying the code, its name and the library's
+message for the failing call.
+
+Zero-copy numpy access to the pages: :meth:`Cache.numpy` (buffer protocol) and
+:meth:`Cache.export_dlpack` (``numpy.from_dlpack``). Both keep the cache alive while an array
+uses its memory, and :meth:`Cache.close` refuses to destroy a cache whose memory is still
+referenced by an array.
+"""
+import ctypes
+import ctypes.util
+import os
+import threading
+import weakref
+
+import numpy as np
+
+__all__ = [
+    "KvpError", "InvalidArgument", "InvalidHandle", "NotFound", "VersionMismatch", "Unsupported",
+    "OutOfMemory", "Config", "Cache", "Metadata", "library", "version", "check_abi",
+    "DTYPE_F32", "DTYPE_F16", "DTYPE_BF16", "DTYPE_F8_E4M3FN", "DTYPE_F8_E5M2",
+    "LAYOUT_V2", "LAYOUT_V3", "VIEW_PAGES", "VIEW_FLAT", "VIEW_KEYS", "VIEW_VALUES",
+    "VIEW_REFERENCE_KEYS", "VIEW_REFERENCE_VALUES",
+]
+
+# Constants (include/kvpages/*.h).
+OK = 0
+DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F8_E4M3FN, DTYPE_F8_E5M2 = 1, 2, 3, 4, 5
+LAYOUT_V2, LAYOUT_V3 = 2, 3
+DEVICE_CPU, DEVICE_CUDA = 1, 2
+VIEW_PAGES, VIEW_FLAT, VIEW_KEYS, VIEW_VALUES, VIEW_REFERENCE_KEYS, VIEW_REFERENCE_VALUES = range(6)
+CONFIG_FLAG_REFERENCE_BUDGET, CONFIG_FLAG_NO_SAFETY_MARGIN = 1, 2
+MAX_DIMS = 6
+#: The header version these bindings were written against (KVP_VERSION_NUMBER of 1.0.0).
+BINDING_VERSION_NUMBER = 10000
+
+_i32, _u32, _i64, _u64, _f64 = ctypes.c_int32, ctypes.c_uint32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_double
+_vp, _cp = ctypes.c_void_p, ctypes.c_char_p
+
+
+# ---------------------------------------------------------------------------------------------
+# Structs (layouts are checked against the C compiler by tests/test_layout.py)
+
+class kvp_config(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("num_hidden_layers", _i64),
+                ("max_model_length", _i64), ("num_kv_heads", _i64), ("k_headdim", _i64), ("v_headdim", _i64),
+                ("hbm_utilization", _f64), ("page_size", _i64), ("num_pages", _i64),
+                ("max_num_pages_per_req", _i64), ("num_slices_per_kv_cache_update_page", _i64),
+                ("max_num_tokens", _i64), ("max_num_reqs", _i64), ("version", _u32), ("kvdtype", _u32)]
+
+
+class kvp_config_options(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("num_hidden_layers", _i64), ("num_kv_heads", _i64),
+                ("max_model_length", _i64), ("kv_head_dim_size", _i64), ("k_headdim", _i64), ("v_headdim", _i64),
+                ("hbm_utilization", _f64), ("page_size", _i64), ("kvdtype", _u32), ("version", _u32),
+                ("budget_mode", _u32), ("flags", _u32), ("budget_bytes", _i64), ("safety_margin_bytes", _i64),
+                ("memory_stats", _vp), ("num_memory_stats", _u32), ("device_type", _i32), ("device_id", _i32),
+                ("_reserved0", _u32), ("kv_head_shards", _i64), ("max_num_tokens", _i64), ("max_num_reqs", _i64)]
+
+
+class kvp_cache_options(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("device_type", _i32), ("device_id", _i32),
+                ("allocator", _vp)]
+
+
+class kvp_tensor(ctypes.Structure):
+    _fields_ = [("data", _vp), ("dtype", _u32), ("ndim", _i32), ("shape", _i64 * MAX_DIMS),
+                ("strides", _i64 * MAX_DIMS), ("device_type", _i32), ("device_id", _i32)]
+
+
+class kvp_layout_info(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("is_h64", _u32), ("kv_head_packing", _i64),
+                ("storage_num_combined_kv_heads", _i64), ("storage_num_kv_groups", _i64), ("storage_head_dim", _i64),
+                ("itemsize", _i64), ("ndim", _i32), ("_reserved", _i32), ("shape", _i64 * 5), ("layer_bytes", _i64),
+                ("page_bytes_per_layer", _i64), ("max_num_seqs", _i64)]
+
+
+class kvp_batch_request(ctypes.Structure):
+    _fields_ = [("num_computed", _i64), ("num_scheduled", _i64), ("page_ids", ctypes.POINTER(_i32)),
+                ("num_pages", _i64)]
+
+
+class DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]
+
+
+class DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class DLTensor(ctypes.Structure):
+    _fields_ = [("data", _vp), ("device", DLDevice), ("ndim", ctypes.c_int), ("dtype", DLDataType),
+                ("shape", ctypes.POINTER(_i64)), ("strides", ctypes.POINTER(_i64)), ("byte_offset", _u64)]
+
+
+class DLManagedTensor(ctypes.Structure):
+    pass
+
+
+_DLDeleter = ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManagedTensor))
+DLManagedTensor._fields_ = [("dl_tensor", DLTensor), ("manager_ctx", _vp), ("deleter", _DLDeleter)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+def _load():
+    path = os.environ.get("KVPAGES_LIBRARY")
+    candidates = [path] if path else ["libkvpages.so.1", ctypes.util.find_library("kvpages")]
+    errors = []
+    for c in candidates:
+        if not c:
+            continue
+        try:
+            return ctypes.CDLL(c)
+        except OSError as e:  # try the next candidate
+            errors.append(str(e))
+    raise ImportError("kvpages: cannot load libkvpages.so.1 (set KVPAGES_LIBRARY or LD_LIBRARY_PATH): %s"
+                      % "; ".join(errors))
+
+
+library = _load()
+_P = ctypes.POINTER
+
+
+def _fn(name, restype, *argtypes):
+    f = getattr(library, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+_status_name = _fn("kvp_status_name", _cp, _i32)
+_last_error_copy = _fn("kvp_last_error_copy", ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)
+_version_number = _fn("kvp_version_number", _u32)
+_version_string = _fn("kvp_version_string", _cp)
+_check_abi = _fn("kvp_check_abi", _i32, _u32)
+_config_options_init = _fn("kvp_config_options_init", _i32, _P(kvp_config_options), _u32)
+_config_create = _fn("kvp_config_create", _i32, _P(kvp_config_options), _P(kvp_config))
+_config_get_layout = _fn("kvp_config_get_layout", _i32, _P(kvp_config), _P(kvp_layout_info))
+_cache_create = _fn("kvp_cache_create", _i32, _P(kvp_config), _P(kvp_cache_options), _P(_vp))
+_cache_destroy = _fn("kvp_cache_destroy", _i32, _vp)
+_cache_get_config = _fn("kvp_cache_get_config", _i32, _vp, _P(kvp_config))
+_cache_get_view = _fn("kvp_cache_get_view", _i32, _vp, _u32, _u32, _P(kvp_tensor))
+_cache_export_dlpack = _fn("kvp_cache_export_dlpack", _i32, _vp, _u32, _u32, _u32, _P(_P(DLManagedTensor)))
+_metadata_build = _fn("kvp_metadata_build", _i32, _P(kvp_config), _P(kvp_batch_request), _u32, _vp,
+                      _P(_i32), _P(_vp))
+_metadata_destroy = _fn("kvp_metadata_destroy", _i32, _vp)
+_concatenate = _fn("kvp_concatenate", _i32, _vp, _u32, _P(kvp_tensor), _P(kvp_tensor), _vp, _vp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+class KvpError(Exception):
+    """A kvpages call failed: ``code`` (int), ``name`` ("KVP_ERR_..."), ``message`` (detail)."""
+
+    def __init__(self, code, message, function=None):
+        self.code = code
+        self.name = _status_name(code).decode()
+        self.message = message
+        self.function = function
+        super().__init__("%s: %s" % (self.name, message) if message else self.name)
+
+
+class InvalidArgument(KvpError):
+    pass
+
+
+class InvalidHandle(KvpError):
+    pass
+
+
+class NotFound(KvpError):
+    pass
+
+
+class VersionMismatch(KvpError):
+    pass
+
+
+class Unsupported(KvpError):
+    pass
+
+
+class OutOfMemory(KvpError):
+    pass
+
+
+_ERRORS = {1: InvalidArgument, 2: InvalidHandle, 3: NotFound, 4: VersionMismatch, 5: Unsupported, 64: OutOfMemory}
+
+
+def _last_message():
+    n = _last_error_copy(None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    _last_error_copy(buf, n + 1)
+    return buf.value.decode("utf-8", "replace")
+
+
+def _check(status, function=None):
+    # The message is thread-local; ctypes runs the call on this same OS thread, so reading it
+    # right away sees the message of this call.
+    if status != OK:
+        raise _ERRORS.get(status, KvpError)(status, _last_message(), function)
+
+
+def version():
+    """The loaded library's version string, e.g. "1.0.0"."""
+    return _version_string().decode()
+
+
+def check_abi(header_version_number=BINDING_VERSION_NUMBER):
+    """Raises VersionMismatch unless the loaded library is compatible with these bindings."""
+    _check(_check_abi(header_version_number), "kvp_check_abi")
+
+
+check_abi()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+class Config:
+    """A validated cache configuration (a copy of the C ``kvp_config`` record)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    @classmethod
+    def create(cls, *, num_hidden_layers, num_kv_heads, max_model_length, head_dim, page_size=0,
+               dtype=DTYPE_BF16, layout=LAYOUT_V3, budget_bytes=0, hbm_utilization=0.0, flags=0,
+               max_num_reqs=0, max_num_tokens=0):
+        """kvp_config_create(): derives num_pages from the memory budget."""
+        o = kvp_config_options()
+        _check(_config_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_config_options_init")
+        o.num_hidden_layers, o.num_kv_heads, o.max_model_length = num_hidden_layers, num_kv_heads, max_model_length
+        o.kv_head_dim_size, o.page_size, o.kvdtype, o.version = head_dim, page_size, dtype, layout
+        o.budget_bytes, o.hbm_utilization, o.flags = budget_bytes, hbm_utilization, flags
+        o.max_num_reqs, o.max_num_tokens = max_num_reqs, max_num_tokens
+        raw = kvp_config()
+        _check(_config_create(ctypes.byref(o), ctypes.byref(raw)), "kvp_config_create")
+        return cls(raw)
+
+    def __getattr__(self, name):
+        raw = self.__dict__.get("_raw")
+        if raw is not None and name in dict(kvp_config._fields_):
+            return getattr(raw, name)
+        raise AttributeError(name)
+
+    def layout(self):
+        """kvp_config_get_layout() as a dict."""
+        li = kvp_layout_info()
+        li.struct_size = ctypes.sizeof(li)
+        _check(_config_get_layout(ctypes.byref(self._raw), ctypes.byref(li)), "kvp_config_get_layout")
+        d = {f: getattr(li, f) for f, _ in kvp_layout_info._fields_ if not f.startswith("_")}
+        d["shape"] = tuple(li.shape[: li.ndim])
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Handles
+
+class _Handle:
+    _destroy = None
+
+    def __init__(self, ptr):
+        self._ptr = ptr
+        self._lock = threading.Lock()
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise InvalidHandle(2, "%s is closed" % type(self).__name__)
+        return self._ptr
+
+    @property
+    def closed(self):
+        return self._ptr is None
+
+    def close(self):
+        """Releases the handle; later calls are no-ops."""
+        with self._lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            _check(type(self)._destroy(ptr), type(self).__name__ + ".close")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # never raise from a finalizer
+            pass
+
+
+class _Pin:
+    """Keeps a Cache alive while an array uses its memory (tracked by the cache weakly)."""
+    __slots__ = ("cache", "__weakref__")
+
+    def __init__(self, cache):
+        self.cache = cache
+
+
+_NUMPY_DTYPES = {DTYPE_F32: np.float32, DTYPE_F16: np.float16, DTYPE_BF16: np.uint16,
+                 DTYPE_F8_E4M3FN: np.uint8, DTYPE_F8_E5M2: np.uint8}
+_KVP_DTYPES = {np.dtype(np.float32): DTYPE_F32, np.dtype(np.float16): DTYPE_F16}
+
+# Live DLPack exports: address of our DLManagedTensor -> (struct, library tensor, pin).
+_LIVE_EXPORTS = {}
+_LIVE_LOCK = threading.Lock()
+
+
+@_DLDeleter
+def _dlpack_deleter(managed):
+    with _LIVE_LOCK:
+        entry = _LIVE_EXPORTS.pop(ctypes.addressof(managed.contents), None)
+    if entry is not None:
+        _, inner, _ = entry
+        inner.contents.deleter(inner)  # the library's deleter frees its descriptor
+
+
+_PyCapsule_New = ctypes.pythonapi.PyCapsule_New
+_PyCapsule_New.restype = ctypes.py_object
+_PyCapsule_New.argtypes = [_vp, _cp, _vp]
+_PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
+_PyCapsule_IsValid.restype = ctypes.c_int
+_PyCapsule_IsValid.argtypes = [_vp, _cp]
+_PyCapsule_GetPointer = ctypes.pythonapi.PyCapsule_GetPointer
+_PyCapsule_GetPointer.restype = _vp
+_PyCapsule_GetPointer.argtypes = [_vp, _cp]
+
+
+@ctypes.CFUNCTYPE(None, _vp)
+def _capsule_destructor(capsule):
+    # An unconsumed capsule ("dltensor") still owns the tensor; a consumer renames it.
+    if _PyCapsule_IsValid(capsule, b"dltensor"):
+        ptr = _PyCapsule_GetPointer(capsule, b"dltensor")
+        _dlpack_deleter(ctypes.cast(ptr, ctypes.POINTER(DLManagedTensor)))
+
+
+class DLPackTensor:
+    """One DLPack export of a cache view; pass it to ``numpy.from_dlpack`` (once)."""
+
+    def __init__(self, cache, layer, kind):
+        self._cache = cache
+        self._layer, self._kind = layer, kind
+        self._used = False
+
+    def __dlpack_device__(self):
+        return (DEVICE_CUDA if self._cache.device_type == DEVICE_CUDA else DEVICE_CPU, 0)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        if copy:
+            raise BufferError("kvpages exports are zero-copy")
+        if self._used:
+            raise BufferError("this DLPackTensor was already consumed; call Cache.export_dlpack again")
+        inner = ctypes.POINTER(DLManagedTensor)()
+        _check(_cache_export_dlpack(self._cache.ptr, self._layer, self._kind, 0, ctypes.byref(inner)),
+               "kvp_cache_export_dlpack")
+        # Wrap the library's tensor in one whose deleter also releases the pin on the cache.
+        outer = DLManagedTensor()
+        outer.dl_tensor = inner.contents.dl_tensor
+        outer.deleter = _dlpack_deleter
+        pin = self._cache._pin()
+        with _LIVE_LOCK:
+            _LIVE_EXPORTS[ctypes.addressof(outer)] = (outer, inner, pin)
+        self._used = True
+        return _PyCapsule_New(ctypes.addressof(outer), b"dltensor", ctypes.cast(_capsule_destructor, _vp))
+
+
+class Cache(_Handle):
+    """A kvpages cache (kvp_cache_create / kvp_cache_destroy)."""
+    _destroy = _cache_destroy
+
+    def __init__(self, config, device_type=DEVICE_CPU, device_id=0):
+        opts = kvp_cache_options(ctypes.sizeof(kvp_cache_options), 1, device_type, device_id, None)
+        out = _vp()
+        _check(_cache_create(ctypes.byref(config._raw), ctypes.byref(opts), ctypes.byref(out)), "kvp_cache_create")
+        super().__init__(out.value)
+        self.device_type = device_type
+        self._pins = weakref.WeakSet()
+
+    def _pin(self):
+        p = _Pin(self)
+        self._pins.add(p)
+        return p
+
+    def close(self):
+        """Destroys the cache; raises BufferError while numpy arrays still use its memory."""
+        if self._ptr is not None and len(self._pins) > 0:
+            raise BufferError("kvpages: %d array(s) still use this cache's memory" % len(self._pins))
+        super().close()
+
+    @property
+    def config(self):
+        raw = kvp_config()
+        _check(_cache_get_config(self.ptr, ctypes.byref(raw)), "kvp_cache_get_config")
+        return Config(raw)
+
+    def view(self, layer, kind=VIEW_PAGES):
+        """kvp_cache_get_view(): the raw ``kvp_tensor`` descriptor."""
+        t = kvp_tensor()
+        _check(_cache_get_view(self.ptr, layer, kind, ctypes.byref(t)), "kvp_cache_get_view")
+        return t
+
+    def numpy(self, layer, kind=VIEW_PAGES):
+        """A zero-copy numpy view of a layer (bf16 as uint16 bits, fp8 as uint8 bits).
+
+        The array keeps the cache alive; writes go to the cache."""
+        t = self.view(layer, kind)
+        if t.device_type != DEVICE_CPU:
+            raise Unsupported(5, "numpy views need a CPU cache")
+        dt = np.dtype(_NUMPY_DTYPES[t.dtype])
+        shape = tuple(t.shape[: t.ndim])
+        strides = tuple(s * dt.itemsize for s in t.strides[: t.ndim])
+        span = (sum((n - 1) * s for n, s in zip(shape, t.strides[: t.ndim])) + 1) * dt.itemsize
+        buf = (ctypes.c_char * span).from_address(t.data)
+        buf._kvp_pin = self._pin()
+        flat = np.frombuffer(buf, dtype=dt)
+        return np.lib.stride_tricks.as_strided(flat, shape=shape, strides=strides)
+
+    def export_dlpack(self, layer, kind=VIEW_PAGES):
+        """A DLPack producer for ``numpy.from_dlpack`` (kvp_cache_export_dlpack)."""
+        self.ptr  # raises when closed
+        return DLPackTensor(self, layer, kind)
+
+    def concatenate(self, layer, key, value, metadata):
+        """kvp_concatenate(): writes ``key``/``value`` ([T, H, D] float32/float16 numpy arrays)."""
+        tk, tv = _tensor_of(key), _tensor_of(value)
+        _check(_concatenate(self.ptr, layer, ctypes.byref(tk), ctypes.byref(tv), metadata.ptr, None),
+               "kvp_concatenate")
+
+
+def _tensor_of(a):
+    if not isinstance(a, np.ndarray) or a.dtype not in _KVP_DTYPES:
+        raise InvalidArgument(1, "expected a float32 or float16 numpy array")
+    t = kvp_tensor()
+    t.data = a.ctypes.data
+    t.dtype = _KVP_DTYPES[a.dtype]
+    t.ndim = a.ndim
+    for i in range(a.ndim):
+        t.shape[i] = a.shape[i]
+        t.strides[i] = a.strides[i] // a.itemsize
+    t.device_type = DEVICE_CPU
+    return t
+
+
+class Metadata(_Handle):
+    """Runtime metadata of one step (kvp_metadata_build / kvp_metadata_destroy)."""
+    _destroy = _metadata_destroy
+
+    @classmethod
+    def build(cls, config, requests):
+        """Builds metadata for ``requests`` = [(num_computed, num_scheduled, [page ids]), ...].
+
+        Returns (metadata, order): ``order[row]`` is the index of the request in that row, the
+        order in which to pack the new keys and values."""
+        n = len(requests)
+        reqs = (kvp_batch_request * max(n, 1))()
+        keep = []
+        for i, (computed, scheduled, pages) in enumerate(requests):
+            arr = (_i32 * max(len(pages), 1))(*pages)
+            keep.append(arr)
+            reqs[i] = kvp_batch_request(computed, scheduled, ctypes.cast(arr, _P(_i32)), len(pages))
+        order = (_i32 * max(n, 1))()
+        out = _vp()
+        _check(_metadata_build(ctypes.byref(config._raw), reqs, n, None, order, ctypes.byref(out)),
+               "kvp_metadata_build")
+        return cls(out.value), [order[i] for i in range(n) if order[i] >= 0]

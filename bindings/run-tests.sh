@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs every binding's own test suite against a built kvpages tree:
+#   Rust (cargo test), Go (go vet, go test, go test -tags debug), Zig (zig build test),
+#   Python (pytest).
+# The build tree is first installed into <build dir>/bindings/prefix, and each binding links it the way
+# a user would: Rust, Go and Zig through pkg-config (PKG_CONFIG_PATH), Python through
+# KVPAGES_LIBRARY; LD_LIBRARY_PATH points the loader at the prefix. Build caches go under the
+# build dir, nothing is written into the source tree.
+# Usage: bindings/run-tests.sh <configured and built build dir>
+set -uo pipefail
+build=$(cd "${1:?usage: run-tests.sh <build dir>}" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+# A fixed prefix under the build dir: the Go and Zig build caches remember include and library
+# paths, so the prefix must not move between runs.
+work="$build/bindings"
+rm -rf "$work/prefix"
+mkdir -p "$work"
+cmake --install "$build" --prefix "$work/prefix" >/dev/null || { echo "bindings: install failed"; exit 1; }
+lib=$(find "$work/prefix" -name 'libkvpages.so.1' | head -n1)
+pc=$(find "$work/prefix" -name kvpages.pc | head -n1)
+[ -n "$lib" ] && [ -n "$pc" ] || { echo "bindings: installed tree lacks libkvpages.so.1 or kvpages.pc"; exit 1; }
+export PKG_CONFIG_PATH="$(dirname "$pc")"
+export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export KVPAGES_LIBRARY="$lib"
+export KVPAGES_INCLUDE_DIRS="$work/prefix/include"
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+echo "bindings: testing against $(pkg-config --modversion kvpages) installed in $work/prefix"
+
+failed=()
+run() {  # <name> <command...>
+  local name=$1 t0=$SECONDS
+  shift
+  echo "---- bindings: $name"
+  if "$@"; then
+    echo "---- bindings: $name ok ($((SECONDS - t0)) s)"
+  else
+    echo "---- bindings: $name FAILED ($((SECONDS - t0)) s)"
+    failed+=("$name")
+  fi
+}
+
+rust() {
+  command -v cargo >/dev/null || { echo "cargo not found"; return 1; }
+  (cd "$here/rust" && CARGO_TARGET_DIR="$build/bindings/rust-target" cargo test --offline --workspace)
+}
+go_tests() {
+  command -v go >/dev/null || { echo "go not found"; return 1; }
+  (cd "$here/go/kvpages" && export GOFLAGS=-mod=mod GOPROXY=off GOCACHE="${GOCACHE:-$build/bindings/go-cache}" &&
+    go vet ./... && go test -count=1 ./... && go test -count=1 -tags debug ./...)
+}
+zig_tests() {
+  local zig
+  if command -v zig >/dev/null; then zig=(zig); else zig=(python3 -m ziglang); fi
+  "${zig[@]}" version >/dev/null 2>&1 || { echo "zig not found (pip install ziglang)"; return 1; }
+  (cd "$here/zig" && "${zig[@]}" build test --summary all --cache-dir "$build/bindings/zig-cache")
+}
+python_tests() {
+  python3 -c 'import numpy, pytest' || { echo "python3 needs numpy and pytest"; return 1; }
+  python3 -m pytest -q -p no:cacheprovider "$here/python/tests"
+}
+
+run rust rust
+run go go_tests
+run zig zig_tests
+run python python_tests
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "bindings: FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "bindings: all passed (rust, go, zig, python)"

@@ -1,0 +1,84 @@
+//! ctest-style layout parity: every `#[repr(C)]` struct of this crate has the size and field
+//! offsets the C compiler computes from the kvpages headers (a C probe is compiled with `cc`).
+use kvpages_sys::*;
+use std::mem::{size_of, MaybeUninit};
+use std::process::Command;
+
+macro_rules! layout {
+    ($probe:ident, $rust:ident, $t:ident { $($f:ident),* $(,)? }) => {{
+        $probe.push(format!("printf(\"%zu\\n\", sizeof({}));", stringify!($t)));
+        $rust.push((format!("sizeof({})", stringify!($t)), size_of::<$t>()));
+        $(
+            $probe.push(format!("printf(\"%zu\\n\", offsetof({}, {}));", stringify!($t), stringify!($f)));
+            $rust.push((format!("offsetof({}, {})", stringify!($t), stringify!($f)), {
+                // offset_of! needs Rust 1.77; this works with Debian's 1.63.
+                let u = MaybeUninit::<$t>::uninit();
+                let base = u.as_ptr();
+                unsafe { std::ptr::addr_of!((*base).$f) as usize - base as usize }
+            }));
+        )*
+    }};
+}
+
+#[test]
+fn struct_layouts_match_c() {
+    let mut probe: Vec<String> = Vec::new();
+    let mut rust: Vec<(String, usize)> = Vec::new();
+    layout!(probe, rust, kvp_config { struct_size, abi_version, num_hidden_layers, max_model_length, num_kv_heads,
+        k_headdim, v_headdim, hbm_utilization, page_size, num_pages, max_num_pages_per_req,
+        num_slices_per_kv_cache_update_page, max_num_tokens, max_num_reqs, version, kvdtype });
+    layout!(probe, rust, kvp_memory_stats { bytes_limit, bytes_reservable_limit, bytes_total, bytes_in_use,
+        bytes_reserved, valid, _reserved });
+    layout!(probe, rust, kvp_config_options { struct_size, abi_version, num_hidden_layers, num_kv_heads,
+        max_model_length, kv_head_dim_size, k_headdim, v_headdim, hbm_utilization, page_size, kvdtype, version,
+        budget_mode, flags, budget_bytes, safety_margin_bytes, memory_stats, num_memory_stats, device_type,
+        device_id, _reserved0, kv_head_shards, max_num_tokens, max_num_reqs });
+    layout!(probe, rust, kvp_host_allocator { alloc, free, user_data });
+    layout!(probe, rust, kvp_cache_options { struct_size, abi_version, device_type, device_id, allocator });
+    layout!(probe, rust, kvp_tensor { data, dtype, ndim, shape, strides, device_type, device_id });
+    layout!(probe, rust, kvp_layout_info { struct_size, is_h64, kv_head_packing, storage_num_combined_kv_heads,
+        storage_num_kv_groups, storage_head_dim, itemsize, ndim, _reserved, shape, layer_bytes,
+        page_bytes_per_layer, max_num_seqs });
+    layout!(probe, rust, kvp_batch_request { num_computed, num_scheduled, page_ids, num_pages });
+    layout!(probe, rust, kvp_batch_options { struct_size, abi_version, max_num_reqs, max_num_tokens, flags,
+        _reserved0 });
+    layout!(probe, rust, DLTensor { data, device, ndim, dtype, shape, strides, byte_offset });
+    layout!(probe, rust, DLManagedTensor { dl_tensor, manager_ctx, deleter });
+
+    let dir = std::env::temp_dir().join(format!("kvpages-sys-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("probe.c");
+    let exe = dir.join("probe");
+    let body = format!(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <kvpages.h>\n#include <kvpages/dlpack.h>\n\
+         int main(void) {{\n{}\nreturn 0; }}\n",
+        probe.join("\n")
+    );
+    std::fs::write(&src, body).unwrap();
+    let mut cc = Command::new("cc");
+    cc.arg("-std=c99");
+    for d in env!("KVPAGES_SYS_INCLUDE_DIRS").split(':').filter(|d| !d.is_empty()) {
+        cc.arg("-I").arg(d);
+    }
+    let status = cc.arg(&src).arg("-o").arg(&exe).status().expect("cc not found");
+    assert!(status.success(), "compiling the C layout probe failed");
+    let out = Command::new(&exe).output().unwrap();
+    let c: Vec<usize> = String::from_utf8(out.stdout).unwrap().split_whitespace().map(|s| s.parse().unwrap()).collect();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(c.len(), rust.len());
+    let mismatches: Vec<String> = rust
+        .iter()
+        .zip(c.iter())
+        .filter(|((_, r), c)| r != *c)
+        .map(|((what, r), c)| format!("{what}: rust {r}, C {c}"))
+        .collect();
+    assert!(mismatches.is_empty(), "layout mismatches:\n{}", mismatches.join("\n"));
+}
+
+#[test]
+fn library_version_matches_these_declarations() {
+    unsafe {
+        assert_eq!(kvp_check_abi(KVP_VERSION_NUMBER), KVP_OK);
+        assert_eq!(kvp_version_number() / 10000, KVP_VERSION_NUMBER / 10000);
+    }
+}

@@ -1,0 +1,418 @@
+//! Safe Rust bindings of kvpages, a paged KV cache for LLM inference.
+//!
+//! * Handles ([`Cache`], [`Metadata`]) own a `NonNull` pointer, are released exactly once by
+//!   `Drop`, are not `Clone`, and are `Send` (kvpages handles may move between threads).
+//!   [`Cache`] is also `Sync`: its `&self` methods only call functions the C API documents as
+//!   safe to run concurrently on one cache; writes ([`Cache::concatenate`]) take `&mut self`.
+//! * Every failing call returns [`Error`] with the status code, its name and the library's
+//!   thread-local message, read on the same thread right after the call.
+//! * [`View`] borrows the cache, so the cache can be neither written nor dropped while a view
+//!   of its memory is alive.
+use std::ffi::CStr;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::raw::c_char;
+use std::ptr::{self, NonNull};
+
+pub use kvpages_sys as sys;
+
+/// View kinds (`KVP_VIEW_*`).
+pub use sys::{KVP_VIEW_FLAT, KVP_VIEW_KEYS, KVP_VIEW_PAGES, KVP_VIEW_REFERENCE_KEYS, KVP_VIEW_REFERENCE_VALUES,
+              KVP_VIEW_VALUES};
+/// Element types (`KVP_DTYPE_*`) and layouts.
+pub use sys::{KVP_DTYPE_BF16, KVP_DTYPE_F16, KVP_DTYPE_F32, KVP_DTYPE_F8_E4M3FN, KVP_DTYPE_F8_E5M2, KVP_LAYOUT_V2,
+              KVP_LAYOUT_V3};
+
+/// The kind of a failure, from the status code. Codes this crate does not know map to `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    InvalidHandle,
+    NotFound,
+    VersionMismatch,
+    Unsupported,
+    BufferTooSmall,
+    OutOfMemory,
+    OutOfPages,
+    Io,
+    Device,
+    DeviceLost,
+    NoDevice,
+    DeviceOutOfMemory,
+    Internal,
+    Other,
+}
+
+/// A failed kvpages call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// The `kvp_status` code.
+    pub code: i32,
+    /// Its name, e.g. "KVP_ERR_INVALID_ARGUMENT".
+    pub name: String,
+    /// The library's detail message for the failing call.
+    pub message: String,
+}
+
+impl Error {
+    /// Builds an error for `code` with an explicit message.
+    pub fn new(code: i32, message: impl Into<String>) -> Error {
+        let name = unsafe { CStr::from_ptr(sys::kvp_status_name(code)) }.to_string_lossy().into_owned();
+        Error { code, name, message: message.into() }
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        match self.code {
+            sys::KVP_ERR_INVALID_ARGUMENT => ErrorKind::InvalidArgument,
+            sys::KVP_ERR_INVALID_HANDLE => ErrorKind::InvalidHandle,
+            sys::KVP_ERR_NOT_FOUND => ErrorKind::NotFound,
+            sys::KVP_ERR_VERSION_MISMATCH => ErrorKind::VersionMismatch,
+            sys::KVP_ERR_UNSUPPORTED => ErrorKind::Unsupported,
+            sys::KVP_ERR_BUFFER_TOO_SMALL => ErrorKind::BufferTooSmall,
+            sys::KVP_ERR_OUT_OF_MEMORY => ErrorKind::OutOfMemory,
+            sys::KVP_ERR_OUT_OF_PAGES => ErrorKind::OutOfPages,
+            sys::KVP_ERR_IO => ErrorKind::Io,
+            sys::KVP_ERR_DEVICE => ErrorKind::Device,
+            sys::KVP_ERR_DEVICE_LOST => ErrorKind::DeviceLost,
+            sys::KVP_ERR_NO_DEVICE => ErrorKind::NoDevice,
+            sys::KVP_ERR_DEVICE_OUT_OF_MEMORY => ErrorKind::DeviceOutOfMemory,
+            sys::KVP_ERR_INTERNAL => ErrorKind::Internal,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result of every fallible call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Turns a status into a Result, copying the thread-local message (same thread, right away).
+fn check(status: sys::kvp_status) -> Result<()> {
+    if status == sys::KVP_OK {
+        return Ok(());
+    }
+    let message = unsafe {
+        let n = sys::kvp_last_error_copy(ptr::null_mut(), 0);
+        let mut buf = vec![0u8; n + 1];
+        sys::kvp_last_error_copy(buf.as_mut_ptr() as *mut c_char, buf.len());
+        buf.truncate(n);
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    Err(Error::new(status, message))
+}
+
+/// The loaded library's version, e.g. "1.0.0".
+pub fn version() -> String {
+    unsafe { CStr::from_ptr(sys::kvp_version_string()) }.to_string_lossy().into_owned()
+}
+
+/// Checks that the loaded library is compatible with these bindings (same major, not older).
+pub fn check_abi() -> Result<()> {
+    check(unsafe { sys::kvp_check_abi(sys::KVP_VERSION_NUMBER) })
+}
+
+/// Inputs of [`Config::create`] (`kvp_config_options`); zero means default for every field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConfigOptions {
+    pub num_hidden_layers: i64,
+    pub num_kv_heads: i64,
+    pub max_model_length: i64,
+    pub head_dim: i64,
+    pub page_size: i64,
+    pub dtype: u32,
+    pub layout: u32,
+    pub budget_bytes: i64,
+    pub hbm_utilization: f64,
+    pub flags: u32,
+    pub max_num_reqs: i64,
+    pub max_num_tokens: i64,
+}
+
+/// A validated cache configuration (`kvp_config`, a plain value).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    raw: sys::kvp_config,
+}
+
+impl Config {
+    /// `kvp_config_create`: derives the number of pages from the memory budget.
+    pub fn create(o: &ConfigOptions) -> Result<Config> {
+        unsafe {
+            let mut opts = std::mem::MaybeUninit::<sys::kvp_config_options>::zeroed().assume_init();
+            check(sys::kvp_config_options_init(&mut opts, std::mem::size_of::<sys::kvp_config_options>() as u32))?;
+            opts.num_hidden_layers = o.num_hidden_layers;
+            opts.num_kv_heads = o.num_kv_heads;
+            opts.max_model_length = o.max_model_length;
+            opts.kv_head_dim_size = o.head_dim;
+            opts.page_size = o.page_size;
+            opts.kvdtype = o.dtype;
+            opts.version = o.layout;
+            opts.budget_bytes = o.budget_bytes;
+            opts.hbm_utilization = o.hbm_utilization;
+            opts.flags = o.flags;
+            opts.max_num_reqs = o.max_num_reqs;
+            opts.max_num_tokens = o.max_num_tokens;
+            let mut raw = sys::kvp_config::default();
+            check(sys::kvp_config_create(&opts, &mut raw))?;
+            Ok(Config { raw })
+        }
+    }
+
+    /// The raw C record.
+    pub fn raw(&self) -> &sys::kvp_config {
+        &self.raw
+    }
+
+    /// Pages per layer, including the reserved null page 0.
+    pub fn num_pages(&self) -> i64 {
+        self.raw.num_pages
+    }
+
+    /// Tokens per page.
+    pub fn page_size(&self) -> i64 {
+        self.raw.page_size
+    }
+
+    /// `kvp_config_get_layout`: the derived geometry.
+    pub fn layout(&self) -> Result<sys::kvp_layout_info> {
+        let mut li = sys::kvp_layout_info {
+            struct_size: std::mem::size_of::<sys::kvp_layout_info>() as u32,
+            ..Default::default()
+        };
+        check(unsafe { sys::kvp_config_get_layout(&self.raw, &mut li) })?;
+        Ok(li)
+    }
+}
+
+/// A kvpages cache: one zero-filled page buffer per layer (CPU).
+#[derive(Debug)]
+pub struct Cache {
+    ptr: NonNull<sys::kvp_cache>,
+}
+
+// SAFETY: kvpages handles may be moved between threads; `&self` methods call only functions
+// documented as safe to run concurrently on one cache (they take `const kvp_cache *`).
+unsafe impl Send for Cache {}
+unsafe impl Sync for Cache {}
+
+impl Cache {
+    /// `kvp_cache_create` on the CPU.
+    pub fn new(config: &Config) -> Result<Cache> {
+        let mut out: *mut sys::kvp_cache = ptr::null_mut();
+        check(unsafe { sys::kvp_cache_create(&config.raw, ptr::null(), &mut out) })?;
+        let ptr = NonNull::new(out).ok_or_else(|| Error::new(sys::KVP_ERR_INTERNAL, "kvp_cache_create returned NULL"))?;
+        Ok(Cache { ptr })
+    }
+
+    /// The raw handle (still owned by this object).
+    pub fn as_ptr(&self) -> *mut sys::kvp_cache {
+        self.ptr.as_ptr()
+    }
+
+    /// `kvp_cache_get_config`.
+    pub fn config(&self) -> Result<Config> {
+        let mut raw = sys::kvp_config::default();
+        check(unsafe { sys::kvp_cache_get_config(self.ptr.as_ptr(), &mut raw) })?;
+        Ok(Config { raw })
+    }
+
+    /// `kvp_cache_get_view`: a strided view of one layer that borrows the cache.
+    pub fn view(&self, layer: u32, kind: sys::kvp_view_kind) -> Result<View<'_>> {
+        let mut t = std::mem::MaybeUninit::<sys::kvp_tensor>::zeroed();
+        check(unsafe { sys::kvp_cache_get_view(self.ptr.as_ptr(), layer, kind, t.as_mut_ptr()) })?;
+        Ok(View { t: unsafe { t.assume_init() }, _cache: PhantomData })
+    }
+
+    /// `kvp_concatenate`: writes new keys and values (`[T, H, D]` row-major f32 slices, rows in
+    /// the order returned by [`Metadata::build`]) into one layer.
+    pub fn concatenate(&mut self, layer: u32, key: &[f32], value: &[f32], shape: [usize; 3], metadata: &Metadata)
+        -> Result<()> {
+        let n = shape[0] * shape[1] * shape[2];
+        if key.len() != n || value.len() != n {
+            return Err(Error::new(sys::KVP_ERR_INVALID_ARGUMENT,
+                                  format!("key/value hold {}/{} elements, shape {:?} needs {}", key.len(),
+                                          value.len(), shape, n)));
+        }
+        let k = host_tensor(key.as_ptr(), shape);
+        let v = host_tensor(value.as_ptr(), shape);
+        check(unsafe {
+            sys::kvp_concatenate(self.ptr.as_ptr(), layer, &k, &v, metadata.ptr.as_ptr(), ptr::null_mut())
+        })
+    }
+}
+
+impl Cache {
+    /// `kvp_cache_export_dlpack`: a zero-copy DLPack (0.6) tensor of one view. The tensor
+    /// borrows the cache (it cannot outlive it) and calls the DLPack deleter when dropped.
+    pub fn export_dlpack(&self, layer: u32, kind: sys::kvp_view_kind) -> Result<DlpackTensor<'_>> {
+        let mut out: *mut sys::DLManagedTensor = ptr::null_mut();
+        check(unsafe { sys::kvp_cache_export_dlpack(self.ptr.as_ptr(), layer, kind, 0, &mut out) })?;
+        let ptr = NonNull::new(out)
+            .ok_or_else(|| Error::new(sys::KVP_ERR_INTERNAL, "kvp_cache_export_dlpack returned NULL"))?;
+        Ok(DlpackTensor { ptr, _cache: PhantomData })
+    }
+}
+
+/// An owned `DLManagedTensor` exported from a [`Cache`]; its deleter runs on drop.
+#[derive(Debug)]
+pub struct DlpackTensor<'a> {
+    ptr: NonNull<sys::DLManagedTensor>,
+    _cache: PhantomData<&'a Cache>,
+}
+
+impl<'a> DlpackTensor<'a> {
+    /// The DLPack tensor description (shape and strides in elements, `byte_offset` to the view).
+    pub fn tensor(&self) -> &sys::DLTensor {
+        unsafe { &self.ptr.as_ref().dl_tensor }
+    }
+
+    /// Shape of the tensor.
+    pub fn shape(&self) -> &[i64] {
+        let t = self.tensor();
+        unsafe { std::slice::from_raw_parts(t.shape, t.ndim as usize) }
+    }
+
+    /// Strides of the tensor, in elements.
+    pub fn strides(&self) -> &[i64] {
+        let t = self.tensor();
+        unsafe { std::slice::from_raw_parts(t.strides, t.ndim as usize) }
+    }
+
+    /// Hands the tensor to a DLPack consumer, which must call its deleter exactly once.
+    ///
+    /// # Safety
+    /// The consumer must not use the data after the cache is dropped.
+    pub unsafe fn into_raw(self) -> *mut sys::DLManagedTensor {
+        let p = self.ptr.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl Drop for DlpackTensor<'_> {
+    fn drop(&mut self) {
+        unsafe {
+            if let Some(deleter) = self.ptr.as_ref().deleter {
+                deleter(self.ptr.as_ptr());
+            }
+        }
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // Cannot fail for a live handle this object owns; nothing useful to do on error.
+        unsafe { sys::kvp_cache_destroy(self.ptr.as_ptr()) };
+    }
+}
+
+fn host_tensor(data: *const f32, shape: [usize; 3]) -> sys::kvp_tensor {
+    let mut t = sys::kvp_tensor {
+        data: data as *mut _,
+        dtype: sys::KVP_DTYPE_F32,
+        ndim: 3,
+        shape: [0; sys::KVP_MAX_DIMS],
+        strides: [0; sys::KVP_MAX_DIMS],
+        device_type: sys::KVP_DEVICE_CPU,
+        device_id: 0,
+    };
+    t.shape[..3].copy_from_slice(&[shape[0] as i64, shape[1] as i64, shape[2] as i64]);
+    t.strides[..3].copy_from_slice(&[(shape[1] * shape[2]) as i64, shape[2] as i64, 1]);
+    t
+}
+
+/// A strided view of one layer of a [`Cache`] (no copy).
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    t: sys::kvp_tensor,
+    _cache: PhantomData<&'a Cache>,
+}
+
+impl<'a> View<'a> {
+    /// Extent of each dimension.
+    pub fn shape(&self) -> &[i64] {
+        &self.t.shape[..self.t.ndim as usize]
+    }
+
+    /// Stride of each dimension, in elements.
+    pub fn strides(&self) -> &[i64] {
+        &self.t.strides[..self.t.ndim as usize]
+    }
+
+    /// Element type (`KVP_DTYPE_*`).
+    pub fn dtype(&self) -> u32 {
+        self.t.dtype
+    }
+
+    /// Reads one f32 element; `None` when the index is out of range or the dtype is not f32.
+    pub fn get_f32(&self, index: &[i64]) -> Option<f32> {
+        if self.t.dtype != sys::KVP_DTYPE_F32 || self.t.device_type != sys::KVP_DEVICE_CPU
+            || index.len() != self.t.ndim as usize {
+            return None;
+        }
+        let mut off = 0i64;
+        for (i, &x) in index.iter().enumerate() {
+            if x < 0 || x >= self.t.shape[i] {
+                return None;
+            }
+            off += x * self.t.strides[i];
+        }
+        // SAFETY: in bounds of the view, and the cache outlives 'a.
+        Some(unsafe { *(self.t.data as *const f32).offset(off as isize) })
+    }
+}
+
+/// One request of a step for [`Metadata::build`].
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    pub num_computed: i64,
+    pub num_scheduled: i64,
+    pub page_ids: Vec<i32>,
+}
+
+/// Runtime metadata of one step (`kvp_metadata`), owning its arrays.
+#[derive(Debug)]
+pub struct Metadata {
+    ptr: NonNull<sys::kvp_metadata>,
+}
+
+// SAFETY: owning metadata is plain host memory; moving it between threads is allowed.
+unsafe impl Send for Metadata {}
+
+impl Metadata {
+    /// `kvp_metadata_build`. Returns the metadata and the row order: `order[row]` is the index
+    /// of the request in that row (pack keys/values in this order).
+    pub fn build(config: &Config, requests: &[BatchRequest]) -> Result<(Metadata, Vec<usize>)> {
+        let raw: Vec<sys::kvp_batch_request> = requests
+            .iter()
+            .map(|r| sys::kvp_batch_request {
+                num_computed: r.num_computed,
+                num_scheduled: r.num_scheduled,
+                page_ids: r.page_ids.as_ptr(),
+                num_pages: r.page_ids.len() as i64,
+            })
+            .collect();
+        let mut order = vec![-1i32; requests.len()];
+        let mut out: *mut sys::kvp_metadata = ptr::null_mut();
+        check(unsafe {
+            sys::kvp_metadata_build(&config.raw, raw.as_ptr(), raw.len() as u32, ptr::null(), order.as_mut_ptr(),
+                                    &mut out)
+        })?;
+        let ptr = NonNull::new(out).ok_or_else(|| Error::new(sys::KVP_ERR_INTERNAL, "kvp_metadata_build returned NULL"))?;
+        Ok((Metadata { ptr }, order.into_iter().filter(|&i| i >= 0).map(|i| i as usize).collect()))
+    }
+}
+
+impl Drop for Metadata {
+    fn drop(&mut self) {
+        unsafe { sys::kvp_metadata_destroy(self.ptr.as_ptr()) };
+    }
+}
