@@ -33,17 +33,21 @@ pub fn build(b: *std.Build) void {
     const test_step = b.step("test", "Run the kvpages binding tests");
     test_step.dependOn(&run_tests.step);
 
-    // The quickstart of docs/bindings.md, built and run as part of the tests.
-    const example = b.addExecutable(.{
-        .name = "quickstart",
-        .root_module = b.createModule(.{
-            .root_source_file = b.path("examples/quickstart.zig"),
-            .target = target,
-            .optimize = optimize,
-            .imports = &.{.{ .name = "kvpages", .module = mod }},
-        }),
-    });
-    const run_example = b.addRunArtifact(example);
-    test_step.dependOn(&run_example.step);
-    b.step("example", "Run the quickstart example").dependOn(&run_example.step);
+    // The examples of docs/bindings.md, built and run as part of the tests.
+    const examples = [_][]const u8{ "quickstart", "pool" };
+    for (examples) |name| {
+        const example = b.addExecutable(.{
+            .name = name,
+            .root_module = b.createModule(.{
+                .root_source_file = b.path(b.fmt("examples/{s}.zig", .{name})),
+                .target = target,
+                .optimize = optimize,
+                .imports = &.{.{ .name = "kvpages", .module = mod }},
+            }),
+        });
+        const run_example = b.addRunArtifact(example);
+        test_step.dependOn(&run_example.step);
+        const step_name = if (std.mem.eql(u8, name, "quickstart")) "example" else b.fmt("example-{s}", .{name});
+        b.step(step_name, b.fmt("Run the {s} example", .{name})).dependOn(&run_example.step);
+    }
 }

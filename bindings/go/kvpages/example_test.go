@@ -40,3 +40,60 @@ func Example() {
 	// token 2, head 1, lane 5 = 645
 	// KVP_ERR_INVALID_ARGUMENT
 }
+
+// Serve two prompts through a page pool: the second reuses the first one's computed prefix.
+func ExamplePool() {
+	cfg, err := kvpages.NewConfig(kvpages.ConfigOptions{NumHiddenLayers: 2, NumKVHeads: 2, MaxModelLength: 64,
+		HeadDim: 128, PageSize: 16, Dtype: kvpages.DtypeF32, BudgetBytes: 1 << 20})
+	if err != nil {
+		panic(err)
+	}
+	cache, err := kvpages.NewCache(cfg)
+	if err != nil {
+		panic(err)
+	}
+	defer cache.Close()
+	pool, err := kvpages.NewPool(cache, kvpages.PoolOptions{MaxSequences: 8})
+	if err != nil {
+		panic(err)
+	}
+	defer pool.Close()          // runs before cache.Close (defers run last in, first out)
+	prompt := make([]int32, 40) // 40 tokens: pages of 16, 16 and 8
+	for i := range prompt {
+		prompt[i] = int32(100 + i)
+	}
+	seq, reused, err := pool.AddSequence(prompt, 0, false)
+	if err != nil {
+		panic(err)
+	}
+	// Write the K/V of the tokens the pool has pending (all 40 here) into every layer.
+	req, _ := pool.BatchRequest(seq) // NumComputed 0, NumScheduled 40, 3 page ids
+	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{req})
+	if err != nil {
+		panic(err)
+	}
+	defer md.Close()
+	key := make([]float32, 40*2*128)
+	for layer := uint32(0); layer < 2; layer++ {
+		if err := cache.Concatenate(layer, key, key, [3]int{40, 2, 128}, md); err != nil {
+			panic(err)
+		}
+	}
+	pool.SetComputed(seq, 40) // the two full pages enter the prefix cache
+	other, hit, _ := pool.AddSequence(prompt[:36], 0, false)
+	fmt.Println("reused", reused, "then", hit)
+	a, _ := pool.PageTable(seq)
+	b, _ := pool.PageTable(other)
+	fmt.Println(a, b)
+	pool.FreeSequence(seq)
+	pool.FreeSequence(other)
+	err = pool.FreeSequence(seq) // errors.Is(err, kvpages.ErrNotFound)
+	fmt.Println(err.(*kvpages.Error).Name)
+	st, _ := pool.Stats()
+	fmt.Println(st.FreePages+st.EvictablePages+st.UsedPages == st.TotalPages)
+	// Output:
+	// reused 0 then 32
+	// [1 2 3] [1 2 4]
+	// KVP_ERR_NOT_FOUND
+	// true
+}

@@ -67,8 +67,11 @@ var (
 	ErrNotFound        = sentinel(C.KVP_ERR_NOT_FOUND)
 	ErrVersionMismatch = sentinel(C.KVP_ERR_VERSION_MISMATCH)
 	ErrUnsupported     = sentinel(C.KVP_ERR_UNSUPPORTED)
+	ErrBufferTooSmall  = sentinel(C.KVP_ERR_BUFFER_TOO_SMALL)
 	ErrOutOfMemory     = sentinel(C.KVP_ERR_OUT_OF_MEMORY)
+	ErrOutOfPages      = sentinel(C.KVP_ERR_OUT_OF_PAGES)
 	ErrDeviceLost      = sentinel(C.KVP_ERR_DEVICE_LOST)
+	ErrInternal        = sentinel(C.KVP_ERR_INTERNAL)
 )
 
 // call runs f locked to one OS thread and, on failure, reads that thread's message.

@@ -18,3 +18,8 @@ func (m *Metadata) ptr() *C.kvp_metadata {
 	runtime.GC()
 	return m.p
 }
+
+func (p *Pool) ptr() *C.kvp_pool {
+	runtime.GC()
+	return p.p
+}

@@ -12,7 +12,13 @@ Zero-copy numpy access to the pages: :meth:`Cache.numpy` (buffer protocol) and
 :meth:`Cache.export_dlpack` (``numpy.from_dlpack``). Both keep the cache alive while an array
 uses its memory, and :meth:`Cache.close` refuses to destroy a cache whose memory is still
 referenced by an array.
+
+The page pool (:class:`Pool`, ``kvpages/pool.h``) hands a cache's pages to sequences
+(:class:`SeqId`), shares them by fork and reuses them across prompts by prefix hash. A pool keeps
+a reference to its cache, and :meth:`Cache.close` refuses to destroy a cache while an open pool
+uses it.
 """
+import collections
 import ctypes
 import ctypes.util
 import os
@@ -23,10 +29,11 @@ import numpy as np
 
 __all__ = [
     "KvpError", "InvalidArgument", "InvalidHandle", "NotFound", "VersionMismatch", "Unsupported",
-    "OutOfMemory", "Config", "Cache", "Metadata", "library", "version", "check_abi",
+    "OutOfMemory", "OutOfPages", "BufferTooSmall", "Config", "Cache", "Metadata", "Pool", "SeqId",
+    "BatchRequest", "PoolStats", "library", "version", "check_abi",
     "DTYPE_F32", "DTYPE_F16", "DTYPE_BF16", "DTYPE_F8_E4M3FN", "DTYPE_F8_E5M2",
     "LAYOUT_V2", "LAYOUT_V3", "VIEW_PAGES", "VIEW_FLAT", "VIEW_KEYS", "VIEW_VALUES",
-    "VIEW_REFERENCE_KEYS", "VIEW_REFERENCE_VALUES",
+    "VIEW_REFERENCE_KEYS", "VIEW_REFERENCE_VALUES", "PAGE_FLAG_NULL", "PAGE_FLAG_FREE", "PAGE_FLAG_INDEXED",
 ]
 
 # Constants (include/kvpages/*.h).
@@ -37,6 +44,8 @@ DEVICE_CPU, DEVICE_CUDA = 1, 2
 VIEW_PAGES, VIEW_FLAT, VIEW_KEYS, VIEW_VALUES, VIEW_REFERENCE_KEYS, VIEW_REFERENCE_VALUES = range(6)
 CONFIG_FLAG_REFERENCE_BUDGET, CONFIG_FLAG_NO_SAFETY_MARGIN = 1, 2
 MAX_DIMS = 6
+POOL_FLAG_NO_PREFIX_CACHE, POOL_OPTIONS_VERSION, POOL_ADD_FLAG_REUSE_ALL = 1, 1, 1
+PAGE_FLAG_NULL, PAGE_FLAG_FREE, PAGE_FLAG_INDEXED = 1, 2, 4
 #: The header version these bindings were written against (KVP_VERSION_NUMBER of 1.0.0).
 BINDING_VERSION_NUMBER = 10000
 
@@ -84,6 +93,22 @@ class kvp_layout_info(ctypes.Structure):
 class kvp_batch_request(ctypes.Structure):
     _fields_ = [("num_computed", _i64), ("num_scheduled", _i64), ("page_ids", ctypes.POINTER(_i32)),
                 ("num_pages", _i64)]
+
+
+class kvp_seq_id(ctypes.Structure):
+    _fields_ = [("id", _u32)]
+
+
+class kvp_pool_options(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("max_sequences", _u32), ("flags", _u32),
+                ("allocator", _vp)]
+
+
+class kvp_pool_stats(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("max_sequences", _u32), ("page_size", _i64),
+                ("max_pages_per_sequence", _i64), ("total_pages", _i64), ("free_pages", _i64),
+                ("evictable_pages", _i64), ("used_pages", _i64), ("indexed_pages", _i64), ("num_sequences", _i64),
+                ("prompt_tokens", _i64), ("reused_tokens", _i64), ("evictions", _i64), ("cow_copies", _i64)]
 
 
 class DLDevice(ctypes.Structure):
@@ -153,6 +178,25 @@ _metadata_build = _fn("kvp_metadata_build", _i32, _P(kvp_config), _P(kvp_batch_r
                       _P(_i32), _P(_vp))
 _metadata_destroy = _fn("kvp_metadata_destroy", _i32, _vp)
 _concatenate = _fn("kvp_concatenate", _i32, _vp, _u32, _P(kvp_tensor), _P(kvp_tensor), _vp, _vp)
+_cache_copy_pages = _fn("kvp_cache_copy_pages", _i32, _vp, _P(_i32), _P(_i32), ctypes.c_size_t, _vp)
+_size, _seq = ctypes.c_size_t, kvp_seq_id
+_pool_options_init = _fn("kvp_pool_options_init", _i32, _P(kvp_pool_options), _u32)
+_pool_create = _fn("kvp_pool_create", _i32, _vp, _P(kvp_pool_options), _P(_vp))
+_pool_destroy = _fn("kvp_pool_destroy", _i32, _vp)
+_pool_add_sequence = _fn("kvp_pool_add_sequence", _i32, _vp, _P(_i32), _size, _u64, _u32, _P(_seq), _P(_size))
+_pool_append = _fn("kvp_pool_append", _i32, _vp, _seq, _P(_i32), _size, _vp)
+_pool_set_computed = _fn("kvp_pool_set_computed", _i32, _vp, _seq, _size)
+_pool_truncate = _fn("kvp_pool_truncate", _i32, _vp, _seq, _size)
+_pool_fork = _fn("kvp_pool_fork", _i32, _vp, _seq, _u32, _P(_seq))
+_pool_free_sequence = _fn("kvp_pool_free_sequence", _i32, _vp, _seq)
+_pool_get_sequence_length = _fn("kvp_pool_get_sequence_length", _i32, _vp, _seq, _P(_size), _P(_size))
+_pool_get_page_table = _fn("kvp_pool_get_page_table", _i32, _vp, _seq, _P(_i32), _size, _P(_size))
+_pool_get_slots = _fn("kvp_pool_get_slots", _i32, _vp, _seq, _size, _size, _P(_i32))
+_pool_get_batch_request = _fn("kvp_pool_get_batch_request", _i32, _vp, _seq, _P(kvp_batch_request))
+_pool_get_page_state = _fn("kvp_pool_get_page_state", _i32, _vp, _i32, _P(_u32), _P(_u32))
+_pool_get_stats = _fn("kvp_pool_get_stats", _i32, _vp, _P(kvp_pool_stats))
+_pool_check_invariants = _fn("kvp_pool_check_invariants", _i32, _vp)
+_pool_clear_prefix_cache = _fn("kvp_pool_clear_prefix_cache", _i32, _vp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,11 +233,20 @@ class Unsupported(KvpError):
     pass
 
 
+class BufferTooSmall(KvpError):
+    pass
+
+
 class OutOfMemory(KvpError):
     pass
 
 
-_ERRORS = {1: InvalidArgument, 2: InvalidHandle, 3: NotFound, 4: VersionMismatch, 5: Unsupported, 64: OutOfMemory}
+class OutOfPages(KvpError):
+    pass
+
+
+_ERRORS = {1: InvalidArgument, 2: InvalidHandle, 3: NotFound, 4: VersionMismatch, 5: Unsupported, 6: BufferTooSmall,
+           64: OutOfMemory, 65: OutOfPages}
 
 
 def _last_message():
@@ -389,6 +442,7 @@ class Cache(_Handle):
         super().__init__(out.value)
         self.device_type = device_type
         self._pins = weakref.WeakSet()
+        self._pools = weakref.WeakSet()
 
     def _pin(self):
         p = _Pin(self)
@@ -396,9 +450,12 @@ class Cache(_Handle):
         return p
 
     def close(self):
-        """Destroys the cache; raises BufferError while numpy arrays still use its memory."""
+        """Destroys the cache; raises BufferError while numpy arrays still use its memory or an
+        open :class:`Pool` uses its pages (close the pool first)."""
         if self._ptr is not None and len(self._pins) > 0:
             raise BufferError("kvpages: %d array(s) still use this cache's memory" % len(self._pins))
+        if self._ptr is not None and any(not p.closed for p in list(self._pools)):
+            raise BufferError("kvpages: an open Pool uses this cache; close the pool first")
         super().close()
 
     @property
@@ -433,6 +490,14 @@ class Cache(_Handle):
         """A DLPack producer for ``numpy.from_dlpack`` (kvp_cache_export_dlpack)."""
         self.ptr  # raises when closed
         return DLPackTensor(self, layer, kind)
+
+    def copy_pages(self, src, dst):
+        """kvp_cache_copy_pages(): page ``dst[i]`` receives page ``src[i]``, in every layer."""
+        if len(src) != len(dst):
+            raise InvalidArgument(1, "copy_pages: %d source(s) but %d destination(s)" % (len(src), len(dst)))
+        n = len(src)
+        s, d = (_i32 * max(n, 1))(*src), (_i32 * max(n, 1))(*dst)
+        _check(_cache_copy_pages(self.ptr, s, d, n, None), "kvp_cache_copy_pages")
 
     def concatenate(self, layer, key, value, metadata):
         """kvp_concatenate(): writes ``key``/``value`` ([T, H, D] float32/float16 numpy arrays)."""
@@ -477,3 +542,166 @@ class Metadata(_Handle):
         _check(_metadata_build(ctypes.byref(config._raw), reqs, n, None, order, ctypes.byref(out)),
                "kvp_metadata_build")
         return cls(out.value), [order[i] for i in range(n) if order[i] >= 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Page pool
+
+#: A request of :meth:`Metadata.build` (it also accepts plain ``(computed, scheduled, pages)`` tuples).
+BatchRequest = collections.namedtuple("BatchRequest", "num_computed num_scheduled page_ids")
+
+#: Counters of a pool (kvp_pool_get_stats); ``free_pages + evictable_pages + used_pages == total_pages``.
+PoolStats = collections.namedtuple("PoolStats", [f for f, _ in kvp_pool_stats._fields_ if f != "struct_size"])
+
+
+class SeqId:
+    """Identifies a sequence of a :class:`Pool` (opaque; ``int(seq)`` gives the raw value for logs).
+
+    Hashable and comparable for equality. Freeing the sequence makes the id stale: later calls
+    with it raise :class:`NotFound`."""
+    __slots__ = ("_id",)
+
+    def __init__(self, raw):
+        object.__setattr__(self, "_id", int(raw))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("SeqId is immutable")
+
+    def __int__(self):
+        return self._id
+
+    def __eq__(self, other):
+        return isinstance(other, SeqId) and other._id == self._id
+
+    def __hash__(self):
+        return hash(("kvp_seq_id", self._id))
+
+    def __repr__(self):
+        return "SeqId(0x%08x)" % self._id
+
+
+def _seq(seq):
+    if not isinstance(seq, SeqId):
+        raise TypeError("expected a kvpages.SeqId, got %s" % type(seq).__name__)
+    return kvp_seq_id(seq._id)
+
+
+def _tokens(tokens):
+    """Token ids (a sequence of ints or a 1-D integer array) as int32 C memory: (array, pointer, count)."""
+    a = np.ascontiguousarray(tokens, dtype=np.int32)
+    if a.ndim != 1:
+        raise InvalidArgument(1, "expected a 1-D sequence of token ids, got %d dimensions" % a.ndim)
+    return a, a.ctypes.data_as(_P(_i32)), a.shape[0]
+
+
+class Pool(_Handle):
+    """A page pool over one cache (kvp_pool_create / kvp_pool_destroy).
+
+    Keeps a reference to its cache; :meth:`Cache.close` refuses while the pool is open. Not
+    internally synchronised: calls that modify the pool must not run concurrently. Every failed
+    call raises and leaves the pool unchanged."""
+    _destroy = _pool_destroy
+
+    def __init__(self, cache, max_sequences=0, no_prefix_cache=False):
+        o = kvp_pool_options()
+        _check(_pool_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_pool_options_init")
+        o.max_sequences = max_sequences
+        if no_prefix_cache:
+            o.flags |= POOL_FLAG_NO_PREFIX_CACHE
+        out = _vp()
+        _check(_pool_create(cache.ptr, ctypes.byref(o), ctypes.byref(out)), "kvp_pool_create")
+        super().__init__(out.value)
+        self.cache = cache
+        cache._pools.add(self)
+        self._max_pages = self.stats().max_pages_per_sequence
+
+    def add_sequence(self, tokens, salt=0, reuse_all=False):
+        """Adds a sequence holding the prompt ``tokens``, reusing the longest cached prefix of full
+        pages (unless ``reuse_all``, at least one token is left to compute).
+
+        Returns ``(seq, reused_tokens)``; the reused tokens count as computed."""
+        keep, arr, n = _tokens(tokens)
+        seq, reused = kvp_seq_id(), _size()
+        flags = POOL_ADD_FLAG_REUSE_ALL if reuse_all else 0
+        _check(_pool_add_sequence(self.ptr, arr, n, salt, flags, ctypes.byref(seq), ctypes.byref(reused)),
+               "kvp_pool_add_sequence")
+        return SeqId(seq.id), reused.value
+
+    def append(self, seq, tokens):
+        """Appends tokens (every token already in the sequence then counts as computed); a shared
+        partial tail page is copied first."""
+        keep, arr, n = _tokens(tokens)
+        _check(_pool_append(self.ptr, _seq(seq), arr, n, None), "kvp_pool_append")
+
+    def set_computed(self, seq, num_tokens):
+        """Declares the K/V of the first ``num_tokens`` tokens written (full pages get indexed)."""
+        _check(_pool_set_computed(self.ptr, _seq(seq), num_tokens), "kvp_pool_set_computed")
+
+    def truncate(self, seq, new_length):
+        _check(_pool_truncate(self.ptr, _seq(seq), new_length), "kvp_pool_truncate")
+
+    def fork(self, seq, num_children):
+        """Forks ``seq`` into ``num_children`` sequences sharing all its pages; returns their ids."""
+        out = (kvp_seq_id * max(num_children, 1))()
+        _check(_pool_fork(self.ptr, _seq(seq), num_children, out), "kvp_pool_fork")
+        return [SeqId(out[i].id) for i in range(num_children)]
+
+    def free_sequence(self, seq):
+        """Releases the sequence's pages; ``seq`` becomes stale."""
+        _check(_pool_free_sequence(self.ptr, _seq(seq)), "kvp_pool_free_sequence")
+
+    def _length(self, seq):
+        n, computed = _size(), _size()
+        _check(_pool_get_sequence_length(self.ptr, _seq(seq), ctypes.byref(n), ctypes.byref(computed)),
+               "kvp_pool_get_sequence_length")
+        return n.value, computed.value
+
+    def length(self, seq):
+        """Tokens in the sequence."""
+        return self._length(seq)[0]
+
+    def computed(self, seq):
+        """The computed watermark: tokens whose K/V is written."""
+        return self._length(seq)[1]
+
+    def page_table(self, seq):
+        """The sequence's page ids in logical order (a list)."""
+        buf, n = (_i32 * max(self._max_pages, 1))(), _size()
+        _check(_pool_get_page_table(self.ptr, _seq(seq), buf, self._max_pages, ctypes.byref(n)),
+               "kvp_pool_get_page_table")
+        return buf[: n.value]
+
+    def slots(self, seq, start, count):
+        """Cache slots (``page * page_size + row``) of positions ``start … start + count - 1``."""
+        buf = (_i32 * max(count, 1))()
+        _check(_pool_get_slots(self.ptr, _seq(seq), start, count, buf), "kvp_pool_get_slots")
+        return buf[:count]
+
+    def batch_request(self, seq):
+        """A :class:`BatchRequest` for :meth:`Metadata.build`: the computed watermark, the pending
+        tokens and a copy of the page ids (so it stays valid after the pool changes)."""
+        r = kvp_batch_request()
+        _check(_pool_get_batch_request(self.ptr, _seq(seq), ctypes.byref(r)), "kvp_pool_get_batch_request")
+        return BatchRequest(r.num_computed, r.num_scheduled, r.page_ids[: r.num_pages])
+
+    def page_state(self, page):
+        """``(refcount, flags)`` of a page; flags are ``PAGE_FLAG_*`` bits."""
+        ref, flags = _u32(), _u32()
+        _check(_pool_get_page_state(self.ptr, page, ctypes.byref(ref), ctypes.byref(flags)),
+               "kvp_pool_get_page_state")
+        return ref.value, flags.value
+
+    def stats(self):
+        """The pool's counters as a :class:`PoolStats`."""
+        st = kvp_pool_stats()
+        st.struct_size = ctypes.sizeof(st)
+        _check(_pool_get_stats(self.ptr, ctypes.byref(st)), "kvp_pool_get_stats")
+        return PoolStats(*(getattr(st, f) for f in PoolStats._fields))
+
+    def check_invariants(self):
+        """Raises KvpError (KVP_ERR_INTERNAL, naming the violation) if the bookkeeping is inconsistent."""
+        _check(_pool_check_invariants(self.ptr), "kvp_pool_check_invariants")
+
+    def clear_prefix_cache(self):
+        """Empties the prefix index (after a model or weight change)."""
+        _check(_pool_clear_prefix_cache(self.ptr), "kvp_pool_clear_prefix_cache")

@@ -1,5 +1,6 @@
 """pytest suite of the Python bindings: the shared scenario (create a cache, concatenate a small
-batch, read the tokens back through views, an error path) plus handle ownership and DLPack."""
+batch, read the tokens back through views, an error path) plus handle ownership and DLPack, and
+the page pool scenario (prefix reuse, fork, copy-on-write, errors that change nothing)."""
 import ctypes
 import gc
 import os
@@ -159,7 +160,8 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
     if not inc:
         pytest.skip("KVPAGES_INCLUDE_DIRS not set (bindings/run-tests.sh sets it)")
     structs = [kvpages.kvp_config, kvpages.kvp_config_options, kvpages.kvp_cache_options, kvpages.kvp_tensor,
-               kvpages.kvp_layout_info, kvpages.kvp_batch_request]
+               kvpages.kvp_layout_info, kvpages.kvp_batch_request, kvpages.kvp_seq_id, kvpages.kvp_pool_options,
+               kvpages.kvp_pool_stats]
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <kvpages.h>", "int main(void) {"]
     for s in structs:
         lines.append('printf("%%zu\\n", sizeof(%s));' % s.__name__)
@@ -185,3 +187,246 @@ def test_quickstart_example_runs():
     out = subprocess.run([sys.executable, example], check=True, capture_output=True, text=True, env=env).stdout
     assert "token 2, head 1, lane 5 = 645.0" in out
     assert "KVP_ERR_INVALID_ARGUMENT" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Page pool
+
+POOL_BUDGET = 8 * 2 * S * (2 * H) * D * 4  # 8 pages of 64 KiB: 7 usable (page 0 is the null page)
+
+
+def pool_key(tag, positions):
+    """K/V written for ``positions`` of the sequence ``tag``: [len(positions), H, D] float32."""
+    pos = np.asarray(positions, dtype=np.float32)[:, None, None]
+    h = np.arange(H, dtype=np.float32)[None, :, None]
+    d = np.arange(D, dtype=np.float32)[None, None, :]
+    return (tag * 100000 + pos * 512 + h * 128 + d).astype(np.float32)
+
+
+def prefill(pool, cache, cfg, seq, tag):
+    """Writes the pending tokens of ``seq`` into both layers through metadata built from the pool's
+    batch request, then declares them computed."""
+    req = pool.batch_request(seq)
+    md, order = kvpages.Metadata.build(cfg, [req])
+    assert order == [0]
+    key = pool_key(tag, range(req.num_computed, req.num_computed + req.num_scheduled))
+    for layer in range(2):
+        cache.concatenate(layer, key, -key, md)
+    md.close()
+    pool.set_computed(seq, req.num_computed + req.num_scheduled)
+
+
+def read_tokens(cache, table, positions, layer=0):
+    """(keys, values) at ``positions`` of a page table, read through the zero-copy views."""
+    keys, values = cache.numpy(layer, kvpages.VIEW_KEYS), cache.numpy(layer, kvpages.VIEW_VALUES)
+    rows = [(table[p // S], p % S) for p in positions]
+    return np.stack([keys[pg, r] for pg, r in rows]), np.stack([values[pg, r] for pg, r in rows])
+
+
+@pytest.fixture
+def pool_setup():
+    cfg = make_config(budget_bytes=POOL_BUDGET)
+    cache = kvpages.Cache(cfg)
+    pool = kvpages.Pool(cache)
+    yield cfg, cache, pool
+    pool.close()
+    gc.collect()
+    cache.close()
+
+
+def test_pool_prefix_reuse_fork_and_free(pool_setup):
+    cfg, cache, pool = pool_setup
+    assert cfg.num_pages == 8
+    st = pool.stats()
+    assert (st.total_pages, st.free_pages, st.page_size, st.max_pages_per_sequence) == (7, 7, S, 4)
+
+    # Sequence a: a 40-token prompt (3 pages) written through its batch request.
+    prompt_a = list(range(1000, 1040))
+    a, reused = pool.add_sequence(prompt_a)
+    assert isinstance(a, kvpages.SeqId) and reused == 0
+    req = pool.batch_request(a)
+    assert (req.num_computed, req.num_scheduled, len(req.page_ids)) == (0, 40, 3)
+    prefill(pool, cache, cfg, a, 1)
+    assert (pool.length(a), pool.computed(a)) == (40, 40)
+    table_a = pool.page_table(a)
+    assert table_a == req.page_ids  # the request's page ids are a copy, still valid
+    for layer in range(2):
+        k, v = read_tokens(cache, table_a, range(40), layer)
+        np.testing.assert_array_equal(k, pool_key(1, range(40)))
+        np.testing.assert_array_equal(v, -pool_key(1, range(40)))
+    assert pool.slots(a, 30, 4) == [table_a[1] * S + 14, table_a[1] * S + 15, table_a[2] * S, table_a[2] * S + 1]
+
+    # Sequence b shares the first 32 tokens: its first 2 pages come from the prefix cache.
+    prompt_b = prompt_a[:32] + [x + 5000 for x in prompt_a[32:]]
+    b, reused = pool.add_sequence(np.array(prompt_b, dtype=np.int64))
+    assert reused == 32
+    assert (pool.length(b), pool.computed(b)) == (40, 32)
+    prefill(pool, cache, cfg, b, 2)
+    table_b = pool.page_table(b)
+    assert table_b[:2] == table_a[:2] and table_b[2] != table_a[2]
+    for layer in range(2):
+        k, v = read_tokens(cache, table_b, range(32), layer)  # a's bytes, read through b's page table
+        np.testing.assert_array_equal(k, pool_key(1, range(32)))
+        np.testing.assert_array_equal(v, -pool_key(1, range(32)))
+        k, _ = read_tokens(cache, table_b, range(32, 40), layer)
+        np.testing.assert_array_equal(k, pool_key(2, range(32, 40)))
+        k, _ = read_tokens(cache, table_a, range(32, 40), layer)  # a's tail untouched
+        np.testing.assert_array_equal(k, pool_key(1, range(32, 40)))
+    assert pool.page_state(table_a[0]) == (2, kvpages.PAGE_FLAG_INDEXED)
+    assert pool.page_state(table_a[2]) == (1, 0)
+    assert pool.page_state(0)[1] == kvpages.PAGE_FLAG_NULL
+
+    # Fork b into two children: references, no copies.
+    kids = pool.fork(b, 2)
+    assert len(kids) == 2 and len({a, b, *kids}) == 4
+    assert (pool.length(kids[1]), pool.computed(kids[1])) == (40, 40)
+    assert pool.page_state(table_b[0])[0] == 4 and pool.page_state(table_b[2])[0] == 3
+    st = pool.stats()
+    assert (st.num_sequences, st.used_pages, st.indexed_pages, st.prompt_tokens, st.reused_tokens, st.cow_copies) == \
+        (4, 4, 2, 80, 32, 0)
+
+    # An append into the shared partial tail copies it first.
+    pool.append(kids[0], [7])
+    table_k = pool.page_table(kids[0])
+    assert table_k[:2] == table_b[:2] and table_k[2] != table_b[2]
+    k, _ = read_tokens(cache, table_k, range(32, 40), 1)
+    np.testing.assert_array_equal(k, pool_key(2, range(32, 40)))
+    assert pool.page_state(table_b[2])[0] == 2
+    assert (pool.length(kids[0]), pool.computed(kids[0])) == (41, 40)
+    st = pool.stats()
+    assert (st.cow_copies, st.used_pages) == (1, 5)
+    pool.truncate(kids[1], 20)  # keeps 2 pages
+    assert pool.page_state(table_b[2])[0] == 1 and pool.page_state(table_b[1])[0] == 4
+    assert pool.length(kids[1]) == 20
+    pool.check_invariants()
+
+    # Page copies: a free page receives a's first page.
+    free = [p for p in range(1, cfg.num_pages) if pool.page_state(p)[1] & kvpages.PAGE_FLAG_FREE]
+    assert len(free) == 2
+    cache.copy_pages([table_a[0]], [free[0]])
+    k, v = read_tokens(cache, [free[0]], range(16), 1)
+    np.testing.assert_array_equal(k, pool_key(1, range(16)))
+    np.testing.assert_array_equal(v, -pool_key(1, range(16)))
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        cache.copy_pages([free[0]], [free[0]])
+    assert "both a source and a destination" in e.value.message
+
+    # Free everything: the indexed pages stay cached (evictable), the rest is free.
+    for s in (a, b, *kids):
+        pool.free_sequence(s)
+    pool.check_invariants()
+    st = pool.stats()
+    assert st.free_pages + st.evictable_pages + st.used_pages == st.total_pages
+    assert (st.used_pages, st.num_sequences, st.evictable_pages, st.indexed_pages) == (0, 0, 2, 2)
+    pool.clear_prefix_cache()
+    st = pool.stats()
+    assert (st.free_pages, st.evictable_pages, st.indexed_pages) == (7, 0, 0)
+    pool.check_invariants()
+
+
+def test_pool_errors_carry_code_and_message_and_change_nothing(pool_setup):
+    cfg, cache, pool = pool_setup
+    a, _ = pool.add_sequence(range(40))
+    b, _ = pool.add_sequence(range(100, 140))
+    c, _ = pool.add_sequence([9])  # all 7 pages used
+    before = pool.stats()
+    assert (before.free_pages, before.used_pages) == (0, 7)
+
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        pool.add_sequence(range(65))  # max_model_length is 64
+    assert e.value.code == 1 and e.value.name == "KVP_ERR_INVALID_ARGUMENT"
+    assert "exceeds max_model_length 64" in e.value.message
+    assert pool.stats() == before
+
+    with pytest.raises(kvpages.OutOfPages) as e:
+        pool.add_sequence(range(500, 532))  # needs 2 pages, none free
+    assert e.value.code == 65 and e.value.name == "KVP_ERR_OUT_OF_PAGES"
+    assert "needs 2 new page(s)" in e.value.message
+    assert pool.stats() == before
+
+    with pytest.raises(kvpages.OutOfPages):
+        pool.append(a, range(10))  # crosses into a 4th page
+    assert pool.stats() == before and pool.length(a) == 40
+
+    pool.free_sequence(b)
+    before = pool.stats()
+    for call in (lambda: pool.free_sequence(b), lambda: pool.append(b, [1]), lambda: pool.length(b),
+                 lambda: pool.page_table(b), lambda: pool.batch_request(b), lambda: pool.fork(b, 1)):
+        with pytest.raises(kvpages.NotFound) as e:
+            call()
+        assert e.value.code == 3 and e.value.name == "KVP_ERR_NOT_FOUND"
+        assert "is stale" in e.value.message
+        assert pool.stats() == before
+
+    with pytest.raises(kvpages.InvalidArgument):
+        pool.set_computed(a, 41)
+    with pytest.raises(kvpages.InvalidArgument):
+        pool.truncate(a, 41)
+    with pytest.raises(kvpages.InvalidArgument):
+        pool.slots(a, 39, 2)
+    with pytest.raises(kvpages.InvalidArgument):
+        pool.page_state(cfg.num_pages)
+    with pytest.raises(kvpages.InvalidArgument):
+        pool.add_sequence([[1, 2], [3, 4]])
+    with pytest.raises(TypeError):
+        pool.length(int(a))
+    assert pool.stats() == before
+    pool.free_sequence(a)
+    pool.free_sequence(c)
+    pool.check_invariants()
+    st = pool.stats()
+    assert (st.free_pages, st.used_pages, st.num_sequences) == (st.total_pages, 0, 0)
+
+
+def test_pool_options_and_lifetime():
+    cfg = make_config(budget_bytes=POOL_BUDGET)
+    cache = kvpages.Cache(cfg)
+    pool = kvpages.Pool(cache, max_sequences=2, no_prefix_cache=True)
+    a, _ = pool.add_sequence([3] * 33, salt=9, reuse_all=True)
+    pool.set_computed(a, 33)
+    pool.free_sequence(a)
+    st = pool.stats()
+    assert (st.max_sequences, st.indexed_pages, st.free_pages) == (2, 0, st.total_pages)
+    b, reused = pool.add_sequence([3] * 33, salt=9, reuse_all=True)
+    assert reused == 0 and b != a
+    empty, _ = pool.add_sequence([])
+    assert (pool.length(empty), pool.page_table(empty)) == (0, [])
+    with pytest.raises(kvpages.OutOfPages) as e:
+        pool.add_sequence([1])
+    assert "sequence slots are in use" in e.value.message
+    with pytest.raises(kvpages.OutOfPages):
+        pool.fork(b, 1)
+
+    # The pool keeps its cache alive, and the cache refuses to close under an open pool.
+    with pytest.raises(BufferError):
+        cache.close()
+    assert not cache.closed
+    del cache
+    gc.collect()
+    assert pool.length(b) == 33
+    cache = pool.cache
+    raw = pool.ptr
+    pool.close()
+    pool.close()  # second close is a no-op in the binding
+    with pytest.raises(kvpages.InvalidHandle):
+        pool.stats()
+    assert kvpages._pool_destroy(raw) == 2  # the library rejects the stale pointer
+    cache.close()
+    with pytest.raises(kvpages.InvalidHandle):
+        kvpages.Pool(cache)
+
+
+def test_pool_with_blocks_close_in_order():
+    cfg = make_config(budget_bytes=POOL_BUDGET)
+    with kvpages.Cache(cfg) as cache, kvpages.Pool(cache) as pool:
+        seq, _ = pool.add_sequence(range(10))
+        assert pool.page_table(seq) == [pool.slots(seq, 0, 1)[0] // S]
+    assert pool.closed and cache.closed
+
+
+def test_pool_example_runs():
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "pool.py")
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
+    out = subprocess.run([sys.executable, example], check=True, capture_output=True, text=True, env=env).stdout
+    assert "reused 32 tokens" in out
+    assert "KVP_ERR_NOT_FOUND" in out

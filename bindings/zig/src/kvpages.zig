@@ -61,10 +61,49 @@ fn assertSameLayout(comptime Z: type, comptime C: type) void {
     }
 }
 
+/// Identifies a sequence of a `Pool` (`kvp_seq_id`): an opaque 32-bit value, a distinct type
+/// so it cannot be mixed up with token ids or page ids. Freeing the sequence makes it stale:
+/// later calls with it return `error.NotFound`.
+pub const SeqId = enum(u32) {
+    _,
+
+    /// The raw value, for logging only (0 is never a valid id).
+    pub fn value(self: SeqId) u32 {
+        return @intFromEnum(self);
+    }
+
+    fn raw(self: SeqId) c.kvp_seq_id {
+        return .{ .id = @intFromEnum(self) };
+    }
+};
+
+/// Counters of a pool (`kvp_pool_stats`); `free_pages + evictable_pages + used_pages ==
+/// total_pages` always holds.
+pub const PoolStats = extern struct {
+    struct_size: u32,
+    max_sequences: u32,
+    page_size: i64,
+    max_pages_per_sequence: i64,
+    total_pages: i64,
+    free_pages: i64,
+    evictable_pages: i64,
+    used_pages: i64,
+    indexed_pages: i64,
+    num_sequences: i64,
+    prompt_tokens: i64,
+    reused_tokens: i64,
+    evictions: i64,
+    cow_copies: i64,
+};
+
 comptime {
     assertSameLayout(Tensor, c.kvp_tensor);
     assertSameLayout(BatchRequest, c.kvp_batch_request);
     assertSameLayout(ConfigRecord, c.kvp_config);
+    assertSameLayout(PoolStats, c.kvp_pool_stats);
+    if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
+        @offsetOf(c.kvp_seq_id, "id") != 0 or @FieldType(c.kvp_seq_id, "id") != u32)
+        @compileError("layout of SeqId differs from kvp_seq_id");
     if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
     if (c.KVP_MAX_DIMS != 6) @compileError("KVP_MAX_DIMS changed");
 }
@@ -209,6 +248,13 @@ pub const Cache = struct {
         return v;
     }
 
+    /// Copies whole pages in every layer: page `dst[i]` receives page `src[i]`
+    /// (`kvp_cache_copy_pages`; destinations distinct and none of them a source).
+    pub fn copyPages(self: *Cache, src: []const i32, dst: []const i32) Error!void {
+        if (src.len != dst.len) return error.InvalidArgument;
+        try check(c.kvp_cache_copy_pages(self.handle, src.ptr, dst.ptr, src.len, null));
+    }
+
     /// Writes `key`/`value` ([T, H, D] row-major f32) into one layer.
     pub fn concatenate(self: *Cache, layer: u32, key: []const f32, value: []const f32, shape: [3]i64, md: *const Metadata) Error!void {
         const n: usize = @intCast(shape[0] * shape[1] * shape[2]);
@@ -249,6 +295,157 @@ pub const Metadata = struct {
     pub fn deinit(self: *Metadata) void {
         _ = c.kvp_metadata_destroy(self.handle);
         self.* = undefined;
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Page pool (kvpages/pool.h)
+
+/// Flag bits of `PageState.flags`.
+pub const page_flag_null: u32 = c.KVP_PAGE_FLAG_NULL;
+pub const page_flag_free: u32 = c.KVP_PAGE_FLAG_FREE;
+pub const page_flag_indexed: u32 = c.KVP_PAGE_FLAG_INDEXED;
+
+pub const PageState = struct {
+    /// Sequence page-table entries holding the page.
+    refcount: u32,
+    /// `page_flag_*` bits.
+    flags: u32,
+};
+
+pub const AddedSequence = struct {
+    seq: SeqId,
+    /// Prompt tokens served from the prefix cache (a multiple of the page size); they count as
+    /// computed, the caller writes the K/V of the rest.
+    reused_tokens: usize,
+};
+
+pub const SequenceLength = struct {
+    length: usize,
+    /// Tokens whose K/V is written (the computed watermark).
+    computed: usize,
+};
+
+/// Owns a `kvp_pool`: the pages of one cache handed to sequences, shared by fork (copy-on-write)
+/// and reused across prompts by prefix hash. Call `deinit` exactly once.
+///
+/// The pool borrows its cache: the `Cache` must outlive the pool (`deinit` the pool first). Not
+/// internally synchronised: calls that modify the pool must not run concurrently.
+/// Every failed call leaves the pool unchanged.
+pub const Pool = struct {
+    handle: *c.kvp_pool,
+
+    pub const Options = struct {
+        /// Live sequences at most; 0 = the config's default.
+        max_sequences: u32 = 0,
+        /// Never index pages: no prefix reuse, released pages are freed at once.
+        no_prefix_cache: bool = false,
+    };
+
+    pub fn init(cache: *Cache, o: Options) Error!Pool {
+        var opts: c.kvp_pool_options = undefined;
+        try check(c.kvp_pool_options_init(&opts, @sizeOf(c.kvp_pool_options)));
+        opts.max_sequences = o.max_sequences;
+        if (o.no_prefix_cache) opts.flags |= c.KVP_POOL_FLAG_NO_PREFIX_CACHE;
+        var out: ?*c.kvp_pool = null;
+        try check(c.kvp_pool_create(cache.handle, &opts, &out));
+        return .{ .handle = out.? };
+    }
+
+    pub fn deinit(self: *Pool) void {
+        _ = c.kvp_pool_destroy(self.handle);
+        self.* = undefined;
+    }
+
+    /// Adds a sequence holding `tokens`, reusing the longest cached prefix of full pages (with
+    /// `reuse_all` false, at least one token is left to compute). `salt` namespaces the prefix cache.
+    pub fn addSequence(self: *Pool, tokens: []const i32, salt: u64, reuse_all: bool) Error!AddedSequence {
+        var seq: c.kvp_seq_id = .{ .id = 0 };
+        var reused: usize = 0;
+        const flags: u32 = if (reuse_all) c.KVP_POOL_ADD_FLAG_REUSE_ALL else 0;
+        try check(c.kvp_pool_add_sequence(self.handle, tokens.ptr, tokens.len, salt, flags, &seq, &reused));
+        return .{ .seq = @enumFromInt(seq.id), .reused_tokens = reused };
+    }
+
+    /// Appends tokens (declaring every token already in the sequence computed); copies a shared
+    /// partial tail page first.
+    pub fn append(self: *Pool, seq: SeqId, tokens: []const i32) Error!void {
+        try check(c.kvp_pool_append(self.handle, seq.raw(), tokens.ptr, tokens.len, null));
+    }
+
+    /// Declares the K/V of the first `num_tokens` tokens written (full pages enter the prefix index).
+    pub fn setComputed(self: *Pool, seq: SeqId, num_tokens: usize) Error!void {
+        try check(c.kvp_pool_set_computed(self.handle, seq.raw(), num_tokens));
+    }
+
+    pub fn truncate(self: *Pool, seq: SeqId, new_length: usize) Error!void {
+        try check(c.kvp_pool_truncate(self.handle, seq.raw(), new_length));
+    }
+
+    /// Forks `seq` into `children.len` new sequences sharing all its pages; fills `children`.
+    pub fn fork(self: *Pool, seq: SeqId, children: []SeqId) Error!void {
+        try check(c.kvp_pool_fork(self.handle, seq.raw(), std.math.cast(u32, children.len) orelse return error.InvalidArgument, @ptrCast(children.ptr)));
+    }
+
+    /// Releases the sequence's pages; `seq` becomes stale.
+    pub fn freeSequence(self: *Pool, seq: SeqId) Error!void {
+        try check(c.kvp_pool_free_sequence(self.handle, seq.raw()));
+    }
+
+    pub fn length(self: *const Pool, seq: SeqId) Error!SequenceLength {
+        var l: SequenceLength = undefined;
+        try check(c.kvp_pool_get_sequence_length(self.handle, seq.raw(), &l.length, &l.computed));
+        return l;
+    }
+
+    /// Copies the sequence's page ids into `out` and returns the filled part (the rest of `out`
+    /// is set to the null page 0). error.BufferTooSmall when `out` is shorter than the page count.
+    pub fn pageTable(self: *const Pool, seq: SeqId, out: []i32) Error![]i32 {
+        var n: usize = 0;
+        try check(c.kvp_pool_get_page_table(self.handle, seq.raw(), out.ptr, out.len, &n));
+        return out[0..n];
+    }
+
+    /// Fills `out` with the cache slots of positions `start … start + out.len - 1`.
+    pub fn slots(self: *const Pool, seq: SeqId, start: usize, out: []i32) Error!void {
+        try check(c.kvp_pool_get_slots(self.handle, seq.raw(), start, out.len, out.ptr));
+    }
+
+    /// A request for `Metadata.build`: computed watermark, pending tokens, and the page ids
+    /// copied into `page_buf` (which the result points into, so it stays valid after the pool
+    /// changes). error.BufferTooSmall when `page_buf` is shorter than the page count.
+    pub fn batchRequest(self: *const Pool, seq: SeqId, page_buf: []i32) Error!BatchRequest {
+        var r: BatchRequest = undefined;
+        try check(c.kvp_pool_get_batch_request(self.handle, seq.raw(), @ptrCast(&r)));
+        const n: usize = @intCast(r.num_pages);
+        if (page_buf.len < n) return error.BufferTooSmall;
+        if (n > 0) @memcpy(page_buf[0..n], r.page_ids.?[0..n]);
+        r.page_ids = page_buf.ptr;
+        return r;
+    }
+
+    pub fn pageState(self: *const Pool, page: i32) Error!PageState {
+        var s: PageState = undefined;
+        try check(c.kvp_pool_get_page_state(self.handle, page, &s.refcount, &s.flags));
+        return s;
+    }
+
+    pub fn stats(self: *const Pool) Error!PoolStats {
+        var s = std.mem.zeroes(PoolStats);
+        s.struct_size = @sizeOf(PoolStats);
+        try check(c.kvp_pool_get_stats(self.handle, @ptrCast(&s)));
+        return s;
+    }
+
+    /// error.Internal (with the violated invariant in `lastErrorMessage()`) if the bookkeeping
+    /// is inconsistent.
+    pub fn checkInvariants(self: *const Pool) Error!void {
+        try check(c.kvp_pool_check_invariants(self.handle));
+    }
+
+    /// Empties the prefix index (after a model or weight change).
+    pub fn clearPrefixCache(self: *Pool) Error!void {
+        try check(c.kvp_pool_clear_prefix_cache(self.handle));
     }
 };
 
@@ -343,4 +540,212 @@ test "a destroyed handle is rejected, not freed twice" {
     const raw = cache.handle;
     cache.deinit();
     try std.testing.expectEqual(@as(c.kvp_status, c.KVP_ERR_INVALID_HANDLE), c.kvp_cache_destroy(raw));
+}
+
+// The pool scenario: a 40-token prompt written through the pool's batch request, a second prompt
+// sharing its first 32 tokens served from the prefix cache, a fork with copy-on-write, error
+// paths that change nothing, and everything freed.
+
+/// 8 pages of 64 KiB (2 layers x 16 tokens x 2*2 heads x 128 x f32): 7 usable, page 0 is null.
+fn poolConfig() !Config {
+    return Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = H, .max_model_length = 64, .head_dim = D, .page_size = S, .dtype = .f32, .budget_bytes = 8 << 16 });
+}
+
+fn poolKey(seq: usize, pos: usize, h: usize, d: usize) f32 {
+    return @floatFromInt(seq * 100000 + pos * 512 + h * 128 + d);
+}
+
+/// Writes the pending tokens of `seq` into every layer (key = poolKey(tag, pos, ..), value = its
+/// negation) through metadata built from the pool's batch request, then declares them computed.
+fn prefill(pool: *Pool, cache: *Cache, cfg: *const Config, seq: SeqId, tag: usize) !void {
+    var pages: [4]i32 = undefined;
+    const req = try pool.batchRequest(seq, &pages);
+    var order: [1]i32 = undefined;
+    var md = try Metadata.build(cfg, &.{req}, &order);
+    defer md.deinit();
+    const n: usize = @intCast(req.num_scheduled);
+    const start: usize = @intCast(req.num_computed);
+    var key: [64 * H * D]f32 = undefined;
+    var value: [64 * H * D]f32 = undefined;
+    for (0..n) |t| for (0..H) |h| for (0..D) |d| {
+        key[(t * H + h) * D + d] = poolKey(tag, start + t, h, d);
+        value[(t * H + h) * D + d] = -poolKey(tag, start + t, h, d);
+    };
+    for (0..2) |layer| try cache.concatenate(@intCast(layer), key[0 .. n * H * D], value[0 .. n * H * D], .{ @intCast(n), H, D }, &md);
+    try pool.setComputed(seq, start + n);
+}
+
+/// Expects positions [from, to) of a page table to hold the K/V written for `tag` in both layers.
+fn expectTokens(cache: *const Cache, table: []const i32, from: usize, to: usize, tag: usize) !void {
+    for (0..2) |layer| {
+        const keys = try cache.view(@intCast(layer), .keys);
+        const values = try cache.view(@intCast(layer), .values);
+        for (from..to) |pos| for (0..H) |h| for (0..D) |d| {
+            const idx = [_]i64{ table[pos / S], @intCast(pos % S), @intCast(h), @intCast(d) };
+            try std.testing.expectEqual(@as(?f32, poolKey(tag, pos, h, d)), keys.getF32(&idx));
+            try std.testing.expectEqual(@as(?f32, -poolKey(tag, pos, h, d)), values.getF32(&idx));
+        };
+    }
+}
+
+test "pool: prefix reuse, fork with copy-on-write, errors that change nothing, free" {
+    const cfg = try poolConfig();
+    var cache = try Cache.init(&cfg);
+    defer cache.deinit();
+    var pool = try Pool.init(&cache, .{});
+    defer pool.deinit();
+    const t = std.testing;
+    var st = try pool.stats();
+    try t.expectEqual(@as(i64, 8), cfg.numPages());
+    try t.expectEqual(@as(i64, 7), st.total_pages);
+    try t.expectEqual(@as(i64, S), st.page_size);
+    try t.expectEqual(st.total_pages, st.free_pages);
+    try t.expectEqual(@as(i64, 4), st.max_pages_per_sequence);
+
+    // Sequence a: a 40-token prompt (3 pages), written through its batch request.
+    var prompt_a: [40]i32 = undefined;
+    for (&prompt_a, 0..) |*x, i| x.* = @intCast(1000 + i);
+    const a = try pool.addSequence(&prompt_a, 0, false);
+    try t.expectEqual(@as(usize, 0), a.reused_tokens);
+    try t.expectEqual(SequenceLength{ .length = 40, .computed = 0 }, try pool.length(a.seq));
+    var pages: [4]i32 = undefined;
+    const req = try pool.batchRequest(a.seq, &pages);
+    try t.expectEqual(@as(i64, 0), req.num_computed);
+    try t.expectEqual(@as(i64, 40), req.num_scheduled);
+    try t.expectEqual(@as(i64, 3), req.num_pages);
+    try prefill(&pool, &cache, &cfg, a.seq, 1);
+    try t.expectEqual(SequenceLength{ .length = 40, .computed = 40 }, try pool.length(a.seq));
+    var table_a_buf: [4]i32 = undefined;
+    const table_a = try pool.pageTable(a.seq, &table_a_buf);
+    try t.expectEqual(@as(usize, 3), table_a.len);
+    try t.expectEqual(@as(i32, 0), table_a_buf[3]); // padded with the null page
+    try t.expectEqualSlices(i32, pages[0..3], table_a);
+    try expectTokens(&cache, table_a, 0, 40, 1);
+    var slots: [4]i32 = undefined;
+    try pool.slots(a.seq, 30, &slots);
+    try t.expectEqualSlices(i32, &.{ table_a[1] * S + 14, table_a[1] * S + 15, table_a[2] * S, table_a[2] * S + 1 }, &slots);
+    var short: [2]i32 = undefined;
+    try t.expectError(error.BufferTooSmall, pool.pageTable(a.seq, &short));
+
+    // Sequence b shares the first 32 tokens: its first 2 pages come from the prefix cache.
+    var prompt_b = prompt_a;
+    for (prompt_b[32..]) |*x| x.* += 5000;
+    const b = try pool.addSequence(&prompt_b, 0, false);
+    try t.expectEqual(@as(usize, 32), b.reused_tokens);
+    try t.expectEqual(SequenceLength{ .length = 40, .computed = 32 }, try pool.length(b.seq));
+    try prefill(&pool, &cache, &cfg, b.seq, 2);
+    var table_b_buf: [4]i32 = undefined;
+    const table_b = try pool.pageTable(b.seq, &table_b_buf);
+    try t.expectEqualSlices(i32, table_a[0..2], table_b[0..2]);
+    try t.expect(table_b[2] != table_a[2]);
+    try expectTokens(&cache, table_b, 0, 32, 1); // a's bytes, read through b's page table
+    try expectTokens(&cache, table_b, 32, 40, 2);
+    try expectTokens(&cache, table_a, 32, 40, 1); // a's tail untouched
+    try t.expectEqual(PageState{ .refcount = 2, .flags = page_flag_indexed }, try pool.pageState(table_a[0]));
+    try t.expectEqual(PageState{ .refcount = 1, .flags = 0 }, try pool.pageState(table_a[2]));
+    try t.expectEqual(page_flag_null, (try pool.pageState(0)).flags);
+
+    // Fork b into two children: references, no copies.
+    var kids: [2]SeqId = undefined;
+    try pool.fork(b.seq, &kids);
+    try t.expect(kids[0] != kids[1] and kids[0] != b.seq);
+    try t.expectEqual(SequenceLength{ .length = 40, .computed = 40 }, try pool.length(kids[1]));
+    try t.expectEqual(@as(u32, 4), (try pool.pageState(table_b[0])).refcount);
+    try t.expectEqual(@as(u32, 3), (try pool.pageState(table_b[2])).refcount);
+    st = try pool.stats();
+    try t.expectEqual(@as(i64, 4), st.num_sequences);
+    try t.expectEqual(@as(i64, 4), st.used_pages);
+    try t.expectEqual(@as(i64, 2), st.indexed_pages);
+    try t.expectEqual(@as(i64, 80), st.prompt_tokens);
+    try t.expectEqual(@as(i64, 32), st.reused_tokens);
+    try t.expectEqual(@as(i64, 0), st.cow_copies);
+
+    // An append into the shared partial tail copies it first.
+    try pool.append(kids[0], &.{7});
+    var table_k_buf: [4]i32 = undefined;
+    const table_k = try pool.pageTable(kids[0], &table_k_buf);
+    try t.expect(table_k[2] != table_b[2]);
+    try t.expectEqualSlices(i32, table_b[0..2], table_k[0..2]);
+    try expectTokens(&cache, table_k, 32, 40, 2);
+    try t.expectEqual(@as(u32, 2), (try pool.pageState(table_b[2])).refcount);
+    try t.expectEqual(SequenceLength{ .length = 41, .computed = 40 }, try pool.length(kids[0]));
+    st = try pool.stats();
+    try t.expectEqual(@as(i64, 1), st.cow_copies);
+    try t.expectEqual(@as(i64, 5), st.used_pages);
+    try pool.truncate(kids[1], 20);
+    try t.expectEqual(@as(u32, 1), (try pool.pageState(table_b[2])).refcount);
+    try t.expectEqual(@as(u32, 4), (try pool.pageState(table_b[1])).refcount); // 20 tokens keep 2 pages
+    try t.expectEqual(SequenceLength{ .length = 20, .computed = 20 }, try pool.length(kids[1]));
+    try pool.checkInvariants();
+
+    // Errors: the code, a message, and the pool unchanged.
+    const before = try pool.stats();
+    var long: [65]i32 = undefined;
+    for (&long, 0..) |*x, i| x.* = @intCast(i);
+    try t.expectError(error.InvalidArgument, pool.addSequence(&long, 0, false));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "exceeds max_model_length 64") != null);
+    try t.expectEqual(before, try pool.stats());
+    try t.expectError(error.OutOfPages, pool.addSequence(long[1..], 0, false)); // 4 pages, 2 free
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "needs 4 new page(s)") != null);
+    try t.expectEqual(before, try pool.stats());
+    try t.expectError(error.InvalidArgument, pool.setComputed(a.seq, 41));
+    try t.expectError(error.InvalidArgument, pool.pageState(@intCast(cfg.numPages())));
+
+    // Page copies: a free page receives a's first page; a destination that is also a source fails.
+    var free_page: i32 = 0;
+    var p: i32 = 1;
+    while (p < @as(i32, @intCast(cfg.numPages()))) : (p += 1) {
+        if ((try pool.pageState(p)).flags & page_flag_free != 0) free_page = p;
+    }
+    try t.expect(free_page != 0);
+    try cache.copyPages(&.{table_a[0]}, &.{free_page});
+    const copied = [_]i32{ free_page, 0, 0 };
+    try expectTokens(&cache, &copied, 0, 16, 1);
+    try t.expectError(error.InvalidArgument, cache.copyPages(&.{free_page}, &.{free_page}));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "both a source and a destination") != null);
+
+    // Free everything: the indexed pages stay cached (evictable), the rest is free.
+    for ([_]SeqId{ a.seq, b.seq, kids[0], kids[1] }) |s| try pool.freeSequence(s);
+    try pool.checkInvariants();
+    st = try pool.stats();
+    try t.expectEqual(st.total_pages, st.free_pages + st.evictable_pages + st.used_pages);
+    try t.expectEqual(@as(i64, 0), st.used_pages);
+    try t.expectEqual(@as(i64, 0), st.num_sequences);
+    try t.expectEqual(@as(i64, 2), st.evictable_pages);
+    const freed = st;
+    try t.expectError(error.NotFound, pool.freeSequence(a.seq));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "is stale") != null);
+    try t.expectError(error.NotFound, pool.append(b.seq, &.{1}));
+    try t.expectError(error.NotFound, pool.length(kids[0]));
+    try t.expectEqual(freed, try pool.stats());
+    try pool.clearPrefixCache();
+    st = try pool.stats();
+    try t.expectEqual(st.total_pages, st.free_pages);
+    try pool.checkInvariants();
+}
+
+test "pool options: sequence limit and no prefix cache" {
+    const cfg = try poolConfig();
+    var cache = try Cache.init(&cfg);
+    defer cache.deinit();
+    var pool = try Pool.init(&cache, .{ .max_sequences = 2, .no_prefix_cache = true });
+    defer pool.deinit();
+    const prompt: [33]i32 = @splat(3);
+    const a = try pool.addSequence(&prompt, 9, true);
+    try pool.setComputed(a.seq, prompt.len);
+    try pool.freeSequence(a.seq);
+    var st = try pool.stats();
+    try std.testing.expectEqual(@as(u32, 2), st.max_sequences);
+    try std.testing.expectEqual(@as(i64, 0), st.indexed_pages);
+    try std.testing.expectEqual(st.total_pages, st.free_pages);
+    const b = try pool.addSequence(&prompt, 9, true);
+    try std.testing.expectEqual(@as(usize, 0), b.reused_tokens);
+    try std.testing.expect(b.seq != a.seq);
+    const e = try pool.addSequence(&.{}, 0, false);
+    st = try pool.stats();
+    try std.testing.expectError(error.OutOfPages, pool.addSequence(&.{1}, 0, false));
+    try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "sequence slots are in use") != null);
+    try std.testing.expectEqual(st, try pool.stats());
+    try std.testing.expectEqual(SequenceLength{ .length = 0, .computed = 0 }, try pool.length(e.seq));
+    try pool.checkInvariants();
 }

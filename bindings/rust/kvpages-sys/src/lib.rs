@@ -56,6 +56,12 @@ pub const KVP_CACHE_OPTIONS_VERSION: u32 = 1;
 pub const KVP_BATCH_OPTIONS_VERSION: u32 = 1;
 pub const KVP_CONFIG_FLAG_REFERENCE_BUDGET: u32 = 1 << 0;
 pub const KVP_CONFIG_FLAG_NO_SAFETY_MARGIN: u32 = 1 << 1;
+pub const KVP_POOL_OPTIONS_VERSION: u32 = 1;
+pub const KVP_POOL_FLAG_NO_PREFIX_CACHE: u32 = 1 << 0;
+pub const KVP_POOL_ADD_FLAG_REUSE_ALL: u32 = 1 << 0;
+pub const KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
+pub const KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
+pub const KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -199,6 +205,48 @@ pub struct kvp_metadata {
     _private: [u8; 0],
 }
 
+/// Opaque page-pool handle (`kvp_pool`, kvpages/pool.h).
+#[repr(C)]
+pub struct kvp_pool {
+    _private: [u8; 0],
+}
+
+/// A sequence of a pool (`kvp_seq_id`): a `uint32_t` in a struct, passed by value; 0 = none.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct kvp_seq_id {
+    pub id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvp_pool_options {
+    pub struct_size: u32,
+    pub abi_version: u32,
+    pub max_sequences: u32,
+    pub flags: u32,
+    pub allocator: *const kvp_host_allocator,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_pool_stats {
+    pub struct_size: u32,
+    pub max_sequences: u32,
+    pub page_size: i64,
+    pub max_pages_per_sequence: i64,
+    pub total_pages: i64,
+    pub free_pages: i64,
+    pub evictable_pages: i64,
+    pub used_pages: i64,
+    pub indexed_pages: i64,
+    pub num_sequences: i64,
+    pub prompt_tokens: i64,
+    pub reused_tokens: i64,
+    pub evictions: i64,
+    pub cow_copies: i64,
+}
+
 // DLPack 0.6 (dlpack/dlpack.h), as used by kvp_cache_export_dlpack.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -279,4 +327,33 @@ extern "C" {
 
     pub fn kvp_concatenate(cache: *mut kvp_cache, layer: u32, key: *const kvp_tensor, value: *const kvp_tensor,
                            metadata: *const kvp_metadata, stream: kvp_stream) -> kvp_status;
+
+    pub fn kvp_pool_options_init(opts: *mut kvp_pool_options, struct_size: u32) -> kvp_status;
+    pub fn kvp_pool_create(cache: *mut kvp_cache, opts: *const kvp_pool_options, out: *mut *mut kvp_pool)
+        -> kvp_status;
+    pub fn kvp_pool_destroy(pool: *mut kvp_pool) -> kvp_status;
+    pub fn kvp_pool_add_sequence(pool: *mut kvp_pool, tokens: *const i32, num_tokens: usize, salt: u64, flags: u32,
+                                 seq_out: *mut kvp_seq_id, reused_tokens_out: *mut usize) -> kvp_status;
+    pub fn kvp_pool_append(pool: *mut kvp_pool, seq: kvp_seq_id, tokens: *const i32, num_tokens: usize,
+                           stream: kvp_stream) -> kvp_status;
+    pub fn kvp_pool_set_computed(pool: *mut kvp_pool, seq: kvp_seq_id, num_tokens: usize) -> kvp_status;
+    pub fn kvp_pool_truncate(pool: *mut kvp_pool, seq: kvp_seq_id, new_length: usize) -> kvp_status;
+    pub fn kvp_pool_fork(pool: *mut kvp_pool, parent: kvp_seq_id, num_children: u32, children_out: *mut kvp_seq_id)
+        -> kvp_status;
+    pub fn kvp_pool_free_sequence(pool: *mut kvp_pool, seq: kvp_seq_id) -> kvp_status;
+    pub fn kvp_pool_get_sequence_length(pool: *const kvp_pool, seq: kvp_seq_id, length_out: *mut usize,
+                                        computed_out: *mut usize) -> kvp_status;
+    pub fn kvp_pool_get_page_table(pool: *const kvp_pool, seq: kvp_seq_id, pages_out: *mut i32, capacity: usize,
+                                   count_out: *mut usize) -> kvp_status;
+    pub fn kvp_pool_get_slots(pool: *const kvp_pool, seq: kvp_seq_id, start: usize, count: usize,
+                              slots_out: *mut i32) -> kvp_status;
+    pub fn kvp_pool_get_batch_request(pool: *const kvp_pool, seq: kvp_seq_id, out: *mut kvp_batch_request)
+        -> kvp_status;
+    pub fn kvp_pool_get_page_state(pool: *const kvp_pool, page: i32, refcount_out: *mut u32, flags_out: *mut u32)
+        -> kvp_status;
+    pub fn kvp_pool_get_stats(pool: *const kvp_pool, out: *mut kvp_pool_stats) -> kvp_status;
+    pub fn kvp_pool_check_invariants(pool: *const kvp_pool) -> kvp_status;
+    pub fn kvp_pool_clear_prefix_cache(pool: *mut kvp_pool) -> kvp_status;
+    pub fn kvp_cache_copy_pages(cache: *mut kvp_cache, src_pages: *const i32, dst_pages: *const i32, count: usize,
+                                stream: kvp_stream) -> kvp_status;
 }

@@ -42,6 +42,23 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_batch_request { num_computed, num_scheduled, page_ids, num_pages });
     layout!(probe, rust, kvp_batch_options { struct_size, abi_version, max_num_reqs, max_num_tokens, flags,
         _reserved0 });
+    layout!(probe, rust, kvp_seq_id { id });
+    layout!(probe, rust, kvp_pool_options { struct_size, abi_version, max_sequences, flags, allocator });
+    layout!(probe, rust, kvp_pool_stats { struct_size, max_sequences, page_size, max_pages_per_sequence, total_pages,
+        free_pages, evictable_pages, used_pages, indexed_pages, num_sequences, prompt_tokens, reused_tokens,
+        evictions, cow_copies });
+    // Pool constants (flags and the options version) are compared the same way.
+    for (name, value) in [
+        ("KVP_POOL_OPTIONS_VERSION", KVP_POOL_OPTIONS_VERSION),
+        ("KVP_POOL_FLAG_NO_PREFIX_CACHE", KVP_POOL_FLAG_NO_PREFIX_CACHE),
+        ("KVP_POOL_ADD_FLAG_REUSE_ALL", KVP_POOL_ADD_FLAG_REUSE_ALL),
+        ("KVP_PAGE_FLAG_NULL", KVP_PAGE_FLAG_NULL),
+        ("KVP_PAGE_FLAG_FREE", KVP_PAGE_FLAG_FREE),
+        ("KVP_PAGE_FLAG_INDEXED", KVP_PAGE_FLAG_INDEXED),
+    ] {
+        probe.push(format!("printf(\"%zu\\n\", (size_t){name});"));
+        rust.push((name.to_string(), value as usize));
+    }
     layout!(probe, rust, DLTensor { data, device, ndim, dtype, shape, strides, byte_offset });
     layout!(probe, rust, DLManagedTensor { dl_tensor, manager_ctx, deleter });
 
