@@ -397,12 +397,8 @@ kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, ui
          static_cast<long long>(n_free_), static_cast<long long>(n_evictable_ - hit_evictable));
 
   // Commit.
-  const uint32_t slot = slot_ring_[ring_head_];
-  ring_head_ = (ring_head_ + 1) % max_seqs_;
-  --ring_count_;
-  ++n_seqs_;
+  const uint32_t slot = take_slot();
   Seq& s = seqs_[slot];
-  s.alive = 1;
   s.salt = salt;
   s.length = n;
   s.computed = hits * S;
@@ -523,18 +519,25 @@ void Pool::fork(kvp_seq_id parent, uint32_t k, kvp_seq_id* children) {
   const int32_t* pr = row(ps);
   for (size_t i = 0; i < np; ++i) pages_[pr[i]].ref += k;
   for (uint32_t c = 0; c < k; ++c) {
-    const uint32_t slot = slot_ring_[ring_head_];
-    ring_head_ = (ring_head_ + 1) % max_seqs_;
-    --ring_count_;
-    ++n_seqs_;
+    const uint32_t slot = take_slot();
     Seq& s = seqs_[slot];
-    s.alive = 1;
     s.salt = par.salt;
     s.length = par.length;
     s.computed = par.computed;
     std::memcpy(row(slot), pr, sizeof(int32_t) * np);
     children[c] = kvp_seq_id{(s.gen << kIndexBits) | slot};
   }
+}
+
+// Takes the oldest free sequence slot (FIFO, so a freed slot's generation ages before reuse) and
+// marks it alive. The caller has checked that a slot is free.
+uint32_t Pool::take_slot() {
+  const uint32_t slot = slot_ring_[ring_head_];
+  ring_head_ = (ring_head_ + 1) % max_seqs_;
+  --ring_count_;
+  ++n_seqs_;
+  seqs_[slot].alive = 1;
+  return slot;
 }
 
 void Pool::free_sequence(kvp_seq_id id) {

@@ -89,6 +89,7 @@ class Pool {
   void mark_computed(uint32_t slot, uint64_t n);
 
   // Page lifecycle (callers have checked availability).
+  uint32_t take_slot();
   int32_t alloc_page();
   void release_page(int32_t p) noexcept;
   void acquire_page(int32_t p) noexcept;
