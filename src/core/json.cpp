@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/metadata.hpp"
 #include "core/serialize.hpp"
 #include "kvpages/types.h"
 #include "util/error.hpp"
@@ -245,6 +246,7 @@ std::string metadata_to_json(const kvp_metadata* md, const char* fn) {
   kvp_metadata_desc d;
   std::memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
+  (void)metadata_from(md, fn);  // handle check (and misuse report) under the caller's name
   check_call(kvp_metadata_get_desc(md, &d), fn);
   if (d.device_type == KVP_DEVICE_CUDA)
     fail(KVP_ERR_UNSUPPORTED, "%s: the metadata arrays live on a CUDA device; copy them to the host first", fn);
