@@ -6,12 +6,11 @@
 
 #include "kvpages.h"
 
-/* Subcommands; each returns the process exit code (0 ok, 1 failure, 2 usage error). Subcommands
- * that live in optional modules are weak so the tool links while a module is absent. */
+/* Subcommands; each returns the process exit code (0 ok, 1 failure, 2 usage error). */
 int kvp_cmd_plan(int argc, char **argv);
 int kvp_cmd_demo(int argc, char **argv);
-int kvp_cmd_inspect(int argc, char **argv) __attribute__((weak));
-int kvp_cmd_bench(int argc, char **argv) __attribute__((weak));
+int kvp_cmd_inspect(int argc, char **argv);
+int kvp_cmd_bench(int argc, char **argv);
 
 /* Parses a byte size such as "8G", "512M", "1048576", "80GiB". Returns 0 on success. */
 int kvp_tool_parse_bytes(const char *s, int64_t *out);

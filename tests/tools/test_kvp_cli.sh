@@ -57,5 +57,10 @@ for layout in v2 v3; do
   done
 done
 
+# bench: a smoke run (the numbers are not checked; they belong in docs/benchmarks.md)
+expect 2 "usage: kvp bench" bench --bogus
+expect 2 "--min-ms needs an integer in [1, 60000]" bench --min-ms 0
+expect 0 "prefix-match the whole 128k prompt" bench --quick --min-ms 1
+
 echo "kvp cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

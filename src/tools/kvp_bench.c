@@ -1,0 +1,418 @@
+/* `kvp bench`: a quick look at the library's speed on this machine, through the public API, on
+ * the CPU. Three parts, each against the physical limit measured in the same run:
+ *   - kvp_concatenate of a Llama-3-8B-shaped layer (8 KV heads x 128, bf16, page 16, v3) for
+ *     several token counts, against memcpy of the same K+V bytes;
+ *   - kvp_serialize and kvp_deserialize_into of a whole cache, against memcpy of the blob's bytes;
+ *   - the page pool: nanoseconds per page allocated and freed, and the time to prefix-match a
+ *     128k-token prompt.
+ * Every time is the best of repeated runs over at least --min-ms milliseconds. The full
+ * benchmarks (more shapes, thread counts, the CUDA backend) are the bench_* executables of the
+ * build tree's tests/ folder; see docs/benchmarks.md. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kvp_tool.h"
+
+#define BENCH_HEADS 8
+#define BENCH_HEAD_DIM 128
+#define BENCH_PAGE 16
+
+static double bench_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int bench_fail(const char *what) {
+  fprintf(stderr, "kvp bench: %s: %s\n", what, kvp_last_error_message());
+  return 1;
+}
+
+/* Best time of memcpy(dst, src, n) over at least min_s seconds (and at least 3 runs). */
+static double best_memcpy(void *dst, const void *src, size_t n, double min_s) {
+  double best = 1e30, t_end = bench_now() + min_s;
+  int runs = 0;
+  while (runs < 3 || bench_now() < t_end) {
+    const double t0 = bench_now();
+    memcpy(dst, src, n);
+    __asm__ __volatile__("" : : "r"(dst) : "memory"); /* the copy must happen */
+    const double dt = bench_now() - t0;
+    if (dt < best) best = dt;
+    ++runs;
+  }
+  return best;
+}
+
+/* A CPU cache for the Llama-3-8B shape with `pages` pages (page 0 included). */
+static int make_cache(int64_t layers, int64_t pages, int64_t max_len, kvp_config *cfg, kvp_cache **cache) {
+  kvp_config_options o;
+  kvp_config probe;
+  kvp_layout_info li;
+  kvp_config_init(&probe, sizeof probe);
+  probe.num_hidden_layers = layers;
+  probe.num_kv_heads = BENCH_HEADS;
+  probe.k_headdim = probe.v_headdim = BENCH_HEAD_DIM;
+  probe.max_model_length = max_len;
+  probe.page_size = BENCH_PAGE;
+  probe.kvdtype = KVP_DTYPE_BF16;
+  li.struct_size = sizeof li;
+  if (kvp_config_get_layout(&probe, &li) != KVP_OK) return bench_fail("layout");
+  kvp_config_options_init(&o, sizeof o);
+  o.num_hidden_layers = layers;
+  o.num_kv_heads = BENCH_HEADS;
+  o.kv_head_dim_size = BENCH_HEAD_DIM;
+  o.max_model_length = max_len;
+  o.page_size = BENCH_PAGE;
+  o.kvdtype = KVP_DTYPE_BF16;
+  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  o.budget_bytes = li.page_bytes_per_layer * layers * pages;
+  if (kvp_config_create(&o, cfg) != KVP_OK) return bench_fail("config");
+  if (kvp_cache_create(cfg, NULL, cache) != KVP_OK) return bench_fail("cache");
+  return 0;
+}
+
+static uint32_t bench_rand(uint32_t *s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 17;
+  *s ^= *s << 5;
+  return *s;
+}
+
+/* kvp_concatenate vs memcpy for one token count; prints one table row. */
+static int bench_concat_row(kvp_cache *cache, const kvp_config *cfg, int64_t tokens, double min_s) {
+  const size_t row_elems = (size_t)BENCH_HEADS * BENCH_HEAD_DIM;
+  const size_t in_bytes = (size_t)tokens * row_elems * 2;
+  const int64_t usable = cfg->num_pages - 1;
+  const int64_t per_req_max = tokens <= 64 ? 1 : 512; /* decode rows, or prefill chunks of 512 */
+  const int64_t nreq = (tokens + per_req_max - 1) / per_req_max;
+  kvp_batch_request *br = (kvp_batch_request *)calloc((size_t)nreq, sizeof *br);
+  int32_t *pages = (int32_t *)malloc(sizeof(int32_t) * (size_t)(usable > 0 ? usable : 1));
+  int32_t *order = (int32_t *)malloc(sizeof(int32_t) * (size_t)nreq);
+  uint16_t *k = (uint16_t *)malloc(in_bytes), *v = (uint16_t *)malloc(in_bytes);
+  unsigned char *scratch = (unsigned char *)malloc(2 * in_bytes);
+  kvp_metadata *md = NULL;
+  kvp_tensor kt, vt;
+  uint32_t seed = 12345u;
+  int64_t i, used = 0, r;
+  int rc = 1, runs = 0;
+  double best = 1e30, t_end, copy;
+  if (br == NULL || pages == NULL || order == NULL || k == NULL || v == NULL || scratch == NULL) {
+    fprintf(stderr, "kvp bench: out of memory\n");
+    goto out;
+  }
+  for (i = 0; i < usable; ++i) pages[i] = (int32_t)(i + 1);
+  for (i = usable - 1; i > 0; --i) { /* pages handed out in shuffled order, as in a long-running server */
+    const int64_t j = (int64_t)(bench_rand(&seed) % (uint32_t)(i + 1));
+    const int32_t t = pages[i];
+    pages[i] = pages[j];
+    pages[j] = t;
+  }
+  for (r = 0; r < nreq; ++r) {
+    const int64_t n = (r + 1) * per_req_max <= tokens ? per_req_max : tokens - r * per_req_max;
+    /* Decode rows have some history; prefill chunks start at a page boundary. */
+    const int64_t computed = per_req_max == 1 ? 37 : 0;
+    const int64_t np = (computed + n + BENCH_PAGE - 1) / BENCH_PAGE;
+    if (used + np > usable) {
+      fprintf(stderr, "kvp bench: cache too small for %" PRId64 " tokens\n", tokens);
+      goto out;
+    }
+    br[r].num_computed = computed;
+    br[r].num_scheduled = n;
+    br[r].page_ids = pages + used;
+    br[r].num_pages = np;
+    used += np;
+  }
+  for (i = 0; i < (int64_t)(in_bytes / 2); ++i) {
+    k[i] = (uint16_t)(0x3f80u + (bench_rand(&seed) & 0x7fu));
+    v[i] = (uint16_t)(0xbf80u + (bench_rand(&seed) & 0x7fu));
+  }
+  if (kvp_metadata_build(cfg, br, (uint32_t)nreq, NULL, order, &md) != KVP_OK) {
+    rc = bench_fail("metadata");
+    goto out;
+  }
+  memset(&kt, 0, sizeof kt);
+  kt.data = k;
+  kt.dtype = KVP_DTYPE_BF16;
+  kt.ndim = 3;
+  kt.shape[0] = tokens;
+  kt.shape[1] = BENCH_HEADS;
+  kt.shape[2] = BENCH_HEAD_DIM;
+  kt.strides[0] = (int64_t)row_elems;
+  kt.strides[1] = BENCH_HEAD_DIM;
+  kt.strides[2] = 1;
+  kt.device_type = KVP_DEVICE_CPU;
+  vt = kt;
+  vt.data = v;
+  /* The first call touches the pages; it is not timed. */
+  if (kvp_concatenate(cache, 0, &kt, &vt, md, NULL) != KVP_OK) {
+    rc = bench_fail("concatenate");
+    goto out;
+  }
+  t_end = bench_now() + min_s;
+  while (runs < 3 || bench_now() < t_end) {
+    const double t0 = bench_now();
+    if (kvp_concatenate(cache, 0, &kt, &vt, md, NULL) != KVP_OK) {
+      rc = bench_fail("concatenate");
+      goto out;
+    }
+    const double dt = bench_now() - t0;
+    if (dt < best) best = dt;
+    ++runs;
+  }
+  memcpy(scratch, k, in_bytes); /* touch the destination once */
+  copy = best_memcpy(scratch, k, in_bytes, min_s / 2) +
+         best_memcpy(scratch + in_bytes, v, in_bytes, min_s / 2);
+  printf("  %-8" PRId64 " %-9s %12.2f %10.2f %12.2f %8.2f\n", tokens, per_req_max == 1 ? "decode" : "prefill",
+         best * 1e6, (double)(2 * in_bytes) / best / 1e9, (double)(2 * in_bytes) / copy / 1e9, copy / best);
+  rc = 0;
+out:
+  kvp_metadata_destroy(md);
+  free(br);
+  free(pages);
+  free(order);
+  free(k);
+  free(v);
+  free(scratch);
+  return rc;
+}
+
+static int bench_concatenate(double min_s, int quick) {
+  static const int64_t counts[] = {1, 16, 256, 1024, 4096};
+  const int n = quick ? 3 : (int)(sizeof counts / sizeof counts[0]);
+  kvp_config cfg;
+  kvp_cache *cache = NULL;
+  int i, rc = 0;
+  /* One layer with room for 4096 prefill tokens in pages of 16, plus decode history. */
+  if (make_cache(1, 4096 / BENCH_PAGE + 64, 8192, &cfg, &cache) != 0) return 1;
+  printf("kvp_concatenate, one layer: %d KV heads x %d, bf16 -> bf16 cache, v3, page %d, shuffled pages\n",
+         BENCH_HEADS, BENCH_HEAD_DIM, BENCH_PAGE);
+  printf("  %-8s %-9s %12s %10s %12s %8s\n", "tokens", "batch", "time (us)", "GB/s", "memcpy GB/s", "ratio");
+  for (i = 0; i < n && rc == 0; ++i) rc = bench_concat_row(cache, &cfg, counts[i], min_s);
+  printf("  (GB/s = K+V input bytes per second; ratio = memcpy time / concatenate time for the same bytes;\n"
+         "   memcpy runs on one thread, kvpages on all of them)\n\n");
+  kvp_cache_destroy(cache);
+  return rc;
+}
+
+static int bench_serialization(double min_s, int quick) {
+  const int64_t layers = 4, pages = quick ? 64 : 256; /* 64 KiB per page and layer: 16 or 64 MiB */
+  kvp_config cfg;
+  kvp_cache *cache = NULL;
+  void *blob = NULL, *scratch = NULL;
+  size_t size = 0, written = 0;
+  double best_ser = 1e30, best_de = 1e30, copy, t_end;
+  int runs, rc = 1, l;
+  if (make_cache(layers, pages, 4096, &cfg, &cache) != 0) return 1;
+  for (l = 0; l < layers; ++l) { /* fill the cache with something other than zeros */
+    kvp_tensor view;
+    size_t j, bytes;
+    if (kvp_cache_get_view(cache, (uint32_t)l, KVP_VIEW_PAGES, &view) != KVP_OK) {
+      rc = bench_fail("view");
+      goto out;
+    }
+    bytes = (size_t)view.shape[0] * (size_t)view.strides[0] * 2;
+    for (j = 0; j < bytes; ++j) ((unsigned char *)view.data)[j] = (unsigned char)(j * 131u + (size_t)l);
+  }
+  if (kvp_serialized_size(cache, NULL, &size) != KVP_OK) {
+    rc = bench_fail("serialized size");
+    goto out;
+  }
+  blob = malloc(size);
+  scratch = malloc(size);
+  if (blob == NULL || scratch == NULL) {
+    fprintf(stderr, "kvp bench: out of memory\n");
+    goto out;
+  }
+  memset(scratch, 1, size);
+  t_end = bench_now() + min_s;
+  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
+    const double t0 = bench_now();
+    if (kvp_serialize(cache, NULL, blob, size, &written) != KVP_OK) {
+      rc = bench_fail("serialize");
+      goto out;
+    }
+    if (bench_now() - t0 < best_ser) best_ser = bench_now() - t0;
+  }
+  t_end = bench_now() + min_s;
+  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
+    const double t0 = bench_now();
+    if (kvp_deserialize_into(cache, blob, written, NULL, 0) != KVP_OK) {
+      rc = bench_fail("deserialize");
+      goto out;
+    }
+    if (bench_now() - t0 < best_de) best_de = bench_now() - t0;
+  }
+  copy = best_memcpy(scratch, blob, written, min_s);
+  printf("serialization, whole cache: %" PRId64 " layers x %" PRId64 " pages = %.1f MiB blob, XXH3 checksums on\n",
+         layers, pages, (double)written / (1024.0 * 1024.0));
+  printf("  %-22s %10s %10s %8s\n", "operation", "time (ms)", "GB/s", "ratio");
+  printf("  %-22s %10.3f %10.2f %8.2f\n", "kvp_serialize", best_ser * 1e3, (double)written / best_ser / 1e9,
+         copy / best_ser);
+  printf("  %-22s %10.3f %10.2f %8.2f\n", "kvp_deserialize_into", best_de * 1e3, (double)written / best_de / 1e9,
+         copy / best_de);
+  printf("  %-22s %10.3f %10.2f %8s\n", "memcpy", copy * 1e3, (double)written / copy / 1e9, "1.00");
+  printf("  (kvp_deserialize_into verifies every checksum before it writes, so it reads the blob twice;\n"
+         "   memcpy runs on one thread, kvpages on all of them)\n\n");
+  rc = 0;
+out:
+  free(blob);
+  free(scratch);
+  kvp_cache_destroy(cache);
+  return rc;
+}
+
+static int bench_pool(double min_s) {
+  const int64_t tokens = 131072, pages = tokens / BENCH_PAGE + 2;
+  kvp_config cfg;
+  kvp_cache *cache = NULL;
+  kvp_pool *pool = NULL;
+  kvp_pool_options po = KVP_POOL_OPTIONS_INIT;
+  int32_t *prompt = (int32_t *)malloc(sizeof(int32_t) * (size_t)tokens);
+  double best_alloc = 1e30, best_free = 1e30, best_match = 1e30, t_end;
+  int64_t i;
+  int runs, rc = 1;
+  if (prompt == NULL) {
+    fprintf(stderr, "kvp bench: out of memory\n");
+    return 1;
+  }
+  for (i = 0; i < tokens; ++i) prompt[i] = (int32_t)((i * 2654435761u) % 128000u);
+  /* A 1-layer cache with 1 KV head keeps the memory small; the pool only does bookkeeping. */
+  {
+    kvp_config_options o;
+    kvp_config_options_init(&o, sizeof o);
+    o.num_hidden_layers = 1;
+    o.num_kv_heads = 1;
+    o.kv_head_dim_size = BENCH_HEAD_DIM;
+    o.max_model_length = tokens;
+    o.page_size = BENCH_PAGE;
+    o.kvdtype = KVP_DTYPE_BF16;
+    o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+    o.budget_bytes = (int64_t)BENCH_PAGE * 2 * BENCH_HEAD_DIM * 2 * pages; /* 1 head: K and V, bf16 */
+    if (kvp_config_create(&o, &cfg) != KVP_OK || kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) {
+      free(prompt);
+      return bench_fail("cache");
+    }
+  }
+  /* Allocate and free a 128k-token sequence, one page per append, with the prefix cache off (the
+   * allocator alone; bench_pool measures the same way). */
+  po.max_sequences = 4;
+  po.flags = KVP_POOL_FLAG_NO_PREFIX_CACHE;
+  if (kvp_pool_create(cache, &po, &pool) != KVP_OK) {
+    rc = bench_fail("pool");
+    goto out;
+  }
+  t_end = bench_now() + min_s;
+  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
+    kvp_seq_id seq;
+    double t0, t1;
+    if (kvp_pool_add_sequence(pool, NULL, 0, 0, 0, &seq, NULL) != KVP_OK) {
+      rc = bench_fail("add sequence");
+      goto out;
+    }
+    t0 = bench_now();
+    for (i = 0; i < tokens; i += BENCH_PAGE)
+      if (kvp_pool_append(pool, seq, prompt + i, BENCH_PAGE, NULL) != KVP_OK) {
+        rc = bench_fail("append");
+        goto out;
+      }
+    t1 = bench_now();
+    if (kvp_pool_free_sequence(pool, seq) != KVP_OK) {
+      rc = bench_fail("free");
+      goto out;
+    }
+    if (t1 - t0 < best_alloc) best_alloc = t1 - t0;
+    if (bench_now() - t1 < best_free) best_free = bench_now() - t1;
+  }
+  /* Prefix match, on a pool with the prefix cache on: index the prompt once, then add it again and
+   * again (a full hit each time). */
+  kvp_pool_destroy(pool);
+  pool = NULL;
+  po.flags = 0;
+  if (kvp_pool_create(cache, &po, &pool) != KVP_OK) {
+    rc = bench_fail("pool");
+    goto out;
+  }
+  {
+    kvp_seq_id first, again;
+    size_t reused = 0;
+    if (kvp_pool_add_sequence(pool, prompt, (size_t)tokens, 0, 0, &first, NULL) != KVP_OK ||
+        kvp_pool_set_computed(pool, first, (size_t)tokens) != KVP_OK) {
+      rc = bench_fail("index the prompt");
+      goto out;
+    }
+    t_end = bench_now() + min_s;
+    for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
+      const double t0 = bench_now();
+      if (kvp_pool_add_sequence(pool, prompt, (size_t)tokens, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &again, &reused) !=
+          KVP_OK) {
+        rc = bench_fail("prefix match");
+        goto out;
+      }
+      if (bench_now() - t0 < best_match) best_match = bench_now() - t0;
+      if (reused != (size_t)tokens) {
+        fprintf(stderr, "kvp bench: the prefix match reused %zu of %" PRId64 " tokens\n", reused, tokens);
+        goto out;
+      }
+      if (kvp_pool_free_sequence(pool, again) != KVP_OK) {
+        rc = bench_fail("free");
+        goto out;
+      }
+    }
+  }
+  if (kvp_pool_check_invariants(pool) != KVP_OK) {
+    rc = bench_fail("pool invariants");
+    goto out;
+  }
+  printf("page pool, page %d, a 128k-token sequence (%" PRId64 " pages)\n", BENCH_PAGE, tokens / BENCH_PAGE);
+  printf("  allocate, one page per kvp_pool_append  %8.1f ns/page   (target <= 100; prefix cache off)\n",
+         best_alloc * 1e9 / (double)(tokens / BENCH_PAGE));
+  printf("  free, kvp_pool_free_sequence            %8.1f ns/page   (target <= 100)\n",
+         best_free * 1e9 / (double)(tokens / BENCH_PAGE));
+  printf("  prefix-match the whole 128k prompt      %8.3f ms        (target < 1)\n\n", best_match * 1e3);
+  rc = 0;
+out:
+  kvp_pool_destroy(pool);
+  kvp_cache_destroy(cache);
+  free(prompt);
+  return rc;
+}
+
+int kvp_cmd_bench(int argc, char **argv) {
+  int64_t min_ms = 200;
+  int quick = 0, i, rc = 0;
+  char date[64];
+  time_t t = time(NULL);
+  struct tm tmv;
+  for (i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "--quick") == 0) {
+      quick = 1;
+      min_ms = 20;
+    } else if (strcmp(argv[i], "--min-ms") == 0 && i + 1 < argc) {
+      if (kvp_tool_parse_int(argv[++i], &min_ms) != 0 || min_ms > 60000) {
+        fprintf(stderr, "kvp bench: --min-ms needs an integer in [1, 60000]\n");
+        return 2;
+      }
+    } else {
+      fprintf(stderr, "usage: kvp bench [--quick] [--min-ms N]\n"
+                      "  Times kvp_concatenate, serialization and the page pool on the CPU against memcpy.\n"
+                      "  --quick     fewer sizes and 20 ms per measurement (a smoke run)\n"
+                      "  --min-ms N  measure each case for at least N ms (default 200); best time counts\n");
+      return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+    }
+  }
+  gmtime_r(&t, &tmv);
+  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", &tmv);
+  printf("%s\n", kvp_build_info());
+  printf("device: CPU (%s), date: %s%s\n\n", getenv("KVP_NUM_THREADS") != NULL ? "KVP_NUM_THREADS set" : "all threads",
+         date, quick ? ", --quick (numbers are rough)" : "");
+  rc = bench_concatenate((double)min_ms / 1e3, quick);
+  if (rc == 0) rc = bench_serialization((double)min_ms / 1e3, quick);
+  if (rc == 0) rc = bench_pool((double)min_ms / 1e3);
+  if (rc == 0)
+    printf("More shapes, thread counts, conversions and the CUDA backend: the bench_* executables in the build "
+           "tree's tests/ folder (docs/benchmarks.md).\n");
+  return rc;
+}
