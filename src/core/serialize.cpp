@@ -24,6 +24,7 @@
 #include "util/error.hpp"
 #include "util/handle.hpp"
 #include "util/options.hpp"
+#include "util/stream_copy.hpp"
 
 namespace kvp::detail::ser {
 namespace {
@@ -211,6 +212,23 @@ size_t piece_bytes(const Cache& c, size_t chunk) {
   return c.device_type() == KVP_DEVICE_CPU ? std::min<size_t>(chunk, 64 * 1024) : chunk;
 }
 
+// Host-memory pass over n bytes (a piece of at most 64 KiB on the CPU): hash them into `h` (when
+// given), prefetching ahead because one thread's sequential reads alone do not keep enough
+// cache-line requests in flight to reach the memory bandwidth; then stream them from cache to
+// `dst` (when given). Hashing the source rather than the copy keeps the destination write-only
+// (no read for ownership, see stream_copy).
+void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n) {
+  if (h != nullptr) {
+    constexpr size_t kBlock = 4096, kAhead = 4 * kBlock;
+    for (size_t off = 0; off < n; off += kBlock) {
+      const size_t len = std::min(kBlock, n - off);
+      for (size_t a = off + kAhead; a < off + kAhead + len && a < n; a += 64) __builtin_prefetch(src + a, 0, 3);
+      h->update(src + off, len);
+    }
+  }
+  if (dst != nullptr) stream_copy(dst, src, n);
+}
+
 // Copies the next n payload bytes from the cache to host memory `dst`, hashing them into `h`.
 void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) {
   const size_t piece = piece_bytes(c, n);
@@ -218,8 +236,11 @@ void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) 
   size_t done = 0;
   while (done < n) {
     const auto seg = cur.next(std::min(n - done, piece));
-    c.backend().copy_to_host(dst + done, seg.first, seg.second, nullptr, true);
-    if (cpu) h.update(dst + done, seg.second);
+    if (cpu) {
+      hash_copy(&h, dst + done, seg.first, seg.second);
+    } else {
+      c.backend().copy_to_host(dst + done, seg.first, seg.second, nullptr, true);
+    }
     done += seg.second;
   }
   if (!cpu) h.update(dst, n);
@@ -229,11 +250,16 @@ void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) 
 // is given (the piece is then still in cache when it is copied).
 void scatter(const Cache& c, PageCursor& cur, const uint8_t* src, size_t n, Hasher* h) {
   const size_t piece = piece_bytes(c, n);
+  const bool cpu = c.device_type() == KVP_DEVICE_CPU;
   size_t done = 0;
   while (done < n) {
     const auto seg = cur.next(std::min(n - done, piece));
-    if (h != nullptr) h->update(src + done, seg.second);
-    c.backend().copy_from_host(seg.first, src + done, seg.second, nullptr, true);
+    if (cpu) {
+      hash_copy(h, seg.first, src + done, seg.second);
+    } else {
+      if (h != nullptr) h->update(src + done, seg.second);
+      c.backend().copy_from_host(seg.first, src + done, seg.second, nullptr, true);
+    }
     done += seg.second;
   }
 }
@@ -704,7 +730,10 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
   for_chunks(p.geo.num_chunks, par, [&](uint64_t i) {
     const size_t len = static_cast<size_t>(p.geo.chunk_len(i));
     const uint8_t* q = chunks[static_cast<size_t>(i)];
-    const uint64_t stored = get64(q + len), computed = XXH3_64bits_withSeed(q, len, kSeedChunk0 + i);
+    Hasher hasher;
+    hasher.reset(kSeedChunk0 + i);
+    hash_copy(&hasher, nullptr, q, len);
+    const uint64_t stored = get64(q + len), computed = hasher.digest();
     if (!sum_ok(stored, computed)) chunk_mismatch(function, i, p.geo, stored, computed);
   });
 

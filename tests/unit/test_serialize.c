@@ -737,6 +737,44 @@ static void test_serialize__parallel_path_matches_streaming_path(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
+/* Bulk copies on the CPU stream whole 64-byte lines to 16-byte aligned addresses and copy the
+ * head and tail normally: a blob written at every misalignment, with chunk lengths that leave
+ * every tail length, must hold the same bytes and load back the same pages. */
+static void test_serialize__any_buffer_alignment_gives_the_same_bytes(void **state) {
+  (void)state;
+  kvp_cache *c = mk(2, 2, 128, 16, 6, KVP_DTYPE_BF16, KVP_LAYOUT_V3); /* 2 x 6 x 16 KiB = 192 KiB */
+  fill_random(c, 130);
+  uint8_t *s0 = snapshot(c);
+  static const uint32_t chunks[] = {4096, 4097, 5000, 8191, 65536};
+  for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; ++k) {
+    kvp_serialize_options o;
+    kvp_serialize_options_init(&o, sizeof o);
+    o.chunk_bytes = chunks[k];
+    size_t n = 0;
+    uint8_t *ref = blob_of(c, &o, &n);
+    uint8_t *raw = malloc(n + 64);
+    assert_non_null(raw);
+    for (size_t mis = 0; mis < 16; ++mis) {
+      uint8_t *b = raw + mis;
+      size_t written = 0;
+      memset(raw, 0xA5, n + 64);
+      assert_kvp_ok(kvp_serialize(c, &o, b, n, &written));
+      assert_int_equal(written, n);
+      assert_memory_equal(b, ref, n);
+      for (size_t i = 0; i < mis; ++i) assert_int_equal(raw[i], 0xA5); /* nothing written before */
+      for (size_t i = n; i < n + 64 - mis; ++i) assert_int_equal(b[i], 0xA5); /* or after */
+      kvp_cache *t = mk(2, 2, 128, 16, 6, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+      assert_kvp_ok(kvp_deserialize_into(t, b, n, NULL, 0));
+      assert_unchanged(t, s0);
+      assert_kvp_ok(kvp_cache_destroy(t));
+    }
+    free(raw);
+    free(ref);
+  }
+  free(s0);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 /* ---- files -------------------------------------------------------------------------------------- */
 
 static uint8_t *read_file(const char *path, size_t *n) {
@@ -1063,6 +1101,7 @@ int main(void) {
       cmocka_unit_test(test_serialize__max_cache_bytes_limits_new_caches),
       cmocka_unit_test(test_serialize__writer_and_reader_stream_the_same_bytes),
       cmocka_unit_test(test_serialize__parallel_path_matches_streaming_path),
+      cmocka_unit_test(test_serialize__any_buffer_alignment_gives_the_same_bytes),
       cmocka_unit_test(test_serialize__file_roundtrip_and_inspect),
       cmocka_unit_test(test_serialize__interrupted_file_write_keeps_previous_file),
       cmocka_unit_test(test_serialize__golden_blobs_still_load),

@@ -1,0 +1,48 @@
+#include "util/stream_copy.hpp"
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define KVP_HAVE_STREAM_STORES 1
+#endif
+
+namespace kvp::detail {
+
+void stream_copy(void* dst, const void* src, size_t n) noexcept {
+#ifdef KVP_HAVE_STREAM_STORES
+  constexpr size_t kMin = 4096;
+  if (n < kMin) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  // Streaming stores need a 16-byte aligned destination: copy the head normally.
+  const size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
+  std::memcpy(d, s, head);
+  d += head;
+  s += head;
+  n -= head;
+  // One 64-byte cache line per iteration so that each line is written whole.
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
+    const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
+  }
+  // Streaming stores are weakly ordered: fence them before anything else can observe dst.
+  _mm_sfence();
+  std::memcpy(d + i, s + i, n - i);
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+}  // namespace kvp::detail
