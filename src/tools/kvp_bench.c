@@ -49,17 +49,6 @@ static double best_memcpy(void *dst, const void *src, size_t n, double min_s) {
 /* A CPU cache for the Llama-3-8B shape with `pages` pages (page 0 included). */
 static int make_cache(int64_t layers, int64_t pages, int64_t max_len, kvp_config *cfg, kvp_cache **cache) {
   kvp_config_options o;
-  kvp_config probe;
-  kvp_layout_info li;
-  kvp_config_init(&probe, sizeof probe);
-  probe.num_hidden_layers = layers;
-  probe.num_kv_heads = BENCH_HEADS;
-  probe.k_headdim = probe.v_headdim = BENCH_HEAD_DIM;
-  probe.max_model_length = max_len;
-  probe.page_size = BENCH_PAGE;
-  probe.kvdtype = KVP_DTYPE_BF16;
-  li.struct_size = sizeof li;
-  if (kvp_config_get_layout(&probe, &li) != KVP_OK) return bench_fail("layout");
   kvp_config_options_init(&o, sizeof o);
   o.num_hidden_layers = layers;
   o.num_kv_heads = BENCH_HEADS;
@@ -68,7 +57,7 @@ static int make_cache(int64_t layers, int64_t pages, int64_t max_len, kvp_config
   o.page_size = BENCH_PAGE;
   o.kvdtype = KVP_DTYPE_BF16;
   o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  o.budget_bytes = li.page_bytes_per_layer * layers * pages;
+  if (kvp_tool_budget_for_pages(&o, pages) != 0) return bench_fail("layout");
   if (kvp_config_create(&o, cfg) != KVP_OK) return bench_fail("config");
   if (kvp_cache_create(cfg, NULL, cache) != KVP_OK) return bench_fail("cache");
   return 0;
@@ -290,8 +279,8 @@ static int bench_pool(double min_s) {
     o.page_size = BENCH_PAGE;
     o.kvdtype = KVP_DTYPE_BF16;
     o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-    o.budget_bytes = (int64_t)BENCH_PAGE * 2 * BENCH_HEAD_DIM * 2 * pages; /* 1 head: K and V, bf16 */
-    if (kvp_config_create(&o, &cfg) != KVP_OK || kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) {
+    if (kvp_tool_budget_for_pages(&o, pages) != 0 || kvp_config_create(&o, &cfg) != KVP_OK ||
+        kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) {
       free(prompt);
       return bench_fail("cache");
     }

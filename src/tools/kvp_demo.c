@@ -223,21 +223,7 @@ int kvp_cmd_demo(int argc, char **argv) {
   o.kvdtype = dtype;
   o.version = layout;
   o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  {
-    kvp_config probe;
-    kvp_layout_info li;
-    kvp_config_init(&probe, sizeof probe);
-    probe.num_hidden_layers = layers;
-    probe.num_kv_heads = DEMO_HEADS;
-    probe.k_headdim = probe.v_headdim = DEMO_HEAD_DIM;
-    probe.max_model_length = DEMO_MAX_LEN;
-    probe.page_size = DEMO_PAGE;
-    probe.kvdtype = dtype;
-    probe.version = layout;
-    li.struct_size = sizeof li;
-    if (kvp_config_get_layout(&probe, &li) != KVP_OK) return demo_fail("layout");
-    o.budget_bytes = li.page_bytes_per_layer * layers * 320;
-  }
+  if (kvp_tool_budget_for_pages(&o, 320) != 0) return demo_fail("layout");
   if (kvp_config_create(&o, &cfg) != KVP_OK) return demo_fail("config");
   if (kvp_tool_print_plan(&cfg, "demo budget: 320 pages") != 0) return 1;
   if (kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) return demo_fail("cache");

@@ -200,3 +200,20 @@ int kvp_cmd_plan(int argc, char **argv) {
     strncat(note, "; pages sized with the reference's unpadded formula", sizeof note - strlen(note) - 1);
   return kvp_tool_print_plan(&cfg, note);
 }
+
+int kvp_tool_budget_for_pages(kvp_config_options *o, int64_t pages) {
+  kvp_config probe;
+  kvp_layout_info li;
+  if (kvp_config_init(&probe, sizeof probe) != KVP_OK) return 1;
+  probe.num_hidden_layers = o->num_hidden_layers;
+  probe.num_kv_heads = o->num_kv_heads;
+  probe.k_headdim = probe.v_headdim = o->kv_head_dim_size;
+  probe.max_model_length = o->max_model_length;
+  probe.page_size = o->page_size;
+  probe.kvdtype = o->kvdtype;
+  if (o->version != 0) probe.version = o->version;
+  li.struct_size = sizeof li;
+  if (kvp_config_get_layout(&probe, &li) != KVP_OK) return 1;
+  o->budget_bytes = li.page_bytes_per_layer * o->num_hidden_layers * pages;
+  return 0;
+}
