@@ -56,7 +56,10 @@ KVP_BEGIN_DECLS
  * threads as CPUs, or `KVP_NUM_THREADS` / `OMP_NUM_THREADS` from the environment, read once);
  * the calling thread always works too and never waits for a pool thread that has not started.
  * Smaller calls, single-token decode steps included, run on the calling thread only. Batches
- * writing 16 MiB or more use non-temporal stores (they would only evict the caches).
+ * writing 16 MiB or more use non-temporal stores (they would only evict the caches). Dtype
+ * conversions use the widest vector instructions the CPU has (x86-64: SSE2, AVX2 or AVX-512,
+ * chosen once; the environment variable `KVP_CPU_ISA=baseline|avx2` can lower the choice) and
+ * write the same bytes at every level; kvp_build_info() names the level.
  *
  * @param[in,out] cache Cache handle (the layer's pages are written).
  * @param[in] layer Layer index, < num_hidden_layers.

@@ -144,8 +144,12 @@ KVP_API uint32_t KVP_CALL kvp_version_number(void);
 KVP_API const char *KVP_CALL kvp_version_string(void);
 
 /**
- * @brief Returns a static description of the build: version, git revision, compiler, backends.
- * @return A static string, never NULL, e.g. "kvpages 1.0.0 (abc1234) GNU-12.2.0 cuda=on openmp=on".
+ * @brief Returns a description of the build: version, git revision, compiler, backends, and the
+ * instruction-set level the CPU backend's dtype conversions use on this machine.
+ * @return A string that lives as long as the process, never NULL, e.g. "kvpages 1.0.0 (abc1234)
+ *         GNU-12.2.0 cuda=on openmp=on api_armor=on cpu=avx2" (`cpu=` is `baseline`, `avx2` or
+ *         `avx512`, chosen once per process from the CPU; the environment variable
+ *         `KVP_CPU_ISA` can lower it).
  * @threadsafety Thread-safe.
  * @since 1.0
  */

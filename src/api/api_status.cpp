@@ -1,7 +1,10 @@
 // Status names, version queries and the ABI check.
+#include <cstdio>
+
 #include "kvpages/features.h"
 #include "kvpages/status.h"
 #include "kvpages/version.h"
+#include "core/concat.hpp"
 #include "util/error.hpp"
 
 extern "C" {
@@ -61,8 +64,18 @@ KVP_API const char* kvp_version_string(void) {
 
 KVP_API const char* kvp_build_info(void) {
   kvp::detail::clear_last_error();
-  return "kvpages " KVP_VERSION_STRING " (" KVP_GIT_SHA ") " KVP_COMPILER_ID " cuda=" KVP_CUDA_STR
-         " openmp=" KVP_OPENMP_STR " api_armor=" KVP_ARMOR_STR;
+  // Built once (thread-safe static initialisation, no allocation); the ISA level is fixed for
+  // the process.
+  static char info[256];
+  static const bool built = [] {
+    std::snprintf(info, sizeof info, "%s cpu=%s",
+                  "kvpages " KVP_VERSION_STRING " (" KVP_GIT_SHA ") " KVP_COMPILER_ID " cuda=" KVP_CUDA_STR
+                  " openmp=" KVP_OPENMP_STR " api_armor=" KVP_ARMOR_STR,
+                  kvp::detail::cpu_isa_name(kvp::detail::cpu_isa()));
+    return true;
+  }();
+  (void)built;
+  return info;
 }
 
 KVP_API kvp_status kvp_check_abi(uint32_t header_version_number) {

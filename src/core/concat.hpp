@@ -93,6 +93,14 @@ void concatenate(Cache& cache, int64_t layer, const kvp_tensor& key, const kvp_t
 // CPU implementation (src/backend/cpu/concat_cpu.cpp); requires host_validated.
 void cpu_concatenate(const ConcatJob& job);
 
+// Instruction-set level of the CPU's arithmetic dtype conversions, chosen once per process from
+// CPUID (x86-64: baseline SSE2, AVX2, AVX-512 F/BW/DQ/VL). The environment variable
+// KVP_CPU_ISA=baseline|avx2|avx512 lowers it (never above what the CPU has); every level
+// writes the same bytes.
+enum class CpuIsa { baseline = 0, avx2 = 1, avx512 = 2 };
+CpuIsa cpu_isa() noexcept;
+const char* cpu_isa_name(CpuIsa isa) noexcept;
+
 // CUDA implementation (src/backend/cuda/); enqueues on `stream`. Non-CUDA builds get a stub in
 // core/concat.cpp that throws KVP_ERR_NO_DEVICE.
 void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream);

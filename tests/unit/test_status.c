@@ -3,6 +3,7 @@
 #include "support.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 typedef struct code_name {
   kvp_status code;
@@ -147,6 +148,14 @@ static void test_status__version_queries_match_headers(void **state) {
   assert_non_null(bi);
   assert_non_null(strstr(bi, KVP_VERSION_STRING));
   assert_non_null(strstr(bi, KVP_HAS_CUDA ? "cuda=on" : "cuda=off"));
+  /* the CPU conversions' instruction-set level; KVP_CPU_ISA=baseline always gets baseline */
+  const char *isa = strstr(bi, " cpu=");
+  assert_non_null(isa);
+  isa += 5;
+  assert_true(strcmp(isa, "baseline") == 0 || strcmp(isa, "avx2") == 0 || strcmp(isa, "avx512") == 0);
+  const char *want = getenv("KVP_CPU_ISA");
+  if (want != NULL && strcmp(want, "baseline") == 0) assert_string_equal(isa, "baseline");
+  assert_ptr_equal(kvp_build_info(), bi); /* built once */
 }
 
 static void test_status__check_abi(void **state) {

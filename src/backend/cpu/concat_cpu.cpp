@@ -21,7 +21,46 @@
 #include "core/fp_convert.hpp"
 #include "util/error.hpp"
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define KVP_CPU_DISPATCH 1
+#define KVP_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define KVP_CPU_DISPATCH 0
+#define KVP_ALWAYS_INLINE
+#endif
+
 namespace kvp::detail {
+
+const char* cpu_isa_name(CpuIsa isa) noexcept {
+  switch (isa) {
+    case CpuIsa::avx512: return "avx512";
+    case CpuIsa::avx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+CpuIsa cpu_isa() noexcept {
+  static const CpuIsa isa = [] {
+    CpuIsa best = CpuIsa::baseline;
+#if KVP_CPU_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) best = CpuIsa::avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      best = CpuIsa::avx512;
+#endif
+    // KVP_CPU_ISA lowers the level (tests run every level; never raises it above the CPU's).
+    if (const char* env = std::getenv("KVP_CPU_ISA")) {
+      CpuIsa want = best;
+      if (std::strcmp(env, "baseline") == 0) want = CpuIsa::baseline;
+      else if (std::strcmp(env, "avx2") == 0) want = CpuIsa::avx2;
+      else if (std::strcmp(env, "avx512") == 0) want = CpuIsa::avx512;
+      if (want < best) best = want;
+    }
+    return best;
+  }();
+  return isa;
+}
 
 namespace {
 
@@ -80,8 +119,9 @@ const typename Bits<DD>::type* table16() {
   return table.v;
 }
 
+// The body of a row conversion, inlined into one function per instruction-set level below.
 template <kvp_dtype SD, kvp_dtype DD>
-void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+KVP_ALWAYS_INLINE inline void convert_row_body(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   using SrcT = typename Bits<SD>::type;
   using DstT = typename Bits<DD>::type;
   if constexpr (kUseTable<SD, DD>) {
@@ -116,6 +156,29 @@ void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   }
 }
 
+template <kvp_dtype SD, kvp_dtype DD>
+void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+  convert_row_body<SD, DD>(src, stride, dst, n);
+}
+
+#if KVP_CPU_DISPATCH
+// The same body compiled for AVX2 and for AVX-512: the arithmetic conversions are branch-free
+// lane-wise integer and f32-add code, so the wider vectors give the same bytes 2-3x faster
+// (docs/benchmarks.md). Only functions with the default target are inlined into these, never the
+// other way round, so no AVX code can reach a CPU without it.
+template <kvp_dtype SD, kvp_dtype DD>
+__attribute__((target("avx2"))) void convert_row_avx2(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+  convert_row_body<SD, DD>(src, stride, dst, n);
+}
+
+template <kvp_dtype SD, kvp_dtype DD>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) void convert_row_avx512(const uint8_t* src,
+                                                                                      int64_t stride, uint8_t* dst,
+                                                                                      int64_t n) {
+  convert_row_body<SD, DD>(src, stride, dst, n);
+}
+#endif
+
 template <int kSize>
 void copy_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   if (stride == 1) {
@@ -128,8 +191,19 @@ void copy_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
 
 template <kvp_dtype SD, kvp_dtype DD>
 RowFn prepared() {
-  if constexpr (kUseTable<SD, DD>) (void)table16<SD, DD>();  // build before the first write
-  return convert_row<SD, DD>;
+  if constexpr (kUseTable<SD, DD>) {
+    (void)table16<SD, DD>();  // build before the first write
+    return convert_row<SD, DD>;  // table lookups: wider vectors do not help
+  } else {
+#if KVP_CPU_DISPATCH
+    switch (cpu_isa()) {
+      case CpuIsa::avx512: return convert_row_avx512<SD, DD>;
+      case CpuIsa::avx2: return convert_row_avx2<SD, DD>;
+      default: break;
+    }
+#endif
+    return convert_row<SD, DD>;
+  }
 }
 
 template <kvp_dtype SD>
