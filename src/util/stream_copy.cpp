@@ -19,13 +19,14 @@ void stream_copy(void* dst, const void* src, size_t n) noexcept {
   }
   auto* d = static_cast<uint8_t*>(dst);
   const auto* s = static_cast<const uint8_t*>(src);
-  // Streaming stores need a 16-byte aligned destination: copy the head normally.
-  const size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
+  // Streaming stores need a 16-byte aligned destination, and write-combining works best on whole
+  // 64-byte lines: copy the head up to the next line boundary normally.
+  const size_t head = (64 - (reinterpret_cast<uintptr_t>(d) & 63)) & 63;
   std::memcpy(d, s, head);
   d += head;
   s += head;
   n -= head;
-  // One 64-byte cache line per iteration so that each line is written whole.
+  // One whole destination cache line per iteration.
   size_t i = 0;
   for (; i + 64 <= n; i += 64) {
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));

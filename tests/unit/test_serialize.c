@@ -737,7 +737,7 @@ static void test_serialize__parallel_path_matches_streaming_path(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
-/* Bulk copies on the CPU stream whole 64-byte lines to 16-byte aligned addresses and copy the
+/* Bulk copies on the CPU stream whole 64-byte lines to line-aligned addresses and copy the
  * head and tail normally: a blob written at every misalignment, with chunk lengths that leave
  * every tail length, must hold the same bytes and load back the same pages. */
 static void test_serialize__any_buffer_alignment_gives_the_same_bytes(void **state) {
@@ -752,17 +752,17 @@ static void test_serialize__any_buffer_alignment_gives_the_same_bytes(void **sta
     o.chunk_bytes = chunks[k];
     size_t n = 0;
     uint8_t *ref = blob_of(c, &o, &n);
-    uint8_t *raw = malloc(n + 64);
+    uint8_t *raw = malloc(n + 128);
     assert_non_null(raw);
-    for (size_t mis = 0; mis < 16; ++mis) {
+    for (size_t mis = 0; mis < 64; ++mis) {
       uint8_t *b = raw + mis;
       size_t written = 0;
-      memset(raw, 0xA5, n + 64);
+      memset(raw, 0xA5, n + 128);
       assert_kvp_ok(kvp_serialize(c, &o, b, n, &written));
       assert_int_equal(written, n);
       assert_memory_equal(b, ref, n);
       for (size_t i = 0; i < mis; ++i) assert_int_equal(raw[i], 0xA5); /* nothing written before */
-      for (size_t i = n; i < n + 64 - mis; ++i) assert_int_equal(b[i], 0xA5); /* or after */
+      for (size_t i = n; i < n + 128 - mis; ++i) assert_int_equal(b[i], 0xA5); /* or after */
       kvp_cache *t = mk(2, 2, 128, 16, 6, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
       assert_kvp_ok(kvp_deserialize_into(t, b, n, NULL, 0));
       assert_unchanged(t, s0);
