@@ -29,6 +29,9 @@ void stream_copy(void* dst, const void* src, size_t n) noexcept {
   // One whole destination cache line per iteration.
   size_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    // Software prefetch 1 KiB ahead: one thread's hardware prefetch alone leaves the loads short of
+    // the memory bandwidth when the source is not in cache (prefetches never fault).
+    __builtin_prefetch(s + i + 1024, 0, 3);
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
     const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
