@@ -5,7 +5,8 @@
  * Bytes counted: the K and V input bytes of the batch (= the bytes written to the cache when
  * the input dtype equals the cache dtype and the layout has no padding). The memcpy baseline
  * copies exactly those bytes (key and value buffers into two pre-touched destination buffers),
- * single-threaded, in the same process.
+ * single-threaded, in the same process; a second baseline splits that copy over the row's thread
+ * count (helper threads that sleep while kvpages is timed).
  *
  * Batches: N <= 64 tokens are N decode requests (one token each, at scattered positions);
  * larger N are prefill requests of up to 512 tokens each. Pages are handed out in a shuffled
@@ -14,6 +15,8 @@
  * Usage: bench_concatenate [--quick]   (--quick: fewer shapes and token counts) */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +110,74 @@ static void run_copy(void *p) {
   memcpy(a->dv, a->sv, a->bytes);
 }
 
+/* The same copy split over `g_copy_threads` threads (the calling one included): the memory
+ * bandwidth the library's thread pool could reach at best, the limit for the multi-thread rows.
+ * Helpers sleep on a condition variable between copies, so they take no CPU from kvpages while
+ * it is being timed. */
+static int g_copy_threads = 1;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_go = PTHREAD_COND_INITIALIZER, g_done = PTHREAD_COND_INITIALIZER;
+static const copy_arg *g_job;
+static unsigned long g_gen;
+static int g_left;
+
+static void copy_share(const copy_arg *a, int part, int parts) {
+  const size_t per = (a->bytes / (size_t)parts + 63) & ~(size_t)63, lo = per * (size_t)part;
+  const size_t hi = lo + per < a->bytes ? lo + per : a->bytes;
+  if (lo >= hi) return;
+  memcpy((char *)a->dk + lo, (const char *)a->sk + lo, hi - lo);
+  memcpy((char *)a->dv + lo, (const char *)a->sv + lo, hi - lo);
+}
+
+static void *copy_helper(void *p) {
+  const int part = (int)(intptr_t)p;
+  unsigned long seen = 0;
+  for (;;) {
+    const copy_arg *a;
+    pthread_mutex_lock(&g_mu);
+    while (g_gen == seen) pthread_cond_wait(&g_go, &g_mu);
+    seen = g_gen;
+    a = g_job;
+    pthread_mutex_unlock(&g_mu);
+    copy_share(a, part, g_copy_threads);
+    pthread_mutex_lock(&g_mu);
+    if (--g_left == 0) pthread_cond_signal(&g_done);
+    pthread_mutex_unlock(&g_mu);
+  }
+  return NULL;
+}
+
+static void start_copy_helpers(int threads) {
+  int i;
+  g_copy_threads = threads;
+  for (i = 1; i < threads; ++i) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, copy_helper, (void *)(intptr_t)i) != 0) {
+      g_copy_threads = i;
+      break;
+    }
+    pthread_detach(t);
+  }
+}
+
+static void run_copy_parallel(void *p) {
+  const copy_arg *a = (const copy_arg *)p;
+  if (g_copy_threads <= 1) {
+    run_copy(p);
+    return;
+  }
+  pthread_mutex_lock(&g_mu);
+  g_job = a;
+  g_left = g_copy_threads - 1;
+  ++g_gen;
+  pthread_cond_broadcast(&g_go);
+  pthread_mutex_unlock(&g_mu);
+  copy_share(a, 0, g_copy_threads);
+  pthread_mutex_lock(&g_mu);
+  while (g_left > 0) pthread_cond_wait(&g_done, &g_mu);
+  pthread_mutex_unlock(&g_mu);
+}
+
 static void bench_shape(const shape *s, int quick, const char *threads) {
   kvp_config_options o;
   kvp_config cfg;
@@ -178,7 +249,7 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
     kvp_metadata *md = NULL;
     concat_arg ca;
     copy_arg cp;
-    double tc, tm;
+    double tc, tm, tmp;
     const double bytes = (double)(2 * N * s->H * s->D * in_sz);
     if (quick && (N == 4 || N == 64 || N == 4096)) continue;
     if (N <= 64) {
@@ -227,10 +298,11 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
     cp.sv = vin;
     cp.bytes = (size_t)(N * s->H * s->D * in_sz);
     tm = best_time(run_copy, &cp, 0.02);
+    tmp = g_copy_threads > 1 ? best_time(run_copy_parallel, &cp, 0.02) : tm;
     tc = best_time(run_concat, &ca, 0.03);
-    printf("| %-26s | %s | %-4s->%-10s | %5" PRId64 " | %3s | %10.2f | %7.2f | %7.2f | %5.2f |\n", s->name,
-           kvp_layout_name(s->layout), kvp_dtype_name(s->in), kvp_dtype_name(s->cache), N, threads, tc * 1e6,
-           bytes / tc / 1e9, bytes / tm / 1e9, tm / tc);
+    printf("| %-26s | %s | %-4s->%-10s | %5" PRId64 " | %3s | %10.2f | %7.2f | %7.2f | %5.2f | %7.2f | %5.2f |\n",
+           s->name, kvp_layout_name(s->layout), kvp_dtype_name(s->in), kvp_dtype_name(s->cache), N, threads,
+           tc * 1e6, bytes / tc / 1e9, bytes / tm / 1e9, tm / tc, bytes / tmp / 1e9, tmp / tc);
     fflush(stdout);
     kvp_metadata_destroy(md);
   }
@@ -271,10 +343,13 @@ int main(int argc, char **argv) {
     printf("# kvp_concatenate on the CPU\n\n");
     printf("- date: %s\n- machine: %s, %ld logical CPUs\n- library: %s\n", date, model, nproc, kvp_build_info());
     printf("- bytes = K+V input bytes; memcpy = single-thread memcpy of the same bytes in the same run;\n"
-           "  ratio = memcpy time / concatenate time (1.00 = as fast as memcpy). Page size %d.\n\n",
+           "  ratio = memcpy time / concatenate time (1.00 = as fast as memcpy); memcpy xN = the same copy\n"
+           "  split over the row's N threads (the bandwidth limit for multi-thread rows) and its ratio.\n"
+           "  Page size %d.\n\n",
            PAGE);
-    printf("| shape | layout | dtype in->cache | tokens | thr | concat us | GB/s | memcpy GB/s | ratio |\n");
-    printf("|---|---|---|---:|---:|---:|---:|---:|---:|\n");
+    printf("| shape | layout | dtype in->cache | tokens | thr | concat us | GB/s | memcpy GB/s | ratio "
+           "| memcpy xN GB/s | ratio xN |\n");
+    printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     fflush(stdout);
     counts[0] = 1;
     counts[1] = nproc;
@@ -300,6 +375,7 @@ int main(int argc, char **argv) {
     }
     return 0;
   }
+  start_copy_helpers(atoi(child) > 0 ? atoi(child) : 1);
   for (s = 0; s < sizeof kShapes / sizeof kShapes[0]; ++s) {
     if (quick && s >= 3) break;
     bench_shape(&kShapes[s], quick, child);
