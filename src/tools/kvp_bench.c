@@ -31,19 +31,43 @@ static int bench_fail(const char *what) {
   return 1;
 }
 
-/* Best time of memcpy(dst, src, n) over at least min_s seconds (and at least 3 runs). */
-static double best_memcpy(void *dst, const void *src, size_t n, double min_s) {
-  double best = 1e30, t_end = bench_now() + min_s;
-  int runs = 0;
-  while (runs < 3 || bench_now() < t_end) {
+/* One timed operation; returns 0, or non-zero after reporting why it failed. */
+typedef int (*bench_op)(void *arg);
+
+/* Best time of op(arg) over at least min_s seconds (and at least 3 runs); -1 when op fails. */
+static double best_time(bench_op op, void *arg, double min_s) {
+  const double t_end = bench_now() + min_s;
+  double best = 1e30;
+  int runs;
+  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
     const double t0 = bench_now();
-    memcpy(dst, src, n);
-    __asm__ __volatile__("" : : "r"(dst) : "memory"); /* the copy must happen */
+    if (op(arg) != 0) return -1.0;
     const double dt = bench_now() - t0;
     if (dt < best) best = dt;
-    ++runs;
   }
   return best;
+}
+
+typedef struct copy_op {
+  void *dst;
+  const void *src;
+  size_t n;
+} copy_op;
+
+static int run_memcpy(void *arg) {
+  const copy_op *c = (const copy_op *)arg;
+  memcpy(c->dst, c->src, c->n);
+  __asm__ __volatile__("" : : "r"(c->dst) : "memory"); /* the copy must happen */
+  return 0;
+}
+
+/* Best time of memcpy(dst, src, n) over at least min_s seconds. */
+static double best_memcpy(void *dst, const void *src, size_t n, double min_s) {
+  copy_op c;
+  c.dst = dst;
+  c.src = src;
+  c.n = n;
+  return best_time(run_memcpy, &c, min_s);
 }
 
 /* A CPU cache for the Llama-3-8B shape with `pages` pages (page 0 included). */
@@ -70,6 +94,17 @@ static uint32_t bench_rand(uint32_t *s) {
   return *s;
 }
 
+typedef struct concat_op {
+  kvp_cache *cache;
+  kvp_tensor k, v;
+  const kvp_metadata *md;
+} concat_op;
+
+static int run_concat(void *arg) {
+  const concat_op *c = (const concat_op *)arg;
+  return kvp_concatenate(c->cache, 0, &c->k, &c->v, c->md, NULL) != KVP_OK ? bench_fail("concatenate") : 0;
+}
+
 /* kvp_concatenate vs memcpy for one token count; prints one table row. */
 static int bench_concat_row(kvp_cache *cache, const kvp_config *cfg, int64_t tokens, double min_s) {
   const size_t row_elems = (size_t)BENCH_HEADS * BENCH_HEAD_DIM;
@@ -79,16 +114,15 @@ static int bench_concat_row(kvp_cache *cache, const kvp_config *cfg, int64_t tok
   const int64_t nreq = (tokens + per_req_max - 1) / per_req_max;
   kvp_batch_request *br = (kvp_batch_request *)calloc((size_t)nreq, sizeof *br);
   int32_t *pages = (int32_t *)malloc(sizeof(int32_t) * (size_t)(usable > 0 ? usable : 1));
-  int32_t *order = (int32_t *)malloc(sizeof(int32_t) * (size_t)nreq);
   uint16_t *k = (uint16_t *)malloc(in_bytes), *v = (uint16_t *)malloc(in_bytes);
   unsigned char *scratch = (unsigned char *)malloc(2 * in_bytes);
   kvp_metadata *md = NULL;
-  kvp_tensor kt, vt;
+  concat_op op;
   uint32_t seed = 12345u;
   int64_t i, used = 0, r;
-  int rc = 1, runs = 0;
-  double best = 1e30, t_end, copy;
-  if (br == NULL || pages == NULL || order == NULL || k == NULL || v == NULL || scratch == NULL) {
+  int rc = 1;
+  double best, copy;
+  if (br == NULL || pages == NULL || k == NULL || v == NULL || scratch == NULL) {
     fprintf(stderr, "kvp bench: out of memory\n");
     goto out;
   }
@@ -118,39 +152,28 @@ static int bench_concat_row(kvp_cache *cache, const kvp_config *cfg, int64_t tok
     k[i] = (uint16_t)(0x3f80u + (bench_rand(&seed) & 0x7fu));
     v[i] = (uint16_t)(0xbf80u + (bench_rand(&seed) & 0x7fu));
   }
-  if (kvp_metadata_build(cfg, br, (uint32_t)nreq, NULL, order, &md) != KVP_OK) {
+  /* All decode rows or all prefill chunks: the builder's row order is the request order. */
+  if (kvp_metadata_build(cfg, br, (uint32_t)nreq, NULL, NULL, &md) != KVP_OK) {
     rc = bench_fail("metadata");
     goto out;
   }
-  memset(&kt, 0, sizeof kt);
-  kt.data = k;
-  kt.dtype = KVP_DTYPE_BF16;
-  kt.ndim = 3;
-  kt.shape[0] = tokens;
-  kt.shape[1] = BENCH_HEADS;
-  kt.shape[2] = BENCH_HEAD_DIM;
-  kt.strides[0] = (int64_t)row_elems;
-  kt.strides[1] = BENCH_HEAD_DIM;
-  kt.strides[2] = 1;
-  kt.device_type = KVP_DEVICE_CPU;
-  vt = kt;
-  vt.data = v;
+  memset(&op, 0, sizeof op);
+  op.cache = cache;
+  op.md = md;
+  op.k.data = k;
+  op.k.dtype = KVP_DTYPE_BF16;
+  op.k.ndim = 3;
+  op.k.shape[0] = tokens;
+  op.k.shape[1] = BENCH_HEADS;
+  op.k.shape[2] = BENCH_HEAD_DIM;
+  op.k.strides[0] = (int64_t)row_elems;
+  op.k.strides[1] = BENCH_HEAD_DIM;
+  op.k.strides[2] = 1;
+  op.k.device_type = KVP_DEVICE_CPU;
+  op.v = op.k;
+  op.v.data = v;
   /* The first call touches the pages; it is not timed. */
-  if (kvp_concatenate(cache, 0, &kt, &vt, md, NULL) != KVP_OK) {
-    rc = bench_fail("concatenate");
-    goto out;
-  }
-  t_end = bench_now() + min_s;
-  while (runs < 3 || bench_now() < t_end) {
-    const double t0 = bench_now();
-    if (kvp_concatenate(cache, 0, &kt, &vt, md, NULL) != KVP_OK) {
-      rc = bench_fail("concatenate");
-      goto out;
-    }
-    const double dt = bench_now() - t0;
-    if (dt < best) best = dt;
-    ++runs;
-  }
+  if (run_concat(&op) != 0 || (best = best_time(run_concat, &op, min_s)) < 0) goto out;
   memcpy(scratch, k, in_bytes); /* touch the destination once */
   copy = best_memcpy(scratch, k, in_bytes, min_s / 2) +
          best_memcpy(scratch + in_bytes, v, in_bytes, min_s / 2);
@@ -161,7 +184,6 @@ out:
   kvp_metadata_destroy(md);
   free(br);
   free(pages);
-  free(order);
   free(k);
   free(v);
   free(scratch);
@@ -181,20 +203,37 @@ static int bench_concatenate(double min_s, int quick) {
   printf("  %-8s %-9s %12s %10s %12s %8s\n", "tokens", "batch", "time (us)", "GB/s", "memcpy GB/s", "ratio");
   for (i = 0; i < n && rc == 0; ++i) rc = bench_concat_row(cache, &cfg, counts[i], min_s);
   printf("  (GB/s = K+V input bytes per second; ratio = memcpy time / concatenate time for the same bytes;\n"
-         "   memcpy runs on one thread, kvpages on all of them)\n\n");
+         "   memcpy runs on one thread; kvpages may use several)\n\n");
   kvp_cache_destroy(cache);
   return rc;
+}
+
+typedef struct ser_op {
+  kvp_cache *cache;
+  void *blob;
+  size_t size, written;
+} ser_op;
+
+static int run_serialize(void *arg) {
+  ser_op *c = (ser_op *)arg;
+  return kvp_serialize(c->cache, NULL, c->blob, c->size, &c->written) != KVP_OK ? bench_fail("serialize") : 0;
+}
+
+static int run_deserialize_into(void *arg) {
+  const ser_op *c = (const ser_op *)arg;
+  return kvp_deserialize_into(c->cache, c->blob, c->written, NULL, 0) != KVP_OK ? bench_fail("deserialize") : 0;
 }
 
 static int bench_serialization(double min_s, int quick) {
   const int64_t layers = 4, pages = quick ? 64 : 256; /* 64 KiB per page and layer: 16 or 64 MiB */
   kvp_config cfg;
   kvp_cache *cache = NULL;
-  void *blob = NULL, *scratch = NULL;
-  size_t size = 0, written = 0;
-  double best_ser = 1e30, best_de = 1e30, copy, t_end;
-  int runs, rc = 1, l;
+  void *scratch = NULL;
+  ser_op op = {NULL, NULL, 0, 0};
+  double best_ser, best_de, copy;
+  int rc = 1, l;
   if (make_cache(layers, pages, 4096, &cfg, &cache) != 0) return 1;
+  op.cache = cache;
   for (l = 0; l < layers; ++l) { /* fill the cache with something other than zeros */
     kvp_tensor view;
     size_t j, bytes;
@@ -205,49 +244,34 @@ static int bench_serialization(double min_s, int quick) {
     bytes = (size_t)view.shape[0] * (size_t)view.strides[0] * 2;
     for (j = 0; j < bytes; ++j) ((unsigned char *)view.data)[j] = (unsigned char)(j * 131u + (size_t)l);
   }
-  if (kvp_serialized_size(cache, NULL, &size) != KVP_OK) {
+  if (kvp_serialized_size(cache, NULL, &op.size) != KVP_OK) {
     rc = bench_fail("serialized size");
     goto out;
   }
-  blob = malloc(size);
-  scratch = malloc(size);
-  if (blob == NULL || scratch == NULL) {
+  op.blob = malloc(op.size);
+  scratch = malloc(op.size);
+  if (op.blob == NULL || scratch == NULL) {
     fprintf(stderr, "kvp bench: out of memory\n");
     goto out;
   }
-  memset(scratch, 1, size);
-  t_end = bench_now() + min_s;
-  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
-    const double t0 = bench_now();
-    if (kvp_serialize(cache, NULL, blob, size, &written) != KVP_OK) {
-      rc = bench_fail("serialize");
-      goto out;
-    }
-    if (bench_now() - t0 < best_ser) best_ser = bench_now() - t0;
-  }
-  t_end = bench_now() + min_s;
-  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
-    const double t0 = bench_now();
-    if (kvp_deserialize_into(cache, blob, written, NULL, 0) != KVP_OK) {
-      rc = bench_fail("deserialize");
-      goto out;
-    }
-    if (bench_now() - t0 < best_de) best_de = bench_now() - t0;
-  }
-  copy = best_memcpy(scratch, blob, written, min_s);
+  memset(scratch, 1, op.size);
+  if ((best_ser = best_time(run_serialize, &op, min_s)) < 0 ||
+      (best_de = best_time(run_deserialize_into, &op, min_s)) < 0)
+    goto out;
+  copy = best_memcpy(scratch, op.blob, op.written, min_s);
   printf("serialization, whole cache: %" PRId64 " layers x %" PRId64 " pages = %.1f MiB blob, XXH3 checksums on\n",
-         layers, pages, (double)written / (1024.0 * 1024.0));
+         layers, pages, (double)op.written / (1024.0 * 1024.0));
   printf("  %-22s %10s %10s %8s\n", "operation", "time (ms)", "GB/s", "ratio");
-  printf("  %-22s %10.3f %10.2f %8.2f\n", "kvp_serialize", best_ser * 1e3, (double)written / best_ser / 1e9,
+  printf("  %-22s %10.3f %10.2f %8.2f\n", "kvp_serialize", best_ser * 1e3, (double)op.written / best_ser / 1e9,
          copy / best_ser);
-  printf("  %-22s %10.3f %10.2f %8.2f\n", "kvp_deserialize_into", best_de * 1e3, (double)written / best_de / 1e9,
+  printf("  %-22s %10.3f %10.2f %8.2f\n", "kvp_deserialize_into", best_de * 1e3, (double)op.written / best_de / 1e9,
          copy / best_de);
-  printf("  %-22s %10.3f %10.2f %8s\n", "memcpy", copy * 1e3, (double)written / copy / 1e9, "1.00");
+  printf("  %-22s %10.3f %10.2f %8s\n", "memcpy", copy * 1e3, (double)op.written / copy / 1e9, "1.00");
   printf("  (kvp_deserialize_into verifies every checksum before it writes, so it reads the blob twice;\n"
-         "   memcpy runs on one thread, kvpages on all of them)\n\n");
+         "   memcpy runs on one thread; kvpages may use several)\n\n");
   rc = 0;
 out:
-  free(blob);
+  free(op.blob);
   free(scratch);
   kvp_cache_destroy(cache);
   return rc;
@@ -296,7 +320,7 @@ static int bench_pool(double min_s) {
   t_end = bench_now() + min_s;
   for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
     kvp_seq_id seq;
-    double t0, t1;
+    double t0, t1, t2;
     if (kvp_pool_add_sequence(pool, NULL, 0, 0, 0, &seq, NULL) != KVP_OK) {
       rc = bench_fail("add sequence");
       goto out;
@@ -312,8 +336,9 @@ static int bench_pool(double min_s) {
       rc = bench_fail("free");
       goto out;
     }
+    t2 = bench_now();
     if (t1 - t0 < best_alloc) best_alloc = t1 - t0;
-    if (bench_now() - t1 < best_free) best_free = bench_now() - t1;
+    if (t2 - t1 < best_free) best_free = t2 - t1;
   }
   /* Prefix match, on a pool with the prefix cache on: index the prompt once, then add it again and
    * again (a full hit each time). */
@@ -335,12 +360,14 @@ static int bench_pool(double min_s) {
     t_end = bench_now() + min_s;
     for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
       const double t0 = bench_now();
+      double dt;
       if (kvp_pool_add_sequence(pool, prompt, (size_t)tokens, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &again, &reused) !=
           KVP_OK) {
         rc = bench_fail("prefix match");
         goto out;
       }
-      if (bench_now() - t0 < best_match) best_match = bench_now() - t0;
+      dt = bench_now() - t0;
+      if (dt < best_match) best_match = dt;
       if (reused != (size_t)tokens) {
         fprintf(stderr, "kvp bench: the prefix match reused %zu of %" PRId64 " tokens\n", reused, tokens);
         goto out;
@@ -370,7 +397,7 @@ out:
 }
 
 int kvp_cmd_bench(int argc, char **argv) {
-  int64_t min_ms = 200;
+  int64_t min_ms = -1;
   int quick = 0, i, rc = 0;
   char date[64];
   time_t t = time(NULL);
@@ -378,7 +405,6 @@ int kvp_cmd_bench(int argc, char **argv) {
   for (i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--quick") == 0) {
       quick = 1;
-      min_ms = 20;
     } else if (strcmp(argv[i], "--min-ms") == 0 && i + 1 < argc) {
       if (kvp_tool_parse_int(argv[++i], &min_ms) != 0 || min_ms > 60000) {
         fprintf(stderr, "kvp bench: --min-ms needs an integer in [1, 60000]\n");
@@ -387,11 +413,12 @@ int kvp_cmd_bench(int argc, char **argv) {
     } else {
       fprintf(stderr, "usage: kvp bench [--quick] [--min-ms N]\n"
                       "  Times kvp_concatenate, serialization and the page pool on the CPU against memcpy.\n"
-                      "  --quick     fewer sizes and 20 ms per measurement (a smoke run)\n"
+                      "  --quick     fewer sizes and 20 ms per measurement unless --min-ms is given (a smoke run)\n"
                       "  --min-ms N  measure each case for at least N ms (default 200); best time counts\n");
       return strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
+  if (min_ms < 0) min_ms = quick ? 20 : 200; /* an explicit --min-ms wins over --quick's 20 */
   gmtime_r(&t, &tmv);
   strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", &tmv);
   printf("%s\n", kvp_build_info());
