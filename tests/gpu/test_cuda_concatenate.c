@@ -378,6 +378,27 @@ static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) 
 /* ------------------------------------------------------------------------------------------ */
 /* CUDA graphs                                                                                 */
 
+/* A decode batch of n requests, request i writing one token at in-page offset `offset` of page
+ * i + 1: n runs that never merge (so n * 24 bytes of staged host metadata). */
+static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset) {
+  kvp_batch_request *reqs = (kvp_batch_request *)calloc((size_t)n, sizeof *reqs);
+  int32_t *pages = (int32_t *)malloc((size_t)n * sizeof *pages);
+  assert_non_null(reqs);
+  assert_non_null(pages);
+  for (int i = 0; i < n; ++i) {
+    pages[i] = i + 1;
+    reqs[i].num_computed = offset;
+    reqs[i].num_scheduled = 1;
+    reqs[i].page_ids = pages + i;
+    reqs[i].num_pages = 1;
+  }
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(cfg, reqs, (uint32_t)n, NULL, NULL, &md));
+  free(reqs);
+  free(pages);
+  return md;
+}
+
 /* Copies the arrays of host metadata `src` into the fixed device buffers behind `dst` (same
  * shapes: both built with the same R and T bucket). */
 static void update_device_md(device_md *dst, const kvp_metadata *src) {
@@ -501,6 +522,113 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   assert_kvp_ok(kvp_metadata_destroy(md1));
   CUDA_OK(cudaStreamDestroy(s));
   free(before);
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+/* Host metadata captured into graphs is staged in the cache's graph arena (1 MiB). When it runs
+ * out, kvp_concatenate refuses with KVP_ERR_UNSUPPORTED and enqueues nothing: the capture stays
+ * valid, and the calls captured before still replay. Outside capture the same batch goes through
+ * the staging ring (which grows for it), and small batches (inline runs) still capture. */
+static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0xA7E;
+  const int64_t H = 1, D = 64, S = 16;
+  const int nreq = 1000; /* 24000 bytes of runs per call: about 43 calls fill the arena */
+  kvp_config cfg = kvp_test_config(1, H, D, S, nreq + 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  kvp_metadata *mda = decode_batch(&cfg, nreq, 3);
+  kvp_metadata *mdb = decode_batch(&cfg, nreq, 7);
+  tensor_pair ka, va, kb, vb;
+  make_input(&ka, nreq, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&va, nreq, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&kb, nreq, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&vb, nreq, H, D, KVP_DTYPE_BF16, 0, &rng);
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  int captured = 0;
+  kvp_status st = KVP_OK;
+  char msg[512] = "";
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  for (; captured < 200; ++captured) {
+    st = kvp_concatenate(gpu, 0, &ka.dev, &va.dev, mda, (kvp_stream)s);
+    if (st != KVP_OK) break;
+  }
+  snprintf(msg, sizeof msg, "%s", kvp_last_error_message());
+  kvp_status st_b = kvp_concatenate(gpu, 0, &kb.dev, &vb.dev, mdb, (kvp_stream)s); /* refused as well */
+  CUDA_OK(cudaStreamEndCapture(s, &graph)); /* the refusals did not invalidate the capture */
+  assert_int_equal(st, KVP_ERR_UNSUPPORTED);
+  assert_int_equal(st_b, KVP_ERR_UNSUPPORTED);
+  if (strstr(msg, "graph staging arena") == NULL || strstr(msg, "device-resident metadata") == NULL)
+    fail_msg("unexpected message: %s", msg);
+  assert_in_range(captured, 30, 60);
+  printf("graph arena: %d calls of %d runs captured before it ran out\n", captured, nreq);
+
+  /* Replay: exactly batch A (what was captured), none of batch B. */
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mda, NULL));
+  uint8_t *want = read_layer(cpu, 0), *got = read_layer(gpu, 0);
+  assert_true(memcmp(want, before, n) != 0);
+  report_first_difference(got, want, n, "replay of the calls captured before the arena ran out");
+  free(want);
+  free(got);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+
+  /* Eager: batch B through the staging ring (24000 bytes: the ring's slots grow). */
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &kb.host, &vb.host, mdb, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &kb.dev, &vb.dev, mdb, (kvp_stream)s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  want = read_layer(cpu, 0);
+  got = read_layer(gpu, 0);
+  report_first_difference(got, want, n, "eager call after the capture");
+  free(want);
+  free(got);
+
+  /* A small batch (inline runs, no staging) still captures and replays. */
+  kvp_metadata *mdc = decode_batch(&cfg, 20, 11);
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  st = kvp_concatenate(gpu, 0, &ka.dev, &va.dev, mdc, (kvp_stream)s);
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  assert_kvp_ok(st);
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mdc, NULL));
+  want = read_layer(cpu, 0);
+  got = read_layer(gpu, 0);
+  report_first_difference(got, want, n, "small batch captured after the arena ran out");
+  free(want);
+  free(got);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+
+  kvp_status async = KVP_OK;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+  CUDA_OK(cudaStreamDestroy(s));
+  free_input(&ka);
+  free_input(&va);
+  free_input(&kb);
+  free_input(&vb);
+  free(before);
+  assert_kvp_ok(kvp_metadata_destroy(mda));
+  assert_kvp_ok(kvp_metadata_destroy(mdb));
+  assert_kvp_ok(kvp_metadata_destroy(mdc));
   assert_kvp_ok(kvp_cache_destroy(gpu));
   assert_kvp_ok(kvp_cache_destroy(cpu));
 }
@@ -808,6 +936,7 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
 static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__graph_capture_and_replay(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__graph_arena_exhausted(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
@@ -819,6 +948,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__matches_cpu_every_layout_and_dtype),
       cmocka_unit_test(test_cuda_concatenate__large_batches_and_staging_ring),
       cmocka_unit_test(test_cuda_concatenate__graph_capture_and_replay),
+      cmocka_unit_test(test_cuda_concatenate__graph_arena_exhausted),
       cmocka_unit_test(test_cuda_concatenate__bad_device_page_id_is_async_error),
       cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),

@@ -2,7 +2,8 @@
  * Device memory is host memory, every stream op runs synchronously, kernels run as fibers
  * (one OS thread, ucontext) with real __syncthreads / __ballot_sync semantics, blocks run in a
  * shuffled order, 16-byte stores and __ldg loads are checked against the device allocations, and
- * stream capture records ops into a replayable graph. For testing kernel logic on machines
+ * stream capture records ops into a replayable graph and enforces the runtime's capture rules (calls that
+ * may synchronise or allocate fail and invalidate the capture). For testing kernel logic on machines
  * without a GPU (tests/gpu/tests.cmake, KVPAGES_CUDA_EMULATION_TESTS). */
 #ifndef CUEMU_CUDA_RUNTIME_API_H
 #define CUEMU_CUDA_RUNTIME_API_H
@@ -18,7 +19,8 @@ typedef enum cudaError {
   cudaErrorLaunchTimeout = 702, cudaErrorAssert = 710, cudaErrorHardwareStackError = 714,
   cudaErrorIllegalInstruction = 715, cudaErrorMisalignedAddress = 716, cudaErrorInvalidAddressSpace = 717,
   cudaErrorInvalidPc = 718, cudaErrorLaunchFailure = 719, cudaErrorSystemDriverMismatch = 803,
-  cudaErrorCompatNotSupportedOnDevice = 804, cudaErrorStreamCaptureUnsupported = 900
+  cudaErrorCompatNotSupportedOnDevice = 804, cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901, cudaErrorStreamCaptureImplicit = 906
 } cudaError_t;
 typedef struct CUstream_st *cudaStream_t;
 typedef struct CUevent_st *cudaEvent_t;

@@ -12,6 +12,9 @@
 
 struct CUstream_st {
   bool capturing = false;
+  bool invalidated = false;  // an illegal call during the capture: cudaStreamEndCapture fails
+  bool blocking = true;      // created without cudaStreamNonBlocking: synchronises with the legacy stream
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   std::vector<std::function<void()>> ops;
 };
 struct CUevent_st { int dummy; };
@@ -20,12 +23,43 @@ struct CUgraphExec_st { std::vector<std::function<void()>> ops; };
 
 namespace cuemu {
 static std::map<uintptr_t, size_t> g_allocs;  // device + pinned allocations
+// Streams capturing in global or thread-local mode (there is one host thread here, so both
+// forbid the same calls).
+static std::vector<cudaStream_t> g_strict_captures;
+static std::vector<cudaStream_t> g_captures;  // every capturing stream
 static size_t g_allocated = 0;
 static long g_launches = 0, g_blocks = 0;
+static cudaError_t g_last_error = cudaSuccess;  // what cudaGetLastError returns (failed launches)
 
 static void die(const char *what) {
   std::fprintf(stderr, "cuemu: %s\n", what);
   std::abort();
+}
+
+// The capture rules of the CUDA runtime. While a stream captures in a mode other than relaxed,
+// calls that may synchronise or allocate (cudaMalloc, cudaFree, cudaHostAlloc, cudaFreeHost,
+// synchronous cudaMemcpy / cudaMemset, cudaStreamSynchronize, cudaDeviceSynchronize,
+// cudaEventQuery, cudaEventSynchronize) fail with cudaErrorStreamCaptureUnsupported and
+// invalidate the capture; work on the legacy default stream while a blocking stream captures
+// fails with cudaErrorStreamCaptureImplicit and invalidates it too; cudaStreamEndCapture then fails with
+// cudaErrorStreamCaptureInvalidated. So code that claims to be capturable is held to it here.
+static void invalidate_captures(const std::vector<cudaStream_t> &which, const char *what) {
+  for (cudaStream_t s : which) s->invalidated = true;
+  std::fprintf(stderr, "cuemu: %s during stream capture: the capture is invalidated\n", what);
+}
+static cudaError_t capture_unsafe(const char *what) {
+  if (g_strict_captures.empty()) return cudaSuccess;
+  invalidate_captures(g_strict_captures, what);
+  return cudaErrorStreamCaptureUnsupported;
+}
+static cudaError_t legacy_stream_use(cudaStream_t s, const char *what) {
+  if (s != nullptr) return cudaSuccess;
+  std::vector<cudaStream_t> blocking;
+  for (cudaStream_t c : g_captures)
+    if (c->blocking) blocking.push_back(c);
+  if (blocking.empty()) return cudaSuccess;
+  invalidate_captures(blocking, what);
+  return cudaErrorStreamCaptureImplicit;
 }
 
 void check_access(const void *p, size_t n, size_t align, bool write) {
@@ -179,6 +213,10 @@ void launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
       run_block(body, b, grid, block);
     }
   };
+  if (legacy_stream_use(s, "a kernel launch on the legacy default stream") != cudaSuccess) {
+    g_last_error = cudaErrorStreamCaptureImplicit;
+    return;
+  }
   if (s != nullptr && s->capturing)
     s->ops.push_back(run);
   else
@@ -205,6 +243,17 @@ static void untrack(void *p) {
   std::free(p);
 }
 
+#define CUEMU_UNSAFE(what)                   \
+  do {                                       \
+    cudaError_t e_ = capture_unsafe(what);   \
+    if (e_ != cudaSuccess) return e_;        \
+  } while (0)
+#define CUEMU_LEGACY(s, what)                     \
+  do {                                            \
+    cudaError_t e_ = legacy_stream_use(s, what);  \
+    if (e_ != cudaSuccess) return e_;             \
+  } while (0)
+
 extern "C" {
 cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
 static int g_dev = 0;
@@ -212,51 +261,121 @@ cudaError_t cudaGetDevice(int *d) { *d = g_dev; return cudaSuccess; }
 cudaError_t cudaSetDevice(int d) { if (d != 0) return cudaErrorInvalidDevice; g_dev = d; return cudaSuccess; }
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = 2; return cudaSuccess; }
 cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *t = size_t(80) << 30; *f = *t - g_allocated; return cudaSuccess; }
-cudaError_t cudaGetLastError(void) { return cudaSuccess; }
-const char *cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
-const char *cudaGetErrorString(cudaError_t) { return "emulated error"; }
-cudaError_t cudaMalloc(void **p, size_t n) { *p = track(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
-cudaError_t cudaFree(void *p) { untrack(p); return cudaSuccess; }
-cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) { *p = track(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
-cudaError_t cudaFreeHost(void *p) { untrack(p); return cudaSuccess; }
-cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned) { *d = h; return cudaSuccess; }
-cudaError_t cudaMemset(void *p, int v, size_t n) { check_access(p, n, 1, true); std::memset(p, v, n); return cudaSuccess; }
-cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
-  if (s && s->capturing) { s->ops.push_back([=] { std::memset(p, v, n); }); return cudaSuccess; }
-  return cudaMemset(p, v, n);
+cudaError_t cudaGetLastError(void) { cudaError_t e = g_last_error; g_last_error = cudaSuccess; return e; }
+const char *cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    default: return "cudaErrorEmulated";
+  }
 }
-cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
+const char *cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    default: return "emulated error";
+  }
+}
+cudaError_t cudaMalloc(void **p, size_t n) {
+  CUEMU_UNSAFE("cudaMalloc");
+  *p = track(n);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFree(void *p) { CUEMU_UNSAFE("cudaFree"); untrack(p); return cudaSuccess; }
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
+  CUEMU_UNSAFE("cudaHostAlloc");
+  *p = track(n);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFreeHost(void *p) { CUEMU_UNSAFE("cudaFreeHost"); untrack(p); return cudaSuccess; }
+cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned) { *d = h; return cudaSuccess; }
+static void do_memcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
   if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) check_access(d, n, 1, true);
   if (k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice) check_access(s, n, 1, false);
   std::memmove(d, s, n);
+}
+static void do_memset(void *p, int v, size_t n) {
+  check_access(p, n, 1, true);
+  std::memset(p, v, n);
+}
+cudaError_t cudaMemset(void *p, int v, size_t n) { CUEMU_UNSAFE("cudaMemset"); do_memset(p, v, n); return cudaSuccess; }
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+  CUEMU_LEGACY(s, "cudaMemsetAsync on the legacy default stream");
+  if (s && s->capturing) { s->ops.push_back([=] { do_memset(p, v, n); }); return cudaSuccess; }
+  do_memset(p, v, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
+  CUEMU_UNSAFE("cudaMemcpy");
+  do_memcpy(d, s, n, k);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st) {
-  if (st && st->capturing) { st->ops.push_back([=] { cudaMemcpy(d, s, n, k); }); return cudaSuccess; }
-  return cudaMemcpy(d, s, n, k);
-}
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = new CUstream_st; return cudaSuccess; }
-cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) { if (s && s->capturing) die("sync during capture"); return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
-  *st = (s && s->capturing) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  CUEMU_LEGACY(st, "cudaMemcpyAsync on the legacy default stream");
+  if (st && st->capturing) { st->ops.push_back([=] { do_memcpy(d, s, n, k); }); return cudaSuccess; }
+  do_memcpy(d, s, n, k);
   return cudaSuccess;
 }
-cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
-  if (!s) return cudaErrorStreamCaptureUnsupported;
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+  *s = new CUstream_st;
+  (*s)->blocking = (flags & cudaStreamNonBlocking) == 0;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (s && s->capturing) die("cudaStreamDestroy of a capturing stream");
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { CUEMU_UNSAFE("cudaStreamSynchronize"); return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) { CUEMU_UNSAFE("cudaDeviceSynchronize"); return cudaSuccess; }
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
+  CUEMU_LEGACY(s, "cudaStreamIsCapturing on the legacy default stream");
+  *st = (s && s->capturing) ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
+                            : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m) {
+  if (!s || s->capturing) return cudaErrorStreamCaptureUnsupported;
   s->capturing = true;
+  s->invalidated = false;
+  s->mode = m;
   s->ops.clear();
+  if (m != cudaStreamCaptureModeRelaxed) g_strict_captures.push_back(s);
+  g_captures.push_back(s);
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+  if (!s || !s->capturing) return cudaErrorInvalidValue;
+  for (auto *list : {&g_strict_captures, &g_captures})
+    for (size_t i = 0; i < list->size(); ++i)
+      if ((*list)[i] == s) {
+        list->erase(list->begin() + static_cast<long>(i));
+        break;
+      }
+  s->capturing = false;
+  if (s->invalidated) {
+    s->ops.clear();
+    *g = nullptr;
+    return cudaErrorStreamCaptureInvalidated;
+  }
   *g = new CUgraph_st{s->ops};
   s->ops.clear();
-  s->capturing = false;
   return cudaSuccess;
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) { *e = new CUgraphExec_st{g->ops}; return cudaSuccess; }
-cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) { for (auto &op : e->ops) op(); return cudaSuccess; }
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+  CUEMU_LEGACY(s, "cudaGraphLaunch on the legacy default stream");
+  if (s && s->capturing) die("cudaGraphLaunch into a capturing stream is not emulated");
+  for (auto &op : e->ops) op();
+  return cudaSuccess;
+}
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return cudaSuccess; }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { *e = new CUevent_st; return cudaSuccess; }
@@ -264,7 +383,12 @@ cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new CUevent_st; return cudaSu
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 1.0f; return cudaSuccess; }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = 2; return cudaSuccess; }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) { if (s && s->capturing) die("event record during capture"); return cudaSuccess; }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) {
+  CUEMU_LEGACY(s, "cudaEventRecord on the legacy default stream");
+  // Real CUDA turns this into a graph node; nothing in kvpages records events into a capture.
+  if (s && s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) { CUEMU_UNSAFE("cudaEventQuery"); return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { CUEMU_UNSAFE("cudaEventSynchronize"); return cudaSuccess; }
 }
