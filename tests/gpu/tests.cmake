@@ -13,6 +13,34 @@ if(TARGET bench_cuda_concatenate AND KVP_HAS_CUDA)
   target_link_libraries(bench_cuda_concatenate PRIVATE CUDA::cudart)
 endif()
 
+# Static check of the kernels, no GPU needed: ptxas's registers and local memory per kernel for
+# each real architecture built (limits: 64 registers, so at least 4 blocks of 256 threads per SM;
+# a 16-byte stack frame). Labelled "cuda".
+if(KVP_HAS_CUDA)
+  find_package(Python3 COMPONENTS Interpreter)
+  set(KVP_RES_ARCHS)
+  foreach(a ${CMAKE_CUDA_ARCHITECTURES})
+    if(a MATCHES "^([0-9]+[a-z]?)(-real)?$")
+      list(APPEND KVP_RES_ARCHS --arch ${CMAKE_MATCH_1})
+    endif()
+  endforeach()
+  if(NOT KVP_RES_ARCHS)
+    set(KVP_RES_ARCHS --arch 90)
+  endif()
+  if(Python3_Interpreter_FOUND)
+    set(KVP_RES_INCLUDES -I${PROJECT_SOURCE_DIR}/include -I${KVP_GEN_INCLUDE} -I${PROJECT_SOURCE_DIR}/src
+        -I${PROJECT_SOURCE_DIR})
+    if(DLPACK_INCLUDE_DIR)
+      list(APPEND KVP_RES_INCLUDES -I${DLPACK_INCLUDE_DIR})
+    endif()
+    add_test(NAME cuda.kernel_resources
+             COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/gpu/kernel_resources.py
+                     --nvcc ${CMAKE_CUDA_COMPILER} ${KVP_RES_ARCHS} --max-registers 64 --max-stack 16
+                     --source ${PROJECT_SOURCE_DIR}/src/backend/cuda/cuda_concat.cu -- ${KVP_RES_INCLUDES})
+    set_tests_properties(cuda.kernel_resources PROPERTIES LABELS "cuda" TIMEOUT 600)
+  endif()
+endif()
+
 # Optional: the GPU tests against a host-only emulation of the CUDA runtime (tests/gpu/cuemu),
 # for machines without a GPU. The library is compiled a second time with the CUDA backend's host
 # code and kernels built as C++ against the emulated runtime (kernels run as fibers with real
@@ -49,4 +77,14 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
     add_test(NAME cuemu.${t} COMMAND ${t}_emu)
     set_tests_properties(cuemu.${t} PROPERTIES LABELS "cuemu" TIMEOUT 600)
   endforeach()
+  # The CUDA benchmark's program, run once per row (KVP_BENCH_ITERS=1) up to 64 tokens, so the
+  # code that will time real GPUs (metadata upload, host- and device-metadata calls, graph
+  # capture and replay, the async-error check) has run before it meets one. Its timings mean
+  # nothing here (the emulated events report 1 ms).
+  add_executable(bench_cuda_concatenate_emu ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_cuda_concatenate.c)
+  target_link_libraries(bench_cuda_concatenate_emu PRIVATE kvpages_cuemu m)
+  add_test(NAME cuemu.bench_cuda_concatenate COMMAND bench_cuda_concatenate_emu 64)
+  set_tests_properties(cuemu.bench_cuda_concatenate PROPERTIES LABELS "cuemu" TIMEOUT 600
+                       ENVIRONMENT "KVP_BENCH_ITERS=1"
+                       FAIL_REGULAR_EXPRESSION "no CUDA device")
 endif()
