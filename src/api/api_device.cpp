@@ -33,7 +33,7 @@ KVP_API kvp_status KVP_CALL kvp_cache_read_layer(const kvp_cache* cache, uint32_
   if (c.device_type() == KVP_DEVICE_CPU)
     std::memcpy(host_dst, c.layer_data(layer), bytes);
   else
-    c.backend().copy_to_host(host_dst, c.layer_data(layer), bytes, stream, true);
+    c.backend().copy_to_host(host_dst, c.layer_data(layer), bytes, stream, true, fn);
   KVP_API_END;
 }
 
@@ -53,7 +53,7 @@ KVP_API kvp_status KVP_CALL kvp_cache_write_layer(kvp_cache* cache, uint32_t lay
   if (c.device_type() == KVP_DEVICE_CPU)
     std::memcpy(c.layer_data(layer), host_src, bytes);
   else
-    c.backend().copy_from_host(c.layer_data(layer), host_src, bytes, stream, true);
+    c.backend().copy_from_host(c.layer_data(layer), host_src, bytes, stream, true, fn);
   KVP_API_END;
 }
 

@@ -24,11 +24,13 @@ class Backend {
   virtual void release(void* ptr, size_t bytes) noexcept = 0;
 
   // Byte copies between this backend's memory and the host. For CUDA these are stream-ordered
-  // on `stream`; `sync` asks the call to wait for completion before returning.
-  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream,
-                            bool sync) = 0;
-  virtual void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream,
-                              bool sync) = 0;
+  // on `stream`; `sync` asks the call to wait for completion before returning (CUDA: refused
+  // with KVP_ERR_UNSUPPORTED while `stream` is being captured into a graph, before anything is
+  // enqueued, so the caller's capture stays valid). `function` names the API call in errors.
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync,
+                            const char* function) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
+                              const char* function) = 0;
   virtual void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) = 0;
   virtual void fill_zero(void* dst, size_t bytes, kvp_stream stream) = 0;
 };

@@ -230,7 +230,7 @@ void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n) {
 }
 
 // Copies the next n payload bytes from the cache to host memory `dst`, hashing them into `h`.
-void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) {
+void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h, const char* function) {
   const size_t piece = piece_bytes(c, n);
   const bool cpu = c.device_type() == KVP_DEVICE_CPU;
   size_t done = 0;
@@ -239,7 +239,7 @@ void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) 
     if (cpu) {
       hash_copy(&h, dst + done, seg.first, seg.second);
     } else {
-      c.backend().copy_to_host(dst + done, seg.first, seg.second, nullptr, true);
+      c.backend().copy_to_host(dst + done, seg.first, seg.second, nullptr, true, function);
     }
     done += seg.second;
   }
@@ -248,7 +248,7 @@ void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) 
 
 // Copies n host bytes into the next payload positions of the cache; hashes them first when `h`
 // is given (the piece is then still in cache when it is copied).
-void scatter(const Cache& c, PageCursor& cur, const uint8_t* src, size_t n, Hasher* h) {
+void scatter(const Cache& c, PageCursor& cur, const uint8_t* src, size_t n, Hasher* h, const char* function) {
   const size_t piece = piece_bytes(c, n);
   const bool cpu = c.device_type() == KVP_DEVICE_CPU;
   size_t done = 0;
@@ -258,7 +258,7 @@ void scatter(const Cache& c, PageCursor& cur, const uint8_t* src, size_t n, Hash
       hash_copy(h, seg.first, src + done, seg.second);
     } else {
       if (h != nullptr) h->update(src + done, seg.second);
-      c.backend().copy_from_host(seg.first, src + done, seg.second, nullptr, true);
+      c.backend().copy_from_host(seg.first, src + done, seg.second, nullptr, true, function);
     }
     done += seg.second;
   }
@@ -434,7 +434,7 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
       cur.seek(i * g.chunk_bytes);
       Hasher hasher;
       hasher.reset(kSeedChunk0 + i);
-      gather(cache, cur, p, len, hasher);
+      gather(cache, cur, p, len, hasher, function);
       put64(p + len, hasher.digest());
     });
     sink.commit(static_cast<size_t>(g.payload_bytes + 8 * g.num_chunks));
@@ -446,7 +446,7 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
     const size_t len = static_cast<size_t>(g.chunk_len(i));
     uint8_t* p = sink.reserve(len + 8);
     hasher.reset(kSeedChunk0 + i);
-    gather(cache, cur, p, len, hasher);
+    gather(cache, cur, p, len, hasher, function);
     put64(p + len, hasher.digest());
     sink.commit(len + 8);
   }
@@ -634,7 +634,7 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
           cur.seek(i * p.geo.chunk_bytes);
           Hasher hasher;
           hasher.reset(kSeedChunk0 + i);
-          scatter(c, cur, q, len, &hasher);
+          scatter(c, cur, q, len, &hasher, function);
           const uint64_t stored = get64(q + len), computed = hasher.digest();
           if (!sum_ok(stored, computed)) chunk_mismatch(function, i, p.geo, stored, computed);
         });
@@ -646,7 +646,7 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
           const size_t len = static_cast<size_t>(p.geo.chunk_len(i));
           const uint8_t* q = take(src, len + 8, buf, "a payload chunk");
           hasher.reset(kSeedChunk0 + i);
-          scatter(c, cur, q, len, &hasher);
+          scatter(c, cur, q, len, &hasher, function);
           const uint64_t stored = get64(q + len), computed = hasher.digest();
           if (!sum_ok(stored, computed)) chunk_mismatch(function, i, p.geo, stored, computed);
         }
@@ -744,7 +744,7 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
   for_chunks(p.geo.num_chunks, par && cache.device_type() == KVP_DEVICE_CPU, [&](uint64_t i) {
     PageCursor cur(cache, runs);
     cur.seek(i * p.geo.chunk_bytes);
-    scatter(cache, cur, chunks[static_cast<size_t>(i)], static_cast<size_t>(p.geo.chunk_len(i)), nullptr);
+    scatter(cache, cur, chunks[static_cast<size_t>(i)], static_cast<size_t>(p.geo.chunk_len(i)), nullptr, function);
   });
 }
 

@@ -526,6 +526,85 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   assert_kvp_ok(kvp_cache_destroy(cpu));
 }
 
+/* kvp_cache_read_layer / kvp_cache_write_layer wait for their copy, which a CUDA graph cannot do:
+ * on a capturing stream they are refused with KVP_ERR_UNSUPPORTED before anything is enqueued, so
+ * the host buffer and the layer are untouched and the capture stays valid (a kvp_concatenate
+ * captured around them still replays). */
+static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0xCAB;
+  const int64_t H = 2, D = 128, S = 16;
+  kvp_config cfg = kvp_test_config(1, H, D, S, 24, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  int64_t T = 0;
+  kvp_metadata *md = random_batch(&cfg, &rng, 4, 0, 0, &T);
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  uint8_t *buf = (uint8_t *)malloc(n), *junk = (uint8_t *)malloc(n);
+  assert_non_null(buf);
+  assert_non_null(junk);
+  memset(buf, 0x5A, n);
+  memset(junk, 0xEE, n);
+  cudaStream_t s;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  kvp_status st_cat = kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s);
+  kvp_status st_read = kvp_cache_read_layer(gpu, 0, buf, n, (kvp_stream)s);
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", kvp_last_error_message());
+  kvp_status st_write = kvp_cache_write_layer(gpu, 0, junk, n, (kvp_stream)s);
+  CUDA_OK(cudaStreamEndCapture(s, &graph)); /* still valid */
+  assert_kvp_ok(st_cat);
+  assert_int_equal(st_read, KVP_ERR_UNSUPPORTED);
+  assert_int_equal(st_write, KVP_ERR_UNSUPPORTED);
+  if (strstr(msg, "kvp_cache_read_layer") == NULL || strstr(msg, "captured into a CUDA graph") == NULL)
+    fail_msg("unexpected message: %s", msg);
+  for (size_t i = 0; i < n; ++i) assert_int_equal(buf[i], 0x5A); /* nothing was read */
+
+  /* Nothing ran yet, and the refused write changed nothing. */
+  uint8_t *got = read_layer(gpu, 0);
+  assert_memory_equal(got, before, n);
+  free(got);
+  /* The replay writes the captured batch. */
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+  uint8_t *want = read_layer(cpu, 0);
+  got = read_layer(gpu, 0);
+  report_first_difference(got, want, n, "replay of a capture in which layer copies were refused");
+  kvp_status async = KVP_OK;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+
+  free(want);
+  free(got);
+  free(buf);
+  free(junk);
+  free(before);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(s));
+  free_input(&k);
+  free_input(&v);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
 /* Host metadata captured into graphs is staged in the cache's graph arena (1 MiB). When it runs
  * out, kvp_concatenate refuses with KVP_ERR_UNSUPPORTED and enqueues nothing: the capture stays
  * valid, and the calls captured before still replay. Outside capture the same batch goes through
@@ -937,6 +1016,7 @@ static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **sta
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__graph_capture_and_replay(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__graph_arena_exhausted(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
@@ -949,6 +1029,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__large_batches_and_staging_ring),
       cmocka_unit_test(test_cuda_concatenate__graph_capture_and_replay),
       cmocka_unit_test(test_cuda_concatenate__graph_arena_exhausted),
+      cmocka_unit_test(test_cuda_concatenate__layer_copies_refused_while_capturing),
       cmocka_unit_test(test_cuda_concatenate__bad_device_page_id_is_async_error),
       cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),

@@ -59,8 +59,12 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void copy_to_host(void* dst, const void* src, size_t n, kvp_stream, bool) override { std::memcpy(dst, src, n); }
-  void copy_from_host(void* dst, const void* src, size_t n, kvp_stream, bool) override { std::memcpy(dst, src, n); }
+  void copy_to_host(void* dst, const void* src, size_t n, kvp_stream, bool, const char*) override {
+    std::memcpy(dst, src, n);
+  }
+  void copy_from_host(void* dst, const void* src, size_t n, kvp_stream, bool, const char*) override {
+    std::memcpy(dst, src, n);
+  }
   void copy_within(void* dst, const void* src, size_t n, kvp_stream) override { std::memmove(dst, src, n); }
   void fill_zero(void* dst, size_t n, kvp_stream) override { std::memset(dst, 0, n); }
 

@@ -207,18 +207,32 @@ void CudaBackend::release(void* ptr, size_t) noexcept {
   if (switched) (void)cudaSetDevice(previous);
 }
 
-void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync) {
-  const char* fn = "copy_to_host";
+// A copy the host waits for cannot be part of a graph: refuse it before enqueuing anything, so
+// the caller's capture is not invalidated by an illegal call.
+static void refuse_if_capturing(cudaStream_t s, const char* fn) {
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  cuda_check(cudaStreamIsCapturing(s, &cs), fn, "cudaStreamIsCapturing");
+  if (cs != cudaStreamCaptureStatusNone)
+    fail(KVP_ERR_UNSUPPORTED,
+         "%s: the stream is being captured into a CUDA graph, and this call waits for its copy, which a "
+         "graph cannot do; call it outside the capture",
+         fn);
+}
+
+void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync,
+                               const char* fn) {
   DeviceGuard guard(device_, fn);
   auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (sync) refuse_if_capturing(s, fn);
   cuda_check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, s), fn, "cudaMemcpyAsync D2H");
   if (sync) cuda_check(cudaStreamSynchronize(s), fn, "cudaStreamSynchronize");
 }
 
-void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync) {
-  const char* fn = "copy_from_host";
+void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
+                                 const char* fn) {
   DeviceGuard guard(device_, fn);
   auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (sync) refuse_if_capturing(s, fn);
   cuda_check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, s), fn, "cudaMemcpyAsync H2D");
   if (sync) cuda_check(cudaStreamSynchronize(s), fn, "cudaStreamSynchronize");
 }

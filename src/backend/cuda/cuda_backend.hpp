@@ -37,8 +37,10 @@ class CudaBackend final : public Backend {
   int32_t device_id() const noexcept override { return device_; }
   void* alloc_zeroed(size_t bytes) override;
   void release(void* ptr, size_t bytes) noexcept override;
-  void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync) override;
-  void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync) override;
+  void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync,
+                    const char* function) override;
+  void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
+                      const char* function) override;
   void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
   void fill_zero(void* dst, size_t bytes, kvp_stream stream) override;
 

@@ -14,7 +14,6 @@ struct CUstream_st {
   bool capturing = false;
   bool invalidated = false;  // an illegal call during the capture: cudaStreamEndCapture fails
   bool blocking = true;      // created without cudaStreamNonBlocking: synchronises with the legacy stream
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   std::vector<std::function<void()>> ops;
 };
 struct CUevent_st { int dummy; };
@@ -217,6 +216,10 @@ void launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
     g_last_error = cudaErrorStreamCaptureImplicit;
     return;
   }
+  if (s != nullptr && s->capturing && s->invalidated) {
+    g_last_error = cudaErrorStreamCaptureInvalidated;
+    return;
+  }
   if (s != nullptr && s->capturing)
     s->ops.push_back(run);
   else
@@ -248,10 +251,13 @@ static void untrack(void *p) {
     cudaError_t e_ = capture_unsafe(what);   \
     if (e_ != cudaSuccess) return e_;        \
   } while (0)
-#define CUEMU_LEGACY(s, what)                     \
-  do {                                            \
-    cudaError_t e_ = legacy_stream_use(s, what);  \
-    if (e_ != cudaSuccess) return e_;             \
+// Work enqueued on stream s: refused on the legacy stream next to a blocking capture, and on a
+// stream whose capture was invalidated.
+#define CUEMU_LEGACY(s, what)                                                        \
+  do {                                                                               \
+    cudaError_t e_ = legacy_stream_use(s, what);                                     \
+    if (e_ != cudaSuccess) return e_;                                                \
+    if ((s) != nullptr && (s)->capturing && (s)->invalidated) return cudaErrorStreamCaptureInvalidated; \
   } while (0)
 
 extern "C" {
@@ -336,7 +342,11 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 cudaError_t cudaStreamSynchronize(cudaStream_t) { CUEMU_UNSAFE("cudaStreamSynchronize"); return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize(void) { CUEMU_UNSAFE("cudaDeviceSynchronize"); return cudaSuccess; }
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
-  CUEMU_LEGACY(s, "cudaStreamIsCapturing on the legacy default stream");
+  // On the legacy stream while a blocking stream captures: an error, but only a query (the
+  // capture stays valid).
+  if (s == nullptr)
+    for (cudaStream_t c : g_captures)
+      if (c->blocking) return cudaErrorStreamCaptureImplicit;
   *st = (s && s->capturing) ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
                             : cudaStreamCaptureStatusNone;
   return cudaSuccess;
@@ -345,7 +355,6 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m) {
   if (!s || s->capturing) return cudaErrorStreamCaptureUnsupported;
   s->capturing = true;
   s->invalidated = false;
-  s->mode = m;
   s->ops.clear();
   if (m != cudaStreamCaptureModeRelaxed) g_strict_captures.push_back(s);
   g_captures.push_back(s);
