@@ -336,6 +336,68 @@ static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **sta
   printf("compared %d layout/shape/dtype cases (+3 mixed-dtype cases)\n", cases);
 }
 
+/* v2 slices in the per-token form (SPEC §5.1): one longer than several pages and than the
+ * kernel's grid stride (so a block loops over it), one that starts inside the last page, one of a
+ * single token, one reading source tokens out of order; a column past num_kv_update_slices is
+ * ignored. CUDA with host and with device metadata equals the CPU. */
+static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0x5111CE;
+  const int64_t H = 2, D = 64, S = 8, P = 40, T = 48;
+  kvp_config cfg = kvp_test_config(2, H, D, S, P, KVP_DTYPE_BF16, KVP_LAYOUT_V2);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[3] = {cpu, gpu, gpu};
+  const uint32_t layers[3] = {0, 0, 1};
+  uint8_t *before = prefill(all, layers, 3, &rng);
+  const size_t n = layer_bytes(cpu);
+  /* Columns: destination slot, source token, length. */
+  int32_t sm[3 * 5] = {(int32_t)S, (int32_t)((P - 1) * S + 3), (int32_t)(10 * S + 2), (int32_t)(20 * S), 0,
+                       0, 29, 40, 2, 0,
+                       (int32_t)(3 * S + 5), 5, 1, (int32_t)(2 * S), 7};
+  int32_t nvalid = 4;
+  kvp_metadata_desc d;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+  d.version = KVP_LAYOUT_V2;
+  d.slot_mapping = sm;
+  d.num_slices = 5;
+  d.num_kv_update_slices = &nvalid;
+  d.num_kv_update_slices_len = 1;
+  assert_kvp_ok(kvp_metadata_create(&d, &md));
+  device_md dmd;
+  make_device_md(&dmd, md);
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));     /* host metadata */
+  assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, NULL)); /* device metadata */
+  uint8_t *want = read_layer(cpu, 0), *got_host = read_layer(gpu, 0), *got_dev = read_layer(gpu, 1);
+  assert_true(memcmp(want, before, n) != 0);
+  report_first_difference(got_host, want, n, "v2 long slices, host metadata");
+  report_first_difference(got_dev, want, n, "v2 long slices, device metadata");
+  kvp_status async = KVP_OK;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+
+  free(want);
+  free(got_host);
+  free(got_dev);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
 /* Larger batches (hundreds of runs: host metadata goes through the staging ring, and the grid
  * has many blocks), repeated so the ring wraps. */
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) {
@@ -1013,6 +1075,7 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
 #else /* !KVP_HAS_CUDA */
 
 static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__graph_capture_and_replay(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__graph_arena_exhausted(void **state) { (void)state; skip(); }
@@ -1026,6 +1089,7 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (v
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cuda_concatenate__matches_cpu_every_layout_and_dtype),
+      cmocka_unit_test(test_cuda_concatenate__v2_long_slices_match_cpu),
       cmocka_unit_test(test_cuda_concatenate__large_batches_and_staging_ring),
       cmocka_unit_test(test_cuda_concatenate__graph_capture_and_replay),
       cmocka_unit_test(test_cuda_concatenate__graph_arena_exhausted),

@@ -1,7 +1,7 @@
 /* Host-only emulation of the subset of the CUDA runtime used by kvpages and its GPU tests.
  * Device memory is host memory, every stream op runs synchronously, kernels run as fibers
- * (one OS thread, ucontext) with real __syncthreads / __ballot_sync semantics, blocks run in a
- * shuffled order, 16-byte stores and __ldg loads are checked against the device allocations, and
+ * (one OS thread, ucontext) with real __syncthreads / __ballot_sync semantics, blocks and the
+ * threads within each block run in shuffled orders, 16-byte stores and __ldg loads are checked against the device allocations, and
  * stream capture records ops into a replayable graph and enforces the runtime's capture rules (calls that
  * may synchronise or allocate fail and invalidate the capture). For testing kernel logic on machines
  * without a GPU (tests/gpu/tests.cmake, KVPAGES_CUDA_EMULATION_TESTS). */

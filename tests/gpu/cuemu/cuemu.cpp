@@ -141,9 +141,22 @@ static void run_block(std::function<void()> &body, dim3 b, dim3 grid, dim3 block
     f.uc.uc_link = nullptr;
     makecontext(&f.uc, fiber_entry, 0);
   }
+  // Threads run in a shuffled order, reshuffled for every block: a read of shared memory that
+  // lacks the __syncthreads after another thread's write then sees the old value in some blocks,
+  // instead of always running after the writer as thread-index order would make it.
+  static uint64_t order_seed = 0x2545F4914F6CDD1Dull;
+  static std::vector<int> order;
+  order.resize(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  for (int i = n - 1; i > 0; --i) {
+    order_seed ^= order_seed << 13;
+    order_seed ^= order_seed >> 7;
+    order_seed ^= order_seed << 17;
+    std::swap(order[static_cast<size_t>(i)], order[order_seed % static_cast<uint64_t>(i + 1)]);
+  }
   for (;;) {
     bool ran = false;
-    for (int i = 0; i < n; ++i) {
+    for (int i : order) {
       if (g_fibers[i].st != kRunnable) continue;
       g_cur = i;
       swapcontext(&g_sched, &g_fibers[i].uc);
