@@ -77,6 +77,11 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
     add_test(NAME cuemu.${t} COMMAND ${t}_emu)
     set_tests_properties(cuemu.${t} PROPERTIES LABELS "cuemu" TIMEOUT 600)
   endforeach()
+  # Again with the SM count of an H100/H200: the grids are then sized as on those GPUs (mostly
+  # one row per block), where the 2-SM default packs many rows into each block.
+  add_test(NAME cuemu.test_cuda_concatenate_132sm COMMAND test_cuda_concatenate_emu)
+  set_tests_properties(cuemu.test_cuda_concatenate_132sm PROPERTIES LABELS "cuemu" TIMEOUT 600
+                       ENVIRONMENT "CUEMU_SMS=132")
   # The CUDA benchmark's program, run once per row (KVP_BENCH_ITERS=1) up to 64 tokens, so the
   # code that will time real GPUs (metadata upload, host- and device-metadata calls, graph
   # capture and replay, the async-error check) has run before it meets one. Its timings mean

@@ -128,6 +128,12 @@ static void run_block(std::function<void()> &body, dim3 b, dim3 grid, dim3 block
       if (!f.stack) f.stack.reset(new char[kStack]);
   }
   g_body = &body;
+  static ucontext_t g_template;
+  static bool have_template = false;
+  if (!have_template) {
+    getcontext(&g_template);
+    have_template = true;
+  }
   for (int i = 0; i < n; ++i) {
     Fiber &f = g_fibers[i];
     f.c.tid = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
@@ -135,7 +141,7 @@ static void run_block(std::function<void()> &body, dim3 b, dim3 grid, dim3 block
     f.c.bdim = block;
     f.c.gdim = grid;
     f.st = kRunnable;
-    getcontext(&f.uc);
+    f.uc = g_template;  // getcontext once, not once per fiber and block (it is a system call)
     f.uc.uc_stack.ss_sp = f.stack.get();
     f.uc.uc_stack.ss_size = kStack;
     f.uc.uc_link = nullptr;
@@ -278,7 +284,17 @@ cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
 static int g_dev = 0;
 cudaError_t cudaGetDevice(int *d) { *d = g_dev; return cudaSuccess; }
 cudaError_t cudaSetDevice(int d) { if (d != 0) return cudaErrorInvalidDevice; g_dev = d; return cudaSuccess; }
-cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = 2; return cudaSuccess; }
+// The emulated GPU's SM count: 2, or CUEMU_SMS (132 = an H100/H200), which changes how the
+// kernels' grids are sized (rows per block).
+static int sm_count() {
+  static const int n = [] {
+    const char *e = std::getenv("CUEMU_SMS");
+    const int v = e != nullptr ? std::atoi(e) : 0;
+    return v > 0 ? v : 2;
+  }();
+  return n;
+}
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = sm_count(); return cudaSuccess; }
 cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *t = size_t(80) << 30; *f = *t - g_allocated; return cudaSuccess; }
 cudaError_t cudaGetLastError(void) { cudaError_t e = g_last_error; g_last_error = cudaSuccess; return e; }
 const char *cudaGetErrorName(cudaError_t e) {
@@ -403,7 +419,7 @@ cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { *e = new CUevent_st; return cudaSuccess; }
 cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new CUevent_st; return cudaSuccess; }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 1.0f; return cudaSuccess; }
-cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = 2; return cudaSuccess; }
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = sm_count(); return cudaSuccess; }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) {
   CUEMU_LEGACY(s, "cudaEventRecord on the legacy default stream");
