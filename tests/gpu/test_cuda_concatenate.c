@@ -1019,6 +1019,196 @@ static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **stat
   run_bad_device_metadata(KVP_LAYOUT_V2, 0xBAD2);
 }
 
+/* Every other device-side check, one corruption at a time on a copy of valid device metadata:
+ * the launch reports it through the async error with a message naming the array and the value,
+ * writes every entry the corruption leaves valid and nothing else (compared with a CPU cache
+ * running the corresponding valid batch), and the cache works again once the error is cleared. */
+typedef enum bad_kind {
+  BAD_V3_NUM_SEQS,   /* request_distribution[2] past the rows: nothing is written */
+  BAD_V3_QUERY_END,  /* the last query_start_loc beyond the tokens: the last request is skipped */
+  BAD_V3_QUERY_LEN,  /* q_len > context_lens for request 1: request 1 is skipped */
+  BAD_V2_NUM_SLICES, /* num_kv_update_slices past the slices: nothing is written */
+  BAD_V2_NEG_LEN,    /* slice 1 of negative length: slice 1 is skipped */
+  BAD_V2_SOURCE      /* slice 1 reads past the last token: only its first (valid) token is written */
+} bad_kind;
+
+/* Copies `len` int32 values from host `src` over the device array `dev`. */
+static void upload_i32(const int32_t *dev, const int32_t *src, int64_t len) {
+  CUDA_OK(cudaMemcpy((void *)dev, src, (size_t)len * 4, cudaMemcpyHostToDevice));
+}
+
+static void run_device_check(bad_kind kind, uint64_t seed) {
+  uint64_t rng = seed;
+  const kvp_layout layout = kind <= BAD_V3_QUERY_LEN ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2;
+  const int64_t H = 2, D = 128, S = 16, P = 40;
+  kvp_config cfg = kvp_test_config(1, H, D, S, P, KVP_DTYPE_F16, layout);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  const size_t row_bytes = n / (size_t)(P * S);
+  kvp_metadata *md = NULL;
+  kvp_metadata_desc d;
+  int64_t T = 0;
+  for (;;) { /* at least two requests / slices, slice 1 at least two tokens long */
+    md = random_batch(&cfg, &rng, 5, 0, 0, &T);
+    assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+    assert_kvp_ok(kvp_metadata_get_desc(md, &d));
+    if (layout == KVP_LAYOUT_V3 ? d.request_distribution[2] >= 2
+                                : d.num_kv_update_slices[0] >= 2 && d.slot_mapping[2 * d.num_slices + 1] >= 2)
+      break;
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_F32, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_F32, 0, &rng);
+  device_md dmd;
+  make_device_md(&dmd, md);
+  kvp_metadata_desc dd; /* the device copy's arrays */
+  assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
+  assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
+
+  /* The valid batch the CPU runs for the expected bytes (NULL: nothing is written), and the
+   * request whose slots are restored afterwards (-1: none). */
+  kvp_metadata_desc ref = d;
+  int use_ref = 1;
+  int64_t skip_req = -1;
+  int32_t rd[3], *arr = NULL;
+  char frag[160];
+  const int64_t N = d.num_slices;
+  switch (kind) {
+    case BAD_V3_NUM_SEQS: {
+      const int32_t bad = (int32_t)(d.num_reqs + 3);
+      memcpy(rd, d.request_distribution, sizeof rd);
+      rd[2] = bad;
+      upload_i32(dd.request_distribution, rd, 3);
+      if (dd.num_seqs != NULL) upload_i32(dd.num_seqs, &bad, 1);
+      use_ref = 0;
+      snprintf(frag, sizeof frag, "(num_seqs) is %d, outside [0, %lld]", (int)bad, (long long)d.num_reqs);
+      break;
+    }
+    case BAD_V3_QUERY_END: {
+      const int64_t ns = d.request_distribution[2];
+      arr = (int32_t *)malloc((size_t)d.query_start_loc_len * 4);
+      memcpy(arr, d.query_start_loc, (size_t)d.query_start_loc_len * 4);
+      arr[ns] = (int32_t)(T + 5);
+      upload_i32(dd.query_start_loc, arr, d.query_start_loc_len);
+      skip_req = ns - 1;
+      snprintf(frag, sizeof frag, "query_start_loc[%lld] = %lld is decreasing, negative or beyond the %lld",
+               (long long)ns, (long long)(T + 5), (long long)T);
+      break;
+    }
+    case BAD_V3_QUERY_LEN: {
+      const int32_t q_len1 = d.query_start_loc[2] - d.query_start_loc[1];
+      arr = (int32_t *)malloc((size_t)d.context_lens_len * 4);
+      memcpy(arr, d.context_lens, (size_t)d.context_lens_len * 4);
+      arr[1] = q_len1 - 1;
+      upload_i32(dd.context_lens, arr, d.context_lens_len);
+      skip_req = 1;
+      snprintf(frag, sizeof frag, "request 1 has q_len %d greater than its context_lens value %d", (int)q_len1,
+               (int)(q_len1 - 1));
+      break;
+    }
+    case BAD_V2_NUM_SLICES: {
+      const int32_t bad = (int32_t)(N + 1);
+      upload_i32(dd.num_kv_update_slices, &bad, 1);
+      use_ref = 0;
+      snprintf(frag, sizeof frag, "num_kv_update_slices is %d, outside [0, %lld]", (int)bad, (long long)N);
+      break;
+    }
+    case BAD_V2_NEG_LEN:
+    case BAD_V2_SOURCE: {
+      int32_t *bad = (int32_t *)malloc((size_t)(3 * N) * 4);
+      arr = (int32_t *)malloc((size_t)(3 * N) * 4);
+      memcpy(bad, d.slot_mapping, (size_t)(3 * N) * 4);
+      memcpy(arr, d.slot_mapping, (size_t)(3 * N) * 4);
+      if (kind == BAD_V2_NEG_LEN) {
+        bad[2 * N + 1] = -3;
+        arr[2 * N + 1] = 0; /* reference: slice 1 writes nothing */
+        snprintf(frag, sizeof frag, "slice 1 has negative length -3");
+      } else {
+        bad[N + 1] = (int32_t)(T - 1);
+        arr[N + 1] = (int32_t)(T - 1); /* reference: only the first token, the last of the input */
+        arr[2 * N + 1] = 1;
+        snprintf(frag, sizeof frag, "slice 1 (source tokens from %lld) reads outside the %lld key/value tokens",
+                 (long long)(T - 1), (long long)T);
+      }
+      upload_i32(dd.slot_mapping, bad, 3 * N);
+      free(bad);
+      ref.slot_mapping = arr;
+      break;
+    }
+  }
+  uint8_t *want;
+  if (use_ref) {
+    kvp_metadata *ref_md = NULL;
+    assert_kvp_ok(kvp_metadata_create(&ref, &ref_md));
+    assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, ref_md, NULL));
+    assert_kvp_ok(kvp_metadata_destroy(ref_md));
+    want = read_layer(cpu, 0);
+    if (skip_req >= 0) { /* the skipped request's slots keep their old bytes */
+      const int64_t q_len = d.query_start_loc[skip_req + 1] - d.query_start_loc[skip_req];
+      for (int64_t pos = d.context_lens[skip_req] - q_len; pos < d.context_lens[skip_req]; ++pos) {
+        const int64_t slot = (int64_t)d.pages_tables[skip_req * d.pages_per_req + pos / S] * S + pos % S;
+        memcpy(want + (size_t)slot * row_bytes, before + (size_t)slot * row_bytes, row_bytes);
+      }
+    }
+    assert_true(memcmp(want, before, n) != 0);
+  } else {
+    want = (uint8_t *)malloc(n);
+    memcpy(want, before, n);
+  }
+
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL)); /* enqueued: checked on the device */
+  CUDA_OK(cudaDeviceSynchronize());
+  kvp_status async = KVP_OK;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+  if (strstr(kvp_last_error_message(), frag) == NULL)
+    fail_msg("case %d: async error message '%s' lacks '%s'", (int)kind, kvp_last_error_message(), frag);
+  assert_kvp_ok(kvp_cache_clear_async_error(gpu));
+  uint8_t *got = read_layer(gpu, 0);
+  char what[64];
+  snprintf(what, sizeof what, "device check case %d", (int)kind);
+  report_first_difference(got, want, n, what);
+
+  /* Cleared: the valid batch on both caches gives the same bytes. */
+  free_device_md(&dmd);
+  make_device_md(&dmd, md);
+  assert_kvp_ok(kvp_cache_write_layer(cpu, 0, got, n, NULL));
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
+  free(want);
+  free(got);
+  want = read_layer(cpu, 0);
+  got = read_layer(gpu, 0);
+  report_first_difference(got, want, n, "valid batch after clearing");
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+
+  free(want);
+  free(got);
+  free(arr);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  for (int kind = BAD_V3_NUM_SEQS; kind <= BAD_V2_SOURCE; ++kind) run_device_check((bad_kind)kind, 0xC4EC0 + (uint64_t)kind);
+}
+
 /* Host-side errors on a CUDA cache are synchronous and change nothing; the caller's current
  * device is restored. */
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
@@ -1082,6 +1272,7 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) { (void)s
 static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
 
 #endif
@@ -1096,6 +1287,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__layer_copies_refused_while_capturing),
       cmocka_unit_test(test_cuda_concatenate__bad_device_page_id_is_async_error),
       cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
+      cmocka_unit_test(test_cuda_concatenate__every_device_check_reports_and_skips),
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),
   };
   if (!have_gpu()) printf("kvpages: no CUDA device (or no CUDA in this build); GPU tests skipped\n");
