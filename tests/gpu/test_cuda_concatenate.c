@@ -398,6 +398,27 @@ static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
   assert_kvp_ok(kvp_cache_destroy(cpu));
 }
 
+/* A decode batch of n requests, request i writing one token at in-page offset `offset` of page
+ * i + 1: n runs that never merge (so n * 24 bytes of staged host metadata). */
+static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset) {
+  kvp_batch_request *reqs = (kvp_batch_request *)calloc((size_t)n, sizeof *reqs);
+  int32_t *pages = (int32_t *)malloc((size_t)n * sizeof *pages);
+  assert_non_null(reqs);
+  assert_non_null(pages);
+  for (int i = 0; i < n; ++i) {
+    pages[i] = i + 1;
+    reqs[i].num_computed = offset;
+    reqs[i].num_scheduled = 1;
+    reqs[i].page_ids = pages + i;
+    reqs[i].num_pages = 1;
+  }
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(cfg, reqs, (uint32_t)n, NULL, NULL, &md));
+  free(reqs);
+  free(pages);
+  return md;
+}
+
 /* Larger batches (hundreds of runs: host metadata goes through the staging ring, and the grid
  * has many blocks), repeated so the ring wraps. */
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) {
@@ -427,9 +448,25 @@ static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) 
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
+  /* 70 more calls of 40 runs each: the 64-slot ring wraps for certain. Reusing a slot queries
+   * its event, and a "not ready" answer must not be left in this thread's CUDA error state for
+   * the caller to find. */
+  for (int step = 0; step < 70; ++step) {
+    kvp_metadata *md = decode_batch(&cfg, 40, step % 16);
+    tensor_pair k, v;
+    make_input(&k, 40, 8, 128, KVP_DTYPE_BF16, 0, &rng);
+    make_input(&v, 40, 8, 128, KVP_DTYPE_BF16, 0, &rng);
+    assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+    assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));
+    CUDA_OK(cudaGetLastError());
+    CUDA_OK(cudaDeviceSynchronize()); /* inputs are freed below */
+    free_input(&k);
+    free_input(&v);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
   uint8_t *want = read_layer(cpu, 0), *got = read_layer(gpu, 0);
   assert_true(memcmp(want, before, n) != 0);
-  report_first_difference(got, want, n, "80 large v3 batches");
+  report_first_difference(got, want, n, "80 large v3 batches and 70 decode batches");
   free(want);
   free(got);
   free(before);
@@ -440,26 +477,6 @@ static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) 
 /* ------------------------------------------------------------------------------------------ */
 /* CUDA graphs                                                                                 */
 
-/* A decode batch of n requests, request i writing one token at in-page offset `offset` of page
- * i + 1: n runs that never merge (so n * 24 bytes of staged host metadata). */
-static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset) {
-  kvp_batch_request *reqs = (kvp_batch_request *)calloc((size_t)n, sizeof *reqs);
-  int32_t *pages = (int32_t *)malloc((size_t)n * sizeof *pages);
-  assert_non_null(reqs);
-  assert_non_null(pages);
-  for (int i = 0; i < n; ++i) {
-    pages[i] = i + 1;
-    reqs[i].num_computed = offset;
-    reqs[i].num_scheduled = 1;
-    reqs[i].page_ids = pages + i;
-    reqs[i].num_pages = 1;
-  }
-  kvp_metadata *md = NULL;
-  assert_kvp_ok(kvp_metadata_build(cfg, reqs, (uint32_t)n, NULL, NULL, &md));
-  free(reqs);
-  free(pages);
-  return md;
-}
 
 /* Copies the arrays of host metadata `src` into the fixed device buffers behind `dst` (same
  * shapes: both built with the same R and T bucket). */

@@ -387,7 +387,12 @@ CudaBackend::Staging CudaBackend::begin_staging(size_t bytes, cudaStream_t strea
   if (event_pending_[i]) {
     // Only waits when kSlots calls are still queued on the GPU; normally the event has completed.
     cudaError_t q = cudaEventQuery(events_[i]);
-    if (q == cudaErrorNotReady) q = cudaEventSynchronize(events_[i]);
+    if (q == cudaErrorNotReady) {
+      // "Not ready" is also left in the thread's last-error state; take it back out, so that the
+      // caller's own cudaGetLastError() does not see an error kvpages made.
+      if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
+      q = cudaEventSynchronize(events_[i]);
+    }
     cuda_check(q, function, "cudaEventSynchronize (staging)");
     event_pending_[i] = false;
   }

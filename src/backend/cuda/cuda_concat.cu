@@ -19,30 +19,34 @@ namespace {
 
 using namespace kvp::detail::cuda;
 
-// One launch. (KVP_CUDA_EMULATION: a host-only emulation of the CUDA runtime used to exercise
-// the kernels without a GPU; it is not part of the build.)
-void launch_kernel(void (*kernel)(ConcatParams), dim3 grid, cudaStream_t s, const ConcatParams& p) {
+// One launch; returns the launch's own error. cudaLaunchKernel reports it directly, so an error
+// the caller's earlier CUDA calls left in the thread's last-error state is neither mistaken for
+// ours nor cleared. (KVP_CUDA_EMULATION: a host-only emulation of the CUDA runtime used to
+// exercise the kernels without a GPU; it is not part of the build.)
+cudaError_t launch_kernel(void (*kernel)(ConcatParams), dim3 grid, cudaStream_t s, const ConcatParams& p) {
 #if defined(KVP_CUDA_EMULATION)
-  ::cuemu::launch([kernel, p]() { kernel(p); }, grid, dim3(kThreads), s);
+  return ::cuemu::launch([kernel, p]() { kernel(p); }, grid, dim3(kThreads), s);
 #else
-  kernel<<<grid, kThreads, 0, s>>>(p);
+  void* args[] = {const_cast<ConcatParams*>(&p)};
+  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), args, 0, s);
 #endif
 }
 
 template <class In, class Out>
-void launch_typed(const ConcatParams& p, bool vec, dim3 grid, cudaStream_t s) {
+cudaError_t launch_typed(const ConcatParams& p, bool vec, dim3 grid, cudaStream_t s) {
   if constexpr (std::is_same_v<In, TAny>) {
     // Mixed key/value dtypes: element-wise path only (the host chose chunks of one element).
-    launch_kernel(p.mode == kRowsV2 ? concat_v2_kernel<In, Out, false> : concat_rows_kernel<In, Out, false>, grid, s, p);
+    return launch_kernel(p.mode == kRowsV2 ? concat_v2_kernel<In, Out, false> : concat_rows_kernel<In, Out, false>,
+                         grid, s, p);
   } else if (p.mode == kRowsV2) {
-    launch_kernel(vec ? concat_v2_kernel<In, Out, true> : concat_v2_kernel<In, Out, false>, grid, s, p);
+    return launch_kernel(vec ? concat_v2_kernel<In, Out, true> : concat_v2_kernel<In, Out, false>, grid, s, p);
   } else {
-    launch_kernel(vec ? concat_rows_kernel<In, Out, true> : concat_rows_kernel<In, Out, false>, grid, s, p);
+    return launch_kernel(vec ? concat_rows_kernel<In, Out, true> : concat_rows_kernel<In, Out, false>, grid, s, p);
   }
 }
 
 template <class In>
-void launch_out(kvp_dtype out, const ConcatParams& p, bool vec, dim3 grid, cudaStream_t s, const char* fn) {
+cudaError_t launch_out(kvp_dtype out, const ConcatParams& p, bool vec, dim3 grid, cudaStream_t s, const char* fn) {
   switch (out) {
     case KVP_DTYPE_F32: return launch_typed<In, TF32>(p, vec, grid, s);
     case KVP_DTYPE_F16: return launch_typed<In, TF16>(p, vec, grid, s);
@@ -54,8 +58,8 @@ void launch_out(kvp_dtype out, const ConcatParams& p, bool vec, dim3 grid, cudaS
   }
 }
 
-void launch(kvp_dtype in, kvp_dtype in_value, kvp_dtype out, const ConcatParams& p, bool vec, dim3 grid,
-            cudaStream_t s, const char* fn) {
+cudaError_t launch(kvp_dtype in, kvp_dtype in_value, kvp_dtype out, const ConcatParams& p, bool vec, dim3 grid,
+                   cudaStream_t s, const char* fn) {
   if (in != in_value) return launch_out<TAny>(out, p, vec, grid, s, fn);
   switch (in) {
     case KVP_DTYPE_F32: return launch_out<TF32>(out, p, vec, grid, s, fn);
@@ -212,8 +216,7 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
   }
   if (grid.x == 0) return;
 
-  launch(job.key.dtype, job.value.dtype, job.cache_dtype, p, vec, grid, s, fn);
-  cudaError_t err = cudaGetLastError();
+  const cudaError_t err = launch(job.key.dtype, job.value.dtype, job.cache_dtype, p, vec, grid, s, fn);
   if (err != cudaSuccess) {
     if (cuda_error_is_sticky(err))
       cache.set_async_error(KVP_ERR_DEVICE, format("%s: kernel launch failed: %s", fn, cudaGetErrorString(err)), true);

@@ -44,6 +44,7 @@ cudaError_t cudaSetDevice(int d);
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d);
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b);
 cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
 const char *cudaGetErrorName(cudaError_t e);
 const char *cudaGetErrorString(cudaError_t e);
 cudaError_t cudaMalloc(void **p, size_t n);
@@ -97,7 +98,7 @@ struct Ctx { dim3 tid, bid, bdim, gdim; };
 const Ctx &ctx();
 void syncthreads();
 unsigned ballot(bool pred);
-void launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s);
+cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s);
 void check_access(const void *p, size_t n, size_t align, bool write);
 }
 #define threadIdx (::cuemu::ctx().tid)

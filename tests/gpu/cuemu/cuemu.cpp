@@ -210,7 +210,7 @@ static void run_block(std::function<void()> &body, dim3 b, dim3 grid, dim3 block
   }
 }
 
-void launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
+cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
   auto run = [body, grid, block]() mutable {
     ++g_launches;
     // Blocks run one at a time in a shuffled order (a GPU gives no order either), so results
@@ -231,18 +231,15 @@ void launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
       run_block(body, b, grid, block);
     }
   };
-  if (legacy_stream_use(s, "a kernel launch on the legacy default stream") != cudaSuccess) {
-    g_last_error = cudaErrorStreamCaptureImplicit;
-    return;
-  }
-  if (s != nullptr && s->capturing && s->invalidated) {
-    g_last_error = cudaErrorStreamCaptureInvalidated;
-    return;
-  }
+  // Like cudaLaunchKernel: a failed launch returns its error and also leaves it as the last error.
+  if (legacy_stream_use(s, "a kernel launch on the legacy default stream") != cudaSuccess)
+    return g_last_error = cudaErrorStreamCaptureImplicit;
+  if (s != nullptr && s->capturing && s->invalidated) return g_last_error = cudaErrorStreamCaptureInvalidated;
   if (s != nullptr && s->capturing)
     s->ops.push_back(run);
   else
     run();
+  return cudaSuccess;
 }
 }  // namespace cuemu
 
@@ -297,12 +294,14 @@ static int sm_count() {
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = sm_count(); return cudaSuccess; }
 cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *t = size_t(80) << 30; *f = *t - g_allocated; return cudaSuccess; }
 cudaError_t cudaGetLastError(void) { cudaError_t e = g_last_error; g_last_error = cudaSuccess; return e; }
+cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
 const char *cudaGetErrorName(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "cudaSuccess";
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
@@ -312,6 +311,7 @@ const char *cudaGetErrorName(cudaError_t e) {
 const char *cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
+    case cudaErrorNotReady: return "device not ready";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
     case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
@@ -427,6 +427,15 @@ cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) {
   if (s && s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
   return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t) { CUEMU_UNSAFE("cudaEventQuery"); return cudaSuccess; }
+// Work here completes when it is enqueued, but a real event may still be pending: every other
+// query answers "not ready", and, as the runtime does, leaves that in the last-error state, so
+// callers must handle both answers and must not leak the second to their own callers.
+cudaError_t cudaEventQuery(cudaEvent_t) {
+  CUEMU_UNSAFE("cudaEventQuery");
+  static bool ready = false;
+  ready = !ready;
+  if (ready) return cudaSuccess;
+  return g_last_error = cudaErrorNotReady;
+}
 cudaError_t cudaEventSynchronize(cudaEvent_t) { CUEMU_UNSAFE("cudaEventSynchronize"); return cudaSuccess; }
 }
