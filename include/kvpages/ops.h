@@ -52,6 +52,13 @@ KVP_BEGIN_DECLS
  * checked on the host, so the device code checks them and reports violations through the
  * cache's asynchronous error (kvp_cache_get_async_error()) without writing out of bounds.
  *
+ * On a CUDA cache the call can be captured into a CUDA graph (stream capture on `stream`).
+ * Device-resident metadata is read when the graph runs, so an engine updates its buffers and
+ * replays. Host metadata is copied at capture time into the cache's graph staging arena (1 MiB,
+ * never reused, since graphs read it on every replay); when the arena is full the call returns
+ * ::KVP_ERR_UNSUPPORTED, enqueues nothing and leaves the capture valid. A graph that contains
+ * the call must not be launched after the cache is destroyed.
+ *
  * On the CPU, batches that write at least 2 MiB are spread over a small thread pool (as many
  * threads as CPUs, or `KVP_NUM_THREADS` / `OMP_NUM_THREADS` from the environment, read once);
  * the calling thread always works too and never waits for a pool thread that has not started.
@@ -74,6 +81,9 @@ KVP_BEGIN_DECLS
  * @retval KVP_ERR_INVALID_ARGUMENT NULL tensor, layer out of range, bad tensor shape, dtype
  *         or device, metadata of the wrong version, page size or device, or any metadata value
  *         out of range (see above). The cache is unchanged.
+ * @retval KVP_ERR_UNSUPPORTED CUDA: `stream` is being captured and the host metadata does not fit
+ *         in what is left of the cache's graph staging arena (pass device-resident metadata when
+ *         capturing). Nothing is enqueued and the capture stays valid.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A CUDA launch failed.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory for the validation scratch was exhausted; the cache
@@ -82,8 +92,11 @@ KVP_BEGIN_DECLS
  *            the enqueued work).
  * @threadsafety Must not run concurrently with other calls that modify the same cache; calls on
  *               different layers of the same cache must not overlap either.
- * @stream Stream-ordered on `stream` for CUDA caches; never synchronises the host. Argument
- *         errors are reported synchronously.
+ * @stream Stream-ordered on `stream` for CUDA caches. It does not synchronise the host in the
+ *         steady state. Host metadata of more than 32 runs is staged through a ring of 64 slots,
+ *         and a call waits only when all 64 still feed queued work, or once, when a batch first
+ *         outgrows the slots and they are reallocated. Argument errors are reported
+ *         synchronously.
  * @since 1.0
  * @code
  * // key/value: [T, H, D] bf16 host tensors packed in the builder's row order.
