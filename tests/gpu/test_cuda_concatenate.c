@@ -608,7 +608,8 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
 /* kvp_cache_read_layer / kvp_cache_write_layer wait for their copy, which a CUDA graph cannot do:
  * on a capturing stream they are refused with KVP_ERR_UNSUPPORTED before anything is enqueued, so
  * the host buffer and the layer are untouched and the capture stays valid (a kvp_concatenate
- * captured around them still replays). */
+ * captured around them still replays). kvp_concatenate on a capture the caller has invalidated
+ * says so. */
 static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) {
   (void)state;
   if (!have_gpu()) {
@@ -676,6 +677,25 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
   free(before);
   CUDA_OK(cudaGraphExecDestroy(exec));
   CUDA_OK(cudaGraphDestroy(graph));
+
+  /* A capture the caller has invalidated (cudaMalloc is not allowed while capturing): the call
+   * says so instead of failing somewhere inside, the cache is not poisoned, and once the capture
+   * is ended the same call works. */
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  void *p = NULL;
+  assert_true(cudaMalloc(&p, 256) != cudaSuccess);
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s), KVP_ERR_DEVICE,
+                    "capture was invalidated");
+  assert_true(cudaStreamEndCapture(s, &graph) != cudaSuccess);
+  (void)cudaGetLastError();
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  want = read_layer(cpu, 0); /* the same batch again: the same bytes */
+  uint8_t *again = read_layer(gpu, 0);
+  report_first_difference(again, want, n, "after an invalidated capture");
+  free(again);
+  free(want);
+
   CUDA_OK(cudaStreamDestroy(s));
   free_input(&k);
   free_input(&v);

@@ -142,6 +142,11 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     cudaError_t err = cudaStreamIsCapturing(s, &cs);
     if (err != cudaSuccess) cuda_check(err, fn, "cudaStreamIsCapturing");
+    if (cs == cudaStreamCaptureStatusInvalidated)
+      fail(KVP_ERR_DEVICE,
+           "%s: the stream's graph capture was invalidated by an earlier CUDA call that a capture does not "
+           "allow; end it with cudaStreamEndCapture (which reports the failure) and capture again",
+           fn);
     capture = cs == cudaStreamCaptureStatusActive ? 1 : 0;
   }
 
