@@ -72,17 +72,9 @@ static double best_memcpy(void *dst, const void *src, size_t n, double min_s) {
 
 /* A CPU cache for the Llama-3-8B shape with `pages` pages (page 0 included). */
 static int make_cache(int64_t layers, int64_t pages, int64_t max_len, kvp_config *cfg, kvp_cache **cache) {
-  kvp_config_options o;
-  kvp_config_options_init(&o, sizeof o);
-  o.num_hidden_layers = layers;
-  o.num_kv_heads = BENCH_HEADS;
-  o.kv_head_dim_size = BENCH_HEAD_DIM;
-  o.max_model_length = max_len;
-  o.page_size = BENCH_PAGE;
-  o.kvdtype = KVP_DTYPE_BF16;
-  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  if (kvp_tool_budget_for_pages(&o, pages) != 0) return bench_fail("layout");
-  if (kvp_config_create(&o, cfg) != KVP_OK) return bench_fail("config");
+  if (kvp_tool_config_for_pages(cfg, layers, BENCH_HEADS, BENCH_HEAD_DIM, max_len, BENCH_PAGE, KVP_DTYPE_BF16,
+                                KVP_LAYOUT_V3, pages) != 0)
+    return bench_fail("config");
   if (kvp_cache_create(cfg, NULL, cache) != KVP_OK) return bench_fail("cache");
   return 0;
 }
@@ -293,21 +285,11 @@ static int bench_pool(double min_s) {
   }
   for (i = 0; i < tokens; ++i) prompt[i] = (int32_t)((i * 2654435761u) % 128000u);
   /* A 1-layer cache with 1 KV head keeps the memory small; the pool only does bookkeeping. */
-  {
-    kvp_config_options o;
-    kvp_config_options_init(&o, sizeof o);
-    o.num_hidden_layers = 1;
-    o.num_kv_heads = 1;
-    o.kv_head_dim_size = BENCH_HEAD_DIM;
-    o.max_model_length = tokens;
-    o.page_size = BENCH_PAGE;
-    o.kvdtype = KVP_DTYPE_BF16;
-    o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-    if (kvp_tool_budget_for_pages(&o, pages) != 0 || kvp_config_create(&o, &cfg) != KVP_OK ||
-        kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) {
-      free(prompt);
-      return bench_fail("cache");
-    }
+  if (kvp_tool_config_for_pages(&cfg, 1, 1, BENCH_HEAD_DIM, tokens, BENCH_PAGE, KVP_DTYPE_BF16, KVP_LAYOUT_V3,
+                                pages) != 0 ||
+      kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) {
+    free(prompt);
+    return bench_fail("cache");
   }
   /* Allocate and free a 128k-token sequence, one page per append, with the prefix cache off (the
    * allocator alone; bench_pool measures the same way). */

@@ -167,7 +167,6 @@ static int32_t demo_generated_token(const demo_seq *s, int64_t pos) {
 }
 
 int kvp_cmd_demo(int argc, char **argv) {
-  kvp_config_options o;
   kvp_config cfg;
   kvp_cache *cache = NULL;
   kvp_pool *pool = NULL;
@@ -214,17 +213,8 @@ int kvp_cmd_demo(int argc, char **argv) {
 
   printf("%s\n\n", kvp_build_info());
   /* Llama-3.2-1B-like, sized to ~320 pages of 16 tokens. */
-  kvp_config_options_init(&o, sizeof o);
-  o.num_hidden_layers = layers;
-  o.num_kv_heads = DEMO_HEADS;
-  o.kv_head_dim_size = DEMO_HEAD_DIM;
-  o.max_model_length = DEMO_MAX_LEN;
-  o.page_size = DEMO_PAGE;
-  o.kvdtype = dtype;
-  o.version = layout;
-  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  if (kvp_tool_budget_for_pages(&o, 320) != 0) return demo_fail("layout");
-  if (kvp_config_create(&o, &cfg) != KVP_OK) return demo_fail("config");
+  if (kvp_tool_config_for_pages(&cfg, layers, DEMO_HEADS, DEMO_HEAD_DIM, DEMO_MAX_LEN, DEMO_PAGE, dtype, layout, 320) != 0)
+    return demo_fail("config");
   if (kvp_tool_print_plan(&cfg, "demo budget: 320 pages") != 0) return 1;
   if (kvp_cache_create(&cfg, NULL, &cache) != KVP_OK) return demo_fail("cache");
   po.max_sequences = DEMO_SEQS;

@@ -201,19 +201,31 @@ int kvp_cmd_plan(int argc, char **argv) {
   return kvp_tool_print_plan(&cfg, note);
 }
 
-int kvp_tool_budget_for_pages(kvp_config_options *o, int64_t pages) {
+int kvp_tool_config_for_pages(kvp_config *cfg, int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len,
+                              int64_t page_size, kvp_dtype dtype, kvp_layout layout, int64_t pages) {
   kvp_config probe;
+  kvp_config_options o;
   kvp_layout_info li;
+  /* The true (padded) page size of the shape, from a probe config. */
   if (kvp_config_init(&probe, sizeof probe) != KVP_OK) return 1;
-  probe.num_hidden_layers = o->num_hidden_layers;
-  probe.num_kv_heads = o->num_kv_heads;
-  probe.k_headdim = probe.v_headdim = o->kv_head_dim_size;
-  probe.max_model_length = o->max_model_length;
-  probe.page_size = o->page_size;
-  probe.kvdtype = o->kvdtype;
-  if (o->version != 0) probe.version = o->version;
+  probe.num_hidden_layers = layers;
+  probe.num_kv_heads = kv_heads;
+  probe.k_headdim = probe.v_headdim = head_dim;
+  probe.max_model_length = max_len;
+  probe.page_size = page_size;
+  probe.kvdtype = dtype;
+  probe.version = layout;
   li.struct_size = sizeof li;
   if (kvp_config_get_layout(&probe, &li) != KVP_OK) return 1;
-  o->budget_bytes = li.page_bytes_per_layer * o->num_hidden_layers * pages;
-  return 0;
+  if (kvp_config_options_init(&o, sizeof o) != KVP_OK) return 1;
+  o.num_hidden_layers = layers;
+  o.num_kv_heads = kv_heads;
+  o.kv_head_dim_size = head_dim;
+  o.max_model_length = max_len;
+  o.page_size = page_size;
+  o.kvdtype = dtype;
+  o.version = layout;
+  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  o.budget_bytes = li.page_bytes_per_layer * layers * pages;
+  return kvp_config_create(&o, cfg) == KVP_OK ? 0 : 1;
 }

@@ -18,9 +18,10 @@ int kvp_tool_parse_bytes(const char *s, int64_t *out);
 int kvp_tool_parse_int(const char *s, int64_t *out);
 /* Formats bytes as e.g. "16.00 GiB" into buf. */
 const char *kvp_tool_fmt_bytes(int64_t bytes, char *buf, size_t cap);
-/* Sets o->budget_bytes to exactly `pages` pages of the shape in `o` (layers, KV heads,
- * kv_head_dim_size, page size, dtype, layout; the true padded page size). Returns 0 on success. */
-int kvp_tool_budget_for_pages(kvp_config_options *o, int64_t pages);
+/* Plans a config for a model shape with a budget of exactly `pages` pages (the true padded page
+ * size) and no safety margin. Returns 0 on success; otherwise kvp_last_error_message() says why. */
+int kvp_tool_config_for_pages(kvp_config *cfg, int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len,
+                              int64_t page_size, kvp_dtype dtype, kvp_layout layout, int64_t pages);
 /* Prints a config's geometry and planning numbers as a table. Returns 0 on success. */
 int kvp_tool_print_plan(const kvp_config *cfg, const char *budget_note);
 

@@ -70,6 +70,25 @@ static void report_first_difference(const uint8_t *got, const uint8_t *want, siz
     if (got[i] != want[i]) fail_msg("%s: first difference at byte %zu: got 0x%02x, want 0x%02x", what, i, got[i], want[i]);
 }
 
+/* Reads a layer of `gpu` and fails on its first byte that differs from `want` (n bytes). */
+static void expect_layer(const kvp_cache *gpu, uint32_t layer, const uint8_t *want, size_t n, const char *what) {
+  uint8_t *got = read_layer(gpu, layer);
+  report_first_difference(got, want, n, what);
+  free(got);
+}
+
+/* Layer 0 of the CPU cache and of the CUDA cache hold the same bytes. */
+static void expect_same_layer(const kvp_cache *cpu, const kvp_cache *gpu, size_t n, const char *what) {
+  uint8_t *want = read_layer(cpu, 0);
+  expect_layer(gpu, 0, want, n, what);
+  free(want);
+}
+
+/* Copies len int32 values from host `src` over the device array `dev`. */
+static void upload_i32(const int32_t *dev, const int32_t *src, int64_t len) {
+  CUDA_OK(cudaMemcpy((void *)dev, src, (size_t)len * 4, cudaMemcpyHostToDevice));
+}
+
 static uint32_t dtype_size(kvp_dtype d) { return kvp_dtype_bits(d) / 8; }
 
 /* A random element of an input dtype: mostly ordinary values over a wide range of magnitudes
@@ -118,6 +137,29 @@ typedef struct tensor_pair {
   size_t bytes;
 } tensor_pair;
 
+/* Gives tp (host_buf and bytes already filled) its device copy and the [T, H, D] descriptors with
+ * strides st, sh, sd (elements) for both. */
+static void upload_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dtype dt, int64_t st, int64_t sh,
+                         int64_t sd) {
+  CUDA_OK(cudaMalloc(&tp->dev_buf, tp->bytes));
+  CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
+  memset(&tp->host, 0, sizeof tp->host);
+  tp->host.data = tp->host_buf;
+  tp->host.dtype = dt;
+  tp->host.ndim = 3;
+  tp->host.shape[0] = T;
+  tp->host.shape[1] = H;
+  tp->host.shape[2] = D;
+  tp->host.strides[0] = st;
+  tp->host.strides[1] = sh;
+  tp->host.strides[2] = sd;
+  tp->host.device_type = KVP_DEVICE_CPU;
+  tp->dev = tp->host;
+  tp->dev.data = tp->dev_buf;
+  tp->dev.device_type = KVP_DEVICE_CUDA;
+  tp->dev.device_id = 0;
+}
+
 static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dtype dt, int stride_mode, uint64_t *rng) {
   int64_t st, sh, sd, n;
   switch (stride_mode) {
@@ -136,23 +178,7 @@ static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dty
   tp->host_buf = malloc(tp->bytes);
   assert_non_null(tp->host_buf);
   for (int64_t i = 0; i < n; ++i) random_element((uint8_t *)tp->host_buf + (size_t)i * isz, dt, rng);
-  CUDA_OK(cudaMalloc(&tp->dev_buf, tp->bytes));
-  CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
-  memset(&tp->host, 0, sizeof tp->host);
-  tp->host.data = tp->host_buf;
-  tp->host.dtype = dt;
-  tp->host.ndim = 3;
-  tp->host.shape[0] = T;
-  tp->host.shape[1] = H;
-  tp->host.shape[2] = D;
-  tp->host.strides[0] = st;
-  tp->host.strides[1] = sh;
-  tp->host.strides[2] = sd;
-  tp->host.device_type = KVP_DEVICE_CPU;
-  tp->dev = tp->host;
-  tp->dev.data = tp->dev_buf;
-  tp->dev.device_type = KVP_DEVICE_CUDA;
-  tp->dev.device_id = 0;
+  upload_input(tp, T, H, D, dt, st, sh, sd);
 }
 
 static void refill_input(tensor_pair *tp, uint64_t *rng) {
@@ -222,7 +248,7 @@ static const int32_t *to_device(device_md *d, const int32_t *host, int64_t len) 
   if (host == NULL || len <= 0) return NULL;
   void *p = NULL;
   CUDA_OK(cudaMalloc(&p, (size_t)len * 4));
-  CUDA_OK(cudaMemcpy(p, host, (size_t)len * 4, cudaMemcpyHostToDevice));
+  upload_i32((const int32_t *)p, host, len);
   d->bufs[d->nbufs++] = p;
   return (const int32_t *)p;
 }
@@ -250,6 +276,47 @@ static void free_device_md(device_md *d) {
   for (int i = 0; i < d->nbufs; ++i) CUDA_OK(cudaFree(d->bufs[i]));
 }
 
+/* Host v2 metadata over caller arrays: slot_mapping [3, num_slices] (destination slot, source
+ * token, length per column) and the valid-column count. */
+static kvp_metadata *v2_metadata(int32_t *slot_mapping, int64_t num_slices, int32_t *num_valid) {
+  kvp_metadata_desc d;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+  d.version = KVP_LAYOUT_V2;
+  d.slot_mapping = slot_mapping;
+  d.num_slices = num_slices;
+  d.num_kv_update_slices = num_valid;
+  d.num_kv_update_slices_len = 1;
+  assert_kvp_ok(kvp_metadata_create(&d, &md));
+  return md;
+}
+
+/* The batch on the CPU cache's layer 0, and on the CUDA cache's layer 0 with host metadata and
+ * layer 1 with a device-resident copy of it: both CUDA layers must equal the CPU layer and no
+ * async error may be pending. `before` (when not NULL) is what the layers held before: the batch
+ * must have changed it. */
+static void expect_both_metadata_paths(kvp_cache *cpu, kvp_cache *gpu, const tensor_pair *k, const tensor_pair *v,
+                                       const kvp_metadata *md, const uint8_t *before, const char *what) {
+  const size_t n = layer_bytes(cpu);
+  char label[256];
+  device_md dmd;
+  make_device_md(&dmd, md);
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k->host, &v->host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k->dev, &v->dev, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 1, &k->dev, &v->dev, dmd.md, NULL));
+  uint8_t *want = read_layer(cpu, 0);
+  if (before != NULL) assert_true(memcmp(want, before, n) != 0); /* the batch really wrote something */
+  snprintf(label, sizeof label, "%s, host metadata", what);
+  expect_layer(gpu, 0, want, n, label);
+  snprintf(label, sizeof label, "%s, device metadata", what);
+  expect_layer(gpu, 1, want, n, label);
+  kvp_status async = -1;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+  free(want);
+  free_device_md(&dmd);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Random batches, every layout, dtype pair and several shapes: CUDA == CPU                    */
 
@@ -266,41 +333,21 @@ static void run_compare_case(const shape_case *sc, kvp_dtype kin, kvp_dtype vin,
   kvp_cache *all[3] = {cpu, gpu, gpu};
   const uint32_t layers[3] = {0, 0, 1};
   uint8_t *before = prefill(all, layers, 3, rng);
-  const size_t n = layer_bytes(cpu);
   int64_t T = 0;
   kvp_metadata *md = random_batch(&cfg, rng, 6, 0, 0, &T);
-  device_md dmd;
-  make_device_md(&dmd, md);
   tensor_pair k, v;
   make_input(&k, T, sc->H, sc->D, kin, stride_mode, rng);
   make_input(&v, T, sc->H, sc->D, vin, stride_mode, rng);
-
-  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
-  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));        /* host metadata */
-  assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, NULL));    /* device metadata */
-  uint8_t *want = read_layer(cpu, 0);
-  uint8_t *got_host_md = read_layer(gpu, 0);
-  uint8_t *got_dev_md = read_layer(gpu, 1);
   char what[160];
-  snprintf(what, sizeof what, "layout v%u%s H=%lld D=%lld S=%lld key %s value %s cache %s strides %d, %s metadata",
+  snprintf(what, sizeof what, "layout v%u%s H=%lld D=%lld S=%lld key %s value %s cache %s strides %d",
            (unsigned)sc->layout, sc->D == 64 && sc->layout == KVP_LAYOUT_V3 ? " (h64)" : "", (long long)sc->H,
            (long long)sc->D, (long long)sc->S, kvp_dtype_name(kin), kvp_dtype_name(vin), kvp_dtype_name(cdt),
-           stride_mode, "host");
-  assert_true(memcmp(want, before, n) != 0); /* the batch really wrote something */
-  report_first_difference(got_host_md, want, n, what);
-  snprintf(what + strlen(what) - 13, 14, "dev metadata");
-  report_first_difference(got_dev_md, want, n, what);
-  kvp_status async = -1;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+           stride_mode);
+  expect_both_metadata_paths(cpu, gpu, &k, &v, md, before, what);
 
-  free(want);
-  free(got_host_md);
-  free(got_dev_md);
   free(before);
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(gpu));
   assert_kvp_ok(kvp_cache_destroy(cpu));
@@ -354,45 +401,20 @@ static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
   kvp_cache *all[3] = {cpu, gpu, gpu};
   const uint32_t layers[3] = {0, 0, 1};
   uint8_t *before = prefill(all, layers, 3, &rng);
-  const size_t n = layer_bytes(cpu);
   /* Columns: destination slot, source token, length. */
   int32_t sm[3 * 5] = {(int32_t)S, (int32_t)((P - 1) * S + 3), (int32_t)(10 * S + 2), (int32_t)(20 * S), 0,
                        0, 29, 40, 2, 0,
                        (int32_t)(3 * S + 5), 5, 1, (int32_t)(2 * S), 7};
   int32_t nvalid = 4;
-  kvp_metadata_desc d;
-  kvp_metadata *md = NULL;
-  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
-  d.version = KVP_LAYOUT_V2;
-  d.slot_mapping = sm;
-  d.num_slices = 5;
-  d.num_kv_update_slices = &nvalid;
-  d.num_kv_update_slices_len = 1;
-  assert_kvp_ok(kvp_metadata_create(&d, &md));
-  device_md dmd;
-  make_device_md(&dmd, md);
+  kvp_metadata *md = v2_metadata(sm, 5, &nvalid);
   tensor_pair k, v;
   make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
   make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  expect_both_metadata_paths(cpu, gpu, &k, &v, md, before, "v2 long slices");
 
-  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
-  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));     /* host metadata */
-  assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, NULL)); /* device metadata */
-  uint8_t *want = read_layer(cpu, 0), *got_host = read_layer(gpu, 0), *got_dev = read_layer(gpu, 1);
-  assert_true(memcmp(want, before, n) != 0);
-  report_first_difference(got_host, want, n, "v2 long slices, host metadata");
-  report_first_difference(got_dev, want, n, "v2 long slices, device metadata");
-  kvp_status async = KVP_OK;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
-
-  free(want);
-  free(got_host);
-  free(got_dev);
   free(before);
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(gpu));
   assert_kvp_ok(kvp_cache_destroy(cpu));
@@ -411,7 +433,6 @@ static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, i
   kvp_config cfg = kvp_test_config(2, 1, D, S, T / S + 1, cdt, KVP_LAYOUT_V2);
   kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
   kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
-  const size_t n = layer_bytes(cpu);
   /* Keys in pattern order, values in reverse order (each pattern lands in both halves). */
   tensor_pair kv[2];
   for (int h = 0; h < 2; ++h) {
@@ -422,52 +443,16 @@ static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, i
     for (int64_t i = 0; i < count; ++i)
       memcpy((uint8_t *)tp->host_buf + (size_t)i * isz,
              (const uint8_t *)patterns + (size_t)(h == 0 ? i : count - 1 - i) * isz, isz);
-    CUDA_OK(cudaMalloc(&tp->dev_buf, tp->bytes));
-    CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
-    memset(&tp->host, 0, sizeof tp->host);
-    tp->host.data = tp->host_buf;
-    tp->host.dtype = in;
-    tp->host.ndim = 3;
-    tp->host.shape[0] = T;
-    tp->host.shape[1] = 1;
-    tp->host.shape[2] = D;
-    tp->host.strides[0] = D;
-    tp->host.strides[1] = D;
-    tp->host.strides[2] = 1;
-    tp->host.device_type = KVP_DEVICE_CPU;
-    tp->dev = tp->host;
-    tp->dev.data = tp->dev_buf;
-    tp->dev.device_type = KVP_DEVICE_CUDA;
+    upload_input(tp, T, 1, D, in, D, D, 1);
   }
   int32_t sm[3] = {0, 0, (int32_t)T}, nslices = 1;
-  kvp_metadata_desc d;
-  kvp_metadata *md = NULL;
-  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
-  d.version = KVP_LAYOUT_V2;
-  d.slot_mapping = sm;
-  d.num_slices = 1;
-  d.num_kv_update_slices = &nslices;
-  d.num_kv_update_slices_len = 1;
-  assert_kvp_ok(kvp_metadata_create(&d, &md));
-  device_md dmd;
-  make_device_md(&dmd, md);
-
-  assert_kvp_ok(kvp_concatenate(cpu, 0, &kv[0].host, &kv[1].host, md, NULL));
-  assert_kvp_ok(kvp_concatenate(gpu, 0, &kv[0].dev, &kv[1].dev, md, NULL));
-  assert_kvp_ok(kvp_concatenate(gpu, 1, &kv[0].dev, &kv[1].dev, dmd.md, NULL));
-  uint8_t *want = read_layer(cpu, 0), *got_host = read_layer(gpu, 0), *got_dev = read_layer(gpu, 1);
+  kvp_metadata *md = v2_metadata(sm, 1, &nslices);
   char what[96];
-  snprintf(what, sizeof what, "every %s pattern -> %s, host metadata", kvp_dtype_name(in), kvp_dtype_name(cdt));
-  report_first_difference(got_host, want, n, what);
-  snprintf(what, sizeof what, "every %s pattern -> %s, device metadata", kvp_dtype_name(in), kvp_dtype_name(cdt));
-  report_first_difference(got_dev, want, n, what);
+  snprintf(what, sizeof what, "every %s pattern -> %s", kvp_dtype_name(in), kvp_dtype_name(cdt));
+  expect_both_metadata_paths(cpu, gpu, &kv[0], &kv[1], md, NULL, what);
 
-  free(want);
-  free(got_host);
-  free(got_dev);
   free_input(&kv[0]);
   free_input(&kv[1]);
-  free_device_md(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(gpu));
   assert_kvp_ok(kvp_cache_destroy(cpu));
@@ -565,11 +550,10 @@ static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) 
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
-  uint8_t *want = read_layer(cpu, 0), *got = read_layer(gpu, 0);
+  uint8_t *want = read_layer(cpu, 0);
   assert_true(memcmp(want, before, n) != 0);
-  report_first_difference(got, want, n, "80 large v3 batches and 70 decode batches");
+  expect_layer(gpu, 0, want, n, "80 large v3 batches and 70 decode batches");
   free(want);
-  free(got);
   free(before);
   assert_kvp_ok(kvp_cache_destroy(gpu));
   assert_kvp_ok(kvp_cache_destroy(cpu));
@@ -578,6 +562,16 @@ static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) 
 /* ------------------------------------------------------------------------------------------ */
 /* CUDA graphs                                                                                 */
 
+
+/* Instantiates a captured graph, runs it once on `s`, waits for it and destroys it. */
+static void run_graph_once(cudaGraph_t graph, cudaStream_t s) {
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+}
 
 /* Copies the arrays of host metadata `src` into the fixed device buffers behind `dst` (same
  * shapes: both built with the same R and T bucket). */
@@ -589,8 +583,8 @@ static void update_device_md(device_md *dst, const kvp_metadata *src) {
   assert_kvp_ok(kvp_metadata_get_desc(dst->md, &b));
   assert_int_equal(a.num_reqs, b.num_reqs);
   assert_int_equal(a.pages_per_req, b.pages_per_req);
-#define COPY_FIELD(ptr, len)                                                                          \
-  if (a.ptr != NULL) CUDA_OK(cudaMemcpy((void *)b.ptr, a.ptr, (size_t)(len) * 4, cudaMemcpyHostToDevice))
+#define COPY_FIELD(ptr, len) \
+  if (a.ptr != NULL) upload_i32(b.ptr, a.ptr, len)
   COPY_FIELD(pages_tables, a.num_reqs * a.pages_per_req);
   COPY_FIELD(context_lens, a.context_lens_len);
   COPY_FIELD(query_start_loc, a.query_start_loc_len);
@@ -649,11 +643,7 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
     assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, mdr, NULL));
     CUDA_OK(cudaGraphLaunch(exec, s));
     CUDA_OK(cudaStreamSynchronize(s));
-    uint8_t *want = read_layer(cpu, 0);
-    got = read_layer(gpu, 0);
-    report_first_difference(got, want, n, "graph replay with device metadata");
-    free(want);
-    free(got);
+    expect_same_layer(cpu, gpu, n, "graph replay with device metadata");
     if (round > 0) assert_kvp_ok(kvp_metadata_destroy(mdr));
   }
   CUDA_OK(cudaGraphExecDestroy(exec));
@@ -682,11 +672,7 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   assert_kvp_ok(kvp_concatenate(gpu, 0, &kb.dev, &vb.dev, mdb, (kvp_stream)s));
   CUDA_OK(cudaGraphLaunch(exec, s));
   CUDA_OK(cudaStreamSynchronize(s));
-  uint8_t *want = read_layer(cpu, 0);
-  got = read_layer(gpu, 0);
-  report_first_difference(got, want, n, "graph replay with host metadata (graph arena)");
-  free(want);
-  free(got);
+  expect_same_layer(cpu, gpu, n, "graph replay with host metadata (graph arena)");
   CUDA_OK(cudaGraphExecDestroy(exec));
   CUDA_OK(cudaGraphDestroy(graph));
 
@@ -738,7 +724,6 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
   memset(junk, 0xEE, n);
   cudaStream_t s;
   cudaGraph_t graph;
-  cudaGraphExec_t exec;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
@@ -760,24 +745,15 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
   assert_memory_equal(got, before, n);
   free(got);
   /* The replay writes the captured batch. */
-  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  CUDA_OK(cudaGraphLaunch(exec, s));
-  CUDA_OK(cudaStreamSynchronize(s));
+  run_graph_once(graph, s);
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
-  uint8_t *want = read_layer(cpu, 0);
-  got = read_layer(gpu, 0);
-  report_first_difference(got, want, n, "replay of a capture in which layer copies were refused");
+  expect_same_layer(cpu, gpu, n, "replay of a capture in which layer copies were refused");
   kvp_status async = KVP_OK;
   assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
   assert_int_equal(async, KVP_OK);
-
-  free(want);
-  free(got);
   free(buf);
   free(junk);
   free(before);
-  CUDA_OK(cudaGraphExecDestroy(exec));
-  CUDA_OK(cudaGraphDestroy(graph));
 
   /* A capture the caller has invalidated (cudaMalloc is not allowed while capturing): the call
    * says so instead of failing somewhere inside, the cache is not poisoned, and once the capture
@@ -791,11 +767,7 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
   (void)cudaGetLastError();
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s));
   CUDA_OK(cudaStreamSynchronize(s));
-  want = read_layer(cpu, 0); /* the same batch again: the same bytes */
-  uint8_t *again = read_layer(gpu, 0);
-  report_first_difference(again, want, n, "after an invalidated capture");
-  free(again);
-  free(want);
+  expect_same_layer(cpu, gpu, n, "after an invalidated capture"); /* the same batch again */
 
   CUDA_OK(cudaStreamDestroy(s));
   free_input(&k);
@@ -836,7 +808,6 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
   cudaGraph_t graph;
-  cudaGraphExec_t exec;
   int captured = 0;
   kvp_status st = KVP_OK;
   char msg[512] = "";
@@ -856,27 +827,18 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   printf("graph arena: %d calls of %d runs captured before it ran out\n", captured, nreq);
 
   /* Replay: exactly batch A (what was captured), none of batch B. */
-  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  CUDA_OK(cudaGraphLaunch(exec, s));
-  CUDA_OK(cudaStreamSynchronize(s));
+  run_graph_once(graph, s);
   assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mda, NULL));
-  uint8_t *want = read_layer(cpu, 0), *got = read_layer(gpu, 0);
+  uint8_t *want = read_layer(cpu, 0);
   assert_true(memcmp(want, before, n) != 0);
-  report_first_difference(got, want, n, "replay of the calls captured before the arena ran out");
+  expect_layer(gpu, 0, want, n, "replay of the calls captured before the arena ran out");
   free(want);
-  free(got);
-  CUDA_OK(cudaGraphExecDestroy(exec));
-  CUDA_OK(cudaGraphDestroy(graph));
 
   /* Eager: batch B through the staging ring (24000 bytes: the ring's slots grow). */
   assert_kvp_ok(kvp_concatenate(cpu, 0, &kb.host, &vb.host, mdb, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &kb.dev, &vb.dev, mdb, (kvp_stream)s));
   CUDA_OK(cudaStreamSynchronize(s));
-  want = read_layer(cpu, 0);
-  got = read_layer(gpu, 0);
-  report_first_difference(got, want, n, "eager call after the capture");
-  free(want);
-  free(got);
+  expect_same_layer(cpu, gpu, n, "eager call after the capture");
 
   /* A small batch (inline runs, no staging) still captures and replays. */
   kvp_metadata *mdc = decode_batch(&cfg, 20, 11);
@@ -884,17 +846,9 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   st = kvp_concatenate(gpu, 0, &ka.dev, &va.dev, mdc, (kvp_stream)s);
   CUDA_OK(cudaStreamEndCapture(s, &graph));
   assert_kvp_ok(st);
-  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  CUDA_OK(cudaGraphLaunch(exec, s));
-  CUDA_OK(cudaStreamSynchronize(s));
+  run_graph_once(graph, s);
   assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mdc, NULL));
-  want = read_layer(cpu, 0);
-  got = read_layer(gpu, 0);
-  report_first_difference(got, want, n, "small batch captured after the arena ran out");
-  free(want);
-  free(got);
-  CUDA_OK(cudaGraphExecDestroy(exec));
-  CUDA_OK(cudaGraphDestroy(graph));
+  expect_same_layer(cpu, gpu, n, "small batch captured after the arena ran out");
 
   kvp_status async = KVP_OK;
   assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
@@ -993,8 +947,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
     kvp_metadata_desc dd;
     assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
     assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
-    void *dev_arr = layout == KVP_LAYOUT_V3 ? (void *)dd.pages_tables : (void *)dd.slot_mapping;
-    CUDA_OK(cudaMemcpy(dev_arr, arr, (size_t)arr_len * 4, cudaMemcpyHostToDevice));
+    upload_i32(layout == KVP_LAYOUT_V3 ? dd.pages_tables : dd.slot_mapping, arr, arr_len);
   }
   /* A valid call captured in a graph before the error: replayed after it, the device itself
    * must refuse to write (the host is not involved in a replay). */
@@ -1121,7 +1074,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
     kvp_metadata_desc dd;
     assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
     assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
-    CUDA_OK(cudaMemcpy((void *)dd.context_lens, ctx, sizeof ctx, cudaMemcpyHostToDevice));
+    upload_i32(dd.context_lens, ctx, 3);
   }
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
   CUDA_OK(cudaDeviceSynchronize());
@@ -1169,11 +1122,6 @@ typedef enum bad_kind {
   BAD_V2_NEG_LEN,    /* slice 1 of negative length: slice 1 is skipped */
   BAD_V2_SOURCE      /* slice 1 reads past the last token: only its first (valid) token is written */
 } bad_kind;
-
-/* Copies `len` int32 values from host `src` over the device array `dev`. */
-static void upload_i32(const int32_t *dev, const int32_t *src, int64_t len) {
-  CUDA_OK(cudaMemcpy((void *)dev, src, (size_t)len * 4, cudaMemcpyHostToDevice));
-}
 
 static void run_device_check(bad_kind kind, uint64_t seed) {
   uint64_t rng = seed;
@@ -1307,27 +1255,21 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   if (strstr(kvp_last_error_message(), frag) == NULL)
     fail_msg("case %d: async error message '%s' lacks '%s'", (int)kind, kvp_last_error_message(), frag);
   assert_kvp_ok(kvp_cache_clear_async_error(gpu));
-  uint8_t *got = read_layer(gpu, 0);
   char what[64];
   snprintf(what, sizeof what, "device check case %d", (int)kind);
-  report_first_difference(got, want, n, what);
+  expect_layer(gpu, 0, want, n, what);
 
-  /* Cleared: the valid batch on both caches gives the same bytes. */
+  /* Cleared: the valid batch on both caches (both now holding `want`) gives the same bytes. */
   free_device_md(&dmd);
   make_device_md(&dmd, md);
-  assert_kvp_ok(kvp_cache_write_layer(cpu, 0, got, n, NULL));
+  assert_kvp_ok(kvp_cache_write_layer(cpu, 0, want, n, NULL));
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
-  free(want);
-  free(got);
-  want = read_layer(cpu, 0);
-  got = read_layer(gpu, 0);
-  report_first_difference(got, want, n, "valid batch after clearing");
+  expect_same_layer(cpu, gpu, n, "valid batch after clearing");
   assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
   assert_int_equal(async, KVP_OK);
 
   free(want);
-  free(got);
   free(arr);
   free(before);
   free_input(&k);

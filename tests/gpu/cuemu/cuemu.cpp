@@ -3,6 +3,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +13,7 @@
 
 struct CUstream_st {
   bool capturing = false;
+  bool relaxed = false;      // captures in cudaStreamCaptureModeRelaxed
   bool invalidated = false;  // an illegal call during the capture: cudaStreamEndCapture fails
   bool blocking = true;      // created without cudaStreamNonBlocking: synchronises with the legacy stream
   std::vector<std::function<void()>> ops;
@@ -22,10 +24,7 @@ struct CUgraphExec_st { std::vector<std::function<void()>> ops; };
 
 namespace cuemu {
 static std::map<uintptr_t, size_t> g_allocs;  // device + pinned allocations
-// Streams capturing in global or thread-local mode (there is one host thread here, so both
-// forbid the same calls).
-static std::vector<cudaStream_t> g_strict_captures;
-static std::vector<cudaStream_t> g_captures;  // every capturing stream
+static std::vector<cudaStream_t> g_captures;  // streams capturing now
 static size_t g_allocated = 0;
 static long g_launches = 0, g_blocks = 0;
 static cudaError_t g_last_error = cudaSuccess;  // what cudaGetLastError returns (failed launches)
@@ -35,30 +34,39 @@ static void die(const char *what) {
   std::abort();
 }
 
-// The capture rules of the CUDA runtime. While a stream captures in a mode other than relaxed,
-// calls that may synchronise or allocate (cudaMalloc, cudaFree, cudaHostAlloc, cudaFreeHost,
+// The capture rules of the CUDA runtime. While a stream captures in a mode other than relaxed
+// (global and thread-local forbid the same calls here: there is one host thread), calls that
+// may synchronise or allocate (cudaMalloc, cudaFree, cudaHostAlloc, cudaFreeHost,
 // synchronous cudaMemcpy / cudaMemset, cudaStreamSynchronize, cudaDeviceSynchronize,
 // cudaEventQuery, cudaEventSynchronize) fail with cudaErrorStreamCaptureUnsupported and
 // invalidate the capture; work on the legacy default stream while a blocking stream captures
 // fails with cudaErrorStreamCaptureImplicit and invalidates it too; cudaStreamEndCapture then fails with
 // cudaErrorStreamCaptureInvalidated. So code that claims to be capturable is held to it here.
-static void invalidate_captures(const std::vector<cudaStream_t> &which, const char *what) {
-  for (cudaStream_t s : which) s->invalidated = true;
-  std::fprintf(stderr, "cuemu: %s during stream capture: the capture is invalidated\n", what);
+// Invalidates the captures `applies` selects; true if there was one.
+template <class Pred>
+static bool invalidate_captures(Pred applies, const char *what) {
+  bool any = false;
+  for (cudaStream_t c : g_captures)
+    if (applies(c)) c->invalidated = any = true;
+  if (any) std::fprintf(stderr, "cuemu: %s during stream capture: the capture is invalidated\n", what);
+  return any;
 }
 static cudaError_t capture_unsafe(const char *what) {
-  if (g_strict_captures.empty()) return cudaSuccess;
-  invalidate_captures(g_strict_captures, what);
-  return cudaErrorStreamCaptureUnsupported;
+  return invalidate_captures([](cudaStream_t c) { return !c->relaxed; }, what) ? cudaErrorStreamCaptureUnsupported
+                                                                               : cudaSuccess;
 }
-static cudaError_t legacy_stream_use(cudaStream_t s, const char *what) {
-  if (s != nullptr) return cudaSuccess;
-  std::vector<cudaStream_t> blocking;
+static bool blocking_capture() {
   for (cudaStream_t c : g_captures)
-    if (c->blocking) blocking.push_back(c);
-  if (blocking.empty()) return cudaSuccess;
-  invalidate_captures(blocking, what);
-  return cudaErrorStreamCaptureImplicit;
+    if (c->blocking) return true;
+  return false;
+}
+// Work enqueued on stream s: refused on the legacy stream next to a blocking capture (which it
+// invalidates), and on a stream whose capture was invalidated.
+static cudaError_t enqueue_check(cudaStream_t s, const char *what) {
+  if (s == nullptr)
+    return invalidate_captures([](cudaStream_t c) { return c->blocking; }, what) ? cudaErrorStreamCaptureImplicit
+                                                                                 : cudaSuccess;
+  return s->capturing && s->invalidated ? cudaErrorStreamCaptureInvalidated : cudaSuccess;
 }
 
 void check_access(const void *p, size_t n, size_t align, bool write) {
@@ -232,9 +240,8 @@ cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream
     }
   };
   // Like cudaLaunchKernel: a failed launch returns its error and also leaves it as the last error.
-  if (legacy_stream_use(s, "a kernel launch on the legacy default stream") != cudaSuccess)
-    return g_last_error = cudaErrorStreamCaptureImplicit;
-  if (s != nullptr && s->capturing && s->invalidated) return g_last_error = cudaErrorStreamCaptureInvalidated;
+  if (const cudaError_t e = enqueue_check(s, "a kernel launch on the legacy default stream"); e != cudaSuccess)
+    return g_last_error = e;
   if (s != nullptr && s->capturing)
     s->ops.push_back(run);
   else
@@ -267,13 +274,10 @@ static void untrack(void *p) {
     cudaError_t e_ = capture_unsafe(what);   \
     if (e_ != cudaSuccess) return e_;        \
   } while (0)
-// Work enqueued on stream s: refused on the legacy stream next to a blocking capture, and on a
-// stream whose capture was invalidated.
-#define CUEMU_LEGACY(s, what)                                                        \
-  do {                                                                               \
-    cudaError_t e_ = legacy_stream_use(s, what);                                     \
-    if (e_ != cudaSuccess) return e_;                                                \
-    if ((s) != nullptr && (s)->capturing && (s)->invalidated) return cudaErrorStreamCaptureInvalidated; \
+#define CUEMU_ENQUEUE(s, what)                  \
+  do {                                          \
+    cudaError_t e_ = enqueue_check(s, what);    \
+    if (e_ != cudaSuccess) return e_;           \
   } while (0)
 
 extern "C" {
@@ -342,7 +346,7 @@ static void do_memset(void *p, int v, size_t n) {
 }
 cudaError_t cudaMemset(void *p, int v, size_t n) { CUEMU_UNSAFE("cudaMemset"); do_memset(p, v, n); return cudaSuccess; }
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
-  CUEMU_LEGACY(s, "cudaMemsetAsync on the legacy default stream");
+  CUEMU_ENQUEUE(s, "cudaMemsetAsync on the legacy default stream");
   if (s && s->capturing) { s->ops.push_back([=] { do_memset(p, v, n); }); return cudaSuccess; }
   do_memset(p, v, n);
   return cudaSuccess;
@@ -353,7 +357,7 @@ cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st) {
-  CUEMU_LEGACY(st, "cudaMemcpyAsync on the legacy default stream");
+  CUEMU_ENQUEUE(st, "cudaMemcpyAsync on the legacy default stream");
   if (st && st->capturing) { st->ops.push_back([=] { do_memcpy(d, s, n, k); }); return cudaSuccess; }
   do_memcpy(d, s, n, k);
   return cudaSuccess;
@@ -373,9 +377,7 @@ cudaError_t cudaDeviceSynchronize(void) { CUEMU_UNSAFE("cudaDeviceSynchronize");
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
   // On the legacy stream while a blocking stream captures: an error, but only a query (the
   // capture stays valid).
-  if (s == nullptr)
-    for (cudaStream_t c : g_captures)
-      if (c->blocking) return cudaErrorStreamCaptureImplicit;
+  if (s == nullptr && blocking_capture()) return cudaErrorStreamCaptureImplicit;
   *st = (s && s->capturing) ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
                             : cudaStreamCaptureStatusNone;
   return cudaSuccess;
@@ -383,20 +385,15 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m) {
   if (!s || s->capturing) return cudaErrorStreamCaptureUnsupported;
   s->capturing = true;
+  s->relaxed = m == cudaStreamCaptureModeRelaxed;
   s->invalidated = false;
   s->ops.clear();
-  if (m != cudaStreamCaptureModeRelaxed) g_strict_captures.push_back(s);
   g_captures.push_back(s);
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
   if (!s || !s->capturing) return cudaErrorInvalidValue;
-  for (auto *list : {&g_strict_captures, &g_captures})
-    for (size_t i = 0; i < list->size(); ++i)
-      if ((*list)[i] == s) {
-        list->erase(list->begin() + static_cast<long>(i));
-        break;
-      }
+  g_captures.erase(std::find(g_captures.begin(), g_captures.end(), s));
   s->capturing = false;
   if (s->invalidated) {
     s->ops.clear();
@@ -409,7 +406,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) { *e = new CUgraphExec_st{g->ops}; return cudaSuccess; }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
-  CUEMU_LEGACY(s, "cudaGraphLaunch on the legacy default stream");
+  CUEMU_ENQUEUE(s, "cudaGraphLaunch on the legacy default stream");
   if (s && s->capturing) die("cudaGraphLaunch into a capturing stream is not emulated");
   for (auto &op : e->ops) op();
   return cudaSuccess;
@@ -422,7 +419,7 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 1.
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = sm_count(); return cudaSuccess; }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) {
-  CUEMU_LEGACY(s, "cudaEventRecord on the legacy default stream");
+  CUEMU_ENQUEUE(s, "cudaEventRecord on the legacy default stream");
   // Real CUDA turns this into a graph node; nothing in kvpages records events into a capture.
   if (s && s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
   return cudaSuccess;
