@@ -485,14 +485,14 @@ static void test_cuda_concatenate__conversions_exhaustive(void **state) {
 }
 
 /* A decode batch of n requests, request i writing one token at in-page offset `offset` of page
- * i + 1: n runs that never merge (so n * 24 bytes of staged host metadata). */
-static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset) {
+ * first_page + i: n runs that never merge (so n * 24 bytes of staged host metadata). */
+static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset, int32_t first_page) {
   kvp_batch_request *reqs = (kvp_batch_request *)calloc((size_t)n, sizeof *reqs);
   int32_t *pages = (int32_t *)malloc((size_t)n * sizeof *pages);
   assert_non_null(reqs);
   assert_non_null(pages);
   for (int i = 0; i < n; ++i) {
-    pages[i] = i + 1;
+    pages[i] = first_page + i;
     reqs[i].num_computed = offset;
     reqs[i].num_scheduled = 1;
     reqs[i].page_ids = pages + i;
@@ -534,22 +534,39 @@ static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) 
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
-  /* 70 more calls of 40 runs each: the 64-slot ring wraps for certain. Reusing a slot queries
-   * its event, and a "not ready" answer must not be left in this thread's CUDA error state for
-   * the caller to find. */
-  for (int step = 0; step < 70; ++step) {
-    kvp_metadata *md = decode_batch(&cfg, 40, step % 16);
-    tensor_pair k, v;
-    make_input(&k, 40, 8, 128, KVP_DTYPE_BF16, 0, &rng);
-    make_input(&v, 40, 8, 128, KVP_DTYPE_BF16, 0, &rng);
-    assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
-    assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, NULL));
-    CUDA_OK(cudaGetLastError());
-    CUDA_OK(cudaDeviceSynchronize()); /* inputs are freed below */
-    free_input(&k);
-    free_input(&v);
-    assert_kvp_ok(kvp_metadata_destroy(md));
+  /* 70 more calls of 40 runs each, all enqueued before the host waits once: the 64-slot ring
+   * wraps with its earlier slots' copies still queued, so reusing a slot must wait for them.
+   * Every call writes token positions no other call writes (pages 1 + 40 * (step / 16) onwards,
+   * offset step % 16), so a copy that read a slot already overwritten by a later call would leave
+   * its own positions unwritten. Reusing a slot queries its event, and a "not ready" answer must
+   * not be left in this thread's CUDA error state for the caller to find. */
+  enum { kDecodeCalls = 70 };
+  tensor_pair *dk = (tensor_pair *)calloc(kDecodeCalls, sizeof *dk);
+  tensor_pair *dv = (tensor_pair *)calloc(kDecodeCalls, sizeof *dv);
+  kvp_metadata **dmd = (kvp_metadata **)calloc(kDecodeCalls, sizeof *dmd);
+  assert_non_null(dk);
+  assert_non_null(dv);
+  assert_non_null(dmd);
+  for (int step = 0; step < kDecodeCalls; ++step) {
+    dmd[step] = decode_batch(&cfg, 40, step % 16, 1 + 40 * (step / 16));
+    make_input(&dk[step], 40, 8, 128, KVP_DTYPE_BF16, 0, &rng);
+    make_input(&dv[step], 40, 8, 128, KVP_DTYPE_BF16, 0, &rng);
   }
+  CUDA_OK(cudaDeviceSynchronize()); /* the inputs are on the device before the calls start */
+  for (int step = 0; step < kDecodeCalls; ++step) {
+    assert_kvp_ok(kvp_concatenate(cpu, 0, &dk[step].host, &dv[step].host, dmd[step], NULL));
+    assert_kvp_ok(kvp_concatenate(gpu, 0, &dk[step].dev, &dv[step].dev, dmd[step], NULL));
+    CUDA_OK(cudaGetLastError());
+  }
+  CUDA_OK(cudaDeviceSynchronize()); /* inputs are freed below */
+  for (int step = 0; step < kDecodeCalls; ++step) {
+    free_input(&dk[step]);
+    free_input(&dv[step]);
+    assert_kvp_ok(kvp_metadata_destroy(dmd[step]));
+  }
+  free(dk);
+  free(dv);
+  free(dmd);
   uint8_t *want = read_layer(cpu, 0);
   assert_true(memcmp(want, before, n) != 0);
   expect_layer(gpu, 0, want, n, "80 large v3 batches and 70 decode batches");
@@ -797,8 +814,8 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
   const size_t n = layer_bytes(cpu);
-  kvp_metadata *mda = decode_batch(&cfg, nreq, 3);
-  kvp_metadata *mdb = decode_batch(&cfg, nreq, 7);
+  kvp_metadata *mda = decode_batch(&cfg, nreq, 3, 1);
+  kvp_metadata *mdb = decode_batch(&cfg, nreq, 7, 1);
   tensor_pair ka, va, kb, vb;
   make_input(&ka, nreq, H, D, KVP_DTYPE_BF16, 0, &rng);
   make_input(&va, nreq, H, D, KVP_DTYPE_BF16, 0, &rng);
@@ -841,7 +858,7 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   expect_same_layer(cpu, gpu, n, "eager call after the capture");
 
   /* A small batch (inline runs, no staging) still captures and replays. */
-  kvp_metadata *mdc = decode_batch(&cfg, 20, 11);
+  kvp_metadata *mdc = decode_batch(&cfg, 20, 11, 1);
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
   st = kvp_concatenate(gpu, 0, &ka.dev, &va.dev, mdc, (kvp_stream)s);
   CUDA_OK(cudaStreamEndCapture(s, &graph));

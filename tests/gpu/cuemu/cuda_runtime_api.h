@@ -1,10 +1,13 @@
 /* Host-only emulation of the subset of the CUDA runtime used by kvpages and its GPU tests.
- * Device memory is host memory, every stream op runs synchronously, kernels run as fibers
- * (one OS thread, ucontext) with real __syncthreads / __ballot_sync semantics, blocks and the
- * threads within each block run in shuffled orders, 16-byte stores and __ldg loads are checked against the device allocations, and
- * stream capture records ops into a replayable graph and enforces the runtime's capture rules (calls that
- * may synchronise or allocate fail and invalidate the capture). For testing kernel logic on machines
- * without a GPU (tests/gpu/tests.cmake, KVPAGES_CUDA_EMULATION_TESTS). */
+ * Device memory is host memory. Streams are asynchronous: enqueued work waits in its stream's
+ * queue until the host waits for it (synchronisation, a "ready" event query, a synchronous copy,
+ * a free), with the runtime's rules for pageable copies and the legacy stream. Kernels run as
+ * fibers (one OS thread, ucontext) with real __syncthreads / __ballot_sync semantics, blocks and
+ * the threads within each block run in shuffled orders, 16-byte stores and __ldg loads are
+ * checked against the device allocations, and stream capture records ops into a replayable graph
+ * and enforces the runtime's capture rules (calls that may synchronise or allocate fail and
+ * invalidate the capture). For testing kernel logic on machines without a GPU
+ * (tests/gpu/tests.cmake, KVPAGES_CUDA_EMULATION_TESTS). */
 #ifndef CUEMU_CUDA_RUNTIME_API_H
 #define CUEMU_CUDA_RUNTIME_API_H
 #include <stddef.h>

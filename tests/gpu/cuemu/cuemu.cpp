@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <vector>
 
@@ -16,14 +18,25 @@ struct CUstream_st {
   bool relaxed = false;      // captures in cudaStreamCaptureModeRelaxed
   bool invalidated = false;  // an illegal call during the capture: cudaStreamEndCapture fails
   bool blocking = true;      // created without cudaStreamNonBlocking: synchronises with the legacy stream
-  std::vector<std::function<void()>> ops;
+  std::vector<std::function<void()>> ops;   // recorded while capturing
+  std::deque<std::function<void()>> queue;  // enqueued, not yet run ("on the GPU")
+  uint64_t enqueued = 0, completed = 0;     // operations ever enqueued / run
 };
-struct CUevent_st { int dummy; };
+// An event marks a position in one stream's queue: it has completed once everything enqueued
+// before its cudaEventRecord has run.
+struct CUevent_st {
+  cudaStream_t stream = nullptr;
+  uint64_t target = 0;
+};
 struct CUgraph_st { std::vector<std::function<void()>> ops; };
 struct CUgraphExec_st { std::vector<std::function<void()>> ops; };
 
 namespace cuemu {
 static std::map<uintptr_t, size_t> g_allocs;  // device + pinned allocations
+static std::set<uintptr_t> g_pinned;          // the pinned ones (cudaHostAlloc)
+static CUstream_st g_legacy;                  // the legacy default stream (cudaStream_t 0)
+static std::set<cudaStream_t> g_streams;      // streams created and not destroyed
+static std::set<cudaEvent_t> g_events;        // events created and not destroyed
 static std::vector<cudaStream_t> g_captures;  // streams capturing now
 static size_t g_allocated = 0;
 static long g_launches = 0, g_blocks = 0;
@@ -67,6 +80,52 @@ static cudaError_t enqueue_check(cudaStream_t s, const char *what) {
     return invalidate_captures([](cudaStream_t c) { return c->blocking; }, what) ? cudaErrorStreamCaptureImplicit
                                                                                  : cudaSuccess;
   return s->capturing && s->invalidated ? cudaErrorStreamCaptureInvalidated : cudaSuccess;
+}
+
+// Asynchronous streams. Work enqueued on a stream does not run when it is enqueued: it waits in
+// the stream's queue, in order, until something makes the host wait for it (a stream, event or
+// device synchronisation, an event query that answers "ready", a synchronous cudaMemcpy, a
+// cudaFree, a copy to pageable host memory). So a host that reads results, or reuses a pinned
+// buffer an enqueued copy still reads, before it has waited sees the old bytes, as it may on a
+// GPU. The legacy stream's implicit synchronisation with blocking streams is kept by running
+// what the new work would wait for before enqueuing it.
+static cudaStream_t queue_of(cudaStream_t s) { return s != nullptr ? s : &g_legacy; }
+static void run_until(cudaStream_t q, uint64_t target) {
+  while (q->completed < target) {
+    std::function<void()> op = std::move(q->queue.front());
+    q->queue.pop_front();
+    op();
+    ++q->completed;
+  }
+}
+static void drain(cudaStream_t q) { run_until(q, q->enqueued); }
+static void drain_blocking() {
+  for (cudaStream_t s : g_streams)
+    if (s->blocking) drain(s);
+}
+static void drain_all() {
+  drain(&g_legacy);
+  for (cudaStream_t s : g_streams) drain(s);
+}
+// Enqueues op on s (records it when s is capturing). Call after enqueue_check.
+static void enqueue(cudaStream_t s, std::function<void()> op) {
+  if (s != nullptr && s->capturing) {
+    s->ops.push_back(std::move(op));
+    return;
+  }
+  if (s == nullptr)
+    drain_blocking();  // legacy work waits for the blocking streams' earlier work
+  else if (s->blocking)
+    drain(&g_legacy);  // and blocking streams' work waits for earlier legacy work
+  cudaStream_t q = queue_of(s);
+  q->queue.push_back(std::move(op));
+  ++q->enqueued;
+}
+static bool pinned(const void *p) {
+  auto it = g_pinned.upper_bound(reinterpret_cast<uintptr_t>(p));
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return reinterpret_cast<uintptr_t>(p) < *it + g_allocs.at(*it);
 }
 
 void check_access(const void *p, size_t n, size_t align, bool write) {
@@ -242,10 +301,7 @@ cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream
   // Like cudaLaunchKernel: a failed launch returns its error and also leaves it as the last error.
   if (const cudaError_t e = enqueue_check(s, "a kernel launch on the legacy default stream"); e != cudaSuccess)
     return g_last_error = e;
-  if (s != nullptr && s->capturing)
-    s->ops.push_back(run);
-  else
-    run();
+  enqueue(s, std::move(run));
   return cudaSuccess;
 }
 }  // namespace cuemu
@@ -266,6 +322,7 @@ static void untrack(void *p) {
   if (it == g_allocs.end()) die("free of an unknown pointer");
   g_allocated -= it->second;
   g_allocs.erase(it);
+  g_pinned.erase(reinterpret_cast<uintptr_t>(p));
   std::free(p);
 }
 
@@ -327,13 +384,26 @@ cudaError_t cudaMalloc(void **p, size_t n) {
   *p = track(n);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
-cudaError_t cudaFree(void *p) { CUEMU_UNSAFE("cudaFree"); untrack(p); return cudaSuccess; }
+// cudaFree and cudaFreeHost wait for the device first (as the runtime does when memory is freed).
+cudaError_t cudaFree(void *p) {
+  CUEMU_UNSAFE("cudaFree");
+  drain_all();
+  untrack(p);
+  return cudaSuccess;
+}
 cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
   CUEMU_UNSAFE("cudaHostAlloc");
   *p = track(n);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (*p == nullptr) return cudaErrorMemoryAllocation;
+  g_pinned.insert(reinterpret_cast<uintptr_t>(*p));
+  return cudaSuccess;
 }
-cudaError_t cudaFreeHost(void *p) { CUEMU_UNSAFE("cudaFreeHost"); untrack(p); return cudaSuccess; }
+cudaError_t cudaFreeHost(void *p) {
+  CUEMU_UNSAFE("cudaFreeHost");
+  drain_all();
+  untrack(p);
+  return cudaSuccess;
+}
 cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned) { *d = h; return cudaSuccess; }
 static void do_memcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
   if (k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice) check_access(d, n, 1, true);
@@ -344,36 +414,69 @@ static void do_memset(void *p, int v, size_t n) {
   check_access(p, n, 1, true);
   std::memset(p, v, n);
 }
-cudaError_t cudaMemset(void *p, int v, size_t n) { CUEMU_UNSAFE("cudaMemset"); do_memset(p, v, n); return cudaSuccess; }
+// Synchronous cudaMemset of device memory is asynchronous with respect to the host: it is
+// legacy-stream work like any other.
+cudaError_t cudaMemset(void *p, int v, size_t n) {
+  CUEMU_UNSAFE("cudaMemset");
+  enqueue(nullptr, [=] { do_memset(p, v, n); });
+  return cudaSuccess;
+}
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
   CUEMU_ENQUEUE(s, "cudaMemsetAsync on the legacy default stream");
-  if (s && s->capturing) { s->ops.push_back([=] { do_memset(p, v, n); }); return cudaSuccess; }
-  do_memset(p, v, n);
+  enqueue(s, [=] { do_memset(p, v, n); });
   return cudaSuccess;
 }
+// Synchronous cudaMemcpy: legacy-stream work that has completed when the call returns.
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
   CUEMU_UNSAFE("cudaMemcpy");
+  drain_blocking();
+  drain(&g_legacy);
   do_memcpy(d, s, n, k);
   return cudaSuccess;
 }
+// Asynchronous copies run in stream order, with the runtime's exceptions for pageable host
+// memory: from pageable memory the source is staged before the call returns (the caller may
+// reuse it at once), and to pageable memory the call returns once the copy has completed.
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st) {
   CUEMU_ENQUEUE(st, "cudaMemcpyAsync on the legacy default stream");
-  if (st && st->capturing) { st->ops.push_back([=] { do_memcpy(d, s, n, k); }); return cudaSuccess; }
-  do_memcpy(d, s, n, k);
+  const bool capturing = st != nullptr && st->capturing;
+  if (!capturing && k == cudaMemcpyHostToDevice && !pinned(s)) {
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char *>(s),
+                                                               static_cast<const unsigned char *>(s) + n);
+    enqueue(st, [=] { do_memcpy(d, staged->data(), n, k); });
+    return cudaSuccess;
+  }
+  enqueue(st, [=] { do_memcpy(d, s, n, k); });
+  if (!capturing && k == cudaMemcpyDeviceToHost && !pinned(d)) drain(queue_of(st));
   return cudaSuccess;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
   *s = new CUstream_st;
   (*s)->blocking = (flags & cudaStreamNonBlocking) == 0;
+  g_streams.insert(*s);
   return cudaSuccess;
 }
+// The stream's remaining work still runs (here: now); events recorded on it stay complete.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  if (s && s->capturing) die("cudaStreamDestroy of a capturing stream");
+  if (s == nullptr || g_streams.count(s) == 0) return cudaErrorInvalidValue;
+  if (s->capturing) die("cudaStreamDestroy of a capturing stream");
+  drain(s);
+  for (cudaEvent_t e : g_events)
+    if (e->stream == s) e->stream = nullptr;
+  g_streams.erase(s);
   delete s;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { CUEMU_UNSAFE("cudaStreamSynchronize"); return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { CUEMU_UNSAFE("cudaDeviceSynchronize"); return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  CUEMU_UNSAFE("cudaStreamSynchronize");
+  drain(queue_of(s));
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) {
+  CUEMU_UNSAFE("cudaDeviceSynchronize");
+  drain_all();
+  return cudaSuccess;
+}
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
   // On the legacy stream while a blocking stream captures: an error, but only a query (the
   // capture stays valid).
@@ -408,31 +511,50 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned lon
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
   CUEMU_ENQUEUE(s, "cudaGraphLaunch on the legacy default stream");
   if (s && s->capturing) die("cudaGraphLaunch into a capturing stream is not emulated");
-  for (auto &op : e->ops) op();
+  for (auto &op : e->ops) enqueue(s, op);
   return cudaSuccess;
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return cudaSuccess; }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { *e = new CUevent_st; return cudaSuccess; }
-cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new CUevent_st; return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+  *e = new CUevent_st;
+  g_events.insert(*e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 1.0f; return cudaSuccess; }
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = sm_count(); return cudaSuccess; }
-cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) {
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (e == nullptr || g_events.erase(e) == 0) return cudaErrorInvalidValue;
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   CUEMU_ENQUEUE(s, "cudaEventRecord on the legacy default stream");
   // Real CUDA turns this into a graph node; nothing in kvpages records events into a capture.
   if (s && s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
+  enqueue(s, [] {});  // a marker, so the event also keeps the legacy stream's implicit ordering
+  e->stream = queue_of(s);
+  e->target = e->stream->enqueued;
   return cudaSuccess;
 }
-// Work here completes when it is enqueued, but a real event may still be pending: every other
-// query answers "not ready", and, as the runtime does, leaves that in the last-error state, so
-// callers must handle both answers and must not leak the second to their own callers.
-cudaError_t cudaEventQuery(cudaEvent_t) {
+static bool event_done(cudaEvent_t e) { return e->stream == nullptr || e->stream->completed >= e->target; }
+// While the work before the event is queued, a query answers "not ready" every other time and,
+// as the runtime does, leaves that in the last-error state, so callers must handle both answers
+// and must not leak the second to their own callers; the other times the "GPU" finishes that work
+// and the query answers "ready".
+cudaError_t cudaEventQuery(cudaEvent_t e) {
   CUEMU_UNSAFE("cudaEventQuery");
+  if (event_done(e)) return cudaSuccess;
   static bool ready = false;
   ready = !ready;
-  if (ready) return cudaSuccess;
-  return g_last_error = cudaErrorNotReady;
+  if (!ready) return g_last_error = cudaErrorNotReady;
+  run_until(e->stream, e->target);
+  return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { CUEMU_UNSAFE("cudaEventSynchronize"); return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  CUEMU_UNSAFE("cudaEventSynchronize");
+  if (!event_done(e)) run_until(e->stream, e->target);
+  return cudaSuccess;
+}
 }
