@@ -48,7 +48,8 @@ KVP_API kvp_status KVP_CALL kvp_device_count(int32_t *out);
  * @param[in] layer Layer index, < num_hidden_layers.
  * @param[out] host_dst Host buffer of at least `cap` bytes, not NULL; unchanged on failure.
  * @param[in] cap Capacity of `host_dst` in bytes, ≥ layer_bytes.
- * @param[in] stream CUDA stream (NULL = legacy default stream); ignored for a CPU cache.
+ * @param[in] stream CUDA stream (NULL = the legacy default stream of the cache's device); ignored
+ *            for a CPU cache.
  * @retval KVP_OK Copied.
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT `host_dst` is NULL or `layer` is out of range.
@@ -78,7 +79,8 @@ KVP_API kvp_status KVP_CALL kvp_cache_read_layer(const kvp_cache *cache, uint32_
  * @param[in] layer Layer index, < num_hidden_layers.
  * @param[in] host_src Host buffer of `size` bytes, not NULL.
  * @param[in] size Must equal kvp_layout_info::layer_bytes of the cache.
- * @param[in] stream CUDA stream (NULL = legacy default stream); ignored for a CPU cache.
+ * @param[in] stream CUDA stream (NULL = the legacy default stream of the cache's device); ignored
+ *            for a CPU cache.
  * @retval KVP_OK Copied.
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT `host_src` is NULL, `layer` is out of range, or `size`

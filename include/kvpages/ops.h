@@ -74,13 +74,15 @@ KVP_BEGIN_DECLS
  * @param[in] value New values `[T, H, D]`, not NULL.
  * @param[in] metadata Runtime metadata of the step, not NULL; its version must match the
  *            cache's layout and its page size (when non-zero) the cache's.
- * @param[in] stream CUDA stream for a CUDA cache (NULL = legacy default stream); ignored for a
- *            CPU cache (pass NULL).
+ * @param[in] stream CUDA stream of the cache's device for a CUDA cache (NULL = that device's
+ *            legacy default stream); ignored for a CPU cache (pass NULL).
  * @retval KVP_OK Written (for a CUDA cache: enqueued).
  * @retval KVP_ERR_INVALID_HANDLE Bad cache or metadata handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL tensor, layer out of range, bad tensor shape, dtype
- *         or device, metadata of the wrong version, page size or device, or any metadata value
- *         out of range (see above). The cache is unchanged.
+ *         or device, metadata of the wrong version, page size or device, any metadata value
+ *         out of range (see above), or a `stream` of another CUDA device than the cache's (with a
+ *         CUDA runtime of 12.8 or newer; older ones report ::KVP_ERR_DEVICE). The cache is
+ *         unchanged.
  * @retval KVP_ERR_UNSUPPORTED CUDA: `stream` is being captured and the host metadata does not fit
  *         in what is left of the cache's graph staging arena (pass device-resident metadata when
  *         capturing). Nothing is enqueued and the capture stays valid.

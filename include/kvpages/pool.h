@@ -469,8 +469,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_clear_prefix_cache(kvp_pool *pool);
  * @param[in] dst_pages Destination page ids, `count` distinct entries in `[0, num_pages)`, none
  *            of them also a source; may be NULL only when `count` is 0.
  * @param[in] count Number of pages (0 is a no-op).
- * @param[in] stream CUDA stream for a CUDA cache (NULL = legacy default stream); ignored for a
- *            CPU cache.
+ * @param[in] stream CUDA stream for a CUDA cache (NULL = the legacy default stream of the
+ *            cache's device); ignored for a CPU cache.
  * @retval KVP_OK Copied (for a CUDA cache: enqueued).
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL arrays with `count` > 0, a page id out of range, a

@@ -31,13 +31,22 @@ static int have_gpu(void) {
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
 
-static kvp_cache *new_cache(const kvp_config *cfg, kvp_device_type dt) {
+static kvp_cache *new_cache_on(const kvp_config *cfg, kvp_device_type dt, int32_t device_id) {
   kvp_cache_options o;
   kvp_cache *c = NULL;
   assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
   o.device_type = dt;
+  o.device_id = device_id;
   assert_kvp_ok(kvp_cache_create(cfg, &o, &c));
   return c;
+}
+
+static kvp_cache *new_cache(const kvp_config *cfg, kvp_device_type dt) { return new_cache_on(cfg, dt, 0); }
+
+static int current_device(void) {
+  int d = -1;
+  CUDA_OK(cudaGetDevice(&d));
+  return d;
 }
 
 static size_t layer_bytes(const kvp_cache *c) {
@@ -137,8 +146,8 @@ typedef struct tensor_pair {
   size_t bytes;
 } tensor_pair;
 
-/* Gives tp (host_buf and bytes already filled) its device copy and the [T, H, D] descriptors with
- * strides st, sh, sd (elements) for both. */
+/* Gives tp (host_buf and bytes already filled) its device copy, on the current device, and the
+ * [T, H, D] descriptors with strides st, sh, sd (elements) for both. */
 static void upload_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dtype dt, int64_t st, int64_t sh,
                          int64_t sd) {
   CUDA_OK(cudaMalloc(&tp->dev_buf, tp->bytes));
@@ -157,7 +166,7 @@ static void upload_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_d
   tp->dev = tp->host;
   tp->dev.data = tp->dev_buf;
   tp->dev.device_type = KVP_DEVICE_CUDA;
-  tp->dev.device_id = 0;
+  tp->dev.device_id = current_device();
 }
 
 static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dtype dt, int stride_mode, uint64_t *rng) {
@@ -237,7 +246,8 @@ static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int max_
   return md;
 }
 
-/* Device-resident copy of host metadata (every array copied; the handle borrows the copies). */
+/* Device-resident copy of host metadata on the current device (every array copied; the handle
+ * borrows the copies). */
 typedef struct device_md {
   kvp_metadata *md;
   void *bufs[8];
@@ -267,7 +277,7 @@ static void make_device_md(device_md *d, const kvp_metadata *host) {
   desc.request_distribution = to_device(d, desc.request_distribution, desc.request_distribution_len);
   desc.position_ids = to_device(d, desc.position_ids, desc.position_ids_len);
   desc.device_type = KVP_DEVICE_CUDA;
-  desc.device_id = 0;
+  desc.device_id = current_device();
   assert_kvp_ok(kvp_metadata_create(&desc, &d->md));
 }
 
@@ -1359,6 +1369,129 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
   assert_kvp_ok(kvp_cache_destroy(gpu));
 }
 
+/* The caller's current device is 0 and the cache lives on device 1 (machines with one GPU skip
+ * this; the emulated runtime has two devices, and aborts if a kernel touches memory of a device
+ * other than its own). Every call keeps to device 1 and leaves device 0 current, the results match
+ * the CPU, and a stream of device 0 is refused with nothing written. */
+static void test_cuda_concatenate__cache_on_second_device(void **state) {
+  (void)state;
+  int32_t count = 0;
+  assert_kvp_ok(kvp_device_count(&count));
+  if (!have_gpu() || count < 2) {
+    printf("kvpages: fewer than two CUDA devices\n");
+    skip();
+    return;
+  }
+  uint64_t rng = 0xD1;
+  const int64_t H = 8, D = 128;
+  kvp_config cfg = kvp_test_config(2, H, D, 16, 300, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  CUDA_OK(cudaSetDevice(0));
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache_on(&cfg, KVP_DEVICE_CUDA, 1);
+  assert_int_equal(current_device(), 0);
+  kvp_device_type dt = KVP_DEVICE_CPU;
+  int32_t did = -1;
+  assert_kvp_ok(kvp_cache_get_device(gpu, &dt, &did));
+  assert_int_equal(dt, KVP_DEVICE_CUDA);
+  assert_int_equal(did, 1);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  assert_int_equal(current_device(), 0);
+  const size_t n = layer_bytes(cpu);
+
+  /* Inputs, device-resident metadata and a stream on device 1; a stream on device 0. */
+  int64_t T = 0;
+  kvp_metadata *md = random_batch(&cfg, &rng, 48, 0, 0, &T);
+  CUDA_OK(cudaSetDevice(1));
+  tensor_pair k, v;
+  make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+  device_md dmd;
+  make_device_md(&dmd, md);
+  cudaStream_t s1, s0;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+
+  /* Refused, with nothing written and no CUDA error left behind: inputs said to be on device 0,
+   * and (host-validated metadata, staged: more than 32 runs) a stream of device 0. */
+  tensor_pair k0 = k;
+  k0.dev.device_id = 0;
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k0.dev, &v.dev, md, (kvp_stream)s1), KVP_ERR_INVALID_ARGUMENT, "device");
+#if CUDART_VERSION >= 12080
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s0), KVP_ERR_INVALID_ARGUMENT,
+                    "the stream belongs to CUDA device 0 but the cache is on device 1");
+#else
+  assert_int_not_equal(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s0), KVP_OK);
+#endif
+  assert_int_equal(current_device(), 0);
+  CUDA_OK(cudaGetLastError());
+  kvp_status async = -1;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+  expect_layer(gpu, 0, before, n, "after the refused calls");
+
+  /* Host metadata on device 1's stream into layer 0, device metadata on NULL (device 1's legacy
+   * stream) into layer 1; the CPU does the same. */
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(cpu, 1, &k.host, &v.host, md, NULL));
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s1));
+  assert_int_equal(current_device(), 0);
+  assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, NULL));
+  assert_int_equal(current_device(), 0);
+  CUDA_OK(cudaStreamSynchronize(s1));
+  expect_same_layer(cpu, gpu, n, "device 1, host metadata");
+  uint8_t *want1 = read_layer(cpu, 1);
+  expect_layer(gpu, 1, want1, n, "device 1, device metadata");
+  free(want1);
+
+  /* Page copies and serialization keep to device 1 too: same bytes as the CPU cache's. */
+  const int32_t src_pages[2] = {3, 4}, dst_pages[2] = {290, 291};
+  assert_kvp_ok(kvp_cache_copy_pages(cpu, src_pages, dst_pages, 2, NULL));
+  assert_kvp_ok(kvp_cache_copy_pages(gpu, src_pages, dst_pages, 2, (kvp_stream)s1));
+  assert_int_equal(current_device(), 0);
+  CUDA_OK(cudaStreamSynchronize(s1));
+  size_t nc = 0, ng = 0, w = 0;
+  assert_kvp_ok(kvp_serialized_size(cpu, NULL, &nc));
+  assert_kvp_ok(kvp_serialized_size(gpu, NULL, &ng));
+  assert_int_equal(nc, ng);
+  uint8_t *bc = (uint8_t *)malloc(nc), *bg = (uint8_t *)malloc(ng);
+  assert_non_null(bc);
+  assert_non_null(bg);
+  assert_kvp_ok(kvp_serialize(cpu, NULL, bc, nc, &w));
+  assert_kvp_ok(kvp_serialize(gpu, NULL, bg, ng, &w));
+  assert_int_equal(current_device(), 0);
+  assert_memory_equal(bc, bg, nc);
+  free(bc);
+  free(bg);
+
+  /* Memory statistics of each device, read with device 0 current; the budget over both is the
+   * smaller of the two. */
+  kvp_memory_stats ms[2];
+  memset(ms, 0, sizeof ms);
+  assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CUDA, 0, &ms[0]));
+  assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CUDA, 1, &ms[1]));
+  assert_int_equal(current_device(), 0);
+  assert_true(ms[1].bytes_in_use >= (int64_t)(2 * n)); /* the cache's layers are on device 1 */
+  int64_t b0 = 0, b1 = 0, both = 0;
+  assert_kvp_ok(kvp_hbm_budget_bytes(&ms[0], 1, 0.9, KVP_BUDGET_FREE, KVP_DEFAULT_SAFETY_MARGIN, &b0));
+  assert_kvp_ok(kvp_hbm_budget_bytes(&ms[1], 1, 0.9, KVP_BUDGET_FREE, KVP_DEFAULT_SAFETY_MARGIN, &b1));
+  assert_kvp_ok(kvp_hbm_budget_bytes(ms, 2, 0.9, KVP_BUDGET_FREE, KVP_DEFAULT_SAFETY_MARGIN, &both));
+  assert_int_equal(both, b0 < b1 ? b0 : b1);
+
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_int_equal(current_device(), 0);
+  free(before);
+  free_input(&k);
+  free_input(&v);
+  free_device_md(&dmd);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  CUDA_OK(cudaStreamDestroy(s0));
+  CUDA_OK(cudaStreamDestroy(s1));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
 #else /* !KVP_HAS_CUDA */
 
 static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) { (void)state; skip(); }
@@ -1372,6 +1505,7 @@ static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **stat
 static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__cache_on_second_device(void **state) { (void)state; skip(); }
 
 #endif
 
@@ -1388,6 +1522,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
       cmocka_unit_test(test_cuda_concatenate__every_device_check_reports_and_skips),
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),
+      cmocka_unit_test(test_cuda_concatenate__cache_on_second_device),
   };
   if (!have_gpu()) printf("kvpages: no CUDA device (or no CUDA in this build); GPU tests skipped\n");
   return cmocka_run_group_tests_name("cuda_concatenate", tests, NULL, NULL);

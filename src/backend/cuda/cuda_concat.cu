@@ -98,6 +98,31 @@ int32_t rows_per_block(int64_t chunks_per_row, int64_t num_rows, int sm_count) {
   return static_cast<int32_t>(rpb);
 }
 
+// A kernel cannot be launched into a stream of another device than the current one (the cache's):
+// the launch fails with cudaErrorInvalidResourceHandle and nothing of the cache is written. A
+// metadata copy enqueued before the launch may still be queued on that stream, so it is waited
+// for before its ring slot can be handed out again. Then, where the runtime can say which device
+// the stream belongs to (CUDA 12.8+), the caller's mistake is reported as such.
+void refuse_foreign_stream(CudaBackend& b, cudaStream_t s, const CudaBackend::Staging& staging, const char* fn) {
+  (void)cudaGetLastError();
+  if (staging.slot >= 0 && cudaStreamSynchronize(s) != cudaSuccess) (void)cudaGetLastError();
+#if CUDART_VERSION >= 12080
+  int stream_device = -1;
+  if (cudaStreamGetDevice(s, &stream_device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  if (stream_device != b.device_id())
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: the stream belongs to CUDA device %d but the cache is on device %d; enqueue on a stream of "
+         "device %d (or NULL, that device's legacy default stream). Nothing was written",
+         fn, stream_device, static_cast<int>(b.device_id()), static_cast<int>(b.device_id()));
+#else
+  (void)b;
+  (void)fn;
+#endif
+}
+
 }  // namespace
 
 void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
@@ -225,6 +250,7 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
   if (err != cudaSuccess) {
     if (cuda_error_is_sticky(err))
       cache.set_async_error(KVP_ERR_DEVICE, format("%s: kernel launch failed: %s", fn, cudaGetErrorString(err)), true);
+    if (err == cudaErrorInvalidResourceHandle) refuse_foreign_stream(b, s, staging, fn);
     cuda_check(err, fn, "kernel launch");
   }
   b.finish_staging(staging, s, fn);

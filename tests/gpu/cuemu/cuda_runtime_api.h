@@ -1,13 +1,14 @@
 /* Host-only emulation of the subset of the CUDA runtime used by kvpages and its GPU tests.
- * Device memory is host memory. Streams are asynchronous: enqueued work waits in its stream's
- * queue until the host waits for it (synchronisation, a "ready" event query, a synchronous copy,
- * a free), with the runtime's rules for pageable copies and the legacy stream. Kernels run as
- * fibers (one OS thread, ucontext) with real __syncthreads / __ballot_sync semantics, blocks and
- * the threads within each block run in shuffled orders, 16-byte stores and __ldg loads are
- * checked against the device allocations, and stream capture records ops into a replayable graph
- * and enforces the runtime's capture rules (calls that may synchronise or allocate fail and
- * invalidate the capture). For testing kernel logic on machines without a GPU
- * (tests/gpu/tests.cmake, KVPAGES_CUDA_EMULATION_TESTS). */
+ * Device memory is host memory, on CUEMU_DEVICES devices (default 2): kernels may only be
+ * launched into the current device's streams and may only touch their own device's memory.
+ * Streams are asynchronous: enqueued work waits in its stream's queue until the host waits for it
+ * (synchronisation, a "ready" event query, a synchronous copy, a free), with the runtime's rules
+ * for pageable copies and the legacy stream. Kernels run as fibers (one OS thread, ucontext) with
+ * real __syncthreads / __ballot_sync semantics, blocks and the threads within each block run in
+ * shuffled orders, 16-byte stores and __ldg loads are checked against the device allocations,
+ * and stream capture records ops into a replayable graph and enforces the runtime's capture rules
+ * (calls that may synchronise or allocate fail and invalidate the capture). For testing kernel
+ * logic on machines without a GPU (tests/gpu/tests.cmake, KVPAGES_CUDA_EMULATION_TESTS). */
 #ifndef CUEMU_CUDA_RUNTIME_API_H
 #define CUEMU_CUDA_RUNTIME_API_H
 #include <stddef.h>
@@ -18,7 +19,7 @@ extern "C" {
 typedef enum cudaError {
   cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInsufficientDriver = 35,
   cudaErrorDevicesUnavailable = 46, cudaErrorNoDevice = 100, cudaErrorInvalidDevice = 101,
-  cudaErrorECCUncorrectable = 214, cudaErrorNotReady = 600, cudaErrorIllegalAddress = 700,
+  cudaErrorECCUncorrectable = 214, cudaErrorInvalidResourceHandle = 400, cudaErrorNotReady = 600, cudaErrorIllegalAddress = 700,
   cudaErrorLaunchTimeout = 702, cudaErrorAssert = 710, cudaErrorHardwareStackError = 714,
   cudaErrorIllegalInstruction = 715, cudaErrorMisalignedAddress = 716, cudaErrorInvalidAddressSpace = 717,
   cudaErrorInvalidPc = 718, cudaErrorLaunchFailure = 719, cudaErrorSystemDriverMismatch = 803,
@@ -36,6 +37,7 @@ typedef enum cudaStreamCaptureStatus { cudaStreamCaptureStatusNone = 0, cudaStre
 typedef enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1,
   cudaStreamCaptureModeRelaxed = 2 } cudaStreamCaptureMode;
 typedef enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 } cudaDeviceAttr;
+#define CUDART_VERSION 13000
 #define cudaStreamNonBlocking 0x01
 #define cudaEventDisableTiming 0x02
 #define cudaHostAllocDefault 0x00
@@ -61,6 +63,7 @@ cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k);
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamGetDevice(cudaStream_t s, int *device);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
 cudaError_t cudaDeviceSynchronize(void);
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st);

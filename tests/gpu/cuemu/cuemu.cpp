@@ -14,6 +14,7 @@
 #include <vector>
 
 struct CUstream_st {
+  int device = 0;            // the device that was current when the stream was created
   bool capturing = false;
   bool relaxed = false;      // captures in cudaStreamCaptureModeRelaxed
   bool invalidated = false;  // an illegal call during the capture: cudaStreamEndCapture fails
@@ -25,6 +26,7 @@ struct CUstream_st {
 // An event marks a position in one stream's queue: it has completed once everything enqueued
 // before its cudaEventRecord has run.
 struct CUevent_st {
+  int device = 0;  // current when the event was created: it can only be recorded on that device's streams
   cudaStream_t stream = nullptr;
   uint64_t target = 0;
 };
@@ -32,13 +34,36 @@ struct CUgraph_st { std::vector<std::function<void()>> ops; };
 struct CUgraphExec_st { std::vector<std::function<void()>> ops; };
 
 namespace cuemu {
-static std::map<uintptr_t, size_t> g_allocs;  // device + pinned allocations
-static std::set<uintptr_t> g_pinned;          // the pinned ones (cudaHostAlloc)
-static CUstream_st g_legacy;                  // the legacy default stream (cudaStream_t 0)
+struct Alloc {
+  size_t bytes;
+  int device;  // owning device, or -1 for pinned host memory (cudaHostAlloc)
+};
+static std::map<uintptr_t, Alloc> g_allocs;   // device + pinned allocations
+// The emulated GPUs: CUEMU_DEVICES of them (default 2, so that code which must keep to its own
+// device and restore the caller's is tested), device d with 80 GiB >> d of memory.
+struct Device {
+  CUstream_st legacy;  // its legacy default stream (cudaStream_t 0 while it is current)
+  size_t allocated = 0;
+  size_t total = 0;
+};
+static std::vector<Device> &devices() {
+  static std::vector<Device> d = [] {
+    const char *e = std::getenv("CUEMU_DEVICES");
+    const int n = e != nullptr && std::atoi(e) > 0 ? std::atoi(e) : 2;
+    std::vector<Device> v(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      v[static_cast<size_t>(i)].legacy.device = i;
+      v[static_cast<size_t>(i)].total = (size_t(80) << 30) >> i;
+    }
+    return v;
+  }();
+  return d;
+}
+static int g_dev = 0;                         // the current device
+static int g_kernel_device = -1;              // the device of the kernel running now, or -1
 static std::set<cudaStream_t> g_streams;      // streams created and not destroyed
 static std::set<cudaEvent_t> g_events;        // events created and not destroyed
 static std::vector<cudaStream_t> g_captures;  // streams capturing now
-static size_t g_allocated = 0;
 static long g_launches = 0, g_blocks = 0;
 static cudaError_t g_last_error = cudaSuccess;  // what cudaGetLastError returns (failed launches)
 
@@ -89,7 +114,7 @@ static cudaError_t enqueue_check(cudaStream_t s, const char *what) {
 // buffer an enqueued copy still reads, before it has waited sees the old bytes, as it may on a
 // GPU. The legacy stream's implicit synchronisation with blocking streams is kept by running
 // what the new work would wait for before enqueuing it.
-static cudaStream_t queue_of(cudaStream_t s) { return s != nullptr ? s : &g_legacy; }
+static cudaStream_t queue_of(cudaStream_t s) { return s != nullptr ? s : &devices()[g_dev].legacy; }
 static void run_until(cudaStream_t q, uint64_t target) {
   while (q->completed < target) {
     std::function<void()> op = std::move(q->queue.front());
@@ -99,13 +124,17 @@ static void run_until(cudaStream_t q, uint64_t target) {
   }
 }
 static void drain(cudaStream_t q) { run_until(q, q->enqueued); }
-static void drain_blocking() {
+static void drain_blocking(int device) {
   for (cudaStream_t s : g_streams)
-    if (s->blocking) drain(s);
+    if (s->blocking && s->device == device) drain(s);
+}
+static void drain_device(int device) {
+  drain(&devices()[device].legacy);
+  for (cudaStream_t s : g_streams)
+    if (s->device == device) drain(s);
 }
 static void drain_all() {
-  drain(&g_legacy);
-  for (cudaStream_t s : g_streams) drain(s);
+  for (size_t d = 0; d < devices().size(); ++d) drain_device(static_cast<int>(d));
 }
 // Enqueues op on s (records it when s is capturing). Call after enqueue_check.
 static void enqueue(cudaStream_t s, std::function<void()> op) {
@@ -114,33 +143,44 @@ static void enqueue(cudaStream_t s, std::function<void()> op) {
     return;
   }
   if (s == nullptr)
-    drain_blocking();  // legacy work waits for the blocking streams' earlier work
+    drain_blocking(g_dev);  // legacy work waits for the blocking streams' earlier work
   else if (s->blocking)
-    drain(&g_legacy);  // and blocking streams' work waits for earlier legacy work
+    drain(&devices()[s->device].legacy);  // and blocking streams' work waits for earlier legacy work
   cudaStream_t q = queue_of(s);
   q->queue.push_back(std::move(op));
   ++q->enqueued;
 }
-static bool pinned(const void *p) {
-  auto it = g_pinned.upper_bound(reinterpret_cast<uintptr_t>(p));
-  if (it == g_pinned.begin()) return false;
+// The allocation that holds [p, p + n), or nullptr.
+static const Alloc *find_alloc(const void *p, size_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_allocs.upper_bound(a);
+  if (it == g_allocs.begin()) return nullptr;
   --it;
-  return reinterpret_cast<uintptr_t>(p) < *it + g_allocs.at(*it);
+  return a >= it->first && a + n <= it->first + it->second.bytes ? &it->second : nullptr;
+}
+static bool pinned(const void *p) {
+  const Alloc *a = find_alloc(p, 1);
+  return a != nullptr && a->device < 0;
 }
 
+// Accesses by kernels (and by device-side copies) must fall inside one allocation; a kernel may
+// touch pinned host memory and its own device's memory, not another device's (no peer access).
 void check_access(const void *p, size_t n, size_t align, bool write) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (align > 1 && a % align != 0) {
-    std::fprintf(stderr, "cuemu: misaligned %s of %zu bytes at %p\n", write ? "store" : "load", n, p);
+  const char *kind = write ? "store" : "load";
+  if (align > 1 && reinterpret_cast<uintptr_t>(p) % align != 0) {
+    std::fprintf(stderr, "cuemu: misaligned %s of %zu bytes at %p\n", kind, n, p);
     std::abort();
   }
-  auto it = g_allocs.upper_bound(a);
-  if (it == g_allocs.begin()) goto bad;
-  --it;
-  if (a >= it->first && a + n <= it->first + it->second) return;
-bad:
-  std::fprintf(stderr, "cuemu: %s of %zu bytes at %p is outside every device allocation\n", write ? "store" : "load", n, p);
-  std::abort();
+  const Alloc *a = find_alloc(p, n);
+  if (a == nullptr) {
+    std::fprintf(stderr, "cuemu: %s of %zu bytes at %p is outside every device allocation\n", kind, n, p);
+    std::abort();
+  }
+  if (g_kernel_device >= 0 && a->device >= 0 && a->device != g_kernel_device) {
+    std::fprintf(stderr, "cuemu: a kernel on device %d makes a %s at %p in the memory of device %d\n",
+                 g_kernel_device, kind, p, a->device);
+    std::abort();
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -278,8 +318,10 @@ static void run_block(std::function<void()> &body, dim3 b, dim3 grid, dim3 block
 }
 
 cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s) {
-  auto run = [body, grid, block]() mutable {
+  const int device = g_dev;
+  auto run = [body, grid, block, device]() mutable {
     ++g_launches;
+    g_kernel_device = device;
     // Blocks run one at a time in a shuffled order (a GPU gives no order either), so results
     // that depend on block order show up as test failures.
     std::vector<dim3> order;
@@ -297,8 +339,11 @@ cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream
       ++g_blocks;
       run_block(body, b, grid, block);
     }
+    g_kernel_device = -1;
   };
   // Like cudaLaunchKernel: a failed launch returns its error and also leaves it as the last error.
+  // A kernel can only be launched into a stream of the current device.
+  if (s != nullptr && s->device != g_dev) return g_last_error = cudaErrorInvalidResourceHandle;
   if (const cudaError_t e = enqueue_check(s, "a kernel launch on the legacy default stream"); e != cudaSuccess)
     return g_last_error = e;
   enqueue(s, std::move(run));
@@ -308,21 +353,21 @@ cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream
 
 using namespace cuemu;
 
-static void *track(size_t n) {
+static void *track(size_t n, int device) {
+  if (device >= 0 && n > devices()[device].total - devices()[device].allocated) return nullptr;
   void *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
   if (p == nullptr) return nullptr;
   std::memset(p, 0xCD, n);  // device memory is not zero: catch missing zero fills
-  g_allocs[reinterpret_cast<uintptr_t>(p)] = n;
-  g_allocated += n;
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{n, device};
+  if (device >= 0) devices()[device].allocated += n;
   return p;
 }
 static void untrack(void *p) {
   if (p == nullptr) return;
   auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
   if (it == g_allocs.end()) die("free of an unknown pointer");
-  g_allocated -= it->second;
+  if (it->second.device >= 0) devices()[it->second.device].allocated -= it->second.bytes;
   g_allocs.erase(it);
-  g_pinned.erase(reinterpret_cast<uintptr_t>(p));
   std::free(p);
 }
 
@@ -338,10 +383,14 @@ static void untrack(void *p) {
   } while (0)
 
 extern "C" {
-cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
-static int g_dev = 0;
+static bool valid_device(int d) { return d >= 0 && d < static_cast<int>(devices().size()); }
+cudaError_t cudaGetDeviceCount(int *n) { *n = static_cast<int>(devices().size()); return cudaSuccess; }
 cudaError_t cudaGetDevice(int *d) { *d = g_dev; return cudaSuccess; }
-cudaError_t cudaSetDevice(int d) { if (d != 0) return cudaErrorInvalidDevice; g_dev = d; return cudaSuccess; }
+cudaError_t cudaSetDevice(int d) {
+  if (!valid_device(d)) return g_last_error = cudaErrorInvalidDevice;
+  g_dev = d;
+  return cudaSuccess;
+}
 // The emulated GPU's SM count: 2, or CUEMU_SMS (132 = an H100/H200), which changes how the
 // kernels' grids are sized (rows per block).
 static int sm_count() {
@@ -352,8 +401,17 @@ static int sm_count() {
   }();
   return n;
 }
-cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = sm_count(); return cudaSuccess; }
-cudaError_t cudaMemGetInfo(size_t *f, size_t *t) { *t = size_t(80) << 30; *f = *t - g_allocated; return cudaSuccess; }
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int d) {
+  if (!valid_device(d)) return g_last_error = cudaErrorInvalidDevice;
+  *v = sm_count();
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *f, size_t *t) {
+  const Device &d = devices()[g_dev];
+  *t = d.total;
+  *f = d.total - d.allocated;
+  return cudaSuccess;
+}
 cudaError_t cudaGetLastError(void) { cudaError_t e = g_last_error; g_last_error = cudaSuccess; return e; }
 cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
 const char *cudaGetErrorName(cudaError_t e) {
@@ -363,6 +421,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
@@ -373,6 +432,9 @@ const char *cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
     case cudaErrorNotReady: return "device not ready";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
     case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
@@ -381,8 +443,8 @@ const char *cudaGetErrorString(cudaError_t e) {
 }
 cudaError_t cudaMalloc(void **p, size_t n) {
   CUEMU_UNSAFE("cudaMalloc");
-  *p = track(n);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  *p = track(n, g_dev);
+  return *p ? cudaSuccess : g_last_error = cudaErrorMemoryAllocation;
 }
 // cudaFree and cudaFreeHost wait for the device first (as the runtime does when memory is freed).
 cudaError_t cudaFree(void *p) {
@@ -393,10 +455,8 @@ cudaError_t cudaFree(void *p) {
 }
 cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
   CUEMU_UNSAFE("cudaHostAlloc");
-  *p = track(n);
-  if (*p == nullptr) return cudaErrorMemoryAllocation;
-  g_pinned.insert(reinterpret_cast<uintptr_t>(*p));
-  return cudaSuccess;
+  *p = track(n, -1);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFreeHost(void *p) {
   CUEMU_UNSAFE("cudaFreeHost");
@@ -429,8 +489,8 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
 // Synchronous cudaMemcpy: legacy-stream work that has completed when the call returns.
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
   CUEMU_UNSAFE("cudaMemcpy");
-  drain_blocking();
-  drain(&g_legacy);
+  drain_blocking(g_dev);
+  drain(&devices()[g_dev].legacy);
   do_memcpy(d, s, n, k);
   return cudaSuccess;
 }
@@ -452,8 +512,13 @@ cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, 
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
   *s = new CUstream_st;
+  (*s)->device = g_dev;
   (*s)->blocking = (flags & cudaStreamNonBlocking) == 0;
   g_streams.insert(*s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamGetDevice(cudaStream_t s, int *device) {
+  *device = queue_of(s)->device;
   return cudaSuccess;
 }
 // The stream's remaining work still runs (here: now); events recorded on it stay complete.
@@ -474,7 +539,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 }
 cudaError_t cudaDeviceSynchronize(void) {
   CUEMU_UNSAFE("cudaDeviceSynchronize");
-  drain_all();
+  drain_device(g_dev);
   return cudaSuccess;
 }
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
@@ -518,12 +583,18 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return cudaSucce
 cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
   *e = new CUevent_st;
+  (*e)->device = g_dev;
   g_events.insert(*e);
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 1.0f; return cudaSuccess; }
-cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int) { std::strcpy(p->name, "cuemu"); p->multiProcessorCount = sm_count(); return cudaSuccess; }
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
+  if (!valid_device(d)) return g_last_error = cudaErrorInvalidDevice;
+  std::strcpy(p->name, "cuemu");
+  p->multiProcessorCount = sm_count();
+  return cudaSuccess;
+}
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   if (e == nullptr || g_events.erase(e) == 0) return cudaErrorInvalidValue;
   delete e;
@@ -533,6 +604,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   CUEMU_ENQUEUE(s, "cudaEventRecord on the legacy default stream");
   // Real CUDA turns this into a graph node; nothing in kvpages records events into a capture.
   if (s && s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
+  if (queue_of(s)->device != e->device) return g_last_error = cudaErrorInvalidResourceHandle;
   enqueue(s, [] {});  // a marker, so the event also keeps the legacy stream's implicit ordering
   e->stream = queue_of(s);
   e->target = e->stream->enqueued;
