@@ -1372,7 +1372,8 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
 /* The caller's current device is 0 and the cache lives on device 1 (machines with one GPU skip
  * this; the emulated runtime has two devices, and aborts if a kernel touches memory of a device
  * other than its own). Every call keeps to device 1 and leaves device 0 current, the results match
- * the CPU, and a stream of device 0 is refused with nothing written. */
+ * the CPU (layers, page copies, blobs, a blob loaded onto device 1), and a stream of device 0 is
+ * refused with nothing written. */
 static void test_cuda_concatenate__cache_on_second_device(void **state) {
   (void)state;
   int32_t count = 0;
@@ -1463,6 +1464,25 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   assert_kvp_ok(kvp_serialize(gpu, NULL, bg, ng, &w));
   assert_int_equal(current_device(), 0);
   assert_memory_equal(bc, bg, nc);
+  /* A blob loaded into a new cache on device 1 is that device's and holds the same layers. */
+  kvp_cache_options co;
+  assert_kvp_ok(kvp_cache_options_init(&co, sizeof co));
+  co.device_type = KVP_DEVICE_CUDA;
+  co.device_id = 1;
+  kvp_deserialize_options dop;
+  assert_kvp_ok(kvp_deserialize_options_init(&dop, sizeof dop));
+  dop.cache_options = &co;
+  kvp_cache *loaded = NULL;
+  assert_kvp_ok(kvp_deserialize_new(bc, nc, &dop, &loaded));
+  assert_int_equal(current_device(), 0);
+  assert_kvp_ok(kvp_cache_get_device(loaded, &dt, &did));
+  assert_int_equal(did, 1);
+  for (uint32_t l = 0; l < 2; ++l) {
+    uint8_t *want = read_layer(cpu, l);
+    expect_layer(loaded, l, want, n, "blob loaded on device 1");
+    free(want);
+  }
+  assert_kvp_ok(kvp_cache_destroy(loaded));
   free(bc);
   free(bg);
 
