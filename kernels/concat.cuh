@@ -28,6 +28,14 @@
 #include "backend/cuda/cuda_device_error.hpp"
 #include "core/fp_convert.hpp"
 
+// Under the emulated runtime (tests/gpu/cuemu), every store and every input read is checked to
+// lie inside the buffer it indexes; on a GPU this compiles to nothing.
+#if defined(KVP_CUDA_EMULATION)
+#define KVP_EMU_CHECK(ptr, bytes, align, write, base) ::cuemu::check_access(ptr, bytes, align, write, base)
+#else
+#define KVP_EMU_CHECK(ptr, bytes, align, write, base) ((void)0)
+#endif
+
 namespace kvp::detail::cuda {
 
 constexpr int kThreads = 256;
@@ -200,7 +208,12 @@ __device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int 
       src = p.inl[j] + (row - p.inl[2 * kMaxInlineRuns + j]);
       slot = p.inl[kMaxInlineRuns + j] + (row - p.inl[2 * kMaxInlineRuns + j]);
     } else {
-      j = warp_last_le([&](int64_t i) { return r[2 * n + i]; }, n, row, lane);
+      j = warp_last_le(
+          [&](int64_t i) {
+            KVP_EMU_CHECK(&r[2 * n + i], sizeof *r, sizeof *r, false, r);
+            return r[2 * n + i];
+          },
+          n, row, lane);
       if (j < 0) return;
       src = r[j] + (row - r[2 * n + j]);
       slot = r[n + j] + (row - r[2 * n + j]);
@@ -211,14 +224,22 @@ __device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int 
   }
   // kRowsV3: row = token t of key/value.
   const int64_t t = row;
+  KVP_EMU_CHECK(p.num_seqs_ptr, sizeof *p.num_seqs_ptr, 4, false, p.num_seqs_ptr);
   const int64_t ns = *p.num_seqs_ptr;
   if (ns < 0 || ns > p.num_reqs) {
     if (lane == 0) report(p, kDevErrNumSeqs, 2, ns, p.num_reqs);
     return;
   }
   const int32_t* qsl = p.query_start_loc;
-  const int64_t i = warp_last_le([&](int64_t k) { return static_cast<int64_t>(qsl[k]); }, ns, t, lane);
+  const int64_t i = warp_last_le(
+      [&](int64_t k) {
+        KVP_EMU_CHECK(&qsl[k], sizeof *qsl, 4, false, qsl);
+        return static_cast<int64_t>(qsl[k]);
+      },
+      ns, t, lane);
   if (i < 0) return;  // before the first request: a padding token
+  KVP_EMU_CHECK(&qsl[i + 1], sizeof *qsl, 4, false, qsl);
+  KVP_EMU_CHECK(&p.context_lens[i], sizeof *p.context_lens, 4, false, p.context_lens);
   const int64_t qs = qsl[i], qe = qsl[i + 1];
   if (qs < 0 || qe < qs || qe > p.num_tokens) {
     if (lane == 0) report(p, kDevErrQueryStart, i + 1, qe, p.num_tokens);
@@ -238,6 +259,7 @@ __device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int 
     return;
   }
   const int64_t e = i * p.pages_per_req + lp;
+  KVP_EMU_CHECK(&p.pages_tables[e], sizeof *p.pages_tables, 4, false, p.pages_tables);
   const int64_t page = p.pages_tables[e];
   if (page < 0 || page >= p.num_pages) {
     if (lane == 0) report(p, kDevErrPageId, e, page, p.num_pages);
@@ -289,11 +311,15 @@ __device__ __forceinline__ void write_chunk(const ConcatParams& p, int64_t t, in
     if constexpr (std::is_same_v<In, TAny>) {
       const uint8_t* base = static_cast<const uint8_t*>(in.data) +
                             (t * in.st + h * in.sh + static_cast<int64_t>(d0) * in.sd) * in.itemsize;
+      KVP_EMU_CHECK(base, in.itemsize, 1, false, in.data);
+      KVP_EMU_CHECK(base + static_cast<int64_t>(nvalid - 1) * in.sd * in.itemsize, in.itemsize, 1, false, in.data);
 #pragma unroll
       for (int k = 0; k < V; ++k)
         out[k] = k < nvalid ? convert_any<Out>(in, base + static_cast<int64_t>(k) * in.sd * in.itemsize) : OB(0);
     } else {
       const IB* src = static_cast<const IB*>(in.data) + t * in.st + h * in.sh + static_cast<int64_t>(d0) * in.sd;
+      KVP_EMU_CHECK(src, sizeof(IB), 1, false, in.data);
+      KVP_EMU_CHECK(src + static_cast<int64_t>(nvalid - 1) * in.sd, sizeof(IB), 1, false, in.data);
       if (kVec && nvalid == V && p.in_vec_ok) {
         constexpr int kInBytes = V * static_cast<int>(sizeof(IB));
         constexpr int kUnitBytes = kInBytes >= 16 ? 16 : 8;
@@ -314,9 +340,7 @@ __device__ __forceinline__ void write_chunk(const ConcatParams& p, int64_t t, in
     for (int k = 0; k < V; ++k) out[k] = OB(0);
   }
   uint8_t* d = p.dst + slot * p.row_bytes + (static_cast<int64_t>(c) * p.lanes + l0) * static_cast<int64_t>(sizeof(OB));
-#if defined(KVP_CUDA_EMULATION)
-  ::cuemu::check_access(d, sizeof out, kVec ? 16 : sizeof(OB), true);
-#endif
+  KVP_EMU_CHECK(d, sizeof out, kVec ? 16 : sizeof(OB), true, p.dst);
   if constexpr (kVec) {
     *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(out);
   } else {
@@ -351,6 +375,7 @@ __device__ __forceinline__ bool fast_chunk(const ConcatParams& p, int64_t t, int
     if (h >= p.heads || d0 + V > p.head_dim) return false;
     const InputDesc& in = kv ? p.value : p.key;
     src = static_cast<const typename In::bits*>(in.data) + t * in.st + h * in.sh + d0;
+    KVP_EMU_CHECK(src, V * sizeof(typename In::bits), 1, false, in.data);
     dst = p.dst + slot * p.row_bytes + (static_cast<int64_t>(c) * p.lanes + l0) * static_cast<int64_t>(sizeof(OB));
     return true;
   }
@@ -396,10 +421,8 @@ __device__ __forceinline__ void write_rows(const ConcatParams& p, const int64_t*
           oa[k] = convert<In, Out>(va[k]);
           ob[k] = convert<In, Out>(vb[k]);
         }
-#if defined(KVP_CUDA_EMULATION)
-        ::cuemu::check_access(da, 16, 16, true);
-        ::cuemu::check_access(db, 16, 16, true);
-#endif
+        KVP_EMU_CHECK(da, 16, 16, true, p.dst);
+        KVP_EMU_CHECK(db, 16, 16, true, p.dst);
         *reinterpret_cast<uint4*>(da) = *reinterpret_cast<const uint4*>(oa);
         *reinterpret_cast<uint4*>(db) = *reinterpret_cast<const uint4*>(ob);
       } else {
@@ -474,10 +497,12 @@ __device__ __forceinline__ void v2_block(const ConcatParams& p) {
   if (threadIdx.x == 0) {
     int64_t len = 0, d0 = 0, s0 = 0;
     const int blocking = load_blocking(p);
+    KVP_EMU_CHECK(p.num_valid_slices_ptr, sizeof *p.num_valid_slices_ptr, 4, false, p.num_valid_slices_ptr);
     const int64_t n = *p.num_valid_slices_ptr;
     if (n < 0 || n > p.num_slices) {
       report(p, kDevErrNumSlices, 0, n, p.num_slices);
     } else if (j < n) {
+      KVP_EMU_CHECK(&p.slot_mapping[2 * p.num_slices + j], sizeof *p.slot_mapping, 4, false, p.slot_mapping);
       d0 = p.slot_mapping[j];
       s0 = p.slot_mapping[p.num_slices + j];
       len = p.slot_mapping[2 * p.num_slices + j];

@@ -1316,6 +1316,127 @@ static void test_cuda_concatenate__every_device_check_reports_and_skips(void **s
   for (int kind = BAD_V3_NUM_SEQS; kind <= BAD_V2_SOURCE; ++kind) run_device_check((bad_kind)kind, 0xC4EC0 + (uint64_t)kind);
 }
 
+/* A value to corrupt a metadata entry with: small, boundary or wild. */
+static int32_t corrupt_value(uint64_t *rng, int32_t old, int64_t num_pages, int64_t num_slots, int64_t T) {
+  switch (kvp_test_rand(rng) % 12) {
+    case 0: return -1;
+    case 1: return 0;
+    case 2: return old + 1;
+    case 3: return old - 1;
+    case 4: return (int32_t)num_pages;
+    case 5: return (int32_t)(num_pages - 1);
+    case 6: return (int32_t)num_slots;
+    case 7: return (int32_t)T;
+    case 8: return (int32_t)(T + 1);
+    case 9: return INT32_MAX;
+    case 10: return INT32_MIN;
+    default: return (int32_t)kvp_test_rand_range(rng, -40, 600);
+  }
+}
+
+/* Random corruptions (0 to 3 entries) of valid metadata, used from device memory: the kernels
+ * never store outside the cache (the emulated runtime aborts on such a store), and whenever the
+ * host-side validation accepts the same values as host metadata, the device raises no error and
+ * writes exactly what the CPU writes. When the host rejects them, the device may report them
+ * (the host also checks what the device does not need to, such as repeated slots). */
+static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
+  uint64_t rng = seed;
+  const int64_t H = 2, D = 64, S = 16, P = 24;
+  kvp_config cfg = kvp_test_config(1, H, D, S, P, KVP_DTYPE_BF16, layout);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  int accepted = 0, rejected = 0, reported = 0;
+  for (int round = 0; round < rounds; ++round) {
+    int64_t T = 0;
+    kvp_metadata *valid = random_batch(&cfg, &rng, 6, 8, 64, &T);
+    kvp_metadata_desc d;
+    assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+    assert_kvp_ok(kvp_metadata_get_desc(valid, &d));
+    /* Writable copies of every array the kernels read. */
+    const int32_t **fields[7] = {&d.pages_tables, &d.context_lens, &d.query_start_loc, &d.num_seqs,
+                                 &d.slot_mapping, &d.num_kv_update_slices, &d.request_distribution};
+    const int64_t lens[7] = {d.num_reqs * d.pages_per_req, d.context_lens_len, d.query_start_loc_len, d.num_seqs_len,
+                             3 * d.num_slices, d.num_kv_update_slices_len, d.request_distribution_len};
+    int32_t *copies[7];
+    int idx[7], na = 0;
+    for (int f = 0; f < 7; ++f) {
+      copies[f] = NULL;
+      if (*fields[f] == NULL || lens[f] <= 0) continue;
+      copies[f] = (int32_t *)malloc((size_t)lens[f] * sizeof(int32_t));
+      assert_non_null(copies[f]);
+      memcpy(copies[f], *fields[f], (size_t)lens[f] * sizeof(int32_t));
+      *fields[f] = copies[f];
+      idx[na++] = f;
+    }
+    const int muts = round % 8 == 0 ? 0 : 1 + (int)(kvp_test_rand(&rng) % 3);
+    for (int m = 0; m < muts; ++m) {
+      const int f = idx[kvp_test_rand(&rng) % (uint64_t)na];
+      const int64_t i = kvp_test_rand_range(&rng, 0, lens[f] - 1);
+      copies[f][i] = corrupt_value(&rng, copies[f][i], P, P * S, T);
+    }
+    kvp_metadata *md = NULL;
+    assert_kvp_ok(kvp_metadata_create(&d, &md));
+    tensor_pair k, v;
+    make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+    make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+    device_md dmd;
+    make_device_md(&dmd, md);
+    const kvp_status host = kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL);
+    assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
+    CUDA_OK(cudaDeviceSynchronize());
+    kvp_status async = -1;
+    assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+    char what[96];
+    snprintf(what, sizeof what, "%s device metadata fuzz, round %d (%d corruptions)",
+             layout == KVP_LAYOUT_V2 ? "v2" : "v3", round, muts);
+    if (host == KVP_OK) {
+      ++accepted;
+      if (async != KVP_OK) fail_msg("%s: the host accepts it but the device reported: %s", what, kvp_last_error_message());
+      expect_same_layer(cpu, gpu, n, what);
+    } else {
+      assert_int_equal(host, KVP_ERR_INVALID_ARGUMENT);
+      ++rejected;
+      if (async != KVP_OK) {
+        assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+        ++reported;
+        assert_kvp_ok(kvp_cache_clear_async_error(gpu));
+      }
+    }
+    /* Back to the starting bytes for the next round. */
+    assert_kvp_ok(kvp_cache_write_layer(cpu, 0, before, n, NULL));
+    assert_kvp_ok(kvp_cache_write_layer(gpu, 0, before, n, NULL));
+    free_device_md(&dmd);
+    free_input(&k);
+    free_input(&v);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+    assert_kvp_ok(kvp_metadata_destroy(valid));
+    for (int f = 0; f < 7; ++f) free(copies[f]);
+  }
+  printf("%s device metadata fuzz: %d rounds, %d accepted by the host (device identical), %d rejected (%d of "
+         "them reported by the device)\n",
+         layout == KVP_LAYOUT_V2 ? "v2" : "v3", rounds, accepted, rejected, reported);
+  /* Both sides of the property were exercised. */
+  assert_true(accepted >= rounds / 8);
+  assert_true(reported > 0);
+  free(before);
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+static void test_cuda_concatenate__device_metadata_fuzz(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  fuzz_device_metadata(KVP_LAYOUT_V3, 0xF022, 160);
+  fuzz_device_metadata(KVP_LAYOUT_V2, 0xF023, 160);
+}
+
 /* Host-side errors on a CUDA cache are synchronous and change nothing; the caller's current
  * device is restored. */
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
@@ -1526,6 +1647,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
 static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__cache_on_second_device(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__device_metadata_fuzz(void **state) { (void)state; skip(); }
 
 #endif
 
@@ -1541,6 +1663,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__bad_device_page_id_is_async_error),
       cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
       cmocka_unit_test(test_cuda_concatenate__every_device_check_reports_and_skips),
+      cmocka_unit_test(test_cuda_concatenate__device_metadata_fuzz),
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),
       cmocka_unit_test(test_cuda_concatenate__cache_on_second_device),
   };

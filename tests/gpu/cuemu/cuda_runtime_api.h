@@ -105,7 +105,9 @@ const Ctx &ctx();
 void syncthreads();
 unsigned ballot(bool pred);
 cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream_t s);
-void check_access(const void *p, size_t n, size_t align, bool write);
+// Aborts unless [p, p + n) lies inside one device or pinned allocation (the one holding `base`,
+// when given) that the running kernel may touch, aligned to `align`.
+void check_access(const void *p, size_t n, size_t align, bool write, const void *base = nullptr);
 }
 #define threadIdx (::cuemu::ctx().tid)
 #define blockIdx (::cuemu::ctx().bid)

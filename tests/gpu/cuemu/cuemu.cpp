@@ -163,9 +163,11 @@ static bool pinned(const void *p) {
   return a != nullptr && a->device < 0;
 }
 
-// Accesses by kernels (and by device-side copies) must fall inside one allocation; a kernel may
-// touch pinned host memory and its own device's memory, not another device's (no peer access).
-void check_access(const void *p, size_t n, size_t align, bool write) {
+// Accesses by kernels (and by device-side copies) must fall inside one allocation, and inside the
+// allocation of `base` when it is given (so an index that runs past a buffer is caught even when it
+// lands in a neighbouring allocation); a kernel may touch pinned host memory and its own device's
+// memory, not another device's (no peer access).
+void check_access(const void *p, size_t n, size_t align, bool write, const void *base) {
   const char *kind = write ? "store" : "load";
   if (align > 1 && reinterpret_cast<uintptr_t>(p) % align != 0) {
     std::fprintf(stderr, "cuemu: misaligned %s of %zu bytes at %p\n", kind, n, p);
@@ -174,6 +176,10 @@ void check_access(const void *p, size_t n, size_t align, bool write) {
   const Alloc *a = find_alloc(p, n);
   if (a == nullptr) {
     std::fprintf(stderr, "cuemu: %s of %zu bytes at %p is outside every device allocation\n", kind, n, p);
+    std::abort();
+  }
+  if (base != nullptr && find_alloc(base, 1) != a) {
+    std::fprintf(stderr, "cuemu: %s of %zu bytes at %p is outside the buffer at %p it indexes\n", kind, n, p, base);
     std::abort();
   }
   if (g_kernel_device >= 0 && a->device >= 0 && a->device != g_kernel_device) {
