@@ -1316,6 +1316,71 @@ static void test_cuda_concatenate__every_device_check_reports_and_skips(void **s
   for (int kind = BAD_V3_NUM_SEQS; kind <= BAD_V2_SOURCE; ++kind) run_device_check((bad_kind)kind, 0xC4EC0 + (uint64_t)kind);
 }
 
+/* The stream handles an engine may pass: NULL, cudaStreamLegacy, cudaStreamPerThread, a
+ * blocking and a non-blocking stream. With each, host metadata (through the staging ring),
+ * device metadata and a page copy give the CPU's bytes, and no CUDA error is left behind. */
+static void test_cuda_concatenate__stream_handles(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  uint64_t rng = 0x57;
+  const int64_t H = 4, D = 128;
+  kvp_config cfg = kvp_test_config(2, H, D, 16, 300, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *all[2] = {cpu, gpu};
+  const uint32_t layers[2] = {0, 0};
+  uint8_t *before = prefill(all, layers, 2, &rng);
+  const size_t n = layer_bytes(cpu);
+  cudaStream_t blocking, non_blocking;
+  CUDA_OK(cudaStreamCreateWithFlags(&blocking, 0));
+  CUDA_OK(cudaStreamCreateWithFlags(&non_blocking, cudaStreamNonBlocking));
+  const cudaStream_t handles[5] = {NULL, cudaStreamLegacy, cudaStreamPerThread, blocking, non_blocking};
+  const char *names[5] = {"NULL", "cudaStreamLegacy", "cudaStreamPerThread", "a blocking stream",
+                          "a non-blocking stream"};
+  for (int h = 0; h < 5; ++h) {
+    int64_t T = 0;
+    kvp_metadata *md = random_batch(&cfg, &rng, 48, 0, 0, &T);
+    tensor_pair k, v;
+    make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+    make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
+    device_md dmd;
+    make_device_md(&dmd, md);
+    CUDA_OK(cudaDeviceSynchronize()); /* inputs and metadata are in place */
+    const kvp_stream st = (kvp_stream)handles[h];
+    const int32_t src_page = h + 1, dst_page = 299;
+    assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
+    assert_kvp_ok(kvp_concatenate(cpu, 1, &k.host, &v.host, md, NULL));
+    assert_kvp_ok(kvp_cache_copy_pages(cpu, &src_page, &dst_page, 1, NULL));
+    assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, st));
+    assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, st));
+    assert_kvp_ok(kvp_cache_copy_pages(gpu, &src_page, &dst_page, 1, st));
+    CUDA_OK(cudaStreamSynchronize(handles[h]));
+    CUDA_OK(cudaGetLastError());
+    for (uint32_t l = 0; l < 2; ++l) {
+      char what[96];
+      snprintf(what, sizeof what, "layer %u written on %s", l, names[h]);
+      uint8_t *want = read_layer(cpu, l);
+      expect_layer(gpu, l, want, n, what);
+      free(want);
+    }
+    free_device_md(&dmd);
+    free_input(&k);
+    free_input(&v);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  kvp_status async = -1;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+  CUDA_OK(cudaStreamDestroy(blocking));
+  CUDA_OK(cudaStreamDestroy(non_blocking));
+  free(before);
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
 /* A value to corrupt a metadata entry with: small, boundary or wild. */
 static int32_t corrupt_value(uint64_t *rng, int32_t old, int64_t num_pages, int64_t num_slots, int64_t T) {
   switch (kvp_test_rand(rng) % 12) {
@@ -1648,6 +1713,7 @@ static void test_cuda_concatenate__every_device_check_reports_and_skips(void **s
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__cache_on_second_device(void **state) { (void)state; skip(); }
 static void test_cuda_concatenate__device_metadata_fuzz(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__stream_handles(void **state) { (void)state; skip(); }
 
 #endif
 
@@ -1664,6 +1730,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__device_page_index_beyond_table),
       cmocka_unit_test(test_cuda_concatenate__every_device_check_reports_and_skips),
       cmocka_unit_test(test_cuda_concatenate__device_metadata_fuzz),
+      cmocka_unit_test(test_cuda_concatenate__stream_handles),
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),
       cmocka_unit_test(test_cuda_concatenate__cache_on_second_device),
   };

@@ -39,6 +39,8 @@ typedef enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStream
 typedef enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 } cudaDeviceAttr;
 #define CUDART_VERSION 13000
 #define cudaStreamNonBlocking 0x01
+#define cudaStreamLegacy ((cudaStream_t)0x1)
+#define cudaStreamPerThread ((cudaStream_t)0x2)
 #define cudaEventDisableTiming 0x02
 #define cudaHostAllocDefault 0x00
 #define cudaHostAllocMapped 0x02

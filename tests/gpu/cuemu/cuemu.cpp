@@ -15,6 +15,7 @@
 
 struct CUstream_st {
   int device = 0;            // the device that was current when the stream was created
+  bool legacy = false;       // a device's legacy default stream
   bool capturing = false;
   bool relaxed = false;      // captures in cudaStreamCaptureModeRelaxed
   bool invalidated = false;  // an illegal call during the capture: cudaStreamEndCapture fails
@@ -42,7 +43,8 @@ static std::map<uintptr_t, Alloc> g_allocs;   // device + pinned allocations
 // The emulated GPUs: CUEMU_DEVICES of them (default 2, so that code which must keep to its own
 // device and restore the caller's is tested), device d with 80 GiB >> d of memory.
 struct Device {
-  CUstream_st legacy;  // its legacy default stream (cudaStream_t 0 while it is current)
+  CUstream_st legacy;      // its legacy default stream (0 or cudaStreamLegacy while it is current)
+  CUstream_st per_thread;  // its per-thread default stream (cudaStreamPerThread; one host thread here)
   size_t allocated = 0;
   size_t total = 0;
 };
@@ -53,6 +55,8 @@ static std::vector<Device> &devices() {
     std::vector<Device> v(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) {
       v[static_cast<size_t>(i)].legacy.device = i;
+      v[static_cast<size_t>(i)].legacy.legacy = true;
+      v[static_cast<size_t>(i)].per_thread.device = i;  // blocking: it synchronises with the legacy stream
       v[static_cast<size_t>(i)].total = (size_t(80) << 30) >> i;
     }
     return v;
@@ -98,10 +102,17 @@ static bool blocking_capture() {
     if (c->blocking) return true;
   return false;
 }
-// Work enqueued on stream s: refused on the legacy stream next to a blocking capture (which it
-// invalidates), and on a stream whose capture was invalidated.
+// The stream a handle names: 0 and cudaStreamLegacy the current device's legacy default stream,
+// cudaStreamPerThread its per-thread default stream, anything else a stream created here.
+static cudaStream_t resolve(cudaStream_t s) {
+  if (s == nullptr || s == cudaStreamLegacy) return &devices()[g_dev].legacy;
+  if (s == cudaStreamPerThread) return &devices()[g_dev].per_thread;
+  return s;
+}
+// Work enqueued on stream s (resolved): refused on the legacy stream next to a blocking capture
+// (which it invalidates), and on a stream whose capture was invalidated.
 static cudaError_t enqueue_check(cudaStream_t s, const char *what) {
-  if (s == nullptr)
+  if (s->legacy)
     return invalidate_captures([](cudaStream_t c) { return c->blocking; }, what) ? cudaErrorStreamCaptureImplicit
                                                                                  : cudaSuccess;
   return s->capturing && s->invalidated ? cudaErrorStreamCaptureInvalidated : cudaSuccess;
@@ -114,7 +125,6 @@ static cudaError_t enqueue_check(cudaStream_t s, const char *what) {
 // buffer an enqueued copy still reads, before it has waited sees the old bytes, as it may on a
 // GPU. The legacy stream's implicit synchronisation with blocking streams is kept by running
 // what the new work would wait for before enqueuing it.
-static cudaStream_t queue_of(cudaStream_t s) { return s != nullptr ? s : &devices()[g_dev].legacy; }
 static void run_until(cudaStream_t q, uint64_t target) {
   while (q->completed < target) {
     std::function<void()> op = std::move(q->queue.front());
@@ -125,30 +135,31 @@ static void run_until(cudaStream_t q, uint64_t target) {
 }
 static void drain(cudaStream_t q) { run_until(q, q->enqueued); }
 static void drain_blocking(int device) {
+  drain(&devices()[device].per_thread);
   for (cudaStream_t s : g_streams)
     if (s->blocking && s->device == device) drain(s);
 }
 static void drain_device(int device) {
   drain(&devices()[device].legacy);
+  drain(&devices()[device].per_thread);
   for (cudaStream_t s : g_streams)
     if (s->device == device) drain(s);
 }
 static void drain_all() {
   for (size_t d = 0; d < devices().size(); ++d) drain_device(static_cast<int>(d));
 }
-// Enqueues op on s (records it when s is capturing). Call after enqueue_check.
+// Enqueues op on s (resolved; records it when s is capturing). Call after enqueue_check.
 static void enqueue(cudaStream_t s, std::function<void()> op) {
-  if (s != nullptr && s->capturing) {
+  if (s->capturing) {
     s->ops.push_back(std::move(op));
     return;
   }
-  if (s == nullptr)
-    drain_blocking(g_dev);  // legacy work waits for the blocking streams' earlier work
+  if (s->legacy)
+    drain_blocking(s->device);  // legacy work waits for the blocking streams' earlier work
   else if (s->blocking)
     drain(&devices()[s->device].legacy);  // and blocking streams' work waits for earlier legacy work
-  cudaStream_t q = queue_of(s);
-  q->queue.push_back(std::move(op));
-  ++q->enqueued;
+  s->queue.push_back(std::move(op));
+  ++s->enqueued;
 }
 // The allocation that holds [p, p + n), or nullptr.
 static const Alloc *find_alloc(const void *p, size_t n) {
@@ -349,7 +360,8 @@ cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream
   };
   // Like cudaLaunchKernel: a failed launch returns its error and also leaves it as the last error.
   // A kernel can only be launched into a stream of the current device.
-  if (s != nullptr && s->device != g_dev) return g_last_error = cudaErrorInvalidResourceHandle;
+  s = resolve(s);
+  if (s->device != g_dev) return g_last_error = cudaErrorInvalidResourceHandle;
   if (const cudaError_t e = enqueue_check(s, "a kernel launch on the legacy default stream"); e != cudaSuccess)
     return g_last_error = e;
   enqueue(s, std::move(run));
@@ -484,10 +496,11 @@ static void do_memset(void *p, int v, size_t n) {
 // legacy-stream work like any other.
 cudaError_t cudaMemset(void *p, int v, size_t n) {
   CUEMU_UNSAFE("cudaMemset");
-  enqueue(nullptr, [=] { do_memset(p, v, n); });
+  enqueue(resolve(nullptr), [=] { do_memset(p, v, n); });
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+  s = resolve(s);
   CUEMU_ENQUEUE(s, "cudaMemsetAsync on the legacy default stream");
   enqueue(s, [=] { do_memset(p, v, n); });
   return cudaSuccess;
@@ -504,8 +517,9 @@ cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
 // memory: from pageable memory the source is staged before the call returns (the caller may
 // reuse it at once), and to pageable memory the call returns once the copy has completed.
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st) {
+  st = resolve(st);
   CUEMU_ENQUEUE(st, "cudaMemcpyAsync on the legacy default stream");
-  const bool capturing = st != nullptr && st->capturing;
+  const bool capturing = st->capturing;
   if (!capturing && k == cudaMemcpyHostToDevice && !pinned(s)) {
     auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char *>(s),
                                                                static_cast<const unsigned char *>(s) + n);
@@ -513,7 +527,7 @@ cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, 
     return cudaSuccess;
   }
   enqueue(st, [=] { do_memcpy(d, s, n, k); });
-  if (!capturing && k == cudaMemcpyDeviceToHost && !pinned(d)) drain(queue_of(st));
+  if (!capturing && k == cudaMemcpyDeviceToHost && !pinned(d)) drain(st);
   return cudaSuccess;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
@@ -524,7 +538,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamGetDevice(cudaStream_t s, int *device) {
-  *device = queue_of(s)->device;
+  *device = resolve(s)->device;
   return cudaSuccess;
 }
 // The stream's remaining work still runs (here: now); events recorded on it stay complete.
@@ -540,7 +554,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   CUEMU_UNSAFE("cudaStreamSynchronize");
-  drain(queue_of(s));
+  drain(resolve(s));
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
@@ -551,13 +565,15 @@ cudaError_t cudaDeviceSynchronize(void) {
 cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
   // On the legacy stream while a blocking stream captures: an error, but only a query (the
   // capture stays valid).
-  if (s == nullptr && blocking_capture()) return cudaErrorStreamCaptureImplicit;
-  *st = (s && s->capturing) ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
+  s = resolve(s);
+  if (s->legacy && blocking_capture()) return cudaErrorStreamCaptureImplicit;
+  *st = s->capturing ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
                             : cudaStreamCaptureStatusNone;
   return cudaSuccess;
 }
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m) {
-  if (!s || s->capturing) return cudaErrorStreamCaptureUnsupported;
+  s = resolve(s);
+  if (s->legacy || s->capturing) return cudaErrorStreamCaptureUnsupported;
   s->capturing = true;
   s->relaxed = m == cudaStreamCaptureModeRelaxed;
   s->invalidated = false;
@@ -566,7 +582,8 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
-  if (!s || !s->capturing) return cudaErrorInvalidValue;
+  s = resolve(s);
+  if (!s->capturing) return cudaErrorInvalidValue;
   g_captures.erase(std::find(g_captures.begin(), g_captures.end(), s));
   s->capturing = false;
   if (s->invalidated) {
@@ -580,8 +597,9 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) { *e = new CUgraphExec_st{g->ops}; return cudaSuccess; }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+  s = resolve(s);
   CUEMU_ENQUEUE(s, "cudaGraphLaunch on the legacy default stream");
-  if (s && s->capturing) die("cudaGraphLaunch into a capturing stream is not emulated");
+  if (s->capturing) die("cudaGraphLaunch into a capturing stream is not emulated");
   for (auto &op : e->ops) enqueue(s, op);
   return cudaSuccess;
 }
@@ -607,12 +625,13 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  s = resolve(s);
   CUEMU_ENQUEUE(s, "cudaEventRecord on the legacy default stream");
   // Real CUDA turns this into a graph node; nothing in kvpages records events into a capture.
-  if (s && s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
-  if (queue_of(s)->device != e->device) return g_last_error = cudaErrorInvalidResourceHandle;
+  if (s->capturing) die("cudaEventRecord into a capturing stream is not emulated");
+  if (s->device != e->device) return g_last_error = cudaErrorInvalidResourceHandle;
   enqueue(s, [] {});  // a marker, so the event also keeps the legacy stream's implicit ordering
-  e->stream = queue_of(s);
+  e->stream = s;
   e->target = e->stream->enqueued;
   return cudaSuccess;
 }
