@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one call, for a machine with an NVIDIA GPU (H100/H200): build with CUDA ON,
 # run the GPU cmocka tests (`ctest -L gpu`: CUDA vs CPU byte identity, graph capture and replay,
-# device-side validation through the async error), then the CUDA concatenate benchmark and the
+# device-side validation through the async error), the Python binding with torch CUDA tensors
+# (when torch is there), then the CUDA concatenate benchmark and the
 # serialization benchmark with the cache on the GPU. Logs go to $OUT (or ./gpu-check-out).
 #
 #   bash scripts/gpu-check.sh --fetch      # here, with apt: download the build dependencies'
@@ -88,6 +89,16 @@ cmake --build "$BUILD" -j"$(nproc)" >"$OUT_DIR/build.log" 2>&1 ||
 log "GPU tests"
 ctest --test-dir "$BUILD" -L gpu --output-on-failure 2>&1 | tee "$OUT_DIR/gpu-tests.log"
 gpu_rc=${PIPESTATUS[0]}
+log "Python bindings with torch CUDA tensors"
+if python3 -c 'import torch, numpy' >/dev/null 2>&1; then
+  KVPAGES_LIBRARY="$BUILD/libkvpages.so.1" python3 bindings/python/tests/test_cuda_torch.py 2>&1 |
+    tee "$OUT_DIR/python-cuda.log"
+  py_rc=${PIPESTATUS[0]}
+else
+  echo "gpu-check: python3 lacks torch or numpy; the Python CUDA test was not run" | tee "$OUT_DIR/python-cuda.log"
+  py_rc=0
+fi
+gpu_rc=$((gpu_rc | py_rc))
 log "the other tests"
 # (cuda.kernel_resources recompiles the device code; CI runs it, so it does not spend GPU time here.)
 ctest --test-dir "$BUILD" -LE gpu -E kernel_resources -j"$(nproc)" --output-on-failure >"$OUT_DIR/other-tests.log" 2>&1

@@ -48,7 +48,11 @@ main_tests() { build_and_test build-ci -DKVPAGES_CUDA="${KVPAGES_CUDA:-AUTO}"; }
 docs() { cmake --build build-ci --target docs; }
 package() { bash tests/package/run.sh "$ROOT/build-ci"; }
 abi() { [ -x tests/abi/run.sh ] || [ -f tests/abi/run.sh ] || return 0; bash tests/abi/run.sh "$ROOT/build-ci"; }
-cpu_only() { build_and_test build-ci-nocuda -DKVPAGES_CUDA=OFF -DKVPAGES_BUILD_BENCH=OFF -DKVPAGES_CUDA_EMULATION_TESTS=ON; }
+# (python3 as on PATH: the one scripts/install-deps.sh gave numpy and pytest, for cuemu.python_binding)
+cpu_only() {
+  build_and_test build-ci-nocuda -DKVPAGES_CUDA=OFF -DKVPAGES_BUILD_BENCH=OFF -DKVPAGES_CUDA_EMULATION_TESTS=ON \
+    -DPython3_EXECUTABLE="$(command -v python3)"
+}
 sanitizers() {
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     build_and_test build-ci-asan -DKVPAGES_CUDA=OFF -DKVPAGES_SANITIZE=ON -DKVPAGES_BUILD_BENCH=OFF \

@@ -92,4 +92,15 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   set_tests_properties(cuemu.bench_cuda_concatenate PROPERTIES LABELS "cuemu" TIMEOUT 600
                        ENVIRONMENT "KVP_BENCH_ITERS=1"
                        FAIL_REGULAR_EXPRESSION "no CUDA device")
+  # The Python binding's CUDA paths (DLPack producers of device memory, streams, layer copies)
+  # against the emulated library; needs python3 with numpy and pytest (scripts/install-deps.sh).
+  find_package(Python3 COMPONENTS Interpreter)
+  if(Python3_Interpreter_FOUND)
+    add_test(NAME cuemu.python_binding
+             COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
+                     ${PROJECT_SOURCE_DIR}/bindings/python/tests/test_cuda_emulated.py)
+    set_tests_properties(cuemu.python_binding PROPERTIES LABELS "cuemu" TIMEOUT 300
+                         ENVIRONMENT "KVPAGES_LIBRARY=$<TARGET_FILE:kvpages_cuemu>"
+                         FAIL_REGULAR_EXPRESSION "skipped")
+  endif()
 endif()

@@ -9,7 +9,7 @@ Handles (:class:`Cache`, :class:`Metadata`) are released exactly once: by ``clos
 message for the failing call.
 
 Zero-copy numpy access to the pages: :meth:`Cache.numpy` (buffer protocol) and
-:meth:`Cache.export_dlpack` (``numpy.from_dlpack``). Both keep the cache alive while an array
+:meth:`Cache.export_dlpack` (``numpy.from_dlpack``, ``torch.from_dlpack`` for CUDA caches). Both keep the cache alive while an array
 uses its memory, and :meth:`Cache.close` refuses to destroy a cache whose memory is still
 referenced by an array.
 
@@ -17,6 +17,12 @@ The page pool (:class:`Pool`, ``kvpages/pool.h``) hands a cache's pages to seque
 (:class:`SeqId`), shares them by fork and reuses them across prompts by prefix hash. A pool keeps
 a reference to its cache, and :meth:`Cache.close` refuses to destroy a cache while an open pool
 uses it.
+
+CUDA caches (``Cache(config, DEVICE_CUDA, device_id)``): :meth:`Cache.concatenate` takes any
+DLPack producer (``torch.Tensor``, CuPy arrays, ...) besides numpy arrays, in float32, float16 or
+bfloat16, and a ``stream`` (an int ``cudaStream_t``, or an object with ``cuda_stream`` or ``ptr``
+such as ``torch.cuda.Stream``); :meth:`Cache.read_layer` / :meth:`Cache.write_layer` copy a
+layer's bytes to and from the host.
 """
 import collections
 import ctypes
@@ -30,7 +36,7 @@ import numpy as np
 __all__ = [
     "KvpError", "InvalidArgument", "InvalidHandle", "NotFound", "VersionMismatch", "Unsupported",
     "OutOfMemory", "OutOfPages", "BufferTooSmall", "Config", "Cache", "Metadata", "Pool", "SeqId",
-    "BatchRequest", "PoolStats", "library", "version", "check_abi",
+    "BatchRequest", "PoolStats", "library", "version", "check_abi", "device_count", "DEVICE_CPU", "DEVICE_CUDA",
     "DTYPE_F32", "DTYPE_F16", "DTYPE_BF16", "DTYPE_F8_E4M3FN", "DTYPE_F8_E5M2",
     "LAYOUT_V2", "LAYOUT_V3", "VIEW_PAGES", "VIEW_FLAT", "VIEW_KEYS", "VIEW_VALUES",
     "VIEW_REFERENCE_KEYS", "VIEW_REFERENCE_VALUES", "PAGE_FLAG_NULL", "PAGE_FLAG_FREE", "PAGE_FLAG_INDEXED",
@@ -173,6 +179,10 @@ _cache_create = _fn("kvp_cache_create", _i32, _P(kvp_config), _P(kvp_cache_optio
 _cache_destroy = _fn("kvp_cache_destroy", _i32, _vp)
 _cache_get_config = _fn("kvp_cache_get_config", _i32, _vp, _P(kvp_config))
 _cache_get_view = _fn("kvp_cache_get_view", _i32, _vp, _u32, _u32, _P(kvp_tensor))
+_cache_get_layout = _fn("kvp_cache_get_layout", _i32, _vp, _P(kvp_layout_info))
+_cache_read_layer = _fn("kvp_cache_read_layer", _i32, _vp, _u32, _vp, ctypes.c_size_t, _vp)
+_cache_write_layer = _fn("kvp_cache_write_layer", _i32, _vp, _u32, _vp, ctypes.c_size_t, _vp)
+_device_count = _fn("kvp_device_count", _i32, _P(_i32))
 _cache_export_dlpack = _fn("kvp_cache_export_dlpack", _i32, _vp, _u32, _u32, _u32, _P(_P(DLManagedTensor)))
 _metadata_build = _fn("kvp_metadata_build", _i32, _P(kvp_config), _P(kvp_batch_request), _u32, _vp,
                       _P(_i32), _P(_vp))
@@ -274,6 +284,13 @@ def check_abi(header_version_number=BINDING_VERSION_NUMBER):
 
 
 check_abi()
+
+
+def device_count():
+    """kvp_device_count(): usable CUDA devices (0 without CUDA, a driver or a GPU)."""
+    n = _i32()
+    _check(_device_count(ctypes.byref(n)), "kvp_device_count")
+    return n.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +427,9 @@ class DLPackTensor:
         self._used = False
 
     def __dlpack_device__(self):
-        return (DEVICE_CUDA if self._cache.device_type == DEVICE_CUDA else DEVICE_CPU, 0)
+        if self._cache.device_type == DEVICE_CUDA:
+            return (_DL_CUDA, self._cache.device_id)
+        return (_DL_CPU, 0)
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
         if copy:
@@ -441,6 +460,7 @@ class Cache(_Handle):
         _check(_cache_create(ctypes.byref(config._raw), ctypes.byref(opts), ctypes.byref(out)), "kvp_cache_create")
         super().__init__(out.value)
         self.device_type = device_type
+        self.device_id = device_id if device_type == DEVICE_CUDA else 0
         self._pins = weakref.WeakSet()
         self._pools = weakref.WeakSet()
 
@@ -491,24 +511,125 @@ class Cache(_Handle):
         self.ptr  # raises when closed
         return DLPackTensor(self, layer, kind)
 
-    def copy_pages(self, src, dst):
-        """kvp_cache_copy_pages(): page ``dst[i]`` receives page ``src[i]``, in every layer."""
+    def _stream(self, stream):
+        return _stream_handle(stream) if self.device_type == DEVICE_CUDA else None
+
+    def copy_pages(self, src, dst, stream=None):
+        """kvp_cache_copy_pages(): page ``dst[i]`` receives page ``src[i]``, in every layer.
+
+        CUDA caches: enqueued on ``stream`` (None = the device's legacy default stream)."""
         if len(src) != len(dst):
             raise InvalidArgument(1, "copy_pages: %d source(s) but %d destination(s)" % (len(src), len(dst)))
         n = len(src)
         s, d = (_i32 * max(n, 1))(*src), (_i32 * max(n, 1))(*dst)
-        _check(_cache_copy_pages(self.ptr, s, d, n, None), "kvp_cache_copy_pages")
+        _check(_cache_copy_pages(self.ptr, s, d, n, self._stream(stream)), "kvp_cache_copy_pages")
 
-    def concatenate(self, layer, key, value, metadata):
-        """kvp_concatenate(): writes ``key``/``value`` ([T, H, D] float32/float16 numpy arrays)."""
-        tk, tv = _tensor_of(key), _tensor_of(value)
-        _check(_concatenate(self.ptr, layer, ctypes.byref(tk), ctypes.byref(tv), metadata.ptr, None),
+    def concatenate(self, layer, key, value, metadata, stream=None):
+        """kvp_concatenate(): writes ``key``/``value``, each [T, H, D]: a float32/float16 numpy
+        array, or any DLPack producer (``__dlpack__``) of float32, float16 or bfloat16 on the
+        cache's device (a CPU cache takes host memory, a CUDA cache that GPU's memory).
+
+        CUDA caches: enqueued on ``stream`` (None = the device's legacy default stream; an int
+        ``cudaStream_t``, or an object with ``cuda_stream`` or ``ptr``). DLPack producers are
+        asked to make their data ready on that stream."""
+        st = self._stream(stream)
+        tk, keep_k = _input_tensor(key, st)
+        tv, keep_v = _input_tensor(value, st)
+        _check(_concatenate(self.ptr, layer, ctypes.byref(tk), ctypes.byref(tv), metadata.ptr, st),
                "kvp_concatenate")
+        del keep_k, keep_v  # the producers' memory is held until the call has returned
+
+    def layer_bytes(self):
+        """Bytes of one layer (kvp_cache_get_layout)."""
+        li = kvp_layout_info()
+        li.struct_size = ctypes.sizeof(kvp_layout_info)
+        _check(_cache_get_layout(self.ptr, ctypes.byref(li)), "kvp_cache_get_layout")
+        return li.layer_bytes
+
+    def read_layer(self, layer, stream=None):
+        """kvp_cache_read_layer(): a copy of the layer's bytes as a uint8 numpy array (for a CUDA
+        cache ordered on ``stream``, which the call waits for)."""
+        out = np.empty(self.layer_bytes(), dtype=np.uint8)
+        _check(_cache_read_layer(self.ptr, layer, out.ctypes.data, out.nbytes, self._stream(stream)),
+               "kvp_cache_read_layer")
+        return out
+
+    def write_layer(self, layer, data, stream=None):
+        """kvp_cache_write_layer(): replaces the layer's bytes with ``data`` (bytes-like or a numpy
+        array of exactly ``layer_bytes()`` bytes)."""
+        buf = np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray)
+                                   else data).view(np.uint8).reshape(-1)
+        _check(_cache_write_layer(self.ptr, layer, buf.ctypes.data, buf.nbytes, self._stream(stream)),
+               "kvp_cache_write_layer")
+
+
+def _stream_handle(stream):
+    """A ``cudaStream_t`` value for the C API from None, an int, or a stream object."""
+    if stream is None:
+        return None
+    for attr in ("cuda_stream", "ptr"):  # torch.cuda.Stream / cupy.cuda.Stream
+        if hasattr(stream, attr):
+            stream = getattr(stream, attr)
+            break
+    if not isinstance(stream, int):
+        raise InvalidArgument(1, "stream must be None, an int cudaStream_t, or an object with cuda_stream or ptr")
+    return _vp(stream) if stream != 0 else None
+
+
+# DLPack codes read by the importer (dlpack.h: DLDeviceType, DLDataTypeCode).
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST = 1, 2, 3
+_DL_FLOAT, _DL_BFLOAT = 2, 4
+_DL_DTYPES = {(_DL_FLOAT, 32): DTYPE_F32, (_DL_FLOAT, 16): DTYPE_F16, (_DL_BFLOAT, 16): DTYPE_BF16}
+_capsule_pointer = ctypes.PYFUNCTYPE(_vp, ctypes.py_object, _cp)(("PyCapsule_GetPointer", ctypes.pythonapi))
+
+
+def _input_tensor(a, stream):
+    """A kvp_tensor for a numpy array or a DLPack producer, and what keeps its memory alive."""
+    if isinstance(a, np.ndarray):
+        return _tensor_of(a), a
+    if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
+        return _tensor_from_dlpack(a, stream)
+    raise InvalidArgument(1, "expected a numpy array or a DLPack producer (__dlpack__), got %s" % type(a).__name__)
+
+
+def _tensor_from_dlpack(a, stream):
+    dev_type, _ = a.__dlpack_device__()
+    if dev_type == _DL_CUDA:
+        # The consumer's stream: 1 is the legacy default stream, which NULL means to kvpages.
+        capsule = a.__dlpack__(stream=1 if stream is None else stream.value)
+    else:
+        capsule = a.__dlpack__()
+    # Not renamed to "used_dltensor": the capsule keeps ownership and its destructor calls the
+    # producer's deleter once it is released after the call.
+    dl = DLManagedTensor.from_address(_capsule_pointer(capsule, b"dltensor")).dl_tensor
+    key = (dl.dtype.code, dl.dtype.bits)
+    if dl.dtype.lanes != 1 or key not in _DL_DTYPES:
+        raise InvalidArgument(1, "DLPack input of dtype code %d, %d bits, %d lanes: expected float32, float16 or "
+                                 "bfloat16" % (dl.dtype.code, dl.dtype.bits, dl.dtype.lanes))
+    if dl.ndim > MAX_DIMS:
+        raise InvalidArgument(1, "DLPack input has %d dimensions (at most %d)" % (dl.ndim, MAX_DIMS))
+    t = kvp_tensor()
+    t.data = (dl.data or 0) + dl.byte_offset
+    t.dtype = _DL_DTYPES[key]
+    t.ndim = dl.ndim
+    step = 1
+    for i in reversed(range(dl.ndim)):  # NULL strides mean compact row-major
+        t.shape[i] = dl.shape[i]
+        t.strides[i] = dl.strides[i] if dl.strides else step
+        step *= dl.shape[i]
+    if dl.device.device_type == _DL_CUDA:
+        t.device_type, t.device_id = DEVICE_CUDA, dl.device.device_id
+    elif dl.device.device_type in (_DL_CPU, _DL_CUDA_HOST):
+        t.device_type, t.device_id = DEVICE_CPU, 0
+    else:
+        raise InvalidArgument(1, "DLPack input on device type %d: expected CPU or CUDA memory" % dl.device.device_type)
+    return t, capsule
 
 
 def _tensor_of(a):
-    if not isinstance(a, np.ndarray) or a.dtype not in _KVP_DTYPES:
-        raise InvalidArgument(1, "expected a float32 or float16 numpy array")
+    if a.dtype not in _KVP_DTYPES:
+        raise InvalidArgument(1, "expected a float32 or float16 numpy array, got %s (use a DLPack producer "
+                                 "for bfloat16)" % a.dtype)
     t = kvp_tensor()
     t.data = a.ctypes.data
     t.dtype = _KVP_DTYPES[a.dtype]

@@ -154,6 +154,115 @@ def test_unconsumed_dlpack_capsule_is_released():
     cache.close()
 
 
+class DLPackOnly:
+    """Exposes an array through DLPack alone (so the binding's DLPack importer is used)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+    def __dlpack__(self, **kw):
+        return self.a.__dlpack__(**kw)
+
+
+class Bf16Producer:
+    """A minimal DLPack producer of bfloat16 (numpy has no bfloat16): the bit patterns in a
+    uint16 array, described as kDLBfloat 16 with compact strides."""
+
+    def __init__(self, bits):
+        self.bits = np.ascontiguousarray(bits, dtype=np.uint16)
+        self.shape = (ctypes.c_int64 * self.bits.ndim)(*self.bits.shape)
+        self.managed = kvpages.DLManagedTensor()
+        t = self.managed.dl_tensor
+        t.data = self.bits.ctypes.data
+        t.device = kvpages.DLDevice(1, 0)
+        t.ndim = self.bits.ndim
+        t.dtype = kvpages.DLDataType(4, 16, 1)
+        t.shape = self.shape
+        t.strides = None
+        t.byte_offset = 0
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __dlpack__(self, **kw):
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        return new(ctypes.addressof(self.managed), b"dltensor", None)
+
+
+def test_concatenate_takes_dlpack_producers():
+    cfg = make_config()
+    key, value = token_data(4)
+    with kvpages.Cache(cfg) as ref, kvpages.Cache(cfg) as via_dlpack, kvpages.Cache(cfg) as strided:
+        md, _ = kvpages.Metadata.build(cfg, [(0, 3, [1]), (5, 1, [2])])
+        ref.concatenate(1, key, value, md)
+        via_dlpack.concatenate(1, DLPackOnly(key), DLPackOnly(value), md, stream=7)  # stream: CPU ignores it
+        # Head-major storage seen as [T, H, D] through strides.
+        k_hm, v_hm = np.ascontiguousarray(key.transpose(1, 0, 2)), np.ascontiguousarray(value.transpose(1, 0, 2))
+        strided.concatenate(1, DLPackOnly(k_hm.transpose(1, 0, 2)), DLPackOnly(v_hm.transpose(1, 0, 2)), md)
+        want = ref.read_layer(1)
+        assert want.any()
+        np.testing.assert_array_equal(via_dlpack.read_layer(1), want)
+        np.testing.assert_array_equal(strided.read_layer(1), want)
+        md.close()
+
+
+def test_concatenate_takes_bfloat16_through_dlpack():
+    cfg = make_config(dtype=kvpages.DTYPE_BF16)
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 1 << 16, size=(4, H, D), dtype=np.uint16)
+    bits[(bits & 0x7F80) == 0x7F80] = 0x3F80  # finite values only, so f32 and bf16 inputs agree
+    as_f32 = (bits.astype(np.uint32) << 16).view(np.float32)  # the same values, exactly
+    with kvpages.Cache(cfg) as a, kvpages.Cache(cfg) as b:
+        md, _ = kvpages.Metadata.build(cfg, [(0, 3, [1]), (5, 1, [2])])
+        a.concatenate(0, as_f32, -as_f32, md)
+        b.concatenate(0, Bf16Producer(bits), Bf16Producer(bits ^ 0x8000), md)
+        assert a.read_layer(0).any()
+        np.testing.assert_array_equal(b.read_layer(0), a.read_layer(0))
+        md.close()
+
+
+def test_bad_inputs_raise_and_change_nothing():
+    cfg = make_config()
+    key, value = token_data(4)
+    with kvpages.Cache(cfg) as cache:
+        md, _ = kvpages.Metadata.build(cfg, [(0, 3, [1]), (5, 1, [2])])
+        cache.concatenate(1, key, value, md)
+        before = cache.read_layer(1)
+        with pytest.raises(kvpages.InvalidArgument, match="code 0, 32 bits"):  # int32 through DLPack
+            cache.concatenate(1, DLPackOnly(key.astype(np.int32)), DLPackOnly(value), md)
+        with pytest.raises(kvpages.InvalidArgument, match="float64"):
+            cache.concatenate(1, key.astype(np.float64), value, md)
+        with pytest.raises(kvpages.InvalidArgument, match="list"):
+            cache.concatenate(1, key.tolist(), value, md)
+        with pytest.raises(kvpages.InvalidArgument, match="stream"):
+            kvpages._stream_handle("not a stream")
+        with pytest.raises(kvpages.InvalidArgument, match="layer 5"):
+            cache.write_layer(5, before)
+        with pytest.raises(kvpages.InvalidArgument, match=str(before.nbytes)):
+            cache.write_layer(0, before[:-1])
+        np.testing.assert_array_equal(cache.read_layer(1), before)
+        assert not cache.read_layer(0).any()
+        md.close()
+
+
+def test_read_and_write_layer_round_trip():
+    cfg = make_config()
+    with kvpages.Cache(cfg) as cache:
+        n = cache.layer_bytes()
+        data = np.random.default_rng(3).integers(0, 256, size=n, dtype=np.uint8)
+        cache.write_layer(1, data)
+        np.testing.assert_array_equal(cache.read_layer(1), data)
+        cache.write_layer(1, data.tobytes())
+        np.testing.assert_array_equal(cache.read_layer(1), data)
+        np.testing.assert_array_equal(cache.numpy(1).view(np.uint8).reshape(-1), data)
+        assert not cache.read_layer(0).any()
+    assert kvpages.device_count() >= 0
+
+
 def test_struct_layouts_match_the_c_compiler(tmp_path):
     """ctypes struct sizes and offsets equal what the C compiler computes from the headers."""
     inc = os.environ.get("KVPAGES_INCLUDE_DIRS")
