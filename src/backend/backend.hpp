@@ -12,6 +12,8 @@
 
 namespace kvp::detail {
 
+class Cache;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -33,6 +35,10 @@ class Backend {
                               const char* function) = 0;
   virtual void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) = 0;
   virtual void fill_zero(void* dst, size_t bytes, kvp_stream stream) = 0;
+
+  // Called once the cache that owns this backend is constructed (CUDA: installs the hook that
+  // reports device-side errors and device faults through the cache's asynchronous error).
+  virtual void attach(Cache& cache) { (void)cache; }
 };
 
 // CPU backend; `allocator` may be null (built-in: anonymous mappings for large blocks).

@@ -20,6 +20,7 @@ Cache::Cache(const kvp_config& cfg, std::unique_ptr<Backend> backend)
     layers_.clear();
     throw;
   }
+  backend_->attach(*this);
 }
 
 Cache::~Cache() {

@@ -1492,14 +1492,18 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
   assert_kvp_ok(kvp_cache_destroy(cpu));
 }
 
+/* Rounds per layout: 160, or KVP_TEST_FUZZ_ROUNDS (the emulated 132-SM run, where each launch
+ * runs many more emulated blocks, uses fewer). */
 static void test_cuda_concatenate__device_metadata_fuzz(void **state) {
   (void)state;
   if (!have_gpu()) {
     skip();
     return;
   }
-  fuzz_device_metadata(KVP_LAYOUT_V3, 0xF022, 160);
-  fuzz_device_metadata(KVP_LAYOUT_V2, 0xF023, 160);
+  const char *env = getenv("KVP_TEST_FUZZ_ROUNDS");
+  const int rounds = env != NULL && atoi(env) > 0 ? atoi(env) : 160;
+  fuzz_device_metadata(KVP_LAYOUT_V3, 0xF022, rounds);
+  fuzz_device_metadata(KVP_LAYOUT_V2, 0xF023, rounds);
 }
 
 /* Host-side errors on a CUDA cache are synchronous and change nothing; the caller's current

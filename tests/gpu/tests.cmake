@@ -8,6 +8,10 @@ if(TARGET test_cuda_concatenate)
   endif()
   set_tests_properties(gpu.test_cuda_concatenate PROPERTIES SKIP_REGULAR_EXPRESSION "kvpages: no CUDA device")
 endif()
+# The fault test allocates device buffers itself.
+if(TARGET test_cuda_fault AND KVP_HAS_CUDA)
+  target_link_libraries(test_cuda_fault PRIVATE CUDA::cudart)
+endif()
 # The CUDA benchmark uses the runtime for device buffers, events and graphs.
 if(TARGET bench_cuda_concatenate AND KVP_HAS_CUDA)
   target_link_libraries(bench_cuda_concatenate PRIVATE CUDA::cudart)
@@ -70,7 +74,7 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   if(OpenMP_CXX_FOUND)
     target_link_libraries(kvpages_cuemu PRIVATE OpenMP::OpenMP_CXX)
   endif()
-  foreach(t test_cuda_device test_cuda_concatenate test_cuda_pool test_serialize_gpu)
+  foreach(t test_cuda_device test_cuda_concatenate test_cuda_pool test_serialize_gpu test_cuda_fault)
     add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c)
     target_include_directories(${t}_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/support)
     target_link_libraries(${t}_emu PRIVATE kvpages_cuemu PkgConfig::CMOCKA m)
@@ -81,7 +85,7 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   # one row per block), where the 2-SM default packs many rows into each block.
   add_test(NAME cuemu.test_cuda_concatenate_132sm COMMAND test_cuda_concatenate_emu)
   set_tests_properties(cuemu.test_cuda_concatenate_132sm PROPERTIES LABELS "cuemu" TIMEOUT 600
-                       ENVIRONMENT "CUEMU_SMS=132")
+                       ENVIRONMENT "CUEMU_SMS=132;KVP_TEST_FUZZ_ROUNDS=32")
   # The CUDA benchmark's program, run once per row (KVP_BENCH_ITERS=1) up to 64 tokens, so the
   # code that will time real GPUs (metadata upload, host- and device-metadata calls, graph
   # capture and replay, the async-error check) has run before it meets one. Its timings mean

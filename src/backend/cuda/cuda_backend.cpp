@@ -286,9 +286,56 @@ static std::string describe_device_error(const DeviceErrorRecord& r) {
   }
 }
 
-void CudaBackend::poll(Cache& cache) {
+static std::string sticky_fault_message(int32_t device, cudaError_t err) {
+  return format("CUDA device %d has a sticky fault (%s: %s), left by a kernel or copy on that device (kvpages' "
+                "or another library's); its memory, this cache's included, can no longer be used: destroy the "
+                "cache",
+                static_cast<int>(device), cudaGetErrorName(err), cudaGetErrorString(err));
+}
+
+void cuda_check_for(Cache& cache, cudaError_t err, const char* function, const char* what) {
+  if (err != cudaSuccess && cuda_error_is_sticky(err))
+    cache.set_async_error(KVP_ERR_DEVICE, sticky_fault_message(cache.device_id(), err), true);
+  cuda_check(err, function, what);
+}
+
+// While it lives, this thread's calls are in relaxed stream-capture mode: the internal-stream
+// query and reset below are then allowed even while the caller (or another thread) captures a
+// graph, instead of invalidating that capture. The caller's mode is restored afterwards.
+class RelaxedCaptureMode {
+ public:
+  RelaxedCaptureMode() { ok_ = cudaThreadExchangeStreamCaptureMode(&mode_) == cudaSuccess; }
+  ~RelaxedCaptureMode() {
+    if (ok_) (void)cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool ok_ = false;
+};
+
+void CudaBackend::attach(Cache& cache) {
+  cache.poll_async = [this](Cache& c) { poll(c, true); };
+}
+
+void CudaBackend::poll(Cache& cache, bool check_device) {
   if (m_error_ == nullptr) return;
   std::lock_guard<std::recursive_mutex> lock(poll_mu_);
+  if (check_device && !in_poll_) {
+    // The internal stream is idle (its work is always waited for), so the query costs no wait;
+    // on a device with a sticky fault every runtime call returns that fault.
+    RelaxedCaptureMode relaxed;
+    const cudaError_t err = cudaStreamQuery(aux_);
+    if (err != cudaSuccess) {
+      if (cudaPeekAtLastError() == err) (void)cudaGetLastError();
+      if (cuda_error_is_sticky(err)) {
+        cache.set_async_error(KVP_ERR_DEVICE, sticky_fault_message(device_, err), true);
+        return;
+      }
+    }
+  }
   volatile DeviceErrorRecord* m = m_error_;
   if (!reported_) {
     if (m->code == 0) return;
@@ -314,6 +361,7 @@ void CudaBackend::poll(Cache& cache) {
   in_poll_ = false;
   if (pending != KVP_OK) return;
   DeviceGuard guard(device_, "kvp_cache_clear_async_error");
+  RelaxedCaptureMode relaxed;
   cudaError_t err = cudaMemsetAsync(d_error_, 0, kDeviceErrorResetBytes, aux_);
   if (err == cudaSuccess) err = cudaStreamSynchronize(aux_);
   if (err != cudaSuccess) {
@@ -329,12 +377,7 @@ void CudaBackend::poll(Cache& cache) {
 CudaBackend& cuda_backend_of(Cache& cache, const char* function) {
   if (cache.device_type() != KVP_DEVICE_CUDA)
     fail(KVP_ERR_INTERNAL, "%s: not a CUDA cache", function);
-  auto& b = static_cast<CudaBackend&>(cache.backend());
-  if (!cache.poll_async) {
-    CudaBackend* bp = &b;
-    cache.poll_async = [bp](Cache& c) { bp->poll(c); };
-  }
-  return b;
+  return static_cast<CudaBackend&>(cache.backend());
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -50,8 +50,11 @@ class CudaBackend final : public Backend {
   DeviceErrorRecord* mirror_error_device_ptr() const noexcept { return m_error_dev_; }
 
   // Reads the mirror: reports a new device-side error to the cache (recoverable), and after the
-  // user cleared it, resets the device record. Installed as Cache::poll_async.
-  void poll(Cache& cache);
+  // user cleared it, resets the device record. With `check_device`, first asks the runtime
+  // whether the device has a sticky fault (one cheap stream query) and reports that as a sticky
+  // KVP_ERR_DEVICE. Installed (with check_device) as Cache::poll_async by attach().
+  void poll(Cache& cache, bool check_device);
+  void attach(Cache& cache) override;
 
   // A staging region for `bytes` of host-resident metadata: `host` is pinned memory the caller
   // fills, `device` the matching device memory the kernel reads. Call finish_staging(stream)
@@ -96,7 +99,11 @@ class CudaBackend final : public Backend {
   size_t arena_used_ = 0;
 };
 
-// The CudaBackend of a CUDA cache (throws INTERNAL otherwise) with its poll hook installed.
+// The CudaBackend of a CUDA cache (throws INTERNAL otherwise).
 CudaBackend& cuda_backend_of(Cache& cache, const char* function);
+
+// cuda_check for calls made on behalf of `cache`: a sticky CUDA error (the device faulted) is
+// also recorded as the cache's sticky asynchronous error, so it refuses further work.
+void cuda_check_for(Cache& cache, cudaError_t err, const char* function, const char* what);
 
 }  // namespace kvp::detail

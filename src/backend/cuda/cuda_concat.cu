@@ -129,7 +129,7 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
   const char* fn = "kvp_concatenate";
   CudaBackend& b = cuda_backend_of(cache, fn);
   DeviceGuard guard(b.device_id(), fn);
-  b.poll(cache);
+  b.poll(cache, false);  // device-side errors only: a device fault shows in the calls below
   cache.check_healthy(fn);
   auto s = reinterpret_cast<cudaStream_t>(stream);
 
@@ -165,8 +165,7 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
   int capture = 0;
   {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    cudaError_t err = cudaStreamIsCapturing(s, &cs);
-    if (err != cudaSuccess) cuda_check(err, fn, "cudaStreamIsCapturing");
+    cuda_check_for(cache, cudaStreamIsCapturing(s, &cs), fn, "cudaStreamIsCapturing");
     if (cs == cudaStreamCaptureStatusInvalidated)
       fail(KVP_ERR_DEVICE,
            "%s: the stream's graph capture was invalidated by an earlier CUDA call that a capture does not "
@@ -205,9 +204,10 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
       acc += job.runs[j].len;
     }
     if (p.runs != nullptr)
-      cuda_check(cudaMemcpyAsync(staging.device, staging.host, static_cast<size_t>(job.num_runs) * 3 * sizeof(int64_t),
-                                 cudaMemcpyHostToDevice, s),
-                 fn, "cudaMemcpyAsync (metadata staging)");
+      cuda_check_for(cache,
+                     cudaMemcpyAsync(staging.device, staging.host,
+                                     static_cast<size_t>(job.num_runs) * 3 * sizeof(int64_t), cudaMemcpyHostToDevice, s),
+                     fn, "cudaMemcpyAsync (metadata staging)");
     p.rows_per_block = rows_per_block(p.chunks_per_row, p.num_rows, b.sm_count());
     grid.x = static_cast<unsigned>((p.num_rows + p.rows_per_block - 1) / p.rows_per_block);
   } else if (job.mode == 3) {
@@ -248,10 +248,8 @@ void cuda_concatenate(Cache& cache, const ConcatJob& job, kvp_stream stream) {
 
   const cudaError_t err = launch(job.key.dtype, job.value.dtype, job.cache_dtype, p, vec, grid, s, fn);
   if (err != cudaSuccess) {
-    if (cuda_error_is_sticky(err))
-      cache.set_async_error(KVP_ERR_DEVICE, format("%s: kernel launch failed: %s", fn, cudaGetErrorString(err)), true);
     if (err == cudaErrorInvalidResourceHandle) refuse_foreign_stream(b, s, staging, fn);
-    cuda_check(err, fn, "kernel launch");
+    cuda_check_for(cache, err, fn, "kernel launch");
   }
   b.finish_staging(staging, s, fn);
 }

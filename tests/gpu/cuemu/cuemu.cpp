@@ -47,6 +47,7 @@ struct Device {
   CUstream_st per_thread;  // its per-thread default stream (cudaStreamPerThread; one host thread here)
   size_t allocated = 0;
   size_t total = 0;
+  cudaError_t fault = cudaSuccess;  // sticky: set by cuemu_inject_fault, returned by every later call
 };
 static std::vector<Device> &devices() {
   static std::vector<Device> d = [] {
@@ -64,6 +65,8 @@ static std::vector<Device> &devices() {
   return d;
 }
 static int g_dev = 0;                         // the current device
+// The sticky fault of a device (cudaSuccess when it has none).
+static cudaError_t fault_of(int device) { return devices()[static_cast<size_t>(device)].fault; }
 static int g_kernel_device = -1;              // the device of the kernel running now, or -1
 static std::set<cudaStream_t> g_streams;      // streams created and not destroyed
 static std::set<cudaEvent_t> g_events;        // events created and not destroyed
@@ -93,7 +96,10 @@ static bool invalidate_captures(Pred applies, const char *what) {
   if (any) std::fprintf(stderr, "cuemu: %s during stream capture: the capture is invalidated\n", what);
   return any;
 }
+// This (the one) host thread's mode for potentially unsafe calls (cudaThreadExchangeStreamCaptureMode).
+static cudaStreamCaptureMode g_thread_mode = cudaStreamCaptureModeGlobal;
 static cudaError_t capture_unsafe(const char *what) {
+  if (g_thread_mode == cudaStreamCaptureModeRelaxed) return cudaSuccess;  // the thread opted out
   return invalidate_captures([](cudaStream_t c) { return !c->relaxed; }, what) ? cudaErrorStreamCaptureUnsupported
                                                                                : cudaSuccess;
 }
@@ -361,6 +367,7 @@ cudaError_t launch(std::function<void()> body, dim3 grid, dim3 block, cudaStream
   // Like cudaLaunchKernel: a failed launch returns its error and also leaves it as the last error.
   // A kernel can only be launched into a stream of the current device.
   s = resolve(s);
+  if (fault_of(g_dev) != cudaSuccess) return g_last_error = fault_of(g_dev);
   if (s->device != g_dev) return g_last_error = cudaErrorInvalidResourceHandle;
   if (const cudaError_t e = enqueue_check(s, "a kernel launch on the legacy default stream"); e != cudaSuccess)
     return g_last_error = e;
@@ -396,8 +403,14 @@ static void untrack(void *p) {
   } while (0)
 #define CUEMU_ENQUEUE(s, what)                  \
   do {                                          \
+    CUEMU_FAULT((s)->device);                   \
     cudaError_t e_ = enqueue_check(s, what);    \
     if (e_ != cudaSuccess) return e_;           \
+  } while (0)
+// A device with a sticky fault answers every call with it.
+#define CUEMU_FAULT(device)                                           \
+  do {                                                                \
+    if (fault_of(device) != cudaSuccess) return fault_of(device);     \
   } while (0)
 
 extern "C" {
@@ -430,8 +443,27 @@ cudaError_t cudaMemGetInfo(size_t *f, size_t *t) {
   *f = d.total - d.allocated;
   return cudaSuccess;
 }
-cudaError_t cudaGetLastError(void) { cudaError_t e = g_last_error; g_last_error = cudaSuccess; return e; }
-cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
+cudaError_t cudaGetLastError(void) {
+  if (fault_of(g_dev) != cudaSuccess) return fault_of(g_dev);  // sticky: not cleared
+  cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return fault_of(g_dev) != cudaSuccess ? fault_of(g_dev) : g_last_error; }
+cudaError_t cuemu_inject_fault(int device) {
+  if (!valid_device(device)) return cudaErrorInvalidDevice;
+  Device &d = devices()[static_cast<size_t>(device)];
+  d.fault = cudaErrorIllegalAddress;
+  auto drop = [](cudaStream_t s) {
+    s->queue.clear();
+    s->completed = s->enqueued;
+  };
+  drop(&d.legacy);
+  drop(&d.per_thread);
+  for (cudaStream_t s : g_streams)
+    if (s->device == device) drop(s);
+  return cudaSuccess;
+}
 const char *cudaGetErrorName(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "cudaSuccess";
@@ -440,6 +472,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
@@ -451,6 +484,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
@@ -460,6 +494,7 @@ const char *cudaGetErrorString(cudaError_t e) {
   }
 }
 cudaError_t cudaMalloc(void **p, size_t n) {
+  CUEMU_FAULT(g_dev);
   CUEMU_UNSAFE("cudaMalloc");
   *p = track(n, g_dev);
   return *p ? cudaSuccess : g_last_error = cudaErrorMemoryAllocation;
@@ -467,6 +502,10 @@ cudaError_t cudaMalloc(void **p, size_t n) {
 // cudaFree and cudaFreeHost wait for the device first (as the runtime does when memory is freed).
 cudaError_t cudaFree(void *p) {
   CUEMU_UNSAFE("cudaFree");
+  if (fault_of(g_dev) != cudaSuccess) {  // the memory is released, and the fault reported
+    untrack(p);
+    return fault_of(g_dev);
+  }
   drain_all();
   untrack(p);
   return cudaSuccess;
@@ -495,6 +534,7 @@ static void do_memset(void *p, int v, size_t n) {
 // Synchronous cudaMemset of device memory is asynchronous with respect to the host: it is
 // legacy-stream work like any other.
 cudaError_t cudaMemset(void *p, int v, size_t n) {
+  CUEMU_FAULT(g_dev);
   CUEMU_UNSAFE("cudaMemset");
   enqueue(resolve(nullptr), [=] { do_memset(p, v, n); });
   return cudaSuccess;
@@ -507,6 +547,7 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
 }
 // Synchronous cudaMemcpy: legacy-stream work that has completed when the call returns.
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
+  CUEMU_FAULT(g_dev);
   CUEMU_UNSAFE("cudaMemcpy");
   drain_blocking(g_dev);
   drain(&devices()[g_dev].legacy);
@@ -553,11 +594,22 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  s = resolve(s);
+  CUEMU_FAULT(s->device);
   CUEMU_UNSAFE("cudaStreamSynchronize");
-  drain(resolve(s));
+  drain(s);
   return cudaSuccess;
 }
+// Whether the stream's queued work has run; here the query itself never runs it.
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+  s = resolve(s);
+  CUEMU_FAULT(s->device);
+  CUEMU_UNSAFE("cudaStreamQuery");
+  if (s->completed == s->enqueued) return cudaSuccess;
+  return g_last_error = cudaErrorNotReady;
+}
 cudaError_t cudaDeviceSynchronize(void) {
+  CUEMU_FAULT(g_dev);
   CUEMU_UNSAFE("cudaDeviceSynchronize");
   drain_device(g_dev);
   return cudaSuccess;
@@ -566,6 +618,7 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
   // On the legacy stream while a blocking stream captures: an error, but only a query (the
   // capture stays valid).
   s = resolve(s);
+  CUEMU_FAULT(s->device);
   if (s->legacy && blocking_capture()) return cudaErrorStreamCaptureImplicit;
   *st = s->capturing ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
                             : cudaStreamCaptureStatusNone;
@@ -579,6 +632,12 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m) {
   s->invalidated = false;
   s->ops.clear();
   g_captures.push_back(s);
+  return cudaSuccess;
+}
+cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode *mode) {
+  const cudaStreamCaptureMode previous = g_thread_mode;
+  g_thread_mode = *mode;
+  *mode = previous;
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
@@ -641,6 +700,7 @@ static bool event_done(cudaEvent_t e) { return e->stream == nullptr || e->stream
 // and must not leak the second to their own callers; the other times the "GPU" finishes that work
 // and the query answers "ready".
 cudaError_t cudaEventQuery(cudaEvent_t e) {
+  CUEMU_FAULT(e->device);
   CUEMU_UNSAFE("cudaEventQuery");
   if (event_done(e)) return cudaSuccess;
   static bool ready = false;
@@ -650,6 +710,7 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  CUEMU_FAULT(e->device);
   CUEMU_UNSAFE("cudaEventSynchronize");
   if (!event_done(e)) run_until(e->stream, e->target);
   return cudaSuccess;

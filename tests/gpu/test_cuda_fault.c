@@ -1,0 +1,149 @@
+/* A sticky device fault on a CUDA cache's device. After a kernel faults, the device's CUDA context
+ * is unusable: every later runtime call returns the fault. The cache must report it through the
+ * asynchronous error (a sticky KVP_ERR_DEVICE that names the CUDA error), refuse further work
+ * with KVP_ERR_DEVICE_LOST, refuse to clear it, and still be destroyable; CPU caches carry on.
+ *
+ * Its own program, because the fault breaks the device for the rest of the process. On a GPU the
+ * fault is real: a key tensor that points at an unmapped device address. Under the emulated
+ * runtime (tests/gpu/cuemu) it is injected. Skips without a GPU ("kvpages: no CUDA device"). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "support.h"
+
+#if KVP_HAS_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static int have_gpu(void) {
+  int32_t n = 0;
+  assert_kvp_ok(kvp_device_count(&n));
+  if (!KVP_HAS_CUDA || n == 0) {
+    printf("kvpages: no CUDA device\n");
+    return 0;
+  }
+  return 1;
+}
+
+#if KVP_HAS_CUDA
+
+#define CUDA_OK(expr)                                                           \
+  do {                                                                          \
+    cudaError_t e_ = (expr);                                                    \
+    if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_)); \
+  } while (0)
+
+static kvp_tensor tensor(void *data, int64_t T, int64_t H, int64_t D, kvp_device_type dev) {
+  kvp_tensor t;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.dtype = KVP_DTYPE_BF16;
+  t.ndim = 3;
+  t.shape[0] = T;
+  t.shape[1] = H;
+  t.shape[2] = D;
+  t.strides[0] = H * D;
+  t.strides[1] = D;
+  t.strides[2] = 1;
+  t.device_type = dev;
+  return t;
+}
+
+static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **state) {
+  (void)state;
+  if (!have_gpu()) {
+    skip();
+    return;
+  }
+  const int64_t H = 2, D = 128, T = 4;
+  kvp_config cfg = kvp_test_config(1, H, D, 16, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache_options o;
+  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
+  o.device_type = KVP_DEVICE_CUDA;
+  kvp_cache *gpu = NULL, *cpu = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, &o, &gpu));
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &cpu));
+  int32_t page = 1;
+  kvp_batch_request req = {0, T, &page, 1};
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(&cfg, &req, 1, NULL, NULL, &md));
+
+  const size_t bytes = (size_t)(T * H * D * 2);
+  void *dk = NULL, *dv = NULL;
+  CUDA_OK(cudaMalloc(&dk, bytes));
+  CUDA_OK(cudaMalloc(&dv, bytes));
+  CUDA_OK(cudaMemset(dk, 0x3F, bytes));
+  CUDA_OK(cudaMemset(dv, 0x3F, bytes));
+  CUDA_OK(cudaDeviceSynchronize());
+  kvp_tensor k = tensor(dk, T, H, D, KVP_DEVICE_CUDA), v = tensor(dv, T, H, D, KVP_DEVICE_CUDA);
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &k, &v, md, NULL));
+  CUDA_OK(cudaDeviceSynchronize());
+  kvp_status async = -1;
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_OK);
+
+  /* The fault. */
+#if defined(CUEMU_RUNTIME)
+  CUDA_OK(cuemu_inject_fault(0));
+#else
+  kvp_tensor bad = k;
+  bad.data = (void *)(uintptr_t)0x1000; /* 16-byte aligned, never mapped */
+  assert_kvp_ok(kvp_concatenate(gpu, 0, &bad, &v, md, NULL)); /* enqueued; the kernel faults */
+  assert_int_not_equal(cudaDeviceSynchronize(), cudaSuccess);
+#endif
+
+  /* Reported as a sticky device error that names the CUDA error. */
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_ERR_DEVICE);
+  const char *msg = kvp_last_error_message();
+  printf("async error: %s\n", msg);
+  assert_non_null(strstr(msg, "sticky fault"));
+  assert_non_null(strstr(msg, "cudaError"));
+  /* Every call that would use the device is refused; the error cannot be cleared. */
+  assert_kvp_status(kvp_concatenate(gpu, 0, &k, &v, md, NULL), KVP_ERR_DEVICE_LOST, "sticky fault");
+  uint8_t *host = (uint8_t *)malloc(bytes);
+  assert_non_null(host);
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(gpu, &li));
+  uint8_t *layer = (uint8_t *)malloc((size_t)li.layer_bytes);
+  assert_non_null(layer);
+  assert_kvp_status(kvp_cache_read_layer(gpu, 0, layer, (size_t)li.layer_bytes, NULL), KVP_ERR_DEVICE_LOST,
+                    "destroy the cache");
+  assert_kvp_status(kvp_cache_clear_async_error(gpu), KVP_ERR_DEVICE_LOST, "sticky device fault");
+  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+  assert_int_equal(async, KVP_ERR_DEVICE);
+
+  /* A CPU cache is unaffected. */
+  memset(host, 0x3F, bytes);
+  kvp_tensor hk = tensor(host, T, H, D, KVP_DEVICE_CPU), hv = tensor(host, T, H, D, KVP_DEVICE_CPU);
+  assert_kvp_ok(kvp_concatenate(cpu, 0, &hk, &hv, md, NULL));
+  assert_kvp_ok(kvp_cache_read_layer(cpu, 0, layer, (size_t)li.layer_bytes, NULL));
+
+  /* The faulted cache can still be destroyed (its frees report the fault, which is ignored). */
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  (void)cudaFree(dk);
+  (void)cudaFree(dv);
+  free(host);
+  free(layer);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
+#else /* !KVP_HAS_CUDA */
+
+static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **state) {
+  (void)state;
+  have_gpu();
+  skip();
+}
+
+#endif
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cuda_fault__sticky_fault_is_reported_and_refuses_work),
+  };
+  return cmocka_run_group_tests_name("cuda_fault", tests, NULL, NULL);
+}
