@@ -98,8 +98,10 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
                        FAIL_REGULAR_EXPRESSION "no CUDA device")
   # The Python binding's CUDA paths (DLPack producers of device memory, streams, layer copies)
   # against the emulated library; needs python3 with numpy and pytest (scripts/install-deps.sh).
+  # Not in sanitizer builds: python3 cannot load an ASan-instrumented library without preloading
+  # the ASan runtime.
   find_package(Python3 COMPONENTS Interpreter)
-  if(Python3_Interpreter_FOUND)
+  if(Python3_Interpreter_FOUND AND NOT KVPAGES_SANITIZE)
     add_test(NAME cuemu.python_binding
              COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
                      ${PROJECT_SOURCE_DIR}/bindings/python/tests/test_cuda_emulated.py)
