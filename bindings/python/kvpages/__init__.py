@@ -8,10 +8,10 @@ Handles (:class:`Cache`, :class:`Metadata`) are released exactly once: by ``clos
 :class:`KvpError` (or its subclass for the code) carrying the code, its name and the library's
 message for the failing call.
 
-Zero-copy numpy access to the pages: :meth:`Cache.numpy` (buffer protocol) and
-:meth:`Cache.export_dlpack` (``numpy.from_dlpack``, ``torch.from_dlpack`` for CUDA caches). Both keep the cache alive while an array
-uses its memory, and :meth:`Cache.close` refuses to destroy a cache whose memory is still
-referenced by an array.
+Zero-copy access to the pages: :meth:`Cache.numpy` (buffer protocol) and
+:meth:`Cache.export_dlpack` (``numpy.from_dlpack``; ``torch.from_dlpack`` for CUDA caches). Both
+keep the cache alive while an array uses its memory, and :meth:`Cache.close` refuses to destroy a
+cache whose memory is still referenced by an array.
 
 The page pool (:class:`Pool`, ``kvpages/pool.h``) hands a cache's pages to sequences
 (:class:`SeqId`), shares them by fork and reuses them across prompts by prefix hash. A pool keeps
@@ -27,6 +27,7 @@ layer's bytes to and from the host.
 import collections
 import ctypes
 import ctypes.util
+import operator
 import os
 import threading
 import weakref
@@ -571,8 +572,11 @@ def _stream_handle(stream):
         if hasattr(stream, attr):
             stream = getattr(stream, attr)
             break
-    if not isinstance(stream, int):
-        raise InvalidArgument(1, "stream must be None, an int cudaStream_t, or an object with cuda_stream or ptr")
+    try:
+        stream = operator.index(stream)  # int, numpy integer, ...
+    except TypeError:
+        raise InvalidArgument(1, "stream must be None, an int cudaStream_t, or an object with cuda_stream or "
+                                 "ptr; got %s" % type(stream).__name__) from None
     return _vp(stream) if stream != 0 else None
 
 
