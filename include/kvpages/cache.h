@@ -198,7 +198,11 @@ KVP_API kvp_status KVP_CALL kvp_cache_get_view(const kvp_cache *cache, uint32_t 
  *
  * CPU caches never have one. A CUDA cache records here device faults and device-side validation
  * failures of earlier calls; while one is set every other call except kvp_cache_destroy(),
- * this function and kvp_cache_clear_async_error() returns ::KVP_ERR_DEVICE_LOST.
+ * this function and kvp_cache_clear_async_error() returns ::KVP_ERR_DEVICE_LOST. For a CUDA cache
+ * this call also asks the runtime (one query of the cache's idle internal stream, in relaxed
+ * capture mode, so a graph capture in progress stays valid) whether the device has a sticky fault
+ * (an illegal address and the like, left by any kernel on that device); such a fault is recorded
+ * as a sticky ::KVP_ERR_DEVICE that names the CUDA error and cannot be cleared.
  *
  * @param[in] cache Cache handle.
  * @param[out] out ::KVP_OK or the recorded error code, not NULL.

@@ -87,7 +87,8 @@ KVP_BEGIN_DECLS
  *         in what is left of the cache's graph staging arena (pass device-resident metadata when
  *         capturing). Nothing is enqueued and the capture stays valid.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
- * @retval KVP_ERR_DEVICE A CUDA launch failed.
+ * @retval KVP_ERR_DEVICE A CUDA call failed (a sticky device fault is also recorded as the
+ *         cache's asynchronous error, see kvp_cache_get_async_error()).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory for the validation scratch was exhausted; the cache
  *         is unchanged.
  * @ownership Borrows everything for the duration of the call (CUDA: until the stream reaches
