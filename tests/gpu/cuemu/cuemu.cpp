@@ -500,15 +500,12 @@ cudaError_t cudaMalloc(void **p, size_t n) {
   return *p ? cudaSuccess : g_last_error = cudaErrorMemoryAllocation;
 }
 // cudaFree and cudaFreeHost wait for the device first (as the runtime does when memory is freed).
+// On a device with a sticky fault the memory is still released, and the fault reported.
 cudaError_t cudaFree(void *p) {
   CUEMU_UNSAFE("cudaFree");
-  if (fault_of(g_dev) != cudaSuccess) {  // the memory is released, and the fault reported
-    untrack(p);
-    return fault_of(g_dev);
-  }
   drain_all();
   untrack(p);
-  return cudaSuccess;
+  return fault_of(g_dev);
 }
 cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
   CUEMU_UNSAFE("cudaHostAlloc");
