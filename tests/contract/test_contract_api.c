@@ -71,19 +71,7 @@ static uint16_t g_value[T_NEW * HEADS * HEAD_DIM];
 static const int32_t g_tokens[16] = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26};
 
 static kvp_tensor make_tensor(uint16_t *data) {
-  kvp_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = KVP_DTYPE_BF16;
-  t.ndim = 3;
-  t.shape[0] = T_NEW;
-  t.shape[1] = HEADS;
-  t.shape[2] = HEAD_DIM;
-  t.strides[0] = HEADS * HEAD_DIM;
-  t.strides[1] = HEAD_DIM;
-  t.strides[2] = 1;
-  t.device_type = KVP_DEVICE_CPU;
-  return t;
+  return kvp_test_tensor(data, KVP_DTYPE_BF16, T_NEW, HEADS, HEAD_DIM, KVP_DEVICE_CPU);
 }
 
 static unsigned char *layer_ptr(kvp_cache *c, uint32_t layer) {

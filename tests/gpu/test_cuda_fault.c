@@ -33,22 +33,6 @@ static int have_gpu(void) {
     if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_)); \
   } while (0)
 
-static kvp_tensor tensor(void *data, int64_t T, int64_t H, int64_t D, kvp_device_type dev) {
-  kvp_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = KVP_DTYPE_BF16;
-  t.ndim = 3;
-  t.shape[0] = T;
-  t.shape[1] = H;
-  t.shape[2] = D;
-  t.strides[0] = H * D;
-  t.strides[1] = D;
-  t.strides[2] = 1;
-  t.device_type = dev;
-  return t;
-}
-
 static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **state) {
   (void)state;
   if (!have_gpu()) {
@@ -75,7 +59,8 @@ static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **st
   CUDA_OK(cudaMemset(dk, 0x3F, bytes));
   CUDA_OK(cudaMemset(dv, 0x3F, bytes));
   CUDA_OK(cudaDeviceSynchronize());
-  kvp_tensor k = tensor(dk, T, H, D, KVP_DEVICE_CUDA), v = tensor(dv, T, H, D, KVP_DEVICE_CUDA);
+  kvp_tensor k = kvp_test_tensor(dk, KVP_DTYPE_BF16, T, H, D, KVP_DEVICE_CUDA);
+  kvp_tensor v = kvp_test_tensor(dv, KVP_DTYPE_BF16, T, H, D, KVP_DEVICE_CUDA);
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k, &v, md, NULL));
   CUDA_OK(cudaDeviceSynchronize());
   kvp_status async = -1;
@@ -117,7 +102,8 @@ static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **st
 
   /* A CPU cache is unaffected. */
   memset(host, 0x3F, bytes);
-  kvp_tensor hk = tensor(host, T, H, D, KVP_DEVICE_CPU), hv = tensor(host, T, H, D, KVP_DEVICE_CPU);
+  kvp_tensor hk = kvp_test_tensor(host, KVP_DTYPE_BF16, T, H, D, KVP_DEVICE_CPU);
+  kvp_tensor hv = hk;
   assert_kvp_ok(kvp_concatenate(cpu, 0, &hk, &hv, md, NULL));
   assert_kvp_ok(kvp_cache_read_layer(cpu, 0, layer, (size_t)li.layer_bytes, NULL));
 

@@ -79,3 +79,19 @@ kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, i
   if (cfg.num_pages != num_pages) fail_msg("kvp_test_config: got %lld pages", (long long)cfg.num_pages);
   return cfg;
 }
+
+kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device) {
+  kvp_tensor t;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.dtype = dtype;
+  t.ndim = 3;
+  t.shape[0] = T;
+  t.shape[1] = H;
+  t.shape[2] = D;
+  t.strides[0] = H * D;
+  t.strides[1] = D;
+  t.strides[2] = 1;
+  t.device_type = device;
+  return t;
+}

@@ -152,20 +152,8 @@ static void write_through_concatenate(fixture *f, const kvp_seq_id *seqs, int32_
           }
       }
     }
-    kvp_tensor kt, vt;
-    memset(&kt, 0, sizeof kt);
-    kt.data = kbuf;
-    kt.dtype = KVP_DTYPE_F32;
-    kt.ndim = 3;
-    kt.shape[0] = (int64_t)total;
-    kt.shape[1] = HEADS;
-    kt.shape[2] = HDIM;
-    kt.strides[0] = HEADS * HDIM;
-    kt.strides[1] = HDIM;
-    kt.strides[2] = 1;
-    kt.device_type = KVP_DEVICE_CPU;
-    vt = kt;
-    vt.data = vbuf;
+    kvp_tensor kt = kvp_test_tensor(kbuf, KVP_DTYPE_F32, (int64_t)total, HEADS, HDIM, KVP_DEVICE_CPU);
+    kvp_tensor vt = kvp_test_tensor(vbuf, KVP_DTYPE_F32, (int64_t)total, HEADS, HDIM, KVP_DEVICE_CPU);
     assert_kvp_ok(kvp_concatenate(f->cache, (uint32_t)layer, &kt, &vt, md, NULL));
   }
   test_free(kbuf);
