@@ -22,12 +22,6 @@ static int have_gpu(void) {
 
 #if KVP_HAS_CUDA
 
-#define CUDA_OK(expr)                                                                   \
-  do {                                                                                  \
-    cudaError_t e_ = (expr);                                                            \
-    if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_));         \
-  } while (0)
-
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
 

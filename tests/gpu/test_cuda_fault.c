@@ -27,12 +27,6 @@ static int have_gpu(void) {
 
 #if KVP_HAS_CUDA
 
-#define CUDA_OK(expr)                                                           \
-  do {                                                                          \
-    cudaError_t e_ = (expr);                                                    \
-    if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_)); \
-  } while (0)
-
 static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **state) {
   (void)state;
   if (!have_gpu()) {

@@ -51,6 +51,14 @@ int64_t kvp_test_rand_range(uint64_t *state, int64_t lo, int64_t hi);
 kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                            int64_t num_pages, kvp_dtype dtype, kvp_layout layout);
 
+/* For GPU tests that include <cuda_runtime_api.h>: fails the test, naming the call, unless it
+ * returned cudaSuccess. */
+#define CUDA_OK(expr)                                                           \
+  do {                                                                          \
+    cudaError_t e_ = (expr);                                                    \
+    if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_)); \
+  } while (0)
+
 /* A contiguous row-major [T, H, D] tensor descriptor over `data` (device_id 0). */
 kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device);
 
