@@ -316,6 +316,11 @@ extern "C" {
         -> kvp_status;
     pub fn kvp_cache_export_dlpack(cache: *mut kvp_cache, layer: u32, kind: kvp_view_kind, flags: u32,
                                    out: *mut *mut DLManagedTensor) -> kvp_status;
+    pub fn kvp_device_count(out: *mut i32) -> kvp_status;
+    pub fn kvp_cache_read_layer(cache: *const kvp_cache, layer: u32, host_dst: *mut c_void, cap: usize,
+                                stream: kvp_stream) -> kvp_status;
+    pub fn kvp_cache_write_layer(cache: *mut kvp_cache, layer: u32, host_src: *const c_void, size: usize,
+                                 stream: kvp_stream) -> kvp_status;
 
     pub fn kvp_batch_options_init(opts: *mut kvp_batch_options, struct_size: u32) -> kvp_status;
     pub fn kvp_metadata_build(cfg: *const kvp_config, requests: *const kvp_batch_request, num_requests: u32,

@@ -13,7 +13,7 @@
 use std::ffi::CStr;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_void};
 use std::ptr::{self, NonNull};
 
 pub use kvpages_sys as sys;
@@ -205,13 +205,86 @@ pub struct Cache {
 unsafe impl Send for Cache {}
 unsafe impl Sync for Cache {}
 
+/// Where a cache's pages live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// Host memory.
+    Cpu,
+    /// Memory of CUDA device `n` (the ordinal); needs a kvpages built with CUDA and a GPU.
+    Cuda(i32),
+}
+
+/// `kvp_device_count`: usable CUDA devices (0 without CUDA, a driver or a GPU).
+pub fn device_count() -> Result<i32> {
+    let mut n = 0i32;
+    check(unsafe { sys::kvp_device_count(&mut n) })?;
+    Ok(n)
+}
+
 impl Cache {
     /// `kvp_cache_create` on the CPU.
     pub fn new(config: &Config) -> Result<Cache> {
+        Cache::new_on(config, Device::Cpu)
+    }
+
+    /// `kvp_cache_create` on `device`. Without that CUDA device the error kind is
+    /// [`ErrorKind::NoDevice`].
+    pub fn new_on(config: &Config, device: Device) -> Result<Cache> {
+        let mut opts = std::mem::MaybeUninit::<sys::kvp_cache_options>::zeroed();
+        check(unsafe { sys::kvp_cache_options_init(opts.as_mut_ptr(), std::mem::size_of::<sys::kvp_cache_options>() as u32) })?;
+        let mut opts = unsafe { opts.assume_init() };
+        match device {
+            Device::Cpu => opts.device_type = sys::KVP_DEVICE_CPU,
+            Device::Cuda(n) => {
+                opts.device_type = sys::KVP_DEVICE_CUDA;
+                opts.device_id = n;
+            }
+        }
         let mut out: *mut sys::kvp_cache = ptr::null_mut();
-        check(unsafe { sys::kvp_cache_create(&config.raw, ptr::null(), &mut out) })?;
+        check(unsafe { sys::kvp_cache_create(&config.raw, &opts, &mut out) })?;
         let ptr = NonNull::new(out).ok_or_else(|| Error::new(sys::KVP_ERR_INTERNAL, "kvp_cache_create returned NULL"))?;
         Ok(Cache { ptr })
+    }
+
+    /// Bytes of one layer.
+    pub fn layer_bytes(&self) -> Result<usize> {
+        let mut li = sys::kvp_layout_info { struct_size: std::mem::size_of::<sys::kvp_layout_info>() as u32,
+                                            ..Default::default() };
+        check(unsafe { sys::kvp_cache_get_layout(self.ptr.as_ptr(), &mut li) })?;
+        Ok(li.layer_bytes as usize)
+    }
+
+    /// `kvp_cache_read_layer`: a copy of one layer's bytes (for a CUDA cache, on the device's
+    /// legacy default stream, waited for).
+    pub fn read_layer(&self, layer: u32) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.layer_bytes()?];
+        check(unsafe {
+            sys::kvp_cache_read_layer(self.ptr.as_ptr(), layer, out.as_mut_ptr() as *mut c_void, out.len(),
+                                      ptr::null_mut())
+        })?;
+        Ok(out)
+    }
+
+    /// `kvp_cache_write_layer`: replaces one layer's bytes (`data` must hold exactly
+    /// [`Cache::layer_bytes`]).
+    pub fn write_layer(&mut self, layer: u32, data: &[u8]) -> Result<()> {
+        check(unsafe {
+            sys::kvp_cache_write_layer(self.ptr.as_ptr(), layer, data.as_ptr() as *const c_void, data.len(),
+                                       ptr::null_mut())
+        })
+    }
+
+    /// `kvp_concatenate` with caller-described tensors and stream: the way to write a CUDA cache
+    /// from device memory (any supported dtype, any strides).
+    ///
+    /// # Safety
+    /// `key` and `value` must describe memory that is valid for their shape and strides, on the
+    /// cache's device, and that stays valid and unchanged until the work is done: when the call
+    /// returns for a CPU cache, when `stream` reaches it for a CUDA cache. `stream` must be null
+    /// (the device's legacy default stream) or a live `cudaStream_t` of the cache's device.
+    pub unsafe fn concatenate_raw(&mut self, layer: u32, key: &sys::kvp_tensor, value: &sys::kvp_tensor,
+                                  metadata: &Metadata, stream: *mut c_void) -> Result<()> {
+        check(sys::kvp_concatenate(self.ptr.as_ptr(), layer, key, value, metadata.ptr.as_ptr(), stream))
     }
 
     /// The raw handle (still owned by this object).

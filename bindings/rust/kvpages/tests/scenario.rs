@@ -153,3 +153,60 @@ fn dlpack_export_describes_the_view_zero_copy() {
     assert_eq!(x, token(0, 1, 3));
     assert_eq!(cache.export_dlpack(5, KVP_VIEW_KEYS).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn layers_copy_through_the_host_and_raw_concatenate_matches() {
+    let cfg = config();
+    let mut a = Cache::new(&cfg).unwrap();
+    let (md, key, value) = write_batch(&mut a, &cfg);
+    // The raw entry point (what a CUDA cache is written with, here on host memory) gives the same
+    // bytes as the slice one.
+    let mut b = Cache::new_on(&cfg, Device::Cpu).unwrap();
+    let tensor = |data: &[f32]| {
+        let mut t = sys::kvp_tensor {
+            data: data.as_ptr() as *mut _,
+            dtype: KVP_DTYPE_F32,
+            ndim: 3,
+            shape: [0; sys::KVP_MAX_DIMS],
+            strides: [0; sys::KVP_MAX_DIMS],
+            device_type: sys::KVP_DEVICE_CPU,
+            device_id: 0,
+        };
+        t.shape[..3].copy_from_slice(&[4, H as i64, D as i64]);
+        t.strides[..3].copy_from_slice(&[(H * D) as i64, D as i64, 1]);
+        t
+    };
+    let (k, v) = (tensor(&key), tensor(&value));
+    unsafe { b.concatenate_raw(1, &k, &v, &md, std::ptr::null_mut()) }.unwrap();
+    let bytes = a.read_layer(1).unwrap();
+    assert_eq!(bytes.len(), a.layer_bytes().unwrap());
+    assert!(bytes.iter().any(|&x| x != 0));
+    assert_eq!(b.read_layer(1).unwrap(), bytes);
+    // write_layer replaces a layer; a wrong size or layer is refused and changes nothing.
+    let mut c = Cache::new(&cfg).unwrap();
+    c.write_layer(0, &bytes).unwrap();
+    assert_eq!(c.read_layer(0).unwrap(), bytes);
+    let err = c.write_layer(0, &bytes[1..]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message.contains(&bytes.len().to_string()), "message: {}", err.message);
+    assert_eq!(c.write_layer(2, &bytes).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(c.read_layer(0).unwrap(), bytes);
+    assert!(c.read_layer(1).unwrap().iter().all(|&x| x == 0));
+}
+
+#[test]
+fn cuda_cache_needs_a_device() {
+    let cfg = config();
+    let n = device_count().unwrap();
+    match Cache::new_on(&cfg, Device::Cuda(n)) {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::NoDevice);
+            assert!(e.message.contains(&n.to_string()), "message: {}", e.message);
+        }
+        Ok(_) => panic!("a cache on CUDA device {} of {} was created", n, n),
+    }
+    if n > 0 {
+        let c = Cache::new_on(&cfg, Device::Cuda(0)).unwrap();
+        assert!(c.read_layer(0).unwrap().iter().all(|&x| x == 0));
+    }
+}
