@@ -71,6 +71,8 @@ var (
 	ErrOutOfMemory     = sentinel(C.KVP_ERR_OUT_OF_MEMORY)
 	ErrOutOfPages      = sentinel(C.KVP_ERR_OUT_OF_PAGES)
 	ErrDeviceLost      = sentinel(C.KVP_ERR_DEVICE_LOST)
+	ErrDevice          = sentinel(C.KVP_ERR_DEVICE)
+	ErrNoDevice        = sentinel(C.KVP_ERR_NO_DEVICE)
 	ErrInternal        = sentinel(C.KVP_ERR_INTERNAL)
 )
 
@@ -150,13 +152,88 @@ type Cache struct{ p *C.kvp_cache }
 
 // NewCache calls kvp_cache_create (CPU).
 func NewCache(cfg *Config) (*Cache, error) {
+	return newCache(cfg, nil)
+}
+
+// NewCacheOnDevice calls kvp_cache_create on CUDA device `device`; without it the error is
+// ErrNoDevice. Write such a cache from device memory through the C API (kvp_concatenate with a
+// stream); ReadLayer and WriteLayer work for it as for a CPU cache.
+func NewCacheOnDevice(cfg *Config, device int) (*Cache, error) {
+	o := (*C.kvp_cache_options)(C.calloc(1, C.size_t(unsafe.Sizeof(C.kvp_cache_options{}))))
+	defer C.free(unsafe.Pointer(o))
+	if err := call(func() C.kvp_status {
+		return C.kvp_cache_options_init(o, C.uint32_t(unsafe.Sizeof(C.kvp_cache_options{})))
+	}); err != nil {
+		return nil, err
+	}
+	o.device_type = C.KVP_DEVICE_CUDA
+	o.device_id = C.int32_t(device)
+	return newCache(cfg, o)
+}
+
+func newCache(cfg *Config, o *C.kvp_cache_options) (*Cache, error) {
 	var out *C.kvp_cache
-	if err := call(func() C.kvp_status { return C.kvp_cache_create(&cfg.raw, nil, &out) }); err != nil {
+	if err := call(func() C.kvp_status { return C.kvp_cache_create(&cfg.raw, o, &out) }); err != nil {
 		return nil, err
 	}
 	c := &Cache{p: out}
 	runtime.SetFinalizer(c, (*Cache).finalize)
 	return c, nil
+}
+
+// DeviceCount calls kvp_device_count: usable CUDA devices (0 without CUDA, a driver or a GPU).
+func DeviceCount() (int, error) {
+	var n C.int32_t
+	err := call(func() C.kvp_status { return C.kvp_device_count(&n) })
+	return int(n), err
+}
+
+// LayerBytes is the size of one layer in bytes.
+func (c *Cache) LayerBytes() (int, error) {
+	p, err := c.handle()
+	if err != nil {
+		return 0, err
+	}
+	var li C.kvp_layout_info
+	li.struct_size = C.uint32_t(unsafe.Sizeof(li))
+	err = call(func() C.kvp_status { return C.kvp_cache_get_layout(p, &li) })
+	runtime.KeepAlive(c)
+	return int(li.layer_bytes), err
+}
+
+// ReadLayer calls kvp_cache_read_layer: a copy of one layer's bytes (CPU or CUDA cache).
+func (c *Cache) ReadLayer(layer uint32) ([]byte, error) {
+	n, err := c.LayerBytes()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, n)
+	p, _ := c.handle()
+	err = call(func() C.kvp_status {
+		return C.kvp_cache_read_layer(p, C.uint32_t(layer), unsafe.Pointer(&out[0]), C.size_t(n), nil)
+	})
+	runtime.KeepAlive(c)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// WriteLayer calls kvp_cache_write_layer: data must hold exactly LayerBytes bytes.
+func (c *Cache) WriteLayer(layer uint32, data []byte) error {
+	p, err := c.handle()
+	if err != nil {
+		return err
+	}
+	var src unsafe.Pointer
+	if len(data) > 0 {
+		src = unsafe.Pointer(&data[0])
+	}
+	err = call(func() C.kvp_status {
+		return C.kvp_cache_write_layer(p, C.uint32_t(layer), src, C.size_t(len(data)), nil)
+	})
+	runtime.KeepAlive(c)
+	return err
 }
 
 // finalizedHook, when set (by tests), is called with the C pointer of each handle a finalizer

@@ -3,6 +3,7 @@ package kvpages
 import (
 	"errors"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -208,4 +209,71 @@ func TestErrorsArePerThread(t *testing.T) {
 		}(uint32(2 + i))
 	}
 	wg.Wait()
+}
+
+func TestLayersCopyThroughTheHost(t *testing.T) {
+	cfg := newConfig(t)
+	a, err := NewCache(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	md, _, _ := writeBatch(t, a, cfg)
+	defer md.Close()
+	bytes, err := a.ReadLayer(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := a.LayerBytes()
+	nonzero := false
+	for _, x := range bytes {
+		nonzero = nonzero || x != 0
+	}
+	if len(bytes) != n || !nonzero {
+		t.Fatalf("layer 1: %d bytes (want %d), any non-zero: %v", len(bytes), n, nonzero)
+	}
+	b, err := NewCache(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteLayer(0, bytes); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.ReadLayer(0); string(got) != string(bytes) {
+		t.Fatal("layer 0 differs from what was written")
+	}
+	// A wrong size or layer is refused and changes nothing.
+	err = b.WriteLayer(0, bytes[1:])
+	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), strconv.Itoa(n)) {
+		t.Fatalf("short write: %v", err)
+	}
+	if err := b.WriteLayer(2, bytes); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("layer 2: %v", err)
+	}
+	if got, _ := b.ReadLayer(0); string(got) != string(bytes) {
+		t.Fatal("a refused write changed layer 0")
+	}
+}
+
+func TestCudaCacheNeedsADevice(t *testing.T) {
+	cfg := newConfig(t)
+	n, err := DeviceCount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCacheOnDevice(cfg, n)
+	if c != nil || !errors.Is(err, ErrNoDevice) || !strings.Contains(err.Error(), strconv.Itoa(n)) {
+		t.Fatalf("CUDA device %d of %d: cache %v, error %v", n, n, c, err)
+	}
+	if n > 0 {
+		g, err := NewCacheOnDevice(cfg, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if _, err := g.ReadLayer(0); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

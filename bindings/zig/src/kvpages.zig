@@ -227,14 +227,62 @@ pub const View = struct {
     }
 };
 
+/// Where a cache's pages live.
+pub const Device = union(enum) {
+    cpu,
+    /// CUDA device ordinal; needs a kvpages built with CUDA and a GPU.
+    cuda: i32,
+};
+
+/// `kvp_device_count`: usable CUDA devices (0 without CUDA, a driver or a GPU).
+pub fn deviceCount() Error!i32 {
+    var n: i32 = 0;
+    try check(c.kvp_device_count(&n));
+    return n;
+}
+
 /// Owns a `kvp_cache` (a distinct opaque type per handle kind). Call `deinit` exactly once.
 pub const Cache = struct {
     handle: *c.kvp_cache,
 
     pub fn init(cfg: *const Config) Error!Cache {
+        return initOn(cfg, .cpu);
+    }
+
+    /// A cache on `device` (`error.NoDevice` without that CUDA device). Write a CUDA cache from
+    /// device memory through the C API (`c.kvp_concatenate` with a stream); `readLayer` and
+    /// `writeLayer` work for it as for a CPU cache.
+    pub fn initOn(cfg: *const Config, device: Device) Error!Cache {
+        var o: c.kvp_cache_options = undefined;
+        try check(c.kvp_cache_options_init(&o, @sizeOf(c.kvp_cache_options)));
+        switch (device) {
+            .cpu => o.device_type = c.KVP_DEVICE_CPU,
+            .cuda => |n| {
+                o.device_type = c.KVP_DEVICE_CUDA;
+                o.device_id = n;
+            },
+        }
         var out: ?*c.kvp_cache = null;
-        try check(c.kvp_cache_create(&cfg.raw, null, &out));
+        try check(c.kvp_cache_create(&cfg.raw, &o, &out));
         return .{ .handle = out.? };
+    }
+
+    /// Bytes of one layer.
+    pub fn layerBytes(self: *const Cache) Error!usize {
+        var li = std.mem.zeroes(c.kvp_layout_info);
+        li.struct_size = @sizeOf(c.kvp_layout_info);
+        try check(c.kvp_cache_get_layout(self.handle, &li));
+        return @intCast(li.layer_bytes);
+    }
+
+    /// `kvp_cache_read_layer`: copies one layer's bytes into `out` (at least `layerBytes()`).
+    pub fn readLayer(self: *const Cache, layer: u32, out: []u8) Error!void {
+        try check(c.kvp_cache_read_layer(self.handle, layer, out.ptr, out.len, null));
+    }
+
+    /// `kvp_cache_write_layer`: replaces one layer's bytes (`data.len` must be `layerBytes()`).
+    pub fn writeLayer(self: *Cache, layer: u32, data: []const u8) Error!void {
+        try check(c.kvp_cache_write_layer(self.handle, layer, data.ptr, data.len, null));
     }
 
     pub fn deinit(self: *Cache) void {
@@ -532,6 +580,35 @@ test "error path: code, message, nothing changed" {
     try std.testing.expectError(error.InvalidArgument, Config.create(.{ .num_hidden_layers = 0, .num_kv_heads = 1, .max_model_length = 8, .head_dim = 64, .budget_bytes = 1 << 20 }));
     try std.testing.expect(lastErrorMessage().len > 0);
     try std.testing.expectEqual(error.Unknown, statusError(77));
+}
+
+test "layers copy through the host; a CUDA cache needs a device" {
+    const cfg = try testConfig();
+    var a = try Cache.init(&cfg);
+    defer a.deinit();
+    var batch: Batch = undefined;
+    try writeBatch(&a, &cfg, &batch);
+    defer batch.md.deinit();
+    const n = try a.layerBytes();
+    const bytes = try std.testing.allocator.alloc(u8, n);
+    defer std.testing.allocator.free(bytes);
+    const back = try std.testing.allocator.alloc(u8, n);
+    defer std.testing.allocator.free(back);
+    try a.readLayer(1, bytes);
+    try std.testing.expect(std.mem.indexOfNone(u8, bytes, &.{0}) != null);
+    var b = try Cache.initOn(&cfg, .cpu);
+    defer b.deinit();
+    try b.writeLayer(0, bytes);
+    try b.readLayer(0, back);
+    try std.testing.expectEqualSlices(u8, bytes, back);
+    // A wrong size or layer is refused and changes nothing.
+    try std.testing.expectError(error.InvalidArgument, b.writeLayer(0, bytes[1..]));
+    try std.testing.expectError(error.InvalidArgument, b.writeLayer(2, bytes));
+    try std.testing.expectError(error.BufferTooSmall, b.readLayer(0, back[1..]));
+    try b.readLayer(0, back);
+    try std.testing.expectEqualSlices(u8, bytes, back);
+    const devices = try deviceCount();
+    try std.testing.expectError(error.NoDevice, Cache.initOn(&cfg, .{ .cuda = devices }));
 }
 
 test "a destroyed handle is rejected, not freed twice" {
