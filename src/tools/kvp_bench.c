@@ -149,21 +149,10 @@ static int bench_concat_row(kvp_cache *cache, const kvp_config *cfg, int64_t tok
     rc = bench_fail("metadata");
     goto out;
   }
-  memset(&op, 0, sizeof op);
   op.cache = cache;
   op.md = md;
-  op.k.data = k;
-  op.k.dtype = KVP_DTYPE_BF16;
-  op.k.ndim = 3;
-  op.k.shape[0] = tokens;
-  op.k.shape[1] = BENCH_HEADS;
-  op.k.shape[2] = BENCH_HEAD_DIM;
-  op.k.strides[0] = (int64_t)row_elems;
-  op.k.strides[1] = BENCH_HEAD_DIM;
-  op.k.strides[2] = 1;
-  op.k.device_type = KVP_DEVICE_CPU;
-  op.v = op.k;
-  op.v.data = v;
+  op.k = kvp_tool_host_tensor(k, KVP_DTYPE_BF16, tokens, BENCH_HEADS, BENCH_HEAD_DIM);
+  op.v = kvp_tool_host_tensor(v, KVP_DTYPE_BF16, tokens, BENCH_HEADS, BENCH_HEAD_DIM);
   /* The first call touches the pages; it is not timed. */
   if (run_concat(&op) != 0 || (best = best_time(run_concat, &op, min_s)) < 0) goto out;
   memcpy(scratch, k, in_bytes); /* touch the destination once */

@@ -355,20 +355,9 @@ int kvp_cmd_demo(int argc, char **argv) {
     }
     t0 = now_s();
     for (l = 0; l < layers; ++l) {
-      kvp_tensor k, v;
-      memset(&k, 0, sizeof k);
-      k.data = kbuf + l * DEMO_TOKEN_BUDGET * DEMO_HEADS * DEMO_HEAD_DIM;
-      k.dtype = KVP_DTYPE_BF16;
-      k.ndim = 3;
-      k.shape[0] = T;
-      k.shape[1] = DEMO_HEADS;
-      k.shape[2] = DEMO_HEAD_DIM;
-      k.strides[0] = DEMO_HEADS * DEMO_HEAD_DIM;
-      k.strides[1] = DEMO_HEAD_DIM;
-      k.strides[2] = 1;
-      k.device_type = KVP_DEVICE_CPU;
-      v = k;
-      v.data = vbuf + l * DEMO_TOKEN_BUDGET * DEMO_HEADS * DEMO_HEAD_DIM;
+      const size_t off = (size_t)l * DEMO_TOKEN_BUDGET * DEMO_HEADS * DEMO_HEAD_DIM;
+      kvp_tensor k = kvp_tool_host_tensor(kbuf + off, KVP_DTYPE_BF16, T, DEMO_HEADS, DEMO_HEAD_DIM);
+      kvp_tensor v = kvp_tool_host_tensor(vbuf + off, KVP_DTYPE_BF16, T, DEMO_HEADS, DEMO_HEAD_DIM);
       if (kvp_concatenate(cache, (uint32_t)l, &k, &v, md, NULL) != KVP_OK) {
         fprintf(stderr, "kvp demo: step %d layer %" PRId64 ": %s\n", step, l, kvp_last_error_message());
         kvp_metadata_destroy(md);

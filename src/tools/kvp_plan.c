@@ -229,3 +229,19 @@ int kvp_tool_config_for_pages(kvp_config *cfg, int64_t layers, int64_t kv_heads,
   o.budget_bytes = li.page_bytes_per_layer * layers * pages;
   return kvp_config_create(&o, cfg) == KVP_OK ? 0 : 1;
 }
+
+kvp_tensor kvp_tool_host_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D) {
+  kvp_tensor t;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.dtype = dtype;
+  t.ndim = 3;
+  t.shape[0] = T;
+  t.shape[1] = H;
+  t.shape[2] = D;
+  t.strides[0] = H * D;
+  t.strides[1] = D;
+  t.strides[2] = 1;
+  t.device_type = KVP_DEVICE_CPU;
+  return t;
+}

@@ -22,6 +22,8 @@ const char *kvp_tool_fmt_bytes(int64_t bytes, char *buf, size_t cap);
  * size) and no safety margin. Returns 0 on success; otherwise kvp_last_error_message() says why. */
 int kvp_tool_config_for_pages(kvp_config *cfg, int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len,
                               int64_t page_size, kvp_dtype dtype, kvp_layout layout, int64_t pages);
+/* A contiguous row-major [T, H, D] host tensor descriptor over `data`. */
+kvp_tensor kvp_tool_host_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D);
 /* Prints a config's geometry and planning numbers as a table. Returns 0 on success. */
 int kvp_tool_print_plan(const kvp_config *cfg, const char *budget_note);
 

@@ -146,17 +146,7 @@ static void upload_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_d
                          int64_t sd) {
   CUDA_OK(cudaMalloc(&tp->dev_buf, tp->bytes));
   CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
-  memset(&tp->host, 0, sizeof tp->host);
-  tp->host.data = tp->host_buf;
-  tp->host.dtype = dt;
-  tp->host.ndim = 3;
-  tp->host.shape[0] = T;
-  tp->host.shape[1] = H;
-  tp->host.shape[2] = D;
-  tp->host.strides[0] = st;
-  tp->host.strides[1] = sh;
-  tp->host.strides[2] = sd;
-  tp->host.device_type = KVP_DEVICE_CPU;
+  tp->host = kvp_test_tensor_strided(tp->host_buf, dt, T, H, D, st, sh, sd, KVP_DEVICE_CPU);
   tp->dev = tp->host;
   tp->dev.data = tp->dev_buf;
   tp->dev.device_type = KVP_DEVICE_CUDA;

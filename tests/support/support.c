@@ -80,7 +80,8 @@ kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, i
   return cfg;
 }
 
-kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device) {
+kvp_tensor kvp_test_tensor_strided(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, int64_t st,
+                                   int64_t sh, int64_t sd, kvp_device_type device) {
   kvp_tensor t;
   memset(&t, 0, sizeof t);
   t.data = data;
@@ -89,9 +90,13 @@ kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, in
   t.shape[0] = T;
   t.shape[1] = H;
   t.shape[2] = D;
-  t.strides[0] = H * D;
-  t.strides[1] = D;
-  t.strides[2] = 1;
+  t.strides[0] = st;
+  t.strides[1] = sh;
+  t.strides[2] = sd;
   t.device_type = device;
   return t;
+}
+
+kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device) {
+  return kvp_test_tensor_strided(data, dtype, T, H, D, H * D, D, 1, device);
 }

@@ -191,17 +191,7 @@ static void make_input(input *in, kvp_dtype dt, int64_t T, int64_t H, int64_t D,
           c = 0; /* keep NaN out of the random inputs (overflowed values become inf, not NaN) */
         store_code(in->buf + (t * st + h * sh + d * sd) * sz, sz, c);
       }
-  memset(&in->t, 0, sizeof in->t);
-  in->t.data = in->buf;
-  in->t.dtype = dt;
-  in->t.ndim = 3;
-  in->t.shape[0] = T;
-  in->t.shape[1] = H;
-  in->t.shape[2] = D;
-  in->t.strides[0] = st;
-  in->t.strides[1] = sh;
-  in->t.strides[2] = sd;
-  in->t.device_type = KVP_DEVICE_CPU;
+  in->t = kvp_test_tensor_strided(in->buf, dt, T, H, D, st, sh, sd, KVP_DEVICE_CPU);
 }
 
 static uint32_t input_code(const input *in, int64_t t, int64_t h, int64_t d) {
@@ -714,17 +704,7 @@ static void lib_convert(const uint32_t *in, int64_t n, kvp_dtype sd, kvp_dtype d
     if (T > slots) T = slots;
     buf = (unsigned char *)calloc((size_t)(2 * T * D * step), (size_t)ssz);
     for (i = 0; i < 2 * T * D && done + i < n; ++i) store_code(buf + i * step * ssz, ssz, in[done + i]);
-    memset(&kt, 0, sizeof kt);
-    kt.data = buf;
-    kt.dtype = sd;
-    kt.ndim = 3;
-    kt.shape[0] = T;
-    kt.shape[1] = 1;
-    kt.shape[2] = D;
-    kt.strides[0] = D * step;
-    kt.strides[1] = D * step;
-    kt.strides[2] = step;
-    kt.device_type = KVP_DEVICE_CPU;
+    kt = kvp_test_tensor_strided(buf, sd, T, 1, D, D * step, D * step, step, KVP_DEVICE_CPU);
     vt = kt;
     vt.data = buf + T * D * step * ssz;
     sm[0] = 0;

@@ -253,17 +253,7 @@ static void test_metadata__empty_batch_writes_nothing(void **state) {
   size_t i;
   int v;
   for (i = 0; i < 16; ++i) data[i] = 1.0f + (float)i;
-  memset(&k, 0, sizeof k);
-  k.data = data;
-  k.dtype = KVP_DTYPE_F32;
-  k.ndim = 3;
-  k.shape[0] = 1;
-  k.shape[1] = 2;
-  k.shape[2] = 8;
-  k.strides[0] = 16;
-  k.strides[1] = 8;
-  k.strides[2] = 1;
-  k.device_type = KVP_DEVICE_CPU;
+  k = kvp_test_tensor(data, KVP_DTYPE_F32, 1, 2, 8, KVP_DEVICE_CPU);
   for (v = 0; v < 2; ++v) {
     kvp_layout lay = v == 0 ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2;
     cfg = kvp_test_config(1, 2, 8, 4, 5, KVP_DTYPE_F32, lay);
@@ -314,17 +304,7 @@ static void test_metadata__device_metadata_on_cpu_cache_is_rejected(void **state
   d.request_distribution = fake;
   d.request_distribution_len = 3;
   assert_kvp_ok(kvp_metadata_create(&d, &md));
-  memset(&k, 0, sizeof k);
-  k.data = data;
-  k.dtype = KVP_DTYPE_F32;
-  k.ndim = 3;
-  k.shape[0] = 1;
-  k.shape[1] = 1;
-  k.shape[2] = 8;
-  k.strides[0] = 8;
-  k.strides[1] = 8;
-  k.strides[2] = 1;
-  k.device_type = KVP_DEVICE_CPU;
+  k = kvp_test_tensor(data, KVP_DTYPE_F32, 1, 1, 8, KVP_DEVICE_CPU);
   assert_kvp_status(kvp_concatenate(cache, 0, &k, &k, md, NULL), KVP_ERR_INVALID_ARGUMENT, "CUDA device memory");
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(cache));

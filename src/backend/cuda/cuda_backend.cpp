@@ -58,6 +58,10 @@ void cuda_check(cudaError_t err, const char* function, const char* what) {
        cudaGetErrorString(err));
 }
 
+void forget_error(cudaError_t err) noexcept {
+  if (err != cudaSuccess && cudaPeekAtLastError() == err) (void)cudaGetLastError();
+}
+
 DeviceGuard::DeviceGuard(int32_t device, const char* function) {
   cuda_check(cudaGetDevice(&previous_), function, "cudaGetDevice");
   if (previous_ != device) {
@@ -329,7 +333,7 @@ void CudaBackend::poll(Cache& cache, bool check_device) {
     RelaxedCaptureMode relaxed;
     const cudaError_t err = cudaStreamQuery(aux_);
     if (err != cudaSuccess) {
-      if (cudaPeekAtLastError() == err) (void)cudaGetLastError();
+      forget_error(err);
       if (cuda_error_is_sticky(err)) {
         cache.set_async_error(KVP_ERR_DEVICE, sticky_fault_message(device_, err), true);
         return;
@@ -431,9 +435,7 @@ CudaBackend::Staging CudaBackend::begin_staging(size_t bytes, cudaStream_t strea
     // Only waits when kSlots calls are still queued on the GPU; normally the event has completed.
     cudaError_t q = cudaEventQuery(events_[i]);
     if (q == cudaErrorNotReady) {
-      // "Not ready" is also left in the thread's last-error state; take it back out, so that the
-      // caller's own cudaGetLastError() does not see an error kvpages made.
-      if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
+      forget_error(q);  // the runtime also leaves "not ready" in the thread's last-error state
       q = cudaEventSynchronize(events_[i]);
     }
     cuda_check(q, function, "cudaEventSynchronize (staging)");

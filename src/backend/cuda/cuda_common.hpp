@@ -23,6 +23,11 @@ bool cuda_error_is_sticky(cudaError_t err) noexcept;
 // err != cudaSuccess, after clearing the (non-sticky) per-thread CUDA error state.
 void cuda_check(cudaError_t err, const char* function, const char* what);
 
+// Takes `err` back out of the calling thread's last-error state when that state holds it (no-op
+// for cudaSuccess), so the caller's own cudaGetLastError() does not report an error a kvpages call
+// made and handled. A sticky error stays: the runtime does not clear those.
+void forget_error(cudaError_t err) noexcept;
+
 // Sets device `device` as the calling thread's current CUDA device for the guard's lifetime and
 // restores the caller's current device afterwards (only calls cudaSetDevice when they differ).
 class DeviceGuard {

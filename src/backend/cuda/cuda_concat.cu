@@ -104,12 +104,13 @@ int32_t rows_per_block(int64_t chunks_per_row, int64_t num_rows, int sm_count) {
 // for before its ring slot can be handed out again. Then, where the runtime can say which device
 // the stream belongs to (CUDA 12.8+), the caller's mistake is reported as such.
 void refuse_foreign_stream(CudaBackend& b, cudaStream_t s, const CudaBackend::Staging& staging, const char* fn) {
-  (void)cudaGetLastError();
-  if (staging.slot >= 0 && cudaStreamSynchronize(s) != cudaSuccess) (void)cudaGetLastError();
+  forget_error(cudaErrorInvalidResourceHandle);  // the failed launch's; it is reported below
+  if (staging.slot >= 0) forget_error(cudaStreamSynchronize(s));
 #if CUDART_VERSION >= 12080
   int stream_device = -1;
-  if (cudaStreamGetDevice(s, &stream_device) != cudaSuccess) {
-    (void)cudaGetLastError();
+  const cudaError_t err = cudaStreamGetDevice(s, &stream_device);
+  if (err != cudaSuccess) {
+    forget_error(err);
     return;
   }
   if (stream_device != b.device_id())
