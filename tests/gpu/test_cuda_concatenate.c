@@ -87,6 +87,13 @@ static void expect_same_layer(const kvp_cache *cpu, const kvp_cache *gpu, size_t
   free(want);
 }
 
+/* The cache's asynchronous error status (KVP_OK when none is recorded). */
+static kvp_status async_error_of(const kvp_cache *c) {
+  kvp_status st = KVP_ERR_INTERNAL;
+  assert_kvp_ok(kvp_cache_get_async_error(c, &st));
+  return st;
+}
+
 /* Copies len int32 values from host `src` over the device array `dev`. */
 static void upload_i32(const int32_t *dev, const int32_t *src, int64_t len) {
   CUDA_OK(cudaMemcpy((void *)dev, src, (size_t)len * 4, cudaMemcpyHostToDevice));
@@ -304,9 +311,7 @@ static void expect_both_metadata_paths(kvp_cache *cpu, kvp_cache *gpu, const ten
   expect_layer(gpu, 0, want, n, label);
   snprintf(label, sizeof label, "%s, device metadata", what);
   expect_layer(gpu, 1, want, n, label);
-  kvp_status async = -1;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   free(want);
   free_device_md(&dmd);
 }
@@ -759,9 +764,7 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
   run_graph_once(graph, s);
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   expect_same_layer(cpu, gpu, n, "replay of a capture in which layer copies were refused");
-  kvp_status async = KVP_OK;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   free(buf);
   free(junk);
   free(before);
@@ -861,9 +864,7 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mdc, NULL));
   expect_same_layer(cpu, gpu, n, "small batch captured after the arena ran out");
 
-  kvp_status async = KVP_OK;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   CUDA_OK(cudaStreamDestroy(s));
   free_input(&ka);
   free_input(&va);
@@ -985,11 +986,9 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   free_input(&k2);
   free_input(&v2);
 
-  kvp_status async = KVP_OK;
   char value_text[32];
   snprintf(value_text, sizeof value_text, "%d", (int)bad_value);
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(async_error_of(gpu), KVP_ERR_INVALID_ARGUMENT);
   if (strstr(kvp_last_error_message(), value_text) == NULL ||
       strstr(kvp_last_error_message(), layout == KVP_LAYOUT_V3 ? "page id" : "slot") == NULL)
     fail_msg("async error message '%s' does not name %s", kvp_last_error_message(), value_text);
@@ -998,8 +997,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   uint8_t *got = (uint8_t *)malloc(n);
   assert_kvp_status(kvp_cache_read_layer(gpu, 0, got, n, NULL), KVP_ERR_DEVICE_LOST, "clear");
   assert_kvp_ok(kvp_cache_clear_async_error(gpu));
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   assert_kvp_ok(kvp_cache_read_layer(gpu, 0, got, n, NULL));
   report_first_difference(got, want, n, layout == KVP_LAYOUT_V3 ? "v3 bad page id" : "v2 bad slot");
 
@@ -1013,8 +1011,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   want = read_layer(cpu, 0);
   assert_kvp_ok(kvp_cache_read_layer(gpu, 0, got, n, NULL));
   report_first_difference(got, want, n, "after clearing the async error");
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
 
   free(got);
   free(want);
@@ -1089,9 +1086,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
   }
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
   CUDA_OK(cudaDeviceSynchronize());
-  kvp_status async = KVP_OK;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(async_error_of(gpu), KVP_ERR_INVALID_ARGUMENT);
   char width[48];
   snprintf(width, sizeof width, "have %lld pages per request", (long long)d.pages_per_req);
   if (strstr(kvp_last_error_message(), width) == NULL)
@@ -1260,9 +1255,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
 
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL)); /* enqueued: checked on the device */
   CUDA_OK(cudaDeviceSynchronize());
-  kvp_status async = KVP_OK;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(async_error_of(gpu), KVP_ERR_INVALID_ARGUMENT);
   if (strstr(kvp_last_error_message(), frag) == NULL)
     fail_msg("case %d: async error message '%s' lacks '%s'", (int)kind, kvp_last_error_message(), frag);
   assert_kvp_ok(kvp_cache_clear_async_error(gpu));
@@ -1277,8 +1270,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
   expect_same_layer(cpu, gpu, n, "valid batch after clearing");
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
 
   free(want);
   free(arr);
@@ -1355,9 +1347,7 @@ static void test_cuda_concatenate__stream_handles(void **state) {
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
-  kvp_status async = -1;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   CUDA_OK(cudaStreamDestroy(blocking));
   CUDA_OK(cudaStreamDestroy(non_blocking));
   free(before);
@@ -1437,8 +1427,7 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
     const kvp_status host = kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL);
     assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
     CUDA_OK(cudaDeviceSynchronize());
-    kvp_status async = -1;
-    assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
+    const kvp_status async = async_error_of(gpu);
     char what[96];
     snprintf(what, sizeof what, "%s device metadata fuzz, round %d (%d corruptions)",
              layout == KVP_LAYOUT_V2 ? "v2" : "v3", round, muts);
@@ -1530,9 +1519,7 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
   assert_int_equal(dev_before, dev_after);
   uint8_t *got = read_layer(gpu, 0);
   assert_memory_equal(got, before, n);
-  kvp_status async = -1;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   free(got);
   free(pt);
   free(before);
@@ -1602,9 +1589,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
 #endif
   assert_int_equal(current_device(), 0);
   CUDA_OK(cudaGetLastError());
-  kvp_status async = -1;
-  assert_kvp_ok(kvp_cache_get_async_error(gpu, &async));
-  assert_int_equal(async, KVP_OK);
+  assert_int_equal(async_error_of(gpu), KVP_OK);
   expect_layer(gpu, 0, before, n, "after the refused calls");
 
   /* Host metadata on device 1's stream into layer 0, device metadata on NULL (device 1's legacy

@@ -82,8 +82,8 @@ static void die(const char *what) {
 // The capture rules of the CUDA runtime. While a stream captures in a mode other than relaxed
 // (global and thread-local forbid the same calls here: there is one host thread), calls that
 // may synchronise or allocate (cudaMalloc, cudaFree, cudaHostAlloc, cudaFreeHost,
-// synchronous cudaMemcpy / cudaMemset, cudaStreamSynchronize, cudaDeviceSynchronize,
-// cudaEventQuery, cudaEventSynchronize) fail with cudaErrorStreamCaptureUnsupported and
+// synchronous cudaMemcpy / cudaMemset, cudaStreamSynchronize, cudaStreamQuery,
+// cudaDeviceSynchronize, cudaEventQuery, cudaEventSynchronize) fail with cudaErrorStreamCaptureUnsupported and
 // invalidate the capture; work on the legacy default stream while a blocking stream captures
 // fails with cudaErrorStreamCaptureImplicit and invalidates it too; cudaStreamEndCapture then fails with
 // cudaErrorStreamCaptureInvalidated. So code that claims to be capturable is held to it here.
@@ -464,34 +464,38 @@ cudaError_t cuemu_inject_fault(int device) {
     if (s->device == device) drop(s);
   return cudaSuccess;
 }
+// Names and messages of the errors the emulation returns (the runtime's texts).
+struct ErrorText {
+  cudaError_t code;
+  const char *name, *text;
+};
+static const ErrorText kErrorTexts[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorNotReady, "cudaErrorNotReady", "device not ready"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorIllegalAddress, "cudaErrorIllegalAddress", "an illegal memory access was encountered"},
+    {cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported",
+     "operation not permitted when stream is capturing"},
+    {cudaErrorStreamCaptureInvalidated, "cudaErrorStreamCaptureInvalidated",
+     "operation failed due to a previous error during capture"},
+    {cudaErrorStreamCaptureImplicit, "cudaErrorStreamCaptureImplicit",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
+};
+static const ErrorText *error_text(cudaError_t e) {
+  for (const ErrorText &t : kErrorTexts)
+    if (t.code == e) return &t;
+  return nullptr;
+}
 const char *cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorNotReady: return "cudaErrorNotReady";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
-    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
-    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
-    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
-    default: return "cudaErrorEmulated";
-  }
+  const ErrorText *t = error_text(e);
+  return t != nullptr ? t->name : "cudaErrorEmulated";
 }
 const char *cudaGetErrorString(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
-    default: return "emulated error";
-  }
+  const ErrorText *t = error_text(e);
+  return t != nullptr ? t->text : "emulated error";
 }
 cudaError_t cudaMalloc(void **p, size_t n) {
   CUEMU_FAULT(g_dev);
@@ -546,9 +550,9 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
   CUEMU_FAULT(g_dev);
   CUEMU_UNSAFE("cudaMemcpy");
-  drain_blocking(g_dev);
-  drain(&devices()[g_dev].legacy);
-  do_memcpy(d, s, n, k);
+  cudaStream_t legacy = resolve(nullptr);
+  enqueue(legacy, [=] { do_memcpy(d, s, n, k); });
+  drain(legacy);
   return cudaSuccess;
 }
 // Asynchronous copies run in stream order, with the runtime's exceptions for pageable host
