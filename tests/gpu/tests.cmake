@@ -1,27 +1,18 @@
 # GPU test extras (included from tests/CMakeLists.txt).
-# - test_cuda_concatenate uses the CUDA runtime itself (device buffers, streams, graphs) when the
-#   build has CUDA.
+# - test_cuda_concatenate and test_cuda_fault use the CUDA runtime themselves (device buffers,
+#   streams, graphs), and so does the CUDA benchmark (device buffers, events, graphs).
 # - A run without a GPU prints "kvpages: no CUDA device" and is reported by ctest as skipped.
-if(TARGET test_cuda_concatenate)
-  if(KVP_HAS_CUDA)
-    target_link_libraries(test_cuda_concatenate PRIVATE CUDA::cudart)
+find_package(Python3 COMPONENTS Interpreter)
+foreach(t test_cuda_concatenate test_cuda_fault bench_cuda_concatenate)
+  if(TARGET ${t} AND KVP_HAS_CUDA)
+    target_link_libraries(${t} PRIVATE CUDA::cudart)
   endif()
-  set_tests_properties(gpu.test_cuda_concatenate PROPERTIES SKIP_REGULAR_EXPRESSION "kvpages: no CUDA device")
-endif()
-# The fault test allocates device buffers itself.
-if(TARGET test_cuda_fault AND KVP_HAS_CUDA)
-  target_link_libraries(test_cuda_fault PRIVATE CUDA::cudart)
-endif()
-# The CUDA benchmark uses the runtime for device buffers, events and graphs.
-if(TARGET bench_cuda_concatenate AND KVP_HAS_CUDA)
-  target_link_libraries(bench_cuda_concatenate PRIVATE CUDA::cudart)
-endif()
+endforeach()
 
 # Static check of the kernels, no GPU needed: ptxas's registers and local memory per kernel for
 # each real architecture built (limits: 64 registers, so at least 4 blocks of 256 threads per SM;
 # a 16-byte stack frame). Labelled "cuda".
 if(KVP_HAS_CUDA)
-  find_package(Python3 COMPONENTS Interpreter)
   set(KVP_RES_ARCHS)
   foreach(a ${CMAKE_CUDA_ARCHITECTURES})
     if(a MATCHES "^([0-9]+[a-z]?)(-real)?$")
@@ -100,7 +91,6 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   # against the emulated library; needs python3 with numpy and pytest (scripts/install-deps.sh).
   # Not in sanitizer builds: python3 cannot load an ASan-instrumented library without preloading
   # the ASan runtime.
-  find_package(Python3 COMPONENTS Interpreter)
   if(Python3_Interpreter_FOUND AND NOT KVPAGES_SANITIZE)
     add_test(NAME cuemu.python_binding
              COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
