@@ -25,6 +25,11 @@ static int have_gpu(void) {
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
 
+/* Skips the calling test (cmocka's skip() does not return) without a usable GPU. */
+static void require_gpu(void) {
+  if (!have_gpu()) skip();
+}
+
 static kvp_cache *new_cache_on(const kvp_config *cfg, kvp_device_type dt, int32_t device_id) {
   kvp_cache_options o;
   kvp_cache *c = NULL;
@@ -354,10 +359,7 @@ static void run_compare_case(const shape_case *sc, kvp_dtype kin, kvp_dtype vin,
 
 static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   static const shape_case shapes[] = {
       {KVP_LAYOUT_V3, 8, 128, 16}, {KVP_LAYOUT_V3, 3, 96, 16}, {KVP_LAYOUT_V3, 1, 128, 32},
       {KVP_LAYOUT_V3, 8, 64, 16},  {KVP_LAYOUT_V3, 3, 64, 16}, /* h64 */
@@ -388,10 +390,7 @@ static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **sta
  * ignored. CUDA with host and with device metadata equals the CPU. */
 static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0x5111CE;
   const int64_t H = 2, D = 64, S = 8, P = 40, T = 48;
   kvp_config cfg = kvp_test_config(2, H, D, S, P, KVP_DTYPE_BF16, KVP_LAYOUT_V2);
@@ -459,10 +458,7 @@ static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, i
 
 static void test_cuda_concatenate__conversions_exhaustive(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   static const kvp_dtype stores[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
                                      KVP_DTYPE_F8_E5M2};
   uint16_t *h16 = (uint16_t *)malloc(65536 * sizeof *h16);
@@ -508,10 +504,7 @@ static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset, 
  * has many blocks), repeated so the ring wraps. */
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0xB16;
   kvp_config cfg = kvp_test_config(1, 8, 128, 16, 600, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
   kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
@@ -611,10 +604,7 @@ static void update_device_md(device_md *dst, const kvp_metadata *src) {
 
 static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0x6A;
   const int64_t H = 8, D = 128, S = 16, R = 8, T = 96;
   kvp_config cfg = kvp_test_config(1, H, D, S, 400, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
@@ -715,10 +705,7 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
  * says so. */
 static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0xCAB;
   const int64_t H = 2, D = 128, S = 16;
   kvp_config cfg = kvp_test_config(1, H, D, S, 24, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
@@ -797,10 +784,7 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
  * the staging ring (which grows for it), and small batches (inline runs) still capture. */
 static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0xA7E;
   const int64_t H = 1, D = 64, S = 16;
   const int nreq = 1000; /* 24000 bytes of runs per call: about 43 calls fill the arena */
@@ -1032,10 +1016,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
  * the error names the logical page and the table width. */
 static void test_cuda_concatenate__device_page_index_beyond_table(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0x1DE;
   const int64_t H = 2, D = 128, S = 16;
   kvp_config cfg = kvp_test_config(1, H, D, S, 40, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
@@ -1108,10 +1089,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
 
 static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   run_bad_device_metadata(KVP_LAYOUT_V3, 0xBAD1);
   run_bad_device_metadata(KVP_LAYOUT_V2, 0xBAD2);
 }
@@ -1285,10 +1263,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
 
 static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   for (int kind = BAD_V3_NUM_SEQS; kind <= BAD_V2_SOURCE; ++kind) run_device_check((bad_kind)kind, 0xC4EC0 + (uint64_t)kind);
 }
 
@@ -1297,10 +1272,7 @@ static void test_cuda_concatenate__every_device_check_reports_and_skips(void **s
  * device metadata and a page copy give the CPU's bytes, and no CUDA error is left behind. */
 static void test_cuda_concatenate__stream_handles(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0x57;
   const int64_t H = 4, D = 128;
   kvp_config cfg = kvp_test_config(2, H, D, 16, 300, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
@@ -1469,10 +1441,7 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
  * runs many more emulated blocks, uses fewer). */
 static void test_cuda_concatenate__device_metadata_fuzz(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   const char *env = getenv("KVP_TEST_FUZZ_ROUNDS");
   const int rounds = env != NULL && atoi(env) > 0 ? atoi(env) : 160;
   fuzz_device_metadata(KVP_LAYOUT_V3, 0xF022, rounds);
@@ -1483,10 +1452,7 @@ static void test_cuda_concatenate__device_metadata_fuzz(void **state) {
  * device is restored. */
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  require_gpu();
   uint64_t rng = 0xE44;
   kvp_config cfg = kvp_test_config(1, 2, 128, 16, 20, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
   kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
