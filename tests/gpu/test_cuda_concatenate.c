@@ -282,21 +282,6 @@ static void free_device_md(device_md *d) {
   for (int i = 0; i < d->nbufs; ++i) CUDA_OK(cudaFree(d->bufs[i]));
 }
 
-/* Host v2 metadata over caller arrays: slot_mapping [3, num_slices] (destination slot, source
- * token, length per column) and the valid-column count. */
-static kvp_metadata *v2_metadata(int32_t *slot_mapping, int64_t num_slices, int32_t *num_valid) {
-  kvp_metadata_desc d;
-  kvp_metadata *md = NULL;
-  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
-  d.version = KVP_LAYOUT_V2;
-  d.slot_mapping = slot_mapping;
-  d.num_slices = num_slices;
-  d.num_kv_update_slices = num_valid;
-  d.num_kv_update_slices_len = 1;
-  assert_kvp_ok(kvp_metadata_create(&d, &md));
-  return md;
-}
-
 /* The batch on the CPU cache's layer 0, and on the CUDA cache's layer 0 with host metadata and
  * layer 1 with a device-resident copy of it: both CUDA layers must equal the CPU layer and no
  * async error may be pending. `before` (when not NULL) is what the layers held before: the batch
@@ -404,7 +389,7 @@ static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
                        0, 29, 40, 2, 0,
                        (int32_t)(3 * S + 5), 5, 1, (int32_t)(2 * S), 7};
   int32_t nvalid = 4;
-  kvp_metadata *md = v2_metadata(sm, 5, &nvalid);
+  kvp_metadata *md = kvp_test_v2_metadata(sm, 5, &nvalid);
   tensor_pair k, v;
   make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
   make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
@@ -444,7 +429,7 @@ static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, i
     upload_input(tp, T, 1, D, in, D, D, 1);
   }
   int32_t sm[3] = {0, 0, (int32_t)T}, nslices = 1;
-  kvp_metadata *md = v2_metadata(sm, 1, &nslices);
+  kvp_metadata *md = kvp_test_v2_metadata(sm, 1, &nslices);
   char what[96];
   snprintf(what, sizeof what, "every %s pattern -> %s", kvp_dtype_name(in), kvp_dtype_name(cdt));
   expect_both_metadata_paths(cpu, gpu, &kv[0], &kv[1], md, NULL, what);

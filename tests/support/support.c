@@ -100,3 +100,16 @@ kvp_tensor kvp_test_tensor_strided(void *data, kvp_dtype dtype, int64_t T, int64
 kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device) {
   return kvp_test_tensor_strided(data, dtype, T, H, D, H * D, D, 1, device);
 }
+
+kvp_metadata *kvp_test_v2_metadata(int32_t *slot_mapping, int64_t num_slices, int32_t *num_valid) {
+  kvp_metadata_desc d;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+  d.version = KVP_LAYOUT_V2;
+  d.slot_mapping = slot_mapping;
+  d.num_slices = num_slices;
+  d.num_kv_update_slices = num_valid;
+  d.num_kv_update_slices_len = 1;
+  assert_kvp_ok(kvp_metadata_create(&d, &md));
+  return md;
+}

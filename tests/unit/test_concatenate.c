@@ -629,18 +629,6 @@ static void test_concatenate__concurrent_calls_on_different_caches(void **state)
 /* ------------------------------------------------------------------------------------------ */
 /* v2 per-token semantics with hand-made slices (SPEC §5.1 corrected form).                    */
 
-static kvp_metadata *v2_meta(int32_t *sm, int64_t cols, int32_t *n) {
-  kvp_metadata_desc d;
-  kvp_metadata *md = NULL;
-  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
-  d.version = KVP_LAYOUT_V2;
-  d.slot_mapping = sm;
-  d.num_slices = cols;
-  d.num_kv_update_slices = n;
-  d.num_kv_update_slices_len = 1;
-  assert_kvp_ok(kvp_metadata_create(&d, &md));
-  return md;
-}
 
 static void test_concatenate__v2_slices_are_per_token(void **state) {
   (void)state;
@@ -653,7 +641,7 @@ static void test_concatenate__v2_slices_are_per_token(void **state) {
                     0, 9, 3, 0,
                     3, 6, 2, 4};
   int32_t n = 3;
-  kvp_metadata *md = v2_meta(sm, 4, &n);
+  kvp_metadata *md = kvp_test_v2_metadata(sm, 4, &n);
   input k, v;
   unsigned char *shadow;
   int j;
@@ -710,7 +698,7 @@ static void lib_convert(const uint32_t *in, int64_t n, kvp_dtype sd, kvp_dtype d
     sm[0] = 0;
     sm[1] = 0;
     sm[2] = (int32_t)T;
-    md = v2_meta(sm, 1, &cnt);
+    md = kvp_test_v2_metadata(sm, 1, &cnt);
     assert_kvp_ok(kvp_concatenate(cache, 0, &kt, &vt, md, NULL));
     assert_kvp_ok(kvp_metadata_destroy(md));
     for (s = 0; s < T; ++s)
@@ -1029,7 +1017,7 @@ static void test_concatenate__v2_validation_leaves_cache_unchanged(void **state)
     n = 3;                                                               \
   } while (0)
   RESET();
-  md = v2_meta(sm, 3, &n);
+  md = kvp_test_v2_metadata(sm, 3, &n);
   assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
   before = snapshot(&fx);
   sm[2] = 19; /* slots 19, 20: beyond 20 slots */
