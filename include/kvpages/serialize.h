@@ -153,7 +153,8 @@ KVP_API kvp_status KVP_CALL kvp_serialized_size(const kvp_cache *cache, const kv
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `dst` is borrowed.
  * @threadsafety May run concurrently with other const calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  * @code
  * size_t need = 0, written = 0;
@@ -187,7 +188,8 @@ KVP_API kvp_status KVP_CALL kvp_serialize(const kvp_cache *cache, const kvp_seri
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `user_data` is borrowed for the duration of the call.
  * @threadsafety May run concurrently with other const calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, const kvp_serialize_options *opts,
@@ -215,7 +217,8 @@ KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, cons
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @threadsafety May run concurrently with other const calls on the same cache; concurrent
  *               writers of the same path each replace the file atomically (the last rename wins).
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_serialize_to_file(const kvp_cache *cache, const kvp_serialize_options *opts,
@@ -276,7 +279,8 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_options_init(kvp_deserialize_options
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Caller-owned result: release with kvp_cache_destroy(). `src` is borrowed.
  * @threadsafety Thread-safe.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_new(const void *src, size_t len, const kvp_deserialize_options *opts,
@@ -310,7 +314,8 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_new(const void *src, size_t len, con
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Caller-owned result: release with kvp_cache_destroy().
  * @threadsafety Thread-safe.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_reader(kvp_read_fn fn, void *user_data,
@@ -341,7 +346,8 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_reader(kvp_read_fn fn, void
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Caller-owned result: release with kvp_cache_destroy().
  * @threadsafety Thread-safe.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_file(const char *path, const kvp_deserialize_options *opts,
@@ -379,7 +385,8 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_file(const char *path, cons
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `src` and `dst_page_ids` are borrowed.
  * @threadsafety Must not race with other calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_into(kvp_cache *cache, const void *src, size_t len,
@@ -411,7 +418,8 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_into(kvp_cache *cache, const void *s
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `dst_page_ids` is borrowed.
  * @threadsafety Must not race with other calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_reader(kvp_cache *cache, kvp_read_fn fn, void *user_data,
@@ -441,7 +449,8 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_reader(kvp_cache *cache, k
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `dst_page_ids` is borrowed.
  * @threadsafety Must not race with other calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches.
+ * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
+ *         stream of the cache's device is capturing a CUDA graph.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_file(kvp_cache *cache, const char *path,

@@ -14,6 +14,26 @@ namespace kvp::detail {
 
 class Cache;
 
+// Double-buffered transfer between a device backend's memory and pageable host memory, for bulk
+// moves such as serialization. It has two pinned host buffers ("slots") of piece_bytes() each.
+// Copies between a slot and device memory are enqueued asynchronously, in the order they are
+// made, on the legacy stream of the backend's device; fence(k) marks the end of the copies
+// enqueued for slot k so far and wait(k) blocks the host until they are done. The host may touch
+// a slot only after waiting for its last fence, so while the device moves one slot the host works
+// on the other. Errors throw kvp::detail::error. The destructor waits for every fenced copy.
+class HostPipe {
+ public:
+  virtual ~HostPipe() = default;
+  virtual size_t piece_bytes() const noexcept = 0;
+  virtual uint8_t* slot(int k) const noexcept = 0;
+  // Enqueue: n bytes of device memory `src` -> slot k at `offset` (download), or slot k at
+  // `offset` -> device memory `dst` (upload). offset + n <= piece_bytes().
+  virtual void download(int k, size_t offset, const void* src, size_t n) = 0;
+  virtual void upload(int k, size_t offset, void* dst, size_t n) = 0;
+  virtual void fence(int k) = 0;
+  virtual void wait(int k) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -35,6 +55,14 @@ class Backend {
                               const char* function) = 0;
   virtual void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) = 0;
   virtual void fill_zero(void* dst, size_t bytes, kvp_stream stream) = 0;
+
+  // A HostPipe for bulk copies between this backend's memory and the host, or nullptr where the
+  // memory is host memory (CPU: copy directly). CUDA: refused with KVP_ERR_UNSUPPORTED while the
+  // legacy stream cannot be used because a graph is being captured.
+  virtual std::unique_ptr<HostPipe> host_pipe(const char* function) {
+    (void)function;
+    return nullptr;
+  }
 
   // Called once the cache that owns this backend is constructed (CUDA: installs the hook that
   // reports device-side errors and device faults through the cache's asynchronous error).

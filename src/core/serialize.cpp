@@ -206,17 +206,17 @@ void for_chunks(uint64_t n, bool parallel, F&& f) {
   for (uint64_t i = 0; i < n; ++i) f(i);
 }
 
-// Pieces moved per copy: small on the CPU so each piece is hashed while it is still in cache;
-// whole chunks on a device, where every copy has a fixed cost.
-size_t piece_bytes(const Cache& c, size_t chunk) {
-  return c.device_type() == KVP_DEVICE_CPU ? std::min<size_t>(chunk, 64 * 1024) : chunk;
-}
+[[noreturn]] void chunk_mismatch(const char* function, uint64_t i, const Geometry& g, uint64_t stored,
+                                 uint64_t computed);
 
-// Host-memory pass over n bytes (a piece of at most 64 KiB on the CPU): hash them into `h` (when
-// given), prefetching ahead because one thread's sequential reads alone do not keep enough
-// cache-line requests in flight to reach the memory bandwidth; then stream them from cache to
-// `dst` (when given). Hashing the source rather than the copy keeps the destination write-only
-// (no read for ownership, see stream_copy).
+// Bytes per host pass (hash, then copy): small enough that the copy finds them in cache.
+constexpr size_t kHostPieceBytes = 64 * 1024;
+
+// Host-memory pass over n bytes (at most kHostPieceBytes): hash them into `h` (when given),
+// prefetching ahead because one thread's sequential reads alone do not keep enough cache-line
+// requests in flight to reach the memory bandwidth; then stream them from cache to `dst` (when
+// given). Hashing the source rather than the copy keeps the destination write-only (no read for
+// ownership, see stream_copy).
 void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n) {
   if (h != nullptr) {
     constexpr size_t kBlock = 4096, kAhead = 4 * kBlock;
@@ -229,39 +229,130 @@ void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n) {
   if (dst != nullptr) stream_copy(dst, src, n);
 }
 
-// Copies the next n payload bytes from the cache to host memory `dst`, hashing them into `h`.
-void gather(const Cache& c, PageCursor& cur, uint8_t* dst, size_t n, Hasher& h, const char* function) {
-  const size_t piece = piece_bytes(c, n);
-  const bool cpu = c.device_type() == KVP_DEVICE_CPU;
-  size_t done = 0;
-  while (done < n) {
-    const auto seg = cur.next(std::min(n - done, piece));
-    if (cpu) {
-      hash_copy(&h, dst + done, seg.first, seg.second);
-    } else {
-      c.backend().copy_to_host(dst + done, seg.first, seg.second, nullptr, true, function);
-    }
+// Copies the next n payload bytes from the (CPU) cache to `dst`, hashing them into `h`.
+void gather(PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) {
+  for (size_t done = 0; done < n;) {
+    const auto seg = cur.next(std::min(n - done, kHostPieceBytes));
+    hash_copy(&h, dst + done, seg.first, seg.second);
     done += seg.second;
   }
-  if (!cpu) h.update(dst, n);
 }
 
-// Copies n host bytes into the next payload positions of the cache; hashes them first when `h`
-// is given (the piece is then still in cache when it is copied).
-void scatter(const Cache& c, PageCursor& cur, const uint8_t* src, size_t n, Hasher* h, const char* function) {
-  const size_t piece = piece_bytes(c, n);
-  const bool cpu = c.device_type() == KVP_DEVICE_CPU;
-  size_t done = 0;
-  while (done < n) {
-    const auto seg = cur.next(std::min(n - done, piece));
-    if (cpu) {
-      hash_copy(h, seg.first, src + done, seg.second);
-    } else {
-      if (h != nullptr) h->update(src + done, seg.second);
-      c.backend().copy_from_host(seg.first, src + done, seg.second, nullptr, true, function);
-    }
+// Copies n host bytes into the next payload positions of the (CPU) cache; hashes them first when
+// `h` is given (the piece is then still in cache when it is copied).
+void scatter(PageCursor& cur, const uint8_t* src, size_t n, Hasher* h) {
+  for (size_t done = 0; done < n;) {
+    const auto seg = cur.next(std::min(n - done, kHostPieceBytes));
+    hash_copy(h, seg.first, src + done, seg.second);
     done += seg.second;
   }
+}
+
+// Device caches: the payload moves through the backend's HostPipe in pieces of piece_bytes(),
+// which may span chunk boundaries (a chunk can be as small as 64 bytes), while the host hashes
+// and copies the other slot. Piece j uses slot j % 2.
+uint64_t num_pieces(const Geometry& g, const HostPipe& pipe) {
+  return (g.payload_bytes + pipe.piece_bytes() - 1) / pipe.piece_bytes();
+}
+size_t piece_len(const Geometry& g, const HostPipe& pipe, uint64_t j) {
+  return static_cast<size_t>(std::min<uint64_t>(pipe.piece_bytes(), g.payload_bytes - j * pipe.piece_bytes()));
+}
+
+// Enqueues the copies between slot j % 2 and the next piece_len(j) payload bytes of the cache,
+// then fences the slot.
+void enqueue_piece(HostPipe& pipe, PageCursor& cur, const Geometry& g, uint64_t j, bool download) {
+  const int k = static_cast<int>(j & 1);
+  const size_t n = piece_len(g, pipe, j);
+  for (size_t done = 0; done < n;) {
+    const auto seg = cur.next(n - done);
+    if (download)
+      pipe.download(k, done, seg.first, seg.second);
+    else
+      pipe.upload(k, done, seg.first, seg.second);
+    done += seg.second;
+  }
+  pipe.fence(k);
+}
+
+// Writes the payload of a device cache to `sink` as checksummed chunks: piece j + 1 is on its way
+// to the host while piece j is hashed and copied into the sink.
+void download_payload(const Cache& cache, const RunTable& runs, const Geometry& g, HostPipe& pipe, Sink& sink) {
+  PageCursor cur(cache, runs);
+  const uint64_t pieces = num_pieces(g, pipe);
+  Hasher hasher;
+  uint64_t chunk = 0;
+  size_t in_chunk = 0, len = 0;
+  uint8_t* out = nullptr;
+  enqueue_piece(pipe, cur, g, 0, true);
+  for (uint64_t j = 0; j < pieces; ++j) {
+    if (j + 1 < pieces) enqueue_piece(pipe, cur, g, j + 1, true);  // into the slot piece j - 1 used
+    const int k = static_cast<int>(j & 1);
+    pipe.wait(k);
+    const uint8_t* q = pipe.slot(k);
+    for (size_t n = piece_len(g, pipe, j); n > 0;) {
+      if (in_chunk == 0) {
+        len = static_cast<size_t>(g.chunk_len(chunk));
+        out = sink.reserve(len + 8);
+        hasher.reset(kSeedChunk0 + chunk);
+      }
+      const size_t m = std::min({n, len - in_chunk, kHostPieceBytes});
+      hash_copy(&hasher, out + in_chunk, q, m);
+      q += m;
+      n -= m;
+      in_chunk += m;
+      if (in_chunk == len) {
+        put64(out + len, hasher.digest());
+        sink.commit(len + 8);
+        ++chunk;
+        in_chunk = 0;
+      }
+    }
+  }
+}
+
+// Loads a payload into a device cache. chunk_at(i) returns chunk i's bytes and stored checksum
+// (chunk_len(i) + 8 bytes, valid until the next call); it is called once per chunk, in order.
+// With `verify`, each chunk's checksum is checked as its last byte is staged, and a mismatch
+// throws before that piece is uploaded (earlier pieces may have been). The host fills slot
+// j % 2 once the upload of piece j - 2 from it is done, while piece j - 1 moves to the device.
+// Returns when every upload is complete.
+template <class ChunkAt>
+void upload_payload(const Cache& cache, const RunTable& runs, const Geometry& g, HostPipe& pipe, bool verify,
+                    ChunkAt&& chunk_at, const char* function) {
+  PageCursor cur(cache, runs);
+  const uint64_t pieces = num_pieces(g, pipe);
+  Hasher hasher;
+  uint64_t chunk = 0;
+  size_t in_chunk = 0, len = 0;
+  const uint8_t* in = nullptr;
+  for (uint64_t j = 0; j < pieces; ++j) {
+    const int k = static_cast<int>(j & 1);
+    pipe.wait(k);
+    uint8_t* q = pipe.slot(k);
+    for (size_t n = piece_len(g, pipe, j); n > 0;) {
+      if (in_chunk == 0) {
+        len = static_cast<size_t>(g.chunk_len(chunk));
+        in = chunk_at(chunk);
+        if (verify) hasher.reset(kSeedChunk0 + chunk);
+      }
+      const size_t m = std::min({n, len - in_chunk, kHostPieceBytes});
+      hash_copy(verify ? &hasher : nullptr, q, in + in_chunk, m);
+      q += m;
+      n -= m;
+      in_chunk += m;
+      if (in_chunk == len) {
+        if (verify) {
+          const uint64_t stored = get64(in + len), computed = hasher.digest();
+          if (!sum_ok(stored, computed)) chunk_mismatch(function, chunk, g, stored, computed);
+        }
+        ++chunk;
+        in_chunk = 0;
+      }
+    }
+    enqueue_piece(pipe, cur, g, j, false);
+  }
+  pipe.wait(0);
+  pipe.wait(1);
 }
 
 // Sorted copy check: ids in [0, limit) and unique. Returns the first offending index or -1 and
@@ -411,6 +502,8 @@ Geometry geometry_of(const Cache& cache, const Selection& sel, const char* funct
 void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char* function) {
   cache.check_healthy(function);
   const Geometry g = geometry_of(cache, sel, function);
+  // Device caches: get the pipe (which may refuse) before anything reaches the sink.
+  const std::unique_ptr<HostPipe> pipe = g.payload_bytes > 0 ? cache.backend().host_pipe(function) : nullptr;
 
   uint8_t* h = sink.reserve(kHeaderSizeV1);
   encode_header(cache.config(), g, h);
@@ -424,8 +517,11 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
 
   if (g.payload_bytes == 0) return;
   const RunTable runs(sel.ids, cache.page_bytes());
-  const bool cpu = cache.device_type() == KVP_DEVICE_CPU;
-  if (uint8_t* base = sink.contiguous(); base != nullptr && cpu && g.payload_bytes >= kParallelMinBytes) {
+  if (pipe != nullptr) {
+    download_payload(cache, runs, g, *pipe, sink);
+    return;
+  }
+  if (uint8_t* base = sink.contiguous(); base != nullptr && g.payload_bytes >= kParallelMinBytes) {
     // The whole blob lands in one caller buffer: fill the chunks in parallel.
     for_chunks(g.num_chunks, true, [&](uint64_t i) {
       const size_t len = static_cast<size_t>(g.chunk_len(i));
@@ -434,7 +530,7 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
       cur.seek(i * g.chunk_bytes);
       Hasher hasher;
       hasher.reset(kSeedChunk0 + i);
-      gather(cache, cur, p, len, hasher, function);
+      gather(cur, p, len, hasher);
       put64(p + len, hasher.digest());
     });
     sink.commit(static_cast<size_t>(g.payload_bytes + 8 * g.num_chunks));
@@ -446,7 +542,7 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
     const size_t len = static_cast<size_t>(g.chunk_len(i));
     uint8_t* p = sink.reserve(len + 8);
     hasher.reset(kSeedChunk0 + i);
-    gather(cache, cur, p, len, hasher, function);
+    gather(cur, p, len, hasher);
     put64(p + len, hasher.digest());
     sink.commit(len + 8);
   }
@@ -621,20 +717,26 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
     Cache& c = cache_from(h, function);
     if (p.geo.payload_bytes > 0) {
       const RunTable runs(p.ids, c.page_bytes());
-      if (src.in_memory()) {
-        // All chunks are addressable: check and store them in parallel (CPU caches).
+      if (const std::unique_ptr<HostPipe> pipe = c.backend().host_pipe(function)) {
+        // Device cache: checked while staged, one chunk after another.
+        std::vector<uint8_t> buf;
+        upload_payload(
+            c, runs, p.geo, *pipe, true,
+            [&](uint64_t i) { return take(src, static_cast<size_t>(p.geo.chunk_len(i)) + 8, buf, "a payload chunk"); },
+            function);
+      } else if (src.in_memory()) {
+        // All chunks are addressable: check and store them in parallel.
         std::vector<const uint8_t*> chunks;
         for (uint64_t i = 0; i < p.geo.num_chunks; ++i)
           chunks.push_back(src.view(static_cast<size_t>(p.geo.chunk_len(i)) + 8, "a payload chunk"));
-        const bool par = c.device_type() == KVP_DEVICE_CPU && p.geo.payload_bytes >= kParallelMinBytes;
-        for_chunks(p.geo.num_chunks, par, [&](uint64_t i) {
+        for_chunks(p.geo.num_chunks, p.geo.payload_bytes >= kParallelMinBytes, [&](uint64_t i) {
           const size_t len = static_cast<size_t>(p.geo.chunk_len(i));
           const uint8_t* q = chunks[static_cast<size_t>(i)];
           PageCursor cur(c, runs);
           cur.seek(i * p.geo.chunk_bytes);
           Hasher hasher;
           hasher.reset(kSeedChunk0 + i);
-          scatter(c, cur, q, len, &hasher, function);
+          scatter(cur, q, len, &hasher);
           const uint64_t stored = get64(q + len), computed = hasher.digest();
           if (!sum_ok(stored, computed)) chunk_mismatch(function, i, p.geo, stored, computed);
         });
@@ -646,7 +748,7 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
           const size_t len = static_cast<size_t>(p.geo.chunk_len(i));
           const uint8_t* q = take(src, len + 8, buf, "a payload chunk");
           hasher.reset(kSeedChunk0 + i);
-          scatter(c, cur, q, len, &hasher, function);
+          scatter(cur, q, len, &hasher);
           const uint64_t stored = get64(q + len), computed = hasher.digest();
           if (!sum_ok(stored, computed)) chunk_mismatch(function, i, p.geo, stored, computed);
         }
@@ -741,10 +843,15 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
   if (p.geo.payload_bytes == 0) return;
   const std::vector<int32_t> ids = dst_ids != nullptr ? std::vector<int32_t>(dst_ids, dst_ids + num_dst_ids) : p.ids;
   const RunTable runs(ids, cache.page_bytes());
-  for_chunks(p.geo.num_chunks, par && cache.device_type() == KVP_DEVICE_CPU, [&](uint64_t i) {
+  if (const std::unique_ptr<HostPipe> pipe = cache.backend().host_pipe(function)) {
+    upload_payload(cache, runs, p.geo, *pipe, false, [&](uint64_t i) { return chunks[static_cast<size_t>(i)]; },
+                   function);
+    return;
+  }
+  for_chunks(p.geo.num_chunks, par, [&](uint64_t i) {
     PageCursor cur(cache, runs);
     cur.seek(i * p.geo.chunk_bytes);
-    scatter(cache, cur, chunks[static_cast<size_t>(i)], static_cast<size_t>(p.geo.chunk_len(i)), nullptr, function);
+    scatter(cur, chunks[static_cast<size_t>(i)], static_cast<size_t>(p.geo.chunk_len(i)), nullptr);
   });
 }
 

@@ -1,9 +1,10 @@
 # GPU test extras (included from tests/CMakeLists.txt).
-# - test_cuda_concatenate and test_cuda_fault use the CUDA runtime themselves (device buffers,
-#   streams, graphs), and so does the CUDA benchmark (device buffers, events, graphs).
+# - test_cuda_concatenate, test_cuda_fault and test_serialize_gpu use the CUDA runtime themselves
+#   (device buffers, streams, graphs), and so do the benchmarks bench_cuda_concatenate (device
+#   buffers, events, graphs) and bench_serialize (its --cuda limit: pinned copies).
 # - A run without a GPU prints "kvpages: no CUDA device" and is reported by ctest as skipped.
 find_package(Python3 COMPONENTS Interpreter)
-foreach(t test_cuda_concatenate test_cuda_fault bench_cuda_concatenate)
+foreach(t test_cuda_concatenate test_cuda_fault test_serialize_gpu bench_cuda_concatenate bench_serialize)
   if(TARGET ${t} AND KVP_HAS_CUDA)
     target_link_libraries(${t} PRIVATE CUDA::cudart)
   endif()
@@ -87,6 +88,14 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   set_tests_properties(cuemu.bench_cuda_concatenate PROPERTIES LABELS "cuemu" TIMEOUT 600
                        ENVIRONMENT "KVP_BENCH_ITERS=1"
                        FAIL_REGULAR_EXPRESSION "no CUDA device")
+  # bench_serialize --cuda, once, on a small cache: its pinned-copy limit and the serialization
+  # calls on a CUDA cache run before they meet a GPU (the numbers mean nothing here).
+  add_executable(bench_serialize_emu ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_serialize.c)
+  target_link_libraries(bench_serialize_emu PRIVATE kvpages_cuemu PkgConfig::XXHASH m)
+  target_compile_definitions(bench_serialize_emu PRIVATE KVP_BENCH_HAVE_XXHASH=1)
+  add_test(NAME cuemu.bench_serialize COMMAND bench_serialize_emu --cuda --mib 8 --reps 1)
+  set_tests_properties(cuemu.bench_serialize PROPERTIES LABELS "cuemu" TIMEOUT 300
+                       PASS_REGULAR_EXPRESSION "every other page +deserialize_new")
   # The Python binding's CUDA paths (DLPack producers of device memory, streams, layer copies)
   # against the emulated library; needs python3 with numpy and pytest (scripts/install-deps.sh).
   # Not in sanitizer builds: python3 cannot load an ASan-instrumented library without preloading

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "core/cache.hpp"
 
@@ -150,6 +151,15 @@ CudaBackend::CudaBackend(int32_t device) : device_(device) {
   }
 }
 
+static void free_pipe_buffers(CudaBackend::PipeBuffers& b) noexcept {
+  for (int k = 0; k < 2; ++k) {
+    if (b.done[k] != nullptr) (void)cudaEventDestroy(b.done[k]);
+    if (b.host[k] != nullptr) (void)cudaFreeHost(b.host[k]);
+    b.done[k] = nullptr;
+    b.host[k] = nullptr;
+  }
+}
+
 CudaBackend::~CudaBackend() {
   int previous = -1;
   bool switched = false;
@@ -170,6 +180,7 @@ void CudaBackend::free_all() noexcept {
   if (ring_device_ != nullptr) (void)cudaFree(ring_device_);
   if (arena_host_ != nullptr) (void)cudaFreeHost(arena_host_);
   if (arena_device_ != nullptr) (void)cudaFree(arena_device_);
+  free_pipe_buffers(pipe_);
   if (m_error_ != nullptr) (void)cudaFreeHost(m_error_);
   if (d_error_ != nullptr) (void)cudaFree(d_error_);
   if (aux_ != nullptr) (void)cudaStreamDestroy(aux_);
@@ -215,7 +226,16 @@ void CudaBackend::release(void* ptr, size_t) noexcept {
 // the caller's capture is not invalidated by an illegal call.
 static void refuse_if_capturing(cudaStream_t s, const char* fn) {
   cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-  cuda_check(cudaStreamIsCapturing(s, &cs), fn, "cudaStreamIsCapturing");
+  const cudaError_t err = cudaStreamIsCapturing(s, &cs);
+  if (err == cudaErrorStreamCaptureImplicit) {
+    forget_error(err);
+    fail(KVP_ERR_UNSUPPORTED,
+         "%s: a blocking stream of this device is being captured into a CUDA graph, so the legacy default "
+         "stream this call would use cannot be used now; call it outside the capture (or capture on a "
+         "non-blocking stream)",
+         fn);
+  }
+  cuda_check(err, fn, "cudaStreamIsCapturing");
   if (cs != cudaStreamCaptureStatusNone)
     fail(KVP_ERR_UNSUPPORTED,
          "%s: the stream is being captured into a CUDA graph, and this call waits for its copy, which a "
@@ -252,6 +272,90 @@ void CudaBackend::fill_zero(void* dst, size_t bytes, kvp_stream stream) {
   const char* fn = "fill_zero";
   DeviceGuard guard(device_, fn);
   cuda_check(cudaMemsetAsync(dst, 0, bytes, reinterpret_cast<cudaStream_t>(stream)), fn, "cudaMemsetAsync");
+}
+
+// ------------------------------------------------------------------------------------------------
+// HostPipe: double-buffered bulk transfers through pinned memory (serialization)
+
+// Allocates both slots and events, or none (throws; current device must be the backend's).
+static void alloc_pipe_buffers(CudaBackend::PipeBuffers& b, const char* fn) {
+  try {
+    for (int k = 0; k < 2; ++k) {
+      cuda_check(cudaEventCreateWithFlags(&b.done[k], cudaEventDisableTiming), fn, "cudaEventCreate (host pipe)");
+      cuda_check(cudaHostAlloc(reinterpret_cast<void**>(&b.host[k]), CudaBackend::kPipePieceBytes,
+                               cudaHostAllocDefault),
+                 fn, "cudaHostAlloc (host pipe)");
+    }
+  } catch (...) {
+    free_pipe_buffers(b);
+    throw;
+  }
+}
+
+namespace {
+
+class CudaHostPipe final : public HostPipe {
+ public:
+  // Uses `shared` (the backend's buffers, whose mutex `lock` holds) or, when `lock` does not own
+  // its mutex, buffers of its own, freed by the destructor.
+  CudaHostPipe(int32_t device, CudaBackend::PipeBuffers* shared, std::unique_lock<std::mutex> lock, const char* fn)
+      : device_(device), lock_(std::move(lock)), fn_(fn) {
+    if (lock_.owns_lock()) {
+      buf_ = shared;
+      if (!buf_->allocated()) alloc_pipe_buffers(*buf_, fn);
+    } else {
+      buf_ = &own_;
+      alloc_pipe_buffers(own_, fn);
+    }
+  }
+  ~CudaHostPipe() override {
+    for (int k = 0; k < 2; ++k)
+      if (pending_[k]) forget_error(cudaEventSynchronize(buf_->done[k]));
+    if (buf_ == &own_) free_pipe_buffers(own_);
+  }
+  CudaHostPipe(const CudaHostPipe&) = delete;
+  CudaHostPipe& operator=(const CudaHostPipe&) = delete;
+
+  size_t piece_bytes() const noexcept override { return CudaBackend::kPipePieceBytes; }
+  uint8_t* slot(int k) const noexcept override { return buf_->host[k]; }
+
+  void download(int k, size_t offset, const void* src, size_t n) override {
+    DeviceGuard guard(device_, fn_);
+    cuda_check(cudaMemcpyAsync(buf_->host[k] + offset, src, n, cudaMemcpyDeviceToHost, nullptr), fn_,
+               "cudaMemcpyAsync D2H (host pipe)");
+  }
+  void upload(int k, size_t offset, void* dst, size_t n) override {
+    DeviceGuard guard(device_, fn_);
+    cuda_check(cudaMemcpyAsync(dst, buf_->host[k] + offset, n, cudaMemcpyHostToDevice, nullptr), fn_,
+               "cudaMemcpyAsync H2D (host pipe)");
+  }
+  void fence(int k) override {
+    DeviceGuard guard(device_, fn_);
+    cuda_check(cudaEventRecord(buf_->done[k], nullptr), fn_, "cudaEventRecord (host pipe)");
+    pending_[k] = true;
+  }
+  void wait(int k) override {
+    if (!pending_[k]) return;
+    pending_[k] = false;
+    cuda_check(cudaEventSynchronize(buf_->done[k]), fn_, "cudaEventSynchronize (host pipe)");
+  }
+
+ private:
+  int32_t device_;
+  std::unique_lock<std::mutex> lock_;
+  const char* fn_;
+  CudaBackend::PipeBuffers* buf_ = nullptr;
+  CudaBackend::PipeBuffers own_;
+  bool pending_[2] = {false, false};
+};
+
+}  // namespace
+
+std::unique_ptr<HostPipe> CudaBackend::host_pipe(const char* fn) {
+  DeviceGuard guard(device_, fn);
+  refuse_if_capturing(nullptr, fn);
+  return std::make_unique<CudaHostPipe>(device_, &pipe_, std::unique_lock<std::mutex>(pipe_mu_, std::try_to_lock),
+                                        fn);
 }
 
 // ------------------------------------------------------------------------------------------------

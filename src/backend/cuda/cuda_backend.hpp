@@ -6,7 +6,9 @@
 //  - a staging ring for host-resident metadata: kSlots slots, each a pinned host buffer and a
 //    device buffer of the same capacity plus an event recorded after the kernel that read it;
 //  - a graph arena: pinned + device memory handed out bump-style, never reused, to calls made
-//    while the stream is being captured into a CUDA graph (the graph re-reads it on replay).
+//    while the stream is being captured into a CUDA graph (the graph re-reads it on replay);
+//  - the buffers of its HostPipe (serialization): two pinned pieces and two events, allocated at
+//    the first bulk transfer and kept; a concurrent second transfer gets buffers of its own.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -29,6 +31,14 @@ class CudaBackend final : public Backend {
   static constexpr int kSlots = 64;
   static constexpr size_t kInitialSlotBytes = 16 * 1024;
   static constexpr size_t kGraphArenaBytes = 1024 * 1024;
+  static constexpr size_t kPipePieceBytes = 2 * 1024 * 1024;
+
+  // Pinned slots and their events for a HostPipe (see backend.hpp).
+  struct PipeBuffers {
+    uint8_t* host[2] = {};
+    cudaEvent_t done[2] = {};
+    bool allocated() const noexcept { return host[1] != nullptr; }
+  };
 
   explicit CudaBackend(int32_t device);
   ~CudaBackend() override;
@@ -43,6 +53,7 @@ class CudaBackend final : public Backend {
                       const char* function) override;
   void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
   void fill_zero(void* dst, size_t bytes, kvp_stream stream) override;
+  std::unique_ptr<HostPipe> host_pipe(const char* function) override;
 
   // Device error record (device memory) and the mirror kernels write on error (mapped pinned;
   // the device-side address of it).
@@ -97,6 +108,9 @@ class CudaBackend final : public Backend {
   uint8_t* arena_host_ = nullptr;
   uint8_t* arena_device_ = nullptr;
   size_t arena_used_ = 0;
+
+  std::mutex pipe_mu_;  // held by the HostPipe that uses pipe_
+  PipeBuffers pipe_;
 };
 
 // The CudaBackend of a CUDA cache (throws INTERNAL otherwise).
