@@ -7,7 +7,6 @@
 
 #include <cstring>
 #include <string>
-#include <utility>
 
 #include "core/cache.hpp"
 
@@ -296,13 +295,20 @@ namespace {
 
 class CudaHostPipe final : public HostPipe {
  public:
-  // Uses `shared` (the backend's buffers, whose mutex `lock` holds) or, when `lock` does not own
-  // its mutex, buffers of its own, freed by the destructor.
-  CudaHostPipe(int32_t device, CudaBackend::PipeBuffers* shared, std::unique_lock<std::mutex> lock, const char* fn)
-      : device_(device), lock_(std::move(lock)), fn_(fn) {
-    if (lock_.owns_lock()) {
+  // Uses `shared` (the backend's buffers) when it can claim them through `busy`, and otherwise
+  // buffers of its own, freed by the destructor.
+  CudaHostPipe(int32_t device, CudaBackend::PipeBuffers* shared, std::atomic<bool>* busy, const char* fn)
+      : device_(device), fn_(fn) {
+    bool expected = false;
+    if (busy->compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+      busy_ = busy;
       buf_ = shared;
-      if (!buf_->allocated()) alloc_pipe_buffers(*buf_, fn);
+      try {
+        if (!buf_->allocated()) alloc_pipe_buffers(*buf_, fn);
+      } catch (...) {
+        busy_->store(false, std::memory_order_release);
+        throw;
+      }
     } else {
       buf_ = &own_;
       alloc_pipe_buffers(own_, fn);
@@ -311,6 +317,7 @@ class CudaHostPipe final : public HostPipe {
   ~CudaHostPipe() override {
     for (int k = 0; k < 2; ++k)
       if (pending_[k]) forget_error(cudaEventSynchronize(buf_->done[k]));
+    if (busy_ != nullptr) busy_->store(false, std::memory_order_release);
     if (buf_ == &own_) free_pipe_buffers(own_);
   }
   CudaHostPipe(const CudaHostPipe&) = delete;
@@ -342,8 +349,8 @@ class CudaHostPipe final : public HostPipe {
 
  private:
   int32_t device_;
-  std::unique_lock<std::mutex> lock_;
   const char* fn_;
+  std::atomic<bool>* busy_ = nullptr;  // set when using the backend's buffers
   CudaBackend::PipeBuffers* buf_ = nullptr;
   CudaBackend::PipeBuffers own_;
   bool pending_[2] = {false, false};
@@ -354,8 +361,7 @@ class CudaHostPipe final : public HostPipe {
 std::unique_ptr<HostPipe> CudaBackend::host_pipe(const char* fn) {
   DeviceGuard guard(device_, fn);
   refuse_if_capturing(nullptr, fn);
-  return std::make_unique<CudaHostPipe>(device_, &pipe_, std::unique_lock<std::mutex>(pipe_mu_, std::try_to_lock),
-                                        fn);
+  return std::make_unique<CudaHostPipe>(device_, &pipe_, &pipe_busy_, fn);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -109,7 +110,9 @@ class CudaBackend final : public Backend {
   uint8_t* arena_device_ = nullptr;
   size_t arena_used_ = 0;
 
-  std::mutex pipe_mu_;  // held by the HostPipe that uses pipe_
+  // Set while a HostPipe uses pipe_ (a flag, not a mutex: a second transfer on the same thread,
+  // from a writer callback, must also see it taken).
+  std::atomic<bool> pipe_busy_{false};
   PipeBuffers pipe_;
 };
 
