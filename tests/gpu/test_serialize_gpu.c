@@ -356,8 +356,8 @@ static void test_serialize_gpu__a_damaged_blob_loads_nothing(void **state) {
 
 #if KVP_HAS_CUDA
 /* While a blocking stream captures a graph (global mode), the legacy default stream the
- * serialization calls copy on cannot be used: they return KVP_ERR_UNSUPPORTED before touching the
- * output or the cache, and the capture stays valid. */
+ * serialization calls (and the layer copies on NULL) copy on cannot be used: they return
+ * KVP_ERR_UNSUPPORTED before touching the output or the cache, and the capture stays valid. */
 static void test_serialize_gpu__refused_during_a_graph_capture(void **state) {
   (void)state;
   require_gpu();
@@ -378,6 +378,20 @@ static void test_serialize_gpu__refused_during_a_graph_capture(void **state) {
   for (size_t i = 0; i < n; ++i)
     if (out[i] != 0xA5) fail_msg("output byte %zu was written", i);
   assert_kvp_status(kvp_deserialize_into(gpu, b, n, NULL, 0), KVP_ERR_UNSUPPORTED, "captured");
+  /* The layer copies on NULL (the legacy stream) are refused the same way. */
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(gpu, &li));
+  uint8_t *layer = malloc((size_t)li.layer_bytes);
+  memset(layer, 0x5A, (size_t)li.layer_bytes);
+  assert_kvp_status(kvp_cache_read_layer(gpu, 0, layer, (size_t)li.layer_bytes, NULL), KVP_ERR_UNSUPPORTED,
+                    "captured");
+  for (int64_t i = 0; i < li.layer_bytes; ++i)
+    if (layer[i] != 0x5A) fail_msg("layer byte %lld was written", (long long)i);
+  assert_kvp_status(kvp_cache_write_layer(gpu, 0, layer, (size_t)li.layer_bytes, NULL), KVP_ERR_UNSUPPORTED,
+                    "captured");
+  free(layer);
   cudaGraph_t graph = NULL;
   CUDA_OK(cudaStreamEndCapture(s, &graph));
   assert_non_null(graph);
