@@ -55,7 +55,8 @@ KVP_API kvp_status KVP_CALL kvp_device_count(int32_t *out);
  * @retval KVP_ERR_INVALID_ARGUMENT `host_dst` is NULL or `layer` is out of range.
  * @retval KVP_ERR_BUFFER_TOO_SMALL `cap` is smaller than layer_bytes (the message names both).
  * @retval KVP_ERR_UNSUPPORTED `stream` is being captured into a CUDA graph (a graph cannot wait
- *         for the copy). Refused before anything is enqueued: the capture stays valid.
+ *         for the copy), or `stream` is NULL while a blocking stream of the device captures.
+ *         Refused before anything is enqueued: the capture stays valid.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A CUDA call failed.
  * @ownership `host_dst` is borrowed for the call.
@@ -86,8 +87,8 @@ KVP_API kvp_status KVP_CALL kvp_cache_read_layer(const kvp_cache *cache, uint32_
  * @retval KVP_ERR_INVALID_ARGUMENT `host_src` is NULL, `layer` is out of range, or `size`
  *         differs from layer_bytes. The cache is unchanged.
  * @retval KVP_ERR_UNSUPPORTED `stream` is being captured into a CUDA graph (a graph cannot wait
- *         for the copy). Refused before anything is enqueued: the capture stays valid and the
- *         cache is unchanged.
+ *         for the copy), or `stream` is NULL while a blocking stream of the device captures.
+ *         Refused before anything is enqueued: the capture stays valid and the cache is unchanged.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A CUDA call failed.
  * @ownership `host_src` is borrowed for the call.

@@ -147,14 +147,14 @@ KVP_API kvp_status KVP_CALL kvp_serialized_size(const kvp_cache *cache, const kv
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `written_out`, NULL `dst` with `cap` > 0, or a bad selection (see kvp_serialized_size()).
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct; or, for a CUDA cache, a
+ *         blocking stream of its device is capturing a CUDA graph (nothing is written).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `dst` is borrowed.
  * @threadsafety May run concurrently with other const calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  * @code
  * size_t need = 0, written = 0;
@@ -182,14 +182,14 @@ KVP_API kvp_status KVP_CALL kvp_serialize(const kvp_cache *cache, const kvp_seri
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `fn` or a bad selection (see kvp_serialized_size()).
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct; or, for a CUDA cache, a
+ *         blocking stream of its device is capturing a CUDA graph (nothing is written).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `user_data` is borrowed for the duration of the call.
  * @threadsafety May run concurrently with other const calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, const kvp_serialize_options *opts,
@@ -211,14 +211,14 @@ KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, cons
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL or empty `path`, or a bad selection (see kvp_serialized_size()).
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero tail in a larger options struct; or, for a CUDA cache, a
+ *         blocking stream of its device is capturing a CUDA graph (nothing is written).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @threadsafety May run concurrently with other const calls on the same cache; concurrent
  *               writers of the same path each replace the file atomically (the last rename wins).
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_serialize_to_file(const kvp_cache *cache, const kvp_serialize_options *opts,
@@ -272,15 +272,15 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_options_init(kvp_deserialize_options
  * @retval KVP_ERR_FORMAT_MISMATCH The cache would exceed `max_cache_bytes`.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `out`, NULL `src` with `len` > 0, bad cache options.
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct; or, for a CUDA
+ *         cache, a blocking stream of its device is capturing a CUDA graph (no cache is returned).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
  * @retval KVP_ERR_NO_DEVICE CUDA requested but not available.
  * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted; nothing leaked.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Caller-owned result: release with kvp_cache_destroy(). `src` is borrowed.
  * @threadsafety Thread-safe.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_new(const void *src, size_t len, const kvp_deserialize_options *opts,
@@ -307,15 +307,15 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_new(const void *src, size_t len, con
  * @retval KVP_ERR_FORMAT_MISMATCH The cache would exceed `max_cache_bytes`.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `fn`/`out`, bad cache options.
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct; or, for a CUDA
+ *         cache, a blocking stream of its device is capturing a CUDA graph (no cache is returned).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
  * @retval KVP_ERR_NO_DEVICE CUDA requested but not available.
  * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Caller-owned result: release with kvp_cache_destroy().
  * @threadsafety Thread-safe.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_reader(kvp_read_fn fn, void *user_data,
@@ -339,15 +339,15 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_reader(kvp_read_fn fn, void
  * @retval KVP_ERR_FORMAT_MISMATCH The cache would exceed `max_cache_bytes`.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `path`/`out`, bad cache options.
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct.
+ * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field or tail in an options struct; or, for a CUDA
+ *         cache, a blocking stream of its device is capturing a CUDA graph (no cache is returned).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
  * @retval KVP_ERR_NO_DEVICE CUDA requested but not available.
  * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Caller-owned result: release with kvp_cache_destroy().
  * @threadsafety Thread-safe.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_file(const char *path, const kvp_deserialize_options *opts,
@@ -381,12 +381,13 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_new_from_file(const char *path, cons
  *         destination ids differs from the blob's page count, or (with NULL ids) a page id of the
  *         blob is outside the target.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; the target is unchanged.
+ * @retval KVP_ERR_UNSUPPORTED CUDA: a blocking stream of the cache's device is capturing a CUDA
+ *         graph; the target is unchanged.
  * @retval KVP_ERR_DEVICE A device copy failed (the target may be partly written).
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `src` and `dst_page_ids` are borrowed.
  * @threadsafety Must not race with other calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_into(kvp_cache *cache, const void *src, size_t len,
@@ -414,12 +415,13 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_into(kvp_cache *cache, const void *s
  * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input.
  * @retval KVP_ERR_FORMAT_MISMATCH The blob does not fit the target (see kvp_deserialize_into()).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; the target is unchanged.
+ * @retval KVP_ERR_UNSUPPORTED CUDA: a blocking stream of the cache's device is capturing a CUDA
+ *         graph; the target is unchanged.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `dst_page_ids` is borrowed.
  * @threadsafety Must not race with other calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_reader(kvp_cache *cache, kvp_read_fn fn, void *user_data,
@@ -445,12 +447,13 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_reader(kvp_cache *cache, k
  * @retval KVP_ERR_FORMAT_CORRUPT Structurally invalid input, or trailing bytes.
  * @retval KVP_ERR_FORMAT_MISMATCH The blob does not fit the target (see kvp_deserialize_into()).
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; the target is unchanged.
+ * @retval KVP_ERR_UNSUPPORTED CUDA: a blocking stream of the cache's device is capturing a CUDA
+ *         graph; the target is unchanged.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @ownership `dst_page_ids` is borrowed.
  * @threadsafety Must not race with other calls on the same cache.
- * @stream Synchronous (legacy default stream) for CUDA caches; ::KVP_ERR_UNSUPPORTED while a blocking
- *         stream of the cache's device is capturing a CUDA graph.
+ * @stream Synchronous (legacy default stream) for CUDA caches.
  * @since 1.0
  */
 KVP_API kvp_status KVP_CALL kvp_deserialize_into_from_file(kvp_cache *cache, const char *path,

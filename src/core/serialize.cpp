@@ -274,14 +274,41 @@ void enqueue_piece(HostPipe& pipe, PageCursor& cur, const Geometry& g, uint64_t 
   pipe.fence(k);
 }
 
+// The payload in order, cut at chunk boundaries into host passes of at most kHostPieceBytes.
+// advance(n, begin, pass, end) covers the next n bytes: begin(i, len) at the first byte of chunk
+// i (len bytes long), pass(offset_in_chunk, m) for each pass, end(i, len) after its last byte.
+struct ChunkWalk {
+  const Geometry& g;
+  uint64_t chunk = 0;
+  size_t in_chunk = 0, len = 0;
+
+  template <class Begin, class Pass, class End>
+  void advance(size_t n, Begin&& begin, Pass&& pass, End&& end) {
+    while (n > 0) {
+      if (in_chunk == 0) {
+        len = static_cast<size_t>(g.chunk_len(chunk));
+        begin(chunk, len);
+      }
+      const size_t m = std::min({n, len - in_chunk, kHostPieceBytes});
+      pass(in_chunk, m);
+      n -= m;
+      in_chunk += m;
+      if (in_chunk == len) {
+        end(chunk, len);
+        ++chunk;
+        in_chunk = 0;
+      }
+    }
+  }
+};
+
 // Writes the payload of a device cache to `sink` as checksummed chunks: piece j + 1 is on its way
 // to the host while piece j is hashed and copied into the sink.
 void download_payload(const Cache& cache, const RunTable& runs, const Geometry& g, HostPipe& pipe, Sink& sink) {
   PageCursor cur(cache, runs);
   const uint64_t pieces = num_pieces(g, pipe);
   Hasher hasher;
-  uint64_t chunk = 0;
-  size_t in_chunk = 0, len = 0;
+  ChunkWalk walk{g};
   uint8_t* out = nullptr;
   enqueue_piece(pipe, cur, g, 0, true);
   for (uint64_t j = 0; j < pieces; ++j) {
@@ -289,24 +316,20 @@ void download_payload(const Cache& cache, const RunTable& runs, const Geometry& 
     const int k = static_cast<int>(j & 1);
     pipe.wait(k);
     const uint8_t* q = pipe.slot(k);
-    for (size_t n = piece_len(g, pipe, j); n > 0;) {
-      if (in_chunk == 0) {
-        len = static_cast<size_t>(g.chunk_len(chunk));
-        out = sink.reserve(len + 8);
-        hasher.reset(kSeedChunk0 + chunk);
-      }
-      const size_t m = std::min({n, len - in_chunk, kHostPieceBytes});
-      hash_copy(&hasher, out + in_chunk, q, m);
-      q += m;
-      n -= m;
-      in_chunk += m;
-      if (in_chunk == len) {
-        put64(out + len, hasher.digest());
-        sink.commit(len + 8);
-        ++chunk;
-        in_chunk = 0;
-      }
-    }
+    walk.advance(
+        piece_len(g, pipe, j),
+        [&](uint64_t i, size_t len) {
+          out = sink.reserve(len + 8);
+          hasher.reset(kSeedChunk0 + i);
+        },
+        [&](size_t off, size_t m) {
+          hash_copy(&hasher, out + off, q, m);
+          q += m;
+        },
+        [&](uint64_t, size_t len) {
+          put64(out + len, hasher.digest());
+          sink.commit(len + 8);
+        });
   }
 }
 
@@ -322,33 +345,27 @@ void upload_payload(const Cache& cache, const RunTable& runs, const Geometry& g,
   PageCursor cur(cache, runs);
   const uint64_t pieces = num_pieces(g, pipe);
   Hasher hasher;
-  uint64_t chunk = 0;
-  size_t in_chunk = 0, len = 0;
+  ChunkWalk walk{g};
   const uint8_t* in = nullptr;
   for (uint64_t j = 0; j < pieces; ++j) {
     const int k = static_cast<int>(j & 1);
     pipe.wait(k);
     uint8_t* q = pipe.slot(k);
-    for (size_t n = piece_len(g, pipe, j); n > 0;) {
-      if (in_chunk == 0) {
-        len = static_cast<size_t>(g.chunk_len(chunk));
-        in = chunk_at(chunk);
-        if (verify) hasher.reset(kSeedChunk0 + chunk);
-      }
-      const size_t m = std::min({n, len - in_chunk, kHostPieceBytes});
-      hash_copy(verify ? &hasher : nullptr, q, in + in_chunk, m);
-      q += m;
-      n -= m;
-      in_chunk += m;
-      if (in_chunk == len) {
-        if (verify) {
+    walk.advance(
+        piece_len(g, pipe, j),
+        [&](uint64_t i, size_t) {
+          in = chunk_at(i);
+          if (verify) hasher.reset(kSeedChunk0 + i);
+        },
+        [&](size_t off, size_t m) {
+          hash_copy(verify ? &hasher : nullptr, q, in + off, m);
+          q += m;
+        },
+        [&](uint64_t i, size_t len) {
+          if (!verify) return;
           const uint64_t stored = get64(in + len), computed = hasher.digest();
-          if (!sum_ok(stored, computed)) chunk_mismatch(function, chunk, g, stored, computed);
-        }
-        ++chunk;
-        in_chunk = 0;
-      }
-    }
+          if (!sum_ok(stored, computed)) chunk_mismatch(function, i, g, stored, computed);
+        });
     enqueue_piece(pipe, cur, g, j, false);
   }
   pipe.wait(0);

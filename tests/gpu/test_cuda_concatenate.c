@@ -14,33 +14,10 @@
 #include <cuda_runtime_api.h>
 #endif
 
-static int have_gpu(void) {
-  int32_t n = 0;
-  assert_kvp_ok(kvp_device_count(&n));
-  return KVP_HAS_CUDA && n > 0;
-}
-
 #if KVP_HAS_CUDA
 
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
-
-/* Skips the calling test (cmocka's skip() does not return) without a usable GPU. */
-static void require_gpu(void) {
-  if (!have_gpu()) skip();
-}
-
-static kvp_cache *new_cache_on(const kvp_config *cfg, kvp_device_type dt, int32_t device_id) {
-  kvp_cache_options o;
-  kvp_cache *c = NULL;
-  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
-  o.device_type = dt;
-  o.device_id = device_id;
-  assert_kvp_ok(kvp_cache_create(cfg, &o, &c));
-  return c;
-}
-
-static kvp_cache *new_cache(const kvp_config *cfg, kvp_device_type dt) { return new_cache_on(cfg, dt, 0); }
 
 static int current_device(void) {
   int d = -1;
@@ -48,15 +25,8 @@ static int current_device(void) {
   return d;
 }
 
-static size_t layer_bytes(const kvp_cache *c) {
-  kvp_layout_info li;
-  li.struct_size = sizeof li;
-  assert_kvp_ok(kvp_cache_get_layout(c, &li));
-  return (size_t)li.layer_bytes;
-}
-
 static uint8_t *read_layer(const kvp_cache *c, uint32_t layer) {
-  size_t n = layer_bytes(c);
+  size_t n = kvp_test_layer_bytes(c);
   uint8_t *p = (uint8_t *)malloc(n);
   assert_non_null(p);
   assert_kvp_ok(kvp_cache_read_layer(c, layer, p, n, NULL));
@@ -65,7 +35,7 @@ static uint8_t *read_layer(const kvp_cache *c, uint32_t layer) {
 
 /* Fills a layer of several caches with the same random bytes, so untouched slots are visible. */
 static uint8_t *prefill(kvp_cache **caches, const uint32_t *layers, int n, uint64_t *rng) {
-  size_t bytes = layer_bytes(caches[0]);
+  size_t bytes = kvp_test_layer_bytes(caches[0]);
   uint8_t *p = (uint8_t *)malloc(bytes);
   assert_non_null(p);
   for (size_t i = 0; i < bytes; ++i) p[i] = (uint8_t)kvp_test_rand(rng);
@@ -288,7 +258,7 @@ static void free_device_md(device_md *d) {
  * must have changed it. */
 static void expect_both_metadata_paths(kvp_cache *cpu, kvp_cache *gpu, const tensor_pair *k, const tensor_pair *v,
                                        const kvp_metadata *md, const uint8_t *before, const char *what) {
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   char label[256];
   device_md dmd;
   make_device_md(&dmd, md);
@@ -317,8 +287,8 @@ typedef struct shape_case {
 static void run_compare_case(const shape_case *sc, kvp_dtype kin, kvp_dtype vin, kvp_dtype cdt, int stride_mode,
                              uint64_t *rng) {
   kvp_config cfg = kvp_test_config(2, sc->H, sc->D, sc->S, 48, cdt, sc->layout);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[3] = {cpu, gpu, gpu};
   const uint32_t layers[3] = {0, 0, 1};
   uint8_t *before = prefill(all, layers, 3, rng);
@@ -344,7 +314,7 @@ static void run_compare_case(const shape_case *sc, kvp_dtype kin, kvp_dtype vin,
 
 static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   static const shape_case shapes[] = {
       {KVP_LAYOUT_V3, 8, 128, 16}, {KVP_LAYOUT_V3, 3, 96, 16}, {KVP_LAYOUT_V3, 1, 128, 32},
       {KVP_LAYOUT_V3, 8, 64, 16},  {KVP_LAYOUT_V3, 3, 64, 16}, /* h64 */
@@ -375,12 +345,12 @@ static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **sta
  * ignored. CUDA with host and with device metadata equals the CPU. */
 static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0x5111CE;
   const int64_t H = 2, D = 64, S = 8, P = 40, T = 48;
   kvp_config cfg = kvp_test_config(2, H, D, S, P, KVP_DTYPE_BF16, KVP_LAYOUT_V2);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[3] = {cpu, gpu, gpu};
   const uint32_t layers[3] = {0, 0, 1};
   uint8_t *before = prefill(all, layers, 3, &rng);
@@ -414,8 +384,8 @@ static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, i
   const uint32_t isz = dtype_size(in);
   const int64_t T = count / D;
   kvp_config cfg = kvp_test_config(2, 1, D, S, T / S + 1, cdt, KVP_LAYOUT_V2);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   /* Keys in pattern order, values in reverse order (each pattern lands in both halves). */
   tensor_pair kv[2];
   for (int h = 0; h < 2; ++h) {
@@ -443,7 +413,7 @@ static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, i
 
 static void test_cuda_concatenate__conversions_exhaustive(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   static const kvp_dtype stores[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
                                      KVP_DTYPE_F8_E5M2};
   uint16_t *h16 = (uint16_t *)malloc(65536 * sizeof *h16);
@@ -489,15 +459,15 @@ static kvp_metadata *decode_batch(const kvp_config *cfg, int n, int64_t offset, 
  * has many blocks), repeated so the ring wraps. */
 static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0xB16;
   kvp_config cfg = kvp_test_config(1, 8, 128, 16, 600, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   for (int step = 0; step < 80; ++step) {
     int64_t T = 0;
     kvp_metadata *md = random_batch(&cfg, &rng, 64, 0, 0, &T);
@@ -589,16 +559,16 @@ static void update_device_md(device_md *dst, const kvp_metadata *src) {
 
 static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0x6A;
   const int64_t H = 8, D = 128, S = 16, R = 8, T = 96;
   kvp_config cfg = kvp_test_config(1, H, D, S, 400, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
@@ -690,16 +660,16 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
  * says so. */
 static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0xCAB;
   const int64_t H = 2, D = 128, S = 16;
   kvp_config cfg = kvp_test_config(1, H, D, S, 24, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   int64_t T = 0;
   kvp_metadata *md = random_batch(&cfg, &rng, 4, 0, 0, &T);
   tensor_pair k, v;
@@ -769,17 +739,17 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
  * the staging ring (which grows for it), and small batches (inline runs) still capture. */
 static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0xA7E;
   const int64_t H = 1, D = 64, S = 16;
   const int nreq = 1000; /* 24000 bytes of runs per call: about 43 calls fill the arena */
   kvp_config cfg = kvp_test_config(1, H, D, S, nreq + 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   kvp_metadata *mda = decode_batch(&cfg, nreq, 3, 1);
   kvp_metadata *mdb = decode_batch(&cfg, nreq, 7, 1);
   tensor_pair ka, va, kb, vb;
@@ -857,12 +827,12 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   uint64_t rng = seed;
   const int64_t H = 4, D = 128, S = 16, P = 40;
   kvp_config cfg = kvp_test_config(1, H, D, S, P, KVP_DTYPE_F16, layout);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   const size_t page_bytes = n / (size_t)P;
   const int32_t spare = (int32_t)(P - 1); /* random_batch never uses the last page */
   int64_t T = 0;
@@ -1001,16 +971,16 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
  * the error names the logical page and the table width. */
 static void test_cuda_concatenate__device_page_index_beyond_table(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0x1DE;
   const int64_t H = 2, D = 128, S = 16;
   kvp_config cfg = kvp_test_config(1, H, D, S, 40, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   kvp_metadata *md = NULL;
   kvp_metadata_desc d;
   int64_t T = 0;
@@ -1074,7 +1044,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
 
 static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   run_bad_device_metadata(KVP_LAYOUT_V3, 0xBAD1);
   run_bad_device_metadata(KVP_LAYOUT_V2, 0xBAD2);
 }
@@ -1097,12 +1067,12 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   const kvp_layout layout = kind <= BAD_V3_QUERY_LEN ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2;
   const int64_t H = 2, D = 128, S = 16, P = 40;
   kvp_config cfg = kvp_test_config(1, H, D, S, P, KVP_DTYPE_F16, layout);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   const size_t row_bytes = n / (size_t)(P * S);
   kvp_metadata *md = NULL;
   kvp_metadata_desc d;
@@ -1248,7 +1218,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
 
 static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   for (int kind = BAD_V3_NUM_SEQS; kind <= BAD_V2_SOURCE; ++kind) run_device_check((bad_kind)kind, 0xC4EC0 + (uint64_t)kind);
 }
 
@@ -1257,16 +1227,16 @@ static void test_cuda_concatenate__every_device_check_reports_and_skips(void **s
  * device metadata and a page copy give the CPU's bytes, and no CUDA error is left behind. */
 static void test_cuda_concatenate__stream_handles(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0x57;
   const int64_t H = 4, D = 128;
   kvp_config cfg = kvp_test_config(2, H, D, 16, 300, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   cudaStream_t blocking, non_blocking;
   CUDA_OK(cudaStreamCreateWithFlags(&blocking, 0));
   CUDA_OK(cudaStreamCreateWithFlags(&non_blocking, cudaStreamNonBlocking));
@@ -1339,12 +1309,12 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
   uint64_t rng = seed;
   const int64_t H = 2, D = 64, S = 16, P = 24;
   kvp_config cfg = kvp_test_config(1, H, D, S, P, KVP_DTYPE_BF16, layout);
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   int accepted = 0, rejected = 0, reported = 0;
   for (int round = 0; round < rounds; ++round) {
     int64_t T = 0;
@@ -1426,7 +1396,7 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
  * runs many more emulated blocks, uses fewer). */
 static void test_cuda_concatenate__device_metadata_fuzz(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   const char *env = getenv("KVP_TEST_FUZZ_ROUNDS");
   const int rounds = env != NULL && atoi(env) > 0 ? atoi(env) : 160;
   fuzz_device_metadata(KVP_LAYOUT_V3, 0xF022, rounds);
@@ -1437,14 +1407,14 @@ static void test_cuda_concatenate__device_metadata_fuzz(void **state) {
  * device is restored. */
 static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   uint64_t rng = 0xE44;
   kvp_config cfg = kvp_test_config(1, 2, 128, 16, 20, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *gpu = new_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_cache *all[1] = {gpu};
   const uint32_t layers[1] = {0};
   uint8_t *before = prefill(all, layers, 1, &rng);
-  const size_t n = layer_bytes(gpu);
+  const size_t n = kvp_test_layer_bytes(gpu);
   int64_t T = 0;
   kvp_metadata *md = random_batch(&cfg, &rng, 4, 0, 0, &T);
   tensor_pair k, v;
@@ -1490,7 +1460,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   (void)state;
   int32_t count = 0;
   assert_kvp_ok(kvp_device_count(&count));
-  if (!have_gpu() || count < 2) {
+  if (!kvp_test_have_gpu() || count < 2) {
     printf("kvpages: fewer than two CUDA devices\n");
     skip();
     return;
@@ -1499,8 +1469,8 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   const int64_t H = 8, D = 128;
   kvp_config cfg = kvp_test_config(2, H, D, 16, 300, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
   CUDA_OK(cudaSetDevice(0));
-  kvp_cache *cpu = new_cache(&cfg, KVP_DEVICE_CPU);
-  kvp_cache *gpu = new_cache_on(&cfg, KVP_DEVICE_CUDA, 1);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 1);
   assert_int_equal(current_device(), 0);
   kvp_device_type dt = KVP_DEVICE_CPU;
   int32_t did = -1;
@@ -1511,7 +1481,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
   assert_int_equal(current_device(), 0);
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
 
   /* Inputs, device-resident metadata and a stream on device 1; a stream on device 0. */
   int64_t T = 0;
@@ -1624,20 +1594,20 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
 
 #else /* !KVP_HAS_CUDA */
 
-static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__conversions_exhaustive(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__graph_capture_and_replay(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__graph_arena_exhausted(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__cache_on_second_device(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__device_metadata_fuzz(void **state) { (void)state; skip(); }
-static void test_cuda_concatenate__stream_handles(void **state) { (void)state; skip(); }
+static void test_cuda_concatenate__matches_cpu_every_layout_and_dtype(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__conversions_exhaustive(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__large_batches_and_staging_ring(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__graph_capture_and_replay(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__graph_arena_exhausted(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__bad_device_page_id_is_async_error(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__device_page_index_beyond_table(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__every_device_check_reports_and_skips(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__host_errors_change_nothing(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__cache_on_second_device(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__device_metadata_fuzz(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_concatenate__stream_handles(void **state) { (void)state; kvp_test_require_gpu(); }
 
 #endif
 
@@ -1658,6 +1628,5 @@ int main(void) {
       cmocka_unit_test(test_cuda_concatenate__host_errors_change_nothing),
       cmocka_unit_test(test_cuda_concatenate__cache_on_second_device),
   };
-  if (!have_gpu()) printf("kvpages: no CUDA device (or no CUDA in this build); GPU tests skipped\n");
   return cmocka_run_group_tests_name("cuda_concatenate", tests, NULL, NULL);
 }

@@ -14,24 +14,6 @@ static int32_t device_count(void) {
   return n;
 }
 
-static kvp_cache *make_cache(const kvp_config *cfg, kvp_device_type dt) {
-  kvp_cache_options o;
-  kvp_cache *c = NULL;
-  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
-  o.device_type = dt;
-  o.device_id = 0;
-  assert_kvp_ok(kvp_cache_create(cfg, &o, &c));
-  assert_non_null(c);
-  return c;
-}
-
-static size_t layer_bytes(const kvp_cache *c) {
-  kvp_layout_info li;
-  li.struct_size = sizeof li;
-  assert_kvp_ok(kvp_cache_get_layout(c, &li));
-  return (size_t)li.layer_bytes;
-}
-
 static void fill_random(uint8_t *p, size_t n, uint64_t *rng) {
   for (size_t i = 0; i < n; ++i) p[i] = (uint8_t)kvp_test_rand(rng);
 }
@@ -67,8 +49,8 @@ static void test_cuda_device__cpu_write_read_roundtrip(void **state) {
   (void)state;
   uint64_t rng = 11;
   kvp_config cfg = kvp_test_config(3, 2, 64, 16, 5, KVP_DTYPE_F16, KVP_LAYOUT_V3);
-  kvp_cache *c = make_cache(&cfg, KVP_DEVICE_CPU);
-  const size_t n = layer_bytes(c);
+  kvp_cache *c = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  const size_t n = kvp_test_layer_bytes(c);
   uint8_t *src = (uint8_t *)malloc(n), *back = (uint8_t *)malloc(n + 7), *zero = (uint8_t *)calloc(n, 1);
   assert_non_null(src);
   assert_non_null(back);
@@ -98,8 +80,8 @@ static void test_cuda_device__bad_arguments_change_nothing(void **state) {
   (void)state;
   uint64_t rng = 12;
   kvp_config cfg = kvp_test_config(2, 1, 128, 16, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V2);
-  kvp_cache *c = make_cache(&cfg, KVP_DEVICE_CPU);
-  const size_t n = layer_bytes(c);
+  kvp_cache *c = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  const size_t n = kvp_test_layer_bytes(c);
   uint8_t *a = (uint8_t *)malloc(n), *b = (uint8_t *)malloc(n), *junk = (uint8_t *)malloc(n + 1);
   assert_non_null(a);
   assert_non_null(b);
@@ -145,13 +127,13 @@ static void test_cuda_device__cuda_cache_zeroed_and_roundtrip(void **state) {
   }
   uint64_t rng = 13;
   kvp_config cfg = kvp_test_config(2, 3, 96, 32, 7, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V3);
-  kvp_cache *c = make_cache(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *c = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   kvp_device_type dt = 0;
   int32_t did = -1;
   assert_kvp_ok(kvp_cache_get_device(c, &dt, &did));
   assert_int_equal(dt, KVP_DEVICE_CUDA);
   assert_int_equal(did, 0);
-  const size_t n = layer_bytes(c);
+  const size_t n = kvp_test_layer_bytes(c);
   uint8_t *src = (uint8_t *)malloc(n), *back = (uint8_t *)malloc(n);
   assert_non_null(src);
   assert_non_null(back);

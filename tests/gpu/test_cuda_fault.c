@@ -15,32 +15,15 @@
 #include <cuda_runtime_api.h>
 #endif
 
-static int have_gpu(void) {
-  int32_t n = 0;
-  assert_kvp_ok(kvp_device_count(&n));
-  if (!KVP_HAS_CUDA || n == 0) {
-    printf("kvpages: no CUDA device\n");
-    return 0;
-  }
-  return 1;
-}
-
 #if KVP_HAS_CUDA
 
 static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **state) {
   (void)state;
-  if (!have_gpu()) {
-    skip();
-    return;
-  }
+  kvp_test_require_gpu();
   const int64_t H = 2, D = 128, T = 4;
   kvp_config cfg = kvp_test_config(1, H, D, 16, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache_options o;
-  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
-  o.device_type = KVP_DEVICE_CUDA;
-  kvp_cache *gpu = NULL, *cpu = NULL;
-  assert_kvp_ok(kvp_cache_create(&cfg, &o, &gpu));
-  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &cpu));
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
   int32_t page = 1;
   kvp_batch_request req = {0, T, &page, 1};
   kvp_metadata *md = NULL;
@@ -115,8 +98,7 @@ static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **st
 
 static void test_cuda_fault__sticky_fault_is_reported_and_refuses_work(void **state) {
   (void)state;
-  have_gpu();
-  skip();
+  kvp_test_require_gpu();
 }
 
 #endif

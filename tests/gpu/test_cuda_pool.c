@@ -23,17 +23,9 @@ static int make_pair(const kvp_config *cfg, kvp_cache **cpu, kvp_cache **gpu) {
   return 1;
 }
 
-static size_t layer_bytes(const kvp_cache *c) {
-  kvp_layout_info li;
-  memset(&li, 0, sizeof li);
-  li.struct_size = sizeof li;
-  assert_kvp_ok(kvp_cache_get_layout(c, &li));
-  return (size_t)li.layer_bytes;
-}
-
 /* Same random bytes into every layer of both caches. */
 static void fill_both(kvp_cache *cpu, kvp_cache *gpu, uint32_t layers, uint64_t seed) {
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   uint8_t *buf = (uint8_t *)malloc(n);
   assert_non_null(buf);
   for (uint32_t l = 0; l < layers; ++l) {
@@ -45,7 +37,7 @@ static void fill_both(kvp_cache *cpu, kvp_cache *gpu, uint32_t layers, uint64_t 
 }
 
 static void assert_same_bytes(const kvp_cache *cpu, const kvp_cache *gpu, uint32_t layers) {
-  const size_t n = layer_bytes(cpu);
+  const size_t n = kvp_test_layer_bytes(cpu);
   uint8_t *a = (uint8_t *)malloc(n), *b = (uint8_t *)malloc(n);
   assert_non_null(a);
   assert_non_null(b);

@@ -14,29 +14,6 @@
 #include <cuda_runtime_api.h>
 #endif
 
-static int have_gpu(void) {
-  int32_t n = 0;
-  if (kvp_device_count(&n) != KVP_OK) return 0;
-  return KVP_HAS_CUDA && n > 0;
-}
-
-/* Skips the calling test (cmocka's skip() does not return) without a usable GPU. */
-static void require_gpu(void) {
-  if (!have_gpu()) {
-    printf("kvpages: no CUDA device\n");
-    skip();
-  }
-}
-
-static kvp_cache *cache_on(const kvp_config *cfg, kvp_device_type dt) {
-  kvp_cache_options o;
-  kvp_cache *c = NULL;
-  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
-  o.device_type = dt;
-  assert_kvp_ok(kvp_cache_create(cfg, &o, &c));
-  return c;
-}
-
 static uint8_t *blob_of(const kvp_cache *c, const kvp_serialize_options *o, size_t *n) {
   size_t need = 0, w = 0;
   assert_kvp_ok(kvp_serialized_size(c, o, &need));
@@ -142,7 +119,7 @@ static kvp_config big_config(void) { return kvp_test_config(4, 8, 128, 16, 40, K
 
 static void test_serialize_gpu__cpu_and_gpu_blobs_are_identical(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   const kvp_layout lays[] = {KVP_LAYOUT_V2, KVP_LAYOUT_V3};
   const int64_t dims[] = {64, 128};
   const kvp_dtype dts[] = {KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN, KVP_DTYPE_F32};
@@ -150,7 +127,7 @@ static void test_serialize_gpu__cpu_and_gpu_blobs_are_identical(void **state) {
     for (int di = 0; di < 2; ++di)
       for (int ti = 0; ti < 3; ++ti) {
         kvp_config cfg = kvp_test_config(3, 2, dims[di], 16, 40, dts[ti], lays[li]);
-        kvp_cache *cpu = cache_on(&cfg, KVP_DEVICE_CPU);
+        kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
         fill_random(cpu, (uint64_t)(li * 100 + di * 10 + ti + 1));
         kvp_serialize_options o;
         kvp_serialize_options_init(&o, sizeof o);
@@ -207,9 +184,9 @@ static void test_serialize_gpu__cpu_and_gpu_blobs_are_identical(void **state) {
  * and to a writer, from a buffer and from a reader, into a new cache and into chosen pages. */
 static void test_serialize_gpu__pipelined_transfers_match_the_cpu(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   const kvp_config cfg = big_config();
-  kvp_cache *cpu = cache_on(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
   fill_random(cpu, 42);
   kvp_cache *gpu = NULL;
   {
@@ -246,7 +223,7 @@ static void test_serialize_gpu__pipelined_transfers_match_the_cpu(void **state) 
 
       /* Streamed into a new GPU cache: the pages of the blob match, the rest is zero. */
       kvp_cache *fresh = load_on_gpu_from_reader(b, n, KVP_OK, "");
-      kvp_cache *expect = cache_on(&cfg, KVP_DEVICE_CPU);
+      kvp_cache *expect = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
       assert_kvp_ok(kvp_deserialize_into(expect, b, n, NULL, 0));
       assert_same_layers(fresh, expect);
       assert_kvp_ok(kvp_cache_destroy(fresh));
@@ -305,9 +282,9 @@ static int32_t KVP_CALL write_and_nest(const void *data, size_t size, void *user
 
 static void test_serialize_gpu__concurrent_serializations_use_separate_buffers(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   const kvp_config cfg = big_config();
-  kvp_cache *cpu = cache_on(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
   fill_random(cpu, 7);
   size_t n = 0;
   uint8_t *b = blob_of(cpu, NULL, &n);
@@ -327,9 +304,9 @@ static void test_serialize_gpu__concurrent_serializations_use_separate_buffers(v
  * memory it had taken is released. A damaged blob given to kvp_deserialize_into changes nothing. */
 static void test_serialize_gpu__a_damaged_blob_loads_nothing(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   const kvp_config cfg = big_config();
-  kvp_cache *cpu = cache_on(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
   fill_random(cpu, 9);
   size_t n = 0, m = 0;
   uint8_t *b = blob_of(cpu, NULL, &n);
@@ -340,7 +317,7 @@ static void test_serialize_gpu__a_damaged_blob_loads_nothing(void **state) {
   assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CUDA, 0, &after));
   assert_int_equal(after.bytes_in_use, before.bytes_in_use);
 
-  kvp_cache *gpu = cache_on(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   uint8_t *zero = blob_of(gpu, NULL, &m);
   memreader r = {b, n, 0, 65536};
   assert_kvp_status(kvp_deserialize_into_from_reader(gpu, read_mem, &r, NULL, 0), KVP_ERR_FORMAT_CHECKSUM, "chunk 9");
@@ -360,11 +337,11 @@ static void test_serialize_gpu__a_damaged_blob_loads_nothing(void **state) {
  * KVP_ERR_UNSUPPORTED before touching the output or the cache, and the capture stays valid. */
 static void test_serialize_gpu__refused_during_a_graph_capture(void **state) {
   (void)state;
-  require_gpu();
+  kvp_test_require_gpu();
   const kvp_config cfg = kvp_test_config(2, 2, 64, 16, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  kvp_cache *cpu = cache_on(&cfg, KVP_DEVICE_CPU);
+  kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
   fill_random(cpu, 3);
-  kvp_cache *gpu = cache_on(&cfg, KVP_DEVICE_CUDA);
+  kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
   size_t n = 0, m = 0, w = 0;
   uint8_t *b = blob_of(cpu, NULL, &n);
   uint8_t *zero = blob_of(gpu, NULL, &m);

@@ -1,5 +1,6 @@
 #include "support.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 static void *KVP_CALL test_alloc_fn(void *ud, size_t size, size_t align) {
@@ -112,4 +113,35 @@ kvp_metadata *kvp_test_v2_metadata(int32_t *slot_mapping, int64_t num_slices, in
   d.num_kv_update_slices_len = 1;
   assert_kvp_ok(kvp_metadata_create(&d, &md));
   return md;
+}
+
+int kvp_test_have_gpu(void) {
+  int32_t n = 0;
+  assert_kvp_ok(kvp_device_count(&n));
+  return KVP_HAS_CUDA && n > 0;
+}
+
+void kvp_test_require_gpu(void) {
+  if (kvp_test_have_gpu()) return;
+  printf("kvpages: no CUDA device\n");
+  skip();
+}
+
+kvp_cache *kvp_test_cache_on(const kvp_config *cfg, kvp_device_type device, int32_t device_id) {
+  kvp_cache_options o;
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
+  o.device_type = device;
+  o.device_id = device_id;
+  assert_kvp_ok(kvp_cache_create(cfg, &o, &c));
+  assert_non_null(c);
+  return c;
+}
+
+size_t kvp_test_layer_bytes(const kvp_cache *cache) {
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(cache, &li));
+  return (size_t)li.layer_bytes;
 }

@@ -55,6 +55,16 @@ kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, i
  * source token, length per column) and the valid-column count num_valid[0]. */
 kvp_metadata *kvp_test_v2_metadata(int32_t *slot_mapping, int64_t num_slices, int32_t *num_valid);
 
+/* GPU tests: 1 when this build has CUDA and the machine a CUDA device, else 0. */
+int kvp_test_have_gpu(void);
+/* Skips the calling test without a GPU (cmocka's skip() does not return), first printing
+ * "kvpages: no CUDA device", the line on which ctest reports a GPU test as skipped. */
+void kvp_test_require_gpu(void);
+/* A new cache on `device` (CUDA: device `device_id`); fails the test if it cannot be created. */
+kvp_cache *kvp_test_cache_on(const kvp_config *cfg, kvp_device_type device, int32_t device_id);
+/* Bytes of one layer's page buffer (kvp_layout_info.layer_bytes). */
+size_t kvp_test_layer_bytes(const kvp_cache *cache);
+
 /* For GPU tests that include <cuda_runtime_api.h>: fails the test, naming the call, unless it
  * returned cudaSuccess. */
 #define CUDA_OK(expr)                                                           \
