@@ -22,11 +22,13 @@
 // refuses further writes, even from replayed CUDA graphs, until the host clears it.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <type_traits>
 
-#include "backend/cuda/cuda_device_error.hpp"
-#include "core/fp_convert.hpp"
+#include "backend/fp_convert.hpp"
+#include "kernels/concat_params.hpp"
 
 // Under the emulated runtime (tests/gpu/cuemu), every store and every input read is checked to
 // lie inside the buffer it indexes; on a GPU this compiles to nothing.
@@ -37,61 +39,6 @@
 #endif
 
 namespace kvp::detail::cuda {
-
-constexpr int kThreads = 256;
-constexpr int kMaxRowsPerBlock = 64;
-constexpr int kMaxInlineRuns = 32;
-
-enum RowMode : int32_t { kRowsRuns = 0, kRowsV3 = 1, kRowsV2 = 2 };
-
-struct InputDesc {
-  const void* data;
-  int64_t st, sh, sd;  // strides in elements: token, head, lane
-  kvp_dtype dtype;     // read at run time only by the mixed-dtype kernels (In = TAny)
-  int32_t itemsize;
-};
-
-// Kernel parameters (passed by value; about 1 KiB).
-struct ConcatParams {
-  uint8_t* dst;       // layer buffer
-  int64_t row_bytes;  // bytes of one token slot
-  int32_t entries;    // combined entries per slot (v3: Cst, v2: 2H)
-  int32_t lanes;      // lanes per entry (v3: Dst or 128, v2: D)
-  int32_t heads;      // H
-  int32_t head_dim;   // D
-  int32_t h64;        // v3 head_dim-64 layout: entry h = [K_h | V_h]
-  int32_t chunks_per_entry;
-  int32_t chunks_per_row;
-  int32_t cpe_shift;  // log2(chunks_per_entry) when it is a power of two, else -1
-  int32_t cpr_shift;  // log2(chunks_per_row) when it is a power of two, else -1
-  int32_t rows_per_block;
-  int32_t in_vec_ok;  // key and value allow vector loads of a chunk
-  int32_t mode;       // RowMode
-  InputDesc key, value;
-  int64_t num_slots;   // P * S
-  int64_t num_tokens;  // T
-  int64_t page_size;   // S
-  int64_t num_pages;   // P
-  int64_t num_rows;    // rows enumerated by the grid (runs: total tokens; v3: T)
-  // kRowsRuns: run j writes tokens [src_j, src_j + len_j) to slots [dst_j, …); start_j = Σ_{i<j} len_i.
-  int64_t num_runs;
-  const int64_t* runs;  // device array [3][num_runs] (src, dst, start), or nullptr if inline
-  int64_t inl[3 * kMaxInlineRuns];
-  // kRowsV3 (device-resident).
-  const int32_t* pages_tables;
-  int64_t num_reqs;
-  int64_t pages_per_req;
-  const int32_t* context_lens;
-  const int32_t* query_start_loc;
-  const int32_t* num_seqs_ptr;  // &request_distribution[2] or &num_seqs[0]
-  // kRowsV2 (device-resident).
-  const int32_t* slot_mapping;  // [3, num_slices]
-  int64_t num_slices;
-  const int32_t* num_valid_slices_ptr;  // &num_kv_update_slices[0]
-  // Error record and its host mirror.
-  DeviceErrorRecord* err;
-  DeviceErrorRecord* mirror;
-};
 
 // ------------------------------------------------------------------------------------------------
 // Dtype tags: the storage bits of each dtype and its conversions through f32.

@@ -41,7 +41,8 @@ build_and_test() {  # <build dir> <extra cmake args...>
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >"$dir.configure.log" 2>&1 ||
     { cat "$dir.configure.log"; return 1; }
   cmake --build "$dir" -j"$JOBS" || return 1
-  ctest --test-dir "$dir" --output-on-failure -j"$JOBS"
+  # -C slow: also the slow tests that a plain `ctest` leaves out (the "slow" configuration).
+  ctest --test-dir "$dir" -C slow --output-on-failure -j"$JOBS"
 }
 
 main_tests() { build_and_test build-ci -DKVPAGES_CUDA="${KVPAGES_CUDA:-AUTO}"; }

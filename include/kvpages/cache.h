@@ -30,7 +30,9 @@ KVP_BEGIN_DECLS
 typedef struct kvp_cache kvp_cache;
 
 /**
- * @brief Optional host allocator used for the cache's page buffers and bookkeeping objects.
+ * @brief A host allocator: given to a cache (kvp_cache_options::allocator) or a pool
+ *        (kvp_pool_options::allocator) for their memory, or installed as the process default with
+ *        kvp_set_host_allocator().
  *
  * @warning Callbacks must not unwind (no C++ exception, Rust panic or longjmp through them).
  */
@@ -42,6 +44,37 @@ typedef struct kvp_host_allocator {
   /** Passed to both callbacks. */
   void *user_data;
 } kvp_host_allocator;
+
+/**
+ * @brief Installs the process-wide default host allocator: the one the library uses for every
+ *        allocation it makes on a caller's behalf that no object-specific allocator covers.
+ *
+ * Every host allocation the library makes for a caller goes through an allocator: a cache's
+ * (kvp_cache_options::allocator: its page buffers, its bookkeeping and the scratch of every call
+ * on it), a pool's (kvp_pool_options::allocator: all its memory, allocated at creation), and else
+ * this default: metadata handles and their arrays, the batch builder, the JSON readers and
+ * writers, and objects created without an allocator of their own (caches created then use it for
+ * their pages too). The built-in default is the C library's
+ * `aligned_alloc` / `free` (and anonymous mappings for large page buffers).
+ *
+ * Not routed through any allocator: process-wide infrastructure (the registry of live handles,
+ * the CPU worker threads), the text of error messages, the CUDA runtime's own allocations, the JSON tokenizer's scratch (the current token and the nesting
+ * stack), and the DLPack descriptors of kvp_cache_export_dlpack() (see there).
+ *
+ * Each object and each container keeps the allocator it was created with and frees through it,
+ * so replacing the default affects only what is allocated afterwards. Install it before other
+ * kvpages calls, or while no other thread is in a kvpages call.
+ *
+ * @param[in] allocator The new default (copied; its user_data is borrowed and must stay valid
+ *            until every block it allocated is freed, i.e. every object created while it was
+ *            installed is destroyed), or NULL for the built-in one.
+ * @retval KVP_OK Installed.
+ * @retval KVP_ERR_INVALID_ARGUMENT `alloc` or `free` is NULL in a non-NULL `allocator`; the
+ *         default is unchanged.
+ * @threadsafety Not synchronised with allocations in flight on other threads (see above).
+ * @since 1.1
+ */
+KVP_API kvp_status KVP_CALL kvp_set_host_allocator(const kvp_host_allocator *allocator);
 
 /** Current value of kvp_cache_options::abi_version. */
 #define KVP_CACHE_OPTIONS_VERSION 1u

@@ -54,19 +54,17 @@ KVP_BEGIN_DECLS
  *
  * On a CUDA cache the call can be captured into a CUDA graph (stream capture on `stream`).
  * Device-resident metadata is read when the graph runs, so an engine updates its buffers and
- * replays. Host metadata is copied at capture time into the cache's graph staging arena (1 MiB,
- * never reused, since graphs read it on every replay); when the arena is full the call returns
- * ::KVP_ERR_UNSUPPORTED, enqueues nothing and leaves the capture valid. A graph that contains
- * the call must not be launched after the cache is destroyed.
+ * replays. Host metadata is copied at capture time into the cache's graph staging arena, a fixed
+ * amount of memory that is never reused (graphs read it on every replay); when the arena is full
+ * the call returns ::KVP_ERR_UNSUPPORTED, enqueues nothing and leaves the capture valid. A graph
+ * that contains the call must not be launched after the cache is destroyed.
  *
- * On the CPU, batches that write at least 2 MiB are spread over a small thread pool (as many
- * threads as CPUs, or `KVP_NUM_THREADS` / `OMP_NUM_THREADS` from the environment, read once);
- * the calling thread always works too and never waits for a pool thread that has not started.
- * Smaller calls, single-token decode steps included, run on the calling thread only. Batches
- * writing 16 MiB or more use non-temporal stores (they would only evict the caches). Dtype
- * conversions use the widest vector instructions the CPU has (x86-64: SSE2, AVX2 or AVX-512,
- * chosen once; the environment variable `KVP_CPU_ISA=baseline|avx2` can lower the choice) and
- * write the same bytes at every level; kvp_build_info() names the level.
+ * On the CPU, large batches are spread over the library's thread pool (`KVP_NUM_THREADS`, see
+ * the main page); the calling thread always works too and never waits for a pool thread that has
+ * not started, and small calls (single-token decode steps included) stay on the calling thread.
+ * Every instruction-set level of the CPU's vector code writes the same bytes; kvp_build_info()
+ * names the level in use. The thresholds and sizes behind these choices are not part of the
+ * contract (docs/architecture.md lists the current ones).
  *
  * @param[in,out] cache Cache handle (the layer's pages are written).
  * @param[in] layer Layer index, < num_hidden_layers.
@@ -96,10 +94,10 @@ KVP_BEGIN_DECLS
  * @threadsafety Must not run concurrently with other calls that modify the same cache; calls on
  *               different layers of the same cache must not overlap either.
  * @stream Stream-ordered on `stream` for CUDA caches. It does not synchronise the host in the
- *         steady state. Host metadata of more than 32 runs is staged through a ring of 64 slots,
- *         and a call waits only when all 64 still feed queued work, or once, when a batch first
- *         outgrows the slots and they are reallocated. Argument errors are reported
- *         synchronously.
+ *         steady state: host metadata is staged through a ring of buffers, and a call waits only
+ *         when every buffer of the ring still feeds queued work, or once, when a batch first
+ *         outgrows the buffers and they are reallocated (docs/cuda.md). Argument errors are
+ *         reported synchronously.
  * @since 1.0
  * @code
  * // key/value: [T, H, D] bf16 host tensors packed in the builder's row order.

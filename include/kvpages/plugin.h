@@ -238,6 +238,8 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *cache_write_layer)(kvp_cache *cache, uint32_t layer, const void *host_src, size_t size, kvp_stream stream);
   /** kvp_cache_export_dlpack() */
   kvp_status (KVP_CALL *cache_export_dlpack)(kvp_cache *cache, uint32_t layer, kvp_view_kind kind, uint32_t flags, struct DLManagedTensor **out);
+  /** kvp_set_host_allocator() */
+  kvp_status (KVP_CALL *set_host_allocator)(const kvp_host_allocator *allocator);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

@@ -1,11 +1,12 @@
 // kvp_cache_* shims.
 #include <cstring>
-#include <new>
+#include <string>
 
 #include "core/cache.hpp"
 #include "kvpages/cache.h"
 #include "util/error.hpp"
 #include "util/handle.hpp"
+#include "util/memory.hpp"
 #include "util/options.hpp"
 
 using namespace kvp::detail;
@@ -20,62 +21,25 @@ KVP_API kvp_status kvp_cache_options_init(kvp_cache_options* opts, uint32_t stru
   KVP_API_END;
 }
 
+KVP_API kvp_status kvp_set_host_allocator(const kvp_host_allocator* allocator) {
+  KVP_API_BEGIN;
+  if (allocator != nullptr && (allocator->alloc == nullptr || allocator->free == nullptr))
+    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_set_host_allocator: allocator must provide both alloc and free");
+  set_default_host_allocator(allocator);
+  KVP_API_END;
+}
+
 KVP_API kvp_status kvp_cache_create(const kvp_config* cfg, const kvp_cache_options* opts, kvp_cache** out) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(out);
   *out = nullptr;
-  const kvp_config c = read_config(cfg, "kvp_cache_create");
-  kvp_cache_options o;
-  if (opts != nullptr) {
-    o = read_versioned(opts, sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION, "kvp_cache_create",
-                       "kvp_cache_options");
-  } else {
-    std::memset(&o, 0, sizeof o);
-  }
-  const kvp_device_type dev = o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type;
-  if (dev != KVP_DEVICE_CPU && dev != KVP_DEVICE_CUDA)
-    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_cache_create: unknown device_type %d (expected KVP_DEVICE_CPU or KVP_DEVICE_CUDA)", dev);
-  if (dev == KVP_DEVICE_CPU && o.device_id != 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_cache_create: device_id must be 0 for a CPU cache, got %d", o.device_id);
-  if (o.allocator != nullptr && (o.allocator->alloc == nullptr || o.allocator->free == nullptr))
-    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_cache_create: allocator must provide both alloc and free");
-  // Validate the config before touching any device.
-  (void)layout_of(c, "kvp_cache_create");
-  if (c.num_pages < 1)
-    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_cache_create: num_pages is %lld; create the config with kvp_config_create first",
-         static_cast<long long>(c.num_pages));
-
-  void* mem = host_alloc(o.allocator, sizeof(kvp_cache), alignof(kvp_cache));
-  kvp_cache* h = static_cast<kvp_cache*>(mem);
-  std::memset(h, 0, sizeof *h);
-  if (o.allocator != nullptr) h->allocator = *o.allocator;
-  try {
-    std::unique_ptr<Backend> backend =
-        dev == KVP_DEVICE_CPU ? make_cpu_backend(o.allocator) : make_cuda_backend(o.device_id);
-    h->impl = new Cache(c, std::move(backend));
-    registry_add(h);
-  } catch (...) {
-    delete h->impl;
-    const kvp_host_allocator a = h->allocator;
-    host_free(a.alloc != nullptr ? &a : nullptr, h);
-    throw;
-  }
-  h->hdr.magic = kMagicCache;
-  h->hdr.state = kStateOpen;
-  *out = h;
+  *out = create_cache(cfg, opts, "kvp_cache_create");
   KVP_API_END;
 }
 
 KVP_API kvp_status kvp_cache_destroy(kvp_cache* cache) {
   KVP_API_BEGIN;
-  if (cache == nullptr) return KVP_OK;
-  check_header(cache, kMagicCache, "kvp_cache_destroy");
-  registry_remove(cache);
-  poison_header(&cache->hdr);
-  delete cache->impl;
-  cache->impl = nullptr;
-  const kvp_host_allocator a = cache->allocator;
-  host_free(a.alloc != nullptr ? &a : nullptr, cache);
+  handle_delete(cache, "kvp_cache_destroy");
   KVP_API_END;
 }
 
@@ -91,8 +55,7 @@ KVP_API kvp_status kvp_cache_get_layout(const kvp_cache* cache, kvp_layout_info*
   KVP_API_BEGIN;
   const Cache& c = cache_from(cache, "kvp_cache_get_layout");
   KVP_REQUIRE_NOT_NULL(out);
-  const kvp_config cfg = c.config();
-  return kvp_config_get_layout(&cfg, out);
+  write_versioned(out, layout_info_of(c.layout()), sizeof(kvp_layout_info), "kvp_cache_get_layout", "kvp_layout_info");
   KVP_API_END;
 }
 

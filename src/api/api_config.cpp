@@ -1,6 +1,7 @@
 // kvp_config_* shims: validate arguments, run the core, map errors.
 #include <cstring>
 
+#include "backend/backend.hpp"
 #include "core/config.hpp"
 #include "kvpages/config.h"
 #include "util/error.hpp"
@@ -68,21 +69,7 @@ KVP_API kvp_status kvp_config_get_layout(const kvp_config* cfg, kvp_layout_info*
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(out);
   const kvp_config c = read_config(cfg, "kvp_config_get_layout");
-  const Layout L = layout_of(c, "kvp_config_get_layout");
-  kvp_layout_info li;
-  std::memset(&li, 0, sizeof li);
-  li.struct_size = sizeof li;
-  li.is_h64 = L.h64 ? 1u : 0u;
-  li.kv_head_packing = L.packing;
-  li.storage_num_combined_kv_heads = L.combined_heads;
-  li.storage_num_kv_groups = L.groups;
-  li.storage_head_dim = L.storage_head_dim;
-  li.itemsize = L.itemsize;
-  li.ndim = L.ndim;
-  for (int i = 0; i < 5; ++i) li.shape[i] = i < L.ndim ? L.shape[i] : 0;
-  li.layer_bytes = L.layer_bytes;
-  li.page_bytes_per_layer = L.page_bytes_per_layer;
-  li.max_num_seqs = L.max_num_seqs;
+  const kvp_layout_info li = layout_info_of(layout_of(c, "kvp_config_get_layout"));
   write_versioned(out, li, sizeof(kvp_layout_info), "kvp_config_get_layout", "kvp_layout_info");
   KVP_API_END;
 }

@@ -1,13 +1,26 @@
-// kvp_config_to_json / kvp_config_from_json shims.
+// kvp_config_* / kvp_metadata_* JSON shims.
 #include <cstring>
-#include <string>
 
 #include "core/config.hpp"
-#include "core/serialize.hpp"
+#include "core/json.hpp"
 #include "kvpages/json.h"
 #include "util/error.hpp"
 
 using namespace kvp::detail;
+
+namespace {
+
+// Hands JSON text to the caller: the text and its NUL into buf, or the size it needs.
+void copy_text(const HostString& s, char* buf, size_t cap, size_t* written_out, const char* fn) {
+  if (cap < s.size() + 1) {
+    *written_out = s.size() + 1;
+    fail(KVP_ERR_BUFFER_TOO_SMALL, "%s: the text needs %zu bytes with its NUL but cap is %zu", fn, s.size() + 1, cap);
+  }
+  std::memcpy(buf, s.c_str(), s.size() + 1);
+  *written_out = s.size();
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -16,14 +29,7 @@ KVP_API kvp_status kvp_config_to_json(const kvp_config* cfg, char* buf, size_t c
   KVP_REQUIRE_NOT_NULL(written_out);
   if (buf == nullptr && cap != 0) fail(KVP_ERR_INVALID_ARGUMENT, "kvp_config_to_json: buf is NULL but cap is %zu", cap);
   const kvp_config c = read_config(cfg, "kvp_config_to_json");
-  const std::string s = json::config_to_json(c, "kvp_config_to_json");
-  if (cap < s.size() + 1) {
-    *written_out = s.size() + 1;
-    fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_config_to_json: the text needs %zu bytes with its NUL but cap is %zu",
-         s.size() + 1, cap);
-  }
-  std::memcpy(buf, s.c_str(), s.size() + 1);
-  *written_out = s.size();
+  copy_text(json::config_to_json(c, "kvp_config_to_json"), buf, cap, written_out, "kvp_config_to_json");
   KVP_API_END;
 }
 
@@ -36,23 +42,12 @@ KVP_API kvp_status kvp_config_from_json(const char* json_text, size_t len, kvp_c
   KVP_API_END;
 }
 
-}  // extern "C"
-
-extern "C" {
-
 KVP_API kvp_status kvp_metadata_to_json(const kvp_metadata* metadata, char* buf, size_t cap, size_t* written_out) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(written_out);
   if (buf == nullptr && cap != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "kvp_metadata_to_json: buf is NULL but cap is %zu", cap);
-  const std::string s = json::metadata_to_json(metadata, "kvp_metadata_to_json");
-  if (cap < s.size() + 1) {
-    *written_out = s.size() + 1;
-    fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_metadata_to_json: the text needs %zu bytes with its NUL but cap is %zu",
-         s.size() + 1, cap);
-  }
-  std::memcpy(buf, s.c_str(), s.size() + 1);
-  *written_out = s.size();
+  copy_text(json::metadata_to_json(metadata, "kvp_metadata_to_json"), buf, cap, written_out, "kvp_metadata_to_json");
   KVP_API_END;
 }
 

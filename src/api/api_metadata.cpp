@@ -1,6 +1,5 @@
 // kvp_metadata_* and kvp_batch_* shims.
 #include <cstring>
-#include <memory>
 
 #include "core/builder.hpp"
 #include "core/config.hpp"
@@ -63,7 +62,7 @@ KVP_API kvp_status kvp_metadata_create(const kvp_metadata_desc* desc, kvp_metada
   KVP_REQUIRE_NOT_NULL(desc);
   const kvp_metadata_desc d = read_versioned(desc, sizeof(kvp_metadata_desc), KVP_METADATA_DESC_VERSION,
                                              "kvp_metadata_create", "kvp_metadata_desc");
-  *out = metadata_handle_new(Metadata::borrow(d, "kvp_metadata_create"));
+  *out = handle_new<kvp_metadata>(Metadata::borrow(d, "kvp_metadata_create"));
   KVP_API_END;
 }
 
@@ -72,20 +71,14 @@ KVP_API kvp_status kvp_metadata_create_empty(kvp_layout version, int64_t num_tok
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(out);
   *out = nullptr;
-  *out = metadata_handle_new(
+  *out = handle_new<kvp_metadata>(
       Metadata::empty(version, num_tokens, max_num_reqs, max_pages, page_size, "kvp_metadata_create_empty"));
   KVP_API_END;
 }
 
 KVP_API kvp_status kvp_metadata_destroy(kvp_metadata* metadata) {
   KVP_API_BEGIN;
-  if (metadata == nullptr) return KVP_OK;
-  check_header(metadata, kMagicMetadata, "kvp_metadata_destroy");
-  registry_remove(metadata);
-  poison_header(&metadata->hdr);
-  delete metadata->impl;
-  metadata->impl = nullptr;
-  delete metadata;
+  handle_delete(metadata, "kvp_metadata_destroy");
   KVP_API_END;
 }
 
@@ -147,12 +140,7 @@ KVP_API kvp_status kvp_metadata_build(const kvp_config* cfg, const kvp_batch_req
     o.struct_size = sizeof o;
     o.abi_version = KVP_BATCH_OPTIONS_VERSION;
   }
-  // Build into a scratch order first so order_out stays unchanged on failure.
-  std::unique_ptr<int32_t[]> order(num_requests > 0 ? new int32_t[num_requests] : nullptr);
-  Metadata* m = build_metadata(c, requests, num_requests, o, order.get(), "kvp_metadata_build");
-  *out = metadata_handle_new(m);
-  if (order_out != nullptr && num_requests > 0)
-    std::memcpy(order_out, order.get(), sizeof(int32_t) * num_requests);
+  *out = build_metadata(c, requests, num_requests, o, order_out, "kvp_metadata_build");
   KVP_API_END;
 }
 

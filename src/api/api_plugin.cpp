@@ -96,6 +96,7 @@ const kvp_api_v1 kTableV1 = {
     &kvp_cache_read_layer,
     &kvp_cache_write_layer,
     &kvp_cache_export_dlpack,
+    &kvp_set_host_allocator,
     // END GENERATED TABLE
 };
 

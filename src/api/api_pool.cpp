@@ -1,6 +1,4 @@
 // kvp_pool_* and kvp_cache_copy_pages shims (include/kvpages/pool.h).
-#include <cstring>
-
 #include "core/cache.hpp"
 #include "core/pool.hpp"
 #include "kvpages/pool.h"
@@ -24,44 +22,13 @@ KVP_API kvp_status kvp_pool_create(kvp_cache* cache, const kvp_pool_options* opt
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(out);
   *out = nullptr;
-  Cache& c = cache_from(cache, "kvp_pool_create");
-  c.check_healthy("kvp_pool_create");
-  kvp_pool_options o;
-  if (opts != nullptr) {
-    o = read_versioned(opts, sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, "kvp_pool_create",
-                       "kvp_pool_options");
-  } else {
-    std::memset(&o, 0, sizeof o);
-  }
-  Pool* impl = Pool::create(cache, c, o);
-  kvp_pool* h = nullptr;
-  try {
-    h = static_cast<kvp_pool*>(host_alloc(o.allocator, sizeof(kvp_pool), alignof(kvp_pool)));
-    std::memset(h, 0, sizeof *h);
-    h->impl = impl;
-    if (o.allocator != nullptr) h->allocator = *o.allocator;
-    registry_add(h);
-  } catch (...) {
-    if (h != nullptr) host_free(o.allocator, h);
-    Pool::destroy(impl);
-    throw;
-  }
-  h->hdr.magic = kMagicPool;
-  h->hdr.state = kStateOpen;
-  *out = h;
+  *out = create_pool(cache, opts, "kvp_pool_create");
   KVP_API_END;
 }
 
 KVP_API kvp_status kvp_pool_destroy(kvp_pool* pool) {
   KVP_API_BEGIN;
-  if (pool == nullptr) return KVP_OK;
-  check_header(pool, kMagicPool, "kvp_pool_destroy");
-  registry_remove(pool);
-  poison_header(&pool->hdr);
-  Pool::destroy(pool->impl);
-  pool->impl = nullptr;
-  const kvp_host_allocator a = pool->allocator;
-  host_free(a.alloc != nullptr ? &a : nullptr, pool);
+  handle_delete(pool, "kvp_pool_destroy");
   KVP_API_END;
 }
 

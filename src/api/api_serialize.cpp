@@ -1,14 +1,5 @@
-// kvp_serialize* / kvp_deserialize* / kvp_serialized_* shims: adapt buffers, callbacks and files
-// to the core's Sink/Source and run the core inside the API guard.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <string>
-#include <vector>
-
+// kvp_serialize* / kvp_deserialize* / kvp_serialized_* shims: wrap buffers, callbacks and files in
+// the core's sinks and sources (core/serialize_io.hpp) and run the core inside the API guard.
 #include "core/cache.hpp"
 #include "core/serialize.hpp"
 #include "kvpages/serialize.h"
@@ -21,152 +12,6 @@ using namespace kvp::detail::ser;
 
 namespace {
 
-using u64 = unsigned long long;
-
-class BufferSink : public Sink {
- public:
-  explicit BufferSink(uint8_t* dst) : dst_(dst) {}
-  uint8_t* reserve(size_t) override { return dst_ + pos_; }
-  void commit(size_t n) override { pos_ += n; }
-  uint8_t* contiguous() override { return dst_ + pos_; }
-  size_t written() const { return pos_; }
-
- private:
-  uint8_t* dst_;
-  size_t pos_ = 0;
-};
-
-// Stages each piece in a host buffer, then hands it to a consumer.
-class StagingSink : public Sink {
- public:
-  uint8_t* reserve(size_t n) override {
-    if (buf_.size() < n) buf_.resize(n);
-    return buf_.data();
-  }
-  void commit(size_t n) override {
-    if (n != 0) emit(buf_.data(), n);
-  }
-
- protected:
-  virtual void emit(const uint8_t* p, size_t n) = 0;
-
- private:
-  std::vector<uint8_t> buf_;
-};
-
-class WriterSink : public StagingSink {
- public:
-  WriterSink(kvp_write_fn fn, void* ud, const char* function) : fn_(fn), ud_(ud), function_(function) {}
-
- protected:
-  void emit(const uint8_t* p, size_t n) override {
-    const int32_t rc = fn_(p, n, ud_);
-    if (rc != 0)
-      fail(KVP_ERR_IO, "%s: the writer callback returned %d after %llu bytes", function_, rc, (u64)written_);
-    written_ += n;
-  }
-
- private:
-  kvp_write_fn fn_;
-  void* ud_;
-  const char* function_;
-  uint64_t written_ = 0;
-};
-
-class FdSink : public StagingSink {
- public:
-  FdSink(int fd, const std::string& path, const char* function) : fd_(fd), path_(path), function_(function) {}
-
- protected:
-  void emit(const uint8_t* p, size_t n) override {
-    while (n > 0) {
-      const ssize_t w = ::write(fd_, p, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail(KVP_ERR_IO, "%s: writing '%s' failed: %s", function_, path_.c_str(), std::strerror(errno));
-      }
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-  }
-
- private:
-  int fd_;
-  const std::string& path_;
-  const char* function_;
-};
-
-class ReaderSource : public Source {
- public:
-  ReaderSource(kvp_read_fn fn, void* ud, const char* function) : fn_(fn), ud_(ud), function_(function) {}
-  void read(void* dst, size_t n, const char* what) override {
-    auto* d = static_cast<uint8_t*>(dst);
-    size_t done = 0;
-    while (done < n) {
-      size_t got = 0;
-      const int32_t rc = fn_(d + done, n - done, &got, ud_);
-      if (rc != 0)
-        fail(KVP_ERR_IO, "%s: the reader callback returned %d at offset %llu", function_, rc, (u64)(pos + done));
-      if (got > n - done)
-        fail(KVP_ERR_IO, "%s: the reader callback reported %zu bytes for a %zu-byte request", function_, got,
-             n - done);
-      if (got == 0)
-        fail(KVP_ERR_FORMAT_TRUNCATED, "%s: truncated input: the stream ended at offset %llu, inside %s (%zu more "
-             "bytes needed)", function_, (u64)(pos + done), what, n - done);
-      done += got;
-    }
-    pos += n;
-  }
-
- private:
-  kvp_read_fn fn_;
-  void* ud_;
-  const char* function_;
-};
-
-class FileSource : public Source {
- public:
-  FileSource(const char* path, const char* function) : path_(path), function_(function) {
-    fd_ = ::open(path, O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) fail(KVP_ERR_IO, "%s: cannot open '%s': %s", function, path, std::strerror(errno));
-  }
-  ~FileSource() override { ::close(fd_); }
-  FileSource(const FileSource&) = delete;
-  FileSource& operator=(const FileSource&) = delete;
-  void read(void* dst, size_t n, const char* what) override {
-    const size_t got = read_some(dst, n);
-    if (got < n)
-      fail(KVP_ERR_FORMAT_TRUNCATED, "%s: truncated input: '%s' ends at offset %llu, inside %s (%zu more bytes "
-           "needed)", function_, path_, (u64)(pos + got), what, n - got);
-    pos += n;
-  }
-  void expect_end(const char* function) override {
-    uint8_t b;
-    if (read_some(&b, 1) != 0)
-      fail(KVP_ERR_FORMAT_CORRUPT, "%s: '%s' has trailing bytes after the end of the blob (%llu bytes); the file "
-           "must be exactly one blob", function, path_, (u64)pos);
-  }
-
- private:
-  size_t read_some(void* dst, size_t n) {
-    auto* d = static_cast<uint8_t*>(dst);
-    size_t done = 0;
-    while (done < n) {
-      const ssize_t r = ::read(fd_, d + done, n - done);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        fail(KVP_ERR_IO, "%s: reading '%s' failed: %s", function_, path_, std::strerror(errno));
-      }
-      if (r == 0) break;
-      done += static_cast<size_t>(r);
-    }
-    return done;
-  }
-  int fd_ = -1;
-  const char* path_;
-  const char* function_;
-};
-
 void require_src(const void* src, size_t len, const char* function) {
   if (src == nullptr && len != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: src is NULL but len is %zu", function, len);
@@ -175,44 +20,6 @@ void require_src(const void* src, size_t len, const char* function) {
 void require_path(const char* path, const char* function) {
   if (path == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'path' must not be NULL", function);
   if (path[0] == '\0') fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'path' must not be empty", function);
-}
-
-// Writes the blob to a temporary file next to `path`, syncs it, renames it over `path` and syncs
-// the directory. The temporary file is removed on any failure.
-void write_file_atomically(const Cache& cache, const Selection& sel, const char* path, const char* function) {
-  const std::string target(path);
-  const size_t slash = target.rfind('/');
-  const std::string dir = slash == std::string::npos ? std::string(".") : (slash == 0 ? std::string("/") : target.substr(0, slash));
-  std::string tmp = target + ".tmp.XXXXXX";
-  std::vector<char> tmpl(tmp.begin(), tmp.end());
-  tmpl.push_back('\0');
-  const int fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
-  if (fd < 0) fail(KVP_ERR_IO, "%s: cannot create a temporary file next to '%s': %s", function, path, std::strerror(errno));
-  tmp.assign(tmpl.data());
-  bool fd_open = true;
-  try {
-    (void)::fchmod(fd, 0644);
-    FdSink sink(fd, tmp, function);
-    serialize(cache, sel, sink, function);
-    if (::fsync(fd) != 0) fail(KVP_ERR_IO, "%s: fsync of '%s' failed: %s", function, tmp.c_str(), std::strerror(errno));
-    fd_open = false;
-    if (::close(fd) != 0) fail(KVP_ERR_IO, "%s: closing '%s' failed: %s", function, tmp.c_str(), std::strerror(errno));
-    if (::rename(tmp.c_str(), path) != 0)
-      fail(KVP_ERR_IO, "%s: renaming '%s' to '%s' failed: %s", function, tmp.c_str(), path, std::strerror(errno));
-  } catch (...) {
-    if (fd_open) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
-    fail(KVP_ERR_IO, "%s: '%s' was written but its directory '%s' could not be opened for fsync: %s", function, path,
-         dir.c_str(), std::strerror(errno));
-  const int rc = ::fsync(dfd);
-  const int err = errno;
-  ::close(dfd);
-  if (rc != 0)
-    fail(KVP_ERR_IO, "%s: '%s' was written but fsync of its directory failed: %s", function, path, std::strerror(err));
 }
 
 }  // namespace
@@ -269,7 +76,7 @@ KVP_API kvp_status kvp_serialize_to_writer(const kvp_cache* cache, const kvp_ser
   const Cache& c = cache_from(cache, "kvp_serialize_to_writer");
   KVP_REQUIRE_NOT_NULL(fn);
   const Selection sel = read_selection(c, opts, "kvp_serialize_to_writer");
-  WriterSink sink(fn, user_data, "kvp_serialize_to_writer");
+  WriterSink sink(fn, user_data, c.allocator(), "kvp_serialize_to_writer");
   serialize(c, sel, sink, "kvp_serialize_to_writer");
   KVP_API_END;
 }
@@ -279,8 +86,7 @@ KVP_API kvp_status kvp_serialize_to_file(const kvp_cache* cache, const kvp_seria
   const Cache& c = cache_from(cache, "kvp_serialize_to_file");
   require_path(path, "kvp_serialize_to_file");
   const Selection sel = read_selection(c, opts, "kvp_serialize_to_file");
-  c.check_healthy("kvp_serialize_to_file");
-  write_file_atomically(c, sel, path, "kvp_serialize_to_file");
+  serialize_to_file(c, sel, path, "kvp_serialize_to_file");
   KVP_API_END;
 }
 

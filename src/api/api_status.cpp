@@ -1,39 +1,35 @@
-// Status names, version queries and the ABI check.
+// Status names, the thread-local error message, the misuse handler, version queries and the ABI
+// check.
 #include <cstdio>
+#include <cstring>
 
-#include "kvpages/features.h"
+#include "backend/backend.hpp"
 #include "kvpages/status.h"
 #include "kvpages/version.h"
-#include "core/concat.hpp"
+#include "util/cpu_features.hpp"
 #include "util/error.hpp"
+#include "util/handle.hpp"
+#include "util/thread_pool.hpp"
 
 extern "C" {
 
-KVP_API const char* kvp_status_name(kvp_status status) {
-  switch (status) {
-    case KVP_OK: return "KVP_OK";
-    case KVP_ERR_INVALID_ARGUMENT: return "KVP_ERR_INVALID_ARGUMENT";
-    case KVP_ERR_INVALID_HANDLE: return "KVP_ERR_INVALID_HANDLE";
-    case KVP_ERR_NOT_FOUND: return "KVP_ERR_NOT_FOUND";
-    case KVP_ERR_VERSION_MISMATCH: return "KVP_ERR_VERSION_MISMATCH";
-    case KVP_ERR_UNSUPPORTED: return "KVP_ERR_UNSUPPORTED";
-    case KVP_ERR_BUFFER_TOO_SMALL: return "KVP_ERR_BUFFER_TOO_SMALL";
-    case KVP_ERR_OUT_OF_MEMORY: return "KVP_ERR_OUT_OF_MEMORY";
-    case KVP_ERR_OUT_OF_PAGES: return "KVP_ERR_OUT_OF_PAGES";
-    case KVP_ERR_IO: return "KVP_ERR_IO";
-    case KVP_ERR_DEVICE: return "KVP_ERR_DEVICE";
-    case KVP_ERR_DEVICE_LOST: return "KVP_ERR_DEVICE_LOST";
-    case KVP_ERR_NO_DEVICE: return "KVP_ERR_NO_DEVICE";
-    case KVP_ERR_DEVICE_OUT_OF_MEMORY: return "KVP_ERR_DEVICE_OUT_OF_MEMORY";
-    case KVP_ERR_FORMAT_MAGIC: return "KVP_ERR_FORMAT_MAGIC";
-    case KVP_ERR_FORMAT_VERSION: return "KVP_ERR_FORMAT_VERSION";
-    case KVP_ERR_FORMAT_TRUNCATED: return "KVP_ERR_FORMAT_TRUNCATED";
-    case KVP_ERR_FORMAT_CHECKSUM: return "KVP_ERR_FORMAT_CHECKSUM";
-    case KVP_ERR_FORMAT_CORRUPT: return "KVP_ERR_FORMAT_CORRUPT";
-    case KVP_ERR_FORMAT_MISMATCH: return "KVP_ERR_FORMAT_MISMATCH";
-    case KVP_ERR_INTERNAL: return "KVP_ERR_INTERNAL";
-    default: return "KVP_ERR_UNKNOWN";
+KVP_API const char* kvp_status_name(kvp_status status) { return kvp::detail::status_name(status); }
+
+KVP_API const char* kvp_last_error_message(void) { return kvp::detail::last_error_message(); }
+
+KVP_API size_t kvp_last_error_copy(char* buf, size_t cap) {
+  const char* m = kvp::detail::last_error_message();
+  const size_t n = std::strlen(m);
+  if (buf != nullptr && cap > 0) {
+    const size_t k = n < cap - 1 ? n : cap - 1;
+    std::memcpy(buf, m, k);
+    buf[k] = '\0';
   }
+  return n;
+}
+
+KVP_API void kvp_set_misuse_handler(kvp_misuse_fn fn, void* user_data) {
+  kvp::detail::set_misuse_handler(fn, user_data);
 }
 
 KVP_API uint32_t kvp_version_number(void) {
@@ -46,16 +42,6 @@ KVP_API const char* kvp_version_string(void) {
   return KVP_VERSION_STRING;
 }
 
-#if defined(_OPENMP)
-#define KVP_OPENMP_STR "on"
-#else
-#define KVP_OPENMP_STR "off"
-#endif
-#if KVP_HAS_CUDA
-#define KVP_CUDA_STR "on"
-#else
-#define KVP_CUDA_STR "off"
-#endif
 #if defined(KVP_API_ARMOR)
 #define KVP_ARMOR_STR "on"
 #else
@@ -68,10 +54,10 @@ KVP_API const char* kvp_build_info(void) {
   // the process.
   static char info[256];
   static const bool built = [] {
-    std::snprintf(info, sizeof info, "%s cpu=%s",
-                  "kvpages " KVP_VERSION_STRING " (" KVP_GIT_SHA ") " KVP_COMPILER_ID " cuda=" KVP_CUDA_STR
-                  " openmp=" KVP_OPENMP_STR " api_armor=" KVP_ARMOR_STR,
-                  kvp::detail::cpu_isa_name(kvp::detail::cpu_isa()));
+    std::snprintf(info, sizeof info, "%s cuda=%s threads=%d api_armor=%s cpu=%s",
+                  "kvpages " KVP_VERSION_STRING " (" KVP_GIT_SHA ") " KVP_COMPILER_ID,
+                  kvp::detail::cuda_backend_kind(), kvp::detail::ThreadPool::instance().max_threads(),
+                  KVP_ARMOR_STR, kvp::detail::cpu_isa_name(kvp::detail::cpu_isa()));
     return true;
   }();
   (void)built;

@@ -1,6 +1,4 @@
 // Dtype / layout names and the integer helpers of SPEC.md §1.
-#include <cstring>
-
 #include "core/config.hpp"
 #include "core/dtype.hpp"
 #include "core/math.hpp"
@@ -9,48 +7,13 @@
 
 using namespace kvp::detail;
 
-namespace {
-struct NameEntry {
-  const char* name;
-  kvp_dtype dtype;
-};
-// Every spelling the reference accepts (SPEC.md §2.4); "fp8" means e5m2.
-constexpr NameEntry kDtypeNames[] = {
-    {"bf16", KVP_DTYPE_BF16},
-    {"bfloat16", KVP_DTYPE_BF16},
-    {"fp16", KVP_DTYPE_F16},
-    {"float16", KVP_DTYPE_F16},
-    {"fp32", KVP_DTYPE_F32},
-    {"float32", KVP_DTYPE_F32},
-    {"fp64", KVP_DTYPE_F64},
-    {"float64", KVP_DTYPE_F64},
-    {"fp8", KVP_DTYPE_F8_E5M2},
-    {"fp8_e4m3fn", KVP_DTYPE_F8_E4M3FN},
-    {"float8_e4m3fn", KVP_DTYPE_F8_E4M3FN},
-    {"fp8_e4m3fnuz", KVP_DTYPE_F8_E4M3FNUZ},
-    {"float8_e4m3fnuz", KVP_DTYPE_F8_E4M3FNUZ},
-    {"fp8_e4m3b11fnuz", KVP_DTYPE_F8_E4M3B11FNUZ},
-    {"float8_e4m3b11fnuz", KVP_DTYPE_F8_E4M3B11FNUZ},
-    {"fp8_e5m2", KVP_DTYPE_F8_E5M2},
-    {"float8_e5m2", KVP_DTYPE_F8_E5M2},
-    {"fp8_e5m2fnuz", KVP_DTYPE_F8_E5M2FNUZ},
-    {"float8_e5m2fnuz", KVP_DTYPE_F8_E5M2FNUZ},
-};
-}  // namespace
-
 extern "C" {
 
 KVP_API kvp_status kvp_dtype_from_string(const char* name, kvp_dtype* out) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(name);
   KVP_REQUIRE_NOT_NULL(out);
-  for (const NameEntry& e : kDtypeNames) {
-    if (std::strcmp(e.name, name) == 0) {
-      *out = e.dtype;
-      return KVP_OK;
-    }
-  }
-  fail(KVP_ERR_NOT_FOUND, "kvp_dtype_from_string: unknown dtype name '%.64s'", name);
+  *out = dtype_from_name(name, "kvp_dtype_from_string");
   KVP_API_END;
 }
 
@@ -68,19 +31,13 @@ KVP_API kvp_status kvp_layout_from_string(const char* name, kvp_layout* out) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(name);
   KVP_REQUIRE_NOT_NULL(out);
-  if (std::strcmp(name, "v3") == 0) {
-    *out = KVP_LAYOUT_V3;
-  } else if (std::strcmp(name, "v2") == 0) {
-    *out = KVP_LAYOUT_V2;
-  } else {
-    fail(KVP_ERR_NOT_FOUND, "kvp_layout_from_string: unknown layout version '%.64s' (expected v2 or v3)", name);
-  }
+  *out = layout_from_name(name, "kvp_layout_from_string");
   KVP_API_END;
 }
 
 KVP_API const char* kvp_layout_name(kvp_layout layout) {
   clear_last_error();
-  return layout == KVP_LAYOUT_V3 ? "v3" : layout == KVP_LAYOUT_V2 ? "v2" : nullptr;
+  return layout_name(layout);
 }
 
 KVP_API kvp_status kvp_cdiv(int64_t a, int64_t b, int64_t* out) {

@@ -1,18 +1,23 @@
-// Device abstraction: where a cache's buffers live and how bytes move to and from them.
-// The CPU backend is always present; the CUDA backend (src/backend/cuda) is compiled when the
-// build has CUDA. Core code talks only to this interface; device code lives in kernels/.
+// The device interface: the only way from core down to a device. A cache owns one Backend (the
+// CPU's, src/cpu, or a CUDA device's, src/cuda) and core calls it for everything that depends on
+// where the pages live: memory, copies, the operations on pages (with jobs core has validated,
+// backend/jobs.hpp) and asynchronous device errors. Core never switches on the device type; the
+// one place that does is make_backend() (backend/devices.cpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <string>
 
+#include "backend/jobs.hpp"
 #include "kvpages/cache.h"
+#include "kvpages/config.h"
 #include "kvpages/types.h"
+#include "util/memory.hpp"
 
 namespace kvp::detail {
-
-class Cache;
 
 // Double-buffered transfer between a device backend's memory and pageable host memory, for bulk
 // moves such as serialization. It has two pinned host buffers ("slots") of piece_bytes() each.
@@ -40,52 +45,73 @@ class Backend {
   virtual kvp_device_type device_type() const noexcept = 0;
   virtual int32_t device_id() const noexcept = 0;
 
+  // ---- memory
   // Allocates `bytes` of zero-filled memory. Throws error(KVP_ERR_OUT_OF_MEMORY or
   // KVP_ERR_DEVICE_OUT_OF_MEMORY). Never returns nullptr.
   virtual void* alloc_zeroed(size_t bytes) = 0;
   virtual void release(void* ptr, size_t bytes) noexcept = 0;
 
-  // Byte copies between this backend's memory and the host. For CUDA these are stream-ordered
-  // on `stream`; `sync` asks the call to wait for completion before returning (CUDA: refused
-  // with KVP_ERR_UNSUPPORTED while `stream` is being captured into a graph, before anything is
+  // ---- copies
+  // Between this backend's memory and the host. For CUDA these are stream-ordered on `stream`;
+  // `sync` asks the call to wait for completion before returning (CUDA: refused with
+  // KVP_ERR_UNSUPPORTED while `stream` is being captured into a graph, before anything is
   // enqueued, so the caller's capture stays valid). `function` names the API call in errors.
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync,
                             const char* function) = 0;
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
                               const char* function) = 0;
   virtual void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) = 0;
-  virtual void fill_zero(void* dst, size_t bytes, kvp_stream stream) = 0;
-
   // A HostPipe for bulk copies between this backend's memory and the host, or nullptr where the
-  // memory is host memory (CPU: copy directly). CUDA: refused with KVP_ERR_UNSUPPORTED while the
-  // legacy stream cannot be used because a graph is being captured.
-  virtual std::unique_ptr<HostPipe> host_pipe(const char* function) {
+  // memory is host memory (copy directly). CUDA: refused with KVP_ERR_UNSUPPORTED while the legacy
+  // stream cannot be used because a graph is being captured.
+  virtual HostPtr<HostPipe> host_pipe(const char* function) {
     (void)function;
     return nullptr;
   }
 
-  // Called once the cache that owns this backend is constructed (CUDA: installs the hook that
-  // reports device-side errors and device faults through the cache's asynchronous error).
-  virtual void attach(Cache& cache) { (void)cache; }
+  // ---- operations on pages (jobs validated by core)
+  virtual void concatenate(const ConcatJob& job, kvp_stream stream) = 0;
+
+  // ---- asynchronous device errors. The backend owns this state; core only asks.
+  // The pending error (polling the device first) and its message.
+  kvp_status async_error(std::string* message);
+  // Clears a recoverable error (false, and nothing changes, when the error is sticky).
+  bool clear_async_error();
+  // Throws KVP_ERR_DEVICE_LOST naming `function` when an error is pending (no device poll).
+  void check_healthy(const char* function) const;
+
+ protected:
+  // Records an error; a sticky one (the device faulted) is kept and never cleared.
+  void set_async_error(kvp_status code, std::string message, bool sticky);
+  // Device backends: bring the state up to date (device-side error flags, sticky faults).
+  virtual void poll_device() {}
+  // Device backends: the user cleared a recoverable error; let the device write again.
+  virtual void reset_device_errors() {}
+
+ private:
+  mutable std::mutex async_mu_;
+  kvp_status async_code_ = KVP_OK;
+  bool async_sticky_ = false;
+  std::string async_message_;
 };
 
-// CPU backend; `allocator` may be null (built-in: anonymous mappings for large blocks).
-std::unique_ptr<Backend> make_cpu_backend(const kvp_host_allocator* allocator);
-
-// CUDA backend for device `device_id`. Throws error(KVP_ERR_NO_DEVICE) when the build has no
-// CUDA or the device does not exist.
-std::unique_ptr<Backend> make_cuda_backend(int32_t device_id);
-
-// Host allocation through the optional hook (used for bookkeeping objects as well).
-void* host_alloc(const kvp_host_allocator* a, size_t bytes, size_t align);
-void host_free(const kvp_host_allocator* a, void* ptr) noexcept;
-
-}  // namespace kvp::detail
-
-namespace kvp::detail {
-// Memory statistics of CUDA device `device_id` (cudaMemGetInfo: total as bytes_total, total-free as
-// bytes_in_use). Throws error(KVP_ERR_NO_DEVICE) without CUDA or device.
-void cuda_memory_stats(int32_t device_id, kvp_memory_stats* out);
+// The backend of a new cache on (type, id). `alloc` serves host allocations (CPU: the page
+// buffers too). Throws KVP_ERR_INVALID_ARGUMENT for an unknown device type or a CPU id other than
+// 0, KVP_ERR_NO_DEVICE when the build has no CUDA or the device does not exist (messages name
+// `function`).
+HostPtr<Backend> make_backend(kvp_device_type type, int32_t id, const HostAllocator& alloc, const char* function);
+// Memory statistics of a device (the CPU: the host's total and available memory).
+void device_memory_stats(kvp_device_type type, int32_t id, kvp_memory_stats* out);
 // Number of CUDA devices usable by this build (0 without CUDA, driver or GPU). Never throws.
 int32_t cuda_device_count() noexcept;
+// The CUDA backend of this build, for kvp_build_info(): "on", "off", or "cuemu" (the emulated
+// runtime of the tests). "on" may still find no device.
+const char* cuda_backend_kind() noexcept;
+
+// The implementations behind make_backend() / device_memory_stats() (src/cpu, src/cuda).
+HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc);
+HostPtr<Backend> make_cuda_backend(int32_t device_id, const HostAllocator& alloc, const char* function);
+void cpu_memory_stats(kvp_memory_stats* out);
+void cuda_memory_stats(int32_t device_id, kvp_memory_stats* out);
+
 }  // namespace kvp::detail

@@ -1,12 +1,11 @@
 #include "core/builder.hpp"
 
 #include <limits>
-#include <memory>
-#include <vector>
 
 #include "core/config.hpp"
 #include "core/math.hpp"
 #include "util/error.hpp"
+#include "util/memory.hpp"
 
 namespace kvp::detail {
 
@@ -19,18 +18,9 @@ constexpr uint32_t kKnownFlags =
 struct Slice {
   int64_t dst, src, len;
 };
-}  // namespace
 
-int64_t builder_padded_num_slices(const kvp_config& c, int64_t num_tokens, int64_t max_reqs) {
-  const int64_t T = num_tokens > 0 ? num_tokens : (c.max_num_tokens > 0 ? c.max_num_tokens : c.max_model_length);
-  const int64_t R = max_reqs > 0 ? max_reqs : (c.max_num_reqs > 0 ? c.max_num_reqs : max_num_seqs(c));
-  int64_t n = checked_add(checked_mul(2, R, "2 * max_num_reqs"), T / c.page_size, "padded slices");
-  if (T < n) n = T;
-  return align_to_multiple(n, c.num_slices_per_kv_cache_update_page);
-}
-
-Metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t num_requests,
-                         const kvp_batch_options& opts, int32_t* order_out, const char* fn) {
+void check_options(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t num_requests,
+                   const kvp_batch_options& opts, const char* fn) {
   (void)layout_of(cfg, fn);  // validates the config
   if (cfg.num_pages < 1)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: config num_pages is %lld; create the config with kvp_config_create first", fn,
@@ -44,122 +34,186 @@ Metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* reqs, u
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens %lld is negative", fn, ll(opts.max_num_tokens));
   if (num_requests > 0 && reqs == nullptr)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: requests is NULL but num_requests is %u", fn, num_requests);
+}
 
-  const int64_t S = cfg.page_size;
-  const int64_t P = cfg.num_pages;
-  const int64_t W = cfg.max_num_pages_per_req > 0 ? cfg.max_num_pages_per_req : cdiv(cfg.max_model_length, S);
-  const bool v2 = cfg.version == KVP_LAYOUT_V2;
+// Checks request i of a batch against the config (W pages per request at most).
+void check_request(const kvp_config& cfg, const kvp_batch_request& r, uint32_t i, int64_t W, const char* fn) {
+  const int64_t S = cfg.page_size, P = cfg.num_pages;
+  if (r.num_computed < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_computed %lld is negative", fn, i, ll(r.num_computed));
+  if (r.num_scheduled < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_scheduled %lld is negative", fn, i, ll(r.num_scheduled));
+  if (r.num_pages < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_pages %lld is negative", fn, i, ll(r.num_pages));
+  if (r.num_pages > 0 && r.page_ids == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids is NULL but num_pages is %lld", fn, i, ll(r.num_pages));
+  if (r.num_scheduled == 0) return;
+  if (r.num_computed > cfg.max_model_length - r.num_scheduled)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: request %u: num_computed %lld + num_scheduled %lld exceeds max_model_length %lld", fn, i,
+         ll(r.num_computed), ll(r.num_scheduled), ll(cfg.max_model_length));
+  const int64_t end = r.num_computed + r.num_scheduled;
+  if (end > kI32Max)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: context length %lld does not fit int32", fn, i, ll(end));
+  if (r.num_pages > W)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: %lld pages exceed max_num_pages_per_req %lld", fn, i,
+         ll(r.num_pages), ll(W));
+  const int64_t need = cdiv(end, S);
+  if (r.num_pages < need)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: request %u: has %lld pages but %lld tokens (num_computed %lld + num_scheduled %lld) need %lld", fn, i,
+         ll(r.num_pages), ll(end), ll(r.num_computed), ll(r.num_scheduled), ll(need));
+  for (int64_t k = 0; k < r.num_pages; ++k) {
+    const int64_t pg = r.page_ids[k];
+    if (pg == 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids[%lld] is the reserved null page 0", fn, i, ll(k));
+    if (pg < 0 || pg >= P)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids[%lld] = %lld is out of range [1, %lld)", fn, i, ll(k),
+           ll(pg), ll(P));
+  }
+}
 
-  // 1. Check every request; collect the active ones.
-  std::vector<uint32_t> decode, other;
+bool is_decode(const kvp_batch_request& r) { return r.num_scheduled == 1 && r.num_computed > 0; }
+
+// The active requests (num_scheduled > 0) in row order: decode rows first (stable) unless
+// KEEP_ORDER; `decode` = the leading decode rows.
+struct Rows {
+  HostVector<uint32_t> order;
+  int64_t decode = 0;
   int64_t total_tokens = 0;
+};
+
+Rows collect_rows(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t num_requests,
+                  const kvp_batch_options& opts, int64_t W, const char* fn) {
+  Rows rows;
+  HostVector<uint32_t> other;
   for (uint32_t i = 0; i < num_requests; ++i) {
     const kvp_batch_request& r = reqs[i];
-    if (r.num_computed < 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_computed %lld is negative", fn, i, ll(r.num_computed));
-    if (r.num_scheduled < 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_scheduled %lld is negative", fn, i, ll(r.num_scheduled));
-    if (r.num_pages < 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: num_pages %lld is negative", fn, i, ll(r.num_pages));
-    if (r.num_pages > 0 && r.page_ids == nullptr)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids is NULL but num_pages is %lld", fn, i, ll(r.num_pages));
+    check_request(cfg, r, i, W, fn);
     if (r.num_scheduled == 0) continue;
-    if (r.num_computed > cfg.max_model_length - r.num_scheduled)
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: request %u: num_computed %lld + num_scheduled %lld exceeds max_model_length %lld", fn, i,
-           ll(r.num_computed), ll(r.num_scheduled), ll(cfg.max_model_length));
-    const int64_t end = r.num_computed + r.num_scheduled;
-    if (end > kI32Max)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: context length %lld does not fit int32", fn, i, ll(end));
-    if (r.num_pages > W)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: %lld pages exceed max_num_pages_per_req %lld", fn, i,
-           ll(r.num_pages), ll(W));
-    const int64_t need = cdiv(end, S);
-    if (r.num_pages < need)
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: request %u: has %lld pages but %lld tokens (num_computed %lld + num_scheduled %lld) need %lld", fn, i,
-           ll(r.num_pages), ll(end), ll(r.num_computed), ll(r.num_scheduled), ll(need));
-    for (int64_t k = 0; k < r.num_pages; ++k) {
-      const int64_t pg = r.page_ids[k];
-      if (pg == 0)
-        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids[%lld] is the reserved null page 0", fn, i, ll(k));
-      if (pg < 0 || pg >= P)
-        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %u: page_ids[%lld] = %lld is out of range [1, %lld)", fn, i, ll(k),
-             ll(pg), ll(P));
-    }
-    total_tokens += r.num_scheduled;
-    if (total_tokens > kI32Max)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld scheduled tokens do not fit int32", fn, ll(total_tokens));
-    const bool is_decode = r.num_scheduled == 1 && r.num_computed > 0;
-    if (is_decode && !(opts.flags & KVP_BATCH_FLAG_KEEP_ORDER))
-      decode.push_back(i);
+    rows.total_tokens += r.num_scheduled;
+    if (rows.total_tokens > kI32Max)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld scheduled tokens do not fit int32", fn, ll(rows.total_tokens));
+    if (is_decode(r) && !(opts.flags & KVP_BATCH_FLAG_KEEP_ORDER))
+      rows.order.push_back(i);
     else
       other.push_back(i);
   }
-  // Decode-first (stable) order.
-  std::vector<uint32_t> rows;
-  rows.reserve(decode.size() + other.size());
-  rows.insert(rows.end(), decode.begin(), decode.end());
-  rows.insert(rows.end(), other.begin(), other.end());
-  const int64_t N = static_cast<int64_t>(rows.size());
-  // Decode bucket: the leading decode rows (all decodes unless KEEP_ORDER).
-  int64_t d = 0;
-  while (d < N) {
-    const kvp_batch_request& r = reqs[rows[static_cast<size_t>(d)]];
-    if (!(r.num_scheduled == 1 && r.num_computed > 0)) break;
-    ++d;
-  }
+  rows.order.insert(rows.order.end(), other.begin(), other.end());
+  while (rows.decode < static_cast<int64_t>(rows.order.size()) && is_decode(reqs[rows.order[static_cast<size_t>(rows.decode)]]))
+    ++rows.decode;
+  return rows;
+}
 
-  // 2. Sizes.
+// The v2 slice list (request by request, page by page) and its padded column count.
+HostVector<Slice> v2_slices(const kvp_config& cfg, const kvp_batch_request* reqs, const Rows& rows, int64_t T,
+                            int64_t R, const kvp_batch_options& opts, int64_t& columns, const char* fn) {
+  const int64_t S = cfg.page_size, P = cfg.num_pages;
+  if (cfg.num_slices_per_kv_cache_update_page <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: config num_slices_per_kv_cache_update_page is %lld (not computed)", fn,
+         ll(cfg.num_slices_per_kv_cache_update_page));
+  if (P * S > kI32Max)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld flat slots do not fit the int32 slice list", fn, ll(P * S));
+  HostVector<Slice> slices;
+  int64_t src = 0;
+  for (uint32_t idx : rows.order) {
+    const kvp_batch_request& r = reqs[idx];
+    const int64_t a = r.num_computed, e = a + r.num_scheduled;
+    const int64_t lp0 = a / S, lp1 = (e - 1) / S;
+    for (int64_t lp = lp0; lp <= lp1; ++lp) {
+      const int64_t st = lp == lp0 ? a % S : 0;
+      const int64_t en = lp == lp1 ? ((e - 1) % S) + 1 : S;
+      const int64_t len = en - st;
+      slices.push_back({static_cast<int64_t>(r.page_ids[lp]) * S + st, src, len});
+      src += len;
+    }
+  }
+  const int64_t cap = builder_padded_num_slices(cfg, T, R);
+  const int64_t n = static_cast<int64_t>(slices.size());
+  if (n > cap)  // cannot happen with the checks above; keep the reference's invariant explicit
+    fail(KVP_ERR_INTERNAL, "%s: %lld slices exceed the padded capacity %lld", fn, ll(n), ll(cap));
+  columns = cap;
+  if (opts.flags & KVP_BATCH_FLAG_TIGHT_SLICES) {
+    const int64_t tight = align_to_multiple(n, cfg.num_slices_per_kv_cache_update_page);
+    if (tight < columns) columns = tight;
+  }
+  if (3 * columns > (int64_t(1) << 31))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice capacity %lld is too large", fn, ll(columns));
+  return slices;
+}
+
+// Writes the arrays of an allocated metadata.
+void fill_metadata(Metadata& m, const kvp_batch_request* reqs, const Rows& rows, const HostVector<Slice>& slices,
+                   int64_t columns, const kvp_batch_options& opts) {
+  const MetadataArrays& a = m.arrays();
+  const int64_t W = a.pages_per_req, R = a.num_reqs, N = static_cast<int64_t>(rows.order.size());
+  int32_t* pt = m.mut(a.pages_tables);
+  int32_t* cl = m.mut(a.context_lens);
+  int32_t* qsl = m.mut(a.query_start_loc);
+  int32_t* pos = m.mut(a.position_ids);
+  int64_t q = 0;
+  qsl[0] = 0;
+  for (int64_t row = 0; row < N; ++row) {
+    const kvp_batch_request& r = reqs[rows.order[static_cast<size_t>(row)]];
+    for (int64_t k = 0; k < r.num_pages; ++k) pt[row * W + k] = r.page_ids[k];
+    cl[row] = static_cast<int32_t>(r.num_computed + r.num_scheduled);
+    for (int64_t t = 0; t < r.num_scheduled; ++t) pos[q + t] = static_cast<int32_t>(r.num_computed + t);
+    q += r.num_scheduled;
+    qsl[row + 1] = static_cast<int32_t>(q);
+  }
+  for (int64_t row = N; row < R; ++row) qsl[row + 1] = static_cast<int32_t>(q);
+  m.mut(a.num_seqs)[0] = static_cast<int32_t>(N);
+  if (a.version == KVP_LAYOUT_V2) {
+    int32_t* sm = m.mut(a.slot_mapping);
+    for (size_t j = 0; j < slices.size(); ++j) {
+      sm[0 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].dst);
+      sm[1 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].src);
+      sm[2 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].len);
+    }
+    m.mut(a.num_kv_update_slices)[0] = static_cast<int32_t>(slices.size());
+  } else {
+    int32_t* rd = m.mut(a.request_distribution);
+    rd[0] = static_cast<int32_t>(rows.decode);
+    rd[1] = static_cast<int32_t>((opts.flags & KVP_BATCH_FLAG_SEED_DISTRIBUTION) ? rows.decode : N);
+    rd[2] = static_cast<int32_t>(N);
+  }
+}
+
+}  // namespace
+
+int64_t builder_padded_num_slices(const kvp_config& c, int64_t num_tokens, int64_t max_reqs) {
+  const int64_t T = num_tokens > 0 ? num_tokens : (c.max_num_tokens > 0 ? c.max_num_tokens : c.max_model_length);
+  const int64_t R = max_reqs > 0 ? max_reqs : (c.max_num_reqs > 0 ? c.max_num_reqs : max_num_seqs(c));
+  int64_t n = checked_add(checked_mul(2, R, "2 * max_num_reqs"), T / c.page_size, "padded slices");
+  if (T < n) n = T;
+  return align_to_multiple(n, c.num_slices_per_kv_cache_update_page);
+}
+
+kvp_metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t num_requests,
+                             const kvp_batch_options& opts, int32_t* order_out, const char* fn) {
+  check_options(cfg, reqs, num_requests, opts, fn);
+  const int64_t S = cfg.page_size;
+  const int64_t W = cfg.max_num_pages_per_req > 0 ? cfg.max_num_pages_per_req : cdiv(cfg.max_model_length, S);
+  const bool v2 = cfg.version == KVP_LAYOUT_V2;
+  const Rows rows = collect_rows(cfg, reqs, num_requests, opts, W, fn);
+  const int64_t N = static_cast<int64_t>(rows.order.size());
+
+  // Sizes.
   const int64_t R = opts.max_num_reqs > 0 ? opts.max_num_reqs : (cfg.max_num_reqs > 0 ? cfg.max_num_reqs : N);
   if (N > R)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld active requests exceed max_num_reqs %lld", fn, ll(N), ll(R));
   if (R >= kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs %lld does not fit int32", fn, ll(R));
   const int64_t T = opts.max_num_tokens > 0 ? opts.max_num_tokens
-                                            : (cfg.max_num_tokens > 0 ? cfg.max_num_tokens : total_tokens);
-  if (total_tokens > T)
+                                            : (cfg.max_num_tokens > 0 ? cfg.max_num_tokens : rows.total_tokens);
+  if (rows.total_tokens > T)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld scheduled tokens exceed the token bucket max_num_tokens %lld", fn,
-         ll(total_tokens), ll(T));
+         ll(rows.total_tokens), ll(T));
   if (T > kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens %lld does not fit int32", fn, ll(T));
   if (R * W > (int64_t(1) << 31))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: page table of %lld x %lld entries is too large", fn, ll(R), ll(W));
-
-  // 3. v2 slices (request by request, page by page).
-  std::vector<Slice> slices;
   int64_t columns = 0;
-  if (v2) {
-    if (cfg.num_slices_per_kv_cache_update_page <= 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: config num_slices_per_kv_cache_update_page is %lld (not computed)", fn,
-           ll(cfg.num_slices_per_kv_cache_update_page));
-    if (P * S > kI32Max)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld flat slots do not fit the int32 slice list", fn, ll(P * S));
-    int64_t src = 0;
-    for (uint32_t idx : rows) {
-      const kvp_batch_request& r = reqs[idx];
-      const int64_t a = r.num_computed, e = a + r.num_scheduled;
-      const int64_t lp0 = a / S, lp1 = (e - 1) / S;
-      for (int64_t lp = lp0; lp <= lp1; ++lp) {
-        const int64_t st = lp == lp0 ? a % S : 0;
-        const int64_t en = lp == lp1 ? ((e - 1) % S) + 1 : S;
-        const int64_t len = en - st;
-        slices.push_back({static_cast<int64_t>(r.page_ids[lp]) * S + st, src, len});
-        src += len;
-      }
-    }
-    const int64_t cap = builder_padded_num_slices(cfg, T, R);
-    const int64_t n = static_cast<int64_t>(slices.size());
-    if (n > cap)  // cannot happen with the checks above; keep the reference's invariant explicit
-      fail(KVP_ERR_INTERNAL, "%s: %lld slices exceed the padded capacity %lld", fn, ll(n), ll(cap));
-    columns = cap;
-    if (opts.flags & KVP_BATCH_FLAG_TIGHT_SLICES) {
-      const int64_t tight = align_to_multiple(n, cfg.num_slices_per_kv_cache_update_page);
-      if (tight < columns) columns = tight;
-    }
-    if (3 * columns > (int64_t(1) << 31))
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice capacity %lld is too large", fn, ll(columns));
-  }
+  const HostVector<Slice> slices = v2 ? v2_slices(cfg, reqs, rows, T, R, opts, columns, fn) : HostVector<Slice>();
 
-  // 4. Allocate and fill.
   MetadataArrays s;
   s.version = cfg.version;
   s.page_size = S;
@@ -176,46 +230,17 @@ Metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* reqs, u
   } else {
     s.request_distribution_len = 3;
   }
-  std::unique_ptr<Metadata> m(new Metadata());
+  const HostAllocator alloc;
+  HostPtr<Metadata> m = make_host<Metadata>(alloc, alloc);
   m->allocate(s);
-  const MetadataArrays& a = m->arrays();
-  int32_t* pt = m->mut(a.pages_tables);
-  int32_t* cl = m->mut(a.context_lens);
-  int32_t* qsl = m->mut(a.query_start_loc);
-  int32_t* pos = m->mut(a.position_ids);
-  int64_t q = 0;
-  qsl[0] = 0;
-  for (int64_t row = 0; row < N; ++row) {
-    const kvp_batch_request& r = reqs[rows[static_cast<size_t>(row)]];
-    for (int64_t k = 0; k < r.num_pages; ++k) pt[row * W + k] = r.page_ids[k];
-    cl[row] = static_cast<int32_t>(r.num_computed + r.num_scheduled);
-    for (int64_t t = 0; t < r.num_scheduled; ++t) pos[q + t] = static_cast<int32_t>(r.num_computed + t);
-    q += r.num_scheduled;
-    qsl[row + 1] = static_cast<int32_t>(q);
-  }
-  for (int64_t row = N; row < R; ++row) qsl[row + 1] = static_cast<int32_t>(q);
-  m->mut(a.num_seqs)[0] = static_cast<int32_t>(N);
-  if (v2) {
-    int32_t* sm = m->mut(a.slot_mapping);
-    for (size_t j = 0; j < slices.size(); ++j) {
-      sm[0 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].dst);
-      sm[1 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].src);
-      sm[2 * columns + static_cast<int64_t>(j)] = static_cast<int32_t>(slices[j].len);
-    }
-    m->mut(a.num_kv_update_slices)[0] = static_cast<int32_t>(slices.size());
-  } else {
-    int32_t* rd = m->mut(a.request_distribution);
-    rd[0] = static_cast<int32_t>(d);
-    rd[1] = static_cast<int32_t>((opts.flags & KVP_BATCH_FLAG_SEED_DISTRIBUTION) ? d : N);
-    rd[2] = static_cast<int32_t>(N);
-  }
+  fill_metadata(*m, reqs, rows, slices, columns, opts);
   check_metadata_structure(m->arrays(), fn);
-
-  if (order_out != nullptr) {
+  kvp_metadata* h = handle_new<kvp_metadata>(std::move(m));
+  if (order_out != nullptr) {  // written only on success
     for (uint32_t i = 0; i < num_requests; ++i)
-      order_out[i] = static_cast<int64_t>(i) < N ? static_cast<int32_t>(rows[i]) : -1;
+      order_out[i] = static_cast<int64_t>(i) < N ? static_cast<int32_t>(rows.order[i]) : -1;
   }
-  return m.release();
+  return h;
 }
 
 }  // namespace kvp::detail

@@ -4,23 +4,23 @@
 
 #include "core/dtype.hpp"
 #include "util/error.hpp"
+#include "util/options.hpp"
 
 namespace kvp::detail {
 
-Cache::Cache(const kvp_config& cfg, std::unique_ptr<Backend> backend)
-    : config_(cfg), layout_(layout_of(cfg, "kvp_cache_create")), backend_(std::move(backend)) {
-  if (config_.num_pages < 1)
-    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_cache_create: num_pages is %lld; create the config with kvp_config_create first",
-         static_cast<long long>(config_.num_pages));
+Cache::Cache(const kvp_config& cfg, HostPtr<Backend> backend, const HostAllocator& alloc)
+    : config_(cfg),
+      layout_(layout_of(cfg, "kvp_cache_create")),
+      alloc_(alloc),
+      backend_(std::move(backend)),
+      layers_(StdAllocator<uint8_t*>(alloc)) {
   layers_.reserve(static_cast<size_t>(layout_.num_layers));
   try {
     for (int64_t l = 0; l < layout_.num_layers; ++l) layers_.push_back(static_cast<uint8_t*>(backend_->alloc_zeroed(layer_bytes())));
   } catch (...) {
     for (uint8_t* p : layers_) backend_->release(p, layer_bytes());
-    layers_.clear();
     throw;
   }
-  backend_->attach(*this);
 }
 
 Cache::~Cache() {
@@ -95,41 +95,47 @@ kvp_tensor Cache::view(int64_t layer, kvp_view_kind kind) const {
   return t;
 }
 
-void Cache::set_async_error(kvp_status code, std::string message, bool sticky) {
-  std::lock_guard<std::mutex> lock(async_mu_);
-  if (async_code_ != KVP_OK && async_sticky_) return;  // keep the first sticky fault
-  async_code_ = code;
-  async_sticky_ = sticky;
-  async_message_ = std::move(message);
+void Cache::read_layer(int64_t layer, void* host_dst, size_t cap, kvp_stream stream, const char* fn) const {
+  check_layer(layer, fn);
+  if (cap < layer_bytes())
+    fail(KVP_ERR_BUFFER_TOO_SMALL, "%s: cap is %zu bytes but layer %lld has %zu bytes", fn, cap,
+         static_cast<long long>(layer), layer_bytes());
+  (void)async_error(nullptr);  // polls device-side error flags
+  check_healthy(fn);
+  backend_->copy_to_host(host_dst, layer_data(layer), layer_bytes(), stream, true, fn);
 }
 
-kvp_status Cache::async_error(std::string* message) const {
-  if (poll_async) poll_async(const_cast<Cache&>(*this));
-  std::lock_guard<std::mutex> lock(async_mu_);
-  if (message != nullptr) *message = async_message_;
-  return async_code_;
+void Cache::write_layer(int64_t layer, const void* host_src, size_t size, kvp_stream stream, const char* fn) {
+  check_layer(layer, fn);
+  if (size != layer_bytes())
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: size is %zu bytes but layer %lld has %zu bytes", fn, size,
+         static_cast<long long>(layer), layer_bytes());
+  (void)async_error(nullptr);
+  check_healthy(fn);
+  backend_->copy_from_host(layer_data(layer), host_src, layer_bytes(), stream, true, fn);
 }
 
-bool Cache::clear_async_error() {
-  if (poll_async) poll_async(*this);
-  std::lock_guard<std::mutex> lock(async_mu_);
-  if (async_code_ != KVP_OK && async_sticky_) return false;
-  async_code_ = KVP_OK;
-  async_message_.clear();
-  return true;
-}
-
-void Cache::check_healthy(const char* function) const {
-  std::lock_guard<std::mutex> lock(async_mu_);
-  if (async_code_ != KVP_OK)
-    fail(KVP_ERR_DEVICE_LOST, "%s: the cache has a pending asynchronous error (%s: %s); read it with "
-         "kvp_cache_get_async_error%s", function, kvp_status_name(async_code_), async_message_.c_str(),
-         async_sticky_ ? " and destroy the cache" : " and clear it with kvp_cache_clear_async_error");
-}
-
-Cache& cache_from(const kvp_cache* h, const char* function) {
-  check_header(h, kMagicCache, function);
-  return *h->impl;
+kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts, const char* fn) {
+  const kvp_config cfg = read_config(config, fn);
+  kvp_cache_options o;
+  std::memset(&o, 0, sizeof o);
+  if (opts != nullptr)
+    o = read_versioned(opts, sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION, fn, "kvp_cache_options");
+  const kvp_device_type dev = o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type;
+  if (dev != KVP_DEVICE_CPU && dev != KVP_DEVICE_CUDA)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown device_type %d (expected KVP_DEVICE_CPU or KVP_DEVICE_CUDA)", fn, dev);
+  if (dev == KVP_DEVICE_CPU && o.device_id != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: device_id must be 0 for a CPU cache, got %d", fn, o.device_id);
+  if (o.allocator != nullptr && (o.allocator->alloc == nullptr || o.allocator->free == nullptr))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: allocator must provide both alloc and free", fn);
+  // Validate the config before touching any device.
+  (void)layout_of(cfg, fn);
+  if (cfg.num_pages < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages is %lld; create the config with kvp_config_create first", fn,
+         static_cast<long long>(cfg.num_pages));
+  const HostAllocator alloc(o.allocator);
+  HostPtr<Cache> cache = make_host<Cache>(alloc, cfg, make_backend(dev, o.device_id, alloc, fn), alloc);
+  return handle_new<kvp_cache>(std::move(cache));
 }
 
 }  // namespace kvp::detail

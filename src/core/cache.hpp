@@ -1,25 +1,21 @@
 // The cache: config + derived layout + one buffer per layer on a backend.
 #pragma once
 
-#include <atomic>
-#include <functional>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <vector>
 
 #include "backend/backend.hpp"
 #include "core/config.hpp"
 #include "kvpages/cache.h"
 #include "util/handle.hpp"
+#include "util/memory.hpp"
 
 namespace kvp::detail {
 
 class Cache {
  public:
   // Allocates all layer buffers (zeroed). Throws on failure, leaking nothing.
-  Cache(const kvp_config& cfg, std::unique_ptr<Backend> backend);
+  Cache(const kvp_config& cfg, HostPtr<Backend> backend, const HostAllocator& alloc);
   ~Cache();
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
@@ -27,6 +23,8 @@ class Cache {
   const kvp_config& config() const noexcept { return config_; }
   const Layout& layout() const noexcept { return layout_; }
   Backend& backend() const noexcept { return *backend_; }
+  // Host memory of everything done on this cache's behalf (its allocator, or the process default).
+  const HostAllocator& allocator() const noexcept { return alloc_; }
   kvp_device_type device_type() const noexcept { return backend_->device_type(); }
   int32_t device_id() const noexcept { return backend_->device_id(); }
   int64_t num_layers() const noexcept { return layout_.num_layers; }
@@ -42,40 +40,35 @@ class Cache {
   // Fills a view descriptor (KVP_VIEW_*).
   kvp_tensor view(int64_t layer, kvp_view_kind kind) const;
 
-  // Asynchronous (device) error state. A recoverable error (device-side validation) can be
-  // cleared; a sticky one cannot.
-  void set_async_error(kvp_status code, std::string message, bool sticky);
-  kvp_status async_error(std::string* message) const;
-  bool clear_async_error();  // false when the error is sticky
-  // Throws DEVICE_LOST when an async error is pending (called by every mutating/reading op).
-  void check_healthy(const char* function) const;
+  // Whole-layer copies between the pages and host memory (kvp_cache_read_layer / write_layer).
+  void read_layer(int64_t layer, void* host_dst, size_t cap, kvp_stream stream, const char* function) const;
+  void write_layer(int64_t layer, const void* host_src, size_t size, kvp_stream stream, const char* function);
 
-  // Hook for backends to poll device-side error flags before reporting state (CUDA). May be null.
-  std::function<void(Cache&)> poll_async;
-  // Per-backend private state (CUDA: streams, scratch, device error flag). Owned here.
-  std::shared_ptr<void> backend_state;
+  // Asynchronous (device) errors: the backend owns the state; see Backend.
+  kvp_status async_error(std::string* message) const { return backend_->async_error(message); }
+  bool clear_async_error() { return backend_->clear_async_error(); }
+  // Throws DEVICE_LOST when an async error is pending (called by every mutating/reading op).
+  void check_healthy(const char* function) const { backend_->check_healthy(function); }
 
  private:
   kvp_config config_;
   Layout layout_;
-  std::unique_ptr<Backend> backend_;
-  std::vector<uint8_t*> layers_;
-  mutable std::mutex async_mu_;
-  kvp_status async_code_ = KVP_OK;
-  bool async_sticky_ = false;
-  std::string async_message_;
+  HostAllocator alloc_;
+  HostPtr<Backend> backend_;
+  HostVector<uint8_t*> layers_;
 };
+
+// Creates a cache and its handle (kvp_cache_create): reads and validates the caller's config and
+// options (NULL = defaults), builds the backend of the device they name (everything that can be
+// checked is checked before a device is touched) and allocates the pages. Throws; leaks nothing.
+kvp_cache* create_cache(const kvp_config* cfg, const kvp_cache_options* opts, const char* function);
 
 }  // namespace kvp::detail
 
-// The public handle: a header for validation plus the implementation.
-struct kvp_cache {
-  kvp::detail::handle_header hdr;
-  kvp::detail::Cache* impl;
-  kvp_host_allocator allocator;  // copy of the caller's allocator (alloc == nullptr: built-in)
-};
+// The public handle.
+struct kvp_cache : kvp::detail::Handle<kvp::detail::Cache, kvp::detail::kMagicCache> {};
 
 namespace kvp::detail {
 // Validates a cache handle (NULL, registry, magic); throws INVALID_HANDLE.
-Cache& cache_from(const kvp_cache* h, const char* function);
+inline Cache& cache_from(const kvp_cache* h, const char* function) { return handle_get(h, function); }
 }  // namespace kvp::detail

@@ -6,15 +6,15 @@
 
 #include "core/dtype.hpp"
 #include "core/math.hpp"
-#include "kvpages/features.h"
 #include "util/error.hpp"
 
 namespace kvp::detail {
 
 namespace {
 long long ll(int64_t v) { return static_cast<long long>(v); }
+}  // namespace
 
-ConcatInput check_input(const Cache& cache, const kvp_tensor& t, const char* name, const char* fn) {
+TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name, const char* fn) {
   const Layout& L = cache.layout();
   if (t.ndim != 3)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s must have rank 3 [tokens, kv_heads, head_dim], got rank %d", fn, name, t.ndim);
@@ -30,7 +30,7 @@ ConcatInput check_input(const Cache& cache, const kvp_tensor& t, const char* nam
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s has head_dim %lld but the cache has k_headdim %lld", fn, name,
          ll(t.shape[2]), ll(L.head_dim));
   const kvp_device_type dev = t.device_type == 0 ? KVP_DEVICE_CPU : t.device_type;
-  if (dev != cache.device_type() || (dev == KVP_DEVICE_CUDA && t.device_id != cache.device_id()))
+  if (dev != cache.device_type() || (dev != KVP_DEVICE_CPU && t.device_id != cache.device_id()))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s lives on device type %d id %d but the cache on device type %d id %d", fn,
          name, dev, t.device_id, cache.device_type(), cache.device_id());
   if (t.shape[0] > 0 && t.data == nullptr)
@@ -51,7 +51,7 @@ ConcatInput check_input(const Cache& cache, const kvp_tensor& t, const char* nam
            fn, name, ll(t.strides[0]), ll(t.strides[1]), ll(t.strides[2]), ll(t.shape[0]), ll(t.shape[1]),
            ll(t.shape[2]));
   }
-  ConcatInput in;
+  TensorArg in;
   in.data = t.data;
   in.dtype = t.dtype;
   in.itemsize = static_cast<int32_t>(dtype_size(t.dtype));
@@ -61,8 +61,10 @@ ConcatInput check_input(const Cache& cache, const kvp_tensor& t, const char* nam
   return in;
 }
 
+namespace {
+
 // Host validation of v2 slices into runs.
-void runs_v2(const ConcatJob& job, std::vector<ConcatRun>& runs, int64_t& n_out, const char* fn) {
+void runs_v2(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& n_out, const char* fn) {
   const MetadataArrays& m = job.md;
   if (m.num_kv_update_slices_len < 1 || m.num_kv_update_slices == nullptr)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata has no num_kv_update_slices", fn);
@@ -91,7 +93,7 @@ void runs_v2(const ConcatJob& job, std::vector<ConcatRun>& runs, int64_t& n_out,
 }
 
 // Host validation of v3 page-table metadata into runs (one per request and touched page).
-void runs_v3(const ConcatJob& job, std::vector<ConcatRun>& runs, int64_t& seqs_out, const char* fn) {
+void runs_v3(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& seqs_out, const char* fn) {
   const MetadataArrays& m = job.md;
   const int64_t R = m.num_reqs, W = m.pages_per_req, S = job.layout.page_size, P = job.layout.num_pages;
   int64_t i = 0, j = 0, k = 0;
@@ -153,9 +155,9 @@ void runs_v3(const ConcatJob& job, std::vector<ConcatRun>& runs, int64_t& seqs_o
   seqs_out = k;
 }
 
-void check_no_overlap(const std::vector<ConcatRun>& runs, const char* fn) {
+void check_no_overlap(const HostVector<ConcatRun>& runs, const char* fn) {
   if (runs.size() < 2) return;
-  std::vector<ConcatRun> sorted(runs);
+  HostVector<ConcatRun> sorted(runs);
   std::sort(sorted.begin(), sorted.end(),
             [](const ConcatRun& a, const ConcatRun& b) { return a.dst_slot < b.dst_slot; });
   for (size_t x = 1; x < sorted.size(); ++x) {
@@ -202,13 +204,13 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
   if (m.page_size != 0 && m.page_size != L.page_size)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata page_size %lld differs from the cache's page_size %lld", fn,
          ll(m.page_size), ll(L.page_size));
-  job.metadata_on_device = m.device_type == KVP_DEVICE_CUDA ? 1 : 0;
+  job.metadata_on_device = m.device_type != KVP_DEVICE_CPU ? 1 : 0;
   job.num_seqs = -1;
   job.num_valid_slices = -1;
   job.num_runs = -1;
   job.runs = nullptr;
   if (job.metadata_on_device) {
-    if (cache.device_type() != KVP_DEVICE_CUDA)
+    if (m.device_type != cache.device_type())
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata arrays live in CUDA device memory but the cache is on the CPU", fn);
     if (m.device_id != cache.device_id())
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on CUDA device %d but the cache on device %d", fn, m.device_id,
@@ -234,19 +236,9 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
 
 void concatenate(Cache& cache, int64_t layer, const kvp_tensor& key, const kvp_tensor& value, const Metadata& md,
                  kvp_stream stream, const char* fn) {
-  PreparedConcat prep;
+  PreparedConcat prep(cache.allocator());
   prepare_concat(cache, layer, key, value, md, prep, fn);
-  if (cache.device_type() == KVP_DEVICE_CUDA) {
-    cuda_concatenate(cache, prep.job, stream);
-  } else {
-    if (prep.job.num_runs > 0) cpu_concatenate(prep.job);
-  }
+  cache.backend().concatenate(prep.job, stream);
 }
-
-#if !KVP_HAS_CUDA
-void cuda_concatenate(Cache&, const ConcatJob&, kvp_stream) {
-  fail(KVP_ERR_NO_DEVICE, "kvp_concatenate: this build of kvpages has no CUDA backend");
-}
-#endif
 
 }  // namespace kvp::detail

@@ -148,6 +148,24 @@ Layout layout_of(const kvp_config& c, const char* fn) {
   return L;
 }
 
+kvp_layout_info layout_info_of(const Layout& L) {
+  kvp_layout_info li;
+  std::memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  li.is_h64 = L.h64 ? 1u : 0u;
+  li.kv_head_packing = L.packing;
+  li.storage_num_combined_kv_heads = L.combined_heads;
+  li.storage_num_kv_groups = L.groups;
+  li.storage_head_dim = L.storage_head_dim;
+  li.itemsize = L.itemsize;
+  li.ndim = L.ndim;
+  for (int i = 0; i < 5; ++i) li.shape[i] = i < L.ndim ? L.shape[i] : 0;
+  li.layer_bytes = L.layer_bytes;
+  li.page_bytes_per_layer = L.page_bytes_per_layer;
+  li.max_num_seqs = L.max_num_seqs;
+  return li;
+}
+
 int64_t hbm_budget_bytes(const kvp_memory_stats* stats, uint32_t n, double util, uint32_t mode, int64_t margin) {
   if (n > 0 && stats == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "memory_stats must not be NULL when num_memory_stats is %u", n);
   if (!(util > 0.0 && util <= 1.0)) fail(KVP_ERR_INVALID_ARGUMENT, "utilization must be in (0, 1], got %g", util);
@@ -178,35 +196,6 @@ int64_t hbm_budget_bytes(const kvp_memory_stats* stats, uint32_t n, double util,
     any = true;
   }
   return any ? best : static_cast<int64_t>(KVP_FALLBACK_BUDGET);
-}
-
-void host_memory_stats(kvp_memory_stats* out) {
-  std::FILE* f = std::fopen("/proc/meminfo", "r");
-  if (f == nullptr) fail(KVP_ERR_IO, "cannot open /proc/meminfo to read host memory statistics");
-  long long total_kb = -1, avail_kb = -1;
-  char line[256];
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    long long v;
-    if (std::sscanf(line, "MemTotal: %lld kB", &v) == 1) total_kb = v;
-    if (std::sscanf(line, "MemAvailable: %lld kB", &v) == 1) avail_kb = v;
-  }
-  std::fclose(f);
-  if (total_kb < 0 || avail_kb < 0) fail(KVP_ERR_IO, "/proc/meminfo lacks MemTotal or MemAvailable");
-  std::memset(out, 0, sizeof *out);
-  out->bytes_total = total_kb * 1024;
-  out->bytes_in_use = (total_kb - avail_kb) * 1024;
-  out->valid = 1;
-}
-
-void device_memory_stats(kvp_device_type type, int32_t id, kvp_memory_stats* out) {
-  if (type == KVP_DEVICE_CPU) {
-    if (id != 0) fail(KVP_ERR_INVALID_ARGUMENT, "device_id must be 0 for the CPU, got %d", id);
-    host_memory_stats(out);
-  } else if (type == KVP_DEVICE_CUDA) {
-    cuda_memory_stats(id, out);
-  } else {
-    fail(KVP_ERR_INVALID_ARGUMENT, "unknown device type %d (expected KVP_DEVICE_CPU or KVP_DEVICE_CUDA)", type);
-  }
 }
 
 kvp_config create_config(const kvp_config_options& o, const char* fn) {

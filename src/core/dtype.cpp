@@ -1,8 +1,55 @@
 #include "core/dtype.hpp"
 
+#include <cstring>
+
 #include "util/error.hpp"
 
 namespace kvp::detail {
+
+namespace {
+struct NameEntry {
+  const char* name;
+  kvp_dtype dtype;
+};
+// Every spelling the reference accepts (SPEC.md §2.4); "fp8" means e5m2.
+constexpr NameEntry kDtypeNames[] = {
+    {"bf16", KVP_DTYPE_BF16},
+    {"bfloat16", KVP_DTYPE_BF16},
+    {"fp16", KVP_DTYPE_F16},
+    {"float16", KVP_DTYPE_F16},
+    {"fp32", KVP_DTYPE_F32},
+    {"float32", KVP_DTYPE_F32},
+    {"fp64", KVP_DTYPE_F64},
+    {"float64", KVP_DTYPE_F64},
+    {"fp8", KVP_DTYPE_F8_E5M2},
+    {"fp8_e4m3fn", KVP_DTYPE_F8_E4M3FN},
+    {"float8_e4m3fn", KVP_DTYPE_F8_E4M3FN},
+    {"fp8_e4m3fnuz", KVP_DTYPE_F8_E4M3FNUZ},
+    {"float8_e4m3fnuz", KVP_DTYPE_F8_E4M3FNUZ},
+    {"fp8_e4m3b11fnuz", KVP_DTYPE_F8_E4M3B11FNUZ},
+    {"float8_e4m3b11fnuz", KVP_DTYPE_F8_E4M3B11FNUZ},
+    {"fp8_e5m2", KVP_DTYPE_F8_E5M2},
+    {"float8_e5m2", KVP_DTYPE_F8_E5M2},
+    {"fp8_e5m2fnuz", KVP_DTYPE_F8_E5M2FNUZ},
+    {"float8_e5m2fnuz", KVP_DTYPE_F8_E5M2FNUZ},
+};
+}  // namespace
+
+kvp_dtype dtype_from_name(const char* name, const char* function) {
+  for (const NameEntry& e : kDtypeNames)
+    if (std::strcmp(e.name, name) == 0) return e.dtype;
+  fail(KVP_ERR_NOT_FOUND, "%s: unknown dtype name '%.64s'", function, name);
+}
+
+const char* layout_name(kvp_layout layout) noexcept {
+  return layout == KVP_LAYOUT_V3 ? "v3" : layout == KVP_LAYOUT_V2 ? "v2" : nullptr;
+}
+
+kvp_layout layout_from_name(const char* name, const char* function) {
+  if (std::strcmp(name, "v3") == 0) return KVP_LAYOUT_V3;
+  if (std::strcmp(name, "v2") == 0) return KVP_LAYOUT_V2;
+  fail(KVP_ERR_NOT_FOUND, "%s: unknown layout version '%.64s' (expected v2 or v3)", function, name);
+}
 
 bool dtype_known(kvp_dtype d) noexcept { return d >= KVP_DTYPE_F32 && d <= KVP_DTYPE_F8_E5M2FNUZ; }
 

@@ -1,4 +1,5 @@
-// Dtype table: names (reference spellings), widths, packing, which ones are storage types.
+// Dtype and layout tables: names (reference spellings), widths, packing, which ones are storage
+// types.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,11 @@ inline uint32_t dtype_size(kvp_dtype d) noexcept { return dtype_bits(d) / 8; }
 const char* dtype_name(kvp_dtype d) noexcept;    // canonical name or nullptr
 // Packing = 32 / bits; throws INVALID_ARGUMENT (fp64) or NOT_FOUND (unknown).
 int64_t dtype_packing(kvp_dtype d);
+// The dtype of a name (every spelling of the reference); throws NOT_FOUND naming `function`.
+kvp_dtype dtype_from_name(const char* name, const char* function);
+// "v2" / "v3", or nullptr; and back (throws NOT_FOUND naming `function`).
+const char* layout_name(kvp_layout layout) noexcept;
+kvp_layout layout_from_name(const char* name, const char* function);
 // Checks a dtype for cache storage; throws NOT_FOUND / UNSUPPORTED with a message.
 void require_storage_dtype(kvp_dtype d, const char* function);
 

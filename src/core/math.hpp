@@ -7,13 +7,6 @@
 
 namespace kvp::detail {
 
-// Floor division (Python //). b must not be 0.
-inline int64_t floordiv(int64_t a, int64_t b) {
-  int64_t q = a / b;
-  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
-  return q;
-}
-
 // Checked helpers: throw error(KVP_ERR_INVALID_ARGUMENT) on overflow or division by zero.
 int64_t checked_add(int64_t a, int64_t b, const char* what);
 int64_t checked_mul(int64_t a, int64_t b, const char* what);

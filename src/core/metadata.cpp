@@ -2,7 +2,6 @@
 
 #include <cstring>
 #include <limits>
-#include <memory>
 
 #include "util/error.hpp"
 
@@ -70,7 +69,7 @@ void check_metadata_structure(const MetadataArrays& a, const char* fn) {
   }
 }
 
-Metadata* Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
+HostPtr<Metadata> Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
   if (d._reserved0 != 0) fail(KVP_ERR_UNSUPPORTED, "%s: kvp_metadata_desc._reserved0 must be 0", fn);
   MetadataArrays a;
   a.version = d.version == KVP_LAYOUT_DEFAULT ? KVP_LAYOUT_V3 : d.version;
@@ -96,7 +95,8 @@ Metadata* Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
   a.position_ids = d.position_ids;
   a.position_ids_len = d.position_ids_len;
   check_metadata_structure(a, fn);
-  auto* m = new Metadata();
+  const HostAllocator alloc;
+  HostPtr<Metadata> m = make_host<Metadata>(alloc, alloc);
   m->a_ = a;
   return m;
 }
@@ -119,7 +119,6 @@ void Metadata::allocate(const MetadataArrays& s) {
     if (total > (int64_t(1) << 40)) fail(KVP_ERR_INVALID_ARGUMENT, "metadata: arrays too large (%lld entries)", ll(total));
   }
   storage_.assign(static_cast<size_t>(total) + 1, 0);  // +1: never empty, so owning() holds
-  owning_ = true;
   int32_t* base = storage_.data();
   int64_t off = 0;
   auto take = [&](int64_t len) -> const int32_t* {
@@ -141,7 +140,7 @@ void Metadata::allocate(const MetadataArrays& s) {
   a_ = a;
 }
 
-Metadata* Metadata::empty(kvp_layout version, int64_t num_tokens, int64_t max_num_reqs, int64_t max_pages,
+HostPtr<Metadata> Metadata::empty(kvp_layout version, int64_t num_tokens, int64_t max_num_reqs, int64_t max_pages,
                           int64_t page_size, const char* fn) {
   const kvp_layout v = version == KVP_LAYOUT_DEFAULT ? KVP_LAYOUT_V3 : version;
   if (v != KVP_LAYOUT_V2 && v != KVP_LAYOUT_V3)
@@ -172,34 +171,13 @@ Metadata* Metadata::empty(kvp_layout version, int64_t num_tokens, int64_t max_nu
   } else {
     s.request_distribution_len = 3;
   }
-  std::unique_ptr<Metadata> m(new Metadata());
+  const HostAllocator alloc;
+  HostPtr<Metadata> m = make_host<Metadata>(alloc, alloc);
   m->allocate(s);
   // allocate() returns nullptr for empty arrays; a zero-row v3 metadata still needs the
   // (non-empty) query_start_loc, which always has >= 1 entry, so the structure holds.
   check_metadata_structure(m->a_, fn);
-  return m.release();
-}
-
-const Metadata& metadata_from(const kvp_metadata* h, const char* function) {
-  check_header(h, kMagicMetadata, function);
-  if (h->impl == nullptr) misuse(function, "metadata handle without implementation");
-  return *h->impl;
-}
-
-kvp_metadata* metadata_handle_new(Metadata* impl) {
-  std::unique_ptr<Metadata> guard(impl);
-  auto* h = new kvp_metadata();
-  h->impl = impl;
-  try {
-    registry_add(h);
-  } catch (...) {
-    delete h;
-    throw;
-  }
-  h->hdr.magic = kMagicMetadata;
-  h->hdr.state = kStateOpen;
-  guard.release();
-  return h;
+  return m;
 }
 
 }  // namespace kvp::detail

@@ -4,12 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
-#include <vector>
 
 #include "backend/backend.hpp"
 #include "core/cache.hpp"
 #include "util/error.hpp"
+#include "util/options.hpp"
 
 namespace kvp::detail {
 
@@ -31,7 +30,7 @@ void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size
   if (count > 1 || src[0] == dst[0]) {
     // Destinations must be distinct and must not be sources (otherwise the result would depend on
     // the copy order, and concurrent device copies would race).
-    std::vector<int32_t> d(dst, dst + count), s(src, src + count);
+    HostVector<int32_t> d(dst, dst + count, cache.allocator()), s(src, src + count, cache.allocator());
     std::sort(d.begin(), d.end());
     std::sort(s.begin(), s.end());
     for (size_t i = 1; i < count; ++i)
@@ -64,23 +63,26 @@ void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size
 // Creation.
 
 namespace {
+
 size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
 }  // namespace
 
-Pool* Pool::create(kvp_cache* cache_handle, Cache& cache, const kvp_pool_options& o) {
-  const char* fn = "kvp_pool_create";
+Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const char* fn) {
   const kvp_config& cfg = cache.config();
-  const int64_t P = cache.layout().num_pages;
-  const int64_t S = cache.layout().page_size;
-  if (P < 2)
+  Shape sh;
+  sh.P = cache.layout().num_pages;
+  sh.S = cache.layout().page_size;
+  if (sh.P < 2)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: the cache has %lld page(s); a pool needs at least 2 (page 0 is the null page)",
-         fn, static_cast<long long>(P));
+         fn, static_cast<long long>(sh.P));
   if ((o.flags & ~KVP_POOL_FLAG_NO_PREFIX_CACHE) != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x in kvp_pool_options.flags", fn, o.flags);
   if (o.allocator != nullptr && (o.allocator->alloc == nullptr || o.allocator->free == nullptr))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: allocator must provide both alloc and free", fn);
-  const int64_t max_len = cfg.max_model_length;
-  const size_t row_len = static_cast<size_t>((max_len + S - 1) / S);
+  sh.prefix = (o.flags & KVP_POOL_FLAG_NO_PREFIX_CACHE) == 0;
+  sh.max_len = cfg.max_model_length;
+  sh.row_len = static_cast<size_t>((sh.max_len + sh.S - 1) / sh.S);
   uint64_t m = o.max_sequences;
   if (m == 0) {
     if (cfg.max_num_reqs > 0) m = static_cast<uint64_t>(cfg.max_num_reqs);
@@ -90,91 +92,86 @@ Pool* Pool::create(kvp_cache* cache_handle, Cache& cache, const kvp_pool_options
   if (m < 1 || m > kIndexMask)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_sequences %llu is out of range [1, %u]", fn,
          static_cast<unsigned long long>(m), kIndexMask);
-  if (m * row_len > (uint64_t{1} << 31))
+  if (m * sh.row_len > (uint64_t{1} << 31))
     fail(KVP_ERR_INVALID_ARGUMENT,
          "%s: max_sequences %llu x %zu pages per sequence = %llu page-table entries exceeds 2^31", fn,
-         static_cast<unsigned long long>(m), row_len, static_cast<unsigned long long>(m * row_len));
+         static_cast<unsigned long long>(m), sh.row_len, static_cast<unsigned long long>(m * sh.row_len));
+  sh.m = static_cast<uint32_t>(m);
+  sh.table_cap = 16;
+  while (sh.table_cap < static_cast<size_t>(2 * sh.P)) sh.table_cap <<= 1;
+  return sh;
+}
 
-  size_t table_cap = 16;
-  while (table_cap < static_cast<size_t>(2 * P)) table_cap <<= 1;
-
-  // One block for every array.
+// Carves every array out of one block from the allocator.
+void Pool::allocate_arrays(const Shape& sh) {
   size_t off = 0;
   auto take = [&off](size_t bytes, size_t align) {
     off = align_up(off, align);
-    size_t at = off;
+    const size_t at = off;
     off += bytes;
     return at;
   };
-  const size_t o_pages = take(sizeof(Page) * static_cast<size_t>(P), alignof(Page));
-  const size_t o_tokens = take(sizeof(int32_t) * static_cast<size_t>(P) * static_cast<size_t>(S), 64);
-  const size_t o_table = take(sizeof(int32_t) * table_cap, 64);
-  const size_t o_seqs = take(sizeof(Seq) * m, alignof(Seq));
-  const size_t o_rows = take(sizeof(int32_t) * m * row_len, 64);
-  const size_t o_ring = take(sizeof(uint32_t) * m, 64);
-  const size_t o_scratch = take(sizeof(int32_t) * row_len, 64);
-  const size_t o_hash = take(16 + sizeof(int32_t) * static_cast<size_t>(S), 64);
-  const size_t total = align_up(off, 64);
-
-  const kvp_host_allocator* a = o.allocator;
-  void* self_mem = host_alloc(a, sizeof(Pool), alignof(Pool));
-  Pool* pool = new (self_mem) Pool();
-  if (a != nullptr) {
-    pool->allocator_ = *a;
-    pool->has_allocator_ = true;
-  }
-  try {
-    pool->arrays_ = host_alloc(a, total, 64);
-  } catch (...) {
-    pool->~Pool();
-    host_free(a, self_mem);
-    throw;
-  }
-  uint8_t* base = static_cast<uint8_t*>(pool->arrays_);
-  pool->cache_handle_ = cache_handle;
-  pool->prefix_enabled_ = (o.flags & KVP_POOL_FLAG_NO_PREFIX_CACHE) == 0;
-  pool->num_pages_ = P;
-  pool->page_size_ = S;
-  pool->max_length_ = static_cast<uint64_t>(max_len);
-  pool->row_len_ = row_len;
-  pool->max_seqs_ = static_cast<uint32_t>(m);
-  pool->pages_ = reinterpret_cast<Page*>(base + o_pages);
-  pool->tokens_ = reinterpret_cast<int32_t*>(base + o_tokens);
-  pool->table_ = reinterpret_cast<int32_t*>(base + o_table);
-  pool->table_mask_ = table_cap - 1;
-  pool->seqs_ = reinterpret_cast<Seq*>(base + o_seqs);
-  pool->rows_ = reinterpret_cast<int32_t*>(base + o_rows);
-  pool->slot_ring_ = reinterpret_cast<uint32_t*>(base + o_ring);
-  pool->scratch_pages_ = reinterpret_cast<int32_t*>(base + o_scratch);
-  pool->hash_buf_ = base + o_hash;
-
-  std::memset(pool->tokens_, 0, sizeof(int32_t) * static_cast<size_t>(P) * static_cast<size_t>(S));
-  std::memset(pool->rows_, 0, sizeof(int32_t) * m * row_len);
-  for (size_t i = 0; i < table_cap; ++i) pool->table_[i] = -1;
-  for (uint32_t i = 0; i < m; ++i) {
-    pool->seqs_[i] = Seq{0, 0, 0, 1, 0};
-    pool->slot_ring_[i] = i;
-  }
-  pool->ring_head_ = 0;
-  pool->ring_count_ = static_cast<uint32_t>(m);
-  // Page 0 is the null page; pages 1 … P-1 go on the free list so that 1 is handed out first.
-  pool->pages_[0] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kNull, 0, 0, 0};
-  for (int64_t p = P - 1; p >= 1; --p) {
-    pool->pages_[p] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kFree, 0, 0, 0};
-    pool->pages_[p].next = pool->free_head_;
-    pool->free_head_ = static_cast<int32_t>(p);
-  }
-  pool->n_free_ = P - 1;
-  return pool;
+  const size_t P = static_cast<size_t>(sh.P), S = static_cast<size_t>(sh.S);
+  const size_t o_pages = take(sizeof(Page) * P, alignof(Page));
+  const size_t o_tokens = take(sizeof(int32_t) * P * S, 64);
+  const size_t o_table = take(sizeof(int32_t) * sh.table_cap, 64);
+  const size_t o_seqs = take(sizeof(Seq) * sh.m, alignof(Seq));
+  const size_t o_rows = take(sizeof(int32_t) * sh.m * sh.row_len, 64);
+  const size_t o_ring = take(sizeof(uint32_t) * sh.m, 64);
+  const size_t o_scratch = take(sizeof(int32_t) * sh.row_len, 64);
+  const size_t o_hash = take(16 + sizeof(int32_t) * S, 64);
+  arrays_ = alloc_.allocate(align_up(off, 64), 64);
+  uint8_t* base = static_cast<uint8_t*>(arrays_);
+  pages_ = reinterpret_cast<Page*>(base + o_pages);
+  tokens_ = reinterpret_cast<int32_t*>(base + o_tokens);
+  table_ = reinterpret_cast<int32_t*>(base + o_table);
+  seqs_ = reinterpret_cast<Seq*>(base + o_seqs);
+  rows_ = reinterpret_cast<int32_t*>(base + o_rows);
+  slot_ring_ = reinterpret_cast<uint32_t*>(base + o_ring);
+  scratch_pages_ = reinterpret_cast<int32_t*>(base + o_scratch);
+  hash_buf_ = base + o_hash;
 }
 
-void Pool::destroy(Pool* pool) noexcept {
-  if (pool == nullptr) return;
-  const kvp_host_allocator a = pool->allocator_;
-  const kvp_host_allocator* ap = pool->has_allocator_ ? &a : nullptr;
-  host_free(ap, pool->arrays_);
-  pool->~Pool();
-  host_free(ap, pool);
+Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc) : alloc_(alloc) {
+  allocate_arrays(sh);
+  cache_handle_ = cache_handle;
+  prefix_enabled_ = sh.prefix;
+  num_pages_ = sh.P;
+  page_size_ = sh.S;
+  max_length_ = static_cast<uint64_t>(sh.max_len);
+  row_len_ = sh.row_len;
+  max_seqs_ = sh.m;
+  table_mask_ = sh.table_cap - 1;
+  std::memset(tokens_, 0, sizeof(int32_t) * static_cast<size_t>(sh.P) * static_cast<size_t>(sh.S));
+  std::memset(rows_, 0, sizeof(int32_t) * sh.m * sh.row_len);
+  for (size_t i = 0; i < sh.table_cap; ++i) table_[i] = -1;
+  for (uint32_t i = 0; i < sh.m; ++i) {
+    seqs_[i] = Seq{0, 0, 0, 1, 0};
+    slot_ring_[i] = i;
+  }
+  ring_head_ = 0;
+  ring_count_ = sh.m;
+  // Page 0 is the null page; pages 1 … P-1 go on the free list so that 1 is handed out first.
+  pages_[0] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kNull, 0, 0, 0};
+  for (int64_t p = sh.P - 1; p >= 1; --p) {
+    pages_[p] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kFree, 0, 0, 0};
+    pages_[p].next = free_head_;
+    free_head_ = static_cast<int32_t>(p);
+  }
+  n_free_ = sh.P - 1;
+}
+
+Pool::~Pool() { alloc_.deallocate(arrays_); }
+
+kvp_pool* create_pool(kvp_cache* cache_handle, const kvp_pool_options* opts, const char* fn) {
+  Cache& cache = cache_from(cache_handle, fn);
+  cache.check_healthy(fn);
+  kvp_pool_options o;
+  std::memset(&o, 0, sizeof o);
+  if (opts != nullptr) o = read_versioned(opts, sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, fn, "kvp_pool_options");
+  const Pool::Shape sh = Pool::shape_of(cache, o, fn);
+  const HostAllocator alloc(o.allocator);
+  return handle_new<kvp_pool>(make_host<Pool>(alloc, cache_handle, sh, alloc));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,12 +427,12 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   Cache& cache = cache_from(cache_handle_, fn);  // detects a destroyed cache under API armor
   cache.check_healthy(fn);
   const uint64_t S = static_cast<uint64_t>(page_size_);
-  const uint64_t L = s.length;
+  const uint64_t len = s.length;
   int32_t* r = row(slot);
-  const bool partial_tail = (L % S) != 0 && n > 0;
-  const int32_t tail = partial_tail ? r[L / S] : -1;
+  const bool partial_tail = (len % S) != 0 && n > 0;
+  const int32_t tail = partial_tail ? r[len / S] : -1;
   const bool cow = partial_tail && pages_[tail].ref > 1;
-  const int64_t fresh = static_cast<int64_t>(cdiv_u(L + n, S) - cdiv_u(L, S)) + (cow ? 1 : 0);
+  const int64_t fresh = static_cast<int64_t>(cdiv_u(len + n, S) - cdiv_u(len, S)) + (cow ? 1 : 0);
   if (fresh > n_free_ + n_evictable_)
     fail(KVP_ERR_OUT_OF_PAGES,
          "%s: needs %lld new page(s) (%s), but only %lld are free or evictable (%lld free, %lld evictable)", fn,
@@ -452,20 +449,20 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
       throw;
     }
     std::memcpy(tokens_ + static_cast<size_t>(q) * S, tokens_ + static_cast<size_t>(tail) * S,
-                sizeof(int32_t) * (L % S));
-    r[L / S] = q;
+                sizeof(int32_t) * (len % S));
+    r[len / S] = q;
     release_page(tail);
     ++cow_copies_;
   }
   // Every token already in the sequence now counts as computed.
-  mark_computed(slot, L);
+  mark_computed(slot, len);
   if (partial_tail && !cow) {
     // Only this sequence holds the tail: it is written in place, so it loses its key.
     Page& pg = pages_[tail];
     if (pg.indexed) index_remove(tail);
     pg.key_valid = 0;
   }
-  uint64_t pos = L;
+  uint64_t pos = len;
   size_t done = 0;
   while (done < n) {
     const uint64_t i = pos / S, off = pos % S;
@@ -475,7 +472,7 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
     done += cnt;
     pos += cnt;
   }
-  s.length = L + n;
+  s.length = len + n;
 }
 
 void Pool::set_computed(kvp_seq_id id, size_t n) {
@@ -599,10 +596,10 @@ void Pool::get_slots(kvp_seq_id id, size_t start, size_t count, int32_t* out) co
   if (count > 0 && out == nullptr)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'slots_out' must not be NULL when count is %zu", fn, count);
   const uint32_t slot = resolve(id, fn);
-  const uint64_t L = seqs_[slot].length;
-  if (start > L || count > L - start)
+  const uint64_t len = seqs_[slot].length;
+  if (start > len || count > len - start)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: positions [%zu, %zu + %zu) are past the sequence's length %llu", fn, start,
-         start, count, static_cast<unsigned long long>(L));
+         start, count, static_cast<unsigned long long>(len));
   const uint64_t S = static_cast<uint64_t>(page_size_);
   if (count > 0 && static_cast<uint64_t>(num_pages_) * S > static_cast<uint64_t>(INT32_MAX))
     fail(KVP_ERR_UNSUPPORTED, "%s: num_pages x page_size = %llu slots do not fit in int32", fn,
@@ -661,45 +658,57 @@ kvp_pool_stats Pool::stats() const noexcept {
   return st;
 }
 
-void Pool::check_invariants() const {
-  const char* fn = "kvp_pool_check_invariants";
-  const int64_t P = num_pages_;
-  const uint64_t S = static_cast<uint64_t>(page_size_);
-  auto bad = [fn](const char* what) { fail(KVP_ERR_INTERNAL, "%s: invariant violated: %s", fn, what); };
-  std::vector<uint32_t> holders(static_cast<size_t>(P), 0);
-  std::vector<uint8_t> seen(static_cast<size_t>(P), 0);  // 1 = free list, 2 = LRU
-  std::vector<uint32_t> last_slot(static_cast<size_t>(P), UINT32_MAX);  // duplicate detection
+// What check_invariants() collects on its way through the lists, sequences and pages.
+struct Pool::Scan {
+  HostVector<uint32_t> holders;    // page-table entries per page
+  HostVector<uint8_t> seen;        // 1 = on the free list, 2 = on the LRU
+  HostVector<uint32_t> last_slot;  // duplicate detection per sequence
+  int64_t nf = 0, ne = 0, nu = 0, ni = 0;
+  Scan(size_t P, const HostAllocator& a) : holders(P, 0, a), seen(P, 0, a), last_slot(P, UINT32_MAX, a) {}
+};
 
-  if (pages_[0].state != kNull || pages_[0].ref != 0 || pages_[0].indexed)
-    bad("the null page 0 changed state");
-  // Free list.
-  int64_t nf = 0;
+namespace {
+[[noreturn]] void violated(const char* what) {
+  fail(KVP_ERR_INTERNAL, "kvp_pool_check_invariants: invariant violated: %s", what);
+}
+constexpr const char* kCheckFn = "kvp_pool_check_invariants";
+}  // namespace
+
+// The free list and the LRU: every page on at most one list, once, in the right state.
+void Pool::scan_lists(Scan& sc) const {
+  const char* fn = kCheckFn;
+  const int64_t P = num_pages_;
+  if (pages_[0].state != kNull || pages_[0].ref != 0 || pages_[0].indexed) violated("the null page 0 changed state");
   for (int32_t p = free_head_; p >= 0; p = pages_[p].next) {
     if (p == 0 || p >= P) fail(KVP_ERR_INTERNAL, "%s: invariant violated: free list holds page %d", fn, p);
-    if (seen[p]) fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on a list twice (cycle?)", fn, p);
-    seen[p] = 1;
+    if (sc.seen[p]) fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on a list twice (cycle?)", fn, p);
+    sc.seen[p] = 1;
     if (pages_[p].state != kFree || pages_[p].ref != 0 || pages_[p].indexed)
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d on the free list has state %u, refcount %u, indexed %u",
            fn, p, pages_[p].state, pages_[p].ref, pages_[p].indexed);
-    if (++nf > P) bad("free list longer than the pool");
+    if (++sc.nf > P) violated("free list longer than the pool");
   }
-  // LRU.
-  int64_t ne = 0;
   int32_t prev = -1;
   for (int32_t p = lru_head_; p >= 0; p = pages_[p].next) {
     if (p == 0 || p >= P) fail(KVP_ERR_INTERNAL, "%s: invariant violated: LRU holds page %d", fn, p);
-    if (seen[p])
+    if (sc.seen[p])
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on two lists or twice on the LRU", fn, p);
-    seen[p] = 2;
+    sc.seen[p] = 2;
     if (pages_[p].prev != prev) fail(KVP_ERR_INTERNAL, "%s: invariant violated: LRU back link of page %d", fn, p);
     if (pages_[p].state != kEvictable || pages_[p].ref != 0 || !pages_[p].indexed)
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d on the LRU has state %u, refcount %u, indexed %u", fn,
            p, pages_[p].state, pages_[p].ref, pages_[p].indexed);
     prev = p;
-    if (++ne > P) bad("LRU longer than the pool");
+    if (++sc.ne > P) violated("LRU longer than the pool");
   }
-  if (prev != lru_tail_) bad("LRU tail does not match its last element");
-  // Holders from sequences.
+  if (prev != lru_tail_) violated("LRU tail does not match its last element");
+}
+
+// The sequences: lengths, page tables (each page once per sequence), keys of computed pages.
+void Pool::scan_sequences(Scan& sc) const {
+  const char* fn = kCheckFn;
+  const int64_t P = num_pages_;
+  const uint64_t S = static_cast<uint64_t>(page_size_);
   uint32_t live = 0;
   for (uint32_t sl = 0; sl < max_seqs_; ++sl) {
     const Seq& s = seqs_[sl];
@@ -716,63 +725,78 @@ void Pool::check_invariants() const {
       const int32_t p = r[i];
       if (p <= 0 || p >= P)
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u page %zu is %d", fn, sl, i, p);
-      if (last_slot[p] == sl)
+      if (sc.last_slot[p] == sl)
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u holds page %d twice", fn, sl, p);
-      last_slot[p] = sl;
-      ++holders[p];
+      sc.last_slot[p] = sl;
+      ++sc.holders[p];
       if (prefix_enabled_ && i < s.computed / S && !pages_[p].key_valid)
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: computed full page %d of slot %u has no key", fn, p, sl);
     }
   }
-  if (live != n_seqs_ || live + ring_count_ != max_seqs_) bad("sequence counts do not add up");
-  // States vs holders.
-  int64_t nu = 0, ni = 0;
+  if (live != n_seqs_ || live + ring_count_ != max_seqs_) violated("sequence counts do not add up");
+}
+
+// Every page: refcount = holders, state matches its list, indexed pages found by their key; the
+// counters match what the lists say.
+void Pool::check_pages(Scan& sc) const {
+  const char* fn = kCheckFn;
+  const int64_t P = num_pages_;
   for (int64_t p = 1; p < P; ++p) {
     const Page& pg = pages_[p];
-    if (pg.ref != holders[p])
+    if (pg.ref != sc.holders[p])
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %lld has refcount %u but %u holder(s)", fn,
-           static_cast<long long>(p), pg.ref, holders[p]);
+           static_cast<long long>(p), pg.ref, sc.holders[p]);
     if (pg.state == kUsed) {
-      if (pg.ref == 0 || seen[p])
+      if (pg.ref == 0 || sc.seen[p])
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: used page %lld has refcount %u / is on a list", fn,
              static_cast<long long>(p), pg.ref);
-      ++nu;
-    } else if ((pg.state == kFree && seen[p] != 1) || (pg.state == kEvictable && seen[p] != 2) ||
+      ++sc.nu;
+    } else if ((pg.state == kFree && sc.seen[p] != 1) || (pg.state == kEvictable && sc.seen[p] != 2) ||
                (pg.state != kFree && pg.state != kEvictable)) {
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %lld has state %u but is not on its list", fn,
            static_cast<long long>(p), pg.state);
     }
     if (pg.indexed) {
-      ++ni;
+      ++sc.ni;
       if (!pg.key_valid || index_lookup(pg.key) != static_cast<int32_t>(p))
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: indexed page %lld is not found by its key", fn,
              static_cast<long long>(p));
     }
   }
-  if (nf != n_free_ || ne != n_evictable_ || nu != n_used_)
+  if (sc.nf != n_free_ || sc.ne != n_evictable_ || sc.nu != n_used_)
     fail(KVP_ERR_INTERNAL, "%s: invariant violated: counters free %lld / evictable %lld / used %lld, lists say %lld / %lld / %lld",
          fn, static_cast<long long>(n_free_), static_cast<long long>(n_evictable_), static_cast<long long>(n_used_),
-         static_cast<long long>(nf), static_cast<long long>(ne), static_cast<long long>(nu));
-  if (nf + ne + nu != P - 1)
+         static_cast<long long>(sc.nf), static_cast<long long>(sc.ne), static_cast<long long>(sc.nu));
+  if (sc.nf + sc.ne + sc.nu != P - 1)
     fail(KVP_ERR_INTERNAL, "%s: invariant violated: free %lld + evictable %lld + used %lld != %lld usable pages", fn,
-         static_cast<long long>(nf), static_cast<long long>(ne), static_cast<long long>(nu),
+         static_cast<long long>(sc.nf), static_cast<long long>(sc.ne), static_cast<long long>(sc.nu),
          static_cast<long long>(P - 1));
+}
+
+// The prefix index holds exactly the indexed pages.
+void Pool::check_index(const Scan& sc) const {
+  const char* fn = kCheckFn;
   int64_t nt = 0;
   for (size_t i = 0; i <= table_mask_; ++i) {
     const int32_t p = table_[i];
     if (p < 0) continue;
     ++nt;
-    if (p == 0 || p >= P || !pages_[p].indexed)
+    if (p == 0 || p >= num_pages_ || !pages_[p].indexed)
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: index slot %zu holds page %d which is not indexed", fn, i, p);
   }
-  if (nt != ni || ni != n_indexed_)
+  if (nt != sc.ni || sc.ni != n_indexed_)
     fail(KVP_ERR_INTERNAL, "%s: invariant violated: index holds %lld entries, %lld pages flagged, counter %lld", fn,
-         static_cast<long long>(nt), static_cast<long long>(ni), static_cast<long long>(n_indexed_));
+         static_cast<long long>(nt), static_cast<long long>(sc.ni), static_cast<long long>(n_indexed_));
 }
 
-Pool& pool_from(const kvp_pool* h, const char* function) {
-  check_header(h, kMagicPool, function);
-  return *h->impl;
+void Pool::check_invariants() const {
+  // Diagnostic scratch from the process default: the pool's own allocator serves only what it
+  // allocated at creation (operations never allocate from it).
+  Scan sc(static_cast<size_t>(num_pages_), HostAllocator());
+  scan_lists(sc);
+  scan_sequences(sc);
+  check_pages(sc);
+  check_index(sc);
 }
 
 }  // namespace kvp::detail

@@ -10,6 +10,7 @@
 #include "kvpages/cache.h"
 #include "kvpages/pool.h"
 #include "util/handle.hpp"
+#include "util/memory.hpp"
 
 namespace kvp::detail {
 
@@ -53,9 +54,20 @@ class Pool {
     uint32_t alive;
   };
 
-  // Creates a pool (object and arrays through the allocator, which is copied). Throws.
-  static Pool* create(kvp_cache* cache_handle, Cache& cache, const kvp_pool_options& opts);
-  static void destroy(Pool* pool) noexcept;
+  // The sizes of a pool over `cache` with options `o` (validated; throws INVALID_ARGUMENT).
+  struct Shape {
+    int64_t P = 0, S = 0, max_len = 0;
+    size_t row_len = 0, table_cap = 0;
+    uint32_t m = 0;  // max sequences
+    bool prefix = true;
+  };
+  static Shape shape_of(const Cache& cache, const kvp_pool_options& o, const char* function);
+
+  // Allocates every array through `alloc` (one block) and puts all pages on the free list.
+  Pool(kvp_cache* cache_handle, const Shape& shape, const HostAllocator& alloc);
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
 
   kvp_seq_id add_sequence(const int32_t* tokens, size_t n, uint64_t salt, uint32_t flags,
                           size_t* reused_out);
@@ -75,7 +87,12 @@ class Pool {
   void check_invariants() const;  // throws KVP_ERR_INTERNAL
 
  private:
-  Pool() = default;
+  struct Scan;  // what check_invariants() collects
+  void allocate_arrays(const Shape& shape);
+  void scan_lists(Scan& sc) const;
+  void scan_sequences(Scan& sc) const;
+  void check_pages(Scan& sc) const;
+  void check_index(const Scan& sc) const;
 
   static constexpr uint32_t kIndexBits = 20;
   static constexpr uint32_t kIndexMask = (1u << kIndexBits) - 1;
@@ -104,8 +121,7 @@ class Pool {
   void index_remove(int32_t p) noexcept;
 
   kvp_cache* cache_handle_ = nullptr;
-  kvp_host_allocator allocator_{};
-  bool has_allocator_ = false;
+  HostAllocator alloc_;
   void* arrays_ = nullptr;
   bool prefix_enabled_ = true;
 
@@ -139,13 +155,11 @@ class Pool {
 }  // namespace kvp::detail
 
 // The public handle.
-struct kvp_pool {
-  kvp::detail::handle_header hdr;
-  kvp::detail::Pool* impl;
-  kvp_host_allocator allocator;
-};
+struct kvp_pool : kvp::detail::Handle<kvp::detail::Pool, kvp::detail::kMagicPool> {};
 
 namespace kvp::detail {
 // Validates a pool handle (NULL, registry, magic); throws INVALID_HANDLE.
-Pool& pool_from(const kvp_pool* h, const char* function);
+inline Pool& pool_from(const kvp_pool* h, const char* function) { return handle_get(h, function); }
+// Creates a pool and its handle over a cache (kvp_pool_create); opts NULL = defaults. Throws.
+kvp_pool* create_pool(kvp_cache* cache, const kvp_pool_options* opts, const char* function);
 }  // namespace kvp::detail

@@ -51,7 +51,7 @@ void fail(kvp_status code, const char* fmt, ...) {
 void clear_last_error() noexcept { t_message[0] = '\0'; }
 
 kvp_status set_last_error(kvp_status code, const char* message) noexcept {
-  if (message == nullptr || message[0] == '\0') message = kvp_status_name(code);
+  if (message == nullptr || message[0] == '\0') message = status_name(code);
   std::snprintf(t_message, kMessageCap, "%s", message);
   return code;
 }
@@ -78,20 +78,33 @@ kvp_status status_from_current_exception(const char* function) noexcept {
   }
 }
 
-}  // namespace kvp::detail
-
-extern "C" {
-
-KVP_API const char* kvp_last_error_message(void) { return kvp::detail::t_message; }
-
-KVP_API size_t kvp_last_error_copy(char* buf, size_t cap) {
-  size_t n = std::strlen(kvp::detail::t_message);
-  if (buf != nullptr && cap > 0) {
-    size_t m = n < cap - 1 ? n : cap - 1;
-    std::memcpy(buf, kvp::detail::t_message, m);
-    buf[m] = '\0';
+const char* status_name(kvp_status status) noexcept {
+  switch (status) {
+    case KVP_OK: return "KVP_OK";
+    case KVP_ERR_INVALID_ARGUMENT: return "KVP_ERR_INVALID_ARGUMENT";
+    case KVP_ERR_INVALID_HANDLE: return "KVP_ERR_INVALID_HANDLE";
+    case KVP_ERR_NOT_FOUND: return "KVP_ERR_NOT_FOUND";
+    case KVP_ERR_VERSION_MISMATCH: return "KVP_ERR_VERSION_MISMATCH";
+    case KVP_ERR_UNSUPPORTED: return "KVP_ERR_UNSUPPORTED";
+    case KVP_ERR_BUFFER_TOO_SMALL: return "KVP_ERR_BUFFER_TOO_SMALL";
+    case KVP_ERR_OUT_OF_MEMORY: return "KVP_ERR_OUT_OF_MEMORY";
+    case KVP_ERR_OUT_OF_PAGES: return "KVP_ERR_OUT_OF_PAGES";
+    case KVP_ERR_IO: return "KVP_ERR_IO";
+    case KVP_ERR_DEVICE: return "KVP_ERR_DEVICE";
+    case KVP_ERR_DEVICE_LOST: return "KVP_ERR_DEVICE_LOST";
+    case KVP_ERR_NO_DEVICE: return "KVP_ERR_NO_DEVICE";
+    case KVP_ERR_DEVICE_OUT_OF_MEMORY: return "KVP_ERR_DEVICE_OUT_OF_MEMORY";
+    case KVP_ERR_FORMAT_MAGIC: return "KVP_ERR_FORMAT_MAGIC";
+    case KVP_ERR_FORMAT_VERSION: return "KVP_ERR_FORMAT_VERSION";
+    case KVP_ERR_FORMAT_TRUNCATED: return "KVP_ERR_FORMAT_TRUNCATED";
+    case KVP_ERR_FORMAT_CHECKSUM: return "KVP_ERR_FORMAT_CHECKSUM";
+    case KVP_ERR_FORMAT_CORRUPT: return "KVP_ERR_FORMAT_CORRUPT";
+    case KVP_ERR_FORMAT_MISMATCH: return "KVP_ERR_FORMAT_MISMATCH";
+    case KVP_ERR_INTERNAL: return "KVP_ERR_INTERNAL";
+    default: return "KVP_ERR_UNKNOWN";
   }
-  return n;
 }
 
-}  // extern "C"
+const char* last_error_message() noexcept { return t_message; }
+
+}  // namespace kvp::detail

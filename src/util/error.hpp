@@ -30,7 +30,11 @@ std::string vformat(const char* fmt, va_list ap);
 // Throws kvp::detail::error(code, formatted message).
 [[noreturn]] void fail(kvp_status code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
-// Thread-local last-error message.
+// Name of a status code ("KVP_ERR_UNKNOWN" for codes the library does not know).
+const char* status_name(kvp_status status) noexcept;
+
+// Thread-local last-error message (never null; empty when the last call succeeded).
+const char* last_error_message() noexcept;
 void clear_last_error() noexcept;
 kvp_status set_last_error(kvp_status code, const char* message) noexcept;
 kvp_status set_last_errorf(kvp_status code, const char* fmt, ...) noexcept

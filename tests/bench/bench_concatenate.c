@@ -359,7 +359,6 @@ int main(int argc, char **argv) {
       pid = fork();
       if (pid == 0) {
         setenv("KVP_NUM_THREADS", nbuf, 1); /* the library's CPU thread pool */
-        setenv("OMP_NUM_THREADS", nbuf, 1);
         setenv("KVP_BENCH_CHILD", nbuf, 1);
         execv("/proc/self/exe", argv);
         perror("execv");

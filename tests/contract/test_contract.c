@@ -279,6 +279,29 @@ static void test_contract__null_pointers_cache(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
+static void test_contract__set_host_allocator(void **state) {
+  (void)state;
+  kvp_test_alloc_state st = {-1, 0, 0};
+  kvp_host_allocator a = kvp_test_allocator(&st);
+  kvp_host_allocator half = a;
+  half.free = NULL;
+  assert_kvp_status(kvp_set_host_allocator(&half), KVP_ERR_INVALID_ARGUMENT, "alloc and free");
+  half = a;
+  half.alloc = NULL;
+  assert_kvp_status(kvp_set_host_allocator(&half), KVP_ERR_INVALID_ARGUMENT, "alloc and free");
+  assert_kvp_ok(kvp_set_host_allocator(&a));
+  assert_string_equal(kvp_last_error_message(), "");
+  kvp_cache *c = new_cache(); /* allocated through the new default, and freed through it later */
+  assert_true(st.allocations > 0);
+  assert_kvp_ok(kvp_set_host_allocator(NULL)); /* the built-in again; c keeps its allocator */
+  const long before = st.allocations;
+  kvp_cache *d = new_cache();
+  assert_int_equal(st.allocations, before);
+  assert_kvp_ok(kvp_cache_destroy(d));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_int_equal(st.live, 0);
+}
+
 /* ---- options struct skew (STYLE.md §4.5) ------------------------------------------------------ */
 
 /* Sizes of version 1 of the options structs on LP64 (fields only ever appended). */
@@ -589,6 +612,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_contract__null_pointers_status_and_types, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__null_pointers_config, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__null_pointers_cache, install_handler, remove_handler),
+      cmocka_unit_test_setup_teardown(test_contract__set_host_allocator, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__cache_options_struct_skew, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__config_options_struct_skew, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__record_struct_sizes, install_handler, remove_handler),

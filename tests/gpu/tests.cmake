@@ -24,22 +24,21 @@ if(KVP_HAS_CUDA)
     set(KVP_RES_ARCHS --arch 90)
   endif()
   if(Python3_Interpreter_FOUND)
-    set(KVP_RES_INCLUDES -I${PROJECT_SOURCE_DIR}/include -I${KVP_GEN_INCLUDE} -I${PROJECT_SOURCE_DIR}/src
-        -I${PROJECT_SOURCE_DIR})
-    if(DLPACK_INCLUDE_DIR)
-      list(APPEND KVP_RES_INCLUDES -I${DLPACK_INCLUDE_DIR})
-    endif()
+    set(KVP_RES_INCLUDES -I${PROJECT_SOURCE_DIR}/include -I${KVP_GEN_INCLUDE})
+    foreach(root kernels backend util)
+      list(APPEND KVP_RES_INCLUDES -I${KVP_LAYER_ROOTS}/${root})
+    endforeach()
     add_test(NAME cuda.kernel_resources
              COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/gpu/kernel_resources.py
                      --nvcc ${CMAKE_CUDA_COMPILER} ${KVP_RES_ARCHS} --max-registers 64 --max-stack 16
-                     --source ${PROJECT_SOURCE_DIR}/src/backend/cuda/cuda_concat.cu -- ${KVP_RES_INCLUDES})
+                     --source ${PROJECT_SOURCE_DIR}/kernels/concat.cu -- ${KVP_RES_INCLUDES})
     set_tests_properties(cuda.kernel_resources PROPERTIES LABELS "cuda" TIMEOUT 600)
   endif()
 endif()
 
 # Optional: the GPU tests against a host-only emulation of the CUDA runtime (tests/gpu/cuemu),
-# for machines without a GPU. The library is compiled a second time with the CUDA backend's host
-# code and kernels built as C++ against the emulated runtime (kernels run as fibers with real
+# for machines without a GPU. A second library is linked from the main library's objects and the
+# CUDA layer (backend host code and kernels) built as C++ against the emulated runtime (kernels run as fibers with real
 # __syncthreads/__ballot_sync semantics; graphs are recorded and replayed). This checks the
 # kernels' logic — indexing, conversions, validation, staging, graph capture — not timing or the
 # hardware memory model. Labelled "cuemu". Needs no CUDA toolkit.
@@ -48,24 +47,28 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   set(KVP_EMU_DIR ${CMAKE_CURRENT_SOURCE_DIR}/gpu/cuemu)
   set(KVP_EMU_GEN ${CMAKE_CURRENT_BINARY_DIR}/cuemu_include)
   configure_file(${KVP_EMU_DIR}/features.h.in ${KVP_EMU_GEN}/kvpages/features.h COPYONLY)
-  set(KVP_EMU_SOURCES)
-  foreach(f ${KVP_SOURCES})
-    if(NOT f MATCHES "\\.cu$" AND NOT f MATCHES "src/backend/cuda/")
-      list(APPEND KVP_EMU_SOURCES ${f})
-    endif()
+  # The CUDA layer (host code and kernels) compiled as C++ against the emulated runtime; every
+  # other layer is the main library's objects.
+  file(GLOB KVP_EMU_CUDA_HOST CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/cuda/*.cpp)
+  list(REMOVE_ITEM KVP_EMU_CUDA_HOST ${PROJECT_SOURCE_DIR}/src/cuda/no_cuda.cpp)
+  add_library(kvp_cuda_emu OBJECT ${KVP_EMU_CUDA_HOST} ${KVP_EMU_DIR}/kernels_emu.cpp)
+  kvp_layer_root(src/cuda KVP_EMU_CUDA_ROOT)
+  kvp_layer_root(kernels KVP_EMU_KERNELS_ROOT)
+  target_include_directories(kvp_cuda_emu BEFORE PRIVATE ${KVP_EMU_DIR} ${KVP_EMU_GEN})
+  target_include_directories(kvp_cuda_emu PRIVATE ${KVP_EMU_CUDA_ROOT} ${KVP_EMU_KERNELS_ROOT})
+  kvp_layer_setup(kvp_cuda_emu USES backend util)
+  # The emulated runtime itself, with default visibility: the test programs call its cuda* API.
+  add_library(cuemu_runtime OBJECT ${KVP_EMU_DIR}/cuemu.cpp)
+  target_include_directories(cuemu_runtime PRIVATE ${KVP_EMU_DIR})
+  set_target_properties(cuemu_runtime PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  add_library(kvpages_cuemu SHARED)
+  foreach(layer ${KVP_HOST_LAYERS} kvp_cuda_emu cuemu_runtime)
+    target_sources(kvpages_cuemu PRIVATE $<TARGET_OBJECTS:${layer}>)
   endforeach()
-  file(GLOB KVP_EMU_CUDA_HOST CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/backend/cuda/*.cpp)
-  add_library(kvpages_cuemu SHARED ${KVP_EMU_SOURCES} ${KVP_EMU_CUDA_HOST}
-              ${KVP_EMU_DIR}/cuda_concat_emu.cpp ${KVP_EMU_DIR}/cuemu.cpp)
   target_include_directories(kvpages_cuemu BEFORE PUBLIC ${KVP_EMU_DIR} ${KVP_EMU_GEN})
-  target_include_directories(kvpages_cuemu PUBLIC ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE}
-                             PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR} ${DLPACK_INCLUDE_DIR})
-  target_compile_definitions(kvpages_cuemu PRIVATE KVP_BUILDING_LIBRARY KVP_GIT_SHA="cuemu"
-                             KVP_COMPILER_ID="${CMAKE_CXX_COMPILER_ID}-${CMAKE_CXX_COMPILER_VERSION}" KVP_API_ARMOR=1)
-  target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH nlohmann_json::nlohmann_json)
-  if(OpenMP_CXX_FOUND)
-    target_link_libraries(kvpages_cuemu PRIVATE OpenMP::OpenMP_CXX)
-  endif()
+  target_include_directories(kvpages_cuemu PUBLIC ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE})
+  set_target_properties(kvpages_cuemu PROPERTIES LINKER_LANGUAGE CXX)
+  target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH)
   foreach(t test_cuda_device test_cuda_concatenate test_cuda_pool test_serialize_gpu test_cuda_fault)
     add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c)
     target_include_directories(${t}_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/support)
@@ -74,9 +77,11 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
     set_tests_properties(cuemu.${t} PROPERTIES LABELS "cuemu" TIMEOUT 600)
   endforeach()
   # Again with the SM count of an H100/H200: the grids are then sized as on those GPUs (mostly
-  # one row per block), where the 2-SM default packs many rows into each block.
-  add_test(NAME cuemu.test_cuda_concatenate_132sm COMMAND test_cuda_concatenate_emu)
-  set_tests_properties(cuemu.test_cuda_concatenate_132sm PROPERTIES LABELS "cuemu" TIMEOUT 600
+  # one row per block), where the 2-SM default packs many rows into each block. Slow (about a
+  # minute): only in the "slow" test configuration (`ctest -C slow`, which scripts/test.sh runs),
+  # not in a plain `ctest`.
+  add_test(NAME cuemu.test_cuda_concatenate_132sm COMMAND test_cuda_concatenate_emu CONFIGURATIONS slow)
+  set_tests_properties(cuemu.test_cuda_concatenate_132sm PROPERTIES LABELS "cuemu;slow" TIMEOUT 600
                        ENVIRONMENT "CUEMU_SMS=132;KVP_TEST_FUZZ_ROUNDS=32")
   # The CUDA benchmark's program, run once per row (KVP_BENCH_ITERS=1) up to 64 tokens, so the
   # code that will time real GPUs (metadata upload, host- and device-metadata calls, graph
@@ -84,8 +89,8 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   # nothing here (the emulated events report 1 ms).
   add_executable(bench_cuda_concatenate_emu ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_cuda_concatenate.c)
   target_link_libraries(bench_cuda_concatenate_emu PRIVATE kvpages_cuemu m)
-  add_test(NAME cuemu.bench_cuda_concatenate COMMAND bench_cuda_concatenate_emu 64)
-  set_tests_properties(cuemu.bench_cuda_concatenate PROPERTIES LABELS "cuemu" TIMEOUT 600
+  add_test(NAME cuemu.bench_cuda_concatenate COMMAND bench_cuda_concatenate_emu 64 CONFIGURATIONS slow)
+  set_tests_properties(cuemu.bench_cuda_concatenate PROPERTIES LABELS "cuemu;slow" TIMEOUT 600
                        ENVIRONMENT "KVP_BENCH_ITERS=1"
                        FAIL_REGULAR_EXPRESSION "no CUDA device")
   # bench_serialize --cuda, once, on a small cache: its pinned-copy limit and the serialization

@@ -87,4 +87,5 @@ KVP_API_ENTRY(device_count)
 KVP_API_ENTRY(cache_read_layer)
 KVP_API_ENTRY(cache_write_layer)
 KVP_API_ENTRY(cache_export_dlpack)
+KVP_API_ENTRY(set_host_allocator)
 /* END GENERATED NAMES */

@@ -445,7 +445,7 @@ static void test_concatenate__random_batches_v3(void **state) { (void)state; ran
 static void test_concatenate__random_batches_v3_h64(void **state) { (void)state; random_batches(KVP_LAYOUT_V3, 1); }
 static void test_concatenate__random_batches_v2(void **state) { (void)state; random_batches(KVP_LAYOUT_V2, 0); }
 
-/* A large batch (runs on several threads when OpenMP is available) still matches. */
+/* A large batch (spread over the library's thread pool) still matches. */
 static void test_concatenate__large_batch_matches_reference(void **state) {
   (void)state;
   uint64_t rng = 4242;

@@ -147,7 +147,7 @@ KVP_HD inline float f32_from_e4m3fn(uint8_t b) {
   return f32_from_bits(sign | o);
 }
 
-// Generic forms keyed by kvp_dtype (for f32, `bits` is the f32 bit pattern).
+// Decoding keyed by kvp_dtype (for f32, `bits` is the f32 bit pattern).
 KVP_HD inline float decode_to_f32(uint32_t bits, kvp_dtype dt) {
   switch (dt) {
     case KVP_DTYPE_F16: return f32_from_f16(static_cast<uint16_t>(bits));
@@ -155,16 +155,6 @@ KVP_HD inline float decode_to_f32(uint32_t bits, kvp_dtype dt) {
     case KVP_DTYPE_F8_E4M3FN: return f32_from_e4m3fn(static_cast<uint8_t>(bits));
     case KVP_DTYPE_F8_E5M2: return f32_from_e5m2(static_cast<uint8_t>(bits));
     default: return f32_from_bits(bits);
-  }
-}
-
-KVP_HD inline uint32_t encode_from_f32(float f, kvp_dtype dt) {
-  switch (dt) {
-    case KVP_DTYPE_F16: return f16_from_f32(f);
-    case KVP_DTYPE_BF16: return bf16_from_f32(f);
-    case KVP_DTYPE_F8_E4M3FN: return e4m3fn_from_f32(f);
-    case KVP_DTYPE_F8_E5M2: return e5m2_from_f32(f);
-    default: return f32_bits(f);
   }
 }
 

@@ -1,14 +1,9 @@
 // CUDA backend, host side: device selection, allocation, copies, memory statistics, the device
 // error record and the metadata staging ring (see cuda_backend.hpp).
-#include "kvpages/features.h"
-
-#if KVP_HAS_CUDA
-#include "backend/cuda/cuda_backend.hpp"
+#include "cuda/cuda_backend.hpp"
 
 #include <cstring>
 #include <string>
-
-#include "core/cache.hpp"
 
 namespace kvp::detail {
 
@@ -77,6 +72,14 @@ DeviceGuard::~DeviceGuard() {
 // ------------------------------------------------------------------------------------------------
 // Device discovery and statistics
 
+const char* cuda_backend_kind() noexcept {
+#if defined(KVP_CUDA_EMULATION)
+  return "cuemu";
+#else
+  return "on";
+#endif
+}
+
 int32_t cuda_device_count() noexcept {
   int n = 0;
   cudaError_t err = cudaGetDeviceCount(&n);
@@ -112,16 +115,15 @@ void cuda_memory_stats(int32_t device, kvp_memory_stats* out) {
   out->valid = 1;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int32_t device) {
-  require_device(device, "kvp_cache_create");
-  return std::make_unique<CudaBackend>(device);
+HostPtr<Backend> make_cuda_backend(int32_t device, const HostAllocator& alloc, const char* function) {
+  require_device(device, function);
+  return make_host<CudaBackend>(alloc, device, alloc, function);
 }
 
 // ------------------------------------------------------------------------------------------------
 // CudaBackend
 
-CudaBackend::CudaBackend(int32_t device) : device_(device) {
-  const char* fn = "kvp_cache_create";
+CudaBackend::CudaBackend(int32_t device, const HostAllocator& alloc, const char* fn) : device_(device), alloc_(alloc) {
   DeviceGuard guard(device_, fn);
   try {
     cuda_check(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_), fn,
@@ -267,12 +269,6 @@ void CudaBackend::copy_within(void* dst, const void* src, size_t bytes, kvp_stre
              fn, "cudaMemcpyAsync D2D");
 }
 
-void CudaBackend::fill_zero(void* dst, size_t bytes, kvp_stream stream) {
-  const char* fn = "fill_zero";
-  DeviceGuard guard(device_, fn);
-  cuda_check(cudaMemsetAsync(dst, 0, bytes, reinterpret_cast<cudaStream_t>(stream)), fn, "cudaMemsetAsync");
-}
-
 // ------------------------------------------------------------------------------------------------
 // HostPipe: double-buffered bulk transfers through pinned memory (serialization)
 
@@ -358,10 +354,10 @@ class CudaHostPipe final : public HostPipe {
 
 }  // namespace
 
-std::unique_ptr<HostPipe> CudaBackend::host_pipe(const char* fn) {
+HostPtr<HostPipe> CudaBackend::host_pipe(const char* fn) {
   DeviceGuard guard(device_, fn);
   refuse_if_capturing(nullptr, fn);
-  return std::make_unique<CudaHostPipe>(device_, &pipe_, &pipe_busy_, fn);
+  return make_host<CudaHostPipe>(alloc_, device_, &pipe_, &pipe_busy_, fn);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -407,9 +403,9 @@ static std::string sticky_fault_message(int32_t device, cudaError_t err) {
                 static_cast<int>(device), cudaGetErrorName(err), cudaGetErrorString(err));
 }
 
-void cuda_check_for(Cache& cache, cudaError_t err, const char* function, const char* what) {
+void CudaBackend::check(cudaError_t err, const char* function, const char* what) {
   if (err != cudaSuccess && cuda_error_is_sticky(err))
-    cache.set_async_error(KVP_ERR_DEVICE, sticky_fault_message(cache.device_id(), err), true);
+    set_async_error(KVP_ERR_DEVICE, sticky_fault_message(device_, err), true);
   cuda_check(err, function, what);
 }
 
@@ -430,14 +426,10 @@ class RelaxedCaptureMode {
   bool ok_ = false;
 };
 
-void CudaBackend::attach(Cache& cache) {
-  cache.poll_async = [this](Cache& c) { poll(c, true); };
-}
-
-void CudaBackend::poll(Cache& cache, bool check_device) {
+void CudaBackend::poll(bool check_device) {
   if (m_error_ == nullptr) return;
-  std::lock_guard<std::recursive_mutex> lock(poll_mu_);
-  if (check_device && !in_poll_) {
+  std::lock_guard<std::mutex> lock(poll_mu_);
+  if (check_device) {
     // The internal stream is idle (its work is always waited for), so the query costs no wait;
     // on a device with a sticky fault every runtime call returns that fault.
     RelaxedCaptureMode relaxed;
@@ -445,53 +437,44 @@ void CudaBackend::poll(Cache& cache, bool check_device) {
     if (err != cudaSuccess) {
       forget_error(err);
       if (cuda_error_is_sticky(err)) {
-        cache.set_async_error(KVP_ERR_DEVICE, sticky_fault_message(device_, err), true);
+        set_async_error(KVP_ERR_DEVICE, sticky_fault_message(device_, err), true);
         return;
       }
     }
   }
+  if (reported_) return;  // waits for the user to clear it (reset_device_errors)
   volatile DeviceErrorRecord* m = m_error_;
-  if (!reported_) {
-    if (m->code == 0) return;
-    DeviceErrorRecord r;
-    r.code = m->code;
-    r.reason = m->reason;
-    r.index = m->index;
-    r.value = m->value;
-    r.limit = m->limit;
-    if (r.reason == kDevErrNone) return;  // the kernel has claimed the record but not finished writing it
-    cache.set_async_error(KVP_ERR_INVALID_ARGUMENT,
-                          "kvp_concatenate: " + describe_device_error(r) +
-                              "; invalid entries were skipped, and the cache refuses writes until the error is cleared",
-                          false);
-    reported_ = true;
-    return;
-  }
-  // Reported earlier: once the user has cleared it, reset the device record so kernels write again.
-  // (Cache::async_error calls this hook again; the flag stops the recursion.)
-  if (in_poll_) return;
-  in_poll_ = true;
-  const kvp_status pending = cache.async_error(nullptr);
-  in_poll_ = false;
-  if (pending != KVP_OK) return;
+  if (m->code == 0) return;
+  DeviceErrorRecord r;
+  r.code = m->code;
+  r.reason = m->reason;
+  r.index = m->index;
+  r.value = m->value;
+  r.limit = m->limit;
+  if (r.reason == kDevErrNone) return;  // the kernel has claimed the record but not finished writing it
+  set_async_error(KVP_ERR_INVALID_ARGUMENT,
+                  "kvp_concatenate: " + describe_device_error(r) +
+                      "; invalid entries were skipped, and the cache refuses writes until the error is cleared",
+                  false);
+  reported_ = true;
+}
+
+// The user cleared a reported device-side error: reset the device record so kernels write again.
+void CudaBackend::reset_device_errors() {
+  std::lock_guard<std::mutex> lock(poll_mu_);
+  if (!reported_) return;
   DeviceGuard guard(device_, "kvp_cache_clear_async_error");
   RelaxedCaptureMode relaxed;
   cudaError_t err = cudaMemsetAsync(d_error_, 0, kDeviceErrorResetBytes, aux_);
   if (err == cudaSuccess) err = cudaStreamSynchronize(aux_);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
-    cache.set_async_error(KVP_ERR_DEVICE, format("resetting the device error record failed: %s", cudaGetErrorString(err)),
-                          cuda_error_is_sticky(err));
+    set_async_error(KVP_ERR_DEVICE, format("resetting the device error record failed: %s", cudaGetErrorString(err)),
+                    cuda_error_is_sticky(err));
     return;
   }
   std::memset(m_error_, 0, sizeof(DeviceErrorRecord));
   reported_ = false;
-}
-
-CudaBackend& cuda_backend_of(Cache& cache, const char* function) {
-  if (cache.device_type() != KVP_DEVICE_CUDA)
-    fail(KVP_ERR_INTERNAL, "%s: not a CUDA cache", function);
-  return static_cast<CudaBackend&>(cache.backend());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -564,4 +547,3 @@ void CudaBackend::finish_staging(const Staging& s, cudaStream_t stream, const ch
 }
 
 }  // namespace kvp::detail
-#endif  // KVP_HAS_CUDA

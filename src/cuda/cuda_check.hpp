@@ -1,5 +1,5 @@
 // Host-side helpers shared by the CUDA backend: error mapping and the device guard.
-// Included only from files compiled when the build has CUDA (src/backend/cuda/).
+// Part of the CUDA backend (src/cuda), compiled only when the build has CUDA.
 #pragma once
 
 #include <cuda_runtime_api.h>

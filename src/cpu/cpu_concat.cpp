@@ -1,66 +1,19 @@
-// CPU kvp_concatenate: a straight copy with conversion, token rows spread over a small
-// work-sharing thread pool for large batches. Every written token slot gets its whole row: data lanes converted with
-// fp_convert.hpp, padding lanes / heads zeroed.
+// CPU kvp_concatenate: a straight copy with conversion, token rows spread over the library's
+// thread pool for large batches. Every written token slot gets its whole row: data lanes converted
+// with backend/fp_convert.hpp, padding lanes / heads zeroed.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <thread>
 #include <type_traits>
-#include <vector>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#define KVP_HAVE_NT_STORES 1
-#else
-#define KVP_HAVE_NT_STORES 0
-#endif
 
-#include "core/concat.hpp"
-#include "core/fp_convert.hpp"
+#include "backend/fp_convert.hpp"
+#include "cpu/cpu_ops.hpp"
+#include "util/cpu_features.hpp"
 #include "util/error.hpp"
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define KVP_CPU_DISPATCH 1
-#define KVP_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define KVP_CPU_DISPATCH 0
-#define KVP_ALWAYS_INLINE
-#endif
+#include "util/memory.hpp"
+#include "util/nontemporal.hpp"
+#include "util/thread_pool.hpp"
 
 namespace kvp::detail {
-
-const char* cpu_isa_name(CpuIsa isa) noexcept {
-  switch (isa) {
-    case CpuIsa::avx512: return "avx512";
-    case CpuIsa::avx2: return "avx2";
-    default: return "baseline";
-  }
-}
-
-CpuIsa cpu_isa() noexcept {
-  static const CpuIsa isa = [] {
-    CpuIsa best = CpuIsa::baseline;
-#if KVP_CPU_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) best = CpuIsa::avx2;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-      best = CpuIsa::avx512;
-#endif
-    // KVP_CPU_ISA lowers the level (tests run every level; never raises it above the CPU's).
-    if (const char* env = std::getenv("KVP_CPU_ISA")) {
-      CpuIsa want = best;
-      if (std::strcmp(env, "baseline") == 0) want = CpuIsa::baseline;
-      else if (std::strcmp(env, "avx2") == 0) want = CpuIsa::avx2;
-      else if (std::strcmp(env, "avx512") == 0) want = CpuIsa::avx512;
-      if (want < best) best = want;
-    }
-    return best;
-  }();
-  return isa;
-}
 
 namespace {
 
@@ -95,8 +48,6 @@ inline typename Bits<DD>::type from_f32(float f) {
   else
     return fp::e5m2_from_f32(f);
 }
-
-constexpr int elem_size(kvp_dtype d) { return d == KVP_DTYPE_F32 ? 4 : (d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16) ? 2 : 1; }
 
 // Converts one row of n lanes. The conversions are branch-free, so both loops vectorize;
 // strided rows are gathered into a small typed buffer first.
@@ -167,12 +118,12 @@ void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
 // (docs/benchmarks.md). Only functions with the default target are inlined into these, never the
 // other way round, so no AVX code can reach a CPU without it.
 template <kvp_dtype SD, kvp_dtype DD>
-__attribute__((target("avx2"))) void convert_row_avx2(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+KVP_TARGET_AVX2 void convert_row_avx2(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   convert_row_body<SD, DD>(src, stride, dst, n);
 }
 
 template <kvp_dtype SD, kvp_dtype DD>
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) void convert_row_avx512(const uint8_t* src,
+KVP_TARGET_AVX512 void convert_row_avx512(const uint8_t* src,
                                                                                       int64_t stride, uint8_t* dst,
                                                                                       int64_t n) {
   convert_row_body<SD, DD>(src, stride, dst, n);
@@ -248,27 +199,6 @@ struct Ctx {
   void (*fast)(const Ctx&, const uint8_t*, const uint8_t*, int64_t, int64_t, uint8_t*);
 };
 
-// Copies kBytes (a multiple of 16) with non-temporal stores; dst 16-byte aligned.
-template <int kBytes>
-inline void stream_copy(uint8_t* dst, const uint8_t* src) {
-#if KVP_HAVE_NT_STORES
-  for (int i = 0; i < kBytes; i += 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-#else
-  __builtin_memcpy(dst, src, kBytes);
-#endif
-}
-
-template <int kBytes>
-inline void stream_zero(uint8_t* dst) {
-#if KVP_HAVE_NT_STORES
-  const __m128i z = _mm_setzero_si128();
-  for (int i = 0; i < kBytes; i += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), z);
-#else
-  __builtin_memset(dst, 0, kBytes);
-#endif
-}
-
 template <int kBytes, int kPad, bool kStream>
 void write_token_fast(const Ctx& c, const uint8_t* kb, const uint8_t* vb, int64_t kh, int64_t vh, uint8_t* row) {
   const ConcatJob& j = *c.job;
@@ -276,11 +206,11 @@ void write_token_fast(const Ctx& c, const uint8_t* kb, const uint8_t* vb, int64_
   uint8_t* vd = row + c.val_off0;
   for (int64_t h = 0; h < j.num_kv_heads; ++h) {
     if (kStream) {
-      stream_copy<kBytes>(kd + h * c.head_step, kb + h * kh);
-      stream_copy<kBytes>(vd + h * c.head_step, vb + h * vh);
+      copy_nontemporal_fixed<kBytes>(kd + h * c.head_step, kb + h * kh);
+      copy_nontemporal_fixed<kBytes>(vd + h * c.head_step, vb + h * vh);
       if (kPad > 0) {
-        stream_zero<kPad>(kd + h * c.head_step + kBytes);
-        stream_zero<kPad>(vd + h * c.head_step + kBytes);
+        zero_nontemporal_fixed<kPad>(kd + h * c.head_step + kBytes);
+        zero_nontemporal_fixed<kPad>(vd + h * c.head_step + kBytes);
       }
     } else {
       __builtin_memcpy(kd + h * c.head_step, kb + h * kh, kBytes);
@@ -295,7 +225,6 @@ void write_token_fast(const Ctx& c, const uint8_t* kb, const uint8_t* vb, int64_
 
 using FastFn = void (*)(const Ctx&, const uint8_t*, const uint8_t*, int64_t, int64_t, uint8_t*);
 
-// Fixed-size variants for common row sizes (bytes of D lanes, bytes of lane padding).
 // Fixed-size variants for common row sizes (bytes of D lanes, bytes of lane padding); `stream`
 // selects non-temporal stores (large batches that would only evict the caches).
 FastFn pick_fast(int64_t row_bytes, int64_t pad_bytes, bool stream) {
@@ -350,123 +279,6 @@ void write_range(const Ctx& c, const ConcatRun* runs, int64_t num_runs, const in
   }
 }
 
-
-// A small work-sharing pool. The caller publishes a job of `n` chunks, wakes up to `helpers`
-// pool threads, and works on the chunks itself; chunks are claimed from an atomic counter. The
-// caller returns as soon as every chunk is done: it never waits for a helper that has not started
-// yet (a helper that wakes late finds the job gone). So a helper that the OS does not schedule
-// (busy cores, an oversubscribed machine) costs nothing, unlike a fork/join team whose join
-// waits for every member. Threads: KVP_NUM_THREADS, else OMP_NUM_THREADS, else the number of
-// CPUs; created on first use and kept for the life of the process.
-class WorkPool {
- public:
-  using ChunkFn = void (*)(void* arg, int64_t chunk);
-
-  static WorkPool& instance() {
-    static WorkPool* pool = new WorkPool();  // never destroyed: threads may outlive static dtors
-    return *pool;
-  }
-
-  int max_threads() const noexcept { return threads_total_; }
-
-  void run(int64_t n, int helpers, ChunkFn fn, void* arg) {
-    if (helpers > threads_total_ - 1) helpers = threads_total_ - 1;
-    std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
-    if (helpers <= 0 || n <= 1 || !run_lock.owns_lock()) {  // busy with another caller: run inline
-      for (int64_t i = 0; i < n; ++i) fn(arg, i);
-      return;
-    }
-    start_threads();
-    Job job;
-    job.fn = fn;
-    job.arg = arg;
-    job.n = n;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      job_ = &job;
-      wanted_ = helpers;
-      ++gen_;
-    }
-    cv_.notify_all();
-    work(job);
-    for (int spins = 0; job.done.load(std::memory_order_acquire) < n; ++spins)
-      if (spins > 64) std::this_thread::yield();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      job_ = nullptr;
-      wanted_ = 0;
-    }
-    // Helpers that joined this job may still be failing to claim a chunk; wait for them to leave.
-    while (inside_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-  }
-
- private:
-  struct Job {
-    ChunkFn fn = nullptr;
-    void* arg = nullptr;
-    int64_t n = 0;
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-
-  WorkPool() {
-    const char* env = std::getenv("KVP_NUM_THREADS");
-    if (env == nullptr || *env == 0) env = std::getenv("OMP_NUM_THREADS");
-    long n = env != nullptr ? std::strtol(env, nullptr, 10) : 0;
-    if (n <= 0) n = static_cast<long>(std::thread::hardware_concurrency());
-    if (n <= 0) n = 1;
-    threads_total_ = static_cast<int>(std::min<long>(n, 256));
-  }
-
-  static void work(Job& j) {
-    for (;;) {
-      const int64_t i = j.next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= j.n) return;
-      j.fn(j.arg, i);
-      j.done.fetch_add(1, std::memory_order_release);
-    }
-  }
-
-  void start_threads() {
-    if (started_) return;
-    started_ = true;
-    for (int t = 1; t < threads_total_; ++t) {
-      try {
-        std::thread(&WorkPool::loop, this).detach();
-      } catch (...) {
-        break;  // fewer helpers; the caller still does all remaining work itself
-      }
-    }
-  }
-
-  void loop() {
-    uint64_t seen = 0;
-    for (;;) {
-      Job* j;
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return job_ != nullptr && gen_ != seen && wanted_ > 0; });
-        seen = gen_;
-        --wanted_;
-        j = job_;
-        inside_.fetch_add(1, std::memory_order_relaxed);
-      }
-      work(*j);
-      inside_.fetch_sub(1, std::memory_order_release);
-    }
-  }
-
-  int threads_total_ = 1;
-  bool started_ = false;  // guarded by run_mu_
-  std::mutex run_mu_;     // one job at a time; concurrent callers run inline
-  std::mutex mu_;
-  std::condition_variable cv_;
-  Job* job_ = nullptr;  // guarded by mu_
-  uint64_t gen_ = 0;    // guarded by mu_
-  int wanted_ = 0;      // guarded by mu_
-  std::atomic<int> inside_{0};
-};
-
 struct ParallelWrite {
   const Ctx* c;
   const ConcatJob* job;
@@ -480,14 +292,12 @@ void write_chunk(void* p, int64_t chunk) {
   const int64_t k0 = chunk * w.chunk_tokens;
   const int64_t k1 = std::min(w.job->total_tokens, k0 + w.chunk_tokens);
   write_range(*w.c, w.job->runs, w.job->num_runs, w.starts, k0, k1);
-#if KVP_HAVE_NT_STORES
-  if (w.stream) _mm_sfence();  // order the streaming stores before the chunk is reported done
-#endif
+  if (w.stream) fence_nontemporal();  // order the streaming stores before the chunk is reported done
 }
 
 }  // namespace
 
-void cpu_concatenate(const ConcatJob& job) {
+void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   if (!job.host_validated) fail(KVP_ERR_INTERNAL, "kvp_concatenate: CPU path needs host-validated metadata");
   if (job.num_runs <= 0) return;
   Ctx c;
@@ -525,7 +335,7 @@ void cpu_concatenate(const ConcatJob& job) {
   constexpr int64_t kStreamBytes = int64_t(16) << 20;
   const bool aligned = (reinterpret_cast<uintptr_t>(job.dst) % 16) == 0 && c.token_bytes % 16 == 0 &&
                        c.head_step % 16 == 0 && c.val_off0 % 16 == 0;
-  const bool stream = KVP_HAVE_NT_STORES && aligned &&
+  const bool stream = KVP_HAVE_NONTEMPORAL && aligned &&
                       job.total_tokens * static_cast<int64_t>(c.token_bytes) >= kStreamBytes;
   c.fast = nullptr;
   if (job.key.dtype == job.cache_dtype && job.value.dtype == job.cache_dtype && job.key.stride_d == 1 &&
@@ -539,30 +349,28 @@ void cpu_concatenate(const ConcatJob& job) {
   // Threads only pay off when each gets >= 1 MiB to write; single-token and small calls stay on
   // the calling thread (no wake-ups, no allocation).
   constexpr int64_t kBytesPerThread = int64_t(1) << 20;
-  const bool parallel = total >= 64 && bytes >= 2 * kBytesPerThread && WorkPool::instance().max_threads() > 1;
+  const bool parallel = total >= 64 && bytes >= 2 * kBytesPerThread && ThreadPool::instance().max_threads() > 1;
   if (!parallel) {
     for (int64_t r = 0; r < job.num_runs; ++r) {
       const ConcatRun& run = job.runs[r];
       for (int64_t o = 0; o < run.len; ++o) write_token(c, run.src + o, run.dst_slot + o);
     }
-#if KVP_HAVE_NT_STORES
-    if (stream) _mm_sfence();
-#endif
+    if (stream) fence_nontemporal();
     return;
   }
-  std::vector<int64_t> starts(static_cast<size_t>(job.num_runs));
+  HostVector<int64_t> starts(static_cast<size_t>(job.num_runs), 0, alloc);
   int64_t acc = 0;
   for (int64_t r = 0; r < job.num_runs; ++r) {
     starts[static_cast<size_t>(r)] = acc;
     acc += job.runs[r].len;
   }
-  const int threads = static_cast<int>(std::min<int64_t>(WorkPool::instance().max_threads(), bytes / kBytesPerThread));
+  const int threads = static_cast<int>(std::min<int64_t>(ThreadPool::instance().max_threads(), bytes / kBytesPerThread));
   // Chunks of ~256 KiB (at least 4 per thread) so a slow helper holds up little work.
   const int64_t chunk_tokens =
       std::max<int64_t>(1, std::min<int64_t>((int64_t(256) << 10) / static_cast<int64_t>(c.token_bytes) + 1,
                                              total / (4 * static_cast<int64_t>(threads))));
   ParallelWrite w{&c, &job, starts.data(), chunk_tokens, stream};
-  WorkPool::instance().run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
+  ThreadPool::instance().run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
 }
 
 }  // namespace kvp::detail

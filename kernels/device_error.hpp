@@ -1,5 +1,5 @@
 // The record a CUDA kernel fills when device-resident metadata fails a bounds check.
-// Plain data shared by host code (src/backend/cuda) and device code (kernels/); no CUDA headers.
+// Plain data shared by host code (src/cuda) and device code (kernels/); no CUDA headers.
 #pragma once
 
 #include <cstdint>

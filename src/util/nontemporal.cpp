@@ -1,17 +1,13 @@
-#include "util/stream_copy.hpp"
+#include "util/nontemporal.hpp"
 
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#define KVP_HAVE_STREAM_STORES 1
-#endif
 
 namespace kvp::detail {
 
-void stream_copy(void* dst, const void* src, size_t n) noexcept {
-#ifdef KVP_HAVE_STREAM_STORES
+void copy_nontemporal(void* dst, const void* src, size_t n) noexcept {
+#if KVP_HAVE_NONTEMPORAL
   constexpr size_t kMin = 4096;
   if (n < kMin) {
     std::memcpy(dst, src, n);
@@ -42,7 +38,7 @@ void stream_copy(void* dst, const void* src, size_t n) noexcept {
     _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
   }
   // Streaming stores are weakly ordered: fence them before anything else can observe dst.
-  _mm_sfence();
+  fence_nontemporal();
   std::memcpy(d + i, s + i, n - i);
 #else
   std::memcpy(dst, src, n);

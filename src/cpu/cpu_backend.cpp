@@ -1,15 +1,17 @@
-// CPU backend: page buffers in host memory.
+// CPU backend: page buffers in host memory; operations in the cpu_*.cpp files beside it.
 //
-// Zero fill without touching memory twice: the built-in path maps large buffers anonymously
-// (mmap), which the kernel hands out as zero pages on first touch, so no memset pass runs and
-// untouched pages cost no physical memory. Small buffers use calloc. A caller-provided allocator
-// gives no such guarantee, so its blocks are zero-filled explicitly.
+// Zero fill without touching memory twice: with the built-in allocator, large buffers are mapped
+// anonymously (mmap), which the kernel hands out as zero pages on first touch, so no memset pass
+// runs and untouched pages cost no physical memory; small buffers use calloc. A caller-provided
+// allocator gives no such guarantee, so its blocks are zero-filled explicitly.
 #include <sys/mman.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 #include "backend/backend.hpp"
+#include "cpu/cpu_ops.hpp"
 #include "util/error.hpp"
 
 namespace kvp::detail {
@@ -20,19 +22,14 @@ constexpr size_t kAlign = 64;
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(const kvp_host_allocator* a) {
-    if (a != nullptr) {
-      alloc_ = *a;
-      has_alloc_ = true;
-    }
-  }
+  explicit CpuBackend(const HostAllocator& a) : alloc_(a) {}
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CPU; }
   int32_t device_id() const noexcept override { return 0; }
 
   void* alloc_zeroed(size_t bytes) override {
     if (bytes == 0) bytes = 1;
-    if (has_alloc_) {
-      void* p = host_alloc(&alloc_, bytes, kAlign);
+    if (!alloc_.builtin()) {
+      void* p = alloc_.allocate(bytes, kAlign);
       std::memset(p, 0, bytes);
       return p;
     }
@@ -50,8 +47,8 @@ class CpuBackend final : public Backend {
   void release(void* p, size_t bytes) noexcept override {
     if (p == nullptr) return;
     if (bytes == 0) bytes = 1;
-    if (has_alloc_) {
-      host_free(&alloc_, p);
+    if (!alloc_.builtin()) {
+      alloc_.deallocate(p);
     } else if (bytes >= kMmapThreshold) {
       munmap(p, bytes);
     } else {
@@ -66,36 +63,33 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src, n);
   }
   void copy_within(void* dst, const void* src, size_t n, kvp_stream) override { std::memmove(dst, src, n); }
-  void fill_zero(void* dst, size_t n, kvp_stream) override { std::memset(dst, 0, n); }
+
+  void concatenate(const ConcatJob& job, kvp_stream) override { cpu_concatenate(job, alloc_); }
 
  private:
-  kvp_host_allocator alloc_{};
-  bool has_alloc_ = false;
+  HostAllocator alloc_;
 };
 
 }  // namespace
 
-void* host_alloc(const kvp_host_allocator* a, size_t bytes, size_t align) {
-  if (bytes == 0) bytes = 1;
-  void* p = nullptr;
-  if (a != nullptr && a->alloc != nullptr) {
-    p = a->alloc(a->user_data, bytes, align);
-  } else {
-    p = std::aligned_alloc(align, (bytes + align - 1) / align * align);
-  }
-  if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
-  return p;
-}
+HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc) { return make_host<CpuBackend>(alloc, alloc); }
 
-void host_free(const kvp_host_allocator* a, void* p) noexcept {
-  if (p == nullptr) return;
-  if (a != nullptr && a->free != nullptr) {
-    a->free(a->user_data, p);
-  } else {
-    std::free(p);
+void cpu_memory_stats(kvp_memory_stats* out) {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) fail(KVP_ERR_IO, "cannot open /proc/meminfo to read host memory statistics");
+  long long total_kb = -1, avail_kb = -1;
+  char line[256];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    long long v;
+    if (std::sscanf(line, "MemTotal: %lld kB", &v) == 1) total_kb = v;
+    if (std::sscanf(line, "MemAvailable: %lld kB", &v) == 1) avail_kb = v;
   }
+  std::fclose(f);
+  if (total_kb < 0 || avail_kb < 0) fail(KVP_ERR_IO, "/proc/meminfo lacks MemTotal or MemAvailable");
+  std::memset(out, 0, sizeof *out);
+  out->bytes_total = total_kb * 1024;
+  out->bytes_in_use = (total_kb - avail_kb) * 1024;
+  out->valid = 1;
 }
-
-std::unique_ptr<Backend> make_cpu_backend(const kvp_host_allocator* a) { return std::make_unique<CpuBackend>(a); }
 
 }  // namespace kvp::detail

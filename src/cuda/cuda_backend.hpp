@@ -20,12 +20,10 @@
 #include <mutex>
 
 #include "backend/backend.hpp"
-#include "backend/cuda/cuda_common.hpp"
-#include "backend/cuda/cuda_device_error.hpp"
+#include "cuda/cuda_check.hpp"
+#include "kernels/device_error.hpp"
 
 namespace kvp::detail {
-
-class Cache;
 
 class CudaBackend final : public Backend {
  public:
@@ -41,7 +39,7 @@ class CudaBackend final : public Backend {
     bool allocated() const noexcept { return host[1] != nullptr; }
   };
 
-  explicit CudaBackend(int32_t device);
+  CudaBackend(int32_t device, const HostAllocator& alloc, const char* function);
   ~CudaBackend() override;
 
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CUDA; }
@@ -53,20 +51,24 @@ class CudaBackend final : public Backend {
   void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
                       const char* function) override;
   void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
-  void fill_zero(void* dst, size_t bytes, kvp_stream stream) override;
-  std::unique_ptr<HostPipe> host_pipe(const char* function) override;
+  HostPtr<HostPipe> host_pipe(const char* function) override;
+  void concatenate(const ConcatJob& job, kvp_stream stream) override;  // cuda_concat.cpp
+
+  // cuda_check for calls made on behalf of the cache: a sticky CUDA error (the device faulted) is
+  // also recorded as the sticky asynchronous error, so the cache refuses further work.
+  void check(cudaError_t err, const char* function, const char* what);
+  // Whether `s` is capturing a graph (throws KVP_ERR_DEVICE when its capture was invalidated).
+  bool capturing(cudaStream_t s, const char* function);
 
   // Device error record (device memory) and the mirror kernels write on error (mapped pinned;
   // the device-side address of it).
   DeviceErrorRecord* device_error() const noexcept { return d_error_; }
   DeviceErrorRecord* mirror_error_device_ptr() const noexcept { return m_error_dev_; }
 
-  // Reads the mirror: reports a new device-side error to the cache (recoverable), and after the
-  // user cleared it, resets the device record. With `check_device`, first asks the runtime
-  // whether the device has a sticky fault (one cheap stream query) and reports that as a sticky
-  // KVP_ERR_DEVICE. Installed (with check_device) as Cache::poll_async by attach().
-  void poll(Cache& cache, bool check_device);
-  void attach(Cache& cache) override;
+  // Reads the mirror and records a new device-side error (recoverable). With `check_device`,
+  // first asks the runtime whether the device has a sticky fault (one cheap stream query) and
+  // records that as a sticky KVP_ERR_DEVICE.
+  void poll(bool check_device);
 
   // A staging region for `bytes` of host-resident metadata: `host` is pinned memory the caller
   // fills, `device` the matching device memory the kernel reads. Call finish_staging(stream)
@@ -82,20 +84,23 @@ class CudaBackend final : public Backend {
   Staging begin_staging(size_t bytes, cudaStream_t stream, bool capturing, const char* function);
   void finish_staging(const Staging& s, cudaStream_t stream, const char* function);
 
-  size_t slot_capacity() const noexcept { return slot_bytes_; }
   int sm_count() const noexcept { return sm_count_; }
+
+ protected:
+  void poll_device() override { poll(true); }
+  void reset_device_errors() override;
 
  private:
   void free_all() noexcept;
   void grow_slots(size_t bytes, const char* function);
 
   int32_t device_;
+  HostAllocator alloc_;
   DeviceErrorRecord* d_error_ = nullptr;
   DeviceErrorRecord* m_error_ = nullptr;      // host address of the mapped mirror
   DeviceErrorRecord* m_error_dev_ = nullptr;  // device address of the mapped mirror
   bool reported_ = false;
-  bool in_poll_ = false;
-  std::recursive_mutex poll_mu_;  // poll() runs from const calls, which may be concurrent
+  std::mutex poll_mu_;  // poll() runs from const calls, which may be concurrent
   int sm_count_ = 0;
   cudaStream_t aux_ = nullptr;  // non-blocking stream for resets
 
@@ -115,12 +120,5 @@ class CudaBackend final : public Backend {
   std::atomic<bool> pipe_busy_{false};
   PipeBuffers pipe_;
 };
-
-// The CudaBackend of a CUDA cache (throws INTERNAL otherwise).
-CudaBackend& cuda_backend_of(Cache& cache, const char* function);
-
-// cuda_check for calls made on behalf of `cache`: a sticky CUDA error (the device faulted) is
-// also recorded as the cache's sticky asynchronous error, so it refuses further work.
-void cuda_check_for(Cache& cache, cudaError_t err, const char* function, const char* what);
 
 }  // namespace kvp::detail

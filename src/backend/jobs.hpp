@@ -1,0 +1,91 @@
+// The plain data core hands to a backend: validated jobs for the device operations. No std::
+// containers and no pointers into core objects, so a job can be passed by value to a CUDA kernel.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/geometry.hpp"
+#include "kvpages/types.h"
+
+namespace kvp::detail {
+
+// Runtime metadata arrays (SPEC.md §4) as given: host or device pointers (`device_type`), lengths
+// in elements, absent arrays nullptr with length 0.
+struct MetadataArrays {
+  kvp_layout version = KVP_LAYOUT_V3;
+  kvp_device_type device_type = KVP_DEVICE_CPU;
+  int32_t device_id = 0;
+  int64_t page_size = 0;  // 0 = the cache's
+  int64_t num_slices_per_page = -1;
+  const int32_t* pages_tables = nullptr;
+  int64_t num_reqs = 0;
+  int64_t pages_per_req = 0;
+  const int32_t* context_lens = nullptr;
+  int64_t context_lens_len = 0;
+  const int32_t* query_start_loc = nullptr;
+  int64_t query_start_loc_len = 0;
+  const int32_t* num_seqs = nullptr;
+  int64_t num_seqs_len = 0;
+  const int32_t* slot_mapping = nullptr;  // [3, num_slices] row-major
+  int64_t num_slices = 0;
+  const int32_t* num_kv_update_slices = nullptr;
+  int64_t num_kv_update_slices_len = 0;
+  const int32_t* request_distribution = nullptr;
+  int64_t request_distribution_len = 0;
+  const int32_t* position_ids = nullptr;
+  int64_t position_ids_len = 0;
+};
+
+// One tensor [T, H, D] on the cache's device, strides in elements.
+struct TensorArg {
+  const void* data;
+  kvp_dtype dtype;
+  int32_t itemsize;
+  int64_t stride_t;
+  int64_t stride_h;
+  int64_t stride_d;
+};
+
+// One contiguous write: tokens [src, src + len) -> flat slots [dst_slot, dst_slot + len)
+// (flat slot = page * page_size + row; consecutive flat slots are consecutive rows in memory).
+struct ConcatRun {
+  int64_t src;
+  int64_t dst_slot;
+  int64_t len;
+};
+
+// kvp_concatenate of one layer (SPEC.md §5).
+// - host_validated == 1: every value was checked on the host (preconditions, bounds, no two writes
+//   to one slot); runs[0 .. num_runs) (HOST memory) list every write. v3 runs never cross a page;
+//   v2 runs may (per-token semantics). total_tokens = Σ len.
+// - host_validated == 0 (device-resident metadata on a CUDA cache): runs is nullptr, num_runs -1;
+//   the backend interprets md itself (v2: slot_mapping / num_kv_update_slices; v3: pages_tables /
+//   context_lens / query_start_loc / request_distribution or num_seqs) and bounds-checks every index
+//   on the device (skipping the write and flagging a recoverable asynchronous error on violation).
+// - Every written token slot gets its whole row: data lanes converted to the cache dtype with
+//   backend/fp_convert.hpp (byte-identical on every backend), padding lanes and heads zeroed.
+struct ConcatJob {
+  uint8_t* dst;   // the layer buffer (device pointer for a CUDA cache)
+  Layout layout;
+  int32_t mode;   // 2 = v2 (slice list), 3 = v3 (page tables)
+  int32_t h64;    // 1 for the v3 head_dim-64 layout
+  kvp_dtype cache_dtype;
+  int32_t cache_itemsize;
+  int64_t num_slots;     // P * S
+  int64_t token_elems;   // elements of one token slot (combined_heads * storage_head_dim)
+  int64_t num_kv_heads;  // H
+  int64_t head_dim;      // D
+  TensorArg key;
+  TensorArg value;
+  int64_t num_tokens;  // T = key.shape[0]
+  MetadataArrays md;
+  int32_t metadata_on_device;  // 1 when the md arrays are in device memory
+  int32_t host_validated;      // 1 when runs are valid
+  int64_t num_seqs;            // v3 sequences (host-validated only; -1 otherwise)
+  int64_t num_valid_slices;    // v2 n (host-validated only; -1 otherwise)
+  const ConcatRun* runs;
+  int64_t num_runs;
+  int64_t total_tokens;
+};
+
+}  // namespace kvp::detail

@@ -1,0 +1,228 @@
+#include "core/serialize.hpp"
+
+#include <cstring>
+
+#include "core/config.hpp"
+#include "core/dtype.hpp"
+#include "core/serialize_transfer.hpp"
+#include "util/error.hpp"
+#include "util/options.hpp"
+
+namespace kvp::detail::ser {
+namespace {
+
+using u64 = unsigned long long;  // for printf
+
+// Throws for bad destination ids of deserialize_into.
+void check_dst_ids(const Cache& cache, const int32_t* dst_ids, uint32_t n, const char* fn) {
+  if (dst_ids == nullptr && n != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: dst_page_ids is NULL but num_dst_page_ids is %u", fn, n);
+  if (dst_ids == nullptr) return;
+  bool dup = false;
+  int32_t bad = 0;
+  const ptrdiff_t at = check_ids(dst_ids, n, cache.config().num_pages, &dup, &bad, cache.allocator());
+  if (at < 0) return;
+  if (dup) fail(KVP_ERR_INVALID_ARGUMENT, "%s: page id %d appears more than once in dst_page_ids", fn, bad);
+  fail(KVP_ERR_INVALID_ARGUMENT, "%s: dst_page_ids[%td] = %d is out of range [0, %lld)", fn, at, bad,
+       static_cast<long long>(cache.config().num_pages));
+}
+
+// Throws FORMAT_MISMATCH when the blob's cache is not shaped like the target.
+void check_same_shape(const Cache& cache, const Parsed& p, const int32_t* dst_ids, uint32_t n, const char* fn) {
+  const kvp_config& b = p.config;
+  const kvp_config& t = cache.config();
+  struct Field {
+    const char* name;
+    long long blob, target;
+  };
+  const Field fields[] = {{"num_hidden_layers", b.num_hidden_layers, t.num_hidden_layers},
+                          {"num_kv_heads", b.num_kv_heads, t.num_kv_heads},
+                          {"k_headdim", b.k_headdim, t.k_headdim},
+                          {"v_headdim", b.v_headdim, t.v_headdim},
+                          {"page_size", b.page_size, t.page_size}};
+  for (const Field& f : fields)
+    if (f.blob != f.target)
+      fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's %s is %lld but the target cache's is %lld", fn, f.name, f.blob,
+           f.target);
+  if (b.version != t.version)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's layout is %s but the target cache's is %s", fn,
+         layout_name(b.version), layout_name(t.version));
+  if (b.kvdtype != t.kvdtype)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's dtype is %s but the target cache's is %s", fn, dtype_name(b.kvdtype),
+         dtype_name(t.kvdtype));
+  if (p.geo.page_bytes != cache.page_bytes())
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's pages have %llu bytes but the target's have %zu", fn,
+         (u64)p.geo.page_bytes, cache.page_bytes());
+  if (dst_ids != nullptr && n != p.geo.num_stored)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob holds %llu pages but %u destination page ids were given", fn,
+         (u64)p.geo.num_stored, n);
+}
+
+}  // namespace
+
+Selection read_selection(const Cache& cache, const kvp_serialize_options* opts, const char* function) {
+  Selection sel(cache.allocator());
+  kvp_serialize_options o{};
+  if (opts != nullptr)
+    o = read_versioned(opts, sizeof(kvp_serialize_options), KVP_SERIALIZE_OPTIONS_VERSION, function,
+                       "kvp_serialize_options");
+  if (o.flags != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: kvp_serialize_options.flags must be 0, got 0x%x", function, o.flags);
+  if (o.chunk_bytes != 0) {
+    if (o.chunk_bytes < KVP_SERIALIZE_MIN_CHUNK_BYTES || o.chunk_bytes > KVP_SERIALIZE_MAX_CHUNK_BYTES)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: chunk_bytes %llu is outside [%u, %u]", function, (u64)o.chunk_bytes,
+           KVP_SERIALIZE_MIN_CHUNK_BYTES, KVP_SERIALIZE_MAX_CHUNK_BYTES);
+    sel.chunk_bytes = o.chunk_bytes;
+  }
+  const int64_t P = cache.config().num_pages;
+  if (o.page_ids == nullptr) {
+    if (o.num_page_ids != 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_ids is NULL but num_page_ids is %u", function, o.num_page_ids);
+    sel.ids.resize(static_cast<size_t>(P));
+    for (int64_t p = 0; p < P; ++p) sel.ids[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+    return sel;
+  }
+  bool dup = false;
+  int32_t bad = 0;
+  const ptrdiff_t at = check_ids(o.page_ids, o.num_page_ids, P, &dup, &bad, cache.allocator());
+  if (at >= 0) {
+    if (dup) fail(KVP_ERR_INVALID_ARGUMENT, "%s: page id %d appears more than once in page_ids", function, bad);
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_ids[%td] = %d is out of range [0, %lld)", function, at, bad,
+         static_cast<long long>(P));
+  }
+  sel.ids.assign(o.page_ids, o.page_ids + o.num_page_ids);
+  return sel;
+}
+
+Geometry geometry_of(const Cache& cache, const Selection& sel, const char* function) {
+  return make_geometry(kHeaderSizeV1, static_cast<uint64_t>(cache.num_layers()), sel.ids.size(), cache.page_bytes(),
+                       sel.chunk_bytes, KVP_ERR_INVALID_ARGUMENT, function);
+}
+
+void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char* function) {
+  cache.check_healthy(function);
+  const Geometry g = geometry_of(cache, sel, function);
+  // Device caches: get the pipe (which may refuse) before anything reaches the sink.
+  const HostPtr<HostPipe> pipe = g.payload_bytes > 0 ? cache.backend().host_pipe(function) : nullptr;
+  encode_header(cache.config(), g, sink.reserve(kHeaderSizeV1));
+  sink.commit(kHeaderSizeV1);
+  const size_t tb = static_cast<size_t>(g.table_bytes);
+  encode_table(sel.ids, sink.reserve(tb + 8));
+  sink.commit(tb + 8);
+  write_payload(cache, sel.ids, g, pipe.get(), sink);
+}
+
+void serialize_to_file(const Cache& cache, const Selection& sel, const char* path, const char* function) {
+  cache.check_healthy(function);
+  AtomicFile file(path, function);
+  FileSink sink(file, cache.allocator());
+  serialize(cache, sel, sink, function);
+  file.commit();
+}
+
+kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, const char* function) {
+  kvp_deserialize_options o{};
+  if (opts != nullptr)
+    o = read_versioned(opts, sizeof(kvp_deserialize_options), KVP_DESERIALIZE_OPTIONS_VERSION, function,
+                       "kvp_deserialize_options");
+  if (o.flags != 0 || o._reserved != 0)
+    fail(KVP_ERR_UNSUPPORTED, "%s: kvp_deserialize_options.flags and _reserved must be 0", function);
+  const HostAllocator alloc;  // before the cache exists: the process default
+  Parsed p(alloc);
+  read_header(src, p, function);
+  uint64_t cache_bytes = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(p.layout.layer_bytes), p.geo.num_layers, &cache_bytes))
+    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob's cache size overflows 64 bits", function);
+  if (o.max_cache_bytes != 0 && cache_bytes > o.max_cache_bytes)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's cache needs %llu bytes, more than max_cache_bytes %llu", function,
+         (u64)cache_bytes, (u64)o.max_cache_bytes);
+  read_table(src, p, function);
+  kvp_cache* h = create_cache(&p.config, o.cache_options, function);
+  try {
+    read_payload_checked(cache_from(h, function), p.ids, p.geo, src, function);
+    src.expect_end(function);
+  } catch (...) {
+    handle_delete(h, function);
+    throw;
+  }
+  return h;
+}
+
+void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_t num_dst_ids, const char* function) {
+  cache.check_healthy(function);
+  check_dst_ids(cache, dst_ids, num_dst_ids, function);
+  Parsed p(cache.allocator());
+  read_header(src, p, function);
+  check_same_shape(cache, p, dst_ids, num_dst_ids, function);
+  read_table(src, p, function);
+  const int64_t P = cache.config().num_pages;
+  if (dst_ids == nullptr)
+    for (size_t j = 0; j < p.ids.size(); ++j)
+      if (p.ids[j] >= P)
+        fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's page %d does not exist in the target cache (%lld pages); "
+             "pass dst_page_ids to load it elsewhere", function, p.ids[j], static_cast<long long>(P));
+
+  // Pass 1: collect every chunk (pointers into in-memory input, or staged copies of a stream)
+  // and verify all checksums before the target is touched.
+  HostVector<const uint8_t*> chunks(cache.allocator());
+  HostVector<HostVector<uint8_t>> staged(cache.allocator());
+  for (uint64_t i = 0; i < p.geo.num_chunks; ++i) {
+    const size_t len = static_cast<size_t>(p.geo.chunk_len(i));
+    const uint8_t* q = src.view(len + 8, "a payload chunk");
+    if (q == nullptr) {
+      staged.emplace_back(cache.allocator());
+      src.read_growing(staged.back(), len + 8, "a payload chunk");
+      q = staged.back().data();
+    }
+    chunks.push_back(q);
+  }
+  src.expect_end(function);
+  verify_chunks(p.geo, chunks, function);
+
+  // Pass 2: everything checked; write the target.
+  if (dst_ids != nullptr) p.ids.assign(dst_ids, dst_ids + num_dst_ids);
+  store_chunks(cache, p.ids, p.geo, chunks, function);
+}
+
+void inspect(Source& src, bool verify, kvp_serialized_info* out, const char* function) {
+  if (out->struct_size < sizeof(kvp_serialized_info))
+    fail(KVP_ERR_VERSION_MISMATCH, "%s: kvp_serialized_info.struct_size %u is smaller than version 1 (%zu bytes)",
+         function, out->struct_size, sizeof(kvp_serialized_info));
+  const HostAllocator alloc;
+  Parsed p(alloc);
+  read_header(src, p, function);
+  if (verify) {
+    read_table(src, p, function);
+    HostVector<uint8_t> buf(alloc);
+    for (uint64_t i = 0; i < p.geo.num_chunks; ++i) {
+      const size_t len = static_cast<size_t>(p.geo.chunk_len(i));
+      const uint8_t* q = src.take(len + 8, buf, "a payload chunk");
+      const uint64_t stored = get64(q + len), computed = XXH3_64bits_withSeed(q, len, kSeedChunk0 + i);
+      if (!sum_ok(stored, computed)) chunk_mismatch(function, i, p.geo, stored, computed);
+    }
+    src.expect_end(function);
+  }
+  kvp_serialized_info info;
+  std::memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  info.format_major = p.major;
+  info.format_minor = p.minor;
+  info.header_size = static_cast<uint32_t>(p.geo.header_size);
+  info.flags = p.flags;
+  info.writer_version = p.writer_version;
+  info.header_checksum = p.header_checksum;
+  info.num_stored_pages = p.geo.num_stored;
+  if (!p.ids.empty()) {
+    info.first_page_id = static_cast<uint64_t>(p.ids.front());
+    info.last_page_id = static_cast<uint64_t>(p.ids.back());
+  }
+  info.page_bytes_per_layer = p.geo.page_bytes;
+  info.chunk_bytes = p.geo.chunk_bytes;
+  info.num_chunks = p.geo.num_chunks;
+  info.payload_bytes = p.geo.payload_bytes;
+  info.total_bytes = p.geo.total_bytes;
+  info.config = p.config;
+  std::memcpy(out, &info, sizeof info);
+}
+
+}  // namespace kvp::detail::ser

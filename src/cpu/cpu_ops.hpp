@@ -1,0 +1,13 @@
+// The CPU backend's operations (one file each), called by CpuBackend.
+#pragma once
+
+#include "backend/jobs.hpp"
+#include "util/memory.hpp"
+
+namespace kvp::detail {
+
+// kvp_concatenate (cpu_concat.cpp); requires host-validated metadata. Scratch memory comes from
+// `alloc` (the cache's allocator).
+void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc);
+
+}  // namespace kvp::detail

@@ -1,0 +1,67 @@
+#include "util/memory.hpp"
+
+#include <cstdlib>
+#include <mutex>
+
+#include "util/error.hpp"
+
+namespace kvp::detail {
+namespace {
+
+std::mutex& default_mutex() {
+  static std::mutex* mu = new std::mutex();  // never destroyed: used until the process ends
+  return *mu;
+}
+kvp_host_allocator g_default{};  // alloc == nullptr: built-in; guarded by default_mutex()
+
+}  // namespace
+
+HostAllocator::HostAllocator() noexcept {
+  std::lock_guard<std::mutex> lock(default_mutex());
+  a_ = g_default;
+}
+
+HostAllocator::HostAllocator(const kvp_host_allocator* a) noexcept {
+  if (a != nullptr && a->alloc != nullptr) {
+    a_ = *a;
+  } else {
+    std::lock_guard<std::mutex> lock(default_mutex());
+    a_ = g_default;
+  }
+}
+
+HostAllocator HostAllocator::builtin_allocator() noexcept {
+  HostAllocator a(nullptr);
+  a.a_ = kvp_host_allocator{};
+  return a;
+}
+
+void* HostAllocator::allocate(size_t bytes, size_t align) const {
+  if (bytes == 0) bytes = 1;
+  void* p = nullptr;
+  if (a_.alloc != nullptr) {
+    p = a_.alloc(a_.user_data, bytes, align);
+  } else if (bytes <= static_cast<size_t>(-1) - align) {
+    p = std::aligned_alloc(align, (bytes + align - 1) / align * align);
+  }
+  if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
+  return p;
+}
+
+void HostAllocator::deallocate(void* p) const noexcept {
+  if (p == nullptr) return;
+  if (a_.free != nullptr)
+    a_.free(a_.user_data, p);
+  else
+    std::free(p);
+}
+
+void set_default_host_allocator(const kvp_host_allocator* a) noexcept {
+  std::lock_guard<std::mutex> lock(default_mutex());
+  if (a != nullptr)
+    g_default = *a;
+  else
+    g_default = kvp_host_allocator{};
+}
+
+}  // namespace kvp::detail

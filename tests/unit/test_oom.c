@@ -1,0 +1,474 @@
+/* Out-of-memory at every allocation. The test allocator (tests/support: cmocka's test_malloc, so
+ * every block is leak-checked per test) is installed as the process default with
+ * kvp_set_host_allocator(); objects made while it is installed capture it. Each scenario runs
+ * the call with allocation N failing, for N = 0, 1, 2, ... until the call succeeds: every failing
+ * N must return KVP_ERR_OUT_OF_MEMORY with a message, leak nothing (no live block) and change
+ * nothing (caches, pools, output arguments). Under ASan/LSan (scripts/test.sh) nothing else leaks
+ * either. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "support.h"
+
+#define LAYERS 2
+#define HEADS 2
+#define HDIM 64
+#define PAGE 16
+#define PAGES 24
+#define MAX_N 100000 /* the loops end long before: a call makes a bounded number of allocations */
+
+static kvp_test_alloc_state g_alloc;
+
+static int setup(void **state) {
+  (void)state;
+  memset(&g_alloc, 0, sizeof g_alloc);
+  g_alloc.fail_after = -1;
+  kvp_host_allocator a = kvp_test_allocator(&g_alloc);
+  assert_kvp_ok(kvp_set_host_allocator(&a));
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  assert_kvp_ok(kvp_set_host_allocator(NULL));
+  assert_int_equal(g_alloc.live, 0);
+  return 0;
+}
+
+/* Arms the allocator: allocation n (counting from 0) and every later one fail. */
+static void fail_from(long n) {
+  g_alloc.allocations = 0;
+  g_alloc.fail_after = n;
+}
+
+static void disarm(void) { g_alloc.fail_after = -1; }
+
+/* One failed attempt: the status, a message, no block left beyond `live_before`. */
+static void expect_oom(kvp_status st, long live_before, long n, const char *what) {
+  if (st != KVP_ERR_OUT_OF_MEMORY)
+    fail_msg("%s with allocation %ld failing: %s (%s), expected KVP_ERR_OUT_OF_MEMORY", what, n, kvp_status_name(st),
+             kvp_last_error_message());
+  assert_true(kvp_last_error_message()[0] != '\0');
+  if (g_alloc.live != live_before)
+    fail_msg("%s with allocation %ld failing leaked %ld block(s)", what, n, g_alloc.live - live_before);
+}
+
+static kvp_cache *make_cache(kvp_layout layout) {
+  kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, layout);
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  /* Recognisable, non-zero pages. */
+  const size_t n = kvp_test_layer_bytes(c);
+  uint8_t *buf = (uint8_t *)test_malloc(n);
+  for (uint32_t l = 0; l < LAYERS; ++l) {
+    for (size_t i = 0; i < n; ++i) buf[i] = (uint8_t)(i * 7 + l * 13 + 1);
+    assert_kvp_ok(kvp_cache_write_layer(c, l, buf, n, NULL));
+  }
+  test_free(buf);
+  return c;
+}
+
+/* Copies every layer of a cache (test_malloc'ed; compare with same_layers). */
+static uint8_t *snapshot(const kvp_cache *c) {
+  const size_t n = kvp_test_layer_bytes(c);
+  uint8_t *s = (uint8_t *)test_malloc(n * LAYERS);
+  for (uint32_t l = 0; l < LAYERS; ++l) assert_kvp_ok(kvp_cache_read_layer(c, l, s + l * n, n, NULL));
+  return s;
+}
+
+static void assert_same_layers(const kvp_cache *c, const uint8_t *snap) {
+  uint8_t *now = snapshot(c);
+  assert_memory_equal(now, snap, kvp_test_layer_bytes(c) * LAYERS);
+  test_free(now);
+}
+
+static void test_oom__cache_create(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    kvp_cache *c = (kvp_cache *)(uintptr_t)1;
+    fail_from(n);
+    const kvp_status st = kvp_cache_create(&cfg, NULL, &c);
+    disarm();
+    if (st == KVP_OK) {
+      assert_kvp_ok(kvp_cache_destroy(c));
+      break;
+    }
+    expect_oom(st, 0, n, "kvp_cache_create");
+    assert_null(c);
+  }
+  assert_true(n >= 3); /* the cache, its backend, its layer list, ... each come from the allocator */
+}
+
+/* kvp_serialize to a buffer, whole cache (parallel path: >= 256 KiB) and one page. */
+static void test_oom__serialize(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  const long base = g_alloc.live;
+  const int32_t one[1] = {5};
+  for (int sel = 0; sel < 2; ++sel) {
+    kvp_serialize_options o = KVP_SERIALIZE_OPTIONS_INIT;
+    if (sel == 1) {
+      o.page_ids = one;
+      o.num_page_ids = 1;
+    }
+    size_t need = 0;
+    assert_kvp_ok(kvp_serialized_size(c, &o, &need));
+    uint8_t *buf = (uint8_t *)test_malloc(need);
+    long n;
+    for (n = 0; n < MAX_N; ++n) {
+      size_t written = 0;
+      fail_from(n);
+      const kvp_status st = kvp_serialize(c, &o, buf, need, &written);
+      disarm();
+      if (st == KVP_OK) {
+        assert_int_equal(written, need);
+        break;
+      }
+      expect_oom(st, base, n, "kvp_serialize");
+    }
+    assert_true(n >= 1);
+    test_free(buf);
+  }
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+typedef struct sink {
+  uint8_t *data;
+  size_t len, cap;
+} sink;
+
+static int32_t KVP_CALL write_fn(const void *p, size_t n, void *ud) {
+  sink *s = (sink *)ud;
+  if (s->len + n > s->cap) return 1;
+  memcpy(s->data + s->len, p, n);
+  s->len += n;
+  return 0;
+}
+
+static int32_t KVP_CALL read_fn(void *dst, size_t n, size_t *got, void *ud) {
+  sink *s = (sink *)ud;
+  size_t k = s->cap - s->len < n ? s->cap - s->len : n;
+  if (k > 1000) k = 1000; /* a stream in small pieces */
+  memcpy(dst, s->data + s->len, k);
+  s->len += k;
+  *got = k;
+  return 0;
+}
+
+static void test_oom__serialize_to_writer_and_file(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V2);
+  const long base = g_alloc.live;
+  size_t need = 0;
+  assert_kvp_ok(kvp_serialized_size(c, NULL, &need));
+  sink s = {(uint8_t *)test_malloc(need), 0, need};
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    s.len = 0;
+    fail_from(n);
+    const kvp_status st = kvp_serialize_to_writer(c, NULL, write_fn, &s);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_serialize_to_writer");
+  }
+  assert_true(n >= 1);
+  assert_int_equal(s.len, need);
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/kvp_test_oom_%d.kvps", (int)getpid());
+  for (n = 0; n < MAX_N; ++n) {
+    fail_from(n);
+    const kvp_status st = kvp_serialize_to_file(c, NULL, path);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_serialize_to_file");
+    assert_int_equal(access(path, F_OK), -1); /* nothing replaced or left behind */
+  }
+  assert_true(n >= 2);
+  unlink(path);
+  test_free(s.data);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_oom__deserialize_new(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  size_t need = 0, written = 0;
+  assert_kvp_ok(kvp_serialized_size(c, NULL, &need));
+  uint8_t *blob = (uint8_t *)test_malloc(need);
+  assert_kvp_ok(kvp_serialize(c, NULL, blob, need, &written));
+  uint8_t *snap = snapshot(c);
+  const long base = g_alloc.live;
+  for (int from_reader = 0; from_reader < 2; ++from_reader) {
+    long n;
+    for (n = 0; n < MAX_N; ++n) {
+      kvp_cache *d = (kvp_cache *)(uintptr_t)1;
+      sink s = {blob, 0, need};
+      fail_from(n);
+      const kvp_status st = from_reader ? kvp_deserialize_new_from_reader(read_fn, &s, NULL, &d)
+                                        : kvp_deserialize_new(blob, need, NULL, &d);
+      disarm();
+      if (st == KVP_OK) {
+        assert_same_layers(d, snap);
+        assert_kvp_ok(kvp_cache_destroy(d));
+        break;
+      }
+      expect_oom(st, base, n, from_reader ? "kvp_deserialize_new_from_reader" : "kvp_deserialize_new");
+      assert_null(d);
+    }
+    assert_true(n >= 4);
+  }
+  test_free(snap);
+  test_free(blob);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_oom__deserialize_into(void **state) {
+  (void)state;
+  kvp_cache *src = make_cache(KVP_LAYOUT_V3);
+  const int32_t ids[3] = {2, 3, 9};
+  kvp_serialize_options o = KVP_SERIALIZE_OPTIONS_INIT;
+  o.page_ids = ids;
+  o.num_page_ids = 3;
+  size_t need = 0, written = 0;
+  assert_kvp_ok(kvp_serialized_size(src, &o, &need));
+  uint8_t *blob = (uint8_t *)test_malloc(need);
+  assert_kvp_ok(kvp_serialize(src, &o, blob, need, &written));
+  kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *dst = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &dst)); /* all zero */
+  uint8_t *snap = snapshot(dst);
+  const long base = g_alloc.live;
+  const int32_t to[3] = {7, 1, 20};
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    sink s = {blob, 0, need};
+    fail_from(n);
+    const kvp_status st = kvp_deserialize_into_from_reader(dst, read_fn, &s, to, 3);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_deserialize_into_from_reader");
+    assert_same_layers(dst, snap); /* verify-then-write: untouched */
+  }
+  assert_true(n >= 2);
+  test_free(snap);
+  test_free(blob);
+  assert_kvp_ok(kvp_cache_destroy(dst));
+  assert_kvp_ok(kvp_cache_destroy(src));
+}
+
+static void test_oom__metadata_build_and_create(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, KVP_LAYOUT_V2);
+  int32_t pages_a[2] = {1, 2}, pages_b[1] = {3};
+  kvp_batch_request reqs[2];
+  memset(reqs, 0, sizeof reqs);
+  reqs[0].num_computed = 20;
+  reqs[0].num_scheduled = 1;
+  reqs[0].page_ids = pages_a;
+  reqs[0].num_pages = 2;
+  reqs[1].num_scheduled = 9;
+  reqs[1].page_ids = pages_b;
+  reqs[1].num_pages = 1;
+  for (int layout = 0; layout < 2; ++layout) {
+    cfg.version = layout ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2;
+    long n;
+    for (n = 0; n < MAX_N; ++n) {
+      int32_t order[2] = {-7, -7};
+      kvp_metadata *m = (kvp_metadata *)(uintptr_t)1;
+      fail_from(n);
+      const kvp_status st = kvp_metadata_build(&cfg, reqs, 2, NULL, order, &m);
+      disarm();
+      if (st == KVP_OK) {
+        assert_int_equal(order[0], 0);
+        assert_kvp_ok(kvp_metadata_destroy(m));
+        break;
+      }
+      expect_oom(st, 0, n, "kvp_metadata_build");
+      assert_null(m);
+      assert_int_equal(order[0], -7); /* written only on success */
+    }
+    assert_true(n >= 3);
+  }
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    kvp_metadata *m = (kvp_metadata *)(uintptr_t)1;
+    fail_from(n);
+    const kvp_status st = kvp_metadata_create_empty(KVP_LAYOUT_V3, 64, 8, 4, PAGE, &m);
+    disarm();
+    if (st == KVP_OK) {
+      assert_kvp_ok(kvp_metadata_destroy(m));
+      break;
+    }
+    expect_oom(st, 0, n, "kvp_metadata_create_empty");
+    assert_null(m);
+  }
+  assert_true(n >= 2);
+}
+
+static void test_oom__pool_create_append_fork(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  const long base = g_alloc.live;
+  kvp_pool *p = NULL;
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    p = (kvp_pool *)(uintptr_t)1;
+    fail_from(n);
+    const kvp_status st = kvp_pool_create(c, NULL, &p);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_pool_create");
+    assert_null(p);
+  }
+  assert_true(n >= 3);
+  int32_t toks[20];
+  for (int i = 0; i < 20; ++i) toks[i] = 100 + i;
+  kvp_seq_id s;
+  assert_kvp_ok(kvp_pool_add_sequence(p, toks, 20, 0, 0, &s, NULL));
+  const long with_pool = g_alloc.live;
+  /* Operations allocate nothing: each succeeds with every allocation failing. */
+  fail_from(0);
+  assert_kvp_ok(kvp_pool_append(p, s, toks, 5, NULL));
+  kvp_seq_id kids[2];
+  assert_kvp_ok(kvp_pool_fork(p, s, 2, kids));
+  assert_kvp_ok(kvp_pool_append(p, kids[0], toks, 3, NULL)); /* copy-on-write of the shared tail */
+  disarm();
+  assert_int_equal(g_alloc.live, with_pool);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_oom__json(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  char text[2048];
+  size_t len = 0;
+  assert_kvp_ok(kvp_config_to_json(&cfg, text, sizeof text, &len));
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    kvp_config out;
+    memset(&out, 0x5A, sizeof out);
+    fail_from(n);
+    const kvp_status st = kvp_config_from_json(text, len, &out);
+    disarm();
+    if (st == KVP_OK) {
+      assert_int_equal(out.num_pages, cfg.num_pages);
+      break;
+    }
+    expect_oom(st, 0, n, "kvp_config_from_json");
+    assert_int_equal(out.num_pages, 0x5A5A5A5A5A5A5A5All); /* untouched */
+  }
+  assert_int_equal(n, 0); /* it keeps nothing on the heap: short strings stay inline */
+  for (n = 0; n < MAX_N; ++n) {
+    char buf[2048];
+    size_t w = 0;
+    fail_from(n);
+    const kvp_status st = kvp_config_to_json(&cfg, buf, sizeof buf, &w);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, 0, n, "kvp_config_to_json");
+  }
+  assert_true(n >= 1);
+  static const char md_json[] =
+      "{\"pages_tables\": [[1, 2, 0], [3, 0, 0]], \"context_lens\": [21, 9], \"query_start_loc\": [0, 1, 10], "
+      "\"num_seqs\": [2], \"slot_mapping\": null, \"position_ids\": [20, 0, 1, 2, 3, 4, 5, 6, 7, 8], "
+      "\"request_distribution\": [1, 1, 2], \"num_kv_update_slices\": null, \"version\": \"v3\", "
+      "\"num_slices_per_kv_cache_update_page\": null, \"page_size\": 16, \"prefill_chunk_size\": 512, "
+      "\"ignored\": {\"deep\": [[[1]], {\"x\": \"a long string that the reader must not keep\"}]}}";
+  kvp_metadata *m = NULL;
+  for (n = 0; n < MAX_N; ++n) {
+    m = (kvp_metadata *)(uintptr_t)1;
+    fail_from(n);
+    const kvp_status st = kvp_metadata_from_json(md_json, strlen(md_json), &m);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, 0, n, "kvp_metadata_from_json");
+    assert_null(m);
+  }
+  assert_true(n >= 4);
+  const long with_md = g_alloc.live;
+  for (n = 0; n < MAX_N; ++n) {
+    char buf[4096];
+    size_t w = 0;
+    fail_from(n);
+    const kvp_status st = kvp_metadata_to_json(m, buf, sizeof buf, &w);
+    disarm();
+    if (st == KVP_OK) {
+      assert_non_null(strstr(buf, "\"context_lens\": [21, 9]"));
+      break;
+    }
+    expect_oom(st, with_md, n, "kvp_metadata_to_json");
+  }
+  assert_true(n >= 1);
+  assert_kvp_ok(kvp_metadata_destroy(m));
+}
+
+static void test_oom__concatenate(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V2);
+  uint8_t *snap = snapshot(c);
+  enum { T = 40 };
+  uint16_t *k = (uint16_t *)test_calloc(T * HEADS * HDIM, sizeof(uint16_t));
+  uint16_t *v = (uint16_t *)test_calloc(T * HEADS * HDIM, sizeof(uint16_t));
+  for (int i = 0; i < T * HEADS * HDIM; ++i) k[i] = v[i] = (uint16_t)(0x3F80 + (i % 64));
+  /* 40 single-token slices: the overlap check sorts a copy of the runs. */
+  int32_t sm[3 * T], nv[1] = {T};
+  for (int j = 0; j < T; ++j) {
+    sm[j] = 3 * j + 17;
+    sm[T + j] = j;
+    sm[2 * T + j] = 1;
+  }
+  kvp_metadata *md = kvp_test_v2_metadata(sm, T, nv);
+  kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_BF16, T, HEADS, HDIM, KVP_DEVICE_CPU);
+  kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_BF16, T, HEADS, HDIM, KVP_DEVICE_CPU);
+  const long base = g_alloc.live;
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    fail_from(n);
+    const kvp_status st = kvp_concatenate(c, 1, &kt, &vt, md, NULL);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_concatenate");
+    assert_same_layers(c, snap);
+  }
+  assert_true(n >= 2);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  test_free(k);
+  test_free(v);
+  test_free(snap);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+static void test_oom__set_host_allocator_rejects_half_allocators(void **state) {
+  (void)state;
+  kvp_host_allocator half = kvp_test_allocator(&g_alloc);
+  half.free = NULL;
+  assert_kvp_status(kvp_set_host_allocator(&half), KVP_ERR_INVALID_ARGUMENT, "alloc and free");
+  /* The default is unchanged: a new cache still allocates through the test allocator. */
+  const long before = g_alloc.live;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  assert_true(g_alloc.live > before);
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_int_equal(g_alloc.live, before);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_oom__cache_create, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__serialize, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__serialize_to_writer_and_file, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__deserialize_new, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__deserialize_into, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__metadata_build_and_create, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__pool_create_append_fork, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__json, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__concatenate, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__set_host_allocator_rejects_half_allocators, setup, teardown),
+  };
+  return cmocka_run_group_tests_name("oom", tests, NULL, NULL);
+}
