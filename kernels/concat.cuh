@@ -29,14 +29,7 @@
 
 #include "backend/fp_convert.hpp"
 #include "kernels/concat_params.hpp"
-
-// Under the emulated runtime (tests/gpu/cuemu), every store and every input read is checked to
-// lie inside the buffer it indexes; on a GPU this compiles to nothing.
-#if defined(KVP_CUDA_EMULATION)
-#define KVP_EMU_CHECK(ptr, bytes, align, write, base) ::cuemu::check_access(ptr, bytes, align, write, base)
-#else
-#define KVP_EMU_CHECK(ptr, bytes, align, write, base) ((void)0)
-#endif
+#include "kernels/device_error.cuh"
 
 namespace kvp::detail::cuda {
 
@@ -100,26 +93,6 @@ __device__ __forceinline__ typename Out::bits convert(typename In::bits x) {
   }
 }
 
-// ------------------------------------------------------------------------------------------------
-// Errors
-
-__device__ __forceinline__ void report(const ConcatParams& p, int32_t reason, int64_t index, int64_t value,
-                                       int64_t limit) {
-  if (atomicCAS(&p.err->code, 0, 1) != 0) return;  // first error wins
-  p.err->reason = reason;
-  p.err->index = index;
-  p.err->value = value;
-  p.err->limit = limit;
-  volatile DeviceErrorRecord* m = p.mirror;
-  m->reason = reason;
-  m->index = index;
-  m->value = value;
-  m->limit = limit;
-  __threadfence_system();
-  m->code = 1;
-  __threadfence_system();  // also orders the claim before this block's count in finish_block
-}
-
 // Largest i in [0, n) with load(i) <= key (for a non-decreasing array), or -1. Warp-collective:
 // all 32 lanes call it with the same arguments and get the same result; each step narrows the
 // range 32-fold with one round of loads, so a search costs ceil(log32 n) dependent loads.
@@ -174,7 +147,7 @@ __device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int 
   KVP_EMU_CHECK(p.num_seqs_ptr, sizeof *p.num_seqs_ptr, 4, false, p.num_seqs_ptr);
   const int64_t ns = *p.num_seqs_ptr;
   if (ns < 0 || ns > p.num_reqs) {
-    if (lane == 0) report(p, kDevErrNumSeqs, 2, ns, p.num_reqs);
+    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrNumSeqs, 2, ns, p.num_reqs);
     return;
   }
   const int32_t* qsl = p.query_start_loc;
@@ -189,27 +162,27 @@ __device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int 
   KVP_EMU_CHECK(&p.context_lens[i], sizeof *p.context_lens, 4, false, p.context_lens);
   const int64_t qs = qsl[i], qe = qsl[i + 1];
   if (qs < 0 || qe < qs || qe > p.num_tokens) {
-    if (lane == 0) report(p, kDevErrQueryStart, i + 1, qe, p.num_tokens);
+    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrQueryStart, i + 1, qe, p.num_tokens);
     return;
   }
   if (t >= qe) return;  // padding token after the last request
   const int64_t kv = p.context_lens[i];
   const int64_t q_len = qe - qs;
   if (q_len > kv) {
-    if (lane == 0) report(p, kDevErrQueryLen, i, q_len, kv);
+    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrQueryLen, i, q_len, kv);
     return;
   }
   const int64_t pos = kv - q_len + (t - qs);
   const int64_t lp = pos / p.page_size;
   if (lp >= p.pages_per_req) {
-    if (lane == 0) report(p, kDevErrPageIndex, i, lp, p.pages_per_req);
+    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrPageIndex, i, lp, p.pages_per_req);
     return;
   }
   const int64_t e = i * p.pages_per_req + lp;
   KVP_EMU_CHECK(&p.pages_tables[e], sizeof *p.pages_tables, 4, false, p.pages_tables);
   const int64_t page = p.pages_tables[e];
   if (page < 0 || page >= p.num_pages) {
-    if (lane == 0) report(p, kDevErrPageId, e, page, p.num_pages);
+    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrPageId, e, page, p.num_pages);
     return;
   }
   src = t;
@@ -387,38 +360,13 @@ __device__ __forceinline__ void write_rows(const ConcatParams& p, const int64_t*
   }
 }
 
-// Start of every block (thread 0): non-zero when an earlier launch recorded a device-side error;
-// the block then writes nothing (the cache refuses writes until the host has reported and
-// cleared the error). The load overlaps with the row mapping; the result is read after the
-// block's first __syncthreads.
-__device__ __forceinline__ int load_blocking(const ConcatParams& p) {
-  return *reinterpret_cast<volatile int32_t*>(&p.err->blocking);
-}
-
-// End of every block: the last block of the launch promotes an error recorded by this launch
-// to `blocking` and resets the block counter for the next launch. (A block that recorded an
-// error fenced after claiming it, so its claim is visible before its count.)
-__device__ __forceinline__ void finish_block(const ConcatParams& p) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const unsigned total = gridDim.x * gridDim.y;
-    const unsigned prev = atomicAdd(&p.err->blocks_done, 1u);
-    if (prev == total - 1) {
-      __threadfence();
-      if (*reinterpret_cast<volatile int32_t*>(&p.err->code) != 0) p.err->blocking = 1;
-      p.err->blocks_done = 0;
-      __threadfence();
-    }
-  }
-}
-
 // Host-validated runs and device-resident v3 metadata: grid.x blocks of rows_per_block rows.
 template <class In, class Out, bool kVec>
 __global__ void __launch_bounds__(kThreads) concat_rows_kernel(const ConcatParams p) {
   __shared__ int64_t s_src[kMaxRowsPerBlock];
   __shared__ int64_t s_slot[kMaxRowsPerBlock];
   __shared__ int s_blocking;
-  if (threadIdx.x == 0) s_blocking = load_blocking(p);
+  if (threadIdx.x == 0) s_blocking = load_blocking(p.err);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * p.rows_per_block;
   for (int r = warp; r < p.rows_per_block; r += nwarps) {
@@ -431,7 +379,7 @@ __global__ void __launch_bounds__(kThreads) concat_rows_kernel(const ConcatParam
   }
   __syncthreads();
   if (s_blocking == 0) write_rows<In, Out, kVec>(p, s_src, s_slot);
-  finish_block(p);
+  finish_block(p.err);
 }
 
 // Device-resident v2 metadata: block (j, y) handles slice j, rows y*rpb + k*gridDim.y*rpb + r.
@@ -443,18 +391,18 @@ __device__ __forceinline__ void v2_block(const ConcatParams& p) {
   const int64_t j = blockIdx.x;
   if (threadIdx.x == 0) {
     int64_t len = 0, d0 = 0, s0 = 0;
-    const int blocking = load_blocking(p);
+    const int blocking = load_blocking(p.err);
     KVP_EMU_CHECK(p.num_valid_slices_ptr, sizeof *p.num_valid_slices_ptr, 4, false, p.num_valid_slices_ptr);
     const int64_t n = *p.num_valid_slices_ptr;
     if (n < 0 || n > p.num_slices) {
-      report(p, kDevErrNumSlices, 0, n, p.num_slices);
+      report(p.err, p.mirror, kDevOpConcatenate, kDevErrNumSlices, 0, n, p.num_slices);
     } else if (j < n) {
       KVP_EMU_CHECK(&p.slot_mapping[2 * p.num_slices + j], sizeof *p.slot_mapping, 4, false, p.slot_mapping);
       d0 = p.slot_mapping[j];
       s0 = p.slot_mapping[p.num_slices + j];
       len = p.slot_mapping[2 * p.num_slices + j];
       if (len < 0) {
-        report(p, kDevErrSliceLength, j, len, p.page_size);
+        report(p.err, p.mirror, kDevOpConcatenate, kDevErrSliceLength, j, len, p.page_size);
         len = 0;
       }
     }
@@ -473,9 +421,9 @@ __device__ __forceinline__ void v2_block(const ConcatParams& p) {
       if (o < len) {
         const int64_t sl = d0 + o, tk = s0 + o;
         if (sl < 0 || sl >= p.num_slots) {
-          report(p, kDevErrSlot, j, d0, p.num_slots);  // names the slice's first slot
+          report(p.err, p.mirror, kDevOpConcatenate, kDevErrSlot, j, d0, p.num_slots);  // names the slice's first slot
         } else if (tk < 0 || tk >= p.num_tokens) {
-          report(p, kDevErrSliceSource, j, s0, p.num_tokens);
+          report(p.err, p.mirror, kDevOpConcatenate, kDevErrSliceSource, j, s0, p.num_tokens);
         } else {
           src = tk;
           slot = sl;
@@ -493,7 +441,7 @@ __device__ __forceinline__ void v2_block(const ConcatParams& p) {
 template <class In, class Out, bool kVec>
 __global__ void __launch_bounds__(kThreads) concat_v2_kernel(const ConcatParams p) {
   v2_block<In, Out, kVec>(p);
-  finish_block(p);
+  finish_block(p.err);
 }
 
 }  // namespace kvp::detail::cuda

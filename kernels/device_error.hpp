@@ -20,7 +20,10 @@ enum DeviceErrorReason : int32_t {
   kDevErrSlot = 9,            // v2: a slice's destination slot outside the cache
 };
 
-// First error wins (the kernel claims `code` with atomicCAS). `index` names the offending array
+// The operation that recorded an error (DeviceErrorRecord::code).
+enum DeviceErrorOp : int32_t { kDevOpConcatenate = 1, kDevOpAttention = 2 };
+
+// First error wins (the kernel claims `code` with atomicCAS, storing its DeviceErrorOp). `index` names the offending array
 // element, `value` its value, `limit` the bound it broke.
 //
 // Refusal is decided per launch, not per block: a launch that finds an error writes all its
@@ -28,7 +31,7 @@ enum DeviceErrorReason : int32_t {
 // error to `blocking`, and every block of later launches reads `blocking` first and writes
 // nothing. So what one call writes never depends on block scheduling.
 struct DeviceErrorRecord {
-  int32_t code;      // 0 = no error; otherwise 1 (claimed)
+  int32_t code;      // 0 = no error; otherwise the DeviceErrorOp that claimed it
   int32_t reason;    // DeviceErrorReason
   int64_t index;
   int64_t value;

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kernels/attention_params.hpp"
 #include "kernels/concat_params.hpp"
 #include "kvpages/types.h"
 
@@ -15,5 +16,11 @@ namespace kvp::detail::cuda {
 // Throws KVP_ERR_UNSUPPORTED (naming `function`) for a dtype without a kernel.
 cudaError_t launch_concat(const ConcatParams& p, kvp_dtype key, kvp_dtype value, kvp_dtype cache, bool vec, dim3 grid,
                           cudaStream_t stream, const char* function);
+
+// kvp_attention: the zero-fill of unowned rows (grid.x = tokens), the main kernel for the cache
+// dtype (grid: x = KV heads * tiles, y = request rows, z = splits) and, with splits, the merge.
+// Returns the first launch error. Throws KVP_ERR_UNSUPPORTED for a dtype without a kernel.
+cudaError_t launch_attention(const AttentionParams& p, kvp_dtype cache, dim3 grid, cudaStream_t stream,
+                             const char* function);
 
 }  // namespace kvp::detail::cuda

@@ -34,7 +34,7 @@ pub fn build(b: *std.Build) void {
     test_step.dependOn(&run_tests.step);
 
     // The examples of docs/bindings.md, built and run as part of the tests.
-    const examples = [_][]const u8{ "quickstart", "pool" };
+    const examples = [_][]const u8{ "quickstart", "pool", "attention" };
     for (examples) |name| {
         const example = b.addExecutable(.{
             .name = name,

@@ -47,6 +47,7 @@
 #include "kvpages/serialize.h"
 #include "kvpages/json.h"
 #include "kvpages/device.h"
+#include "kvpages/attention.h"
 /* END GENERATED INCLUDES */
 
 KVP_BEGIN_DECLS
@@ -240,6 +241,10 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *cache_export_dlpack)(kvp_cache *cache, uint32_t layer, kvp_view_kind kind, uint32_t flags, struct DLManagedTensor **out);
   /** kvp_set_host_allocator() */
   kvp_status (KVP_CALL *set_host_allocator)(const kvp_host_allocator *allocator);
+  /** kvp_attention_options_init() */
+  kvp_status (KVP_CALL *attention_options_init)(kvp_attention_options *opts, uint32_t struct_size);
+  /** kvp_attention() */
+  kvp_status (KVP_CALL *attention)(kvp_cache *cache, uint32_t layer, const kvp_tensor *queries, const kvp_tensor *keys, const kvp_tensor *values, const kvp_metadata *metadata, const kvp_attention_options *opts, const kvp_tensor *out, kvp_stream stream);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

@@ -97,6 +97,8 @@ const kvp_api_v1 kTableV1 = {
     &kvp_cache_write_layer,
     &kvp_cache_export_dlpack,
     &kvp_set_host_allocator,
+    &kvp_attention_options_init,
+    &kvp_attention,
     // END GENERATED TABLE
 };
 

@@ -71,6 +71,7 @@ class Backend {
 
   // ---- operations on pages (jobs validated by core)
   virtual void concatenate(const ConcatJob& job, kvp_stream stream) = 0;
+  virtual void attend(const AttentionJob& job, kvp_stream stream) = 0;
 
   // ---- asynchronous device errors. The backend owns this state; core only asks.
   // The pending error (polling the device first) and its message.

@@ -88,4 +88,34 @@ struct ConcatJob {
   int64_t total_tokens;
 };
 
+// kvp_attention of one layer (ATTENTION.md §5.8), read side: the pages already hold the step's
+// tokens (core enqueues the fused write as a ConcatJob first).
+// - host_validated == 1: every processed row i < num_rows satisfies 0 < q_len <= context_len,
+//   query_start_loc[i + 1] <= num_tokens, cdiv(context_len, page_size) <= pages_per_req, and every
+//   page id the row reads is in [0, num_pages).
+// - host_validated == 0 (device-resident metadata on a CUDA cache): num_rows is -1; the backend
+//   reads the row count (request_distribution[2], else num_seqs[0]) and checks every value on the
+//   device, skipping what it cannot do safely (its output rows are then zero) and flagging a
+//   recoverable asynchronous error.
+// Output rows that no processed row owns are written as zeros.
+constexpr int64_t kMaxAttentionHeadDim = 512;
+
+struct AttentionJob {
+  const uint8_t* pages;  // the layer buffer
+  Layout layout;
+  TensorArg q;           // [num_tokens, num_q_heads, head_dim]
+  TensorArg out;         // same shape; dtype f32, f16 or bf16
+  int64_t num_tokens;
+  int64_t num_q_heads;   // a multiple of layout.num_kv_heads
+  MetadataArrays md;
+  int32_t metadata_on_device;
+  int32_t host_validated;
+  int64_t num_rows;      // processed request rows (host-validated only)
+  float logit_scale;     // softmax_scale * k_scale
+  float soft_cap;        // > 0, or 0 for none
+  float v_scale;         // 1 for none
+  int32_t window;        // > 0, or 0 for none
+  const float* sinks;    // num_q_heads sink logits in HOST memory, or nullptr (-inf = no sink)
+};
+
 }  // namespace kvp::detail

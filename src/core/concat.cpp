@@ -14,18 +14,18 @@ namespace {
 long long ll(int64_t v) { return static_cast<long long>(v); }
 }  // namespace
 
-TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name, const char* fn) {
+TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name, int64_t heads, const char* heads_what,
+                      const char* fn) {
   const Layout& L = cache.layout();
   if (t.ndim != 3)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s must have rank 3 [tokens, kv_heads, head_dim], got rank %d", fn, name, t.ndim);
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s must have rank 3 [tokens, heads, head_dim], got rank %d", fn, name, t.ndim);
   if (!dtype_is_input(t.dtype))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s dtype %u (%s) is not an input dtype (f32, f16 or bf16)", fn, name,
          static_cast<unsigned>(t.dtype), dtype_name(t.dtype) ? dtype_name(t.dtype) : "unknown");
   if (t.shape[0] < 0 || t.shape[0] > std::numeric_limits<int32_t>::max())
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s has %lld tokens (must be in [0, 2^31))", fn, name, ll(t.shape[0]));
-  if (t.shape[1] != L.num_kv_heads)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s has %lld heads but the cache has num_kv_heads %lld", fn, name,
-         ll(t.shape[1]), ll(L.num_kv_heads));
+  if (t.shape[1] != heads)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s has %lld heads but %s %lld", fn, name, ll(t.shape[1]), heads_what, ll(heads));
   if (t.shape[2] != L.head_dim)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s has head_dim %lld but the cache has k_headdim %lld", fn, name,
          ll(t.shape[2]), ll(L.head_dim));
@@ -178,8 +178,9 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
   const Layout& L = cache.layout();
   ConcatJob& job = out.job;
   job = ConcatJob{};
-  job.key = check_input(cache, key, "key", fn);
-  job.value = check_input(cache, value, "value", fn);
+  const int64_t H = L.num_kv_heads;
+  job.key = check_input(cache, key, "key", H, "the cache has num_kv_heads", fn);
+  job.value = check_input(cache, value, "value", H, "the cache has num_kv_heads", fn);
   if (key.shape[0] != value.shape[0])
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: key has %lld tokens but value has %lld", fn, ll(key.shape[0]),
          ll(value.shape[0]));

@@ -20,9 +20,11 @@ struct PreparedConcat {
   explicit PreparedConcat(const HostAllocator& alloc) : job(), runs(alloc) {}
 };
 
-// Checks one [T, H, D] input tensor against the cache (rank, dtype, heads, head_dim, device,
-// 64-bit offsets); `name` names it in errors.
-TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name, const char* function);
+// Checks one [T, heads, D] tensor against the cache: rank, dtype (f32, f16 or bf16), `heads`
+// heads (`heads_what` says where that number comes from in errors), the cache's head_dim and
+// device, 64-bit offsets; `name` names it in errors.
+TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name, int64_t heads, const char* heads_what,
+                      const char* function);
 
 // Validates everything (throws INVALID_ARGUMENT naming the offending request/slice and value)
 // and fills a job. Nothing is written.

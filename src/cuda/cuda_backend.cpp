@@ -181,6 +181,9 @@ void CudaBackend::free_all() noexcept {
   if (ring_device_ != nullptr) (void)cudaFree(ring_device_);
   if (arena_host_ != nullptr) (void)cudaFreeHost(arena_host_);
   if (arena_device_ != nullptr) (void)cudaFree(arena_device_);
+  if (attn_scratch_ != nullptr) (void)cudaFree(attn_scratch_);
+  attn_scratch_ = nullptr;
+  attn_scratch_bytes_ = 0;
   free_pipe_buffers(pipe_);
   if (m_error_ != nullptr) (void)cudaFreeHost(m_error_);
   if (d_error_ != nullptr) (void)cudaFree(d_error_);
@@ -452,8 +455,9 @@ void CudaBackend::poll(bool check_device) {
   r.value = m->value;
   r.limit = m->limit;
   if (r.reason == kDevErrNone) return;  // the kernel has claimed the record but not finished writing it
+  const char* op = r.code == kDevOpAttention ? "kvp_attention" : "kvp_concatenate";
   set_async_error(KVP_ERR_INVALID_ARGUMENT,
-                  "kvp_concatenate: " + describe_device_error(r) +
+                  std::string(op) + ": " + describe_device_error(r) +
                       "; invalid entries were skipped, and the cache refuses writes until the error is cleared",
                   false);
   reported_ = true;
@@ -475,6 +479,58 @@ void CudaBackend::reset_device_errors() {
   }
   std::memset(m_error_, 0, sizeof(DeviceErrorRecord));
   reported_ = false;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Launch helpers shared by the operations
+
+bool CudaBackend::capturing(cudaStream_t s, const char* fn) {
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(s, &cs), fn, "cudaStreamIsCapturing");
+  if (cs == cudaStreamCaptureStatusInvalidated)
+    fail(KVP_ERR_DEVICE,
+         "%s: the stream's graph capture was invalidated by an earlier CUDA call that a capture does not "
+         "allow; end it with cudaStreamEndCapture (which reports the failure) and capture again",
+         fn);
+  return cs == cudaStreamCaptureStatusActive;
+}
+
+// A kernel cannot be launched into a stream of another device than the current one (the cache's):
+// the launch fails with cudaErrorInvalidResourceHandle and nothing of the cache is written. A
+// metadata copy enqueued before the launch may still be queued on that stream, so it is waited
+// for before its ring slot can be handed out again. Then, where the runtime can say which device
+// the stream belongs to (CUDA 12.8+), the caller's mistake is reported as such.
+void CudaBackend::refuse_foreign_stream(cudaStream_t s, const Staging& staging, const char* fn) {
+  forget_error(cudaErrorInvalidResourceHandle);  // the failed launch's; it is reported below
+  if (staging.slot >= 0) forget_error(cudaStreamSynchronize(s));
+#if CUDART_VERSION >= 12080
+  int stream_device = -1;
+  const cudaError_t err = cudaStreamGetDevice(s, &stream_device);
+  if (err != cudaSuccess) {
+    forget_error(err);
+    return;
+  }
+  if (stream_device != device_)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: the stream belongs to CUDA device %d but the cache is on device %d; enqueue on a stream of "
+         "device %d (or NULL, that device's legacy default stream). Nothing was written",
+         fn, stream_device, static_cast<int>(device_), static_cast<int>(device_));
+#else
+  (void)fn;
+#endif
+}
+
+void* CudaBackend::attention_scratch(size_t bytes, bool capture, const char* function) {
+  if (bytes <= attn_scratch_bytes_) return attn_scratch_;
+  if (capture) return nullptr;
+  size_t cap = attn_scratch_bytes_ == 0 ? size_t{1} << 20 : attn_scratch_bytes_;
+  while (cap < bytes) cap *= 2;
+  void* d = nullptr;
+  check(cudaMalloc(&d, cap), function, "cudaMalloc (attention scratch)");
+  if (attn_scratch_ != nullptr) (void)cudaFree(attn_scratch_);  // synchronises: no kernel still uses it
+  attn_scratch_ = d;
+  attn_scratch_bytes_ = cap;
+  return d;
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class CudaBackend final : public Backend {
   void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
   HostPtr<HostPipe> host_pipe(const char* function) override;
   void concatenate(const ConcatJob& job, kvp_stream stream) override;  // cuda_concat.cpp
+  void attend(const AttentionJob& job, kvp_stream stream) override;     // cuda_attention.cpp
 
   // cuda_check for calls made on behalf of the cache: a sticky CUDA error (the device faulted) is
   // also recorded as the sticky asynchronous error, so the cache refuses further work.
@@ -83,6 +84,13 @@ class CudaBackend final : public Backend {
   };
   Staging begin_staging(size_t bytes, cudaStream_t stream, bool capturing, const char* function);
   void finish_staging(const Staging& s, cudaStream_t stream, const char* function);
+  // After a launch failed with cudaErrorInvalidResourceHandle: waits out the staged copy and, where
+  // the runtime can tell (CUDA 12.8+), throws INVALID_ARGUMENT when `s` belongs to another device.
+  void refuse_foreign_stream(cudaStream_t s, const Staging& staging, const char* function);
+  // Device scratch of at least `bytes` for split partial states (grown outside graph capture;
+  // nullptr when capturing and it is smaller). Reused by every call: calls on one cache do not
+  // overlap on the device (ops.h).
+  void* attention_scratch(size_t bytes, bool capturing, const char* function);
 
   int sm_count() const noexcept { return sm_count_; }
 
@@ -110,6 +118,9 @@ class CudaBackend final : public Backend {
   cudaEvent_t events_[kSlots] = {};
   bool event_pending_[kSlots] = {};
   int next_slot_ = 0;
+
+  void* attn_scratch_ = nullptr;
+  size_t attn_scratch_bytes_ = 0;
 
   uint8_t* arena_host_ = nullptr;
   uint8_t* arena_device_ = nullptr;

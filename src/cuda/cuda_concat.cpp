@@ -144,44 +144,7 @@ dim3 v2_grid(CudaBackend& b, const ConcatJob& job, ConcatParams& p, const char* 
   return dim3(static_cast<unsigned>(md.num_slices), static_cast<unsigned>(gy > 65535 ? 65535 : gy), 1);
 }
 
-// A kernel cannot be launched into a stream of another device than the current one (the cache's):
-// the launch fails with cudaErrorInvalidResourceHandle and nothing of the cache is written. A
-// metadata copy enqueued before the launch may still be queued on that stream, so it is waited
-// for before its ring slot can be handed out again. Then, where the runtime can say which device
-// the stream belongs to (CUDA 12.8+), the caller's mistake is reported as such.
-void refuse_foreign_stream(CudaBackend& b, cudaStream_t s, const CudaBackend::Staging& staging, const char* fn) {
-  forget_error(cudaErrorInvalidResourceHandle);  // the failed launch's; it is reported below
-  if (staging.slot >= 0) forget_error(cudaStreamSynchronize(s));
-#if CUDART_VERSION >= 12080
-  int stream_device = -1;
-  const cudaError_t err = cudaStreamGetDevice(s, &stream_device);
-  if (err != cudaSuccess) {
-    forget_error(err);
-    return;
-  }
-  if (stream_device != b.device_id())
-    fail(KVP_ERR_INVALID_ARGUMENT,
-         "%s: the stream belongs to CUDA device %d but the cache is on device %d; enqueue on a stream of "
-         "device %d (or NULL, that device's legacy default stream). Nothing was written",
-         fn, stream_device, static_cast<int>(b.device_id()), static_cast<int>(b.device_id()));
-#else
-  (void)b;
-  (void)fn;
-#endif
-}
-
 }  // namespace
-
-bool CudaBackend::capturing(cudaStream_t s, const char* fn) {
-  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(s, &cs), fn, "cudaStreamIsCapturing");
-  if (cs == cudaStreamCaptureStatusInvalidated)
-    fail(KVP_ERR_DEVICE,
-         "%s: the stream's graph capture was invalidated by an earlier CUDA call that a capture does not "
-         "allow; end it with cudaStreamEndCapture (which reports the failure) and capture again",
-         fn);
-  return cs == cudaStreamCaptureStatusActive;
-}
 
 void CudaBackend::concatenate(const ConcatJob& job, kvp_stream stream) {
   const char* fn = "kvp_concatenate";
@@ -201,7 +164,7 @@ void CudaBackend::concatenate(const ConcatJob& job, kvp_stream stream) {
   if (grid.x == 0) return;
   const cudaError_t err = launch_concat(p, job.key.dtype, job.value.dtype, job.cache_dtype, vec, grid, s, fn);
   if (err != cudaSuccess) {
-    if (err == cudaErrorInvalidResourceHandle) refuse_foreign_stream(*this, s, staging, fn);
+    if (err == cudaErrorInvalidResourceHandle) refuse_foreign_stream(s, staging, fn);
     check(err, fn, "kernel launch");
   }
   finish_staging(staging, s, fn);

@@ -22,6 +22,8 @@ int headertest_cpp() {
   kvp_pool_options po = KVP_POOL_OPTIONS_INIT;
   kvp_serialize_options so = KVP_SERIALIZE_OPTIONS_INIT;
   kvp_deserialize_options dso = KVP_DESERIALIZE_OPTIONS_INIT;
+  kvp_attention_options ao = KVP_ATTENTION_OPTIONS_INIT;
+  (void)ao;
   (void)po;
   (void)so;
   (void)dso;

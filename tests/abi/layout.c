@@ -13,6 +13,18 @@
 
 #if defined(__x86_64__) && defined(__LP64__)
 
+/* kvp_attention_options (attention.h) */
+KVP_PIN_MIN_SIZE(kvp_attention_options, 40);
+KVP_PIN_OFFSET(kvp_attention_options, struct_size, 0);
+KVP_PIN_OFFSET(kvp_attention_options, abi_version, 4);
+KVP_PIN_OFFSET(kvp_attention_options, softmax_scale, 8);
+KVP_PIN_OFFSET(kvp_attention_options, logits_soft_cap, 12);
+KVP_PIN_OFFSET(kvp_attention_options, sliding_window, 16);
+KVP_PIN_OFFSET(kvp_attention_options, k_scale, 20);
+KVP_PIN_OFFSET(kvp_attention_options, v_scale, 24);
+KVP_PIN_OFFSET(kvp_attention_options, num_sinks, 28);
+KVP_PIN_OFFSET(kvp_attention_options, sinks, 32);
+
 /* kvp_host_allocator (cache.h) */
 KVP_PIN_SIZE(kvp_host_allocator, 24);
 KVP_PIN_OFFSET(kvp_host_allocator, alloc, 0);
@@ -159,7 +171,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 696);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 720);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -248,6 +260,9 @@ KVP_PIN_OFFSET(kvp_api_v1, device_count, 664);
 KVP_PIN_OFFSET(kvp_api_v1, cache_read_layer, 672);
 KVP_PIN_OFFSET(kvp_api_v1, cache_write_layer, 680);
 KVP_PIN_OFFSET(kvp_api_v1, cache_export_dlpack, 688);
+KVP_PIN_OFFSET(kvp_api_v1, set_host_allocator, 696);
+KVP_PIN_OFFSET(kvp_api_v1, attention_options_init, 704);
+KVP_PIN_OFFSET(kvp_api_v1, attention, 712);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);

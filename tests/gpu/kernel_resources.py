@@ -9,7 +9,7 @@ means spills, which cost memory traffic in a kernel that should be limited by it
 stores. Neither shows up in tests that only compare bytes.
 
 Usage: kernel_resources.py --nvcc NVCC --arch 90 [--arch 80] --max-registers 64 --max-stack 16
-                           --source FILE [-- extra nvcc arguments (includes, defines)]
+                           --source FILE [--match NAME] [-- extra nvcc arguments (includes, defines)]
 """
 import argparse
 import re
@@ -30,7 +30,7 @@ def demangle(names):
         return list(names)
 
 
-def check(nvcc, arch, source, extra, max_regs, max_stack):
+def check(nvcc, arch, source, extra, max_regs, max_stack, match):
     with tempfile.NamedTemporaryFile(suffix=".o") as obj:
         cmd = [nvcc, "-std=c++17", "--expt-relaxed-constexpr", "-O3", f"-arch=sm_{arch}", "--resource-usage",
                "-c", source, "-o", obj.name] + extra
@@ -56,7 +56,7 @@ def check(nvcc, arch, source, extra, max_regs, max_stack):
         if m and current:
             kernels[current][0] = int(m.group(1))
             current = None
-    kernels = {k: v for k, v in kernels.items() if "concat_" in k}
+    kernels = {k: v for k, v in kernels.items() if match in k}
     if not kernels:
         print(report)
         print(f"sm_{arch}: no kernel found in the ptxas report")
@@ -94,8 +94,9 @@ def main():
     ap.add_argument("--source", required=True)
     ap.add_argument("--max-registers", type=int, default=64)
     ap.add_argument("--max-stack", type=int, default=16)
+    ap.add_argument("--match", default="_kernel", help="check the kernels whose mangled name contains this")
     a = ap.parse_args(argv)
-    ok = all([check(a.nvcc, arch, a.source, extra, a.max_registers, a.max_stack) for arch in a.arch])
+    ok = all([check(a.nvcc, arch, a.source, extra, a.max_registers, a.max_stack, a.match) for arch in a.arch])
     print("kernel resources: " + ("ok" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -8,22 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "support.h"
-
-#if KVP_HAS_CUDA
-#include <cuda_runtime_api.h>
-#endif
+#include "gpu_support.h"
 
 #if KVP_HAS_CUDA
 
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
-
-static int current_device(void) {
-  int d = -1;
-  CUDA_OK(cudaGetDevice(&d));
-  return d;
-}
 
 static uint8_t *read_layer(const kvp_cache *c, uint32_t layer) {
   size_t n = kvp_test_layer_bytes(c);
@@ -67,11 +57,6 @@ static kvp_status async_error_of(const kvp_cache *c) {
   kvp_status st = KVP_ERR_INTERNAL;
   assert_kvp_ok(kvp_cache_get_async_error(c, &st));
   return st;
-}
-
-/* Copies len int32 values from host `src` over the device array `dev`. */
-static void upload_i32(const int32_t *dev, const int32_t *src, int64_t len) {
-  CUDA_OK(cudaMemcpy((void *)dev, src, (size_t)len * 4, cudaMemcpyHostToDevice));
 }
 
 static uint32_t dtype_size(kvp_dtype d) { return kvp_dtype_bits(d) / 8; }
@@ -132,7 +117,7 @@ static void upload_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_d
   tp->dev = tp->host;
   tp->dev.data = tp->dev_buf;
   tp->dev.device_type = KVP_DEVICE_CUDA;
-  tp->dev.device_id = current_device();
+  tp->dev.device_id = kvp_gpu_current_device();
 }
 
 static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dtype dt, int stride_mode, uint64_t *rng) {
@@ -212,46 +197,6 @@ static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int max_
   return md;
 }
 
-/* Device-resident copy of host metadata on the current device (every array copied; the handle
- * borrows the copies). */
-typedef struct device_md {
-  kvp_metadata *md;
-  void *bufs[8];
-  int nbufs;
-} device_md;
-
-static const int32_t *to_device(device_md *d, const int32_t *host, int64_t len) {
-  if (host == NULL || len <= 0) return NULL;
-  void *p = NULL;
-  CUDA_OK(cudaMalloc(&p, (size_t)len * 4));
-  upload_i32((const int32_t *)p, host, len);
-  d->bufs[d->nbufs++] = p;
-  return (const int32_t *)p;
-}
-
-static void make_device_md(device_md *d, const kvp_metadata *host) {
-  kvp_metadata_desc desc;
-  memset(d, 0, sizeof *d);
-  assert_kvp_ok(kvp_metadata_desc_init(&desc, sizeof desc));
-  assert_kvp_ok(kvp_metadata_get_desc(host, &desc));
-  desc.pages_tables = to_device(d, desc.pages_tables, desc.num_reqs * desc.pages_per_req);
-  desc.context_lens = to_device(d, desc.context_lens, desc.context_lens_len);
-  desc.query_start_loc = to_device(d, desc.query_start_loc, desc.query_start_loc_len);
-  desc.num_seqs = to_device(d, desc.num_seqs, desc.num_seqs_len);
-  desc.slot_mapping = to_device(d, desc.slot_mapping, 3 * desc.num_slices);
-  desc.num_kv_update_slices = to_device(d, desc.num_kv_update_slices, desc.num_kv_update_slices_len);
-  desc.request_distribution = to_device(d, desc.request_distribution, desc.request_distribution_len);
-  desc.position_ids = to_device(d, desc.position_ids, desc.position_ids_len);
-  desc.device_type = KVP_DEVICE_CUDA;
-  desc.device_id = current_device();
-  assert_kvp_ok(kvp_metadata_create(&desc, &d->md));
-}
-
-static void free_device_md(device_md *d) {
-  assert_kvp_ok(kvp_metadata_destroy(d->md));
-  for (int i = 0; i < d->nbufs; ++i) CUDA_OK(cudaFree(d->bufs[i]));
-}
-
 /* The batch on the CPU cache's layer 0, and on the CUDA cache's layer 0 with host metadata and
  * layer 1 with a device-resident copy of it: both CUDA layers must equal the CPU layer and no
  * async error may be pending. `before` (when not NULL) is what the layers held before: the batch
@@ -260,8 +205,8 @@ static void expect_both_metadata_paths(kvp_cache *cpu, kvp_cache *gpu, const ten
                                        const kvp_metadata *md, const uint8_t *before, const char *what) {
   const size_t n = kvp_test_layer_bytes(cpu);
   char label[256];
-  device_md dmd;
-  make_device_md(&dmd, md);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k->host, &v->host, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k->dev, &v->dev, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 1, &k->dev, &v->dev, dmd.md, NULL));
@@ -273,7 +218,7 @@ static void expect_both_metadata_paths(kvp_cache *cpu, kvp_cache *gpu, const ten
   expect_layer(gpu, 1, want, n, label);
   assert_int_equal(async_error_of(gpu), KVP_OK);
   free(want);
-  free_device_md(&dmd);
+  kvp_gpu_metadata_free(&dmd);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -539,7 +484,7 @@ static void run_graph_once(cudaGraph_t graph, cudaStream_t s) {
 
 /* Copies the arrays of host metadata `src` into the fixed device buffers behind `dst` (same
  * shapes: both built with the same R and T bucket). */
-static void update_device_md(device_md *dst, const kvp_metadata *src) {
+static void update_device_md(kvp_gpu_metadata *dst, const kvp_metadata *src) {
   kvp_metadata_desc a, b;
   assert_kvp_ok(kvp_metadata_desc_init(&a, sizeof a));
   assert_kvp_ok(kvp_metadata_desc_init(&b, sizeof b));
@@ -548,7 +493,7 @@ static void update_device_md(device_md *dst, const kvp_metadata *src) {
   assert_int_equal(a.num_reqs, b.num_reqs);
   assert_int_equal(a.pages_per_req, b.pages_per_req);
 #define COPY_FIELD(ptr, len) \
-  if (a.ptr != NULL) upload_i32(b.ptr, a.ptr, len)
+  if (a.ptr != NULL) kvp_gpu_upload_i32(b.ptr, a.ptr, len)
   COPY_FIELD(pages_tables, a.num_reqs * a.pages_per_req);
   COPY_FIELD(context_lens, a.context_lens_len);
   COPY_FIELD(query_start_loc, a.query_start_loc_len);
@@ -575,8 +520,8 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   /* Device-resident metadata in fixed buffers, fixed-size inputs: what an engine captures. */
   int64_t tok = 0;
   kvp_metadata *md1 = random_batch(&cfg, &rng, 6, R, T, &tok);
-  device_md dmd;
-  make_device_md(&dmd, md1);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md1);
   tensor_pair k, v;
   make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
   make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
@@ -645,7 +590,7 @@ static void test_cuda_concatenate__graph_capture_and_replay(void **state) {
   assert_kvp_ok(kvp_metadata_destroy(mdb));
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
+  kvp_gpu_metadata_free(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(md1));
   CUDA_OK(cudaStreamDestroy(s));
   free(before);
@@ -891,14 +836,14 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   /* ...and on the GPU the spare page keeps its old bytes. */
   memcpy(want + (size_t)spare * page_bytes, before + (size_t)spare * page_bytes, page_bytes);
 
-  device_md dmd;
-  make_device_md(&dmd, md);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
   arr[bad_index] = bad_value;
   {
     kvp_metadata_desc dd;
     assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
     assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
-    upload_i32(layout == KVP_LAYOUT_V3 ? dd.pages_tables : dd.slot_mapping, arr, arr_len);
+    kvp_gpu_upload_i32(layout == KVP_LAYOUT_V3 ? dd.pages_tables : dd.slot_mapping, arr, arr_len);
   }
   /* A valid call captured in a graph before the error: replayed after it, the device itself
    * must refuse to write (the host is not involved in a replay). */
@@ -959,7 +904,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   free(before);
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
+  kvp_gpu_metadata_free(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(ref_md));
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(gpu));
@@ -1009,8 +954,8 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
 
   /* Device copy with row 1's context length moved past its table: first token at logical page
    * pages_per_req. */
-  device_md dmd;
-  make_device_md(&dmd, md);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
   int32_t ctx[3] = {d.context_lens[0], 0, d.context_lens[2]};
   const int64_t q_len1 = d.query_start_loc[2] - d.query_start_loc[1];
   ctx[1] = (int32_t)(d.pages_per_req * S + q_len1);
@@ -1018,7 +963,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
     kvp_metadata_desc dd;
     assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
     assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
-    upload_i32(dd.context_lens, ctx, 3);
+    kvp_gpu_upload_i32(dd.context_lens, ctx, 3);
   }
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
   CUDA_OK(cudaDeviceSynchronize());
@@ -1035,7 +980,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
   free(before);
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
+  kvp_gpu_metadata_free(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(ref_md));
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(gpu));
@@ -1089,8 +1034,8 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   tensor_pair k, v;
   make_input(&k, T, H, D, KVP_DTYPE_F32, 0, &rng);
   make_input(&v, T, H, D, KVP_DTYPE_F32, 0, &rng);
-  device_md dmd;
-  make_device_md(&dmd, md);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
   kvp_metadata_desc dd; /* the device copy's arrays */
   assert_kvp_ok(kvp_metadata_desc_init(&dd, sizeof dd));
   assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &dd));
@@ -1108,8 +1053,8 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
       const int32_t bad = (int32_t)(d.num_reqs + 3);
       memcpy(rd, d.request_distribution, sizeof rd);
       rd[2] = bad;
-      upload_i32(dd.request_distribution, rd, 3);
-      if (dd.num_seqs != NULL) upload_i32(dd.num_seqs, &bad, 1);
+      kvp_gpu_upload_i32(dd.request_distribution, rd, 3);
+      if (dd.num_seqs != NULL) kvp_gpu_upload_i32(dd.num_seqs, &bad, 1);
       use_ref = 0;
       snprintf(frag, sizeof frag, "(num_seqs) is %d, outside [0, %lld]", (int)bad, (long long)d.num_reqs);
       break;
@@ -1119,7 +1064,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
       arr = (int32_t *)malloc((size_t)d.query_start_loc_len * 4);
       memcpy(arr, d.query_start_loc, (size_t)d.query_start_loc_len * 4);
       arr[ns] = (int32_t)(T + 5);
-      upload_i32(dd.query_start_loc, arr, d.query_start_loc_len);
+      kvp_gpu_upload_i32(dd.query_start_loc, arr, d.query_start_loc_len);
       skip_req = ns - 1;
       snprintf(frag, sizeof frag, "query_start_loc[%lld] = %lld is decreasing, negative or beyond the %lld",
                (long long)ns, (long long)(T + 5), (long long)T);
@@ -1130,7 +1075,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
       arr = (int32_t *)malloc((size_t)d.context_lens_len * 4);
       memcpy(arr, d.context_lens, (size_t)d.context_lens_len * 4);
       arr[1] = q_len1 - 1;
-      upload_i32(dd.context_lens, arr, d.context_lens_len);
+      kvp_gpu_upload_i32(dd.context_lens, arr, d.context_lens_len);
       skip_req = 1;
       snprintf(frag, sizeof frag, "request 1 has q_len %d greater than its context_lens value %d", (int)q_len1,
                (int)(q_len1 - 1));
@@ -1138,7 +1083,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
     }
     case BAD_V2_NUM_SLICES: {
       const int32_t bad = (int32_t)(N + 1);
-      upload_i32(dd.num_kv_update_slices, &bad, 1);
+      kvp_gpu_upload_i32(dd.num_kv_update_slices, &bad, 1);
       use_ref = 0;
       snprintf(frag, sizeof frag, "num_kv_update_slices is %d, outside [0, %lld]", (int)bad, (long long)N);
       break;
@@ -1160,7 +1105,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
         snprintf(frag, sizeof frag, "slice 1 (source tokens from %lld) reads outside the %lld key/value tokens",
                  (long long)(T - 1), (long long)T);
       }
-      upload_i32(dd.slot_mapping, bad, 3 * N);
+      kvp_gpu_upload_i32(dd.slot_mapping, bad, 3 * N);
       free(bad);
       ref.slot_mapping = arr;
       break;
@@ -1197,8 +1142,8 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   expect_layer(gpu, 0, want, n, what);
 
   /* Cleared: the valid batch on both caches (both now holding `want`) gives the same bytes. */
-  free_device_md(&dmd);
-  make_device_md(&dmd, md);
+  kvp_gpu_metadata_free(&dmd);
+  kvp_gpu_metadata_make(&dmd, md);
   assert_kvp_ok(kvp_cache_write_layer(cpu, 0, want, n, NULL));
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
@@ -1210,7 +1155,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   free(before);
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
+  kvp_gpu_metadata_free(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(gpu));
   assert_kvp_ok(kvp_cache_destroy(cpu));
@@ -1249,8 +1194,8 @@ static void test_cuda_concatenate__stream_handles(void **state) {
     tensor_pair k, v;
     make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
     make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
-    device_md dmd;
-    make_device_md(&dmd, md);
+    kvp_gpu_metadata dmd;
+    kvp_gpu_metadata_make(&dmd, md);
     CUDA_OK(cudaDeviceSynchronize()); /* inputs and metadata are in place */
     const kvp_stream st = (kvp_stream)handles[h];
     const int32_t src_page = h + 1, dst_page = 299;
@@ -1269,7 +1214,7 @@ static void test_cuda_concatenate__stream_handles(void **state) {
       expect_layer(gpu, l, want, n, what);
       free(want);
     }
-    free_device_md(&dmd);
+    kvp_gpu_metadata_free(&dmd);
     free_input(&k);
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
@@ -1349,8 +1294,8 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
     tensor_pair k, v;
     make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
     make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
-    device_md dmd;
-    make_device_md(&dmd, md);
+    kvp_gpu_metadata dmd;
+    kvp_gpu_metadata_make(&dmd, md);
     const kvp_status host = kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL);
     assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
     CUDA_OK(cudaDeviceSynchronize());
@@ -1374,7 +1319,7 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
     /* Back to the starting bytes for the next round. */
     assert_kvp_ok(kvp_cache_write_layer(cpu, 0, before, n, NULL));
     assert_kvp_ok(kvp_cache_write_layer(gpu, 0, before, n, NULL));
-    free_device_md(&dmd);
+    kvp_gpu_metadata_free(&dmd);
     free_input(&k);
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
@@ -1471,7 +1416,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   CUDA_OK(cudaSetDevice(0));
   kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
   kvp_cache *gpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 1);
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   kvp_device_type dt = KVP_DEVICE_CPU;
   int32_t did = -1;
   assert_kvp_ok(kvp_cache_get_device(gpu, &dt, &did));
@@ -1480,7 +1425,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   kvp_cache *all[2] = {cpu, gpu};
   const uint32_t layers[2] = {0, 0};
   uint8_t *before = prefill(all, layers, 2, &rng);
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   const size_t n = kvp_test_layer_bytes(cpu);
 
   /* Inputs, device-resident metadata and a stream on device 1; a stream on device 0. */
@@ -1490,8 +1435,8 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   tensor_pair k, v;
   make_input(&k, T, H, D, KVP_DTYPE_BF16, 0, &rng);
   make_input(&v, T, H, D, KVP_DTYPE_BF16, 0, &rng);
-  device_md dmd;
-  make_device_md(&dmd, md);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
   cudaStream_t s1, s0;
   CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
   CUDA_OK(cudaSetDevice(0));
@@ -1508,7 +1453,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
 #else
   assert_int_not_equal(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s0), KVP_OK);
 #endif
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   CUDA_OK(cudaGetLastError());
   assert_int_equal(async_error_of(gpu), KVP_OK);
   expect_layer(gpu, 0, before, n, "after the refused calls");
@@ -1518,9 +1463,9 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   assert_kvp_ok(kvp_concatenate(cpu, 1, &k.host, &v.host, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, md, (kvp_stream)s1));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   assert_kvp_ok(kvp_concatenate(gpu, 1, &k.dev, &v.dev, dmd.md, NULL));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   CUDA_OK(cudaStreamSynchronize(s1));
   expect_same_layer(cpu, gpu, n, "device 1, host metadata");
   uint8_t *want1 = read_layer(cpu, 1);
@@ -1531,7 +1476,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   const int32_t src_pages[2] = {3, 4}, dst_pages[2] = {290, 291};
   assert_kvp_ok(kvp_cache_copy_pages(cpu, src_pages, dst_pages, 2, NULL));
   assert_kvp_ok(kvp_cache_copy_pages(gpu, src_pages, dst_pages, 2, (kvp_stream)s1));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   CUDA_OK(cudaStreamSynchronize(s1));
   size_t nc = 0, ng = 0, w = 0;
   assert_kvp_ok(kvp_serialized_size(cpu, NULL, &nc));
@@ -1542,7 +1487,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   assert_non_null(bg);
   assert_kvp_ok(kvp_serialize(cpu, NULL, bc, nc, &w));
   assert_kvp_ok(kvp_serialize(gpu, NULL, bg, ng, &w));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   assert_memory_equal(bc, bg, nc);
   /* A blob loaded into a new cache on device 1 is that device's and holds the same layers. */
   kvp_cache_options co;
@@ -1554,7 +1499,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   dop.cache_options = &co;
   kvp_cache *loaded = NULL;
   assert_kvp_ok(kvp_deserialize_new(bc, nc, &dop, &loaded));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   assert_kvp_ok(kvp_cache_get_device(loaded, &dt, &did));
   assert_int_equal(did, 1);
   for (uint32_t l = 0; l < 2; ++l) {
@@ -1572,7 +1517,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   memset(ms, 0, sizeof ms);
   assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CUDA, 0, &ms[0]));
   assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CUDA, 1, &ms[1]));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   assert_true(ms[1].bytes_in_use >= (int64_t)(2 * n)); /* the cache's layers are on device 1 */
   int64_t b0 = 0, b1 = 0, both = 0;
   assert_kvp_ok(kvp_hbm_budget_bytes(&ms[0], 1, 0.9, KVP_BUDGET_FREE, KVP_DEFAULT_SAFETY_MARGIN, &b0));
@@ -1581,11 +1526,11 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
   assert_int_equal(both, b0 < b1 ? b0 : b1);
 
   assert_kvp_ok(kvp_cache_destroy(gpu));
-  assert_int_equal(current_device(), 0);
+  assert_int_equal(kvp_gpu_current_device(), 0);
   free(before);
   free_input(&k);
   free_input(&v);
-  free_device_md(&dmd);
+  kvp_gpu_metadata_free(&dmd);
   assert_kvp_ok(kvp_metadata_destroy(md));
   CUDA_OK(cudaStreamDestroy(s0));
   CUDA_OK(cudaStreamDestroy(s1));

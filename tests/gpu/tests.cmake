@@ -1,10 +1,16 @@
 # GPU test extras (included from tests/CMakeLists.txt).
-# - test_cuda_concatenate, test_cuda_fault and test_serialize_gpu use the CUDA runtime themselves
-#   (device buffers, streams, graphs), and so do the benchmarks bench_cuda_concatenate (device
-#   buffers, events, graphs) and bench_serialize (its --cuda limit: pinned copies).
+# - test_cuda_concatenate, test_cuda_attention, test_cuda_fault and test_serialize_gpu use the CUDA
+#   runtime themselves (device buffers, streams, graphs; the first two with the helpers of
+#   support/gpu_support.c), and so do the benchmarks bench_cuda_concatenate (device buffers,
+#   events, graphs) and bench_serialize (its --cuda limit: pinned copies).
 # - A run without a GPU prints "kvpages: no CUDA device" and is reported by ctest as skipped.
 find_package(Python3 COMPONENTS Interpreter)
-foreach(t test_cuda_concatenate test_cuda_fault test_serialize_gpu bench_cuda_concatenate bench_serialize)
+set(KVP_GPU_SUPPORT ${CMAKE_CURRENT_SOURCE_DIR}/support/gpu_support.c)
+foreach(t test_cuda_concatenate test_cuda_attention)
+  target_sources(${t} PRIVATE ${KVP_GPU_SUPPORT})
+endforeach()
+foreach(t test_cuda_concatenate test_cuda_attention test_cuda_fault test_serialize_gpu bench_cuda_concatenate
+        bench_serialize)
   if(TARGET ${t} AND KVP_HAS_CUDA)
     target_link_libraries(${t} PRIVATE CUDA::cudart)
   endif()
@@ -31,7 +37,14 @@ if(KVP_HAS_CUDA)
     add_test(NAME cuda.kernel_resources
              COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/gpu/kernel_resources.py
                      --nvcc ${CMAKE_CUDA_COMPILER} ${KVP_RES_ARCHS} --max-registers 64 --max-stack 16
-                     --source ${PROJECT_SOURCE_DIR}/kernels/concat.cu -- ${KVP_RES_INCLUDES})
+                     --source ${PROJECT_SOURCE_DIR}/kernels/concat.cu --match concat_ -- ${KVP_RES_INCLUDES})
+    # Attention keeps a tile's 16 rows of accumulators in registers (128 threads per block): the
+    # limit catches a blow-up (a dynamically indexed accumulator array goes to local memory).
+    add_test(NAME cuda.kernel_resources_attention
+             COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/gpu/kernel_resources.py
+                     --nvcc ${CMAKE_CUDA_COMPILER} ${KVP_RES_ARCHS} --max-registers 255 --max-stack 128
+                     --source ${PROJECT_SOURCE_DIR}/kernels/attention.cu --match attention_ -- ${KVP_RES_INCLUDES})
+    set_tests_properties(cuda.kernel_resources_attention PROPERTIES LABELS "cuda" TIMEOUT 600)
     set_tests_properties(cuda.kernel_resources PROPERTIES LABELS "cuda" TIMEOUT 600)
   endif()
 endif()
@@ -57,6 +70,9 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   target_include_directories(kvp_cuda_emu BEFORE PRIVATE ${KVP_EMU_DIR} ${KVP_EMU_GEN})
   target_include_directories(kvp_cuda_emu PRIVATE ${KVP_EMU_CUDA_ROOT} ${KVP_EMU_KERNELS_ROOT})
   kvp_layer_setup(kvp_cuda_emu USES backend util)
+  # Device code compiled as C++: nvcc's pragmas and unsigned builtin indices are expected there, and
+  # it reinterprets loaded vectors as CUDA does (no strict aliasing).
+  target_compile_options(kvp_cuda_emu PRIVATE -Wno-unknown-pragmas -Wno-sign-compare -fno-strict-aliasing)
   # The emulated runtime itself, with default visibility: the test programs call its cuda* API.
   add_library(cuemu_runtime OBJECT ${KVP_EMU_DIR}/cuemu.cpp)
   target_include_directories(cuemu_runtime PRIVATE ${KVP_EMU_DIR})
@@ -69,8 +85,9 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   target_include_directories(kvpages_cuemu PUBLIC ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE})
   set_target_properties(kvpages_cuemu PROPERTIES LINKER_LANGUAGE CXX)
   target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH)
-  foreach(t test_cuda_device test_cuda_concatenate test_cuda_pool test_serialize_gpu test_cuda_fault)
-    add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c)
+  foreach(t test_cuda_device test_cuda_concatenate test_cuda_attention test_cuda_pool test_serialize_gpu test_cuda_fault)
+    add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c
+                   ${KVP_GPU_SUPPORT})
     target_include_directories(${t}_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/support)
     target_link_libraries(${t}_emu PRIVATE kvpages_cuemu PkgConfig::CMOCKA m)
     add_test(NAME cuemu.${t} COMMAND ${t}_emu)

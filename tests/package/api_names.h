@@ -88,4 +88,6 @@ KVP_API_ENTRY(cache_read_layer)
 KVP_API_ENTRY(cache_write_layer)
 KVP_API_ENTRY(cache_export_dlpack)
 KVP_API_ENTRY(set_host_allocator)
+KVP_API_ENTRY(attention_options_init)
+KVP_API_ENTRY(attention)
 /* END GENERATED NAMES */

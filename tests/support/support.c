@@ -47,13 +47,18 @@ int64_t kvp_test_rand_range(uint64_t *s, int64_t lo, int64_t hi) {
 
 kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                            int64_t num_pages, kvp_dtype dtype, kvp_layout layout) {
+  return kvp_test_config_len(layers, kv_heads, head_dim, page_size, num_pages, dtype, layout, page_size * 16);
+}
+
+kvp_config kvp_test_config_len(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
+                               int64_t num_pages, kvp_dtype dtype, kvp_layout layout, int64_t max_len) {
   kvp_config_options o;
   kvp_config cfg;
   kvp_config_options_init(&o, sizeof o);
   o.num_hidden_layers = layers;
   o.num_kv_heads = kv_heads;
   o.kv_head_dim_size = head_dim;
-  o.max_model_length = page_size * 16;
+  o.max_model_length = max_len;
   o.page_size = page_size;
   o.kvdtype = dtype;
   o.version = layout;
@@ -67,7 +72,7 @@ kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, i
     probe.num_kv_heads = kv_heads;
     probe.k_headdim = head_dim;
     probe.v_headdim = head_dim;
-    probe.max_model_length = page_size * 16;
+    probe.max_model_length = max_len;
     probe.page_size = page_size;
     probe.kvdtype = dtype;
     probe.version = layout == 0 ? KVP_LAYOUT_V3 : layout;

@@ -51,6 +51,10 @@ int64_t kvp_test_rand_range(uint64_t *state, int64_t lo, int64_t hi);
 kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                            int64_t num_pages, kvp_dtype dtype, kvp_layout layout);
 
+/* The same with max_model_length max_len (kvp_test_config: 16 pages). */
+kvp_config kvp_test_config_len(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
+                               int64_t num_pages, kvp_dtype dtype, kvp_layout layout, int64_t max_len);
+
 /* Host v2 metadata over caller arrays (borrowed): slot_mapping [3, num_slices] (destination slot,
  * source token, length per column) and the valid-column count num_valid[0]. */
 kvp_metadata *kvp_test_v2_metadata(int32_t *slot_mapping, int64_t num_slices, int32_t *num_valid);

@@ -2,6 +2,7 @@ package kvpages_test
 
 import (
 	"fmt"
+	"math"
 
 	"kvpages.dev/go/kvpages"
 )
@@ -96,4 +97,43 @@ func ExamplePool() {
 	// [1 2 3] [1 2 4]
 	// KVP_ERR_NOT_FOUND
 	// true
+}
+
+// Fused attention: write one request's 3 new tokens into layer 0 and attend 4 query heads
+// (grouped over the 2 KV heads) to them in the same call.
+func ExampleCache_Attention() {
+	cfg, err := kvpages.NewConfig(kvpages.ConfigOptions{NumHiddenLayers: 2, NumKVHeads: 2, MaxModelLength: 64,
+		HeadDim: 128, PageSize: 16, Dtype: kvpages.DtypeF32, BudgetBytes: 1 << 20})
+	if err != nil {
+		panic(err)
+	}
+	cache, err := kvpages.NewCache(cfg)
+	if err != nil {
+		panic(err)
+	}
+	defer cache.Close()
+	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}})
+	if err != nil {
+		panic(err)
+	}
+	defer md.Close()
+	key := make([]float32, 3*2*128)
+	value := make([]float32, len(key))
+	for i := range key {
+		key[i], value[i] = float32(i), -float32(i)
+	}
+	queries := make([]float32, 3*4*128) // zero queries: every visible key weighs the same
+	out := make([]float32, len(queries))
+	opts := &kvpages.AttentionOptions{SoftmaxScale: float32(1 / math.Sqrt(128))}
+	if err := cache.Attention(0, queries, key, value, [4]int{3, 4, 2, 128}, md, opts, out); err != nil {
+		panic(err)
+	}
+	// Token 2 sees tokens 0-2 (causal): the mean of their values (-5, -261, -517).
+	fmt.Println("token 2, head 0, lane 5 =", out[(2*4+0)*128+5])
+	opts.SlidingWindow = -1
+	err = cache.Attention(0, queries, nil, nil, [4]int{3, 4, 2, 128}, md, opts, out)
+	fmt.Println(err.(*kvpages.Error).Name)
+	// Output:
+	// token 2, head 0, lane 5 = -261
+	// KVP_ERR_INVALID_ARGUMENT
 }

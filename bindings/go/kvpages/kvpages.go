@@ -16,6 +16,9 @@ package kvpages
 #if KVP_VERSION_MAJOR != 1
 #error "these bindings need kvpages 1.x headers"
 #endif
+#if KVP_VERSION_NUMBER < 10100
+#error "these bindings need kvpages 1.1 or newer 1.x headers (kvp_attention)"
+#endif
 */
 import "C"
 
@@ -426,4 +429,98 @@ func (c *Cache) Concatenate(layer uint32, key, value []float32, shape [3]int, md
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(md)
 	return err
+}
+
+// AttentionOptions are the options of Cache.Attention (kvp_attention_options); zero means
+// default for every field, so the zero value is plain causal attention with the reference's
+// default scale, no window, no soft cap, no sinks and unit fp8 scales.
+type AttentionOptions struct {
+	// SoftmaxScale σ multiplies every logit; finite and positive. 0 = the reference's default:
+	// 1.0 for a v3 cache, 1/sqrt(head_dim) for a v2 cache. Models pass their own scale, usually
+	// 1/sqrt(head_dim).
+	SoftmaxScale float32
+	// LogitsSoftCap: s <- cap*tanh(s/cap) after the scale (and KScale), before masking; 0 = no cap.
+	LogitsSoftCap float32
+	// SlidingWindow W: a query at position p sees keys p-W+1 … p. 0 = no window; negative is
+	// refused (ErrInvalidArgument).
+	SlidingWindow int32
+	// KScale and VScale dequantise the stored keys (every logit) and values (the weighted sum);
+	// 0 = 1.
+	KScale, VScale float32
+	// Sinks holds one sink logit per query head: it takes part in the softmax normalisation only
+	// (-Inf = no sink). nil = no sinks.
+	Sinks []float32
+}
+
+// Attention calls kvp_attention on a CPU cache: it writes key and value into one layer exactly
+// as Concatenate with the same metadata would, then attends every query token to its request's
+// keys and values, read in place from the pages, and stores the result in out.
+//
+// shape is {T, Hq, Hkv, D}: queries and out hold [T, Hq, D], key and value [T, Hkv, D], all
+// row-major f32 with rows in the order returned by BuildMetadata; Hkv is the cache's KV head
+// count and Hq a multiple of it (query head h reads KV head h/(Hq/Hkv)). With key and value both
+// nil the call only reads (keys written before by Concatenate); one without the other is
+// ErrInvalidArgument. opts nil means the defaults. Every row of out is written (rows that no
+// processed request owns become 0); on an error neither the cache nor out has changed.
+func (c *Cache) Attention(layer uint32, queries, key, value []float32, shape [4]int, md *Metadata,
+	opts *AttentionOptions, out []float32) error {
+	p, err := c.handle()
+	if err != nil {
+		return err
+	}
+	qShape, kvShape := [3]int{shape[0], shape[1], shape[3]}, [3]int{shape[0], shape[2], shape[3]}
+	q, err := hostTensor(queries, qShape)
+	if err != nil {
+		return err
+	}
+	defer freeTensor(q)
+	o, err := hostTensor(out, qShape)
+	if err != nil {
+		return err
+	}
+	defer freeTensor(o)
+	var k, v *C.kvp_tensor
+	if key != nil {
+		if k, err = hostTensor(key, kvShape); err != nil {
+			return err
+		}
+		defer freeTensor(k)
+	}
+	if value != nil {
+		if v, err = hostTensor(value, kvShape); err != nil {
+			return err
+		}
+		defer freeTensor(v)
+	}
+	var sinks *C.float
+	if opts != nil && len(opts.Sinks) > 0 {
+		sinks = (*C.float)(C.malloc(C.size_t(4 * len(opts.Sinks))))
+		defer C.free(unsafe.Pointer(sinks))
+		C.memcpy(unsafe.Pointer(sinks), unsafe.Pointer(&opts.Sinks[0]), C.size_t(4*len(opts.Sinks)))
+	}
+	var co C.kvp_attention_options
+	err = call(func() C.kvp_status {
+		if st := C.kvp_attention_options_init(&co, C.uint32_t(unsafe.Sizeof(co))); st != C.KVP_OK {
+			return st
+		}
+		if opts != nil {
+			co.softmax_scale = C.float(opts.SoftmaxScale)
+			co.logits_soft_cap = C.float(opts.LogitsSoftCap)
+			co.sliding_window = C.int32_t(opts.SlidingWindow)
+			co.k_scale = C.float(opts.KScale)
+			co.v_scale = C.float(opts.VScale)
+			co.num_sinks = C.uint32_t(len(opts.Sinks))
+			co.sinks = sinks
+		}
+		return C.kvp_attention(p, C.uint32_t(layer), q, k, v, md.ptr(), &co, o, nil)
+	})
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(md)
+	if err != nil {
+		return err
+	}
+	if len(out) > 0 {
+		C.memcpy(unsafe.Pointer(&out[0]), o.data, C.size_t(4*len(out)))
+	}
+	return nil
 }

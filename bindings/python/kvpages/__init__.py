@@ -18,6 +18,9 @@ The page pool (:class:`Pool`, ``kvpages/pool.h``) hands a cache's pages to seque
 a reference to its cache, and :meth:`Cache.close` refuses to destroy a cache while an open pool
 uses it.
 
+Attention (``kvpages/attention.h``, since 1.1): :meth:`Cache.attention` writes a step's new keys and
+values and computes ragged paged attention over the pages into an output tensor.
+
 CUDA caches (``Cache(config, DEVICE_CUDA, device_id)``): :meth:`Cache.concatenate` takes any
 DLPack producer (``torch.Tensor``, CuPy arrays, ...) besides numpy arrays, in float32, float16 or
 bfloat16, and a ``stream`` (an int ``cudaStream_t``, or an object with ``cuda_stream`` or ``ptr``
@@ -53,8 +56,10 @@ CONFIG_FLAG_REFERENCE_BUDGET, CONFIG_FLAG_NO_SAFETY_MARGIN = 1, 2
 MAX_DIMS = 6
 POOL_FLAG_NO_PREFIX_CACHE, POOL_OPTIONS_VERSION, POOL_ADD_FLAG_REUSE_ALL = 1, 1, 1
 PAGE_FLAG_NULL, PAGE_FLAG_FREE, PAGE_FLAG_INDEXED = 1, 2, 4
-#: The header version these bindings were written against (KVP_VERSION_NUMBER of 1.0.0).
-BINDING_VERSION_NUMBER = 10000
+ATTENTION_OPTIONS_VERSION = 1
+#: The header version these bindings were written against (KVP_VERSION_NUMBER of 1.1.0:
+#: kvp_attention).
+BINDING_VERSION_NUMBER = 10100
 
 _i32, _u32, _i64, _u64, _f64 = ctypes.c_int32, ctypes.c_uint32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_double
 _vp, _cp = ctypes.c_void_p, ctypes.c_char_p
@@ -116,6 +121,12 @@ class kvp_pool_stats(ctypes.Structure):
                 ("max_pages_per_sequence", _i64), ("total_pages", _i64), ("free_pages", _i64),
                 ("evictable_pages", _i64), ("used_pages", _i64), ("indexed_pages", _i64), ("num_sequences", _i64),
                 ("prompt_tokens", _i64), ("reused_tokens", _i64), ("evictions", _i64), ("cow_copies", _i64)]
+
+
+class kvp_attention_options(ctypes.Structure):
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("softmax_scale", ctypes.c_float),
+                ("logits_soft_cap", ctypes.c_float), ("sliding_window", _i32), ("k_scale", ctypes.c_float),
+                ("v_scale", ctypes.c_float), ("num_sinks", _u32), ("sinks", ctypes.POINTER(ctypes.c_float))]
 
 
 class DLDevice(ctypes.Structure):
@@ -275,7 +286,7 @@ def _check(status, function=None):
 
 
 def version():
-    """The loaded library's version string, e.g. "1.0.0"."""
+    """The loaded library's version string, e.g. "1.1.0"."""
     return _version_string().decode()
 
 
@@ -285,6 +296,12 @@ def check_abi(header_version_number=BINDING_VERSION_NUMBER):
 
 
 check_abi()
+
+# Since 1.1 (symbol node KVPAGES_1.1): looked up after the version check, so a 1.0 library fails
+# with VersionMismatch rather than a missing symbol.
+_attention_options_init = _fn("kvp_attention_options_init", _i32, _P(kvp_attention_options), _u32)
+_attention = _fn("kvp_attention", _i32, _vp, _u32, _P(kvp_tensor), _P(kvp_tensor), _P(kvp_tensor), _vp,
+                 _P(kvp_attention_options), _P(kvp_tensor), _vp)
 
 
 def device_count():
@@ -540,6 +557,61 @@ class Cache(_Handle):
                "kvp_concatenate")
         del keep_k, keep_v  # the producers' memory is held until the call has returned
 
+    def attention(self, layer, queries, keys, values, metadata, out=None, *, softmax_scale=0.0, logits_soft_cap=0.0,
+                  sliding_window=0, k_scale=0.0, v_scale=0.0, sinks=None, stream=None):
+        """kvp_attention(): writes the step's new ``keys``/``values`` into one layer (exactly as
+        :meth:`concatenate` with the same metadata), then attends every query token to its
+        request's keys and values, read in place from the pages, and writes the result into ``out``.
+        Returns ``out``.
+
+        ``queries`` and ``out`` are [T, Hq, D], ``keys`` and ``values`` [T, Hkv, D] (Hkv the cache's
+        KV heads, Hq a multiple of it: grouped-query attention), taken like :meth:`concatenate`'s
+        inputs: float32/float16 numpy arrays or DLPack producers of float32, float16 or bfloat16,
+        any strides, rows in the metadata's order. ``keys`` and ``values`` both None only reads
+        (keys written before with :meth:`concatenate`). ``out`` is written in place: a writable
+        float32/float16 numpy array, or a DLPack producer of writable memory (float32, float16 or
+        bfloat16) on the cache's device; every row is written, rows that no processed request owns
+        become 0. ``out=None`` (CPU caches) allocates a new numpy array shaped like ``queries``, of
+        their dtype (float32 for bfloat16 queries).
+
+        Options (zero means default, as in ``kvp_attention_options``): ``softmax_scale`` (0 = the
+        reference's default: 1.0 for a v3 cache, 1/sqrt(head_dim) for v2; models pass their own,
+        usually ``head_dim ** -0.5``), ``logits_soft_cap`` (0 = none), ``sliding_window`` (0 = none),
+        ``k_scale``/``v_scale`` (0 = 1), ``sinks`` (one logit per query head, or None).
+        ``stream`` as for :meth:`concatenate`. On an error neither the cache nor ``out`` changes."""
+        st = self._stream(stream)
+        o = kvp_attention_options()
+        _check(_attention_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_attention_options_init")
+        window = operator.index(sliding_window)
+        if not -(1 << 31) <= window < (1 << 31):
+            raise InvalidArgument(1, "sliding_window %d does not fit int32" % window)
+        o.softmax_scale, o.logits_soft_cap, o.sliding_window = softmax_scale, logits_soft_cap, window
+        o.k_scale, o.v_scale = k_scale, v_scale
+        keep_s = None
+        if sinks is not None:
+            keep_s = np.ascontiguousarray(sinks, dtype=np.float32).reshape(-1)
+            o.num_sinks = keep_s.shape[0]
+            if keep_s.shape[0]:
+                o.sinks = keep_s.ctypes.data_as(_P(ctypes.c_float))
+        tq, keep_q = _input_tensor(queries, st)
+        if out is None:
+            out = self._new_output(tq)
+        to, keep_o = _output_tensor(out, st)
+        tk, keep_k = _input_tensor(keys, st) if keys is not None else (None, None)
+        tv, keep_v = _input_tensor(values, st) if values is not None else (None, None)
+        _check(_attention(self.ptr, layer, ctypes.byref(tq), None if tk is None else ctypes.byref(tk),
+                          None if tv is None else ctypes.byref(tv), metadata.ptr, ctypes.byref(o), ctypes.byref(to),
+                          st), "kvp_attention")
+        del keep_q, keep_k, keep_v, keep_o, keep_s  # held until the call has returned
+        return out
+
+    def _new_output(self, tq):
+        if self.device_type != DEVICE_CPU:
+            raise InvalidArgument(1, "attention: out=None allocates host memory; pass out (device memory) for a "
+                                     "CUDA cache")
+        dtype = np.float16 if tq.dtype == DTYPE_F16 else np.float32
+        return np.empty(tuple(tq.shape[: tq.ndim]), dtype=dtype)
+
     def layer_bytes(self):
         """Bytes of one layer (kvp_cache_get_layout)."""
         li = kvp_layout_info()
@@ -594,6 +666,22 @@ def _input_tensor(a, stream):
     if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
         return _tensor_from_dlpack(a, stream)
     raise InvalidArgument(1, "expected a numpy array or a DLPack producer (__dlpack__), got %s" % type(a).__name__)
+
+
+def _output_tensor(a, stream):
+    """A kvp_tensor for the writable output of attention (numpy array or DLPack producer)."""
+    if isinstance(a, np.ndarray):
+        if not a.flags.writeable:
+            raise InvalidArgument(1, "out: the numpy array is read-only; out must be writable")
+        return _tensor_of(a), a
+    if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
+        try:
+            return _tensor_from_dlpack(a, stream)
+        except BufferError as e:  # e.g. numpy refuses to export a read-only array
+            raise InvalidArgument(1, "out: the DLPack producer refused to export (%s); out must be writable "
+                                     "memory" % e) from None
+    raise InvalidArgument(1, "out: expected a numpy array or a DLPack producer (__dlpack__), got %s"
+                          % type(a).__name__)
 
 
 def _tensor_from_dlpack(a, stream):

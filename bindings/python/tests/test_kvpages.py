@@ -270,7 +270,7 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         pytest.skip("KVPAGES_INCLUDE_DIRS not set (bindings/run-tests.sh sets it)")
     structs = [kvpages.kvp_config, kvpages.kvp_config_options, kvpages.kvp_cache_options, kvpages.kvp_tensor,
                kvpages.kvp_layout_info, kvpages.kvp_batch_request, kvpages.kvp_seq_id, kvpages.kvp_pool_options,
-               kvpages.kvp_pool_stats]
+               kvpages.kvp_pool_stats, kvpages.kvp_attention_options]
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <kvpages.h>", "int main(void) {"]
     for s in structs:
         lines.append('printf("%%zu\\n", sizeof(%s));' % s.__name__)

@@ -2,7 +2,7 @@
 //! 1. `KVPAGES_LIB_DIR` (a directory holding libkvpages.so) and optionally
 //!    `KVPAGES_INCLUDE_DIRS` (colon-separated, for the layout test), or
 //! 2. the `pkg-config` command (`PKG_CONFIG_PATH` for a non-system prefix), requiring
-//!    version >= 1.0 and < 2.
+//!    version >= 1.1 (kvp_attention) and < 2.
 use std::env;
 use std::process::Command;
 
@@ -28,8 +28,8 @@ fn main() {
         let version = pkg_config(&["--modversion"]).unwrap_or_else(|| {
             panic!("kvpages-sys: libkvpages not found: set KVPAGES_LIB_DIR or make `pkg-config kvpages` work")
         });
-        if pkg_config(&["--atleast-version=1.0", "--max-version=1.99.99"]).is_none() {
-            panic!("kvpages-sys: found kvpages {version}, need 1.x");
+        if pkg_config(&["--atleast-version=1.1", "--max-version=1.99.99"]).is_none() {
+            panic!("kvpages-sys: found kvpages {version}, need 1.x with x >= 1");
         }
         for flag in pkg_config(&["--libs-only-L"]).unwrap_or_default().split_whitespace() {
             if let Some(dir) = flag.strip_prefix("-L") {

@@ -96,7 +96,24 @@ pub const PoolStats = extern struct {
     cow_copies: i64,
 };
 
+/// `kvp_attention_options` as C sees it (what `AttentionOptions.record` fills); prefer
+/// `AttentionOptions`.
+pub const AttentionOptionsRecord = extern struct {
+    struct_size: u32,
+    abi_version: u32,
+    softmax_scale: f32,
+    logits_soft_cap: f32,
+    sliding_window: i32,
+    k_scale: f32,
+    v_scale: f32,
+    num_sinks: u32,
+    sinks: ?[*]const f32,
+};
+
 comptime {
+    assertSameLayout(AttentionOptionsRecord, c.kvp_attention_options);
+    if (c.KVP_ATTENTION_OPTIONS_VERSION != 1) @compileError("KVP_ATTENTION_OPTIONS_VERSION changed");
+    if (c.KVP_VERSION_NUMBER < 10100) @compileError("these bindings need kvpages >= 1.1 headers (kvp_attention)");
     assertSameLayout(Tensor, c.kvp_tensor);
     assertSameLayout(BatchRequest, c.kvp_batch_request);
     assertSameLayout(ConfigRecord, c.kvp_config);
@@ -311,7 +328,41 @@ pub const Cache = struct {
         var v = hostTensor(value, shape);
         try check(c.kvp_concatenate(self.handle, layer, @ptrCast(&k), @ptrCast(&v), md.handle, null));
     }
+
+    /// `kvp_attention` on a CPU cache: writes `keys`/`values` into one layer exactly as
+    /// `concatenate` with the same metadata would, then attends every query token to its
+    /// request's keys and values, read in place from the pages, and stores the result in `out`.
+    ///
+    /// `shape` is `.{ T, Hq, Hkv, D }`: `queries` and `out` hold [T, Hq, D], `keys` and `values`
+    /// [T, Hkv, D], row-major f32 with rows in the order `Metadata.build` returns; Hkv is the
+    /// cache's KV head count and Hq a multiple of it (query head h reads KV head h / (Hq / Hkv)).
+    /// With `keys` and `values` both null the call only reads (keys written before by
+    /// `concatenate`); one without the other is error.InvalidArgument. Every row of `out` is
+    /// written (rows that no processed request owns become 0); on an error neither the cache nor
+    /// `out` has changed. For device memory or other dtypes call `c.kvp_attention` directly.
+    pub fn attention(self: *Cache, layer: u32, queries: []const f32, keys: ?[]const f32, values: ?[]const f32, shape: [4]i64, md: *const Metadata, opts: AttentionOptions, out: []f32) Error!void {
+        for (shape) |x| if (x < 0) return error.InvalidArgument;
+        const q_shape = [3]i64{ shape[0], shape[1], shape[3] };
+        const kv_shape = [3]i64{ shape[0], shape[2], shape[3] };
+        const nq: usize = @intCast(shape[0] * shape[1] * shape[3]);
+        const nkv: usize = @intCast(shape[0] * shape[2] * shape[3]);
+        if (queries.len != nq or out.len != nq) return error.InvalidArgument;
+        if (keys) |k| if (k.len != nkv) return error.InvalidArgument;
+        if (values) |v| if (v.len != nkv) return error.InvalidArgument;
+        var q = hostTensor(queries, q_shape);
+        var o = hostTensor(out, q_shape);
+        var k: Tensor = undefined;
+        var v: Tensor = undefined;
+        const raw = try opts.record();
+        try check(c.kvp_attention(self.handle, layer, @ptrCast(&q), hostTensorOrNull(keys, kv_shape, &k), hostTensorOrNull(values, kv_shape, &v), md.handle, @ptrCast(&raw), @ptrCast(&o), null));
+    }
 };
+
+fn hostTensorOrNull(data: ?[]const f32, shape: [3]i64, t: *Tensor) ?*const c.kvp_tensor {
+    const d = data orelse return null;
+    t.* = hostTensor(d, shape);
+    return @ptrCast(t);
+}
 
 fn hostTensor(data: []const f32, shape: [3]i64) Tensor {
     var t = std.mem.zeroes(Tensor);
@@ -327,6 +378,44 @@ fn hostTensor(data: []const f32, shape: [3]i64) Tensor {
     t.device_type = c.KVP_DEVICE_CPU;
     return t;
 }
+
+/// Options of `Cache.attention` (`kvp_attention_options`). Zero (and null) means default for every
+/// field, as in C: `.{}` is plain causal attention with the reference's default scale, no window,
+/// no soft cap, no sinks and unit fp8 scales.
+pub const AttentionOptions = struct {
+    /// Softmax scale σ multiplying every logit; finite and positive. 0 = the reference's default:
+    /// 1.0 for a v3 cache, 1/sqrt(head_dim) for a v2 cache. Models pass their own scale, usually
+    /// 1/sqrt(head_dim).
+    softmax_scale: f32 = 0,
+    /// Logit soft cap `s <- cap * tanh(s / cap)` after the scale (and `k_scale`); 0 = no cap.
+    logits_soft_cap: f32 = 0,
+    /// Sliding window W: a query at position p sees keys p-W+1 … p. 0 = no window; negative is
+    /// refused (error.InvalidArgument).
+    sliding_window: i32 = 0,
+    /// Dequantisation scale of the stored keys (multiplies every logit); 0 = 1.
+    k_scale: f32 = 0,
+    /// Dequantisation scale of the stored values (multiplies the weighted sum); 0 = 1.
+    v_scale: f32 = 0,
+    /// Sink logits, one per query head: they take part in the softmax normalisation only
+    /// (-inf = no sink). null = no sinks. Borrowed for the call.
+    sinks: ?[]const f32 = null,
+
+    /// The C record (`kvp_attention_options_init`, then these fields); it points into `sinks`.
+    pub fn record(self: AttentionOptions) Error!AttentionOptionsRecord {
+        var r: AttentionOptionsRecord = undefined;
+        try check(c.kvp_attention_options_init(@ptrCast(&r), @sizeOf(AttentionOptionsRecord)));
+        r.softmax_scale = self.softmax_scale;
+        r.logits_soft_cap = self.logits_soft_cap;
+        r.sliding_window = self.sliding_window;
+        r.k_scale = self.k_scale;
+        r.v_scale = self.v_scale;
+        if (self.sinks) |s| {
+            r.num_sinks = std.math.cast(u32, s.len) orelse return error.InvalidArgument;
+            r.sinks = if (s.len > 0) s.ptr else null;
+        }
+        return r;
+    }
+};
 
 /// Owns runtime metadata (`kvp_metadata`). Call `deinit` exactly once.
 pub const Metadata = struct {
@@ -825,4 +914,219 @@ test "pool options: sequence limit and no prefix cache" {
     try std.testing.expectEqual(st, try pool.stats());
     try std.testing.expectEqual(SequenceLength{ .length = 0, .computed = 0 }, try pool.length(e.seq));
     try pool.checkInvariants();
+}
+
+// Attention: the worked example E1 of ATTENTION.md §13 (v3, GQA 2:1 with Hkv 1 and Hq 2, D 4, page
+// size 4, an f32 cache of exactly 8 pages, σ 0.5): a decode row of context 6 (pages 3, 7) and a
+// fresh prefill of 3 tokens (page 5).
+
+const a_hq = 2;
+const a_hkv = 1;
+const a_d = 4;
+const a_layer: u32 = 1;
+const a_n = 4 * a_hq * a_d;
+const e1_shape = [4]i64{ 4, a_hq, a_hkv, a_d };
+const e1_ctx_k = [_]f32{ 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0 };
+const e1_ctx_v = [_]f32{ 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 4, 1, 1, 1, 1 };
+const e1_q = [_]f32{ 2, 0, 0, 0, 0, 0, 2, 2, 1, 1, 0, 0, 0, 0, 1, 1, 1, -1, 1, -1, 2, 0, 0, 0, 0, 2, 0, 2, 1, 1, 1, 1 };
+const e1_k = [_]f32{ 0.5, 0.5, 0.5, 0.5, 1, 0, 1, 0, 0, 1, 0, 1, 1, 1, -1, -1 };
+const e1_v = [_]f32{ 2, -2, 2, -2, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0 };
+const e1_out = [a_n]f32{
+    0.866015, 0.140882, 0.893948, 0.339191, 0.666667, -0.218431, 1.308078, 0.577020,
+    1,        0,        0,        0,        1,        0,         0,        0,
+    0.880797, 0.119203, 0,        0,        0.731059, 0.268941,  0,        0,
+    0.106507, 0.786986, 0.106507, 0,        0.422319, 0.422319,  0.155362, 0,
+};
+/// E3: E1 with logits_soft_cap 2 (the correct values).
+const e3_out = [a_n]f32{
+    0.858565, 0.129843, 0.908200, 0.336628, 0.666667, -0.193173, 1.287872, 0.571968,
+    1,        0,        0,        0,        1,        0,         0,        0,
+    0.863947, 0.136053, 0,        0,        0.715904, 0.284096,  0,        0,
+    0.151818, 0.696364, 0.151818, 0,        0.417217, 0.417217,  0.165566, 0,
+};
+const e1_scaled: AttentionOptions = .{ .softmax_scale = 0.5 };
+
+/// A two-layer f32 config with exactly 8 pages: the budget is 8 pages of the true page size.
+fn attentionConfig() !Config {
+    var o: ConfigOptions = .{ .num_hidden_layers = 2, .num_kv_heads = a_hkv, .max_model_length = 16, .head_dim = a_d, .page_size = 4, .dtype = .f32, .budget_bytes = 1 << 20 };
+    const probe = try Config.create(o);
+    var li = std.mem.zeroes(c.kvp_layout_info);
+    li.struct_size = @sizeOf(c.kvp_layout_info);
+    try check(c.kvp_config_get_layout(&probe.raw, &li));
+    o.budget_bytes = 2 * 8 * li.page_bytes_per_layer;
+    const cfg = try Config.create(o);
+    try std.testing.expectEqual(@as(i64, 8), cfg.numPages());
+    return cfg;
+}
+
+/// A cache holding request 0's five cached tokens (page 3 rows 0-3, page 7 row 0); with
+/// `step_md`, the step's new tokens written by `concatenate` too.
+fn attentionCache(cfg: *const Config, step_md: ?*const Metadata) !Cache {
+    var cache = try Cache.init(cfg);
+    errdefer cache.deinit();
+    const pages = [_]i32{ 3, 7 };
+    var order: [1]i32 = undefined;
+    var md = try Metadata.build(cfg, &.{.{ .num_computed = 0, .num_scheduled = 5, .page_ids = &pages, .num_pages = 2 }}, &order);
+    defer md.deinit();
+    try cache.concatenate(a_layer, &e1_ctx_k, &e1_ctx_v, .{ 5, a_hkv, a_d }, &md);
+    if (step_md) |s| try cache.concatenate(a_layer, &e1_k, &e1_v, .{ 4, a_hkv, a_d }, s);
+    return cache;
+}
+
+/// The step: the decode row first, then the fresh prefill.
+fn e1Step(cfg: *const Config) !Metadata {
+    const row0 = [_]i32{ 3, 7 };
+    const row1 = [_]i32{5};
+    var order: [2]i32 = undefined;
+    const md = try Metadata.build(cfg, &.{
+        .{ .num_computed = 5, .num_scheduled = 1, .page_ids = &row0, .num_pages = 2 },
+        .{ .num_computed = 0, .num_scheduled = 3, .page_ids = &row1, .num_pages = 1 },
+    }, &order);
+    try std.testing.expectEqualSlices(i32, &.{ 0, 1 }, &order);
+    return md;
+}
+
+fn expectClose(want: []const f32, got: []const f32) !void {
+    try std.testing.expectEqual(want.len, got.len);
+    for (want, got, 0..) |w, g, i| {
+        if (!(@abs(g - w) <= 2e-5 + 2e-5 * @abs(w))) {
+            std.debug.print("element {d} (row {d}, head {d}, lane {d}) is {d}, want {d}\n", .{ i, i / (a_hq * a_d), i / a_d % a_hq, i % a_d, g, w });
+            return error.TestExpectedApproxEqAbs;
+        }
+    }
+}
+
+fn expectBits(want: []const f32, got: []const f32) !void {
+    try std.testing.expectEqual(want.len, got.len);
+    for (want, got) |w, g| try std.testing.expectEqual(@as(u32, @bitCast(w)), @as(u32, @bitCast(g)));
+}
+
+/// Expects the layers of `a` and `b` to hold the same bytes.
+fn expectSameLayer(a: *const Cache, b: *const Cache, layer: u32) !void {
+    const n = try a.layerBytes();
+    const x = try std.testing.allocator.alloc(u8, n);
+    defer std.testing.allocator.free(x);
+    const y = try std.testing.allocator.alloc(u8, n);
+    defer std.testing.allocator.free(y);
+    try a.readLayer(layer, x);
+    try b.readLayer(layer, y);
+    try std.testing.expectEqualSlices(u8, x, y);
+}
+
+test "attention: E1 output, and the fused write stores what concatenate stores" {
+    const cfg = try attentionConfig();
+    var md = try e1Step(&cfg);
+    defer md.deinit();
+    var cache = try attentionCache(&cfg, null);
+    defer cache.deinit();
+    var out: [a_n]f32 = @splat(std.math.nan(f32));
+    try cache.attention(a_layer, &e1_q, &e1_k, &e1_v, e1_shape, &md, e1_scaled, &out);
+    try expectClose(&e1_out, &out);
+    // The new tokens: page 7 row 1, page 5 rows 0-2.
+    const keys = try cache.view(a_layer, .keys);
+    const values = try cache.view(a_layer, .values);
+    const slots = [_][2]i64{ .{ 7, 1 }, .{ 5, 0 }, .{ 5, 1 }, .{ 5, 2 } };
+    for (slots, 0..) |slot, r| for (0..a_d) |d| {
+        const idx = [_]i64{ slot[0], slot[1], 0, @intCast(d) };
+        try std.testing.expectEqual(@as(?f32, e1_k[r * a_d + d]), keys.getF32(&idx));
+        try std.testing.expectEqual(@as(?f32, e1_v[r * a_d + d]), values.getF32(&idx));
+    };
+    try std.testing.expectEqual(@as(?f32, 1), keys.getF32(&.{ 7, 0, 0, 1 })); // cached position 4 kept
+    var ref = try attentionCache(&cfg, &md);
+    defer ref.deinit();
+    try expectSameLayer(&cache, &ref, a_layer);
+    try expectSameLayer(&cache, &ref, 0);
+}
+
+test "attention: a read-only call gives the fused call's output" {
+    const cfg = try attentionConfig();
+    var md = try e1Step(&cfg);
+    defer md.deinit();
+    var fused = try attentionCache(&cfg, null);
+    defer fused.deinit();
+    var want: [a_n]f32 = undefined;
+    try fused.attention(a_layer, &e1_q, &e1_k, &e1_v, e1_shape, &md, e1_scaled, &want);
+    var cache = try attentionCache(&cfg, &md); // a fresh copy written by concatenate
+    defer cache.deinit();
+    var out: [a_n]f32 = @splat(7);
+    try cache.attention(a_layer, &e1_q, null, null, e1_shape, &md, e1_scaled, &out);
+    try expectBits(&want, &out);
+    try expectClose(&e1_out, &out);
+    try expectSameLayer(&cache, &fused, a_layer); // read only: the pages equal the fused write's
+}
+
+test "attention: padding rows are exact zeros and never written" {
+    const cfg = try attentionConfig();
+    var md = try e1Step(&cfg);
+    defer md.deinit();
+    var cache = try attentionCache(&cfg, null);
+    defer cache.deinit();
+    // T = 6: rows 4 and 5 belong to no request (queries 9, keys and values 7).
+    var q: [6 * a_hq * a_d]f32 = @splat(9);
+    var k: [6 * a_hkv * a_d]f32 = @splat(7);
+    var v: [6 * a_hkv * a_d]f32 = @splat(7);
+    @memcpy(q[0..a_n], &e1_q);
+    @memcpy(k[0..e1_k.len], &e1_k);
+    @memcpy(v[0..e1_v.len], &e1_v);
+    var out: [6 * a_hq * a_d]f32 = @splat(std.math.nan(f32));
+    try cache.attention(a_layer, &q, &k, &v, .{ 6, a_hq, a_hkv, a_d }, &md, e1_scaled, &out);
+    try expectClose(&e1_out, out[0..a_n]);
+    const zeros: [2 * a_hq * a_d]f32 = @splat(0);
+    try expectBits(&zeros, out[a_n..]);
+    var ref = try attentionCache(&cfg, &md);
+    defer ref.deinit();
+    try expectSameLayer(&cache, &ref, a_layer);
+}
+
+test "attention: options reach the library" {
+    const cfg = try attentionConfig();
+    var md = try e1Step(&cfg);
+    defer md.deinit();
+    var cache = try attentionCache(&cfg, &md);
+    defer cache.deinit();
+    var out: [a_n]f32 = undefined;
+    try cache.attention(a_layer, &e1_q, null, null, e1_shape, &md, .{ .softmax_scale = 0.5, .logits_soft_cap = 2 }, &out);
+    try expectClose(&e3_out, &out);
+    // Sinks of 0.5: row 1 (one key, logit 0.5 for both heads) becomes V/2.
+    try cache.attention(a_layer, &e1_q, null, null, e1_shape, &md, .{ .softmax_scale = 0.5, .sinks = &.{ 0.5, 0.5 } }, &out);
+    try expectClose(&.{ 0.5, 0, 0, 0, 0.5, 0, 0, 0 }, out[a_hq * a_d .. 2 * a_hq * a_d]);
+    // `.{}`: the v3 default scale 1.0.
+    var one: [a_n]f32 = undefined;
+    try cache.attention(a_layer, &e1_q, null, null, e1_shape, &md, .{}, &out);
+    try cache.attention(a_layer, &e1_q, null, null, e1_shape, &md, .{ .softmax_scale = 1 }, &one);
+    try expectBits(&one, &out);
+    try std.testing.expect(@abs(out[0] - e1_out[0]) > 1e-3);
+    const r = try (AttentionOptions{ .sliding_window = 3, .sinks = &.{ 1, 2 } }).record();
+    try std.testing.expectEqual(@as(u32, @sizeOf(c.kvp_attention_options)), r.struct_size);
+    try std.testing.expectEqual(@as(u32, c.KVP_ATTENTION_OPTIONS_VERSION), r.abi_version);
+    try std.testing.expectEqual(@as(u32, 2), r.num_sinks);
+    try std.testing.expectEqual(@as(f32, 0), r.softmax_scale);
+}
+
+test "attention: errors change neither the cache nor out" {
+    const cfg = try attentionConfig();
+    var md = try e1Step(&cfg);
+    defer md.deinit();
+    var cache = try attentionCache(&cfg, null);
+    defer cache.deinit();
+    var pristine = try attentionCache(&cfg, null);
+    defer pristine.deinit();
+    const t = std.testing;
+    const sevens: [a_n]f32 = @splat(7);
+    var out = sevens;
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, &e1_k, &e1_v, e1_shape, &md, .{ .softmax_scale = 0.5, .sliding_window = -1 }, &out));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "sliding_window is -1") != null);
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, &e1_k, &e1_v, e1_shape, &md, .{ .sinks = &.{ 0, 0, 0 } }, &out));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "num_sinks is 3") != null);
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, &e1_k, null, e1_shape, &md, e1_scaled, &out));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "both") != null);
+    try t.expectError(error.InvalidArgument, cache.attention(2, &e1_q, &e1_k, &e1_v, e1_shape, &md, e1_scaled, &out));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "layer 2") != null);
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, &e1_q, &e1_q, .{ 4, a_hq, 2, a_d }, &md, e1_scaled, &out));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "2 heads") != null);
+    // Slice lengths are checked before C sees anything.
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, e1_k[0..12], &e1_v, e1_shape, &md, e1_scaled, &out));
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, &e1_k, &e1_v, e1_shape, &md, e1_scaled, out[0..28]));
+    try expectBits(&sevens, &out);
+    try expectSameLayer(&cache, &pristine, a_layer);
 }

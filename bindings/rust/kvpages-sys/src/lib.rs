@@ -30,8 +30,8 @@ pub const KVP_ERR_NO_DEVICE: kvp_status = 130;
 pub const KVP_ERR_DEVICE_OUT_OF_MEMORY: kvp_status = 131;
 pub const KVP_ERR_INTERNAL: kvp_status = 255;
 
-/// The header version these declarations were written against (1.0.0).
-pub const KVP_VERSION_NUMBER: u32 = 10000;
+/// The header version these declarations were written against (1.1.0: `kvp_attention`).
+pub const KVP_VERSION_NUMBER: u32 = 10100;
 
 pub const KVP_DTYPE_F32: kvp_dtype = 1;
 pub const KVP_DTYPE_F16: kvp_dtype = 2;
@@ -62,6 +62,7 @@ pub const KVP_POOL_ADD_FLAG_REUSE_ALL: u32 = 1 << 0;
 pub const KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
 pub const KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
 pub const KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
+pub const KVP_ATTENTION_OPTIONS_VERSION: u32 = 1;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -247,6 +248,21 @@ pub struct kvp_pool_stats {
     pub cow_copies: i64,
 }
 
+/// Options of `kvp_attention` (kvpages/attention.h, since 1.1); zero means default for every field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvp_attention_options {
+    pub struct_size: u32,
+    pub abi_version: u32,
+    pub softmax_scale: f32,
+    pub logits_soft_cap: f32,
+    pub sliding_window: i32,
+    pub k_scale: f32,
+    pub v_scale: f32,
+    pub num_sinks: u32,
+    pub sinks: *const f32,
+}
+
 // DLPack 0.6 (dlpack/dlpack.h), as used by kvp_cache_export_dlpack.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -332,6 +348,13 @@ extern "C" {
 
     pub fn kvp_concatenate(cache: *mut kvp_cache, layer: u32, key: *const kvp_tensor, value: *const kvp_tensor,
                            metadata: *const kvp_metadata, stream: kvp_stream) -> kvp_status;
+
+    // Since 1.1 (symbol node KVPAGES_1.1).
+    pub fn kvp_attention_options_init(opts: *mut kvp_attention_options, struct_size: u32) -> kvp_status;
+    pub fn kvp_attention(cache: *mut kvp_cache, layer: u32, queries: *const kvp_tensor, keys: *const kvp_tensor,
+                         values: *const kvp_tensor, metadata: *const kvp_metadata,
+                         opts: *const kvp_attention_options, out: *const kvp_tensor, stream: kvp_stream)
+        -> kvp_status;
 
     pub fn kvp_pool_options_init(opts: *mut kvp_pool_options, struct_size: u32) -> kvp_status;
     pub fn kvp_pool_create(cache: *mut kvp_cache, opts: *const kvp_pool_options, out: *mut *mut kvp_pool)

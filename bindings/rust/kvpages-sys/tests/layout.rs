@@ -47,8 +47,11 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_pool_stats { struct_size, max_sequences, page_size, max_pages_per_sequence, total_pages,
         free_pages, evictable_pages, used_pages, indexed_pages, num_sequences, prompt_tokens, reused_tokens,
         evictions, cow_copies });
-    // Pool constants (flags and the options version) are compared the same way.
+    layout!(probe, rust, kvp_attention_options { struct_size, abi_version, softmax_scale, logits_soft_cap,
+        sliding_window, k_scale, v_scale, num_sinks, sinks });
+    // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
+        ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
         ("KVP_POOL_OPTIONS_VERSION", KVP_POOL_OPTIONS_VERSION),
         ("KVP_POOL_FLAG_NO_PREFIX_CACHE", KVP_POOL_FLAG_NO_PREFIX_CACHE),
         ("KVP_POOL_ADD_FLAG_REUSE_ALL", KVP_POOL_ADD_FLAG_REUSE_ALL),
@@ -97,5 +100,21 @@ fn library_version_matches_these_declarations() {
     unsafe {
         assert_eq!(kvp_check_abi(KVP_VERSION_NUMBER), KVP_OK);
         assert_eq!(kvp_version_number() / 10000, KVP_VERSION_NUMBER / 10000);
+        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "kvp_attention needs a 1.1 library");
+    }
+}
+
+#[test]
+fn attention_options_init_fills_the_zero_defaults() {
+    unsafe {
+        let mut o = MaybeUninit::<kvp_attention_options>::zeroed().assume_init();
+        o.softmax_scale = 3.0;
+        assert_eq!(kvp_attention_options_init(&mut o, size_of::<kvp_attention_options>() as u32), KVP_OK);
+        assert_eq!((o.struct_size as usize, o.abi_version), (size_of::<kvp_attention_options>(),
+                                                              KVP_ATTENTION_OPTIONS_VERSION));
+        assert_eq!((o.softmax_scale, o.logits_soft_cap, o.sliding_window, o.k_scale, o.v_scale, o.num_sinks),
+                   (0.0, 0.0, 0, 0.0, 0.0, 0));
+        assert!(o.sinks.is_null());
+        assert_eq!(kvp_attention_options_init(&mut o, 8), KVP_ERR_VERSION_MISMATCH);
     }
 }

@@ -1,0 +1,56 @@
+// Launch parameters of the kvp_attention kernels (kernels/attention.cuh): plain data, filled by
+// the CUDA backend's host code (src/cuda/cuda_attention.cpp) and passed by value to the kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/concat_params.hpp"
+#include "kernels/device_error.hpp"
+#include "kvpages/types.h"
+
+namespace kvp::detail::cuda {
+
+constexpr int kAttnThreads = 128;     // threads of a block
+constexpr int kAttnRows = 16;         // query rows (token, query head of the group) of a tile
+constexpr int kAttnMaxBlockKeys = 64;  // key positions staged per step
+constexpr int kAttnSharedFloats = 11264;  // 44 KiB of shared memory: queries, keys, weights
+constexpr int kAttnMaxLanesPerThread = 4;  // head dims up to 4 * kAttnThreads = 512
+constexpr int kAttnMaxSplits = 32;
+
+// Grid: x = kv_heads * tiles (the tile of query rows of one KV head), y = request rows, z = splits
+// of the key range. Every value read from the metadata is checked on the device.
+struct AttentionParams {
+  // The pages of one layer.
+  const uint8_t* pages;
+  int64_t page_size, num_pages;
+  int64_t slot_elems;    // elements of one token slot
+  int64_t storage_head_dim;
+  int32_t itemsize;
+  int32_t h64;
+  int32_t head_dim, dp;  // dp: head_dim rounded up to a multiple of 4
+  int32_t num_kv_heads, rep;
+  int32_t tiles;         // tiles of kAttnRows query rows per (request row, KV head)
+  int32_t splits;        // gridDim.z
+  int32_t block_keys;    // key positions staged per step
+  // Queries and output [num_tokens, num_q_heads, head_dim]; dtype f32, f16 or bf16.
+  InputDesc q, out;
+  int64_t num_tokens;
+  int32_t num_q_heads;
+  // Metadata, device pointers.
+  const int32_t* pages_tables;
+  int64_t num_reqs, pages_per_req;
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+  const int32_t* num_rows_ptr;    // &request_distribution[2] or &num_seqs[0]
+  const int32_t* decode_end_ptr;  // &request_distribution[0], or nullptr (v2 / no distribution)
+  // Options.
+  float logit_scale, soft_cap, v_scale;
+  int32_t window;
+  const float* sinks;  // device array [num_q_heads] or nullptr
+  // Split partial states: per (x, y, z) block, [kAttnRows] m, [kAttnRows] l, [kAttnRows][dp] acc.
+  float* partials;
+  DeviceErrorRecord* err;
+  DeviceErrorRecord* mirror;
+};
+
+}  // namespace kvp::detail::cuda

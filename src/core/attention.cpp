@@ -1,0 +1,256 @@
+#include "core/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/dtype.hpp"
+#include "core/math.hpp"
+#include "util/error.hpp"
+#include "util/options.hpp"
+
+namespace kvp::detail {
+
+namespace {
+
+long long ll(int64_t v) { return static_cast<long long>(v); }
+
+// ---- options
+
+void read_options(const kvp_attention_options* opts, const Layout& L, int64_t Hq, PreparedAttention& prep,
+                  const char* fn) {
+  kvp_attention_options o;
+  std::memset(&o, 0, sizeof o);
+  if (opts != nullptr)
+    o = read_versioned(opts, sizeof(kvp_attention_options), KVP_ATTENTION_OPTIONS_VERSION, fn, "kvp_attention_options");
+  auto positive = [fn](float v, const char* name) {
+    if (!(std::isfinite(v) && v >= 0.0f))
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s is %g; it must be finite and positive (0 = default)", fn, name,
+           static_cast<double>(v));
+  };
+  positive(o.softmax_scale, "softmax_scale");
+  positive(o.k_scale, "k_scale");
+  positive(o.v_scale, "v_scale");
+  if (!std::isfinite(o.logits_soft_cap))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: logits_soft_cap is %g; it must be finite (0 = no cap)", fn,
+         static_cast<double>(o.logits_soft_cap));
+  if (o.sliding_window < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: sliding_window is %d; it must be positive (0 = no window)", fn, o.sliding_window);
+  if (o.num_sinks != 0 && static_cast<int64_t>(o.num_sinks) != Hq)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_sinks is %u but the queries have %lld heads (one sink per query head, or 0)",
+         fn, o.num_sinks, ll(Hq));
+  if (o.num_sinks != 0 && o.sinks == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: sinks is NULL but num_sinks is %u", fn, o.num_sinks);
+  for (uint32_t h = 0; h < o.num_sinks; ++h)
+    if (std::isnan(o.sinks[h]) || o.sinks[h] == std::numeric_limits<float>::infinity())
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: sinks[%u] is %g; a sink must be finite or -infinity", fn, h,
+           static_cast<double>(o.sinks[h]));
+  // The reference's default scale: 1.0 for v3 (ATTENTION.md §5.2), 1/sqrt(head_dim) for v2.
+  const float sigma = o.softmax_scale != 0.0f ? o.softmax_scale
+                      : L.v3                   ? 1.0f
+                                               : static_cast<float>(1.0 / std::sqrt(static_cast<double>(L.head_dim)));
+  AttentionJob& j = prep.job;
+  j.logit_scale = sigma * (o.k_scale != 0.0f ? o.k_scale : 1.0f);
+  j.v_scale = o.v_scale != 0.0f ? o.v_scale : 1.0f;
+  j.soft_cap = std::fabs(o.logits_soft_cap);
+  j.window = o.sliding_window;
+  if (o.num_sinks != 0) {
+    prep.sinks.assign(o.sinks, o.sinks + o.num_sinks);
+    j.sinks = prep.sinks.data();
+  }
+}
+
+// ---- tensors
+
+// [lo, hi) bytes a tensor touches (empty when it has no element).
+struct Span {
+  uintptr_t lo = 0, hi = 0;
+};
+Span span_of(const kvp_tensor& t, int64_t itemsize) {
+  Span s;
+  if (t.shape[0] == 0 || t.shape[1] == 0 || t.shape[2] == 0 || t.data == nullptr) return s;
+  int64_t lo = 0, hi = 0;
+  for (int d = 0; d < 3; ++d) {
+    const int64_t ext = (t.shape[d] - 1) * t.strides[d];  // bounded by check_input
+    (ext < 0 ? lo : hi) += ext;
+  }
+  const auto base = reinterpret_cast<intptr_t>(t.data);
+  s.lo = static_cast<uintptr_t>(base + lo * itemsize);
+  s.hi = static_cast<uintptr_t>(base + (hi + 1) * itemsize);
+  return s;
+}
+bool overlap(Span a, Span b) { return a.lo < a.hi && b.lo < b.hi && a.lo < b.hi && b.lo < a.hi; }
+
+void check_out_overlaps(const Cache& cache, int64_t layer, const kvp_tensor& out, const kvp_tensor* others[3],
+                        const char* names[3], const char* fn) {
+  const Span o = span_of(out, dtype_size(out.dtype));
+  for (int i = 0; i < 3; ++i)
+    if (others[i] != nullptr && overlap(o, span_of(*others[i], dtype_size(others[i]->dtype))))
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: out overlaps %s; the output must have memory of its own", fn, names[i]);
+  Span pages;
+  pages.lo = reinterpret_cast<uintptr_t>(cache.layer_data(layer));
+  pages.hi = pages.lo + cache.layer_bytes();
+  if (overlap(o, pages)) fail(KVP_ERR_INVALID_ARGUMENT, "%s: out overlaps the cache's pages", fn);
+}
+
+// ---- metadata
+
+// The processed row count n of the metadata (v3: request_distribution[2], else num_seqs[0]; v2:
+// num_seqs[0]), checked against num_reqs.
+int64_t processed_rows(const MetadataArrays& m, bool v3, const char* fn) {
+  if (v3 && m.request_distribution != nullptr) {
+    const int64_t d = m.request_distribution[0], p = m.request_distribution[1], n = m.request_distribution[2];
+    if (!(0 <= d && d <= p && p <= n && n <= m.num_reqs))
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request_distribution [%lld, %lld, %lld] must satisfy 0 <= decode <= prefill <= num_seqs <= num_reqs %lld",
+           fn, ll(d), ll(p), ll(n), ll(m.num_reqs));
+    return n;
+  }
+  if (m.num_seqs == nullptr || m.num_seqs_len < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s metadata needs %s", fn, v3 ? "v3" : "v2",
+         v3 ? "request_distribution or num_seqs" : "num_seqs (the number of rows to attend)");
+  const int64_t n = m.num_seqs[0];
+  if (n < 0 || n > m.num_reqs)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_seqs %lld is out of range [0, num_reqs %lld]", fn, ll(n), ll(m.num_reqs));
+  return n;
+}
+
+// Checks every processed row on the host: ATTENTION.md §2.4 (query range, lengths, pages).
+void check_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, const char* fn) {
+  if (n == 0) return;
+  if (m.context_lens == nullptr || m.query_start_loc == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata needs context_lens and query_start_loc", fn);
+  if (m.pages_per_req > 0 && m.pages_tables == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata needs pages_tables", fn);
+  const int64_t decode_rows = L.v3 && m.request_distribution != nullptr ? m.request_distribution[0] : 0;
+  const int64_t S = L.page_size, P = L.num_pages, W = m.pages_per_req;
+  if (m.query_start_loc[0] < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: query_start_loc[0] = %lld is negative", fn, ll(m.query_start_loc[0]));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t qs = m.query_start_loc[i], qe = m.query_start_loc[i + 1];
+    const int64_t q_len = qe - qs, len = m.context_lens[i];
+    if (q_len <= 0)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query length %lld (query_start_loc %lld -> %lld) must be positive",
+           fn, ll(i), ll(q_len), ll(qs), ll(qe));
+    if (qe > T)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query_start_loc[%lld] = %lld exceeds the %lld query tokens", fn,
+           ll(i), ll(i + 1), ll(qe), ll(T));
+    if (i < decode_rows && q_len != 1)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request %lld: a decode row (before request_distribution[0] = %lld) has query length %lld, not 1", fn,
+           ll(i), ll(decode_rows), ll(q_len));
+    if (len < q_len)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld is smaller than its query length %lld", fn,
+           ll(i), ll(len), ll(q_len));
+    const int64_t pages = cdiv(len, S);
+    if (pages > W)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld needs %lld pages but pages_per_req is %lld", fn,
+           ll(i), ll(len), ll(pages), ll(W));
+    for (int64_t k = 0; k < pages; ++k) {
+      const int64_t page = m.pages_tables[i * W + k];
+      if (page < 0 || page >= P)
+        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: pages_tables[%lld][%lld] = %lld is out of range [0, %lld)", fn,
+             ll(i), ll(i), ll(k), ll(page), ll(P));
+    }
+  }
+}
+
+// A slot the fused write fills must not be read by any row as cached context: prefix-shared pages
+// must not receive new tokens while another row reads them (ATTENTION.md §2.4). The written slots
+// are sorted once; each row looks up the pages of its cached positions.
+void check_writes_not_read_elsewhere(const PreparedConcat& w, const MetadataArrays& m, const Layout& L, int64_t n,
+                                     const HostAllocator& alloc, const char* fn) {
+  if (w.runs.empty() || n == 0) return;
+  HostVector<int64_t> slots(alloc);
+  for (const ConcatRun& r : w.runs)
+    for (int64_t s = r.dst_slot; s < r.dst_slot + r.len; ++s) slots.push_back(s);
+  std::sort(slots.begin(), slots.end());
+  const int64_t S = L.page_size, W = m.pages_per_req;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t cached = m.context_lens[i] - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
+    for (int64_t k = 0; k * S < cached; ++k) {
+      const int64_t first = m.pages_tables[i * W + k] * S;
+      const int64_t last = first + std::min(S, cached - k * S);  // the cached slots of this page
+      const auto it = std::lower_bound(slots.begin(), slots.end(), first);
+      if (it != slots.end() && *it < last)
+        fail(KVP_ERR_INVALID_ARGUMENT,
+             "%s: request %lld reads position %lld (page %lld, row %lld) as cached context, but this call writes a new "
+             "token into that slot; a page that receives new tokens must not be read by another row",
+             fn, ll(i), ll(k * S + (*it - first)), ll(first / S), ll(*it - first));
+    }
+  }
+}
+
+}  // namespace
+
+void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor& out,
+                       const Metadata& md, const kvp_attention_options* opts, const PreparedConcat* write,
+                       PreparedAttention& prep, const char* fn) {
+  cache.check_healthy(fn);
+  cache.check_layer(layer, fn);
+  const Layout& L = cache.layout();
+  AttentionJob& j = prep.job;
+  j = AttentionJob{};
+  j.q = check_input(cache, queries, "queries", queries.shape[1], "(the query heads)", fn);
+  const int64_t Hq = queries.shape[1];
+  if (Hq < 1 || Hq % L.num_kv_heads != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: queries have %lld heads; they must be a positive multiple of the cache's %lld KV "
+         "heads", fn, ll(Hq), ll(L.num_kv_heads));
+  j.out = check_input(cache, out, "out", Hq, "the queries have", fn);
+  if (out.shape[0] != queries.shape[0])
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: out has %lld tokens but queries have %lld", fn, ll(out.shape[0]),
+         ll(queries.shape[0]));
+  if (L.head_dim > kMaxAttentionHeadDim)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: head_dim %lld is above the %lld that attention supports", fn, ll(L.head_dim),
+         ll(kMaxAttentionHeadDim));
+  j.pages = cache.layer_data(layer);
+  j.layout = L;
+  j.num_tokens = queries.shape[0];
+  j.num_q_heads = Hq;
+  read_options(opts, L, Hq, prep, fn);
+
+  const MetadataArrays& m = md.arrays();
+  j.md = m;
+  if (m.version != (L.v3 ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata is for layout %s but the cache uses %s", fn,
+         m.version == KVP_LAYOUT_V2 ? "v2" : "v3", L.v3 ? "v3" : "v2");
+  if (m.page_size != 0 && m.page_size != L.page_size)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata page_size %lld differs from the cache's page_size %lld", fn,
+         ll(m.page_size), ll(L.page_size));
+  j.num_rows = -1;
+  if (m.device_type != KVP_DEVICE_CPU) {
+    if (m.device_type != cache.device_type() || m.device_id != cache.device_id())
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on device type %d id %d but the cache on device type %d id %d",
+           fn, m.device_type, m.device_id, cache.device_type(), cache.device_id());
+    j.metadata_on_device = 1;
+    return;
+  }
+  j.num_rows = processed_rows(m, L.v3, fn);
+  check_rows(m, L, j.num_rows, j.num_tokens, fn);
+  if (write != nullptr) check_writes_not_read_elsewhere(*write, m, L, j.num_rows, cache.allocator(), fn);
+  j.host_validated = 1;
+}
+
+void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor* keys, const kvp_tensor* values,
+               const Metadata& md, const kvp_attention_options* opts, const kvp_tensor& out, kvp_stream stream,
+               const char* fn) {
+  if ((keys == nullptr) != (values == nullptr))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: keys and values must both be given (fused write) or both be NULL (read only)", fn);
+  PreparedConcat write(cache.allocator());
+  if (keys != nullptr) {
+    prepare_concat(cache, layer, *keys, *values, md, write, fn);
+    if (keys->shape[0] != queries.shape[0])
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: keys have %lld tokens but queries have %lld", fn, ll(keys->shape[0]),
+           ll(queries.shape[0]));
+  }
+  PreparedAttention prep(cache.allocator());
+  prepare_attention(cache, layer, queries, out, md, opts, keys != nullptr ? &write : nullptr, prep, fn);
+  const kvp_tensor* inputs[3] = {&queries, keys, values};
+  const char* names[3] = {"queries", "keys", "values"};
+  check_out_overlaps(cache, layer, out, inputs, names, fn);
+  if (keys != nullptr) cache.backend().concatenate(write.job, stream);
+  cache.backend().attend(prep.job, stream);
+}
+
+}  // namespace kvp::detail

@@ -1,0 +1,453 @@
+/* kvp_attention on CUDA caches, checked against the CPU backend: the same batch on a CPU cache
+ * and on a CUDA cache must write the same pages (byte for byte: the fused write is
+ * kvp_concatenate's) and produce the same outputs (within f32 accumulation-order differences),
+ * with host metadata, device-resident metadata, key-range splits, and from a replayed CUDA graph.
+ * Device-resident metadata that breaks a bound is reported through the cache's asynchronous error.
+ *
+ * Every test skip()s when the build has no CUDA or the machine has no GPU; ctest also runs them
+ * against the emulated CUDA runtime (cuemu.test_cuda_attention). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_support.h"
+
+#if KVP_HAS_CUDA
+
+/* One case: the cache, the batch (cached context and new tokens per request) and the options. */
+typedef struct scenario {
+  kvp_layout layout;
+  kvp_dtype cache_dtype, q_dtype, out_dtype;
+  int64_t kv_heads, rep, head_dim, page_size;
+  int n;                   /* requests */
+  int64_t cached[4], fresh[4];
+  int64_t padding;         /* token rows after the last request */
+  kvp_attention_options opts;
+  float sinks[64];
+} scenario;
+
+typedef struct side {
+  kvp_cache *cache;
+  void *q, *k, *v, *out; /* host or device buffers */
+} side;
+
+static kvp_config config_of(const scenario *sc) {
+  return kvp_test_config_len(1, sc->kv_heads, sc->head_dim, sc->page_size, 256, sc->cache_dtype, sc->layout, 2048);
+}
+
+/* Values in [-1, 1) in dtype dt (f32, f16 or bf16 encodings by truncation: exact for what they hold). */
+static void fill(void *buf, kvp_dtype dt, int64_t n, uint64_t *rng) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float f = (float)((int64_t)(kvp_test_rand(rng) % 2000) - 1000) / 1000.0f;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (dt == KVP_DTYPE_F32) {
+      memcpy((uint8_t *)buf + 4 * i, &f, 4);
+    } else if (dt == KVP_DTYPE_BF16) {
+      const uint16_t h = (uint16_t)(u >> 16);
+      memcpy((uint8_t *)buf + 2 * i, &h, 2);
+    } else { /* f16 of a value in [-1, 1): exponent rebias, mantissa truncated */
+      const int e = (int)((u >> 23) & 0xFF) - 127 + 15;
+      const uint16_t h = (uint16_t)(((u >> 16) & 0x8000u) | (e <= 0 ? 0u : (uint32_t)(e << 10) | ((u >> 13) & 0x3FFu)));
+      memcpy((uint8_t *)buf + 2 * i, &h, 2);
+    }
+  }
+}
+
+static float as_f32(const void *buf, kvp_dtype dt, int64_t i) {
+  uint32_t u = 0;
+  float f;
+  if (dt == KVP_DTYPE_F32) {
+    memcpy(&f, (const uint8_t *)buf + 4 * i, 4);
+    return f;
+  }
+  uint16_t h;
+  memcpy(&h, (const uint8_t *)buf + 2 * i, 2);
+  if (dt == KVP_DTYPE_BF16) {
+    u = (uint32_t)h << 16;
+    memcpy(&f, &u, 4);
+    return f;
+  }
+  const int e = (h >> 10) & 0x1F;
+  const float m = (float)(h & 0x3FF);
+  f = e == 0 ? ldexpf(m, -24) : ldexpf(1024.0f + m, e - 25);
+  return (h & 0x8000) ? -f : f;
+}
+
+static void *to_device(const void *host, size_t bytes) {
+  void *d = NULL;
+  CUDA_OK(cudaMalloc(&d, bytes));
+  CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+
+/* The step's metadata (requests with their cached context as num_computed), built by the batch
+ * builder over distinct pages 1, 2, ...; *tokens_out: the token rows including padding. */
+static kvp_metadata *step_metadata(const scenario *sc, int context_only, int64_t *tokens_out) {
+  const kvp_config cfg = config_of(sc);
+  kvp_batch_request reqs[4];
+  static int32_t pages[4][64];
+  int32_t next = 1;
+  int64_t tokens = 0;
+  memset(reqs, 0, sizeof reqs);
+  for (int i = 0; i < sc->n; ++i) {
+    const int64_t len = sc->cached[i] + sc->fresh[i];
+    const int64_t np = (len + sc->page_size - 1) / sc->page_size;
+    assert_true(np <= 64);
+    for (int64_t p = 0; p < np; ++p) pages[i][p] = next++;
+    reqs[i].num_computed = context_only ? 0 : sc->cached[i];
+    reqs[i].num_scheduled = context_only ? sc->cached[i] : sc->fresh[i];
+    reqs[i].page_ids = pages[i];
+    reqs[i].num_pages = np;
+    tokens += reqs[i].num_scheduled;
+  }
+  kvp_batch_options bo;
+  assert_kvp_ok(kvp_batch_options_init(&bo, sizeof bo));
+  bo.flags = KVP_BATCH_FLAG_KEEP_ORDER;
+  bo.max_num_reqs = sc->n + 1; /* one inactive table row */
+  bo.max_num_tokens = tokens + (context_only ? 0 : sc->padding);
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(&cfg, reqs, (uint32_t)sc->n, &bo, NULL, &md));
+  *tokens_out = bo.max_num_tokens;
+  return md;
+}
+
+static size_t isz(kvp_dtype d) { return kvp_dtype_bits(d) / 8; }
+
+/* Writes the cached context of every request (the same random k/v on both caches). */
+static void write_context(const scenario *sc, side *cpu, side *gpu, uint64_t *rng) {
+  int64_t T = 0;
+  kvp_metadata *md = step_metadata(sc, 1, &T);
+  if (T > 0) {
+    const int64_t n = T * sc->kv_heads * sc->head_dim;
+    float *k = (float *)malloc((size_t)n * 4), *v = (float *)malloc((size_t)n * 4);
+    fill(k, KVP_DTYPE_F32, n, rng);
+    fill(v, KVP_DTYPE_F32, n, rng);
+    kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CPU);
+    kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CPU);
+    assert_kvp_ok(kvp_concatenate(cpu->cache, 0, &kt, &vt, md, NULL));
+    void *dk = to_device(k, (size_t)n * 4), *dv = to_device(v, (size_t)n * 4);
+    kt.data = dk;
+    vt.data = dv;
+    kt.device_type = vt.device_type = KVP_DEVICE_CUDA;
+    assert_kvp_ok(kvp_concatenate(gpu->cache, 0, &kt, &vt, md, NULL));
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaFree(dk));
+    CUDA_OK(cudaFree(dv));
+    free(k);
+    free(v);
+  }
+  assert_kvp_ok(kvp_metadata_destroy(md));
+}
+
+/* The layer bytes of both caches are equal. */
+static void expect_same_pages(const kvp_cache *cpu, const kvp_cache *gpu) {
+  const size_t n = kvp_test_layer_bytes(cpu);
+  uint8_t *a = (uint8_t *)malloc(n), *b = (uint8_t *)malloc(n);
+  assert_kvp_ok(kvp_cache_read_layer(cpu, 0, a, n, NULL));
+  assert_kvp_ok(kvp_cache_read_layer(gpu, 0, b, n, NULL));
+  for (size_t i = 0; i < n; ++i)
+    if (a[i] != b[i]) fail_msg("the CUDA cache's pages differ from the CPU's at byte %zu", i);
+  free(a);
+  free(b);
+}
+
+/* The outputs agree: f32 within accumulation-order differences, f16/bf16 within a rounding. */
+static void expect_close(const void *cpu, const void *gpu, kvp_dtype dt, int64_t n, const char *what) {
+  const double tol = dt == KVP_DTYPE_F32 ? 4e-5 : dt == KVP_DTYPE_F16 ? 2e-3 : 1.6e-2;
+  for (int64_t i = 0; i < n; ++i) {
+    const double a = as_f32(cpu, dt, i), b = as_f32(gpu, dt, i);
+    if (!(fabs(a - b) <= tol * (1.0 + fabs(a))))
+      fail_msg("%s: element %lld: CUDA %.9g, CPU %.9g", what, (long long)i, b, a);
+  }
+}
+
+typedef struct run {
+  int64_t T;
+  size_t q_bytes, kv_bytes, out_bytes;
+  void *q, *k, *v, *out_cpu, *out_gpu;
+} run;
+
+/* The step's inputs, and the CPU result (fused write). */
+static void run_cpu(const scenario *sc, side *cpu, const kvp_metadata *md, run *r, uint64_t *rng) {
+  const int64_t Hq = sc->kv_heads * sc->rep;
+  r->q_bytes = (size_t)(r->T * Hq * sc->head_dim) * isz(sc->q_dtype);
+  r->kv_bytes = (size_t)(r->T * sc->kv_heads * sc->head_dim) * 4;
+  r->out_bytes = (size_t)(r->T * Hq * sc->head_dim) * isz(sc->out_dtype);
+  r->q = malloc(r->q_bytes + 1);
+  r->k = malloc(r->kv_bytes + 1);
+  r->v = malloc(r->kv_bytes + 1);
+  r->out_cpu = malloc(r->out_bytes + 1);
+  r->out_gpu = malloc(r->out_bytes + 1);
+  fill(r->q, sc->q_dtype, r->T * Hq * sc->head_dim, rng);
+  fill(r->k, KVP_DTYPE_F32, r->T * sc->kv_heads * sc->head_dim, rng);
+  fill(r->v, KVP_DTYPE_F32, r->T * sc->kv_heads * sc->head_dim, rng);
+  memset(r->out_cpu, 0xFF, r->out_bytes);
+  kvp_tensor q = kvp_test_tensor(r->q, sc->q_dtype, r->T, Hq, sc->head_dim, KVP_DEVICE_CPU);
+  kvp_tensor k = kvp_test_tensor(r->k, KVP_DTYPE_F32, r->T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CPU);
+  kvp_tensor v = kvp_test_tensor(r->v, KVP_DTYPE_F32, r->T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CPU);
+  kvp_tensor o = kvp_test_tensor(r->out_cpu, sc->out_dtype, r->T, Hq, sc->head_dim, KVP_DEVICE_CPU);
+  assert_kvp_ok(kvp_attention(cpu->cache, 0, &q, &k, &v, md, &sc->opts, &o, NULL));
+}
+
+/* Device copies of the step's inputs and an output pre-filled with NaN patterns. */
+static void upload_run(const scenario *sc, side *gpu, const run *r) {
+  gpu->q = to_device(r->q, r->q_bytes + 1);
+  gpu->k = to_device(r->k, r->kv_bytes + 1);
+  gpu->v = to_device(r->v, r->kv_bytes + 1);
+  CUDA_OK(cudaMalloc(&gpu->out, r->out_bytes + 1));
+  CUDA_OK(cudaMemset(gpu->out, 0xFF, r->out_bytes + 1));
+  (void)sc;
+}
+
+/* The step on the CUDA cache (fused write) on `stream`, through `md`. */
+static kvp_status attend_gpu(const scenario *sc, side *gpu, const kvp_metadata *md, const run *r, cudaStream_t s) {
+  const int64_t Hq = sc->kv_heads * sc->rep;
+  kvp_tensor q = kvp_test_tensor(gpu->q, sc->q_dtype, r->T, Hq, sc->head_dim, KVP_DEVICE_CUDA);
+  kvp_tensor k = kvp_test_tensor(gpu->k, KVP_DTYPE_F32, r->T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CUDA);
+  kvp_tensor v = kvp_test_tensor(gpu->v, KVP_DTYPE_F32, r->T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CUDA);
+  kvp_tensor o = kvp_test_tensor(gpu->out, sc->out_dtype, r->T, Hq, sc->head_dim, KVP_DEVICE_CUDA);
+  q.device_id = k.device_id = v.device_id = o.device_id = kvp_gpu_current_device();
+  return kvp_attention(gpu->cache, 0, &q, &k, &v, md, &sc->opts, &o, (kvp_stream)s);
+}
+
+static void download_out(side *gpu, run *r) {
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaMemcpy(r->out_gpu, gpu->out, r->out_bytes, cudaMemcpyDeviceToHost));
+}
+
+static void free_run(side *gpu, run *r) {
+  free(r->q);
+  free(r->k);
+  free(r->v);
+  free(r->out_cpu);
+  free(r->out_gpu);
+  CUDA_OK(cudaFree(gpu->q));
+  CUDA_OK(cudaFree(gpu->k));
+  CUDA_OK(cudaFree(gpu->v));
+  CUDA_OK(cudaFree(gpu->out));
+}
+
+static kvp_status async_error_of(const kvp_cache *c) {
+  kvp_status st = KVP_ERR_INTERNAL;
+  assert_kvp_ok(kvp_cache_get_async_error(c, &st));
+  return st;
+}
+
+/* The whole comparison of one scenario; device_md: the CUDA call reads a device copy. */
+static void check_scenario(const scenario *sc, int device_md, uint64_t seed) {
+  uint64_t rng = seed;
+  const kvp_config cfg = config_of(sc);
+  side cpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0), NULL, NULL, NULL, NULL};
+  side gpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0), NULL, NULL, NULL, NULL};
+  write_context(sc, &cpu, &gpu, &rng);
+  run r;
+  kvp_metadata *md = step_metadata(sc, 0, &r.T);
+  run_cpu(sc, &cpu, md, &r, &rng);
+  upload_run(sc, &gpu, &r);
+  kvp_gpu_metadata dmd;
+  if (device_md) kvp_gpu_metadata_make(&dmd, md);
+  assert_kvp_ok(attend_gpu(sc, &gpu, device_md ? dmd.md : md, &r, NULL));
+  download_out(&gpu, &r);
+  const int64_t n = r.T * sc->kv_heads * sc->rep * sc->head_dim;
+  expect_close(r.out_cpu, r.out_gpu, sc->out_dtype, n, device_md ? "device metadata" : "host metadata");
+  expect_same_pages(cpu.cache, gpu.cache);
+  assert_int_equal(async_error_of(gpu.cache), KVP_OK);
+  if (device_md) kvp_gpu_metadata_free(&dmd);
+  free_run(&gpu, &r);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(cpu.cache));
+  assert_kvp_ok(kvp_cache_destroy(gpu.cache));
+}
+
+static scenario base(kvp_layout layout, kvp_dtype cache, int64_t kv_heads, int64_t rep, int64_t head_dim) {
+  scenario sc;
+  memset(&sc, 0, sizeof sc);
+  sc.layout = layout;
+  sc.cache_dtype = cache;
+  sc.q_dtype = KVP_DTYPE_F32;
+  sc.out_dtype = KVP_DTYPE_F32;
+  sc.kv_heads = kv_heads;
+  sc.rep = rep;
+  sc.head_dim = head_dim;
+  sc.page_size = 16;
+  /* a decode, a chunked prefill with context, a fresh prefill; two padding rows */
+  sc.n = 3;
+  sc.cached[0] = 37, sc.fresh[0] = 1;
+  sc.cached[1] = 20, sc.fresh[1] = 13;
+  sc.cached[2] = 0, sc.fresh[2] = 9;
+  sc.padding = 2;
+  assert_kvp_ok(kvp_attention_options_init(&sc.opts, sizeof sc.opts));
+  sc.opts.softmax_scale = 1.0f / sqrtf((float)head_dim);
+  return sc;
+}
+
+static void test_cuda_attention__v3_bf16_gqa4_matches_cpu(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 4, 128);
+  check_scenario(&sc, 0, 11);
+  check_scenario(&sc, 1, 12);
+}
+
+static void test_cuda_attention__h64_fp8_window_cap_sinks_matches_cpu(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_F8_E4M3FN, 2, 2, 64);
+  sc.q_dtype = KVP_DTYPE_F16;
+  sc.out_dtype = KVP_DTYPE_BF16;
+  sc.opts.sliding_window = 5;
+  sc.opts.logits_soft_cap = 3.0f;
+  sc.opts.k_scale = 0.5f;
+  sc.opts.v_scale = 2.0f;
+  for (int h = 0; h < 4; ++h) sc.sinks[h] = (float)h * 0.5f - 1.0f;
+  sc.opts.num_sinks = 4;
+  sc.opts.sinks = sc.sinks;
+  check_scenario(&sc, 0, 21);
+  check_scenario(&sc, 1, 22);
+}
+
+static void test_cuda_attention__v2_f16_mqa_head_dim_80_matches_cpu(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  scenario sc = base(KVP_LAYOUT_V2, KVP_DTYPE_F16, 1, 8, 80);
+  sc.out_dtype = KVP_DTYPE_F16;
+  check_scenario(&sc, 0, 31);
+  check_scenario(&sc, 1, 32);
+}
+
+static void test_cuda_attention__head_dim_256_f32_and_e5m2(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_F32, 1, 1, 256);
+  check_scenario(&sc, 0, 41);
+  sc = base(KVP_LAYOUT_V3, KVP_DTYPE_F8_E5M2, 2, 1, 256);
+  sc.q_dtype = KVP_DTYPE_BF16;
+  check_scenario(&sc, 1, 42);
+}
+
+/* One long decode row: the key range is split over blocks and the partial states merged. */
+static void test_cuda_attention__long_decode_is_split_and_merged(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 4, 64);
+  sc.n = 1;
+  sc.cached[0] = 1500;
+  sc.fresh[0] = 1;
+  sc.padding = 0;
+  sc.page_size = 32;
+  check_scenario(&sc, 0, 51);
+  sc.opts.sliding_window = 700;
+  check_scenario(&sc, 1, 52);
+}
+
+/* Captured once into a graph with device metadata, replayed: the same result as the CPU. */
+static void test_cuda_attention__graph_replay_matches_cpu(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  uint64_t rng = 61;
+  scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 2, 64);
+  const kvp_config cfg = config_of(&sc);
+  side cpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0), NULL, NULL, NULL, NULL};
+  side gpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0), NULL, NULL, NULL, NULL};
+  write_context(&sc, &cpu, &gpu, &rng);
+  run r;
+  kvp_metadata *md = step_metadata(&sc, 0, &r.T);
+  run_cpu(&sc, &cpu, md, &r, &rng);
+  upload_run(&sc, &gpu, &r);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
+  cudaStream_t s;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  assert_kvp_ok(attend_gpu(&sc, &gpu, dmd.md, &r, s));
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  download_out(&gpu, &r);
+  expect_close(r.out_cpu, r.out_gpu, sc.out_dtype, r.T * sc.kv_heads * sc.rep * sc.head_dim, "graph replay");
+  expect_same_pages(cpu.cache, gpu.cache);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(s));
+  kvp_gpu_metadata_free(&dmd);
+  free_run(&gpu, &r);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(cpu.cache));
+  assert_kvp_ok(kvp_cache_destroy(gpu.cache));
+}
+
+/* A page id out of range in device-resident metadata: reported as kvp_attention's asynchronous
+ * error, no read outside the cache (the emulation checks every access), the row's output zero;
+ * once cleared, the cache works again. */
+static void test_cuda_attention__bad_device_metadata_is_reported(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  uint64_t rng = 71;
+  scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 2, 64);
+  const kvp_config cfg = config_of(&sc);
+  side cpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0), NULL, NULL, NULL, NULL};
+  side gpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0), NULL, NULL, NULL, NULL};
+  write_context(&sc, &cpu, &gpu, &rng);
+  run r;
+  kvp_metadata *md = step_metadata(&sc, 0, &r.T);
+  run_cpu(&sc, &cpu, md, &r, &rng);
+  upload_run(&sc, &gpu, &r);
+  kvp_gpu_metadata dmd;
+  kvp_gpu_metadata_make(&dmd, md);
+  kvp_metadata_desc d;
+  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+  assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &d));
+  const int32_t bad = 100000; /* request 0's first page (a cached position) */
+  kvp_gpu_upload_i32(d.pages_tables, &bad, 1);
+  /* read only: the fused write would report the bad page itself (kvp_concatenate's check) */
+  const int64_t Hq = sc.kv_heads * sc.rep;
+  kvp_tensor q = kvp_test_tensor(gpu.q, sc.q_dtype, r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
+  kvp_tensor o = kvp_test_tensor(gpu.out, sc.out_dtype, r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
+  assert_kvp_ok(kvp_attention(gpu.cache, 0, &q, NULL, NULL, dmd.md, &sc.opts, &o, NULL));
+  download_out(&gpu, &r);
+  assert_int_equal(async_error_of(gpu.cache), KVP_ERR_INVALID_ARGUMENT);
+  if (strstr(kvp_last_error_message(), "kvp_attention") == NULL || strstr(kvp_last_error_message(), "page id") == NULL)
+    fail_msg("message: %s", kvp_last_error_message());
+  for (int64_t e = 0; e < Hq * sc.head_dim; ++e) assert_true(as_f32(r.out_gpu, sc.out_dtype, e) == 0.0f);
+  assert_int_equal(kvp_attention(gpu.cache, 0, &q, NULL, NULL, dmd.md, &sc.opts, &o, NULL), KVP_ERR_DEVICE_LOST);
+  assert_kvp_ok(kvp_cache_clear_async_error(gpu.cache));
+  const int32_t good = 1;
+  kvp_gpu_upload_i32(d.pages_tables, &good, 1);
+  assert_kvp_ok(kvp_attention(gpu.cache, 0, &q, NULL, NULL, dmd.md, &sc.opts, &o, NULL));
+  assert_int_equal(async_error_of(gpu.cache), KVP_OK);
+  kvp_gpu_metadata_free(&dmd);
+  free_run(&gpu, &r);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(cpu.cache));
+  assert_kvp_ok(kvp_cache_destroy(gpu.cache));
+}
+
+#else /* !KVP_HAS_CUDA */
+
+static void test_cuda_attention__v3_bf16_gqa4_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__h64_fp8_window_cap_sinks_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__v2_f16_mqa_head_dim_80_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__head_dim_256_f32_and_e5m2(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__long_decode_is_split_and_merged(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__graph_replay_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__bad_device_metadata_is_reported(void **state) { (void)state; kvp_test_require_gpu(); }
+
+#endif
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cuda_attention__v3_bf16_gqa4_matches_cpu),
+      cmocka_unit_test(test_cuda_attention__h64_fp8_window_cap_sinks_matches_cpu),
+      cmocka_unit_test(test_cuda_attention__v2_f16_mqa_head_dim_80_matches_cpu),
+      cmocka_unit_test(test_cuda_attention__head_dim_256_f32_and_e5m2),
+      cmocka_unit_test(test_cuda_attention__long_decode_is_split_and_merged),
+      cmocka_unit_test(test_cuda_attention__graph_replay_matches_cpu),
+      cmocka_unit_test(test_cuda_attention__bad_device_metadata_is_reported),
+  };
+  return cmocka_run_group_tests_name("cuda_attention", tests, NULL, NULL);
+}
