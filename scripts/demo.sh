@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kvpages (Release, CUDA if nvcc is present) and runs the CPU serving demo: `kvp demo`.
+# Builds kvpages (Release, CUDA if nvcc is present) and runs the CPU inference demo: `kvp demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KVP_DEPS_PYTHON=0 bash scripts/install-deps.sh

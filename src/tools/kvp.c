@@ -10,7 +10,7 @@ static void usage(FILE *f) {
           "\n"
           "commands:\n"
           "  plan      print the planning numbers for a model shape (kvp plan --help)\n"
-          "  demo      run the CPU serving demo (the README's main job)\n"
+          "  demo      run the CPU inference demo (the README's main job)\n"
           "  inspect   print a serialized cache file's header and verify its checksums\n"
           "  bench     time concatenate, serialization and the page pool on the CPU against memcpy\n"
           "  version   print the library version and build information\n"
