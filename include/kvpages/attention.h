@@ -161,8 +161,9 @@ KVP_API kvp_status KVP_CALL kvp_attention_options_init(kvp_attention_options *op
  *         not zero; or, CUDA, as for kvp_concatenate() during graph capture.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A CUDA call failed.
- * @retval KVP_ERR_OUT_OF_MEMORY Host memory for the validation scratch was exhausted; cache and
- *         `out` are unchanged.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory (validation or work scratch; CUDA: device scratch or
+ *         staging memory) ran out. Everything is allocated before the write: cache and `out` are
+ *         unchanged.
  * @ownership Borrows everything for the duration of the call (CUDA: until the stream reaches the
  *            enqueued work).
  * @threadsafety Must not run concurrently with other calls that modify the same cache.

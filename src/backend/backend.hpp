@@ -71,7 +71,11 @@ class Backend {
 
   // ---- operations on pages (jobs validated by core)
   virtual void concatenate(const ConcatJob& job, kvp_stream stream) = 0;
-  virtual void attend(const AttentionJob& job, kvp_stream stream) = 0;
+  // The fused write and attention of kvp_attention: acquires everything the attention needs
+  // (scratch, staging) first, then performs `write` (when not null) exactly as concatenate(), then
+  // the attention. A failure to acquire throws before anything is written: cache and `out` are
+  // unchanged.
+  virtual void attend(const AttentionJob& job, const ConcatJob* write, kvp_stream stream) = 0;
 
   // ---- asynchronous device errors. The backend owns this state; core only asks.
   // The pending error (polling the device first) and its message.

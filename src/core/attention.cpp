@@ -249,8 +249,7 @@ void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp
   const kvp_tensor* inputs[3] = {&queries, keys, values};
   const char* names[3] = {"queries", "keys", "values"};
   check_out_overlaps(cache, layer, out, inputs, names, fn);
-  if (keys != nullptr) cache.backend().concatenate(write.job, stream);
-  cache.backend().attend(prep.job, stream);
+  cache.backend().attend(prep.job, keys != nullptr ? &write.job : nullptr, stream);
 }
 
 }  // namespace kvp::detail

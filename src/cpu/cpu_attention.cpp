@@ -668,10 +668,8 @@ float* claim_scratch(Plan& pl, int workers, int& slot) {
 
 }  // namespace
 
-void cpu_attention(const AttentionJob& job, const HostAllocator& alloc) {
+void cpu_attention(const AttentionJob& job, const ConcatJob* write, const HostAllocator& alloc) {
   if (!job.host_validated) fail(KVP_ERR_INTERNAL, "kvp_attention: the CPU path needs host-validated metadata");
-  zero_unowned(job);
-  if (job.num_rows <= 0) return;
   const CpuIsa isa = cpu_isa();
   Plan pl(job, alloc);
   pl.kern = kernels_of(isa);
@@ -687,6 +685,10 @@ void cpu_attention(const AttentionJob& job, const HostAllocator& alloc) {
   pl.scratch_floats = pl.Dp * kRows + 2 * kBlock * pl.Dp + kBlock * kRows + kRows * pl.Dp;
   const int workers = static_cast<int>(std::min<int64_t>(threads, static_cast<int64_t>(pl.items.size())));
   pl.scratch.resize(static_cast<size_t>(pl.scratch_floats * workers + 16));
+  // Every allocation is done: from here on nothing fails.
+  if (write != nullptr) cpu_concatenate(*write, alloc);
+  zero_unowned(job);
+  if (pl.items.empty()) return;
   parallel_for(static_cast<int64_t>(pl.items.size()), workers, [&pl, workers](int64_t n) {
     int slot = 0;
     float* buf = claim_scratch(pl, workers, slot);

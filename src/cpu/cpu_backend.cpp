@@ -65,7 +65,9 @@ class CpuBackend final : public Backend {
   void copy_within(void* dst, const void* src, size_t n, kvp_stream) override { std::memmove(dst, src, n); }
 
   void concatenate(const ConcatJob& job, kvp_stream) override { cpu_concatenate(job, alloc_); }
-  void attend(const AttentionJob& job, kvp_stream) override { cpu_attention(job, alloc_); }
+  void attend(const AttentionJob& job, const ConcatJob* write, kvp_stream) override {
+    cpu_attention(job, write, alloc_);
+  }
 
  private:
   HostAllocator alloc_;

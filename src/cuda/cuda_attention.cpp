@@ -121,7 +121,7 @@ dim3 grid_of(const AttentionJob& job, AttentionParams& p, int sm_count) {
 
 }  // namespace
 
-void CudaBackend::attend(const AttentionJob& job, kvp_stream stream) {
+void CudaBackend::attend(const AttentionJob& job, const ConcatJob* write, kvp_stream stream) {
   const char* fn = "kvp_attention";
   DeviceGuard guard(device_, fn);
   poll(false);  // device-side errors only: a device fault shows in the calls below
@@ -143,8 +143,11 @@ void CudaBackend::attend(const AttentionJob& job, kvp_stream stream) {
     p.splits = p.splits / 2 > 1 ? p.splits / 2 : 1;
     grid.z = static_cast<unsigned>(p.splits);
   }
-  Staging staging;
+  // Whatever can fail for lack of memory is settled before the write, which changes the cache.
   const size_t bytes = staged_bytes(job);
+  reserve_staging(write != nullptr ? concat_staged_bytes(*write) : 0, bytes, capture, fn);
+  if (write != nullptr) concatenate(*write, stream);
+  Staging staging;
   if (bytes > 0) {
     staging = begin_staging(bytes, s, capture, fn);
     point_at_metadata(job, p, staging.host, staging.device);

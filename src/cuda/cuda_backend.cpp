@@ -565,13 +565,8 @@ CudaBackend::Staging CudaBackend::begin_staging(size_t bytes, cudaStream_t strea
                                                 const char* function) {
   Staging s;
   if (capturing) {
+    reserve_staging(bytes, 0, true, function);
     const size_t aligned = (bytes + 255) & ~static_cast<size_t>(255);
-    if (arena_used_ + aligned > kGraphArenaBytes)
-      fail(KVP_ERR_UNSUPPORTED,
-           "%s: the stream is being captured into a CUDA graph and the %zu bytes of host-resident metadata do "
-           "not fit in the cache's graph staging arena (%zu of %zu bytes left); pass device-resident metadata "
-           "when capturing graphs",
-           function, bytes, kGraphArenaBytes - arena_used_, kGraphArenaBytes);
     s.host = arena_host_ + arena_used_;
     s.device = arena_device_ + arena_used_;
     arena_used_ += aligned;
@@ -594,6 +589,21 @@ CudaBackend::Staging CudaBackend::begin_staging(size_t bytes, cudaStream_t strea
   s.host = ring_host_ + static_cast<size_t>(i) * slot_bytes_;
   s.device = ring_device_ + static_cast<size_t>(i) * slot_bytes_;
   return s;
+}
+
+void CudaBackend::reserve_staging(size_t first, size_t second, bool capturing, const char* function) {
+  if (!capturing) {
+    const size_t most = first > second ? first : second;
+    if (most > slot_bytes_) grow_slots(most, function);
+    return;
+  }
+  const size_t bytes = ((first + 255) & ~static_cast<size_t>(255)) + ((second + 255) & ~static_cast<size_t>(255));
+  if (arena_used_ + bytes > kGraphArenaBytes)
+    fail(KVP_ERR_UNSUPPORTED,
+         "%s: the stream is being captured into a CUDA graph and the %zu bytes of host-resident metadata do not fit "
+         "in the cache's graph staging arena (%zu of %zu bytes left); pass device-resident metadata when capturing "
+         "graphs",
+         function, bytes, kGraphArenaBytes - arena_used_, kGraphArenaBytes);
 }
 
 void CudaBackend::finish_staging(const Staging& s, cudaStream_t stream, const char* function) {

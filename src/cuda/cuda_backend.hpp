@@ -53,7 +53,7 @@ class CudaBackend final : public Backend {
   void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
   HostPtr<HostPipe> host_pipe(const char* function) override;
   void concatenate(const ConcatJob& job, kvp_stream stream) override;  // cuda_concat.cpp
-  void attend(const AttentionJob& job, kvp_stream stream) override;     // cuda_attention.cpp
+  void attend(const AttentionJob& job, const ConcatJob* write, kvp_stream stream) override;  // cuda_attention.cpp
 
   // cuda_check for calls made on behalf of the cache: a sticky CUDA error (the device faulted) is
   // also recorded as the sticky asynchronous error, so the cache refuses further work.
@@ -83,6 +83,9 @@ class CudaBackend final : public Backend {
     int slot = -1;  // ring slot, or -1 for graph-arena memory
   };
   Staging begin_staging(size_t bytes, cudaStream_t stream, bool capturing, const char* function);
+  // Makes sure that two begin_staging() calls of `first` and then `second` bytes will neither
+  // allocate nor run out of graph-arena memory (throws here instead, before either is made).
+  void reserve_staging(size_t first, size_t second, bool capturing, const char* function);
   void finish_staging(const Staging& s, cudaStream_t stream, const char* function);
   // After a launch failed with cudaErrorInvalidResourceHandle: waits out the staged copy and, where
   // the runtime can tell (CUDA 12.8+), throws INVALID_ARGUMENT when `s` belongs to another device.
@@ -91,6 +94,8 @@ class CudaBackend final : public Backend {
   // nullptr when capturing and it is smaller). Reused by every call: calls on one cache do not
   // overlap on the device (ops.h).
   void* attention_scratch(size_t bytes, bool capturing, const char* function);
+  // Bytes concatenate() stages for a host-validated job (0: its runs travel in the launch).
+  static size_t concat_staged_bytes(const ConcatJob& job);
 
   int sm_count() const noexcept { return sm_count_; }
 

@@ -84,8 +84,7 @@ dim3 runs_grid(CudaBackend& b, const ConcatJob& job, ConcatParams& p, CudaBacken
   if (job.num_runs <= kMaxInlineRuns) {
     src = p.inl;
   } else {
-    const size_t bytes = static_cast<size_t>(job.num_runs) * 3 * sizeof(int64_t);
-    staging = b.begin_staging(bytes, s, capture, fn);
+    staging = b.begin_staging(CudaBackend::concat_staged_bytes(job), s, capture, fn);
     src = reinterpret_cast<int64_t*>(staging.host);
     p.runs = reinterpret_cast<const int64_t*>(staging.device);
   }
@@ -145,6 +144,11 @@ dim3 v2_grid(CudaBackend& b, const ConcatJob& job, ConcatParams& p, const char* 
 }
 
 }  // namespace
+
+size_t CudaBackend::concat_staged_bytes(const ConcatJob& job) {
+  if (!job.host_validated || job.num_runs <= kMaxInlineRuns || job.total_tokens <= 0) return 0;
+  return static_cast<size_t>(job.num_runs) * 3 * sizeof(int64_t);
+}
 
 void CudaBackend::concatenate(const ConcatJob& job, kvp_stream stream) {
   const char* fn = "kvp_concatenate";

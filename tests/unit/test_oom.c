@@ -55,10 +55,9 @@ static void expect_oom(kvp_status st, long live_before, long n, const char *what
     fail_msg("%s with allocation %ld failing leaked %ld block(s)", what, n, g_alloc.live - live_before);
 }
 
-static kvp_cache *make_cache(kvp_layout layout) {
-  kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, layout);
+static kvp_cache *make_cache_of(const kvp_config *cfg) {
   kvp_cache *c = NULL;
-  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  assert_kvp_ok(kvp_cache_create(cfg, NULL, &c));
   /* Recognisable, non-zero pages. */
   const size_t n = kvp_test_layer_bytes(c);
   uint8_t *buf = (uint8_t *)test_malloc(n);
@@ -68,6 +67,11 @@ static kvp_cache *make_cache(kvp_layout layout) {
   }
   test_free(buf);
   return c;
+}
+
+static kvp_cache *make_cache(kvp_layout layout) {
+  const kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, layout);
+  return make_cache_of(&cfg);
 }
 
 /* Copies every layer of a cache (test_malloc'ed; compare with same_layers). */
@@ -444,6 +448,64 @@ static void test_oom__concatenate(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
+/* kvp_attention with the fused write: a decode row over a long context (split over the workers
+ * when there are several) and a prefill row, v2 and v3. Every failure leaves the pages and `out`
+ * as they were: the scratch is allocated before the write. */
+static void test_oom__attention(void **state) {
+  (void)state;
+  enum { T = 41, HQ = 2 * HEADS, DECODE_CTX = 700 };
+  for (int layout = 0; layout < 2; ++layout) {
+    const kvp_config cfg = kvp_test_config_len(LAYERS, HEADS, HDIM, PAGE, 80, KVP_DTYPE_BF16,
+                                               layout ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2, 1024);
+    kvp_cache *c = make_cache_of(&cfg);
+    uint8_t *snap = snapshot(c);
+    int32_t decode_pages[44], prefill_pages[3] = {60, 61, 62}, order[2];
+    for (int i = 0; i < 44; ++i) decode_pages[i] = 1 + i;
+    kvp_batch_request reqs[2];
+    memset(reqs, 0, sizeof reqs);
+    reqs[0].num_computed = DECODE_CTX;
+    reqs[0].num_scheduled = 1;
+    reqs[0].page_ids = decode_pages;
+    reqs[0].num_pages = 44;
+    reqs[1].num_scheduled = T - 1;
+    reqs[1].page_ids = prefill_pages;
+    reqs[1].num_pages = 3;
+    kvp_metadata *md = NULL;
+    assert_kvp_ok(kvp_metadata_build(&cfg, reqs, 2, NULL, order, &md));
+    uint16_t *q = (uint16_t *)test_calloc(T * HQ * HDIM, sizeof(uint16_t));
+    uint16_t *kv = (uint16_t *)test_calloc(T * HEADS * HDIM, sizeof(uint16_t));
+    float *out = (float *)test_malloc(sizeof(float) * T * HQ * HDIM);
+    float *out_before = (float *)test_malloc(sizeof(float) * T * HQ * HDIM);
+    for (int i = 0; i < T * HQ * HDIM; ++i) q[i] = (uint16_t)(0x3C00 + (i % 97));
+    for (int i = 0; i < T * HEADS * HDIM; ++i) kv[i] = (uint16_t)(0x3F80 + (i % 64));
+    memset(out, 0xA5, sizeof(float) * T * HQ * HDIM);
+    memcpy(out_before, out, sizeof(float) * T * HQ * HDIM);
+    const kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_BF16, T, HQ, HDIM, KVP_DEVICE_CPU);
+    const kvp_tensor kvt = kvp_test_tensor(kv, KVP_DTYPE_BF16, T, HEADS, HDIM, KVP_DEVICE_CPU);
+    const kvp_tensor ot = kvp_test_tensor(out, KVP_DTYPE_F32, T, HQ, HDIM, KVP_DEVICE_CPU);
+    const long base = g_alloc.live;
+    long n;
+    for (n = 0; n < MAX_N; ++n) {
+      fail_from(n);
+      const kvp_status st = kvp_attention(c, 1, &qt, &kvt, &kvt, md, NULL, &ot, NULL);
+      disarm();
+      if (st == KVP_OK) break;
+      expect_oom(st, base, n, "kvp_attention");
+      assert_same_layers(c, snap);
+      assert_memory_equal(out, out_before, sizeof(float) * T * HQ * HDIM);
+    }
+    assert_true(n >= 4); /* validation scratch, the write's runs, the work items, the workers' scratch */
+    assert_true(memcmp(out, out_before, sizeof(float) * T * HQ * HDIM) != 0);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+    test_free(q);
+    test_free(kv);
+    test_free(out);
+    test_free(out_before);
+    test_free(snap);
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+}
+
 static void test_oom__set_host_allocator_rejects_half_allocators(void **state) {
   (void)state;
   kvp_host_allocator half = kvp_test_allocator(&g_alloc);
@@ -468,6 +530,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_oom__pool_create_append_fork, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__json, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__concatenate, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__attention, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__set_host_allocator_rejects_half_allocators, setup, teardown),
   };
   return cmocka_run_group_tests_name("oom", tests, NULL, NULL);
