@@ -48,6 +48,9 @@ inline uint64_t get64(const uint8_t* p) {
 // XXH3-64 streaming state, on the stack.
 class Hasher {
  public:
+  // A state on the stack must be marked unseeded before its first seeded reset: the reset keeps
+  // the derived secret when the stored seed already matches, and stack garbage can match.
+  Hasher() { XXH3_INITSTATE(&st_); }
   void reset(uint64_t seed) { XXH3_64bits_reset_withSeed(&st_, seed); }
   void update(const void* p, size_t n) { XXH3_64bits_update(&st_, p, n); }
   uint64_t digest() const { return XXH3_64bits_digest(&st_); }

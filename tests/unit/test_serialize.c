@@ -12,7 +12,9 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t's layout, for the stack-contents regression test */
 #include <xxhash.h>
+#include <stddef.h>
 
 #include "support.h"
 
@@ -293,6 +295,52 @@ static void test_serialize__layout_matches_the_format_document(void **state) {
   assert_ptr_equal(q, b + n);
   free(expect);
   free(b);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+/* Fills 64 KiB of the stack below the caller (where the library's frames will be) so that an
+ * XXH3 state (64-byte aligned) at any position there looks seeded with `seed`: its seed field holds
+ * `seed`, its external-secret pointer is NULL, and its derived secret is garbage. */
+static __attribute__((noinline)) void scribble_stack(uint64_t seed) {
+  volatile uint64_t junk[8192] __attribute__((aligned(64)));
+  const size_t at_seed = offsetof(XXH3_state_t, seed) % 64 / 8, at_ext = offsetof(XXH3_state_t, extSecret) % 64 / 8;
+  for (size_t i = 0; i < 8192; ++i) junk[i] = i % 8 == at_ext ? 0 : i % 8 == at_seed ? seed : 0x5a5a5a5a5a5a5a5aull;
+  (void)junk[0];
+}
+
+/* Regression: the checksums must not depend on what the stack held before. A seeded XXH3 state on
+ * the stack that is not marked unseeded first (XXH3_INITSTATE) keeps a stale derived secret when
+ * the stale seed field happens to equal the new seed; stack memory made to look like that for each
+ * seed (1: the page table, 2.. : the chunks) triggers it. Every checksum is recomputed here with
+ * XXH3 itself, and the blob must load after the same scribbling. */
+static void test_serialize__checksums_do_not_depend_on_stack_contents(void **state) {
+  (void)state;
+  kvp_cache *c = small_cache(77);
+  for (uint64_t word = 1; word <= 8; ++word) {
+    size_t need = 0, n = 0;
+    kvp_serialize_options o;
+    kvp_serialize_options_init(&o, sizeof o);
+    o.chunk_bytes = 256;
+    assert_kvp_ok(kvp_serialized_size(c, &o, &need));
+    uint8_t *b = malloc(need);
+    scribble_stack(word);
+    assert_kvp_ok(kvp_serialize(c, &o, b, need, &n));
+    const uint32_t hs = rd32(b + 8);
+    const uint64_t table = rd64(b + 136) * 4, chunks = (rd64(b + 152) + 255) / 256;
+    const uint8_t *q = b + hs + table + 8;
+    assert_int_equal(rd64(q - 8), XXH3_64bits_withSeed(b + hs, table, 1));
+    for (uint64_t i = 0; i < chunks; ++i) {
+      const uint64_t len = rd64(b + 152) - i * 256 < 256 ? rd64(b + 152) - i * 256 : 256;
+      assert_int_equal(rd64(q + len), XXH3_64bits_withSeed(q, len, 2 + i));
+      q += len + 8;
+    }
+    assert_ptr_equal(q, b + n);
+    kvp_cache *d = NULL;
+    scribble_stack(word);
+    assert_kvp_ok(kvp_deserialize_new(b, n, NULL, &d));
+    assert_kvp_ok(kvp_cache_destroy(d));
+    free(b);
+  }
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
@@ -1089,6 +1137,7 @@ static void test_serialize__out_of_memory_leaks_nothing(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_serialize__roundtrip_whole_every_layout_and_dtype),
+      cmocka_unit_test(test_serialize__checksums_do_not_depend_on_stack_contents),
       cmocka_unit_test(test_serialize__subset_loads_into_other_page_ids),
       cmocka_unit_test(test_serialize__subset_new_cache_has_pages_at_original_ids),
       cmocka_unit_test(test_serialize__layout_matches_the_format_document),
