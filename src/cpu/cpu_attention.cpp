@@ -4,16 +4,19 @@
 // Work decomposition. The query rows of one request and one KV head are the pairs (token, query
 // head of the group), token-major; a tile is up to 16 of them, so the query heads of a GQA group
 // share every key and value they load, and prefill tokens are tiled. A work item is a tile and a
-// range of key positions; long key ranges of few tiles (decode) are split so that every thread
-// has work, and the splits' partial softmax states are merged afterwards. Items run on the
-// library's thread pool.
+// range of key positions, for one KV head or, when a request's rows fit one tile (decode), for
+// several adjacent heads, whose keys and values lie side by side in each slot. Long key ranges
+// of few tiles are split so that every thread has work, and the splits' partial softmax states
+// are merged afterwards. Items run on the library's thread pool.
 //
-// Per block of kBlock key positions: the keys and values are widened to f32 (keys [key][lane],
-// values [key][lane]); the logits of the 16 rows are computed vectorised across rows (queries
-// transposed once per item: qt[lane][row]); the online softmax runs across rows; then every
-// row accumulates exactly the values of its allowed keys (a contiguous range), so a masked key
-// is excluded by selection and never multiplied in (ATTENTION.md D-5). The block kernels exist
-// for the baseline, AVX2 + FMA and AVX-512 and are picked like the dtype conversions.
+// Per block of kBlock key positions and per head: the keys and values are widened to f32 (keys
+// [key][lane], values [key][lane]; the widening is vectorised per instruction set); the logits of
+// the tile's rows are computed vectorised across 16 rows (prefill: queries transposed once per
+// item, qt[lane][row]) or, for tiles of at most kFewRows rows, along the lanes with a transposing
+// reduction (decode: qr[row][lane]); the online softmax runs across rows; then every row
+// accumulates exactly the values of its allowed keys (a contiguous range), so a masked key is
+// excluded by selection and never multiplied in (ATTENTION.md D-5). The kernels exist for the
+// baseline, AVX2 + FMA and AVX-512 and are picked like the dtype conversions.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -37,13 +40,20 @@ namespace {
 
 constexpr int kRows = 16;   // query rows of a tile: one vector of 16 floats
 constexpr int kBlock = 32;  // key positions per block
+constexpr int kFewRows = 8; // tiles of at most this many rows take the lane-wise logits (qk_few)
+constexpr int kMaxItemHeads = 16;  // KV heads of one item at most
 constexpr int64_t kMinSplitKeys = 256;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---- block kernels ------------------------------------------------------------------------------
 
-// Logits of one block: s[k][r] = sum_d qt[d][r] * kb[k][d] for k < nb.
+// Logits of one block: s[k][r] = sum_d qt[d][r] * kb[k][d] for k < nb, vectorised across the 16
+// rows (prefill tiles).
 using QkFn = void (*)(const float* qt, const float* kb, int nb, int D, int Dp, float* s);
+// The same for the first nr rows only, from row-major queries qr[r][Dp], vectorised along the
+// lanes (tiles of few rows: a decode token's GQA heads). Key rows past nb, up to nb rounded up to
+// the vector width, are read and their results discarded.
+using QkFewFn = void (*)(const float* qr, const float* kb, int nb, int nr, int Dp, float* s);
 // Online softmax across the 16 rows over one block, in place: s[k][r] becomes the weight of key k
 // for row r (0 where the key is not allowed: j0 + k outside [lo[r], hi[r])); updates m and l and
 // returns the rescale factor of each row's earlier state in alpha. cap > 0: soft cap first.
@@ -52,11 +62,14 @@ using SoftmaxFn = void (*)(float* s, const float* lo, const float* hi, float j0,
 // acc[r] = acc[r] * alpha[r] + sum over k in [a[r], b[r]) of p[k][r] * vb[k] (D lanes).
 using PvFn = void (*)(const float* p, const float* vb, int D, int Dp, const int* a, const int* b, const float* alpha,
                       float* acc);
-// Widens n elements of a storage dtype to f32.
-using WidenFn = void (*)(const uint8_t* src, float* dst, int64_t n);
+// Widens the keys and values of n slots from a storage dtype to f32: D elements at rows[k] into
+// kb[k][Dp] and D elements at rows[k] + v_bytes into vb[k][Dp].
+using WidenFn = void (*)(const uint8_t* const* rows, int n, int64_t v_bytes, int64_t D, int64_t Dp, float* kb,
+                         float* vb);
 
 struct Kernels {
   QkFn qk;
+  QkFewFn qk_few;
   SoftmaxFn softmax;
   PvFn pv;
 };
@@ -92,6 +105,15 @@ void qk_baseline(const float* qt, const float* kb, int nb, int D, int Dp, float*
       for (int r = 0; r < kRows; ++r) acc[r] += qt[d * kRows + r] * key[d];
     for (int r = 0; r < kRows; ++r) s[k * kRows + r] = acc[r];
   }
+}
+
+void qk_few_baseline(const float* qr, const float* kb, int nb, int nr, int Dp, float* s) {
+  for (int k = 0; k < nb; ++k)
+    for (int r = 0; r < nr; ++r) {
+      float acc = 0.0f;
+      for (int d = 0; d < Dp; ++d) acc += qr[r * Dp + d] * kb[static_cast<size_t>(k) * Dp + d];
+      s[k * kRows + r] = acc;
+    }
 }
 
 void softmax_baseline(float* s, const float* lo, const float* hi, float j0, int nb, float cap, float* m, float* l,
@@ -179,6 +201,45 @@ KVP_TARGET_AVX512 void qk_avx512(const float* qt, const float* kb, int nb, int D
   }
 }
 
+// Sums of two vectors' 128-bit quarters: [x0+x2, x1+x3, y0+y2, y1+y3].
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 half_sums512(__m512 x, __m512 y) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Element u of the result is the sum of the 16 elements of a[u].
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 sums16_avx512(const __m512* a) {
+  __m512 c[4];
+  for (int i = 0; i < 4; ++i) {
+    // 128-bit quarter L of c[i] holds 4 partial sums of a[4L + i].
+    const __m512 x = half_sums512(a[i], a[i + 4]), y = half_sums512(a[i + 8], a[i + 12]);
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  const __m512 u01 = _mm512_add_ps(_mm512_unpacklo_ps(c[0], c[1]), _mm512_unpackhi_ps(c[0], c[1]));
+  const __m512 u23 = _mm512_add_ps(_mm512_unpacklo_ps(c[2], c[3]), _mm512_unpackhi_ps(c[2], c[3]));
+  return _mm512_add_ps(_mm512_shuffle_ps(u01, u23, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(u01, u23, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+KVP_TARGET_AVX512 void qk_few_avx512(const float* qr, const float* kb, int nb, int nr, int Dp, float* s) {
+  const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(kRows));
+  for (int k0 = 0; k0 < nb; k0 += 16) {
+    const __mmask16 keys = static_cast<__mmask16>(nb - k0 >= 16 ? 0xFFFF : (1u << (nb - k0)) - 1u);
+    const float* key = kb + static_cast<size_t>(k0) * Dp;
+    for (int r = 0; r < nr; ++r) {
+      __m512 a[16];
+      for (int u = 0; u < 16; ++u) a[u] = _mm512_setzero_ps();
+      for (int d = 0; d < Dp; d += 16) {
+        const __m512 q = _mm512_load_ps(qr + r * Dp + d);
+        for (int u = 0; u < 16; ++u) a[u] = _mm512_fmadd_ps(q, _mm512_load_ps(key + u * Dp + d), a[u]);
+      }
+      _mm512_mask_i32scatter_ps(s + k0 * kRows + r, keys, column, sums16_avx512(a), 4);
+    }
+  }
+}
+
 KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 cap512(__m512 x, __m512 cap) {
   const __m512 y = _mm512_div_ps(x, cap);
   const __m512 ay = _mm512_abs_ps(y);
@@ -226,16 +287,28 @@ KVP_TARGET_AVX512 void pv_avx512(const float* p, const float* vb, int D, int Dp,
     if (a[r] >= b[r] && alpha[r] == 1.0f) continue;
     float* o = acc + static_cast<size_t>(r) * Dp;
     const __m512 sc = _mm512_set1_ps(alpha[r]);
-    for (int d = 0; d < D; d += 64) {  // 4 registers of the row at a time (Dp is a multiple of 16)
-      const int nv = std::min(4, (Dp - d) / 16);
-      __m512 o4[4];
-      for (int u = 0; u < nv; ++u) o4[u] = _mm512_mul_ps(_mm512_load_ps(o + d + 16 * u), sc);
+    int d = 0;
+    for (; d + 64 <= Dp; d += 64) {  // 4 registers of the row at a time
+      __m512 o0 = _mm512_mul_ps(_mm512_load_ps(o + d), sc), o1 = _mm512_mul_ps(_mm512_load_ps(o + d + 16), sc);
+      __m512 o2 = _mm512_mul_ps(_mm512_load_ps(o + d + 32), sc), o3 = _mm512_mul_ps(_mm512_load_ps(o + d + 48), sc);
       for (int k = a[r]; k < b[r]; ++k) {
         const __m512 w = _mm512_set1_ps(p[k * kRows + r]);
         const float* v = vb + static_cast<size_t>(k) * Dp + d;
-        for (int u = 0; u < nv; ++u) o4[u] = _mm512_fmadd_ps(w, _mm512_load_ps(v + 16 * u), o4[u]);
+        o0 = _mm512_fmadd_ps(w, _mm512_load_ps(v), o0);
+        o1 = _mm512_fmadd_ps(w, _mm512_load_ps(v + 16), o1);
+        o2 = _mm512_fmadd_ps(w, _mm512_load_ps(v + 32), o2);
+        o3 = _mm512_fmadd_ps(w, _mm512_load_ps(v + 48), o3);
       }
-      for (int u = 0; u < nv; ++u) _mm512_store_ps(o + d + 16 * u, o4[u]);
+      _mm512_store_ps(o + d, o0);
+      _mm512_store_ps(o + d + 16, o1);
+      _mm512_store_ps(o + d + 32, o2);
+      _mm512_store_ps(o + d + 48, o3);
+    }
+    for (; d < Dp; d += 16) {  // Dp is a multiple of 16
+      __m512 o0 = _mm512_mul_ps(_mm512_load_ps(o + d), sc);
+      for (int k = a[r]; k < b[r]; ++k)
+        o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[k * kRows + r]), _mm512_load_ps(vb + static_cast<size_t>(k) * Dp + d), o0);
+      _mm512_store_ps(o + d, o0);
     }
   }
 }
@@ -292,6 +365,32 @@ KVP_TARGET_AVX2 void qk_avx2(const float* qt, const float* kb, int nb, int D, in
   }
 }
 
+// Element u of the result is the sum of the 8 elements of a[u].
+KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 sums8_avx2(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+KVP_TARGET_AVX2 void qk_few_avx2(const float* qr, const float* kb, int nb, int nr, int Dp, float* s) {
+  for (int k0 = 0; k0 < nb; k0 += 8) {
+    const int nk = std::min(8, nb - k0);
+    const float* key = kb + static_cast<size_t>(k0) * Dp;
+    for (int r = 0; r < nr; ++r) {
+      __m256 a[8];
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+      for (int d = 0; d < Dp; d += 8) {
+        const __m256 q = _mm256_load_ps(qr + r * Dp + d);
+        for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(q, _mm256_load_ps(key + u * Dp + d), a[u]);
+      }
+      alignas(32) float sum[8];
+      _mm256_store_ps(sum, sums8_avx2(a));
+      for (int u = 0; u < nk; ++u) s[(k0 + u) * kRows + r] = sum[u];
+    }
+  }
+}
+
 KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 cap256(__m256 x, __m256 cap) {
   const __m256 y = _mm256_div_ps(x, cap);
   const __m256 sign = _mm256_and_ps(y, _mm256_set1_ps(-0.0f));
@@ -343,52 +442,162 @@ KVP_TARGET_AVX2 void pv_avx2(const float* p, const float* vb, int D, int Dp, con
     if (a[r] >= b[r] && alpha[r] == 1.0f) continue;
     float* o = acc + static_cast<size_t>(r) * Dp;
     const __m256 sc = _mm256_set1_ps(alpha[r]);
-    for (int d = 0; d < D; d += 64) {  // 8 registers of the row at a time (Dp is a multiple of 16)
-      const int nv = std::min(8, (Dp - d) / 8);
-      __m256 o8[8];
-      for (int u = 0; u < nv; ++u) o8[u] = _mm256_mul_ps(_mm256_load_ps(o + d + 8 * u), sc);
+    int d = 0;
+    for (; d + 32 <= Dp; d += 32) {  // 4 registers of the row at a time
+      __m256 o0 = _mm256_mul_ps(_mm256_load_ps(o + d), sc), o1 = _mm256_mul_ps(_mm256_load_ps(o + d + 8), sc);
+      __m256 o2 = _mm256_mul_ps(_mm256_load_ps(o + d + 16), sc), o3 = _mm256_mul_ps(_mm256_load_ps(o + d + 24), sc);
       for (int k = a[r]; k < b[r]; ++k) {
         const __m256 w = _mm256_set1_ps(p[k * kRows + r]);
         const float* v = vb + static_cast<size_t>(k) * Dp + d;
-        for (int u = 0; u < nv; ++u) o8[u] = _mm256_fmadd_ps(w, _mm256_load_ps(v + 8 * u), o8[u]);
+        o0 = _mm256_fmadd_ps(w, _mm256_load_ps(v), o0);
+        o1 = _mm256_fmadd_ps(w, _mm256_load_ps(v + 8), o1);
+        o2 = _mm256_fmadd_ps(w, _mm256_load_ps(v + 16), o2);
+        o3 = _mm256_fmadd_ps(w, _mm256_load_ps(v + 24), o3);
       }
-      for (int u = 0; u < nv; ++u) _mm256_store_ps(o + d + 8 * u, o8[u]);
+      _mm256_store_ps(o + d, o0);
+      _mm256_store_ps(o + d + 8, o1);
+      _mm256_store_ps(o + d + 16, o2);
+      _mm256_store_ps(o + d + 24, o3);
+    }
+    for (; d < Dp; d += 8) {  // Dp is a multiple of 16
+      __m256 o0 = _mm256_mul_ps(_mm256_load_ps(o + d), sc);
+      for (int k = a[r]; k < b[r]; ++k)
+        o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[k * kRows + r]), _mm256_load_ps(vb + static_cast<size_t>(k) * Dp + d), o0);
+      _mm256_store_ps(o + d, o0);
     }
   }
 }
-#pragma GCC diagnostic pop
 #endif  // KVP_CPU_DISPATCH
 
-// ---- widening the pages to f32 (the conversions of backend/fp_convert.hpp, vectorised per ISA)
+template <kvp_dtype SD>
+constexpr int fp_size() {
+  return SD == KVP_DTYPE_F32 ? 4 : SD == KVP_DTYPE_F16 || SD == KVP_DTYPE_BF16 ? 2 : 1;
+}
+
+// ---- widening the pages to f32 (bit-exact with backend/fp_convert.hpp)
+//
+// The vector forms place a small format's exponent and mantissa at the f32 position and multiply
+// by the power of two that moves its bias to f32's (exact: subnormals become the right normals);
+// all-ones exponents (f16, e5m2: infinity and NaN) and the e4m3fn NaN pattern are patched; the
+// sign is or-ed in.
 
 template <kvp_dtype SD>
-KVP_ALWAYS_INLINE inline void widen_body(const uint8_t* src, float* dst, int64_t n) {
-  if constexpr (SD == KVP_DTYPE_F32) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-  } else if constexpr (SD == KVP_DTYPE_F16 || SD == KVP_DTYPE_BF16) {
-    for (int64_t i = 0; i < n; ++i) {
+KVP_ALWAYS_INLINE inline void widen_scalar(const uint8_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (SD == KVP_DTYPE_F32) {
+      std::memcpy(dst + i, src + 4 * i, 4);
+    } else if constexpr (SD == KVP_DTYPE_F16 || SD == KVP_DTYPE_BF16) {
       uint16_t c;
       std::memcpy(&c, src + 2 * i, 2);
       dst[i] = SD == KVP_DTYPE_F16 ? fp::f32_from_f16(c) : fp::f32_from_bf16(c);
+    } else {
+      dst[i] = SD == KVP_DTYPE_F8_E4M3FN ? fp::f32_from_e4m3fn(src[i]) : fp::f32_from_e5m2(src[i]);
     }
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = SD == KVP_DTYPE_F8_E4M3FN ? fp::f32_from_e4m3fn(src[i]) : fp::f32_from_e5m2(src[i]);
   }
 }
 
 template <kvp_dtype SD>
-void widen_baseline(const uint8_t* src, float* dst, int64_t n) {
-  widen_body<SD>(src, dst, n);
+void widen_baseline(const uint8_t* const* rows, int n, int64_t v_bytes, int64_t D, int64_t Dp, float* kb, float* vb) {
+  for (int k = 0; k < n; ++k) {
+    widen_scalar<SD>(rows[k], kb + k * Dp, D);
+    widen_scalar<SD>(rows[k] + v_bytes, vb + k * Dp, D);
+  }
 }
+
 #if KVP_CPU_DISPATCH
+// f16 (or e5m2 shifted into f16) bits in 32-bit lanes -> f32.
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_f16_bits512(__m512i h) {
+  const __m512i mag = _mm512_and_si512(h, _mm512_set1_epi32(0x7FFF));
+  const __m512i moved = _mm512_slli_epi32(mag, 13);
+  __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(moved), _mm512_set1_ps(0x1p112f));
+  const __mmask16 special = _mm512_cmpeq_epi32_mask(_mm512_and_si512(h, _mm512_set1_epi32(0x7C00)), _mm512_set1_epi32(0x7C00));
+  f = _mm512_mask_mov_ps(f, special, _mm512_castsi512_ps(_mm512_or_si512(moved, _mm512_set1_epi32(0x7F800000))));
+  return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x8000)), 16)));
+}
+
 template <kvp_dtype SD>
-KVP_TARGET_AVX2 void widen_avx2(const uint8_t* src, float* dst, int64_t n) {
-  widen_body<SD>(src, dst, n);
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline void widen_row_avx512(const uint8_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 f;
+    if constexpr (SD == KVP_DTYPE_F32) {
+      f = _mm512_loadu_ps(src + 4 * i);
+    } else if constexpr (SD == KVP_DTYPE_BF16) {
+      f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i))), 16));
+    } else if constexpr (SD == KVP_DTYPE_F16) {
+      f = f32_from_f16_bits512(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i))));
+    } else {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      if constexpr (SD == KVP_DTYPE_F8_E5M2) {
+        f = f32_from_f16_bits512(_mm512_slli_epi32(b, 8));
+      } else {
+        const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
+        f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
+        f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)), _mm512_set1_ps(NAN));
+        f = _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24)));
+      }
+    }
+    _mm512_storeu_ps(dst + i, f);
+  }
+  widen_scalar<SD>(src + i * static_cast<int64_t>(fp_size<SD>()), dst + i, n - i);
+}
+
+KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_f16_bits256(__m256i h) {
+  const __m256i mag = _mm256_and_si256(h, _mm256_set1_epi32(0x7FFF));
+  const __m256i moved = _mm256_slli_epi32(mag, 13);
+  const __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(moved), _mm256_set1_ps(0x1p112f));
+  const __m256i c = _mm256_set1_epi32(0x7C00);
+  const __m256 special = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(h, c), c));
+  const __m256 inf_nan = _mm256_castsi256_ps(_mm256_or_si256(moved, _mm256_set1_epi32(0x7F800000)));
+  const __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16));
+  return _mm256_or_ps(_mm256_blendv_ps(f, inf_nan, special), sign);
+}
+
+template <kvp_dtype SD>
+KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline void widen_row_avx2(const uint8_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 f;
+    if constexpr (SD == KVP_DTYPE_F32) {
+      f = _mm256_loadu_ps(reinterpret_cast<const float*>(src + 4 * i));
+    } else if constexpr (SD == KVP_DTYPE_BF16) {
+      f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))), 16));
+    } else if constexpr (SD == KVP_DTYPE_F16) {
+      f = f32_from_f16_bits256(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+    } else {
+      const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i)));
+      if constexpr (SD == KVP_DTYPE_F8_E5M2) {
+        f = f32_from_f16_bits256(_mm256_slli_epi32(b, 8));
+      } else {
+        const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
+        f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 20)), _mm256_set1_ps(0x1p120f));
+        const __m256 nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
+        f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), nan);
+        f = _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24)));
+      }
+    }
+    _mm256_storeu_ps(dst + i, f);
+  }
+  widen_scalar<SD>(src + i * static_cast<int64_t>(fp_size<SD>()), dst + i, n - i);
 }
 template <kvp_dtype SD>
-KVP_TARGET_AVX512 void widen_avx512(const uint8_t* src, float* dst, int64_t n) {
-  widen_body<SD>(src, dst, n);
+KVP_TARGET_AVX512 void widen_avx512(const uint8_t* const* rows, int n, int64_t v_bytes, int64_t D, int64_t Dp, float* kb,
+                                    float* vb) {
+  for (int k = 0; k < n; ++k) {
+    widen_row_avx512<SD>(rows[k], kb + k * Dp, D);
+    widen_row_avx512<SD>(rows[k] + v_bytes, vb + k * Dp, D);
+  }
 }
+
+template <kvp_dtype SD>
+KVP_TARGET_AVX2 void widen_avx2(const uint8_t* const* rows, int n, int64_t v_bytes, int64_t D, int64_t Dp, float* kb,
+                                float* vb) {
+  for (int k = 0; k < n; ++k) {
+    widen_row_avx2<SD>(rows[k], kb + k * Dp, D);
+    widen_row_avx2<SD>(rows[k] + v_bytes, vb + k * Dp, D);
+  }
+}
+#pragma GCC diagnostic pop  // (pushed before the AVX-512 kernels)
 #endif
 
 template <kvp_dtype SD>
@@ -413,11 +622,11 @@ WidenFn widen_of(kvp_dtype d, CpuIsa isa) {
 
 Kernels kernels_of(CpuIsa isa) {
 #if KVP_CPU_DISPATCH
-  if (isa == CpuIsa::avx512) return {qk_avx512, softmax_avx512, pv_avx512};
-  if (isa == CpuIsa::avx2) return {qk_avx2, softmax_avx2, pv_avx2};
+  if (isa == CpuIsa::avx512) return {qk_avx512, qk_few_avx512, softmax_avx512, pv_avx512};
+  if (isa == CpuIsa::avx2) return {qk_avx2, qk_few_avx2, softmax_avx2, pv_avx2};
 #endif
   (void)isa;
-  return {qk_baseline, softmax_baseline, pv_baseline};
+  return {qk_baseline, qk_few_baseline, softmax_baseline, pv_baseline};
 }
 
 // ---- scalar element access
@@ -439,18 +648,24 @@ void store_f32(uint8_t* base, kvp_dtype dt, float v) {
 
 // ---- the job -----------------------------------------------------------------------------------
 
-// One tile and key range. part >= 0: the partial state goes to slot `part` of the split buffer.
+// One tile of KV heads [g0, g0 + ng) and a key range. A tile's rows are the same (token, query head
+// of the group) pairs for each of its heads; a request whose rows fit one tile (decode) takes
+// several adjacent heads per item, so that each slot is read in one run of whole cache lines.
+// part >= 0: the partial state of head h goes to slot part + h * splits of the split buffer.
 struct Item {
   int64_t req;     // request row
-  int32_t g;       // KV head
+  int32_t g0, ng;  // KV heads
   int32_t f0, nf;  // flattened query rows [f0, f0 + nf) of the request, nf <= kRows
   int64_t k0, k1;  // key positions
   int64_t part;    // -1: final
+  int64_t splits;  // items the tile's key range is split into
 };
 
-// A merge of the `splits` partial states at [part, part + splits) into the output of a tile.
+// A merge of the `splits` partial states at [part, part + splits) into the output of head g0 + h
+// of a tile.
 struct Merge {
   int64_t item;  // the first of the tile's items (for its rows)
+  int32_t h;
   int64_t part, splits;
 };
 
@@ -460,6 +675,7 @@ struct Plan {
   WidenFn widen;
   int64_t rep, D, Dp;
   int64_t slot_elems, isz;  // elements per token slot, bytes per element of the pages
+  int64_t group = 1;        // KV heads per item for requests whose rows fit one tile
   HostVector<Item> items;
   HostVector<Merge> merges;
   // Split partials: per part, m[16], l[16], acc[16][Dp].
@@ -484,61 +700,72 @@ void row_range(const AttentionJob& j, int64_t i, int64_t f, int64_t rep, int64_t
   lo = j.window > 0 ? std::max<int64_t>(0, p - j.window + 1) : 0;
 }
 
-// Tiles and splits of every processed row.
+// Adjacent KV heads whose keys and values fill about 4 KiB of a slot (at most kMaxItemHeads).
+int64_t heads_per_group(const Plan& pl) {
+  const Layout& L = pl.job.layout;
+  const int64_t head_bytes = (L.h64 ? 1 : 2) * L.storage_head_dim * pl.isz;
+  return std::clamp<int64_t>(4096 / head_bytes, 1, std::min<int64_t>(L.num_kv_heads, kMaxItemHeads));
+}
+
+// The items (and merges) of one tile: its heads in groups of `group`, its key range [k0, k1) in
+// `splits` parts.
+void add_tile(Plan& pl, int64_t i, int64_t f0, int64_t nf, int64_t k0, int64_t k1, int64_t group, int64_t splits) {
+  const int64_t Hkv = pl.job.layout.num_kv_heads, stride = kRows * (pl.Dp + 2);
+  for (int64_t g0 = 0; g0 < Hkv; g0 += group) {
+    const int64_t ng = std::min(group, Hkv - g0), first = static_cast<int64_t>(pl.items.size());
+    const int64_t part = splits > 1 ? static_cast<int64_t>(pl.partials.size()) / stride : -1;
+    for (int64_t s = 0; s < splits; ++s)
+      pl.items.push_back(Item{i, static_cast<int32_t>(g0), static_cast<int32_t>(ng), static_cast<int32_t>(f0),
+                              static_cast<int32_t>(nf), k0 + (k1 - k0) * s / splits, k0 + (k1 - k0) * (s + 1) / splits,
+                              splits > 1 ? part + s : -1, splits});
+    if (splits == 1) continue;
+    for (int64_t h = 0; h < ng; ++h) pl.merges.push_back(Merge{first, static_cast<int32_t>(h), part + h * splits, splits});
+    pl.partials.resize(pl.partials.size() + static_cast<size_t>(ng * splits * stride), 0.0f);
+  }
+}
+
+// Tiles and splits of every processed row. Long key ranges are split when the tiles alone would
+// leave threads idle: a tile gets about its share of 4 items per thread.
 void plan_items(Plan& pl, int threads) {
   const AttentionJob& j = pl.job;
-  const int64_t Hkv = j.layout.num_kv_heads;
+  const int64_t Hkv = j.layout.num_kv_heads, target = 4 * static_cast<int64_t>(threads);
+  pl.group = heads_per_group(pl);
   int64_t total_keys = 0;
-  for (int pass = 0; pass < 2; ++pass) {
-    const int64_t target = 4 * static_cast<int64_t>(threads);
+  for (int pass = 0; pass < 2; ++pass)
     for (int64_t i = 0; i < j.num_rows; ++i) {
-      const int64_t rows = qlen_of(j, i) * pl.rep;
+      const int64_t rows = qlen_of(j, i) * pl.rep, group = rows <= kRows ? pl.group : 1;
       for (int64_t f0 = 0; f0 < rows; f0 += kRows) {
         const int64_t nf = std::min<int64_t>(kRows, rows - f0);
         int64_t p, lo0, hi0, lo1, hi1;
         row_range(j, i, f0, pl.rep, p, lo0, hi0);
         row_range(j, i, f0 + nf - 1, pl.rep, p, lo1, hi1);
-        const int64_t k0 = lo0, k1 = hi1, keys = k1 - k0;
+        const int64_t keys = hi1 - lo0;
         if (pass == 0) {
           total_keys += keys * Hkv;
           continue;
         }
-        // Split long key ranges when the tiles alone would leave threads idle.
         int64_t splits = 1;
         if (threads > 1 && total_keys > 0) {
-          const int64_t share = (target * keys * Hkv + total_keys - 1) / total_keys;
+          const int64_t share = (target * keys * group + total_keys - 1) / total_keys;
           splits = std::max<int64_t>(1, std::min<int64_t>(share, keys / kMinSplitKeys));
         }
-        for (int64_t g = 0; g < Hkv; ++g) {
-          const int64_t first = static_cast<int64_t>(pl.items.size());
-          const int64_t part = splits > 1 ? static_cast<int64_t>(pl.partials.size()) / (kRows * (pl.Dp + 2)) : -1;
-          for (int64_t s = 0; s < splits; ++s) {
-            const int64_t a = k0 + keys * s / splits, b = k0 + keys * (s + 1) / splits;
-            pl.items.push_back(Item{i, static_cast<int32_t>(g), static_cast<int32_t>(f0), static_cast<int32_t>(nf), a, b,
-                                    splits > 1 ? part + s : -1});
-          }
-          if (splits > 1) {
-            pl.merges.push_back(Merge{first, part, splits});
-            pl.partials.resize(pl.partials.size() + static_cast<size_t>(splits * kRows * (pl.Dp + 2)), 0.0f);
-          }
-        }
+        add_tile(pl, i, f0, nf, lo0, hi1, group, splits);
       }
     }
-  }
 }
 
-// The token row and query head of flattened row f of item `it`.
-void row_of(const Plan& pl, const Item& it, int64_t f, int64_t& token, int64_t& head) {
+// The token row and query head of flattened row f of item `it`, for its KV head g.
+void row_of(const Plan& pl, const Item& it, int64_t g, int64_t f, int64_t& token, int64_t& head) {
   token = qs_of(pl.job, it.req) + f / pl.rep;
-  head = it.g * pl.rep + f % pl.rep;
+  head = g * pl.rep + f % pl.rep;
 }
 
-// Writes the normalised rows of a tile: out = v_scale * acc / l, with the head's sink.
-void finish_rows(const Plan& pl, const Item& it, const float* m, const float* l, const float* acc) {
+// Writes the normalised rows of a tile's KV head g: out = v_scale * acc / l, with the head's sink.
+void finish_rows(const Plan& pl, const Item& it, int64_t g, const float* m, const float* l, const float* acc) {
   const AttentionJob& j = pl.job;
   for (int r = 0; r < it.nf; ++r) {
     int64_t token, head;
-    row_of(pl, it, it.f0 + r, token, head);
+    row_of(pl, it, g, it.f0 + r, token, head);
     float mr = m[r], lr = l[r], scale = 1.0f;
     if (j.sinks != nullptr && j.sinks[head] != kNegInf) {
       const float sink = j.sinks[head];
@@ -554,68 +781,117 @@ void finish_rows(const Plan& pl, const Item& it, const float* m, const float* l,
   }
 }
 
+// The running state of one KV head of an item, in the worker's scratch.
+struct HeadState {
+  float* q;    // queries: qt [Dp][16] (rows kernel) or qr [16][Dp] (few rows)
+  float* kb;   // [kBlock][Dp]
+  float* vb;   // [kBlock][Dp]
+  float* acc;  // [16][Dp]
+  alignas(64) float m[kRows];
+  alignas(64) float l[kRows];
+  alignas(64) float alpha[kRows];
+};
+
+// Floats of scratch per KV head of an item, and shared (the logits s [kBlock][16]).
+int64_t head_floats(int64_t Dp) { return 2 * kRows * Dp + 2 * kBlock * Dp; }
+constexpr int64_t kSharedFloats = kBlock * kRows;
+
+// Sets up head h of an item: scratch, zeroed where read before written (query padding, key and
+// value padding lanes, key rows past a block's end, the sums), queries loaded and scaled.
+void init_head(const Plan& pl, const Item& it, int64_t h, bool few, float* buf, HeadState& hs) {
+  const AttentionJob& j = pl.job;
+  const int64_t D = pl.D, Dp = pl.Dp;
+  hs.q = buf + kSharedFloats + h * head_floats(Dp);
+  hs.kb = hs.q + kRows * Dp;
+  hs.vb = hs.kb + kBlock * Dp;
+  hs.acc = hs.vb + kBlock * Dp;
+  std::memset(hs.q, 0, sizeof(float) * static_cast<size_t>(kRows * Dp + kBlock * Dp));  // q, kb
+  if (D != Dp) std::memset(hs.vb, 0, sizeof(float) * static_cast<size_t>(kBlock * Dp));
+  std::memset(hs.acc, 0, sizeof(float) * static_cast<size_t>(kRows * Dp));
+  for (int r = 0; r < kRows; ++r) {
+    hs.m[r] = kNegInf;
+    hs.l[r] = 0.0f;
+  }
+  for (int r = 0; r < it.nf; ++r) {
+    int64_t token, head;
+    row_of(pl, it, it.g0 + h, it.f0 + r, token, head);
+    const uint8_t* q = static_cast<const uint8_t*>(j.q.data) + (token * j.q.stride_t + head * j.q.stride_h) * j.q.itemsize;
+    for (int64_t d = 0; d < D; ++d) {
+      const float x = load_f32(q + d * j.q.stride_d * j.q.itemsize, j.q.dtype) * j.logit_scale;
+      (few ? hs.q[r * Dp + d] : hs.q[d * kRows + r]) = x;
+    }
+  }
+}
+
+// Widens block [j0, j0 + nb) of the keys and values of the item's head h into its state. Each slot
+// holds the item's heads side by side: while head 0 reads its lines of each slot, the hardware
+// prefetcher brings the other heads' lines. One head's values then stay in the L1 cache between
+// the widening and its use.
+void load_block(const Plan& pl, const Item& it, int64_t h, int64_t j0, int nb, HeadState& hs) {
+  const AttentionJob& j = pl.job;
+  const int64_t S = j.layout.page_size, Dst = j.layout.storage_head_dim, isz = pl.isz;
+  const int32_t* table = j.md.pages_tables + it.req * j.md.pages_per_req;
+  const int64_t head_elems = j.layout.h64 ? Dst : 2 * Dst;  // a head's K and V in a slot
+  const int64_t v_off = j.layout.h64 ? 64 : Dst;
+  const int64_t run0 = (it.g0 + h) * head_elems * isz;
+  auto slot_of = [&](int64_t pos) {
+    return j.pages + (static_cast<int64_t>(table[pos / S]) * S + pos % S) * pl.slot_elems * isz + run0;
+  };
+  const uint8_t* rows[kBlock];
+  for (int k = 0; k < nb; ++k) rows[k] = slot_of(j0 + k);
+  pl.widen(rows, nb, v_off * isz, pl.D, pl.Dp, hs.kb, hs.vb);
+}
+
 // One work item, with `buf` as its scratch (Plan::scratch_floats floats).
 void run_item(const Plan& pl, const Item& it, float* buf) {
   const AttentionJob& j = pl.job;
-  const int64_t D = pl.D, Dp = pl.Dp, S = j.layout.page_size, W = j.md.pages_per_req;
-  float* qt = buf;                    // [Dp][16]
-  float* kb = qt + Dp * kRows;        // [kBlock][Dp]
-  float* vb = kb + kBlock * Dp;       // [kBlock][Dp]
-  float* s = vb + kBlock * Dp;        // [kBlock][16]
-  float* acc = s + kBlock * kRows;    // [16][Dp]
-  alignas(64) float m[kRows], l[kRows], alpha[kRows], lo[kRows], hi[kRows];
+  const int64_t D = pl.D, Dp = pl.Dp;
+  const bool few = it.nf <= kFewRows;
+  float* s = buf;  // [kBlock][16], shared by the heads in turn
+  HeadState hs[kMaxItemHeads];
+  alignas(64) float lo[kRows], hi[kRows];
   int ia[kRows], ib[kRows];
-  // Everything zero: padding lanes [D, Dp) of queries, keys and values stay zero.
-  std::memset(buf, 0, sizeof(float) * static_cast<size_t>(pl.scratch_floats));
   for (int r = 0; r < kRows; ++r) {
-    m[r] = kNegInf;
-    l[r] = 0.0f;
     lo[r] = 0.0f;
     hi[r] = -1.0f;  // padding rows: nothing allowed
   }
   for (int r = 0; r < it.nf; ++r) {
-    int64_t token, head, p, rlo, rhi;
-    row_of(pl, it, it.f0 + r, token, head);
+    int64_t p, rlo, rhi;
     row_range(j, it.req, it.f0 + r, pl.rep, p, rlo, rhi);
     lo[r] = static_cast<float>(std::max(rlo, it.k0));
     hi[r] = static_cast<float>(std::min(rhi, it.k1));
-    const uint8_t* q = static_cast<const uint8_t*>(j.q.data) + (token * j.q.stride_t + head * j.q.stride_h) * j.q.itemsize;
-    for (int64_t d = 0; d < D; ++d)
-      qt[d * kRows + r] = load_f32(q + d * j.q.stride_d * j.q.itemsize, j.q.dtype) * j.logit_scale;
   }
-  const int32_t* table = j.md.pages_tables + it.req * W;
-  const bool h64 = j.layout.h64;
-  const int64_t k_off = (h64 ? it.g : 2 * it.g) * j.layout.storage_head_dim;
-  const int64_t v_off = h64 ? k_off + 64 : k_off + j.layout.storage_head_dim;
+  for (int64_t h = 0; h < it.ng; ++h) init_head(pl, it, h, few, buf, hs[h]);
   for (int64_t j0 = it.k0; j0 < it.k1; j0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, it.k1 - j0));
-    for (int k = 0; k < nb; ++k) {
-      const int64_t pos = j0 + k;
-      const int64_t slot = static_cast<int64_t>(table[pos / S]) * S + pos % S;
-      const uint8_t* row = j.pages + slot * pl.slot_elems * pl.isz;
-      pl.widen(row + k_off * pl.isz, kb + k * Dp, D);
-      pl.widen(row + v_off * pl.isz, vb + k * Dp, D);
-    }
-    pl.kern.qk(qt, kb, nb, static_cast<int>(D), static_cast<int>(Dp), s);
-    pl.kern.softmax(s, lo, hi, static_cast<float>(j0), nb, j.soft_cap, m, l, alpha);
     for (int r = 0; r < kRows; ++r) {
       ia[r] = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(lo[r]) - j0, 0, nb));
-      ib[r] = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(hi[r]) - j0, 0, nb));
-      if (ib[r] < ia[r]) ib[r] = ia[r];
+      ib[r] = std::max(ia[r], static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(hi[r]) - j0, 0, nb)));
     }
-    pl.kern.pv(s, vb, static_cast<int>(D), static_cast<int>(Dp), ia, ib, alpha, acc);
+    for (int64_t h = 0; h < it.ng; ++h) {
+      HeadState& e = hs[h];
+      load_block(pl, it, h, j0, nb, e);
+      if (few)
+        pl.kern.qk_few(e.q, e.kb, nb, it.nf, static_cast<int>(Dp), s);
+      else
+        pl.kern.qk(e.q, e.kb, nb, static_cast<int>(D), static_cast<int>(Dp), s);
+      pl.kern.softmax(s, lo, hi, static_cast<float>(j0), nb, j.soft_cap, e.m, e.l, e.alpha);
+      pl.kern.pv(s, e.vb, static_cast<int>(D), static_cast<int>(Dp), ia, ib, e.alpha, e.acc);
+    }
   }
-  if (it.part < 0) {
-    finish_rows(pl, it, m, l, acc);
-    return;
+  for (int64_t h = 0; h < it.ng; ++h) {
+    if (it.part < 0) {
+      finish_rows(pl, it, it.g0 + h, hs[h].m, hs[h].l, hs[h].acc);
+      continue;
+    }
+    float* part = const_cast<float*>(pl.partials.data()) + (it.part + h * it.splits) * kRows * (Dp + 2);
+    std::memcpy(part, hs[h].m, sizeof hs[h].m);
+    std::memcpy(part + kRows, hs[h].l, sizeof hs[h].l);
+    std::memcpy(part + 2 * kRows, hs[h].acc, sizeof(float) * static_cast<size_t>(kRows * Dp));
   }
-  float* part = const_cast<float*>(pl.partials.data()) + it.part * kRows * (Dp + 2);
-  std::memcpy(part, m, sizeof m);
-  std::memcpy(part + kRows, l, sizeof l);
-  std::memcpy(part + 2 * kRows, acc, sizeof(float) * static_cast<size_t>(kRows * Dp));
 }
 
-// Combines the partial states of a split tile (into the first one's) and writes its rows.
+// Combines the partial states of a split tile's head (into the first one's) and writes its rows.
 void run_merge(const Plan& pl, const Merge& mg) {
   const int64_t Dp = pl.Dp, stride = kRows * (Dp + 2);
   const Item& it = pl.items[static_cast<size_t>(mg.item)];
@@ -636,7 +912,7 @@ void run_merge(const Plan& pl, const Merge& mg) {
     first[r] = m;
     first[kRows + r] = l;
   }
-  finish_rows(pl, it, first, first + kRows, acc);
+  finish_rows(pl, it, it.g0 + mg.h, first, first + kRows, acc);
 }
 
 // Rows of `out` that no processed request owns: zeros.
@@ -681,8 +957,11 @@ void cpu_attention(const AttentionJob& job, const ConcatJob* write, const HostAl
   pl.isz = job.layout.itemsize;
   const int threads = std::min(256, ThreadPool::instance().max_threads());
   plan_items(pl, threads);
-  // Per worker: qt, kb, vb, s, acc (64-byte aligned rows: Dp is a multiple of 16 floats).
-  pl.scratch_floats = pl.Dp * kRows + 2 * kBlock * pl.Dp + kBlock * kRows + kRows * pl.Dp;
+  // Per worker: the shared logits and each head's state (64-byte aligned rows: Dp is a multiple of
+  // 16 floats).
+  int64_t heads = 1;
+  for (const Item& it : pl.items) heads = std::max<int64_t>(heads, it.ng);
+  pl.scratch_floats = kSharedFloats + heads * head_floats(pl.Dp);
   const int workers = static_cast<int>(std::min<int64_t>(threads, static_cast<int64_t>(pl.items.size())));
   pl.scratch.resize(static_cast<size_t>(pl.scratch_floats * workers + 16));
   // Every allocation is done: from here on nothing fails.
