@@ -24,18 +24,27 @@
  * sees (causal). Baseline: the peak f32 multiply-add rate of the same number of threads in the same
  * run (independent FMA chains at the instruction-set level the library uses), interleaved.
  *
- * Every shape is checked once before timing: output finite, read-only and fused outputs equal,
- * and (for the smallest context / prompt of each table, or every shape with --verify-all) rows
- * compared with a double-precision evaluation from the generated keys and values, which are
- * multiples of 1/8 in [-2, 2) and so stored exactly by bf16 and fp8 e4m3fn. A mismatch or a failed
- * call exits non-zero; the times themselves are never judged.
+ * The context is written with bf16 keys/values, the fused token too. Under each decode table:
+ * per cache, the first touch of its page memory (page faults, timed apart) and the fill time.
  *
- * Usage: bench_attention [--quick] [--reps N] [--only decode|prefill] [--hot] [--threads N]
+ * Every shape is checked once: output finite, read-only and fused outputs equal, and (for the
+ * smallest context / prompt of each table, or every shape with --verify-all) rows compared with a
+ * double-precision evaluation from the generated keys and values, which are multiples of 1/8 in
+ * [-2, 2) and so stored exactly by bf16 and fp8 e4m3fn (first and last request of the batch, all
+ * 32 heads; prefill: first, middle and last new token). Decode rows smaller than 2x the LLC are
+ * checked with two extra calls before timing, larger ones on the first timed repetition (whose
+ * fused call then attends the same requests as its read-only call). A mismatch or a failed call
+ * exits non-zero; the times themselves are never judged.
+ *
+ * Usage: bench_attention [--quick] [--reps N] [--only decode|prefill] [--hot] [--thp] [--threads N]
  *          [--contexts LIST] [--batches LIST] [--dtypes LIST] [--prompts LIST] [--verify-all]
  *          [--mem-gib N] [--llc-mib N]
  *   --quick     CI smoke: contexts 256,1024, batches 1,8, prompt 128 (+ chunked 96+32), warm data
- *   --reps N    best of N (default 5; decode rows reading >= 1 GiB use 3 unless --reps is given)
+ *   --reps N    best of N (default 5; without --reps, a decode row stops after 8 s of timed
+ *               calls, with at least 2 repetitions: the reps column)
  *   --hot       let the data stay in the caches (both kvp and the plain read reuse the same bytes)
+ *   --thp       madvise(MADV_HUGEPAGE) the cache's page memory before the fill (the library maps it
+ *               with plain 4 KiB pages; this shows what transparent huge pages would change)
  *   --threads N run the tables for N threads only (default: 1 and all CPUs)
  *   --mem-gib N at most N GiB for a decode cache (default: MemAvailable minus 2 GiB)
  *   --llc-mib N last-level cache size to size the cold pool with (default: from sysfs / sysconf)
@@ -50,6 +59,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,7 +80,7 @@
 #define REP (HQ / HKV)
 #define TOKV (2 * HKV * HD) /* generated values per token: K heads, then V heads */
 #define FILL_TOKENS 8192    /* tokens per kvp_concatenate call while filling */
-#define ROW_SECONDS 6.0     /* without --reps: fewer repetitions (>= 2) for rows slower than this */
+#define ROW_SECONDS 8.0     /* without --reps: a decode row stops repeating (after >= 2) past this */
 #define MAXL 16
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define MIB (1024.0 * 1024.0)
@@ -78,7 +88,7 @@
 /* ---- options ------------------------------------------------------------------------------- */
 
 typedef struct opts {
-  int quick, reps, reps_given, hot, threads, verify_all, decode, prefill;
+  int quick, reps, reps_given, hot, thp, threads, verify_all, decode, prefill;
   double mem_gib, llc_mib;
   int64_t contexts[MAXL], batches[MAXL], prompts[MAXL];
   int ncontexts, nbatches, nprompts;
@@ -90,7 +100,7 @@ static opts O;
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: bench_attention [--quick] [--reps N] [--only decode|prefill] [--hot] [--threads N]\n"
+          "usage: bench_attention [--quick] [--reps N] [--only decode|prefill] [--hot] [--thp] [--threads N]\n"
           "         [--contexts LIST] [--batches LIST] [--dtypes LIST] [--prompts LIST] [--verify-all]\n"
           "         [--mem-gib N] [--llc-mib N]\n");
   exit(2);
@@ -110,35 +120,46 @@ static int parse_list(const char *s, int64_t *out) {
   return n;
 }
 
-static void parse_opts(int argc, char **argv) {
+/* The string arguments as given (NULL where absent), read once the defaults are known. */
+typedef struct arg_strings {
+  const char *only, *contexts, *batches, *dtypes, *prompts;
+} arg_strings;
+
+/* Reads argv into O (flags and numbers) and *l (the rest); anything unknown is a usage error. */
+static void parse_args(int argc, char **argv, arg_strings *l) {
   int i;
-  const char *only = NULL, *ctx = NULL, *bat = NULL, *dts = NULL, *prm = NULL;
-  memset(&O, 0, sizeof O);
-  O.reps = 5;
+  memset(l, 0, sizeof *l);
   for (i = 1; i < argc; ++i) {
     const char *a = argv[i];
     const int more = i + 1 < argc;
     if (strcmp(a, "--quick") == 0) O.quick = 1;
     else if (strcmp(a, "--hot") == 0) O.hot = 1;
+    else if (strcmp(a, "--thp") == 0) O.thp = 1;
     else if (strcmp(a, "--verify-all") == 0) O.verify_all = 1;
     else if (strcmp(a, "--reps") == 0 && more) O.reps = atoi(argv[++i]), O.reps_given = 1;
     else if (strcmp(a, "--threads") == 0 && more) O.threads = atoi(argv[++i]);
-    else if (strcmp(a, "--only") == 0 && more) only = argv[++i];
-    else if (strcmp(a, "--contexts") == 0 && more) ctx = argv[++i];
-    else if (strcmp(a, "--batches") == 0 && more) bat = argv[++i];
-    else if (strcmp(a, "--dtypes") == 0 && more) dts = argv[++i];
-    else if (strcmp(a, "--prompts") == 0 && more) prm = argv[++i];
+    else if (strcmp(a, "--only") == 0 && more) l->only = argv[++i];
+    else if (strcmp(a, "--contexts") == 0 && more) l->contexts = argv[++i];
+    else if (strcmp(a, "--batches") == 0 && more) l->batches = argv[++i];
+    else if (strcmp(a, "--dtypes") == 0 && more) l->dtypes = argv[++i];
+    else if (strcmp(a, "--prompts") == 0 && more) l->prompts = argv[++i];
     else if (strcmp(a, "--mem-gib") == 0 && more) O.mem_gib = atof(argv[++i]);
     else if (strcmp(a, "--llc-mib") == 0 && more) O.llc_mib = atof(argv[++i]);
     else usage();
   }
-  if (O.reps < 1) O.reps = 1;
+}
+
+/* --only: both tables unless one is named. */
+static void select_tables(const char *only) {
   O.decode = O.prefill = 1;
-  if (only != NULL) {
-    if (strcmp(only, "decode") == 0) O.prefill = 0;
-    else if (strcmp(only, "prefill") == 0) O.decode = 0;
-    else usage();
-  }
+  if (only == NULL) return;
+  if (strcmp(only, "decode") == 0) O.prefill = 0;
+  else if (strcmp(only, "prefill") == 0) O.decode = 0;
+  else usage();
+}
+
+/* Contexts, batches and prompts of --quick or of the full run (before the lists given). */
+static void default_shapes(void) {
   if (O.quick) {
     static const int64_t c[] = {256, 1024}, b[] = {1, 8}, p[] = {128};
     memcpy(O.contexts, c, sizeof c), O.ncontexts = 2;
@@ -152,40 +173,52 @@ static void parse_opts(int argc, char **argv) {
     memcpy(O.batches, b, sizeof b), O.nbatches = 3;
     memcpy(O.prompts, p, sizeof p), O.nprompts = 2;
   }
-  if (ctx) O.ncontexts = parse_list(ctx, O.contexts);
-  if (bat) O.nbatches = parse_list(bat, O.batches);
-  if (prm) O.nprompts = parse_list(prm, O.prompts);
+}
+
+/* --dtypes (names as kvp_dtype_from_string reads them), else bf16 and fp8 e4m3fn. */
+static void parse_dtypes(const char *dts) {
+  char buf[256], *tok, *save = NULL;
   O.dtypes[0] = KVP_DTYPE_BF16;
   O.dtypes[1] = KVP_DTYPE_F8_E4M3FN;
   O.ndtypes = 2;
-  if (dts) {
-    char buf[256], *tok, *save = NULL;
-    snprintf(buf, sizeof buf, "%s", dts);
-    O.ndtypes = 0;
-    for (tok = strtok_r(buf, ",", &save); tok && O.ndtypes < MAXL; tok = strtok_r(NULL, ",", &save)) {
-      kvp_dtype d;
-      if (kvp_dtype_from_string(tok, &d) != KVP_OK) {
-        fprintf(stderr, "bench_attention: unknown dtype %s\n", tok);
-        exit(2);
-      }
-      O.dtypes[O.ndtypes++] = d;
+  if (dts == NULL) return;
+  snprintf(buf, sizeof buf, "%s", dts);
+  O.ndtypes = 0;
+  for (tok = strtok_r(buf, ",", &save); tok && O.ndtypes < MAXL; tok = strtok_r(NULL, ",", &save)) {
+    kvp_dtype d;
+    if (kvp_dtype_from_string(tok, &d) != KVP_OK) {
+      fprintf(stderr, "bench_attention: unknown dtype %s\n", tok);
+      exit(2);
     }
+    O.dtypes[O.ndtypes++] = d;
   }
-  { /* ascending order: the smallest context / prompt is the verified one */
-    int x, y;
-    for (x = 0; x < O.ncontexts; ++x)
-      for (y = x + 1; y < O.ncontexts; ++y)
-        if (O.contexts[y] < O.contexts[x]) {
-          int64_t t = O.contexts[x];
-          O.contexts[x] = O.contexts[y], O.contexts[y] = t;
-        }
-    for (x = 0; x < O.nprompts; ++x)
-      for (y = x + 1; y < O.nprompts; ++y)
-        if (O.prompts[y] < O.prompts[x]) {
-          int64_t t = O.prompts[x];
-          O.prompts[x] = O.prompts[y], O.prompts[y] = t;
-        }
-  }
+}
+
+static void sort_ascending(int64_t *a, int n) {
+  int x, y;
+  for (x = 0; x < n; ++x)
+    for (y = x + 1; y < n; ++y)
+      if (a[y] < a[x]) {
+        int64_t t = a[x];
+        a[x] = a[y], a[y] = t;
+      }
+}
+
+static void parse_opts(int argc, char **argv) {
+  arg_strings l;
+  memset(&O, 0, sizeof O);
+  O.reps = 5;
+  parse_args(argc, argv, &l);
+  if (O.reps < 1) O.reps = 1;
+  select_tables(l.only);
+  default_shapes();
+  if (l.contexts) O.ncontexts = parse_list(l.contexts, O.contexts);
+  if (l.batches) O.nbatches = parse_list(l.batches, O.batches);
+  if (l.prompts) O.nprompts = parse_list(l.prompts, O.prompts);
+  parse_dtypes(l.dtypes);
+  /* ascending order: the smallest context / prompt is the verified one */
+  sort_ascending(O.contexts, O.ncontexts);
+  sort_ascending(O.prompts, O.nprompts);
 }
 
 /* ---- small utilities --------------------------------------------------------------------- */
@@ -657,6 +690,40 @@ static void bcache_destroy(bcache *c) {
   memset(c, 0, sizeof *c);
 }
 
+/* First touch of the layer's page memory (the library maps it anonymously: page faults on first
+ * write), one byte per 4 KiB, spread over the bench's threads, so that the fill time below is the
+ * time of kvp_concatenate alone. The bytes written are the zeros already there. With --thp the
+ * bench first asks the kernel for transparent huge pages on that memory (madvise), which the
+ * library does not do itself. Returns the seconds taken. */
+typedef struct touch_arg {
+  volatile uint8_t *p;
+  size_t bytes;
+} touch_arg;
+
+static void touch_part(void *a_, int part, int parts) {
+  const touch_arg *a = (const touch_arg *)a_;
+  const size_t pages = a->bytes / 4096, lo = pages * (size_t)part / (size_t)parts;
+  const size_t hi = pages * (size_t)(part + 1) / (size_t)parts;
+  size_t i;
+  for (i = lo; i < hi; ++i) a->p[i * 4096] = 0;
+}
+
+static double bcache_touch(bcache *c) {
+  touch_arg a;
+  const double t0 = now_s();
+  if (O.thp) {
+    const uintptr_t lo = ((uintptr_t)c->pages + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
+    const uintptr_t hi = ((uintptr_t)c->pages + c->layer_bytes) & ~(uintptr_t)((2u << 20) - 1);
+#ifdef MADV_HUGEPAGE
+    if (hi > lo && madvise((void *)lo, hi - lo, MADV_HUGEPAGE) != 0) perror("bench_attention: madvise(MADV_HUGEPAGE)");
+#endif
+  }
+  a.p = (volatile uint8_t *)c->pages;
+  a.bytes = c->layer_bytes;
+  run_parallel(touch_part, &a);
+  return now_s() - t0;
+}
+
 /* Token rows of one fill call, generated in parallel. */
 typedef struct gen_arg {
   uint64_t seed;
@@ -801,8 +868,6 @@ typedef struct call_arg {
   kvp_attention_options ao;
 } call_arg;
 
-static void set_group(call_arg *a, const group *g);
-
 static double time_call(const call_arg *a, int fused, const char *what) {
   const double t0 = now_s();
   if (kvp_attention(a->cache, 0, &a->q, fused ? &a->k : NULL, fused ? &a->v : NULL, a->md, &a->ao, &a->out, NULL) !=
@@ -850,7 +915,28 @@ static void group_free(group *g) {
   memset(g, 0, sizeof *g);
 }
 
-/* Checks the outputs of group 0 (read-only and fused); rows `ref_rows` against the reference. */
+/* Notes printed under the table (fills and checks), so that the table's rows stay together. */
+static char g_notes[64][400];
+static int g_nnotes;
+static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note(const char *fmt, ...) {
+  va_list ap;
+  if (g_nnotes >= 64) return;
+  va_start(ap, fmt);
+  vsnprintf(g_notes[g_nnotes++], sizeof g_notes[0], fmt, ap);
+  va_end(ap);
+}
+
+static void print_notes(void) {
+  int i;
+  if (g_nnotes) printf("\n");
+  for (i = 0; i < g_nnotes; ++i) printf("- %s\n", g_notes[i]);
+  g_nnotes = 0;
+  fflush(stdout);
+}
+
+/* Checks the outputs of group g (read-only and fused): finite and equal, and with `with_ref` its
+ * first and last row against the reference (then a note). Exits on a mismatch. */
 static void decode_verify(const bcache *c, const group *g, int64_t b, const float *q, const float *o_ro,
                           const float *o_fu, int with_ref, const char *label) {
   const size_t n = (size_t)(b * HQ * HD);
@@ -885,246 +971,359 @@ static void decode_verify(const bcache *c, const group *g, int64_t b, const floa
               maxerr);
       exit(1);
     }
+    note("check: %s: max |kvp - double reference| %.1e over %d request(s) x 32 heads, read-only vs fused %.1e",
+         label, maxerr, nr, d);
   }
 }
 
-static char g_notes[64][300];
-static int g_nnotes;
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void note(const char *fmt, ...) {
-  va_list ap;
-  if (g_nnotes >= 64) return;
-  va_start(ap, fmt);
-  vsnprintf(g_notes[g_nnotes++], sizeof g_notes[0], fmt, ap);
-  va_end(ap);
-}
-
-static void decode_table(const char *thr) {
-  char llc_src[64];
-  const double llc = llc_bytes(llc_src, sizeof llc_src);
-  int64_t maxb = 0;
-  int di, ci, bi;
-  for (bi = 0; bi < O.nbatches; ++bi)
-    if (O.batches[bi] > maxb) maxb = O.batches[bi];
+static void print_decode_header(const char *thr) {
   printf("\n### decode, %s thread%s (KVP_NUM_THREADS=%s)\n\n", thr, strcmp(thr, "1") == 0 ? "" : "s", thr);
   printf("| cache | batch | context | thr | reps | KV read MiB | read-only us | GB/s | ratio | fused us | GB/s | ratio "
          "| plain read GB/s |\n");
   printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   fflush(stdout);
-  for (di = 0; di < O.ndtypes; ++di) {
-    const kvp_dtype dt = O.dtypes[di];
-    const int64_t isz = kvp_dtype_bits(dt) / 8;
-    for (ci = 0; ci < O.ncontexts; ++ci) {
-      const int64_t ctx = O.contexts[ci];
-      const int64_t pb = page_bytes_of(dt, ctx), ppr = (ctx + PAGE - 1) / PAGE;
-      const double per_req = (double)(ppr * pb), staging = 2.0 * FILL_TOKENS * HKV * HD * 2 + 64 * MIB;
-      const double budget = mem_budget();
-      int64_t want = maxb, fit, nreq;
-      bcache c;
-      double t_fill, t_cat;
-      if (!O.hot) { /* a pool of >= 2x the LLC, in whole groups of the largest batch */
-        const int64_t cold = (int64_t)ceil(2.0 * llc / per_req);
-        if (cold > want) want = (cold + maxb - 1) / maxb * maxb;
-      }
-      fit = (int64_t)floor((budget - staging - (double)pb) / per_req);
-      nreq = want <= fit ? want : (fit >= maxb ? fit / maxb * maxb : 0);
-      if (nreq == 0) /* the largest batch that fits */
-        for (bi = 0; bi < O.nbatches; ++bi)
-          if (O.batches[bi] <= fit && O.batches[bi] > nreq) nreq = O.batches[bi];
-      if (nreq == 0) {
-        for (bi = 0; bi < O.nbatches; ++bi)
-          printf("| %s | %" PRId64 " | %" PRId64 " | %s | - | skipped: needs %.2f GiB, %.2f GiB available "
-                 "(MemAvailable - 2 GiB margin, or --mem-gib) | | | | | | | |\n",
-                 kvp_dtype_name(dt), O.batches[bi], ctx, thr, (O.batches[bi] * per_req + pb + staging) / GIB,
-                 budget / GIB);
-        fflush(stdout);
-        continue;
-      }
-      bcache_create(&c, dt, ctx, nreq);
-      t_cat = bcache_fill(&c, KV_SEED, 0, ctx, KVP_DTYPE_BF16, &t_fill);
-      note("%s, context %" PRId64 ": %" PRId64 " requests (%.1f MiB of pages%s) filled in %.2f s, of which "
-           "kvp_concatenate %.2f s (%.2f GB/s of bf16 input)",
-           kvp_dtype_name(dt), ctx, nreq, (double)c.layer_bytes / MIB,
-           O.hot ? "" : (double)c.layer_bytes >= 2 * llc ? ", >= 2x LLC" : ", < 2x LLC: memory-limited", t_fill, t_cat,
-           (double)(nreq * ctx) * TOKV * 2 / t_cat / 1e9);
-      for (bi = 0; bi < O.nbatches; ++bi) {
-        const int64_t b = O.batches[bi];
-        const double bytes = (double)b * (double)ctx * HKV * HD * 2.0 * (double)isz;
-        const int64_t groups = O.hot ? 1 : nreq / b;
-        const int with_ref = O.verify_all || ci == 0;
-        int reps = O.reps, k, separate;
-        int64_t nwin, used;
-        float *q, *o_ro, *o_fu;
-        group *gs;
-        call_arg ca;
-        double t_base = 1e30, t_ro = 1e30, t_fu = 1e30;
-        char label[128];
-        if (b > nreq) {
-          printf("| %s | %" PRId64 " | %" PRId64 " | %s | - | skipped: needs %.2f GiB, %.2f GiB available "
-                 "(MemAvailable - 2 GiB margin, or --mem-gib) | | | | | | | |\n",
-                 kvp_dtype_name(dt), b, ctx, thr, (b * per_req + pb + staging) / GIB, budget / GIB);
-          fflush(stdout);
-          continue;
-        }
-        snprintf(label, sizeof label, "decode %s batch %" PRId64 " context %" PRId64, kvp_dtype_name(dt), b, ctx);
-        q = (float *)xmalloc(sizeof(float) * (size_t)(b * HQ * HD));
-        o_ro = (float *)xmalloc(sizeof(float) * (size_t)(b * HQ * HD));
-        o_fu = (float *)xmalloc(sizeof(float) * (size_t)(b * HQ * HD));
-        for (k = 0; k < b; ++k) gen_queries(Q_SEED, k, q + (size_t)k * HQ * HD);
-        /* Group 0 for a separate check, then each timed call (read-only, fused, read-only, ...)
-         * attends the next group. */
-        used = groups < 2 * reps + 1 ? groups : 2 * reps + 1;
-        gs = (group *)xmalloc(sizeof(group) * (size_t)used);
-        for (k = 0; k < used; ++k) group_make(&gs[k], &c, k * b, b);
-        memset(&ca, 0, sizeof ca);
-        check(kvp_attention_options_init(&ca.ao, sizeof ca.ao), "kvp_attention_options_init");
-        ca.ao.softmax_scale = (float)kScale;
-        ca.cache = c.cache;
-        ca.q = tensor3(q, KVP_DTYPE_F32, b, HQ, HD);
-        ca.k = tensor3(NULL, KVP_DTYPE_BF16, b, HKV, HD);
-        ca.v = tensor3(NULL, KVP_DTYPE_BF16, b, HKV, HD);
-        /* Small rows: check with two extra calls on group 0. Rows of >= 2x LLC (the data cannot
-         * stay in the caches between two calls) are checked on the outputs of the first timed
-         * repetition, whose fused call then attends the same group as its read-only call. */
-        separate = O.hot || bytes < 2 * llc;
-        if (separate) {
-          set_group(&ca, &gs[0]);
-          ca.out = tensor3(o_ro, KVP_DTYPE_F32, b, HQ, HD);
-          time_call(&ca, 0, label);
-          ca.out = tensor3(o_fu, KVP_DTYPE_F32, b, HQ, HD);
-          time_call(&ca, 1, label);
-          decode_verify(&c, &gs[0], b, q, o_ro, o_fu, with_ref, label);
-        }
-        /* Interleaved repetitions; cold: each call attends the next group, the plain read reads
-         * the next window. Without --reps, rows whose repetition takes long get fewer (>= 2). */
-        nwin = (int64_t)(c.layer_bytes / (size_t)bytes);
-        if (nwin < 1) nwin = 1;
-        for (k = 0; k < reps; ++k) {
-          const group *g1 = &gs[(1 + 2 * k) % used], *g2 = &gs[(2 + 2 * k) % used];
-          const size_t off = O.hot ? 0 : (size_t)(((k + 1) % nwin) * (int64_t)bytes) & ~(size_t)63;
-          double t1, t2, t3;
-          if (k == 0 && !separate) g2 = g1;
-          t1 = time_plain_read(c.pages + off, (size_t)bytes);
-          if (t1 < t_base) t_base = t1;
-          set_group(&ca, g1);
-          ca.out = tensor3(o_ro, KVP_DTYPE_F32, b, HQ, HD);
-          t2 = time_call(&ca, 0, label);
-          if (t2 < t_ro) t_ro = t2;
-          set_group(&ca, g2);
-          ca.out = tensor3(o_fu, KVP_DTYPE_F32, b, HQ, HD);
-          t3 = time_call(&ca, 1, label);
-          if (t3 < t_fu) t_fu = t3;
-          if (k == 0 && !separate) decode_verify(&c, g1, b, q, o_ro, o_fu, with_ref, label);
-          if (k == 0 && !O.reps_given)
-            while (reps > 2 && (double)reps * (t1 + t2 + t3) > ROW_SECONDS) --reps;
-        }
-        printf("| %s | %" PRId64 " | %" PRId64 " | %s | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.2f | %.2f |\n",
-               kvp_dtype_name(dt), b, ctx, thr, reps, bytes / MIB, t_ro * 1e6, bytes / t_ro / 1e9, t_base / t_ro,
-               t_fu * 1e6, bytes / t_fu / 1e9, t_base / t_fu, bytes / t_base / 1e9);
-        fflush(stdout);
-        for (k = 0; k < used; ++k) group_free(&gs[k]);
-        free(gs), free(q), free(o_ro), free(o_fu);
-      }
-      bcache_destroy(&c);
-    }
+}
+
+static int64_t max_batch(void) {
+  int64_t maxb = 0;
+  int bi;
+  for (bi = 0; bi < O.nbatches; ++bi)
+    if (O.batches[bi] > maxb) maxb = O.batches[bi];
+  return maxb;
+}
+
+/* The decode cache of one dtype and context: how many requests it lays out, and the sizes (in
+ * bytes) that decided it. */
+typedef struct pool_plan {
+  int64_t page_bytes, nreq;        /* nreq 0: not even the smallest batch fits */
+  double per_req, staging, budget; /* a request's pages; fill buffers plus a margin; mem_budget() */
+} pool_plan;
+
+/* Requests to lay out: the largest batch or, unless --hot, enough for >= 2x the LLC in whole
+ * groups of the largest batch; if the memory budget holds fewer, as many whole groups as fit,
+ * else the largest batch that fits. */
+static pool_plan plan_pool(kvp_dtype dt, int64_t ctx, double llc, int64_t maxb) {
+  const int64_t ppr = (ctx + PAGE - 1) / PAGE;
+  pool_plan p;
+  int64_t want = maxb, fit;
+  int bi;
+  p.page_bytes = page_bytes_of(dt, ctx);
+  p.per_req = (double)(ppr * p.page_bytes);
+  p.staging = 2.0 * FILL_TOKENS * HKV * HD * 2 + 64 * MIB;
+  p.budget = mem_budget();
+  if (!O.hot) {
+    const int64_t cold = (int64_t)ceil(2.0 * llc / p.per_req);
+    if (cold > want) want = (cold + maxb - 1) / maxb * maxb;
   }
-  if (g_nnotes) printf("\n");
-  for (di = 0; di < g_nnotes; ++di) printf("- fill: %s\n", g_notes[di]);
-  g_nnotes = 0;
+  fit = (int64_t)floor((p.budget - p.staging - (double)p.page_bytes) / p.per_req);
+  p.nreq = want <= fit ? want : (fit >= maxb ? fit / maxb * maxb : 0);
+  if (p.nreq == 0) /* the largest batch that fits */
+    for (bi = 0; bi < O.nbatches; ++bi)
+      if (O.batches[bi] <= fit && O.batches[bi] > p.nreq) p.nreq = O.batches[bi];
+  return p;
+}
+
+static void print_skipped_row(kvp_dtype dt, int64_t b, int64_t ctx, const char *thr, const pool_plan *p) {
+  printf("| %s | %" PRId64 " | %" PRId64 " | %s | - | skipped: needs %.2f GiB, %.2f GiB available "
+         "(MemAvailable - 2 GiB margin, or --mem-gib) | | | | | | | |\n",
+         kvp_dtype_name(dt), b, ctx, thr, (b * p->per_req + p->page_bytes + p->staging) / GIB, p->budget / GIB);
+}
+
+static void note_fill(const bcache *c, double llc, double t_touch, double t_fill, double t_cat) {
+  const int64_t isz = kvp_dtype_bits(c->dtype) / 8, nreq = c->nreq, ctx = c->ctx;
+  note("fill: %s, context %" PRId64 ": %" PRId64 " requests, %.1f MiB of pages%s; first touch%s %.2f s; fill %.2f s, "
+       "of which kvp_concatenate %.2f s (%.2f GB/s of bf16 input, %.2f GB/s written)",
+       kvp_dtype_name(c->dtype), ctx, nreq, (double)c->layer_bytes / MIB,
+       O.hot ? "" : (double)c->layer_bytes >= 2 * llc ? " (>= 2x LLC)" : " (< 2x LLC: memory-limited)",
+       O.thp ? " (after MADV_HUGEPAGE)" : "", t_touch, t_fill, t_cat, (double)(nreq * ctx) * TOKV * 2 / t_cat / 1e9,
+       (double)(nreq * ctx) * TOKV * (double)isz / t_cat / 1e9);
+}
+
+/* One decode row (a batch of `b` on a filled cache): queries, outputs, request groups, the call. */
+typedef struct decode_setup {
+  const bcache *c;
+  int64_t b, used; /* groups made: group 0 for a separate check, then one per timed call */
+  double bytes;    /* KV bytes attended by one call */
+  int with_ref;
+  float *q, *o_ro, *o_fu;
+  group *gs;
+  call_arg ca;
+  char label[128];
+} decode_setup;
+
+static void decode_setup_open(decode_setup *s, const bcache *c, int64_t b, int with_ref) {
+  const int64_t isz = kvp_dtype_bits(c->dtype) / 8, groups = O.hot ? 1 : c->nreq / b;
+  int k;
+  s->c = c, s->b = b, s->with_ref = with_ref;
+  s->bytes = (double)b * (double)c->ctx * HKV * HD * 2.0 * (double)isz;
+  snprintf(s->label, sizeof s->label, "decode %s batch %" PRId64 " context %" PRId64, kvp_dtype_name(c->dtype), b,
+           c->ctx);
+  s->q = (float *)xmalloc(sizeof(float) * (size_t)(b * HQ * HD));
+  s->o_ro = (float *)xmalloc(sizeof(float) * (size_t)(b * HQ * HD));
+  s->o_fu = (float *)xmalloc(sizeof(float) * (size_t)(b * HQ * HD));
+  for (k = 0; k < b; ++k) gen_queries(Q_SEED, k, s->q + (size_t)k * HQ * HD);
+  /* Group 0 for a separate check, then each timed call (read-only, fused, read-only, ...)
+   * attends the next group. */
+  s->used = groups < 2 * O.reps + 1 ? groups : 2 * O.reps + 1;
+  s->gs = (group *)xmalloc(sizeof(group) * (size_t)s->used);
+  for (k = 0; k < s->used; ++k) group_make(&s->gs[k], c, k * b, b);
+  memset(&s->ca, 0, sizeof s->ca);
+  check(kvp_attention_options_init(&s->ca.ao, sizeof s->ca.ao), "kvp_attention_options_init");
+  s->ca.ao.softmax_scale = (float)kScale;
+  s->ca.cache = c->cache;
+  s->ca.q = tensor3(s->q, KVP_DTYPE_F32, b, HQ, HD);
+  s->ca.k = tensor3(NULL, KVP_DTYPE_BF16, b, HKV, HD);
+  s->ca.v = tensor3(NULL, KVP_DTYPE_BF16, b, HKV, HD);
+}
+
+static void decode_setup_close(decode_setup *s) {
+  int64_t k;
+  for (k = 0; k < s->used; ++k) group_free(&s->gs[k]);
+  free(s->gs), free(s->q), free(s->o_ro), free(s->o_fu);
+}
+
+/* One call attending group g, into `out`; returns its seconds. */
+static double decode_call(decode_setup *s, const group *g, float *out, int fused) {
+  set_group(&s->ca, g);
+  s->ca.out = tensor3(out, KVP_DTYPE_F32, s->b, HQ, HD);
+  return time_call(&s->ca, fused, s->label);
+}
+
+typedef struct decode_times {
+  double base, ro, fu; /* best seconds: plain read, read-only, fused */
+  int reps;
+} decode_times;
+
+/* Interleaved repetitions; cold: each call attends the next group, the plain read reads the next
+ * window. Without --reps, rows whose repetition takes long get fewer (>= 2). Without a separate
+ * check (`separate` 0), the first repetition's outputs are checked. */
+static decode_times decode_time(decode_setup *s, int separate) {
+  int64_t nwin = (int64_t)(s->c->layer_bytes / (size_t)s->bytes);
+  decode_times t;
+  double spent = 0;
+  int k;
+  t.base = t.ro = t.fu = 1e30;
+  t.reps = O.reps;
+  if (nwin < 1) nwin = 1;
+  for (k = 0; k < t.reps; ++k) {
+    const group *g1 = &s->gs[(1 + 2 * k) % s->used], *g2 = &s->gs[(2 + 2 * k) % s->used];
+    const size_t off = O.hot ? 0 : (size_t)(((k + 1) % nwin) * (int64_t)s->bytes) & ~(size_t)63;
+    double t1, t2, t3;
+    if (k == 0 && !separate) g2 = g1;
+    t1 = time_plain_read(s->c->pages + off, (size_t)s->bytes);
+    if (t1 < t.base) t.base = t1;
+    t2 = decode_call(s, g1, s->o_ro, 0);
+    if (t2 < t.ro) t.ro = t2;
+    t3 = decode_call(s, g2, s->o_fu, 1);
+    if (t3 < t.fu) t.fu = t3;
+    if (k == 0 && !separate) decode_verify(s->c, g1, s->b, s->q, s->o_ro, s->o_fu, s->with_ref, s->label);
+    spent += t1 + t2 + t3;
+    if (k >= 1 && !O.reps_given && spent + (t1 + t2 + t3) > ROW_SECONDS) t.reps = k + 1; /* the last one */
+  }
+  return t;
+}
+
+static void decode_row(const char *thr, const bcache *c, int64_t b, int with_ref, double llc) {
+  decode_setup s;
+  decode_times t;
+  int separate;
+  decode_setup_open(&s, c, b, with_ref);
+  /* Small rows: check with two extra calls on group 0. Rows of >= 2x LLC (the data cannot
+   * stay in the caches between two calls) are checked on the outputs of the first timed
+   * repetition, whose fused call then attends the same group as its read-only call. */
+  separate = O.hot || s.bytes < 2 * llc;
+  if (separate) {
+    decode_call(&s, &s.gs[0], s.o_ro, 0);
+    decode_call(&s, &s.gs[0], s.o_fu, 1);
+    decode_verify(c, &s.gs[0], b, s.q, s.o_ro, s.o_fu, with_ref, s.label);
+  }
+  t = decode_time(&s, separate);
+  printf("| %s | %" PRId64 " | %" PRId64 " | %s | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.2f | %.2f |\n",
+         kvp_dtype_name(c->dtype), b, c->ctx, thr, t.reps, s.bytes / MIB, t.ro * 1e6, s.bytes / t.ro / 1e9,
+         t.base / t.ro, t.fu * 1e6, s.bytes / t.fu / 1e9, t.base / t.fu, s.bytes / t.base / 1e9);
   fflush(stdout);
+  decode_setup_close(&s);
+}
+
+/* The rows of one dtype and context: one cache, filled once, for every batch (those the memory
+ * budget does not hold are skipped). */
+static void decode_context(const char *thr, kvp_dtype dt, int ci, double llc, int64_t maxb) {
+  const int64_t ctx = O.contexts[ci];
+  const pool_plan p = plan_pool(dt, ctx, llc, maxb);
+  bcache c;
+  double t_fill, t_cat, t_touch;
+  int bi;
+  if (p.nreq == 0) {
+    for (bi = 0; bi < O.nbatches; ++bi) print_skipped_row(dt, O.batches[bi], ctx, thr, &p);
+    fflush(stdout);
+    return;
+  }
+  bcache_create(&c, dt, ctx, p.nreq);
+  t_touch = bcache_touch(&c);
+  t_cat = bcache_fill(&c, KV_SEED, 0, ctx, KVP_DTYPE_BF16, &t_fill);
+  note_fill(&c, llc, t_touch, t_fill, t_cat);
+  for (bi = 0; bi < O.nbatches; ++bi) {
+    if (O.batches[bi] > p.nreq) {
+      print_skipped_row(dt, O.batches[bi], ctx, thr, &p);
+      fflush(stdout);
+      continue;
+    }
+    decode_row(thr, &c, O.batches[bi], O.verify_all || ci == 0, llc);
+  }
+  bcache_destroy(&c);
+}
+
+static void decode_table(const char *thr) {
+  char llc_src[64];
+  const double llc = llc_bytes(llc_src, sizeof llc_src);
+  const int64_t maxb = max_batch();
+  int di, ci;
+  print_decode_header(thr);
+  for (di = 0; di < O.ndtypes; ++di)
+    for (ci = 0; ci < O.ncontexts; ++ci) decode_context(thr, O.dtypes[di], ci, llc, maxb);
+  print_notes();
 }
 
 /* ---- prefill ------------------------------------------------------------------------------- */
 
-#define P_REQ 7 /* request id of the prefill data */
-
-static void prefill_row(const char *thr, int64_t prompt, int64_t cached, int verify, double fma_iters, int isa) {
-  const int64_t nnew = prompt - cached;
-  bcache c;
-  kvp_batch_request req;
-  kvp_metadata *md = NULL;
-  int32_t order[1];
-  float *q, *k, *v, *out;
-  int64_t t, visible = 0;
-  call_arg ca;
-  double t_kvp = 1e30, t_fma = 1e30, flops, peak_flops;
-  char label[128];
-  int r;
-  fma_arg fa;
-  snprintf(label, sizeof label, "prefill prompt %" PRId64 " cached %" PRId64, prompt, cached);
-  /* A pool of 4 prompts' pages, so the request's pages are shuffled among others. */
-  bcache_create(&c, KVP_DTYPE_BF16, prompt, 4);
+/* The prefill cache: a pool of 4 prompts' pages, so the request's pages are shuffled among others;
+ * request 0's first `cached` positions filled. */
+static void prefill_cache(bcache *c, int64_t prompt, int64_t cached) {
+  bcache_create(c, KVP_DTYPE_BF16, prompt, 4);
+  bcache_touch(c);
   if (cached > 0) {
     double tot;
-    bcache c1 = c; /* fill only request 0's first `cached` positions */
+    bcache c1 = *c; /* fill only request 0's first `cached` positions */
     c1.nreq = 1;
     bcache_fill(&c1, KV_SEED, 0, cached, KVP_DTYPE_F32, &tot);
   }
+}
+
+static kvp_metadata *prefill_metadata(const bcache *c, int64_t cached, int64_t nnew) {
+  kvp_batch_request req;
+  kvp_metadata *md = NULL;
+  int32_t order[1];
   req.num_computed = cached;
   req.num_scheduled = nnew;
-  req.page_ids = c.table;
-  req.num_pages = c.ppr;
-  check(kvp_metadata_build(&c.cfg, &req, 1, NULL, order, &md), "kvp_metadata_build (prefill)");
-  q = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HQ * HD));
-  out = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HQ * HD));
-  k = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HKV * HD));
-  v = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HKV * HD));
+  req.page_ids = c->table;
+  req.num_pages = c->ppr;
+  check(kvp_metadata_build(&c->cfg, &req, 1, NULL, order, &md), "kvp_metadata_build (prefill)");
+  return md;
+}
+
+/* The f32 buffers of the new tokens: queries, keys, values (generated) and the output. */
+typedef struct prefill_bufs {
+  float *q, *k, *v, *out;
+} prefill_bufs;
+
+/* Generates the new tokens [cached, cached + nnew) of request 0; returns the FLOP count. */
+static double prefill_inputs(prefill_bufs *p, int64_t cached, int64_t nnew) {
+  int64_t t, visible = 0;
+  p->q = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HQ * HD));
+  p->out = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HQ * HD));
+  p->k = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HKV * HD));
+  p->v = (float *)xmalloc(sizeof(float) * (size_t)(nnew * HKV * HD));
   for (t = 0; t < nnew; ++t) {
-    gen_queries(Q_SEED + 1, cached + t, q + t * HQ * HD);
+    gen_queries(Q_SEED + 1, cached + t, p->q + t * HQ * HD);
     /* request 0 of this cache; its data are generated as request id 0 like the fill above */
-    put_token(KV_SEED, 0, cached + t, k, v, t, KVP_DTYPE_F32);
+    put_token(KV_SEED, 0, cached + t, p->k, p->v, t, KVP_DTYPE_F32);
     visible += cached + t + 1;
   }
-  flops = 4.0 * HQ * HD * (double)visible;
-  memset(&ca, 0, sizeof ca);
-  check(kvp_attention_options_init(&ca.ao, sizeof ca.ao), "kvp_attention_options_init");
-  ca.ao.softmax_scale = (float)kScale;
-  ca.cache = c.cache;
-  ca.md = md;
-  ca.q = tensor3(q, KVP_DTYPE_F32, nnew, HQ, HD);
-  ca.k = tensor3(k, KVP_DTYPE_F32, nnew, HKV, HD);
-  ca.v = tensor3(v, KVP_DTYPE_F32, nnew, HKV, HD);
-  ca.out = tensor3(out, KVP_DTYPE_F32, nnew, HQ, HD);
-  time_call(&ca, 1, label);
-  if (!all_finite(out, (size_t)(nnew * HQ * HD))) {
-    fprintf(stderr, "bench_attention: %s: output not finite\n", label);
+  return 4.0 * HQ * HD * (double)visible;
+}
+
+static void prefill_bufs_free(prefill_bufs *p) {
+  free(p->q), free(p->k), free(p->v), free(p->out);
+}
+
+static void prefill_call_arg(call_arg *ca, const bcache *c, kvp_metadata *md, const prefill_bufs *p, int64_t nnew) {
+  memset(ca, 0, sizeof *ca);
+  check(kvp_attention_options_init(&ca->ao, sizeof ca->ao), "kvp_attention_options_init");
+  ca->ao.softmax_scale = (float)kScale;
+  ca->cache = c->cache;
+  ca->md = md;
+  ca->q = tensor3(p->q, KVP_DTYPE_F32, nnew, HQ, HD);
+  ca->k = tensor3(p->k, KVP_DTYPE_F32, nnew, HKV, HD);
+  ca->v = tensor3(p->v, KVP_DTYPE_F32, nnew, HKV, HD);
+  ca->out = tensor3(p->out, KVP_DTYPE_F32, nnew, HQ, HD);
+}
+
+/* The first, middle and last new token against the reference; exits on a mismatch, else returns
+ * the max error. */
+static double prefill_verify(const char *label, const float *q, const float *out, int64_t prompt, int64_t cached) {
+  const int64_t nnew = prompt - cached;
+  int8_t *kv = (int8_t *)xmalloc((size_t)(prompt * TOKV));
+  double *ref = (double *)xmalloc(sizeof(double) * HQ * HD);
+  double *logit = (double *)xmalloc(sizeof(double) * (size_t)prompt);
+  int64_t toks[3], p;
+  double maxerr = 0;
+  int ok = 1, x;
+  toks[0] = 0, toks[1] = nnew / 2, toks[2] = nnew - 1;
+  for (p = 0; p < prompt; ++p) gen_token(KV_SEED, 0, p, kv + p * TOKV);
+  for (x = 0; x < 3; ++x) {
+    ref_row(q + toks[x] * HQ * HD, kv, cached + toks[x] + 1, kScale, ref, logit);
+    ok &= cmp_row(out + toks[x] * HQ * HD, ref, &maxerr);
+  }
+  free(kv), free(ref), free(logit);
+  if (!ok) {
+    fprintf(stderr, "bench_attention: %s: output differs from the double-precision reference by %g\n", label, maxerr);
     exit(1);
   }
-  if (verify) { /* first, middle and last new token against the reference */
-    int8_t *kv = (int8_t *)xmalloc((size_t)(prompt * TOKV));
-    double *ref = (double *)xmalloc(sizeof(double) * HQ * HD), *logit = (double *)xmalloc(sizeof(double) * (size_t)prompt);
-    int64_t toks[3], p;
-    double maxerr = 0;
-    int ok = 1, x;
-    toks[0] = 0, toks[1] = nnew / 2, toks[2] = nnew - 1;
-    for (p = 0; p < prompt; ++p) gen_token(KV_SEED, 0, p, kv + p * TOKV);
-    for (x = 0; x < 3; ++x) {
-      ref_row(q + toks[x] * HQ * HD, kv, cached + toks[x] + 1, kScale, ref, logit);
-      ok &= cmp_row(out + toks[x] * HQ * HD, ref, &maxerr);
-    }
-    free(kv), free(ref), free(logit);
-    if (!ok) {
-      fprintf(stderr, "bench_attention: %s: output differs from the double-precision reference by %g\n", label, maxerr);
-      exit(1);
-    }
-  }
+  return maxerr;
+}
+
+typedef struct prefill_times {
+  double kvp, fma, peak_flops; /* best seconds: kvp_attention, the FMA baseline; the baseline's FLOP */
+} prefill_times;
+
+/* Best of O.reps, kvp_attention (fused) interleaved with the FMA baseline of `fma_iters`. */
+static prefill_times prefill_time(const call_arg *ca, const char *label, double fma_iters, int isa) {
+  prefill_times t;
+  fma_arg fa;
+  int r;
+  t.kvp = t.fma = 1e30;
   fa.iters = (long)fma_iters;
   fa.isa = isa;
-  peak_flops = fma_flops_per_iter(isa) * (double)fa.iters * g_threads;
+  t.peak_flops = fma_flops_per_iter(isa) * (double)fa.iters * g_threads;
   for (r = 0; r < O.reps; ++r) {
     double t0 = now_s(), dt;
     run_parallel(fma_part, &fa);
     dt = now_s() - t0;
-    if (dt < t_fma) t_fma = dt;
-    dt = time_call(&ca, 1, label);
-    if (dt < t_kvp) t_kvp = dt;
+    if (dt < t.fma) t.fma = dt;
+    dt = time_call(ca, 1, label);
+    if (dt < t.kvp) t.kvp = dt;
   }
-  printf("| %s | %" PRId64 " | %" PRId64 " | %" PRId64 " | %s | %d | %.1f | %.3f | %.1f | %.1f | %.3f |\n",
-         cached ? "chunked" : "fresh", prompt, cached, nnew, thr, O.reps, t_kvp * 1e6, flops / 1e9,
-         flops / t_kvp / 1e9, peak_flops / t_fma / 1e9, (flops / t_kvp) / (peak_flops / t_fma));
+  return t;
+}
+
+static void prefill_row(const char *thr, int64_t prompt, int64_t cached, int verify, double fma_iters, int isa) {
+  const int64_t nnew = prompt - cached;
+  bcache c;
+  kvp_metadata *md;
+  prefill_bufs p;
+  call_arg ca;
+  prefill_times t;
+  double flops;
+  char label[128], checked[32];
+  snprintf(label, sizeof label, "prefill prompt %" PRId64 " cached %" PRId64, prompt, cached);
+  prefill_cache(&c, prompt, cached);
+  md = prefill_metadata(&c, cached, nnew);
+  flops = prefill_inputs(&p, cached, nnew);
+  prefill_call_arg(&ca, &c, md, &p, nnew);
+  time_call(&ca, 1, label);
+  if (!all_finite(p.out, (size_t)(nnew * HQ * HD))) {
+    fprintf(stderr, "bench_attention: %s: output not finite\n", label);
+    exit(1);
+  }
+  snprintf(checked, sizeof checked, "not checked");
+  if (verify) snprintf(checked, sizeof checked, "%.1e", prefill_verify(label, p.q, p.out, prompt, cached));
+  t = prefill_time(&ca, label, fma_iters, isa);
+  printf("| %s | %" PRId64 " | %" PRId64 " | %" PRId64 " | %s | %d | %.1f | %.3f | %.1f | %.1f | %.3f | %s |\n",
+         cached ? "chunked" : "fresh", prompt, cached, nnew, thr, O.reps, t.kvp * 1e6, flops / 1e9,
+         flops / t.kvp / 1e9, t.peak_flops / t.fma / 1e9, (flops / t.kvp) / (t.peak_flops / t.fma), checked);
   fflush(stdout);
   kvp_metadata_destroy(md);
-  free(q), free(k), free(v), free(out);
+  prefill_bufs_free(&p);
   bcache_destroy(&c);
 }
 
@@ -1148,8 +1347,8 @@ static void prefill_table(const char *thr) {
   printf("\n### prefill, %s thread%s (KVP_NUM_THREADS=%s; baseline: %s, %d chains per thread)\n\n", thr,
          strcmp(thr, "1") == 0 ? "" : "s", thr, isa_name, 12);
   printf("| case | prompt | cached | new | thr | reps | attention us | GFLOP | GFLOP/s | FMA peak GFLOP/s | "
-         "ratio |\n");
-  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+         "ratio | max err |\n");
+  printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   fflush(stdout);
   for (i = 0; i < O.nprompts; ++i) prefill_row(thr, O.prompts[i], 0, O.verify_all || i == 0, iters, isa);
   { /* chunked: the largest prompt, its first 3/4 cached */
@@ -1204,61 +1403,83 @@ static int run_child(char **argv, const char *table, long threads) {
   return 1;
 }
 
+/* The report's header lines: date, machine, library, shape, options. */
+static void print_report_header(long nproc) {
+  char model[256], date[64], llc_src[64];
+  const double llc = llc_bytes(llc_src, sizeof llc_src);
+  const char *isa_env = getenv("KVP_CPU_ISA");
+  time_t tt = time(NULL);
+  cpu_model(model, sizeof model);
+  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&tt));
+  printf("# kvp_attention on the CPU\n\n");
+  printf("- date: %s\n- machine: %s, %ld logical CPUs, %.1f GiB memory (%.1f GiB available at start), "
+         "last-level cache %.0f MiB (%s)\n",
+         date, model, nproc, mem_total() / GIB, mem_available() / GIB, llc / MIB, llc_src);
+  printf("- library: %s; CPU kernels: %s%s%s\n", kvp_build_info(), lib_isa(), isa_env ? ", KVP_CPU_ISA=" : "",
+         isa_env ? isa_env : "");
+  printf("- shape: llama3-8b (8 KV heads, 32 query heads, head dim 128), v3 layout, page size 16, one layer; "
+         "f32 queries and output; causal, softmax scale 1/sqrt(128); pages of each request shuffled in the pool\n");
+  printf("- options:%s%s%s; best of %d%s\n", O.quick ? " --quick" : "",
+         O.hot ? " --hot (data may stay in the caches)"
+               : " cold (each timed call reads memory that the calls before it did not)",
+         O.thp ? "; --thp: the bench madvises the page memory MADV_HUGEPAGE (the library does not)" : "", O.reps,
+         O.reps_given || O.reps <= 2 ? ""
+                                     : " (a decode row stops after 8 s of timed calls, with at least 2: "
+                                       "see reps)");
+}
+
+static void print_decode_intro(void) {
+  printf("\n## Decode: one query token per request, context already in the cache\n\n");
+  printf("KV read = batch x context x 8 KV heads x 128 lanes x 2 (K and V) x itemsize: the K and V lanes "
+         "attended (v3 pads the head dim to align(D, 128): nothing for D = 128). read-only = keys/values "
+         "NULL; fused = with the write of each request's new token (position context-1). plain read = "
+         "the same bytes summed by the same number of threads from a contiguous window of the cache's "
+         "page memory, interleaved; ratio = plain read time / kvp time. Best of `reps`.\n");
+}
+
+static void print_prefill_intro(void) {
+  printf("\n## Prefill: one request, bf16 pages, f32 queries/keys/values/output, fused write of the new "
+         "tokens\n\n");
+  printf("GFLOP = 4 x 32 heads x 128 x sum over new tokens of the keys each sees (causal). FMA peak = "
+         "independent multiply-add chains on the same number of threads, interleaved; ratio = attention "
+         "GFLOP/s / FMA peak. max err = max |kvp - double-precision reference| over the first, middle "
+         "and last new token (all 32 heads). Best of `reps`.\n");
+}
+
+/* The parent process: the header, then each table run by a child per thread count (1 and all
+ * CPUs, or --threads). Returns the exit status: non-zero once a child failed. */
+static int run_report(char **argv) {
+  const long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+  long counts[2];
+  int nc, c, rc = 0;
+  counts[0] = 1;
+  counts[1] = nproc > 0 ? nproc : 1;
+  nc = counts[1] > 1 ? 2 : 1;
+  if (O.threads > 0) counts[0] = O.threads, nc = 1;
+  print_report_header(nproc);
+  if (O.decode) {
+    print_decode_intro();
+    for (c = 0; c < nc && rc == 0; ++c) rc |= run_child(argv, "decode", counts[c]);
+  }
+  if (O.prefill && rc == 0) {
+    print_prefill_intro();
+    for (c = 0; c < nc && rc == 0; ++c) rc |= run_child(argv, "prefill", counts[c]);
+  }
+  return rc;
+}
+
+/* A child process: the table KVP_BENCH_TABLE names, with the bench's threads as KVP_BENCH_CHILD. */
+static int run_table(const char *child) {
+  const char *table = getenv("KVP_BENCH_TABLE");
+  start_helpers(atoi(child) > 0 ? atoi(child) : 1);
+  if (table != NULL && strcmp(table, "prefill") == 0) prefill_table(child);
+  else decode_table(child);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   const char *child = getenv("KVP_BENCH_CHILD");
   parse_opts(argc, argv);
   init_tables();
-  if (child == NULL) {
-    const long nproc = sysconf(_SC_NPROCESSORS_ONLN);
-    char model[256], date[64], llc_src[64];
-    const double llc = llc_bytes(llc_src, sizeof llc_src);
-    const char *isa_env = getenv("KVP_CPU_ISA");
-    time_t tt = time(NULL);
-    long counts[2];
-    int nc, c, rc = 0, i;
-    counts[0] = 1;
-    counts[1] = nproc > 0 ? nproc : 1;
-    nc = counts[1] > 1 ? 2 : 1;
-    if (O.threads > 0) counts[0] = O.threads, nc = 1;
-    cpu_model(model, sizeof model);
-    strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&tt));
-    printf("# kvp_attention on the CPU\n\n");
-    printf("- date: %s\n- machine: %s, %ld logical CPUs, %.1f GiB memory (%.1f GiB available at start), "
-           "last-level cache %.0f MiB (%s)\n",
-           date, model, nproc, mem_total() / GIB, mem_available() / GIB, llc / MIB, llc_src);
-    printf("- library: %s; CPU kernels: %s%s%s\n", kvp_build_info(), lib_isa(), isa_env ? ", KVP_CPU_ISA=" : "",
-           isa_env ? isa_env : "");
-    printf("- shape: llama3-8b (8 KV heads, 32 query heads, head dim 128), v3 layout, page size 16, one layer; "
-           "f32 queries and output; causal, softmax scale 1/sqrt(128); pages of each request shuffled in the pool\n");
-    printf("- options:%s%s; best of %d%s\n", O.quick ? " --quick" : "",
-           O.hot ? " --hot (data may stay in the caches)"
-                 : " cold (each timed call reads memory that the calls before it did not)",
-           O.reps, O.reps_given || O.reps <= 3 ? "" : " (decode rows reading >= 1 GiB: 3)");
-    if (O.decode) {
-      printf("\n## Decode: one query token per request, context already in the cache\n\n");
-      printf("KV read = batch x context x 8 KV heads x 128 lanes x 2 (K and V) x itemsize: the K and V lanes "
-             "attended (v3 pads the head dim to align(D, 128): nothing for D = 128). read-only = keys/values "
-             "NULL; fused = with the write of each request's new token (position context-1). plain read = "
-             "the same bytes summed by the same number of threads from a contiguous window of the cache's "
-             "page memory, interleaved; ratio = plain read time / kvp time. Best of `reps`.\n");
-      for (c = 0; c < nc && rc == 0; ++c) rc |= run_child(argv, "decode", counts[c]);
-    }
-    if (O.prefill && rc == 0) {
-      printf("\n## Prefill: one request, bf16 pages, f32 queries/keys/values/output, fused write of the new "
-             "tokens\n\n");
-      printf("GFLOP = 4 x 32 heads x 128 x sum over new tokens of the keys each sees (causal). FMA peak = "
-             "independent multiply-add chains on the same number of threads, interleaved; ratio = attention "
-             "GFLOP/s / FMA peak. Best of `reps`.\n");
-      for (c = 0; c < nc && rc == 0; ++c) rc |= run_child(argv, "prefill", counts[c]);
-    }
-    (void)i;
-    return rc;
-  }
-  {
-    const char *table = getenv("KVP_BENCH_TABLE");
-    start_helpers(atoi(child) > 0 ? atoi(child) : 1);
-    if (table != NULL && strcmp(table, "prefill") == 0) prefill_table(child);
-    else decode_table(child);
-  }
-  return 0;
+  return child == NULL ? run_report(argv) : run_table(child);
 }
