@@ -53,11 +53,11 @@ expect 2 "usage: kvp demo" demo --bogus
 expect 2 "--layers needs an integer" demo --layers 0
 expect 0 "hit rate 44.4%; 1 pages copied on write" demo --quiet --layers 2
 expect 0 "attention check passed: 1150 token rows x 2 layers" demo --quiet --layers 2
-for layout in v2 v3; do
-  for dtype in fp32 fp16 fp8_e4m3fn fp8_e5m2; do
-    # (exit 0 also means the read-back check passed)
-    expect 0 "attention check passed" demo --quiet --layers 1 --layout "$layout" --dtype "$dtype"
-  done
+# Every storage dtype once, each layout with two of them (exit 0 also means the read-back check
+# passed); bf16 on v3 is the run above.
+for run in "v2 fp32" "v2 fp8_e4m3fn" "v3 fp16" "v3 fp8_e5m2"; do
+  set -- $run
+  expect 0 "attention check passed" demo --quiet --layers 1 --layout "$1" --dtype "$2"
 done
 
 # bench: a smoke run (the numbers are not checked; they belong in docs/benchmarks.md)
