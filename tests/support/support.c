@@ -150,3 +150,33 @@ size_t kvp_test_layer_bytes(const kvp_cache *cache) {
   assert_kvp_ok(kvp_cache_get_layout(cache, &li));
   return (size_t)li.layer_bytes;
 }
+
+kvp_test_geom kvp_test_geom_of(kvp_layout layout, kvp_dtype dtype, int64_t H, int64_t D, int64_t S, int64_t P) {
+  kvp_test_geom g;
+  g.v3 = layout == KVP_LAYOUT_V3;
+  g.h64 = g.v3 && D == 64;
+  g.H = H;
+  g.D = D;
+  g.S = S;
+  g.P = P;
+  g.isz = dtype == KVP_DTYPE_F32 ? 4 : (dtype == KVP_DTYPE_F16 || dtype == KVP_DTYPE_BF16) ? 2 : 1;
+  g.pack = 4 / g.isz;
+  if (!g.v3) {
+    g.C = 2 * H;
+    g.Dst = D;
+  } else if (g.h64) {
+    g.C = (H + g.pack - 1) / g.pack * g.pack;
+    g.Dst = 128;
+  } else {
+    g.C = (2 * H + g.pack - 1) / g.pack * g.pack;
+    g.Dst = (D + 127) / 128 * 128;
+  }
+  return g;
+}
+
+int64_t kvp_test_token_bytes(const kvp_test_geom *g) { return g->C * g->Dst * g->isz; }
+
+int64_t kvp_test_elem_off(const kvp_test_geom *g, int64_t slot, int64_t h, int kv, int64_t d) {
+  if (g->h64) return ((slot * g->C + h) * 128 + kv * 64 + d) * g->isz;
+  return ((slot * g->C + 2 * h + kv) * g->Dst + d) * g->isz;
+}

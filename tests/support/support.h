@@ -55,6 +55,19 @@ kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, i
 kvp_config kvp_test_config_len(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                                int64_t num_pages, kvp_dtype dtype, kvp_layout layout, int64_t max_len);
 
+/* A layer's byte geometry computed from the SPEC formulas, independently of the library: v3 or
+ * v2, the head_dim-64 packing, KV heads H, head dim D, page size S, pages P, the pack factor,
+ * combined heads per slot C, stored lanes per head Dst, bytes per element isz. */
+typedef struct kvp_test_geom {
+  int v3, h64;
+  int64_t H, D, S, P, pack, C, Dst, isz;
+} kvp_test_geom;
+kvp_test_geom kvp_test_geom_of(kvp_layout layout, kvp_dtype dtype, int64_t H, int64_t D, int64_t S, int64_t P);
+/* Bytes of one token slot (all heads, keys and values, padding included). */
+int64_t kvp_test_token_bytes(const kvp_test_geom *g);
+/* Byte offset of lane d of K (kv 0) or V (kv 1) of KV head h at flat slot `slot`. */
+int64_t kvp_test_elem_off(const kvp_test_geom *g, int64_t slot, int64_t h, int kv, int64_t d);
+
 /* Host v2 metadata over caller arrays (borrowed): slot_mapping [3, num_slices] (destination slot,
  * source token, length per column) and the valid-column count num_valid[0]. */
 kvp_metadata *kvp_test_v2_metadata(int32_t *slot_mapping, int64_t num_slices, int32_t *num_valid);

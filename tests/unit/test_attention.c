@@ -334,60 +334,24 @@ static void tens_assert_gaps(const tens *x, const unsigned char *initial) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Cache geometry from the SPEC formulas (independent of the library), and the cache fixture.   */
-
-typedef struct geom {
-  int v3, h64;
-  int64_t H, D, S, P, pack, C, Dst, isz;
-} geom;
-
-static geom geom_of(kvp_layout lay, kvp_dtype dt, int64_t H, int64_t D, int64_t S, int64_t P) {
-  geom g;
-  g.v3 = lay == KVP_LAYOUT_V3;
-  g.h64 = g.v3 && D == 64;
-  g.H = H;
-  g.D = D;
-  g.S = S;
-  g.P = P;
-  g.isz = dsize(dt);
-  g.pack = 4 / g.isz;
-  if (!g.v3) {
-    g.C = 2 * H;
-    g.Dst = D;
-  } else if (g.h64) {
-    g.C = cdiv64(H, g.pack) * g.pack;
-    g.Dst = 128;
-  } else {
-    g.C = cdiv64(2 * H, g.pack) * g.pack;
-    g.Dst = cdiv64(D, 128) * 128;
-  }
-  return g;
-}
-
-static int64_t token_bytes(const geom *g) { return g->C * g->Dst * g->isz; }
-
-/* Byte offset of lane d of K (kv 0) or V (kv 1) of KV head h at flat slot `slot`. */
-static int64_t elem_off(const geom *g, int64_t slot, int64_t h, int kv, int64_t d) {
-  if (g->h64) return ((slot * g->C + h) * 128 + kv * 64 + d) * g->isz;
-  return ((slot * g->C + 2 * h + kv) * g->Dst + d) * g->isz;
-}
+/* The cache fixture, over the SPEC geometry (kvp_test_geom, computed independently of the library). */
 
 /* Writes into a layer image what the fused write stores for one token: the whole slot zero, then
  * K and V (values exactly representable in the cache dtype). */
-static void shadow_token(unsigned char *img, const geom *g, kvp_dtype dt, int64_t slot, const double *k,
+static void shadow_token(unsigned char *img, const kvp_test_geom *g, kvp_dtype dt, int64_t slot, const double *k,
                          const double *v) {
   int64_t h, d;
-  memset(img + slot * token_bytes(g), 0, (size_t)token_bytes(g));
+  memset(img + slot * kvp_test_token_bytes(g), 0, (size_t)kvp_test_token_bytes(g));
   for (h = 0; h < g->H; ++h)
     for (d = 0; d < g->D; ++d) {
-      store_code(img + elem_off(g, slot, h, 0, d), (int)g->isz, enc_code(k[h * g->D + d], dt));
-      store_code(img + elem_off(g, slot, h, 1, d), (int)g->isz, enc_code(v[h * g->D + d], dt));
+      store_code(img + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, enc_code(k[h * g->D + d], dt));
+      store_code(img + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, enc_code(v[h * g->D + d], dt));
     }
 }
 
 typedef struct fx {
   kvp_cache *cache;
-  geom g;
+  kvp_test_geom g;
   kvp_dtype dt;
   size_t layer_bytes;
 } fx;
@@ -395,12 +359,12 @@ typedef struct fx {
 /* A two-layer CPU cache with exactly P pages; the tests use layer 1. */
 static void fx_open(fx *f, kvp_layout lay, kvp_dtype dt, int64_t H, int64_t D, int64_t S, int64_t P) {
   kvp_config cfg = kvp_test_config(2, H, D, S, P, dt, lay);
-  f->g = geom_of(lay, dt, H, D, S, P);
+  f->g = kvp_test_geom_of(lay, dt, H, D, S, P);
   f->dt = dt;
   f->cache = NULL;
   assert_kvp_ok(kvp_cache_create(&cfg, NULL, &f->cache));
   f->layer_bytes = kvp_test_layer_bytes(f->cache);
-  assert_int_equal(f->layer_bytes, P * S * token_bytes(&f->g));
+  assert_int_equal(f->layer_bytes, P * S * kvp_test_token_bytes(&f->g));
 }
 
 static void fx_close(fx *f) { assert_kvp_ok(kvp_cache_destroy(f->cache)); }
@@ -449,7 +413,7 @@ static void view_set(const kvp_tensor *v, int64_t p, int64_t s, int64_t h, int64
 /* Fails unless the two images of layer 1 differ only in the flat slots marked in `allowed`. */
 static void assert_only_slots_changed(const fx *f, const unsigned char *before, const unsigned char *after,
                                       const unsigned char *allowed, const char *what) {
-  const int64_t tb = token_bytes(&f->g), slots = f->g.P * f->g.S;
+  const int64_t tb = kvp_test_token_bytes(&f->g), slots = f->g.P * f->g.S;
   int64_t s;
   for (s = 0; s < slots; ++s)
     if ((allowed == NULL || !allowed[s]) && memcmp(before + s * tb, after + s * tb, (size_t)tb) != 0)
@@ -1047,7 +1011,7 @@ static void test_attention__e2_chunked_prefill_window_sinks_padding(void **state
   for (i = 0; i < 3; ++i) shadow_token(expect, &f.g, KVP_DTYPE_F32, 6 * 4 + i, kE2K + 8 * i, kE2V + 8 * i);
   after = layer_copy(&f, 1);
   assert_memory_equal(expect, after, f.layer_bytes);
-  assert_memory_equal(before, after, (size_t)token_bytes(&f.g)); /* page 0 row 0 */
+  assert_memory_equal(before, after, (size_t)kvp_test_token_bytes(&f.g)); /* page 0 row 0 */
   memset(&ro, 0, sizeof ro);
   ro.scale = 0.5;
   ro.k_scale = ro.v_scale = 1.0;

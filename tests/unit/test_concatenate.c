@@ -110,46 +110,7 @@ static uint32_t load_code(const unsigned char *p, int size) {
 static void store_code(unsigned char *p, int size, uint32_t c) { memcpy(p, &c, (size_t)size); }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Cache geometry computed here from the SPEC formulas (independent of the library's layout). */
-
-typedef struct geom {
-  int v3, h64;
-  int64_t H, D, S, P, pack, C, Dst, isz;
-} geom;
-
-static geom geom_of(kvp_layout lay, kvp_dtype dt, int64_t H, int64_t D, int64_t S, int64_t P) {
-  geom g;
-  g.v3 = lay == KVP_LAYOUT_V3;
-  g.h64 = g.v3 && D == 64;
-  g.H = H;
-  g.D = D;
-  g.S = S;
-  g.P = P;
-  g.isz = dsize(dt);
-  g.pack = 4 / g.isz;
-  if (!g.v3) {
-    g.C = 2 * H;
-    g.Dst = D;
-  } else if (g.h64) {
-    g.C = (H + g.pack - 1) / g.pack * g.pack;
-    g.Dst = 128;
-  } else {
-    g.C = (2 * H + g.pack - 1) / g.pack * g.pack;
-    g.Dst = (D + 127) / 128 * 128;
-  }
-  return g;
-}
-
-static int64_t token_bytes(const geom *g) { return g->C * g->Dst * g->isz; }
-
-/* Byte offset of lane d of K (kv 0) / V (kv 1) of head h at flat slot `slot`. */
-static int64_t elem_off(const geom *g, int64_t slot, int64_t h, int kv, int64_t d) {
-  if (g->h64) return ((slot * g->C + h) * 128 + kv * 64 + d) * g->isz;
-  return ((slot * g->C + 2 * h + kv) * g->Dst + d) * g->isz;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Inputs                                                                                      */
+/* Inputs (the cache geometry is kvp_test_geom: the SPEC formulas, independent of the library) */
 
 typedef struct input {
   kvp_tensor t;
@@ -200,14 +161,14 @@ static uint32_t input_code(const input *in, int64_t t, int64_t h, int64_t d) {
 }
 
 /* Writes the expected full row of `slot` into `shadow`: zeros, then converted K and V. */
-static void ref_write_token(unsigned char *shadow, const geom *g, kvp_dtype dd, const input *k, const input *v,
+static void ref_write_token(unsigned char *shadow, const kvp_test_geom *g, kvp_dtype dd, const input *k, const input *v,
                             int64_t src, int64_t slot) {
   int64_t h, d;
-  memset(shadow + slot * token_bytes(g), 0, (size_t)token_bytes(g));
+  memset(shadow + slot * kvp_test_token_bytes(g), 0, (size_t)kvp_test_token_bytes(g));
   for (h = 0; h < g->H; ++h)
     for (d = 0; d < g->D; ++d) {
-      store_code(shadow + elem_off(g, slot, h, 0, d), (int)g->isz, ref_convert(input_code(k, src, h, d), k->t.dtype, dd));
-      store_code(shadow + elem_off(g, slot, h, 1, d), (int)g->isz, ref_convert(input_code(v, src, h, d), v->t.dtype, dd));
+      store_code(shadow + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, ref_convert(input_code(k, src, h, d), k->t.dtype, dd));
+      store_code(shadow + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, ref_convert(input_code(v, src, h, d), v->t.dtype, dd));
     }
 }
 
@@ -216,7 +177,7 @@ static void ref_write_token(unsigned char *shadow, const geom *g, kvp_dtype dd, 
 typedef struct fixture {
   kvp_config cfg;
   kvp_cache *cache;
-  geom g;
+  kvp_test_geom g;
   unsigned char *layer; /* layer 1's buffer (host) */
   int64_t layer_bytes;
 } fixture;
@@ -226,11 +187,11 @@ static void fixture_open(fixture *fx, kvp_layout lay, kvp_dtype dt, int64_t H, i
   kvp_tensor pages;
   int64_t i;
   fx->cfg = kvp_test_config(2, H, D, S, P, dt, lay);
-  fx->g = geom_of(lay, dt, H, D, S, P);
+  fx->g = kvp_test_geom_of(lay, dt, H, D, S, P);
   assert_kvp_ok(kvp_cache_create(&fx->cfg, NULL, &fx->cache));
   assert_kvp_ok(kvp_cache_get_view(fx->cache, 1, KVP_VIEW_PAGES, &pages));
   fx->layer = (unsigned char *)pages.data;
-  fx->layer_bytes = P * S * token_bytes(&fx->g);
+  fx->layer_bytes = P * S * kvp_test_token_bytes(&fx->g);
   {
     kvp_layout_info li;
     li.struct_size = sizeof li;
@@ -267,7 +228,7 @@ static void worked_batch(kvp_layout lay, kvp_dtype dt) {
   int32_t order[4];
   input k, v;
   uint64_t rng = 99;
-  geom g = geom_of(lay, dt, 8, 128, 4, 9);
+  kvp_test_geom g = kvp_test_geom_of(lay, dt, 8, 128, 4, 9);
   const int64_t slot_of_token[11] = {9, 15, 20, 21, 22, 23, 24, 25, 28, 29, 30};
   int64_t slot, t, h, d;
   unsigned char *zero;
@@ -281,7 +242,7 @@ static void worked_batch(kvp_layout lay, kvp_dtype dt) {
   o.kvdtype = dt;
   o.version = lay;
   o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  o.budget_bytes = 9 * token_bytes(&g) * 4;
+  o.budget_bytes = 9 * kvp_test_token_bytes(&g) * 4;
   assert_kvp_ok(kvp_config_create(&o, &cfg));
   assert_int_equal(cfg.num_pages, 9);
   assert_kvp_ok(kvp_cache_create(&cfg, NULL, &cache));
@@ -324,11 +285,11 @@ static void worked_batch(kvp_layout lay, kvp_dtype dt) {
       }
   }
   /* Every other slot is still zero. */
-  zero = (unsigned char *)calloc(1, (size_t)token_bytes(&g));
+  zero = (unsigned char *)calloc(1, (size_t)kvp_test_token_bytes(&g));
   for (slot = 0; slot < 9 * 4; ++slot) {
     int written = 0;
     for (t = 0; t < 11; ++t) written |= slot_of_token[t] == slot;
-    if (!written) assert_memory_equal((unsigned char *)pages.data + slot * token_bytes(&g), zero, (size_t)token_bytes(&g));
+    if (!written) assert_memory_equal((unsigned char *)pages.data + slot * kvp_test_token_bytes(&g), zero, (size_t)kvp_test_token_bytes(&g));
   }
   free(zero);
   free(k.buf);
@@ -417,7 +378,7 @@ static void random_batch_case(kvp_layout lay, kvp_dtype sd, kvp_dtype vd, kvp_dt
     }
     fail_msg("layout %u %s/%s -> %s H=%lld D=%lld S=%lld: first difference at byte %lld (slot %lld): %02x vs %02x",
              lay, kvp_dtype_name(sd), kvp_dtype_name(vd), kvp_dtype_name(dd), (long long)H, (long long)D,
-             (long long)S, (long long)b, (long long)(b / token_bytes(&fx.g)), shadow[b], fx.layer[b]);
+             (long long)S, (long long)b, (long long)(b / kvp_test_token_bytes(&fx.g)), shadow[b], fx.layer[b]);
   }
   free(shadow);
   free(k.buf);
