@@ -646,6 +646,28 @@ void store_f32(uint8_t* base, kvp_dtype dt, float v) {
   std::memcpy(base, &h, 2);
 }
 
+// dst[d * dst_stride] = scale * t[token, head, d] for d < n (f32 rows with unit stride: a plain loop).
+void load_row(const TensorArg& t, int64_t token, int64_t head, int64_t n, float scale, float* dst, int64_t dst_stride) {
+  const uint8_t* row = static_cast<const uint8_t*>(t.data) + (token * t.stride_t + head * t.stride_h) * t.itemsize;
+  if (t.dtype == KVP_DTYPE_F32 && t.stride_d == 1) {
+    const float* src = reinterpret_cast<const float*>(row);
+    for (int64_t d = 0; d < n; ++d) dst[d * dst_stride] = src[d] * scale;
+    return;
+  }
+  for (int64_t d = 0; d < n; ++d) dst[d * dst_stride] = load_f32(row + d * t.stride_d * t.itemsize, t.dtype) * scale;
+}
+
+// t[token, head, d] = scale * src[d] for d < n, rounded once to t's dtype.
+void store_row(const TensorArg& t, int64_t token, int64_t head, int64_t n, float scale, const float* src) {
+  uint8_t* row = static_cast<uint8_t*>(const_cast<void*>(t.data)) + (token * t.stride_t + head * t.stride_h) * t.itemsize;
+  if (t.dtype == KVP_DTYPE_F32 && t.stride_d == 1) {
+    float* dst = reinterpret_cast<float*>(row);
+    for (int64_t d = 0; d < n; ++d) dst[d] = src[d] * scale;
+    return;
+  }
+  for (int64_t d = 0; d < n; ++d) store_f32(row + d * t.stride_d * t.itemsize, t.dtype, src[d] * scale);
+}
+
 // ---- the job -----------------------------------------------------------------------------------
 
 // One tile of KV heads [g0, g0 + ng) and a key range. A tile's rows are the same (token, query head
@@ -680,8 +702,8 @@ struct Plan {
   HostVector<Merge> merges;
   // Split partials: per part, m[16], l[16], acc[16][Dp].
   HostVector<float> partials;
-  // Per-worker scratch, claimed through `busy` (at most 256 workers).
-  HostVector<float> scratch;
+  // Per-worker scratch (64-byte aligned slots), claimed through `busy` (at most 256 workers).
+  HostBuffer<float> scratch;
   int64_t scratch_floats = 0;
   std::atomic<bool> busy[256];
   explicit Plan(const AttentionJob& j, const HostAllocator& a)
@@ -773,11 +795,7 @@ void finish_rows(const Plan& pl, const Item& it, int64_t g, const float* m, cons
       scale = exp_scalar(mr - mm);
       lr = lr * scale + exp_scalar(sink - mm);
     }
-    const float f = j.v_scale * scale / lr;
-    uint8_t* o = static_cast<uint8_t*>(const_cast<void*>(j.out.data)) +
-                 (token * j.out.stride_t + head * j.out.stride_h) * j.out.itemsize;
-    const float* a = acc + static_cast<size_t>(r) * pl.Dp;
-    for (int64_t d = 0; d < pl.D; ++d) store_f32(o + d * j.out.stride_d * j.out.itemsize, j.out.dtype, a[d] * f);
+    store_row(j.out, token, head, pl.D, j.v_scale * scale / lr, acc + static_cast<size_t>(r) * pl.Dp);
   }
 }
 
@@ -796,8 +814,9 @@ struct HeadState {
 int64_t head_floats(int64_t Dp) { return 2 * kRows * Dp + 2 * kBlock * Dp; }
 constexpr int64_t kSharedFloats = kBlock * kRows;
 
-// Sets up head h of an item: scratch, zeroed where read before written (query padding, key and
-// value padding lanes, key rows past a block's end, the sums), queries loaded and scaled.
+// Sets up head h of an item: scratch, zeroed where read before written (the queries' padding rows
+// and lanes, the padding lanes of keys and values, the sums of the tile's rows), queries loaded
+// and scaled.
 void init_head(const Plan& pl, const Item& it, int64_t h, bool few, float* buf, HeadState& hs) {
   const AttentionJob& j = pl.job;
   const int64_t D = pl.D, Dp = pl.Dp;
@@ -805,9 +824,9 @@ void init_head(const Plan& pl, const Item& it, int64_t h, bool few, float* buf, 
   hs.kb = hs.q + kRows * Dp;
   hs.vb = hs.kb + kBlock * Dp;
   hs.acc = hs.vb + kBlock * Dp;
-  std::memset(hs.q, 0, sizeof(float) * static_cast<size_t>(kRows * Dp + kBlock * Dp));  // q, kb
-  if (D != Dp) std::memset(hs.vb, 0, sizeof(float) * static_cast<size_t>(kBlock * Dp));
-  std::memset(hs.acc, 0, sizeof(float) * static_cast<size_t>(kRows * Dp));
+  std::memset(hs.q, 0, sizeof(float) * static_cast<size_t>(kRows * Dp));
+  if (D != Dp) std::memset(hs.kb, 0, sizeof(float) * static_cast<size_t>(2 * kBlock * Dp));  // kb, vb
+  std::memset(hs.acc, 0, sizeof(float) * static_cast<size_t>(it.nf * Dp));  // rows past nf stay unused
   for (int r = 0; r < kRows; ++r) {
     hs.m[r] = kNegInf;
     hs.l[r] = 0.0f;
@@ -815,11 +834,10 @@ void init_head(const Plan& pl, const Item& it, int64_t h, bool few, float* buf, 
   for (int r = 0; r < it.nf; ++r) {
     int64_t token, head;
     row_of(pl, it, it.g0 + h, it.f0 + r, token, head);
-    const uint8_t* q = static_cast<const uint8_t*>(j.q.data) + (token * j.q.stride_t + head * j.q.stride_h) * j.q.itemsize;
-    for (int64_t d = 0; d < D; ++d) {
-      const float x = load_f32(q + d * j.q.stride_d * j.q.itemsize, j.q.dtype) * j.logit_scale;
-      (few ? hs.q[r * Dp + d] : hs.q[d * kRows + r]) = x;
-    }
+    if (few)
+      load_row(j.q, token, head, D, j.logit_scale, hs.q + r * Dp, 1);
+    else
+      load_row(j.q, token, head, D, j.logit_scale, hs.q + r, kRows);
   }
 }
 
@@ -840,6 +858,9 @@ void load_block(const Plan& pl, const Item& it, int64_t h, int64_t j0, int nb, H
   const uint8_t* rows[kBlock];
   for (int k = 0; k < nb; ++k) rows[k] = slot_of(j0 + k);
   pl.widen(rows, nb, v_off * isz, pl.D, pl.Dp, hs.kb, hs.vb);
+  // qk_few reads key rows up to a multiple of 16: keep the ones past the block's end finite.
+  const int end = std::min(kBlock, (nb + 15) / 16 * 16);
+  if (nb < end) std::memset(hs.kb + nb * pl.Dp, 0, sizeof(float) * static_cast<size_t>((end - nb) * pl.Dp));
 }
 
 // One work item, with `buf` as its scratch (Plan::scratch_floats floats).
@@ -921,24 +942,19 @@ void zero_unowned(const AttentionJob& j) {
   const int64_t owned1 = j.num_rows > 0 ? j.md.query_start_loc[j.num_rows] : 0;
   for (int64_t t = 0; t < j.num_tokens; ++t) {
     if (t >= owned0 && t < owned1) continue;
-    for (int64_t h = 0; h < j.num_q_heads; ++h) {
-      uint8_t* o = static_cast<uint8_t*>(const_cast<void*>(j.out.data)) +
-                   (t * j.out.stride_t + h * j.out.stride_h) * j.out.itemsize;
-      for (int64_t d = 0; d < j.layout.head_dim; ++d) store_f32(o + d * j.out.stride_d * j.out.itemsize, j.out.dtype, 0.0f);
-    }
+    static const float zeros[kMaxAttentionHeadDim] = {};
+    for (int64_t h = 0; h < j.num_q_heads; ++h) store_row(j.out, t, h, j.layout.head_dim, 1.0f, zeros);
   }
 }
 
 // Claims one of the `workers` scratch slots for the calling thread (no more run at once).
 float* claim_scratch(Plan& pl, int workers, int& slot) {
-  // 64-byte aligned slots: scratch_floats is a multiple of 16.
-  const auto base = reinterpret_cast<uintptr_t>(pl.scratch.data());
-  float* aligned = reinterpret_cast<float*>((base + 63) & ~uintptr_t{63});
+  float* base = pl.scratch.data();  // 64-byte aligned; scratch_floats is a multiple of 16
   for (;;)
     for (slot = 0; slot < workers; ++slot) {
       bool expected = false;
       if (pl.busy[slot].compare_exchange_strong(expected, true, std::memory_order_acquire))
-        return aligned + static_cast<size_t>(slot) * static_cast<size_t>(pl.scratch_floats);
+        return base + static_cast<size_t>(slot) * static_cast<size_t>(pl.scratch_floats);
     }
 }
 
@@ -963,8 +979,9 @@ void cpu_attention(const AttentionJob& job, const ConcatJob* write, const HostAl
   for (const Item& it : pl.items) heads = std::max<int64_t>(heads, it.ng);
   pl.scratch_floats = kSharedFloats + heads * head_floats(pl.Dp);
   const int workers = static_cast<int>(std::min<int64_t>(threads, static_cast<int64_t>(pl.items.size())));
-  pl.scratch.resize(static_cast<size_t>(pl.scratch_floats * workers + 16));
-  // Every allocation is done: from here on nothing fails.
+  pl.scratch.allocate(static_cast<size_t>(pl.scratch_floats * workers));
+  // Every allocation of the attention is done: from here on it cannot fail (the write takes its
+  // own scratch before it writes anything).
   if (write != nullptr) cpu_concatenate(*write, alloc);
   zero_unowned(job);
   if (pl.items.empty()) return;

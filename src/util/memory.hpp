@@ -81,6 +81,29 @@ template <class T>
 using HostVector = std::vector<T, StdAllocator<T>>;
 using HostString = std::basic_string<char, std::char_traits<char>, StdAllocator<char>>;
 
+// An uninitialised, aligned array of trivial T from a HostAllocator: scratch that is written
+// before it is read (a HostVector would zero it first).
+template <class T>
+class HostBuffer {
+ public:
+  explicit HostBuffer(const HostAllocator& a) noexcept : alloc_(a) {}
+  ~HostBuffer() { alloc_.deallocate(data_); }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  // Replaces the array by one of n elements (contents undefined). Throws on exhaustion, leaving
+  // the old array in place.
+  void allocate(size_t n, size_t align = 64) {
+    T* p = static_cast<T*>(alloc_.allocate(n * sizeof(T), align));
+    alloc_.deallocate(data_);
+    data_ = p;
+  }
+  T* data() const noexcept { return data_; }
+
+ private:
+  HostAllocator alloc_;
+  T* data_ = nullptr;
+};
+
 // new / delete through a HostAllocator.
 template <class T, class... Args>
 T* host_new(const HostAllocator& a, Args&&... args) {
