@@ -192,13 +192,12 @@ static void run_cpu(const scenario *sc, side *cpu, const kvp_metadata *md, run *
 }
 
 /* Device copies of the step's inputs and an output pre-filled with NaN patterns. */
-static void upload_run(const scenario *sc, side *gpu, const run *r) {
+static void upload_run(side *gpu, const run *r) {
   gpu->q = to_device(r->q, r->q_bytes + 1);
   gpu->k = to_device(r->k, r->kv_bytes + 1);
   gpu->v = to_device(r->v, r->kv_bytes + 1);
   CUDA_OK(cudaMalloc(&gpu->out, r->out_bytes + 1));
   CUDA_OK(cudaMemset(gpu->out, 0xFF, r->out_bytes + 1));
-  (void)sc;
 }
 
 /* The step on the CUDA cache (fused write) on `stream`, through `md`. */
@@ -235,30 +234,51 @@ static kvp_status async_error_of(const kvp_cache *c) {
   return st;
 }
 
-/* The whole comparison of one scenario; device_md: the CUDA call reads a device copy. */
-static void check_scenario(const scenario *sc, int device_md, uint64_t seed) {
+/* One scenario on a CPU and a CUDA cache: the same context written to both, the step's inputs on
+ * both sides, the CPU call already made (r.out_cpu) and a device copy of the step's metadata. */
+typedef struct pair {
+  side cpu, gpu;
+  run r;
+  kvp_metadata *md;
+  kvp_gpu_metadata dmd;
+} pair;
+
+static void pair_open(pair *p, const scenario *sc, uint64_t seed) {
   uint64_t rng = seed;
   const kvp_config cfg = config_of(sc);
-  side cpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0), NULL, NULL, NULL, NULL};
-  side gpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0), NULL, NULL, NULL, NULL};
-  write_context(sc, &cpu, &gpu, &rng);
-  run r;
-  kvp_metadata *md = step_metadata(sc, 0, &r.T);
-  run_cpu(sc, &cpu, md, &r, &rng);
-  upload_run(sc, &gpu, &r);
-  kvp_gpu_metadata dmd;
-  if (device_md) kvp_gpu_metadata_make(&dmd, md);
-  assert_kvp_ok(attend_gpu(sc, &gpu, device_md ? dmd.md : md, &r, NULL));
-  download_out(&gpu, &r);
-  const int64_t n = r.T * sc->kv_heads * sc->rep * sc->head_dim;
-  expect_close(r.out_cpu, r.out_gpu, sc->out_dtype, n, device_md ? "device metadata" : "host metadata");
-  expect_same_pages(cpu.cache, gpu.cache);
-  assert_int_equal(async_error_of(gpu.cache), KVP_OK);
-  if (device_md) kvp_gpu_metadata_free(&dmd);
-  free_run(&gpu, &r);
-  assert_kvp_ok(kvp_metadata_destroy(md));
-  assert_kvp_ok(kvp_cache_destroy(cpu.cache));
-  assert_kvp_ok(kvp_cache_destroy(gpu.cache));
+  memset(p, 0, sizeof *p);
+  p->cpu.cache = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
+  p->gpu.cache = kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0);
+  write_context(sc, &p->cpu, &p->gpu, &rng);
+  p->md = step_metadata(sc, 0, &p->r.T);
+  run_cpu(sc, &p->cpu, p->md, &p->r, &rng);
+  upload_run(&p->gpu, &p->r);
+  kvp_gpu_metadata_make(&p->dmd, p->md);
+}
+
+static void pair_close(pair *p) {
+  kvp_gpu_metadata_free(&p->dmd);
+  free_run(&p->gpu, &p->r);
+  assert_kvp_ok(kvp_metadata_destroy(p->md));
+  assert_kvp_ok(kvp_cache_destroy(p->cpu.cache));
+  assert_kvp_ok(kvp_cache_destroy(p->gpu.cache));
+}
+
+/* The CUDA output equals the CPU's, and so do the pages. */
+static void expect_pair_equal(const scenario *sc, pair *p, const char *what) {
+  download_out(&p->gpu, &p->r);
+  expect_close(p->r.out_cpu, p->r.out_gpu, sc->out_dtype, p->r.T * sc->kv_heads * sc->rep * sc->head_dim, what);
+  expect_same_pages(p->cpu.cache, p->gpu.cache);
+}
+
+/* The whole comparison of one scenario; device_md: the CUDA call reads the device copy. */
+static void check_scenario(const scenario *sc, int device_md, uint64_t seed) {
+  pair p;
+  pair_open(&p, sc, seed);
+  assert_kvp_ok(attend_gpu(sc, &p.gpu, device_md ? p.dmd.md : p.md, &p.r, NULL));
+  expect_pair_equal(sc, &p, device_md ? "device metadata" : "host metadata");
+  assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
+  pair_close(&p);
 }
 
 static scenario base(kvp_layout layout, kvp_dtype cache, int64_t kv_heads, int64_t rep, int64_t head_dim) {
@@ -346,39 +366,24 @@ static void test_cuda_attention__long_decode_is_split_and_merged(void **state) {
 static void test_cuda_attention__graph_replay_matches_cpu(void **state) {
   (void)state;
   kvp_test_require_gpu();
-  uint64_t rng = 61;
   scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 2, 64);
-  const kvp_config cfg = config_of(&sc);
-  side cpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0), NULL, NULL, NULL, NULL};
-  side gpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0), NULL, NULL, NULL, NULL};
-  write_context(&sc, &cpu, &gpu, &rng);
-  run r;
-  kvp_metadata *md = step_metadata(&sc, 0, &r.T);
-  run_cpu(&sc, &cpu, md, &r, &rng);
-  upload_run(&sc, &gpu, &r);
-  kvp_gpu_metadata dmd;
-  kvp_gpu_metadata_make(&dmd, md);
+  pair p;
+  pair_open(&p, &sc, 61);
   cudaStream_t s;
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  assert_kvp_ok(attend_gpu(&sc, &gpu, dmd.md, &r, s));
+  assert_kvp_ok(attend_gpu(&sc, &p.gpu, p.dmd.md, &p.r, s));
   CUDA_OK(cudaStreamEndCapture(s, &graph));
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
   CUDA_OK(cudaGraphLaunch(exec, s));
   CUDA_OK(cudaStreamSynchronize(s));
-  download_out(&gpu, &r);
-  expect_close(r.out_cpu, r.out_gpu, sc.out_dtype, r.T * sc.kv_heads * sc.rep * sc.head_dim, "graph replay");
-  expect_same_pages(cpu.cache, gpu.cache);
+  expect_pair_equal(&sc, &p, "graph replay");
   CUDA_OK(cudaGraphExecDestroy(exec));
   CUDA_OK(cudaGraphDestroy(graph));
   CUDA_OK(cudaStreamDestroy(s));
-  kvp_gpu_metadata_free(&dmd);
-  free_run(&gpu, &r);
-  assert_kvp_ok(kvp_metadata_destroy(md));
-  assert_kvp_ok(kvp_cache_destroy(cpu.cache));
-  assert_kvp_ok(kvp_cache_destroy(gpu.cache));
+  pair_close(&p);
 }
 
 /* A page id out of range in device-resident metadata: reported as kvp_attention's asynchronous
@@ -387,44 +392,31 @@ static void test_cuda_attention__graph_replay_matches_cpu(void **state) {
 static void test_cuda_attention__bad_device_metadata_is_reported(void **state) {
   (void)state;
   kvp_test_require_gpu();
-  uint64_t rng = 71;
   scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 2, 64);
-  const kvp_config cfg = config_of(&sc);
-  side cpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0), NULL, NULL, NULL, NULL};
-  side gpu = {kvp_test_cache_on(&cfg, KVP_DEVICE_CUDA, 0), NULL, NULL, NULL, NULL};
-  write_context(&sc, &cpu, &gpu, &rng);
-  run r;
-  kvp_metadata *md = step_metadata(&sc, 0, &r.T);
-  run_cpu(&sc, &cpu, md, &r, &rng);
-  upload_run(&sc, &gpu, &r);
-  kvp_gpu_metadata dmd;
-  kvp_gpu_metadata_make(&dmd, md);
+  pair p;
+  pair_open(&p, &sc, 71);
   kvp_metadata_desc d;
   assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
-  assert_kvp_ok(kvp_metadata_get_desc(dmd.md, &d));
+  assert_kvp_ok(kvp_metadata_get_desc(p.dmd.md, &d));
   const int32_t bad = 100000; /* request 0's first page (a cached position) */
   kvp_gpu_upload_i32(d.pages_tables, &bad, 1);
   /* read only: the fused write would report the bad page itself (kvp_concatenate's check) */
   const int64_t Hq = sc.kv_heads * sc.rep;
-  kvp_tensor q = kvp_test_tensor(gpu.q, sc.q_dtype, r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
-  kvp_tensor o = kvp_test_tensor(gpu.out, sc.out_dtype, r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
-  assert_kvp_ok(kvp_attention(gpu.cache, 0, &q, NULL, NULL, dmd.md, &sc.opts, &o, NULL));
-  download_out(&gpu, &r);
-  assert_int_equal(async_error_of(gpu.cache), KVP_ERR_INVALID_ARGUMENT);
+  kvp_tensor q = kvp_test_tensor(p.gpu.q, sc.q_dtype, p.r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
+  kvp_tensor o = kvp_test_tensor(p.gpu.out, sc.out_dtype, p.r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
+  assert_kvp_ok(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL));
+  download_out(&p.gpu, &p.r);
+  assert_int_equal(async_error_of(p.gpu.cache), KVP_ERR_INVALID_ARGUMENT);
   if (strstr(kvp_last_error_message(), "kvp_attention") == NULL || strstr(kvp_last_error_message(), "page id") == NULL)
     fail_msg("message: %s", kvp_last_error_message());
-  for (int64_t e = 0; e < Hq * sc.head_dim; ++e) assert_true(as_f32(r.out_gpu, sc.out_dtype, e) == 0.0f);
-  assert_int_equal(kvp_attention(gpu.cache, 0, &q, NULL, NULL, dmd.md, &sc.opts, &o, NULL), KVP_ERR_DEVICE_LOST);
-  assert_kvp_ok(kvp_cache_clear_async_error(gpu.cache));
+  for (int64_t e = 0; e < Hq * sc.head_dim; ++e) assert_true(as_f32(p.r.out_gpu, sc.out_dtype, e) == 0.0f);
+  assert_int_equal(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL), KVP_ERR_DEVICE_LOST);
+  assert_kvp_ok(kvp_cache_clear_async_error(p.gpu.cache));
   const int32_t good = 1;
   kvp_gpu_upload_i32(d.pages_tables, &good, 1);
-  assert_kvp_ok(kvp_attention(gpu.cache, 0, &q, NULL, NULL, dmd.md, &sc.opts, &o, NULL));
-  assert_int_equal(async_error_of(gpu.cache), KVP_OK);
-  kvp_gpu_metadata_free(&dmd);
-  free_run(&gpu, &r);
-  assert_kvp_ok(kvp_metadata_destroy(md));
-  assert_kvp_ok(kvp_cache_destroy(cpu.cache));
-  assert_kvp_ok(kvp_cache_destroy(gpu.cache));
+  assert_kvp_ok(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL));
+  assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
+  pair_close(&p);
 }
 
 #else /* !KVP_HAS_CUDA */

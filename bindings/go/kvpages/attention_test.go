@@ -287,6 +287,9 @@ func TestAttentionErrorsChangeNothing(t *testing.T) {
 		{"layer out of range", 2, e1Q, e1K, e1V, e1Shape, scaled, "layer 2"},
 		{"two KV heads", aLayer, e1Q, e1Q, e1Q, [4]int{4, aHq, 2, aD}, scaled, "2 heads"},
 		{"short keys", aLayer, e1Q, e1K[:12], e1V, e1Shape, scaled, "12 elements"},
+		// A shape whose element count wraps around int is refused, not taken for empty slices.
+		{"wrapping shape", aLayer, nil, nil, nil, [4]int{1 << 30, 1 << 27, 1, 128}, scaled, "0 elements"},
+		{"negative shape", aLayer, nil, nil, nil, [4]int{-1, aHq, 1, aD}, scaled, "0 elements"},
 	}
 	for _, tc := range cases {
 		out := filled(4*aHq*aD, 7)

@@ -24,6 +24,7 @@ import "C"
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"unsafe"
 )
@@ -382,9 +383,22 @@ func (m *Metadata) Close() error {
 	return call(func() C.kvp_status { return C.kvp_metadata_destroy(p) })
 }
 
+// elements is the element count of shape, or false for a negative extent or a count that
+// overflows int (a wrapped product must never make a short slice look long enough).
+func elements(shape [3]int) (int, bool) {
+	n := 1
+	for _, x := range shape {
+		if x < 0 || (x != 0 && n > math.MaxInt/x) {
+			return 0, false
+		}
+		n *= x
+	}
+	return n, true
+}
+
 func hostTensor(data []float32, shape [3]int) (*C.kvp_tensor, error) {
-	n := shape[0] * shape[1] * shape[2]
-	if len(data) != n {
+	n, ok := elements(shape)
+	if !ok || len(data) != n {
 		return nil, &Error{Code: int32(C.KVP_ERR_INVALID_ARGUMENT), Name: ErrInvalidArgument.Name,
 			Message: fmt.Sprintf("%d elements for shape %v", len(data), shape)}
 	}

@@ -322,7 +322,7 @@ pub const Cache = struct {
 
     /// Writes `key`/`value` ([T, H, D] row-major f32) into one layer.
     pub fn concatenate(self: *Cache, layer: u32, key: []const f32, value: []const f32, shape: [3]i64, md: *const Metadata) Error!void {
-        const n: usize = @intCast(shape[0] * shape[1] * shape[2]);
+        const n = try elements(shape);
         if (key.len != n or value.len != n) return error.InvalidArgument;
         var k = hostTensor(key, shape);
         var v = hostTensor(value, shape);
@@ -341,11 +341,10 @@ pub const Cache = struct {
     /// written (rows that no processed request owns become 0); on an error neither the cache nor
     /// `out` has changed. For device memory or other dtypes call `c.kvp_attention` directly.
     pub fn attention(self: *Cache, layer: u32, queries: []const f32, keys: ?[]const f32, values: ?[]const f32, shape: [4]i64, md: *const Metadata, opts: AttentionOptions, out: []f32) Error!void {
-        for (shape) |x| if (x < 0) return error.InvalidArgument;
         const q_shape = [3]i64{ shape[0], shape[1], shape[3] };
         const kv_shape = [3]i64{ shape[0], shape[2], shape[3] };
-        const nq: usize = @intCast(shape[0] * shape[1] * shape[3]);
-        const nkv: usize = @intCast(shape[0] * shape[2] * shape[3]);
+        const nq = try elements(q_shape);
+        const nkv = try elements(kv_shape);
         if (queries.len != nq or out.len != nq) return error.InvalidArgument;
         if (keys) |k| if (k.len != nkv) return error.InvalidArgument;
         if (values) |v| if (v.len != nkv) return error.InvalidArgument;
@@ -362,6 +361,17 @@ fn hostTensorOrNull(data: ?[]const f32, shape: [3]i64, t: *Tensor) ?*const c.kvp
     const d = data orelse return null;
     t.* = hostTensor(d, shape);
     return @ptrCast(t);
+}
+
+/// Elements of a tensor of `shape`: error.InvalidArgument for a negative extent or a count that
+/// overflows (a wrapped product must never make a short slice look long enough).
+fn elements(shape: [3]i64) Error!usize {
+    var n: usize = 1;
+    for (shape) |x| {
+        if (x < 0) return error.InvalidArgument;
+        n = std.math.mul(usize, n, @intCast(x)) catch return error.InvalidArgument;
+    }
+    return n;
 }
 
 fn hostTensor(data: []const f32, shape: [3]i64) Tensor {
@@ -1127,6 +1137,10 @@ test "attention: errors change neither the cache nor out" {
     // Slice lengths are checked before C sees anything.
     try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, e1_k[0..12], &e1_v, e1_shape, &md, e1_scaled, &out));
     try t.expectError(error.InvalidArgument, cache.attention(a_layer, &e1_q, &e1_k, &e1_v, e1_shape, &md, e1_scaled, out[0..28]));
+    // A shape whose element count wraps around, or a negative extent, is refused (not taken for
+    // empty slices).
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &.{}, null, null, .{ 1 << 30, 1 << 27, 1, 128 }, &md, e1_scaled, out[0..0]));
+    try t.expectError(error.InvalidArgument, cache.attention(a_layer, &.{}, null, null, .{ -1, a_hq, 1, a_d }, &md, e1_scaled, out[0..0]));
     try expectBits(&sevens, &out);
     try expectSameLayer(&cache, &pristine, a_layer);
 }

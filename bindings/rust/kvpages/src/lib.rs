@@ -311,7 +311,7 @@ impl Cache {
     /// the order returned by [`Metadata::build`]) into one layer.
     pub fn concatenate(&mut self, layer: u32, key: &[f32], value: &[f32], shape: [usize; 3], metadata: &Metadata)
         -> Result<()> {
-        let n = shape[0] * shape[1] * shape[2];
+        let n = elements(&shape)?;
         if key.len() != n || value.len() != n {
             return Err(Error::new(sys::KVP_ERR_INVALID_ARGUMENT,
                                   format!("key/value hold {}/{} elements, shape {:?} needs {}", key.len(),
@@ -323,6 +323,14 @@ impl Cache {
             sys::kvp_concatenate(self.ptr.as_ptr(), layer, &k, &v, metadata.ptr.as_ptr(), ptr::null_mut())
         })
     }
+}
+
+/// Elements of a tensor of `shape`; an error when the count overflows `usize` (so that a wrapped
+/// product can never make a short slice look long enough).
+fn elements(shape: &[usize]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |n, &x| n.checked_mul(x)).ok_or_else(|| {
+        Error::new(sys::KVP_ERR_INVALID_ARGUMENT, format!("shape {:?} has more elements than usize holds", shape))
+    })
 }
 
 /// Options of [`Cache::attention`] (`kvp_attention_options`, since 1.1). Zero (and `None`) means
@@ -394,7 +402,7 @@ impl Cache {
     pub fn attention(&mut self, layer: u32, queries: &[f32], kv: Option<(&[f32], &[f32])>, shape: [usize; 4],
                      metadata: &Metadata, options: &AttentionOptions<'_>, out: &mut [f32]) -> Result<()> {
         let [t, hq, hkv, d] = shape;
-        let (nq, nkv) = (t * hq * d, t * hkv * d);
+        let (nq, nkv) = (elements(&[t, hq, d])?, elements(&[t, hkv, d])?);
         if queries.len() != nq || out.len() != nq {
             return Err(Error::new(sys::KVP_ERR_INVALID_ARGUMENT,
                                   format!("queries/out hold {}/{} elements, shape {:?} needs {} ([T, Hq, D])",

@@ -261,6 +261,10 @@ fn errors_change_neither_the_cache_nor_out() {
     // Slice lengths are checked by the binding before C sees anything.
     expect_invalid(c, LAYER, &Q, Some((&K[..12], &V)), shape, &md, &scaled(), "keys/values hold 12/16");
     expect_invalid(c, LAYER, &Q[..28], kv, shape, &md, &scaled(), "queries/out hold 28/32");
+    // A shape whose element count wraps around usize is refused, not taken for empty slices.
+    let err = c.attention(LAYER, &[], None, [1 << 30, 1 << 27, HKV, 128], &md, &scaled(), &mut []).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message.contains("more elements than usize holds"), "{}", err.message);
     assert_eq!(cache.read_layer(LAYER).unwrap(), before);
     assert!(cache.read_layer(0).unwrap().iter().all(|&b| b == 0));
 }
