@@ -7,14 +7,13 @@
 
 #include "core/dtype.hpp"
 #include "core/math.hpp"
+#include "core/rows.hpp"
 #include "util/error.hpp"
 #include "util/options.hpp"
 
 namespace kvp::detail {
 
 namespace {
-
-long long ll(int64_t v) { return static_cast<long long>(v); }
 
 // ---- options
 
@@ -94,68 +93,6 @@ void check_out_overlaps(const Cache& cache, int64_t layer, const kvp_tensor& out
   if (overlap(o, pages)) fail(KVP_ERR_INVALID_ARGUMENT, "%s: out overlaps the cache's pages", fn);
 }
 
-// ---- metadata
-
-// The processed row count n of the metadata (v3: request_distribution[2], else num_seqs[0]; v2:
-// num_seqs[0]), checked against num_reqs.
-int64_t processed_rows(const MetadataArrays& m, bool v3, const char* fn) {
-  if (v3 && m.request_distribution != nullptr) {
-    const int64_t d = m.request_distribution[0], p = m.request_distribution[1], n = m.request_distribution[2];
-    if (!(0 <= d && d <= p && p <= n && n <= m.num_reqs))
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: request_distribution [%lld, %lld, %lld] must satisfy 0 <= decode <= prefill <= num_seqs <= num_reqs %lld",
-           fn, ll(d), ll(p), ll(n), ll(m.num_reqs));
-    return n;
-  }
-  if (m.num_seqs == nullptr || m.num_seqs_len < 1)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s metadata needs %s", fn, v3 ? "v3" : "v2",
-         v3 ? "request_distribution or num_seqs" : "num_seqs (the number of rows to attend)");
-  const int64_t n = m.num_seqs[0];
-  if (n < 0 || n > m.num_reqs)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_seqs %lld is out of range [0, num_reqs %lld]", fn, ll(n), ll(m.num_reqs));
-  return n;
-}
-
-// Checks every processed row on the host: ATTENTION.md §2.4 (query range, lengths, pages).
-void check_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, const char* fn) {
-  if (n == 0) return;
-  if (m.context_lens == nullptr || m.query_start_loc == nullptr)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata needs context_lens and query_start_loc", fn);
-  if (m.pages_per_req > 0 && m.pages_tables == nullptr)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata needs pages_tables", fn);
-  const int64_t decode_rows = L.v3 && m.request_distribution != nullptr ? m.request_distribution[0] : 0;
-  const int64_t S = L.page_size, P = L.num_pages, W = m.pages_per_req;
-  if (m.query_start_loc[0] < 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: query_start_loc[0] = %lld is negative", fn, ll(m.query_start_loc[0]));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t qs = m.query_start_loc[i], qe = m.query_start_loc[i + 1];
-    const int64_t q_len = qe - qs, len = m.context_lens[i];
-    if (q_len <= 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query length %lld (query_start_loc %lld -> %lld) must be positive",
-           fn, ll(i), ll(q_len), ll(qs), ll(qe));
-    if (qe > T)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query_start_loc[%lld] = %lld exceeds the %lld query tokens", fn,
-           ll(i), ll(i + 1), ll(qe), ll(T));
-    if (i < decode_rows && q_len != 1)
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: request %lld: a decode row (before request_distribution[0] = %lld) has query length %lld, not 1", fn,
-           ll(i), ll(decode_rows), ll(q_len));
-    if (len < q_len)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld is smaller than its query length %lld", fn,
-           ll(i), ll(len), ll(q_len));
-    const int64_t pages = cdiv(len, S);
-    if (pages > W)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld needs %lld pages but pages_per_req is %lld", fn,
-           ll(i), ll(len), ll(pages), ll(W));
-    for (int64_t k = 0; k < pages; ++k) {
-      const int64_t page = m.pages_tables[i * W + k];
-      if (page < 0 || page >= P)
-        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: pages_tables[%lld][%lld] = %lld is out of range [0, %lld)", fn,
-             ll(i), ll(i), ll(k), ll(page), ll(P));
-    }
-  }
-}
-
 // A slot the fused write fills must not be read by any row as cached context: prefix-shared pages
 // must not receive new tokens while another row reads them (ATTENTION.md §2.4). The written slots
 // are sorted once; each row looks up the pages of its cached positions.
@@ -212,12 +149,7 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
 
   const MetadataArrays& m = md.arrays();
   j.md = m;
-  if (m.version != (L.v3 ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2))
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata is for layout %s but the cache uses %s", fn,
-         m.version == KVP_LAYOUT_V2 ? "v2" : "v3", L.v3 ? "v3" : "v2");
-  if (m.page_size != 0 && m.page_size != L.page_size)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata page_size %lld differs from the cache's page_size %lld", fn,
-         ll(m.page_size), ll(L.page_size));
+  check_metadata_layout(m, L, fn);
   j.num_rows = -1;
   if (m.device_type != KVP_DEVICE_CPU) {
     if (m.device_type != cache.device_type() || m.device_id != cache.device_id())
@@ -227,7 +159,7 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
     return;
   }
   j.num_rows = processed_rows(m, L.v3, fn);
-  check_rows(m, L, j.num_rows, j.num_tokens, fn);
+  check_page_rows(m, L, j.num_rows, j.num_tokens, true, fn);
   if (write != nullptr) check_writes_not_read_elsewhere(*write, m, L, j.num_rows, cache.allocator(), fn);
   j.host_validated = 1;
 }

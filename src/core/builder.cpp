@@ -10,7 +10,6 @@
 namespace kvp::detail {
 
 namespace {
-long long ll(int64_t v) { return static_cast<long long>(v); }
 constexpr int64_t kI32Max = std::numeric_limits<int32_t>::max();
 constexpr uint32_t kKnownFlags =
     KVP_BATCH_FLAG_SEED_DISTRIBUTION | KVP_BATCH_FLAG_TIGHT_SLICES | KVP_BATCH_FLAG_KEEP_ORDER;

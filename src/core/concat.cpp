@@ -6,13 +6,10 @@
 
 #include "core/dtype.hpp"
 #include "core/math.hpp"
+#include "core/rows.hpp"
 #include "util/error.hpp"
 
 namespace kvp::detail {
-
-namespace {
-long long ll(int64_t v) { return static_cast<long long>(v); }
-}  // namespace
 
 TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name, int64_t heads, const char* heads_what,
                       const char* fn) {
@@ -95,64 +92,19 @@ void runs_v2(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& n_out, 
 // Host validation of v3 page-table metadata into runs (one per request and touched page).
 void runs_v3(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& seqs_out, const char* fn) {
   const MetadataArrays& m = job.md;
-  const int64_t R = m.num_reqs, W = m.pages_per_req, S = job.layout.page_size, P = job.layout.num_pages;
-  int64_t i = 0, j = 0, k = 0;
-  if (m.request_distribution != nullptr) {
-    i = m.request_distribution[0];
-    j = m.request_distribution[1];
-    k = m.request_distribution[2];
-    if (!(0 <= i && i <= j && j <= k && k <= R))
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: request_distribution [%lld, %lld, %lld] must satisfy 0 <= decode <= prefill <= num_seqs <= num_reqs %lld",
-           fn, ll(i), ll(j), ll(k), ll(R));
-  } else {
-    if (m.num_seqs == nullptr || m.num_seqs_len < 1)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: v3 metadata needs request_distribution or num_seqs", fn);
-    k = m.num_seqs[0];
-    if (k < 0 || k > R)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_seqs %lld is out of range [0, num_reqs %lld]", fn, ll(k), ll(R));
-  }
-  if (k > 0 && (m.context_lens == nullptr || m.query_start_loc == nullptr))
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: v3 metadata needs context_lens and query_start_loc", fn);
-  if (k > 0 && W > 0 && m.pages_tables == nullptr)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: v3 metadata needs pages_tables", fn);
-  if (k > 0) {
-    const int64_t q0 = m.query_start_loc[0];
-    if (q0 < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: query_start_loc[0] = %lld is negative", fn, ll(q0));
-  }
-  for (int64_t r = 0; r < k; ++r) {
-    const int64_t qs = m.query_start_loc[r], qe = m.query_start_loc[r + 1];
-    const int64_t q_len = qe - qs, kv_len = m.context_lens[r];
-    if (q_len <= 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query length %lld (query_start_loc %lld -> %lld) must be positive",
-           fn, ll(r), ll(q_len), ll(qs), ll(qe));
-    if (qe > job.num_tokens)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query_start_loc[%lld] = %lld exceeds the %lld input tokens", fn,
-           ll(r), ll(r + 1), ll(qe), ll(job.num_tokens));
-    if (r < i && q_len != 1)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: a decode row (before request_distribution[0] = %lld) has query length %lld, not 1",
-           fn, ll(r), ll(i), ll(q_len));
-    if (kv_len < q_len)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld is smaller than its query length %lld", fn, ll(r),
-           ll(kv_len), ll(q_len));
-    if (cdiv(kv_len, S) > W)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld needs %lld pages but pages_per_req is %lld", fn,
-           ll(r), ll(kv_len), ll(cdiv(kv_len, S)), ll(W));
-    const int64_t first = kv_len - q_len;
-    int64_t pos = first;
-    while (pos < kv_len) {
-      const int64_t lp = pos / S;
-      const int64_t page = m.pages_tables[r * W + lp];
-      if (page < 0 || page >= P)
-        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: pages_tables[%lld][%lld] = %lld is out of range [0, %lld)", fn,
-             ll(r), ll(r), ll(lp), ll(page), ll(P));
-      const int64_t row = pos % S;
+  const int64_t n = processed_rows(m, true, fn), W = m.pages_per_req, S = job.layout.page_size;
+  check_page_rows(m, job.layout, n, job.num_tokens, false, fn);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t qs = m.query_start_loc[r], kv_len = m.context_lens[r];
+    const int64_t first = kv_len - (m.query_start_loc[r + 1] - qs);
+    for (int64_t pos = first; pos < kv_len;) {
+      const int64_t page = m.pages_tables[r * W + pos / S], row = pos % S;
       const int64_t len = std::min(S - row, kv_len - pos);
       runs.push_back({qs + (pos - first), page * S + row, len});
       pos += len;
     }
   }
-  seqs_out = k;
+  seqs_out = n;
 }
 
 void check_no_overlap(const HostVector<ConcatRun>& runs, const char* fn) {
@@ -198,13 +150,7 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
 
   const MetadataArrays& m = md.arrays();
   job.md = m;
-  const kvp_layout want = L.v3 ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2;
-  if (m.version != want)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata is for layout %s but the cache uses %s", fn,
-         m.version == KVP_LAYOUT_V2 ? "v2" : "v3", L.v3 ? "v3" : "v2");
-  if (m.page_size != 0 && m.page_size != L.page_size)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata page_size %lld differs from the cache's page_size %lld", fn,
-         ll(m.page_size), ll(L.page_size));
+  check_metadata_layout(m, L, fn);
   job.metadata_on_device = m.device_type != KVP_DEVICE_CPU ? 1 : 0;
   job.num_seqs = -1;
   job.num_valid_slices = -1;

@@ -16,7 +16,6 @@ namespace {
 constexpr int64_t kSixteenMiB = 16 * 1024 * 1024;
 constexpr int64_t kSlicesCap = 64;
 
-long long ll(int64_t v) { return static_cast<long long>(v); }
 }  // namespace
 
 int64_t page_size_bytes(int64_t page_size, int64_t num_kv_heads, int64_t head_size, kvp_dtype dtype) {

@@ -18,7 +18,6 @@ namespace {
 
 using Json = nlohmann::json;  // only its SAX parser is used: no document is built
 constexpr int kMaxDepth = 64;
-long long ll(int64_t v) { return static_cast<long long>(v); }
 
 // One top-level field. Scalars keep their value; arrays keep their integers flattened in `items`
 // and, per element, -1 (a scalar) or its length (a row of scalars).

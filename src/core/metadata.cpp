@@ -8,7 +8,6 @@
 namespace kvp::detail {
 
 namespace {
-long long ll(int64_t v) { return static_cast<long long>(v); }
 
 void check_len(const int32_t* p, int64_t len, const char* name, const char* fn) {
   if (len < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s length %lld is negative", fn, name, ll(len));

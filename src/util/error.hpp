@@ -30,6 +30,9 @@ std::string vformat(const char* fmt, va_list ap);
 // Throws kvp::detail::error(code, formatted message).
 [[noreturn]] void fail(kvp_status code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// An int64_t for a %lld in fail()'s format.
+inline long long ll(int64_t v) { return static_cast<long long>(v); }
+
 // Name of a status code ("KVP_ERR_UNKNOWN" for codes the library does not know).
 const char* status_name(kvp_status status) noexcept;
 

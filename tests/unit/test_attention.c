@@ -2085,25 +2085,25 @@ static void test_attention__bad_v3_metadata_changes_nothing(void **state) {
   }
   /* request 1 (below n) with q_len 0 */
   s.b.qsl[2] = 1;
-  REJECT_BOTH("request");
+  REJECT_BOTH("query length");
   /* context_len < q_len */
   s.b.cl[1] = 2;
-  REJECT_BOTH("request");
+  REJECT_BOTH("context_len|kv_len");
   /* a page id out of range in a page the row writes (request 1's page 0) */
   s.b.pt[1 * W + 0] = (int32_t)P;
-  REJECT_BOTH("request");
+  REJECT_BOTH("pages_tables[1][0]|page id");
   /* a page id out of range in a page the row only reads: request 0's page 0 holds its cached
    * positions 0-3, the new token lives in its page 1 (kvp_concatenate alone would not look) */
   s.b.pt[0 * W + 0] = (int32_t)P;
-  REJECT_BOTH("request");
+  REJECT_BOTH("pages_tables[0][0]");
   s.b.pt[0 * W + 0] = -1;
-  REJECT_BOTH("request");
+  REJECT_BOTH("pages_tables[0][0]");
   /* cdiv(L, S) > pages_per_req (13 tokens need 4 pages, rows have 3) */
   s.b.cl[0] = 13;
-  REJECT_BOTH("request");
+  REJECT_BOTH("pages_per_req");
   /* a decode row (before request_distribution[0]) with q_len 3 */
   s.b.rd[0] = 2;
-  REJECT_BOTH("request");
+  REJECT_BOTH("decode");
   /* distribution out of order, beyond num_reqs */
   s.b.rd[0] = 2;
   s.b.rd[1] = 1;
@@ -2119,6 +2119,12 @@ static void test_attention__bad_v3_metadata_changes_nothing(void **state) {
   s.b.qsl[0] = -1;
   REJECT_BOTH("query_start_loc|request");
 #undef REJECT_BOTH
+  /* request 1's new tokens written into request 0's page 0, which request 0 reads as cached
+   * context: the fused call refuses it (a read-only call writes nothing and may read the page) */
+  s.b.pt[1 * W + 0] = s.b.pt[0 * W + 0];
+  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, NULL, out, NULL), KVP_ERR_INVALID_ARGUMENT,
+                  "as cached context");
+  s.b = saved;
   /* the unmodified metadata still works */
   scen_attend(&s, NULL, 1);
   scen_check(&s, NULL, "after the rejected calls");
@@ -2163,13 +2169,13 @@ static void test_attention__bad_v2_metadata_changes_nothing(void **state) {
   s.b.ns[0] = -1;
   REJECT_READ("num_seqs");
   s.b.qsl[2] = 1; /* request 1: q_len 0 */
-  REJECT_READ("request");
+  REJECT_READ("query length");
   s.b.cl[1] = 2; /* context_len < q_len */
-  REJECT_READ("request");
+  REJECT_READ("context_len");
   s.b.pt[0 * W + 0] = (int32_t)P; /* a page request 0 reads */
-  REJECT_READ("request");
+  REJECT_READ("pages_tables[0][0]");
   s.b.cl[0] = 13; /* needs 4 pages, rows have 3 */
-  REJECT_READ("request");
+  REJECT_READ("pages_per_req");
   s.b.qsl[2] = 6; /* beyond the 5 token rows */
   s.b.qsl[3] = 6;
   s.b.cl[1] = 5;
@@ -2196,14 +2202,14 @@ static void test_attention__bad_handles_are_rejected(void **state) {
   fx_close(&dead);
   dead_md = batch_meta(&s.b, KVP_LAYOUT_V3);
   assert_kvp_ok(kvp_metadata_destroy(dead_md));
-  EXPECT_REJECTED(&s, kvp_attention(NULL, 1, q, k, v, s.md, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "");
-  EXPECT_REJECTED(&s, kvp_attention(dead.cache, 1, q, k, v, s.md, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "");
+  EXPECT_REJECTED(&s, kvp_attention(NULL, 1, q, k, v, s.md, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "invalid handle");
+  EXPECT_REJECTED(&s, kvp_attention(dead.cache, 1, q, k, v, s.md, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "invalid handle");
   EXPECT_REJECTED(&s, kvp_attention((kvp_cache *)(void *)s.md, 1, q, k, v, s.md, NULL, out, NULL),
-                  KVP_ERR_INVALID_HANDLE, "");
-  EXPECT_REJECTED(&s, kvp_attention(s.f.cache, 1, q, k, v, NULL, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "");
-  EXPECT_REJECTED(&s, kvp_attention(s.f.cache, 1, q, k, v, dead_md, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "");
+                  KVP_ERR_INVALID_HANDLE, "invalid handle");
+  EXPECT_REJECTED(&s, kvp_attention(s.f.cache, 1, q, k, v, NULL, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "invalid handle");
+  EXPECT_REJECTED(&s, kvp_attention(s.f.cache, 1, q, k, v, dead_md, NULL, out, NULL), KVP_ERR_INVALID_HANDLE, "invalid handle");
   EXPECT_REJECTED(&s, kvp_attention(s.f.cache, 1, q, k, v, (const kvp_metadata *)(void *)s.f.cache, NULL, out, NULL),
-                  KVP_ERR_INVALID_HANDLE, "");
+                  KVP_ERR_INVALID_HANDLE, "invalid handle");
   scen_close(&s);
 }
 
@@ -2226,7 +2232,12 @@ static void test_attention__options_init(void **state) {
   assert_null(o.sinks);
   assert_kvp_status(kvp_attention_options_init(NULL, sizeof o), KVP_ERR_INVALID_ARGUMENT, "opts");
   memset(&o, 0xAB, sizeof o);
-  assert_kvp_status(kvp_attention_options_init(&o, 4), KVP_ERR_VERSION_MISMATCH, "");
+  assert_kvp_status(kvp_attention_options_init(&o, 4), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  {
+    unsigned char want[sizeof o];
+    memset(want, 0xAB, sizeof want);
+    assert_memory_equal(&o, want, sizeof o); /* nothing written */
+  }
 }
 
 /* KVP_ATTENTION_OPTIONS_INIT equals kvp_attention_options_init() and is accepted as it is. */

@@ -1,0 +1,84 @@
+#include "core/rows.hpp"
+
+#include "core/math.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+void check_metadata_layout(const MetadataArrays& m, const Layout& L, const char* fn) {
+  if (m.version != (L.v3 ? KVP_LAYOUT_V3 : KVP_LAYOUT_V2))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata is for layout %s but the cache uses %s", fn,
+         m.version == KVP_LAYOUT_V2 ? "v2" : "v3", L.v3 ? "v3" : "v2");
+  if (m.page_size != 0 && m.page_size != L.page_size)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata page_size %lld differs from the cache's page_size %lld", fn,
+         ll(m.page_size), ll(L.page_size));
+}
+
+int64_t processed_rows(const MetadataArrays& m, bool v3, const char* fn) {
+  if (v3 && m.request_distribution != nullptr) {
+    const int64_t d = m.request_distribution[0], p = m.request_distribution[1], n = m.request_distribution[2];
+    if (!(0 <= d && d <= p && p <= n && n <= m.num_reqs))
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request_distribution [%lld, %lld, %lld] must satisfy 0 <= decode <= prefill <= num_seqs <= num_reqs %lld",
+           fn, ll(d), ll(p), ll(n), ll(m.num_reqs));
+    return n;
+  }
+  if (m.num_seqs == nullptr || m.num_seqs_len < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s metadata needs %s", fn, v3 ? "v3" : "v2",
+         v3 ? "request_distribution or num_seqs" : "num_seqs (the number of rows to attend)");
+  const int64_t n = m.num_seqs[0];
+  if (n < 0 || n > m.num_reqs)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_seqs %lld is out of range [0, num_reqs %lld]", fn, ll(n), ll(m.num_reqs));
+  return n;
+}
+
+namespace {
+
+// q_len, the decode rule and the context length of row i.
+void check_row(const MetadataArrays& m, const Layout& L, int64_t i, int64_t T, int64_t decode_rows, const char* fn) {
+  const int64_t qs = m.query_start_loc[i], qe = m.query_start_loc[i + 1];
+  const int64_t q_len = qe - qs, len = m.context_lens[i];
+  if (q_len <= 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query length %lld (query_start_loc %lld -> %lld) must be positive",
+         fn, ll(i), ll(q_len), ll(qs), ll(qe));
+  if (qe > T)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: query_start_loc[%lld] = %lld exceeds the %lld input tokens", fn,
+         ll(i), ll(i + 1), ll(qe), ll(T));
+  if (i < decode_rows && q_len != 1)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: request %lld: a decode row (before request_distribution[0] = %lld) has query length %lld, not 1", fn,
+         ll(i), ll(decode_rows), ll(q_len));
+  if (len < q_len)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld is smaller than its query length %lld", fn,
+         ll(i), ll(len), ll(q_len));
+  if (cdiv(len, L.page_size) > m.pages_per_req)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: context_len %lld needs %lld pages but pages_per_req is %lld", fn,
+         ll(i), ll(len), ll(cdiv(len, L.page_size)), ll(m.pages_per_req));
+}
+
+}  // namespace
+
+void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, bool all_pages, const char* fn) {
+  if (n == 0) return;
+  if (m.context_lens == nullptr || m.query_start_loc == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata needs context_lens and query_start_loc", fn);
+  if (m.pages_per_req > 0 && m.pages_tables == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata needs pages_tables", fn);
+  if (m.query_start_loc[0] < 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: query_start_loc[0] = %lld is negative", fn, ll(m.query_start_loc[0]));
+  const int64_t decode_rows = L.v3 && m.request_distribution != nullptr ? m.request_distribution[0] : 0;
+  const int64_t S = L.page_size, W = m.pages_per_req;
+  for (int64_t i = 0; i < n; ++i) {
+    check_row(m, L, i, T, decode_rows, fn);
+    const int64_t len = m.context_lens[i];
+    const int64_t first = all_pages ? 0 : len - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
+    for (int64_t k = first / S; k < cdiv(len, S); ++k) {
+      const int64_t page = m.pages_tables[i * W + k];
+      if (page < 0 || page >= L.num_pages)
+        fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: pages_tables[%lld][%lld] = %lld is out of range [0, %lld)", fn,
+             ll(i), ll(i), ll(k), ll(page), ll(L.num_pages));
+    }
+  }
+}
+
+}  // namespace kvp::detail
