@@ -118,7 +118,7 @@ __device__ __forceinline__ void check_row_pages(const AttentionParams& p, int64_
       KVP_EMU_CHECK(&p.pages_tables[e], 4, 4, false, p.pages_tables);
       const int64_t page = p.pages_tables[e];
       if ((page < 0 || page >= p.num_pages) && atomicCAS(s_bad, 0, 1) == 0 && report_errors)
-        report(p.err, p.mirror, kDevOpAttention, kDevErrPageId, page, e, p.num_pages);
+        report(p.err, p.mirror, kDevOpAttention, kDevErrPageId, e, page, p.num_pages);
     }
   }
   __syncthreads();
@@ -306,6 +306,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
     float* part = p.partials +
                   ((static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * gridDim.z + z) * kAttnRows * (p.dp + 2);
     if (threadIdx.x < kAttnRows) {
+      KVP_EMU_CHECK(part + kAttnRows + threadIdx.x, 4, 4, true, p.partials);
       part[threadIdx.x] = s_m[threadIdx.x];
       part[kAttnRows + threadIdx.x] = s_l[threadIdx.x];
     }
@@ -314,7 +315,10 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
 #pragma unroll
       for (int u = 0; u < kLanes; ++u) {
         const int64_t d = threadIdx.x + static_cast<int64_t>(u) * blockDim.x;
-        if (r < nf && d < p.head_dim) part[2 * kAttnRows + r * p.dp + d] = acc[r][u];
+        if (r < nf && d < p.head_dim) {
+          KVP_EMU_CHECK(part + 2 * kAttnRows + r * p.dp + d, 4, 4, true, p.partials);
+          part[2 * kAttnRows + r * p.dp + d] = acc[r][u];
+        }
       }
   }
   finish_block(p.err);

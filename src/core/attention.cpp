@@ -155,6 +155,7 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
     if (m.device_type != cache.device_type() || m.device_id != cache.device_id())
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on device type %d id %d but the cache on device type %d id %d",
            fn, m.device_type, m.device_id, cache.device_type(), cache.device_id());
+    check_device_arrays(m, L.v3, false, fn);
     j.metadata_on_device = 1;
     return;
   }

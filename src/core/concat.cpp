@@ -162,8 +162,7 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
     if (m.device_id != cache.device_id())
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on CUDA device %d but the cache on device %d", fn, m.device_id,
            cache.device_id());
-    if (!L.v3 && m.slot_mapping == nullptr && m.num_slices > 0)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata has no slot_mapping", fn);
+    check_device_arrays(m, L.v3, !L.v3, fn);
     job.host_validated = 0;
     return;
   }

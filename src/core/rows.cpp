@@ -81,4 +81,19 @@ void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_
   }
 }
 
+void check_device_arrays(const MetadataArrays& m, bool v3, bool v2_slices, const char* fn) {
+  if (v2_slices) {
+    if (m.num_slices > 0 && (m.slot_mapping == nullptr || m.num_kv_update_slices == nullptr))
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata lacks slot_mapping or num_kv_update_slices", fn);
+    return;
+  }
+  if (m.num_reqs == 0) return;
+  if (m.query_start_loc == nullptr || m.context_lens == nullptr || (m.pages_per_req > 0 && m.pages_tables == nullptr))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s metadata lacks query_start_loc, context_lens or pages_tables", fn,
+         v3 ? "v3" : "v2");
+  if ((!v3 || m.request_distribution == nullptr) && m.num_seqs == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s metadata needs %s", fn, v3 ? "v3" : "v2",
+         v3 ? "request_distribution or num_seqs" : "num_seqs (the number of rows to attend)");
+}
+
 }  // namespace kvp::detail

@@ -24,4 +24,10 @@ int64_t processed_rows(const MetadataArrays& m, bool v3, const char* function);
 void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, bool all_pages,
                      const char* function);
 
+// For metadata in device memory, whose values the device code checks: the arrays it reads are
+// there. Page-table rows (v3, and attention on v2): query_start_loc, context_lens, pages_tables
+// (when pages_per_req > 0) and the row count (v3: request_distribution or num_seqs; v2: num_seqs);
+// v2 writes (`v2_slices`): slot_mapping and num_kv_update_slices.
+void check_device_arrays(const MetadataArrays& m, bool v3, bool v2_slices, const char* function);
+
 }  // namespace kvp::detail

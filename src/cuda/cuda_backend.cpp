@@ -184,6 +184,8 @@ void CudaBackend::free_all() noexcept {
   if (attn_scratch_ != nullptr) (void)cudaFree(attn_scratch_);
   attn_scratch_ = nullptr;
   attn_scratch_bytes_ = 0;
+  for (int i = 0; i < attn_retired_count_; ++i) (void)cudaFree(attn_retired_[i]);
+  attn_retired_count_ = 0;
   free_pipe_buffers(pipe_);
   if (m_error_ != nullptr) (void)cudaFreeHost(m_error_);
   if (d_error_ != nullptr) (void)cudaFree(d_error_);
@@ -521,13 +523,21 @@ void CudaBackend::refuse_foreign_stream(cudaStream_t s, const Staging& staging, 
 }
 
 void* CudaBackend::attention_scratch(size_t bytes, bool capture, const char* function) {
-  if (bytes <= attn_scratch_bytes_) return attn_scratch_;
+  if (bytes <= attn_scratch_bytes_) {
+    attn_scratch_captured_ = attn_scratch_captured_ || capture;
+    return attn_scratch_;
+  }
   if (capture) return nullptr;
   size_t cap = attn_scratch_bytes_ == 0 ? size_t{1} << 20 : attn_scratch_bytes_;
   while (cap < bytes) cap *= 2;
   void* d = nullptr;
   check(cudaMalloc(&d, cap), function, "cudaMalloc (attention scratch)");
-  if (attn_scratch_ != nullptr) (void)cudaFree(attn_scratch_);  // synchronises: no kernel still uses it
+  if (attn_scratch_captured_ && attn_retired_count_ < 64) {
+    attn_retired_[attn_retired_count_++] = attn_scratch_;  // a replay may write into it (64 doublings: never full)
+  } else if (attn_scratch_ != nullptr) {
+    (void)cudaFree(attn_scratch_);  // synchronises: no kernel still uses it
+  }
+  attn_scratch_captured_ = false;
   attn_scratch_ = d;
   attn_scratch_bytes_ = cap;
   return d;

@@ -92,7 +92,8 @@ class CudaBackend final : public Backend {
   void refuse_foreign_stream(cudaStream_t s, const Staging& staging, const char* function);
   // Device scratch of at least `bytes` for split partial states (grown outside graph capture;
   // nullptr when capturing and it is smaller). Reused by every call: calls on one cache do not
-  // overlap on the device (ops.h).
+  // overlap on the device (ops.h). A buffer a captured graph uses is never freed before the
+  // backend: growing past it retires it (a replay may still write into it).
   void* attention_scratch(size_t bytes, bool capturing, const char* function);
   // Bytes concatenate() stages for a host-validated job (0: its runs travel in the launch).
   static size_t concat_staged_bytes(const ConcatJob& job);
@@ -126,6 +127,10 @@ class CudaBackend final : public Backend {
 
   void* attn_scratch_ = nullptr;
   size_t attn_scratch_bytes_ = 0;
+  bool attn_scratch_captured_ = false;  // a captured graph writes into attn_scratch_
+  // Buffers graphs were captured with, freed with the backend (each growth doubles: few).
+  void* attn_retired_[64] = {};
+  int attn_retired_count_ = 0;
 
   uint8_t* arena_host_ = nullptr;
   uint8_t* arena_device_ = nullptr;

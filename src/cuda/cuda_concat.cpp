@@ -115,10 +115,7 @@ dim3 v3_grid(CudaBackend& b, const ConcatJob& job, ConcatParams& p, const char* 
   p.pages_per_req = md.pages_per_req;
   p.context_lens = md.context_lens;
   p.query_start_loc = md.query_start_loc;
-  p.num_seqs_ptr =
-      md.request_distribution != nullptr && md.request_distribution_len >= 3 ? md.request_distribution + 2 : md.num_seqs;
-  if (p.pages_tables == nullptr || p.context_lens == nullptr || p.query_start_loc == nullptr || p.num_seqs_ptr == nullptr)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: v3 metadata lacks pages_tables, context_lens, query_start_loc or the sequence count", fn);
+  p.num_seqs_ptr = md.request_distribution != nullptr ? md.request_distribution + 2 : md.num_seqs;  // core checked them
   p.rows_per_block = rows_per_block(p.chunks_per_row, p.num_rows, b.sm_count());
   return dim3(static_cast<unsigned>((p.num_rows + p.rows_per_block - 1) / p.rows_per_block), 1, 1);
 }
@@ -129,8 +126,6 @@ dim3 v2_grid(CudaBackend& b, const ConcatJob& job, ConcatParams& p, const char* 
   const Layout& L = job.layout;
   p.mode = kRowsV2;
   if (md.num_slices <= 0 || job.num_tokens <= 0) return dim3(0, 1, 1);
-  if (md.slot_mapping == nullptr || md.num_kv_update_slices == nullptr)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata lacks slot_mapping or num_kv_update_slices", fn);
   p.slot_mapping = md.slot_mapping;
   p.num_slices = md.num_slices;
   p.num_valid_slices_ptr = md.num_kv_update_slices;

@@ -407,7 +407,8 @@ static void test_cuda_attention__bad_device_metadata_is_reported(void **state) {
   assert_kvp_ok(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL));
   download_out(&p.gpu, &p.r);
   assert_int_equal(async_error_of(p.gpu.cache), KVP_ERR_INVALID_ARGUMENT);
-  if (strstr(kvp_last_error_message(), "kvp_attention") == NULL || strstr(kvp_last_error_message(), "page id") == NULL)
+  if (strstr(kvp_last_error_message(), "kvp_attention") == NULL ||
+      strstr(kvp_last_error_message(), "page id 100000 at entry 0 ") == NULL)
     fail_msg("message: %s", kvp_last_error_message());
   for (int64_t e = 0; e < Hq * sc.head_dim; ++e) assert_true(as_f32(p.r.out_gpu, sc.out_dtype, e) == 0.0f);
   assert_int_equal(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL), KVP_ERR_DEVICE_LOST);
@@ -415,6 +416,40 @@ static void test_cuda_attention__bad_device_metadata_is_reported(void **state) {
   const int32_t good = 1;
   kvp_gpu_upload_i32(d.pages_tables, &good, 1);
   assert_kvp_ok(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL));
+  assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
+  pair_close(&p);
+}
+
+/* v2 metadata can leave out the arrays only attention reads (num_seqs, query_start_loc,
+ * context_lens). In device memory the host cannot see their values, but it can see that they are
+ * missing: the call is refused before anything is enqueued, and nothing changes. */
+static void test_cuda_attention__device_metadata_without_arrays_is_refused(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  scenario sc = base(KVP_LAYOUT_V2, KVP_DTYPE_F16, 1, 2, 64);
+  pair p;
+  pair_open(&p, &sc, 81);
+  kvp_metadata_desc d;
+  assert_kvp_ok(kvp_metadata_desc_init(&d, sizeof d));
+  assert_kvp_ok(kvp_metadata_get_desc(p.dmd.md, &d));
+  const char *missing[3] = {"num_seqs", "query_start_loc", "context_lens"};
+  const int64_t Hq = sc.kv_heads * sc.rep;
+  kvp_tensor q = kvp_test_tensor(p.gpu.q, sc.q_dtype, p.r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
+  kvp_tensor o = kvp_test_tensor(p.gpu.out, sc.out_dtype, p.r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
+  q.device_id = o.device_id = kvp_gpu_current_device();
+  for (int i = 0; i < 3; ++i) {
+    kvp_metadata_desc e = d;
+    if (i == 0) e.num_seqs = NULL, e.num_seqs_len = 0;
+    if (i == 1) e.query_start_loc = NULL, e.query_start_loc_len = 0;
+    if (i == 2) e.context_lens = NULL, e.context_lens_len = 0;
+    kvp_metadata *bad = NULL;
+    assert_kvp_ok(kvp_metadata_create(&e, &bad));
+    assert_kvp_status(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, bad, &sc.opts, &o, NULL), KVP_ERR_INVALID_ARGUMENT,
+                      missing[i]);
+    assert_kvp_ok(kvp_metadata_destroy(bad));
+  }
+  download_out(&p.gpu, &p.r);
+  for (size_t b = 0; b < p.r.out_bytes; ++b) assert_int_equal(((unsigned char *)p.r.out_gpu)[b], 0xFF);
   assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
   pair_close(&p);
 }
@@ -428,6 +463,7 @@ static void test_cuda_attention__head_dim_256_f32_and_e5m2(void **state) { (void
 static void test_cuda_attention__long_decode_is_split_and_merged(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_attention__graph_replay_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_attention__bad_device_metadata_is_reported(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__device_metadata_without_arrays_is_refused(void **state) { (void)state; kvp_test_require_gpu(); }
 
 #endif
 
@@ -440,6 +476,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_attention__long_decode_is_split_and_merged),
       cmocka_unit_test(test_cuda_attention__graph_replay_matches_cpu),
       cmocka_unit_test(test_cuda_attention__bad_device_metadata_is_reported),
+      cmocka_unit_test(test_cuda_attention__device_metadata_without_arrays_is_refused),
   };
   return cmocka_run_group_tests_name("cuda_attention", tests, NULL, NULL);
 }

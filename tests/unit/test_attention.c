@@ -13,6 +13,10 @@
 
 #include "support.h"
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 #include <kvpages/attention.h>
 
 /* ============================================================================================ */
@@ -1489,51 +1493,75 @@ static void test_attention__window_of_one_returns_own_value(void **state) {
   }
 }
 
-/* Every stored bit pattern of every 8- and 16-bit cache dtype is read exactly (the widening to
- * f32 at the instruction-set level in use): values hold all 65536 codes (fp8: each code 256 times),
- * keys are zero, and with a window of 1 each output row is its own position's value, in f32.
- * Infinities and NaN codes come out as infinities and NaN. */
-static void test_attention__every_stored_code_reads_exactly(void **state) {
-  static const kvp_dtype kDt[4] = {KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN, KVP_DTYPE_F8_E5M2};
+/* Reads every stored code of an 8- or 16-bit cache dtype through attention: values hold all 65536
+ * codes (fp8: each code 256 times), keys are zero, and with a window of 1 each output row is its
+ * own position's value, in f32. Each call attends `chunk` tokens (a chunk of at most 16 rows is one
+ * work item, run on the calling thread). Infinities and NaN codes come out as infinities and NaN. */
+static void read_every_code(kvp_dtype dt, int64_t chunk) {
   enum { S = 16, D = 64, L = 1024, PAGES = L / S + 1 };
-  (void)state;
-  for (int di = 0; di < 4; ++di) {
-    const kvp_config cfg = kvp_test_config_len(2, 1, D, S, PAGES + 1, kDt[di], KVP_LAYOUT_V2, L);
-    kvp_cache *c = NULL;
-    assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
-    kvp_tensor vv, kv;
-    assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_VALUES, &vv));
-    assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_KEYS, &kv));
-    const int size = dsize(kDt[di]);
-    int32_t pages[PAGES], order[1];
-    for (int64_t p = 0; p < L; ++p) {
-      pages[p / S] = (int32_t)(1 + p / S);
-      for (int64_t d = 0; d < D; ++d) {
-        store_code(view_at(&vv, 1 + p / S, p % S, 0, d), size, (uint32_t)(p * D + d) & (size == 2 ? 0xFFFFu : 0xFFu));
-        store_code(view_at(&kv, 1 + p / S, p % S, 0, d), size, 0);
-      }
+  const kvp_config cfg = kvp_test_config_len(2, 1, D, S, PAGES + 1, dt, KVP_LAYOUT_V2, L);
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  kvp_tensor vv, kv;
+  assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_VALUES, &vv));
+  assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_KEYS, &kv));
+  const int size = dsize(dt);
+  int32_t pages[PAGES], order[1];
+  for (int64_t p = 0; p < L; ++p) {
+    pages[p / S] = (int32_t)(1 + p / S);
+    for (int64_t d = 0; d < D; ++d) {
+      store_code(view_at(&vv, 1 + p / S, p % S, 0, d), size, (uint32_t)(p * D + d) & (size == 2 ? 0xFFFFu : 0xFFu));
+      store_code(view_at(&kv, 1 + p / S, p % S, 0, d), size, 0);
     }
-    kvp_batch_request br = {0, L, pages, L / S};
+  }
+  float *q = (float *)calloc((size_t)chunk * D, sizeof(float)), *out = (float *)calloc((size_t)chunk * D, sizeof(float));
+  const kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, chunk, 1, D, KVP_DEVICE_CPU);
+  const kvp_tensor ot = kvp_test_tensor(out, KVP_DTYPE_F32, chunk, 1, D, KVP_DEVICE_CPU);
+  kvp_attention_options o = KVP_ATTENTION_OPTIONS_INIT;
+  o.sliding_window = 1;
+  for (int64_t p0 = 0; p0 < L; p0 += chunk) {
+    kvp_batch_request br = {p0, chunk, pages, (p0 + chunk + S - 1) / S};
     kvp_metadata *md = NULL;
     assert_kvp_ok(kvp_metadata_build(&cfg, &br, 1, NULL, order, &md));
-    float *q = (float *)calloc((size_t)L * D, sizeof(float)), *out = (float *)calloc((size_t)L * D, sizeof(float));
-    const kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, L, 1, D, KVP_DEVICE_CPU);
-    const kvp_tensor ot = kvp_test_tensor(out, KVP_DTYPE_F32, L, 1, D, KVP_DEVICE_CPU);
-    kvp_attention_options o = KVP_ATTENTION_OPTIONS_INIT;
-    o.sliding_window = 1;
     assert_kvp_ok(kvp_attention(c, 1, &qt, NULL, NULL, md, &o, &ot, NULL));
-    for (int64_t p = 0; p < L; ++p)
+    for (int64_t t = 0; t < chunk; ++t)
       for (int64_t d = 0; d < D; ++d) {
-        const double want = view_get(&vv, 1 + p / S, p % S, 0, d), got = out[p * D + d];
+        const int64_t p = p0 + t;
+        const double want = view_get(&vv, 1 + p / S, p % S, 0, d), got = out[t * D + d];
         if (!(got == want || (isnan(got) && isnan(want))))
-          fail_msg("%s code 0x%x: %.9g, expected %.9g", kvp_dtype_name(kDt[di]),
+          fail_msg("%s code 0x%x: %.9g, expected %.9g", kvp_dtype_name(dt),
                    (unsigned)load_code(view_at(&vv, 1 + p / S, p % S, 0, d), size), got, want);
       }
-    free(q);
-    free(out);
     assert_kvp_ok(kvp_metadata_destroy(md));
-    assert_kvp_ok(kvp_cache_destroy(c));
   }
+  free(q);
+  free(out);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+/* Every stored bit pattern of every 8- and 16-bit cache dtype is read exactly (the widening to
+ * f32 at the instruction-set level in use), all 1024 positions in one call. */
+static void test_attention__every_stored_code_reads_exactly(void **state) {
+  static const kvp_dtype kDt[4] = {KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN, KVP_DTYPE_F8_E5M2};
+  (void)state;
+  for (int di = 0; di < 4; ++di) read_every_code(kDt[di], 1024);
+}
+
+/* The same with the caller's thread in denormals-are-zero mode (as -ffast-math programs and
+ * torch.set_flush_denormal set it): subnormal f16 and fp8 codes are normal f32 numbers and must
+ * still read exactly (bf16 subnormals are f32 subnormals, which that mode zeroes in any
+ * arithmetic, so bf16 is left out). Calls of 4 tokens run on the calling thread, whose mode it is. */
+static void test_attention__stored_codes_read_exactly_with_denormals_as_zero(void **state) {
+  static const kvp_dtype kDt[3] = {KVP_DTYPE_F16, KVP_DTYPE_F8_E4M3FN, KVP_DTYPE_F8_E5M2};
+  (void)state;
+#if defined(__SSE__) || defined(__x86_64__)
+  const unsigned int csr = _mm_getcsr();
+  _mm_setcsr(csr | 0x0040u); /* DAZ */
+  for (int di = 0; di < 3; ++di) read_every_code(kDt[di], 4);
+  _mm_setcsr(csr);
+#else
+  skip();
+#endif
 }
 
 /* Contexts of exactly 1, 2 and 3 pages with page-table rows exactly cdiv(L, S) wide. */
@@ -2279,6 +2307,7 @@ int main(void) {
       cmocka_unit_test(test_attention__window_larger_than_context_is_no_window),
       cmocka_unit_test(test_attention__window_of_one_returns_own_value),
       cmocka_unit_test(test_attention__every_stored_code_reads_exactly),
+      cmocka_unit_test(test_attention__stored_codes_read_exactly_with_denormals_as_zero),
       cmocka_unit_test(test_attention__context_multiple_of_page_size),
       cmocka_unit_test(test_attention__null_page_is_never_read),
       cmocka_unit_test(test_attention__stale_nan_beyond_context_is_never_read),
