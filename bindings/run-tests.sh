@@ -43,7 +43,11 @@ run() {  # <name> <command...>
 
 rust() {
   command -v cargo >/dev/null || { echo "cargo not found"; return 1; }
-  (cd "$here/rust" && CARGO_TARGET_DIR="$build/bindings/rust-target" cargo test --offline --workspace)
+  (cd "$here/rust" && CARGO_TARGET_DIR="$build/bindings/rust-target" cargo test --offline --workspace &&
+    for ex in kvpages/examples/*.rs; do  # the examples run, not only compile: they assert what they show
+      CARGO_TARGET_DIR="$build/bindings/rust-target" cargo run --offline --quiet -p kvpages --example "$(basename "$ex" .rs)" \
+        >/dev/null || { echo "example $ex failed"; exit 1; }
+    done)
 }
 # The minimum Rust version the crates declare (rust-version in Cargo.toml), built and tested with
 # that exact compiler: Debian bookworm's rustc 1.63 (scripts/install-deps.sh installs it). Elsewhere

@@ -1,18 +1,14 @@
 // kvp_attention launches: the kernels of kernels/attention.cuh for the cache dtype.
 #include "kernels/attention.cuh"
 #include "kernels/launch.hpp"
+#include "kernels/launch_kernel.cuh"
 #include "util/error.hpp"
 
 namespace kvp::detail::cuda {
 namespace {
 
-cudaError_t launch_kernel(void (*kernel)(AttentionParams), dim3 grid, cudaStream_t s, const AttentionParams& p) {
-#if defined(KVP_CUDA_EMULATION)
-  return ::cuemu::launch([kernel, p]() { kernel(p); }, grid, dim3(kAttnThreads), s);
-#else
-  void* args[] = {const_cast<AttentionParams*>(&p)};
-  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kAttnThreads), args, 0, s);
-#endif
+cudaError_t launch(void (*kernel)(AttentionParams), dim3 grid, cudaStream_t s, const AttentionParams& p) {
+  return launch_kernel(kernel, grid, kAttnThreads, s, p);
 }
 
 using Kernel = void (*)(AttentionParams);
@@ -41,12 +37,12 @@ Kernel main_kernel(kvp_dtype cache, int head_dim, const char* fn) {
 cudaError_t launch_attention(const AttentionParams& p, kvp_dtype cache, dim3 grid, cudaStream_t s, const char* fn) {
   const Kernel kernel = main_kernel(cache, p.head_dim, fn);
   if (p.num_tokens > 0) {
-    const cudaError_t e = launch_kernel(attention_zero_kernel, dim3(static_cast<unsigned>(p.num_tokens)), s, p);
+    const cudaError_t e = launch(attention_zero_kernel, dim3(static_cast<unsigned>(p.num_tokens)), s, p);
     if (e != cudaSuccess) return e;
   }
   if (grid.x == 0 || grid.y == 0) return cudaSuccess;
-  cudaError_t e = launch_kernel(kernel, grid, s, p);
-  if (e == cudaSuccess && p.splits > 1) e = launch_kernel(attention_merge_kernel, dim3(grid.x, grid.y, 1), s, p);
+  cudaError_t e = launch(kernel, grid, s, p);
+  if (e == cudaSuccess && p.splits > 1) e = launch(attention_merge_kernel, dim3(grid.x, grid.y, 1), s, p);
   return e;
 }
 

@@ -25,9 +25,8 @@ struct AttentionParams {
   int64_t page_size, num_pages;
   int64_t slot_elems;    // elements of one token slot
   int64_t storage_head_dim;
-  int32_t itemsize;
   int32_t h64;
-  int32_t head_dim, dp;  // dp: head_dim rounded up to a multiple of 4
+  int32_t head_dim, dp;  // dp: head_dim rounded up to an even number (shared-memory row stride dp + 1 is odd)
   int32_t num_kv_heads, rep;
   int32_t tiles;         // tiles of kAttnRows query rows per (request row, KV head)
   int32_t splits;        // gridDim.z
@@ -42,7 +41,6 @@ struct AttentionParams {
   const int32_t* context_lens;
   const int32_t* query_start_loc;
   const int32_t* num_rows_ptr;    // &request_distribution[2] or &num_seqs[0]
-  const int32_t* decode_end_ptr;  // &request_distribution[0], or nullptr (v2 / no distribution)
   // Options.
   float logit_scale, soft_cap, v_scale;
   int32_t window;

@@ -1,30 +1,26 @@
 // kvp_concatenate launches: picks the kernel template of kernels/concat.cuh for the dtypes.
 #include "kernels/concat.cuh"
 #include "kernels/launch.hpp"
+#include "kernels/launch_kernel.cuh"
 #include "util/error.hpp"
 
 namespace kvp::detail::cuda {
 namespace {
 
-cudaError_t launch_kernel(void (*kernel)(ConcatParams), dim3 grid, cudaStream_t s, const ConcatParams& p) {
-#if defined(KVP_CUDA_EMULATION)
-  return ::cuemu::launch([kernel, p]() { kernel(p); }, grid, dim3(kThreads), s);
-#else
-  void* args[] = {const_cast<ConcatParams*>(&p)};
-  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), args, 0, s);
-#endif
+cudaError_t launch(void (*kernel)(ConcatParams), dim3 grid, cudaStream_t s, const ConcatParams& p) {
+  return launch_kernel(kernel, grid, kThreads, s, p);
 }
 
 template <class In, class Out>
 cudaError_t launch_typed(const ConcatParams& p, bool vec, dim3 grid, cudaStream_t s) {
   if constexpr (std::is_same_v<In, TAny>) {
     // Mixed key/value dtypes: element-wise path only (the host chose chunks of one element).
-    return launch_kernel(p.mode == kRowsV2 ? concat_v2_kernel<In, Out, false> : concat_rows_kernel<In, Out, false>,
+    return launch(p.mode == kRowsV2 ? concat_v2_kernel<In, Out, false> : concat_rows_kernel<In, Out, false>,
                          grid, s, p);
   } else if (p.mode == kRowsV2) {
-    return launch_kernel(vec ? concat_v2_kernel<In, Out, true> : concat_v2_kernel<In, Out, false>, grid, s, p);
+    return launch(vec ? concat_v2_kernel<In, Out, true> : concat_v2_kernel<In, Out, false>, grid, s, p);
   } else {
-    return launch_kernel(vec ? concat_rows_kernel<In, Out, true> : concat_rows_kernel<In, Out, false>, grid, s, p);
+    return launch(vec ? concat_rows_kernel<In, Out, true> : concat_rows_kernel<In, Out, false>, grid, s, p);
   }
 }
 

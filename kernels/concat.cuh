@@ -7,7 +7,7 @@
 // (device-resident v3 metadata), with every index bounds-checked — then all threads stream the
 // rows' chunks: a chunk is 16 bytes of the destination (8 bf16/f16, 4 f32, 16 fp8 lanes of one
 // combined entry), loaded from key/value with vector loads when aligned, converted in registers
-// with core/fp_convert.hpp (the CPU backend's code, so the bytes are identical) and stored with
+// with backend/fp_convert.hpp (the CPU backend's code, so the bytes are identical) and stored with
 // one 16-byte store. Consecutive threads store consecutive chunks of a slot, so stores are fully
 // coalesced; padding lanes and padding entries are written as zeros.
 //

@@ -88,8 +88,11 @@ struct ConcatJob {
   int64_t total_tokens;
 };
 
-// kvp_attention of one layer (ATTENTION.md §5.8), read side: the pages already hold the step's
-// tokens (core enqueues the fused write as a ConcatJob first).
+// Head dims attention supports (the CUDA kernel keeps up to 4 lanes of a row per thread).
+constexpr int64_t kMaxAttentionHeadDim = 512;
+
+// kvp_attention of one layer (ATTENTION.md §5.8), read side: Backend::attend performs the fused
+// write (a ConcatJob) first, so the pages hold the step's tokens when this job reads them.
 // - host_validated == 1: every processed row i < num_rows satisfies 0 < q_len <= context_len,
 //   query_start_loc[i + 1] <= num_tokens, cdiv(context_len, page_size) <= pages_per_req, and every
 //   page id the row reads is in [0, num_pages).
@@ -98,7 +101,6 @@ struct ConcatJob {
 //   device, skipping what it cannot do safely (its output rows are then zero) and flagging a
 //   recoverable asynchronous error.
 // Output rows that no processed row owns are written as zeros.
-constexpr int64_t kMaxAttentionHeadDim = 512;
 
 struct AttentionJob {
   const uint8_t* pages;  // the layer buffer

@@ -17,7 +17,7 @@ namespace {
 
 // ---- options
 
-void read_options(const kvp_attention_options* opts, const Layout& L, int64_t Hq, PreparedAttention& prep,
+void read_options(const kvp_attention_options* opts, const Layout& L, int64_t Hq, AttentionJob& j,
                   const char* fn) {
   kvp_attention_options o;
   std::memset(&o, 0, sizeof o);
@@ -49,15 +49,11 @@ void read_options(const kvp_attention_options* opts, const Layout& L, int64_t Hq
   const float sigma = o.softmax_scale != 0.0f ? o.softmax_scale
                       : L.v3                   ? 1.0f
                                                : static_cast<float>(1.0 / std::sqrt(static_cast<double>(L.head_dim)));
-  AttentionJob& j = prep.job;
   j.logit_scale = sigma * (o.k_scale != 0.0f ? o.k_scale : 1.0f);
   j.v_scale = o.v_scale != 0.0f ? o.v_scale : 1.0f;
   j.soft_cap = std::fabs(o.logits_soft_cap);
   j.window = o.sliding_window;
-  if (o.num_sinks != 0) {
-    prep.sinks.assign(o.sinks, o.sinks + o.num_sinks);
-    j.sinks = prep.sinks.data();
-  }
+  j.sinks = o.num_sinks != 0 ? o.sinks : nullptr;  // read during the call (CUDA: staged into the launch)
 }
 
 // ---- tensors
@@ -81,53 +77,55 @@ Span span_of(const kvp_tensor& t, int64_t itemsize) {
 }
 bool overlap(Span a, Span b) { return a.lo < a.hi && b.lo < b.hi && a.lo < b.hi && b.lo < a.hi; }
 
-void check_out_overlaps(const Cache& cache, int64_t layer, const kvp_tensor& out, const kvp_tensor* others[3],
-                        const char* names[3], const char* fn) {
+void check_out_overlaps(const Cache& cache, const kvp_tensor& out, const kvp_tensor* others[3], const char* names[3],
+                        const char* fn) {
   const Span o = span_of(out, dtype_size(out.dtype));
   for (int i = 0; i < 3; ++i)
     if (others[i] != nullptr && overlap(o, span_of(*others[i], dtype_size(others[i]->dtype))))
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: out overlaps %s; the output must have memory of its own", fn, names[i]);
-  Span pages;
-  pages.lo = reinterpret_cast<uintptr_t>(cache.layer_data(layer));
-  pages.hi = pages.lo + cache.layer_bytes();
-  if (overlap(o, pages)) fail(KVP_ERR_INVALID_ARGUMENT, "%s: out overlaps the cache's pages", fn);
+  for (int64_t l = 0; l < cache.num_layers(); ++l) {
+    Span pages;
+    pages.lo = reinterpret_cast<uintptr_t>(cache.layer_data(l));
+    pages.hi = pages.lo + cache.layer_bytes();
+    if (overlap(o, pages)) fail(KVP_ERR_INVALID_ARGUMENT, "%s: out overlaps the pages of layer %lld", fn, ll(l));
+  }
 }
 
 // A slot the fused write fills must not be read by any row as cached context: prefix-shared pages
-// must not receive new tokens while another row reads them (ATTENTION.md §2.4). The written slots
-// are sorted once; each row looks up the pages of its cached positions.
+// must not receive new tokens while another row reads them (ATTENTION.md §2.4). The write's runs
+// are sorted by destination (prepare_concat); each row looks up the slots of its cached positions.
 void check_writes_not_read_elsewhere(const PreparedConcat& w, const MetadataArrays& m, const Layout& L, int64_t n,
-                                     const HostAllocator& alloc, const char* fn) {
+                                     const char* fn) {
   if (w.runs.empty() || n == 0) return;
-  HostVector<int64_t> slots(alloc);
-  for (const ConcatRun& r : w.runs)
-    for (int64_t s = r.dst_slot; s < r.dst_slot + r.len; ++s) slots.push_back(s);
-  std::sort(slots.begin(), slots.end());
   const int64_t S = L.page_size, W = m.pages_per_req;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t cached = m.context_lens[i] - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
     for (int64_t k = 0; k * S < cached; ++k) {
       const int64_t first = m.pages_tables[i * W + k] * S;
       const int64_t last = first + std::min(S, cached - k * S);  // the cached slots of this page
-      const auto it = std::lower_bound(slots.begin(), slots.end(), first);
-      if (it != slots.end() && *it < last)
+      // The first run that ends after `first`; it conflicts when it starts before `last`.
+      const auto it = std::upper_bound(w.runs.begin(), w.runs.end(), first, [](int64_t slot, const ConcatRun& r) {
+        return slot < r.dst_slot + r.len;
+      });
+      if (it != w.runs.end() && it->dst_slot < last) {
+        const int64_t slot = std::max(first, it->dst_slot);
         fail(KVP_ERR_INVALID_ARGUMENT,
              "%s: request %lld reads position %lld (page %lld, row %lld) as cached context, but this call writes a new "
              "token into that slot; a page that receives new tokens must not be read by another row",
-             fn, ll(i), ll(k * S + (*it - first)), ll(first / S), ll(*it - first));
+             fn, ll(i), ll(k * S + (slot - first)), ll(first / S), ll(slot - first));
+      }
     }
   }
 }
 
-}  // namespace
-
+// Validates queries, out, options and metadata (and, when `write` is given, that no slot it writes
+// is read by any row as cached context) and fills the job. Nothing is written.
 void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor& out,
                        const Metadata& md, const kvp_attention_options* opts, const PreparedConcat* write,
-                       PreparedAttention& prep, const char* fn) {
+                       AttentionJob& j, const char* fn) {
   cache.check_healthy(fn);
   cache.check_layer(layer, fn);
   const Layout& L = cache.layout();
-  AttentionJob& j = prep.job;
   j = AttentionJob{};
   j.q = check_input(cache, queries, "queries", queries.shape[1], "(the query heads)", fn);
   const int64_t Hq = queries.shape[1];
@@ -145,7 +143,7 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
   j.layout = L;
   j.num_tokens = queries.shape[0];
   j.num_q_heads = Hq;
-  read_options(opts, L, Hq, prep, fn);
+  read_options(opts, L, Hq, j, fn);
 
   const MetadataArrays& m = md.arrays();
   j.md = m;
@@ -161,9 +159,11 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
   }
   j.num_rows = processed_rows(m, L.v3, fn);
   check_page_rows(m, L, j.num_rows, j.num_tokens, true, fn);
-  if (write != nullptr) check_writes_not_read_elsewhere(*write, m, L, j.num_rows, cache.allocator(), fn);
+  if (write != nullptr) check_writes_not_read_elsewhere(*write, m, L, j.num_rows, fn);
   j.host_validated = 1;
 }
+
+}  // namespace
 
 void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor* keys, const kvp_tensor* values,
                const Metadata& md, const kvp_attention_options* opts, const kvp_tensor& out, kvp_stream stream,
@@ -177,12 +177,12 @@ void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: keys have %lld tokens but queries have %lld", fn, ll(keys->shape[0]),
            ll(queries.shape[0]));
   }
-  PreparedAttention prep(cache.allocator());
-  prepare_attention(cache, layer, queries, out, md, opts, keys != nullptr ? &write : nullptr, prep, fn);
+  AttentionJob job;
+  prepare_attention(cache, layer, queries, out, md, opts, keys != nullptr ? &write : nullptr, job, fn);
   const kvp_tensor* inputs[3] = {&queries, keys, values};
   const char* names[3] = {"queries", "keys", "values"};
-  check_out_overlaps(cache, layer, out, inputs, names, fn);
-  cache.backend().attend(prep.job, keys != nullptr ? &write.job : nullptr, stream);
+  check_out_overlaps(cache, out, inputs, names, fn);
+  cache.backend().attend(job, keys != nullptr ? &write.job : nullptr, stream);
 }
 
 }  // namespace kvp::detail

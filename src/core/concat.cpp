@@ -107,9 +107,9 @@ void runs_v3(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& seqs_ou
   seqs_out = n;
 }
 
-void check_no_overlap(const HostVector<ConcatRun>& runs, const char* fn) {
-  if (runs.size() < 2) return;
-  HostVector<ConcatRun> sorted(runs);
+// Sorts the runs by destination (the order does not matter to the writers) and refuses overlaps.
+void sort_and_check_no_overlap(HostVector<ConcatRun>& sorted, const char* fn) {
+  if (sorted.size() < 2) return;
   std::sort(sorted.begin(), sorted.end(),
             [](const ConcatRun& a, const ConcatRun& b) { return a.dst_slot < b.dst_slot; });
   for (size_t x = 1; x < sorted.size(); ++x) {
@@ -171,7 +171,7 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
     runs_v3(job, out.runs, job.num_seqs, fn);
   else
     runs_v2(job, out.runs, job.num_valid_slices, fn);
-  check_no_overlap(out.runs, fn);
+  sort_and_check_no_overlap(out.runs, fn);
   int64_t total = 0;
   for (const ConcatRun& r : out.runs) total += r.len;
   job.runs = out.runs.data();

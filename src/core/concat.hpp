@@ -13,7 +13,8 @@
 
 namespace kvp::detail {
 
-// A job plus the storage its `runs` point into (the cache's allocator).
+// A job plus the storage its `runs` point into (the cache's allocator); for host-validated
+// metadata the runs are sorted by destination slot and do not overlap.
 struct PreparedConcat {
   ConcatJob job;
   HostVector<ConcatRun> runs;

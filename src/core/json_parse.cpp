@@ -18,6 +18,7 @@ namespace {
 
 using Json = nlohmann::json;  // only its SAX parser is used: no document is built
 constexpr int kMaxDepth = 64;
+static_assert(kMaxDepth == 64, "the depth error message says 64 levels");
 
 // One top-level field. Scalars keep their value; arrays keep their integers flattened in `items`
 // and, per element, -1 (a scalar) or its length (a row of scalars).

@@ -117,7 +117,7 @@ void Metadata::allocate(const MetadataArrays& s) {
     total += l;
     if (total > (int64_t(1) << 40)) fail(KVP_ERR_INVALID_ARGUMENT, "metadata: arrays too large (%lld entries)", ll(total));
   }
-  storage_.assign(static_cast<size_t>(total) + 1, 0);  // +1: never empty, so owning() holds
+  storage_.assign(static_cast<size_t>(total), 0);
   int32_t* base = storage_.data();
   int64_t off = 0;
   auto take = [&](int64_t len) -> const int32_t* {

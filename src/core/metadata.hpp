@@ -26,7 +26,6 @@ class Metadata {
   int32_t* mut(const int32_t* p) { return const_cast<int32_t*>(p); }
 
   const MetadataArrays& arrays() const noexcept { return a_; }
-  bool owning() const noexcept { return !storage_.empty(); }
 
  private:
   MetadataArrays a_;

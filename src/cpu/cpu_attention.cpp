@@ -22,7 +22,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 
 #include "backend/fp_convert.hpp"
 #include "cpu/cpu_ops.hpp"
@@ -59,8 +58,9 @@ using QkFewFn = void (*)(const float* qr, const float* kb, int nb, int nr, int D
 // returns the rescale factor of each row's earlier state in alpha. cap > 0: soft cap first.
 using SoftmaxFn = void (*)(float* s, const float* lo, const float* hi, float j0, int nb, float cap, float* m, float* l,
                            float* alpha);
-// acc[r] = acc[r] * alpha[r] + sum over k in [a[r], b[r]) of p[k][r] * vb[k] (D lanes).
-using PvFn = void (*)(const float* p, const float* vb, int D, int Dp, const int* a, const int* b, const float* alpha,
+// acc[r] = acc[r] * alpha[r] + sum over k in [a[r], b[r]) of p[k][r] * vb[k] (Dp lanes; the padding
+// lanes of vb and acc are zero).
+using PvFn = void (*)(const float* p, const float* vb, int Dp, const int* a, const int* b, const float* alpha,
                       float* acc);
 // Widens the keys and values of n slots from a storage dtype to f32: D elements at rows[k] into
 // kb[k][Dp] and D elements at rows[k] + v_bytes into vb[k][Dp].
@@ -140,16 +140,15 @@ void softmax_baseline(float* s, const float* lo, const float* hi, float j0, int 
   }
 }
 
-void pv_baseline(const float* p, const float* vb, int D, int Dp, const int* a, const int* b, const float* alpha,
-                 float* acc) {
+void pv_baseline(const float* p, const float* vb, int Dp, const int* a, const int* b, const float* alpha, float* acc) {
   for (int r = 0; r < kRows; ++r) {
     float* o = acc + static_cast<size_t>(r) * Dp;
     if (alpha[r] != 1.0f)
-      for (int d = 0; d < D; ++d) o[d] *= alpha[r];
+      for (int d = 0; d < Dp; ++d) o[d] *= alpha[r];
     for (int k = a[r]; k < b[r]; ++k) {
       const float w = p[k * kRows + r];
       const float* v = vb + static_cast<size_t>(k) * Dp;
-      for (int d = 0; d < D; ++d) o[d] += w * v[d];
+      for (int d = 0; d < Dp; ++d) o[d] += w * v[d];
     }
   }
 }
@@ -281,7 +280,7 @@ KVP_TARGET_AVX512 void softmax_avx512(float* s, const float* lo, const float* hi
   _mm512_storeu_ps(alpha, va);
 }
 
-KVP_TARGET_AVX512 void pv_avx512(const float* p, const float* vb, int D, int Dp, const int* a, const int* b,
+KVP_TARGET_AVX512 void pv_avx512(const float* p, const float* vb, int Dp, const int* a, const int* b,
                                  const float* alpha, float* acc) {
   for (int r = 0; r < kRows; ++r) {
     if (a[r] >= b[r] && alpha[r] == 1.0f) continue;
@@ -436,7 +435,7 @@ KVP_TARGET_AVX2 void softmax_avx2(float* s, const float* lo, const float* hi, fl
   }
 }
 
-KVP_TARGET_AVX2 void pv_avx2(const float* p, const float* vb, int D, int Dp, const int* a, const int* b,
+KVP_TARGET_AVX2 void pv_avx2(const float* p, const float* vb, int Dp, const int* a, const int* b,
                              const float* alpha, float* acc) {
   for (int r = 0; r < kRows; ++r) {
     if (a[r] >= b[r] && alpha[r] == 1.0f) continue;
@@ -908,7 +907,7 @@ void run_item(const Plan& pl, const Item& it, float* buf) {
       else
         pl.kern.qk(e.q, e.kb, nb, static_cast<int>(D), static_cast<int>(Dp), s);
       pl.kern.softmax(s, lo, hi, static_cast<float>(j0), nb, j.soft_cap, e.m, e.l, e.alpha);
-      pl.kern.pv(s, e.vb, static_cast<int>(D), static_cast<int>(Dp), ia, ib, e.alpha, e.acc);
+      pl.kern.pv(s, e.vb, static_cast<int>(Dp), ia, ib, e.alpha, e.acc);
     }
   }
   for (int64_t h = 0; h < it.ng; ++h) {

@@ -15,8 +15,6 @@ using namespace kvp::detail::cuda;
 
 constexpr int64_t kSplitKeys = 512;  // fewest key positions worth a split of their own
 
-InputDesc desc_of(const TensorArg& t) { return InputDesc{t.data, t.stride_t, t.stride_h, t.stride_d, t.dtype, t.itemsize}; }
-
 AttentionParams params_of(const AttentionJob& job) {
   AttentionParams p;
   std::memset(&p, 0, sizeof p);
@@ -26,7 +24,6 @@ AttentionParams params_of(const AttentionJob& job) {
   p.num_pages = L.num_pages;
   p.slot_elems = L.token_elems;
   p.storage_head_dim = L.storage_head_dim;
-  p.itemsize = static_cast<int32_t>(L.itemsize);
   p.h64 = L.h64 ? 1 : 0;
   p.head_dim = static_cast<int32_t>(L.head_dim);
   p.dp = p.head_dim + (p.head_dim & 1);  // even: the shared-memory row stride dp + 1 is odd
@@ -35,8 +32,8 @@ AttentionParams params_of(const AttentionJob& job) {
   const int64_t stride = p.dp + 1;
   const int64_t keys = (kAttnSharedFloats - kAttnRows * stride) / (stride + kAttnRows);
   p.block_keys = static_cast<int32_t>(keys < kAttnMaxBlockKeys ? keys : kAttnMaxBlockKeys);
-  p.q = desc_of(job.q);
-  p.out = desc_of(job.out);
+  p.q = input_desc(job.q);
+  p.out = input_desc(job.out);
   p.num_tokens = job.num_tokens;
   p.num_q_heads = static_cast<int32_t>(job.num_q_heads);
   p.logit_scale = job.logit_scale;

@@ -21,9 +21,15 @@
 
 #include "backend/backend.hpp"
 #include "cuda/cuda_check.hpp"
+#include "kernels/concat_params.hpp"
 #include "kernels/device_error.hpp"
 
 namespace kvp::detail {
+
+// A validated tensor as the kernels read it (kernels/concat_params.hpp).
+inline cuda::InputDesc input_desc(const TensorArg& t) {
+  return cuda::InputDesc{t.data, t.stride_t, t.stride_h, t.stride_d, t.dtype, t.itemsize};
+}
 
 class CudaBackend final : public Backend {
  public:
@@ -61,10 +67,6 @@ class CudaBackend final : public Backend {
   // Whether `s` is capturing a graph (throws KVP_ERR_DEVICE when its capture was invalidated).
   bool capturing(cudaStream_t s, const char* function);
 
-  // Device error record (device memory) and the mirror kernels write on error (mapped pinned;
-  // the device-side address of it).
-  DeviceErrorRecord* device_error() const noexcept { return d_error_; }
-  DeviceErrorRecord* mirror_error_device_ptr() const noexcept { return m_error_dev_; }
 
   // Reads the mirror and records a new device-side error (recoverable). With `check_device`,
   // first asks the runtime whether the device has a sticky fault (one cheap stream query) and

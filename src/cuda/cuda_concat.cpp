@@ -40,8 +40,6 @@ int32_t rows_per_block(int64_t chunks_per_row, int64_t num_rows, int sm_count) {
   return static_cast<int32_t>(rpb);
 }
 
-InputDesc input_desc(const TensorArg& t) { return InputDesc{t.data, t.stride_t, t.stride_h, t.stride_d, t.dtype, t.itemsize}; }
-
 // The geometry part of the parameters; `vec` says whether a chunk is 16 bytes of a slot.
 ConcatParams geometry_params(const ConcatJob& job, bool& vec) {
   ConcatParams p;

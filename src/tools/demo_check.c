@@ -51,7 +51,8 @@ static float decode(const unsigned char *p, kvp_dtype dt) {
     }
     case KVP_DTYPE_F16: memcpy(&c, p, 2); E = 5; M = 10; break;
     case KVP_DTYPE_F8_E4M3FN: c = *p; E = 4; M = 3; break;
-    default: c = *p; E = 5; M = 2; break;
+    case KVP_DTYPE_F8_E5M2: c = *p; E = 5; M = 2; break;
+    default: return NAN; /* not a storage dtype: never equal to a reference value */
   }
   bias = (1 << (E - 1)) - 1;
   s = (c >> (E + M)) & 1u;
@@ -73,7 +74,10 @@ static int64_t check_view(const kvp_tensor *view, const int32_t *pages, const de
         const int64_t at = page * view->strides[0] + row * view->strides[1] + h * view->strides[2] + d * view->strides[3];
         const float got = decode((const unsigned char *)view->data + (size_t)at * isz, dt);
         const float w = want[pos * DEMO_KV_WIDTH + h * DEMO_HEAD_DIM + d];
-        if (got != w) {
+        uint32_t got_bits, want_bits; /* bit equality: -0.0 is not 0.0 */
+        memcpy(&got_bits, &got, 4);
+        memcpy(&want_bits, &w, 4);
+        if (got_bits != want_bits) {
           if (bad < 5)
             fprintf(stderr, "  read-back mismatch: sequence %d position %" PRId64 " layer %" PRId64 " %s head %" PRId64
                             " lane %" PRId64 ": %g, reference %g\n",

@@ -1,6 +1,7 @@
 // Atomic replacement of a file: the new content goes to a temporary file next to the target;
-// commit() syncs it, renames it over the target and syncs the directory. Until commit() succeeds
-// the old file is untouched, and the destructor removes the temporary file.
+// commit() syncs it, renames it over the target and syncs the directory. Until the rename the old
+// file is untouched and the destructor removes the temporary file; a failure of the directory sync
+// after the rename still throws, with the target already replaced.
 #pragma once
 
 #include "util/memory.hpp"
@@ -15,8 +16,6 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
-  int fd() const noexcept { return fd_; }
-  const char* temp_path() const noexcept { return tmp_.c_str(); }
   // Writes all n bytes at the current offset (retrying short writes); throws KVP_ERR_IO.
   void write(const void* p, size_t n);
   // fsync, close, rename over the target, fsync of the directory; throws KVP_ERR_IO.

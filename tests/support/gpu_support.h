@@ -1,5 +1,6 @@
 /* Helpers of the GPU test programs that call the CUDA runtime themselves (tests/gpu/tests.cmake
- * links this file into them; it needs <cuda_runtime_api.h>, so builds without CUDA leave it out). */
+ * links this file into them; its definitions need <cuda_runtime_api.h> and compile to nothing in
+ * builds without CUDA, #if KVP_HAS_CUDA). */
 #ifndef KVP_TEST_GPU_SUPPORT_H
 #define KVP_TEST_GPU_SUPPORT_H
 

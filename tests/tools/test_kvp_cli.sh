@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Checks the kvp tool from the outside: usage errors exit 2 with a message on stderr, library
 # errors exit 1 with the library's message, `kvp plan` prints the reference numbers, and
-# `kvp demo` serves its requests with correct attention and read-back in every layout and dtype.
+# `kvp demo` serves its requests with correct attention and read-back in both layouts and every
+# storage dtype.
 set -u
 kvp=${1:?usage: test_kvp_cli.sh <path to kvp>}
 fails=0
 pass=0
 
 expect() {  # <expected exit> <stderr|stdout substring> <args...>
-  local want=$1 needle=$2
-  shift 2
+  expect_both "$1" "$2" "$2" "${@:3}"
+}
+
+expect_both() {  # <expected exit> <substring> <another substring> <args...>
+  local want=$1 needle=$2 other=$3
+  shift 3
   local out rc
   out=$("$kvp" "$@" 2>&1)
   rc=$?
-  if [ "$rc" -ne "$want" ] || [[ "$out" != *"$needle"* ]]; then
-    echo "FAIL: kvp $* -> exit $rc (want $want), output lacks '$needle':"
+  if [ "$rc" -ne "$want" ] || [[ "$out" != *"$needle"* ]] || [[ "$out" != *"$other"* ]]; then
+    echo "FAIL: kvp $* -> exit $rc (want $want), output lacks '$needle' or '$other':"
     echo "$out" | sed 's/^/    /'
     fails=$((fails + 1))
   else
@@ -51,8 +56,8 @@ expect 0 "from host memory" plan --layers 2 --kv-heads 2 --head-dim 64 --max-len
 # it checks reused prefixes against recomputation.
 expect 2 "usage: kvp demo" demo --bogus
 expect 2 "--layers needs an integer" demo --layers 0
-expect 0 "hit rate 44.4%; 1 pages copied on write" demo --quiet --layers 2
-expect 0 "attention check passed: 1150 token rows x 2 layers" demo --quiet --layers 2
+expect_both 0 "hit rate 44.4%; 1 pages copied on write" "attention check passed: 1150 token rows x 2 layers" \
+  demo --quiet --layers 2
 # Every storage dtype once, each layout with two of them (exit 0 also means the read-back check
 # passed); bf16 on v3 is the run above.
 for run in "v2 fp32" "v2 fp8_e4m3fn" "v3 fp16" "v3 fp8_e5m2"; do

@@ -3,10 +3,7 @@
  * from the keys and values as the cache stores them (read back through the key/value views), byte
  * equality of the fused write with kvp_concatenate, edge cases (padding rows, rows beyond num_seqs,
  * the null page and stale slots that must never be read, window, sinks, soft cap, default scale,
- * k/v scales), and argument errors that must leave the cache and `out` byte-for-byte unchanged.
- *
- * KVP_TEST_QUICK=1 shrinks the sweep to a subset that still takes every value of every dimension
- * (for sanitizer and emulated runs). */
+ * k/v scales), and argument errors that must leave the cache and `out` byte-for-byte unchanged. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,11 +238,6 @@ static double tol_of(kvp_dtype out_dtype, double ref) {
 /* The tables of §13 have 6 decimals (rounding error <= 5e-7): the reference of the stored values
  * must reproduce them to 1e-6. */
 #define TABLE_TOL 1e-6
-
-static int quick_mode(void) {
-  const char *e = getenv("KVP_TEST_QUICK");
-  return e != NULL && e[0] != '\0' && strcmp(e, "0") != 0;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Host tensors [T, H, D] in several stride patterns.                                          */
@@ -1114,10 +1106,6 @@ static void test_attention__e4_v2_read_only_matches_e1(void **state) {
 /* calls after kvp_concatenate rotate with the case index. Each case: one kvp_attention call, one  */
 /* or two kvp_concatenate calls; shapes stay tiny (L <= 40, new tokens <= 32, T <= 35).            */
 /* Total 650 cases, about 2 s at -O2 on one core with a naive scalar implementation.             */
-/* KVP_TEST_QUICK: the 20 cases per layout with (13 di + 4 ri + 8 hi + mi + 3 li) mod 16 == 0, plus */
-/* one combined case: every value of every dimension above (dtypes, strides, page sizes, Hkv,     */
-/* fused and read-only calls) still occurs, and every feature meets every cache dtype, GQA ratio,   */
-/* head dim and mix.                                                                              */
 
 static const kvp_dtype kCacheDtypes[5] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
                                           KVP_DTYPE_F8_E5M2};
@@ -1211,15 +1199,13 @@ static void sweep_case(int li, int di, int ri, int hi, int mi, int all) {
 }
 
 static void sweep(int li) {
-  const int quick = quick_mode();
   int di, ri, hi, mi;
   for (di = 0; di < 5; ++di)
     for (ri = 0; ri < 4; ++ri)
       for (hi = 0; hi < 4; ++hi)
         for (mi = 0; mi < 4; ++mi)
-          if (!quick || (13 * di + 4 * ri + 8 * hi + mi + 3 * li) % 16 == 0) sweep_case(li, di, ri, hi, mi, 0);
-  for (di = 0; di < 5; ++di)
-    if (!quick || di == 3 + li) sweep_case(li, di, (di + 1) % 4, (di + li) % 4, 2, 1);
+          sweep_case(li, di, ri, hi, mi, 0);
+  for (di = 0; di < 5; ++di) sweep_case(li, di, (di + 1) % 4, (di + li) % 4, 2, 1);
 }
 
 static void test_attention__sweep_v3_matches_reference(void **state) {
@@ -1562,6 +1548,34 @@ static void test_attention__stored_codes_read_exactly_with_denormals_as_zero(voi
 #else
   skip();
 #endif
+}
+
+/* A cache whose head dim is above the 512 attention supports: refused, nothing written. */
+static void test_attention__head_dim_above_512_is_refused(void **state) {
+  enum { D = 576, T = 2 };
+  (void)state;
+  const kvp_config cfg = kvp_test_config(2, 1, D, 4, 6, KVP_DTYPE_F32, KVP_LAYOUT_V2);
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  int32_t pages[1] = {1}, order[1];
+  kvp_batch_request br = {0, T, pages, 1};
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(&cfg, &br, 1, NULL, order, &md));
+  float *q = (float *)calloc(T * D, sizeof(float)), *out = (float *)malloc(T * D * sizeof(float));
+  memset(out, 0x5A, T * D * sizeof(float));
+  const kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, T, 1, D, KVP_DEVICE_CPU);
+  const kvp_tensor ot = kvp_test_tensor(out, KVP_DTYPE_F32, T, 1, D, KVP_DEVICE_CPU);
+  assert_kvp_status(kvp_attention(c, 1, &qt, &qt, &qt, md, NULL, &ot, NULL), KVP_ERR_INVALID_ARGUMENT, "head_dim 576");
+  for (size_t b = 0; b < T * D * sizeof(float); ++b) assert_int_equal(((unsigned char *)out)[b], 0x5A);
+  for (uint32_t l = 0; l < 2; ++l) {
+    kvp_tensor pg;
+    assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &pg));
+    for (size_t b = 0; b < kvp_test_layer_bytes(c); ++b) assert_int_equal(((unsigned char *)pg.data)[b], 0);
+  }
+  free(q);
+  free(out);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(c));
 }
 
 /* Contexts of exactly 1, 2 and 3 pages with page-table rows exactly cdiv(L, S) wide. */
@@ -1990,6 +2004,13 @@ static void test_attention__bad_tensors_change_nothing(void **state) {
   y = scratch_tensor(&s, 100, 5, 2, 8);
   z = scratch_tensor(&s, 2048, 5, 2, 8);
   EXPECT_REJECTED(&s, kvp_attention(c, 1, q, &y, &z, md, NULL, &x, NULL), KVP_ERR_INVALID_ARGUMENT, "out|overlap");
+  /* out inside the pages: of the layer attended, and of another layer */
+  for (uint32_t l = 0; l < 2; ++l) {
+    kvp_tensor pg;
+    assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &pg));
+    x = kvp_test_tensor(pg.data, KVP_DTYPE_F32, 5, 4, 8, KVP_DEVICE_CPU);
+    EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, NULL, &x, NULL), KVP_ERR_INVALID_ARGUMENT, "pages of layer");
+  }
   /* the same arguments are fine */
   scen_attend(&s, NULL, 1);
   scen_check(&s, NULL, "after the rejected calls");
@@ -2046,22 +2067,31 @@ static void test_attention__bad_options_change_nothing(void **state) {
   o.num_sinks = 4;
   o.sinks = NULL;
   EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_INVALID_ARGUMENT, "sinks");
+  /* a sink must be finite or -infinity */
+  {
+    float bad_sinks[4] = {0.1f, NAN, 0.3f, 0.4f};
+    o.sinks = bad_sinks;
+    EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_INVALID_ARGUMENT, "sinks[1]");
+    bad_sinks[1] = 0.2f;
+    bad_sinks[3] = INFINITY;
+    EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_INVALID_ARGUMENT, "sinks[3]");
+  }
   /* struct versioning */
   o = opts_scaled(0.5);
   o.struct_size = 8;
-  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "");
+  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "kvp_attention_options");
   o.struct_size = 0;
-  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "");
+  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "kvp_attention_options");
   o = opts_scaled(0.5);
   o.abi_version = 0;
-  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "");
+  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "kvp_attention_options");
   o.abi_version = KVP_ATTENTION_OPTIONS_VERSION + 1;
-  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "");
+  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &o, out, NULL), KVP_ERR_VERSION_MISMATCH, "kvp_attention_options");
   memset(&big, 0, sizeof big);
   big.o = opts_scaled(0.5);
   big.o.struct_size = (uint32_t)sizeof big;
   big.tail[1] = 1;
-  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &big.o, out, NULL), KVP_ERR_UNSUPPORTED, "");
+  EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, md, &big.o, out, NULL), KVP_ERR_UNSUPPORTED, "kvp_attention_options");
 #undef WITH
   /* a larger struct with a zero tail is accepted and means the same */
   big.tail[1] = 0;
@@ -2108,6 +2138,8 @@ static void test_attention__bad_v3_metadata_changes_nothing(void **state) {
     d.page_size = 8;
     assert_kvp_ok(kvp_metadata_create(&d, &other));
     EXPECT_REJECTED(&s, kvp_attention(c, 1, q, k, v, other, NULL, out, NULL), KVP_ERR_INVALID_ARGUMENT,
+                    "page_size|page size");
+    EXPECT_REJECTED(&s, kvp_attention(c, 1, q, NULL, NULL, other, NULL, out, NULL), KVP_ERR_INVALID_ARGUMENT,
                     "page_size|page size");
     assert_kvp_ok(kvp_metadata_destroy(other));
   }
@@ -2307,6 +2339,7 @@ int main(void) {
       cmocka_unit_test(test_attention__window_larger_than_context_is_no_window),
       cmocka_unit_test(test_attention__window_of_one_returns_own_value),
       cmocka_unit_test(test_attention__every_stored_code_reads_exactly),
+      cmocka_unit_test(test_attention__head_dim_above_512_is_refused),
       cmocka_unit_test(test_attention__stored_codes_read_exactly_with_denormals_as_zero),
       cmocka_unit_test(test_attention__context_multiple_of_page_size),
       cmocka_unit_test(test_attention__null_page_is_never_read),

@@ -420,7 +420,7 @@ static void test_oom__concatenate(void **state) {
   uint16_t *k = (uint16_t *)test_calloc(T * HEADS * HDIM, sizeof(uint16_t));
   uint16_t *v = (uint16_t *)test_calloc(T * HEADS * HDIM, sizeof(uint16_t));
   for (int i = 0; i < T * HEADS * HDIM; ++i) k[i] = v[i] = (uint16_t)(0x3F80 + (i % 64));
-  /* 40 single-token slices: the overlap check sorts a copy of the runs. */
+  /* 40 single-token slices: the write plan holds 40 runs (sorted in place for the overlap check). */
   int32_t sm[3 * T], nv[1] = {T};
   for (int j = 0; j < T; ++j) {
     sm[j] = 3 * j + 17;
@@ -440,7 +440,7 @@ static void test_oom__concatenate(void **state) {
     expect_oom(st, base, n, "kvp_concatenate");
     assert_same_layers(c, snap);
   }
-  assert_true(n >= 2);
+  assert_true(n >= 1); /* the runs */
   assert_kvp_ok(kvp_metadata_destroy(md));
   test_free(k);
   test_free(v);

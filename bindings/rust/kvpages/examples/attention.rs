@@ -24,10 +24,11 @@ fn main() -> Result<(), kvpages::Error> {
     // shape [T, Hq, Hkv, D]; Some((keys, values)) writes them first, None only reads.
     cache.attention(0, &queries, Some((&key, &value)), [3, 4, 2, 128], &md, &opts, &mut out)?;
     // Token 2 sees tokens 0-2 (causal): the mean of their values (-5, -261, -517).
-    println!("token 2, head 0, lane 5 = {}", out[(2 * 4) * 128 + 5]); // -261
+    println!("token 2, head 0, lane 5 = {}", out[(2 * 4) * 128 + 5]);
+    assert_eq!(out[(2 * 4) * 128 + 5], -261.0);
     let bad = AttentionOptions { sliding_window: -1, ..opts };
-    if let Err(e) = cache.attention(0, &queries, None, [3, 4, 2, 128], &md, &bad, &mut out) {
-        println!("{e}"); // KVP_ERR_INVALID_ARGUMENT: kvp_attention: sliding_window is -1; ...
-    }
+    let e = cache.attention(0, &queries, None, [3, 4, 2, 128], &md, &bad, &mut out).unwrap_err();
+    println!("{e}"); // KVP_ERR_INVALID_ARGUMENT: kvp_attention: sliding_window is -1; ...
+    assert!(e.message.contains("sliding_window is -1"));
     Ok(())
 }
