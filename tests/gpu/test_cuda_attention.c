@@ -75,13 +75,6 @@ static float as_f32(const void *buf, kvp_dtype dt, int64_t i) {
   return (h & 0x8000) ? -f : f;
 }
 
-static void *to_device(const void *host, size_t bytes) {
-  void *d = NULL;
-  CUDA_OK(cudaMalloc(&d, bytes));
-  CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-  return d;
-}
-
 /* The step's metadata (requests with their cached context as num_computed), built by the batch
  * builder over distinct pages 1, 2, ...; *tokens_out: the token rows including padding. */
 static kvp_metadata *step_metadata(const scenario *sc, int context_only, int64_t *tokens_out) {
@@ -113,7 +106,6 @@ static kvp_metadata *step_metadata(const scenario *sc, int context_only, int64_t
   return md;
 }
 
-static size_t isz(kvp_dtype d) { return kvp_dtype_bits(d) / 8; }
 
 /* Writes the cached context of every request (the same random k/v on both caches). */
 static void write_context(const scenario *sc, side *cpu, side *gpu, uint64_t *rng) {
@@ -127,7 +119,7 @@ static void write_context(const scenario *sc, side *cpu, side *gpu, uint64_t *rn
     kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CPU);
     kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, sc->kv_heads, sc->head_dim, KVP_DEVICE_CPU);
     assert_kvp_ok(kvp_concatenate(cpu->cache, 0, &kt, &vt, md, NULL));
-    void *dk = to_device(k, (size_t)n * 4), *dv = to_device(v, (size_t)n * 4);
+    void *dk = kvp_gpu_upload(k, (size_t)n * 4), *dv = kvp_gpu_upload(v, (size_t)n * 4);
     kt.data = dk;
     vt.data = dv;
     kt.device_type = vt.device_type = KVP_DEVICE_CUDA;
@@ -172,9 +164,9 @@ typedef struct run {
 /* The step's inputs, and the CPU result (fused write). */
 static void run_cpu(const scenario *sc, side *cpu, const kvp_metadata *md, run *r, uint64_t *rng) {
   const int64_t Hq = sc->kv_heads * sc->rep;
-  r->q_bytes = (size_t)(r->T * Hq * sc->head_dim) * isz(sc->q_dtype);
+  r->q_bytes = (size_t)(r->T * Hq * sc->head_dim) * (size_t)kvp_test_dtype_size(sc->q_dtype);
   r->kv_bytes = (size_t)(r->T * sc->kv_heads * sc->head_dim) * 4;
-  r->out_bytes = (size_t)(r->T * Hq * sc->head_dim) * isz(sc->out_dtype);
+  r->out_bytes = (size_t)(r->T * Hq * sc->head_dim) * (size_t)kvp_test_dtype_size(sc->out_dtype);
   r->q = malloc(r->q_bytes + 1);
   r->k = malloc(r->kv_bytes + 1);
   r->v = malloc(r->kv_bytes + 1);
@@ -193,9 +185,9 @@ static void run_cpu(const scenario *sc, side *cpu, const kvp_metadata *md, run *
 
 /* Device copies of the step's inputs and an output pre-filled with NaN patterns. */
 static void upload_run(side *gpu, const run *r) {
-  gpu->q = to_device(r->q, r->q_bytes + 1);
-  gpu->k = to_device(r->k, r->kv_bytes + 1);
-  gpu->v = to_device(r->v, r->kv_bytes + 1);
+  gpu->q = kvp_gpu_upload(r->q, r->q_bytes + 1);
+  gpu->k = kvp_gpu_upload(r->k, r->kv_bytes + 1);
+  gpu->v = kvp_gpu_upload(r->v, r->kv_bytes + 1);
   CUDA_OK(cudaMalloc(&gpu->out, r->out_bytes + 1));
   CUDA_OK(cudaMemset(gpu->out, 0xFF, r->out_bytes + 1));
 }
@@ -226,12 +218,6 @@ static void free_run(side *gpu, run *r) {
   CUDA_OK(cudaFree(gpu->k));
   CUDA_OK(cudaFree(gpu->v));
   CUDA_OK(cudaFree(gpu->out));
-}
-
-static kvp_status async_error_of(const kvp_cache *c) {
-  kvp_status st = KVP_ERR_INTERNAL;
-  assert_kvp_ok(kvp_cache_get_async_error(c, &st));
-  return st;
 }
 
 /* One scenario on a CPU and a CUDA cache: the same context written to both, the step's inputs on
@@ -277,7 +263,7 @@ static void check_scenario(const scenario *sc, int device_md, uint64_t seed) {
   pair_open(&p, sc, seed);
   assert_kvp_ok(attend_gpu(sc, &p.gpu, device_md ? p.dmd.md : p.md, &p.r, NULL));
   expect_pair_equal(sc, &p, device_md ? "device metadata" : "host metadata");
-  assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
+  assert_int_equal(kvp_test_async_error(p.gpu.cache), KVP_OK);
   pair_close(&p);
 }
 
@@ -406,7 +392,7 @@ static void test_cuda_attention__bad_device_metadata_is_reported(void **state) {
   kvp_tensor o = kvp_test_tensor(p.gpu.out, sc.out_dtype, p.r.T, Hq, sc.head_dim, KVP_DEVICE_CUDA);
   assert_kvp_ok(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL));
   download_out(&p.gpu, &p.r);
-  assert_int_equal(async_error_of(p.gpu.cache), KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kvp_test_async_error(p.gpu.cache), KVP_ERR_INVALID_ARGUMENT);
   if (strstr(kvp_last_error_message(), "kvp_attention") == NULL ||
       strstr(kvp_last_error_message(), "page id 100000 at entry 0 ") == NULL)
     fail_msg("message: %s", kvp_last_error_message());
@@ -416,7 +402,7 @@ static void test_cuda_attention__bad_device_metadata_is_reported(void **state) {
   const int32_t good = 1;
   kvp_gpu_upload_i32(d.pages_tables, &good, 1);
   assert_kvp_ok(kvp_attention(p.gpu.cache, 0, &q, NULL, NULL, p.dmd.md, &sc.opts, &o, NULL));
-  assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
+  assert_int_equal(kvp_test_async_error(p.gpu.cache), KVP_OK);
   pair_close(&p);
 }
 
@@ -450,7 +436,7 @@ static void test_cuda_attention__device_metadata_without_arrays_is_refused(void 
   }
   download_out(&p.gpu, &p.r);
   for (size_t b = 0; b < p.r.out_bytes; ++b) assert_int_equal(((unsigned char *)p.r.out_gpu)[b], 0xFF);
-  assert_int_equal(async_error_of(p.gpu.cache), KVP_OK);
+  assert_int_equal(kvp_test_async_error(p.gpu.cache), KVP_OK);
   pair_close(&p);
 }
 

@@ -52,14 +52,6 @@ static void expect_same_layer(const kvp_cache *cpu, const kvp_cache *gpu, size_t
   free(want);
 }
 
-/* The cache's asynchronous error status (KVP_OK when none is recorded). */
-static kvp_status async_error_of(const kvp_cache *c) {
-  kvp_status st = KVP_ERR_INTERNAL;
-  assert_kvp_ok(kvp_cache_get_async_error(c, &st));
-  return st;
-}
-
-static uint32_t dtype_size(kvp_dtype d) { return kvp_dtype_bits(d) / 8; }
 
 /* A random element of an input dtype: mostly ordinary values over a wide range of magnitudes
  * (rounding, subnormals and overflow of the narrow formats), sometimes arbitrary bit patterns
@@ -133,7 +125,7 @@ static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dty
       sd = 1; sh = D; st = H * D; n = T * st; break;
   }
   if (n < 1) n = 1;
-  const uint32_t isz = dtype_size(dt);
+  const uint32_t isz = (uint32_t)kvp_test_dtype_size(dt);
   tp->bytes = (size_t)n * isz;
   tp->host_buf = malloc(tp->bytes);
   assert_non_null(tp->host_buf);
@@ -142,7 +134,7 @@ static void make_input(tensor_pair *tp, int64_t T, int64_t H, int64_t D, kvp_dty
 }
 
 static void refill_input(tensor_pair *tp, uint64_t *rng) {
-  const uint32_t isz = dtype_size(tp->host.dtype);
+  const uint32_t isz = (uint32_t)kvp_test_dtype_size(tp->host.dtype);
   for (size_t i = 0; i < tp->bytes / isz; ++i) random_element((uint8_t *)tp->host_buf + i * isz, tp->host.dtype, rng);
   CUDA_OK(cudaMemcpy(tp->dev_buf, tp->host_buf, tp->bytes, cudaMemcpyHostToDevice));
 }
@@ -216,7 +208,7 @@ static void expect_both_metadata_paths(kvp_cache *cpu, kvp_cache *gpu, const ten
   expect_layer(gpu, 0, want, n, label);
   snprintf(label, sizeof label, "%s, device metadata", what);
   expect_layer(gpu, 1, want, n, label);
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   free(want);
   kvp_gpu_metadata_free(&dmd);
 }
@@ -326,7 +318,7 @@ static void test_cuda_concatenate__v2_long_slices_match_cpu(void **state) {
  * intrinsics). */
 static void conversion_case(kvp_dtype in, kvp_dtype cdt, const void *patterns, int64_t count) {
   const int64_t D = 256, S = 16;
-  const uint32_t isz = dtype_size(in);
+  const uint32_t isz = (uint32_t)kvp_test_dtype_size(in);
   const int64_t T = count / D;
   kvp_config cfg = kvp_test_config(2, 1, D, S, T / S + 1, cdt, KVP_LAYOUT_V2);
   kvp_cache *cpu = kvp_test_cache_on(&cfg, KVP_DEVICE_CPU, 0);
@@ -651,7 +643,7 @@ static void test_cuda_concatenate__layer_copies_refused_while_capturing(void **s
   run_graph_once(graph, s);
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   expect_same_layer(cpu, gpu, n, "replay of a capture in which layer copies were refused");
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   free(buf);
   free(junk);
   free(before);
@@ -748,7 +740,7 @@ static void test_cuda_concatenate__graph_arena_exhausted(void **state) {
   assert_kvp_ok(kvp_concatenate(cpu, 0, &ka.host, &va.host, mdc, NULL));
   expect_same_layer(cpu, gpu, n, "small batch captured after the arena ran out");
 
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   CUDA_OK(cudaStreamDestroy(s));
   free_input(&ka);
   free_input(&va);
@@ -872,7 +864,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
 
   char value_text[32];
   snprintf(value_text, sizeof value_text, "%d", (int)bad_value);
-  assert_int_equal(async_error_of(gpu), KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_ERR_INVALID_ARGUMENT);
   if (strstr(kvp_last_error_message(), value_text) == NULL ||
       strstr(kvp_last_error_message(), layout == KVP_LAYOUT_V3 ? "page id" : "slot") == NULL)
     fail_msg("async error message '%s' does not name %s", kvp_last_error_message(), value_text);
@@ -881,7 +873,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   uint8_t *got = (uint8_t *)malloc(n);
   assert_kvp_status(kvp_cache_read_layer(gpu, 0, got, n, NULL), KVP_ERR_DEVICE_LOST, "clear");
   assert_kvp_ok(kvp_cache_clear_async_error(gpu));
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   assert_kvp_ok(kvp_cache_read_layer(gpu, 0, got, n, NULL));
   report_first_difference(got, want, n, layout == KVP_LAYOUT_V3 ? "v3 bad page id" : "v2 bad slot");
 
@@ -895,7 +887,7 @@ static void run_bad_device_metadata(kvp_layout layout, uint64_t seed) {
   want = read_layer(cpu, 0);
   assert_kvp_ok(kvp_cache_read_layer(gpu, 0, got, n, NULL));
   report_first_difference(got, want, n, "after clearing the async error");
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
 
   free(got);
   free(want);
@@ -967,7 +959,7 @@ static void test_cuda_concatenate__device_page_index_beyond_table(void **state) 
   }
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
   CUDA_OK(cudaDeviceSynchronize());
-  assert_int_equal(async_error_of(gpu), KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_ERR_INVALID_ARGUMENT);
   char width[48];
   snprintf(width, sizeof width, "have %lld pages per request", (long long)d.pages_per_req);
   if (strstr(kvp_last_error_message(), width) == NULL)
@@ -1133,7 +1125,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
 
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL)); /* enqueued: checked on the device */
   CUDA_OK(cudaDeviceSynchronize());
-  assert_int_equal(async_error_of(gpu), KVP_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_ERR_INVALID_ARGUMENT);
   if (strstr(kvp_last_error_message(), frag) == NULL)
     fail_msg("case %d: async error message '%s' lacks '%s'", (int)kind, kvp_last_error_message(), frag);
   assert_kvp_ok(kvp_cache_clear_async_error(gpu));
@@ -1148,7 +1140,7 @@ static void run_device_check(bad_kind kind, uint64_t seed) {
   assert_kvp_ok(kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL));
   assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
   expect_same_layer(cpu, gpu, n, "valid batch after clearing");
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
 
   free(want);
   free(arr);
@@ -1219,7 +1211,7 @@ static void test_cuda_concatenate__stream_handles(void **state) {
     free_input(&v);
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   CUDA_OK(cudaStreamDestroy(blocking));
   CUDA_OK(cudaStreamDestroy(non_blocking));
   free(before);
@@ -1299,7 +1291,7 @@ static void fuzz_device_metadata(kvp_layout layout, uint64_t seed, int rounds) {
     const kvp_status host = kvp_concatenate(cpu, 0, &k.host, &v.host, md, NULL);
     assert_kvp_ok(kvp_concatenate(gpu, 0, &k.dev, &v.dev, dmd.md, NULL));
     CUDA_OK(cudaDeviceSynchronize());
-    const kvp_status async = async_error_of(gpu);
+    const kvp_status async = kvp_test_async_error(gpu);
     char what[96];
     snprintf(what, sizeof what, "%s device metadata fuzz, round %d (%d corruptions)",
              layout == KVP_LAYOUT_V2 ? "v2" : "v3", round, muts);
@@ -1385,7 +1377,7 @@ static void test_cuda_concatenate__host_errors_change_nothing(void **state) {
   assert_int_equal(dev_before, dev_after);
   uint8_t *got = read_layer(gpu, 0);
   assert_memory_equal(got, before, n);
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   free(got);
   free(pt);
   free(before);
@@ -1455,7 +1447,7 @@ static void test_cuda_concatenate__cache_on_second_device(void **state) {
 #endif
   assert_int_equal(kvp_gpu_current_device(), 0);
   CUDA_OK(cudaGetLastError());
-  assert_int_equal(async_error_of(gpu), KVP_OK);
+  assert_int_equal(kvp_test_async_error(gpu), KVP_OK);
   expect_layer(gpu, 0, before, n, "after the refused calls");
 
   /* Host metadata on device 1's stream into layer 0, device metadata on NULL (device 1's legacy

@@ -10,15 +10,20 @@ int kvp_gpu_current_device(void) {
   return d;
 }
 
+void *kvp_gpu_upload(const void *host, size_t bytes) {
+  void *d = NULL;
+  CUDA_OK(cudaMalloc(&d, bytes));
+  CUDA_OK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+
 void kvp_gpu_upload_i32(const int32_t *dev, const int32_t *src, int64_t len) {
   CUDA_OK(cudaMemcpy((void *)dev, src, (size_t)len * 4, cudaMemcpyHostToDevice));
 }
 
 static const int32_t *to_device(kvp_gpu_metadata *d, const int32_t *host, int64_t len) {
   if (host == NULL || len <= 0) return NULL;
-  void *p = NULL;
-  CUDA_OK(cudaMalloc(&p, (size_t)len * 4));
-  kvp_gpu_upload_i32((const int32_t *)p, host, len);
+  void *p = kvp_gpu_upload(host, (size_t)len * 4);
   d->bufs[d->nbufs++] = p;
   return (const int32_t *)p;
 }

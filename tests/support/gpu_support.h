@@ -12,6 +12,9 @@
 /* The calling thread's current CUDA device. */
 int kvp_gpu_current_device(void);
 
+/* A new device buffer (cudaMalloc) holding a copy of `bytes` host bytes. */
+void *kvp_gpu_upload(const void *host, size_t bytes);
+
 /* Copies len int32 values from host `src` over the device array `dev`. */
 void kvp_gpu_upload_i32(const int32_t *dev, const int32_t *src, int64_t len);
 

@@ -1,7 +1,9 @@
 #include "support.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void *KVP_CALL test_alloc_fn(void *ud, size_t size, size_t align) {
   kvp_test_alloc_state *st = (kvp_test_alloc_state *)ud;
@@ -159,7 +161,7 @@ kvp_test_geom kvp_test_geom_of(kvp_layout layout, kvp_dtype dtype, int64_t H, in
   g.D = D;
   g.S = S;
   g.P = P;
-  g.isz = dtype == KVP_DTYPE_F32 ? 4 : (dtype == KVP_DTYPE_F16 || dtype == KVP_DTYPE_BF16) ? 2 : 1;
+  g.isz = kvp_test_dtype_size(dtype);
   g.pack = 4 / g.isz;
   if (!g.v3) {
     g.C = 2 * H;
@@ -179,4 +181,76 @@ int64_t kvp_test_token_bytes(const kvp_test_geom *g) { return g->C * g->Dst * g-
 int64_t kvp_test_elem_off(const kvp_test_geom *g, int64_t slot, int64_t h, int kv, int64_t d) {
   if (g->h64) return ((slot * g->C + h) * 128 + kv * 64 + d) * g->isz;
   return ((slot * g->C + 2 * h + kv) * g->Dst + d) * g->isz;
+}
+
+kvp_test_fmt kvp_test_fmt_of(kvp_dtype d) {
+  kvp_test_fmt f = {8, 23, 0};
+  if (d == KVP_DTYPE_F16) f.E = 5, f.M = 10;
+  if (d == KVP_DTYPE_BF16) f.E = 8, f.M = 7;
+  if (d == KVP_DTYPE_F8_E4M3FN) f.E = 4, f.M = 3, f.fn = 1;
+  if (d == KVP_DTYPE_F8_E5M2) f.E = 5, f.M = 2;
+  return f;
+}
+
+int kvp_test_dtype_size(kvp_dtype d) { return d == KVP_DTYPE_F32 ? 4 : (d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16) ? 2 : 1; }
+
+double kvp_test_decode(uint32_t c, kvp_dtype dt) {
+  const kvp_test_fmt f = kvp_test_fmt_of(dt);
+  const int bias = (1 << (f.E - 1)) - 1;
+  const uint32_t emax = (1u << f.E) - 1u, mmax = (1u << f.M) - 1u;
+  const uint32_t sign = (c >> (f.E + f.M)) & 1u, e = (c >> f.M) & emax, m = c & mmax;
+  double v;
+  if (dt == KVP_DTYPE_F32) {
+    float x;
+    memcpy(&x, &c, 4);
+    return (double)x;
+  }
+  if (f.fn ? (e == emax && m == mmax) : (e == emax && m != 0)) return copysign(NAN, sign ? -1.0 : 1.0);
+  if (!f.fn && e == emax) return sign ? -INFINITY : INFINITY;
+  v = e == 0 ? ldexp((double)m, 1 - bias - f.M) : ldexp((double)((1u << f.M) + m), (int)e - bias - f.M);
+  return sign ? -v : v;
+}
+
+uint32_t kvp_test_encode(double x, kvp_dtype dt) {
+  const kvp_test_fmt f = kvp_test_fmt_of(dt);
+  const int bias = (1 << (f.E - 1)) - 1, emin = 1 - bias;
+  const uint32_t sbit = (signbit(x) ? 1u : 0u) << (f.E + f.M);
+  const uint32_t over = f.fn ? ((1u << (f.E + f.M)) - 1u) : (((1u << f.E) - 1u) << f.M); /* e4m3fn: NaN */
+  const double maxv = f.fn ? (2.0 - ldexp(1.0, 1 - f.M)) * ldexp(1.0, (1 << f.E) - 1 - bias)
+                           : (2.0 - ldexp(1.0, -f.M)) * ldexp(1.0, (1 << f.E) - 2 - bias);
+  double a = fabs(x), q, r;
+  int e;
+  if (dt == KVP_DTYPE_F32) {
+    const float y = (float)x;
+    uint32_t u;
+    memcpy(&u, &y, 4);
+    return u;
+  }
+  if (isnan(x)) return sbit | (f.fn ? over : (over | (1u << (f.M - 1))));
+  if (isinf(x)) return sbit | over;
+  if (a == 0.0) return sbit;
+  (void)frexp(a, &e);
+  e -= 1; /* a in [2^e, 2^(e+1)) */
+  if (e < emin) e = emin;
+  q = ldexp(1.0, e - f.M);
+  r = rint(a / q) * q;
+  if (r > maxv) return sbit | over;
+  if (r < ldexp(1.0, emin)) return sbit | (uint32_t)(r / ldexp(1.0, emin - f.M));
+  (void)frexp(r, &e);
+  e -= 1;
+  return sbit | ((uint32_t)(e + bias) << f.M) | ((uint32_t)(r / ldexp(1.0, e - f.M)) - (1u << f.M));
+}
+
+uint32_t kvp_test_load_code(const unsigned char *p, int size) {
+  uint32_t c = 0;
+  memcpy(&c, p, (size_t)size);
+  return c;
+}
+
+void kvp_test_store_code(unsigned char *p, int size, uint32_t c) { memcpy(p, &c, (size_t)size); }
+
+kvp_status kvp_test_async_error(const kvp_cache *c) {
+  kvp_status st = KVP_ERR_INTERNAL;
+  assert_kvp_ok(kvp_cache_get_async_error(c, &st));
+  return st;
 }

@@ -55,6 +55,27 @@ kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, i
 kvp_config kvp_test_config_len(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                                int64_t num_pages, kvp_dtype dtype, kvp_layout layout, int64_t max_len);
 
+/* The cache's asynchronous error status (KVP_OK when none is recorded); fails the test if it
+ * cannot be read. */
+kvp_status kvp_test_async_error(const kvp_cache *cache);
+
+/* Element codes of the input and storage dtypes, computed independently of the library (double
+ * arithmetic): exponent bits E, mantissa bits M, fn = finite only (e4m3fn: no infinity, one NaN). */
+typedef struct kvp_test_fmt {
+  int E, M, fn;
+} kvp_test_fmt;
+kvp_test_fmt kvp_test_fmt_of(kvp_dtype dtype);
+/* Bytes per element. */
+int kvp_test_dtype_size(kvp_dtype dtype);
+/* The value of a code; NaN codes give a NaN of the code's sign. */
+double kvp_test_decode(uint32_t code, kvp_dtype dtype);
+/* The code of x, rounded to nearest even without saturation (overflow: infinity, e4m3fn: NaN); a
+ * NaN gives the dtype's quiet NaN with x's sign. f32: the code of (float)x. */
+uint32_t kvp_test_encode(double x, kvp_dtype dtype);
+/* A code of `size` bytes at p (little-endian host), and its store. */
+uint32_t kvp_test_load_code(const unsigned char *p, int size);
+void kvp_test_store_code(unsigned char *p, int size, uint32_t code);
+
 /* A layer's byte geometry computed from the SPEC formulas, independently of the library: v3 or
  * v2, the head_dim-64 packing, KV heads H, head dim D, page size S, pages P, the pack factor,
  * combined heads per slot C, stored lanes per head Dst, bytes per element isz. */

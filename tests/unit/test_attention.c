@@ -143,80 +143,10 @@ static const double kE2Out[4 * 4 * 4] = {
 /* ============================================================================================ */
 
 /* ------------------------------------------------------------------------------------------ */
-/* Element codes: an independent copy (double arithmetic, round to nearest even, no saturation). */
-
-typedef struct fmt {
-  int E, M, fn; /* exponent bits, mantissa bits, finite only (e4m3fn) */
-} fmt;
-
-static int dsize(kvp_dtype d) { return d == KVP_DTYPE_F32 ? 4 : (d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16) ? 2 : 1; }
-
-static fmt fmt_of(kvp_dtype d) {
-  fmt f = {8, 23, 0};
-  if (d == KVP_DTYPE_F16) { f.E = 5; f.M = 10; }
-  if (d == KVP_DTYPE_BF16) { f.E = 8; f.M = 7; }
-  if (d == KVP_DTYPE_F8_E4M3FN) { f.E = 4; f.M = 3; f.fn = 1; }
-  if (d == KVP_DTYPE_F8_E5M2) { f.E = 5; f.M = 2; }
-  return f;
-}
-
-static double dec_code(uint32_t c, kvp_dtype dt) {
-  const fmt f = fmt_of(dt);
-  const int bias = (1 << (f.E - 1)) - 1;
-  const uint32_t emax = (1u << f.E) - 1u, mmax = (1u << f.M) - 1u;
-  const uint32_t sign = (c >> (f.E + f.M)) & 1u, e = (c >> f.M) & emax, m = c & mmax;
-  double v;
-  if (dt == KVP_DTYPE_F32) {
-    float x;
-    memcpy(&x, &c, 4);
-    return (double)x;
-  }
-  if (f.fn ? (e == emax && m == mmax) : (e == emax && m != 0)) return NAN;
-  if (!f.fn && e == emax) return sign ? -INFINITY : INFINITY;
-  v = e == 0 ? ldexp((double)m, 1 - bias - f.M) : ldexp((double)((1u << f.M) + m), (int)e - bias - f.M);
-  return sign ? -v : v;
-}
-
-static uint32_t enc_code(double x, kvp_dtype dt) {
-  const fmt f = fmt_of(dt);
-  const int bias = (1 << (f.E - 1)) - 1, emin = 1 - bias;
-  const uint32_t sbit = (signbit(x) ? 1u : 0u) << (f.E + f.M);
-  const uint32_t over = f.fn ? ((1u << (f.E + f.M)) - 1u) : (((1u << f.E) - 1u) << f.M); /* e4m3fn: NaN */
-  const double maxv = f.fn ? (2.0 - ldexp(1.0, 1 - f.M)) * ldexp(1.0, (1 << f.E) - 1 - bias)
-                           : (2.0 - ldexp(1.0, -f.M)) * ldexp(1.0, (1 << f.E) - 2 - bias);
-  double a = fabs(x), q, r;
-  int e;
-  if (dt == KVP_DTYPE_F32) {
-    const float y = (float)x;
-    uint32_t u;
-    memcpy(&u, &y, 4);
-    return u;
-  }
-  if (isnan(x)) return sbit | (f.fn ? over : (over | (1u << (f.M - 1))));
-  if (isinf(x)) return sbit | over;
-  if (a == 0.0) return sbit;
-  (void)frexp(a, &e);
-  e -= 1; /* a in [2^e, 2^(e+1)) */
-  if (e < emin) e = emin;
-  q = ldexp(1.0, e - f.M);
-  r = rint(a / q) * q;
-  if (r > maxv) return sbit | over;
-  if (r < ldexp(1.0, emin)) return sbit | (uint32_t)(r / ldexp(1.0, emin - f.M));
-  (void)frexp(r, &e);
-  e -= 1;
-  return sbit | ((uint32_t)(e + bias) << f.M) | ((uint32_t)(r / ldexp(1.0, e - f.M)) - (1u << f.M));
-}
+/* Element codes: tests/support (kvp_test_decode / kvp_test_encode, independent of the library). */
 
 /* The value a cache of dtype dt stores for the value x (exactly representable in f32). */
-static double round_to(double x, kvp_dtype dt) { return dec_code(enc_code(x, dt), dt); }
-
-static uint32_t load_code(const unsigned char *p, int size) {
-  uint32_t c = 0;
-  memcpy(&c, p, (size_t)size); /* little-endian host */
-  return c;
-}
-
-static void store_code(unsigned char *p, int size, uint32_t c) { memcpy(p, &c, (size_t)size); }
+static double round_to(double x, kvp_dtype dt) { return kvp_test_decode(kvp_test_encode(x, dt), dt); }
 
 /* Uniform in [-a, a). */
 static double rnd_sym(uint64_t *rng, double a) {
@@ -259,7 +189,7 @@ static void tens_make(tens *x, kvp_dtype dt, int64_t T, int64_t H, int64_t D, in
     default: sd = 1; sh = D; st = H * D; break;
   }
   n = (T > 0 ? (T - 1) * st : 0) + (H - 1) * sh + (D - 1) * sd + 1;
-  x->bytes = (size_t)n * (size_t)dsize(dt);
+  x->bytes = (size_t)n * (size_t)kvp_test_dtype_size(dt);
   x->buf = (unsigned char *)test_malloc(x->bytes);
   memset(x->buf, fill, x->bytes);
   x->t = kvp_test_tensor_strided(x->buf, dt, T, H, D, st, sh, sd, KVP_DEVICE_CPU);
@@ -271,15 +201,15 @@ static void tens_free(tens *x) {
 }
 
 static unsigned char *tens_at(const tens *x, int64_t t, int64_t h, int64_t d) {
-  return x->buf + (t * x->t.strides[0] + h * x->t.strides[1] + d * x->t.strides[2]) * dsize(x->t.dtype);
+  return x->buf + (t * x->t.strides[0] + h * x->t.strides[1] + d * x->t.strides[2]) * kvp_test_dtype_size(x->t.dtype);
 }
 
 static double tens_get(const tens *x, int64_t t, int64_t h, int64_t d) {
-  return dec_code(load_code(tens_at(x, t, h, d), dsize(x->t.dtype)), x->t.dtype);
+  return kvp_test_decode(kvp_test_load_code(tens_at(x, t, h, d), kvp_test_dtype_size(x->t.dtype)), x->t.dtype);
 }
 
 static void tens_set(tens *x, int64_t t, int64_t h, int64_t d, double v) {
-  store_code(tens_at(x, t, h, d), dsize(x->t.dtype), enc_code(v, x->t.dtype));
+  kvp_test_store_code(tens_at(x, t, h, d), kvp_test_dtype_size(x->t.dtype), kvp_test_encode(v, x->t.dtype));
 }
 
 static void tens_random(tens *x, uint64_t *rng, double amp) {
@@ -318,7 +248,7 @@ static double *tens_dense(const tens *x) {
 /* The bytes between the elements of a strided output must keep their initial value. */
 static void tens_assert_gaps(const tens *x, const unsigned char *initial) {
   unsigned char *is_elem = (unsigned char *)test_calloc(x->bytes, 1);
-  const int sz = dsize(x->t.dtype);
+  const int sz = kvp_test_dtype_size(x->t.dtype);
   int64_t t, h, d;
   size_t b;
   for (t = 0; t < x->t.shape[0]; ++t)
@@ -340,8 +270,8 @@ static void shadow_token(unsigned char *img, const kvp_test_geom *g, kvp_dtype d
   memset(img + slot * kvp_test_token_bytes(g), 0, (size_t)kvp_test_token_bytes(g));
   for (h = 0; h < g->H; ++h)
     for (d = 0; d < g->D; ++d) {
-      store_code(img + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, enc_code(k[h * g->D + d], dt));
-      store_code(img + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, enc_code(v[h * g->D + d], dt));
+      kvp_test_store_code(img + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, kvp_test_encode(k[h * g->D + d], dt));
+      kvp_test_store_code(img + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, kvp_test_encode(v[h * g->D + d], dt));
     }
 }
 
@@ -395,15 +325,15 @@ static kvp_tensor fx_view(const fx *f, kvp_view_kind kind) {
 
 static unsigned char *view_at(const kvp_tensor *v, int64_t p, int64_t s, int64_t h, int64_t d) {
   return (unsigned char *)v->data +
-         (p * v->strides[0] + s * v->strides[1] + h * v->strides[2] + d * v->strides[3]) * dsize(v->dtype);
+         (p * v->strides[0] + s * v->strides[1] + h * v->strides[2] + d * v->strides[3]) * kvp_test_dtype_size(v->dtype);
 }
 
 static double view_get(const kvp_tensor *v, int64_t p, int64_t s, int64_t h, int64_t d) {
-  return dec_code(load_code(view_at(v, p, s, h, d), dsize(v->dtype)), v->dtype);
+  return kvp_test_decode(kvp_test_load_code(view_at(v, p, s, h, d), kvp_test_dtype_size(v->dtype)), v->dtype);
 }
 
 static void view_set(const kvp_tensor *v, int64_t p, int64_t s, int64_t h, int64_t d, double x) {
-  store_code(view_at(v, p, s, h, d), dsize(v->dtype), enc_code(x, v->dtype));
+  kvp_test_store_code(view_at(v, p, s, h, d), kvp_test_dtype_size(v->dtype), kvp_test_encode(x, v->dtype));
 }
 
 /* Fails unless the two images of layer 1 differ only in the flat slots marked in `allowed`. */
@@ -1491,13 +1421,13 @@ static void read_every_code(kvp_dtype dt, int64_t chunk) {
   kvp_tensor vv, kv;
   assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_VALUES, &vv));
   assert_kvp_ok(kvp_cache_get_view(c, 1, KVP_VIEW_KEYS, &kv));
-  const int size = dsize(dt);
+  const int size = kvp_test_dtype_size(dt);
   int32_t pages[PAGES], order[1];
   for (int64_t p = 0; p < L; ++p) {
     pages[p / S] = (int32_t)(1 + p / S);
     for (int64_t d = 0; d < D; ++d) {
-      store_code(view_at(&vv, 1 + p / S, p % S, 0, d), size, (uint32_t)(p * D + d) & (size == 2 ? 0xFFFFu : 0xFFu));
-      store_code(view_at(&kv, 1 + p / S, p % S, 0, d), size, 0);
+      kvp_test_store_code(view_at(&vv, 1 + p / S, p % S, 0, d), size, (uint32_t)(p * D + d) & (size == 2 ? 0xFFFFu : 0xFFu));
+      kvp_test_store_code(view_at(&kv, 1 + p / S, p % S, 0, d), size, 0);
     }
   }
   float *q = (float *)calloc((size_t)chunk * D, sizeof(float)), *out = (float *)calloc((size_t)chunk * D, sizeof(float));
@@ -1516,7 +1446,7 @@ static void read_every_code(kvp_dtype dt, int64_t chunk) {
         const double want = view_get(&vv, 1 + p / S, p % S, 0, d), got = out[t * D + d];
         if (!(got == want || (isnan(got) && isnan(want))))
           fail_msg("%s code 0x%x: %.9g, expected %.9g", kvp_dtype_name(dt),
-                   (unsigned)load_code(view_at(&vv, 1 + p / S, p % S, 0, d), size), got, want);
+                   (unsigned)kvp_test_load_code(view_at(&vv, 1 + p / S, p % S, 0, d), size), got, want);
       }
     assert_kvp_ok(kvp_metadata_destroy(md));
   }

@@ -12,72 +12,16 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Independent reference conversions (double arithmetic, not bit tricks).                      */
 
-typedef struct fmt {
-  int E, M, fn; /* exponent bits, mantissa bits, "finite only" (e4m3fn) */
-} fmt;
-
-static fmt fmt_of(kvp_dtype d) {
-  fmt f = {8, 23, 0};
-  if (d == KVP_DTYPE_F16) { f.E = 5; f.M = 10; }
-  if (d == KVP_DTYPE_BF16) { f.E = 8; f.M = 7; }
-  if (d == KVP_DTYPE_F8_E4M3FN) { f.E = 4; f.M = 3; f.fn = 1; }
-  if (d == KVP_DTYPE_F8_E5M2) { f.E = 5; f.M = 2; }
-  return f;
-}
-
-static int dsize(kvp_dtype d) { return d == KVP_DTYPE_F32 ? 4 : (d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16) ? 2 : 1; }
-
-static double fmt_max(fmt f) {
+static double fmt_max(kvp_test_fmt f) {
   const int bias = (1 << (f.E - 1)) - 1;
   if (f.fn) return (2.0 - ldexp(1.0, 1 - f.M)) * ldexp(1.0, ((1 << f.E) - 1) - bias);
   return (2.0 - ldexp(1.0, -f.M)) * ldexp(1.0, ((1 << f.E) - 2) - bias);
 }
 
-static uint32_t overflow_code(fmt f, uint32_t sign) {
+static uint32_t overflow_code(kvp_test_fmt f, uint32_t sign) {
   const uint32_t s = sign << (f.E + f.M);
   if (f.fn) return s | ((1u << (f.E + f.M)) - 1u);
   return s | (((1u << f.E) - 1u) << f.M);
-}
-
-/* Value of a code (NaN codes give a NaN of the same sign). */
-static double ref_decode(uint32_t c, fmt f) {
-  const int bias = (1 << (f.E - 1)) - 1;
-  const uint32_t sign = (c >> (f.E + f.M)) & 1u;
-  const uint32_t e = (c >> f.M) & ((1u << f.E) - 1u);
-  const uint32_t m = c & ((1u << f.M) - 1u);
-  double v;
-  if (f.fn) {
-    if (e == (1u << f.E) - 1u && m == (1u << f.M) - 1u) return copysign(NAN, sign ? -1.0 : 1.0);
-  } else if (e == (1u << f.E) - 1u) {
-    if (m != 0) return copysign(NAN, sign ? -1.0 : 1.0);
-    return sign ? -INFINITY : INFINITY;
-  }
-  if (e == 0)
-    v = ldexp((double)m, 1 - bias - f.M);
-  else
-    v = ldexp((double)((1u << f.M) + m), (int)e - bias - f.M);
-  return sign ? -v : v;
-}
-
-/* Round-to-nearest-even encode of a non-NaN double that is exactly an f32 value. */
-static uint32_t ref_encode(double x, fmt f) {
-  const int bias = (1 << (f.E - 1)) - 1, emin = 1 - bias;
-  const uint32_t sign = signbit(x) ? 1u : 0u;
-  double a = fabs(x), q, r;
-  int e;
-  if (isinf(a)) return overflow_code(f, sign);
-  if (a == 0.0) return sign << (f.E + f.M);
-  (void)frexp(a, &e);
-  e -= 1; /* a in [2^e, 2^(e+1)) */
-  if (e < emin) e = emin;
-  q = ldexp(1.0, e - f.M);
-  r = rint(a / q) * q;
-  if (r > fmt_max(f)) return overflow_code(f, sign);
-  if (r < ldexp(1.0, emin)) return (sign << (f.E + f.M)) | (uint32_t)(r / ldexp(1.0, emin - f.M));
-  (void)frexp(r, &e);
-  e -= 1;
-  return (sign << (f.E + f.M)) | ((uint32_t)(e + bias) << f.M) |
-         ((uint32_t)(r / ldexp(1.0, e - f.M)) - (1u << f.M));
 }
 
 static uint32_t f32_bits(float f) {
@@ -96,18 +40,11 @@ static float bits_f32(uint32_t u) {
 static uint32_t ref_convert(uint32_t code, kvp_dtype sd, kvp_dtype dd) {
   double v;
   if (sd == dd) return code;
-  v = sd == KVP_DTYPE_F32 ? (double)bits_f32(code) : ref_decode(code, fmt_of(sd));
+  v = sd == KVP_DTYPE_F32 ? (double)bits_f32(code) : kvp_test_decode(code, sd);
   if (dd == KVP_DTYPE_F32) return f32_bits((float)v);
-  return ref_encode(v, fmt_of(dd));
+  return kvp_test_encode(v, dd);
 }
 
-static uint32_t load_code(const unsigned char *p, int size) {
-  uint32_t c = 0;
-  memcpy(&c, p, (size_t)size); /* little endian host */
-  return c;
-}
-
-static void store_code(unsigned char *p, int size, uint32_t c) { memcpy(p, &c, (size_t)size); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Inputs (the cache geometry is kvp_test_geom: the SPEC formulas, independent of the library) */
@@ -130,7 +67,7 @@ static float rand_f32(uint64_t *rng) {
 /* Fills a [T, H, D] input of dtype dt with one of several stride patterns. */
 static void make_input(input *in, kvp_dtype dt, int64_t T, int64_t H, int64_t D, int pattern, uint64_t *rng) {
   int64_t st, sh, sd, n, t, h, d;
-  const int sz = dsize(dt);
+  const int sz = kvp_test_dtype_size(dt);
   switch (pattern) {
     case 1: sd = 1; sh = D + 3; st = H * sh + 5; break;   /* padded rows */
     case 2: sd = 1; st = D; sh = T * D; break;             /* head-major */
@@ -141,23 +78,23 @@ static void make_input(input *in, kvp_dtype dt, int64_t T, int64_t H, int64_t D,
   if (pattern == 2) n = H * T * D;
   in->buf = (unsigned char *)malloc((size_t)(n > 0 ? n : 1) * (size_t)sz);
   assert_non_null(in->buf);
-  for (t = 0; t < n; ++t) store_code(in->buf + t * sz, sz, 0xA5A5A5A5u); /* garbage between elements */
+  for (t = 0; t < n; ++t) kvp_test_store_code(in->buf + t * sz, sz, 0xA5A5A5A5u); /* garbage between elements */
   for (t = 0; t < T; ++t)
     for (h = 0; h < H; ++h)
       for (d = 0; d < D; ++d) {
         float f = rand_f32(rng);
-        uint32_t c = dt == KVP_DTYPE_F32 ? f32_bits(f) : ref_encode((double)f, fmt_of(dt));
-        if (dt != KVP_DTYPE_F32 && (c & ((1u << (fmt_of(dt).E + fmt_of(dt).M)) - 1u)) >
-                                       (((1u << fmt_of(dt).E) - 1u) << fmt_of(dt).M))
+        uint32_t c = dt == KVP_DTYPE_F32 ? f32_bits(f) : kvp_test_encode((double)f, dt);
+        if (dt != KVP_DTYPE_F32 && (c & ((1u << (kvp_test_fmt_of(dt).E + kvp_test_fmt_of(dt).M)) - 1u)) >
+                                       (((1u << kvp_test_fmt_of(dt).E) - 1u) << kvp_test_fmt_of(dt).M))
           c = 0; /* keep NaN out of the random inputs (overflowed values become inf, not NaN) */
-        store_code(in->buf + (t * st + h * sh + d * sd) * sz, sz, c);
+        kvp_test_store_code(in->buf + (t * st + h * sh + d * sd) * sz, sz, c);
       }
   in->t = kvp_test_tensor_strided(in->buf, dt, T, H, D, st, sh, sd, KVP_DEVICE_CPU);
 }
 
 static uint32_t input_code(const input *in, int64_t t, int64_t h, int64_t d) {
-  const int sz = dsize(in->t.dtype);
-  return load_code(in->buf + (t * in->t.strides[0] + h * in->t.strides[1] + d * in->t.strides[2]) * sz, sz);
+  const int sz = kvp_test_dtype_size(in->t.dtype);
+  return kvp_test_load_code(in->buf + (t * in->t.strides[0] + h * in->t.strides[1] + d * in->t.strides[2]) * sz, sz);
 }
 
 /* Writes the expected full row of `slot` into `shadow`: zeros, then converted K and V. */
@@ -167,8 +104,8 @@ static void ref_write_token(unsigned char *shadow, const kvp_test_geom *g, kvp_d
   memset(shadow + slot * kvp_test_token_bytes(g), 0, (size_t)kvp_test_token_bytes(g));
   for (h = 0; h < g->H; ++h)
     for (d = 0; d < g->D; ++d) {
-      store_code(shadow + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, ref_convert(input_code(k, src, h, d), k->t.dtype, dd));
-      store_code(shadow + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, ref_convert(input_code(v, src, h, d), v->t.dtype, dd));
+      kvp_test_store_code(shadow + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, ref_convert(input_code(k, src, h, d), k->t.dtype, dd));
+      kvp_test_store_code(shadow + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, ref_convert(input_code(v, src, h, d), v->t.dtype, dd));
     }
 }
 
@@ -278,9 +215,9 @@ static void worked_batch(kvp_layout lay, kvp_dtype dt) {
           ik = (((pg * 4 + row) * 4 + h / 2) * 4 + 2 * (h % 2)) * 128 + d;
           iv = (((pg * 4 + row) * 4 + h / 2) * 4 + 2 * (h % 2) + 1) * 128 + d;
         }
-        assert_int_equal(load_code((unsigned char *)pages.data + ik * g.isz, (int)g.isz),
+        assert_int_equal(kvp_test_load_code((unsigned char *)pages.data + ik * g.isz, (int)g.isz),
                          ref_convert(input_code(&k, t, h, d), KVP_DTYPE_F32, dt));
-        assert_int_equal(load_code((unsigned char *)pages.data + iv * g.isz, (int)g.isz),
+        assert_int_equal(kvp_test_load_code((unsigned char *)pages.data + iv * g.isz, (int)g.isz),
                          ref_convert(input_code(&v, t, h, d), KVP_DTYPE_F32, dt));
       }
   }
@@ -396,7 +333,7 @@ static void random_batches(kvp_layout lay, int h64) {
         const kvp_dtype dd = kStorage[di];
         const int64_t H = kvp_test_rand_range(&rng, 1, 3);
         const int64_t D = h64 ? 64 : (rep == 0 ? 32 : rep == 1 ? 40 : 128);
-        const int64_t S = dsize(dd) == 1 ? 4 * kvp_test_rand_range(&rng, 1, 2) : 2 * kvp_test_rand_range(&rng, 1, 4);
+        const int64_t S = kvp_test_dtype_size(dd) == 1 ? 4 * kvp_test_rand_range(&rng, 1, 2) : 2 * kvp_test_rand_range(&rng, 1, 4);
         const kvp_dtype vd = rep == 2 ? kInputs[(si + 1) % 3] : kInputs[si]; /* key/value may differ */
         random_batch_case(lay, kInputs[si], vd, dd, H, D, S, &rng);
       }
@@ -639,7 +576,7 @@ static void lib_convert(const uint32_t *in, int64_t n, kvp_dtype sd, kvp_dtype d
   kvp_config cfg = kvp_test_config(1, 1, D, S, P, dd, KVP_LAYOUT_V2);
   kvp_cache *cache = NULL;
   kvp_tensor pages, kt, vt;
-  const int ssz = dsize(sd), dsz = dsize(dd);
+  const int ssz = kvp_test_dtype_size(sd), dsz = kvp_test_dtype_size(dd);
   int64_t done = 0;
   assert_kvp_ok(kvp_cache_create(&cfg, NULL, &cache));
   assert_kvp_ok(kvp_cache_get_view(cache, 0, KVP_VIEW_PAGES, &pages));
@@ -652,7 +589,7 @@ static void lib_convert(const uint32_t *in, int64_t n, kvp_dtype sd, kvp_dtype d
     const int64_t step = strided ? 2 : 1;
     if (T > slots) T = slots;
     buf = (unsigned char *)calloc((size_t)(2 * T * D * step), (size_t)ssz);
-    for (i = 0; i < 2 * T * D && done + i < n; ++i) store_code(buf + i * step * ssz, ssz, in[done + i]);
+    for (i = 0; i < 2 * T * D && done + i < n; ++i) kvp_test_store_code(buf + i * step * ssz, ssz, in[done + i]);
     kt = kvp_test_tensor_strided(buf, sd, T, 1, D, D * step, D * step, step, KVP_DEVICE_CPU);
     vt = kt;
     vt.data = buf + T * D * step * ssz;
@@ -665,8 +602,8 @@ static void lib_convert(const uint32_t *in, int64_t n, kvp_dtype sd, kvp_dtype d
     for (s = 0; s < T; ++s)
       for (i = 0; i < D; ++i) {
         const int64_t ik = s * D + i, iv = T * D + s * D + i;
-        if (done + ik < n) out[done + ik] = load_code((unsigned char *)pages.data + ((s * 2 + 0) * D + i) * dsz, dsz);
-        if (done + iv < n) out[done + iv] = load_code((unsigned char *)pages.data + ((s * 2 + 1) * D + i) * dsz, dsz);
+        if (done + ik < n) out[done + ik] = kvp_test_load_code((unsigned char *)pages.data + ((s * 2 + 0) * D + i) * dsz, dsz);
+        if (done + iv < n) out[done + iv] = kvp_test_load_code((unsigned char *)pages.data + ((s * 2 + 1) * D + i) * dsz, dsz);
       }
     done += 2 * T * D;
     free(buf);
@@ -676,10 +613,10 @@ static void lib_convert(const uint32_t *in, int64_t n, kvp_dtype sd, kvp_dtype d
 
 static int is_nan_code(uint32_t c, kvp_dtype d) {
   if (d == KVP_DTYPE_F32) return isnan(bits_f32(c));
-  return isnan(ref_decode(c, fmt_of(d)));
+  return isnan(kvp_test_decode(c, d));
 }
 
-static uint32_t sign_of(uint32_t c, kvp_dtype d) { return (c >> (dsize(d) * 8 - 1)) & 1u; }
+static uint32_t sign_of(uint32_t c, kvp_dtype d) { return (c >> (kvp_test_dtype_size(d) * 8 - 1)) & 1u; }
 
 /* Every 16-bit pattern of f16 / bf16 into every storage dtype. */
 static void all_16bit_patterns(kvp_dtype sd) {
@@ -705,7 +642,7 @@ static void all_16bit_patterns(kvp_dtype sd) {
       }
     }
   /* f32 -> back: decoded values re-encode to the same pattern (NaN: NaN) */
-  for (c = 0; c < 65536; ++c) in[c] = f32_bits((float)ref_decode(c, fmt_of(sd)));
+  for (c = 0; c < 65536; ++c) in[c] = f32_bits((float)kvp_test_decode(c, sd));
   lib_convert(in, 65536, KVP_DTYPE_F32, sd, 0, out);
   for (c = 0; c < 65536; ++c) {
     if (is_nan_code(c, sd)) {
@@ -727,7 +664,7 @@ static void test_concatenate__all_fp8_patterns_round_trip(void **state) {
   uint32_t in[256], out[256], c;
   int i;
   for (i = 0; i < 2; ++i) {
-    for (c = 0; c < 256; ++c) in[c] = f32_bits((float)ref_decode(c, fmt_of(f8[i])));
+    for (c = 0; c < 256; ++c) in[c] = f32_bits((float)kvp_test_decode(c, f8[i]));
     lib_convert(in, 256, KVP_DTYPE_F32, f8[i], 0, out);
     for (c = 0; c < 256; ++c) {
       if (is_nan_code(c, f8[i])) {
@@ -748,7 +685,7 @@ static void test_concatenate__rounding_ties_and_overflow(void **state) {
   int ti;
   for (ti = 0; ti < 4; ++ti) {
     const kvp_dtype dd = targets[ti];
-    const fmt f = fmt_of(dd);
+    const kvp_test_fmt f = kvp_test_fmt_of(dd);
     const uint32_t nfinite = f.fn ? ((1u << (f.E + f.M)) - 1u) : (((1u << f.E) - 1u) << f.M); /* positive finite codes */
     const int64_t n = 3 * (int64_t)nfinite * 2;
     uint32_t *in = (uint32_t *)malloc((size_t)n * sizeof(uint32_t));
@@ -757,8 +694,8 @@ static void test_concatenate__rounding_ties_and_overflow(void **state) {
     int64_t i = 0;
     for (c = 0; c < nfinite; ++c) {
       /* midpoint between c and c+1 (c+1 may be inf or the NaN code: use the ideal next value) */
-      const double lo = ref_decode(c, f);
-      const double hi = c + 1 < nfinite ? ref_decode(c + 1, f) : fmt_max(f) + (fmt_max(f) - ref_decode(c - 1, f));
+      const double lo = kvp_test_decode(c, dd);
+      const double hi = c + 1 < nfinite ? kvp_test_decode(c + 1, dd) : fmt_max(f) + (fmt_max(f) - kvp_test_decode(c - 1, dd));
       const float mid = (float)((lo + hi) / 2);
       int sgn;
       assert_true((double)mid == (lo + hi) / 2); /* exact in f32 */
