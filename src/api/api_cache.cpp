@@ -23,8 +23,7 @@ KVP_API kvp_status kvp_cache_options_init(kvp_cache_options* opts, uint32_t stru
 
 KVP_API kvp_status kvp_set_host_allocator(const kvp_host_allocator* allocator) {
   KVP_API_BEGIN;
-  if (allocator != nullptr && (allocator->alloc == nullptr || allocator->free == nullptr))
-    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_set_host_allocator: allocator must provide both alloc and free");
+  check_host_allocator(allocator, "kvp_set_host_allocator");
   set_default_host_allocator(allocator);
   KVP_API_END;
 }

@@ -122,13 +122,8 @@ kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts,
   if (opts != nullptr)
     o = read_versioned(opts, sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION, fn, "kvp_cache_options");
   const kvp_device_type dev = o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type;
-  if (dev != KVP_DEVICE_CPU && dev != KVP_DEVICE_CUDA)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown device_type %d (expected KVP_DEVICE_CPU or KVP_DEVICE_CUDA)", fn, dev);
-  if (dev == KVP_DEVICE_CPU && o.device_id != 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: device_id must be 0 for a CPU cache, got %d", fn, o.device_id);
-  if (o.allocator != nullptr && (o.allocator->alloc == nullptr || o.allocator->free == nullptr))
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: allocator must provide both alloc and free", fn);
-  // Validate the config before touching any device.
+  check_host_allocator(o.allocator, fn);
+  // Validate the config before touching any device (make_backend checks the device type and id).
   (void)layout_of(cfg, fn);
   if (cfg.num_pages < 1)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages is %lld; create the config with kvp_config_create first", fn,

@@ -78,8 +78,7 @@ Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const 
          fn, static_cast<long long>(sh.P));
   if ((o.flags & ~KVP_POOL_FLAG_NO_PREFIX_CACHE) != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x in kvp_pool_options.flags", fn, o.flags);
-  if (o.allocator != nullptr && (o.allocator->alloc == nullptr || o.allocator->free == nullptr))
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: allocator must provide both alloc and free", fn);
+  check_host_allocator(o.allocator, fn);
   sh.prefix = (o.flags & KVP_POOL_FLAG_NO_PREFIX_CACHE) == 0;
   sh.max_len = cfg.max_model_length;
   sh.row_len = static_cast<size_t>((sh.max_len + sh.S - 1) / sh.S);

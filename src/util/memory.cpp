@@ -56,6 +56,11 @@ void HostAllocator::deallocate(void* p) const noexcept {
     std::free(p);
 }
 
+void check_host_allocator(const kvp_host_allocator* a, const char* function) {
+  if (a != nullptr && (a->alloc == nullptr || a->free == nullptr))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: allocator must provide both alloc and free", function);
+}
+
 void set_default_host_allocator(const kvp_host_allocator* a) noexcept {
   std::lock_guard<std::mutex> lock(default_mutex());
   if (a != nullptr)

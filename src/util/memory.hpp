@@ -49,6 +49,9 @@ class HostAllocator {
 // flight on other threads: the caller sets it while no other kvpages call runs.
 void set_default_host_allocator(const kvp_host_allocator* a) noexcept;
 
+// Refuses a caller's allocator (NULL: none given) without both alloc and free: INVALID_ARGUMENT.
+void check_host_allocator(const kvp_host_allocator* a, const char* function);
+
 // std-compatible allocator over a HostAllocator (default-constructed: the process default).
 template <class T>
 class StdAllocator {
