@@ -54,12 +54,7 @@ typedef struct kvp_attention_options {
   const float *sinks;
 } kvp_attention_options;
 
-#ifdef __cplusplus
-#define KVP_ATTENTION_OPTIONS_INIT {sizeof(kvp_attention_options), KVP_ATTENTION_OPTIONS_VERSION, 0, 0, 0, 0, 0, 0, nullptr}
-#else
-#define KVP_ATTENTION_OPTIONS_INIT \
-  {.struct_size = sizeof(kvp_attention_options), .abi_version = KVP_ATTENTION_OPTIONS_VERSION}
-#endif
+#define KVP_ATTENTION_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_attention_options, KVP_ATTENTION_OPTIONS_VERSION)
 /**
  * @def KVP_ATTENTION_OPTIONS_INIT
  * @brief Static initialiser: causal attention with the reference's default scale, no window, no

@@ -88,12 +88,7 @@ typedef struct kvp_cache_options {
   const kvp_host_allocator *allocator;  /**< Host allocator (borrowed, must outlive the cache); NULL = built-in. */
 } kvp_cache_options;
 
-#ifdef __cplusplus
-#define KVP_CACHE_OPTIONS_INIT {sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION, 0, 0, nullptr}
-#else
-#define KVP_CACHE_OPTIONS_INIT \
-  {.struct_size = sizeof(kvp_cache_options), .abi_version = KVP_CACHE_OPTIONS_VERSION}
-#endif
+#define KVP_CACHE_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_cache_options, KVP_CACHE_OPTIONS_VERSION)
 /**
  * @def KVP_CACHE_OPTIONS_INIT
  * @brief Static initialiser: a CPU cache with the built-in allocator.

@@ -66,15 +66,42 @@
 #endif
 
 #ifdef __cplusplus
-#define KVP__OPTIONS_INIT(type, version) {sizeof(type), (version)}
+#if __cplusplus >= 201402L
+#define KVP__CONSTEXPR constexpr
+#else
+#define KVP__CONSTEXPR inline
+#endif
+extern "C++" {
+/* Internal: a T with every field zero except struct_size (C++, where a partial brace list makes
+ * -Wextra warn and designated initialisers need C++20). */
+template <class T>
+KVP__CONSTEXPR T kvp__sized_init() noexcept {
+  T t{};
+  t.struct_size = static_cast<uint32_t>(sizeof(T));
+  return t;
+}
+template <class T>
+KVP__CONSTEXPR T kvp__versioned_init(uint32_t version) noexcept {
+  T t = kvp__sized_init<T>();
+  t.abi_version = version;
+  return t;
+}
+}
+#define KVP__OPTIONS_INIT(type, version) kvp__versioned_init<type>(version)
+#define KVP__OUTPUT_INIT(type) kvp__sized_init<type>()
 #else
 #define KVP__OPTIONS_INIT(type, version) {.struct_size = sizeof(type), .abi_version = (version)}
+#define KVP__OUTPUT_INIT(type) {.struct_size = sizeof(type)}
 #endif
 /**
  * @def KVP__OPTIONS_INIT(type, version)
- * @brief Internal: the static initialiser of a size-versioned struct with every other field
- *        zero. Uses designated initialisers in C, so `-Wextra` does not warn about the fields left
- *        out.
+ * @brief Internal: the initialiser of a size-versioned input struct with every other field zero.
+ *        Designated initialisers in C, a constexpr function (C++14; inline in C++11) in C++, so
+ *        neither warns under `-Wall -Wextra`.
+ */
+/**
+ * @def KVP__OUTPUT_INIT(type)
+ * @brief Internal: the initialiser of an output struct: `struct_size` set, every field zero.
  */
 
 /** @} */

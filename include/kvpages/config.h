@@ -196,12 +196,7 @@ typedef struct kvp_config_options {
   int64_t max_num_reqs;                 /**< Hint stored in the record; 0 = -1 (unset). */
 } kvp_config_options;
 
-#ifdef __cplusplus
-#define KVP_CONFIG_OPTIONS_INIT {sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION}
-#else
-#define KVP_CONFIG_OPTIONS_INIT \
-  {.struct_size = sizeof(kvp_config_options), .abi_version = KVP_CONFIG_OPTIONS_VERSION}
-#endif
+#define KVP_CONFIG_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_config_options, KVP_CONFIG_OPTIONS_VERSION)
 /**
  * @def KVP_CONFIG_OPTIONS_INIT
  * @brief Static initialiser: everything default, model fields still to be set. Uses designated
@@ -276,6 +271,9 @@ typedef struct kvp_layout_info {
   int64_t max_num_seqs;                  /**< The reference's get_max_num_seqs(): (524288 / pages_per_req) / 4. */
 } kvp_layout_info;
 
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). */
+#define KVP_LAYOUT_INFO_INIT KVP__OUTPUT_INIT(kvp_layout_info)
+
 /**
  * @brief Computes the derived geometry of a config.
  * @param[in] cfg Config, not NULL; validated first (kvp_config_validate()).
@@ -328,6 +326,9 @@ typedef struct kvp_plan {
   int64_t max_concurrent_seqs;      /**< Sequences of max_model_length that fit: usable_pages / max_num_pages_per_req. */
   int64_t max_num_seqs;             /**< The reference's SMEM page-table bound (get_max_num_seqs). */
 } kvp_plan;
+
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). */
+#define KVP_PLAN_INIT KVP__OUTPUT_INIT(kvp_plan)
 
 /**
  * @brief Answers "what fits" for a config before anything is allocated.

@@ -87,7 +87,13 @@ typedef struct kvp_metadata_desc {
 } kvp_metadata_desc;
 
 #ifdef __cplusplus
-#define KVP_METADATA_DESC_INIT {sizeof(kvp_metadata_desc), KVP_METADATA_DESC_VERSION, KVP_LAYOUT_V3, KVP_DEVICE_CPU}
+extern "C++" KVP__CONSTEXPR kvp_metadata_desc kvp__metadata_desc_init() noexcept {
+  kvp_metadata_desc d = KVP__OPTIONS_INIT(kvp_metadata_desc, KVP_METADATA_DESC_VERSION);
+  d.version = KVP_LAYOUT_V3;
+  d.device_type = KVP_DEVICE_CPU;
+  return d;
+}
+#define KVP_METADATA_DESC_INIT kvp__metadata_desc_init()
 #else
 #define KVP_METADATA_DESC_INIT                                                                  \
   {.struct_size = sizeof(kvp_metadata_desc), .abi_version = KVP_METADATA_DESC_VERSION,           \

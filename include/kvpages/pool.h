@@ -95,7 +95,7 @@ typedef struct kvp_pool_options {
 } kvp_pool_options;
 
 /** Static initialiser: all defaults. */
-#define KVP_POOL_OPTIONS_INIT {sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, 0u, 0u, NULL}
+#define KVP_POOL_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_pool_options, KVP_POOL_OPTIONS_VERSION)
 
 /**
  * @brief Fills pool options with defaults.
@@ -411,6 +411,9 @@ typedef struct kvp_pool_stats {
   int64_t evictions;              /**< Cached pages evicted so far. */
   int64_t cow_copies;             /**< Pages copied on write so far. */
 } kvp_pool_stats;
+
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). */
+#define KVP_POOL_STATS_INIT KVP__OUTPUT_INIT(kvp_pool_stats)
 
 /**
  * @brief Reports a pool's counters.

@@ -480,6 +480,9 @@ typedef struct kvp_serialized_info {
   kvp_config config;             /**< The config stored in the blob. */
 } kvp_serialized_info;
 
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). */
+#define KVP_SERIALIZED_INFO_INIT KVP__OUTPUT_INIT(kvp_serialized_info)
+
 /** Flag of kvp_serialized_inspect(): also verify the page table and every chunk checksum. */
 #define KVP_INSPECT_VERIFY (1u << 0)
 

@@ -14,9 +14,7 @@ extern "C" {
 KVP_API kvp_status kvp_config_init(kvp_config* cfg, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(cfg);
-  if (struct_size < sizeof(kvp_config))
-    fail(KVP_ERR_VERSION_MISMATCH, "kvp_config_init: struct_size %u is smaller than version 1 of kvp_config (%zu bytes)",
-         struct_size, sizeof(kvp_config));
+  check_struct_size(struct_size, sizeof(kvp_config), "kvp_config_init", "kvp_config");
   kvp_config c = KVP_CONFIG_INIT;
   std::memcpy(cfg, &c, sizeof c);
   KVP_API_END;

@@ -185,9 +185,7 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
 }
 
 void inspect(Source& src, bool verify, kvp_serialized_info* out, const char* function) {
-  if (out->struct_size < sizeof(kvp_serialized_info))
-    fail(KVP_ERR_VERSION_MISMATCH, "%s: kvp_serialized_info.struct_size %u is smaller than version 1 (%zu bytes)",
-         function, out->struct_size, sizeof(kvp_serialized_info));
+  check_struct_size(out->struct_size, sizeof(kvp_serialized_info), function, "kvp_serialized_info");
   const HostAllocator alloc;
   Parsed p(alloc);
   read_header(src, p, function);

@@ -10,14 +10,20 @@
 
 namespace kvp::detail {
 
+// Rejects a caller struct whose struct_size is below version 1 of the struct, saying what to set.
+inline void check_struct_size(uint32_t struct_size, size_t v1_size, const char* function, const char* type_name) {
+  if (struct_size < v1_size)
+    fail(KVP_ERR_VERSION_MISMATCH,
+         "%s: %s.struct_size is %u, smaller than version 1 of the struct (%zu bytes): set struct_size = sizeof(%s)",
+         function, type_name, struct_size, v1_size, type_name);
+}
+
 // `in` must be non-null. `v1_size` is the size of version 1 of the struct.
 template <class T>
 T read_versioned(const T* in, size_t v1_size, uint32_t current_version, const char* function,
                  const char* type_name) {
   const uint32_t sz = in->struct_size;
-  if (sz < v1_size)
-    fail(KVP_ERR_VERSION_MISMATCH, "%s: %s.struct_size %u is smaller than version 1 of the struct (%zu bytes)",
-         function, type_name, sz, v1_size);
+  check_struct_size(sz, v1_size, function, type_name);
   if (in->abi_version == 0 || in->abi_version > current_version)
     fail(KVP_ERR_VERSION_MISMATCH, "%s: %s.abi_version %u is not supported (this library knows 1..%u)",
          function, type_name, in->abi_version, current_version);
@@ -41,9 +47,7 @@ T read_versioned(const T* in, size_t v1_size, uint32_t current_version, const ch
 template <class T>
 void write_versioned(T* out, const T& value, size_t v1_size, const char* function, const char* type_name) {
   const uint32_t sz = out->struct_size;
-  if (sz < v1_size)
-    fail(KVP_ERR_VERSION_MISMATCH, "%s: %s.struct_size %u is smaller than version 1 of the struct (%zu bytes)",
-         function, type_name, sz, v1_size);
+  check_struct_size(sz, v1_size, function, type_name);
   std::memcpy(out, &value, sz < sizeof(T) ? sz : sizeof(T));
   out->struct_size = sz;
 }
@@ -52,9 +56,7 @@ void write_versioned(T* out, const T& value, size_t v1_size, const char* functio
 template <class T>
 void init_versioned(T* out, uint32_t struct_size, size_t v1_size, uint32_t version, const char* function,
                     const char* type_name) {
-  if (struct_size < v1_size)
-    fail(KVP_ERR_VERSION_MISMATCH, "%s: struct_size %u is smaller than version 1 of %s (%zu bytes)", function,
-         struct_size, type_name, v1_size);
+  check_struct_size(struct_size, v1_size, function, type_name);
   std::memset(out, 0, struct_size < sizeof(T) ? struct_size : sizeof(T));
   out->struct_size = struct_size < sizeof(T) ? struct_size : static_cast<uint32_t>(sizeof(T));
   out->abi_version = version;

@@ -24,6 +24,15 @@ PKG_CONFIG_PATH="$pcdir" cc -std=c99 -Wall -Wextra -Werror "$here/consumer.c" -o
   $(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs kvpages)
 LD_LIBRARY_PATH="$libdir" "$work/consumer_pc"
 
+# 1b. every INIT macro, warning-free as C and C++ (-Wall -Wextra -Werror through pkg-config)
+pc_flags=$(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs kvpages)
+cc -std=c99 -Wall -Wextra -Werror "$here/init_macros.c" -o "$work/init_c" $pc_flags
+LD_LIBRARY_PATH="$libdir" "$work/init_c"
+for std in c++11 c++17; do
+  c++ -std=$std -Wall -Wextra -Werror -x c++ "$here/init_macros.c" -o "$work/init_$std" $pc_flags
+  LD_LIBRARY_PATH="$libdir" "$work/init_$std"
+done
+
 # 2. find_package
 cmake -S "$here/cmake" -B "$work/cm" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$work/cm" >/dev/null
