@@ -5,7 +5,7 @@
 # ${KVP_LAYER_ROOTS}/<name>/, holding one symbolic link <name> -> the directory. A layer's include
 # path is its own roots plus those of the layers it USES, and nothing else (no src/, no
 # repository root): an include of a layer it may not use finds no file and fails to compile.
-set(KVP_LAYER_ROOTS ${CMAKE_BINARY_DIR}/layer-roots)
+set(KVP_LAYER_ROOTS ${PROJECT_BINARY_DIR}/layer-roots)
 
 # kvp_layer_root(<dir>): the include root of a layer directory (created once).
 function(kvp_layer_root dir out)

@@ -29,4 +29,10 @@ if [ "${KVP_DEPS_PYTHON:-1}" = "1" ]; then
     echo "install-deps: installing PyPI packages: ${py_missing[*]}"
     python3 -m pip install -q "${py_missing[@]}"
   fi
+  # CMake 3.18, the oldest the build declares (tests/package/embed.sh builds with it), in its own venv.
+  cm318="${XDG_CACHE_HOME:-$HOME/.cache}/kvpages-cmake-3.18"
+  if [ "$("$cm318/bin/cmake" --version 2>/dev/null | head -n1)" != "cmake version 3.18.4" ]; then
+    echo "install-deps: installing CMake 3.18.4 (PyPI) into $cm318"
+    python3 -m venv "$cm318" && "$cm318/bin/pip" install -q "cmake==3.18.4.post1"
+  fi
 fi

@@ -43,4 +43,6 @@ if [ -f "$here/dlopen.c" ]; then
   cc -std=c99 -Wall -Wextra -Werror -I"$prefix/include" "$here/dlopen.c" -o "$work/dlopen" -ldl
   "$work/dlopen" "$libdir/libkvpages.so.1"
 fi
+# 4. add_subdirectory embedding with the oldest supported CMake, static library included
+bash "$here/embed.sh"
 echo "package: ok (SONAME $soname; pkg-config and find_package consumers ran from a relocated prefix)"
