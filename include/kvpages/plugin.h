@@ -245,6 +245,8 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *attention_options_init)(kvp_attention_options *opts, uint32_t struct_size);
   /** kvp_attention() */
   kvp_status (KVP_CALL *attention)(kvp_cache *cache, uint32_t layer, const kvp_tensor *queries, const kvp_tensor *keys, const kvp_tensor *values, const kvp_metadata *metadata, const kvp_attention_options *opts, const kvp_tensor *out, kvp_stream stream);
+  /** kvp_convert() */
+  kvp_status (KVP_CALL *convert)(const void *src, kvp_dtype src_dtype, void *dst, kvp_dtype dst_dtype, size_t count);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

@@ -118,6 +118,42 @@ KVP_API const char *KVP_CALL kvp_dtype_name(kvp_dtype dtype);
 KVP_API uint32_t KVP_CALL kvp_dtype_bits(kvp_dtype dtype);
 
 /**
+ * @brief Converts `count` host elements from one float dtype to another, with the rounding the
+ *        cache applies when it stores (so the results are the bytes kvp_concatenate() writes).
+ *
+ * The dtypes are ::KVP_DTYPE_F32, ::KVP_DTYPE_F16, ::KVP_DTYPE_BF16, ::KVP_DTYPE_F8_E4M3FN and
+ * ::KVP_DTYPE_F8_E5M2, in any pair (equal dtypes copy). Narrowing rounds to nearest, ties to
+ * even, keeps subnormals and does not saturate: a value beyond the largest finite one becomes
+ * infinity (NaN for fp8 e4m3fn, which has no infinity); NaN stays NaN with its sign. Widening
+ * is exact. Elements are read and written as bytes (no alignment needed), little-endian bit
+ * patterns as in the cache. Large conversions run on the library's threads (`KVP_NUM_THREADS`).
+ *
+ * Use it to read a bf16, f16 or fp8 view as f32, or to prepare keys in the cache's dtype.
+ * @code
+ * float out[128];
+ * kvp_convert(bf16_row, KVP_DTYPE_BF16, out, KVP_DTYPE_F32, 128);
+ * @endcode
+ *
+ * @param[in] src `count` elements of `src_dtype`; may be NULL when `count` is 0.
+ * @param[in] src_dtype Dtype of `src`.
+ * @param[out] dst Room for `count` elements of `dst_dtype`; may be NULL when `count` is 0. Must
+ *             not overlap `src`, except `dst == src` when both dtypes have the same width (in
+ *             place, e.g. bf16 → f16).
+ * @param[in] dst_dtype Dtype of `dst`.
+ * @param[in] count Elements to convert.
+ * @retval KVP_OK Converted.
+ * @retval KVP_ERR_INVALID_ARGUMENT A pointer is NULL while `count` > 0, the buffers overlap, or
+ *         `count` bytes would overflow the address space; `dst` unchanged.
+ * @retval KVP_ERR_NOT_FOUND A dtype is not a `KVP_DTYPE_*` value; `dst` unchanged.
+ * @retval KVP_ERR_UNSUPPORTED A dtype is known but not converted (fp64, the fnuz fp8 types);
+ *         `dst` unchanged.
+ * @threadsafety Thread-safe.
+ * @since 1.2
+ */
+KVP_API kvp_status KVP_CALL kvp_convert(const void *src, kvp_dtype src_dtype, void *dst, kvp_dtype dst_dtype,
+                                        size_t count);
+
+/**
  * @brief Looks up a layout version by name ("v2" or "v3").
  * @param[in] name NUL-terminated name, not NULL.
  * @param[out] out Receives ::KVP_LAYOUT_V2 or ::KVP_LAYOUT_V3, not NULL; unchanged on failure.

@@ -99,6 +99,7 @@ const kvp_api_v1 kTableV1 = {
     &kvp_set_host_allocator,
     &kvp_attention_options_init,
     &kvp_attention,
+    &kvp_convert,
     // END GENERATED TABLE
 };
 

@@ -81,4 +81,10 @@ KVP_API kvp_status kvp_num_slices_per_kv_cache_update_page(int64_t page_size_byt
   KVP_API_END;
 }
 
+KVP_API kvp_status kvp_convert(const void* src, kvp_dtype src_dtype, void* dst, kvp_dtype dst_dtype, size_t count) {
+  KVP_API_BEGIN;
+  convert_elements(src, src_dtype, dst, dst_dtype, count, "kvp_convert");
+  KVP_API_END;
+}
+
 }  // extern "C"

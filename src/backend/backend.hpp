@@ -113,6 +113,12 @@ int32_t cuda_device_count() noexcept;
 // runtime of the tests). "on" may still find no device.
 const char* cuda_backend_kind() noexcept;
 
+// Converts `count` host elements between f32, f16, bf16, fp8 e4m3fn and fp8 e5m2 with the cache's
+// rounding (fp_convert.hpp), on the thread pool when large (src/cpu); src and dst either do not
+// overlap or are the same address with equal element sizes. False (nothing written) for any other
+// dtype pair.
+bool host_convert(const void* src, kvp_dtype src_dtype, void* dst, kvp_dtype dst_dtype, size_t count);
+
 // The implementations behind make_backend() / device_memory_stats() (src/cpu, src/cuda).
 HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc);
 HostPtr<Backend> make_cuda_backend(int32_t device_id, const HostAllocator& alloc, const char* function);

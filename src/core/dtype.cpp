@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "backend/backend.hpp"
 #include "util/error.hpp"
 
 namespace kvp::detail {
@@ -111,6 +112,35 @@ void require_storage_dtype(kvp_dtype d, const char* function) {
     fail(KVP_ERR_UNSUPPORTED,
          "%s: kvdtype %s is known by name only; storage dtypes are fp32, fp16, bf16, fp8_e4m3fn, fp8_e5m2",
          function, dtype_name(d));
+}
+
+namespace {
+void require_convertible(kvp_dtype d, const char* role, const char* function) {
+  if (!dtype_known(d)) fail(KVP_ERR_NOT_FOUND, "%s: unknown %s %u", function, role, static_cast<unsigned>(d));
+  if (!dtype_is_storage(d))
+    fail(KVP_ERR_UNSUPPORTED, "%s: %s %s is not converted (fp32, fp16, bf16, fp8_e4m3fn and fp8_e5m2 are)",
+         function, role, dtype_name(d));
+}
+}  // namespace
+
+void convert_elements(const void* src, kvp_dtype src_dtype, void* dst, kvp_dtype dst_dtype, size_t count,
+                      const char* function) {
+  require_convertible(src_dtype, "src_dtype", function);
+  require_convertible(dst_dtype, "dst_dtype", function);
+  if (count == 0) return;
+  if (src == nullptr || dst == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'src' and 'dst' must not be NULL when count is %zu", function, count);
+  const size_t src_size = dtype_size(src_dtype), dst_size = dtype_size(dst_dtype);
+  size_t src_bytes, dst_bytes;
+  if (__builtin_mul_overflow(count, src_size, &src_bytes) || __builtin_mul_overflow(count, dst_size, &dst_bytes))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: count %zu overflows the address space", function, count);
+  const auto s = reinterpret_cast<uintptr_t>(src), d = reinterpret_cast<uintptr_t>(dst);
+  const bool in_place = s == d && src_size == dst_size;
+  if (!in_place && s < d + dst_bytes && d < s + src_bytes)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: 'src' and 'dst' overlap; they must be disjoint, or the same address for dtypes of one width",
+         function);
+  host_convert(src, src_dtype, dst, dst_dtype, count);
 }
 
 }  // namespace kvp::detail

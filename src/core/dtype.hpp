@@ -2,6 +2,7 @@
 // types.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kvpages/types.h"
@@ -25,5 +26,9 @@ const char* layout_name(kvp_layout layout) noexcept;
 kvp_layout layout_from_name(const char* name, const char* function);
 // Checks a dtype for cache storage; throws NOT_FOUND / UNSUPPORTED with a message.
 void require_storage_dtype(kvp_dtype d, const char* function);
+// kvp_convert: checks the dtypes (known: NOT_FOUND; not a storage dtype: UNSUPPORTED), the
+// pointers and their overlap, then converts on the CPU.
+void convert_elements(const void* src, kvp_dtype src_dtype, void* dst, kvp_dtype dst_dtype, size_t count,
+                      const char* function);
 
 }  // namespace kvp::detail

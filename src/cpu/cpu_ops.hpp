@@ -6,6 +6,13 @@
 
 namespace kvp::detail {
 
+// Converts n elements of one row, source elements `src_stride` apart, into n contiguous
+// destination elements (cpu_convert.cpp).
+using RowFn = void (*)(const uint8_t* src, int64_t src_stride, uint8_t* dst, int64_t n);
+// The fastest exact row converter for this machine between f32, f16, bf16, fp8 e4m3fn and fp8
+// e5m2 (a copy when the dtypes are equal); null for any other pair.
+RowFn row_converter(kvp_dtype src, kvp_dtype dst);
+
 // kvp_concatenate (cpu_concat.cpp); requires host-validated metadata. Scratch memory comes from
 // `alloc` (the cache's allocator).
 void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc);

@@ -171,7 +171,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 720);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 728);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -263,6 +263,7 @@ KVP_PIN_OFFSET(kvp_api_v1, cache_export_dlpack, 688);
 KVP_PIN_OFFSET(kvp_api_v1, set_host_allocator, 696);
 KVP_PIN_OFFSET(kvp_api_v1, attention_options_init, 704);
 KVP_PIN_OFFSET(kvp_api_v1, attention, 712);
+KVP_PIN_OFFSET(kvp_api_v1, convert, 720);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);

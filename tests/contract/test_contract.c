@@ -227,6 +227,10 @@ static void test_contract__null_pointers_status_and_types(void **state) {
   assert_kvp_status(kvp_dtype_packing(KVP_DTYPE_BF16, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_status(kvp_page_size_bytes(128, 8, 128, KVP_DTYPE_BF16, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_status(kvp_num_slices_per_kv_cache_update_page(4096, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  uint16_t bits = 0x3f80u;
+  assert_kvp_status(kvp_convert(NULL, KVP_DTYPE_BF16, &bits, KVP_DTYPE_F16, 1), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_status(kvp_convert(&bits, KVP_DTYPE_BF16, NULL, KVP_DTYPE_F16, 1), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_int_equal(bits, 0x3f80u);
 }
 
 static void test_contract__null_pointers_config(void **state) {

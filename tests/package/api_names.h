@@ -90,4 +90,5 @@ KVP_API_ENTRY(cache_export_dlpack)
 KVP_API_ENTRY(set_host_allocator)
 KVP_API_ENTRY(attention_options_init)
 KVP_API_ENTRY(attention)
+KVP_API_ENTRY(convert)
 /* END GENERATED NAMES */

@@ -1,0 +1,162 @@
+/* kvp_convert: every pair of the five float dtypes against the test's own codec (tests/support,
+ * double arithmetic, independent of the library): every code of each 8- and 16-bit source, and
+ * f32 sources made of specials, boundaries, ties and random bit patterns; then in-place and
+ * threaded conversions, and bad input (status, message, destination unchanged). Run again at each
+ * lower instruction-set level by CMake (KVP_CPU_ISA), like the concatenate tests. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support.h"
+
+static const kvp_dtype kDtypes[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
+                                    KVP_DTYPE_F8_E5M2};
+#define NUM_DTYPES (sizeof kDtypes / sizeof kDtypes[0])
+
+/* The code the library must produce for source code c: decode exactly, encode with the SPEC's
+ * rounding (f32 destinations: the exact value, or the canonical NaN of its sign). */
+static uint32_t expected_code(uint32_t c, kvp_dtype src, kvp_dtype dst) {
+  if (src == dst) return c;
+  return kvp_test_encode(kvp_test_decode(c, src), dst);
+}
+
+/* NaN codes may differ in payload between two correct converters only where the SPEC leaves it
+ * open; it does not (quiet bit set, top payload bits kept), so codes are compared exactly, except
+ * that a NaN produced from a NaN is compared as "a NaN of the same sign". */
+static int same_result(uint32_t got, uint32_t want, kvp_dtype dst) {
+  const double g = kvp_test_decode(got, dst), w = kvp_test_decode(want, dst);
+  if (isnan(w)) return isnan(g) && signbit(g) == signbit(w);
+  return got == want;
+}
+
+static void check_codes(const uint32_t *codes, size_t n, kvp_dtype src, kvp_dtype dst) {
+  const int ss = kvp_test_dtype_size(src), ds = kvp_test_dtype_size(dst);
+  unsigned char *in = malloc(n * (size_t)ss), *out = malloc(n * (size_t)ds);
+  assert_non_null(in);
+  assert_non_null(out);
+  for (size_t i = 0; i < n; ++i) kvp_test_store_code(in + i * (size_t)ss, ss, codes[i]);
+  assert_kvp_ok(kvp_convert(in, src, out, dst, n));
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t got = kvp_test_load_code(out + i * (size_t)ds, ds);
+    const uint32_t want = expected_code(codes[i], src, dst);
+    if (!same_result(got, want, dst))
+      fail_msg("%s -> %s: code 0x%x gave 0x%x, expected 0x%x", kvp_dtype_name(src), kvp_dtype_name(dst), codes[i],
+               got, want);
+  }
+  free(in);
+  free(out);
+}
+
+/* Every code of a source of at most 16 bits. */
+static void test_every_small_source_code(void **state) {
+  (void)state;
+  uint32_t *codes = malloc(65536 * sizeof *codes);
+  assert_non_null(codes);
+  for (size_t s = 1; s < NUM_DTYPES; ++s) {
+    const size_t n = (size_t)1 << (8 * kvp_test_dtype_size(kDtypes[s]));
+    for (size_t c = 0; c < n; ++c) codes[c] = (uint32_t)c;
+    for (size_t d = 0; d < NUM_DTYPES; ++d) check_codes(codes, n, kDtypes[s], kDtypes[d]);
+  }
+  free(codes);
+}
+
+/* f32 sources: specials, every target's boundaries and ties (the codes next to each target code's
+ * midpoints), and random patterns. */
+static size_t f32_cases(uint32_t *codes, size_t cap) {
+  static const uint32_t specials[] = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                                      0xffc00000u, 0x7fa00000u, 0x7f800001u, 0xff812345u, 0x00000001u,
+                                      0x807fffffu, 0x7f7fffffu, 0x477fe000u, 0x477ff000u, 0x43e00000u,
+                                      0x43f00000u, 0x47600000u, 0x47700000u, 0x3f800000u, 0x3f808000u};
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof specials / sizeof specials[0]; ++i) codes[n++] = specials[i];
+  /* Around the midpoint between consecutive bf16 codes (low 16 bits 0x8000) and f16/fp8 codes. */
+  uint64_t rng = 0x5eed;
+  while (n + 3 <= cap / 2) {
+    const uint32_t hi = (uint32_t)kvp_test_rand(&rng) & 0xffff0000u;
+    codes[n++] = hi | 0x8000u;
+    codes[n++] = hi | 0x7fffu;
+    codes[n++] = hi | 0x8001u;
+  }
+  while (n < cap) codes[n++] = (uint32_t)kvp_test_rand(&rng);
+  return n;
+}
+
+static void test_f32_sources(void **state) {
+  (void)state;
+  enum { kCases = 200000 };
+  uint32_t *codes = malloc(kCases * sizeof *codes);
+  assert_non_null(codes);
+  const size_t n = f32_cases(codes, kCases);
+  for (size_t d = 0; d < NUM_DTYPES; ++d) check_codes(codes, n, KVP_DTYPE_F32, kDtypes[d]);
+  free(codes);
+}
+
+/* Large enough to run on the thread pool (chunks of 64K elements); the same bytes as element-wise. */
+static void test_large_conversion_matches(void **state) {
+  (void)state;
+  const size_t n = (1u << 20) + 37;
+  uint16_t *in = malloc(n * sizeof *in);
+  float *out = malloc(n * sizeof *out);
+  assert_non_null(in);
+  assert_non_null(out);
+  uint64_t rng = 7;
+  for (size_t i = 0; i < n; ++i) in[i] = (uint16_t)kvp_test_rand(&rng);
+  assert_kvp_ok(kvp_convert(in, KVP_DTYPE_BF16, out, KVP_DTYPE_F32, n));
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    memcpy(&bits, &out[i], sizeof bits);
+    if (bits != (uint32_t)in[i] << 16) fail_msg("element %zu: 0x%x -> 0x%x", i, in[i], bits);
+  }
+  free(in);
+  free(out);
+}
+
+static void test_in_place_same_width(void **state) {
+  (void)state;
+  uint16_t buf[300], want[300];
+  uint64_t rng = 11;
+  for (int i = 0; i < 300; ++i) buf[i] = (uint16_t)kvp_test_rand(&rng);
+  for (int i = 0; i < 300; ++i) want[i] = (uint16_t)expected_code(buf[i], KVP_DTYPE_BF16, KVP_DTYPE_F16);
+  assert_kvp_ok(kvp_convert(buf, KVP_DTYPE_BF16, buf, KVP_DTYPE_F16, 300));
+  for (int i = 0; i < 300; ++i)
+    if (!same_result(buf[i], want[i], KVP_DTYPE_F16)) fail_msg("element %d: 0x%x, expected 0x%x", i, buf[i], want[i]);
+}
+
+static void test_zero_count_accepts_null(void **state) {
+  (void)state;
+  assert_kvp_ok(kvp_convert(NULL, KVP_DTYPE_F32, NULL, KVP_DTYPE_BF16, 0));
+}
+
+/* Bad input: status, a message naming the problem, and the destination untouched. */
+static void test_bad_input_changes_nothing(void **state) {
+  (void)state;
+  float src[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  unsigned char dst[32], before[32];
+  memset(dst, 0xA5, sizeof dst);
+  memcpy(before, dst, sizeof dst);
+  assert_kvp_status(kvp_convert(NULL, KVP_DTYPE_F32, dst, KVP_DTYPE_BF16, 8), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_status(kvp_convert(src, KVP_DTYPE_F32, NULL, KVP_DTYPE_BF16, 8), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_status(kvp_convert(src, 99u, dst, KVP_DTYPE_BF16, 8), KVP_ERR_NOT_FOUND, "unknown src_dtype 99");
+  assert_kvp_status(kvp_convert(src, KVP_DTYPE_F32, dst, KVP_DTYPE_INVALID, 8), KVP_ERR_NOT_FOUND,
+                    "unknown dst_dtype 0");
+  assert_kvp_status(kvp_convert(src, KVP_DTYPE_F64, dst, KVP_DTYPE_BF16, 4), KVP_ERR_UNSUPPORTED,
+                    "src_dtype fp64 is not converted");
+  assert_kvp_status(kvp_convert(src, KVP_DTYPE_F32, dst, KVP_DTYPE_F8_E4M3FNUZ, 8), KVP_ERR_UNSUPPORTED,
+                    "dst_dtype fp8_e4m3fnuz");
+  assert_kvp_status(kvp_convert(src, KVP_DTYPE_F32, dst, KVP_DTYPE_BF16, SIZE_MAX / 2), KVP_ERR_INVALID_ARGUMENT,
+                    "overflows");
+  assert_memory_equal(dst, before, sizeof dst);
+  /* Overlap: a widening in place, and a shifted window of the same width. */
+  assert_kvp_status(kvp_convert(dst, KVP_DTYPE_BF16, dst, KVP_DTYPE_F32, 4), KVP_ERR_INVALID_ARGUMENT, "overlap");
+  assert_kvp_status(kvp_convert(dst, KVP_DTYPE_BF16, dst + 2, KVP_DTYPE_F16, 4), KVP_ERR_INVALID_ARGUMENT, "overlap");
+  assert_memory_equal(dst, before, sizeof dst);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_every_small_source_code), cmocka_unit_test(test_f32_sources),
+      cmocka_unit_test(test_large_conversion_matches), cmocka_unit_test(test_in_place_same_width),
+      cmocka_unit_test(test_zero_count_accepts_null),  cmocka_unit_test(test_bad_input_changes_nothing),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
