@@ -42,18 +42,18 @@ KVP_BEGIN_DECLS
 typedef struct kvp_config {
   uint32_t struct_size;                        /**< sizeof(kvp_config) as compiled by the caller. */
   uint32_t abi_version;                        /**< ::KVP_CONFIG_VERSION. */
-  int64_t num_hidden_layers;                   /**< Layers (= per-layer buffers), > 0. */
-  int64_t max_model_length;                    /**< Longest sequence in tokens, > 0. */
-  int64_t num_kv_heads;                        /**< KV heads per layer, > 0. */
-  int64_t k_headdim;                           /**< Key head dim; drives the layout (64 → packed [K|V] lanes). */
+  int64_t num_hidden_layers;                   /**< Layers (= per-layer buffers), 1 … 65536 (each layer is one allocation). */
+  int64_t max_model_length;                    /**< Longest sequence in tokens, 1 … 2^31 − 1 (positions are int32). */
+  int64_t num_kv_heads;                        /**< KV heads per layer, 1 … 2^24. */
+  int64_t k_headdim;                           /**< Key head dim, 1 … 2^24; drives the layout (64 → packed [K|V] lanes). */
   int64_t v_headdim;                           /**< Value head dim; must equal k_headdim. */
   double hbm_utilization;                      /**< Fraction of device memory to budget, (0, 1]. Default 0.9. */
-  int64_t page_size;                           /**< Tokens per page, > 0, multiple of the packing. Default 128. */
-  int64_t num_pages;                           /**< Pages per layer including the null page 0; -1 = not computed. */
+  int64_t page_size;                           /**< Tokens per page, 1 … 2^24, multiple of the packing; a page of one layer (kvp_page_size_bytes()) at most 16 MiB. Default 128. */
+  int64_t num_pages;                           /**< Pages per layer including the null page 0, 1 … 2^31 − 1 (page ids are int32); -1 = not computed. The whole cache (num_pages × page bytes × layers) must fit int64. */
   int64_t max_num_pages_per_req;               /**< cdiv(max_model_length, page_size); -1 = not computed. */
   int64_t num_slices_per_kv_cache_update_page; /**< v2 update batching factor in {1…64}; -1 = not computed. */
-  int64_t max_num_tokens;                      /**< Optional hint: tokens per step; -1 = unset. */
-  int64_t max_num_reqs;                        /**< Optional hint: concurrent requests; -1 = unset. */
+  int64_t max_num_tokens;                      /**< Optional hint: tokens per step, 1 … 2^31 − 1; -1 = unset. */
+  int64_t max_num_reqs;                        /**< Optional hint: concurrent requests, 1 … 2^31 − 2; -1 = unset. */
   kvp_layout version;                          /**< ::KVP_LAYOUT_V3 (default) or ::KVP_LAYOUT_V2. */
   kvp_dtype kvdtype;                           /**< Storage dtype (default ::KVP_DTYPE_BF16). */
 } kvp_config;
@@ -79,10 +79,13 @@ typedef struct kvp_config {
 KVP_API kvp_status KVP_CALL kvp_config_init(kvp_config *cfg, uint32_t struct_size);
 
 /**
- * @brief Checks a config record: known version and dtype, positive sizes, derived fields
- *        consistent with the formulas.
+ * @brief Checks a config record: known version and dtype, every field within its bound (see
+ *        the field docs), derived fields consistent with the formulas, and every size derived
+ *        from it (page, layer, whole cache) representable in int64.
  *
- * This is the check every function taking a `const kvp_config *` runs first.
+ * This is the check every function taking a `const kvp_config *` runs first, so a record it
+ * accepts is accepted by kvp_config_get_layout() and kvp_config_plan() (once `num_pages` is
+ * computed) and refused by kvp_cache_create() only for want of memory or a device.
  *
  * @param[in] cfg Record, not NULL.
  * @retval KVP_OK Valid.
@@ -225,8 +228,8 @@ KVP_API kvp_status KVP_CALL kvp_config_options_init(kvp_config_options *opts, ui
  * by the bytes of one page over all layers (true padded size, or the reference formula with
  * ::KVP_CONFIG_FLAG_REFERENCE_BUDGET). Nothing is allocated.
  *
- * Rejected (::KVP_ERR_INVALID_ARGUMENT unless noted): non-positive layers, KV heads, max length,
- * page size or head dims; k_headdim ≠ v_headdim; page size not a multiple of the packing;
+ * Rejected (::KVP_ERR_INVALID_ARGUMENT unless noted): layers, KV heads, max length, page size
+ * or head dims outside the bounds of ::kvp_config; k_headdim ≠ v_headdim; page size not a multiple of the packing;
  * utilization outside (0, 1]; a page of one layer over 16 MiB; a budget too small for one page
  * (`num_pages` ≤ 0); unknown dtype or layout (::KVP_ERR_NOT_FOUND); fp64 or fnuz dtypes
  * (::KVP_ERR_UNSUPPORTED); non-zero reserved fields or unknown flags (::KVP_ERR_UNSUPPORTED).

@@ -13,7 +13,11 @@
  * target are reported with a `KVP_ERR_FORMAT_*` status and a message, never by crashing or
  * reading past the input. Sizes read from the input never drive an allocation before the header
  * checksum and field checks have passed, and readers that stream (callbacks, files) allocate as
- * data arrives, never more than one chunk ahead of it.
+ * data arrives, never more than one chunk ahead of it. When the input's size is known (a buffer,
+ * a regular file) the header must declare exactly that size before anything is allocated. A new
+ * cache is bounded by kvp_deserialize_options::max_cache_bytes, which by default (0) allows
+ * ::KVP_DESERIALIZE_DEFAULT_MAX_BYTES plus the input's size, so a small blob cannot make a load
+ * allocate more than about 1 GiB; the config bounds of kvp_config (at most 65536 layers) apply.
  *
  * **Failure atomicity.** kvp_deserialize_into() and its variants check every checksum of the
  * blob before they write the first byte to the target cache, so on any failure the target is
@@ -227,21 +231,27 @@ KVP_API kvp_status KVP_CALL kvp_serialize_to_file(const kvp_cache *cache, const 
 /** Current value of kvp_deserialize_options::abi_version. */
 #define KVP_DESERIALIZE_OPTIONS_VERSION 1u
 
+/**
+ * Memory a load may take when kvp_deserialize_options::max_cache_bytes is 0 (1 GiB), on top of
+ * the size of the input when that is known (a buffer, a regular file).
+ */
+#define KVP_DESERIALIZE_DEFAULT_MAX_BYTES 1073741824ull
+
 /** @brief Options of the kvp_deserialize_new() family. Zero means default for every field. */
 typedef struct kvp_deserialize_options {
   uint32_t struct_size;                   /**< sizeof(kvp_deserialize_options). */
   uint32_t abi_version;                   /**< ::KVP_DESERIALIZE_OPTIONS_VERSION. */
   const kvp_cache_options *cache_options; /**< Device and allocator of the new cache (borrowed); NULL = a CPU cache. */
-  uint64_t max_cache_bytes;               /**< Refuse blobs whose cache (all layers) would exceed this many bytes; 0 = no limit. Set it for untrusted input. */
+  uint64_t max_cache_bytes;               /**< Refuse blobs whose load would take more than this many bytes: every layer's buffer rounded up to 64 bytes plus 64 bytes of bookkeeping per layer, plus 4 bytes per stored page id. 0 = the default, ::KVP_DESERIALIZE_DEFAULT_MAX_BYTES plus the input's size for buffers and regular files (a blob that carries every page of its cache always loads); `UINT64_MAX` = no limit. */
   uint32_t flags;                         /**< Reserved, must be 0. */
   uint32_t _reserved;                     /**< Must be 0. */
 } kvp_deserialize_options;
 
-/** Static initialiser: CPU cache, no size limit. */
+/** Static initialiser: CPU cache, the default size limit. */
 #define KVP_DESERIALIZE_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_deserialize_options, KVP_DESERIALIZE_OPTIONS_VERSION)
 
 /**
- * @brief Fills deserialize options with defaults (CPU cache, no size limit).
+ * @brief Fills deserialize options with defaults (CPU cache, the default size limit).
  * @param[out] opts Options to fill, not NULL.
  * @param[in] struct_size sizeof(kvp_deserialize_options) as the caller sees it.
  * @retval KVP_OK Filled.
@@ -261,7 +271,7 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_options_init(kvp_deserialize_options
  *
  * @param[in] src The blob, may be NULL only when `len` is 0.
  * @param[in] len Bytes in `src`.
- * @param[in] opts Options, or NULL for defaults (CPU cache, no size limit).
+ * @param[in] opts Options, or NULL for defaults (CPU cache, the default size limit).
  * @param[out] out Receives the new cache, not NULL; set to NULL on failure.
  * @retval KVP_OK Created.
  * @retval KVP_ERR_FORMAT_MAGIC The input does not start with the kvpages magic.

@@ -111,8 +111,10 @@ HostVector<Slice> v2_slices(const kvp_config& cfg, const kvp_batch_request* reqs
   if (cfg.num_slices_per_kv_cache_update_page <= 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: config num_slices_per_kv_cache_update_page is %lld (not computed)", fn,
          ll(cfg.num_slices_per_kv_cache_update_page));
-  if (P * S > kI32Max)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld flat slots do not fit the int32 slice list", fn, ll(P * S));
+  const int64_t slots = checked_mul(P, S, "num_pages x page_size");
+  if (slots > kI32Max)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages %lld x page_size %lld = %lld flat slots do not fit the int32 slice list",
+         fn, ll(P), ll(S), ll(slots));
   HostVector<Slice> slices;
   int64_t src = 0;
   for (uint32_t idx : rows.order) {
@@ -136,7 +138,7 @@ HostVector<Slice> v2_slices(const kvp_config& cfg, const kvp_batch_request* reqs
     const int64_t tight = align_to_multiple(n, cfg.num_slices_per_kv_cache_update_page);
     if (tight < columns) columns = tight;
   }
-  if (3 * columns > (int64_t(1) << 31))
+  if (checked_mul(3, columns, "slot_mapping entries") > (int64_t(1) << 31))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice capacity %lld is too large", fn, ll(columns));
   return slices;
 }
@@ -208,8 +210,10 @@ kvp_metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* req
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld scheduled tokens exceed the token bucket max_num_tokens %lld", fn,
          ll(rows.total_tokens), ll(T));
   if (T > kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens %lld does not fit int32", fn, ll(T));
-  if (R * W > (int64_t(1) << 31))
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page table of %lld x %lld entries is too large", fn, ll(R), ll(W));
+  if (checked_mul(R, W, "max_num_reqs x max_num_pages_per_req") > (int64_t(1) << 31))
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: the page table of max_num_reqs %lld x max_num_pages_per_req %lld entries exceeds 2^31", fn, ll(R),
+         ll(W));
   int64_t columns = 0;
   const HostVector<Slice> slices = v2 ? v2_slices(cfg, reqs, rows, T, R, opts, columns, fn) : HostVector<Slice>();
 

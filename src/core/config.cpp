@@ -18,18 +18,59 @@ constexpr int64_t kSlicesCap = 64;
 
 }  // namespace
 
+namespace {
+
+// The reference's page_size_bytes of positive dimensions; false when it overflows int64.
+bool try_page_size_bytes(int64_t page_size, int64_t num_kv_heads, int64_t head_size, kvp_dtype dtype, int64_t* out) {
+  const int64_t packing = dtype_packing(dtype);
+  int64_t two_h = 0, combined = 0, padded_head = 0, bytes = 0;
+  if (__builtin_mul_overflow(num_kv_heads, 2, &two_h) || __builtin_add_overflow(two_h, packing - 1, &combined) ||
+      __builtin_add_overflow(head_size, 127, &padded_head))
+    return false;
+  combined = combined / packing * packing;
+  padded_head = padded_head / 128 * 128;
+  if (__builtin_mul_overflow(page_size, combined, &bytes) || __builtin_mul_overflow(bytes, padded_head, &bytes) ||
+      __builtin_mul_overflow(bytes, static_cast<int64_t>(dtype_bits(dtype)), &bytes))
+    return false;
+  *out = bytes / 8;
+  return true;
+}
+
+// `v` in [lo, hi], else INVALID_ARGUMENT naming the field.
+void check_range(int64_t v, int64_t lo, int64_t hi, const char* field, const char* fn) {
+  if (v < lo || v > hi)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s must be in [%lld, %lld], got %lld", fn, field, ll(lo), ll(hi), ll(v));
+}
+
+// floor(bytes * util) for bytes >= 0 and util in (0, 1]: at most 2^63, exact in 128 bits.
+__int128 scaled_floor(int64_t bytes, double util) {
+  return static_cast<__int128>(std::floor(static_cast<double>(bytes) * util));
+}
+
+// max(0, min(v, INT64_MAX)).
+int64_t clamp_to_int64(__int128 v) {
+  if (v < 0) return 0;
+  return v > INT64_MAX ? INT64_MAX : static_cast<int64_t>(v);
+}
+
+// -1 (unset / not computed) or in [1, hi].
+void check_optional(int64_t v, int64_t hi, const char* field, const char* fn) {
+  if (v != -1 && (v < 1 || v > hi))
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s must be -1 or in [1, %lld], got %lld", fn, field, ll(hi), ll(v));
+}
+
+}  // namespace
+
 int64_t page_size_bytes(int64_t page_size, int64_t num_kv_heads, int64_t head_size, kvp_dtype dtype) {
   if (page_size <= 0) fail(KVP_ERR_INVALID_ARGUMENT, "page_size must be positive, got %lld", ll(page_size));
   if (num_kv_heads <= 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "num_kv_heads must be positive, got %lld", ll(num_kv_heads));
   if (head_size <= 0) fail(KVP_ERR_INVALID_ARGUMENT, "head_size must be positive, got %lld", ll(head_size));
-  const int64_t packing = dtype_packing(dtype);
-  const int64_t padded_head = checked_mul(cdiv(head_size, 128), 128, "padded head size");
-  const int64_t combined = align_to_multiple(checked_mul(2, num_kv_heads, "2 * num_kv_heads"), packing);
-  int64_t bytes = checked_mul(page_size, combined, "page size in bytes");
-  bytes = checked_mul(bytes, padded_head, "page size in bytes");
-  bytes = checked_mul(bytes, static_cast<int64_t>(dtype_bits(dtype)), "page size in bytes");
-  return bytes / 8;
+  int64_t bytes = 0;
+  if (!try_page_size_bytes(page_size, num_kv_heads, head_size, dtype, &bytes))
+    fail(KVP_ERR_INVALID_ARGUMENT, "page size in bytes overflows int64 (page_size %lld, num_kv_heads %lld, head_size %lld)",
+         ll(page_size), ll(num_kv_heads), ll(head_size));
+  return bytes;
 }
 
 int64_t num_slices_per_update_page(int64_t page_size_bytes_v) {
@@ -56,53 +97,55 @@ kvp_config read_config(const kvp_config* cfg, const char* function) {
   return read_versioned(cfg, sizeof(kvp_config), KVP_CONFIG_VERSION, function, "kvp_config");
 }
 
-void validate_config(const kvp_config& c, const char* fn) {
+namespace {
+
+// Every field on its own and the page of one layer (SPEC.md §2.1; bounds in config.h).
+void check_fields(const kvp_config& c, const char* fn) {
   if (c.version != KVP_LAYOUT_V2 && c.version != KVP_LAYOUT_V3)
     fail(KVP_ERR_NOT_FOUND, "%s: unknown layout version %u (expected v2 or v3)", fn,
          static_cast<unsigned>(c.version));
   require_storage_dtype(c.kvdtype, fn);
-  if (c.num_hidden_layers <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_hidden_layers must be positive, got %lld", fn, ll(c.num_hidden_layers));
-  if (c.num_kv_heads <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_kv_heads must be positive, got %lld", fn, ll(c.num_kv_heads));
-  if (c.k_headdim <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: k_headdim must be positive, got %lld", fn, ll(c.k_headdim));
+  check_range(c.num_hidden_layers, 1, kMaxLayers, "num_hidden_layers", fn);
+  check_range(c.max_model_length, 1, kMaxModelLength, "max_model_length", fn);
+  check_range(c.num_kv_heads, 1, kMaxPageDim, "num_kv_heads", fn);
+  check_range(c.k_headdim, 1, kMaxPageDim, "k_headdim", fn);
   if (c.v_headdim != c.k_headdim)
     fail(KVP_ERR_INVALID_ARGUMENT,
          "%s: v_headdim (%lld) must equal k_headdim (%lld): the layouts store values with the key head dim",
          fn, ll(c.v_headdim), ll(c.k_headdim));
-  if (c.max_model_length <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_model_length must be positive, got %lld", fn, ll(c.max_model_length));
-  if (c.page_size <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_size must be positive, got %lld", fn, ll(c.page_size));
+  check_range(c.page_size, 1, kMaxPageDim, "page_size", fn);
   const int64_t packing = dtype_packing(c.kvdtype);
   if (c.page_size % packing != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_size %lld must be a multiple of the packing %lld of %s", fn,
          ll(c.page_size), ll(packing), dtype_name(c.kvdtype));
   if (!(c.hbm_utilization > 0.0 && c.hbm_utilization <= 1.0))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: hbm_utilization must be in (0, 1], got %g", fn, c.hbm_utilization);
-  if (c.num_pages != -1 && c.num_pages < 1)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages must be -1 (not computed) or positive, got %lld", fn,
-         ll(c.num_pages));
+  check_optional(c.num_pages, kMaxNumPages, "num_pages", fn);
   const int64_t ppr = cdiv(c.max_model_length, c.page_size);
   if (c.max_num_pages_per_req != -1 && c.max_num_pages_per_req != ppr)
     fail(KVP_ERR_INVALID_ARGUMENT,
          "%s: max_num_pages_per_req is %lld but cdiv(max_model_length %lld, page_size %lld) = %lld", fn,
          ll(c.max_num_pages_per_req), ll(c.max_model_length), ll(c.page_size), ll(ppr));
-  const int64_t slices = num_slices_per_update_page(page_size_bytes(c.page_size, c.num_kv_heads, c.k_headdim, c.kvdtype));
+  int64_t psb = 0;
+  if (!try_page_size_bytes(c.page_size, c.num_kv_heads, c.k_headdim, c.kvdtype, &psb) || psb > kSixteenMiB)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: Number of slices should be positive: a page of one layer (page_size %lld x num_kv_heads %lld x "
+         "k_headdim %lld of %s) is more than the 16 MiB (16777216 bytes) update staging buffer",
+         fn, ll(c.page_size), ll(c.num_kv_heads), ll(c.k_headdim), dtype_name(c.kvdtype));
+  const int64_t slices = num_slices_per_update_page(psb);
   if (c.num_slices_per_kv_cache_update_page != -1 && c.num_slices_per_kv_cache_update_page != slices)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_slices_per_kv_cache_update_page is %lld but the formula gives %lld",
          fn, ll(c.num_slices_per_kv_cache_update_page), ll(slices));
-  if (c.max_num_tokens != -1 && c.max_num_tokens <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens must be -1 (unset) or positive, got %lld", fn,
-         ll(c.max_num_tokens));
-  if (c.max_num_reqs != -1 && c.max_num_reqs <= 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs must be -1 (unset) or positive, got %lld", fn,
-         ll(c.max_num_reqs));
+  check_optional(c.max_num_tokens, kMaxNumTokens, "max_num_tokens", fn);
+  check_optional(c.max_num_reqs, kMaxNumReqs, "max_num_reqs", fn);
 }
 
+}  // namespace
+
+void validate_config(const kvp_config& c, const char* fn) { (void)layout_of(c, fn); }
+
 Layout layout_of(const kvp_config& c, const char* fn) {
-  validate_config(c, fn);
+  check_fields(c, fn);
   Layout L;
   L.v3 = c.version == KVP_LAYOUT_V3;
   L.dtype = c.kvdtype;
@@ -136,14 +179,15 @@ Layout layout_of(const kvp_config& c, const char* fn) {
     L.shape[2] = two_h;
     L.shape[3] = c.k_headdim;
   }
+  // A page of one layer is at most 16 MiB (check_fields) and num_pages < 2^31, so only the whole
+  // cache can exceed int64: its bytes must be addressable.
   L.token_elems = checked_mul(L.combined_heads, L.storage_head_dim, "elements per token");
   L.page_elems = checked_mul(L.page_size, L.token_elems, "elements per page");
   L.layer_elems = checked_mul(L.num_pages, L.page_elems, "elements per layer");
   L.layer_bytes = checked_mul(L.layer_elems, L.itemsize, "bytes per layer");
   L.page_bytes_per_layer = checked_mul(L.page_elems, L.itemsize, "bytes per page");
   L.max_num_seqs = max_num_seqs(c);
-  // The whole cache must be addressable.
-  checked_mul(L.layer_bytes, L.num_layers, "bytes of the cache");
+  (void)checked_mul(L.layer_bytes, L.num_layers, "bytes of the cache (num_pages x page bytes x num_hidden_layers)");
   return L;
 }
 
@@ -183,15 +227,13 @@ int64_t hbm_budget_bytes(const kvp_memory_stats* stats, uint32_t n, double util,
     if (limit == 0) continue;
     const int64_t used = s.bytes_in_use > s.bytes_reserved ? s.bytes_in_use : s.bytes_reserved;
     const int64_t free_b = limit > used ? limit - used : 0;
-    int64_t usable;
-    // Python: int(x * util) multiplies in double precision and truncates; reproduce it exactly.
-    if (mode == KVP_BUDGET_FREE) {
-      usable = static_cast<int64_t>(std::floor(static_cast<double>(free_b) * util)) - margin;
-    } else {
-      usable = static_cast<int64_t>(std::floor(static_cast<double>(limit) * util)) - used - margin;
-    }
-    if (usable < 0) usable = 0;
-    if (!any || usable < best) best = usable;
+    // Python: int(x * util) multiplies in double precision and truncates. The product can round
+    // up to 2^63 (limit near INT64_MAX), so the floor and the subtractions are done in 128 bits
+    // and only the final, clamped result is narrowed.
+    const __int128 usable = mode == KVP_BUDGET_FREE ? scaled_floor(free_b, util) - margin
+                                                    : scaled_floor(limit, util) - used - margin;
+    const int64_t clamped = clamp_to_int64(usable);
+    if (!any || clamped < best) best = clamped;
     any = true;
   }
   return any ? best : static_cast<int64_t>(KVP_FALLBACK_BUDGET);
@@ -299,7 +341,7 @@ kvp_plan plan_of(const kvp_config& c, const char* fn) {
   p.usable_pages = c.num_pages - 1;
   p.page_size = c.page_size;
   p.bytes_per_page = checked_mul(L.page_bytes_per_layer, c.num_hidden_layers, "bytes per page");
-  int64_t ref = checked_mul(2 * c.num_hidden_layers, c.page_size, "reference page bytes");
+  int64_t ref = checked_mul(checked_mul(2, c.num_hidden_layers, "reference page bytes"), c.page_size, "reference page bytes");
   ref = checked_mul(ref, c.num_kv_heads, "reference page bytes");
   ref = checked_mul(ref, c.k_headdim, "reference page bytes");
   p.reference_bytes_per_page = checked_mul(ref, L.itemsize, "reference page bytes");

@@ -2,12 +2,23 @@
 #pragma once
 
 #include <cstdint>
+#include <climits>
 
 #include "kvpages/cache.h"
 #include "kvpages/config.h"
 #include "backend/geometry.hpp"
 
 namespace kvp::detail {
+
+// Bounds of the config fields (include/kvpages/config.h documents them). Positions, context
+// lengths and page ids are int32; every dimension of a page is bounded by the 16 MiB a page of one
+// layer may have; each layer is one allocation, so their count bounds the per-layer overhead.
+constexpr int64_t kMaxLayers = 65536;
+constexpr int64_t kMaxModelLength = INT32_MAX;
+constexpr int64_t kMaxPageDim = int64_t{1} << 24;  // page_size, num_kv_heads, k_headdim
+constexpr int64_t kMaxNumPages = INT32_MAX;
+constexpr int64_t kMaxNumTokens = INT32_MAX;
+constexpr int64_t kMaxNumReqs = INT32_MAX - 1;  // query_start_loc has max_num_reqs + 1 int32 entries
 
 // Validates a config record (throws with a message naming the field).
 void validate_config(const kvp_config& cfg, const char* function);

@@ -4,18 +4,6 @@
 
 namespace kvp::detail {
 
-int64_t checked_add(int64_t a, int64_t b, const char* what) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r)) fail(KVP_ERR_INVALID_ARGUMENT, "%s overflows int64", what);
-  return r;
-}
-
-int64_t checked_mul(int64_t a, int64_t b, const char* what) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) fail(KVP_ERR_INVALID_ARGUMENT, "%s overflows int64", what);
-  return r;
-}
-
 int64_t cdiv(int64_t a, int64_t b) {
   if (b == 0) fail(KVP_ERR_INVALID_ARGUMENT, "cdiv: division by zero");
   // (a + b - 1) // b with Python floor division; the sum is computed without overflow in 128 bits.

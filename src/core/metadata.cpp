@@ -3,6 +3,7 @@
 #include <cstring>
 #include <limits>
 
+#include "util/checked.hpp"
 #include "util/error.hpp"
 
 namespace kvp::detail {
@@ -28,9 +29,7 @@ void check_metadata_structure(const MetadataArrays& a, const char* fn) {
   if (a.page_size < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata page_size %lld is negative", fn, ll(a.page_size));
   if (a.num_reqs < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_reqs %lld is negative", fn, ll(a.num_reqs));
   if (a.pages_per_req < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: pages_per_req %lld is negative", fn, ll(a.pages_per_req));
-  if (a.pages_per_req > 0 && a.num_reqs > std::numeric_limits<int64_t>::max() / a.pages_per_req)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: pages_tables size %lld x %lld overflows", fn, ll(a.num_reqs), ll(a.pages_per_req));
-  if (a.pages_tables == nullptr && a.num_reqs * a.pages_per_req != 0 && a.pages_tables == nullptr)
+  if (a.pages_tables == nullptr && checked_mul(a.num_reqs, a.pages_per_req, "pages_tables num_reqs x pages_per_req") != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: pages_tables is NULL but has %lld x %lld entries", fn, ll(a.num_reqs),
          ll(a.pages_per_req));
   check_len(a.context_lens, a.context_lens_len, "context_lens", fn);
@@ -102,19 +101,19 @@ HostPtr<Metadata> Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
 
 void Metadata::allocate(const MetadataArrays& s) {
   MetadataArrays a = s;
-  const int64_t n_pt = a.num_reqs * a.pages_per_req;
+  const int64_t n_pt = checked_mul(a.num_reqs, a.pages_per_req, "metadata pages_tables entries");
   const int64_t lens[8] = {n_pt,
                            a.context_lens_len,
                            a.query_start_loc_len,
                            a.num_seqs_len,
-                           3 * a.num_slices,
+                           checked_mul(3, a.num_slices, "metadata slot_mapping entries"),
                            a.num_kv_update_slices_len,
                            a.request_distribution_len,
                            a.position_ids_len};
   int64_t total = 0;
   for (int64_t l : lens) {
     if (l < 0) fail(KVP_ERR_INVALID_ARGUMENT, "metadata: negative array length %lld", ll(l));
-    total += l;
+    total = checked_add(total, l, "metadata entries");
     if (total > (int64_t(1) << 40)) fail(KVP_ERR_INVALID_ARGUMENT, "metadata: arrays too large (%lld entries)", ll(total));
   }
   storage_.assign(static_cast<size_t>(total), 0);
@@ -151,7 +150,7 @@ HostPtr<Metadata> Metadata::empty(kvp_layout version, int64_t num_tokens, int64_
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs %lld is out of range [0, %lld)", fn, ll(max_num_reqs), ll(kMax));
   if (max_pages < 0 || max_pages > kMax)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_pages %lld is out of range [0, %lld]", fn, ll(max_pages), ll(kMax));
-  if (max_num_reqs * max_pages > (int64_t(1) << 32))
+  if (checked_mul(max_num_reqs, max_pages, "max_num_reqs x max_pages") > (int64_t(1) << 32))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: page table %lld x %lld is too large", fn, ll(max_num_reqs), ll(max_pages));
   if (page_size < 0 || page_size > kMax)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_size %lld is out of range", fn, ll(page_size));

@@ -7,6 +7,7 @@
 
 #include "backend/backend.hpp"
 #include "core/cache.hpp"
+#include "core/math.hpp"
 #include "util/error.hpp"
 #include "util/options.hpp"
 
@@ -62,12 +63,6 @@ void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size
 // ---------------------------------------------------------------------------------------------
 // Creation.
 
-namespace {
-
-size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
-}  // namespace
-
 Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const char* fn) {
   const kvp_config& cfg = cache.config();
   Shape sh;
@@ -81,7 +76,7 @@ Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const 
   check_host_allocator(o.allocator, fn);
   sh.prefix = (o.flags & KVP_POOL_FLAG_NO_PREFIX_CACHE) == 0;
   sh.max_len = cfg.max_model_length;
-  sh.row_len = static_cast<size_t>((sh.max_len + sh.S - 1) / sh.S);
+  sh.row_len = static_cast<size_t>(cdiv(sh.max_len, sh.S));
   uint64_t m = o.max_sequences;
   if (m == 0) {
     if (cfg.max_num_reqs > 0) m = static_cast<uint64_t>(cfg.max_num_reqs);
@@ -91,10 +86,13 @@ Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const 
   if (m < 1 || m > kIndexMask)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_sequences %llu is out of range [1, %u]", fn,
          static_cast<unsigned long long>(m), kIndexMask);
-  if (m * sh.row_len > (uint64_t{1} << 31))
+  const int64_t entries = checked_mul(static_cast<int64_t>(m), static_cast<int64_t>(sh.row_len),
+                                      "max_sequences x pages per sequence");
+  if (entries > (int64_t{1} << 31))
     fail(KVP_ERR_INVALID_ARGUMENT,
-         "%s: max_sequences %llu x %zu pages per sequence = %llu page-table entries exceeds 2^31", fn,
-         static_cast<unsigned long long>(m), sh.row_len, static_cast<unsigned long long>(m * sh.row_len));
+         "%s: max_sequences %llu x %zu pages per sequence (max_model_length %lld / page_size %lld) = %lld page-table "
+         "entries exceeds 2^31", fn, static_cast<unsigned long long>(m), sh.row_len, static_cast<long long>(sh.max_len),
+         static_cast<long long>(sh.S), static_cast<long long>(entries));
   sh.m = static_cast<uint32_t>(m);
   sh.table_cap = 16;
   while (sh.table_cap < static_cast<size_t>(2 * sh.P)) sh.table_cap <<= 1;
@@ -104,22 +102,22 @@ Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const 
 // Carves every array out of one block from the allocator.
 void Pool::allocate_arrays(const Shape& sh) {
   size_t off = 0;
-  auto take = [&off](size_t bytes, size_t align) {
-    off = align_up(off, align);
+  auto take = [&off](size_t count, size_t elem, size_t align) {
+    off = checked_bytes_add(off, align - 1, "pool arrays") / align * align;
     const size_t at = off;
-    off += bytes;
+    off = checked_bytes_add(off, checked_bytes(count, elem, "pool arrays"), "pool arrays");
     return at;
   };
   const size_t P = static_cast<size_t>(sh.P), S = static_cast<size_t>(sh.S);
-  const size_t o_pages = take(sizeof(Page) * P, alignof(Page));
-  const size_t o_tokens = take(sizeof(int32_t) * P * S, 64);
-  const size_t o_table = take(sizeof(int32_t) * sh.table_cap, 64);
-  const size_t o_seqs = take(sizeof(Seq) * sh.m, alignof(Seq));
-  const size_t o_rows = take(sizeof(int32_t) * sh.m * sh.row_len, 64);
-  const size_t o_ring = take(sizeof(uint32_t) * sh.m, 64);
-  const size_t o_scratch = take(sizeof(int32_t) * sh.row_len, 64);
-  const size_t o_hash = take(16 + sizeof(int32_t) * S, 64);
-  arrays_ = alloc_.allocate(align_up(off, 64), 64);
+  const size_t o_pages = take(P, sizeof(Page), alignof(Page));
+  const size_t o_tokens = take(checked_bytes(P, S, "pool token slots"), sizeof(int32_t), 64);
+  const size_t o_table = take(sh.table_cap, sizeof(int32_t), 64);
+  const size_t o_seqs = take(sh.m, sizeof(Seq), alignof(Seq));
+  const size_t o_rows = take(checked_bytes(sh.m, sh.row_len, "pool page tables"), sizeof(int32_t), 64);
+  const size_t o_ring = take(sh.m, sizeof(uint32_t), 64);
+  const size_t o_scratch = take(sh.row_len, sizeof(int32_t), 64);
+  const size_t o_hash = take(checked_bytes_add(4, S, "pool hash buffer"), sizeof(int32_t), 64);
+  arrays_ = alloc_.allocate(checked_bytes_add(off, 63, "pool arrays") / 64 * 64, 64);
   uint8_t* base = static_cast<uint8_t*>(arrays_);
   pages_ = reinterpret_cast<Page*>(base + o_pages);
   tokens_ = reinterpret_cast<int32_t*>(base + o_tokens);

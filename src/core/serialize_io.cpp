@@ -1,6 +1,7 @@
 #include "core/serialize_io.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -112,6 +113,13 @@ void FileSource::expect_end(const char* function) {
   if (read_some(&b, 1) != 0)
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: '%s' has trailing bytes after the end of the blob (%llu bytes); the file "
          "must be exactly one blob", function, path_, (u64)pos);
+}
+
+bool FileSource::known_size(uint64_t* size) const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  *size = static_cast<uint64_t>(st.st_size);
+  return true;
 }
 
 size_t FileSource::read_some(void* dst, size_t n) {

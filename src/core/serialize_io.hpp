@@ -94,6 +94,11 @@ class Source {
   virtual void expect_end(const char* function) { (void)function; }
   // True when view() always succeeds for data that is present (the input is in memory).
   virtual bool in_memory() const { return false; }
+  // The size of the whole input when it is known before reading (a buffer, a regular file).
+  virtual bool known_size(uint64_t* size) const {
+    (void)size;
+    return false;
+  }
   // The next n bytes, viewed in place or read into `buf` (valid until the next call with `buf`).
   // Reading grows `buf` as the data arrives (at most 1 MiB ahead of what was received), so a
   // header that declares huge chunks cannot make us allocate them before the bytes exist.
@@ -110,6 +115,10 @@ class BufferSource final : public Source {
   const uint8_t* view(size_t n, const char* what) override;
   void expect_end(const char* function) override;
   bool in_memory() const override { return true; }
+  bool known_size(uint64_t* size) const override {
+    *size = n_;
+    return true;
+  }
 
  private:
   void need(size_t n, const char* what) const;
@@ -139,6 +148,7 @@ class FileSource final : public Source {
   FileSource& operator=(const FileSource&) = delete;
   void read(void* dst, size_t n, const char* what) override;
   void expect_end(const char* function) override;
+  bool known_size(uint64_t* size) const override;
 
  private:
   size_t read_some(void* dst, size_t n);

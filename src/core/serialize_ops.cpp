@@ -5,6 +5,7 @@
 #include "core/config.hpp"
 #include "core/dtype.hpp"
 #include "core/serialize_transfer.hpp"
+#include "util/checked.hpp"
 #include "util/error.hpp"
 #include "util/options.hpp"
 
@@ -56,6 +57,37 @@ void check_same_shape(const Cache& cache, const Parsed& p, const int32_t* dst_id
   if (dst_ids != nullptr && n != p.geo.num_stored)
     fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob holds %llu pages but %u destination page ids were given", fn,
          (u64)p.geo.num_stored, n);
+}
+
+// Before anything is allocated: a blob whose input size is known (a buffer, a regular file) must
+// declare exactly that many bytes, so a header cannot promise data that is not there.
+void check_declared_size(const Source& src, const Geometry& g, const char* fn) {
+  uint64_t size = 0;
+  if (!src.known_size(&size) || size == g.total_bytes) return;
+  if (size < g.total_bytes)
+    fail(KVP_ERR_FORMAT_TRUNCATED, "%s: truncated input: the header declares a blob of %llu bytes but the input has "
+         "%llu", fn, (u64)g.total_bytes, (u64)size);
+  fail(KVP_ERR_FORMAT_CORRUPT, "%s: %llu trailing bytes after the end of the blob (%llu bytes); the input must be "
+       "exactly one blob", fn, (u64)(size - g.total_bytes), (u64)g.total_bytes);
+}
+
+// Host or device bytes a new cache for `p` takes: each layer's buffer rounded up to its 64-byte
+// alignment plus the bookkeeping of one allocation, and the page-id table.
+uint64_t load_bytes(const Parsed& p) {
+  constexpr size_t kLayerOverhead = 64;  // the layer's pointer and the allocator's header
+  const size_t layer = checked_bytes_add(static_cast<size_t>(p.layout.layer_bytes), 63, "a layer") / 64 * 64;
+  const size_t layers = checked_bytes(static_cast<size_t>(p.geo.num_layers),
+                                      checked_bytes_add(layer, kLayerOverhead, "a layer"), "the layers");
+  return checked_bytes_add(layers, checked_bytes(static_cast<size_t>(p.geo.num_stored), 4, "the page ids"),
+                           "the cache");
+}
+
+// max_cache_bytes, or the default for 0: KVP_DESERIALIZE_DEFAULT_MAX_BYTES plus the input's size
+// when it is known (a blob that carries every page loads with the default options).
+uint64_t load_limit(const kvp_deserialize_options& o, const Source& src) {
+  if (o.max_cache_bytes != 0) return o.max_cache_bytes;
+  uint64_t size = 0;
+  return KVP_DESERIALIZE_DEFAULT_MAX_BYTES + (src.known_size(&size) ? size : 0);
 }
 
 }  // namespace
@@ -130,12 +162,12 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
   const HostAllocator alloc;  // before the cache exists: the process default
   Parsed p(alloc);
   read_header(src, p, function);
-  uint64_t cache_bytes = 0;
-  if (__builtin_mul_overflow(static_cast<uint64_t>(p.layout.layer_bytes), p.geo.num_layers, &cache_bytes))
-    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob's cache size overflows 64 bits", function);
-  if (o.max_cache_bytes != 0 && cache_bytes > o.max_cache_bytes)
-    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's cache needs %llu bytes, more than max_cache_bytes %llu", function,
-         (u64)cache_bytes, (u64)o.max_cache_bytes);
+  check_declared_size(src, p.geo, function);
+  const uint64_t need = load_bytes(p), limit = load_limit(o, src);
+  if (need > limit)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: loading the blob needs %llu bytes (%llu layers), more than max_cache_bytes "
+         "%llu%s", function, (u64)need, (u64)p.geo.num_layers, (u64)limit,
+         o.max_cache_bytes == 0 ? " (the default for 0; set max_cache_bytes to allow more)" : "");
   read_table(src, p, function);
   kvp_cache* h = create_cache(&p.config, o.cache_options, function);
   try {
@@ -153,6 +185,7 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
   check_dst_ids(cache, dst_ids, num_dst_ids, function);
   Parsed p(cache.allocator());
   read_header(src, p, function);
+  check_declared_size(src, p.geo, function);
   check_same_shape(cache, p, dst_ids, num_dst_ids, function);
   read_table(src, p, function);
   const int64_t P = cache.config().num_pages;

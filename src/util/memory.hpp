@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kvpages/cache.h"
+#include "util/checked.hpp"
 
 namespace kvp::detail {
 
@@ -96,7 +97,7 @@ class HostBuffer {
   // Replaces the array by one of n elements (contents undefined). Throws on exhaustion, leaving
   // the old array in place.
   void allocate(size_t n, size_t align = 64) {
-    T* p = static_cast<T*>(alloc_.allocate(n * sizeof(T), align));
+    T* p = static_cast<T*>(alloc_.allocate(checked_bytes(n, sizeof(T), "a host buffer"), align));
     alloc_.deallocate(data_);
     data_ = p;
   }
