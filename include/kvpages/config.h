@@ -151,6 +151,8 @@ KVP_API kvp_status KVP_CALL kvp_hbm_budget_bytes(const kvp_memory_stats *stats, 
  * @retval KVP_OK Read.
  * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL or the device type is unknown.
  * @retval KVP_ERR_NO_DEVICE No such device, or no CUDA backend in this build.
+ * @retval KVP_ERR_OUT_OF_MEMORY The kernel could not allocate for the read of the host statistics
+ *         (the read itself allocates no heap memory, so it works when malloc fails).
  * @retval KVP_ERR_IO The host statistics could not be read.
  * @threadsafety Thread-safe.
  * @since 1.0

@@ -75,12 +75,20 @@ KVP_API kvp_status KVP_CALL kvp_config_to_json(const kvp_config *cfg, char *buf,
  * `version` "v3" ("v2" or "v3"), `_kvdtype_str` "bf16" (any spelling kvp_dtype_from_string()
  * accepts). Other keys are ignored.
  *
+ * Untrusted text: the text is parsed without recursion and without building a document; nesting
+ * deeper than 64 levels (the top-level object counts as one) is refused, wherever it is; a string
+ * with an embedded NUL (`\u0000`) is refused, naming the key; error messages name the key and the
+ * type found, never repeat a value, and quote at most 32 bytes of the text around a syntax error.
+ * Memory use is proportional to the kept keys' values, and an allocation failure anywhere,
+ * inside the JSON parser included, is ::KVP_ERR_OUT_OF_MEMORY.
+ *
  * @param[in] json The text, not NULL; need not be NUL-terminated.
  * @param[in] len Bytes of `json`.
  * @param[out] out Receives the record (struct_size and abi_version set to this library's), not NULL; unchanged on failure.
  * @retval KVP_OK Read.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, malformed JSON (the message has the position),
- *         not an object, a missing required key, or a value of the wrong type or range.
+ *         nesting deeper than 64 levels, not an object, a missing required key, a string with a
+ *         NUL, or a value of the wrong type or range.
  * @retval KVP_ERR_NOT_FOUND Unknown `version` or `_kvdtype_str` string.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
  * @threadsafety Thread-safe.
@@ -127,15 +135,18 @@ KVP_API kvp_status KVP_CALL kvp_metadata_to_json(const kvp_metadata *metadata, c
  * `num_kv_update_slices [1]` or v3 `request_distribution [3]`. A `null` or missing array loads
  * as zeros of that shape; an array of another length is rejected. Unknown keys are ignored.
  * Values are only checked to be integers that fit `int32_t`; their meaning is checked by the
- * calls that use the metadata.
+ * calls that use the metadata. Untrusted text is handled as by kvp_config_from_json() (64 levels
+ * of nesting at most, no NUL in strings, bounded messages); an element error names the key, the
+ * row and the element, e.g. `pages_tables[1][3]`.
  *
  * @param[in] json The text, not NULL; need not be NUL-terminated.
  * @param[in] len Bytes of `json`.
  * @param[out] out Receives the new handle, not NULL; set to NULL on failure.
  * @retval KVP_OK Created.
- * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, malformed JSON, not an object, a value of the
- *         wrong type or out of int32 range, ragged `pages_tables`, an array of the wrong length,
- *         or an array the layout version does not have.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, malformed JSON, nesting deeper than 64 levels,
+ *         not an object, a value of the wrong type or out of int32 range, a string with a NUL,
+ *         ragged `pages_tables`, an array of the wrong length, or an array the layout version
+ *         does not have.
  * @retval KVP_ERR_NOT_FOUND Unknown `version` string.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
  * @ownership Caller-owned handle: release with kvp_metadata_destroy().

@@ -202,16 +202,30 @@ KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, cons
 /**
  * @brief Serializes a cache (or chosen pages of it) to a file, replacing it atomically.
  *
- * Writes a temporary file in the same directory, flushes and `fsync`s it, renames it over
- * `path` and `fsync`s the directory. On any failure the temporary file is removed and a file
- * that existed under `path` is left as it was: a reader never sees a half-written file under
- * the target name.
+ * Writes a new file in the target's directory, `fsync`s it, renames it over the target and
+ * `fsync`s the directory. On any failure the new file is removed and a file that existed under
+ * the target name is left as it was: a reader never sees a half-written file under that name.
+ * Where the filesystem supports `O_TMPFILE` (ext4, xfs, btrfs, tmpfs on Linux ≥ 3.11, with
+ * `/proc` mounted) the new file has no name while it is written and gets the temporary name
+ * `TARGET.tmp.XXXXXX` only just before the rename, so a process killed during the save leaves no
+ * file behind (except if killed in the instant between the two); elsewhere it is written under
+ * that temporary name, which a `kill -9` leaves behind. docs/serialization-format.md has the
+ * details.
+ *
+ * Permissions: the new file keeps the mode bits of the file it replaces; a new file gets
+ * `0666 & ~umask`. The owner is the writing user.
+ *
+ * Symbolic links: a symbolic link at `path` is followed. The file it points to is replaced
+ * atomically (the new file is written in that file's directory) and the link itself stays. A link
+ * whose target cannot be resolved (dangling, a loop) is refused with ::KVP_ERR_IO and nothing is
+ * written.
  *
  * @param[in] cache Cache handle.
  * @param[in] opts Selection and chunk size, or NULL for the whole cache with defaults.
  * @param[in] path Destination path, NUL-terminated, not NULL.
  * @retval KVP_OK Written and renamed into place.
- * @retval KVP_ERR_IO Creating, writing, syncing or renaming failed (the message has the OS error).
+ * @retval KVP_ERR_IO Creating, writing, syncing or renaming failed (the message has the OS error),
+ *         or `path` is a symbolic link whose target cannot be resolved.
  * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL or empty `path`, or a bad selection (see kvp_serialized_size()).
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.

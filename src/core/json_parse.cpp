@@ -19,6 +19,7 @@ namespace {
 using Json = nlohmann::json;  // only its SAX parser is used: no document is built
 constexpr int kMaxDepth = 64;
 static_assert(kMaxDepth == 64, "the depth error message says 64 levels");
+constexpr size_t kMaxTokenEcho = 32;
 
 // One top-level field. Scalars keep their value; arrays keep their integers flattened in `items`
 // and, per element, -1 (a scalar) or its length (a row of scalars).
@@ -82,9 +83,22 @@ class Reader final : public nlohmann::json_sax<Json> {
   bool end_object() override { return close(); }
   bool start_array(std::size_t) override { return open(true); }
   bool end_array() override { return close(); }
+  // The parser's message, its copy of the last token (which may be the whole rest of the text,
+  // an unterminated string) cut to kMaxTokenEcho bytes.
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    static constexpr char kLastRead[] = "; last read: '";
+    const std::string what = e.what();
+    const size_t at = what.find(kLastRead);
     error = "malformed JSON: ";
-    error += e.what();
+    error.append(what, 0, at);
+    if (at == std::string::npos) return false;
+    const size_t token = at + sizeof kLastRead - 1;
+    size_t end = what.rfind("'; expected ");  // the token's closing quote
+    if (end == std::string::npos || end < token) end = what.size() - 1;
+    const size_t len = end - token;
+    error.append(what, at, token - at + (len < kMaxTokenEcho ? len : kMaxTokenEcho));
+    if (len > kMaxTokenEcho) error += "...";
+    error.append(what, end, std::string::npos);
     return false;
   }
 

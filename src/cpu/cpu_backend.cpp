@@ -4,7 +4,11 @@
 // anonymously (mmap), which the kernel hands out as zero pages on first touch, so no memset pass
 // runs and untouched pages cost no physical memory; small buffers use calloc. A caller-provided
 // allocator gives no such guarantee, so its blocks are zero-filled explicitly.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <cstdlib>
@@ -77,17 +81,50 @@ class CpuBackend final : public Backend {
 
 HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc) { return make_host<CpuBackend>(alloc, alloc); }
 
-void cpu_memory_stats(kvp_memory_stats* out) {
-  std::FILE* f = std::fopen("/proc/meminfo", "r");
-  if (f == nullptr) fail(KVP_ERR_IO, "cannot open /proc/meminfo to read host memory statistics");
-  long long total_kb = -1, avail_kb = -1;
-  char line[256];
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    long long v;
-    if (std::sscanf(line, "MemTotal: %lld kB", &v) == 1) total_kb = v;
-    if (std::sscanf(line, "MemAvailable: %lld kB", &v) == 1) avail_kb = v;
+namespace {
+
+// The start of /proc/meminfo (MemTotal and MemAvailable are its first lines) into buf, without
+// allocating: a stdio FILE would need heap memory, and this read also runs when memory is short.
+// Returns the bytes read; an allocation failure of the kernel is KVP_ERR_OUT_OF_MEMORY.
+size_t read_meminfo(char* buf, size_t cap) {
+  const int fd = ::open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    fail(errno == ENOMEM ? KVP_ERR_OUT_OF_MEMORY : KVP_ERR_IO,
+         "cannot open /proc/meminfo to read host memory statistics: %s", std::strerror(errno));
+  size_t n = 0;
+  while (n < cap) {
+    const ssize_t r = ::read(fd, buf + n, cap - n);
+    if (r == 0) break;
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      const int err = errno;
+      ::close(fd);
+      fail(err == ENOMEM ? KVP_ERR_OUT_OF_MEMORY : KVP_ERR_IO, "reading /proc/meminfo failed: %s", std::strerror(err));
+    }
+    n += static_cast<size_t>(r);
   }
-  std::fclose(f);
+  ::close(fd);
+  return n;
+}
+
+// The value in kB of the line "<key> <value> kB" in text, or -1.
+long long meminfo_kb(const char* text, const char* key) {
+  const size_t klen = std::strlen(key);
+  for (const char* line = text; line != nullptr && *line != '\0'; line = std::strchr(line, '\n')) {
+    if (*line == '\n') ++line;
+    long long v;
+    if (std::strncmp(line, key, klen) == 0 && std::sscanf(line + klen, " %lld kB", &v) == 1) return v;
+  }
+  return -1;
+}
+
+}  // namespace
+
+void cpu_memory_stats(kvp_memory_stats* out) {
+  char text[4096];
+  text[read_meminfo(text, sizeof text - 1)] = '\0';
+  const long long total_kb = meminfo_kb(text, "MemTotal:");
+  const long long avail_kb = meminfo_kb(text, "MemAvailable:");
   if (total_kb < 0 || avail_kb < 0) fail(KVP_ERR_IO, "/proc/meminfo lacks MemTotal or MemAvailable");
   std::memset(out, 0, sizeof *out);
   out->bytes_total = total_kb * 1024;

@@ -1,6 +1,7 @@
 /* `kvp plan`: planning numbers for a model shape, before anything is allocated. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,14 +19,15 @@ int kvp_tool_parse_int(const char *s, int64_t *out) {
   return 0;
 }
 
-int kvp_tool_parse_bytes(const char *s, int64_t *out) {
+const char *kvp_tool_parse_bytes(const char *s, int64_t *out) {
   char *end = NULL;
   double v;
   double mul = 1.0;
-  if (s == NULL || *s == '\0') return -1;
+  if (s == NULL || *s == '\0') return "empty";
   errno = 0;
   v = strtod(s, &end);
-  if (errno != 0 || end == s || v <= 0) return -1;
+  if (end == s) return "not a number";
+  if (!isfinite(v)) return "not a finite number";
   if (*end != '\0') {
     char u = *end;
     const char *rest = end + 1;
@@ -33,14 +35,16 @@ int kvp_tool_parse_bytes(const char *s, int64_t *out) {
     else if (u == 'm' || u == 'M') mul = 1024.0 * 1024.0;
     else if (u == 'g' || u == 'G') mul = 1024.0 * 1024.0 * 1024.0;
     else if (u == 't' || u == 'T') mul = 1024.0 * 1024.0 * 1024.0 * 1024.0;
-    else return -1;
+    else return "unknown unit (use K, M, G or T)";
     if (strcmp(rest, "") != 0 && strcmp(rest, "B") != 0 && strcmp(rest, "iB") != 0 && strcmp(rest, "ib") != 0)
-      return -1;
+      return "unknown unit (use K, M, G or T)";
   }
   v *= mul;
-  if (v >= 9.2e18) return -1;
+  if (v < 1.0) return "less than one byte";
+  if (v != floor(v)) return "not a whole number of bytes";
+  if (v >= 9.2e18) return "too large";
   *out = (int64_t)v;
-  return 0;
+  return NULL;
 }
 
 const char *kvp_tool_fmt_bytes(int64_t bytes, char *buf, size_t cap) {
@@ -112,13 +116,27 @@ static void plan_usage(FILE *f) {
           "  --dtype NAME        bf16 (default), fp16, fp32, fp8_e4m3fn, fp8_e5m2 (alias fp8)\n"
           "  --page-size N       tokens per page (default 128)\n"
           "  --layout v2|v3      storage layout (default v3)\n"
-          "  --budget BYTES      explicit memory budget, e.g. 16G (default: from the device)\n"
+          "  --budget BYTES      explicit memory budget, a whole number of bytes >= 1, e.g. 16G,\n"
+          "                      1.5G or 1048576 (default: from the device)\n"
           "  --util F            fraction of memory to use, in (0, 1] (default 0.9)\n"
           "  --mode free|total   budget mode (default free, as the reference)\n"
           "  --device cpu|cuda:N device whose memory is budgeted (default cpu)\n"
           "  --reference-budget  size pages with the reference's unpadded formula\n"
           "\n"
           "example: kvp plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G\n");
+}
+
+/* A CUDA ordinal "N" in [0, INT32_MAX] (kvp_config_options::device_id). Returns NULL on success,
+ * else why s is not one. */
+static const char *parse_device_id(const char *s, int32_t *out) {
+  int64_t id = 0;
+  if (strcmp(s, "0") == 0) {
+    *out = 0;
+    return NULL;
+  }
+  if (kvp_tool_parse_int(s, &id) != 0 || id > INT32_MAX) return "the device id must be an integer in [0, 2147483647]";
+  *out = (int32_t)id;
+  return NULL;
 }
 
 int kvp_cmd_plan(int argc, char **argv) {
@@ -132,6 +150,7 @@ int kvp_cmd_plan(int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    const char *reason = NULL; /* why v is invalid, when there is more to say than that */
     int bad = 0;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       plan_usage(stdout);
@@ -152,7 +171,7 @@ int kvp_cmd_plan(int argc, char **argv) {
     else if (strcmp(a, "--head-dim") == 0) bad = kvp_tool_parse_int(v, &o.kv_head_dim_size), have_dim = 1;
     else if (strcmp(a, "--max-len") == 0) bad = kvp_tool_parse_int(v, &o.max_model_length), have_len = 1;
     else if (strcmp(a, "--page-size") == 0) bad = kvp_tool_parse_int(v, &o.page_size);
-    else if (strcmp(a, "--budget") == 0) bad = kvp_tool_parse_bytes(v, &o.budget_bytes);
+    else if (strcmp(a, "--budget") == 0) reason = kvp_tool_parse_bytes(v, &o.budget_bytes);
     else if (strcmp(a, "--dtype") == 0) bad = kvp_dtype_from_string(v, &o.kvdtype) != KVP_OK;
     else if (strcmp(a, "--layout") == 0) bad = kvp_layout_from_string(v, &o.version) != KVP_OK;
     else if (strcmp(a, "--util") == 0) {
@@ -166,18 +185,17 @@ int kvp_cmd_plan(int argc, char **argv) {
     } else if (strcmp(a, "--device") == 0) {
       if (strcmp(v, "cpu") == 0) o.device_type = KVP_DEVICE_CPU;
       else if (strncmp(v, "cuda:", 5) == 0) {
-        int64_t id = 0;
         o.device_type = KVP_DEVICE_CUDA;
-        bad = strcmp(v + 5, "0") == 0 ? 0 : kvp_tool_parse_int(v + 5, &id);
-        o.device_id = (int32_t)id;
+        reason = parse_device_id(v + 5, &o.device_id);
       } else bad = 1;
     } else {
       fprintf(stderr, "kvp plan: unknown option '%s'\n\n", a);
       plan_usage(stderr);
       return 2;
     }
-    if (bad) {
-      fprintf(stderr, "kvp plan: invalid value '%s' for %s\n", v, a);
+    if (bad || reason != NULL) {
+      fprintf(stderr, "kvp plan: invalid value '%s' for %s%s%s\n", v, a, reason != NULL ? ": " : "",
+              reason != NULL ? reason : "");
       return 2;
     }
   }

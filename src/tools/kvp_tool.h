@@ -12,8 +12,9 @@ int kvp_cmd_demo(int argc, char **argv);
 int kvp_cmd_inspect(int argc, char **argv);
 int kvp_cmd_bench(int argc, char **argv);
 
-/* Parses a byte size such as "8G", "512M", "1048576", "80GiB". Returns 0 on success. */
-int kvp_tool_parse_bytes(const char *s, int64_t *out);
+/* Parses a byte size such as "8G", "512M", "1048576", "80GiB", "1.5G": a finite, whole number of
+ * bytes, at least 1. Returns NULL on success, else why s is not one. */
+const char *kvp_tool_parse_bytes(const char *s, int64_t *out);
 /* Parses a positive decimal integer. Returns 0 on success. */
 int kvp_tool_parse_int(const char *s, int64_t *out);
 /* Formats bytes as e.g. "16.00 GiB" into buf. */

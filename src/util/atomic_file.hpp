@@ -1,7 +1,12 @@
-// Atomic replacement of a file: the new content goes to a temporary file next to the target;
-// commit() syncs it, renames it over the target and syncs the directory. Until the rename the old
-// file is untouched and the destructor removes the temporary file; a failure of the directory sync
-// after the rename still throws, with the target already replaced.
+// Atomic replacement of a file. The new content goes to a file in the target's directory that has
+// no name (O_TMPFILE) where the filesystem supports it, else to a temporary file
+// "<target>.tmp.XXXXXX"; commit() syncs it, gives an unnamed file the temporary name, renames it
+// over the target and syncs the directory. Until the rename the old file is untouched and the
+// destructor removes the temporary file; a failure of the directory sync after the rename still
+// throws, with the target already replaced.
+//
+// The target is `path`, or the file a symbolic link at `path` points to (the link stays). The new
+// file keeps the mode of the file it replaces; a new file gets 0666 less the umask.
 #pragma once
 
 #include "util/memory.hpp"
@@ -10,7 +15,8 @@ namespace kvp::detail {
 
 class AtomicFile {
  public:
-  // Creates the temporary file "<path>.tmp.XXXXXX" (mode 0644). Throws KVP_ERR_IO naming `function`.
+  // Opens the new file. Throws KVP_ERR_IO naming `function` (a dangling or looping link at
+  // `path` included).
   AtomicFile(const char* path, const char* function);
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
@@ -18,12 +24,16 @@ class AtomicFile {
 
   // Writes all n bytes at the current offset (retrying short writes); throws KVP_ERR_IO.
   void write(const void* p, size_t n);
-  // fsync, close, rename over the target, fsync of the directory; throws KVP_ERR_IO.
+  // fsync, naming, rename over the target, fsync of the directory; throws KVP_ERR_IO.
   void commit();
 
  private:
-  HostString path_;
-  HostString tmp_;
+  void link_unnamed();
+  // Closes the file and removes its temporary name unless it was renamed.
+  void discard() noexcept;
+
+  HostString target_;  // the file replaced
+  HostString tmp_;     // the temporary name; empty while the file has none
   const char* function_;
   int fd_ = -1;
   bool renamed_ = false;

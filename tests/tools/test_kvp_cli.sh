@@ -49,6 +49,41 @@ expect 0 "(3728, 128, 8, 2, 128)" plan --layers 32 --kv-heads 8 --head-dim 128 -
 expect 0 "1242 (1241 usable" plan --layers 32 --kv-heads 32 --head-dim 96 --max-len 4096 --budget 62545461248 --reference-budget
 expect 0 "932 (931 usable" plan --layers 32 --kv-heads 32 --head-dim 96 --max-len 4096 --budget 62545461248
 expect 0 "(14912, 128, 16, 64)" plan --layers 16 --kv-heads 8 --head-dim 64 --max-len 8192 --budget 62545461248 --layout v2 --reference-budget
+# Issue 17, defect 11: budgets that are not a finite, whole number of bytes >= 1 and device ids
+# out of int32 range are refused, naming the option and the value (NaN became an integer; 0.5 and
+# 1e-300 became 0 and planned from host memory; cuda:4294967296 became device 0).
+shape=(--layers 2 --kv-heads 2 --head-dim 64 --max-len 1024)
+expect 2 "invalid value 'nan' for --budget: not a finite number" plan "${shape[@]}" --budget nan
+expect 2 "invalid value 'inf' for --budget: not a finite number" plan "${shape[@]}" --budget inf
+expect 2 "invalid value '-infG' for --budget: not a finite number" plan "${shape[@]}" --budget -infG
+expect 2 "invalid value '0.5' for --budget: less than one byte" plan "${shape[@]}" --budget 0.5
+expect 2 "invalid value '1e-300' for --budget: less than one byte" plan "${shape[@]}" --budget 1e-300
+expect 2 "invalid value '0' for --budget: less than one byte" plan "${shape[@]}" --budget 0
+expect 2 "invalid value '1000.5' for --budget: not a whole number of bytes" plan "${shape[@]}" --budget 1000.5
+expect 2 "invalid value '1e30' for --budget: too large" plan "${shape[@]}" --budget 1e30
+expect 2 "invalid value '8X' for --budget: unknown unit" plan "${shape[@]}" --budget 8X
+expect 0 "explicit budget 1.50 GiB" plan "${shape[@]}" --budget 1.5G
+expect 2 "invalid value 'cuda:4294967296' for --device: the device id must be an integer in [0, 2147483647]" \
+  plan "${shape[@]}" --device cuda:4294967296
+expect 2 "invalid value 'cuda:2147483648' for --device" plan "${shape[@]}" --device cuda:2147483648
+expect 2 "invalid value 'cuda:-1' for --device" plan "${shape[@]}" --device cuda:-1
+expect 2 "invalid value 'cuda:' for --device" plan "${shape[@]}" --device cuda:
+# `kvp inspect` refuses what is not a regular file instead of blocking on a FIFO (under a
+# timeout, so that a regression fails instead of hanging).
+scratch=$(mktemp -d)
+mkfifo "$scratch/fifo"
+out=$(timeout 10 "$kvp" inspect "$scratch/fifo" 2>&1)
+rc=$?
+if [ "$rc" -ne 1 ] || [[ "$out" != *"'$scratch/fifo' is a FIFO, not a serialized cache file"* ]]; then
+  echo "FAIL: kvp inspect FIFO -> exit $rc (want 1; 124 = it blocked):"
+  echo "$out" | sed 's/^/    /'
+  fails=$((fails + 1))
+else
+  pass=$((pass + 1))
+fi
+expect 1 "is a directory, not a serialized cache file" inspect "$scratch"
+expect 1 "cannot open" inspect "$scratch/missing.kvps"
+rm -rf "$scratch"
 # Budget from the host's memory works without --budget.
 expect 0 "from host memory" plan --layers 2 --kv-heads 2 --head-dim 64 --max-len 1024
 # The demo: an inference loop over a page pool with prefix caching; it exits 1 on any attention

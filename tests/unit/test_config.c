@@ -20,6 +20,7 @@
  *   max_num_pages_per_req = cdiv(max_len, S);  max_num_seqs = (524288 // that) // 4
  *   padded slices(T, R)   = round_up(min(2R + T // S, T), slices)
  * Every number in the tables below was worked out by hand from these formulas. */
+#include "fail_malloc.h"
 #include "support.h"
 
 #include <math.h>
@@ -786,6 +787,32 @@ static void test_config__create_with_cpu_statistics(void **state) {
   assert_true(cfg.num_pages * 16384 <= limit / 2 + 16384);
 }
 
+/* Issue 17, defect 13: with memory exhausted, the host statistics read reported KVP_ERR_IO (stdio
+ * could not allocate its FILE). The read allocates nothing, so it works with every malloc failing,
+ * and so does a config budgeted from host memory. */
+static void test_config__host_memory_read_needs_no_allocation(void **state) {
+  (void)state;
+  if (!kvp_test_fail_malloc_available()) skip();
+  kvp_memory_stats want, m;
+  assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CPU, 0, &want));
+  memset(&m, 0, sizeof m);
+  kvp_test_fail_malloc_from(0);
+  const kvp_status st = kvp_device_memory_stats(KVP_DEVICE_CPU, 0, &m);
+  const long calls = kvp_test_malloc_calls();
+  kvp_test_fail_malloc_from(-1);
+  assert_kvp_ok(st);
+  assert_int_equal(calls, 0);
+  assert_int_equal(m.valid, 1);
+  assert_int_equal(m.bytes_total, want.bytes_total);
+  kvp_config_options o = spec_opts(1, 1, 128, KVP_DTYPE_F32, 16, 256, KVP_LAYOUT_V3, 0);
+  kvp_config cfg;
+  kvp_test_fail_malloc_from(0);
+  const kvp_status planned = kvp_config_create(&o, &cfg);
+  kvp_test_fail_malloc_from(-1);
+  assert_kvp_ok(planned);
+  assert_true(cfg.num_pages > 0);
+}
+
 /* ---- kvp_config_validate ---------------------------------------------------------------------- */
 
 static kvp_config row_a_config(void) {
@@ -920,6 +947,7 @@ static int group_setup(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_config__host_memory_read_needs_no_allocation),
       cmocka_unit_test(test_config__spec_rows_a_to_i),
       cmocka_unit_test(test_config__extra_model_shapes),
       cmocka_unit_test(test_config__true_budget_gives_fewer_pages_for_padded_shapes),

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fail_malloc.h"
 #include "support.h"
 
 /* SPEC.md §8.1, seed example (row A), as the reference prints it. */
@@ -401,6 +402,234 @@ static void test_json__metadata_from_json_rejects_bad_input(void **state) {
   assert_kvp_ok(kvp_metadata_destroy(m));
 }
 
+/* ---- hostile input: nesting, NUL characters, allocation failures ---------------------------- */
+
+/* `{"<key>": [[[...1...]]]}` with `depth` arrays (malloc'ed; the caller frees). */
+static char *nested_text(const char *key, size_t depth) {
+  const size_t head = strlen(key) + 6;
+  char *s = malloc(head + 2 * depth + 3);
+  assert_non_null(s);
+  size_t n = (size_t)sprintf(s, "{\"%s\": ", key);
+  memset(s + n, '[', depth);
+  n += depth;
+  s[n++] = '1';
+  memset(s + n, ']', depth);
+  n += depth;
+  s[n++] = '}';
+  s[n] = '\0';
+  return s;
+}
+
+/* The depth error: the limit named, the offending text not repeated, a bounded message. */
+static void assert_depth_refusal(kvp_status st) {
+  if (st != KVP_ERR_INVALID_ARGUMENT)
+    fail_msg("expected KVP_ERR_INVALID_ARGUMENT, got %s: %s", kvp_status_name(st), kvp_last_error_message());
+  const char *msg = kvp_last_error_message();
+  if (strstr(msg, "nested deeper than 64 levels") == NULL) fail_msg("message lacks the depth limit: %s", msg);
+  assert_null(strstr(msg, "[["));
+  assert_true(strlen(msg) < 200);
+}
+
+/* Issue 17, defect 3: arrays nested 100,000 (and 1,000,000) deep overflowed the stack of both
+ * readers. They are refused at the depth limit, in bounded stack and memory, output unchanged;
+ * also under a key the reader does not keep. */
+static void test_json__deep_nesting_is_refused_without_recursion(void **state) {
+  (void)state;
+  const size_t depths[] = {100000, 1000000};
+  const char *config_keys[] = {"num_hidden_layers", "_mixed_layer_configs"};
+  const char *metadata_keys[] = {"pages_tables", "context_lens", "prefill_chunk_size"};
+  for (size_t d = 0; d < 2; ++d) {
+    for (size_t k = 0; k < 2; ++k) {
+      char *text = nested_text(config_keys[k], depths[d]);
+      kvp_config c, before;
+      memset(&c, 0x5A, sizeof c);
+      before = c;
+      assert_depth_refusal(kvp_config_from_json(text, strlen(text), &c));
+      assert_memory_equal(&c, &before, sizeof c);
+      free(text);
+    }
+    for (size_t k = 0; k < 3; ++k) {
+      char *text = nested_text(metadata_keys[k], depths[d]);
+      kvp_metadata *m = (kvp_metadata *)&m;
+      assert_depth_refusal(kvp_metadata_from_json(text, strlen(text), &m));
+      assert_null(m);
+      free(text);
+    }
+  }
+}
+
+/* The limit is 64 levels, the top-level object included: 63 arrays inside it are read (and
+ * ignored under an unknown key), 64 are refused. */
+static void test_json__nesting_limit_is_64_levels(void **state) {
+  (void)state;
+  char *ok = nested_text("unknown", 63);
+  char *deep = nested_text("unknown", 64);
+  kvp_metadata *m = NULL;
+  assert_kvp_ok(kvp_metadata_from_json(ok, strlen(ok), &m));
+  assert_kvp_ok(kvp_metadata_destroy(m));
+  assert_depth_refusal(kvp_metadata_from_json(deep, strlen(deep), &m));
+  assert_null(m);
+  /* In a config, the same nesting after the required fields. */
+  const char *fields = "{\"num_hidden_layers\": 1, \"max_model_length\": 1, \"num_kv_heads\": 1, \"k_headdim\": 8, "
+                       "\"v_headdim\": 8, ";
+  char *cfg_ok = malloc(strlen(fields) + strlen(ok));
+  char *cfg_deep = malloc(strlen(fields) + strlen(deep));
+  sprintf(cfg_ok, "%s%s", fields, ok + 1);
+  sprintf(cfg_deep, "%s%s", fields, deep + 1);
+  kvp_config c, before;
+  assert_kvp_ok(kvp_config_from_json(cfg_ok, strlen(cfg_ok), &c));
+  assert_int_equal(c.k_headdim, 8);
+  memset(&c, 0x33, sizeof c);
+  before = c;
+  assert_depth_refusal(kvp_config_from_json(cfg_deep, strlen(cfg_deep), &c));
+  assert_memory_equal(&c, &before, sizeof c);
+  free(cfg_deep);
+  free(cfg_ok);
+  free(deep);
+  free(ok);
+}
+
+/* Issue 17, defect 13: a string with an embedded NUL ("v3\u0000x") read as "v3". It is refused,
+ * naming the field. */
+static void test_json__strings_with_nul_are_refused(void **state) {
+  (void)state;
+  const char *model = "{\"num_hidden_layers\": 1, \"max_model_length\": 1, \"num_kv_heads\": 1, \"k_headdim\": 8, "
+                      "\"v_headdim\": 8, ";
+  const char *tails[] = {"\"version\": \"v3\\u0000x\"}", "\"_kvdtype_str\": \"bf16\\u0000\"}",
+                         "\"version\": \"\\u0000\"}"};
+  const char *names[] = {"'version'", "'_kvdtype_str'", "'version'"};
+  for (int i = 0; i < 3; ++i) {
+    char text[256];
+    snprintf(text, sizeof text, "%s%s", model, tails[i]);
+    kvp_config c, before;
+    memset(&c, 0x11, sizeof c);
+    before = c;
+    assert_kvp_status(kvp_config_from_json(text, strlen(text), &c), KVP_ERR_INVALID_ARGUMENT, "NUL");
+    if (strstr(kvp_last_error_message(), names[i]) == NULL) fail_msg("%s: %s", names[i], kvp_last_error_message());
+    assert_memory_equal(&c, &before, sizeof c);
+  }
+  const char *md = "{\"version\": \"v2\\u0000v3\"}";
+  kvp_metadata *m = (kvp_metadata *)&m;
+  assert_kvp_status(kvp_metadata_from_json(md, strlen(md), &m), KVP_ERR_INVALID_ARGUMENT, "field 'version' contains a NUL");
+  assert_null(m);
+}
+
+/* Issue 17, defect 13: element errors of a list of rows said "row[0]" without the field. Every
+ * element error names the field, the row and the element. */
+static void test_json__row_element_errors_name_the_field(void **state) {
+  (void)state;
+  struct {
+    const char *text;
+    const char *msg;
+  } cases[] = {
+      {"{\"pages_tables\": [[1, 2, 3, 1.5]]}", "pages_tables[0][3] must be an integer, got a number"},
+      {"{\"pages_tables\": [[1, 2], [3, \"4\"]]}", "pages_tables[1][1] must be an integer, got a string"},
+      {"{\"pages_tables\": [[1, 2], [3, 2147483648]]}", "pages_tables[1][1] = 2147483648 does not fit in int32"},
+      {"{\"pages_tables\": [[1, 2], 3]}", "pages_tables[1] must be a list of integers"},
+      {"{\"pages_tables\": [[1, [2]]]}", "field 'pages_tables' must be a list of rows"},
+      {"{\"version\": \"v2\", \"slot_mapping\": [[1], [2], [null]]}", "slot_mapping[2][0] must be an integer, got null"},
+      {"{\"position_ids\": [0, -2147483649]}", "position_ids[1] = -2147483649 does not fit in int32"},
+      {"{\"context_lens\": [0, [1]]}", "context_lens[1] must be an integer, got a list"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+    kvp_metadata *m = (kvp_metadata *)&m;
+    assert_kvp_status(kvp_metadata_from_json(cases[i].text, strlen(cases[i].text), &m), KVP_ERR_INVALID_ARGUMENT,
+                      cases[i].msg);
+    assert_null(m);
+  }
+}
+
+/* A parse error names where the text went wrong but does not repeat a long token. */
+static void test_json__parse_errors_do_not_dump_the_text(void **state) {
+  (void)state;
+  const size_t n = 100000;
+  char *text = malloc(n + 32);
+  size_t k = (size_t)sprintf(text, "{\"version\": \"");
+  memset(text + k, 'a', n);
+  text[k + n] = '\0'; /* unterminated string */
+  kvp_config c, before;
+  memset(&c, 0x22, sizeof c);
+  before = c;
+  assert_kvp_status(kvp_config_from_json(text, strlen(text), &c), KVP_ERR_INVALID_ARGUMENT, "malformed JSON");
+  assert_true(strlen(kvp_last_error_message()) < 300);
+  assert_null(strstr(kvp_last_error_message(), "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+  assert_memory_equal(&c, &before, sizeof c);
+  kvp_metadata *m = (kvp_metadata *)&m;
+  assert_kvp_status(kvp_metadata_from_json(text, strlen(text), &m), KVP_ERR_INVALID_ARGUMENT, "malformed JSON");
+  assert_true(strlen(kvp_last_error_message()) < 300);
+  assert_null(m);
+  free(text);
+}
+
+/* Issue 17, defect 4: an allocation failure inside the JSON library (its own std::allocator
+ * storage, below the host allocator hook) reached a noexcept destructor and terminated the
+ * process. Failing malloc call n, for n = 0, 1, ... until the call succeeds, must give
+ * KVP_ERR_OUT_OF_MEMORY and leave the output alone, for valid text, malformed text, too-deep
+ * text and a NUL string. */
+typedef kvp_status (*json_reader)(const char *text, void *out);
+
+static kvp_status read_config(const char *text, void *out) {
+  return kvp_config_from_json(text, strlen(text), (kvp_config *)out);
+}
+
+static kvp_status read_metadata(const char *text, void *out) {
+  kvp_metadata **m = (kvp_metadata **)out;
+  const kvp_status st = kvp_metadata_from_json(text, strlen(text), m);
+  if (st == KVP_OK) assert_kvp_ok(kvp_metadata_destroy(*m));
+  return st;
+}
+
+/* Sweeps malloc failures over one call: each failing n gives KVP_ERR_OUT_OF_MEMORY with the
+ * output unchanged, or (where the runtime recovers from the failure, e.g. its emergency exception
+ * pool) what the call gives without failures. Returns that status. */
+static kvp_status sweep_malloc_failures(json_reader read, const char *text, void *out, size_t out_size) {
+  unsigned char before[sizeof(kvp_config)], want_out[sizeof(kvp_config)];
+  assert_true(out_size <= sizeof before);
+  memset(out, 0x6B, out_size);
+  memcpy(before, out, out_size);
+  const kvp_status want = read(text, out);
+  memcpy(want_out, out, out_size);
+  for (long n = 0; n < 100000; ++n) {
+    memcpy(out, before, out_size);
+    kvp_test_fail_malloc_from(n);
+    const kvp_status st = read(text, out);
+    const long calls = kvp_test_malloc_calls();
+    kvp_test_fail_malloc_from(-1);
+    if (st != KVP_ERR_OUT_OF_MEMORY && st != want)
+      fail_msg("malloc %ld failing: %s (%s), expected %s or KVP_ERR_OUT_OF_MEMORY", n, kvp_status_name(st),
+               kvp_last_error_message(), kvp_status_name(want));
+    assert_true(kvp_last_error_message()[0] != '\0' || st == KVP_OK);
+    if (st == KVP_ERR_OUT_OF_MEMORY && out_size == sizeof(kvp_config)) assert_memory_equal(out, before, out_size);
+    if (st != KVP_OK && out_size != sizeof(kvp_config)) assert_null(*(kvp_metadata **)out);
+    if (st == KVP_OK && out_size == sizeof(kvp_config)) assert_memory_equal(out, want_out, out_size);
+    if (calls <= n) return want; /* nothing failed: every allocation point was swept */
+  }
+  fail_msg("the call never stopped allocating");
+  return KVP_OK;
+}
+
+static void test_json__malloc_failures_in_the_parser_are_out_of_memory(void **state) {
+  (void)state;
+  if (!kvp_test_fail_malloc_available()) skip();
+  char *deep = nested_text("pages_tables", 1000);
+  char *deep_cfg = nested_text("version", 1000);
+  const char *md_ok = "{\"pages_tables\": [[1, 2], [3, 4]], \"context_lens\": [5, 6], \"query_start_loc\": [0, 1, 2], "
+                      "\"version\": \"v3\", \"request_distribution\": [0, 0, 2], \"unknown\": {\"a\": [1, \"x\"]}}";
+  const char *md_bad[] = {"{\"pages_tables\": [[1, 2], [3]]}", "{\"pages_tables\": [[1, 2]",
+                          "{\"version\": \"v3\\u0000\"}", deep};
+  kvp_metadata *m = NULL;
+  assert_int_equal(sweep_malloc_failures(read_metadata, md_ok, &m, sizeof m), KVP_OK);
+  for (int i = 0; i < 4; ++i)
+    assert_int_equal(sweep_malloc_failures(read_metadata, md_bad[i], &m, sizeof m), KVP_ERR_INVALID_ARGUMENT);
+  kvp_config c;
+  assert_int_equal(sweep_malloc_failures(read_config, k_row_a, &c, sizeof c), KVP_OK);
+  const char *cfg_bad[] = {"{\"num_hidden_layers\": 1, ", "{\"num_hidden_layers\": \"x\\u0000\"}", deep_cfg};
+  for (int i = 0; i < 3; ++i)
+    assert_int_equal(sweep_malloc_failures(read_config, cfg_bad[i], &c, sizeof c), KVP_ERR_INVALID_ARGUMENT);
+  free(deep_cfg);
+  free(deep);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_json__config_matches_the_reference_text),
@@ -411,6 +640,12 @@ int main(void) {
       cmocka_unit_test(test_json__to_json_sizes_and_errors),
       cmocka_unit_test(test_json__metadata_arrays_are_real_lists_and_round_trip),
       cmocka_unit_test(test_json__metadata_from_json_rejects_bad_input),
+      cmocka_unit_test(test_json__deep_nesting_is_refused_without_recursion),
+      cmocka_unit_test(test_json__nesting_limit_is_64_levels),
+      cmocka_unit_test(test_json__strings_with_nul_are_refused),
+      cmocka_unit_test(test_json__row_element_errors_name_the_field),
+      cmocka_unit_test(test_json__parse_errors_do_not_dump_the_text),
+      cmocka_unit_test(test_json__malloc_failures_in_the_parser_are_out_of_memory),
   };
   return cmocka_run_group_tests_name("json", tests, NULL, NULL);
 }

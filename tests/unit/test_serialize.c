@@ -4,6 +4,7 @@
  * replace under a failing write), contract cases and OOM. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t's layout, for the stack-contents regression test */
 #include <xxhash.h>
@@ -957,6 +959,184 @@ static void test_serialize__interrupted_file_write_keeps_previous_file(void **st
   assert_kvp_ok(kvp_cache_destroy(small));
 }
 
+/* ---- file permissions, symbolic links, interrupted saves (issue 17, defects 9 and 10) ---------- */
+
+static mode_t mode_of(const char *path) {
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  return st.st_mode & 07777;
+}
+
+/* Saving over a file keeps its mode: a 0600 file (KV pages reveal prompts) stayed 0644 before. */
+static void test_serialize__file_save_keeps_the_mode_of_the_old_file(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/cache.kvps", dir);
+  kvp_cache *c = small_cache(31);
+  const mode_t modes[] = {0600, 0640, 0604, 0700};
+  assert_kvp_ok(kvp_serialize_to_file(c, NULL, path));
+  for (int i = 0; i < 4; ++i) {
+    assert_int_equal(chmod(path, modes[i]), 0);
+    assert_kvp_ok(kvp_serialize_to_file(c, NULL, path));
+    assert_int_equal(mode_of(path), modes[i]);
+  }
+  assert_int_equal(count_dir_entries(dir), 1);
+  unlink(path);
+  rmdir(dir);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+/* A new file gets 0666 less the umask (it got 0644 whatever the umask). */
+static void test_serialize__new_file_mode_follows_the_umask(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/cache.kvps", dir);
+  kvp_cache *c = small_cache(32);
+  const mode_t masks[] = {022, 077, 027, 002};
+  const mode_t want[] = {0644, 0600, 0640, 0664};
+  const mode_t old = umask(022);
+  for (int i = 0; i < 4; ++i) {
+    umask(masks[i]);
+    const kvp_status st = kvp_serialize_to_file(c, NULL, path);
+    umask(old);
+    assert_kvp_ok(st);
+    if (mode_of(path) != want[i]) fail_msg("umask %03o: mode %03o, want %03o", masks[i], mode_of(path), want[i]);
+    assert_int_equal(unlink(path), 0);
+  }
+  umask(old);
+  rmdir(dir);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+/* A symbolic link at the path is followed: its target is replaced atomically (mode kept) and the
+ * link stays (it was replaced by a regular file). A dangling link is refused, nothing written. */
+static void test_serialize__file_save_through_a_symlink_replaces_its_target(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char real[256], link[256], sub[256], dangling[256];
+  snprintf(real, sizeof real, "%s/real.kvps", dir);
+  snprintf(sub, sizeof sub, "%s/sub", dir);
+  snprintf(link, sizeof link, "%s/sub/link.kvps", dir);
+  snprintf(dangling, sizeof dangling, "%s/dangling.kvps", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  assert_int_equal(symlink("../real.kvps", link), 0);
+  kvp_cache *a = small_cache(33), *b = small_cache(34);
+  assert_kvp_ok(kvp_serialize_to_file(a, NULL, real));
+  assert_int_equal(chmod(real, 0600), 0);
+  assert_kvp_ok(kvp_serialize_to_file(b, NULL, link));
+  struct stat st;
+  assert_int_equal(lstat(link, &st), 0);
+  assert_true(S_ISLNK(st.st_mode));
+  assert_int_equal(mode_of(real), 0600);
+  size_t nb = 0, nf = 0;
+  uint8_t *want = blob_of(b, NULL, &nb);
+  uint8_t *got = read_file(real, &nf);
+  assert_int_equal(nf, nb);
+  assert_memory_equal(got, want, nb);
+  assert_int_equal(count_dir_entries(dir), 2); /* real.kvps and sub: no temporary file */
+  assert_int_equal(count_dir_entries(sub), 1);
+  /* A link to a missing file. */
+  assert_int_equal(symlink("missing/x.kvps", dangling), 0);
+  assert_kvp_status(kvp_serialize_to_file(b, NULL, dangling), KVP_ERR_IO, "symbolic link");
+  assert_int_equal(count_dir_entries(dir), 3);
+  unlink(dangling);
+  unlink(link);
+  unlink(real);
+  rmdir(sub);
+  rmdir(dir);
+  free(got);
+  free(want);
+  assert_kvp_ok(kvp_cache_destroy(b));
+  assert_kvp_ok(kvp_cache_destroy(a));
+}
+
+/* The cache the save-forever child writes (32 MiB), and its blob. */
+#define KILL_SEED 35
+static kvp_cache *kill_cache(void) {
+  kvp_cache *c = mk(4, 8, 128, 16, 32, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  fill_random(c, KILL_SEED);
+  return c;
+}
+
+/* `test_serialize --save-forever PATH`: saves kill_cache() to PATH until killed. A fresh process
+ * (exec), so that nothing of the parent's library state is inherited. */
+static int save_forever(const char *path) {
+  kvp_cache *c = kill_cache();
+  printf("saving\n");
+  fflush(stdout);
+  for (;;)
+    if (kvp_serialize_to_file(c, NULL, path) != KVP_OK) {
+      fprintf(stderr, "save-forever: %s\n", kvp_last_error_message());
+      return 1;
+    }
+}
+
+/* 1 when `dir`'s filesystem creates unnamed files (O_TMPFILE). */
+static int has_o_tmpfile(const char *dir) {
+  const int fd = open(dir, O_TMPFILE | O_WRONLY, 0600);
+  if (fd < 0) return 0;
+  close(fd);
+  return access("/proc/self/fd", X_OK) == 0;
+}
+
+/* kill -9 during saves (3 of 40 left PATH.tmp.* files): after each kill the directory holds only
+ * the target, which is the old or the new complete blob. */
+static void test_serialize__killed_saves_leave_no_temporary_files(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  if (!has_o_tmpfile(dir)) {
+    rmdir(dir);
+    skip(); /* without O_TMPFILE a killed save leaves its named temporary file: documented */
+  }
+  char path[256];
+  snprintf(path, sizeof path, "%s/cache.kvps", dir);
+  kvp_cache *old = small_cache(36), *c = kill_cache();
+  size_t n_old = 0, n_new = 0;
+  uint8_t *blob_old = blob_of(old, NULL, &n_old), *blob_new = blob_of(c, NULL, &n_new);
+  assert_kvp_ok(kvp_serialize_to_file(old, NULL, path));
+  uint64_t seed = 37;
+  int temporaries = 0;
+  for (int kill_no = 0; kill_no < 8; ++kill_no) {
+    int out[2];
+    assert_int_equal(pipe(out), 0);
+    const pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      dup2(out[1], 1);
+      execl("/proc/self/exe", "test_serialize", "--save-forever", path, (char *)NULL);
+      _exit(127);
+    }
+    close(out[1]);
+    char line[16] = {0};
+    assert_true(read(out[0], line, sizeof line - 1) > 0); /* "saving": the cache is made */
+    close(out[0]);
+    usleep((useconds_t)kvp_test_rand_range(&seed, 1000, 150000));
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status)); /* it was still saving */
+    temporaries += count_dir_entries(dir) - 1;
+    size_t n = 0;
+    uint8_t *f = read_file(path, &n);
+    assert_non_null(f);
+    assert_true((n == n_old && memcmp(f, blob_old, n) == 0) || (n == n_new && memcmp(f, blob_new, n) == 0));
+    free(f);
+  }
+  assert_int_equal(temporaries, 0);
+  unlink(path);
+  rmdir(dir);
+  free(blob_new);
+  free(blob_old);
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_cache_destroy(old));
+}
+
 /* ---- golden blobs (tests/data/README.md describes them and the generator) ----------------------- */
 
 static uint8_t golden_byte(uint32_t layer, uint64_t page, uint64_t offset) {
@@ -1136,7 +1316,8 @@ static void test_serialize__out_of_memory_leaks_nothing(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--save-forever") == 0) return save_forever(argv[2]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_serialize__roundtrip_whole_every_layout_and_dtype),
       cmocka_unit_test(test_serialize__checksums_do_not_depend_on_stack_contents),
@@ -1155,6 +1336,10 @@ int main(void) {
       cmocka_unit_test(test_serialize__any_buffer_alignment_gives_the_same_bytes),
       cmocka_unit_test(test_serialize__file_roundtrip_and_inspect),
       cmocka_unit_test(test_serialize__interrupted_file_write_keeps_previous_file),
+      cmocka_unit_test(test_serialize__file_save_keeps_the_mode_of_the_old_file),
+      cmocka_unit_test(test_serialize__new_file_mode_follows_the_umask),
+      cmocka_unit_test(test_serialize__file_save_through_a_symlink_replaces_its_target),
+      cmocka_unit_test(test_serialize__killed_saves_leave_no_temporary_files),
       cmocka_unit_test(test_serialize__golden_blobs_still_load),
       cmocka_unit_test(test_serialize__contract),
       cmocka_unit_test(test_serialize__out_of_memory_leaks_nothing),
