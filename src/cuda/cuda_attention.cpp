@@ -6,6 +6,7 @@
 
 #include "cuda/cuda_backend.hpp"
 #include "kernels/launch.hpp"
+#include "util/checked.hpp"
 
 namespace kvp::detail {
 
@@ -101,10 +102,10 @@ dim3 grid_of(const AttentionJob& job, AttentionParams& p, int sm_count) {
   } else {
     rows = job.md.num_reqs;
     max_q = job.num_tokens;
-    max_ctx = job.md.pages_per_req * job.layout.page_size;
+    max_ctx = checked_mul(job.md.pages_per_req, job.layout.page_size, "pages_per_req * page_size");
   }
-  p.tiles = static_cast<int32_t>((max_q * p.rep + kAttnRows - 1) / kAttnRows);
-  const int64_t blocks = rows * p.num_kv_heads * p.tiles;
+  p.tiles = static_cast<int32_t>((checked_mul(max_q, p.rep, "query rows") + kAttnRows - 1) / kAttnRows);
+  const int64_t blocks = checked_mul(checked_mul(rows, p.num_kv_heads, "blocks"), p.tiles, "blocks");
   int64_t splits = 1;
   if (blocks > 0 && blocks < 2 * static_cast<int64_t>(sm_count)) {
     splits = (2 * static_cast<int64_t>(sm_count) + blocks - 1) / blocks;
