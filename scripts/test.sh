@@ -5,7 +5,7 @@
 #   3. install + package consumers (pkg-config, find_package, dlopen) and ABI checks
 #   4. a build with CUDA switched off, and its tests (plus the GPU tests against an emulated CUDA runtime)
 #   5. AddressSanitizer + UndefinedBehaviorSanitizer build, and its tests
-#   6. the deserializer fuzz target for a bounded time (clang/libFuzzer)
+#   6. every fuzz target (tests/fuzz) for a bounded time, KVP_FUZZ_SECONDS in all (clang/libFuzzer)
 #   7. the bindings' own test runners (Rust, Go, Zig, Python)
 # Each stage reports; the script exits non-zero if any stage failed.
 set -uo pipefail

@@ -8,36 +8,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "harness.h"
 #include "kvpages.h"
 
 /* Targets shaped like the golden blobs, so inputs derived from them pass the geometry checks. */
 static kvp_cache *g_targets[2];
 
-static kvp_cache *make_target(int64_t layers, int64_t heads, int64_t head_dim, int64_t page_size, int64_t pages,
-                              kvp_dtype dtype, kvp_layout layout) {
-  kvp_config_options o;
-  kvp_config cfg;
-  kvp_cache *c = NULL;
-  kvp_config_options_init(&o, sizeof o);
-  o.num_hidden_layers = layers;
-  o.num_kv_heads = heads;
-  o.kv_head_dim_size = head_dim;
-  o.max_model_length = page_size * 16;
-  o.page_size = page_size;
-  o.kvdtype = dtype;
-  o.version = layout;
-  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  o.budget_bytes = 1 << 20;
-  if (kvp_config_create(&o, &cfg) != KVP_OK) abort();
-  if (kvp_cache_create(&cfg, NULL, &c) != KVP_OK) abort();
-  return c;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  g_targets[0] = make_target(2, 2, 64, 4, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
-  g_targets[1] = make_target(2, 1, 8, 4, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2);
+  g_targets[0] = kvp_fuzz_cache(2, 2, 64, 4, 64, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  g_targets[1] = kvp_fuzz_cache(2, 1, 8, 4, 64, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2);
   return 0;
 }
 

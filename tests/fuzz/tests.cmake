@@ -1,6 +1,23 @@
-# libFuzzer target for the deserializer. Needs clang: configure with CC=clang CXX=clang++
-# -DKVPAGES_FUZZ=ON (tests/fuzz/run.sh does this); the top-level CMakeLists.txt then compiles the
-# library's layers with coverage and sanitizer instrumentation, and the target links their objects.
+# libFuzzer targets, one per parser or state machine (tests/fuzz/fuzz_<name>.c). Needs clang:
+# configure with CC=clang CXX=clang++ -DKVPAGES_FUZZ=ON (tests/fuzz/run.sh does this); the
+# top-level CMakeLists.txt then compiles the library's layers with coverage and sanitizer
+# instrumentation, and every target links their objects, the input reader and the independent
+# reference of tests/support (plain C, no cmocka).
+set(KVP_FUZZ_TARGETS fuzz_deserialize fuzz_config_json fuzz_metadata_json fuzz_pool fuzz_concatenate)
+
+function(kvp_add_fuzz_target name)
+  add_executable(${name} ${CMAKE_CURRENT_LIST_DIR}/${name}.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                         ${PROJECT_SOURCE_DIR}/tests/support/reference.c)
+  foreach(layer ${KVP_HOST_LAYERS} ${KVP_CUDA_LAYER})
+    target_sources(${name} PRIVATE $<TARGET_OBJECTS:${layer}>)
+  endforeach()
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE}
+                                             ${CMAKE_CURRENT_LIST_DIR} ${PROJECT_SOURCE_DIR}/tests/support)
+  set_target_properties(${name} PROPERTIES LINKER_LANGUAGE CXX)
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_libraries(${name} PRIVATE Threads::Threads PkgConfig::XXHASH m)
+endfunction()
+
 if(KVPAGES_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang" OR NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "KVPAGES_FUZZ=ON needs clang: configure with CC=clang CXX=clang++")
@@ -8,12 +25,8 @@ if(KVPAGES_FUZZ)
   if(KVP_HAS_CUDA)
     message(FATAL_ERROR "KVPAGES_FUZZ=ON needs -DKVPAGES_CUDA=OFF")
   endif()
-  add_executable(fuzz_deserialize ${CMAKE_CURRENT_LIST_DIR}/fuzz_deserialize.c)
-  foreach(layer ${KVP_HOST_LAYERS} ${KVP_CUDA_LAYER})
-    target_sources(fuzz_deserialize PRIVATE $<TARGET_OBJECTS:${layer}>)
+  foreach(t ${KVP_FUZZ_TARGETS})
+    kvp_add_fuzz_target(${t})
   endforeach()
-  target_include_directories(fuzz_deserialize PRIVATE ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE})
-  set_target_properties(fuzz_deserialize PROPERTIES LINKER_LANGUAGE CXX)
-  target_link_options(fuzz_deserialize PRIVATE -fsanitize=fuzzer,address,undefined)
-  target_link_libraries(fuzz_deserialize PRIVATE Threads::Threads PkgConfig::XXHASH)
+  add_custom_target(fuzz_targets DEPENDS ${KVP_FUZZ_TARGETS})
 endif()

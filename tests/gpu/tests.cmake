@@ -87,6 +87,7 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH)
   foreach(t test_cuda_device test_cuda_concatenate test_cuda_attention test_cuda_pool test_serialize_gpu test_cuda_fault)
     add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c
+                   ${CMAKE_CURRENT_SOURCE_DIR}/support/reference.c
                    ${KVP_GPU_SUPPORT})
     target_include_directories(${t}_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/support)
     target_link_libraries(${t}_emu PRIVATE kvpages_cuemu PkgConfig::CMOCKA m)

@@ -1,41 +1,36 @@
-/* malloc that a test can make fail: this file defines malloc(), so an executable that uses it
- * (and only such an executable: the support library is static) routes every malloc of the
- * process through here, the C++ runtime's operator new and libc's own (fopen) included. Not in
- * AddressSanitizer builds, whose runtime owns malloc. */
+/* The test side of the LD_PRELOAD allocation-failure shim (tests/oom/fail_malloc.c): its control
+ * functions, found in the process with dlsym. */
+#define _GNU_SOURCE
 #include "fail_malloc.h"
 
-#include <errno.h>
-#include <stddef.h>
+#include <dlfcn.h>
+#include <stdlib.h>
 
-#if defined(__SANITIZE_ADDRESS__)
+typedef struct shim {
+  void (*arm)(long, int);
+  long (*disarm)(void);
+  long (*attempts)(void);
+} shim;
 
-int kvp_test_fail_malloc_available(void) { return 0; }
-void kvp_test_fail_malloc_from(long n) { (void)n; }
-long kvp_test_malloc_calls(void) { return 0; }
-
-#else
-
-extern void *__libc_malloc(size_t size);
-
-static long g_fail_from = -1;
-static long g_calls;
-
-void *malloc(size_t size) {
-  const long fail_from = __atomic_load_n(&g_fail_from, __ATOMIC_RELAXED);
-  if (fail_from >= 0 && __atomic_fetch_add(&g_calls, 1, __ATOMIC_RELAXED) >= fail_from) {
-    errno = ENOMEM;
-    return NULL;
+static const shim *the_shim(void) {
+  static shim s;
+  static int looked;
+  if (!looked) {
+    looked = 1;
+    s.arm = (void (*)(long, int))dlsym(RTLD_DEFAULT, "kvp_oom_shim_arm");
+    s.disarm = (long (*)(void))dlsym(RTLD_DEFAULT, "kvp_oom_shim_disarm");
+    s.attempts = (long (*)(void))dlsym(RTLD_DEFAULT, "kvp_oom_shim_attempts");
   }
-  return __libc_malloc(size);
+  return s.arm != NULL && s.disarm != NULL && s.attempts != NULL ? &s : NULL;
 }
 
-int kvp_test_fail_malloc_available(void) { return 1; }
+int kvp_test_fail_malloc_available(void) { return the_shim() != NULL; }
 
-void kvp_test_fail_malloc_from(long n) {
-  __atomic_store_n(&g_calls, 0, __ATOMIC_RELAXED);
-  __atomic_store_n(&g_fail_from, n, __ATOMIC_RELAXED);
+void kvp_test_fail_malloc_arm(long n, int only_one) {
+  if (the_shim() == NULL) abort(); /* callers check kvp_test_fail_malloc_available() first */
+  the_shim()->arm(n, only_one);
 }
 
-long kvp_test_malloc_calls(void) { return __atomic_load_n(&g_calls, __ATOMIC_RELAXED); }
+long kvp_test_fail_malloc_disarm(void) { return the_shim() ? the_shim()->disarm() : 0; }
 
-#endif
+long kvp_test_malloc_calls(void) { return the_shim() ? the_shim()->attempts() : 0; }

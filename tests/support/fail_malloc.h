@@ -1,15 +1,18 @@
-/* Failure injection below the library's host allocator hook: every malloc of the process (libc's
- * and the C++ runtime's included) can be made to fail. Linking these functions into a test
- * replaces malloc for that whole executable. */
+/* Failure injection below the library's host allocator hook, through the LD_PRELOAD shim
+ * tests/oom/fail_malloc.c: every malloc-family call of the process (libc's and the C++ runtime's
+ * operator new included) can be made to fail. CMake runs the tests that use it with LD_PRELOAD set
+ * (tests/oom/tests.cmake); without the shim (AddressSanitizer builds, a test run by hand) they skip. */
 #ifndef KVP_TEST_FAIL_MALLOC_H
 #define KVP_TEST_FAIL_MALLOC_H
 
-/* 1 when malloc can be made to fail in this build (0 under AddressSanitizer). */
+/* 1 when the shim is loaded into this process. */
 int kvp_test_fail_malloc_available(void);
-/* Counting from this call, malloc call n (from 0) and every later one fail with ENOMEM; n < 0
- * disarms. */
-void kvp_test_fail_malloc_from(long n);
-/* malloc calls counted since the last kvp_test_fail_malloc_from() while armed. */
+/* Lets n more allocations through (in any thread), then fails the next one (only_one != 0) or
+ * every later one, until kvp_test_fail_malloc_disarm(). */
+void kvp_test_fail_malloc_arm(long n, int only_one);
+/* Stops failing; returns the allocations attempted since the arm. */
+long kvp_test_fail_malloc_disarm(void);
+/* Allocations attempted since the arm, while armed. */
 long kvp_test_malloc_calls(void);
 
 #endif

@@ -34,19 +34,6 @@ kvp_host_allocator kvp_test_allocator(kvp_test_alloc_state *state) {
   return a;
 }
 
-uint64_t kvp_test_rand(uint64_t *s) {
-  /* splitmix64 */
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-int64_t kvp_test_rand_range(uint64_t *s, int64_t lo, int64_t hi) {
-  uint64_t span = (uint64_t)(hi - lo) + 1u;
-  return lo + (int64_t)(kvp_test_rand(s) % span);
-}
-
 kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                            int64_t num_pages, kvp_dtype dtype, kvp_layout layout) {
   return kvp_test_config_len(layers, kv_heads, head_dim, page_size, num_pages, dtype, layout, page_size * 16);
@@ -152,102 +139,6 @@ size_t kvp_test_layer_bytes(const kvp_cache *cache) {
   assert_kvp_ok(kvp_cache_get_layout(cache, &li));
   return (size_t)li.layer_bytes;
 }
-
-kvp_test_geom kvp_test_geom_of(kvp_layout layout, kvp_dtype dtype, int64_t H, int64_t D, int64_t S, int64_t P) {
-  kvp_test_geom g;
-  g.v3 = layout == KVP_LAYOUT_V3;
-  g.h64 = g.v3 && D == 64;
-  g.H = H;
-  g.D = D;
-  g.S = S;
-  g.P = P;
-  g.isz = kvp_test_dtype_size(dtype);
-  g.pack = 4 / g.isz;
-  if (!g.v3) {
-    g.C = 2 * H;
-    g.Dst = D;
-  } else if (g.h64) {
-    g.C = (H + g.pack - 1) / g.pack * g.pack;
-    g.Dst = 128;
-  } else {
-    g.C = (2 * H + g.pack - 1) / g.pack * g.pack;
-    g.Dst = (D + 127) / 128 * 128;
-  }
-  return g;
-}
-
-int64_t kvp_test_token_bytes(const kvp_test_geom *g) { return g->C * g->Dst * g->isz; }
-
-int64_t kvp_test_elem_off(const kvp_test_geom *g, int64_t slot, int64_t h, int kv, int64_t d) {
-  if (g->h64) return ((slot * g->C + h) * 128 + kv * 64 + d) * g->isz;
-  return ((slot * g->C + 2 * h + kv) * g->Dst + d) * g->isz;
-}
-
-kvp_test_fmt kvp_test_fmt_of(kvp_dtype d) {
-  kvp_test_fmt f = {8, 23, 0};
-  if (d == KVP_DTYPE_F16) f.E = 5, f.M = 10;
-  if (d == KVP_DTYPE_BF16) f.E = 8, f.M = 7;
-  if (d == KVP_DTYPE_F8_E4M3FN) f.E = 4, f.M = 3, f.fn = 1;
-  if (d == KVP_DTYPE_F8_E5M2) f.E = 5, f.M = 2;
-  return f;
-}
-
-int kvp_test_dtype_size(kvp_dtype d) { return d == KVP_DTYPE_F32 ? 4 : (d == KVP_DTYPE_F16 || d == KVP_DTYPE_BF16) ? 2 : 1; }
-
-double kvp_test_decode(uint32_t c, kvp_dtype dt) {
-  const kvp_test_fmt f = kvp_test_fmt_of(dt);
-  const int bias = (1 << (f.E - 1)) - 1;
-  const uint32_t emax = (1u << f.E) - 1u, mmax = (1u << f.M) - 1u;
-  const uint32_t sign = (c >> (f.E + f.M)) & 1u, e = (c >> f.M) & emax, m = c & mmax;
-  double v;
-  if (dt == KVP_DTYPE_F32) {
-    float x;
-    memcpy(&x, &c, 4);
-    return (double)x;
-  }
-  if (f.fn ? (e == emax && m == mmax) : (e == emax && m != 0)) return copysign(NAN, sign ? -1.0 : 1.0);
-  if (!f.fn && e == emax) return sign ? -INFINITY : INFINITY;
-  v = e == 0 ? ldexp((double)m, 1 - bias - f.M) : ldexp((double)((1u << f.M) + m), (int)e - bias - f.M);
-  return sign ? -v : v;
-}
-
-uint32_t kvp_test_encode(double x, kvp_dtype dt) {
-  const kvp_test_fmt f = kvp_test_fmt_of(dt);
-  const int bias = (1 << (f.E - 1)) - 1, emin = 1 - bias;
-  const uint32_t sbit = (signbit(x) ? 1u : 0u) << (f.E + f.M);
-  const uint32_t over = f.fn ? ((1u << (f.E + f.M)) - 1u) : (((1u << f.E) - 1u) << f.M); /* e4m3fn: NaN */
-  const double maxv = f.fn ? (2.0 - ldexp(1.0, 1 - f.M)) * ldexp(1.0, (1 << f.E) - 1 - bias)
-                           : (2.0 - ldexp(1.0, -f.M)) * ldexp(1.0, (1 << f.E) - 2 - bias);
-  double a = fabs(x), q, r;
-  int e;
-  if (dt == KVP_DTYPE_F32) {
-    const float y = (float)x;
-    uint32_t u;
-    memcpy(&u, &y, 4);
-    return u;
-  }
-  if (isnan(x)) return sbit | (f.fn ? over : (over | (1u << (f.M - 1))));
-  if (isinf(x)) return sbit | over;
-  if (a == 0.0) return sbit;
-  (void)frexp(a, &e);
-  e -= 1; /* a in [2^e, 2^(e+1)) */
-  if (e < emin) e = emin;
-  q = ldexp(1.0, e - f.M);
-  r = rint(a / q) * q;
-  if (r > maxv) return sbit | over;
-  if (r < ldexp(1.0, emin)) return sbit | (uint32_t)(r / ldexp(1.0, emin - f.M));
-  (void)frexp(r, &e);
-  e -= 1;
-  return sbit | ((uint32_t)(e + bias) << f.M) | ((uint32_t)(r / ldexp(1.0, e - f.M)) - (1u << f.M));
-}
-
-uint32_t kvp_test_load_code(const unsigned char *p, int size) {
-  uint32_t c = 0;
-  memcpy(&c, p, (size_t)size);
-  return c;
-}
-
-void kvp_test_store_code(unsigned char *p, int size, uint32_t c) { memcpy(p, &c, (size_t)size); }
 
 kvp_status kvp_test_async_error(const kvp_cache *c) {
   kvp_status st = KVP_ERR_INTERNAL;

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "kvpages.h"
+#include "reference.h"
 
 /* Fails the test with the status name and the library's message unless expr returns KVP_OK. */
 #define assert_kvp_ok(expr)                                                             \
@@ -42,11 +43,6 @@ typedef struct kvp_test_alloc_state {
 
 kvp_host_allocator kvp_test_allocator(kvp_test_alloc_state *state);
 
-/* Deterministic PRNG for randomized tests. */
-uint64_t kvp_test_rand(uint64_t *state);
-/* Uniform integer in [lo, hi]. */
-int64_t kvp_test_rand_range(uint64_t *state, int64_t lo, int64_t hi);
-
 /* A small standard config (CPU-sized) for tests: explicit budget, no device query. */
 kvp_config kvp_test_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
                            int64_t num_pages, kvp_dtype dtype, kvp_layout layout);
@@ -58,36 +54,6 @@ kvp_config kvp_test_config_len(int64_t layers, int64_t kv_heads, int64_t head_di
 /* The cache's asynchronous error status (KVP_OK when none is recorded); fails the test if it
  * cannot be read. */
 kvp_status kvp_test_async_error(const kvp_cache *cache);
-
-/* Element codes of the input and storage dtypes, computed independently of the library (double
- * arithmetic): exponent bits E, mantissa bits M, fn = finite only (e4m3fn: no infinity, one NaN). */
-typedef struct kvp_test_fmt {
-  int E, M, fn;
-} kvp_test_fmt;
-kvp_test_fmt kvp_test_fmt_of(kvp_dtype dtype);
-/* Bytes per element. */
-int kvp_test_dtype_size(kvp_dtype dtype);
-/* The value of a code; NaN codes give a NaN of the code's sign. */
-double kvp_test_decode(uint32_t code, kvp_dtype dtype);
-/* The code of x, rounded to nearest even without saturation (overflow: infinity, e4m3fn: NaN); a
- * NaN gives the dtype's quiet NaN with x's sign. f32: the code of (float)x. */
-uint32_t kvp_test_encode(double x, kvp_dtype dtype);
-/* A code of `size` bytes at p (little-endian host), and its store. */
-uint32_t kvp_test_load_code(const unsigned char *p, int size);
-void kvp_test_store_code(unsigned char *p, int size, uint32_t code);
-
-/* A layer's byte geometry computed from the SPEC formulas, independently of the library: v3 or
- * v2, the head_dim-64 packing, KV heads H, head dim D, page size S, pages P, the pack factor,
- * combined heads per slot C, stored lanes per head Dst, bytes per element isz. */
-typedef struct kvp_test_geom {
-  int v3, h64;
-  int64_t H, D, S, P, pack, C, Dst, isz;
-} kvp_test_geom;
-kvp_test_geom kvp_test_geom_of(kvp_layout layout, kvp_dtype dtype, int64_t H, int64_t D, int64_t S, int64_t P);
-/* Bytes of one token slot (all heads, keys and values, padding included). */
-int64_t kvp_test_token_bytes(const kvp_test_geom *g);
-/* Byte offset of lane d of K (kv 0) or V (kv 1) of KV head h at flat slot `slot`. */
-int64_t kvp_test_elem_off(const kvp_test_geom *g, int64_t slot, int64_t h, int kv, int64_t d);
 
 /* Host v2 metadata over caller arrays (borrowed): slot_mapping [3, num_slices] (destination slot,
  * source token, length per column) and the valid-column count num_valid[0]. */

@@ -36,16 +36,6 @@ static float bits_f32(uint32_t u) {
   return f;
 }
 
-/* Stored code of input `code` (in dtype sd) in a cache of dtype dd. */
-static uint32_t ref_convert(uint32_t code, kvp_dtype sd, kvp_dtype dd) {
-  double v;
-  if (sd == dd) return code;
-  v = sd == KVP_DTYPE_F32 ? (double)bits_f32(code) : kvp_test_decode(code, sd);
-  if (dd == KVP_DTYPE_F32) return f32_bits((float)v);
-  return kvp_test_encode(v, dd);
-}
-
-
 /* ------------------------------------------------------------------------------------------ */
 /* Inputs (the cache geometry is kvp_test_geom: the SPEC formulas, independent of the library) */
 
@@ -90,23 +80,6 @@ static void make_input(input *in, kvp_dtype dt, int64_t T, int64_t H, int64_t D,
         kvp_test_store_code(in->buf + (t * st + h * sh + d * sd) * sz, sz, c);
       }
   in->t = kvp_test_tensor_strided(in->buf, dt, T, H, D, st, sh, sd, KVP_DEVICE_CPU);
-}
-
-static uint32_t input_code(const input *in, int64_t t, int64_t h, int64_t d) {
-  const int sz = kvp_test_dtype_size(in->t.dtype);
-  return kvp_test_load_code(in->buf + (t * in->t.strides[0] + h * in->t.strides[1] + d * in->t.strides[2]) * sz, sz);
-}
-
-/* Writes the expected full row of `slot` into `shadow`: zeros, then converted K and V. */
-static void ref_write_token(unsigned char *shadow, const kvp_test_geom *g, kvp_dtype dd, const input *k, const input *v,
-                            int64_t src, int64_t slot) {
-  int64_t h, d;
-  memset(shadow + slot * kvp_test_token_bytes(g), 0, (size_t)kvp_test_token_bytes(g));
-  for (h = 0; h < g->H; ++h)
-    for (d = 0; d < g->D; ++d) {
-      kvp_test_store_code(shadow + kvp_test_elem_off(g, slot, h, 0, d), (int)g->isz, ref_convert(input_code(k, src, h, d), k->t.dtype, dd));
-      kvp_test_store_code(shadow + kvp_test_elem_off(g, slot, h, 1, d), (int)g->isz, ref_convert(input_code(v, src, h, d), v->t.dtype, dd));
-    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -216,9 +189,9 @@ static void worked_batch(kvp_layout lay, kvp_dtype dt) {
           iv = (((pg * 4 + row) * 4 + h / 2) * 4 + 2 * (h % 2) + 1) * 128 + d;
         }
         assert_int_equal(kvp_test_load_code((unsigned char *)pages.data + ik * g.isz, (int)g.isz),
-                         ref_convert(input_code(&k, t, h, d), KVP_DTYPE_F32, dt));
+                         kvp_test_ref_convert(kvp_test_tensor_code(&k.t, t, h, d), KVP_DTYPE_F32, dt));
         assert_int_equal(kvp_test_load_code((unsigned char *)pages.data + iv * g.isz, (int)g.isz),
-                         ref_convert(input_code(&v, t, h, d), KVP_DTYPE_F32, dt));
+                         kvp_test_ref_convert(kvp_test_tensor_code(&v.t, t, h, d), KVP_DTYPE_F32, dt));
       }
   }
   /* Every other slot is still zero. */
@@ -305,7 +278,7 @@ static void random_batch_case(kvp_layout lay, kvp_dtype sd, kvp_dtype vd, kvp_dt
     const kvp_batch_request *x = &r[order[row]];
     for (t = 0; t < x->num_scheduled; ++t) {
       const int64_t pos = x->num_computed + t;
-      ref_write_token(shadow, &fx.g, dd, &k, &v, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
+      kvp_test_ref_write_token(shadow, &fx.g, dd, &k.t, &v.t, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
     }
   }
   assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
@@ -380,7 +353,7 @@ static void test_concatenate__large_batch_matches_reference(void **state) {
     const kvp_batch_request *x = &r[order[row]];
     for (t = 0; t < x->num_scheduled; ++t) {
       const int64_t pos = x->num_computed + t;
-      ref_write_token(shadow, &fx.g, KVP_DTYPE_BF16, &k, &v, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
+      kvp_test_ref_write_token(shadow, &fx.g, KVP_DTYPE_BF16, &k.t, &v.t, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
     }
   }
   assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
@@ -438,7 +411,7 @@ static void test_concatenate__very_large_batch_matches_reference(void **state) {
       const kvp_batch_request *x = &r[order[row]];
       for (t = 0; t < x->num_scheduled; ++t) {
         const int64_t pos = x->num_computed + t;
-        ref_write_token(shadow, &fx.g, KVP_DTYPE_BF16, &k, &v, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
+        kvp_test_ref_write_token(shadow, &fx.g, KVP_DTYPE_BF16, &k.t, &v.t, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
       }
     }
     assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
@@ -506,7 +479,7 @@ static void test_concatenate__concurrent_calls_on_different_caches(void **state)
     for (row = 0; row < 6; ++row) {
       const kvp_batch_request *x = &r[order[row]];
       for (t = 0; t < x->num_scheduled; ++t)
-        ref_write_token(j->shadow, &j->fx.g, n == 1 ? KVP_DTYPE_F16 : KVP_DTYPE_BF16, &j->k, &j->v, qsl[row] + t,
+        kvp_test_ref_write_token(j->shadow, &j->fx.g, n == 1 ? KVP_DTYPE_F16 : KVP_DTYPE_BF16, &j->k.t, &j->v.t, qsl[row] + t,
                         x->page_ids[t / S] * S + t % S);
     }
   }
@@ -549,7 +522,7 @@ static void test_concatenate__v2_slices_are_per_token(void **state) {
   make_input(&v, KVP_DTYPE_BF16, 16, H, D, 2, &rng);
   shadow = snapshot(&fx);
   for (j = 0; j < 3; ++j)
-    for (o = 0; o < sm[8 + j]; ++o) ref_write_token(shadow, &fx.g, KVP_DTYPE_F16, &k, &v, sm[4 + j] + o, sm[j] + o);
+    for (o = 0; o < sm[8 + j]; ++o) kvp_test_ref_write_token(shadow, &fx.g, KVP_DTYPE_F16, &k.t, &v.t, sm[4 + j] + o, sm[j] + o);
   assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
   assert_memory_equal(shadow, fx.layer, (size_t)fx.layer_bytes);
   /* zero-length slices are no-ops even with odd coordinates */
@@ -636,9 +609,9 @@ static void all_16bit_patterns(kvp_dtype sd) {
             fail_msg("%s NaN %04x -> %s gave %x", kvp_dtype_name(sd), c, kvp_dtype_name(dd), out[c]);
           continue;
         }
-        if (out[c] != ref_convert(c, sd, dd))
+        if (out[c] != kvp_test_ref_convert(c, sd, dd))
           fail_msg("%s %04x -> %s: got %x, expected %x", kvp_dtype_name(sd), c, kvp_dtype_name(dd), out[c],
-                   ref_convert(c, sd, dd));
+                   kvp_test_ref_convert(c, sd, dd));
       }
     }
   /* f32 -> back: decoded values re-encode to the same pattern (NaN: NaN) */

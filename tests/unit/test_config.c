@@ -796,19 +796,18 @@ static void test_config__host_memory_read_needs_no_allocation(void **state) {
   kvp_memory_stats want, m;
   assert_kvp_ok(kvp_device_memory_stats(KVP_DEVICE_CPU, 0, &want));
   memset(&m, 0, sizeof m);
-  kvp_test_fail_malloc_from(0);
+  kvp_test_fail_malloc_arm(0, 0);
   const kvp_status st = kvp_device_memory_stats(KVP_DEVICE_CPU, 0, &m);
-  const long calls = kvp_test_malloc_calls();
-  kvp_test_fail_malloc_from(-1);
+  const long calls = kvp_test_fail_malloc_disarm();
   assert_kvp_ok(st);
   assert_int_equal(calls, 0);
   assert_int_equal(m.valid, 1);
   assert_int_equal(m.bytes_total, want.bytes_total);
   kvp_config_options o = spec_opts(1, 1, 128, KVP_DTYPE_F32, 16, 256, KVP_LAYOUT_V3, 0);
   kvp_config cfg;
-  kvp_test_fail_malloc_from(0);
+  kvp_test_fail_malloc_arm(0, 0);
   const kvp_status planned = kvp_config_create(&o, &cfg);
-  kvp_test_fail_malloc_from(-1);
+  kvp_test_fail_malloc_disarm();
   assert_kvp_ok(planned);
   assert_true(cfg.num_pages > 0);
 }

@@ -591,10 +591,9 @@ static kvp_status sweep_malloc_failures(json_reader read, const char *text, void
   memcpy(want_out, out, out_size);
   for (long n = 0; n < 100000; ++n) {
     memcpy(out, before, out_size);
-    kvp_test_fail_malloc_from(n);
+    kvp_test_fail_malloc_arm(n, 0);
     const kvp_status st = read(text, out);
-    const long calls = kvp_test_malloc_calls();
-    kvp_test_fail_malloc_from(-1);
+    const long calls = kvp_test_fail_malloc_disarm();
     if (st != KVP_ERR_OUT_OF_MEMORY && st != want)
       fail_msg("malloc %ld failing: %s (%s), expected %s or KVP_ERR_OUT_OF_MEMORY", n, kvp_status_name(st),
                kvp_last_error_message(), kvp_status_name(want));

@@ -506,6 +506,222 @@ static void test_oom__attention(void **state) {
   }
 }
 
+/* ---- sweeps through a callback --------------------------------------------------------------- */
+
+/* One call of a sweep: returns its status; `ctx` carries its arguments. */
+typedef kvp_status (*oom_call)(void *ctx);
+/* After a failed attempt: asserts that nothing changed. */
+typedef void (*oom_unchanged)(void *ctx);
+
+/* Runs call with allocation n failing for n = 0, 1, ... until it succeeds: every failure is
+ * KVP_ERR_OUT_OF_MEMORY with a message, leaves no block beyond the ones live before, and
+ * passes `unchanged` (may be NULL). Returns the number of failing points (n of the success). */
+static long sweep(const char *what, oom_call call, oom_unchanged unchanged, void *ctx) {
+  const long base = g_alloc.live;
+  for (long n = 0; n < MAX_N; ++n) {
+    fail_from(n);
+    const kvp_status st = call(ctx);
+    disarm();
+    if (st == KVP_OK) {
+      printf("oom: %s: %ld failing allocation points\n", what, n);
+      return n;
+    }
+    expect_oom(st, base, n, what);
+    if (unchanged != NULL) unchanged(ctx);
+  }
+  fail_msg("%s never succeeded", what);
+  return -1;
+}
+
+/* A blob of a whole cache, or of pages `ids` (test_malloc'ed). */
+static uint8_t *serialize_pages(const kvp_cache *c, const int32_t *ids, uint32_t n, size_t *len) {
+  kvp_serialize_options o = KVP_SERIALIZE_OPTIONS_INIT;
+  o.page_ids = ids;
+  o.num_page_ids = n;
+  size_t written = 0;
+  assert_kvp_ok(kvp_serialized_size(c, &o, len));
+  uint8_t *blob = (uint8_t *)test_malloc(*len);
+  assert_kvp_ok(kvp_serialize(c, &o, blob, *len, &written));
+  return blob;
+}
+
+static void write_file(const char *path, const uint8_t *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* deserialize_into / deserialize_new from a buffer or a file, whole cache (>= 256 KiB: the
+ * parallel path) or a few pages. */
+typedef struct load_case {
+  kvp_cache *dst;        /* into: the target; new: NULL */
+  const uint8_t *blob;
+  size_t len;
+  const char *path;      /* non-NULL: from this file */
+  const int32_t *to;     /* into: destination pages */
+  uint32_t num_to;
+  const uint8_t *snap;   /* into: dst's layers before */
+  kvp_cache *made;       /* new: the result */
+} load_case;
+
+static kvp_status load_into(void *p) {
+  load_case *lc = (load_case *)p;
+  return lc->path ? kvp_deserialize_into_from_file(lc->dst, lc->path, lc->to, lc->num_to)
+                  : kvp_deserialize_into(lc->dst, lc->blob, lc->len, lc->to, lc->num_to);
+}
+
+static void load_into_unchanged(void *p) {
+  const load_case *lc = (const load_case *)p;
+  assert_same_layers(lc->dst, lc->snap);
+}
+
+static kvp_status load_new(void *p) {
+  load_case *lc = (load_case *)p;
+  lc->made = (kvp_cache *)(uintptr_t)1;
+  return lc->path ? kvp_deserialize_new_from_file(lc->path, NULL, &lc->made)
+                  : kvp_deserialize_new(lc->blob, lc->len, NULL, &lc->made);
+}
+
+static void load_new_unchanged(void *p) { assert_null(((const load_case *)p)->made); }
+
+static void test_oom__deserialize_into_buffer_and_file(void **state) {
+  (void)state;
+  kvp_cache *src = make_cache(KVP_LAYOUT_V3);
+  const int32_t ids[3] = {2, 3, 9}, to[3] = {7, 1, 20};
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/kvp_test_oom_into_%d.kvps", (int)getpid());
+  for (int whole = 0; whole < 2; ++whole) {
+    size_t len = 0;
+    uint8_t *blob = whole ? serialize_pages(src, NULL, 0, &len) : serialize_pages(src, ids, 3, &len);
+    assert_true(whole ? len >= 256 * 1024 : len < 256 * 1024);
+    write_file(path, blob, len);
+    for (int from_file = 0; from_file < 2; ++from_file) {
+      kvp_config cfg = kvp_test_config(LAYERS, HEADS, HDIM, PAGE, PAGES, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+      kvp_cache *dst = NULL;
+      assert_kvp_ok(kvp_cache_create(&cfg, NULL, &dst)); /* all zero */
+      uint8_t *snap = snapshot(dst);
+      load_case lc = {dst, blob, len, from_file ? path : NULL, whole ? NULL : to, whole ? 0u : 3u, snap, NULL};
+      const long points = sweep(from_file ? "kvp_deserialize_into_from_file" : "kvp_deserialize_into", load_into,
+                                load_into_unchanged, &lc);
+      if (from_file) assert_true(points >= 1); /* the file reader's buffer at least */
+      if (whole) { /* the whole cache arrived */
+        uint8_t *want = snapshot(src);
+        assert_same_layers(dst, want);
+        test_free(want);
+      }
+      test_free(snap);
+      assert_kvp_ok(kvp_cache_destroy(dst));
+    }
+    test_free(blob);
+  }
+  unlink(path);
+  assert_kvp_ok(kvp_cache_destroy(src));
+}
+
+static void test_oom__deserialize_new_small_and_file(void **state) {
+  (void)state;
+  kvp_cache *src = make_cache(KVP_LAYOUT_V2);
+  const int32_t ids[2] = {4, 11};
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/kvp_test_oom_new_%d.kvps", (int)getpid());
+  for (int whole = 0; whole < 2; ++whole) {
+    size_t len = 0;
+    uint8_t *blob = whole ? serialize_pages(src, NULL, 0, &len) : serialize_pages(src, ids, 2, &len);
+    write_file(path, blob, len);
+    for (int from_file = 0; from_file < 2; ++from_file) {
+      load_case lc = {NULL, blob, len, from_file ? path : NULL, NULL, 0, NULL, NULL};
+      const long points = sweep(from_file ? "kvp_deserialize_new_from_file" : "kvp_deserialize_new", load_new,
+                                load_new_unchanged, &lc);
+      assert_true(points >= 3); /* the cache, its backend, its layers, ... */
+      assert_kvp_ok(kvp_cache_destroy(lc.made));
+    }
+    test_free(blob);
+  }
+  unlink(path);
+  assert_kvp_ok(kvp_cache_destroy(src));
+}
+
+/* Pool operations: each either allocates nothing or fails with KVP_ERR_OUT_OF_MEMORY leaving the
+ * pool as it was (counters, every sequence's length and page table). */
+enum { POOL_SEQS = 4, POOL_ROW = 16 };
+
+typedef struct pool_state {
+  kvp_pool_stats stats;
+  size_t len[POOL_SEQS], computed[POOL_SEQS], count[POOL_SEQS];
+  int32_t rows[POOL_SEQS][POOL_ROW];
+} pool_state;
+
+typedef struct pool_case {
+  kvp_pool *p;
+  kvp_seq_id seqs[POOL_SEQS]; /* 0 = none */
+  int32_t tokens[64];
+  int op;
+  pool_state before;
+} pool_case;
+
+static void read_pool(const pool_case *pc, pool_state *s) {
+  memset(s, 0, sizeof *s);
+  s->stats.struct_size = sizeof s->stats;
+  assert_kvp_ok(kvp_pool_get_stats(pc->p, &s->stats));
+  for (int i = 0; i < POOL_SEQS; ++i)
+    if (pc->seqs[i].id != 0) {
+      assert_kvp_ok(kvp_pool_get_sequence_length(pc->p, pc->seqs[i], &s->len[i], &s->computed[i]));
+      assert_kvp_ok(kvp_pool_get_page_table(pc->p, pc->seqs[i], s->rows[i], POOL_ROW, &s->count[i]));
+    }
+}
+
+static void pool_unchanged(void *p) {
+  const pool_case *pc = (const pool_case *)p;
+  pool_state now;
+  read_pool(pc, &now);
+  assert_memory_equal(&now, &pc->before, sizeof now);
+}
+
+enum { OP_ADD_REUSE, OP_SET_COMPUTED, OP_TRUNCATE, OP_APPEND, OP_FORK, OP_FREE, OP_CLEAR, OP_CHECK, OP_COUNT };
+static const char *const kPoolOps[OP_COUNT] = {"add_sequence (prefix hit)", "set_computed", "truncate", "append",
+                                                "fork", "free_sequence", "clear_prefix_cache", "check_invariants"};
+
+static kvp_status pool_op(void *p) {
+  pool_case *pc = (pool_case *)p;
+  kvp_seq_id out[1] = {{0}};
+  kvp_status st = KVP_ERR_INTERNAL;
+  read_pool(pc, &pc->before);
+  switch (pc->op) {
+    case OP_ADD_REUSE: st = kvp_pool_add_sequence(pc->p, pc->tokens, 40, 0, 0, &out[0], NULL); break;
+    case OP_SET_COMPUTED: st = kvp_pool_set_computed(pc->p, pc->seqs[1], 33); break;
+    case OP_TRUNCATE: st = kvp_pool_truncate(pc->p, pc->seqs[1], 17); break;
+    case OP_APPEND: st = kvp_pool_append(pc->p, pc->seqs[1], pc->tokens, 20, NULL); break;
+    case OP_FORK: st = kvp_pool_fork(pc->p, pc->seqs[1], 1, out); break;
+    case OP_FREE: st = kvp_pool_free_sequence(pc->p, pc->seqs[1]); break;
+    case OP_CLEAR: st = kvp_pool_clear_prefix_cache(pc->p); break;
+    default: st = kvp_pool_check_invariants(pc->p); break;
+  }
+  if (st == KVP_OK && out[0].id != 0) pc->seqs[pc->op == OP_FORK ? 3 : 2] = out[0];
+  if (st == KVP_OK && pc->op == OP_FREE) pc->seqs[1].id = 0;
+  return st;
+}
+
+static void test_oom__pool_operations(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  pool_case pc;
+  memset(&pc, 0, sizeof pc);
+  for (int i = 0; i < 64; ++i) pc.tokens[i] = 1000 + i;
+  assert_kvp_ok(kvp_pool_create(c, NULL, &pc.p));
+  /* A computed, indexed prompt (sequence 0), so that sequence 1's prompt hits the prefix cache. */
+  assert_kvp_ok(kvp_pool_add_sequence(pc.p, pc.tokens, 40, 0, 0, &pc.seqs[0], NULL));
+  assert_kvp_ok(kvp_pool_set_computed(pc.p, pc.seqs[0], 40));
+  assert_kvp_ok(kvp_pool_add_sequence(pc.p, pc.tokens, 33, 0, 0, &pc.seqs[1], NULL));
+  for (pc.op = 0; pc.op < OP_COUNT; ++pc.op) {
+    const long points = sweep(kPoolOps[pc.op], pool_op, pool_unchanged, &pc);
+    if (pc.op == OP_CHECK) assert_true(points >= 1); /* its scratch counts */
+    assert_kvp_ok(kvp_pool_check_invariants(pc.p));
+  }
+  assert_kvp_ok(kvp_pool_destroy(pc.p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 static void test_oom__set_host_allocator_rejects_half_allocators(void **state) {
   (void)state;
   kvp_host_allocator half = kvp_test_allocator(&g_alloc);
@@ -531,6 +747,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_oom__json, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__concatenate, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__attention, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__deserialize_into_buffer_and_file, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__deserialize_new_small_and_file, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__pool_operations, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__set_host_allocator_rejects_half_allocators, setup, teardown),
   };
   return cmocka_run_group_tests_name("oom", tests, NULL, NULL);
