@@ -49,6 +49,11 @@ class HostAllocator {
 // flight on other threads: the caller sets it while no other kvpages call runs.
 void set_default_host_allocator(const kvp_host_allocator* a) noexcept;
 
+// Process lifecycle hooks (util/lifecycle.cpp): hold the default's lock across fork() so that the
+// child never inherits it locked by a thread it does not have.
+void host_allocator_prepare_fork() noexcept;
+void host_allocator_after_fork() noexcept;
+
 // Refuses a caller's allocator (NULL: none given) without both alloc and free: INVALID_ARGUMENT.
 void check_host_allocator(const kvp_host_allocator* a, const char* function);
 
