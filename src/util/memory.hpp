@@ -4,7 +4,7 @@
 // when none is set). An allocation is always freed through the allocator that made it: objects
 // and containers capture their HostAllocator when they are created.
 //
-// Not through it: process-wide infrastructure (the handle registry, the CPU worker threads), error
+// Not through it: process-wide infrastructure (the handle table, the CPU worker threads), error
 // messages (exception text and the thread-local message), the CUDA runtime's own allocations, and
 // the JSON library's tokenizer scratch (the current token and the nesting stack; what the parse
 // keeps goes through it).
