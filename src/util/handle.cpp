@@ -7,6 +7,10 @@
 #include <mutex>
 #include <string>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 namespace kvp::detail {
 namespace {
 
@@ -73,6 +77,9 @@ class HandleTable {
     if (base == 0 || live_ != 0) return;
     base_.store(0, std::memory_order_release);
     committed_.store(0, std::memory_order_release);
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_unregister_root_region(reinterpret_cast<void*>(base), kRegionBytes);
+#endif
     munmap(reinterpret_cast<void*>(base), kRegionBytes);
     cursor_ = 0;
     std::memset(unit_live_, 0, sizeof unit_live_);
@@ -97,6 +104,9 @@ class HandleTable {
     const long page = sysconf(_SC_PAGESIZE);
     unit_bytes_ = page > static_cast<long>(kMinUnitBytes) ? static_cast<size_t>(page) : kMinUnitBytes;
     base_.store(reinterpret_cast<uintptr_t>(p), std::memory_order_release);
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_register_root_region(p, kRegionBytes);  // handles point to their objects from here
+#endif
   }
 
   bool ensure_committed(size_t i) noexcept {
