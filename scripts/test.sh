@@ -5,6 +5,8 @@
 #   3. install + package consumers (pkg-config, find_package, dlopen) and ABI checks
 #   4. a build with CUDA switched off, and its tests (plus the GPU tests against an emulated CUDA runtime)
 #   5. AddressSanitizer + UndefinedBehaviorSanitizer build, and its tests
+#   5b. ThreadSanitizer build of the library and tests/unit/test_threads.c (the documented
+#      concurrent uses), no report allowed
 #   6. every fuzz target (tests/fuzz) for a bounded time, KVP_FUZZ_SECONDS in all (clang/libFuzzer)
 #   7. the bindings' own test runners (Rust, Go, Zig, Python)
 # Each stage reports; the script exits non-zero if any stage failed.
@@ -12,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 JOBS=${KVP_JOBS:-$(nproc)}
-FUZZ_SECONDS=${KVP_FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${KVP_FUZZ_SECONDS:-150}
 
 bash scripts/install-deps.sh || { echo "install-deps failed"; exit 1; }
 
@@ -59,6 +61,15 @@ sanitizers() {
     build_and_test build-ci-asan -DKVPAGES_CUDA=OFF -DKVPAGES_SANITIZE=ON -DKVPAGES_BUILD_BENCH=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo
 }
+# Only the library and the threads test are built (a few minutes on 2 cores); any report fails.
+tsan() {
+  local dir=build-ci-tsan
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVPAGES_CUDA=OFF -DKVPAGES_TSAN=ON \
+    -DKVPAGES_BUILD_BENCH=OFF -DKVPAGES_BUILD_DOCS=OFF >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; return 1; }
+  cmake --build "$dir" -j"$JOBS" --target test_threads || return 1
+  TSAN_OPTIONS=halt_on_error=1:abort_on_error=1:second_deadlock_stack=1 \
+    ctest --test-dir "$dir" -R '^unit\.test_threads$' --output-on-failure
+}
 fuzz() { [ -f tests/fuzz/run.sh ] || return 0; bash tests/fuzz/run.sh "$FUZZ_SECONDS"; }
 bindings() { [ -f bindings/run-tests.sh ] || return 0; bash bindings/run-tests.sh "$ROOT/build-ci"; }
 
@@ -68,6 +79,7 @@ stage package package
 stage abi abi
 stage cpu-only-build-and-tests cpu_only
 stage asan-ubsan sanitizers
+stage tsan tsan
 stage fuzz fuzz
 stage bindings bindings
 

@@ -57,7 +57,7 @@ typedef struct kvp_host_allocator {
  * their pages too). The built-in default is the C library's
  * `aligned_alloc` / `free` (and anonymous mappings for large page buffers).
  *
- * Not routed through any allocator: process-wide infrastructure (the registry of live handles,
+ * Not routed through any allocator: process-wide infrastructure (the table of handles,
  * the CPU worker threads), the text of error messages, the CUDA runtime's own allocations, the JSON tokenizer's scratch (the current token and the nesting
  * stack), and the DLPack descriptors of kvp_cache_export_dlpack() (see there).
  *
@@ -134,9 +134,14 @@ KVP_API kvp_status KVP_CALL kvp_cache_create(const kvp_config *cfg, const kvp_ca
 /**
  * @brief Releases a cache and its buffers. NULL is a no-op.
  *
- * The handle is poisoned before its memory is released, so a later call with it returns
- * ::KVP_ERR_INVALID_HANDLE (with API armor, the default, even a double destroy is detected
- * without touching freed memory).
+ * The handle is poisoned before it is released, so a later call with it returns
+ * ::KVP_ERR_INVALID_HANDLE: even a double destroy is detected. Handles live in a table of the
+ * library's own that is never handed to anything else, so the check never reads memory that was
+ * freed; with API armor (the default) a pointer outside that table is refused without being read.
+ * A destroyed handle's address goes to another handle (of any kind) only after about a million
+ * (2^20, less the handles live meanwhile) other handles were created; until then every call with
+ * the destroyed handle, a double destroy included, is refused and changes nothing. (After that
+ * many, the old pointer names the new handle.)
  *
  * @param[in] cache Handle or NULL.
  * @retval KVP_OK Released (or NULL).

@@ -27,8 +27,9 @@
  * ran); kvp_pool_set_computed() declares it explicitly (after a prefill chunk).
  *
  * **Lifetime.** The pool borrows its cache: destroy the pool before the cache. A pool whose
- * cache was destroyed can still be destroyed; with API armor (the default) other calls that need
- * the cache return ::KVP_ERR_INVALID_HANDLE instead of touching freed memory.
+ * cache was destroyed can still be destroyed; other calls that need the cache return
+ * ::KVP_ERR_INVALID_HANDLE instead of touching freed memory, also when a new cache was created
+ * at the destroyed one's address (the pool records its cache's serial, unique in the process).
  *
  * **Thread safety.** A pool is not internally synchronised: calls that modify the same pool must
  * not run concurrently; calls taking a `const kvp_pool *` may run concurrently with each other.
@@ -205,7 +206,7 @@ KVP_API kvp_status KVP_CALL kvp_pool_add_sequence(kvp_pool *pool, const int32_t 
  * @param[in] stream CUDA stream for the copy-on-write of a CUDA cache (NULL = legacy default
  *            stream); ignored for a CPU cache.
  * @retval KVP_OK Appended.
- * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or the pool's cache was destroyed (API armor).
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or the pool's cache was destroyed.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `tokens` with `num_tokens` > 0, or the new length would
  *         exceed `max_model_length` (the message gives both).
  * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale (freed).

@@ -132,6 +132,7 @@ void Pool::allocate_arrays(const Shape& sh) {
 Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc) : alloc_(alloc) {
   allocate_arrays(sh);
   cache_handle_ = cache_handle;
+  cache_serial_ = handle_serial(cache_handle);
   prefix_enabled_ = sh.prefix;
   num_pages_ = sh.P;
   page_size_ = sh.S;
@@ -159,6 +160,10 @@ Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc)
 }
 
 Pool::~Pool() { alloc_.deallocate(arrays_); }
+
+Cache& Pool::cache(const char* fn) const {
+  return handle_get(cache_handle_, cache_serial_, fn, "the pool's cache was destroyed");
+}
 
 kvp_pool* create_pool(kvp_cache* cache_handle, const kvp_pool_options* opts, const char* fn) {
   Cache& cache = cache_from(cache_handle, fn);
@@ -421,7 +426,7 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   if (n > max_length_ - s.length)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: appending %zu token(s) to a sequence of %llu would exceed max_model_length %llu",
          fn, n, static_cast<unsigned long long>(s.length), static_cast<unsigned long long>(max_length_));
-  Cache& cache = cache_from(cache_handle_, fn);  // detects a destroyed cache under API armor
+  Cache& cache = this->cache(fn);
   cache.check_healthy(fn);
   const uint64_t S = static_cast<uint64_t>(page_size_);
   const uint64_t len = s.length;

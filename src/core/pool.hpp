@@ -120,7 +120,12 @@ class Pool {
   bool index_insert(int32_t p) noexcept;  // false if an equal key is already indexed
   void index_remove(int32_t p) noexcept;
 
+  // The cache, checked to be alive and still the one the pool was made for (its serial): a new
+  // cache at the address of a destroyed one is refused. Throws INVALID_HANDLE.
+  Cache& cache(const char* function) const;
+
   kvp_cache* cache_handle_ = nullptr;
+  uint64_t cache_serial_ = 0;  // handle_serial(cache_handle_) when the pool was made
   HostAllocator alloc_;
   void* arrays_ = nullptr;
   bool prefix_enabled_ = true;

@@ -1,102 +1,149 @@
 #include "util/handle.hpp"
 
-#include <atomic>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <mutex>
-#include <shared_mutex>
 #include <string>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
 
 namespace kvp::detail {
 namespace {
 
-// The live handles: an open-addressing set of addresses (linear probing, backward-shift
-// deletion), at most half full. Process-wide infrastructure: its table comes from the built-in
-// allocator (a handle creation may fail with KVP_ERR_OUT_OF_MEMORY when it must grow) and is
-// never shrunk.
-class Registry {
+// The handle table (see handle.hpp): kHandleSlots slots of kHandleSlotBytes in one region that is
+// reserved inaccessible and made readable and writable from the start in kCommitBytes steps
+// (`committed_`, which only grows until the table is released). A slot is live from
+// handle_slot_new until handle_slot_free. Slots are handed out at a cursor that moves forward and
+// wraps, skipping live slots. A unit of the region (the OS page, or 4 KiB when that is smaller)
+// whose slots are all dead and that the cursor has left is given back to the OS (it reads as zeros
+// again), so the memory used follows the live handles, not how many were ever made. Process-wide
+// infrastructure: not a caller's allocator; never destroyed (static storage).
+class HandleTable {
  public:
-  void add(const void* p) {
-    std::unique_lock<std::shared_mutex> lock(mu_);
-    if (2 * (size_ + 1) > cap_) grow();
-    size_t i = home(p);
-    while (slots_[i] != nullptr) {
-      if (slots_[i] == p) return;
-      i = (i + 1) & (cap_ - 1);
+  handle_header* allocate() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (base_.load(std::memory_order_relaxed) == 0) map_region();
+    if (live_ == kHandleSlots) fail(KVP_ERR_OUT_OF_MEMORY, "the handle table is full (%zu live handles)", live_);
+    for (;;) {
+      const size_t i = cursor_;
+      advance_cursor();
+      if (!ensure_committed(i)) fail(KVP_ERR_OUT_OF_MEMORY, "the handle table could not grow");
+      auto* hdr = slot(i);
+      const uint32_t m = hdr->magic.load(std::memory_order_relaxed);
+      if (m != 0 && m != kMagicDead) continue;  // live
+      std::memset(static_cast<void*>(hdr), 0, kHandleSlotBytes);
+      hdr->serial = ++serial_;
+      hdr->magic.store(kMagicReserved, std::memory_order_relaxed);
+      ++live_;
+      ++unit_live_[unit_of(i)];
+      return hdr;
     }
-    slots_[i] = p;
-    ++size_;
   }
 
-  bool remove(const void* p) noexcept {
-    std::unique_lock<std::shared_mutex> lock(mu_);
-    size_t i = find(p);
-    if (i == kNone) return false;
-    // Backward shift: move later members of the probe run into the hole.
-    for (size_t j = (i + 1) & (cap_ - 1); slots_[j] != nullptr; j = (j + 1) & (cap_ - 1)) {
-      const size_t h = home(slots_[j]);
-      if (((j - h) & (cap_ - 1)) >= ((j - i) & (cap_ - 1))) {
-        slots_[i] = slots_[j];
-        i = j;
-      }
-    }
-    slots_[i] = nullptr;
-    --size_;
-    return true;
+  void free(handle_header* hdr) noexcept {
+    std::lock_guard<std::mutex> lock(mu_);
+    hdr->state.store(0, std::memory_order_relaxed);
+    hdr->magic.store(kMagicDead, std::memory_order_release);
+    const size_t i = index_of(hdr);
+    --live_;
+    const size_t u = unit_of(i);
+    if (--unit_live_[u] == 0 && u != unit_of(cursor_)) release_unit(u);
   }
 
-  bool contains(const void* p) noexcept {
-    std::shared_lock<std::shared_mutex> lock(mu_);
-    return find(p) != kNone;
+  // Lock-free: the slot of p, or nullptr when p is not a slot of the table.
+  const handle_header* find(const void* p) const noexcept {
+    const uintptr_t base = base_.load(std::memory_order_acquire);
+    const uintptr_t off = reinterpret_cast<uintptr_t>(p) - base;
+    if (base == 0 || off >= committed_.load(std::memory_order_acquire) || off % kHandleSlotBytes != 0) return nullptr;
+    return static_cast<const handle_header*>(p);
+  }
+
+  size_t live() noexcept {
+    std::lock_guard<std::mutex> lock(mu_);
+    return live_;
+  }
+
+  void lock() noexcept { mu_.lock(); }
+  void unlock() noexcept { mu_.unlock(); }
+
+  // Unmaps the region when no handle is live (then a later handle maps a new one).
+  void release() noexcept {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uintptr_t base = base_.load(std::memory_order_relaxed);
+    if (base == 0 || live_ != 0) return;
+    base_.store(0, std::memory_order_release);
+    committed_.store(0, std::memory_order_release);
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_unregister_root_region(reinterpret_cast<void*>(base), kRegionBytes);
+#endif
+    munmap(reinterpret_cast<void*>(base), kRegionBytes);
+    cursor_ = 0;
+    std::memset(unit_live_, 0, sizeof unit_live_);
   }
 
  private:
-  static constexpr size_t kNone = static_cast<size_t>(-1);
+  static constexpr size_t kRegionBytes = kHandleSlots * kHandleSlotBytes;
+  static constexpr size_t kCommitBytes = size_t(64) << 10;
+  static constexpr size_t kMinUnitBytes = 4096;
 
-  size_t home(const void* p) const noexcept {
-    uint64_t x = reinterpret_cast<uintptr_t>(p);
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return static_cast<size_t>(x) & (cap_ - 1);
+  handle_header* slot(size_t i) const noexcept {
+    return reinterpret_cast<handle_header*>(base_.load(std::memory_order_relaxed) + i * kHandleSlotBytes);
+  }
+  size_t index_of(const handle_header* hdr) const noexcept {
+    return (reinterpret_cast<uintptr_t>(hdr) - base_.load(std::memory_order_relaxed)) / kHandleSlotBytes;
+  }
+  size_t unit_of(size_t i) const noexcept { return i * kHandleSlotBytes / unit_bytes_; }
+
+  void map_region() {
+    void* p = mmap(nullptr, kRegionBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail(KVP_ERR_OUT_OF_MEMORY, "the handle table could not be mapped (%zu bytes)", kRegionBytes);
+    const long page = sysconf(_SC_PAGESIZE);
+    unit_bytes_ = page > static_cast<long>(kMinUnitBytes) ? static_cast<size_t>(page) : kMinUnitBytes;
+    base_.store(reinterpret_cast<uintptr_t>(p), std::memory_order_release);
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_register_root_region(p, kRegionBytes);  // handles point to their objects from here
+#endif
   }
 
-  size_t find(const void* p) const noexcept {
-    if (cap_ == 0) return kNone;
-    for (size_t i = home(p); slots_[i] != nullptr; i = (i + 1) & (cap_ - 1))
-      if (slots_[i] == p) return i;
-    return kNone;
+  bool ensure_committed(size_t i) noexcept {
+    const size_t have = committed_.load(std::memory_order_relaxed);
+    if ((i + 1) * kHandleSlotBytes <= have) return true;
+    void* at = reinterpret_cast<void*>(base_.load(std::memory_order_relaxed) + have);
+    if (mprotect(at, kCommitBytes, PROT_READ | PROT_WRITE) != 0) return false;
+    committed_.store(have + kCommitBytes, std::memory_order_release);
+    return true;
   }
 
-  void grow() {
-    const size_t cap = cap_ == 0 ? 64 : 2 * cap_;
-    const HostAllocator alloc = HostAllocator::builtin_allocator();
-    auto* slots = static_cast<const void**>(alloc.allocate(cap * sizeof(void*), alignof(void*)));
-    std::memset(static_cast<void*>(slots), 0, cap * sizeof(void*));
-    const void** old = slots_;
-    const size_t old_cap = cap_;
-    slots_ = slots;
-    cap_ = cap;
-    for (size_t i = 0; i < old_cap; ++i) {
-      if (old[i] == nullptr) continue;
-      size_t j = home(old[i]);
-      while (slots_[j] != nullptr) j = (j + 1) & (cap_ - 1);
-      slots_[j] = old[i];
-    }
-    alloc_.deallocate(old);
-    alloc_ = alloc;
+  void advance_cursor() noexcept {
+    const size_t left = unit_of(cursor_);
+    cursor_ = (cursor_ + 1) % kHandleSlots;
+    if (unit_of(cursor_) != left && unit_live_[left] == 0) release_unit(left);
   }
 
-  std::shared_mutex mu_;
-  const void** slots_ = nullptr;
-  size_t cap_ = 0;
-  size_t size_ = 0;
-  HostAllocator alloc_ = HostAllocator::builtin_allocator();  // made slots_
+  void release_unit(size_t u) noexcept {
+    if (u * unit_bytes_ >= committed_.load(std::memory_order_relaxed)) return;
+    madvise(reinterpret_cast<void*>(base_.load(std::memory_order_relaxed) + u * unit_bytes_), unit_bytes_,
+            MADV_DONTNEED);
+  }
+
+  std::mutex mu_;
+  std::atomic<uintptr_t> base_{0};
+  std::atomic<size_t> committed_{0};
+  // Guarded by mu_:
+  size_t unit_bytes_ = kMinUnitBytes;
+  size_t cursor_ = 0;
+  size_t live_ = 0;
+  uint64_t serial_ = 0;
+  uint16_t unit_live_[kRegionBytes / kMinUnitBytes] = {};
 };
 
-Registry& registry() {
-  static Registry* r = new Registry();  // never destroyed: handles may outlive static dtors
-  return *r;
-}
+// Constant-initialised and trivially destructible members but the mutex, whose destructor is
+// trivial too: the table outlives every static destructor.
+HandleTable g_table;
 
 std::atomic<MisuseFn> g_misuse_fn{nullptr};
 std::atomic<void*> g_misuse_ud{nullptr};
@@ -112,40 +159,24 @@ const char* wrong_kind(uint32_t magic) noexcept {
 
 }  // namespace
 
-void registry_add(const void* handle) {
-#if defined(KVP_API_ARMOR)
-  registry().add(handle);
-#else
-  (void)handle;
-#endif
-}
+handle_header* handle_slot_new() { return g_table.allocate(); }
+void handle_slot_free(handle_header* hdr) noexcept { g_table.free(hdr); }
+size_t handle_slots_live() noexcept { return g_table.live(); }
+void handle_table_prepare_fork() noexcept { g_table.lock(); }
+void handle_table_after_fork() noexcept { g_table.unlock(); }
+void handle_table_release() noexcept { g_table.release(); }
 
-bool registry_remove(const void* handle) noexcept {
-#if defined(KVP_API_ARMOR)
-  return registry().remove(handle);
-#else
-  (void)handle;
-  return true;
-#endif
-}
-
-bool registry_contains(const void* handle) noexcept {
-#if defined(KVP_API_ARMOR)
-  return registry().contains(handle);
-#else
-  (void)handle;
-  return true;
-#endif
-}
-
-handle_header* check_header(const void* h, uint32_t magic, const char* function) {
+const handle_header* check_header(const void* h, uint32_t magic, const char* function) {
   if (h == nullptr) misuse(function, "NULL handle");
 #if defined(KVP_API_ARMOR)
-  if (!registry_contains(h)) misuse(function, "not a live kvpages handle (destroyed or foreign)");
+  const handle_header* hdr = g_table.find(h);
+  if (hdr == nullptr) misuse(function, "not a kvpages handle (foreign pointer)");
+#else
+  const auto* hdr = static_cast<const handle_header*>(h);
 #endif
-  auto* hdr = static_cast<handle_header*>(const_cast<void*>(h));
-  if (hdr->magic == kMagicDead) misuse(function, "destroyed handle");
-  if (hdr->magic != magic) misuse(function, wrong_kind(hdr->magic));
+  const uint32_t m = hdr->magic.load(std::memory_order_acquire);
+  if (m == kMagicDead || m == 0) misuse(function, "destroyed handle");
+  if (m != magic) misuse(function, wrong_kind(m));
   return hdr;
 }
 
@@ -159,13 +190,6 @@ void misuse(const char* function, const char* what) {
 void set_misuse_handler(MisuseFn fn, void* user_data) noexcept {
   g_misuse_ud.store(user_data);
   g_misuse_fn.store(fn);
-}
-
-void poison_header(handle_header* hdr) noexcept {
-  volatile uint32_t* m = &hdr->magic;
-  *m = kMagicDead;
-  volatile uint32_t* s = &hdr->state;
-  *s = 0;
 }
 
 }  // namespace kvp::detail

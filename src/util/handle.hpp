@@ -1,11 +1,25 @@
 // Handles: the one lifecycle of every public object (cache, pool, metadata). A handle is a small
-// block, allocated through the object's HostAllocator, that starts with a {magic, state} header
-// and points to the implementation object (made through the same allocator). With API armor a
-// registry of live handles is consulted before a pointer is dereferenced, so freed or foreign
-// pointers are rejected without reading them (STYLE.md "Handle validation").
+// block that starts with a {magic, state, serial} header and points to the implementation object
+// (made through the object's HostAllocator).
+//
+// Handle blocks live in the library's own handle table (util/handle.cpp), never in a caller's
+// allocator, so that a handle's address keeps its meaning after the handle is destroyed:
+//  - the table is one region the library maps for itself and never hands to anything else, so a
+//    check of a destroyed handle reads the table, not memory that now belongs to someone else;
+//  - slots are handed out in address order, going round the table and skipping live ones, so a
+//    destroyed handle's address goes to another handle only after the cursor went round:
+//    at least kHandleSlots - 1 - L creations later (L: the handles live in between);
+//  - every handle gets a serial that no other handle of the process ever has, so an object that
+//    remembers another (a pool its cache) can tell a new handle at the same address from the old.
+// With API armor a pointer is checked against the table (inside it, on a slot boundary) before it
+// is read, so foreign pointers are rejected without reading them (STYLE.md "Handle validation").
+// The check takes no lock.
 #pragma once
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <new>
 
 #include "kvpages/status.h"
 #include "util/error.hpp"
@@ -18,6 +32,7 @@ enum : uint32_t {
   kMagicMetadata = 0x4D50564Bu,  // 'KVPM'
   kMagicPool = 0x5050564Bu,      // 'KVPP'
   kMagicDead = 0xDEADDEADu,
+  kMagicReserved = 0x5245534Bu,  // a slot being filled by handle_new
 };
 
 enum : uint32_t {
@@ -25,16 +40,29 @@ enum : uint32_t {
   kStatePoisoned = 2,  // a sticky device fault: only get_async_error and destroy are accepted
 };
 
+// Slots of the handle table, and the bytes of each (every handle block fits one).
+constexpr size_t kHandleSlots = size_t(1) << 20;
+constexpr size_t kHandleSlotBytes = 64;
+
 struct handle_header {
-  uint32_t magic;
-  uint32_t state;
+  std::atomic<uint32_t> magic;
+  std::atomic<uint32_t> state;
+  uint64_t serial;  // unique in the process; set before magic is published
 };
 
-// Registry (API armor). No-ops when built without KVP_API_ARMOR. registry_add throws
-// error(KVP_ERR_OUT_OF_MEMORY) when its table cannot grow.
-void registry_add(const void* handle);
-bool registry_remove(const void* handle) noexcept;
-bool registry_contains(const void* handle) noexcept;
+// The handle table. handle_slot_new throws error(KVP_ERR_OUT_OF_MEMORY) when the table cannot be
+// mapped or grown, or kHandleSlots handles are live; it returns a zeroed slot whose header has a
+// fresh serial and the magic kMagicReserved. handle_slot_free poisons the header (kMagicDead) and
+// gives the slot back.
+handle_header* handle_slot_new();
+void handle_slot_free(handle_header* hdr) noexcept;
+// Handles live now (for tests of the table and the unload hook).
+size_t handle_slots_live() noexcept;
+// Process lifecycle hooks (util/lifecycle.cpp): hold the table's lock across fork(), and unmap
+// the table when the library is unloaded (only if no handle is live: a leaked one stays readable).
+void handle_table_prepare_fork() noexcept;
+void handle_table_after_fork() noexcept;
+void handle_table_release() noexcept;
 
 // Reports misuse to the installed handler and throws error(KVP_ERR_INVALID_HANDLE).
 [[noreturn]] void misuse(const char* function, const char* what);
@@ -42,12 +70,9 @@ bool registry_contains(const void* handle) noexcept;
 using MisuseFn = void (*)(const char* what, void* user_data);
 void set_misuse_handler(MisuseFn fn, void* user_data) noexcept;
 
-// Returns the header after checking NULL, registry membership and magic; throws on failure.
-handle_header* check_header(const void* h, uint32_t magic, const char* function);
-
-// Overwrites the magic with kMagicDead through a volatile store so the compiler cannot drop it
-// as a dead store before the memory is released.
-void poison_header(handle_header* hdr) noexcept;
+// Returns the header after checking NULL, table membership (API armor) and magic; throws on
+// failure.
+const handle_header* check_header(const void* h, uint32_t magic, const char* function);
 
 // The layout of every public handle struct: `struct kvp_cache : Handle<Cache, kMagicCache> {};`.
 template <class T, uint32_t Magic>
@@ -55,26 +80,20 @@ struct Handle {
   using Impl = T;
   static constexpr uint32_t kMagic = Magic;
   handle_header hdr;
-  HostAllocator alloc;  // made this block and *impl
+  HostAllocator alloc;  // made *impl
   T* impl;
 };
 
-// Wraps `impl` in a new registered handle, allocated through impl's allocator; or destroys impl
-// and throws.
+// Wraps `impl` in a new handle from the handle table; or destroys impl and throws.
 template <class H>
 H* handle_new(HostPtr<typename H::Impl> impl) {
-  const HostAllocator alloc = impl.get_deleter().alloc;
-  H* h = host_new<H>(alloc);
-  h->alloc = alloc;
-  try {
-    registry_add(h);
-  } catch (...) {
-    host_delete(alloc, h);
-    throw;
-  }
+  static_assert(sizeof(H) <= kHandleSlotBytes && alignof(H) <= 16, "a handle must fit a table slot");
+  static_assert(offsetof(H, hdr) == 0, "the header starts the handle");
+  auto* h = reinterpret_cast<H*>(handle_slot_new());  // throws; impl is then destroyed by its owner
+  new (&h->alloc) HostAllocator(impl.get_deleter().alloc);
   h->impl = impl.release();
-  h->hdr.state = kStateOpen;
-  h->hdr.magic = H::kMagic;
+  h->hdr.state.store(kStateOpen, std::memory_order_relaxed);
+  h->hdr.magic.store(H::kMagic, std::memory_order_release);
   return h;
 }
 
@@ -85,17 +104,30 @@ typename H::Impl& handle_get(const H* h, const char* function) {
   return *h->impl;
 }
 
+// The same, and the handle must be the one whose serial was recorded (handle_serial) earlier: a
+// new handle at the address of a destroyed one is refused with `what`.
+template <class H>
+typename H::Impl& handle_get(const H* h, uint64_t serial, const char* function, const char* what) {
+  if (check_header(h, H::kMagic, function)->serial != serial) misuse(function, what);
+  return *h->impl;
+}
+
+// The serial of a valid handle (check it first).
+template <class H>
+uint64_t handle_serial(const H* h) noexcept {
+  return h->hdr.serial;
+}
+
 // Destroys a handle and its implementation; NULL is a no-op.
 template <class H>
 void handle_delete(H* h, const char* function) {
   if (h == nullptr) return;
   check_header(h, H::kMagic, function);
-  registry_remove(h);
-  poison_header(&h->hdr);
   const HostAllocator alloc = h->alloc;
-  host_delete(alloc, h->impl);
-  h->impl = nullptr;
-  host_delete(alloc, h);
+  typename H::Impl* impl = h->impl;
+  h->alloc.~HostAllocator();
+  handle_slot_free(&h->hdr);
+  host_delete(alloc, impl);
 }
 
 }  // namespace kvp::detail

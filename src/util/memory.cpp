@@ -8,10 +8,10 @@
 namespace kvp::detail {
 namespace {
 
-std::mutex& default_mutex() {
-  static std::mutex* mu = new std::mutex();  // never destroyed: used until the process ends
-  return *mu;
-}
+// Constant-initialised with a trivial destructor: usable until the process ends, and released
+// with the library's image when it is unloaded.
+std::mutex g_default_mu;
+std::mutex& default_mutex() { return g_default_mu; }
 kvp_host_allocator g_default{};  // alloc == nullptr: built-in; guarded by default_mutex()
 
 }  // namespace
@@ -68,5 +68,8 @@ void set_default_host_allocator(const kvp_host_allocator* a) noexcept {
   else
     g_default = kvp_host_allocator{};
 }
+
+void host_allocator_prepare_fork() noexcept { default_mutex().lock(); }
+void host_allocator_after_fork() noexcept { default_mutex().unlock(); }
 
 }  // namespace kvp::detail

@@ -4,7 +4,7 @@
 // when none is set). An allocation is always freed through the allocator that made it: objects
 // and containers capture their HostAllocator when they are created.
 //
-// Not through it: process-wide infrastructure (the handle registry, the CPU worker threads), error
+// Not through it: process-wide infrastructure (the handle table, the CPU worker threads), error
 // messages (exception text and the thread-local message), the CUDA runtime's own allocations, and
 // the JSON library's tokenizer scratch (the current token and the nesting stack; what the parse
 // keeps goes through it).
@@ -49,6 +49,11 @@ class HostAllocator {
 // Replaces the process default (nullptr: the built-in one). Not synchronised with allocations in
 // flight on other threads: the caller sets it while no other kvpages call runs.
 void set_default_host_allocator(const kvp_host_allocator* a) noexcept;
+
+// Process lifecycle hooks (util/lifecycle.cpp): hold the default's lock across fork() so that the
+// child never inherits it locked by a thread it does not have.
+void host_allocator_prepare_fork() noexcept;
+void host_allocator_after_fork() noexcept;
 
 // Refuses a caller's allocator (NULL: none given) without both alloc and free: INVALID_ARGUMENT.
 void check_host_allocator(const kvp_host_allocator* a, const char* function);

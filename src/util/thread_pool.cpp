@@ -1,9 +1,11 @@
 #include "util/thread_pool.hpp"
 
+#include <signal.h>
+
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
+#include <chrono>
 #include <cstdlib>
+#include <new>
 #include <thread>
 
 namespace kvp::detail {
@@ -16,26 +18,31 @@ struct ThreadPool::Job {
   std::atomic<int64_t> done{0};
 };
 
-struct ThreadPool::Shared {
-  std::mutex mu;
-  std::condition_variable cv;
-  Job* job = nullptr;  // guarded by mu
-  uint64_t gen = 0;    // guarded by mu
-  int wanted = 0;      // guarded by mu
-  std::atomic<int> inside{0};
-};
+namespace {
+
+// The pool lives in the library's own static storage and is never destroyed: a thread of the
+// process may still call in while static destructors run at exit. Unloading the library releases
+// the storage; shutdown() has joined the helpers by then.
+alignas(ThreadPool) unsigned char g_storage[sizeof(ThreadPool)];
+std::atomic<ThreadPool*> g_pool{nullptr};
+
+}  // namespace
 
 ThreadPool& ThreadPool::instance() {
-  static ThreadPool* pool = new ThreadPool();  // never destroyed: threads may outlive static dtors
+  static ThreadPool* pool = [] {
+    auto* p = new (g_storage) ThreadPool();
+    g_pool.store(p, std::memory_order_release);
+    return p;
+  }();
   return *pool;
 }
 
-ThreadPool::ThreadPool() : s_(new Shared()) {
+ThreadPool::ThreadPool() {
   const char* env = std::getenv("KVP_NUM_THREADS");
   long n = env != nullptr && *env != 0 ? std::strtol(env, nullptr, 10) : 0;
   if (n <= 0) n = static_cast<long>(std::thread::hardware_concurrency());
   if (n <= 0) n = 1;
-  threads_total_ = static_cast<int>(std::min<long>(n, 256));
+  threads_total_ = static_cast<int>(std::min<long>(n, kMaxThreads));
 }
 
 void ThreadPool::work(Job& j) {
@@ -48,46 +55,54 @@ void ThreadPool::work(Job& j) {
 }
 
 void ThreadPool::run(int64_t n, int helpers, ChunkFn fn, void* arg) {
-  if (helpers > threads_total_ - 1) helpers = threads_total_ - 1;
-  std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
-  if (helpers <= 0 || n <= 1 || !run_lock.owns_lock()) {  // busy with another caller: run inline
+  std::unique_lock<std::mutex> run_lock(run_mu_, std::defer_lock);
+  if (helpers > 0 && n > 1 && run_lock.try_lock()) helpers = std::min(helpers, start_helpers());
+  if (helpers <= 0 || n <= 1 || !run_lock.owns_lock()) {  // no helpers, or busy with another caller
     for (int64_t i = 0; i < n; ++i) fn(arg, i);
     return;
   }
-  start_threads();
   Job job;
   job.fn = fn;
   job.arg = arg;
   job.n = n;
   {
-    std::lock_guard<std::mutex> lk(s_->mu);
-    s_->job = &job;
-    s_->wanted = helpers;
-    ++s_->gen;
+    std::lock_guard<std::mutex> lk(s_.mu);
+    s_.job = &job;
+    s_.wanted = helpers;
+    ++s_.gen;
   }
-  s_->cv.notify_all();
+  s_.cv.notify_all();
   work(job);
   for (int spins = 0; job.done.load(std::memory_order_acquire) < n; ++spins)
     if (spins > 64) std::this_thread::yield();
   {
-    std::lock_guard<std::mutex> lk(s_->mu);
-    s_->job = nullptr;
-    s_->wanted = 0;
+    std::lock_guard<std::mutex> lk(s_.mu);
+    s_.job = nullptr;
+    s_.wanted = 0;
   }
   // Helpers that joined this job may still be failing to claim a chunk; wait for them to leave.
-  while (s_->inside.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  while (s_.inside.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
-void ThreadPool::start_threads() {
-  if (started_) return;
+int ThreadPool::start_helpers() {
+  if (started_ || closed_) return num_helpers_;
   started_ = true;
+  // Helpers take no signals: the process's handlers run on its own threads only.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   for (int t = 1; t < threads_total_; ++t) {
-    try {
-      std::thread(&ThreadPool::loop, this).detach();
-    } catch (...) {
-      break;  // fewer helpers; the caller still does all remaining work itself
-    }
+    if (pthread_create(&helpers_[num_helpers_], nullptr, &ThreadPool::helper_main, this) != 0)
+      break;  // fewer helpers; the caller does the chunks no helper takes
+    ++num_helpers_;
   }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return num_helpers_;
+}
+
+void* ThreadPool::helper_main(void* self) noexcept {
+  static_cast<ThreadPool*>(self)->loop();
+  return nullptr;
 }
 
 void ThreadPool::loop() {
@@ -95,16 +110,52 @@ void ThreadPool::loop() {
   for (;;) {
     Job* j;
     {
-      std::unique_lock<std::mutex> lk(s_->mu);
-      s_->cv.wait(lk, [&] { return s_->job != nullptr && s_->gen != seen && s_->wanted > 0; });
-      seen = s_->gen;
-      --s_->wanted;
-      j = s_->job;
-      s_->inside.fetch_add(1, std::memory_order_relaxed);
+      std::unique_lock<std::mutex> lk(s_.mu);
+      s_.cv.wait(lk, [&] { return s_.stop || (s_.job != nullptr && s_.gen != seen && s_.wanted > 0); });
+      if (s_.stop) return;
+      seen = s_.gen;
+      --s_.wanted;
+      j = s_.job;
+      s_.inside.fetch_add(1, std::memory_order_relaxed);
     }
     work(*j);
-    s_->inside.fetch_sub(1, std::memory_order_release);
+    s_.inside.fetch_sub(1, std::memory_order_release);
   }
+}
+
+void ThreadPool::stop_helpers() {
+  {
+    std::lock_guard<std::mutex> lk(s_.mu);
+    s_.stop = true;
+  }
+  s_.cv.notify_all();
+  for (int t = 0; t < num_helpers_; ++t) pthread_join(helpers_[t], nullptr);
+  num_helpers_ = 0;
+}
+
+void ThreadPool::shutdown() noexcept {
+  ThreadPool* p = g_pool.load(std::memory_order_acquire);
+  if (p == nullptr) return;
+  // A job in flight on another thread ends on its own; wait for it, but not forever (an exit()
+  // from inside a job's thread, say from a signal handler): then the helpers are left running.
+  std::unique_lock<std::mutex> run_lock(p->run_mu_, std::defer_lock);
+  for (int waited_ms = 0; !run_lock.try_lock(); ++waited_ms) {
+    if (waited_ms >= 2000) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  p->closed_ = true;
+  p->stop_helpers();
+}
+
+void ThreadPool::after_fork_in_child() noexcept {
+  ThreadPool* p = g_pool.load(std::memory_order_acquire);
+  if (p == nullptr) return;
+  // Only this thread exists: the helpers, and any thread that held a lock, are gone. Re-create the
+  // locks and the shared state over the old ones without destroying them, and forget the helpers.
+  new (&p->run_mu_) std::mutex();
+  new (&p->s_) Shared();
+  p->started_ = false;
+  p->num_helpers_ = 0;
 }
 
 }  // namespace kvp::detail

@@ -1,15 +1,30 @@
-// The library's one CPU runtime: a process-wide work-sharing thread pool over std::thread, used by
-// every parallel CPU path (concatenate, serialization, attention).
+// The library's one CPU runtime: a process-wide work-sharing thread pool over POSIX threads, used
+// by every parallel CPU path (concatenate, serialization, attention).
 //
 // The caller publishes a job of `n` chunks, wakes up to `helpers` pool threads and works on the
 // chunks itself; chunks are claimed from an atomic counter. The caller returns as soon as every
 // chunk is done and never waits for a helper that has not started yet (a helper that wakes late
 // finds the job gone), so a helper the OS does not schedule costs nothing. One job runs at a time;
 // a second caller meanwhile runs its chunks on its own thread. Threads: KVP_NUM_THREADS from the
-// environment (read once), else the number of CPUs; created on first use (fewer when creation
-// fails) and kept for the life of the process.
+// environment (read once), else the number of CPUs.
+//
+// What the runtime survives (util/lifecycle.cpp drives the last two):
+//  - thread creation failing: helpers are created on the first parallel job; when the OS refuses
+//    one, the pool keeps the ones it has (possibly none) and never retries, and every job still
+//    completes, the caller doing the chunks no helper takes;
+//  - fork(): the child has none of the helpers, and the pool's locks may have been held by threads
+//    that do not exist there; after_fork_in_child() re-creates the pool's state in place (nothing
+//    is destroyed: the old condition variable has waiters that are gone) and the child's first
+//    parallel job starts helpers of its own;
+//  - unloading (dlclose, or process exit): shutdown() waits for a job in flight, stops and joins
+//    every helper, so no thread runs the library's code once it is unmapped; jobs after it run on
+//    the caller's thread alone.
 #pragma once
 
+#include <pthread.h>
+
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -27,18 +42,39 @@ class ThreadPool {
   // Runs fn(arg, i) for every i in [0, n); returns when all are done.
   void run(int64_t n, int helpers, ChunkFn fn, void* arg);
 
+  // Process lifecycle hooks (util/lifecycle.cpp); no-ops when the pool was never made.
+  static void after_fork_in_child() noexcept;
+  static void shutdown() noexcept;
+
  private:
   struct Job;
+  // What the helpers share with the job's caller; guarded by mu unless atomic.
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    Job* job = nullptr;
+    uint64_t gen = 0;
+    int wanted = 0;
+    bool stop = false;
+    std::atomic<int> inside{0};
+  };
+  static constexpr int kMaxThreads = 256;
+
   ThreadPool();
-  void start_threads();
+  int start_helpers();  // run_mu_ held; returns the helpers running
+  void stop_helpers();  // run_mu_ held
+  static void* helper_main(void* self) noexcept;
   void loop();
   static void work(Job& j);
 
   int threads_total_ = 1;
-  bool started_ = false;  // guarded by run_mu_
-  std::mutex run_mu_;     // one job at a time; concurrent callers run inline
-  struct Shared;
-  Shared* s_;
+  std::mutex run_mu_;  // one job at a time; concurrent callers run inline
+  // Guarded by run_mu_:
+  bool started_ = false;  // helper creation was tried (it is never retried)
+  bool closed_ = false;   // shut down: no helper is started again
+  int num_helpers_ = 0;
+  pthread_t helpers_[kMaxThreads];
+  Shared s_;
 };
 
 // Runs f(i) for every i in [0, n) on up to `threads` threads (the caller included). f may throw:

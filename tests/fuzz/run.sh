@@ -2,8 +2,8 @@
 # Builds every libFuzzer target (tests/fuzz/tests.cmake) with clang and runs each in turn.
 # usage: tests/fuzz/run.sh SECONDS [BUILD_DIR] [TARGET...]
 #   SECONDS is the total fuzzing time, divided evenly among the targets run (at least 5 s each);
-#   scripts/test.sh passes KVP_FUZZ_SECONDS (default 60: 12 s for each of the 5 targets; the
-#   stage takes about 4 minutes on 2 cores with the instrumented build).
+#   scripts/test.sh passes KVP_FUZZ_SECONDS (default 150: 30 s for each of the 5 targets; the
+#   stage takes about 5 minutes on 2 cores with the instrumented build).
 #   TARGET... runs only those targets (default: all).
 # Seeds: tests/fuzz/corpus/<target>/ (committed) and, for fuzz_deserialize, the golden blobs of
 # tests/data; they are copied into the working corpus BUILD_DIR/fuzz-corpus/<target>/, which
