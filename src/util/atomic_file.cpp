@@ -125,13 +125,15 @@ void AtomicFile::commit() {
   const char* fn = function_;
   const char* target = target_.c_str();
   if (::fsync(fd_) != 0) fail(KVP_ERR_IO, "%s: fsync of the new '%s' failed: %s", fn, target, std::strerror(errno));
+  // Link and rename back to back: a kill between them is the only way a (complete) temporary
+  // file can be left with an unnamed file.
   if (tmp_.empty()) link_unnamed();
-  const int fd = fd_;
-  fd_ = -1;
-  if (::close(fd) != 0) fail(KVP_ERR_IO, "%s: closing '%s' failed: %s", fn, tmp_.c_str(), std::strerror(errno));
   if (::rename(tmp_.c_str(), target) != 0)
     fail(KVP_ERR_IO, "%s: renaming '%s' to '%s' failed: %s", fn, tmp_.c_str(), target, std::strerror(errno));
   renamed_ = true;
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) fail(KVP_ERR_IO, "%s: closing '%s' failed: %s", fn, target, std::strerror(errno));
   const HostString dir = directory_of(target_);
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)
