@@ -49,6 +49,22 @@ fn struct_layouts_match_c() {
         evictions, cow_copies });
     layout!(probe, rust, kvp_attention_options { struct_size, abi_version, softmax_scale, logits_soft_cap,
         sliding_window, k_scale, v_scale, num_sinks, sinks });
+    layout!(probe, rust, kvp_plan { struct_size, _reserved, num_pages, usable_pages, page_size, bytes_per_page,
+        reference_bytes_per_page, bytes_per_token, total_bytes, token_capacity, max_concurrent_seqs, max_num_seqs });
+    layout!(probe, rust, kvp_metadata_desc { struct_size, abi_version, version, device_type, device_id, _reserved0,
+        page_size, num_slices_per_kv_cache_update_page, pages_tables, num_reqs, pages_per_req, context_lens,
+        context_lens_len, query_start_loc, query_start_loc_len, num_seqs, num_seqs_len, slot_mapping, num_slices,
+        num_kv_update_slices, num_kv_update_slices_len, request_distribution, request_distribution_len,
+        position_ids, position_ids_len });
+    layout!(probe, rust, kvp_serialize_options { struct_size, abi_version, page_ids, num_page_ids, flags,
+        chunk_bytes });
+    layout!(probe, rust, kvp_deserialize_options { struct_size, abi_version, cache_options, max_cache_bytes, flags,
+        _reserved });
+    layout!(probe, rust, kvp_serialized_info { struct_size, format_major, format_minor, header_size, flags,
+        writer_version, _reserved, header_checksum, num_stored_pages, first_page_id, last_page_id,
+        page_bytes_per_layer, chunk_bytes, num_chunks, payload_bytes, total_bytes, config });
+    // The function table: its size and a field of each end (the field list is tests/headers.rs').
+    layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
@@ -70,7 +86,7 @@ fn struct_layouts_match_c() {
     let src = dir.join("probe.c");
     let exe = dir.join("probe");
     let body = format!(
-        "#include <stdio.h>\n#include <stddef.h>\n#include <kvpages.h>\n#include <kvpages/dlpack.h>\n\
+        "#include <stdio.h>\n#include <stddef.h>\n#include <kvpages.h>\n#include <kvpages/dlpack.h>\n#include <kvpages/plugin.h>\n\
          int main(void) {{\n{}\nreturn 0; }}\n",
         probe.join("\n")
     );
@@ -100,7 +116,7 @@ fn library_version_matches_these_declarations() {
     unsafe {
         assert_eq!(kvp_check_abi(KVP_VERSION_NUMBER), KVP_OK);
         assert_eq!(kvp_version_number() / 10000, KVP_VERSION_NUMBER / 10000);
-        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "kvp_attention needs a 1.1 library");
+        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "kvp_convert needs a 1.2 library");
     }
 }
 
