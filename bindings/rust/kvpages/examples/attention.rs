@@ -1,6 +1,6 @@
 //! Fused attention: write one request's 3 new tokens into layer 0 and attend 4 query heads
 //! (grouped over the 2 KV heads) to them in the same call.
-use kvpages::{AttentionOptions, BatchRequest, Cache, Config, ConfigOptions, Metadata, KVP_DTYPE_F32};
+use kvpages::{AttentionOptions, BatchRequest, Cache, Config, ConfigOptions, Metadata, Dtype};
 
 fn main() -> Result<(), kvpages::Error> {
     kvpages::check_abi()?;
@@ -10,7 +10,7 @@ fn main() -> Result<(), kvpages::Error> {
         max_model_length: 64,
         head_dim: 128,
         page_size: 16,
-        dtype: KVP_DTYPE_F32,
+        dtype: Dtype::F32,
         budget_bytes: 1 << 20,
         ..Default::default()
     })?;

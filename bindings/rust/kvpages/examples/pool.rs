@@ -1,5 +1,5 @@
 //! Serve two prompts through a page pool: the second reuses the first one's computed prefix.
-use kvpages::{Cache, Config, ConfigOptions, Metadata, Pool, PoolOptions, KVP_DTYPE_F32};
+use kvpages::{Cache, Config, ConfigOptions, Metadata, Pool, PoolOptions, Dtype};
 
 fn main() -> Result<(), kvpages::Error> {
     let cfg = Config::create(&ConfigOptions {
@@ -8,7 +8,7 @@ fn main() -> Result<(), kvpages::Error> {
         max_model_length: 64,
         head_dim: 128,
         page_size: 16,
-        dtype: KVP_DTYPE_F32,
+        dtype: Dtype::F32,
         budget_bytes: 1 << 20,
         ..Default::default()
     })?;

@@ -1,5 +1,5 @@
 //! Plan a small f32 cache, write one request's 3 new tokens into layer 0, read a key back.
-use kvpages::{BatchRequest, Cache, Config, ConfigOptions, Metadata, KVP_DTYPE_F32, KVP_VIEW_KEYS};
+use kvpages::{BatchRequest, Cache, Config, ConfigOptions, Metadata, Dtype, ViewKind};
 
 fn main() -> Result<(), kvpages::Error> {
     kvpages::check_abi()?;
@@ -9,7 +9,7 @@ fn main() -> Result<(), kvpages::Error> {
         max_model_length: 64,
         head_dim: 128,
         page_size: 16,
-        dtype: KVP_DTYPE_F32,
+        dtype: Dtype::F32,
         budget_bytes: 1 << 20,
         ..Default::default()
     })?;
@@ -19,9 +19,9 @@ fn main() -> Result<(), kvpages::Error> {
     let key: Vec<f32> = (0..3 * 2 * 128).map(|i| i as f32).collect();
     let value: Vec<f32> = key.iter().map(|x| -x).collect();
     cache.concatenate(0, &key, &value, [3, 2, 128], &md)?;
-    let keys = cache.view(0, KVP_VIEW_KEYS)?; // [pages, page_size, heads, head_dim]
+    let keys = cache.view(0, ViewKind::Keys)?; // [pages, page_size, heads, head_dim]
     println!("token 2, head 1, lane 5 = {:?}", keys.get_f32(&[1, 2, 1, 5])); // Some(645.0)
-    if let Err(e) = cache.view(9, KVP_VIEW_KEYS) {
+    if let Err(e) = cache.view(9, ViewKind::Keys) {
         println!("{e}"); // KVP_ERR_INVALID_ARGUMENT: ... layer 9 ...
     }
     Ok(())

@@ -37,7 +37,7 @@ fn config() -> Config {
         max_model_length: 16,
         head_dim: D as i64,
         page_size: S,
-        dtype: KVP_DTYPE_F32,
+        dtype: Dtype::F32,
         budget_bytes,
         ..Default::default()
     };
@@ -94,8 +94,8 @@ fn e1_output_and_the_fused_write() {
     assert_close(&out, &E1, "E1");
 
     // The fused write stored exactly the four new tokens: page 7 row 1, page 5 rows 0-2.
-    let keys = cache.view(LAYER, KVP_VIEW_KEYS).unwrap();
-    let values = cache.view(LAYER, KVP_VIEW_VALUES).unwrap();
+    let keys = cache.view(LAYER, ViewKind::Keys).unwrap();
+    let values = cache.view(LAYER, ViewKind::Values).unwrap();
     let slots = [(7, 1), (5, 0), (5, 1), (5, 2)];
     for (r, &(page, row)) in slots.iter().enumerate() {
         for d in 0..D {
@@ -194,7 +194,7 @@ fn raw_variant_matches_the_slice_call() {
     let tensor = |data: *const f32, heads: usize| {
         let mut t = sys::kvp_tensor {
             data: data as *mut _,
-            dtype: KVP_DTYPE_F32,
+            dtype: sys::KVP_DTYPE_F32,
             ndim: 3,
             shape: [0; sys::KVP_MAX_DIMS],
             strides: [0; sys::KVP_MAX_DIMS],

@@ -16,7 +16,7 @@ fn config() -> Config {
         max_model_length: MAX_LEN as i64,
         head_dim: D as i64,
         page_size: S as i64,
-        dtype: KVP_DTYPE_F32,
+        dtype: Dtype::F32,
         budget_bytes: 1 << 20,
         ..Default::default()
     })
@@ -61,8 +61,8 @@ fn write_pending(pool: &mut Pool<'_>, cfg: &Config, seqs: &[(SeqId, &[i32])]) {
 fn check_tokens(pool: &Pool<'_>, seq: SeqId, toks: &[i32], range: std::ops::Range<usize>) {
     let pages = pool.page_table(seq).unwrap();
     for layer in 0..L {
-        let keys = pool.cache().view(layer, KVP_VIEW_KEYS).unwrap();
-        let values = pool.cache().view(layer, KVP_VIEW_VALUES).unwrap();
+        let keys = pool.cache().view(layer, ViewKind::Keys).unwrap();
+        let values = pool.cache().view(layer, ViewKind::Values).unwrap();
         for pos in range.clone() {
             let (page, row) = (pages[pos / S] as i64, (pos % S) as i64);
             for h in 0..H {
@@ -156,7 +156,7 @@ fn pool_scenario_prefix_reuse_fork_free_and_errors() {
     let free = (1..cfg.num_pages() as i32).find(|&p| pool.page_state(p).unwrap().1 == KVP_PAGE_FLAG_FREE).unwrap();
     pool.cache_mut().copy_pages(&[pages_a[0]], &[free]).unwrap();
     for layer in 0..L {
-        let keys = pool.cache().view(layer, KVP_VIEW_KEYS).unwrap();
+        let keys = pool.cache().view(layer, ViewKind::Keys).unwrap();
         for row in 0..S as i64 {
             assert_eq!(keys.get_f32(&[free as i64, row, 1, 5]), keys.get_f32(&[pages_a[0] as i64, row, 1, 5]));
         }
@@ -220,7 +220,7 @@ fn pool_scenario_prefix_reuse_fork_free_and_errors() {
     assert_eq!((st.free_pages, st.evictable_pages, st.indexed_pages), (st.total_pages, 0, 0));
     drop(pool);
     // The borrow has ended: the cache is usable again.
-    cache.view(0, KVP_VIEW_KEYS).unwrap();
+    cache.view(0, ViewKind::Keys).unwrap();
 }
 
 #[test]

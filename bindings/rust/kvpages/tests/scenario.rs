@@ -13,7 +13,7 @@ fn config() -> Config {
         max_model_length: 64,
         head_dim: D as i64,
         page_size: S,
-        dtype: KVP_DTYPE_F32,
+        dtype: Dtype::F32,
         budget_bytes: 1 << 20,
         ..Default::default()
     })
@@ -56,8 +56,8 @@ fn concatenate_then_read_tokens_back_through_views() {
     let cfg = config();
     let mut cache = Cache::new(&cfg).expect("cache");
     let (_md, _key, _value) = write_batch(&mut cache, &cfg);
-    let keys = cache.view(1, KVP_VIEW_KEYS).unwrap();
-    let values = cache.view(1, KVP_VIEW_VALUES).unwrap();
+    let keys = cache.view(1, ViewKind::Keys).unwrap();
+    let values = cache.view(1, ViewKind::Values).unwrap();
     assert_eq!(keys.shape(), &[cfg.num_pages(), S, H as i64, D as i64]);
     for h in 0..H {
         for d in 0..D {
@@ -71,7 +71,7 @@ fn concatenate_then_read_tokens_back_through_views() {
             // Untouched slots and the other layer stay zero.
             assert_eq!(keys.get_f32(&[2, 4, h as i64, d as i64]), Some(0.0));
             assert_eq!(keys.get_f32(&[1, 3, h as i64, d as i64]), Some(0.0));
-            assert_eq!(cache.view(0, KVP_VIEW_KEYS).unwrap().get_f32(&[1, 0, h as i64, d as i64]), Some(0.0));
+            assert_eq!(cache.view(0, ViewKind::Keys).unwrap().get_f32(&[1, 0, h as i64, d as i64]), Some(0.0));
         }
     }
     assert_eq!(keys.get_f32(&[cfg.num_pages(), 0, 0, 0]), None, "out of range index");
@@ -82,16 +82,16 @@ fn error_path_returns_code_and_message_and_changes_nothing() {
     let cfg = config();
     let mut cache = Cache::new(&cfg).unwrap();
     let (md, key, value) = write_batch(&mut cache, &cfg);
-    let before: Vec<Option<f32>> = (0..D as i64).map(|d| cache.view(1, KVP_VIEW_KEYS).unwrap().get_f32(&[1, 0, 0, d])).collect();
+    let before: Vec<Option<f32>> = (0..D as i64).map(|d| cache.view(1, ViewKind::Keys).unwrap().get_f32(&[1, 0, 0, d])).collect();
     let err = cache.concatenate(2, &key, &value, [4, H, D], &md).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert_eq!(err.code, 1);
     assert_eq!(err.name, "KVP_ERR_INVALID_ARGUMENT");
     assert!(err.message.contains("layer 2"), "message: {}", err.message);
     assert!(err.to_string().starts_with("KVP_ERR_INVALID_ARGUMENT: "));
-    let err = cache.view(7, KVP_VIEW_PAGES).unwrap_err();
+    let err = cache.view(7, ViewKind::Pages).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    let after: Vec<Option<f32>> = (0..D as i64).map(|d| cache.view(1, KVP_VIEW_KEYS).unwrap().get_f32(&[1, 0, 0, d])).collect();
+    let after: Vec<Option<f32>> = (0..D as i64).map(|d| cache.view(1, ViewKind::Keys).unwrap().get_f32(&[1, 0, 0, d])).collect();
     assert_eq!(before, after);
     let bad = Config::create(&ConfigOptions { num_hidden_layers: 0, ..Default::default() }).unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
@@ -129,7 +129,7 @@ fn caches_are_send_and_sync() {
         cache
     });
     let cache = handle.join().unwrap();
-    assert_eq!(cache.view(1, KVP_VIEW_KEYS).unwrap().get_f32(&[2, 5, 1, 3]), Some(token(0, 1, 3)));
+    assert_eq!(cache.view(1, ViewKind::Keys).unwrap().get_f32(&[2, 5, 1, 3]), Some(token(0, 1, 3)));
     // Errors are read on the thread that failed.
     let t = std::thread::spawn(|| Config::create(&ConfigOptions::default()).unwrap_err());
     assert!(!t.join().unwrap().message.is_empty());
@@ -140,8 +140,8 @@ fn dlpack_export_describes_the_view_zero_copy() {
     let cfg = config();
     let mut cache = Cache::new(&cfg).unwrap();
     let (_md, _, _) = write_batch(&mut cache, &cfg);
-    let view = cache.view(1, KVP_VIEW_KEYS).unwrap();
-    let t = cache.export_dlpack(1, KVP_VIEW_KEYS).unwrap();
+    let view = cache.view(1, ViewKind::Keys).unwrap();
+    let t = cache.export_dlpack(1, ViewKind::Keys).unwrap();
     assert_eq!(t.shape(), view.shape());
     assert_eq!(t.strides(), view.strides());
     assert_eq!((t.tensor().dtype.code, t.tensor().dtype.bits, t.tensor().dtype.lanes), (sys::K_DL_FLOAT, 32, 1));
@@ -151,7 +151,7 @@ fn dlpack_export_describes_the_view_zero_copy() {
     let off = t.tensor().byte_offset as usize + 4 * (2 * s[0] + 5 * s[1] + s[2] + 3) as usize;
     let x = unsafe { *((t.tensor().data as *const u8).add(off) as *const f32) };
     assert_eq!(x, token(0, 1, 3));
-    assert_eq!(cache.export_dlpack(5, KVP_VIEW_KEYS).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(cache.export_dlpack(5, ViewKind::Keys).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn layers_copy_through_the_host_and_raw_concatenate_matches() {
     let tensor = |data: &[f32]| {
         let mut t = sys::kvp_tensor {
             data: data.as_ptr() as *mut _,
-            dtype: KVP_DTYPE_F32,
+            dtype: sys::KVP_DTYPE_F32,
             ndim: 3,
             shape: [0; sys::KVP_MAX_DIMS],
             strides: [0; sys::KVP_MAX_DIMS],

@@ -1,0 +1,252 @@
+//! The page pool (`kvpages/pool.h`): pages handed to sequences, shared by reference count and
+//! reused across requests by prefix hash.
+use std::ptr::{self, NonNull};
+
+use crate::{check, internal, sys, BatchRequest, Cache, ErrorKind, Result};
+
+/// Page state flags of [`Pool::page_state`] (`KVP_PAGE_FLAG_*`).
+pub use sys::{KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
+
+/// Identifies a sequence of a [`Pool`] (`kvp_seq_id`). Opaque: compare it, copy it, pass it
+/// back to the pool that returned it. A freed id is rejected with [`ErrorKind::NotFound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqId(u32);
+
+impl SeqId {
+    /// The raw 32-bit value (never 0 for an id a pool returned).
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+
+    fn c(self) -> sys::kvp_seq_id {
+        sys::kvp_seq_id { id: self.0 }
+    }
+}
+
+/// Inputs of [`Pool::new`] (`kvp_pool_options`); zero means default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolOptions {
+    /// Live sequences at most; 0 = the config's `max_num_reqs` if set, else its default.
+    pub max_sequences: u32,
+    /// Never index pages: no prefix reuse, released pages are freed at once.
+    pub no_prefix_cache: bool,
+}
+
+/// Counters of a pool (`kvp_pool_stats`): `free_pages + evictable_pages + used_pages ==
+/// total_pages` always holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub max_sequences: u32,
+    pub page_size: i64,
+    pub max_pages_per_sequence: i64,
+    pub total_pages: i64,
+    pub free_pages: i64,
+    pub evictable_pages: i64,
+    pub used_pages: i64,
+    pub indexed_pages: i64,
+    pub num_sequences: i64,
+    pub prompt_tokens: i64,
+    pub reused_tokens: i64,
+    pub evictions: i64,
+    pub cow_copies: i64,
+}
+
+/// A page pool (`kvp_pool`): hands the pages of a [`Cache`] to sequences, shares them by
+/// reference count (fork, copy-on-write) and reuses computed pages by prefix hash.
+///
+/// The pool mutably borrows its cache for `'a`, so the cache outlives the pool and nothing
+/// else can write it meanwhile; reach it through [`Pool::cache`] (views) and
+/// [`Pool::cache_mut`] (concatenate). Calls that modify the pool take `&mut self`; the
+/// `&self` methods only call functions the C API documents as safe to run concurrently.
+///
+/// A pool cannot outlive its cache, and the cache cannot be used directly while a pool holds it:
+///
+/// ```compile_fail
+/// # use kvpages::*;
+/// # fn f(cfg: &Config) -> Result<()> {
+/// let mut cache = Cache::new(cfg)?;
+/// let pool = Pool::new(&mut cache, &PoolOptions::default())?;
+/// drop(cache); // error: `cache` is still borrowed by `pool`
+/// pool.stats()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Pool<'a> {
+    ptr: NonNull<sys::kvp_pool>,
+    cache: &'a mut Cache,
+}
+
+// SAFETY: the pool is host memory owned by this object and may move between threads; `&self`
+// methods call only functions taking `const kvp_pool *`, documented as safe to run concurrently.
+unsafe impl Send for Pool<'_> {}
+unsafe impl Sync for Pool<'_> {}
+
+impl<'a> Pool<'a> {
+    /// `kvp_pool_create` over the pages of `cache`.
+    pub fn new(cache: &'a mut Cache, options: &PoolOptions) -> Result<Pool<'a>> {
+        unsafe {
+            let mut opts = std::mem::MaybeUninit::<sys::kvp_pool_options>::zeroed().assume_init();
+            check(sys::kvp_pool_options_init(&mut opts, std::mem::size_of::<sys::kvp_pool_options>() as u32))?;
+            opts.max_sequences = options.max_sequences;
+            if options.no_prefix_cache {
+                opts.flags |= sys::KVP_POOL_FLAG_NO_PREFIX_CACHE;
+            }
+            let mut out: *mut sys::kvp_pool = ptr::null_mut();
+            check(sys::kvp_pool_create(cache.as_ptr(), &opts, &mut out))?;
+            let ptr = NonNull::new(out).ok_or_else(|| internal("kvp_pool_create returned NULL"))?;
+            Ok(Pool { ptr, cache })
+        }
+    }
+
+    /// The raw handle (still owned by this object).
+    pub fn as_ptr(&self) -> *mut sys::kvp_pool {
+        self.ptr.as_ptr()
+    }
+
+    /// The cache whose pages this pool hands out (for views).
+    pub fn cache(&self) -> &Cache {
+        self.cache
+    }
+
+    /// The cache, for writes ([`Cache::concatenate`]).
+    pub fn cache_mut(&mut self) -> &mut Cache {
+        self.cache
+    }
+
+    /// `kvp_pool_add_sequence`: adds a sequence with a prompt and returns its id and the number
+    /// of prompt tokens reused from the prefix cache (computed already; write the K/V of the
+    /// others). `salt` namespaces the prefix cache; `reuse_all` lets a full prompt hit reuse
+    /// every page.
+    pub fn add_sequence(&mut self, tokens: &[i32], salt: u64, reuse_all: bool) -> Result<(SeqId, usize)> {
+        let flags = if reuse_all { sys::KVP_POOL_ADD_FLAG_REUSE_ALL } else { 0 };
+        let mut seq = sys::kvp_seq_id::default();
+        let mut reused = 0usize;
+        check(unsafe {
+            sys::kvp_pool_add_sequence(self.ptr.as_ptr(), tokens.as_ptr(), tokens.len(), salt, flags, &mut seq,
+                                       &mut reused)
+        })?;
+        Ok((SeqId(seq.id), reused))
+    }
+
+    /// `kvp_pool_append`: declares the sequence's tokens so far computed, then appends `tokens`
+    /// (copy-on-write of a shared tail page, allocating pages as needed).
+    pub fn append(&mut self, seq: SeqId, tokens: &[i32]) -> Result<()> {
+        check(unsafe {
+            sys::kvp_pool_append(self.ptr.as_ptr(), seq.c(), tokens.as_ptr(), tokens.len(), ptr::null_mut())
+        })
+    }
+
+    /// `kvp_pool_set_computed`: the K/V of the first `num_tokens` tokens is written.
+    pub fn set_computed(&mut self, seq: SeqId, num_tokens: usize) -> Result<()> {
+        check(unsafe { sys::kvp_pool_set_computed(self.ptr.as_ptr(), seq.c(), num_tokens) })
+    }
+
+    /// `kvp_pool_truncate`: shortens the sequence to `new_length` tokens.
+    pub fn truncate(&mut self, seq: SeqId, new_length: usize) -> Result<()> {
+        check(unsafe { sys::kvp_pool_truncate(self.ptr.as_ptr(), seq.c(), new_length) })
+    }
+
+    /// `kvp_pool_fork`: `num_children` new sequences sharing all the parent's pages.
+    pub fn fork(&mut self, seq: SeqId, num_children: u32) -> Result<Vec<SeqId>> {
+        let mut out = vec![sys::kvp_seq_id::default(); num_children as usize];
+        check(unsafe { sys::kvp_pool_fork(self.ptr.as_ptr(), seq.c(), num_children, out.as_mut_ptr()) })?;
+        Ok(out.into_iter().map(|s| SeqId(s.id)).collect())
+    }
+
+    /// `kvp_pool_free_sequence`: releases the sequence's pages and invalidates its id.
+    pub fn free_sequence(&mut self, seq: SeqId) -> Result<()> {
+        check(unsafe { sys::kvp_pool_free_sequence(self.ptr.as_ptr(), seq.c()) })
+    }
+
+    /// `kvp_pool_get_sequence_length`: `(length, computed)` in tokens.
+    pub fn length(&self, seq: SeqId) -> Result<(usize, usize)> {
+        let (mut length, mut computed) = (0usize, 0usize);
+        check(unsafe { sys::kvp_pool_get_sequence_length(self.ptr.as_ptr(), seq.c(), &mut length, &mut computed) })?;
+        Ok((length, computed))
+    }
+
+    /// `kvp_pool_get_page_table`: the sequence's page ids in logical order (no padding).
+    pub fn page_table(&self, seq: SeqId) -> Result<Vec<i32>> {
+        let mut count = 0usize;
+        check(unsafe { sys::kvp_pool_get_page_table(self.ptr.as_ptr(), seq.c(), ptr::null_mut(), 0, &mut count) })
+            .or_else(|e| if e.kind() == ErrorKind::BufferTooSmall { Ok(()) } else { Err(e) })?;
+        let mut pages = vec![0i32; count];
+        check(unsafe {
+            sys::kvp_pool_get_page_table(self.ptr.as_ptr(), seq.c(), pages.as_mut_ptr(), pages.len(), &mut count)
+        })?;
+        pages.truncate(count);
+        Ok(pages)
+    }
+
+    /// `kvp_pool_get_slots`: the cache slots (`page * page_size + row`) of positions
+    /// `start .. start + count`.
+    pub fn slots(&self, seq: SeqId, start: usize, count: usize) -> Result<Vec<i32>> {
+        let mut slots = vec![0i32; count];
+        check(unsafe { sys::kvp_pool_get_slots(self.ptr.as_ptr(), seq.c(), start, count, slots.as_mut_ptr()) })?;
+        Ok(slots)
+    }
+
+    /// `kvp_pool_get_batch_request`: the sequence as a request for [`Metadata::build`]
+    /// (computed watermark, pending tokens, page ids copied out of the pool).
+    pub fn batch_request(&self, seq: SeqId) -> Result<BatchRequest> {
+        let mut r = std::mem::MaybeUninit::<sys::kvp_batch_request>::zeroed();
+        check(unsafe { sys::kvp_pool_get_batch_request(self.ptr.as_ptr(), seq.c(), r.as_mut_ptr()) })?;
+        let r = unsafe { r.assume_init() };
+        let page_ids = if r.num_pages > 0 && !r.page_ids.is_null() {
+            // SAFETY: the row stays valid until the next call that modifies the pool; `&self`
+            // rules that out while it is copied.
+            unsafe { std::slice::from_raw_parts(r.page_ids, r.num_pages as usize) }.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(BatchRequest { num_computed: r.num_computed, num_scheduled: r.num_scheduled, page_ids })
+    }
+
+    /// `kvp_pool_get_page_state`: `(refcount, flags)` of a page, flags `KVP_PAGE_FLAG_*`.
+    pub fn page_state(&self, page: i32) -> Result<(u32, u32)> {
+        let (mut refcount, mut flags) = (0u32, 0u32);
+        check(unsafe { sys::kvp_pool_get_page_state(self.ptr.as_ptr(), page, &mut refcount, &mut flags) })?;
+        Ok((refcount, flags))
+    }
+
+    /// `kvp_pool_get_stats`.
+    pub fn stats(&self) -> Result<PoolStats> {
+        let mut s = sys::kvp_pool_stats {
+            struct_size: std::mem::size_of::<sys::kvp_pool_stats>() as u32,
+            ..Default::default()
+        };
+        check(unsafe { sys::kvp_pool_get_stats(self.ptr.as_ptr(), &mut s) })?;
+        Ok(PoolStats {
+            max_sequences: s.max_sequences,
+            page_size: s.page_size,
+            max_pages_per_sequence: s.max_pages_per_sequence,
+            total_pages: s.total_pages,
+            free_pages: s.free_pages,
+            evictable_pages: s.evictable_pages,
+            used_pages: s.used_pages,
+            indexed_pages: s.indexed_pages,
+            num_sequences: s.num_sequences,
+            prompt_tokens: s.prompt_tokens,
+            reused_tokens: s.reused_tokens,
+            evictions: s.evictions,
+            cow_copies: s.cow_copies,
+        })
+    }
+
+    /// `kvp_pool_check_invariants`: [`ErrorKind::Internal`] with a message if one is violated.
+    pub fn check_invariants(&self) -> Result<()> {
+        check(unsafe { sys::kvp_pool_check_invariants(self.ptr.as_ptr()) })
+    }
+
+    /// `kvp_pool_clear_prefix_cache`: empties the prefix index (evictable pages become free).
+    pub fn clear_prefix_cache(&mut self) -> Result<()> {
+        check(unsafe { sys::kvp_pool_clear_prefix_cache(self.ptr.as_ptr()) })
+    }
+}
+
+impl Drop for Pool<'_> {
+    fn drop(&mut self) {
+        // Cannot fail for a live handle this object owns; never touches the cache.
+        unsafe { sys::kvp_pool_destroy(self.ptr.as_ptr()) };
+    }
+}
