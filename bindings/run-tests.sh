@@ -43,11 +43,23 @@ run() {  # <name> <command...>
 
 rust() {
   command -v cargo >/dev/null || { echo "cargo not found"; return 1; }
-  (cd "$here/rust" && CARGO_TARGET_DIR="$build/bindings/rust-target" cargo test --offline --workspace &&
+  local target="$build/bindings/rust-target"
+  (cd "$here/rust" && CARGO_TARGET_DIR="$target" cargo test --offline --workspace &&
     for ex in kvpages/examples/*.rs; do  # the examples run, not only compile: they assert what they show
-      CARGO_TARGET_DIR="$build/bindings/rust-target" cargo run --offline --quiet -p kvpages --example "$(basename "$ex" .rs)" \
+      CARGO_TARGET_DIR="$target" cargo run --offline --quiet -p kvpages --example "$(basename "$ex" .rs)" \
         >/dev/null || { echo "example $ex failed"; exit 1; }
-    done)
+    done &&
+    # The install-prefix acceptance: only PKG_CONFIG_PATH, no LD_LIBRARY_PATH (the rpath finds the library).
+    env -u LD_LIBRARY_PATH -u KVPAGES_LIBRARY CARGO_TARGET_DIR="$target" cargo run --offline --quiet -p kvpages \
+      --example new_user >/dev/null || { echo "new_user without LD_LIBRARY_PATH failed (rpath)"; exit 1; } &&
+    # The missing-library message names PKG_CONFIG_PATH.
+    { out=$(env PKG_CONFIG_PATH=/nonexistent PKG_CONFIG_LIBDIR=/nonexistent CARGO_TARGET_DIR="$build/bindings/rust-notfound-target" \
+        cargo build --offline -p kvpages-sys 2>&1); ! [ $? -eq 0 ] && grep -q "Set PKG_CONFIG_PATH" <<<"$out"; } ||
+      { echo "a missing kvpages.pc did not fail with a PKG_CONFIG_PATH message"; exit 1; } &&
+    # The bundled feature: the C library built from this tree by CMake (its own target dir under the
+    # build dir, so a rerun only rebuilds what changed), no pkg-config, no LD_LIBRARY_PATH.
+    env -u PKG_CONFIG_PATH -u LD_LIBRARY_PATH CARGO_TARGET_DIR="$build/bindings/rust-bundled-target" \
+      cargo test --offline -p kvpages --features bundled --test library --test coverage)
 }
 # The minimum Rust version the crates declare (rust-version in Cargo.toml), built and tested with
 # that exact compiler: Debian bookworm's rustc 1.63 (scripts/install-deps.sh installs it). Elsewhere

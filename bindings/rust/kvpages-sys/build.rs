@@ -21,7 +21,7 @@ use std::process::Command;
 const MIN_VERSION: &str = "1.2";
 
 fn main() {
-    for var in ["KVPAGES_LIB_DIR", "KVPAGES_INCLUDE_DIRS", "KVPAGES_SOURCE_DIR", "PKG_CONFIG_PATH"] {
+    for var in ["KVPAGES_LIB_DIR", "KVPAGES_INCLUDE_DIRS", "KVPAGES_SOURCE_DIR", "PKG_CONFIG_PATH", "PKG_CONFIG_LIBDIR"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let (lib_dir, include_dirs) = if env::var_os("CARGO_FEATURE_BUNDLED").is_some() {
