@@ -11,7 +11,7 @@ pub fn main() !void {
     defer cache.deinit();
     const pages = [_]i32{1};
     var order: [1]i32 = undefined;
-    var md = try kvpages.Metadata.build(&cfg, &.{.{ .num_computed = 0, .num_scheduled = 3, .page_ids = &pages, .num_pages = 1 }}, &order);
+    var md = try kvpages.Metadata.build(std.heap.page_allocator, &cfg, &.{.{ .num_computed = 0, .num_scheduled = 3, .page_ids = &pages }}, .{}, &order);
     defer md.deinit();
     var key: [3 * 2 * 128]f32 = undefined;
     var value: [3 * 2 * 128]f32 = undefined;

@@ -15,11 +15,11 @@ pub fn main() !void {
     var pages: [4]i32 = undefined;
     const req = try pool.batchRequest(a.seq, &pages); // 0 computed, 40 scheduled, 3 page ids copied
     var order: [1]i32 = undefined;
-    var md = try kvpages.Metadata.build(&cfg, &.{req}, &order);
+    var md = try kvpages.Metadata.build(std.heap.page_allocator, &cfg, &.{req}, .{}, &order);
     defer md.deinit();
     var key: [40 * 2 * 128]f32 = undefined;
     for (&key, 0..) |*k, i| k.* = @floatFromInt(i);
-    for (0..2) |layer| try cache.concatenate(@intCast(layer), &key, &key, .{ 40, 2, 128 }, &md);
+    for (0..2) |layer| try cache.concatenate(@intCast(layer), f32, &key, &key, .{ 40, 2, 128 }, &md);
     try pool.setComputed(a.seq, 40); // full pages enter the prefix cache
     const b = try pool.addSequence(&prompt, 0, false);
     if (b.reused_tokens != 32) return error.Unexpected; // two full pages; the last 8 tokens are computed again
