@@ -5,8 +5,7 @@ const kvpages = @import("kvpages");
 
 pub fn main() !void {
     try kvpages.checkAbi();
-    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64,
-        .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
+    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64, .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
     var cache = try kvpages.Cache.init(&cfg);
     defer cache.deinit();
     const pages = [_]i32{1};

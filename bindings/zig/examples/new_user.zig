@@ -25,8 +25,15 @@ pub fn main(init: std.process.Init) !void {
 
     // Plan: the budget is the memory of the device the cache will live on (here the CPU),
     // capped at 4 GiB.
-    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = layers, .num_kv_heads = heads, .head_dim = head_dim,
-        .max_model_length = 8192, .dtype = .bf16, .device = .cpu, .budget_bytes = 4 << 30 });
+    const cfg = try kvpages.Config.create(.{
+        .num_hidden_layers = layers,
+        .num_kv_heads = heads,
+        .head_dim = head_dim,
+        .max_model_length = 8192,
+        .dtype = .bf16,
+        .device = .cpu,
+        .budget_bytes = 4 << 30,
+    });
     const plan = try cfg.plan();
     std.debug.print("{d} pages of {d} tokens, {d} MiB\n", .{ plan.num_pages, plan.page_size, plan.total_bytes >> 20 });
     var cache = try kvpages.Cache.initOn(&cfg, .cpu);

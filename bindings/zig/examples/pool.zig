@@ -3,8 +3,7 @@ const std = @import("std");
 const kvpages = @import("kvpages");
 
 pub fn main() !void {
-    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64,
-        .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
+    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64, .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
     var cache = try kvpages.Cache.init(&cfg);
     defer cache.deinit(); // deferred first, runs last: the cache must outlive the pool
     var pool = try kvpages.Pool.init(&cache, .{});

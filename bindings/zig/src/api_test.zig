@@ -81,7 +81,7 @@ fn tokens(req: usize, r: kv.BatchRequest, sign: f32) ![]f32 {
 fn expectMixedStep(cache: *const kv.Cache, layer: u32) !void {
     const slots = [_]struct { req: usize, pos: usize, page: i64 }{
         .{ .req = 0, .pos = 0, .page = 1 }, .{ .req = 0, .pos = 1, .page = 1 }, .{ .req = 0, .pos = 2, .page = 1 },
-        .{ .req = 1, .pos = 5, .page = 2 },  .{ .req = 2, .pos = 0, .page = 3 }, .{ .req = 2, .pos = 1, .page = 3 },
+        .{ .req = 1, .pos = 5, .page = 2 }, .{ .req = 2, .pos = 0, .page = 3 }, .{ .req = 2, .pos = 1, .page = 3 },
     };
     const keys = try cache.view(layer, .keys);
     const values = try cache.view(layer, .values);
@@ -172,7 +172,7 @@ test "dtypes: names, widths, packing, lookups" {
     try t.expectEqual(kv.Dtype.bf16, try kv.Dtype.fromString("bfloat16"));
     try t.expectEqual(kv.Dtype.f8_e5m2, try kv.Dtype.fromString("fp8"));
     try t.expectEqualStrings("fp8_e4m3fn", kv.Dtype.f8_e4m3fn.name().?);
-    try t.expectEqual(@as(?[:0]const u8, null), @as(kv.Dtype, @enumFromInt(77)).name());
+    try t.expectEqual(@as(?[:0]const u8, null), @as(kv.Dtype, @fromBackingInt(@intCast(77))).name());
     try t.expectEqual(@as(u32, 16), kv.Dtype.bf16.bits());
     try t.expectEqual(@as(i64, 4), try kv.Dtype.f8_e4m3fn.packing());
     try t.expectError(error.InvalidArgument, kv.Dtype.f64.packing());
@@ -183,11 +183,11 @@ test "dtypes: names, widths, packing, lookups" {
 }
 
 test "convert: the library's bit patterns and rounding for every element type" {
-    try t.expectEqual(@as(u16, 0x3F80), @intFromEnum(kv.Bf16.fromF32(1.0)));
-    try t.expectEqual(@as(u16, 0x3F80), @intFromEnum(kv.Bf16.fromF32(1.00390625))); // tie to even
-    try t.expectEqual(@as(u16, 0x3F82), @intFromEnum(kv.Bf16.fromF32(1.01171875)));
-    try t.expectEqual(@as(u8, 0x38), @intFromEnum(kv.F8E4M3.fromF32(1.0)));
-    try t.expectEqual(@as(u8, 0x3C), @intFromEnum(kv.F8E5M2.fromF32(1.0)));
+    try t.expectEqual(@as(u16, 0x3F80), @backingInt(kv.Bf16.fromF32(1.0)));
+    try t.expectEqual(@as(u16, 0x3F80), @backingInt(kv.Bf16.fromF32(1.00390625))); // tie to even
+    try t.expectEqual(@as(u16, 0x3F82), @backingInt(kv.Bf16.fromF32(1.01171875)));
+    try t.expectEqual(@as(u8, 0x38), @backingInt(kv.F8E4M3.fromF32(1.0)));
+    try t.expectEqual(@as(u8, 0x3C), @backingInt(kv.F8E5M2.fromF32(1.0)));
     try t.expect(std.math.isNan(kv.F8E4M3.fromF32(1000).toF32())); // no saturation, no infinity
     try t.expect(std.math.isInf(kv.F8E5M2.fromF32(1e6).toF32()));
     const src = [_]f32{ 0.5, -2, 3.25, 65504 };

@@ -182,24 +182,24 @@ pub const Dtype = enum(u32) {
         var buf: [64:0]u8 = undefined;
         var out: c.kvp_dtype = 0;
         try check(c.kvp_dtype_from_string(try nulTerminated(&buf, text), &out));
-        return @enumFromInt(out);
+        return @fromBackingInt(@intCast(out));
     }
 
     /// The canonical name ("bf16", "fp8_e5m2", ...), or null for an unknown value.
     pub fn name(self: Dtype) ?[:0]const u8 {
-        const p = c.kvp_dtype_name(@intFromEnum(self)) orelse return null;
+        const p = c.kvp_dtype_name(@backingInt(self)) orelse return null;
         return std.mem.span(p);
     }
 
     /// Width in bits (0 when unknown).
     pub fn bits(self: Dtype) u32 {
-        return c.kvp_dtype_bits(@intFromEnum(self));
+        return c.kvp_dtype_bits(@backingInt(self));
     }
 
     /// Elements per 32-bit word (f32 1, f16/bf16 2, fp8 4).
     pub fn packing(self: Dtype) Error!i64 {
         var out: i64 = 0;
-        try check(c.kvp_dtype_packing(@intFromEnum(self), &out));
+        try check(c.kvp_dtype_packing(@backingInt(self), &out));
         return out;
     }
 
@@ -263,7 +263,7 @@ pub fn convert(comptime Src: type, comptime Dst: type, src: []const Src, dst: []
 }
 
 fn convertBytes(src: ?*const anyopaque, src_dtype: Dtype, dst: ?*anyopaque, dst_dtype: Dtype, count: usize) Error!void {
-    try check(c.kvp_convert(src, @intFromEnum(src_dtype), dst, @intFromEnum(dst_dtype), count));
+    try check(c.kvp_convert(src, @backingInt(src_dtype), dst, @backingInt(dst_dtype), count));
 }
 
 /// One element; the five float types always convert, so this cannot fail.
@@ -306,12 +306,12 @@ pub const LayoutVersion = enum(u32) {
         var buf: [16:0]u8 = undefined;
         var out: c.kvp_layout = 0;
         try check(c.kvp_layout_from_string(try nulTerminated(&buf, text), &out));
-        return @enumFromInt(out);
+        return @fromBackingInt(@intCast(out));
     }
 
     /// "v2", "v3", or null (also for `.default`).
     pub fn name(self: LayoutVersion) ?[:0]const u8 {
-        const p = c.kvp_layout_name(@intFromEnum(self)) orelse return null;
+        const p = c.kvp_layout_name(@backingInt(self)) orelse return null;
         return std.mem.span(p);
     }
 };
@@ -338,7 +338,7 @@ pub fn previousPowerOf2(n: i64) i64 {
 /// The reference's `get_page_size_bytes` (generic v3 formula; `Config.layout` has true sizes).
 pub fn pageSizeBytes(page_size: i64, num_kv_heads: i64, head_size: i64, dtype: Dtype) Error!i64 {
     var out: i64 = 0;
-    try check(c.kvp_page_size_bytes(page_size, num_kv_heads, head_size, @intFromEnum(dtype), &out));
+    try check(c.kvp_page_size_bytes(page_size, num_kv_heads, head_size, @backingInt(dtype), &out));
     return out;
 }
 
@@ -419,7 +419,7 @@ pub fn deviceMemoryStats(device: Device) Error!MemoryStats {
 pub fn hbmBudgetBytes(stats: []const MemoryStats, utilization: f64, mode: BudgetMode, safety_margin_bytes: i64) Error!i64 {
     var out: i64 = 0;
     const n = std.math.cast(u32, stats.len) orelse return error.InvalidArgument;
-    try check(c.kvp_hbm_budget_bytes(@ptrCast(stats.ptr), n, utilization, @intFromEnum(mode), safety_margin_bytes, &out));
+    try check(c.kvp_hbm_budget_bytes(@ptrCast(stats.ptr), n, utilization, @backingInt(mode), safety_margin_bytes, &out));
     return out;
 }
 
@@ -475,9 +475,9 @@ pub const ConfigOptions = struct {
         o.v_headdim = self.v_head_dim;
         o.hbm_utilization = self.hbm_utilization;
         o.page_size = self.page_size;
-        o.kvdtype = @intFromEnum(self.dtype);
-        o.version = @intFromEnum(self.layout);
-        o.budget_mode = @intFromEnum(self.budget_mode);
+        o.kvdtype = @backingInt(self.dtype);
+        o.version = @backingInt(self.layout);
+        o.budget_mode = @backingInt(self.budget_mode);
         if (self.reference_budget) o.flags |= c.KVP_CONFIG_FLAG_REFERENCE_BUDGET;
         if (self.no_safety_margin) o.flags |= c.KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
         o.budget_bytes = self.budget_bytes;
@@ -910,7 +910,7 @@ pub const Cache = struct {
 
     pub fn view(self: *const Cache, layer: u32, kind: ViewKind) Error!View {
         var v: View = undefined;
-        try check(c.kvp_cache_get_view(self.handle, layer, @intFromEnum(kind), @ptrCast(&v.t)));
+        try check(c.kvp_cache_get_view(self.handle, layer, @backingInt(kind), @ptrCast(&v.t)));
         return v;
     }
 
@@ -990,7 +990,7 @@ pub const Cache = struct {
     /// `managed` to a consumer that calls its deleter.
     pub fn exportDlpack(self: *Cache, layer: u32, kind: ViewKind) Error!DlpackTensor {
         var out: ?*c.DLManagedTensor = null;
-        try check(c.kvp_cache_export_dlpack(self.handle, layer, @intFromEnum(kind), 0, &out));
+        try check(c.kvp_cache_export_dlpack(self.handle, layer, @backingInt(kind), 0, &out));
         return .{ .managed = out.? };
     }
 
@@ -1292,7 +1292,7 @@ pub const MetadataDesc = struct {
     fn record(self: MetadataDesc) Error!c.kvp_metadata_desc {
         var d: c.kvp_metadata_desc = undefined;
         try check(c.kvp_metadata_desc_init(&d, @sizeOf(c.kvp_metadata_desc)));
-        d.version = @intFromEnum(self.layout);
+        d.version = @backingInt(self.layout);
         d.device_type = self.device.typeCode();
         d.device_id = self.device.id();
         d.page_size = self.page_size;
@@ -1317,7 +1317,7 @@ pub const MetadataDesc = struct {
     fn fromRecord(d: c.kvp_metadata_desc) MetadataDesc {
         const num_slices: usize = @intCast(d.num_slices);
         return .{
-            .layout = @enumFromInt(d.version),
+            .layout = @fromBackingInt(@intCast(d.version)),
             .device = Device.fromRaw(d.device_type, d.device_id),
             .page_size = d.page_size,
             .num_slices_per_kv_cache_update_page = d.num_slices_per_kv_cache_update_page,
@@ -1371,7 +1371,7 @@ pub const Metadata = struct {
     /// Owning metadata of an empty batch with consistent shapes (`kvp_metadata_create_empty`).
     pub fn createEmpty(layout: LayoutVersion, num_tokens: i64, max_num_reqs: i64, max_pages: i64, page_size: i64) Error!Metadata {
         var out: ?*c.kvp_metadata = null;
-        try check(c.kvp_metadata_create_empty(@intFromEnum(layout), num_tokens, max_num_reqs, max_pages, page_size, &out));
+        try check(c.kvp_metadata_create_empty(@backingInt(layout), num_tokens, max_num_reqs, max_pages, page_size, &out));
         return .{ .handle = out.? };
     }
 
@@ -1393,7 +1393,7 @@ pub const Metadata = struct {
     pub fn array(self: *const Metadata, field: MetadataField) Error!?[]const i32 {
         var data: [*c]const i32 = null;
         var len: i64 = 0;
-        try check(c.kvp_metadata_get_array(self.handle, @intFromEnum(field), &data, &len));
+        try check(c.kvp_metadata_get_array(self.handle, @backingInt(field), &data, &len));
         return slice(data, len);
     }
 
@@ -1558,11 +1558,11 @@ pub const SeqId = enum(u32) {
 
     /// The raw value, for logging only (0 is never a valid id).
     pub fn value(self: SeqId) u32 {
-        return @intFromEnum(self);
+        return @backingInt(self);
     }
 
     fn raw(self: SeqId) c.kvp_seq_id {
-        return .{ .id = @intFromEnum(self) };
+        return .{ .id = @backingInt(self) };
     }
 };
 
@@ -1584,7 +1584,6 @@ pub const PoolStats = extern struct {
     evictions: i64,
     cow_copies: i64,
 };
-
 
 /// Flag bits of `PageState.flags`.
 pub const page_flag_null: u32 = c.KVP_PAGE_FLAG_NULL;
@@ -1652,7 +1651,7 @@ pub const Pool = struct {
         var reused: usize = 0;
         const flags: u32 = if (reuse_all) c.KVP_POOL_ADD_FLAG_REUSE_ALL else 0;
         try check(c.kvp_pool_add_sequence(self.handle, tokens.ptr, tokens.len, salt, flags, &seq, &reused));
-        return .{ .seq = @enumFromInt(seq.id), .reused_tokens = reused };
+        return .{ .seq = @fromBackingInt(@intCast(seq.id)), .reused_tokens = reused };
     }
 
     /// Appends tokens (declaring every token already in the sequence computed); copies a shared
@@ -1735,7 +1734,6 @@ pub const Pool = struct {
         try check(c.kvp_pool_clear_prefix_cache(self.handle));
     }
 };
-
 
 // ---------------------------------------------------------------------------------------------
 // Layout checks of every struct mirrored above
