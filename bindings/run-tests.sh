@@ -82,10 +82,19 @@ go_tests() {
   (cd "$here/go/kvpages" && export GOFLAGS=-mod=mod GOPROXY=off GOCACHE="${GOCACHE:-$build/bindings/go-cache}" &&
     go vet ./... && go test -count=1 ./... && go test -count=1 -tags debug ./...)
 }
+# The Zig version the binding states (minimum_zig_version in build.zig.zon, also in the README and
+# docs/bindings.md) is the one tested: `zig` on PATH or PyPI's ziglang, whichever is that version.
 zig_tests() {
-  local zig
-  if command -v zig >/dev/null; then zig=(zig); else zig=(python3 -m ziglang); fi
-  "${zig[@]}" version >/dev/null 2>&1 || { echo "zig not found (pip install ziglang)"; return 1; }
+  local want have zig=()
+  want=$(sed -n 's/^ *\.minimum_zig_version = "\(.*\)",$/\1/p' "$here/zig/build.zig.zon")
+  [ -n "$want" ] || { echo "no minimum_zig_version in bindings/zig/build.zig.zon"; return 1; }
+  for candidate in "zig" "python3 -m ziglang"; do
+    have=$($candidate version 2>/dev/null) || continue
+    if [ "$have" = "$want" ]; then read -ra zig <<<"$candidate"; break; fi
+    echo "$candidate is Zig $have, not $want"
+  done
+  [ ${#zig[@]} -gt 0 ] || { echo "Zig $want not found (pip install ziglang==$want)"; return 1; }
+  echo "with Zig $want (${zig[*]})"
   (cd "$here/zig" && "${zig[@]}" build test --summary all --cache-dir "$build/bindings/zig-cache")
 }
 python_tests() {

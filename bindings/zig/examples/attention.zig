@@ -5,13 +5,12 @@ const kvpages = @import("kvpages");
 
 pub fn main() !void {
     try kvpages.checkAbi();
-    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64,
-        .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
+    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64, .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
     var cache = try kvpages.Cache.init(&cfg);
     defer cache.deinit();
     const pages = [_]i32{1};
     var order: [1]i32 = undefined;
-    var md = try kvpages.Metadata.build(&cfg, &.{.{ .num_computed = 0, .num_scheduled = 3, .page_ids = &pages, .num_pages = 1 }}, &order);
+    var md = try kvpages.Metadata.build(std.heap.page_allocator, &cfg, &.{.{ .num_computed = 0, .num_scheduled = 3, .page_ids = &pages }}, .{}, &order);
     defer md.deinit();
     var key: [3 * 2 * 128]f32 = undefined;
     var value: [3 * 2 * 128]f32 = undefined;

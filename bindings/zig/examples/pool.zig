@@ -3,8 +3,7 @@ const std = @import("std");
 const kvpages = @import("kvpages");
 
 pub fn main() !void {
-    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64,
-        .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
+    const cfg = try kvpages.Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 64, .head_dim = 128, .page_size = 16, .dtype = .f32, .budget_bytes = 1 << 20 });
     var cache = try kvpages.Cache.init(&cfg);
     defer cache.deinit(); // deferred first, runs last: the cache must outlive the pool
     var pool = try kvpages.Pool.init(&cache, .{});
@@ -15,11 +14,11 @@ pub fn main() !void {
     var pages: [4]i32 = undefined;
     const req = try pool.batchRequest(a.seq, &pages); // 0 computed, 40 scheduled, 3 page ids copied
     var order: [1]i32 = undefined;
-    var md = try kvpages.Metadata.build(&cfg, &.{req}, &order);
+    var md = try kvpages.Metadata.build(std.heap.page_allocator, &cfg, &.{req}, .{}, &order);
     defer md.deinit();
     var key: [40 * 2 * 128]f32 = undefined;
     for (&key, 0..) |*k, i| k.* = @floatFromInt(i);
-    for (0..2) |layer| try cache.concatenate(@intCast(layer), &key, &key, .{ 40, 2, 128 }, &md);
+    for (0..2) |layer| try cache.concatenate(@intCast(layer), f32, &key, &key, .{ 40, 2, 128 }, &md);
     try pool.setComputed(a.seq, 40); // full pages enter the prefix cache
     const b = try pool.addSequence(&prompt, 0, false);
     if (b.reused_tokens != 32) return error.Unexpected; // two full pages; the last 8 tokens are computed again

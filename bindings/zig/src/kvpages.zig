@@ -1,133 +1,26 @@
-//! Zig binding of kvpages: distinct opaque handle types, errors as Zig error values with the
-//! library's message available, and compile-time layout checks of every struct mirrored here
-//! against the translated C headers.
+//! Zig binding of kvpages: the whole C API (kvpages.h and kvpages/dlpack.h) in Zig's idiom.
+//!
+//! - Handles are structs with `deinit()`; every fallible call returns `Error!T`, whose error set
+//!   names every `kvp_status` (`statusError` maps a code, `lastErrorMessage` gives the detail).
+//! - Buffers are slices; functions that return memory the caller owns take a
+//!   `std.mem.Allocator` (`Config.toJson`, `Cache.serializeAlloc`, `Batch.build`, ...).
+//! - Streams are `*std.Io.Writer` / `*std.Io.Reader`; files are paths (saved atomically by C).
+//! - Element types are Zig types: `f32`, `f16`, `Bf16`, `F8E4M3`, `F8E5M2`, converted with the
+//!   library's own rounding (`convert`, `View.get`/`read`/`write`, `Cache.concatenate`).
+//! - `Batch` builds a step's metadata and packs each request's keys and values in the row order
+//!   the builder chose, so the decode-first reordering can never scramble tokens.
+//!
+//! Every struct mirrored here is checked field by field against the translated C headers at
+//! compile time.
 const std = @import("std");
 pub const c = @import("c");
 
-// ---------------------------------------------------------------------------------------------
-// Types mirrored in Zig, checked field by field against C at compile time.
-
-pub const Dtype = enum(u32) { f32 = 1, f16 = 2, bf16 = 3, f8_e4m3fn = 4, f8_e5m2 = 5, _ };
-pub const LayoutVersion = enum(u32) { default = 0, v2 = 2, v3 = 3, _ };
-pub const ViewKind = enum(u32) { pages = 0, flat = 1, keys = 2, values = 3, reference_keys = 4, reference_values = 5, _ };
-
-pub const Tensor = extern struct {
-    data: ?*anyopaque,
-    dtype: u32,
-    ndim: i32,
-    shape: [6]i64,
-    strides: [6]i64,
-    device_type: i32,
-    device_id: i32,
-};
-
-pub const BatchRequest = extern struct {
-    num_computed: i64,
-    num_scheduled: i64,
-    page_ids: ?[*]const i32,
-    num_pages: i64,
-};
-
-pub const ConfigRecord = extern struct {
-    struct_size: u32,
-    abi_version: u32,
-    num_hidden_layers: i64,
-    max_model_length: i64,
-    num_kv_heads: i64,
-    k_headdim: i64,
-    v_headdim: i64,
-    hbm_utilization: f64,
-    page_size: i64,
-    num_pages: i64,
-    max_num_pages_per_req: i64,
-    num_slices_per_kv_cache_update_page: i64,
-    max_num_tokens: i64,
-    max_num_reqs: i64,
-    version: u32,
-    kvdtype: u32,
-};
-
-/// Fails compilation unless `Z` and `C` have the same size and every field of `Z` sits at the
-/// same offset as the field of the same name in `C`.
-fn assertSameLayout(comptime Z: type, comptime C: type) void {
-    if (@sizeOf(Z) != @sizeOf(C)) @compileError("size of " ++ @typeName(Z) ++ " differs from C");
-    if (@alignOf(Z) != @alignOf(C)) @compileError("alignment of " ++ @typeName(Z) ++ " differs from C");
-    const info = @typeInfo(Z).@"struct";
-    for (info.field_names, info.field_types) |name, T| {
-        if (@offsetOf(Z, name) != @offsetOf(C, name))
-            @compileError("offset of " ++ @typeName(Z) ++ "." ++ name ++ " differs from C");
-        if (@sizeOf(T) != @sizeOf(@FieldType(C, name)))
-            @compileError("size of " ++ @typeName(Z) ++ "." ++ name ++ " differs from C");
-    }
-}
-
-/// Identifies a sequence of a `Pool` (`kvp_seq_id`): an opaque 32-bit value, a distinct type
-/// so it cannot be mixed up with token ids or page ids. Freeing the sequence makes it stale:
-/// later calls with it return `error.NotFound`.
-pub const SeqId = enum(u32) {
-    _,
-
-    /// The raw value, for logging only (0 is never a valid id).
-    pub fn value(self: SeqId) u32 {
-        return @intFromEnum(self);
-    }
-
-    fn raw(self: SeqId) c.kvp_seq_id {
-        return .{ .id = @intFromEnum(self) };
-    }
-};
-
-/// Counters of a pool (`kvp_pool_stats`); `free_pages + evictable_pages + used_pages ==
-/// total_pages` always holds.
-pub const PoolStats = extern struct {
-    struct_size: u32,
-    max_sequences: u32,
-    page_size: i64,
-    max_pages_per_sequence: i64,
-    total_pages: i64,
-    free_pages: i64,
-    evictable_pages: i64,
-    used_pages: i64,
-    indexed_pages: i64,
-    num_sequences: i64,
-    prompt_tokens: i64,
-    reused_tokens: i64,
-    evictions: i64,
-    cow_copies: i64,
-};
-
-/// `kvp_attention_options` as C sees it (what `AttentionOptions.record` fills); prefer
-/// `AttentionOptions`.
-pub const AttentionOptionsRecord = extern struct {
-    struct_size: u32,
-    abi_version: u32,
-    softmax_scale: f32,
-    logits_soft_cap: f32,
-    sliding_window: i32,
-    k_scale: f32,
-    v_scale: f32,
-    num_sinks: u32,
-    sinks: ?[*]const f32,
-};
-
-comptime {
-    assertSameLayout(AttentionOptionsRecord, c.kvp_attention_options);
-    if (c.KVP_ATTENTION_OPTIONS_VERSION != 1) @compileError("KVP_ATTENTION_OPTIONS_VERSION changed");
-    if (c.KVP_VERSION_NUMBER < 10100) @compileError("these bindings need kvpages >= 1.1 headers (kvp_attention)");
-    assertSameLayout(Tensor, c.kvp_tensor);
-    assertSameLayout(BatchRequest, c.kvp_batch_request);
-    assertSameLayout(ConfigRecord, c.kvp_config);
-    assertSameLayout(PoolStats, c.kvp_pool_stats);
-    if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
-        @offsetOf(c.kvp_seq_id, "id") != 0 or @FieldType(c.kvp_seq_id, "id") != u32)
-        @compileError("layout of SeqId differs from kvp_seq_id");
-    if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
-    if (c.KVP_MAX_DIMS != 6) @compileError("KVP_MAX_DIMS changed");
-}
+const Allocator = std.mem.Allocator;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 
+/// Every `kvp_status` other than `KVP_OK`, plus `Unknown` for codes newer than these bindings.
 pub const Error = error{
     InvalidArgument,
     InvalidHandle,
@@ -142,113 +35,346 @@ pub const Error = error{
     DeviceLost,
     NoDevice,
     DeviceOutOfMemory,
+    FormatMagic,
+    FormatVersion,
+    FormatTruncated,
+    FormatChecksum,
+    FormatCorrupt,
+    FormatMismatch,
     Internal,
     Unknown,
 };
 
-/// Maps a status code to a Zig error (unknown codes to error.Unknown).
+const StatusError = struct { status: c.kvp_status, err: Error };
+
+const status_errors = [_]StatusError{
+    .{ .status = c.KVP_ERR_INVALID_ARGUMENT, .err = error.InvalidArgument },
+    .{ .status = c.KVP_ERR_INVALID_HANDLE, .err = error.InvalidHandle },
+    .{ .status = c.KVP_ERR_NOT_FOUND, .err = error.NotFound },
+    .{ .status = c.KVP_ERR_VERSION_MISMATCH, .err = error.VersionMismatch },
+    .{ .status = c.KVP_ERR_UNSUPPORTED, .err = error.Unsupported },
+    .{ .status = c.KVP_ERR_BUFFER_TOO_SMALL, .err = error.BufferTooSmall },
+    .{ .status = c.KVP_ERR_OUT_OF_MEMORY, .err = error.OutOfMemory },
+    .{ .status = c.KVP_ERR_OUT_OF_PAGES, .err = error.OutOfPages },
+    .{ .status = c.KVP_ERR_IO, .err = error.Io },
+    .{ .status = c.KVP_ERR_DEVICE, .err = error.Device },
+    .{ .status = c.KVP_ERR_DEVICE_LOST, .err = error.DeviceLost },
+    .{ .status = c.KVP_ERR_NO_DEVICE, .err = error.NoDevice },
+    .{ .status = c.KVP_ERR_DEVICE_OUT_OF_MEMORY, .err = error.DeviceOutOfMemory },
+    .{ .status = c.KVP_ERR_FORMAT_MAGIC, .err = error.FormatMagic },
+    .{ .status = c.KVP_ERR_FORMAT_VERSION, .err = error.FormatVersion },
+    .{ .status = c.KVP_ERR_FORMAT_TRUNCATED, .err = error.FormatTruncated },
+    .{ .status = c.KVP_ERR_FORMAT_CHECKSUM, .err = error.FormatChecksum },
+    .{ .status = c.KVP_ERR_FORMAT_CORRUPT, .err = error.FormatCorrupt },
+    .{ .status = c.KVP_ERR_FORMAT_MISMATCH, .err = error.FormatMismatch },
+    .{ .status = c.KVP_ERR_INTERNAL, .err = error.Internal },
+};
+
+/// Maps a non-OK status code to its Zig error (codes these bindings do not know to
+/// `error.Unknown`).
 pub fn statusError(status: c.kvp_status) Error {
-    return switch (status) {
-        c.KVP_ERR_INVALID_ARGUMENT => error.InvalidArgument,
-        c.KVP_ERR_INVALID_HANDLE => error.InvalidHandle,
-        c.KVP_ERR_NOT_FOUND => error.NotFound,
-        c.KVP_ERR_VERSION_MISMATCH => error.VersionMismatch,
-        c.KVP_ERR_UNSUPPORTED => error.Unsupported,
-        c.KVP_ERR_BUFFER_TOO_SMALL => error.BufferTooSmall,
-        c.KVP_ERR_OUT_OF_MEMORY => error.OutOfMemory,
-        c.KVP_ERR_OUT_OF_PAGES => error.OutOfPages,
-        c.KVP_ERR_IO => error.Io,
-        c.KVP_ERR_DEVICE => error.Device,
-        c.KVP_ERR_DEVICE_LOST => error.DeviceLost,
-        c.KVP_ERR_NO_DEVICE => error.NoDevice,
-        c.KVP_ERR_DEVICE_OUT_OF_MEMORY => error.DeviceOutOfMemory,
-        c.KVP_ERR_INTERNAL => error.Internal,
-        else => error.Unknown,
-    };
+    for (status_errors) |e| if (e.status == status) return e.err;
+    return error.Unknown;
+}
+
+/// The status code of a Zig error of this binding (null for `error.Unknown`).
+pub fn errorStatus(err: Error) ?c.kvp_status {
+    for (status_errors) |e| if (e.err == err) return e.status;
+    return null;
 }
 
 fn check(status: c.kvp_status) Error!void {
     if (status != c.KVP_OK) return statusError(status);
 }
 
-/// The detail message of the last failed call on this thread (valid until the next kvpages
-/// call on this thread; empty after a success).
+/// The library's static name of a status code, e.g. "KVP_ERR_FORMAT_CHECKSUM"
+/// ("KVP_ERR_UNKNOWN" for codes it does not know).
+pub fn statusName(status: c.kvp_status) [:0]const u8 {
+    return std.mem.span(c.kvp_status_name(status));
+}
+
+/// The detail message of the last failed call on this thread. Borrowed from the library: valid
+/// until the next kvpages call on this thread; empty after a success. `lastErrorAlloc` copies it.
 pub fn lastErrorMessage() [:0]const u8 {
     return std.mem.span(c.kvp_last_error_message());
 }
 
+/// A copy of this thread's last error message that the caller owns (free with `allocator`).
+pub fn lastErrorAlloc(allocator: Allocator) Allocator.Error![:0]u8 {
+    const len = c.kvp_last_error_copy(null, 0);
+    const buf = try allocator.allocSentinel(u8, len, 0);
+    _ = c.kvp_last_error_copy(buf.ptr, len + 1);
+    return buf;
+}
+
+/// Called with a description on every API misuse the library detects (a destroyed or
+/// wrong-kind handle), before the call returns `error.InvalidHandle`. Must not panic.
+pub const MisuseHandler = struct {
+    context: ?*anyopaque = null,
+    onMisuse: *const fn (context: ?*anyopaque, what: [:0]const u8) void,
+};
+
+/// Installs `handler` process-wide (`kvp_set_misuse_handler`); null restores the default (none).
+/// The handler is borrowed: it must stay valid until it is replaced.
+pub fn setMisuseHandler(handler: ?*const MisuseHandler) void {
+    if (handler) |h| {
+        c.kvp_set_misuse_handler(misuseTrampoline, @constCast(h));
+    } else {
+        c.kvp_set_misuse_handler(null, null);
+    }
+}
+
+fn misuseTrampoline(what: [*c]const u8, user_data: ?*anyopaque) callconv(.c) void {
+    const h: *const MisuseHandler = @ptrCast(@alignCast(user_data.?));
+    h.onMisuse(h.context, std.mem.span(what));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versions
+
+/// The version of the headers these bindings were compiled against (MAJOR*10000+MINOR*100+PATCH).
+pub const header_version: u32 = c.KVP_VERSION_NUMBER;
+
+/// The version of the loaded library, as `header_version`.
+pub fn versionNumber() u32 {
+    return c.kvp_version_number();
+}
+
+/// The version of the loaded library, "MAJOR.MINOR.PATCH".
 pub fn version() [:0]const u8 {
     return std.mem.span(c.kvp_version_string());
 }
 
+/// Version, git revision, compiler, backends and CPU level of the loaded library.
+pub fn buildInfo() [:0]const u8 {
+    return std.mem.span(c.kvp_build_info());
+}
+
+/// `error.VersionMismatch` unless the loaded library can serve these headers (same major, not
+/// older). Call it once at start-up.
 pub fn checkAbi() Error!void {
-    return check(c.kvp_check_abi(c.KVP_VERSION_NUMBER));
+    return check(c.kvp_check_abi(header_version));
+}
+
+comptime {
+    if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
+    if (c.KVP_VERSION_NUMBER < 10200) @compileError("these bindings need kvpages >= 1.2 headers (kvp_convert)");
 }
 
 // ---------------------------------------------------------------------------------------------
-// Config, cache, metadata
+// Element types and conversion
 
-pub const ConfigOptions = struct {
-    num_hidden_layers: i64,
-    num_kv_heads: i64,
-    max_model_length: i64,
-    head_dim: i64,
-    page_size: i64 = 0,
-    dtype: Dtype = .bf16,
-    layout: LayoutVersion = .v3,
-    budget_bytes: i64 = 0,
-};
+/// Storage or input element type (`kvp_dtype`). The last four are known by name only.
+pub const Dtype = enum(u32) {
+    f32 = 1,
+    f16 = 2,
+    bf16 = 3,
+    f8_e4m3fn = 4,
+    f8_e5m2 = 5,
+    f64 = 6,
+    f8_e4m3fnuz = 7,
+    f8_e4m3b11fnuz = 8,
+    f8_e5m2fnuz = 9,
+    _,
 
-pub const Config = struct {
-    raw: c.kvp_config,
-
-    pub fn create(o: ConfigOptions) Error!Config {
-        var opts: c.kvp_config_options = undefined;
-        try check(c.kvp_config_options_init(&opts, @sizeOf(c.kvp_config_options)));
-        opts.num_hidden_layers = o.num_hidden_layers;
-        opts.num_kv_heads = o.num_kv_heads;
-        opts.max_model_length = o.max_model_length;
-        opts.kv_head_dim_size = o.head_dim;
-        opts.page_size = o.page_size;
-        opts.kvdtype = @intFromEnum(o.dtype);
-        opts.version = @intFromEnum(o.layout);
-        opts.budget_bytes = o.budget_bytes;
-        var cfg: Config = .{ .raw = undefined };
-        try check(c.kvp_config_create(&opts, &cfg.raw));
-        return cfg;
+    /// Looks a dtype up by any spelling the library accepts ("bf16", "bfloat16", "fp8", ...).
+    pub fn fromString(text: []const u8) Error!Dtype {
+        var buf: [64:0]u8 = undefined;
+        var out: c.kvp_dtype = 0;
+        try check(c.kvp_dtype_from_string(try nulTerminated(&buf, text), &out));
+        return @fromBackingInt(@intCast(out));
     }
 
-    pub fn numPages(self: Config) i64 {
-        return self.raw.num_pages;
-    }
-};
-
-/// A strided view of one layer (no copy); valid until its cache is destroyed.
-pub const View = struct {
-    t: Tensor,
-
-    pub fn shape(self: *const View) []const i64 {
-        return self.t.shape[0..@intCast(self.t.ndim)];
+    /// The canonical name ("bf16", "fp8_e5m2", ...), or null for an unknown value.
+    pub fn name(self: Dtype) ?[:0]const u8 {
+        const p = c.kvp_dtype_name(@backingInt(self)) orelse return null;
+        return std.mem.span(p);
     }
 
-    /// Reads one f32 element, or null for a bad index or another dtype.
-    pub fn getF32(self: View, index: []const i64) ?f32 {
-        if (self.t.dtype != @intFromEnum(Dtype.f32) or index.len != @as(usize, @intCast(self.t.ndim))) return null;
-        var off: i64 = 0;
-        for (index, 0..) |x, i| {
-            if (x < 0 or x >= self.t.shape[i]) return null;
-            off += x * self.t.strides[i];
-        }
-        const base: [*]const f32 = @ptrCast(@alignCast(self.t.data.?));
-        return base[@intCast(off)];
+    /// Width in bits (0 when unknown).
+    pub fn bits(self: Dtype) u32 {
+        return c.kvp_dtype_bits(@backingInt(self));
+    }
+
+    /// Elements per 32-bit word (f32 1, f16/bf16 2, fp8 4).
+    pub fn packing(self: Dtype) Error!i64 {
+        var out: i64 = 0;
+        try check(c.kvp_dtype_packing(@backingInt(self), &out));
+        return out;
+    }
+
+    /// The dtype of a Zig element type: f32, f16, Bf16, F8E4M3 or F8E5M2.
+    pub fn of(comptime T: type) Dtype {
+        return switch (T) {
+            f32 => .f32,
+            f16 => .f16,
+            Bf16 => .bf16,
+            F8E4M3 => .f8_e4m3fn,
+            F8E5M2 => .f8_e5m2,
+            else => @compileError("no kvpages dtype for " ++ @typeName(T)),
+        };
     }
 };
 
-/// Where a cache's pages live.
+/// A bfloat16 value as its bit pattern (Zig has no bf16 type). Convert slices with `convert`.
+pub const Bf16 = enum(u16) {
+    _,
+
+    pub fn fromF32(x: f32) Bf16 {
+        return convertOne(f32, Bf16, x);
+    }
+
+    pub fn toF32(self: Bf16) f32 {
+        return convertOne(Bf16, f32, self);
+    }
+};
+
+/// An fp8 e4m3fn value (finite only, max 448) as its bit pattern.
+pub const F8E4M3 = enum(u8) {
+    _,
+
+    pub fn fromF32(x: f32) F8E4M3 {
+        return convertOne(f32, F8E4M3, x);
+    }
+
+    pub fn toF32(self: F8E4M3) f32 {
+        return convertOne(F8E4M3, f32, self);
+    }
+};
+
+/// An fp8 e5m2 value (with infinities, max 57344) as its bit pattern.
+pub const F8E5M2 = enum(u8) {
+    _,
+
+    pub fn fromF32(x: f32) F8E5M2 {
+        return convertOne(f32, F8E5M2, x);
+    }
+
+    pub fn toF32(self: F8E5M2) f32 {
+        return convertOne(F8E5M2, f32, self);
+    }
+};
+
+/// Converts `src` into `dst` (same length) with the rounding the cache applies when it stores
+/// (`kvp_convert`: nearest-even, no saturation; widening is exact). `dst` is unchanged on error.
+pub fn convert(comptime Src: type, comptime Dst: type, src: []const Src, dst: []Dst) Error!void {
+    if (src.len != dst.len) return error.InvalidArgument;
+    try convertBytes(@ptrCast(src.ptr), Dtype.of(Src), @ptrCast(dst.ptr), Dtype.of(Dst), src.len);
+}
+
+fn convertBytes(src: ?*const anyopaque, src_dtype: Dtype, dst: ?*anyopaque, dst_dtype: Dtype, count: usize) Error!void {
+    try check(c.kvp_convert(src, @backingInt(src_dtype), dst, @backingInt(dst_dtype), count));
+}
+
+/// One element; the five float types always convert, so this cannot fail.
+fn convertOne(comptime Src: type, comptime Dst: type, x: Src) Dst {
+    var out: [1]Dst = undefined;
+    convert(Src, Dst, &.{x}, &out) catch unreachable;
+    return out[0];
+}
+
+/// Copies `text` into `buf` with a terminating NUL (`error.InvalidArgument` if it does not fit
+/// or contains a NUL).
+fn nulTerminated(buf: [:0]u8, text: []const u8) Error![:0]const u8 {
+    if (text.len >= buf.len or std.mem.indexOfScalar(u8, text, 0) != null) return error.InvalidArgument;
+    @memcpy(buf[0..text.len], text);
+    buf[text.len] = 0;
+    return buf[0..text.len :0];
+}
+
+/// A path as C wants it: NUL-terminated, on the stack.
+const CPath = struct {
+    buf: [std.posix.PATH_MAX - 1:0]u8 = undefined,
+
+    fn of(self: *CPath, path: []const u8) Error![*:0]const u8 {
+        return (try nulTerminated(&self.buf, path)).ptr;
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Layout versions and integer helpers of the reference
+
+/// Storage layout of the pages (`kvp_layout`): `.default` is v3.
+pub const LayoutVersion = enum(u32) {
+    default = 0,
+    v2 = 2,
+    v3 = 3,
+    _,
+
+    /// "v2" or "v3".
+    pub fn fromString(text: []const u8) Error!LayoutVersion {
+        var buf: [16:0]u8 = undefined;
+        var out: c.kvp_layout = 0;
+        try check(c.kvp_layout_from_string(try nulTerminated(&buf, text), &out));
+        return @fromBackingInt(@intCast(out));
+    }
+
+    /// "v2", "v3", or null (also for `.default`).
+    pub fn name(self: LayoutVersion) ?[:0]const u8 {
+        const p = c.kvp_layout_name(@backingInt(self)) orelse return null;
+        return std.mem.span(p);
+    }
+};
+
+/// `floor((a + b - 1) / b)` with floor division (`error.InvalidArgument` for b = 0 or overflow).
+pub fn cdiv(a: i64, b: i64) Error!i64 {
+    var out: i64 = 0;
+    try check(c.kvp_cdiv(a, b, &out));
+    return out;
+}
+
+/// `cdiv(v, m) * m`.
+pub fn alignToMultiple(v: i64, m: i64) Error!i64 {
+    var out: i64 = 0;
+    try check(c.kvp_align_to_multiple(v, m, &out));
+    return out;
+}
+
+/// Largest power of two <= n, 0 for n <= 0.
+pub fn previousPowerOf2(n: i64) i64 {
+    return c.kvp_previous_power_of_2(n);
+}
+
+/// The reference's `get_page_size_bytes` (generic v3 formula; `Config.layout` has true sizes).
+pub fn pageSizeBytes(page_size: i64, num_kv_heads: i64, head_size: i64, dtype: Dtype) Error!i64 {
+    var out: i64 = 0;
+    try check(c.kvp_page_size_bytes(page_size, num_kv_heads, head_size, @backingInt(dtype), &out));
+    return out;
+}
+
+/// The reference's `get_num_slices_per_kv_cache_update_page`.
+pub fn numSlicesPerKvCacheUpdatePage(page_size_bytes: i64) Error!i64 {
+    var out: i64 = 0;
+    try check(c.kvp_num_slices_per_kv_cache_update_page(page_size_bytes, &out));
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices and memory budgets
+
+/// Where a cache's pages live (and whose memory a config budgets).
 pub const Device = union(enum) {
     cpu,
     /// CUDA device ordinal; needs a kvpages built with CUDA and a GPU.
     cuda: i32,
+
+    fn typeCode(self: Device) c.kvp_device_type {
+        return switch (self) {
+            .cpu => c.KVP_DEVICE_CPU,
+            .cuda => c.KVP_DEVICE_CUDA,
+        };
+    }
+
+    fn id(self: Device) i32 {
+        return switch (self) {
+            .cpu => 0,
+            .cuda => |n| n,
+        };
+    }
+
+    fn fromRaw(device_type: c.kvp_device_type, device_id: i32) Device {
+        return if (device_type == c.KVP_DEVICE_CUDA) .{ .cuda = device_id } else .cpu;
+    }
 };
 
 /// `kvp_device_count`: usable CUDA devices (0 without CUDA, a driver or a GPU).
@@ -258,108 +384,365 @@ pub fn deviceCount() Error!i32 {
     return n;
 }
 
-/// Owns a `kvp_cache` (a distinct opaque type per handle kind). Call `deinit` exactly once.
-pub const Cache = struct {
-    handle: *c.kvp_cache,
+/// Memory statistics of one device (`kvp_memory_stats`); 0 = absent.
+pub const MemoryStats = extern struct {
+    bytes_limit: i64 = 0,
+    bytes_reservable_limit: i64 = 0,
+    bytes_total: i64 = 0,
+    bytes_in_use: i64 = 0,
+    bytes_reserved: i64 = 0,
+    /// Non-zero when the device reported statistics.
+    valid: u32 = 0,
+    _reserved: u32 = 0,
+};
 
-    pub fn init(cfg: *const Config) Error!Cache {
-        return initOn(cfg, .cpu);
-    }
+/// How `hbmBudgetBytes` turns statistics into a budget.
+pub const BudgetMode = enum(u32) {
+    /// `floor(free * util) - margin` (the reference's default).
+    free = c.KVP_BUDGET_FREE,
+    /// `floor(limit * util) - used - margin`.
+    total = c.KVP_BUDGET_TOTAL,
+};
 
-    /// A cache on `device` (`error.NoDevice` without that CUDA device). Write a CUDA cache from
-    /// device memory through the C API (`c.kvp_concatenate` with a stream); `readLayer` and
-    /// `writeLayer` work for it as for a CPU cache.
-    pub fn initOn(cfg: *const Config, device: Device) Error!Cache {
-        var o: c.kvp_cache_options = undefined;
-        try check(c.kvp_cache_options_init(&o, @sizeOf(c.kvp_cache_options)));
-        switch (device) {
-            .cpu => o.device_type = c.KVP_DEVICE_CPU,
-            .cuda => |n| {
-                o.device_type = c.KVP_DEVICE_CUDA;
-                o.device_id = n;
-            },
+/// The reference's safety margin, 256 MiB.
+pub const default_safety_margin: i64 = c.KVP_DEFAULT_SAFETY_MARGIN;
+
+/// `kvp_device_memory_stats`: host RAM for `.cpu`, `cudaMemGetInfo` for `.cuda`.
+pub fn deviceMemoryStats(device: Device) Error!MemoryStats {
+    var out: MemoryStats = .{};
+    try check(c.kvp_device_memory_stats(device.typeCode(), device.id(), @ptrCast(&out)));
+    return out;
+}
+
+/// The reference's per-device budget over `stats` (the minimum over valid devices; 4 GiB when
+/// none reported).
+pub fn hbmBudgetBytes(stats: []const MemoryStats, utilization: f64, mode: BudgetMode, safety_margin_bytes: i64) Error!i64 {
+    var out: i64 = 0;
+    const n = std.math.cast(u32, stats.len) orelse return error.InvalidArgument;
+    try check(c.kvp_hbm_budget_bytes(@ptrCast(stats.ptr), n, utilization, @backingInt(mode), safety_margin_bytes, &out));
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config and planning
+
+/// Inputs of `Config.create` (every field of `kvp_config_options`); zero means default.
+pub const ConfigOptions = struct {
+    num_hidden_layers: i64,
+    /// Global (unsharded) KV head count.
+    num_kv_heads: i64,
+    max_model_length: i64,
+    /// Head dim used for budgeting (`kv_head_dim_size`); set it or `k_head_dim`/`v_head_dim`.
+    head_dim: i64 = 0,
+    /// Key head dim; 0 = `head_dim`.
+    k_head_dim: i64 = 0,
+    /// Value head dim; 0 = `head_dim`. Must equal the key head dim.
+    v_head_dim: i64 = 0,
+    /// Fraction of the device's memory to budget, (0, 1]; 0 = 0.9.
+    hbm_utilization: f64 = 0,
+    /// Tokens per page; 0 = 128.
+    page_size: i64 = 0,
+    dtype: Dtype = .bf16,
+    layout: LayoutVersion = .default,
+    budget_mode: BudgetMode = .free,
+    /// Size pages with the reference's unpadded formula (its `num_pages` exactly).
+    reference_budget: bool = false,
+    /// No safety margin at all (overrides `safety_margin_bytes`).
+    no_safety_margin: bool = false,
+    /// > 0: use this per-device budget and read no statistics.
+    budget_bytes: i64 = 0,
+    /// 0 = 256 MiB (`default_safety_margin`).
+    safety_margin_bytes: i64 = 0,
+    /// Injected statistics (borrowed for the call); null = read `device`'s.
+    memory_stats: ?[]const MemoryStats = null,
+    /// The device the cache will live on: its memory is what gets budgeted (host RAM for
+    /// `.cpu`, the GPU's for `.cuda`). Create the cache on the same device.
+    device: Device = .cpu,
+    /// Devices the KV heads are sharded over (budget x shards); 0 = 1.
+    kv_head_shards: i64 = 0,
+    /// Hints stored in the config; 0 = unset.
+    max_num_tokens: i64 = 0,
+    max_num_reqs: i64 = 0,
+
+    fn record(self: ConfigOptions) Error!c.kvp_config_options {
+        var o: c.kvp_config_options = undefined;
+        try check(c.kvp_config_options_init(&o, @sizeOf(c.kvp_config_options)));
+        o.num_hidden_layers = self.num_hidden_layers;
+        o.num_kv_heads = self.num_kv_heads;
+        o.max_model_length = self.max_model_length;
+        o.kv_head_dim_size = self.head_dim;
+        o.k_headdim = self.k_head_dim;
+        o.v_headdim = self.v_head_dim;
+        o.hbm_utilization = self.hbm_utilization;
+        o.page_size = self.page_size;
+        o.kvdtype = @backingInt(self.dtype);
+        o.version = @backingInt(self.layout);
+        o.budget_mode = @backingInt(self.budget_mode);
+        if (self.reference_budget) o.flags |= c.KVP_CONFIG_FLAG_REFERENCE_BUDGET;
+        if (self.no_safety_margin) o.flags |= c.KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+        o.budget_bytes = self.budget_bytes;
+        o.safety_margin_bytes = self.safety_margin_bytes;
+        if (self.memory_stats) |s| {
+            o.memory_stats = @ptrCast(s.ptr);
+            o.num_memory_stats = std.math.cast(u32, s.len) orelse return error.InvalidArgument;
         }
-        var out: ?*c.kvp_cache = null;
-        try check(c.kvp_cache_create(&cfg.raw, &o, &out));
-        return .{ .handle = out.? };
-    }
-
-    /// Bytes of one layer.
-    pub fn layerBytes(self: *const Cache) Error!usize {
-        var li = std.mem.zeroes(c.kvp_layout_info);
-        li.struct_size = @sizeOf(c.kvp_layout_info);
-        try check(c.kvp_cache_get_layout(self.handle, &li));
-        return @intCast(li.layer_bytes);
-    }
-
-    /// `kvp_cache_read_layer`: copies one layer's bytes into `out` (at least `layerBytes()`).
-    pub fn readLayer(self: *const Cache, layer: u32, out: []u8) Error!void {
-        try check(c.kvp_cache_read_layer(self.handle, layer, out.ptr, out.len, null));
-    }
-
-    /// `kvp_cache_write_layer`: replaces one layer's bytes (`data.len` must be `layerBytes()`).
-    pub fn writeLayer(self: *Cache, layer: u32, data: []const u8) Error!void {
-        try check(c.kvp_cache_write_layer(self.handle, layer, data.ptr, data.len, null));
-    }
-
-    pub fn deinit(self: *Cache) void {
-        _ = c.kvp_cache_destroy(self.handle);
-        self.* = undefined;
-    }
-
-    pub fn view(self: *const Cache, layer: u32, kind: ViewKind) Error!View {
-        var v: View = undefined;
-        try check(c.kvp_cache_get_view(self.handle, layer, @intFromEnum(kind), @ptrCast(&v.t)));
-        return v;
-    }
-
-    /// Copies whole pages in every layer: page `dst[i]` receives page `src[i]`
-    /// (`kvp_cache_copy_pages`; destinations distinct and none of them a source).
-    pub fn copyPages(self: *Cache, src: []const i32, dst: []const i32) Error!void {
-        if (src.len != dst.len) return error.InvalidArgument;
-        try check(c.kvp_cache_copy_pages(self.handle, src.ptr, dst.ptr, src.len, null));
-    }
-
-    /// Writes `key`/`value` ([T, H, D] row-major f32) into one layer.
-    pub fn concatenate(self: *Cache, layer: u32, key: []const f32, value: []const f32, shape: [3]i64, md: *const Metadata) Error!void {
-        const n = try elements(shape);
-        if (key.len != n or value.len != n) return error.InvalidArgument;
-        var k = hostTensor(key, shape);
-        var v = hostTensor(value, shape);
-        try check(c.kvp_concatenate(self.handle, layer, @ptrCast(&k), @ptrCast(&v), md.handle, null));
-    }
-
-    /// `kvp_attention` on a CPU cache: writes `keys`/`values` into one layer exactly as
-    /// `concatenate` with the same metadata would, then attends every query token to its
-    /// request's keys and values, read in place from the pages, and stores the result in `out`.
-    ///
-    /// `shape` is `.{ T, Hq, Hkv, D }`: `queries` and `out` hold [T, Hq, D], `keys` and `values`
-    /// [T, Hkv, D], row-major f32 with rows in the order `Metadata.build` returns; Hkv is the
-    /// cache's KV head count and Hq a multiple of it (query head h reads KV head h / (Hq / Hkv)).
-    /// With `keys` and `values` both null the call only reads (keys written before by
-    /// `concatenate`); one without the other is error.InvalidArgument. Every row of `out` is
-    /// written (rows that no processed request owns become 0); on an error neither the cache nor
-    /// `out` has changed. For device memory or other dtypes call `c.kvp_attention` directly.
-    pub fn attention(self: *Cache, layer: u32, queries: []const f32, keys: ?[]const f32, values: ?[]const f32, shape: [4]i64, md: *const Metadata, opts: AttentionOptions, out: []f32) Error!void {
-        const q_shape = [3]i64{ shape[0], shape[1], shape[3] };
-        const kv_shape = [3]i64{ shape[0], shape[2], shape[3] };
-        const nq = try elements(q_shape);
-        const nkv = try elements(kv_shape);
-        if (queries.len != nq or out.len != nq) return error.InvalidArgument;
-        if (keys) |k| if (k.len != nkv) return error.InvalidArgument;
-        if (values) |v| if (v.len != nkv) return error.InvalidArgument;
-        var q = hostTensor(queries, q_shape);
-        var o = hostTensor(out, q_shape);
-        var k: Tensor = undefined;
-        var v: Tensor = undefined;
-        const raw = try opts.record();
-        try check(c.kvp_attention(self.handle, layer, @ptrCast(&q), hostTensorOrNull(keys, kv_shape, &k), hostTensorOrNull(values, kv_shape, &v), md.handle, @ptrCast(&raw), @ptrCast(&o), null));
+        o.device_type = self.device.typeCode();
+        o.device_id = self.device.id();
+        o.kv_head_shards = self.kv_head_shards;
+        o.max_num_tokens = self.max_num_tokens;
+        o.max_num_reqs = self.max_num_reqs;
+        return o;
     }
 };
 
+/// The cache configuration (`kvp_config`, the reference's cache metadata): a plain value,
+/// layout-identical to C. -1 means "not computed" / "unset".
+pub const Config = extern struct {
+    struct_size: u32 = @sizeOf(c.kvp_config),
+    abi_version: u32 = c.KVP_CONFIG_VERSION,
+    num_hidden_layers: i64 = 0,
+    max_model_length: i64 = 0,
+    num_kv_heads: i64 = 0,
+    k_headdim: i64 = 0,
+    v_headdim: i64 = 0,
+    hbm_utilization: f64 = 0.9,
+    page_size: i64 = 128,
+    num_pages: i64 = -1,
+    max_num_pages_per_req: i64 = -1,
+    num_slices_per_kv_cache_update_page: i64 = -1,
+    max_num_tokens: i64 = -1,
+    max_num_reqs: i64 = -1,
+    version: LayoutVersion = .v3,
+    kvdtype: Dtype = .bf16,
+
+    /// Plans a config: derives `num_pages` from the memory budget of `o.device` (or
+    /// `o.budget_bytes`) and the other derived fields. Nothing is allocated.
+    pub fn create(o: ConfigOptions) Error!Config {
+        const opts = try o.record();
+        var cfg: Config = .{};
+        try check(c.kvp_config_create(&opts, cfg.ptrMut()));
+        return cfg;
+    }
+
+    /// The reference defaults (`kvp_config_init`): fill the model fields, then `validate`.
+    pub fn defaults() Config {
+        var cfg: Config = undefined;
+        check(c.kvp_config_init(cfg.ptrMut(), @sizeOf(Config))) catch unreachable;
+        return cfg;
+    }
+
+    /// Checks every field and every size derived from the record (`kvp_config_validate`).
+    pub fn validate(self: *const Config) Error!void {
+        try check(c.kvp_config_validate(self.ptr()));
+    }
+
+    /// Derived geometry (`kvp_config_get_layout`).
+    pub fn layout(self: *const Config) Error!LayoutInfo {
+        var out: LayoutInfo = .{};
+        try check(c.kvp_config_get_layout(self.ptr(), @ptrCast(&out)));
+        return out;
+    }
+
+    /// "What fits" before anything is allocated (`kvp_config_plan`).
+    pub fn plan(self: *const Config) Error!Plan {
+        var out: Plan = .{};
+        try check(c.kvp_config_plan(self.ptr(), @ptrCast(&out)));
+        return out;
+    }
+
+    /// The reference's `get_padded_num_slices` (<= 0 = the config's defaults).
+    pub fn paddedNumSlices(self: *const Config, num_tokens: i64, max_num_reqs: i64) Error!i64 {
+        var out: i64 = 0;
+        try check(c.kvp_config_padded_num_slices(self.ptr(), num_tokens, max_num_reqs, &out));
+        return out;
+    }
+
+    pub fn numPages(self: *const Config) i64 {
+        return self.num_pages;
+    }
+
+    /// The reference's `to_json()` text; the caller owns it (free with `allocator`).
+    pub fn toJson(self: *const Config, allocator: Allocator) Error![:0]u8 {
+        const Writer = struct {
+            fn call(cfg: *const Config, buf: ?[*]u8, cap: usize, written: *usize) c.kvp_status {
+                return c.kvp_config_to_json(cfg.ptr(), buf, cap, written);
+            }
+        };
+        return jsonAlloc(allocator, self, Writer.call);
+    }
+
+    /// Reads the reference's JSON (`kvp_config_from_json`). Not validated: call `validate`.
+    pub fn fromJson(text: []const u8) Error!Config {
+        var cfg: Config = .{};
+        try check(c.kvp_config_from_json(text.ptr, text.len, cfg.ptrMut()));
+        return cfg;
+    }
+
+    fn ptr(self: *const Config) *const c.kvp_config {
+        return @ptrCast(self);
+    }
+
+    fn ptrMut(self: *Config) *c.kvp_config {
+        return @ptrCast(self);
+    }
+};
+
+/// Size-then-fill for the JSON writers: `write(subject, buf, cap, &written)` as in C.
+fn jsonAlloc(allocator: Allocator, subject: anytype, comptime write: anytype) Error![:0]u8 {
+    var need: usize = 0;
+    const st = write(subject, null, 0, &need);
+    if (st != c.KVP_ERR_BUFFER_TOO_SMALL) try check(st);
+    const buf = try allocator.alloc(u8, need);
+    errdefer allocator.free(buf);
+    var len: usize = 0;
+    try check(write(subject, buf.ptr, buf.len, &len));
+    if (len + 1 != buf.len) return error.Internal;
+    return buf[0..len :0];
+}
+
+/// Geometry derived from a config (`kvp_layout_info`).
+pub const LayoutInfo = extern struct {
+    struct_size: u32 = @sizeOf(c.kvp_layout_info),
+    is_h64: u32 = 0,
+    kv_head_packing: i64 = 0,
+    storage_num_combined_kv_heads: i64 = 0,
+    storage_num_kv_groups: i64 = 0,
+    storage_head_dim: i64 = 0,
+    itemsize: i64 = 0,
+    ndim: i32 = 0,
+    _reserved: i32 = 0,
+    shape: [5]i64 = @splat(0),
+    layer_bytes: i64 = 0,
+    page_bytes_per_layer: i64 = 0,
+    max_num_seqs: i64 = 0,
+};
+
+/// Planning numbers of a config (`kvp_plan`).
+pub const Plan = extern struct {
+    struct_size: u32 = @sizeOf(c.kvp_plan),
+    _reserved: u32 = 0,
+    /// Pages per layer, including the reserved null page 0.
+    num_pages: i64 = 0,
+    usable_pages: i64 = 0,
+    page_size: i64 = 0,
+    /// True bytes of one page over all layers.
+    bytes_per_page: i64 = 0,
+    reference_bytes_per_page: i64 = 0,
+    bytes_per_token: i64 = 0,
+    /// Bytes the cache allocates.
+    total_bytes: i64 = 0,
+    token_capacity: i64 = 0,
+    max_concurrent_seqs: i64 = 0,
+    max_num_seqs: i64 = 0,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Tensors and views
+
+/// A strided tensor descriptor (`kvp_tensor`); strides count elements.
+pub const Tensor = extern struct {
+    data: ?*anyopaque,
+    dtype: Dtype,
+    ndim: i32,
+    shape: [6]i64,
+    strides: [6]i64,
+    device_type: i32,
+    device_id: i32,
+};
+
+/// Which view of a layer `Cache.view` and `Cache.exportDlpack` describe (`kvp_view_kind`).
+pub const ViewKind = enum(u32) { pages = 0, flat = 1, keys = 2, values = 3, reference_keys = 4, reference_values = 5, _ };
+
+/// A strided view of one layer (no copy); valid until its cache is destroyed. Typed access
+/// converts between the storage dtype and the element type asked for (`kvp_convert`), so a
+/// bf16 or fp8 cache reads as f32 exactly as it stores. Element access needs a CPU cache.
+pub const View = struct {
+    t: Tensor,
+
+    pub fn shape(self: *const View) []const i64 {
+        return self.t.shape[0..@intCast(self.t.ndim)];
+    }
+
+    pub fn dtype(self: View) Dtype {
+        return self.t.dtype;
+    }
+
+    /// One element as `T` (f32, f16, Bf16, F8E4M3, F8E5M2), or null for a bad index or a view
+    /// of device memory.
+    pub fn get(self: View, comptime T: type, index: []const i64) ?T {
+        const off = self.offset(index) orelse return null;
+        var out: [1]T = undefined;
+        convertBytes(self.at(off), self.t.dtype, &out, Dtype.of(T), 1) catch return null;
+        return out[0];
+    }
+
+    /// `get(f32, index)`.
+    pub fn getF32(self: View, index: []const i64) ?f32 {
+        return self.get(f32, index);
+    }
+
+    /// Reads the innermost dimension at `prefix` (ndim - 1 indices) into `out`, whose length
+    /// must be that dimension's extent, converting to `T`.
+    pub fn read(self: View, comptime T: type, prefix: []const i64, out: []T) Error!void {
+        const row = try self.rowOffset(prefix, out.len);
+        const stride: i64 = self.t.strides[@intCast(self.t.ndim - 1)];
+        if (stride == 1) return convertBytes(self.at(row), self.t.dtype, out.ptr, Dtype.of(T), out.len);
+        for (out, 0..) |*x, i| try convertBytes(self.at(row + @as(i64, @intCast(i)) * stride), self.t.dtype, x, Dtype.of(T), 1);
+    }
+
+    /// Writes `values` (converted from `T` to the storage dtype) into the innermost dimension at
+    /// `prefix`; the inverse of `read`. Nothing is written on an error.
+    pub fn write(self: View, comptime T: type, prefix: []const i64, values: []const T) Error!void {
+        const row = try self.rowOffset(prefix, values.len);
+        const stride: i64 = self.t.strides[@intCast(self.t.ndim - 1)];
+        if (stride == 1) return convertBytes(values.ptr, Dtype.of(T), self.at(row), self.t.dtype, values.len);
+        for (values, 0..) |*x, i| try convertBytes(x, Dtype.of(T), self.at(row + @as(i64, @intCast(i)) * stride), self.t.dtype, 1);
+    }
+
+    /// Element offset of a full index, or null when out of range or not host memory.
+    fn offset(self: View, index: []const i64) ?i64 {
+        if (self.t.device_type != c.KVP_DEVICE_CPU or index.len != @as(usize, @intCast(self.t.ndim))) return null;
+        var off: i64 = 0;
+        for (index, 0..) |x, i| {
+            if (x < 0 or x >= self.t.shape[i]) return null;
+            off += x * self.t.strides[i];
+        }
+        return off;
+    }
+
+    fn rowOffset(self: View, prefix: []const i64, len: usize) Error!i64 {
+        if (self.t.device_type != c.KVP_DEVICE_CPU) return error.Unsupported;
+        const last: usize = @intCast(self.t.ndim - 1);
+        if (prefix.len != last or len != @as(usize, @intCast(self.t.shape[last]))) return error.InvalidArgument;
+        var index: [6]i64 = @splat(0);
+        @memcpy(index[0..last], prefix);
+        return self.offset(index[0 .. last + 1]) orelse error.InvalidArgument;
+    }
+
+    fn at(self: View, off: i64) *anyopaque {
+        const base: [*]u8 = @ptrCast(self.t.data.?);
+        const size: i64 = @intCast(self.t.dtype.bits() / 8);
+        return @ptrCast(base + @as(usize, @intCast(off * size)));
+    }
+};
+
+/// A row-major [T, H, D] host tensor over `data`.
+fn hostTensor(comptime T: type, data: []const T, shape: [3]i64) Tensor {
+    var t = std.mem.zeroes(Tensor);
+    t.data = @ptrCast(@constCast(data.ptr));
+    t.dtype = Dtype.of(T);
+    t.ndim = 3;
+    t.shape[0..3].* = shape;
+    t.strides[0] = shape[1] * shape[2];
+    t.strides[1] = shape[2];
+    t.strides[2] = 1;
+    t.device_type = c.KVP_DEVICE_CPU;
+    return t;
+}
+
 fn hostTensorOrNull(data: ?[]const f32, shape: [3]i64, t: *Tensor) ?*const c.kvp_tensor {
     const d = data orelse return null;
-    t.* = hostTensor(d, shape);
+    t.* = hostTensor(f32, d, shape);
     return @ptrCast(t);
 }
 
@@ -374,20 +757,757 @@ fn elements(shape: [3]i64) Error!usize {
     return n;
 }
 
-fn hostTensor(data: []const f32, shape: [3]i64) Tensor {
-    var t = std.mem.zeroes(Tensor);
-    t.data = @ptrCast(@constCast(data.ptr));
-    t.dtype = @intFromEnum(Dtype.f32);
-    t.ndim = 3;
-    t.shape[0] = shape[0];
-    t.shape[1] = shape[1];
-    t.shape[2] = shape[2];
-    t.strides[0] = shape[1] * shape[2];
-    t.strides[1] = shape[2];
-    t.strides[2] = 1;
-    t.device_type = c.KVP_DEVICE_CPU;
-    return t;
+// ---------------------------------------------------------------------------------------------
+// Host allocators
+
+/// Lets the library allocate through a `std.mem.Allocator` (`kvp_host_allocator`): give it to
+/// `CacheOptions.allocator`, `Pool.Options.allocator`, `DeserializeOptions.allocator` or
+/// `setHostAllocator`. Pinned: `init` it in place and keep it at that address (and its backing
+/// allocator alive) until every object created with it is destroyed.
+pub const HostAllocator = struct {
+    backing: Allocator,
+    table: c.kvp_host_allocator,
+
+    const Header = struct { len: usize, alignment: std.mem.Alignment };
+
+    pub fn init(self: *HostAllocator, backing: Allocator) void {
+        self.* = .{ .backing = backing, .table = .{ .alloc = alloc, .free = free, .user_data = self } };
+    }
+
+    fn alloc(user_data: ?*anyopaque, size: usize, alignment: usize) callconv(.c) ?*anyopaque {
+        const self: *HostAllocator = @ptrCast(@alignCast(user_data.?));
+        const a = std.mem.Alignment.fromByteUnits(@max(alignment, @alignOf(Header)));
+        const offset = a.forward(@sizeOf(Header));
+        const total = std.math.add(usize, offset, size) catch return null;
+        const base = self.backing.rawAlloc(total, a, @returnAddress()) orelse return null;
+        const header: *Header = @ptrCast(@alignCast(base + offset - @sizeOf(Header)));
+        header.* = .{ .len = total, .alignment = a };
+        return base + offset;
+    }
+
+    fn free(user_data: ?*anyopaque, p: ?*anyopaque) callconv(.c) void {
+        const self: *HostAllocator = @ptrCast(@alignCast(user_data.?));
+        const bytes: [*]u8 = @ptrCast(p.?);
+        const header: *Header = @ptrCast(@alignCast(bytes - @sizeOf(Header)));
+        const base = bytes - header.alignment.forward(@sizeOf(Header));
+        self.backing.rawFree(base[0..header.len], header.alignment, @returnAddress());
+    }
+};
+
+/// Installs the process-wide default host allocator (`kvp_set_host_allocator`); null restores
+/// the built-in one. Only what is allocated afterwards uses it.
+pub fn setHostAllocator(allocator: ?*const HostAllocator) Error!void {
+    try check(c.kvp_set_host_allocator(if (allocator) |a| &a.table else null));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cache
+
+/// Options of a new cache.
+pub const CacheOptions = struct {
+    device: Device = .cpu,
+    /// Host allocator for the cache's memory (borrowed; must outlive the cache); null = built-in.
+    allocator: ?*const HostAllocator = null,
+
+    fn record(self: CacheOptions) Error!c.kvp_cache_options {
+        var o: c.kvp_cache_options = undefined;
+        try check(c.kvp_cache_options_init(&o, @sizeOf(c.kvp_cache_options)));
+        o.device_type = self.device.typeCode();
+        o.device_id = self.device.id();
+        if (self.allocator) |a| o.allocator = &a.table;
+        return o;
+    }
+};
+
+/// What `Cache.serialize*` writes: every page (null) or the chosen ones, in that order.
+pub const SerializeOptions = struct {
+    pages: ?[]const i32 = null,
+    /// Payload bytes per checksummed chunk; 0 = 1 MiB.
+    chunk_bytes: u64 = 0,
+
+    fn record(self: SerializeOptions) Error!c.kvp_serialize_options {
+        var o: c.kvp_serialize_options = undefined;
+        try check(c.kvp_serialize_options_init(&o, @sizeOf(c.kvp_serialize_options)));
+        if (self.pages) |p| {
+            o.page_ids = p.ptr;
+            o.num_page_ids = std.math.cast(u32, p.len) orelse return error.InvalidArgument;
+        }
+        o.chunk_bytes = self.chunk_bytes;
+        return o;
+    }
+};
+
+/// Options of the `Cache.from*` loaders.
+pub const DeserializeOptions = struct {
+    device: Device = .cpu,
+    allocator: ?*const HostAllocator = null,
+    /// Refuse blobs whose load would take more bytes; 0 = 1 GiB plus the input's size when
+    /// known; `std.math.maxInt(u64)` = no limit.
+    max_cache_bytes: u64 = 0,
+};
+
+/// Owns a `kvp_cache`. Call `deinit` exactly once.
+pub const Cache = struct {
+    handle: *c.kvp_cache,
+
+    /// A CPU cache for `cfg`.
+    pub fn init(cfg: *const Config) Error!Cache {
+        return initWith(cfg, .{});
+    }
+
+    /// A cache on `device` (`error.NoDevice` without that CUDA device). Plan the config with
+    /// `ConfigOptions.device` set to the same device so its budget is that device's memory.
+    pub fn initOn(cfg: *const Config, where: Device) Error!Cache {
+        return initWith(cfg, .{ .device = where });
+    }
+
+    pub fn initWith(cfg: *const Config, options: CacheOptions) Error!Cache {
+        const o = try options.record();
+        var out: ?*c.kvp_cache = null;
+        try check(c.kvp_cache_create(cfg.ptr(), &o, &out));
+        return .{ .handle = out.? };
+    }
+
+    pub fn deinit(self: *Cache) void {
+        _ = c.kvp_cache_destroy(self.handle);
+        self.* = undefined;
+    }
+
+    /// The config the cache was created with.
+    pub fn config(self: *const Cache) Error!Config {
+        var cfg: Config = .{};
+        try check(c.kvp_cache_get_config(self.handle, cfg.ptrMut()));
+        return cfg;
+    }
+
+    pub fn layout(self: *const Cache) Error!LayoutInfo {
+        var out: LayoutInfo = .{};
+        try check(c.kvp_cache_get_layout(self.handle, @ptrCast(&out)));
+        return out;
+    }
+
+    pub fn device(self: *const Cache) Error!Device {
+        var device_type: c.kvp_device_type = 0;
+        var device_id: i32 = 0;
+        try check(c.kvp_cache_get_device(self.handle, &device_type, &device_id));
+        return Device.fromRaw(device_type, device_id);
+    }
+
+    /// Bytes of one layer.
+    pub fn layerBytes(self: *const Cache) Error!usize {
+        return @intCast((try self.layout()).layer_bytes);
+    }
+
+    /// `kvp_cache_read_layer`: copies one layer's bytes into `out` (at least `layerBytes()`).
+    pub fn readLayer(self: *const Cache, layer: u32, out: []u8) Error!void {
+        try check(c.kvp_cache_read_layer(self.handle, layer, out.ptr, out.len, null));
+    }
+
+    /// `kvp_cache_write_layer`: replaces one layer's bytes (`data.len` must be `layerBytes()`).
+    pub fn writeLayer(self: *Cache, layer: u32, data: []const u8) Error!void {
+        try check(c.kvp_cache_write_layer(self.handle, layer, data.ptr, data.len, null));
+    }
+
+    pub fn view(self: *const Cache, layer: u32, kind: ViewKind) Error!View {
+        var v: View = undefined;
+        try check(c.kvp_cache_get_view(self.handle, layer, @backingInt(kind), @ptrCast(&v.t)));
+        return v;
+    }
+
+    /// The recorded asynchronous (device) error, or null (a CPU cache never has one).
+    pub fn asyncError(self: *const Cache) Error!?Error {
+        var st: c.kvp_status = c.KVP_OK;
+        try check(c.kvp_cache_get_async_error(self.handle, &st));
+        return if (st == c.KVP_OK) null else statusError(st);
+    }
+
+    /// Clears a recoverable asynchronous error (`error.DeviceLost` for a sticky device fault).
+    pub fn clearAsyncError(self: *Cache) Error!void {
+        try check(c.kvp_cache_clear_async_error(self.handle));
+    }
+
+    /// Copies whole pages in every layer: page `dst[i]` receives page `src[i]`
+    /// (`kvp_cache_copy_pages`; destinations distinct and none of them a source).
+    pub fn copyPages(self: *Cache, src: []const i32, dst: []const i32) Error!void {
+        if (src.len != dst.len) return error.InvalidArgument;
+        try check(c.kvp_cache_copy_pages(self.handle, src.ptr, dst.ptr, src.len, null));
+    }
+
+    /// Writes `key`/`value` ([T, H, D] row-major host data of f32, f16 or Bf16) into one layer,
+    /// rows in the order of `md` (`Metadata.build`'s order). Prefer `concatenateBatch`, which
+    /// packs each request's rows for you. On an error the cache is unchanged.
+    pub fn concatenate(self: *Cache, layer: u32, comptime T: type, key: []const T, value: []const T, shape: [3]i64, md: *const Metadata) Error!void {
+        const n = try elements(shape);
+        if (key.len != n or value.len != n) return error.InvalidArgument;
+        var k = hostTensor(T, key, shape);
+        var v = hostTensor(T, value, shape);
+        try check(c.kvp_concatenate(self.handle, layer, @ptrCast(&k), @ptrCast(&v), md.handle, null));
+    }
+
+    /// Writes one step into one layer: `keys[i]` and `values[i]` hold request i's new tokens
+    /// ([num_scheduled_i, H, D] row-major; empty for an inactive request), in the caller's
+    /// request order. They are packed in the batch's row order (decode rows first) in scratch
+    /// memory from the batch's allocator, so no caller repacks by hand.
+    pub fn concatenateBatch(self: *Cache, layer: u32, comptime T: type, batch: *const Batch, keys: []const []const T, values: []const []const T) Error!void {
+        const k = try batch.packAlloc(batch.allocator, T, keys);
+        defer batch.allocator.free(k);
+        const v = try batch.packAlloc(batch.allocator, T, values);
+        defer batch.allocator.free(v);
+        const shape = [3]i64{ @intCast(batch.numTokens()), batch.num_kv_heads, batch.head_dim };
+        try self.concatenate(layer, T, k, v, shape, &batch.metadata);
+    }
+
+    /// `kvp_attention` on a CPU cache: writes `keys`/`values` into one layer exactly as
+    /// `concatenate` with the same metadata would, then attends every query token to its
+    /// request's keys and values, read in place from the pages, and stores the result in `out`.
+    ///
+    /// `shape` is `.{ T, Hq, Hkv, D }`: `queries` and `out` hold [T, Hq, D], `keys` and `values`
+    /// [T, Hkv, D], row-major f32 with rows in the order `Metadata.build` returns (`Batch.packRows`
+    /// packs per-request data in that order); Hkv is the cache's KV head count and Hq a multiple
+    /// of it (query head h reads KV head h / (Hq / Hkv)). With `keys` and `values` both null the
+    /// call only reads (keys written before by `concatenate`); one without the other is
+    /// error.InvalidArgument. Every row of `out` is written (rows that no processed request owns
+    /// become 0); on an error neither the cache nor `out` has changed. For device memory or other
+    /// dtypes call `c.kvp_attention` directly.
+    pub fn attention(self: *Cache, layer: u32, queries: []const f32, keys: ?[]const f32, values: ?[]const f32, shape: [4]i64, md: *const Metadata, opts: AttentionOptions, out: []f32) Error!void {
+        const q_shape = [3]i64{ shape[0], shape[1], shape[3] };
+        const kv_shape = [3]i64{ shape[0], shape[2], shape[3] };
+        const nq = try elements(q_shape);
+        const nkv = try elements(kv_shape);
+        if (queries.len != nq or out.len != nq) return error.InvalidArgument;
+        if (keys) |k| if (k.len != nkv) return error.InvalidArgument;
+        if (values) |v| if (v.len != nkv) return error.InvalidArgument;
+        var q = hostTensor(f32, queries, q_shape);
+        var o = hostTensor(f32, out, q_shape);
+        var k: Tensor = undefined;
+        var v: Tensor = undefined;
+        const raw = try opts.record();
+        try check(c.kvp_attention(self.handle, layer, @ptrCast(&q), hostTensorOrNull(keys, kv_shape, &k), hostTensorOrNull(values, kv_shape, &v), md.handle, @ptrCast(&raw), @ptrCast(&o), null));
+    }
+
+    /// Exports one view of one layer as a DLPack tensor (no copy). The data is borrowed from the
+    /// cache: valid until the cache is destroyed. Release with `DlpackTensor.deinit`, or hand
+    /// `managed` to a consumer that calls its deleter.
+    pub fn exportDlpack(self: *Cache, layer: u32, kind: ViewKind) Error!DlpackTensor {
+        var out: ?*c.DLManagedTensor = null;
+        try check(c.kvp_cache_export_dlpack(self.handle, layer, @backingInt(kind), 0, &out));
+        return .{ .managed = out.? };
+    }
+
+    // -- Serialization: save --
+
+    /// Exact size of the blob for `opts`.
+    pub fn serializedSize(self: *const Cache, opts: SerializeOptions) Error!usize {
+        const o = try opts.record();
+        var out: usize = 0;
+        try check(c.kvp_serialized_size(self.handle, &o, &out));
+        return out;
+    }
+
+    /// Serializes into `buf` and returns the written part (`error.BufferTooSmall` when `buf` is
+    /// shorter than `serializedSize`; nothing is written then).
+    pub fn serializeInto(self: *const Cache, buf: []u8, opts: SerializeOptions) Error![]u8 {
+        const o = try opts.record();
+        var written: usize = 0;
+        try check(c.kvp_serialize(self.handle, &o, buf.ptr, buf.len, &written));
+        return buf[0..written];
+    }
+
+    /// Serializes into a new buffer the caller owns (free with `allocator`).
+    pub fn serializeAlloc(self: *const Cache, allocator: Allocator, opts: SerializeOptions) Error![]u8 {
+        const buf = try allocator.alloc(u8, try self.serializedSize(opts));
+        errdefer allocator.free(buf);
+        _ = try self.serializeInto(buf, opts);
+        return buf;
+    }
+
+    /// Streams the blob into `writer`, one chunk at a time (the writer is not flushed).
+    /// `error.WriteFailed` when the writer fails; what it received is then an incomplete blob.
+    pub fn serializeToWriter(self: *const Cache, writer: *std.Io.Writer, opts: SerializeOptions) (Error || std.Io.Writer.Error)!void {
+        const o = try opts.record();
+        var stream: WriteStream = .{ .writer = writer };
+        const st = c.kvp_serialize_to_writer(self.handle, &o, WriteStream.call, &stream);
+        if (stream.failed) return error.WriteFailed;
+        try check(st);
+    }
+
+    /// Saves to a file, replacing it atomically (`kvp_serialize_to_file`).
+    pub fn saveFile(self: *const Cache, path: []const u8, opts: SerializeOptions) Error!void {
+        const o = try opts.record();
+        var p: CPath = .{};
+        try check(c.kvp_serialize_to_file(self.handle, &o, try p.of(path)));
+    }
+
+    // -- Serialization: load into a new cache --
+
+    /// A new cache with the blob's config and pages (other pages zero). `bytes` must be
+    /// exactly one blob.
+    pub fn fromBytes(bytes: []const u8, opts: DeserializeOptions) Error!Cache {
+        var d: DeserializeRecord = undefined;
+        try d.fill(opts);
+        var out: ?*c.kvp_cache = null;
+        try check(c.kvp_deserialize_new(bytes.ptr, bytes.len, &d.options, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// A new cache from a blob read from `reader` (exactly the blob's bytes are consumed).
+    pub fn fromReader(reader: *std.Io.Reader, opts: DeserializeOptions) (Error || std.Io.Reader.Error)!Cache {
+        var d: DeserializeRecord = undefined;
+        try d.fill(opts);
+        var stream: ReadStream = .{ .reader = reader };
+        var out: ?*c.kvp_cache = null;
+        const st = c.kvp_deserialize_new_from_reader(ReadStream.call, &stream, &d.options, &out);
+        if (stream.failed) return error.ReadFailed;
+        try check(st);
+        return .{ .handle = out.? };
+    }
+
+    /// A new cache from a blob file.
+    pub fn fromFile(path: []const u8, opts: DeserializeOptions) Error!Cache {
+        var d: DeserializeRecord = undefined;
+        try d.fill(opts);
+        var p: CPath = .{};
+        var out: ?*c.kvp_cache = null;
+        try check(c.kvp_deserialize_new_from_file(try p.of(path), &d.options, &out));
+        return .{ .handle = out.? };
+    }
+
+    // -- Serialization: load into this cache --
+
+    /// Loads the blob's pages into this cache: its j-th page into `dst_pages[j]`, or to its own
+    /// page id when `dst_pages` is null. Every checksum is verified first: on an error the cache
+    /// is unchanged.
+    pub fn loadBytes(self: *Cache, bytes: []const u8, dst_pages: ?[]const i32) Error!void {
+        const ids = try PageIds.of(dst_pages);
+        try check(c.kvp_deserialize_into(self.handle, bytes.ptr, bytes.len, ids.ptr, ids.len));
+    }
+
+    /// `loadBytes` from a reader.
+    pub fn loadReader(self: *Cache, reader: *std.Io.Reader, dst_pages: ?[]const i32) (Error || std.Io.Reader.Error)!void {
+        const ids = try PageIds.of(dst_pages);
+        var stream: ReadStream = .{ .reader = reader };
+        const st = c.kvp_deserialize_into_from_reader(self.handle, ReadStream.call, &stream, ids.ptr, ids.len);
+        if (stream.failed) return error.ReadFailed;
+        try check(st);
+    }
+
+    /// `loadBytes` from a file.
+    pub fn loadFile(self: *Cache, path: []const u8, dst_pages: ?[]const i32) Error!void {
+        const ids = try PageIds.of(dst_pages);
+        var p: CPath = .{};
+        try check(c.kvp_deserialize_into_from_file(self.handle, try p.of(path), ids.ptr, ids.len));
+    }
+};
+
+/// A DLPack tensor exported by `Cache.exportDlpack`; `deinit` calls its deleter once.
+pub const DlpackTensor = struct {
+    managed: *c.DLManagedTensor,
+
+    pub fn tensor(self: DlpackTensor) *c.DLTensor {
+        return &self.managed.dl_tensor;
+    }
+
+    pub fn deinit(self: *DlpackTensor) void {
+        if (self.managed.deleter) |d| d(self.managed);
+        self.* = undefined;
+    }
+};
+
+const DeserializeRecord = struct {
+    options: c.kvp_deserialize_options,
+    cache: c.kvp_cache_options,
+
+    /// Pinned: `options` points at `cache`.
+    fn fill(self: *DeserializeRecord, opts: DeserializeOptions) Error!void {
+        try check(c.kvp_deserialize_options_init(&self.options, @sizeOf(c.kvp_deserialize_options)));
+        self.cache = try (CacheOptions{ .device = opts.device, .allocator = opts.allocator }).record();
+        self.options.cache_options = &self.cache;
+        self.options.max_cache_bytes = opts.max_cache_bytes;
+    }
+};
+
+const PageIds = struct {
+    ptr: ?[*]const i32,
+    len: u32,
+
+    fn of(pages: ?[]const i32) Error!PageIds {
+        const p = pages orelse return .{ .ptr = null, .len = 0 };
+        return .{ .ptr = p.ptr, .len = std.math.cast(u32, p.len) orelse return error.InvalidArgument };
+    }
+};
+
+/// Adapts a `*std.Io.Writer` to `kvp_write_fn`; remembers a writer failure.
+const WriteStream = struct {
+    writer: *std.Io.Writer,
+    failed: bool = false,
+
+    fn call(data: ?*const anyopaque, size: usize, user_data: ?*anyopaque) callconv(.c) i32 {
+        const self: *WriteStream = @ptrCast(@alignCast(user_data.?));
+        const bytes: [*]const u8 = @ptrCast(data.?);
+        self.writer.writeAll(bytes[0..size]) catch {
+            self.failed = true;
+            return 1;
+        };
+        return 0;
+    }
+};
+
+/// Adapts a `*std.Io.Reader` to `kvp_read_fn`; remembers a reader failure.
+const ReadStream = struct {
+    reader: *std.Io.Reader,
+    failed: bool = false,
+
+    fn call(dst: ?*anyopaque, size: usize, read_out: [*c]usize, user_data: ?*anyopaque) callconv(.c) i32 {
+        const self: *ReadStream = @ptrCast(@alignCast(user_data.?));
+        const bytes: [*]u8 = @ptrCast(dst.?);
+        read_out.* = self.reader.readSliceShort(bytes[0..size]) catch {
+            self.failed = true;
+            return 1;
+        };
+        return 0;
+    }
+};
+
+/// Header fields of a blob (`kvp_serialized_info`).
+pub const SerializedInfo = extern struct {
+    struct_size: u32 = @sizeOf(c.kvp_serialized_info),
+    format_major: u32 = 0,
+    format_minor: u32 = 0,
+    header_size: u32 = 0,
+    flags: u64 = 0,
+    /// `versionNumber()` of the library that wrote the blob.
+    writer_version: u32 = 0,
+    _reserved: u32 = 0,
+    header_checksum: u64 = 0,
+    num_stored_pages: u64 = 0,
+    first_page_id: u64 = 0,
+    last_page_id: u64 = 0,
+    page_bytes_per_layer: u64 = 0,
+    chunk_bytes: u64 = 0,
+    num_chunks: u64 = 0,
+    payload_bytes: u64 = 0,
+    total_bytes: u64 = 0,
+    config: Config = .{},
+};
+
+pub const InspectOptions = struct {
+    /// Also verify the page table and every chunk checksum (the whole blob must be present).
+    verify: bool = false,
+
+    fn flags(self: InspectOptions) u32 {
+        return if (self.verify) c.KVP_INSPECT_VERIFY else 0;
+    }
+};
+
+/// Reads and checks a blob's header (`kvp_serialized_inspect`); `bytes` may be just the header
+/// unless `verify` is set.
+pub fn inspect(bytes: []const u8, opts: InspectOptions) Error!SerializedInfo {
+    var out: SerializedInfo = .{};
+    try check(c.kvp_serialized_inspect(bytes.ptr, bytes.len, opts.flags(), @ptrCast(&out)));
+    return out;
+}
+
+/// `inspect` on a file, streaming.
+pub fn inspectFile(path: []const u8, opts: InspectOptions) Error!SerializedInfo {
+    var out: SerializedInfo = .{};
+    var p: CPath = .{};
+    try check(c.kvp_serialized_inspect_file(try p.of(path), opts.flags(), @ptrCast(&out)));
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata and the batch builder
+
+/// One request of a step, as the scheduler sees it.
+pub const BatchRequest = struct {
+    /// Tokens already in the cache.
+    num_computed: i64,
+    /// Tokens written this step (0 = inactive, no row).
+    num_scheduled: i64,
+    /// The request's physical pages in logical order (borrowed for the build).
+    page_ids: []const i32 = &.{},
+
+    fn record(self: BatchRequest) c.kvp_batch_request {
+        return .{ .num_computed = self.num_computed, .num_scheduled = self.num_scheduled, .page_ids = self.page_ids.ptr, .num_pages = @intCast(self.page_ids.len) };
+    }
+};
+
+/// Options of the batch builder (`kvp_batch_options`); zero means default.
+pub const BatchOptions = struct {
+    /// Page-table rows; 0 = the config's `max_num_reqs` if set, else the active requests.
+    max_num_reqs: i64 = 0,
+    /// Token bucket; 0 = the config's `max_num_tokens` if set, else the scheduled tokens.
+    max_num_tokens: i64 = 0,
+    /// Emit the seed's distribution `[decode, decode, total]`.
+    seed_distribution: bool = false,
+    /// v2: tight slice columns instead of the full capacity.
+    tight_slices: bool = false,
+    /// Keep the caller's request order (no decode-first reordering).
+    keep_order: bool = false,
+
+    fn record(self: BatchOptions) Error!c.kvp_batch_options {
+        var o: c.kvp_batch_options = undefined;
+        try check(c.kvp_batch_options_init(&o, @sizeOf(c.kvp_batch_options)));
+        o.max_num_reqs = self.max_num_reqs;
+        o.max_num_tokens = self.max_num_tokens;
+        if (self.seed_distribution) o.flags |= c.KVP_BATCH_FLAG_SEED_DISTRIBUTION;
+        if (self.tight_slices) o.flags |= c.KVP_BATCH_FLAG_TIGHT_SLICES;
+        if (self.keep_order) o.flags |= c.KVP_BATCH_FLAG_KEEP_ORDER;
+        return o;
+    }
+};
+
+/// One array of a metadata handle (`kvp_metadata_field`).
+pub const MetadataField = enum(u32) {
+    pages_tables = c.KVP_METADATA_PAGES_TABLES,
+    context_lens = c.KVP_METADATA_CONTEXT_LENS,
+    query_start_loc = c.KVP_METADATA_QUERY_START_LOC,
+    num_seqs = c.KVP_METADATA_NUM_SEQS,
+    slot_mapping = c.KVP_METADATA_SLOT_MAPPING,
+    num_kv_update_slices = c.KVP_METADATA_NUM_KV_UPDATE_SLICES,
+    request_distribution = c.KVP_METADATA_REQUEST_DISTRIBUTION,
+    position_ids = c.KVP_METADATA_POSITION_IDS,
+};
+
+/// Caller-owned metadata arrays (`kvp_metadata_desc`), for `Metadata.wrap` and
+/// `Metadata.describe`. Null = absent. `pages_tables` is `[num_reqs, pages_per_req]` row-major,
+/// `slot_mapping` `[3, num_slices]`. Slices of a CUDA device's metadata hold device pointers.
+pub const MetadataDesc = struct {
+    layout: LayoutVersion = .v3,
+    device: Device = .cpu,
+    /// 0 = the cache's.
+    page_size: i64 = 0,
+    num_slices_per_kv_cache_update_page: i64 = 0,
+    pages_tables: ?[]const i32 = null,
+    num_reqs: i64 = 0,
+    pages_per_req: i64 = 0,
+    context_lens: ?[]const i32 = null,
+    query_start_loc: ?[]const i32 = null,
+    num_seqs: ?[]const i32 = null,
+    slot_mapping: ?[]const i32 = null,
+    num_kv_update_slices: ?[]const i32 = null,
+    request_distribution: ?[]const i32 = null,
+    position_ids: ?[]const i32 = null,
+
+    fn record(self: MetadataDesc) Error!c.kvp_metadata_desc {
+        var d: c.kvp_metadata_desc = undefined;
+        try check(c.kvp_metadata_desc_init(&d, @sizeOf(c.kvp_metadata_desc)));
+        d.version = @backingInt(self.layout);
+        d.device_type = self.device.typeCode();
+        d.device_id = self.device.id();
+        d.page_size = self.page_size;
+        d.num_slices_per_kv_cache_update_page = self.num_slices_per_kv_cache_update_page;
+        d.num_reqs = self.num_reqs;
+        d.pages_per_req = self.pages_per_req;
+        const rows = std.math.mul(i64, self.num_reqs, self.pages_per_req) catch return error.InvalidArgument;
+        if (self.pages_tables) |p| if (p.len != rows) return error.InvalidArgument;
+        setArray(&d.pages_tables, null, self.pages_tables);
+        setArray(&d.context_lens, &d.context_lens_len, self.context_lens);
+        setArray(&d.query_start_loc, &d.query_start_loc_len, self.query_start_loc);
+        setArray(&d.num_seqs, &d.num_seqs_len, self.num_seqs);
+        if (self.slot_mapping) |s| if (s.len % 3 != 0) return error.InvalidArgument;
+        setArray(&d.slot_mapping, null, self.slot_mapping);
+        d.num_slices = if (self.slot_mapping) |s| @intCast(s.len / 3) else 0;
+        setArray(&d.num_kv_update_slices, &d.num_kv_update_slices_len, self.num_kv_update_slices);
+        setArray(&d.request_distribution, &d.request_distribution_len, self.request_distribution);
+        setArray(&d.position_ids, &d.position_ids_len, self.position_ids);
+        return d;
+    }
+
+    fn fromRecord(d: c.kvp_metadata_desc) MetadataDesc {
+        const num_slices: usize = @intCast(d.num_slices);
+        return .{
+            .layout = @fromBackingInt(@intCast(d.version)),
+            .device = Device.fromRaw(d.device_type, d.device_id),
+            .page_size = d.page_size,
+            .num_slices_per_kv_cache_update_page = d.num_slices_per_kv_cache_update_page,
+            .pages_tables = slice(d.pages_tables, d.num_reqs * d.pages_per_req),
+            .num_reqs = d.num_reqs,
+            .pages_per_req = d.pages_per_req,
+            .context_lens = slice(d.context_lens, d.context_lens_len),
+            .query_start_loc = slice(d.query_start_loc, d.query_start_loc_len),
+            .num_seqs = slice(d.num_seqs, d.num_seqs_len),
+            .slot_mapping = slice(d.slot_mapping, @intCast(3 * num_slices)),
+            .num_kv_update_slices = slice(d.num_kv_update_slices, d.num_kv_update_slices_len),
+            .request_distribution = slice(d.request_distribution, d.request_distribution_len),
+            .position_ids = slice(d.position_ids, d.position_ids_len),
+        };
+    }
+};
+
+fn setArray(ptr: *[*c]const i32, len: ?*i64, array: ?[]const i32) void {
+    const a = array orelse return;
+    ptr.* = a.ptr;
+    if (len) |l| l.* = @intCast(a.len);
+}
+
+fn slice(ptr: [*c]const i32, len: i64) ?[]const i32 {
+    if (ptr == null) return null;
+    return ptr[0..@intCast(len)];
+}
+
+/// Owns runtime metadata (`kvp_metadata`). Call `deinit` exactly once.
+pub const Metadata = struct {
+    handle: *c.kvp_metadata,
+
+    /// The low-level builder (`kvp_metadata_build`): `order_out[row]` (at least
+    /// `requests.len` entries, or null) receives the index of the request in each row (-1 past
+    /// the active rows). Decode requests come first unless `opts.keep_order`, so keys and
+    /// values must be packed in that row order; `Batch.build` does it for you.
+    /// `allocator` holds the C request array during the call.
+    pub fn build(allocator: Allocator, cfg: *const Config, requests: []const BatchRequest, opts: BatchOptions, order_out: ?[]i32) Error!Metadata {
+        const n = std.math.cast(u32, requests.len) orelse return error.InvalidArgument;
+        if (order_out) |o| if (o.len < requests.len) return error.InvalidArgument;
+        const raw = try allocator.alloc(c.kvp_batch_request, requests.len);
+        defer allocator.free(raw);
+        for (requests, raw) |r, *out| out.* = r.record();
+        const o = try opts.record();
+        var out: ?*c.kvp_metadata = null;
+        const order: ?[*]i32 = if (order_out) |x| x.ptr else null;
+        try check(c.kvp_metadata_build(cfg.ptr(), raw.ptr, n, &o, order, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// Owning metadata of an empty batch with consistent shapes (`kvp_metadata_create_empty`).
+    pub fn createEmpty(layout: LayoutVersion, num_tokens: i64, max_num_reqs: i64, max_pages: i64, page_size: i64) Error!Metadata {
+        var out: ?*c.kvp_metadata = null;
+        try check(c.kvp_metadata_create_empty(@backingInt(layout), num_tokens, max_num_reqs, max_pages, page_size, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// Wraps caller-owned arrays without copying (`kvp_metadata_create`): they must outlive
+    /// the handle and not change while a call uses it.
+    pub fn wrap(desc: MetadataDesc) Error!Metadata {
+        const d = try desc.record();
+        var out: ?*c.kvp_metadata = null;
+        try check(c.kvp_metadata_create(&d, &out));
+        return .{ .handle = out.? };
+    }
+
+    pub fn deinit(self: *Metadata) void {
+        _ = c.kvp_metadata_destroy(self.handle);
+        self.* = undefined;
+    }
+
+    /// One array (borrowed from the handle), or null when absent.
+    pub fn array(self: *const Metadata, field: MetadataField) Error!?[]const i32 {
+        var data: [*c]const i32 = null;
+        var len: i64 = 0;
+        try check(c.kvp_metadata_get_array(self.handle, @backingInt(field), &data, &len));
+        return slice(data, len);
+    }
+
+    /// Every array with its shape (borrowed from the handle).
+    pub fn describe(self: *const Metadata) Error!MetadataDesc {
+        var d: c.kvp_metadata_desc = undefined;
+        try check(c.kvp_metadata_desc_init(&d, @sizeOf(c.kvp_metadata_desc)));
+        try check(c.kvp_metadata_get_desc(self.handle, &d));
+        return MetadataDesc.fromRecord(d);
+    }
+
+    /// JSON text with the arrays as integer lists; the caller owns it.
+    pub fn toJson(self: *const Metadata, allocator: Allocator) Error![:0]u8 {
+        const Writer = struct {
+            fn call(md: *const Metadata, buf: ?[*]u8, cap: usize, written: *usize) c.kvp_status {
+                return c.kvp_metadata_to_json(md.handle, buf, cap, written);
+            }
+        };
+        return jsonAlloc(allocator, self, Writer.call);
+    }
+
+    /// Owning metadata from `toJson`'s text.
+    pub fn fromJson(text: []const u8) Error!Metadata {
+        var out: ?*c.kvp_metadata = null;
+        try check(c.kvp_metadata_from_json(text.ptr, text.len, &out));
+        return .{ .handle = out.? };
+    }
+};
+
+/// A step's metadata together with the row order the builder chose, and packing that follows
+/// it: give each request's keys and values in your own request order, and `pack` (or
+/// `Cache.concatenateBatch`) lays them out in row order. Call `deinit` once.
+pub const Batch = struct {
+    allocator: Allocator,
+    metadata: Metadata,
+    /// `order[row]` is the index (into the requests) of the request in that row; -1 past the
+    /// active rows.
+    order: []i32,
+    /// Tokens each request writes, by request index.
+    tokens: []usize,
+    num_kv_heads: i64,
+    head_dim: i64,
+
+    /// Builds the metadata for `requests` (`kvp_metadata_build`) and keeps its row order.
+    pub fn build(allocator: Allocator, cfg: *const Config, requests: []const BatchRequest, opts: BatchOptions) Error!Batch {
+        const order = try allocator.alloc(i32, requests.len);
+        errdefer allocator.free(order);
+        const tokens = try allocator.alloc(usize, requests.len);
+        errdefer allocator.free(tokens);
+        for (requests, tokens) |r, *t| t.* = std.math.cast(usize, r.num_scheduled) orelse 0;
+        const md = try Metadata.build(allocator, cfg, requests, opts, order);
+        return .{ .allocator = allocator, .metadata = md, .order = order, .tokens = tokens, .num_kv_heads = cfg.num_kv_heads, .head_dim = cfg.k_headdim };
+    }
+
+    pub fn deinit(self: *Batch) void {
+        self.metadata.deinit();
+        self.allocator.free(self.order);
+        self.allocator.free(self.tokens);
+        self.* = undefined;
+    }
+
+    /// Rows of the packed tensors: the scheduled tokens of all requests.
+    pub fn numTokens(self: *const Batch) usize {
+        var n: usize = 0;
+        for (self.tokens) |t| n += t;
+        return n;
+    }
+
+    /// Packs per-request key (or value) data, [num_scheduled_i, H, D] each in request order,
+    /// into `out` ([numTokens(), H, D]) in row order.
+    pub fn pack(self: *const Batch, comptime T: type, per_request: []const []const T, out: []T) Error!void {
+        return self.packRows(T, @intCast(self.num_kv_heads * self.head_dim), per_request, out);
+    }
+
+    /// `pack` into a new buffer the caller owns.
+    pub fn packAlloc(self: *const Batch, allocator: Allocator, comptime T: type, per_request: []const []const T) Error![]T {
+        const row: usize = @intCast(self.num_kv_heads * self.head_dim);
+        const out = try allocator.alloc(T, std.math.mul(usize, self.numTokens(), row) catch return error.InvalidArgument);
+        errdefer allocator.free(out);
+        try self.packRows(T, row, per_request, out);
+        return out;
+    }
+
+    /// `pack` with `row_elems` elements per token, e.g. Hq * D for attention queries.
+    pub fn packRows(self: *const Batch, comptime T: type, row_elems: usize, per_request: []const []const T, out: []T) Error!void {
+        if (per_request.len != self.tokens.len) return error.InvalidArgument;
+        for (per_request, self.tokens) |data, t| if (data.len != t * row_elems) return error.InvalidArgument;
+        if (out.len != self.numTokens() * row_elems) return error.InvalidArgument;
+        var at: usize = 0;
+        for (self.order) |request| {
+            if (request < 0) break;
+            const data = per_request[@intCast(request)];
+            @memcpy(out[at..][0..data.len], data);
+            at += data.len;
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Attention options
+
+/// `kvp_attention_options` as C sees it (what `AttentionOptions.record` fills); prefer
+/// `AttentionOptions`.
+pub const AttentionOptionsRecord = extern struct {
+    struct_size: u32,
+    abi_version: u32,
+    softmax_scale: f32,
+    logits_soft_cap: f32,
+    sliding_window: i32,
+    k_scale: f32,
+    v_scale: f32,
+    num_sinks: u32,
+    sinks: ?[*]const f32,
+};
 
 /// Options of `Cache.attention` (`kvp_attention_options`). Zero (and null) means default for every
 /// field, as in C: `.{}` is plain causal attention with the reference's default scale, no window,
@@ -427,26 +1547,43 @@ pub const AttentionOptions = struct {
     }
 };
 
-/// Owns runtime metadata (`kvp_metadata`). Call `deinit` exactly once.
-pub const Metadata = struct {
-    handle: *c.kvp_metadata,
+// ---------------------------------------------------------------------------------------------
+// Page pool (kvpages/pool.h)
 
-    /// Builds metadata; `order_out[row]` receives the request index of each row (len = requests).
-    pub fn build(cfg: *const Config, requests: []const BatchRequest, order_out: []i32) Error!Metadata {
-        if (order_out.len < requests.len) return error.InvalidArgument;
-        var out: ?*c.kvp_metadata = null;
-        try check(c.kvp_metadata_build(&cfg.raw, @ptrCast(requests.ptr), @intCast(requests.len), null, order_out.ptr, &out));
-        return .{ .handle = out.? };
+/// Identifies a sequence of a `Pool` (`kvp_seq_id`): an opaque 32-bit value, a distinct type
+/// so it cannot be mixed up with token ids or page ids. Freeing the sequence makes it stale:
+/// later calls with it return `error.NotFound`.
+pub const SeqId = enum(u32) {
+    _,
+
+    /// The raw value, for logging only (0 is never a valid id).
+    pub fn value(self: SeqId) u32 {
+        return @backingInt(self);
     }
 
-    pub fn deinit(self: *Metadata) void {
-        _ = c.kvp_metadata_destroy(self.handle);
-        self.* = undefined;
+    fn raw(self: SeqId) c.kvp_seq_id {
+        return .{ .id = @backingInt(self) };
     }
 };
 
-// ---------------------------------------------------------------------------------------------
-// Page pool (kvpages/pool.h)
+/// Counters of a pool (`kvp_pool_stats`); `free_pages + evictable_pages + used_pages ==
+/// total_pages` always holds.
+pub const PoolStats = extern struct {
+    struct_size: u32,
+    max_sequences: u32,
+    page_size: i64,
+    max_pages_per_sequence: i64,
+    total_pages: i64,
+    free_pages: i64,
+    evictable_pages: i64,
+    used_pages: i64,
+    indexed_pages: i64,
+    num_sequences: i64,
+    prompt_tokens: i64,
+    reused_tokens: i64,
+    evictions: i64,
+    cow_copies: i64,
+};
 
 /// Flag bits of `PageState.flags`.
 pub const page_flag_null: u32 = c.KVP_PAGE_FLAG_NULL;
@@ -487,6 +1624,8 @@ pub const Pool = struct {
         max_sequences: u32 = 0,
         /// Never index pages: no prefix reuse, released pages are freed at once.
         no_prefix_cache: bool = false,
+        /// Host allocator of all the pool's memory (borrowed; must outlive the pool).
+        allocator: ?*const HostAllocator = null,
     };
 
     pub fn init(cache: *Cache, o: Options) Error!Pool {
@@ -494,6 +1633,7 @@ pub const Pool = struct {
         try check(c.kvp_pool_options_init(&opts, @sizeOf(c.kvp_pool_options)));
         opts.max_sequences = o.max_sequences;
         if (o.no_prefix_cache) opts.flags |= c.KVP_POOL_FLAG_NO_PREFIX_CACHE;
+        if (o.allocator) |a| opts.allocator = &a.table;
         var out: ?*c.kvp_pool = null;
         try check(c.kvp_pool_create(cache.handle, &opts, &out));
         return .{ .handle = out.? };
@@ -511,7 +1651,7 @@ pub const Pool = struct {
         var reused: usize = 0;
         const flags: u32 = if (reuse_all) c.KVP_POOL_ADD_FLAG_REUSE_ALL else 0;
         try check(c.kvp_pool_add_sequence(self.handle, tokens.ptr, tokens.len, salt, flags, &seq, &reused));
-        return .{ .seq = @enumFromInt(seq.id), .reused_tokens = reused };
+        return .{ .seq = @fromBackingInt(@intCast(seq.id)), .reused_tokens = reused };
     }
 
     /// Appends tokens (declaring every token already in the sequence computed); copies a shared
@@ -558,17 +1698,16 @@ pub const Pool = struct {
         try check(c.kvp_pool_get_slots(self.handle, seq.raw(), start, out.len, out.ptr));
     }
 
-    /// A request for `Metadata.build`: computed watermark, pending tokens, and the page ids
-    /// copied into `page_buf` (which the result points into, so it stays valid after the pool
-    /// changes). error.BufferTooSmall when `page_buf` is shorter than the page count.
+    /// A request for `Batch.build`: computed watermark, pending tokens, and the page ids
+    /// copied into `page_buf` (which the result's `page_ids` points into, so it stays valid after
+    /// the pool changes). error.BufferTooSmall when `page_buf` is shorter than the page count.
     pub fn batchRequest(self: *const Pool, seq: SeqId, page_buf: []i32) Error!BatchRequest {
-        var r: BatchRequest = undefined;
-        try check(c.kvp_pool_get_batch_request(self.handle, seq.raw(), @ptrCast(&r)));
+        var r: c.kvp_batch_request = undefined;
+        try check(c.kvp_pool_get_batch_request(self.handle, seq.raw(), &r));
         const n: usize = @intCast(r.num_pages);
         if (page_buf.len < n) return error.BufferTooSmall;
-        if (n > 0) @memcpy(page_buf[0..n], r.page_ids.?[0..n]);
-        r.page_ids = page_buf.ptr;
-        return r;
+        if (n > 0) @memcpy(page_buf[0..n], r.page_ids[0..n]);
+        return .{ .num_computed = r.num_computed, .num_scheduled = r.num_scheduled, .page_ids = page_buf[0..n] };
     }
 
     pub fn pageState(self: *const Pool, page: i32) Error!PageState {
@@ -597,6 +1736,49 @@ pub const Pool = struct {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Layout checks of every struct mirrored above
+
+/// Fails compilation unless `Z` and `C` have the same size and alignment and every field of `Z`
+/// sits at the same offset, with the same size, as the field of the same name in `C`.
+fn assertSameLayout(comptime Z: type, comptime C: type) void {
+    if (@sizeOf(Z) != @sizeOf(C)) @compileError("size of " ++ @typeName(Z) ++ " differs from C");
+    if (@alignOf(Z) != @alignOf(C)) @compileError("alignment of " ++ @typeName(Z) ++ " differs from C");
+    const info = @typeInfo(Z).@"struct";
+    for (info.field_names, info.field_types) |name, T| {
+        if (@offsetOf(Z, name) != @offsetOf(C, name))
+            @compileError("offset of " ++ @typeName(Z) ++ "." ++ name ++ " differs from C");
+        if (@sizeOf(T) != @sizeOf(@FieldType(C, name)))
+            @compileError("size of " ++ @typeName(Z) ++ "." ++ name ++ " differs from C");
+    }
+}
+
+comptime {
+    assertSameLayout(Config, c.kvp_config);
+    assertSameLayout(LayoutInfo, c.kvp_layout_info);
+    assertSameLayout(Plan, c.kvp_plan);
+    assertSameLayout(MemoryStats, c.kvp_memory_stats);
+    assertSameLayout(Tensor, c.kvp_tensor);
+    assertSameLayout(SerializedInfo, c.kvp_serialized_info);
+    assertSameLayout(AttentionOptionsRecord, c.kvp_attention_options);
+    assertSameLayout(PoolStats, c.kvp_pool_stats);
+    if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
+        @offsetOf(c.kvp_seq_id, "id") != 0 or @FieldType(c.kvp_seq_id, "id") != u32)
+        @compileError("layout of SeqId differs from kvp_seq_id");
+    if (@sizeOf(Bf16) != 2 or @sizeOf(F8E4M3) != 1 or @sizeOf(F8E5M2) != 1) @compileError("element sizes changed");
+    if (c.KVP_ATTENTION_OPTIONS_VERSION != 1) @compileError("KVP_ATTENTION_OPTIONS_VERSION changed");
+    if (c.KVP_CONFIG_VERSION != 1) @compileError("KVP_CONFIG_VERSION changed");
+    if (c.KVP_MAX_DIMS != 6) @compileError("KVP_MAX_DIMS changed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: full coverage (coverage.zig, api_test.zig) and the shared scenarios below.
+
+test {
+    _ = @import("coverage.zig");
+    _ = @import("api_test.zig");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Tests: the shared binding scenario.
 
 const H = 2;
@@ -611,23 +1793,23 @@ fn token(t: usize, h: usize, d: usize) f32 {
     return @floatFromInt(t * 1000 + h * 256 + d);
 }
 
-const Batch = struct { md: Metadata, key: [4 * H * D]f32, value: [4 * H * D]f32 };
+const TestBatch = struct { md: Metadata, key: [4 * H * D]f32, value: [4 * H * D]f32 };
 
-fn writeBatch(cache: *Cache, cfg: *const Config, batch: *Batch) !void {
+fn writeBatch(cache: *Cache, cfg: *const Config, batch: *TestBatch) !void {
     const p1 = [_]i32{1};
     const p2 = [_]i32{2};
     const reqs = [_]BatchRequest{
-        .{ .num_computed = 0, .num_scheduled = 3, .page_ids = &p1, .num_pages = 1 },
-        .{ .num_computed = 5, .num_scheduled = 1, .page_ids = &p2, .num_pages = 1 },
+        .{ .num_computed = 0, .num_scheduled = 3, .page_ids = &p1 },
+        .{ .num_computed = 5, .num_scheduled = 1, .page_ids = &p2 },
     };
     var order: [2]i32 = undefined;
-    batch.md = try Metadata.build(cfg, &reqs, &order);
+    batch.md = try Metadata.build(std.testing.allocator, cfg, &reqs, .{}, &order);
     try std.testing.expectEqualSlices(i32, &.{ 1, 0 }, &order);
     for (0..4) |t| for (0..H) |h| for (0..D) |d| {
         batch.key[(t * H + h) * D + d] = token(t, h, d);
         batch.value[(t * H + h) * D + d] = -token(t, h, d);
     };
-    try cache.concatenate(1, &batch.key, &batch.value, .{ 4, H, D }, &batch.md);
+    try cache.concatenate(1, f32, &batch.key, &batch.value, .{ 4, H, D }, &batch.md);
 }
 
 test "version matches the headers" {
@@ -640,7 +1822,7 @@ test "concatenate a batch and read the tokens back through views" {
     const cfg = try testConfig();
     var cache = try Cache.init(&cfg);
     defer cache.deinit();
-    var batch: Batch = undefined;
+    var batch: TestBatch = undefined;
     try writeBatch(&cache, &cfg, &batch);
     defer batch.md.deinit();
     const keys = try cache.view(1, .keys);
@@ -668,12 +1850,12 @@ test "error path: code, message, nothing changed" {
     const cfg = try testConfig();
     var cache = try Cache.init(&cfg);
     defer cache.deinit();
-    var batch: Batch = undefined;
+    var batch: TestBatch = undefined;
     try writeBatch(&cache, &cfg, &batch);
     defer batch.md.deinit();
     const keys = try cache.view(1, .keys);
     const before = keys.getF32(&.{ 1, 0, 0, 5 });
-    try std.testing.expectError(error.InvalidArgument, cache.concatenate(2, &batch.key, &batch.value, .{ 4, H, D }, &batch.md));
+    try std.testing.expectError(error.InvalidArgument, cache.concatenate(2, f32, &batch.key, &batch.value, .{ 4, H, D }, &batch.md));
     try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "layer 2") != null);
     try std.testing.expectEqual(before, keys.getF32(&.{ 1, 0, 0, 5 }));
     try std.testing.expectError(error.InvalidArgument, Config.create(.{ .num_hidden_layers = 0, .num_kv_heads = 1, .max_model_length = 8, .head_dim = 64, .budget_bytes = 1 << 20 }));
@@ -685,7 +1867,7 @@ test "layers copy through the host; a CUDA cache needs a device" {
     const cfg = try testConfig();
     var a = try Cache.init(&cfg);
     defer a.deinit();
-    var batch: Batch = undefined;
+    var batch: TestBatch = undefined;
     try writeBatch(&a, &cfg, &batch);
     defer batch.md.deinit();
     const n = try a.layerBytes();
@@ -737,7 +1919,7 @@ fn prefill(pool: *Pool, cache: *Cache, cfg: *const Config, seq: SeqId, tag: usiz
     var pages: [4]i32 = undefined;
     const req = try pool.batchRequest(seq, &pages);
     var order: [1]i32 = undefined;
-    var md = try Metadata.build(cfg, &.{req}, &order);
+    var md = try Metadata.build(std.testing.allocator, cfg, &.{req}, .{}, &order);
     defer md.deinit();
     const n: usize = @intCast(req.num_scheduled);
     const start: usize = @intCast(req.num_computed);
@@ -747,7 +1929,7 @@ fn prefill(pool: *Pool, cache: *Cache, cfg: *const Config, seq: SeqId, tag: usiz
         key[(t * H + h) * D + d] = poolKey(tag, start + t, h, d);
         value[(t * H + h) * D + d] = -poolKey(tag, start + t, h, d);
     };
-    for (0..2) |layer| try cache.concatenate(@intCast(layer), key[0 .. n * H * D], value[0 .. n * H * D], .{ @intCast(n), H, D }, &md);
+    for (0..2) |layer| try cache.concatenate(@intCast(layer), f32, key[0 .. n * H * D], value[0 .. n * H * D], .{ @intCast(n), H, D }, &md);
     try pool.setComputed(seq, start + n);
 }
 
@@ -788,7 +1970,7 @@ test "pool: prefix reuse, fork with copy-on-write, errors that change nothing, f
     const req = try pool.batchRequest(a.seq, &pages);
     try t.expectEqual(@as(i64, 0), req.num_computed);
     try t.expectEqual(@as(i64, 40), req.num_scheduled);
-    try t.expectEqual(@as(i64, 3), req.num_pages);
+    try t.expectEqual(@as(usize, 3), req.page_ids.len);
     try prefill(&pool, &cache, &cfg, a.seq, 1);
     try t.expectEqual(SequenceLength{ .length = 40, .computed = 40 }, try pool.length(a.seq));
     var table_a_buf: [4]i32 = undefined;
@@ -960,10 +2142,7 @@ const e1_scaled: AttentionOptions = .{ .softmax_scale = 0.5 };
 fn attentionConfig() !Config {
     var o: ConfigOptions = .{ .num_hidden_layers = 2, .num_kv_heads = a_hkv, .max_model_length = 16, .head_dim = a_d, .page_size = 4, .dtype = .f32, .budget_bytes = 1 << 20 };
     const probe = try Config.create(o);
-    var li = std.mem.zeroes(c.kvp_layout_info);
-    li.struct_size = @sizeOf(c.kvp_layout_info);
-    try check(c.kvp_config_get_layout(&probe.raw, &li));
-    o.budget_bytes = 2 * 8 * li.page_bytes_per_layer;
+    o.budget_bytes = 2 * 8 * (try probe.layout()).page_bytes_per_layer;
     const cfg = try Config.create(o);
     try std.testing.expectEqual(@as(i64, 8), cfg.numPages());
     return cfg;
@@ -976,10 +2155,10 @@ fn attentionCache(cfg: *const Config, step_md: ?*const Metadata) !Cache {
     errdefer cache.deinit();
     const pages = [_]i32{ 3, 7 };
     var order: [1]i32 = undefined;
-    var md = try Metadata.build(cfg, &.{.{ .num_computed = 0, .num_scheduled = 5, .page_ids = &pages, .num_pages = 2 }}, &order);
+    var md = try Metadata.build(std.testing.allocator, cfg, &.{.{ .num_computed = 0, .num_scheduled = 5, .page_ids = &pages }}, .{}, &order);
     defer md.deinit();
-    try cache.concatenate(a_layer, &e1_ctx_k, &e1_ctx_v, .{ 5, a_hkv, a_d }, &md);
-    if (step_md) |s| try cache.concatenate(a_layer, &e1_k, &e1_v, .{ 4, a_hkv, a_d }, s);
+    try cache.concatenate(a_layer, f32, &e1_ctx_k, &e1_ctx_v, .{ 5, a_hkv, a_d }, &md);
+    if (step_md) |s| try cache.concatenate(a_layer, f32, &e1_k, &e1_v, .{ 4, a_hkv, a_d }, s);
     return cache;
 }
 
@@ -988,10 +2167,10 @@ fn e1Step(cfg: *const Config) !Metadata {
     const row0 = [_]i32{ 3, 7 };
     const row1 = [_]i32{5};
     var order: [2]i32 = undefined;
-    const md = try Metadata.build(cfg, &.{
-        .{ .num_computed = 5, .num_scheduled = 1, .page_ids = &row0, .num_pages = 2 },
-        .{ .num_computed = 0, .num_scheduled = 3, .page_ids = &row1, .num_pages = 1 },
-    }, &order);
+    const md = try Metadata.build(std.testing.allocator, cfg, &.{
+        .{ .num_computed = 5, .num_scheduled = 1, .page_ids = &row0 },
+        .{ .num_computed = 0, .num_scheduled = 3, .page_ids = &row1 },
+    }, .{}, &order);
     try std.testing.expectEqualSlices(i32, &.{ 0, 1 }, &order);
     return md;
 }
