@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, ClassVar, Optional
 
-from .errors import InvalidHandle, check
+from .errors import InvalidHandle, KvpagesError, check
 
 
 class Handle:
@@ -37,8 +37,14 @@ class Handle:
     def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an exception is already propagating: do not replace it
+            self.close()
+        except (BufferError, KvpagesError):
+            pass  # still in use (e.g. by the traceback's frames): released by garbage collection
 
     def __del__(self) -> None:
         try:

@@ -165,6 +165,22 @@ class Cache(Handle):
         raw = self._host_view(layer, kind)[index]
         return convert(np.ascontiguousarray(raw), dtype, src=self.dtype, bits=False)
 
+    def read_tokens(self, layer: int, page_ids: Sequence[int], start: int, count: int, kind: ViewLike = View.KEYS,
+                    dtype: DtypeLike = Dtype.F32) -> np.ndarray:
+        """The keys (or values) of ``count`` tokens of one sequence from position ``start``, as
+        [count, H, D] in ``dtype``: position p is row ``p % page_size`` of page
+        ``page_ids[p // page_size]`` (the sequence's page table)."""
+        view = View.parse(kind)
+        if view not in (View.KEYS, View.VALUES):
+            raise invalid("read_tokens reads the keys or values view, not %s" % view.name.lower(), "Cache.read_tokens")
+        size = self.config.page_size
+        positions = np.arange(start, start + count)
+        table = np.asarray(page_ids, dtype=np.int64)
+        if count and (start < 0 or positions[-1] // size >= len(table)):
+            raise invalid("read_tokens: positions %d..%d need %d pages, the page table has %d"
+                          % (start, start + count - 1, positions[-1] // size + 1, len(table)), "Cache.read_tokens")
+        return self.read(layer, view, dtype, (table[positions // size], positions % size))
+
     def write(self, layer: int, kind: ViewLike, values: Any, index: Any = (), dtype: Optional[DtypeLike] = None) -> None:
         """Stores ``values`` (f32, f16, bf16 or fp8 data; ``dtype`` names raw bits) into (part of)
         a view of a CPU cache, converted to the cache's dtype with kvp_convert."""

@@ -39,6 +39,8 @@ class Dtype(enum.IntEnum):
     def parse(cls, value: "DtypeLike") -> "Dtype":
         """A Dtype from a Dtype, an int, a name ("bf16", "float16", ...) or a numpy dtype."""
         if isinstance(value, str):
+            if value.upper() in cls.__members__:  # "f32", "BF16", "f8_e4m3fn"
+                return cls[value.upper()]
             out = ctypes.c_uint32()
             try:
                 check(lib.kvp_dtype_from_string(value.encode(), ctypes.byref(out)), "kvp_dtype_from_string")
