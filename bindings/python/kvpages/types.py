@@ -219,8 +219,11 @@ def convert(values: Any, to: DtypeLike, *, src: Optional[DtypeLike] = None, bits
     (kvp_convert): the result holds exactly the bytes kvp_concatenate stores.
 
     ``values``: an array-like (lists become float32); ``src`` names its dtype when the array holds
-    raw bits. The result has the same shape, in ``Dtype.parse(to).numpy(bits)``."""
+    raw bits; float64 data is first rounded to float32 by numpy. The result has the same shape,
+    in ``Dtype.parse(to).numpy(bits)``."""
     a = np.ascontiguousarray(values if isinstance(values, np.ndarray) else np.asarray(values, dtype=np.float32))
+    if src is None and a.dtype == np.float64:
+        a = a.astype(np.float32)
     s, d = dtype_of_array(a, src), Dtype.parse(to)
     out = np.empty(a.shape, dtype=d.numpy(bits))
     check(lib.kvp_convert(a.ctypes.data, s.value, out.ctypes.data, d.value, a.size), "kvp_convert")
