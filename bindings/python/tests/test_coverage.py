@@ -14,7 +14,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."
 
 #: C function -> the public Python name that calls it ("Class.method" or "function").
 COUNTERPARTS = {
-    "kvp_status_name": "KvpagesError.name", "kvp_last_error_copy": "last_error_message",
+    "kvp_status_name": "KvpagesError.__init__", "kvp_last_error_copy": "last_error_message",
     "kvp_set_misuse_handler": "set_misuse_handler", "kvp_version_number": "version_number",
     "kvp_version_string": "version", "kvp_build_info": "build_info", "kvp_check_abi": "check_abi",
     "kvp_dtype_from_string": "Dtype.parse", "kvp_dtype_name": "Dtype.__str__", "kvp_dtype_bits": "Dtype.bits",
