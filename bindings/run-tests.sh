@@ -104,7 +104,7 @@ with kvpages.Cache(cfg) as cache, kvpages.Metadata.build(cfg, [(0, 1, [1])])[0] 
 print("import kvpages from the wheel:", kvpages.version(), kvpages.library_path)' &&
     env -u LD_LIBRARY_PATH -u KVPAGES_LIBRARY -u PYTHONPATH "$py" "$here/python/examples/new_user.py" >/dev/null) ||
     { echo "the pip-installed package failed"; return 1; }
-  "$py" -m pytest -q -p no:cacheprovider "$here/python/tests"
+  KVPAGES_REQUIRE_ML_DTYPES=1 "$py" -m pytest -q -p no:cacheprovider "$here/python/tests"
 }
 
 run rust rust

@@ -207,7 +207,9 @@ def test_bf16_cache_reads_and_writes_the_c_librarys_bytes(ml, monkeypatch):
     if not ml:
         monkeypatch.setattr(kvpages.types, "_ml_dtypes", None)
     elif not kvpages.has_ml_dtypes():
-        pytest.fail("ml_dtypes is not installed (bindings/run-tests.sh installs it in the test venv)")
+        if os.environ.get("KVPAGES_REQUIRE_ML_DTYPES"):  # set by bindings/run-tests.sh: no skips in CI
+            pytest.fail("ml_dtypes is not installed in the test venv")
+        pytest.skip("ml_dtypes is not installed (pip install ml_dtypes)")
     cfg = make_config()
     keys = per_request(1)
     want_bits = [kvpages.convert(k, "bf16", bits=True) for k in keys]  # what kvp_convert stores
