@@ -234,7 +234,12 @@ class Cache(Handle):
                              dtype: Optional[DtypeLike] = None) -> None:
         """kvp_concatenate with per-request host arrays, indexed like the ``requests`` given to
         :meth:`Metadata.build` (each [num_scheduled, H, D]): packed in the metadata's row order
-        for you, so the decode-first reordering cannot put tokens in the wrong place."""
+        for you, so the decode-first reordering cannot put tokens in the wrong place. CPU caches;
+        for a CUDA cache pack device tensors in ``metadata.order`` (e.g.
+        ``torch.cat([keys[i] for i in md.order])``) and call :meth:`concatenate`."""
+        if self.device_type != Device.CPU:
+            raise invalid("concatenate_requests packs host arrays, for CPU caches; for a CUDA cache pack device "
+                          "tensors in metadata.order and call concatenate()", "Cache.concatenate_requests")
         self.concatenate(layer, metadata.pack(keys), metadata.pack(values), metadata, dtype=dtype)
 
     def attention(self, layer: int, queries: Any, keys: Any, values: Any, metadata: Metadata, out: Any = None, *,
