@@ -2,7 +2,7 @@
 # Runs every binding's own test suite against a built kvpages tree:
 #   Rust (cargo test, with the newest toolchain and again with the declared minimum, Rust 1.63),
 #   Go (go vet, go test, go test -tags debug), Zig (zig build test),
-#   Python (pytest).
+#   Python (pip install ./bindings/python into a venv, an import check, new_user.py, pytest).
 # The build tree is first installed into <build dir>/bindings/prefix, and each binding links it the way
 # a user would: Rust, Go and Zig through pkg-config (PKG_CONFIG_PATH), Python through
 # KVPAGES_LIBRARY; LD_LIBRARY_PATH points the loader at the prefix. Build caches go under the
@@ -97,9 +97,35 @@ zig_tests() {
   echo "with Zig $want (${zig[*]})"
   (cd "$here/zig" && "${zig[@]}" build test --summary all --cache-dir "$build/bindings/zig-cache")
 }
+# Python: a venv under the build dir (made once, then reused; pip's cache keeps reinstalls fast)
+# gets the package the way a user installs it, `pip install ./bindings/python` (scikit-build-core
+# builds libkvpages from this tree into the wheel; its CMake build dir is kept for incremental
+# rebuilds), plus numpy, pytest and ml_dtypes (pinned). With LD_LIBRARY_PATH and
+# KVPAGES_LIBRARY unset, an import round-trips a value and examples/new_user.py runs against the
+# installed wheel. Then pytest runs the source tree against the installed prefix
+# (KVPAGES_LIBRARY), in the same venv.
+python_venv="$build/bindings/python-venv"
 python_tests() {
-  python3 -c 'import numpy, pytest' || { echo "python3 needs numpy and pytest"; return 1; }
-  python3 -m pytest -q -p no:cacheprovider "$here/python/tests"
+  local py="$python_venv/bin/python" t0
+  [ -x "$py" ] || python3 -m venv "$python_venv" || { echo "python3 -m venv failed"; return 1; }
+  t0=$SECONDS
+  (cd "$here/.." && env -u LD_LIBRARY_PATH -u KVPAGES_LIBRARY "$py" -m pip install -q --disable-pip-version-check \
+    ./bindings/python "numpy>=1.22" "pytest>=7" "ml_dtypes==0.5.4" \
+    --config-settings=build-dir="$build/bindings/python-wheel-build") || { echo "pip install ./bindings/python failed"; return 1; }
+  echo "pip install ./bindings/python: $((SECONDS - t0)) s"
+  (cd "$build" && env -u LD_LIBRARY_PATH -u KVPAGES_LIBRARY -u PYTHONPATH "$py" -c '
+import numpy as np, kvpages
+assert kvpages.library_path == kvpages._ffi.BUNDLED_LIBRARY, kvpages.library_path
+cfg = kvpages.Config.create(num_hidden_layers=1, num_kv_heads=1, head_dim=128, max_model_length=16,
+                            page_size=16, dtype="bf16", budget_bytes=1 << 20)
+with kvpages.Cache(cfg) as cache, kvpages.Metadata.build(cfg, [(0, 1, [1])])[0] as md:
+    key = np.full((1, 1, 128), 1.5, np.float32)
+    cache.concatenate(0, key, -key, md)
+    assert cache.read_tokens(0, [1], 0, 1, "keys", "f32")[0, 0, 0] == 1.5
+print("import kvpages from the wheel:", kvpages.version(), kvpages.library_path)' &&
+    env -u LD_LIBRARY_PATH -u KVPAGES_LIBRARY -u PYTHONPATH "$py" "$here/python/examples/new_user.py" >/dev/null) ||
+    { echo "the pip-installed package failed"; return 1; }
+  KVPAGES_REQUIRE_ML_DTYPES=1 "$py" -m pytest -q -p no:cacheprovider "$here/python/tests"
 }
 
 run rust rust

@@ -151,7 +151,7 @@ def test_dlpack_producers_in_and_out(e1):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
         np.testing.assert_array_equal(bf.read_layer(LAYER), cache.read_layer(LAYER))
     gc.collect()
-    assert len(kvpages._LIVE_EXPORTS) == 0
+    assert kvpages.live_exports() == 0
 
 
 def test_options_reach_the_library(e1):

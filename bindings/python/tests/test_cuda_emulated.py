@@ -58,10 +58,10 @@ class DeviceArray:
         cuda_ok(lib.cudaMemcpy(self.ptr, self.host.ctypes.data, self.host.nbytes, 1))
         cuda_ok(lib.cudaSetDevice(previous))
         self.shape = (ctypes.c_int64 * self.host.ndim)(*self.host.shape)
-        self.managed = kvpages.DLManagedTensor()
+        self.managed = kvpages._ffi.DLManagedTensor()
         t = self.managed.dl_tensor
-        t.data, t.device, t.ndim = self.ptr.value, kvpages.DLDevice(2, self.device), self.host.ndim
-        t.dtype, t.shape, t.strides, t.byte_offset = kvpages.DLDataType(dl_code, dl_bits, 1), self.shape, None, 0
+        t.data, t.device, t.ndim = self.ptr.value, kvpages._ffi.DLDevice(2, self.device), self.host.ndim
+        t.dtype, t.shape, t.strides, t.byte_offset = kvpages._ffi.DLDataType(dl_code, dl_bits, 1), self.shape, None, 0
         self.streams = []
 
     def __dlpack_device__(self):

@@ -106,7 +106,7 @@ def test_handles_are_released_exactly_once():
     with pytest.raises(kvpages.InvalidHandle):
         cache.view(0)
     # The library itself rejects the stale pointer (API armor) instead of touching freed memory.
-    assert kvpages._cache_destroy(raw) == 2
+    assert kvpages.lib.kvp_cache_destroy(raw) == 2
 
 
 def test_numpy_view_keeps_the_cache_alive_and_close_refuses():
@@ -140,17 +140,17 @@ def test_dlpack_export_is_zero_copy_and_matches_the_view():
     md.close()
     del keys, pages
     gc.collect()
-    assert len(kvpages._LIVE_EXPORTS) == 0
+    assert kvpages.live_exports() == 0
     cache.close()
 
 
 def test_unconsumed_dlpack_capsule_is_released():
     cache = kvpages.Cache(make_config())
     cap = cache.export_dlpack(0).__dlpack__()
-    assert len(kvpages._LIVE_EXPORTS) == 1
+    assert kvpages.live_exports() == 1
     del cap
     gc.collect()
-    assert len(kvpages._LIVE_EXPORTS) == 0
+    assert kvpages.live_exports() == 0
     cache.close()
 
 
@@ -174,12 +174,12 @@ class Bf16Producer:
     def __init__(self, bits):
         self.bits = np.ascontiguousarray(bits, dtype=np.uint16)
         self.shape = (ctypes.c_int64 * self.bits.ndim)(*self.bits.shape)
-        self.managed = kvpages.DLManagedTensor()
+        self.managed = kvpages._ffi.DLManagedTensor()
         t = self.managed.dl_tensor
         t.data = self.bits.ctypes.data
-        t.device = kvpages.DLDevice(1, 0)
+        t.device = kvpages._ffi.DLDevice(1, 0)
         t.ndim = self.bits.ndim
-        t.dtype = kvpages.DLDataType(4, 16, 1)
+        t.dtype = kvpages._ffi.DLDataType(4, 16, 1)
         t.shape = self.shape
         t.strides = None
         t.byte_offset = 0
@@ -239,7 +239,7 @@ def test_bad_inputs_raise_and_change_nothing():
         with pytest.raises(kvpages.InvalidArgument, match="list"):
             cache.concatenate(1, key.tolist(), value, md)
         with pytest.raises(kvpages.InvalidArgument, match="stream"):
-            kvpages._stream_handle("not a stream")
+            kvpages.cache.stream_handle("not a stream")
         with pytest.raises(kvpages.InvalidArgument, match="layer 5"):
             cache.write_layer(5, before)
         with pytest.raises(kvpages.InvalidArgument, match=str(before.nbytes)):
@@ -268,9 +268,7 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
     inc = os.environ.get("KVPAGES_INCLUDE_DIRS")
     if not inc:
         pytest.skip("KVPAGES_INCLUDE_DIRS not set (bindings/run-tests.sh sets it)")
-    structs = [kvpages.kvp_config, kvpages.kvp_config_options, kvpages.kvp_cache_options, kvpages.kvp_tensor,
-               kvpages.kvp_layout_info, kvpages.kvp_batch_request, kvpages.kvp_seq_id, kvpages.kvp_pool_options,
-               kvpages.kvp_pool_stats, kvpages.kvp_attention_options]
+    structs = kvpages._ffi.STRUCTS
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <kvpages.h>", "int main(void) {"]
     for s in structs:
         lines.append('printf("%%zu\\n", sizeof(%s));' % s.__name__)
@@ -519,7 +517,7 @@ def test_pool_options_and_lifetime():
     pool.close()  # second close is a no-op in the binding
     with pytest.raises(kvpages.InvalidHandle):
         pool.stats()
-    assert kvpages._pool_destroy(raw) == 2  # the library rejects the stale pointer
+    assert kvpages.lib.kvp_pool_destroy(raw) == 2  # the library rejects the stale pointer
     cache.close()
     with pytest.raises(kvpages.InvalidHandle):
         kvpages.Pool(cache)
