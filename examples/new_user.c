@@ -58,6 +58,7 @@ static float element(int kind, int64_t layer, int r, int64_t t, int e) {
 }
 
 /* Packs the batch's keys or values, bf16 [T, H, D], in the builder's row order. */
+/* [pack] */
 static void pack(int kind, int64_t layer, const int32_t *order, const int32_t *query_start, uint16_t *out) {
   float row[ROW];
   int i, e;
@@ -70,6 +71,7 @@ static void pack(int kind, int64_t layer, const int32_t *order, const int32_t *q
     }
   }
 }
+/* [pack] */
 
 static kvp_tensor host_tensor(void *data, int64_t tokens) {
   kvp_tensor t;
@@ -103,6 +105,7 @@ static void write_batch(kvp_cache *cache, const kvp_config *cfg) {
     batch[r].num_pages = requests[r].num_pages;
     tokens += requests[r].scheduled;
   }
+  /* [batch] */
   CHECK(kvp_metadata_build(cfg, batch, NUM_REQUESTS, NULL, order, &md));
   CHECK(kvp_metadata_get_array(md, KVP_METADATA_QUERY_START_LOC, &query_start, NULL));
   printf("rows of the batch, decode first:");
@@ -116,6 +119,7 @@ static void write_batch(kvp_cache *cache, const kvp_config *cfg) {
     pack(1, layer, order, query_start, values);
     CHECK(kvp_concatenate(cache, (uint32_t)layer, &k, &v, md, NULL));
   }
+  /* [batch] */
   printf("wrote %" PRId64 " tokens (2 prefills, 3 decodes) into %d layers\n", tokens, LAYERS);
   free(keys);
   free(values);
@@ -157,6 +161,7 @@ static int64_t compare(const kvp_cache *cache) {
 /* Plans the cache: the shape, and a budget of 4 GiB of the memory of the device it lives on.
  * *total_bytes receives the memory the cache takes. */
 static kvp_config plan(int64_t *total_bytes) {
+  /* [plan] */
   kvp_config_options o = KVP_CONFIG_OPTIONS_INIT;
   kvp_plan p = KVP_PLAN_INIT;
   kvp_config cfg;
@@ -170,6 +175,7 @@ static kvp_config plan(int64_t *total_bytes) {
   o.budget_bytes = 4ll << 30;
   CHECK(kvp_config_create(&o, &cfg));
   CHECK(kvp_config_plan(&cfg, &p));
+  /* [plan] */
   printf("plan: %" PRId64 " pages of %" PRId64 " tokens (%" PRId64 " bytes per token over all layers), %" PRId64
          " tokens fit in %" PRId64 " bytes\n",
          p.num_pages, p.page_size, p.bytes_per_token, p.token_capacity, p.total_bytes);
@@ -194,6 +200,7 @@ int main(int argc, char **argv) {
   bad = compare(cache);
   printf("read back: %s\n", bad == 0 ? "every key and value as written" : "MISMATCH");
 
+  /* [save] */
   for (i = 0; i < PAGES_IN_USE; ++i) used[i] = i + 1;
   save.page_ids = used;
   save.num_page_ids = PAGES_IN_USE;
@@ -207,6 +214,7 @@ int main(int argc, char **argv) {
    * small allows: allow the cache as planned, plus the bookkeeping. */
   load.max_cache_bytes = (uint64_t)total_bytes + (1u << 20);
   CHECK(kvp_deserialize_new_from_file(path, &load, &loaded));
+  /* [save] */
   bad += compare(loaded);
   printf("loaded into a new cache: %s\n", bad == 0 ? "every key and value as written" : "MISMATCH");
   CHECK(kvp_cache_destroy(loaded));
