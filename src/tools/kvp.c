@@ -12,9 +12,13 @@ static void usage(FILE *f) {
           "  plan      print the planning numbers for a model shape (kvp plan --help)\n"
           "  demo      run the CPU inference demo (the README's main job)\n"
           "  inspect   print a serialized cache file's header and verify its checksums\n"
+          "  load      load a serialized cache file into a new CPU cache (and save it again)\n"
           "  bench     time concatenate, serialization and the page pool on the CPU against memcpy\n"
           "  version   print the library version and build information\n"
-          "  help      print this message\n");
+          "  help      print this message\n"
+          "\n"
+          "Every command has --help; options take their value as --opt VALUE or --opt=VALUE.\n"
+          "plan, inspect, load and bench print one JSON object with --json (docs/kvp-tool.md).\n");
 }
 
 int main(int argc, char **argv) {
@@ -33,12 +37,22 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+      printf("usage: kvp version\n\nPrints the library version and build information (CUDA backend, CPU "
+             "instruction set, compiler).\n");
+      return 0;
+    }
+    if (argc > 2) {
+      fprintf(stderr, "kvp version: unexpected argument '%s' (valid options: --help)\n", argv[2]);
+      return 2;
+    }
     printf("%s\n", kvp_build_info());
     return 0;
   }
   if (strcmp(cmd, "plan") == 0) return kvp_cmd_plan(argc - 1, argv + 1);
   if (strcmp(cmd, "demo") == 0) return kvp_cmd_demo(argc - 1, argv + 1);
   if (strcmp(cmd, "inspect") == 0) return kvp_cmd_inspect(argc - 1, argv + 1);
+  if (strcmp(cmd, "load") == 0) return kvp_cmd_load(argc - 1, argv + 1);
   if (strcmp(cmd, "bench") == 0) return kvp_cmd_bench(argc - 1, argv + 1);
   fprintf(stderr, "kvp: unknown command '%s'\n\n", cmd);
   usage(stderr);

@@ -16,7 +16,7 @@
  *     back through the KVP_VIEW_KEYS / KVP_VIEW_VALUES views and compared byte for byte; the
  *     pool's invariants are checked after every step; any failure exits with status 1;
  *   - at the end it prints the prefix-cache hit rate and the checks' results.
- * Options: --layout v2|v3, --dtype NAME (cache dtype), --layers N, --quiet. */
+ * Options: --layout v2|v3, --dtype NAME (cache dtype), --layers N, --quiet, --save FILE. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,30 +72,65 @@ static int32_t generated_token(const demo_seq *s, int64_t pos) {
   return (int32_t)(demo_mix32((uint32_t)(s->id * 7919 + pos * 31)) % 32000u);
 }
 
-static int usage_error(const char *message) {
-  fprintf(stderr, "kvp demo: %s\n", message);
-  return 2;
+static void demo_usage(FILE *f) {
+  fprintf(f,
+          "usage: kvp demo [options]\n"
+          "\n"
+          "Serves six requests that share a system prompt through a tiny model on the CPU (page pool,\n"
+          "prefix caching, chunked prefill, kvp_attention) and checks every attention output and\n"
+          "the read-back against a dense recomputation. Exit status 1 on any mismatch.\n"
+          "\n"
+          "  --layout NAME       " KVP_TOOL_LAYOUTS " (default v3)\n"
+          "  --dtype NAME        cache dtype: " KVP_TOOL_DTYPES "\n"
+          "                      (default bf16)\n"
+          "  --layers N          model layers, 1 to 64 (default 4)\n"
+          "  --quiet             no per-step lines\n"
+          "  --save FILE         at the end, save the cache (every page) to FILE\n"
+          "  --progress WHEN     progress bar of --save on stderr: " KVP_TOOL_PROGRESS " (default auto:\n"
+          "                      when stderr is a terminal and the file is at least 32 MiB)\n");
+}
+
+typedef struct demo_args {
+  kvp_layout layout;
+  kvp_dtype dtype;
+  int64_t layers;
+  int quiet;
+  const char *save_path;
+  kvp_progress_mode progress;
+} demo_args;
+
+static const kvp_tool_opt demo_opts[] = {{"--layout", "NAME"}, {"--dtype", "NAME"},  {"--layers", "N"},
+                                         {"--quiet", NULL},    {"--save", "FILE"},   {"--progress", "WHEN"},
+                                         {NULL, NULL}};
+
+/* One option's value into da. Returns NULL when valid, else why not. */
+static const char *demo_option(demo_args *da, const kvp_tool_opt *opt, const char *v) {
+  if (kvp_tool_is(opt, "--quiet")) return da->quiet = 1, NULL;
+  if (kvp_tool_is(opt, "--save")) return da->save_path = v, NULL;
+  if (kvp_tool_is(opt, "--layout"))
+    return kvp_layout_from_string(v, &da->layout) != KVP_OK ? "valid values are " KVP_TOOL_LAYOUTS : NULL;
+  if (kvp_tool_is(opt, "--dtype")) return kvp_tool_parse_dtype(v, &da->dtype) ? "valid values are " KVP_TOOL_DTYPES : NULL;
+  if (kvp_tool_is(opt, "--layers"))
+    return kvp_tool_parse_int(v, &da->layers) != 0 || da->layers > 64 ? "expected an integer in [1, 64]" : NULL;
+  return kvp_tool_parse_progress(v, &da->progress) != 0 ? "valid values are " KVP_TOOL_PROGRESS : NULL;
 }
 
 /* Returns -1 to go on, otherwise the exit code. */
-static int parse_args(int argc, char **argv, kvp_layout *layout, kvp_dtype *dtype, int64_t *layers, int *quiet) {
-  int i;
-  for (i = 1; i < argc; ++i) {
-    const int has_value = i + 1 < argc;
-    if (strcmp(argv[i], "--layout") == 0 && has_value) {
-      if (kvp_layout_from_string(argv[++i], layout) != KVP_OK) return usage_error(kvp_last_error_message());
-    } else if (strcmp(argv[i], "--dtype") == 0 && has_value) {
-      if (kvp_dtype_from_string(argv[++i], dtype) != KVP_OK) return usage_error(kvp_last_error_message());
-    } else if (strcmp(argv[i], "--layers") == 0 && has_value) {
-      if (kvp_tool_parse_int(argv[++i], layers) != 0 || *layers > 64)
-        return usage_error("--layers needs an integer in [1, 64]");
-    } else if (strcmp(argv[i], "--quiet") == 0) {
-      *quiet = 1;
-    } else {
-      fprintf(stderr, "usage: kvp demo [--layout v2|v3] [--dtype bf16|fp16|fp32|fp8_e4m3fn|fp8_e5m2] [--layers N] "
-                      "[--quiet]\n");
-      return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+static int parse_args(int argc, char **argv, demo_args *da) {
+  kvp_tool_args a;
+  const kvp_tool_opt *opt;
+  const char *v, *why;
+  int r;
+  kvp_tool_args_init(&a, argc, argv, "kvp demo", demo_opts);
+  while ((r = kvp_tool_next_arg(&a, &opt, &v)) != KVP_TOOL_ARG_END) {
+    if (r == KVP_TOOL_ARG_HELP) return demo_usage(stdout), 0;
+    if (r == KVP_TOOL_ARG_ERROR) return 2;
+    if (r == KVP_TOOL_ARG_POSITIONAL) {
+      fprintf(stderr, "kvp demo: unexpected argument '%s'\n\n", v);
+      demo_usage(stderr);
+      return 2;
     }
+    if ((why = demo_option(da, opt, v)) != NULL) return kvp_tool_bad_value("kvp demo", opt->name, v, why);
   }
   return -1;
 }
@@ -394,22 +429,20 @@ static int report(const demo *d, int steps, double wall) {
 }
 
 int kvp_cmd_demo(int argc, char **argv) {
-  kvp_layout layout = KVP_LAYOUT_V3;
-  kvp_dtype dtype = KVP_DTYPE_BF16;
-  int64_t layers = 4;
-  int quiet = 0, step, steps = 0, rc;
+  demo_args da = {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 0, NULL, KVP_PROGRESS_AUTO};
+  int step, steps = 0, rc;
   double t_start;
   demo d;
   memset(&d, 0, sizeof d);
-  rc = parse_args(argc, argv, &layout, &dtype, &layers, &quiet);
+  rc = parse_args(argc, argv, &da);
   if (rc >= 0) return rc;
-  d.quiet = quiet;
-  rc = demo_open(&d, layout, dtype, layers);
+  d.quiet = da.quiet;
+  rc = demo_open(&d, da.layout, da.dtype, da.layers);
   if (rc == 0) {
     printf("\nserving %d requests that share a %d-token system prompt (chunked prefill, token budget %d per step)\n"
            "through a %" PRId64 "-layer model (%d query heads over %d KV heads of %d), %s layout, %s cache,\n"
            "pages from a kvp_pool with prefix caching, kvp_attention writing and attending each layer\n",
-           DEMO_REQS, DEMO_SYSTEM_PROMPT, DEMO_TOKEN_BUDGET, layers, DEMO_Q_HEADS, DEMO_KV_HEADS, DEMO_HEAD_DIM,
+           DEMO_REQS, DEMO_SYSTEM_PROMPT, DEMO_TOKEN_BUDGET, da.layers, DEMO_Q_HEADS, DEMO_KV_HEADS, DEMO_HEAD_DIM,
            kvp_layout_name(d.cfg.version), kvp_dtype_name(d.cfg.kvdtype));
     t_start = now_s();
     for (step = 0; rc == 0 && !all_done(&d); ++step) {
@@ -418,6 +451,10 @@ int kvp_cmd_demo(int argc, char **argv) {
       steps += d.tokens > before;
     }
     if (rc == 0) rc = report(&d, steps, now_s() - t_start);
+    if (rc == 0 && da.save_path != NULL) {
+      rc = kvp_tool_save("kvp demo", d.cache, NULL, da.save_path, da.progress);
+      if (rc == 0) printf("saved the cache to %s (kvp inspect / kvp load read it)\n", da.save_path);
+    }
   }
   demo_close(&d);
   return rc;

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Checks the kvp tool from the outside: usage errors exit 2 with a message on stderr, library
-# errors exit 1 with the library's message, `kvp plan` prints the reference numbers, and
+# Checks the kvp tool from the outside: usage errors exit 2 with a message on stderr that names
+# the option and lists the valid values, library errors exit 1 with the library's message,
+# `--help` goes to stdout with exit 0, `--opt=value` equals `--opt value`, `kvp plan` prints the
+# reference numbers (also from Hugging Face configs, and with --tp), --json prints one valid JSON
+# object, save/load/inspect show a progress bar only on a terminal (or --progress always), and
 # `kvp demo` serves its requests with correct attention and read-back in both layouts and every
 # storage dtype.
 set -u
 kvp=${1:?usage: test_kvp_cli.sh <path to kvp>}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+hf=$here/../data/hf
+golden=$here/../data/v1.0/whole-v3-h64-bf16.kvps
 fails=0
 pass=0
+
+fail() {  # <what> <output>
+  echo "FAIL: $1"
+  echo "$2" | sed 's/^/    /'
+  fails=$((fails + 1))
+}
 
 expect() {  # <expected exit> <stderr|stdout substring> <args...>
   expect_both "$1" "$2" "$2" "${@:3}"
@@ -27,19 +39,154 @@ expect_both() {  # <expected exit> <substring> <another substring> <args...>
   fi
 }
 
+expect_stdout() {  # <expected exit> <stdout substring> <args...>: the substring on stdout, stderr empty
+  local want=$1 needle=$2
+  shift 2
+  local out err rc
+  err=$(mktemp)
+  out=$("$kvp" "$@" 2>"$err")
+  rc=$?
+  if [ "$rc" -ne "$want" ] || [[ "$out" != *"$needle"* ]] || [ -s "$err" ]; then
+    fail "kvp $* -> exit $rc (want $want), stdout lacks '$needle' or stderr not empty" "$out$(cat "$err")"
+  else
+    pass=$((pass + 1))
+  fi
+  rm -f "$err"
+}
+
+same_output() {  # <what> <filter> -- <args A...> -- <args B...>: stdouts equal after sed <filter>
+  local what=$1 filter=$2 a=() b=() out_a out_b
+  shift 3
+  while [ "$1" != "--" ]; do a+=("$1"); shift; done
+  shift
+  b=("$@")
+  out_a=$("$kvp" "${a[@]}" 2>&1 | sed "$filter")
+  out_b=$("$kvp" "${b[@]}" 2>&1 | sed "$filter")
+  if [ -z "$out_a" ] || [ "$out_a" != "$out_b" ]; then
+    fail "$what: kvp ${a[*]} and kvp ${b[*]} differ" "$(diff <(echo "$out_a") <(echo "$out_b"))"
+  else
+    pass=$((pass + 1))
+  fi
+}
+
+valid_json() {  # <what> <args...>: stdout is exactly one JSON object
+  local what=$1 out
+  shift
+  out=$("$kvp" "$@" 2>/dev/null)
+  if ! printf '%s' "$out" | python3 -c 'import json, sys; d = json.load(sys.stdin); assert isinstance(d, dict)' \
+    2>/dev/null; then
+    fail "$what: kvp $* does not print one JSON object" "$out"
+  else
+    pass=$((pass + 1))
+  fi
+}
+
+json_field() {  # <python expression over d> <args...>: prints the value
+  local expr=$1
+  shift
+  "$kvp" "$@" 2>/dev/null | python3 -c "import json, sys; d = json.load(sys.stdin); print($expr)"
+}
+
+expect_value() {  # <what> <expected> <actual>
+  if [ "$2" != "$3" ]; then fail "$1: got '$3', want '$2'" ""; else pass=$((pass + 1)); fi
+}
+
 expect 2 "usage: kvp"
 expect 2 "unknown command 'frobnicate'" frobnicate
 expect 0 "commands:" help
 expect 0 "kvpages 1." version
-expect 0 "usage: kvp plan" plan --help
+# --help: on stdout, exit 0, for every command.
+expect_stdout 0 "commands:" --help
+expect_stdout 0 "usage: kvp plan" plan --help
+expect_stdout 0 "usage: kvp plan" plan -h
+expect_stdout 0 "usage: kvp demo" demo --help
+expect_stdout 0 "usage: kvp inspect" inspect --help
+expect_stdout 0 "usage: kvp load" load --help
+expect_stdout 0 "usage: kvp bench" bench --help
+expect_stdout 0 "usage: kvp version" version --help
 expect 2 "are required" plan --layers 32
 expect 2 "invalid value 'x' for --layers" plan --layers x --kv-heads 8 --head-dim 128 --max-len 8192
 expect 2 "invalid value '-3' for --kv-heads" plan --layers 2 --kv-heads -3 --head-dim 128 --max-len 8192
-expect 2 "invalid value 'int8' for --dtype" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --dtype int8
-expect 2 "invalid value 'v4' for --layout" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --layout v4
+# Errors name the option and list the valid values.
+dtypes="valid values are bf16, fp16, fp32, fp8_e4m3fn, fp8_e5m2"
+expect 2 "invalid value 'int8' for --dtype: $dtypes" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --dtype int8
+expect 2 "invalid value 'fp64' for --dtype: $dtypes" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --dtype fp64
+expect 2 "invalid value 'v4' for --layout: valid values are v2, v3" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --layout v4
+expect 2 "invalid value 'gpu' for --device: valid values are cpu, cuda:N" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --device gpu
+expect 2 "invalid value 'some' for --mode: valid values are free, total" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --mode some
 expect 2 "invalid value '1.5' for --util" plan --layers 2 --kv-heads 8 --head-dim 128 --max-len 8192 --util 1.5
-expect 2 "unknown option '--bogus'" plan --bogus 1
+expect 2 "unknown option '--bogus' (valid options: --layers, --kv-heads" plan --bogus 1
+expect 2 "unknown option '--bogus' (valid options: --quick" bench --bogus=1
 expect 2 "needs a value" plan --layers
+expect 2 "option '--json' takes no value" plan --json=yes
+expect 2 "invalid value 'x' for --layers" plan --layers=x --kv-heads 8 --head-dim 128 --max-len 8192
+expect 2 "invalid value 'eventually' for --progress: valid values are auto, always, never" inspect --progress=eventually "$golden"
+expect 2 "invalid value 'sometimes' for --progress: valid values are auto, always, never" demo --progress sometimes
+expect 2 "invalid value 'x' for --pages: expected page ids and ranges" load "$golden" --save /dev/null --pages x
+expect 2 "--pages selects the pages to save; it needs --save OUT" load "$golden" --pages 1
+# --opt=value is --opt value.
+same_output "--opt=value" "s/x//" -- plan --layers=32 --kv-heads=8 --head-dim=128 --max-len=8192 --budget=24G --dtype=fp8 \
+  -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --dtype fp8
+# --tp N: the KV heads sharded over N devices, each with the budget: the pages of N x the budget.
+plan_section='/^plan$/,$!d'
+same_output "--tp 2" "$plan_section" -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 2 \
+  -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 48G
+expect 0 "KV heads sharded over 4 devices (2 per device)" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 4
+expect 2 "invalid value '3' for --tp: it must divide the model's 8 KV heads; valid values are 1, 2, 4, 8" \
+  plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 3
+expect_value "--tp in JSON" 2 "$(json_field "d['budget']['kv_head_shards']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 2 --json)"
+# kvp plan --hf: three published model configs print the same numbers as the equivalent flags
+# (text and JSON; only the line / fields naming the source differ).
+no_source='/^  source /d'
+no_source_json='s/"source":"[a-z]*","hf_config":\("[^"]*"\|null\),//'
+check_hf() {  # <config> <layers> <kv heads> <head dim> <max len>
+  local cfg=$hf/$1 flags=(--layers "$2" --kv-heads "$3" --head-dim "$4" --max-len "$5" --dtype bf16)
+  same_output "--hf $1" "$no_source" -- plan --hf "$cfg" --budget 80G -- plan "${flags[@]}" --budget 80G
+  same_output "--hf $1 --json" "$no_source_json" -- plan --hf "$cfg" --budget 80G --json -- plan "${flags[@]}" --budget 80G --json
+  same_output "--hf $1 --tp 2" "$no_source" -- plan --hf "$cfg" --budget 40G --tp 2 -- plan "${flags[@]}" --budget 40G --tp 2
+  valid_json "--hf $1 --json" plan --hf "$cfg" --budget 80G --json
+  expect_value "--hf $1: hf_config" "$cfg" "$(json_field "d['hf_config']" plan --hf "$cfg" --budget 80G --json)"
+}
+check_hf llama-3-8b.json 32 8 128 8192
+check_hf qwen2-7b.json 28 4 128 32768
+check_hf mistral-7b-v0.1.json 32 8 128 32768
+expect 0 "Hugging Face config $hf/llama-3-8b.json" plan --hf "$hf/llama-3-8b.json" --budget 80G
+# A flag overrides the config's value.
+same_output "--hf with --max-len" "$no_source" -- plan --hf "$hf/qwen2-7b.json" --max-len 4096 --dtype fp8_e4m3fn --budget 8G \
+  -- plan --layers 28 --kv-heads 4 --head-dim 128 --max-len 4096 --dtype fp8_e4m3fn --budget 8G
+# Configs the reader refuses, each with the file and the field named (exit 1), or accepts
+# (no num_key_value_heads: one KV head per attention head; explicit head_dim; text_config).
+hfdir=$(mktemp -d)
+printf '{"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 256, "max_position_embeddings": 512}' >"$hfdir/mha.json"
+printf '{"num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 96, "hidden_size": 512, "max_position_embeddings": 512, "torch_dtype": "float32"}' >"$hfdir/headdim.json"
+printf '{"model_type": "llava", "text_config": {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 256, "max_position_embeddings": 512, "torch_dtype": "float16"}}' >"$hfdir/nested.json"
+printf '{"num_attention_heads": 4, "hidden_size": 256, "max_position_embeddings": 512}' >"$hfdir/nolayers.json"
+printf '{"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 256, "max_position_embeddings": 512, "torch_dtype": "int8"}' >"$hfdir/int8.json"
+printf '{"num_hidden_layers": -2, "num_attention_heads": 4, "hidden_size": 256, "max_position_embeddings": 512}' >"$hfdir/negative.json"
+printf '{"num_hidden_layers": 2, "num_attention_heads": 3, "hidden_size": 256, "max_position_embeddings": 512}' >"$hfdir/indivisible.json"
+printf '{"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 256, "max_position_embeddings": 512, "kv_lora_rank": 512}' >"$hfdir/mla.json"
+printf '{"num_hidden_layers": 2,' >"$hfdir/truncated.json"
+same_output "--hf without num_key_value_heads" "$no_source" -- plan --hf "$hfdir/mha.json" --budget 1G \
+  -- plan --layers 2 --kv-heads 4 --head-dim 64 --max-len 512 --budget 1G
+same_output "--hf with head_dim and float32" "$no_source" -- plan --hf "$hfdir/headdim.json" --budget 1G \
+  -- plan --layers 2 --kv-heads 2 --head-dim 96 --max-len 512 --dtype fp32 --budget 1G
+same_output "--hf with text_config" "$no_source" -- plan --hf "$hfdir/nested.json" --budget 1G \
+  -- plan --layers 2 --kv-heads 2 --head-dim 64 --max-len 512 --dtype fp16 --budget 1G
+expect 1 "nolayers.json: \"num_hidden_layers\" is missing" plan --hf "$hfdir/nolayers.json"
+expect 1 "int8.json: \"torch_dtype\" is \"int8\"; valid values are \"bfloat16\", \"float16\", \"float32\"" plan --hf "$hfdir/int8.json"
+expect 1 "negative.json: \"num_hidden_layers\" is -2, not a positive integer" plan --hf "$hfdir/negative.json"
+expect 1 "\"hidden_size\" 256 is not a multiple of \"num_attention_heads\" 3" plan --hf "$hfdir/indivisible.json"
+expect 1 "multi-head latent attention" plan --hf "$hfdir/mla.json"
+expect 1 "truncated.json: not valid JSON" plan --hf "$hfdir/truncated.json"
+expect 1 "missing.json: cannot open the file" plan --hf "$hfdir/missing.json"
+# --json: one object with the documented fields.
+valid_json "plan --json" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 62545461248 --json
+expect_value "plan --json num_pages" 3728 \
+  "$(json_field "d['plan']['num_pages']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 62545461248 --json)"
+expect_value "plan --json page_shape" "[3728, 128, 8, 2, 128]" \
+  "$(json_field "d['geometry']['page_shape']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 62545461248 --json)"
+expect_value "plan --json config" 3728 \
+  "$(json_field "d['config']['num_pages']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 62545461248 --json)"
 # Library errors surface with the library's message and exit 1.
 expect 1 "too small for one page" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 1M
 expect 1 "Number of slices should be positive" plan --layers 1 --kv-heads 16 --head-dim 128 --max-len 8192 --page-size 2048 --dtype fp32 --budget 64G
@@ -89,8 +236,9 @@ expect 0 "from host memory" plan --layers 2 --kv-heads 2 --head-dim 64 --max-len
 # The demo: an inference loop over a page pool with prefix caching; it exits 1 on any attention
 # output off the dense recomputation, read-back mismatch or pool invariant failure, so passing
 # it checks reused prefixes against recomputation.
-expect 2 "usage: kvp demo" demo --bogus
-expect 2 "--layers needs an integer" demo --layers 0
+expect 2 "kvp demo: unknown option '--bogus' (valid options: --layout" demo --bogus
+expect 2 "invalid value '0' for --layers: expected an integer in [1, 64]" demo --layers 0
+expect 2 "invalid value 'v9' for --layout: valid values are v2, v3" demo --layout=v9
 expect_both 0 "hit rate 44.4%; 1 pages copied on write" "attention check passed: 1150 token rows x 2 layers" \
   demo --quiet --layers 2
 # Every storage dtype once, each layout with two of them (exit 0 also means the read-back check
@@ -100,10 +248,72 @@ for run in "v2 fp32" "v2 fp8_e4m3fn" "v3 fp16" "v3 fp8_e5m2"; do
   expect 0 "attention check passed" demo --quiet --layers 1 --layout "$1" --dtype "$2"
 done
 
-# bench: a smoke run (the numbers are not checked; they belong in docs/benchmarks.md)
-expect 2 "usage: kvp bench" bench --bogus
-expect 2 "--min-ms needs an integer in [1, 60000]" bench --min-ms 0
+# Save (kvp demo --save, kvp load --save), load and inspect, with and without a progress bar.
+scratch=$(mktemp -d)
+check_progress() {  # <what> <label> <want: bar|none> <command...>: the bar on stderr or none
+  local what=$1 label=$2 want=$3 err
+  shift 3
+  err=$("$@" 2>&1 >/dev/null)
+  if [ "$want" = bar ] && { [[ "$err" != *"$label"*"100%"* ]] || [[ "$err" != *$'\r'* ]]; }; then
+    fail "$what: no progress bar '$label ... 100%' on stderr" "$err"
+  elif [ "$want" = none ] && [[ "$err" == *$'\r'* || "$err" == *"$label ["* ]]; then
+    fail "$what: a progress bar on stderr, which is not a terminal" "$err"
+  else
+    pass=$((pass + 1))
+  fi
+}
+# The default demo cache (4 layers x 320 pages) is a 40 MiB file: above the bar's 32 MiB threshold.
+check_progress "demo --save --progress always" saving bar "$kvp" demo --quiet --save "$scratch/demo.kvps" --progress always
+check_progress "inspect, stderr not a terminal" verifying none "$kvp" inspect "$scratch/demo.kvps"
+check_progress "inspect --progress=always" verifying bar "$kvp" inspect "$scratch/demo.kvps" --progress=always
+check_progress "load --progress always" loading bar "$kvp" load "$scratch/demo.kvps" --progress always
+check_progress "load --save, stderr not a terminal" saving none "$kvp" load "$scratch/demo.kvps" --save "$scratch/copy.kvps"
+check_progress "load --progress never" loading none "$kvp" load "$scratch/demo.kvps" --progress never
+cmp -s "$scratch/demo.kvps" "$scratch/copy.kvps" && pass=$((pass + 1)) || fail "load --save: the copy differs" ""
+# stderr a terminal (script(1) gives the command a pseudo-terminal): the bar appears unasked.
+out=$(script -qec "'$kvp' inspect '$scratch/demo.kvps'" /dev/null 2>&1)
+if [[ "$out" != *"verifying ["*"] 100%"* ]] || [[ "$out" != *"verdict:        OK"* ]]; then
+  fail "inspect on a terminal: no progress bar" "$out"
+else
+  pass=$((pass + 1))
+fi
+out=$(script -qec "'$kvp' load '$scratch/demo.kvps' --save '$scratch/copy2.kvps'" /dev/null 2>&1)
+if [[ "$out" != *"loading "*"] 100%"* ]] || [[ "$out" != *"saving "*"] 100%"* ]]; then
+  fail "load --save on a terminal: no progress bars" "$out"
+else
+  pass=$((pass + 1))
+fi
+cmp -s "$scratch/demo.kvps" "$scratch/copy2.kvps" && pass=$((pass + 1)) || fail "load --save (streaming writer): the copy differs" ""
+# A page selection: --pages 1-3,7 saves four pages, as inspect and load report.
+expect 0 "saved to $scratch/part.kvps" load "$scratch/demo.kvps" --save "$scratch/part.kvps" --pages 1-3,7 --progress=always
+expect_value "inspect --json stored_pages" 4 "$(json_field "d['stored_pages']" inspect --json "$scratch/part.kvps")"
+expect_value "inspect --json page ids" "1 7" "$(json_field "d['first_page_id'], d['last_page_id']" inspect --json "$scratch/part.kvps")"
+expect_value "load --json" "True 4 320 8" \
+  "$(json_field "d['ok'], d['stored_pages'], d['num_pages'], d['kv_heads']" load --json "$scratch/part.kvps")"
+valid_json "inspect --json" inspect --json "$golden"
+expect_value "inspect --json golden" "True KVP_OK v3 bf16" \
+  "$(json_field "d['valid'], d['status'], d['layout'], d['dtype']" inspect --json "$golden")"
+# A damaged file: exit 1, valid false with the status and the reason, in JSON too.
+cp "$scratch/demo.kvps" "$scratch/bad.kvps"
+printf 'X' | dd of="$scratch/bad.kvps" bs=1 seek=5000000 conv=notrunc status=none
+expect 1 "verdict:        INVALID (KVP_ERR_FORMAT_CHECKSUM)" inspect "$scratch/bad.kvps"
+expect_value "inspect --json damaged" "False KVP_ERR_FORMAT_CHECKSUM 4" \
+  "$(json_field "d['valid'], d['status'], d['layers']" inspect --json "$scratch/bad.kvps")"
+expect 1 "kvp load: $scratch/bad.kvps:" load "$scratch/bad.kvps" --progress always
+expect_value "load --json damaged" "False KVP_ERR_FORMAT_CHECKSUM" \
+  "$(json_field "d['ok'], d['status']" load --json "$scratch/bad.kvps")"
+rm -rf "$scratch" "$hfdir"
+
+# bench: smoke runs (the numbers are not checked; they belong in docs/benchmarks.md)
+expect 2 "invalid value '0' for --min-ms: expected an integer in [1, 60000]" bench --min-ms 0
+expect 2 "invalid value '32,8' for --shape: expected LAYERS,KV_HEADS,HEAD_DIM[,DTYPE]" bench --shape 32,8
+expect 2 "invalid value '2,4,64,int4' for --shape: the dtype must be one of bf16, fp16" bench --shape 2,4,64,int4
 expect 0 "prefix-match the whole 128k prompt" bench --quick --min-ms 1
+expect_both 0 "shape: 28 layers, 4 KV heads x 128, bf16 ($hf/qwen2-7b.json)" "28 layers x" bench --quick --min-ms 1 --hf "$hf/qwen2-7b.json"
+valid_json "bench --json" bench --quick --min-ms 1 --shape=2,4,64,fp16 --json
+expect_value "bench --json --shape" "2 4 64 fp16 --shape 3 2" \
+  "$(json_field "d['shape']['layers'], d['shape']['kv_heads'], d['shape']['head_dim'], d['shape']['dtype'], d['shape']['source'], len(d['concatenate']), d['serialization']['layers']" \
+    bench --quick --min-ms 1 --shape 2,4,64,fp16 --json)"
 
 echo "kvp cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]
