@@ -19,7 +19,7 @@ func Example() {
 		panic(err)
 	}
 	defer cache.Close()
-	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}})
+	md, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}}, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -69,7 +69,7 @@ func ExamplePool() {
 	}
 	// Write the K/V of the tokens the pool has pending (all 40 here) into every layer.
 	req, _ := pool.BatchRequest(seq) // NumComputed 0, NumScheduled 40, 3 page ids
-	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{req})
+	md, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{req}, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -112,7 +112,7 @@ func ExampleCache_Attention() {
 		panic(err)
 	}
 	defer cache.Close()
-	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}})
+	md, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}}, nil)
 	if err != nil {
 		panic(err)
 	}
