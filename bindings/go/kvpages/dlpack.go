@@ -55,6 +55,15 @@ func (t *DLPackTensor) Detach() unsafe.Pointer {
 	return unsafe.Pointer(p)
 }
 
+// AdoptDLPack takes ownership of a DLManagedTensor* (for example one handed over by Detach):
+// the result calls its deleter on Release or in its finalizer. It does not keep any Cache
+// reachable: the data stays valid only while the cache it came from is open.
+func AdoptDLPack(p unsafe.Pointer) *DLPackTensor {
+	t := &DLPackTensor{p: (*C.DLManagedTensor)(p)}
+	runtime.SetFinalizer(t, (*DLPackTensor).Release)
+	return t
+}
+
 // Release calls the tensor's deleter (once; later calls are no-ops).
 func (t *DLPackTensor) Release() {
 	if p := t.Detach(); p != nil {
