@@ -237,7 +237,7 @@ func (v *View) Device() Device {
 // dimension's stride in bytes. It checks the cache is open, the memory is host memory, and
 // the run is inside the view.
 func (v *View) run(n int, index []int64) (unsafe.Pointer, uintptr, error) {
-	if v.cache.ptr() == nil {
+	if v.cache.p == nil { // not ptr(): element reads are hot, and v keeps the cache reachable
 		return nil, 0, newError(ErrInvalidHandle, "view of a closed cache")
 	}
 	if v.t.device_type != C.KVP_DEVICE_CPU {
