@@ -77,10 +77,29 @@ rust_msrv() {
   (cd "$here/rust" && RUSTC="$rustc" RUSTDOC="$rustdoc" CARGO_TARGET_DIR="$build/bindings/rust-msrv-target" \
     "$cargo" test --offline --workspace)
 }
+# Go: vet and test the package (also with -tags debug), run the new-user example, then the
+# README quick start (go_readme).
 go_tests() {
   command -v go >/dev/null || { echo "go not found"; return 1; }
-  (cd "$here/go/kvpages" && export GOFLAGS=-mod=mod GOPROXY=off GOCACHE="${GOCACHE:-$build/bindings/go-cache}" &&
-    go vet ./... && go test -count=1 ./... && go test -count=1 -tags debug ./...)
+  (export GOFLAGS=-mod=mod GOPROXY=off GOCACHE="${GOCACHE:-$build/bindings/go-cache}" &&
+    cd "$here/go/kvpages" && go vet ./... && go test -count=1 ./... && go test -count=1 -tags debug ./... &&
+    cd "$here/go/examples" && go vet ./... && go run ./newuser) || return 1
+  go_readme
+}
+# bindings/go/README.md's quick start, run verbatim (the sh block after its go-quickstart marker)
+# in a fresh directory, with only KVPAGES_SRC and KVPAGES_PREFIX set as the README asks and
+# neither PKG_CONFIG_PATH nor LD_LIBRARY_PATH inherited, offline (GOPROXY=off).
+go_readme() {
+  local dir script
+  dir=$(mktemp -d) || return 1
+  script=$(awk '/<!-- go-quickstart/ {m=1; next} m && /^```sh$/ {b=1; next} b && /^```$/ {exit} b' "$here/go/README.md")
+  [ -n "$script" ] || { echo "bindings/go/README.md has no go-quickstart block"; rm -rf "$dir"; return 1; }
+  (cd "$dir" && env -u PKG_CONFIG_PATH -u LD_LIBRARY_PATH -u CGO_LDFLAGS KVPAGES_SRC="$here/.." \
+    KVPAGES_PREFIX="$work/prefix" GOFLAGS=-mod=mod GOPROXY=off GOCACHE="${GOCACHE:-$build/bindings/go-cache}" \
+    bash -euo pipefail -c "$script")
+  local rc=$?
+  rm -rf "$dir"
+  return $rc
 }
 # The Zig version the binding states (minimum_zig_version in build.zig.zon, also in the README and
 # docs/bindings.md) is the one tested: `zig` on PATH or PyPI's ziglang, whichever is that version.

@@ -71,7 +71,7 @@ func cacheWithContext(t *testing.T, cfg *Config) *Cache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md, _, err := BuildMetadata(cfg, []BatchRequest{{0, 5, []int32{3, 7}}})
+	md, err := BuildMetadata(cfg, []BatchRequest{{0, 5, []int32{3, 7}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,10 +85,11 @@ func cacheWithContext(t *testing.T, cfg *Config) *Cache {
 // e1Step is the step's metadata: the decode row first, then the fresh prefill.
 func e1Step(t *testing.T, cfg *Config) *Metadata {
 	t.Helper()
-	md, order, err := BuildMetadata(cfg, []BatchRequest{{5, 1, []int32{3, 7}}, {0, 3, []int32{5}}})
+	md, err := BuildMetadata(cfg, []BatchRequest{{5, 1, []int32{3, 7}}, {0, 3, []int32{5}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	order := md.Order()
 	if len(order) != 2 || order[0] != 0 || order[1] != 1 {
 		t.Fatalf("order %v", order)
 	}

@@ -1,6 +1,8 @@
 package kvpages_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"math"
 
@@ -19,7 +21,7 @@ func Example() {
 		panic(err)
 	}
 	defer cache.Close()
-	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}})
+	md, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}}, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -69,7 +71,7 @@ func ExamplePool() {
 	}
 	// Write the K/V of the tokens the pool has pending (all 40 here) into every layer.
 	req, _ := pool.BatchRequest(seq) // NumComputed 0, NumScheduled 40, 3 page ids
-	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{req})
+	md, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{req}, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -112,7 +114,7 @@ func ExampleCache_Attention() {
 		panic(err)
 	}
 	defer cache.Close()
-	md, _, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}})
+	md, err := kvpages.BuildMetadata(cfg, []kvpages.BatchRequest{{NumComputed: 0, NumScheduled: 3, PageIDs: []int32{1}}}, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -136,4 +138,57 @@ func ExampleCache_Attention() {
 	// Output:
 	// token 2, head 0, lane 5 = -261
 	// KVP_ERR_INVALID_ARGUMENT
+}
+
+// A mixed batch in bf16, the default dtype: keys and values are given per request, in the order
+// of the requests; the builder's decode-first row order is applied for you. Then the used pages
+// go through an io.Writer into a new cache.
+func ExampleConcatenateRequests() {
+	cfg, err := kvpages.NewConfig(kvpages.ConfigOptions{NumHiddenLayers: 1, NumKVHeads: 1, MaxModelLength: 64,
+		HeadDim: 128, PageSize: 16, BudgetBytes: 1 << 20})
+	if err != nil {
+		panic(err)
+	}
+	cache, _ := kvpages.NewCache(cfg)
+	defer cache.Close()
+	reqs := []kvpages.BatchRequest{
+		{NumComputed: 0, NumScheduled: 2, PageIDs: []int32{1}}, // prefill
+		{NumComputed: 4, NumScheduled: 1, PageIDs: []int32{2}}, // decode at position 4
+	}
+	md, err := kvpages.BuildMetadata(cfg, reqs, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer md.Close()
+	fill := func(x float32, tokens int) []kvpages.BF16 {
+		v := make([]float32, tokens*128)
+		for i := range v {
+			v[i] = x
+		}
+		return kvpages.FromFloat32[kvpages.BF16](v)
+	}
+	keys := [][]kvpages.BF16{fill(1.5, 2), fill(-3, 1)}
+	if err := kvpages.ConcatenateRequests(cache, 0, keys, keys, md); err != nil {
+		panic(err)
+	}
+	view, _ := cache.View(0, kvpages.ViewKeys)
+	a, _ := view.F32(1, 1, 0, 0) // request 0, token 1
+	b, _ := view.F32(2, 4, 0, 0) // request 1, position 4
+	fmt.Println("rows", md.Order(), "keys", a, b)
+
+	var blob bytes.Buffer
+	if err := cache.Save(context.Background(), &blob, &kvpages.SaveOptions{PageIDs: []int32{1, 2}}); err != nil {
+		panic(err)
+	}
+	loaded, err := kvpages.Load(context.Background(), &blob, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer loaded.Close()
+	view, _ = loaded.View(0, kvpages.ViewKeys)
+	b, _ = view.F32(2, 4, 0, 0)
+	fmt.Println("loaded", view.Dtype(), b)
+	// Output:
+	// rows [1 0] keys 1.5 -3
+	// loaded bf16 -3
 }

@@ -33,10 +33,11 @@ func token(tk, h, d int) float32 { return float32(tk*1000 + h*256 + d) }
 // layer 1 and returns the metadata and the keys.
 func writeBatch(t *testing.T, c *Cache, cfg *Config) (*Metadata, []float32, []float32) {
 	t.Helper()
-	md, order, err := BuildMetadata(cfg, []BatchRequest{{0, 3, []int32{1}}, {5, 1, []int32{2}}})
+	md, err := BuildMetadata(cfg, []BatchRequest{{0, 3, []int32{1}}, {5, 1, []int32{2}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	order := md.Order()
 	if len(order) != 2 || order[0] != 1 || order[1] != 0 {
 		t.Fatalf("order %v, want [1 0] (decode first)", order)
 	}
@@ -155,7 +156,7 @@ func makeGarbage(t *testing.T, cfg *Config) (uintptr, uintptr) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md, _, err := BuildMetadata(cfg, []BatchRequest{{0, 1, []int32{1}}})
+	md, err := BuildMetadata(cfg, []BatchRequest{{0, 1, []int32{1}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,23 +257,45 @@ func TestLayersCopyThroughTheHost(t *testing.T) {
 	}
 }
 
+// A cache lives on the device its config was budgeted for: without that CUDA device, budgeting
+// from it fails, and so does creating a cache on it with an explicit budget.
 func TestCudaCacheNeedsADevice(t *testing.T) {
-	cfg := newConfig(t)
 	n, err := DeviceCount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewCacheOnDevice(cfg, n)
+	opts := ConfigOptions{NumHiddenLayers: 2, NumKVHeads: heads, MaxModelLength: 64, HeadDim: headDim,
+		PageSize: page, Dtype: DtypeF32, Device: CUDA(n)}
+	if cfg, err := NewConfig(opts); cfg != nil || !errors.Is(err, ErrNoDevice) {
+		t.Fatalf("budget from CUDA device %d of %d: config %v, error %v", n, n, cfg, err)
+	}
+	opts.BudgetBytes = 1 << 20
+	cfg, err := NewConfig(opts)
+	if err != nil || cfg.Device() != CUDA(n) {
+		t.Fatalf("explicit budget: %v, %v", cfg, err)
+	}
+	c, err := NewCache(cfg)
 	if c != nil || !errors.Is(err, ErrNoDevice) || !strings.Contains(err.Error(), strconv.Itoa(n)) {
 		t.Fatalf("CUDA device %d of %d: cache %v, error %v", n, n, c, err)
 	}
 	if n > 0 {
-		g, err := NewCacheOnDevice(cfg, 0)
+		opts.Device, opts.BudgetBytes = CUDA(0), 0
+		cfg, err := NewConfig(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := NewCache(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer g.Close()
+		if d, err := g.Device(); err != nil || d != CUDA(0) {
+			t.Fatalf("device %v, %v", d, err)
+		}
 		if _, err := g.ReadLayer(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.AsyncError(); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -7,7 +7,6 @@ package kvpages
 import "C"
 
 import (
-	"fmt"
 	"runtime"
 	"unsafe"
 )
@@ -107,7 +106,7 @@ func (p *Pool) Cache() *Cache { return p.cache }
 func (p *Pool) handle() (*C.kvp_pool, error) {
 	h := p.ptr()
 	if h == nil {
-		return nil, &Error{Code: int32(C.KVP_ERR_INVALID_HANDLE), Name: ErrInvalidHandle.Name, Message: "pool is closed"}
+		return nil, newError(ErrInvalidHandle, "pool is closed")
 	}
 	return h, nil
 }
@@ -163,8 +162,7 @@ func (p *Pool) Append(seq SeqID, tokens []int32) error {
 
 func size(n int, what string) (C.size_t, error) {
 	if n < 0 {
-		return 0, &Error{Code: int32(C.KVP_ERR_INVALID_ARGUMENT), Name: ErrInvalidArgument.Name,
-			Message: fmt.Sprintf("%s %d is negative", what, n)}
+		return 0, newError(ErrInvalidArgument, "%s %d is negative", what, n)
 	}
 	return C.size_t(n), nil
 }
@@ -190,8 +188,7 @@ func (p *Pool) Truncate(seq SeqID, newLength int) error {
 // Fork calls kvp_pool_fork: numChildren new sequences that share all of seq's pages.
 func (p *Pool) Fork(seq SeqID, numChildren int) ([]SeqID, error) {
 	if numChildren < 0 || numChildren > 1<<20 {
-		return nil, &Error{Code: int32(C.KVP_ERR_INVALID_ARGUMENT), Name: ErrInvalidArgument.Name,
-			Message: fmt.Sprintf("numChildren %d out of range", numChildren)}
+		return nil, newError(ErrInvalidArgument, "numChildren %d out of range", numChildren)
 	}
 	out := make([]C.kvp_seq_id, numChildren+1) // +1: never a zero-length slice to index
 	err := p.do(func(h *C.kvp_pool) C.kvp_status {
@@ -317,8 +314,7 @@ func (p *Pool) ClearPrefixCache() error {
 // every layer. Destinations must be distinct and none of them a source.
 func (c *Cache) CopyPages(src, dst []int32) error {
 	if len(src) != len(dst) {
-		return &Error{Code: int32(C.KVP_ERR_INVALID_ARGUMENT), Name: ErrInvalidArgument.Name,
-			Message: fmt.Sprintf("%d source pages but %d destination pages", len(src), len(dst))}
+		return newError(ErrInvalidArgument, "%d source pages but %d destination pages", len(src), len(dst))
 	}
 	h, err := c.handle()
 	if err != nil {

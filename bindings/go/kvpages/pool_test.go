@@ -40,10 +40,11 @@ func writePending(t *testing.T, p *Pool, cfg *Config, seqs []pending) {
 		reqs[i] = r
 		rows += int(r.NumScheduled)
 	}
-	md, order, err := BuildMetadata(cfg, reqs)
+	md, err := BuildMetadata(cfg, reqs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	order := md.Order()
 	defer md.Close()
 	for layer := 0; layer < poolLayers; layer++ {
 		key := make([]float32, 0, rows*heads*headDim)
@@ -123,7 +124,7 @@ func mustState(t *testing.T, p *Pool, page int32) (uint32, uint32) {
 	return rc, fl
 }
 
-func wantErr(t *testing.T, err error, sentinel *Error, name string) *Error {
+func wantErr(t *testing.T, err error, sentinel Status, name string) *Error {
 	t.Helper()
 	var e *Error
 	if !errors.As(err, &e) || !errors.Is(err, sentinel) || e.Name != name || e.Message == "" {
@@ -288,7 +289,7 @@ func TestPoolScenario(t *testing.T) {
 	// Error paths: each reports its code and a message, and changes nothing.
 	before := mustStats(t, p)
 	e := wantErr(t, p.FreeSequence(a), ErrNotFound, "KVP_ERR_NOT_FOUND")
-	if e.Code != 3 || errors.Is(e, ErrOutOfPages) {
+	if e.Status != 3 || errors.Is(e, ErrOutOfPages) {
 		t.Fatalf("%+v", e)
 	}
 	_, _, err = p.Length(a)
@@ -319,7 +320,7 @@ func TestPoolScenario(t *testing.T) {
 		s, reused, err := p.AddSequence(toks, 7, false)
 		if err != nil {
 			e := wantErr(t, err, ErrOutOfPages, "KVP_ERR_OUT_OF_PAGES")
-			if e.Code != 65 || errors.Is(e, ErrNotFound) {
+			if e.Status != 65 || errors.Is(e, ErrNotFound) {
 				t.Fatalf("%+v", e)
 			}
 			if st := mustStats(t, p); st != before {
