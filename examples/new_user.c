@@ -3,9 +3,9 @@
  * three decode tokens in ONE mixed batch, read the keys and values back, save the pages in use
  * to a file, load them into a new cache and compare again.
  *
- * The batch goes through kvp_metadata_build(), which puts decode requests first: row i of the
- * key/value tensors belongs to request order[i], so the program packs each request's tokens in
- * that row order. Every value is a multiple of 1/64 in [-2, 2), exact in bf16, so what the cache
+ * The batch goes through kvp_metadata_build(), which puts decode requests first. With
+ * KVP_BATCH_FLAG_REQUEST_ORDER the program packs the keys and values in its own request order
+ * anyway: the metadata records where each row's tokens are, so nothing is repacked. Every value is a multiple of 1/64 in [-2, 2), exact in bf16, so what the cache
  * holds compares exactly with what was written (kvp_convert turns the bf16 read back into f32).
  *
  * Usage: new_user [FILE] (default: new_user.kvps in the current directory; removed at the end).
@@ -57,17 +57,18 @@ static float element(int kind, int64_t layer, int r, int64_t t, int e) {
   return (float)(n - 128) / 64.0f;
 }
 
-/* Packs the batch's keys or values, bf16 [T, H, D], in the builder's row order. */
+/* Packs the batch's keys or values, bf16 [T, H, D], in request order: request 0's tokens, then
+ * request 1's, and so on. */
 /* [pack] */
-static void pack(int kind, int64_t layer, const int32_t *order, const int32_t *query_start, uint16_t *out) {
+static void pack(int kind, int64_t layer, uint16_t *out) {
   float row[ROW];
-  int i, e;
-  for (i = 0; i < NUM_REQUESTS; ++i) {
-    const int r = order[i];
+  int64_t at = 0;
+  int r, e;
+  for (r = 0; r < NUM_REQUESTS; ++r) {
     int64_t t;
-    for (t = 0; t < requests[r].scheduled; ++t) {
+    for (t = 0; t < requests[r].scheduled; ++t, ++at) {
       for (e = 0; e < ROW; ++e) row[e] = element(kind, layer, r, t, e);
-      CHECK(kvp_convert(row, KVP_DTYPE_F32, out + (size_t)(query_start[i] + t) * ROW, KVP_DTYPE_BF16, ROW));
+      CHECK(kvp_convert(row, KVP_DTYPE_F32, out + (size_t)at * ROW, KVP_DTYPE_BF16, ROW));
     }
   }
 }
@@ -93,7 +94,7 @@ static kvp_tensor host_tensor(void *data, int64_t tokens) {
 static void write_batch(kvp_cache *cache, const kvp_config *cfg) {
   kvp_batch_request batch[NUM_REQUESTS];
   int32_t order[NUM_REQUESTS];
-  const int32_t *query_start = NULL;
+  kvp_batch_options opts = KVP_BATCH_OPTIONS_INIT;
   kvp_metadata *md = NULL;
   int64_t tokens = 0, layer;
   uint16_t *keys, *values;
@@ -106,8 +107,8 @@ static void write_batch(kvp_cache *cache, const kvp_config *cfg) {
     tokens += requests[r].scheduled;
   }
   /* [batch] */
-  CHECK(kvp_metadata_build(cfg, batch, NUM_REQUESTS, NULL, order, &md));
-  CHECK(kvp_metadata_get_array(md, KVP_METADATA_QUERY_START_LOC, &query_start, NULL));
+  opts.flags = KVP_BATCH_FLAG_REQUEST_ORDER; /* keys and values stay in our request order */
+  CHECK(kvp_metadata_build(cfg, batch, NUM_REQUESTS, &opts, order, &md));
   printf("rows of the batch, decode first:");
   for (r = 0; r < NUM_REQUESTS; ++r) printf(" %s%s", requests[order[r]].name, r + 1 < NUM_REQUESTS ? "," : "\n");
   keys = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)tokens * ROW);
@@ -115,8 +116,8 @@ static void write_batch(kvp_cache *cache, const kvp_config *cfg) {
   if (keys == NULL || values == NULL) exit(1);
   for (layer = 0; layer < LAYERS; ++layer) {
     kvp_tensor k = host_tensor(keys, tokens), v = host_tensor(values, tokens);
-    pack(0, layer, order, query_start, keys);
-    pack(1, layer, order, query_start, values);
+    pack(0, layer, keys);
+    pack(1, layer, values);
     CHECK(kvp_concatenate(cache, (uint32_t)layer, &k, &v, md, NULL));
   }
   /* [batch] */

@@ -6,7 +6,7 @@
 //
 // The batch goes through kvp_metadata_build(), which puts decode requests first: row i of the
 // key/value tensors belongs to request order[i], so each request's tokens are packed in that row
-// order. Every value is a multiple of 1/64 in [-2, 2), exact in bf16, so what the cache holds
+// order (the C program shows the other way: KVP_BATCH_FLAG_REQUEST_ORDER, no repacking). Every value is a multiple of 1/64 in [-2, 2), exact in bf16, so what the cache holds
 // compares exactly with what was written (kvp_convert turns the bf16 read back into f32).
 //
 // Usage: new_user_cpp [FILE] (default: new_user_cpp.kvps; removed at the end).

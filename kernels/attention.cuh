@@ -90,8 +90,12 @@ __device__ __forceinline__ AttnRow check_row_header(const AttentionParams& p, in
     if (report_errors) report(p.err, p.mirror, kDevOpAttention, kDevErrQueryStart, i + 1, qe, p.num_tokens);
     return r;
   }
-  r.qs = qs;
   r.q_len = qe - qs;
+  r.qs = qs;
+  if (p.token_starts != nullptr) {  // host-validated: the blocks tile the same rows
+    KVP_EMU_CHECK(&p.token_starts[i], 4, 4, false, p.token_starts);
+    r.qs = p.token_starts[i];
+  }
   r.state = kRowBad;
   KVP_EMU_CHECK(&p.context_lens[i], 4, 4, false, p.context_lens);
   r.len = p.context_lens[i];

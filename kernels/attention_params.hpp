@@ -40,6 +40,7 @@ struct AttentionParams {
   int64_t num_reqs, pages_per_req;
   const int32_t* context_lens;
   const int32_t* query_start_loc;
+  const int32_t* token_starts;    // host-validated only: row i's first query/output row; nullptr = query_start_loc[i]
   const int32_t* num_rows_ptr;    // &request_distribution[2] or &num_seqs[0]
   // Options.
   float logit_scale, soft_cap, v_scale;

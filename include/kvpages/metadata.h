@@ -44,7 +44,7 @@ KVP_BEGIN_DECLS
 typedef struct kvp_metadata kvp_metadata;
 
 /** Current value of kvp_metadata_desc::abi_version. */
-#define KVP_METADATA_DESC_VERSION 1u
+#define KVP_METADATA_DESC_VERSION 2u
 
 /**
  * @brief Description of caller-owned runtime metadata arrays (all `int32_t`, row-major).
@@ -84,6 +84,14 @@ typedef struct kvp_metadata_desc {
   int64_t request_distribution_len;     /**< 3 when `request_distribution` is given. */
   const int32_t *position_ids;          /**< Optional `[position_ids_len]` token positions (not used by writes). */
   int64_t position_ids_len;             /**< Length of `position_ids`. */
+  /** Optional `[num_reqs]` (since 1.2, abi_version 2): row i's tokens are rows `token_starts[i]
+   *  … token_starts[i] + q_len_i - 1` of the keys, values, queries and attention output, where
+   *  q_len_i = `query_start_loc[i+1] - query_start_loc[i]`; NULL = they are at
+   *  `query_start_loc[i]`. The processed rows' token ranges must tile `[query_start_loc[0],
+   *  query_start_loc[n])` exactly (a permutation of the rows' blocks). Host metadata only.
+   *  kvp_metadata_build() with ::KVP_BATCH_FLAG_REQUEST_ORDER fills it. */
+  const int32_t *token_starts;
+  int64_t token_starts_len;             /**< `num_reqs` when `token_starts` is given, else 0. */
 } kvp_metadata_desc;
 
 #ifdef __cplusplus
@@ -196,6 +204,8 @@ typedef uint32_t kvp_metadata_field;
 #define KVP_METADATA_REQUEST_DISTRIBUTION 6u
 /** `position_ids`. */
 #define KVP_METADATA_POSITION_IDS 7u
+/** `token_starts`, `[num_reqs]` (since 1.2). */
+#define KVP_METADATA_TOKEN_STARTS 8u
 
 /**
  * @brief Returns one array of a metadata handle and its length in elements.
@@ -254,6 +264,12 @@ typedef struct kvp_batch_request {
 #define KVP_BATCH_FLAG_TIGHT_SLICES (1u << 1)
 /** Flag: keep the caller's request order (no decode-first reordering; v3 then requires decodes to come first anyway). */
 #define KVP_BATCH_FLAG_KEEP_ORDER (1u << 2)
+/** Flag (since 1.2): the step's keys, values and queries are packed in the order of `requests`
+ *  (each active request's tokens contiguous, inactive ones taking no rows), and attention writes
+ *  its output in that order too. The metadata records where each row's tokens are
+ *  (kvp_metadata_desc::token_starts) and `position_ids` follow the same packing, so the caller
+ *  never repacks by `order_out`. */
+#define KVP_BATCH_FLAG_REQUEST_ORDER (1u << 3)
 
 /** Current value of kvp_batch_options::abi_version. */
 #define KVP_BATCH_OPTIONS_VERSION 1u
@@ -289,15 +305,23 @@ KVP_API kvp_status KVP_CALL kvp_batch_options_init(kvp_batch_options *opts, uint
  *
  * Requests with `num_scheduled > 0` are active and get one row each; decode requests
  * (`num_scheduled == 1` and `num_computed > 0`) come first, then the others, each group in the
- * caller's order (a stable partition). `order_out[row]` tells which request occupies a row, so
- * the caller packs its new keys/values in that order: request `order_out[i]`'s tokens are rows
- * `query_start_loc[i] … query_start_loc[i+1]-1` of the key/value tensors.
+ * caller's order (a stable partition). Where the step's tokens are in the key, value and query
+ * tensors:
+ * - with ::KVP_BATCH_FLAG_REQUEST_ORDER (recommended): in the caller's own order — the active
+ *   requests of `requests`, in that order, each one's tokens contiguous. The metadata records
+ *   each row's position (`token_starts`), and kvp_concatenate() / kvp_attention() read (and
+ *   attention writes its output) there: nothing to repack, whatever the row order.
+ * - without it: in row order. `order_out[row]` tells which request occupies a row, and the
+ *   caller must pack request `order_out[i]`'s tokens as rows `query_start_loc[i] …
+ *   query_start_loc[i+1]-1`; packing them in request order instead writes the wrong tokens
+ *   without an error whenever the batch was reordered.
  *
  * Arrays produced (R rows, see kvp_batch_options): `pages_tables [R, max_num_pages_per_req]`
  * (page ids in logical order, padded with the null page 0), `context_lens [R]` =
  * `num_computed + num_scheduled` (0 for padding rows), `query_start_loc [R + 1]` (the last value
  * repeated over padding rows), `num_seqs [1]`, `position_ids [T]` (positions
- * `num_computed + t` of each token, padded with 0), and
+ * `num_computed + t` of each token, in the tokens' packing, padded with 0), with
+ * ::KVP_BATCH_FLAG_REQUEST_ORDER `token_starts [R]` (0 for padding rows), and
  * - v3: `request_distribution = [decode, decode + prefill, active]`;
  * - v2: the slice list `slot_mapping [3, N]` (one slice per request and touched page, in row
  *   order; columns dst slot, src token, length; unused columns 0), `num_kv_update_slices [1]`,
@@ -327,12 +351,16 @@ KVP_API kvp_status KVP_CALL kvp_batch_options_init(kvp_batch_options *opts, uint
  * @threadsafety Thread-safe.
  * @since 1.0
  * @code
+ * // A prefill of 6 tokens and a decode, keys/values packed as the caller has them: 6 + 1 rows.
  * int32_t pages0[] = {1, 2}, pages1[] = {3};
  * kvp_batch_request reqs[2] = {{0, 6, pages0, 2}, {2, 1, pages1, 1}};
+ * kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+ * bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
  * int32_t order[2];
  * kvp_metadata *md = NULL;
- * if (kvp_metadata_build(&cfg, reqs, 2, NULL, order, &md) == KVP_OK) {
- *   // order = {1, 0}: the decode request comes first; pack its token first.
+ * if (kvp_metadata_build(&cfg, reqs, 2, &bo, order, &md) == KVP_OK) {
+ *   // order = {1, 0}: the decode is row 0, but its token stays at row 6 of the keys/values.
+ *   kvp_concatenate(cache, 0, &keys, &values, md, NULL);
  *   kvp_metadata_destroy(md);
  * }
  * @endcode

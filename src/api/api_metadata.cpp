@@ -38,6 +38,8 @@ void fill_desc(const MetadataArrays& a, kvp_metadata_desc& d) {
   d.request_distribution_len = a.request_distribution_len;
   d.position_ids = a.position_ids;
   d.position_ids_len = a.position_ids_len;
+  d.token_starts = a.token_starts;
+  d.token_starts_len = a.token_starts_len;
 }
 }  // namespace
 
@@ -97,6 +99,7 @@ KVP_API kvp_status kvp_metadata_get_array(const kvp_metadata* metadata, kvp_meta
     case KVP_METADATA_NUM_KV_UPDATE_SLICES: p = a.num_kv_update_slices; n = a.num_kv_update_slices_len; break;
     case KVP_METADATA_REQUEST_DISTRIBUTION: p = a.request_distribution; n = a.request_distribution_len; break;
     case KVP_METADATA_POSITION_IDS: p = a.position_ids; n = a.position_ids_len; break;
+    case KVP_METADATA_TOKEN_STARTS: p = a.token_starts; n = a.token_starts_len; break;
     default:
       fail(KVP_ERR_INVALID_ARGUMENT, "kvp_metadata_get_array: unknown field %u (expected KVP_METADATA_*)",
            static_cast<unsigned>(field));

@@ -34,7 +34,14 @@ struct MetadataArrays {
   int64_t request_distribution_len = 0;
   const int32_t* position_ids = nullptr;
   int64_t position_ids_len = 0;
+  const int32_t* token_starts = nullptr;  // host only: row i's first token row; nullptr = query_start_loc[i]
+  int64_t token_starts_len = 0;
 };
+
+// The first key/value/query/output row of request row i (host-validated metadata).
+inline int64_t token_start(const MetadataArrays& m, int64_t i) {
+  return m.token_starts != nullptr ? m.token_starts[i] : m.query_start_loc[i];
+}
 
 // One tensor [T, H, D] on the cache's device, strides in elements.
 struct TensorArg {

@@ -11,8 +11,8 @@ namespace kvp::detail {
 
 namespace {
 constexpr int64_t kI32Max = std::numeric_limits<int32_t>::max();
-constexpr uint32_t kKnownFlags =
-    KVP_BATCH_FLAG_SEED_DISTRIBUTION | KVP_BATCH_FLAG_TIGHT_SLICES | KVP_BATCH_FLAG_KEEP_ORDER;
+constexpr uint32_t kKnownFlags = KVP_BATCH_FLAG_SEED_DISTRIBUTION | KVP_BATCH_FLAG_TIGHT_SLICES |
+                                  KVP_BATCH_FLAG_KEEP_ORDER | KVP_BATCH_FLAG_REQUEST_ORDER;
 
 struct Slice {
   int64_t dst, src, len;
@@ -75,12 +75,30 @@ void check_request(const kvp_config& cfg, const kvp_batch_request& r, uint32_t i
 bool is_decode(const kvp_batch_request& r) { return r.num_scheduled == 1 && r.num_computed > 0; }
 
 // The active requests (num_scheduled > 0) in row order: decode rows first (stable) unless
-// KEEP_ORDER; `decode` = the leading decode rows.
+// KEEP_ORDER; `decode` = the leading decode rows. `start[row]`: the row's first token in the
+// packing of keys/values (row order, or with REQUEST_ORDER the order of the requests).
 struct Rows {
   HostVector<uint32_t> order;
+  HostVector<int64_t> start;
   int64_t decode = 0;
   int64_t total_tokens = 0;
 };
+
+// Token packing: request order (REQUEST_ORDER: each active request's tokens after those of the
+// active requests before it) or row order.
+void assign_starts(const kvp_batch_request* reqs, uint32_t num_requests, bool request_order, Rows& rows) {
+  HostVector<int64_t> by_request(num_requests, 0);
+  int64_t t = 0;
+  for (uint32_t i = 0; i < num_requests && request_order; ++i) {
+    by_request[i] = t;
+    t += reqs[i].num_scheduled;
+  }
+  rows.start.reserve(rows.order.size());
+  for (uint32_t idx : rows.order) {
+    rows.start.push_back(request_order ? by_request[idx] : t);
+    if (!request_order) t += reqs[idx].num_scheduled;
+  }
+}
 
 Rows collect_rows(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t num_requests,
                   const kvp_batch_options& opts, int64_t W, const char* fn) {
@@ -101,6 +119,7 @@ Rows collect_rows(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t
   rows.order.insert(rows.order.end(), other.begin(), other.end());
   while (rows.decode < static_cast<int64_t>(rows.order.size()) && is_decode(reqs[rows.order[static_cast<size_t>(rows.decode)]]))
     ++rows.decode;
+  assign_starts(reqs, num_requests, (opts.flags & KVP_BATCH_FLAG_REQUEST_ORDER) != 0, rows);
   return rows;
 }
 
@@ -116,9 +135,9 @@ HostVector<Slice> v2_slices(const kvp_config& cfg, const kvp_batch_request* reqs
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages %lld x page_size %lld = %lld flat slots do not fit the int32 slice list",
          fn, ll(P), ll(S), ll(slots));
   HostVector<Slice> slices;
-  int64_t src = 0;
-  for (uint32_t idx : rows.order) {
-    const kvp_batch_request& r = reqs[idx];
+  for (size_t row = 0; row < rows.order.size(); ++row) {
+    const kvp_batch_request& r = reqs[rows.order[row]];
+    int64_t src = rows.start[row];
     const int64_t a = r.num_computed, e = a + r.num_scheduled;
     const int64_t lp0 = a / S, lp1 = (e - 1) / S;
     for (int64_t lp = lp0; lp <= lp1; ++lp) {
@@ -152,13 +171,16 @@ void fill_metadata(Metadata& m, const kvp_batch_request* reqs, const Rows& rows,
   int32_t* cl = m.mut(a.context_lens);
   int32_t* qsl = m.mut(a.query_start_loc);
   int32_t* pos = m.mut(a.position_ids);
+  int32_t* ts = m.mut(a.token_starts);  // REQUEST_ORDER only
   int64_t q = 0;
   qsl[0] = 0;
   for (int64_t row = 0; row < N; ++row) {
     const kvp_batch_request& r = reqs[rows.order[static_cast<size_t>(row)]];
+    const int64_t start = rows.start[static_cast<size_t>(row)];
     for (int64_t k = 0; k < r.num_pages; ++k) pt[row * W + k] = r.page_ids[k];
     cl[row] = static_cast<int32_t>(r.num_computed + r.num_scheduled);
-    for (int64_t t = 0; t < r.num_scheduled; ++t) pos[q + t] = static_cast<int32_t>(r.num_computed + t);
+    for (int64_t t = 0; t < r.num_scheduled; ++t) pos[start + t] = static_cast<int32_t>(r.num_computed + t);
+    if (ts != nullptr) ts[row] = static_cast<int32_t>(start);
     q += r.num_scheduled;
     qsl[row + 1] = static_cast<int32_t>(q);
   }
@@ -227,6 +249,7 @@ kvp_metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* req
   s.query_start_loc_len = R + 1;
   s.num_seqs_len = 1;
   s.position_ids_len = T;
+  if (opts.flags & KVP_BATCH_FLAG_REQUEST_ORDER) s.token_starts_len = R;
   if (v2) {
     s.num_slices = columns;
     s.num_kv_update_slices_len = 1;

@@ -95,8 +95,8 @@ void runs_v3(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& seqs_ou
   const int64_t n = processed_rows(m, true, fn), W = m.pages_per_req, S = job.layout.page_size;
   check_page_rows(m, job.layout, n, job.num_tokens, false, fn);
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t qs = m.query_start_loc[r], kv_len = m.context_lens[r];
-    const int64_t first = kv_len - (m.query_start_loc[r + 1] - qs);
+    const int64_t qs = token_start(m, r), kv_len = m.context_lens[r];
+    const int64_t first = kv_len - (m.query_start_loc[r + 1] - m.query_start_loc[r]);
     for (int64_t pos = first; pos < kv_len;) {
       const int64_t page = m.pages_tables[r * W + pos / S], row = pos % S;
       const int64_t len = std::min(S - row, kv_len - pos);

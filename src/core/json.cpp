@@ -146,6 +146,7 @@ HostString metadata_to_json(const kvp_metadata* md, const char* fn) {
   opt("position_ids", d.position_ids, d.position_ids_len);
   opt("request_distribution", d.request_distribution, d.request_distribution_len);
   opt("num_kv_update_slices", d.num_kv_update_slices, d.num_kv_update_slices_len);
+  if (d.token_starts != nullptr) opt("token_starts", d.token_starts, d.token_starts_len);  // kvpages' own field
   const char* ver = layout_name(d.version == KVP_LAYOUT_DEFAULT ? KVP_LAYOUT_V3 : d.version);
   s += ", \"version\": \"";
   s += ver != nullptr ? ver : "v3";

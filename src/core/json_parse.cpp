@@ -311,11 +311,12 @@ kvp_config config_from_json(const char* text, size_t len, const char* fn) {
 }
 
 kvp_metadata* metadata_from_json(const char* text, size_t len, const char* fn) {
-  Field fs[10];
-  const char* names[10] = {"version",  "page_size",    "pages_tables",         "context_lens", "query_start_loc",
-                           "num_seqs", "slot_mapping", "position_ids", "request_distribution", "num_kv_update_slices"};
-  for (size_t i = 0; i < 10; ++i) fs[i].name = names[i];
-  read_fields(text, len, fs, 10, fn);
+  Field fs[11];
+  const char* names[11] = {"version",      "page_size",    "pages_tables",         "context_lens",
+                           "query_start_loc", "num_seqs", "slot_mapping",         "position_ids",
+                           "request_distribution", "num_kv_update_slices", "token_starts"};
+  for (size_t i = 0; i < 11; ++i) fs[i].name = names[i];
+  read_fields(text, len, fs, 11, fn);
   const char* ver = get_str(*field(fs, "version"), "v3", fn);
   if (std::strcmp(ver, "v3") != 0 && std::strcmp(ver, "v2") != 0)
     fail(KVP_ERR_NOT_FOUND, "%s: unknown version \"%.64s\" (expected \"v2\" or \"v3\")", fn, ver);
@@ -332,11 +333,13 @@ kvp_metadata* metadata_from_json(const char* text, size_t len, const char* fn) {
   const Field& pi = *field(fs, "position_ids");
   const Field& rd = *field(fs, "request_distribution");
   const Field& nk = *field(fs, "num_kv_update_slices");
+  const Field& ts = *field(fs, "token_starts");
   int64_t R = 0, P = 0, sm_rows = 0, N = 0;
   const bool has_pt = get_rows(pt, &R, &P, fn);
   const bool has_cl = get_list(cl, fn), has_ql = get_list(ql, fn), has_ns = get_list(ns, fn);
   const bool has_sm = get_rows(sm, &sm_rows, &N, fn);
   const bool has_pi = get_list(pi, fn), has_rd = get_list(rd, fn), has_nk = get_list(nk, fn);
+  const bool has_ts = get_list(ts, fn);
   if (!has_pt) {
     if (has_cl) R = static_cast<int64_t>(cl.items.size());
     else if (has_ql && !ql.items.empty()) R = static_cast<int64_t>(ql.items.size()) - 1;
@@ -357,6 +360,7 @@ kvp_metadata* metadata_from_json(const char* text, size_t len, const char* fn) {
   need_len(has_ql, ql, R + 1);
   need_len(has_ns, ns, 1);
   need_len(has_pi, pi, T);
+  need_len(has_ts, ts, R);
   if (v2) {
     if (has_rd) fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata has no request_distribution", fn);
     need_len(has_nk, nk, 1);
@@ -366,7 +370,7 @@ kvp_metadata* metadata_from_json(const char* text, size_t len, const char* fn) {
     need_len(has_rd, rd, 3);
   }
 
-  HostPtr<Metadata> m = Metadata::empty(layout, T, R, P, page_size, fn);
+  HostPtr<Metadata> m = Metadata::empty(layout, T, R, P, page_size, fn, has_ts);
   const MetadataArrays& a = m->arrays();
   auto fill = [&](const int32_t* dst, const Field& f, bool has) {
     if (!has) return;
@@ -378,6 +382,7 @@ kvp_metadata* metadata_from_json(const char* text, size_t len, const char* fn) {
   fill(a.query_start_loc, ql, has_ql);
   fill(a.num_seqs, ns, has_ns);
   fill(a.position_ids, pi, has_pi);
+  fill(a.token_starts, ts, has_ts);
   if (v2) {
     fill(a.slot_mapping, sm, has_sm);
     fill(a.num_kv_update_slices, nk, has_nk);

@@ -43,6 +43,12 @@ void check_metadata_structure(const MetadataArrays& a, const char* fn) {
   check_len(a.num_kv_update_slices, a.num_kv_update_slices_len, "num_kv_update_slices", fn);
   check_len(a.request_distribution, a.request_distribution_len, "request_distribution", fn);
   check_len(a.position_ids, a.position_ids_len, "position_ids", fn);
+  check_len(a.token_starts, a.token_starts_len, "token_starts", fn);
+  if (a.token_starts != nullptr && a.token_starts_len != a.num_reqs)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: token_starts has %lld entries but num_reqs is %lld", fn, ll(a.token_starts_len),
+         ll(a.num_reqs));
+  if (a.token_starts != nullptr && a.device_type != KVP_DEVICE_CPU)
+    fail(KVP_ERR_UNSUPPORTED, "%s: token_starts is supported with host metadata only (device_type is CUDA)", fn);
 
   if (a.context_lens != nullptr && a.context_lens_len != a.num_reqs)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: context_lens has %lld entries but num_reqs is %lld", fn, ll(a.context_lens_len),
@@ -92,6 +98,8 @@ HostPtr<Metadata> Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
   a.request_distribution_len = d.request_distribution_len;
   a.position_ids = d.position_ids;
   a.position_ids_len = d.position_ids_len;
+  a.token_starts = d.token_starts;
+  a.token_starts_len = d.token_starts_len;
   check_metadata_structure(a, fn);
   const HostAllocator alloc;
   HostPtr<Metadata> m = make_host<Metadata>(alloc, alloc);
@@ -102,14 +110,15 @@ HostPtr<Metadata> Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
 void Metadata::allocate(const MetadataArrays& s) {
   MetadataArrays a = s;
   const int64_t n_pt = checked_mul(a.num_reqs, a.pages_per_req, "metadata pages_tables entries");
-  const int64_t lens[8] = {n_pt,
+  const int64_t lens[9] = {n_pt,
                            a.context_lens_len,
                            a.query_start_loc_len,
                            a.num_seqs_len,
                            checked_mul(3, a.num_slices, "metadata slot_mapping entries"),
                            a.num_kv_update_slices_len,
                            a.request_distribution_len,
-                           a.position_ids_len};
+                           a.position_ids_len,
+                           a.token_starts_len};
   int64_t total = 0;
   for (int64_t l : lens) {
     if (l < 0) fail(KVP_ERR_INVALID_ARGUMENT, "metadata: negative array length %lld", ll(l));
@@ -133,13 +142,14 @@ void Metadata::allocate(const MetadataArrays& s) {
   a.num_kv_update_slices = take(lens[5]);
   a.request_distribution = take(lens[6]);
   a.position_ids = take(lens[7]);
+  a.token_starts = take(lens[8]);
   a.device_type = KVP_DEVICE_CPU;
   a.device_id = 0;
   a_ = a;
 }
 
 HostPtr<Metadata> Metadata::empty(kvp_layout version, int64_t num_tokens, int64_t max_num_reqs, int64_t max_pages,
-                          int64_t page_size, const char* fn) {
+                          int64_t page_size, const char* fn, bool with_token_starts) {
   const kvp_layout v = version == KVP_LAYOUT_DEFAULT ? KVP_LAYOUT_V3 : version;
   if (v != KVP_LAYOUT_V2 && v != KVP_LAYOUT_V3)
     fail(KVP_ERR_NOT_FOUND, "%s: unknown layout version %u (expected v2 or v3)", fn, static_cast<unsigned>(version));
@@ -163,6 +173,7 @@ HostPtr<Metadata> Metadata::empty(kvp_layout version, int64_t num_tokens, int64_
   s.query_start_loc_len = max_num_reqs + 1;
   s.num_seqs_len = 1;
   s.position_ids_len = num_tokens;
+  if (with_token_starts) s.token_starts_len = max_num_reqs;
   if (v == KVP_LAYOUT_V2) {
     s.num_slices = num_tokens;
     s.num_kv_update_slices_len = 1;

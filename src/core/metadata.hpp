@@ -15,9 +15,11 @@ class Metadata {
  public:
   // Borrowed: checks the structure and keeps the caller's pointers. Process default allocator.
   static HostPtr<Metadata> borrow(const kvp_metadata_desc& desc, const char* function);
-  // Owning, all zero (consistent create_empty shapes). Process default allocator.
+  // Owning, all zero (consistent create_empty shapes), with a token_starts array when asked.
+  // Process default allocator.
   static HostPtr<Metadata> empty(kvp_layout version, int64_t num_tokens, int64_t max_num_reqs,
-                                 int64_t max_pages, int64_t page_size, const char* function);
+                                 int64_t max_pages, int64_t page_size, const char* function,
+                                 bool with_token_starts = false);
 
   // Owning storage: call `allocate` with every length set in `a` (pointers ignored), then fill
   // through mut(); pointers are (re)set to the storage.

@@ -1,7 +1,10 @@
 #include "core/rows.hpp"
 
+#include <algorithm>
+
 #include "core/math.hpp"
 #include "util/error.hpp"
+#include "util/memory.hpp"
 
 namespace kvp::detail {
 
@@ -56,6 +59,26 @@ void check_row(const MetadataArrays& m, const Layout& L, int64_t i, int64_t T, i
          ll(i), ll(len), ll(cdiv(len, L.page_size)), ll(m.pages_per_req));
 }
 
+// token_starts (when given): the processed rows' token blocks [token_starts[i], + q_len_i) are a
+// permutation of the blocks of query_start_loc, i.e. they tile [query_start_loc[0],
+// query_start_loc[n]) exactly, so every token row is read (and every output row written) once.
+void check_token_starts(const MetadataArrays& m, int64_t n, const char* fn) {
+  if (m.token_starts == nullptr) return;
+  HostVector<int64_t> rows;
+  rows.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) rows.push_back(i);
+  std::sort(rows.begin(), rows.end(), [&](int64_t a, int64_t b) { return m.token_starts[a] < m.token_starts[b]; });
+  int64_t next = m.query_start_loc[0];
+  for (int64_t i : rows) {
+    if (m.token_starts[i] != next)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request %lld: token_starts %lld leaves a gap or an overlap (the next free token row is %lld); the rows' "
+           "token blocks must tile [query_start_loc[0], query_start_loc[num_seqs])",
+           fn, ll(i), ll(m.token_starts[i]), ll(next));
+    next += m.query_start_loc[i + 1] - m.query_start_loc[i];
+  }
+}
+
 }  // namespace
 
 void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, bool all_pages, const char* fn) {
@@ -79,6 +102,7 @@ void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_
              ll(i), ll(i), ll(k), ll(page), ll(L.num_pages));
     }
   }
+  check_token_starts(m, n, fn);
 }
 
 void check_device_arrays(const MetadataArrays& m, bool v3, bool v2_slices, const char* fn) {

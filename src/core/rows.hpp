@@ -20,7 +20,8 @@ int64_t processed_rows(const MetadataArrays& m, bool v3, const char* function);
 // non-decreasing from >= 0 up to T, every q_len is positive (1 for the decode rows of a v3
 // distribution), context_len >= q_len, cdiv(context_len, page_size) <= pages_per_req, and the page
 // ids in range: of every page a row reads (`all_pages`, attention) or of the pages its new tokens
-// go to (concatenate). Throws INVALID_ARGUMENT naming the request and value.
+// go to (concatenate); with token_starts, the rows' token blocks tile [query_start_loc[0],
+// query_start_loc[n]). Throws INVALID_ARGUMENT naming the request and value.
 void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, bool all_pages,
                      const char* function);
 

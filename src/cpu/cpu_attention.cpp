@@ -722,7 +722,7 @@ struct Plan {
   }
 };
 
-int64_t qs_of(const AttentionJob& j, int64_t i) { return j.md.query_start_loc[i]; }
+int64_t qs_of(const AttentionJob& j, int64_t i) { return token_start(j.md, i); }
 int64_t qlen_of(const AttentionJob& j, int64_t i) { return j.md.query_start_loc[i + 1] - j.md.query_start_loc[i]; }
 
 // The position p of flattened row f of request i, and its allowed key range [lo, hi).

@@ -45,11 +45,13 @@ AttentionParams params_of(const AttentionJob& job) {
 }
 
 // Bytes of the staged host arrays: the metadata of host-validated jobs (query_start_loc,
-// context_lens and page tables of the processed rows, then the row count) and the sinks.
+// context_lens and page tables of the processed rows, the row count, token_starts when given) and
+// the sinks.
 size_t staged_bytes(const AttentionJob& job) {
   size_t n = job.sinks != nullptr ? static_cast<size_t>(job.num_q_heads) * sizeof(float) : 0;
   if (job.host_validated)
     n += static_cast<size_t>(2 * job.num_rows + 2 + job.num_rows * job.md.pages_per_req) * sizeof(int32_t);
+  if (job.host_validated && job.md.token_starts != nullptr) n += static_cast<size_t>(job.num_rows) * sizeof(int32_t);
   return n;
 }
 
@@ -84,6 +86,8 @@ void point_at_metadata(const AttentionJob& job, AttentionParams& p, uint8_t* h, 
   p.context_lens = reinterpret_cast<const int32_t*>(put(m.context_lens, static_cast<size_t>(n) * 4));
   p.pages_tables = reinterpret_cast<const int32_t*>(put(m.pages_tables, static_cast<size_t>(n * m.pages_per_req) * 4));
   p.num_rows_ptr = reinterpret_cast<const int32_t*>(put(&count, 4));
+  if (m.token_starts != nullptr)
+    p.token_starts = reinterpret_cast<const int32_t*>(put(m.token_starts, static_cast<size_t>(n) * 4));
 }
 
 // The grid (x: KV heads x tiles, y: request rows) and the splits of each tile's key range: enough

@@ -127,7 +127,7 @@ KVP_PIN_OFFSET(kvp_plan, max_concurrent_seqs, 72);
 KVP_PIN_OFFSET(kvp_plan, max_num_seqs, 80);
 
 /* kvp_metadata_desc (metadata.h) */
-KVP_PIN_MIN_SIZE(kvp_metadata_desc, 176);
+KVP_PIN_MIN_SIZE(kvp_metadata_desc, 192);
 KVP_PIN_OFFSET(kvp_metadata_desc, struct_size, 0);
 KVP_PIN_OFFSET(kvp_metadata_desc, abi_version, 4);
 KVP_PIN_OFFSET(kvp_metadata_desc, version, 8);
@@ -153,6 +153,8 @@ KVP_PIN_OFFSET(kvp_metadata_desc, request_distribution, 144);
 KVP_PIN_OFFSET(kvp_metadata_desc, request_distribution_len, 152);
 KVP_PIN_OFFSET(kvp_metadata_desc, position_ids, 160);
 KVP_PIN_OFFSET(kvp_metadata_desc, position_ids_len, 168);
+KVP_PIN_OFFSET(kvp_metadata_desc, token_starts, 176);
+KVP_PIN_OFFSET(kvp_metadata_desc, token_starts_len, 184);
 
 /* kvp_batch_request (metadata.h) */
 KVP_PIN_SIZE(kvp_batch_request, 32);

@@ -23,6 +23,7 @@ typedef struct scenario {
   int n;                   /* requests */
   int64_t cached[4], fresh[4];
   int64_t padding;         /* token rows after the last request */
+  uint32_t batch_flags;    /* kvp_metadata_build flags; 0 = KVP_BATCH_FLAG_KEEP_ORDER */
   kvp_attention_options opts;
   float sinks[64];
 } scenario;
@@ -97,7 +98,7 @@ static kvp_metadata *step_metadata(const scenario *sc, int context_only, int64_t
   }
   kvp_batch_options bo;
   assert_kvp_ok(kvp_batch_options_init(&bo, sizeof bo));
-  bo.flags = KVP_BATCH_FLAG_KEEP_ORDER;
+  bo.flags = sc->batch_flags != 0 ? sc->batch_flags : KVP_BATCH_FLAG_KEEP_ORDER;
   bo.max_num_reqs = sc->n + 1; /* one inactive table row */
   bo.max_num_tokens = tokens + (context_only ? 0 : sc->padding);
   kvp_metadata *md = NULL;
@@ -239,11 +240,11 @@ static void pair_open(pair *p, const scenario *sc, uint64_t seed) {
   p->md = step_metadata(sc, 0, &p->r.T);
   run_cpu(sc, &p->cpu, p->md, &p->r, &rng);
   upload_run(&p->gpu, &p->r);
-  kvp_gpu_metadata_make(&p->dmd, p->md);
+  if (!(sc->batch_flags & KVP_BATCH_FLAG_REQUEST_ORDER)) kvp_gpu_metadata_make(&p->dmd, p->md);  /* host only */
 }
 
 static void pair_close(pair *p) {
-  kvp_gpu_metadata_free(&p->dmd);
+  if (p->dmd.md != NULL) kvp_gpu_metadata_free(&p->dmd);
   free_run(&p->gpu, &p->r);
   assert_kvp_ok(kvp_metadata_destroy(p->md));
   assert_kvp_ok(kvp_cache_destroy(p->cpu.cache));
@@ -295,6 +296,20 @@ static void test_cuda_attention__v3_bf16_gqa4_matches_cpu(void **state) {
   scenario sc = base(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 4, 128);
   check_scenario(&sc, 0, 11);
   check_scenario(&sc, 1, 12);
+}
+
+/* Inputs packed in request order (KVP_BATCH_FLAG_REQUEST_ORDER) while the builder moves the
+ * decode (request 1) to row 0: the kernels read and write the rows token_starts names. */
+static void test_cuda_attention__request_order_matches_cpu(void **state) {
+  (void)state;
+  kvp_test_require_gpu();
+  for (int v2 = 0; v2 < 2; ++v2) {
+    scenario sc = base(v2 ? KVP_LAYOUT_V2 : KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 2, 128);
+    sc.cached[0] = 20, sc.fresh[0] = 13;
+    sc.cached[1] = 37, sc.fresh[1] = 1;
+    sc.batch_flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+    check_scenario(&sc, 0, 21 + (uint64_t)v2);
+  }
 }
 
 static void test_cuda_attention__h64_fp8_window_cap_sinks_matches_cpu(void **state) {
@@ -444,6 +459,7 @@ static void test_cuda_attention__device_metadata_without_arrays_is_refused(void 
 
 static void test_cuda_attention__v3_bf16_gqa4_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_attention__h64_fp8_window_cap_sinks_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_attention__request_order_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_attention__v2_f16_mqa_head_dim_80_matches_cpu(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_attention__head_dim_256_f32_and_e5m2(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_attention__long_decode_is_split_and_merged(void **state) { (void)state; kvp_test_require_gpu(); }
@@ -457,6 +473,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cuda_attention__v3_bf16_gqa4_matches_cpu),
       cmocka_unit_test(test_cuda_attention__h64_fp8_window_cap_sinks_matches_cpu),
+      cmocka_unit_test(test_cuda_attention__request_order_matches_cpu),
       cmocka_unit_test(test_cuda_attention__v2_f16_mqa_head_dim_80_matches_cpu),
       cmocka_unit_test(test_cuda_attention__head_dim_256_f32_and_e5m2),
       cmocka_unit_test(test_cuda_attention__long_decode_is_split_and_merged),

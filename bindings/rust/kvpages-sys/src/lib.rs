@@ -101,7 +101,7 @@ constants! {
     KVP_VIEW_REFERENCE_KEYS: kvp_view_kind = 4;
     KVP_VIEW_REFERENCE_VALUES: kvp_view_kind = 5;
     // metadata.h
-    KVP_METADATA_DESC_VERSION: u32 = 1;
+    KVP_METADATA_DESC_VERSION: u32 = 2;
     KVP_METADATA_PAGES_TABLES: kvp_metadata_field = 0;
     KVP_METADATA_CONTEXT_LENS: kvp_metadata_field = 1;
     KVP_METADATA_QUERY_START_LOC: kvp_metadata_field = 2;
@@ -110,9 +110,11 @@ constants! {
     KVP_METADATA_NUM_KV_UPDATE_SLICES: kvp_metadata_field = 5;
     KVP_METADATA_REQUEST_DISTRIBUTION: kvp_metadata_field = 6;
     KVP_METADATA_POSITION_IDS: kvp_metadata_field = 7;
+    KVP_METADATA_TOKEN_STARTS: kvp_metadata_field = 8;
     KVP_BATCH_FLAG_SEED_DISTRIBUTION: u32 = 1 << 0;
     KVP_BATCH_FLAG_TIGHT_SLICES: u32 = 1 << 1;
     KVP_BATCH_FLAG_KEEP_ORDER: u32 = 1 << 2;
+    KVP_BATCH_FLAG_REQUEST_ORDER: u32 = 1 << 3;
     KVP_BATCH_OPTIONS_VERSION: u32 = 1;
     // pool.h
     KVP_POOL_FLAG_NO_PREFIX_CACHE: u32 = 1 << 0;
@@ -319,6 +321,8 @@ pub struct kvp_metadata_desc {
     pub request_distribution_len: i64,
     pub position_ids: *const i32,
     pub position_ids_len: i64,
+    pub token_starts: *const i32,
+    pub token_starts_len: i64,
 }
 
 /// `kvp_batch_request` (metadata.h).

@@ -55,7 +55,7 @@ fn struct_layouts_match_c() {
         page_size, num_slices_per_kv_cache_update_page, pages_tables, num_reqs, pages_per_req, context_lens,
         context_lens_len, query_start_loc, query_start_loc_len, num_seqs, num_seqs_len, slot_mapping, num_slices,
         num_kv_update_slices, num_kv_update_slices_len, request_distribution, request_distribution_len,
-        position_ids, position_ids_len });
+        position_ids, position_ids_len, token_starts, token_starts_len });
     layout!(probe, rust, kvp_serialize_options { struct_size, abi_version, page_ids, num_page_ids, flags,
         chunk_bytes });
     layout!(probe, rust, kvp_deserialize_options { struct_size, abi_version, cache_options, max_cache_bytes, flags,
