@@ -7,7 +7,16 @@
 #include <mutex>
 #include <string>
 
+// AddressSanitizer builds (GCC defines __SANITIZE_ADDRESS__, Clang answers __has_feature): the
+// table is a LeakSanitizer root region, since handles point to their objects from it.
 #if defined(__SANITIZE_ADDRESS__)
+#define KVP_LSAN_ROOTS 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KVP_LSAN_ROOTS 1
+#endif
+#endif
+#if defined(KVP_LSAN_ROOTS)
 #include <sanitizer/lsan_interface.h>
 #endif
 
@@ -77,7 +86,7 @@ class HandleTable {
     if (base == 0 || live_ != 0) return;
     base_.store(0, std::memory_order_release);
     committed_.store(0, std::memory_order_release);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(KVP_LSAN_ROOTS)
     __lsan_unregister_root_region(reinterpret_cast<void*>(base), kRegionBytes);
 #endif
     munmap(reinterpret_cast<void*>(base), kRegionBytes);
@@ -104,7 +113,7 @@ class HandleTable {
     const long page = sysconf(_SC_PAGESIZE);
     unit_bytes_ = page > static_cast<long>(kMinUnitBytes) ? static_cast<size_t>(page) : kMinUnitBytes;
     base_.store(reinterpret_cast<uintptr_t>(p), std::memory_order_release);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(KVP_LSAN_ROOTS)
     __lsan_register_root_region(p, kRegionBytes);  // handles point to their objects from here
 #endif
   }
