@@ -1,4 +1,5 @@
 // kvp_metadata_* and kvp_batch_* shims.
+#include <cstddef>
 #include <cstring>
 
 #include "core/builder.hpp"
@@ -12,6 +13,10 @@
 using namespace kvp::detail;
 
 namespace {
+// Version 1 of kvp_metadata_desc ends before token_starts (added in 1.2): callers built against
+// 1.0/1.1 pass that size.
+constexpr size_t kDescV1Size = offsetof(kvp_metadata_desc, token_starts);
+
 void fill_desc(const MetadataArrays& a, kvp_metadata_desc& d) {
   std::memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
@@ -48,7 +53,7 @@ extern "C" {
 KVP_API kvp_status kvp_metadata_desc_init(kvp_metadata_desc* desc, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(desc);
-  init_versioned(desc, struct_size, sizeof(kvp_metadata_desc), KVP_METADATA_DESC_VERSION, "kvp_metadata_desc_init",
+  init_versioned(desc, struct_size, kDescV1Size, KVP_METADATA_DESC_VERSION, "kvp_metadata_desc_init",
                  "kvp_metadata_desc");
   if (desc->struct_size >= offsetof(kvp_metadata_desc, device_type) + sizeof(kvp_device_type)) {
     desc->version = KVP_LAYOUT_V3;
@@ -62,7 +67,7 @@ KVP_API kvp_status kvp_metadata_create(const kvp_metadata_desc* desc, kvp_metada
   KVP_REQUIRE_NOT_NULL(out);
   *out = nullptr;
   KVP_REQUIRE_NOT_NULL(desc);
-  const kvp_metadata_desc d = read_versioned(desc, sizeof(kvp_metadata_desc), KVP_METADATA_DESC_VERSION,
+  const kvp_metadata_desc d = read_versioned(desc, kDescV1Size, KVP_METADATA_DESC_VERSION,
                                              "kvp_metadata_create", "kvp_metadata_desc");
   *out = handle_new<kvp_metadata>(Metadata::borrow(d, "kvp_metadata_create"));
   KVP_API_END;
@@ -116,7 +121,7 @@ KVP_API kvp_status kvp_metadata_get_desc(const kvp_metadata* metadata, kvp_metad
   KVP_REQUIRE_NOT_NULL(out);
   kvp_metadata_desc d;
   fill_desc(a, d);
-  write_versioned(out, d, sizeof(kvp_metadata_desc), "kvp_metadata_get_desc", "kvp_metadata_desc");
+  write_versioned(out, d, kDescV1Size, "kvp_metadata_get_desc", "kvp_metadata_desc");
   KVP_API_END;
 }
 

@@ -4,6 +4,7 @@
  * caller repacks them by order_out. v3 and v2, f32 caches (exact comparisons). Then the metadata
  * arrays (token_starts, position_ids, v2 slice sources), JSON and desc round trips, and borrowed
  * token_starts that do not tile the rows (status, message, nothing written). */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -236,12 +237,38 @@ static void test_request_order__bad_token_starts_change_nothing(void **state) {
   assert_kvp_ok(kvp_cache_destroy(cache));
 }
 
+/* A caller built against 1.0/1.1 passes version 1 of kvp_metadata_desc (it ends before
+ * token_starts): init, get_desc and create still work, and nothing past its size is written. */
+static void test_request_order__version_1_desc_still_works(void **state) {
+  (void)state;
+  const size_t v1 = offsetof(kvp_metadata_desc, token_starts);
+  const kvp_config cfg = kvp_test_config(1, H, D, PAGE, PAGES, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  int32_t order[NREQ];
+  kvp_metadata *md = build(&cfg, 0, order);
+  unsigned char buf[sizeof(kvp_metadata_desc) + 16];
+  memset(buf, 0xA5, sizeof buf);
+  kvp_metadata_desc *d = (kvp_metadata_desc *)(void *)buf;
+  assert_kvp_ok(kvp_metadata_desc_init(d, (uint32_t)v1));
+  assert_int_equal(d->struct_size, v1);
+  for (size_t i = v1; i < sizeof buf; ++i) assert_int_equal(buf[i], 0xA5);
+  assert_kvp_ok(kvp_metadata_get_desc(md, d));
+  assert_int_equal(d->struct_size, v1);
+  for (size_t i = v1; i < sizeof buf; ++i) assert_int_equal(buf[i], 0xA5);
+  d->abi_version = 1; /* the 0xA5 bytes past struct_size must not be read */
+  kvp_metadata *copy = NULL;
+  assert_kvp_ok(kvp_metadata_create(d, &copy));
+  assert_kvp_ok(kvp_metadata_destroy(copy));
+  assert_kvp_status(kvp_metadata_desc_init(d, (uint32_t)v1 - 8), KVP_ERR_VERSION_MISMATCH, "set struct_size");
+  assert_kvp_ok(kvp_metadata_destroy(md));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_request_order__v3_same_pages_and_rows),
       cmocka_unit_test(test_request_order__v2_same_pages_and_rows),
       cmocka_unit_test(test_request_order__metadata_arrays),
       cmocka_unit_test(test_request_order__bad_token_starts_change_nothing),
+      cmocka_unit_test(test_request_order__version_1_desc_still_works),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

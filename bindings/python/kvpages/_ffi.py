@@ -78,7 +78,8 @@ class kvp_metadata_desc(ctypes.Structure):
                 ("slot_mapping", _P(_i32)), ("num_slices", _i64),
                 ("num_kv_update_slices", _P(_i32)), ("num_kv_update_slices_len", _i64),
                 ("request_distribution", _P(_i32)), ("request_distribution_len", _i64),
-                ("position_ids", _P(_i32)), ("position_ids_len", _i64)]
+                ("position_ids", _P(_i32)), ("position_ids_len", _i64),
+                ("token_starts", _P(_i32)), ("token_starts_len", _i64)]
 
 
 class kvp_batch_request(ctypes.Structure):

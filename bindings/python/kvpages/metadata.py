@@ -17,17 +17,18 @@ from .config import Config
 from .errors import check, invalid
 from .types import Device, DeviceLike, Layout, MetadataField, parse_device
 
-BATCH_FLAG_SEED_DISTRIBUTION, BATCH_FLAG_TIGHT_SLICES, BATCH_FLAG_KEEP_ORDER = 1, 2, 4
+BATCH_FLAG_SEED_DISTRIBUTION, BATCH_FLAG_TIGHT_SLICES, BATCH_FLAG_KEEP_ORDER, BATCH_FLAG_REQUEST_ORDER = 1, 2, 4, 8
 
 #: A request of :meth:`Metadata.build` (it also accepts plain ``(computed, scheduled, pages)`` tuples).
 BatchRequest = collections.namedtuple("BatchRequest", "num_computed num_scheduled page_ids")
 
 _ARRAYS = ["pages_tables", "context_lens", "query_start_loc", "num_seqs", "slot_mapping", "num_kv_update_slices",
-           "request_distribution", "position_ids"]
+           "request_distribution", "position_ids", "token_starts"]
 _LENGTHS = {"pages_tables": "num_reqs", "context_lens": "context_lens_len", "query_start_loc": "query_start_loc_len",
             "num_seqs": "num_seqs_len", "slot_mapping": "num_slices",
             "num_kv_update_slices": "num_kv_update_slices_len",
-            "request_distribution": "request_distribution_len", "position_ids": "position_ids_len"}
+            "request_distribution": "request_distribution_len", "position_ids": "position_ids_len",
+            "token_starts": "token_starts_len"}
 
 
 class Metadata(Handle):
@@ -43,19 +44,23 @@ class Metadata(Handle):
         self.order = order if order is not None else []
         self.num_scheduled = num_scheduled if num_scheduled is not None else []
         self._keep = keep  # caller arrays a borrowed handle points at
+        self.request_order = False  # built with KVP_BATCH_FLAG_REQUEST_ORDER: pack() keeps request order
 
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
     def build(cls, config: Config, requests: Sequence[Any], *, max_num_reqs: int = 0, max_num_tokens: int = 0,
               seed_distribution: bool = False, tight_slices: bool = False,
-              keep_order: bool = False) -> Tuple["Metadata", List[int]]:
+              keep_order: bool = False, request_order: bool = False) -> Tuple["Metadata", List[int]]:
         """kvp_metadata_build for ``requests`` = [(num_computed, num_scheduled, [page ids]), ...]
         (or :class:`BatchRequest`).
 
         Returns ``(metadata, order)``: ``order[row]`` is the request in that row (decodes first
         unless ``keep_order``). Pack keys and values with ``metadata.pack(per_request)`` or write
-        them with :meth:`Cache.concatenate_requests`, which use that order for you. Options as in
+        them with :meth:`Cache.concatenate_requests`, which use that order for you. With
+        ``request_order`` (KVP_BATCH_FLAG_REQUEST_ORDER) the tensors stay in request order instead:
+        the metadata records where each row's tokens are, and ``pack`` stacks in request order.
+        Options as in
         ``kvp_batch_options``: page-table rows, token bucket, and the ``KVP_BATCH_FLAG_*``
         flags."""
         n = len(requests)
@@ -70,13 +75,16 @@ class Metadata(Handle):
         check(lib.kvp_batch_options_init(ctypes.byref(opts), ctypes.sizeof(opts)), "kvp_batch_options_init")
         opts.max_num_reqs, opts.max_num_tokens = max_num_reqs, max_num_tokens
         opts.flags = ((BATCH_FLAG_SEED_DISTRIBUTION if seed_distribution else 0)
-                      | (BATCH_FLAG_TIGHT_SLICES if tight_slices else 0) | (BATCH_FLAG_KEEP_ORDER if keep_order else 0))
+                      | (BATCH_FLAG_TIGHT_SLICES if tight_slices else 0) | (BATCH_FLAG_KEEP_ORDER if keep_order else 0)
+                      | (BATCH_FLAG_REQUEST_ORDER if request_order else 0))
         order = (_i32 * max(n, 1))()
         out = _vp()
         check(lib.kvp_metadata_build(ctypes.byref(config._raw), reqs, n, ctypes.byref(opts), order,
                                      ctypes.byref(out)), "kvp_metadata_build")
         rows = [order[i] for i in range(n) if order[i] >= 0]
-        return cls(out.value, rows, scheduled), rows
+        md = cls(out.value, rows, scheduled)
+        md.request_order = request_order
+        return md, rows
 
     @classmethod
     def empty(cls, layout: Any = Layout.V3, num_tokens: int = 0, max_num_reqs: int = 0, max_pages: int = 0,
@@ -162,15 +170,16 @@ class Metadata(Handle):
 
     def pack(self, per_request: Sequence[Any]) -> np.ndarray:
         """Stacks per-request arrays (indexed like the ``requests`` given to :meth:`build`, each
-        [num_scheduled, H, D]; inactive requests may be None) in this metadata's row order: the
-        [T, H, D] tensor kvp_concatenate reads."""
+        [num_scheduled, H, D]; inactive requests may be None) in this metadata's row order (in
+        request order when built with ``request_order``): the [T, H, D] tensor kvp_concatenate
+        reads."""
         if not self.num_scheduled:
             raise invalid("pack() needs metadata from Metadata.build (it knows the row order)", "Metadata.pack")
         if len(per_request) != len(self.num_scheduled):
             raise invalid("pack: %d arrays for %d requests" % (len(per_request), len(self.num_scheduled)),
                           "Metadata.pack")
         rows = []
-        for i in self.order:
+        for i in (sorted(self.order) if self.request_order else self.order):
             a = np.asarray(per_request[i])
             if a.ndim < 1 or a.shape[0] != self.num_scheduled[i]:
                 raise invalid("pack: request %d schedules %d tokens but its array has shape %s"

@@ -192,6 +192,7 @@ class MetadataField(enum.IntEnum):
     NUM_KV_UPDATE_SLICES = 5
     REQUEST_DISTRIBUTION = 6
     POSITION_IDS = 7
+    TOKEN_STARTS = 8
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,6 +154,23 @@ def test_build_reorders_decodes_first_and_pack_follows_the_order():
         md.close()
 
 
+def test_request_order_keeps_the_callers_packing():
+    cfg = make_config()
+    keys = per_request(seed=3)
+    with kvpages.Cache(cfg) as a, kvpages.Cache(cfg) as b:
+        rows, _ = kvpages.Metadata.build(cfg, REQUESTS)
+        ordered, order = kvpages.Metadata.build(cfg, REQUESTS, request_order=True)
+        assert order == [1, 0, 2]
+        by_request = np.concatenate(keys, axis=0)
+        np.testing.assert_array_equal(ordered.pack(keys), by_request)  # no repacking
+        assert ordered.array("token_starts").tolist() == [3, 0, 4]  # rows: decode, prefill, prefill
+        a.concatenate(0, rows.pack(keys), rows.pack(keys), rows)
+        b.concatenate(0, by_request, by_request, ordered)
+        np.testing.assert_array_equal(a.read_layer(0), b.read_layer(0))
+        rows.close()
+        ordered.close()
+
+
 def test_build_options_arrays_json_empty_and_borrowed_metadata():
     cfg = make_config()
     md, order = kvpages.Metadata.build(cfg, REQUESTS, max_num_reqs=5, max_num_tokens=8, keep_order=False)
