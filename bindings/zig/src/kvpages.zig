@@ -944,6 +944,23 @@ pub const Cache = struct {
         try check(c.kvp_concatenate(self.handle, layer, @ptrCast(&k), @ptrCast(&v), md.handle, null));
     }
 
+    /// `kvp_concatenate` with tensor descriptors: keys and values anywhere the cache can read them
+    /// (host memory for a CPU cache; device memory of the cache's GPU for a CUDA cache, enqueued on
+    /// `stream`, a `cudaStream_t` or null), any input dtype and strides. `concatenate` and
+    /// `concatenateBatch` are the host-slice forms. On an error the cache is unchanged.
+    pub fn concatenateTensors(self: *Cache, layer: u32, key: Tensor, value: Tensor, md: *const Metadata, stream: c.kvp_stream) Error!void {
+        try check(c.kvp_concatenate(self.handle, layer, @ptrCast(&key), @ptrCast(&value), md.handle, stream));
+    }
+
+    /// `kvp_attention` with tensor descriptors (device memory, f16/bf16 queries and outputs,
+    /// streams), as `concatenateTensors`; `keys` and `values` both null for a read-only call.
+    pub fn attentionTensors(self: *Cache, layer: u32, queries: Tensor, keys: ?Tensor, values: ?Tensor, md: *const Metadata, opts: AttentionOptions, out: Tensor, stream: c.kvp_stream) Error!void {
+        const raw = try opts.record();
+        const k: ?*const c.kvp_tensor = if (keys) |*t| @ptrCast(t) else null;
+        const v: ?*const c.kvp_tensor = if (values) |*t| @ptrCast(t) else null;
+        try check(c.kvp_attention(self.handle, layer, @ptrCast(&queries), k, v, md.handle, @ptrCast(&raw), @ptrCast(&out), stream));
+    }
+
     /// Writes one step into one layer: `keys[i]` and `values[i]` hold request i's new tokens
     /// ([num_scheduled_i, H, D] row-major; empty for an inactive request), in the caller's
     /// request order. They are packed in the batch's row order (decode rows first) in scratch
@@ -968,7 +985,7 @@ pub const Cache = struct {
     /// call only reads (keys written before by `concatenate`); one without the other is
     /// error.InvalidArgument. Every row of `out` is written (rows that no processed request owns
     /// become 0); on an error neither the cache nor `out` has changed. For device memory or other
-    /// dtypes call `c.kvp_attention` directly.
+    /// dtypes use `attentionTensors`.
     pub fn attention(self: *Cache, layer: u32, queries: []const f32, keys: ?[]const f32, values: ?[]const f32, shape: [4]i64, md: *const Metadata, opts: AttentionOptions, out: []f32) Error!void {
         const q_shape = [3]i64{ shape[0], shape[1], shape[3] };
         const kv_shape = [3]i64{ shape[0], shape[2], shape[3] };
@@ -1844,6 +1861,34 @@ test "concatenate a batch and read the tokens back through views" {
         try std.testing.expectEqual(@as(?f32, 0), other.getF32(&.{ 1, 0, hi, di }));
     };
     try std.testing.expectEqual(@as(?f32, null), keys.getF32(&.{ cfg.numPages(), 0, 0, 0 }));
+}
+
+test "tensor descriptors: the same bytes as the slice forms; device memory on a CPU cache is refused" {
+    const cfg = try testConfig();
+    var a = try Cache.init(&cfg);
+    defer a.deinit();
+    var b = try Cache.init(&cfg);
+    defer b.deinit();
+    var batch: TestBatch = undefined;
+    try writeBatch(&a, &cfg, &batch);
+    defer batch.md.deinit();
+    const k = hostTensor(f32, &batch.key, .{ 4, H, D });
+    const v = hostTensor(f32, &batch.value, .{ 4, H, D });
+    try b.concatenateTensors(1, k, v, &batch.md, null);
+    const n = try a.layerBytes();
+    const la = try std.testing.allocator.alloc(u8, n);
+    defer std.testing.allocator.free(la);
+    const lb = try std.testing.allocator.alloc(u8, n);
+    defer std.testing.allocator.free(lb);
+    try a.readLayer(1, la);
+    try b.readLayer(1, lb);
+    try std.testing.expectEqualSlices(u8, la, lb);
+    var dk = k;
+    dk.device_type = c.KVP_DEVICE_CUDA;
+    try std.testing.expectError(error.InvalidArgument, b.concatenateTensors(1, dk, v, &batch.md, null));
+    try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "device") != null);
+    try b.readLayer(1, lb);
+    try std.testing.expectEqualSlices(u8, la, lb);
 }
 
 test "error path: code, message, nothing changed" {
