@@ -29,6 +29,10 @@ pub struct BatchOptions {
     pub tight_slices: bool,
     /// Keep the caller's request order, no decode-first reordering (`KVP_BATCH_FLAG_KEEP_ORDER`).
     pub keep_order: bool,
+    /// Keys, values and queries stay packed in request order whatever the row order
+    /// (`KVP_BATCH_FLAG_REQUEST_ORDER`): the metadata records where each row's tokens are, and
+    /// [`Batch::pack`] packs in request order.
+    pub request_order: bool,
 }
 
 impl BatchOptions {
@@ -39,7 +43,8 @@ impl BatchOptions {
         o.max_num_tokens = self.max_num_tokens;
         o.flags = if self.seed_distribution { sys::KVP_BATCH_FLAG_SEED_DISTRIBUTION } else { 0 }
             | if self.tight_slices { sys::KVP_BATCH_FLAG_TIGHT_SLICES } else { 0 }
-            | if self.keep_order { sys::KVP_BATCH_FLAG_KEEP_ORDER } else { 0 };
+            | if self.keep_order { sys::KVP_BATCH_FLAG_KEEP_ORDER } else { 0 }
+            | if self.request_order { sys::KVP_BATCH_FLAG_REQUEST_ORDER } else { 0 };
         Ok(o)
     }
 }
@@ -55,6 +60,8 @@ pub enum MetadataField {
     NumKvUpdateSlices,
     RequestDistribution,
     PositionIds,
+    /// Where each row's tokens are in request-order packing (`KVP_BATCH_FLAG_REQUEST_ORDER`).
+    TokenStarts,
 }
 
 impl MetadataField {
@@ -68,6 +75,7 @@ impl MetadataField {
             MetadataField::NumKvUpdateSlices => sys::KVP_METADATA_NUM_KV_UPDATE_SLICES,
             MetadataField::RequestDistribution => sys::KVP_METADATA_REQUEST_DISTRIBUTION,
             MetadataField::PositionIds => sys::KVP_METADATA_POSITION_IDS,
+            MetadataField::TokenStarts => sys::KVP_METADATA_TOKEN_STARTS,
         }
     }
 }
@@ -252,6 +260,7 @@ pub struct Batch {
     metadata: Metadata,
     order: Vec<usize>,
     scheduled: Vec<usize>,
+    request_order: bool,
 }
 
 impl Batch {
@@ -275,7 +284,7 @@ impl Batch {
         let metadata = Metadata::from_created(out, "kvp_metadata_build")?;
         let order = order.into_iter().filter(|&i| i >= 0).map(|i| i as usize).collect();
         let scheduled = requests.iter().map(|r| r.num_scheduled.max(0) as usize).collect();
-        Ok(Batch { metadata, order, scheduled })
+        Ok(Batch { metadata, order, scheduled, request_order: options.request_order })
     }
 
     /// The metadata, for [`Cache::concatenate`](crate::Cache::concatenate) and attention.
@@ -294,7 +303,7 @@ impl Batch {
         self.order.iter().map(|&i| self.scheduled[i]).sum()
     }
 
-    /// Packs per-request data into row order: `per_request[i]` is request `i`'s data (in the
+    /// Packs per-request data into row order (request order with `request_order`): `per_request[i]` is request `i`'s data (in the
     /// order the requests were given), `row_len` elements per scheduled token (`H * D` for keys
     /// or values). Every slice must hold exactly `num_scheduled * row_len` elements.
     pub fn pack<T: Copy>(&self, per_request: &[&[T]], row_len: usize) -> Result<Vec<T>> {
@@ -315,8 +324,10 @@ impl Batch {
             }
         }
         let mut out = Vec::with_capacity(self.num_tokens() * row_len);
-        for &i in &self.order {
-            out.extend_from_slice(per_request[i]);
+        if self.request_order {
+            per_request.iter().for_each(|data| out.extend_from_slice(data));
+        } else {
+            self.order.iter().for_each(|&i| out.extend_from_slice(per_request[i]));
         }
         Ok(out)
     }

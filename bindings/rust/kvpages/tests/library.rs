@@ -206,6 +206,16 @@ fn batch_packs_in_row_order_and_rejects_wrong_sizes() {
     let keys = cache.view(0, ViewKind::Keys).unwrap();
     assert_eq!(keys.read_f32(&[1, 2]).unwrap(), k0[2 * H * D..], "prefill token 2 at page 1 row 2");
     assert_eq!(keys.read_f32(&[2, 5]).unwrap(), k2, "the decode token at page 2 row 5");
+    // request_order: the same pages from keys packed in request order, nothing repacked.
+    let ordered = Batch::build(&cfg, &reqs, &BatchOptions { request_order: true, ..Default::default() }).unwrap();
+    assert_eq!(ordered.order(), batch.order());
+    let packed = ordered.pack(&[&k0, &[], &k2], H * D).unwrap();
+    assert_eq!(packed[..k0.len()], k0[..], "request 0 first, as given");
+    let vpacked = ordered.pack(&[&v0, &[], &v2], H * D).unwrap();
+    let mut other = Cache::new(&cfg).unwrap();
+    other.concatenate(0, &packed, &vpacked, [4, H, D], ordered.metadata()).unwrap();
+    assert_eq!(other.read_layer(0).unwrap(), cache.read_layer(0).unwrap());
+    assert_eq!(ordered.metadata().array(MetadataField::TokenStarts).unwrap(), &[3, 0]);
     // keep_order keeps the caller's order (v3 then needs decodes first).
     let kept = Batch::build(&cfg, &[reqs[2].clone(), reqs[0].clone()], &BatchOptions { keep_order: true, ..Default::default() })
         .unwrap();
