@@ -181,6 +181,20 @@ impl Metadata {
         Ok(md)
     }
 
+    /// `kvp_metadata_create` over a caller-built descriptor: metadata whose arrays live in device
+    /// memory (`device_type` CUDA, read by the device code of a CUDA cache), or any arrays the
+    /// caller keeps elsewhere. The descriptor is read now; its arrays are borrowed.
+    ///
+    /// # Safety
+    /// Every array pointer must be valid for its length (host memory, or device memory of
+    /// `desc.device_id` for CUDA metadata) and stay valid, unchanged, while the returned
+    /// `Metadata` is used, including by work still queued on a stream.
+    pub unsafe fn from_desc(desc: &sys::kvp_metadata_desc) -> Result<Metadata> {
+        let mut out = ptr::null_mut();
+        check(sys::kvp_metadata_create(desc, &mut out))?;
+        Metadata::from_created(out, "kvp_metadata_create")
+    }
+
     /// The raw handle (still owned by this object).
     pub fn as_ptr(&self) -> *mut sys::kvp_metadata {
         self.ptr.as_ptr()

@@ -216,6 +216,16 @@ fn batch_packs_in_row_order_and_rejects_wrong_sizes() {
     other.concatenate(0, &packed, &vpacked, [4, H, D], ordered.metadata()).unwrap();
     assert_eq!(other.read_layer(0).unwrap(), cache.read_layer(0).unwrap());
     assert_eq!(ordered.metadata().array(MetadataField::TokenStarts).unwrap(), &[3, 0]);
+    // A descriptor of borrowed arrays (here another handle's host arrays) gives the same writes.
+    let desc = ordered.metadata().desc().unwrap();
+    let borrowed = unsafe { Metadata::from_desc(&desc) }.unwrap();
+    let mut third = Cache::new(&cfg).unwrap();
+    third.concatenate(0, &packed, &vpacked, [4, H, D], &borrowed).unwrap();
+    assert_eq!(third.read_layer(0).unwrap(), cache.read_layer(0).unwrap());
+    let mut bad = desc;
+    bad.token_starts_len = 1;
+    let e = unsafe { Metadata::from_desc(&bad) }.unwrap_err();
+    assert!(e.message.contains("token_starts has 1 entries"), "{e}");
     // keep_order keeps the caller's order (v3 then needs decodes first).
     let kept = Batch::build(&cfg, &[reqs[2].clone(), reqs[0].clone()], &BatchOptions { keep_order: true, ..Default::default() })
         .unwrap();
