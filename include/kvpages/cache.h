@@ -76,16 +76,49 @@ typedef struct kvp_host_allocator {
  */
 KVP_API kvp_status KVP_CALL kvp_set_host_allocator(const kvp_host_allocator *allocator);
 
-/** Current value of kvp_cache_options::abi_version. */
-#define KVP_CACHE_OPTIONS_VERSION 1u
+/**
+ * Current value of kvp_cache_options::abi_version. Version 2 (since 1.2) appends `flags` and
+ * `_reserved`; a caller compiled against version 1 (`struct_size` = 24 on LP64, no `flags`)
+ * is still accepted and gets the defaults of the new fields.
+ */
+#define KVP_CACHE_OPTIONS_VERSION 2u
 
-/** @brief Options of kvp_cache_create(). Zero means default for every field. */
+/**
+ * Flag of kvp_cache_options::flags (since 1.2): no transparent huge pages for the page buffers.
+ *
+ * By default a CPU cache with the built-in allocator maps each layer buffer of 2 MiB or more
+ * aligned to 2 MiB and advises the kernel to back it with huge pages (`madvise(MADV_HUGEPAGE)`),
+ * so filling it takes one page fault per 2 MiB instead of one per 4 KiB (a load of a large
+ * cache is several times faster where the kernel's THP mode is `madvise`). With this flag the
+ * buffers are mapped as plain 4 KiB pages and advised `MADV_NOHUGEPAGE`, so they get no huge
+ * pages even where the THP mode is `always`: for processes that must not fragment memory or
+ * that count resident memory in 4 KiB steps. No effect with a custom allocator (its memory is
+ * the allocator's) or on a CUDA cache (its pages are device memory).
+ */
+#define KVP_CACHE_FLAG_NO_HUGE_PAGES (1u << 0)
+
+/**
+ * Flag of kvp_cache_options::flags (since 1.2): touch every page of the new page buffers at
+ * creation, in parallel on the library's CPU threads, so the page faults are taken there (on
+ * every core) rather than by the first writes (on one). The cache holds its whole size in
+ * physical memory from then on; contents stay zero. Useful before a large load or prefill whose
+ * writer runs on fewer threads than the machine has. No effect on a CUDA cache; with a custom
+ * allocator the buffers are already touched by their zero fill.
+ */
+#define KVP_CACHE_FLAG_PREFAULT (1u << 1)
+
+/**
+ * @brief Options of kvp_cache_create() (and, through kvp_deserialize_options::cache_options, of
+ * the kvp_deserialize_new() family). Zero means default for every field.
+ */
 typedef struct kvp_cache_options {
   uint32_t struct_size;                 /**< sizeof(kvp_cache_options). */
   uint32_t abi_version;                 /**< ::KVP_CACHE_OPTIONS_VERSION. */
   kvp_device_type device_type;          /**< ::KVP_DEVICE_CPU (0 = CPU) or ::KVP_DEVICE_CUDA. */
   int32_t device_id;                    /**< CUDA ordinal; must be 0 for the CPU. */
   const kvp_host_allocator *allocator;  /**< Host allocator (borrowed, must outlive the cache); NULL = built-in. */
+  uint32_t flags;                       /**< Since 1.2 (abi_version 2): `KVP_CACHE_FLAG_*` bits; 0 = huge pages, no prefault. Unknown bits: ::KVP_ERR_UNSUPPORTED. */
+  uint32_t _reserved;                   /**< Since 1.2: must be 0. */
 } kvp_cache_options;
 
 #define KVP_CACHE_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_cache_options, KVP_CACHE_OPTIONS_VERSION)
@@ -102,7 +135,7 @@ typedef struct kvp_cache_options {
  * @retval KVP_ERR_INVALID_ARGUMENT `opts` is NULL.
  * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
  * @threadsafety Thread-safe.
- * @since 1.0
+ * @since 1.0 (fills at most `struct_size` bytes: a version 1 struct gets no `flags`)
  */
 KVP_API kvp_status KVP_CALL kvp_cache_options_init(kvp_cache_options *opts, uint32_t struct_size);
 
@@ -111,6 +144,10 @@ KVP_API kvp_status KVP_CALL kvp_cache_options_init(kvp_cache_options *opts, uint
  *
  * On the CPU, large buffers come from the operating system already zeroed (anonymous mappings),
  * so memory is not touched twice; with a custom allocator the library zero-fills what it gets.
+ * Buffers of 2 MiB or more are 2 MiB-aligned and advised for transparent huge pages unless
+ * ::KVP_CACHE_FLAG_NO_HUGE_PAGES is set (the advice is best effort: a kernel without THP, or
+ * with THP `never`, maps 4 KiB pages and the call still succeeds); ::KVP_CACHE_FLAG_PREFAULT
+ * touches every page before the call returns. See "Host memory" in the main page.
  * The config is copied.
  *
  * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
@@ -119,7 +156,8 @@ KVP_API kvp_status KVP_CALL kvp_cache_options_init(kvp_cache_options *opts, uint
  * @retval KVP_OK Created.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `cfg`/`out`, invalid config, `num_pages` < 1, bad device fields.
  * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
- * @retval KVP_ERR_UNSUPPORTED Name-only dtype, or a non-zero tail in a larger options struct.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype, unknown bits in `flags`, a non-zero `_reserved`, or
+ *         a non-zero tail in a larger options struct; nothing is created.
  * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
  * @retval KVP_ERR_NO_DEVICE CUDA requested but unavailable in this build or machine.

@@ -16,7 +16,7 @@ extern "C" {
 KVP_API kvp_status kvp_cache_options_init(kvp_cache_options* opts, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(opts);
-  init_versioned(opts, struct_size, sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION, "kvp_cache_options_init",
+  init_versioned(opts, struct_size, kCacheOptionsV1Size, KVP_CACHE_OPTIONS_VERSION, "kvp_cache_options_init",
                  "kvp_cache_options");
   KVP_API_END;
 }

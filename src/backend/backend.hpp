@@ -104,7 +104,10 @@ class Backend {
 // buffers too). Throws KVP_ERR_INVALID_ARGUMENT for an unknown device type or a CPU id other than
 // 0, KVP_ERR_NO_DEVICE when the build has no CUDA or the device does not exist (messages name
 // `function`).
-HostPtr<Backend> make_backend(kvp_device_type type, int32_t id, const HostAllocator& alloc, const char* function);
+// `cache_flags` are kvp_cache_options::flags, validated (KVP_CACHE_FLAG_*; the CPU backend's page
+// buffers follow them, device backends have nothing to apply them to).
+HostPtr<Backend> make_backend(kvp_device_type type, int32_t id, const HostAllocator& alloc, uint32_t cache_flags,
+                              const char* function);
 // Memory statistics of a device (the CPU: the host's total and available memory).
 void device_memory_stats(kvp_device_type type, int32_t id, kvp_memory_stats* out);
 // Number of CUDA devices usable by this build (0 without CUDA, driver or GPU). Never throws.
@@ -120,7 +123,7 @@ const char* cuda_backend_kind() noexcept;
 bool host_convert(const void* src, kvp_dtype src_dtype, void* dst, kvp_dtype dst_dtype, size_t count);
 
 // The implementations behind make_backend() / device_memory_stats() (src/cpu, src/cuda).
-HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc);
+HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc, uint32_t cache_flags);
 HostPtr<Backend> make_cuda_backend(int32_t device_id, const HostAllocator& alloc, const char* function);
 void cpu_memory_stats(kvp_memory_stats* out);
 void cuda_memory_stats(int32_t device_id, kvp_memory_stats* out);

@@ -4,11 +4,12 @@
 
 namespace kvp::detail {
 
-HostPtr<Backend> make_backend(kvp_device_type type, int32_t id, const HostAllocator& alloc, const char* function) {
+HostPtr<Backend> make_backend(kvp_device_type type, int32_t id, const HostAllocator& alloc, uint32_t cache_flags,
+                              const char* function) {
   switch (type) {
     case KVP_DEVICE_CPU:
       if (id != 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: device_id must be 0 for a CPU cache, got %d", function, id);
-      return make_cpu_backend(alloc);
+      return make_cpu_backend(alloc, cache_flags);
     case KVP_DEVICE_CUDA:
       return make_cuda_backend(id, alloc, function);
     default:

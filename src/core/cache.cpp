@@ -120,7 +120,13 @@ kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts,
   kvp_cache_options o;
   std::memset(&o, 0, sizeof o);
   if (opts != nullptr)
-    o = read_versioned(opts, sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_VERSION, fn, "kvp_cache_options");
+    o = read_versioned(opts, kCacheOptionsV1Size, KVP_CACHE_OPTIONS_VERSION, fn, "kvp_cache_options");
+  constexpr uint32_t kKnownFlags = KVP_CACHE_FLAG_NO_HUGE_PAGES | KVP_CACHE_FLAG_PREFAULT;
+  if ((o.flags & ~kKnownFlags) != 0)
+    fail(KVP_ERR_UNSUPPORTED, "%s: kvp_cache_options.flags 0x%x has bits this library does not know (0x%x)", fn,
+         o.flags, o.flags & ~kKnownFlags);
+  if (o._reserved != 0)
+    fail(KVP_ERR_UNSUPPORTED, "%s: kvp_cache_options._reserved is %u; it must be 0", fn, o._reserved);
   const kvp_device_type dev = o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type;
   check_host_allocator(o.allocator, fn);
   // Validate the config before touching any device (make_backend checks the device type and id).
@@ -129,7 +135,7 @@ kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts,
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages is %lld; create the config with kvp_config_create first", fn,
          static_cast<long long>(cfg.num_pages));
   const HostAllocator alloc(o.allocator);
-  HostPtr<Cache> cache = make_host<Cache>(alloc, cfg, make_backend(dev, o.device_id, alloc, fn), alloc);
+  HostPtr<Cache> cache = make_host<Cache>(alloc, cfg, make_backend(dev, o.device_id, alloc, o.flags, fn), alloc);
   return handle_new<kvp_cache>(std::move(cache));
 }
 

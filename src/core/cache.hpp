@@ -1,6 +1,7 @@
 // The cache: config + derived layout + one buffer per layer on a backend.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -61,6 +62,9 @@ class Cache {
 // Creates a cache and its handle (kvp_cache_create): reads and validates the caller's config and
 // options (NULL = defaults), builds the backend of the device they name (everything that can be
 // checked is checked before a device is touched) and allocates the pages. Throws; leaks nothing.
+// Version 1 of kvp_cache_options (1.0, 1.1) ends before `flags`: the smallest struct_size accepted.
+constexpr size_t kCacheOptionsV1Size = offsetof(kvp_cache_options, flags);
+
 kvp_cache* create_cache(const kvp_config* cfg, const kvp_cache_options* opts, const char* function);
 
 }  // namespace kvp::detail

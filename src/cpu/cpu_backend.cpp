@@ -4,11 +4,20 @@
 // anonymously (mmap), which the kernel hands out as zero pages on first touch, so no memset pass
 // runs and untouched pages cost no physical memory; small buffers use calloc. A caller-provided
 // allocator gives no such guarantee, so its blocks are zero-filled explicitly.
+//
+// Huge pages (kvp_cache_options::flags): a mapping of 2 MiB or more is made 2 MiB-aligned (map
+// 2 MiB more, unmap the unaligned head and the tail) and advised MADV_HUGEPAGE, so that where the
+// kernel's THP mode is "madvise" or "always" each 2 MiB of it faults in as one huge page; the
+// advice is best effort (a kernel without THP refuses it and the mapping keeps 4 KiB pages).
+// KVP_CACHE_FLAG_NO_HUGE_PAGES maps exactly as before and advises MADV_NOHUGEPAGE instead.
+// KVP_CACHE_FLAG_PREFAULT writes one zero byte per 4 KiB page (which faults in the whole huge
+// page where there is one), in 2 MiB chunks spread over the thread pool.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 
 #include <cstdio>
 #include <cstdlib>
@@ -17,16 +26,49 @@
 #include "backend/backend.hpp"
 #include "cpu/cpu_ops.hpp"
 #include "util/error.hpp"
+#include "util/thread_pool.hpp"
 
 namespace kvp::detail {
 namespace {
 
 constexpr size_t kMmapThreshold = size_t{1} << 20;  // 1 MiB
+constexpr size_t kHugePage = size_t{2} << 20;       // 2 MiB, the x86-64 and arm64 (4 KiB granule) PMD size
+constexpr size_t kSmallPage = 4096;
 constexpr size_t kAlign = 64;
+
+// An anonymous mapping of `bytes` (>= kHugePage) whose start is 2 MiB-aligned; nullptr on failure.
+// The over-mapped head and tail are unmapped, so exactly [p, p + bytes) (in whole pages) stays
+// mapped and munmap(p, bytes) releases it.
+void* map_huge_aligned(size_t bytes) {
+  const size_t span = bytes + kHugePage;
+  if (span < bytes) return nullptr;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t end = (aligned + bytes + page - 1) & ~(uintptr_t{page} - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  if (start + span > end) munmap(reinterpret_cast<void*>(end), start + span - end);
+  return reinterpret_cast<void*>(aligned);
+}
+
+// Writes a zero byte into every 4 KiB page of [p, p + bytes), 2 MiB per chunk, on the pool.
+void prefault(void* p, size_t bytes) {
+  auto* base = static_cast<volatile unsigned char*>(p);
+  const int64_t chunks = static_cast<int64_t>((bytes + kHugePage - 1) / kHugePage);
+  const int threads = chunks < ThreadPool::instance().max_threads() ? static_cast<int>(chunks)
+                                                                    : ThreadPool::instance().max_threads();
+  parallel_for(chunks, threads, [&](int64_t c) {
+    const size_t lo = static_cast<size_t>(c) * kHugePage;
+    const size_t hi = lo + kHugePage < bytes ? lo + kHugePage : bytes;
+    for (size_t off = lo; off < hi; off += kSmallPage) base[off] = 0;
+  });
+}
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(const HostAllocator& a) : alloc_(a) {}
+  CpuBackend(const HostAllocator& a, uint32_t flags) : alloc_(a), flags_(flags) {}
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CPU; }
   int32_t device_id() const noexcept override { return 0; }
 
@@ -37,14 +79,14 @@ class CpuBackend final : public Backend {
       std::memset(p, 0, bytes);
       return p;
     }
+    void* p;
     if (bytes >= kMmapThreshold) {
-      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED)
-        fail(KVP_ERR_OUT_OF_MEMORY, "cannot map %zu bytes of host memory for a page buffer", bytes);
-      return p;
+      p = map_page_buffer(bytes);
+    } else {
+      p = std::calloc(1, bytes);
+      if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
     }
-    void* p = std::calloc(1, bytes);
-    if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
+    if ((flags_ & KVP_CACHE_FLAG_PREFAULT) != 0) prefault(p, bytes);
     return p;
   }
 
@@ -74,12 +116,32 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  void* map_page_buffer(size_t bytes) {
+    const bool huge = (flags_ & KVP_CACHE_FLAG_NO_HUGE_PAGES) == 0;
+    void* p = nullptr;
+    if (huge && bytes >= kHugePage) {
+      p = map_huge_aligned(bytes);
+    } else {
+      p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) p = nullptr;
+    }
+    if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot map %zu bytes of host memory for a page buffer", bytes);
+#if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
+    // Best effort: EINVAL from a kernel built without THP leaves the mapping as it is.
+    if (bytes >= kHugePage || !huge) (void)madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+#endif
+    return p;
+  }
+
   HostAllocator alloc_;
+  uint32_t flags_;  // KVP_CACHE_FLAG_* (validated by create_cache)
 };
 
 }  // namespace
 
-HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc) { return make_host<CpuBackend>(alloc, alloc); }
+HostPtr<Backend> make_cpu_backend(const HostAllocator& alloc, uint32_t flags) {
+  return make_host<CpuBackend>(alloc, alloc, flags);
+}
 
 namespace {
 

@@ -310,6 +310,7 @@ static void test_contract__set_host_allocator(void **state) {
 
 /* Sizes of version 1 of the options structs on LP64 (fields only ever appended). */
 #define KVP_CACHE_OPTIONS_V1_SIZE 24u
+#define KVP_CACHE_OPTIONS_V2_SIZE 32u /* 1.2: + flags, _reserved */
 #define KVP_CONFIG_OPTIONS_V1_SIZE 152u
 
 typedef struct cache_opts_plus {
@@ -324,18 +325,33 @@ typedef struct config_opts_plus {
 
 static void test_contract__cache_options_struct_skew(void **state) {
   (void)state;
-  if (sizeof(void *) == 8) assert_int_equal(sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_V1_SIZE);
+  if (sizeof(void *) == 8) {
+    assert_int_equal(sizeof(kvp_cache_options), KVP_CACHE_OPTIONS_V2_SIZE);
+    assert_int_equal(offsetof(kvp_cache_options, flags), KVP_CACHE_OPTIONS_V1_SIZE);
+  }
   assert_int_equal(offsetof(cache_opts_plus, tail), sizeof(kvp_cache_options));
   kvp_config cfg = small_config();
   kvp_cache *c = NULL;
   cache_opts_plus big;
 
-  /* v1 size = current size */
+  /* current size */
   memset(&big, 0, sizeof big);
   big.o.struct_size = (uint32_t)sizeof(kvp_cache_options);
   big.o.abi_version = KVP_CACHE_OPTIONS_VERSION;
   assert_kvp_ok(kvp_cache_create(&cfg, &big.o, &c));
   assert_kvp_ok(kvp_cache_destroy(c));
+  /* v1 size (a 1.0/1.1 caller): accepted, and the bytes after it are not read */
+  if (sizeof(void *) == 8) {
+    big.o.struct_size = KVP_CACHE_OPTIONS_V1_SIZE;
+    big.o.abi_version = 1;
+    big.o.flags = 0xFFFFFFFFu;
+    big.o._reserved = 0xFFFFFFFFu;
+    assert_kvp_ok(kvp_cache_create(&cfg, &big.o, &c));
+    assert_kvp_ok(kvp_cache_destroy(c));
+    big.o.flags = 0;
+    big.o._reserved = 0;
+    big.o.abi_version = KVP_CACHE_OPTIONS_VERSION;
+  }
   /* a newer caller: current + 8 with a zero tail is accepted */
   big.o.struct_size = (uint32_t)sizeof big;
   assert_kvp_ok(kvp_cache_create(&cfg, &big.o, &c));

@@ -299,6 +299,238 @@ static void test_cache__create_rejects_bad_device_fields(void **state) {
   expect_create_error(&good, &o, KVP_ERR_INVALID_ARGUMENT, "alloc");
 }
 
+/* ---- huge pages and prefault (kvp_cache_options::flags, since 1.2) ---------------------------- */
+
+/* The bracketed mode of /sys/kernel/mm/transparent_hugepage/enabled ("always", "madvise",
+ * "never"), or "" where the file is missing (no THP in the kernel). */
+static void thp_mode(char *out, size_t cap) {
+  out[0] = '\0';
+  FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!f) return;
+  char line[256];
+  if (fgets(line, sizeof line, f)) {
+    const char *a = strchr(line, '['), *b = a ? strchr(a, ']') : NULL;
+    if (a && b && (size_t)(b - a - 1) < cap) {
+      memcpy(out, a + 1, (size_t)(b - a - 1));
+      out[b - a - 1] = '\0';
+    }
+  }
+  fclose(f);
+}
+
+/* The kB value of `key` ("Rss", "AnonHugePages") of the mapping of /proc/self/smaps that contains
+ * p, or -1 when there is none (or no smaps). */
+static long smaps_kb(const void *p, const char *key) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  char line[512];
+  int inside = 0;
+  long v = -1;
+  const size_t klen = strlen(key);
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    char dash;
+    /* a mapping's header line: "lo-hi perms offset dev inode path" (field lines are "Key: n kB") */
+    if (sscanf(line, "%lx%c%lx ", &lo, &dash, &hi) == 3 && dash == '-') {
+      inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+      continue;
+    }
+    if (inside && strncmp(line, key, klen) == 0 && line[klen] == ':') {
+      v = strtol(line + klen + 1, NULL, 10);
+      break;
+    }
+  }
+  fclose(f);
+  return v;
+}
+
+/* 2 layers x 64 pages x 16 rows x 16 combined (8 K + 8 V heads) x 128 lanes x 4 B = 2 x 8 MiB. */
+static kvp_config huge_test_config(void) { return kvp_test_config(2, 8, 128, 16, 64, KVP_DTYPE_F32, KVP_LAYOUT_V3); }
+
+static kvp_cache *make_cache_flags(const kvp_config *cfg, uint32_t flags) {
+  kvp_cache_options o = KVP_CACHE_OPTIONS_INIT;
+  o.flags = flags;
+  return make_cache(cfg, &o);
+}
+
+static int64_t layer_bytes_of(const kvp_cache *c) {
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  assert_kvp_ok(kvp_cache_get_layout(c, &li));
+  return li.layer_bytes;
+}
+
+/* Every flag combination gives a zeroed cache that holds what is written (the same bytes). */
+static void test_cache__flags_give_identical_zeroed_caches(void **state) {
+  (void)state;
+  const kvp_config cfg = huge_test_config();
+  static const uint32_t flags[] = {0, KVP_CACHE_FLAG_NO_HUGE_PAGES, KVP_CACHE_FLAG_PREFAULT,
+                                   KVP_CACHE_FLAG_NO_HUGE_PAGES | KVP_CACHE_FLAG_PREFAULT};
+  kvp_cache *ref = make_cache_flags(&cfg, 0);
+  const int64_t lb = layer_bytes_of(ref);
+  assert_true(lb >= (2 << 20));
+  unsigned char *pattern = malloc((size_t)lb), *back = malloc((size_t)lb), *zero = calloc(1, (size_t)lb);
+  assert_non_null(pattern);
+  assert_non_null(back);
+  assert_non_null(zero);
+  for (int64_t i = 0; i < lb; i++) pattern[i] = (unsigned char)(i * 131 + (i >> 12));
+  for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++) {
+    kvp_cache *c = make_cache_flags(&cfg, flags[k]);
+    assert_int_equal(layer_bytes_of(c), lb);
+    for (uint32_t l = 0; l < 2; l++) {
+      kvp_tensor t;
+      assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t));
+      if (memcmp(t.data, zero, (size_t)lb) != 0) fail_msg("flags 0x%x: layer %u is not zeroed", flags[k], l);
+      assert_kvp_ok(kvp_cache_write_layer(c, l, pattern, (size_t)lb, NULL));
+      assert_kvp_ok(kvp_cache_read_layer(c, l, back, (size_t)lb, NULL));
+      assert_memory_equal(back, pattern, (size_t)lb);
+    }
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+  assert_kvp_ok(kvp_cache_destroy(ref));
+  free(pattern);
+  free(back);
+  free(zero);
+}
+
+/* By default a large buffer is advised for huge pages and gets them once touched, where the
+ * kernel's THP mode lets advice count; with KVP_CACHE_FLAG_NO_HUGE_PAGES it never does. */
+static void test_cache__large_buffers_get_huge_pages_unless_turned_off(void **state) {
+  (void)state;
+  char mode[32];
+  thp_mode(mode, sizeof mode);
+  const kvp_config cfg = huge_test_config();
+  kvp_cache *on = make_cache_flags(&cfg, 0);
+  kvp_cache *off = make_cache_flags(&cfg, KVP_CACHE_FLAG_NO_HUGE_PAGES);
+  const int64_t lb = layer_bytes_of(on);
+  kvp_tensor ton, toff;
+  assert_kvp_ok(kvp_cache_get_view(on, 0, KVP_VIEW_PAGES, &ton));
+  assert_kvp_ok(kvp_cache_get_view(off, 0, KVP_VIEW_PAGES, &toff));
+  assert_int_equal((uintptr_t)ton.data % (2u << 20), 0); /* 2 MiB-aligned so a huge page can back it */
+  memset(ton.data, 0x11, (size_t)lb);
+  memset(toff.data, 0x22, (size_t)lb);
+  const long huge_on = smaps_kb(ton.data, "AnonHugePages"), huge_off = smaps_kb(toff.data, "AnonHugePages");
+  if (huge_on < 0 || huge_off < 0) {
+    print_message("no AnonHugePages in /proc/self/smaps (THP mode '%s'): huge page checks skipped\n", mode);
+  } else {
+    assert_int_equal(huge_off, 0);
+    if (strcmp(mode, "always") == 0 || strcmp(mode, "madvise") == 0) {
+      if (huge_on == 0) fail_msg("THP mode '%s' but the advised %lld-byte buffer has no huge page", mode, (long long)lb);
+    } else {
+      print_message("THP mode is '%s' (not always/madvise): not asserting huge pages (got %ld kB)\n",
+                    mode[0] ? mode : "absent", huge_on);
+    }
+  }
+  assert_kvp_ok(kvp_cache_destroy(on));
+  assert_kvp_ok(kvp_cache_destroy(off));
+}
+
+/* KVP_CACHE_FLAG_PREFAULT: the buffers are resident when create returns (without it they are not).
+ * One cache at a time: the kernel merges adjacent mappings of the same kind into one entry. */
+static void test_cache__prefault_makes_buffers_resident(void **state) {
+  (void)state;
+  const kvp_config cfg = huge_test_config();
+  for (int k = 0; k < 4; k++) {
+    const uint32_t flags = (k & 1 ? KVP_CACHE_FLAG_NO_HUGE_PAGES : 0) | (k & 2 ? KVP_CACHE_FLAG_PREFAULT : 0);
+    kvp_cache *c = make_cache_flags(&cfg, flags);
+    const int64_t lb = layer_bytes_of(c);
+    for (uint32_t l = 0; l < 2; l++) {
+      kvp_tensor t;
+      assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t));
+      const long rss = smaps_kb(t.data, "Rss");
+      if (rss < 0) {
+        print_message("no Rss in /proc/self/smaps: residency not checked\n");
+        continue;
+      }
+      /* the mapping may have merged with the other layer's: it holds at least this layer */
+      if ((flags & KVP_CACHE_FLAG_PREFAULT) && rss < lb / 1024)
+        fail_msg("flags 0x%x: prefaulted layer %u has Rss %ld kB < %lld kB", flags, l, rss, (long long)lb / 1024);
+      if (!(flags & KVP_CACHE_FLAG_PREFAULT) && rss >= lb / 1024)
+        fail_msg("flags 0x%x: untouched layer %u is already resident (%ld kB)", flags, l, rss);
+    }
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+}
+
+/* Unknown flag bits or a non-zero _reserved: KVP_ERR_UNSUPPORTED with a message, nothing created. */
+static void test_cache__bad_flags_are_unsupported(void **state) {
+  (void)state;
+  const kvp_config cfg = huge_test_config();
+  kvp_cache_options o = KVP_CACHE_OPTIONS_INIT;
+  const long before = rss_kib();
+  o.flags = 1u << 2;
+  expect_create_error(&cfg, &o, KVP_ERR_UNSUPPORTED, "flags");
+  o.flags = 0x80000000u | KVP_CACHE_FLAG_PREFAULT;
+  expect_create_error(&cfg, &o, KVP_ERR_UNSUPPORTED, "flags");
+  o.flags = KVP_CACHE_FLAG_PREFAULT;
+  o._reserved = 1;
+  expect_create_error(&cfg, &o, KVP_ERR_UNSUPPORTED, "_reserved");
+  /* a refused PREFAULT faulted nothing in (16 MiB would show) */
+  if (before >= 0 && rss_kib() - before > 8 * 1024) fail_msg("a refused create grew RSS by %ld KiB", rss_kib() - before);
+}
+
+/* A caller compiled against version 1 (1.0/1.1: no flags, struct_size 24 on LP64) still works, and
+ * nothing past its struct is read: the bytes after it are garbage here and would be bad flags. */
+static void test_cache__version_1_options_are_accepted(void **state) {
+  (void)state;
+  const kvp_config cfg = kvp_test_config(1, 1, 64, 8, 3, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  const size_t v1 = offsetof(kvp_cache_options, flags);
+  if (sizeof(void *) == 8) assert_int_equal(v1, 24);
+  union {
+    kvp_cache_options o;
+    unsigned char bytes[sizeof(kvp_cache_options) + 16];
+  } u;
+  memset(&u, 0xFF, sizeof u); /* flags/_reserved bytes beyond v1: all ones */
+  assert_kvp_ok(kvp_cache_options_init(&u.o, (uint32_t)v1));
+  assert_int_equal(u.o.struct_size, v1);
+  for (size_t i = v1; i < sizeof u; i++) assert_int_equal(u.bytes[i], 0xFF); /* init wrote nothing past v1 */
+  kvp_cache *c = make_cache(&cfg, &u.o);
+  kvp_tensor t;
+  assert_kvp_ok(kvp_cache_get_view(c, 0, KVP_VIEW_PAGES, &t));
+  assert_true(((const unsigned char *)t.data)[0] == 0);
+  assert_kvp_ok(kvp_cache_destroy(c));
+  /* abi_version 1 with the v1 size, as a 1.0 caller's KVP_CACHE_OPTIONS_INIT makes it */
+  u.o.abi_version = 1;
+  c = make_cache(&cfg, &u.o);
+  assert_kvp_ok(kvp_cache_destroy(c));
+  /* and through a load (kvp_deserialize_options::cache_options) */
+  c = make_cache(&cfg, NULL);
+  size_t need = 0;
+  assert_kvp_ok(kvp_serialized_size(c, NULL, &need));
+  void *blob = malloc(need);
+  assert_non_null(blob);
+  assert_kvp_ok(kvp_serialize(c, NULL, blob, need, &need));
+  kvp_deserialize_options d = KVP_DESERIALIZE_OPTIONS_INIT;
+  d.cache_options = &u.o;
+  kvp_cache *loaded = NULL;
+  assert_kvp_ok(kvp_deserialize_new(blob, need, &d, &loaded));
+  assert_kvp_ok(kvp_cache_destroy(loaded));
+  /* the same load with bad flags in a v2 struct is refused before anything is made */
+  kvp_cache_options bad = KVP_CACHE_OPTIONS_INIT;
+  bad.flags = 1u << 7;
+  d.cache_options = &bad;
+  loaded = (kvp_cache *)(uintptr_t)0x1;
+  assert_kvp_status(kvp_deserialize_new(blob, need, &d, &loaded), KVP_ERR_UNSUPPORTED, "flags");
+  assert_null(loaded);
+  /* PREFAULT through a load: same bytes */
+  kvp_cache_options pre = KVP_CACHE_OPTIONS_INIT;
+  pre.flags = KVP_CACHE_FLAG_PREFAULT;
+  d.cache_options = &pre;
+  assert_kvp_ok(kvp_deserialize_new(blob, need, &d, &loaded));
+  size_t need2 = 0;
+  assert_kvp_ok(kvp_serialized_size(loaded, NULL, &need2));
+  assert_int_equal(need2, need);
+  void *blob2 = malloc(need2);
+  assert_non_null(blob2);
+  assert_kvp_ok(kvp_serialize(loaded, NULL, blob2, need2, &need2));
+  assert_memory_equal(blob, blob2, need);
+  free(blob2);
+  assert_kvp_ok(kvp_cache_destroy(loaded));
+  free(blob);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 static void test_cache__options_init_errors(void **state) {
   (void)state;
   kvp_cache_options o, ob;
@@ -345,6 +577,11 @@ int main(void) {
       cmocka_unit_test(test_cache__create_rejects_bad_device_fields),
       cmocka_unit_test(test_cache__options_init_errors),
       cmocka_unit_test(test_cache__independent_caches),
+      cmocka_unit_test(test_cache__flags_give_identical_zeroed_caches),
+      cmocka_unit_test(test_cache__large_buffers_get_huge_pages_unless_turned_off),
+      cmocka_unit_test(test_cache__prefault_makes_buffers_resident),
+      cmocka_unit_test(test_cache__bad_flags_are_unsupported),
+      cmocka_unit_test(test_cache__version_1_options_are_accepted),
   };
   return cmocka_run_group_tests_name("cache", tests, NULL, NULL);
 }
