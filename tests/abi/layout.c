@@ -32,12 +32,14 @@ KVP_PIN_OFFSET(kvp_host_allocator, free, 8);
 KVP_PIN_OFFSET(kvp_host_allocator, user_data, 16);
 
 /* kvp_cache_options (cache.h) */
-KVP_PIN_MIN_SIZE(kvp_cache_options, 24);
+KVP_PIN_MIN_SIZE(kvp_cache_options, 32);
 KVP_PIN_OFFSET(kvp_cache_options, struct_size, 0);
 KVP_PIN_OFFSET(kvp_cache_options, abi_version, 4);
 KVP_PIN_OFFSET(kvp_cache_options, device_type, 8);
 KVP_PIN_OFFSET(kvp_cache_options, device_id, 12);
 KVP_PIN_OFFSET(kvp_cache_options, allocator, 16);
+KVP_PIN_OFFSET(kvp_cache_options, flags, 24);
+KVP_PIN_OFFSET(kvp_cache_options, _reserved, 28);
 
 /* kvp_config (config.h) */
 KVP_PIN_MIN_SIZE(kvp_config, 112);
