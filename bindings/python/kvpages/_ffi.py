@@ -59,7 +59,7 @@ class kvp_plan(ctypes.Structure):
 
 class kvp_cache_options(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("device_type", _i32), ("device_id", _i32),
-                ("allocator", _vp)]
+                ("allocator", _vp), ("flags", _u32), ("_reserved", _u32)]  # flags, _reserved: since 1.2
 
 
 class kvp_tensor(ctypes.Structure):

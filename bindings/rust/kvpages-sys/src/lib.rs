@@ -93,7 +93,9 @@ constants! {
     KVP_CONFIG_FLAG_NO_SAFETY_MARGIN: u32 = 1 << 1;
     KVP_CONFIG_OPTIONS_VERSION: u32 = 1;
     // cache.h
-    KVP_CACHE_OPTIONS_VERSION: u32 = 1;
+    KVP_CACHE_OPTIONS_VERSION: u32 = 2;
+    KVP_CACHE_FLAG_NO_HUGE_PAGES: u32 = 1 << 0;
+    KVP_CACHE_FLAG_PREFAULT: u32 = 1 << 1;
     KVP_VIEW_PAGES: kvp_view_kind = 0;
     KVP_VIEW_FLAT: kvp_view_kind = 1;
     KVP_VIEW_KEYS: kvp_view_kind = 2;
@@ -275,7 +277,7 @@ pub struct kvp_host_allocator {
     pub user_data: *mut c_void,
 }
 
-/// `kvp_cache_options` (cache.h).
+/// `kvp_cache_options` (cache.h); `flags` and `_reserved` since 1.2 (abi_version 2).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_cache_options {
@@ -284,6 +286,8 @@ pub struct kvp_cache_options {
     pub device_type: kvp_device_type,
     pub device_id: i32,
     pub allocator: *const kvp_host_allocator,
+    pub flags: u32,
+    pub _reserved: u32,
 }
 
 /// Opaque runtime-metadata handle (`kvp_metadata`).

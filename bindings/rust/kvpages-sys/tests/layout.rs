@@ -34,7 +34,8 @@ fn struct_layouts_match_c() {
         budget_mode, flags, budget_bytes, safety_margin_bytes, memory_stats, num_memory_stats, device_type,
         device_id, _reserved0, kv_head_shards, max_num_tokens, max_num_reqs });
     layout!(probe, rust, kvp_host_allocator { alloc, free, user_data });
-    layout!(probe, rust, kvp_cache_options { struct_size, abi_version, device_type, device_id, allocator });
+    layout!(probe, rust, kvp_cache_options { struct_size, abi_version, device_type, device_id, allocator, flags,
+        _reserved });
     layout!(probe, rust, kvp_tensor { data, dtype, ndim, shape, strides, device_type, device_id });
     layout!(probe, rust, kvp_layout_info { struct_size, is_h64, kv_head_packing, storage_num_combined_kv_heads,
         storage_num_kv_groups, storage_head_dim, itemsize, ndim, _reserved, shape, layer_bytes,
@@ -69,6 +70,9 @@ fn struct_layouts_match_c() {
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
         ("KVP_POOL_OPTIONS_VERSION", KVP_POOL_OPTIONS_VERSION),
+        ("KVP_CACHE_OPTIONS_VERSION", KVP_CACHE_OPTIONS_VERSION),
+        ("KVP_CACHE_FLAG_NO_HUGE_PAGES", KVP_CACHE_FLAG_NO_HUGE_PAGES),
+        ("KVP_CACHE_FLAG_PREFAULT", KVP_CACHE_FLAG_PREFAULT),
         ("KVP_POOL_FLAG_NO_PREFIX_CACHE", KVP_POOL_FLAG_NO_PREFIX_CACHE),
         ("KVP_POOL_ADD_FLAG_REUSE_ALL", KVP_POOL_ADD_FLAG_REUSE_ALL),
         ("KVP_PAGE_FLAG_NULL", KVP_PAGE_FLAG_NULL),
