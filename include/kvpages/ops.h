@@ -25,7 +25,8 @@ KVP_BEGIN_DECLS
  * elements, identical shapes), dtype f32, f16 or bf16, on the cache's device. Each stored
  * element is converted to the cache dtype with round-to-nearest-even and **no saturation**:
  * values beyond the range of fp8 e4m3fn become NaN (it has no infinity), beyond fp8 e5m2, f16
- * or bf16 become ±infinity; NaN stays NaN (sign kept, quiet bit set). When the input dtype
+ * or bf16 become ±infinity; NaN stays NaN with its sign (bf16: 0x7FC0 / 0xFFC0; f16: quiet
+ * bit set, top payload bits kept; see kvp_convert()). When the input dtype
  * equals the cache dtype the bits are copied unchanged.
  *
  * - **v2** (the slice list): for every slice `j < n = num_kv_update_slices[0]`, tokens

@@ -7,8 +7,12 @@
 // - No saturation: a value whose rounded magnitude exceeds the largest finite value becomes
 //   +-inf (f16, bf16, e5m2) or NaN (e4m3fn, which has no infinity); +-inf -> +-inf, or NaN for
 //   e4m3fn.
-// - NaN stays NaN with its sign: f16/bf16/e5m2 keep the top payload bits and set the quiet bit;
-//   e4m3fn has the single NaN encoding S.1111.111.
+// - NaN stays NaN with its sign. f16 and e5m2 keep the top payload bits and set the quiet bit
+//   (f16: what x86 F16C vcvtps2ph does, so the CPU's F16C path gives these bytes too). bf16 gives
+//   the canonical quiet NaN of the sign, 0x7FC0 / 0xFFC0, whatever the payload: ml_dtypes' bfloat16
+//   is Eigen::bfloat16, whose float_to_bfloat16_rtne maps every NaN to signbit ? 0xFFC0 : 0x7FC0
+//   (f32 0x7FA00000 -> 0x7FC0; kvpages 1.2.0 gave 0x7FE0, the payload truncated and the
+//   quiet bit set). e4m3fn has the single NaN encoding S.1111.111.
 // - narrower -> f32 is exact (every f16/bf16/fp8 value is an f32 value).
 // Inputs other than f32 are converted through f32 (exact), which is what a cast f16 -> bf16
 // does in JAX as well.
@@ -95,7 +99,7 @@ KVP_HD inline uint8_t e4m3fn_from_f32(float f) { return static_cast<uint8_t>(f32
 KVP_HD inline uint16_t bf16_from_f32(float f) {
   const uint32_t x = f32_bits(f);
   const uint32_t rounded = (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>((x & 0x7FFFFFFFu) > 0x7F800000u ? ((x >> 16) | 0x40u) : rounded);
+  return static_cast<uint16_t>((x & 0x7FFFFFFFu) > 0x7F800000u ? (((x >> 16) & 0x8000u) | 0x7FC0u) : rounded);
 }
 
 KVP_HD inline float f32_from_bf16(uint16_t h) { return f32_from_bits(static_cast<uint32_t>(h) << 16); }

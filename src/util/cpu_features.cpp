@@ -3,6 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if KVP_CPU_DISPATCH
+#include <cpuid.h>
+#endif
+
 namespace kvp::detail {
 
 const char* cpu_isa_name(CpuIsa isa) noexcept {
@@ -18,7 +22,11 @@ CpuIsa cpu_isa() noexcept {
     CpuIsa best = CpuIsa::baseline;
 #if KVP_CPU_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = CpuIsa::avx2;
+    // F16C: CPUID leaf 1, ECX bit 29 (its VEX encoding needs the same OS support as AVX, which
+    // __builtin_cpu_supports("avx2") already checks).
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) best = CpuIsa::avx2;
     if (best == CpuIsa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
       best = CpuIsa::avx512;

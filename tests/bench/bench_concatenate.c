@@ -12,7 +12,8 @@
  * larger N are prefill requests of up to 512 tokens each. Pages are handed out in a shuffled
  * order, as a page pool would after a while.
  *
- * Usage: bench_concatenate [--quick]   (--quick: fewer shapes and token counts) */
+ * Usage: bench_concatenate [--quick]   (--quick: fewer shapes and token counts)
+ * KVP_BENCH_SHAPE=text runs only the shapes whose name contains `text` (e.g. "f32->"). */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
 #include <pthread.h>
@@ -40,6 +41,7 @@ static const shape kShapes[] = {
     {"llama3-8b v2 layout", 8, 128, KVP_LAYOUT_V2, KVP_DTYPE_BF16, KVP_DTYPE_BF16},
     {"llama3-8b f32->fp8e4m3", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F32, KVP_DTYPE_F8_E4M3FN},
     {"llama3-8b f32->bf16", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F32, KVP_DTYPE_BF16},
+    {"llama3-8b f32->f16", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F32, KVP_DTYPE_F16},
     {"llama3-8b bf16->fp8e4m3", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN},
 };
 static const int64_t kTokens[] = {1, 4, 16, 64, 256, 1024, 4096, 16384};
@@ -376,7 +378,9 @@ int main(int argc, char **argv) {
   }
   start_copy_helpers(atoi(child) > 0 ? atoi(child) : 1);
   for (s = 0; s < sizeof kShapes / sizeof kShapes[0]; ++s) {
+    const char *only = getenv("KVP_BENCH_SHAPE");
     if (quick && s >= 3) break;
+    if (only != NULL && strstr(kShapes[s].name, only) == NULL) continue;
     bench_shape(&kShapes[s], quick, child);
   }
   return 0;

@@ -24,7 +24,9 @@ int kvp_test_dtype_size(kvp_dtype dtype);
 /* The value of a code; NaN codes give a NaN of the code's sign. */
 double kvp_test_decode(uint32_t code, kvp_dtype dtype);
 /* The code of x, rounded to nearest even without saturation (overflow: infinity, e4m3fn: NaN); a
- * NaN gives the dtype's quiet NaN with x's sign. f32: the code of (float)x. */
+ * NaN gives the dtype's canonical quiet NaN with x's sign (bf16 0x7FC0 / 0xFFC0, f16 0x7E00 /
+ * 0xFE00: a double carries no f32 payload, so payload rules are checked by test_nan_payloads).
+ * f32: the code of (float)x. */
 uint32_t kvp_test_encode(double x, kvp_dtype dtype);
 /* A code of `size` bytes at p (little-endian host), and its store. */
 uint32_t kvp_test_load_code(const unsigned char *p, int size);

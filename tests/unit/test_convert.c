@@ -20,9 +20,9 @@ static uint32_t expected_code(uint32_t c, kvp_dtype src, kvp_dtype dst) {
   return kvp_test_encode(kvp_test_decode(c, src), dst);
 }
 
-/* NaN codes may differ in payload between two correct converters only where the SPEC leaves it
- * open; it does not (quiet bit set, top payload bits kept), so codes are compared exactly, except
- * that a NaN produced from a NaN is compared as "a NaN of the same sign". */
+/* The codec here keeps no NaN payloads (it works on doubles), so a NaN produced from a NaN is
+ * compared as "a NaN of the same sign"; every other code exactly. The payload rules themselves are
+ * pinned by test_nan_payloads. */
 static int same_result(uint32_t got, uint32_t want, kvp_dtype dst) {
   const double g = kvp_test_decode(got, dst), w = kvp_test_decode(want, dst);
   if (isnan(w)) return isnan(g) && signbit(g) == signbit(w);
@@ -122,6 +122,40 @@ static void test_in_place_same_width(void **state) {
     if (!same_result(buf[i], want[i], KVP_DTYPE_F16)) fail_msg("element %d: 0x%x, expected 0x%x", i, buf[i], want[i]);
 }
 
+/* NaN payloads, bit for bit (the rules of fp_convert.hpp and include/kvpages/types.h):
+ * f32 -> bf16: the canonical quiet NaN of the sign, 0x7FC0 / 0xFFC0 (JAX / ml_dtypes);
+ * f32 -> f16: sign | 0x7E00 | the top 10 payload bits (what F16C's vcvtps2ph gives);
+ * f16 -> f32: exact, a signalling NaN stays signalling (vcvtph2ps would quiet it).
+ * Each value fills a whole row of 37 elements, so vector bodies and tails all see it. */
+static void test_nan_payloads(void **state) {
+  (void)state;
+  static const uint32_t kNans[] = {0x7FA00000u, 0xFFA00001u, 0x7F800001u, 0xFF800001u, 0x7FC00000u, 0xFFFFFFFFu,
+                                   0x7FBFFFFFu, 0x7F802000u, 0x7F801FFFu, 0xFFC0E000u, 0x7FFFE000u, 0x7F804000u};
+  enum { kRow = 37 };
+  uint32_t in[kRow], wide[kRow];
+  uint16_t out[kRow], half[kRow];
+  for (size_t v = 0; v < sizeof kNans / sizeof kNans[0]; ++v) {
+    const uint32_t x = kNans[v], sign16 = (x >> 16) & 0x8000u;
+    for (int i = 0; i < kRow; ++i) in[i] = x;
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F32, out, KVP_DTYPE_BF16, kRow));
+    for (int i = 0; i < kRow; ++i)
+      if (out[i] != (sign16 | 0x7FC0u)) fail_msg("f32 0x%08x -> bf16 0x%04x [%d]", x, out[i], i);
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F32, out, KVP_DTYPE_F16, kRow));
+    for (int i = 0; i < kRow; ++i)
+      if (out[i] != (sign16 | 0x7E00u | ((x >> 13) & 0x3FFu))) fail_msg("f32 0x%08x -> f16 0x%04x [%d]", x, out[i], i);
+  }
+  for (uint32_t h = 0x7C01u; h <= 0x7FFFu; h += 0x3Bu) {
+    for (int s = 0; s < 2; ++s) {
+      const uint32_t code = h | (s ? 0x8000u : 0u);
+      for (int i = 0; i < kRow; ++i) half[i] = (uint16_t)code;
+      assert_kvp_ok(kvp_convert(half, KVP_DTYPE_F16, wide, KVP_DTYPE_F32, kRow));
+      for (int i = 0; i < kRow; ++i)
+        if (wide[i] != (((code & 0x8000u) << 16) | 0x7F800000u | ((code & 0x3FFu) << 13)))
+          fail_msg("f16 0x%04x -> f32 0x%08x [%d]", code, wide[i], i);
+    }
+  }
+}
+
 static void test_zero_count_accepts_null(void **state) {
   (void)state;
   assert_kvp_ok(kvp_convert(NULL, KVP_DTYPE_F32, NULL, KVP_DTYPE_BF16, 0));
@@ -157,6 +191,7 @@ int main(void) {
       cmocka_unit_test(test_every_small_source_code), cmocka_unit_test(test_f32_sources),
       cmocka_unit_test(test_large_conversion_matches), cmocka_unit_test(test_in_place_same_width),
       cmocka_unit_test(test_zero_count_accepts_null),  cmocka_unit_test(test_bad_input_changes_nothing),
+      cmocka_unit_test(test_nan_payloads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
