@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <kvpages.h>
@@ -107,6 +108,19 @@ static void use(const kvp_api_v1 *api, const kvp_tensor *k, const kvp_tensor *v,
   CHECK(api->cache_destroy(cache) == KVP_OK, "%s", api->last_error_message());
 }
 
+/* The thread count, given up to 1 s to come back to `want`: pthread_join returns when a thread
+ * has finished, but the kernel may list it in /proc a moment longer while it is reaped. */
+static long settled_threads(long want) {
+  const struct timespec ms = {0, 1000000};
+  long n = status_field("Threads");
+  int i;
+  for (i = 0; i < 1000 && n != want; ++i) {
+    nanosleep(&ms, NULL);
+    n = status_field("Threads");
+  }
+  return n;
+}
+
 int main(int argc, char **argv) {
   const size_t n = (size_t)kTokens * kHeads * kDim, cap = (size_t)8 << 20;
   float *key = malloc(n * sizeof(float)), *value = malloc(n * sizeof(float));
@@ -140,7 +154,7 @@ int main(int argc, char **argv) {
     CHECK(c > 0 || threads_in > threads0, "the library used no worker thread (threads %ld; set KVP_NUM_THREADS)", threads_in);
     CHECK(dlclose(lib) == 0, "%s", dlerror());
     CHECK(dlopen(argv[1], RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) == NULL, "cycle %ld: the library stayed loaded", c);
-    threads_out = status_field("Threads");
+    threads_out = settled_threads(threads0);
     CHECK(threads_out == threads0, "cycle %ld: %ld threads after dlclose, %ld before the first dlopen", c, threads_out,
           threads0);
     if (threads_in > threads_max) threads_max = threads_in;
