@@ -11,7 +11,7 @@
 //   (f16: what x86 F16C vcvtps2ph does, so the CPU's F16C path gives these bytes too). bf16 gives
 //   the canonical quiet NaN of the sign, 0x7FC0 / 0xFFC0, whatever the payload: ml_dtypes' bfloat16
 //   is Eigen::bfloat16, whose float_to_bfloat16_rtne maps every NaN to signbit ? 0xFFC0 : 0x7FC0
-//   (f32 0x7FA00000 -> 0x7FC0; kvpages 1.2.0 gave 0x7FE0, the payload truncated and the
+//   (f32 0x7FA00000 -> 0x7FC0; kvpages before 1.2 gave 0x7FE0, the payload truncated and the
 //   quiet bit set). e4m3fn has the single NaN encoding S.1111.111.
 // - narrower -> f32 is exact (every f16/bf16/fp8 value is an f32 value).
 // Inputs other than f32 are converted through f32 (exact), which is what a cast f16 -> bf16
