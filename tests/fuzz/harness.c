@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "reference.h"
+
 
 int kvp_fuzz_more(const kvp_fuzz_reader *r) { return r->pos < r->size; }
 
@@ -45,32 +47,10 @@ void kvp_fuzz_check(int cond, const char *what, ...) {
 
 kvp_cache *kvp_fuzz_cache(int64_t layers, int64_t heads, int64_t head_dim, int64_t page_size, int64_t max_len,
                           int64_t pages, kvp_dtype dtype, kvp_layout layout) {
-  kvp_config probe;
-  kvp_layout_info li;
-  kvp_config_init(&probe, sizeof probe);
-  probe.num_hidden_layers = layers;
-  probe.num_kv_heads = heads;
-  probe.k_headdim = probe.v_headdim = head_dim;
-  probe.max_model_length = max_len;
-  probe.page_size = page_size;
-  probe.kvdtype = dtype;
-  probe.version = layout;
-  memset(&li, 0, sizeof li);
-  li.struct_size = sizeof li;
-  kvp_fuzz_check(kvp_config_get_layout(&probe, &li) == KVP_OK, "kvp_fuzz_cache: layout");
-  kvp_config_options o;
   kvp_config cfg;
-  kvp_config_options_init(&o, sizeof o);
-  o.num_hidden_layers = layers;
-  o.num_kv_heads = heads;
-  o.kv_head_dim_size = head_dim;
-  o.max_model_length = max_len;
-  o.page_size = page_size;
-  o.kvdtype = dtype;
-  o.version = layout;
-  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  o.budget_bytes = li.page_bytes_per_layer * layers * pages;
-  kvp_fuzz_check(kvp_config_create(&o, &cfg) == KVP_OK && cfg.num_pages == pages, "kvp_fuzz_cache: config");
+  kvp_fuzz_check(kvp_test_sized_config(layers, heads, head_dim, page_size, pages, dtype, layout, max_len, &cfg) ==
+                         KVP_OK && cfg.num_pages == pages,
+                 "kvp_fuzz_cache: config");
   kvp_cache *c = NULL;
   kvp_fuzz_check(kvp_cache_create(&cfg, NULL, &c) == KVP_OK, "kvp_fuzz_cache: cache");
   return c;

@@ -146,3 +146,56 @@ void kvp_test_ref_write_token(unsigned char *pages, const kvp_test_geom *g, kvp_
                           kvp_test_ref_convert(kvp_test_tensor_code(v, src, h, d), v->dtype, dd));
     }
 }
+
+kvp_status kvp_test_sized_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
+                                 int64_t num_pages, kvp_dtype dtype, kvp_layout layout, int64_t max_len,
+                                 kvp_config *out) {
+  kvp_config_options o;
+  kvp_config probe;
+  kvp_layout_info li;
+  kvp_status st;
+  /* The budget comes from the true page bytes, so that exactly num_pages fit. */
+  kvp_config_init(&probe, sizeof probe);
+  probe.num_hidden_layers = layers;
+  probe.num_kv_heads = kv_heads;
+  probe.k_headdim = probe.v_headdim = head_dim;
+  probe.max_model_length = max_len;
+  probe.page_size = page_size;
+  probe.kvdtype = dtype;
+  probe.version = layout == 0 ? KVP_LAYOUT_V3 : layout;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  if ((st = kvp_config_get_layout(&probe, &li)) != KVP_OK) return st;
+  kvp_config_options_init(&o, sizeof o);
+  o.num_hidden_layers = layers;
+  o.num_kv_heads = kv_heads;
+  o.kv_head_dim_size = head_dim;
+  o.max_model_length = max_len;
+  o.page_size = page_size;
+  o.kvdtype = dtype;
+  o.version = layout;
+  o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  o.budget_bytes = li.page_bytes_per_layer * layers * num_pages;
+  return kvp_config_create(&o, out);
+}
+
+kvp_tensor kvp_test_tensor_strided(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, int64_t st,
+                                   int64_t sh, int64_t sd, kvp_device_type device) {
+  kvp_tensor t;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.dtype = dtype;
+  t.ndim = 3;
+  t.shape[0] = T;
+  t.shape[1] = H;
+  t.shape[2] = D;
+  t.strides[0] = st;
+  t.strides[1] = sh;
+  t.strides[2] = sd;
+  t.device_type = device;
+  return t;
+}
+
+kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device) {
+  return kvp_test_tensor_strided(data, dtype, T, H, D, H * D, D, 1, device);
+}

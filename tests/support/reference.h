@@ -55,4 +55,16 @@ uint32_t kvp_test_tensor_code(const kvp_tensor *t, int64_t tok, int64_t h, int64
 void kvp_test_ref_write_token(unsigned char *pages, const kvp_test_geom *g, kvp_dtype dd, const kvp_tensor *k,
                               const kvp_tensor *v, int64_t src, int64_t slot);
 
+/* kvp_config_create of a config with exactly num_pages pages (budget from the true page bytes, no
+ * safety margin) into *out; the library's status. */
+kvp_status kvp_test_sized_config(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t page_size,
+                                 int64_t num_pages, kvp_dtype dtype, kvp_layout layout, int64_t max_len,
+                                 kvp_config *out);
+
+/* A [T, H, D] tensor descriptor over `data` with element strides st, sh, sd (device_id 0). */
+kvp_tensor kvp_test_tensor_strided(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, int64_t st,
+                                   int64_t sh, int64_t sd, kvp_device_type device);
+/* The same, contiguous and row-major. */
+kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device);
+
 #endif

@@ -77,10 +77,5 @@ size_t kvp_test_layer_bytes(const kvp_cache *cache);
     if (e_ != cudaSuccess) fail_msg("%s -> %s", #expr, cudaGetErrorString(e_)); \
   } while (0)
 
-/* A [T, H, D] tensor descriptor over `data` with element strides st, sh, sd (device_id 0). */
-kvp_tensor kvp_test_tensor_strided(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, int64_t st,
-                                   int64_t sh, int64_t sd, kvp_device_type device);
-/* The same, contiguous and row-major. */
-kvp_tensor kvp_test_tensor(void *data, kvp_dtype dtype, int64_t T, int64_t H, int64_t D, kvp_device_type device);
 
 #endif

@@ -3,23 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { kHeads = 8, kDim = 128, kPage = 16 };
+#include "reference.h"
 
-static kvp_tensor input_tensor(float *data, int64_t tokens) {
-  kvp_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = KVP_DTYPE_F32;
-  t.ndim = 3;
-  t.shape[0] = tokens;
-  t.shape[1] = kHeads;
-  t.shape[2] = kDim;
-  t.strides[0] = kHeads * kDim;
-  t.strides[1] = kDim;
-  t.strides[2] = 1;
-  t.device_type = KVP_DEVICE_CPU;
-  return t;
-}
+enum { kHeads = 8, kDim = 128, kPage = 16 };
 
 static void fill(float *p, size_t n, uint64_t *rng) {
   size_t i;
@@ -79,8 +65,8 @@ kvp_status kvp_test_workload_init(kvp_test_workload *w, int64_t layers, int64_t 
   }
   fill(w->key, n, &seed);
   fill(w->value, n, &seed);
-  w->k = input_tensor(w->key, tokens);
-  w->v = input_tensor(w->value, tokens);
+  w->k = kvp_test_tensor(w->key, KVP_DTYPE_F32, tokens, kHeads, kDim, KVP_DEVICE_CPU);
+  w->v = kvp_test_tensor(w->value, KVP_DTYPE_F32, tokens, kHeads, kDim, KVP_DEVICE_CPU);
   return KVP_OK;
 }
 
