@@ -87,16 +87,13 @@ struct Rows {
 // Token packing: request order (REQUEST_ORDER: each active request's tokens after those of the
 // active requests before it) or row order.
 void assign_starts(const kvp_batch_request* reqs, uint32_t num_requests, bool request_order, Rows& rows) {
-  HostVector<int64_t> by_request(num_requests, 0);
-  int64_t t = 0;
-  for (uint32_t i = 0; i < num_requests && request_order; ++i) {
-    by_request[i] = t;
-    t += reqs[i].num_scheduled;
-  }
+  HostVector<int64_t> by_request(num_requests, 0);  // each request's first token in request order
+  for (uint32_t i = 1; i < num_requests; ++i) by_request[i] = by_request[i - 1] + reqs[i - 1].num_scheduled;
   rows.start.reserve(rows.order.size());
+  int64_t t = 0;  // the next token in row order
   for (uint32_t idx : rows.order) {
     rows.start.push_back(request_order ? by_request[idx] : t);
-    if (!request_order) t += reqs[idx].num_scheduled;
+    t += reqs[idx].num_scheduled;
   }
 }
 

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 
@@ -57,8 +58,7 @@ void* map_huge_aligned(size_t bytes) {
 void prefault(void* p, size_t bytes) {
   auto* base = static_cast<volatile unsigned char*>(p);
   const int64_t chunks = static_cast<int64_t>((bytes + kHugePage - 1) / kHugePage);
-  const int threads = chunks < ThreadPool::instance().max_threads() ? static_cast<int>(chunks)
-                                                                    : ThreadPool::instance().max_threads();
+  const int threads = static_cast<int>(std::min<int64_t>(chunks, ThreadPool::instance().max_threads()));
   parallel_for(chunks, threads, [&](int64_t c) {
     const size_t lo = static_cast<size_t>(c) * kHugePage;
     const size_t hi = lo + kHugePage < bytes ? lo + kHugePage : bytes;
