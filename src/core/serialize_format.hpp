@@ -86,6 +86,8 @@ struct Geometry {
     const uint64_t off = i * chunk_bytes;
     return payload_bytes - off < chunk_bytes ? payload_bytes - off : chunk_bytes;
   }
+  // Offset of chunk i in the blob (its checksum follows its chunk_len(i) bytes).
+  uint64_t chunk_offset(uint64_t i) const { return header_size + table_bytes + 8 + i * (chunk_bytes + 8); }
 };
 // Throws `code` (naming `function`) when a size overflows 64 bits or size_t.
 Geometry make_geometry(uint64_t header_size, uint64_t num_layers, uint64_t num_stored, uint64_t page_bytes,

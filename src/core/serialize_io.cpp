@@ -101,16 +101,20 @@ FileSource::FileSource(const char* path, const char* function) : path_(path), fu
 FileSource::~FileSource() { ::close(fd_); }
 
 void FileSource::read(void* dst, size_t n, const char* what) {
-  const size_t got = read_some(dst, n);
+  read_at(pos, dst, n, what);
+  pos += n;
+}
+
+void FileSource::read_at(uint64_t off, void* dst, size_t n, const char* what) {
+  const size_t got = read_some(off, dst, n);
   if (got < n)
     fail(KVP_ERR_FORMAT_TRUNCATED, "%s: truncated input: '%s' ends at offset %llu, inside %s (%zu more bytes "
-         "needed)", function_, path_, (u64)(pos + got), what, n - got);
-  pos += n;
+         "needed)", function_, path_, (u64)(off + got), what, n - got);
 }
 
 void FileSource::expect_end(const char* function) {
   uint8_t b;
-  if (read_some(&b, 1) != 0)
+  if (read_some(pos, &b, 1) != 0)
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: '%s' has trailing bytes after the end of the blob (%llu bytes); the file "
          "must be exactly one blob", function, path_, (u64)pos);
 }
@@ -122,11 +126,11 @@ bool FileSource::known_size(uint64_t* size) const {
   return true;
 }
 
-size_t FileSource::read_some(void* dst, size_t n) {
+size_t FileSource::read_some(uint64_t off, void* dst, size_t n) {
   auto* d = static_cast<uint8_t*>(dst);
   size_t done = 0;
   while (done < n) {
-    const ssize_t r = ::read(fd_, d + done, n - done);
+    const ssize_t r = ::pread(fd_, d + done, n - done, static_cast<off_t>(off + done));
     if (r < 0) {
       if (errno == EINTR) continue;
       fail(KVP_ERR_IO, "%s: reading '%s' failed: %s", function_, path_, std::strerror(errno));

@@ -11,6 +11,16 @@
 
 namespace kvp::detail::ser {
 
+// Output with random access (a file): n bytes at blob offset `off`, from any thread and in any
+// order, straight from the caller's memory (no staging).
+class RandomSink {
+ public:
+  virtual void write_at(uint64_t off, const uint8_t* p, size_t n) = 0;
+
+ protected:
+  ~RandomSink() = default;
+};
+
 // Output: the serializer asks for space, fills it, then commits it.
 class Sink {
  public:
@@ -20,6 +30,8 @@ class Sink {
   // Where the rest of the blob will land when it goes to one caller buffer (random access
   // allowed: fill, then commit the whole range); nullptr for streaming sinks.
   virtual uint8_t* contiguous() { return nullptr; }
+  // The sink's random access, for what follows the bytes committed so far (nullptr: append only).
+  virtual RandomSink* random_access() { return nullptr; }
 };
 
 // A caller buffer large enough for the whole blob.
@@ -66,16 +78,29 @@ class WriterSink final : public StagingSink {
   uint64_t written_ = 0;
 };
 
-// The temporary file of an atomic replacement.
-class FileSink final : public StagingSink {
+// The temporary file of an atomic replacement: header and table staged and appended, the payload
+// written in place by write_at (the file is renamed over the target only once it is whole).
+class FileSink final : public StagingSink, public RandomSink {
  public:
   FileSink(AtomicFile& file, const HostAllocator& alloc) : StagingSink(alloc), file_(file) {}
+  RandomSink* random_access() override { return this; }
+  void write_at(uint64_t off, const uint8_t* p, size_t n) override { file_.write_at(off, p, n); }
 
  protected:
   void emit(const uint8_t* p, size_t n) override { file_.write(p, n); }
 
  private:
   AtomicFile& file_;
+};
+
+// Input with random access (a regular file): copies exactly the n bytes at blob offset `off` to
+// `dst` (throws FORMAT_TRUNCATED when the input ends before them), from any thread.
+class RandomSource {
+ public:
+  virtual void read_at(uint64_t off, void* dst, size_t n, const char* what) = 0;
+
+ protected:
+  ~RandomSource() = default;
 };
 
 // Input. read() copies exactly n bytes or throws FORMAT_TRUNCATED; view() returns a pointer to
@@ -99,6 +124,9 @@ class Source {
     (void)size;
     return false;
   }
+  // Random access to the input (nullptr: sequential only). Who reads through it moves `pos` past
+  // what it read.
+  virtual RandomSource* random_access() { return nullptr; }
   // The next n bytes, viewed in place or read into `buf` (valid until the next call with `buf`).
   // Reading grows `buf` as the data arrives (at most 1 MiB ahead of what was received), so a
   // header that declares huge chunks cannot make us allocate them before the bytes exist.
@@ -139,8 +167,8 @@ class ReaderSource final : public Source {
   const char* function_;
 };
 
-// A file that must hold exactly one blob.
-class FileSource final : public Source {
+// A file that must hold exactly one blob, read with pread(2) (the file offset is never used).
+class FileSource final : public Source, public RandomSource {
  public:
   FileSource(const char* path, const char* function);
   ~FileSource() override;
@@ -149,9 +177,12 @@ class FileSource final : public Source {
   void read(void* dst, size_t n, const char* what) override;
   void expect_end(const char* function) override;
   bool known_size(uint64_t* size) const override;
+  RandomSource* random_access() override { return this; }
+  void read_at(uint64_t off, void* dst, size_t n, const char* what) override;
 
  private:
-  size_t read_some(void* dst, size_t n);
+  // Up to n bytes at offset `off`: fewer only at the end of the file.
+  size_t read_some(uint64_t off, void* dst, size_t n);
   int fd_ = -1;
   const char* path_;
   const char* function_;

@@ -195,6 +195,16 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
         fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's page %d does not exist in the target cache (%lld pages); "
              "pass dst_page_ids to load it elsewhere", function, p.ids[j], static_cast<long long>(P));
 
+  if (RandomSource* in = src.random_access()) {
+    // A file: pass 1 reads and checks every chunk through a small reused scratch, pass 2 reads
+    // the chunks again, straight into the pages (docs/serialization-format.md, "Reading files").
+    src.pos += p.geo.payload_bytes + 8 * p.geo.num_chunks;
+    src.expect_end(function);
+    verify_chunks_at(p.geo, *in, cache.allocator(), function);
+    if (dst_ids != nullptr) p.ids.assign(dst_ids, dst_ids + num_dst_ids);
+    store_chunks_at(cache, p.ids, p.geo, *in, function);
+    return;
+  }
   // Pass 1: collect every chunk (pointers into in-memory input, or staged copies of a stream)
   // and verify all checksums before the target is touched.
   HostVector<const uint8_t*> chunks(cache.allocator());

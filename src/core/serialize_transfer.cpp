@@ -1,7 +1,10 @@
 #include "core/serialize_transfer.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <limits>
+#include <mutex>
 #include <utility>
 
 #include "util/nontemporal.hpp"
@@ -83,13 +86,21 @@ void for_chunks(uint64_t n, bool parallel, F&& f) {
 
 // Bytes per host pass (hash, then copy): small enough that the copy finds them in cache.
 constexpr size_t kHostPieceBytes = 64 * 1024;
+// Bytes per pread(2) / pwrite(2) of a file: one system call and one hash pass each, small enough
+// that the hash finds in cache what the read just wrote (or the write what the hash just read).
+constexpr size_t kFilePieceBytes = 256 * 1024;
+
+// How a host pass stores: around the caches into memory nobody reads soon (pages being restored,
+// a caller's buffer), or through them into a buffer that is handed on right away (write(2), a
+// writer callback, which then read it from cache rather than from memory).
+enum class Store { kStream, kCached };
 
 // Host-memory pass over n bytes (at most kHostPieceBytes): hash them into `h` (when given),
 // prefetching ahead because one thread's sequential reads alone do not keep enough cache-line
-// requests in flight to reach the memory bandwidth; then stream them from cache to `dst` (when
+// requests in flight to reach the memory bandwidth; then copy them from cache to `dst` (when
 // given). Hashing the source rather than the copy keeps the destination write-only (no read for
-// ownership, see copy_nontemporal).
-void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n) {
+// ownership with Store::kStream, see copy_nontemporal).
+void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n, Store store = Store::kStream) {
   if (h != nullptr) {
     constexpr size_t kBlock = 4096, kAhead = 4 * kBlock;
     for (size_t off = 0; off < n; off += kBlock) {
@@ -98,32 +109,97 @@ void hash_copy(Hasher* h, uint8_t* dst, const uint8_t* src, size_t n) {
       h->update(src + off, len);
     }
   }
-  if (dst != nullptr) copy_nontemporal(dst, src, n);
+  if (dst == nullptr) return;
+  if (store == Store::kStream)
+    copy_nontemporal(dst, src, n);
+  else
+    std::memcpy(dst, src, n);
+}
+
+// Calls f(offset, page_bytes, m) for the next n payload bytes of the (host) cache, in ranges of at
+// most `piece` bytes that stay inside one run of pages.
+template <class F>
+void for_pieces(PageCursor& cur, size_t n, size_t piece, F&& f) {
+  for (size_t done = 0; done < n;) {
+    const auto seg = cur.next(std::min(n - done, piece));
+    f(done, seg.first, seg.second);
+    done += seg.second;
+  }
 }
 
 // Copies the next n payload bytes from the (host) cache to `dst`, hashing them into `h`.
-void gather(PageCursor& cur, uint8_t* dst, size_t n, Hasher& h) {
-  for (size_t done = 0; done < n;) {
-    const auto seg = cur.next(std::min(n - done, kHostPieceBytes));
-    hash_copy(&h, dst + done, seg.first, seg.second);
-    done += seg.second;
-  }
+void gather(PageCursor& cur, uint8_t* dst, size_t n, Hasher& h, Store store) {
+  for_pieces(cur, n, kHostPieceBytes, [&](size_t off, uint8_t* p, size_t m) { hash_copy(&h, dst + off, p, m, store); });
 }
 
 // Copies n host bytes into the next payload positions of the (host) cache; hashes them first when
 // `h` is given (the piece is then still in cache when it is copied).
 void scatter(PageCursor& cur, const uint8_t* src, size_t n, Hasher* h) {
-  for (size_t done = 0; done < n;) {
-    const auto seg = cur.next(std::min(n - done, kHostPieceBytes));
-    hash_copy(h, seg.first, src + done, seg.second);
-    done += seg.second;
-  }
+  for_pieces(cur, n, kHostPieceBytes, [&](size_t off, uint8_t* p, size_t m) { hash_copy(h, p, src + off, m); });
 }
 
-// Checks chunk i (len bytes at q, its checksum right after) against the hash of its bytes.
-void check_chunk(const Geometry& g, uint64_t i, const uint8_t* q, size_t len, const Hasher& h, const char* fn) {
-  const uint64_t stored = get64(q + len), computed = h.digest();
+// Checks chunk i's stored checksum against the hash of its bytes.
+void check_sum(const Geometry& g, uint64_t i, uint64_t stored, const Hasher& h, const char* fn) {
+  const uint64_t computed = h.digest();
   if (!sum_ok(stored, computed)) chunk_mismatch(fn, i, g, stored, computed);
+}
+// The same for chunk i as len bytes at q with its checksum right after.
+void check_chunk(const Geometry& g, uint64_t i, const uint8_t* q, size_t len, const Hasher& h, const char* fn) {
+  check_sum(g, i, get64(q + len), h, fn);
+}
+
+// ---- files: chunks are independent, so every path below runs them on the thread pool, each
+// chunk moving between the cache's pages and the file in kFilePieceBytes system calls with no
+// staging copy.
+
+uint64_t payload_span(const Geometry& g) { return g.payload_bytes + 8 * g.num_chunks; }
+
+// Threads for a payload: the pool's when it is large enough to be worth waking them.
+int threads_for(const Geometry& g) {
+  return g.payload_bytes >= kParallelMinBytes ? ThreadPool::instance().max_threads() : 1;
+}
+
+// Writes every chunk from the (host) cache's pages to `out`: each piece is hashed, then written
+// while still in cache.
+void write_chunks_at(const Cache& cache, const RunTable& runs, const Geometry& g, RandomSink& out) {
+  for_chunks(g.num_chunks, threads_for(g) > 1, [&](uint64_t i) {
+    const size_t len = static_cast<size_t>(g.chunk_len(i));
+    const uint64_t off = g.chunk_offset(i);
+    PageCursor cur(cache, runs);
+    cur.seek(i * g.chunk_bytes);
+    Hasher hasher;
+    hasher.reset(kSeedChunk0 + i);
+    for_pieces(cur, len, kFilePieceBytes, [&](size_t o, uint8_t* p, size_t m) {
+      hash_copy(&hasher, nullptr, p, m);
+      out.write_at(off + o, p, m);
+    });
+    uint8_t sum[8];
+    put64(sum, hasher.digest());
+    out.write_at(off + len, sum, 8);
+  });
+}
+
+// Reads every chunk from `in` straight into the (host) cache's pages, each piece hashed right
+// after it lands; with `verify`, a chunk whose checksum differs throws (the lowest such chunk),
+// its bytes already in the pages.
+void read_chunks_at(const Cache& cache, const RunTable& runs, const Geometry& g, RandomSource& in,
+                    bool verify, const char* fn) {
+  for_chunks(g.num_chunks, threads_for(g) > 1, [&](uint64_t i) {
+    const size_t len = static_cast<size_t>(g.chunk_len(i));
+    const uint64_t off = g.chunk_offset(i);
+    PageCursor cur(cache, runs);
+    cur.seek(i * g.chunk_bytes);
+    Hasher hasher;
+    hasher.reset(kSeedChunk0 + i);
+    for_pieces(cur, len, kFilePieceBytes, [&](size_t o, uint8_t* p, size_t m) {
+      in.read_at(off + o, p, m, "a payload chunk");
+      if (verify) hasher.update(p, m);
+    });
+    if (!verify) return;
+    uint8_t sum[8];
+    in.read_at(off + len, sum, 8, "a chunk checksum");
+    check_sum(g, i, get64(sum), hasher, fn);
+  });
 }
 
 // ---- device caches: pieces of piece_bytes() through the HostPipe. Pieces may span chunk
@@ -188,6 +264,7 @@ void download_payload(const Cache& cache, const RunTable& runs, const Geometry& 
   Hasher hasher;
   ChunkWalk walk{g};
   uint8_t* out = nullptr;
+  const Store store = sink.contiguous() != nullptr ? Store::kStream : Store::kCached;
   enqueue_piece(pipe, cur, g, 0, true);
   for (uint64_t j = 0; j < pieces; ++j) {
     if (j + 1 < pieces) enqueue_piece(pipe, cur, g, j + 1, true);  // into the slot piece j - 1 used
@@ -201,7 +278,7 @@ void download_payload(const Cache& cache, const RunTable& runs, const Geometry& 
           hasher.reset(kSeedChunk0 + i);
         },
         [&](size_t off, size_t m) {
-          hash_copy(&hasher, out + off, q, m);
+          hash_copy(&hasher, out + off, q, m, store);
           q += m;
         },
         [&](uint64_t, size_t len) {
@@ -267,19 +344,24 @@ void write_payload(const Cache& cache, const HostVector<int32_t>& ids, const Geo
       cur.seek(i * g.chunk_bytes);
       Hasher hasher;
       hasher.reset(kSeedChunk0 + i);
-      gather(cur, p, len, hasher);
+      gather(cur, p, len, hasher, Store::kStream);
       put64(p + len, hasher.digest());
     });
-    sink.commit(static_cast<size_t>(g.payload_bytes + 8 * g.num_chunks));
+    sink.commit(static_cast<size_t>(payload_span(g)));
     return;
   }
+  if (RandomSink* out = sink.random_access()) {
+    write_chunks_at(cache, runs, g, *out);
+    return;
+  }
+  // Streaming sinks hand each chunk on right away: stage it with ordinary stores.
   PageCursor cur(cache, runs);
   Hasher hasher;
   for (uint64_t i = 0; i < g.num_chunks; ++i) {
     const size_t len = static_cast<size_t>(g.chunk_len(i));
     uint8_t* p = sink.reserve(len + 8);
     hasher.reset(kSeedChunk0 + i);
-    gather(cur, p, len, hasher);
+    gather(cur, p, len, hasher, Store::kCached);
     put64(p + len, hasher.digest());
     sink.commit(len + 8);
   }
@@ -293,6 +375,11 @@ void read_payload_checked(const Cache& cache, const HostVector<int32_t>& ids, co
   auto chunk_at = [&](uint64_t i) { return src.take(static_cast<size_t>(g.chunk_len(i)) + 8, buf, "a payload chunk"); };
   if (HostPtr<HostPipe> pipe = cache.backend().host_pipe(fn)) {
     upload_payload(cache, runs, g, *pipe, true, chunk_at, fn);  // checked while staged
+    return;
+  }
+  if (RandomSource* in = src.random_access()) {
+    read_chunks_at(cache, runs, g, *in, true, fn);
+    src.pos += payload_span(g);
     return;
   }
   if (src.in_memory()) {
@@ -345,6 +432,61 @@ void store_chunks(const Cache& cache, const HostVector<int32_t>& ids, const Geom
     cur.seek(i * g.chunk_bytes);
     scatter(cur, chunks[static_cast<size_t>(i)], static_cast<size_t>(g.chunk_len(i)), nullptr);
   });
+}
+
+void verify_chunks_at(const Geometry& g, RandomSource& in, const HostAllocator& alloc, const char* fn) {
+  if (g.num_chunks == 0) return;
+  // One scratch piece per worker; the workers claim chunks in turn. The lowest bad chunk is the
+  // one reported, as on every other path.
+  const int workers = static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(threads_for(g)), g.num_chunks));
+  HostBuffer<uint8_t> scratch(alloc);
+  scratch.allocate(static_cast<size_t>(workers) * kFilePieceBytes);
+  std::atomic<uint64_t> next{0};
+  std::mutex mu;
+  uint64_t bad = std::numeric_limits<uint64_t>::max(), bad_stored = 0, bad_computed = 0;
+  parallel_for(workers, workers, [&](int64_t w) {
+    uint8_t* buf = scratch.data() + static_cast<size_t>(w) * kFilePieceBytes;
+    for (uint64_t i; (i = next.fetch_add(1)) < g.num_chunks;) {
+      const size_t len = static_cast<size_t>(g.chunk_len(i));
+      const uint64_t off = g.chunk_offset(i);
+      Hasher hasher;
+      hasher.reset(kSeedChunk0 + i);
+      for (size_t o = 0; o < len;) {
+        const size_t m = std::min(kFilePieceBytes, len - o);
+        in.read_at(off + o, buf, m, "a payload chunk");
+        hasher.update(buf, m);
+        o += m;
+      }
+      in.read_at(off + len, buf, 8, "a chunk checksum");
+      const uint64_t stored = get64(buf), computed = hasher.digest();
+      if (sum_ok(stored, computed)) continue;
+      std::lock_guard<std::mutex> lock(mu);
+      if (i < bad) {
+        bad = i;
+        bad_stored = stored;
+        bad_computed = computed;
+      }
+    }
+  });
+  if (bad != std::numeric_limits<uint64_t>::max()) chunk_mismatch(fn, bad, g, bad_stored, bad_computed);
+}
+
+void store_chunks_at(const Cache& cache, const HostVector<int32_t>& ids, const Geometry& g, RandomSource& in,
+                     const char* fn) {
+  if (g.payload_bytes == 0) return;
+  const RunTable runs(ids, cache.page_bytes());
+  if (HostPtr<HostPipe> pipe = cache.backend().host_pipe(fn)) {
+    HostVector<uint8_t> buf(cache.allocator());  // one chunk, reused
+    auto chunk_at = [&](uint64_t i) {
+      const size_t n = static_cast<size_t>(g.chunk_len(i)) + 8;
+      if (buf.size() < n) buf.resize(n);
+      in.read_at(g.chunk_offset(i), buf.data(), n, "a payload chunk");
+      return static_cast<const uint8_t*>(buf.data());
+    };
+    upload_payload(cache, runs, g, *pipe, false, chunk_at, fn);
+    return;
+  }
+  read_chunks_at(cache, runs, g, in, false, fn);
 }
 
 }  // namespace kvp::detail::ser

@@ -29,4 +29,11 @@ void verify_chunks(const Geometry& g, const HostVector<const uint8_t*>& chunks, 
 void store_chunks(const Cache& cache, const HostVector<int32_t>& ids, const Geometry& g,
                   const HostVector<const uint8_t*>& chunks, const char* function);
 
+// The same for a random-access source (a file), reading chunk i at g.chunk_offset(i): checks
+// every checksum, reading each chunk through a small reused scratch (nothing is written); or
+// reads the chunks straight into pages `ids` (unchecked: call after verify_chunks_at).
+void verify_chunks_at(const Geometry& g, RandomSource& in, const HostAllocator& alloc, const char* function);
+void store_chunks_at(const Cache& cache, const HostVector<int32_t>& ids, const Geometry& g, RandomSource& in,
+                     const char* function);
+
 }  // namespace kvp::detail::ser

@@ -106,6 +106,20 @@ void AtomicFile::write(const void* data, size_t n) {
   }
 }
 
+void AtomicFile::write_at(uint64_t off, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd_, p, n, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail(KVP_ERR_IO, "%s: writing the new '%s' failed: %s", function_, target_.c_str(), std::strerror(errno));
+    }
+    p += w;
+    off += static_cast<uint64_t>(w);
+    n -= static_cast<size_t>(w);
+  }
+}
+
 // Gives the unnamed file a temporary name (linkat cannot replace the target itself).
 void AtomicFile::link_unnamed() {
   char self[64];

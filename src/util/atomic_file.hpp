@@ -24,6 +24,9 @@ class AtomicFile {
 
   // Writes all n bytes at the current offset (retrying short writes); throws KVP_ERR_IO.
   void write(const void* p, size_t n);
+  // Writes all n bytes at offset `off` (pwrite: the current offset is unchanged); callers may
+  // write different ranges from several threads at once. Throws KVP_ERR_IO.
+  void write_at(uint64_t off, const void* p, size_t n);
   // fsync, naming, rename over the target, fsync of the directory; throws KVP_ERR_IO.
   void commit();
 

@@ -1,7 +1,7 @@
 /* Serialization throughput to and from memory, checksums on, as GB/s and as a ratio to memcpy of
  * the same bytes measured in the same run (best of several repetitions each).
  *
- *   bench_serialize [--mib N] [--reps N] [--cuda]
+ *   bench_serialize [--mib N] [--reps N] [--cuda] [--dir DIR]
  *
  * Cases: the whole cache and a fragmented half (every other page). serialize = cache -> caller
  * buffer; deserialize_into = buffer -> existing cache (verifies every checksum before writing,
@@ -9,14 +9,22 @@
  * allocation). With --cuda the cache lives on GPU 0 (GPU -> host and host -> GPU), and the limit
  * is a copy of the same bytes between device memory and pinned host memory (cudaMemcpy, in the
  * direction of the operation), measured in the same run: the blob must cross the bus once, and
- * the bus is slower than host memcpy. */
+ * the bus is slower than host memcpy.
+ *
+ * Files (host caches; in DIR, default the current directory, so on its filesystem): save =
+ * kvp_serialize_to_file (atomic: temporary file, fsync, rename, directory fsync) against
+ * write(2) of the same bytes to a new file plus its fsync and rename; load_new / load_into =
+ * kvp_deserialize_new_from_file / kvp_deserialize_into_from_file against read(2) of the file into
+ * mapped memory (the file is in the page cache: these measure the CPU side, not the disk). */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kvpages.h"
 
@@ -74,16 +82,127 @@ static uint8_t *map_huge(size_t n) {
 }
 static void unmap_huge(uint8_t *p, size_t n) { munmap(p, n); }
 
+/* The limit of an atomic save: write(2) n bytes to a new file, fsync it, rename it over `path`. */
+static void write_file_fsync(const char *dir, const char *path, const uint8_t *p, size_t n) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s/bench_serialize.raw.tmp", dir);
+  int fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  size_t done = 0;
+  while (fd >= 0 && done < n) {
+    ssize_t w = write(fd, p + done, n - done);
+    if (w <= 0) break;
+    done += (size_t)w;
+  }
+  if (fd < 0 || done != n || fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+    perror("bench_serialize: raw write");
+    exit(1);
+  }
+}
+
+/* The limit of a load: read(2) the whole file into `dst`. */
+static void read_file_into(const char *path, uint8_t *dst, size_t n) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  size_t done = 0;
+  while (fd >= 0 && done < n) {
+    ssize_t r = read(fd, dst + done, n - done);
+    if (r <= 0) break;
+    done += (size_t)r;
+  }
+  if (fd < 0 || done != n) {
+    perror("bench_serialize: raw read");
+    exit(1);
+  }
+  close(fd);
+}
+
+/* Save and load through a file in `dir`, interleaved with the raw write+fsync / read baselines.
+ * `blob` holds the blob of (cache, so) (n bytes); the loads are checked against it. */
+static void bench_files(kvp_cache *cache, const kvp_serialize_options *so, const char *dir, const char *name,
+                        const uint8_t *blob, size_t n, int reps) {
+  char path[4200], raw[4200];
+  snprintf(path, sizeof path, "%s/bench_serialize.kvps", dir);
+  snprintf(raw, sizeof raw, "%s/bench_serialize.raw", dir);
+  uint8_t *dst = map_huge(n);
+  memset(dst, 5, n);
+  double t_save = 1e30, t_write = 1e30, t_new = 1e30, t_into = 1e30, t_read = 1e30, t_read_fresh = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    double t0 = now_s();
+    write_file_fsync(dir, raw, blob, n);
+    double t = now_s() - t0;
+    if (t < t_write) t_write = t;
+
+    t0 = now_s();
+    check(kvp_serialize_to_file(cache, so, path), "serialize_to_file");
+    t = now_s() - t0;
+    if (t < t_save) t_save = t;
+    if (r == 0) { /* the file holds the blob */
+      read_file_into(path, dst, n);
+      if (memcmp(dst, blob, n) != 0) {
+        fprintf(stderr, "bench_serialize: the file differs from the blob\n");
+        exit(1);
+      }
+    }
+
+    t0 = now_s();
+    read_file_into(raw, dst, n);
+    t = now_s() - t0;
+    if (t < t_read) t_read = t;
+
+    t0 = now_s();
+    uint8_t *fresh = map_huge(n);
+    read_file_into(raw, fresh, n);
+    g_sink ^= fresh[n / 3];
+    unmap_huge(fresh, n);
+    t = now_s() - t0;
+    if (t < t_read_fresh) t_read_fresh = t;
+
+    kvp_cache *c2 = NULL;
+    t0 = now_s();
+    check(kvp_deserialize_new_from_file(path, NULL, &c2), "deserialize_new_from_file");
+    t = now_s() - t0;
+    if (t < t_new) t_new = t;
+
+    t0 = now_s();
+    check(kvp_deserialize_into_from_file(cache, path, so->page_ids, so->num_page_ids), "deserialize_into_from_file");
+    t = now_s() - t0;
+    if (t < t_into) t_into = t;
+    if (r == 0) { /* both loads hold the pages: serialized again, they give the blob */
+      size_t w = 0;
+      kvp_serialize_options all = *so;
+      check(kvp_serialize(c2, &all, dst, n, &w), "serialize loaded");
+      int bad = w != n || memcmp(dst, blob, n) != 0;
+      check(kvp_serialize(cache, so, dst, n, &w), "serialize loaded");
+      if (bad || w != n || memcmp(dst, blob, n) != 0) {
+        fprintf(stderr, "bench_serialize: a file load differs from the saved pages\n");
+        exit(1);
+      }
+    }
+    check(kvp_cache_destroy(c2), "destroy");
+  }
+  const double gb = (double)n / 1e9;
+  printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f  (baseline: write(2) + fsync + rename)\n", name, "save to file", n,
+         gb / t_save, gb / t_write, t_write / t_save);
+  printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f  (baseline: read(2) into fresh MADV_HUGEPAGE memory)\n", name,
+         "load_new file", n, gb / t_new, gb / t_read_fresh, t_read_fresh / t_new);
+  printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f  (baseline: read(2) into mapped memory)\n", name, "load_into file",
+         n, gb / t_into, gb / t_read, t_read / t_into);
+  unmap_huge(dst, n);
+  unlink(path);
+  unlink(raw);
+}
+
 int main(int argc, char **argv) {
   int64_t mib = 512;
   int reps = 5;
   int cuda = 0;
+  const char *dir = ".";
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--mib") == 0 && i + 1 < argc) mib = atoll(argv[++i]);
     else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = atoi(argv[++i]);
     else if (strcmp(argv[i], "--cuda") == 0) cuda = 1;
+    else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
     else {
-      fprintf(stderr, "usage: bench_serialize [--mib N] [--reps N] [--cuda]\n");
+      fprintf(stderr, "usage: bench_serialize [--mib N] [--reps N] [--cuda] [--dir DIR]\n");
       return 2;
     }
   }
@@ -333,6 +452,7 @@ int main(int argc, char **argv) {
     printf("%-18s %-18s %12zu %10.2f %10.2f %8.2f  (XXH3-64 alone, one thread; vs host memcpy)\n", names[sel], "checksum only", n,
            gb / t_hash, gb / t_mem, t_mem / t_hash);
 #endif
+    if (!cuda) bench_files(cache, &so, dir, names[sel], blob, n, reps);
     free(copy);
     free(blob);
   }
