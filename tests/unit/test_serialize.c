@@ -959,6 +959,204 @@ static void test_serialize__interrupted_file_write_keeps_previous_file(void **st
   assert_kvp_ok(kvp_cache_destroy(small));
 }
 
+/* ---- files on the thread pool (issue 19): the payload is written and read in place, chunk by
+ * chunk on several threads; deserialize_into verifies the file in a first pass. ------------------ */
+
+static void write_bytes(const char *path, const uint8_t *b, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(b, 1, n, f), n);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* 3 layers x 7 pages of 16 KiB (336 KiB: the parallel path) or 1 page (the sequential one). */
+static kvp_cache *file_cache(int64_t pages, uint64_t seed) {
+  kvp_cache *c = mk(3, 2, 128, 16, pages, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  fill_random(c, seed);
+  return c;
+}
+
+/* Chunk sizes that leave every kind of last chunk (64 bytes, uneven, one chunk larger than the
+ * payload), whole caches and out-of-order subsets: the file holds the bytes of kvp_serialize, and
+ * both file loads give back the pages (deserialize_into leaves the other pages alone). */
+static void test_serialize__file_round_trips_at_any_chunk_size(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/c.kvps", dir);
+  static const uint64_t chunks[] = {64, 4096, 10000, 65543, 1u << 20};
+  const int32_t sel[] = {6, 0, 1, 2, 4}, to[] = {3, 5, 6, 0, 1};
+  for (int64_t pages = 1; pages <= 7; pages += 6) {
+    kvp_cache *c = file_cache(pages, 140);
+    for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; ++k)
+      for (int subset = 0; subset < (pages == 7 ? 2 : 1); ++subset) {
+        kvp_serialize_options o;
+        kvp_serialize_options_init(&o, sizeof o);
+        o.chunk_bytes = chunks[k];
+        if (subset) {
+          o.page_ids = sel;
+          o.num_page_ids = 5;
+        }
+        size_t n = 0, fn = 0;
+        uint8_t *b = blob_of(c, &o, &n);
+        assert_kvp_ok(kvp_serialize_to_file(c, &o, path));
+        uint8_t *f = read_file(path, &fn);
+        assert_int_equal(fn, n);
+        assert_memory_equal(f, b, n);
+
+        kvp_cache *out = NULL;
+        assert_kvp_ok(kvp_deserialize_new_from_file(path, NULL, &out));
+        kvp_cache *t = file_cache(pages, 141);
+        uint8_t *before = snapshot(t);
+        assert_kvp_ok(kvp_deserialize_into_from_file(t, path, subset ? to : NULL, subset ? 5 : 0));
+        const size_t pb = (size_t)info_of(c).page_bytes_per_layer;
+        for (uint32_t l = 0; l < 3; ++l)
+          for (int64_t p = 0; p < pages; ++p) {
+            int j = -1; /* the blob's entry that lands on page p of t */
+            for (int q = 0; subset && q < 5; ++q)
+              if (to[q] == p) j = q;
+            const uint8_t *want_t = !subset ? page_ptr(c, l, p)
+                                  : j >= 0  ? page_ptr(c, l, sel[j])
+                                            : before + ((size_t)l * (size_t)pages + (size_t)p) * pb;
+            assert_memory_equal(page_ptr(t, l, p), want_t, pb);
+            int stored = !subset;
+            for (int q = 0; subset && q < 5; ++q) stored |= sel[q] == p;
+            if (stored) assert_memory_equal(page_ptr(out, l, p), page_ptr(c, l, p), pb);
+          }
+        free(before);
+        free(f);
+        free(b);
+        assert_kvp_ok(kvp_cache_destroy(t));
+        assert_kvp_ok(kvp_cache_destroy(out));
+      }
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+  unlink(path);
+  rmdir(dir);
+}
+
+/* A damaged file: deserialize_into reports what the buffer path reports (the lowest bad chunk,
+ * a truncation, trailing bytes) and leaves the target byte-identical; deserialize_new returns no
+ * cache. Large (parallel) and small (sequential) payloads. */
+static void test_serialize__damaged_file_leaves_the_target_unchanged(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/d.kvps", dir);
+  for (int64_t pages = 1; pages <= 7; pages += 6) {
+    kvp_cache *c = file_cache(pages, 150);
+    kvp_serialize_options o;
+    kvp_serialize_options_init(&o, sizeof o);
+    o.chunk_bytes = 4000;
+    size_t n = 0;
+    uint8_t *b = blob_of(c, &o, &n);
+    const size_t first = 192 + 4 * (size_t)pages + 8;
+    const size_t nchunks = (n - first) / 4008;
+    assert_true(nchunks >= 12);
+    kvp_cache *t = file_cache(pages, 151);
+    uint8_t *snap = snapshot(t);
+    struct {
+      size_t at;       /* byte flipped (SIZE_MAX: none) */
+      size_t at2;      /* a second one (SIZE_MAX: none) */
+      long len_delta;  /* bytes removed (< 0) or appended (> 0) */
+      kvp_status want;
+      const char *msg;
+    } cases[] = {
+        {first + (nchunks - 1) * 4008 + 2, first + 7 * 4008 + 4000 + 3, 0, KVP_ERR_FORMAT_CHECKSUM, "chunk 7 "},
+        {first + 11 * 4008, SIZE_MAX, 0, KVP_ERR_FORMAT_CHECKSUM, "chunk 11 "},
+        {200, SIZE_MAX, 0, KVP_ERR_FORMAT_CHECKSUM, "table"},
+        {SIZE_MAX, SIZE_MAX, -1, KVP_ERR_FORMAT_TRUNCATED, "truncated"},
+        {SIZE_MAX, SIZE_MAX, 1, KVP_ERR_FORMAT_CORRUPT, "trailing"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
+      uint8_t *bad = malloc(n + 1);
+      memcpy(bad, b, n);
+      bad[n] = 0;
+      if (cases[k].at != SIZE_MAX) bad[cases[k].at] ^= 0x40;
+      if (cases[k].at2 != SIZE_MAX) bad[cases[k].at2] ^= 0x01;
+      write_bytes(path, bad, (size_t)((long)n + cases[k].len_delta));
+      assert_kvp_status(kvp_deserialize_into_from_file(t, path, NULL, 0), cases[k].want, cases[k].msg);
+      assert_unchanged(t, snap);
+      kvp_cache *out = (kvp_cache *)(uintptr_t)1;
+      assert_kvp_status(kvp_deserialize_new_from_file(path, NULL, &out), cases[k].want, cases[k].msg);
+      assert_null(out);
+      free(bad);
+    }
+    free(snap);
+    free(b);
+    assert_kvp_ok(kvp_cache_destroy(t));
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+  unlink(path);
+  rmdir(dir);
+}
+
+/* The file written by a process whose library has one thread (KVP_NUM_THREADS=1, this binary run
+ * with --save-one-thread) equals the one written here (main sets 2 threads); each process loads
+ * the other's file into the same pages. */
+static int save_one_thread(const char *path) {
+  kvp_cache *c = file_cache(7, 160);
+  kvp_serialize_options o;
+  kvp_serialize_options_init(&o, sizeof o);
+  o.chunk_bytes = 10000;
+  kvp_cache *t = NULL;
+  char other[300];
+  snprintf(other, sizeof other, "%s.2", path);
+  int rc = kvp_serialize_to_file(c, &o, path) == KVP_OK ? 0 : 1;
+  rc |= kvp_deserialize_new_from_file(other, NULL, &t) == KVP_OK ? 0 : 2;
+  if (rc == 0) {
+    rc |= kvp_deserialize_into_from_file(t, path, NULL, 0) == KVP_OK ? 0 : 4;
+    const size_t lb = (size_t)info_of(c).layer_bytes;
+    for (uint32_t l = 0; l < 3; ++l) rc |= memcmp(layer_ptr(t, l), layer_ptr(c, l), lb) == 0 ? 0 : 8;
+    kvp_cache_destroy(t);
+  }
+  kvp_cache_destroy(c);
+  return rc;
+}
+
+static void test_serialize__one_and_two_threads_write_the_same_file(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kvp_ser_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256], path2[300];
+  snprintf(path, sizeof path, "%s/t.kvps", dir);
+  snprintf(path2, sizeof path2, "%s.2", path);
+  kvp_cache *c = file_cache(7, 160);
+  kvp_serialize_options o;
+  kvp_serialize_options_init(&o, sizeof o);
+  o.chunk_bytes = 10000;
+  assert_kvp_ok(kvp_serialize_to_file(c, &o, path2));
+  const pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("KVP_NUM_THREADS", "1", 1);
+    execl("/proc/self/exe", "test_serialize", "--save-one-thread", path, (char *)NULL);
+    _exit(127);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  size_t n1 = 0, n2 = 0;
+  uint8_t *f1 = read_file(path, &n1), *f2 = read_file(path2, &n2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(f1, f2, n1);
+  kvp_cache *t = mk(3, 2, 128, 16, 7, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  assert_kvp_ok(kvp_deserialize_into_from_file(t, path, NULL, 0));
+  uint8_t *s = snapshot(c);
+  assert_unchanged(t, s);
+  free(s);
+  free(f1);
+  free(f2);
+  unlink(path);
+  unlink(path2);
+  rmdir(dir);
+  assert_kvp_ok(kvp_cache_destroy(t));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 /* ---- file permissions, symbolic links, interrupted saves (issue 17, defects 9 and 10) ---------- */
 
 static mode_t mode_of(const char *path) {
@@ -1339,6 +1537,8 @@ static void test_serialize__out_of_memory_leaks_nothing(void **state) {
 
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--save-forever") == 0) return save_forever(argv[2]);
+  if (argc == 3 && strcmp(argv[1], "--save-one-thread") == 0) return save_one_thread(argv[2]);
+  setenv("KVP_NUM_THREADS", "2", 0); /* the file paths below use a helper thread, whatever the CPUs */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_serialize__roundtrip_whole_every_layout_and_dtype),
       cmocka_unit_test(test_serialize__checksums_do_not_depend_on_stack_contents),
@@ -1361,6 +1561,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_serialize__new_file_mode_follows_the_umask),
       cmocka_unit_test(test_serialize__file_save_through_a_symlink_replaces_its_target),
       cmocka_unit_test(test_serialize__killed_saves_leave_no_temporary_files),
+      cmocka_unit_test(test_serialize__file_round_trips_at_any_chunk_size),
+      cmocka_unit_test(test_serialize__damaged_file_leaves_the_target_unchanged),
+      cmocka_unit_test(test_serialize__one_and_two_threads_write_the_same_file),
       cmocka_unit_test(test_serialize__golden_blobs_still_load),
       cmocka_unit_test(test_serialize__contract),
       cmocka_unit_test(test_serialize__out_of_memory_leaks_nothing),
