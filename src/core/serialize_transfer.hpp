@@ -1,7 +1,8 @@
 // Moving a blob's payload between the pages of a cache and a sink or source: the selected pages
 // of every layer, cut into checksummed chunks (docs/serialization-format.md). Host caches copy
-// directly (large in-memory payloads on the thread pool); device caches go through the backend's
-// HostPipe, the device moving one piece while the host hashes and copies the other.
+// directly (large in-memory payloads on the thread pool; files chunk by chunk on the pool with
+// pread/pwrite between the pages and the file, no staging copy); device caches go through the
+// backend's HostPipe, the device moving one piece while the host hashes and copies the other.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,8 @@
 
 namespace kvp::detail::ser {
 
-// Writes the payload of pages `ids` (every layer, layer-major) to `sink` as checksummed chunks;
+// Writes the payload of pages `ids` (every layer, layer-major) to `sink` as checksummed chunks
+// (in place, in any order, when the sink has random access);
 // `pipe` is the backend's host_pipe() (nullptr for host caches), taken before the blob started.
 void write_payload(const Cache& cache, const HostVector<int32_t>& ids, const Geometry& g, HostPipe* pipe,
                    Sink& sink);
