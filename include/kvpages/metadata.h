@@ -13,10 +13,22 @@
  *   The arrays may live in host memory or in CUDA device memory (kvp_metadata_desc::device_type).
  *   They must stay valid, and must not change while a call that uses the handle runs (for a
  *   CUDA cache: until the stream has passed the work enqueued with it), until the handle is
- *   destroyed or no longer used.
- * - **owning** (kvp_metadata_build(), kvp_metadata_create_empty()): kvpages allocates host arrays
- *   and frees them in kvp_metadata_destroy(). Read them with kvp_metadata_get_array() or
- *   kvp_metadata_get_desc().
+ *   destroyed or no longer used. Between calls the caller may change them, unless it created
+ *   the handle with ::KVP_METADATA_FLAG_IMMUTABLE.
+ * - **owning** (kvp_metadata_build(), kvp_metadata_create_empty(), kvp_metadata_from_json()):
+ *   kvpages allocates host arrays and frees them in kvp_metadata_destroy(). Read them with
+ *   kvp_metadata_get_array() or kvp_metadata_get_desc(); they never change.
+ *
+ * **Validation once per step** (since 1.3). kvp_concatenate() and kvp_attention() check every
+ * value of host metadata against the cache before they write. When the arrays cannot change
+ * (owning handles, and borrowed ones with ::KVP_METADATA_FLAG_IMMUTABLE), the handle keeps the
+ * result of that check, the write plan, for each cache it is used with (up to 4 caches, e.g.
+ * tensor-parallel shards; beyond that each call checks again): the first call of a step
+ * validates, the calls for the other layers only check their own tensors and then copy. A call
+ * whose tensors have fewer token rows than the metadata needs validates again and fails as
+ * without a plan. Plans take host memory from the default allocator the handle was created
+ * with, are kept only once a call succeeded, and are freed with the handle. Metadata in CUDA
+ * device memory is checked on the device by every call, as before.
  *
  * **Divergences from the reference, on purpose.** kvp_metadata_create_empty() gives consistent
  * shapes: the v2 `slot_mapping` is `[3, num_tokens]` (the reference allocates a 1-D
@@ -47,6 +59,15 @@ typedef struct kvp_metadata kvp_metadata;
 #define KVP_METADATA_DESC_VERSION 2u
 
 /**
+ * Flag of kvp_metadata_desc::flags (since 1.3): the arrays do not change while the handle lives,
+ * so kvpages validates them once per cache and reuses the plan for every layer (see the file
+ * documentation). Changing the arrays of such a handle is undefined behaviour: calls may write
+ * by the old values without checking the new ones. kvp_metadata_get_desc() reports it for owning
+ * handles, whose arrays never change. Ignored for metadata in device memory.
+ */
+#define KVP_METADATA_FLAG_IMMUTABLE 1u
+
+/**
  * @brief Description of caller-owned runtime metadata arrays (all `int32_t`, row-major).
  *
  * Every array comes with its length in elements. An array that a layout does not use may be
@@ -64,7 +85,7 @@ typedef struct kvp_metadata_desc {
   kvp_layout version;                   /**< ::KVP_LAYOUT_V3 or ::KVP_LAYOUT_V2; 0 = v3. Must match the cache it is used with. */
   kvp_device_type device_type;          /**< Where the arrays live: ::KVP_DEVICE_CPU (0 = CPU) or ::KVP_DEVICE_CUDA. */
   int32_t device_id;                    /**< CUDA ordinal of the arrays; 0 for the CPU. */
-  uint32_t _reserved0;                  /**< Must be 0. */
+  uint32_t flags;                       /**< `KVP_METADATA_FLAG_*` bits (since 1.3; version 2 of the struct, where this was a reserved 0); unknown bits: ::KVP_ERR_UNSUPPORTED. */
   int64_t page_size;                    /**< Tokens per page; 0 = the cache's. Non-zero must equal the cache's. */
   int64_t num_slices_per_kv_cache_update_page; /**< Informational copy of the config field; ≤ 0 = unset. */
   const int32_t *pages_tables;          /**< `[num_reqs, pages_per_req]` physical page ids; padding 0. */
@@ -130,7 +151,8 @@ KVP_API kvp_status KVP_CALL kvp_metadata_desc_init(kvp_metadata_desc *desc, uint
  * Checks the structure only (version, device, non-negative lengths, consistent lengths of
  * `context_lens` / `query_start_loc`, the required arrays of the layout present). The array
  * contents are checked by each call that uses them (kvp_concatenate() checks every value of
- * host arrays against the cache before writing).
+ * host arrays against the cache before writing), or, with ::KVP_METADATA_FLAG_IMMUTABLE in
+ * `desc->flags`, by the first call per cache only.
  *
  * @param[in] desc Description, not NULL.
  * @param[out] out Receives the handle, not NULL; set to NULL on failure.
@@ -138,7 +160,7 @@ KVP_API kvp_status KVP_CALL kvp_metadata_desc_init(kvp_metadata_desc *desc, uint
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `desc`/`out`, a negative or inconsistent length, a
  *         missing required array, a negative page size, or an unknown device type.
  * @retval KVP_ERR_NOT_FOUND Unknown layout version.
- * @retval KVP_ERR_UNSUPPORTED Non-zero reserved field, or a non-zero tail in a larger struct.
+ * @retval KVP_ERR_UNSUPPORTED Unknown bits in `flags`, or a non-zero tail in a larger struct.
  * @retval KVP_ERR_VERSION_MISMATCH Unknown `struct_size` or `abi_version`.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
  * @ownership Caller-owned handle (release with kvp_metadata_destroy()); the arrays stay owned
@@ -231,8 +253,12 @@ KVP_API kvp_status KVP_CALL kvp_metadata_get_array(const kvp_metadata *metadata,
                                                    const int32_t **data_out, int64_t *len_out);
 
 /**
- * @brief Describes a metadata handle: version, device, page size and every array with its
- *        length.
+ * @brief Describes a metadata handle: version, device, page size, flags and every array with
+ *        its length.
+ *
+ * `flags` has ::KVP_METADATA_FLAG_IMMUTABLE for owning handles and for borrowed ones created
+ * with it (since 1.3; before, that field was a reserved 0).
+ *
  * @param[in] metadata Metadata handle.
  * @param[out] out Description, not NULL; `out->struct_size` must be set (fields the caller's
  *             version lacks are not written); unchanged on failure.

@@ -60,6 +60,13 @@ KVP_BEGIN_DECLS
  * the call returns ::KVP_ERR_UNSUPPORTED, enqueues nothing and leaves the capture valid. A graph
  * that contains the call must not be launched after the cache is destroyed.
  *
+ * Host metadata is validated against the cache once per metadata handle and cache when its
+ * arrays cannot change (owning handles, or kvp_metadata_create() with
+ * ::KVP_METADATA_FLAG_IMMUTABLE): the call for the first layer checks every value and keeps the
+ * write plan in the handle, and the calls for the other layers check only their own arguments
+ * (layer, tensors, token count) before copying (since 1.3; see metadata.h). Other handles are
+ * validated by every call.
+ *
  * On the CPU, large batches are spread over the library's thread pool (`KVP_NUM_THREADS`, see
  * the main page); the calling thread always works too and never waits for a pool thread that has
  * not started, and small calls (single-token decode steps included) stay on the calling thread.
@@ -88,8 +95,8 @@ KVP_BEGIN_DECLS
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A CUDA call failed (a sticky device fault is also recorded as the
  *         cache's asynchronous error, see kvp_cache_get_async_error()).
- * @retval KVP_ERR_OUT_OF_MEMORY Host memory for the validation scratch was exhausted; the cache
- *         is unchanged.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory for the validation scratch or the write plan was
+ *         exhausted; the cache is unchanged and no plan is kept.
  * @ownership Borrows everything for the duration of the call (CUDA: until the stream reaches
  *            the enqueued work).
  * @threadsafety Must not run concurrently with other calls that modify the same cache; calls on

@@ -17,13 +17,15 @@ namespace {
 // 1.0/1.1 pass that size.
 constexpr size_t kDescV1Size = offsetof(kvp_metadata_desc, token_starts);
 
-void fill_desc(const MetadataArrays& a, kvp_metadata_desc& d) {
+void fill_desc(const Metadata& md, kvp_metadata_desc& d) {
+  const MetadataArrays& a = md.arrays();
   std::memset(&d, 0, sizeof d);
   d.struct_size = sizeof d;
   d.abi_version = KVP_METADATA_DESC_VERSION;
   d.version = a.version;
   d.device_type = a.device_type;
   d.device_id = a.device_id;
+  d.flags = md.immutable() ? KVP_METADATA_FLAG_IMMUTABLE : 0u;
   d.page_size = a.page_size;
   d.num_slices_per_kv_cache_update_page = a.num_slices_per_page;
   d.pages_tables = a.pages_tables;
@@ -117,10 +119,10 @@ KVP_API kvp_status kvp_metadata_get_array(const kvp_metadata* metadata, kvp_meta
 
 KVP_API kvp_status kvp_metadata_get_desc(const kvp_metadata* metadata, kvp_metadata_desc* out) {
   KVP_API_BEGIN;
-  const MetadataArrays& a = metadata_from(metadata, "kvp_metadata_get_desc").arrays();
+  const Metadata& md = metadata_from(metadata, "kvp_metadata_get_desc");
   KVP_REQUIRE_NOT_NULL(out);
   kvp_metadata_desc d;
-  fill_desc(a, d);
+  fill_desc(md, d);
   write_versioned(out, d, kDescV1Size, "kvp_metadata_get_desc", "kvp_metadata_desc");
   KVP_API_END;
 }

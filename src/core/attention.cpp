@@ -91,38 +91,12 @@ void check_out_overlaps(const Cache& cache, const kvp_tensor& out, const kvp_ten
   }
 }
 
-// A slot the fused write fills must not be read by any row as cached context: prefix-shared pages
-// must not receive new tokens while another row reads them (ATTENTION.md §2.4). The write's runs
-// are sorted by destination (prepare_concat); each row looks up the slots of its cached positions.
-void check_writes_not_read_elsewhere(const PreparedConcat& w, const MetadataArrays& m, const Layout& L, int64_t n,
-                                     const char* fn) {
-  if (w.runs.empty() || n == 0) return;
-  const int64_t S = L.page_size, W = m.pages_per_req;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t cached = m.context_lens[i] - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
-    for (int64_t k = 0; k * S < cached; ++k) {
-      const int64_t first = m.pages_tables[i * W + k] * S;
-      const int64_t last = first + std::min(S, cached - k * S);  // the cached slots of this page
-      // The first run that ends after `first`; it conflicts when it starts before `last`.
-      const auto it = std::upper_bound(w.runs.begin(), w.runs.end(), first, [](int64_t slot, const ConcatRun& r) {
-        return slot < r.dst_slot + r.len;
-      });
-      if (it != w.runs.end() && it->dst_slot < last) {
-        const int64_t slot = std::max(first, it->dst_slot);
-        fail(KVP_ERR_INVALID_ARGUMENT,
-             "%s: request %lld reads position %lld (page %lld, row %lld) as cached context, but this call writes a new "
-             "token into that slot; a page that receives new tokens must not be read by another row",
-             fn, ll(i), ll(k * S + (slot - first)), ll(first / S), ll(slot - first));
-      }
-    }
-  }
-}
-
 // Validates queries, out, options and metadata (and, when `write` is given, that no slot it writes
-// is read by any row as cached context) and fills the job. Nothing is written.
+// is read by any row as cached context) and fills the job; the metadata's checks come from the
+// read plan `plan` (kept by the metadata or built here). Nothing is written.
 void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor& out,
                        const Metadata& md, const kvp_attention_options* opts, const PreparedConcat* write,
-                       AttentionJob& j, const char* fn) {
+                       AttentionJob& j, PlanRef& plan, const char* fn) {
   cache.check_healthy(fn);
   cache.check_layer(layer, fn);
   const Layout& L = cache.layout();
@@ -157,9 +131,9 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
     j.metadata_on_device = 1;
     return;
   }
-  j.num_rows = processed_rows(m, L.v3, fn);
-  check_page_rows(m, L, j.num_rows, j.num_tokens, true, fn);
-  if (write != nullptr) check_writes_not_read_elsewhere(*write, m, L, j.num_rows, fn);
+  plan = plan_for(cache, md, write != nullptr ? PlanKind::kFusedRead : PlanKind::kRead, j.num_tokens,
+                  write != nullptr ? &*write->plan : nullptr, fn);
+  j.num_rows = plan->num_rows;
   j.host_validated = 1;
 }
 
@@ -170,7 +144,7 @@ void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp
                const char* fn) {
   if ((keys == nullptr) != (values == nullptr))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: keys and values must both be given (fused write) or both be NULL (read only)", fn);
-  PreparedConcat write(cache.allocator());
+  PreparedConcat write;
   if (keys != nullptr) {
     prepare_concat(cache, layer, *keys, *values, md, write, fn);
     if (keys->shape[0] != queries.shape[0])
@@ -178,11 +152,14 @@ void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp
            ll(queries.shape[0]));
   }
   AttentionJob job;
-  prepare_attention(cache, layer, queries, out, md, opts, keys != nullptr ? &write : nullptr, job, fn);
+  PlanRef read;
+  prepare_attention(cache, layer, queries, out, md, opts, keys != nullptr ? &write : nullptr, job, read, fn);
   const kvp_tensor* inputs[3] = {&queries, keys, values};
   const char* names[3] = {"queries", "keys", "values"};
   check_out_overlaps(cache, out, inputs, names, fn);
   cache.backend().attend(job, keys != nullptr ? &write.job : nullptr, stream);
+  if (keys != nullptr) write.plan.publish(md);
+  read.publish(md);
 }
 
 }  // namespace kvp::detail

@@ -1,5 +1,6 @@
 #include "core/cache.hpp"
 
+#include <atomic>
 #include <cstring>
 
 #include "core/dtype.hpp"
@@ -8,9 +9,17 @@
 
 namespace kvp::detail {
 
+namespace {
+uint64_t next_cache_id() noexcept {
+  static std::atomic<uint64_t> last{0};
+  return last.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+}  // namespace
+
 Cache::Cache(const kvp_config& cfg, HostPtr<Backend> backend, const HostAllocator& alloc)
     : config_(cfg),
       layout_(layout_of(cfg, "kvp_cache_create")),
+      id_(next_cache_id()),
       alloc_(alloc),
       backend_(std::move(backend)),
       layers_(StdAllocator<uint8_t*>(alloc)) {

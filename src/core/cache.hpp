@@ -29,6 +29,8 @@ class Cache {
   kvp_device_type device_type() const noexcept { return backend_->device_type(); }
   int32_t device_id() const noexcept { return backend_->device_id(); }
   int64_t num_layers() const noexcept { return layout_.num_layers; }
+  // Unique in the process and never reused (a destroyed cache's plans can never match another).
+  uint64_t id() const noexcept { return id_; }
 
   // Raw buffer of a layer (host pointer for CPU caches, device pointer for CUDA caches).
   uint8_t* layer_data(int64_t layer) const noexcept { return layers_[static_cast<size_t>(layer)]; }
@@ -54,6 +56,7 @@ class Cache {
  private:
   kvp_config config_;
   Layout layout_;
+  uint64_t id_;
   HostAllocator alloc_;
   HostPtr<Backend> backend_;
   HostVector<uint8_t*> layers_;

@@ -1,6 +1,5 @@
 #include "core/concat.hpp"
 
-#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -58,71 +57,6 @@ TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name,
   return in;
 }
 
-namespace {
-
-// Host validation of v2 slices into runs.
-void runs_v2(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& n_out, const char* fn) {
-  const MetadataArrays& m = job.md;
-  if (m.num_kv_update_slices_len < 1 || m.num_kv_update_slices == nullptr)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata has no num_kv_update_slices", fn);
-  const int64_t n = m.num_kv_update_slices[0];
-  if (n < 0 || n > m.num_slices)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_kv_update_slices %lld is out of range [0, %lld] (slot_mapping columns)", fn,
-         ll(n), ll(m.num_slices));
-  const int32_t* dst = m.slot_mapping;
-  const int32_t* src = m.slot_mapping + m.num_slices;
-  const int32_t* len = m.slot_mapping + 2 * m.num_slices;
-  runs.reserve(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t l = len[j], d = dst[j], s = src[j];
-    if (l < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice %lld: length %lld is negative", fn, ll(j), ll(l));
-    if (l == 0) continue;  // zero-length slices are no-ops (e.g. after data-parallel localization)
-    if (d < 0 || d + l > job.num_slots)
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: slice %lld: destination slots [%lld, %lld) are outside the cache's %lld slots (num_pages * page_size)",
-           fn, ll(j), ll(d), ll(d + l), ll(job.num_slots));
-    if (s < 0 || s + l > job.num_tokens)
-      fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice %lld: source tokens [%lld, %lld) are outside the %lld input tokens", fn,
-           ll(j), ll(s), ll(s + l), ll(job.num_tokens));
-    runs.push_back({s, d, l});
-  }
-  n_out = n;
-}
-
-// Host validation of v3 page-table metadata into runs (one per request and touched page).
-void runs_v3(const ConcatJob& job, HostVector<ConcatRun>& runs, int64_t& seqs_out, const char* fn) {
-  const MetadataArrays& m = job.md;
-  const int64_t n = processed_rows(m, true, fn), W = m.pages_per_req, S = job.layout.page_size;
-  check_page_rows(m, job.layout, n, job.num_tokens, false, fn);
-  for (int64_t r = 0; r < n; ++r) {
-    const int64_t qs = token_start(m, r), kv_len = m.context_lens[r];
-    const int64_t first = kv_len - (m.query_start_loc[r + 1] - m.query_start_loc[r]);
-    for (int64_t pos = first; pos < kv_len;) {
-      const int64_t page = m.pages_tables[r * W + pos / S], row = pos % S;
-      const int64_t len = std::min(S - row, kv_len - pos);
-      runs.push_back({qs + (pos - first), page * S + row, len});
-      pos += len;
-    }
-  }
-  seqs_out = n;
-}
-
-// Sorts the runs by destination (the order does not matter to the writers) and refuses overlaps.
-void sort_and_check_no_overlap(HostVector<ConcatRun>& sorted, const char* fn) {
-  if (sorted.size() < 2) return;
-  std::sort(sorted.begin(), sorted.end(),
-            [](const ConcatRun& a, const ConcatRun& b) { return a.dst_slot < b.dst_slot; });
-  for (size_t x = 1; x < sorted.size(); ++x) {
-    const ConcatRun& p = sorted[x - 1];
-    const ConcatRun& c = sorted[x];
-    if (c.dst_slot < p.dst_slot + p.len)
-      fail(KVP_ERR_INVALID_ARGUMENT,
-           "%s: two writes target slot %lld (from input tokens %lld and %lld); destinations must not overlap", fn,
-           ll(c.dst_slot), ll(p.src + (c.dst_slot - p.dst_slot)), ll(c.src));
-  }
-}
-}  // namespace
-
 void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, const kvp_tensor& value,
                     const Metadata& md, PreparedConcat& out, const char* fn) {
   cache.check_healthy(fn);
@@ -166,25 +100,21 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
     job.host_validated = 0;
     return;
   }
-  out.runs.clear();
-  if (L.v3)
-    runs_v3(job, out.runs, job.num_seqs, fn);
-  else
-    runs_v2(job, out.runs, job.num_valid_slices, fn);
-  sort_and_check_no_overlap(out.runs, fn);
-  int64_t total = 0;
-  for (const ConcatRun& r : out.runs) total += r.len;
-  job.runs = out.runs.data();
-  job.num_runs = static_cast<int64_t>(out.runs.size());
-  job.total_tokens = total;
+  out.plan = plan_for(cache, md, PlanKind::kWrite, job.num_tokens, nullptr, fn);
+  job.runs = out.plan->runs.data();
+  job.num_runs = static_cast<int64_t>(out.plan->runs.size());
+  job.total_tokens = out.plan->total_tokens;
+  job.num_seqs = out.plan->num_seqs;
+  job.num_valid_slices = out.plan->num_valid_slices;
   job.host_validated = 1;
 }
 
 void concatenate(Cache& cache, int64_t layer, const kvp_tensor& key, const kvp_tensor& value, const Metadata& md,
                  kvp_stream stream, const char* fn) {
-  PreparedConcat prep(cache.allocator());
+  PreparedConcat prep;
   prepare_concat(cache, layer, key, value, md, prep, fn);
   cache.backend().concatenate(prep.job, stream);
+  prep.plan.publish(md);
 }
 
 }  // namespace kvp::detail

@@ -8,17 +8,16 @@
 #include "core/cache.hpp"
 #include "backend/jobs.hpp"
 #include "core/metadata.hpp"
-#include "util/memory.hpp"
+#include "core/plan.hpp"
 #include "kvpages/types.h"
 
 namespace kvp::detail {
 
-// A job plus the storage its `runs` point into (the cache's allocator); for host-validated
-// metadata the runs are sorted by destination slot and do not overlap.
+// A job plus the plan its `runs` point into (host-validated metadata: sorted by destination slot,
+// no two overlapping).
 struct PreparedConcat {
-  ConcatJob job;
-  HostVector<ConcatRun> runs;
-  explicit PreparedConcat(const HostAllocator& alloc) : job(), runs(alloc) {}
+  ConcatJob job{};
+  PlanRef plan;
 };
 
 // Checks one [T, heads, D] tensor against the cache: rank, dtype (f32, f16 or bf16), `heads`
@@ -28,11 +27,13 @@ TensorArg check_input(const Cache& cache, const kvp_tensor& t, const char* name,
                       const char* function);
 
 // Validates everything (throws INVALID_ARGUMENT naming the offending request/slice and value)
-// and fills a job. Nothing is written.
+// and fills a job; with a plan the metadata keeps, only the per-call arguments are checked.
+// Nothing is written.
 void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, const kvp_tensor& value,
                     const Metadata& md, PreparedConcat& out, const char* function);
 
-// Validates, then has the cache's backend write the job.
+// Validates (once per metadata and cache when the metadata keeps plans), then has the cache's
+// backend write the job; the plan is offered to the metadata once the write succeeded.
 void concatenate(Cache& cache, int64_t layer, const kvp_tensor& key, const kvp_tensor& value,
                  const Metadata& md, kvp_stream stream, const char* function);
 

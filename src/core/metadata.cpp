@@ -74,7 +74,9 @@ void check_metadata_structure(const MetadataArrays& a, const char* fn) {
 }
 
 HostPtr<Metadata> Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
-  if (d._reserved0 != 0) fail(KVP_ERR_UNSUPPORTED, "%s: kvp_metadata_desc._reserved0 must be 0", fn);
+  if ((d.flags & ~KVP_METADATA_FLAG_IMMUTABLE) != 0)
+    fail(KVP_ERR_UNSUPPORTED, "%s: kvp_metadata_desc.flags 0x%x has unknown bits (KVP_METADATA_FLAG_* only)", fn,
+         static_cast<unsigned>(d.flags));
   MetadataArrays a;
   a.version = d.version == KVP_LAYOUT_DEFAULT ? KVP_LAYOUT_V3 : d.version;
   a.device_type = d.device_type == 0 ? KVP_DEVICE_CPU : d.device_type;
@@ -104,6 +106,7 @@ HostPtr<Metadata> Metadata::borrow(const kvp_metadata_desc& d, const char* fn) {
   const HostAllocator alloc;
   HostPtr<Metadata> m = make_host<Metadata>(alloc, alloc);
   m->a_ = a;
+  m->immutable_ = (d.flags & KVP_METADATA_FLAG_IMMUTABLE) != 0;
   return m;
 }
 
@@ -146,6 +149,7 @@ void Metadata::allocate(const MetadataArrays& s) {
   a.device_type = KVP_DEVICE_CPU;
   a.device_id = 0;
   a_ = a;
+  immutable_ = true;  // the handle's own arrays: the C API hands out const pointers only
 }
 
 HostPtr<Metadata> Metadata::empty(kvp_layout version, int64_t num_tokens, int64_t max_num_reqs, int64_t max_pages,

@@ -1,10 +1,13 @@
 // Runtime metadata (SPEC.md §4): a plain view of int32 arrays (borrowed from the caller, or
-// owned in `storage_`) plus the handle that carries it through the C API.
+// owned in `storage_`) plus the handle that carries it through the C API. Metadata whose arrays
+// cannot change while the handle lives (owning, or borrowed with KVP_METADATA_FLAG_IMMUTABLE)
+// keeps the plans validated against the caches it is used with (core/plan.hpp).
 #pragma once
 
 #include <cstdint>
 
 #include "backend/jobs.hpp"
+#include "core/plan.hpp"
 #include "kvpages/metadata.h"
 #include "util/handle.hpp"
 #include "util/memory.hpp"
@@ -23,15 +26,21 @@ class Metadata {
 
   // Owning storage: call `allocate` with every length set in `a` (pointers ignored), then fill
   // through mut(); pointers are (re)set to the storage.
-  explicit Metadata(const HostAllocator& alloc) : storage_(alloc) {}
+  explicit Metadata(const HostAllocator& alloc) : storage_(alloc), plans_(alloc) {}
   void allocate(const MetadataArrays& shape);
   int32_t* mut(const int32_t* p) { return const_cast<int32_t*>(p); }
 
   const MetadataArrays& arrays() const noexcept { return a_; }
+  // The arrays cannot change while the handle lives: owning storage, or the caller's promise.
+  bool immutable() const noexcept { return immutable_; }
+  // The plans kept for host metadata that is immutable() (empty otherwise).
+  const PlanStore& plans() const noexcept { return plans_; }
 
  private:
   MetadataArrays a_;
   HostVector<int32_t> storage_;
+  bool immutable_ = false;
+  PlanStore plans_;
 };
 
 // Structure checks shared by borrow() and the builder (lengths, required arrays of the version).

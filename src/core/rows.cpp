@@ -59,11 +59,34 @@ void check_row(const MetadataArrays& m, const Layout& L, int64_t i, int64_t T, i
          ll(i), ll(len), ll(cdiv(len, L.page_size)), ll(m.pages_per_req));
 }
 
-// token_starts (when given): the processed rows' token blocks [token_starts[i], + q_len_i) are a
-// permutation of the blocks of query_start_loc, i.e. they tile [query_start_loc[0],
-// query_start_loc[n]) exactly, so every token row is read (and every output row written) once.
+// Whether the processed rows' token blocks [token_starts[i], + q_len_i) tile [lo, hi) =
+// [query_start_loc[0], query_start_loc[n]) exactly, in O(n + hi - lo): the rows' blocks add up to
+// hi - lo, so they tile it when a walk from lo, block by block (each start owned by one row),
+// reaches hi through all n rows. False also when the span is too large for a table (over a million
+// rows beyond 16 per request): the caller then checks by sorting.
+bool token_blocks_tile(const MetadataArrays& m, int64_t n) {
+  const int64_t lo = m.query_start_loc[0], hi = m.query_start_loc[n];
+  if (hi - lo > 16 * n + (int64_t(1) << 20)) return false;
+  HostVector<int32_t> owner(static_cast<size_t>(hi - lo), -1);  // the row whose block starts here
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t ts = m.token_starts[i];
+    if (ts < lo || ts >= hi || owner[static_cast<size_t>(ts - lo)] >= 0) return false;
+    owner[static_cast<size_t>(ts - lo)] = static_cast<int32_t>(i);
+  }
+  int64_t pos = lo, rows = 0;
+  for (; pos < hi && owner[static_cast<size_t>(pos - lo)] >= 0; ++rows) {
+    const int64_t i = owner[static_cast<size_t>(pos - lo)];
+    pos += m.query_start_loc[i + 1] - m.query_start_loc[i];
+  }
+  return pos == hi && rows == n;
+}
+
+// token_starts (when given): the processed rows' token blocks are a permutation of the blocks of
+// query_start_loc, i.e. they tile [query_start_loc[0], query_start_loc[n]) exactly, so every token
+// row is read (and every output row written) once. The error names the first row, in order of
+// token_starts, where the tiling breaks (found by sorting, on the error path only).
 void check_token_starts(const MetadataArrays& m, int64_t n, const char* fn) {
-  if (m.token_starts == nullptr) return;
+  if (m.token_starts == nullptr || token_blocks_tile(m, n)) return;
   HostVector<int64_t> rows;
   rows.reserve(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) rows.push_back(i);

@@ -135,7 +135,7 @@ KVP_PIN_OFFSET(kvp_metadata_desc, abi_version, 4);
 KVP_PIN_OFFSET(kvp_metadata_desc, version, 8);
 KVP_PIN_OFFSET(kvp_metadata_desc, device_type, 12);
 KVP_PIN_OFFSET(kvp_metadata_desc, device_id, 16);
-KVP_PIN_OFFSET(kvp_metadata_desc, _reserved0, 20);
+KVP_PIN_OFFSET(kvp_metadata_desc, flags, 20);
 KVP_PIN_OFFSET(kvp_metadata_desc, page_size, 24);
 KVP_PIN_OFFSET(kvp_metadata_desc, num_slices_per_kv_cache_update_page, 32);
 KVP_PIN_OFFSET(kvp_metadata_desc, pages_tables, 40);

@@ -131,8 +131,8 @@ static void test_metadata__structure_errors(void **state) {
   d.page_size = -4;
   assert_kvp_status(kvp_metadata_create(&d, &md), KVP_ERR_INVALID_ARGUMENT, "page_size");
   v3_desc(&d, pt, cl, qsl, rd);
-  d._reserved0 = 1;
-  assert_kvp_status(kvp_metadata_create(&d, &md), KVP_ERR_UNSUPPORTED, "_reserved0");
+  d.flags = 2; /* unknown flag bits, as the reserved field's before 1.3 */
+  assert_kvp_status(kvp_metadata_create(&d, &md), KVP_ERR_UNSUPPORTED, "flags 0x2 has unknown bits");
   v3_desc(&d, pt, cl, qsl, rd);
   d.abi_version = 0;
   assert_kvp_status(kvp_metadata_create(&d, &md), KVP_ERR_VERSION_MISMATCH, "abi_version");

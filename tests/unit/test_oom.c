@@ -448,6 +448,64 @@ static void test_oom__concatenate(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
+/* The plan kept by metadata whose arrays cannot change (owning; borrowed with the flag): every
+ * allocation while it is built fails cleanly (nothing kept, nothing written), the call that
+ * succeeds keeps it, and the next layer's call uses it without allocating. v3 and v2. */
+static void test_oom__kept_plan(void **state) {
+  (void)state;
+  for (int layout = 0; layout < 2; ++layout) {
+    kvp_cache *c = make_cache(layout ? KVP_LAYOUT_V2 : KVP_LAYOUT_V3);
+    uint8_t *snap = snapshot(c);
+    int32_t pages[3][2] = {{3, 4}, {5, 6}, {7, 8}}, order[3];
+    kvp_batch_request r[3];
+    for (int i = 0; i < 3; ++i) {
+      r[i].num_computed = i == 2 ? 0 : 5 + i;
+      r[i].num_scheduled = i == 2 ? 9 : 1;
+      r[i].page_ids = pages[i];
+      r[i].num_pages = 2;
+    }
+    kvp_config cfg;
+    assert_kvp_ok(kvp_cache_get_config(c, &cfg));
+    kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+    bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+    kvp_metadata *owning = NULL;
+    assert_kvp_ok(kvp_metadata_build(&cfg, r, 3, &bo, order, &owning));
+    kvp_metadata_desc d = KVP_METADATA_DESC_INIT;
+    assert_kvp_ok(kvp_metadata_get_desc(owning, &d));
+    d.flags = KVP_METADATA_FLAG_IMMUTABLE;
+    kvp_metadata *borrowed = NULL;
+    assert_kvp_ok(kvp_metadata_create(&d, &borrowed));
+    enum { T = 11 };
+    uint16_t *k = (uint16_t *)test_calloc(T * HEADS * HDIM, sizeof(uint16_t));
+    for (int i = 0; i < T * HEADS * HDIM; ++i) k[i] = (uint16_t)(0x3F80 + (i % 64));
+    kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_BF16, T, HEADS, HDIM, KVP_DEVICE_CPU);
+    const kvp_metadata *mds[2] = {owning, borrowed};
+    for (int which = 0; which < 2; ++which) {
+      const long base = g_alloc.live;
+      long n;
+      for (n = 0; n < MAX_N; ++n) {
+        fail_from(n);
+        const kvp_status st = kvp_concatenate(c, 0, &kt, &kt, mds[which], NULL);
+        disarm();
+        if (st == KVP_OK) break;
+        expect_oom(st, base, n, "kvp_concatenate (building the plan)");
+        assert_same_layers(c, snap);
+      }
+      assert_true(n >= 1);
+      fail_from(0); /* the plan is kept: the next layer allocates nothing */
+      assert_kvp_ok(kvp_concatenate(c, 1, &kt, &kt, mds[which], NULL));
+      disarm();
+      assert_kvp_ok(kvp_cache_write_layer(c, 0, snap, kvp_test_layer_bytes(c), NULL));
+      assert_kvp_ok(kvp_cache_write_layer(c, 1, snap + kvp_test_layer_bytes(c), kvp_test_layer_bytes(c), NULL));
+    }
+    assert_kvp_ok(kvp_metadata_destroy(borrowed));
+    assert_kvp_ok(kvp_metadata_destroy(owning));
+    test_free(k);
+    test_free(snap);
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+}
+
 /* kvp_attention with the fused write: a decode row over a long context (split over the workers
  * when there are several) and a prefill row, v2 and v3. Every failure leaves the pages and `out`
  * as they were: the scratch is allocated before the write. */
@@ -746,6 +804,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_oom__pool_create_append_fork, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__json, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__concatenate, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__kept_plan, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__attention, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__deserialize_into_buffer_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__deserialize_new_small_and_file, setup, teardown),

@@ -97,6 +97,101 @@ static void test_threads__concatenate_into_different_caches(void **state) {
   for (i = 0; i < kThreads; ++i) free(ref.data[i]);
 }
 
+/* Different layers of one cache, written at once with one fresh metadata per round (owning, then
+ * borrowed with KVP_METADATA_FLAG_IMMUTABLE): the first calls race to build and keep its plan.
+ * The reference writes each layer on this thread through a handle that validates every call. */
+enum { kPlanLayers = 2 * kThreads, kPlanHeads = 2, kPlanDim = 64, kPlanTokens = 7 };
+
+typedef struct plan_shared {
+  kvp_cache *cache;
+  const kvp_metadata *md;
+  uint16_t keys[kPlanLayers][kPlanTokens * kPlanHeads * kPlanDim];
+} plan_shared;
+
+/* Two decodes and a prefill of 5 (7 tokens), owning. */
+static kvp_metadata *plan_step(const kvp_config *cfg, int round) {
+  static int32_t pages[3][2] = {{3, 9}, {4, 12}, {7, 8}};
+  kvp_batch_request r[3];
+  kvp_metadata *md = NULL;
+  int i;
+  for (i = 0; i < 3; ++i) {
+    r[i].num_computed = i < 2 ? 1 + (round + i) % 6 : 0;
+    r[i].num_scheduled = i < 2 ? 1 : 5;
+    r[i].page_ids = pages[i];
+    r[i].num_pages = 2;
+  }
+  assert_kvp_ok(kvp_metadata_build(cfg, r, 3, NULL, NULL, &md));
+  return md;
+}
+
+/* A borrowed handle over `of`'s arrays with `flags`. */
+static kvp_metadata *plan_borrow(const kvp_metadata *of, uint32_t flags) {
+  kvp_metadata_desc d = KVP_METADATA_DESC_INIT;
+  kvp_metadata *b = NULL;
+  assert_kvp_ok(kvp_metadata_get_desc(of, &d));
+  d.flags = flags;
+  assert_kvp_ok(kvp_metadata_create(&d, &b));
+  return b;
+}
+
+static void *write_shared_layers(void *arg) {
+  worker *me = (worker *)arg;
+  plan_shared *sh = (plan_shared *)me->shared;
+  int l;
+  pthread_barrier_wait(&g_barrier);
+  for (l = me->index; l < kPlanLayers; l += kThreads) {
+    kvp_tensor k = kvp_test_tensor(sh->keys[l], KVP_DTYPE_BF16, kPlanTokens, kPlanHeads, kPlanDim, KVP_DEVICE_CPU);
+    WORKER_CHECK(me, kvp_concatenate(sh->cache, (uint32_t)l, &k, &k, sh->md, NULL) == KVP_OK);
+  }
+  return NULL;
+}
+
+static void test_threads__layers_of_one_cache_with_one_metadata(void **state) {
+  const kvp_config cfg = kvp_test_config(kPlanLayers, kPlanHeads, kPlanDim, 4, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  plan_shared *sh = (plan_shared *)calloc(1, sizeof *sh);
+  kvp_cache *ref = NULL;
+  uint64_t rng = 5;
+  int round, l;
+  size_t i, n;
+  unsigned char *a, *b;
+  (void)state;
+  assert_non_null(sh);
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &sh->cache));
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &ref));
+  for (round = 0; round < 2 * kRounds; ++round) {
+    kvp_metadata *owner = plan_step(&cfg, round);
+    kvp_metadata *kept = round % 2 ? plan_borrow(owner, KVP_METADATA_FLAG_IMMUTABLE) : NULL;
+    for (l = 0; l < kPlanLayers; ++l)
+      for (i = 0; i < sizeof sh->keys[l] / 2; ++i)
+        sh->keys[l][i] = (uint16_t)(0x3c00 + kvp_test_rand_range(&rng, 0, 0x7ff));
+    sh->md = kept != NULL ? kept : owner;
+    run_workers(write_shared_layers, sh);
+    for (l = 0; l < kPlanLayers; ++l) {
+      kvp_metadata *fresh = plan_borrow(owner, 0);
+      kvp_tensor k = kvp_test_tensor(sh->keys[l], KVP_DTYPE_BF16, kPlanTokens, kPlanHeads, kPlanDim, KVP_DEVICE_CPU);
+      assert_kvp_ok(kvp_concatenate(ref, (uint32_t)l, &k, &k, fresh, NULL));
+      assert_kvp_ok(kvp_metadata_destroy(fresh));
+    }
+    assert_kvp_ok(kvp_metadata_destroy(kept));
+    assert_kvp_ok(kvp_metadata_destroy(owner));
+  }
+  n = kvp_test_layer_bytes(ref);
+  a = (unsigned char *)malloc(n);
+  b = (unsigned char *)malloc(n);
+  assert_non_null(a);
+  assert_non_null(b);
+  for (l = 0; l < kPlanLayers; ++l) {
+    assert_kvp_ok(kvp_cache_read_layer(sh->cache, (uint32_t)l, a, n, NULL));
+    assert_kvp_ok(kvp_cache_read_layer(ref, (uint32_t)l, b, n, NULL));
+    if (memcmp(a, b, n) != 0) fail_msg("layer %d differs from the one-thread reference", l);
+  }
+  free(a);
+  free(b);
+  assert_kvp_ok(kvp_cache_destroy(ref));
+  assert_kvp_ok(kvp_cache_destroy(sh->cache));
+  free(sh);
+}
+
 static void *serialize_shared_cache(void *arg) {
   worker *me = (worker *)arg;
   blobs *ref = (blobs *)me->shared;
@@ -251,6 +346,7 @@ static void test_threads__error_message_is_per_thread(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_threads__concatenate_into_different_caches),
+      cmocka_unit_test(test_threads__layers_of_one_cache_with_one_metadata),
       cmocka_unit_test(test_threads__read_only_serialize_of_one_cache),
       cmocka_unit_test(test_threads__pools_from_several_threads),
       cmocka_unit_test(test_threads__handles_created_and_destroyed_on_several_threads),

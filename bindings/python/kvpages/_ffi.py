@@ -16,6 +16,9 @@ MAX_DIMS = 6
 #: KVP_VERSION_NUMBER of the headers these bindings were written against (1.2.0: kvp_convert).
 BINDING_VERSION_NUMBER = 10200
 
+#: KVP_METADATA_FLAG_IMMUTABLE (metadata.h, since 1.3): kvp_metadata_desc.flags bit.
+METADATA_FLAG_IMMUTABLE = 1
+
 
 # ---------------------------------------------------------------------------------------------
 # Structs
@@ -69,7 +72,7 @@ class kvp_tensor(ctypes.Structure):
 
 class kvp_metadata_desc(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("version", _u32), ("device_type", _i32),
-                ("device_id", _i32), ("_reserved0", _u32), ("page_size", _i64),
+                ("device_id", _i32), ("flags", _u32), ("page_size", _i64),
                 ("num_slices_per_kv_cache_update_page", _i64),
                 ("pages_tables", _P(_i32)), ("num_reqs", _i64), ("pages_per_req", _i64),
                 ("context_lens", _P(_i32)), ("context_lens_len", _i64),

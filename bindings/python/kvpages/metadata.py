@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._ffi import _P, _i32, _i64, _vp, kvp_batch_options, kvp_batch_request, kvp_metadata_desc, lib
+from ._ffi import (METADATA_FLAG_IMMUTABLE, _P, _i32, _i64, _vp, kvp_batch_options, kvp_batch_request, kvp_metadata_desc,
+                   lib)
 from ._handle import Handle
 from .config import Config
 from .errors import check, invalid
@@ -97,11 +98,13 @@ class Metadata(Handle):
 
     @classmethod
     def from_arrays(cls, layout: Any = Layout.V3, *, page_size: int = 0, num_slices_per_kv_cache_update_page: int = 0,
-                    device: DeviceLike = None, **arrays: Any) -> "Metadata":
+                    device: DeviceLike = None, immutable: bool = False, **arrays: Any) -> "Metadata":
         """kvp_metadata_create: wraps int32 arrays without copying (``pages_tables`` 2-D, the
         others 1-D; ``slot_mapping`` [3, N]); the handle keeps them alive. Host arrays are numpy
         arrays; device arrays (``device="cuda:N"``) are DLPack producers or raw addresses with
-        lengths ``(address, shape)``."""
+        lengths ``(address, shape)``. ``immutable=True`` (KVP_METADATA_FLAG_IMMUTABLE, kvpages
+        1.3) promises the arrays do not change while the handle lives: the library then validates
+        them once per cache instead of once per call (layer)."""
         unknown = set(arrays) - set(_ARRAYS)
         if unknown:
             raise invalid("unknown metadata arrays: %s (known: %s)" % (sorted(unknown), ", ".join(_ARRAYS)),
@@ -111,6 +114,7 @@ class Metadata(Handle):
         check(lib.kvp_metadata_desc_init(ctypes.byref(d), ctypes.sizeof(d)), "kvp_metadata_desc_init")
         d.version, d.device_type, d.device_id = Layout.parse(layout).value or Layout.V3, dev.value, ordinal
         d.page_size, d.num_slices_per_kv_cache_update_page = page_size, num_slices_per_kv_cache_update_page
+        d.flags = METADATA_FLAG_IMMUTABLE if immutable else 0
         keep = {}
         for name, value in arrays.items():
             address, shape, keep[name] = _int32_array(name, value, dev)

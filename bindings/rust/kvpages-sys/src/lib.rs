@@ -104,6 +104,7 @@ constants! {
     KVP_VIEW_REFERENCE_VALUES: kvp_view_kind = 5;
     // metadata.h
     KVP_METADATA_DESC_VERSION: u32 = 2;
+    KVP_METADATA_FLAG_IMMUTABLE: u32 = 1;
     KVP_METADATA_PAGES_TABLES: kvp_metadata_field = 0;
     KVP_METADATA_CONTEXT_LENS: kvp_metadata_field = 1;
     KVP_METADATA_QUERY_START_LOC: kvp_metadata_field = 2;
@@ -305,7 +306,7 @@ pub struct kvp_metadata_desc {
     pub version: kvp_layout,
     pub device_type: kvp_device_type,
     pub device_id: i32,
-    pub _reserved0: u32,
+    pub flags: u32,
     pub page_size: i64,
     pub num_slices_per_kv_cache_update_page: i64,
     pub pages_tables: *const i32,

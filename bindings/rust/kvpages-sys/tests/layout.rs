@@ -52,7 +52,7 @@ fn struct_layouts_match_c() {
         sliding_window, k_scale, v_scale, num_sinks, sinks });
     layout!(probe, rust, kvp_plan { struct_size, _reserved, num_pages, usable_pages, page_size, bytes_per_page,
         reference_bytes_per_page, bytes_per_token, total_bytes, token_capacity, max_concurrent_seqs, max_num_seqs });
-    layout!(probe, rust, kvp_metadata_desc { struct_size, abi_version, version, device_type, device_id, _reserved0,
+    layout!(probe, rust, kvp_metadata_desc { struct_size, abi_version, version, device_type, device_id, flags,
         page_size, num_slices_per_kv_cache_update_page, pages_tables, num_reqs, pages_per_req, context_lens,
         context_lens_len, query_start_loc, query_start_loc_len, num_seqs, num_seqs_len, slot_mapping, num_slices,
         num_kv_update_slices, num_kv_update_slices_len, request_distribution, request_distribution_len,

@@ -1,0 +1,178 @@
+#include "core/plan.hpp"
+
+#include <algorithm>
+
+#include "core/cache.hpp"
+#include "core/math.hpp"
+#include "core/metadata.hpp"
+#include "core/rows.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+
+namespace {
+
+// v2 slices into runs.
+void runs_v2(const MetadataArrays& m, const Layout& L, int64_t T, Plan& p, const char* fn) {
+  if (m.num_kv_update_slices_len < 1 || m.num_kv_update_slices == nullptr)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata has no num_kv_update_slices", fn);
+  const int64_t n = m.num_kv_update_slices[0], num_slots = L.num_pages * L.page_size;
+  if (n < 0 || n > m.num_slices)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_kv_update_slices %lld is out of range [0, %lld] (slot_mapping columns)", fn,
+         ll(n), ll(m.num_slices));
+  const int32_t* dst = m.slot_mapping;
+  const int32_t* src = m.slot_mapping + m.num_slices;
+  const int32_t* len = m.slot_mapping + 2 * m.num_slices;
+  p.runs.reserve(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t l = len[j], d = dst[j], s = src[j];
+    if (l < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice %lld: length %lld is negative", fn, ll(j), ll(l));
+    if (l == 0) continue;  // zero-length slices are no-ops (e.g. after data-parallel localization)
+    if (d < 0 || d + l > num_slots)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: slice %lld: destination slots [%lld, %lld) are outside the cache's %lld slots (num_pages * page_size)",
+           fn, ll(j), ll(d), ll(d + l), ll(num_slots));
+    if (s < 0 || s + l > T)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: slice %lld: source tokens [%lld, %lld) are outside the %lld input tokens", fn,
+           ll(j), ll(s), ll(s + l), ll(T));
+    p.runs.push_back({s, d, l});
+  }
+  p.num_valid_slices = n;
+}
+
+// v3 page-table rows into runs (one per request and touched page).
+void runs_v3(const MetadataArrays& m, const Layout& L, int64_t T, Plan& p, const char* fn) {
+  const int64_t n = processed_rows(m, true, fn), W = m.pages_per_req, S = L.page_size;
+  check_page_rows(m, L, n, T, false, fn);
+  p.runs.reserve(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t qs = token_start(m, r), kv_len = m.context_lens[r];
+    const int64_t first = kv_len - (m.query_start_loc[r + 1] - m.query_start_loc[r]);
+    for (int64_t pos = first; pos < kv_len;) {
+      const int64_t page = m.pages_tables[r * W + pos / S], row = pos % S;
+      const int64_t len = std::min(S - row, kv_len - pos);
+      p.runs.push_back({qs + (pos - first), page * S + row, len});
+      pos += len;
+    }
+  }
+  p.num_seqs = n;
+  if (n > 0) p.min_tokens = m.query_start_loc[n];  // the largest end: every q_len is positive
+}
+
+// Puts the runs in destination order (the order does not matter to the writers; runs that
+// already ascend strictly, as a builder's usually do, are left as they are) and refuses overlaps.
+void sort_and_check_no_overlap(HostVector<ConcatRun>& runs, const char* fn) {
+  if (runs.size() < 2) return;
+  auto by_dst = [](const ConcatRun& a, const ConcatRun& b) { return a.dst_slot < b.dst_slot; };
+  if (std::adjacent_find(runs.begin(), runs.end(), [](const ConcatRun& a, const ConcatRun& b) {
+        return a.dst_slot >= b.dst_slot;
+      }) != runs.end())
+    std::sort(runs.begin(), runs.end(), by_dst);
+  for (size_t x = 1; x < runs.size(); ++x) {
+    const ConcatRun& p = runs[x - 1];
+    const ConcatRun& c = runs[x];
+    if (c.dst_slot < p.dst_slot + p.len)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: two writes target slot %lld (from input tokens %lld and %lld); destinations must not overlap", fn,
+           ll(c.dst_slot), ll(p.src + (c.dst_slot - p.dst_slot)), ll(c.src));
+  }
+}
+
+void build_write(const MetadataArrays& m, const Layout& L, int64_t T, Plan& p, const char* fn) {
+  if (L.v3)
+    runs_v3(m, L, T, p, fn);
+  else
+    runs_v2(m, L, T, p, fn);
+  sort_and_check_no_overlap(p.runs, fn);
+  for (const ConcatRun& r : p.runs) {
+    p.total_tokens += r.len;
+    p.min_tokens = std::max(p.min_tokens, r.src + r.len);
+  }
+}
+
+// A slot the fused write fills must not be read by any row as cached context: prefix-shared pages
+// must not receive new tokens while another row reads them (ATTENTION.md §2.4). The write's runs
+// are sorted by destination; each row looks up the slots of its cached positions.
+void check_writes_not_read_elsewhere(const HostVector<ConcatRun>& runs, const MetadataArrays& m, const Layout& L,
+                                     int64_t n, const char* fn) {
+  if (runs.empty() || n == 0) return;
+  const int64_t S = L.page_size, W = m.pages_per_req;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t cached = m.context_lens[i] - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
+    for (int64_t k = 0; k * S < cached; ++k) {
+      const int64_t first = m.pages_tables[i * W + k] * S;
+      const int64_t last = first + std::min(S, cached - k * S);  // the cached slots of this page
+      // The first run that ends after `first`; it conflicts when it starts before `last`.
+      const auto it = std::upper_bound(runs.begin(), runs.end(), first, [](int64_t slot, const ConcatRun& r) {
+        return slot < r.dst_slot + r.len;
+      });
+      if (it != runs.end() && it->dst_slot < last) {
+        const int64_t slot = std::max(first, it->dst_slot);
+        fail(KVP_ERR_INVALID_ARGUMENT,
+             "%s: request %lld reads position %lld (page %lld, row %lld) as cached context, but this call writes a new "
+             "token into that slot; a page that receives new tokens must not be read by another row",
+             fn, ll(i), ll(k * S + (slot - first)), ll(first / S), ll(slot - first));
+      }
+    }
+  }
+}
+
+void build_read(const MetadataArrays& m, const Layout& L, int64_t T, const Plan* write, Plan& p, const char* fn) {
+  p.num_rows = processed_rows(m, L.v3, fn);
+  check_page_rows(m, L, p.num_rows, T, true, fn);
+  if (write != nullptr) check_writes_not_read_elsewhere(write->runs, m, L, p.num_rows, fn);
+  if (p.num_rows > 0) p.min_tokens = m.query_start_loc[p.num_rows];  // every q_len is positive
+}
+
+}  // namespace
+
+PlanStore::~PlanStore() {
+  for (auto& s : slots_) host_delete(alloc_, s.load(std::memory_order_acquire));
+}
+
+const Plan* PlanStore::find(uint64_t cache_id, PlanKind kind) const noexcept {
+  for (auto& s : slots_) {
+    const Plan* p = s.load(std::memory_order_acquire);
+    if (p == nullptr) return nullptr;  // append-only: nothing after a free slot
+    if (p->cache_id == cache_id && p->kind == kind) return p;
+  }
+  return nullptr;
+}
+
+bool PlanStore::insert(Plan* p) const noexcept {
+  for (auto& s : slots_) {
+    Plan* cur = nullptr;
+    if (s.compare_exchange_strong(cur, p, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+    if (cur->cache_id == p->cache_id && cur->kind == p->kind) return false;  // another call's, equal
+  }
+  return false;
+}
+
+void PlanRef::publish(const Metadata& md) noexcept {
+  if (owned_ != nullptr && md.immutable() && md.plans().insert(owned_.get())) owned_.release();
+}
+
+PlanRef plan_for(const Cache& cache, const Metadata& md, PlanKind kind, int64_t T, const Plan* write,
+                 const char* fn) {
+  PlanRef ref;
+  const bool keep = md.immutable();
+  if (keep) {
+    ref.plan_ = md.plans().find(cache.id(), kind);
+    if (ref.plan_ != nullptr && T >= ref.plan_->min_tokens) return ref;
+  }
+  // A plan the metadata may keep comes from the metadata's allocator (it may outlive the cache).
+  const HostAllocator& alloc = keep ? md.plans().allocator() : cache.allocator();
+  ref.owned_ = make_host<Plan>(alloc, alloc);
+  Plan& p = *ref.owned_;
+  p.cache_id = cache.id();
+  p.kind = kind;
+  const MetadataArrays& m = md.arrays();
+  if (kind == PlanKind::kWrite)
+    build_write(m, cache.layout(), T, p, fn);
+  else
+    build_read(m, cache.layout(), T, kind == PlanKind::kFusedRead ? write : nullptr, p, fn);
+  ref.plan_ = &p;
+  return ref;
+}
+
+}  // namespace kvp::detail

@@ -1,0 +1,84 @@
+// The plan: the validated, reusable result of checking one host metadata against one cache's
+// layout (SPEC.md §5, ATTENTION.md §2.4). It does not depend on the layer or on the tensors, and
+// it holds for every call whose inputs have at least `min_tokens` token rows. Immutable once
+// built; a metadata whose arrays cannot change keeps a few of them (PlanStore), so the 32+ layers
+// of a step validate once.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "backend/jobs.hpp"
+#include "util/memory.hpp"
+
+namespace kvp::detail {
+
+class Cache;
+class Metadata;
+
+enum class PlanKind : uint32_t {
+  kWrite,      // kvp_concatenate and the fused write of attention: the runs
+  kRead,       // attention without a write: every row's read pages
+  kFusedRead,  // attention after a write: kRead, and no written slot is read as cached context
+};
+
+struct Plan {
+  explicit Plan(const HostAllocator& alloc) : runs(alloc) {}
+  uint64_t cache_id = 0;
+  PlanKind kind = PlanKind::kWrite;
+  int64_t min_tokens = 0;  // the fewest input token rows the metadata is valid with
+  // kWrite: every write, sorted by destination slot, no two overlapping; Σ len; the v3 rows or v2
+  // slices processed (-1 for the other layout).
+  HostVector<ConcatRun> runs;
+  int64_t total_tokens = 0;
+  int64_t num_seqs = -1;
+  int64_t num_valid_slices = -1;
+  // kRead, kFusedRead: the processed request rows.
+  int64_t num_rows = -1;
+};
+
+// A plan for one call: one a metadata keeps, or one this call built and owns. publish() offers an
+// owned plan to the metadata once the call has succeeded (a call that fails keeps nothing).
+class PlanRef {
+ public:
+  PlanRef() = default;
+  const Plan& operator*() const noexcept { return *plan_; }
+  const Plan* operator->() const noexcept { return plan_; }
+  void publish(const Metadata& md) noexcept;
+
+ private:
+  friend PlanRef plan_for(const Cache&, const Metadata&, PlanKind, int64_t, const Plan*, const char*);
+  const Plan* plan_ = nullptr;
+  HostPtr<Plan> owned_;
+};
+
+// The plans a metadata keeps: up to kMaxPlans (4 caches x 3 kinds), append-only, lock-free to
+// read. A plan is published once (compare-and-swap into a free slot) and freed with the store.
+class PlanStore {
+ public:
+  static constexpr int kMaxPlans = 12;
+  explicit PlanStore(const HostAllocator& alloc) noexcept : alloc_(alloc) {}
+  ~PlanStore();
+  PlanStore(const PlanStore&) = delete;
+  PlanStore& operator=(const PlanStore&) = delete;
+
+  // The plan of `kind` for the cache `cache_id`, or nullptr.
+  const Plan* find(uint64_t cache_id, PlanKind kind) const noexcept;
+  // Keeps `p` (made with allocator()) unless an equal one is there or the store is full; returns
+  // whether it was kept (the store then owns it).
+  bool insert(Plan* p) const noexcept;
+  const HostAllocator& allocator() const noexcept { return alloc_; }
+
+ private:
+  HostAllocator alloc_;
+  mutable std::atomic<Plan*> slots_[kMaxPlans] = {};
+};
+
+// The plan of `kind` for host metadata `md` on `cache` with T input token rows: the metadata's
+// own when it keeps one and T >= its min_tokens, else a new one, validated exactly as without
+// plans (throws INVALID_ARGUMENT naming the request/slice and value; OUT_OF_MEMORY). kFusedRead
+// needs the call's write plan `write`. Nothing is published here (see PlanRef::publish).
+PlanRef plan_for(const Cache& cache, const Metadata& md, PlanKind kind, int64_t T, const Plan* write,
+                 const char* function);
+
+}  // namespace kvp::detail
