@@ -1,17 +1,26 @@
 // CPU kvp_concatenate: a straight copy with conversion, token rows spread over the library's
 // thread pool for large batches. Every written token slot gets its whole row: data lanes converted
 // with backend/fp_convert.hpp, padding lanes / heads zeroed.
+//
+// The writer is chosen once per call and loops over a range of runs and tokens itself, so the
+// per-token body is inlined: same-dtype contiguous rows of a common size are fixed-size copies at
+// the CPU's vector width (SSE2 16, AVX2 32, AVX-512 64 bytes; KVP_CPU_ISA lowers the level), with
+// ordinary or non-temporal stores; every other case converts each head with row_converter.
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 
-#include "backend/fp_convert.hpp"
 #include "cpu/cpu_ops.hpp"
 #include "util/cpu_features.hpp"
 #include "util/error.hpp"
 #include "util/memory.hpp"
 #include "util/nontemporal.hpp"
 #include "util/thread_pool.hpp"
+
+#if KVP_HAVE_NONTEMPORAL
+#include <immintrin.h>
+#endif
 
 namespace kvp::detail {
 
@@ -20,110 +29,259 @@ namespace {
 struct Ctx {
   const ConcatJob* job;
   RowFn kfn, vfn;
-  size_t token_bytes;
+  const uint8_t *key, *val;           // token 0's first element
+  int64_t key_tok, val_tok;           // bytes between tokens
+  int64_t key_head, val_head;         // bytes between heads
+  int64_t token_bytes;
   int64_t key_off0, val_off0, head_step;  // byte offsets inside a token row
   // Padding (zeroed on every written row): `pad_lane_bytes` after each of the 2H data entries
   // (generic v3 with D < Dst), and the padding entries [pad_tail_off, token_bytes).
   int64_t entry_bytes, pad_lane_off, pad_lane_bytes, pad_tail_off;
   bool pad_lanes, pad_tail;
-  // Same dtype, contiguous rows of a common size: fixed-size copies (+ fixed lane padding).
-  void (*fast)(const Ctx&, const uint8_t*, const uint8_t*, int64_t, int64_t, uint8_t*);
 };
 
-template <int kBytes, int kPad, bool kStream>
-void write_token_fast(const Ctx& c, const uint8_t* kb, const uint8_t* vb, int64_t kh, int64_t vh, uint8_t* row) {
-  const ConcatJob& j = *c.job;
-  uint8_t* kd = row + c.key_off0;
-  uint8_t* vd = row + c.val_off0;
-  for (int64_t h = 0; h < j.num_kv_heads; ++h) {
-    if (kStream) {
-      copy_nontemporal_fixed<kBytes>(kd + h * c.head_step, kb + h * kh);
-      copy_nontemporal_fixed<kBytes>(vd + h * c.head_step, vb + h * vh);
-      if (kPad > 0) {
-        zero_nontemporal_fixed<kPad>(kd + h * c.head_step + kBytes);
-        zero_nontemporal_fixed<kPad>(vd + h * c.head_step + kBytes);
-      }
+// Loads and stores of one width. Every member is always inlined into the writers below, which carry
+// the same target attribute (a function for a wider ISA is only ever reached through cpu_isa()).
+struct Scalar {
+  static constexpr int kWidth = 8;
+};
+
+#if KVP_HAVE_NONTEMPORAL
+struct Sse2 {
+  static constexpr int kWidth = 16;
+  template <bool kStream>
+  KVP_ALWAYS_INLINE static inline void copy(uint8_t* d, const uint8_t* s) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+    if (kStream) _mm_stream_si128(reinterpret_cast<__m128i*>(d), v);
+    else _mm_storeu_si128(reinterpret_cast<__m128i*>(d), v);
+  }
+  template <bool kStream>
+  KVP_ALWAYS_INLINE static inline void zero(uint8_t* d) {
+    if (kStream) _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_setzero_si128());
+    else _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_setzero_si128());
+  }
+};
+#endif
+
+#if KVP_CPU_DISPATCH
+struct Avx2 {
+  static constexpr int kWidth = 32;
+  template <bool kStream>
+  KVP_TARGET_AVX2 static inline void copy(uint8_t* d, const uint8_t* s) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
+    if (kStream) _mm256_stream_si256(reinterpret_cast<__m256i*>(d), v);
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), v);
+  }
+  template <bool kStream>
+  KVP_TARGET_AVX2 static inline void zero(uint8_t* d) {
+    if (kStream) _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_setzero_si256());
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_setzero_si256());
+  }
+};
+
+struct Avx512 {
+  static constexpr int kWidth = 64;
+  template <bool kStream>
+  KVP_TARGET_AVX512 static inline void copy(uint8_t* d, const uint8_t* s) {
+    const __m512i v = _mm512_loadu_si512(s);
+    if (kStream) _mm512_stream_si512(reinterpret_cast<__m512i*>(d), v);
+    else _mm512_storeu_si512(d, v);
+  }
+  template <bool kStream>
+  KVP_TARGET_AVX512 static inline void zero(uint8_t* d) {
+    if (kStream) _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_setzero_si512());
+    else _mm512_storeu_si512(d, _mm512_setzero_si512());
+  }
+};
+#endif
+
+// The widest piece at entry offset kOff (aligned to its width, at most kMax bytes, never
+// straddling the data/padding boundary kData).
+template <int kMax, int kOff, int kData, int kEnd>
+constexpr int piece() {
+  int w = kMax;
+  while (w > 1 && (kOff % w != 0 || kOff + w > kEnd || (kOff < kData && kOff + w > kData))) w /= 2;
+  return w;
+}
+
+// Bytes [kOff, kEnd) of one entry of kEnd bytes: the first kData copied from s, the rest zeros.
+// Pieces narrower than 16 bytes use ordinary stores (only odd sizes have them). With kStream the
+// entry must be aligned to V::kWidth.
+template <class V, int kData, int kEnd, bool kStream, int kOff = 0>
+KVP_ALWAYS_INLINE inline void write_entry(uint8_t* d, const uint8_t* s) {
+  if constexpr (kOff < kEnd) {
+    constexpr int w = piece<V::kWidth, kOff, kData, kEnd>();
+    if constexpr (w >= 16) {
+      using P = std::conditional_t<w == V::kWidth, V,
+#if KVP_CPU_DISPATCH
+                                   std::conditional_t<w == 32, Avx2, Sse2>
+#else
+                                   V
+#endif
+                                   >;
+      if constexpr (kOff < kData) P::template copy<kStream>(d + kOff, s + kOff);
+      else P::template zero<kStream>(d + kOff);
     } else {
-      __builtin_memcpy(kd + h * c.head_step, kb + h * kh, kBytes);
-      __builtin_memcpy(vd + h * c.head_step, vb + h * vh, kBytes);
-      if (kPad > 0) {
-        __builtin_memset(kd + h * c.head_step + kBytes, 0, kPad);
-        __builtin_memset(vd + h * c.head_step + kBytes, 0, kPad);
-      }
+      if constexpr (kOff < kData) __builtin_memcpy(d + kOff, s + kOff, w);
+      else __builtin_memset(d + kOff, 0, w);
     }
+    write_entry<V, kData, kEnd, kStream, kOff + w>(d, s);
   }
 }
 
-using FastFn = void (*)(const Ctx&, const uint8_t*, const uint8_t*, int64_t, int64_t, uint8_t*);
+// The padding entries after the data (h64 padding heads, v3 entries past 2H): ordinary stores.
+inline void zero_tail(const Ctx& c, uint8_t* row) {
+  if (c.pad_tail) std::memset(row + c.pad_tail_off, 0, static_cast<size_t>(c.token_bytes - c.pad_tail_off));
+}
 
-// Fixed-size variants for common row sizes (bytes of D lanes, bytes of lane padding); `stream`
-// selects non-temporal stores (large batches that would only evict the caches).
-FastFn pick_fast(int64_t row_bytes, int64_t pad_bytes, bool stream) {
+// The writers: `tokens` tokens from run `r` token `off` on, runs in order.
+using RangeFn = void (*)(const Ctx& c, int64_t r, int64_t off, int64_t tokens);
+
+// Runs of one token (decode) land on scattered rows: the rows a few runs ahead are prefetched for
+// writing, so their cache misses overlap with the copies (a lone thread's stores would otherwise
+// wait on one read-for-ownership after another).
+constexpr int64_t kPrefetchRuns = 8;
+
+template <class V, int kData, int kPad, bool kStream>
+KVP_ALWAYS_INLINE inline void write_fixed_body(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
+  const ConcatJob& j = *c.job;
+  const int64_t H = j.num_kv_heads;
+  while (tokens > 0) {
+    const ConcatRun& run = j.runs[r];
+    if (!kStream && r + kPrefetchRuns < j.num_runs) {
+      const uint8_t* next = j.dst + j.runs[r + kPrefetchRuns].dst_slot * c.token_bytes;
+      for (int64_t b = 0; b < std::min<int64_t>(c.token_bytes, 1024); b += 64) __builtin_prefetch(next + b, 1, 3);
+    }
+    const int64_t n = std::min(run.len - off, tokens);
+    const uint8_t* kb = c.key + (run.src + off) * c.key_tok;
+    const uint8_t* vb = c.val + (run.src + off) * c.val_tok;
+    uint8_t* row = j.dst + (run.dst_slot + off) * c.token_bytes;
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        write_entry<V, kData, kData + kPad, kStream>(row + c.key_off0 + h * c.head_step, kb + h * c.key_head);
+        write_entry<V, kData, kData + kPad, kStream>(row + c.val_off0 + h * c.head_step, vb + h * c.val_head);
+      }
+      zero_tail(c, row);
+      kb += c.key_tok;
+      vb += c.val_tok;
+      row += c.token_bytes;
+    }
+    tokens -= n;
+    off = 0;
+    ++r;
+  }
+}
+
+// One function per (ISA, row bytes, lane padding, streaming); the body is inlined whole.
+template <int kData, int kPad, bool kStream>
+__attribute__((flatten)) void write_fixed_baseline(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
+#if KVP_HAVE_NONTEMPORAL
+  write_fixed_body<Sse2, kData, kPad, kStream>(c, r, off, tokens);
+#else
+  write_fixed_body<Scalar, kData, kPad, false>(c, r, off, tokens);
+#endif
+}
+
+#if KVP_CPU_DISPATCH
+template <int kData, int kPad, bool kStream>
+KVP_TARGET_AVX2 __attribute__((flatten)) void write_fixed_avx2(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
+  write_fixed_body<Avx2, kData, kPad, kStream>(c, r, off, tokens);
+}
+
+template <int kData, int kPad, bool kStream>
+KVP_TARGET_AVX512 __attribute__((flatten)) void write_fixed_avx512(const Ctx& c, int64_t r, int64_t off,
+                                                                    int64_t tokens) {
+  write_fixed_body<Avx512, kData, kPad, kStream>(c, r, off, tokens);
+}
+#endif
+
+// The widths the fixed writers use: the ISA's, lowered to the alignment streaming stores need.
+enum class Width { w16 = 0, w32 = 1, w64 = 2 };
+
+// Fixed-size writers for common row sizes (bytes of D lanes, bytes of lane padding).
+RangeFn pick_fixed(int64_t row_bytes, int64_t pad_bytes, bool stream, Width width) {
   struct Entry {
     int64_t row, pad;
-    FastFn fn, fn_stream;
+    RangeFn fn[3][2];  // [width][stream]
   };
-#define KVP_FAST(r, p) {r, p, write_token_fast<r, p, false>, write_token_fast<r, p, true>}
+#if KVP_CPU_DISPATCH
+#define KVP_FIXED(r, p)                                                                     \
+  {                                                                                          \
+    r, p, {                                                                                  \
+      {write_fixed_baseline<r, p, false>, write_fixed_baseline<r, p, true>},                 \
+          {write_fixed_avx2<r, p, false>, write_fixed_avx2<r, p, true>},                     \
+          {write_fixed_avx512<r, p, false>, write_fixed_avx512<r, p, true>},                 \
+    }                                                                                        \
+  }
+#else
+#define KVP_FIXED(r, p)                                                                          \
+  {                                                                                               \
+    r, p, {                                                                                       \
+      {write_fixed_baseline<r, p, false>, write_fixed_baseline<r, p, true>}, {nullptr, nullptr}, \
+          {nullptr, nullptr},                                                                     \
+    }                                                                                             \
+  }
+#endif
   static const Entry kTable[] = {
-      KVP_FAST(64, 0),    KVP_FAST(128, 0),  KVP_FAST(256, 0),   KVP_FAST(512, 0),
-      KVP_FAST(192, 64),  KVP_FAST(384, 128), KVP_FAST(64, 192), KVP_FAST(128, 384),
-      KVP_FAST(160, 96),  KVP_FAST(96, 160), KVP_FAST(320, 192),
+      KVP_FIXED(64, 0),   KVP_FIXED(128, 0),  KVP_FIXED(256, 0),  KVP_FIXED(512, 0),
+      KVP_FIXED(192, 64), KVP_FIXED(384, 128), KVP_FIXED(64, 192), KVP_FIXED(128, 384),
+      KVP_FIXED(160, 96), KVP_FIXED(96, 160),  KVP_FIXED(320, 192),
   };
-#undef KVP_FAST
+#undef KVP_FIXED
   for (const Entry& e : kTable)
-    if (e.row == row_bytes && e.pad == pad_bytes) return stream ? e.fn_stream : e.fn;
+    if (e.row == row_bytes && e.pad == pad_bytes) return e.fn[static_cast<int>(width)][stream ? 1 : 0];
   return nullptr;
 }
 
-inline void write_token(const Ctx& c, int64_t s, int64_t slot) {
+// Any dtype pair, any strides: each head through the row converter, then the padding.
+void write_converted(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
   const ConcatJob& j = *c.job;
-  uint8_t* row = j.dst + static_cast<size_t>(slot) * c.token_bytes;
-  const auto* kb = static_cast<const uint8_t*>(j.key.data) + s * j.key.stride_t * j.key.itemsize;
-  const auto* vb = static_cast<const uint8_t*>(j.value.data) + s * j.value.stride_t * j.value.itemsize;
-  const int64_t kh = j.key.stride_h * j.key.itemsize, vh = j.value.stride_h * j.value.itemsize;
-  if (c.fast != nullptr) {
-    c.fast(c, kb, vb, kh, vh, row);
-  } else {
-    for (int64_t h = 0; h < j.num_kv_heads; ++h) {
-      c.kfn(kb + h * kh, j.key.stride_d, row + c.key_off0 + h * c.head_step, j.head_dim);
-      c.vfn(vb + h * vh, j.value.stride_d, row + c.val_off0 + h * c.head_step, j.head_dim);
+  while (tokens > 0) {
+    const ConcatRun& run = j.runs[r];
+    const int64_t n = std::min(run.len - off, tokens);
+    for (int64_t t = run.src + off; t < run.src + off + n; ++t) {
+      uint8_t* row = j.dst + (run.dst_slot + t - run.src) * c.token_bytes;
+      const uint8_t* kb = c.key + t * c.key_tok;
+      const uint8_t* vb = c.val + t * c.val_tok;
+      for (int64_t h = 0; h < j.num_kv_heads; ++h) {
+        c.kfn(kb + h * c.key_head, j.key.stride_d, row + c.key_off0 + h * c.head_step, j.head_dim);
+        c.vfn(vb + h * c.val_head, j.value.stride_d, row + c.val_off0 + h * c.head_step, j.head_dim);
+      }
+      if (c.pad_lanes)
+        for (int64_t e = 0; e < 2 * j.num_kv_heads; ++e)
+          std::memset(row + e * c.entry_bytes + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
+      zero_tail(c, row);
     }
-  }
-  if (c.pad_lanes)
-    for (int64_t e = 0; e < 2 * j.num_kv_heads; ++e)
-      std::memset(row + e * c.entry_bytes + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
-  if (c.pad_tail) std::memset(row + c.pad_tail_off, 0, c.token_bytes - static_cast<size_t>(c.pad_tail_off));
-}
-
-void write_range(const Ctx& c, const ConcatRun* runs, int64_t num_runs, const int64_t* starts, int64_t k0, int64_t k1) {
-  if (k0 >= k1) return;
-  // First run containing token k0.
-  int64_t r = static_cast<int64_t>(std::upper_bound(starts, starts + num_runs, k0) - starts) - 1;
-  int64_t k = k0;
-  while (k < k1 && r < num_runs) {
-    const ConcatRun& run = runs[r];
-    const int64_t o0 = k - starts[r];
-    const int64_t o1 = std::min(run.len, k1 - starts[r]);
-    for (int64_t o = o0; o < o1; ++o) write_token(c, run.src + o, run.dst_slot + o);
-    k = starts[r] + o1;
+    tokens -= n;
+    off = 0;
     ++r;
   }
 }
 
 struct ParallelWrite {
   const Ctx* c;
-  const ConcatJob* job;
-  const int64_t* starts;
+  RangeFn fn;
+  const int64_t* starts;  // first token of each run
   int64_t chunk_tokens;
   bool stream;
 };
 
 void write_chunk(void* p, int64_t chunk) {
   const ParallelWrite& w = *static_cast<const ParallelWrite*>(p);
+  const ConcatJob& j = *w.c->job;
   const int64_t k0 = chunk * w.chunk_tokens;
-  const int64_t k1 = std::min(w.job->total_tokens, k0 + w.chunk_tokens);
-  write_range(*w.c, w.job->runs, w.job->num_runs, w.starts, k0, k1);
+  const int64_t k1 = std::min(j.total_tokens, k0 + w.chunk_tokens);
+  const int64_t r = static_cast<int64_t>(std::upper_bound(w.starts, w.starts + j.num_runs, k0) - w.starts) - 1;
+  w.fn(*w.c, r, k0 - w.starts[r], k1 - k0);
   if (w.stream) fence_nontemporal();  // order the streaming stores before the chunk is reported done
+}
+
+// Largest power of two (up to 64) dividing every value.
+int64_t common_alignment(std::initializer_list<int64_t> values) {
+  int64_t a = 64;
+  for (int64_t v : values)
+    while (a > 1 && v % a != 0) a /= 2;
+  return a;
 }
 
 }  // namespace
@@ -138,8 +296,14 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   if (c.kfn == nullptr || c.vfn == nullptr)
     fail(KVP_ERR_INTERNAL, "kvp_concatenate: no conversion from dtype %u/%u to %u", job.key.dtype, job.value.dtype,
          job.cache_dtype);
+  c.key = static_cast<const uint8_t*>(job.key.data);
+  c.val = static_cast<const uint8_t*>(job.value.data);
+  c.key_tok = job.key.stride_t * job.key.itemsize;
+  c.val_tok = job.value.stride_t * job.value.itemsize;
+  c.key_head = job.key.stride_h * job.key.itemsize;
+  c.val_head = job.value.stride_h * job.value.itemsize;
   const int64_t isz = job.cache_itemsize;
-  c.token_bytes = static_cast<size_t>(job.token_elems * isz);
+  c.token_bytes = job.token_elems * isz;
   const int64_t Dst = job.layout.storage_head_dim;
   const int64_t H = job.num_kv_heads, D = job.head_dim;
   c.entry_bytes = Dst * isz;
@@ -160,32 +324,43 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   }
   c.pad_lane_off = D * isz;
   c.pad_lane_bytes = (Dst - D) * isz;
-  c.pad_tail = static_cast<size_t>(c.pad_tail_off) < c.token_bytes;
-  // Batches writing more than this go around the caches (non-temporal stores), like a large
-  // memcpy does.
-  constexpr int64_t kStreamBytes = int64_t(16) << 20;
-  const bool aligned = (reinterpret_cast<uintptr_t>(job.dst) % 16) == 0 && c.token_bytes % 16 == 0 &&
-                       c.head_step % 16 == 0 && c.val_off0 % 16 == 0;
-  const bool stream = KVP_HAVE_NONTEMPORAL && aligned &&
-                      job.total_tokens * static_cast<int64_t>(c.token_bytes) >= kStreamBytes;
-  c.fast = nullptr;
-  if (job.key.dtype == job.cache_dtype && job.value.dtype == job.cache_dtype && job.key.stride_d == 1 &&
-      job.value.stride_d == 1) {
-    c.fast = pick_fast(D * isz, c.pad_lanes ? c.pad_lane_bytes : 0, stream);
-    if (c.fast != nullptr) c.pad_lanes = false;  // the fixed-size variant zeroes the lane padding
-  }
+  c.pad_tail = c.pad_tail_off < c.token_bytes;
 
   const int64_t total = job.total_tokens;
-  const int64_t bytes = total * static_cast<int64_t>(c.token_bytes);
+  const int64_t bytes = total * c.token_bytes;
   // Threads only pay off when each gets >= 1 MiB to write; single-token and small calls stay on
   // the calling thread (no wake-ups, no allocation).
   constexpr int64_t kBytesPerThread = int64_t(1) << 20;
-  const bool parallel = total >= 64 && bytes >= 2 * kBytesPerThread && ThreadPool::instance().max_threads() > 1;
-  if (!parallel) {
-    for (int64_t r = 0; r < job.num_runs; ++r) {
-      const ConcatRun& run = job.runs[r];
-      for (int64_t o = 0; o < run.len; ++o) write_token(c, run.src + o, run.dst_slot + o);
+  const int threads = total >= 64 && bytes >= 2 * kBytesPerThread
+                          ? static_cast<int>(std::min<int64_t>(ThreadPool::instance().max_threads(), bytes / kBytesPerThread))
+                          : 1;
+
+  // Same dtype, contiguous rows of a table size: the fixed-size writer at the machine's width.
+  // Streaming stores once each thread writes more than its share of the caches holds
+  // (util/nontemporal.hpp), and only on destinations aligned to the store width.
+  RangeFn fn = write_converted;
+  bool stream = false;
+  if (job.key.dtype == job.cache_dtype && job.value.dtype == job.cache_dtype && job.key.stride_d == 1 &&
+      job.value.stride_d == 1) {
+    Width width = Width::w16;
+#if KVP_CPU_DISPATCH
+    width = cpu_isa() == CpuIsa::avx512 ? Width::w64 : cpu_isa() == CpuIsa::avx2 ? Width::w32 : Width::w16;
+#endif
+    stream = KVP_HAVE_NONTEMPORAL && static_cast<size_t>(bytes / threads) >= nontemporal_threshold();
+    if (stream) {
+      const int64_t align = common_alignment({static_cast<int64_t>(reinterpret_cast<uintptr_t>(job.dst)),
+                                              c.token_bytes, c.head_step, c.val_off0, c.entry_bytes});
+      if (align < 16) stream = false;
+      else if (align < 32) width = Width::w16;
+      else if (align < 64 && width == Width::w64) width = Width::w32;
     }
+    const RangeFn fixed = pick_fixed(D * isz, c.pad_lanes ? c.pad_lane_bytes : 0, stream, width);
+    if (fixed != nullptr) fn = fixed;
+    else stream = false;
+  }
+
+  if (threads <= 1) {
+    fn(c, 0, 0, total);
     if (stream) fence_nontemporal();
     return;
   }
@@ -195,12 +370,10 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
     starts[static_cast<size_t>(r)] = acc;
     acc += job.runs[r].len;
   }
-  const int threads = static_cast<int>(std::min<int64_t>(ThreadPool::instance().max_threads(), bytes / kBytesPerThread));
   // Chunks of ~256 KiB (at least 4 per thread) so a slow helper holds up little work.
-  const int64_t chunk_tokens =
-      std::max<int64_t>(1, std::min<int64_t>((int64_t(256) << 10) / static_cast<int64_t>(c.token_bytes) + 1,
-                                             total / (4 * static_cast<int64_t>(threads))));
-  ParallelWrite w{&c, &job, starts.data(), chunk_tokens, stream};
+  const int64_t chunk_tokens = std::max<int64_t>(
+      1, std::min<int64_t>((int64_t(256) << 10) / c.token_bytes + 1, total / (4 * static_cast<int64_t>(threads))));
+  ParallelWrite w{&c, fn, starts.data(), chunk_tokens, stream};
   ThreadPool::instance().run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
 }
 

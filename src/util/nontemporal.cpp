@@ -1,10 +1,24 @@
 #include "util/nontemporal.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-
 namespace kvp::detail {
+
+size_t nontemporal_threshold() noexcept {
+  static const size_t threshold = [] {
+    long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    if (l2 <= 0) return size_t(1) << 20;
+    return std::clamp(static_cast<size_t>(l2), size_t(512) << 10, size_t(8) << 20);
+  }();
+  return threshold;
+}
 
 void copy_nontemporal(void* dst, const void* src, size_t n) noexcept {
 #if KVP_HAVE_NONTEMPORAL

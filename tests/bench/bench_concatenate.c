@@ -1,19 +1,24 @@
 /* Benchmark (not a test): kvp_concatenate throughput on the CPU for several model shapes and
- * token counts 1 .. 16384, as GB/s and as a ratio to memcpy of the same bytes measured in the
- * same run, on 1 thread and on all threads (the process re-runs itself with KVP_NUM_THREADS).
+ * token counts 1 .. 16384, as GB/s and as a ratio to the faster of two copies of the same bytes
+ * measured in the same run, on 1 thread and on all threads (the process re-runs itself with
+ * KVP_NUM_THREADS).
  *
  * Bytes counted: the K and V input bytes of the batch (= the bytes written to the cache when
- * the input dtype equals the cache dtype and the layout has no padding). The memcpy baseline
- * copies exactly those bytes (key and value buffers into two pre-touched destination buffers),
- * single-threaded, in the same process; a second baseline splits that copy over the row's thread
- * count (helper threads that sleep while kvpages is timed).
+ * the input dtype equals the cache dtype and the layout has no padding). The baselines copy
+ * exactly those bytes (key and value buffers into two pre-touched destination buffers) in the
+ * same process: memcpy (ordinary stores below glibc's own non-temporal threshold) and a
+ * streaming copy (non-temporal stores whatever the size), single-threaded; the "xN" baselines
+ * split the same copies over the row's thread count (helper threads that sleep while kvpages is
+ * timed). ratio = the faster baseline's time / concatenate time.
  *
- * Batches: N <= 64 tokens are N decode requests (one token each, at scattered positions);
- * larger N are prefill requests of up to 512 tokens each. Pages are handed out in a shuffled
+ * Patterns: "decode" = N requests of one token each, each at its own page while the cache stays
+ * under 512 MiB (beyond that, requests share pages, one row each); "prefill" = requests of up to
+ * 512 tokens each. N < 16 runs decode only, N >= 16 both. Pages are handed out in a shuffled
  * order, as a page pool would after a while.
  *
  * Usage: bench_concatenate [--quick]   (--quick: fewer shapes and token counts)
- * KVP_BENCH_SHAPE=text runs only the shapes whose name contains `text` (e.g. "f32->"). */
+ * KVP_BENCH_SHAPE=text runs only the shapes whose name contains `text` (e.g. "f32->");
+ * KVP_BENCH_PATTERN=decode|prefill runs only that pattern. */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
 #include <pthread.h>
@@ -24,6 +29,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "kvpages.h"
 
@@ -36,9 +44,11 @@ typedef struct shape {
 
 static const shape kShapes[] = {
     {"llama3-8b (8x128)", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_BF16, KVP_DTYPE_BF16},
+    {"mqa (1x128)", 1, 128, KVP_LAYOUT_V3, KVP_DTYPE_BF16, KVP_DTYPE_BF16},
     {"llama3.2-1b (8x64, h64)", 8, 64, KVP_LAYOUT_V3, KVP_DTYPE_BF16, KVP_DTYPE_BF16},
     {"phi3-mini (32x96, padded)", 32, 96, KVP_LAYOUT_V3, KVP_DTYPE_BF16, KVP_DTYPE_BF16},
     {"llama3-8b v2 layout", 8, 128, KVP_LAYOUT_V2, KVP_DTYPE_BF16, KVP_DTYPE_BF16},
+    {"llama3-8b f16", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F16, KVP_DTYPE_F16},
     {"llama3-8b f32->fp8e4m3", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F32, KVP_DTYPE_F8_E4M3FN},
     {"llama3-8b f32->bf16", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F32, KVP_DTYPE_BF16},
     {"llama3-8b f32->f16", 8, 128, KVP_LAYOUT_V3, KVP_DTYPE_F32, KVP_DTYPE_F16},
@@ -48,6 +58,7 @@ static const int64_t kTokens[] = {1, 4, 16, 64, 256, 1024, 4096, 16384};
 
 #define PAGE 16
 #define MAX_TOKENS 16384
+#define DECODE_CACHE_BYTES ((int64_t)512 << 20)
 
 static double now_s(void) {
   struct timespec ts;
@@ -100,16 +111,48 @@ static void run_concat(void *p) {
   if (kvp_concatenate(a->cache, 0, &a->k, &a->v, a->md, NULL) != KVP_OK) die("kvp_concatenate");
 }
 
+typedef void (*copy_fn)(void *, const void *, size_t);
+
 typedef struct copy_arg {
   void *dk, *dv;
   const void *sk, *sv;
   size_t bytes;
+  copy_fn copy;
 } copy_arg;
+
+static void copy_memcpy(void *d, const void *s, size_t n) { memcpy(d, s, n); }
+
+/* memcpy with non-temporal stores for the whole 64-byte lines of the destination (SSE2: every
+ * x86-64 CPU has it, and the store width does not matter to a copy that waits on memory). */
+static void copy_stream(void *dst, const void *src, size_t n) {
+#if defined(__SSE2__)
+  unsigned char *d = (unsigned char *)dst;
+  const unsigned char *s = (const unsigned char *)src;
+  size_t head = (64 - ((uintptr_t)d & 63)) & 63, i;
+  if (head > n) head = n;
+  memcpy(d, s, head);
+  d += head;
+  s += head;
+  n -= head;
+  for (i = 0; i + 64 <= n; i += 64) {
+    const __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+    const __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
+    _mm_stream_si128((__m128i *)(d + i), a);
+    _mm_stream_si128((__m128i *)(d + i + 16), b);
+    _mm_stream_si128((__m128i *)(d + i + 32), c);
+    _mm_stream_si128((__m128i *)(d + i + 48), e);
+  }
+  _mm_sfence();
+  memcpy(d + i, s + i, n - i);
+#else
+  memcpy(dst, src, n);
+#endif
+}
 
 static void run_copy(void *p) {
   copy_arg *a = (copy_arg *)p;
-  memcpy(a->dk, a->sk, a->bytes);
-  memcpy(a->dv, a->sv, a->bytes);
+  a->copy(a->dk, a->sk, a->bytes);
+  a->copy(a->dv, a->sv, a->bytes);
 }
 
 /* The same copy split over `g_copy_threads` threads (the calling one included): the memory
@@ -127,8 +170,8 @@ static void copy_share(const copy_arg *a, int part, int parts) {
   const size_t per = (a->bytes / (size_t)parts + 63) & ~(size_t)63, lo = per * (size_t)part;
   const size_t hi = lo + per < a->bytes ? lo + per : a->bytes;
   if (lo >= hi) return;
-  memcpy((char *)a->dk + lo, (const char *)a->sk + lo, hi - lo);
-  memcpy((char *)a->dv + lo, (const char *)a->sv + lo, hi - lo);
+  a->copy((char *)a->dk + lo, (const char *)a->sk + lo, hi - lo);
+  a->copy((char *)a->dv + lo, (const char *)a->sv + lo, hi - lo);
 }
 
 static void *copy_helper(void *p) {
@@ -180,17 +223,52 @@ static void run_copy_parallel(void *p) {
   pthread_mutex_unlock(&g_mu);
 }
 
+/* The batch of N tokens in `pattern` ("decode" or "prefill") as requests over the shuffled pages
+ * `perm` (num_pages of them); `reqs` and `pages` have room for MAX_TOKENS entries. */
+static int make_batch(const char *pattern, int64_t N, const int32_t *perm, int64_t num_pages, kvp_batch_request *reqs,
+                      int32_t *pages) {
+  int nreq = 0;
+  int64_t i, used = 0;
+  if (strcmp(pattern, "decode") == 0) {
+    /* request i: page i % num_pages, row (i / num_pages + 5 + page % 11) % PAGE: no two share a row */
+    for (i = 0; i < N; ++i) {
+      const int64_t p = i % num_pages;
+      pages[i] = perm[p];
+      reqs[i].num_computed = (i / num_pages + 5 + p % 11) % PAGE;
+      reqs[i].num_scheduled = 1;
+      reqs[i].page_ids = &pages[i];
+      reqs[i].num_pages = 1;
+    }
+    return (int)N;
+  }
+  while (N > 0) {
+    const int64_t n = N < 512 ? N : 512, np = (n + PAGE - 1) / PAGE;
+    for (i = 0; i < np; ++i) pages[used + i] = perm[used + i];
+    reqs[nreq].num_computed = 0;
+    reqs[nreq].num_scheduled = n;
+    reqs[nreq].page_ids = &pages[used];
+    reqs[nreq].num_pages = np;
+    used += np;
+    nreq++;
+    N -= n;
+  }
+  return nreq;
+}
+
 static void bench_shape(const shape *s, int quick, const char *threads) {
+  static const char *const kPatterns[] = {"decode", "prefill"};
   kvp_config_options o;
   kvp_config cfg;
   kvp_layout_info li;
   kvp_cache *cache = NULL;
-  const int64_t pages_needed = MAX_TOKENS / PAGE + 64 + 2;
   const int64_t in_sz = kvp_dtype_bits(s->in) / 8;
   const int64_t elems = (int64_t)MAX_TOKENS * s->H * s->D;
+  const char *only_pattern = getenv("KVP_BENCH_PATTERN");
+  int64_t pages_needed = MAX_TOKENS / PAGE + 2;
   unsigned char *kin, *vin, *dk, *dv;
-  int32_t *perm;
-  size_t ti;
+  int32_t *perm, *pages_buf;
+  kvp_batch_request *reqs;
+  size_t ti, pi;
   int64_t i;
 
   kvp_config_options_init(&o, sizeof o);
@@ -214,6 +292,12 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
     probe.version = s->layout;
     li.struct_size = sizeof li;
     if (kvp_config_get_layout(&probe, &li) != KVP_OK) die("layout");
+    /* decode: one page per request while the cache stays under DECODE_CACHE_BYTES */
+    {
+      int64_t decode_pages = DECODE_CACHE_BYTES / li.page_bytes_per_layer;
+      if (decode_pages > MAX_TOKENS) decode_pages = MAX_TOKENS;
+      if (decode_pages + 2 > pages_needed) pages_needed = decode_pages + 2;
+    }
     o.budget_bytes = li.page_bytes_per_layer * pages_needed;
   }
   if (kvp_config_create(&o, &cfg) != KVP_OK) die("kvp_config_create");
@@ -224,7 +308,9 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
   dk = (unsigned char *)malloc((size_t)(elems * in_sz));
   dv = (unsigned char *)malloc((size_t)(elems * in_sz));
   perm = (int32_t *)malloc(sizeof(int32_t) * (size_t)cfg.num_pages);
-  if (!kin || !vin || !dk || !dv || !perm) {
+  pages_buf = (int32_t *)malloc(sizeof(int32_t) * MAX_TOKENS);
+  reqs = (kvp_batch_request *)malloc(sizeof(kvp_batch_request) * MAX_TOKENS);
+  if (!kin || !vin || !dk || !dv || !perm || !pages_buf || !reqs) {
     fprintf(stderr, "bench_concatenate: out of memory\n");
     exit(1);
   }
@@ -242,77 +328,65 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
     perm[j] = x;
   }
 
-  for (ti = 0; ti < sizeof kTokens / sizeof kTokens[0]; ++ti) {
-    const int64_t N = kTokens[ti];
-    kvp_batch_request reqs[64];
-    int32_t pages_buf[MAX_TOKENS / PAGE + 64];
-    int nreq = 0;
-    int64_t used = 0;
-    kvp_metadata *md = NULL;
-    concat_arg ca;
-    copy_arg cp;
-    double tc, tm, tmp;
-    const double bytes = (double)(2 * N * s->H * s->D * in_sz);
-    if (quick && (N == 4 || N == 64 || N == 4096)) continue;
-    if (N <= 64) {
-      for (i = 0; i < N; ++i) { /* decodes: one page each, position 5 + i */
-        pages_buf[used] = perm[used];
-        reqs[nreq].num_computed = 5 + i % 11;
-        reqs[nreq].num_scheduled = 1;
-        reqs[nreq].page_ids = &pages_buf[used];
-        reqs[nreq].num_pages = 1;
-        used += 1;
-        nreq++;
-      }
-    } else {
-      int64_t left = N;
-      while (left > 0) {
-        const int64_t n = left < 512 ? left : 512, np = (n + PAGE - 1) / PAGE;
-        for (i = 0; i < np; ++i) pages_buf[used + i] = perm[used + i];
-        reqs[nreq].num_computed = 0;
-        reqs[nreq].num_scheduled = n;
-        reqs[nreq].page_ids = &pages_buf[used];
-        reqs[nreq].num_pages = np;
-        used += np;
-        nreq++;
-        left -= n;
-      }
+  for (ti = 0; ti < sizeof kTokens / sizeof kTokens[0]; ++ti)
+    for (pi = 0; pi < 2; ++pi) {
+      const int64_t N = kTokens[ti];
+      const char *pattern = kPatterns[pi];
+      kvp_metadata *md = NULL;
+      concat_arg ca;
+      copy_arg cp;
+      double tc, tm, ts, tmp, tsp, best, bestp;
+      int nreq;
+      const double bytes = (double)(2 * N * s->H * s->D * in_sz);
+      if (quick && (N == 4 || N == 64 || N == 4096)) continue;
+      if (pi == 1 && N < 16) continue;
+      if (only_pattern != NULL && strcmp(only_pattern, pattern) != 0) continue;
+      nreq = make_batch(pattern, N, perm, cfg.num_pages - 1, reqs, pages_buf);
+      if (kvp_metadata_build(&cfg, reqs, (uint32_t)nreq, NULL, NULL, &md) != KVP_OK) die("kvp_metadata_build");
+      memset(&ca.k, 0, sizeof ca.k);
+      ca.k.data = kin;
+      ca.k.dtype = s->in;
+      ca.k.ndim = 3;
+      ca.k.shape[0] = N;
+      ca.k.shape[1] = s->H;
+      ca.k.shape[2] = s->D;
+      ca.k.strides[0] = s->H * s->D;
+      ca.k.strides[1] = s->D;
+      ca.k.strides[2] = 1;
+      ca.k.device_type = KVP_DEVICE_CPU;
+      ca.v = ca.k;
+      ca.v.data = vin;
+      ca.cache = cache;
+      ca.md = md;
+      cp.dk = dk;
+      cp.dv = dv;
+      cp.sk = kin;
+      cp.sv = vin;
+      cp.bytes = (size_t)(N * s->H * s->D * in_sz);
+      cp.copy = copy_memcpy;
+      tm = best_time(run_copy, &cp, 0.02);
+      tmp = g_copy_threads > 1 ? best_time(run_copy_parallel, &cp, 0.02) : tm;
+      cp.copy = copy_stream;
+      ts = best_time(run_copy, &cp, 0.02);
+      tsp = g_copy_threads > 1 ? best_time(run_copy_parallel, &cp, 0.02) : ts;
+      tc = best_time(run_concat, &ca, 0.03);
+      best = tm < ts ? tm : ts;
+      bestp = tmp < tsp ? tmp : tsp;
+      printf("| %-25s | %s | %-4s->%-10s | %-7s | %5" PRId64
+             " | %3s | %10.2f | %7.2f | %7.2f | %7.2f | %5.2f | %7.2f | %7.2f | %5.2f |\n",
+             s->name, kvp_layout_name(s->layout), kvp_dtype_name(s->in), kvp_dtype_name(s->cache), pattern, N, threads,
+             tc * 1e6, bytes / tc / 1e9, bytes / tm / 1e9, bytes / ts / 1e9, best / tc, bytes / tmp / 1e9,
+             bytes / tsp / 1e9, bestp / tc);
+      fflush(stdout);
+      kvp_metadata_destroy(md);
     }
-    if (kvp_metadata_build(&cfg, reqs, (uint32_t)nreq, NULL, NULL, &md) != KVP_OK) die("kvp_metadata_build");
-    memset(&ca.k, 0, sizeof ca.k);
-    ca.k.data = kin;
-    ca.k.dtype = s->in;
-    ca.k.ndim = 3;
-    ca.k.shape[0] = N;
-    ca.k.shape[1] = s->H;
-    ca.k.shape[2] = s->D;
-    ca.k.strides[0] = s->H * s->D;
-    ca.k.strides[1] = s->D;
-    ca.k.strides[2] = 1;
-    ca.k.device_type = KVP_DEVICE_CPU;
-    ca.v = ca.k;
-    ca.v.data = vin;
-    ca.cache = cache;
-    ca.md = md;
-    cp.dk = dk;
-    cp.dv = dv;
-    cp.sk = kin;
-    cp.sv = vin;
-    cp.bytes = (size_t)(N * s->H * s->D * in_sz);
-    tm = best_time(run_copy, &cp, 0.02);
-    tmp = g_copy_threads > 1 ? best_time(run_copy_parallel, &cp, 0.02) : tm;
-    tc = best_time(run_concat, &ca, 0.03);
-    printf("| %-26s | %s | %-4s->%-10s | %5" PRId64 " | %3s | %10.2f | %7.2f | %7.2f | %5.2f | %7.2f | %5.2f |\n",
-           s->name, kvp_layout_name(s->layout), kvp_dtype_name(s->in), kvp_dtype_name(s->cache), N, threads,
-           tc * 1e6, bytes / tc / 1e9, bytes / tm / 1e9, tm / tc, bytes / tmp / 1e9, tmp / tc);
-    fflush(stdout);
-    kvp_metadata_destroy(md);
-  }
   free(kin);
   free(vin);
   free(dk);
   free(dv);
   free(perm);
+  free(pages_buf);
+  free(reqs);
   kvp_cache_destroy(cache);
 }
 
@@ -344,14 +418,14 @@ int main(int argc, char **argv) {
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&t));
     printf("# kvp_concatenate on the CPU\n\n");
     printf("- date: %s\n- machine: %s, %ld logical CPUs\n- library: %s\n", date, model, nproc, kvp_build_info());
-    printf("- bytes = K+V input bytes; memcpy = single-thread memcpy of the same bytes in the same run;\n"
-           "  ratio = memcpy time / concatenate time (1.00 = as fast as memcpy); memcpy xN = the same copy\n"
-           "  split over the row's N threads (the bandwidth limit for multi-thread rows) and its ratio.\n"
-           "  Page size %d.\n\n",
+    printf("- bytes = K+V input bytes; memcpy / stream = single-thread memcpy and non-temporal-store copy of\n"
+           "  the same bytes in the same run; ratio = the faster copy's time / concatenate time (1.00 = as\n"
+           "  fast as the faster copy); xN = the same copies split over the row's N threads (the bandwidth\n"
+           "  limit for multi-thread rows) and the ratio to the faster of them. Page size %d.\n\n",
            PAGE);
-    printf("| shape | layout | dtype in->cache | tokens | thr | concat us | GB/s | memcpy GB/s | ratio "
-           "| memcpy xN GB/s | ratio xN |\n");
-    printf("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| shape | layout | dtype in->cache | pattern | tokens | thr | concat us | GB/s | memcpy GB/s "
+           "| stream GB/s | ratio | memcpy xN GB/s | stream xN GB/s | ratio xN |\n");
+    printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     fflush(stdout);
     counts[0] = 1;
     counts[1] = nproc;

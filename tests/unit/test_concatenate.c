@@ -42,6 +42,7 @@ static float bits_f32(uint32_t u) {
 typedef struct input {
   kvp_tensor t;
   unsigned char *buf;
+  unsigned char *base; /* what malloc returned */
 } input;
 
 /* Random f32 value: wide exponent range (fp8 subnormals .. overflow), some zeros and infs. */
@@ -62,12 +63,13 @@ static void make_input(input *in, kvp_dtype dt, int64_t T, int64_t H, int64_t D,
     case 1: sd = 1; sh = D + 3; st = H * sh + 5; break;   /* padded rows */
     case 2: sd = 1; st = D; sh = T * D; break;             /* head-major */
     case 3: sd = 2; sh = 2 * D; st = H * sh; break;        /* every other element */
-    default: sd = 1; sh = D; st = H * D; break;            /* contiguous */
+    default: sd = 1; sh = D; st = H * D; break;            /* contiguous (4: from an odd address) */
   }
   n = (T > 0 ? (T - 1) * st : 0) + (H - 1) * sh + (D - 1) * sd + 1;
   if (pattern == 2) n = H * T * D;
-  in->buf = (unsigned char *)malloc((size_t)(n > 0 ? n : 1) * (size_t)sz);
+  in->buf = (unsigned char *)malloc((size_t)(n > 0 ? n : 1) * (size_t)sz + (pattern == 4 ? (size_t)sz : 0));
   assert_non_null(in->buf);
+  if (pattern == 4) in->buf += sz; /* one element past malloc's alignment (freed through in_free) */
   for (t = 0; t < n; ++t) kvp_test_store_code(in->buf + t * sz, sz, 0xA5A5A5A5u); /* garbage between elements */
   for (t = 0; t < T; ++t)
     for (h = 0; h < H; ++h)
@@ -80,6 +82,7 @@ static void make_input(input *in, kvp_dtype dt, int64_t T, int64_t H, int64_t D,
         kvp_test_store_code(in->buf + (t * st + h * sh + d * sd) * sz, sz, c);
       }
   in->t = kvp_test_tensor_strided(in->buf, dt, T, H, D, st, sh, sd, KVP_DEVICE_CPU);
+  in->base = pattern == 4 ? in->buf - sz : in->buf;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -202,8 +205,8 @@ static void worked_batch(kvp_layout lay, kvp_dtype dt) {
     if (!written) assert_memory_equal((unsigned char *)pages.data + slot * kvp_test_token_bytes(&g), zero, (size_t)kvp_test_token_bytes(&g));
   }
   free(zero);
-  free(k.buf);
-  free(v.buf);
+  free(k.base);
+  free(v.base);
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(cache));
 }
@@ -220,8 +223,9 @@ static const kvp_dtype kInputs[3] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF1
 static const kvp_dtype kStorage[5] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
                                       KVP_DTYPE_F8_E5M2};
 
+/* pattern: make_input's stride pattern for both inputs, or -1 for a random one each. */
 static void random_batch_case(kvp_layout lay, kvp_dtype sd, kvp_dtype vd, kvp_dtype dd, int64_t H, int64_t D,
-                              int64_t S, uint64_t *rng) {
+                              int64_t S, int pattern, uint64_t *rng) {
   const int64_t P = 40;
   fixture fx;
   kvp_batch_request r[6];
@@ -268,8 +272,8 @@ static void random_batch_case(kvp_layout lay, kvp_dtype sd, kvp_dtype vd, kvp_dt
   assert_true(used <= P - 1);
   assert_kvp_ok(kvp_metadata_build(&fx.cfg, r, (uint32_t)nreq, NULL, order, &md));
   assert_kvp_ok(kvp_metadata_get_array(md, KVP_METADATA_QUERY_START_LOC, &qsl, &nq));
-  make_input(&k, sd, total + extra, H, D, (int)kvp_test_rand_range(rng, 0, 3), rng);
-  make_input(&v, vd, total + extra, H, D, (int)kvp_test_rand_range(rng, 0, 3), rng);
+  make_input(&k, sd, total + extra, H, D, pattern >= 0 ? pattern : (int)kvp_test_rand_range(rng, 0, 3), rng);
+  make_input(&v, vd, total + extra, H, D, pattern >= 0 ? pattern : (int)kvp_test_rand_range(rng, 0, 3), rng);
 
   /* Reference: request order[row]'s token t is tensor row qsl[row] + t and goes to position
    * num_computed + t of its own page list. */
@@ -291,8 +295,8 @@ static void random_batch_case(kvp_layout lay, kvp_dtype sd, kvp_dtype vd, kvp_dt
              (long long)S, (long long)b, (long long)(b / kvp_test_token_bytes(&fx.g)), shadow[b], fx.layer[b]);
   }
   free(shadow);
-  free(k.buf);
-  free(v.buf);
+  free(k.base);
+  free(v.base);
   assert_kvp_ok(kvp_metadata_destroy(md));
   fixture_close(&fx);
 }
@@ -308,13 +312,52 @@ static void random_batches(kvp_layout lay, int h64) {
         const int64_t D = h64 ? 64 : (rep == 0 ? 32 : rep == 1 ? 40 : 128);
         const int64_t S = kvp_test_dtype_size(dd) == 1 ? 4 * kvp_test_rand_range(&rng, 1, 2) : 2 * kvp_test_rand_range(&rng, 1, 4);
         const kvp_dtype vd = rep == 2 ? kInputs[(si + 1) % 3] : kInputs[si]; /* key/value may differ */
-        random_batch_case(lay, kInputs[si], vd, dd, H, D, S, &rng);
+        random_batch_case(lay, kInputs[si], vd, dd, H, D, S, -1, &rng);
       }
 }
 
 static void test_concatenate__random_batches_v3(void **state) { (void)state; random_batches(KVP_LAYOUT_V3, 0); }
 static void test_concatenate__random_batches_v3_h64(void **state) { (void)state; random_batches(KVP_LAYOUT_V3, 1); }
 static void test_concatenate__random_batches_v2(void **state) { (void)state; random_batches(KVP_LAYOUT_V2, 0); }
+
+/* Every fixed-size row writer (same dtype, contiguous rows: one per row size and lane padding,
+ * compiled for each store width; the ISA levels run this binary again) and row sizes outside that
+ * table, with contiguous, gapped (head stride > D), head-major, strided (stride_d 2) and
+ * misaligned (odd address) sources, decode and prefill runs mixed. */
+static void test_concatenate__row_writers_every_size_and_source(void **state) {
+  static const struct {
+    kvp_layout lay;
+    kvp_dtype dt;
+    int64_t H, D; /* row bytes + lane padding bytes */
+  } kCases[] = {
+      {KVP_LAYOUT_V2, KVP_DTYPE_BF16, 3, 32},       /* 64 + 0 */
+      {KVP_LAYOUT_V2, KVP_DTYPE_BF16, 2, 64},       /* 128 + 0 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 64},       /* h64: 128 + 0 at K and V of one entry */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 3, 64},       /* h64: 128 + 0, one padding head */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 128},      /* 256 + 0 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 128},      /* 256 + 0, one head (MQA) */
+      {KVP_LAYOUT_V3, KVP_DTYPE_F32, 1, 128},       /* 512 + 0 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 32, 96},      /* 192 + 64 (Dst 128) */
+      {KVP_LAYOUT_V3, KVP_DTYPE_F32, 2, 96},        /* 384 + 128 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 32},       /* 64 + 192 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_F32, 1, 32},        /* 128 + 384 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 80},       /* 160 + 96 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 48},       /* 96 + 160 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_F32, 1, 80},        /* 320 + 192 */
+      {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 2, 40},       /* 80 + 176: not in the table */
+      {KVP_LAYOUT_V3, KVP_DTYPE_F16, 3, 200},       /* 400 + 112 (Dst 256): not in it */
+      {KVP_LAYOUT_V2, KVP_DTYPE_F16, 2, 96},        /* 192 + 0: not in it */
+      {KVP_LAYOUT_V2, KVP_DTYPE_F16, 1, 36},        /* 72-byte rows, 144-byte tokens: not in it */
+  };
+  uint64_t rng = 0x5EED;
+  size_t c;
+  int pattern;
+  (void)state;
+  for (c = 0; c < sizeof kCases / sizeof kCases[0]; ++c)
+    for (pattern = 0; pattern <= 4; ++pattern)
+      random_batch_case(kCases[c].lay, kCases[c].dt, kCases[c].dt, kCases[c].dt, kCases[c].H, kCases[c].D, 8, pattern,
+                        &rng);
+}
 
 /* A large batch (spread over the library's thread pool) still matches. */
 static void test_concatenate__large_batch_matches_reference(void **state) {
@@ -359,8 +402,8 @@ static void test_concatenate__large_batch_matches_reference(void **state) {
   assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
   assert_memory_equal(shadow, fx.layer, (size_t)fx.layer_bytes);
   free(shadow);
-  free(k.buf);
-  free(v.buf);
+  free(k.base);
+  free(v.base);
   assert_kvp_ok(kvp_metadata_destroy(md));
   fixture_close(&fx);
 }
@@ -417,8 +460,76 @@ static void test_concatenate__very_large_batch_matches_reference(void **state) {
     assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
     assert_memory_equal(shadow, fx.layer, (size_t)fx.layer_bytes);
     free(shadow);
-    free(k.buf);
-    free(v.buf);
+    free(k.base);
+    free(v.base);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+    fixture_close(&fx);
+  }
+}
+
+/* A one-head (MQA) batch of 2000 decodes at scattered pages and 32000 prefill tokens, 17 MB: large
+ * enough for the thread pool and, where each thread's share exceeds the streaming threshold (the
+ * L2 size, at most 8 MiB), for non-temporal stores; from an aligned and a misaligned source. */
+static void test_concatenate__mqa_decode_and_prefill_large_batch(void **state) {
+  uint64_t rng = 777;
+  const int64_t H = 1, D = 128, S = 16, decodes = 2000, prompts = 125, prompt_len = 256;
+  const int64_t P = decodes + prompts * (prompt_len / S) + 1;
+  const int nreq = (int)(decodes + prompts);
+  int variant;
+  (void)state;
+  for (variant = 0; variant < 2; ++variant) {
+    fixture fx;
+    kvp_batch_request *r = (kvp_batch_request *)malloc(sizeof *r * (size_t)nreq);
+    int32_t *pool = (int32_t *)malloc(sizeof(int32_t) * (size_t)P), *order = (int32_t *)malloc(sizeof(int32_t) * (size_t)nreq);
+    int64_t i, used = 0, total = 0, row, t;
+    kvp_metadata *md = NULL;
+    const int32_t *qsl;
+    int64_t nq;
+    input k, v;
+    unsigned char *shadow;
+    assert_non_null(r);
+    assert_non_null(pool);
+    assert_non_null(order);
+    fixture_open(&fx, KVP_LAYOUT_V3, KVP_DTYPE_BF16, H, D, S, P, NULL);
+    memset(fx.layer, 0x5A, (size_t)fx.layer_bytes);
+    for (i = 0; i < P - 1; ++i) pool[i] = (int32_t)(i + 1);
+    for (i = P - 2; i > 0; --i) {
+      const int64_t j = kvp_test_rand_range(&rng, 0, i);
+      const int32_t x = pool[i];
+      pool[i] = pool[j];
+      pool[j] = x;
+    }
+    for (i = 0; i < nreq; ++i) {
+      const int decode = i < decodes;
+      r[i].num_computed = decode ? kvp_test_rand_range(&rng, 1, S - 1) : 0;
+      r[i].num_scheduled = decode ? 1 : prompt_len;
+      r[i].page_ids = &pool[used];
+      r[i].num_pages = decode ? 1 : prompt_len / S;
+      used += r[i].num_pages;
+      total += r[i].num_scheduled;
+    }
+    assert_true(used <= P - 1);
+    assert_true(total * kvp_test_token_bytes(&fx.g) >= (16 << 20));
+    assert_kvp_ok(kvp_metadata_build(&fx.cfg, r, (uint32_t)nreq, NULL, order, &md));
+    assert_kvp_ok(kvp_metadata_get_array(md, KVP_METADATA_QUERY_START_LOC, &qsl, &nq));
+    make_input(&k, KVP_DTYPE_BF16, total, H, D, variant == 0 ? 0 : 4, &rng);
+    make_input(&v, KVP_DTYPE_BF16, total, H, D, variant == 0 ? 0 : 4, &rng);
+    shadow = snapshot(&fx);
+    for (row = 0; row < nreq; ++row) {
+      const kvp_batch_request *x = &r[order[row]];
+      for (t = 0; t < x->num_scheduled; ++t) {
+        const int64_t pos = x->num_computed + t;
+        kvp_test_ref_write_token(shadow, &fx.g, KVP_DTYPE_BF16, &k.t, &v.t, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
+      }
+    }
+    assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
+    assert_memory_equal(shadow, fx.layer, (size_t)fx.layer_bytes);
+    free(shadow);
+    free(k.base);
+    free(v.base);
+    free(r);
+    free(pool);
+    free(order);
     assert_kvp_ok(kvp_metadata_destroy(md));
     fixture_close(&fx);
   }
@@ -490,8 +601,8 @@ static void test_concatenate__concurrent_calls_on_different_caches(void **state)
     assert_int_equal(j->status, KVP_OK);
     assert_memory_equal(j->shadow, j->fx.layer, (size_t)j->fx.layer_bytes);
     free(j->shadow);
-    free(j->k.buf);
-    free(j->v.buf);
+    free(j->k.base);
+    free(j->v.base);
     assert_kvp_ok(kvp_metadata_destroy(j->md));
     fixture_close(&j->fx);
   }
@@ -533,8 +644,8 @@ static void test_concatenate__v2_slices_are_per_token(void **state) {
   assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));
   assert_memory_equal(shadow, fx.layer, (size_t)fx.layer_bytes);
   free(shadow);
-  free(k.buf);
-  free(v.buf);
+  free(k.base);
+  free(v.base);
   assert_kvp_ok(kvp_metadata_destroy(md));
   fixture_close(&fx);
 }
@@ -863,8 +974,8 @@ static void test_concatenate__v3_validation_leaves_cache_unchanged(void **state)
   assert_memory_equal(before, fx.layer, (size_t)fx.layer_bytes); /* same data written again */
 #undef RESET
   free(before);
-  free(k.buf);
-  free(v.buf);
+  free(k.base);
+  free(v.base);
   assert_kvp_ok(kvp_metadata_destroy(md));
   fixture_close(&fx);
 }
@@ -917,8 +1028,8 @@ static void test_concatenate__v2_validation_leaves_cache_unchanged(void **state)
   RESET();
 #undef RESET
   free(before);
-  free(k.buf);
-  free(v.buf);
+  free(k.base);
+  free(v.base);
   assert_kvp_ok(kvp_metadata_destroy(md));
   fixture_close(&fx);
 }
@@ -932,6 +1043,8 @@ int main(void) {
       cmocka_unit_test(test_concatenate__random_batches_v3),
       cmocka_unit_test(test_concatenate__random_batches_v3_h64),
       cmocka_unit_test(test_concatenate__random_batches_v2),
+      cmocka_unit_test(test_concatenate__row_writers_every_size_and_source),
+      cmocka_unit_test(test_concatenate__mqa_decode_and_prefill_large_batch),
       cmocka_unit_test(test_concatenate__large_batch_matches_reference),
       cmocka_unit_test(test_concatenate__very_large_batch_matches_reference),
       cmocka_unit_test(test_concatenate__concurrent_calls_on_different_caches),
