@@ -9,5 +9,6 @@
 # environment variables (KVPAGES_LIBRARY, KVP_BENCH_VENV, KVP_BENCH_TORCH_INDEX, ...) and say
 # which torch PyPI gives. Without torch only the kvpages side runs.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "$0")/bench-env.sh"
 exec "$VPY" "$ROOT/scripts/bench_attention_peers.py" "$@"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Setup shared by the peer benchmarks (scripts/bench-attention-peers.sh, scripts/bench-peers.sh):
 # the library and a virtual environment with numpy and torch. Sourced, not run: it sets ROOT,
 # KVPAGES_LIBRARY (exported), VPY (the venv's python) and PYTHONPATH (exported, for the binding).

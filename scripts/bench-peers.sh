@@ -17,6 +17,7 @@
 # The C harness (scripts/bench_peers_harness.c) is compiled there too, against the public headers
 # of both, and rebuilt when its source or the library changes.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "$0")/bench-env.sh"
 
 LCPP_VERSION=0.3.36
