@@ -294,6 +294,9 @@ def header(lib, torch_note, args):
           "× peer = peer time / kvpages time (> 1: kvpages is faster)")
     print("- every peer's rows were compared with kvpages' before timing; ≠ marks a difference "
           "(listed under the table); bf16 rows run through ggml set_rows as f16 (a byte copy)")
+    print("- ggml, numpy and torch write plain rows into separate K and V caches [kv_size, H*D] (llama.cpp's "
+          "layout) at kvpages' slots; memcpy and stream copy the K+V input bytes contiguously (glibc memcpy; "
+          "the streaming copy uses the widest non-temporal store of -march=native)")
     print("- 32x96: kvpages stores 128-lane rows (padding written too), the peers 96-lane rows; "
           "8x64: kvpages' h64 layout, [K|V] in one 128-lane row")
 
