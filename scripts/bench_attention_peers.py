@@ -124,12 +124,12 @@ class Bench:
         pages (a shuffled slice of the pool)."""
         ppr = -(-max_len // PAGE)
         probe = kvp.Config.create(num_hidden_layers=1, num_kv_heads=HKV, max_model_length=max_len, head_dim=HD,
-                                  page_size=PAGE, dtype=kvp.DTYPE_BF16, layout=kvp.LAYOUT_V3,
-                                  budget_bytes=1 << 30, flags=kvp.CONFIG_FLAG_NO_SAFETY_MARGIN)
+                                  page_size=PAGE, dtype=kvp.Dtype.BF16, layout=kvp.Layout.V3,
+                                  budget_bytes=1 << 30, no_safety_margin=True)
         page_bytes = probe.layout()["page_bytes_per_layer"]
         cfg = kvp.Config.create(num_hidden_layers=1, num_kv_heads=HKV, max_model_length=max_len, head_dim=HD,
-                                page_size=PAGE, dtype=kvp.DTYPE_BF16, layout=kvp.LAYOUT_V3,
-                                budget_bytes=page_bytes * (nreq * ppr + 1), flags=kvp.CONFIG_FLAG_NO_SAFETY_MARGIN)
+                                page_size=PAGE, dtype=kvp.Dtype.BF16, layout=kvp.Layout.V3,
+                                budget_bytes=page_bytes * (nreq * ppr + 1), no_safety_margin=True)
         cache = kvp.Cache(cfg)
         perm = self.rng.permutation(np.arange(1, cfg.num_pages, dtype=np.int32))
         tables = [perm[i * ppr:(i + 1) * ppr].tolist() for i in range(nreq)]
@@ -140,7 +140,7 @@ class Bench:
         """The keys and values of one request as stored (bf16 -> float32), [ntok, Hkv, D] each."""
         idx = np.asarray(table, dtype=np.int64)
         out = []
-        for kind in (kvp.VIEW_KEYS, kvp.VIEW_VALUES):
+        for kind in (kvp.View.KEYS, kvp.View.VALUES):
             view = cache.numpy(0, kind)  # [pages, S, H, D] bf16 bits (uint16)
             x = np.ascontiguousarray(view[idx]).reshape(-1, HKV, HD)[:ntok]
             out.append(bf16_bits_to_f32(x))
