@@ -81,13 +81,8 @@ def _array_tensor(a: np.ndarray, dtype: Optional[DtypeLike]) -> Tuple[kvp_tensor
     return tensor_of_array(a, d), a
 
 
-def _array_descriptor(a: np.ndarray, dtype: Optional[DtypeLike]) -> Tuple[bytes, Any]:
-    # Remembered for dtype= None, a name or a Dtype (not ints: 1 == True would mix them up).
-    key = (a.dtype, dtype, a.shape, a.strides) if dtype is None or type(dtype) in (str, Dtype) else None
-    if key is not None:
-        tail = _ARRAY_LAYOUTS.get(key)
-        if tail is not None:
-            return _pack_data(_array_data(a)) + tail, a
+def _array_descriptor(a: np.ndarray, dtype: Optional[DtypeLike], key: Any) -> Tuple[bytes, Any]:
+    """The general path of a numpy input; remembers its layout under ``key`` (None: not at all)."""
     t, keep = _array_tensor(a, dtype)
     descriptor = bytes(t)
     if key is not None and keep is a:  # not an fp8 input widened into a new array
@@ -136,7 +131,12 @@ def _torch_descriptor(a: Any, stream: Any) -> Optional[Tuple[bytes, Any]]:
 def input_descriptor(a: Any, stream: Any, dtype: Optional[DtypeLike] = None) -> Tuple[bytes, Any]:
     """The kvp_tensor of a numpy array or a DLPack producer, and what keeps its memory alive."""
     if isinstance(a, np.ndarray):
-        return _array_descriptor(a, dtype)
+        # Remembered for dtype= None, a name or a Dtype (not ints: 1 == True would mix them up).
+        key = (a.dtype, dtype, a.shape, a.strides) if dtype is None or type(dtype) in (str, Dtype) else None
+        tail = _ARRAY_LAYOUTS.get(key)
+        if tail is not None:
+            return _pack_data(_array_data(a)) + tail, a
+        return _array_descriptor(a, dtype, key)
     if type(a) is _torch_tensor or _is_torch_tensor(type(a)):
         found = _torch_descriptor(a, stream)
         if found is not None:
