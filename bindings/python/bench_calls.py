@@ -20,8 +20,10 @@ Timing: best of --reps rounds; in each round every column runs --calls calls bac
 columns interleaved. ratio = peer time / kvpages time (> 1: kvpages is faster). With --attention,
 one kvp_attention decode call per row (4 query heads per KV head, f32 output) is reported too.
 
-Usage: PYTHONPATH=bindings/python KVPAGES_LIBRARY=build/libkvpages.so.1 python bench_calls.py
+Usage: KVPAGES_LIBRARY=build/libkvpages.so.1 python bindings/python/bench_calls.py
        [--reps 9] [--calls 3000] [--heads 8,1] [--attention]
+(Python puts the script's directory first on sys.path: it measures the kvpages package beside it;
+copy the script elsewhere and set PYTHONPATH to measure another checkout's binding.)
 """
 import argparse
 import ctypes
