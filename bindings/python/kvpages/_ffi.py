@@ -262,7 +262,8 @@ _SIGNATURES = {
     "kvp_batch_options_init": (_ST, _P(kvp_batch_options), _u32),
     "kvp_metadata_build": (_ST, _P(kvp_config), _P(kvp_batch_request), _u32, _P(kvp_batch_options), _P(_i32),
                            _P(_vp)),
-    "kvp_concatenate": (_ST, _vp, _u32, _P(kvp_tensor), _P(kvp_tensor), _vp, _vp),
+    # const kvp_tensor * as void *: the binding passes packed descriptors (bytes, see _tensors.py).
+    "kvp_concatenate": (_ST, _vp, _u32, _vp, _vp, _vp, _vp),
     "kvp_pool_options_init": (_ST, _P(kvp_pool_options), _u32),
     "kvp_pool_create": (_ST, _vp, _P(kvp_pool_options), _P(_vp)),
     "kvp_pool_destroy": (_ST, _vp),
@@ -304,8 +305,7 @@ _SIGNATURES = {
     "kvp_cache_write_layer": (_ST, _vp, _u32, _vp, _size, _vp),
     "kvp_cache_export_dlpack": (_ST, _vp, _u32, _u32, _u32, _P(_P(DLManagedTensor))),
     "kvp_attention_options_init": (_ST, _P(kvp_attention_options), _u32),
-    "kvp_attention": (_ST, _vp, _u32, _P(kvp_tensor), _P(kvp_tensor), _P(kvp_tensor), _vp,
-                      _P(kvp_attention_options), _P(kvp_tensor), _vp),
+    "kvp_attention": (_ST, _vp, _u32, _vp, _vp, _vp, _vp, _P(kvp_attention_options), _vp, _vp),
     "kvp_convert": (_ST, _vp, _u32, _vp, _u32, _size),
 }
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with

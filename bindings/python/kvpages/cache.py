@@ -14,11 +14,14 @@ import numpy as np
 from ._ffi import _P, _f32, _i32, _vp, kvp_attention_options, kvp_cache_options, kvp_config, kvp_layout_info
 from ._ffi import kvp_tensor, lib, sized
 from ._handle import Handle
+from ._tensors import input_descriptor, output_descriptor
 from .config import Config, LayoutInfo
-from .dlpack import DLPackTensor, release_unconsumed, tensor_from_dlpack, tensor_of_array
+from .dlpack import DLPackTensor, release_unconsumed
 from .errors import KvpagesError, Unsupported, check, error_for, invalid
 from .metadata import Metadata
-from .types import CONVERTIBLE, Device, DeviceLike, Dtype, DtypeLike, View, convert, dtype_of_array, parse_device
+from .types import Device, DeviceLike, Dtype, DtypeLike, View, convert, dtype_of_array, parse_device
+
+_concatenate = lib.kvp_concatenate
 
 ViewLike = Union[View, int, str]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -223,11 +226,12 @@ class Cache(Handle):
         with ``dtype=`` such as "bf16"), or any DLPack producer of float32, float16 or bfloat16
         on the cache's device. CUDA caches: enqueued on ``stream`` (None = the legacy default
         stream; an int ``cudaStream_t`` or an object with ``cuda_stream`` or ``ptr``)."""
-        st = self._stream(stream)
-        tk, keep_k = input_tensor(key, st, dtype)
-        tv, keep_v = input_tensor(value, st, dtype)
-        check(lib.kvp_concatenate(self.ptr, layer, ctypes.byref(tk), ctypes.byref(tv), metadata.ptr, st),
-              "kvp_concatenate")
+        st = None if stream is None else self._stream(stream)
+        k, keep_k = input_descriptor(key, st, dtype)
+        v, keep_v = input_descriptor(value, st, dtype)
+        status = _concatenate(self.ptr, layer, k, v, metadata.ptr, st)
+        if status:
+            check(status, "kvp_concatenate")
         del keep_k, keep_v  # the producers' memory is held until the call has returned
 
     def concatenate_requests(self, layer: int, keys: Sequence[Any], values: Sequence[Any], metadata: Metadata,
@@ -269,15 +273,13 @@ class Cache(Handle):
             o.num_sinks = keep_s.shape[0]
             if keep_s.shape[0]:
                 o.sinks = keep_s.ctypes.data_as(_P(_f32))
-        tq, keep_q = input_tensor(queries, st)
+        tq, keep_q = input_descriptor(queries, st)
         if out is None:
-            out = self._new_output(tq)
-        to, keep_o = output_tensor(out, st)
-        tk, keep_k = input_tensor(keys, st) if keys is not None else (None, None)
-        tv, keep_v = input_tensor(values, st) if values is not None else (None, None)
-        check(lib.kvp_attention(self.ptr, layer, ctypes.byref(tq), None if tk is None else ctypes.byref(tk),
-                                None if tv is None else ctypes.byref(tv), metadata.ptr, ctypes.byref(o),
-                                ctypes.byref(to), st), "kvp_attention")
+            out = self._new_output(kvp_tensor.from_buffer_copy(tq))
+        to, keep_o = output_descriptor(out, st)
+        tk, keep_k = input_descriptor(keys, st) if keys is not None else (None, None)
+        tv, keep_v = input_descriptor(values, st) if values is not None else (None, None)
+        check(lib.kvp_attention(self.ptr, layer, tq, tk, tv, metadata.ptr, ctypes.byref(o), to, st), "kvp_attention")
         del keep_q, keep_k, keep_v, keep_o, keep_s  # held until the call has returned
         return out
 
@@ -356,7 +358,7 @@ class Cache(Handle):
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs
+# Streams
 
 def stream_handle(stream: Any) -> Any:
     """A ``cudaStream_t`` value for the C API from None, an int, or a stream object."""
@@ -372,44 +374,3 @@ def stream_handle(stream: Any) -> Any:
         raise invalid("stream must be None, an int cudaStream_t, or an object with cuda_stream or ptr; got %s"
                       % type(stream).__name__, "stream") from None
     return _vp(stream) if stream != 0 else None
-
-
-def input_tensor(a: Any, stream: Any, dtype: Optional[DtypeLike] = None) -> Tuple[kvp_tensor, Any]:
-    """A kvp_tensor for a numpy array or a DLPack producer, and what keeps its memory alive."""
-    if isinstance(a, np.ndarray):
-        return _array_tensor(a, dtype)
-    if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
-        return tensor_from_dlpack(a, stream)
-    raise invalid("expected a numpy array or a DLPack producer (__dlpack__), got %s" % type(a).__name__, "input")
-
-
-def _array_tensor(a: np.ndarray, dtype: Optional[DtypeLike]) -> Tuple[kvp_tensor, Any]:
-    try:
-        d = dtype_of_array(a, dtype)
-    except KvpagesError:
-        raise invalid("expected a float32, float16, bfloat16 or fp8 numpy array, got %s (raw bits: pass dtype=, "
-                      "e.g. 'bf16')" % a.dtype, "input") from None
-    if d not in CONVERTIBLE:
-        raise invalid("%s input (%s) is not supported: expected float32, float16, bfloat16 or fp8" % (a.dtype, d),
-                      "input")
-    if d in (Dtype.F8_E4M3FN, Dtype.F8_E5M2):  # kvp_concatenate reads f32/f16/bf16: widen exactly
-        a, d = convert(a, Dtype.F32, src=d), Dtype.F32
-    return tensor_of_array(a, d), a
-
-
-def output_tensor(a: Any, stream: Any) -> Tuple[kvp_tensor, Any]:
-    """A kvp_tensor for the writable output of attention (numpy array or DLPack producer)."""
-    if isinstance(a, np.ndarray):
-        if not a.flags.writeable:
-            raise invalid("out: the numpy array is read-only; out must be writable", "Cache.attention")
-        if a.dtype not in (np.float32, np.float16):
-            raise invalid("out: expected float32 or float16, got %s" % a.dtype, "Cache.attention")
-        return tensor_of_array(a, dtype_of_array(a)), a
-    if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
-        try:
-            return tensor_from_dlpack(a, stream)
-        except BufferError as e:  # e.g. numpy refuses to export a read-only array
-            raise invalid("out: the DLPack producer refused to export (%s); out must be writable memory" % e,
-                          "Cache.attention") from None
-    raise invalid("out: expected a numpy array or a DLPack producer (__dlpack__), got %s" % type(a).__name__,
-                  "Cache.attention")

@@ -175,6 +175,8 @@ def tensor_from_dlpack(a: Any, stream: Any, int_ok: bool = False) -> Tuple[kvp_t
 
 def tensor_of_array(a: np.ndarray, dtype: Dtype) -> kvp_tensor:
     """A kvp_tensor describing a host numpy array of ``dtype`` (strides in elements)."""
+    if a.ndim > MAX_DIMS:
+        raise invalid("numpy input has %d dimensions (at most %d)" % (a.ndim, MAX_DIMS), "input")
     t = kvp_tensor()
     t.data = a.ctypes.data
     t.dtype, t.ndim = dtype.value, a.ndim
