@@ -138,6 +138,15 @@ KVP_TARGET_AVX2 inline void f32_to_f16_avx2(const uint8_t* src, uint8_t* dst, in
   }
 }
 
+KVP_TARGET_AVX512 inline void f32_to_f16_avx512(const uint8_t* src, uint8_t* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 16 <= n; d += 16) {
+    const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(src + 4 * d));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * d), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  f32_to_f16_avx2(src + 4 * d, dst + 2 * d, n - d);
+}
+
 KVP_TARGET_AVX2 inline void f16_to_f32_avx2(const uint8_t* src, uint8_t* dst, int64_t n) {
   const __m256i exp_mask = _mm256_set1_epi32(0x7FFF);
   const __m256i snan_lo = _mm256_set1_epi32(0x7C00);  // (h & 0x7FFF) in (0x7C00, 0x7E00): sNaN
@@ -188,8 +197,10 @@ KVP_TARGET_AVX512 inline void f16_to_f32_avx512(const uint8_t* src, uint8_t* dst
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
 KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* dst, int64_t n) {
 #if KVP_CPU_DISPATCH
-  if constexpr (I != CpuIsa::baseline && SD == KVP_DTYPE_F32 && DD == KVP_DTYPE_F16)
+  if constexpr (I == CpuIsa::avx2 && SD == KVP_DTYPE_F32 && DD == KVP_DTYPE_F16)
     f32_to_f16_avx2(src, dst, n);
+  else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F32 && DD == KVP_DTYPE_F16)
+    f32_to_f16_avx512(src, dst, n);
   else if constexpr (I == CpuIsa::avx2 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
     f16_to_f32_avx2(src, dst, n);
   else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
