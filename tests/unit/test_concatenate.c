@@ -408,14 +408,17 @@ static void test_concatenate__large_batch_matches_reference(void **state) {
   fixture_close(&fx);
 }
 
-/* Batches writing >= 16 MiB take the streaming-store path: same results, padding zeroed. */
+/* Batches writing >= 16 MiB take the streaming-store path: same results, padding zeroed. Variants
+ * 0-1 copy bf16 rows, 2-3 convert f32 rows (to f16 unpadded, to bf16 with lane padding). */
 static void test_concatenate__very_large_batch_matches_reference(void **state) {
   (void)state;
   uint64_t rng = 31337;
   int variant;
-  for (variant = 0; variant < 2; ++variant) {
+  for (variant = 0; variant < 4; ++variant) {
     fixture fx;
-    const int64_t H = 8, D = variant == 0 ? 128 : 96, S = 16, P = 280, T = 4200;
+    const int64_t H = 8, D = variant % 2 == 0 ? 128 : 96, S = 16, P = 280, T = 4200;
+    const kvp_dtype in_dt = variant < 2 ? KVP_DTYPE_BF16 : KVP_DTYPE_F32;
+    const kvp_dtype cache_dt = variant == 2 ? KVP_DTYPE_F16 : KVP_DTYPE_BF16;
     kvp_batch_request r[18];
     int32_t pages[18][16], order[18], pool[280];
     int i, p, used = 0;
@@ -425,7 +428,7 @@ static void test_concatenate__very_large_batch_matches_reference(void **state) {
     int64_t nq;
     input k, v;
     unsigned char *shadow;
-    fixture_open(&fx, KVP_LAYOUT_V3, KVP_DTYPE_BF16, H, D, S, P, &rng);
+    fixture_open(&fx, KVP_LAYOUT_V3, cache_dt, H, D, S, P, &rng);
     for (i = 0; i < P - 1; ++i) pool[i] = (int32_t)(i + 1);
     for (i = P - 2; i > 0; --i) {
       int j = (int)kvp_test_rand_range(&rng, 0, i);
@@ -447,14 +450,14 @@ static void test_concatenate__very_large_batch_matches_reference(void **state) {
     assert_true(T * fx.g.C * fx.g.Dst * 2 >= (16 << 20));
     assert_kvp_ok(kvp_metadata_build(&fx.cfg, r, 18, NULL, order, &md));
     assert_kvp_ok(kvp_metadata_get_array(md, KVP_METADATA_QUERY_START_LOC, &qsl, &nq));
-    make_input(&k, KVP_DTYPE_BF16, total, H, D, 0, &rng);
-    make_input(&v, KVP_DTYPE_BF16, total, H, D, 1, &rng);
+    make_input(&k, in_dt, total, H, D, 0, &rng);
+    make_input(&v, in_dt, total, H, D, 1, &rng);
     shadow = snapshot(&fx);
     for (row = 0; row < 18; ++row) {
       const kvp_batch_request *x = &r[order[row]];
       for (t = 0; t < x->num_scheduled; ++t) {
         const int64_t pos = x->num_computed + t;
-        kvp_test_ref_write_token(shadow, &fx.g, KVP_DTYPE_BF16, &k.t, &v.t, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
+        kvp_test_ref_write_token(shadow, &fx.g, cache_dt, &k.t, &v.t, qsl[row] + t, x->page_ids[pos / S] * S + pos % S);
       }
     }
     assert_kvp_ok(kvp_concatenate(fx.cache, 1, &k.t, &v.t, md, NULL));

@@ -1,0 +1,232 @@
+// The element conversions of the CPU backend between f32, f16, bf16, fp8 e4m3fn and fp8 e5m2, one
+// implementation each, inlined into the row converters of cpu_convert.cpp (kvp_convert and the
+// strided rows of kvp_concatenate) and into the fused converting writers of cpu_concat.cpp. Every
+// conversion is backend/fp_convert.hpp's, so the bytes are those of the CUDA backend and of the
+// reference; the code here only picks the fastest exact way to apply it at each instruction-set
+// level.
+//
+// Hardware conversions, each giving fp_convert.hpp's bytes on every input (test_convert and
+// test_concatenate check every 16-bit code and random f32 patterns at each level; a one-off check
+// of all 2^32 f32 inputs and all 2^16 f16 inputs at both levels, with MXCSR at its default and
+// with DAZ|FTZ set in the calling thread, found no difference):
+// - f32 -> f16: vcvtps2ph (256-bit at both levels) with imm8 = 0 (round to nearest even, whatever
+//   MXCSR.RC says; MXCSR.FTZ is ignored, so f16 subnormals are kept; an f32 subnormal rounds to a
+//   signed zero with or without DAZ). Overflow gives inf, and a NaN gives sign | 0x7C00 | 0x200 |
+//   top 10 payload bits, which is fp_convert.hpp's rule for f16 NaNs. The 512-bit form measured
+//   5-8 % slower on the Intel VM (docs/benchmarks.md, 256-4096 tokens).
+// - f16 -> f32: vcvtph2ps is exact except that it quiets a signalling NaN (sets f32 bit 22);
+//   fp_convert.hpp keeps the payload as it is, so that bit is cleared again in those lanes.
+// - f32 -> bf16 has no kernel here: the portable body, compiled for AVX2 / AVX-512, already is the
+//   integer sequence (add 0x7FFF plus the kept lsb, shift; NaN lanes replaced by the canonical
+//   quiet NaN), and a hand-written AVX-512 version of it measured 3-5 % slower (docs/benchmarks.md).
+//   AVX512-BF16's vcvtneps2bf16 is not used: it treats subnormal inputs as zero (bf16 keeps them)
+//   and keeps truncated NaN payloads, so fixing its lanes up costs as much as the sequence itself.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "backend/fp_convert.hpp"
+#include "util/cpu_features.hpp"
+
+#if KVP_CPU_DISPATCH
+#include <immintrin.h>
+// GCC 12's AVX-512 intrinsics start from _mm256_undefined_si256() (`__m256i __Y = __Y;`), which
+// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in GCC 13): not a real read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#endif
+
+namespace kvp::detail::cvt {
+
+template <kvp_dtype D>
+struct Bits {
+  using type = std::conditional_t<D == KVP_DTYPE_F32, uint32_t,
+                                  std::conditional_t<D == KVP_DTYPE_F16 || D == KVP_DTYPE_BF16, uint16_t, uint8_t>>;
+};
+
+template <kvp_dtype SD>
+inline float to_f32(typename Bits<SD>::type c) {
+  if constexpr (SD == KVP_DTYPE_F32)
+    return fp::f32_from_bits(c);
+  else if constexpr (SD == KVP_DTYPE_F16)
+    return fp::f32_from_f16(c);
+  else if constexpr (SD == KVP_DTYPE_BF16)
+    return fp::f32_from_bf16(c);
+  else if constexpr (SD == KVP_DTYPE_F8_E4M3FN)
+    return fp::f32_from_e4m3fn(c);
+  else
+    return fp::f32_from_e5m2(c);
+}
+
+template <kvp_dtype DD>
+inline typename Bits<DD>::type from_f32(float f) {
+  if constexpr (DD == KVP_DTYPE_F32)
+    return fp::f32_bits(f);
+  else if constexpr (DD == KVP_DTYPE_F16)
+    return fp::f16_from_f32(f);
+  else if constexpr (DD == KVP_DTYPE_BF16)
+    return fp::bf16_from_f32(f);
+  else if constexpr (DD == KVP_DTYPE_F8_E4M3FN)
+    return fp::e4m3fn_from_f32(f);
+  else
+    return fp::e5m2_from_f32(f);
+}
+
+// Sources of 8 or 16 bits convert through a table of every source code (256 or 65,536 entries),
+// built once from the same conversion functions (static storage, no allocation; exact by
+// construction); 16-bit -> f32 is a shift or a short sequence, faster than the table. Table
+// lookups gain nothing from wider vectors.
+template <kvp_dtype SD, kvp_dtype DD>
+constexpr bool kUseTable = SD != DD && (sizeof(typename Bits<SD>::type) == 1 ||
+                                        (sizeof(typename Bits<SD>::type) == 2 && DD != KVP_DTYPE_F32));
+
+template <kvp_dtype SD, kvp_dtype DD>
+struct Table {
+  static constexpr uint32_t kCodes = 1u << (8 * sizeof(typename Bits<SD>::type));
+  typename Bits<DD>::type v[kCodes];
+  Table() {
+    for (uint32_t c = 0; c < kCodes; ++c) v[c] = from_f32<DD>(to_f32<SD>(static_cast<typename Bits<SD>::type>(c)));
+  }
+};
+
+template <kvp_dtype SD, kvp_dtype DD>
+const typename Bits<DD>::type* table() {
+  static const Table<SD, DD> t;
+  return t.v;
+}
+
+// n contiguous elements, portable: a table lookup, or the branch-free arithmetic conversion,
+// which the compiler vectorizes for the target of the function it is inlined into.
+template <kvp_dtype SD, kvp_dtype DD>
+KVP_ALWAYS_INLINE inline void convert_portable(const uint8_t* src, uint8_t* dst, int64_t n) {
+  using SrcT = typename Bits<SD>::type;
+  using DstT = typename Bits<DD>::type;
+  if constexpr (kUseTable<SD, DD>) {
+    const DstT* t = table<SD, DD>();
+    for (int64_t d = 0; d < n; ++d) {
+      SrcT c;
+      std::memcpy(&c, src + d * static_cast<int64_t>(sizeof(SrcT)), sizeof c);
+      std::memcpy(dst + d * static_cast<int64_t>(sizeof(DstT)), &t[c], sizeof(DstT));
+    }
+  } else {
+    for (int64_t d = 0; d < n; ++d) {
+      SrcT c;
+      std::memcpy(&c, src + d * static_cast<int64_t>(sizeof(SrcT)), sizeof c);
+      const DstT o = from_f32<DD>(to_f32<SD>(c));
+      std::memcpy(dst + d * static_cast<int64_t>(sizeof(DstT)), &o, sizeof o);
+    }
+  }
+}
+
+#if KVP_CPU_DISPATCH
+// The hardware kernels (n contiguous elements). Only ever called from functions compiled for
+// their target or a wider one.
+KVP_TARGET_AVX2 inline void f32_to_f16_avx2(const uint8_t* src, uint8_t* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8) {
+    const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(src + 4 * d));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * d), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; d < n; ++d) {
+    float f;
+    std::memcpy(&f, src + 4 * d, 4);
+    const uint16_t o = fp::f16_from_f32(f);
+    std::memcpy(dst + 2 * d, &o, 2);
+  }
+}
+
+KVP_TARGET_AVX512 inline void f32_to_f16_avx512(const uint8_t* src, uint8_t* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 16 <= n; d += 16) {
+    const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(src + 4 * d));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * d), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  f32_to_f16_avx2(src + 4 * d, dst + 2 * d, n - d);
+}
+
+KVP_TARGET_AVX2 inline void f16_to_f32_avx2(const uint8_t* src, uint8_t* dst, int64_t n) {
+  const __m256i exp_mask = _mm256_set1_epi32(0x7FFF);
+  const __m256i snan_lo = _mm256_set1_epi32(0x7C00);  // (h & 0x7FFF) in (0x7C00, 0x7E00): sNaN
+  const __m256i snan_hi = _mm256_set1_epi32(0x7E00);
+  const __m256i quiet = _mm256_set1_epi32(0x00400000);
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * d));
+    const __m256i f = _mm256_castps_si256(_mm256_cvtph_ps(h));
+    const __m256i a = _mm256_and_si256(_mm256_cvtepu16_epi32(h), exp_mask);
+    const __m256i snan = _mm256_and_si256(_mm256_cmpgt_epi32(a, snan_lo), _mm256_cmpgt_epi32(snan_hi, a));
+    const __m256i o = _mm256_andnot_si256(_mm256_and_si256(snan, quiet), f);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 4 * d), o);
+  }
+  for (; d < n; ++d) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * d, 2);
+    const float o = fp::f32_from_f16(h);
+    std::memcpy(dst + 4 * d, &o, 4);
+  }
+}
+
+KVP_TARGET_AVX512 inline __m512i f16_to_f32_avx512_lanes(__m256i h) {
+  const __m512i f = _mm512_castps_si512(_mm512_cvtph_ps(h));
+  const __m512i a = _mm512_and_si512(_mm512_cvtepu16_epi32(h), _mm512_set1_epi32(0x7FFF));
+  const __mmask16 snan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7C00)) &
+                         _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7E00));
+  return _mm512_mask_andnot_epi32(f, snan, _mm512_set1_epi32(0x00400000), f);
+}
+
+KVP_TARGET_AVX512 inline void f16_to_f32_avx512(const uint8_t* src, uint8_t* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 16 <= n; d += 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * d));
+    _mm512_storeu_si512(dst + 4 * d, f16_to_f32_avx512_lanes(h));
+  }
+  if (d < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - d)) - 1u);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, src + 2 * d);
+    _mm512_mask_storeu_epi32(dst + 4 * d, m, f16_to_f32_avx512_lanes(h));
+  }
+}
+#endif
+
+// n contiguous elements at level I: the hardware kernel where there is one, else the portable
+// body. Inline it only into a function compiled for level I (KVP_TARGET_AVX2 / KVP_TARGET_AVX512
+// or the default target for baseline), so no AVX code can reach a CPU without it.
+template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
+KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* dst, int64_t n) {
+#if KVP_CPU_DISPATCH
+  if constexpr (I == CpuIsa::avx2 && SD == KVP_DTYPE_F32 && DD == KVP_DTYPE_F16)
+    f32_to_f16_avx2(src, dst, n);
+  else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F32 && DD == KVP_DTYPE_F16)
+    f32_to_f16_avx512(src, dst, n);
+  else if constexpr (I == CpuIsa::avx2 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
+    f16_to_f32_avx2(src, dst, n);
+  else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
+    f16_to_f32_avx512(src, dst, n);
+  else
+#endif
+    convert_portable<SD, DD>(src, dst, n);
+}
+
+// n elements `stride` source elements apart into n contiguous ones at level I (strided rows are
+// gathered into a small buffer first).
+template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
+KVP_ALWAYS_INLINE inline void convert_strided(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
+  using SrcT = typename Bits<SD>::type;
+  if (stride == 1) {
+    convert_contiguous<I, SD, DD>(src, dst, n);
+    return;
+  }
+  constexpr int kChunk = 128;
+  SrcT in[kChunk];
+  const int64_t step = stride * static_cast<int64_t>(sizeof(SrcT));
+  for (int64_t d0 = 0; d0 < n; d0 += kChunk) {
+    const int m = static_cast<int>(n - d0 < kChunk ? n - d0 : kChunk);
+    for (int i = 0; i < m; ++i) std::memcpy(&in[i], src + (d0 + i) * step, sizeof(SrcT));
+    convert_contiguous<I, SD, DD>(reinterpret_cast<const uint8_t*>(in), dst + d0 * int64_t(sizeof(typename Bits<DD>::type)), m);
+  }
+}
+
+}  // namespace kvp::detail::cvt
