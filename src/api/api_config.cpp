@@ -14,9 +14,10 @@ extern "C" {
 KVP_API kvp_status kvp_config_init(kvp_config* cfg, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(cfg);
-  check_struct_size(struct_size, sizeof(kvp_config), "kvp_config_init", "kvp_config");
+  check_struct_size(struct_size, kConfigV1Size, "kvp_config_init", "kvp_config");
   kvp_config c = KVP_CONFIG_INIT;
-  std::memcpy(cfg, &c, sizeof c);
+  c.struct_size = struct_size < sizeof c ? struct_size : static_cast<uint32_t>(sizeof c);
+  std::memcpy(cfg, &c, c.struct_size);
   KVP_API_END;
 }
 
@@ -47,7 +48,7 @@ KVP_API kvp_status kvp_device_memory_stats(kvp_device_type device_type, int32_t 
 KVP_API kvp_status kvp_config_options_init(kvp_config_options* opts, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(opts);
-  init_versioned(opts, struct_size, sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION, "kvp_config_options_init",
+  init_versioned(opts, struct_size, kConfigOptionsV1Size, KVP_CONFIG_OPTIONS_VERSION, "kvp_config_options_init",
                  "kvp_config_options");
   KVP_API_END;
 }
@@ -57,9 +58,11 @@ KVP_API kvp_status kvp_config_create(const kvp_config_options* opts, kvp_config*
   KVP_REQUIRE_NOT_NULL(opts);
   KVP_REQUIRE_NOT_NULL(out);
   const kvp_config_options o =
-      read_versioned(opts, sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION, "kvp_config_create", "kvp_config_options");
-  const kvp_config c = create_config(o, "kvp_config_create");
-  std::memcpy(out, &c, sizeof c);
+      read_versioned(opts, kConfigOptionsV1Size, KVP_CONFIG_OPTIONS_VERSION, "kvp_config_create", "kvp_config_options");
+  kvp_config c = create_config(o, "kvp_config_create");
+  // A caller built with version 1 of the options holds version 1 of the record.
+  if (opts->struct_size < sizeof(kvp_config_options)) c.struct_size = static_cast<uint32_t>(kConfigV1Size);
+  std::memcpy(out, &c, c.struct_size);
   KVP_API_END;
 }
 
@@ -86,7 +89,7 @@ KVP_API kvp_status kvp_config_plan(const kvp_config* cfg, kvp_plan* out) {
   KVP_REQUIRE_NOT_NULL(out);
   const kvp_config c = read_config(cfg, "kvp_config_plan");
   const kvp_plan p = plan_of(c, "kvp_config_plan");
-  write_versioned(out, p, sizeof(kvp_plan), "kvp_config_plan", "kvp_plan");
+  write_versioned(out, p, kPlanV1Size, "kvp_config_plan", "kvp_plan");
   KVP_API_END;
 }
 
