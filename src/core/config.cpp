@@ -95,11 +95,13 @@ int64_t max_num_seqs(const kvp_config& cfg) {
 kvp_config read_config(const kvp_config* cfg, const char* function) {
   if (cfg == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'cfg' must not be NULL", function);
   kvp_config c = read_versioned(cfg, kConfigV1Size, KVP_CONFIG_VERSION, function, "kvp_config");
-  // A version 1 record (zeros) is unsharded: spell that out, so every record kvpages holds,
-  // returns or writes to JSON says 1.
+  spell_out_sharding(c);
+  return c;
+}
+
+void spell_out_sharding(kvp_config& c) {
   if (c.data_parallel_size == 0) c.data_parallel_size = 1;
   if (c.kv_head_shards == 0) c.kv_head_shards = 1;
-  return c;
 }
 
 Sharding sharding_of(const kvp_config& c) {

@@ -54,7 +54,11 @@ void validate_config(const kvp_config& cfg, const char* function);
 Layout layout_of(const kvp_config& cfg, const char* function);
 // The public description of a layout (kvp_config_get_layout, kvp_cache_get_layout).
 kvp_layout_info layout_info_of(const Layout& layout);
-// Copies a caller struct with size/version checks and zero-fill of fields the caller lacks.
+// A version 1 record (zeros) is unsharded: spell that out (1), so every record kvpages holds,
+// returns or writes to JSON says so.
+void spell_out_sharding(kvp_config& cfg);
+// Copies a caller struct with size/version checks and zero-fill of fields the caller lacks;
+// spells out the sharding.
 kvp_config read_config(const kvp_config* cfg, const char* function);
 
 int64_t max_num_seqs(const kvp_config& cfg);

@@ -25,7 +25,9 @@ class kvp_config(ctypes.Structure):
                 ("max_model_length", _i64), ("num_kv_heads", _i64), ("k_headdim", _i64), ("v_headdim", _i64),
                 ("hbm_utilization", _f64), ("page_size", _i64), ("num_pages", _i64),
                 ("max_num_pages_per_req", _i64), ("num_slices_per_kv_cache_update_page", _i64),
-                ("max_num_tokens", _i64), ("max_num_reqs", _i64), ("version", _u32), ("kvdtype", _u32)]
+                ("max_num_tokens", _i64), ("max_num_reqs", _i64), ("version", _u32), ("kvdtype", _u32),
+                ("data_parallel_size", _i64), ("kv_head_shards", _i64), ("requested_kv_head_shards", _i64),
+                ("requested_kvdtype", _u32), ("_reserved1", _u32)]  # since 1.3: sharding
 
 
 class kvp_memory_stats(ctypes.Structure):
@@ -40,7 +42,7 @@ class kvp_config_options(ctypes.Structure):
                 ("budget_mode", _u32), ("flags", _u32), ("budget_bytes", _i64), ("safety_margin_bytes", _i64),
                 ("memory_stats", _P(kvp_memory_stats)), ("num_memory_stats", _u32), ("device_type", _i32),
                 ("device_id", _i32), ("_reserved0", _u32), ("kv_head_shards", _i64), ("max_num_tokens", _i64),
-                ("max_num_reqs", _i64)]
+                ("max_num_reqs", _i64), ("data_parallel_size", _i64)]  # data_parallel_size: since 1.3
 
 
 class kvp_layout_info(ctypes.Structure):
@@ -54,7 +56,12 @@ class kvp_plan(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("_reserved", _u32), ("num_pages", _i64), ("usable_pages", _i64),
                 ("page_size", _i64), ("bytes_per_page", _i64), ("reference_bytes_per_page", _i64),
                 ("bytes_per_token", _i64), ("total_bytes", _i64), ("token_capacity", _i64),
-                ("max_concurrent_seqs", _i64), ("max_num_seqs", _i64)]
+                ("max_concurrent_seqs", _i64), ("max_num_seqs", _i64),
+                # since 1.3: the sharding resolution
+                ("data_parallel_size", _i64), ("kv_head_shards", _i64), ("requested_kv_head_shards", _i64),
+                ("head_sharding", _u32), ("requested_kvdtype", _u32), ("kvdtype", _u32), ("_reserved1", _u32),
+                ("units_per_device", _i64), ("pages_per_device", _i64), ("bytes_per_device", _i64),
+                ("sharding_message", ctypes.c_char * 224)]
 
 
 class kvp_cache_options(ctypes.Structure):
