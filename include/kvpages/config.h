@@ -16,6 +16,18 @@
  * ×2 for fp8 MQA). kvpages budgets with the true padded page size by default; set
  * ::KVP_CONFIG_FLAG_REFERENCE_BUDGET to get the reference's `num_pages` exactly.
  *
+ * **Sharding** (since 1.3; version 2 of the record). A config describes the whole cache over a
+ * device mesh: `kv_head_shards` tensor-parallel devices each hold a share of every page's KV
+ * heads, and `data_parallel_size` data-parallel devices each own a contiguous block of
+ * `num_pages / data_parallel_size` pages (page 0, the null page, in block 0). kvp_config_create()
+ * resolves a head split that does not divide as the reference does (keep, upcast the dtype to
+ * bf16 then fp32, or replicate; see there), records the decision in the config
+ * (`kv_head_shards`, `kvdtype`, and what was asked for in `requested_kv_head_shards` /
+ * `requested_kvdtype`) and budgets `per-device budget × kv_head_shards × data_parallel_size`;
+ * kvp_config_plan() reports the per-device numbers and the decision in words. A version 1 record
+ * (kvpages 1.0–1.2, zeros there) is unsharded. kvp_cache_create() allocates the whole cache of
+ * such a config (all heads, all pages) in one place.
+ *
  * @defgroup kvp_config Configuration and planning
  * @ingroup kvpages
  * @{
