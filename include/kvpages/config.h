@@ -95,7 +95,8 @@ typedef struct kvp_config {
 /**
  * @brief Fills a config record with the reference defaults (page 128, util 0.9, v3, bf16, -1
  *        for the derived fields, 0 for the model fields).
- * @param[out] cfg Record to fill, not NULL.
+ * @param[out] cfg Record to fill, not NULL: version 2 when `struct_size` is at least version 2's
+ *        (since 1.3), else version 1 (`struct_size` and `abi_version` say which).
  * @param[in] struct_size sizeof(kvp_config) as the caller sees it.
  * @retval KVP_OK Filled.
  * @retval KVP_ERR_INVALID_ARGUMENT `cfg` is NULL.
@@ -277,8 +278,10 @@ KVP_API kvp_status KVP_CALL kvp_config_options_init(kvp_config_options *opts, ui
  * dtype (true padded size, or the reference formula with ::KVP_CONFIG_FLAG_REFERENCE_BUDGET);
  * with dp > 1 `num_pages` is rounded down to a multiple of dp. Nothing is allocated.
  *
- * A caller built against version 1 of ::kvp_config_options (kvpages 1.0–1.2) gets only version
- * 1 of ::kvp_config written (the record it holds): its struct_size says so.
+ * Which version of ::kvp_config is written: version 2 when the caller opted in, by version 2
+ * options (::KVP_CONFIG_OPTIONS_INIT or kvp_config_options_init() with 1.3 headers) or by `out`
+ * (see there); a caller built against kvpages 1.0–1.2 has neither and gets version 1, the record
+ * it holds, never written past.
  *
  * Rejected (::KVP_ERR_INVALID_ARGUMENT unless noted): layers, KV heads, max length, page size
  * or head dims outside the bounds of ::kvp_config; k_headdim ≠ v_headdim; page size not a multiple of the packing;
@@ -288,7 +291,9 @@ KVP_API kvp_status KVP_CALL kvp_config_options_init(kvp_config_options *opts, ui
  * (::KVP_ERR_UNSUPPORTED); non-zero reserved fields or unknown flags (::KVP_ERR_UNSUPPORTED).
  *
  * @param[in] opts Options, not NULL.
- * @param[out] out The config, not NULL; unchanged on failure.
+ * @param[out] out The config, not NULL; unchanged on failure; set struct_size and abi_version first
+ *        — ::KVP_CONFIG_INIT or kvp_config_init() do — to receive the version-2 fields (since 1.3);
+ *        otherwise the version-1 record is written (unless `opts` is version 2, which opts in too).
  * @retval KVP_OK Created.
  * @retval KVP_ERR_INVALID_ARGUMENT See above.
  * @retval KVP_ERR_NOT_FOUND Unknown dtype or layout version.
@@ -412,10 +417,11 @@ typedef struct kvp_plan {
  * @brief Answers "what fits" for a config before anything is allocated: totals over all
  *        devices, per-device numbers and the sharding resolution (what was decided and why).
  *
- * A caller whose `struct_size` is that of version 1 of ::kvp_plan (kvpages 1.0–1.2) gets the
- * version 1 fields only.
  * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
- * @param[out] out Plan, not NULL; `out->struct_size` must be set; unchanged on failure.
+ * @param[out] out Plan, not NULL; `out->struct_size` must be set (::KVP_PLAN_INIT); unchanged on
+ *        failure. The version-2 fields (since 1.3) are written only when it is exactly
+ *        `sizeof(kvp_plan)` of 1.3; otherwise the version-1 plan (kvpages 1.0–1.2, 88 bytes) is
+ *        written and `struct_size` says so.
  * @retval KVP_OK Computed.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, invalid config or `num_pages` < 1.
  * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.

@@ -92,7 +92,9 @@ KVP_API kvp_status KVP_CALL kvp_config_to_json(const kvp_config *cfg, char *buf,
  *
  * @param[in] json The text, not NULL; need not be NUL-terminated.
  * @param[in] len Bytes of `json`.
- * @param[out] out Receives the record (struct_size and abi_version set to this library's), not NULL; unchanged on failure.
+ * @param[out] out Receives the record, not NULL; unchanged on failure; set struct_size and
+ *        abi_version first — ::KVP_CONFIG_INIT or kvp_config_init() do — to receive the version-2
+ *        fields (since 1.3); otherwise the version-1 record is written.
  * @retval KVP_OK Read.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, malformed JSON (the message has the position),
  *         nesting deeper than 64 levels, not an object, a missing required key, a string with a

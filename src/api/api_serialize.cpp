@@ -164,16 +164,18 @@ namespace {
 // Callers built against kvpages 1.0-1.2 hold an info whose config is version 1 of kvp_config.
 constexpr size_t kInfoV1Size = offsetof(kvp_serialized_info, config) + kConfigV1Size;
 
-// Inspects into a whole info, then hands the caller as much as its struct_size holds.
+// Inspects into a whole info, then hands the caller version 2 (its config version 2) only when
+// its struct_size is exactly version 2's, else version 1 (config version 1).
 void inspect_into(Source& s, uint32_t flags, kvp_serialized_info* out, const char* fn) {
   check_struct_size(out->struct_size, kInfoV1Size, fn, "kvp_serialized_info");
+  const bool v2 = out->struct_size == sizeof(kvp_serialized_info);
   kvp_serialized_info info;
   std::memset(&info, 0, sizeof info);
   info.struct_size = sizeof info;
   inspect(s, (flags & KVP_INSPECT_VERIFY) != 0, &info, fn);
   spell_out_sharding(info.config);
-  if (out->struct_size < sizeof info) info.config.struct_size = static_cast<uint32_t>(kConfigV1Size);
-  write_versioned(out, info, kInfoV1Size, fn, "kvp_serialized_info");
+  set_config_version(info.config, v2);
+  write_grown(out, info, v2, kInfoV1Size);
 }
 
 }  // namespace

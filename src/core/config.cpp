@@ -99,6 +99,20 @@ kvp_config read_config(const kvp_config* cfg, const char* function) {
   return c;
 }
 
+bool config_wants_v2(const kvp_config* out) {
+  return out->struct_size == sizeof(kvp_config) && out->abi_version == KVP_CONFIG_VERSION;
+}
+
+void set_config_version(kvp_config& c, bool v2) {
+  c.struct_size = static_cast<uint32_t>(v2 ? sizeof(kvp_config) : kConfigV1Size);
+  c.abi_version = v2 ? KVP_CONFIG_VERSION : 1u;
+}
+
+void write_config(kvp_config* out, kvp_config c, bool v2) {
+  set_config_version(c, v2);
+  write_grown(out, c, v2, kConfigV1Size);
+}
+
 void spell_out_sharding(kvp_config& c) {
   if (c.data_parallel_size == 0) c.data_parallel_size = 1;
   if (c.kv_head_shards == 0) c.kv_head_shards = 1;

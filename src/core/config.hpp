@@ -60,6 +60,14 @@ void spell_out_sharding(kvp_config& cfg);
 // Copies a caller struct with size/version checks and zero-fill of fields the caller lacks;
 // spells out the sharding.
 kvp_config read_config(const kvp_config* cfg, const char* function);
+// Whether a caller's record opted in to version 2 before a call that writes it: struct_size and
+// abi_version set to exactly version 2's (KVP_CONFIG_INIT, kvp_config_init()). Uninitialised
+// memory of a 1.0–1.2 caller practically never does.
+bool config_wants_v2(const kvp_config* out);
+// Marks a record as version 2 (`v2`) or version 1 (struct_size, abi_version), as written.
+void set_config_version(kvp_config& cfg, bool v2);
+// Writes a record into a caller's: version 2 if `v2`, else only the version 1 bytes.
+void write_config(kvp_config* out, kvp_config cfg, bool v2);
 
 int64_t max_num_seqs(const kvp_config& cfg);
 

@@ -125,7 +125,7 @@ static void test_contract__destroyed_handle(void **state) {
   expect_every_handle_call_rejected(c, "");
   /* a live cache is unaffected by the rejected calls on a dead one */
   kvp_cache *d = new_cache();
-  kvp_config cfg;
+  kvp_config cfg = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_cache_get_config(d, &cfg));
   assert_kvp_ok(kvp_cache_destroy(d));
 }
@@ -612,7 +612,7 @@ static void test_contract__cache_create_out_of_memory_loop(void **state) {
     assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_KEYS, &k));
     assert_int_equal(((const unsigned char *)k.data)[0], 0x11 * (l + 1));
   }
-  kvp_config got;
+  kvp_config got = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_cache_get_config(c, &got));
   assert_memory_equal(&got, &cfg, sizeof cfg);
   assert_kvp_ok(kvp_cache_destroy(c));

@@ -318,6 +318,7 @@ static void test_shards__version_1_structs(void **state) {
   memset(&c, FILL, sizeof c);
   assert_kvp_ok(kvp_config_init(&c, cfg_v1));
   assert_int_equal(c.struct_size, cfg_v1);
+  assert_int_equal(c.abi_version, 1);
   assert_int_equal(c.page_size, 128);
   assert_memory_equal((char *)&c + cfg_v1, (char *)&before + cfg_v1, sizeof c - cfg_v1);
   assert_kvp_status(kvp_config_init(&c, cfg_v1 - 8), KVP_ERR_VERSION_MISMATCH, "struct_size");
@@ -346,7 +347,7 @@ static void test_shards__json(void **state) {
                       "\"page_size\": 128, \"num_pages\": 32, \"max_num_pages_per_req\": 32, "
                       "\"num_slices_per_kv_cache_update_page\": 64, \"max_num_tokens\": -1, \"max_num_reqs\": -1, "
                       "\"version\": \"v3\", \"_kvdtype_str\": \"bf16\", \"requested_kvdtype\": \"fp8_e4m3fn\"}");
-  kvp_config back;
+  kvp_config back = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_config_from_json(s, strlen(s), &back));
   assert_memory_equal(&back, &c, sizeof c);
   free(s);
@@ -384,6 +385,204 @@ static void test_shards__json(void **state) {
   assert_memory_equal(&back, &untouched, sizeof back);
 }
 
+/* What a program built against kvpages 1.0-1.2 hands in: a record of version 1's size right
+ * before other memory (the guard), its bytes uninitialised (the 0xA5 pattern). */
+#define OLD_FILL 0xA5
+#define V1_CONFIG 112u
+#define V1_PLAN 88u
+#define V1_INFO 216u
+typedef struct old_config {
+  union {
+    int64_t align;
+    unsigned char bytes[V1_CONFIG];
+  } rec;
+  unsigned char guard[64];
+} old_config;
+typedef struct old_plan {
+  union {
+    int64_t align;
+    unsigned char bytes[V1_PLAN];
+  } rec;
+  unsigned char guard[64];
+} old_plan;
+typedef struct old_info {
+  union {
+    int64_t align;
+    unsigned char bytes[V1_INFO];
+  } rec;
+  unsigned char guard[64];
+} old_info;
+
+static void expect_guard(const unsigned char *guard, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (guard[i] != OLD_FILL) fail_msg("guard byte %zu overwritten: 0x%02x", i, guard[i]);
+}
+
+/* The version 1 record in an old caller's buffer is `want`'s version 1 fields, marked version 1. */
+static void expect_v1_config(const unsigned char *bytes, const kvp_config *want) {
+  kvp_config got, w = *want;
+  memset(&got, 0, sizeof got);
+  memcpy(&got, bytes, V1_CONFIG);
+  assert_int_equal(got.struct_size, V1_CONFIG);
+  assert_int_equal(got.abi_version, 1);
+  w.struct_size = V1_CONFIG;
+  w.abi_version = 1;
+  assert_memory_equal(&got, &w, V1_CONFIG);
+}
+
+/* Every function that writes a grown struct writes only version 1 into an old caller's buffer,
+ * however uninitialised; a caller who set struct_size and abi_version to version 2's gets it. */
+static void test_shards__old_callers_buffers_are_not_overrun(void **state) {
+  (void)state;
+  assert_int_equal(offsetof(kvp_config, data_parallel_size), V1_CONFIG);
+  assert_int_equal(offsetof(kvp_plan, data_parallel_size), V1_PLAN);
+  assert_int_equal(offsetof(kvp_serialized_info, config) + V1_CONFIG, V1_INFO);
+  /* sharded (tp 4 upcast fp8 -> bf16, dp 2), so the version 2 fields are not defaults */
+  kvp_config_options o = opts(1, 4, 128, KVP_DTYPE_F8_E4M3FN, 128, KVP_LAYOUT_V3, 4, 2, MiB);
+  const kvp_config full = create(&o);
+  assert_int_equal(full.struct_size, sizeof full);
+  assert_int_equal(full.abi_version, KVP_CONFIG_VERSION);
+  assert_int_equal(full.kv_head_shards, 4);
+  old_config oc;
+
+  /* kvp_config_create: an old caller's options are version 1 */
+  kvp_config_options o1 = o;
+  o1.struct_size = (uint32_t)offsetof(kvp_config_options, data_parallel_size);
+  o1.abi_version = 1;
+  o1.data_parallel_size = 0;
+  memset(&oc, OLD_FILL, sizeof oc);
+  assert_kvp_ok(kvp_config_create(&o1, (kvp_config *)&oc.rec));
+  expect_guard(oc.guard, sizeof oc.guard);
+  kvp_config want1 = full; /* without dp the budget halves */
+  want1.num_pages = full.num_pages / 2;
+  expect_v1_config(oc.rec.bytes, &want1);
+
+  /* kvp_cache_get_config */
+  kvp_cache *c = kvp_test_cache_on(&full, KVP_DEVICE_CPU, 0);
+  memset(&oc, OLD_FILL, sizeof oc);
+  assert_kvp_ok(kvp_cache_get_config(c, (kvp_config *)&oc.rec));
+  expect_guard(oc.guard, sizeof oc.guard);
+  expect_v1_config(oc.rec.bytes, &full);
+
+  /* kvp_config_from_json */
+  char *js = to_json(&full);
+  memset(&oc, OLD_FILL, sizeof oc);
+  assert_kvp_ok(kvp_config_from_json(js, strlen(js), (kvp_config *)&oc.rec));
+  expect_guard(oc.guard, sizeof oc.guard);
+  expect_v1_config(oc.rec.bytes, &full);
+
+  /* kvp_config_init with version 1's size */
+  memset(&oc, OLD_FILL, sizeof oc);
+  assert_kvp_ok(kvp_config_init((kvp_config *)&oc.rec, V1_CONFIG));
+  expect_guard(oc.guard, sizeof oc.guard);
+  const kvp_config init = KVP_CONFIG_INIT;
+  expect_v1_config(oc.rec.bytes, &init);
+
+  /* kvp_config_plan: old callers set struct_size (required since 1.0), the rest uninitialised */
+  old_plan op;
+  memset(&op, OLD_FILL, sizeof op);
+  const uint32_t plan_size = V1_PLAN, info_size = V1_INFO;
+  memcpy(op.rec.bytes, &plan_size, sizeof plan_size);
+  assert_kvp_ok(kvp_config_plan(&full, (kvp_plan *)&op.rec));
+  expect_guard(op.guard, sizeof op.guard);
+  const kvp_plan pfull = plan(&full);
+  kvp_plan p1;
+  memcpy(&p1, op.rec.bytes, V1_PLAN);
+  assert_int_equal(p1.struct_size, V1_PLAN);
+  assert_memory_equal((const char *)&p1 + 8, (const char *)&pfull + 8, V1_PLAN - 8);
+
+  /* kvp_serialized_inspect: likewise; its config is version 1 */
+  kvp_serialize_options so = KVP_SERIALIZE_OPTIONS_INIT;
+  size_t need = 0, n = 0;
+  assert_kvp_ok(kvp_serialized_size(c, &so, &need));
+  unsigned char *blob = malloc(need);
+  assert_non_null(blob);
+  assert_kvp_ok(kvp_serialize(c, &so, blob, need, &n));
+  kvp_serialized_info ifull = KVP_SERIALIZED_INFO_INIT;
+  assert_kvp_ok(kvp_serialized_inspect(blob, n, KVP_INSPECT_VERIFY, &ifull));
+  assert_int_equal(ifull.config.struct_size, sizeof(kvp_config));
+  assert_int_equal(ifull.config.abi_version, KVP_CONFIG_VERSION);
+  /* (blobs do not carry the sharding yet: the version 1 fields) */
+  assert_memory_equal((const char *)&ifull.config + 8, (const char *)&full + 8, V1_CONFIG - 8);
+  old_info oi;
+  memset(&oi, OLD_FILL, sizeof oi);
+  memcpy(oi.rec.bytes, &info_size, sizeof info_size);
+  assert_kvp_ok(kvp_serialized_inspect(blob, n, KVP_INSPECT_VERIFY, (kvp_serialized_info *)&oi.rec));
+  expect_guard(oi.guard, sizeof oi.guard);
+  uint32_t got_size;
+  memcpy(&got_size, oi.rec.bytes, sizeof got_size);
+  assert_int_equal(got_size, V1_INFO);
+  assert_memory_equal(oi.rec.bytes + 4, (const char *)&ifull + 4, offsetof(kvp_serialized_info, config) - 4);
+  expect_v1_config(oi.rec.bytes + offsetof(kvp_serialized_info, config), &full);
+  free(blob);
+  free(js);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
+/* A caller opts in to version 2 by setting struct_size and abi_version to exactly its values
+ * (KVP_CONFIG_INIT, kvp_config_init()); kvp_config_create's version 2 options opt in too. */
+static void test_shards__callers_opt_in_to_version_2(void **state) {
+  (void)state;
+  kvp_config_options o = opts(1, 4, 128, KVP_DTYPE_F8_E4M3FN, 128, KVP_LAYOUT_V3, 4, 2, MiB);
+  const kvp_config full = create(&o);
+  kvp_config_options o1 = o;
+  o1.struct_size = (uint32_t)offsetof(kvp_config_options, data_parallel_size);
+  o1.abi_version = 1;
+  o1.data_parallel_size = 0;
+  kvp_cache *c = kvp_test_cache_on(&full, KVP_DEVICE_CPU, 0);
+  char *js = to_json(&full);
+  /* struct_size and abi_version exactly version 2's, before the call */
+  struct {
+    kvp_config rec;
+    unsigned char guard[64];
+  } nc;
+  memset(&nc, OLD_FILL, sizeof nc);
+  nc.rec.struct_size = sizeof nc.rec;
+  nc.rec.abi_version = KVP_CONFIG_VERSION;
+  assert_kvp_ok(kvp_cache_get_config(c, &nc.rec));
+  expect_guard(nc.guard, sizeof nc.guard);
+  assert_memory_equal(&nc.rec, &full, sizeof full);
+  memset(&nc, OLD_FILL, sizeof nc);
+  nc.rec.struct_size = sizeof nc.rec;
+  nc.rec.abi_version = KVP_CONFIG_VERSION;
+  assert_kvp_ok(kvp_config_from_json(js, strlen(js), &nc.rec));
+  assert_memory_equal(&nc.rec, &full, sizeof full);
+  memset(&nc, OLD_FILL, sizeof nc);
+  nc.rec.struct_size = sizeof nc.rec;
+  nc.rec.abi_version = KVP_CONFIG_VERSION;
+  assert_kvp_ok(kvp_config_create(&o1, &nc.rec)); /* version 1 options, version 2 record */
+  assert_int_equal(nc.rec.struct_size, sizeof nc.rec);
+  assert_int_equal(nc.rec.data_parallel_size, 1);
+  assert_int_equal(nc.rec.kv_head_shards, 4);
+  /* version 2 options opt in by themselves */
+  memset(&nc, OLD_FILL, sizeof nc);
+  assert_kvp_ok(kvp_config_create(&o, &nc.rec));
+  expect_guard(nc.guard, sizeof nc.guard);
+  assert_memory_equal(&nc.rec, &full, sizeof full);
+  /* a near miss is version 1: the size without the version, the version without the size */
+  memset(&nc, OLD_FILL, sizeof nc);
+  nc.rec.struct_size = sizeof nc.rec;
+  nc.rec.abi_version = 1;
+  assert_kvp_ok(kvp_cache_get_config(c, &nc.rec));
+  expect_guard((const unsigned char *)&nc.rec + V1_CONFIG, sizeof nc.rec - V1_CONFIG);
+  expect_v1_config((const unsigned char *)&nc.rec, &full);
+  memset(&nc, OLD_FILL, sizeof nc);
+  nc.rec.struct_size = V1_CONFIG + 8;
+  nc.rec.abi_version = KVP_CONFIG_VERSION;
+  assert_kvp_ok(kvp_config_from_json(js, strlen(js), &nc.rec));
+  expect_guard((const unsigned char *)&nc.rec + V1_CONFIG, sizeof nc.rec - V1_CONFIG);
+  expect_v1_config((const unsigned char *)&nc.rec, &full);
+  /* a plan whose struct_size is between the versions gets version 1 */
+  kvp_plan pm;
+  memset(&pm, OLD_FILL, sizeof pm);
+  pm.struct_size = V1_PLAN + 8;
+  assert_kvp_ok(kvp_config_plan(&full, &pm));
+  assert_int_equal(pm.struct_size, V1_PLAN);
+  expect_guard((const unsigned char *)&pm + V1_PLAN, sizeof pm - V1_PLAN);
+  free(js);
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shards__keep),
@@ -393,6 +592,8 @@ int main(void) {
       cmocka_unit_test(test_shards__create_rejects_bad_input),
       cmocka_unit_test(test_shards__validate),
       cmocka_unit_test(test_shards__version_1_structs),
+      cmocka_unit_test(test_shards__old_callers_buffers_are_not_overrun),
+      cmocka_unit_test(test_shards__callers_opt_in_to_version_2),
       cmocka_unit_test(test_shards__json),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -108,6 +108,16 @@ type Config struct {
 	device Device
 }
 
+// emptyRecord is a zeroed kvp_config that opts in to the version these bindings mirror
+// (struct_size and abi_version set, as KVP_CONFIG_INIT does): a function that writes a record
+// writes all of it, where it would write only version 1 into a record without them.
+func emptyRecord() C.kvp_config {
+	var raw C.kvp_config
+	raw.struct_size = C.uint32_t(unsafe.Sizeof(raw))
+	raw.abi_version = C.KVP_CONFIG_VERSION
+	return raw
+}
+
 func (o *ConfigOptions) fill(opts *C.kvp_config_options, stats *C.kvp_memory_stats) {
 	opts.num_hidden_layers = C.int64_t(o.NumHiddenLayers)
 	opts.num_kv_heads = C.int64_t(o.NumKVHeads)
@@ -148,7 +158,7 @@ func NewConfig(o ConfigOptions) (*Config, error) {
 			cs[i] = m.c()
 		}
 	}
-	cfg := &Config{device: o.Device}
+	cfg := &Config{raw: emptyRecord(), device: o.Device}
 	if cfg.device.Type == 0 {
 		cfg.device.Type = DeviceCPU
 	}
@@ -344,7 +354,7 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 // unknown keys are ignored and nothing is validated or recomputed; call Validate before use.
 // The device becomes the CPU. On an error c is unchanged.
 func (c *Config) UnmarshalJSON(text []byte) error {
-	var raw C.kvp_config
+	raw := emptyRecord()
 	err := call(func() C.kvp_status {
 		return C.kvp_config_from_json((*C.char)(slicePtr(text)), C.size_t(len(text)), &raw)
 	})

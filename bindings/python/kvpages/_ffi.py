@@ -324,6 +324,19 @@ def bind(names: Optional[set] = None) -> None:
             setattr(lib, name, _fn(name, restype, *argtypes))
 
 
+#: kvp_config::abi_version of the record mirrored here (KVP_CONFIG_VERSION; 2 since 1.3).
+CONFIG_VERSION = 2
+
+
+def config_record() -> kvp_config:
+    """A zeroed kvp_config that opts in to the version mirrored here (struct_size and abi_version
+    set, as KVP_CONFIG_INIT does): a function that writes a record writes all of it, where it
+    would write only version 1 into a record without them."""
+    c = kvp_config()
+    c.struct_size, c.abi_version = ctypes.sizeof(kvp_config), CONFIG_VERSION
+    return c
+
+
 def sized(struct_type: type) -> Any:
     """A zeroed output struct with struct_size set (the C ``*_INIT`` macros of output structs)."""
     s = struct_type()

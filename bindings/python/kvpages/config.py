@@ -8,7 +8,7 @@ import dataclasses
 import enum
 from typing import Any, Dict, Iterable, Optional, Sequence
 
-from ._ffi import _i64, kvp_config, kvp_config_options, kvp_layout_info, kvp_memory_stats, kvp_plan, lib, sized
+from ._ffi import _i64, config_record, kvp_config, kvp_config_options, kvp_layout_info, kvp_memory_stats, kvp_plan, lib, sized
 from .errors import check, invalid
 from .types import BudgetMode, Device, DeviceLike, Dtype, DtypeLike, Layout, parse_device
 
@@ -181,7 +181,7 @@ class Config:
         keep = _stats_array(stats)
         if stats:
             o.memory_stats, o.num_memory_stats = keep, len(stats)
-        raw = kvp_config()
+        raw = config_record()
         check(lib.kvp_config_create(ctypes.byref(o), ctypes.byref(raw)), "kvp_config_create")
         return cls(raw, dev, ordinal)
 
@@ -196,7 +196,7 @@ class Config:
     def from_json(cls, text: str) -> "Config":
         """kvp_config_from_json: the reference's from_json (not validated: call validate())."""
         data = text.encode() if isinstance(text, str) else bytes(text)
-        raw = kvp_config()
+        raw = config_record()
         check(lib.kvp_config_from_json(data, len(data), ctypes.byref(raw)), "kvp_config_from_json")
         return cls(raw)
 

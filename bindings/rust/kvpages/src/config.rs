@@ -235,9 +235,20 @@ impl Config {
     pub fn create(options: &ConfigOptions) -> Result<Config> {
         let stats: Vec<sys::kvp_memory_stats> = options.memory_stats.iter().map(|s| s.to_raw()).collect();
         let opts = options.to_raw(&stats)?;
-        let mut raw = sys::kvp_config::default();
+        let mut raw = Self::empty_record();
         check(unsafe { sys::kvp_config_create(&opts, &mut raw) })?;
         Ok(Config { raw, device: options.device })
+    }
+
+    /// An empty record that opts in to the version this crate mirrors (`struct_size` and
+    /// `abi_version` set, as `KVP_CONFIG_INIT` does): a function that writes a record writes all
+    /// of it, where it would write only version 1 into a record without them.
+    pub(crate) fn empty_record() -> sys::kvp_config {
+        sys::kvp_config {
+            struct_size: size_of::<sys::kvp_config>() as u32,
+            abi_version: sys::KVP_CONFIG_VERSION,
+            ..Default::default()
+        }
     }
 
     /// A record with the reference defaults (`kvp_config_init`: page 128, utilization 0.9, v3,
@@ -393,7 +404,7 @@ impl Config {
     /// `kvp_config_from_json`: reads the reference's JSON (not validated: call
     /// [`Config::validate`]); the config is for a CPU cache.
     pub fn from_json(json: &str) -> Result<Config> {
-        let mut raw = sys::kvp_config::default();
+        let mut raw = Self::empty_record();
         check(unsafe { sys::kvp_config_from_json(json.as_ptr() as *const _, json.len(), &mut raw) })?;
         Ok(Config { raw, device: Device::Cpu })
     }
