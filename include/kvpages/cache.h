@@ -193,7 +193,9 @@ KVP_API kvp_status KVP_CALL kvp_cache_destroy(kvp_cache *cache);
 /**
  * @brief Copies the config a cache was created with.
  * @param[in] cache Cache handle.
- * @param[out] out Config, not NULL.
+ * @param[out] out Config, not NULL; set struct_size and abi_version first — ::KVP_CONFIG_INIT or
+ *        kvp_config_init() do — to receive the version-2 fields (since 1.3); otherwise the
+ *        version-1 record is written.
  * @retval KVP_OK Copied.
  * @retval KVP_ERR_INVALID_HANDLE Bad handle.
  * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.

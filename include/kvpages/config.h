@@ -16,6 +16,18 @@
  * ×2 for fp8 MQA). kvpages budgets with the true padded page size by default; set
  * ::KVP_CONFIG_FLAG_REFERENCE_BUDGET to get the reference's `num_pages` exactly.
  *
+ * **Sharding** (since 1.3; version 2 of the record). A config describes the whole cache over a
+ * device mesh: `kv_head_shards` tensor-parallel devices each hold a share of every page's KV
+ * heads, and `data_parallel_size` data-parallel devices each own a contiguous block of
+ * `num_pages / data_parallel_size` pages (page 0, the null page, in block 0). kvp_config_create()
+ * resolves a head split that does not divide as the reference does (keep, upcast the dtype to
+ * bf16 then fp32, or replicate; see there), records the decision in the config
+ * (`kv_head_shards`, `kvdtype`, and what was asked for in `requested_kv_head_shards` /
+ * `requested_kvdtype`) and budgets `per-device budget × kv_head_shards × data_parallel_size`;
+ * kvp_config_plan() reports the per-device numbers and the decision in words. A version 1 record
+ * (kvpages 1.0–1.2, zeros there) is unsharded. kvp_cache_create() allocates the whole cache of
+ * such a config (all heads, all pages) in one place.
+ *
  * @defgroup kvp_config Configuration and planning
  * @ingroup kvpages
  * @{
@@ -29,8 +41,8 @@
 
 KVP_BEGIN_DECLS
 
-/** Current value of kvp_config::abi_version. */
-#define KVP_CONFIG_VERSION 1u
+/** Current value of kvp_config::abi_version (2 since 1.3: the sharding fields). */
+#define KVP_CONFIG_VERSION 2u
 
 /**
  * @brief The cache configuration: geometry and derived sizes (the reference's 14 seed fields).
@@ -55,20 +67,36 @@ typedef struct kvp_config {
   int64_t max_num_tokens;                      /**< Optional hint: tokens per step, 1 … 2^31 − 1; -1 = unset. */
   int64_t max_num_reqs;                        /**< Optional hint: concurrent requests, 1 … 2^31 − 2; -1 = unset. */
   kvp_layout version;                          /**< ::KVP_LAYOUT_V3 (default) or ::KVP_LAYOUT_V2. */
-  kvp_dtype kvdtype;                           /**< Storage dtype (default ::KVP_DTYPE_BF16). */
+  kvp_dtype kvdtype;                           /**< Storage dtype (default ::KVP_DTYPE_BF16); after an upcast for KV-head sharding, the upcast dtype. */
+  /** Data-parallel page shards (the reference's `data_parallel_size`), 1 … 65536; `num_pages` is
+   *  a multiple of it and shard `s` owns pages `[s·N/dp, (s+1)·N/dp)`. 0 (a version 1 record) = 1.
+   *  @since 1.3 */
+  int64_t data_parallel_size;
+  /** Effective KV-head shards after resolution (the reference's `kv_head_shards`), 1 … 65536; it
+   *  divides the storage groups (v3) or the combined heads (v2). 0 (a version 1 record) = 1.
+   *  @since 1.3 */
+  int64_t kv_head_shards;
+  /** The KV-head shards asked for when the resolution replicated the heads instead (then
+   *  `kv_head_shards` is 1); 0 = as `kv_head_shards` (nothing was replicated). @since 1.3 */
+  int64_t requested_kv_head_shards;
+  /** The dtype asked for when the resolution upcast it to `kvdtype`; 0 = as `kvdtype` (nothing
+   *  was upcast). @since 1.3 */
+  kvp_dtype requested_kvdtype;
+  uint32_t _reserved1; /**< Must be 0. @since 1.3 */
 } kvp_config;
 
 /** Static initialiser with the reference defaults; set the model fields afterwards. */
 #define KVP_CONFIG_INIT                                                                      \
   {                                                                                          \
     sizeof(kvp_config), KVP_CONFIG_VERSION, 0, 0, 0, 0, 0, 0.9, 128, -1, -1, -1, -1, -1,     \
-        KVP_LAYOUT_V3, KVP_DTYPE_BF16                                                        \
+        KVP_LAYOUT_V3, KVP_DTYPE_BF16, 1, 1, 0, 0, 0                                         \
   }
 
 /**
  * @brief Fills a config record with the reference defaults (page 128, util 0.9, v3, bf16, -1
  *        for the derived fields, 0 for the model fields).
- * @param[out] cfg Record to fill, not NULL.
+ * @param[out] cfg Record to fill, not NULL: version 2 when `struct_size` is at least version 2's
+ *        (since 1.3), else version 1 (`struct_size` and `abi_version` say which).
  * @param[in] struct_size sizeof(kvp_config) as the caller sees it.
  * @retval KVP_OK Filled.
  * @retval KVP_ERR_INVALID_ARGUMENT `cfg` is NULL.
@@ -82,6 +110,9 @@ KVP_API kvp_status KVP_CALL kvp_config_init(kvp_config *cfg, uint32_t struct_siz
  * @brief Checks a config record: known version and dtype, every field within its bound (see
  *        the field docs), derived fields consistent with the formulas, and every size derived
  *        from it (page, layer, whole cache) representable in int64.
+ *
+ * The sharding fields must be what kvp_config_create() would resolve from the requested
+ * shards and dtype (see there) and `num_pages` a multiple of `data_parallel_size`.
  *
  * This is the check every function taking a `const kvp_config *` runs first, so a record it
  * accepts is accepted by kvp_config_get_layout() and kvp_config_plan() (once `num_pages` is
@@ -165,8 +196,8 @@ KVP_API kvp_status KVP_CALL kvp_device_memory_stats(kvp_device_type device_type,
 /** Flag: no safety margin (overrides kvp_config_options::safety_margin_bytes). */
 #define KVP_CONFIG_FLAG_NO_SAFETY_MARGIN (1u << 1)
 
-/** Current value of kvp_config_options::abi_version. */
-#define KVP_CONFIG_OPTIONS_VERSION 1u
+/** Current value of kvp_config_options::abi_version (2 since 1.3: `data_parallel_size`). */
+#define KVP_CONFIG_OPTIONS_VERSION 2u
 
 /**
  * @brief Inputs of kvp_config_create(): the model shape and how to budget memory.
@@ -196,9 +227,10 @@ typedef struct kvp_config_options {
   kvp_device_type device_type;          /**< Device whose memory is budgeted; 0 = CPU. */
   int32_t device_id;                    /**< CUDA ordinal. */
   uint32_t _reserved0;                  /**< Must be 0. */
-  int64_t kv_head_shards;               /**< Devices the KV heads are sharded over (budget ×S); 0 = 1. */
+  int64_t kv_head_shards;               /**< Devices the KV heads are sharded over (tensor parallelism, S), 1 … 65536; resolved as kvp_config_create() says; 0 = 1. */
   int64_t max_num_tokens;               /**< Hint stored in the record; 0 = -1 (unset). */
   int64_t max_num_reqs;                 /**< Hint stored in the record; 0 = -1 (unset). */
+  int64_t data_parallel_size;           /**< Data-parallel page shards, 1 … 65536; 0 = 1. @since 1.3 */
 } kvp_config_options;
 
 #define KVP_CONFIG_OPTIONS_INIT KVP__OPTIONS_INIT(kvp_config_options, KVP_CONFIG_OPTIONS_VERSION)
@@ -225,19 +257,43 @@ KVP_API kvp_status KVP_CALL kvp_config_options_init(kvp_config_options *opts, ui
  *        `max_num_pages_per_req` and `num_slices_per_kv_cache_update_page` (the reference's
  *        `create()`, with its errors as status codes).
  *
+ * **Sharding resolution** (the reference's rules, SPEC.md §7.3), before budgeting. With S =
+ * `kv_head_shards` (tensor parallelism) and dp = `data_parallel_size`:
+ * - S = 1: nothing to resolve (::KVP_HEAD_SHARDING_NONE).
+ * - v3: the unit split over devices is the storage group, G = storage combined heads / packing
+ *   (kvp_layout_info::storage_num_kv_groups). If S divides G of the requested dtype, it is kept
+ *   (::KVP_HEAD_SHARDING_KEEP). Otherwise bf16, then fp32 (skipping the requested dtype) are
+ *   tried and the first whose G is divisible by S becomes `kvdtype` (::KVP_HEAD_SHARDING_UPCAST;
+ *   the requested dtype stays in kvp_config::requested_kvdtype). Note that the reference's order
+ *   tries bf16 for an fp32 request too, which for head_dim 64 can narrow fp32 to bf16 (3 heads
+ *   over 2 devices). If no dtype works, every device holds all heads: `kv_head_shards` = 1, dtype
+ *   unchanged, S kept in kvp_config::requested_kv_head_shards (::KVP_HEAD_SHARDING_REPLICATE).
+ * - v2: the unit is the combined head (2 × KV heads); S must divide it, else the heads are
+ *   replicated as above. v2 never changes the dtype.
+ * kvp_config_plan() reports the decision and its reason in words.
+ *
  * Budget: `budget_bytes` if > 0, else kvp_hbm_budget_bytes() over `memory_stats` if given, else
- * over the statistics of the device. The budget is multiplied by `kv_head_shards`, then divided
- * by the bytes of one page over all layers (true padded size, or the reference formula with
- * ::KVP_CONFIG_FLAG_REFERENCE_BUDGET). Nothing is allocated.
+ * over the statistics of the device. The per-device budget is multiplied by the effective
+ * `kv_head_shards` and by dp, then divided by the bytes of one page over all layers in the final
+ * dtype (true padded size, or the reference formula with ::KVP_CONFIG_FLAG_REFERENCE_BUDGET);
+ * with dp > 1 `num_pages` is rounded down to a multiple of dp. Nothing is allocated.
+ *
+ * Which version of ::kvp_config is written: version 2 when the caller opted in, by version 2
+ * options (::KVP_CONFIG_OPTIONS_INIT or kvp_config_options_init() with 1.3 headers) or by `out`
+ * (see there); a caller built against kvpages 1.0–1.2 has neither and gets version 1, the record
+ * it holds, never written past.
  *
  * Rejected (::KVP_ERR_INVALID_ARGUMENT unless noted): layers, KV heads, max length, page size
  * or head dims outside the bounds of ::kvp_config; k_headdim ≠ v_headdim; page size not a multiple of the packing;
- * utilization outside (0, 1]; a page of one layer over 16 MiB; a budget too small for one page
- * (`num_pages` ≤ 0); unknown dtype or layout (::KVP_ERR_NOT_FOUND); fp64 or fnuz dtypes
+ * utilization outside (0, 1]; a page of one layer over 16 MiB (also after an upcast); a budget
+ * too small for one page (`num_pages` ≤ 0), or for one page per data-parallel shard (`num_pages`
+ * < dp); `kv_head_shards` or `data_parallel_size` negative or over 65536; unknown dtype or layout (::KVP_ERR_NOT_FOUND); fp64 or fnuz dtypes
  * (::KVP_ERR_UNSUPPORTED); non-zero reserved fields or unknown flags (::KVP_ERR_UNSUPPORTED).
  *
  * @param[in] opts Options, not NULL.
- * @param[out] out The config, not NULL; unchanged on failure.
+ * @param[out] out The config, not NULL; unchanged on failure; set struct_size and abi_version first
+ *        — ::KVP_CONFIG_INIT or kvp_config_init() do — to receive the version-2 fields (since 1.3);
+ *        otherwise the version-1 record is written (unless `opts` is version 2, which opts in too).
  * @retval KVP_OK Created.
  * @retval KVP_ERR_INVALID_ARGUMENT See above.
  * @retval KVP_ERR_NOT_FOUND Unknown dtype or layout version.
@@ -330,15 +386,42 @@ typedef struct kvp_plan {
   int64_t token_capacity;           /**< Tokens that fit: usable_pages * page_size. */
   int64_t max_concurrent_seqs;      /**< Sequences of max_model_length that fit: usable_pages / max_num_pages_per_req. */
   int64_t max_num_seqs;             /**< The reference's SMEM page-table bound (get_max_num_seqs). */
+  int64_t data_parallel_size;       /**< Data-parallel page shards (kvp_config::data_parallel_size). @since 1.3 */
+  int64_t kv_head_shards;           /**< Effective KV-head shards (kvp_config::kv_head_shards). @since 1.3 */
+  int64_t requested_kv_head_shards; /**< KV-head shards asked for (differs from kv_head_shards when replicated). @since 1.3 */
+  uint32_t head_sharding;           /**< What the resolution decided: `KVP_HEAD_SHARDING_*`. @since 1.3 */
+  kvp_dtype requested_kvdtype;      /**< The dtype asked for (differs from kvdtype after an upcast). @since 1.3 */
+  kvp_dtype kvdtype;                /**< The storage dtype. @since 1.3 */
+  uint32_t _reserved1;              /**< 0. @since 1.3 */
+  int64_t units_per_device;         /**< Storage groups (v3) or combined heads (v2) of every page that one device holds. @since 1.3 */
+  int64_t pages_per_device;         /**< Pages each data-parallel shard owns: num_pages / data_parallel_size (shard 0's include the null page). @since 1.3 */
+  int64_t bytes_per_device;         /**< Bytes each device allocates: total_bytes / (kv_head_shards × data_parallel_size). @since 1.3 */
+  /** The resolution in words, NUL-terminated, e.g. "upcast fp8_e4m3fn → bf16 because 2 storage
+   *  groups do not split over 4 devices (bf16 has 4: 1 per device)". UTF-8. @since 1.3 */
+  char sharding_message[224];
 } kvp_plan;
+
+/** kvp_plan::head_sharding: one device, nothing to resolve. @since 1.3 */
+#define KVP_HEAD_SHARDING_NONE 0u
+/** kvp_plan::head_sharding: the heads split over the devices in the requested dtype. @since 1.3 */
+#define KVP_HEAD_SHARDING_KEEP 1u
+/** kvp_plan::head_sharding: the dtype was changed (bf16, then fp32) so that the heads split. @since 1.3 */
+#define KVP_HEAD_SHARDING_UPCAST 2u
+/** kvp_plan::head_sharding: no dtype splits the heads; every device holds all of them. @since 1.3 */
+#define KVP_HEAD_SHARDING_REPLICATE 3u
 
 /** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). */
 #define KVP_PLAN_INIT KVP__OUTPUT_INIT(kvp_plan)
 
 /**
- * @brief Answers "what fits" for a config before anything is allocated.
+ * @brief Answers "what fits" for a config before anything is allocated: totals over all
+ *        devices, per-device numbers and the sharding resolution (what was decided and why).
+ *
  * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
- * @param[out] out Plan, not NULL; `out->struct_size` must be set; unchanged on failure.
+ * @param[out] out Plan, not NULL; `out->struct_size` must be set (::KVP_PLAN_INIT); unchanged on
+ *        failure. The version-2 fields (since 1.3) are written only when it is exactly
+ *        `sizeof(kvp_plan)` of 1.3; otherwise the version-1 plan (kvpages 1.0–1.2, 88 bytes) is
+ *        written and `struct_size` says so.
  * @retval KVP_OK Computed.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, invalid config or `num_pages` < 1.
  * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.

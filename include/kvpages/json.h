@@ -14,9 +14,17 @@
  * "max_num_pages_per_req": 64, "num_slices_per_kv_cache_update_page": 32, "max_num_tokens": -1,
  * "max_num_reqs": -1, "version": "v3", "_kvdtype_str": "bf16"}`
  *
+ * **Sharding** (since 1.3): a sharded record (kvp_config::data_parallel_size or
+ * kvp_config::kv_head_shards over 1, or a resolution that changed something) also gets the
+ * reference's later keys `"data_parallel_size"` and `"kv_head_shards"` right after
+ * `hbm_utilization`, where the reference's HEAD writes them, and, after `_kvdtype_str`,
+ * kvpages' own `"requested_kv_head_shards"` (when the heads were replicated) and
+ * `"requested_kvdtype"` (the dtype name, when it was upcast). An unsharded record is the seed's
+ * text byte for byte.
+ *
  * kvp_config_from_json() behaves like the reference's `from_json()`: unknown keys are ignored
- * (so the reference's later fields such as `data_parallel_size` are accepted and dropped), the
- * five model fields are required, the others default, and the record is **not validated and
+ * (the reference's `data_parallel_size` and `kv_head_shards` are read and kept, default 1; the
+ * two `requested_*` keys default to 0, "as resolved"), the five model fields are required, the others default, and the record is **not validated and
  * nothing is recomputed** — a JSON with inconsistent numbers round-trips as it is. Call
  * kvp_config_validate() on the result before trusting it. Differences from the reference: a value
  * of the wrong JSON type (a string for an integer, a fraction for an integer field, `null`) is an
@@ -84,7 +92,9 @@ KVP_API kvp_status KVP_CALL kvp_config_to_json(const kvp_config *cfg, char *buf,
  *
  * @param[in] json The text, not NULL; need not be NUL-terminated.
  * @param[in] len Bytes of `json`.
- * @param[out] out Receives the record (struct_size and abi_version set to this library's), not NULL; unchanged on failure.
+ * @param[out] out Receives the record, not NULL; unchanged on failure; set struct_size and
+ *        abi_version first — ::KVP_CONFIG_INIT or kvp_config_init() do — to receive the version-2
+ *        fields (since 1.3); otherwise the version-1 record is written.
  * @retval KVP_OK Read.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, malformed JSON (the message has the position),
  *         nesting deeper than 64 levels, not an object, a missing required key, a string with a

@@ -521,7 +521,10 @@ typedef struct kvp_serialized_info {
  * @param[in] src Input, may be NULL only when `len` is 0.
  * @param[in] len Bytes in `src`.
  * @param[in] flags 0 or ::KVP_INSPECT_VERIFY.
- * @param[out] out Info, not NULL, with `struct_size` set; unchanged on failure.
+ * @param[out] out Info, not NULL, with `struct_size` set (::KVP_SERIALIZED_INFO_INIT); unchanged
+ *        on failure. Its config has the version-2 fields (since 1.3) only when `struct_size` is
+ *        exactly `sizeof(kvp_serialized_info)` of 1.3; otherwise the version-1 info (kvpages
+ *        1.0–1.2, config version 1) is written and `struct_size` says so.
  * @retval KVP_OK The header (and with ::KVP_INSPECT_VERIFY the whole blob) is valid.
  * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.
  * @retval KVP_ERR_FORMAT_VERSION Unknown format major version or unknown required flags.
@@ -542,7 +545,10 @@ KVP_API kvp_status KVP_CALL kvp_serialized_inspect(const void *src, size_t len, 
  *
  * @param[in] path File path, NUL-terminated, not NULL.
  * @param[in] flags 0 or ::KVP_INSPECT_VERIFY.
- * @param[out] out Info, not NULL, with `struct_size` set; unchanged on failure.
+ * @param[out] out Info, not NULL, with `struct_size` set (::KVP_SERIALIZED_INFO_INIT); unchanged
+ *        on failure. Its config has the version-2 fields (since 1.3) only when `struct_size` is
+ *        exactly `sizeof(kvp_serialized_info)` of 1.3; otherwise the version-1 info (kvpages
+ *        1.0–1.2, config version 1) is written and `struct_size` says so.
  * @retval KVP_OK Valid.
  * @retval KVP_ERR_IO The file could not be opened or read.
  * @retval KVP_ERR_FORMAT_MAGIC Wrong magic.

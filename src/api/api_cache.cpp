@@ -3,6 +3,7 @@
 #include <string>
 
 #include "core/cache.hpp"
+#include "core/config.hpp"
 #include "kvpages/cache.h"
 #include "util/error.hpp"
 #include "util/handle.hpp"
@@ -46,7 +47,7 @@ KVP_API kvp_status kvp_cache_get_config(const kvp_cache* cache, kvp_config* out)
   KVP_API_BEGIN;
   const Cache& c = cache_from(cache, "kvp_cache_get_config");
   KVP_REQUIRE_NOT_NULL(out);
-  std::memcpy(out, &c.config(), sizeof(kvp_config));
+  write_config(out, c.config(), config_wants_v2(out));
   KVP_API_END;
 }
 

@@ -14,9 +14,9 @@ extern "C" {
 KVP_API kvp_status kvp_config_init(kvp_config* cfg, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(cfg);
-  check_struct_size(struct_size, sizeof(kvp_config), "kvp_config_init", "kvp_config");
-  kvp_config c = KVP_CONFIG_INIT;
-  std::memcpy(cfg, &c, sizeof c);
+  check_struct_size(struct_size, kConfigV1Size, "kvp_config_init", "kvp_config");
+  // A struct_size below version 2's is a 1.0–1.2 caller's record: version 1 of it.
+  write_config(cfg, KVP_CONFIG_INIT, struct_size >= sizeof(kvp_config));
   KVP_API_END;
 }
 
@@ -47,7 +47,7 @@ KVP_API kvp_status kvp_device_memory_stats(kvp_device_type device_type, int32_t 
 KVP_API kvp_status kvp_config_options_init(kvp_config_options* opts, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(opts);
-  init_versioned(opts, struct_size, sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION, "kvp_config_options_init",
+  init_versioned(opts, struct_size, kConfigOptionsV1Size, KVP_CONFIG_OPTIONS_VERSION, "kvp_config_options_init",
                  "kvp_config_options");
   KVP_API_END;
 }
@@ -57,9 +57,11 @@ KVP_API kvp_status kvp_config_create(const kvp_config_options* opts, kvp_config*
   KVP_REQUIRE_NOT_NULL(opts);
   KVP_REQUIRE_NOT_NULL(out);
   const kvp_config_options o =
-      read_versioned(opts, sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_VERSION, "kvp_config_create", "kvp_config_options");
-  const kvp_config c = create_config(o, "kvp_config_create");
-  std::memcpy(out, &c, sizeof c);
+      read_versioned(opts, kConfigOptionsV1Size, KVP_CONFIG_OPTIONS_VERSION, "kvp_config_create", "kvp_config_options");
+  // Version 2 of the record for a caller who opted in, by its options (built with 1.3 headers)
+  // or by the record; a 1.0–1.2 caller's options and record are version 1.
+  const bool v2 = opts->struct_size >= sizeof(kvp_config_options) || config_wants_v2(out);
+  write_config(out, create_config(o, "kvp_config_create"), v2);
   KVP_API_END;
 }
 
@@ -86,7 +88,8 @@ KVP_API kvp_status kvp_config_plan(const kvp_config* cfg, kvp_plan* out) {
   KVP_REQUIRE_NOT_NULL(out);
   const kvp_config c = read_config(cfg, "kvp_config_plan");
   const kvp_plan p = plan_of(c, "kvp_config_plan");
-  write_versioned(out, p, sizeof(kvp_plan), "kvp_config_plan", "kvp_plan");
+  check_struct_size(out->struct_size, kPlanV1Size, "kvp_config_plan", "kvp_plan");
+  write_grown(out, p, out->struct_size == sizeof(kvp_plan), kPlanV1Size);
   KVP_API_END;
 }
 

@@ -37,8 +37,7 @@ KVP_API kvp_status kvp_config_from_json(const char* json_text, size_t len, kvp_c
   KVP_API_BEGIN;
   if (json_text == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "kvp_config_from_json: 'json' must not be NULL");
   KVP_REQUIRE_NOT_NULL(out);
-  const kvp_config c = json::config_from_json(json_text, len, "kvp_config_from_json");
-  std::memcpy(out, &c, sizeof c);
+  write_config(out, json::config_from_json(json_text, len, "kvp_config_from_json"), config_wants_v2(out));
   KVP_API_END;
 }
 

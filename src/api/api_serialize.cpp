@@ -1,6 +1,10 @@
 // kvp_serialize* / kvp_deserialize* / kvp_serialized_* shims: wrap buffers, callbacks and files in
 // the core's sinks and sources (core/serialize_io.hpp) and run the core inside the API guard.
+#include <cstddef>
+#include <cstring>
+
 #include "core/cache.hpp"
+#include "core/config.hpp"
 #include "core/serialize.hpp"
 #include "kvpages/serialize.h"
 #include "util/error.hpp"
@@ -153,6 +157,31 @@ KVP_API kvp_status kvp_deserialize_into_from_file(kvp_cache* cache, const char* 
   KVP_API_END;
 }
 
+}  // extern "C"
+
+namespace {
+
+// Callers built against kvpages 1.0-1.2 hold an info whose config is version 1 of kvp_config.
+constexpr size_t kInfoV1Size = offsetof(kvp_serialized_info, config) + kConfigV1Size;
+
+// Inspects into a whole info, then hands the caller version 2 (its config version 2) only when
+// its struct_size is exactly version 2's, else version 1 (config version 1).
+void inspect_into(Source& s, uint32_t flags, kvp_serialized_info* out, const char* fn) {
+  check_struct_size(out->struct_size, kInfoV1Size, fn, "kvp_serialized_info");
+  const bool v2 = out->struct_size == sizeof(kvp_serialized_info);
+  kvp_serialized_info info;
+  std::memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  inspect(s, (flags & KVP_INSPECT_VERIFY) != 0, &info, fn);
+  spell_out_sharding(info.config);
+  set_config_version(info.config, v2);
+  write_grown(out, info, v2, kInfoV1Size);
+}
+
+}  // namespace
+
+extern "C" {
+
 KVP_API kvp_status kvp_serialized_inspect(const void* src, size_t len, uint32_t flags, kvp_serialized_info* out) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(out);
@@ -160,7 +189,7 @@ KVP_API kvp_status kvp_serialized_inspect(const void* src, size_t len, uint32_t 
   if ((flags & ~KVP_INSPECT_VERIFY) != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "kvp_serialized_inspect: unknown flags 0x%x", flags);
   BufferSource s(src, len, "kvp_serialized_inspect");
-  inspect(s, (flags & KVP_INSPECT_VERIFY) != 0, out, "kvp_serialized_inspect");
+  inspect_into(s, flags, out, "kvp_serialized_inspect");
   KVP_API_END;
 }
 
@@ -171,7 +200,7 @@ KVP_API kvp_status kvp_serialized_inspect_file(const char* path, uint32_t flags,
   if ((flags & ~KVP_INSPECT_VERIFY) != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "kvp_serialized_inspect_file: unknown flags 0x%x", flags);
   FileSource s(path, "kvp_serialized_inspect_file");
-  inspect(s, (flags & KVP_INSPECT_VERIFY) != 0, out, "kvp_serialized_inspect_file");
+  inspect_into(s, flags, out, "kvp_serialized_inspect_file");
   KVP_API_END;
 }
 

@@ -94,10 +94,77 @@ int64_t max_num_seqs(const kvp_config& cfg) {
 
 kvp_config read_config(const kvp_config* cfg, const char* function) {
   if (cfg == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'cfg' must not be NULL", function);
-  return read_versioned(cfg, sizeof(kvp_config), KVP_CONFIG_VERSION, function, "kvp_config");
+  kvp_config c = read_versioned(cfg, kConfigV1Size, KVP_CONFIG_VERSION, function, "kvp_config");
+  spell_out_sharding(c);
+  return c;
+}
+
+bool config_wants_v2(const kvp_config* out) {
+  return out->struct_size == sizeof(kvp_config) && out->abi_version == KVP_CONFIG_VERSION;
+}
+
+void set_config_version(kvp_config& c, bool v2) {
+  c.struct_size = static_cast<uint32_t>(v2 ? sizeof(kvp_config) : kConfigV1Size);
+  c.abi_version = v2 ? KVP_CONFIG_VERSION : 1u;
+}
+
+void write_config(kvp_config* out, kvp_config c, bool v2) {
+  set_config_version(c, v2);
+  write_grown(out, c, v2, kConfigV1Size);
+}
+
+void spell_out_sharding(kvp_config& c) {
+  if (c.data_parallel_size == 0) c.data_parallel_size = 1;
+  if (c.kv_head_shards == 0) c.kv_head_shards = 1;
+}
+
+Sharding sharding_of(const kvp_config& c) {
+  Sharding s;
+  s.dp = c.data_parallel_size == 0 ? 1 : c.data_parallel_size;
+  s.shards = c.kv_head_shards == 0 ? 1 : c.kv_head_shards;
+  s.requested_shards = c.requested_kv_head_shards == 0 ? s.shards : c.requested_kv_head_shards;
+  s.requested_dtype = c.requested_kvdtype == KVP_DTYPE_INVALID ? c.kvdtype : c.requested_kvdtype;
+  return s;
+}
+
+int64_t head_split_units(kvp_layout version, int64_t H, int64_t D, kvp_dtype dtype) {
+  if (version == KVP_LAYOUT_V2) return 2 * H;
+  const int64_t pack = dtype_packing(dtype);
+  return (D == 64 ? align_to_multiple(H, pack) : align_to_multiple(2 * H, pack)) / pack;
+}
+
+HeadSharding resolve_head_sharding(kvp_layout version, int64_t H, int64_t D, kvp_dtype dtype, int64_t S) {
+  if (S <= 1) return {1, dtype, KVP_HEAD_SHARDING_NONE};
+  if (head_split_units(version, H, D, dtype) % S == 0) return {S, dtype, KVP_HEAD_SHARDING_KEEP};
+  if (version == KVP_LAYOUT_V3)
+    for (kvp_dtype up : {KVP_DTYPE_BF16, KVP_DTYPE_F32})
+      if (up != dtype && head_split_units(version, H, D, up) % S == 0) return {S, up, KVP_HEAD_SHARDING_UPCAST};
+  return {1, dtype, KVP_HEAD_SHARDING_REPLICATE};
 }
 
 namespace {
+
+// The sharding fields: in range, the resolution of what was asked for, whole pages per DP shard.
+void check_sharding(const kvp_config& c, const char* fn) {
+  const Sharding s = sharding_of(c);
+  check_range(s.dp, 1, kMaxShards, "data_parallel_size", fn);
+  check_range(s.shards, 1, kMaxShards, "kv_head_shards", fn);
+  check_range(s.requested_shards, 1, kMaxShards, "requested_kv_head_shards", fn);
+  if (c._reserved1 != 0) fail(KVP_ERR_UNSUPPORTED, "%s: kvp_config._reserved1 must be 0", fn);
+  if (c.requested_kvdtype != KVP_DTYPE_INVALID) require_storage_dtype(c.requested_kvdtype, fn);
+  const HeadSharding r = resolve_head_sharding(c.version, c.num_kv_heads, c.k_headdim, s.requested_dtype,
+                                               s.requested_shards);
+  if (r.shards != s.shards || r.dtype != c.kvdtype)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: kv_head_shards %lld with kvdtype %s is not what %lld requested shards of %s resolve to "
+         "(%lld shards of %s: %lld %s)",
+         fn, ll(s.shards), dtype_name(c.kvdtype), ll(s.requested_shards), dtype_name(s.requested_dtype), ll(r.shards),
+         dtype_name(r.dtype), ll(head_split_units(c.version, c.num_kv_heads, c.k_headdim, s.requested_dtype)),
+         c.version == KVP_LAYOUT_V2 ? "combined heads" : "storage groups");
+  if (c.num_pages != -1 && c.num_pages % s.dp != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages %lld is not a multiple of data_parallel_size %lld", fn,
+         ll(c.num_pages), ll(s.dp));
+}
 
 // Every field on its own and the page of one layer (SPEC.md §2.1; bounds in config.h).
 void check_fields(const kvp_config& c, const char* fn) {
@@ -138,6 +205,7 @@ void check_fields(const kvp_config& c, const char* fn) {
          fn, ll(c.num_slices_per_kv_cache_update_page), ll(slices));
   check_optional(c.max_num_tokens, kMaxNumTokens, "max_num_tokens", fn);
   check_optional(c.max_num_reqs, kMaxNumReqs, "max_num_reqs", fn);
+  check_sharding(c, fn);
 }
 
 }  // namespace
@@ -265,7 +333,12 @@ kvp_config create_config(const kvp_config_options& o, const char* fn) {
   if (o.safety_margin_bytes < 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: safety_margin_bytes must not be negative, got %lld (use KVP_CONFIG_FLAG_NO_SAFETY_MARGIN)",
          fn, ll(o.safety_margin_bytes));
-  if (o.kv_head_shards < 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: kv_head_shards must be positive, got %lld", fn, ll(o.kv_head_shards));
+  if (o.kv_head_shards < 0 || o.kv_head_shards > kMaxShards)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: kv_head_shards must be positive and at most %lld, got %lld", fn, ll(kMaxShards),
+         ll(o.kv_head_shards));
+  if (o.data_parallel_size < 0 || o.data_parallel_size > kMaxShards)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: data_parallel_size must be positive and at most %lld, got %lld", fn,
+         ll(kMaxShards), ll(o.data_parallel_size));
   if (o.max_num_tokens < 0 || o.max_num_reqs < 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_tokens and max_num_reqs must not be negative", fn);
 
@@ -289,6 +362,16 @@ kvp_config create_config(const kvp_config_options& o, const char* fn) {
   c.kvdtype = o.kvdtype == KVP_DTYPE_INVALID ? KVP_DTYPE_BF16 : o.kvdtype;
   validate_config(c, fn);  // shape, dtype, version, page/packing, utilization, slices (> 16 MiB page)
 
+  // KV-head resolution (SPEC.md §7.3), then the record again: an upcast page may not fit 16 MiB.
+  const int64_t S = o.kv_head_shards == 0 ? 1 : o.kv_head_shards;
+  const HeadSharding hs = resolve_head_sharding(c.version, c.num_kv_heads, c.k_headdim, c.kvdtype, S);
+  if (hs.dtype != c.kvdtype) c.requested_kvdtype = c.kvdtype;
+  if (hs.shards != S) c.requested_kv_head_shards = S;
+  c.kvdtype = hs.dtype;
+  c.kv_head_shards = hs.shards;
+  c.data_parallel_size = o.data_parallel_size == 0 ? 1 : o.data_parallel_size;
+  if (hs.kind == KVP_HEAD_SHARDING_UPCAST) validate_config(c, fn);
+
   c.max_num_pages_per_req = cdiv(c.max_model_length, c.page_size);
   c.num_slices_per_kv_cache_update_page =
       num_slices_per_update_page(page_size_bytes(c.page_size, c.num_kv_heads, c.k_headdim, c.kvdtype));
@@ -307,8 +390,8 @@ kvp_config create_config(const kvp_config_options& o, const char* fn) {
     device_memory_stats(o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type, o.device_id, &s);
     budget = hbm_budget_bytes(&s, 1, c.hbm_utilization, o.budget_mode, margin);
   }
-  const int64_t shards = o.kv_head_shards == 0 ? 1 : o.kv_head_shards;
-  const int64_t total = checked_mul(budget, shards, "budget * kv_head_shards");
+  const int64_t total = checked_mul(checked_mul(budget, c.kv_head_shards, "budget * kv_head_shards"),
+                                    c.data_parallel_size, "budget * kv_head_shards * data_parallel_size");
 
   int64_t page_bytes;
   if (o.flags & KVP_CONFIG_FLAG_REFERENCE_BUDGET) {
@@ -327,9 +410,55 @@ kvp_config create_config(const kvp_config_options& o, const char* fn) {
          "%s: the memory budget of %lld bytes is too small for one page of %lld bytes (all %lld layers); "
          "num_pages would be %lld",
          fn, ll(total), ll(page_bytes), ll(c.num_hidden_layers), ll(pages));
-  c.num_pages = pages;
+  if (pages < c.data_parallel_size)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: the memory budget gives %lld pages of %lld bytes, fewer than data_parallel_size %lld: every "
+         "data-parallel shard needs at least one page (num_pages would be 0)",
+         fn, ll(pages), ll(page_bytes), ll(c.data_parallel_size));
+  c.num_pages = pages / c.data_parallel_size * c.data_parallel_size;
   return c;
 }
+
+namespace {
+
+// The resolution of a plan in words (kvp_plan::sharding_message).
+void sharding_message(const kvp_config& c, const kvp_plan& p, char* buf, size_t cap) {
+  const bool v2 = c.version == KVP_LAYOUT_V2;
+  const char* unit = v2 ? "combined heads" : "storage groups";
+  const int64_t S = p.requested_kv_head_shards;
+  const char* asked = dtype_name(p.requested_kvdtype);
+  const int64_t asked_units = head_split_units(c.version, c.num_kv_heads, c.k_headdim, p.requested_kvdtype);
+  int n = 0;
+  switch (p.head_sharding) {
+    case KVP_HEAD_SHARDING_NONE:
+      n = std::snprintf(buf, cap, "KV heads not sharded: every device holds all %lld %s of %s", ll(asked_units), unit,
+                        asked);
+      break;
+    case KVP_HEAD_SHARDING_KEEP:
+      n = std::snprintf(buf, cap, "keep %s: %lld %s split over %lld devices (%lld per device)", asked, ll(asked_units),
+                        unit, ll(S), ll(p.units_per_device));
+      break;
+    case KVP_HEAD_SHARDING_UPCAST:
+      n = std::snprintf(buf, cap, "upcast %s \u2192 %s because %lld %s do not split over %lld devices (%s has %lld: %lld per device)",
+                        asked, dtype_name(p.kvdtype), ll(asked_units), unit, ll(S), dtype_name(p.kvdtype),
+                        ll(p.units_per_device * S), ll(p.units_per_device));
+      break;
+    default: {
+      // The dtypes the v3 resolution tried besides the requested one.
+      const char* tried = p.requested_kvdtype == KVP_DTYPE_BF16  ? ", nor do those of fp32"
+                          : p.requested_kvdtype == KVP_DTYPE_F32 ? ", nor do those of bf16"
+                                                                 : ", nor do those of bf16 or fp32";
+      n = std::snprintf(buf, cap, "replicate: %lld %s of %s do not split over %lld devices%s, so every device holds all heads",
+                        ll(asked_units), unit, asked, ll(S), v2 ? " (v2 keeps its dtype)" : tried);
+      break;
+    }
+  }
+  if (p.data_parallel_size > 1 && n > 0 && static_cast<size_t>(n) < cap)
+    std::snprintf(buf + n, cap - static_cast<size_t>(n), "; pages split over %lld data-parallel shards of %lld",
+                  ll(p.data_parallel_size), ll(p.pages_per_device));
+}
+
+}  // namespace
 
 kvp_plan plan_of(const kvp_config& c, const char* fn) {
   const Layout L = layout_of(c, fn);
@@ -350,6 +479,18 @@ kvp_plan plan_of(const kvp_config& c, const char* fn) {
   p.token_capacity = checked_mul(p.usable_pages, c.page_size, "token capacity");
   p.max_concurrent_seqs = p.usable_pages / cdiv(c.max_model_length, c.page_size);
   p.max_num_seqs = L.max_num_seqs;
+  const Sharding s = sharding_of(c);
+  p.data_parallel_size = s.dp;
+  p.kv_head_shards = s.shards;
+  p.requested_kv_head_shards = s.requested_shards;
+  p.head_sharding =
+      resolve_head_sharding(c.version, c.num_kv_heads, c.k_headdim, s.requested_dtype, s.requested_shards).kind;
+  p.requested_kvdtype = s.requested_dtype;
+  p.kvdtype = c.kvdtype;
+  p.units_per_device = head_split_units(c.version, c.num_kv_heads, c.k_headdim, c.kvdtype) / s.shards;
+  p.pages_per_device = c.num_pages / s.dp;
+  p.bytes_per_device = p.total_bytes / s.shards / s.dp;
+  sharding_message(c, p, p.sharding_message, sizeof p.sharding_message);
   return p;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/config.hpp"
 #include "core/dtype.hpp"
 #include "core/json.hpp"
 #include "core/metadata.hpp"
@@ -85,6 +86,14 @@ HostString config_to_json(const kvp_config& c, const char* fn) {
   put_int("k_headdim", c.k_headdim);
   put_int("v_headdim", c.v_headdim);
   s += "\"hbm_utilization\": " + py_float_repr(c.hbm_utilization) + ", ";
+  // The reference's later keys, where its HEAD writes them; only for a sharded record, so an
+  // unsharded one is the seed's text byte for byte.
+  const Sharding sh = sharding_of(c);
+  const bool sharded = sh.dp > 1 || sh.shards > 1 || c.requested_kv_head_shards != 0 || c.requested_kvdtype != 0;
+  if (sharded) {
+    put_int("data_parallel_size", sh.dp);
+    put_int("kv_head_shards", sh.shards);
+  }
   put_int("page_size", c.page_size);
   put_int("num_pages", c.num_pages);
   put_int("max_num_pages_per_req", c.max_num_pages_per_req);
@@ -95,7 +104,21 @@ HostString config_to_json(const kvp_config& c, const char* fn) {
   s += ver;
   s += "\", \"_kvdtype_str\": \"";
   s += dt;
-  s += "\"}";
+  s += '"';
+  // kvpages' own record of what the sharding resolution changed (the reference ignores them).
+  if (c.requested_kv_head_shards != 0) {
+    s += ", \"requested_kv_head_shards\": ";
+    append_int(s, static_cast<long long>(c.requested_kv_head_shards));
+  }
+  if (c.requested_kvdtype != 0) {
+    const char* req = dtype_name(c.requested_kvdtype);
+    if (req == nullptr)
+      fail(KVP_ERR_NOT_FOUND, "%s: requested_kvdtype %u has no name", fn, static_cast<unsigned>(c.requested_kvdtype));
+    s += ", \"requested_kvdtype\": \"";
+    s += req;
+    s += '"';
+  }
+  s += '}';
   return s;
 }
 

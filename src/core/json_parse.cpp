@@ -274,13 +274,15 @@ Field* field(Field (&fields)[N], const char* name) {
 }  // namespace
 
 kvp_config config_from_json(const char* text, size_t len, const char* fn) {
-  Field fs[14];
-  const char* names[14] = {"num_hidden_layers", "max_model_length", "num_kv_heads", "k_headdim", "v_headdim",
-                           "hbm_utilization", "page_size", "num_pages", "max_num_pages_per_req",
-                           "num_slices_per_kv_cache_update_page", "max_num_tokens", "max_num_reqs", "version",
-                           "_kvdtype_str"};
-  for (size_t i = 0; i < 14; ++i) fs[i].name = names[i];
-  read_fields(text, len, fs, 14, fn);
+  constexpr size_t kFields = 18;
+  Field fs[kFields];
+  const char* names[kFields] = {"num_hidden_layers", "max_model_length", "num_kv_heads", "k_headdim", "v_headdim",
+                                "hbm_utilization", "page_size", "num_pages", "max_num_pages_per_req",
+                                "num_slices_per_kv_cache_update_page", "max_num_tokens", "max_num_reqs", "version",
+                                "_kvdtype_str", "data_parallel_size", "kv_head_shards", "requested_kv_head_shards",
+                                "requested_kvdtype"};
+  for (size_t i = 0; i < kFields; ++i) fs[i].name = names[i];
+  read_fields(text, len, fs, kFields, fn);
   kvp_config c;
   std::memset(&c, 0, sizeof c);
   c.struct_size = sizeof c;
@@ -306,6 +308,17 @@ kvp_config config_from_json(const char* text, size_t len, const char* fn) {
     c.kvdtype = dtype_from_name(dt, fn);
   } catch (const error&) {
     fail(KVP_ERR_NOT_FOUND, "%s: unknown _kvdtype_str \"%.64s\"", fn, dt);
+  }
+  c.data_parallel_size = get_int(fs[14], false, 1, fn);
+  c.kv_head_shards = get_int(fs[15], false, 1, fn);
+  c.requested_kv_head_shards = get_int(fs[16], false, 0, fn);
+  if (fs[17].kind != Field::kAbsent) {
+    const char* req = get_str(fs[17], "", fn);
+    try {
+      c.requested_kvdtype = dtype_from_name(req, fn);
+    } catch (const error&) {
+      fail(KVP_ERR_NOT_FOUND, "%s: unknown requested_kvdtype \"%.64s\"", fn, req);
+    }
   }
   return c;
 }

@@ -67,6 +67,17 @@ static void print_text(const plan_report *r) {
   printf("  %-34s %" PRId64 "\n", "storage head dim", li->storage_head_dim);
   printf("  %-34s %" PRId64 "\n", "max pages per request", cfg->max_num_pages_per_req);
   printf("  %-34s %" PRId64 "\n", "update slices per page (v2)", cfg->num_slices_per_kv_cache_update_page);
+  printf("sharding\n");
+  printf("  %-34s %" PRId64 " (%" PRId64 " asked)\n", "kv-head shards (tensor parallel)", p->kv_head_shards,
+         p->requested_kv_head_shards);
+  printf("  %-34s %" PRId64 "\n", "page shards (data parallel)", p->data_parallel_size);
+  printf("  %-34s %s\n", "resolution", p->sharding_message);
+  printf("  %-34s %" PRId64 " x %" PRId64 " = %" PRId64 "\n", "devices (tp x dp)", p->requested_kv_head_shards,
+         p->data_parallel_size, p->requested_kv_head_shards * p->data_parallel_size);
+  printf("  %-34s %" PRId64 " %s of every page\n", "per device: kv heads held", p->units_per_device,
+         cfg->version == KVP_LAYOUT_V2 ? "combined heads" : "storage groups");
+  printf("  %-34s %" PRId64 "\n", "per device: pages", p->pages_per_device);
+  printf("  %-34s %s\n", "per device: memory", kvp_tool_fmt_bytes(p->bytes_per_device, b3, sizeof b3));
   printf("plan\n");
   printf("  %-34s %" PRId64 " (%" PRId64 " usable; page 0 is the null page)\n", "pages per layer", p->num_pages,
          p->usable_pages);
@@ -78,6 +89,15 @@ static void print_text(const plan_report *r) {
   printf("  %-34s %" PRId64 "\n", "tokens that fit", p->token_capacity);
   printf("  %-34s %" PRId64 "\n", "concurrent max-length sequences", p->max_concurrent_seqs);
   printf("  %-34s %" PRId64 "\n", "max sequences (page-table bound)", p->max_num_seqs);
+}
+
+static const char *head_sharding_name(uint32_t kind) {
+  switch (kind) {
+    case KVP_HEAD_SHARDING_KEEP: return "keep";
+    case KVP_HEAD_SHARDING_UPCAST: return "upcast";
+    case KVP_HEAD_SHARDING_REPLICATE: return "replicate";
+    default: return "none";
+  }
 }
 
 /* The JSON output: one object, field names documented in docs/kvp-tool.md. */
@@ -120,6 +140,15 @@ static void print_json(const plan_report *r) {
          ",\"max_num_seqs\":%" PRId64 "}",
          p->num_pages, p->usable_pages, p->page_size, p->bytes_per_page, p->reference_bytes_per_page,
          p->bytes_per_token, p->total_bytes, p->token_capacity, p->max_concurrent_seqs, p->max_num_seqs);
+  printf(",\"sharding\":{\"kv_head_shards\":%" PRId64 ",\"requested_kv_head_shards\":%" PRId64
+         ",\"data_parallel_size\":%" PRId64 ",\"resolution\":\"%s\",\"requested_dtype\":\"%s\",\"dtype\":\"%s\""
+         ",\"units_per_device\":%" PRId64 ",\"pages_per_device\":%" PRId64 ",\"bytes_per_device\":%" PRId64
+         ",\"message\":",
+         p->kv_head_shards, p->requested_kv_head_shards, p->data_parallel_size, head_sharding_name(p->head_sharding),
+         kvp_dtype_name(p->requested_kvdtype), kvp_dtype_name(p->kvdtype), p->units_per_device, p->pages_per_device,
+         p->bytes_per_device);
+  kvp_tool_json_string(stdout, p->sharding_message);
+  printf("}");
   printf(",\"config\":");
   kvp_tool_json_config(stdout, cfg);
   printf("}\n");
@@ -165,21 +194,26 @@ static void plan_usage(FILE *f) {
           "  --device NAME       device whose memory is budgeted: " KVP_TOOL_DEVICES "\n"
           "                      (default cpu)\n"
           "  --tp N              tensor parallelism: the KV heads are sharded over N devices, each\n"
-          "                      with the budget; N must divide the KV heads (default 1)\n"
+          "                      with the budget; when N does not split them the dtype is upcast\n"
+          "                      (bf16, then fp32) or the heads are replicated (default 1)\n"
+          "  --dp N              data parallelism: the pages are sharded over N devices, each with\n"
+          "                      the budget; pages are a multiple of N (default 1)\n"
           "  --reference-budget  size pages with the reference's unpadded formula\n"
           "output:\n"
           "  --json              print one JSON object (fields: docs/kvp-tool.md)\n"
           "\n"
           "examples:\n"
           "  kvp plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G\n"
-          "  kvp plan --hf Meta-Llama-3-8B/config.json --budget=70G --tp=2 --json\n");
+          "  kvp plan --hf Meta-Llama-3-8B/config.json --budget=70G --tp=2 --json\n"
+          "  kvp plan --layers 80 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 60G --tp 4 --dp 2\n");
 }
 
 static const kvp_tool_opt plan_opts[] = {
     {"--layers", "N"},      {"--kv-heads", "N"},   {"--head-dim", "N"},          {"--max-len", "N"},
     {"--hf", "FILE"},       {"--dtype", "NAME"},   {"--page-size", "N"},         {"--layout", "NAME"},
     {"--budget", "BYTES"},  {"--util", "F"},       {"--mode", "NAME"},           {"--device", "NAME"},
-    {"--tp", "N"},          {"--json", NULL},      {"--reference-budget", NULL}, {NULL, NULL}};
+    {"--tp", "N"},          {"--dp", "N"},         {"--json", NULL},             {"--reference-budget", NULL},
+    {NULL, NULL}};
 
 typedef struct plan_args {
   kvp_config_options o;
@@ -198,6 +232,7 @@ static const char *plan_option(plan_args *pa, const kvp_tool_opt *opt, const cha
   if (kvp_tool_is(opt, "--max-len")) return kvp_tool_parse_int(v, &pa->shape.max_len) ? want_int : NULL;
   if (kvp_tool_is(opt, "--page-size")) return kvp_tool_parse_int(v, &o->page_size) ? want_int : NULL;
   if (kvp_tool_is(opt, "--tp")) return kvp_tool_parse_int(v, &o->kv_head_shards) ? want_int : NULL;
+  if (kvp_tool_is(opt, "--dp")) return kvp_tool_parse_int(v, &o->data_parallel_size) ? want_int : NULL;
   if (kvp_tool_is(opt, "--budget")) return kvp_tool_parse_bytes(v, &o->budget_bytes);
   if (kvp_tool_is(opt, "--dtype"))
     return kvp_tool_parse_dtype(v, &pa->shape.dtype) ? "valid values are " KVP_TOOL_DTYPES : NULL;
@@ -264,17 +299,6 @@ static int resolve_shape(plan_args *pa) {
     plan_usage(stderr);
     return 2;
   }
-  if (o->kv_head_shards > 0 && o->num_kv_heads % o->kv_head_shards != 0) {
-    int64_t d;
-    char tp[32];
-    snprintf(tp, sizeof tp, "%" PRId64, o->kv_head_shards);
-    fprintf(stderr, "kvp plan: invalid value '%s' for --tp: it must divide the model's %" PRId64
-            " KV heads; valid values are", tp, o->num_kv_heads);
-    for (d = 1; d <= o->num_kv_heads; ++d)
-      if (o->num_kv_heads % d == 0) fprintf(stderr, "%s %" PRId64, d > 1 ? "," : "", d);
-    fprintf(stderr, "\n");
-    return 2;
-  }
   return -1;
 }
 
@@ -288,10 +312,16 @@ static void budget_note(const kvp_config_options *o, const kvp_config *cfg, char
              o->device_type == KVP_DEVICE_CUDA ? "CUDA device" : "host",
              o->budget_mode == KVP_BUDGET_TOTAL ? "total" : "free", cfg->hbm_utilization);
   n = strlen(note);
-  if (o->kv_head_shards > 1)
+  if (cfg->kv_head_shards > 1 && cfg->num_kv_heads % cfg->kv_head_shards == 0)
     n += (size_t)snprintf(note + n, cap - n, "; KV heads sharded over %" PRId64 " devices (%" PRId64
                           " per device), each with this budget",
-                          o->kv_head_shards, o->num_kv_heads / o->kv_head_shards);
+                          cfg->kv_head_shards, cfg->num_kv_heads / cfg->kv_head_shards);
+  else if (cfg->kv_head_shards > 1)
+    n += (size_t)snprintf(note + n, cap - n, "; KV heads sharded over %" PRId64 " devices, each with this budget",
+                          cfg->kv_head_shards);
+  if (n < cap && cfg->data_parallel_size > 1)
+    n += (size_t)snprintf(note + n, cap - n, "; pages sharded over %" PRId64 " devices, each with this budget",
+                          cfg->data_parallel_size);
   if (n < cap && (o->flags & KVP_CONFIG_FLAG_REFERENCE_BUDGET))
     snprintf(note + n, cap - n, "; pages sized with the reference's unpadded formula");
 }

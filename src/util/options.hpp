@@ -52,6 +52,18 @@ void write_versioned(T* out, const T& value, size_t v1_size, const char* functio
   out->struct_size = sz;
 }
 
+// Writes a result struct that grew since version 1 into a caller's struct, which may predate the
+// growth (and, for a record such as kvp_config, be uninitialised): the whole current version only
+// when `current` (the caller opted in before the call by setting struct_size — and abi_version
+// where the struct has one — to exactly the current version's), else only the `v1_size` bytes of
+// version 1. struct_size says which was written (docs/abi-policy.md, "Output structs").
+template <class T>
+void write_grown(T* out, T value, bool current, size_t v1_size) {
+  const size_t n = current ? sizeof(T) : v1_size;
+  value.struct_size = static_cast<uint32_t>(n);
+  std::memcpy(out, &value, n);
+}
+
 // Fills a caller struct with zeros, its size and version (the *_init functions).
 template <class T>
 void init_versioned(T* out, uint32_t struct_size, size_t v1_size, uint32_t version, const char* function,

@@ -42,7 +42,7 @@ KVP_PIN_OFFSET(kvp_cache_options, flags, 24);
 KVP_PIN_OFFSET(kvp_cache_options, _reserved, 28);
 
 /* kvp_config (config.h) */
-KVP_PIN_MIN_SIZE(kvp_config, 112);
+KVP_PIN_MIN_SIZE(kvp_config, 144);
 KVP_PIN_OFFSET(kvp_config, struct_size, 0);
 KVP_PIN_OFFSET(kvp_config, abi_version, 4);
 KVP_PIN_OFFSET(kvp_config, num_hidden_layers, 8);
@@ -59,6 +59,11 @@ KVP_PIN_OFFSET(kvp_config, max_num_tokens, 88);
 KVP_PIN_OFFSET(kvp_config, max_num_reqs, 96);
 KVP_PIN_OFFSET(kvp_config, version, 104);
 KVP_PIN_OFFSET(kvp_config, kvdtype, 108);
+KVP_PIN_OFFSET(kvp_config, data_parallel_size, 112);
+KVP_PIN_OFFSET(kvp_config, kv_head_shards, 120);
+KVP_PIN_OFFSET(kvp_config, requested_kv_head_shards, 128);
+KVP_PIN_OFFSET(kvp_config, requested_kvdtype, 136);
+KVP_PIN_OFFSET(kvp_config, _reserved1, 140);
 
 /* kvp_memory_stats (config.h) */
 KVP_PIN_SIZE(kvp_memory_stats, 48);
@@ -71,7 +76,7 @@ KVP_PIN_OFFSET(kvp_memory_stats, valid, 40);
 KVP_PIN_OFFSET(kvp_memory_stats, _reserved, 44);
 
 /* kvp_config_options (config.h) */
-KVP_PIN_MIN_SIZE(kvp_config_options, 152);
+KVP_PIN_MIN_SIZE(kvp_config_options, 160);
 KVP_PIN_OFFSET(kvp_config_options, struct_size, 0);
 KVP_PIN_OFFSET(kvp_config_options, abi_version, 4);
 KVP_PIN_OFFSET(kvp_config_options, num_hidden_layers, 8);
@@ -96,6 +101,7 @@ KVP_PIN_OFFSET(kvp_config_options, _reserved0, 124);
 KVP_PIN_OFFSET(kvp_config_options, kv_head_shards, 128);
 KVP_PIN_OFFSET(kvp_config_options, max_num_tokens, 136);
 KVP_PIN_OFFSET(kvp_config_options, max_num_reqs, 144);
+KVP_PIN_OFFSET(kvp_config_options, data_parallel_size, 152);
 
 /* kvp_layout_info (config.h) */
 KVP_PIN_MIN_SIZE(kvp_layout_info, 120);
@@ -114,7 +120,7 @@ KVP_PIN_OFFSET(kvp_layout_info, page_bytes_per_layer, 104);
 KVP_PIN_OFFSET(kvp_layout_info, max_num_seqs, 112);
 
 /* kvp_plan (config.h) */
-KVP_PIN_MIN_SIZE(kvp_plan, 88);
+KVP_PIN_MIN_SIZE(kvp_plan, 376);
 KVP_PIN_OFFSET(kvp_plan, struct_size, 0);
 KVP_PIN_OFFSET(kvp_plan, _reserved, 4);
 KVP_PIN_OFFSET(kvp_plan, num_pages, 8);
@@ -127,6 +133,17 @@ KVP_PIN_OFFSET(kvp_plan, total_bytes, 56);
 KVP_PIN_OFFSET(kvp_plan, token_capacity, 64);
 KVP_PIN_OFFSET(kvp_plan, max_concurrent_seqs, 72);
 KVP_PIN_OFFSET(kvp_plan, max_num_seqs, 80);
+KVP_PIN_OFFSET(kvp_plan, data_parallel_size, 88);
+KVP_PIN_OFFSET(kvp_plan, kv_head_shards, 96);
+KVP_PIN_OFFSET(kvp_plan, requested_kv_head_shards, 104);
+KVP_PIN_OFFSET(kvp_plan, head_sharding, 112);
+KVP_PIN_OFFSET(kvp_plan, requested_kvdtype, 116);
+KVP_PIN_OFFSET(kvp_plan, kvdtype, 120);
+KVP_PIN_OFFSET(kvp_plan, _reserved1, 124);
+KVP_PIN_OFFSET(kvp_plan, units_per_device, 128);
+KVP_PIN_OFFSET(kvp_plan, pages_per_device, 136);
+KVP_PIN_OFFSET(kvp_plan, bytes_per_device, 144);
+KVP_PIN_OFFSET(kvp_plan, sharding_message, 152);
 
 /* kvp_metadata_desc (metadata.h) */
 KVP_PIN_MIN_SIZE(kvp_metadata_desc, 192);
@@ -317,7 +334,7 @@ KVP_PIN_OFFSET(kvp_deserialize_options, flags, 24);
 KVP_PIN_OFFSET(kvp_deserialize_options, _reserved, 28);
 
 /* kvp_serialized_info (serialize.h) */
-KVP_PIN_MIN_SIZE(kvp_serialized_info, 216);
+KVP_PIN_MIN_SIZE(kvp_serialized_info, 248);
 KVP_PIN_OFFSET(kvp_serialized_info, struct_size, 0);
 KVP_PIN_OFFSET(kvp_serialized_info, format_major, 4);
 KVP_PIN_OFFSET(kvp_serialized_info, format_minor, 8);

@@ -125,7 +125,7 @@ static void test_contract__destroyed_handle(void **state) {
   expect_every_handle_call_rejected(c, "");
   /* a live cache is unaffected by the rejected calls on a dead one */
   kvp_cache *d = new_cache();
-  kvp_config cfg;
+  kvp_config cfg = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_cache_get_config(d, &cfg));
   assert_kvp_ok(kvp_cache_destroy(d));
 }
@@ -414,7 +414,7 @@ static kvp_config_options valid_config_options(void) {
 
 static void test_contract__config_options_struct_skew(void **state) {
   (void)state;
-  if (sizeof(void *) == 8) assert_int_equal(sizeof(kvp_config_options), KVP_CONFIG_OPTIONS_V1_SIZE);
+  if (sizeof(void *) == 8) assert_int_equal(offsetof(kvp_config_options, data_parallel_size), KVP_CONFIG_OPTIONS_V1_SIZE);
   assert_int_equal(offsetof(config_opts_plus, tail), sizeof(kvp_config_options));
   kvp_config ref, out;
   config_opts_plus big;
@@ -441,7 +441,7 @@ static void test_contract__config_options_struct_skew(void **state) {
   big.o.struct_size = (uint32_t)sizeof(kvp_config_options);
   big.o.abi_version = 0;
   assert_kvp_status(kvp_config_create(&big.o, &out), KVP_ERR_VERSION_MISMATCH, "abi_version");
-  big.o.abi_version = 2;
+  big.o.abi_version = KVP_CONFIG_OPTIONS_VERSION + 1;
   assert_kvp_status(kvp_config_create(&big.o, &out), KVP_ERR_VERSION_MISMATCH, "abi_version");
   assert_memory_equal(&out, &before, sizeof out);
   /* a zeroed struct with only size and version lacks the required model fields */
@@ -612,7 +612,7 @@ static void test_contract__cache_create_out_of_memory_loop(void **state) {
     assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_KEYS, &k));
     assert_int_equal(((const unsigned char *)k.data)[0], 0x11 * (l + 1));
   }
-  kvp_config got;
+  kvp_config got = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_cache_get_config(c, &got));
   assert_memory_equal(&got, &cfg, sizeof cfg);
   assert_kvp_ok(kvp_cache_destroy(c));

@@ -437,7 +437,7 @@ static void expect_every_metadata_call_rejected(kvp_metadata *h) {
 
 /* The fixture objects still work after the rejected calls (a wrong-kind destroy freed nothing). */
 static void assert_fixture_alive(void) {
-  kvp_config cfg;
+  kvp_config cfg = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_cache_get_config(F.cache, &cfg));
   assert_memory_equal(&cfg, &F.cfg, sizeof cfg);
   assert_kvp_ok(kvp_pool_check_invariants(F.pool));
@@ -1025,7 +1025,7 @@ static void test_contract_api__message_cleared_by_every_success(void **state) {
   char text[4096];
   size_t len = 0;
   CLEARS(kvp_config_to_json(&F.cfg, text, sizeof text, &len));
-  kvp_config back;
+  kvp_config back = KVP_CONFIG_INIT;
   CLEARS(kvp_config_from_json(text, len, &back));
   assert_int_equal(back.num_pages, F.cfg.num_pages);
   CLEARS(kvp_metadata_to_json(built, text, sizeof text, &len));

@@ -15,7 +15,9 @@ static int same_config(const kvp_config *a, const kvp_config *b) {
          a->num_pages == b->num_pages && a->max_num_pages_per_req == b->max_num_pages_per_req &&
          a->num_slices_per_kv_cache_update_page == b->num_slices_per_kv_cache_update_page &&
          a->max_num_tokens == b->max_num_tokens && a->max_num_reqs == b->max_num_reqs && a->version == b->version &&
-         a->kvdtype == b->kvdtype;
+         a->kvdtype == b->kvdtype && a->data_parallel_size == b->data_parallel_size &&
+         a->kv_head_shards == b->kv_head_shards && a->requested_kv_head_shards == b->requested_kv_head_shards &&
+         a->requested_kvdtype == b->requested_kvdtype;
 }
 
 /* The JSON of cfg in `text` (cap bytes); returns its length. */
@@ -30,8 +32,7 @@ static size_t write_json(const kvp_config *cfg, char *text, size_t cap) {
 static void check_round_trip(const kvp_config *cfg) {
   char text[4096], again[4096];
   const size_t len = write_json(cfg, text, sizeof text);
-  kvp_config back;
-  memset(&back, 0, sizeof back);
+  kvp_config back = KVP_CONFIG_INIT; /* version 2: the sharding keys travel too */
   const kvp_status st = kvp_config_from_json(text, len, &back);
   kvp_fuzz_check(st == KVP_OK, "kvp_config_from_json of its own output %s: %s", text, kvp_status_name(st));
   kvp_fuzz_check(same_config(cfg, &back), "config changed in a JSON round trip: %s", text);
@@ -52,6 +53,8 @@ static void check_validate_agrees_with_layout(const kvp_config *cfg) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   kvp_config cfg;
   memset(&cfg, 0x5A, sizeof cfg);
+  cfg.struct_size = sizeof cfg; /* opting in to version 2 */
+  cfg.abi_version = KVP_CONFIG_VERSION;
   const kvp_status st = kvp_config_from_json((const char *)data, size, &cfg);
   if (st != KVP_OK) {
     kvp_fuzz_check(st == KVP_ERR_INVALID_ARGUMENT || st == KVP_ERR_NOT_FOUND || st == KVP_ERR_OUT_OF_MEMORY,
@@ -59,6 +62,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kvp_fuzz_check(kvp_last_error_message()[0] != '\0', "kvp_config_from_json failed without a message");
     kvp_config untouched;
     memset(&untouched, 0x5A, sizeof untouched);
+    untouched.struct_size = sizeof untouched;
+    untouched.abi_version = KVP_CONFIG_VERSION;
     kvp_fuzz_check(memcmp(&cfg, &untouched, sizeof cfg) == 0, "kvp_config_from_json wrote its output on failure");
     return 0;
   }

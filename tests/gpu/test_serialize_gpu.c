@@ -25,7 +25,7 @@ static uint8_t *blob_of(const kvp_cache *c, const kvp_serialize_options *o, size
 }
 
 static void fill_random(kvp_cache *c, uint64_t seed) {
-  kvp_config cfg;
+  kvp_config cfg = KVP_CONFIG_INIT;
   kvp_layout_info li;
   assert_kvp_ok(kvp_cache_get_config(c, &cfg));
   memset(&li, 0, sizeof li);
@@ -40,7 +40,7 @@ static void fill_random(kvp_cache *c, uint64_t seed) {
 
 /* Every layer of a and b (any devices) holds the same bytes. */
 static void same_layers(const kvp_cache *a, const kvp_cache *b, int line) {
-  kvp_config cfg;
+  kvp_config cfg = KVP_CONFIG_INIT;
   kvp_layout_info la, lb;
   assert_kvp_ok(kvp_cache_get_config(a, &cfg));
   memset(&la, 0, sizeof la);

@@ -237,7 +237,7 @@ static kvp_status call_pool_create_and_add(void *ctx) {
 
 static kvp_status call_config_json(void *ctx) {
   (void)ctx;
-  kvp_config back;
+  kvp_config back = KVP_CONFIG_INIT;
   size_t len = 0;
   kvp_status st = kvp_config_to_json(&g.cfg, g.json, sizeof g.json, &len);
   return st != KVP_OK ? st : kvp_config_from_json(g.json, len, &back);

@@ -132,8 +132,22 @@ plan_section='/^plan$/,$!d'
 same_output "--tp 2" "$plan_section" -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 2 \
   -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 48G
 expect 0 "KV heads sharded over 4 devices (2 per device)" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 4
-expect 2 "invalid value '3' for --tp: it must divide the model's 8 KV heads; valid values are 1, 2, 4, 8" \
+# --tp N that does not split the heads is resolved as the reference does (SPEC.md §7.3).
+expect 0 "replicate: 8 storage groups of bf16 do not split over 3 devices, nor do those of fp32" \
   plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 3
+expect 0 "upcast fp8_e4m3fn → bf16 because 2 storage groups do not split over 4 devices (bf16 has 4: 1 per device)" \
+  plan --layers 32 --kv-heads 4 --head-dim 128 --max-len 8192 --budget 24G --dtype fp8_e4m3fn --tp 4
+expect 0 "keep bf16: 8 storage groups split over 4 devices (2 per device); pages split over 2 data-parallel shards" \
+  plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 4 --dp 2
+# --dp N: the pages of N x the budget, a multiple of N; per device the budget's worth.
+same_output "--dp 2" "$plan_section" -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --dp 2 \
+  -- plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 48G
+expect_value "--tp 4 --dp 2: pages per device" 6144 "$(json_field "d['sharding']['pages_per_device']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 4 --dp 2 --json)"
+expect_value "--tp 4 --dp 2: bytes per device" 25769803776 "$(json_field "d['sharding']['bytes_per_device']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 4 --dp 2 --json)"
+expect_value "--tp 3: resolution in JSON" replicate "$(json_field "d['sharding']['resolution']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 3 --json)"
+expect 1 "data_parallel_size must be positive and at most 65536" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --dp 70000
+expect 1 "fewer than data_parallel_size 4" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 8M --dp 4
+expect 2 "invalid value '0' for --dp" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --dp 0
 expect_value "--tp in JSON" 2 "$(json_field "d['budget']['kv_head_shards']" plan --layers 32 --kv-heads 8 --head-dim 128 --max-len 8192 --budget 24G --tp 2 --json)"
 # kvp plan --hf: three published model configs print the same numbers as the equivalent flags
 # (text and JSON; only the line / fields naming the source differ).

@@ -68,6 +68,8 @@ static void test_cache__get_config_round_trip(void **state) {
       kvp_cache *c = make_cache(&cfg, NULL);
       kvp_config got;
       memset(&got, FILL, sizeof got);
+      got.struct_size = sizeof got; /* opting in to version 2: every byte of it is written */
+      got.abi_version = KVP_CONFIG_VERSION;
       assert_kvp_ok(kvp_cache_get_config(c, &got));
       assert_memory_equal(&got, &cfg, sizeof cfg);
       /* the cache copied the config: changing ours does not change its */

@@ -70,6 +70,8 @@ static void test_json__config_round_trips(void **state) {
   (void)state;
   kvp_config c;
   memset(&c, 0x5A, sizeof c);
+  c.struct_size = sizeof c; /* opting in to version 2: every byte of it is written */
+  c.abi_version = KVP_CONFIG_VERSION;
   assert_kvp_ok(kvp_config_from_json(k_row_a, strlen(k_row_a), &c));
   kvp_config want = row_a();
   assert_memory_equal(&c, &want, sizeof c);
@@ -87,7 +89,7 @@ static void test_json__config_round_trips(void **state) {
     char tail[64];
     snprintf(tail, sizeof tail, "\"version\": \"%s\", \"_kvdtype_str\": \"%s\"}", i % 2 ? "v2" : "v3", names[i]);
     assert_string_equal(t + strlen(t) - strlen(tail), tail);
-    kvp_config y;
+    kvp_config y = KVP_CONFIG_INIT;
     assert_kvp_ok(kvp_config_from_json(t, strlen(t), &y));
     assert_memory_equal(&x, &y, sizeof x);
     free(t);
@@ -121,7 +123,7 @@ static void test_json__floats_print_like_python_repr(void **state) {
     kvp_config c = row_a();
     c.hbm_utilization = d;
     char *s = to_json(&c);
-    kvp_config back;
+    kvp_config back = KVP_CONFIG_INIT;
     assert_kvp_ok(kvp_config_from_json(s, strlen(s), &back));
     assert_memory_equal(&back.hbm_utilization, &d, sizeof d);
     const char *p = strstr(s, "\"hbm_utilization\": ") + 19;
@@ -137,7 +139,7 @@ static void test_json__from_json_is_lenient_like_the_reference(void **state) {
   const char *j = "{\"num_hidden_layers\": 2, \"max_model_length\": 100, \"num_kv_heads\": 3, \"k_headdim\": 64, "
                   "\"v_headdim\": 32, \"data_parallel_size\": 4, \"_mixed_layer_configs\": null, "
                   "\"num_pages\": 7, \"_kvdtype_str\": \"bfloat16\", \"page_size\": 5}";
-  kvp_config c;
+  kvp_config c = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_config_from_json(j, strlen(j), &c));
   assert_int_equal(c.struct_size, sizeof c);
   assert_int_equal(c.abi_version, KVP_CONFIG_VERSION);
@@ -205,7 +207,7 @@ static void test_json__from_json_errors_leave_out_unchanged(void **state) {
     assert_kvp_status(kvp_config_from_json(cases[i].text, strlen(cases[i].text), &c), cases[i].code, cases[i].msg);
     assert_memory_equal(&c, &before, sizeof c);
   }
-  kvp_config c;
+  kvp_config c = KVP_CONFIG_INIT;
   assert_kvp_status(kvp_config_from_json(NULL, 0, &c), KVP_ERR_INVALID_ARGUMENT, "json");
   assert_kvp_status(kvp_config_from_json(k_row_a, strlen(k_row_a), NULL), KVP_ERR_INVALID_ARGUMENT, "out");
 }

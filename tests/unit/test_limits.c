@@ -165,7 +165,7 @@ static void test_limits__json_config_inherits_the_bounds(void **state) {
   const char *j = "{\"num_hidden_layers\": 65537, \"max_model_length\": 16, \"num_kv_heads\": 1, "
                   "\"k_headdim\": 1, \"v_headdim\": 1, \"page_size\": 1, \"num_pages\": 8, \"version\": \"v2\", "
                   "\"_kvdtype_str\": \"float32\"}";
-  kvp_config c;
+  kvp_config c = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_config_from_json(j, strlen(j), &c));
   expect_rejected(&c, "num_hidden_layers");
 }

@@ -45,7 +45,7 @@ static kvp_layout_info info_of(const kvp_cache *c) {
 }
 
 static kvp_config config_of(const kvp_cache *c) {
-  kvp_config cfg;
+  kvp_config cfg = KVP_CONFIG_INIT;
   assert_kvp_ok(kvp_cache_get_config(c, &cfg));
   return cfg;
 }

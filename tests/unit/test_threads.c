@@ -200,7 +200,7 @@ static void *serialize_shared_cache(void *arg) {
   for (r = 0; r < kRounds; ++r) {
     unsigned char *blob = NULL;
     size_t len = 0;
-    kvp_config cfg;
+    kvp_config cfg = KVP_CONFIG_INIT;
     WORKER_CHECK(me, kvp_test_serialize_alloc(ref->cache, &blob, &len) == KVP_OK);
     WORKER_CHECK(me, len == ref->len[0] && memcmp(blob, ref->data[0], len) == 0);
     WORKER_CHECK(me, kvp_cache_get_config(ref->cache, &cfg) == KVP_OK && cfg.num_hidden_layers == 2);

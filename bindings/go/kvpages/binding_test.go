@@ -121,6 +121,31 @@ func TestConvertEveryDtype(t *testing.T) {
 	}
 }
 
+func TestConfigShardingResolution(t *testing.T) {
+	// SPEC.md §7.3: 4 fp8 heads over 4 devices have 2 storage groups; bf16 has 4: upcast.
+	o := ConfigOptions{NumHiddenLayers: 1, NumKVHeads: 4, MaxModelLength: 4096, HeadDim: 128, Dtype: DtypeF8E4M3FN,
+		BudgetBytes: 1 << 20, Flags: ConfigNoSafetyMargin, KVHeadShards: 4, DataParallelSize: 2}
+	cfg, err := NewConfig(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Dtype() != DtypeBF16 || cfg.KVHeadShards() != 4 || cfg.DataParallelSize() != 2 || cfg.NumPages() != 32 {
+		t.Fatalf("config %v %d %d %d", cfg.Dtype(), cfg.KVHeadShards(), cfg.DataParallelSize(), cfg.NumPages())
+	}
+	p, err := cfg.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.HeadSharding != 2 || p.RequestedDtype != DtypeF8E4M3FN || p.PagesPerDevice != 16 || p.BytesPerDevice != p.TotalBytes/8 ||
+		!strings.HasPrefix(p.ShardingMessage, "upcast fp8_e4m3fn → bf16 because 2 storage groups") {
+		t.Fatalf("plan %+v", p)
+	}
+	o.DataParallelSize = -1
+	if _, err := NewConfig(o); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "data_parallel_size") {
+		t.Fatalf("dp -1: %v", err)
+	}
+}
+
 func TestConfigOptionsAndPlan(t *testing.T) {
 	base := ConfigOptions{NumHiddenLayers: 32, NumKVHeads: 8, MaxModelLength: 8192, HeadDim: 128, BudgetBytes: 4 << 30}
 	cfg, err := NewConfig(base)

@@ -103,7 +103,7 @@ func (c *Cache) do(f func(p *C.kvp_cache) C.kvp_status) error {
 
 // Config is the config the cache was created with (kvp_cache_get_config), for its device.
 func (c *Cache) Config() (*Config, error) {
-	cfg := &Config{}
+	cfg := &Config{raw: emptyRecord()}
 	err := c.do(func(p *C.kvp_cache) C.kvp_status {
 		if st := C.kvp_cache_get_config(p, &cfg.raw); st != C.KVP_OK {
 			return st

@@ -96,7 +96,8 @@ type ConfigOptions struct {
 	SafetyMarginBytes                           int64         // 0 = 256 MiB (ConfigNoSafetyMargin for none)
 	MemoryStats                                 []MemoryStats // injected statistics instead of the device's
 	Device                                      Device        // where the cache will live: its memory is budgeted
-	KVHeadShards                                int64         // devices the KV heads are sharded over; 0 = 1
+	KVHeadShards                                int64         // devices the KV heads are sharded over (tensor parallelism; kept, upcast or replicated); 0 = 1
+	DataParallelSize                            int64         // data-parallel page shards (since 1.3); 0 = 1
 	MaxNumTokens, MaxNumReqs                    int64         // hints stored in the config; 0 = unset
 }
 
@@ -105,6 +106,16 @@ type ConfigOptions struct {
 type Config struct {
 	raw    C.kvp_config
 	device Device
+}
+
+// emptyRecord is a zeroed kvp_config that opts in to the version these bindings mirror
+// (struct_size and abi_version set, as KVP_CONFIG_INIT does): a function that writes a record
+// writes all of it, where it would write only version 1 into a record without them.
+func emptyRecord() C.kvp_config {
+	var raw C.kvp_config
+	raw.struct_size = C.uint32_t(unsafe.Sizeof(raw))
+	raw.abi_version = C.KVP_CONFIG_VERSION
+	return raw
 }
 
 func (o *ConfigOptions) fill(opts *C.kvp_config_options, stats *C.kvp_memory_stats) {
@@ -127,6 +138,7 @@ func (o *ConfigOptions) fill(opts *C.kvp_config_options, stats *C.kvp_memory_sta
 	opts.device_type = o.Device.ctype()
 	opts.device_id = C.int32_t(o.Device.ID)
 	opts.kv_head_shards = C.int64_t(o.KVHeadShards)
+	opts.data_parallel_size = C.int64_t(o.DataParallelSize)
 	opts.max_num_tokens = C.int64_t(o.MaxNumTokens)
 	opts.max_num_reqs = C.int64_t(o.MaxNumReqs)
 }
@@ -146,7 +158,7 @@ func NewConfig(o ConfigOptions) (*Config, error) {
 			cs[i] = m.c()
 		}
 	}
-	cfg := &Config{device: o.Device}
+	cfg := &Config{raw: emptyRecord(), device: o.Device}
 	if cfg.device.Type == 0 {
 		cfg.device.Type = DeviceCPU
 	}
@@ -235,12 +247,31 @@ func (c *Config) PageSize() int64 { return int64(c.raw.page_size) }
 // Dtype is the storage dtype.
 func (c *Config) Dtype() Dtype { return Dtype(c.raw.kvdtype) }
 
+// KVHeadShards is the number of KV-head shards after the resolution (since 1.3; 1 = none).
+func (c *Config) KVHeadShards() int64 { return max1(int64(c.raw.kv_head_shards)) }
+
+// DataParallelSize is the number of data-parallel page shards (since 1.3; 1 = none).
+func (c *Config) DataParallelSize() int64 { return max1(int64(c.raw.data_parallel_size)) }
+
+func max1(v int64) int64 {
+	if v < 1 {
+		return 1
+	}
+	return v
+}
+
 // Plan are the planning numbers of a config (kvp_plan): what fits before anything is allocated.
 type Plan struct {
 	NumPages, UsablePages, PageSize          int64
 	BytesPerPage, ReferenceBytesPerPage      int64 // over all layers, K and V
 	BytesPerToken, TotalBytes, TokenCapacity int64
 	MaxConcurrentSeqs, MaxNumSeqs            int64
+	// Since 1.3: the sharding resolution.
+	DataParallelSize, KVHeadShards, RequestedKVHeadShards int64
+	HeadSharding                                          uint32 // KVP_HEAD_SHARDING_*: 0 none, 1 keep, 2 upcast, 3 replicate
+	RequestedDtype, Dtype                                 Dtype
+	UnitsPerDevice, PagesPerDevice, BytesPerDevice        int64
+	ShardingMessage                                       string // the resolution in words
 }
 
 // Plan calls kvp_config_plan.
@@ -253,7 +284,12 @@ func (c *Config) Plan() (Plan, error) {
 	return Plan{NumPages: int64(p.num_pages), UsablePages: int64(p.usable_pages), PageSize: int64(p.page_size),
 		BytesPerPage: int64(p.bytes_per_page), ReferenceBytesPerPage: int64(p.reference_bytes_per_page),
 		BytesPerToken: int64(p.bytes_per_token), TotalBytes: int64(p.total_bytes), TokenCapacity: int64(p.token_capacity),
-		MaxConcurrentSeqs: int64(p.max_concurrent_seqs), MaxNumSeqs: int64(p.max_num_seqs)}, nil
+		MaxConcurrentSeqs: int64(p.max_concurrent_seqs), MaxNumSeqs: int64(p.max_num_seqs),
+		DataParallelSize: int64(p.data_parallel_size), KVHeadShards: int64(p.kv_head_shards),
+		RequestedKVHeadShards: int64(p.requested_kv_head_shards), HeadSharding: uint32(p.head_sharding),
+		RequestedDtype: Dtype(p.requested_kvdtype), Dtype: Dtype(p.kvdtype), UnitsPerDevice: int64(p.units_per_device),
+		PagesPerDevice: int64(p.pages_per_device), BytesPerDevice: int64(p.bytes_per_device),
+		ShardingMessage: C.GoString(&p.sharding_message[0])}, nil
 }
 
 // LayoutInfo is the geometry of a layer's buffer (kvp_layout_info).
@@ -318,7 +354,7 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 // unknown keys are ignored and nothing is validated or recomputed; call Validate before use.
 // The device becomes the CPU. On an error c is unchanged.
 func (c *Config) UnmarshalJSON(text []byte) error {
-	var raw C.kvp_config
+	raw := emptyRecord()
 	err := call(func() C.kvp_status {
 		return C.kvp_config_from_json((*C.char)(slicePtr(text)), C.size_t(len(text)), &raw)
 	})

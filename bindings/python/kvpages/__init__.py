@@ -59,8 +59,8 @@ check_abi()
 _ffi.bind(_ffi.LATER)  # functions newer than 1.0, once the version is known to have them
 
 from .cache import Cache  # noqa: E402
-from .config import (DEFAULT_SAFETY_MARGIN, FALLBACK_BUDGET, Config, LayoutInfo, MemoryStats, Plan,  # noqa: E402
-                     hbm_budget_bytes, memory_stats)
+from .config import (DEFAULT_SAFETY_MARGIN, FALLBACK_BUDGET, Config, HeadSharding, LayoutInfo, MemoryStats,  # noqa: E402
+                     Plan, hbm_budget_bytes, memory_stats)
 from .dlpack import DLPackTensor, live_exports, release_unconsumed  # noqa: E402
 from .metadata import BatchRequest, Metadata  # noqa: E402
 from .pool import PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolStats, SeqId  # noqa: E402
@@ -114,7 +114,7 @@ __all__ = [
     "DeviceOutOfMemory", "FormatError", "FormatMagic", "FormatVersion", "FormatTruncated", "FormatChecksum",
     "FormatCorrupt", "FormatMismatch", "InternalError",
     "Dtype", "Layout", "Device", "View", "BudgetMode", "MetadataField",
-    "Config", "LayoutInfo", "Plan", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
+    "Config", "LayoutInfo", "Plan", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
     "FALLBACK_BUDGET", "Cache", "Metadata", "BatchRequest", "Pool", "PoolStats", "SeqId", "DLPackTensor",
     "SerializedInfo", "inspect", "convert", "has_ml_dtypes", "live_exports", "release_unconsumed",
     "cdiv", "align_to_multiple", "previous_power_of_2", "page_size_bytes", "num_slices_per_kv_cache_update_page",

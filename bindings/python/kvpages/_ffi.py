@@ -28,7 +28,9 @@ class kvp_config(ctypes.Structure):
                 ("max_model_length", _i64), ("num_kv_heads", _i64), ("k_headdim", _i64), ("v_headdim", _i64),
                 ("hbm_utilization", _f64), ("page_size", _i64), ("num_pages", _i64),
                 ("max_num_pages_per_req", _i64), ("num_slices_per_kv_cache_update_page", _i64),
-                ("max_num_tokens", _i64), ("max_num_reqs", _i64), ("version", _u32), ("kvdtype", _u32)]
+                ("max_num_tokens", _i64), ("max_num_reqs", _i64), ("version", _u32), ("kvdtype", _u32),
+                ("data_parallel_size", _i64), ("kv_head_shards", _i64), ("requested_kv_head_shards", _i64),
+                ("requested_kvdtype", _u32), ("_reserved1", _u32)]  # since 1.3: sharding
 
 
 class kvp_memory_stats(ctypes.Structure):
@@ -43,7 +45,7 @@ class kvp_config_options(ctypes.Structure):
                 ("budget_mode", _u32), ("flags", _u32), ("budget_bytes", _i64), ("safety_margin_bytes", _i64),
                 ("memory_stats", _P(kvp_memory_stats)), ("num_memory_stats", _u32), ("device_type", _i32),
                 ("device_id", _i32), ("_reserved0", _u32), ("kv_head_shards", _i64), ("max_num_tokens", _i64),
-                ("max_num_reqs", _i64)]
+                ("max_num_reqs", _i64), ("data_parallel_size", _i64)]  # data_parallel_size: since 1.3
 
 
 class kvp_layout_info(ctypes.Structure):
@@ -57,7 +59,12 @@ class kvp_plan(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("_reserved", _u32), ("num_pages", _i64), ("usable_pages", _i64),
                 ("page_size", _i64), ("bytes_per_page", _i64), ("reference_bytes_per_page", _i64),
                 ("bytes_per_token", _i64), ("total_bytes", _i64), ("token_capacity", _i64),
-                ("max_concurrent_seqs", _i64), ("max_num_seqs", _i64)]
+                ("max_concurrent_seqs", _i64), ("max_num_seqs", _i64),
+                # since 1.3: the sharding resolution
+                ("data_parallel_size", _i64), ("kv_head_shards", _i64), ("requested_kv_head_shards", _i64),
+                ("head_sharding", _u32), ("requested_kvdtype", _u32), ("kvdtype", _u32), ("_reserved1", _u32),
+                ("units_per_device", _i64), ("pages_per_device", _i64), ("bytes_per_device", _i64),
+                ("sharding_message", ctypes.c_char * 224)]
 
 
 class kvp_cache_options(ctypes.Structure):
@@ -318,6 +325,19 @@ def bind(names: Optional[set] = None) -> None:
     for name, (restype, *argtypes) in _SIGNATURES.items():
         if (names is None and name not in LATER) or (names is not None and name in names):
             setattr(lib, name, _fn(name, restype, *argtypes))
+
+
+#: kvp_config::abi_version of the record mirrored here (KVP_CONFIG_VERSION; 2 since 1.3).
+CONFIG_VERSION = 2
+
+
+def config_record() -> kvp_config:
+    """A zeroed kvp_config that opts in to the version mirrored here (struct_size and abi_version
+    set, as KVP_CONFIG_INIT does): a function that writes a record writes all of it, where it
+    would write only version 1 into a record without them."""
+    c = kvp_config()
+    c.struct_size, c.abi_version = ctypes.sizeof(kvp_config), CONFIG_VERSION
+    return c
 
 
 def sized(struct_type: type) -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._ffi import _P, _f32, _i32, _vp, kvp_attention_options, kvp_cache_options, kvp_config, kvp_layout_info
+from ._ffi import _P, _f32, _i32, _vp, config_record, kvp_attention_options, kvp_cache_options, kvp_layout_info
 from ._ffi import kvp_tensor, lib, sized
 from ._handle import Handle
 from ._tensors import input_descriptor, output_descriptor
@@ -96,7 +96,7 @@ class Cache(Handle):
 
     @property
     def config(self) -> Config:
-        raw = kvp_config()
+        raw = config_record()
         check(lib.kvp_cache_get_config(self.ptr, ctypes.byref(raw)), "kvp_cache_get_config")
         return Config(raw, self.device_type, self.device_id)
 

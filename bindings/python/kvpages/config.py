@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import enum
 from typing import Any, Dict, Iterable, Optional, Sequence
 
-from ._ffi import _i64, kvp_config, kvp_config_options, kvp_layout_info, kvp_memory_stats, kvp_plan, lib, sized
+from ._ffi import _i64, config_record, kvp_config, kvp_config_options, kvp_layout_info, kvp_memory_stats, kvp_plan, lib, sized
 from .errors import check, invalid
 from .types import BudgetMode, Device, DeviceLike, Dtype, DtypeLike, Layout, parse_device
 
@@ -101,6 +102,32 @@ class Plan:
     token_capacity: int
     max_concurrent_seqs: int
     max_num_seqs: int
+    data_parallel_size: int = 1
+    kv_head_shards: int = 1
+    requested_kv_head_shards: int = 1
+    head_sharding: "HeadSharding" = None  # type: ignore[assignment]
+    requested_kvdtype: Optional[Dtype] = None
+    kvdtype: Optional[Dtype] = None
+    units_per_device: int = 0
+    pages_per_device: int = 0
+    bytes_per_device: int = 0
+    sharding_message: str = ""
+
+    @classmethod
+    def _of(cls, raw: kvp_plan) -> "Plan":
+        d = _struct_dict(raw)
+        d["head_sharding"] = HeadSharding(raw.head_sharding)
+        d["requested_kvdtype"], d["kvdtype"] = Dtype(raw.requested_kvdtype), Dtype(raw.kvdtype)
+        d["sharding_message"] = raw.sharding_message.decode("utf-8")
+        return cls(**d)
+
+
+class HeadSharding(enum.IntEnum):
+    """What the KV-head sharding resolution decided (``KVP_HEAD_SHARDING_*``, since 1.3)."""
+    NONE = 0       # one device
+    KEEP = 1       # the heads split in the requested dtype
+    UPCAST = 2     # the dtype was changed (bf16, then fp32) so that they split
+    REPLICATE = 3  # no dtype splits them: every device holds all heads
 
 
 class Config:
@@ -125,13 +152,16 @@ class Config:
                no_safety_margin: bool = False, reference_budget: bool = False,
                memory_stats: Optional[Iterable[MemoryStats]] = None, device: DeviceLike = None,
                device_id: Optional[int] = None, kv_head_shards: int = 0, max_num_tokens: int = 0,
-               max_num_reqs: int = 0, flags: int = 0) -> "Config":
+               max_num_reqs: int = 0, flags: int = 0, data_parallel_size: int = 0) -> "Config":
         """kvp_config_create: every field of ``kvp_config_options`` (0 means its default).
 
         The budget is ``budget_bytes`` when > 0, else computed (``hbm_utilization``,
         ``budget_mode``, ``safety_margin_bytes`` / ``no_safety_margin``) from ``memory_stats``
         when given, else from the statistics of ``device`` ("cpu", "cuda", "cuda:N"): the device
-        the cache will live on. ``kv_head_shards`` multiplies the budget; ``reference_budget``
+        the cache will live on. ``kv_head_shards`` (tensor parallelism) is resolved as the reference
+        does: kept, the dtype upcast (bf16, then fp32) or the heads replicated (:meth:`plan` says
+        which and why); the budget is multiplied by the effective shards and by
+        ``data_parallel_size``, and ``num_pages`` is a multiple of the latter; ``reference_budget``
         sizes pages with the reference's unpadded formula; ``flags`` are raw
         ``KVP_CONFIG_FLAG_*`` bits added to those two."""
         dev, ordinal = parse_device(device, device_id)
@@ -145,12 +175,13 @@ class Config:
         o.flags = flags | (CONFIG_FLAG_REFERENCE_BUDGET if reference_budget else 0) | (
             CONFIG_FLAG_NO_SAFETY_MARGIN if no_safety_margin else 0)
         o.max_num_tokens, o.max_num_reqs = max_num_tokens, max_num_reqs
+        o.data_parallel_size = data_parallel_size
         o.device_type, o.device_id = dev.value, ordinal
         stats = list(memory_stats) if memory_stats is not None else []
         keep = _stats_array(stats)
         if stats:
             o.memory_stats, o.num_memory_stats = keep, len(stats)
-        raw = kvp_config()
+        raw = config_record()
         check(lib.kvp_config_create(ctypes.byref(o), ctypes.byref(raw)), "kvp_config_create")
         return cls(raw, dev, ordinal)
 
@@ -165,7 +196,7 @@ class Config:
     def from_json(cls, text: str) -> "Config":
         """kvp_config_from_json: the reference's from_json (not validated: call validate())."""
         data = text.encode() if isinstance(text, str) else bytes(text)
-        raw = kvp_config()
+        raw = config_record()
         check(lib.kvp_config_from_json(data, len(data), ctypes.byref(raw)), "kvp_config_from_json")
         return cls(raw)
 
@@ -193,7 +224,7 @@ class Config:
         """kvp_config_plan: pages, bytes and token capacity of this config."""
         p = sized(kvp_plan)
         check(lib.kvp_config_plan(ctypes.byref(self._raw), ctypes.byref(p)), "kvp_config_plan")
-        return Plan(**_struct_dict(p))
+        return Plan._of(p)
 
     def padded_num_slices(self, num_tokens: int = 0, max_num_reqs: int = 0) -> int:
         """kvp_config_padded_num_slices: the reference's v2 slice capacity of a step."""
@@ -226,6 +257,8 @@ class Config:
         raw = self.__dict__.get("_raw")
         if raw is not None and name in _FIELDS:
             value = getattr(raw, name)
+            if name == "requested_kvdtype":  # 0: nothing was upcast
+                return Dtype(value) if value else None
             return Dtype(value) if name == "kvdtype" else Layout(value) if name == "version" else value
         raise AttributeError(name)
 
@@ -236,11 +269,13 @@ class Config:
         return "Config(%s)" % ", ".join("%s=%r" % (k, v) for k, v in self.as_dict().items())
 
 
-_FIELDS = [f for f, _ in kvp_config._fields_ if f not in ("struct_size", "abi_version")]
+_FIELDS = [f for f, _ in kvp_config._fields_ if f not in ("struct_size", "abi_version") and not f.startswith("_")]
 
 
 def _to_c(name: str, value: Any) -> Any:
-    if name == "kvdtype":
+    if name == "requested_kvdtype" and not value:
+        return 0
+    if name in ("kvdtype", "requested_kvdtype"):
         return Dtype.parse(value).value
     if name == "version":
         return Layout.parse(value).value

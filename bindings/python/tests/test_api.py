@@ -78,6 +78,30 @@ def test_context_managers_close_handles():
 
 # -- planning and JSON ---------------------------------------------------------------------------
 
+def test_config_sharding_resolution():
+    """SPEC.md §7.3: KV-head shards kept, upcast or replicated; DP pages; recorded in the config,
+    its JSON and the plan."""
+    mk = lambda **kw: kvpages.Config.create(num_hidden_layers=1, max_model_length=4096, head_dim=128,
+                                            budget_bytes=1 << 20, no_safety_margin=True, **kw)
+    up = mk(num_kv_heads=4, dtype="fp8_e4m3fn", kv_head_shards=4, data_parallel_size=2)
+    assert up.dtype is kvpages.Dtype.BF16 and up.requested_kvdtype is kvpages.Dtype.F8_E4M3FN
+    assert up.kv_head_shards == 4 and up.data_parallel_size == 2 and up.num_pages == 32
+    plan = up.plan()
+    assert plan.head_sharding is kvpages.HeadSharding.UPCAST and plan.units_per_device == 1
+    assert plan.pages_per_device == 16 and plan.bytes_per_device == plan.total_bytes // 8
+    assert "upcast fp8_e4m3fn \u2192 bf16 because 2 storage groups do not split over 4 devices" in plan.sharding_message
+    back = kvpages.Config.from_json(up.to_json())
+    assert back == up and '"data_parallel_size": 2, "kv_head_shards": 4' in up.to_json()
+    rep = mk(num_kv_heads=1, kv_head_shards=1024)
+    assert rep.kv_head_shards == 1 and rep.requested_kv_head_shards == 1024 and rep.requested_kvdtype is None
+    assert rep.plan().head_sharding is kvpages.HeadSharding.REPLICATE
+    assert mk(num_kv_heads=8, kv_head_shards=4).plan().head_sharding is kvpages.HeadSharding.KEEP
+    with pytest.raises(kvpages.InvalidArgument, match="data_parallel_size"):
+        mk(num_kv_heads=8, data_parallel_size=-1)
+    with pytest.raises(kvpages.InvalidArgument, match="kv_head_shards 3"):
+        up.replace(kv_head_shards=3).validate()
+
+
 def test_config_create_takes_every_option():
     base = make_config()
     plan = base.plan()

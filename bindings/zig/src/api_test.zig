@@ -218,6 +218,25 @@ test "helpers: the reference's integer functions" {
 
 // -- Config, planning, budgets ----------------------------------------------------------------
 
+test "config: sharding resolution (SPEC.md 7.3)" {
+    // 4 fp8 heads over 4 devices: 2 storage groups do not split, bf16's 4 do: upcast.
+    const o: kv.ConfigOptions = .{ .num_hidden_layers = 1, .num_kv_heads = 4, .max_model_length = 4096, .head_dim = 128, .dtype = .f8_e4m3fn, .budget_bytes = 1 << 20, .no_safety_margin = true, .kv_head_shards = 4, .data_parallel_size = 2 };
+    const cfg = try kv.Config.create(o);
+    try t.expectEqual(kv.Dtype.bf16, cfg.kvdtype);
+    try t.expectEqual(@as(u32, @intFromEnum(kv.Dtype.f8_e4m3fn)), cfg.requested_kvdtype);
+    try t.expectEqual(@as(i64, 4), cfg.kv_head_shards);
+    try t.expectEqual(@as(i64, 2), cfg.data_parallel_size);
+    try t.expectEqual(@as(i64, 32), cfg.num_pages);
+    const p = try cfg.plan();
+    try t.expectEqual(@as(u32, 2), p.head_sharding);
+    try t.expectEqual(@as(i64, 16), p.pages_per_device);
+    try t.expect(std.mem.startsWith(u8, p.shardingMessage(), "upcast fp8_e4m3fn \u{2192} bf16 because 2 storage groups"));
+    var bad = o;
+    bad.data_parallel_size = -1;
+    try t.expectError(error.InvalidArgument, kv.Config.create(bad));
+    try t.expect(std.mem.indexOf(u8, kv.lastErrorMessage(), "data_parallel_size") != null);
+}
+
 test "config: every option reaches the planner" {
     const base: kv.ConfigOptions = .{ .num_hidden_layers = 2, .num_kv_heads = 2, .max_model_length = 1000, .head_dim = 96, .page_size = 16, .budget_bytes = 64 << 20 };
     const padded = try kv.Config.create(base);

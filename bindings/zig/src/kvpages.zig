@@ -158,7 +158,7 @@ pub fn checkAbi() Error!void {
 
 comptime {
     if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
-    if (c.KVP_VERSION_NUMBER < 10200) @compileError("these bindings need kvpages >= 1.2 headers (kvp_convert)");
+    if (c.KVP_VERSION_NUMBER < 10300) @compileError("these bindings need kvpages >= 1.3 headers (the sharding fields of kvp_config)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,11 +458,15 @@ pub const ConfigOptions = struct {
     /// The device the cache will live on: its memory is what gets budgeted (host RAM for
     /// `.cpu`, the GPU's for `.cuda`). Create the cache on the same device.
     device: Device = .cpu,
-    /// Devices the KV heads are sharded over (budget x shards); 0 = 1.
+    /// Devices the KV heads are sharded over (tensor parallelism); 0 = 1. Resolved as the
+    /// reference does: kept, the dtype upcast (bf16, then fp32) or the heads replicated (the
+    /// plan says which and why); the budget is multiplied by the effective shards.
     kv_head_shards: i64 = 0,
     /// Hints stored in the config; 0 = unset.
     max_num_tokens: i64 = 0,
     max_num_reqs: i64 = 0,
+    /// Data-parallel page shards (since 1.3): the budget x dp, num_pages a multiple of it; 0 = 1.
+    data_parallel_size: i64 = 0,
 
     fn record(self: ConfigOptions) Error!c.kvp_config_options {
         var o: c.kvp_config_options = undefined;
@@ -491,6 +495,7 @@ pub const ConfigOptions = struct {
         o.kv_head_shards = self.kv_head_shards;
         o.max_num_tokens = self.max_num_tokens;
         o.max_num_reqs = self.max_num_reqs;
+        o.data_parallel_size = self.data_parallel_size;
         return o;
     }
 };
@@ -514,6 +519,15 @@ pub const Config = extern struct {
     max_num_reqs: i64 = -1,
     version: LayoutVersion = .v3,
     kvdtype: Dtype = .bf16,
+    /// Data-parallel page shards (since 1.3; 1 = none).
+    data_parallel_size: i64 = 1,
+    /// Effective KV-head shards after the resolution (since 1.3; 1 = none).
+    kv_head_shards: i64 = 1,
+    /// The shards asked for when the heads were replicated; 0 = `kv_head_shards`.
+    requested_kv_head_shards: i64 = 0,
+    /// The `Dtype` asked for when it was upcast, as its code; 0 = `kvdtype`.
+    requested_kvdtype: u32 = 0,
+    _reserved1: u32 = 0,
 
     /// Plans a config: derives `num_pages` from the memory budget of `o.device` (or
     /// `o.budget_bytes`) and the other derived fields. Nothing is allocated.
@@ -634,6 +648,28 @@ pub const Plan = extern struct {
     token_capacity: i64 = 0,
     max_concurrent_seqs: i64 = 0,
     max_num_seqs: i64 = 0,
+    // Since 1.3: the sharding resolution.
+    data_parallel_size: i64 = 0,
+    kv_head_shards: i64 = 0,
+    requested_kv_head_shards: i64 = 0,
+    /// `KVP_HEAD_SHARDING_*`: none, keep, upcast, replicate.
+    head_sharding: u32 = 0,
+    requested_kvdtype: Dtype = .bf16,
+    kvdtype: Dtype = .bf16,
+    _reserved1: u32 = 0,
+    /// Storage groups (v3) or combined heads (v2) of every page one device holds.
+    units_per_device: i64 = 0,
+    /// Pages each data-parallel shard owns.
+    pages_per_device: i64 = 0,
+    /// Bytes each device allocates.
+    bytes_per_device: i64 = 0,
+    /// The resolution in words, NUL-terminated UTF-8 (see `shardingMessage`).
+    sharding_message: [224]u8 = @splat(0),
+
+    /// The resolution in words, e.g. "upcast fp8_e4m3fn → bf16 because ...".
+    pub fn shardingMessage(self: *const Plan) []const u8 {
+        return std.mem.sliceTo(&self.sharding_message, 0);
+    }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1783,7 +1819,7 @@ comptime {
         @compileError("layout of SeqId differs from kvp_seq_id");
     if (@sizeOf(Bf16) != 2 or @sizeOf(F8E4M3) != 1 or @sizeOf(F8E5M2) != 1) @compileError("element sizes changed");
     if (c.KVP_ATTENTION_OPTIONS_VERSION != 1) @compileError("KVP_ATTENTION_OPTIONS_VERSION changed");
-    if (c.KVP_CONFIG_VERSION != 1) @compileError("KVP_CONFIG_VERSION changed");
+    if (c.KVP_CONFIG_VERSION != 2) @compileError("KVP_CONFIG_VERSION changed");
     if (c.KVP_MAX_DIMS != 6) @compileError("KVP_MAX_DIMS changed");
 }
 

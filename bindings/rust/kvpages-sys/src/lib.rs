@@ -84,14 +84,18 @@ constants! {
     KVP_DEVICE_CUDA: kvp_device_type = 2;
     KVP_MAX_DIMS: usize = 6;
     // config.h
-    KVP_CONFIG_VERSION: u32 = 1;
+    KVP_CONFIG_VERSION: u32 = 2;
     KVP_BUDGET_FREE: u32 = 0;
     KVP_BUDGET_TOTAL: u32 = 1;
     KVP_DEFAULT_SAFETY_MARGIN: i64 = 268435456;
     KVP_FALLBACK_BUDGET: i64 = 4294967296;
     KVP_CONFIG_FLAG_REFERENCE_BUDGET: u32 = 1 << 0;
     KVP_CONFIG_FLAG_NO_SAFETY_MARGIN: u32 = 1 << 1;
-    KVP_CONFIG_OPTIONS_VERSION: u32 = 1;
+    KVP_CONFIG_OPTIONS_VERSION: u32 = 2;
+    KVP_HEAD_SHARDING_NONE: u32 = 0;
+    KVP_HEAD_SHARDING_KEEP: u32 = 1;
+    KVP_HEAD_SHARDING_UPCAST: u32 = 2;
+    KVP_HEAD_SHARDING_REPLICATE: u32 = 3;
     // cache.h
     KVP_CACHE_OPTIONS_VERSION: u32 = 2;
     KVP_CACHE_FLAG_NO_HUGE_PAGES: u32 = 1 << 0;
@@ -161,7 +165,8 @@ pub struct kvp_tensor {
     pub device_id: i32,
 }
 
-/// `kvp_config` (config.h).
+/// `kvp_config` (config.h). Since 1.3 (version 2) it ends with the sharding fields, from
+/// `data_parallel_size` on.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct kvp_config {
@@ -181,6 +186,11 @@ pub struct kvp_config {
     pub max_num_reqs: i64,
     pub version: kvp_layout,
     pub kvdtype: kvp_dtype,
+    pub data_parallel_size: i64,
+    pub kv_head_shards: i64,
+    pub requested_kv_head_shards: i64,
+    pub requested_kvdtype: kvp_dtype,
+    pub _reserved1: u32,
 }
 
 /// `kvp_memory_stats` (config.h).
@@ -196,7 +206,7 @@ pub struct kvp_memory_stats {
     pub _reserved: u32,
 }
 
-/// `kvp_config_options` (config.h).
+/// `kvp_config_options` (config.h); `data_parallel_size` since 1.3 (version 2).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_config_options {
@@ -224,6 +234,7 @@ pub struct kvp_config_options {
     pub kv_head_shards: i64,
     pub max_num_tokens: i64,
     pub max_num_reqs: i64,
+    pub data_parallel_size: i64,
 }
 
 /// `kvp_layout_info` (config.h): an output struct, `struct_size` set by the caller.
@@ -245,9 +256,10 @@ pub struct kvp_layout_info {
     pub max_num_seqs: i64,
 }
 
-/// `kvp_plan` (config.h, filled by `kvp_config_plan`): an output struct.
+/// `kvp_plan` (config.h, filled by `kvp_config_plan`): an output struct; since 1.3 it ends with
+/// the sharding resolution, from `data_parallel_size` on (`sharding_message` is NUL-terminated UTF-8).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct kvp_plan {
     pub struct_size: u32,
     pub _reserved: u32,
@@ -261,6 +273,25 @@ pub struct kvp_plan {
     pub token_capacity: i64,
     pub max_concurrent_seqs: i64,
     pub max_num_seqs: i64,
+    pub data_parallel_size: i64,
+    pub kv_head_shards: i64,
+    pub requested_kv_head_shards: i64,
+    pub head_sharding: u32,
+    pub requested_kvdtype: kvp_dtype,
+    pub kvdtype: kvp_dtype,
+    pub _reserved1: u32,
+    pub units_per_device: i64,
+    pub pages_per_device: i64,
+    pub bytes_per_device: i64,
+    pub sharding_message: [c_char; 224],
+}
+
+impl Default for kvp_plan {
+    fn default() -> Self {
+        // All zero is a valid plan (the C KVP_PLAN_INIT without struct_size); arrays over 32
+        // elements have no derived Default on the supported Rust.
+        unsafe { std::mem::zeroed() }
+    }
 }
 
 /// Opaque cache handle (`kvp_cache`).

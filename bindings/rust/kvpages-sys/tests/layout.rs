@@ -26,13 +26,14 @@ fn struct_layouts_match_c() {
     let mut rust: Vec<(String, usize)> = Vec::new();
     layout!(probe, rust, kvp_config { struct_size, abi_version, num_hidden_layers, max_model_length, num_kv_heads,
         k_headdim, v_headdim, hbm_utilization, page_size, num_pages, max_num_pages_per_req,
-        num_slices_per_kv_cache_update_page, max_num_tokens, max_num_reqs, version, kvdtype });
+        num_slices_per_kv_cache_update_page, max_num_tokens, max_num_reqs, version, kvdtype, data_parallel_size,
+        kv_head_shards, requested_kv_head_shards, requested_kvdtype, _reserved1 });
     layout!(probe, rust, kvp_memory_stats { bytes_limit, bytes_reservable_limit, bytes_total, bytes_in_use,
         bytes_reserved, valid, _reserved });
     layout!(probe, rust, kvp_config_options { struct_size, abi_version, num_hidden_layers, num_kv_heads,
         max_model_length, kv_head_dim_size, k_headdim, v_headdim, hbm_utilization, page_size, kvdtype, version,
         budget_mode, flags, budget_bytes, safety_margin_bytes, memory_stats, num_memory_stats, device_type,
-        device_id, _reserved0, kv_head_shards, max_num_tokens, max_num_reqs });
+        device_id, _reserved0, kv_head_shards, max_num_tokens, max_num_reqs, data_parallel_size });
     layout!(probe, rust, kvp_host_allocator { alloc, free, user_data });
     layout!(probe, rust, kvp_cache_options { struct_size, abi_version, device_type, device_id, allocator, flags,
         _reserved });
@@ -51,7 +52,9 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_attention_options { struct_size, abi_version, softmax_scale, logits_soft_cap,
         sliding_window, k_scale, v_scale, num_sinks, sinks });
     layout!(probe, rust, kvp_plan { struct_size, _reserved, num_pages, usable_pages, page_size, bytes_per_page,
-        reference_bytes_per_page, bytes_per_token, total_bytes, token_capacity, max_concurrent_seqs, max_num_seqs });
+        reference_bytes_per_page, bytes_per_token, total_bytes, token_capacity, max_concurrent_seqs, max_num_seqs,
+        data_parallel_size, kv_head_shards, requested_kv_head_shards, head_sharding, requested_kvdtype, kvdtype,
+        _reserved1, units_per_device, pages_per_device, bytes_per_device, sharding_message });
     layout!(probe, rust, kvp_metadata_desc { struct_size, abi_version, version, device_type, device_id, flags,
         page_size, num_slices_per_kv_cache_update_page, pages_tables, num_reqs, pages_per_req, context_lens,
         context_lens_len, query_start_loc, query_start_loc_len, num_seqs, num_seqs_len, slot_mapping, num_slices,

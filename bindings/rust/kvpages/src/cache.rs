@@ -127,7 +127,7 @@ impl Cache {
 
     /// `kvp_cache_get_config` (the config knows the cache's device).
     pub fn config(&self) -> Result<Config> {
-        let mut raw = sys::kvp_config::default();
+        let mut raw = Config::empty_record();
         check(unsafe { sys::kvp_cache_get_config(self.ptr.as_ptr(), &mut raw) })?;
         Ok(Config { raw, device: self.device()? })
     }

@@ -121,8 +121,14 @@ pub struct ConfigOptions {
     /// The device whose memory is budgeted and where [`Cache::new`](crate::Cache::new) puts the
     /// cache (default the CPU).
     pub device: Device,
-    /// Devices the KV heads are sharded over (the budget is multiplied by it); 0 = 1.
+    /// Devices the KV heads are sharded over (tensor parallelism); 0 = 1. Resolved as the
+    /// reference does: kept, the dtype upcast (bf16, then fp32) or the heads replicated
+    /// ([`Plan::head_sharding`], [`Config::sharding_message`]); the budget is multiplied by the
+    /// effective shards.
     pub kv_head_shards: i64,
+    /// Data-parallel page shards (since 1.3); 0 = 1. The budget is multiplied by it and
+    /// `num_pages` is a multiple of it.
+    pub data_parallel_size: i64,
     /// Hint: tokens per step; 0 = unset.
     pub max_num_tokens: i64,
     /// Hint: concurrent requests; 0 = unset.
@@ -157,6 +163,7 @@ impl ConfigOptions {
         o.device_type = device_type;
         o.device_id = device_id;
         o.kv_head_shards = self.kv_head_shards;
+        o.data_parallel_size = self.data_parallel_size;
         o.max_num_tokens = self.max_num_tokens;
         o.max_num_reqs = self.max_num_reqs;
         Ok(o)
@@ -191,6 +198,20 @@ pub struct Plan {
     pub max_concurrent_seqs: i64,
     /// The reference's SMEM page-table bound.
     pub max_num_seqs: i64,
+    /// Data-parallel page shards (since 1.3).
+    pub data_parallel_size: i64,
+    /// Effective KV-head shards (since 1.3).
+    pub kv_head_shards: i64,
+    /// KV-head shards asked for; differs from `kv_head_shards` when replicated (since 1.3).
+    pub requested_kv_head_shards: i64,
+    /// What the resolution decided: `sys::KVP_HEAD_SHARDING_*` (since 1.3).
+    pub head_sharding: u32,
+    /// Storage groups (v3) or combined heads (v2) of every page one device holds (since 1.3).
+    pub units_per_device: i64,
+    /// Pages each data-parallel shard owns (since 1.3).
+    pub pages_per_device: i64,
+    /// Bytes each device allocates (since 1.3).
+    pub bytes_per_device: i64,
 }
 
 /// Derived geometry of a config (`kvp_layout_info`).
@@ -214,9 +235,20 @@ impl Config {
     pub fn create(options: &ConfigOptions) -> Result<Config> {
         let stats: Vec<sys::kvp_memory_stats> = options.memory_stats.iter().map(|s| s.to_raw()).collect();
         let opts = options.to_raw(&stats)?;
-        let mut raw = sys::kvp_config::default();
+        let mut raw = Self::empty_record();
         check(unsafe { sys::kvp_config_create(&opts, &mut raw) })?;
         Ok(Config { raw, device: options.device })
+    }
+
+    /// An empty record that opts in to the version this crate mirrors (`struct_size` and
+    /// `abi_version` set, as `KVP_CONFIG_INIT` does): a function that writes a record writes all
+    /// of it, where it would write only version 1 into a record without them.
+    pub(crate) fn empty_record() -> sys::kvp_config {
+        sys::kvp_config {
+            struct_size: size_of::<sys::kvp_config>() as u32,
+            abi_version: sys::KVP_CONFIG_VERSION,
+            ..Default::default()
+        }
     }
 
     /// A record with the reference defaults (`kvp_config_init`: page 128, utilization 0.9, v3,
@@ -287,6 +319,16 @@ impl Config {
         self.raw.page_size
     }
 
+    /// Data-parallel page shards (since 1.3; 1 = none).
+    pub fn data_parallel_size(&self) -> i64 {
+        self.raw.data_parallel_size.max(1)
+    }
+
+    /// Effective KV-head shards after the resolution (since 1.3; 1 = none).
+    pub fn kv_head_shards(&self) -> i64 {
+        self.raw.kv_head_shards.max(1)
+    }
+
     /// Pages one request may hold: `cdiv(max_model_length, page_size)`.
     pub fn max_num_pages_per_req(&self) -> i64 {
         self.raw.max_num_pages_per_req
@@ -311,9 +353,15 @@ impl Config {
 
     /// `kvp_config_plan`: what fits (pages, bytes, tokens, sequences).
     pub fn plan(&self) -> Result<Plan> {
-        let mut p = sys::kvp_plan { struct_size: size_of::<sys::kvp_plan>() as u32, ..Default::default() };
-        check(unsafe { sys::kvp_config_plan(&self.raw, &mut p) })?;
+        let p = self.raw_plan()?;
         Ok(Plan {
+            data_parallel_size: p.data_parallel_size,
+            kv_head_shards: p.kv_head_shards,
+            requested_kv_head_shards: p.requested_kv_head_shards,
+            head_sharding: p.head_sharding,
+            units_per_device: p.units_per_device,
+            pages_per_device: p.pages_per_device,
+            bytes_per_device: p.bytes_per_device,
             num_pages: p.num_pages,
             usable_pages: p.usable_pages,
             page_size: p.page_size,
@@ -325,6 +373,20 @@ impl Config {
             max_concurrent_seqs: p.max_concurrent_seqs,
             max_num_seqs: p.max_num_seqs,
         })
+    }
+
+    /// The sharding resolution in words (`kvp_plan::sharding_message`), e.g. "upcast fp8_e4m3fn
+    /// → bf16 because 2 storage groups do not split over 4 devices (…)".
+    pub fn sharding_message(&self) -> Result<String> {
+        let p = self.raw_plan()?;
+        let bytes: Vec<u8> = p.sharding_message.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn raw_plan(&self) -> Result<sys::kvp_plan> {
+        let mut p = sys::kvp_plan { struct_size: size_of::<sys::kvp_plan>() as u32, ..Default::default() };
+        check(unsafe { sys::kvp_config_plan(&self.raw, &mut p) })?;
+        Ok(p)
     }
 
     /// `kvp_config_padded_num_slices`: the v2 slice capacity of a step (≤ 0 = the defaults).
@@ -342,7 +404,7 @@ impl Config {
     /// `kvp_config_from_json`: reads the reference's JSON (not validated: call
     /// [`Config::validate`]); the config is for a CPU cache.
     pub fn from_json(json: &str) -> Result<Config> {
-        let mut raw = sys::kvp_config::default();
+        let mut raw = Self::empty_record();
         check(unsafe { sys::kvp_config_from_json(json.as_ptr() as *const _, json.len(), &mut raw) })?;
         Ok(Config { raw, device: Device::Cpu })
     }

@@ -419,3 +419,27 @@ fn misuse_handler_sees_bad_handles() {
     set_misuse_handler(None);
     assert_eq!(CALLS.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn config_sharding_resolution() {
+    // SPEC.md §7.3: 4 fp8 heads over 4 devices have 2 storage groups; bf16 has 4: upcast.
+    let opts = ConfigOptions {
+        num_hidden_layers: 1, num_kv_heads: 4, head_dim: 128, max_model_length: 4096, dtype: Dtype::F8E4M3Fn,
+        budget_bytes: 1 << 20, no_safety_margin: true, kv_head_shards: 4, data_parallel_size: 2, ..Default::default()
+    };
+    let cfg = Config::create(&opts).unwrap();
+    assert_eq!((cfg.dtype().unwrap(), cfg.kv_head_shards(), cfg.data_parallel_size()), (Dtype::Bf16, 4, 2));
+    assert_eq!(cfg.num_pages(), 32); // 256 KiB bf16 pages, 1 MiB x 4 x 2
+    let plan = cfg.plan().unwrap();
+    assert_eq!(plan.head_sharding, sys::KVP_HEAD_SHARDING_UPCAST);
+    assert_eq!((plan.units_per_device, plan.pages_per_device, plan.bytes_per_device), (1, 16, plan.total_bytes / 8));
+    assert!(cfg.sharding_message().unwrap().starts_with("upcast fp8_e4m3fn \u{2192} bf16 because 2 storage groups"));
+    // 1 head over 1024 devices: nothing splits it, every device holds all heads.
+    let rep = Config::create(&ConfigOptions { num_kv_heads: 1, kv_head_shards: 1024, data_parallel_size: 0,
+        dtype: Dtype::Bf16, ..opts.clone() }).unwrap();
+    assert_eq!((rep.kv_head_shards(), rep.raw().requested_kv_head_shards), (1, 1024));
+    assert_eq!(rep.plan().unwrap().head_sharding, sys::KVP_HEAD_SHARDING_REPLICATE);
+    // Bad input: status, message.
+    let err = Config::create(&ConfigOptions { data_parallel_size: -1, ..opts }).unwrap_err();
+    assert!(err.to_string().contains("data_parallel_size"), "{}", err);
+}
