@@ -65,7 +65,7 @@ func TestEnumsAndStatus(t *testing.T) {
 }
 
 func TestVersionChecks(t *testing.T) {
-	if VersionNumber() < 10200 || VersionNumber()/10000 != 1 || !strings.Contains(BuildInfo(), Version()) {
+	if VersionNumber() < 10300 || VersionNumber()/10000 != 1 || !strings.Contains(BuildInfo(), Version()) {
 		t.Fatal(VersionNumber(), BuildInfo())
 	}
 	if HeaderVersion > VersionNumber() {

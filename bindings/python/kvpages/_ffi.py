@@ -13,8 +13,8 @@ _f32, _u8, _vp, _cp, _size = ctypes.c_float, ctypes.c_uint8, ctypes.c_void_p, ct
 _P = ctypes.POINTER
 MAX_DIMS = 6
 
-#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.2.0: kvp_convert).
-BINDING_VERSION_NUMBER = 10200
+#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.3.0: metadata flags, sharded configs).
+BINDING_VERSION_NUMBER = 10300
 
 #: KVP_METADATA_FLAG_IMMUTABLE (metadata.h, since 1.3): kvp_metadata_desc.flags bit.
 METADATA_FLAG_IMMUTABLE = 1

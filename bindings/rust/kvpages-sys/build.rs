@@ -7,7 +7,7 @@
 //! 2. `KVPAGES_LIB_DIR` (a directory holding libkvpages.so) and optionally
 //!    `KVPAGES_INCLUDE_DIRS` (colon-separated, for the header tests).
 //! 3. the `pkg-config` command (`PKG_CONFIG_PATH=<prefix>/lib/pkgconfig` for a non-system
-//!    prefix), requiring version >= 1.2 (kvp_convert) and < 2.
+//!    prefix), requiring version >= 1.3 (metadata flags, sharded configs) and < 2.
 //!
 //! Every way links the shared library and adds an rpath to its directory
 //! (`-Wl,-rpath,<libdir>`) to this crate's own test binaries. Cargo applies link arguments only
@@ -18,7 +18,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const MIN_VERSION: &str = "1.2";
+const MIN_VERSION: &str = "1.3";
 
 fn main() {
     for var in ["KVPAGES_LIB_DIR", "KVPAGES_INCLUDE_DIRS", "KVPAGES_SOURCE_DIR", "PKG_CONFIG_PATH", "PKG_CONFIG_LIBDIR"] {

@@ -148,7 +148,7 @@ constants! {
 
 /// The header version these declarations were written against (1.2.0: `kvp_convert`). The
 /// library must be at least this version (`kvp_check_abi`).
-pub const KVP_VERSION_NUMBER: u32 = 10200;
+pub const KVP_VERSION_NUMBER: u32 = 10300;
 
 // ---- Structs and handles ----
 

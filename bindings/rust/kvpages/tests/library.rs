@@ -388,7 +388,7 @@ fn devices_async_errors_dlpack_versions_and_helpers() {
     drop(t);
     check_abi().unwrap();
     assert_eq!(version_number() / 10000, 1);
-    assert!(version_number() >= 10200 && version().starts_with("1."));
+    assert!(version_number() >= 10300 && version().starts_with("1."));
     assert!(build_info().starts_with("kvpages "));
     assert_eq!(status_name(sys::KVP_ERR_FORMAT_CORRUPT), "KVP_ERR_FORMAT_CORRUPT");
     assert_eq!(Error::new(sys::KVP_ERR_FORMAT_CORRUPT, "x").kind(), ErrorKind::FormatCorrupt);
