@@ -7,8 +7,11 @@ checksum kvpages also computes; tofile / fromfile / readinto) and safetensors (n
 save / load, save_file / load_file). Every operation's bytes are checked first: what each one
 loads equals what was saved. Files go to a temporary directory under --dir (default: this
 repository's disk), so every side writes to the same filesystem; its type is printed. kvpages'
-save is atomic (temporary file, fsync, rename, directory fsync): 'numpy tofile+fsync' is the peer
-that pays the same fsync. The file loads read files that are in the page cache.
+save is atomic (temporary file, fsync, rename, directory fsync): its peers there are the ones that
+pay the same fsyncs ('safetensors save_file+fsync' syncs the file and the directory, 'numpy
+tofile+fsync' the file); with KVP_SERIALIZE_FLAG_NO_SYNC (atomic rename, no fsync) its peers are
+the plain 'safetensors save_file' and 'numpy tofile'. The file loads read files that are in the
+page cache.
 
 Each thread count (--threads, KVP_NUM_THREADS of the library, read once per process) runs in a
 child process of this script. Needs numpy, xxhash and safetensors (pip install safetensors xxhash)
@@ -147,6 +150,13 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
     def kvp_save():
         k.ok(lib.kvp_serialize_to_file(src, None, kvp_file.encode()), "serialize_to_file")
 
+    no_sync = k.f.kvp_serialize_options()
+    k.ok(lib.kvp_serialize_options_init(ctypes.byref(no_sync), ctypes.sizeof(no_sync)), "serialize_options_init")
+    no_sync.flags = k.f.SERIALIZE_FLAG_NO_SYNC
+
+    def kvp_save_no_sync():
+        k.ok(lib.kvp_serialize_to_file(src, ctypes.byref(no_sync), kvp_file.encode()), "serialize_to_file")
+
     def kvp_new_file():
         k.ok(lib.kvp_deserialize_new_from_file(kvp_file.encode(), None, ctypes.byref(made)), "new_from_file")
 
@@ -174,6 +184,15 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
 
     def st_save_file():
         stn.save_file(tensors, st_file)
+
+    def st_save_file_fsync():  # kvpages' durability: the file, then its directory
+        stn.save_file(tensors, st_file)
+        fd = os.open(st_file, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        fd = os.open(tmpdir, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
 
     def st_load_file():
         peer_out["st_file_loaded"] = stn.load_file(st_file)
@@ -208,6 +227,9 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
     kvp_new_mem()
     assert same_pages(made), "kvp_deserialize_new"
     destroy_made()
+    kvp_save_no_sync()
+    with open(kvp_file, "rb") as f:
+        assert f.read() == blob.tobytes(), "kvp_serialize_to_file NO_SYNC"
     kvp_save()
     with open(kvp_file, "rb") as f:
         assert f.read() == blob.tobytes(), "kvp_serialize_to_file"
@@ -240,6 +262,8 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
         "numpy new copy + xxh3": np_load_hash,
         "safetensors load": st_load,
         "kvp serialize_to_file": kvp_save,
+        "safetensors save_file+fsync": st_save_file_fsync,
+        "kvp serialize_to_file NO_SYNC": kvp_save_no_sync,
         "safetensors save_file": st_save_file,
         "numpy tofile": np_tofile,
         "numpy tofile+fsync": np_tofile_fsync,
@@ -271,7 +295,8 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
 ROWS = [  # (kvpages operation, its peers)
     ("kvp serialize (memory)", ["numpy copy + xxh3", "safetensors save"]),
     ("kvp deserialize_new (memory)", ["numpy new copy + xxh3", "safetensors load"]),
-    ("kvp serialize_to_file", ["safetensors save_file", "numpy tofile", "numpy tofile+fsync"]),
+    ("kvp serialize_to_file", ["safetensors save_file+fsync", "numpy tofile+fsync"]),
+    ("kvp serialize_to_file NO_SYNC", ["safetensors save_file", "numpy tofile"]),
     ("kvp deserialize_new_from_file", ["safetensors load_file", "numpy fromfile"]),
     ("kvp deserialize_into_from_file", ["numpy readinto (existing array)", "safetensors load_file"]),
 ]
@@ -313,8 +338,9 @@ def main() -> int:
     print(f"Machine: {cpu_model()}, {os.cpu_count()} CPUs; files on {fs_type(tmpdir)}; numpy {np.__version__}, "
           f"safetensors {safetensors.__version__}, xxhash {xxhash.VERSION}; best of {reps}, interleaved; cache "
           f"{LAYERS} layers x {HEADS} KV heads x {HEAD_DIM}, bf16, {PAGE}-token pages. Ratio = peer time / kvpages "
-          f"time (> 1: kvpages faster). kvpages' file save is atomic (fsync + rename); the file loads read a file "
-          f"in the page cache.\n")
+          f"time (> 1: kvpages faster). kvpages' file save is atomic (fsync + rename + directory fsync; NO_SYNC: "
+          f"rename only) and is compared with peers that sync as much; the file loads read a file in the page "
+          f"cache.\n")
     print("| threads | MiB | kvpages operation | kvpages GB/s | peer | peer GB/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for t, per_size in results.items():

@@ -53,6 +53,17 @@ KVP_BEGIN_DECLS
 #define KVP_SERIALIZE_OPTIONS_VERSION 1u
 
 /**
+ * kvp_serialize_options::flags bit (since 1.3): kvp_serialize_to_file() skips its two `fsync`s
+ * (of the new file before the rename, of the directory after it). The replacement stays atomic
+ * for other processes — they see the old file or the whole new one — but after a power loss or a
+ * kernel crash shortly after the call the target may hold the old file, the new one, or an empty
+ * or partial file (which a load then rejects by its checksums). For files that only need to
+ * outlive the process (session caches, spill files on local disk, tmpfs); what numpy `tofile`,
+ * safetensors `save_file` and `torch.save` do by default. No effect on the other sinks.
+ */
+#define KVP_SERIALIZE_FLAG_NO_SYNC 1u
+
+/**
  * @brief What to serialize: all pages or a chosen list, and the chunk size.
  *
  * Zero means default for every field: a zeroed struct with its size and version set serializes
@@ -63,7 +74,7 @@ typedef struct kvp_serialize_options {
   uint32_t abi_version;   /**< ::KVP_SERIALIZE_OPTIONS_VERSION. */
   const int32_t *page_ids; /**< Pages to write, in this order (borrowed); NULL = every page 0 … num_pages-1. Each id in [0, num_pages), no duplicates. */
   uint32_t num_page_ids;  /**< Entries in `page_ids`; must be 0 when `page_ids` is NULL. 0 with a non-NULL `page_ids` writes the config and no page. */
-  uint32_t flags;         /**< Reserved, must be 0. */
+  uint32_t flags;         /**< 0 or ::KVP_SERIALIZE_FLAG_NO_SYNC (since 1.3); other bits must be 0. */
   uint64_t chunk_bytes;   /**< Payload bytes per checksummed chunk; 0 = ::KVP_SERIALIZE_DEFAULT_CHUNK_BYTES; else in [::KVP_SERIALIZE_MIN_CHUNK_BYTES, ::KVP_SERIALIZE_MAX_CHUNK_BYTES]. */
 } kvp_serialize_options;
 
@@ -203,8 +214,9 @@ KVP_API kvp_status KVP_CALL kvp_serialize_to_writer(const kvp_cache *cache, cons
  * @brief Serializes a cache (or chosen pages of it) to a file, replacing it atomically.
  *
  * Writes a new file in the target's directory, `fsync`s it, renames it over the target and
- * `fsync`s the directory. On any failure the new file is removed and a file that existed under
- * the target name is left as it was: a reader never sees a half-written file under that name.
+ * `fsync`s the directory (::KVP_SERIALIZE_FLAG_NO_SYNC skips both `fsync`s). On any failure the
+ * new file is removed and a file that existed under the target name is left as it was: a reader
+ * never sees a half-written file under that name.
  * Where the filesystem supports `O_TMPFILE` (ext4, xfs, btrfs, tmpfs on Linux ≥ 3.11, with
  * `/proc` mounted) the new file has no name while it is written and gets the temporary name
  * `TARGET.tmp.XXXXXX` only just before the rename, so a process killed during the save leaves no

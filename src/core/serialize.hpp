@@ -18,6 +18,7 @@ namespace kvp::detail::ser {
 struct Selection {
   HostVector<int32_t> ids;
   uint64_t chunk_bytes = KVP_SERIALIZE_DEFAULT_CHUNK_BYTES;
+  bool sync = true;  // files: fsync before the rename and of the directory after it
   explicit Selection(const HostAllocator& alloc) : ids(alloc) {}
 };
 Selection read_selection(const Cache& cache, const kvp_serialize_options* opts, const char* function);

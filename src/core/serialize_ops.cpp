@@ -98,8 +98,10 @@ Selection read_selection(const Cache& cache, const kvp_serialize_options* opts, 
   if (opts != nullptr)
     o = read_versioned(opts, sizeof(kvp_serialize_options), KVP_SERIALIZE_OPTIONS_VERSION, function,
                        "kvp_serialize_options");
-  if (o.flags != 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: kvp_serialize_options.flags must be 0, got 0x%x", function, o.flags);
+  if ((o.flags & ~KVP_SERIALIZE_FLAG_NO_SYNC) != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: kvp_serialize_options.flags 0x%x has bits this library does not know (only "
+         "KVP_SERIALIZE_FLAG_NO_SYNC = 0x%x is defined)", function, o.flags, KVP_SERIALIZE_FLAG_NO_SYNC);
+  sel.sync = (o.flags & KVP_SERIALIZE_FLAG_NO_SYNC) == 0;
   if (o.chunk_bytes != 0) {
     if (o.chunk_bytes < KVP_SERIALIZE_MIN_CHUNK_BYTES || o.chunk_bytes > KVP_SERIALIZE_MAX_CHUNK_BYTES)
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: chunk_bytes %llu is outside [%u, %u]", function, (u64)o.chunk_bytes,
@@ -149,7 +151,7 @@ void serialize_to_file(const Cache& cache, const Selection& sel, const char* pat
   AtomicFile file(path, function);
   FileSink sink(file, cache.allocator());
   serialize(cache, sel, sink, function);
-  file.commit();
+  file.commit(sel.sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
 }
 
 kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, const char* function) {

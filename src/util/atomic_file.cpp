@@ -135,10 +135,10 @@ void AtomicFile::link_unnamed() {
   fail(KVP_ERR_IO, "%s: cannot link the new file next to '%s': %s", function_, target_.c_str(), std::strerror(errno));
 }
 
-void AtomicFile::commit() {
+void AtomicFile::commit(Sync sync) {
   const char* fn = function_;
   const char* target = target_.c_str();
-  if (::fsync(fd_) != 0) fail(KVP_ERR_IO, "%s: fsync of the new '%s' failed: %s", fn, target, std::strerror(errno));
+  if (sync == Sync::kSynced && ::fsync(fd_) != 0) fail(KVP_ERR_IO, "%s: fsync of the new '%s' failed: %s", fn, target, std::strerror(errno));
   // Link and rename back to back: a kill between them is the only way a (complete) temporary
   // file can be left with an unnamed file.
   if (tmp_.empty()) link_unnamed();
@@ -148,6 +148,7 @@ void AtomicFile::commit() {
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) fail(KVP_ERR_IO, "%s: closing '%s' failed: %s", fn, target, std::strerror(errno));
+  if (sync == Sync::kUnsynced) return;
   const HostString dir = directory_of(target_);
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)

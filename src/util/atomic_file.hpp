@@ -1,6 +1,6 @@
 // Atomic replacement of a file. The new content goes to a file in the target's directory that has
 // no name (O_TMPFILE) where the filesystem supports it, else to a temporary file
-// "<target>.tmp.XXXXXX"; commit() syncs it, gives an unnamed file the temporary name, renames it
+// "<target>.tmp.XXXXXX"; commit() syncs it (unless told not to), gives an unnamed file the temporary name, renames it
 // over the target and syncs the directory. Until the rename the old file is untouched and the
 // destructor removes the temporary file; a failure of the directory sync after the rename still
 // throws, with the target already replaced.
@@ -27,8 +27,13 @@ class AtomicFile {
   // Writes all n bytes at offset `off` (pwrite: the current offset is unchanged); callers may
   // write different ranges from several threads at once. Throws KVP_ERR_IO.
   void write_at(uint64_t off, const void* p, size_t n);
-  // fsync, naming, rename over the target, fsync of the directory; throws KVP_ERR_IO.
-  void commit();
+  // How commit() makes the replacement last: kSynced syncs the new file before the rename and the
+  // directory after it (the new content survives a power loss); kUnsynced skips both syncs (other
+  // processes still see the old file or the whole new one, but after a power loss or kernel crash
+  // the target may hold the old file, the new one or an empty or partial file).
+  enum class Sync { kSynced, kUnsynced };
+  // [fsync], naming, rename over the target, [fsync of the directory]; throws KVP_ERR_IO.
+  void commit(Sync sync = Sync::kSynced);
 
  private:
   void link_unnamed();

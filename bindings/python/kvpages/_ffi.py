@@ -16,6 +16,9 @@ MAX_DIMS = 6
 #: KVP_VERSION_NUMBER of the headers these bindings were written against (1.3.0: metadata flags, sharded configs).
 BINDING_VERSION_NUMBER = 10300
 
+#: KVP_SERIALIZE_FLAG_NO_SYNC (serialize.h, since 1.3): kvp_serialize_options.flags bit.
+SERIALIZE_FLAG_NO_SYNC = 1
+
 #: KVP_METADATA_FLAG_IMMUTABLE (metadata.h, since 1.3): kvp_metadata_desc.flags bit.
 METADATA_FLAG_IMMUTABLE = 1
 

@@ -325,11 +325,13 @@ class Cache(Handle):
         from .serialize import to_bytes
         return to_bytes(self, pages, chunk_bytes)
 
-    def save(self, target: Any, pages: Optional[Sequence[int]] = None, chunk_bytes: int = 0) -> None:
-        """Saves the whole cache or ``pages``: to a path (kvp_serialize_to_file, atomic) or to a
-        binary file object with ``write`` (kvp_serialize_to_writer, streaming)."""
+    def save(self, target: Any, pages: Optional[Sequence[int]] = None, chunk_bytes: int = 0,
+             sync: bool = True) -> None:
+        """Saves the whole cache or ``pages``: to a path (kvp_serialize_to_file, atomic; ``sync=False``
+        skips its fsyncs: KVP_SERIALIZE_FLAG_NO_SYNC) or to a binary file object with ``write``
+        (kvp_serialize_to_writer, streaming)."""
         from .serialize import save
-        save(self, target, pages, chunk_bytes)
+        save(self, target, pages, chunk_bytes, sync)
 
     def load_into(self, source: Any, pages: Optional[Sequence[int]] = None) -> None:
         """Loads a blob (bytes-like, path, or binary file object with ``readinto``/``read``) into

@@ -8,8 +8,8 @@ import dataclasses
 import os
 from typing import Any, Optional, Sequence, Tuple
 
-from ._ffi import (_P, _i32, _vp, ReadFn, WriteFn, kvp_cache_options, kvp_deserialize_options, kvp_serialize_options,
-                   kvp_serialized_info, lib, sized)
+from ._ffi import (_P, _i32, _vp, SERIALIZE_FLAG_NO_SYNC, ReadFn, WriteFn, kvp_cache_options, kvp_deserialize_options,
+                   kvp_serialize_options, kvp_serialized_info, lib, sized)
 from .config import Config
 from .errors import check, invalid
 from .types import DeviceLike, parse_device
@@ -48,10 +48,11 @@ def _path(x: Any) -> bytes:
     return os.fsencode(x)
 
 
-def _options(pages: Optional[Sequence[int]], chunk_bytes: int) -> Tuple[kvp_serialize_options, Any]:
+def _options(pages: Optional[Sequence[int]], chunk_bytes: int, sync: bool = True) -> Tuple[kvp_serialize_options, Any]:
     o = kvp_serialize_options()
     check(lib.kvp_serialize_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_serialize_options_init")
     o.chunk_bytes = chunk_bytes
+    o.flags = 0 if sync else SERIALIZE_FLAG_NO_SYNC
     ids = _page_ids(pages)
     if ids is not None:
         o.page_ids, o.num_page_ids = ctypes.cast(ids, _P(_i32)), len(pages)
@@ -135,9 +136,11 @@ def _read_some(file: Any, target: Any, size: int) -> int:
     return len(data)
 
 
-def save(cache: Any, target: Any, pages: Optional[Sequence[int]] = None, chunk_bytes: int = 0) -> None:
-    """kvp_serialize_to_file for a path, kvp_serialize_to_writer for a file object."""
-    o, keep = _options(pages, chunk_bytes)
+def save(cache: Any, target: Any, pages: Optional[Sequence[int]] = None, chunk_bytes: int = 0,
+         sync: bool = True) -> None:
+    """kvp_serialize_to_file for a path (``sync=False``: KVP_SERIALIZE_FLAG_NO_SYNC), kvp_serialize_to_writer
+    for a file object."""
+    o, keep = _options(pages, chunk_bytes, sync)
     if _is_path(target):
         check(lib.kvp_serialize_to_file(cache.ptr, ctypes.byref(o), _path(target)), "kvp_serialize_to_file")
         return

@@ -325,6 +325,9 @@ def test_serialize_whole_or_pages_to_bytes_paths_and_file_objects(tmp_path):
         stream = io.BytesIO()
         cache.save(stream, pages=[1, 2, 3], chunk_bytes=4096)
         assert stream.getvalue() == path.read_bytes()
+        unsynced = tmp_path / "unsynced.kvp"
+        cache.save(unsynced, pages=[1, 2, 3], chunk_bytes=4096, sync=False)  # KVP_SERIALIZE_FLAG_NO_SYNC
+        assert unsynced.read_bytes() == path.read_bytes()
         with kvpages.Cache(cfg) as fresh:
             fresh.load_into(io.BytesIO(stream.getvalue()), pages=[6, 5, 4])  # moved to other pages
             fresh.load_into(path)  # and to their own ids
