@@ -23,8 +23,9 @@
  * text byte for byte.
  *
  * kvp_config_from_json() behaves like the reference's `from_json()`: unknown keys are ignored
- * (the reference's `data_parallel_size` and `kv_head_shards` are read and kept, default 1; the
- * two `requested_*` keys default to 0, "as resolved"), the five model fields are required, the others default, and the record is **not validated and
+ * (the reference's `data_parallel_size` and `kv_head_shards` are read and kept, default 1, and
+ * must be at least 1; the two `requested_*` keys default to 0, "as resolved"), the five model
+ * fields are required, the others default, and the record is **not validated and
  * nothing is recomputed** — a JSON with inconsistent numbers round-trips as it is. Call
  * kvp_config_validate() on the result before trusting it. Differences from the reference: a value
  * of the wrong JSON type (a string for an integer, a fraction for an integer field, `null`) is an

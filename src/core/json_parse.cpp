@@ -309,8 +309,13 @@ kvp_config config_from_json(const char* text, size_t len, const char* fn) {
   } catch (const error&) {
     fail(KVP_ERR_NOT_FOUND, "%s: unknown _kvdtype_str \"%.64s\"", fn, dt);
   }
+  // Shard counts are at least 1 in JSON (0 means "1" only in a version-1 binary record), so an
+  // unsharded record, written without these keys, reads back as it was.
   c.data_parallel_size = get_int(fs[14], false, 1, fn);
   c.kv_head_shards = get_int(fs[15], false, 1, fn);
+  if (c.data_parallel_size < 1 || c.kv_head_shards < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: data_parallel_size %lld and kv_head_shards %lld must be at least 1", fn,
+         static_cast<long long>(c.data_parallel_size), static_cast<long long>(c.kv_head_shards));
   c.requested_kv_head_shards = get_int(fs[16], false, 0, fn);
   if (fs[17].kind != Field::kAbsent) {
     const char* req = get_str(fs[17], "", fn);

@@ -383,6 +383,16 @@ static void test_shards__json(void **state) {
                        "\"v_headdim\": 128, \"requested_kvdtype\": \"int8\"}";
   assert_kvp_status(kvp_config_from_json(bad_dt, strlen(bad_dt), &back), KVP_ERR_NOT_FOUND, "requested_kvdtype");
   assert_memory_equal(&back, &untouched, sizeof back);
+  /* shard counts below 1 (found by fuzz_config_json: -1 read back as 1 after a round trip) */
+  const char *below_one[] = {"\"kv_head_shards\": -1", "\"kv_head_shards\": 0", "\"data_parallel_size\": 0",
+                             "\"data_parallel_size\": -2"};
+  for (size_t i = 0; i < sizeof below_one / sizeof below_one[0]; ++i) {
+    char js[256];
+    snprintf(js, sizeof js, "{\"num_hidden_layers\": 1, \"max_model_length\": 1, \"num_kv_heads\": 1, "
+             "\"k_headdim\": 128, \"v_headdim\": 128, %s}", below_one[i]);
+    assert_kvp_status(kvp_config_from_json(js, strlen(js), &back), KVP_ERR_INVALID_ARGUMENT, "must be at least 1");
+    assert_memory_equal(&back, &untouched, sizeof back);
+  }
 }
 
 /* What a program built against kvpages 1.0-1.2 hands in: a record of version 1's size right
