@@ -158,8 +158,11 @@ KVP_ALWAYS_INLINE inline void prefetch_run(const Ctx& c, int64_t r) {
   for (int64_t b = 0; b < std::min<int64_t>(c.token_bytes, 1024); b += 64) __builtin_prefetch(next + b, 1, 3);
 }
 
-template <class V, int kData, int kPad, bool kStream>
-KVP_ALWAYS_INLINE inline void write_fixed_body(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
+// Walks `tokens` tokens from run `r` token `off` on, runs in order: entry(dst, src) for every key
+// and value head of each token, then the row's padding entries. The per-ISA writers below are
+// flattened, so `entry` and everything it calls is inlined into them.
+template <bool kStream, class Entry>
+KVP_ALWAYS_INLINE inline void for_each_entry(const Ctx& c, int64_t r, int64_t off, int64_t tokens, Entry&& entry) {
   const ConcatJob& j = *c.job;
   const int64_t H = j.num_kv_heads;
   while (tokens > 0) {
@@ -171,8 +174,8 @@ KVP_ALWAYS_INLINE inline void write_fixed_body(const Ctx& c, int64_t r, int64_t 
     uint8_t* row = j.dst + (run.dst_slot + off) * c.token_bytes;
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t h = 0; h < H; ++h) {
-        write_entry<V, kData, kData + kPad, kStream>(row + c.key_off0 + h * c.head_step, kb + h * c.key_head);
-        write_entry<V, kData, kData + kPad, kStream>(row + c.val_off0 + h * c.head_step, vb + h * c.val_head);
+        entry(row + c.key_off0 + h * c.head_step, kb + h * c.key_head);
+        entry(row + c.val_off0 + h * c.head_step, vb + h * c.val_head);
       }
       zero_tail(c, row);
       kb += c.key_tok;
@@ -183,6 +186,13 @@ KVP_ALWAYS_INLINE inline void write_fixed_body(const Ctx& c, int64_t r, int64_t 
     off = 0;
     ++r;
   }
+}
+
+template <class V, int kData, int kPad, bool kStream>
+KVP_ALWAYS_INLINE inline void write_fixed_body(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
+  for_each_entry<kStream>(c, r, off, tokens, [](uint8_t* d, const uint8_t* s) KVP_ALWAYS_INLINE {
+    write_entry<V, kData, kData + kPad, kStream>(d, s);
+  });
 }
 
 // One function per (ISA, row bytes, lane padding, streaming); the body is inlined whole.
@@ -274,31 +284,11 @@ KVP_ALWAYS_INLINE inline void convert_entry(const Ctx& c, uint8_t* d, const uint
 
 template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
 KVP_ALWAYS_INLINE inline void write_converting_body(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
-  const ConcatJob& j = *c.job;
-  const int64_t H = j.num_kv_heads;
   alignas(64) uint8_t buf[kStream ? kMaxStreamEntry : 1];
   if (kStream && c.pad_lanes) std::memset(buf + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
-  while (tokens > 0) {
-    const ConcatRun& run = j.runs[r];
-    if (!kStream) prefetch_run(c, r);
-    const int64_t n = std::min(run.len - off, tokens);
-    const uint8_t* kb = c.key + (run.src + off) * c.key_tok;
-    const uint8_t* vb = c.val + (run.src + off) * c.val_tok;
-    uint8_t* row = j.dst + (run.dst_slot + off) * c.token_bytes;
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t h = 0; h < H; ++h) {
-        convert_entry<V, SD, DD, kStream>(c, row + c.key_off0 + h * c.head_step, kb + h * c.key_head, buf);
-        convert_entry<V, SD, DD, kStream>(c, row + c.val_off0 + h * c.head_step, vb + h * c.val_head, buf);
-      }
-      zero_tail(c, row);
-      kb += c.key_tok;
-      vb += c.val_tok;
-      row += c.token_bytes;
-    }
-    tokens -= n;
-    off = 0;
-    ++r;
-  }
+  for_each_entry<kStream>(c, r, off, tokens, [&c, &buf](uint8_t* d, const uint8_t* s) KVP_ALWAYS_INLINE {
+    convert_entry<V, SD, DD, kStream>(c, d, s, buf);
+  });
 }
 
 template <kvp_dtype SD, kvp_dtype DD, bool kStream>
