@@ -72,6 +72,7 @@
 #endif
 
 #include "kvpages.h"
+#include "run_info.h"
 
 #define PAGE 16
 #define HKV 8
@@ -1359,23 +1360,6 @@ static void prefill_table(const char *thr) {
 
 /* ---- main ---------------------------------------------------------------------------------- */
 
-static void cpu_model(char *model, size_t n) {
-  char line[512];
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  snprintf(model, n, "unknown CPU");
-  if (f == NULL) return;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (strncmp(line, "model name", 10) == 0) {
-      char *p = strchr(line, ':');
-      if (p != NULL) {
-        snprintf(model, n, "%s", p + 2);
-        model[strcspn(model, "\n")] = 0;
-      }
-      break;
-    }
-  fclose(f);
-}
-
 static int run_child(char **argv, const char *table, long threads) {
   char nbuf[32];
   pid_t pid;
@@ -1409,7 +1393,7 @@ static void print_report_header(long nproc) {
   const double llc = llc_bytes(llc_src, sizeof llc_src);
   const char *isa_env = getenv("KVP_CPU_ISA");
   time_t tt = time(NULL);
-  cpu_model(model, sizeof model);
+  bench_cpu_model(model, sizeof model);
   strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&tt));
   printf("# kvp_attention on the CPU\n\n");
   printf("- date: %s\n- machine: %s, %ld logical CPUs, %.1f GiB memory (%.1f GiB available at start), "

@@ -34,6 +34,7 @@
 #endif
 
 #include "kvpages.h"
+#include "run_info.h"
 
 typedef struct shape {
   const char *name;
@@ -398,24 +399,11 @@ int main(int argc, char **argv) {
     /* Parent: print the header, then run the table once per thread count in child processes
      * (the library sizes its CPU thread pool from KVP_NUM_THREADS once per process). */
     const long nproc = sysconf(_SC_NPROCESSORS_ONLN);
-    char model[256] = "unknown CPU", line[512], date[64], nbuf[32];
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    time_t t = time(NULL);
+    char model[256], date[64], nbuf[32];
     long counts[2];
     int nc = nproc > 1 ? 2 : 1, c;
-    if (f != NULL) {
-      while (fgets(line, sizeof line, f) != NULL)
-        if (strncmp(line, "model name", 10) == 0) {
-          char *p = strchr(line, ':');
-          if (p != NULL) {
-            snprintf(model, sizeof model, "%s", p + 2);
-            model[strcspn(model, "\n")] = 0;
-          }
-          break;
-        }
-      fclose(f);
-    }
-    strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&t));
+    bench_cpu_model(model, sizeof model);
+    bench_utc_date(date, sizeof date);
     printf("# kvp_concatenate on the CPU\n\n");
     printf("- date: %s\n- machine: %s, %ld logical CPUs\n- library: %s\n", date, model, nproc, kvp_build_info());
     printf("- bytes = K+V input bytes; memcpy / stream = single-thread memcpy and non-temporal-store copy of\n"

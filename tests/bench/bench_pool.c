@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "kvpages.h"
+#include "run_info.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -249,24 +250,9 @@ int main(int argc, char **argv) {
     }
   }
   if (reps < 1) reps = 1;
-  char date[64];
-  time_t now = time(NULL);
-  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-  char cpu[256] = "unknown CPU";
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (f != NULL) {
-    char line[512];
-    while (fgets(line, sizeof line, f) != NULL)
-      if (strncmp(line, "model name", 10) == 0) {
-        const char *c = strchr(line, ':');
-        if (c != NULL) {
-          snprintf(cpu, sizeof cpu, "%s", c + 2);
-          cpu[strcspn(cpu, "\n")] = '\0';
-        }
-        break;
-      }
-    fclose(f);
-  }
+  char date[64], cpu[256];
+  bench_utc_date(date, sizeof date);
+  bench_cpu_model(cpu, sizeof cpu);
   printf("bench_pool: %s, device CPU (%s), %s, best of %d\n", kvp_build_info(), cpu, date, reps);
   bench_page_size(16, reps);
   bench_page_size(128, reps);

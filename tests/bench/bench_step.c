@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "kvpages.h"
+#include "run_info.h"
 
 #define LAYERS 32
 #define PAGE 16
@@ -229,25 +230,12 @@ int main(int argc, char **argv) {
   const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
   const double min_s = quick ? 0.05 : 0.5;
   const char *threads = getenv("KVP_NUM_THREADS");
-  char model[256] = "unknown CPU", line[512], date[64];
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  time_t t = time(NULL);
+  char model[256], date[64];
   static const int64_t kHeads[] = {8, 1};
   static const int64_t kDecode[] = {1, 16, 256, 4096};
   size_t h, b;
-  if (f != NULL) {
-    while (fgets(line, sizeof line, f) != NULL)
-      if (strncmp(line, "model name", 10) == 0) {
-        char *p = strchr(line, ':');
-        if (p != NULL) {
-          snprintf(model, sizeof model, "%s", p + 2);
-          model[strcspn(model, "\n")] = 0;
-        }
-        break;
-      }
-    fclose(f);
-  }
-  strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&t));
+  bench_cpu_model(model, sizeof model);
+  bench_utc_date(date, sizeof date);
   printf("# A 32-layer step: one metadata, 32 kvp_concatenate calls\n\n");
   printf("- date: %s\n- machine: %s, %ld logical CPUs; threads: KVP_NUM_THREADS=%s\n- library: %s\n", date, model,
          sysconf(_SC_NPROCESSORS_ONLN), threads != NULL ? threads : "(unset: library default)", kvp_build_info());
