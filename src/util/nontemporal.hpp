@@ -6,8 +6,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
-#include <cstring>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -21,28 +19,6 @@ namespace kvp::detail {
 // memcpy (no overlap) with non-temporal stores for the bulk and a store fence at the end; copies
 // under 4 KiB use memcpy.
 void copy_nontemporal(void* dst, const void* src, size_t n) noexcept;
-
-// kBytes (a multiple of 16) to a 16-byte aligned dst with non-temporal stores, unfenced: the
-// caller calls fence_nontemporal() before anything else may read dst.
-template <int kBytes>
-inline void copy_nontemporal_fixed(uint8_t* dst, const uint8_t* src) noexcept {
-#if KVP_HAVE_NONTEMPORAL
-  for (int i = 0; i < kBytes; i += 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-#else
-  std::memcpy(dst, src, kBytes);
-#endif
-}
-
-template <int kBytes>
-inline void zero_nontemporal_fixed(uint8_t* dst) noexcept {
-#if KVP_HAVE_NONTEMPORAL
-  const __m128i z = _mm_setzero_si128();
-  for (int i = 0; i < kBytes; i += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), z);
-#else
-  std::memset(dst, 0, kBytes);
-#endif
-}
 
 // Bytes one thread writes from which non-temporal stores beat ordinary ones for data written
 // once and not read back soon: the size of the core's private (L2) cache, from
