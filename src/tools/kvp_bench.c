@@ -46,7 +46,6 @@ typedef struct bench_results {
   double alloc_ns, free_ns, match_ms;
 } bench_results;
 
-static double bench_now(void) { return kvp_tool_now(); }
 
 static int bench_fail(const char *what) {
   fprintf(stderr, "kvp bench: %s: %s\n", what, kvp_last_error_message());
@@ -58,13 +57,13 @@ typedef int (*bench_op)(void *arg);
 
 /* Best time of op(arg) over at least min_s seconds (and at least 3 runs); -1 when op fails. */
 static double best_time(bench_op op, void *arg, double min_s) {
-  const double t_end = bench_now() + min_s;
+  const double t_end = kvp_tool_now() + min_s;
   double best = 1e30;
   int runs;
-  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
-    const double t0 = bench_now();
+  for (runs = 0; runs < 3 || kvp_tool_now() < t_end; ++runs) {
+    const double t0 = kvp_tool_now();
     if (op(arg) != 0) return -1.0;
-    const double dt = bench_now() - t0;
+    const double dt = kvp_tool_now() - t0;
     if (dt < best) best = dt;
   }
   return best;
@@ -373,26 +372,26 @@ static int bench_pool(double min_s, bench_results *res) {
     rc = bench_fail("pool");
     goto out;
   }
-  t_end = bench_now() + min_s;
-  for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
+  t_end = kvp_tool_now() + min_s;
+  for (runs = 0; runs < 3 || kvp_tool_now() < t_end; ++runs) {
     kvp_seq_id seq;
     double t0, t1, t2;
     if (kvp_pool_add_sequence(pool, NULL, 0, 0, 0, &seq, NULL) != KVP_OK) {
       rc = bench_fail("add sequence");
       goto out;
     }
-    t0 = bench_now();
+    t0 = kvp_tool_now();
     for (i = 0; i < tokens; i += BENCH_PAGE)
       if (kvp_pool_append(pool, seq, prompt + i, BENCH_PAGE, NULL) != KVP_OK) {
         rc = bench_fail("append");
         goto out;
       }
-    t1 = bench_now();
+    t1 = kvp_tool_now();
     if (kvp_pool_free_sequence(pool, seq) != KVP_OK) {
       rc = bench_fail("free");
       goto out;
     }
-    t2 = bench_now();
+    t2 = kvp_tool_now();
     if (t1 - t0 < best_alloc) best_alloc = t1 - t0;
     if (t2 - t1 < best_free) best_free = t2 - t1;
   }
@@ -413,16 +412,16 @@ static int bench_pool(double min_s, bench_results *res) {
       rc = bench_fail("index the prompt");
       goto out;
     }
-    t_end = bench_now() + min_s;
-    for (runs = 0; runs < 3 || bench_now() < t_end; ++runs) {
-      const double t0 = bench_now();
+    t_end = kvp_tool_now() + min_s;
+    for (runs = 0; runs < 3 || kvp_tool_now() < t_end; ++runs) {
+      const double t0 = kvp_tool_now();
       double dt;
       if (kvp_pool_add_sequence(pool, prompt, (size_t)tokens, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &again, &reused) !=
           KVP_OK) {
         rc = bench_fail("prefix match");
         goto out;
       }
-      dt = bench_now() - t0;
+      dt = kvp_tool_now() - t0;
       if (dt < best_match) best_match = dt;
       if (reused != (size_t)tokens) {
         fprintf(stderr, "kvp bench: the prefix match reused %zu of %" PRId64 " tokens\n", reused, tokens);

@@ -56,12 +56,6 @@ typedef struct demo_step {
   int64_t T;
 } demo_step;
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int demo_fail(const char *what) {
   fprintf(stderr, "kvp demo: %s: %s\n", what, kvp_last_error_message());
   return 1;
@@ -304,12 +298,12 @@ static int run_layers(demo *d, const demo_step *st, int step, double *elapsed) {
   for (l = 0; l < d->model.layers; ++l) {
     double t0;
     fill_qkv(d, st, l);
-    t0 = now_s();
+    t0 = kvp_tool_now();
     if (kvp_attention(d->cache, (uint32_t)l, &q, &k, &v, st->md, &ao, &out, NULL) != KVP_OK) {
       fprintf(stderr, "kvp demo: step %d layer %" PRId64 ": %s\n", step, l, kvp_last_error_message());
       return 1;
     }
-    *elapsed += now_s() - t0;
+    *elapsed += kvp_tool_now() - t0;
     for (row = 0; row < st->nb; ++row) {
       const kvp_batch_request *b = &st->br[st->order[row]];
       const demo_seq *s = &d->seqs[st->idx[st->order[row]]];
@@ -444,13 +438,13 @@ int kvp_cmd_demo(int argc, char **argv) {
            "pages from a kvp_pool with prefix caching, kvp_attention writing and attending each layer\n",
            DEMO_REQS, DEMO_SYSTEM_PROMPT, DEMO_TOKEN_BUDGET, da.layers, DEMO_Q_HEADS, DEMO_KV_HEADS, DEMO_HEAD_DIM,
            kvp_layout_name(d.cfg.version), kvp_dtype_name(d.cfg.kvdtype));
-    t_start = now_s();
+    t_start = kvp_tool_now();
     for (step = 0; rc == 0 && !all_done(&d); ++step) {
       const int64_t before = d.tokens;
       rc = run_step(&d, step);
       steps += d.tokens > before;
     }
-    if (rc == 0) rc = report(&d, steps, now_s() - t_start);
+    if (rc == 0) rc = report(&d, steps, kvp_tool_now() - t_start);
     if (rc == 0 && da.save_path != NULL) {
       rc = kvp_tool_save("kvp demo", d.cache, NULL, da.save_path, da.progress);
       if (rc == 0) printf("saved the cache to %s (kvp inspect / kvp load read it)\n", da.save_path);

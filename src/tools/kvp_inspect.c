@@ -51,79 +51,28 @@ static int check_regular_file(const char *path) {
   return ok ? 0 : -1;
 }
 
-/* ---- Progress of the verification -------------------------------------------------------------
- * kvp_serialized_inspect_file() streams the file with read(2) and has no callback, so a watcher
- * thread follows the bytes this process has read (/proc/self/io, "rchar") while it runs. Where
- * that file cannot be read there is no bar. */
+/* ---- Progress of the verification ------------------------------------------------------------ */
 
-typedef struct read_watch {
-  pthread_mutex_t lock;
-  pthread_cond_t wake;
-  int stop;
-  uint64_t base; /* rchar before the verification */
-  kvp_progress *progress;
-} read_watch;
-
-static int read_rchar(uint64_t *out) {
-  char line[128];
-  int found = 0;
-  FILE *f = fopen("/proc/self/io", "r");
-  if (f == NULL) return -1;
-  while (!found && fgets(line, sizeof line, f) != NULL) found = sscanf(line, "rchar: %" SCNu64, out) == 1;
-  fclose(f);
-  return found ? 0 : -1;
+static kvp_status verify_call(void *arg) {
+  const void *const *a = (const void *const *)arg;
+  return kvp_serialized_inspect_file((const char *)a[0], KVP_INSPECT_VERIFY, (kvp_serialized_info *)a[1]);
 }
 
-static void *watch_reads(void *arg) {
-  read_watch *w = (read_watch *)arg;
-  pthread_mutex_lock(&w->lock);
-  while (!w->stop) {
-    struct timespec until;
-    uint64_t now = 0;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += 100000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec += 1;
-      until.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&w->wake, &w->lock, &until);
-    if (!w->stop && read_rchar(&now) == 0) kvp_progress_set(w->progress, now - w->base);
-  }
-  pthread_mutex_unlock(&w->lock);
-  return NULL;
-}
-
-/* kvp_serialized_inspect_file() with KVP_INSPECT_VERIFY, with a progress bar over total bytes. */
+/* kvp_serialized_inspect_file() with KVP_INSPECT_VERIFY, with a progress bar over total bytes
+ * (the bytes this process reads while it runs). */
 static kvp_status verify_file(const char *path, uint64_t total, kvp_progress_mode mode, kvp_serialized_info *out) {
-  read_watch w;
-  pthread_t thread;
   kvp_progress progress;
+  const void *args[2] = {path, out};
   kvp_status s;
-  int watching;
   kvp_progress_begin(&progress, "verifying", total, mode);
-  watching = progress.enabled && read_rchar(&w.base) == 0;
-  if (watching) {
-    pthread_mutex_init(&w.lock, NULL);
-    pthread_cond_init(&w.wake, NULL);
-    w.stop = 0;
-    w.progress = &progress;
-    watching = pthread_create(&thread, NULL, watch_reads, &w) == 0;
-  }
-  s = kvp_serialized_inspect_file(path, KVP_INSPECT_VERIFY, out);
-  if (watching) {
-    pthread_mutex_lock(&w.lock);
-    w.stop = 1;
-    pthread_cond_signal(&w.wake);
-    pthread_mutex_unlock(&w.lock);
-    pthread_join(thread, NULL);
-  }
+  s = kvp_tool_watch_io(&progress, KVP_IO_READ, verify_call, (void *)args);
   kvp_progress_end(&progress, s == KVP_OK);
   return s;
 }
 
 /* ---- Output ----------------------------------------------------------------------------------- */
 
-static void print_header_text(const char *path, const kvp_serialized_info *info) {
+static void print_header_text(const kvp_serialized_info *info) {
   printf("format:         KVPS %u.%u (this library reads %u.x, writes %u.%u)\n", info->format_major,
          info->format_minor, KVP_FORMAT_MAJOR, KVP_FORMAT_MAJOR, KVP_FORMAT_MINOR);
   printf("header:         %u bytes, checksum %016" PRIx64 ", flags 0x%016" PRIx64 "\n", info->header_size,
@@ -145,7 +94,6 @@ static void print_header_text(const char *path, const kvp_serialized_info *info)
   printf("config:         ");
   kvp_tool_json_config(stdout, &info->config);
   printf("\n");
-  (void)path;
 }
 
 /* One JSON object: the header's fields when it could be read (header NULL otherwise), the page
@@ -228,7 +176,7 @@ int kvp_cmd_inspect(int argc, char **argv) {
   if (!json) printf("file:           %s\n", path);
   s = kvp_serialized_inspect_file(path, 0, &header);
   if (s != KVP_OK) return verdict_failure(path, s, json, NULL);
-  if (!json) print_header_text(path, &header);
+  if (!json) print_header_text(&header);
   s = verify_file(path, header.total_bytes, progress, &verified);
   if (s != KVP_OK) return verdict_failure(path, s, json, &header);
   if (json) {

@@ -4,79 +4,23 @@
  * `kvp demo --save` uses too. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "kvp_tool.h"
 
 /* ---- Save ------------------------------------------------------------------------------------- */
 
-typedef struct save_sink {
-  int fd;
-  uint64_t written;
-  kvp_progress *progress;
-} save_sink;
+typedef struct save_call {
+  const kvp_cache *cache;
+  const kvp_serialize_options *opts;
+  const char *path;
+} save_call;
 
-static int32_t KVP_CALL write_to_fd(const void *data, size_t size, void *user_data) {
-  save_sink *s = (save_sink *)user_data;
-  const char *p = (const char *)data;
-  while (size > 0) {
-    const ssize_t n = write(s->fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return errno != 0 ? errno : EIO;
-    p += n;
-    size -= (size_t)n;
-    s->written += (uint64_t)n;
-  }
-  kvp_progress_set(s->progress, s->written);
-  return 0;
-}
-
-/* The streaming save behind the progress bar: the blob goes to PATH.tmp.XXXXXX next to the
- * target (mode 0666 & ~umask, as the library's own save), is synced and renamed over the target;
- * on failure the temporary file is removed and the target is left as it was. */
-static int save_with_progress(const char *cmd, const kvp_cache *cache, const kvp_serialize_options *opts,
-                              const char *path, kvp_progress *progress) {
-  const size_t plen = strlen(path);
-  char *tmp = (char *)malloc(plen + 12);
-  save_sink sink = {-1, 0, progress};
-  mode_t mask;
-  kvp_status s;
-  int ok = 0;
-  if (tmp == NULL) {
-    fprintf(stderr, "%s: out of memory\n", cmd);
-    return 1;
-  }
-  memcpy(tmp, path, plen);
-  memcpy(tmp + plen, ".tmp.XXXXXX", 12);
-  sink.fd = mkstemp(tmp);
-  if (sink.fd < 0) {
-    fprintf(stderr, "%s: cannot create a temporary file next to '%s': %s\n", cmd, path, strerror(errno));
-    free(tmp);
-    return 1;
-  }
-  mask = umask(0);
-  umask(mask);
-  s = kvp_serialize_to_writer(cache, opts, write_to_fd, &sink);
-  if (s != KVP_OK) fprintf(stderr, "%s: saving '%s': %s\n", cmd, path, kvp_last_error_message());
-  else if (fchmod(sink.fd, 0666 & ~mask) != 0 || fsync(sink.fd) != 0)
-    fprintf(stderr, "%s: saving '%s': %s\n", cmd, path, strerror(errno));
-  else ok = 1;
-  if (close(sink.fd) != 0 && ok) {
-    fprintf(stderr, "%s: saving '%s': %s\n", cmd, path, strerror(errno));
-    ok = 0;
-  }
-  if (ok && rename(tmp, path) != 0) {
-    fprintf(stderr, "%s: cannot rename '%s' to '%s': %s\n", cmd, tmp, path, strerror(errno));
-    ok = 0;
-  }
-  if (!ok) unlink(tmp);
-  free(tmp);
-  return ok ? 0 : 1;
+static kvp_status save_file(void *arg) {
+  const save_call *c = (const save_call *)arg;
+  return kvp_serialize_to_file(c->cache, c->opts, c->path);
 }
 
 int kvp_tool_save(const char *cmd, const kvp_cache *cache, const kvp_serialize_options *opts, const char *path,
@@ -89,13 +33,12 @@ int kvp_tool_save(const char *cmd, const kvp_cache *cache, const kvp_serialize_o
     return 1;
   }
   kvp_progress_begin(&progress, "saving", size, mode);
-  if (!progress.enabled) { /* no bar: the library's own atomic save (O_TMPFILE, symbolic links) */
-    if (kvp_serialize_to_file(cache, opts, path) == KVP_OK) return 0;
-    fprintf(stderr, "%s: saving '%s': %s\n", cmd, path, kvp_last_error_message());
-    return 1;
+  {
+    save_call call = {cache, opts, path};
+    rc = kvp_tool_watch_io(&progress, KVP_IO_WRITE, save_file, &call) == KVP_OK ? 0 : 1;
   }
-  rc = save_with_progress(cmd, cache, opts, path, &progress);
   kvp_progress_end(&progress, rc == 0);
+  if (rc != 0) fprintf(stderr, "%s: saving '%s': %s\n", cmd, path, kvp_last_error_message());
   return rc;
 }
 
@@ -168,7 +111,6 @@ static const char *parse_pages(const char *s, int32_t **ids_out, uint32_t *n_out
     }
     if (*p == ',') ++p;
     else if (*p != '\0') break;
-    if (*p == '\0' && p[-1] == ',') break;
   }
   if (*p != '\0' || n == 0 || p[-1] == ',') {
     free(ids);

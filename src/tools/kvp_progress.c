@@ -1,6 +1,8 @@
 /* A progress bar on stderr for long file operations (save, load, inspect), drawn only where a
  * person watches: stderr a terminal (or --progress always). */
 #define _POSIX_C_SOURCE 200809L
+#include <inttypes.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,4 +59,72 @@ void kvp_progress_end(kvp_progress *p, int ok) {
   }
   fflush(stderr);
   p->enabled = 0;
+}
+
+/* ---- Progress of a library call without a callback --------------------------------------------
+ * The library's file calls stream with read(2) / pwrite(2) and take no progress callback, so a
+ * watcher thread follows the bytes this process reads or writes (/proc/self/io, "rchar" or
+ * "wchar") while the call runs. Where that file cannot be read there is no bar. */
+
+typedef struct io_watch {
+  pthread_mutex_t lock;
+  pthread_cond_t wake;
+  int stop;
+  kvp_io_direction direction;
+  uint64_t base; /* the counter before the call */
+  kvp_progress *progress;
+} io_watch;
+
+static int read_io_counter(kvp_io_direction direction, uint64_t *out) {
+  const char *fmt = direction == KVP_IO_READ ? "rchar: %" SCNu64 : "wchar: %" SCNu64;
+  char line[128];
+  int found = 0;
+  FILE *f = fopen("/proc/self/io", "r");
+  if (f == NULL) return -1;
+  while (!found && fgets(line, sizeof line, f) != NULL) found = sscanf(line, fmt, out) == 1;
+  fclose(f);
+  return found ? 0 : -1;
+}
+
+static void *watch_io(void *arg) {
+  io_watch *w = (io_watch *)arg;
+  pthread_mutex_lock(&w->lock);
+  while (!w->stop) {
+    struct timespec until;
+    uint64_t now = 0;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 100000000L;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec += 1;
+      until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&w->wake, &w->lock, &until);
+    if (!w->stop && read_io_counter(w->direction, &now) == 0) kvp_progress_set(w->progress, now - w->base);
+  }
+  pthread_mutex_unlock(&w->lock);
+  return NULL;
+}
+
+kvp_status kvp_tool_watch_io(kvp_progress *p, kvp_io_direction direction, kvp_status (*call)(void *), void *arg) {
+  io_watch w;
+  pthread_t thread;
+  kvp_status s;
+  int watching = p->enabled && read_io_counter(direction, &w.base) == 0;
+  if (watching) {
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.wake, NULL);
+    w.stop = 0;
+    w.direction = direction;
+    w.progress = p;
+    watching = pthread_create(&thread, NULL, watch_io, &w) == 0;
+  }
+  s = call(arg);
+  if (watching) {
+    pthread_mutex_lock(&w.lock);
+    w.stop = 1;
+    pthread_cond_signal(&w.wake);
+    pthread_mutex_unlock(&w.lock);
+    pthread_join(thread, NULL);
+  }
+  return s;
 }

@@ -98,12 +98,17 @@ void kvp_progress_set(kvp_progress *p, uint64_t done);
 void kvp_progress_end(kvp_progress *p, int ok);
 /* Seconds on a monotonic clock. */
 double kvp_tool_now(void);
+/* Which bytes kvp_tool_watch_io() follows. */
+typedef enum { KVP_IO_READ = 0, KVP_IO_WRITE } kvp_io_direction;
+/* Runs call(arg), moving the bar by the bytes this process reads or writes meanwhile (for the
+ * library's file calls, which take no progress callback); returns what call returned. */
+kvp_status kvp_tool_watch_io(kvp_progress *p, kvp_io_direction direction, kvp_status (*call)(void *), void *arg);
 
 /* ---- Files with progress (kvp_load.c) --------------------------------------------------------- */
 
-/* Saves a cache (or the pages opts selects; opts may be NULL) to path through the streaming
- * writer, with a progress bar; the file is replaced atomically (written next to it, synced,
- * renamed). Returns 0, or 1 after printing why on stderr with the prefix cmd. */
+/* Saves a cache (or the pages opts selects; opts may be NULL) to path with kvp_serialize_to_file()
+ * (the file replaced atomically), with a progress bar. Returns 0, or 1 after printing why on
+ * stderr with the prefix cmd. */
 int kvp_tool_save(const char *cmd, const kvp_cache *cache, const kvp_serialize_options *opts, const char *path,
                   kvp_progress_mode mode);
 

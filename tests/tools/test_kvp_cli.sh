@@ -297,7 +297,18 @@ if [[ "$out" != *"loading "*"] 100%"* ]] || [[ "$out" != *"saving "*"] 100%"* ]]
 else
   pass=$((pass + 1))
 fi
-cmp -s "$scratch/demo.kvps" "$scratch/copy2.kvps" && pass=$((pass + 1)) || fail "load --save (streaming writer): the copy differs" ""
+cmp -s "$scratch/demo.kvps" "$scratch/copy2.kvps" && pass=$((pass + 1)) || fail "load --save (with a bar): the copy differs" ""
+# With a bar or without, the save is the library's (kvp_serialize_to_file): a symbolic link at the
+# target stays a link to the replaced file, and a failure exits 1 saying why.
+ln -sf copy2.kvps "$scratch/link.kvps"
+check_progress "load --save through a link, --progress always" saving bar "$kvp" load "$scratch/demo.kvps" \
+  --save "$scratch/link.kvps" --progress always
+[[ -L "$scratch/link.kvps" ]] && cmp -s "$scratch/demo.kvps" "$scratch/copy2.kvps" && pass=$((pass + 1)) ||
+  fail "load --save --progress always: the link was not followed" ""
+expect 1 "saving '$scratch/no-such-dir/x.kvps'" load "$scratch/demo.kvps" --save "$scratch/no-such-dir/x.kvps" \
+  --progress always
+expect 1 "saving '$scratch/no-such-dir/x.kvps'" load "$scratch/demo.kvps" --save "$scratch/no-such-dir/x.kvps" \
+  --progress never
 # A page selection: --pages 1-3,7 saves four pages, as inspect and load report.
 expect 0 "saved to $scratch/part.kvps" load "$scratch/demo.kvps" --save "$scratch/part.kvps" --pages 1-3,7 --progress=always
 expect_value "inspect --json stored_pages" 4 "$(json_field "d['stored_pages']" inspect --json "$scratch/part.kvps")"
