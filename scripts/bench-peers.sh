@@ -36,7 +36,8 @@ if [[ ! -e "$GGML/.built" ]]; then
     "$VPY" -m pip download --quiet --no-binary :all: --no-deps \
       --require-hashes -r "$CACHE/req.txt" -d "$CACHE" >&2
   fi
-  echo "$LCPP_SHA256  $tarball" | sha256sum --check --quiet
+  # A download that does not match is removed, so the next run fetches it again.
+  echo "$LCPP_SHA256  $tarball" | sha256sum --check --quiet || { rm -f "$tarball"; exit 1; }
   rm -rf "$SRC" && tar -xzf "$tarball" -C "$CACHE"
   # The sdist leaves out ggml.pc.in, which a standalone ggml configure reads for its pkg-config
   # file (not used here).
@@ -50,7 +51,9 @@ if [[ ! -e "$GGML/.built" ]]; then
   cmake --install "$CACHE/ggml-build" >&2
   touch "$GGML/.built"
 fi
-GGML_LIB=$(dirname "$(find "$GGML" -name 'libggml-base.so' | head -1)")
+ggml_base=$(find "$GGML" -name 'libggml-base.so' | head -1)
+[[ -n "$ggml_base" ]] || { echo "bench-peers: no libggml-base.so under $GGML (the ggml build failed?)" >&2; exit 1; }
+GGML_LIB=$(dirname "$ggml_base")
 
 # 2. The harness, against the public headers of kvpages and ggml.
 # One per library path (it links that library by its rpath).

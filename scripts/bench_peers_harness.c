@@ -175,13 +175,12 @@ static void describe_input(kvpb_case *c, kvp_dtype in) {
 /* Two set_rows nodes (K and V) into [kv_size, H*D] caches, as llama.cpp's KV cache writes, in a
  * graph planned once for `threads` threads on a reused ggml threadpool. ggml's set_rows takes f32
  * or f16 rows; bf16 rows go through it as f16 (a byte copy: the same bytes). */
-static int make_ggml(kvpb_case *c, kvp_dtype in, kvp_dtype cache_dtype) {
+static int make_ggml(kvpb_case *c, kvp_dtype in) {
   const enum ggml_type tin = in == KVP_DTYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
   const enum ggml_type tcache = GGML_TYPE_F16;
   struct ggml_init_params ip = {ggml_tensor_overhead() * 16 + ggml_graph_overhead() + 4096, NULL, true};
   struct ggml_threadpool_params tp = ggml_threadpool_params_default(c->threads);
   struct ggml_tensor *kc, *vc, *kx, *vx, *idx;
-  (void)cache_dtype; /* f16 or bf16: both 2-byte elements, f16 to ggml */
   c->gctx = ggml_init(ip);
   if (c->gctx == NULL) {
     snprintf(g_error, sizeof g_error, "ggml_init failed");
@@ -201,12 +200,20 @@ static int make_ggml(kvpb_case *c, kvp_dtype in, kvp_dtype cache_dtype) {
   ggml_build_forward_expand(c->graph, ggml_set_rows(c->gctx, kc, kx, idx));
   ggml_build_forward_expand(c->graph, ggml_set_rows(c->gctx, vc, vx, idx));
   c->pool = ggml_threadpool_new(&tp);
+  if (c->pool == NULL) {
+    snprintf(g_error, sizeof g_error, "ggml_threadpool_new(%d threads) failed", c->threads);
+    return -1;
+  }
   c->plan = ggml_graph_plan(c->graph, c->threads, c->pool);
   if (c->plan.work_size > 0) {
     c->work = alloc_aligned(c->plan.work_size);
+    if (c->work == NULL) {
+      snprintf(g_error, sizeof g_error, "out of memory for ggml's %zu-byte work buffer", c->plan.work_size);
+      return -1;
+    }
     c->plan.work_data = (uint8_t *)c->work;
   }
-  return c->pool != NULL && (c->plan.work_size == 0 || c->work != NULL) ? 0 : -1;
+  return 0;
 }
 
 void kvpb_case_free(kvpb_case *c);
@@ -247,7 +254,7 @@ kvpb_case *kvpb_case_new(int64_t h, int64_t d, int in, int cache, int64_t n, int
   memset(c->copy_v, 1, in_bytes);
   if (build_batch(c, &cfg, prefill) != 0) goto fail;
   describe_input(c, (kvp_dtype)in);
-  if (make_ggml(c, (kvp_dtype)in, (kvp_dtype)cache) != 0) goto fail;
+  if (make_ggml(c, (kvp_dtype)in) != 0) goto fail;
   return c;
 fail:
   kvpb_case_free(c);

@@ -65,6 +65,12 @@ def fs_type(path: str) -> str:
     return f"{kind} ({best or '?'})"
 
 
+def require(ok: bool, what: str) -> None:
+    """A byte check before timing (an exception, not an assert: python -O keeps it)."""
+    if not ok:
+        raise RuntimeError(f"bytes differ: {what}")
+
+
 # ---- one measurement process -------------------------------------------------------------------
 
 class Kvp:
@@ -223,35 +229,35 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
 
     # Bytes first: every operation once, its result checked.
     kvp_ser()
-    assert written.value == n
+    require(written.value == n, "kvp_serialize wrote a different size")
     kvp_new_mem()
-    assert same_pages(made), "kvp_deserialize_new"
+    require(same_pages(made), "kvp_deserialize_new")
     destroy_made()
     kvp_save_no_sync()
     with open(kvp_file, "rb") as f:
-        assert f.read() == blob.tobytes(), "kvp_serialize_to_file NO_SYNC"
+        require(f.read() == blob.tobytes(), "kvp_serialize_to_file NO_SYNC")
     kvp_save()
     with open(kvp_file, "rb") as f:
-        assert f.read() == blob.tobytes(), "kvp_serialize_to_file"
+        require(f.read() == blob.tobytes(), "kvp_serialize_to_file")
     kvp_new_file()
-    assert same_pages(made), "kvp_deserialize_new_from_file"
+    require(same_pages(made), "kvp_deserialize_new_from_file")
     destroy_made()
     kvp_into_file()
-    assert same_pages(target), "kvp_deserialize_into_from_file"
+    require(same_pages(target), "kvp_deserialize_into_from_file")
     np_copy_hash()
     np_load_hash()
-    assert np.array_equal(peer_out["arr"], data) and peer_out["sum"] == peer_out["sum2"], "numpy"
+    require(np.array_equal(peer_out["arr"], data) and peer_out["sum"] == peer_out["sum2"], "numpy")
     st_save()
     st_load()
-    assert all(np.array_equal(peer_out["st_loaded"][key], v) for key, v in tensors.items()), "safetensors"
+    require(all(np.array_equal(peer_out["st_loaded"][key], v) for key, v in tensors.items()), "safetensors")
     st_save_file()
     st_load_file()
-    assert all(np.array_equal(peer_out["st_file_loaded"][key], v) for key, v in tensors.items()), "save_file"
+    require(all(np.array_equal(peer_out["st_file_loaded"][key], v) for key, v in tensors.items()), "save_file")
     np_tofile()
     np_fromfile()
-    assert np.array_equal(peer_out["np_file"], data), "numpy file"
+    require(np.array_equal(peer_out["np_file"], data), "numpy file")
     np_readinto()
-    assert np.array_equal(into_dst, data), "numpy readinto"
+    require(np.array_equal(into_dst, data), "numpy readinto")
     peer_out.clear()
 
     ops = {

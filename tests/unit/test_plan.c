@@ -220,8 +220,12 @@ static void test_plan__one_metadata_two_caches(void **state) {
   assert_same_layers(big, ref, 2);
   /* The small cache first, on a fresh handle: refused, and the big cache still works. */
   kvp_metadata *md2 = decode_metadata(&a, 20, KVP_METADATA_FLAG_IMMUTABLE);
+  assert_kvp_ok(kvp_cache_read_layer(small, 1, before, small_bytes, NULL));
   assert_kvp_status(kvp_concatenate(small, 1, &k1, &v1, md2, NULL), KVP_ERR_INVALID_ARGUMENT, "out of range [0, 16)");
+  assert_kvp_ok(kvp_cache_read_layer(small, 1, after, small_bytes, NULL));
+  assert_memory_equal(before, after, small_bytes);
   assert_kvp_ok(kvp_concatenate(big, 0, &k2, &v2, md2, NULL));
+  assert_same_layers(big, ref, 2); /* the same tokens again: unchanged bytes */
   test_free(before);
   test_free(after);
   assert_kvp_ok(kvp_metadata_destroy(md));

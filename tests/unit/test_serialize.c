@@ -1593,7 +1593,7 @@ static void test_serialize__out_of_memory_leaks_nothing(void **state) {
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--save-forever") == 0) return save_forever(argv[2]);
   if (argc == 3 && strcmp(argv[1], "--save-one-thread") == 0) return save_one_thread(argv[2]);
-  setenv("KVP_NUM_THREADS", "2", 0); /* the file paths below use a helper thread, whatever the CPUs */
+  setenv("KVP_NUM_THREADS", "2", 1); /* the file paths below use a helper thread, whatever the CPUs or caller */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_serialize__roundtrip_whole_every_layout_and_dtype),
       cmocka_unit_test(test_serialize__checksums_do_not_depend_on_stack_contents),
