@@ -140,6 +140,14 @@ func TestConfigShardingResolution(t *testing.T) {
 		!strings.HasPrefix(p.ShardingMessage, "upcast fp8_e4m3fn → bf16 because 2 storage groups") {
 		t.Fatalf("plan %+v", p)
 	}
+	// The record carries the sharding through ConfigFromRecord (validated as resolved).
+	r := cfg.Record()
+	if r.DataParallelSize != 2 || r.KVHeadShards != 4 || r.RequestedDtype != DtypeF8E4M3FN {
+		t.Fatalf("record %+v", r)
+	}
+	if back, err := ConfigFromRecord(r, CPU); err != nil || back.Record() != r {
+		t.Fatalf("ConfigFromRecord: %v", err)
+	}
 	o.DataParallelSize = -1
 	if _, err := NewConfig(o); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "data_parallel_size") {
 		t.Fatalf("dp -1: %v", err)

@@ -184,6 +184,10 @@ type ConfigRecord struct {
 	MaxNumTokens, MaxNumReqs                                        int64
 	Layout                                                          Layout
 	Dtype                                                           Dtype
+	// Sharding (since 1.3): data-parallel page shards, effective KV-head shards, and what the
+	// resolution changed (0 / DtypeDefault: nothing).
+	DataParallelSize, KVHeadShards, RequestedKVHeadShards int64
+	RequestedDtype                                        Dtype
 }
 
 // DefaultConfigRecord is the reference's defaults (kvp_config_init): page 128, utilisation 0.9,
@@ -201,7 +205,9 @@ func (c *Config) Record() ConfigRecord {
 		NumKVHeads: int64(r.num_kv_heads), KHeadDim: int64(r.k_headdim), VHeadDim: int64(r.v_headdim),
 		HBMUtilization: float64(r.hbm_utilization), PageSize: int64(r.page_size), NumPages: int64(r.num_pages),
 		MaxNumPagesPerReq: int64(r.max_num_pages_per_req), NumSlicesPerKVCacheUpdatePage: int64(r.num_slices_per_kv_cache_update_page),
-		MaxNumTokens: int64(r.max_num_tokens), MaxNumReqs: int64(r.max_num_reqs), Layout: Layout(r.version), Dtype: Dtype(r.kvdtype)}
+		MaxNumTokens: int64(r.max_num_tokens), MaxNumReqs: int64(r.max_num_reqs), Layout: Layout(r.version), Dtype: Dtype(r.kvdtype),
+		DataParallelSize: int64(r.data_parallel_size), KVHeadShards: int64(r.kv_head_shards),
+		RequestedKVHeadShards: int64(r.requested_kv_head_shards), RequestedDtype: Dtype(r.requested_kvdtype)}
 }
 
 func (r *ConfigRecord) raw() C.kvp_config {
@@ -214,6 +220,8 @@ func (r *ConfigRecord) raw() C.kvp_config {
 	c.num_slices_per_kv_cache_update_page = C.int64_t(r.NumSlicesPerKVCacheUpdatePage)
 	c.max_num_tokens, c.max_num_reqs = C.int64_t(r.MaxNumTokens), C.int64_t(r.MaxNumReqs)
 	c.version, c.kvdtype = C.kvp_layout(r.Layout), C.kvp_dtype(r.Dtype)
+	c.data_parallel_size, c.kv_head_shards = C.int64_t(r.DataParallelSize), C.int64_t(r.KVHeadShards)
+	c.requested_kv_head_shards, c.requested_kvdtype = C.int64_t(r.RequestedKVHeadShards), C.kvp_dtype(r.RequestedDtype)
 	return c
 }
 
