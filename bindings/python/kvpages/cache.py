@@ -69,6 +69,7 @@ class Cache(Handle):
         kind, ordinal = _i32(), _i32()
         check(lib.kvp_cache_get_device(ptr, ctypes.byref(kind), ctypes.byref(ordinal)), "kvp_cache_get_device")
         self.device_type, self.device_id = Device(kind.value), ordinal.value
+        self._dtype = self.config.dtype  # a cache's config never changes: read once, not per read/write
 
     def _pin(self) -> _Pin:
         p = _Pin(self)
@@ -102,7 +103,8 @@ class Cache(Handle):
 
     @property
     def dtype(self) -> Dtype:
-        return self.config.dtype
+        """The storage dtype of the pages."""
+        return self._dtype
 
     def layout(self) -> LayoutInfo:
         """kvp_cache_get_layout: the geometry of the layer buffers."""
