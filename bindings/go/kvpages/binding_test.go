@@ -263,6 +263,20 @@ func TestConfigAndMetadataJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer md.Close()
+	// Decode first: request 1 is row 0. With BatchRequestOrder its token stays after request 0's.
+	if f, n, ok := md.TokenRows(1); !ok || f != 0 || n != 1 {
+		t.Fatalf("row order: request 1 at %d+%d", f, n)
+	}
+	mdr, err := BuildMetadata(cfg, []BatchRequest{{0, 3, []int32{1}}, {5, 1, []int32{2}}},
+		&BatchOptions{Flags: BatchRequestOrder})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mdr.Close()
+	packed, err := PackRequests(mdr, [][]int{{1, 1, 1}, {2}}, 1)
+	if f, n, ok := mdr.TokenRows(1); err != nil || !ok || f != 3 || n != 1 || !reflect.DeepEqual(packed, []int{1, 1, 1, 2}) {
+		t.Fatalf("request order: request 1 at %d+%d, packed %v, %v", f, n, packed, err)
+	}
 	mtext, err := json.Marshal(md)
 	if err != nil || !strings.Contains(string(mtext), `"context_lens":[6,3]`) {
 		t.Fatalf("%s %v", mtext, err)

@@ -48,6 +48,9 @@ const (
 	BatchTightSlices BatchFlags = C.KVP_BATCH_FLAG_TIGHT_SLICES
 	// BatchKeepOrder keeps the caller's request order (decodes must then come first).
 	BatchKeepOrder BatchFlags = C.KVP_BATCH_FLAG_KEEP_ORDER
+	// BatchRequestOrder (since 1.2) keeps the tokens in request order in the packed tensors while
+	// the rows stay decode-first (the metadata's token_starts); TokenRows and PackRequests follow it.
+	BatchRequestOrder BatchFlags = C.KVP_BATCH_FLAG_REQUEST_ORDER
 )
 
 // BatchOptions are the options of BuildMetadata (kvp_batch_options); zero means default.
@@ -64,7 +67,8 @@ type Metadata struct {
 	p      *C.kvp_metadata
 	arrays unsafe.Pointer // C copy of the arrays of NewMetadata (freed after the handle)
 	order  []int          // row -> request index (BuildMetadata only)
-	starts []int          // row -> first token row of the packed tensors; len(order)+1
+	starts []int          // query_start_loc of the rows; len(order)+1
+	first  []int          // row -> first token row of the packed tensors (token_starts, else starts)
 	perReq []int64        // request -> scheduled tokens; nil unless built
 	built  bool
 }
@@ -111,8 +115,20 @@ func BuildMetadata(cfg *Config, reqs []BatchRequest, opts *BatchOptions) (*Metad
 		m.Close()
 		return nil, err
 	}
+	ts, err := m.Array(MetadataTokenStarts)
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
 	for i := 0; i <= len(m.order); i++ {
 		m.starts = append(m.starts, int(qsl[i]))
+	}
+	for i := range m.order {
+		if ts != nil {
+			m.first = append(m.first, int(ts[i]))
+		} else {
+			m.first = append(m.first, m.starts[i])
+		}
 	}
 	return m, nil
 }
@@ -127,7 +143,8 @@ func ownMetadata(p *C.kvp_metadata) *Metadata {
 // row i holds the tokens of request Order()[i]. nil for metadata not made by BuildMetadata.
 func (m *Metadata) Order() []int { return append([]int(nil), m.order...) }
 
-// TokenRows is where request req's tokens are in tensors packed in row order: rows
+// TokenRows is where request req's tokens are in the packed tensors (row order, or request order
+// with BatchRequestOrder): rows
 // first … first+count-1 (count 0 for an inactive request). ok is false for metadata not made
 // by BuildMetadata or a request index out of range.
 func (m *Metadata) TokenRows(req int) (first, count int, ok bool) {
@@ -136,7 +153,7 @@ func (m *Metadata) TokenRows(req int) (first, count int, ok bool) {
 	}
 	for row, r := range m.order {
 		if r == req {
-			return m.starts[row], m.starts[row+1] - m.starts[row], true
+			return m.first[row], m.starts[row+1] - m.starts[row], true
 		}
 	}
 	return 0, 0, true
@@ -151,7 +168,8 @@ func (m *Metadata) NumTokens() int {
 	return m.starts[len(m.starts)-1]
 }
 
-// PackRequests packs per-request data in the metadata's row order: perRequest[i] holds request
+// PackRequests packs per-request data where the metadata reads it (row order, or request order
+// with BatchRequestOrder): perRequest[i] holds request
 // i's NumScheduled tokens of tokenElems elements each (e.g. kv_heads*head_dim), in the order
 // the requests were given to BuildMetadata; inactive requests may be nil. The result is the
 // [NumTokens, tokenElems] tensor that Concatenate expects.
@@ -173,7 +191,7 @@ func PackRequests[T any](m *Metadata, perRequest [][]T, tokenElems int) ([]T, er
 	}
 	out := make([]T, m.NumTokens()*tokenElems)
 	for row, req := range m.order {
-		copy(out[m.starts[row]*tokenElems:], perRequest[req])
+		copy(out[m.first[row]*tokenElems:], perRequest[req])
 	}
 	return out, nil
 }
@@ -236,6 +254,7 @@ const (
 	MetadataNumKVUpdateSlices   MetadataField = C.KVP_METADATA_NUM_KV_UPDATE_SLICES
 	MetadataRequestDistribution MetadataField = C.KVP_METADATA_REQUEST_DISTRIBUTION
 	MetadataPositionIDs         MetadataField = C.KVP_METADATA_POSITION_IDS
+	MetadataTokenStarts         MetadataField = C.KVP_METADATA_TOKEN_STARTS // since 1.2
 )
 
 // Array is a copy of one array of host metadata (kvp_metadata_get_array); nil when absent.
