@@ -91,4 +91,7 @@ KVP_API_ENTRY(set_host_allocator)
 KVP_API_ENTRY(attention_options_init)
 KVP_API_ENTRY(attention)
 KVP_API_ENTRY(convert)
+KVP_API_ENTRY(config_get_shard)
+KVP_API_ENTRY(cache_create_shard)
+KVP_API_ENTRY(cache_get_shard)
 /* END GENERATED NAMES */
