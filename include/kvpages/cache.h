@@ -372,9 +372,12 @@ KVP_API kvp_status KVP_CALL kvp_config_get_shard(const kvp_config *cfg, int32_t 
  * error, as for the whole cache, and the union of all shards' bytes after the same calls equals
  * the whole cache's.
  *
- * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention(), serialization,
- * kvp_pool_create() and kvp_cache_copy_pages() on a data-parallel shard, and device-resident
- * metadata on a CUDA shard.
+ * Serialization writes the shard's slice with its coordinates (format 1.1);
+ * kvp_deserialize_shards_into() re-shards sets of blobs.
+ *
+ * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention(), kvp_pool_create()
+ * and kvp_cache_copy_pages() on a data-parallel shard, and device-resident metadata on a CUDA
+ * shard.
  *
  * A config with one KV-head shard and one data shard has a single shard, (0, 0), which is the
  * whole cache.

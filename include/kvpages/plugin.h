@@ -253,6 +253,8 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *cache_create_shard)(const kvp_config *cfg, int32_t tp_rank, int32_t dp_rank, const kvp_cache_options *opts, kvp_cache **out);
   /** kvp_cache_get_shard() */
   kvp_status (KVP_CALL *cache_get_shard)(const kvp_cache *cache, kvp_shard_info *out);
+  /** kvp_deserialize_shards_into() */
+  kvp_status (KVP_CALL *deserialize_shards_into)(kvp_cache *cache, const kvp_blob_ref *blobs, uint32_t num_blobs);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

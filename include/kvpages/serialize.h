@@ -40,8 +40,13 @@ KVP_BEGIN_DECLS
 
 /** Format major version this library writes and the only one it reads. */
 #define KVP_FORMAT_MAJOR 1u
-/** Format minor version this library writes; it reads any minor of ::KVP_FORMAT_MAJOR. */
-#define KVP_FORMAT_MINOR 0u
+/** Format minor version this library writes (1 since 1.4: blobs of sharded configs carry their
+ *  sharding; the others are written as 1.0, byte for byte); it reads any minor of ::KVP_FORMAT_MAJOR. */
+#define KVP_FORMAT_MINOR 1u
+/** Required format flag (format 1.1, kvp_serialized_info::flags): the blob holds one shard's slice
+ *  of its config's heads and pages (kvp_cache_create_shard()); readers that do not know it refuse
+ *  the blob. */
+#define KVP_FORMAT_FLAG_SHARD (1ull << 0)
 /** Default payload bytes per checksummed chunk (1 MiB). */
 #define KVP_SERIALIZE_DEFAULT_CHUNK_BYTES 1048576u
 /** Smallest accepted chunk size in bytes. */
@@ -501,7 +506,7 @@ typedef struct kvp_serialized_info {
   uint32_t format_major;         /**< Format major version of the blob. */
   uint32_t format_minor;         /**< Format minor version of the blob. */
   uint32_t header_size;          /**< Bytes of the header, its checksum included. */
-  uint64_t flags;                /**< Format flags (none defined in 1.0). */
+  uint64_t flags;                /**< Format flags: ::KVP_FORMAT_FLAG_SHARD (1.1), else 0. */
   uint32_t writer_version;       /**< kvp_version_number() of the library that wrote the blob. */
   uint32_t _reserved;            /**< 0. */
   uint64_t header_checksum;      /**< XXH3-64 of the header. */
@@ -514,7 +519,60 @@ typedef struct kvp_serialized_info {
   uint64_t payload_bytes;        /**< Page bytes over all layers. */
   uint64_t total_bytes;          /**< Size of the whole blob. */
   kvp_config config;             /**< The config stored in the blob. */
+  /** Since 1.4 (version 3 of the struct: `struct_size` = sizeof): the slice the blob holds, as
+   *  kvp_cache_get_shard() describes a cache (a whole cache: ranks 0 of sizes 1). */
+  kvp_shard_info shard;
 } kvp_serialized_info;
+
+/**
+ * @brief One blob of a set given to kvp_deserialize_shards_into(): in memory or in a file
+ *        (exactly one of `data` and `path`).
+ * @since 1.4
+ */
+typedef struct kvp_blob_ref {
+  const void *data; /**< The blob in memory (`size` bytes, exactly one blob), or NULL. */
+  size_t size;      /**< Bytes at `data`. */
+  const char *path; /**< A file holding exactly one blob, or NULL. */
+} kvp_blob_ref;
+
+/**
+ * @brief Loads a set of blobs whose slices may differ from the target's: re-sharding.
+ *
+ * The blobs may come from shards of another split (kvp_cache_create_shard(): a TP 4 save into
+ * TP 2 shards or into a whole cache, a whole save into TP 8 shards, DP 2 into DP 1) or from whole
+ * caches; the target may be a shard or a whole cache. Each blob must describe the target's model:
+ * the same layers, KV heads, head dim, page size, num_pages, layout and dtype (a KV-head split
+ * that upcast the dtype stores other bytes: it cannot be re-sharded into one that did not). Every
+ * page that some blob stores and the target holds is written whole: each of the target's
+ * combined entries of it must come from exactly one blob. Pages no blob stores are unchanged.
+ *
+ * Every blob is read and checked first — header, page table, every chunk checksum — and the set's
+ * coverage proven; the target is written only after all checks passed, so a rejected set changes
+ * nothing (a read error of a file during the writes can still leave pages partly written). Each
+ * page of each layer is assembled in host memory and then copied into the target (for a CUDA
+ * cache, a synchronous copy per page): this is for loads and re-sharding, not for a hot path.
+ *
+ * @param[in] cache Target cache or shard.
+ * @param[in] blobs Array of `num_blobs` blob references, not NULL.
+ * @param[in] num_blobs Number of blobs, at least 1.
+ * @retval KVP_OK Loaded.
+ * @retval KVP_ERR_INVALID_HANDLE Bad cache handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `blobs`, no blob, or a reference with both or neither of `data` and `path`.
+ * @retval KVP_ERR_IO A file could not be opened or read.
+ * @retval KVP_ERR_FORMAT_MAGIC, KVP_ERR_FORMAT_VERSION, KVP_ERR_FORMAT_TRUNCATED, KVP_ERR_FORMAT_CORRUPT,
+ *         KVP_ERR_FORMAT_CHECKSUM A blob is damaged (the message names what, as kvp_deserialize_into()).
+ * @retval KVP_ERR_FORMAT_MISMATCH A blob of another model (the message names the blob and the
+ *         field), two blobs holding the same entries of a page, or entries of a stored page the
+ *         target needs that no blob holds (a missing shard). Nothing written.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @ownership Borrows the blobs for the call.
+ * @threadsafety Must not race with other calls on the same cache.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_deserialize_shards_into(kvp_cache *cache, const kvp_blob_ref *blobs,
+                                                        uint32_t num_blobs);
 
 /** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). */
 #define KVP_SERIALIZED_INFO_INIT KVP__OUTPUT_INIT(kvp_serialized_info)

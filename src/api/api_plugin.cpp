@@ -103,6 +103,7 @@ const kvp_api_v1 kTableV1 = {
     &kvp_config_get_shard,
     &kvp_cache_create_shard,
     &kvp_cache_get_shard,
+    &kvp_deserialize_shards_into,
     // END GENERATED TABLE
 };
 

@@ -157,6 +157,13 @@ KVP_API kvp_status kvp_deserialize_into_from_file(kvp_cache* cache, const char* 
   KVP_API_END;
 }
 
+KVP_API kvp_status kvp_deserialize_shards_into(kvp_cache* cache, const kvp_blob_ref* blobs, uint32_t num_blobs) {
+  KVP_API_BEGIN;
+  Cache& c = cache_from(cache, "kvp_deserialize_shards_into");
+  deserialize_shards_into(c, blobs, num_blobs, "kvp_deserialize_shards_into");
+  KVP_API_END;
+}
+
 }  // extern "C"
 
 namespace {
@@ -164,18 +171,27 @@ namespace {
 // Callers built against kvpages 1.0-1.2 hold an info whose config is version 1 of kvp_config.
 constexpr size_t kInfoV1Size = offsetof(kvp_serialized_info, config) + kConfigV1Size;
 
-// Inspects into a whole info, then hands the caller version 2 (its config version 2) only when
-// its struct_size is exactly version 2's, else version 1 (config version 1).
+// ... 1.3 one ends after its (version 2) config.
+constexpr size_t kInfoV2Size = offsetof(kvp_serialized_info, shard);
+
+// Inspects into a whole info, then hands the caller the version its struct_size is exactly:
+// version 3 (1.4: the shard), version 2 (1.3: config version 2), else version 1 (config version 1).
 void inspect_into(Source& s, uint32_t flags, kvp_serialized_info* out, const char* fn) {
   check_struct_size(out->struct_size, kInfoV1Size, fn, "kvp_serialized_info");
-  const bool v2 = out->struct_size == sizeof(kvp_serialized_info);
+  const uint32_t size = out->struct_size;
   kvp_serialized_info info;
   std::memset(&info, 0, sizeof info);
   info.struct_size = sizeof info;
   inspect(s, (flags & KVP_INSPECT_VERIFY) != 0, &info, fn);
   spell_out_sharding(info.config);
+  if (size == sizeof info) {
+    std::memcpy(out, &info, sizeof info);
+    return;
+  }
+  const bool v2 = size == kInfoV2Size;
+  info.struct_size = static_cast<uint32_t>(v2 ? kInfoV2Size : kInfoV1Size);
   set_config_version(info.config, v2);
-  write_grown(out, info, v2, kInfoV1Size);
+  std::memcpy(out, &info, info.struct_size);
 }
 
 }  // namespace

@@ -32,6 +32,11 @@ void serialize_to_file(const Cache& cache, const Selection& sel, const char* pat
 kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, const char* function);
 void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_t num_dst_ids,
                       const char* function);
+// Before anything is allocated: a blob whose input size is known (a buffer, a regular file) must
+// declare exactly that many bytes, so a header cannot promise data that is not there.
+void check_declared_size(const Source& src, const Geometry& g, const char* function);
+// kvp_deserialize_shards_into (core/serialize_reshard.cpp).
+void deserialize_shards_into(Cache& cache, const kvp_blob_ref* blobs, uint32_t num_blobs, const char* function);
 // verify = false: header only. Fills `out` (as the public struct, struct_size honoured).
 void inspect(Source& src, bool verify, kvp_serialized_info* out, const char* function);
 

@@ -52,6 +52,13 @@ enum : size_t {
   kOffPayloadBytes = 152,
   kOffReserved = 160,  // 24 bytes, written as zero, ignored by readers
   kOffChecksum = 184,  // of a 1.0 header; in general header_size - 8
+  // Format 1.1 (header_size >= 256): the config's sharding fields and the slice held.
+  kOffDataParallel = 184,
+  kOffKvHeadShards = 192,
+  kOffRequestedShards = 200,
+  kOffRequestedDtype = 208,  // u32, then 4 reserved bytes
+  kOffTpRank = 216,
+  kOffDpRank = 224,          // then 16 reserved bytes; the checksum at 248
 };
 constexpr uint8_t kMagic[4] = {'K', 'V', 'P', 'S'};
 
@@ -103,14 +110,32 @@ ptrdiff_t check_ids(const int32_t* ids, size_t n, int64_t limit, bool* dup, int3
   return -1;
 }
 
-void encode_header(const kvp_config& c, const Geometry& g, uint8_t* h) {
-  std::memset(h, 0, kHeaderSizeV1);
+uint32_t header_size_for(const kvp_config& c, const ShardCoord& shard) {
+  const Sharding s = sharding_of(c);
+  const bool sharded = s.dp > 1 || s.shards > 1 || s.requested_shards > 1 || s.requested_dtype != c.kvdtype ||
+                       shard.tp_size > 1 || shard.dp_size > 1;
+  return sharded ? kHeaderSizeV11 : kHeaderSizeV1;
+}
+
+void encode_header(const kvp_config& c, const ShardCoord& shard, const Geometry& g, uint8_t* h) {
+  const uint32_t hs = static_cast<uint32_t>(g.header_size);
+  const bool slice = shard.tp_size > 1 || shard.dp_size > 1;
+  std::memset(h, 0, hs);
   std::memcpy(h + kOffMagic, kMagic, 4);
   put16(h + kOffMajor, static_cast<uint16_t>(kFormatMajor));
-  put16(h + kOffMinor, static_cast<uint16_t>(kFormatMinor));
-  put32(h + kOffHeaderSize, kHeaderSizeV1);
+  put16(h + kOffMinor, static_cast<uint16_t>(hs == kHeaderSizeV1 ? 0 : 1));
+  put32(h + kOffHeaderSize, hs);
   put32(h + kOffWriterVersion, KVP_VERSION_NUMBER);
-  put64(h + kOffFlags, 0);
+  put64(h + kOffFlags, slice ? KVP_FORMAT_FLAG_SHARD : 0);
+  if (hs >= kHeaderSizeV11) {
+    const Sharding s = sharding_of(c);
+    puti64(h + kOffDataParallel, s.dp);
+    puti64(h + kOffKvHeadShards, s.shards);
+    puti64(h + kOffRequestedShards, s.requested_shards);
+    put32(h + kOffRequestedDtype, s.requested_dtype);
+    puti64(h + kOffTpRank, shard.tp_rank);
+    puti64(h + kOffDpRank, shard.dp_rank);
+  }
   const int64_t fields[12] = {c.num_hidden_layers, c.max_model_length, c.num_kv_heads, c.k_headdim,
                               c.v_headdim, 0, c.page_size, c.num_pages, c.max_num_pages_per_req,
                               c.num_slices_per_kv_cache_update_page, c.max_num_tokens, c.max_num_reqs};
@@ -124,7 +149,7 @@ void encode_header(const kvp_config& c, const Geometry& g, uint8_t* h) {
   put64(h + kOffNumStored, g.num_stored);
   put64(h + kOffChunkBytes, g.chunk_bytes);
   put64(h + kOffPayloadBytes, g.payload_bytes);
-  put64(h + kOffChecksum, XXH3_64bits_withSeed(h, kOffChecksum, kSeedHeader));
+  put64(h + hs - 8, XXH3_64bits_withSeed(h, hs - 8, kSeedHeader));
 }
 
 void encode_table(const HostVector<int32_t>& ids, uint8_t* t) {
@@ -162,9 +187,10 @@ void read_header(Source& src, Parsed& p, const char* function) {
 
   p.writer_version = get32(h + kOffWriterVersion);
   p.flags = get64(h + kOffFlags);
-  if ((p.flags & kRequiredFlagsMask) != 0)
+  if ((p.flags & kRequiredFlagsMask & ~kKnownRequiredFlags) != 0)
     fail(KVP_ERR_FORMAT_VERSION, "%s: the blob uses required format flags 0x%08llx this library does not know "
-         "(written by kvpages %u)", function, (u64)(p.flags & kRequiredFlagsMask), p.writer_version);
+         "(written by kvpages %u)", function, (u64)(p.flags & kRequiredFlagsMask & ~kKnownRequiredFlags),
+         p.writer_version);
 
   kvp_config& c = p.config;
   std::memset(&c, 0, sizeof c);
@@ -185,23 +211,35 @@ void read_header(Source& src, Parsed& p, const char* function) {
   c.max_num_reqs = geti64(h + kOffConfig + 88);
   c.version = get32(h + kOffLayoutVersion);
   c.kvdtype = get32(h + kOffDtype);
+  const bool v11 = p.minor >= 1 && hs >= kHeaderSizeV11;
+  if (v11) {
+    c.data_parallel_size = geti64(h + kOffDataParallel);
+    c.kv_head_shards = geti64(h + kOffKvHeadShards);
+    c.requested_kv_head_shards = geti64(h + kOffRequestedShards);
+    c.requested_kvdtype = get32(h + kOffRequestedDtype);
+  }
+  spell_out_sharding(c);
+  if ((p.flags & KVP_FORMAT_FLAG_SHARD) != 0 && !v11)
+    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob is flagged as a shard but has no 1.1 sharding fields", function);
+  if (c.num_pages < 1)
+    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob's config has num_pages %lld", function,
+         static_cast<long long>(c.num_pages));
   try {
-    p.layout = layout_of(c, function);
+    if ((p.flags & KVP_FORMAT_FLAG_SHARD) != 0)
+      p.shard = shard_coord(c, geti64(h + kOffTpRank), geti64(h + kOffDpRank), function);
+    p.layout = shard_layout(c, p.shard, function);
   } catch (const error& e) {
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob's config is invalid (%s: %s)", function, status_name(e.code()),
          e.what());
   }
-  if (c.num_pages < 1)
-    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob's config has num_pages %lld", function,
-         static_cast<long long>(c.num_pages));
   const uint64_t page_bytes = get64(h + kOffPageBytes);
   if (page_bytes != static_cast<uint64_t>(p.layout.page_bytes_per_layer))
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: page_bytes %llu in the header differs from %lld derived from the config",
          function, (u64)page_bytes, static_cast<long long>(p.layout.page_bytes_per_layer));
   const uint64_t n = get64(h + kOffNumStored);
-  if (n > static_cast<uint64_t>(c.num_pages))
+  if (n > static_cast<uint64_t>(p.layout.num_pages))
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: the blob claims %llu stored pages but its cache has only %lld pages", function,
-         (u64)n, static_cast<long long>(c.num_pages));
+         (u64)n, static_cast<long long>(p.layout.num_pages));
   const uint64_t chunk = get64(h + kOffChunkBytes);
   if (chunk < KVP_SERIALIZE_MIN_CHUNK_BYTES || chunk > KVP_SERIALIZE_MAX_CHUNK_BYTES)
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: chunk_bytes %llu is outside [%u, %u]", function, (u64)chunk,
@@ -249,6 +287,11 @@ void read_table(Source& src, Parsed& p, const char* function) {
     fail(KVP_ERR_FORMAT_CORRUPT, "%s: stored page id #%td = %u is out of range [0, %lld)", function, at,
          static_cast<uint32_t>(bad), static_cast<long long>(p.config.num_pages));
   }
+  const Layout& L = p.layout;  // a shard's blob holds pages of its block only
+  for (size_t i = 0; i < p.ids.size(); ++i)
+    if (p.ids[i] < L.page_begin || p.ids[i] >= L.page_begin + L.num_pages)
+      fail(KVP_ERR_FORMAT_CORRUPT, "%s: stored page id #%zu = %d is outside the shard's pages [%lld, %lld)", function, i,
+           p.ids[i], static_cast<long long>(L.page_begin), static_cast<long long>(L.page_begin + L.num_pages));
 }
 
 [[noreturn]] void chunk_mismatch(const char* function, uint64_t i, const Geometry& g, uint64_t stored,

@@ -17,6 +17,7 @@
 
 #include "backend/geometry.hpp"
 #include "core/serialize_io.hpp"
+#include "core/shard.hpp"
 #include "kvpages/config.h"
 #include "kvpages/serialize.h"
 #include "util/memory.hpp"
@@ -26,11 +27,13 @@ namespace kvp::detail::ser {
 constexpr uint32_t kFormatMajor = KVP_FORMAT_MAJOR;
 constexpr uint32_t kFormatMinor = KVP_FORMAT_MINOR;
 constexpr uint32_t kHeaderSizeV1 = 192;      // bytes of a 1.0 header, checksum included
+constexpr uint32_t kHeaderSizeV11 = 256;     // ... of a 1.1 header (the sharding fields)
 constexpr uint32_t kMaxHeaderSize = 65536;   // readers refuse larger headers
 constexpr uint64_t kSeedHeader = 0;          // XXH3 seed of the header checksum
 constexpr uint64_t kSeedTable = 1;           // ... of the page-id table checksum
 constexpr uint64_t kSeedChunk0 = 2;          // chunk i uses seed kSeedChunk0 + i
 constexpr uint64_t kRequiredFlagsMask = 0xFFFFFFFFull;  // low 32 flag bits: reader must know them
+constexpr uint64_t kKnownRequiredFlags = KVP_FORMAT_FLAG_SHARD;
 
 // ---- little-endian fields (independent of the host byte order)
 inline void put32(uint8_t* p, uint32_t v) {
@@ -97,8 +100,11 @@ Geometry make_geometry(uint64_t header_size, uint64_t num_layers, uint64_t num_s
 // problem is a duplicate (*bad: the offending id). Scratch from `alloc`.
 ptrdiff_t check_ids(const int32_t* ids, size_t n, int64_t limit, bool* dup, int32_t* bad, const HostAllocator& alloc);
 
-// The 1.0 header of a blob holding `g` for a cache with config `c` (kHeaderSizeV1 bytes).
-void encode_header(const kvp_config& c, const Geometry& g, uint8_t* out);
+// The header size of a blob of a cache with config `c` holding slice `shard`: a 1.0 header
+// unless the config is sharded (1.1, with its sharding fields and the slice).
+uint32_t header_size_for(const kvp_config& c, const ShardCoord& shard);
+// The header of a blob holding `g` (g.header_size bytes) for a cache with config `c`, slice `shard`.
+void encode_header(const kvp_config& c, const ShardCoord& shard, const Geometry& g, uint8_t* out);
 // The page-id table and its checksum (g.table_bytes + 8 bytes).
 void encode_table(const HostVector<int32_t>& ids, uint8_t* out);
 
@@ -107,7 +113,8 @@ struct Parsed {
   uint32_t major = 0, minor = 0, writer_version = 0;
   uint64_t flags = 0, header_checksum = 0;
   kvp_config config{};
-  Layout layout{};
+  ShardCoord shard{};  // the slice the blob holds (format 1.1 with KVP_FORMAT_FLAG_SHARD), else whole
+  Layout layout{};     // of that slice
   Geometry geo{};
   HostVector<int32_t> ids;  // filled by read_table()
   explicit Parsed(const HostAllocator& alloc) : ids(alloc) {}

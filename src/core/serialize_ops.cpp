@@ -4,6 +4,7 @@
 
 #include "core/config.hpp"
 #include "core/dtype.hpp"
+#include "core/math.hpp"
 #include "core/serialize_transfer.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
@@ -14,18 +15,59 @@ namespace {
 
 using u64 = unsigned long long;  // for printf
 
+// Page ids of the whole cache (the blob's table, the caller's) into a shard's local ids; the
+// whole cache's are its own.
+HostVector<int32_t> local_ids(const Cache& cache, const int32_t* ids, size_t n) {
+  HostVector<int32_t> local(ids, ids + n, cache.allocator());
+  const int32_t first = static_cast<int32_t>(cache.layout().page_begin);
+  for (int32_t& id : local) id -= first;
+  return local;
+}
+
+// Ids unique and in the cache's pages (a shard's: its block): -1 or the first offending index
+// (*dup: a duplicate; *bad: the id).
+ptrdiff_t check_cache_ids(const Cache& cache, const int32_t* ids, size_t n, bool* dup, int32_t* bad) {
+  const Layout& L = cache.layout();
+  const ptrdiff_t at = check_ids(ids, n, L.page_begin + L.num_pages, dup, bad, cache.allocator());
+  if (at >= 0) return at;
+  for (size_t i = 0; i < n; ++i)
+    if (ids[i] < L.page_begin) {
+      *dup = false;
+      *bad = ids[i];
+      return static_cast<ptrdiff_t>(i);
+    }
+  return -1;
+}
+
+// Throws INVALID_ARGUMENT for bad ids of the cache, naming the argument `what`.
+void require_cache_ids(const Cache& cache, const int32_t* ids, size_t n, const char* what, const char* fn) {
+  bool dup = false;
+  int32_t bad = 0;
+  const ptrdiff_t at = check_cache_ids(cache, ids, n, &dup, &bad);
+  if (at < 0) return;
+  if (dup) fail(KVP_ERR_INVALID_ARGUMENT, "%s: page id %d appears more than once in %s", fn, bad, what);
+  const Layout& L = cache.layout();
+  fail(KVP_ERR_INVALID_ARGUMENT, "%s: %s[%td] = %d is out of range [%lld, %lld)%s", fn, what, at, bad,
+       static_cast<long long>(L.page_begin), static_cast<long long>(L.page_begin + L.num_pages),
+       L.page_begin + L.num_pages < L.global_pages || L.page_begin > 0 ? " (the pages of this shard)" : "");
+}
+
 // Throws for bad destination ids of deserialize_into.
 void check_dst_ids(const Cache& cache, const int32_t* dst_ids, uint32_t n, const char* fn) {
   if (dst_ids == nullptr && n != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: dst_page_ids is NULL but num_dst_page_ids is %u", fn, n);
-  if (dst_ids == nullptr) return;
-  bool dup = false;
-  int32_t bad = 0;
-  const ptrdiff_t at = check_ids(dst_ids, n, cache.config().num_pages, &dup, &bad, cache.allocator());
-  if (at < 0) return;
-  if (dup) fail(KVP_ERR_INVALID_ARGUMENT, "%s: page id %d appears more than once in dst_page_ids", fn, bad);
-  fail(KVP_ERR_INVALID_ARGUMENT, "%s: dst_page_ids[%td] = %d is out of range [0, %lld)", fn, at, bad,
-       static_cast<long long>(cache.config().num_pages));
+  if (dst_ids != nullptr) require_cache_ids(cache, dst_ids, n, "dst_page_ids", fn);
+}
+
+// Throws FORMAT_MISMATCH when the blob holds another slice than the target (a shard's blob loads
+// into the same shard; kvp_deserialize_shards_into re-shards).
+void check_same_slice(const Cache& cache, const Parsed& p, const char* fn) {
+  const ShardCoord &b = p.shard, &t = cache.shard();
+  if (b.tp_rank == t.tp_rank && b.tp_size == t.tp_size && b.dp_rank == t.dp_rank && b.dp_size == t.dp_size) return;
+  fail(KVP_ERR_FORMAT_MISMATCH,
+       "%s: the blob holds slice tp %lld/%lld, dp %lld/%lld but the target cache is slice tp %lld/%lld, dp %lld/%lld; "
+       "kvp_deserialize_shards_into loads blobs of other slices", fn, ll(b.tp_rank), ll(b.tp_size), ll(b.dp_rank),
+       ll(b.dp_size), ll(t.tp_rank), ll(t.tp_size), ll(t.dp_rank), ll(t.dp_size));
 }
 
 // Throws FORMAT_MISMATCH when the blob's cache is not shaped like the target.
@@ -59,8 +101,8 @@ void check_same_shape(const Cache& cache, const Parsed& p, const int32_t* dst_id
          (u64)p.geo.num_stored, n);
 }
 
-// Before anything is allocated: a blob whose input size is known (a buffer, a regular file) must
-// declare exactly that many bytes, so a header cannot promise data that is not there.
+}  // namespace
+
 void check_declared_size(const Source& src, const Geometry& g, const char* fn) {
   uint64_t size = 0;
   if (!src.known_size(&size) || size == g.total_bytes) return;
@@ -70,6 +112,8 @@ void check_declared_size(const Source& src, const Geometry& g, const char* fn) {
   fail(KVP_ERR_FORMAT_CORRUPT, "%s: %llu trailing bytes after the end of the blob (%llu bytes); the input must be "
        "exactly one blob", fn, (u64)(size - g.total_bytes), (u64)g.total_bytes);
 }
+
+namespace {
 
 // Host or device bytes a new cache for `p` takes: each layer's buffer rounded up to its 64-byte
 // alignment plus the bookkeeping of one allocation, and the page-id table.
@@ -93,7 +137,6 @@ uint64_t load_limit(const kvp_deserialize_options& o, const Source& src) {
 }  // namespace
 
 Selection read_selection(const Cache& cache, const kvp_serialize_options* opts, const char* function) {
-  cache.refuse_shard(function);
   Selection sel(cache.allocator());
   kvp_serialize_options o{};
   if (opts != nullptr)
@@ -109,29 +152,22 @@ Selection read_selection(const Cache& cache, const kvp_serialize_options* opts, 
            KVP_SERIALIZE_MIN_CHUNK_BYTES, KVP_SERIALIZE_MAX_CHUNK_BYTES);
     sel.chunk_bytes = o.chunk_bytes;
   }
-  const int64_t P = cache.config().num_pages;
+  const Layout& L = cache.layout();  // page ids of the whole cache; a shard's are its block
   if (o.page_ids == nullptr) {
     if (o.num_page_ids != 0)
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_ids is NULL but num_page_ids is %u", function, o.num_page_ids);
-    sel.ids.resize(static_cast<size_t>(P));
-    for (int64_t p = 0; p < P; ++p) sel.ids[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+    sel.ids.resize(static_cast<size_t>(L.num_pages));
+    for (int64_t p = 0; p < L.num_pages; ++p) sel.ids[static_cast<size_t>(p)] = static_cast<int32_t>(L.page_begin + p);
     return sel;
   }
-  bool dup = false;
-  int32_t bad = 0;
-  const ptrdiff_t at = check_ids(o.page_ids, o.num_page_ids, P, &dup, &bad, cache.allocator());
-  if (at >= 0) {
-    if (dup) fail(KVP_ERR_INVALID_ARGUMENT, "%s: page id %d appears more than once in page_ids", function, bad);
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: page_ids[%td] = %d is out of range [0, %lld)", function, at, bad,
-         static_cast<long long>(P));
-  }
+  require_cache_ids(cache, o.page_ids, o.num_page_ids, "page_ids", function);
   sel.ids.assign(o.page_ids, o.page_ids + o.num_page_ids);
   return sel;
 }
 
 Geometry geometry_of(const Cache& cache, const Selection& sel, const char* function) {
-  return make_geometry(kHeaderSizeV1, static_cast<uint64_t>(cache.num_layers()), sel.ids.size(), cache.page_bytes(),
-                       sel.chunk_bytes, KVP_ERR_INVALID_ARGUMENT, function);
+  return make_geometry(header_size_for(cache.config(), cache.shard()), static_cast<uint64_t>(cache.num_layers()),
+                       sel.ids.size(), cache.page_bytes(), sel.chunk_bytes, KVP_ERR_INVALID_ARGUMENT, function);
 }
 
 void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char* function) {
@@ -139,12 +175,13 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
   const Geometry g = geometry_of(cache, sel, function);
   // Device caches: get the pipe (which may refuse) before anything reaches the sink.
   const HostPtr<HostPipe> pipe = g.payload_bytes > 0 ? cache.backend().host_pipe(function) : nullptr;
-  encode_header(cache.config(), g, sink.reserve(kHeaderSizeV1));
-  sink.commit(kHeaderSizeV1);
+  const size_t hs = static_cast<size_t>(g.header_size);
+  encode_header(cache.config(), cache.shard(), g, sink.reserve(hs));
+  sink.commit(hs);
   const size_t tb = static_cast<size_t>(g.table_bytes);
   encode_table(sel.ids, sink.reserve(tb + 8));
   sink.commit(tb + 8);
-  write_payload(cache, sel.ids, g, pipe.get(), sink);
+  write_payload(cache, local_ids(cache, sel.ids.data(), sel.ids.size()), g, pipe.get(), sink);
 }
 
 void serialize_to_file(const Cache& cache, const Selection& sel, const char* path, const char* function) {
@@ -172,9 +209,12 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
          "%llu%s", function, (u64)need, (u64)p.geo.num_layers, (u64)limit,
          o.max_cache_bytes == 0 ? " (the default for 0; set max_cache_bytes to allow more)" : "");
   read_table(src, p, function);
-  kvp_cache* h = create_cache(&p.config, o.cache_options, nullptr, function);
+  const ShardRanks ranks{p.shard.tp_rank, p.shard.dp_rank};
+  const bool slice = (p.flags & KVP_FORMAT_FLAG_SHARD) != 0;
+  kvp_cache* h = create_cache(&p.config, o.cache_options, slice ? &ranks : nullptr, function);
   try {
-    read_payload_checked(cache_from(h, function), p.ids, p.geo, src, function);
+    const Cache& cache = cache_from(h, function);
+    read_payload_checked(cache, local_ids(cache, p.ids.data(), p.ids.size()), p.geo, src, function);
     src.expect_end(function);
   } catch (...) {
     handle_delete(h, function);
@@ -184,20 +224,21 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
 }
 
 void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_t num_dst_ids, const char* function) {
-  cache.refuse_shard(function);
   cache.check_healthy(function);
   check_dst_ids(cache, dst_ids, num_dst_ids, function);
   Parsed p(cache.allocator());
   read_header(src, p, function);
   check_declared_size(src, p.geo, function);
   check_same_shape(cache, p, dst_ids, num_dst_ids, function);
+  check_same_slice(cache, p, function);
   read_table(src, p, function);
-  const int64_t P = cache.config().num_pages;
+  const Layout& L = cache.layout();
   if (dst_ids == nullptr)
     for (size_t j = 0; j < p.ids.size(); ++j)
-      if (p.ids[j] >= P)
+      if (p.ids[j] >= L.page_begin + L.num_pages)
         fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's page %d does not exist in the target cache (%lld pages); "
-             "pass dst_page_ids to load it elsewhere", function, p.ids[j], static_cast<long long>(P));
+             "pass dst_page_ids to load it elsewhere", function, p.ids[j], static_cast<long long>(L.num_pages));
+  p.ids = local_ids(cache, dst_ids != nullptr ? dst_ids : p.ids.data(), dst_ids != nullptr ? num_dst_ids : p.ids.size());
 
   if (RandomSource* in = src.random_access()) {
     // A file: pass 1 reads and checks every chunk through a small reused scratch, pass 2 reads
@@ -205,7 +246,6 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
     src.pos += p.geo.payload_bytes + 8 * p.geo.num_chunks;
     src.expect_end(function);
     verify_chunks_at(p.geo, *in, cache.allocator(), function);
-    if (dst_ids != nullptr) p.ids.assign(dst_ids, dst_ids + num_dst_ids);
     store_chunks_at(cache, p.ids, p.geo, *in, function);
     return;
   }
@@ -227,7 +267,6 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
   verify_chunks(p.geo, chunks, function);
 
   // Pass 2: everything checked; write the target.
-  if (dst_ids != nullptr) p.ids.assign(dst_ids, dst_ids + num_dst_ids);
   store_chunks(cache, p.ids, p.geo, chunks, function);
 }
 
@@ -267,6 +306,7 @@ void inspect(Source& src, bool verify, kvp_serialized_info* out, const char* fun
   info.payload_bytes = p.geo.payload_bytes;
   info.total_bytes = p.geo.total_bytes;
   info.config = p.config;
+  info.shard = shard_info_of(p.layout, p.shard);
   std::memcpy(out, &info, sizeof info);
 }
 

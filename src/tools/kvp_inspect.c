@@ -86,6 +86,14 @@ static void print_header_text(const kvp_serialized_info *info) {
          ", %" PRId64 " pages\n",
          info->config.num_hidden_layers, info->config.num_kv_heads, info->config.k_headdim, info->config.page_size,
          info->config.num_pages);
+  if (info->shard.tp_size > 1 || info->shard.dp_size > 1)
+    printf("shard:          tp %d of %d, dp %d of %d: combined entries [%" PRId64 ", %" PRId64 ") (KV heads %" PRId64
+           "..%" PRId64 "), pages [%" PRId64 ", %" PRId64 ")\n",
+           info->shard.tp_rank, info->shard.tp_size, info->shard.dp_rank, info->shard.dp_size, info->shard.slot_begin,
+           info->shard.slot_end, info->shard.head_begin, info->shard.head_end - 1, info->shard.page_begin,
+           info->shard.page_end);
+  else
+    printf("shard:          none (the whole cache)\n");
   printf("stored pages:   %" PRIu64 " of %" PRId64 " (%" PRIu64 " bytes per page per layer)\n",
          info->num_stored_pages, info->config.num_pages, info->page_bytes_per_layer);
   printf("payload:        %" PRIu64 " bytes in %" PRIu64 " chunks of up to %" PRIu64 " bytes\n",
@@ -120,6 +128,12 @@ static void print_json(const char *path, const kvp_serialized_info *header, cons
            c->num_hidden_layers, c->num_kv_heads, c->k_headdim, c->page_size, c->num_pages, header->num_stored_pages,
            header->page_bytes_per_layer, header->payload_bytes, header->num_chunks, header->chunk_bytes,
            header->total_bytes);
+    printf(",\"shard\":{\"tp_rank\":%d,\"tp_size\":%d,\"dp_rank\":%d,\"dp_size\":%d,\"slot_begin\":%" PRId64
+           ",\"slot_end\":%" PRId64 ",\"head_begin\":%" PRId64 ",\"head_end\":%" PRId64 ",\"page_begin\":%" PRId64
+           ",\"page_end\":%" PRId64 "}",
+           header->shard.tp_rank, header->shard.tp_size, header->shard.dp_rank, header->shard.dp_size,
+           header->shard.slot_begin, header->shard.slot_end, header->shard.head_begin, header->shard.head_end,
+           header->shard.page_begin, header->shard.page_end);
     if (verified != NULL && verified->num_stored_pages > 0)
       printf(",\"first_page_id\":%" PRIu64 ",\"last_page_id\":%" PRIu64, verified->first_page_id,
              verified->last_page_id);

@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 752);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 760);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -308,6 +308,7 @@ KVP_PIN_OFFSET(kvp_api_v1, convert, 720);
 KVP_PIN_OFFSET(kvp_api_v1, config_get_shard, 728);
 KVP_PIN_OFFSET(kvp_api_v1, cache_create_shard, 736);
 KVP_PIN_OFFSET(kvp_api_v1, cache_get_shard, 744);
+KVP_PIN_OFFSET(kvp_api_v1, deserialize_shards_into, 752);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
@@ -357,7 +358,7 @@ KVP_PIN_OFFSET(kvp_deserialize_options, flags, 24);
 KVP_PIN_OFFSET(kvp_deserialize_options, _reserved, 28);
 
 /* kvp_serialized_info (serialize.h) */
-KVP_PIN_MIN_SIZE(kvp_serialized_info, 248);
+KVP_PIN_MIN_SIZE(kvp_serialized_info, 360);
 KVP_PIN_OFFSET(kvp_serialized_info, struct_size, 0);
 KVP_PIN_OFFSET(kvp_serialized_info, format_major, 4);
 KVP_PIN_OFFSET(kvp_serialized_info, format_minor, 8);
@@ -375,6 +376,13 @@ KVP_PIN_OFFSET(kvp_serialized_info, num_chunks, 80);
 KVP_PIN_OFFSET(kvp_serialized_info, payload_bytes, 88);
 KVP_PIN_OFFSET(kvp_serialized_info, total_bytes, 96);
 KVP_PIN_OFFSET(kvp_serialized_info, config, 104);
+KVP_PIN_OFFSET(kvp_serialized_info, shard, 248);
+
+/* kvp_blob_ref (serialize.h) */
+KVP_PIN_SIZE(kvp_blob_ref, 24);
+KVP_PIN_OFFSET(kvp_blob_ref, data, 0);
+KVP_PIN_OFFSET(kvp_blob_ref, size, 8);
+KVP_PIN_OFFSET(kvp_blob_ref, path, 16);
 
 /* kvp_tensor (types.h) */
 KVP_PIN_SIZE(kvp_tensor, 120);

@@ -333,6 +333,8 @@ static void expect_every_cache_call_rejected(kvp_cache *h) {
   EXPECT_BAD_HANDLE(kvp_deserialize_into_from_reader(h, read_mem, &r, NULL, 0), "kvp_deserialize_into_from_reader");
   assert_int_equal(r.calls, 0);
   EXPECT_BAD_HANDLE(kvp_deserialize_into_from_file(h, F.blob_path, NULL, 0), "kvp_deserialize_into_from_file");
+  const kvp_blob_ref ref = {F.blob, F.blob_len, NULL};
+  EXPECT_BAD_HANDLE(kvp_deserialize_shards_into(h, &ref, 1), "kvp_deserialize_shards_into");
   EXPECT_BAD_HANDLE(kvp_cache_read_layer(h, 0, buf, F.layer_bytes, NULL), "kvp_cache_read_layer");
   EXPECT_BAD_HANDLE(kvp_cache_write_layer(h, 0, buf0, F.layer_bytes, NULL), "kvp_cache_write_layer");
   DLManagedTensor *t = (DLManagedTensor *)SENTINEL_PTR;
@@ -826,6 +828,7 @@ static void test_contract_api__null_pointers_serialize(void **state) {
   EXPECT_NULL_ARG(kvp_deserialize_into_from_reader(F.cache, NULL, &r, NULL, 0), "kvp_deserialize_into_from_reader",
                   "fn");
   EXPECT_NULL_ARG(kvp_deserialize_into_from_file(F.cache, NULL, NULL, 0), "kvp_deserialize_into_from_file", "path");
+  EXPECT_NULL_ARG(kvp_deserialize_shards_into(F.cache, NULL, 1), "kvp_deserialize_shards_into", "blobs");
   /* NULL destination ids with a non-zero count */
   EXPECT_FAIL(kvp_deserialize_into(F.cache, F.blob, F.blob_len, NULL, 1), KVP_ERR_INVALID_ARGUMENT,
               "kvp_deserialize_into", "NULL");
@@ -1102,6 +1105,8 @@ static void test_contract_api__message_cleared_by_every_success(void **state) {
   r.pos = 0;
   CLEARS(kvp_deserialize_into_from_reader(c, read_mem, &r, NULL, 0));
   CLEARS(kvp_deserialize_into_from_file(c, F.out_path, NULL, 0));
+  const kvp_blob_ref blob_ref = {buf, written, NULL};
+  CLEARS(kvp_deserialize_shards_into(c, &blob_ref, 1));
   CLEARS(kvp_cache_destroy(c));
   kvp_serialized_info info;
   info.struct_size = sizeof info;
@@ -1164,7 +1169,7 @@ static const char *const covered_by_this_file[] = {
     "kvp_serialize_to_file", "kvp_deserialize_options_init", "kvp_deserialize_new",
     "kvp_deserialize_new_from_reader", "kvp_deserialize_new_from_file", "kvp_deserialize_into",
     "kvp_deserialize_into_from_reader", "kvp_deserialize_into_from_file", "kvp_serialized_inspect",
-    "kvp_serialized_inspect_file",
+    "kvp_serialized_inspect_file", "kvp_deserialize_shards_into",
     /* json.h */
     "kvp_config_to_json", "kvp_config_from_json", "kvp_metadata_to_json", "kvp_metadata_from_json",
     /* device.h, dlpack.h */

@@ -24,9 +24,16 @@ static int check(kvp_status s, const char *what) {
   return 0;
 }
 
+/* A shard to write instead of the whole cache: (tp_rank, dp_rank) of `tp` KV-head and `dp` page
+ * shards; tp = dp = 1 writes the whole cache. */
+typedef struct shard_spec {
+  int64_t tp, dp;
+  int32_t tp_rank, dp_rank;
+} shard_spec;
+
 static int write_golden(const char *dir, const char *name, int64_t layers, int64_t heads, int64_t head_dim,
                         int64_t page_size, int64_t pages, kvp_dtype dtype, kvp_layout layout, const int32_t *ids,
-                        uint32_t nids, uint64_t chunk_bytes) {
+                        uint32_t nids, uint64_t chunk_bytes, shard_spec shard) {
   kvp_config probe, cfg;
   kvp_layout_info li;
   kvp_config_options o;
@@ -52,16 +59,29 @@ static int write_golden(const char *dir, const char *name, int64_t layers, int64
   o.kvdtype = dtype;
   o.version = layout;
   o.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  o.budget_bytes = li.page_bytes_per_layer * layers * pages;
+  o.kv_head_shards = shard.tp;
+  o.data_parallel_size = shard.dp;
+  /* The budget is per device: the whole cache's pages over tp x dp devices. */
+  o.budget_bytes = li.page_bytes_per_layer * layers * pages / (shard.tp * shard.dp);
   if (check(kvp_config_create(&o, &cfg), "config")) return 1;
-  if (check(kvp_cache_create(&cfg, NULL, &c), "cache")) return 1;
+  if (cfg.num_pages != pages) {
+    fprintf(stderr, "kvp_gen_golden: %s: %lld pages, not %lld\n", name, (long long)cfg.num_pages, (long long)pages);
+    return 1;
+  }
+  if (shard.tp * shard.dp > 1) {
+    if (check(kvp_cache_create_shard(&cfg, shard.tp_rank, shard.dp_rank, NULL, &c), "shard")) return 1;
+  } else if (check(kvp_cache_create(&cfg, NULL, &c), "cache")) {
+    return 1;
+  }
+  kvp_shard_info si = KVP_SHARD_INFO_INIT;
+  if (check(kvp_cache_get_layout(c, &li), "layout") || check(kvp_cache_get_shard(c, &si), "shard info")) return 1;
   for (uint32_t l = 0; l < (uint32_t)layers; ++l) {
     kvp_tensor t;
     if (check(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t), "view")) return 1;
     unsigned char *p = (unsigned char *)t.data;
-    for (int64_t pg = 0; pg < pages; ++pg)
+    for (int64_t pg = 0; pg < si.page_end - si.page_begin; ++pg)  /* the pattern of the global page id */
       for (int64_t i = 0; i < li.page_bytes_per_layer; ++i)
-        p[pg * li.page_bytes_per_layer + i] = golden_byte(l, (uint64_t)pg, (uint64_t)i);
+        p[pg * li.page_bytes_per_layer + i] = golden_byte(l, (uint64_t)(si.page_begin + pg), (uint64_t)i);
   }
   kvp_serialize_options so;
   kvp_serialize_options_init(&so, sizeof so);
@@ -81,10 +101,17 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: kvp_gen_golden OUTDIR\n");
     return 2;
   }
-  if (write_golden(argv[1], "whole-v3-h64-bf16.kvps", 2, 2, 64, 4, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3, NULL, 0, 4096))
+  static const int32_t shard_subset[] = {7, 5};
+  const shard_spec whole = {1, 1, 0, 0}, tp2_dp2_rank11 = {2, 2, 1, 1};
+  if (write_golden(argv[1], "whole-v3-h64-bf16.kvps", 2, 2, 64, 4, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3, NULL, 0, 4096,
+                   whole))
     return 1;
   if (write_golden(argv[1], "subset-v2-fp8e4m3.kvps", 2, 1, 8, 4, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2, subset, 2,
-                   64))
+                   64, whole))
+    return 1;
+  /* Format 1.1: a shard's blob (v1.1/). */
+  if (write_golden(argv[1], "shard-v3-h64-bf16-tp2-dp2-r1-1.kvps", 2, 4, 64, 4, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3,
+                   shard_subset, 2, 1024, tp2_dp2_rank11))
     return 1;
   return 0;
 }

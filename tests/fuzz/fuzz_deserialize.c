@@ -11,14 +11,23 @@
 #include "harness.h"
 #include "kvpages.h"
 
-/* Targets shaped like the golden blobs, so inputs derived from them pass the geometry checks. */
-static kvp_cache *g_targets[2];
+/* Targets shaped like the golden blobs, so inputs derived from them pass the geometry checks: the
+ * two whole caches of v1.0/ and the shard (tp 1, dp 1) of v1.1/ with its whole cache. */
+static kvp_cache *g_targets[2], *g_shard, *g_shard_whole;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
   g_targets[0] = kvp_fuzz_cache(2, 2, 64, 4, 64, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
   g_targets[1] = kvp_fuzz_cache(2, 1, 8, 4, 64, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2);
+  kvp_config cfg;
+  kvp_fuzz_check(kvp_test_sized_config(2, 4, 64, 4, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3, 64, &cfg) == KVP_OK,
+                 "shard config");
+  cfg.num_pages = 8;
+  cfg.kv_head_shards = cfg.requested_kv_head_shards = 2;
+  cfg.data_parallel_size = 2;
+  kvp_fuzz_check(kvp_cache_create_shard(&cfg, 1, 1, NULL, &g_shard) == KVP_OK, "shard");
+  kvp_fuzz_check(kvp_cache_create(&cfg, NULL, &g_shard_whole) == KVP_OK, "shard's whole cache");
   return 0;
 }
 
@@ -56,6 +65,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     r.pos = 0;
     kvp_deserialize_into_from_reader(g_targets[t], fuzz_read, &r, NULL, 0);
   }
+  /* Re-sharding: the input alone, and twice (two blobs holding the same entries). */
+  const kvp_blob_ref refs[2] = {{data, size, NULL}, {data, size, NULL}};
+  kvp_deserialize_into(g_shard, data, size, NULL, 0);
+  kvp_deserialize_shards_into(g_shard, refs, 1);
+  kvp_deserialize_shards_into(g_shard_whole, refs, 1);
+  kvp_deserialize_shards_into(g_shard_whole, refs, 2);
+  kvp_deserialize_shards_into(g_targets[0], refs, 1);
   memset(&info, 0, sizeof info);
   info.struct_size = sizeof info;
   kvp_serialized_inspect(data, size, 0, &info);

@@ -33,7 +33,7 @@ for t in $targets; do
   artifacts="$build/fuzz-artifacts/$t"
   mkdir -p "$corpus" "$artifacts"
   [ -d "$root/tests/fuzz/corpus/$t" ] && cp "$root/tests/fuzz/corpus/$t"/* "$corpus"/
-  [ "$t" = fuzz_deserialize ] && cp "$root"/tests/data/v1.0/*.kvps "$corpus"/
+  [ "$t" = fuzz_deserialize ] && cp "$root"/tests/data/v1.*/*.kvps "$corpus"/
   echo "== $t: $each s"
   "$build/tests/$t" -max_total_time="$each" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="$artifacts/" "$corpus" || { echo "== $t: FINDING (see $artifacts)"; status=1; }

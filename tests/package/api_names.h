@@ -94,4 +94,5 @@ KVP_API_ENTRY(convert)
 KVP_API_ENTRY(config_get_shard)
 KVP_API_ENTRY(cache_create_shard)
 KVP_API_ENTRY(cache_get_shard)
+KVP_API_ENTRY(deserialize_shards_into)
 /* END GENERATED NAMES */

@@ -28,8 +28,7 @@ kvp_config kvp_test_sharded_config(kvp_layout version, kvp_dtype dtype, int64_t 
   return c;
 }
 
-/* Bytes of layer `layer` of a cache, copied to the host (free()). */
-static unsigned char *layer_bytes(const kvp_cache *cache, uint32_t layer, size_t *size) {
+unsigned char *kvp_test_layer_copy(const kvp_cache *cache, uint32_t layer, size_t *size) {
   *size = kvp_test_layer_bytes(cache);
   unsigned char *b = malloc(*size);
   assert_non_null(b);
@@ -70,14 +69,14 @@ static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int64_t 
   return md;
 }
 
-/* Shard `s`'s bytes against its slice of the whole layer. */
-static void check_slice(const unsigned char *whole, const kvp_layout_info *wl, const kvp_cache *shard, uint32_t layer) {
+void kvp_test_assert_slice(const unsigned char *whole, const kvp_layout_info *wl, const kvp_cache *shard,
+                           uint32_t layer) {
   kvp_shard_info si = KVP_SHARD_INFO_INIT;
   kvp_layout_info sl = {.struct_size = sizeof sl};
   assert_kvp_ok(kvp_cache_get_shard(shard, &si));
   assert_kvp_ok(kvp_cache_get_layout(shard, &sl));
   size_t size;
-  unsigned char *b = layer_bytes(shard, layer, &size);
+  unsigned char *b = kvp_test_layer_copy(shard, layer, &size);
   const int64_t S = wl->shape[1], whole_c = wl->storage_num_combined_kv_heads, c = sl.storage_num_combined_kv_heads;
   const int64_t entry = wl->storage_head_dim * wl->itemsize;
   assert_int_equal(si.slot_end - si.slot_begin, c);
@@ -137,11 +136,11 @@ void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) {
   assert_kvp_ok(kvp_cache_get_layout(whole, &wl));
   for (uint32_t layer = 0; layer < 2; ++layer) {
     size_t size;
-    unsigned char *w = layer_bytes(whole, layer, &size);
+    unsigned char *w = kvp_test_layer_copy(whole, layer, &size);
     size_t nonzero = 0, total = 0;
     for (size_t b = 0; b < size; ++b) nonzero += w[b] != 0;
     for (int64_t i = 0; i < n; ++i) {
-      check_slice(w, &wl, shards[i], layer);
+      kvp_test_assert_slice(w, &wl, shards[i], layer);
       total += kvp_test_layer_bytes(shards[i]);
     }
     assert_int_equal(total, size); /* disjoint slices of the right sizes: they tile the layer */

@@ -19,4 +19,12 @@ kvp_config kvp_test_sharded_config(kvp_layout version, kvp_dtype dtype, int64_t 
  * it, and that the batches wrote something. */
 void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed);
 
+/* Bytes of layer `layer` of a cache, copied to the host (*size bytes; free()). */
+unsigned char *kvp_test_layer_copy(const kvp_cache *cache, uint32_t layer, size_t *size);
+
+/* Asserts that `shard`'s layer `layer` holds exactly its slice of `whole` (a whole cache's layer
+ * bytes, geometry `wl`). */
+void kvp_test_assert_slice(const unsigned char *whole, const kvp_layout_info *wl, const kvp_cache *shard,
+                           uint32_t layer);
+
 #endif

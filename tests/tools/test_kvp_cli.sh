@@ -11,6 +11,7 @@ kvp=${1:?usage: test_kvp_cli.sh <path to kvp>}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 hf=$here/../data/hf
 golden=$here/../data/v1.0/whole-v3-h64-bf16.kvps
+golden_shard=$here/../data/v1.1/shard-v3-h64-bf16-tp2-dp2-r1-1.kvps
 fails=0
 pass=0
 
@@ -318,6 +319,12 @@ expect_value "load --json" "True 4 320 8" \
 valid_json "inspect --json" inspect --json "$golden"
 expect_value "inspect --json golden" "True KVP_OK v3 bf16" \
   "$(json_field "d['valid'], d['status'], d['layout'], d['dtype']" inspect --json "$golden")"
+# A shard's blob (format 1.1) shows which slice it holds; a whole cache's says so.
+expect 0 "shard:          tp 1 of 2, dp 1 of 2: combined entries [2, 4) (KV heads 2..3), pages [4, 8)" \
+  inspect "$golden_shard"
+expect 0 "shard:          none (the whole cache)" inspect "$golden"
+expect_value "inspect --json shard" "1 2 1 2 2 4 4 8" \
+  "$(json_field "d['shard']['tp_rank'], d['shard']['tp_size'], d['shard']['dp_rank'], d['shard']['dp_size'], d['shard']['head_begin'], d['shard']['head_end'], d['shard']['page_begin'], d['shard']['page_end']" inspect --json "$golden_shard")"
 # A damaged file: exit 1, valid false with the status and the reason, in JSON too.
 cp "$scratch/demo.kvps" "$scratch/bad.kvps"
 printf 'X' | dd of="$scratch/bad.kvps" bs=1 seek=5000000 conv=notrunc status=none

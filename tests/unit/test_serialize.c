@@ -499,9 +499,9 @@ static void test_serialize__crafted_headers(void **state) {
   free(s);
   assert_kvp_ok(kvp_cache_destroy(out));
 
-  /* A required flag this library does not know. */
+  /* A required flag this library does not know (bit 0 is KVP_FORMAT_FLAG_SHARD since 1.4). */
   memcpy(x, b, n);
-  wr64(x + 16, 1);
+  wr64(x + 16, 2);
   reseal_header(x);
   assert_kvp_status(kvp_deserialize_new(x, n, NULL, &out), KVP_ERR_FORMAT_VERSION, "flags");
   /* A newer major. */
@@ -1417,10 +1417,12 @@ static uint8_t golden_byte(uint32_t layer, uint64_t page, uint64_t offset) {
   return (uint8_t)((v ^ (v >> 7)) & 0xFF);
 }
 
-static void check_golden(const char *name, int64_t L, int64_t H, int64_t D, int64_t S, int64_t P, kvp_dtype dt,
-                         kvp_layout lay, const int32_t *ids, size_t nids) {
+/* `name` in tests/data/`version`: a whole cache's blob, or a shard's (format 1.1), whose pages
+ * [page_begin, page_end) follow the pattern of their global ids. */
+static void check_golden(const char *version, const char *name, int64_t L, int64_t H, int64_t D, int64_t S, int64_t P,
+                         kvp_dtype dt, kvp_layout lay, const int32_t *ids, size_t nids) {
   char path[512];
-  snprintf(path, sizeof path, "%s/v1.0/%s", KVP_TEST_DATA_DIR, name);
+  snprintf(path, sizeof path, "%s/%s/%s", KVP_TEST_DATA_DIR, version, name);
   size_t n = 0;
   uint8_t *b = read_file(path, &n);
   if (b == NULL) fail_msg("cannot read golden blob %s", path);
@@ -1435,11 +1437,13 @@ static void check_golden(const char *name, int64_t L, int64_t H, int64_t D, int6
   assert_int_equal(cfg.kvdtype, dt);
   assert_int_equal(cfg.version, lay);
   size_t pb = (size_t)info_of(c).page_bytes_per_layer;
+  kvp_shard_info si = KVP_SHARD_INFO_INIT;
+  assert_kvp_ok(kvp_cache_get_shard(c, &si));
   for (uint32_t l = 0; l < (uint32_t)L; ++l)
-    for (int64_t p = 0; p < P; ++p) {
+    for (int64_t p = si.page_begin; p < si.page_end; ++p) {
       int stored = ids == NULL;
       for (size_t j = 0; j < nids; ++j) stored |= ids[j] == p;
-      const uint8_t *q = page_ptr(c, l, p);
+      const uint8_t *q = page_ptr(c, l, p - si.page_begin);
       for (size_t i = 0; i < pb; ++i) {
         uint8_t want = stored ? golden_byte(l, (uint64_t)p, i) : 0;
         if (q[i] != want) fail_msg("%s: layer %u page %lld byte %zu is %u, want %u", name, l, (long long)p, i, q[i], want);
@@ -1454,9 +1458,10 @@ static void check_golden(const char *name, int64_t L, int64_t H, int64_t D, int6
   size_t n2 = 0;
   uint8_t *again = blob_of(c, &o, &n2);
   assert_int_equal(n2, n);
+  const size_t hs = rd32(b + 8);
   assert_memory_equal(again, b, 12);
-  assert_memory_equal(again + 16, b + 16, 184 - 16);
-  assert_memory_equal(again + 192, b + 192, n - 192);
+  assert_memory_equal(again + 16, b + 16, hs - 8 - 16);
+  assert_memory_equal(again + hs, b + hs, n - hs);
   free(again);
   free(b);
   assert_kvp_ok(kvp_cache_destroy(c));
@@ -1464,9 +1469,13 @@ static void check_golden(const char *name, int64_t L, int64_t H, int64_t D, int6
 
 static void test_serialize__golden_blobs_still_load(void **state) {
   (void)state;
-  check_golden("whole-v3-h64-bf16.kvps", 2, 2, 64, 4, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3, NULL, 0);
+  check_golden("v1.0", "whole-v3-h64-bf16.kvps", 2, 2, 64, 4, 3, KVP_DTYPE_BF16, KVP_LAYOUT_V3, NULL, 0);
   const int32_t ids[] = {3, 1};
-  check_golden("subset-v2-fp8e4m3.kvps", 2, 1, 8, 4, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2, ids, 2);
+  check_golden("v1.0", "subset-v2-fp8e4m3.kvps", 2, 1, 8, 4, 5, KVP_DTYPE_F8_E4M3FN, KVP_LAYOUT_V2, ids, 2);
+  /* Format 1.1: shard (tp 1, dp 1) of 2 x 2, pages 7 and 5 of its block [4, 8). */
+  const int32_t shard_ids[] = {7, 5};
+  check_golden("v1.1", "shard-v3-h64-bf16-tp2-dp2-r1-1.kvps", 2, 4, 64, 4, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3,
+               shard_ids, 2);
 }
 
 /* ---- contract ----------------------------------------------------------------------------------- */
