@@ -107,6 +107,58 @@ static void test_oom__cache_create(void **state) {
   assert_true(n >= 3); /* the cache, its backend, its layer list, ... each come from the allocator */
 }
 
+/* A shard (1.4), and the re-sharding load of two TP-2 shard blobs into a whole cache: every
+ * failing allocation leaves the target unchanged (every check comes before the first write). */
+static void test_oom__shards(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(LAYERS, HEADS, 128, PAGE, PAGES, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  cfg.kv_head_shards = cfg.requested_kv_head_shards = 2;  /* a head per rank */
+  assert_kvp_ok(kvp_config_validate(&cfg));
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    kvp_cache *c = (kvp_cache *)(uintptr_t)1;
+    fail_from(n);
+    const kvp_status st = kvp_cache_create_shard(&cfg, 1, 0, NULL, &c);
+    disarm();
+    if (st == KVP_OK) {
+      assert_kvp_ok(kvp_cache_destroy(c));
+      break;
+    }
+    expect_oom(st, 0, n, "kvp_cache_create_shard");
+    assert_null(c);
+  }
+  assert_true(n >= 3);
+  kvp_cache *shards[2] = {NULL, NULL};
+  uint8_t *blobs[2];
+  kvp_blob_ref refs[2];
+  for (int r = 0; r < 2; ++r) {
+    assert_kvp_ok(kvp_cache_create_shard(&cfg, r, 0, NULL, &shards[r]));
+    size_t need = 0, written = 0;
+    assert_kvp_ok(kvp_serialized_size(shards[r], NULL, &need));
+    blobs[r] = (uint8_t *)test_malloc(need);
+    assert_kvp_ok(kvp_serialize(shards[r], NULL, blobs[r], need, &written));
+    refs[r] = (kvp_blob_ref){blobs[r], written, NULL};
+  }
+  kvp_cache *dst = make_cache_of(&cfg);
+  uint8_t *snap = snapshot(dst);
+  const long base = g_alloc.live;
+  for (n = 0; n < MAX_N; ++n) {
+    fail_from(n);
+    const kvp_status st = kvp_deserialize_shards_into(dst, refs, 2);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_deserialize_shards_into");
+    assert_same_layers(dst, snap);
+  }
+  assert_true(n >= 4);
+  test_free(snap);
+  for (int r = 0; r < 2; ++r) {
+    test_free(blobs[r]);
+    assert_kvp_ok(kvp_cache_destroy(shards[r]));
+  }
+  assert_kvp_ok(kvp_cache_destroy(dst));
+}
+
 /* kvp_serialize to a buffer, whole cache (parallel path: >= 256 KiB) and one page. */
 static void test_oom__serialize(void **state) {
   (void)state;
@@ -796,6 +848,7 @@ static void test_oom__set_host_allocator_rejects_half_allocators(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_oom__cache_create, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__shards, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__serialize, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__serialize_to_writer_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__deserialize_new, setup, teardown),
