@@ -372,9 +372,13 @@ KVP_API kvp_status KVP_CALL kvp_config_get_shard(const kvp_config *cfg, int32_t 
  * error, as for the whole cache, and the union of all shards' bytes after the same calls equals
  * the whole cache's.
  *
+ * A shard lives on the CPU or on any CUDA device, and takes host or device-resident metadata
+ * there. Device-resident metadata is checked on the device as for a whole cache, page ids and v2
+ * slots against the whole cache (kvp_cache_get_async_error()); the tokens of other data ranks'
+ * pages are skipped there too.
+ *
  * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention(), serialization,
- * kvp_pool_create() and kvp_cache_copy_pages() on a data-parallel shard, and device-resident
- * metadata on a CUDA shard.
+ * and kvp_pool_create() and kvp_cache_copy_pages() on a data-parallel shard.
  *
  * A config with one KV-head shard and one data shard has a single shard, (0, 0), which is the
  * whole cache.
