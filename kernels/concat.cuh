@@ -322,8 +322,8 @@ __device__ __forceinline__ bool fast_chunk(const ConcatParams& p, int64_t t, int
     const ChunkPos q = chunk_pos(p, ch, V);
     if (q.h >= p.heads || q.d0 + V > p.head_dim) return false;
     const InputDesc& in = q.kv ? p.value : p.key;
-    src = static_cast<const typename In::bits*>(in.data) + t * in.st + static_cast<int64_t>(q.h - p.head_offset) * in.sh +
-          q.d0;
+    const int64_t h = q.h - p.head_offset;  // the head's index in key/value
+    src = static_cast<const typename In::bits*>(in.data) + t * in.st + h * in.sh + q.d0;
     KVP_EMU_CHECK(src, V * sizeof(typename In::bits), 1, false, in.data);
     dst = p.dst + slot * p.row_bytes + (static_cast<int64_t>(q.c) * p.lanes + q.l0) * static_cast<int64_t>(sizeof(OB));
     return true;

@@ -10,8 +10,8 @@ set(KVP_GPU_SUPPORT ${CMAKE_CURRENT_SOURCE_DIR}/support/gpu_support.c)
 foreach(t test_cuda_concatenate test_cuda_attention test_cuda_shards)
   target_sources(${t} PRIVATE ${KVP_GPU_SUPPORT})
 endforeach()
-foreach(t test_cuda_concatenate test_cuda_attention test_cuda_shards test_cuda_fault test_serialize_gpu bench_cuda_concatenate
-        bench_serialize)
+foreach(t test_cuda_concatenate test_cuda_attention test_cuda_shards test_cuda_fault test_serialize_gpu
+        bench_cuda_concatenate bench_serialize)
   if(TARGET ${t} AND KVP_HAS_CUDA)
     target_link_libraries(${t} PRIVATE CUDA::cudart)
   endif()
