@@ -141,9 +141,6 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on device type %d id %d but the cache on device type %d id %d",
            fn, m.device_type, m.device_id, cache.device_type(), cache.device_id());
     check_device_arrays(m, L.v3, false, fn);
-    if (has_padding_rows(L))
-      fail(KVP_ERR_UNSUPPORTED,
-           "%s: metadata in device memory is not supported yet with data_parallel_size > 1; use host metadata", fn);
     j.metadata_on_device = 1;
     return;
   }

@@ -140,7 +140,7 @@ static void test_union_of_shards(void **state) {
             }
             if (c.kv_head_shards > 1 && config_shard(&c, 0, 0).slot_end % 2 == 1 && layouts[l].head_dim != 64)
               ++half_heads;
-            kvp_test_shard_union(&c, 3, seed++);
+            kvp_test_shard_union(&c, 3, seed++, NULL);
           }
   /* The matrix covers each resolution and the half-head slices. */
   assert_true(kept > 0);
