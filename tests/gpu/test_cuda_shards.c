@@ -2,11 +2,12 @@
  * over two devices, equals the whole cache (written on the CPU: the bytes are the same on every
  * backend), with host metadata and with the metadata copied to each shard's device; the padding
  * rows of data-parallel metadata in device memory, for kvp_concatenate and kvp_attention; page ids
- * checked against the whole cache on the device.
+ * checked against the whole cache on the device; attention on KV-head shards.
  *
  * Every test skip()s when the build has no CUDA or the machine fewer than two CUDA devices (then
  * "kvpages: no CUDA device" is printed and ctest reports the test as skipped). The emulated
  * runtime (cuemu.test_cuda_shards) has two. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -383,8 +384,77 @@ static void test_cuda_shards__padding_rows_attention(void **state) {
   assert_kvp_ok(kvp_cache_destroy(gpu));
 }
 
+/* kvp_attention on KV-head shards on two devices (a prefill then a decode, fused writes of each
+ * rank's own K/V heads, 2 query heads per KV head) against the whole cache on the CPU. */
+static void test_cuda_shards__attention_on_kv_head_shards(void **state) {
+  (void)state;
+  require_two_gpus();
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 1);
+  enum { H = 4, D = 128, REP = 2, HQ = REP * H, T_MAX = 15 };
+  kvp_cache *whole = NULL, *shards[2];
+  assert_kvp_ok(kvp_cache_create(&c, NULL, &whole));
+  for (int32_t r = 0; r < 2; ++r) {
+    kvp_cache_options co = KVP_CACHE_OPTIONS_INIT;
+    co.device_type = KVP_DEVICE_CUDA;
+    co.device_id = r;
+    assert_kvp_ok(kvp_cache_create_shard(&c, r, 0, &co, &shards[r]));
+  }
+  static float q[T_MAX * HQ * D], k[T_MAX * H * D], v[T_MAX * H * D], want[T_MAX * HQ * D], got[T_MAX * HQ * D];
+  static int32_t p0[] = {1, 2}, p1[] = {3};
+  uint64_t rng = 0xA77;
+  for (int step = 0; step < 2; ++step) {
+    kvp_batch_request reqs[2] = {{0, 10, p0, 2}, {0, 5, p1, 1}};
+    if (step == 1) reqs[0] = (kvp_batch_request){10, 1, p0, 2}, reqs[1] = (kvp_batch_request){5, 1, p1, 1};
+    const int64_t T = reqs[0].num_scheduled + reqs[1].num_scheduled;
+    kvp_metadata *md = NULL;
+    assert_kvp_ok(kvp_metadata_build(&c, reqs, 2, NULL, NULL, &md));
+    for (int64_t e = 0; e < T * HQ * D; ++e) q[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+    for (int64_t e = 0; e < T * H * D; ++e) {
+      k[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+      v[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+    }
+    kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, T, HQ, D, KVP_DEVICE_CPU);
+    kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+    kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+    kvp_tensor wt = kvp_test_tensor(want, KVP_DTYPE_F32, T, HQ, D, KVP_DEVICE_CPU);
+    assert_kvp_ok(kvp_attention(whole, 0, &qt, &kt, &vt, md, NULL, &wt, NULL));
+    for (int32_t r = 0; r < 2; ++r) {
+      const int64_t h0 = 2 * r, nh = 2;  /* each rank: 2 KV heads, 4 query heads */
+      CUDA_OK(cudaSetDevice(r));
+      kvp_tensor qs = qt, ks = kt, vs = vt, os = kvp_test_tensor(got, KVP_DTYPE_F32, T, REP * nh, D, KVP_DEVICE_CPU);
+      qs.data = q + h0 * REP * D;
+      ks.data = k + h0 * D;
+      vs.data = v + h0 * D;
+      qs.shape[1] = REP * nh;
+      ks.shape[1] = vs.shape[1] = nh;
+      kvp_tensor qd = tensor_to_device(&qs, r), kd = tensor_to_device(&ks, r), vd = tensor_to_device(&vs, r);
+      kvp_tensor od = tensor_to_device(&os, r);
+      assert_kvp_ok(kvp_attention(shards[r], 0, &qd, &kd, &vd, md, NULL, &od, NULL));
+      CUDA_OK(cudaMemcpy(got, od.data, sizeof(float) * (size_t)(T * REP * nh * D), cudaMemcpyDeviceToHost));
+      assert_int_equal(kvp_test_async_error(shards[r]), KVP_OK);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < REP * nh; ++h)
+          for (int64_t d = 0; d < D; ++d) {
+            const float w = want[(t * HQ + h0 * REP + h) * D + d], g = got[(t * REP * nh + h) * D + d];
+            if (!(fabsf(w - g) <= 1e-4f * (1.0f + fabsf(w))))
+              fail_msg("rank %d step %d: token %lld head %lld lane %lld: %g, whole cache %g", r, step, (long long)t,
+                       (long long)(h0 * REP + h), (long long)d, g, w);
+          }
+      CUDA_OK(cudaFree(qd.data));
+      CUDA_OK(cudaFree(kd.data));
+      CUDA_OK(cudaFree(vd.data));
+      CUDA_OK(cudaFree(od.data));
+    }
+    CUDA_OK(cudaSetDevice(0));
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  for (int r = 0; r < 2; ++r) assert_kvp_ok(kvp_cache_destroy(shards[r]));
+  assert_kvp_ok(kvp_cache_destroy(whole));
+}
+
 #else
 
+static void test_cuda_shards__attention_on_kv_head_shards(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__union_host_metadata(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__union_device_metadata(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__padding_rows_concatenate(void **state) { (void)state; kvp_test_require_gpu(); }
@@ -400,6 +470,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_shards__padding_rows_concatenate),
       cmocka_unit_test(test_cuda_shards__device_page_ranges),
       cmocka_unit_test(test_cuda_shards__padding_rows_attention),
+      cmocka_unit_test(test_cuda_shards__attention_on_kv_head_shards),
   };
   return cmocka_run_group_tests_name("cuda_shards", tests, NULL, NULL);
 }
