@@ -91,4 +91,6 @@ KVP_API_ENTRY(set_host_allocator)
 KVP_API_ENTRY(attention_options_init)
 KVP_API_ENTRY(attention)
 KVP_API_ENTRY(convert)
+KVP_API_ENTRY(pool_get_sequence_shard)
+KVP_API_ENTRY(pool_get_shard_stats)
 /* END GENERATED NAMES */
