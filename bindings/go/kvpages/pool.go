@@ -47,10 +47,10 @@ type PoolStats struct {
 // since 1.4): the shard hands out pages [FirstPage, EndPage), and
 // FreePages + EvictablePages + UsedPages == TotalPages.
 type PoolShardStats struct {
-	NumShards                                       uint32
-	FirstPage, EndPage                              int32
+	NumShards                                        uint32
+	FirstPage, EndPage                               int32
 	TotalPages, FreePages, EvictablePages, UsedPages int64
-	NumSequences                                    int64
+	NumSequences                                     int64
 }
 
 // Pool owns a kvp_pool: it hands the pages of a Cache to sequences, shares them by reference

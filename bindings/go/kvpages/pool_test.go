@@ -500,7 +500,7 @@ func TestPoolDataParallelShards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	half := int32(cfg.NumPages / 2)
+	half := int32(cfg.NumPages() / 2)
 	cache, _ := NewCache(cfg)
 	defer cache.Close()
 	p, err := NewPool(cache, PoolOptions{})

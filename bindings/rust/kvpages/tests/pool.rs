@@ -290,7 +290,7 @@ fn pool_data_parallel_shards() {
         ..Default::default()
     })
     .expect("config");
-    let half = (cfg.num_pages / 2) as i32;
+    let half = (cfg.num_pages() / 2) as i32;
     let mut cache = Cache::new(&cfg).unwrap();
     let mut pool = Pool::new(&mut cache, &PoolOptions::default()).unwrap();
     let (s0, s1) = (pool.shard_stats(0).unwrap(), pool.shard_stats(1).unwrap());
