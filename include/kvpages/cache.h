@@ -299,6 +299,120 @@ KVP_API kvp_status KVP_CALL kvp_cache_get_async_error(const kvp_cache *cache, kv
  */
 KVP_API kvp_status KVP_CALL kvp_cache_clear_async_error(kvp_cache *cache);
 
+/* ------------------------------------------------------------------------------------------- */
+/* Shards (since 1.4)                                                                            */
+
+/**
+ * @brief Which slice of a sharded config one cache holds (kvp_config_get_shard(),
+ *        kvp_cache_get_shard()); SPEC.md §7.3 and docs/sharding.md.
+ *
+ * A config with `kv_head_shards` = S > 1 splits the combined axis of every row over S tensor
+ * ranks (v3: the storage groups, h64: its head slots; v2: the 2H combined heads), and one with
+ * `data_parallel_size` = dp > 1 splits the pages over dp data ranks in contiguous blocks. The
+ * combined axis counts entries of the whole layout: v2 and v3 entry `2h` holds the keys of KV
+ * head h and `2h + 1` its values (v3 pads with zero entries up to a multiple of the packing);
+ * head_dim-64 entry `h` holds both. A rank may hold only the keys or only the values of a head
+ * at either end of its range (v2, and v3 f32, when S does not divide H).
+ */
+typedef struct kvp_shard_info {
+  uint32_t struct_size;     /**< sizeof(kvp_shard_info); set by the caller. */
+  uint32_t _reserved;       /**< 0. */
+  int32_t tp_rank;          /**< Tensor (KV-head) rank, 0 … `tp_size` - 1. */
+  int32_t tp_size;          /**< KV-head slices the heads are cut into: the config's `kv_head_shards` for a shard, 1 for a whole cache. */
+  int32_t dp_rank;          /**< Data (page) rank, 0 … `dp_size` - 1. */
+  int32_t dp_size;          /**< Page blocks: the config's `data_parallel_size` for a shard, 1 for a whole cache. */
+  int64_t slot_begin;       /**< First combined entry held (of the whole layout's combined axis). */
+  int64_t slot_end;         /**< One past the last combined entry held (padding entries included). */
+  int64_t head_begin;       /**< First KV head of which keys or values are held: head `head_begin` is row 0 of a local key/value tensor. */
+  int64_t head_end;         /**< One past the last such head: a local key/value tensor has `head_end - head_begin` heads. */
+  int64_t key_head_begin;   /**< Keys held: of heads [`key_head_begin`, `key_head_end`) (empty when begin = end). */
+  int64_t key_head_end;     /**< See `key_head_begin`. */
+  int64_t value_head_begin; /**< Values held: of heads [`value_head_begin`, `value_head_end`). */
+  int64_t value_head_end;   /**< See `value_head_begin`. */
+  int64_t page_begin;       /**< Global id of the first page held (its local page 0). */
+  int64_t page_end;         /**< One past the global id of the last page held. */
+  int64_t global_pages;     /**< Pages of the whole cache (the config's `num_pages`): the page ids metadata uses. */
+} kvp_shard_info;
+
+/** Static initialiser of ::kvp_shard_info: `struct_size` set, the rest zero. */
+#define KVP_SHARD_INFO_INIT KVP__OUTPUT_INIT(kvp_shard_info)
+
+/**
+ * @brief Describes the slice shard (`tp_rank`, `dp_rank`) of a config holds, without creating it.
+ * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
+ * @param[in] tp_rank Tensor rank, 0 … `kv_head_shards` - 1.
+ * @param[in] dp_rank Data rank, 0 … `data_parallel_size` - 1.
+ * @param[out] out Info, not NULL, with `struct_size` set; unchanged on failure.
+ * @retval KVP_OK Described.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, invalid config, `num_pages` < 1, a rank out of range.
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
+ * @retval KVP_ERR_UNSUPPORTED Name-only dtype in `cfg`.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown `struct_size`.
+ * @threadsafety Thread-safe.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_config_get_shard(const kvp_config *cfg, int32_t tp_rank, int32_t dp_rank,
+                                                 kvp_shard_info *out);
+
+/**
+ * @brief Allocates one shard of a sharded config: the slice of every layer that tensor rank
+ *        `tp_rank` and data rank `dp_rank` hold (zero-filled), on the device `opts` names.
+ *
+ * The shard's buffers are its slice only: kvp_cache_get_layout() gives their local geometry
+ * (`num_pages / data_parallel_size` pages, `groups / kv_head_shards` storage groups), and views,
+ * kvp_cache_read_layer() / kvp_cache_write_layer() and DLPack export describe the local slice;
+ * kvp_cache_get_shard() says which global heads and pages it is, kvp_cache_get_config() returns
+ * the whole config.
+ *
+ * kvp_concatenate() on a shard takes the same metadata as the whole cache (global page ids and
+ * v2 slices, built once for every shard) and either the full key/value tensors `[T, H, D]`, of
+ * which the shard takes its heads, or local ones `[T, head_end - head_begin, D]` holding only
+ * its heads (the shapes decide; when the two counts are equal they are the same heads). Tokens
+ * whose pages another data rank holds are skipped; a page id outside the whole cache is an
+ * error, as for the whole cache, and the union of all shards' bytes after the same calls equals
+ * the whole cache's.
+ *
+ * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention(), serialization,
+ * kvp_pool_create() and kvp_cache_copy_pages() on a data-parallel shard, and device-resident
+ * metadata on a CUDA shard.
+ *
+ * A config with one KV-head shard and one data shard has a single shard, (0, 0), which is the
+ * whole cache.
+ *
+ * @param[in] cfg Config with `num_pages` computed, not NULL; validated first. Copied.
+ * @param[in] tp_rank Tensor rank, 0 … `kv_head_shards` - 1.
+ * @param[in] dp_rank Data rank, 0 … `data_parallel_size` - 1.
+ * @param[in] opts Options (device, allocator, flags) as for kvp_cache_create(), or NULL for a CPU shard.
+ * @param[out] out Receives the new handle, not NULL; set to NULL on failure.
+ * @retval KVP_OK Created.
+ * @retval KVP_ERR_INVALID_ARGUMENT As kvp_cache_create(), or a rank out of range (the message gives the range).
+ * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
+ * @retval KVP_ERR_UNSUPPORTED As kvp_cache_create().
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing leaked.
+ * @retval KVP_ERR_NO_DEVICE CUDA requested but unavailable in this build or machine.
+ * @retval KVP_ERR_DEVICE_OUT_OF_MEMORY Device memory exhausted; nothing leaked.
+ * @ownership Caller-owned result: release with kvp_cache_destroy().
+ * @threadsafety Thread-safe.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_create_shard(const kvp_config *cfg, int32_t tp_rank, int32_t dp_rank,
+                                                   const kvp_cache_options *opts, kvp_cache **out);
+
+/**
+ * @brief Describes which slice of its config a cache holds: a shard's coordinates and global
+ *        ranges, or for a whole cache (kvp_cache_create()) ranks 0 of sizes 1 and every entry and page.
+ * @param[in] cache Cache handle.
+ * @param[out] out Info, not NULL, with `struct_size` set; unchanged on failure.
+ * @retval KVP_OK Described.
+ * @retval KVP_ERR_INVALID_HANDLE Bad handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL.
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown `struct_size`.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_cache_get_shard(const kvp_cache *cache, kvp_shard_info *out);
+
 KVP_END_DECLS
 
 /** @} */

@@ -247,6 +247,12 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *attention)(kvp_cache *cache, uint32_t layer, const kvp_tensor *queries, const kvp_tensor *keys, const kvp_tensor *values, const kvp_metadata *metadata, const kvp_attention_options *opts, const kvp_tensor *out, kvp_stream stream);
   /** kvp_convert() */
   kvp_status (KVP_CALL *convert)(const void *src, kvp_dtype src_dtype, void *dst, kvp_dtype dst_dtype, size_t count);
+  /** kvp_config_get_shard() */
+  kvp_status (KVP_CALL *config_get_shard)(const kvp_config *cfg, int32_t tp_rank, int32_t dp_rank, kvp_shard_info *out);
+  /** kvp_cache_create_shard() */
+  kvp_status (KVP_CALL *cache_create_shard)(const kvp_config *cfg, int32_t tp_rank, int32_t dp_rank, const kvp_cache_options *opts, kvp_cache **out);
+  /** kvp_cache_get_shard() */
+  kvp_status (KVP_CALL *cache_get_shard)(const kvp_cache *cache, kvp_shard_info *out);
   /** kvp_pool_get_sequence_shard() */
   kvp_status (KVP_CALL *pool_get_sequence_shard)(const kvp_pool *pool, kvp_seq_id seq, uint32_t *shard_out);
   /** kvp_pool_get_shard_stats() */

@@ -33,7 +33,38 @@ KVP_API kvp_status kvp_cache_create(const kvp_config* cfg, const kvp_cache_optio
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(out);
   *out = nullptr;
-  *out = create_cache(cfg, opts, "kvp_cache_create");
+  *out = create_cache(cfg, opts, nullptr, "kvp_cache_create");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_cache_create_shard(const kvp_config* cfg, int32_t tp_rank, int32_t dp_rank,
+                                          const kvp_cache_options* opts, kvp_cache** out) {
+  KVP_API_BEGIN;
+  KVP_REQUIRE_NOT_NULL(out);
+  *out = nullptr;
+  const ShardRanks ranks{tp_rank, dp_rank};
+  *out = create_cache(cfg, opts, &ranks, "kvp_cache_create_shard");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_cache_get_shard(const kvp_cache* cache, kvp_shard_info* out) {
+  KVP_API_BEGIN;
+  const Cache& c = cache_from(cache, "kvp_cache_get_shard");
+  KVP_REQUIRE_NOT_NULL(out);
+  write_versioned(out, shard_info_of(c.layout(), c.shard()), sizeof(kvp_shard_info), "kvp_cache_get_shard",
+                  "kvp_shard_info");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_config_get_shard(const kvp_config* cfg, int32_t tp_rank, int32_t dp_rank, kvp_shard_info* out) {
+  KVP_API_BEGIN;
+  const char* fn = "kvp_config_get_shard";
+  KVP_REQUIRE_NOT_NULL(out);
+  const kvp_config c = read_config(cfg, fn);
+  (void)layout_with_pages(c, fn);
+  const ShardCoord shard = shard_coord(c, tp_rank, dp_rank, fn);
+  write_versioned(out, shard_info_of(shard_layout(c, shard, fn), shard), sizeof(kvp_shard_info), fn,
+                  "kvp_shard_info");
   KVP_API_END;
 }
 

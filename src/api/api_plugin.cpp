@@ -100,6 +100,9 @@ const kvp_api_v1 kTableV1 = {
     &kvp_attention_options_init,
     &kvp_attention,
     &kvp_convert,
+    &kvp_config_get_shard,
+    &kvp_cache_create_shard,
+    &kvp_cache_get_shard,
     &kvp_pool_get_sequence_shard,
     &kvp_pool_get_shard_stats,
     // END GENERATED TABLE

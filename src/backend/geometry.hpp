@@ -32,14 +32,24 @@ struct Layout {
   int64_t layer_bytes = 0;
   int64_t page_bytes_per_layer = 0;
   int64_t max_num_seqs = 0;
+  // The slice of the whole cache these buffers hold (a shard, SPEC.md §7.3; core/shard.hpp): the
+  // local combined entries are the whole layout's [slot_begin, slot_begin + combined_heads) and
+  // the local pages its [page_begin, page_begin + num_pages). A whole cache: 0, 0, num_pages.
+  int64_t slot_begin = 0;    // whole-layout combined entry of local entry 0 (v2/v3: 2h + kv; h64: h)
+  int64_t page_begin = 0;    // global page id of local page 0
+  int64_t global_pages = 0;  // pages of the whole cache: the page ids metadata uses
+  bool shard = false;        // a slice of heads or pages, not the whole cache
+  int64_t data_parallel_size = 1;  // the config's page shards (of the whole cache, shard or not)
 
-  // Element offset of key (kv = 0) or value (kv = 1) lane d of KV head h at (page, row) inside a
-  // layer buffer, per SPEC.md §3. Lanes d < head_dim only.
-  int64_t offset(int64_t page, int64_t row, int64_t head, int kv, int64_t d) const {
-    const int64_t slot = page * page_size + row;
-    if (h64) return (slot * combined_heads + head) * storage_head_dim + kv * 64 + d;
-    return (slot * combined_heads + 2 * head + kv) * storage_head_dim + d;
+  // Local entries that hold data (the rest of a row is zero padding): whole-layout entries up to
+  // 2H (h64: H) that fall in the slice.
+  int64_t data_entries() const {
+    const int64_t end = h64 ? num_kv_heads : 2 * num_kv_heads;
+    const int64_t n = end - slot_begin;
+    return n < 0 ? 0 : n < combined_heads ? n : combined_heads;
   }
+  // Whether the rows hold only some of the heads (a shard of a KV-head split).
+  bool heads_cut() const { return slot_begin != 0 || data_entries() < (h64 ? num_kv_heads : 2 * num_kv_heads); }
 };
 
 }  // namespace kvp::detail

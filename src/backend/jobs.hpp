@@ -71,6 +71,9 @@ struct ConcatRun {
 //   on the device (skipping the write and flagging a recoverable asynchronous error on violation).
 // - Every written token slot gets its whole row: data lanes converted to the cache dtype with
 //   backend/fp_convert.hpp (byte-identical on every backend), padding lanes and heads zeroed.
+// - On a shard (layout.shard) a row is the whole layout's entries [slot_begin, slot_begin +
+//   combined_heads) and the runs are local slots (host-validated: the core has dropped the tokens
+//   of other shards' pages); layout.data_entries() of them hold data.
 struct ConcatJob {
   uint8_t* dst;   // the layer buffer (device pointer for a CUDA cache)
   Layout layout;
@@ -84,6 +87,7 @@ struct ConcatJob {
   int64_t head_dim;      // D
   TensorArg key;
   TensorArg value;
+  int64_t head_offset;  // key/value head index of KV head h: h - head_offset (0, or a shard's first head)
   int64_t num_tokens;  // T = key.shape[0]
   MetadataArrays md;
   int32_t metadata_on_device;  // 1 when the md arrays are in device memory

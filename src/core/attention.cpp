@@ -128,6 +128,9 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on device type %d id %d but the cache on device type %d id %d",
            fn, m.device_type, m.device_id, cache.device_type(), cache.device_id());
     check_device_arrays(m, L.v3, false, fn);
+    if (has_padding_rows(L))
+      fail(KVP_ERR_UNSUPPORTED,
+           "%s: metadata in device memory is not supported yet with data_parallel_size > 1; use host metadata", fn);
     j.metadata_on_device = 1;
     return;
   }
@@ -142,6 +145,7 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
 void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor* keys, const kvp_tensor* values,
                const Metadata& md, const kvp_attention_options* opts, const kvp_tensor& out, kvp_stream stream,
                const char* fn) {
+  cache.refuse_shard(fn);
   if ((keys == nullptr) != (values == nullptr))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: keys and values must both be given (fused write) or both be NULL (read only)", fn);
   PreparedConcat write;

@@ -16,9 +16,10 @@ uint64_t next_cache_id() noexcept {
 }
 }  // namespace
 
-Cache::Cache(const kvp_config& cfg, HostPtr<Backend> backend, const HostAllocator& alloc)
+Cache::Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> backend, const HostAllocator& alloc)
     : config_(cfg),
-      layout_(layout_of(cfg, "kvp_cache_create")),
+      shard_(shard),
+      layout_(shard_layout(cfg, shard, "kvp_cache_create")),
       id_(next_cache_id()),
       alloc_(alloc),
       backend_(std::move(backend)),
@@ -36,6 +37,13 @@ Cache::~Cache() {
   for (uint8_t* p : layers_) backend_->release(p, layer_bytes());
 }
 
+void Cache::refuse_shard(const char* fn, bool dp_only) const {
+  if (dp_only ? shard_.dp_size > 1 : layout_.shard)
+    fail(KVP_ERR_UNSUPPORTED, "%s: not supported on a shard yet (this cache is shard tp %lld/%lld, dp %lld/%lld)", fn,
+         static_cast<long long>(shard_.tp_rank), static_cast<long long>(shard_.tp_size),
+         static_cast<long long>(shard_.dp_rank), static_cast<long long>(shard_.dp_size));
+}
+
 void Cache::check_layer(int64_t layer, const char* function) const {
   if (layer < 0 || layer >= layout_.num_layers)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: layer %lld is out of range (the cache has %lld layers)", function,
@@ -51,7 +59,7 @@ kvp_tensor Cache::view(int64_t layer, kvp_view_kind kind) const {
   t.device_id = device_id();
   uint8_t* base = layer_data(layer);
   const int64_t P = L.num_pages, S = L.page_size, C = L.combined_heads, Dst = L.storage_head_dim;
-  const int64_t H = L.num_kv_heads, D = L.head_dim;
+  const int64_t D = L.head_dim;
   auto set4 = [&](int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t s0, int64_t s1, int64_t s2, int64_t s3) {
     t.ndim = 4;
     t.shape[0] = d0; t.shape[1] = d1; t.shape[2] = d2; t.shape[3] = d3;
@@ -79,20 +87,23 @@ kvp_tensor Cache::view(int64_t layer, kvp_view_kind kind) const {
       break;
     case KVP_VIEW_KEYS:
     case KVP_VIEW_VALUES: {
+      // The heads whose keys (values) this cache holds: all H of a whole cache.
       const int kv = kind == KVP_VIEW_VALUES ? 1 : 0;
+      const HeadRange h = held_heads(L, kv);
       if (L.h64) {
-        t.data = base + static_cast<size_t>(kv * 64 * L.itemsize);
-        set4(P, S, H, D, page_stride, row_stride, Dst, 1);
+        t.data = base + static_cast<size_t>(((h.begin - L.slot_begin) * Dst + kv * 64) * L.itemsize);
+        set4(P, S, h.end - h.begin, D, page_stride, row_stride, Dst, 1);
       } else {
-        t.data = base + static_cast<size_t>(kv * Dst * L.itemsize);
-        set4(P, S, H, D, page_stride, row_stride, 2 * Dst, 1);
+        t.data = base + static_cast<size_t>((2 * h.begin + kv - L.slot_begin) * Dst * L.itemsize);
+        set4(P, S, h.end - h.begin, D, page_stride, row_stride, 2 * Dst, 1);
       }
       break;
     }
     case KVP_VIEW_REFERENCE_KEYS:
     case KVP_VIEW_REFERENCE_VALUES: {
-      // flattened[:, :, 0::2, :] and [:, :, 1::2, :] over all C combined entries and all lanes.
-      const int64_t start = kind == KVP_VIEW_REFERENCE_VALUES ? 1 : 0;
+      // flattened[:, :, 0::2, :] and [:, :, 1::2, :] over all C combined entries and all lanes (of
+      // a shard: its entries whose whole-layout index is even / odd).
+      const int64_t start = ((kind == KVP_VIEW_REFERENCE_VALUES ? 1 : 0) + L.slot_begin) % 2;
       const int64_t count = C > start ? (C - start + 1) / 2 : 0;
       t.data = base + static_cast<size_t>(start * Dst * L.itemsize);
       set4(P, S, count, Dst, page_stride, row_stride, 2 * Dst, 1);
@@ -124,7 +135,8 @@ void Cache::write_layer(int64_t layer, const void* host_src, size_t size, kvp_st
   backend_->copy_from_host(layer_data(layer), host_src, layer_bytes(), stream, true, fn);
 }
 
-kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts, const char* fn) {
+kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts, const ShardRanks* ranks,
+                        const char* fn) {
   const kvp_config cfg = read_config(config, fn);
   kvp_cache_options o;
   std::memset(&o, 0, sizeof o);
@@ -139,12 +151,11 @@ kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts,
   const kvp_device_type dev = o.device_type == 0 ? KVP_DEVICE_CPU : o.device_type;
   check_host_allocator(o.allocator, fn);
   // Validate the config before touching any device (make_backend checks the device type and id).
-  (void)layout_of(cfg, fn);
-  if (cfg.num_pages < 1)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages is %lld; create the config with kvp_config_create first", fn,
-         static_cast<long long>(cfg.num_pages));
+  (void)layout_with_pages(cfg, fn);
+  const ShardCoord shard = ranks != nullptr ? shard_coord(cfg, ranks->tp_rank, ranks->dp_rank, fn) : ShardCoord{};
   const HostAllocator alloc(o.allocator);
-  HostPtr<Cache> cache = make_host<Cache>(alloc, cfg, make_backend(dev, o.device_id, alloc, o.flags, fn), alloc);
+  HostPtr<Cache> cache =
+      make_host<Cache>(alloc, cfg, shard, make_backend(dev, o.device_id, alloc, o.flags, fn), alloc);
   return handle_new<kvp_cache>(std::move(cache));
 }
 

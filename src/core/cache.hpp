@@ -7,6 +7,7 @@
 
 #include "backend/backend.hpp"
 #include "core/config.hpp"
+#include "core/shard.hpp"
 #include "kvpages/cache.h"
 #include "util/handle.hpp"
 #include "util/memory.hpp"
@@ -15,14 +16,18 @@ namespace kvp::detail {
 
 class Cache {
  public:
-  // Allocates all layer buffers (zeroed). Throws on failure, leaking nothing.
-  Cache(const kvp_config& cfg, HostPtr<Backend> backend, const HostAllocator& alloc);
+  // Allocates all layer buffers (zeroed) of the whole cache or of one shard of `cfg`. Throws on
+  // failure, leaking nothing.
+  Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> backend, const HostAllocator& alloc);
   ~Cache();
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
 
   const kvp_config& config() const noexcept { return config_; }
   const Layout& layout() const noexcept { return layout_; }
+  const ShardCoord& shard() const noexcept { return shard_; }
+  // Throws UNSUPPORTED naming `function` on a shard (`dp_only`: on a data-parallel shard).
+  void refuse_shard(const char* function, bool dp_only = false) const;
   Backend& backend() const noexcept { return *backend_; }
   // Host memory of everything done on this cache's behalf (its allocator, or the process default).
   const HostAllocator& allocator() const noexcept { return alloc_; }
@@ -55,6 +60,7 @@ class Cache {
 
  private:
   kvp_config config_;
+  ShardCoord shard_;
   Layout layout_;
   uint64_t id_;
   HostAllocator alloc_;
@@ -62,13 +68,14 @@ class Cache {
   HostVector<uint8_t*> layers_;
 };
 
-// Creates a cache and its handle (kvp_cache_create): reads and validates the caller's config and
-// options (NULL = defaults), builds the backend of the device they name (everything that can be
-// checked is checked before a device is touched) and allocates the pages. Throws; leaks nothing.
+// Creates a cache and its handle (kvp_cache_create, and kvp_cache_create_shard with `ranks`): reads and validates the caller's config and options (NULL = defaults),
+// builds the backend of the device they name (everything that can be checked is checked before a
+// device is touched) and allocates the pages. Throws; leaks nothing.
 // Version 1 of kvp_cache_options (1.0, 1.1) ends before `flags`: the smallest struct_size accepted.
 constexpr size_t kCacheOptionsV1Size = offsetof(kvp_cache_options, flags);
 
-kvp_cache* create_cache(const kvp_config* cfg, const kvp_cache_options* opts, const char* function);
+kvp_cache* create_cache(const kvp_config* cfg, const kvp_cache_options* opts, const ShardRanks* ranks,
+                        const char* function);
 
 }  // namespace kvp::detail
 

@@ -6,6 +6,7 @@
 #include "core/dtype.hpp"
 #include "core/math.hpp"
 #include "core/rows.hpp"
+#include "core/shard.hpp"
 #include "util/error.hpp"
 
 namespace kvp::detail {
@@ -64,9 +65,15 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
   const Layout& L = cache.layout();
   ConcatJob& job = out.job;
   job = ConcatJob{};
-  const int64_t H = L.num_kv_heads;
-  job.key = check_input(cache, key, "key", H, "the cache has num_kv_heads", fn);
-  job.value = check_input(cache, value, "value", H, "the cache has num_kv_heads", fn);
+  // All H heads, or a shard's own heads (the shape says which; equal counts are the same heads).
+  const HeadRange local = tensor_heads(L);
+  const bool whole = key.ndim != 3 || key.shape[1] == L.num_kv_heads;
+  const int64_t H = whole ? L.num_kv_heads : local.end - local.begin;
+  const char* what = !L.shard ? "the cache has num_kv_heads" : whole ? "this shard takes all num_kv_heads"
+                                                                     : "this shard holds heads";
+  job.key = check_input(cache, key, "key", H, what, fn);
+  job.value = check_input(cache, value, "value", H, what, fn);
+  job.head_offset = whole ? 0 : local.begin;
   if (key.shape[0] != value.shape[0])
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: key has %lld tokens but value has %lld", fn, ll(key.shape[0]),
          ll(value.shape[0]));
@@ -97,6 +104,10 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on CUDA device %d but the cache on device %d", fn, m.device_id,
            cache.device_id());
     check_device_arrays(m, L.v3, !L.v3, fn);
+    if (L.shard || has_padding_rows(L))
+      fail(KVP_ERR_UNSUPPORTED,
+           "%s: metadata in device memory is not supported yet on a shard or with data_parallel_size > 1; use host "
+           "metadata", fn);
     job.host_validated = 0;
     return;
   }

@@ -255,7 +255,17 @@ Layout layout_of(const kvp_config& c, const char* fn) {
   L.layer_bytes = checked_mul(L.layer_elems, L.itemsize, "bytes per layer");
   L.page_bytes_per_layer = checked_mul(L.page_elems, L.itemsize, "bytes per page");
   L.max_num_seqs = max_num_seqs(c);
+  L.global_pages = L.num_pages;
+  L.data_parallel_size = sharding_of(c).dp;
   (void)checked_mul(L.layer_bytes, L.num_layers, "bytes of the cache (num_pages x page bytes x num_hidden_layers)");
+  return L;
+}
+
+Layout layout_with_pages(const kvp_config& c, const char* fn) {
+  Layout L = layout_of(c, fn);
+  if (c.num_pages < 1)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_pages is %lld; create the config with kvp_config_create first", fn,
+         ll(c.num_pages));
   return L;
 }
 

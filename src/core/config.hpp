@@ -52,6 +52,8 @@ int64_t head_split_units(kvp_layout version, int64_t num_kv_heads, int64_t head_
 void validate_config(const kvp_config& cfg, const char* function);
 // Validates and computes the derived geometry. num_pages may be -1 (then P-dependent sizes are 0).
 Layout layout_of(const kvp_config& cfg, const char* function);
+// Validates a config that must have its pages computed (INVALID_ARGUMENT when num_pages < 1).
+Layout layout_with_pages(const kvp_config& cfg, const char* function);
 // The public description of a layout (kvp_config_get_layout, kvp_cache_get_layout).
 kvp_layout_info layout_info_of(const Layout& layout);
 // A version 1 record (zeros) is unsharded: spell that out (1), so every record kvpages holds,

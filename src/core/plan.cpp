@@ -16,7 +16,7 @@ namespace {
 void runs_v2(const MetadataArrays& m, const Layout& L, int64_t T, Plan& p, const char* fn) {
   if (m.num_kv_update_slices_len < 1 || m.num_kv_update_slices == nullptr)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: v2 metadata has no num_kv_update_slices", fn);
-  const int64_t n = m.num_kv_update_slices[0], num_slots = L.num_pages * L.page_size;
+  const int64_t n = m.num_kv_update_slices[0], num_slots = L.global_pages * L.page_size;
   if (n < 0 || n > m.num_slices)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_kv_update_slices %lld is out of range [0, %lld] (slot_mapping columns)", fn,
          ll(n), ll(m.num_slices));
@@ -78,16 +78,28 @@ void sort_and_check_no_overlap(HostVector<ConcatRun>& runs, const char* fn) {
   }
 }
 
+// A data-parallel shard keeps the parts of the (sorted, global) runs that land in its pages, in
+// its local slots; the tokens of other shards' pages are skipped (SPEC.md §7.3).
+void keep_local_runs(HostVector<ConcatRun>& runs, const Layout& L) {
+  if (L.page_begin == 0 && L.num_pages == L.global_pages) return;
+  const int64_t lo = L.page_begin * L.page_size, hi = lo + L.num_pages * L.page_size;
+  size_t kept = 0;
+  for (const ConcatRun& r : runs) {
+    const int64_t a = std::max(r.dst_slot, lo), b = std::min(r.dst_slot + r.len, hi);
+    if (a < b) runs[kept++] = {r.src + (a - r.dst_slot), a - lo, b - a};
+  }
+  runs.resize(kept);
+}
+
 void build_write(const MetadataArrays& m, const Layout& L, int64_t T, Plan& p, const char* fn) {
   if (L.v3)
     runs_v3(m, L, T, p, fn);
   else
     runs_v2(m, L, T, p, fn);
   sort_and_check_no_overlap(p.runs, fn);
-  for (const ConcatRun& r : p.runs) {
-    p.total_tokens += r.len;
-    p.min_tokens = std::max(p.min_tokens, r.src + r.len);
-  }
+  for (const ConcatRun& r : p.runs) p.min_tokens = std::max(p.min_tokens, r.src + r.len);  // every shard checks all
+  keep_local_runs(p.runs, L);
+  for (const ConcatRun& r : p.runs) p.total_tokens += r.len;
 }
 
 // A slot the fused write fills must not be read by any row as cached context: prefix-shared pages

@@ -19,6 +19,7 @@ namespace kvp::detail {
 
 void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size_t count,
                       kvp_stream stream, const char* function) {
+  cache.refuse_shard(function, true);
   if (count == 0) return;
   const int64_t P = cache.layout().num_pages;
   for (size_t i = 0; i < count; ++i) {
@@ -187,6 +188,7 @@ Cache& Pool::cache(const char* fn) const {
 
 kvp_pool* create_pool(kvp_cache* cache_handle, const kvp_pool_options* opts, const char* fn) {
   Cache& cache = cache_from(cache_handle, fn);
+  cache.refuse_shard(fn, true);
   cache.check_healthy(fn);
   kvp_pool_options o;
   std::memset(&o, 0, sizeof o);

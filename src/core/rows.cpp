@@ -37,6 +37,8 @@ int64_t processed_rows(const MetadataArrays& m, bool v3, const char* fn) {
 
 namespace {
 
+int64_t query_len(const MetadataArrays& m, int64_t i) { return m.query_start_loc[i + 1] - m.query_start_loc[i]; }
+
 // q_len, the decode rule and the context length of row i.
 void check_row(const MetadataArrays& m, const Layout& L, int64_t i, int64_t T, int64_t decode_rows, const char* fn) {
   const int64_t qs = m.query_start_loc[i], qe = m.query_start_loc[i + 1];
@@ -64,11 +66,16 @@ void check_row(const MetadataArrays& m, const Layout& L, int64_t i, int64_t T, i
 // hi - lo, so they tile it when a walk from lo, block by block (each start owned by one row),
 // reaches hi through all n rows. False also when the span is too large for a table (over a million
 // rows beyond 16 per request): the caller then checks by sorting.
-bool token_blocks_tile(const MetadataArrays& m, int64_t n) {
+bool token_blocks_tile(const MetadataArrays& m, int64_t n, bool skip_empty) {
   const int64_t lo = m.query_start_loc[0], hi = m.query_start_loc[n];
   if (hi - lo > 16 * n + (int64_t(1) << 20)) return false;
   HostVector<int32_t> owner(static_cast<size_t>(hi - lo), -1);  // the row whose block starts here
+  int64_t blocks = n;
   for (int64_t i = 0; i < n; ++i) {
+    if (skip_empty && query_len(m, i) == 0) {
+      --blocks;
+      continue;
+    }
     const int64_t ts = m.token_starts[i];
     if (ts < lo || ts >= hi || owner[static_cast<size_t>(ts - lo)] >= 0) return false;
     owner[static_cast<size_t>(ts - lo)] = static_cast<int32_t>(i);
@@ -78,18 +85,19 @@ bool token_blocks_tile(const MetadataArrays& m, int64_t n) {
     const int64_t i = owner[static_cast<size_t>(pos - lo)];
     pos += m.query_start_loc[i + 1] - m.query_start_loc[i];
   }
-  return pos == hi && rows == n;
+  return pos == hi && rows == blocks;
 }
 
 // token_starts (when given): the processed rows' token blocks are a permutation of the blocks of
 // query_start_loc, i.e. they tile [query_start_loc[0], query_start_loc[n]) exactly, so every token
 // row is read (and every output row written) once. The error names the first row, in order of
 // token_starts, where the tiling breaks (found by sorting, on the error path only).
-void check_token_starts(const MetadataArrays& m, int64_t n, const char* fn) {
-  if (m.token_starts == nullptr || token_blocks_tile(m, n)) return;
+void check_token_starts(const MetadataArrays& m, int64_t n, bool skip_empty, const char* fn) {
+  if (m.token_starts == nullptr || token_blocks_tile(m, n, skip_empty)) return;
   HostVector<int64_t> rows;
   rows.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) rows.push_back(i);
+  for (int64_t i = 0; i < n; ++i)
+    if (!skip_empty || query_len(m, i) > 0) rows.push_back(i);
   std::sort(rows.begin(), rows.end(), [&](int64_t a, int64_t b) { return m.token_starts[a] < m.token_starts[b]; });
   int64_t next = m.query_start_loc[0];
   for (int64_t i : rows) {
@@ -114,18 +122,26 @@ void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: query_start_loc[0] = %lld is negative", fn, ll(m.query_start_loc[0]));
   const int64_t decode_rows = L.v3 && m.request_distribution != nullptr ? m.request_distribution[0] : 0;
   const int64_t S = L.page_size, W = m.pages_per_req;
+  const bool blocks = has_padding_rows(L);
   for (int64_t i = 0; i < n; ++i) {
+    if (blocks && query_len(m, i) == 0) {
+      if (m.context_lens[i] != 0)
+        fail(KVP_ERR_INVALID_ARGUMENT,
+             "%s: request %lld: a padding row (query length 0, data_parallel_size > 1) has context_len %lld, not 0", fn,
+             ll(i), ll(m.context_lens[i]));
+      continue;
+    }
     check_row(m, L, i, T, decode_rows, fn);
     const int64_t len = m.context_lens[i];
     const int64_t first = all_pages ? 0 : len - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
     for (int64_t k = first / S; k < cdiv(len, S); ++k) {
       const int64_t page = m.pages_tables[i * W + k];
-      if (page < 0 || page >= L.num_pages)
+      if (page < 0 || page >= L.global_pages)
         fail(KVP_ERR_INVALID_ARGUMENT, "%s: request %lld: pages_tables[%lld][%lld] = %lld is out of range [0, %lld)", fn,
-             ll(i), ll(i), ll(k), ll(page), ll(L.num_pages));
+             ll(i), ll(i), ll(k), ll(page), ll(L.global_pages));
     }
   }
-  check_token_starts(m, n, fn);
+  check_token_starts(m, n, blocks, fn);
 }
 
 void check_device_arrays(const MetadataArrays& m, bool v3, bool v2_slices, const char* fn) {

@@ -93,6 +93,7 @@ uint64_t load_limit(const kvp_deserialize_options& o, const Source& src) {
 }  // namespace
 
 Selection read_selection(const Cache& cache, const kvp_serialize_options* opts, const char* function) {
+  cache.refuse_shard(function);
   Selection sel(cache.allocator());
   kvp_serialize_options o{};
   if (opts != nullptr)
@@ -171,7 +172,7 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
          "%llu%s", function, (u64)need, (u64)p.geo.num_layers, (u64)limit,
          o.max_cache_bytes == 0 ? " (the default for 0; set max_cache_bytes to allow more)" : "");
   read_table(src, p, function);
-  kvp_cache* h = create_cache(&p.config, o.cache_options, function);
+  kvp_cache* h = create_cache(&p.config, o.cache_options, nullptr, function);
   try {
     read_payload_checked(cache_from(h, function), p.ids, p.geo, src, function);
     src.expect_end(function);
@@ -183,6 +184,7 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
 }
 
 void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_t num_dst_ids, const char* function) {
+  cache.refuse_shard(function);
   cache.check_healthy(function);
   check_dst_ids(cache, dst_ids, num_dst_ids, function);
   Parsed p(cache.allocator());

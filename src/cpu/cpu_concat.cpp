@@ -43,6 +43,10 @@ struct Ctx {
   int64_t entry_bytes, pad_lane_off, pad_lane_bytes, pad_tail_off;
   bool pad_lanes, pad_tail;
   int64_t entry_write_bytes;  // bytes a converting writer writes per K or V head (data + lane padding)
+  // The row's data: local entries [0, data_entries), whole-layout entry first_slot on; `heads`
+  // whole heads from key/val on when the row holds whole heads (a whole cache, or a shard cut
+  // between heads), else 0 (only write_converted handles a half head at either end).
+  int64_t first_slot, data_entries, heads;
 };
 
 // Loads and stores of one width. Every member is always inlined into the writers below, which carry
@@ -164,7 +168,7 @@ KVP_ALWAYS_INLINE inline void prefetch_run(const Ctx& c, int64_t r) {
 template <bool kStream, class Entry>
 KVP_ALWAYS_INLINE inline void for_each_entry(const Ctx& c, int64_t r, int64_t off, int64_t tokens, Entry&& entry) {
   const ConcatJob& j = *c.job;
-  const int64_t H = j.num_kv_heads;
+  const int64_t H = c.heads;
   while (tokens > 0) {
     const ConcatRun& run = j.runs[r];
     if (!kStream) prefetch_run(c, r);
@@ -357,7 +361,22 @@ RangeFn pick_converting(kvp_dtype sd, kvp_dtype dd, bool stream) {
   }
 }
 
-// Any dtype pair, any strides: each head through the row converter, then the padding.
+// Local data entry e of a row (kb/vb: the token's first head of the row).
+inline void convert_entry_any(const Ctx& c, uint8_t* row, int64_t e, const uint8_t* kb, const uint8_t* vb) {
+  const ConcatJob& j = *c.job;
+  if (j.h64) {  // head e of the row: [K | V]
+    c.kfn(kb + e * c.key_head, j.key.stride_d, row + e * c.entry_bytes + c.key_off0, j.head_dim);
+    c.vfn(vb + e * c.val_head, j.value.stride_d, row + e * c.entry_bytes + c.val_off0, j.head_dim);
+    return;
+  }
+  const int64_t g = c.first_slot + e, h = g / 2 - c.first_slot / 2;  // whole-layout entry 2h + kv
+  if (g % 2 == 0) c.kfn(kb + h * c.key_head, j.key.stride_d, row + e * c.entry_bytes, j.head_dim);
+  else c.vfn(vb + h * c.val_head, j.value.stride_d, row + e * c.entry_bytes, j.head_dim);
+  if (c.pad_lanes) std::memset(row + e * c.entry_bytes + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
+}
+
+// Any dtype pair, any strides, any slice of entries: each entry through the row converter, then
+// the padding.
 void write_converted(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
   const ConcatJob& j = *c.job;
   while (tokens > 0) {
@@ -365,15 +384,7 @@ void write_converted(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
     const int64_t n = std::min(run.len - off, tokens);
     for (int64_t t = run.src + off; t < run.src + off + n; ++t) {
       uint8_t* row = j.dst + (run.dst_slot + t - run.src) * c.token_bytes;
-      const uint8_t* kb = c.key + t * c.key_tok;
-      const uint8_t* vb = c.val + t * c.val_tok;
-      for (int64_t h = 0; h < j.num_kv_heads; ++h) {
-        c.kfn(kb + h * c.key_head, j.key.stride_d, row + c.key_off0 + h * c.head_step, j.head_dim);
-        c.vfn(vb + h * c.val_head, j.value.stride_d, row + c.val_off0 + h * c.head_step, j.head_dim);
-      }
-      if (c.pad_lanes)
-        for (int64_t e = 0; e < 2 * j.num_kv_heads; ++e)
-          std::memset(row + e * c.entry_bytes + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
+      for (int64_t e = 0; e < c.data_entries; ++e) convert_entry_any(c, row, e, c.key + t * c.key_tok, c.val + t * c.val_tok);
       zero_tail(c, row);
     }
     tokens -= n;
@@ -420,31 +431,36 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   if (c.kfn == nullptr || c.vfn == nullptr)
     fail(KVP_ERR_INTERNAL, "kvp_concatenate: no conversion from dtype %u/%u to %u", job.key.dtype, job.value.dtype,
          job.cache_dtype);
-  c.key = static_cast<const uint8_t*>(job.key.data);
-  c.val = static_cast<const uint8_t*>(job.value.data);
   c.key_tok = job.key.stride_t * job.key.itemsize;
   c.val_tok = job.value.stride_t * job.value.itemsize;
   c.key_head = job.key.stride_h * job.key.itemsize;
   c.val_head = job.value.stride_h * job.value.itemsize;
   const int64_t isz = job.cache_itemsize;
   c.token_bytes = job.token_elems * isz;
-  const int64_t Dst = job.layout.storage_head_dim;
-  const int64_t H = job.num_kv_heads, D = job.head_dim;
+  const Layout& L = job.layout;
+  const int64_t Dst = L.storage_head_dim, D = job.head_dim;
+  c.first_slot = L.slot_begin;
+  c.data_entries = L.data_entries();
+  // The first head of the row (a shard's may start with its values) in the key/value tensors.
+  const int64_t h0 = (job.h64 ? c.first_slot : c.first_slot / 2) - job.head_offset;
+  c.key = static_cast<const uint8_t*>(job.key.data) + h0 * c.key_head;
+  c.val = static_cast<const uint8_t*>(job.value.data) + h0 * c.val_head;
   c.entry_bytes = Dst * isz;
+  c.pad_tail_off = c.data_entries * Dst * isz;  // padding entries (heads) after the data
   if (job.h64) {
     // Head h owns one combined entry: [K (lanes 0..63) | V (lanes 64..127)]; D == 64.
     c.key_off0 = 0;
     c.val_off0 = 64 * isz;
     c.head_step = Dst * isz;
     c.pad_lanes = false;
-    c.pad_tail_off = H * Dst * isz;  // padding heads H .. combined_heads-1
+    c.heads = c.data_entries;
   } else {
     // Entries K_0, V_0, K_1, V_1, ... each Dst lanes (v2: Dst = D, no padding).
     c.key_off0 = 0;
     c.val_off0 = Dst * isz;
     c.head_step = 2 * Dst * isz;
     c.pad_lanes = D < Dst;
-    c.pad_tail_off = 2 * H * Dst * isz;  // padding entries 2H .. combined_heads-1
+    c.heads = c.first_slot % 2 == 0 && c.data_entries % 2 == 0 ? c.data_entries / 2 : 0;
   }
   c.pad_lane_off = D * isz;
   c.pad_lane_bytes = (Dst - D) * isz;
@@ -469,7 +485,8 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   const int64_t align = common_alignment({static_cast<int64_t>(reinterpret_cast<uintptr_t>(job.dst)), c.token_bytes,
                                           c.head_step, c.val_off0, c.entry_bytes});
   const bool contiguous = job.key.stride_d == 1 && job.value.stride_d == 1;
-  if (contiguous && job.key.dtype == job.cache_dtype && job.value.dtype == job.cache_dtype) {
+  const bool whole_heads = c.heads * (job.h64 ? 1 : 2) == c.data_entries;
+  if (contiguous && whole_heads && job.key.dtype == job.cache_dtype && job.value.dtype == job.cache_dtype) {
     Width width = Width::w16;
 #if KVP_CPU_DISPATCH
     width = cpu_isa() == CpuIsa::avx512 ? Width::w64 : cpu_isa() == CpuIsa::avx2 ? Width::w32 : Width::w16;
@@ -480,7 +497,7 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
     const RangeFn fixed = pick_fixed(D * isz, c.pad_lanes ? c.pad_lane_bytes : 0, stream, width);
     if (fixed != nullptr) fn = fixed;
     else stream = false;
-  } else if (contiguous && job.key.dtype == job.value.dtype) {
+  } else if (contiguous && whole_heads && job.key.dtype == job.value.dtype) {
     stream = want_stream && align >= 16 && c.entry_write_bytes % 16 == 0 && c.entry_write_bytes <= kMaxStreamEntry;
     const RangeFn converting = pick_converting(job.key.dtype, job.cache_dtype, stream);
     if (converting != nullptr) fn = converting;

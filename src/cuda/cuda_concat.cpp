@@ -145,6 +145,8 @@ size_t CudaBackend::concat_staged_bytes(const ConcatJob& job) {
 
 void CudaBackend::concatenate(const ConcatJob& job, kvp_stream stream) {
   const char* fn = "kvp_concatenate";
+  if (job.layout.heads_cut())
+    fail(KVP_ERR_UNSUPPORTED, "%s: a CUDA shard of a KV-head split is not supported yet (data-parallel shards are)", fn);
   DeviceGuard guard(device_, fn);
   poll(false);  // device-side errors only: a device fault shows in the calls below
   check_healthy(fn);

@@ -41,6 +41,26 @@ KVP_PIN_OFFSET(kvp_cache_options, allocator, 16);
 KVP_PIN_OFFSET(kvp_cache_options, flags, 24);
 KVP_PIN_OFFSET(kvp_cache_options, _reserved, 28);
 
+/* kvp_shard_info (cache.h) */
+KVP_PIN_MIN_SIZE(kvp_shard_info, 112);
+KVP_PIN_OFFSET(kvp_shard_info, struct_size, 0);
+KVP_PIN_OFFSET(kvp_shard_info, _reserved, 4);
+KVP_PIN_OFFSET(kvp_shard_info, tp_rank, 8);
+KVP_PIN_OFFSET(kvp_shard_info, tp_size, 12);
+KVP_PIN_OFFSET(kvp_shard_info, dp_rank, 16);
+KVP_PIN_OFFSET(kvp_shard_info, dp_size, 20);
+KVP_PIN_OFFSET(kvp_shard_info, slot_begin, 24);
+KVP_PIN_OFFSET(kvp_shard_info, slot_end, 32);
+KVP_PIN_OFFSET(kvp_shard_info, head_begin, 40);
+KVP_PIN_OFFSET(kvp_shard_info, head_end, 48);
+KVP_PIN_OFFSET(kvp_shard_info, key_head_begin, 56);
+KVP_PIN_OFFSET(kvp_shard_info, key_head_end, 64);
+KVP_PIN_OFFSET(kvp_shard_info, value_head_begin, 72);
+KVP_PIN_OFFSET(kvp_shard_info, value_head_end, 80);
+KVP_PIN_OFFSET(kvp_shard_info, page_begin, 88);
+KVP_PIN_OFFSET(kvp_shard_info, page_end, 96);
+KVP_PIN_OFFSET(kvp_shard_info, global_pages, 104);
+
 /* kvp_config (config.h) */
 KVP_PIN_MIN_SIZE(kvp_config, 144);
 KVP_PIN_OFFSET(kvp_config, struct_size, 0);
@@ -192,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 744);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 752);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -285,8 +305,9 @@ KVP_PIN_OFFSET(kvp_api_v1, set_host_allocator, 696);
 KVP_PIN_OFFSET(kvp_api_v1, attention_options_init, 704);
 KVP_PIN_OFFSET(kvp_api_v1, attention, 712);
 KVP_PIN_OFFSET(kvp_api_v1, convert, 720);
-KVP_PIN_OFFSET(kvp_api_v1, pool_get_sequence_shard, 728);
-KVP_PIN_OFFSET(kvp_api_v1, pool_get_shard_stats, 736);
+KVP_PIN_OFFSET(kvp_api_v1, config_get_shard, 728);
+KVP_PIN_OFFSET(kvp_api_v1, cache_create_shard, 736);
+KVP_PIN_OFFSET(kvp_api_v1, cache_get_shard, 744);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
@@ -316,18 +337,6 @@ KVP_PIN_OFFSET(kvp_pool_stats, prompt_tokens, 72);
 KVP_PIN_OFFSET(kvp_pool_stats, reused_tokens, 80);
 KVP_PIN_OFFSET(kvp_pool_stats, evictions, 88);
 KVP_PIN_OFFSET(kvp_pool_stats, cow_copies, 96);
-
-/* kvp_pool_shard_stats (pool.h) */
-KVP_PIN_MIN_SIZE(kvp_pool_shard_stats, 56);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, struct_size, 0);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, num_shards, 4);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, first_page, 8);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, end_page, 12);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, total_pages, 16);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, free_pages, 24);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, evictable_pages, 32);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, used_pages, 40);
-KVP_PIN_OFFSET(kvp_pool_shard_stats, num_sequences, 48);
 
 /* kvp_serialize_options (serialize.h) */
 KVP_PIN_MIN_SIZE(kvp_serialize_options, 32);

@@ -92,6 +92,13 @@ static void expect_every_handle_call_rejected(kvp_cache *h, const char *substr) 
     assert_kvp_status(kvp_cache_get_view(h, 0, k, &t), KVP_ERR_INVALID_HANDLE, substr);
     assert_memory_equal(&t, &t0, sizeof t);
   }
+  kvp_shard_info si, si0;
+  memset(&si, FILL, sizeof si);
+  si.struct_size = sizeof si;
+  si0 = si;
+  expect_function_call(on_misuse);
+  assert_kvp_status(kvp_cache_get_shard(h, &si), KVP_ERR_INVALID_HANDLE, substr);
+  assert_memory_equal(&si, &si0, sizeof si);
   expect_function_call(on_misuse);
   assert_kvp_status(kvp_cache_get_async_error(h, &as), KVP_ERR_INVALID_HANDLE, substr);
   assert_int_equal(as, 0x5555);
@@ -264,6 +271,11 @@ static void test_contract__null_pointers_config(void **state) {
   assert_kvp_status(kvp_config_padded_num_slices(&cfg, 0, 0, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_status(kvp_config_plan(NULL, &p), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_status(kvp_config_plan(&cfg, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  kvp_shard_info si = KVP_SHARD_INFO_INIT;
+  assert_kvp_status(kvp_config_get_shard(NULL, 0, 0, &si), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_status(kvp_config_get_shard(&cfg, 0, 0, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_int_equal(si.struct_size, sizeof si);
+  assert_int_equal(si.tp_size, 0); /* untouched */
 }
 
 static void test_contract__null_pointers_cache(void **state) {
@@ -274,7 +286,12 @@ static void test_contract__null_pointers_cache(void **state) {
   assert_kvp_status(kvp_cache_create(NULL, NULL, &c), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_null(c);
   assert_kvp_status(kvp_cache_create(&cfg, NULL, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  c = (kvp_cache *)(uintptr_t)0x99;
+  assert_kvp_status(kvp_cache_create_shard(NULL, 0, 0, NULL, &c), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_null(c);
+  assert_kvp_status(kvp_cache_create_shard(&cfg, 0, 0, NULL, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   c = new_cache();
+  assert_kvp_status(kvp_cache_get_shard(c, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_status(kvp_cache_get_config(c, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_status(kvp_cache_get_layout(c, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
   assert_kvp_ok(kvp_cache_get_device(c, NULL, NULL)); /* both outputs optional */
@@ -473,6 +490,17 @@ static void test_contract__record_struct_sizes(void **state) {
   kvp_layout_info li;
   memset(&li, 0, sizeof li);
   assert_kvp_status(kvp_config_get_layout(&cfg, &li), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  kvp_shard_info si;
+  memset(&si, 0, sizeof si);
+  assert_kvp_status(kvp_config_get_shard(&cfg, 0, 0, &si), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  c = (kvp_cache *)(uintptr_t)0x1;
+  cfg.struct_size = 8;
+  assert_kvp_status(kvp_cache_create_shard(&cfg, 0, 0, NULL, &c), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  assert_null(c);
+  cfg = small_config();
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  assert_kvp_status(kvp_cache_get_shard(c, &si), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  assert_kvp_ok(kvp_cache_destroy(c));
   kvp_config small;
   assert_kvp_status(kvp_config_init(&small, 4), KVP_ERR_VERSION_MISMATCH, "struct_size");
   kvp_config_options o;

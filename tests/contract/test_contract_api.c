@@ -1168,7 +1168,7 @@ static const char *const covered_by_test_contract[] = {
     "kvp_config_padded_num_slices", "kvp_config_plan", "kvp_cache_options_init", "kvp_cache_create",
     "kvp_cache_destroy", "kvp_cache_get_config", "kvp_cache_get_layout", "kvp_cache_get_device",
     "kvp_cache_get_view", "kvp_cache_get_async_error", "kvp_cache_clear_async_error", "kvp_set_host_allocator",
-    "kvp_convert",
+    "kvp_convert", "kvp_config_get_shard", "kvp_cache_create_shard", "kvp_cache_get_shard",
 };
 
 /* ... and in this file. */

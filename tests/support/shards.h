@@ -1,0 +1,22 @@
+/* Shards against the whole cache (issue 15, SPEC.md §7.3): one config, its whole cache and every
+ * shard, the same random ragged batches written to all of them, then the union of the shards'
+ * bytes compared with the whole cache's. Uses cmocka asserts: call it from a test. */
+#ifndef KVP_TEST_SHARDS_H
+#define KVP_TEST_SHARDS_H
+
+#include <stdint.h>
+
+#include "kvpages.h"
+
+/* A sharded config: `tp` requested KV-head shards, `dp` page shards, 8-token pages, 8 pages per
+ * data rank, max_model_length 48, max_num_reqs 4 * dp. */
+kvp_config kvp_test_sharded_config(kvp_layout version, kvp_dtype dtype, int64_t kv_heads, int64_t head_dim,
+                                   int64_t tp, int64_t dp);
+
+/* Writes `steps` random ragged batches (seeded) over 2 layers to the whole cache and to every
+ * shard of `cfg` (CPU caches; alternately with the full key/value tensors and with each shard's own heads)
+ * and asserts that every shard holds exactly its slice of the whole cache, that the slices tile
+ * it, and that the batches wrote something. */
+void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed);
+
+#endif
