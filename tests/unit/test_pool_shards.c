@@ -3,13 +3,15 @@
  * matching that stays within a shard, eviction within a shard, fork and copy-on-write within a
  * shard, the per-shard queries, every error (status, message, nothing changed), a random walk
  * with dp = 2 and 4 checking every page table against its shard after each operation, and the
- * builder's per-shard row blocks (exact arrays of a worked example, errors). */
+ * builder's per-shard row blocks (exact arrays of a worked example, errors), and K/V written
+ * through those blocks by kvp_concatenate landing in every sequence's own pages. */
 #include "support.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "kvpages/metadata.h"
+#include "kvpages/ops.h"
 #include "kvpages/pool.h"
 
 #define PS 4      /* page size */
@@ -646,6 +648,73 @@ static void test_pool_shards__pool_to_builder(void **state) {
   release(f);
 }
 
+/* The key of position `pos` of sequence `i` in head `h` (values are its negation); exact in f32. */
+static float key_of(int i, int64_t pos, int h, int d) { return (float)(i * 100000 + pos * 1000 + h * 128 + d); }
+
+/* Sequences of both shards, with decodes and prefills, written through the builder's row blocks
+ * (token packing by order_out, then by REQUEST_ORDER) and kvp_concatenate on the whole cache:
+ * every position of every sequence reads back its own key and value through the views. */
+static void test_pool_shards__concatenate_through_blocks(void **state) {
+  (void)state;
+  for (int request_order = 0; request_order < 2; ++request_order) {
+    fixture *f = make(NP, 2);
+    int32_t tok[16];
+    fill_tokens(tok, 16, 1);
+    const size_t lens[4] = {5, 9, 3, 12};
+    const uint32_t shards[4] = {1, 0, 1, 1};
+    kvp_seq_id s[4];
+    for (int i = 0; i < 4; ++i) s[i] = add_flags(f, tok + i, lens[i], KVP_POOL_ADD_IN_SHARD(shards[i]), NULL);
+    assert_kvp_ok(kvp_pool_set_computed(f->pool, s[1], 8)); /* a decode of 1 token */
+    assert_kvp_ok(kvp_pool_set_computed(f->pool, s[3], 11)); /* another */
+    kvp_batch_request reqs[4];
+    int64_t T = 0;
+    for (int i = 0; i < 4; ++i) {
+      assert_kvp_ok(kvp_pool_get_batch_request(f->pool, s[i], &reqs[i]));
+      T += reqs[i].num_scheduled;
+    }
+    int32_t order[4];
+    kvp_metadata *md = build(&f->cfg, reqs, 4, 8, request_order ? KVP_BATCH_FLAG_REQUEST_ORDER : 0, order);
+    const int32_t want_order[4] = {1, 3, 0, 2}; /* shard 0: 1; shard 1: the decode 3, then 0 and 2 */
+    assert_memory_equal(order, want_order, sizeof order);
+    static float k[16 * 2 * 128], v[16 * 2 * 128];
+    int64_t row = 0;
+    for (int j = 0; j < 4; ++j) {
+      const int i = request_order ? j : order[j];
+      for (int64_t t = 0; t < reqs[i].num_scheduled; ++t, ++row)
+        for (int h = 0; h < 2; ++h)
+          for (int d = 0; d < 128; ++d) {
+            k[(row * 2 + h) * 128 + d] = key_of(i, reqs[i].num_computed + t, h, d);
+            v[(row * 2 + h) * 128 + d] = -key_of(i, reqs[i].num_computed + t, h, d);
+          }
+    }
+    assert_int_equal(row, T);
+    kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, 2, 128, KVP_DEVICE_CPU);
+    kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, 2, 128, KVP_DEVICE_CPU);
+    assert_kvp_ok(kvp_concatenate(f->cache, 0, &kt, &vt, md, NULL));
+    assert_kvp_ok(kvp_metadata_destroy(md));
+    kvp_tensor kv, vv;
+    assert_kvp_ok(kvp_cache_get_view(f->cache, 0, KVP_VIEW_KEYS, &kv));
+    assert_kvp_ok(kvp_cache_get_view(f->cache, 0, KVP_VIEW_VALUES, &vv));
+    for (int i = 0; i < 4; ++i) {
+      int32_t slots[16];
+      const int64_t from = reqs[i].num_computed, n = reqs[i].num_scheduled;
+      assert_kvp_ok(kvp_pool_get_slots(f->pool, s[i], (size_t)from, (size_t)n, slots));
+      for (int64_t t = 0; t < n; ++t)
+        for (int h = 0; h < 2; ++h)
+          for (int d = 0; d < 128; d += 31) {
+            const int64_t page = slots[t] / PS, r = slots[t] % PS;
+            const int64_t off = page * kv.strides[0] + r * kv.strides[1] + h * kv.strides[2] + d * kv.strides[3];
+            const float want = key_of(i, from + t, h, d);
+            if (((const float *)kv.data)[off] != want || ((const float *)vv.data)[off] != -want)
+              fail_msg("request order %d: sequence %d position %lld head %d lane %d: key %f, want %f", request_order, i,
+                       (long long)(from + t), h, d, (double)((const float *)kv.data)[off], (double)want);
+          }
+    }
+    for (int i = 0; i < 4; ++i) assert_kvp_ok(kvp_pool_free_sequence(f->pool, s[i]));
+    release(f);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_shards__ranges),
@@ -662,6 +731,7 @@ int main(void) {
       cmocka_unit_test(test_pool_shards__builder_v2_and_dp1_unchanged),
       cmocka_unit_test(test_pool_shards__builder_errors),
       cmocka_unit_test(test_pool_shards__pool_to_builder),
+      cmocka_unit_test(test_pool_shards__concatenate_through_blocks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
