@@ -378,18 +378,26 @@ void Pool::mark_computed(uint32_t slot, uint64_t n) {
 // Operations.
 
 // The longest indexed prefix of a prompt among the pages of one shard (at most max_hits pages),
-// with the reused page ids in scratch_pages_. scratch_keys_ caches the prompt's chained keys:
-// the first `nkeys` are computed (shared by every shard tried).
+// with the reused page ids in scratch_pages_. With shards, scratch_keys_ caches the prompt's
+// chained keys for the walks of the other shards: the first `nkeys` are computed. (Without, the
+// keys are not stored: one walk, and no extra memory traffic on a long prompt.)
 Pool::Match Pool::match_prefix(const int32_t* tokens, size_t max_hits, uint64_t salt, uint32_t shard,
                                size_t& nkeys) {
   const size_t S = static_cast<size_t>(page_size_);
   Match m;
   int64_t hit_evictable = 0;
+  size_t known = nkeys;
+  Key128 parent{};
   for (size_t i = 0; i < max_hits; ++i) {
     const int32_t* t = tokens + i * S;
-    const Key128 parent = i == 0 ? Key128{} : scratch_keys_[i - 1];
-    if (i == nkeys) scratch_keys_[nkeys++] = compute_key(parent, t, salt);
-    const int32_t p = index_lookup(scratch_keys_[i], shard);
+    Key128 key;
+    if (i < known) {
+      key = scratch_keys_[i];
+    } else {
+      key = compute_key(parent, t, salt);
+      if (dp_ > 1) scratch_keys_[known++] = key;  // for the walks of the other shards
+    }
+    const int32_t p = index_lookup(key, shard);
     if (p < 0) break;
     const Page& pg = pages_[p];
     if (pg.salt != salt || pg.parent != parent ||
@@ -398,7 +406,9 @@ Pool::Match Pool::match_prefix(const int32_t* tokens, size_t max_hits, uint64_t 
     scratch_pages_[i] = p;
     if (pg.state == kEvictable) ++hit_evictable;
     ++m.hits;
+    parent = key;
   }
+  nkeys = known;
   m.free = shards_[shard].n_free;
   m.evictable = shards_[shard].n_evictable - hit_evictable;
   return m;

@@ -134,7 +134,9 @@ class Pool {
   static uint64_t cdiv_u(uint64_t a, uint64_t b) noexcept { return (a + b - 1) / b; }
 
   Key128 compute_key(const Key128& parent, const int32_t* tokens, uint64_t salt);
-  uint32_t shard_of(int32_t p) const noexcept { return static_cast<uint32_t>(p / shard_pages_); }
+  uint32_t shard_of(int32_t p) const noexcept {
+    return dp_ == 1 ? 0 : static_cast<uint32_t>(p / shard_pages_);  // no division in an unsharded pool
+  }
   void mark_computed(uint32_t slot, uint64_t n);
 
   // Page lifecycle (callers have checked availability).
@@ -180,7 +182,7 @@ class Pool {
   uint32_t ring_head_ = 0;
   uint32_t ring_count_ = 0;
   int32_t* scratch_pages_ = nullptr;  // [row_len_]
-  Key128* scratch_keys_ = nullptr;    // [row_len_]: a prompt's chained keys (add_sequence)
+  Key128* scratch_keys_ = nullptr;    // [row_len_]: a prompt's chained keys (add_sequence, dp > 1)
   uint8_t* hash_buf_ = nullptr;       // [16 + 4 * S]
   Shard* shards_ = nullptr;           // [dp_]
 
