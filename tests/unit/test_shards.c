@@ -305,8 +305,10 @@ static void test_bad_input(void **state) {
   assert_kvp_ok(kvp_metadata_build(&loose, &bad, 1, NULL, NULL, &md_bad));
   kvp_tensor k4 = kvp_test_tensor(k, KVP_DTYPE_F32, 4, 4, 128, KVP_DEVICE_CPU);
   kvp_tensor v4 = kvp_test_tensor(v, KVP_DTYPE_F32, 4, 4, 128, KVP_DEVICE_CPU);
+  /* Page 16 is in shard 1 of the loose config's 2, so the builder puts the request in row 4, the
+   * first row of shard 1's block (max_num_reqs 8: blocks of 4 rows). */
   assert_kvp_status(kvp_concatenate(s, 0, &k4, &v4, md_bad, NULL), KVP_ERR_INVALID_ARGUMENT,
-                    "pages_tables[0][0] = 16 is out of range [0, 16)");
+                    "request 4: pages_tables[4][0] = 16 is out of range [0, 16)");
   const size_t n = kvp_test_layer_bytes(s);
   unsigned char *got = malloc(n), *zero = calloc(1, n);
   assert_kvp_ok(kvp_cache_read_layer(s, 0, got, n, NULL));

@@ -49,6 +49,8 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_pool_stats { struct_size, max_sequences, page_size, max_pages_per_sequence, total_pages,
         free_pages, evictable_pages, used_pages, indexed_pages, num_sequences, prompt_tokens, reused_tokens,
         evictions, cow_copies });
+    layout!(probe, rust, kvp_pool_shard_stats { struct_size, num_shards, first_page, end_page, total_pages,
+        free_pages, evictable_pages, used_pages, num_sequences });
     layout!(probe, rust, kvp_attention_options { struct_size, abi_version, softmax_scale, logits_soft_cap,
         sliding_window, k_scale, v_scale, num_sinks, sinks });
     layout!(probe, rust, kvp_plan { struct_size, _reserved, num_pages, usable_pages, page_size, bytes_per_page,
@@ -123,7 +125,7 @@ fn library_version_matches_these_declarations() {
     unsafe {
         assert_eq!(kvp_check_abi(KVP_VERSION_NUMBER), KVP_OK);
         assert_eq!(kvp_version_number() / 10000, KVP_VERSION_NUMBER / 10000);
-        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "kvp_convert needs a 1.2 library");
+        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "the pool's shard functions need a 1.4 library");
     }
 }
 
