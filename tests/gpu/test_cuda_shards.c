@@ -59,24 +59,27 @@ static void concatenate_on_device(const kvp_test_shard_placement *where, kvp_cac
   CUDA_OK(cudaSetDevice(previous));
 }
 
-/* Every layout x dtype x H in {3, 4} x TP {1, 2, 8} x DP {1, 2}, 2 steps each: a subset of the
- * CPU unit test's matrix (test_shards.c: TP 4 and DP 4 too, 3 steps) that keeps the emulated run
- * short and still has KV-head shards (half heads at either end, upcast and replicated splits
- * included), data-parallel shards and both. */
+/* Every layout x dtype x H in {3, 4} x TP {1, 2, 4, 8} x DP {1, 2, 4} (the CPU unit test's matrix,
+ * 2 steps each instead of 3) with host metadata; with device metadata the subset TP {1, 2, 8} x
+ * DP {1, 2}, which keeps the emulated run short and still has KV-head shards (half heads at
+ * either end, upcast and replicated splits included), data-parallel shards and both. */
 static void run_union(int device_metadata) {
   const struct {
     kvp_layout version;
     int64_t head_dim;
   } layouts[] = {{KVP_LAYOUT_V2, 32}, {KVP_LAYOUT_V3, 32}, {KVP_LAYOUT_V3, 64}};
   const kvp_dtype dtypes[] = {KVP_DTYPE_F32, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN};
-  const int64_t heads[] = {4, 3}, tps[] = {1, 2, 8}, dps[] = {1, 2};
+  const int64_t heads[] = {4, 3}, all_tps[] = {1, 2, 4, 8}, all_dps[] = {1, 2, 4}, few_tps[] = {1, 2, 8},
+                few_dps[] = {1, 2};
+  const int64_t *tps = device_metadata ? few_tps : all_tps, *dps = device_metadata ? few_dps : all_dps;
+  const size_t ntp = device_metadata ? 3 : 4, ndp = device_metadata ? 2 : 3;
   const kvp_test_shard_placement where = {2, device_metadata, concatenate_on_device};
   uint64_t seed = 1;
   for (size_t l = 0; l < 3; ++l)
     for (size_t d = 0; d < 3; ++d)
       for (size_t h = 0; h < 2; ++h)
-        for (size_t t = 0; t < 3; ++t)
-          for (size_t p = 0; p < 2; ++p) {
+        for (size_t t = 0; t < ntp; ++t)
+          for (size_t p = 0; p < ndp; ++p) {
             const kvp_config c = kvp_test_sharded_config(layouts[l].version, dtypes[d], heads[h], layouts[l].head_dim,
                                                          tps[t], dps[p]);
             kvp_test_shard_union(&c, 2, seed++, &where);
