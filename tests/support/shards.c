@@ -92,14 +92,21 @@ void kvp_test_assert_slice(const unsigned char *whole, const kvp_layout_info *wl
   free(b);
 }
 
-void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) {
+/* The union test with single shards (group NULL) or a group's (its borrowed handles). */
+static void shard_union(const kvp_config *cfg, int steps, uint64_t seed, int use_group) {
   const int64_t tp = cfg->kv_head_shards, dp = cfg->data_parallel_size, n = tp * dp;
   const int64_t H = cfg->num_kv_heads, D = cfg->k_headdim;
   kvp_cache *whole = NULL, *shards[64];
+  kvp_cache_group *group = NULL;
+  kvp_tensor keys[64], values[64];
   assert_true(n <= 64);
   assert_kvp_ok(kvp_cache_create(cfg, NULL, &whole));
+  if (use_group) assert_kvp_ok(kvp_cache_group_create(cfg, NULL, 0, NULL, &group));
   for (int64_t i = 0; i < n; ++i) {
-    assert_kvp_ok(kvp_cache_create_shard(cfg, (int32_t)(i / dp), (int32_t)(i % dp), NULL, &shards[i]));
+    if (use_group)
+      assert_kvp_ok(kvp_cache_group_get_shard(group, (int32_t)(i / dp), (int32_t)(i % dp), &shards[i]));
+    else
+      assert_kvp_ok(kvp_cache_create_shard(cfg, (int32_t)(i / dp), (int32_t)(i % dp), NULL, &shards[i]));
   }
   uint64_t rng = seed;
   for (int step = 0; step < steps; ++step) {
@@ -125,8 +132,11 @@ void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) {
           vs.data = v + si.head_begin * D;
           ks.shape[1] = vs.shape[1] = si.head_end - si.head_begin;
         }
-        assert_kvp_ok(kvp_concatenate(shards[i], layer, &ks, &vs, md, NULL));
+        keys[i] = ks;
+        values[i] = vs;
+        if (!use_group) assert_kvp_ok(kvp_concatenate(shards[i], layer, &ks, &vs, md, NULL));
       }
+      if (use_group) assert_kvp_ok(kvp_cache_group_concatenate(group, layer, keys, values, (uint32_t)n, md, NULL));
     }
     free(k);
     free(v);
@@ -147,6 +157,13 @@ void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) {
     assert_true(nonzero > 0);
     free(w);
   }
-  for (int64_t i = 0; i < n; ++i) assert_kvp_ok(kvp_cache_destroy(shards[i]));
+  if (use_group)
+    assert_kvp_ok(kvp_cache_group_destroy(group));
+  else
+    for (int64_t i = 0; i < n; ++i) assert_kvp_ok(kvp_cache_destroy(shards[i]));
   assert_kvp_ok(kvp_cache_destroy(whole));
 }
+
+void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) { shard_union(cfg, steps, seed, 0); }
+
+void kvp_test_group_union(const kvp_config *cfg, int steps, uint64_t seed) { shard_union(cfg, steps, seed, 1); }

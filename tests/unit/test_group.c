@@ -1,0 +1,222 @@
+/* Cache groups (group.h): every shard of a config in one handle against the whole cache, the
+ * borrowed shard handles, all-or-nothing creation, and a bad input for one shard leaving every
+ * shard unchanged. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shards.h"
+#include "support.h"
+
+/* The union of a group's shards equals the whole cache after the same batches, over the layouts,
+ * a kept, an upcast and a half-head split, and data ranks. */
+static void test_group_union(void **state) {
+  (void)state;
+  static const struct {
+    kvp_layout version;
+    int64_t head_dim;
+  } layouts[] = {{KVP_LAYOUT_V2, 32}, {KVP_LAYOUT_V3, 128}, {KVP_LAYOUT_V3, 64}};
+  const kvp_dtype dtypes[] = {KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN, KVP_DTYPE_F32};
+  const int64_t tps[] = {1, 2, 4}, dps[] = {1, 2};
+  uint64_t seed = 100;
+  for (size_t l = 0; l < 3; ++l)
+    for (size_t d = 0; d < 3; ++d)
+      for (size_t t = 0; t < 3; ++t)
+        for (size_t p = 0; p < 2; ++p) {
+          const kvp_config c = kvp_test_sharded_config(layouts[l].version, dtypes[d], 3 + (int64_t)(t % 2),
+                                                       layouts[l].head_dim, tps[t], dps[p]);
+          kvp_test_group_union(&c, 3, seed++);
+        }
+}
+
+/* Shard i is (i / dp, i % dp); every borrowed handle describes its slice; ranks out of range. */
+static void test_group_shards(void **state) {
+  (void)state;
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 2);
+  kvp_cache_group *g = NULL;
+  assert_kvp_ok(kvp_cache_group_create(&c, NULL, 0, NULL, &g));
+  uint32_t n = 0;
+  assert_kvp_ok(kvp_cache_group_get_num_shards(g, &n));
+  assert_int_equal(n, 4);
+  for (int32_t tp = 0; tp < 2; ++tp)
+    for (int32_t dp = 0; dp < 2; ++dp) {
+      kvp_cache *s = NULL;
+      assert_kvp_ok(kvp_cache_group_get_shard(g, tp, dp, &s));
+      kvp_shard_info got = KVP_SHARD_INFO_INIT, want = KVP_SHARD_INFO_INIT;
+      assert_kvp_ok(kvp_cache_get_shard(s, &got));
+      assert_kvp_ok(kvp_config_get_shard(&c, tp, dp, &want));
+      assert_memory_equal(&got, &want, sizeof got);
+      kvp_device_type dt = KVP_DEVICE_CUDA;
+      assert_kvp_ok(kvp_cache_get_device(s, &dt, NULL));
+      assert_int_equal(dt, KVP_DEVICE_CPU);
+    }
+  kvp_cache *s = (kvp_cache *)0x1;
+  assert_kvp_status(kvp_cache_group_get_shard(g, 2, 0, &s), KVP_ERR_INVALID_ARGUMENT,
+                    "kvp_cache_group_get_shard: tp_rank 2 is out of range [0, 2)");
+  assert_kvp_status(kvp_cache_group_get_shard(g, 0, -1, &s), KVP_ERR_INVALID_ARGUMENT, "dp_rank -1 is out of range [0, 2)");
+  assert_ptr_equal(s, (kvp_cache *)0x1);
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+
+  /* One device per shard (CPU: zeros), a list of the wrong length, a NULL list, a bad device. */
+  const int32_t zeros[4] = {0, 0, 0, 0}, bad[4] = {0, 0, 3, 0};
+  assert_kvp_ok(kvp_cache_group_create(&c, zeros, 4, NULL, &g));
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+  g = (kvp_cache_group *)0x1;
+  assert_kvp_status(kvp_cache_group_create(&c, zeros, 3, NULL, &g), KVP_ERR_INVALID_ARGUMENT,
+                    "num_device_ids is 3 but the config has 4 shards");
+  assert_null(g);
+  assert_kvp_status(kvp_cache_group_create(&c, NULL, 4, NULL, &g), KVP_ERR_INVALID_ARGUMENT, "device_ids is NULL");
+  assert_kvp_status(kvp_cache_group_create(&c, bad, 4, NULL, &g), KVP_ERR_INVALID_ARGUMENT,
+                    "kvp_cache_group_create: shard 2 (tp 1, dp 0)");
+  assert_null(g);
+
+  /* An unsharded config: a group of one whole cache. */
+  const kvp_config whole = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 1, 1);
+  assert_kvp_ok(kvp_cache_group_create(&whole, NULL, 0, NULL, &g));
+  assert_kvp_ok(kvp_cache_group_get_num_shards(g, &n));
+  assert_int_equal(n, 1);
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+}
+
+/* A borrowed shard cannot be destroyed by itself (and keeps working); it dies with the group. */
+static void test_borrowed_handles(void **state) {
+  (void)state;
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 1);
+  kvp_cache_group *g = NULL;
+  assert_kvp_ok(kvp_cache_group_create(&c, NULL, 0, NULL, &g));
+  kvp_cache *s = NULL;
+  assert_kvp_ok(kvp_cache_group_get_shard(g, 1, 0, &s));
+  assert_kvp_status(kvp_cache_destroy(s), KVP_ERR_INVALID_HANDLE,
+                    "kvp_cache_destroy: invalid handle: borrowed handle: it belongs to a kvp_cache_group");
+  kvp_shard_info si = KVP_SHARD_INFO_INIT;
+  assert_kvp_ok(kvp_cache_get_shard(s, &si));
+  assert_int_equal(si.tp_rank, 1);
+  const size_t bytes = kvp_test_layer_bytes(s);
+  unsigned char *b = malloc(bytes);
+  assert_non_null(b);
+  assert_kvp_ok(kvp_cache_read_layer(s, 0, b, bytes, NULL));
+  free(b);
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+  assert_kvp_status(kvp_cache_get_shard(s, &si), KVP_ERR_INVALID_HANDLE, "destroyed handle");
+  assert_kvp_status(kvp_cache_group_destroy(g), KVP_ERR_INVALID_HANDLE, "destroyed handle");
+  assert_kvp_ok(kvp_cache_group_destroy(NULL));
+}
+
+/* Every allocation failure during creation returns OUT_OF_MEMORY, leaves *out NULL and leaks
+ * nothing (the shards already made are destroyed); with enough allocations it succeeds. */
+static void test_create_all_or_nothing(void **state) {
+  (void)state;
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 2);
+  kvp_test_alloc_state st = {-1, 0, 0};
+  kvp_host_allocator a = kvp_test_allocator(&st);
+  kvp_cache_options o = KVP_CACHE_OPTIONS_INIT;
+  o.allocator = &a;
+  int failures = 0;
+  for (long n = 0;; ++n) {
+    st.fail_after = n;
+    st.allocations = 0;
+    kvp_cache_group *g = (kvp_cache_group *)0x1;
+    const kvp_status s = kvp_cache_group_create(&c, NULL, 0, &o, &g);
+    if (s == KVP_OK) {
+      assert_non_null(g);
+      assert_kvp_ok(kvp_cache_group_destroy(g));
+      assert_int_equal(st.live, 0);
+      break;
+    }
+    if (s != KVP_ERR_OUT_OF_MEMORY) fail_msg("fail_after=%ld: %s: %s", n, kvp_status_name(s), kvp_last_error_message());
+    assert_null(g);
+    if (st.live != 0) fail_msg("fail_after=%ld: %ld blocks leaked", n, st.live);
+    ++failures;
+    assert_true(n < 1000);
+  }
+  assert_true(failures >= 4 * 2);  /* at least a layer buffer of every shard could fail */
+}
+
+/* Layer 0 of every shard of a group, concatenated. */
+static unsigned char *group_bytes(const kvp_cache_group *g, int32_t tp, int32_t dp, size_t *size) {
+  *size = 0;
+  size_t total = 0;
+  for (int32_t i = 0; i < tp * dp; ++i) {
+    kvp_cache *s = NULL;
+    assert_kvp_ok(kvp_cache_group_get_shard(g, i / dp, i % dp, &s));
+    total += kvp_test_layer_bytes(s);
+  }
+  unsigned char *b = malloc(total);
+  assert_non_null(b);
+  for (int32_t i = 0; i < tp * dp; ++i) {
+    kvp_cache *s = NULL;
+    assert_kvp_ok(kvp_cache_group_get_shard(g, i / dp, i % dp, &s));
+    const size_t n = kvp_test_layer_bytes(s);
+    assert_kvp_ok(kvp_cache_read_layer(s, 0, b + *size, n, NULL));
+    *size += n;
+  }
+  return b;
+}
+
+/* A bad input for the last shard: the status and message name it and no shard changed, also
+ * the ones before it; bad counts and NULLs; then the good call writes every shard. */
+static void test_bad_shard_changes_nothing(void **state) {
+  (void)state;
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 2);
+  kvp_cache_group *g = NULL;
+  assert_kvp_ok(kvp_cache_group_create(&c, NULL, 0, NULL, &g));
+  static float k[8 * 4 * 128], v[8 * 4 * 128];
+  for (size_t e = 0; e < sizeof k / sizeof k[0]; ++e) k[e] = v[e] = 1.0f + (float)(e % 7);
+  int32_t p0[] = {1}, p1[] = {9};
+  kvp_batch_request reqs[] = {{0, 4, p0, 1}, {0, 4, p1, 1}};  /* one prompt on each data rank */
+  kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+  bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(&c, reqs, 2, &bo, NULL, &md));
+  kvp_tensor keys[4], values[4];
+  for (int i = 0; i < 4; ++i) {
+    keys[i] = kvp_test_tensor(k, KVP_DTYPE_F32, 8, 4, 128, KVP_DEVICE_CPU);
+    values[i] = kvp_test_tensor(v, KVP_DTYPE_F32, 8, 4, 128, KVP_DEVICE_CPU);
+  }
+  size_t n;
+  unsigned char *zero = group_bytes(g, 2, 2, &n);
+  for (size_t b = 0; b < n; ++b) assert_int_equal(zero[b], 0);
+
+  keys[3].shape[1] = values[3].shape[1] = 3;  /* neither all 4 heads nor the shard's 2 */
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, keys, values, 4, md, NULL), KVP_ERR_INVALID_ARGUMENT,
+                    "kvp_cache_group_concatenate: shard 3 (tp 1, dp 1): key has 3 heads");
+  unsigned char *after = group_bytes(g, 2, 2, &n);
+  assert_memory_equal(after, zero, n);
+  free(after);
+  keys[3].shape[1] = values[3].shape[1] = 4;
+  assert_kvp_status(kvp_cache_group_concatenate(g, 2, keys, values, 4, md, NULL), KVP_ERR_INVALID_ARGUMENT,
+                    "shard 0 (tp 0, dp 0): layer 2 is out of range");
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, keys, values, 3, md, NULL), KVP_ERR_INVALID_ARGUMENT,
+                    "num_shards is 3 but the group has 4 shards");
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, NULL, values, 4, md, NULL), KVP_ERR_INVALID_ARGUMENT, "keys");
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, keys, NULL, 4, md, NULL), KVP_ERR_INVALID_ARGUMENT, "values");
+  after = group_bytes(g, 2, 2, &n);
+  assert_memory_equal(after, zero, n);
+  free(after);
+
+  assert_kvp_ok(kvp_cache_group_concatenate(g, 0, keys, values, 4, md, NULL));
+  for (int32_t i = 0; i < 4; ++i) {  /* every shard got its heads of its data rank's prompt */
+    kvp_cache *s = NULL;
+    assert_kvp_ok(kvp_cache_group_get_shard(g, i / 2, i % 2, &s));
+    const size_t sn = kvp_test_layer_bytes(s);
+    unsigned char *b = malloc(sn);
+    assert_non_null(b);
+    assert_kvp_ok(kvp_cache_read_layer(s, 0, b, sn, NULL));
+    size_t nonzero = 0;
+    for (size_t x = 0; x < sn; ++x) nonzero += b[x] != 0;
+    assert_true(nonzero > 0);
+    free(b);
+  }
+  free(zero);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_group_union),           cmocka_unit_test(test_group_shards),
+      cmocka_unit_test(test_borrowed_handles),      cmocka_unit_test(test_create_all_or_nothing),
+      cmocka_unit_test(test_bad_shard_changes_nothing),
+  };
+  return cmocka_run_group_tests_name("group", tests, NULL, NULL);
+}
