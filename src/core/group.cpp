@@ -109,6 +109,8 @@ kvp_cache_group* create_group(const kvp_config* config, const int32_t* device_id
     handle_lend(shard);
     group->shards_.push_back(shard);  // reserved: does not throw
   }
+  // One plan per metadata for the whole group, under shard 0's id (unique, never reused).
+  for (kvp_cache* shard : group->shards_) shard->impl->share_plans(group->shards_[0]->impl->id());
   return handle_new<kvp_cache_group>(std::move(group));
 }
 
