@@ -1,8 +1,8 @@
 #include "core/group.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "core/concat.hpp"
 #include "core/config.hpp"
@@ -16,14 +16,14 @@ namespace kvp::detail {
 
 namespace {
 
-// "function: shard i (tp r, dp d)": what errors about one shard are prefixed with.
-struct ShardName {
-  char text[160];
-  ShardName(const char* fn, int64_t i, int64_t dp_size) {
-    std::snprintf(text, sizeof text, "%s: shard %lld (tp %lld, dp %lld)", fn, ll(i), ll(i / dp_size),
-                  ll(i % dp_size));
-  }
-};
+// Throws `e` again with "shard i (tp r, dp d): " after its "function: " (formatted only on failure).
+[[noreturn]] void rethrow_naming_shard(const error& e, const char* fn, int64_t i, int64_t dp_size) {
+  const std::string msg = e.what();
+  const std::string prefix = std::string(fn) + ": ";
+  const std::string rest = msg.compare(0, prefix.size(), prefix) == 0 ? msg.substr(prefix.size()) : msg;
+  throw error(e.code(), format("%s: shard %lld (tp %lld, dp %lld): %s", fn, ll(i), ll(i / dp_size), ll(i % dp_size),
+                               rest.c_str()));
+}
 
 // CPU shards are written several at a time when each write is below this: a larger one spreads
 // over the pool by itself (cpu_concat.cpp goes parallel from 2 MiB).
@@ -65,7 +65,11 @@ void CacheGroup::concatenate(int64_t layer, const kvp_tensor* keys, const kvp_te
   HostVector<PreparedConcat> preps(shards_.size(), StdAllocator<PreparedConcat>(alloc_));
   for (int64_t i = 0; i < size(); ++i) {
     const size_t s = static_cast<size_t>(i);
-    prepare_concat(*shards_[s]->impl, layer, keys[s], values[s], md, preps[s], ShardName(fn, i, dp_size_).text);
+    try {
+      prepare_concat(*shards_[s]->impl, layer, keys[s], values[s], md, preps[s], fn);
+    } catch (const error& e) {
+      rethrow_naming_shard(e, fn, i, dp_size_);
+    }
   }
   auto write = [&](int64_t i) {
     const size_t s = static_cast<size_t>(i);
@@ -105,7 +109,12 @@ kvp_cache_group* create_group(const kvp_config* config, const int32_t* device_id
   for (int64_t i = 0; i < n; ++i) {
     if (num_device_ids != 0) o.device_id = device_ids[i];
     const ShardRanks ranks{i / s.dp, i % s.dp};
-    kvp_cache* shard = create_cache(&cfg, &o, &ranks, ShardName(fn, i, s.dp).text);
+    kvp_cache* shard = nullptr;
+    try {
+      shard = create_cache(&cfg, &o, &ranks, fn);
+    } catch (const error& e) {
+      rethrow_naming_shard(e, fn, i, s.dp);
+    }
     handle_lend(shard);
     group->shards_.push_back(shard);  // reserved: does not throw
   }

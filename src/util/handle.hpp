@@ -1,6 +1,6 @@
-// Handles: the one lifecycle of every public object (cache, pool, metadata, cache group). A handle is a small
-// block that starts with a {magic, state, serial} header and points to the implementation object
-// (made through the object's HostAllocator).
+// Handles: the one lifecycle of every public object (cache, pool, metadata, cache group). A handle
+// is a small block that starts with a {magic, state, serial} header and points to the
+// implementation object (made through the object's HostAllocator).
 //
 // Handle blocks live in the library's own handle table (util/handle.cpp), never in a caller's
 // allocator, so that a handle's address keeps its meaning after the handle is destroyed:
