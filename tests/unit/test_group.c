@@ -212,11 +212,70 @@ static void test_bad_shard_changes_nothing(void **state) {
   assert_kvp_ok(kvp_cache_group_destroy(g));
 }
 
+/* v2 slices that cross data ranks (one spans three): each shard of a group writes exactly what
+ * the same shard written alone does, through a plan built per call and through the plan the
+ * metadata keeps for the whole group (written twice: the second call uses it). */
+static void test_slices_across_ranks(void **state) {
+  (void)state;
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V2, KVP_DTYPE_BF16, 4, 32, 2, 4);  /* 8 pages per rank */
+  enum { T = 100, N = 8 };
+  /* [dst slots; src tokens; lengths]: slots 60..140 cover pages 7 (rank 0) to 17 (rank 2). */
+  int32_t slots[3 * 3] = {60, 200, 250, 0, 80, 90, 80, 10, 6};
+  int32_t valid[1] = {3};
+  static float k[T * 4 * 32], v[T * 4 * 32];
+  for (size_t e = 0; e < sizeof k / sizeof k[0]; ++e) {
+    k[e] = (float)(e % 97) / 8.0f;
+    v[e] = -(float)(e % 89) / 8.0f;
+  }
+  kvp_metadata *each = kvp_test_v2_metadata(slots, 3, valid), *kept = NULL;
+  kvp_metadata_desc d = KVP_METADATA_DESC_INIT;
+  assert_kvp_ok(kvp_metadata_get_desc(each, &d));
+  d.flags = KVP_METADATA_FLAG_IMMUTABLE;
+  assert_kvp_ok(kvp_metadata_create(&d, &kept));
+  kvp_cache_group *g = NULL;
+  kvp_cache *alone[N];
+  kvp_tensor keys[N], values[N];
+  assert_kvp_ok(kvp_cache_group_create(&c, NULL, 0, NULL, &g));
+  const kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, 4, 32, KVP_DEVICE_CPU);
+  const kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, 4, 32, KVP_DEVICE_CPU);
+  for (int i = 0; i < N; ++i) {
+    assert_kvp_ok(kvp_cache_create_shard(&c, i / 4, i % 4, NULL, &alone[i]));
+    keys[i] = kt;
+    values[i] = vt;
+  }
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    const kvp_metadata *md = layer == 0 ? each : kept;
+    for (int rep = 0; rep < 2; ++rep) assert_kvp_ok(kvp_cache_group_concatenate(g, layer, keys, values, N, md, NULL));
+    for (int i = 0; i < N; ++i) assert_kvp_ok(kvp_concatenate(alone[i], layer, &kt, &vt, md, NULL));
+  }
+  size_t written = 0;
+  for (int i = 0; i < N; ++i) {
+    kvp_cache *s = NULL;
+    assert_kvp_ok(kvp_cache_group_get_shard(g, i / 4, i % 4, &s));
+    const size_t n = kvp_test_layer_bytes(s);
+    unsigned char *a = malloc(n), *b = malloc(n);
+    assert_true(a != NULL && b != NULL);
+    for (uint32_t layer = 0; layer < 2; ++layer) {
+      assert_kvp_ok(kvp_cache_read_layer(s, layer, a, n, NULL));
+      assert_kvp_ok(kvp_cache_read_layer(alone[i], layer, b, n, NULL));
+      assert_memory_equal(a, b, n);
+      for (size_t x = 0; x < n; ++x) written += a[x] != 0;
+    }
+    free(a);
+    free(b);
+    assert_kvp_ok(kvp_cache_destroy(alone[i]));
+  }
+  assert_true(written > 0);
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+  assert_kvp_ok(kvp_metadata_destroy(kept));
+  assert_kvp_ok(kvp_metadata_destroy(each));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_group_union),           cmocka_unit_test(test_group_shards),
       cmocka_unit_test(test_borrowed_handles),      cmocka_unit_test(test_create_all_or_nothing),
-      cmocka_unit_test(test_bad_shard_changes_nothing),
+      cmocka_unit_test(test_bad_shard_changes_nothing),    cmocka_unit_test(test_slices_across_ranks),
   };
   return cmocka_run_group_tests_name("group", tests, NULL, NULL);
 }
