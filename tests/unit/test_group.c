@@ -1,6 +1,7 @@
 /* Cache groups (group.h): every shard of a config in one handle against the whole cache, the
- * borrowed shard handles, all-or-nothing creation, and a bad input for one shard leaving every
- * shard unchanged. */
+ * borrowed shard handles, all-or-nothing creation, a bad input for one shard leaving every shard
+ * unchanged, and the plans the shards share (writes across data ranks, attention on tensor ranks)
+ * against shards created alone. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,11 +272,75 @@ static void test_slices_across_ranks(void **state) {
   assert_kvp_ok(kvp_metadata_destroy(each));
 }
 
+/* Fused write + attention on each tensor rank of a group (whose shards share the metadata's
+ * write and read plans) gives the bytes and outputs of the same shards created alone. */
+static void test_attention_on_group_shards(void **state) {
+  (void)state;
+  enum { H = 4, D = 128, TP = 2, REP = 2, T_MAX = 15 };
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, H, D, TP, 1);
+  kvp_cache_group *g = NULL;
+  kvp_cache *alone[TP], *member[TP];
+  assert_kvp_ok(kvp_cache_group_create(&c, NULL, 0, NULL, &g));
+  for (int r = 0; r < TP; ++r) {
+    assert_kvp_ok(kvp_cache_create_shard(&c, r, 0, NULL, &alone[r]));
+    assert_kvp_ok(kvp_cache_group_get_shard(g, r, 0, &member[r]));
+  }
+  static float q[T_MAX * REP * H * D], k[T_MAX * H * D], v[T_MAX * H * D], out_a[T_MAX * REP * H * D],
+      out_g[T_MAX * REP * H * D];
+  uint64_t rng = 7;
+  int32_t p0[] = {1, 2}, p1[] = {3};
+  for (int step = 0; step < 2; ++step) {
+    kvp_batch_request reqs[2] = {{0, 10, p0, 2}, {0, 5, p1, 1}};
+    if (step == 1) reqs[0] = (kvp_batch_request){10, 1, p0, 2}, reqs[1] = (kvp_batch_request){5, 1, p1, 1};
+    const int64_t T = reqs[0].num_scheduled + reqs[1].num_scheduled;
+    kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+    bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+    kvp_metadata *md = NULL;
+    assert_kvp_ok(kvp_metadata_build(&c, reqs, 2, &bo, NULL, &md));
+    for (int64_t e = 0; e < T * REP * H * D; ++e) q[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+    for (int64_t e = 0; e < T * H * D; ++e) {
+      k[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+      v[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+    }
+    for (int r = 0; r < TP; ++r) {
+      const int64_t nh = H / TP, h0 = r * nh;
+      kvp_tensor qs = kvp_test_tensor(q, KVP_DTYPE_F32, T, REP * H, D, KVP_DEVICE_CPU);
+      kvp_tensor ks = kvp_test_tensor(k, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU), vs = ks;
+      qs.data = q + h0 * REP * D;
+      qs.shape[1] = REP * nh;
+      ks.data = k + h0 * D;
+      vs.data = v + h0 * D;
+      ks.shape[1] = vs.shape[1] = nh;
+      kvp_tensor oa = kvp_test_tensor(out_a, KVP_DTYPE_F32, T, REP * nh, D, KVP_DEVICE_CPU);
+      kvp_tensor og = kvp_test_tensor(out_g, KVP_DTYPE_F32, T, REP * nh, D, KVP_DEVICE_CPU);
+      for (int layer = 0; layer < 2; ++layer) {  /* the second layer goes through the kept plans */
+        assert_kvp_ok(kvp_attention(alone[r], (uint32_t)layer, &qs, &ks, &vs, md, NULL, &oa, NULL));
+        assert_kvp_ok(kvp_attention(member[r], (uint32_t)layer, &qs, &ks, &vs, md, NULL, &og, NULL));
+        assert_memory_equal(out_a, out_g, (size_t)(T * REP * nh * D) * sizeof(float));
+      }
+    }
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  for (int r = 0; r < TP; ++r) {
+    for (uint32_t layer = 0; layer < 2; ++layer) {
+      size_t na, ng;
+      unsigned char *a = kvp_test_layer_copy(alone[r], layer, &na), *b = kvp_test_layer_copy(member[r], layer, &ng);
+      assert_int_equal(na, ng);
+      assert_memory_equal(a, b, na);
+      free(a);
+      free(b);
+    }
+    assert_kvp_ok(kvp_cache_destroy(alone[r]));
+  }
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_group_union),           cmocka_unit_test(test_group_shards),
       cmocka_unit_test(test_borrowed_handles),      cmocka_unit_test(test_create_all_or_nothing),
       cmocka_unit_test(test_bad_shard_changes_nothing),    cmocka_unit_test(test_slices_across_ranks),
+      cmocka_unit_test(test_attention_on_group_shards),
   };
   return cmocka_run_group_tests_name("group", tests, NULL, NULL);
 }
