@@ -18,6 +18,7 @@
 #include "kvpages/cache.h"
 #include "kvpages/metadata.h"
 #include "kvpages/ops.h"
+#include "kvpages/group.h"
 #include "kvpages/attention.h"
 #include "kvpages/device.h"
 #include "kvpages/pool.h"

@@ -48,6 +48,7 @@
 #include "kvpages/json.h"
 #include "kvpages/device.h"
 #include "kvpages/attention.h"
+#include "kvpages/group.h"
 /* END GENERATED INCLUDES */
 
 KVP_BEGIN_DECLS
@@ -259,6 +260,16 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *pool_get_sequence_shard)(const kvp_pool *pool, kvp_seq_id seq, uint32_t *shard_out);
   /** kvp_pool_get_shard_stats() */
   kvp_status (KVP_CALL *pool_get_shard_stats)(const kvp_pool *pool, uint32_t shard, kvp_pool_shard_stats *out);
+  /** kvp_cache_group_create() */
+  kvp_status (KVP_CALL *cache_group_create)(const kvp_config *cfg, const int32_t *device_ids, uint32_t num_device_ids, const kvp_cache_options *opts, kvp_cache_group **out);
+  /** kvp_cache_group_destroy() */
+  kvp_status (KVP_CALL *cache_group_destroy)(kvp_cache_group *group);
+  /** kvp_cache_group_get_num_shards() */
+  kvp_status (KVP_CALL *cache_group_get_num_shards)(const kvp_cache_group *group, uint32_t *out);
+  /** kvp_cache_group_get_shard() */
+  kvp_status (KVP_CALL *cache_group_get_shard)(const kvp_cache_group *group, int32_t tp_rank, int32_t dp_rank, kvp_cache **out);
+  /** kvp_cache_group_concatenate() */
+  kvp_status (KVP_CALL *cache_group_concatenate)(kvp_cache_group *group, uint32_t layer, const kvp_tensor *keys, const kvp_tensor *values, uint32_t num_shards, const kvp_metadata *metadata, const kvp_stream *streams);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

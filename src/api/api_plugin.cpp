@@ -106,6 +106,11 @@ const kvp_api_v1 kTableV1 = {
     &kvp_deserialize_shards_into,
     &kvp_pool_get_sequence_shard,
     &kvp_pool_get_shard_stats,
+    &kvp_cache_group_create,
+    &kvp_cache_group_destroy,
+    &kvp_cache_group_get_num_shards,
+    &kvp_cache_group_get_shard,
+    &kvp_cache_group_concatenate,
     // END GENERATED TABLE
 };
 

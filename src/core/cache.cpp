@@ -21,6 +21,7 @@ Cache::Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> ba
       shard_(shard),
       layout_(shard_layout(cfg, shard, "kvp_cache_create")),
       id_(next_cache_id()),
+      plan_scope_{id_, shard.dp_rank, shard.dp_rank + 1},
       alloc_(alloc),
       backend_(std::move(backend)),
       layers_(StdAllocator<uint8_t*>(alloc)) {

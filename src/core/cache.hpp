@@ -7,6 +7,7 @@
 
 #include "backend/backend.hpp"
 #include "core/config.hpp"
+#include "core/plan.hpp"
 #include "core/shard.hpp"
 #include "kvpages/cache.h"
 #include "util/handle.hpp"
@@ -36,6 +37,10 @@ class Cache {
   int64_t num_layers() const noexcept { return layout_.num_layers; }
   // Unique in the process and never reused (a destroyed cache's plans can never match another).
   uint64_t id() const noexcept { return id_; }
+  // What a metadata keeps this cache's plans under (core/plan.hpp): its id and its own data rank,
+  // or, once it shares the plans of a group (share_plans), the group's key and every data rank.
+  PlanScope plan_scope() const noexcept { return plan_scope_; }
+  void share_plans(uint64_t key) noexcept { plan_scope_ = {key, 0, shard_.dp_size}; }
 
   // Raw buffer of a layer (host pointer for CPU caches, device pointer for CUDA caches).
   uint8_t* layer_data(int64_t layer) const noexcept { return layers_[static_cast<size_t>(layer)]; }
@@ -63,6 +68,7 @@ class Cache {
   ShardCoord shard_;
   Layout layout_;
   uint64_t id_;
+  PlanScope plan_scope_;
   HostAllocator alloc_;
   HostPtr<Backend> backend_;
   HostVector<uint8_t*> layers_;

@@ -108,9 +108,10 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
     return;
   }
   out.plan = plan_for(cache, md, PlanKind::kWrite, job.num_tokens, nullptr, fn);
-  job.runs = out.plan->runs.data();
-  job.num_runs = static_cast<int64_t>(out.plan->runs.size());
-  job.total_tokens = out.plan->total_tokens;
+  const RankRuns mine = out.plan->runs_of(cache.shard().dp_rank);
+  job.runs = out.plan->runs.data() + mine.first;
+  job.num_runs = mine.count;
+  job.total_tokens = mine.tokens;
   job.num_seqs = out.plan->num_seqs;
   job.num_valid_slices = out.plan->num_valid_slices;
   job.host_validated = 1;

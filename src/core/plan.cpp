@@ -78,27 +78,62 @@ void sort_and_check_no_overlap(HostVector<ConcatRun>& runs, const char* fn) {
   }
 }
 
+// The part of run `r` in global slots [lo, hi), in slots local to lo; false when none.
+bool clip_run(const ConcatRun& r, int64_t lo, int64_t hi, ConcatRun& out) {
+  const int64_t a = std::max(r.dst_slot, lo), b = std::min(r.dst_slot + r.len, hi);
+  if (a >= b) return false;
+  out = {r.src + (a - r.dst_slot), a - lo, b - a};
+  return true;
+}
+
 // A data-parallel shard keeps the parts of the (sorted, global) runs that land in its pages, in
 // its local slots; the tokens of other shards' pages are skipped (SPEC.md §7.3).
 void keep_local_runs(HostVector<ConcatRun>& runs, const Layout& L) {
   if (L.page_begin == 0 && L.num_pages == L.global_pages) return;
   const int64_t lo = L.page_begin * L.page_size, hi = lo + L.num_pages * L.page_size;
   size_t kept = 0;
-  for (const ConcatRun& r : runs) {
-    const int64_t a = std::max(r.dst_slot, lo), b = std::min(r.dst_slot + r.len, hi);
-    if (a < b) runs[kept++] = {r.src + (a - r.dst_slot), a - lo, b - a};
-  }
+  for (const ConcatRun& r : runs)
+    if (clip_run(r, lo, hi, runs[kept])) ++kept;
   runs.resize(kept);
 }
 
-void build_write(const MetadataArrays& m, const Layout& L, int64_t T, Plan& p, const char* fn) {
+// The runs of every data rank in [begin, end), one block after the other, each clipped to the
+// rank's pages in its local slots (the sorted runs of a rank are a contiguous stretch).
+void split_by_rank(Plan& p, const Layout& L, int64_t begin, int64_t end) {
+  const int64_t span = L.num_pages * L.page_size;
+  HostVector<ConcatRun> out(p.runs.get_allocator());
+  out.reserve(p.runs.size() + static_cast<size_t>(end - begin));
+  p.ranks.resize(static_cast<size_t>(end - begin));
+  p.rank_begin = begin;
+  size_t x = 0;
+  for (int64_t rank = begin; rank < end; ++rank) {
+    const int64_t lo = rank * span, hi = lo + span;
+    RankRuns& rr = p.ranks[static_cast<size_t>(rank - begin)];
+    rr.first = static_cast<int64_t>(out.size());
+    while (x < p.runs.size() && p.runs[x].dst_slot + p.runs[x].len <= lo) ++x;
+    ConcatRun c;
+    for (size_t y = x; y < p.runs.size() && p.runs[y].dst_slot < hi; ++y)
+      if (clip_run(p.runs[y], lo, hi, c)) {
+        out.push_back(c);
+        rr.tokens += c.len;
+      }
+    rr.count = static_cast<int64_t>(out.size()) - rr.first;
+  }
+  p.runs.swap(out);
+}
+
+void build_write(const MetadataArrays& m, const Layout& L, const PlanScope& scope, int64_t T, Plan& p,
+                 const char* fn) {
   if (L.v3)
     runs_v3(m, L, T, p, fn);
   else
     runs_v2(m, L, T, p, fn);
   sort_and_check_no_overlap(p.runs, fn);
   for (const ConcatRun& r : p.runs) p.min_tokens = std::max(p.min_tokens, r.src + r.len);  // every shard checks all
-  keep_local_runs(p.runs, L);
+  if (scope.rank_end - scope.rank_begin > 1)
+    split_by_rank(p, L, scope.rank_begin, scope.rank_end);
+  else
+    keep_local_runs(p.runs, L);
   for (const ConcatRun& r : p.runs) p.total_tokens += r.len;
 }
 
@@ -142,11 +177,11 @@ PlanStore::~PlanStore() {
   for (auto& s : slots_) host_delete(alloc_, s.load(std::memory_order_acquire));
 }
 
-const Plan* PlanStore::find(uint64_t cache_id, PlanKind kind) const noexcept {
+const Plan* PlanStore::find(uint64_t key, PlanKind kind) const noexcept {
   for (auto& s : slots_) {
     const Plan* p = s.load(std::memory_order_acquire);
     if (p == nullptr) return nullptr;  // append-only: nothing after a free slot
-    if (p->cache_id == cache_id && p->kind == kind) return p;
+    if (p->key == key && p->kind == kind) return p;
   }
   return nullptr;
 }
@@ -155,7 +190,7 @@ bool PlanStore::insert(Plan* p) const noexcept {
   for (auto& s : slots_) {
     Plan* cur = nullptr;
     if (s.compare_exchange_strong(cur, p, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
-    if (cur->cache_id == p->cache_id && cur->kind == p->kind) return false;  // another call's, equal
+    if (cur->key == p->key && cur->kind == p->kind) return false;  // another call's, equal
   }
   return false;
 }
@@ -168,19 +203,20 @@ PlanRef plan_for(const Cache& cache, const Metadata& md, PlanKind kind, int64_t 
                  const char* fn) {
   PlanRef ref;
   const bool keep = md.immutable();
+  const PlanScope scope = cache.plan_scope();
   if (keep) {
-    ref.plan_ = md.plans().find(cache.id(), kind);
+    ref.plan_ = md.plans().find(scope.key, kind);
     if (ref.plan_ != nullptr && T >= ref.plan_->min_tokens) return ref;
   }
   // A plan the metadata may keep comes from the metadata's allocator (it may outlive the cache).
   const HostAllocator& alloc = keep ? md.plans().allocator() : cache.allocator();
   ref.owned_ = make_host<Plan>(alloc, alloc);
   Plan& p = *ref.owned_;
-  p.cache_id = cache.id();
+  p.key = scope.key;
   p.kind = kind;
   const MetadataArrays& m = md.arrays();
   if (kind == PlanKind::kWrite)
-    build_write(m, cache.layout(), T, p, fn);
+    build_write(m, cache.layout(), scope, T, p, fn);
   else
     build_read(m, cache.layout(), T, kind == PlanKind::kFusedRead ? write : nullptr, p, fn);
   ref.plan_ = &p;

@@ -22,19 +22,41 @@ enum class PlanKind : uint32_t {
   kFusedRead,  // attention after a write: kRead, and no written slot is read as cached context
 };
 
+// Which plans a cache uses: those a metadata keeps under `key`, covering data ranks
+// [rank_begin, rank_end) (Cache::plan_scope).
+struct PlanScope {
+  uint64_t key = 0;
+  int64_t rank_begin = 0, rank_end = 1;
+};
+
+// The runs of one data rank in a plan: runs[first, first + count), `tokens` = Σ len.
+struct RankRuns {
+  int64_t first = 0, count = 0, tokens = 0;
+};
+
 struct Plan {
-  explicit Plan(const HostAllocator& alloc) : runs(alloc) {}
-  uint64_t cache_id = 0;
+  explicit Plan(const HostAllocator& alloc) : runs(alloc), ranks(alloc) {}
+  uint64_t key = 0;  // Cache::plan_scope().key
   PlanKind kind = PlanKind::kWrite;
   int64_t min_tokens = 0;  // the fewest input token rows the metadata is valid with
-  // kWrite: every write, sorted by destination slot, no two overlapping; Σ len; the v3 rows or v2
-  // slices processed (-1 for the other layout).
+  // kWrite: every write, sorted by destination slot, no two overlapping, in the local slots of
+  // each data rank the plan covers (its cache's; for a group's shards every rank, one block per
+  // rank: `ranks`, empty when the plan covers one rank); Σ len; the v3 rows or v2 slices
+  // processed (-1 for the other layout).
   HostVector<ConcatRun> runs;
+  HostVector<RankRuns> ranks;
+  int64_t rank_begin = 0;
   int64_t total_tokens = 0;
   int64_t num_seqs = -1;
   int64_t num_valid_slices = -1;
   // kRead, kFusedRead: the processed request rows.
   int64_t num_rows = -1;
+
+  // The runs of data rank `dp_rank` (one the plan covers).
+  RankRuns runs_of(int64_t dp_rank) const noexcept {
+    if (ranks.empty()) return {0, static_cast<int64_t>(runs.size()), total_tokens};
+    return ranks[static_cast<size_t>(dp_rank - rank_begin)];
+  }
 };
 
 // A plan for one call: one a metadata keeps, or one this call built and owns. publish() offers an
@@ -52,8 +74,8 @@ class PlanRef {
   HostPtr<Plan> owned_;
 };
 
-// The plans a metadata keeps: up to kMaxPlans (4 caches x 3 kinds), append-only, lock-free to
-// read. A plan is published once (compare-and-swap into a free slot) and freed with the store.
+// The plans a metadata keeps: up to kMaxPlans (4 caches or cache groups x 3 kinds: a group's
+// shards share their plans), append-only, lock-free to read. A plan is published once (compare-and-swap into a free slot) and freed with the store.
 class PlanStore {
  public:
   static constexpr int kMaxPlans = 12;
@@ -62,8 +84,8 @@ class PlanStore {
   PlanStore(const PlanStore&) = delete;
   PlanStore& operator=(const PlanStore&) = delete;
 
-  // The plan of `kind` for the cache `cache_id`, or nullptr.
-  const Plan* find(uint64_t cache_id, PlanKind kind) const noexcept;
+  // The plan of `kind` under `key` (Cache::plan_scope), or nullptr.
+  const Plan* find(uint64_t key, PlanKind kind) const noexcept;
   // Keeps `p` (made with allocator()) unless an equal one is there or the store is full; returns
   // whether it was kept (the store then owns it).
   bool insert(Plan* p) const noexcept;

@@ -1,6 +1,6 @@
-// Handles: the one lifecycle of every public object (cache, pool, metadata). A handle is a small
-// block that starts with a {magic, state, serial} header and points to the implementation object
-// (made through the object's HostAllocator).
+// Handles: the one lifecycle of every public object (cache, pool, metadata, cache group). A handle
+// is a small block that starts with a {magic, state, serial} header and points to the
+// implementation object (made through the object's HostAllocator).
 //
 // Handle blocks live in the library's own handle table (util/handle.cpp), never in a caller's
 // allocator, so that a handle's address keeps its meaning after the handle is destroyed:
@@ -31,6 +31,7 @@ enum : uint32_t {
   kMagicCache = 0x4350564Bu,     // 'KVPC'
   kMagicMetadata = 0x4D50564Bu,  // 'KVPM'
   kMagicPool = 0x5050564Bu,      // 'KVPP'
+  kMagicGroup = 0x4750564Bu,     // 'KVPG'
   kMagicDead = 0xDEADDEADu,
   kMagicReserved = 0x5245534Bu,  // a slot being filled by handle_new
 };
@@ -38,6 +39,7 @@ enum : uint32_t {
 enum : uint32_t {
   kStateOpen = 1,
   kStatePoisoned = 2,  // a sticky device fault: only get_async_error and destroy are accepted
+  kStateLent = 3,      // owned by another handle (a group's shard): destroyed only by its owner
 };
 
 // Slots of the handle table, and the bytes of each (every handle block fits one).
@@ -118,11 +120,20 @@ uint64_t handle_serial(const H* h) noexcept {
   return h->hdr.serial;
 }
 
-// Destroys a handle and its implementation; NULL is a no-op.
+// Marks a new handle as lent by its owner: handle_delete refuses it unless the owner calls it.
 template <class H>
-void handle_delete(H* h, const char* function) {
+void handle_lend(H* h) noexcept {
+  h->hdr.state.store(kStateLent, std::memory_order_relaxed);
+}
+
+// Destroys a handle and its implementation; NULL is a no-op. A lent handle is refused as misuse
+// (INVALID_HANDLE) unless `by_owner`.
+template <class H>
+void handle_delete(H* h, const char* function, bool by_owner = false) {
   if (h == nullptr) return;
-  check_header(h, H::kMagic, function);
+  const handle_header* hdr = check_header(h, H::kMagic, function);
+  if (!by_owner && hdr->state.load(std::memory_order_relaxed) == kStateLent)
+    misuse(function, "borrowed handle: it belongs to a kvp_cache_group (destroy the group)");
   const HostAllocator alloc = h->alloc;
   typename H::Impl* impl = h->impl;
   h->alloc.~HostAllocator();

@@ -45,18 +45,27 @@ ThreadPool::ThreadPool() {
   threads_total_ = static_cast<int>(std::min<long>(n, kMaxThreads));
 }
 
+namespace {
+// True on a thread while it runs a chunk of a pool job: a job started from inside a chunk (a
+// group's shard writing its own batch) runs on that thread alone instead of nesting.
+thread_local bool t_in_chunk = false;
+}  // namespace
+
 void ThreadPool::work(Job& j) {
+  const bool outer = t_in_chunk;
+  t_in_chunk = true;
   for (;;) {
     const int64_t i = j.next.fetch_add(1, std::memory_order_relaxed);
-    if (i >= j.n) return;
+    if (i >= j.n) break;
     j.fn(j.arg, i);
     j.done.fetch_add(1, std::memory_order_release);
   }
+  t_in_chunk = outer;
 }
 
 void ThreadPool::run(int64_t n, int helpers, ChunkFn fn, void* arg) {
   std::unique_lock<std::mutex> run_lock(run_mu_, std::defer_lock);
-  if (helpers > 0 && n > 1 && run_lock.try_lock()) helpers = std::min(helpers, start_helpers());
+  if (helpers > 0 && n > 1 && !t_in_chunk && run_lock.try_lock()) helpers = std::min(helpers, start_helpers());
   if (helpers <= 0 || n <= 1 || !run_lock.owns_lock()) {  // no helpers, or busy with another caller
     for (int64_t i = 0; i < n; ++i) fn(arg, i);
     return;

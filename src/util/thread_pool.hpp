@@ -5,8 +5,9 @@
 // chunks itself; chunks are claimed from an atomic counter. The caller returns as soon as every
 // chunk is done and never waits for a helper that has not started yet (a helper that wakes late
 // finds the job gone), so a helper the OS does not schedule costs nothing. One job runs at a time;
-// a second caller meanwhile runs its chunks on its own thread. Threads: KVP_NUM_THREADS from the
-// environment (read once), else the number of CPUs.
+// a second caller meanwhile runs its chunks on its own thread, and so does a job started from
+// inside a chunk (no nesting). Threads: KVP_NUM_THREADS from the environment (read once), else
+// the number of CPUs.
 //
 // What the runtime survives (util/lifecycle.cpp drives the last two):
 //  - thread creation failing: helpers are created on the first parallel job; when the OS refuses

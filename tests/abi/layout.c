@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 776);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 816);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -311,6 +311,11 @@ KVP_PIN_OFFSET(kvp_api_v1, cache_get_shard, 744);
 KVP_PIN_OFFSET(kvp_api_v1, deserialize_shards_into, 752);
 KVP_PIN_OFFSET(kvp_api_v1, pool_get_sequence_shard, 760);
 KVP_PIN_OFFSET(kvp_api_v1, pool_get_shard_stats, 768);
+KVP_PIN_OFFSET(kvp_api_v1, cache_group_create, 776);
+KVP_PIN_OFFSET(kvp_api_v1, cache_group_destroy, 784);
+KVP_PIN_OFFSET(kvp_api_v1, cache_group_get_num_shards, 792);
+KVP_PIN_OFFSET(kvp_api_v1, cache_group_get_shard, 800);
+KVP_PIN_OFFSET(kvp_api_v1, cache_group_concatenate, 808);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);

@@ -1,4 +1,4 @@
-/* Contract tests (STYLE.md §4.10 item 7) for every function of kvpages/{status,types,config,cache}.h:
+/* Contract tests (STYLE.md §4.10 item 7) for every function of kvpages/{status,types,config,cache,group}.h:
  * NULL pointers, destroyed / wrong-kind / foreign handles, double destroy, destroy(NULL), the
  * misuse handler, options struct_size / abi_version skew, zeroed options, the thread-local
  * message (empty after success, set after failure, per thread) and an OOM loop over
@@ -200,6 +200,87 @@ static void test_contract__misuse_message_names_the_function(void **state) {
   kvp_set_misuse_handler(NULL, NULL);
   assert_kvp_status(kvp_cache_destroy((kvp_cache *)(void *)g_last_misuse), KVP_ERR_INVALID_HANDLE, "");
   kvp_set_misuse_handler(on_misuse, &g_misuse_token);
+}
+
+/* ---- group handles (group.h) ---------------------------------------------------------------- */
+
+/* Calls every function taking a group handle with `g`: KVP_ERR_INVALID_HANDLE with `substr`, the
+ * misuse handler called, outputs unchanged. */
+static void expect_every_group_call_rejected(kvp_cache_group *g, const char *substr) {
+  uint32_t n = 0x4444;
+  kvp_cache *c = (kvp_cache *)(uintptr_t)0x99;
+  kvp_tensor kv[1];
+  memset(kv, 0, sizeof kv);
+  expect_function_call(on_misuse);
+  assert_kvp_status(kvp_cache_group_get_num_shards(g, &n), KVP_ERR_INVALID_HANDLE, substr);
+  assert_int_equal(n, 0x4444);
+  expect_function_call(on_misuse);
+  assert_kvp_status(kvp_cache_group_get_shard(g, 0, 0, &c), KVP_ERR_INVALID_HANDLE, substr);
+  assert_ptr_equal(c, (kvp_cache *)(uintptr_t)0x99);
+  expect_function_call(on_misuse);
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, kv, kv, 1, NULL, NULL), KVP_ERR_INVALID_HANDLE, substr);
+  if (g != NULL) { /* destroy(NULL) is a documented no-op */
+    expect_function_call(on_misuse);
+    assert_kvp_status(kvp_cache_group_destroy(g), KVP_ERR_INVALID_HANDLE, substr);
+  }
+}
+
+static kvp_cache_group *new_group(void) {
+  kvp_config cfg = small_config();
+  kvp_cache_group *g = NULL;
+  assert_kvp_ok(kvp_cache_group_create(&cfg, NULL, 0, NULL, &g));
+  assert_non_null(g);
+  return g;
+}
+
+/* NULL, destroyed and wrong-kind groups; a group where a cache is expected; a borrowed shard
+ * destroyed on its own (refused, and it keeps working until the group goes). */
+static void test_contract__group_handles(void **state) {
+  (void)state;
+  expect_every_group_call_rejected(NULL, "NULL handle");
+  assert_kvp_ok(kvp_cache_group_destroy(NULL));
+  assert_string_equal(kvp_last_error_message(), "");
+  kvp_cache_group *g = new_group();
+  kvp_cache *c = new_cache();
+  void *vp = c;
+  expect_every_group_call_rejected((kvp_cache_group *)vp, "wrong handle kind: got a kvp_cache");
+  vp = g;
+  expect_every_handle_call_rejected((kvp_cache *)vp, "wrong handle kind: got a kvp_cache_group");
+  kvp_cache *s = NULL;
+  assert_kvp_ok(kvp_cache_group_get_shard(g, 0, 0, &s));
+  expect_function_call(on_misuse);
+  assert_kvp_status(kvp_cache_destroy(s), KVP_ERR_INVALID_HANDLE, "borrowed handle");
+  kvp_config cfg = KVP_CONFIG_INIT;
+  assert_kvp_ok(kvp_cache_get_config(s, &cfg));
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  require_api_armor();
+  expect_every_group_call_rejected(g, "destroyed handle");
+  expect_every_handle_call_rejected(s, "destroyed handle");
+}
+
+static void test_contract__null_pointers_group(void **state) {
+  (void)state;
+  kvp_config cfg = small_config();
+  kvp_cache_group *g = (kvp_cache_group *)(uintptr_t)0x99;
+  assert_kvp_status(kvp_cache_group_create(NULL, NULL, 0, NULL, &g), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_null(g);
+  assert_kvp_status(kvp_cache_group_create(&cfg, NULL, 0, NULL, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  g = new_group();
+  assert_kvp_status(kvp_cache_group_get_num_shards(g, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_status(kvp_cache_group_get_shard(g, 0, 0, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  kvp_tensor kv[1];
+  memset(kv, 0, sizeof kv);
+  expect_function_call(on_misuse); /* a NULL metadata handle */
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, kv, kv, 1, NULL, NULL), KVP_ERR_INVALID_HANDLE, "NULL");
+  int32_t pages[] = {1};
+  kvp_batch_request req = {0, 1, pages, 1};
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(&cfg, &req, 1, NULL, NULL, &md));
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, NULL, kv, 1, md, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_status(kvp_cache_group_concatenate(g, 0, kv, NULL, 1, md, NULL), KVP_ERR_INVALID_ARGUMENT, "NULL");
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_group_destroy(g));
 }
 
 /* ---- NULL pointers: every function of the four headers -------------------------------------- */
@@ -660,6 +741,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_contract__null_pointers_status_and_types, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__null_pointers_config, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__null_pointers_cache, install_handler, remove_handler),
+      cmocka_unit_test_setup_teardown(test_contract__group_handles, install_handler, remove_handler),
+      cmocka_unit_test_setup_teardown(test_contract__null_pointers_group, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__set_host_allocator, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__cache_options_struct_skew, install_handler, remove_handler),
       cmocka_unit_test_setup_teardown(test_contract__config_options_struct_skew, install_handler, remove_handler),

@@ -1161,7 +1161,7 @@ static void test_contract_api__message_cleared_by_every_success(void **state) {
 /* ---- completeness and the plugin table --------------------------------------------------------- */
 
 /* Functions with contract tests in tests/contract/test_contract.c (status.h, types.h, config.h,
- * cache.h; checked against that file) ... */
+ * cache.h, group.h; checked against that file) ... */
 static const char *const covered_by_test_contract[] = {
     "kvp_status_name", "kvp_last_error_message", "kvp_last_error_copy", "kvp_set_misuse_handler",
     "kvp_version_number", "kvp_version_string", "kvp_build_info", "kvp_check_abi",
@@ -1174,6 +1174,8 @@ static const char *const covered_by_test_contract[] = {
     "kvp_cache_destroy", "kvp_cache_get_config", "kvp_cache_get_layout", "kvp_cache_get_device",
     "kvp_cache_get_view", "kvp_cache_get_async_error", "kvp_cache_clear_async_error", "kvp_set_host_allocator",
     "kvp_convert", "kvp_config_get_shard", "kvp_cache_create_shard", "kvp_cache_get_shard",
+    "kvp_cache_group_create", "kvp_cache_group_destroy", "kvp_cache_group_get_num_shards",
+    "kvp_cache_group_get_shard", "kvp_cache_group_concatenate",
 };
 
 /* ... and in this file. */

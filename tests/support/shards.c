@@ -93,13 +93,15 @@ void kvp_test_assert_slice(const unsigned char *whole, const kvp_layout_info *wl
   free(b);
 }
 
-void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed, const kvp_test_shard_placement *where) {
-  const int64_t tp = cfg->kv_head_shards, dp = cfg->data_parallel_size, n = tp * dp;
-  const int64_t H = cfg->num_kv_heads, D = cfg->k_headdim;
-  kvp_cache *whole = NULL, *shards[64];
-  assert_true(n <= 64);
-  assert_kvp_ok(kvp_cache_create(cfg, NULL, &whole));
+/* The shards of the union test: single shards (CPU, or placed by `where`) or a group's. */
+static void make_shards(const kvp_config *cfg, const kvp_test_shard_placement *where, kvp_cache_group *group,
+                        kvp_cache **shards) {
+  const int64_t dp = cfg->data_parallel_size, n = cfg->kv_head_shards * dp;
   for (int64_t i = 0; i < n; ++i) {
+    if (group != NULL) {
+      assert_kvp_ok(kvp_cache_group_get_shard(group, (int32_t)(i / dp), (int32_t)(i % dp), &shards[i]));
+      continue;
+    }
     kvp_cache_options o;
     assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
     if (where != NULL) {
@@ -108,40 +110,34 @@ void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed, const
     }
     assert_kvp_ok(kvp_cache_create_shard(cfg, (int32_t)(i / dp), (int32_t)(i % dp), &o, &shards[i]));
   }
-  uint64_t rng = seed;
-  for (int step = 0; step < steps; ++step) {
-    int64_t T = 0;
-    kvp_metadata *md = random_batch(cfg, &rng, where != NULL && where->device_metadata, &T);
-    const int64_t rows = T > 0 ? T : 1;
-    float *k = malloc((size_t)(rows * H * D) * sizeof(float)), *v = malloc((size_t)(rows * H * D) * sizeof(float));
-    assert_true(k != NULL && v != NULL);
-    for (int64_t e = 0; e < rows * H * D; ++e) {
-      k[e] = (float)kvp_test_rand_range(&rng, -64, 64) / 32.0f;
-      v[e] = (float)kvp_test_rand_range(&rng, -64, 64) / 32.0f;
+}
+
+/* Writes one layer of a batch to every shard: shard i alternately gets the full key/value tensors
+ * or its own heads (a strided view of them). */
+static void write_shards(kvp_cache **shards, int64_t n, kvp_cache_group *group, const kvp_test_shard_placement *where,
+                         int step, uint32_t layer, const kvp_tensor *kt, const kvp_tensor *vt, const kvp_metadata *md) {
+  const int64_t D = kt->shape[2];
+  kvp_tensor keys[64], values[64];
+  for (int64_t i = 0; i < n; ++i) {
+    kvp_shard_info si = KVP_SHARD_INFO_INIT;
+    assert_kvp_ok(kvp_cache_get_shard(shards[i], &si));
+    keys[i] = *kt;
+    values[i] = *vt;
+    if ((step + i + layer) % 2 == 1) {
+      keys[i].data = (float *)kt->data + si.head_begin * D;
+      values[i].data = (float *)vt->data + si.head_begin * D;
+      keys[i].shape[1] = values[i].shape[1] = si.head_end - si.head_begin;
     }
-    for (uint32_t layer = 0; layer < 2; ++layer) {
-      kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
-      kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
-      assert_kvp_ok(kvp_concatenate(whole, layer, &kt, &vt, md, NULL));
-      for (int64_t i = 0; i < n; ++i) {
-        kvp_shard_info si = KVP_SHARD_INFO_INIT;
-        assert_kvp_ok(kvp_cache_get_shard(shards[i], &si));
-        kvp_tensor ks = kt, vs = vt;
-        if ((step + i + layer) % 2 == 1) {  /* the shard's own heads: a strided view of the full tensors */
-          ks.data = k + si.head_begin * D;
-          vs.data = v + si.head_begin * D;
-          ks.shape[1] = vs.shape[1] = si.head_end - si.head_begin;
-        }
-        if (where == NULL)
-          assert_kvp_ok(kvp_concatenate(shards[i], layer, &ks, &vs, md, NULL));
-        else
-          where->concatenate(where, shards[i], (int32_t)(i % where->cuda_devices), layer, &ks, &vs, md);
-      }
-    }
-    free(k);
-    free(v);
-    assert_kvp_ok(kvp_metadata_destroy(md));
+    if (where != NULL)
+      where->concatenate(where, shards[i], (int32_t)(i % where->cuda_devices), layer, &keys[i], &values[i], md);
+    else if (group == NULL)
+      assert_kvp_ok(kvp_concatenate(shards[i], layer, &keys[i], &values[i], md, NULL));
   }
+  if (group != NULL) assert_kvp_ok(kvp_cache_group_concatenate(group, layer, keys, values, (uint32_t)n, md, NULL));
+}
+
+/* Every shard holds its slice of the whole cache, the slices tile it, and it is not all zero. */
+static void check_union(const kvp_cache *whole, kvp_cache **shards, int64_t n) {
   kvp_layout_info wl = {.struct_size = sizeof wl};
   assert_kvp_ok(kvp_cache_get_layout(whole, &wl));
   for (uint32_t layer = 0; layer < 2; ++layer) {
@@ -157,6 +153,49 @@ void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed, const
     assert_true(nonzero > 0);
     free(w);
   }
-  for (int64_t i = 0; i < n; ++i) assert_kvp_ok(kvp_cache_destroy(shards[i]));
+}
+
+static void shard_union(const kvp_config *cfg, int steps, uint64_t seed, const kvp_test_shard_placement *where,
+                        int use_group) {
+  const int64_t n = cfg->kv_head_shards * cfg->data_parallel_size;
+  const int64_t H = cfg->num_kv_heads, D = cfg->k_headdim;
+  kvp_cache *whole = NULL, *shards[64];
+  kvp_cache_group *group = NULL;
+  assert_true(n <= 64);
+  assert_kvp_ok(kvp_cache_create(cfg, NULL, &whole));
+  if (use_group) assert_kvp_ok(kvp_cache_group_create(cfg, NULL, 0, NULL, &group));
+  make_shards(cfg, where, group, shards);
+  uint64_t rng = seed;
+  for (int step = 0; step < steps; ++step) {
+    int64_t T = 0;
+    kvp_metadata *md = random_batch(cfg, &rng, where != NULL && where->device_metadata, &T);
+    const int64_t rows = T > 0 ? T : 1;
+    float *k = malloc((size_t)(rows * H * D) * sizeof(float)), *v = malloc((size_t)(rows * H * D) * sizeof(float));
+    assert_true(k != NULL && v != NULL);
+    for (int64_t e = 0; e < rows * H * D; ++e) {
+      k[e] = (float)kvp_test_rand_range(&rng, -64, 64) / 32.0f;
+      v[e] = (float)kvp_test_rand_range(&rng, -64, 64) / 32.0f;
+    }
+    for (uint32_t layer = 0; layer < 2; ++layer) {
+      kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+      kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+      assert_kvp_ok(kvp_concatenate(whole, layer, &kt, &vt, md, NULL));
+      write_shards(shards, n, group, where, step, layer, &kt, &vt, md);
+    }
+    free(k);
+    free(v);
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  check_union(whole, shards, n);
+  if (use_group)
+    assert_kvp_ok(kvp_cache_group_destroy(group));
+  else
+    for (int64_t i = 0; i < n; ++i) assert_kvp_ok(kvp_cache_destroy(shards[i]));
   assert_kvp_ok(kvp_cache_destroy(whole));
 }
+
+void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed, const kvp_test_shard_placement *where) {
+  shard_union(cfg, steps, seed, where, 0);
+}
+
+void kvp_test_group_union(const kvp_config *cfg, int steps, uint64_t seed) { shard_union(cfg, steps, seed, NULL, 1); }

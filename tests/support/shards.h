@@ -1,6 +1,6 @@
 /* Shards against the whole cache (issue 15, SPEC.md §7.3): one config, its whole cache and every
- * shard, the same random ragged batches written to all of them, then the union of the shards'
- * bytes compared with the whole cache's. Uses cmocka asserts: call it from a test. */
+ * shard (single shards or a group's), the same random ragged batches written to all of them,
+ * then the union of the shards' bytes compared with the whole cache's. Uses cmocka asserts: call it from a test. */
 #ifndef KVP_TEST_SHARDS_H
 #define KVP_TEST_SHARDS_H
 
@@ -32,6 +32,9 @@ typedef struct kvp_test_shard_placement {
  * exactly its slice of the whole cache, that the slices tile it, and that the batches wrote
  * something. */
 void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed, const kvp_test_shard_placement *where);
+
+/* The same with a kvp_cache_group of `cfg` (CPU shards) written by kvp_cache_group_concatenate. */
+void kvp_test_group_union(const kvp_config *cfg, int steps, uint64_t seed);
 
 /* Bytes of layer `layer` of a cache, copied to the host (*size bytes; free()). */
 unsigned char *kvp_test_layer_copy(const kvp_cache *cache, uint32_t layer, size_t *size);

@@ -181,12 +181,44 @@ static void test_handles__pool_tells_a_new_cache_at_its_caches_address(void **st
   free(before);
 }
 
+/* A group handle is refused where a cache, a pool or a metadata is expected, and they where a
+ * group is; the group and the cache still work afterwards. */
+static void test_handles__group_and_cache_kinds_are_not_interchangeable(void **state) {
+  kvp_config cfg = kvp_test_config(2, 2, 64, 4, 8, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  kvp_cache_group *g = NULL;
+  kvp_cache *c = small_cache(), *s = NULL;
+  kvp_config got;
+  uint32_t n = 0;
+  void *vp;
+  (void)state;
+  assert_kvp_ok(kvp_cache_group_create(&cfg, NULL, 0, NULL, &g));
+  vp = g;
+  assert_kvp_status(kvp_cache_get_config((kvp_cache *)vp, &got), KVP_ERR_INVALID_HANDLE,
+                    "wrong handle kind: got a kvp_cache_group");
+  assert_kvp_status(kvp_cache_destroy((kvp_cache *)vp), KVP_ERR_INVALID_HANDLE, "got a kvp_cache_group");
+  assert_kvp_status(kvp_pool_destroy((kvp_pool *)vp), KVP_ERR_INVALID_HANDLE, "got a kvp_cache_group");
+  assert_kvp_status(kvp_metadata_destroy((kvp_metadata *)vp), KVP_ERR_INVALID_HANDLE, "got a kvp_cache_group");
+  vp = c;
+  assert_kvp_status(kvp_cache_group_get_num_shards((kvp_cache_group *)vp, &n), KVP_ERR_INVALID_HANDLE,
+                    "wrong handle kind: got a kvp_cache");
+  assert_kvp_status(kvp_cache_group_destroy((kvp_cache_group *)vp), KVP_ERR_INVALID_HANDLE, "got a kvp_cache");
+  assert_kvp_ok(kvp_cache_group_get_num_shards(g, &n));
+  assert_int_equal(n, 1);
+  assert_kvp_ok(kvp_cache_group_get_shard(g, 0, 0, &s));
+  vp = s;
+  assert_kvp_status(kvp_cache_group_destroy((kvp_cache_group *)vp), KVP_ERR_INVALID_HANDLE, "got a kvp_cache");
+  assert_kvp_ok(kvp_cache_get_config(c, &got));
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_handles__stale_cache_is_refused_after_new_caches),
       cmocka_unit_test(test_handles__every_destroyed_handle_stays_refused_under_churn),
       cmocka_unit_test(test_handles__pool_of_a_destroyed_cache_never_writes_a_new_one),
       cmocka_unit_test(test_handles__pool_tells_a_new_cache_at_its_caches_address),
+      cmocka_unit_test(test_handles__group_and_cache_kinds_are_not_interchangeable),
   };
   return cmocka_run_group_tests_name("handles", tests, NULL, NULL);
 }
