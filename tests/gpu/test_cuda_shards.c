@@ -2,7 +2,8 @@
  * over two devices, equals the whole cache (written on the CPU: the bytes are the same on every
  * backend), with host metadata and with the metadata copied to each shard's device; the padding
  * rows of data-parallel metadata in device memory, for kvp_concatenate and kvp_attention; page ids
- * checked against the whole cache on the device; attention on KV-head shards.
+ * checked against the whole cache on the device; attention on KV-head shards; a cache group over
+ * two devices.
  *
  * Every test skip()s when the build has no CUDA or the machine fewer than two CUDA devices (then
  * "kvpages: no CUDA device" is printed and ctest reports the test as skipped). The emulated
@@ -455,8 +456,83 @@ static void test_cuda_shards__attention_on_kv_head_shards(void **state) {
   assert_kvp_ok(kvp_cache_destroy(whole));
 }
 
+/* A cache group over two devices (TP 2 x DP 2: shards 0, 2 on device 0, 1, 3 on device 1), each
+ * shard's keys and values on its device, one stream per device, no host wait in between: the
+ * union of its shards equals the whole cache on the CPU. */
+static void test_cuda_shards__group_on_two_devices(void **state) {
+  (void)state;
+  require_two_gpus();
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 2);
+  enum { H = 4, D = 128, N = 4, T = 12 };
+  kvp_cache_options co = KVP_CACHE_OPTIONS_INIT;
+  co.device_type = KVP_DEVICE_CUDA;
+  const int32_t devices[N] = {0, 1, 0, 1};
+  kvp_cache_group *g = NULL;
+  kvp_cache *whole = NULL, *shards[N];
+  assert_kvp_ok(kvp_cache_group_create(&c, devices, N, &co, &g));
+  assert_kvp_ok(kvp_cache_create(&c, NULL, &whole));
+  static int32_t p0[] = {1, 2}, p1[] = {9};  /* one request on each data rank's pages */
+  kvp_batch_request reqs[2] = {{0, 10, p0, 2}, {0, 2, p1, 1}};
+  kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+  bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(&c, reqs, 2, &bo, NULL, &md));
+  static float k[T * H * D], v[T * H * D];
+  uint64_t rng = 0x6A0;
+  for (int e = 0; e < T * H * D; ++e) {
+    k[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 16.0f;
+    v[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 16.0f;
+  }
+  kvp_tensor kh = kvp_test_tensor(k, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+  kvp_tensor vh = kvp_test_tensor(v, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+  assert_kvp_ok(kvp_concatenate(whole, 0, &kh, &vh, md, NULL));
+  kvp_tensor keys[N], values[N];
+  kvp_stream streams[N];
+  cudaStream_t made[2];
+  for (int d = 0; d < 2; ++d) {
+    CUDA_OK(cudaSetDevice(d));
+    CUDA_OK(cudaStreamCreateWithFlags(&made[d], cudaStreamNonBlocking));
+  }
+  for (int i = 0; i < N; ++i) {
+    CUDA_OK(cudaSetDevice(devices[i]));
+    keys[i] = tensor_to_device(&kh, devices[i]);
+    values[i] = tensor_to_device(&vh, devices[i]);
+    streams[i] = (kvp_stream)made[devices[i]];
+    assert_kvp_ok(kvp_cache_group_get_shard(g, i / 2, i % 2, &shards[i]));
+  }
+  CUDA_OK(cudaSetDevice(0));
+  assert_kvp_ok(kvp_cache_group_concatenate(g, 0, keys, values, N, md, streams));
+  for (int d = 0; d < 2; ++d) {
+    CUDA_OK(cudaSetDevice(d));
+    CUDA_OK(cudaStreamSynchronize(made[d]));
+  }
+  kvp_layout_info wl = {.struct_size = sizeof wl};
+  assert_kvp_ok(kvp_cache_get_layout(whole, &wl));
+  size_t size;
+  unsigned char *w = kvp_test_layer_copy(whole, 0, &size);
+  for (int i = 0; i < N; ++i) {
+    assert_int_equal(kvp_test_async_error(shards[i]), KVP_OK);
+    kvp_test_assert_slice(w, &wl, shards[i], 0);
+  }
+  free(w);
+  for (int i = 0; i < N; ++i) {
+    CUDA_OK(cudaSetDevice(devices[i]));
+    CUDA_OK(cudaFree(keys[i].data));
+    CUDA_OK(cudaFree(values[i].data));
+  }
+  for (int d = 0; d < 2; ++d) {
+    CUDA_OK(cudaSetDevice(d));
+    CUDA_OK(cudaStreamDestroy(made[d]));
+  }
+  CUDA_OK(cudaSetDevice(0));
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_group_destroy(g));
+  assert_kvp_ok(kvp_cache_destroy(whole));
+}
+
 #else
 
+static void test_cuda_shards__group_on_two_devices(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__attention_on_kv_head_shards(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__union_host_metadata(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__union_device_metadata(void **state) { (void)state; kvp_test_require_gpu(); }
@@ -474,6 +550,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_shards__device_page_ranges),
       cmocka_unit_test(test_cuda_shards__padding_rows_attention),
       cmocka_unit_test(test_cuda_shards__attention_on_kv_head_shards),
+      cmocka_unit_test(test_cuda_shards__group_on_two_devices),
   };
   return cmocka_run_group_tests_name("cuda_shards", tests, NULL, NULL);
 }
