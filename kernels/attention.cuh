@@ -366,14 +366,15 @@ __global__ void __launch_bounds__(kAttnThreads) attention_merge_kernel(const Att
   }
 }
 
-// ---- rows no processed request owns: zeros (block x = token)
+// ---- rows no processed request owns (zero_all: every row; the main kernel runs after): zeros
+// (block x = token)
 
 __global__ void __launch_bounds__(kAttnThreads) attention_zero_kernel(const AttentionParams p) {
   const int64_t t = blockIdx.x;
   KVP_EMU_CHECK(p.num_rows_ptr, 4, 4, false, p.num_rows_ptr);
   const int64_t n = *p.num_rows_ptr;
   bool owned = false;
-  if (n > 0 && n <= p.num_reqs) {
+  if (!p.zero_all && n > 0 && n <= p.num_reqs) {
     KVP_EMU_CHECK(&p.query_start_loc[n], 4, 4, false, p.query_start_loc);
     owned = t >= p.query_start_loc[0] && t < p.query_start_loc[n];
   }

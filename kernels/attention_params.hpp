@@ -43,6 +43,7 @@ struct AttentionParams {
   const int32_t* token_starts;    // host-validated only: row i's first query/output row; nullptr = query_start_loc[i]
   const int32_t* num_rows_ptr;    // &request_distribution[2] or &num_seqs[0]
   int32_t padding_rows;           // data_parallel_size > 1: rows of query length 0 are padding (context 0)
+  int32_t zero_all;               // 1: the zero kernel clears every output row (a data rank's block)
   // Options.
   float logit_scale, soft_cap, v_scale;
   int32_t window;

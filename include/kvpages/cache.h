@@ -382,10 +382,13 @@ KVP_API kvp_status KVP_CALL kvp_config_get_shard(const kvp_config *cfg, int32_t 
  *
  * kvp_attention() on a KV-head shard takes the query heads of its own KV heads (`[T, rep ×
  * (head_end - head_begin), D]`) and gives their output, as the whole cache gives for those heads.
+ * On a data-parallel shard (v3, host metadata) it attends the rows of its rank's block (rows
+ * `[rank·R/dp, (rank+1)·R/dp)`, whose pages must all be the rank's) and writes zeros to every
+ * other output row, so the sum of the data ranks' outputs is the whole cache's (SPEC.md §7.3).
  *
- * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention() on a data-parallel
- * shard or on a shard holding half a head (v2, v3 f32), and kvp_pool_create() and
- * kvp_cache_copy_pages() on a data-parallel shard.
+ * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention() on a shard holding
+ * half a head (v2, v3 f32), on a v2 data-parallel shard or with device-resident metadata on a
+ * data-parallel shard, and kvp_pool_create() and kvp_cache_copy_pages() on a data-parallel shard.
  *
  * A config with one KV-head shard and one data shard has a single shard, (0, 0), which is the
  * whole cache.

@@ -135,6 +135,8 @@ struct AttentionJob {
   float v_scale;         // 1 for none
   int32_t window;        // > 0, or 0 for none
   const float* sinks;    // num_q_heads sink logits in HOST memory, or nullptr (-inf = no sink)
+  int32_t zero_all;      // 1: every output row is zeroed before the processed rows are written (a
+                         // data-parallel shard's block: its rows' tokens need not be contiguous)
 };
 
 }  // namespace kvp::detail

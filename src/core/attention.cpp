@@ -7,6 +7,7 @@
 
 #include "core/dtype.hpp"
 #include "core/math.hpp"
+#include "core/plan.hpp"
 #include "core/rows.hpp"
 #include "core/shard.hpp"
 #include "util/error.hpp"
@@ -102,9 +103,11 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
   cache.check_layer(layer, fn);
   // A KV-head shard attends with the query heads of its own KV heads: to the kernels it is a cache
   // of those heads (its rows hold them in order, whole, then padding).
+  // A data-parallel shard attends the rows of its rank's block (SPEC.md §7.3, v3).
   Layout L = cache.layout();
-  if (L.shard && L.num_pages != L.global_pages)
-    fail(KVP_ERR_UNSUPPORTED, "%s: attention on a data-parallel shard is not supported yet", fn);
+  if (is_page_block(L) && !L.v3)
+    fail(KVP_ERR_UNSUPPORTED, "%s: attention on a data-parallel shard needs the v3 layout (its rank's block of rows)",
+         fn);
   if (L.heads_cut() && !L.h64 && (L.slot_begin % 2 != 0 || L.data_entries() % 2 != 0))
     fail(KVP_ERR_UNSUPPORTED, "%s: this shard holds only the keys or only the values of a KV head at an end of its "
          "range (whole-layout entries [%lld, %lld)); attention needs whole heads", fn, ll(L.slot_begin),
@@ -141,6 +144,8 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on device type %d id %d but the cache on device type %d id %d",
            fn, m.device_type, m.device_id, cache.device_type(), cache.device_id());
     check_device_arrays(m, L.v3, false, fn);
+    if (is_page_block(L))
+      fail(KVP_ERR_UNSUPPORTED, "%s: attention on a data-parallel shard needs host metadata (its block of rows)", fn);
     j.metadata_on_device = 1;
     return;
   }
@@ -148,6 +153,10 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
                   write != nullptr ? &*write->plan : nullptr, fn);
   j.num_rows = plan->num_rows;
   j.host_validated = 1;
+  if (is_page_block(L)) {  // its block's rows and local pages; every other output row is zero
+    j.md = block_view(m, *plan);
+    j.zero_all = 1;
+  }
 }
 
 }  // namespace

@@ -140,9 +140,9 @@ void build_write(const MetadataArrays& m, const Layout& L, const PlanScope& scop
 // A slot the fused write fills must not be read by any row as cached context: prefix-shared pages
 // must not receive new tokens while another row reads them (ATTENTION.md §2.4). The write's runs
 // are sorted by destination; each row looks up the slots of its cached positions.
-void check_writes_not_read_elsewhere(const HostVector<ConcatRun>& runs, const MetadataArrays& m, const Layout& L,
-                                     int64_t n, const char* fn) {
-  if (runs.empty() || n == 0) return;
+void check_writes_not_read_elsewhere(const ConcatRun* runs_begin, const ConcatRun* runs_end, const MetadataArrays& m,
+                                     const Layout& L, int64_t n, const char* fn) {
+  if (runs_begin == runs_end || n == 0) return;
   const int64_t S = L.page_size, W = m.pages_per_req;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t cached = m.context_lens[i] - (m.query_start_loc[i + 1] - m.query_start_loc[i]);
@@ -150,10 +150,10 @@ void check_writes_not_read_elsewhere(const HostVector<ConcatRun>& runs, const Me
       const int64_t first = m.pages_tables[i * W + k] * S;
       const int64_t last = first + std::min(S, cached - k * S);  // the cached slots of this page
       // The first run that ends after `first`; it conflicts when it starts before `last`.
-      const auto it = std::upper_bound(runs.begin(), runs.end(), first, [](int64_t slot, const ConcatRun& r) {
+      const ConcatRun* it = std::upper_bound(runs_begin, runs_end, first, [](int64_t slot, const ConcatRun& r) {
         return slot < r.dst_slot + r.len;
       });
-      if (it != runs.end() && it->dst_slot < last) {
+      if (it != runs_end && it->dst_slot < last) {
         const int64_t slot = std::max(first, it->dst_slot);
         fail(KVP_ERR_INVALID_ARGUMENT,
              "%s: request %lld reads position %lld (page %lld, row %lld) as cached context, but this call writes a new "
@@ -164,14 +164,62 @@ void check_writes_not_read_elsewhere(const HostVector<ConcatRun>& runs, const Me
   }
 }
 
-void build_read(const MetadataArrays& m, const Layout& L, int64_t T, const Plan* write, Plan& p, const char* fn) {
+// A data-parallel shard's block of the processed rows (rows [rank·R/dp, (rank+1)·R/dp), SPEC.md
+// §7.3), their page tables rewritten to the shard's page ids: every page they read must be its.
+void keep_block_rows(const MetadataArrays& m, const Layout& L, Plan& p, const char* fn) {
+  const int64_t dp = L.global_pages / L.num_pages, rank = L.page_begin / L.num_pages, R = m.num_reqs;
+  if (R % dp != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: the metadata's %lld request rows do not split into %lld data-parallel blocks",
+         fn, ll(R), ll(dp));
+  const int64_t r0 = rank * (R / dp), n = std::clamp<int64_t>(p.num_rows - r0, 0, R / dp);
+  const int64_t W = m.pages_per_req, S = L.page_size, end = L.page_begin + L.num_pages;
+  p.local_tables.assign(static_cast<size_t>(n * W), 0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < cdiv(m.context_lens[r0 + i], S); ++k) {
+      const int64_t page = m.pages_tables[(r0 + i) * W + k];
+      if (page < L.page_begin || page >= end)
+        fail(KVP_ERR_INVALID_ARGUMENT,
+             "%s: request %lld, in the block of data rank %lld, reads page %lld, which is not one of the rank's pages "
+             "[%lld, %lld)", fn, ll(r0 + i), ll(rank), ll(page), ll(L.page_begin), ll(end));
+      p.local_tables[static_cast<size_t>(i * W + k)] = static_cast<int32_t>(page - L.page_begin);
+    }
+  p.first_row = r0;
+  p.num_rows = n;
+}
+
+void build_read(const MetadataArrays& m, const Layout& L, int64_t dp_rank, int64_t T, const Plan* write, Plan& p,
+                const char* fn) {
   p.num_rows = processed_rows(m, L.v3, fn);
   check_page_rows(m, L, p.num_rows, T, true, fn);
-  if (write != nullptr) check_writes_not_read_elsewhere(write->runs, m, L, p.num_rows, fn);
-  if (p.num_rows > 0) p.min_tokens = m.query_start_loc[p.num_rows];  // every q_len is positive
+  if (p.num_rows > 0) p.min_tokens = m.query_start_loc[p.num_rows];  // the largest end
+  if (is_page_block(L)) keep_block_rows(m, L, p, fn);
+  if (write == nullptr) return;
+  const RankRuns mine = write->runs_of(dp_rank);  // the runs this cache writes, in its slots
+  const ConcatRun* runs = write->runs.data() + mine.first;
+  check_writes_not_read_elsewhere(runs, runs + mine.count, is_page_block(L) ? block_view(m, p) : m, L, p.num_rows, fn);
 }
 
 }  // namespace
+
+MetadataArrays block_view(const MetadataArrays& m, const Plan& read) {
+  MetadataArrays b = m;
+  const int64_t r0 = read.first_row, n = read.num_rows;
+  b.pages_tables = read.local_tables.data();
+  b.num_reqs = n;
+  b.context_lens += r0;
+  b.context_lens_len = n;
+  b.query_start_loc += r0;
+  b.query_start_loc_len = n + 1;
+  if (b.token_starts != nullptr) {
+    b.token_starts += r0;
+    b.token_starts_len = n;
+  }
+  b.request_distribution = nullptr;
+  b.request_distribution_len = 0;
+  b.num_seqs = nullptr;
+  b.num_seqs_len = 0;
+  return b;
+}
 
 PlanStore::~PlanStore() {
   for (auto& s : slots_) host_delete(alloc_, s.load(std::memory_order_acquire));
@@ -203,22 +251,24 @@ PlanRef plan_for(const Cache& cache, const Metadata& md, PlanKind kind, int64_t 
                  const char* fn) {
   PlanRef ref;
   const bool keep = md.immutable();
+  // A group's shards share write plans; a data rank's reads (its block of rows) are its own.
   const PlanScope scope = cache.plan_scope();
+  const uint64_t key = kind != PlanKind::kWrite && is_page_block(cache.layout()) ? cache.id() : scope.key;
   if (keep) {
-    ref.plan_ = md.plans().find(scope.key, kind);
+    ref.plan_ = md.plans().find(key, kind);
     if (ref.plan_ != nullptr && T >= ref.plan_->min_tokens) return ref;
   }
   // A plan the metadata may keep comes from the metadata's allocator (it may outlive the cache).
   const HostAllocator& alloc = keep ? md.plans().allocator() : cache.allocator();
   ref.owned_ = make_host<Plan>(alloc, alloc);
   Plan& p = *ref.owned_;
-  p.key = scope.key;
+  p.key = key;
   p.kind = kind;
   const MetadataArrays& m = md.arrays();
   if (kind == PlanKind::kWrite)
     build_write(m, cache.layout(), scope, T, p, fn);
   else
-    build_read(m, cache.layout(), T, kind == PlanKind::kFusedRead ? write : nullptr, p, fn);
+    build_read(m, cache.layout(), cache.shard().dp_rank, T, kind == PlanKind::kFusedRead ? write : nullptr, p, fn);
   ref.plan_ = &p;
   return ref;
 }

@@ -35,7 +35,7 @@ struct RankRuns {
 };
 
 struct Plan {
-  explicit Plan(const HostAllocator& alloc) : runs(alloc), ranks(alloc) {}
+  explicit Plan(const HostAllocator& alloc) : runs(alloc), ranks(alloc), local_tables(alloc) {}
   uint64_t key = 0;  // Cache::plan_scope().key
   PlanKind kind = PlanKind::kWrite;
   int64_t min_tokens = 0;  // the fewest input token rows the metadata is valid with
@@ -49,8 +49,11 @@ struct Plan {
   int64_t total_tokens = 0;
   int64_t num_seqs = -1;
   int64_t num_valid_slices = -1;
-  // kRead, kFusedRead: the processed request rows.
+  // kRead, kFusedRead: the processed request rows; on a data-parallel shard its block of them,
+  // rows [first_row, first_row + num_rows), with their page tables in the shard's page ids.
   int64_t num_rows = -1;
+  int64_t first_row = 0;
+  HostVector<int32_t> local_tables;
 
   // The runs of data rank `dp_rank` (one the plan covers).
   RankRuns runs_of(int64_t dp_rank) const noexcept {
@@ -58,6 +61,14 @@ struct Plan {
     return ranks[static_cast<size_t>(dp_rank - rank_begin)];
   }
 };
+
+// Whether a layout is a data-parallel shard's: a block of the pages (attention reads the block of
+// request rows of its rank, SPEC.md §7.3).
+inline bool is_page_block(const Layout& L) { return L.num_pages != L.global_pages; }
+
+// The metadata a data-parallel shard's attention reads: the rows of the read plan's block, their
+// page tables in local page ids (host arrays; no distribution: every row is processed).
+MetadataArrays block_view(const MetadataArrays& m, const Plan& read);
 
 // A plan for one call: one a metadata keeps, or one this call built and owns. publish() offers an
 // owned plan to the metadata once the call has succeeded (a call that fails keeps nothing).

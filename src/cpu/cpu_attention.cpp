@@ -946,10 +946,11 @@ void run_merge(const Plan& pl, const Merge& mg) {
   finish_rows(pl, it, it.g0 + mg.h, first, first + kRows, acc);
 }
 
-// Rows of `out` that no processed request owns: zeros.
+// Rows of `out` that no processed request owns (with zero_all: every row, before the processed
+// ones are written): zeros.
 void zero_unowned(const AttentionJob& j) {
-  const int64_t owned0 = j.num_rows > 0 ? j.md.query_start_loc[0] : 0;
-  const int64_t owned1 = j.num_rows > 0 ? j.md.query_start_loc[j.num_rows] : 0;
+  const int64_t owned0 = j.num_rows > 0 && !j.zero_all ? j.md.query_start_loc[0] : 0;
+  const int64_t owned1 = j.num_rows > 0 && !j.zero_all ? j.md.query_start_loc[j.num_rows] : 0;
   for (int64_t t = 0; t < j.num_tokens; ++t) {
     if (t >= owned0 && t < owned1) continue;
     static const float zeros[kMaxAttentionHeadDim] = {};

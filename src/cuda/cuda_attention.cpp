@@ -42,6 +42,7 @@ AttentionParams params_of(const AttentionJob& job) {
   p.v_scale = job.v_scale;
   p.window = job.window;
   p.padding_rows = L.padding_rows() ? 1 : 0;
+  p.zero_all = job.zero_all;
   return p;
 }
 

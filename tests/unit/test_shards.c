@@ -330,9 +330,12 @@ static void test_bad_input(void **state) {
   assert_kvp_ok(kvp_cache_destroy(s));
 }
 
-/* A step of two requests (whole prefills, then decodes after them), the metadata for `cfg`. */
+/* A step of two requests (whole prefills, then decodes after them), the metadata for `cfg`: the
+ * first on pages of data rank 0, the second on pages of the last data rank. */
 static kvp_metadata *attention_step(const kvp_config *cfg, int step, int64_t *T) {
-  static int32_t p0[] = {1, 2}, p1[] = {3};
+  static int32_t p0[] = {1, 2}, p1[1];
+  const int64_t per_rank = cfg->num_pages / cfg->data_parallel_size;
+  p1[0] = (int32_t)((cfg->data_parallel_size - 1) * per_rank + 3);
   kvp_batch_request reqs[2] = {{0, 10, p0, 2}, {0, 5, p1, 1}};
   if (step == 1) reqs[0] = (kvp_batch_request){10, 1, p0, 2}, reqs[1] = (kvp_batch_request){5, 1, p1, 1};
   kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
@@ -343,19 +346,22 @@ static kvp_metadata *attention_step(const kvp_config *cfg, int step, int64_t *T)
   return md;
 }
 
-/* Attention on each KV-head shard, with its query heads (GQA: 2 per KV head) and the fused write
- * of its own K/V heads, gives the whole cache's output for those heads. */
-static void attention_matches(kvp_layout v, kvp_dtype dt, int64_t H, int64_t D, int64_t tp) {
-  const kvp_config c = kvp_test_sharded_config(v, dt, H, D, tp, 1);
+/* Attention on every shard of a TP x DP split, with its query heads (GQA: 2 per KV head) and the
+ * fused write of its own K/V heads: a KV-head shard gives the whole cache's output for its heads;
+ * a data rank gives it for the tokens of its block's rows and zeros elsewhere, so the sum over
+ * the data ranks is the whole cache's output (SPEC.md §7.3's all-reduce). */
+static void attention_matches(kvp_layout v, kvp_dtype dt, int64_t H, int64_t D, int64_t tp, int64_t dp) {
+  const kvp_config c = kvp_test_sharded_config(v, dt, H, D, tp, dp);
   assert_int_equal(c.kv_head_shards, tp);
-  const int64_t rep = 2, Hq = rep * H, T_MAX = 15;
-  kvp_cache *whole = NULL, *shards[8];
+  const int64_t rep = 2, Hq = rep * H, T_MAX = 15, n = tp * dp;
+  kvp_cache *whole = NULL, *shards[32];
   assert_kvp_ok(kvp_cache_create(&c, NULL, &whole));
-  for (int64_t r = 0; r < tp; ++r) assert_kvp_ok(kvp_cache_create_shard(&c, (int32_t)r, 0, NULL, &shards[r]));
-  float *q = malloc(sizeof(float) * (size_t)(T_MAX * Hq * D)), *k = malloc(sizeof(float) * (size_t)(T_MAX * H * D));
-  float *val = malloc(sizeof(float) * (size_t)(T_MAX * H * D)), *want = malloc(sizeof(float) * (size_t)(T_MAX * Hq * D));
-  float *got = malloc(sizeof(float) * (size_t)(T_MAX * Hq * D));
-  uint64_t rng = (uint64_t)(H * 7 + D + tp);
+  for (int64_t i = 0; i < n; ++i)
+    assert_kvp_ok(kvp_cache_create_shard(&c, (int32_t)(i / dp), (int32_t)(i % dp), NULL, &shards[i]));
+  const size_t qn = (size_t)(T_MAX * Hq * D), kn = (size_t)(T_MAX * H * D);
+  float *q = malloc(sizeof(float) * qn), *k = malloc(sizeof(float) * kn), *val = malloc(sizeof(float) * kn);
+  float *want = malloc(sizeof(float) * qn), *got = malloc(sizeof(float) * qn), *sum = malloc(sizeof(float) * qn);
+  uint64_t rng = (uint64_t)(H * 7 + D + tp + 100 * dp);
   for (int step = 0; step < 2; ++step) {
     int64_t T = 0;
     kvp_metadata *md = attention_step(&c, step, &T);
@@ -369,9 +375,10 @@ static void attention_matches(kvp_layout v, kvp_dtype dt, int64_t H, int64_t D, 
     kvp_tensor vt = kvp_test_tensor(val, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
     kvp_tensor wt = kvp_test_tensor(want, KVP_DTYPE_F32, T, Hq, D, KVP_DEVICE_CPU);
     assert_kvp_ok(kvp_attention(whole, 0, &qt, &kt, &vt, md, NULL, &wt, NULL));
-    for (int64_t r = 0; r < tp; ++r) {
+    memset(sum, 0, sizeof(float) * qn);
+    for (int64_t i = 0; i < n; ++i) {
       kvp_shard_info si = KVP_SHARD_INFO_INIT;
-      assert_kvp_ok(kvp_cache_get_shard(shards[r], &si));
+      assert_kvp_ok(kvp_cache_get_shard(shards[i], &si));
       const int64_t h0 = si.head_begin, nh = si.head_end - si.head_begin;
       kvp_tensor qs = qt, ks = kt, vs = vt, os = kvp_test_tensor(got, KVP_DTYPE_F32, T, rep * nh, D, KVP_DEVICE_CPU);
       qs.data = q + h0 * rep * D;
@@ -379,16 +386,17 @@ static void attention_matches(kvp_layout v, kvp_dtype dt, int64_t H, int64_t D, 
       ks.data = k + h0 * D;
       vs.data = val + h0 * D;
       ks.shape[1] = vs.shape[1] = nh;
-      assert_kvp_ok(kvp_attention(shards[r], 0, &qs, &ks, &vs, md, NULL, &os, NULL));
+      memset(got, 0x5C, sizeof(float) * qn);  /* every output row must be written */
+      assert_kvp_ok(kvp_attention(shards[i], 0, &qs, &ks, &vs, md, NULL, &os, NULL));
       for (int64_t t = 0; t < T; ++t)
         for (int64_t h = 0; h < rep * nh; ++h)
-          for (int64_t d = 0; d < D; ++d) {
-            const float w = want[(t * Hq + h0 * rep + h) * D + d], g = got[(t * rep * nh + h) * D + d];
-            if (!(fabsf(w - g) <= 1e-5f * (1.0f + fabsf(w))))
-              fail_msg("tp %lld rank %lld step %d: token %lld head %lld lane %lld: %g, whole cache %g", (long long)tp,
-                       (long long)r, step, (long long)t, (long long)(h0 * rep + h), (long long)d, g, w);
-          }
+          for (int64_t d = 0; d < D; ++d) sum[(t * Hq + h0 * rep + h) * D + d] += got[(t * rep * nh + h) * D + d];
     }
+    for (int64_t e = 0; e < T * Hq * D; ++e)
+      if (!(fabsf(want[e] - sum[e]) <= 1e-5f * (1.0f + fabsf(want[e]))))
+        fail_msg("tp %lld dp %lld step %d: token %lld head %lld lane %lld: %g over the shards, whole cache %g",
+                 (long long)tp, (long long)dp, step, (long long)(e / (Hq * D)), (long long)(e / D % Hq),
+                 (long long)(e % D), sum[e], want[e]);
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
   free(q);
@@ -396,16 +404,17 @@ static void attention_matches(kvp_layout v, kvp_dtype dt, int64_t H, int64_t D, 
   free(val);
   free(want);
   free(got);
-  for (int64_t r = 0; r < tp; ++r) assert_kvp_ok(kvp_cache_destroy(shards[r]));
+  free(sum);
+  for (int64_t i = 0; i < n; ++i) assert_kvp_ok(kvp_cache_destroy(shards[i]));
   assert_kvp_ok(kvp_cache_destroy(whole));
 }
 
 static void test_attention_on_kv_head_shards(void **state) {
   (void)state;
-  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 128, 4);
-  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 64, 2);  /* head_dim 64 */
-  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_F8_E4M3FN, 3, 32, 2);  /* a padded last rank */
-  attention_matches(KVP_LAYOUT_V2, KVP_DTYPE_F32, 4, 32, 4);
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 128, 4, 1);
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 64, 2, 1);  /* head_dim 64 */
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_F8_E4M3FN, 3, 32, 2, 1);  /* a padded last rank */
+  attention_matches(KVP_LAYOUT_V2, KVP_DTYPE_F32, 4, 32, 4, 1);
   /* A rank holding half a head cannot attend. */
   const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V2, KVP_DTYPE_F32, 3, 32, 2, 1);
   kvp_cache *s = NULL;
@@ -424,6 +433,39 @@ static void test_attention_on_kv_head_shards(void **state) {
   assert_kvp_ok(kvp_cache_destroy(s));
 }
 
+static void test_attention_on_data_parallel_shards(void **state) {
+  (void)state;
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 1, 2);
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 2);
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_F32, 2, 64, 2, 4);  /* head_dim 64, f32 */
+  /* A block row reading another rank's page: refused. */
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 1, 2);
+  kvp_cache *s = NULL;
+  assert_kvp_ok(kvp_cache_create_shard(&c, 0, 0, NULL, &s));
+  int32_t pt[8 * 6] = {1, 12}, cl[8] = {9}, qsl[9] = {0, 1, 1, 1, 1, 1, 1, 1, 1}, dist[3] = {0, 0, 8};
+  kvp_metadata_desc d = KVP_METADATA_DESC_INIT;
+  d.pages_tables = pt;
+  d.num_reqs = 8;
+  d.pages_per_req = 6;
+  d.context_lens = cl;
+  d.context_lens_len = 8;
+  d.query_start_loc = qsl;
+  d.query_start_loc_len = 9;
+  d.request_distribution = dist;
+  d.request_distribution_len = 3;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_create(&d, &md));
+  float q[4 * 128] = {0}, o[4 * 128];
+  memset(o, 0x5C, sizeof o);
+  kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, 1, 4, 128, KVP_DEVICE_CPU);
+  kvp_tensor ot = kvp_test_tensor(o, KVP_DTYPE_F32, 1, 4, 128, KVP_DEVICE_CPU);
+  assert_kvp_status(kvp_attention(s, 0, &qt, NULL, NULL, md, NULL, &ot, NULL), KVP_ERR_INVALID_ARGUMENT,
+                    "request 0, in the block of data rank 0, reads page 12, which is not one of the rank's pages [0, 8)");
+  for (size_t i = 0; i < sizeof o; ++i) assert_int_equal(((unsigned char *)o)[i], 0x5C);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(s));
+}
+
 /* What shards do not support yet says so, and changes nothing. */
 static void test_not_yet_on_shards(void **state) {
   (void)state;
@@ -436,11 +478,15 @@ static void test_not_yet_on_shards(void **state) {
   assert_null(pool);
   int32_t src[] = {9}, dst[] = {10};
   assert_kvp_status(kvp_cache_copy_pages(s, src, dst, 1, NULL), KVP_ERR_UNSUPPORTED, "not supported on a shard");
-  kvp_tensor q = kvp_test_tensor(NULL, KVP_DTYPE_F32, 0, 4, 128, KVP_DEVICE_CPU);
+  assert_kvp_ok(kvp_cache_destroy(s));
+  /* Attention on a v2 data rank: v2 metadata has no per-rank row blocks. */
+  const kvp_config c2 = kvp_test_sharded_config(KVP_LAYOUT_V2, KVP_DTYPE_F32, 4, 32, 1, 2);
+  assert_kvp_ok(kvp_cache_create_shard(&c2, 0, 1, NULL, &s));
+  kvp_tensor q = kvp_test_tensor(NULL, KVP_DTYPE_F32, 0, 4, 32, KVP_DEVICE_CPU);
   kvp_metadata *md = NULL;
-  assert_kvp_ok(kvp_metadata_create_empty(KVP_LAYOUT_V3, 1, 4, 1, 8, &md));
+  assert_kvp_ok(kvp_metadata_create_empty(KVP_LAYOUT_V2, 1, 4, 1, 8, &md));
   assert_kvp_status(kvp_attention(s, 0, &q, NULL, NULL, md, NULL, &q, NULL), KVP_ERR_UNSUPPORTED,
-                    "kvp_attention: attention on a data-parallel shard is not supported yet");
+                    "kvp_attention: attention on a data-parallel shard needs the v3 layout");
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(s));
   /* A pool on a KV-head shard (all pages) works. */
@@ -456,7 +502,8 @@ int main(void) {
       cmocka_unit_test(test_spec_head_splits), cmocka_unit_test(test_shard_geometry),
       cmocka_unit_test(test_union_of_shards),  cmocka_unit_test(test_v2_slice_rewrite),
       cmocka_unit_test(test_padding_rows),     cmocka_unit_test(test_bad_input),
-      cmocka_unit_test(test_attention_on_kv_head_shards), cmocka_unit_test(test_not_yet_on_shards),
+      cmocka_unit_test(test_attention_on_kv_head_shards), cmocka_unit_test(test_attention_on_data_parallel_shards),
+      cmocka_unit_test(test_not_yet_on_shards),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
