@@ -18,7 +18,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const MIN_VERSION: &str = "1.3";
+const MIN_VERSION: &str = "1.4";
 
 fn main() {
     for var in ["KVPAGES_LIB_DIR", "KVPAGES_INCLUDE_DIRS", "KVPAGES_SOURCE_DIR", "PKG_CONFIG_PATH", "PKG_CONFIG_LIBDIR"] {
