@@ -41,8 +41,8 @@ package kvpages
 #if KVP_VERSION_MAJOR != 1
 #error "these bindings need kvpages 1.x headers"
 #endif
-#if KVP_VERSION_NUMBER < 10300
-#error "these bindings need kvpages 1.3 or newer 1.x headers (the sharding fields of kvp_config)"
+#if KVP_VERSION_NUMBER < 10400
+#error "these bindings need kvpages 1.4 or newer 1.x headers (shard caches)"
 #endif
 */
 import "C"
