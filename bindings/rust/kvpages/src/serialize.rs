@@ -360,15 +360,12 @@ impl Cache {
         let refs: Vec<sys::kvp_blob_ref> = blobs
             .iter()
             .zip(&paths)
-            .map(|(b, p)| match (b, p) {
-                (BlobRef::Bytes(d), _) => {
-                    sys::kvp_blob_ref { data: d.as_ptr() as *const c_void, size: d.len(), path: ptr::null() }
-                }
-                (BlobRef::File(_), p) => sys::kvp_blob_ref {
-                    data: ptr::null(),
-                    size: 0,
-                    path: p.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
-                },
+            .map(|(b, p)| {
+                let (data, size) = match b {
+                    BlobRef::Bytes(d) => (d.as_ptr() as *const c_void, d.len()),
+                    BlobRef::File(_) => (ptr::null(), 0),
+                };
+                sys::kvp_blob_ref { data, size, path: p.as_ref().map_or(ptr::null(), |c| c.as_ptr()) }
             })
             .collect();
         let n = u32::try_from(refs.len()).map_err(|_| invalid(format!("{} blobs", refs.len())))?;
