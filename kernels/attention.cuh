@@ -99,6 +99,11 @@ __device__ __forceinline__ AttnRow check_row_header(const AttentionParams& p, in
   r.state = kRowBad;
   KVP_EMU_CHECK(&p.context_lens[i], 4, 4, false, p.context_lens);
   r.len = p.context_lens[i];
+  if (p.padding_rows && r.q_len == 0) {  // a data-parallel padding row: reads and writes nothing
+    if (r.len != 0 && report_errors) report(p.err, p.mirror, kDevOpAttention, kDevErrPaddingRow, i, r.len, 0);
+    r.state = kRowSkip;
+    return r;
+  }
   if (r.q_len > r.len) {
     if (report_errors) report(p.err, p.mirror, kDevOpAttention, kDevErrQueryLen, i, r.q_len, r.len);
     return r;

@@ -42,6 +42,7 @@ struct AttentionParams {
   const int32_t* query_start_loc;
   const int32_t* token_starts;    // host-validated only: row i's first query/output row; nullptr = query_start_loc[i]
   const int32_t* num_rows_ptr;    // &request_distribution[2] or &num_seqs[0]
+  int32_t padding_rows;           // data_parallel_size > 1: rows of query length 0 are padding (context 0)
   // Options.
   float logit_scale, soft_cap, v_scale;
   int32_t window;

@@ -14,6 +14,12 @@
 // Device-resident v2 metadata uses a second block function: block (j, y) writes slice j's token
 // rows y*rows, … and grid-strides over longer slices.
 //
+// Shards (SPEC.md §7.3). A shard's slot holds the whole layout's combined entries [slot_begin,
+// slot_begin + entries): each chunk finds its head from the whole-layout entry, so a slice that
+// starts or ends with half a head (only its keys or values) takes the same paths. Device-resident
+// metadata names the whole cache's pages: every id is checked against all of them, and tokens on
+// pages of other data ranks are skipped without an error.
+//
 // Errors. Device-resident metadata that breaks a bound is not written; the first violation is
 // recorded in a DeviceErrorRecord (claimed with atomicCAS) and mirrored into mapped host memory
 // for the host to read without synchronising. The launch that records it still writes every
@@ -181,12 +187,30 @@ __device__ __forceinline__ void map_row(const ConcatParams& p, int64_t row, int 
   const int64_t e = i * p.pages_per_req + lp;
   KVP_EMU_CHECK(&p.pages_tables[e], sizeof *p.pages_tables, 4, false, p.pages_tables);
   const int64_t page = p.pages_tables[e];
-  if (page < 0 || page >= p.num_pages) {
-    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrPageId, e, page, p.num_pages);
+  if (page < 0 || page >= p.global_pages) {
+    if (lane == 0) report(p.err, p.mirror, kDevOpConcatenate, kDevErrPageId, e, page, p.global_pages);
     return;
   }
+  const int64_t local = page - p.page_begin;
+  if (local < 0 || local >= p.num_pages) return;  // another data rank's page
   src = t;
-  slot = page * p.page_size + (pos - lp * p.page_size);
+  slot = local * p.page_size + (pos - lp * p.page_size);
+}
+
+// Data-parallel v3 metadata (p.padding_rows): the rows of query length 0 are padding, which no
+// token maps to; each must have context_len 0. The grid's threads check the rows between them.
+__device__ __forceinline__ void check_padding_rows(const ConcatParams& p) {
+  KVP_EMU_CHECK(p.num_seqs_ptr, sizeof *p.num_seqs_ptr, 4, false, p.num_seqs_ptr);
+  const int64_t ns = *p.num_seqs_ptr;
+  if (ns < 0 || ns > p.num_reqs) return;  // map_row reports it
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < ns; i += step) {
+    KVP_EMU_CHECK(&p.query_start_loc[i + 1], sizeof *p.query_start_loc, 4, false, p.query_start_loc);
+    KVP_EMU_CHECK(&p.context_lens[i], sizeof *p.context_lens, 4, false, p.context_lens);
+    const int64_t kv = p.context_lens[i];
+    if (p.query_start_loc[i + 1] == p.query_start_loc[i] && kv != 0)
+      report(p.err, p.mirror, kDevOpConcatenate, kDevErrPaddingRow, i, kv, 0);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -207,26 +231,41 @@ struct VecUnit<16> {
 // division sequence in the per-chunk loop.
 __device__ __forceinline__ int div_fast(int x, int d, int shift) { return shift >= 0 ? (x >> shift) : (x / d); }
 
+// Where chunk `ch` (of V lanes) of a slot lies: local entry c from lane l0, and what it holds:
+// keys (kv = 0) or values of KV head h of the whole layout (h >= p.heads: a padding entry), lanes
+// from d0. A shard's local entry c is the whole layout's entry slot_begin + c (v3/v2: 2h + kv;
+// h64: h, keys in lanes 0..63 and values in 64..127).
+struct ChunkPos {
+  int c, l0, h, kv, d0;
+};
+__device__ __forceinline__ ChunkPos chunk_pos(const ConcatParams& p, int ch, int V) {
+  ChunkPos q;
+  q.c = div_fast(ch, p.chunks_per_entry, p.cpe_shift);
+  q.l0 = (ch - q.c * p.chunks_per_entry) * V;
+  const int g = q.c + p.slot_begin;
+  if (p.h64) {
+    q.h = g;
+    q.kv = q.l0 >= 64 ? 1 : 0;
+    q.d0 = q.l0 & 63;
+  } else {
+    q.h = g >> 1;
+    q.kv = g & 1;
+    q.d0 = q.l0;
+  }
+  return q;
+}
+
 template <class In, class Out, bool kVec>
 __device__ __forceinline__ void write_chunk(const ConcatParams& p, int64_t t, int64_t slot, int ch) {
   using IB = typename In::bits;
   using OB = typename Out::bits;
   constexpr int V = kVec ? static_cast<int>(16 / sizeof(OB)) : 1;
-  const int c = div_fast(ch, p.chunks_per_entry, p.cpe_shift);
-  const int l0 = (ch - c * p.chunks_per_entry) * V;
-  int h, kv, d0;
-  if (p.h64) {
-    h = c;
-    kv = l0 >= 64 ? 1 : 0;
-    d0 = l0 & 63;
-  } else {
-    h = c >> 1;
-    kv = c & 1;
-    d0 = l0;
-  }
+  const ChunkPos q = chunk_pos(p, ch, V);
+  const int c = q.c, l0 = q.l0, d0 = q.d0;
   alignas(16) OB out[V];
-  if (h < p.heads && d0 < p.head_dim) {
-    const InputDesc& in = kv ? p.value : p.key;
+  if (q.h < p.heads && d0 < p.head_dim) {
+    const InputDesc& in = q.kv ? p.value : p.key;
+    const int64_t h = q.h - p.head_offset;  // the head's index in key/value
     const int nvalid = (p.head_dim - d0) < V ? (p.head_dim - d0) : V;
     if constexpr (std::is_same_v<In, TAny>) {
       const uint8_t* base = static_cast<const uint8_t*>(in.data) +
@@ -280,23 +319,13 @@ __device__ __forceinline__ bool fast_chunk(const ConcatParams& p, int64_t t, int
     using OB = typename Out::bits;
     constexpr int V = static_cast<int>(16 / sizeof(OB));
     if (!p.in_vec_ok) return false;
-    const int c = div_fast(ch, p.chunks_per_entry, p.cpe_shift);
-    const int l0 = (ch - c * p.chunks_per_entry) * V;
-    int h, kv, d0;
-    if (p.h64) {
-      h = c;
-      kv = l0 >= 64 ? 1 : 0;
-      d0 = l0 & 63;
-    } else {
-      h = c >> 1;
-      kv = c & 1;
-      d0 = l0;
-    }
-    if (h >= p.heads || d0 + V > p.head_dim) return false;
-    const InputDesc& in = kv ? p.value : p.key;
-    src = static_cast<const typename In::bits*>(in.data) + t * in.st + h * in.sh + d0;
+    const ChunkPos q = chunk_pos(p, ch, V);
+    if (q.h >= p.heads || q.d0 + V > p.head_dim) return false;
+    const InputDesc& in = q.kv ? p.value : p.key;
+    const int64_t h = q.h - p.head_offset;  // the head's index in key/value
+    src = static_cast<const typename In::bits*>(in.data) + t * in.st + h * in.sh + q.d0;
     KVP_EMU_CHECK(src, V * sizeof(typename In::bits), 1, false, in.data);
-    dst = p.dst + slot * p.row_bytes + (static_cast<int64_t>(c) * p.lanes + l0) * static_cast<int64_t>(sizeof(OB));
+    dst = p.dst + slot * p.row_bytes + (static_cast<int64_t>(q.c) * p.lanes + q.l0) * static_cast<int64_t>(sizeof(OB));
     return true;
   }
 }
@@ -377,6 +406,7 @@ __global__ void __launch_bounds__(kThreads) concat_rows_kernel(const ConcatParam
       s_slot[r] = slot;
     }
   }
+  if (p.padding_rows) check_padding_rows(p);
   __syncthreads();
   if (s_blocking == 0) write_rows<In, Out, kVec>(p, s_src, s_slot);
   finish_block(p.err);
@@ -413,6 +443,8 @@ __device__ __forceinline__ void v2_block(const ConcatParams& p) {
   __syncthreads();
   const int64_t len = s_len, d0 = s_dst0, s0 = s_src0;
   if (len == 0) return;
+  // Slots of the whole cache; a shard writes those of its pages, at local slot - first.
+  const int64_t global_slots = p.global_pages * p.page_size, first = p.page_begin * p.page_size;
   const int64_t stride = static_cast<int64_t>(gridDim.y) * p.rows_per_block;
   for (int64_t o0 = static_cast<int64_t>(blockIdx.y) * p.rows_per_block; o0 < len; o0 += stride) {
     if (threadIdx.x < p.rows_per_block) {
@@ -420,13 +452,13 @@ __device__ __forceinline__ void v2_block(const ConcatParams& p) {
       int64_t src = -1, slot = -1;
       if (o < len) {
         const int64_t sl = d0 + o, tk = s0 + o;
-        if (sl < 0 || sl >= p.num_slots) {
-          report(p.err, p.mirror, kDevOpConcatenate, kDevErrSlot, j, d0, p.num_slots);  // names the slice's first slot
+        if (sl < 0 || sl >= global_slots) {
+          report(p.err, p.mirror, kDevOpConcatenate, kDevErrSlot, j, d0, global_slots);  // names the slice's first slot
         } else if (tk < 0 || tk >= p.num_tokens) {
           report(p.err, p.mirror, kDevOpConcatenate, kDevErrSliceSource, j, s0, p.num_tokens);
-        } else {
+        } else if (sl - first >= 0 && sl - first < p.num_slots) {  // else another data rank's slot
           src = tk;
-          slot = sl;
+          slot = sl - first;
         }
       }
       s_src[threadIdx.x] = src;

@@ -26,9 +26,11 @@ struct InputDesc {
 struct ConcatParams {
   uint8_t* dst;       // layer buffer
   int64_t row_bytes;  // bytes of one token slot
-  int32_t entries;    // combined entries per slot (v3: Cst, v2: 2H)
+  int32_t entries;    // combined entries per slot (v3: Cst, v2: 2H; a shard's: its slice)
   int32_t lanes;      // lanes per entry (v3: Dst or 128, v2: D)
-  int32_t heads;      // H
+  int32_t heads;      // H (of the whole layout)
+  int32_t slot_begin;   // whole-layout entry of local entry 0 (a shard's first; 0 for a whole cache)
+  int32_t head_offset;  // key/value head of KV head h: h - head_offset
   int32_t head_dim;   // D
   int32_t h64;        // v3 head_dim-64 layout: entry h = [K_h | V_h]
   int32_t chunks_per_entry;
@@ -39,10 +41,14 @@ struct ConcatParams {
   int32_t in_vec_ok;  // key and value allow vector loads of a chunk
   int32_t mode;       // RowMode
   InputDesc key, value;
-  int64_t num_slots;   // P * S
+  int64_t num_slots;   // P * S (local)
   int64_t num_tokens;  // T
   int64_t page_size;   // S
-  int64_t num_pages;   // P
+  int64_t num_pages;   // P (local)
+  // Device-resident metadata names the whole cache's pages: ids in [0, global_pages) are valid,
+  // those outside [page_begin, page_begin + num_pages) another data rank's (skipped).
+  int64_t page_begin;
+  int64_t global_pages;
   int64_t num_rows;    // rows enumerated by the grid (runs: total tokens; v3: T)
   // kRowsRuns: run j writes tokens [src_j, src_j + len_j) to slots [dst_j, …); start_j = Σ_{i<j} len_i.
   int64_t num_runs;
@@ -55,6 +61,7 @@ struct ConcatParams {
   const int32_t* context_lens;
   const int32_t* query_start_loc;
   const int32_t* num_seqs_ptr;  // &request_distribution[2] or &num_seqs[0]
+  int32_t padding_rows;         // data_parallel_size > 1: rows of query length 0 must have context 0
   // kRowsV2 (device-resident).
   const int32_t* slot_mapping;  // [3, num_slices]
   int64_t num_slices;

@@ -13,11 +13,12 @@ enum DeviceErrorReason : int32_t {
   kDevErrQueryStart = 2,      // v3: query_start_loc not non-decreasing, negative, or beyond the tokens
   kDevErrQueryLen = 3,        // v3: q_len > kv_len (context_lens) for a request with tokens
   kDevErrPageIndex = 4,       // v3: logical page pos / page_size >= pages_per_seq
-  kDevErrPageId = 5,          // v3: page id outside the cache
+  kDevErrPageId = 5,          // v3: page id outside the (whole) cache
   kDevErrNumSlices = 6,       // v2: num_kv_update_slices outside [0, N]
   kDevErrSliceLength = 7,     // v2: negative slice length
   kDevErrSliceSource = 8,     // v2: a slice's source token outside the key/value tokens
-  kDevErrSlot = 9,            // v2: a slice's destination slot outside the cache
+  kDevErrSlot = 9,            // v2: a slice's destination slot outside the (whole) cache
+  kDevErrPaddingRow = 10,     // v3, data_parallel_size > 1: a row of query length 0 has context_len != 0
 };
 
 // The operation that recorded an error (DeviceErrorRecord::code).

@@ -372,12 +372,20 @@ KVP_API kvp_status KVP_CALL kvp_config_get_shard(const kvp_config *cfg, int32_t 
  * error, as for the whole cache, and the union of all shards' bytes after the same calls equals
  * the whole cache's.
  *
+ * A shard lives on the CPU or on any CUDA device, and takes host or device-resident metadata
+ * there. Device-resident metadata is checked on the device as for a whole cache, page ids and v2
+ * slots against the whole cache (kvp_cache_get_async_error()); the tokens of other data ranks'
+ * pages are skipped there too.
+ *
  * Serialization writes the shard's slice with its coordinates (format 1.1);
  * kvp_deserialize_shards_into() re-shards sets of blobs.
  *
- * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention(), kvp_pool_create()
- * and kvp_cache_copy_pages() on a data-parallel shard, and device-resident metadata on a CUDA
- * shard.
+ * kvp_attention() on a KV-head shard takes the query heads of its own KV heads (`[T, rep ×
+ * (head_end - head_begin), D]`) and gives their output, as the whole cache gives for those heads.
+ *
+ * Not yet on shards (::KVP_ERR_UNSUPPORTED, naming the call): kvp_attention() on a data-parallel
+ * shard or on a shard holding half a head (v2, v3 f32), and kvp_pool_create() and
+ * kvp_cache_copy_pages() on a data-parallel shard.
  *
  * A config with one KV-head shard and one data shard has a single shard, (0, 0), which is the
  * whole cache.

@@ -357,17 +357,33 @@ KVP_API kvp_status KVP_CALL kvp_batch_options_init(kvp_batch_options *opts, uint
  * enough pages for its tokens, at most `max_num_pages_per_req` pages, `num_computed +
  * num_scheduled ≤ max_model_length`.
  *
+ * **Data-parallel row blocks** (since 1.4; v3 with `data_parallel_size` dp > 1, SPEC.md §7.3):
+ * the rows form dp blocks of R/dp; block `s` (rows `[s·R/dp, (s+1)·R/dp)`) holds the active
+ * requests whose used pages (the first `cdiv(num_computed + num_scheduled, page_size)`) lie in
+ * shard `s`'s range `[s·num_pages/dp, (s+1)·num_pages/dp)`, decode first as above (with
+ * ::KVP_BATCH_FLAG_KEEP_ORDER in the caller's order), then that block's padding rows. R must be
+ * a multiple of dp; when neither the options nor the config set it, R = dp × the largest number
+ * of active requests of one shard. Every row is processed: `request_distribution = [0, 0, R]`
+ * and `num_seqs = [R]` (each shard recomputes its own split from its rows). `order_out[i]` is
+ * the request of the i-th *active* row in increasing row order (padding rows, those with
+ * `context_lens` 0, are skipped), which is also the packing order of the tokens without
+ * ::KVP_BATCH_FLAG_REQUEST_ORDER. v2 and dp = 1 are unaffected.
+ *
  * @param[in] cfg Config with `num_pages` computed, not NULL; validated first.
  * @param[in] requests Array of `num_requests` requests; may be NULL when `num_requests` is 0.
  * @param[in] num_requests Number of requests.
  * @param[in] opts Options, or NULL for defaults.
  * @param[out] order_out Array of `num_requests` entries, or NULL: entry `row` receives the index
- *             (into `requests`) of the request in that row, -1 past the active rows.
+ *             (into `requests`) of the request in that row, -1 past the active rows (with
+ *             row blocks: entry `i`, the request of the i-th active row).
  * @param[out] out Receives the owning metadata, not NULL; set to NULL on failure.
  * @retval KVP_OK Built.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL pointer, invalid config, a request out of range (the
  *         message names the request and the value), more active requests than rows, more
- *         tokens than the token bucket, or an array size that does not fit int32.
+ *         tokens than the token bucket, or an array size that does not fit int32; with row
+ *         blocks also R not a multiple of dp, a request whose used pages lie in two shards (the
+ *         message names the request and both shards), or more active requests of a shard than
+ *         R/dp (the message names the shard).
  * @retval KVP_ERR_NOT_FOUND Unknown layout version or dtype in `cfg`.
  * @retval KVP_ERR_UNSUPPORTED Name-only dtype in `cfg`, unknown flag, non-zero reserved field.
  * @retval KVP_ERR_VERSION_MISMATCH Unknown struct sizes.

@@ -255,6 +255,10 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *cache_get_shard)(const kvp_cache *cache, kvp_shard_info *out);
   /** kvp_deserialize_shards_into() */
   kvp_status (KVP_CALL *deserialize_shards_into)(kvp_cache *cache, const kvp_blob_ref *blobs, uint32_t num_blobs);
+  /** kvp_pool_get_sequence_shard() */
+  kvp_status (KVP_CALL *pool_get_sequence_shard)(const kvp_pool *pool, kvp_seq_id seq, uint32_t *shard_out);
+  /** kvp_pool_get_shard_stats() */
+  kvp_status (KVP_CALL *pool_get_shard_stats)(const kvp_pool *pool, uint32_t shard, kvp_pool_shard_stats *out);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

@@ -19,6 +19,17 @@
  * and evictable; cached pages are evicted least-recently-released first, and only when no free
  * page is left. A page in use is never evicted.
  *
+ * **Data-parallel shards** (since 1.4). When the cache's config has `data_parallel_size` dp > 1,
+ * the pool splits its pages into dp shards: shard `s` hands out the page ids
+ * `[s·N/dp, (s+1)·N/dp)` (N = `num_pages`; shard 0 starts at 1, after the null page), each with
+ * its own free list and LRU. Every sequence lives in one shard: all its pages (prompt, appends,
+ * copy-on-write copies, and its fork children's pages) come from that shard, and only that
+ * shard's cached pages are evicted for it. Prefix matching stays within a shard: a prefix
+ * cached only in another shard is not reused (it is recomputed in the sequence's shard).
+ * kvp_pool_add_sequence() places a sequence (see there, or force a shard with
+ * KVP_POOL_ADD_IN_SHARD()); kvp_pool_get_sequence_shard() says where it went and
+ * kvp_pool_get_shard_stats() how full each shard is. With dp = 1 there is one shard of all pages.
+ *
  * **When KV counts as computed.** Each sequence has a computed watermark: tokens whose K/V has
  * been written into the cache (or enqueued on the stream the other users of the cache use). Only
  * pages below it enter the prefix index, so a request can never reuse a page whose KV has not
@@ -153,6 +164,13 @@ KVP_API kvp_status KVP_CALL kvp_pool_destroy(kvp_pool *pool);
 
 /** Flag of kvp_pool_add_sequence(): reuse every full cached page, even when the whole prompt hits. */
 #define KVP_POOL_ADD_FLAG_REUSE_ALL (1u << 0)
+/** Flag of kvp_pool_add_sequence(): place the sequence in the data-parallel shard given in bits
+ *  16 … 31 of the flags; build it with KVP_POOL_ADD_IN_SHARD(). @since 1.4 */
+#define KVP_POOL_ADD_FLAG_SHARD (1u << 1)
+/** Flags of kvp_pool_add_sequence() that place the sequence in data-parallel shard `shard`
+ *  (0 … 65535, below the config's `data_parallel_size`): ::KVP_POOL_ADD_FLAG_SHARD with the
+ *  shard index in bits 16 … 31. Combine with other flags by `|`. @since 1.4 */
+#define KVP_POOL_ADD_IN_SHARD(shard) (KVP_POOL_ADD_FLAG_SHARD | ((uint32_t)(shard) << 16))
 
 /**
  * @brief Adds a sequence with a prompt, reusing the longest cached prefix of full pages.
@@ -165,22 +183,30 @@ KVP_API kvp_status KVP_CALL kvp_pool_destroy(kvp_pool *pool);
  * cached pages only when no free page is left). Reused tokens count as computed; the caller
  * writes the K/V of tokens `[*reused_tokens_out, num_tokens)`.
  *
+ * **Placement** in a pool with data-parallel shards (see the file overview): with
+ * KVP_POOL_ADD_IN_SHARD() in `flags`, the given shard; otherwise the shard whose prefix index
+ * holds the longest match of the prompt, provided that shard can also hold the rest (ties: the
+ * one with more free plus evictable pages), else the shard with the most free plus evictable
+ * pages (ties: the lowest index). Prefix matching stays within the chosen shard.
+ *
  * @param[in] pool Pool handle.
  * @param[in] tokens Token ids of the prompt, `num_tokens` entries; may be NULL only when
  *            `num_tokens` is 0 (an empty sequence).
  * @param[in] num_tokens Prompt length, ≤ the config's `max_model_length`.
  * @param[in] salt Prefix-cache namespace (tenant, model, LoRA…): pages only match pages indexed
  *            under the same salt. Inherited by appends and forks. 0 is a valid salt.
- * @param[in] flags 0 or ::KVP_POOL_ADD_FLAG_REUSE_ALL.
+ * @param[in] flags 0, ::KVP_POOL_ADD_FLAG_REUSE_ALL, KVP_POOL_ADD_IN_SHARD(), or both `|`-ed.
  * @param[out] seq_out Receives the new sequence id, not NULL; unchanged on failure.
  * @param[out] reused_tokens_out Receives the number of reused prompt tokens (a multiple of
  *             `page_size`); may be NULL; unchanged on failure.
  * @retval KVP_OK Added.
  * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `seq_out`, NULL `tokens` with `num_tokens` > 0, unknown
- *         flags, or `num_tokens` above `max_model_length` (the message gives both).
- * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages than needed (the message gives
- *         needed and available), or every sequence slot is in use. Nothing changed.
+ *         flags (bits 16 … 31 set without ::KVP_POOL_ADD_FLAG_SHARD), a forced shard not below
+ *         `data_parallel_size`, or `num_tokens` above `max_model_length` (the message gives both).
+ * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages than needed in the sequence's
+ *         shard (the message gives needed and available, and names the shard when dp > 1), or
+ *         every sequence slot is in use. Nothing changed.
  * @ownership Borrows `tokens` for the call (the pool keeps a copy of the ids).
  * @threadsafety Must not race with other calls on the same pool.
  * @since 1.0
@@ -210,7 +236,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_add_sequence(kvp_pool *pool, const int32_t 
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `tokens` with `num_tokens` > 0, or the new length would
  *         exceed `max_model_length` (the message gives both).
  * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale (freed).
- * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages than needed (message gives both).
+ * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages than needed in the sequence's
+ *         shard (the message gives both, and names the shard when dp > 1).
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE The CUDA copy could not be enqueued.
  * @ownership Borrows `tokens` for the call.
@@ -258,7 +285,7 @@ KVP_API kvp_status KVP_CALL kvp_pool_truncate(kvp_pool *pool, kvp_seq_id seq, si
 /**
  * @brief Forks a sequence into `num_children` new sequences that share all its pages.
  *
- * Children get the parent's tokens, salt and computed watermark; every page of the parent gains
+ * Children get the parent's tokens, salt, computed watermark and data-parallel shard; every page of the parent gains
  * `num_children` references. Nothing is copied now: a shared partial tail page is copied by the
  * first append into it (kvp_pool_append()).
  *
@@ -373,6 +400,22 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_slots(const kvp_pool *pool, kvp_seq_id 
 KVP_API kvp_status KVP_CALL kvp_pool_get_batch_request(const kvp_pool *pool, kvp_seq_id seq,
                                                        kvp_batch_request *out);
 
+/**
+ * @brief Reports the data-parallel shard a sequence lives in (all its pages are in that shard's
+ *        range, see the file overview); 0 in a pool without shards.
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[out] shard_out Receives the shard index, not NULL; unchanged on failure.
+ * @retval KVP_OK Reported.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `shard_out` is NULL.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_sequence_shard(const kvp_pool *pool, kvp_seq_id seq,
+                                                        uint32_t *shard_out);
+
 /** Page state flag: the null page 0 (never handed out). */
 #define KVP_PAGE_FLAG_NULL (1u << 0)
 /** Page state flag: on the free list (no holder, not indexed). */
@@ -430,6 +473,40 @@ typedef struct kvp_pool_stats {
  */
 KVP_API kvp_status KVP_CALL kvp_pool_get_stats(const kvp_pool *pool, kvp_pool_stats *out);
 
+/** @brief Counters of one data-parallel shard of a pool (kvp_pool_get_shard_stats()). @since 1.4 */
+typedef struct kvp_pool_shard_stats {
+  uint32_t struct_size;    /**< Set by the caller: sizeof(kvp_pool_shard_stats). */
+  uint32_t num_shards;     /**< Shards of the pool: the config's `data_parallel_size` (1 = unsharded). */
+  int32_t first_page;      /**< First page id the shard hands out (1 for shard 0: page 0 is the null page). */
+  int32_t end_page;        /**< One past its last page id: (shard + 1) · num_pages / num_shards. */
+  int64_t total_pages;     /**< Usable pages: end_page − first_page. */
+  int64_t free_pages;      /**< Pages on the shard's free list. */
+  int64_t evictable_pages; /**< Cached pages of the shard with no holder. */
+  int64_t used_pages;      /**< Pages with at least one holder. free + evictable + used = total. */
+  int64_t num_sequences;   /**< Live sequences placed in the shard. */
+} kvp_pool_shard_stats;
+
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). @since 1.4 */
+#define KVP_POOL_SHARD_STATS_INIT KVP__OUTPUT_INIT(kvp_pool_shard_stats)
+
+/**
+ * @brief Reports the counters of one data-parallel shard of a pool (the pool as a whole:
+ *        kvp_pool_get_stats()). A pool without shards has one shard, 0, of all its pages.
+ * @param[in] pool Pool handle.
+ * @param[in] shard Shard index, below `data_parallel_size`.
+ * @param[in,out] out Stats with `struct_size` set, not NULL; the first `struct_size` bytes are
+ *                filled; unchanged on failure.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL, or `shard` is out of range (the message gives
+ *         the number of shards).
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint32_t shard,
+                                                     kvp_pool_shard_stats *out);
+
 /**
  * @brief Checks every invariant of the pool's bookkeeping (O(pages + sequence pages)).
  *
@@ -437,7 +514,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_stats(const kvp_pool *pool, kvp_pool_st
  * one list; lists are acyclic and consistent with the counters; every reference count equals
  * the number of page-table entries holding the page; no sequence holds the null page or a page
  * twice; every indexed page is found by its key and the index holds nothing else; lengths and
- * watermarks are in range.
+ * watermarks are in range; every shard's lists hold only its own pages, and every sequence's
+ * pages are in its shard.
  *
  * @param[in] pool Pool handle.
  * @retval KVP_OK All invariants hold.

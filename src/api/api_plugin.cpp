@@ -104,6 +104,8 @@ const kvp_api_v1 kTableV1 = {
     &kvp_cache_create_shard,
     &kvp_cache_get_shard,
     &kvp_deserialize_shards_into,
+    &kvp_pool_get_sequence_shard,
+    &kvp_pool_get_shard_stats,
     // END GENERATED TABLE
 };
 

@@ -115,6 +115,23 @@ KVP_API kvp_status kvp_pool_get_stats(const kvp_pool* pool, kvp_pool_stats* out)
   KVP_API_END;
 }
 
+KVP_API kvp_status kvp_pool_get_sequence_shard(const kvp_pool* pool, kvp_seq_id seq, uint32_t* shard_out) {
+  KVP_API_BEGIN;
+  const Pool& p = pool_from(pool, "kvp_pool_get_sequence_shard");
+  KVP_REQUIRE_NOT_NULL(shard_out);
+  *shard_out = p.sequence_shard(seq);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_shard_stats(const kvp_pool* pool, uint32_t shard, kvp_pool_shard_stats* out) {
+  KVP_API_BEGIN;
+  const Pool& p = pool_from(pool, "kvp_pool_get_shard_stats");
+  KVP_REQUIRE_NOT_NULL(out);
+  write_versioned(out, p.shard_stats(shard), sizeof(kvp_pool_shard_stats), "kvp_pool_get_shard_stats",
+                  "kvp_pool_shard_stats");
+  KVP_API_END;
+}
+
 KVP_API kvp_status kvp_pool_check_invariants(const kvp_pool* pool) {
   KVP_API_BEGIN;
   pool_from(pool, "kvp_pool_check_invariants").check_invariants();

@@ -50,6 +50,10 @@ struct Layout {
   }
   // Whether the rows hold only some of the heads (a shard of a KV-head split).
   bool heads_cut() const { return slot_begin != 0 || data_entries() < (h64 ? num_kv_heads : 2 * num_kv_heads); }
+  // v3 metadata for a config with data_parallel_size > 1 has its rows in one block per data rank
+  // (SPEC.md §7.3), each block's active rows first, then its padding rows: rows of query length
+  // 0, which read and write nothing (their context_len must be 0).
+  bool padding_rows() const { return v3 && data_parallel_size > 1; }
 };
 
 }  // namespace kvp::detail

@@ -73,7 +73,11 @@ struct ConcatRun {
 //   backend/fp_convert.hpp (byte-identical on every backend), padding lanes and heads zeroed.
 // - On a shard (layout.shard) a row is the whole layout's entries [slot_begin, slot_begin +
 //   combined_heads) and the runs are local slots (host-validated: the core has dropped the tokens
-//   of other shards' pages); layout.data_entries() of them hold data.
+//   of other shards' pages); layout.data_entries() of them hold data. Device-resident metadata
+//   holds global page ids and slots: the backend checks them against layout.global_pages and
+//   skips, silently, the tokens whose page is outside [page_begin, page_begin + num_pages).
+// - layout.padding_rows(): v3 rows of query length 0 write nothing (on the device, one with a
+//   context_len other than 0 is flagged as the host check does).
 struct ConcatJob {
   uint8_t* dst;   // the layer buffer (device pointer for a CUDA cache)
   Layout layout;
@@ -106,11 +110,13 @@ constexpr int64_t kMaxAttentionHeadDim = 512;
 // write (a ConcatJob) first, so the pages hold the step's tokens when this job reads them.
 // - host_validated == 1: every processed row i < num_rows satisfies 0 < q_len <= context_len,
 //   query_start_loc[i + 1] <= num_tokens, cdiv(context_len, page_size) <= pages_per_req, and every
-//   page id the row reads is in [0, num_pages).
+//   page id the row reads is in [0, num_pages), or (layout.padding_rows()) is a padding row:
+//   q_len 0 and context_len 0, which reads and writes nothing.
 // - host_validated == 0 (device-resident metadata on a CUDA cache): num_rows is -1; the backend
 //   reads the row count (request_distribution[2], else num_seqs[0]) and checks every value on the
 //   device, skipping what it cannot do safely (its output rows are then zero) and flagging a
-//   recoverable asynchronous error.
+//   recoverable asynchronous error (with layout.padding_rows(), also a row of q_len 0 whose
+//   context_len is not 0).
 // Output rows that no processed row owns are written as zeros.
 
 struct AttentionJob {

@@ -8,6 +8,7 @@
 #include "core/dtype.hpp"
 #include "core/math.hpp"
 #include "core/rows.hpp"
+#include "core/shard.hpp"
 #include "util/error.hpp"
 #include "util/options.hpp"
 
@@ -99,13 +100,25 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
                        AttentionJob& j, PlanRef& plan, const char* fn) {
   cache.check_healthy(fn);
   cache.check_layer(layer, fn);
-  const Layout& L = cache.layout();
+  // A KV-head shard attends with the query heads of its own KV heads: to the kernels it is a cache
+  // of those heads (its rows hold them in order, whole, then padding).
+  Layout L = cache.layout();
+  if (L.shard && L.num_pages != L.global_pages)
+    fail(KVP_ERR_UNSUPPORTED, "%s: attention on a data-parallel shard is not supported yet", fn);
+  if (L.heads_cut() && !L.h64 && (L.slot_begin % 2 != 0 || L.data_entries() % 2 != 0))
+    fail(KVP_ERR_UNSUPPORTED, "%s: this shard holds only the keys or only the values of a KV head at an end of its "
+         "range (whole-layout entries [%lld, %lld)); attention needs whole heads", fn, ll(L.slot_begin),
+         ll(L.slot_begin + L.combined_heads));
+  const HeadRange own = tensor_heads(L);
+  L.num_kv_heads = own.end - own.begin;
+  L.slot_begin = 0;
+  const char* whose = L.shard ? "this shard's" : "the cache's";
   j = AttentionJob{};
   j.q = check_input(cache, queries, "queries", queries.shape[1], "(the query heads)", fn);
   const int64_t Hq = queries.shape[1];
   if (Hq < 1 || Hq % L.num_kv_heads != 0)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: queries have %lld heads; they must be a positive multiple of the cache's %lld KV "
-         "heads", fn, ll(Hq), ll(L.num_kv_heads));
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: queries have %lld heads; they must be a positive multiple of %s %lld KV "
+         "heads", fn, ll(Hq), whose, ll(L.num_kv_heads));
   j.out = check_input(cache, out, "out", Hq, "the queries have", fn);
   if (out.shape[0] != queries.shape[0])
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: out has %lld tokens but queries have %lld", fn, ll(out.shape[0]),
@@ -128,9 +141,6 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on device type %d id %d but the cache on device type %d id %d",
            fn, m.device_type, m.device_id, cache.device_type(), cache.device_id());
     check_device_arrays(m, L.v3, false, fn);
-    if (has_padding_rows(L))
-      fail(KVP_ERR_UNSUPPORTED,
-           "%s: metadata in device memory is not supported yet with data_parallel_size > 1; use host metadata", fn);
     j.metadata_on_device = 1;
     return;
   }
@@ -145,7 +155,6 @@ void prepare_attention(const Cache& cache, int64_t layer, const kvp_tensor& quer
 void attention(Cache& cache, int64_t layer, const kvp_tensor& queries, const kvp_tensor* keys, const kvp_tensor* values,
                const Metadata& md, const kvp_attention_options* opts, const kvp_tensor& out, kvp_stream stream,
                const char* fn) {
-  cache.refuse_shard(fn);
   if ((keys == nullptr) != (values == nullptr))
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: keys and values must both be given (fused write) or both be NULL (read only)", fn);
   PreparedConcat write;

@@ -1,6 +1,8 @@
 #include "core/builder.hpp"
 
+#include <algorithm>
 #include <limits>
+#include <utility>
 
 #include "core/config.hpp"
 #include "core/math.hpp"
@@ -74,11 +76,36 @@ void check_request(const kvp_config& cfg, const kvp_batch_request& r, uint32_t i
 
 bool is_decode(const kvp_batch_request& r) { return r.num_scheduled == 1 && r.num_computed > 0; }
 
+// Data-parallel row blocks (SPEC.md §7.3): a v3 config with data_parallel_size dp > 1 gives
+// each shard the rows [s·R/dp, (s+1)·R/dp) for the requests whose pages it owns.
+int64_t row_blocks(const kvp_config& cfg) {
+  return cfg.version == KVP_LAYOUT_V3 && cfg.data_parallel_size > 1 ? cfg.data_parallel_size : 1;
+}
+
+// The shard owning every used page of active request i (those of its first
+// cdiv(num_computed + num_scheduled, page_size) pages), out of `dp`.
+int64_t request_shard(const kvp_config& cfg, const kvp_batch_request& r, uint32_t i, int64_t dp, const char* fn) {
+  const int64_t per_shard = cfg.num_pages / dp;
+  const int64_t used = cdiv(r.num_computed + r.num_scheduled, cfg.page_size);
+  const int64_t shard = r.page_ids[0] / per_shard;
+  for (int64_t k = 1; k < used; ++k)
+    if (r.page_ids[k] / per_shard != shard)
+      fail(KVP_ERR_INVALID_ARGUMENT,
+           "%s: request %u: page_ids[%lld] = %d is in data-parallel shard %lld but page_ids[0] = %d is in shard %lld "
+           "(a request's pages must lie in one shard)",
+           fn, i, ll(k), r.page_ids[k], ll(r.page_ids[k] / per_shard), r.page_ids[0], ll(shard));
+  return shard;
+}
+
 // The active requests (num_scheduled > 0) in row order: decode rows first (stable) unless
-// KEEP_ORDER; `decode` = the leading decode rows. `start[row]`: the row's first token in the
-// packing of keys/values (row order, or with REQUEST_ORDER the order of the requests).
+// KEEP_ORDER, and with row blocks grouped by shard (the same order inside each block); `decode`
+// = the leading decode rows (0 with row blocks). `row[i]`: the row of order[i] (i, or with row
+// blocks its place in its shard's block). `start[i]`: its first token in the packing of
+// keys/values (row order, or with REQUEST_ORDER the order of the requests).
 struct Rows {
   HostVector<uint32_t> order;
+  HostVector<int64_t> shard;  // with row blocks: the shard of order[i]
+  HostVector<int64_t> row;
   HostVector<int64_t> start;
   int64_t decode = 0;
   int64_t total_tokens = 0;
@@ -114,10 +141,58 @@ Rows collect_rows(const kvp_config& cfg, const kvp_batch_request* reqs, uint32_t
       other.push_back(i);
   }
   rows.order.insert(rows.order.end(), other.begin(), other.end());
+  const int64_t dp = row_blocks(cfg);
+  if (dp > 1) {
+    HostVector<std::pair<int64_t, uint32_t>> keyed;
+    for (uint32_t idx : rows.order) keyed.emplace_back(request_shard(cfg, reqs[idx], idx, dp, fn), idx);
+    std::stable_sort(keyed.begin(), keyed.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (size_t k = 0; k < keyed.size(); ++k) {
+      rows.shard.push_back(keyed[k].first);
+      rows.order[k] = keyed[k].second;
+    }
+    assign_starts(reqs, num_requests, (opts.flags & KVP_BATCH_FLAG_REQUEST_ORDER) != 0, rows);
+    return rows;
+  }
   while (rows.decode < static_cast<int64_t>(rows.order.size()) && is_decode(reqs[rows.order[static_cast<size_t>(rows.decode)]]))
     ++rows.decode;
   assign_starts(reqs, num_requests, (opts.flags & KVP_BATCH_FLAG_REQUEST_ORDER) != 0, rows);
   return rows;
+}
+
+// The number of rows R: the options', else the config's `max_num_reqs`, else as many as the
+// active requests need (with row blocks: dp × the largest shard's count). With row blocks R must
+// split into dp blocks that each hold their shard's requests.
+int64_t count_rows(const kvp_config& cfg, const Rows& rows, const kvp_batch_options& opts, const char* fn) {
+  const int64_t N = static_cast<int64_t>(rows.order.size()), dp = row_blocks(cfg);
+  HostVector<int64_t> per_shard(static_cast<size_t>(dp), 0);
+  for (int64_t sh : rows.shard) ++per_shard[static_cast<size_t>(sh)];
+  const int64_t busiest = dp > 1 ? *std::max_element(per_shard.begin(), per_shard.end()) : N;
+  const int64_t R = opts.max_num_reqs > 0 ? opts.max_num_reqs : (cfg.max_num_reqs > 0 ? cfg.max_num_reqs : dp * busiest);
+  if (N > R)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld active requests exceed max_num_reqs %lld", fn, ll(N), ll(R));
+  if (R >= kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs %lld does not fit int32", fn, ll(R));
+  if (R % dp != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT,
+         "%s: max_num_reqs %lld is not a multiple of data_parallel_size %lld (v3 rows form one block per shard)", fn,
+         ll(R), ll(dp));
+  for (int64_t sh = 0; sh < dp; ++sh)
+    if (per_shard[static_cast<size_t>(sh)] > R / dp)
+      fail(KVP_ERR_INVALID_ARGUMENT, "%s: data-parallel shard %lld has %lld active requests but its row block holds %lld",
+           fn, ll(sh), ll(per_shard[static_cast<size_t>(sh)]), ll(R / dp));
+  return R;
+}
+
+// The row of each active request: i, or with row blocks the next row of its shard's block.
+void assign_rows(Rows& rows, int64_t R, int64_t dp) {
+  int64_t next = 0, shard = -1;
+  for (size_t i = 0; i < rows.order.size(); ++i) {
+    if (dp > 1 && rows.shard[i] != shard) {
+      shard = rows.shard[i];
+      next = shard * (R / dp);
+    }
+    rows.row.push_back(next++);
+  }
 }
 
 // The v2 slice list (request by request, page by page) and its padded column count.
@@ -160,8 +235,10 @@ HostVector<Slice> v2_slices(const kvp_config& cfg, const kvp_batch_request* reqs
 }
 
 // Writes the arrays of an allocated metadata.
-void fill_metadata(Metadata& m, const kvp_batch_request* reqs, const Rows& rows, const HostVector<Slice>& slices,
-                   int64_t columns, const kvp_batch_options& opts) {
+// With row blocks (`blocks`) every row counts as processed: num_seqs = R, distribution [0, 0, R]
+// (each shard finds its own decode/prefill split from its rows, SPEC.md §7.3).
+void fill_metadata(Metadata& m, const kvp_batch_request* reqs, const Rows& rows, bool blocks,
+                   const HostVector<Slice>& slices, int64_t columns, const kvp_batch_options& opts) {
   const MetadataArrays& a = m.arrays();
   const int64_t W = a.pages_per_req, R = a.num_reqs, N = static_cast<int64_t>(rows.order.size());
   int32_t* pt = m.mut(a.pages_tables);
@@ -170,19 +247,22 @@ void fill_metadata(Metadata& m, const kvp_batch_request* reqs, const Rows& rows,
   int32_t* pos = m.mut(a.position_ids);
   int32_t* ts = m.mut(a.token_starts);  // REQUEST_ORDER only
   int64_t q = 0;
+  size_t i = 0;  // the next active request (rows ascending); padding rows stay zero
   qsl[0] = 0;
-  for (int64_t row = 0; row < N; ++row) {
-    const kvp_batch_request& r = reqs[rows.order[static_cast<size_t>(row)]];
-    const int64_t start = rows.start[static_cast<size_t>(row)];
-    for (int64_t k = 0; k < r.num_pages; ++k) pt[row * W + k] = r.page_ids[k];
-    cl[row] = static_cast<int32_t>(r.num_computed + r.num_scheduled);
-    for (int64_t t = 0; t < r.num_scheduled; ++t) pos[start + t] = static_cast<int32_t>(r.num_computed + t);
-    if (ts != nullptr) ts[row] = static_cast<int32_t>(start);
-    q += r.num_scheduled;
+  for (int64_t row = 0; row < R; ++row) {
+    if (i < rows.order.size() && rows.row[i] == row) {
+      const kvp_batch_request& r = reqs[rows.order[i]];
+      const int64_t start = rows.start[i];
+      for (int64_t k = 0; k < r.num_pages; ++k) pt[row * W + k] = r.page_ids[k];
+      cl[row] = static_cast<int32_t>(r.num_computed + r.num_scheduled);
+      for (int64_t t = 0; t < r.num_scheduled; ++t) pos[start + t] = static_cast<int32_t>(r.num_computed + t);
+      if (ts != nullptr) ts[row] = static_cast<int32_t>(start);
+      q += r.num_scheduled;
+      ++i;
+    }
     qsl[row + 1] = static_cast<int32_t>(q);
   }
-  for (int64_t row = N; row < R; ++row) qsl[row + 1] = static_cast<int32_t>(q);
-  m.mut(a.num_seqs)[0] = static_cast<int32_t>(N);
+  m.mut(a.num_seqs)[0] = static_cast<int32_t>(blocks ? R : N);
   if (a.version == KVP_LAYOUT_V2) {
     int32_t* sm = m.mut(a.slot_mapping);
     for (size_t j = 0; j < slices.size(); ++j) {
@@ -194,8 +274,8 @@ void fill_metadata(Metadata& m, const kvp_batch_request* reqs, const Rows& rows,
   } else {
     int32_t* rd = m.mut(a.request_distribution);
     rd[0] = static_cast<int32_t>(rows.decode);
-    rd[1] = static_cast<int32_t>((opts.flags & KVP_BATCH_FLAG_SEED_DISTRIBUTION) ? rows.decode : N);
-    rd[2] = static_cast<int32_t>(N);
+    rd[1] = static_cast<int32_t>(blocks || (opts.flags & KVP_BATCH_FLAG_SEED_DISTRIBUTION) ? rows.decode : N);
+    rd[2] = static_cast<int32_t>(blocks ? R : N);
   }
 }
 
@@ -215,14 +295,12 @@ kvp_metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* req
   const int64_t S = cfg.page_size;
   const int64_t W = cfg.max_num_pages_per_req > 0 ? cfg.max_num_pages_per_req : cdiv(cfg.max_model_length, S);
   const bool v2 = cfg.version == KVP_LAYOUT_V2;
-  const Rows rows = collect_rows(cfg, reqs, num_requests, opts, W, fn);
+  Rows rows = collect_rows(cfg, reqs, num_requests, opts, W, fn);
   const int64_t N = static_cast<int64_t>(rows.order.size());
 
   // Sizes.
-  const int64_t R = opts.max_num_reqs > 0 ? opts.max_num_reqs : (cfg.max_num_reqs > 0 ? cfg.max_num_reqs : N);
-  if (N > R)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: %lld active requests exceed max_num_reqs %lld", fn, ll(N), ll(R));
-  if (R >= kI32Max) fail(KVP_ERR_INVALID_ARGUMENT, "%s: max_num_reqs %lld does not fit int32", fn, ll(R));
+  const int64_t R = count_rows(cfg, rows, opts, fn);
+  assign_rows(rows, R, row_blocks(cfg));
   const int64_t T = opts.max_num_tokens > 0 ? opts.max_num_tokens
                                             : (cfg.max_num_tokens > 0 ? cfg.max_num_tokens : rows.total_tokens);
   if (rows.total_tokens > T)
@@ -256,7 +334,7 @@ kvp_metadata* build_metadata(const kvp_config& cfg, const kvp_batch_request* req
   const HostAllocator alloc;
   HostPtr<Metadata> m = make_host<Metadata>(alloc, alloc);
   m->allocate(s);
-  fill_metadata(*m, reqs, rows, slices, columns, opts);
+  fill_metadata(*m, reqs, rows, row_blocks(cfg) > 1, slices, columns, opts);
   check_metadata_structure(m->arrays(), fn);
   kvp_metadata* h = handle_new<kvp_metadata>(std::move(m));
   if (order_out != nullptr) {  // written only on success

@@ -104,10 +104,6 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata lives on CUDA device %d but the cache on device %d", fn, m.device_id,
            cache.device_id());
     check_device_arrays(m, L.v3, !L.v3, fn);
-    if (L.shard || has_padding_rows(L))
-      fail(KVP_ERR_UNSUPPORTED,
-           "%s: metadata in device memory is not supported yet on a shard or with data_parallel_size > 1; use host "
-           "metadata", fn);
     job.host_validated = 0;
     return;
   }

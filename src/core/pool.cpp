@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "backend/backend.hpp"
@@ -95,6 +96,10 @@ Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const 
          "entries exceeds 2^31", fn, static_cast<unsigned long long>(m), sh.row_len, static_cast<long long>(sh.max_len),
          static_cast<long long>(sh.S), static_cast<long long>(entries));
   sh.m = static_cast<uint32_t>(m);
+  sh.dp = static_cast<uint32_t>(std::max<int64_t>(1, cfg.data_parallel_size));
+  if (sh.P % sh.dp != 0)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: the cache's %lld pages do not split into data_parallel_size %u shards", fn,
+         static_cast<long long>(sh.P), sh.dp);
   sh.table_cap = 16;
   while (sh.table_cap < static_cast<size_t>(2 * sh.P)) sh.table_cap <<= 1;
   return sh;
@@ -117,6 +122,8 @@ void Pool::allocate_arrays(const Shape& sh) {
   const size_t o_rows = take(checked_bytes(sh.m, sh.row_len, "pool page tables"), sizeof(int32_t), 64);
   const size_t o_ring = take(sh.m, sizeof(uint32_t), 64);
   const size_t o_scratch = take(sh.row_len, sizeof(int32_t), 64);
+  const size_t o_keys = take(sh.row_len, sizeof(Key128), 64);
+  const size_t o_shards = take(sh.dp, sizeof(Shard), alignof(Shard));
   const size_t o_hash = take(checked_bytes_add(4, S, "pool hash buffer"), sizeof(int32_t), 64);
   arrays_ = alloc_.allocate(checked_bytes_add(off, 63, "pool arrays") / 64 * 64, 64);
   uint8_t* base = static_cast<uint8_t*>(arrays_);
@@ -127,6 +134,8 @@ void Pool::allocate_arrays(const Shape& sh) {
   rows_ = reinterpret_cast<int32_t*>(base + o_rows);
   slot_ring_ = reinterpret_cast<uint32_t*>(base + o_ring);
   scratch_pages_ = reinterpret_cast<int32_t*>(base + o_scratch);
+  scratch_keys_ = reinterpret_cast<Key128*>(base + o_keys);
+  shards_ = reinterpret_cast<Shard*>(base + o_shards);
   hash_buf_ = base + o_hash;
 }
 
@@ -140,24 +149,35 @@ Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc)
   max_length_ = static_cast<uint64_t>(sh.max_len);
   row_len_ = sh.row_len;
   max_seqs_ = sh.m;
+  dp_ = sh.dp;
+  shard_pages_ = sh.P / sh.dp;
   table_mask_ = sh.table_cap - 1;
   std::memset(tokens_, 0, sizeof(int32_t) * static_cast<size_t>(sh.P) * static_cast<size_t>(sh.S));
   std::memset(rows_, 0, sizeof(int32_t) * sh.m * sh.row_len);
   for (size_t i = 0; i < sh.table_cap; ++i) table_[i] = -1;
   for (uint32_t i = 0; i < sh.m; ++i) {
-    seqs_[i] = Seq{0, 0, 0, 1, 0};
+    seqs_[i] = Seq{0, 0, 0, 1, 0, 0, 0};
     slot_ring_[i] = i;
   }
   ring_head_ = 0;
   ring_count_ = sh.m;
-  // Page 0 is the null page; pages 1 … P-1 go on the free list so that 1 is handed out first.
+  // Page 0 is the null page; every shard's pages go on its free list so that its lowest page is
+  // handed out first.
   pages_[0] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kNull, 0, 0, 0};
-  for (int64_t p = sh.P - 1; p >= 1; --p) {
-    pages_[p] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kFree, 0, 0, 0};
-    pages_[p].next = free_head_;
-    free_head_ = static_cast<int32_t>(p);
+  for (uint32_t d = 0; d < dp_; ++d) {
+    Shard& sd = shards_[d];
+    sd.first = static_cast<int32_t>(d == 0 ? 1 : d * shard_pages_);
+    sd.end = static_cast<int32_t>((d + 1) * shard_pages_);
+    sd.free_head = sd.lru_head = sd.lru_tail = -1;
+    sd.num_seqs = 0;
+    sd.n_free = sd.end - sd.first;
+    sd.n_evictable = 0;
+    for (int32_t p = sd.end - 1; p >= sd.first; --p) {
+      pages_[p] = Page{Key128{}, Key128{}, 0, 0, -1, -1, kFree, 0, 0, 0};
+      pages_[p].next = sd.free_head;
+      sd.free_head = p;
+    }
   }
-  n_free_ = sh.P - 1;
 }
 
 Pool::~Pool() { alloc_.deallocate(arrays_); }
@@ -200,40 +220,45 @@ void Pool::free_push(int32_t p) noexcept {
   Page& pg = pages_[p];
   pg.state = kFree;
   pg.key_valid = 0;
+  Shard& sd = shards_[shard_of(p)];
   pg.prev = -1;
-  pg.next = free_head_;
-  free_head_ = p;
-  ++n_free_;
+  pg.next = sd.free_head;
+  sd.free_head = p;
+  ++sd.n_free;
 }
 
 void Pool::lru_push_tail(int32_t p) noexcept {
   Page& pg = pages_[p];
+  Shard& sd = shards_[shard_of(p)];
   pg.state = kEvictable;
   pg.next = -1;
-  pg.prev = lru_tail_;
-  if (lru_tail_ >= 0) pages_[lru_tail_].next = p;
-  else lru_head_ = p;
-  lru_tail_ = p;
-  ++n_evictable_;
+  pg.prev = sd.lru_tail;
+  if (sd.lru_tail >= 0) pages_[sd.lru_tail].next = p;
+  else sd.lru_head = p;
+  sd.lru_tail = p;
+  ++sd.n_evictable;
 }
 
 void Pool::lru_remove(int32_t p) noexcept {
   Page& pg = pages_[p];
+  Shard& sd = shards_[shard_of(p)];
   if (pg.prev >= 0) pages_[pg.prev].next = pg.next;
-  else lru_head_ = pg.next;
+  else sd.lru_head = pg.next;
   if (pg.next >= 0) pages_[pg.next].prev = pg.prev;
-  else lru_tail_ = pg.prev;
+  else sd.lru_tail = pg.prev;
   pg.prev = pg.next = -1;
-  --n_evictable_;
+  --sd.n_evictable;
 }
 
-int32_t Pool::alloc_page() {
-  int32_t p = free_head_;
+// Takes a page of `shard`: a free one, else the least recently released cached one.
+int32_t Pool::alloc_page(uint32_t shard) {
+  Shard& sd = shards_[shard];
+  int32_t p = sd.free_head;
   if (p >= 0) {
-    free_head_ = pages_[p].next;
-    --n_free_;
+    sd.free_head = pages_[p].next;
+    --sd.n_free;
   } else {
-    p = lru_head_;
+    p = sd.lru_head;
     if (p < 0) fail(KVP_ERR_INTERNAL, "kvp_pool: no page left after the availability check (please report)");
     lru_remove(p);
     index_remove(p);
@@ -269,12 +294,12 @@ void Pool::release_page(int32_t p) noexcept {
 // ---------------------------------------------------------------------------------------------
 // Prefix index.
 
-int32_t Pool::index_lookup(const Key128& k) const noexcept {
+int32_t Pool::index_lookup(const Key128& k, uint32_t shard) const noexcept {
   size_t i = home(k);
   for (;;) {
     const int32_t p = table_[i];
     if (p < 0) return -1;
-    if (pages_[p].key == k) return p;
+    if (pages_[p].key == k && shard_of(p) == shard) return p;
     i = (i + 1) & table_mask_;
   }
 }
@@ -285,7 +310,7 @@ bool Pool::index_insert(int32_t p) noexcept {
   for (;;) {
     const int32_t q = table_[i];
     if (q < 0) break;
-    if (pages_[q].key == k) return false;
+    if (pages_[q].key == k && shard_of(q) == shard_of(p)) return false;
     i = (i + 1) & table_mask_;
   }
   table_[i] = p;
@@ -352,11 +377,80 @@ void Pool::mark_computed(uint32_t slot, uint64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Operations.
 
+// The longest indexed prefix of a prompt among the pages of one shard (at most max_hits pages),
+// with the reused page ids in scratch_pages_. With shards, scratch_keys_ caches the prompt's
+// chained keys for the walks of the other shards: the first `nkeys` are computed. (Without, the
+// keys are not stored: one walk, and no extra memory traffic on a long prompt.)
+Pool::Match Pool::match_prefix(const int32_t* tokens, size_t max_hits, uint64_t salt, uint32_t shard,
+                               size_t& nkeys) {
+  const size_t S = static_cast<size_t>(page_size_);
+  Match m;
+  int64_t hit_evictable = 0;
+  size_t known = nkeys;
+  Key128 parent{};
+  for (size_t i = 0; i < max_hits; ++i) {
+    const int32_t* t = tokens + i * S;
+    Key128 key;
+    if (i < known) {
+      key = scratch_keys_[i];
+    } else {
+      key = compute_key(parent, t, salt);
+      if (dp_ > 1) scratch_keys_[known++] = key;  // for the walks of the other shards
+    }
+    const int32_t p = index_lookup(key, shard);
+    if (p < 0) break;
+    const Page& pg = pages_[p];
+    if (pg.salt != salt || pg.parent != parent ||
+        std::memcmp(tokens_ + static_cast<size_t>(p) * S, t, sizeof(int32_t) * S) != 0)
+      break;  // a hash collision: treat as a miss
+    scratch_pages_[i] = p;
+    if (pg.state == kEvictable) ++hit_evictable;
+    ++m.hits;
+    parent = key;
+  }
+  nkeys = known;
+  m.free = shards_[shard].n_free;
+  m.evictable = shards_[shard].n_evictable - hit_evictable;
+  return m;
+}
+
+// The shard of a new sequence: the one holding the longest indexed prefix of the prompt that can
+// also hold the rest (ties: more free plus evictable pages, then the lowest index), else the one
+// with the most free plus evictable pages (ties: the lowest index).
+uint32_t Pool::place(const int32_t* tokens, size_t max_hits, uint64_t salt, size_t need_pages, size_t& nkeys) {
+  uint32_t roomiest = 0, best = 0;
+  size_t best_hits = 0;
+  for (uint32_t d = 0; d < dp_; ++d) {
+    const int64_t avail = shards_[d].available();
+    if (avail > shards_[roomiest].available()) roomiest = d;
+    if (max_hits == 0) continue;
+    const Match m = match_prefix(tokens, max_hits, salt, d, nkeys);
+    if (m.hits == 0 || static_cast<int64_t>(need_pages - m.hits) > m.available()) continue;
+    if (m.hits > best_hits || (m.hits == best_hits && avail > shards_[best].available())) {
+      best = d;
+      best_hits = m.hits;
+    }
+  }
+  return best_hits > 0 ? best : roomiest;
+}
+
+// " in data-parallel shard s of dp" for the messages of a sharded pool, "" for an unsharded one.
+const char* Pool::shard_note(uint32_t shard, char (&buf)[48]) const noexcept {
+  if (dp_ == 1) return "";
+  std::snprintf(buf, sizeof buf, " in data-parallel shard %u of %u", shard, dp_);
+  return buf;
+}
+
 kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, uint32_t flags,
                               size_t* reused_out) {
   const char* fn = "kvp_pool_add_sequence";
-  if ((flags & ~KVP_POOL_ADD_FLAG_REUSE_ALL) != 0)
+  const bool forced = (flags & KVP_POOL_ADD_FLAG_SHARD) != 0;
+  const uint32_t known = KVP_POOL_ADD_FLAG_REUSE_ALL | KVP_POOL_ADD_FLAG_SHARD | (forced ? 0xFFFF0000u : 0u);
+  if ((flags & ~known) != 0)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x", fn, flags);
+  if (forced && (flags >> 16) >= dp_)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: shard %u is out of range: the pool has %u data-parallel shard(s)", fn,
+         flags >> 16, dp_);
   if (n > 0 && tokens == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'tokens' must not be NULL when num_tokens is %zu", fn, n);
   if (n > max_length_)
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: num_tokens %zu exceeds max_model_length %llu", fn, n,
@@ -366,36 +460,23 @@ kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, ui
          max_seqs_);
   const uint64_t S = static_cast<uint64_t>(page_size_);
   const size_t need_pages = static_cast<size_t>(cdiv_u(n, S));
+  size_t max_hits = 0;
+  if (prefix_enabled_ && n > 0) max_hits = (flags & KVP_POOL_ADD_FLAG_REUSE_ALL) ? n / S : (n - 1) / S;
 
-  // Longest cached prefix (read-only).
-  size_t hits = 0;
-  int64_t hit_evictable = 0;
-  if (prefix_enabled_ && n > 0) {
-    const size_t max_hits = (flags & KVP_POOL_ADD_FLAG_REUSE_ALL) ? n / S : (n - 1) / S;
-    Key128 parent{};
-    for (size_t i = 0; i < max_hits; ++i) {
-      const int32_t* t = tokens + i * S;
-      const Key128 k = compute_key(parent, t, salt);
-      const int32_t p = index_lookup(k);
-      if (p < 0) break;
-      const Page& pg = pages_[p];
-      if (pg.salt != salt || pg.parent != parent ||
-          std::memcmp(tokens_ + static_cast<size_t>(p) * S, t, sizeof(int32_t) * S) != 0)
-        break;  // a hash collision: treat as a miss
-      scratch_pages_[i] = p;
-      if (pg.state == kEvictable) ++hit_evictable;
-      parent = k;
-      ++hits;
-    }
-  }
+  // Placement and the longest cached prefix in that shard (read-only).
+  size_t nkeys = 0;
+  const uint32_t shard = forced ? flags >> 16 : dp_ == 1 ? 0 : place(tokens, max_hits, salt, need_pages, nkeys);
+  const Match m = match_prefix(tokens, max_hits, salt, shard, nkeys);
+  const size_t hits = m.hits;
   const int64_t fresh = static_cast<int64_t>(need_pages - hits);
-  const int64_t available = n_free_ + n_evictable_ - hit_evictable;
-  if (fresh > available)
+  if (fresh > m.available()) {
+    char buf[48];
     fail(KVP_ERR_OUT_OF_PAGES,
          "%s: needs %lld new page(s) for %zu tokens (%zu reused), but only %lld are free or evictable "
-         "(%lld free, %lld evictable)",
-         fn, static_cast<long long>(fresh), n, hits * S, static_cast<long long>(available),
-         static_cast<long long>(n_free_), static_cast<long long>(n_evictable_ - hit_evictable));
+         "(%lld free, %lld evictable)%s",
+         fn, static_cast<long long>(fresh), n, hits * S, static_cast<long long>(m.available()),
+         static_cast<long long>(m.free), static_cast<long long>(m.evictable), shard_note(shard, buf));
+  }
 
   // Commit.
   const uint32_t slot = take_slot();
@@ -403,13 +484,15 @@ kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, ui
   s.salt = salt;
   s.length = n;
   s.computed = hits * S;
+  s.shard = shard;
+  ++shards_[shard].num_seqs;
   int32_t* r = row(slot);
   for (size_t i = 0; i < hits; ++i) {
     r[i] = scratch_pages_[i];
     acquire_page(r[i]);
   }
   for (size_t i = hits; i < need_pages; ++i) {
-    const int32_t p = alloc_page();
+    const int32_t p = alloc_page(shard);
     r[i] = p;
     const size_t begin = i * S, cnt = std::min<size_t>(S, n - begin);
     std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + begin, sizeof(int32_t) * cnt);
@@ -437,15 +520,18 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   const int32_t tail = partial_tail ? r[len / S] : -1;
   const bool cow = partial_tail && pages_[tail].ref > 1;
   const int64_t fresh = static_cast<int64_t>(cdiv_u(len + n, S) - cdiv_u(len, S)) + (cow ? 1 : 0);
-  if (fresh > n_free_ + n_evictable_)
+  const Shard& sd = shards_[s.shard];
+  if (fresh > sd.available()) {
+    char buf[48];
     fail(KVP_ERR_OUT_OF_PAGES,
-         "%s: needs %lld new page(s) (%s), but only %lld are free or evictable (%lld free, %lld evictable)", fn,
+         "%s: needs %lld new page(s) (%s), but only %lld are free or evictable (%lld free, %lld evictable)%s", fn,
          static_cast<long long>(fresh), cow ? "including a copy-on-write of the shared tail page" : "no copy",
-         static_cast<long long>(n_free_ + n_evictable_), static_cast<long long>(n_free_),
-         static_cast<long long>(n_evictable_));
+         static_cast<long long>(sd.available()), static_cast<long long>(sd.n_free),
+         static_cast<long long>(sd.n_evictable), shard_note(s.shard, buf));
+  }
 
   if (cow) {
-    const int32_t q = alloc_page();
+    const int32_t q = alloc_page(s.shard);
     try {
       copy_cache_pages(cache, &tail, &q, 1, stream, fn);
     } catch (...) {
@@ -470,7 +556,7 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   size_t done = 0;
   while (done < n) {
     const uint64_t i = pos / S, off = pos % S;
-    if (off == 0) r[i] = alloc_page();
+    if (off == 0) r[i] = alloc_page(s.shard);
     const size_t cnt = std::min<size_t>(S - off, n - done);
     std::memcpy(tokens_ + static_cast<size_t>(r[i]) * S + off, tokens + done, sizeof(int32_t) * cnt);
     done += cnt;
@@ -519,12 +605,14 @@ void Pool::fork(kvp_seq_id parent, uint32_t k, kvp_seq_id* children) {
   const size_t np = static_cast<size_t>(cdiv_u(par.length, static_cast<uint64_t>(page_size_)));
   const int32_t* pr = row(ps);
   for (size_t i = 0; i < np; ++i) pages_[pr[i]].ref += k;
+  shards_[par.shard].num_seqs += k;
   for (uint32_t c = 0; c < k; ++c) {
     const uint32_t slot = take_slot();
     Seq& s = seqs_[slot];
     s.salt = par.salt;
     s.length = par.length;
     s.computed = par.computed;
+    s.shard = par.shard;
     std::memcpy(row(slot), pr, sizeof(int32_t) * np);
     children[c] = kvp_seq_id{(s.gen << kIndexBits) | slot};
   }
@@ -549,6 +637,7 @@ void Pool::free_sequence(kvp_seq_id id) {
     release_page(r[i - 1]);
     r[i - 1] = 0;
   }
+  --shards_[s.shard].num_seqs;
   s.alive = 0;
   s.length = s.computed = 0;
   s.gen = s.gen >= kMaxGen ? 1 : s.gen + 1;
@@ -650,8 +739,10 @@ kvp_pool_stats Pool::stats() const noexcept {
   st.page_size = page_size_;
   st.max_pages_per_sequence = static_cast<int64_t>(row_len_);
   st.total_pages = num_pages_ - 1;
-  st.free_pages = n_free_;
-  st.evictable_pages = n_evictable_;
+  for (uint32_t d = 0; d < dp_; ++d) {
+    st.free_pages += shards_[d].n_free;
+    st.evictable_pages += shards_[d].n_evictable;
+  }
   st.used_pages = n_used_;
   st.indexed_pages = n_indexed_;
   st.num_sequences = n_seqs_;
@@ -659,6 +750,27 @@ kvp_pool_stats Pool::stats() const noexcept {
   st.reused_tokens = reused_tokens_;
   st.evictions = evictions_;
   st.cow_copies = cow_copies_;
+  return st;
+}
+
+uint32_t Pool::sequence_shard(kvp_seq_id id) const { return seqs_[resolve(id, "kvp_pool_get_sequence_shard")].shard; }
+
+kvp_pool_shard_stats Pool::shard_stats(uint32_t shard) const {
+  if (shard >= dp_)
+    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_pool_get_shard_stats: shard %u is out of range: the pool has %u data-parallel shard(s)",
+         shard, dp_);
+  const Shard& sd = shards_[shard];
+  kvp_pool_shard_stats st;
+  std::memset(&st, 0, sizeof st);
+  st.struct_size = sizeof st;
+  st.num_shards = dp_;
+  st.first_page = sd.first;
+  st.end_page = sd.end;
+  st.total_pages = sd.end - sd.first;
+  st.free_pages = sd.n_free;
+  st.evictable_pages = sd.n_evictable;
+  st.used_pages = st.total_pages - sd.n_free - sd.n_evictable;
+  st.num_sequences = sd.num_seqs;
   return st;
 }
 
@@ -678,23 +790,33 @@ namespace {
 constexpr const char* kCheckFn = "kvp_pool_check_invariants";
 }  // namespace
 
-// The free list and the LRU: every page on at most one list, once, in the right state.
+// Every shard's free list and LRU: every page on at most one list, once, in the right state and
+// in the shard's range; the shard's counters match its lists.
 void Pool::scan_lists(Scan& sc) const {
+  if (pages_[0].state != kNull || pages_[0].ref != 0 || pages_[0].indexed) violated("the null page 0 changed state");
+  for (uint32_t d = 0; d < dp_; ++d) scan_shard_lists(d, sc);
+}
+
+void Pool::scan_shard_lists(uint32_t d, Scan& sc) const {
   const char* fn = kCheckFn;
   const int64_t P = num_pages_;
-  if (pages_[0].state != kNull || pages_[0].ref != 0 || pages_[0].indexed) violated("the null page 0 changed state");
-  for (int32_t p = free_head_; p >= 0; p = pages_[p].next) {
-    if (p == 0 || p >= P) fail(KVP_ERR_INTERNAL, "%s: invariant violated: free list holds page %d", fn, p);
+  const Shard& sd = shards_[d];
+  if (sd.first != (d == 0 ? 1 : static_cast<int64_t>(d) * shard_pages_) || sd.end != (d + 1) * shard_pages_)
+    fail(KVP_ERR_INTERNAL, "%s: invariant violated: shard %u has range [%d, %d)", fn, d, sd.first, sd.end);
+  int64_t nf = 0, ne = 0;
+  for (int32_t p = sd.free_head; p >= 0; p = pages_[p].next) {
+    if (p < sd.first || p >= sd.end)
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: free list of shard %u holds page %d", fn, d, p);
     if (sc.seen[p]) fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on a list twice (cycle?)", fn, p);
     sc.seen[p] = 1;
     if (pages_[p].state != kFree || pages_[p].ref != 0 || pages_[p].indexed)
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d on the free list has state %u, refcount %u, indexed %u",
            fn, p, pages_[p].state, pages_[p].ref, pages_[p].indexed);
-    if (++sc.nf > P) violated("free list longer than the pool");
+    if (++nf > P) violated("free list longer than the pool");
   }
   int32_t prev = -1;
-  for (int32_t p = lru_head_; p >= 0; p = pages_[p].next) {
-    if (p == 0 || p >= P) fail(KVP_ERR_INTERNAL, "%s: invariant violated: LRU holds page %d", fn, p);
+  for (int32_t p = sd.lru_head; p >= 0; p = pages_[p].next) {
+    if (p < sd.first || p >= sd.end) fail(KVP_ERR_INTERNAL, "%s: invariant violated: LRU of shard %u holds page %d", fn, d, p);
     if (sc.seen[p])
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d is on two lists or twice on the LRU", fn, p);
     sc.seen[p] = 2;
@@ -703,9 +825,15 @@ void Pool::scan_lists(Scan& sc) const {
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: page %d on the LRU has state %u, refcount %u, indexed %u", fn,
            p, pages_[p].state, pages_[p].ref, pages_[p].indexed);
     prev = p;
-    if (++sc.ne > P) violated("LRU longer than the pool");
+    if (++ne > P) violated("LRU longer than the pool");
   }
-  if (prev != lru_tail_) violated("LRU tail does not match its last element");
+  if (prev != sd.lru_tail) violated("LRU tail does not match its last element");
+  if (nf != sd.n_free || ne != sd.n_evictable)
+    fail(KVP_ERR_INTERNAL, "%s: invariant violated: shard %u counts free %lld / evictable %lld, its lists hold %lld / %lld",
+         fn, d, static_cast<long long>(sd.n_free), static_cast<long long>(sd.n_evictable), static_cast<long long>(nf),
+         static_cast<long long>(ne));
+  sc.nf += nf;
+  sc.ne += ne;
 }
 
 // The sequences: lengths, page tables (each page once per sequence), keys of computed pages.
@@ -714,11 +842,14 @@ void Pool::scan_sequences(Scan& sc) const {
   const int64_t P = num_pages_;
   const uint64_t S = static_cast<uint64_t>(page_size_);
   uint32_t live = 0;
+  HostVector<uint32_t> per_shard(dp_, 0, HostAllocator());
   for (uint32_t sl = 0; sl < max_seqs_; ++sl) {
     const Seq& s = seqs_[sl];
     if (s.gen == 0 || s.gen > kMaxGen) fail(KVP_ERR_INTERNAL, "%s: invariant violated: slot %u generation %u", fn, sl, s.gen);
     if (!s.alive) continue;
     ++live;
+    if (s.shard >= dp_) fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u is in shard %u of %u", fn, sl, s.shard, dp_);
+    ++per_shard[s.shard];
     if (s.length > max_length_ || s.computed > s.length)
       fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u has length %llu, computed %llu (max %llu)", fn,
            sl, static_cast<unsigned long long>(s.length), static_cast<unsigned long long>(s.computed),
@@ -729,6 +860,9 @@ void Pool::scan_sequences(Scan& sc) const {
       const int32_t p = r[i];
       if (p <= 0 || p >= P)
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u page %zu is %d", fn, sl, i, p);
+      if (shard_of(p) != s.shard)
+        fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u of shard %u holds page %d of shard %u", fn, sl,
+             s.shard, p, shard_of(p));
       if (sc.last_slot[p] == sl)
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: sequence slot %u holds page %d twice", fn, sl, p);
       sc.last_slot[p] = sl;
@@ -738,6 +872,10 @@ void Pool::scan_sequences(Scan& sc) const {
     }
   }
   if (live != n_seqs_ || live + ring_count_ != max_seqs_) violated("sequence counts do not add up");
+  for (uint32_t d = 0; d < dp_; ++d)
+    if (per_shard[d] != shards_[d].num_seqs)
+      fail(KVP_ERR_INTERNAL, "%s: invariant violated: shard %u counts %u sequence(s) but holds %u", fn, d,
+           shards_[d].num_seqs, per_shard[d]);
 }
 
 // Every page: refcount = holders, state matches its list, indexed pages found by their key; the
@@ -762,15 +900,14 @@ void Pool::check_pages(Scan& sc) const {
     }
     if (pg.indexed) {
       ++sc.ni;
-      if (!pg.key_valid || index_lookup(pg.key) != static_cast<int32_t>(p))
+      if (!pg.key_valid || index_lookup(pg.key, shard_of(static_cast<int32_t>(p))) != static_cast<int32_t>(p))
         fail(KVP_ERR_INTERNAL, "%s: invariant violated: indexed page %lld is not found by its key", fn,
              static_cast<long long>(p));
     }
   }
-  if (sc.nf != n_free_ || sc.ne != n_evictable_ || sc.nu != n_used_)
-    fail(KVP_ERR_INTERNAL, "%s: invariant violated: counters free %lld / evictable %lld / used %lld, lists say %lld / %lld / %lld",
-         fn, static_cast<long long>(n_free_), static_cast<long long>(n_evictable_), static_cast<long long>(n_used_),
-         static_cast<long long>(sc.nf), static_cast<long long>(sc.ne), static_cast<long long>(sc.nu));
+  if (sc.nu != n_used_)
+    fail(KVP_ERR_INTERNAL, "%s: invariant violated: counter used %lld, pages say %lld", fn,
+         static_cast<long long>(n_used_), static_cast<long long>(sc.nu));
   if (sc.nf + sc.ne + sc.nu != P - 1)
     fail(KVP_ERR_INTERNAL, "%s: invariant violated: free %lld + evictable %lld + used %lld != %lld usable pages", fn,
          static_cast<long long>(sc.nf), static_cast<long long>(sc.ne), static_cast<long long>(sc.nu),

@@ -1,7 +1,9 @@
 // The page pool (include/kvpages/pool.h): O(1) page allocation over intrusive lists, reference
 // counts, copy-on-write, and a prefix index (open addressing over chained XXH3-128 keys) with an
 // LRU of evictable cached pages. All memory is allocated at creation; operations never allocate,
-// and every operation validates completely before it changes anything.
+// and every operation validates completely before it changes anything. With data-parallel page
+// shards (the config's data_parallel_size > 1) each shard has its own free list and LRU, every
+// sequence lives in one shard, and the prefix index matches pages of the sequence's shard only.
 #pragma once
 
 #include <cstddef>
@@ -52,6 +54,20 @@ class Pool {
     uint64_t computed;
     uint32_t gen;    // 1 … 4095
     uint32_t alive;
+    uint32_t shard;  // data-parallel shard all its pages come from
+    uint32_t pad_;
+  };
+
+  // One data-parallel shard: pages [first, end) (shard 0 starts at 1, after the null page), its
+  // free list and its LRU of evictable cached pages.
+  struct Shard {
+    int32_t first, end;
+    int32_t free_head;
+    int32_t lru_head;  // least recently released
+    int32_t lru_tail;
+    uint32_t num_seqs;
+    int64_t n_free, n_evictable;
+    int64_t available() const noexcept { return n_free + n_evictable; }
   };
 
   // The sizes of a pool over `cache` with options `o` (validated; throws INVALID_ARGUMENT).
@@ -59,6 +75,7 @@ class Pool {
     int64_t P = 0, S = 0, max_len = 0;
     size_t row_len = 0, table_cap = 0;
     uint32_t m = 0;  // max sequences
+    uint32_t dp = 1; // data-parallel shards
     bool prefix = true;
   };
   static Shape shape_of(const Cache& cache, const kvp_pool_options& o, const char* function);
@@ -83,7 +100,9 @@ class Pool {
   void get_slots(kvp_seq_id id, size_t start, size_t count, int32_t* out) const;
   void get_batch_request(kvp_seq_id id, kvp_batch_request* out) const;
   void get_page_state(int32_t page, uint32_t* ref, uint32_t* flags) const;
+  uint32_t sequence_shard(kvp_seq_id id) const;
   kvp_pool_stats stats() const noexcept;
+  kvp_pool_shard_stats shard_stats(uint32_t shard) const;
   void check_invariants() const;  // throws KVP_ERR_INTERNAL
 
  private:
@@ -93,6 +112,18 @@ class Pool {
   void scan_sequences(Scan& sc) const;
   void check_pages(Scan& sc) const;
   void check_index(const Scan& sc) const;
+  void scan_shard_lists(uint32_t shard, Scan& sc) const;
+
+  // A prompt's longest indexed prefix in one shard (add_sequence).
+  struct Match {
+    size_t hits = 0;        // reused pages (their ids in scratch_pages_)
+    int64_t free = 0;       // the shard's free pages
+    int64_t evictable = 0;  // its evictable pages that are not among the hits
+    int64_t available() const noexcept { return free + evictable; }
+  };
+  Match match_prefix(const int32_t* tokens, size_t max_hits, uint64_t salt, uint32_t shard, size_t& nkeys);
+  uint32_t place(const int32_t* tokens, size_t max_hits, uint64_t salt, size_t need_pages, size_t& nkeys);
+  const char* shard_note(uint32_t shard, char (&buf)[48]) const noexcept;
 
   static constexpr uint32_t kIndexBits = 20;
   static constexpr uint32_t kIndexMask = (1u << kIndexBits) - 1;
@@ -103,11 +134,14 @@ class Pool {
   static uint64_t cdiv_u(uint64_t a, uint64_t b) noexcept { return (a + b - 1) / b; }
 
   Key128 compute_key(const Key128& parent, const int32_t* tokens, uint64_t salt);
+  uint32_t shard_of(int32_t p) const noexcept {
+    return dp_ == 1 ? 0 : static_cast<uint32_t>(p / shard_pages_);  // no division in an unsharded pool
+  }
   void mark_computed(uint32_t slot, uint64_t n);
 
   // Page lifecycle (callers have checked availability).
   uint32_t take_slot();
-  int32_t alloc_page();
+  int32_t alloc_page(uint32_t shard);
   void release_page(int32_t p) noexcept;
   void acquire_page(int32_t p) noexcept;
   void free_push(int32_t p) noexcept;
@@ -116,8 +150,8 @@ class Pool {
 
   // Prefix index (open addressing, linear probing, backward-shift deletion).
   size_t home(const Key128& k) const noexcept { return static_cast<size_t>(k.lo) & table_mask_; }
-  int32_t index_lookup(const Key128& k) const noexcept;
-  bool index_insert(int32_t p) noexcept;  // false if an equal key is already indexed
+  int32_t index_lookup(const Key128& k, uint32_t shard) const noexcept;  // a page of that shard
+  bool index_insert(int32_t p) noexcept;  // false if an equal key is already indexed in p's shard
   void index_remove(int32_t p) noexcept;
 
   // The cache, checked to be alive and still the one the pool was made for (its serial): a new
@@ -135,6 +169,8 @@ class Pool {
   uint64_t max_length_ = 0; // max_model_length
   size_t row_len_ = 0;      // cdiv(max_model_length, S)
   uint32_t max_seqs_ = 0;
+  uint32_t dp_ = 1;         // data-parallel shards
+  int64_t shard_pages_ = 0; // num_pages / dp
 
   Page* pages_ = nullptr;
   int32_t* tokens_ = nullptr;   // [P * S]
@@ -146,12 +182,11 @@ class Pool {
   uint32_t ring_head_ = 0;
   uint32_t ring_count_ = 0;
   int32_t* scratch_pages_ = nullptr;  // [row_len_]
+  Key128* scratch_keys_ = nullptr;    // [row_len_]: a prompt's chained keys (add_sequence, dp > 1)
   uint8_t* hash_buf_ = nullptr;       // [16 + 4 * S]
+  Shard* shards_ = nullptr;           // [dp_]
 
-  int32_t free_head_ = -1;
-  int32_t lru_head_ = -1;  // least recently released
-  int32_t lru_tail_ = -1;
-  int64_t n_free_ = 0, n_evictable_ = 0, n_used_ = 0, n_indexed_ = 0;
+  int64_t n_used_ = 0, n_indexed_ = 0;
   uint32_t n_seqs_ = 0;
 
   int64_t prompt_tokens_ = 0, reused_tokens_ = 0, evictions_ = 0, cow_copies_ = 0;

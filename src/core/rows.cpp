@@ -122,7 +122,7 @@ void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: query_start_loc[0] = %lld is negative", fn, ll(m.query_start_loc[0]));
   const int64_t decode_rows = L.v3 && m.request_distribution != nullptr ? m.request_distribution[0] : 0;
   const int64_t S = L.page_size, W = m.pages_per_req;
-  const bool blocks = has_padding_rows(L);
+  const bool blocks = L.padding_rows();
   for (int64_t i = 0; i < n; ++i) {
     if (blocks && query_len(m, i) == 0) {
       if (m.context_lens[i] != 0)

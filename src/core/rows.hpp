@@ -16,17 +16,12 @@ void check_metadata_layout(const MetadataArrays& m, const Layout& L, const char*
 // num_reqs) when v3 metadata has a distribution, else num_seqs[0] (checked: in [0, num_reqs]).
 int64_t processed_rows(const MetadataArrays& m, bool v3, const char* function);
 
-// v3 metadata for a config with data_parallel_size > 1 has its rows in one block per data rank
-// (SPEC.md §7.3), each block's active rows first, then its padding rows: rows of query length 0,
-// which read and write nothing (their context_len must be 0).
-inline bool has_padding_rows(const Layout& L) { return L.v3 && L.data_parallel_size > 1; }
-
 // Rows [0, n) of page-table metadata over T token rows: the arrays are there, query_start_loc is
 // non-decreasing from >= 0 up to T, every q_len is positive (1 for the decode rows of a v3
 // distribution), context_len >= q_len, cdiv(context_len, page_size) <= pages_per_req, and the page
 // ids in range: of every page a row reads (`all_pages`, attention) or of the pages its new tokens
 // go to (concatenate); with token_starts, the rows' token blocks tile [query_start_loc[0],
-// query_start_loc[n]); the padding rows of has_padding_rows() are skipped. Throws
+// query_start_loc[n]); the padding rows of Layout::padding_rows() are skipped. Throws
 // INVALID_ARGUMENT naming the request and value.
 void check_page_rows(const MetadataArrays& m, const Layout& L, int64_t n, int64_t T, bool all_pages,
                      const char* function);

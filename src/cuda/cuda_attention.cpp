@@ -41,6 +41,7 @@ AttentionParams params_of(const AttentionJob& job) {
   p.soft_cap = job.soft_cap;
   p.v_scale = job.v_scale;
   p.window = job.window;
+  p.padding_rows = L.padding_rows() ? 1 : 0;
   return p;
 }
 

@@ -396,6 +396,9 @@ static std::string describe_device_error(const DeviceErrorRecord& r) {
     case kDevErrSlot:
       return format("device-resident metadata: slice %lld (destination slots from %lld) writes outside the "
                     "cache's %lld slots", i, v, lim);
+    case kDevErrPaddingRow:
+      return format("device-resident metadata: request %lld is a padding row (query length 0, "
+                    "data_parallel_size > 1) with context_len %lld, not 0", i, v);
     default:
       return format("device-resident metadata: unknown device error reason %d", static_cast<int>(r.reason));
   }

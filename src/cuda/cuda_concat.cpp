@@ -50,6 +50,8 @@ ConcatParams geometry_params(const ConcatJob& job, bool& vec) {
   p.entries = static_cast<int32_t>(L.combined_heads);
   p.lanes = static_cast<int32_t>(L.storage_head_dim);
   p.heads = static_cast<int32_t>(job.num_kv_heads);
+  p.slot_begin = static_cast<int32_t>(L.slot_begin);
+  p.head_offset = static_cast<int32_t>(job.head_offset);
   p.head_dim = static_cast<int32_t>(job.head_dim);
   p.h64 = job.h64;
   const int64_t vec_elems = 16 / job.cache_itemsize;
@@ -67,6 +69,8 @@ ConcatParams geometry_params(const ConcatJob& job, bool& vec) {
   p.num_tokens = job.num_tokens;
   p.page_size = L.page_size;
   p.num_pages = L.num_pages;
+  p.page_begin = L.page_begin;
+  p.global_pages = L.global_pages;
   return p;
 }
 
@@ -114,6 +118,7 @@ dim3 v3_grid(CudaBackend& b, const ConcatJob& job, ConcatParams& p, const char* 
   p.context_lens = md.context_lens;
   p.query_start_loc = md.query_start_loc;
   p.num_seqs_ptr = md.request_distribution != nullptr ? md.request_distribution + 2 : md.num_seqs;  // core checked them
+  p.padding_rows = job.layout.padding_rows() ? 1 : 0;
   p.rows_per_block = rows_per_block(p.chunks_per_row, p.num_rows, b.sm_count());
   return dim3(static_cast<unsigned>((p.num_rows + p.rows_per_block - 1) / p.rows_per_block), 1, 1);
 }
@@ -145,8 +150,6 @@ size_t CudaBackend::concat_staged_bytes(const ConcatJob& job) {
 
 void CudaBackend::concatenate(const ConcatJob& job, kvp_stream stream) {
   const char* fn = "kvp_concatenate";
-  if (job.layout.heads_cut())
-    fail(KVP_ERR_UNSUPPORTED, "%s: a CUDA shard of a KV-head split is not supported yet (data-parallel shards are)", fn);
   DeviceGuard guard(device_, fn);
   poll(false);  // device-side errors only: a device fault shows in the calls below
   check_healthy(fn);

@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 760);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 776);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -309,6 +309,8 @@ KVP_PIN_OFFSET(kvp_api_v1, config_get_shard, 728);
 KVP_PIN_OFFSET(kvp_api_v1, cache_create_shard, 736);
 KVP_PIN_OFFSET(kvp_api_v1, cache_get_shard, 744);
 KVP_PIN_OFFSET(kvp_api_v1, deserialize_shards_into, 752);
+KVP_PIN_OFFSET(kvp_api_v1, pool_get_sequence_shard, 760);
+KVP_PIN_OFFSET(kvp_api_v1, pool_get_shard_stats, 768);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
@@ -338,6 +340,18 @@ KVP_PIN_OFFSET(kvp_pool_stats, prompt_tokens, 72);
 KVP_PIN_OFFSET(kvp_pool_stats, reused_tokens, 80);
 KVP_PIN_OFFSET(kvp_pool_stats, evictions, 88);
 KVP_PIN_OFFSET(kvp_pool_stats, cow_copies, 96);
+
+/* kvp_pool_shard_stats (pool.h) */
+KVP_PIN_MIN_SIZE(kvp_pool_shard_stats, 56);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, struct_size, 0);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, num_shards, 4);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, first_page, 8);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, end_page, 12);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, total_pages, 16);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, free_pages, 24);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, evictable_pages, 32);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, used_pages, 40);
+KVP_PIN_OFFSET(kvp_pool_shard_stats, num_sequences, 48);
 
 /* kvp_serialize_options (serialize.h) */
 KVP_PIN_MIN_SIZE(kvp_serialize_options, 32);

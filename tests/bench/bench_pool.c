@@ -1,6 +1,8 @@
 /* Page pool costs: ns per page allocate / free, per fork, prefix-index insert and the time to
  * prefix-match a 128k-token prompt (page sizes 16 and 128), plus kvp_cache_copy_pages (the
- * copy-on-write path) as GB/s and as a ratio to memcpy of the same bytes in the same run.
+ * copy-on-write path) as GB/s and as a ratio to memcpy of the same bytes in the same run, and the
+ * cost of placing a sequence in a pool with 8 data-parallel shards (every shard's prefix index
+ * is tried) as a ratio to the same add in an unsharded pool.
  *
  *   bench_pool [--reps N]
  *
@@ -29,8 +31,8 @@ static void check(kvp_status s, const char *what) {
   }
 }
 
-static kvp_config make_config(int64_t layers, int64_t heads, int64_t page_size, int64_t num_pages,
-                              int64_t max_len) {
+static kvp_config make_config_dp(int64_t layers, int64_t heads, int64_t page_size, int64_t num_pages,
+                                 int64_t max_len, int64_t dp) {
   kvp_config probe;
   kvp_layout_info li;
   check(kvp_config_init(&probe, sizeof probe), "config_init");
@@ -50,10 +52,16 @@ static kvp_config make_config(int64_t layers, int64_t heads, int64_t page_size, 
   co.max_model_length = max_len;
   co.page_size = page_size;
   co.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
-  co.budget_bytes = num_pages * li.page_bytes_per_layer * layers;
+  co.budget_bytes = num_pages / dp * li.page_bytes_per_layer * layers; /* per shard: x dp */
+  co.data_parallel_size = dp;
   kvp_config cfg;
   check(kvp_config_create(&co, &cfg), "config_create");
   return cfg;
+}
+
+static kvp_config make_config(int64_t layers, int64_t heads, int64_t page_size, int64_t num_pages,
+                              int64_t max_len) {
+  return make_config_dp(layers, heads, page_size, num_pages, max_len, 1);
 }
 
 static uint64_t rng_state = 0x243F6A8885A308D3ull;
@@ -240,6 +248,61 @@ static void bench_copy_pages(int reps) {
   check(kvp_cache_destroy(cache), "cache_destroy");
 }
 
+/* kvp_pool_add_sequence of a 16k-token prompt in a pool with dp shards, placed by the pool: a full
+ * prefix hit cached in the last shard (the others miss on the first page), and a first-page miss
+ * everywhere. Returns the two best times in seconds. */
+static void time_placement(int64_t dp, int reps, double *hit, double *miss) {
+  const int64_t S = 16, T = 16384, per_shard = T / S + 2;
+  kvp_config cfg = make_config_dp(1, 1, S, dp * per_shard, T, dp);
+  kvp_cache *cache;
+  check(kvp_cache_create(&cfg, NULL, &cache), "cache_create");
+  int32_t *prompt = (int32_t *)malloc(sizeof(int32_t) * T);
+  for (int64_t i = 0; i < T; ++i) prompt[i] = (int32_t)(rnd() % 128256u);
+  kvp_pool_options o = KVP_POOL_OPTIONS_INIT;
+  o.max_sequences = 4;
+  kvp_pool *pool;
+  check(kvp_pool_create(cache, &o, &pool), "pool_create");
+  kvp_seq_id a;
+  check(kvp_pool_add_sequence(pool, prompt, T, 0, KVP_POOL_ADD_IN_SHARD(dp - 1), &a, NULL), "add");
+  check(kvp_pool_set_computed(pool, a, T), "set_computed");
+  check(kvp_pool_free_sequence(pool, a), "free");
+  *hit = *miss = 1e9;
+  for (int r = 0; r < reps; ++r) {
+    kvp_seq_id b, c;
+    size_t reused = 0;
+    double t0 = now_s();
+    check(kvp_pool_add_sequence(pool, prompt, T, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &b, &reused), "hit");
+    double t1 = now_s();
+    check(kvp_pool_free_sequence(pool, b), "free");
+    if (reused != (size_t)T) {
+      fprintf(stderr, "bench_pool: expected a full match with dp %lld, reused %zu\n", (long long)dp, reused);
+      exit(1);
+    }
+    prompt[0] ^= 1;
+    double t2 = now_s();
+    check(kvp_pool_add_sequence(pool, prompt, (size_t)S, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &c, NULL), "miss");
+    double t3 = now_s();
+    prompt[0] ^= 1;
+    check(kvp_pool_free_sequence(pool, c), "free");
+    if (t1 - t0 < *hit) *hit = t1 - t0;
+    if (t3 - t2 < *miss) *miss = t3 - t2;
+  }
+  check(kvp_pool_destroy(pool), "pool_destroy");
+  check(kvp_cache_destroy(cache), "cache_destroy");
+  free(prompt);
+}
+
+static void bench_placement(int reps) {
+  double hit1, miss1, hit8, miss8;
+  time_placement(1, reps, &hit1, &miss1);
+  time_placement(8, reps, &hit8, &miss8);
+  printf("\ndata-parallel placement: kvp_pool_add_sequence placed by the pool, page 16, dp 8 vs dp 1\n");
+  printf("  16k-token prompt, full prefix hit (in shard 7): %7.1f us vs %7.1f us, ratio %.2f\n", 1e6 * hit8,
+         1e6 * hit1, hit8 / hit1);
+  printf("  one page, a miss in every shard               : %7.3f us vs %7.3f us, ratio %.2f\n", 1e6 * miss8,
+         1e6 * miss1, miss8 / miss1);
+}
+
 int main(int argc, char **argv) {
   int reps = 7;
   for (int i = 1; i < argc; ++i) {
@@ -257,5 +320,6 @@ int main(int argc, char **argv) {
   bench_page_size(16, reps);
   bench_page_size(128, reps);
   bench_copy_pages(reps);
+  bench_placement(reps);
   return 0;
 }

@@ -394,6 +394,15 @@ static void expect_every_pool_call_rejected(kvp_pool *h) {
   st0 = st;
   EXPECT_BAD_HANDLE(kvp_pool_get_stats(h, &st), "kvp_pool_get_stats");
   assert_memory_equal(&st, &st0, sizeof st);
+  uint32_t shard = 0x55;
+  EXPECT_BAD_HANDLE(kvp_pool_get_sequence_shard(h, s, &shard), "kvp_pool_get_sequence_shard");
+  assert_int_equal(shard, 0x55);
+  kvp_pool_shard_stats sst, sst0;
+  memset(&sst, FILL, sizeof sst);
+  sst.struct_size = sizeof sst;
+  sst0 = sst;
+  EXPECT_BAD_HANDLE(kvp_pool_get_shard_stats(h, 0, &sst), "kvp_pool_get_shard_stats");
+  assert_memory_equal(&sst, &sst0, sizeof sst);
   EXPECT_BAD_HANDLE(kvp_pool_check_invariants(h), "kvp_pool_check_invariants");
   EXPECT_BAD_HANDLE(kvp_pool_clear_prefix_cache(h), "kvp_pool_clear_prefix_cache");
   if (h != NULL) EXPECT_BAD_HANDLE(kvp_pool_destroy(h), "kvp_pool_destroy"); /* destroy(NULL) is OK */
@@ -753,6 +762,8 @@ static void test_contract_api__null_pointers_pool(void **state) {
   EXPECT_NULL_ARG(kvp_pool_get_slots(F.pool, F.seq, 0, 2, NULL), "kvp_pool_get_slots", "slots_out");
   EXPECT_NULL_ARG(kvp_pool_get_batch_request(F.pool, F.seq, NULL), "kvp_pool_get_batch_request", "out");
   EXPECT_NULL_ARG(kvp_pool_get_stats(F.pool, NULL), "kvp_pool_get_stats", "out");
+  EXPECT_NULL_ARG(kvp_pool_get_sequence_shard(F.pool, F.seq, NULL), "kvp_pool_get_sequence_shard", "shard_out");
+  EXPECT_NULL_ARG(kvp_pool_get_shard_stats(F.pool, 0, NULL), "kvp_pool_get_shard_stats", "out");
   int32_t one[1] = {1}, two[1] = {2};
   EXPECT_NULL_ARG(kvp_cache_copy_pages(F.cache, NULL, two, 1, NULL), "kvp_cache_copy_pages", "src_pages");
   EXPECT_NULL_ARG(kvp_cache_copy_pages(F.cache, one, NULL, 1, NULL), "kvp_cache_copy_pages", "dst_pages");
@@ -970,6 +981,13 @@ static void test_contract_api__struct_size_too_small(void **state) {
   kvp_pool_stats st0 = st;
   EXPECT_FAIL(kvp_pool_get_stats(F.pool, &st), KVP_ERR_VERSION_MISMATCH, "kvp_pool_get_stats", "struct_size");
   assert_memory_equal(&st, &st0, sizeof st);
+  kvp_pool_shard_stats sst;
+  memset(&sst, FILL, sizeof sst);
+  sst.struct_size = 8;
+  kvp_pool_shard_stats sst0 = sst;
+  EXPECT_FAIL(kvp_pool_get_shard_stats(F.pool, 0, &sst), KVP_ERR_VERSION_MISMATCH, "kvp_pool_get_shard_stats",
+              "struct_size");
+  assert_memory_equal(&sst, &sst0, sizeof sst);
   kvp_serialized_info info;
   memset(&info, FILL, sizeof info);
   info.struct_size = 8;
@@ -1072,6 +1090,13 @@ static void test_contract_api__message_cleared_by_every_success(void **state) {
   st.struct_size = sizeof st;
   CLEARS(kvp_pool_get_stats(p, &st));
   assert_int_equal(st.num_sequences, 2);
+  uint32_t shard = 7;
+  CLEARS(kvp_pool_get_sequence_shard(p, s, &shard));
+  assert_int_equal(shard, 0);
+  kvp_pool_shard_stats sst = KVP_POOL_SHARD_STATS_INIT;
+  CLEARS(kvp_pool_get_shard_stats(p, 0, &sst));
+  assert_int_equal(sst.num_sequences, 2);
+  assert_int_equal(sst.total_pages, st.total_pages);
   CLEARS(kvp_pool_check_invariants(p));
   CLEARS(kvp_pool_free_sequence(p, child));
   CLEARS(kvp_pool_clear_prefix_cache(p));
@@ -1163,7 +1188,7 @@ static const char *const covered_by_this_file[] = {
     "kvp_pool_set_computed", "kvp_pool_truncate", "kvp_pool_fork", "kvp_pool_free_sequence",
     "kvp_pool_get_sequence_length", "kvp_pool_get_page_table", "kvp_pool_get_slots", "kvp_pool_get_batch_request",
     "kvp_pool_get_page_state", "kvp_pool_get_stats", "kvp_pool_check_invariants", "kvp_pool_clear_prefix_cache",
-    "kvp_cache_copy_pages",
+    "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats",
     /* serialize.h */
     "kvp_serialize_options_init", "kvp_serialized_size", "kvp_serialize", "kvp_serialize_to_writer",
     "kvp_serialize_to_file", "kvp_deserialize_options_init", "kvp_deserialize_new",

@@ -1,16 +1,17 @@
 # GPU test extras (included from tests/CMakeLists.txt).
-# - test_cuda_concatenate, test_cuda_attention, test_cuda_fault and test_serialize_gpu use the CUDA
-#   runtime themselves (device buffers, streams, graphs; the first two with the helpers of
-#   support/gpu_support.c), and so do the benchmarks bench_cuda_concatenate (device buffers,
-#   events, graphs) and bench_serialize (its --cuda limit: pinned copies).
+# - test_cuda_concatenate, test_cuda_attention, test_cuda_shards, test_cuda_fault and
+#   test_serialize_gpu use the CUDA runtime themselves (device buffers, streams, graphs; the first
+#   three with the helpers of support/gpu_support.c), and so do the benchmarks
+#   bench_cuda_concatenate (device buffers, events, graphs) and bench_serialize (its --cuda
+#   limit: pinned copies).
 # - A run without a GPU prints "kvpages: no CUDA device" and is reported by ctest as skipped.
 find_package(Python3 COMPONENTS Interpreter)
 set(KVP_GPU_SUPPORT ${CMAKE_CURRENT_SOURCE_DIR}/support/gpu_support.c)
-foreach(t test_cuda_concatenate test_cuda_attention)
+foreach(t test_cuda_concatenate test_cuda_attention test_cuda_shards)
   target_sources(${t} PRIVATE ${KVP_GPU_SUPPORT})
 endforeach()
-foreach(t test_cuda_concatenate test_cuda_attention test_cuda_fault test_serialize_gpu bench_cuda_concatenate
-        bench_serialize)
+foreach(t test_cuda_concatenate test_cuda_attention test_cuda_shards test_cuda_fault test_serialize_gpu
+        bench_cuda_concatenate bench_serialize)
   if(TARGET ${t} AND KVP_HAS_CUDA)
     target_link_libraries(${t} PRIVATE CUDA::cudart)
   endif()
@@ -85,7 +86,8 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   target_include_directories(kvpages_cuemu PUBLIC ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE})
   set_target_properties(kvpages_cuemu PROPERTIES LINKER_LANGUAGE CXX)
   target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH)
-  foreach(t test_cuda_device test_cuda_concatenate test_cuda_attention test_cuda_pool test_serialize_gpu test_cuda_fault)
+  foreach(t test_cuda_device test_cuda_concatenate test_cuda_attention test_cuda_pool test_serialize_gpu test_cuda_fault
+          test_cuda_shards)
     add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c
                    ${CMAKE_CURRENT_SOURCE_DIR}/support/reference.c
                    ${KVP_GPU_SUPPORT})
@@ -94,6 +96,9 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
     add_test(NAME cuemu.${t} COMMAND ${t}_emu)
     set_tests_properties(cuemu.${t} PROPERTIES LABELS "cuemu" TIMEOUT 600)
   endforeach()
+  # The shards' union test places its shards round-robin over two devices.
+  target_sources(test_cuda_shards_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/support/shards.c)
+  set_tests_properties(cuemu.test_cuda_shards PROPERTIES ENVIRONMENT "CUEMU_DEVICES=2")
   # Again with the SM count of an H100/H200: the grids are then sized as on those GPUs (mostly
   # one row per block), where the 2-SM default packs many rows into each block. Slow (about a
   # minute): only in the "slow" test configuration (`ctest -C slow`, which scripts/test.sh runs),

@@ -95,4 +95,6 @@ KVP_API_ENTRY(config_get_shard)
 KVP_API_ENTRY(cache_create_shard)
 KVP_API_ENTRY(cache_get_shard)
 KVP_API_ENTRY(deserialize_shards_into)
+KVP_API_ENTRY(pool_get_sequence_shard)
+KVP_API_ENTRY(pool_get_shard_stats)
 /* END GENERATED NAMES */

@@ -44,9 +44,11 @@ static int check_outputs(void) {
   kvp_layout_info li = KVP_LAYOUT_INFO_INIT;
   kvp_plan plan = KVP_PLAN_INIT;
   kvp_pool_stats ps = KVP_POOL_STATS_INIT;
+  kvp_pool_shard_stats pss = KVP_POOL_SHARD_STATS_INIT;
   kvp_serialized_info si = KVP_SERIALIZED_INFO_INIT;
   CHECK(cfg.struct_size == sizeof cfg && cfg.page_size == 128 && cfg.num_pages == -1);
   CHECK(ps.struct_size == sizeof ps && ps.max_sequences == 0);
+  CHECK(pss.struct_size == sizeof pss && pss.num_shards == 0);
   CHECK(si.struct_size == sizeof si && si.format_major == 0);
   o.num_hidden_layers = 2;
   o.num_kv_heads = 2;

@@ -37,8 +37,9 @@ unsigned char *kvp_test_layer_copy(const kvp_cache *cache, uint32_t layer, size_
 }
 
 /* One step: 1 or 2 requests on rank 0, up to 2 on each other data rank, each on fresh pages of that rank (page 0 excluded),
- * prompts of 1 .. 20 tokens (whole prefills) or decodes of 1 token after 1 .. 20 computed. */
-static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int64_t *tokens_out) {
+ * prompts of 1 .. 20 tokens (whole prefills) or decodes of 1 token after 1 .. 20 computed; the
+ * tokens in request order (token_starts), or with `row_order` in row order. */
+static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int row_order, int64_t *tokens_out) {
   const int64_t dp = cfg->data_parallel_size, per_rank = cfg->num_pages / dp, S = cfg->page_size;
   kvp_batch_request reqs[16];
   static int32_t pages[16][8];
@@ -61,7 +62,7 @@ static kvp_metadata *random_batch(const kvp_config *cfg, uint64_t *rng, int64_t 
     }
   }
   kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
-  bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+  bo.flags = row_order ? 0 : KVP_BATCH_FLAG_REQUEST_ORDER;
   bo.max_num_tokens = T > 0 ? T : 1;
   kvp_metadata *md = NULL;
   assert_kvp_ok(kvp_metadata_build(cfg, reqs, n, &bo, NULL, &md));
@@ -92,19 +93,25 @@ void kvp_test_assert_slice(const unsigned char *whole, const kvp_layout_info *wl
   free(b);
 }
 
-void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) {
+void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed, const kvp_test_shard_placement *where) {
   const int64_t tp = cfg->kv_head_shards, dp = cfg->data_parallel_size, n = tp * dp;
   const int64_t H = cfg->num_kv_heads, D = cfg->k_headdim;
   kvp_cache *whole = NULL, *shards[64];
   assert_true(n <= 64);
   assert_kvp_ok(kvp_cache_create(cfg, NULL, &whole));
   for (int64_t i = 0; i < n; ++i) {
-    assert_kvp_ok(kvp_cache_create_shard(cfg, (int32_t)(i / dp), (int32_t)(i % dp), NULL, &shards[i]));
+    kvp_cache_options o;
+    assert_kvp_ok(kvp_cache_options_init(&o, sizeof o));
+    if (where != NULL) {
+      o.device_type = KVP_DEVICE_CUDA;
+      o.device_id = (int32_t)(i % where->cuda_devices);
+    }
+    assert_kvp_ok(kvp_cache_create_shard(cfg, (int32_t)(i / dp), (int32_t)(i % dp), &o, &shards[i]));
   }
   uint64_t rng = seed;
   for (int step = 0; step < steps; ++step) {
     int64_t T = 0;
-    kvp_metadata *md = random_batch(cfg, &rng, &T);
+    kvp_metadata *md = random_batch(cfg, &rng, where != NULL && where->device_metadata, &T);
     const int64_t rows = T > 0 ? T : 1;
     float *k = malloc((size_t)(rows * H * D) * sizeof(float)), *v = malloc((size_t)(rows * H * D) * sizeof(float));
     assert_true(k != NULL && v != NULL);
@@ -125,7 +132,10 @@ void kvp_test_shard_union(const kvp_config *cfg, int steps, uint64_t seed) {
           vs.data = v + si.head_begin * D;
           ks.shape[1] = vs.shape[1] = si.head_end - si.head_begin;
         }
-        assert_kvp_ok(kvp_concatenate(shards[i], layer, &ks, &vs, md, NULL));
+        if (where == NULL)
+          assert_kvp_ok(kvp_concatenate(shards[i], layer, &ks, &vs, md, NULL));
+        else
+          where->concatenate(where, shards[i], (int32_t)(i % where->cuda_devices), layer, &ks, &vs, md);
       }
     }
     free(k);

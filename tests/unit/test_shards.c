@@ -1,6 +1,7 @@
 /* Shards of a sharded config (SPEC.md §7.3): their geometry, writes with global metadata, the
  * union of the shards against the whole cache, the padding rows of data-parallel metadata, bad
  * input and what shards do not support yet. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -139,7 +140,7 @@ static void test_union_of_shards(void **state) {
             }
             if (c.kv_head_shards > 1 && config_shard(&c, 0, 0).slot_end % 2 == 1 && layouts[l].head_dim != 64)
               ++half_heads;
-            kvp_test_shard_union(&c, 3, seed++);
+            kvp_test_shard_union(&c, 3, seed++, NULL);
           }
   /* The matrix covers each resolution and the half-head slices. */
   assert_true(kept > 0);
@@ -304,8 +305,10 @@ static void test_bad_input(void **state) {
   assert_kvp_ok(kvp_metadata_build(&loose, &bad, 1, NULL, NULL, &md_bad));
   kvp_tensor k4 = kvp_test_tensor(k, KVP_DTYPE_F32, 4, 4, 128, KVP_DEVICE_CPU);
   kvp_tensor v4 = kvp_test_tensor(v, KVP_DTYPE_F32, 4, 4, 128, KVP_DEVICE_CPU);
+  /* Page 16 is in shard 1 of the loose config's 2, so the builder puts the request in row 4, the
+   * first row of shard 1's block (max_num_reqs 8: blocks of 4 rows). */
   assert_kvp_status(kvp_concatenate(s, 0, &k4, &v4, md_bad, NULL), KVP_ERR_INVALID_ARGUMENT,
-                    "pages_tables[0][0] = 16 is out of range [0, 16)");
+                    "request 4: pages_tables[4][0] = 16 is out of range [0, 16)");
   const size_t n = kvp_test_layer_bytes(s);
   unsigned char *got = malloc(n), *zero = calloc(1, n);
   assert_kvp_ok(kvp_cache_read_layer(s, 0, got, n, NULL));
@@ -327,6 +330,100 @@ static void test_bad_input(void **state) {
   assert_kvp_ok(kvp_cache_destroy(s));
 }
 
+/* A step of two requests (whole prefills, then decodes after them), the metadata for `cfg`. */
+static kvp_metadata *attention_step(const kvp_config *cfg, int step, int64_t *T) {
+  static int32_t p0[] = {1, 2}, p1[] = {3};
+  kvp_batch_request reqs[2] = {{0, 10, p0, 2}, {0, 5, p1, 1}};
+  if (step == 1) reqs[0] = (kvp_batch_request){10, 1, p0, 2}, reqs[1] = (kvp_batch_request){5, 1, p1, 1};
+  kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+  bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
+  kvp_metadata *md = NULL;
+  assert_kvp_ok(kvp_metadata_build(cfg, reqs, 2, &bo, NULL, &md));
+  *T = reqs[0].num_scheduled + reqs[1].num_scheduled;
+  return md;
+}
+
+/* Attention on each KV-head shard, with its query heads (GQA: 2 per KV head) and the fused write
+ * of its own K/V heads, gives the whole cache's output for those heads. */
+static void attention_matches(kvp_layout v, kvp_dtype dt, int64_t H, int64_t D, int64_t tp) {
+  const kvp_config c = kvp_test_sharded_config(v, dt, H, D, tp, 1);
+  assert_int_equal(c.kv_head_shards, tp);
+  const int64_t rep = 2, Hq = rep * H, T_MAX = 15;
+  kvp_cache *whole = NULL, *shards[8];
+  assert_kvp_ok(kvp_cache_create(&c, NULL, &whole));
+  for (int64_t r = 0; r < tp; ++r) assert_kvp_ok(kvp_cache_create_shard(&c, (int32_t)r, 0, NULL, &shards[r]));
+  float *q = malloc(sizeof(float) * (size_t)(T_MAX * Hq * D)), *k = malloc(sizeof(float) * (size_t)(T_MAX * H * D));
+  float *val = malloc(sizeof(float) * (size_t)(T_MAX * H * D)), *want = malloc(sizeof(float) * (size_t)(T_MAX * Hq * D));
+  float *got = malloc(sizeof(float) * (size_t)(T_MAX * Hq * D));
+  uint64_t rng = (uint64_t)(H * 7 + D + tp);
+  for (int step = 0; step < 2; ++step) {
+    int64_t T = 0;
+    kvp_metadata *md = attention_step(&c, step, &T);
+    for (int64_t e = 0; e < T * Hq * D; ++e) q[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+    for (int64_t e = 0; e < T * H * D; ++e) {
+      k[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+      val[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
+    }
+    kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, T, Hq, D, KVP_DEVICE_CPU);
+    kvp_tensor kt = kvp_test_tensor(k, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+    kvp_tensor vt = kvp_test_tensor(val, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
+    kvp_tensor wt = kvp_test_tensor(want, KVP_DTYPE_F32, T, Hq, D, KVP_DEVICE_CPU);
+    assert_kvp_ok(kvp_attention(whole, 0, &qt, &kt, &vt, md, NULL, &wt, NULL));
+    for (int64_t r = 0; r < tp; ++r) {
+      kvp_shard_info si = KVP_SHARD_INFO_INIT;
+      assert_kvp_ok(kvp_cache_get_shard(shards[r], &si));
+      const int64_t h0 = si.head_begin, nh = si.head_end - si.head_begin;
+      kvp_tensor qs = qt, ks = kt, vs = vt, os = kvp_test_tensor(got, KVP_DTYPE_F32, T, rep * nh, D, KVP_DEVICE_CPU);
+      qs.data = q + h0 * rep * D;
+      qs.shape[1] = rep * nh;
+      ks.data = k + h0 * D;
+      vs.data = val + h0 * D;
+      ks.shape[1] = vs.shape[1] = nh;
+      assert_kvp_ok(kvp_attention(shards[r], 0, &qs, &ks, &vs, md, NULL, &os, NULL));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < rep * nh; ++h)
+          for (int64_t d = 0; d < D; ++d) {
+            const float w = want[(t * Hq + h0 * rep + h) * D + d], g = got[(t * rep * nh + h) * D + d];
+            if (!(fabsf(w - g) <= 1e-5f * (1.0f + fabsf(w))))
+              fail_msg("tp %lld rank %lld step %d: token %lld head %lld lane %lld: %g, whole cache %g", (long long)tp,
+                       (long long)r, step, (long long)t, (long long)(h0 * rep + h), (long long)d, g, w);
+          }
+    }
+    assert_kvp_ok(kvp_metadata_destroy(md));
+  }
+  free(q);
+  free(k);
+  free(val);
+  free(want);
+  free(got);
+  for (int64_t r = 0; r < tp; ++r) assert_kvp_ok(kvp_cache_destroy(shards[r]));
+  assert_kvp_ok(kvp_cache_destroy(whole));
+}
+
+static void test_attention_on_kv_head_shards(void **state) {
+  (void)state;
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 128, 4);
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 8, 64, 2);  /* head_dim 64 */
+  attention_matches(KVP_LAYOUT_V3, KVP_DTYPE_F8_E4M3FN, 3, 32, 2);  /* a padded last rank */
+  attention_matches(KVP_LAYOUT_V2, KVP_DTYPE_F32, 4, 32, 4);
+  /* A rank holding half a head cannot attend. */
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V2, KVP_DTYPE_F32, 3, 32, 2, 1);
+  kvp_cache *s = NULL;
+  assert_kvp_ok(kvp_cache_create_shard(&c, 0, 0, NULL, &s));
+  int64_t T = 0;
+  kvp_metadata *md = attention_step(&c, 0, &T);
+  float q[15 * 4 * 32] = {0}, o[15 * 4 * 32];
+  memset(o, 0x5C, sizeof o);
+  kvp_tensor qt = kvp_test_tensor(q, KVP_DTYPE_F32, T, 4, 32, KVP_DEVICE_CPU);
+  kvp_tensor ot = kvp_test_tensor(o, KVP_DTYPE_F32, T, 4, 32, KVP_DEVICE_CPU);
+  assert_kvp_status(kvp_attention(s, 0, &qt, NULL, NULL, md, NULL, &ot, NULL), KVP_ERR_UNSUPPORTED,
+                    "this shard holds only the keys or only the values of a KV head at an end of its range "
+                    "(whole-layout entries [0, 3)); attention needs whole heads");
+  for (size_t i = 0; i < sizeof o; ++i) assert_int_equal(((unsigned char *)o)[i], 0x5C);
+  assert_kvp_ok(kvp_metadata_destroy(md));
+  assert_kvp_ok(kvp_cache_destroy(s));
+}
+
 /* What shards do not support yet says so, and changes nothing. */
 static void test_not_yet_on_shards(void **state) {
   (void)state;
@@ -343,7 +440,7 @@ static void test_not_yet_on_shards(void **state) {
   kvp_metadata *md = NULL;
   assert_kvp_ok(kvp_metadata_create_empty(KVP_LAYOUT_V3, 1, 4, 1, 8, &md));
   assert_kvp_status(kvp_attention(s, 0, &q, NULL, NULL, md, NULL, &q, NULL), KVP_ERR_UNSUPPORTED,
-                    "kvp_attention: not supported on a shard yet");
+                    "kvp_attention: attention on a data-parallel shard is not supported yet");
   assert_kvp_ok(kvp_metadata_destroy(md));
   assert_kvp_ok(kvp_cache_destroy(s));
   /* A pool on a KV-head shard (all pages) works. */
@@ -359,7 +456,7 @@ int main(void) {
       cmocka_unit_test(test_spec_head_splits), cmocka_unit_test(test_shard_geometry),
       cmocka_unit_test(test_union_of_shards),  cmocka_unit_test(test_v2_slice_rewrite),
       cmocka_unit_test(test_padding_rows),     cmocka_unit_test(test_bad_input),
-      cmocka_unit_test(test_not_yet_on_shards),
+      cmocka_unit_test(test_attention_on_kv_head_shards), cmocka_unit_test(test_not_yet_on_shards),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

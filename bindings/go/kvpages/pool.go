@@ -43,6 +43,16 @@ type PoolStats struct {
 	Evictions, CowCopies                               int64
 }
 
+// PoolShardStats are the counters of one data-parallel shard of a pool (kvp_pool_shard_stats,
+// since 1.4): the shard hands out pages [FirstPage, EndPage), and
+// FreePages + EvictablePages + UsedPages == TotalPages.
+type PoolShardStats struct {
+	NumShards                                        uint32
+	FirstPage, EndPage                               int32
+	TotalPages, FreePages, EvictablePages, UsedPages int64
+	NumSequences                                     int64
+}
+
 // Pool owns a kvp_pool: it hands the pages of a Cache to sequences, shares them by reference
 // count (fork, copy-on-write) and reuses computed pages by prefix hash. It keeps its Cache
 // reachable, so the cache is never finalized before the pool. Close the pool before the cache:
@@ -134,12 +144,27 @@ func int32Ptr(tokens []int32) *C.int32_t {
 // K/V of the others). salt namespaces the prefix cache; reuseAll lets a full prompt hit reuse
 // every page.
 func (p *Pool) AddSequence(tokens []int32, salt uint64, reuseAll bool) (SeqID, int, error) {
+	return p.add(tokens, salt, reuseFlag(reuseAll))
+}
+
+// AddSequenceInShard is AddSequence into data-parallel shard shard (KVP_POOL_ADD_IN_SHARD)
+// instead of the one the pool would choose (the longest cached prefix that can hold the rest,
+// else the most free pages). Prefix matching stays within the shard; a shard at or past the
+// config's DataParallelSize is ErrInvalidArgument.
+func (p *Pool) AddSequenceInShard(tokens []int32, salt uint64, reuseAll bool, shard uint16) (SeqID, int, error) {
+	return p.add(tokens, salt, reuseFlag(reuseAll)|C.KVP_POOL_ADD_FLAG_SHARD|C.uint32_t(shard)<<16)
+}
+
+func reuseFlag(reuseAll bool) C.uint32_t {
+	if reuseAll {
+		return C.KVP_POOL_ADD_FLAG_REUSE_ALL
+	}
+	return 0
+}
+
+func (p *Pool) add(tokens []int32, salt uint64, flags C.uint32_t) (SeqID, int, error) {
 	var seq C.kvp_seq_id
 	var reused C.size_t
-	flags := C.uint32_t(0)
-	if reuseAll {
-		flags = C.KVP_POOL_ADD_FLAG_REUSE_ALL
-	}
 	err := p.do(func(h *C.kvp_pool) C.kvp_status {
 		return C.kvp_pool_add_sequence(h, int32Ptr(tokens), C.size_t(len(tokens)), C.uint64_t(salt), flags, &seq, &reused)
 	})
@@ -295,6 +320,29 @@ func (p *Pool) Stats() (PoolStats, error) {
 		IndexedPages: int64(s.indexed_pages), NumSequences: int64(s.num_sequences),
 		PromptTokens: int64(s.prompt_tokens), ReusedTokens: int64(s.reused_tokens),
 		Evictions: int64(s.evictions), CowCopies: int64(s.cow_copies),
+	}, nil
+}
+
+// SequenceShard calls kvp_pool_get_sequence_shard: the data-parallel shard seq lives in (0
+// without shards).
+func (p *Pool) SequenceShard(seq SeqID) (uint32, error) {
+	var shard C.uint32_t
+	err := p.do(func(h *C.kvp_pool) C.kvp_status { return C.kvp_pool_get_sequence_shard(h, seq.c(), &shard) })
+	return uint32(shard), err
+}
+
+// ShardStats calls kvp_pool_get_shard_stats: the counters of one data-parallel shard (a pool
+// without shards has one, shard 0).
+func (p *Pool) ShardStats(shard uint32) (PoolShardStats, error) {
+	var s C.kvp_pool_shard_stats
+	s.struct_size = C.uint32_t(unsafe.Sizeof(s))
+	if err := p.do(func(h *C.kvp_pool) C.kvp_status { return C.kvp_pool_get_shard_stats(h, C.uint32_t(shard), &s) }); err != nil {
+		return PoolShardStats{}, err
+	}
+	return PoolShardStats{
+		NumShards: uint32(s.num_shards), FirstPage: int32(s.first_page), EndPage: int32(s.end_page),
+		TotalPages: int64(s.total_pages), FreePages: int64(s.free_pages), EvictablePages: int64(s.evictable_pages),
+		UsedPages: int64(s.used_pages), NumSequences: int64(s.num_sequences),
 	}, nil
 }
 

@@ -493,3 +493,49 @@ func TestPoolFinalizerRunsBeforeCacheFinalizer(t *testing.T) {
 		t.Fatalf("%d of 20 handles not released; %v", len(pending), bad)
 	}
 }
+
+func TestPoolDataParallelShards(t *testing.T) {
+	cfg, err := NewConfig(ConfigOptions{NumHiddenLayers: 2, NumKVHeads: heads, MaxModelLength: 64, HeadDim: headDim,
+		PageSize: page, Dtype: DtypeF32, BudgetBytes: 1 << 20, DataParallelSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := int32(cfg.NumPages() / 2)
+	cache, _ := NewCache(cfg)
+	defer cache.Close()
+	p, err := NewPool(cache, PoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	s0, _ := p.ShardStats(0)
+	s1, _ := p.ShardStats(1)
+	if s0.NumShards != 2 || s0.FirstPage != 1 || s0.EndPage != half || s1.FirstPage != half || s1.EndPage != 2*half {
+		t.Fatalf("%+v %+v", s0, s1)
+	}
+	toks := []int32{1, 2, 3, 4, 5}
+	a, _, err := p.AddSequence(toks, 0, false) // shard 1 has one more free page
+	if sh, _ := p.SequenceShard(a); err != nil || sh != 1 {
+		t.Fatal(sh, err)
+	}
+	b, _, err := p.AddSequenceInShard(toks, 0, false, 0)
+	if sh, _ := p.SequenceShard(b); err != nil || sh != 0 {
+		t.Fatal(sh, err)
+	}
+	if pt, _ := p.PageTable(b); len(pt) != 1 || pt[0] < 1 || pt[0] >= half {
+		t.Fatal(pt)
+	}
+	before := mustStats(t, p)
+	_, _, err = p.AddSequenceInShard(toks, 0, false, 2)
+	if e := wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT"); !strings.Contains(e.Message, "shard 2 is out of range") {
+		t.Fatal(e.Message)
+	}
+	_, err = p.ShardStats(2)
+	wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT")
+	if after := mustStats(t, p); after != before {
+		t.Fatalf("%+v != %+v", after, before)
+	}
+	if err := p.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}

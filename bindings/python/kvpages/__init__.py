@@ -63,7 +63,7 @@ from .config import (DEFAULT_SAFETY_MARGIN, FALLBACK_BUDGET, Config, HeadShardin
                      Plan, ShardInfo, hbm_budget_bytes, memory_stats)
 from .dlpack import DLPackTensor, live_exports, release_unconsumed  # noqa: E402
 from .metadata import BatchRequest, Metadata  # noqa: E402
-from .pool import PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolStats, SeqId  # noqa: E402
+from .pool import PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolShardStats, PoolStats, SeqId  # noqa: E402
 from .serialize import SerializedInfo, inspect  # noqa: E402
 
 
@@ -115,7 +115,7 @@ __all__ = [
     "FormatCorrupt", "FormatMismatch", "InternalError",
     "Dtype", "Layout", "Device", "View", "BudgetMode", "MetadataField",
     "Config", "LayoutInfo", "Plan", "ShardInfo", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
-    "FALLBACK_BUDGET", "Cache", "Metadata", "BatchRequest", "Pool", "PoolStats", "SeqId", "DLPackTensor",
+    "FALLBACK_BUDGET", "Cache", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats", "SeqId", "DLPackTensor",
     "SerializedInfo", "inspect", "convert", "has_ml_dtypes", "live_exports", "release_unconsumed",
     "cdiv", "align_to_multiple", "previous_power_of_2", "page_size_bytes", "num_slices_per_kv_cache_update_page",
     "version", "version_number", "build_info", "check_abi", "device_count", "set_misuse_handler",

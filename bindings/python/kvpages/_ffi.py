@@ -13,7 +13,8 @@ _f32, _u8, _vp, _cp, _size = ctypes.c_float, ctypes.c_uint8, ctypes.c_void_p, ct
 _P = ctypes.POINTER
 MAX_DIMS = 6
 
-#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.4.0: shard caches, re-sharding).
+#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.4.0: shard caches, re-sharding,
+#: the pool's data-parallel shards).
 BINDING_VERSION_NUMBER = 10400
 
 #: KVP_SERIALIZE_FLAG_NO_SYNC (serialize.h, since 1.3): kvp_serialize_options.flags bit.
@@ -120,6 +121,12 @@ class kvp_pool_stats(ctypes.Structure):
                 ("prompt_tokens", _i64), ("reused_tokens", _i64), ("evictions", _i64), ("cow_copies", _i64)]
 
 
+class kvp_pool_shard_stats(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("num_shards", _u32), ("first_page", _i32), ("end_page", _i32),
+                ("total_pages", _i64), ("free_pages", _i64), ("evictable_pages", _i64), ("used_pages", _i64),
+                ("num_sequences", _i64)]
+
+
 class kvp_serialize_options(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("page_ids", _P(_i32)), ("num_page_ids", _u32),
                 ("flags", _u32), ("chunk_bytes", _u64)]
@@ -179,8 +186,8 @@ DLManagedTensor._fields_ = [("dl_tensor", DLTensor), ("manager_ctx", _vp), ("del
 #: Every struct mirrored from the headers (the layout test compares each with the C compiler).
 STRUCTS = [kvp_config, kvp_memory_stats, kvp_config_options, kvp_layout_info, kvp_plan, kvp_cache_options,
            kvp_tensor, kvp_metadata_desc, kvp_batch_request, kvp_batch_options, kvp_seq_id, kvp_pool_options,
-           kvp_pool_stats, kvp_serialize_options, kvp_deserialize_options, kvp_shard_info, kvp_serialized_info,
-           kvp_blob_ref, kvp_attention_options]
+           kvp_pool_stats, kvp_pool_shard_stats, kvp_serialize_options, kvp_deserialize_options, kvp_shard_info,
+           kvp_serialized_info, kvp_blob_ref, kvp_attention_options]
 
 WriteFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _vp)
 ReadFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _P(_size), _vp)
@@ -333,11 +340,14 @@ _SIGNATURES = {
     "kvp_cache_create_shard": (_ST, _P(kvp_config), _i32, _i32, _P(kvp_cache_options), _P(_vp)),
     "kvp_cache_get_shard": (_ST, _vp, _P(kvp_shard_info)),
     "kvp_deserialize_shards_into": (_ST, _vp, _P(kvp_blob_ref), _u32),
+    "kvp_pool_get_sequence_shard": (_ST, _vp, kvp_seq_id, _P(_u32)),
+    "kvp_pool_get_shard_stats": (_ST, _vp, _u32, _P(kvp_pool_shard_stats)),
 }
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with
 #: VersionMismatch rather than a missing symbol.
 LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",
-         "kvp_cache_create_shard", "kvp_cache_get_shard", "kvp_deserialize_shards_into"}
+         "kvp_cache_create_shard", "kvp_cache_get_shard", "kvp_deserialize_shards_into", "kvp_pool_get_sequence_shard",
+         "kvp_pool_get_shard_stats"}
 
 
 def bind(names: Optional[set] = None) -> None:

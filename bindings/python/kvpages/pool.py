@@ -8,17 +8,22 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from ._ffi import _P, _i32, _u32, _vp, kvp_batch_request, kvp_pool_options, kvp_pool_stats, kvp_seq_id, lib
+from ._ffi import (_P, _i32, _u32, _vp, kvp_batch_request, kvp_pool_options, kvp_pool_shard_stats, kvp_pool_stats,
+                   kvp_seq_id, lib)
 from ._handle import Handle
 from .errors import check, invalid
 from .metadata import BatchRequest
 
-POOL_FLAG_NO_PREFIX_CACHE, POOL_ADD_FLAG_REUSE_ALL = 1, 1
+POOL_FLAG_NO_PREFIX_CACHE, POOL_ADD_FLAG_REUSE_ALL, POOL_ADD_FLAG_SHARD = 1, 1, 2
 PAGE_FLAG_NULL, PAGE_FLAG_FREE, PAGE_FLAG_INDEXED = 1, 2, 4
 _size = ctypes.c_size_t
 
 #: Counters of a pool (kvp_pool_get_stats); ``free_pages + evictable_pages + used_pages == total_pages``.
 PoolStats = collections.namedtuple("PoolStats", [f for f, _ in kvp_pool_stats._fields_ if f != "struct_size"])
+#: Counters of one data-parallel shard of a pool (kvp_pool_get_shard_stats, since 1.4): its page
+#: range ``[first_page, end_page)`` and ``free_pages + evictable_pages + used_pages == total_pages``.
+PoolShardStats = collections.namedtuple("PoolShardStats",
+                                        [f for f, _ in kvp_pool_shard_stats._fields_ if f != "struct_size"])
 
 
 class SeqId:
@@ -82,14 +87,22 @@ class Pool(Handle):
         cache._pools.add(self)
         self._max_pages = self.stats().max_pages_per_sequence
 
-    def add_sequence(self, tokens, salt=0, reuse_all=False):
+    def add_sequence(self, tokens, salt=0, reuse_all=False, shard=None):
         """Adds a sequence holding the prompt ``tokens``, reusing the longest cached prefix of full
         pages (unless ``reuse_all``, at least one token is left to compute).
+
+        With data-parallel shards the pool places the sequence (the shard with the longest cached
+        prefix that can hold the rest, else the one with the most free pages); ``shard`` forces
+        one. Prefix matching stays within the sequence's shard.
 
         Returns ``(seq, reused_tokens)``; the reused tokens count as computed."""
         keep, arr, n = _tokens(tokens)
         seq, reused = kvp_seq_id(), _size()
         flags = POOL_ADD_FLAG_REUSE_ALL if reuse_all else 0
+        if shard is not None:
+            if not 0 <= shard < 1 << 16:
+                raise invalid("shard %d is out of range [0, 65536)" % shard)
+            flags |= POOL_ADD_FLAG_SHARD | (shard << 16)
         check(lib.kvp_pool_add_sequence(self.ptr, arr, n, salt, flags, ctypes.byref(seq), ctypes.byref(reused)),
                "kvp_pool_add_sequence")
         return SeqId(seq.id), reused.value
@@ -164,6 +177,20 @@ class Pool(Handle):
         st.struct_size = ctypes.sizeof(st)
         check(lib.kvp_pool_get_stats(self.ptr, ctypes.byref(st)), "kvp_pool_get_stats")
         return PoolStats(*(getattr(st, f) for f in PoolStats._fields))
+
+    def sequence_shard(self, seq):
+        """The data-parallel shard ``seq`` lives in (0 without shards)."""
+        out = _u32()
+        check(lib.kvp_pool_get_sequence_shard(self.ptr, _seq(seq), ctypes.byref(out)), "kvp_pool_get_sequence_shard")
+        return out.value
+
+    def shard_stats(self, shard):
+        """The counters of one data-parallel shard as a :class:`PoolShardStats` (a pool without
+        shards has one, shard 0)."""
+        st = kvp_pool_shard_stats()
+        st.struct_size = ctypes.sizeof(st)
+        check(lib.kvp_pool_get_shard_stats(self.ptr, shard, ctypes.byref(st)), "kvp_pool_get_shard_stats")
+        return PoolShardStats(*(getattr(st, f) for f in PoolShardStats._fields))
 
     def check_invariants(self):
         """Raises KvpError (KVP_ERR_INTERNAL, naming the violation) if the bookkeeping is inconsistent."""

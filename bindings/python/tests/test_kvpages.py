@@ -531,6 +531,32 @@ def test_pool_with_blocks_close_in_order():
     assert pool.closed and cache.closed
 
 
+def test_pool_data_parallel_shards():
+    cfg = make_config(budget_bytes=POOL_BUDGET, data_parallel_size=2)  # 16 pages: 1..7 and 8..15
+    assert cfg.num_pages == 16
+    with kvpages.Cache(cfg) as cache, kvpages.Pool(cache) as pool:
+        s0, s1 = pool.shard_stats(0), pool.shard_stats(1)
+        assert (s0.num_shards, s0.first_page, s0.end_page, s0.total_pages) == (2, 1, 8, 7)
+        assert (s1.first_page, s1.end_page, s1.free_pages) == (8, 16, 8)
+        seq, _ = pool.add_sequence(range(10))  # shard 1 has more free pages
+        assert pool.sequence_shard(seq) == 1
+        assert pool.page_table(seq) == list(range(8, 8 + kvpages.cdiv(10, S)))  # the shard's lowest pages
+        forced, _ = pool.add_sequence(range(10), shard=0)
+        assert pool.sequence_shard(forced) == 0
+        assert all(1 <= p < 8 for p in pool.page_table(forced))
+        assert pool.shard_stats(0).num_sequences == 1 and pool.shard_stats(1).used_pages == kvpages.cdiv(10, S)
+        pool.add_sequence(range(100, 164), shard=0)  # 4 more pages: 2 left in shard 0
+        before = pool.stats()
+        with pytest.raises(kvpages.InvalidArgument, match="shard 2 is out of range"):
+            pool.add_sequence(range(4), shard=2)
+        with pytest.raises(kvpages.InvalidArgument, match="shard 2 is out of range"):
+            pool.shard_stats(2)
+        with pytest.raises(kvpages.OutOfPages, match="in data-parallel shard 0 of 2"):
+            pool.add_sequence(range(200, 264), shard=0)
+        assert pool.stats() == before
+        pool.check_invariants()
+
+
 def test_pool_example_runs():
     example = os.path.join(os.path.dirname(__file__), "..", "examples", "pool.py")
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))

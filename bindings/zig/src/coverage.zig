@@ -76,6 +76,8 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_pool_get_stats", .zig = "Pool.stats" },
     .{ .c_name = "kvp_pool_check_invariants", .zig = "Pool.checkInvariants" },
     .{ .c_name = "kvp_pool_clear_prefix_cache", .zig = "Pool.clearPrefixCache" },
+    .{ .c_name = "kvp_pool_get_sequence_shard", .zig = "Pool.sequenceShard" },
+    .{ .c_name = "kvp_pool_get_shard_stats", .zig = "Pool.shardStats" },
     .{ .c_name = "kvp_cache_copy_pages", .zig = "Cache.copyPages" },
     .{ .c_name = "kvp_serialize_options_init", .zig = "Cache.serializedSize" },
     .{ .c_name = "kvp_serialized_size", .zig = "Cache.serializedSize" },

@@ -158,7 +158,7 @@ pub fn checkAbi() Error!void {
 
 comptime {
     if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
-    if (c.KVP_VERSION_NUMBER < 10400) @compileError("these bindings need kvpages >= 1.4 headers (shard caches)");
+    if (c.KVP_VERSION_NUMBER < 10400) @compileError("these bindings need kvpages >= 1.4 headers (shard caches, the pool's data-parallel shards)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1712,6 +1712,21 @@ pub const PoolStats = extern struct {
     cow_copies: i64,
 };
 
+/// Counters of one data-parallel shard of a pool (`kvp_pool_shard_stats`, since 1.4): the shard
+/// hands out pages `first_page .. end_page`; `free_pages + evictable_pages + used_pages ==
+/// total_pages`.
+pub const PoolShardStats = extern struct {
+    struct_size: u32,
+    num_shards: u32,
+    first_page: i32,
+    end_page: i32,
+    total_pages: i64,
+    free_pages: i64,
+    evictable_pages: i64,
+    used_pages: i64,
+    num_sequences: i64,
+};
+
 /// Flag bits of `PageState.flags`.
 pub const page_flag_null: u32 = c.KVP_PAGE_FLAG_NULL;
 pub const page_flag_free: u32 = c.KVP_PAGE_FLAG_FREE;
@@ -1774,9 +1789,21 @@ pub const Pool = struct {
     /// Adds a sequence holding `tokens`, reusing the longest cached prefix of full pages (with
     /// `reuse_all` false, at least one token is left to compute). `salt` namespaces the prefix cache.
     pub fn addSequence(self: *Pool, tokens: []const i32, salt: u64, reuse_all: bool) Error!AddedSequence {
+        return self.add(tokens, salt, if (reuse_all) c.KVP_POOL_ADD_FLAG_REUSE_ALL else 0);
+    }
+
+    /// `addSequence` into data-parallel shard `shard` (`KVP_POOL_ADD_IN_SHARD`) instead of the
+    /// one the pool would choose (the longest cached prefix that can hold the rest, else the most
+    /// free pages). Prefix matching stays within the shard; a shard at or past the config's
+    /// `data_parallel_size` is error.InvalidArgument.
+    pub fn addSequenceInShard(self: *Pool, tokens: []const i32, salt: u64, reuse_all: bool, shard: u16) Error!AddedSequence {
+        const reuse: u32 = if (reuse_all) c.KVP_POOL_ADD_FLAG_REUSE_ALL else 0;
+        return self.add(tokens, salt, reuse | c.KVP_POOL_ADD_FLAG_SHARD | (@as(u32, shard) << 16));
+    }
+
+    fn add(self: *Pool, tokens: []const i32, salt: u64, flags: u32) Error!AddedSequence {
         var seq: c.kvp_seq_id = .{ .id = 0 };
         var reused: usize = 0;
-        const flags: u32 = if (reuse_all) c.KVP_POOL_ADD_FLAG_REUSE_ALL else 0;
         try check(c.kvp_pool_add_sequence(self.handle, tokens.ptr, tokens.len, salt, flags, &seq, &reused));
         return .{ .seq = @fromBackingInt(@intCast(seq.id)), .reused_tokens = reused };
     }
@@ -1850,6 +1877,21 @@ pub const Pool = struct {
         return s;
     }
 
+    /// The data-parallel shard `seq` lives in (0 without shards).
+    pub fn sequenceShard(self: *const Pool, seq: SeqId) Error!u32 {
+        var shard: u32 = 0;
+        try check(c.kvp_pool_get_sequence_shard(self.handle, seq.raw(), &shard));
+        return shard;
+    }
+
+    /// The counters of one data-parallel shard (a pool without shards has one, shard 0).
+    pub fn shardStats(self: *const Pool, shard: u32) Error!PoolShardStats {
+        var s = std.mem.zeroes(PoolShardStats);
+        s.struct_size = @sizeOf(PoolShardStats);
+        try check(c.kvp_pool_get_shard_stats(self.handle, shard, @ptrCast(&s)));
+        return s;
+    }
+
     /// error.Internal (with the violated invariant in `lastErrorMessage()`) if the bookkeeping
     /// is inconsistent.
     pub fn checkInvariants(self: *const Pool) Error!void {
@@ -1889,6 +1931,7 @@ comptime {
     assertSameLayout(ShardInfo, c.kvp_shard_info);
     assertSameLayout(AttentionOptionsRecord, c.kvp_attention_options);
     assertSameLayout(PoolStats, c.kvp_pool_stats);
+    assertSameLayout(PoolShardStats, c.kvp_pool_shard_stats);
     if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
         @offsetOf(c.kvp_seq_id, "id") != 0 or @FieldType(c.kvp_seq_id, "id") != u32)
         @compileError("layout of SeqId differs from kvp_seq_id");
@@ -2101,6 +2144,37 @@ fn expectTokens(cache: *const Cache, table: []const i32, from: usize, to: usize,
             try std.testing.expectEqual(@as(?f32, -poolKey(tag, pos, h, d)), values.getF32(&idx));
         };
     }
+}
+
+test "pool: data-parallel shards (placement, forced shard, per-shard stats, errors)" {
+    const cfg = try Config.create(.{ .num_hidden_layers = 2, .num_kv_heads = H, .max_model_length = 64, .head_dim = D, .page_size = S, .dtype = .f32, .budget_bytes = 8 << 16, .data_parallel_size = 2 });
+    var cache = try Cache.init(&cfg);
+    defer cache.deinit();
+    var pool = try Pool.init(&cache, .{});
+    defer pool.deinit();
+    const t = std.testing;
+    const half: i32 = @intCast(@divExact(cfg.numPages(), 2));
+    const s0 = try pool.shardStats(0);
+    const s1 = try pool.shardStats(1);
+    try t.expectEqual(@as(u32, 2), s0.num_shards);
+    try t.expectEqual(@as(i32, 1), s0.first_page);
+    try t.expectEqual(half, s0.end_page);
+    try t.expectEqual(half, s1.first_page);
+    try t.expectEqual(2 * half, s1.end_page);
+    const prompt = [_]i32{ 1, 2, 3, 4, 5 };
+    const a = try pool.addSequence(&prompt, 0, false); // shard 1 has one more free page
+    try t.expectEqual(@as(u32, 1), try pool.sequenceShard(a.seq));
+    const b = try pool.addSequenceInShard(&prompt, 0, false, 0);
+    try t.expectEqual(@as(u32, 0), try pool.sequenceShard(b.seq));
+    var buf: [4]i32 = undefined;
+    const table = try pool.pageTable(b.seq, &buf);
+    try t.expect(table.len == 1 and table[0] >= 1 and table[0] < half);
+    const before = try pool.stats();
+    try t.expectError(error.InvalidArgument, pool.addSequenceInShard(&prompt, 0, false, 2));
+    try t.expect(std.mem.indexOf(u8, lastErrorMessage(), "shard 2 is out of range") != null);
+    try t.expectError(error.InvalidArgument, pool.shardStats(2));
+    try t.expectEqual(before, try pool.stats());
+    try pool.checkInvariants();
 }
 
 test "pool: prefix reuse, fork with copy-on-write, errors that change nothing, free" {

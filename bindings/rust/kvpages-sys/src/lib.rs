@@ -1,4 +1,4 @@
-//! Raw declarations of the whole kvpages C API (`include/kvpages/*.h`, library 1.2), written by
+//! Raw declarations of the whole kvpages C API (`include/kvpages/*.h`, library 1.4), written by
 //! hand and checked against the headers.
 //!
 //! Everything here is `unsafe` to call and mirrors the C headers exactly: every public function
@@ -127,6 +127,7 @@ constants! {
     KVP_POOL_FLAG_NO_PREFIX_CACHE: u32 = 1 << 0;
     KVP_POOL_OPTIONS_VERSION: u32 = 1;
     KVP_POOL_ADD_FLAG_REUSE_ALL: u32 = 1 << 0;
+    KVP_POOL_ADD_FLAG_SHARD: u32 = 1 << 1;
     KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
     KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
@@ -148,8 +149,8 @@ constants! {
     KVP_API_VERSION_1: u32 = 1;
 }
 
-/// The header version these declarations were written against (1.4.0: shards). The library
-/// must be at least this version (`kvp_check_abi`).
+/// The header version these declarations were written against (1.4.0: shard caches and the
+/// pool's data-parallel shards). The library must be at least this version (`kvp_check_abi`).
 pub const KVP_VERSION_NUMBER: u32 = 10400;
 
 // ---- Structs and handles ----
@@ -427,6 +428,21 @@ pub struct kvp_pool_stats {
     pub reused_tokens: i64,
     pub evictions: i64,
     pub cow_copies: i64,
+}
+
+/// `kvp_pool_shard_stats` (pool.h, since 1.4): an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_pool_shard_stats {
+    pub struct_size: u32,
+    pub num_shards: u32,
+    pub first_page: i32,
+    pub end_page: i32,
+    pub total_pages: i64,
+    pub free_pages: i64,
+    pub evictable_pages: i64,
+    pub used_pages: i64,
+    pub num_sequences: i64,
 }
 
 /// `kvp_serialize_options` (serialize.h).
@@ -984,6 +1000,11 @@ pub struct kvp_api_v1 {
     pub deserialize_shards_into: Option<
         unsafe extern "C" fn(cache: *mut kvp_cache, blobs: *const kvp_blob_ref, num_blobs: u32) -> kvp_status,
     >,
+    pub pool_get_sequence_shard:
+        Option<unsafe extern "C" fn(pool: *const kvp_pool, seq: kvp_seq_id, shard_out: *mut u32) -> kvp_status>,
+    pub pool_get_shard_stats: Option<
+        unsafe extern "C" fn(pool: *const kvp_pool, shard: u32, out: *mut kvp_pool_shard_stats) -> kvp_status,
+    >,
 }
 
 extern "C" {
@@ -1188,6 +1209,9 @@ extern "C" {
     pub fn kvp_pool_get_stats(pool: *const kvp_pool, out: *mut kvp_pool_stats) -> kvp_status;
     pub fn kvp_pool_check_invariants(pool: *const kvp_pool) -> kvp_status;
     pub fn kvp_pool_clear_prefix_cache(pool: *mut kvp_pool) -> kvp_status;
+    pub fn kvp_pool_get_sequence_shard(pool: *const kvp_pool, seq: kvp_seq_id, shard_out: *mut u32) -> kvp_status;
+    pub fn kvp_pool_get_shard_stats(pool: *const kvp_pool, shard: u32, out: *mut kvp_pool_shard_stats)
+        -> kvp_status;
     pub fn kvp_cache_copy_pages(
         cache: *mut kvp_cache,
         src_pages: *const i32,

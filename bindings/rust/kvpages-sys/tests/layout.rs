@@ -49,6 +49,8 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_pool_stats { struct_size, max_sequences, page_size, max_pages_per_sequence, total_pages,
         free_pages, evictable_pages, used_pages, indexed_pages, num_sequences, prompt_tokens, reused_tokens,
         evictions, cow_copies });
+    layout!(probe, rust, kvp_pool_shard_stats { struct_size, num_shards, first_page, end_page, total_pages,
+        free_pages, evictable_pages, used_pages, num_sequences });
     layout!(probe, rust, kvp_attention_options { struct_size, abi_version, softmax_scale, logits_soft_cap,
         sliding_window, k_scale, v_scale, num_sinks, sinks });
     layout!(probe, rust, kvp_plan { struct_size, _reserved, num_pages, usable_pages, page_size, bytes_per_page,
@@ -73,7 +75,7 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_blob_ref { data, size, path });
     // The function table: its size and a field of each end (the field list is tests/headers.rs').
     layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert,
-        deserialize_shards_into });
+        pool_get_shard_stats });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
@@ -128,7 +130,7 @@ fn library_version_matches_these_declarations() {
     unsafe {
         assert_eq!(kvp_check_abi(KVP_VERSION_NUMBER), KVP_OK);
         assert_eq!(kvp_version_number() / 10000, KVP_VERSION_NUMBER / 10000);
-        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "the shard API needs a 1.4 library");
+        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "the shard functions need a 1.4 library");
     }
 }
 

@@ -67,7 +67,7 @@ pub use dtype::{
     F16,
 };
 pub use metadata::{Batch, BatchOptions, BatchRequest, HostArrays, Metadata, MetadataField};
-pub use pool::{Pool, PoolOptions, PoolStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
+pub use pool::{Pool, PoolOptions, PoolShardStats, PoolStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
 pub use serialize::{inspect, inspect_file, BlobRef, DeserializeOptions, SerializeOptions, SerializedInfo};
 
 /// The kind of a failure, from the status code (`KVP_ERR_*`). Codes this crate does not know

@@ -51,6 +51,21 @@ pub struct PoolStats {
     pub cow_copies: i64,
 }
 
+/// Counters of one data-parallel shard of a pool (`kvp_pool_shard_stats`, since 1.4): the shard
+/// hands out pages `first_page .. end_page`; `free_pages + evictable_pages + used_pages ==
+/// total_pages`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolShardStats {
+    pub num_shards: u32,
+    pub first_page: i32,
+    pub end_page: i32,
+    pub total_pages: i64,
+    pub free_pages: i64,
+    pub evictable_pages: i64,
+    pub used_pages: i64,
+    pub num_sequences: i64,
+}
+
 /// A page pool (`kvp_pool`): hands the pages of a [`Cache`] to sequences, shares them by
 /// reference count (fork, copy-on-write) and reuses computed pages by prefix hash.
 ///
@@ -118,7 +133,20 @@ impl<'a> Pool<'a> {
     /// others). `salt` namespaces the prefix cache; `reuse_all` lets a full prompt hit reuse
     /// every page.
     pub fn add_sequence(&mut self, tokens: &[i32], salt: u64, reuse_all: bool) -> Result<(SeqId, usize)> {
-        let flags = if reuse_all { sys::KVP_POOL_ADD_FLAG_REUSE_ALL } else { 0 };
+        self.add(tokens, salt, if reuse_all { sys::KVP_POOL_ADD_FLAG_REUSE_ALL } else { 0 })
+    }
+
+    /// [`Pool::add_sequence`] into data-parallel shard `shard` (`KVP_POOL_ADD_IN_SHARD`) instead
+    /// of the one the pool would choose (the longest cached prefix that can hold the rest, else
+    /// the most free pages). Prefix matching stays within the shard; a shard at or past the
+    /// config's `data_parallel_size` is [`ErrorKind::InvalidArgument`].
+    pub fn add_sequence_in_shard(&mut self, tokens: &[i32], salt: u64, reuse_all: bool, shard: u16)
+        -> Result<(SeqId, usize)> {
+        let reuse = if reuse_all { sys::KVP_POOL_ADD_FLAG_REUSE_ALL } else { 0 };
+        self.add(tokens, salt, reuse | sys::KVP_POOL_ADD_FLAG_SHARD | (u32::from(shard) << 16))
+    }
+
+    fn add(&mut self, tokens: &[i32], salt: u64, flags: u32) -> Result<(SeqId, usize)> {
         let mut seq = sys::kvp_seq_id::default();
         let mut reused = 0usize;
         check(unsafe {
@@ -230,6 +258,33 @@ impl<'a> Pool<'a> {
             reused_tokens: s.reused_tokens,
             evictions: s.evictions,
             cow_copies: s.cow_copies,
+        })
+    }
+
+    /// `kvp_pool_get_sequence_shard`: the data-parallel shard `seq` lives in (0 without shards).
+    pub fn sequence_shard(&self, seq: SeqId) -> Result<u32> {
+        let mut shard = 0u32;
+        check(unsafe { sys::kvp_pool_get_sequence_shard(self.ptr.as_ptr(), seq.c(), &mut shard) })?;
+        Ok(shard)
+    }
+
+    /// `kvp_pool_get_shard_stats`: the counters of one data-parallel shard (a pool without
+    /// shards has one, shard 0).
+    pub fn shard_stats(&self, shard: u32) -> Result<PoolShardStats> {
+        let mut s = sys::kvp_pool_shard_stats {
+            struct_size: std::mem::size_of::<sys::kvp_pool_shard_stats>() as u32,
+            ..Default::default()
+        };
+        check(unsafe { sys::kvp_pool_get_shard_stats(self.ptr.as_ptr(), shard, &mut s) })?;
+        Ok(PoolShardStats {
+            num_shards: s.num_shards,
+            first_page: s.first_page,
+            end_page: s.end_page,
+            total_pages: s.total_pages,
+            free_pages: s.free_pages,
+            evictable_pages: s.evictable_pages,
+            used_pages: s.used_pages,
+            num_sequences: s.num_sequences,
         })
     }
 

@@ -275,3 +275,40 @@ fn pool_drop_releases_exactly_once_and_is_send_sync() {
     drop(pool);
     assert_eq!(unsafe { sys::kvp_pool_destroy(raw) }, sys::KVP_ERR_INVALID_HANDLE);
 }
+
+#[test]
+fn pool_data_parallel_shards() {
+    let cfg = Config::create(&ConfigOptions {
+        num_hidden_layers: L as i64,
+        num_kv_heads: H as i64,
+        max_model_length: MAX_LEN as i64,
+        head_dim: D as i64,
+        page_size: S as i64,
+        dtype: Dtype::F32,
+        budget_bytes: 1 << 20,
+        data_parallel_size: 2,
+        ..Default::default()
+    })
+    .expect("config");
+    let half = (cfg.num_pages() / 2) as i32;
+    let mut cache = Cache::new(&cfg).unwrap();
+    let mut pool = Pool::new(&mut cache, &PoolOptions::default()).unwrap();
+    let (s0, s1) = (pool.shard_stats(0).unwrap(), pool.shard_stats(1).unwrap());
+    assert_eq!((s0.num_shards, s0.first_page, s0.end_page), (2, 1, half));
+    assert_eq!((s1.first_page, s1.end_page, s1.free_pages), (half, 2 * half, half as i64));
+    let prompt: Vec<i32> = (0..40).collect();
+    let (a, _) = pool.add_sequence(&prompt, 0, false).unwrap(); // shard 1 has one more free page
+    assert_eq!(pool.sequence_shard(a).unwrap(), 1);
+    assert_eq!(pool.page_table(a).unwrap(), vec![half, half + 1, half + 2]);
+    let (b, _) = pool.add_sequence_in_shard(&prompt, 0, false, 0).unwrap();
+    assert_eq!(pool.sequence_shard(b).unwrap(), 0);
+    assert!(pool.page_table(b).unwrap().iter().all(|&p| 1 <= p && p < half));
+    assert_eq!(pool.shard_stats(0).unwrap().num_sequences, 1);
+    let before = pool.stats().unwrap();
+    let e = pool.add_sequence_in_shard(&prompt, 0, false, 2).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message.contains("shard 2 is out of range"), "{}", e.message);
+    assert_eq!(pool.shard_stats(2).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(pool.stats().unwrap(), before);
+    pool.check_invariants().unwrap();
+}
