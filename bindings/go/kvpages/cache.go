@@ -18,6 +18,24 @@ type Cache struct{ p *C.kvp_cache }
 // NewCache calls kvp_cache_create on the device cfg was budgeted for (ConfigOptions.Device):
 // the CPU by default; for a CUDA device without CUDA the error is ErrNoDevice.
 func NewCache(cfg *Config) (*Cache, error) {
+	return createCache(cfg, func(o *C.kvp_cache_options, out **C.kvp_cache) C.kvp_status {
+		return C.kvp_cache_create(&cfg.raw, o, out)
+	})
+}
+
+// NewShard calls kvp_cache_create_shard (since 1.4) on the device cfg was budgeted for: the
+// slice tensor rank tpRank and data rank dpRank of a sharded config hold. Its views and layer
+// bytes are the local slice; Concatenate takes the whole cache's metadata and the full key and
+// value tensors or only the shard's heads (Shard().HeadBegin … HeadEnd). A rank out of range
+// is ErrInvalidArgument.
+func NewShard(cfg *Config, tpRank, dpRank int32) (*Cache, error) {
+	return createCache(cfg, func(o *C.kvp_cache_options, out **C.kvp_cache) C.kvp_status {
+		return C.kvp_cache_create_shard(&cfg.raw, C.int32_t(tpRank), C.int32_t(dpRank), o, out)
+	})
+}
+
+// createCache runs create with cache options for cfg's device.
+func createCache(cfg *Config, create func(o *C.kvp_cache_options, out **C.kvp_cache) C.kvp_status) (*Cache, error) {
 	o := (*C.kvp_cache_options)(C.calloc(1, C.size_t(unsafe.Sizeof(C.kvp_cache_options{}))))
 	defer C.free(unsafe.Pointer(o))
 	var out *C.kvp_cache
@@ -27,7 +45,7 @@ func NewCache(cfg *Config) (*Cache, error) {
 		}
 		o.device_type = cfg.device.ctype()
 		o.device_id = C.int32_t(cfg.device.ID)
-		return C.kvp_cache_create(&cfg.raw, o, &out)
+		return create(o, &out)
 	})
 	if err != nil {
 		return nil, err
@@ -136,6 +154,17 @@ func (c *Cache) LayoutInfo() (LayoutInfo, error) {
 		return LayoutInfo{}, err
 	}
 	return layoutInfo(&li), nil
+}
+
+// Shard says which slice of its config the cache holds (kvp_cache_get_shard, since 1.4); a
+// whole cache holds ranks 0 of sizes 1, every entry and page.
+func (c *Cache) Shard() (ShardInfo, error) {
+	var si C.kvp_shard_info
+	si.struct_size = C.uint32_t(unsafe.Sizeof(si))
+	if err := c.do(func(p *C.kvp_cache) C.kvp_status { return C.kvp_cache_get_shard(p, &si) }); err != nil {
+		return ShardInfo{}, err
+	}
+	return shardInfo(&si), nil
 }
 
 // LayerBytes is the size of one layer in bytes.

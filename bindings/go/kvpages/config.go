@@ -268,6 +268,40 @@ func max1(v int64) int64 {
 	return v
 }
 
+// ShardInfo says which slice of a sharded config a cache or a blob holds (kvp_shard_info, since
+// 1.4): the tensor and data ranks, the combined entries [SlotBegin, SlotEnd), the KV heads
+// (HeadBegin is row 0 of a local key/value tensor), the keys and values held, and the global
+// pages [PageBegin, PageEnd) of GlobalPages.
+type ShardInfo struct {
+	TPRank, TPSize, DPRank, DPSize int32
+	SlotBegin, SlotEnd             int64
+	HeadBegin, HeadEnd             int64
+	KeyHeadBegin, KeyHeadEnd       int64
+	ValueHeadBegin, ValueHeadEnd   int64
+	PageBegin, PageEnd             int64
+	GlobalPages                    int64
+}
+
+func shardInfo(s *C.kvp_shard_info) ShardInfo {
+	return ShardInfo{TPRank: int32(s.tp_rank), TPSize: int32(s.tp_size), DPRank: int32(s.dp_rank),
+		DPSize: int32(s.dp_size), SlotBegin: int64(s.slot_begin), SlotEnd: int64(s.slot_end),
+		HeadBegin: int64(s.head_begin), HeadEnd: int64(s.head_end), KeyHeadBegin: int64(s.key_head_begin),
+		KeyHeadEnd: int64(s.key_head_end), ValueHeadBegin: int64(s.value_head_begin),
+		ValueHeadEnd: int64(s.value_head_end), PageBegin: int64(s.page_begin), PageEnd: int64(s.page_end),
+		GlobalPages: int64(s.global_pages)}
+}
+
+// Shard describes the slice shard (tpRank, dpRank) of the config holds, without creating it
+// (kvp_config_get_shard, since 1.4; NewShard creates it).
+func (c *Config) Shard(tpRank, dpRank int32) (ShardInfo, error) {
+	var si C.kvp_shard_info
+	si.struct_size = C.uint32_t(unsafe.Sizeof(si))
+	if err := call(func() C.kvp_status { return C.kvp_config_get_shard(&c.raw, C.int32_t(tpRank), C.int32_t(dpRank), &si) }); err != nil {
+		return ShardInfo{}, err
+	}
+	return shardInfo(&si), nil
+}
+
 // Plan are the planning numbers of a config (kvp_plan): what fits before anything is allocated.
 type Plan struct {
 	NumPages, UsablePages, PageSize          int64

@@ -42,7 +42,7 @@ package kvpages
 #error "these bindings need kvpages 1.x headers"
 #endif
 #if KVP_VERSION_NUMBER < 10400
-#error "these bindings need kvpages 1.4 or newer 1.x headers (the pool's data-parallel shards)"
+#error "these bindings need kvpages 1.4 or newer 1.x headers (shard caches, the pool's data-parallel shards)"
 #endif
 */
 import "C"

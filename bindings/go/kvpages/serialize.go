@@ -262,6 +262,41 @@ func (c *Cache) LoadFileInto(path string, dstPageIDs []int32) error {
 	})
 }
 
+// FormatFlagShard is the SerializedInfo.Flags bit of a blob holding one shard's slice
+// (KVP_FORMAT_FLAG_SHARD, format 1.1, since 1.4).
+const FormatFlagShard uint64 = C.KVP_FORMAT_FLAG_SHARD
+
+// Blob is one blob of a set given to LoadShards: Data in memory, or else the file at Path.
+type Blob struct {
+	Data []byte
+	Path string
+}
+
+// LoadShards loads a set of blobs whose slices may differ from this cache's: re-sharding
+// (kvp_deserialize_shards_into, since 1.4). Every blob is checked and the set's coverage proven
+// before the first byte is written: a missing shard, an overlap or another model is
+// ErrFormatMismatch and changes nothing. Blobs in memory are copied to C memory for the call
+// (cgo does not let C hold pointers into Go memory); give large sets as files.
+func (c *Cache) LoadShards(blobs []Blob) error {
+	n := len(blobs)
+	base := (*C.kvp_blob_ref)(C.calloc(C.size_t(n+1), C.size_t(unsafe.Sizeof(C.kvp_blob_ref{}))))
+	defer C.free(unsafe.Pointer(base))
+	refs := unsafe.Slice(base, n)
+	for i, b := range blobs {
+		if b.Data != nil {
+			refs[i].data = C.CBytes(b.Data)
+			refs[i].size = C.size_t(len(b.Data))
+			defer C.free(refs[i].data)
+		} else {
+			refs[i].path = C.CString(b.Path)
+			defer C.free(unsafe.Pointer(refs[i].path))
+		}
+	}
+	return c.do(func(p *C.kvp_cache) C.kvp_status {
+		return C.kvp_deserialize_shards_into(p, base, C.uint32_t(n))
+	})
+}
+
 // SerializedInfo are the header fields of a blob (kvp_serialized_info).
 type SerializedInfo struct {
 	FormatMajor, FormatMinor, HeaderSize, WriterVersion uint32
@@ -269,7 +304,8 @@ type SerializedInfo struct {
 	NumStoredPages, FirstPageID, LastPageID             uint64
 	PageBytesPerLayer, ChunkBytes, NumChunks            uint64
 	PayloadBytes, TotalBytes                            uint64
-	Config                                              *Config // the config stored in the blob (CPU)
+	Config                                              *Config   // the config stored in the blob (CPU)
+	Shard                                               ShardInfo // since 1.4: the slice the blob holds
 }
 
 func serializedInfo(i *C.kvp_serialized_info) *SerializedInfo {
@@ -279,7 +315,7 @@ func serializedInfo(i *C.kvp_serialized_info) *SerializedInfo {
 		FirstPageID: uint64(i.first_page_id), LastPageID: uint64(i.last_page_id),
 		PageBytesPerLayer: uint64(i.page_bytes_per_layer), ChunkBytes: uint64(i.chunk_bytes),
 		NumChunks: uint64(i.num_chunks), PayloadBytes: uint64(i.payload_bytes), TotalBytes: uint64(i.total_bytes),
-		Config: &Config{raw: i.config, device: CPU}}
+		Config: &Config{raw: i.config, device: CPU}, Shard: shardInfo(&i.shard)}
 }
 
 func inspectFlags(verify bool) C.uint32_t {

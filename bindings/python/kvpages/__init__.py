@@ -60,7 +60,7 @@ _ffi.bind(_ffi.LATER)  # functions newer than 1.0, once the version is known to 
 
 from .cache import Cache  # noqa: E402
 from .config import (DEFAULT_SAFETY_MARGIN, FALLBACK_BUDGET, Config, HeadSharding, LayoutInfo, MemoryStats,  # noqa: E402
-                     Plan, hbm_budget_bytes, memory_stats)
+                     Plan, ShardInfo, hbm_budget_bytes, memory_stats)
 from .dlpack import DLPackTensor, live_exports, release_unconsumed  # noqa: E402
 from .metadata import BatchRequest, Metadata  # noqa: E402
 from .pool import PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolShardStats, PoolStats, SeqId  # noqa: E402
@@ -114,7 +114,7 @@ __all__ = [
     "DeviceOutOfMemory", "FormatError", "FormatMagic", "FormatVersion", "FormatTruncated", "FormatChecksum",
     "FormatCorrupt", "FormatMismatch", "InternalError",
     "Dtype", "Layout", "Device", "View", "BudgetMode", "MetadataField",
-    "Config", "LayoutInfo", "Plan", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
+    "Config", "LayoutInfo", "Plan", "ShardInfo", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
     "FALLBACK_BUDGET", "Cache", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats", "SeqId", "DLPackTensor",
     "SerializedInfo", "inspect", "convert", "has_ml_dtypes", "live_exports", "release_unconsumed",
     "cdiv", "align_to_multiple", "previous_power_of_2", "page_size_bytes", "num_slices_per_kv_cache_update_page",

@@ -13,7 +13,8 @@ _f32, _u8, _vp, _cp, _size = ctypes.c_float, ctypes.c_uint8, ctypes.c_void_p, ct
 _P = ctypes.POINTER
 MAX_DIMS = 6
 
-#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.4.0: pool data-parallel shards).
+#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.4.0: shard caches, re-sharding,
+#: the pool's data-parallel shards).
 BINDING_VERSION_NUMBER = 10400
 
 #: KVP_SERIALIZE_FLAG_NO_SYNC (serialize.h, since 1.3): kvp_serialize_options.flags bit.
@@ -136,12 +137,24 @@ class kvp_deserialize_options(ctypes.Structure):
                 ("max_cache_bytes", _u64), ("flags", _u32), ("_reserved", _u32)]
 
 
+class kvp_shard_info(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("_reserved", _u32), ("tp_rank", _i32), ("tp_size", _i32), ("dp_rank", _i32),
+                ("dp_size", _i32), ("slot_begin", _i64), ("slot_end", _i64), ("head_begin", _i64), ("head_end", _i64),
+                ("key_head_begin", _i64), ("key_head_end", _i64), ("value_head_begin", _i64),
+                ("value_head_end", _i64), ("page_begin", _i64), ("page_end", _i64), ("global_pages", _i64)]
+
+
 class kvp_serialized_info(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("format_major", _u32), ("format_minor", _u32), ("header_size", _u32),
                 ("flags", _u64), ("writer_version", _u32), ("_reserved", _u32), ("header_checksum", _u64),
                 ("num_stored_pages", _u64), ("first_page_id", _u64), ("last_page_id", _u64),
                 ("page_bytes_per_layer", _u64), ("chunk_bytes", _u64), ("num_chunks", _u64),
-                ("payload_bytes", _u64), ("total_bytes", _u64), ("config", kvp_config)]
+                ("payload_bytes", _u64), ("total_bytes", _u64), ("config", kvp_config),
+                ("shard", kvp_shard_info)]  # shard: since 1.4 (version 3 of the struct)
+
+
+class kvp_blob_ref(ctypes.Structure):  # since 1.4
+    _fields_ = [("data", _vp), ("size", _size), ("path", _cp)]
 
 
 class kvp_attention_options(ctypes.Structure):
@@ -173,8 +186,8 @@ DLManagedTensor._fields_ = [("dl_tensor", DLTensor), ("manager_ctx", _vp), ("del
 #: Every struct mirrored from the headers (the layout test compares each with the C compiler).
 STRUCTS = [kvp_config, kvp_memory_stats, kvp_config_options, kvp_layout_info, kvp_plan, kvp_cache_options,
            kvp_tensor, kvp_metadata_desc, kvp_batch_request, kvp_batch_options, kvp_seq_id, kvp_pool_options,
-           kvp_pool_stats, kvp_pool_shard_stats, kvp_serialize_options, kvp_deserialize_options, kvp_serialized_info,
-           kvp_attention_options]
+           kvp_pool_stats, kvp_pool_shard_stats, kvp_serialize_options, kvp_deserialize_options, kvp_shard_info,
+           kvp_serialized_info, kvp_blob_ref, kvp_attention_options]
 
 WriteFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _vp)
 ReadFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _P(_size), _vp)
@@ -323,12 +336,17 @@ _SIGNATURES = {
     "kvp_attention_options_init": (_ST, _P(kvp_attention_options), _u32),
     "kvp_attention": (_ST, _vp, _u32, _vp, _vp, _vp, _vp, _P(kvp_attention_options), _vp, _vp),
     "kvp_convert": (_ST, _vp, _u32, _vp, _u32, _size),
+    "kvp_config_get_shard": (_ST, _P(kvp_config), _i32, _i32, _P(kvp_shard_info)),
+    "kvp_cache_create_shard": (_ST, _P(kvp_config), _i32, _i32, _P(kvp_cache_options), _P(_vp)),
+    "kvp_cache_get_shard": (_ST, _vp, _P(kvp_shard_info)),
+    "kvp_deserialize_shards_into": (_ST, _vp, _P(kvp_blob_ref), _u32),
     "kvp_pool_get_sequence_shard": (_ST, _vp, kvp_seq_id, _P(_u32)),
     "kvp_pool_get_shard_stats": (_ST, _vp, _u32, _P(kvp_pool_shard_stats)),
 }
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with
 #: VersionMismatch rather than a missing symbol.
-LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_pool_get_sequence_shard",
+LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",
+         "kvp_cache_create_shard", "kvp_cache_get_shard", "kvp_deserialize_shards_into", "kvp_pool_get_sequence_shard",
          "kvp_pool_get_shard_stats"}
 
 

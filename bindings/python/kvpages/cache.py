@@ -12,10 +12,10 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._ffi import _P, _f32, _i32, _vp, config_record, kvp_attention_options, kvp_cache_options, kvp_layout_info
-from ._ffi import kvp_tensor, lib, sized
+from ._ffi import kvp_shard_info, kvp_tensor, lib, sized
 from ._handle import Handle
 from ._tensors import input_descriptor, output_descriptor
-from .config import Config, LayoutInfo
+from .config import Config, LayoutInfo, ShardInfo
 from .dlpack import DLPackTensor, release_unconsumed
 from .errors import KvpagesError, Unsupported, check, error_for, invalid
 from .metadata import Metadata
@@ -44,17 +44,24 @@ class Cache(Handle):
     _destroy = lib.kvp_cache_destroy
 
     def __init__(self, config: Config, device: DeviceLike = None, device_id: Optional[int] = None):
-        if device is None and device_id is None:
-            dev, ordinal = config.device, config.device_id
-        else:
-            dev, ordinal = parse_device(device, device_id)
-        opts = kvp_cache_options()
-        check(lib.kvp_cache_options_init(ctypes.byref(opts), ctypes.sizeof(opts)), "kvp_cache_options_init")
-        opts.device_type, opts.device_id = dev.value, ordinal
+        opts = _cache_options(config, device, device_id)
         out = _vp()
         check(lib.kvp_cache_create(ctypes.byref(config._raw), ctypes.byref(opts), ctypes.byref(out)),
               "kvp_cache_create")
         self._adopt(out.value)
+
+    @classmethod
+    def create_shard(cls, config: Config, tp_rank: int, dp_rank: int, device: DeviceLike = None,
+                     device_id: Optional[int] = None) -> "Cache":
+        """kvp_cache_create_shard (since 1.4): the slice tensor rank ``tp_rank`` and data rank
+        ``dp_rank`` of a sharded config hold, on ``device`` (default: the config's). Its views and
+        layer bytes are the local slice; :meth:`concatenate` takes the whole cache's metadata and
+        the full key/value arrays or only the shard's heads (:attr:`shard`)."""
+        opts = _cache_options(config, device, device_id)
+        out = _vp()
+        check(lib.kvp_cache_create_shard(ctypes.byref(config._raw), tp_rank, dp_rank, ctypes.byref(opts),
+                                         ctypes.byref(out)), "kvp_cache_create_shard")
+        return cls._from_handle(out.value)
 
     @classmethod
     def _from_handle(cls, ptr: int) -> "Cache":
@@ -105,6 +112,13 @@ class Cache(Handle):
     def dtype(self) -> Dtype:
         """The storage dtype of the pages."""
         return self._dtype
+
+    @property
+    def shard(self) -> ShardInfo:
+        """kvp_cache_get_shard (since 1.4): which slice of its config this cache holds."""
+        info = sized(kvp_shard_info)
+        check(lib.kvp_cache_get_shard(self.ptr, ctypes.byref(info)), "kvp_cache_get_shard")
+        return ShardInfo._of(info)
 
     def layout(self) -> LayoutInfo:
         """kvp_cache_get_layout: the geometry of the layer buffers."""
@@ -342,6 +356,14 @@ class Cache(Handle):
         from .serialize import load_into
         load_into(self, source, pages)
 
+    def load_shards(self, sources: Sequence[Any]) -> None:
+        """kvp_deserialize_shards_into (since 1.4): loads a set of blobs (bytes-like or paths)
+        whose slices may differ from this cache's: re-sharding. Every blob is checked and the
+        set's coverage proven first: a missing shard, an overlap or another model raises
+        FormatMismatch and changes nothing."""
+        from .serialize import load_shards
+        load_shards(self, sources)
+
     @classmethod
     def load(cls, source: Any, device: DeviceLike = None, device_id: Optional[int] = None,
              max_cache_bytes: int = 0) -> "Cache":
@@ -359,6 +381,18 @@ class Cache(Handle):
             return "Cache(closed)"
         c = self.config
         return "Cache(%s, layers=%d, pages=%d, dtype=%s)" % (self.device_type, c.num_hidden_layers, c.num_pages, c.dtype)
+
+
+def _cache_options(config: Config, device: DeviceLike, device_id: Optional[int]) -> kvp_cache_options:
+    """Cache options for ``device`` (default: the device ``config`` was planned for)."""
+    if device is None and device_id is None:
+        dev, ordinal = config.device, config.device_id
+    else:
+        dev, ordinal = parse_device(device, device_id)
+    opts = kvp_cache_options()
+    check(lib.kvp_cache_options_init(ctypes.byref(opts), ctypes.sizeof(opts)), "kvp_cache_options_init")
+    opts.device_type, opts.device_id = dev.value, ordinal
+    return opts
 
 
 # ---------------------------------------------------------------------------------------------

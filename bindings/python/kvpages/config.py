@@ -8,7 +8,8 @@ import dataclasses
 import enum
 from typing import Any, Dict, Iterable, Optional, Sequence
 
-from ._ffi import _i64, config_record, kvp_config, kvp_config_options, kvp_layout_info, kvp_memory_stats, kvp_plan, lib, sized
+from ._ffi import (_i64, config_record, kvp_config, kvp_config_options, kvp_layout_info, kvp_memory_stats, kvp_plan,
+                   kvp_shard_info, lib, sized)
 from .errors import check, invalid
 from .types import BudgetMode, Device, DeviceLike, Dtype, DtypeLike, Layout, parse_device
 
@@ -122,6 +123,34 @@ class Plan:
         return cls(**d)
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """Which slice of a sharded config a cache or a blob holds (``kvp_shard_info``, since 1.4):
+    the tensor and data ranks, the combined entries ``[slot_begin, slot_end)``, the KV heads
+    (``head_begin`` is row 0 of a local key/value tensor), the keys and values held, and the
+    global pages ``[page_begin, page_end)`` of ``global_pages``. A whole cache: ranks 0 of
+    sizes 1, every entry and page."""
+    tp_rank: int
+    tp_size: int
+    dp_rank: int
+    dp_size: int
+    slot_begin: int
+    slot_end: int
+    head_begin: int
+    head_end: int
+    key_head_begin: int
+    key_head_end: int
+    value_head_begin: int
+    value_head_end: int
+    page_begin: int
+    page_end: int
+    global_pages: int
+
+    @classmethod
+    def _of(cls, raw: kvp_shard_info) -> "ShardInfo":
+        return cls(**_struct_dict(raw))
+
+
 class HeadSharding(enum.IntEnum):
     """What the KV-head sharding resolution decided (``KVP_HEAD_SHARDING_*``, since 1.3)."""
     NONE = 0       # one device
@@ -225,6 +254,14 @@ class Config:
         p = sized(kvp_plan)
         check(lib.kvp_config_plan(ctypes.byref(self._raw), ctypes.byref(p)), "kvp_config_plan")
         return Plan._of(p)
+
+    def shard(self, tp_rank: int, dp_rank: int) -> ShardInfo:
+        """kvp_config_get_shard: the slice shard (``tp_rank``, ``dp_rank``) of this config holds,
+        without creating it (:meth:`Cache.create_shard` creates it)."""
+        info = sized(kvp_shard_info)
+        check(lib.kvp_config_get_shard(ctypes.byref(self._raw), tp_rank, dp_rank, ctypes.byref(info)),
+              "kvp_config_get_shard")
+        return ShardInfo._of(info)
 
     def padded_num_slices(self, num_tokens: int = 0, max_num_reqs: int = 0) -> int:
         """kvp_config_padded_num_slices: the reference's v2 slice capacity of a step."""

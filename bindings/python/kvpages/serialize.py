@@ -8,16 +8,18 @@ import dataclasses
 import os
 from typing import Any, Optional, Sequence, Tuple
 
-from ._ffi import (_P, _i32, _vp, SERIALIZE_FLAG_NO_SYNC, ReadFn, WriteFn, kvp_cache_options, kvp_deserialize_options,
-                   kvp_serialize_options, kvp_serialized_info, lib, sized)
-from .config import Config
+from ._ffi import (_P, _i32, _vp, SERIALIZE_FLAG_NO_SYNC, ReadFn, WriteFn, kvp_blob_ref, kvp_cache_options,
+                   kvp_deserialize_options, kvp_serialize_options, kvp_serialized_info, lib, sized)
+from .config import Config, ShardInfo
 from .errors import check, invalid
 from .types import DeviceLike, parse_device
 
 #: Flag of inspect(): verify every checksum (KVP_INSPECT_VERIFY).
 INSPECT_VERIFY = 1
-#: Serialized format written by this library.
-FORMAT_MAJOR, FORMAT_MINOR = 1, 0
+#: Serialized format written by this library (1.1 since 1.4: blobs of sharded configs; others are 1.0).
+FORMAT_MAJOR, FORMAT_MINOR = 1, 1
+#: SerializedInfo.flags bit (KVP_FORMAT_FLAG_SHARD, format 1.1): the blob holds one shard's slice.
+FORMAT_FLAG_SHARD = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class SerializedInfo:
     payload_bytes: int
     total_bytes: int
     config: Config
+    shard: ShardInfo  # since 1.4: the slice the blob holds (a whole cache's: ranks 0 of sizes 1)
 
 
 def _is_path(x: Any) -> bool:
@@ -231,7 +234,23 @@ def inspect(source: Any, verify: bool = False) -> SerializedInfo:
     else:
         address, n, hold = _buffer(source)
         check(lib.kvp_serialized_inspect(address, n, flags, ctypes.byref(info)), "kvp_serialized_inspect")
-    fields = {f: getattr(info, f) for f, _ in info._fields_ if not f.startswith("_") and f not in ("struct_size",
-                                                                                                   "config")}
+    fields = {f: getattr(info, f) for f, _ in info._fields_
+              if not f.startswith("_") and f not in ("struct_size", "config", "shard")}
     from ._ffi import kvp_config
-    return SerializedInfo(config=Config(kvp_config.from_buffer_copy(info.config)), **fields)
+    return SerializedInfo(config=Config(kvp_config.from_buffer_copy(info.config)), shard=ShardInfo._of(info.shard),
+                          **fields)
+
+
+def load_shards(cache: Any, sources: Sequence[Any]) -> None:
+    """kvp_deserialize_shards_into: each source a bytes-like blob or a path."""
+    sources = list(sources)
+    refs = (kvp_blob_ref * max(len(sources), 1))()
+    keep = []
+    for ref, source in zip(refs, sources):
+        if _is_path(source):
+            ref.path = _path(source)
+        else:
+            address, ref.size, hold = _buffer(source)
+            ref.data = ctypes.cast(address, _vp).value if isinstance(address, bytes) else address
+            keep.append(hold)
+    check(lib.kvp_deserialize_shards_into(cache.ptr, refs, len(sources)), "kvp_deserialize_shards_into")

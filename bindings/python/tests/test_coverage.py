@@ -54,7 +54,9 @@ COUNTERPARTS = {
     "kvp_metadata_from_json": "Metadata.from_json", "kvp_device_count": "device_count",
     "kvp_cache_read_layer": "Cache.read_layer", "kvp_cache_write_layer": "Cache.write_layer",
     "kvp_cache_export_dlpack": "Cache.export_dlpack", "kvp_attention_options_init": "Cache.attention",
-    "kvp_attention": "Cache.attention",
+    "kvp_attention": "Cache.attention", "kvp_config_get_shard": "Config.shard",
+    "kvp_cache_create_shard": "Cache.create_shard", "kvp_cache_get_shard": "Cache.shard",
+    "kvp_deserialize_shards_into": "Cache.load_shards",
 }
 
 #: C functions deliberately without a Python counterpart, and why.

@@ -158,7 +158,7 @@ pub fn checkAbi() Error!void {
 
 comptime {
     if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
-    if (c.KVP_VERSION_NUMBER < 10400) @compileError("these bindings need kvpages >= 1.4 headers (the pool's data-parallel shards)");
+    if (c.KVP_VERSION_NUMBER < 10400) @compileError("these bindings need kvpages >= 1.4 headers (shard caches, the pool's data-parallel shards)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,6 +564,14 @@ pub const Config = extern struct {
         return out;
     }
 
+    /// The slice shard (`tp_rank`, `dp_rank`) of this config holds, without creating it
+    /// (`kvp_config_get_shard`, since 1.4; `Cache.initShard` creates it).
+    pub fn shard(self: *const Config, tp_rank: i32, dp_rank: i32) Error!ShardInfo {
+        var out: ShardInfo = .{};
+        try check(c.kvp_config_get_shard(self.ptr(), tp_rank, dp_rank, @ptrCast(&out)));
+        return out;
+    }
+
     /// The reference's `get_padded_num_slices` (<= 0 = the config's defaults).
     pub fn paddedNumSlices(self: *const Config, num_tokens: i64, max_num_reqs: i64) Error!i64 {
         var out: i64 = 0;
@@ -629,6 +637,30 @@ pub const LayoutInfo = extern struct {
     layer_bytes: i64 = 0,
     page_bytes_per_layer: i64 = 0,
     max_num_seqs: i64 = 0,
+};
+
+/// Which slice of a sharded config a cache or a blob holds (`kvp_shard_info`, since 1.4): the
+/// tensor and data ranks, the combined entries [`slot_begin`, `slot_end`), the KV heads
+/// (`head_begin` is row 0 of a local key/value tensor), the keys and values held, and the global
+/// pages [`page_begin`, `page_end`) of `global_pages`. A whole cache: ranks 0 of sizes 1.
+pub const ShardInfo = extern struct {
+    struct_size: u32 = @sizeOf(c.kvp_shard_info),
+    _reserved: u32 = 0,
+    tp_rank: i32 = 0,
+    tp_size: i32 = 0,
+    dp_rank: i32 = 0,
+    dp_size: i32 = 0,
+    slot_begin: i64 = 0,
+    slot_end: i64 = 0,
+    head_begin: i64 = 0,
+    head_end: i64 = 0,
+    key_head_begin: i64 = 0,
+    key_head_end: i64 = 0,
+    value_head_begin: i64 = 0,
+    value_head_end: i64 = 0,
+    page_begin: i64 = 0,
+    page_end: i64 = 0,
+    global_pages: i64 = 0,
 };
 
 /// Planning numbers of a config (`kvp_plan`).
@@ -904,6 +936,24 @@ pub const Cache = struct {
         return .{ .handle = out.? };
     }
 
+    /// The slice tensor rank `tp_rank` and data rank `dp_rank` of a sharded config hold
+    /// (`kvp_cache_create_shard`, since 1.4). Its views and layer bytes are the local slice;
+    /// `concatenate` takes the whole cache's metadata and the full key/value tensors or only the
+    /// shard's heads (`shard()`). A rank out of range is `error.InvalidArgument`.
+    pub fn initShard(cfg: *const Config, tp_rank: i32, dp_rank: i32, options: CacheOptions) Error!Cache {
+        const o = try options.record();
+        var out: ?*c.kvp_cache = null;
+        try check(c.kvp_cache_create_shard(cfg.ptr(), tp_rank, dp_rank, &o, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// Which slice of its config the cache holds (`kvp_cache_get_shard`, since 1.4).
+    pub fn shard(self: *const Cache) Error!ShardInfo {
+        var out: ShardInfo = .{};
+        try check(c.kvp_cache_get_shard(self.handle, @ptrCast(&out)));
+        return out;
+    }
+
     pub fn deinit(self: *Cache) void {
         _ = c.kvp_cache_destroy(self.handle);
         self.* = undefined;
@@ -1150,6 +1200,22 @@ pub const Cache = struct {
         var p: CPath = .{};
         try check(c.kvp_deserialize_into_from_file(self.handle, try p.of(path), ids.ptr, ids.len));
     }
+
+    /// Loads a set of blobs whose slices may differ from this cache's: re-sharding
+    /// (`kvp_deserialize_shards_into`, since 1.4). Every blob is checked and the set's coverage
+    /// proven before the first byte is written: a missing shard, an overlap or another model is
+    /// `error.FormatMismatch` and changes nothing. `allocator` holds the C descriptors for the call.
+    pub fn loadShards(self: *Cache, allocator: Allocator, blobs: []const Blob) Error!void {
+        var arena = std.heap.ArenaAllocator.init(allocator);
+        defer arena.deinit();
+        const refs = try arena.allocator().alloc(c.kvp_blob_ref, blobs.len);
+        for (blobs, refs) |blob, *ref| ref.* = switch (blob) {
+            .bytes => |b| .{ .data = b.ptr, .size = b.len, .path = null },
+            .path => |p| .{ .data = null, .size = 0, .path = (try arena.allocator().dupeSentinel(u8, p, 0)).ptr },
+        };
+        const n = std.math.cast(u32, blobs.len) orelse return error.InvalidArgument;
+        try check(c.kvp_deserialize_shards_into(self.handle, refs.ptr, n));
+    }
 };
 
 /// A DLPack tensor exported by `Cache.exportDlpack`; `deinit` calls its deleter once.
@@ -1221,6 +1287,12 @@ const ReadStream = struct {
     }
 };
 
+/// One blob of a set given to `Cache.loadShards`: in memory or in a file (`kvp_blob_ref`).
+pub const Blob = union(enum) {
+    bytes: []const u8,
+    path: []const u8,
+};
+
 /// Header fields of a blob (`kvp_serialized_info`).
 pub const SerializedInfo = extern struct {
     struct_size: u32 = @sizeOf(c.kvp_serialized_info),
@@ -1241,6 +1313,8 @@ pub const SerializedInfo = extern struct {
     payload_bytes: u64 = 0,
     total_bytes: u64 = 0,
     config: Config = .{},
+    /// Since 1.4: the slice the blob holds (a whole cache's blob: ranks 0 of sizes 1).
+    shard: ShardInfo = .{},
 };
 
 pub const InspectOptions = struct {
@@ -1854,6 +1928,7 @@ comptime {
     assertSameLayout(MemoryStats, c.kvp_memory_stats);
     assertSameLayout(Tensor, c.kvp_tensor);
     assertSameLayout(SerializedInfo, c.kvp_serialized_info);
+    assertSameLayout(ShardInfo, c.kvp_shard_info);
     assertSameLayout(AttentionOptionsRecord, c.kvp_attention_options);
     assertSameLayout(PoolStats, c.kvp_pool_stats);
     assertSameLayout(PoolShardStats, c.kvp_pool_shard_stats);
@@ -1872,6 +1947,7 @@ comptime {
 test {
     _ = @import("coverage.zig");
     _ = @import("api_test.zig");
+    _ = @import("shard_test.zig");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -133,7 +133,8 @@ constants! {
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
     // serialize.h
     KVP_FORMAT_MAJOR: u32 = 1;
-    KVP_FORMAT_MINOR: u32 = 0;
+    KVP_FORMAT_MINOR: u32 = 1;
+    KVP_FORMAT_FLAG_SHARD: u64 = 1 << 0;
     KVP_SERIALIZE_DEFAULT_CHUNK_BYTES: u64 = 1048576;
     KVP_SERIALIZE_MIN_CHUNK_BYTES: u64 = 64;
     KVP_SERIALIZE_MAX_CHUNK_BYTES: u64 = 1073741824;
@@ -148,8 +149,8 @@ constants! {
     KVP_API_VERSION_1: u32 = 1;
 }
 
-/// The header version these declarations were written against (1.4.0: the pool's data-parallel
-/// shards). The library must be at least this version (`kvp_check_abi`).
+/// The header version these declarations were written against (1.4.0: shard caches and the
+/// pool's data-parallel shards). The library must be at least this version (`kvp_check_abi`).
 pub const KVP_VERSION_NUMBER: u32 = 10400;
 
 // ---- Structs and handles ----
@@ -468,7 +469,8 @@ pub struct kvp_deserialize_options {
     pub _reserved: u32,
 }
 
-/// `kvp_serialized_info` (serialize.h): an output struct.
+/// `kvp_serialized_info` (serialize.h): an output struct; since 1.4 (version 3) it ends with
+/// `shard`, the slice the blob holds.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct kvp_serialized_info {
@@ -489,6 +491,41 @@ pub struct kvp_serialized_info {
     pub payload_bytes: u64,
     pub total_bytes: u64,
     pub config: kvp_config,
+    pub shard: kvp_shard_info,
+}
+
+/// `kvp_shard_info` (cache.h, since 1.4): which slice of a sharded config a cache or blob holds;
+/// an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_shard_info {
+    pub struct_size: u32,
+    pub _reserved: u32,
+    pub tp_rank: i32,
+    pub tp_size: i32,
+    pub dp_rank: i32,
+    pub dp_size: i32,
+    pub slot_begin: i64,
+    pub slot_end: i64,
+    pub head_begin: i64,
+    pub head_end: i64,
+    pub key_head_begin: i64,
+    pub key_head_end: i64,
+    pub value_head_begin: i64,
+    pub value_head_end: i64,
+    pub page_begin: i64,
+    pub page_end: i64,
+    pub global_pages: i64,
+}
+
+/// `kvp_blob_ref` (serialize.h, since 1.4): one blob of a set given to
+/// `kvp_deserialize_shards_into`, in memory or in a file (exactly one of `data` and `path`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvp_blob_ref {
+    pub data: *const c_void,
+    pub size: usize,
+    pub path: *const c_char,
 }
 
 /// `kvp_attention_options` (attention.h, since 1.1); zero means default for every field.
@@ -947,6 +984,22 @@ pub struct kvp_api_v1 {
             count: usize,
         ) -> kvp_status,
     >,
+    pub config_get_shard: Option<
+        unsafe extern "C" fn(cfg: *const kvp_config, tp_rank: i32, dp_rank: i32, out: *mut kvp_shard_info) -> kvp_status,
+    >,
+    pub cache_create_shard: Option<
+        unsafe extern "C" fn(
+            cfg: *const kvp_config,
+            tp_rank: i32,
+            dp_rank: i32,
+            opts: *const kvp_cache_options,
+            out: *mut *mut kvp_cache,
+        ) -> kvp_status,
+    >,
+    pub cache_get_shard: Option<unsafe extern "C" fn(cache: *const kvp_cache, out: *mut kvp_shard_info) -> kvp_status>,
+    pub deserialize_shards_into: Option<
+        unsafe extern "C" fn(cache: *mut kvp_cache, blobs: *const kvp_blob_ref, num_blobs: u32) -> kvp_status,
+    >,
     pub pool_get_sequence_shard:
         Option<unsafe extern "C" fn(pool: *const kvp_pool, seq: kvp_seq_id, shard_out: *mut u32) -> kvp_status>,
     pub pool_get_shard_stats: Option<
@@ -1040,6 +1093,16 @@ extern "C" {
         kind: kvp_view_kind,
         out: *mut kvp_tensor,
     ) -> kvp_status;
+    pub fn kvp_config_get_shard(cfg: *const kvp_config, tp_rank: i32, dp_rank: i32, out: *mut kvp_shard_info)
+        -> kvp_status;
+    pub fn kvp_cache_create_shard(
+        cfg: *const kvp_config,
+        tp_rank: i32,
+        dp_rank: i32,
+        opts: *const kvp_cache_options,
+        out: *mut *mut kvp_cache,
+    ) -> kvp_status;
+    pub fn kvp_cache_get_shard(cache: *const kvp_cache, out: *mut kvp_shard_info) -> kvp_status;
     pub fn kvp_cache_get_async_error(cache: *const kvp_cache, out: *mut kvp_status) -> kvp_status;
     pub fn kvp_cache_clear_async_error(cache: *mut kvp_cache) -> kvp_status;
 
@@ -1227,6 +1290,8 @@ extern "C" {
         out: *mut kvp_serialized_info,
     ) -> kvp_status;
     pub fn kvp_serialized_inspect_file(path: *const c_char, flags: u32, out: *mut kvp_serialized_info) -> kvp_status;
+    pub fn kvp_deserialize_shards_into(cache: *mut kvp_cache, blobs: *const kvp_blob_ref, num_blobs: u32)
+        -> kvp_status;
 
     // json.h
     pub fn kvp_config_to_json(

@@ -68,9 +68,14 @@ fn struct_layouts_match_c() {
         _reserved });
     layout!(probe, rust, kvp_serialized_info { struct_size, format_major, format_minor, header_size, flags,
         writer_version, _reserved, header_checksum, num_stored_pages, first_page_id, last_page_id,
-        page_bytes_per_layer, chunk_bytes, num_chunks, payload_bytes, total_bytes, config });
+        page_bytes_per_layer, chunk_bytes, num_chunks, payload_bytes, total_bytes, config, shard });
+    layout!(probe, rust, kvp_shard_info { struct_size, _reserved, tp_rank, tp_size, dp_rank, dp_size, slot_begin,
+        slot_end, head_begin, head_end, key_head_begin, key_head_end, value_head_begin, value_head_end, page_begin,
+        page_end, global_pages });
+    layout!(probe, rust, kvp_blob_ref { data, size, path });
     // The function table: its size and a field of each end (the field list is tests/headers.rs').
-    layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert });
+    layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert,
+        pool_get_shard_stats });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
@@ -125,7 +130,7 @@ fn library_version_matches_these_declarations() {
     unsafe {
         assert_eq!(kvp_check_abi(KVP_VERSION_NUMBER), KVP_OK);
         assert_eq!(kvp_version_number() / 10000, KVP_VERSION_NUMBER / 10000);
-        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "the pool's shard functions need a 1.4 library");
+        assert!(kvp_version_number() >= KVP_VERSION_NUMBER, "the shard functions need a 1.4 library");
     }
 }
 

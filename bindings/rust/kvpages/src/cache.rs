@@ -9,8 +9,9 @@ use std::ptr::{self, NonNull};
 use crate::dtype::convert_raw;
 use crate::{
     check, elements, host_tensor_of, internal, invalid, sys, Batch, Config, Dtype, Element, Error, InputElement,
-    LayoutInfo, Metadata, Result,
+    LayoutInfo, Metadata, Result, ShardInfo,
 };
+use crate::config::empty_shard_info;
 
 /// Where a cache's pages live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -113,6 +114,29 @@ impl Cache {
         let mut out: *mut sys::kvp_cache = ptr::null_mut();
         check(unsafe { sys::kvp_cache_create(&config.raw, &opts, &mut out) })?;
         Cache::from_created(out, "kvp_cache_create")
+    }
+
+    /// `kvp_cache_create_shard` (since 1.4) on the device the config was budgeted for: the slice
+    /// tensor rank `tp_rank` and data rank `dp_rank` of a sharded config hold. Its views and
+    /// layer bytes are the local slice; [`Cache::concatenate`] takes the whole cache's metadata.
+    pub fn new_shard(config: &Config, tp_rank: i32, dp_rank: i32) -> Result<Cache> {
+        Cache::new_shard_on(config, tp_rank, dp_rank, config.device)
+    }
+
+    /// `kvp_cache_create_shard` on `device` (one process per device runs one shard).
+    pub fn new_shard_on(config: &Config, tp_rank: i32, dp_rank: i32, device: Device) -> Result<Cache> {
+        let opts = cache_options(device)?;
+        let mut out: *mut sys::kvp_cache = ptr::null_mut();
+        check(unsafe { sys::kvp_cache_create_shard(&config.raw, tp_rank, dp_rank, &opts, &mut out) })?;
+        Cache::from_created(out, "kvp_cache_create_shard")
+    }
+
+    /// `kvp_cache_get_shard` (since 1.4): which slice of its config this cache holds (a whole
+    /// cache: ranks 0 of sizes 1, every entry and page).
+    pub fn shard(&self) -> Result<ShardInfo> {
+        let mut out = empty_shard_info();
+        check(unsafe { sys::kvp_cache_get_shard(self.ptr.as_ptr(), &mut out) })?;
+        Ok(out)
     }
 
     pub(crate) fn from_created(out: *mut sys::kvp_cache, what: &str) -> Result<Cache> {

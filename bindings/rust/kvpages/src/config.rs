@@ -217,6 +217,14 @@ pub struct Plan {
 /// Derived geometry of a config (`kvp_layout_info`).
 pub type LayoutInfo = sys::kvp_layout_info;
 
+/// Which slice of a sharded config a cache or a blob holds (`kvp_shard_info`, since 1.4): its
+/// tensor and data ranks, the combined entries, KV heads and global pages it holds.
+pub type ShardInfo = sys::kvp_shard_info;
+
+pub(crate) fn empty_shard_info() -> ShardInfo {
+    ShardInfo { struct_size: size_of::<ShardInfo>() as u32, ..Default::default() }
+}
+
 impl Config {
     /// `kvp_config_create`: validates the options and derives the number of pages from the
     /// memory budget (see [`ConfigOptions`]). Nothing is allocated.
@@ -349,6 +357,14 @@ impl Config {
         let mut li = LayoutInfo { struct_size: size_of::<LayoutInfo>() as u32, ..Default::default() };
         check(unsafe { sys::kvp_config_get_layout(&self.raw, &mut li) })?;
         Ok(li)
+    }
+
+    /// `kvp_config_get_shard` (since 1.4): the slice shard (`tp_rank`, `dp_rank`) of this config
+    /// holds, without creating it; a rank out of range is [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    pub fn shard(&self, tp_rank: i32, dp_rank: i32) -> Result<ShardInfo> {
+        let mut out = empty_shard_info();
+        check(unsafe { sys::kvp_config_get_shard(&self.raw, tp_rank, dp_rank, &mut out) })?;
+        Ok(out)
     }
 
     /// `kvp_config_plan`: what fits (pages, bytes, tokens, sequences).

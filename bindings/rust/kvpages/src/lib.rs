@@ -60,7 +60,7 @@ mod serialize;
 pub use attention::AttentionOptions;
 pub use cache::{device_count, Cache, Device, DlpackTensor, View, ViewKind, ViewMut};
 pub use config::{
-    device_memory_stats, hbm_budget_bytes, BudgetMode, Config, ConfigOptions, LayoutInfo, MemoryStats, Plan,
+    device_memory_stats, hbm_budget_bytes, BudgetMode, Config, ConfigOptions, LayoutInfo, MemoryStats, Plan, ShardInfo,
 };
 pub use dtype::{
     convert, convert_bytes, from_f32_slice, to_f32_vec, Bf16, Dtype, Element, F8E4M3Fn, F8E5M2, InputElement, Layout,
@@ -68,7 +68,7 @@ pub use dtype::{
 };
 pub use metadata::{Batch, BatchOptions, BatchRequest, HostArrays, Metadata, MetadataField};
 pub use pool::{Pool, PoolOptions, PoolShardStats, PoolStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
-pub use serialize::{inspect, inspect_file, DeserializeOptions, SerializeOptions, SerializedInfo};
+pub use serialize::{inspect, inspect_file, BlobRef, DeserializeOptions, SerializeOptions, SerializedInfo};
 
 /// The kind of a failure, from the status code (`KVP_ERR_*`). Codes this crate does not know
 /// map to `Other`.

@@ -4,10 +4,11 @@ use std::io::{Read, Write};
 use std::mem::size_of;
 use std::os::raw::c_void;
 use std::path::Path;
+use std::ffi::CString;
 use std::ptr;
 
 use crate::cache::cache_options;
-use crate::{c_path, check, invalid, sys, Cache, Config, Device, Error, ErrorKind, Result};
+use crate::{c_path, check, invalid, sys, Cache, Config, Device, Error, ErrorKind, Result, ShardInfo};
 
 /// What to serialize (`kvp_serialize_options`): every page (`pages: None`) or the listed pages
 /// in that order, and the checksummed chunk size (0 = 1 MiB).
@@ -94,6 +95,8 @@ pub struct SerializedInfo {
     pub total_bytes: u64,
     /// The config stored in the blob (for a CPU cache).
     pub config: Config,
+    /// The slice the blob holds (since 1.4; a whole cache's blob: ranks 0 of sizes 1).
+    pub shard: ShardInfo,
 }
 
 impl SerializedInfo {
@@ -114,6 +117,7 @@ impl SerializedInfo {
             payload_bytes: i.payload_bytes,
             total_bytes: i.total_bytes,
             config: Config { raw: i.config, device: Device::Cpu },
+            shard: i.shard,
         }
     }
 }
@@ -208,6 +212,16 @@ fn page_list(pages: Option<&[i32]>) -> Result<(*const i32, u32)> {
         None => Ok((ptr::null(), 0)),
         Some(p) => Ok((p.as_ptr(), u32::try_from(p.len()).map_err(|_| invalid(format!("{} page ids", p.len())))?)),
     }
+}
+
+/// One blob of a set given to [`Cache::deserialize_shards_into`] (`kvp_blob_ref`): in memory or
+/// in a file, each exactly one blob.
+#[derive(Debug, Clone, Copy)]
+pub enum BlobRef<'a> {
+    /// A blob in memory.
+    Bytes(&'a [u8]),
+    /// A file holding one blob.
+    File(&'a Path),
 }
 
 impl Cache {
@@ -328,5 +342,33 @@ impl Cache {
         let (ids, n) = page_list(dst_pages)?;
         let p = c_path(path.as_ref())?;
         check(unsafe { sys::kvp_deserialize_into_from_file(self.ptr.as_ptr(), p.as_ptr(), ids, n) })
+    }
+
+    /// `kvp_deserialize_shards_into` (since 1.4): loads a set of blobs whose slices may differ
+    /// from this cache's (re-sharding: shards of a TP 4 save into a TP 2 shard or a whole cache,
+    /// a whole save into shards, DP 2 into DP 1). Every blob is checked and the set's coverage
+    /// proven before the first byte is written: a missing shard, an overlap or another model is
+    /// [`ErrorKind::FormatMismatch`] and changes nothing.
+    pub fn deserialize_shards_into(&mut self, blobs: &[BlobRef<'_>]) -> Result<()> {
+        let paths = blobs
+            .iter()
+            .map(|b| match b {
+                BlobRef::File(p) => c_path(p).map(Some),
+                BlobRef::Bytes(_) => Ok(None),
+            })
+            .collect::<Result<Vec<Option<CString>>>>()?;
+        let refs: Vec<sys::kvp_blob_ref> = blobs
+            .iter()
+            .zip(&paths)
+            .map(|(b, p)| {
+                let (data, size) = match b {
+                    BlobRef::Bytes(d) => (d.as_ptr() as *const c_void, d.len()),
+                    BlobRef::File(_) => (ptr::null(), 0),
+                };
+                sys::kvp_blob_ref { data, size, path: p.as_ref().map_or(ptr::null(), |c| c.as_ptr()) }
+            })
+            .collect();
+        let n = u32::try_from(refs.len()).map_err(|_| invalid(format!("{} blobs", refs.len())))?;
+        check(unsafe { sys::kvp_deserialize_shards_into(self.ptr.as_ptr(), refs.as_ptr(), n) })
     }
 }
