@@ -2,8 +2,8 @@
  * over two devices, equals the whole cache (written on the CPU: the bytes are the same on every
  * backend), with host metadata and with the metadata copied to each shard's device; the padding
  * rows of data-parallel metadata in device memory, for kvp_concatenate and kvp_attention; page ids
- * checked against the whole cache on the device; attention on KV-head shards; a cache group over
- * two devices.
+ * checked against the whole cache on the device; attention on KV-head and data-parallel shards; a
+ * cache group over two devices.
  *
  * Every test skip()s when the build has no CUDA or the machine fewer than two CUDA devices (then
  * "kvpages: no CUDA device" is printed and ctest reports the test as skipped). The emulated
@@ -388,30 +388,35 @@ static void test_cuda_shards__padding_rows_attention(void **state) {
   assert_kvp_ok(kvp_cache_destroy(gpu));
 }
 
-/* kvp_attention on KV-head shards on two devices (a prefill then a decode, fused writes of each
- * rank's own K/V heads, 2 query heads per KV head) against the whole cache on the CPU. */
-static void test_cuda_shards__attention_on_kv_head_shards(void **state) {
+/* kvp_attention on the shards of a TP 2 x DP 2 split, round-robin over two devices (a prefill then
+ * a decode on each data rank, fused writes of each shard's own K/V heads, 2 query heads per KV
+ * head): each KV-head shard gives the whole cache's output for its heads, each data rank for its
+ * block's rows and zeros elsewhere, so the sum over data ranks equals the whole cache on the CPU. */
+static void test_cuda_shards__attention_on_shards(void **state) {
   (void)state;
   require_two_gpus();
-  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 1);
-  enum { H = 4, D = 128, REP = 2, HQ = REP * H, T_MAX = 15 };
-  kvp_cache *whole = NULL, *shards[2];
+  const kvp_config c = kvp_test_sharded_config(KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 128, 2, 2);
+  enum { H = 4, D = 128, REP = 2, HQ = REP * H, T_MAX = 15, N = 4 };
+  kvp_cache *whole = NULL, *shards[N];
   assert_kvp_ok(kvp_cache_create(&c, NULL, &whole));
-  for (int32_t r = 0; r < 2; ++r) {
+  for (int32_t i = 0; i < N; ++i) {
     kvp_cache_options co = KVP_CACHE_OPTIONS_INIT;
     co.device_type = KVP_DEVICE_CUDA;
-    co.device_id = r;
-    assert_kvp_ok(kvp_cache_create_shard(&c, r, 0, &co, &shards[r]));
+    co.device_id = i % 2;
+    assert_kvp_ok(kvp_cache_create_shard(&c, i / 2, i % 2, &co, &shards[i]));
   }
-  static float q[T_MAX * HQ * D], k[T_MAX * H * D], v[T_MAX * H * D], want[T_MAX * HQ * D], got[T_MAX * HQ * D];
-  static int32_t p0[] = {1, 2}, p1[] = {3};
+  static float q[T_MAX * HQ * D], k[T_MAX * H * D], v[T_MAX * H * D], want[T_MAX * HQ * D], got[T_MAX * HQ * D],
+      sum[T_MAX * HQ * D];
+  static int32_t p0[] = {1, 2}, p1[] = {11};  /* data rank 0's pages, data rank 1's */
   uint64_t rng = 0xA77;
   for (int step = 0; step < 2; ++step) {
     kvp_batch_request reqs[2] = {{0, 10, p0, 2}, {0, 5, p1, 1}};
     if (step == 1) reqs[0] = (kvp_batch_request){10, 1, p0, 2}, reqs[1] = (kvp_batch_request){5, 1, p1, 1};
     const int64_t T = reqs[0].num_scheduled + reqs[1].num_scheduled;
+    kvp_batch_options bo = KVP_BATCH_OPTIONS_INIT;
+    bo.flags = KVP_BATCH_FLAG_REQUEST_ORDER;
     kvp_metadata *md = NULL;
-    assert_kvp_ok(kvp_metadata_build(&c, reqs, 2, NULL, NULL, &md));
+    assert_kvp_ok(kvp_metadata_build(&c, reqs, 2, &bo, NULL, &md));
     for (int64_t e = 0; e < T * HQ * D; ++e) q[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
     for (int64_t e = 0; e < T * H * D; ++e) {
       k[e] = (float)kvp_test_rand_range(&rng, -32, 32) / 32.0f;
@@ -422,37 +427,39 @@ static void test_cuda_shards__attention_on_kv_head_shards(void **state) {
     kvp_tensor vt = kvp_test_tensor(v, KVP_DTYPE_F32, T, H, D, KVP_DEVICE_CPU);
     kvp_tensor wt = kvp_test_tensor(want, KVP_DTYPE_F32, T, HQ, D, KVP_DEVICE_CPU);
     assert_kvp_ok(kvp_attention(whole, 0, &qt, &kt, &vt, md, NULL, &wt, NULL));
-    for (int32_t r = 0; r < 2; ++r) {
-      const int64_t h0 = 2 * r, nh = 2;  /* each rank: 2 KV heads, 4 query heads */
-      CUDA_OK(cudaSetDevice(r));
+    memset(sum, 0, sizeof sum);
+    for (int32_t i = 0; i < N; ++i) {
+      const int32_t dev = i % 2;
+      const int64_t h0 = 2 * (i / 2), nh = 2;  /* each tensor rank: 2 KV heads, 4 query heads */
+      CUDA_OK(cudaSetDevice(dev));
       kvp_tensor qs = qt, ks = kt, vs = vt, os = kvp_test_tensor(got, KVP_DTYPE_F32, T, REP * nh, D, KVP_DEVICE_CPU);
       qs.data = q + h0 * REP * D;
       ks.data = k + h0 * D;
       vs.data = v + h0 * D;
       qs.shape[1] = REP * nh;
       ks.shape[1] = vs.shape[1] = nh;
-      kvp_tensor qd = tensor_to_device(&qs, r), kd = tensor_to_device(&ks, r), vd = tensor_to_device(&vs, r);
-      kvp_tensor od = tensor_to_device(&os, r);
-      assert_kvp_ok(kvp_attention(shards[r], 0, &qd, &kd, &vd, md, NULL, &od, NULL));
+      memset(got, 0x5C, sizeof got);  /* every output row must be written */
+      kvp_tensor qd = tensor_to_device(&qs, dev), kd = tensor_to_device(&ks, dev), vd = tensor_to_device(&vs, dev);
+      kvp_tensor od = tensor_to_device(&os, dev);
+      assert_kvp_ok(kvp_attention(shards[i], 0, &qd, &kd, &vd, md, NULL, &od, NULL));
       CUDA_OK(cudaMemcpy(got, od.data, sizeof(float) * (size_t)(T * REP * nh * D), cudaMemcpyDeviceToHost));
-      assert_int_equal(kvp_test_async_error(shards[r]), KVP_OK);
+      assert_int_equal(kvp_test_async_error(shards[i]), KVP_OK);
       for (int64_t t = 0; t < T; ++t)
         for (int64_t h = 0; h < REP * nh; ++h)
-          for (int64_t d = 0; d < D; ++d) {
-            const float w = want[(t * HQ + h0 * REP + h) * D + d], g = got[(t * REP * nh + h) * D + d];
-            if (!(fabsf(w - g) <= 1e-4f * (1.0f + fabsf(w))))
-              fail_msg("rank %d step %d: token %lld head %lld lane %lld: %g, whole cache %g", r, step, (long long)t,
-                       (long long)(h0 * REP + h), (long long)d, g, w);
-          }
+          for (int64_t d = 0; d < D; ++d) sum[(t * HQ + h0 * REP + h) * D + d] += got[(t * REP * nh + h) * D + d];
       CUDA_OK(cudaFree(qd.data));
       CUDA_OK(cudaFree(kd.data));
       CUDA_OK(cudaFree(vd.data));
       CUDA_OK(cudaFree(od.data));
     }
+    for (int64_t e = 0; e < T * HQ * D; ++e)
+      if (!(fabsf(want[e] - sum[e]) <= 1e-4f * (1.0f + fabsf(want[e]))))
+        fail_msg("step %d: token %lld head %lld lane %lld: %g over the shards, whole cache %g", step,
+                 (long long)(e / (HQ * D)), (long long)(e / D % HQ), (long long)(e % D), sum[e], want[e]);
     CUDA_OK(cudaSetDevice(0));
     assert_kvp_ok(kvp_metadata_destroy(md));
   }
-  for (int r = 0; r < 2; ++r) assert_kvp_ok(kvp_cache_destroy(shards[r]));
+  for (int i = 0; i < N; ++i) assert_kvp_ok(kvp_cache_destroy(shards[i]));
   assert_kvp_ok(kvp_cache_destroy(whole));
 }
 
@@ -533,7 +540,7 @@ static void test_cuda_shards__group_on_two_devices(void **state) {
 #else
 
 static void test_cuda_shards__group_on_two_devices(void **state) { (void)state; kvp_test_require_gpu(); }
-static void test_cuda_shards__attention_on_kv_head_shards(void **state) { (void)state; kvp_test_require_gpu(); }
+static void test_cuda_shards__attention_on_shards(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__union_host_metadata(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__union_device_metadata(void **state) { (void)state; kvp_test_require_gpu(); }
 static void test_cuda_shards__padding_rows_concatenate(void **state) { (void)state; kvp_test_require_gpu(); }
@@ -549,7 +556,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_shards__padding_rows_concatenate),
       cmocka_unit_test(test_cuda_shards__device_page_ranges),
       cmocka_unit_test(test_cuda_shards__padding_rows_attention),
-      cmocka_unit_test(test_cuda_shards__attention_on_kv_head_shards),
+      cmocka_unit_test(test_cuda_shards__attention_on_shards),
       cmocka_unit_test(test_cuda_shards__group_on_two_devices),
   };
   return cmocka_run_group_tests_name("cuda_shards", tests, NULL, NULL);
