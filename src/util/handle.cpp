@@ -162,6 +162,7 @@ const char* wrong_kind(uint32_t magic) noexcept {
     case kMagicCache: return "wrong handle kind: got a kvp_cache";
     case kMagicMetadata: return "wrong handle kind: got a kvp_metadata";
     case kMagicPool: return "wrong handle kind: got a kvp_pool";
+    case kMagicStore: return "wrong handle kind: got a kvp_store";
     default: return "not a kvpages handle";
   }
 }

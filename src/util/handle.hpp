@@ -31,6 +31,7 @@ enum : uint32_t {
   kMagicCache = 0x4350564Bu,     // 'KVPC'
   kMagicMetadata = 0x4D50564Bu,  // 'KVPM'
   kMagicPool = 0x5050564Bu,      // 'KVPP'
+  kMagicStore = 0x5350564Bu,     // 'KVPS'
   kMagicDead = 0xDEADDEADu,
   kMagicReserved = 0x5245534Bu,  // a slot being filled by handle_new
 };
