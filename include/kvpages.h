@@ -22,6 +22,7 @@
 #include "kvpages/attention.h"
 #include "kvpages/device.h"
 #include "kvpages/pool.h"
+#include "kvpages/store.h"
 #include "kvpages/serialize.h"
 #include "kvpages/json.h"
 #include "kvpages/plugin.h"

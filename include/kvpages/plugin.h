@@ -49,6 +49,7 @@
 #include "kvpages/device.h"
 #include "kvpages/attention.h"
 #include "kvpages/group.h"
+#include "kvpages/store.h"
 /* END GENERATED INCLUDES */
 
 KVP_BEGIN_DECLS
@@ -270,6 +271,32 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *cache_group_get_shard)(const kvp_cache_group *group, int32_t tp_rank, int32_t dp_rank, kvp_cache **out);
   /** kvp_cache_group_concatenate() */
   kvp_status (KVP_CALL *cache_group_concatenate)(kvp_cache_group *group, uint32_t layer, const kvp_tensor *keys, const kvp_tensor *values, uint32_t num_shards, const kvp_metadata *metadata, const kvp_stream *streams);
+  /** kvp_pool_add_store() */
+  kvp_status (KVP_CALL *pool_add_store)(kvp_pool *pool, kvp_store *store);
+  /** kvp_pool_get_tier_stats() */
+  kvp_status (KVP_CALL *pool_get_tier_stats)(const kvp_pool *pool, uint32_t tier, kvp_pool_tier_stats *out);
+  /** kvp_store_options_init() */
+  kvp_status (KVP_CALL *store_options_init)(kvp_store_options *opts, uint32_t struct_size);
+  /** kvp_store_create() */
+  kvp_status (KVP_CALL *store_create)(const kvp_store_vtable *vtable, kvp_store **out);
+  /** kvp_store_create_memory() */
+  kvp_status (KVP_CALL *store_create_memory)(uint64_t max_bytes, const kvp_store_options *opts, kvp_store **out);
+  /** kvp_store_create_directory() */
+  kvp_status (KVP_CALL *store_create_directory)(const char *path, uint64_t max_bytes, const kvp_store_options *opts, kvp_store **out);
+  /** kvp_store_destroy() */
+  kvp_status (KVP_CALL *store_destroy)(kvp_store *store);
+  /** kvp_store_put() */
+  kvp_status (KVP_CALL *store_put)(kvp_store *store, const kvp_store_key *key, const void *data, size_t size);
+  /** kvp_store_get() */
+  kvp_status (KVP_CALL *store_get)(kvp_store *store, const kvp_store_key *key, void *dst, size_t capacity, size_t *size_out);
+  /** kvp_store_exists() */
+  kvp_status (KVP_CALL *store_exists)(kvp_store *store, const kvp_store_key *keys, size_t count, uint8_t *found_out);
+  /** kvp_store_remove() */
+  kvp_status (KVP_CALL *store_remove)(kvp_store *store, const kvp_store_key *key);
+  /** kvp_store_get_stats() */
+  kvp_status (KVP_CALL *store_get_stats)(kvp_store *store, kvp_store_stats *out);
+  /** kvp_store_scrub() */
+  kvp_status (KVP_CALL *store_scrub)(kvp_store *store, kvp_store_scrub_report *report);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

@@ -30,6 +30,15 @@
  * KVP_POOL_ADD_IN_SHARD()); kvp_pool_get_sequence_shard() says where it went and
  * kvp_pool_get_shard_stats() how full each shard is. With dp = 1 there is one shard of all pages.
  *
+ * **Storage tiers** (since 1.4). kvp_pool_add_store() gives the pool up to
+ * ::KVP_POOL_MAX_TIERS block stores (kvpages/store.h), in order. A cached page the pool evicts is
+ * first written as a block (docs/store-format.md) to the first tier; kvp_pool_add_sequence(),
+ * after its in-memory match, asks the tiers in order for the prompt's next full pages (keyed by
+ * the same chained keys) and restores the blocks that check out (config fingerprint, keys,
+ * salt, token ids, checksum) into fresh pages as if computed. Both happen synchronously inside
+ * the call that evicts or adds (see kvp_pool_add_store() for the cost); a failing store or a
+ * damaged block is a miss, never an error of the call. kvp_pool_get_tier_stats() counts them.
+ *
  * **When KV counts as computed.** Each sequence has a computed watermark: tokens whose K/V has
  * been written into the cache (or enqueued on the stream the other users of the cache use). Only
  * pages below it enter the prefix index, so a request can never reuse a page whose KV has not
@@ -71,6 +80,7 @@
 #include "kvpages/common.h"
 #include "kvpages/metadata.h"
 #include "kvpages/status.h"
+#include "kvpages/store.h"
 #include "kvpages/types.h"
 
 KVP_BEGIN_DECLS
@@ -127,7 +137,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_options_init(kvp_pool_options *opts, uint32
  * All the pool's memory is allocated here, in two blocks: bookkeeping per page (about 64 bytes
  * plus 4 bytes per token slot for the token ids the prefix index compares), the prefix index
  * (8 bytes per page) and a page-table row of `max_num_pages_per_req` entries per sequence slot.
- * No later call allocates, so no later call can fail for lack of memory.
+ * No later call allocates (but kvp_pool_add_store(), and the stores a pool writes to), so no
+ * later call can fail for lack of memory.
  *
  * @param[in] cache Cache whose pages the pool hands out, not NULL; borrowed: it must outlive
  *            the pool. It must have at least 2 pages (page 0 is the null page).
@@ -197,8 +208,16 @@ KVP_API kvp_status KVP_CALL kvp_pool_destroy(kvp_pool *pool);
  *            under the same salt. Inherited by appends and forks. 0 is a valid salt.
  * @param[in] flags 0, ::KVP_POOL_ADD_FLAG_REUSE_ALL, KVP_POOL_ADD_IN_SHARD(), or both `|`-ed.
  * @param[out] seq_out Receives the new sequence id, not NULL; unchanged on failure.
- * @param[out] reused_tokens_out Receives the number of reused prompt tokens (a multiple of
- *             `page_size`); may be NULL; unchanged on failure.
+ * **Storage tiers**: when the pool has tiers (kvp_pool_add_store()), the pages after the
+ * in-memory match, up to the same limit, are looked up in the tiers in order: one batched
+ * `exists` per tier for the remaining pages, then a `get` per page while the prefix continues;
+ * each block is verified and its bytes copied into a fresh page of every layer (CUDA: host to
+ * device on the legacy default stream, synchronously), and the page is indexed as computed. A
+ * store error or a block that fails a check ends the restore from that tier (a miss).
+ *
+ * @param[out] reused_tokens_out Receives the number of reused prompt tokens, those of the
+ *             in-memory match plus those restored from tiers (a multiple of `page_size`); may be
+ *             NULL; unchanged on failure.
  * @retval KVP_OK Added.
  * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `seq_out`, NULL `tokens` with `num_tokens` > 0, unknown
@@ -506,6 +525,74 @@ typedef struct kvp_pool_shard_stats {
  */
 KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint32_t shard,
                                                      kvp_pool_shard_stats *out);
+
+/** Storage tiers a pool may have at most (kvp_pool_add_store()). @since 1.4 */
+#define KVP_POOL_MAX_TIERS 4
+
+/**
+ * @brief Adds a block store as the pool's next storage tier (see the file overview).
+ *
+ * Tier 0, the first store added, receives the pages the pool evicts: before a cached page is
+ * reused, its token ids, keys and bytes in every layer are copied to host memory (CUDA: device
+ * to host on the stream of the evicting call, synchronously) and put in the store, inside the
+ * call that evicts (kvp_pool_add_sequence(), kvp_pool_append()). That costs one page copy per
+ * layer and a put (a memory copy for a memory store, a file write for a directory store) per
+ * evicted page. A failed write is counted (kvp_pool_tier_stats::errors), never reported by the
+ * evicting call. Every tier is read by kvp_pool_add_sequence().
+ *
+ * The first tier added allocates two block buffers (the pages' bytes in every layer, plus a
+ * header) and the prompt's keys from the pool's allocator.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] store Store handle; borrowed: it must outlive the pool (a pool whose store was
+ *            destroyed counts its accesses as errors). Several pools may share a store.
+ * @retval KVP_OK Added.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool or store handle, or the pool's cache was destroyed.
+ * @retval KVP_ERR_INVALID_ARGUMENT The pool already has ::KVP_POOL_MAX_TIERS tiers, or already
+ *         has this store.
+ * @retval KVP_ERR_UNSUPPORTED The pool was created with ::KVP_POOL_FLAG_NO_PREFIX_CACHE (it keeps
+ *         no prefix pages to offload).
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the buffers; nothing changed.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_add_store(kvp_pool *pool, kvp_store *store);
+
+/** @brief Counters of one storage tier of a pool (kvp_pool_get_tier_stats()). @since 1.4 */
+typedef struct kvp_pool_tier_stats {
+  uint32_t struct_size;    /**< Set by the caller: sizeof(kvp_pool_tier_stats). */
+  uint32_t num_tiers;      /**< Tiers of the pool. */
+  int64_t lookups;         /**< Pages asked of the tier by kvp_pool_add_sequence(). */
+  int64_t hits;            /**< Of those, pages restored from it. */
+  int64_t misses;          /**< Of those, pages not restored from it: lookups − hits. */
+  int64_t rejected;        /**< Blocks read that failed a check (damaged, another config, other token ids). */
+  int64_t errors;          /**< Store calls that failed (exists, get, put), and writes of a destroyed store. */
+  int64_t restored_tokens; /**< Prompt tokens restored from the tier: hits × page_size. Tokens from
+                                memory (the prefix index) are kvp_pool_stats::reused_tokens minus
+                                every tier's restored_tokens. */
+  int64_t bytes_read;      /**< Block bytes read from the tier. */
+  int64_t blocks_written;  /**< Evicted pages written to the tier (tier 0 only). */
+  int64_t bytes_written;   /**< Their block bytes. */
+} kvp_pool_tier_stats;
+
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). @since 1.4 */
+#define KVP_POOL_TIER_STATS_INIT KVP__OUTPUT_INIT(kvp_pool_tier_stats)
+
+/**
+ * @brief Reports the counters of one storage tier of a pool.
+ * @param[in] pool Pool handle.
+ * @param[in] tier Tier index, below the number of stores added.
+ * @param[in,out] out Stats with `struct_size` set, not NULL; the first `struct_size` bytes are
+ *                filled; unchanged on failure.
+ * @retval KVP_OK Filled.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL, or `tier` is out of range (the message gives
+ *         the number of tiers).
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
+ * @threadsafety May run concurrently with other const calls.
+ * @since 1.4
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_get_tier_stats(const kvp_pool *pool, uint32_t tier, kvp_pool_tier_stats *out);
 
 /**
  * @brief Checks every invariant of the pool's bookkeeping (O(pages + sequence pages)).

@@ -111,6 +111,19 @@ const kvp_api_v1 kTableV1 = {
     &kvp_cache_group_get_num_shards,
     &kvp_cache_group_get_shard,
     &kvp_cache_group_concatenate,
+    &kvp_pool_add_store,
+    &kvp_pool_get_tier_stats,
+    &kvp_store_options_init,
+    &kvp_store_create,
+    &kvp_store_create_memory,
+    &kvp_store_create_directory,
+    &kvp_store_destroy,
+    &kvp_store_put,
+    &kvp_store_get,
+    &kvp_store_exists,
+    &kvp_store_remove,
+    &kvp_store_get_stats,
+    &kvp_store_scrub,
     // END GENERATED TABLE
 };
 

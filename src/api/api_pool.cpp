@@ -1,6 +1,7 @@
 // kvp_pool_* and kvp_cache_copy_pages shims (include/kvpages/pool.h).
 #include "core/cache.hpp"
 #include "core/pool.hpp"
+#include "core/store.hpp"
 #include "kvpages/pool.h"
 #include "util/error.hpp"
 #include "util/handle.hpp"
@@ -129,6 +130,22 @@ KVP_API kvp_status kvp_pool_get_shard_stats(const kvp_pool* pool, uint32_t shard
   KVP_REQUIRE_NOT_NULL(out);
   write_versioned(out, p.shard_stats(shard), sizeof(kvp_pool_shard_stats), "kvp_pool_get_shard_stats",
                   "kvp_pool_shard_stats");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_add_store(kvp_pool* pool, kvp_store* store) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_add_store").add_store(store);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_get_tier_stats(const kvp_pool* pool, uint32_t tier, kvp_pool_tier_stats* out) {
+  KVP_API_BEGIN;
+  const Pool& p = pool_from(pool, "kvp_pool_get_tier_stats");
+  KVP_REQUIRE_NOT_NULL(out);
+  check_struct_size(out->struct_size, sizeof(kvp_pool_tier_stats), "kvp_pool_get_tier_stats", "kvp_pool_tier_stats");
+  write_versioned(out, p.tier_stats(tier), sizeof(kvp_pool_tier_stats), "kvp_pool_get_tier_stats",
+                  "kvp_pool_tier_stats");
   KVP_API_END;
 }
 

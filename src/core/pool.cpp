@@ -180,7 +180,10 @@ Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc)
   }
 }
 
-Pool::~Pool() { alloc_.deallocate(arrays_); }
+Pool::~Pool() {
+  alloc_.deallocate(arrays_);
+  alloc_.deallocate(tier_arrays_);
+}
 
 Cache& Pool::cache(const char* fn) const {
   return handle_get(cache_handle_, cache_serial_, fn, "the pool's cache was destroyed");
@@ -250,8 +253,9 @@ void Pool::lru_remove(int32_t p) noexcept {
   --sd.n_evictable;
 }
 
-// Takes a page of `shard`: a free one, else the least recently released cached one.
-int32_t Pool::alloc_page(uint32_t shard) {
+// Takes a page of `shard`: a free one, else the least recently released cached one (written to
+// tier 0 first, if the pool has tiers).
+int32_t Pool::alloc_page(uint32_t shard, kvp_stream stream) {
   Shard& sd = shards_[shard];
   int32_t p = sd.free_head;
   if (p >= 0) {
@@ -260,6 +264,7 @@ int32_t Pool::alloc_page(uint32_t shard) {
   } else {
     p = sd.lru_head;
     if (p < 0) fail(KVP_ERR_INTERNAL, "kvp_pool: no page left after the availability check (please report)");
+    if (num_tiers_ > 0) write_back(p, stream);
     lru_remove(p);
     index_remove(p);
     ++evictions_;
@@ -483,7 +488,6 @@ kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, ui
   Seq& s = seqs_[slot];
   s.salt = salt;
   s.length = n;
-  s.computed = hits * S;
   s.shard = shard;
   ++shards_[shard].num_seqs;
   int32_t* r = row(slot);
@@ -491,15 +495,18 @@ kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, ui
     r[i] = scratch_pages_[i];
     acquire_page(r[i]);
   }
-  for (size_t i = hits; i < need_pages; ++i) {
+  const size_t restored = num_tiers_ > 0 && hits < max_hits ? restore(r, tokens, hits, max_hits, salt, shard, nkeys) : 0;
+  const size_t reused = (hits + restored) * S;
+  s.computed = reused;
+  for (size_t i = hits + restored; i < need_pages; ++i) {
     const int32_t p = alloc_page(shard);
     r[i] = p;
     const size_t begin = i * S, cnt = std::min<size_t>(S, n - begin);
     std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + begin, sizeof(int32_t) * cnt);
   }
   prompt_tokens_ += static_cast<int64_t>(n);
-  reused_tokens_ += static_cast<int64_t>(hits * S);
-  if (reused_out != nullptr) *reused_out = hits * S;
+  reused_tokens_ += static_cast<int64_t>(reused);
+  if (reused_out != nullptr) *reused_out = reused;
   return kvp_seq_id{(s.gen << kIndexBits) | slot};
 }
 
@@ -531,7 +538,7 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   }
 
   if (cow) {
-    const int32_t q = alloc_page(s.shard);
+    const int32_t q = alloc_page(s.shard, stream);
     try {
       copy_cache_pages(cache, &tail, &q, 1, stream, fn);
     } catch (...) {
@@ -556,7 +563,7 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   size_t done = 0;
   while (done < n) {
     const uint64_t i = pos / S, off = pos % S;
-    if (off == 0) r[i] = alloc_page(s.shard);
+    if (off == 0) r[i] = alloc_page(s.shard, stream);
     const size_t cnt = std::min<size_t>(S - off, n - done);
     std::memcpy(tokens_ + static_cast<size_t>(r[i]) * S + off, tokens + done, sizeof(int32_t) * cnt);
     done += cnt;

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kvpages/cache.h"
+#include "core/store_block.hpp"
 #include "kvpages/pool.h"
 #include "util/handle.hpp"
 #include "util/memory.hpp"
@@ -105,6 +106,10 @@ class Pool {
   kvp_pool_shard_stats shard_stats(uint32_t shard) const;
   void check_invariants() const;  // throws KVP_ERR_INTERNAL
 
+  // Storage tiers (core/pool_tiers.cpp).
+  void add_store(kvp_store* store);
+  kvp_pool_tier_stats tier_stats(uint32_t tier) const;
+
  private:
   struct Scan;  // what check_invariants() collects
   void allocate_arrays(const Shape& shape);
@@ -139,9 +144,10 @@ class Pool {
   }
   void mark_computed(uint32_t slot, uint64_t n);
 
-  // Page lifecycle (callers have checked availability).
+  // Page lifecycle (callers have checked availability). Evicting a cached page writes it to
+  // tier 0 first (on `stream`).
   uint32_t take_slot();
-  int32_t alloc_page(uint32_t shard);
+  int32_t alloc_page(uint32_t shard, kvp_stream stream = nullptr);
   void release_page(int32_t p) noexcept;
   void acquire_page(int32_t p) noexcept;
   void free_push(int32_t p) noexcept;
@@ -157,6 +163,24 @@ class Pool {
   // The cache, checked to be alive and still the one the pool was made for (its serial): a new
   // cache at the address of a destroyed one is refused. Throws INVALID_HANDLE.
   Cache& cache(const char* function) const;
+
+  // Storage tiers (core/pool_tiers.cpp). A tier is a borrowed store, checked by its serial.
+  struct Tier {
+    kvp_store* handle;
+    uint64_t serial;
+    kvp_pool_tier_stats st;
+  };
+  Store& tier_store(const Tier& t, const char* function) const;
+  // Writes evicted page p to tier 0 (never throws: a failure is counted).
+  void write_back(int32_t p, kvp_stream stream) noexcept;
+  // Restores pages [from, max_hits) of a prompt from the tiers into fresh pages of `shard`, as
+  // far as the prefix continues; their ids go to r[from…]. Returns how many (never throws).
+  size_t restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
+                 size_t nkeys) noexcept;
+  // Restores page i of a prompt (key tier_keys_[i]) from one store into a fresh page r[i]; false
+  // if the block is missing or does not check out. Throws when the store or the copy fails.
+  bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
+                    int32_t* r);
 
   kvp_cache* cache_handle_ = nullptr;
   uint64_t cache_serial_ = 0;  // handle_serial(cache_handle_) when the pool was made
@@ -185,6 +209,15 @@ class Pool {
   Key128* scratch_keys_ = nullptr;    // [row_len_]: a prompt's chained keys (add_sequence, dp > 1)
   uint8_t* hash_buf_ = nullptr;       // [16 + 4 * S]
   Shard* shards_ = nullptr;           // [dp_]
+
+  Tier tiers_[KVP_POOL_MAX_TIERS] = {};
+  uint32_t num_tiers_ = 0;
+  BlockShape block_;                  // the blocks of this cache's pages (set by the first tier)
+  void* tier_arrays_ = nullptr;       // one block from alloc_ holding the three below
+  uint8_t* write_buf_ = nullptr;      // [block_.total]: an evicted page on its way out
+  uint8_t* read_buf_ = nullptr;       // [block_.total]: a block on its way in
+  StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore)
+  uint8_t* found_ = nullptr;          // [row_len_]: a tier's answer to exists
 
   int64_t n_used_ = 0, n_indexed_ = 0;
   uint32_t n_seqs_ = 0;

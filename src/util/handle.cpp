@@ -163,6 +163,7 @@ const char* wrong_kind(uint32_t magic) noexcept {
     case kMagicMetadata: return "wrong handle kind: got a kvp_metadata";
     case kMagicPool: return "wrong handle kind: got a kvp_pool";
     case kMagicGroup: return "wrong handle kind: got a kvp_cache_group";
+    case kMagicStore: return "wrong handle kind: got a kvp_store";
     default: return "not a kvpages handle";
   }
 }

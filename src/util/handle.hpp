@@ -32,6 +32,7 @@ enum : uint32_t {
   kMagicMetadata = 0x4D50564Bu,  // 'KVPM'
   kMagicPool = 0x5050564Bu,      // 'KVPP'
   kMagicGroup = 0x4750564Bu,     // 'KVPG'
+  kMagicStore = 0x5350564Bu,     // 'KVPS'
   kMagicDead = 0xDEADDEADu,
   kMagicReserved = 0x5245534Bu,  // a slot being filled by handle_new
 };

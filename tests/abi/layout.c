@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 816);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 920);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -316,6 +316,19 @@ KVP_PIN_OFFSET(kvp_api_v1, cache_group_destroy, 784);
 KVP_PIN_OFFSET(kvp_api_v1, cache_group_get_num_shards, 792);
 KVP_PIN_OFFSET(kvp_api_v1, cache_group_get_shard, 800);
 KVP_PIN_OFFSET(kvp_api_v1, cache_group_concatenate, 808);
+KVP_PIN_OFFSET(kvp_api_v1, pool_add_store, 816);
+KVP_PIN_OFFSET(kvp_api_v1, pool_get_tier_stats, 824);
+KVP_PIN_OFFSET(kvp_api_v1, store_options_init, 832);
+KVP_PIN_OFFSET(kvp_api_v1, store_create, 840);
+KVP_PIN_OFFSET(kvp_api_v1, store_create_memory, 848);
+KVP_PIN_OFFSET(kvp_api_v1, store_create_directory, 856);
+KVP_PIN_OFFSET(kvp_api_v1, store_destroy, 864);
+KVP_PIN_OFFSET(kvp_api_v1, store_put, 872);
+KVP_PIN_OFFSET(kvp_api_v1, store_get, 880);
+KVP_PIN_OFFSET(kvp_api_v1, store_exists, 888);
+KVP_PIN_OFFSET(kvp_api_v1, store_remove, 896);
+KVP_PIN_OFFSET(kvp_api_v1, store_get_stats, 904);
+KVP_PIN_OFFSET(kvp_api_v1, store_scrub, 912);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
@@ -357,6 +370,20 @@ KVP_PIN_OFFSET(kvp_pool_shard_stats, free_pages, 24);
 KVP_PIN_OFFSET(kvp_pool_shard_stats, evictable_pages, 32);
 KVP_PIN_OFFSET(kvp_pool_shard_stats, used_pages, 40);
 KVP_PIN_OFFSET(kvp_pool_shard_stats, num_sequences, 48);
+
+/* kvp_pool_tier_stats (pool.h) */
+KVP_PIN_MIN_SIZE(kvp_pool_tier_stats, 80);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, struct_size, 0);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, num_tiers, 4);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, lookups, 8);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, hits, 16);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, misses, 24);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, rejected, 32);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, errors, 40);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, restored_tokens, 48);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, bytes_read, 56);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, blocks_written, 64);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, bytes_written, 72);
 
 /* kvp_serialize_options (serialize.h) */
 KVP_PIN_MIN_SIZE(kvp_serialize_options, 32);
@@ -402,6 +429,50 @@ KVP_PIN_SIZE(kvp_blob_ref, 24);
 KVP_PIN_OFFSET(kvp_blob_ref, data, 0);
 KVP_PIN_OFFSET(kvp_blob_ref, size, 8);
 KVP_PIN_OFFSET(kvp_blob_ref, path, 16);
+
+/* kvp_store_key (store.h) */
+KVP_PIN_SIZE(kvp_store_key, 16);
+KVP_PIN_OFFSET(kvp_store_key, bytes, 0);
+
+/* kvp_store_vtable (store.h) */
+KVP_PIN_MIN_SIZE(kvp_store_vtable, 56);
+KVP_PIN_OFFSET(kvp_store_vtable, struct_size, 0);
+KVP_PIN_OFFSET(kvp_store_vtable, abi_version, 4);
+KVP_PIN_OFFSET(kvp_store_vtable, user_data, 8);
+KVP_PIN_OFFSET(kvp_store_vtable, put, 16);
+KVP_PIN_OFFSET(kvp_store_vtable, get, 24);
+KVP_PIN_OFFSET(kvp_store_vtable, exists, 32);
+KVP_PIN_OFFSET(kvp_store_vtable, remove, 40);
+KVP_PIN_OFFSET(kvp_store_vtable, destroy, 48);
+
+/* kvp_store_options (store.h) */
+KVP_PIN_MIN_SIZE(kvp_store_options, 24);
+KVP_PIN_OFFSET(kvp_store_options, struct_size, 0);
+KVP_PIN_OFFSET(kvp_store_options, abi_version, 4);
+KVP_PIN_OFFSET(kvp_store_options, flags, 8);
+KVP_PIN_OFFSET(kvp_store_options, _reserved, 12);
+KVP_PIN_OFFSET(kvp_store_options, allocator, 16);
+
+/* kvp_store_stats (store.h) */
+KVP_PIN_MIN_SIZE(kvp_store_stats, 72);
+KVP_PIN_OFFSET(kvp_store_stats, struct_size, 0);
+KVP_PIN_OFFSET(kvp_store_stats, _reserved, 4);
+KVP_PIN_OFFSET(kvp_store_stats, blocks, 8);
+KVP_PIN_OFFSET(kvp_store_stats, bytes, 16);
+KVP_PIN_OFFSET(kvp_store_stats, max_bytes, 24);
+KVP_PIN_OFFSET(kvp_store_stats, puts, 32);
+KVP_PIN_OFFSET(kvp_store_stats, hits, 40);
+KVP_PIN_OFFSET(kvp_store_stats, misses, 48);
+KVP_PIN_OFFSET(kvp_store_stats, errors, 56);
+KVP_PIN_OFFSET(kvp_store_stats, evictions, 64);
+
+/* kvp_store_scrub_report (store.h) */
+KVP_PIN_MIN_SIZE(kvp_store_scrub_report, 32);
+KVP_PIN_OFFSET(kvp_store_scrub_report, struct_size, 0);
+KVP_PIN_OFFSET(kvp_store_scrub_report, _reserved, 4);
+KVP_PIN_OFFSET(kvp_store_scrub_report, blocks_checked, 8);
+KVP_PIN_OFFSET(kvp_store_scrub_report, blocks_damaged, 16);
+KVP_PIN_OFFSET(kvp_store_scrub_report, bytes_freed, 24);
 
 /* kvp_tensor (types.h) */
 KVP_PIN_SIZE(kvp_tensor, 120);

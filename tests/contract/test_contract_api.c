@@ -403,6 +403,16 @@ static void expect_every_pool_call_rejected(kvp_pool *h) {
   sst0 = sst;
   EXPECT_BAD_HANDLE(kvp_pool_get_shard_stats(h, 0, &sst), "kvp_pool_get_shard_stats");
   assert_memory_equal(&sst, &sst0, sizeof sst);
+  kvp_pool_tier_stats tst, tst0;
+  memset(&tst, FILL, sizeof tst);
+  tst.struct_size = sizeof tst;
+  tst0 = tst;
+  EXPECT_BAD_HANDLE(kvp_pool_get_tier_stats(h, 0, &tst), "kvp_pool_get_tier_stats");
+  assert_memory_equal(&tst, &tst0, sizeof tst);
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_store_create_memory(1 << 20, NULL, &store));
+  EXPECT_BAD_HANDLE(kvp_pool_add_store(h, store), "kvp_pool_add_store");
+  assert_kvp_ok(kvp_store_destroy(store));
   EXPECT_BAD_HANDLE(kvp_pool_check_invariants(h), "kvp_pool_check_invariants");
   EXPECT_BAD_HANDLE(kvp_pool_clear_prefix_cache(h), "kvp_pool_clear_prefix_cache");
   if (h != NULL) EXPECT_BAD_HANDLE(kvp_pool_destroy(h), "kvp_pool_destroy"); /* destroy(NULL) is OK */
@@ -459,6 +469,133 @@ static void assert_fixture_alive(void) {
 }
 
 /* ---- handles: NULL, destroyed, wrong kind, foreign ---------------------------------------------- */
+
+/* A call that succeeds clears the message an earlier failure left. */
+#define CLEARS(call)                                                                             \
+  do {                                                                                           \
+    provoke_error();                                                                             \
+    assert_kvp_ok(call);                                                                         \
+    if (kvp_last_error_message()[0] != '\0')                                                     \
+      fail_msg("%s succeeded but left the message '%s'", #call, kvp_last_error_message());       \
+  } while (0)
+
+/* Every function of store.h taking a kvp_store *, called with `h`; every other argument valid.
+ * Nothing may change: outputs, and the fixture's pool (a store call never touches it). */
+static void expect_every_store_call_rejected(kvp_store *h) {
+  const kvp_store_key key = {{1, 2, 3}};
+  uint8_t data[4] = {9, 9, 9, 9}, found = 0x77;
+  size_t size = 0x55;
+  EXPECT_BAD_HANDLE(kvp_store_put(h, &key, data, sizeof data), "kvp_store_put");
+  EXPECT_BAD_HANDLE(kvp_store_get(h, &key, data, sizeof data, &size), "kvp_store_get");
+  assert_int_equal(size, 0x55);
+  assert_int_equal(data[0], 9);
+  EXPECT_BAD_HANDLE(kvp_store_exists(h, &key, 1, &found), "kvp_store_exists");
+  assert_int_equal(found, 0x77);
+  EXPECT_BAD_HANDLE(kvp_store_remove(h, &key), "kvp_store_remove");
+  kvp_store_stats st, st0;
+  memset(&st, FILL, sizeof st);
+  st.struct_size = sizeof st;
+  st0 = st;
+  EXPECT_BAD_HANDLE(kvp_store_get_stats(h, &st), "kvp_store_get_stats");
+  assert_memory_equal(&st, &st0, sizeof st);
+  kvp_store_scrub_report r, r0;
+  memset(&r, FILL, sizeof r);
+  r.struct_size = sizeof r;
+  r0 = r;
+  EXPECT_BAD_HANDLE(kvp_store_scrub(h, &r), "kvp_store_scrub");
+  assert_memory_equal(&r, &r0, sizeof r);
+  if (h != NULL) EXPECT_BAD_HANDLE(kvp_store_destroy(h), "kvp_store_destroy"); /* destroy(NULL) is OK */
+  assert_kvp_ok(kvp_pool_check_invariants(F.pool));
+}
+
+/* Store handles: NULL, destroyed, of another kind, foreign memory; and a store given to a pool
+ * where a pool is expected. */
+static void test_contract_api__store_handles(void **state) {
+  (void)state;
+  g_what1 = "NULL";
+  g_what2 = "";
+  expect_every_store_call_rejected(NULL);
+  EXPECT_BAD_HANDLE(kvp_pool_add_store(F.pool, NULL), "kvp_pool_add_store");
+  g_what1 = "wrong handle kind";
+  g_what2 = "kvp_pool";
+  void *vp = F.pool;
+  expect_every_store_call_rejected((kvp_store *)vp);
+  g_what2 = "kvp_store";
+  kvp_store *s = NULL;
+  assert_kvp_ok(kvp_store_create_memory(64, NULL, &s));
+  vp = s;
+  expect_every_pool_call_rejected((kvp_pool *)vp);
+  expect_every_cache_call_rejected((kvp_cache *)vp);
+  g_what1 = "";
+  g_what2 = "";
+  kvp_config cfg = F.cfg;
+  vp = &cfg;
+  expect_every_store_call_rejected((kvp_store *)vp);
+  require_api_armor();
+  g_what1 = "destroyed";
+  assert_kvp_ok(kvp_store_destroy(s));
+  expect_every_store_call_rejected(s);
+  EXPECT_BAD_HANDLE(kvp_pool_add_store(F.pool, s), "kvp_pool_add_store");
+  assert_fixture_alive();
+}
+
+/* NULL pointers of store.h and of the pool's tier calls. */
+static void test_contract_api__null_pointers_store(void **state) {
+  (void)state;
+  kvp_store *s = NULL;
+  EXPECT_NULL_ARG(kvp_store_options_init(NULL, sizeof(kvp_store_options)), "kvp_store_options_init", "opts");
+  EXPECT_NULL_ARG(kvp_store_create(NULL, &s), "kvp_store_create", "vtable");
+  kvp_store_vtable vt;
+  memset(&vt, 0, sizeof vt);
+  EXPECT_NULL_ARG(kvp_store_create(&vt, NULL), "kvp_store_create", "out");
+  EXPECT_NULL_ARG(kvp_store_create_memory(64, NULL, NULL), "kvp_store_create_memory", "out");
+  EXPECT_NULL_ARG(kvp_store_create_directory(NULL, 64, NULL, &s), "kvp_store_create_directory", "path");
+  EXPECT_NULL_ARG(kvp_store_create_directory("/tmp", 64, NULL, NULL), "kvp_store_create_directory", "out");
+  assert_null(s);
+  assert_kvp_ok(kvp_store_create_memory(64, NULL, &s));
+  const kvp_store_key key = {{0}};
+  uint8_t b[4];
+  size_t n = 0;
+  EXPECT_NULL_ARG(kvp_store_put(s, NULL, b, 1), "kvp_store_put", "key");
+  EXPECT_NULL_ARG(kvp_store_put(s, &key, NULL, 1), "kvp_store_put", "data");
+  EXPECT_NULL_ARG(kvp_store_get(s, NULL, b, 1, &n), "kvp_store_get", "key");
+  EXPECT_NULL_ARG(kvp_store_get(s, &key, NULL, 1, &n), "kvp_store_get", "dst");
+  EXPECT_NULL_ARG(kvp_store_get(s, &key, b, 1, NULL), "kvp_store_get", "size_out");
+  EXPECT_NULL_ARG(kvp_store_exists(s, NULL, 1, b), "kvp_store_exists", "keys");
+  EXPECT_NULL_ARG(kvp_store_exists(s, &key, 1, NULL), "kvp_store_exists", "found_out");
+  EXPECT_NULL_ARG(kvp_store_remove(s, NULL), "kvp_store_remove", "key");
+  EXPECT_NULL_ARG(kvp_store_get_stats(s, NULL), "kvp_store_get_stats", "out");
+  EXPECT_NULL_ARG(kvp_store_scrub(s, NULL), "kvp_store_scrub", "report");
+  EXPECT_NULL_ARG(kvp_pool_get_tier_stats(F.pool, 0, NULL), "kvp_pool_get_tier_stats", "out");
+  kvp_store_stats st = KVP_STORE_STATS_INIT;
+  assert_kvp_ok(kvp_store_get_stats(s, &st));
+  assert_int_equal(st.blocks, 0);
+  assert_int_equal(st.puts, 0);
+  /* and every call succeeding clears the message */
+  kvp_store_options o;
+  CLEARS(kvp_store_options_init(&o, sizeof o));
+  CLEARS(kvp_store_put(s, &key, b, sizeof b));
+  CLEARS(kvp_store_get(s, &key, b, sizeof b, &n));
+  uint8_t found = 0;
+  CLEARS(kvp_store_exists(s, &key, 1, &found));
+  assert_int_equal(found, 1);
+  CLEARS(kvp_store_get_stats(s, &st));
+  kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
+  CLEARS(kvp_store_scrub(s, &r));
+  CLEARS(kvp_store_remove(s, &key));
+  kvp_pool *p = NULL;
+  assert_kvp_ok(kvp_pool_create(F.cache, NULL, &p));
+  CLEARS(kvp_pool_add_store(p, s));
+  kvp_pool_tier_stats ts = KVP_POOL_TIER_STATS_INIT;
+  CLEARS(kvp_pool_get_tier_stats(p, 0, &ts));
+  assert_int_equal(ts.num_tiers, 1);
+  assert_kvp_ok(kvp_pool_destroy(p));
+  CLEARS(kvp_store_destroy(s));
+  CLEARS(kvp_store_destroy(NULL));
+  kvp_store *mem = NULL;
+  CLEARS(kvp_store_create_memory(64, NULL, &mem));
+  assert_kvp_ok(kvp_store_destroy(mem));
+}
 
 static void test_contract_api__null_handles(void **state) {
   (void)state;
@@ -1003,13 +1140,6 @@ static void test_contract_api__struct_size_too_small(void **state) {
 /* ---- the thread-local message ------------------------------------------------------------------ */
 
 /* Each call first finds a failure's message in place and must leave the message empty. */
-#define CLEARS(call)                                                                             \
-  do {                                                                                           \
-    provoke_error();                                                                             \
-    assert_kvp_ok(call);                                                                         \
-    if (kvp_last_error_message()[0] != '\0')                                                     \
-      fail_msg("%s succeeded but left the message '%s'", #call, kvp_last_error_message());       \
-  } while (0)
 
 static void test_contract_api__message_cleared_by_every_success(void **state) {
   (void)state;
@@ -1190,7 +1320,12 @@ static const char *const covered_by_this_file[] = {
     "kvp_pool_set_computed", "kvp_pool_truncate", "kvp_pool_fork", "kvp_pool_free_sequence",
     "kvp_pool_get_sequence_length", "kvp_pool_get_page_table", "kvp_pool_get_slots", "kvp_pool_get_batch_request",
     "kvp_pool_get_page_state", "kvp_pool_get_stats", "kvp_pool_check_invariants", "kvp_pool_clear_prefix_cache",
-    "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats",
+    "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats", "kvp_pool_add_store",
+    "kvp_pool_get_tier_stats",
+    /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c) */
+    "kvp_store_options_init", "kvp_store_create", "kvp_store_create_memory", "kvp_store_create_directory",
+    "kvp_store_destroy", "kvp_store_put", "kvp_store_get", "kvp_store_exists", "kvp_store_remove",
+    "kvp_store_get_stats", "kvp_store_scrub",
     /* serialize.h */
     "kvp_serialize_options_init", "kvp_serialized_size", "kvp_serialize", "kvp_serialize_to_writer",
     "kvp_serialize_to_file", "kvp_deserialize_options_init", "kvp_deserialize_new",
@@ -1301,6 +1436,8 @@ int main(void) {
       T(test_contract_api__null_pointers_serialize),
       T(test_contract_api__null_pointers_json),
       T(test_contract_api__null_pointers_device),
+      T(test_contract_api__store_handles),
+      T(test_contract_api__null_pointers_store),
       T(test_contract_api__struct_size_too_small),
       T(test_contract_api__message_cleared_by_every_success),
       T(test_contract_api__every_public_function_has_a_contract_test),

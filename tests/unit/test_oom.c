@@ -845,6 +845,107 @@ static void test_oom__set_host_allocator_rejects_half_allocators(void **state) {
   assert_int_equal(g_alloc.live, before);
 }
 
+/* Stores and tiers: creating a store, a put (new and replacing), a pool's first tier; each failing
+ * allocation leaves the store or pool as it was. A tier that cannot allocate never fails a pool
+ * call: the eviction's write is counted as an error. */
+static int64_t store_blocks(kvp_store *s) {
+  kvp_store_stats st = KVP_STORE_STATS_INIT;
+  assert_kvp_ok(kvp_store_get_stats(s, &st));
+  return st.blocks;
+}
+
+static void put_until_ok(kvp_store *s, const kvp_store_key *k, const uint8_t *data, size_t n, const char *what) {
+  const int64_t blocks = store_blocks(s);
+  const long base = g_alloc.live;
+  long i;
+  for (i = 0; i < MAX_N; ++i) {
+    fail_from(i);
+    const kvp_status st = kvp_store_put(s, k, data, n);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, i, what);
+    assert_int_equal(store_blocks(s), blocks);
+  }
+  assert_true(i >= 1);
+}
+
+static void test_oom__stores_and_tiers(void **state) {
+  (void)state;
+  uint8_t data[100], back[100];
+  for (int i = 0; i < 100; ++i) data[i] = (uint8_t)i;
+  const kvp_store_key k1 = {{1}}, k2 = {{2}};
+  char dir[64];
+  snprintf(dir, sizeof dir, "/tmp/kvp_test_oom_XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = KVP_STORE_FLAG_NO_SYNC;
+  for (int kind = 0; kind < 2; ++kind) {
+    const long base = g_alloc.live;
+    kvp_store *s = NULL;
+    long n;
+    for (n = 0; n < MAX_N; ++n) {
+      s = (kvp_store *)(uintptr_t)1;
+      fail_from(n);
+      const kvp_status st = kind == 0 ? kvp_store_create_memory(1 << 20, NULL, &s)
+                                      : kvp_store_create_directory(dir, 1 << 20, &o, &s);
+      disarm();
+      if (st == KVP_OK) break;
+      expect_oom(st, base, n, kind == 0 ? "kvp_store_create_memory" : "kvp_store_create_directory");
+      assert_null(s);
+    }
+    assert_true(n >= 1);
+    put_until_ok(s, &k1, data, sizeof data, "kvp_store_put (new)");
+    put_until_ok(s, &k2, data, 10, "kvp_store_put (new)");
+    put_until_ok(s, &k1, data + 1, 50, "kvp_store_put (replacing)");
+    size_t got = 0;
+    assert_kvp_ok(kvp_store_get(s, &k1, back, sizeof back, &got));
+    assert_int_equal(got, 50);
+    assert_memory_equal(back, data + 1, 50);
+    assert_kvp_ok(kvp_store_remove(s, &k1));
+    assert_kvp_ok(kvp_store_remove(s, &k2));
+    assert_kvp_ok(kvp_store_destroy(s));
+    assert_int_equal(g_alloc.live, base);
+  }
+  rmdir(dir);
+
+  /* a pool's first tier allocates its buffers; a failure adds no tier */
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  kvp_pool *p = NULL;
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_pool_create(c, NULL, &p));
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &store));
+  const long base = g_alloc.live;
+  kvp_pool_tier_stats ts = KVP_POOL_TIER_STATS_INIT;
+  long n;
+  for (n = 0; n < MAX_N; ++n) {
+    fail_from(n);
+    const kvp_status st = kvp_pool_add_store(p, store);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base, n, "kvp_pool_add_store");
+    assert_int_equal(kvp_pool_get_tier_stats(p, 0, &ts), KVP_ERR_INVALID_ARGUMENT);
+  }
+  assert_true(n >= 1);
+  /* evictions while the store cannot allocate: the calls succeed, the writes are errors */
+  int32_t toks[PAGES * PAGE];
+  for (int i = 0; i < PAGES * PAGE; ++i) toks[i] = 7 + i;
+  kvp_seq_id s;
+  for (int round = 0; round < 2; ++round) {
+    if (round == 1) fail_from(0);
+    assert_kvp_ok(kvp_pool_add_sequence(p, toks + round, 15 * PAGE, 0, 0, &s, NULL));
+    assert_kvp_ok(kvp_pool_set_computed(p, s, 15 * PAGE));
+    assert_kvp_ok(kvp_pool_free_sequence(p, s));
+    disarm();
+  }
+  assert_kvp_ok(kvp_pool_get_tier_stats(p, 0, &ts));
+  assert_true(ts.errors >= 1);
+  assert_int_equal(ts.blocks_written, 0);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(store));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_oom__cache_create, setup, teardown),
@@ -862,6 +963,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_oom__deserialize_into_buffer_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__deserialize_new_small_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__pool_operations, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__stores_and_tiers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__set_host_allocator_rejects_half_allocators, setup, teardown),
   };
   return cmocka_run_group_tests_name("oom", tests, NULL, NULL);

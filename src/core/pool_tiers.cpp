@@ -1,0 +1,163 @@
+// The pool's storage tiers (include/kvpages/pool.h, "Storage tiers"): evicted prefix pages are
+// written as blocks (core/store_block) to tier 0; add_sequence restores the pages after its
+// in-memory match from the tiers, in order. Nothing here fails a pool call: a store error or a
+// block that does not check out is counted and treated as a miss.
+#include <cstring>
+
+#include "backend/backend.hpp"
+#include "core/cache.hpp"
+#include "core/pool.hpp"
+#include "util/checked.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+namespace {
+
+StoreKey store_key(const Key128& k) noexcept { return StoreKey{k.lo, k.hi}; }
+
+// A store's complaint about a block itself (damaged file, block of another size): a rejected
+// block, not a failing store.
+bool block_fault(kvp_status code) noexcept {
+  return code == KVP_ERR_BUFFER_TOO_SMALL || (code >= KVP_ERR_FORMAT_MAGIC && code <= KVP_ERR_FORMAT_MISMATCH);
+}
+
+}  // namespace
+
+Store& Pool::tier_store(const Tier& t, const char* fn) const {
+  return handle_get(t.handle, t.serial, fn, "a store of the pool (kvp_pool_add_store) was destroyed");
+}
+
+void Pool::add_store(kvp_store* h) {
+  const char* fn = "kvp_pool_add_store";
+  store_from(h, fn);
+  Cache& c = cache(fn);
+  if (!prefix_enabled_)
+    fail(KVP_ERR_UNSUPPORTED, "%s: the pool was created with KVP_POOL_FLAG_NO_PREFIX_CACHE: it has no prefix pages to store",
+         fn);
+  if (num_tiers_ == KVP_POOL_MAX_TIERS)
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: the pool already has %u tiers (KVP_POOL_MAX_TIERS)", fn, num_tiers_);
+  const uint64_t serial = handle_serial(h);
+  for (uint32_t t = 0; t < num_tiers_; ++t)
+    if (tiers_[t].serial == serial) fail(KVP_ERR_INVALID_ARGUMENT, "%s: the store is already tier %u of the pool", fn, t);
+  if (num_tiers_ == 0) {
+    const BlockShape shape = block_shape(c);
+    const size_t buf = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
+    const size_t keys = checked_bytes_add(buf, buf, "a pool's block buffers");
+    const size_t found = checked_bytes_add(keys, checked_bytes(row_len_, sizeof(StoreKey), "a prompt's keys"), "tiers");
+    auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(found, row_len_, "tiers"), 64));
+    tier_arrays_ = mem;
+    write_buf_ = mem;
+    read_buf_ = mem + buf;
+    tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
+    found_ = mem + found;
+    block_ = shape;
+  }
+  Tier& t = tiers_[num_tiers_++];
+  t.handle = h;
+  t.serial = serial;
+  std::memset(&t.st, 0, sizeof t.st);
+  t.st.struct_size = sizeof t.st;
+}
+
+kvp_pool_tier_stats Pool::tier_stats(uint32_t tier) const {
+  if (tier >= num_tiers_)
+    fail(KVP_ERR_INVALID_ARGUMENT, "kvp_pool_get_tier_stats: tier %u is out of range: the pool has %u tier(s)", tier,
+         num_tiers_);
+  kvp_pool_tier_stats st = tiers_[tier].st;
+  st.num_tiers = num_tiers_;
+  return st;
+}
+
+void Pool::write_back(int32_t p, kvp_stream stream) noexcept {
+  const char* fn = "kvp_pool (writing an evicted page to tier 0)";
+  Tier& t = tiers_[0];
+  const Page& pg = pages_[p];
+  try {
+    Store& store = tier_store(t, fn);
+    Cache& c = cache(fn);
+    const size_t pb = block_.page_bytes;
+    for (int64_t l = 0; l < c.num_layers(); ++l)
+      c.backend().copy_to_host(block_.layer(write_buf_, l), c.layer_data(l) + static_cast<size_t>(p) * pb, pb, stream,
+                               true, fn);
+    block_seal(block_, write_buf_, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},
+               tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_));
+    store.put(store_key(pg.key), write_buf_, block_.total);
+    ++t.st.blocks_written;
+    t.st.bytes_written += static_cast<int64_t>(block_.total);
+  } catch (...) {
+    ++t.st.errors;
+  }
+}
+
+size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
+                     size_t nkeys) noexcept {
+  const size_t S = static_cast<size_t>(page_size_);
+  // The prompt's chained keys, exactly as the prefix index computes them.
+  Key128 parent = from == 0 ? Key128{} : pages_[r[from - 1]].key;
+  for (size_t i = from; i < max_hits; ++i) {
+    const Key128 k = i < nkeys ? scratch_keys_[i] : compute_key(parent, tokens + i * S, salt);
+    tier_keys_[i] = store_key(k);
+    parent = k;
+  }
+  size_t next = from;
+  for (uint32_t ti = 0; ti < num_tiers_ && next < max_hits; ++ti) {
+    Tier& t = tiers_[ti];
+    const size_t asked = max_hits - next;
+    size_t got = 0;
+    try {
+      Store& store = tier_store(t, "kvp_pool_add_sequence");
+      store.exists(tier_keys_ + next, asked, found_);
+      while (got < asked && found_[got] && restore_page(store, t, next + got, tokens, salt, shard, r)) ++got;
+    } catch (...) {
+      ++t.st.errors;
+    }
+    t.st.lookups += static_cast<int64_t>(asked);
+    t.st.hits += static_cast<int64_t>(got);
+    t.st.misses += static_cast<int64_t>(asked - got);
+    t.st.restored_tokens += static_cast<int64_t>(got * S);
+    next += got;
+  }
+  return next - from;
+}
+
+bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
+                        int32_t* r) {
+  const char* fn = "kvp_pool_add_sequence";
+  const size_t S = static_cast<size_t>(page_size_);
+  const BlockId id{tier_keys_[i], i == 0 ? StoreKey{} : tier_keys_[i - 1], salt};
+  size_t size = 0;
+  try {
+    if (!store.get(id.key, read_buf_, block_.total, &size)) return false;  // gone since exists
+  } catch (const error& e) {
+    if (!block_fault(e.code())) throw;
+    ++t.st.rejected;
+    return false;
+  }
+  t.st.bytes_read += static_cast<int64_t>(size);
+  if (block_check(block_, read_buf_, size, id, tokens + i * S) != nullptr) {
+    ++t.st.rejected;
+    return false;
+  }
+  Cache& c = cache(fn);
+  const int32_t p = alloc_page(shard);
+  try {
+    const size_t pb = block_.page_bytes;
+    for (int64_t l = 0; l < c.num_layers(); ++l)
+      c.backend().copy_from_host(c.layer_data(l) + static_cast<size_t>(p) * pb, block_.layer(read_buf_, l), pb,
+                                 nullptr, true, fn);
+  } catch (...) {
+    release_page(p);
+    throw;
+  }
+  std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + i * S, sizeof(int32_t) * S);
+  Page& pg = pages_[p];
+  pg.key = Key128{id.key.lo, id.key.hi};
+  pg.parent = Key128{id.parent.lo, id.parent.hi};
+  pg.salt = salt;
+  pg.key_valid = 1;
+  index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
+  r[i] = p;
+  return true;
+}
+
+}  // namespace kvp::detail

@@ -1,0 +1,80 @@
+// Block stores (include/kvpages/store.h): the interface every store implements, its handle, and
+// the factories of the shipped stores (memory: core/store_memory.cpp, directory:
+// core/store_directory.cpp) and of plug-in stores (core/store.cpp). A store maps 16-byte keys
+// to byte blocks and knows nothing of what is in them (the pool's block format: core/store_block).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "kvpages/store.h"
+#include "util/handle.hpp"
+#include "util/memory.hpp"
+
+namespace kvp::detail {
+
+// A key as two 64-bit words (little-endian bytes 0-7 and 8-15), hashable and comparable.
+struct StoreKey {
+  uint64_t lo = 0, hi = 0;
+  bool operator==(const StoreKey& o) const noexcept { return lo == o.lo && hi == o.hi; }
+  static StoreKey from(const kvp_store_key& k) noexcept;
+  kvp_store_key to_c() const noexcept;
+};
+struct StoreKeyHash {
+  size_t operator()(const StoreKey& k) const noexcept { return static_cast<size_t>(k.lo ^ (k.hi * 0x9E3779B97F4A7C15ull)); }
+};
+
+// A store. The public members take the lock, count, and call the implementation's do_* members;
+// those may throw kvp::detail::error (a miss is `false` from do_get, not an exception).
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  void put(const StoreKey& k, const void* data, size_t n);
+  // False on a miss; throws BUFFER_TOO_SMALL with *size = the block's size.
+  bool get(const StoreKey& k, void* dst, size_t cap, size_t* size);
+  void exists(const StoreKey* keys, size_t n, uint8_t* found);
+  // False when the key has no block.
+  bool remove(const StoreKey& k);
+  kvp_store_stats stats();
+  kvp_store_scrub_report scrub();
+
+ protected:
+  // What a shipped store holds (a plug-in: unknown, -1).
+  struct Usage {
+    int64_t blocks = -1, bytes = -1, max_bytes = -1;
+  };
+  virtual void do_put(const StoreKey& k, const void* data, size_t n) = 0;
+  virtual bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) = 0;
+  virtual void do_exists(const StoreKey* keys, size_t n, uint8_t* found) = 0;
+  virtual bool do_remove(const StoreKey& k) = 0;
+  virtual Usage do_usage() const { return Usage{}; }
+  virtual kvp_store_scrub_report do_scrub();  // default: UNSUPPORTED
+  int64_t evictions_ = 0;                     // shipped stores count what their bound dropped
+
+ private:
+  template <class F>
+  auto counted(F&& f) -> decltype(f());
+  std::mutex mu_;
+  int64_t puts_ = 0, hits_ = 0, misses_ = 0, errors_ = 0;
+};
+
+// A store in host memory bounded by max_bytes, LRU.
+HostPtr<Store> make_memory_store(uint64_t max_bytes, const HostAllocator& alloc);
+// A store in a directory (created if missing, scanned now), bounded by max_bytes, LRU.
+HostPtr<Store> make_directory_store(const char* path, uint64_t max_bytes, bool sync, const HostAllocator& alloc,
+                                    const char* function);
+
+}  // namespace kvp::detail
+
+// The public handle.
+struct kvp_store : kvp::detail::Handle<kvp::detail::Store, kvp::detail::kMagicStore> {};
+
+namespace kvp::detail {
+// Validates a store handle (NULL, registry, magic); throws INVALID_HANDLE.
+inline Store& store_from(const kvp_store* h, const char* function) { return handle_get(h, function); }
+// A store of a plug-in's callbacks and its handle (kvp_store_create; validated; throws). On
+// failure the plug-in's destroy is not called.
+kvp_store* create_plugin_store(const kvp_store_vtable* vt, const char* function);
+}  // namespace kvp::detail

@@ -1,0 +1,51 @@
+// The block of one prefix page in a store (docs/store-format.md): a header (magic, version, the
+// config's fingerprint, the page's chained key, its parent key, the salt, the geometry), the
+// page's token ids, the page's bytes in every layer, and an XXH3-64 checksum over all of it.
+// The pool fills the layer bytes in place (through the cache's backend) and seals the block;
+// on the way back it checks everything before a byte of it reaches the cache.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/store.hpp"
+
+namespace kvp::detail {
+
+class Cache;
+
+// The shape of the blocks of one cache's pages.
+struct BlockShape {
+  uint64_t fingerprint = 0;  // XXH3-64 of the config (config_fingerprint)
+  uint32_t page_size = 0;    // tokens per page
+  uint32_t num_layers = 0;
+  size_t page_bytes = 0;     // bytes of one page in one layer
+  size_t data_offset = 0;    // where layer 0's bytes start (64-byte aligned)
+  size_t total = 0;          // bytes of a block
+  uint8_t* layer(uint8_t* block, int64_t l) const noexcept { return block + data_offset + static_cast<size_t>(l) * page_bytes; }
+};
+
+// The blocks of `cache`'s pages. Throws INVALID_ARGUMENT if a block would not fit size_t.
+BlockShape block_shape(const Cache& cache);
+
+// XXH3-64 over what makes a page's bytes mean the same thing: the storage layout (v2/v3,
+// packing, dtype, head geometry), page size, layers, and the tensor-parallel slice of heads.
+// The number of pages and the data-parallel page shards do not enter it.
+uint64_t config_fingerprint(const Cache& cache);
+
+// What identifies a page: its chained key, its parent's key (zero for a first page), the salt.
+struct BlockId {
+  StoreKey key, parent;
+  uint64_t salt = 0;
+};
+
+// Writes the header and the token ids (shape.page_size of them) into a block whose layer bytes
+// are already in place, then the checksum.
+void block_seal(const BlockShape& shape, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept;
+
+// Checks a block of `size` bytes against the shape, the page it should be and its token ids:
+// nullptr if it may be restored, else what is wrong ("checksum", "token ids", ...).
+const char* block_check(const BlockShape& shape, const uint8_t* block, size_t size, const BlockId& id,
+                        const int32_t* tokens) noexcept;
+
+}  // namespace kvp::detail

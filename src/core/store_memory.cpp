@@ -1,0 +1,109 @@
+// The host-memory store: blocks in a hash map, an LRU list of keys, bounded in bytes.
+#include <cstring>
+#include <list>
+#include <unordered_map>
+
+#include "core/store.hpp"
+#include "util/error.hpp"
+
+namespace kvp::detail {
+namespace {
+
+class MemoryStore final : public Store {
+ public:
+  MemoryStore(uint64_t max_bytes, const HostAllocator& a) : max_(max_bytes), alloc_(a), lru_(a), map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a) {}
+
+ private:
+  using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;
+  struct Entry {
+    HostVector<uint8_t> data;
+    Lru::iterator at;  // in lru_ (front = least recently used)
+  };
+  using Map = std::unordered_map<StoreKey, Entry, StoreKeyHash, std::equal_to<StoreKey>,
+                                 StdAllocator<std::pair<const StoreKey, Entry>>>;
+
+  void touch(Entry& e) { lru_.splice(lru_.end(), lru_, e.at); }
+
+  void drop(Map::iterator it) noexcept {
+    bytes_ -= it->second.data.size();
+    lru_.erase(it->second.at);
+    map_.erase(it);
+  }
+
+  void do_put(const StoreKey& k, const void* data, size_t n) override {
+    if (n > max_)
+      fail(KVP_ERR_INVALID_ARGUMENT, "kvp_store_put: a block of %zu bytes exceeds the store's bound of %llu bytes", n,
+           static_cast<unsigned long long>(max_));
+    const auto* p = static_cast<const uint8_t*>(data);
+    HostVector<uint8_t> copy(p, p + n, alloc_);  // allocate before anything changes
+    Lru::iterator at = lru_.end();
+    auto it = map_.find(k);
+    if (it == map_.end()) {
+      at = lru_.insert(lru_.end(), k);
+      try {
+        it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at}).first;
+      } catch (...) {
+        lru_.erase(at);
+        throw;
+      }
+    } else {
+      bytes_ -= it->second.data.size();
+      touch(it->second);
+    }
+    it->second.data.swap(copy);
+    bytes_ += n;
+    while (bytes_ > max_) {  // the new block is the most recent: it is never dropped (n <= max_)
+      drop(map_.find(lru_.front()));
+      ++evictions_;
+    }
+  }
+
+  bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) override {
+    auto it = map_.find(k);
+    if (it == map_.end()) return false;
+    const HostVector<uint8_t>& d = it->second.data;
+    *size = d.size();
+    if (cap < d.size())
+      fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_store_get: the block has %zu bytes but capacity is %zu", d.size(), cap);
+    if (!d.empty()) std::memcpy(dst, d.data(), d.size());
+    touch(it->second);
+    return true;
+  }
+
+  void do_exists(const StoreKey* keys, size_t n, uint8_t* found) override {
+    for (size_t i = 0; i < n; ++i) found[i] = map_.count(keys[i]) != 0;
+  }
+
+  bool do_remove(const StoreKey& k) override {
+    auto it = map_.find(k);
+    if (it == map_.end()) return false;
+    drop(it);
+    return true;
+  }
+
+  Usage do_usage() const override {
+    return Usage{static_cast<int64_t>(map_.size()), static_cast<int64_t>(bytes_), static_cast<int64_t>(max_)};
+  }
+
+  kvp_store_scrub_report do_scrub() override {
+    kvp_store_scrub_report r;
+    std::memset(&r, 0, sizeof r);
+    r.struct_size = sizeof r;
+    r.blocks_checked = static_cast<int64_t>(map_.size());
+    return r;
+  }
+
+  uint64_t max_;
+  uint64_t bytes_ = 0;
+  HostAllocator alloc_;
+  Lru lru_;
+  Map map_;
+};
+
+}  // namespace
+
+HostPtr<Store> make_memory_store(uint64_t max_bytes, const HostAllocator& alloc) {
+  return make_host<MemoryStore>(alloc, max_bytes, alloc);
+}
+
+}  // namespace kvp::detail

@@ -1,0 +1,517 @@
+/* Unit tests of the pool's storage tiers (kvp_pool_add_store): evicted prefix pages are written to
+ * tier 0 and restored into a new sequence with the same prompt, with the bytes computed for them
+ * originally; a different salt, another config (fingerprint), other token ids in a block, a
+ * damaged block (in memory through a plug-in, on disk) are misses; a directory tier survives a
+ * restart; a sharded pool restores into the sequence's shard; bad input changes nothing; the
+ * invariants hold after every call. K/V is "computed" by a deterministic function of the prompt
+ * prefix a page ends, so recomputing it gives the bytes to compare with. */
+#include "support.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "kvpages/pool.h"
+#include "kvpages/store.h"
+
+#define LAYERS 2
+#define HEADS 2
+#define HDIM 64
+#define PS 4 /* page size */
+#define NP 8 /* pages including the null page */
+#define MAXLEN 64
+
+typedef struct fixture {
+  kvp_cache *cache;
+  kvp_pool *pool;
+  kvp_store *store;
+} fixture;
+
+static kvp_cache *make_cache(kvp_dtype dtype, int64_t num_pages, int64_t dp) {
+  kvp_config cfg = kvp_test_config_len(LAYERS, HEADS, HDIM, PS, num_pages, dtype, KVP_LAYOUT_V3, MAXLEN);
+  cfg.data_parallel_size = dp;
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  return c;
+}
+
+static kvp_pool *make_pool(kvp_cache *c, kvp_store *store) {
+  kvp_pool *p = NULL;
+  assert_kvp_ok(kvp_pool_create(c, NULL, &p));
+  if (store != NULL) assert_kvp_ok(kvp_pool_add_store(p, store));
+  return p;
+}
+
+static int setup(void **state) {
+  fixture *f = (fixture *)test_calloc(1, sizeof *f);
+  f->cache = make_cache(KVP_DTYPE_F32, NP, 1);
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &f->store));
+  f->pool = make_pool(f->cache, f->store);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = (fixture *)*state;
+  assert_kvp_ok(kvp_pool_check_invariants(f->pool));
+  assert_kvp_ok(kvp_pool_destroy(f->pool));
+  assert_kvp_ok(kvp_store_destroy(f->store));
+  assert_kvp_ok(kvp_cache_destroy(f->cache));
+  test_free(f);
+  return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static uint8_t *page_ptr(kvp_cache *c, uint32_t layer, int32_t page, size_t *nbytes) {
+  kvp_tensor t;
+  assert_kvp_ok(kvp_cache_get_view(c, layer, KVP_VIEW_FLAT, &t));
+  *nbytes = kvp_test_layer_bytes(c) / (size_t)t.shape[0];
+  return (uint8_t *)t.data + (size_t)page * *nbytes;
+}
+
+/* The K/V of page i of a prompt in one layer: a function of the tokens up to the page's end. */
+static void kv_of(const int32_t *tokens, size_t i, uint32_t layer, uint8_t *out, size_t n) {
+  uint64_t h = 1469598103934665603ull + layer;
+  for (size_t t = 0; t < (i + 1) * PS; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
+  for (size_t b = 0; b < n; ++b) {
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    out[b] = (uint8_t)(h >> 56);
+  }
+}
+
+static int32_t page_of(kvp_pool *p, kvp_seq_id s, size_t i) {
+  int32_t row[MAXLEN / PS];
+  size_t n = 0;
+  assert_kvp_ok(kvp_pool_get_page_table(p, s, row, MAXLEN / PS, &n));
+  assert_true(i < n);
+  return row[i];
+}
+
+/* Adds a prompt, "computes" the full pages it did not reuse and declares them computed. */
+static kvp_seq_id run_prompt(kvp_pool *p, kvp_cache *c, const int32_t *tokens, size_t n, uint64_t salt, uint32_t flags,
+                             size_t *reused) {
+  kvp_seq_id s = {0};
+  size_t r = 0;
+  assert_kvp_ok(kvp_pool_add_sequence(p, tokens, n, salt, flags, &s, &r));
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  for (size_t i = r / PS; i < n / PS; ++i)
+    for (uint32_t l = 0; l < LAYERS; ++l) {
+      size_t nb;
+      uint8_t *dst = page_ptr(c, l, page_of(p, s, i), &nb);
+      kv_of(tokens, i, l, dst, nb);
+    }
+  assert_kvp_ok(kvp_pool_set_computed(p, s, n));
+  if (reused != NULL) *reused = r;
+  return s;
+}
+
+/* The first `pages` pages of sequence s hold the K/V computed for its prompt. */
+static void expect_kv(kvp_pool *p, kvp_cache *c, kvp_seq_id s, const int32_t *tokens, size_t pages) {
+  uint8_t want[1 << 14];
+  for (size_t i = 0; i < pages; ++i)
+    for (uint32_t l = 0; l < LAYERS; ++l) {
+      size_t nb;
+      const uint8_t *got = page_ptr(c, l, page_of(p, s, i), &nb);
+      assert_true(nb <= sizeof want);
+      kv_of(tokens, i, l, want, nb);
+      assert_memory_equal(got, want, nb);
+    }
+}
+
+static kvp_pool_tier_stats tier(kvp_pool *p, uint32_t t) {
+  kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
+  assert_kvp_ok(kvp_pool_get_tier_stats(p, t, &st));
+  return st;
+}
+
+static void prompt(int32_t *t, size_t n, int32_t base) {
+  for (size_t i = 0; i < n; ++i) t[i] = base + (int32_t)i;
+}
+
+/* Computes prompt A (13 tokens: 3 full pages), frees it, then fills the pool with prompt B so
+ * A's 3 cached pages are evicted (to tier 0). */
+static void evict_a(kvp_pool *p, kvp_cache *c, const int32_t *a, uint64_t salt) {
+  int32_t b[7 * PS];
+  prompt(b, 7 * PS, 5000);
+  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, salt, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, b, 7 * PS, 99, 0, NULL)));
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+static void test_pool_tiers__evicted_pages_come_back(void **state) {
+  fixture *f = (fixture *)*state;
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a(f->pool, f->cache, a, 7);
+  kvp_pool_tier_stats st = tier(f->pool, 0);
+  assert_int_equal(st.num_tiers, 1);
+  assert_int_equal(st.blocks_written, 3); /* A's three full pages, evicted for B */
+  assert_int_equal(st.errors, 0);
+  kvp_store_stats ss = KVP_STORE_STATS_INIT;
+  assert_kvp_ok(kvp_store_get_stats(f->store, &ss));
+  assert_int_equal(ss.blocks, 3);
+  assert_int_equal(st.bytes_written, ss.bytes);
+
+  /* every add_sequence asks: A's and B's first runs found nothing */
+  assert_int_equal(st.lookups, 3 + 6);
+  assert_int_equal(st.misses, 3 + 6);
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(f->pool, f->cache, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS); /* every page but the one holding the last token */
+  expect_kv(f->pool, f->cache, s, a, 3);
+  size_t len = 0, computed = 0;
+  st = tier(f->pool, 0);
+  assert_int_equal(st.lookups, 9 + 3);
+  assert_int_equal(st.hits, 3);
+  assert_int_equal(st.misses, 9);
+  assert_int_equal(st.rejected, 0);
+  assert_int_equal(st.restored_tokens, 3 * PS);
+  assert_int_equal(st.bytes_read, ss.bytes);
+  assert_int_equal(st.blocks_written, 3 + 4); /* B's pages evicted for A in turn */
+  kvp_pool_stats ps = KVP_POOL_STATS_INIT;
+  assert_kvp_ok(kvp_pool_get_stats(f->pool, &ps));
+  assert_int_equal(ps.reused_tokens, 3 * PS);
+  /* the restored pages are indexed: a second sequence shares them from memory */
+  uint32_t ref = 0, flags = 0;
+  assert_kvp_ok(kvp_pool_get_page_state(f->pool, page_of(f->pool, s, 0), &ref, &flags));
+  assert_true((flags & KVP_PAGE_FLAG_INDEXED) != 0);
+  kvp_seq_id s2 = {0};
+  assert_kvp_ok(kvp_pool_add_sequence(f->pool, a, 13, 7, 0, &s2, &reused));
+  assert_int_equal(reused, 3 * PS);
+  assert_int_equal(page_of(f->pool, s2, 2), page_of(f->pool, s, 2));
+  assert_int_equal(tier(f->pool, 0).lookups, 12); /* nothing left to ask the tiers */
+  assert_kvp_ok(kvp_pool_get_sequence_length(f->pool, s2, &len, &computed));
+  assert_int_equal(computed, 3 * PS);
+}
+
+static void test_pool_tiers__other_salt_or_tokens_miss(void **state) {
+  fixture *f = (fixture *)*state;
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a(f->pool, f->cache, a, 7);
+  size_t reused = 99;
+  const kvp_pool_tier_stats st0 = tier(f->pool, 0);
+  kvp_seq_id s = run_prompt(f->pool, f->cache, a, 13, 8, 0, &reused); /* another salt */
+  assert_int_equal(reused, 0);
+  kvp_pool_tier_stats st = tier(f->pool, 0);
+  assert_int_equal(st.lookups - st0.lookups, 3);
+  assert_int_equal(st.hits, 0);
+  assert_int_equal(st.misses - st0.misses, 3);
+  assert_int_equal(st.rejected, 0);
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, s));
+  /* a prompt that differs in page 2: pages 0 and 1 come back */
+  int32_t a2[13];
+  memcpy(a2, a, sizeof a2);
+  a2[9] = -5;
+  s = run_prompt(f->pool, f->cache, a2, 13, 7, 0, &reused);
+  assert_int_equal(reused, 2 * PS);
+  expect_kv(f->pool, f->cache, s, a2, 3);
+}
+
+static void test_pool_tiers__another_config_is_a_miss(void **state) {
+  (void)state;
+  /* bf16 and f16 caches of one shape make blocks of one size: only the fingerprint differs */
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &store));
+  kvp_cache *c1 = make_cache(KVP_DTYPE_BF16, NP, 1), *c2 = make_cache(KVP_DTYPE_F16, NP, 1);
+  kvp_pool *p1 = make_pool(c1, store), *p2 = make_pool(c2, store);
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a(p1, c1, a, 7);
+  assert_int_equal(tier(p1, 0).blocks_written, 3);
+  size_t reused = 99;
+  kvp_seq_id s = run_prompt(p2, c2, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 0);
+  kvp_pool_tier_stats st = tier(p2, 0);
+  assert_int_equal(st.hits, 0);
+  assert_int_equal(st.rejected, 1); /* page 0's block: found, read, refused */
+  assert_kvp_ok(kvp_pool_free_sequence(p2, s));
+  assert_kvp_ok(kvp_pool_check_invariants(p2));
+  /* the same config finds them */
+  kvp_pool *p3 = make_pool(c1, store);
+  assert_kvp_ok(kvp_pool_destroy(p1));
+  s = run_prompt(p3, c1, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  expect_kv(p3, c1, s, a, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(p3));
+  assert_kvp_ok(kvp_pool_destroy(p3));
+  assert_kvp_ok(kvp_pool_destroy(p2));
+  assert_kvp_ok(kvp_cache_destroy(c1));
+  assert_kvp_ok(kvp_cache_destroy(c2));
+  assert_kvp_ok(kvp_store_destroy(store));
+}
+
+/* ---- a plug-in tier: a map of a few blocks the test can damage -------------------------------- */
+
+#define MAP_SLOTS 16
+typedef struct map_store {
+  kvp_store_key keys[MAP_SLOTS];
+  uint8_t *data[MAP_SLOTS];
+  size_t size[MAP_SLOTS];
+  int used[MAP_SLOTS];
+  int puts, gets, exists, destroys;
+} map_store;
+
+static int map_find(map_store *m, const kvp_store_key *k) {
+  for (int i = 0; i < MAP_SLOTS; ++i)
+    if (m->used[i] && memcmp(&m->keys[i], k, sizeof *k) == 0) return i;
+  return -1;
+}
+static kvp_status map_put(void *u, const kvp_store_key *k, const void *d, size_t n) {
+  map_store *m = (map_store *)u;
+  ++m->puts;
+  int i = map_find(m, k);
+  for (int j = 0; i < 0 && j < MAP_SLOTS; ++j)
+    if (!m->used[j]) i = j;
+  if (i < 0) return KVP_ERR_OUT_OF_MEMORY;
+  free(m->data[i]);
+  m->data[i] = (uint8_t *)malloc(n);
+  memcpy(m->data[i], d, n);
+  m->keys[i] = *k;
+  m->size[i] = n;
+  m->used[i] = 1;
+  return KVP_OK;
+}
+static kvp_status map_get(void *u, const kvp_store_key *k, void *dst, size_t cap, size_t *size) {
+  map_store *m = (map_store *)u;
+  ++m->gets;
+  const int i = map_find(m, k);
+  if (i < 0) return KVP_ERR_NOT_FOUND;
+  *size = m->size[i];
+  if (cap < m->size[i]) return KVP_ERR_BUFFER_TOO_SMALL;
+  memcpy(dst, m->data[i], m->size[i]);
+  return KVP_OK;
+}
+static kvp_status map_exists(void *u, const kvp_store_key *keys, size_t n, uint8_t *found) {
+  map_store *m = (map_store *)u;
+  ++m->exists;
+  for (size_t i = 0; i < n; ++i) found[i] = map_find(m, &keys[i]) >= 0;
+  return KVP_OK;
+}
+static kvp_status map_remove(void *u, const kvp_store_key *k) {
+  map_store *m = (map_store *)u;
+  const int i = map_find(m, k);
+  if (i < 0) return KVP_ERR_NOT_FOUND;
+  m->used[i] = 0;
+  return KVP_OK;
+}
+static void map_destroy(void *u) {
+  map_store *m = (map_store *)u;
+  ++m->destroys;
+  for (int i = 0; i < MAP_SLOTS; ++i) free(m->data[i]);
+}
+
+static kvp_store *make_map_store(map_store *m) {
+  memset(m, 0, sizeof *m);
+  kvp_store_vtable vt;
+  memset(&vt, 0, sizeof vt);
+  vt.struct_size = sizeof vt;
+  vt.abi_version = KVP_STORE_VTABLE_VERSION;
+  vt.user_data = m;
+  vt.put = map_put;
+  vt.get = map_get;
+  vt.exists = map_exists;
+  vt.remove = map_remove;
+  vt.destroy = map_destroy;
+  kvp_store *s = NULL;
+  assert_kvp_ok(kvp_store_create(&vt, &s));
+  return s;
+}
+
+/* The block of page `i` of a prompt (its token ids start at offset 72 of the block). */
+static int block_of_page(map_store *m, const int32_t *tokens, size_t i) {
+  for (int j = 0; j < MAP_SLOTS; ++j)
+    if (m->used[j] && memcmp(m->data[j] + 72, tokens + i * PS, PS * sizeof(int32_t)) == 0) return j;
+  fail_msg("no block holds page %zu", i);
+  return -1;
+}
+
+/* Re-seals a block's checksum after the test changed it (the last 8 bytes: XXH3-64 of the rest). */
+static void reseal(map_store *m, int j) {
+  const uint64_t h = XXH3_64bits(m->data[j], m->size[j] - 8);
+  for (int b = 0; b < 8; ++b) m->data[j][m->size[j] - 8 + b] = (uint8_t)(h >> (8 * b));
+}
+
+static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
+  fixture *f = (fixture *)*state;
+  map_store m;
+  kvp_store *ms = make_map_store(&m);
+  kvp_pool *p = make_pool(f->cache, ms);
+  assert_kvp_ok(kvp_pool_add_store(p, f->store)); /* a second tier, empty */
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a(p, f->cache, a, 7);
+  assert_int_equal(m.puts, 3);
+  assert_int_equal(tier(p, 1).blocks_written, 0); /* only tier 0 is written */
+  /* a bit flipped in page 1's layer bytes: pages 0 comes back, the restore stops at 1 */
+  const int j1 = block_of_page(&m, a, 1);
+  m.data[j1][m.size[j1] - 100] ^= 4;
+  int exists0 = m.exists, gets0 = m.gets;
+  const kvp_pool_tier_stats t1 = tier(p, 1);
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(p, f->cache, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, PS);
+  expect_kv(p, f->cache, s, a, 3); /* pages 1 and 2 were recomputed */
+  assert_int_equal(m.exists - exists0, 1); /* one batched query */
+  assert_int_equal(m.gets - gets0, 2);
+  kvp_pool_tier_stats st = tier(p, 0);
+  assert_int_equal(st.hits, 1);
+  assert_int_equal(st.rejected, 1);
+  assert_int_equal(tier(p, 1).lookups - t1.lookups, 2); /* tier 1 was asked for the rest */
+  assert_int_equal(tier(p, 1).hits, 0);
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+
+  /* other token ids in page 0's block, checksum made right again: refused on the ids */
+  p = make_pool(f->cache, ms);
+  evict_a(p, f->cache, a, 7); /* its first run restored page 0 and rewrote pages 1 and 2 on eviction */
+  const int64_t rejected0 = tier(p, 0).rejected;
+  const int j0 = block_of_page(&m, a, 0);
+  m.data[j0][72] ^= 1;
+  reseal(&m, j0);
+  s = run_prompt(p, f->cache, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 0);
+  assert_int_equal(tier(p, 0).rejected - rejected0, 1);
+  expect_kv(p, f->cache, s, a, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(ms));
+  assert_int_equal(m.destroys, 1);
+}
+
+static void remove_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d == NULL) return;
+  char path[512];
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    unlink(path);
+  }
+  closedir(d);
+  rmdir(dir);
+}
+
+static void test_pool_tiers__directory_tier_survives_restart(void **state) {
+  (void)state;
+  char dir[64];
+  snprintf(dir, sizeof dir, "/tmp/kvp_test_tiers_XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = KVP_STORE_FLAG_NO_SYNC;
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &o, &store));
+  kvp_cache *c = make_cache(KVP_DTYPE_F32, NP, 1);
+  kvp_pool *p = make_pool(c, store);
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a(p, c, a, 7);
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_store_destroy(store));
+  /* a new process, in effect: new cache (zeroed), pool and store over the same directory */
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &o, &store));
+  c = make_cache(KVP_DTYPE_F32, NP, 1);
+  p = make_pool(c, store);
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(p, c, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  expect_kv(p, c, s, a, 3);
+  assert_int_equal(tier(p, 0).hits, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_store_destroy(store));
+  remove_dir(dir);
+}
+
+static void test_pool_tiers__sharded_pool_restores_into_the_shard(void **state) {
+  (void)state;
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &store));
+  kvp_cache *c = make_cache(KVP_DTYPE_F32, 2 * NP, 2); /* shards [1, 8) and [8, 16) */
+  kvp_pool *p = make_pool(c, store);
+  int32_t a[13], b[7 * PS];
+  prompt(a, 13, 1000);
+  prompt(b, 7 * PS, 5000);
+  /* A computed in shard 0 and evicted there */
+  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, 7, KVP_POOL_ADD_IN_SHARD(0), NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, b, 7 * PS, 9, KVP_POOL_ADD_IN_SHARD(0), NULL)));
+  assert_int_equal(tier(p, 0).blocks_written, 3);
+  /* A again, in shard 1: restored there */
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(p, c, a, 13, 7, KVP_POOL_ADD_IN_SHARD(1), &reused);
+  assert_int_equal(reused, 3 * PS);
+  for (size_t i = 0; i < 4; ++i) {
+    assert_true(page_of(p, s, i) >= NP);
+    assert_true(page_of(p, s, i) < 2 * NP);
+  }
+  expect_kv(p, c, s, a, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_store_destroy(store));
+}
+
+static void test_pool_tiers__bad_input_changes_nothing(void **state) {
+  fixture *f = (fixture *)*state;
+  assert_kvp_status(kvp_pool_add_store(f->pool, f->store), KVP_ERR_INVALID_ARGUMENT, "already tier 0");
+  kvp_store *more[4] = {NULL};
+  for (int i = 0; i < 4; ++i) assert_kvp_ok(kvp_store_create_memory(1000, NULL, &more[i]));
+  for (int i = 0; i < 3; ++i) assert_kvp_ok(kvp_pool_add_store(f->pool, more[i]));
+  assert_kvp_status(kvp_pool_add_store(f->pool, more[3]), KVP_ERR_INVALID_ARGUMENT, "already has 4 tiers");
+  kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
+  assert_kvp_status(kvp_pool_get_tier_stats(f->pool, 4, &st), KVP_ERR_INVALID_ARGUMENT,
+                    "tier 4 is out of range: the pool has 4 tier(s)");
+  assert_int_equal(st.num_tiers, 0);
+  st.struct_size = 4;
+  assert_kvp_status(kvp_pool_get_tier_stats(f->pool, 0, &st), KVP_ERR_VERSION_MISMATCH, "struct_size");
+  assert_int_equal(tier(f->pool, 3).num_tiers, 4);
+  /* a pool without a prefix cache has nothing to offload */
+  kvp_pool_options o = KVP_POOL_OPTIONS_INIT;
+  o.flags = KVP_POOL_FLAG_NO_PREFIX_CACHE;
+  kvp_pool *np = NULL;
+  assert_kvp_ok(kvp_pool_create(f->cache, &o, &np));
+  assert_kvp_status(kvp_pool_add_store(np, more[3]), KVP_ERR_UNSUPPORTED, "KVP_POOL_FLAG_NO_PREFIX_CACHE");
+  st.struct_size = sizeof st;
+  assert_kvp_status(kvp_pool_get_tier_stats(np, 0, &st), KVP_ERR_INVALID_ARGUMENT, "the pool has 0 tier(s)");
+  assert_kvp_ok(kvp_pool_destroy(np));
+  /* a tier destroyed under the pool: its accesses count as errors, the pool goes on */
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a(f->pool, f->cache, a, 7);
+  assert_kvp_ok(kvp_store_destroy(f->store));
+  f->store = more[3];
+  more[3] = NULL;
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(f->pool, f->cache, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 0);
+  assert_true(tier(f->pool, 0).errors >= 1);
+  expect_kv(f->pool, f->cache, s, a, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(f->pool));
+  assert_kvp_ok(kvp_pool_destroy(f->pool));
+  f->pool = make_pool(f->cache, NULL);
+  for (int i = 0; i < 3; ++i) assert_kvp_ok(kvp_store_destroy(more[i]));
+}
+
+int main(void) {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+  const struct CMUnitTest tests[] = {
+      T(test_pool_tiers__evicted_pages_come_back),
+      T(test_pool_tiers__other_salt_or_tokens_miss),
+      T(test_pool_tiers__another_config_is_a_miss),
+      T(test_pool_tiers__plugin_tier_and_damaged_blocks),
+      T(test_pool_tiers__directory_tier_survives_restart),
+      T(test_pool_tiers__sharded_pool_restores_into_the_shard),
+      T(test_pool_tiers__bad_input_changes_nothing),
+  };
+#undef T
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
