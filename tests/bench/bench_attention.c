@@ -72,7 +72,7 @@
 #endif
 
 #include "kvpages.h"
-#include "run_info.h"
+#include "bench_support.h"
 
 #define PAGE 16
 #define HKV 8
@@ -223,12 +223,6 @@ static void parse_opts(int argc, char **argv) {
 }
 
 /* ---- small utilities --------------------------------------------------------------------- */
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void die(const char *what) {
   fprintf(stderr, "bench_attention: %s: %s\n", what, kvp_last_error_message());
@@ -521,9 +515,9 @@ static double time_plain_read(const uint8_t *p, size_t bytes) {
   double t0;
   a.p = p;
   a.bytes = bytes;
-  t0 = now_s();
+  t0 = bench_now_s();
   run_parallel(sum_part, &a);
-  return now_s() - t0;
+  return bench_now_s() - t0;
 }
 
 /* Peak f32 multiply-add rate: 12 independent chains per thread at the library's ISA level. */
@@ -628,14 +622,6 @@ static int64_t page_bytes_of(kvp_dtype dt, int64_t max_len) {
   return li.page_bytes_per_layer;
 }
 
-static uint64_t g_rng = 88172645463325252ull;
-static uint64_t rnd(void) {
-  g_rng ^= g_rng << 13;
-  g_rng ^= g_rng >> 7;
-  g_rng ^= g_rng << 17;
-  return g_rng;
-}
-
 /* A one-layer cache with room for `nreq` requests of `ctx` tokens, each on its own pages taken
  * from a shuffled list (as a page pool hands them out after a while). */
 static void bcache_create(bcache *c, kvp_dtype dt, int64_t ctx, int64_t nreq) {
@@ -675,7 +661,7 @@ static void bcache_create(bcache *c, kvp_dtype dt, int64_t ctx, int64_t nreq) {
   perm = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)c->cfg.num_pages);
   for (i = 1; i < c->cfg.num_pages; ++i) perm[i - 1] = (int32_t)i;
   for (i = c->cfg.num_pages - 2; i > 0; --i) {
-    int64_t j = (int64_t)(rnd() % (uint64_t)(i + 1));
+    int64_t j = (int64_t)(bench_rand() % (uint64_t)(i + 1));
     int32_t x = perm[i];
     perm[i] = perm[j];
     perm[j] = x;
@@ -711,7 +697,7 @@ static void touch_part(void *a_, int part, int parts) {
 
 static double bcache_touch(bcache *c) {
   touch_arg a;
-  const double t0 = now_s();
+  const double t0 = bench_now_s();
   if (O.thp) {
     const uintptr_t lo = ((uintptr_t)c->pages + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
     const uintptr_t hi = ((uintptr_t)c->pages + c->layer_bytes) & ~(uintptr_t)((2u << 20) - 1);
@@ -722,7 +708,7 @@ static double bcache_touch(bcache *c) {
   a.p = (volatile uint8_t *)c->pages;
   a.bytes = c->layer_bytes;
   run_parallel(touch_part, &a);
-  return now_s() - t0;
+  return bench_now_s() - t0;
 }
 
 /* Token rows of one fill call, generated in parallel. */
@@ -752,7 +738,7 @@ static double bcache_fill(bcache *c, uint64_t seed, int64_t from, int64_t to, kv
   kvp_batch_request *reqs = (kvp_batch_request *)xmalloc(sizeof(kvp_batch_request) * (size_t)(c->nreq + 1));
   int64_t *rid = (int64_t *)xmalloc(sizeof(int64_t) * (size_t)(c->nreq + 1));
   int32_t *order = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)(c->nreq + 1));
-  double t_cat = 0, t0 = now_s();
+  double t_cat = 0, t0 = bench_now_s();
   int64_t r = 0, p = from;
   while (r < c->nreq && from < to) {
     int64_t tokens = 0, i, t;
@@ -787,12 +773,12 @@ static double bcache_fill(bcache *c, uint64_t seed, int64_t from, int64_t to, kv
     run_parallel(gen_part, &ga);
     tk = tensor3(k, in_dt, tokens, HKV, HD);
     tv = tensor3(v, in_dt, tokens, HKV, HD);
-    tc = now_s();
+    tc = bench_now_s();
     check(kvp_concatenate(c->cache, 0, &tk, &tv, md, NULL), "kvp_concatenate (fill)");
-    t_cat += now_s() - tc;
+    t_cat += bench_now_s() - tc;
     kvp_metadata_destroy(md);
   }
-  *total = now_s() - t0;
+  *total = bench_now_s() - t0;
   free(k), free(v), free(rowreq), free(rowpos), free(reqs), free(rid), free(order);
   return t_cat;
 }
@@ -870,11 +856,11 @@ typedef struct call_arg {
 } call_arg;
 
 static double time_call(const call_arg *a, int fused, const char *what) {
-  const double t0 = now_s();
+  const double t0 = bench_now_s();
   if (kvp_attention(a->cache, 0, &a->q, fused ? &a->k : NULL, fused ? &a->v : NULL, a->md, &a->ao, &a->out, NULL) !=
       KVP_OK)
     die(what);
-  return now_s() - t0;
+  return bench_now_s() - t0;
 }
 
 /* One group of `b` requests starting at request `first`: metadata and the fused token. */
@@ -1287,9 +1273,9 @@ static prefill_times prefill_time(const call_arg *ca, const char *label, double 
   fa.isa = isa;
   t.peak_flops = fma_flops_per_iter(isa) * (double)fa.iters * g_threads;
   for (r = 0; r < O.reps; ++r) {
-    double t0 = now_s(), dt;
+    double t0 = bench_now_s(), dt;
     run_parallel(fma_part, &fa);
-    dt = now_s() - t0;
+    dt = bench_now_s() - t0;
     if (dt < t.fma) t.fma = dt;
     dt = time_call(ca, 1, label);
     if (dt < t.kvp) t.kvp = dt;
@@ -1336,11 +1322,11 @@ static void prefill_table(const char *thr) {
   fma_arg fa;
   /* Size the FMA baseline to about 20 ms per run. */
   while (iters < 1e10) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     fa.iters = (long)iters;
     fa.isa = isa;
     run_parallel(fma_part, &fa);
-    t = now_s() - t0;
+    t = bench_now_s() - t0;
     if (t > 5e-3) break;
     iters *= 4;
   }

@@ -34,7 +34,7 @@
 #endif
 
 #include "kvpages.h"
-#include "run_info.h"
+#include "bench_support.h"
 
 typedef struct shape {
   const char *name;
@@ -61,20 +61,6 @@ static const int64_t kTokens[] = {1, 4, 16, 64, 256, 1024, 4096, 16384};
 #define MAX_TOKENS 16384
 #define DECODE_CACHE_BYTES ((int64_t)512 << 20)
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t rng_state = 88172645463325252ull;
-static uint64_t rnd(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return rng_state;
-}
-
 static void die(const char *what) {
   fprintf(stderr, "bench_concatenate: %s: %s\n", what, kvp_last_error_message());
   exit(1);
@@ -83,17 +69,17 @@ static void die(const char *what) {
 /* Best time of repeated calls of fn(arg) until ~min_s elapsed (at least 3 runs). */
 typedef void (*run_fn)(void *);
 static double best_time(run_fn fn, void *arg, double min_s) {
-  double best = 1e30, start = now_s();
+  double best = 1e30, start = bench_now_s();
   int reps = 0;
   fn(arg); /* warm-up: first touch */
-  while (reps < 3 || now_s() - start < min_s) {
+  while (reps < 3 || bench_now_s() - start < min_s) {
     /* batch tiny calls so the clock resolution does not dominate */
     int inner = 1, i;
     double t0, dt;
     if (best < 20e-6) inner = 64;
-    t0 = now_s();
+    t0 = bench_now_s();
     for (i = 0; i < inner; ++i) fn(arg);
-    dt = (now_s() - t0) / inner;
+    dt = (bench_now_s() - t0) / inner;
     if (dt < best) best = dt;
     ++reps;
     if (reps > 200000) break;
@@ -316,14 +302,14 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
     exit(1);
   }
   for (i = 0; i < elems * in_sz; ++i) {
-    kin[i] = (unsigned char)(rnd() & 0x3F); /* finite values in any dtype */
-    vin[i] = (unsigned char)(rnd() & 0x3F);
+    kin[i] = (unsigned char)(bench_rand() & 0x3F); /* finite values in any dtype */
+    vin[i] = (unsigned char)(bench_rand() & 0x3F);
   }
   memset(dk, 1, (size_t)(elems * in_sz));
   memset(dv, 1, (size_t)(elems * in_sz));
   for (i = 1; i < cfg.num_pages; ++i) perm[i - 1] = (int32_t)i;
   for (i = cfg.num_pages - 2; i > 0; --i) {
-    int64_t j = (int64_t)(rnd() % (uint64_t)(i + 1));
+    int64_t j = (int64_t)(bench_rand() % (uint64_t)(i + 1));
     int32_t x = perm[i];
     perm[i] = perm[j];
     perm[j] = x;

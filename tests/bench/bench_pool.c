@@ -16,13 +16,7 @@
 #include <time.h>
 
 #include "kvpages.h"
-#include "run_info.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "bench_support.h"
 
 static void check(kvp_status s, const char *what) {
   if (s != KVP_OK) {
@@ -99,19 +93,19 @@ static void bench_page_size(int64_t S, int reps) {
   for (int r = 0; r < reps; ++r) {
     kvp_seq_id s;
     check(kvp_pool_add_sequence(pool, NULL, 0, 0, 0, &s, NULL), "add");
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int64_t i = 0; i < pages_128k; ++i) check(kvp_pool_append(pool, s, prompt + i * S, (size_t)S, NULL), "append");
-    double t1 = now_s();
+    double t1 = bench_now_s();
     check(kvp_pool_free_sequence(pool, s), "free");
-    double t2 = now_s();
+    double t2 = bench_now_s();
     if (t1 - t0 < best_alloc) best_alloc = t1 - t0;
     if (t2 - t1 < best_free) best_free = t2 - t1;
     /* bulk: one add_sequence of all pages, one free */
-    t0 = now_s();
+    t0 = bench_now_s();
     check(kvp_pool_add_sequence(pool, prompt, TOKENS_128K, 0, 0, &s, NULL), "add bulk");
-    t1 = now_s();
+    t1 = bench_now_s();
     check(kvp_pool_free_sequence(pool, s), "free bulk");
-    t2 = now_s();
+    t2 = bench_now_s();
     if (t1 - t0 < best_bulk) best_bulk = t1 - t0;
     if (t2 - t1 < best_bulk_free) best_bulk_free = t2 - t1;
   }
@@ -129,11 +123,11 @@ static void bench_page_size(int64_t S, int reps) {
     double best_fork = 1e9, best_ffree = 1e9;
     for (int r = 0; r < reps; ++r) {
       kvp_seq_id kids[8];
-      double t0 = now_s();
+      double t0 = bench_now_s();
       for (int i = 0; i < 8; ++i) check(kvp_pool_fork(pool, s, 1, &kids[i]), "fork");
-      double t1 = now_s();
+      double t1 = bench_now_s();
       for (int i = 0; i < 8; ++i) check(kvp_pool_free_sequence(pool, kids[i]), "free child");
-      double t2 = now_s();
+      double t2 = bench_now_s();
       if ((t1 - t0) / 8 < best_fork) best_fork = (t1 - t0) / 8;
       if ((t2 - t1) / 8 < best_ffree) best_ffree = (t2 - t1) / 8;
     }
@@ -153,19 +147,19 @@ static void bench_page_size(int64_t S, int reps) {
     check(kvp_pool_clear_prefix_cache(pool), "clear");
     kvp_seq_id a, b, c;
     check(kvp_pool_add_sequence(pool, prompt, TOKENS_128K, 0, 0, &a, NULL), "add");
-    double t0 = now_s();
+    double t0 = bench_now_s();
     check(kvp_pool_set_computed(pool, a, TOKENS_128K), "set_computed");
-    double t1 = now_s();
+    double t1 = bench_now_s();
     check(kvp_pool_free_sequence(pool, a), "free"); /* all pages stay cached (evictable) */
-    double t2 = now_s();
+    double t2 = bench_now_s();
     check(kvp_pool_add_sequence(pool, prompt, TOKENS_128K, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &b, &reused), "match");
-    double t3 = now_s();
+    double t3 = bench_now_s();
     check(kvp_pool_free_sequence(pool, b), "free");
     /* a miss on the first page: the cheapest path, for reference */
     prompt[0] ^= 1;
-    double t4 = now_s();
+    double t4 = bench_now_s();
     check(kvp_pool_add_sequence(pool, prompt, (size_t)S, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &c, NULL), "miss");
-    double t5 = now_s();
+    double t5 = bench_now_s();
     prompt[0] ^= 1;
     check(kvp_pool_free_sequence(pool, c), "free");
     if (t1 - t0 < best_index) best_index = t1 - t0;
@@ -180,9 +174,9 @@ static void bench_page_size(int64_t S, int reps) {
   int32_t *copy = (int32_t *)malloc(sizeof(int32_t) * TOKENS_128K);
   double best_memcpy = 1e9;
   for (int r = 0; r < reps; ++r) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     memcpy(copy, prompt, sizeof(int32_t) * TOKENS_128K);
-    double t1 = now_s();
+    double t1 = bench_now_s();
     if (t1 - t0 < best_memcpy) best_memcpy = t1 - t0;
   }
   const double tok_bytes = (double)sizeof(int32_t) * TOKENS_128K;
@@ -230,11 +224,11 @@ static void bench_copy_pages(int reps) {
   memset(a, 3, pb * (size_t)N * (size_t)L);
   memset(b, 4, pb * (size_t)N * (size_t)L);
   for (int r = 0; r < reps; ++r) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     check(kvp_cache_copy_pages(cache, src, dst, (size_t)N, NULL), "copy_pages");
-    double t1 = now_s();
+    double t1 = bench_now_s();
     memcpy(b, a, pb * (size_t)N * (size_t)L);
-    double t2 = now_s();
+    double t2 = bench_now_s();
     if (t1 - t0 < best) best = t1 - t0;
     if (t2 - t1 < best_mc) best_mc = t2 - t1;
   }
@@ -270,18 +264,18 @@ static void time_placement(int64_t dp, int reps, double *hit, double *miss) {
   for (int r = 0; r < reps; ++r) {
     kvp_seq_id b, c;
     size_t reused = 0;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     check(kvp_pool_add_sequence(pool, prompt, T, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &b, &reused), "hit");
-    double t1 = now_s();
+    double t1 = bench_now_s();
     check(kvp_pool_free_sequence(pool, b), "free");
     if (reused != (size_t)T) {
       fprintf(stderr, "bench_pool: expected a full match with dp %lld, reused %zu\n", (long long)dp, reused);
       exit(1);
     }
     prompt[0] ^= 1;
-    double t2 = now_s();
+    double t2 = bench_now_s();
     check(kvp_pool_add_sequence(pool, prompt, (size_t)S, 0, KVP_POOL_ADD_FLAG_REUSE_ALL, &c, NULL), "miss");
-    double t3 = now_s();
+    double t3 = bench_now_s();
     prompt[0] ^= 1;
     check(kvp_pool_free_sequence(pool, c), "free");
     if (t1 - t0 < *hit) *hit = t1 - t0;

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_support.h"
 #include "kvpages.h"
 
 #if KVP_HAS_CUDA
@@ -48,12 +49,6 @@
 #endif
 #endif
 #endif
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void check(kvp_status s, const char *what) {
   if (s != KVP_OK) {
@@ -126,14 +121,14 @@ static void bench_files(kvp_cache *cache, const kvp_serialize_options *so, const
   memset(dst, 5, n);
   double t_save = 1e30, t_write = 1e30, t_new = 1e30, t_into = 1e30, t_read = 1e30, t_read_fresh = 1e30;
   for (int r = 0; r < reps; ++r) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     write_file_fsync(dir, raw, blob, n);
-    double t = now_s() - t0;
+    double t = bench_now_s() - t0;
     if (t < t_write) t_write = t;
 
-    t0 = now_s();
+    t0 = bench_now_s();
     check(kvp_serialize_to_file(cache, so, path), "serialize_to_file");
-    t = now_s() - t0;
+    t = bench_now_s() - t0;
     if (t < t_save) t_save = t;
     if (r == 0) { /* the file holds the blob */
       read_file_into(path, dst, n);
@@ -143,28 +138,28 @@ static void bench_files(kvp_cache *cache, const kvp_serialize_options *so, const
       }
     }
 
-    t0 = now_s();
+    t0 = bench_now_s();
     read_file_into(raw, dst, n);
-    t = now_s() - t0;
+    t = bench_now_s() - t0;
     if (t < t_read) t_read = t;
 
-    t0 = now_s();
+    t0 = bench_now_s();
     uint8_t *fresh = map_huge(n);
     read_file_into(raw, fresh, n);
     g_sink ^= fresh[n / 3];
     unmap_huge(fresh, n);
-    t = now_s() - t0;
+    t = bench_now_s() - t0;
     if (t < t_read_fresh) t_read_fresh = t;
 
     kvp_cache *c2 = NULL;
-    t0 = now_s();
+    t0 = bench_now_s();
     check(kvp_deserialize_new_from_file(path, NULL, &c2), "deserialize_new_from_file");
-    t = now_s() - t0;
+    t = bench_now_s() - t0;
     if (t < t_new) t_new = t;
 
-    t0 = now_s();
+    t0 = bench_now_s();
     check(kvp_deserialize_into_from_file(cache, path, so->page_ids, so->num_page_ids), "deserialize_into_from_file");
-    t = now_s() - t0;
+    t = bench_now_s() - t0;
     if (t < t_into) t_into = t;
     if (r == 0) { /* both loads hold the pages: serialized again, they give the blob */
       size_t w = 0;
@@ -345,74 +340,74 @@ int main(int argc, char **argv) {
 #if KVP_HAS_CUDA
       if (cuda) {
         CK(cudaDeviceSynchronize());
-        double c0 = now_s();
+        double c0 = bench_now_s();
         CK(cudaMemcpy(pinned, dev, n, cudaMemcpyDeviceToHost));
-        double ct = now_s() - c0;
+        double ct = bench_now_s() - c0;
         if (ct < t_d2h) t_d2h = ct;
-        c0 = now_s();
+        c0 = bench_now_s();
         CK(cudaMemcpy(dev, pinned, n, cudaMemcpyHostToDevice));
         CK(cudaDeviceSynchronize());
-        ct = now_s() - c0;
+        ct = bench_now_s() - c0;
         if (ct < t_h2d) t_h2d = ct;
       }
 #endif
-      double t0 = now_s();
+      double t0 = bench_now_s();
       memcpy(copy, blob, n);
-      double t = now_s() - t0;
+      double t = bench_now_s() - t0;
       g_sink ^= copy[n / 2];
       if (t < t_mem) t_mem = t;
 
-      t0 = now_s();
+      t0 = bench_now_s();
       uint8_t *fresh = malloc(n);
       memcpy(fresh, blob, n);
       g_sink ^= fresh[n / 3];
       free(fresh);
-      t = now_s() - t0;
+      t = bench_now_s() - t0;
       if (t < t_fresh) t_fresh = t;
 
-      t0 = now_s();
+      t0 = bench_now_s();
       check(kvp_serialize(cache, &so, blob, n, &w), "serialize");
-      t = now_s() - t0;
+      t = bench_now_s() - t0;
       if (t < t_ser) t_ser = t;
 
-      t0 = now_s();
+      t0 = bench_now_s();
       check(kvp_deserialize_into(cache, blob, n, NULL, 0), "deserialize_into");
-      t = now_s() - t0;
+      t = bench_now_s() - t0;
       if (t < t_into) t_into = t;
 
 #if defined(KVP_BENCH_HAVE_XXHASH)
       /* The checksum alone, one thread, over the same bytes (for reading the numbers above). */
-      t0 = now_s();
+      t0 = bench_now_s();
       g_sink ^= (uint8_t)XXH3_64bits_withSeed(blob, n, 2);
-      t = now_s() - t0;
+      t = bench_now_s() - t0;
       if (t < t_hash) t_hash = t;
 #endif
 
       kvp_cache *c2 = NULL;
-      t0 = now_s();
+      t0 = bench_now_s();
       check(kvp_deserialize_new(blob, n, &dop, &c2), "deserialize_new");
-      t = now_s() - t0;
+      t = bench_now_s() - t0;
       check(kvp_cache_destroy(c2), "destroy");
       if (t < t_new) t_new = t;
 
       if (!cuda) {
-        t0 = now_s();
+        t0 = bench_now_s();
         uint8_t *huge = map_huge(n);
         memcpy(huge, blob, n);
         g_sink ^= huge[n / 3];
         unmap_huge(huge, n);
-        t = now_s() - t0;
+        t = bench_now_s() - t0;
         if (t < t_fresh_huge) t_fresh_huge = t;
 
-        t0 = now_s();
+        t0 = bench_now_s();
         check(kvp_deserialize_new(blob, n, &dop_nohuge, &c2), "deserialize_new (no huge pages)");
-        t = now_s() - t0;
+        t = bench_now_s() - t0;
         check(kvp_cache_destroy(c2), "destroy");
         if (t < t_new_nohuge) t_new_nohuge = t;
 
-        t0 = now_s();
+        t0 = bench_now_s();
         check(kvp_deserialize_new(blob, n, &dop_pre, &c2), "deserialize_new (prefault)");
-        t = now_s() - t0;
+        t = bench_now_s() - t0;
         check(kvp_cache_destroy(c2), "destroy");
         if (t < t_new_pre) t_new_pre = t;
       }

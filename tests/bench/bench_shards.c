@@ -18,26 +18,12 @@
 #include <unistd.h>
 
 #include "kvpages.h"
-#include "run_info.h"
+#include "bench_support.h"
 
 #define PAGE 16
 #define HEADS 8
 #define D 128
 #define MAX_SHARDS 16
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t g_rng = 88172645463325252ull;
-static uint64_t rnd(void) {
-  g_rng ^= g_rng << 13;
-  g_rng ^= g_rng >> 7;
-  g_rng ^= g_rng << 17;
-  return g_rng;
-}
 
 static void check(kvp_status st, const char *what) {
   if (st != KVP_OK) {
@@ -64,14 +50,14 @@ static void make_batch(batch *b, int64_t reqs, int64_t q_len, int64_t num_pages)
     int32_t *pages = malloc((size_t)(num_pages - 1) * sizeof(int32_t));
     for (int64_t p = 0; p < num_pages - 1; ++p) pages[p] = (int32_t)(p + 1);
     for (int64_t p = num_pages - 2; p > 0; --p) {
-      const int64_t j = (int64_t)(rnd() % (uint64_t)(p + 1));
+      const int64_t j = (int64_t)(bench_rand() % (uint64_t)(p + 1));
       const int32_t t = pages[p];
       pages[p] = pages[j];
       pages[j] = t;
     }
     for (int64_t i = 0; i < reqs; ++i) {
       b->pt[i] = pages[i];
-      b->cl[i] = (int32_t)(rnd() % PAGE + 1);
+      b->cl[i] = (int32_t)(bench_rand() % PAGE + 1);
       b->qsl[i + 1] = (int32_t)(i + 1);
     }
     free(pages);
@@ -142,7 +128,7 @@ typedef struct run {
 
 /* Seconds of one step: every layer once. */
 static double step_time(const run *r) {
-  const double t0 = now_s();
+  const double t0 = bench_now_s();
   for (uint32_t l = 0; l < (uint32_t)r->layers; ++l) {
     switch (r->kind) {
       case RUN_MEMCPY:
@@ -160,15 +146,15 @@ static double step_time(const run *r) {
         break;
     }
   }
-  return now_s() - t0;
+  return bench_now_s() - t0;
 }
 
 /* Best microseconds per layer over repeated steps of ~min_s. */
 static double best_layer_us(run *r, run_kind kind, double min_s) {
   r->kind = kind;
   double best = step_time(r); /* the first step validates and keeps the plans */
-  const double start = now_s();
-  for (int reps = 0; reps < 5 || now_s() - start < min_s; ++reps) {
+  const double start = bench_now_s();
+  for (int reps = 0; reps < 5 || bench_now_s() - start < min_s; ++reps) {
     const double t = step_time(r);
     if (t < best) best = t;
   }
@@ -188,7 +174,7 @@ static void bench_row(const char *pattern, int64_t reqs, int64_t q_len, int64_t 
   check(kvp_cache_group_get_num_shards(r.group, &r.num_shards), "kvp_cache_group_get_num_shards");
   const size_t n = (size_t)(b.tokens * HEADS * D);
   uint16_t *kv = malloc(n * 2 * sizeof(uint16_t));
-  for (size_t i = 0; i < 2 * n; ++i) kv[i] = (uint16_t)(0x3c00 + rnd() % 0x800);
+  for (size_t i = 0; i < 2 * n; ++i) kv[i] = (uint16_t)(0x3c00 + bench_rand() % 0x800);
   r.k.data = kv;
   r.k.dtype = KVP_DTYPE_BF16;
   r.k.ndim = 3;

@@ -18,25 +18,11 @@
 #include <unistd.h>
 
 #include "kvpages.h"
-#include "run_info.h"
+#include "bench_support.h"
 
 #define LAYERS 32
 #define PAGE 16
 #define D 128
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t g_rng = 88172645463325252ull;
-static uint64_t rnd(void) {
-  g_rng ^= g_rng << 13;
-  g_rng ^= g_rng >> 7;
-  g_rng ^= g_rng << 17;
-  return g_rng;
-}
 
 static void check(kvp_status st, const char *what) {
   if (st != KVP_OK) {
@@ -65,7 +51,7 @@ static void make_step(step *s, int64_t reqs, int64_t q_len) {
     /* Decode: request i writes position p of page 1 + j / 16 for a shuffled j. */
     for (i = 0; i < reqs; ++i) slot[i] = i;
     for (i = reqs - 1; i > 0; --i) {
-      const int64_t j = (int64_t)(rnd() % (uint64_t)(i + 1)), t = slot[i];
+      const int64_t j = (int64_t)(bench_rand() % (uint64_t)(i + 1)), t = slot[i];
       slot[i] = slot[j];
       slot[j] = t;
     }
@@ -122,18 +108,18 @@ typedef struct ctx {
 /* Seconds of one step (32 calls) through `md`. */
 static double step_time(const ctx *c, const kvp_metadata *md) {
   uint32_t l;
-  const double t0 = now_s();
+  const double t0 = bench_now_s();
   for (l = 0; l < LAYERS; ++l) check(kvp_concatenate(c->cache, l, &c->k, &c->v, md, NULL), "kvp_concatenate");
-  return now_s() - t0;
+  return bench_now_s() - t0;
 }
 
 /* Best over repeated steps of ~min_s; `fresh`: a new handle (flags) per step, else `md`. */
 static double best_step(const ctx *c, const step *s, const kvp_metadata *md, int fresh, uint32_t flags,
                         double min_s) {
   double best = 1e30;
-  const double start = now_s();
+  const double start = bench_now_s();
   int reps = 0;
-  while (reps < 5 || now_s() - start < min_s) {
+  while (reps < 5 || bench_now_s() - start < min_s) {
     kvp_metadata *m = fresh ? handle(s, flags) : NULL;
     const double t = step_time(c, fresh ? m : md);
     if (m != NULL) kvp_metadata_destroy(m);
@@ -185,7 +171,7 @@ static void bench_row(int64_t heads, const char *pattern, int64_t reqs, int64_t 
   check(kvp_cache_create(&cfg, NULL, &c.cache), "kvp_cache_create");
   n = (size_t)(s.tokens * heads * D);
   kv = (uint16_t *)malloc(n * 2 * sizeof(uint16_t));
-  for (i = 0; i < 2 * n; ++i) kv[i] = (uint16_t)(0x3c00 + rnd() % 0x800);
+  for (i = 0; i < 2 * n; ++i) kv[i] = (uint16_t)(0x3c00 + bench_rand() % 0x800);
   memset(&c.k, 0, sizeof c.k);
   c.k.data = kv;
   c.k.dtype = KVP_DTYPE_BF16;

@@ -118,7 +118,9 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
                        FAIL_REGULAR_EXPRESSION "no CUDA device")
   # bench_serialize --cuda, once, on a small cache: its pinned-copy limit and the serialization
   # calls on a CUDA cache run before they meet a GPU (the numbers mean nothing here).
-  add_executable(bench_serialize_emu ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_serialize.c)
+  add_executable(bench_serialize_emu ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_serialize.c
+                                     ${CMAKE_CURRENT_SOURCE_DIR}/bench/bench_support.c)
+  target_include_directories(bench_serialize_emu PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/bench)
   target_link_libraries(bench_serialize_emu PRIVATE kvpages_cuemu PkgConfig::XXHASH m)
   target_compile_definitions(bench_serialize_emu PRIVATE KVP_BENCH_HAVE_XXHASH=1)
   add_test(NAME cuemu.bench_serialize COMMAND bench_serialize_emu --cuda --mib 8 --reps 1)

@@ -1,5 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
-#include "run_info.h"
+#include "bench_support.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -27,4 +27,18 @@ void bench_utc_date(char *out, size_t n) {
   struct tm tm;
   gmtime_r(&t, &tm);
   strftime(out, n, "%Y-%m-%d %H:%M UTC", &tm);
+}
+
+double bench_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+uint64_t bench_rand(void) {
+  static uint64_t state = 88172645463325252ull;
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return state;
 }
