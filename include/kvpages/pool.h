@@ -34,7 +34,8 @@
  * ::KVP_POOL_MAX_TIERS block stores (kvpages/store.h), in order. A cached page the pool evicts is
  * first written as a block (docs/store-format.md) to the first tier; kvp_pool_add_sequence(),
  * after its in-memory match, asks the tiers in order for the prompt's next full pages (keyed by
- * the same chained keys) and restores the blocks that check out (config fingerprint, keys,
+ * the same chained keys, masked with the config's fingerprint so that pools of other models or
+ * KV-head slices sharing a store neither find nor overwrite each other's blocks) and restores the blocks that check out (config fingerprint, keys,
  * salt, token ids, checksum) into fresh pages as if computed. Both happen synchronously inside
  * the call that evicts or adds (see kvp_pool_add_store() for the cost); a failing store or a
  * damaged block is a miss, never an error of the call. kvp_pool_get_tier_stats() counts them.

@@ -171,6 +171,9 @@ class Pool {
     kvp_pool_tier_stats st;
   };
   Store& tier_store(const Tier& t, const char* function) const;
+  // A prefix-index key as the tiers store it, and back (key_mask_).
+  StoreKey store_key(const Key128& k) const noexcept;
+  Key128 index_key(const StoreKey& k) const noexcept;
   // Writes evicted page p to tier 0 (never throws: a failure is counted).
   void write_back(int32_t p, kvp_stream stream) noexcept;
   // Restores pages [from, max_hits) of a prompt from the tiers into fresh pages of `shard`, as
@@ -216,7 +219,8 @@ class Pool {
   void* tier_arrays_ = nullptr;       // one block from alloc_ holding the three below
   uint8_t* write_buf_ = nullptr;      // [block_.total]: an evicted page on its way out
   uint8_t* read_buf_ = nullptr;       // [block_.total]: a block on its way in
-  StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore)
+  StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore), as store keys
+  StoreKey key_mask_;                 // store key = index key ^ mask of the config's fingerprint
   uint8_t* found_ = nullptr;          // [row_len_]: a tier's answer to exists
 
   int64_t n_used_ = 0, n_indexed_ = 0;

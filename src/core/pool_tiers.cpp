@@ -4,6 +4,8 @@
 // block that does not check out is counted and treated as a miss.
 #include <cstring>
 
+#include <xxhash.h>
+
 #include "backend/backend.hpp"
 #include "core/cache.hpp"
 #include "core/pool.hpp"
@@ -13,7 +15,13 @@
 namespace kvp::detail {
 namespace {
 
-StoreKey store_key(const Key128& k) noexcept { return StoreKey{k.lo, k.hi}; }
+// Store keys are the prefix index's keys masked with the config's fingerprint, so pools of
+// different models (or KV-head slices) sharing a store and a salt never overwrite each other's
+// blocks; the mask is its own inverse.
+StoreKey mask_of(uint64_t fingerprint) noexcept {
+  const XXH128_hash_t m = XXH3_128bits_withSeed(&fingerprint, sizeof fingerprint, 0x4B56504Bu);
+  return StoreKey{m.low64, m.high64};
+}
 
 // A store's complaint about a block itself (damaged file, block of another size): a rejected
 // block, not a failing store.
@@ -22,6 +30,10 @@ bool block_fault(kvp_status code) noexcept {
 }
 
 }  // namespace
+
+StoreKey Pool::store_key(const Key128& k) const noexcept { return StoreKey{k.lo ^ key_mask_.lo, k.hi ^ key_mask_.hi}; }
+
+Key128 Pool::index_key(const StoreKey& k) const noexcept { return Key128{k.lo ^ key_mask_.lo, k.hi ^ key_mask_.hi}; }
 
 Store& Pool::tier_store(const Tier& t, const char* fn) const {
   return handle_get(t.handle, t.serial, fn, "a store of the pool (kvp_pool_add_store) was destroyed");
@@ -51,6 +63,7 @@ void Pool::add_store(kvp_store* h) {
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
     found_ = mem + found;
     block_ = shape;
+    key_mask_ = mask_of(shape.fingerprint);
   }
   Tier& t = tiers_[num_tiers_++];
   t.handle = h;
@@ -124,7 +137,7 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
                         int32_t* r) {
   const char* fn = "kvp_pool_add_sequence";
   const size_t S = static_cast<size_t>(page_size_);
-  const BlockId id{tier_keys_[i], i == 0 ? StoreKey{} : tier_keys_[i - 1], salt};
+  const BlockId id{tier_keys_[i], i == 0 ? store_key(Key128{}) : tier_keys_[i - 1], salt};
   size_t size = 0;
   try {
     if (!store.get(id.key, read_buf_, block_.total, &size)) return false;  // gone since exists
@@ -151,8 +164,8 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
   }
   std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + i * S, sizeof(int32_t) * S);
   Page& pg = pages_[p];
-  pg.key = Key128{id.key.lo, id.key.hi};
-  pg.parent = Key128{id.parent.lo, id.parent.hi};
+  pg.key = index_key(id.key);
+  pg.parent = index_key(id.parent);
   pg.salt = salt;
   pg.key_valid = 1;
   index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
