@@ -17,7 +17,7 @@ import (
 // data rank i % DataParallelSize; every per-shard slice of its methods is in that order.
 type CacheGroup struct {
 	p      *C.kvp_cache_group
-	shards []*Cache // the borrowed shards handed out, detached on Close
+	shards map[[2]int32]*Cache // the borrowed shards handed out, by (tp, dp); closed on Close
 }
 
 // NewCacheGroup calls kvp_cache_group_create with every shard on the device cfg was budgeted
@@ -41,7 +41,7 @@ func createGroup(cfg *Config, dev Device, deviceIDs []int32) (*CacheGroup, error
 	if err != nil {
 		return nil, err
 	}
-	g := &CacheGroup{p: out}
+	g := &CacheGroup{p: out, shards: map[[2]int32]*Cache{}}
 	runtime.SetFinalizer(g, (*CacheGroup).Close)
 	return g, nil
 }
@@ -83,11 +83,14 @@ func (g *CacheGroup) NumShards() (int, error) {
 
 // Shard calls kvp_cache_group_get_shard: the Cache of shard (tpRank, dpRank), borrowed from the
 // group. It is used like any Cache but keeps the group reachable, its Close only detaches it,
-// and it is closed when the group is.
+// and it is closed when the group is. The same *Cache while it is open.
 func (g *CacheGroup) Shard(tpRank, dpRank int32) (*Cache, error) {
 	p, err := g.handle()
 	if err != nil {
 		return nil, err
+	}
+	if c := g.shards[[2]int32{tpRank, dpRank}]; c != nil && c.p != nil {
+		return c, nil
 	}
 	var out *C.kvp_cache
 	err = call(func() C.kvp_status { return C.kvp_cache_group_get_shard(p, C.int32_t(tpRank), C.int32_t(dpRank), &out) })
@@ -95,7 +98,7 @@ func (g *CacheGroup) Shard(tpRank, dpRank int32) (*Cache, error) {
 		return nil, err
 	}
 	c := &Cache{p: out, group: g}
-	g.shards = append(g.shards, c)
+	g.shards[[2]int32{tpRank, dpRank}] = c
 	return c, nil
 }
 

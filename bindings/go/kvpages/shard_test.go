@@ -258,12 +258,15 @@ func TestCacheGroupShardsHoldTheirSlices(t *testing.T) {
 		}
 	}
 	// A borrowed shard's Close only detaches it: the group still holds the shard.
+	if same, _ := g.Shard(0, 0); same != shards[0] {
+		t.Fatal("Shard(0, 0) twice gave two Caches")
+	}
 	if err := shards[0].Close(); err != nil {
 		t.Fatal(err)
 	}
 	again, err := g.Shard(0, 0)
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || again == shards[0] {
+		t.Fatalf("Shard(0, 0) after Close: %v", err)
 	}
 	holdsItsSlice(again)
 
