@@ -13,7 +13,10 @@ import (
 
 // Cache owns a kvp_cache handle: one page buffer per layer, on the CPU or a CUDA device.
 // A cache is not synchronised: calls that modify it must not run concurrently.
-type Cache struct{ p *C.kvp_cache }
+type Cache struct {
+	p     *C.kvp_cache
+	group *CacheGroup // the group a borrowed shard belongs to (kept reachable by it); nil: owned
+}
 
 // NewCache calls kvp_cache_create on the device cfg was budgeted for (ConfigOptions.Device):
 // the CPU by default; for a CUDA device without CUDA the error is ErrNoDevice.
@@ -36,21 +39,25 @@ func NewShard(cfg *Config, tpRank, dpRank int32) (*Cache, error) {
 
 // createCache runs create with cache options for cfg's device.
 func createCache(cfg *Config, create func(o *C.kvp_cache_options, out **C.kvp_cache) C.kvp_status) (*Cache, error) {
-	o := (*C.kvp_cache_options)(C.calloc(1, C.size_t(unsafe.Sizeof(C.kvp_cache_options{}))))
-	defer C.free(unsafe.Pointer(o))
 	var out *C.kvp_cache
-	err := call(func() C.kvp_status {
-		if st := C.kvp_cache_options_init(o, C.uint32_t(unsafe.Sizeof(*o))); st != C.KVP_OK {
-			return st
-		}
-		o.device_type = cfg.device.ctype()
-		o.device_id = C.int32_t(cfg.device.ID)
-		return create(o, &out)
-	})
-	if err != nil {
+	if err := withCacheOptions(cfg.device, func(o *C.kvp_cache_options) C.kvp_status { return create(o, &out) }); err != nil {
 		return nil, err
 	}
 	return ownCache(out), nil
+}
+
+// withCacheOptions runs f (one C call) with cache options for dev.
+func withCacheOptions(dev Device, f func(o *C.kvp_cache_options) C.kvp_status) error {
+	o := (*C.kvp_cache_options)(C.calloc(1, C.size_t(unsafe.Sizeof(C.kvp_cache_options{}))))
+	defer C.free(unsafe.Pointer(o))
+	return call(func() C.kvp_status {
+		if st := C.kvp_cache_options_init(o, C.uint32_t(unsafe.Sizeof(*o))); st != C.KVP_OK {
+			return st
+		}
+		o.device_type = dev.ctype()
+		o.device_id = C.int32_t(dev.ID)
+		return f(o)
+	})
 }
 
 func ownCache(p *C.kvp_cache) *Cache {
@@ -89,13 +96,18 @@ func (c *Cache) finalize() {
 	_ = c.Close()
 }
 
-// Close destroys the cache. Later calls on it return ErrInvalidHandle; Close again is a no-op.
+// Close destroys the cache (a shard borrowed from a CacheGroup is only detached: the group
+// destroys it). Later calls on it return ErrInvalidHandle; Close again is a no-op.
 func (c *Cache) Close() error {
 	if c.p == nil {
 		return nil
 	}
 	p := c.p
 	c.p = nil
+	if c.group != nil {
+		c.group = nil
+		return nil
+	}
 	runtime.SetFinalizer(c, nil)
 	return call(func() C.kvp_status { return C.kvp_cache_destroy(p) })
 }

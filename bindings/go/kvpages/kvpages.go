@@ -7,8 +7,10 @@
 // # What it covers
 //
 // Configuration and planning (NewConfig, Config.Plan, budgeting from the device the cache will
-// live on), caches on the CPU or a CUDA device (NewCache), views with typed reads and writes of
-// every dtype (View, ReadView, WriteView), writing a batch (Concatenate, ConcatenateRequests),
+// live on), caches on the CPU or a CUDA device (NewCache), shards and cache groups (NewShard,
+// NewCacheGroup: every shard of a sharded config, written with one call), views with typed
+// reads and writes of every dtype (View, ReadView, WriteView), writing a batch (Concatenate,
+// ConcatenateRequests),
 // the batch builder (BuildMetadata, which remembers its decode-first row order so that
 // ConcatenateRequests and PackRequests place every request's tokens for you), the page pool
 // (Pool), serialization of a whole cache or chosen pages to bytes, files and io.Writer /
@@ -19,8 +21,10 @@
 // # Handles and errors
 //
 // Handles are released exactly once: by Close (explicit, preferred) or by a finalizer when a
-// handle becomes unreachable. Every call that can fail runs with its goroutine locked to the OS
-// thread, so the library's thread-local error message is read on the thread that failed; errors
+// handle becomes unreachable. A CacheGroup's Shard is a Cache borrowed from the group: its Close
+// only detaches it and the group's Close destroys it. Every call that can fail runs with its
+// goroutine locked to the OS thread, so the library's thread-local error message is read on the
+// thread that failed; errors
 // are *Error values carrying the Status code, its name and that message. Status is itself an
 // error, and *Error unwraps to it, so errors.Is(err, kvpages.ErrInvalidArgument) works.
 //

@@ -179,3 +179,115 @@ func TestShardRankOutOfRange(t *testing.T) {
 	_, err = cfg.Shard(0, -1)
 	wantStatus(t, err, ErrInvalidArgument, "dp_rank -1 is out of range [0, 2)")
 }
+
+// A cache group's shards, written with one call, hold the same slices as a whole cache given
+// the same batch; they are borrowed (their Close leaves them in the group, the group's Close
+// closes them) and a bad shard tensor is refused by name with no shard changed.
+func TestCacheGroupShardsHoldTheirSlices(t *testing.T) {
+	cfg := shardedConfig(t)
+	g, err := NewCacheGroup(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if n, err := g.NumShards(); err != nil || n != 4 {
+		t.Fatalf("NumShards: %d, %v", n, err)
+	}
+	whole, err := NewCache(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer whole.Close()
+	rank1, err := cfg.Shard(0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := BuildMetadata(cfg, []BatchRequest{{0, 20, []int32{1, 2}}, {0, 5, []int32{int32(rank1.PageBegin) + 1}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
+	const tokens = 25
+	shape := [3]int{tokens, shardHeads, headDim}
+	key, value := make([]float32, tokens*shardHeads*headDim), make([]float32, tokens*shardHeads*headDim)
+	for i := range key {
+		key[i] = float32(i%241)/8 - 14
+		value[i] = key[i] / 2
+	}
+	keys, values, shapes := [][]float32{key, key, key, key}, [][]float32{value, value, value, value}, [][3]int{shape, shape, shape, shape}
+	for l := uint32(0); l < 2; l++ {
+		if err := whole.Concatenate(l, key, value, shape, md); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Concatenate(l, keys, values, shapes, md); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wl, err := whole.LayoutInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := layers(t, whole)
+	if bytes.Count(want[0], []byte{0}) == len(want[0]) {
+		t.Fatal("the batch wrote nothing")
+	}
+	holdsItsSlice := func(s *Cache) {
+		t.Helper()
+		si, err := s.Shard()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for l, got := range layers(t, s) {
+			if !bytes.Equal(got, sliceOf(want[l], wl, si)) {
+				t.Fatalf("group shard %+v, layer %d: not its slice of the whole cache", si, l)
+			}
+		}
+	}
+	var shards []*Cache
+	for tp := int32(0); tp < 2; tp++ {
+		for dp := int32(0); dp < 2; dp++ {
+			s, err := g.Shard(tp, dp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if si, _ := s.Shard(); si.TPRank != tp || si.DPRank != dp {
+				t.Fatalf("Shard(%d, %d) is %+v", tp, dp, si)
+			}
+			holdsItsSlice(s)
+			shards = append(shards, s)
+		}
+	}
+	// A borrowed shard's Close only detaches it: the group still holds the shard.
+	if same, _ := g.Shard(0, 0); same != shards[0] {
+		t.Fatal("Shard(0, 0) twice gave two Caches")
+	}
+	if err := shards[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := g.Shard(0, 0)
+	if err != nil || again == shards[0] {
+		t.Fatalf("Shard(0, 0) after Close: %v", err)
+	}
+	holdsItsSlice(again)
+
+	// Shard 3's tensors with 3 heads (neither all 4 nor its own 2): refused, naming the shard.
+	bad := make([]float32, tokens*3*headDim)
+	badShapes := [][3]int{shape, shape, shape, {tokens, 3, headDim}}
+	err = g.Concatenate(0, [][]float32{key, key, key, bad}, [][]float32{key, key, key, bad}, badShapes, md)
+	wantStatus(t, err, ErrInvalidArgument, "shard 3 (tp 1, dp 1)")
+	holdsItsSlice(again)
+	_, err = g.Shard(2, 0)
+	wantStatus(t, err, ErrInvalidArgument, "tp_rank 2 is out of range [0, 2)")
+
+	// The group destroys every shard once and closes the Caches it handed out.
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = again.ReadLayer(0)
+	wantStatus(t, err, ErrInvalidHandle, "closed")
+	if err := again.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = g.NumShards()
+	wantStatus(t, err, ErrInvalidHandle, "closed")
+}

@@ -15,10 +15,11 @@ Quick tour::
         cache.save("used.kvp", pages=[1, 2, 3])
     copy = kvpages.Cache.load("used.kvp")
 
-Handles (:class:`Cache`, :class:`Metadata`, :class:`Pool`) are released exactly once (close(),
-``with``, or garbage collection). Failures raise a :class:`KvpagesError` subclass that is also
-the matching built-in (``ValueError``, ``MemoryError``, ``OSError``, ...). Dtypes, layouts,
-devices and views are enums that also accept strings ("bf16", "v3", "cuda:0", "keys").
+Handles (:class:`Cache`, :class:`CacheGroup`, :class:`Metadata`, :class:`Pool`) are released
+exactly once (close(), ``with``, or garbage collection); a group's shard is a :class:`Cache`
+borrowed from the group, destroyed with it. Failures raise a :class:`KvpagesError` subclass
+that is also the matching built-in (``ValueError``, ``MemoryError``, ``OSError``, ...). Dtypes,
+layouts, devices and views are enums that also accept strings ("bf16", "v3", "cuda:0", "keys").
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ from .cache import Cache  # noqa: E402
 from .config import (DEFAULT_SAFETY_MARGIN, FALLBACK_BUDGET, Config, HeadSharding, LayoutInfo, MemoryStats,  # noqa: E402
                      Plan, ShardInfo, hbm_budget_bytes, memory_stats)
 from .dlpack import DLPackTensor, live_exports, release_unconsumed  # noqa: E402
+from .group import CacheGroup  # noqa: E402
 from .metadata import BatchRequest, Metadata  # noqa: E402
 from .pool import PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolShardStats, PoolStats, SeqId  # noqa: E402
 from .serialize import SerializedInfo, inspect  # noqa: E402
@@ -115,7 +117,7 @@ __all__ = [
     "FormatCorrupt", "FormatMismatch", "InternalError",
     "Dtype", "Layout", "Device", "View", "BudgetMode", "MetadataField",
     "Config", "LayoutInfo", "Plan", "ShardInfo", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
-    "FALLBACK_BUDGET", "Cache", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats", "SeqId", "DLPackTensor",
+    "FALLBACK_BUDGET", "Cache", "CacheGroup", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats", "SeqId", "DLPackTensor",
     "SerializedInfo", "inspect", "convert", "has_ml_dtypes", "live_exports", "release_unconsumed",
     "cdiv", "align_to_multiple", "previous_power_of_2", "page_size_bytes", "num_slices_per_kv_cache_update_page",
     "version", "version_number", "build_info", "check_abi", "device_count", "set_misuse_handler",

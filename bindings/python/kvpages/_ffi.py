@@ -14,7 +14,7 @@ _P = ctypes.POINTER
 MAX_DIMS = 6
 
 #: KVP_VERSION_NUMBER of the headers these bindings were written against (1.4.0: shard caches, re-sharding,
-#: the pool's data-parallel shards).
+#: cache groups, the pool's data-parallel shards).
 BINDING_VERSION_NUMBER = 10400
 
 #: KVP_SERIALIZE_FLAG_NO_SYNC (serialize.h, since 1.3): kvp_serialize_options.flags bit.
@@ -342,12 +342,18 @@ _SIGNATURES = {
     "kvp_deserialize_shards_into": (_ST, _vp, _P(kvp_blob_ref), _u32),
     "kvp_pool_get_sequence_shard": (_ST, _vp, kvp_seq_id, _P(_u32)),
     "kvp_pool_get_shard_stats": (_ST, _vp, _u32, _P(kvp_pool_shard_stats)),
+    "kvp_cache_group_create": (_ST, _P(kvp_config), _P(_i32), _u32, _P(kvp_cache_options), _P(_vp)),
+    "kvp_cache_group_destroy": (_ST, _vp),
+    "kvp_cache_group_get_num_shards": (_ST, _vp, _P(_u32)),
+    "kvp_cache_group_get_shard": (_ST, _vp, _i32, _i32, _P(_vp)),
+    "kvp_cache_group_concatenate": (_ST, _vp, _u32, _vp, _vp, _u32, _vp, _vp),
 }
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with
 #: VersionMismatch rather than a missing symbol.
 LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",
          "kvp_cache_create_shard", "kvp_cache_get_shard", "kvp_deserialize_shards_into", "kvp_pool_get_sequence_shard",
-         "kvp_pool_get_shard_stats"}
+         "kvp_pool_get_shard_stats", "kvp_cache_group_create", "kvp_cache_group_destroy",
+         "kvp_cache_group_get_num_shards", "kvp_cache_group_get_shard", "kvp_cache_group_concatenate"}
 
 
 def bind(names: Optional[set] = None) -> None:

@@ -11,6 +11,9 @@ class Handle:
     """Base of the handle classes (Cache, Metadata, Pool)."""
     _destroy: ClassVar[Optional[Callable[[Any], int]]] = None
     _ptr: Optional[int] = None
+    #: The object that owns a borrowed handle (a CacheGroup's shard), kept alive by this
+    #: reference; close() of a borrowed handle only detaches this object, never destroys it.
+    _owner: Any = None
 
     def __init__(self, ptr: int):
         self._ptr = ptr
@@ -28,10 +31,10 @@ class Handle:
         return self._ptr is None
 
     def close(self) -> None:
-        """Releases the handle; later calls are no-ops."""
+        """Releases the handle (a borrowed one: detaches it); later calls are no-ops."""
         with self._lock:
             ptr, self._ptr = self._ptr, None
-        if ptr is not None:
+        if ptr is not None and self._owner is None:
             check(type(self)._destroy(ptr), type(self).__name__ + ".close")
 
     def __enter__(self) -> Any:

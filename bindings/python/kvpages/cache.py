@@ -84,16 +84,19 @@ class Cache(Handle):
         return p
 
     def close(self) -> None:
-        """Destroys the cache; raises BufferError while arrays or exports still use its memory
-        or an open Pool uses its pages (close the pool first)."""
+        """Destroys the cache (a shard borrowed from a :class:`CacheGroup`: only detaches this
+        object, the group destroys the shard); raises BufferError while arrays or exports still
+        use its memory or an open Pool uses its pages (close the pool first)."""
         if self._ptr is not None:
-            release_unconsumed()
-            if len(self._pins) > 0:
-                raise BufferError("kvpages: %d array(s) or export(s) still use this cache's memory"
-                                  % len(self._pins))
-            if any(not p.closed for p in list(self._pools)):
-                raise BufferError("kvpages: an open Pool uses this cache; close the pool first")
+            self._check_unused()
         super().close()
+
+    def _check_unused(self) -> None:
+        release_unconsumed()
+        if len(self._pins) > 0:
+            raise BufferError("kvpages: %d array(s) or export(s) still use this cache's memory" % len(self._pins))
+        if any(not p.closed for p in list(self._pools)):
+            raise BufferError("kvpages: an open Pool uses this cache; close the pool first")
 
     # -- properties ------------------------------------------------------------------------------
 

@@ -56,7 +56,9 @@ COUNTERPARTS = {
     "kvp_cache_export_dlpack": "Cache.export_dlpack", "kvp_attention_options_init": "Cache.attention",
     "kvp_attention": "Cache.attention", "kvp_config_get_shard": "Config.shard",
     "kvp_cache_create_shard": "Cache.create_shard", "kvp_cache_get_shard": "Cache.shard",
-    "kvp_deserialize_shards_into": "Cache.load_shards",
+    "kvp_deserialize_shards_into": "Cache.load_shards", "kvp_cache_group_create": "CacheGroup.__init__",
+    "kvp_cache_group_destroy": "CacheGroup.close", "kvp_cache_group_get_num_shards": "CacheGroup.num_shards",
+    "kvp_cache_group_get_shard": "CacheGroup.shard", "kvp_cache_group_concatenate": "CacheGroup.concatenate",
 }
 
 #: C functions deliberately without a Python counterpart, and why.

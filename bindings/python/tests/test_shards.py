@@ -78,8 +78,8 @@ def test_shards_hold_their_slices_and_their_blobs_reshard_into_a_whole_cache(tmp
         target.load_shards(blobs[:2])
     assert "kvp_deserialize_shards_into" in e.value.message
     assert not any(layer.any() for layer in layers(target))
-    for cache in [whole, copy, target] + shards:
-        cache.close()
+    for handle in [whole, copy, target, md] + shards:  # not left to the garbage collector: a finalizer's
+        handle.close()                                 # call would clear a later test's error message
 
 
 def test_a_rank_out_of_range_raises_invalid_argument_with_the_librarys_message():
@@ -90,3 +90,57 @@ def test_a_rank_out_of_range_raises_invalid_argument_with_the_librarys_message()
     with pytest.raises(kvpages.InvalidArgument) as e:
         cfg.shard(0, -1)
     assert "dp_rank -1 is out of range [0, 2)" in e.value.message
+
+
+def test_a_cache_groups_shards_hold_their_slices_of_the_same_batch_written_with_one_call():
+    cfg = sharded_config()
+    group = kvpages.CacheGroup(cfg)
+    assert group.num_shards == 4
+    rank1 = cfg.shard(0, 1).page_begin
+    md, order = kvpages.Metadata.build(cfg, [(0, 20, [1, 2]), (0, 5, [rank1 + 1])])
+    key = (np.arange(25 * H * D) % 241).astype(np.float32).reshape(25, H, D) / 8 - 14
+    whole = kvpages.Cache(cfg)
+    for layer in range(2):
+        whole.concatenate(layer, key, key / 2, md)
+        group.concatenate(layer, [key] * 4, [key / 2] * 4, md)
+    want = layers(whole)
+    assert want[0].any()
+    for tp in range(2):
+        for dp in range(2):
+            shard = group.shard(tp, dp)
+            assert shard.shard == cfg.shard(tp, dp)
+            for layer, w in enumerate(want):
+                np.testing.assert_array_equal(shard.read_layer(layer), slice_of(w, whole.layout(), shard.shard))
+
+    # A borrowed shard's close() leaves the shard in the group; a new object reads the same bytes.
+    first = group.shard(0, 0)
+    first.close()
+    assert first.closed
+    again = group.shard(0, 0)
+    assert again is not first
+    np.testing.assert_array_equal(again.read_layer(0), slice_of(want[0], whole.layout(), again.shard))
+
+    # Shard 3's tensors with 3 heads (neither all 4 nor its own 2): refused, naming the shard,
+    # and no shard changes.
+    bad = np.ones((25, 3, D), np.float32)
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        group.concatenate(0, [key] * 3 + [bad], [key] * 3 + [bad], md)
+    assert "shard 3 (tp 1, dp 1)" in e.value.message
+    for layer in range(2):
+        np.testing.assert_array_equal(again.read_layer(layer), slice_of(want[layer], whole.layout(), again.shard))
+    with pytest.raises(kvpages.InvalidArgument):
+        group.shard(2, 0)
+
+    # The group destroys every shard once and closes the shard objects it handed out; an array
+    # of a shard's memory keeps it open until released.
+    pages = again.numpy(0)
+    with pytest.raises(BufferError):
+        group.close()
+    assert not group.closed and not again.closed
+    del pages
+    group.close()
+    assert group.closed and again.closed
+    again.close()
+    group.close()
+    for handle in (whole, md):
+        handle.close()

@@ -1218,6 +1218,81 @@ pub const Cache = struct {
     }
 };
 
+/// Owns a `kvp_cache_group` (since 1.4): every shard of a sharded config in one process, written
+/// with one call per layer. Call `deinit` exactly once. Shard `i` is tensor rank
+/// `i / data_parallel_size`, data rank `i % data_parallel_size`; every per-shard slice of its
+/// methods is in that order.
+pub const CacheGroup = struct {
+    handle: *c.kvp_cache_group,
+
+    /// A CPU group for `cfg`: every shard in host memory.
+    pub fn init(cfg: *const Config) Error!CacheGroup {
+        return initWith(cfg, &.{}, .{});
+    }
+
+    /// Shard `i` on device `device_ids[i]` of the type `options.device` names (CUDA ordinals, one
+    /// per shard; `options.device`'s ordinal is replaced), or, with no ids, every shard on
+    /// `options.device`.
+    pub fn initWith(cfg: *const Config, device_ids: []const i32, options: CacheOptions) Error!CacheGroup {
+        const o = try options.record();
+        const n = std.math.cast(u32, device_ids.len) orelse return error.InvalidArgument;
+        var out: ?*c.kvp_cache_group = null;
+        try check(c.kvp_cache_group_create(cfg.ptr(), if (n == 0) null else device_ids.ptr, n, &o, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// Destroys the group and every shard in it: the Caches `shard` returned are invalid after.
+    pub fn deinit(self: *CacheGroup) void {
+        _ = c.kvp_cache_group_destroy(self.handle);
+        self.* = undefined;
+    }
+
+    /// `kv_head_shards` x `data_parallel_size` (`kvp_cache_group_get_num_shards`).
+    pub fn numShards(self: *const CacheGroup) Error!u32 {
+        var n: u32 = 0;
+        try check(c.kvp_cache_group_get_num_shards(self.handle, &n));
+        return n;
+    }
+
+    /// The cache of shard (`tp_rank`, `dp_rank`) (`kvp_cache_group_get_shard`), **borrowed**: the
+    /// group owns it. Use it as any Cache while the group lives, but never call its `deinit`
+    /// (the library refuses: `kvp_cache_destroy` of a group's shard calls the misuse handler);
+    /// it dies with the group's `deinit`.
+    pub fn shard(self: *const CacheGroup, tp_rank: i32, dp_rank: i32) Error!Cache {
+        var out: ?*c.kvp_cache = null;
+        try check(c.kvp_cache_group_get_shard(self.handle, tp_rank, dp_rank, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// Writes shard `i`'s new keys and values, `keys[i]`/`values[i]` (row-major host data of f32,
+    /// f16 or Bf16 of shape `shapes[i]`: the full [T, H, D] or the shard's own heads) into one
+    /// layer of every CPU shard; `md` is the whole cache's metadata. The tensor descriptors are
+    /// built in memory from `allocator` for the call. Every shard is validated before any is
+    /// written: an error names the shard (`lastErrorMessage`) and changes none.
+    pub fn concatenate(self: *CacheGroup, allocator: Allocator, layer: u32, comptime T: type, keys: []const []const T, values: []const []const T, shapes: []const [3]i64, md: *const Metadata) Error!void {
+        if (values.len != keys.len or shapes.len != keys.len) return error.InvalidArgument;
+        const tensors = try allocator.alloc(Tensor, 2 * keys.len);
+        defer allocator.free(tensors);
+        for (keys, values, shapes, 0..) |k, v, shape, i| {
+            const n = try elements(shape);
+            if (k.len != n or v.len != n) return error.InvalidArgument;
+            tensors[i] = hostTensor(T, k, shape);
+            tensors[keys.len + i] = hostTensor(T, v, shape);
+        }
+        try self.concatenateTensors(layer, tensors[0..keys.len], tensors[keys.len..], md, null);
+    }
+
+    /// `kvp_cache_group_concatenate` with tensor descriptors (device memory of shard `i`'s GPU
+    /// for CUDA shards, any input dtype and strides): shard `i`'s write is enqueued on
+    /// `streams[i]`; null `streams` = every device's legacy default stream (ignored for CPU).
+    pub fn concatenateTensors(self: *CacheGroup, layer: u32, keys: []const Tensor, values: []const Tensor, md: *const Metadata, streams: ?[]const c.kvp_stream) Error!void {
+        if (values.len != keys.len) return error.InvalidArgument;
+        if (streams) |s| if (s.len != keys.len) return error.InvalidArgument;
+        const n = std.math.cast(u32, keys.len) orelse return error.InvalidArgument;
+        try check(c.kvp_cache_group_concatenate(self.handle, layer, @ptrCast(keys.ptr), @ptrCast(values.ptr), n, md.handle, if (streams) |s| s.ptr else null));
+    }
+};
+
 /// A DLPack tensor exported by `Cache.exportDlpack`; `deinit` calls its deleter once.
 pub const DlpackTensor = struct {
     managed: *c.DLManagedTensor,

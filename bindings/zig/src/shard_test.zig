@@ -1,7 +1,8 @@
 //! Shards (since 1.4): the four shards of a TP 2 x DP 2 config hold their slices of the whole
 //! cache after the same batch; their blobs (in memory and in files) load into a new whole cache
 //! byte for byte; an incomplete set and a rank out of range fail with the library's message and
-//! change nothing.
+//! change nothing. A cache group's shards, written with one call, hold the same slices; they
+//! are borrowed (the group's deinit destroys them once) and a bad shard tensor is refused by name.
 const std = @import("std");
 const kv = @import("kvpages.zig");
 const t = std.testing;
@@ -144,4 +145,63 @@ test "shards: a rank out of range is error.InvalidArgument with the library's me
     try expectMessage("tp_rank 2 is out of range [0, 2)");
     try t.expectError(error.InvalidArgument, cfg.shard(0, -1));
     try expectMessage("dp_rank -1 is out of range [0, 2)");
+}
+
+test "cache group: one call writes every shard its slice; a bad shard tensor is refused by name" {
+    const cfg = try shardedConfig();
+    var group = try kv.CacheGroup.init(&cfg);
+    var group_live = true;
+    defer if (group_live) group.deinit();
+    try t.expectEqual(@as(u32, 4), try group.numShards());
+    var whole = try kv.Cache.init(&cfg);
+    defer whole.deinit();
+    const rank1: i32 = @intCast((try cfg.shard(0, 1)).page_begin);
+    const requests = [_]kv.BatchRequest{
+        .{ .num_computed = 0, .num_scheduled = 20, .page_ids = &.{ 1, 2 } },
+        .{ .num_computed = 0, .num_scheduled = 5, .page_ids = &.{rank1 + 1} },
+    };
+    var md = try kv.Metadata.build(t.allocator, &cfg, &requests, .{}, null);
+    defer md.deinit();
+    var key: [tokens * H * D]f32 = undefined;
+    var value: [tokens * H * D]f32 = undefined;
+    for (&key, &value, 0..) |*k, *v, i| {
+        k.* = @as(f32, @floatFromInt(i % 241)) / 8 - 14;
+        v.* = k.* / 2;
+    }
+    const full = [3]i64{ tokens, H, D };
+    const keys: [4][]const f32 = @splat(&key);
+    const values: [4][]const f32 = @splat(&value);
+    const shapes: [4][3]i64 = @splat(full);
+    for (0..2) |layer| {
+        try whole.concatenate(@intCast(layer), f32, &key, &value, full, &md);
+        try group.concatenate(t.allocator, @intCast(layer), f32, &keys, &values, &shapes, &md);
+    }
+    const wl = try whole.layout();
+    var layers: [2][]u8 = undefined;
+    for (&layers, 0..) |*w, layer| w.* = try layerAlloc(&whole, @intCast(layer));
+    defer for (layers) |w| t.allocator.free(w);
+    try t.expect(std.mem.indexOfNone(u8, layers[0], &.{0}) != null);
+    for (0..4) |i| {
+        const tp: i32 = @intCast(i / 2);
+        const dp: i32 = @intCast(i % 2);
+        const s = try group.shard(tp, dp);
+        try t.expectEqual(try cfg.shard(tp, dp), try s.shard());
+        for (layers, 0..) |w, layer| try expectSliceOf(w, wl, &s, @intCast(layer));
+    }
+
+    // Shard 3's tensors with 3 heads (neither all 4 nor its own 2): refused, naming the shard,
+    // and no shard changes.
+    const bad: [tokens * 3 * D]f32 = @splat(1);
+    const bad_keys = [_][]const f32{ &key, &key, &key, &bad };
+    const bad_shapes = [_][3]i64{ full, full, full, .{ tokens, 3, D } };
+    try t.expectError(error.InvalidArgument, group.concatenate(t.allocator, 0, f32, &bad_keys, &bad_keys, &bad_shapes, &md));
+    try expectMessage("shard 3 (tp 1, dp 1)");
+    const last = try group.shard(1, 1);
+    for (layers, 0..) |w, layer| try expectSliceOf(w, wl, &last, @intCast(layer));
+    try t.expectError(error.InvalidArgument, group.shard(2, 0));
+
+    // deinit destroys every shard once: a borrowed handle is dead afterwards, not freed again.
+    group.deinit();
+    group_live = false;
+    try t.expectError(error.InvalidHandle, last.shard());
 }

@@ -149,8 +149,8 @@ constants! {
     KVP_API_VERSION_1: u32 = 1;
 }
 
-/// The header version these declarations were written against (1.4.0: shard caches and the
-/// pool's data-parallel shards). The library must be at least this version (`kvp_check_abi`).
+/// The header version these declarations were written against (1.4.0: shard caches, cache groups
+/// and the pool's data-parallel shards). The library must be at least this version (`kvp_check_abi`).
 pub const KVP_VERSION_NUMBER: u32 = 10400;
 
 // ---- Structs and handles ----
@@ -300,6 +300,12 @@ impl Default for kvp_plan {
 /// Opaque cache handle (`kvp_cache`).
 #[repr(C)]
 pub struct kvp_cache {
+    _private: [u8; 0],
+}
+
+/// Opaque cache group handle (`kvp_cache_group`, group.h, since 1.4).
+#[repr(C)]
+pub struct kvp_cache_group {
     _private: [u8; 0],
 }
 
@@ -1005,6 +1011,37 @@ pub struct kvp_api_v1 {
     pub pool_get_shard_stats: Option<
         unsafe extern "C" fn(pool: *const kvp_pool, shard: u32, out: *mut kvp_pool_shard_stats) -> kvp_status,
     >,
+    pub cache_group_create: Option<
+        unsafe extern "C" fn(
+            cfg: *const kvp_config,
+            device_ids: *const i32,
+            num_device_ids: u32,
+            opts: *const kvp_cache_options,
+            out: *mut *mut kvp_cache_group,
+        ) -> kvp_status,
+    >,
+    pub cache_group_destroy: Option<unsafe extern "C" fn(group: *mut kvp_cache_group) -> kvp_status>,
+    pub cache_group_get_num_shards:
+        Option<unsafe extern "C" fn(group: *const kvp_cache_group, out: *mut u32) -> kvp_status>,
+    pub cache_group_get_shard: Option<
+        unsafe extern "C" fn(
+            group: *const kvp_cache_group,
+            tp_rank: i32,
+            dp_rank: i32,
+            out: *mut *mut kvp_cache,
+        ) -> kvp_status,
+    >,
+    pub cache_group_concatenate: Option<
+        unsafe extern "C" fn(
+            group: *mut kvp_cache_group,
+            layer: u32,
+            keys: *const kvp_tensor,
+            values: *const kvp_tensor,
+            num_shards: u32,
+            metadata: *const kvp_metadata,
+            streams: *const kvp_stream,
+        ) -> kvp_status,
+    >,
 }
 
 extern "C" {
@@ -1105,6 +1142,32 @@ extern "C" {
     pub fn kvp_cache_get_shard(cache: *const kvp_cache, out: *mut kvp_shard_info) -> kvp_status;
     pub fn kvp_cache_get_async_error(cache: *const kvp_cache, out: *mut kvp_status) -> kvp_status;
     pub fn kvp_cache_clear_async_error(cache: *mut kvp_cache) -> kvp_status;
+
+    // group.h
+    pub fn kvp_cache_group_create(
+        cfg: *const kvp_config,
+        device_ids: *const i32,
+        num_device_ids: u32,
+        opts: *const kvp_cache_options,
+        out: *mut *mut kvp_cache_group,
+    ) -> kvp_status;
+    pub fn kvp_cache_group_destroy(group: *mut kvp_cache_group) -> kvp_status;
+    pub fn kvp_cache_group_get_num_shards(group: *const kvp_cache_group, out: *mut u32) -> kvp_status;
+    pub fn kvp_cache_group_get_shard(
+        group: *const kvp_cache_group,
+        tp_rank: i32,
+        dp_rank: i32,
+        out: *mut *mut kvp_cache,
+    ) -> kvp_status;
+    pub fn kvp_cache_group_concatenate(
+        group: *mut kvp_cache_group,
+        layer: u32,
+        keys: *const kvp_tensor,
+        values: *const kvp_tensor,
+        num_shards: u32,
+        metadata: *const kvp_metadata,
+        streams: *const kvp_stream,
+    ) -> kvp_status;
 
     // metadata.h
     pub fn kvp_metadata_desc_init(desc: *mut kvp_metadata_desc, struct_size: u32) -> kvp_status;

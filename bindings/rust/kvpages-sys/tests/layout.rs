@@ -75,7 +75,7 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_blob_ref { data, size, path });
     // The function table: its size and a field of each end (the field list is tests/headers.rs').
     layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert,
-        pool_get_shard_stats });
+        cache_group_concatenate });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),

@@ -233,18 +233,7 @@ impl Cache {
     /// itself.
     pub fn concatenate<T: InputElement>(&mut self, layer: u32, key: &[T], value: &[T], shape: [usize; 3],
                                         metadata: &Metadata) -> Result<()> {
-        let n = elements(&shape)?;
-        if key.len() != n || value.len() != n {
-            return Err(invalid(format!(
-                "key/value hold {}/{} elements, shape {:?} needs {}",
-                key.len(),
-                value.len(),
-                shape,
-                n
-            )));
-        }
-        let k = host_tensor_of(key.as_ptr() as *const c_void, T::DTYPE, shape);
-        let v = host_tensor_of(value.as_ptr() as *const c_void, T::DTYPE, shape);
+        let (k, v) = host_key_value(key, value, shape)?;
         check(unsafe { sys::kvp_concatenate(self.ptr.as_ptr(), layer, &k, &v, metadata.ptr.as_ptr(), ptr::null_mut()) })
     }
 
@@ -294,6 +283,25 @@ impl Cache {
         let ptr = NonNull::new(out).ok_or_else(|| internal("kvp_cache_export_dlpack returned NULL"))?;
         Ok(DlpackTensor { ptr, _cache: PhantomData })
     }
+}
+
+/// Host tensors of a key and a value slice of `shape` (`[T, H, D]`), checked to hold that shape.
+pub(crate) fn host_key_value<T: InputElement>(key: &[T], value: &[T], shape: [usize; 3])
+    -> Result<(sys::kvp_tensor, sys::kvp_tensor)> {
+    let n = elements(&shape)?;
+    if key.len() != n || value.len() != n {
+        return Err(invalid(format!(
+            "key/value hold {}/{} elements, shape {:?} needs {}",
+            key.len(),
+            value.len(),
+            shape,
+            n
+        )));
+    }
+    Ok((
+        host_tensor_of(key.as_ptr() as *const c_void, T::DTYPE, shape),
+        host_tensor_of(value.as_ptr() as *const c_void, T::DTYPE, shape),
+    ))
 }
 
 impl Drop for Cache {

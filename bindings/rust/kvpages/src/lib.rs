@@ -3,16 +3,19 @@
 //! The whole C library is reachable without `unsafe`: planning ([`Config::create`],
 //! [`Config::plan`]), caches on the CPU or a CUDA device ([`Cache`]), typed views
 //! ([`View`], [`ViewMut`]) with reads and writes of f32, f16, bf16 and fp8 elements, writing a
-//! batch ([`Batch`], [`Cache::concatenate_batch`]), attention, the page pool ([`Pool`]),
-//! serialization to and from memory, files and `std::io` streams ([`Cache::serialize`],
-//! [`Cache::deserialize`], [`inspect`]), JSON, DLPack export, asynchronous errors and version
-//! checks. `tests/coverage.rs` fails when a public C function has no counterpart here and is not
-//! on its list of functions left out on purpose (with the reason).
+//! batch ([`Batch`], [`Cache::concatenate_batch`]), shards and cache groups ([`CacheGroup`]),
+//! attention, the page pool ([`Pool`]), serialization to and from memory, files and `std::io`
+//! streams ([`Cache::serialize`], [`Cache::deserialize`], [`inspect`]), JSON, DLPack export,
+//! asynchronous errors and version checks. `tests/coverage.rs` fails when a public C function
+//! has no counterpart here and is not on its list of functions left out on purpose (with the
+//! reason).
 //!
-//! * Handles ([`Cache`], [`Metadata`], [`Pool`]) own a `NonNull` pointer, are released exactly
-//!   once by `Drop`, are not `Clone`, and are `Send` (kvpages handles may move between threads).
-//!   [`Cache`] is also `Sync`: its `&self` methods only call functions the C API documents as
-//!   safe to run concurrently on one cache; writes take `&mut self`.
+//! * Handles ([`Cache`], [`CacheGroup`], [`Metadata`], [`Pool`]) own a `NonNull` pointer, are
+//!   released exactly once by `Drop`, are not `Clone`, and are `Send` (kvpages handles may move
+//!   between threads). [`Cache`] is also `Sync`: its `&self` methods only call functions the C
+//!   API documents as safe to run concurrently on one cache; writes take `&mut self`. A group's
+//!   shard ([`GroupShard`]) is a `&Cache` borrowed from the group: it is never destroyed by
+//!   itself and cannot outlive the group.
 //! * Every fallible call returns [`Result`]; [`Error`] carries the status code, its name, the
 //!   library's thread-local message (read on the same thread right after the call) and a
 //!   [`kind`](Error::kind).
@@ -53,6 +56,7 @@ mod attention;
 mod cache;
 mod config;
 mod dtype;
+mod group;
 mod metadata;
 mod pool;
 mod serialize;
@@ -66,6 +70,7 @@ pub use dtype::{
     convert, convert_bytes, from_f32_slice, to_f32_vec, Bf16, Dtype, Element, F8E4M3Fn, F8E5M2, InputElement, Layout,
     F16,
 };
+pub use group::{CacheGroup, GroupShard};
 pub use metadata::{Batch, BatchOptions, BatchRequest, HostArrays, Metadata, MetadataField};
 pub use pool::{Pool, PoolOptions, PoolShardStats, PoolStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
 pub use serialize::{inspect, inspect_file, BlobRef, DeserializeOptions, SerializeOptions, SerializedInfo};

@@ -1,7 +1,8 @@
 //! Shards (since 1.4): the four shards of a TP 2 x DP 2 config hold their slices of the whole
 //! cache after the same batch; their blobs (in memory and in files) load into a new whole cache
 //! byte for byte; an incomplete set and a rank out of range fail with the library's message
-//! and change nothing.
+//! and change nothing. A cache group's shards, written with one call, hold the same slices; they
+//! are borrowed (dropping one leaves it in the group) and a bad shard tensor is refused by name.
 use kvpages::*;
 
 const H: usize = 4;
@@ -123,4 +124,60 @@ fn a_rank_out_of_range_is_an_invalid_argument_with_the_librarys_message() {
     let err = cfg.shard(0, -1).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert!(err.message.contains("dp_rank -1 is out of range [0, 2)"), "{err}");
+}
+
+#[test]
+fn a_cache_groups_shards_hold_their_slices_of_the_same_batch_written_with_one_call() {
+    let cfg = sharded_config();
+    let mut group = CacheGroup::new(&cfg).unwrap();
+    assert_eq!(group.num_shards().unwrap(), 4);
+    let rank1 = cfg.shard(0, 1).unwrap().page_begin as i32;
+    let requests = [
+        BatchRequest { num_computed: 0, num_scheduled: 20, page_ids: vec![1, 2] },
+        BatchRequest { num_computed: 0, num_scheduled: 5, page_ids: vec![rank1 + 1] },
+    ];
+    let batch = Batch::build(&cfg, &requests, &BatchOptions::default()).unwrap();
+    let t = 25;
+    let key: Vec<f32> = (0..t * H * D).map(|i| (i % 241) as f32 / 8.0 - 14.0).collect();
+    let value: Vec<f32> = key.iter().map(|x| 0.5 * x).collect();
+    let mut whole = Cache::new(&cfg).unwrap();
+    let (keys, values, shapes) = ([&key[..]; 4], [&value[..]; 4], [[t, H, D]; 4]);
+    for layer in 0..2 {
+        whole.concatenate(layer, &key, &value, [t, H, D], batch.metadata()).unwrap();
+        group.concatenate(layer, &keys, &values, &shapes, batch.metadata()).unwrap();
+    }
+    let wl = whole.layout().unwrap();
+    let want = layers(&whole);
+    for tp in 0..2 {
+        for dp in 0..2 {
+            let shard = group.shard(tp, dp).unwrap();
+            let info = shard.shard().unwrap();
+            assert_eq!(info, cfg.shard(tp, dp).unwrap());
+            for (layer, w) in want.iter().enumerate() {
+                assert_eq!(shard.read_layer(layer as u32).unwrap(), slice_of(w, &wl, &info));
+            }
+        } // the borrowed shard is dropped here and stays in the group
+    }
+    assert!(want[0].iter().any(|&b| b != 0));
+    let again = group.shard(1, 1).unwrap();
+    assert_eq!(again.read_layer(1).unwrap(), slice_of(&want[1], &wl, &again.shard().unwrap()));
+    drop(again);
+
+    // Shard 3's tensors with 3 heads (neither all 4 nor its own 2): refused, naming the shard,
+    // and no shard changes.
+    let bad_key = vec![1.0f32; t * 3 * D];
+    let mut bad_shapes = shapes;
+    bad_shapes[3] = [t, 3, D];
+    let (mut bad_keys, mut bad_values) = (keys, values);
+    bad_keys[3] = &bad_key;
+    bad_values[3] = &bad_key;
+    let err = group.concatenate(0, &bad_keys, &bad_values, &bad_shapes, batch.metadata()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message.contains("shard 3 (tp 1, dp 1)"), "{err}");
+    let first = group.shard(0, 0).unwrap();
+    assert_eq!(first.read_layer(0).unwrap(), slice_of(&want[0], &wl, &first.shard().unwrap()));
+    drop(first);
+    let err = group.shard(2, 0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    drop(group); // destroys every shard once
 }
