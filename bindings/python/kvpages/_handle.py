@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, ClassVar, Optional
 
-from .errors import InvalidHandle, KvpagesError, check
+from .errors import InvalidHandle, KvpagesError, check, defer_destroy
 
 
 class Handle:
@@ -50,8 +50,12 @@ class Handle:
             pass  # still in use (e.g. by the traceback's frames): released by garbage collection
 
     def __del__(self) -> None:
+        # Garbage: nothing refers to this object any more (no pin, export or shard of it is
+        # alive). The destroy is queued, not called: see errors.defer_destroy.
         try:
-            if self.__dict__.get("_ptr") is not None:
-                self.close()
+            ptr = self.__dict__.get("_ptr")
+            if ptr is not None and self._owner is None:
+                self._ptr = None
+                defer_destroy(type(self)._destroy, ptr)
         except Exception:  # never raise from a finalizer
             pass

@@ -5,7 +5,8 @@ arguments, ``MemoryError`` for exhausted memory, ``OSError`` for file and stream
 from __future__ import annotations
 
 import ctypes
-from typing import Dict, Optional, Type
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Optional, Tuple, Type
 
 from ._ffi import lib
 
@@ -153,11 +154,38 @@ def last_error_message() -> str:
     return buf.value.decode("utf-8", "replace")
 
 
+#: Destroys queued by finalizers (Handle.__del__), run by the next check(). A finalizer runs
+#: whenever the garbage collector does, also between a failed call and check() reading its
+#: message; a destroy called there would clear that message (every kvpages call that succeeds
+#: empties this thread's message), so finalizers only queue theirs.
+_deferred: Deque[Tuple[Callable[[Any], int], int]] = deque()
+
+
+def defer_destroy(destroy: Callable[[Any], int], ptr: int) -> None:
+    """Queues destroy(ptr) for the next check() (safe to call from a finalizer)."""
+    _deferred.append((destroy, ptr))
+
+
+def run_deferred() -> None:
+    """Runs the queued destroys (their statuses have no one to go to and are dropped)."""
+    while _deferred:
+        try:
+            destroy, ptr = _deferred.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        destroy(ptr)
+
+
 def check(status: int, function: Optional[str] = None) -> None:
     """Raises the exception of a non-OK status with this thread's message (ctypes calls run on the
-    calling OS thread, so the message read right away is the failing call's)."""
+    calling OS thread, so the message read right away is the failing call's; finalizers never
+    call kvpages, see defer_destroy), after running the destroys finalizers queued."""
     if status != 0:
-        raise error_for(status, last_error_message(), function)
+        error = error_for(status, last_error_message(), function)
+        run_deferred()
+        raise error
+    if _deferred:
+        run_deferred()
 
 
 def invalid(message: str, function: Optional[str] = None) -> InvalidArgument:

@@ -109,6 +109,23 @@ def test_handles_are_released_exactly_once():
     assert kvpages.lib.kvp_cache_destroy(raw) == 2
 
 
+def test_a_finalizer_between_a_failed_call_and_its_check_keeps_the_message():
+    # Garbage collected between a failing C call and check() reading the thread's message: the
+    # finalizer only queues its destroy (a destroy called there would empty the message); the
+    # next check() runs it.
+    from kvpages.errors import _deferred, check
+    cache = kvpages.Cache(make_config())
+    raw = cache.ptr
+    status = kvpages.lib.kvp_config_validate(None)
+    del cache  # the finalizer runs here
+    assert len(_deferred) == 1
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        check(status, "kvp_config_validate")
+    assert "'cfg' must not be NULL" in e.value.message
+    assert len(_deferred) == 0
+    assert kvpages.lib.kvp_cache_destroy(raw) == 2  # it was destroyed, once
+
+
 def test_numpy_view_keeps_the_cache_alive_and_close_refuses():
     cfg = make_config()
     cache = kvpages.Cache(cfg)

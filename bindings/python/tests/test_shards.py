@@ -78,8 +78,8 @@ def test_shards_hold_their_slices_and_their_blobs_reshard_into_a_whole_cache(tmp
         target.load_shards(blobs[:2])
     assert "kvp_deserialize_shards_into" in e.value.message
     assert not any(layer.any() for layer in layers(target))
-    for handle in [whole, copy, target, md] + shards:  # not left to the garbage collector: a finalizer's
-        handle.close()                                 # call would clear a later test's error message
+    for handle in [whole, copy, target, md] + shards:
+        handle.close()
 
 
 def test_a_rank_out_of_range_raises_invalid_argument_with_the_librarys_message():
