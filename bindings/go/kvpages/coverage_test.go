@@ -13,6 +13,9 @@ var leftOut = map[string]string{
 	"kvp_get_api": "the dlopen function table is for plugin hosts; cgo links every function directly",
 	"kvp_set_host_allocator": "a Go allocator would be called from the library's worker threads for every allocation " +
 		"and could not hand Go memory to C to keep; Go programs use the built-in allocator",
+	"kvp_store_create": "a plug-in store's callbacks would call back into Go from under the store's lock on any " +
+		"thread (cgo exports plus a handle registry for the Go backend); the Go binding offers the memory and " +
+		"directory stores, and an engine's own backend plugs in through the C API",
 	"kvp_last_error_message": "the binding reads messages with kvp_last_error_copy (into Go memory, on the failing " +
 		"thread); every *Error carries the message",
 }

@@ -59,8 +59,9 @@ type PoolShardStats struct {
 // once the cache is closed, pool calls that need it return ErrInvalidHandle.
 // A pool is not synchronised: calls that modify it must not run concurrently.
 type Pool struct {
-	p     *C.kvp_pool
-	cache *Cache
+	p      *C.kvp_pool
+	cache  *Cache
+	stores []*Store // its storage tiers (AddStore), kept reachable as long as the pool
 }
 
 // NewPool calls kvp_pool_create over the pages of cache.

@@ -23,3 +23,8 @@ func (p *Pool) ptr() *C.kvp_pool {
 	runtime.GC()
 	return p.p
 }
+
+func (s *Store) ptr() *C.kvp_store {
+	runtime.GC()
+	return s.p
+}

@@ -15,11 +15,11 @@ Quick tour::
         cache.save("used.kvp", pages=[1, 2, 3])
     copy = kvpages.Cache.load("used.kvp")
 
-Handles (:class:`Cache`, :class:`CacheGroup`, :class:`Metadata`, :class:`Pool`) are released
-exactly once (close(), ``with``, or garbage collection); a group's shard is a :class:`Cache`
-borrowed from the group, destroyed with it. Failures raise a :class:`KvpagesError` subclass
-that is also the matching built-in (``ValueError``, ``MemoryError``, ``OSError``, ...). Dtypes,
-layouts, devices and views are enums that also accept strings ("bf16", "v3", "cuda:0", "keys").
+Handles (:class:`Cache`, :class:`CacheGroup`, :class:`Metadata`, :class:`Pool`, :class:`Store`) are
+released exactly once (close(), ``with``, or garbage collection); a group's shard is a
+:class:`Cache` borrowed from the group, destroyed with it. Failures raise a :class:`KvpagesError`
+subclass that is also the matching built-in (``ValueError``, ``MemoryError``, ``OSError``, ...).
+Dtypes, layouts, devices and views are enums that also accept strings ("bf16", "v3", "cuda:0", "keys").
 """
 from __future__ import annotations
 
@@ -65,8 +65,10 @@ from .config import (DEFAULT_SAFETY_MARGIN, FALLBACK_BUDGET, Config, HeadShardin
 from .dlpack import DLPackTensor, live_exports, release_unconsumed  # noqa: E402
 from .group import CacheGroup  # noqa: E402
 from .metadata import BatchRequest, Metadata  # noqa: E402
-from .pool import PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolShardStats, PoolStats, SeqId  # noqa: E402
+from .pool import (PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolShardStats, PoolStats,  # noqa: E402
+                   PoolTierStats, SeqId)
 from .serialize import SerializedInfo, inspect  # noqa: E402
+from .store import STORE_FLAG_NO_SYNC, ScrubReport, Store, StoreStats  # noqa: E402
 
 
 def device_count() -> int:
@@ -117,7 +119,8 @@ __all__ = [
     "FormatCorrupt", "FormatMismatch", "InternalError",
     "Dtype", "Layout", "Device", "View", "BudgetMode", "MetadataField",
     "Config", "LayoutInfo", "Plan", "ShardInfo", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
-    "FALLBACK_BUDGET", "Cache", "CacheGroup", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats", "SeqId", "DLPackTensor",
+    "FALLBACK_BUDGET", "Cache", "CacheGroup", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats",
+    "PoolTierStats", "SeqId", "Store", "StoreStats", "ScrubReport", "STORE_FLAG_NO_SYNC", "DLPackTensor",
     "SerializedInfo", "inspect", "convert", "has_ml_dtypes", "live_exports", "release_unconsumed",
     "cdiv", "align_to_multiple", "previous_power_of_2", "page_size_bytes", "num_slices_per_kv_cache_update_page",
     "version", "version_number", "build_info", "check_abi", "device_count", "set_misuse_handler",

@@ -157,6 +157,44 @@ class kvp_blob_ref(ctypes.Structure):  # since 1.4
     _fields_ = [("data", _vp), ("size", _size), ("path", _cp)]
 
 
+class kvp_store_key(ctypes.Structure):  # since 1.4
+    _fields_ = [("bytes", _u8 * 16)]
+
+
+StorePutFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key), _vp, _size)
+StoreGetFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key), _vp, _size, _P(_size))
+StoreExistsFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key), _size, _P(_u8))
+StoreRemoveFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key))
+StoreDestroyFn = ctypes.CFUNCTYPE(None, _vp)
+
+
+class kvp_store_vtable(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("user_data", _vp), ("put", StorePutFn),
+                ("get", StoreGetFn), ("exists", StoreExistsFn), ("remove", StoreRemoveFn),
+                ("destroy", StoreDestroyFn)]
+
+
+class kvp_store_options(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("flags", _u32), ("_reserved", _u32),
+                ("allocator", _vp)]
+
+
+class kvp_store_stats(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("_reserved", _u32), ("blocks", _i64), ("bytes", _i64), ("max_bytes", _i64),
+                ("puts", _i64), ("hits", _i64), ("misses", _i64), ("errors", _i64), ("evictions", _i64)]
+
+
+class kvp_store_scrub_report(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("_reserved", _u32), ("blocks_checked", _i64), ("blocks_damaged", _i64),
+                ("bytes_freed", _i64)]
+
+
+class kvp_pool_tier_stats(ctypes.Structure):  # since 1.4
+    _fields_ = [("struct_size", _u32), ("num_tiers", _u32), ("lookups", _i64), ("hits", _i64), ("misses", _i64),
+                ("rejected", _i64), ("errors", _i64), ("restored_tokens", _i64), ("bytes_read", _i64),
+                ("blocks_written", _i64), ("bytes_written", _i64)]
+
+
 class kvp_attention_options(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("softmax_scale", _f32),
                 ("logits_soft_cap", _f32), ("sliding_window", _i32), ("k_scale", _f32),
@@ -187,7 +225,8 @@ DLManagedTensor._fields_ = [("dl_tensor", DLTensor), ("manager_ctx", _vp), ("del
 STRUCTS = [kvp_config, kvp_memory_stats, kvp_config_options, kvp_layout_info, kvp_plan, kvp_cache_options,
            kvp_tensor, kvp_metadata_desc, kvp_batch_request, kvp_batch_options, kvp_seq_id, kvp_pool_options,
            kvp_pool_stats, kvp_pool_shard_stats, kvp_serialize_options, kvp_deserialize_options, kvp_shard_info,
-           kvp_serialized_info, kvp_blob_ref, kvp_attention_options]
+           kvp_serialized_info, kvp_blob_ref, kvp_attention_options, kvp_store_key, kvp_store_vtable,
+           kvp_store_options, kvp_store_stats, kvp_store_scrub_report, kvp_pool_tier_stats]
 
 WriteFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _vp)
 ReadFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _P(_size), _vp)
@@ -347,13 +386,29 @@ _SIGNATURES = {
     "kvp_cache_group_get_num_shards": (_ST, _vp, _P(_u32)),
     "kvp_cache_group_get_shard": (_ST, _vp, _i32, _i32, _P(_vp)),
     "kvp_cache_group_concatenate": (_ST, _vp, _u32, _vp, _vp, _u32, _vp, _vp),
+    "kvp_pool_add_store": (_ST, _vp, _vp),
+    "kvp_pool_get_tier_stats": (_ST, _vp, _u32, _P(kvp_pool_tier_stats)),
+    "kvp_store_options_init": (_ST, _P(kvp_store_options), _u32),
+    "kvp_store_create": (_ST, _P(kvp_store_vtable), _P(_vp)),
+    "kvp_store_create_memory": (_ST, _u64, _P(kvp_store_options), _P(_vp)),
+    "kvp_store_create_directory": (_ST, _cp, _u64, _P(kvp_store_options), _P(_vp)),
+    "kvp_store_destroy": (_ST, _vp),
+    "kvp_store_put": (_ST, _vp, _P(kvp_store_key), _vp, _size),
+    "kvp_store_get": (_ST, _vp, _P(kvp_store_key), _vp, _size, _P(_size)),
+    "kvp_store_exists": (_ST, _vp, _P(kvp_store_key), _size, _P(_u8)),
+    "kvp_store_remove": (_ST, _vp, _P(kvp_store_key)),
+    "kvp_store_get_stats": (_ST, _vp, _P(kvp_store_stats)),
+    "kvp_store_scrub": (_ST, _vp, _P(kvp_store_scrub_report)),
 }
+#: The storage-tier functions (store.h and two of pool.h, since 1.4).
+_STORE_FUNCTIONS = {name for name in _SIGNATURES if name.startswith("kvp_store_")} | {
+    "kvp_pool_add_store", "kvp_pool_get_tier_stats"}
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with
 #: VersionMismatch rather than a missing symbol.
 LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",
          "kvp_cache_create_shard", "kvp_cache_get_shard", "kvp_deserialize_shards_into", "kvp_pool_get_sequence_shard",
          "kvp_pool_get_shard_stats", "kvp_cache_group_create", "kvp_cache_group_destroy",
-         "kvp_cache_group_get_num_shards", "kvp_cache_group_get_shard", "kvp_cache_group_concatenate"}
+         "kvp_cache_group_get_num_shards", "kvp_cache_group_get_shard", "kvp_cache_group_concatenate"} | _STORE_FUNCTIONS
 
 
 def bind(names: Optional[set] = None) -> None:

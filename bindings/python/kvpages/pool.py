@@ -9,7 +9,7 @@ from typing import Any, List, Sequence, Tuple
 import numpy as np
 
 from ._ffi import (_P, _i32, _u32, _vp, kvp_batch_request, kvp_pool_options, kvp_pool_shard_stats, kvp_pool_stats,
-                   kvp_seq_id, lib)
+                   kvp_pool_tier_stats, kvp_seq_id, lib, sized)
 from ._handle import Handle
 from .errors import check, invalid
 from .metadata import BatchRequest
@@ -24,6 +24,10 @@ PoolStats = collections.namedtuple("PoolStats", [f for f, _ in kvp_pool_stats._f
 #: range ``[first_page, end_page)`` and ``free_pages + evictable_pages + used_pages == total_pages``.
 PoolShardStats = collections.namedtuple("PoolShardStats",
                                         [f for f, _ in kvp_pool_shard_stats._fields_ if f != "struct_size"])
+#: Counters of one storage tier of a pool (kvp_pool_get_tier_stats, since 1.4): pages looked up
+#: and restored (``restored_tokens``), blocks rejected by the checks, evicted pages written.
+PoolTierStats = collections.namedtuple("PoolTierStats",
+                                       [f for f, _ in kvp_pool_tier_stats._fields_ if f != "struct_size"])
 
 
 class SeqId:
@@ -84,6 +88,7 @@ class Pool(Handle):
         check(lib.kvp_pool_create(cache.ptr, ctypes.byref(o), ctypes.byref(out)), "kvp_pool_create")
         super().__init__(out.value)
         self.cache = cache
+        self.stores = []  # the storage tiers, in order (kept open while the pool is)
         cache._pools.add(self)
         self._max_pages = self.stats().max_pages_per_sequence
 
@@ -191,6 +196,21 @@ class Pool(Handle):
         st.struct_size = ctypes.sizeof(st)
         check(lib.kvp_pool_get_shard_stats(self.ptr, shard, ctypes.byref(st)), "kvp_pool_get_shard_stats")
         return PoolShardStats(*(getattr(st, f) for f in PoolShardStats._fields))
+
+    def add_store(self, store):
+        """Adds a :class:`Store` as the pool's next storage tier (at most 4): tier 0 receives the
+        prefix pages the pool evicts, and :meth:`add_sequence` restores a prompt's next pages from
+        the tiers in order. The store stays open while the pool is."""
+        check(lib.kvp_pool_add_store(self.ptr, store.ptr), "kvp_pool_add_store")
+        store._pools.add(self)
+        self.stores.append(store)
+
+    def tier_stats(self, tier):
+        """The counters of storage tier ``tier`` (in the order the stores were added) as a
+        :class:`PoolTierStats`."""
+        st = sized(kvp_pool_tier_stats)
+        check(lib.kvp_pool_get_tier_stats(self.ptr, tier, ctypes.byref(st)), "kvp_pool_get_tier_stats")
+        return PoolTierStats(*(getattr(st, f) for f in PoolTierStats._fields))
 
     def check_invariants(self):
         """Raises KvpError (KVP_ERR_INTERNAL, naming the violation) if the bookkeeping is inconsistent."""

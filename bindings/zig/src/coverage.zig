@@ -112,10 +112,24 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_cache_export_dlpack", .zig = "Cache.exportDlpack" },
     .{ .c_name = "kvp_attention_options_init", .zig = "AttentionOptions.record" },
     .{ .c_name = "kvp_attention", .zig = "Cache.attention" },
+    .{ .c_name = "kvp_pool_add_store", .zig = "Pool.addStore" },
+    .{ .c_name = "kvp_pool_get_tier_stats", .zig = "Pool.tierStats" },
+    .{ .c_name = "kvp_store_options_init", .zig = "Store.directory" },
+    .{ .c_name = "kvp_store_create_memory", .zig = "Store.memory" },
+    .{ .c_name = "kvp_store_create_directory", .zig = "Store.directory" },
+    .{ .c_name = "kvp_store_destroy", .zig = "Store.deinit" },
+    .{ .c_name = "kvp_store_put", .zig = "Store.put" },
+    .{ .c_name = "kvp_store_get", .zig = "Store.get" },
+    .{ .c_name = "kvp_store_exists", .zig = "Store.exists" },
+    .{ .c_name = "kvp_store_remove", .zig = "Store.remove" },
+    .{ .c_name = "kvp_store_get_stats", .zig = "Store.stats" },
+    .{ .c_name = "kvp_store_scrub", .zig = "Store.scrub" },
 };
 
 /// C functions with no Zig counterpart on purpose.
 const left_out = [_]struct { c_name: []const u8, reason: []const u8 }{
+    .{ .c_name = "kvp_store_create", .reason = "a plug-in store is a table of C callbacks: a Zig program that has its own " ++
+        "backend fills a c.kvp_store_vtable with callconv(.c) functions and calls c.kvp_store_create directly" },
     .{ .c_name = "kvp_get_api", .reason = "the dlopen function table for plugin hosts; this binding links the library directly (pkg-config), so every entry is called by name" },
 };
 

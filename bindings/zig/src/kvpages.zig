@@ -1802,6 +1802,22 @@ pub const PoolShardStats = extern struct {
     num_sequences: i64,
 };
 
+/// Counters of one storage tier of a pool (`kvp_pool_tier_stats`, since 1.4): pages looked up
+/// and restored (`restored_tokens`), blocks rejected by the checks, evicted pages written (tier 0).
+pub const PoolTierStats = extern struct {
+    struct_size: u32,
+    num_tiers: u32,
+    lookups: i64,
+    hits: i64,
+    misses: i64,
+    rejected: i64,
+    errors: i64,
+    restored_tokens: i64,
+    bytes_read: i64,
+    blocks_written: i64,
+    bytes_written: i64,
+};
+
 /// Flag bits of `PageState.flags`.
 pub const page_flag_null: u32 = c.KVP_PAGE_FLAG_NULL;
 pub const page_flag_free: u32 = c.KVP_PAGE_FLAG_FREE;
@@ -1967,6 +1983,21 @@ pub const Pool = struct {
         return s;
     }
 
+    /// Adds `store` as the pool's next storage tier (at most `c.KVP_POOL_MAX_TIERS`): tier 0
+    /// receives the prefix pages the pool evicts, `addSequence` restores a prompt's next pages
+    /// from the tiers in order. The store is borrowed: it must outlive the pool.
+    pub fn addStore(self: *Pool, store: *const Store) Error!void {
+        try check(c.kvp_pool_add_store(self.handle, store.handle));
+    }
+
+    /// The counters of tier `tier` (in the order the stores were added).
+    pub fn tierStats(self: *const Pool, tier: u32) Error!PoolTierStats {
+        var s = std.mem.zeroes(PoolTierStats);
+        s.struct_size = @sizeOf(PoolTierStats);
+        try check(c.kvp_pool_get_tier_stats(self.handle, tier, @ptrCast(&s)));
+        return s;
+    }
+
     /// error.Internal (with the violated invariant in `lastErrorMessage()`) if the bookkeeping
     /// is inconsistent.
     pub fn checkInvariants(self: *const Pool) Error!void {
@@ -1976,6 +2007,127 @@ pub const Pool = struct {
     /// Empties the prefix index (after a model or weight change).
     pub fn clearPrefixCache(self: *Pool) Error!void {
         try check(c.kvp_pool_clear_prefix_cache(self.handle));
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Block stores (kvpages/store.h, since 1.4)
+
+/// Owns a `kvp_store`: blocks of bytes under 16-byte keys, bounded in bytes; where a `Pool` keeps
+/// the prefix pages it evicts (`Pool.addStore`). Internally synchronised: threads and pools may
+/// share one. `deinit` it after the pools that use it.
+pub const Store = struct {
+    handle: *c.kvp_store,
+
+    /// The key of a block (`kvp_store_key`).
+    pub const Key = [16]u8;
+
+    pub const Options = struct {
+        /// A directory store does not fsync its files (`KVP_STORE_FLAG_NO_SYNC`): faster; after a
+        /// power loss a block may be missing or damaged, which every read and `scrub` detect.
+        no_sync: bool = false,
+    };
+
+    /// Content and counters (`kvp_store_stats`); `blocks`, `bytes`, `max_bytes` are -1 for a
+    /// plug-in store.
+    pub const Stats = extern struct {
+        struct_size: u32,
+        _reserved: u32,
+        blocks: i64,
+        bytes: i64,
+        max_bytes: i64,
+        puts: i64,
+        hits: i64,
+        misses: i64,
+        errors: i64,
+        evictions: i64,
+    };
+
+    /// What `scrub` found (`kvp_store_scrub_report`).
+    pub const ScrubReport = extern struct {
+        struct_size: u32,
+        _reserved: u32,
+        blocks_checked: i64,
+        blocks_damaged: i64,
+        bytes_freed: i64,
+    };
+
+    /// A store in host memory holding at most `max_bytes` of blocks; over the bound the least
+    /// recently used blocks are dropped (`kvp_store_create_memory`).
+    pub fn memory(max_bytes: u64) Error!Store {
+        var out: ?*c.kvp_store = null;
+        try check(c.kvp_store_create_memory(max_bytes, null, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// Opens (creating it if missing) a store in a directory, one file per block, at most
+    /// `max_bytes` of files; it survives restarts (`kvp_store_create_directory`).
+    pub fn directory(path: []const u8, max_bytes: u64, o: Options) Error!Store {
+        var opts: c.kvp_store_options = undefined;
+        try check(c.kvp_store_options_init(&opts, @sizeOf(c.kvp_store_options)));
+        if (o.no_sync) opts.flags |= c.KVP_STORE_FLAG_NO_SYNC;
+        var p: CPath = .{};
+        var out: ?*c.kvp_store = null;
+        try check(c.kvp_store_create_directory(try p.of(path), max_bytes, &opts, &out));
+        return .{ .handle = out.? };
+    }
+
+    pub fn deinit(self: *Store) void {
+        _ = c.kvp_store_destroy(self.handle);
+        self.* = undefined;
+    }
+
+    /// Stores `data` under `key`, replacing the block there.
+    pub fn put(self: *const Store, key: *const Key, data: []const u8) Error!void {
+        try check(c.kvp_store_put(self.handle, @ptrCast(key), data.ptr, data.len));
+    }
+
+    /// The block of `key`, allocated with `allocator` (the caller frees it). error.NotFound for a
+    /// missing key; a damaged file of a directory store is an error.Format* (it has been deleted).
+    pub fn get(self: *const Store, allocator: Allocator, key: *const Key) (Error || Allocator.Error)![]u8 {
+        var block: []u8 = &.{};
+        while (true) { // size, then fill; again if a larger block replaced it in between
+            var size: usize = 0;
+            check(c.kvp_store_get(self.handle, @ptrCast(key), block.ptr, block.len, &size)) catch |err| switch (err) {
+                error.BufferTooSmall => {
+                    allocator.free(block);
+                    block = try allocator.alloc(u8, size);
+                    continue;
+                },
+                else => {
+                    allocator.free(block);
+                    return err;
+                },
+            };
+            return if (size == block.len) block else allocator.realloc(block, size);
+        }
+    }
+
+    /// Sets `found[i]` to whether `keys[i]` has a block (one batched query; not a use for the
+    /// LRU). error.InvalidArgument when the lengths differ.
+    pub fn exists(self: *const Store, keys: []const Key, found: []bool) Error!void {
+        if (keys.len != found.len) return error.InvalidArgument;
+        try check(c.kvp_store_exists(self.handle, @ptrCast(keys.ptr), keys.len, @ptrCast(found.ptr)));
+    }
+
+    /// Removes the block of `key` (error.NotFound if there is none).
+    pub fn remove(self: *const Store, key: *const Key) Error!void {
+        try check(c.kvp_store_remove(self.handle, @ptrCast(key)));
+    }
+
+    pub fn stats(self: *const Store) Error!Stats {
+        var s = std.mem.zeroes(Stats);
+        s.struct_size = @sizeOf(Stats);
+        try check(c.kvp_store_get_stats(self.handle, @ptrCast(&s)));
+        return s;
+    }
+
+    /// Reads and verifies every block, deleting damaged ones (error.Unsupported for a plug-in store).
+    pub fn scrub(self: *const Store) Error!ScrubReport {
+        var r = std.mem.zeroes(ScrubReport);
+        r.struct_size = @sizeOf(ScrubReport);
+        try check(c.kvp_store_scrub(self.handle, @ptrCast(&r)));
+        return r;
     }
 };
 
@@ -2007,6 +2159,11 @@ comptime {
     assertSameLayout(AttentionOptionsRecord, c.kvp_attention_options);
     assertSameLayout(PoolStats, c.kvp_pool_stats);
     assertSameLayout(PoolShardStats, c.kvp_pool_shard_stats);
+    assertSameLayout(PoolTierStats, c.kvp_pool_tier_stats);
+    assertSameLayout(Store.Stats, c.kvp_store_stats);
+    assertSameLayout(Store.ScrubReport, c.kvp_store_scrub_report);
+    if (@sizeOf(Store.Key) != @sizeOf(c.kvp_store_key) or @alignOf(c.kvp_store_key) != 1)
+        @compileError("layout of Store.Key differs from kvp_store_key");
     if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
         @offsetOf(c.kvp_seq_id, "id") != 0 or @FieldType(c.kvp_seq_id, "id") != u32)
         @compileError("layout of SeqId differs from kvp_seq_id");
@@ -2023,6 +2180,7 @@ test {
     _ = @import("coverage.zig");
     _ = @import("api_test.zig");
     _ = @import("shard_test.zig");
+    _ = @import("store_test.zig");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2412,6 +2570,55 @@ test "pool options: sequence limit and no prefix cache" {
     try std.testing.expectEqual(st, try pool.stats());
     try std.testing.expectEqual(SequenceLength{ .length = 0, .computed = 0 }, try pool.length(e.seq));
     try pool.checkInvariants();
+}
+
+// The pool's storage tiers: A's two cached pages are evicted into a memory store when the pool
+// fills up, and the same prompt again gets them back from the tier with the bytes computed first.
+test "pool: a memory tier restores evicted prefix pages" {
+    const cfg = try poolConfig();
+    var store = try Store.memory(1 << 24);
+    defer store.deinit();
+    var cache = try Cache.init(&cfg);
+    defer cache.deinit();
+    var pool = try Pool.init(&cache, .{});
+    defer pool.deinit();
+    try pool.addStore(&store);
+    var prompt_a: [40]i32 = undefined; // 2 full pages and a partial one
+    for (&prompt_a, 0..) |*x, i| x.* = @intCast(1000 + i);
+    var prompt_b: [64]i32 = undefined;
+    for (&prompt_b, 0..) |*x, i| x.* = @intCast(5000 + i);
+    var prompt_c: [48]i32 = undefined;
+    for (&prompt_c, 0..) |*x, i| x.* = @intCast(7000 + i);
+    const a = try pool.addSequence(&prompt_a, 0, false);
+    try prefill(&pool, &cache, &cfg, a.seq, 1);
+    try pool.freeSequence(a.seq); // its 2 full pages stay cached (evictable)
+    const b = try pool.addSequence(&prompt_b, 0, false); // 4 pages
+    try prefill(&pool, &cache, &cfg, b.seq, 2);
+    const c3 = try pool.addSequence(&prompt_c, 0, false); // 3 pages: 1 free, A's 2 evicted
+    try prefill(&pool, &cache, &cfg, c3.seq, 3);
+    var st = try pool.tierStats(0);
+    try std.testing.expectEqual(@as(u32, 1), st.num_tiers);
+    try std.testing.expectEqual(@as(i64, 2), st.blocks_written);
+    try std.testing.expectEqual(@as(i64, 0), st.errors);
+    try std.testing.expectEqual(@as(i64, 2), (try store.stats()).blocks);
+    try pool.freeSequence(c3.seq);
+
+    const again = try pool.addSequence(&prompt_a, 0, false); // from the tier
+    try std.testing.expectEqual(@as(usize, 32), again.reused_tokens);
+    st = try pool.tierStats(0);
+    try std.testing.expectEqual(@as(i64, 2), st.hits);
+    try std.testing.expectEqual(@as(i64, 32), st.restored_tokens);
+    try std.testing.expectEqual(@as(i64, 0), st.rejected);
+    try std.testing.expectEqual(st.lookups, st.hits + st.misses);
+    try std.testing.expect(st.bytes_read > 0);
+    var pages: [4]i32 = undefined;
+    try expectTokens(&cache, try pool.pageTable(again.seq, &pages), 0, 32, 1);
+    try pool.checkInvariants();
+
+    try std.testing.expectError(error.InvalidArgument, pool.tierStats(1));
+    try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "tier") != null);
+    try std.testing.expectError(error.InvalidArgument, pool.addStore(&store)); // already a tier
+    try std.testing.expectEqual(@as(u32, 1), (try pool.tierStats(0)).num_tiers);
 }
 
 // Attention: the worked example E1 of ATTENTION.md §13 (v3, GQA 2:1 with Hkv 1 and Hq 2, D 4, page

@@ -131,6 +131,11 @@ constants! {
     KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
     KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
+    KVP_POOL_MAX_TIERS: u32 = 4;
+    // store.h
+    KVP_STORE_VTABLE_VERSION: u32 = 1;
+    KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
+    KVP_STORE_OPTIONS_VERSION: u32 = 1;
     // serialize.h
     KVP_FORMAT_MAJOR: u32 = 1;
     KVP_FORMAT_MINOR: u32 = 1;
@@ -449,6 +454,102 @@ pub struct kvp_pool_shard_stats {
     pub evictable_pages: i64,
     pub used_pages: i64,
     pub num_sequences: i64,
+}
+
+/// `kvp_pool_tier_stats` (pool.h, since 1.4): an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_pool_tier_stats {
+    pub struct_size: u32,
+    pub num_tiers: u32,
+    pub lookups: i64,
+    pub hits: i64,
+    pub misses: i64,
+    pub rejected: i64,
+    pub errors: i64,
+    pub restored_tokens: i64,
+    pub bytes_read: i64,
+    pub blocks_written: i64,
+    pub bytes_written: i64,
+}
+
+/// Opaque block store handle (`kvp_store`, store.h, since 1.4).
+#[repr(C)]
+pub struct kvp_store {
+    _private: [u8; 0],
+}
+
+/// `kvp_store_key` (store.h, since 1.4): the 16-byte key of a block.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct kvp_store_key {
+    pub bytes: [u8; 16],
+}
+
+/// `kvp_store_vtable` (store.h, since 1.4): the callbacks of a plug-in store. They must not unwind.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvp_store_vtable {
+    pub struct_size: u32,
+    pub abi_version: u32,
+    pub user_data: *mut c_void,
+    pub put: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, key: *const kvp_store_key, data: *const c_void, size: usize)
+            -> kvp_status,
+    >,
+    pub get: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            key: *const kvp_store_key,
+            dst: *mut c_void,
+            capacity: usize,
+            size_out: *mut usize,
+        ) -> kvp_status,
+    >,
+    pub exists: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, keys: *const kvp_store_key, count: usize, found_out: *mut u8)
+            -> kvp_status,
+    >,
+    pub remove: Option<unsafe extern "C" fn(user_data: *mut c_void, key: *const kvp_store_key) -> kvp_status>,
+    pub destroy: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+}
+
+/// `kvp_store_options` (store.h, since 1.4); zero means default for every field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvp_store_options {
+    pub struct_size: u32,
+    pub abi_version: u32,
+    pub flags: u32,
+    pub _reserved: u32,
+    pub allocator: *const kvp_host_allocator,
+}
+
+/// `kvp_store_stats` (store.h, since 1.4): an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_store_stats {
+    pub struct_size: u32,
+    pub _reserved: u32,
+    pub blocks: i64,
+    pub bytes: i64,
+    pub max_bytes: i64,
+    pub puts: i64,
+    pub hits: i64,
+    pub misses: i64,
+    pub errors: i64,
+    pub evictions: i64,
+}
+
+/// `kvp_store_scrub_report` (store.h, since 1.4): an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_store_scrub_report {
+    pub struct_size: u32,
+    pub _reserved: u32,
+    pub blocks_checked: i64,
+    pub blocks_damaged: i64,
+    pub bytes_freed: i64,
 }
 
 /// `kvp_serialize_options` (serialize.h).
@@ -1042,6 +1143,46 @@ pub struct kvp_api_v1 {
             streams: *const kvp_stream,
         ) -> kvp_status,
     >,
+    pub pool_add_store: Option<unsafe extern "C" fn(pool: *mut kvp_pool, store: *mut kvp_store) -> kvp_status>,
+    pub pool_get_tier_stats: Option<
+        unsafe extern "C" fn(pool: *const kvp_pool, tier: u32, out: *mut kvp_pool_tier_stats) -> kvp_status,
+    >,
+    pub store_options_init: Option<unsafe extern "C" fn(opts: *mut kvp_store_options, struct_size: u32) -> kvp_status>,
+    pub store_create:
+        Option<unsafe extern "C" fn(vtable: *const kvp_store_vtable, out: *mut *mut kvp_store) -> kvp_status>,
+    pub store_create_memory: Option<
+        unsafe extern "C" fn(max_bytes: u64, opts: *const kvp_store_options, out: *mut *mut kvp_store) -> kvp_status,
+    >,
+    pub store_create_directory: Option<
+        unsafe extern "C" fn(
+            path: *const c_char,
+            max_bytes: u64,
+            opts: *const kvp_store_options,
+            out: *mut *mut kvp_store,
+        ) -> kvp_status,
+    >,
+    pub store_destroy: Option<unsafe extern "C" fn(store: *mut kvp_store) -> kvp_status>,
+    pub store_put: Option<
+        unsafe extern "C" fn(store: *mut kvp_store, key: *const kvp_store_key, data: *const c_void, size: usize)
+            -> kvp_status,
+    >,
+    pub store_get: Option<
+        unsafe extern "C" fn(
+            store: *mut kvp_store,
+            key: *const kvp_store_key,
+            dst: *mut c_void,
+            capacity: usize,
+            size_out: *mut usize,
+        ) -> kvp_status,
+    >,
+    pub store_exists: Option<
+        unsafe extern "C" fn(store: *mut kvp_store, keys: *const kvp_store_key, count: usize, found_out: *mut u8)
+            -> kvp_status,
+    >,
+    pub store_remove: Option<unsafe extern "C" fn(store: *mut kvp_store, key: *const kvp_store_key) -> kvp_status>,
+    pub store_get_stats: Option<unsafe extern "C" fn(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status>,
+    pub store_scrub:
+        Option<unsafe extern "C" fn(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status>,
 }
 
 extern "C" {
@@ -1275,6 +1416,8 @@ extern "C" {
     pub fn kvp_pool_get_sequence_shard(pool: *const kvp_pool, seq: kvp_seq_id, shard_out: *mut u32) -> kvp_status;
     pub fn kvp_pool_get_shard_stats(pool: *const kvp_pool, shard: u32, out: *mut kvp_pool_shard_stats)
         -> kvp_status;
+    pub fn kvp_pool_add_store(pool: *mut kvp_pool, store: *mut kvp_store) -> kvp_status;
+    pub fn kvp_pool_get_tier_stats(pool: *const kvp_pool, tier: u32, out: *mut kvp_pool_tier_stats) -> kvp_status;
     pub fn kvp_cache_copy_pages(
         cache: *mut kvp_cache,
         src_pages: *const i32,
@@ -1411,6 +1554,33 @@ extern "C" {
         out: *const kvp_tensor,
         stream: kvp_stream,
     ) -> kvp_status;
+
+    // store.h
+    pub fn kvp_store_options_init(opts: *mut kvp_store_options, struct_size: u32) -> kvp_status;
+    pub fn kvp_store_create(vtable: *const kvp_store_vtable, out: *mut *mut kvp_store) -> kvp_status;
+    pub fn kvp_store_create_memory(max_bytes: u64, opts: *const kvp_store_options, out: *mut *mut kvp_store)
+        -> kvp_status;
+    pub fn kvp_store_create_directory(
+        path: *const c_char,
+        max_bytes: u64,
+        opts: *const kvp_store_options,
+        out: *mut *mut kvp_store,
+    ) -> kvp_status;
+    pub fn kvp_store_destroy(store: *mut kvp_store) -> kvp_status;
+    pub fn kvp_store_put(store: *mut kvp_store, key: *const kvp_store_key, data: *const c_void, size: usize)
+        -> kvp_status;
+    pub fn kvp_store_get(
+        store: *mut kvp_store,
+        key: *const kvp_store_key,
+        dst: *mut c_void,
+        capacity: usize,
+        size_out: *mut usize,
+    ) -> kvp_status;
+    pub fn kvp_store_exists(store: *mut kvp_store, keys: *const kvp_store_key, count: usize, found_out: *mut u8)
+        -> kvp_status;
+    pub fn kvp_store_remove(store: *mut kvp_store, key: *const kvp_store_key) -> kvp_status;
+    pub fn kvp_store_get_stats(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status;
+    pub fn kvp_store_scrub(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status;
 
     // plugin.h
     pub fn kvp_get_api(requested_version: u32) -> *const kvp_api_v1;

@@ -73,9 +73,18 @@ fn struct_layouts_match_c() {
         slot_end, head_begin, head_end, key_head_begin, key_head_end, value_head_begin, value_head_end, page_begin,
         page_end, global_pages });
     layout!(probe, rust, kvp_blob_ref { data, size, path });
+    layout!(probe, rust, kvp_pool_tier_stats { struct_size, num_tiers, lookups, hits, misses, rejected, errors,
+        restored_tokens, bytes_read, blocks_written, bytes_written });
+    layout!(probe, rust, kvp_store_key { bytes });
+    layout!(probe, rust, kvp_store_vtable { struct_size, abi_version, user_data, put, get, exists, remove, destroy });
+    layout!(probe, rust, kvp_store_options { struct_size, abi_version, flags, _reserved, allocator });
+    layout!(probe, rust, kvp_store_stats { struct_size, _reserved, blocks, bytes, max_bytes, puts, hits, misses, errors,
+        evictions });
+    layout!(probe, rust, kvp_store_scrub_report { struct_size, _reserved, blocks_checked, blocks_damaged,
+        bytes_freed });
     // The function table: its size and a field of each end (the field list is tests/headers.rs').
     layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert,
-        cache_group_concatenate });
+        pool_get_shard_stats, cache_group_concatenate, pool_add_store, store_scrub });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
@@ -88,6 +97,10 @@ fn struct_layouts_match_c() {
         ("KVP_PAGE_FLAG_NULL", KVP_PAGE_FLAG_NULL),
         ("KVP_PAGE_FLAG_FREE", KVP_PAGE_FLAG_FREE),
         ("KVP_PAGE_FLAG_INDEXED", KVP_PAGE_FLAG_INDEXED),
+        ("KVP_POOL_MAX_TIERS", KVP_POOL_MAX_TIERS),
+        ("KVP_STORE_VTABLE_VERSION", KVP_STORE_VTABLE_VERSION),
+        ("KVP_STORE_FLAG_NO_SYNC", KVP_STORE_FLAG_NO_SYNC),
+        ("KVP_STORE_OPTIONS_VERSION", KVP_STORE_OPTIONS_VERSION),
     ] {
         probe.push(format!("printf(\"%zu\\n\", (size_t){name});"));
         rust.push((name.to_string(), value as usize));

@@ -4,11 +4,11 @@
 //! [`Config::plan`]), caches on the CPU or a CUDA device ([`Cache`]), typed views
 //! ([`View`], [`ViewMut`]) with reads and writes of f32, f16, bf16 and fp8 elements, writing a
 //! batch ([`Batch`], [`Cache::concatenate_batch`]), shards and cache groups ([`CacheGroup`]),
-//! attention, the page pool ([`Pool`]), serialization to and from memory, files and `std::io`
-//! streams ([`Cache::serialize`], [`Cache::deserialize`], [`inspect`]), JSON, DLPack export,
-//! asynchronous errors and version checks. `tests/coverage.rs` fails when a public C function
-//! has no counterpart here and is not on its list of functions left out on purpose (with the
-//! reason).
+//! attention, the page pool ([`Pool`]) and its storage tiers ([`Store`]), serialization to and
+//! from memory, files and `std::io` streams ([`Cache::serialize`], [`Cache::deserialize`],
+//! [`inspect`]), JSON, DLPack export, asynchronous errors and version checks. `tests/coverage.rs`
+//! fails when a public C function has no counterpart here and is not on its list of functions
+//! left out on purpose (with the reason).
 //!
 //! * Handles ([`Cache`], [`CacheGroup`], [`Metadata`], [`Pool`]) own a `NonNull` pointer, are
 //!   released exactly once by `Drop`, are not `Clone`, and are `Send` (kvpages handles may move
@@ -60,6 +60,7 @@ mod group;
 mod metadata;
 mod pool;
 mod serialize;
+mod store;
 
 pub use attention::AttentionOptions;
 pub use cache::{device_count, Cache, Device, DlpackTensor, View, ViewKind, ViewMut};
@@ -72,8 +73,9 @@ pub use dtype::{
 };
 pub use group::{CacheGroup, GroupShard};
 pub use metadata::{Batch, BatchOptions, BatchRequest, HostArrays, Metadata, MetadataField};
-pub use pool::{Pool, PoolOptions, PoolShardStats, PoolStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
+pub use pool::{Pool, PoolOptions, PoolShardStats, PoolStats, PoolTierStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
 pub use serialize::{inspect, inspect_file, BlobRef, DeserializeOptions, SerializeOptions, SerializedInfo};
+pub use store::{ScrubReport, Store, StoreBackend, StoreKey, StoreOptions, StoreStats};
 
 /// The kind of a failure, from the status code (`KVP_ERR_*`). Codes this crate does not know
 /// map to `Other`.

@@ -2,7 +2,7 @@
 //! reused across requests by prefix hash.
 use std::ptr::{self, NonNull};
 
-use crate::{check, internal, sys, BatchRequest, Cache, ErrorKind, Result};
+use crate::{check, internal, sys, BatchRequest, Cache, ErrorKind, Result, Store};
 
 /// Page state flags of [`Pool::page_state`] (`KVP_PAGE_FLAG_*`).
 pub use sys::{KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
@@ -64,6 +64,22 @@ pub struct PoolShardStats {
     pub evictable_pages: i64,
     pub used_pages: i64,
     pub num_sequences: i64,
+}
+
+/// Counters of one storage tier of a pool (`kvp_pool_tier_stats`, since 1.4): pages looked up
+/// and restored (`restored_tokens`), blocks rejected by the checks, evicted pages written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolTierStats {
+    pub num_tiers: u32,
+    pub lookups: i64,
+    pub hits: i64,
+    pub misses: i64,
+    pub rejected: i64,
+    pub errors: i64,
+    pub restored_tokens: i64,
+    pub bytes_read: i64,
+    pub blocks_written: i64,
+    pub bytes_written: i64,
 }
 
 /// A page pool (`kvp_pool`): hands the pages of a [`Cache`] to sequences, shares them by
@@ -285,6 +301,35 @@ impl<'a> Pool<'a> {
             evictable_pages: s.evictable_pages,
             used_pages: s.used_pages,
             num_sequences: s.num_sequences,
+        })
+    }
+
+    /// `kvp_pool_add_store`: `store` becomes the pool's next storage tier (at most
+    /// `KVP_POOL_MAX_TIERS`). Tier 0 receives the prefix pages the pool evicts; [`Pool::add_sequence`]
+    /// restores a prompt's next pages from the tiers in order. The store is borrowed for as long
+    /// as the pool lives.
+    pub fn add_store(&mut self, store: &'a Store) -> Result<()> {
+        check(unsafe { sys::kvp_pool_add_store(self.ptr.as_ptr(), store.as_ptr()) })
+    }
+
+    /// `kvp_pool_get_tier_stats`: the counters of tier `tier` (in the order the stores were added).
+    pub fn tier_stats(&self, tier: u32) -> Result<PoolTierStats> {
+        let mut s = sys::kvp_pool_tier_stats {
+            struct_size: std::mem::size_of::<sys::kvp_pool_tier_stats>() as u32,
+            ..Default::default()
+        };
+        check(unsafe { sys::kvp_pool_get_tier_stats(self.ptr.as_ptr(), tier, &mut s) })?;
+        Ok(PoolTierStats {
+            num_tiers: s.num_tiers,
+            lookups: s.lookups,
+            hits: s.hits,
+            misses: s.misses,
+            rejected: s.rejected,
+            errors: s.errors,
+            restored_tokens: s.restored_tokens,
+            bytes_read: s.bytes_read,
+            blocks_written: s.blocks_written,
+            bytes_written: s.bytes_written,
         })
     }
 

@@ -1,0 +1,198 @@
+package kvpages
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+var k1, k2, k3 = StoreKey{1}, StoreKey{2}, StoreKey{3}
+
+func TestMemoryStoreRoundTripAndStats(t *testing.T) {
+	s, err := NewMemoryStore(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Put(k1, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(k2, bytes.Repeat([]byte{7}, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(k1); err != nil || string(got) != "hello" {
+		t.Fatalf("Get(k1) = %q, %v", got, err)
+	}
+	if got, err := s.Get(k2); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{7}, 100)) {
+		t.Fatalf("Get(k2) = %v, %v", got, err)
+	}
+	if found, err := s.Exists([]StoreKey{k1, k3, k2}); err != nil || !reflect.DeepEqual(found, []bool{true, false, true}) {
+		t.Fatalf("Exists = %v, %v", found, err)
+	}
+	if err := s.Remove(k1); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, s.Remove(k1), ErrNotFound, "KVP_ERR_NOT_FOUND")
+	if _, err := s.Get(k1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get of a removed key: %v", err)
+	}
+	st, err := s.Stats()
+	want := StoreStats{Blocks: 1, Bytes: 100, MaxBytes: 1 << 20, Puts: 2, Hits: 2, Misses: 1}
+	if err != nil || st != want {
+		t.Fatalf("Stats = %+v, %v; want %+v", st, err, want)
+	}
+	if r, err := s.Scrub(); err != nil || r != (ScrubReport{BlocksChecked: 1}) {
+		t.Fatalf("Scrub = %+v, %v", r, err)
+	}
+}
+
+func TestDirectoryStoreSurvivesCloseAndReopen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "blocks")
+	s, err := OpenDirectoryStore(dir, 1<<20, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(k1, []byte("first block")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(k2, []byte("second block")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second := filepath.Join(dir, hex.EncodeToString(k2[:])+".kvpb")
+	s, err = OpenDirectoryStore(dir, 1<<20, StoreOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st, _ := s.Stats(); st.Blocks != 2 {
+		t.Fatalf("reopened store holds %d blocks, want 2", st.Blocks)
+	}
+	if got, err := s.Get(k1); err != nil || string(got) != "first block" {
+		t.Fatalf("Get(k1) after reopen = %q, %v", got, err)
+	}
+	raw, err := os.ReadFile(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)-1] ^= 0xFF
+	if err := os.WriteFile(second, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Scrub()
+	if err != nil || r != (ScrubReport{BlocksChecked: 2, BlocksDamaged: 1, BytesFreed: int64(len(raw))}) {
+		t.Fatalf("Scrub = %+v, %v", r, err)
+	}
+	if found, _ := s.Exists([]StoreKey{k1, k2}); !reflect.DeepEqual(found, []bool{true, false}) {
+		t.Fatalf("Exists after scrub = %v", found)
+	}
+}
+
+func tierPrompt(base int32, n int) []int32 {
+	toks := make([]int32, n)
+	for i := range toks {
+		toks[i] = base + int32(i)
+	}
+	return toks
+}
+
+func TestPoolMemoryTierRestoresEvictedPrefixPages(t *testing.T) {
+	cfg, err := NewConfig(ConfigOptions{NumHiddenLayers: poolLayers, NumKVHeads: heads, MaxModelLength: maxLen,
+		HeadDim: headDim, PageSize: page, Dtype: DtypeF32, BudgetBytes: 8 * poolLayers * page * 2 * heads * headDim * 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := NewMemoryStore(1 << 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cache, err := NewCache(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	p, err := NewPool(cache, PoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.AddStore(store); err != nil {
+		t.Fatal(err)
+	}
+	run := func(toks []int32) SeqID { // 7 usable pages: a prompt of n tokens holds ceil(n/16)
+		seq, _, err := p.AddSequence(toks, 0, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writePending(t, p, cfg, []pending{{seq, toks}})
+		return seq
+	}
+	promptA := tierPrompt(1000, 40)                      // 2 full pages and a partial one
+	if err := p.FreeSequence(run(promptA)); err != nil { // its 2 full pages stay cached
+		t.Fatal(err)
+	}
+	run(tierPrompt(5000, 64))      // 4 pages
+	c := run(tierPrompt(7000, 48)) // 3 pages: 1 free, A's 2 evicted to the tier
+	st, err := p.TierStats(0)
+	if err != nil || st.NumTiers != 1 || st.BlocksWritten != 2 || st.Hits != 0 || st.Errors != 0 {
+		t.Fatalf("after the evictions: %+v, %v", st, err)
+	}
+	if ss, _ := store.Stats(); ss.Blocks != 2 {
+		t.Fatalf("store holds %d blocks, want 2", ss.Blocks)
+	}
+	if err := p.FreeSequence(c); err != nil {
+		t.Fatal(err)
+	}
+	a, reused, err := p.AddSequence(promptA, 0, false) // the same prompt: its prefix comes from the tier
+	if err != nil || reused != 32 {
+		t.Fatalf("AddSequence(A again) reused %d, %v; want 32", reused, err)
+	}
+	st, _ = p.TierStats(0)
+	if st.Hits != 2 || st.RestoredTokens != 32 || st.Rejected != 0 || st.BytesRead == 0 || st.Lookups != st.Hits+st.Misses {
+		t.Fatalf("after the restore: %+v", st)
+	}
+	checkTokens(t, p, a, promptA, 0, 32) // the bytes computed the first time
+	if err := p.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.TierStats(1)
+	if e := wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT"); !strings.Contains(e.Message, "tier") {
+		t.Fatalf("message %q does not name the tier", e.Message)
+	}
+	wantErr(t, p.AddStore(store), ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT") // already a tier
+	if st, _ := p.TierStats(0); st.NumTiers != 1 {
+		t.Fatalf("a failed AddStore changed the tiers: %+v", st)
+	}
+}
+
+func TestStoreBadInputChangesNothing(t *testing.T) {
+	_, err := NewMemoryStore(0)
+	wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT")
+	_, err = OpenDirectoryStore(filepath.Join(t.TempDir(), "missing", "blocks"), 1<<20, StoreOptions{})
+	if e := wantErr(t, err, ErrIO, "KVP_ERR_IO"); !strings.Contains(e.Message, "missing") {
+		t.Fatalf("message %q does not name the path", e.Message)
+	}
+	s, err := NewMemoryStore(64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := wantErr(t, s.Put(k1, make([]byte, 65)), ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT")
+	if !strings.Contains(e.Message, "65") || !strings.Contains(e.Message, "64") {
+		t.Fatalf("message %q does not give the sizes", e.Message)
+	}
+	if st, _ := s.Stats(); st.Blocks != 0 || st.Puts != 0 {
+		t.Fatalf("a refused put changed the store: %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, s.Put(k1, nil), ErrInvalidHandle, "KVP_ERR_INVALID_HANDLE")
+}

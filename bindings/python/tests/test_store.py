@@ -1,0 +1,178 @@
+"""pytest suite of the block stores (kvpages.Store, since 1.4): a memory store's round trip and
+counters, a directory store surviving close and reopen and scrubbing a damaged file, a pool with a
+memory tier restoring evicted prefix pages with the bytes computed for them, a plug-in store
+written in Python, and bad input raising the library's error with nothing changed."""
+import gc
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import kvpages  # noqa: E402
+from test_kvpages import POOL_BUDGET, S, make_config, pool_key, prefill, read_tokens  # noqa: E402
+
+K1, K2, K3 = bytes(range(16)), bytes(range(1, 17)), b"\xff" * 16
+
+
+def test_memory_store_round_trip_and_stats():
+    with kvpages.Store.memory(1 << 20) as store:
+        store.put(K1, b"hello")
+        store.put(K2, np.arange(100, dtype=np.uint8))
+        assert store.get(K1) == b"hello"
+        assert store.get(K2) == bytes(range(100))
+        assert store.exists([K1, K3, K2]) == [True, False, True]
+        store.remove(K1)
+        assert store.exists([K1]) == [False]
+        with pytest.raises(kvpages.NotFound):
+            store.get(K1)
+        st = store.stats()
+        assert (st.blocks, st.bytes, st.max_bytes, st.puts, st.hits, st.misses, st.errors, st.evictions) == \
+            (1, 100, 1 << 20, 2, 2, 1, 0, 0)
+        assert store.scrub() == kvpages.ScrubReport(1, 0, 0)
+
+
+def test_memory_store_drops_the_least_recently_used_block():
+    with kvpages.Store.memory(250) as store:
+        store.put(K1, b"a" * 100)
+        store.put(K2, b"b" * 100)
+        store.get(K1)  # K2 is now the least recently used
+        store.put(K3, b"c" * 100)
+        assert store.exists([K1, K2, K3]) == [True, False, True]
+        assert store.stats().evictions == 1
+
+
+def test_directory_store_survives_close_and_reopen_and_scrubs(tmp_path):
+    path = tmp_path / "blocks"
+    with kvpages.Store.directory(path, 1 << 20) as store:
+        store.put(K1, b"first block")
+        store.put(K2, b"second block")
+    files = sorted(os.listdir(path))
+    assert files == [K1.hex() + ".kvpb", K2.hex() + ".kvpb"]
+    with kvpages.Store.directory(str(path), 1 << 20, sync=False) as store:
+        assert store.stats().blocks == 2
+        assert store.get(K1) == b"first block"
+        damaged = path / files[1]  # flip the last byte of the second block
+        raw = bytearray(damaged.read_bytes())
+        raw[-1] ^= 0xFF
+        damaged.write_bytes(bytes(raw))
+        assert store.scrub() == kvpages.ScrubReport(2, 1, len(raw))
+        assert store.exists([K1, K2]) == [True, False]
+        assert sorted(os.listdir(path)) == [files[0]]
+
+
+def test_pool_with_a_memory_tier_restores_evicted_prefix_pages():
+    cfg = make_config(budget_bytes=POOL_BUDGET)  # 7 usable pages of 16 tokens
+    cache = kvpages.Cache(cfg)
+    store = kvpages.Store.memory(1 << 24)
+    pool = kvpages.Pool(cache)
+    pool.add_store(store)
+    assert pool.stores == [store]
+    prompt_a = list(range(1000, 1040))  # 2 full pages and a partial one
+    a, reused = pool.add_sequence(prompt_a)
+    prefill(pool, cache, cfg, a, 1)
+    pool.free_sequence(a)  # its 2 full pages stay cached (evictable)
+    b, _ = pool.add_sequence(list(range(5000, 5064)))  # 4 pages
+    prefill(pool, cache, cfg, b, 2)
+    c, _ = pool.add_sequence(list(range(7000, 7048)))  # 3 pages: 1 free, a's 2 evicted
+    prefill(pool, cache, cfg, c, 3)
+    st = pool.tier_stats(0)
+    assert (st.num_tiers, st.blocks_written, st.hits, st.restored_tokens, st.errors) == (1, 2, 0, 0, 0)
+    assert store.stats().blocks == 2
+    pool.free_sequence(c)
+
+    a, reused = pool.add_sequence(prompt_a)  # the same prompt again: its prefix comes from the tier
+    assert reused == 32
+    st = pool.tier_stats(0)
+    assert (st.hits, st.restored_tokens, st.rejected, st.errors) == (2, 32, 0, 0)
+    assert st.bytes_read > 0 and st.lookups == st.hits + st.misses
+    assert pool.stats().reused_tokens == 32
+    table = pool.page_table(a)
+    for layer in range(2):  # the bytes computed the first time
+        k, v = read_tokens(cache, table, range(32), layer)
+        np.testing.assert_array_equal(k, pool_key(1, range(32)))
+        np.testing.assert_array_equal(v, -pool_key(1, range(32)))
+    pool.check_invariants()
+
+    with pytest.raises(BufferError):  # the pool uses the store
+        store.close()
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        pool.tier_stats(1)
+    assert "tier" in e.value.message and e.value.name == "KVP_ERR_INVALID_ARGUMENT"
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        pool.add_store(store)  # already a tier
+    assert e.value.message
+    assert pool.stores == [store] and pool.tier_stats(0).num_tiers == 1
+    pool.close()
+    store.close()
+    gc.collect()
+    cache.close()
+
+
+class DictStore:
+    """A plug-in store in Python: blocks in a dict, every call recorded."""
+
+    def __init__(self):
+        self.blocks, self.calls = {}, []
+
+    def put(self, key, data):
+        self.calls.append("put")
+        self.blocks[key] = data
+
+    def get(self, key):
+        self.calls.append("get")
+        return self.blocks.get(key)
+
+    def exists(self, keys):
+        self.calls.append("exists")
+        return [k in self.blocks for k in keys]
+
+    def remove(self, key):
+        self.calls.append("remove")
+        return self.blocks.pop(key, None) is not None
+
+
+def test_plugin_store_in_python_and_exceptions_become_statuses(capsys):
+    backend = DictStore()
+    with kvpages.Store.plugin(backend) as store:
+        store.put(K1, b"x" * 40)
+        assert backend.blocks == {K1: b"x" * 40}
+        assert store.get(K1) == b"x" * 40
+        assert store.exists([K1, K2]) == [True, False]
+        with pytest.raises(kvpages.NotFound):
+            store.remove(K2)
+        store.remove(K1)
+        assert backend.blocks == {}
+        st = store.stats()
+        assert (st.blocks, st.bytes, st.max_bytes, st.puts, st.hits) == (-1, -1, -1, 1, 1)
+        with pytest.raises(kvpages.Unsupported):
+            store.scrub()
+
+        def broken(key, data):
+            raise RuntimeError("disk on fire")
+        errors = store.stats().errors
+        backend.put = broken  # a Python exception does not cross C: the call fails with KVP_ERR_IO
+        with pytest.raises(kvpages.KvpagesIOError):
+            store.put(K1, b"y")
+        assert "disk on fire" in capsys.readouterr().err
+        assert store.stats().errors == errors + 1 and backend.blocks == {}
+
+
+def test_bad_input_raises_the_librarys_error_and_changes_nothing(tmp_path):
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        kvpages.Store.memory(0)
+    assert e.value.name == "KVP_ERR_INVALID_ARGUMENT" and e.value.message
+    with pytest.raises(kvpages.KvpagesIOError) as e:
+        kvpages.Store.directory(tmp_path / "missing" / "blocks", 1 << 20)
+    assert "missing" in e.value.message
+    with kvpages.Store.memory(64) as store:
+        with pytest.raises(kvpages.InvalidArgument) as e:
+            store.put(K1, b"z" * 65)  # larger than the bound
+        assert "65" in e.value.message and "64" in e.value.message
+        with pytest.raises(kvpages.InvalidArgument):
+            store.put(b"short", b"z")  # a key is 16 bytes
+        assert store.stats().blocks == 0 and store.exists([K1]) == [False]
+    with pytest.raises(kvpages.InvalidHandle):
+        store.get(K1)

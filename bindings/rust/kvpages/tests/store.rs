@@ -1,0 +1,202 @@
+//! Block stores and the pool's storage tiers: a memory store's round trip and counters, a
+//! directory store surviving drop and reopen and scrubbing a damaged file, a pool with a memory
+//! tier restoring evicted prefix pages with the bytes computed for them, a plug-in store written
+//! in Rust (errors and panics become statuses), and bad input giving the library's error with
+//! nothing changed.
+use std::collections::HashMap;
+
+use kvpages::*;
+
+const H: usize = 2;
+const D: usize = 128;
+const S: usize = 16;
+const K1: StoreKey = [1; 16];
+const K2: StoreKey = [2; 16];
+const K3: StoreKey = [3; 16];
+
+fn hex(key: &StoreKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn memory_store_round_trip_and_stats() {
+    let store = Store::memory(1 << 20).unwrap();
+    store.put(&K1, b"hello").unwrap();
+    store.put(&K2, &[7u8; 100]).unwrap();
+    assert_eq!(store.get(&K1).unwrap().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(store.get(&K2).unwrap(), Some(vec![7u8; 100]));
+    assert_eq!(store.exists(&[K1, K3, K2]).unwrap(), vec![true, false, true]);
+    assert!(store.remove(&K1).unwrap());
+    assert!(!store.remove(&K1).unwrap());
+    assert_eq!(store.get(&K1).unwrap(), None);
+    let st = store.stats().unwrap();
+    assert_eq!((st.blocks, st.bytes, st.max_bytes, st.puts, st.hits, st.misses, st.errors, st.evictions),
+               (1, 100, 1 << 20, 2, 2, 1, 0, 0));
+    assert_eq!(store.scrub().unwrap(), ScrubReport { blocks_checked: 1, blocks_damaged: 0, bytes_freed: 0 });
+}
+
+#[test]
+fn directory_store_survives_drop_and_reopen_and_scrubs() {
+    let dir = std::env::temp_dir().join(format!("kvpages-rust-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let store = Store::directory(&dir, 1 << 20, &StoreOptions::default()).unwrap();
+        store.put(&K1, b"first block").unwrap();
+        store.put(&K2, b"second block").unwrap();
+    }
+    let second = dir.join(format!("{}.kvpb", hex(&K2)));
+    assert!(dir.join(format!("{}.kvpb", hex(&K1))).exists() && second.exists());
+    let store = Store::directory(&dir, 1 << 20, &StoreOptions { no_sync: true }).unwrap();
+    assert_eq!(store.stats().unwrap().blocks, 2);
+    assert_eq!(store.get(&K1).unwrap().as_deref(), Some(&b"first block"[..]));
+    let mut raw = std::fs::read(&second).unwrap();
+    *raw.last_mut().unwrap() ^= 0xFF;
+    std::fs::write(&second, &raw).unwrap();
+    let report = store.scrub().unwrap();
+    assert_eq!(report, ScrubReport { blocks_checked: 2, blocks_damaged: 1, bytes_freed: raw.len() as i64 });
+    assert_eq!(store.exists(&[K1, K2]).unwrap(), vec![true, false]);
+    assert!(!second.exists());
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn kv(tok: i32, h: usize, d: usize) -> f32 {
+    (tok as usize * 1024 + h * 128 + d) as f32
+}
+
+/// Writes the pending tokens of `seq` (prompt `toks`) into both layers, then declares them computed.
+fn prefill(pool: &mut Pool<'_>, cfg: &Config, seq: SeqId, toks: &[i32]) {
+    let req = pool.batch_request(seq).unwrap();
+    let (md, _) = Metadata::build(cfg, &[req.clone()]).unwrap();
+    let (start, n) = (req.num_computed as usize, req.num_scheduled as usize);
+    let key: Vec<f32> =
+        toks[start..start + n].iter().flat_map(|&t| (0..H).flat_map(move |h| (0..D).map(move |d| kv(t, h, d)))).collect();
+    let value: Vec<f32> = key.iter().map(|x| -x).collect();
+    for layer in 0..2 {
+        pool.cache_mut().concatenate(layer, &key, &value, [n, H, D], &md).unwrap();
+    }
+    pool.set_computed(seq, start + n).unwrap();
+}
+
+#[test]
+fn pool_with_a_memory_tier_restores_evicted_prefix_pages() {
+    let cfg = Config::create(&ConfigOptions {
+        num_hidden_layers: 2,
+        num_kv_heads: H as i64,
+        max_model_length: 64,
+        head_dim: D as i64,
+        page_size: S as i64,
+        dtype: Dtype::F32,
+        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
+        ..Default::default()
+    })
+    .unwrap();
+    let store = Store::memory(1 << 24).unwrap();
+    let mut cache = Cache::new(&cfg).unwrap();
+    let mut pool = Pool::new(&mut cache, &PoolOptions::default()).unwrap();
+    pool.add_store(&store).unwrap();
+    let prompt_a: Vec<i32> = (1000..1040).collect(); // 2 full pages and a partial one
+    let (a, _) = pool.add_sequence(&prompt_a, 0, false).unwrap();
+    prefill(&mut pool, &cfg, a, &prompt_a);
+    pool.free_sequence(a).unwrap(); // its 2 full pages stay cached (evictable)
+    let prompt_b: Vec<i32> = (5000..5064).collect();
+    let (b, _) = pool.add_sequence(&prompt_b, 0, false).unwrap(); // 4 pages
+    prefill(&mut pool, &cfg, b, &prompt_b);
+    let prompt_c: Vec<i32> = (7000..7048).collect();
+    let (c, _) = pool.add_sequence(&prompt_c, 0, false).unwrap(); // 3 pages: 1 free, a's 2 evicted
+    prefill(&mut pool, &cfg, c, &prompt_c);
+    let st = pool.tier_stats(0).unwrap();
+    assert_eq!((st.num_tiers, st.blocks_written, st.hits, st.restored_tokens, st.errors), (1, 2, 0, 0, 0));
+    assert_eq!(store.stats().unwrap().blocks, 2); // the store is shared: usable while the pool is
+    pool.free_sequence(c).unwrap();
+
+    let (a, reused) = pool.add_sequence(&prompt_a, 0, false).unwrap(); // the same prompt: from the tier
+    assert_eq!(reused, 32);
+    let st = pool.tier_stats(0).unwrap();
+    assert_eq!((st.hits, st.restored_tokens, st.rejected, st.errors), (2, 32, 0, 0));
+    assert!(st.bytes_read > 0 && st.lookups == st.hits + st.misses);
+    let pages = pool.page_table(a).unwrap();
+    for layer in 0..2 {
+        let keys = pool.cache().view(layer, ViewKind::Keys).unwrap();
+        let values = pool.cache().view(layer, ViewKind::Values).unwrap();
+        for pos in 0..32 {
+            let (page, row) = (pages[pos / S] as i64, (pos % S) as i64);
+            for (h, d) in [(0, 0), (1, 127), (0, 64)] {
+                let want = kv(prompt_a[pos], h, d);
+                assert_eq!(keys.get_f32(&[page, row, h as i64, d as i64]), Some(want));
+                assert_eq!(values.get_f32(&[page, row, h as i64, d as i64]), Some(-want));
+            }
+        }
+    }
+    pool.check_invariants().unwrap();
+
+    let e = pool.tier_stats(1).unwrap_err();
+    assert_eq!((e.kind(), e.name.as_str()), (ErrorKind::InvalidArgument, "KVP_ERR_INVALID_ARGUMENT"));
+    assert!(e.message.contains("tier"), "{}", e.message);
+    let e = pool.add_store(&store).unwrap_err(); // already a tier
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(pool.tier_stats(0).unwrap().num_tiers, 1);
+}
+
+#[derive(Default)]
+struct MapBackend {
+    blocks: HashMap<StoreKey, Vec<u8>>,
+    fail_puts: bool,
+    panic_on_remove: bool,
+}
+
+impl StoreBackend for MapBackend {
+    fn put(&mut self, key: &StoreKey, data: &[u8]) -> Result<()> {
+        if self.fail_puts {
+            return Err(Error::new(sys::KVP_ERR_IO, "disk on fire"));
+        }
+        self.blocks.insert(*key, data.to_vec());
+        self.fail_puts = true; // the next put fails
+        Ok(())
+    }
+    fn get(&mut self, key: &StoreKey) -> Result<Option<Vec<u8>>> {
+        Ok(self.blocks.get(key).cloned())
+    }
+    fn exists(&mut self, keys: &[StoreKey]) -> Result<Vec<bool>> {
+        Ok(keys.iter().map(|k| self.blocks.contains_key(k)).collect())
+    }
+    fn remove(&mut self, key: &StoreKey) -> Result<bool> {
+        if self.panic_on_remove {
+            panic!("a bug in the backend");
+        }
+        self.panic_on_remove = true;
+        Ok(self.blocks.remove(key).is_some())
+    }
+}
+
+#[test]
+fn plugin_store_in_rust_errors_and_panics_become_statuses() {
+    let store = Store::plugin(MapBackend::default()).unwrap();
+    store.put(&K1, &[9u8; 40]).unwrap();
+    assert_eq!(store.get(&K1).unwrap(), Some(vec![9u8; 40]));
+    assert_eq!(store.get(&K2).unwrap(), None);
+    assert_eq!(store.exists(&[K1, K2]).unwrap(), vec![true, false]);
+    assert_eq!(store.put(&K2, b"x").unwrap_err().kind(), ErrorKind::Io);
+    assert!(store.remove(&K1).unwrap());
+    assert_eq!(store.remove(&K1).unwrap_err().kind(), ErrorKind::Internal); // the panic, caught
+    let st = store.stats().unwrap();
+    assert_eq!((st.blocks, st.bytes, st.max_bytes, st.puts, st.hits, st.misses), (-1, -1, -1, 1, 1, 1));
+    assert_eq!(store.scrub().unwrap_err().kind(), ErrorKind::Unsupported);
+}
+
+#[test]
+fn bad_input_gives_the_librarys_error_and_changes_nothing() {
+    let e = Store::memory(0).unwrap_err();
+    assert_eq!((e.kind(), e.name.as_str()), (ErrorKind::InvalidArgument, "KVP_ERR_INVALID_ARGUMENT"));
+    assert!(!e.message.is_empty());
+    let missing = std::env::temp_dir().join(format!("kvpages-missing-{}", std::process::id())).join("blocks");
+    let e = Store::directory(&missing, 1 << 20, &StoreOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert!(e.message.contains("kvpages-missing"), "{}", e.message);
+    let store = Store::memory(64).unwrap();
+    let e = store.put(&K1, &[0u8; 65]).unwrap_err(); // larger than the bound
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message.contains("65") && e.message.contains("64"), "{}", e.message);
+    assert_eq!(store.stats().unwrap().blocks, 0);
+    assert_eq!(store.exists(&[K1]).unwrap(), vec![false]);
+}
