@@ -101,6 +101,8 @@ struct ConcatJob {
   const ConcatRun* runs;
   int64_t num_runs;
   int64_t total_tokens;
+  int64_t call_bytes;  // bytes the whole call writes (a group: every shard's), 0 = this job's own;
+                       // the CPU writer picks streaming stores from it
 };
 
 // Head dims attention supports (the CUDA kernel keeps up to 4 lanes of a row per thread).

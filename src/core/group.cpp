@@ -71,6 +71,9 @@ void CacheGroup::concatenate(int64_t layer, const kvp_tensor* keys, const kvp_te
       rethrow_naming_shard(e, fn, i, dp_size_);
     }
   }
+  int64_t call_bytes = 0;
+  for (const PreparedConcat& p : preps) call_bytes += p.job.total_tokens * p.job.token_elems * p.job.cache_itemsize;
+  for (PreparedConcat& p : preps) p.job.call_bytes = call_bytes;
   auto write = [&](int64_t i) {
     const size_t s = static_cast<size_t>(i);
     shards_[s]->impl->backend().concatenate(preps[s].job, streams != nullptr ? streams[s] : nullptr);

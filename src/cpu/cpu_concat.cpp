@@ -481,7 +481,9 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   // caches holds (util/nontemporal.hpp), and only on destinations aligned to the store width.
   RangeFn fn = write_converted;
   bool stream = false;
-  const bool want_stream = KVP_HAVE_NONTEMPORAL && static_cast<size_t>(bytes / threads) >= nontemporal_threshold();
+  // A group's shards are written one after the other: what the call writes in all decides.
+  const int64_t call_bytes = std::max(bytes, job.call_bytes);
+  const bool want_stream = KVP_HAVE_NONTEMPORAL && static_cast<size_t>(call_bytes / threads) >= nontemporal_threshold();
   const int64_t align = common_alignment({static_cast<int64_t>(reinterpret_cast<uintptr_t>(job.dst)), c.token_bytes,
                                           c.head_step, c.val_off0, c.entry_bytes});
   const bool contiguous = job.key.stride_d == 1 && job.value.stride_d == 1;
