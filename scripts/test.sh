@@ -6,7 +6,8 @@
 #   4. a build with CUDA switched off, and its tests (plus the GPU tests against an emulated CUDA runtime)
 #   5. AddressSanitizer + UndefinedBehaviorSanitizer build, and its tests
 #   5b. ThreadSanitizer build of the library and tests/unit/test_threads.c (the documented
-#      concurrent uses), no report allowed
+#      concurrent uses), test_pool_tiers (two pools sharing a store) and test_group (shards
+#      written in parallel), no report allowed
 #   6. every fuzz target (tests/fuzz) for a bounded time, KVP_FUZZ_SECONDS in all (clang/libFuzzer)
 #   7. the bindings' own test runners (Rust, Go, Zig, Python)
 # Each stage reports; the script exits non-zero if any stage failed.
@@ -61,14 +62,16 @@ sanitizers() {
     build_and_test build-ci-asan -DKVPAGES_CUDA=OFF -DKVPAGES_SANITIZE=ON -DKVPAGES_BUILD_BENCH=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo
 }
-# Only the library and the threads test are built (a few minutes on 2 cores); any report fails.
+# Only the library and the tests that run kvpages on several threads are built (a few minutes on
+# 2 cores): the threads test, two pools sharing a store, a group writing its shards in parallel.
+# Any report fails.
 tsan() {
   local dir=build-ci-tsan
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVPAGES_CUDA=OFF -DKVPAGES_TSAN=ON \
     -DKVPAGES_BUILD_BENCH=OFF -DKVPAGES_BUILD_DOCS=OFF >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; return 1; }
-  cmake --build "$dir" -j"$JOBS" --target test_threads || return 1
+  cmake --build "$dir" -j"$JOBS" --target test_threads test_pool_tiers test_group || return 1
   TSAN_OPTIONS=halt_on_error=1:abort_on_error=1:second_deadlock_stack=1 \
-    ctest --test-dir "$dir" -R '^unit\.test_threads$' --output-on-failure
+    ctest --test-dir "$dir" -R '^unit\.(test_threads|test_pool_tiers|test_group)$' --output-on-failure
 }
 fuzz() { [ -f tests/fuzz/run.sh ] || return 0; bash tests/fuzz/run.sh "$FUZZ_SECONDS"; }
 bindings() { [ -f bindings/run-tests.sh ] || return 0; bash bindings/run-tests.sh "$ROOT/build-ci"; }

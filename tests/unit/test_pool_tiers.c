@@ -2,12 +2,13 @@
  * tier 0 and restored into a new sequence with the same prompt, with the bytes computed for them
  * originally; a different salt, another config (fingerprint), other token ids in a block, a
  * damaged block (in memory through a plug-in, on disk) are misses; a directory tier survives a
- * restart; a sharded pool restores into the sequence's shard; bad input changes nothing; the
- * invariants hold after every call. K/V is "computed" by a deterministic function of the prompt
+ * restart; a sharded pool restores into the sequence's shard; bad input changes nothing; two pools
+ * on two threads share a store at once; the invariants hold after every call. K/V is "computed" by a deterministic function of the prompt
  * prefix a page ends, so recomputing it gives the bytes to compare with. */
 #include "support.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -504,6 +505,125 @@ static void test_pool_tiers__bad_input_changes_nothing(void **state) {
   for (int i = 0; i < 3; ++i) assert_kvp_ok(kvp_store_destroy(more[i]));
 }
 
+/* ---- two pools sharing a store at once ------------------------------------------------------ */
+
+/* One thread's pool over its own cache, sharing `store` with the other thread. No cmocka call in
+ * here (it is not thread-safe): failures are counted and asserted by the main thread. */
+typedef struct racer {
+  kvp_cache *cache;
+  kvp_pool *pool;
+  int32_t filler_base;
+  long failures, mismatches, restored_pages;
+} racer;
+
+static uint8_t *page_bytes_of(racer *r, uint32_t layer, int32_t page, size_t *nbytes) {
+  kvp_tensor t;
+  if (kvp_cache_get_view(r->cache, layer, KVP_VIEW_FLAT, &t) != KVP_OK) return NULL;
+  *nbytes = kvp_test_layer_bytes(r->cache) / (size_t)t.shape[0];
+  return (uint8_t *)t.data + (size_t)page * *nbytes;
+}
+
+/* Adds a prompt; checks the pages it reused (from memory or a tier) hold the prompt's K/V and
+ * "computes" the others; frees it. */
+static void race_prompt(racer *r, const int32_t *tokens, size_t n, uint64_t salt) {
+  kvp_seq_id s = {0};
+  size_t reused = 0, len = 0;
+  int32_t row[MAXLEN / PS];
+  uint8_t want[1 << 14];
+  if (kvp_pool_add_sequence(r->pool, tokens, n, salt, 0, &s, &reused) != KVP_OK ||
+      kvp_pool_get_page_table(r->pool, s, row, MAXLEN / PS, &len) != KVP_OK) {
+    ++r->failures;
+    return;
+  }
+  for (size_t i = 0; i < n / PS; ++i)
+    for (uint32_t l = 0; l < LAYERS; ++l) {
+      size_t nb = 0;
+      uint8_t *page = page_bytes_of(r, l, row[i], &nb);
+      if (page == NULL || nb > sizeof want) {
+        ++r->failures;
+        continue;
+      }
+      if (i < reused / PS) {
+        kv_of(tokens, i, l, want, nb);
+        r->mismatches += memcmp(page, want, nb) != 0;
+      } else {
+        kv_of(tokens, i, l, page, nb);
+      }
+    }
+  if (kvp_pool_set_computed(r->pool, s, n) != KVP_OK || kvp_pool_free_sequence(r->pool, s) != KVP_OK ||
+      kvp_pool_check_invariants(r->pool) != KVP_OK)
+    ++r->failures;
+}
+
+/* Four shared prompts in turn, each followed by a filler prompt of this thread's that evicts its
+ * pages: both threads put the same keys into the store at the same time, and restore them. */
+static void *race(void *arg) {
+  racer *r = (racer *)arg;
+  int32_t a[13], filler[7 * PS];
+  for (int it = 0; it < 200; ++it) {
+    prompt(a, 13, 1000 * (1 + it % 4));
+    race_prompt(r, a, 13, 7);
+    prompt(filler, 7 * PS, r->filler_base + it);
+    race_prompt(r, filler, 7 * PS, 99);
+  }
+  kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
+  if (kvp_pool_get_tier_stats(r->pool, 0, &st) != KVP_OK || st.errors != 0 || st.rejected != 0) ++r->failures;
+  r->restored_pages = (long)st.hits;
+  return NULL;
+}
+
+static void race_on(kvp_store *store) {
+  racer r[2];
+  pthread_t th[2];
+  for (int i = 0; i < 2; ++i) {
+    memset(&r[i], 0, sizeof r[i]);
+    r[i].cache = make_cache(KVP_DTYPE_F32, NP, 1);
+    r[i].pool = make_pool(r[i].cache, store);
+    r[i].filler_base = 100000 * (i + 1);
+  }
+  for (int i = 0; i < 2; ++i) assert_int_equal(pthread_create(&th[i], NULL, race, &r[i]), 0);
+  for (int i = 0; i < 2; ++i) assert_int_equal(pthread_join(th[i], NULL), 0);
+  for (int i = 0; i < 2; ++i) {
+    assert_int_equal(r[i].failures, 0);
+    assert_int_equal(r[i].mismatches, 0);
+    assert_true(r[i].restored_pages > 0);
+    assert_kvp_ok(kvp_pool_destroy(r[i].pool));
+    assert_kvp_ok(kvp_cache_destroy(r[i].cache));
+  }
+}
+
+/* Two pools, each on its own thread and cache, writing the same keys into one store and restoring
+ * them, a memory store and then a directory store: every restored page holds the prompt's K/V,
+ * no store error, no rejected block, the invariants hold throughout. */
+static void test_pool_tiers__two_pools_share_a_store_at_once(void **state) {
+  (void)state;
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &store));
+  race_on(store);
+  assert_kvp_ok(kvp_store_destroy(store));
+  char dir[] = "/tmp/kvp_tiers_race_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = KVP_STORE_FLAG_NO_SYNC;
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &o, &store));
+  race_on(store);
+  kvp_store_scrub_report rep = KVP_STORE_SCRUB_REPORT_INIT;
+  assert_kvp_ok(kvp_store_scrub(store, &rep));
+  assert_int_equal(rep.blocks_damaged, 0);
+  assert_true(rep.blocks_checked > 0);
+  assert_kvp_ok(kvp_store_destroy(store));
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  char path[512];
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') {
+      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+      unlink(path);
+    }
+  closedir(d);
+  rmdir(dir);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -514,6 +634,7 @@ int main(void) {
       T(test_pool_tiers__directory_tier_survives_restart),
       T(test_pool_tiers__sharded_pool_restores_into_the_shard),
       T(test_pool_tiers__bad_input_changes_nothing),
+      T(test_pool_tiers__two_pools_share_a_store_at_once),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
