@@ -38,9 +38,10 @@ bool write_shards_in_parallel(const HostVector<kvp_cache*>& shards, const HostVe
 
 }  // namespace
 
-CacheGroup::CacheGroup(int64_t tp_size, int64_t dp_size, const HostAllocator& alloc)
-    : tp_size_(tp_size), dp_size_(dp_size), alloc_(alloc), shards_(StdAllocator<kvp_cache*>(alloc)) {
-  shards_.reserve(static_cast<size_t>(tp_size * dp_size));
+CacheGroup::CacheGroup(const kvp_config& cfg, const HostAllocator& alloc)
+    : config_(cfg), alloc_(alloc), shards_(StdAllocator<kvp_cache*>(alloc)) {
+  const Sharding s = sharding_of(cfg);
+  shards_.reserve(static_cast<size_t>(s.shards * s.dp));
 }
 
 CacheGroup::~CacheGroup() {
@@ -48,13 +49,8 @@ CacheGroup::~CacheGroup() {
 }
 
 kvp_cache* CacheGroup::shard(int64_t tp_rank, int64_t dp_rank, const char* fn) const {
-  if (tp_rank < 0 || tp_rank >= tp_size_)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: tp_rank %lld is out of range [0, %lld) (the config's kv_head_shards)", fn,
-         ll(tp_rank), ll(tp_size_));
-  if (dp_rank < 0 || dp_rank >= dp_size_)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: dp_rank %lld is out of range [0, %lld) (the config's data_parallel_size)", fn,
-         ll(dp_rank), ll(dp_size_));
-  return shards_[static_cast<size_t>(tp_rank * dp_size_ + dp_rank)];
+  const ShardCoord c = shard_coord(config_, tp_rank, dp_rank, fn);
+  return shards_[static_cast<size_t>(c.tp_rank * c.dp_size + c.dp_rank)];
 }
 
 void CacheGroup::concatenate(int64_t layer, const kvp_tensor* keys, const kvp_tensor* values, int64_t num_shards,
@@ -68,7 +64,7 @@ void CacheGroup::concatenate(int64_t layer, const kvp_tensor* keys, const kvp_te
     try {
       prepare_concat(*shards_[s]->impl, layer, keys[s], values[s], md, preps[s], fn);
     } catch (const error& e) {
-      rethrow_naming_shard(e, fn, i, dp_size_);
+      rethrow_naming_shard(e, fn, i, dp_size());
     }
   }
   int64_t call_bytes = 0;
@@ -108,7 +104,7 @@ kvp_cache_group* create_group(const kvp_config* config, const int32_t* device_id
     o.abi_version = KVP_CACHE_OPTIONS_VERSION;
   }
   const HostAllocator alloc(o.allocator);
-  HostPtr<CacheGroup> group = make_host<CacheGroup>(alloc, s.shards, s.dp, alloc);
+  HostPtr<CacheGroup> group = make_host<CacheGroup>(alloc, cfg, alloc);
   for (int64_t i = 0; i < n; ++i) {
     if (num_device_ids != 0) o.device_id = device_ids[i];
     const ShardRanks ranks{i / s.dp, i % s.dp};

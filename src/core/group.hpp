@@ -15,7 +15,7 @@ namespace kvp::detail {
 
 class CacheGroup {
  public:
-  CacheGroup(int64_t tp_size, int64_t dp_size, const HostAllocator& alloc);
+  CacheGroup(const kvp_config& cfg, const HostAllocator& alloc);
   ~CacheGroup();  // destroys the shards made so far
   CacheGroup(const CacheGroup&) = delete;
   CacheGroup& operator=(const CacheGroup&) = delete;
@@ -31,7 +31,8 @@ class CacheGroup {
  private:
   friend kvp_cache_group* create_group(const kvp_config*, const int32_t*, uint32_t, const kvp_cache_options*,
                                        const char*);
-  int64_t tp_size_, dp_size_;
+  int64_t dp_size() const noexcept { return sharding_of(config_).dp; }
+  kvp_config config_;  // the whole config (validated)
   HostAllocator alloc_;
   HostVector<kvp_cache*> shards_;  // shard i = tp_rank * dp_size + dp_rank; lent handles
 };

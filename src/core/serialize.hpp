@@ -35,6 +35,11 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
 // Before anything is allocated: a blob whose input size is known (a buffer, a regular file) must
 // declare exactly that many bytes, so a header cannot promise data that is not there.
 void check_declared_size(const Source& src, const Geometry& g, const char* function);
+// Throws FORMAT_MISMATCH naming `blob` ("the blob", "blob 3") when its config describes another
+// model than the target's: layers, heads, head dims, page size, layout, dtype, and with
+// `same_pages` the number of pages (the page ids of a re-sharding load mean the same slots).
+void check_same_model(const kvp_config& target, const kvp_config& blob_config, const char* blob, bool same_pages,
+                      const char* function);
 // kvp_deserialize_shards_into (core/serialize_reshard.cpp).
 void deserialize_shards_into(Cache& cache, const kvp_blob_ref* blobs, uint32_t num_blobs, const char* function);
 // verify = false: header only. Fills `out` (as the public struct, struct_size honoured).

@@ -15,13 +15,12 @@ namespace {
 
 using u64 = unsigned long long;  // for printf
 
-// Page ids of the whole cache (the blob's table, the caller's) into a shard's local ids; the
-// whole cache's are its own.
-HostVector<int32_t> local_ids(const Cache& cache, const int32_t* ids, size_t n) {
-  HostVector<int32_t> local(ids, ids + n, cache.allocator());
+// Page ids of the whole cache (the blob's table, the caller's) made a shard's local ids, in place
+// (a whole cache's, and the first data rank's, are their own).
+void make_local(const Cache& cache, HostVector<int32_t>& ids) {
   const int32_t first = static_cast<int32_t>(cache.layout().page_begin);
-  for (int32_t& id : local) id -= first;
-  return local;
+  if (first != 0)
+    for (int32_t& id : ids) id -= first;
 }
 
 // Ids unique and in the cache's pages (a shard's: its block): -1 or the first offending index
@@ -72,27 +71,7 @@ void check_same_slice(const Cache& cache, const Parsed& p, const char* fn) {
 
 // Throws FORMAT_MISMATCH when the blob's cache is not shaped like the target.
 void check_same_shape(const Cache& cache, const Parsed& p, const int32_t* dst_ids, uint32_t n, const char* fn) {
-  const kvp_config& b = p.config;
-  const kvp_config& t = cache.config();
-  struct Field {
-    const char* name;
-    long long blob, target;
-  };
-  const Field fields[] = {{"num_hidden_layers", b.num_hidden_layers, t.num_hidden_layers},
-                          {"num_kv_heads", b.num_kv_heads, t.num_kv_heads},
-                          {"k_headdim", b.k_headdim, t.k_headdim},
-                          {"v_headdim", b.v_headdim, t.v_headdim},
-                          {"page_size", b.page_size, t.page_size}};
-  for (const Field& f : fields)
-    if (f.blob != f.target)
-      fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's %s is %lld but the target cache's is %lld", fn, f.name, f.blob,
-           f.target);
-  if (b.version != t.version)
-    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's layout is %s but the target cache's is %s", fn,
-         layout_name(b.version), layout_name(t.version));
-  if (b.kvdtype != t.kvdtype)
-    fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's dtype is %s but the target cache's is %s", fn, dtype_name(b.kvdtype),
-         dtype_name(t.kvdtype));
+  check_same_model(cache.config(), p.config, "the blob", false, fn);
   if (p.geo.page_bytes != cache.page_bytes())
     fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's pages have %llu bytes but the target's have %zu", fn,
          (u64)p.geo.page_bytes, cache.page_bytes());
@@ -102,6 +81,28 @@ void check_same_shape(const Cache& cache, const Parsed& p, const int32_t* dst_id
 }
 
 }  // namespace
+
+void check_same_model(const kvp_config& t, const kvp_config& b, const char* blob, bool same_pages, const char* fn) {
+  const struct {
+    const char* name;
+    long long blob, target;
+  } fields[] = {{"num_hidden_layers", b.num_hidden_layers, t.num_hidden_layers},
+                {"num_kv_heads", b.num_kv_heads, t.num_kv_heads},
+                {"k_headdim", b.k_headdim, t.k_headdim},
+                {"v_headdim", b.v_headdim, t.v_headdim},
+                {"page_size", b.page_size, t.page_size},
+                {"num_pages", same_pages ? b.num_pages : 0, same_pages ? t.num_pages : 0}};
+  for (const auto& f : fields)
+    if (f.blob != f.target)
+      fail(KVP_ERR_FORMAT_MISMATCH, "%s: %s's %s is %lld but the target cache's is %lld", fn, blob, f.name, f.blob,
+           f.target);
+  if (b.version != t.version)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: %s's layout is %s but the target cache's is %s", fn, blob,
+         layout_name(b.version), layout_name(t.version));
+  if (b.kvdtype != t.kvdtype)
+    fail(KVP_ERR_FORMAT_MISMATCH, "%s: %s's dtype is %s but the target cache's is %s", fn, blob, dtype_name(b.kvdtype),
+         dtype_name(t.kvdtype));
+}
 
 void check_declared_size(const Source& src, const Geometry& g, const char* fn) {
   uint64_t size = 0;
@@ -181,7 +182,13 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
   const size_t tb = static_cast<size_t>(g.table_bytes);
   encode_table(sel.ids, sink.reserve(tb + 8));
   sink.commit(tb + 8);
-  write_payload(cache, local_ids(cache, sel.ids.data(), sel.ids.size()), g, pipe.get(), sink);
+  if (cache.layout().page_begin == 0) {
+    write_payload(cache, sel.ids, g, pipe.get(), sink);
+    return;
+  }
+  HostVector<int32_t> local(sel.ids, cache.allocator());
+  make_local(cache, local);
+  write_payload(cache, local, g, pipe.get(), sink);
 }
 
 void serialize_to_file(const Cache& cache, const Selection& sel, const char* path, const char* function) {
@@ -214,7 +221,8 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
   kvp_cache* h = create_cache(&p.config, o.cache_options, slice ? &ranks : nullptr, function);
   try {
     const Cache& cache = cache_from(h, function);
-    read_payload_checked(cache, local_ids(cache, p.ids.data(), p.ids.size()), p.geo, src, function);
+    make_local(cache, p.ids);
+    read_payload_checked(cache, p.ids, p.geo, src, function);
     src.expect_end(function);
   } catch (...) {
     handle_delete(h, function);
@@ -238,7 +246,8 @@ void deserialize_into(Cache& cache, Source& src, const int32_t* dst_ids, uint32_
       if (p.ids[j] >= L.page_begin + L.num_pages)
         fail(KVP_ERR_FORMAT_MISMATCH, "%s: the blob's page %d does not exist in the target cache (%lld pages); "
              "pass dst_page_ids to load it elsewhere", function, p.ids[j], static_cast<long long>(L.num_pages));
-  p.ids = local_ids(cache, dst_ids != nullptr ? dst_ids : p.ids.data(), dst_ids != nullptr ? num_dst_ids : p.ids.size());
+  if (dst_ids != nullptr) p.ids.assign(dst_ids, dst_ids + num_dst_ids);
+  make_local(cache, p.ids);
 
   if (RandomSource* in = src.random_access()) {
     // A file: pass 1 reads and checks every chunk through a small reused scratch, pass 2 reads

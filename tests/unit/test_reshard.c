@@ -284,6 +284,10 @@ static void test_rejected_sets(void **state) {
   b4[3].data[b4[3].size - 20] ^= 0x40;
   assert_kvp_status(kvp_deserialize_shards_into(target, refs, 4), KVP_ERR_FORMAT_CHECKSUM, "checksum mismatch");
   b4[3].data[b4[3].size - 20] ^= 0x40;
+  /* A file that cannot be opened (after good blobs): nothing written either. */
+  refs[3] = (kvp_blob_ref){NULL, 0, "/nonexistent/kvp-reshard.kvps"};
+  assert_kvp_status(kvp_deserialize_shards_into(target, refs, 4), KVP_ERR_IO, "cannot open '/nonexistent/kvp-reshard.kvps'");
+  refs[3] = (kvp_blob_ref){b4[3].data, b4[3].size, NULL};
   /* Bad arguments. */
   assert_kvp_status(kvp_deserialize_shards_into(target, NULL, 1), KVP_ERR_INVALID_ARGUMENT, "num_blobs");
   assert_kvp_status(kvp_deserialize_shards_into(target, refs, 0), KVP_ERR_INVALID_ARGUMENT, "num_blobs");
