@@ -45,8 +45,8 @@ package kvpages
 #if KVP_VERSION_MAJOR != 1
 #error "these bindings need kvpages 1.x headers"
 #endif
-#if KVP_VERSION_NUMBER < 10400
-#error "these bindings need kvpages 1.4 or newer 1.x headers (shard caches, the pool's data-parallel shards)"
+#if KVP_VERSION_NUMBER < 10500
+#error "these bindings need kvpages 1.5 or newer 1.x headers (storage tiers: Redis, sequence save and restore, store listing)"
 #endif
 */
 import "C"

@@ -13,9 +13,8 @@ _f32, _u8, _vp, _cp, _size = ctypes.c_float, ctypes.c_uint8, ctypes.c_void_p, ct
 _P = ctypes.POINTER
 MAX_DIMS = 6
 
-#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.4.0: shard caches, re-sharding,
-#: cache groups, the pool's data-parallel shards).
-BINDING_VERSION_NUMBER = 10400
+#: KVP_VERSION_NUMBER of the headers these bindings were written against (1.5.0: storage tiers).
+BINDING_VERSION_NUMBER = 10500
 
 #: KVP_SERIALIZE_FLAG_NO_SYNC (serialize.h, since 1.3): kvp_serialize_options.flags bit.
 SERIALIZE_FLAG_NO_SYNC = 1

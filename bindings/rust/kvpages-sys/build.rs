@@ -7,7 +7,7 @@
 //! 2. `KVPAGES_LIB_DIR` (a directory holding libkvpages.so) and optionally
 //!    `KVPAGES_INCLUDE_DIRS` (colon-separated, for the header tests).
 //! 3. the `pkg-config` command (`PKG_CONFIG_PATH=<prefix>/lib/pkgconfig` for a non-system
-//!    prefix), requiring version >= 1.4 (the pool's data-parallel shards) and < 2.
+//!    prefix), requiring version >= 1.5 (storage tiers) and < 2.
 //!
 //! Every way links the shared library and adds an rpath to its directory
 //! (`-Wl,-rpath,<libdir>`) to this crate's own test binaries. Cargo applies link arguments only
@@ -18,7 +18,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const MIN_VERSION: &str = "1.4";
+const MIN_VERSION: &str = "1.5";
 
 fn main() {
     for var in ["KVPAGES_LIB_DIR", "KVPAGES_INCLUDE_DIRS", "KVPAGES_SOURCE_DIR", "PKG_CONFIG_PATH", "PKG_CONFIG_LIBDIR"] {
@@ -69,7 +69,7 @@ fn find_with_pkg_config() -> (String, Vec<String>) {
     });
     let max = "1.99.99";
     if pkg_config(&[&format!("--atleast-version={MIN_VERSION}"), &format!("--max-version={max}")]).is_none() {
-        panic!("kvpages-sys: found kvpages {version} through pkg-config, need 1.x with x >= 4 (PKG_CONFIG_PATH picks the prefix)");
+        panic!("kvpages-sys: found kvpages {version} through pkg-config, need 1.x with x >= 5 (PKG_CONFIG_PATH picks the prefix)");
     }
     let lib_dir = pkg_config_dirs("--libs-only-L", "-L").into_iter().next().unwrap_or_else(|| {
         pkg_config(&["--variable=libdir"]).expect("kvpages-sys: kvpages.pc names no libdir")

@@ -158,7 +158,7 @@ pub fn checkAbi() Error!void {
 
 comptime {
     if (c.KVP_VERSION_MAJOR != 1) @compileError("these bindings need kvpages 1.x headers");
-    if (c.KVP_VERSION_NUMBER < 10400) @compileError("these bindings need kvpages >= 1.4 headers (shard caches, the pool's data-parallel shards)");
+    if (c.KVP_VERSION_NUMBER < 10500) @compileError("these bindings need kvpages >= 1.5 headers (storage tiers)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! Raw declarations of the whole kvpages C API (`include/kvpages/*.h`, library 1.4), written by
+//! Raw declarations of the whole kvpages C API (`include/kvpages/*.h`, library 1.5), written by
 //! hand and checked against the headers.
 //!
 //! Everything here is `unsafe` to call and mirrors the C headers exactly: every public function
@@ -154,9 +154,9 @@ constants! {
     KVP_API_VERSION_1: u32 = 1;
 }
 
-/// The header version these declarations were written against (1.4.0: shard caches, cache groups
-/// and the pool's data-parallel shards). The library must be at least this version (`kvp_check_abi`).
-pub const KVP_VERSION_NUMBER: u32 = 10400;
+/// The header version these declarations were written against (1.5.0: storage tiers). The library
+/// must be at least this version (`kvp_check_abi`).
+pub const KVP_VERSION_NUMBER: u32 = 10500;
 
 // ---- Structs and handles ----
 
