@@ -63,5 +63,5 @@ function(kvp_link_library_deps target)
   target_link_options(${target} PRIVATE
     -Wl,--version-script=${PROJECT_SOURCE_DIR}/src/kvpages.map
     -Wl,--no-undefined)
-  target_link_libraries(${target} PRIVATE Threads::Threads PkgConfig::XXHASH)
+  target_link_libraries(${target} PRIVATE ${KVP_LIBRARY_DEPS})
 endfunction()

@@ -9,10 +9,11 @@
  * reads them back when a prompt continues past its in-memory prefix (kvp_pool_add_store()). A
  * store does not interpret blocks; it keeps what it is given, bounded in bytes.
  *
- * Two stores ship: kvp_store_create_memory() (host memory, least recently used blocks dropped
- * over the bound) and kvp_store_create_directory() (one file per block, written atomically,
- * surviving restarts, checked by kvp_store_scrub()). kvp_store_create() wraps an engine's own
- * (a ::kvp_store_vtable).
+ * Three stores ship: kvp_store_create_memory() (host memory, least recently used blocks dropped
+ * over the bound), kvp_store_create_directory() (one file per block, written atomically,
+ * surviving restarts, checked by kvp_store_scrub()) and kvp_store_create_redis() (a Redis server
+ * or Redis Cluster that many machines share; optional at build time). kvp_store_create() wraps an
+ * engine's own (a ::kvp_store_vtable).
  *
  * **Thread safety.** A store is internally synchronised: several pools, on several threads, may
  * share one. A plug-in store's callbacks are called under that lock, one at a time.
@@ -81,12 +82,18 @@ typedef struct kvp_store_vtable {
 /** Current value of kvp_store_options::abi_version. @since 1.4 */
 #define KVP_STORE_OPTIONS_VERSION 1u
 
+/** Timeout of a network store's calls when kvp_store_options::timeout_ms is 0. @since 1.5 */
+#define KVP_STORE_DEFAULT_TIMEOUT_MS 1000u
+
 /** @brief Options of the shipped stores. Zero means default for every field. @since 1.4 */
 typedef struct kvp_store_options {
   uint32_t struct_size;                /**< sizeof(kvp_store_options). */
   uint32_t abi_version;                /**< ::KVP_STORE_OPTIONS_VERSION. */
   uint32_t flags;                      /**< `KVP_STORE_FLAG_*`. */
-  uint32_t _reserved;                  /**< Must be 0. */
+  /** Network stores (kvp_store_create_redis()): the bound in milliseconds on every connect and
+   *  every command, 0 = ::KVP_STORE_DEFAULT_TIMEOUT_MS. Ignored by the memory and directory
+   *  stores. (Named `_reserved` and required to be 0 before 1.5: same offset and size.) @since 1.5 */
+  uint32_t timeout_ms;
   const kvp_host_allocator *allocator; /**< Host allocator for the store's memory (borrowed, must outlive the store); NULL = built-in. */
 } kvp_store_options;
 
@@ -174,6 +181,50 @@ KVP_API kvp_status KVP_CALL kvp_store_create_directory(const char *path, uint64_
                                                        const kvp_store_options *opts, kvp_store **out);
 
 /**
+ * @brief Connects a store to a Redis server or a Redis Cluster, which several processes and
+ *        machines may share.
+ *
+ * Each block is one string value named `<prefix><32 lower-case hex digits of the key>`, holding
+ * the same 48-byte frame as a directory store's file (the key, the size and an XXH3-64 checksum
+ * of the block, then the block: docs/store-format.md), so a get verifies it: a damaged value is
+ * deleted and the get fails with a `KVP_ERR_FORMAT_*` status; kvp_store_scrub() checks every
+ * value under the prefix (Redis SCAN). A put is a SET, a get a GET, a remove a DEL and
+ * kvp_store_exists() one pipelined batch of EXISTS (a cluster: one pipeline per node).
+ *
+ * **Cluster.** Keys are routed to the master serving their hash slot (CRC16 of the key, or of its
+ * `{hash tag}`, mod 16384) from the map CLUSTER SLOTS gives; MOVED redirects reload the map and
+ * retry, ASK redirects retry on the named node after ASKING; at most 5 redirects per command.
+ *
+ * **Bounds and failures.** Redis bounds itself (configure `maxmemory` and an eviction policy such
+ * as `allkeys-lru`): kvp_store_get_stats() reports blocks, bytes and max_bytes as -1 and the
+ * store counts no evictions. Every connect and command is bounded by kvp_store_options::timeout_ms;
+ * an unreachable, refused or silent server is ::KVP_ERR_IO naming `host:port` and the reason,
+ * never a hang; the next call reconnects.
+ *
+ * @param[in] url `redis://HOST:PORT[/DB]` (one server, database DB, default 0) or
+ *            `redis+cluster://HOST:PORT[,HOST:PORT...]` (seed nodes of a cluster), each optionally
+ *            followed by `?prefix=STR`: the prefix of every key (taken literally, default `kvp:`).
+ *            Not NULL. HOST is a name or an IPv4 address.
+ * @param[in] opts Options, or NULL for defaults (flags must be 0; `timeout_ms` used, `allocator`
+ *            for the store's own memory; hiredis allocates with malloc).
+ * @param[out] out Receives the new handle, not NULL; set to NULL on failure.
+ * @retval KVP_OK Connected (a cluster: its slot map loaded).
+ * @retval KVP_ERR_INVALID_ARGUMENT `url` or `out` is NULL, a malformed URL (the message says
+ *         what), or unknown flags.
+ * @retval KVP_ERR_IO No server answered in time, or it refused (the message gives host:port and
+ *         the reason).
+ * @retval KVP_ERR_UNSUPPORTED The library was built without Redis (`KVPAGES_REDIS=OFF`, or
+ *         hiredis missing; kvp_build_info() says `redis=off`).
+ * @retval KVP_ERR_VERSION_MISMATCH Unknown options size or version.
+ * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
+ * @ownership Caller-owned result: release with kvp_store_destroy() (closes the connections; the
+ *            values stay in Redis).
+ * @threadsafety Thread-safe (calls on one store take turns on its connections).
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_store_create_redis(const char *url, const kvp_store_options *opts, kvp_store **out);
+
+/**
  * @brief Releases a store (a plug-in store's `destroy` is called). NULL is a no-op.
  * @param[in] store Handle or NULL.
  * @retval KVP_OK Released (or NULL).
@@ -194,7 +245,8 @@ KVP_API kvp_status KVP_CALL kvp_store_destroy(kvp_store *store);
  * @retval KVP_ERR_INVALID_HANDLE Bad store handle.
  * @retval KVP_ERR_INVALID_ARGUMENT `key` is NULL, `data` is NULL with `size` > 0, or the block
  *         is larger than a shipped store's bound (the message gives both; nothing changed).
- * @retval KVP_ERR_IO A directory store could not write the file (the old block, if any, stays).
+ * @retval KVP_ERR_IO A directory store could not write the file (the old block, if any, stays), or
+ *         a Redis server failed or did not answer in time.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted; nothing changed.
  * @return Or the status a plug-in store's `put` returned.
  * @ownership Borrows `data` for the call (the store copies it).
@@ -217,9 +269,10 @@ KVP_API kvp_status KVP_CALL kvp_store_put(kvp_store *store, const kvp_store_key 
  *         `capacity` > 0.
  * @retval KVP_ERR_NOT_FOUND No block under `key` (a miss).
  * @retval KVP_ERR_BUFFER_TOO_SMALL `capacity` is below the block's size; nothing written to `dst`.
- * @retval KVP_ERR_FORMAT_CHECKSUM A directory store's file was damaged (or ::KVP_ERR_FORMAT_TRUNCATED,
- *         ::KVP_ERR_FORMAT_MAGIC, ::KVP_ERR_FORMAT_CORRUPT): it has been deleted.
- * @retval KVP_ERR_IO A directory store could not read the file.
+ * @retval KVP_ERR_FORMAT_CHECKSUM A directory store's file or a Redis value was damaged (or
+ *         ::KVP_ERR_FORMAT_TRUNCATED, ::KVP_ERR_FORMAT_MAGIC, ::KVP_ERR_FORMAT_CORRUPT): it has been
+ *         deleted.
+ * @retval KVP_ERR_IO A directory store could not read the file, or a Redis server failed.
  * @return Or the status a plug-in store's `get` returned.
  * @threadsafety Thread-safe.
  * @since 1.4
@@ -236,6 +289,7 @@ KVP_API kvp_status KVP_CALL kvp_store_get(kvp_store *store, const kvp_store_key 
  * @retval KVP_OK Answered. Does not count as a use for the LRU.
  * @retval KVP_ERR_INVALID_HANDLE Bad store handle.
  * @retval KVP_ERR_INVALID_ARGUMENT NULL `keys` or `found_out` with `count` > 0.
+ * @retval KVP_ERR_IO A Redis server failed or did not answer in time.
  * @return Or the status a plug-in store's `exists` returned.
  * @threadsafety Thread-safe.
  * @since 1.4
@@ -251,7 +305,7 @@ KVP_API kvp_status KVP_CALL kvp_store_exists(kvp_store *store, const kvp_store_k
  * @retval KVP_ERR_INVALID_HANDLE Bad store handle.
  * @retval KVP_ERR_INVALID_ARGUMENT `key` is NULL.
  * @retval KVP_ERR_NOT_FOUND No block under `key`.
- * @retval KVP_ERR_IO A directory store could not delete the file.
+ * @retval KVP_ERR_IO A directory store could not delete the file, or a Redis server failed.
  * @return Or the status a plug-in store's `remove` returned.
  * @threadsafety Thread-safe.
  * @since 1.4
@@ -262,9 +316,9 @@ KVP_API kvp_status KVP_CALL kvp_store_remove(kvp_store *store, const kvp_store_k
 typedef struct kvp_store_stats {
   uint32_t struct_size; /**< Set by the caller: sizeof(kvp_store_stats). */
   uint32_t _reserved;   /**< 0. */
-  int64_t blocks;       /**< Blocks held; -1 for a plug-in store (unknown). */
-  int64_t bytes;        /**< Sum of their sizes (a directory store: of the files, headers included); -1 for a plug-in store. */
-  int64_t max_bytes;    /**< The bound; -1 for a plug-in store. */
+  int64_t blocks;       /**< Blocks held; -1 for a plug-in or Redis store (unknown). */
+  int64_t bytes;        /**< Sum of their sizes (a directory store: of the files, headers included); -1 for a plug-in or Redis store. */
+  int64_t max_bytes;    /**< The bound; -1 for a plug-in or Redis store (Redis's maxmemory bounds it). */
   int64_t puts;         /**< Successful puts so far (through this handle). */
   int64_t hits;         /**< Gets that returned a block. */
   int64_t misses;       /**< Gets that returned ::KVP_ERR_NOT_FOUND. */
@@ -304,7 +358,8 @@ typedef struct kvp_store_scrub_report {
 /**
  * @brief Reads and verifies every block of a store, deleting damaged ones (repair).
  *
- * A directory store reads every file whole (O(bytes held)). A memory store's blocks cannot be
+ * A directory store reads every file whole (O(bytes held)); a Redis store reads every value under
+ * its prefix (SCAN, then GET each; a cluster: every master). A memory store's blocks cannot be
  * damaged by anything but a memory fault: it reports them all checked and none damaged.
  *
  * @param[in] store Store handle.
@@ -314,7 +369,8 @@ typedef struct kvp_store_scrub_report {
  * @retval KVP_ERR_INVALID_ARGUMENT `report` is NULL.
  * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
  * @retval KVP_ERR_UNSUPPORTED A plug-in store (it scrubs itself).
- * @retval KVP_ERR_IO A file could not be read or deleted (the blocks before it were scrubbed).
+ * @retval KVP_ERR_IO A file could not be read or deleted, or a Redis server failed (the blocks
+ *         before it were scrubbed).
  * @threadsafety Thread-safe.
  * @since 1.4
  */

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "backend/backend.hpp"
+#include "core/store.hpp"
 #include "kvpages/status.h"
 #include "kvpages/version.h"
 #include "util/cpu_features.hpp"
@@ -54,10 +55,11 @@ KVP_API const char* kvp_build_info(void) {
   // the process.
   static char info[256];
   static const bool built = [] {
-    std::snprintf(info, sizeof info, "%s cuda=%s threads=%d api_armor=%s cpu=%s",
+    std::snprintf(info, sizeof info, "%s cuda=%s threads=%d api_armor=%s redis=%s cpu=%s",
                   "kvpages " KVP_VERSION_STRING " (" KVP_GIT_SHA ") " KVP_COMPILER_ID,
                   kvp::detail::cuda_backend_kind(), kvp::detail::ThreadPool::instance().max_threads(),
-                  KVP_ARMOR_STR, kvp::detail::cpu_isa_name(kvp::detail::cpu_isa()));
+                  KVP_ARMOR_STR, kvp::detail::redis_store_built() ? "on" : "off",
+                  kvp::detail::cpu_isa_name(kvp::detail::cpu_isa()));
     return true;
   }();
   (void)built;

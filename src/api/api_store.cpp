@@ -17,7 +17,6 @@ kvp_store_options read_store_options(const kvp_store_options* opts, uint32_t all
   std::memset(&o, 0, sizeof o);
   if (opts != nullptr) o = read_versioned(opts, sizeof(kvp_store_options), KVP_STORE_OPTIONS_VERSION, fn, "kvp_store_options");
   if ((o.flags & ~allowed) != 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x in kvp_store_options.flags", fn, o.flags);
-  if (o._reserved != 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: kvp_store_options._reserved must be 0", fn);
   check_host_allocator(o.allocator, fn);
   return o;
 }
@@ -77,6 +76,19 @@ KVP_API kvp_status kvp_store_create_directory(const char* path, uint64_t max_byt
   const HostAllocator alloc(o.allocator);
   const bool sync = (o.flags & KVP_STORE_FLAG_NO_SYNC) == 0;
   *out = handle_new<kvp_store>(make_directory_store(path, max_bytes, sync, alloc, fn));
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_store_create_redis(const char* url, const kvp_store_options* opts, kvp_store** out) {
+  KVP_API_BEGIN;
+  const char* fn = "kvp_store_create_redis";
+  KVP_REQUIRE_NOT_NULL(out);
+  *out = nullptr;
+  KVP_REQUIRE_NOT_NULL(url);
+  const kvp_store_options o = read_store_options(opts, 0, fn);
+  const HostAllocator alloc(o.allocator);
+  const uint32_t timeout_ms = o.timeout_ms != 0 ? o.timeout_ms : KVP_STORE_DEFAULT_TIMEOUT_MS;
+  *out = handle_new<kvp_store>(make_redis_store(url, timeout_ms, alloc, fn));
   KVP_API_END;
 }
 

@@ -25,6 +25,27 @@ kvp_store_key StoreKey::to_c() const noexcept {
   return k;
 }
 
+void StoreKey::to_hex(char* hex) const noexcept {
+  static const char kHex[] = "0123456789abcdef";
+  const kvp_store_key c = to_c();
+  for (size_t i = 0; i < 16; ++i) {
+    hex[2 * i] = kHex[c.bytes[i] >> 4];
+    hex[2 * i + 1] = kHex[c.bytes[i] & 15];
+  }
+}
+
+bool StoreKey::from_hex(const char* hex, StoreKey* key) noexcept {
+  kvp_store_key k;
+  for (size_t i = 0; i < 32; ++i) {
+    const char c = hex[i];
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;
+    k.bytes[i / 2] = static_cast<uint8_t>(i % 2 == 0 ? d << 4 : k.bytes[i / 2] | d);
+  }
+  *key = from(k);
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The generic front: one lock, counters.
 
@@ -88,6 +109,10 @@ kvp_store_scrub_report Store::scrub() {
 
 kvp_store_scrub_report Store::do_scrub() {
   fail(KVP_ERR_UNSUPPORTED, "kvp_store_scrub: a plug-in store cannot be scrubbed by kvpages (it checks its own blocks)");
+}
+
+size_t Store::do_list(uint64_t*, StoreKey*, size_t) {
+  fail(KVP_ERR_UNSUPPORTED, "kvp_store_list: this store cannot list its keys");
 }
 
 // ---------------------------------------------------------------------------------------------

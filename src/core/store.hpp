@@ -20,6 +20,10 @@ struct StoreKey {
   bool operator==(const StoreKey& o) const noexcept { return lo == o.lo && hi == o.hi; }
   static StoreKey from(const kvp_store_key& k) noexcept;
   kvp_store_key to_c() const noexcept;
+  // The 16 bytes as 32 lower-case hex digits (no terminator), as store file names and Redis keys
+  // spell a key; and back (false unless exactly 32 such digits start at hex).
+  void to_hex(char* hex) const noexcept;
+  static bool from_hex(const char* hex, StoreKey* key) noexcept;
 };
 struct StoreKeyHash {
   size_t operator()(const StoreKey& k) const noexcept { return static_cast<size_t>(k.lo ^ (k.hi * 0x9E3779B97F4A7C15ull)); }
@@ -51,6 +55,10 @@ class Store {
   virtual bool do_remove(const StoreKey& k) = 0;
   virtual Usage do_usage() const { return Usage{}; }
   virtual kvp_store_scrub_report do_scrub();  // default: UNSUPPORTED
+  // Lists the keys held, a page at a time: from *cursor (0 = the start) writes up to cap keys to
+  // keys and returns how many; *cursor becomes 0 when the listing is complete. Keys added or
+  // removed during a listing may or may not appear; a key present throughout appears at least once.
+  virtual size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap);  // default: UNSUPPORTED
   int64_t evictions_ = 0;                     // shipped stores count what their bound dropped
 
  private:
@@ -65,6 +73,12 @@ HostPtr<Store> make_memory_store(uint64_t max_bytes, const HostAllocator& alloc)
 // A store in a directory (created if missing, scanned now), bounded by max_bytes, LRU.
 HostPtr<Store> make_directory_store(const char* path, uint64_t max_bytes, bool sync, const HostAllocator& alloc,
                                     const char* function);
+
+// A store in a Redis server or cluster (url: kvp_store_create_redis), every network call bounded
+// by timeout_ms; connects now. Built without hiredis: UNSUPPORTED.
+HostPtr<Store> make_redis_store(const char* url, uint32_t timeout_ms, const HostAllocator& alloc, const char* function);
+// Whether the library was built with the Redis store (kvp_build_info).
+bool redis_store_built() noexcept;
 
 }  // namespace kvp::detail
 

@@ -1,13 +1,12 @@
 // The directory store: one file "<32 hex digits of the key>.kvpb" per block, replaced atomically
-// (util/atomic_file), holding a 48-byte header (magic, version, key, block size, XXH3-64 of the
-// block) and the block. The directory is scanned at open; recency (LRU) is kept in memory,
+// (util/atomic_file), holding the block's frame (core/store_frame: a 48-byte header, then the
+// block). The directory is scanned at open; recency (LRU) is kept in memory,
 // seeded from the files' modification times, and a read refreshes the file's times so that the
 // order survives a restart. Bounded by the sum of file sizes.
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -16,26 +15,16 @@
 #include <unordered_map>
 
 #include "core/store.hpp"
+#include "core/store_frame.hpp"
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 
 namespace kvp::detail {
 namespace {
 
-constexpr uint32_t kFileMagic = 0x4650564Bu;  // 'KVPF'
-constexpr uint32_t kFileVersion = 1;
-constexpr size_t kHeaderBytes = 48;
+constexpr size_t kHeaderBytes = kFrameHeaderBytes;
 constexpr char kSuffix[] = ".kvpb";
 constexpr size_t kHexDigits = 32;
-
-void put64(uint8_t* p, uint64_t v) noexcept {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint64_t get64(const uint8_t* p) noexcept {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 // Reads exactly n bytes at offset off; false at end of file.
 bool read_exact(int fd, void* dst, size_t n, uint64_t off) {
@@ -54,20 +43,8 @@ bool read_exact(int fd, void* dst, size_t n, uint64_t off) {
 
 // The key of a file name "<32 hex>.kvpb"; false for any other name.
 bool parse_name(const char* name, StoreKey* key) {
-  if (std::strlen(name) != kHexDigits + sizeof kSuffix - 1 || std::strcmp(name + kHexDigits, kSuffix) != 0) return false;
-  kvp_store_key k;
-  for (size_t i = 0; i < 16; ++i) {
-    int v = 0;
-    for (size_t j = 0; j < 2; ++j) {
-      const char c = name[2 * i + j];
-      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-      if (d < 0) return false;
-      v = v * 16 + d;
-    }
-    k.bytes[i] = static_cast<uint8_t>(v);
-  }
-  *key = StoreKey::from(k);
-  return true;
+  return std::strlen(name) == kHexDigits + sizeof kSuffix - 1 && std::strcmp(name + kHexDigits, kSuffix) == 0 &&
+         StoreKey::from_hex(name, key);
 }
 
 class DirectoryStore final : public Store {
@@ -91,13 +68,8 @@ class DirectoryStore final : public Store {
                                  StdAllocator<std::pair<const StoreKey, Entry>>>;
 
   HostString file_of(const StoreKey& k) const {
-    static const char kHex[] = "0123456789abcdef";
-    const kvp_store_key c = k.to_c();
     char name[kHexDigits + sizeof kSuffix];
-    for (size_t i = 0; i < 16; ++i) {
-      name[2 * i] = kHex[c.bytes[i] >> 4];
-      name[2 * i + 1] = kHex[c.bytes[i] & 15];
-    }
+    k.to_hex(name);
     std::memcpy(name + kHexDigits, kSuffix, sizeof kSuffix);
     HostString f = dir_;
     f += '/';
@@ -182,12 +154,8 @@ class DirectoryStore final : public Store {
       }
     }
     try {
-      uint8_t h[kHeaderBytes] = {};
-      put64(h, kFileMagic | static_cast<uint64_t>(kFileVersion) << 32);
-      put64(h + 8, k.lo);
-      put64(h + 16, k.hi);
-      put64(h + 24, n);
-      put64(h + 32, XXH3_64bits(data, n));
+      uint8_t h[kHeaderBytes];
+      write_frame_header(h, k, data, n);
       const HostString file = file_of(k);
       AtomicFile f(file.c_str(), "kvp_store_put");
       f.write(h, sizeof h);
@@ -219,13 +187,8 @@ class DirectoryStore final : public Store {
     } closer{fd};
     uint8_t h[kHeaderBytes];
     if (!read_exact(fd, h, sizeof h, 0)) damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "shorter than its header");
-    if (get64(h) != (kFileMagic | static_cast<uint64_t>(kFileVersion) << 32))
-      damaged(it, file, KVP_ERR_FORMAT_MAGIC, "not a block file of this version");
-    if (get64(h + 8) != it->first.lo || get64(h + 16) != it->first.hi)
-      damaged(it, file, KVP_ERR_FORMAT_CORRUPT, "its key is not its name");
-    const uint64_t n = get64(h + 24);
-    if (n != it->second.file_bytes - std::min<uint64_t>(it->second.file_bytes, kHeaderBytes))
-      damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "its size does not match the file's");
+    if (const FrameFault f = check_frame_header(h, it->second.file_bytes, it->first)) damaged(it, file, f.code, f.what);
+    const uint64_t n = it->second.file_bytes - kHeaderBytes;
     *size = static_cast<size_t>(n);
     if (scratch != nullptr) {
       scratch->resize(*size);
@@ -234,7 +197,7 @@ class DirectoryStore final : public Store {
       fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_store_get: the block has %zu bytes but capacity is %zu", *size, cap);
     }
     if (!read_exact(fd, dst, *size, kHeaderBytes)) damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "truncated");
-    if (XXH3_64bits(dst, *size) != get64(h + 32)) damaged(it, file, KVP_ERR_FORMAT_CHECKSUM, "checksum mismatch");
+    if (const FrameFault f = check_frame_block(h, dst, *size)) damaged(it, file, f.code, f.what);
     return true;
   }
 

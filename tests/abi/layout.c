@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 920);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 928);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -329,6 +329,7 @@ KVP_PIN_OFFSET(kvp_api_v1, store_exists, 888);
 KVP_PIN_OFFSET(kvp_api_v1, store_remove, 896);
 KVP_PIN_OFFSET(kvp_api_v1, store_get_stats, 904);
 KVP_PIN_OFFSET(kvp_api_v1, store_scrub, 912);
+KVP_PIN_OFFSET(kvp_api_v1, store_create_redis, 920);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
@@ -450,7 +451,7 @@ KVP_PIN_MIN_SIZE(kvp_store_options, 24);
 KVP_PIN_OFFSET(kvp_store_options, struct_size, 0);
 KVP_PIN_OFFSET(kvp_store_options, abi_version, 4);
 KVP_PIN_OFFSET(kvp_store_options, flags, 8);
-KVP_PIN_OFFSET(kvp_store_options, _reserved, 12);
+KVP_PIN_OFFSET(kvp_store_options, timeout_ms, 12);
 KVP_PIN_OFFSET(kvp_store_options, allocator, 16);
 
 /* kvp_store_stats (store.h) */

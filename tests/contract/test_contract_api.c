@@ -551,6 +551,8 @@ static void test_contract_api__null_pointers_store(void **state) {
   EXPECT_NULL_ARG(kvp_store_create_memory(64, NULL, NULL), "kvp_store_create_memory", "out");
   EXPECT_NULL_ARG(kvp_store_create_directory(NULL, 64, NULL, &s), "kvp_store_create_directory", "path");
   EXPECT_NULL_ARG(kvp_store_create_directory("/tmp", 64, NULL, NULL), "kvp_store_create_directory", "out");
+  EXPECT_NULL_ARG(kvp_store_create_redis(NULL, NULL, &s), "kvp_store_create_redis", "url");
+  EXPECT_NULL_ARG(kvp_store_create_redis("redis://127.0.0.1:1", NULL, NULL), "kvp_store_create_redis", "out");
   assert_null(s);
   assert_kvp_ok(kvp_store_create_memory(64, NULL, &s));
   const kvp_store_key key = {{0}};
@@ -1322,8 +1324,10 @@ static const char *const covered_by_this_file[] = {
     "kvp_pool_get_page_state", "kvp_pool_get_stats", "kvp_pool_check_invariants", "kvp_pool_clear_prefix_cache",
     "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats", "kvp_pool_add_store",
     "kvp_pool_get_tier_stats",
-    /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c) */
+    /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c;
+     * kvp_store_create_redis: tests/redis/test_store_redis.c) */
     "kvp_store_options_init", "kvp_store_create", "kvp_store_create_memory", "kvp_store_create_directory",
+    "kvp_store_create_redis",
     "kvp_store_destroy", "kvp_store_put", "kvp_store_get", "kvp_store_exists", "kvp_store_remove",
     "kvp_store_get_stats", "kvp_store_scrub",
     /* serialize.h */

@@ -15,7 +15,7 @@ function(kvp_add_fuzz_target name)
                                              ${CMAKE_CURRENT_LIST_DIR} ${PROJECT_SOURCE_DIR}/tests/support)
   set_target_properties(${name} PROPERTIES LINKER_LANGUAGE CXX)
   target_link_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
-  target_link_libraries(${name} PRIVATE Threads::Threads PkgConfig::XXHASH m)
+  target_link_libraries(${name} PRIVATE ${KVP_LIBRARY_DEPS} m)
 endfunction()
 
 if(KVPAGES_FUZZ)

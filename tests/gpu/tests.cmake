@@ -85,7 +85,7 @@ if(KVPAGES_CUDA_EMULATION_TESTS)
   target_include_directories(kvpages_cuemu BEFORE PUBLIC ${KVP_EMU_DIR} ${KVP_EMU_GEN})
   target_include_directories(kvpages_cuemu PUBLIC ${PROJECT_SOURCE_DIR}/include ${KVP_GEN_INCLUDE})
   set_target_properties(kvpages_cuemu PROPERTIES LINKER_LANGUAGE CXX)
-  target_link_libraries(kvpages_cuemu PRIVATE Threads::Threads PkgConfig::XXHASH)
+  target_link_libraries(kvpages_cuemu PRIVATE ${KVP_LIBRARY_DEPS})
   foreach(t test_cuda_device test_cuda_concatenate test_cuda_attention test_cuda_pool test_serialize_gpu test_cuda_fault
           test_cuda_shards)
     add_executable(${t}_emu ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c ${CMAKE_CURRENT_SOURCE_DIR}/support/support.c
