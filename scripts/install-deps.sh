@@ -4,7 +4,8 @@
 set -euo pipefail
 
 debs=(cmake ninja-build g++ pkg-config libcmocka-dev doxygen libxxhash-dev nlohmann-json3-dev
-      libdlpack-dev abigail-tools golang-go clang rustc cargo)
+      libdlpack-dev abigail-tools golang-go clang rustc cargo redis-server libhiredis-dev)
+# redis-server (redis-tools with it) and libhiredis-dev: the Redis store (KVPAGES_REDIS) and its tests.
 # rustc/cargo: Debian bookworm's Rust 1.63 is the Rust bindings' declared minimum (rust-version),
 # and bindings/run-tests.sh tests them with it; rustup's newer toolchain is used too when present.
 missing=()

@@ -49,13 +49,15 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
+# Waits up to 30 s (a loaded machine) for the server of `name` on `port` to answer.
 wait_ping() {
-  local port=$1 i
-  for i in $(seq 1 100); do
+  local name=$1 port=$2 i
+  for i in $(seq 1 300); do
     if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ]; then return 0; fi
-    sleep 0.05
+    sleep 0.1
   done
-  echo "with-redis.sh: redis-server on port $port did not start" >&2
+  echo "with-redis.sh: redis-server $name on port $port did not start; its log:" >&2
+  cat "$tmp/$name/log" >&2 || true
   return 1
 }
 
@@ -66,7 +68,7 @@ start() {
   mkdir -p "$tmp/$name"
   redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$tmp/$name" \
     --daemonize yes --pidfile "$tmp/$name.pid" --logfile "$tmp/$name/log" "$@"
-  wait_ping "$port"
+  wait_ping "$name" "$port"
 }
 
 read -r single c1 c2 c3 b1 b2 b3 < <(free_ports 7)
@@ -77,9 +79,9 @@ cat > "$tmp/restart-single.sh" <<RS
 set -e
 redis-server --bind 127.0.0.1 --port $single --save '' --appendonly no --dir "$tmp/single" \
   --daemonize yes --pidfile "$tmp/single.pid" --logfile "$tmp/single/log"
-for i in \$(seq 1 100); do
+for i in \$(seq 1 300); do
   [ "\$(redis-cli -h 127.0.0.1 -p $single ping 2>/dev/null)" = PONG ] && exit 0
-  sleep 0.05
+  sleep 0.1
 done
 exit 1
 RS
@@ -95,13 +97,13 @@ redis-cli --cluster create "127.0.0.1:$c1" "127.0.0.1:$c2" "127.0.0.1:$c3" --clu
   cat "$tmp/create.log" >&2
   exit 1
 }
-for i in $(seq 1 200); do
+for i in $(seq 1 300); do
   ok=1
   for p in "${ports[@]}"; do
     redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
   done
   [ "$ok" = 1 ] && break
-  sleep 0.05
+  sleep 0.1
 done
 if [ "$ok" != 1 ]; then
   echo "with-redis.sh: the cluster did not reach cluster_state:ok" >&2

@@ -869,6 +869,29 @@ static void put_until_ok(kvp_store *s, const kvp_store_key *k, const uint8_t *da
   assert_true(i >= 1);
 }
 
+/* The Redis store (built with it): its creation parses the URL and sets up its client in the
+ * library's allocator before it connects; with allocation N failing it returns OUT_OF_MEMORY with
+ * nothing leaked, until it gets as far as connecting (no server on these ports: I/O). */
+static void test_oom__redis_store_create(void **state) {
+  (void)state;
+  if (strstr(kvp_build_info(), "redis=on") == NULL) skip();
+  const long base = g_alloc.live;
+  long n;
+  kvp_status st = KVP_OK;
+  for (n = 0; n < MAX_N; ++n) {
+    kvp_store *s = (kvp_store *)(uintptr_t)1;
+    fail_from(n);
+    st = kvp_store_create_redis("redis+cluster://127.0.0.1:1,127.0.0.1:2?prefix=oom:", NULL, &s);
+    disarm();
+    assert_null(s);
+    if (st != KVP_ERR_OUT_OF_MEMORY) break;
+    expect_oom(st, base, n, "kvp_store_create_redis");
+  }
+  assert_true(n >= 1);
+  assert_int_equal(st, KVP_ERR_IO);
+  assert_int_equal(g_alloc.live, base);
+}
+
 static void test_oom__stores_and_tiers(void **state) {
   (void)state;
   uint8_t data[100], back[100];
@@ -964,6 +987,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_oom__deserialize_new_small_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__pool_operations, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__stores_and_tiers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__redis_store_create, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__set_host_allocator_rejects_half_allocators, setup, teardown),
   };
   return cmocka_run_group_tests_name("oom", tests, NULL, NULL);

@@ -19,6 +19,9 @@ type StoreOptions struct {
 	// NoSync: a directory store does not fsync its files (KVP_STORE_FLAG_NO_SYNC): faster; after a
 	// power loss a block may be missing or damaged, which every read and Scrub detect.
 	NoSync bool
+	// TimeoutMs bounds every connect and command of a network store (OpenRedisStore; since 1.5),
+	// 0 = the default, 1000 ms. The memory and directory stores ignore it.
+	TimeoutMs uint32
 }
 
 // StoreStats are the content and counters of a store (kvp_store_stats).
@@ -82,6 +85,29 @@ func OpenDirectoryStore(path string, maxBytes uint64, o StoreOptions) (*Store, e
 			opts.flags |= C.KVP_STORE_FLAG_NO_SYNC
 		}
 		return C.kvp_store_create_directory(cpath, C.uint64_t(maxBytes), &opts, &out)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return newStore(out), nil
+}
+
+// OpenRedisStore calls kvp_store_create_redis (since 1.5): a store in a Redis server
+// ("redis://HOST:PORT[/DB]") or a Redis Cluster ("redis+cluster://HOST:PORT[,HOST:PORT...]"),
+// optionally followed by "?prefix=STR" (default "kvp:"), shared by every process that opens it.
+// A server that fails or does not answer within o.TimeoutMs is ErrIO; a library built without
+// Redis returns ErrUnsupported.
+func OpenRedisStore(url string, o StoreOptions) (*Store, error) {
+	curl := C.CString(url)
+	defer C.free(unsafe.Pointer(curl))
+	var opts C.kvp_store_options
+	var out *C.kvp_store
+	err := call(func() C.kvp_status {
+		if st := C.kvp_store_options_init(&opts, C.uint32_t(unsafe.Sizeof(opts))); st != C.KVP_OK {
+			return st
+		}
+		opts.timeout_ms = C.uint32_t(o.TimeoutMs)
+		return C.kvp_store_create_redis(curl, &opts, &out)
 	})
 	if err != nil {
 		return nil, err

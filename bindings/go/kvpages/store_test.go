@@ -196,3 +196,43 @@ func TestStoreBadInputChangesNothing(t *testing.T) {
 	}
 	wantErr(t, s.Put(k1, nil), ErrInvalidHandle, "KVP_ERR_INVALID_HANDLE")
 }
+
+// Without a server: a bad URL and a refused connection (ErrUnsupported in a build without
+// Redis); with one (KVP_TEST_REDIS_URL, tests/redis/with-redis.sh), a round trip.
+func TestRedisStoreBadURLRefusedServerAndRoundTrip(t *testing.T) {
+	if !strings.Contains(BuildInfo(), "redis=on") {
+		_, err := OpenRedisStore("redis://127.0.0.1:6379", StoreOptions{})
+		wantErr(t, err, ErrUnsupported, "KVP_ERR_UNSUPPORTED")
+		return
+	}
+	_, err := OpenRedisStore("redis://no-port", StoreOptions{})
+	if e := wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT"); !strings.Contains(e.Message, "Redis URL") {
+		t.Fatalf("message %q", e.Message)
+	}
+	_, err = OpenRedisStore("redis://127.0.0.1:1", StoreOptions{TimeoutMs: 200})
+	if e := wantErr(t, err, ErrIO, "KVP_ERR_IO"); !strings.Contains(e.Message, "127.0.0.1:1") {
+		t.Fatalf("message %q does not name the server", e.Message)
+	}
+	url := os.Getenv("KVP_TEST_REDIS_URL")
+	if url == "" {
+		t.Skip("KVP_TEST_REDIS_URL not set (tests/redis/with-redis.sh starts a server)")
+	}
+	s, err := OpenRedisStore(url+"?prefix=go:", StoreOptions{TimeoutMs: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Put(k1, []byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(k1)
+	if err != nil || string(got) != "abc" {
+		t.Fatalf("Get = %q, %v", got, err)
+	}
+	if st, _ := s.Stats(); st.Blocks != -1 || st.Puts != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := s.Remove(k1); err != nil {
+		t.Fatal(err)
+	}
+}

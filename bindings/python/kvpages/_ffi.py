@@ -174,8 +174,8 @@ class kvp_store_vtable(ctypes.Structure):  # since 1.4
 
 
 class kvp_store_options(ctypes.Structure):  # since 1.4
-    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("flags", _u32), ("_reserved", _u32),
-                ("allocator", _vp)]
+    _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("flags", _u32), ("timeout_ms", _u32),
+                ("allocator", _vp)]  # timeout_ms: since 1.5 (was _reserved)
 
 
 class kvp_store_stats(ctypes.Structure):  # since 1.4
@@ -398,6 +398,7 @@ _SIGNATURES = {
     "kvp_store_remove": (_ST, _vp, _P(kvp_store_key)),
     "kvp_store_get_stats": (_ST, _vp, _P(kvp_store_stats)),
     "kvp_store_scrub": (_ST, _vp, _P(kvp_store_scrub_report)),
+    "kvp_store_create_redis": (_ST, _cp, _P(kvp_store_options), _P(_vp)),  # since 1.5
 }
 #: The storage-tier functions (store.h and two of pool.h, since 1.4).
 _STORE_FUNCTIONS = {name for name in _SIGNATURES if name.startswith("kvp_store_")} | {

@@ -40,11 +40,12 @@ def _key(key: Key) -> kvp_store_key:
     return k
 
 
-def _options(sync: bool) -> kvp_store_options:
+def _options(sync: bool = True, timeout_ms: int = 0) -> kvp_store_options:
     o = kvp_store_options()
     check(lib.kvp_store_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_store_options_init")
     if not sync:
         o.flags |= STORE_FLAG_NO_SYNC
+    o.timeout_ms = timeout_ms
     return o
 
 
@@ -74,6 +75,19 @@ class Store(Handle):
         out, o = _vp(), _options(sync)
         check(lib.kvp_store_create_directory(os.fsencode(path), max_bytes, ctypes.byref(o), ctypes.byref(out)),
               "kvp_store_create_directory")
+        return cls(out.value)
+
+    @classmethod
+    def redis(cls, url: str, timeout_ms: int = 0) -> "Store":
+        """Connects a store to a Redis server (``redis://HOST:PORT[/DB]``) or a Redis Cluster
+        (``redis+cluster://HOST:PORT[,HOST:PORT...]``), optionally ``?prefix=STR`` (default
+        ``kvp:``), shared by every process that opens it (kvp_store_create_redis, since 1.5).
+        Every connect and command is bounded by ``timeout_ms`` (0: 1000 ms); a server that fails
+        raises :class:`KvpagesIOError`. A library built without Redis raises :class:`Unsupported`."""
+        if not 0 <= timeout_ms < 1 << 32:
+            raise invalid("timeout_ms must be in [0, 2**32), got %d" % timeout_ms)
+        out, o = _vp(), _options(timeout_ms=timeout_ms)
+        check(lib.kvp_store_create_redis(url.encode(), ctypes.byref(o), ctypes.byref(out)), "kvp_store_create_redis")
         return cls(out.value)
 
     @classmethod

@@ -176,3 +176,26 @@ def test_bad_input_raises_the_librarys_error_and_changes_nothing(tmp_path):
         assert store.stats().blocks == 0 and store.exists([K1]) == [False]
     with pytest.raises(kvpages.InvalidHandle):
         store.get(K1)
+
+
+def test_redis_store_bad_url_refused_server_and_round_trip():
+    """Without a server: a bad URL and a refused connection (or Unsupported in a build without
+    Redis). With one (KVP_TEST_REDIS_URL, tests/redis/with-redis.sh): a round trip."""
+    if "redis=on" not in kvpages.build_info():
+        with pytest.raises(kvpages.Unsupported):
+            kvpages.Store.redis("redis://127.0.0.1:6379")
+        return
+    with pytest.raises(kvpages.InvalidArgument) as e:
+        kvpages.Store.redis("redis://no-port")
+    assert "Redis URL" in e.value.message
+    with pytest.raises(kvpages.KvpagesIOError) as e:
+        kvpages.Store.redis("redis://127.0.0.1:1", timeout_ms=200)
+    assert "127.0.0.1:1" in e.value.message
+    url = os.environ.get("KVP_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("KVP_TEST_REDIS_URL not set (tests/redis/with-redis.sh starts a server)")
+    with kvpages.Store.redis(url + "?prefix=py:", timeout_ms=500) as store:
+        store.put(K1, b"abc")
+        assert store.get(K1) == b"abc" and store.exists([K1, K2]) == [True, False]
+        store.remove(K1)
+        assert store.exists([K1]) == [False] and store.stats().blocks == -1

@@ -2026,6 +2026,9 @@ pub const Store = struct {
         /// A directory store does not fsync its files (`KVP_STORE_FLAG_NO_SYNC`): faster; after a
         /// power loss a block may be missing or damaged, which every read and `scrub` detect.
         no_sync: bool = false,
+        /// A network store's bound on every connect and command, in ms (`redis`; since 1.5);
+        /// 0 = the default, 1000 ms. The memory and directory stores ignore it.
+        timeout_ms: u32 = 0,
     };
 
     /// Content and counters (`kvp_store_stats`); `blocks`, `bytes`, `max_bytes` are -1 for a
@@ -2069,6 +2072,21 @@ pub const Store = struct {
         var p: CPath = .{};
         var out: ?*c.kvp_store = null;
         try check(c.kvp_store_create_directory(try p.of(path), max_bytes, &opts, &out));
+        return .{ .handle = out.? };
+    }
+
+    /// A store in a Redis server (`redis://HOST:PORT[/DB]`) or a Redis Cluster
+    /// (`redis+cluster://HOST:PORT[,HOST:PORT...]`), optionally followed by `?prefix=STR` (default
+    /// `kvp:`), shared by every process that opens it (`kvp_store_create_redis`, since 1.5). A
+    /// server that fails or does not answer within `o.timeout_ms` is `error.Io`; a library built
+    /// without Redis returns `error.Unsupported`.
+    pub fn redis(url: []const u8, o: Options) Error!Store {
+        var opts: c.kvp_store_options = undefined;
+        try check(c.kvp_store_options_init(&opts, @sizeOf(c.kvp_store_options)));
+        opts.timeout_ms = o.timeout_ms;
+        var buf: [1023:0]u8 = undefined;
+        var out: ?*c.kvp_store = null;
+        try check(c.kvp_store_create_redis(try nulTerminated(&buf, url), &opts, &out));
         return .{ .handle = out.? };
     }
 

@@ -82,3 +82,14 @@ test "store: bad input gives the library's error and changes nothing" {
     try t.expect(!found[0]);
     try t.expectError(error.InvalidArgument, store.exists(&.{ k1, k2 }, &found));
 }
+
+test "store: redis, a bad URL and a refused server (unsupported without Redis)" {
+    if (std.mem.indexOf(u8, kv.buildInfo(), "redis=on") == null) {
+        try t.expectError(error.Unsupported, kv.Store.redis("redis://127.0.0.1:6379", .{}));
+        return;
+    }
+    try t.expectError(error.InvalidArgument, kv.Store.redis("redis://no-port", .{}));
+    try t.expect(std.mem.indexOf(u8, kv.lastErrorMessage(), "Redis URL") != null);
+    try t.expectError(error.Io, kv.Store.redis("redis://127.0.0.1:1", .{ .timeout_ms = 200 }));
+    try t.expect(std.mem.indexOf(u8, kv.lastErrorMessage(), "127.0.0.1:1") != null);
+}

@@ -136,6 +136,7 @@ constants! {
     KVP_STORE_VTABLE_VERSION: u32 = 1;
     KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
     KVP_STORE_OPTIONS_VERSION: u32 = 1;
+    KVP_STORE_DEFAULT_TIMEOUT_MS: u32 = 1000;
     // serialize.h
     KVP_FORMAT_MAJOR: u32 = 1;
     KVP_FORMAT_MINOR: u32 = 1;
@@ -514,14 +515,15 @@ pub struct kvp_store_vtable {
     pub destroy: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
 }
 
-/// `kvp_store_options` (store.h, since 1.4); zero means default for every field.
+/// `kvp_store_options` (store.h, since 1.4); zero means default for every field. `timeout_ms`
+/// (since 1.5, formerly `_reserved`) bounds a network store's calls, 0 = 1000 ms.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_store_options {
     pub struct_size: u32,
     pub abi_version: u32,
     pub flags: u32,
-    pub _reserved: u32,
+    pub timeout_ms: u32,
     pub allocator: *const kvp_host_allocator,
 }
 
@@ -1183,6 +1185,9 @@ pub struct kvp_api_v1 {
     pub store_get_stats: Option<unsafe extern "C" fn(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status>,
     pub store_scrub:
         Option<unsafe extern "C" fn(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status>,
+    pub store_create_redis: Option<
+        unsafe extern "C" fn(url: *const c_char, opts: *const kvp_store_options, out: *mut *mut kvp_store) -> kvp_status,
+    >,
 }
 
 extern "C" {
@@ -1581,6 +1586,8 @@ extern "C" {
     pub fn kvp_store_remove(store: *mut kvp_store, key: *const kvp_store_key) -> kvp_status;
     pub fn kvp_store_get_stats(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status;
     pub fn kvp_store_scrub(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status;
+    pub fn kvp_store_create_redis(url: *const c_char, opts: *const kvp_store_options, out: *mut *mut kvp_store)
+        -> kvp_status; // since 1.5
 
     // plugin.h
     pub fn kvp_get_api(requested_version: u32) -> *const kvp_api_v1;

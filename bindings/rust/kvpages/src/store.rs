@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::ptr::{self, NonNull};
 
-use crate::{c_path, check, internal, sys, ErrorKind, Result};
+use crate::{c_path, check, internal, invalid, sys, ErrorKind, Result};
 
 /// The 16-byte key of a block (`kvp_store_key`).
 pub type StoreKey = [u8; 16];
@@ -76,7 +76,7 @@ fn c_options(options: &StoreOptions) -> Result<sys::kvp_store_options> {
         struct_size: 0,
         abi_version: 0,
         flags: 0,
-        _reserved: 0,
+        timeout_ms: 0,
         allocator: ptr::null(),
     };
     check(unsafe { sys::kvp_store_options_init(&mut o, std::mem::size_of::<sys::kvp_store_options>() as u32) })?;
@@ -106,6 +106,21 @@ impl Store {
         let opts = c_options(options)?;
         let mut out = ptr::null_mut();
         check(unsafe { sys::kvp_store_create_directory(path.as_ptr(), max_bytes, &opts, &mut out) })?;
+        Store::from_raw(out)
+    }
+
+    /// `kvp_store_create_redis` (since 1.5): a store in a Redis server (`redis://HOST:PORT[/DB]`)
+    /// or a Redis Cluster (`redis+cluster://HOST:PORT[,HOST:PORT...]`), optionally followed by
+    /// `?prefix=STR` (default `kvp:`), shared by every process that opens it. Every connect and
+    /// command is bounded by `timeout_ms` (`kvp_store_options::timeout_ms`, 0 = 1000 ms); a server
+    /// that fails is an [`ErrorKind::Io`](crate::ErrorKind::Io) error. A library built without
+    /// Redis returns [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+    pub fn redis(url: &str, timeout_ms: u32) -> Result<Store> {
+        let url = std::ffi::CString::new(url).map_err(|_| invalid(format!("Redis URL {url:?} contains NUL")))?;
+        let mut opts = c_options(&StoreOptions::default())?;
+        opts.timeout_ms = timeout_ms;
+        let mut out = ptr::null_mut();
+        check(unsafe { sys::kvp_store_create_redis(url.as_ptr(), &opts, &mut out) })?;
         Store::from_raw(out)
     }
 

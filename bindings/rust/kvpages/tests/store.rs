@@ -200,3 +200,29 @@ fn bad_input_gives_the_librarys_error_and_changes_nothing() {
     assert_eq!(store.stats().unwrap().blocks, 0);
     assert_eq!(store.exists(&[K1]).unwrap(), vec![false]);
 }
+
+/// Without a server: a bad URL and a refused connection (or Unsupported in a build without
+/// Redis); with one (KVP_TEST_REDIS_URL, tests/redis/with-redis.sh), a round trip.
+#[test]
+fn redis_store_bad_url_refused_server_and_round_trip() {
+    if !build_info().contains("redis=on") {
+        assert_eq!(Store::redis("redis://127.0.0.1:6379", 0).unwrap_err().kind(), ErrorKind::Unsupported);
+        return;
+    }
+    let e = Store::redis("redis://no-port", 0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message.contains("Redis URL"), "{}", e.message);
+    let e = Store::redis("redis://127.0.0.1:1", 200).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
+    let url = match std::env::var("KVP_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => return, // no server: tests/redis/with-redis.sh starts one
+    };
+    let store = Store::redis(&format!("{url}?prefix=rs:"), 500).unwrap();
+    store.put(&K1, b"abc").unwrap();
+    assert_eq!(store.get(&K1).unwrap(), Some(b"abc".to_vec()));
+    assert_eq!(store.exists(&[K1, K2]).unwrap(), vec![true, false]);
+    store.remove(&K1).unwrap();
+    assert_eq!(store.stats().unwrap().blocks, -1);
+}
