@@ -90,8 +90,8 @@ typedef struct kvp_store_options {
   uint32_t struct_size;                /**< sizeof(kvp_store_options). */
   uint32_t abi_version;                /**< ::KVP_STORE_OPTIONS_VERSION. */
   uint32_t flags;                      /**< `KVP_STORE_FLAG_*`. */
-  /** Network stores (kvp_store_create_redis()): the bound in milliseconds on every connect and
-   *  every command, 0 = ::KVP_STORE_DEFAULT_TIMEOUT_MS. Ignored by the memory and directory
+  /** Network stores (kvp_store_create_redis()): the bound in milliseconds on a connect and on
+   *  every wait for the server, 0 = ::KVP_STORE_DEFAULT_TIMEOUT_MS. Ignored by the memory and directory
    *  stores. (Named `_reserved` and required to be 0 before 1.5: same offset and size.) @since 1.5 */
   uint32_t timeout_ms;
   const kvp_host_allocator *allocator; /**< Host allocator for the store's memory (borrowed, must outlive the store); NULL = built-in. */
@@ -197,9 +197,10 @@ KVP_API kvp_status KVP_CALL kvp_store_create_directory(const char *path, uint64_
  *
  * **Bounds and failures.** Redis bounds itself (configure `maxmemory` and an eviction policy such
  * as `allkeys-lru`): kvp_store_get_stats() reports blocks, bytes and max_bytes as -1 and the
- * store counts no evictions. Every connect and command is bounded by kvp_store_options::timeout_ms;
- * an unreachable, refused or silent server is ::KVP_ERR_IO naming `host:port` and the reason,
- * never a hang; the next call reconnects.
+ * store counts no evictions. A connect, and every wait on a server while sending or receiving,
+ * lasts at most kvp_store_options::timeout_ms; an unreachable, refused or silent server is
+ * ::KVP_ERR_IO naming `host:port` and the reason, never a hang; the connection is closed and the
+ * next call reconnects. A put that failed so may or may not have replaced the value (whole).
  *
  * @param[in] url `redis://HOST:PORT[/DB]` (one server, database DB, default 0) or
  *            `redis+cluster://HOST:PORT[,HOST:PORT...]` (seed nodes of a cluster), each optionally

@@ -485,6 +485,22 @@ static void test_store__bad_input_changes_nothing(void **state) {
   assert_kvp_ok(kvp_store_destroy(NULL));
 }
 
+/* kvp_store_create_redis without a server (tests/redis/test_store_redis.c has the servers): a
+ * build without Redis says so (UNSUPPORTED, and kvp_build_info says redis=off); a build with it
+ * refuses a malformed URL before connecting. `out` is NULL either way. */
+static void test_store__redis_without_a_server(void **state) {
+  (void)state;
+  kvp_store *s = (kvp_store *)&s;
+  if (strstr(kvp_build_info(), "redis=off") != NULL) {
+    assert_kvp_status(kvp_store_create_redis("redis://127.0.0.1:6379", NULL, &s), KVP_ERR_UNSUPPORTED,
+                      "built without Redis: KVPAGES_REDIS=OFF");
+  } else {
+    assert_non_null(strstr(kvp_build_info(), "redis=on"));
+    assert_kvp_status(kvp_store_create_redis("redis://127.0.0.1", NULL, &s), KVP_ERR_INVALID_ARGUMENT, "HOST:PORT");
+  }
+  assert_null(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_store__memory_round_trip),
@@ -496,6 +512,7 @@ int main(void) {
       cmocka_unit_test(test_store__plugin_through_vtable),
       cmocka_unit_test(test_store__plugin_table_checked),
       cmocka_unit_test(test_store__bad_input_changes_nothing),
+      cmocka_unit_test(test_store__redis_without_a_server),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
