@@ -11,13 +11,14 @@ namespace {
 
 class MemoryStore final : public Store {
  public:
-  MemoryStore(uint64_t max_bytes, const HostAllocator& a) : max_(max_bytes), alloc_(a), lru_(a), map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a) {}
+  MemoryStore(uint64_t max_bytes, const HostAllocator& a) : max_(max_bytes), alloc_(a), lru_(a), map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a), order_(a) {}
 
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;
   struct Entry {
     HostVector<uint8_t> data;
     Lru::iterator at;  // in lru_ (front = least recently used)
+    uint64_t number;   // in order_
   };
   using Map = std::unordered_map<StoreKey, Entry, StoreKeyHash, std::equal_to<StoreKey>,
                                  StdAllocator<std::pair<const StoreKey, Entry>>>;
@@ -27,6 +28,7 @@ class MemoryStore final : public Store {
   void drop(Map::iterator it) noexcept {
     bytes_ -= it->second.data.size();
     lru_.erase(it->second.at);
+    order_.erase(it->second.number);
     map_.erase(it);
   }
 
@@ -39,11 +41,13 @@ class MemoryStore final : public Store {
     Lru::iterator at = lru_.end();
     auto it = map_.find(k);
     if (it == map_.end()) {
-      at = lru_.insert(lru_.end(), k);
+      const uint64_t number = order_.add(k);
       try {
-        it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at}).first;
+        at = lru_.insert(lru_.end(), k);
+        it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at, number}).first;
       } catch (...) {
-        lru_.erase(at);
+        if (at != lru_.end()) lru_.erase(at);
+        order_.erase(number);
         throw;
       }
     } else {
@@ -85,6 +89,8 @@ class MemoryStore final : public Store {
     return Usage{static_cast<int64_t>(map_.size()), static_cast<int64_t>(bytes_), static_cast<int64_t>(max_)};
   }
 
+  size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap) override { return order_.list(cursor, keys, cap); }
+
   kvp_store_scrub_report do_scrub() override {
     kvp_store_scrub_report r;
     std::memset(&r, 0, sizeof r);
@@ -98,6 +104,7 @@ class MemoryStore final : public Store {
   HostAllocator alloc_;
   Lru lru_;
   Map map_;
+  ListOrder order_;
 };
 
 }  // namespace

@@ -504,6 +504,14 @@ static void expect_every_store_call_rejected(kvp_store *h) {
   r0 = r;
   EXPECT_BAD_HANDLE(kvp_store_scrub(h, &r), "kvp_store_scrub");
   assert_memory_equal(&r, &r0, sizeof r);
+  kvp_store_key keys[2], keys0[2];
+  memset(keys, FILL, sizeof keys);
+  memcpy(keys0, keys, sizeof keys);
+  uint64_t cursor = 0x66;
+  EXPECT_BAD_HANDLE(kvp_store_list(h, &cursor, keys, 2, &size), "kvp_store_list");
+  assert_int_equal(cursor, 0x66);
+  assert_int_equal(size, 0x55);
+  assert_memory_equal(keys, keys0, sizeof keys);
   if (h != NULL) EXPECT_BAD_HANDLE(kvp_store_destroy(h), "kvp_store_destroy"); /* destroy(NULL) is OK */
   assert_kvp_ok(kvp_pool_check_invariants(F.pool));
 }
@@ -567,6 +575,14 @@ static void test_contract_api__null_pointers_store(void **state) {
   EXPECT_NULL_ARG(kvp_store_get_stats(s, NULL), "kvp_store_get_stats", "out");
   EXPECT_NULL_ARG(kvp_store_scrub(s, NULL), "kvp_store_scrub", "report");
   EXPECT_NULL_ARG(kvp_pool_get_tier_stats(F.pool, 0, NULL), "kvp_pool_get_tier_stats", "out");
+  kvp_store_key keys[2];
+  uint64_t cursor = 0;
+  EXPECT_NULL_ARG(kvp_store_list(s, NULL, keys, 2, &n), "kvp_store_list", "cursor");
+  EXPECT_NULL_ARG(kvp_store_list(s, &cursor, NULL, 2, &n), "kvp_store_list", "keys");
+  EXPECT_NULL_ARG(kvp_store_list(s, &cursor, keys, 2, NULL), "kvp_store_list", "count_out");
+  kvp_store_block_info bi = KVP_STORE_BLOCK_INFO_INIT;
+  EXPECT_NULL_ARG(kvp_store_block_inspect(b, sizeof b, NULL), "kvp_store_block_inspect", "out");
+  EXPECT_NULL_ARG(kvp_store_block_inspect(NULL, 1, &bi), "kvp_store_block_inspect", "block");
   kvp_store_stats st = KVP_STORE_STATS_INIT;
   assert_kvp_ok(kvp_store_get_stats(s, &st));
   assert_int_equal(st.blocks, 0);
@@ -582,6 +598,9 @@ static void test_contract_api__null_pointers_store(void **state) {
   CLEARS(kvp_store_get_stats(s, &st));
   kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
   CLEARS(kvp_store_scrub(s, &r));
+  CLEARS(kvp_store_list(s, &cursor, keys, 2, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(cursor, 0);
   CLEARS(kvp_store_remove(s, &key));
   kvp_pool *p = NULL;
   assert_kvp_ok(kvp_pool_create(F.cache, NULL, &p));
@@ -1325,7 +1344,9 @@ static const char *const covered_by_this_file[] = {
     /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c) */
     "kvp_store_options_init", "kvp_store_create", "kvp_store_create_memory", "kvp_store_create_directory",
     "kvp_store_destroy", "kvp_store_put", "kvp_store_get", "kvp_store_exists", "kvp_store_remove",
-    "kvp_store_get_stats", "kvp_store_scrub",
+    "kvp_store_get_stats", "kvp_store_scrub", "kvp_store_list",
+    /* kvp_store_block_inspect succeeding: tests/unit/test_store_list.c */
+    "kvp_store_block_inspect",
     /* serialize.h */
     "kvp_serialize_options_init", "kvp_serialized_size", "kvp_serialize", "kvp_serialize_to_writer",
     "kvp_serialize_to_file", "kvp_deserialize_options_init", "kvp_deserialize_new",

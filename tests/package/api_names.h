@@ -115,4 +115,6 @@ KVP_API_ENTRY(store_exists)
 KVP_API_ENTRY(store_remove)
 KVP_API_ENTRY(store_get_stats)
 KVP_API_ENTRY(store_scrub)
+KVP_API_ENTRY(store_list)
+KVP_API_ENTRY(store_block_inspect)
 /* END GENERATED NAMES */
