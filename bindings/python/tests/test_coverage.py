@@ -65,7 +65,7 @@ COUNTERPARTS = {
     "kvp_store_create_memory": "Store.memory", "kvp_store_create_directory": "Store.directory",
     "kvp_store_destroy": "Store.close", "kvp_store_put": "Store.put", "kvp_store_get": "Store.get",
     "kvp_store_exists": "Store.exists", "kvp_store_remove": "Store.remove", "kvp_store_get_stats": "Store.stats",
-    "kvp_store_scrub": "Store.scrub",
+    "kvp_store_scrub": "Store.scrub", "kvp_store_list": "Store.list", "kvp_store_block_inspect": "inspect_block",
 }
 
 #: C functions deliberately without a Python counterpart, and why.

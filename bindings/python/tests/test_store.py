@@ -1,7 +1,8 @@
 """pytest suite of the block stores (kvpages.Store, since 1.4): a memory store's round trip and
 counters, a directory store surviving close and reopen and scrubbing a damaged file, a pool with a
 memory tier restoring evicted prefix pages with the bytes computed for them, a plug-in store
-written in Python, and bad input raising the library's error with nothing changed."""
+written in Python, listing every store's keys and inspecting the evicted blocks (since 1.5), and
+bad input raising the library's error with nothing changed."""
 import gc
 import os
 import sys
@@ -96,6 +97,23 @@ def test_pool_with_a_memory_tier_restores_evicted_prefix_pages():
         np.testing.assert_array_equal(v, -pool_key(1, range(32)))
     pool.check_invariants()
 
+    keys = list(store.list())  # every evicted block, each inspected (since 1.5)
+    assert len(keys) == len(set(keys)) == store.stats().blocks >= 2
+    infos = [kvpages.inspect_block(store.get(k)) for k in keys]
+    assert [i.key for i in infos] == keys
+    assert all(i.checksum_ok and i.format_version == 1 and i.page_size == 16 and i.num_layers == 2 and
+               i.salt == 0 and i.fingerprint == infos[0].fingerprint for i in infos)
+    assert any(i.parent in keys for i in infos)  # a's second page's parent is its first
+    damaged = bytearray(store.get(keys[0]))
+    damaged[-20] ^= 1
+    assert not kvpages.inspect_block(damaged).checksum_ok
+    with pytest.raises(kvpages.FormatError) as e:
+        kvpages.inspect_block(b"not a block")
+    assert e.value.name == "KVP_ERR_FORMAT_MAGIC" and "KVPB" in e.value.message
+    with pytest.raises(kvpages.FormatError) as e:
+        kvpages.inspect_block(bytes(damaged[:-1]))
+    assert e.value.name == "KVP_ERR_FORMAT_TRUNCATED"
+
     with pytest.raises(BufferError):  # the pool uses the store
         store.close()
     with pytest.raises(kvpages.InvalidArgument) as e:
@@ -158,6 +176,29 @@ def test_plugin_store_in_python_and_exceptions_become_statuses(capsys):
             store.put(K1, b"y")
         assert "disk on fire" in capsys.readouterr().err
         assert store.stats().errors == errors + 1 and backend.blocks == {}
+
+
+def test_list_every_store(tmp_path):
+    keys = [bytes([i]) * 16 for i in range(10)]
+    with kvpages.Store.memory(1 << 20) as memory, kvpages.Store.directory(tmp_path / "d", 1 << 20) as directory:
+        for store in (memory, directory):
+            assert list(store.list()) == []
+            for k in keys:
+                store.put(k, k)
+            assert sorted(store.list()) == keys
+    backend = DictStore()
+    with kvpages.Store.plugin(backend) as store:  # without keys(): cannot list
+        with pytest.raises(kvpages.Unsupported) as e:
+            list(store.list())
+        assert "list" in e.value.message
+    backend.keys = lambda: list(backend.blocks)
+    with kvpages.Store.plugin(backend) as store:  # with keys(): listed 256 at a time
+        many = [i.to_bytes(16, "little") for i in range(600)]
+        for k in many:
+            store.put(k, b"v")
+        assert sorted(store.list()) == sorted(many)
+        inner, outer = store.list(), store.list()  # two listings at once keep their own cursors
+        assert sorted(list(inner) + list(outer)) == sorted(many * 2)
 
 
 def test_bad_input_raises_the_librarys_error_and_changes_nothing(tmp_path):
