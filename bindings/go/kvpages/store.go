@@ -199,6 +199,66 @@ func (s *Store) Scrub() (ScrubReport, error) {
 		BytesFreed: int64(r.bytes_freed)}, nil
 }
 
+// listPage is the number of keys per kvp_store_list call of List.
+const listPage = 256
+
+// List calls kvp_store_list until the listing is complete (since 1.5): every key the store holds,
+// a page at a time (the store locked per page, not across pages). A key present throughout
+// appears at least once; keys put or removed meanwhile may or may not.
+func (s *Store) List() ([]StoreKey, error) {
+	var keys []StoreKey
+	page := make([]StoreKey, listPage)
+	var cursor C.uint64_t
+	for {
+		var n C.size_t
+		err := s.do(func(h *C.kvp_store) C.kvp_status {
+			return C.kvp_store_list(h, &cursor, page[0].c(), C.size_t(len(page)), &n)
+		})
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, page[:int(n)]...)
+		if cursor == 0 {
+			return keys, nil
+		}
+	}
+}
+
+// BlockInfo is what InspectBlock read in a block a pool wrote to a store (kvp_store_block_info,
+// since 1.5): the config's fingerprint, the page's key and its parent's (the prefix chain), the
+// salt, the geometry (PageBytes: of the page in one layer), and whether the checksum holds.
+type BlockInfo struct {
+	FormatVersion         uint32
+	Fingerprint           uint64
+	Key, Parent           StoreKey
+	Salt                  uint64
+	PageSize, NumLayers   uint32
+	PageBytes, BlockBytes uint64
+	ChecksumOK            bool
+}
+
+// InspectBlock calls kvp_store_block_inspect (since 1.5): the header of a block a pool wrote to a
+// store and whether its checksum holds. Bytes that are not a whole block are an ErrFormat* error.
+func InspectBlock(block []byte) (BlockInfo, error) {
+	var info C.kvp_store_block_info
+	info.struct_size = C.uint32_t(unsafe.Sizeof(info))
+	var p unsafe.Pointer
+	if len(block) > 0 {
+		p = unsafe.Pointer(&block[0])
+	}
+	err := call(func() C.kvp_status { return C.kvp_store_block_inspect(p, C.size_t(len(block)), &info) })
+	runtime.KeepAlive(block)
+	if err != nil {
+		return BlockInfo{}, err
+	}
+	return BlockInfo{
+		FormatVersion: uint32(info.format_version), Fingerprint: uint64(info.fingerprint),
+		Key: *(*StoreKey)(unsafe.Pointer(&info.key)), Parent: *(*StoreKey)(unsafe.Pointer(&info.parent)),
+		Salt: uint64(info.salt), PageSize: uint32(info.page_size), NumLayers: uint32(info.num_layers),
+		PageBytes: uint64(info.page_bytes), BlockBytes: uint64(info.block_bytes), ChecksumOK: info.checksum_ok != 0,
+	}, nil
+}
+
 // AddStore calls kvp_pool_add_store: store becomes the pool's next storage tier (at most
 // KVP_POOL_MAX_TIERS). Tier 0 receives the prefix pages the pool evicts; AddSequence restores a
 // prompt's next pages from the tiers in order. The pool keeps the store reachable.

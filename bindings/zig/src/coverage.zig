@@ -124,6 +124,8 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_store_remove", .zig = "Store.remove" },
     .{ .c_name = "kvp_store_get_stats", .zig = "Store.stats" },
     .{ .c_name = "kvp_store_scrub", .zig = "Store.scrub" },
+    .{ .c_name = "kvp_store_list", .zig = "Store.list" },
+    .{ .c_name = "kvp_store_block_inspect", .zig = "Store.inspectBlock" },
 };
 
 /// C functions with no Zig counterpart on purpose.

@@ -2129,6 +2129,52 @@ pub const Store = struct {
         try check(c.kvp_store_scrub(self.handle, @ptrCast(&r)));
         return r;
     }
+
+    /// Every key the store holds, allocated with `allocator` (the caller frees it): since 1.5,
+    /// `kvp_store_list` a page at a time (the store locked per page, not across pages) until the
+    /// listing is complete. A key present throughout appears at least once; keys put or removed
+    /// meanwhile may or may not. error.Unsupported for a plug-in store that cannot list.
+    pub fn list(self: *const Store, allocator: Allocator) (Error || Allocator.Error)![]Key {
+        var page: [256]Key = undefined;
+        var keys: []Key = &.{};
+        errdefer allocator.free(keys);
+        var cursor: u64 = 0;
+        while (true) {
+            var n: usize = 0;
+            try check(c.kvp_store_list(self.handle, &cursor, @ptrCast(&page), page.len, &n));
+            const old = keys.len;
+            keys = try allocator.realloc(keys, old + n);
+            @memcpy(keys[old..], page[0..n]);
+            if (cursor == 0) return keys;
+        }
+    }
+
+    /// What `inspectBlock` read in a block a pool wrote (`kvp_store_block_info`, since 1.5):
+    /// the config's fingerprint, the page's key and its parent's (the prefix chain), the salt, the
+    /// geometry (`page_bytes`: of the page in one layer), and `checksum_ok` (1 when it holds).
+    pub const BlockInfo = extern struct {
+        struct_size: u32,
+        format_version: u32,
+        fingerprint: u64,
+        key: Key,
+        parent: Key,
+        salt: u64,
+        page_size: u32,
+        num_layers: u32,
+        page_bytes: u64,
+        block_bytes: u64,
+        checksum_ok: u32,
+        _reserved: u32,
+    };
+
+    /// The header of a block a pool wrote to a store and whether its checksum holds
+    /// (`kvp_store_block_inspect`, since 1.5); bytes that are not a whole block are an error.Format*.
+    pub fn inspectBlock(block: []const u8) Error!BlockInfo {
+        var info = std.mem.zeroes(BlockInfo);
+        info.struct_size = @sizeOf(BlockInfo);
+        try check(c.kvp_store_block_inspect(block.ptr, block.len, @ptrCast(&info)));
+        return info;
+    }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -2162,6 +2208,7 @@ comptime {
     assertSameLayout(PoolTierStats, c.kvp_pool_tier_stats);
     assertSameLayout(Store.Stats, c.kvp_store_stats);
     assertSameLayout(Store.ScrubReport, c.kvp_store_scrub_report);
+    assertSameLayout(Store.BlockInfo, c.kvp_store_block_info);
     if (@sizeOf(Store.Key) != @sizeOf(c.kvp_store_key) or @alignOf(c.kvp_store_key) != 1)
         @compileError("layout of Store.Key differs from kvp_store_key");
     if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
@@ -2611,6 +2658,28 @@ test "pool: a memory tier restores evicted prefix pages" {
     try std.testing.expectEqual(@as(i64, 0), st.rejected);
     try std.testing.expectEqual(st.lookups, st.hits + st.misses);
     try std.testing.expect(st.bytes_read > 0);
+
+    // every evicted block, listed and inspected (since 1.5)
+    const keys = try store.list(std.testing.allocator);
+    defer std.testing.allocator.free(keys);
+    try std.testing.expect(keys.len >= 2);
+    try std.testing.expectEqual((try store.stats()).blocks, @as(i64, @intCast(keys.len)));
+    var chained = false;
+    for (keys) |k| {
+        const block = try store.get(std.testing.allocator, &k);
+        defer std.testing.allocator.free(block);
+        const info = try Store.inspectBlock(block);
+        try std.testing.expectEqualSlices(u8, &k, &info.key);
+        try std.testing.expectEqual(@as(u32, 1), info.checksum_ok);
+        try std.testing.expectEqual(@as(u32, 16), info.page_size);
+        try std.testing.expectEqual(@as(u64, block.len), info.block_bytes);
+        for (keys) |other| chained = chained or std.mem.eql(u8, &info.parent, &other);
+        block[block.len - 20] ^= 1;
+        try std.testing.expectEqual(@as(u32, 0), (try Store.inspectBlock(block)).checksum_ok);
+        try std.testing.expectError(error.FormatTruncated, Store.inspectBlock(block[0 .. block.len - 1]));
+    }
+    try std.testing.expect(chained); // A's second page's parent is its first
+    try std.testing.expectError(error.FormatMagic, Store.inspectBlock("not a block"));
     var pages: [4]i32 = undefined;
     try expectTokens(&cache, try pool.pageTable(again.seq, &pages), 0, 32, 1);
     try pool.checkInvariants();

@@ -133,7 +133,7 @@ constants! {
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
     KVP_POOL_MAX_TIERS: u32 = 4;
     // store.h
-    KVP_STORE_VTABLE_VERSION: u32 = 1;
+    KVP_STORE_VTABLE_VERSION: u32 = 2;
     KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
     KVP_STORE_OPTIONS_VERSION: u32 = 1;
     // serialize.h
@@ -487,6 +487,7 @@ pub struct kvp_store_key {
 }
 
 /// `kvp_store_vtable` (store.h, since 1.4): the callbacks of a plug-in store. They must not unwind.
+/// `list` is version 2's (since 1.5) and may be `None`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_store_vtable {
@@ -512,6 +513,15 @@ pub struct kvp_store_vtable {
     >,
     pub remove: Option<unsafe extern "C" fn(user_data: *mut c_void, key: *const kvp_store_key) -> kvp_status>,
     pub destroy: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+    pub list: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            cursor: *mut u64,
+            keys: *mut kvp_store_key,
+            capacity: usize,
+            count_out: *mut usize,
+        ) -> kvp_status,
+    >,
 }
 
 /// `kvp_store_options` (store.h, since 1.4); zero means default for every field.
@@ -550,6 +560,24 @@ pub struct kvp_store_scrub_report {
     pub blocks_checked: i64,
     pub blocks_damaged: i64,
     pub bytes_freed: i64,
+}
+
+/// `kvp_store_block_info` (store.h, since 1.5): an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_store_block_info {
+    pub struct_size: u32,
+    pub format_version: u32,
+    pub fingerprint: u64,
+    pub key: kvp_store_key,
+    pub parent: kvp_store_key,
+    pub salt: u64,
+    pub page_size: u32,
+    pub num_layers: u32,
+    pub page_bytes: u64,
+    pub block_bytes: u64,
+    pub checksum_ok: u32,
+    pub _reserved: u32,
 }
 
 /// `kvp_serialize_options` (serialize.h).
@@ -1183,6 +1211,17 @@ pub struct kvp_api_v1 {
     pub store_get_stats: Option<unsafe extern "C" fn(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status>,
     pub store_scrub:
         Option<unsafe extern "C" fn(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status>,
+    pub store_list: Option<
+        unsafe extern "C" fn(
+            store: *mut kvp_store,
+            cursor: *mut u64,
+            keys: *mut kvp_store_key,
+            capacity: usize,
+            count_out: *mut usize,
+        ) -> kvp_status,
+    >,
+    pub store_block_inspect:
+        Option<unsafe extern "C" fn(block: *const c_void, size: usize, out: *mut kvp_store_block_info) -> kvp_status>,
 }
 
 extern "C" {
@@ -1581,6 +1620,14 @@ extern "C" {
     pub fn kvp_store_remove(store: *mut kvp_store, key: *const kvp_store_key) -> kvp_status;
     pub fn kvp_store_get_stats(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status;
     pub fn kvp_store_scrub(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status;
+    pub fn kvp_store_list(
+        store: *mut kvp_store,
+        cursor: *mut u64,
+        keys: *mut kvp_store_key,
+        capacity: usize,
+        count_out: *mut usize,
+    ) -> kvp_status;
+    pub fn kvp_store_block_inspect(block: *const c_void, size: usize, out: *mut kvp_store_block_info) -> kvp_status;
 
     // plugin.h
     pub fn kvp_get_api(requested_version: u32) -> *const kvp_api_v1;

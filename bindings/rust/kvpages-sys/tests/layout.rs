@@ -76,15 +76,18 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_pool_tier_stats { struct_size, num_tiers, lookups, hits, misses, rejected, errors,
         restored_tokens, bytes_read, blocks_written, bytes_written });
     layout!(probe, rust, kvp_store_key { bytes });
-    layout!(probe, rust, kvp_store_vtable { struct_size, abi_version, user_data, put, get, exists, remove, destroy });
+    layout!(probe, rust, kvp_store_vtable { struct_size, abi_version, user_data, put, get, exists, remove, destroy,
+        list });
     layout!(probe, rust, kvp_store_options { struct_size, abi_version, flags, _reserved, allocator });
     layout!(probe, rust, kvp_store_stats { struct_size, _reserved, blocks, bytes, max_bytes, puts, hits, misses, errors,
         evictions });
     layout!(probe, rust, kvp_store_scrub_report { struct_size, _reserved, blocks_checked, blocks_damaged,
         bytes_freed });
+    layout!(probe, rust, kvp_store_block_info { struct_size, format_version, fingerprint, key, parent, salt, page_size,
+        num_layers, page_bytes, block_bytes, checksum_ok, _reserved });
     // The function table: its size and a field of each end (the field list is tests/headers.rs').
     layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert,
-        pool_get_shard_stats, cache_group_concatenate, pool_add_store, store_scrub });
+        pool_get_shard_stats, cache_group_concatenate, pool_add_store, store_scrub, store_block_inspect });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
