@@ -76,12 +76,11 @@ typedef struct block {
   block_state state;
   kvp_store_block_info info; /* valid unless state is BLOCK_OTHER or the read failed */
   int has_info;
-  const char *why; /* for a damaged or other block */
+  const char *why; /* for a damaged or other block: why_text, else NULL */
+  char why_text[512];
 } block;
 
 typedef int (*block_fn)(const block *b, void *ctx);
-
-static char g_why[512];
 
 /* Reads the block of key into *buf (grown as needed) and describes it. Returns 0, 1 when the
  * block vanished meanwhile, -1 on an error (printed). */
@@ -104,8 +103,8 @@ static int read_block(const char *cmd, kvp_store *store, const kvp_store_key *ke
   if (s == KVP_ERR_NOT_FOUND) return 1;
   if (s >= KVP_ERR_FORMAT_MAGIC && s <= KVP_ERR_FORMAT_MISMATCH) {
     b->state = BLOCK_DAMAGED;
-    snprintf(g_why, sizeof g_why, "%s", kvp_last_error_message());
-    b->why = g_why;
+    snprintf(b->why_text, sizeof b->why_text, "%s", kvp_last_error_message());
+    b->why = b->why_text;
     return 0;
   }
   if (s != KVP_OK) {
@@ -117,9 +116,9 @@ static int read_block(const char *cmd, kvp_store *store, const kvp_store_key *ke
   b->has_info = s == KVP_OK;
   if (s == KVP_ERR_FORMAT_MAGIC) b->state = BLOCK_OTHER;
   else if (s != KVP_OK || !b->info.checksum_ok) b->state = BLOCK_DAMAGED;
-  if (s != KVP_OK) snprintf(g_why, sizeof g_why, "%s", kvp_last_error_message());
-  else snprintf(g_why, sizeof g_why, "the block's checksum does not match");
-  b->why = b->state == BLOCK_OK ? NULL : g_why;
+  if (s != KVP_OK) snprintf(b->why_text, sizeof b->why_text, "%s", kvp_last_error_message());
+  else snprintf(b->why_text, sizeof b->why_text, "the block's checksum does not match");
+  b->why = b->state == BLOCK_OK ? NULL : b->why_text;
   return 0;
 }
 
