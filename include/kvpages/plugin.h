@@ -297,6 +297,8 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *store_get_stats)(kvp_store *store, kvp_store_stats *out);
   /** kvp_store_scrub() */
   kvp_status (KVP_CALL *store_scrub)(kvp_store *store, kvp_store_scrub_report *report);
+  /** kvp_pool_flush_tiers() */
+  kvp_status (KVP_CALL *pool_flush_tiers)(kvp_pool *pool, uint32_t flags);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

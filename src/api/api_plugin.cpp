@@ -124,6 +124,7 @@ const kvp_api_v1 kTableV1 = {
     &kvp_store_remove,
     &kvp_store_get_stats,
     &kvp_store_scrub,
+    &kvp_pool_flush_tiers,
     // END GENERATED TABLE
 };
 

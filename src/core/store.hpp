@@ -39,6 +39,10 @@ class Store {
   bool remove(const StoreKey& k);
   kvp_store_stats stats();
   kvp_store_scrub_report scrub();
+  // Whether a put costs about a memory copy (the memory store), so that a pool writes to it
+  // inside the evicting call; a slow put (a file, the network, a plug-in) is handed to the
+  // pool's writer thread (core/tier_writer).
+  virtual bool put_is_cheap() const noexcept { return false; }
 
  protected:
   // What a shipped store holds (a plug-in: unknown, -1).

@@ -115,4 +115,5 @@ KVP_API_ENTRY(store_exists)
 KVP_API_ENTRY(store_remove)
 KVP_API_ENTRY(store_get_stats)
 KVP_API_ENTRY(store_scrub)
+KVP_API_ENTRY(pool_flush_tiers)
 /* END GENERATED NAMES */
