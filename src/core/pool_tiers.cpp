@@ -160,16 +160,8 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
     tier_keys_[i] = store_key(k);
     parent = k;
   }
-  // A device cache restores through the backend's host pipe when a block fits one of its slots.
-  HostPtr<HostPipe> pipe;
-  try {
-    Cache& c = cache("kvp_pool_add_sequence");
-    pipe = c.backend().host_pipe("kvp_pool_add_sequence");
-    if (pipe && pipe->piece_bytes() < block_.total) pipe.reset();
-  } catch (...) {
-    ++tiers_[0].st.errors;
-    return 0;
-  }
+  HostPtr<HostPipe> pipe;  // a device cache's, taken when the first block is found
+  bool piped = false;
   size_t next = from;
   for (uint32_t ti = 0; ti < num_tiers_ && next < max_hits; ++ti) {
     Tier& t = tiers_[ti];
@@ -178,6 +170,10 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
     try {
       Store& store = tier_store(t, "kvp_pool_add_sequence");
       store.exists(tier_keys_ + next, asked, found_);
+      if (found_[0] && !piped) {
+        piped = true;
+        pipe = block_pipe();
+      }
       while (got < asked && found_[got] && restore_page(store, t, next + got, tokens, salt, shard, r, pipe.get()))
         ++got;
     } catch (...) {
@@ -198,6 +194,13 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
     }
   }
   return next - from;
+}
+
+HostPtr<HostPipe> Pool::block_pipe() const {
+  const char* fn = "kvp_pool_add_sequence";
+  HostPtr<HostPipe> pipe = cache(fn).backend().host_pipe(fn);
+  if (pipe && pipe->piece_bytes() < block_.total) pipe.reset();
+  return pipe;
 }
 
 bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,

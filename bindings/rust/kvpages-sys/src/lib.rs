@@ -125,13 +125,14 @@ constants! {
     KVP_BATCH_OPTIONS_VERSION: u32 = 1;
     // pool.h
     KVP_POOL_FLAG_NO_PREFIX_CACHE: u32 = 1 << 0;
-    KVP_POOL_OPTIONS_VERSION: u32 = 1;
+    KVP_POOL_OPTIONS_VERSION: u32 = 2;
     KVP_POOL_ADD_FLAG_REUSE_ALL: u32 = 1 << 0;
     KVP_POOL_ADD_FLAG_SHARD: u32 = 1 << 1;
     KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
     KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
     KVP_POOL_MAX_TIERS: u32 = 4;
+    KVP_POOL_FLUSH_CACHED: u32 = 1 << 0;
     // store.h
     KVP_STORE_VTABLE_VERSION: u32 = 1;
     KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
@@ -419,6 +420,8 @@ pub struct kvp_pool_options {
     pub max_sequences: u32,
     pub flags: u32,
     pub allocator: *const kvp_host_allocator,
+    /// Since 1.5 (`abi_version` 2).
+    pub write_queue_bytes: u64,
 }
 
 /// `kvp_pool_stats` (pool.h): an output struct.
@@ -471,6 +474,8 @@ pub struct kvp_pool_tier_stats {
     pub bytes_read: i64,
     pub blocks_written: i64,
     pub bytes_written: i64,
+    /// Since 1.5.
+    pub dropped: i64,
 }
 
 /// Opaque block store handle (`kvp_store`, store.h, since 1.4).
@@ -1183,6 +1188,7 @@ pub struct kvp_api_v1 {
     pub store_get_stats: Option<unsafe extern "C" fn(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status>,
     pub store_scrub:
         Option<unsafe extern "C" fn(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status>,
+    pub pool_flush_tiers: Option<unsafe extern "C" fn(pool: *mut kvp_pool, flags: u32) -> kvp_status>,
 }
 
 extern "C" {
@@ -1418,6 +1424,7 @@ extern "C" {
         -> kvp_status;
     pub fn kvp_pool_add_store(pool: *mut kvp_pool, store: *mut kvp_store) -> kvp_status;
     pub fn kvp_pool_get_tier_stats(pool: *const kvp_pool, tier: u32, out: *mut kvp_pool_tier_stats) -> kvp_status;
+    pub fn kvp_pool_flush_tiers(pool: *mut kvp_pool, flags: u32) -> kvp_status;
     pub fn kvp_cache_copy_pages(
         cache: *mut kvp_cache,
         src_pages: *const i32,
