@@ -411,7 +411,7 @@ pub struct kvp_seq_id {
     pub id: u32,
 }
 
-/// `kvp_pool_options` (pool.h).
+/// `kvp_pool_options` (pool.h; `write_queue_bytes` since 1.5, `abi_version` 2).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_pool_options {
@@ -420,7 +420,6 @@ pub struct kvp_pool_options {
     pub max_sequences: u32,
     pub flags: u32,
     pub allocator: *const kvp_host_allocator,
-    /// Since 1.5 (`abi_version` 2).
     pub write_queue_bytes: u64,
 }
 
@@ -459,7 +458,7 @@ pub struct kvp_pool_shard_stats {
     pub num_sequences: i64,
 }
 
-/// `kvp_pool_tier_stats` (pool.h, since 1.4): an output struct.
+/// `kvp_pool_tier_stats` (pool.h, since 1.4; `dropped` since 1.5): an output struct.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct kvp_pool_tier_stats {
@@ -474,7 +473,6 @@ pub struct kvp_pool_tier_stats {
     pub bytes_read: i64,
     pub blocks_written: i64,
     pub bytes_written: i64,
-    /// Since 1.5.
     pub dropped: i64,
 }
 
