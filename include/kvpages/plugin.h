@@ -301,6 +301,8 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *store_list)(kvp_store *store, uint64_t *cursor, kvp_store_key *keys, size_t capacity, size_t *count_out);
   /** kvp_store_block_inspect() */
   kvp_status (KVP_CALL *store_block_inspect)(const void *block, size_t size, kvp_store_block_info *out);
+  /** kvp_pool_flush_tiers() */
+  kvp_status (KVP_CALL *pool_flush_tiers)(kvp_pool *pool, uint32_t flags);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

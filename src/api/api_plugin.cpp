@@ -126,6 +126,7 @@ const kvp_api_v1 kTableV1 = {
     &kvp_store_scrub,
     &kvp_store_list,
     &kvp_store_block_inspect,
+    &kvp_pool_flush_tiers,
     // END GENERATED TABLE
 };
 

@@ -42,6 +42,10 @@ class Store {
   kvp_store_stats stats();
   kvp_store_scrub_report scrub();
   size_t list(uint64_t* cursor, StoreKey* keys, size_t cap);
+  // Whether a put costs about a memory copy (the memory store), so that a pool writes to it
+  // inside the evicting call; a slow put (a file, the network, a plug-in) is handed to the
+  // pool's writer thread (core/tier_writer).
+  virtual bool put_is_cheap() const noexcept { return false; }
 
  protected:
   // What a shipped store holds (a plug-in: unknown, -1).

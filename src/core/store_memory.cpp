@@ -32,6 +32,8 @@ class MemoryStore final : public Store {
     map_.erase(it);
   }
 
+  bool put_is_cheap() const noexcept override { return true; }
+
   void do_put(const StoreKey& k, const void* data, size_t n) override {
     if (n > max_)
       fail(KVP_ERR_INVALID_ARGUMENT, "kvp_store_put: a block of %zu bytes exceeds the store's bound of %llu bytes", n,

@@ -413,6 +413,7 @@ static void expect_every_pool_call_rejected(kvp_pool *h) {
   assert_kvp_ok(kvp_store_create_memory(1 << 20, NULL, &store));
   EXPECT_BAD_HANDLE(kvp_pool_add_store(h, store), "kvp_pool_add_store");
   assert_kvp_ok(kvp_store_destroy(store));
+  EXPECT_BAD_HANDLE(kvp_pool_flush_tiers(h, 0), "kvp_pool_flush_tiers");
   EXPECT_BAD_HANDLE(kvp_pool_check_invariants(h), "kvp_pool_check_invariants");
   EXPECT_BAD_HANDLE(kvp_pool_clear_prefix_cache(h), "kvp_pool_clear_prefix_cache");
   if (h != NULL) EXPECT_BAD_HANDLE(kvp_pool_destroy(h), "kvp_pool_destroy"); /* destroy(NULL) is OK */
@@ -608,6 +609,7 @@ static void test_contract_api__null_pointers_store(void **state) {
   kvp_pool_tier_stats ts = KVP_POOL_TIER_STATS_INIT;
   CLEARS(kvp_pool_get_tier_stats(p, 0, &ts));
   assert_int_equal(ts.num_tiers, 1);
+  CLEARS(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
   assert_kvp_ok(kvp_pool_destroy(p));
   CLEARS(kvp_store_destroy(s));
   CLEARS(kvp_store_destroy(NULL));
@@ -1340,7 +1342,7 @@ static const char *const covered_by_this_file[] = {
     "kvp_pool_get_sequence_length", "kvp_pool_get_page_table", "kvp_pool_get_slots", "kvp_pool_get_batch_request",
     "kvp_pool_get_page_state", "kvp_pool_get_stats", "kvp_pool_check_invariants", "kvp_pool_clear_prefix_cache",
     "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats", "kvp_pool_add_store",
-    "kvp_pool_get_tier_stats",
+    "kvp_pool_get_tier_stats", "kvp_pool_flush_tiers",
     /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c) */
     "kvp_store_options_init", "kvp_store_create", "kvp_store_create_memory", "kvp_store_create_directory",
     "kvp_store_destroy", "kvp_store_put", "kvp_store_get", "kvp_store_exists", "kvp_store_remove",

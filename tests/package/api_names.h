@@ -117,4 +117,5 @@ KVP_API_ENTRY(store_get_stats)
 KVP_API_ENTRY(store_scrub)
 KVP_API_ENTRY(store_list)
 KVP_API_ENTRY(store_block_inspect)
+KVP_API_ENTRY(pool_flush_tiers)
 /* END GENERATED NAMES */

@@ -35,12 +35,13 @@ type ScrubReport struct {
 
 // PoolTierStats are the counters of one storage tier of a pool (kvp_pool_tier_stats, since 1.4):
 // pages looked up and restored (RestoredTokens), blocks rejected by the checks, evicted pages
-// written (tier 0).
+// written (tier 0) and, since 1.5, Dropped: evicted pages not written because the write queue
+// was full.
 type PoolTierStats struct {
 	NumTiers                                uint32
 	Lookups, Hits, Misses, Rejected, Errors int64
 	RestoredTokens, BytesRead               int64
-	BlocksWritten, BytesWritten             int64
+	BlocksWritten, BytesWritten, Dropped    int64
 }
 
 // Store owns a kvp_store, a bounded store of blocks of bytes under 16-byte keys: where a Pool
@@ -288,5 +289,17 @@ func (p *Pool) TierStats(tier uint32) (PoolTierStats, error) {
 		NumTiers: uint32(s.num_tiers), Lookups: int64(s.lookups), Hits: int64(s.hits), Misses: int64(s.misses),
 		Rejected: int64(s.rejected), Errors: int64(s.errors), RestoredTokens: int64(s.restored_tokens),
 		BytesRead: int64(s.bytes_read), BlocksWritten: int64(s.blocks_written), BytesWritten: int64(s.bytes_written),
+		Dropped: int64(s.dropped),
 	}, nil
+}
+
+// FlushTiers calls kvp_pool_flush_tiers: waits until every write to tier 0 queued so far has
+// reached its store (or failed, counted in PoolTierStats.Errors); with cached, it first writes
+// every cached prefix page tier 0 does not hold yet (to persist the prefix cache, at exit say).
+func (p *Pool) FlushTiers(cached bool) error {
+	var flags C.uint32_t
+	if cached {
+		flags = C.KVP_POOL_FLUSH_CACHED
+	}
+	return p.do(func(h *C.kvp_pool) C.kvp_status { return C.kvp_pool_flush_tiers(h, flags) })
 }

@@ -259,6 +259,67 @@ func TestListEveryStore(t *testing.T) {
 	wantErr(t, err, ErrInvalidHandle, "KVP_ERR_INVALID_HANDLE")
 }
 
+func TestPoolDirectoryTierWritesAsynchronouslyAndFlushes(t *testing.T) {
+	cfg, err := NewConfig(ConfigOptions{NumHiddenLayers: poolLayers, NumKVHeads: heads, MaxModelLength: maxLen,
+		HeadDim: headDim, PageSize: page, Dtype: DtypeF32, BudgetBytes: 8 * poolLayers * page * 2 * heads * headDim * 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := OpenDirectoryStore(t.TempDir(), 1<<24, StoreOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	promptA := tierPrompt(1000, 40) // 2 full pages and a partial one
+	newPool := func(o PoolOptions) (*Cache, *Pool) {
+		cache, err := NewCache(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := NewPool(cache, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.AddStore(store); err != nil {
+			t.Fatal(err)
+		}
+		return cache, p
+	}
+	cache, p := newPool(PoolOptions{WriteQueueBytes: 1 << 20})
+	seq, _, err := p.AddSequence(promptA, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePending(t, p, cfg, []pending{{seq, promptA}})
+	if err := p.FlushTiers(false); err != nil { // nothing queued: the cached pages stay unwritten
+		t.Fatal(err)
+	}
+	if st, _ := p.TierStats(0); st.BlocksWritten != 0 {
+		t.Fatalf("FlushTiers(false) wrote cached pages: %+v", st)
+	}
+	for i := 0; i < 2; i++ { // the second flush finds them held by tier 0: nothing rewritten
+		if err := p.FlushTiers(true); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := p.TierStats(0); st.BlocksWritten != 2 || st.Errors != 0 || st.Dropped != 0 {
+			t.Fatalf("FlushTiers(true) #%d: %+v", i, st)
+		}
+	}
+	if ss, _ := store.Stats(); ss.Puts != 2 {
+		t.Fatalf("store got %d puts, want 2", ss.Puts)
+	}
+	p.Close()
+	cache.Close()
+	cache, p = newPool(PoolOptions{}) // as after a restart: the prefix comes back from disk
+	defer cache.Close()
+	defer p.Close()
+	a, reused, err := p.AddSequence(promptA, 0, false)
+	if err != nil || reused != 32 {
+		t.Fatalf("AddSequence(A) in a fresh pool reused %d, %v; want 32", reused, err)
+	}
+	checkTokens(t, p, a, promptA, 0, 32)
+}
+
 func TestStoreBadInputChangesNothing(t *testing.T) {
 	_, err := NewMemoryStore(0)
 	wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT")

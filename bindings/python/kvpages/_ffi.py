@@ -110,7 +110,7 @@ class kvp_seq_id(ctypes.Structure):
 
 class kvp_pool_options(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("max_sequences", _u32), ("flags", _u32),
-                ("allocator", _vp)]
+                ("allocator", _vp), ("write_queue_bytes", _u64)]  # write_queue_bytes: since 1.5 (abi_version 2)
 
 
 class kvp_pool_stats(ctypes.Structure):
@@ -198,7 +198,7 @@ class kvp_store_block_info(ctypes.Structure):  # since 1.5
 class kvp_pool_tier_stats(ctypes.Structure):  # since 1.4
     _fields_ = [("struct_size", _u32), ("num_tiers", _u32), ("lookups", _i64), ("hits", _i64), ("misses", _i64),
                 ("rejected", _i64), ("errors", _i64), ("restored_tokens", _i64), ("bytes_read", _i64),
-                ("blocks_written", _i64), ("bytes_written", _i64)]
+                ("blocks_written", _i64), ("bytes_written", _i64), ("dropped", _i64)]  # dropped: since 1.5
 
 
 class kvp_attention_options(ctypes.Structure):
@@ -394,6 +394,7 @@ _SIGNATURES = {
     "kvp_cache_group_concatenate": (_ST, _vp, _u32, _vp, _vp, _u32, _vp, _vp),
     "kvp_pool_add_store": (_ST, _vp, _vp),
     "kvp_pool_get_tier_stats": (_ST, _vp, _u32, _P(kvp_pool_tier_stats)),
+    "kvp_pool_flush_tiers": (_ST, _vp, _u32),
     "kvp_store_options_init": (_ST, _P(kvp_store_options), _u32),
     "kvp_store_create": (_ST, _P(kvp_store_vtable), _P(_vp)),
     "kvp_store_create_memory": (_ST, _u64, _P(kvp_store_options), _P(_vp)),
@@ -410,7 +411,7 @@ _SIGNATURES = {
 }
 #: The storage-tier functions (store.h and two of pool.h, since 1.4; list and block_inspect since 1.5).
 _STORE_FUNCTIONS = {name for name in _SIGNATURES if name.startswith("kvp_store_")} | {
-    "kvp_pool_add_store", "kvp_pool_get_tier_stats"}
+    "kvp_pool_add_store", "kvp_pool_get_tier_stats", "kvp_pool_flush_tiers"}
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with
 #: VersionMismatch rather than a missing symbol.
 LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",

@@ -129,6 +129,41 @@ def test_pool_with_a_memory_tier_restores_evicted_prefix_pages():
     cache.close()
 
 
+def test_pool_with_a_directory_tier_writes_asynchronously_and_flushes(tmp_path):
+    cfg = make_config(budget_bytes=POOL_BUDGET)  # 7 usable pages of 16 tokens
+    cache = kvpages.Cache(cfg)
+    store = kvpages.Store.directory(str(tmp_path), 1 << 24, sync=False)
+    pool = kvpages.Pool(cache, write_queue_bytes=1 << 20)
+    pool.add_store(store)
+    prompt_a = list(range(1000, 1040))  # 2 full pages and a partial one
+    a, _ = pool.add_sequence(prompt_a)
+    prefill(pool, cache, cfg, a, 1)
+    pool.flush_tiers()  # nothing queued: the cached pages stay unwritten
+    assert (pool.tier_stats(0).blocks_written, store.stats().puts) == (0, 0)
+    pool.flush_tiers(cached=True)  # the cached prefix persisted
+    st = pool.tier_stats(0)
+    assert (st.blocks_written, st.errors, st.dropped) == (2, 0, 0) and store.stats().puts == 2
+    pool.flush_tiers(cached=True)  # already held by tier 0: not written again
+    assert pool.tier_stats(0).blocks_written == 2
+    pool.close()
+    cache.close()
+
+    cache = kvpages.Cache(cfg)  # as after a restart: a fresh cache and pool over the directory
+    pool = kvpages.Pool(cache)
+    pool.add_store(store)
+    a, reused = pool.add_sequence(prompt_a)
+    assert reused == 32 and pool.tier_stats(0).hits == 2
+    table = pool.page_table(a)
+    for layer in range(2):
+        k, v = read_tokens(cache, table, range(32), layer)
+        np.testing.assert_array_equal(k, pool_key(1, range(32)))
+        np.testing.assert_array_equal(v, -pool_key(1, range(32)))
+    pool.close()
+    store.close()
+    gc.collect()
+    cache.close()
+
+
 class DictStore:
     """A plug-in store in Python: blocks in a dict, every call recorded."""
 

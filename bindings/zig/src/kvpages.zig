@@ -1816,6 +1816,8 @@ pub const PoolTierStats = extern struct {
     bytes_read: i64,
     blocks_written: i64,
     bytes_written: i64,
+    /// Since 1.5: evicted pages not written because the write queue was full.
+    dropped: i64,
 };
 
 /// Flag bits of `PageState.flags`.
@@ -1859,6 +1861,9 @@ pub const Pool = struct {
         no_prefix_cache: bool = false,
         /// Host allocator of all the pool's memory (borrowed; must outlive the pool).
         allocator: ?*const HostAllocator = null,
+        /// Since 1.5: bytes of staging blocks queued for a tier 0 written asynchronously; at
+        /// least one block; 0 = 64 MiB.
+        write_queue_bytes: u64 = 0,
     };
 
     pub fn init(cache: *Cache, o: Options) Error!Pool {
@@ -1867,6 +1872,7 @@ pub const Pool = struct {
         opts.max_sequences = o.max_sequences;
         if (o.no_prefix_cache) opts.flags |= c.KVP_POOL_FLAG_NO_PREFIX_CACHE;
         if (o.allocator) |a| opts.allocator = &a.table;
+        opts.write_queue_bytes = o.write_queue_bytes;
         var out: ?*c.kvp_pool = null;
         try check(c.kvp_pool_create(cache.handle, &opts, &out));
         return .{ .handle = out.? };
@@ -1996,6 +2002,13 @@ pub const Pool = struct {
         s.struct_size = @sizeOf(PoolTierStats);
         try check(c.kvp_pool_get_tier_stats(self.handle, tier, @ptrCast(&s)));
         return s;
+    }
+
+    /// Waits until every write to tier 0 queued so far has reached its store (or failed,
+    /// counted in `PoolTierStats.errors`); with `cached`, first writes every cached prefix page
+    /// tier 0 does not hold yet (to persist the prefix cache, at exit say). Since 1.5.
+    pub fn flushTiers(self: *Pool, cached: bool) Error!void {
+        try check(c.kvp_pool_flush_tiers(self.handle, if (cached) c.KVP_POOL_FLUSH_CACHED else 0));
     }
 
     /// error.Internal (with the violated invariant in `lastErrorMessage()`) if the bookkeeping
@@ -2688,6 +2701,48 @@ test "pool: a memory tier restores evicted prefix pages" {
     try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "tier") != null);
     try std.testing.expectError(error.InvalidArgument, pool.addStore(&store)); // already a tier
     try std.testing.expectEqual(@as(u32, 1), (try pool.tierStats(0)).num_tiers);
+}
+
+// A directory tier is written asynchronously: flushTiers(false) leaves the cached pages
+// unwritten, flushTiers(true) persists them once, and a fresh pool over the directory (as after a
+// restart) restores the prefix with the bytes computed first.
+test "pool: flushTiers persists the prefix cache to a directory tier" {
+    var tmp = std.testing.tmpDir(.{});
+    defer tmp.cleanup();
+    var path_buf: [256]u8 = undefined;
+    const path = try std.fmt.bufPrint(&path_buf, ".zig-cache/tmp/{s}/blocks", .{tmp.sub_path});
+    const cfg = try poolConfig();
+    var store = try Store.directory(path, 1 << 24, .{ .no_sync = true });
+    defer store.deinit();
+    var prompt_a: [40]i32 = undefined; // 2 full pages and a partial one
+    for (&prompt_a, 0..) |*x, i| x.* = @intCast(1000 + i);
+    {
+        var cache = try Cache.init(&cfg);
+        defer cache.deinit();
+        var pool = try Pool.init(&cache, .{ .write_queue_bytes = 1 << 20 });
+        defer pool.deinit();
+        try pool.addStore(&store);
+        const a = try pool.addSequence(&prompt_a, 0, false);
+        try prefill(&pool, &cache, &cfg, a.seq, 1);
+        try pool.flushTiers(false);
+        try std.testing.expectEqual(@as(i64, 0), (try pool.tierStats(0)).blocks_written);
+        try pool.flushTiers(true);
+        try pool.flushTiers(true); // tier 0 holds them: nothing rewritten
+        const st = try pool.tierStats(0);
+        try std.testing.expectEqual(@as(i64, 2), st.blocks_written);
+        try std.testing.expectEqual(@as(i64, 0), st.errors);
+        try std.testing.expectEqual(@as(i64, 0), st.dropped);
+        try std.testing.expectEqual(@as(i64, 2), (try store.stats()).puts);
+    }
+    var cache = try Cache.init(&cfg);
+    defer cache.deinit();
+    var pool = try Pool.init(&cache, .{});
+    defer pool.deinit();
+    try pool.addStore(&store);
+    const again = try pool.addSequence(&prompt_a, 0, false);
+    try std.testing.expectEqual(@as(usize, 32), again.reused_tokens);
+    var pages: [4]i32 = undefined;
+    try expectTokens(&cache, try pool.pageTable(again.seq, &pages), 0, 32, 1);
 }
 
 // Attention: the worked example E1 of ATTENTION.md §13 (v3, GQA 2:1 with Hkv 1 and Hq 2, D 4, page

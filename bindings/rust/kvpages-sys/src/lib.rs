@@ -125,13 +125,14 @@ constants! {
     KVP_BATCH_OPTIONS_VERSION: u32 = 1;
     // pool.h
     KVP_POOL_FLAG_NO_PREFIX_CACHE: u32 = 1 << 0;
-    KVP_POOL_OPTIONS_VERSION: u32 = 1;
+    KVP_POOL_OPTIONS_VERSION: u32 = 2;
     KVP_POOL_ADD_FLAG_REUSE_ALL: u32 = 1 << 0;
     KVP_POOL_ADD_FLAG_SHARD: u32 = 1 << 1;
     KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
     KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
     KVP_POOL_MAX_TIERS: u32 = 4;
+    KVP_POOL_FLUSH_CACHED: u32 = 1 << 0;
     // store.h
     KVP_STORE_VTABLE_VERSION: u32 = 2;
     KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
@@ -410,7 +411,7 @@ pub struct kvp_seq_id {
     pub id: u32,
 }
 
-/// `kvp_pool_options` (pool.h).
+/// `kvp_pool_options` (pool.h; `write_queue_bytes` since 1.5, `abi_version` 2).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_pool_options {
@@ -419,6 +420,7 @@ pub struct kvp_pool_options {
     pub max_sequences: u32,
     pub flags: u32,
     pub allocator: *const kvp_host_allocator,
+    pub write_queue_bytes: u64,
 }
 
 /// `kvp_pool_stats` (pool.h): an output struct.
@@ -456,7 +458,7 @@ pub struct kvp_pool_shard_stats {
     pub num_sequences: i64,
 }
 
-/// `kvp_pool_tier_stats` (pool.h, since 1.4): an output struct.
+/// `kvp_pool_tier_stats` (pool.h, since 1.4; `dropped` since 1.5): an output struct.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct kvp_pool_tier_stats {
@@ -471,6 +473,7 @@ pub struct kvp_pool_tier_stats {
     pub bytes_read: i64,
     pub blocks_written: i64,
     pub bytes_written: i64,
+    pub dropped: i64,
 }
 
 /// Opaque block store handle (`kvp_store`, store.h, since 1.4).
@@ -1222,6 +1225,7 @@ pub struct kvp_api_v1 {
     >,
     pub store_block_inspect:
         Option<unsafe extern "C" fn(block: *const c_void, size: usize, out: *mut kvp_store_block_info) -> kvp_status>,
+    pub pool_flush_tiers: Option<unsafe extern "C" fn(pool: *mut kvp_pool, flags: u32) -> kvp_status>,
 }
 
 extern "C" {
@@ -1457,6 +1461,7 @@ extern "C" {
         -> kvp_status;
     pub fn kvp_pool_add_store(pool: *mut kvp_pool, store: *mut kvp_store) -> kvp_status;
     pub fn kvp_pool_get_tier_stats(pool: *const kvp_pool, tier: u32, out: *mut kvp_pool_tier_stats) -> kvp_status;
+    pub fn kvp_pool_flush_tiers(pool: *mut kvp_pool, flags: u32) -> kvp_status;
     pub fn kvp_cache_copy_pages(
         cache: *mut kvp_cache,
         src_pages: *const i32,

@@ -157,6 +157,55 @@ fn pool_with_a_memory_tier_restores_evicted_prefix_pages() {
     assert_eq!(pool.tier_stats(0).unwrap().num_tiers, 1);
 }
 
+#[test]
+fn pool_with_a_directory_tier_writes_asynchronously_and_flushes() {
+    let cfg = Config::create(&ConfigOptions {
+        num_hidden_layers: 2,
+        num_kv_heads: H as i64,
+        max_model_length: 64,
+        head_dim: D as i64,
+        page_size: S as i64,
+        dtype: Dtype::F32,
+        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("kvpages-rs-flush-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::directory(&dir, 1 << 24, &StoreOptions { no_sync: true }).unwrap();
+    let prompt_a: Vec<i32> = (1000..1040).collect(); // 2 full pages and a partial one
+    {
+        let mut cache = Cache::new(&cfg).unwrap();
+        let opts = PoolOptions { write_queue_bytes: 1 << 20, ..Default::default() };
+        let mut pool = Pool::new(&mut cache, &opts).unwrap();
+        pool.add_store(&store).unwrap();
+        let (a, _) = pool.add_sequence(&prompt_a, 0, false).unwrap();
+        prefill(&mut pool, &cfg, a, &prompt_a);
+        pool.flush_tiers(false).unwrap(); // nothing queued: the cached pages stay unwritten
+        assert_eq!((pool.tier_stats(0).unwrap().blocks_written, store.stats().unwrap().puts), (0, 0));
+        pool.flush_tiers(true).unwrap(); // the cached prefix persisted
+        let st = pool.tier_stats(0).unwrap();
+        assert_eq!((st.blocks_written, st.errors, st.dropped), (2, 0, 0));
+        pool.flush_tiers(true).unwrap(); // tier 0 holds them: not written again
+        assert_eq!(store.stats().unwrap().puts, 2);
+    }
+    // as after a restart: a fresh cache and pool over the same directory restore the prefix
+    let mut cache = Cache::new(&cfg).unwrap();
+    let mut pool = Pool::new(&mut cache, &PoolOptions::default()).unwrap();
+    pool.add_store(&store).unwrap();
+    let (a, reused) = pool.add_sequence(&prompt_a, 0, false).unwrap();
+    assert_eq!((reused, pool.tier_stats(0).unwrap().hits), (32, 2));
+    let pages = pool.page_table(a).unwrap();
+    let keys = pool.cache().view(1, ViewKind::Keys).unwrap();
+    for pos in [0usize, 17, 31] {
+        let (page, row) = (pages[pos / S] as i64, (pos % S) as i64);
+        assert_eq!(keys.get_f32(&[page, row, 1, 127]), Some(kv(prompt_a[pos], 1, 127)));
+    }
+    drop(pool);
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[derive(Default)]
 struct MapBackend {
     blocks: HashMap<StoreKey, Vec<u8>>,
