@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 936);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 944);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -331,18 +331,20 @@ KVP_PIN_OFFSET(kvp_api_v1, store_get_stats, 904);
 KVP_PIN_OFFSET(kvp_api_v1, store_scrub, 912);
 KVP_PIN_OFFSET(kvp_api_v1, store_list, 920);
 KVP_PIN_OFFSET(kvp_api_v1, store_block_inspect, 928);
+KVP_PIN_OFFSET(kvp_api_v1, pool_flush_tiers, 936);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
 KVP_PIN_OFFSET(kvp_seq_id, id, 0);
 
 /* kvp_pool_options (pool.h) */
-KVP_PIN_MIN_SIZE(kvp_pool_options, 24);
+KVP_PIN_MIN_SIZE(kvp_pool_options, 32);
 KVP_PIN_OFFSET(kvp_pool_options, struct_size, 0);
 KVP_PIN_OFFSET(kvp_pool_options, abi_version, 4);
 KVP_PIN_OFFSET(kvp_pool_options, max_sequences, 8);
 KVP_PIN_OFFSET(kvp_pool_options, flags, 12);
 KVP_PIN_OFFSET(kvp_pool_options, allocator, 16);
+KVP_PIN_OFFSET(kvp_pool_options, write_queue_bytes, 24);
 
 /* kvp_pool_stats (pool.h) */
 KVP_PIN_MIN_SIZE(kvp_pool_stats, 104);
@@ -374,7 +376,7 @@ KVP_PIN_OFFSET(kvp_pool_shard_stats, used_pages, 40);
 KVP_PIN_OFFSET(kvp_pool_shard_stats, num_sequences, 48);
 
 /* kvp_pool_tier_stats (pool.h) */
-KVP_PIN_MIN_SIZE(kvp_pool_tier_stats, 80);
+KVP_PIN_MIN_SIZE(kvp_pool_tier_stats, 88);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, struct_size, 0);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, num_tiers, 4);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, lookups, 8);
@@ -386,6 +388,7 @@ KVP_PIN_OFFSET(kvp_pool_tier_stats, restored_tokens, 48);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, bytes_read, 56);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, blocks_written, 64);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, bytes_written, 72);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, dropped, 80);
 
 /* kvp_serialize_options (serialize.h) */
 KVP_PIN_MIN_SIZE(kvp_serialize_options, 32);
