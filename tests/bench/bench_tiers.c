@@ -9,8 +9,9 @@
  *   bench_tiers [--quick] [--reps N] [--dir DIR] [--sync]
  *
  * Shape: llama3-8b (32 layers, 8 KV heads x 128, bf16), page sizes 16 and 128; 1 GiB of page
- * bytes (--quick: 64 MiB, one repetition: the ctest smoke run). Every figure is the best of N
- * repetitions (default 3), each on a new store and pool. The directory store is in DIR (default
+ * bytes (--quick: 64 MiB, one repetition by default: the ctest smoke run). Every figure is the
+ * best of N repetitions (default 3), each on a new store and pool; each disk phase starts after a
+ * sync(2), with no dirty pages left by the phase before. The directory store is in DIR (default
  * the current directory); without --sync it is opened with KVP_STORE_FLAG_NO_SYNC and the
  * baseline file is not fsynced either (both then measure the page cache, not the disk); with
  * --sync every block file is fsynced (and its directory) and the baseline fsyncs after every
@@ -109,6 +110,7 @@ static void end_of_evictions(kvp_pool *pool) { (void)pool; }
 static void through_pool(const run *r, kvp_cache *cache, int64_t S, int64_t pages, const int32_t *a, const int32_t *b,
                          int directory, const char *path, double *evict_s, double *restore_s) {
   kvp_store *store = open_store(r, directory, path);
+  sync(); /* every disk phase starts with no dirty pages of the one before */
   kvp_pool *pool;
   kvp_seq_id s;
   size_t reused = 0, n = (size_t)(pages * S);
@@ -145,6 +147,7 @@ static void through_pool(const run *r, kvp_cache *cache, int64_t S, int64_t page
 static void store_direct(const run *r, int64_t pages, size_t block, uint8_t *buf, int directory, const char *path,
                          double *put_s, double *get_s) {
   kvp_store *store = open_store(r, directory, path);
+  sync();
   kvp_store_key k;
   memset(&k, 0, sizeof k);
   double t0 = bench_now_s();
@@ -171,6 +174,7 @@ static void file_baseline(const run *r, int64_t pages, size_t block, uint8_t *bu
                           double *read_s) {
   char file[4096];
   snprintf(file, sizeof file, "%s/baseline.bin", path);
+  sync();
   double t0 = bench_now_s();
   int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) {
@@ -277,7 +281,7 @@ static void bench_page_size(const run *r, int64_t S) {
 }
 
 int main(int argc, char **argv) {
-  run r = {0, 3, 0, ".", 1ull << 30};
+  run r = {0, 0, 0, ".", 1ull << 30};
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--quick") == 0) r.quick = 1;
     else if (strcmp(argv[i], "--sync") == 0) r.sync = 1;
@@ -288,11 +292,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (r.quick) {
-    r.total = 64ull << 20;
-    r.reps = 1;
-  }
-  if (r.reps < 1) r.reps = 1;
+  if (r.quick) r.total = 64ull << 20;
+  if (r.reps < 1) r.reps = r.quick ? 1 : 3;
   char date[64], cpu[256];
   bench_utc_date(date, sizeof date);
   bench_cpu_model(cpu, sizeof cpu);
