@@ -135,6 +135,10 @@ KVP_API kvp_status KVP_CALL kvp_store_create(const kvp_store_vtable *vtable, kvp
 /**
  * @brief Creates a store in host memory, bounded in bytes: a put that would exceed the bound
  *        first drops the least recently used blocks (put or read).
+ *
+ * The memory of the largest block dropped, removed or replaced is kept for the next put, so a
+ * store at its bound copies each new block into memory already in use rather than allocating it:
+ * the store's memory is its bound plus at most one block.
  * @param[in] max_bytes The bound: the sum of the block sizes held, > 0. A block larger than the
  *            bound is refused.
  * @param[in] opts Options, or NULL for defaults (flags must be 0).

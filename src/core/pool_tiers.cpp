@@ -153,8 +153,10 @@ void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
 size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
                      size_t nkeys) noexcept {
   const size_t S = static_cast<size_t>(page_size_);
-  // The prompt's chained keys, exactly as the prefix index computes them.
+  // The prompt's chained keys, exactly as the prefix index computes them, from the last page
+  // matched in memory (its key is the first restored block's parent: restore_page).
   Key128 parent = from == 0 ? Key128{} : pages_[r[from - 1]].key;
+  if (from > 0) tier_keys_[from - 1] = store_key(parent);
   for (size_t i = from; i < max_hits; ++i) {
     const Key128 k = i < nkeys ? scratch_keys_[i] : compute_key(parent, tokens + i * S, salt);
     tier_keys_[i] = store_key(k);

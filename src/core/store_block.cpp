@@ -1,10 +1,9 @@
 #include "core/store_block.hpp"
 
-#include <xxhash.h>
-
 #include <cstring>
 
 #include "core/cache.hpp"
+#include "core/xxh3.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
 

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -16,6 +15,7 @@
 #include <unordered_map>
 
 #include "core/store.hpp"
+#include "core/xxh3.hpp"
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 

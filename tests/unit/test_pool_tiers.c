@@ -1,6 +1,6 @@
 /* Unit tests of the pool's storage tiers (kvp_pool_add_store): evicted prefix pages are written to
  * tier 0 and restored into a new sequence with the same prompt, with the bytes computed for them
- * originally; a different salt, another config (fingerprint), other token ids in a block, a
+ * originally, also after an in-memory match of its first pages; a different salt, another config (fingerprint), other token ids in a block, a
  * damaged block (in memory through a plug-in, on disk) are misses; a directory tier survives a
  * restart; a sharded pool restores into the sequence's shard; bad input changes nothing; two pools
  * on two threads share a store at once; the invariants hold after every call. Writes to a slow
@@ -193,6 +193,35 @@ static void test_pool_tiers__evicted_pages_come_back(void **state) {
   assert_int_equal(tier(f->pool, 0).lookups, 12); /* nothing left to ask the tiers */
   assert_kvp_ok(kvp_pool_get_sequence_length(f->pool, s2, &len, &computed));
   assert_int_equal(computed, 3 * PS);
+}
+
+/* A prompt whose first page is still in memory continues from the tier, also when another
+ * prompt was restored in between (the first restored block's parent is the in-memory page's key,
+ * not a key left over from that other restore). */
+static void test_pool_tiers__restore_continues_an_in_memory_match(void **state) {
+  fixture *f = (fixture *)*state;
+  int32_t d[9], e[9], b[7 * PS];
+  prompt(d, 9, 100);
+  prompt(e, 9, 200);
+  prompt(b, 7 * PS, 5000);
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, d, 9, 0, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, e, 9, 0, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, b, 7 * PS, 99, 0, NULL)));
+  assert_int_equal(tier(f->pool, 0).blocks_written, 4); /* D's and E's two pages each */
+  size_t reused = 0;
+  /* D's first page alone comes back (a 5-token prompt reuses at most one page) and stays cached */
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, d, 5, 0, 0, &reused)));
+  assert_int_equal(reused, PS);
+  /* E, restored from the tier from its first page */
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, e, 9, 0, 0, &reused)));
+  assert_int_equal(reused, 2 * PS);
+  /* D: page 0 from memory, page 1 from the tier */
+  const int64_t hits = tier(f->pool, 0).hits;
+  kvp_seq_id s = run_prompt(f->pool, f->cache, d, 9, 0, 0, &reused);
+  assert_int_equal(reused, 2 * PS);
+  assert_int_equal(tier(f->pool, 0).hits, hits + 1);
+  assert_int_equal(tier(f->pool, 0).rejected, 0);
+  expect_kv(f->pool, f->cache, s, d, 2);
 }
 
 static void test_pool_tiers__other_salt_or_tokens_miss(void **state) {
@@ -909,6 +938,7 @@ int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(test_pool_tiers__evicted_pages_come_back),
+      T(test_pool_tiers__restore_continues_an_in_memory_match),
       T(test_pool_tiers__other_salt_or_tokens_miss),
       T(test_pool_tiers__another_config_is_a_miss),
       T(test_pool_tiers__plugin_tier_and_damaged_blocks),
