@@ -124,6 +124,9 @@ const kvp_api_v1 kTableV1 = {
     &kvp_store_remove,
     &kvp_store_get_stats,
     &kvp_store_scrub,
+    &kvp_store_list,
+    &kvp_store_block_inspect,
+    &kvp_pool_flush_tiers,
     &kvp_store_create_redis,
     // END GENERATED TABLE
 };

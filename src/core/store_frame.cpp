@@ -1,6 +1,6 @@
 #include "core/store_frame.hpp"
 
-#include <xxhash.h>
+#include "core/xxh3.hpp"
 
 namespace kvp::detail {
 namespace {

@@ -45,6 +45,23 @@ typedef struct demo_seq {
   int64_t capacity, known;
 } demo_seq;
 
+/* The storage tiers of a run (demo_tiers.c): memory, then a directory store and a Redis store. */
+typedef struct demo_tiers {
+  kvp_store *stores[3];
+  const char *names[3];
+  int count;
+} demo_tiers;
+
+/* Gives the pool a memory tier, then the directory `disk` and the Redis URL `redis` (either may
+ * be NULL). Returns 0, or 1 with the error printed (the stores opened so far stay in `t`). */
+int demo_tiers_open(demo_tiers *t, kvp_pool *pool, const char *disk, const char *redis);
+/* Releases the stores (after the pool that uses them). */
+void demo_tiers_close(demo_tiers *t);
+/* Persists the pool's cached prefix pages to every tier, then prints where the reused prompt
+ * tokens came from and the prefill time the tiers saved (`token_s`: the run's measured compute
+ * per token; `add_s`: the run's time in kvp_pool_add_sequence). Returns 0 or 1. */
+int demo_tiers_report(demo_tiers *t, kvp_pool *pool, int64_t reused_tokens, double add_s, double token_s);
+
 /* A 32-bit integer hash (the demo's source of deterministic pseudo-random numbers). */
 uint32_t demo_mix32(uint32_t x);
 

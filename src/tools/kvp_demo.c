@@ -15,8 +15,13 @@
  *     the prefix cache must give what recomputation gives; each finished sequence is also read
  *     back through the KVP_VIEW_KEYS / KVP_VIEW_VALUES views and compared byte for byte; the
  *     pool's invariants are checked after every step; any failure exits with status 1;
- *   - at the end it prints the prefix-cache hit rate and the checks' results.
- * Options: --layout v2|v3, --dtype NAME (cache dtype), --layers N, --quiet, --save FILE. */
+ *   - at the end it prints the prefix-cache hit rate and the checks' results;
+ *   - with storage tiers (--disk DIR, --redis URL: demo_tiers.c) the pool also has a memory tier:
+ *     evicted prefix pages are written to every tier, cached ones at the end, and a second run
+ *     (a restarted process, or another server on the same Redis) restores the prompts' pages from
+ *     the tiers instead of computing them; the checks are the same.
+ * Options: --layout v2|v3, --dtype NAME (cache dtype), --layers N, --pages N, --disk DIR,
+ * --redis URL, --quiet, --save FILE. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,13 +34,14 @@
 #define DEMO_SEQS 7 /* sequence slots of the demo: 6 requests + the second sample of one */
 #define DEMO_REQS 6
 #define DEMO_PAGE 16
-#define DEMO_PAGES 320
+#define DEMO_PAGES 320 /* the default page budget */
 #define DEMO_TOKEN_BUDGET 256
 #define DEMO_SYSTEM_PROMPT 96
 #define DEMO_LAST_ARRIVAL 12 /* the step at which the last request arrives */
 
 typedef struct demo {
   demo_model model;
+  demo_tiers tiers;
   kvp_config cfg;
   kvp_cache *cache;
   kvp_pool *pool;
@@ -44,6 +50,7 @@ typedef struct demo {
   float *q, *k, *v, *out; /* one layer of a step: [DEMO_TOKEN_BUDGET][width] */
   int64_t tokens, rows_checked, shared_rows_checked, attention_errors, readback_tokens, readback_errors;
   double attention_s, max_err;
+  double compute_s, add_s; /* the model's q/k/v and kvp_attention (excluding the checks); kvp_pool_add_sequence */
 } demo;
 
 typedef struct demo_step {
@@ -78,6 +85,11 @@ static void demo_usage(FILE *f) {
           "  --dtype NAME        cache dtype: " KVP_TOOL_DTYPES "\n"
           "                      (default bf16)\n"
           "  --layers N          model layers, 1 to 64 (default 4)\n"
+          "  --pages N           the cache's pages, 40 to 4096 (default 320; fewer pages, more evictions)\n"
+          "  --disk DIR          storage tiers: a memory tier, then a directory store in DIR (created\n"
+          "                      if missing; kept, so a second run restores from it)\n"
+          "  --redis URL         storage tiers: a memory tier, then (after --disk) a Redis store:\n"
+          "                      redis://HOST:PORT or redis+cluster://HOST:PORT[,HOST:PORT...]\n"
           "  --quiet             no per-step lines\n"
           "  --save FILE         at the end, save the cache (every page) to FILE\n"
           "  --progress WHEN     progress bar of --save on stderr: " KVP_TOOL_PROGRESS " (default auto:\n"
@@ -87,20 +99,26 @@ static void demo_usage(FILE *f) {
 typedef struct demo_args {
   kvp_layout layout;
   kvp_dtype dtype;
-  int64_t layers;
+  int64_t layers, pages;
   int quiet;
-  const char *save_path;
+  const char *save_path, *disk, *redis;
   kvp_progress_mode progress;
 } demo_args;
 
-static const kvp_tool_opt demo_opts[] = {{"--layout", "NAME"}, {"--dtype", "NAME"},  {"--layers", "N"},
-                                         {"--quiet", NULL},    {"--save", "FILE"},   {"--progress", "WHEN"},
+static const kvp_tool_opt demo_opts[] = {{"--layout", "NAME"}, {"--dtype", "NAME"},   {"--layers", "N"},
+                                         {"--pages", "N"},     {"--disk", "DIR"},     {"--redis", "URL"},
+                                         {"--quiet", NULL},    {"--save", "FILE"},    {"--progress", "WHEN"},
                                          {NULL, NULL}};
 
 /* One option's value into da. Returns NULL when valid, else why not. */
 static const char *demo_option(demo_args *da, const kvp_tool_opt *opt, const char *v) {
   if (kvp_tool_is(opt, "--quiet")) return da->quiet = 1, NULL;
   if (kvp_tool_is(opt, "--save")) return da->save_path = v, NULL;
+  if (kvp_tool_is(opt, "--disk")) return da->disk = v, NULL;
+  if (kvp_tool_is(opt, "--redis")) return da->redis = v, NULL;
+  if (kvp_tool_is(opt, "--pages"))
+    return kvp_tool_parse_int(v, &da->pages) != 0 || da->pages < 40 || da->pages > 4096 ? "expected an integer in [40, 4096]"
+                                                                                          : NULL;
   if (kvp_tool_is(opt, "--layout"))
     return kvp_layout_from_string(v, &da->layout) != KVP_OK ? "valid values are " KVP_TOOL_LAYOUTS : NULL;
   if (kvp_tool_is(opt, "--dtype")) return kvp_tool_parse_dtype(v, &da->dtype) ? "valid values are " KVP_TOOL_DTYPES : NULL;
@@ -161,25 +179,26 @@ static int init_requests(demo *d) {
   return 0;
 }
 
-static int demo_open(demo *d, kvp_layout layout, kvp_dtype dtype, int64_t layers) {
+static int demo_open(demo *d, const demo_args *da) {
   kvp_pool_options po = KVP_POOL_OPTIONS_INIT;
   const size_t qn = (size_t)DEMO_TOKEN_BUDGET * DEMO_Q_WIDTH, kvn = (size_t)DEMO_TOKEN_BUDGET * DEMO_KV_WIDTH;
   printf("%s\n\n", kvp_build_info());
-  if (kvp_tool_config_for_pages(&d->cfg, layers, DEMO_KV_HEADS, DEMO_HEAD_DIM, DEMO_MAX_LEN, DEMO_PAGE, dtype, layout,
-                                DEMO_PAGES) != 0)
+  if (kvp_tool_config_for_pages(&d->cfg, da->layers, DEMO_KV_HEADS, DEMO_HEAD_DIM, DEMO_MAX_LEN, DEMO_PAGE, da->dtype,
+                                da->layout, da->pages) != 0)
     return demo_fail("config");
   char note[64];
-  snprintf(note, sizeof note, "demo budget: %d pages", DEMO_PAGES);
+  snprintf(note, sizeof note, "demo budget: %" PRId64 " pages", da->pages);
   if (kvp_tool_print_plan(&d->cfg, note) != 0) return 1;
   if (kvp_cache_create(&d->cfg, NULL, &d->cache) != KVP_OK) return demo_fail("cache");
   po.max_sequences = DEMO_SEQS;
   if (kvp_pool_create(d->cache, &po, &d->pool) != KVP_OK) return demo_fail("pool");
+  if ((da->disk != NULL || da->redis != NULL) && demo_tiers_open(&d->tiers, d->pool, da->disk, da->redis) != 0) return 1;
   d->seqs = (demo_seq *)calloc(DEMO_SEQS, sizeof(demo_seq));
   d->q = (float *)malloc(sizeof(float) * qn);
   d->out = (float *)malloc(sizeof(float) * qn);
   d->k = (float *)malloc(sizeof(float) * kvn);
   d->v = (float *)malloc(sizeof(float) * kvn);
-  if (demo_model_init(&d->model, layers) != 0 || d->seqs == NULL || d->q == NULL || d->out == NULL || d->k == NULL ||
+  if (demo_model_init(&d->model, da->layers) != 0 || d->seqs == NULL || d->q == NULL || d->out == NULL || d->k == NULL ||
       d->v == NULL || init_requests(d) != 0) {
     fprintf(stderr, "kvp demo: out of memory\n");
     return 1;
@@ -199,6 +218,7 @@ static void demo_close(demo *d) {
   free(d->out);
   demo_model_free(&d->model);
   kvp_pool_destroy(d->pool);
+  demo_tiers_close(&d->tiers); /* after the pool, which drains its writes into them */
   kvp_cache_destroy(d->cache);
 }
 
@@ -210,8 +230,11 @@ static int arrive(demo *d, int step) {
     demo_seq *s = &d->seqs[i];
     size_t reused = 0;
     kvp_status st;
+    double t0;
     if (s->live || s->done || s->arrival > step) continue;
+    t0 = kvp_tool_now();
     st = kvp_pool_add_sequence(d->pool, s->tokens, (size_t)s->prompt, 0, 0, &s->seq, &reused);
+    d->add_s += kvp_tool_now() - t0;
     if (st == KVP_ERR_OUT_OF_PAGES) continue; /* no pages now: wait */
     if (st != KVP_OK) return demo_fail("add sequence");
     s->live = 1;
@@ -220,8 +243,8 @@ static int arrive(demo *d, int step) {
     s->shares_pages = reused > 0;
     demo_seq_extend(&d->model, s, s->prompt);
     if (!d->quiet)
-      printf("          request %d arrives: %" PRId64 "-token prompt, %" PRId64 " tokens reused from the prefix cache\n",
-             s->id, s->prompt, s->reused);
+      printf("          request %d arrives: %" PRId64 "-token prompt, %" PRId64 " tokens reused from the prefix cache%s\n",
+             s->id, s->prompt, s->reused, d->tiers.count > 0 ? " or the tiers" : "");
   }
   return 0;
 }
@@ -296,6 +319,7 @@ static int run_layers(demo *d, const demo_step *st, int step, double *elapsed) {
   ao.softmax_scale = d->model.softmax_scale;
   *elapsed = 0.0;
   for (l = 0; l < d->model.layers; ++l) {
+    const double t_qkv = kvp_tool_now();
     double t0;
     fill_qkv(d, st, l);
     t0 = kvp_tool_now();
@@ -304,6 +328,7 @@ static int run_layers(demo *d, const demo_step *st, int step, double *elapsed) {
       return 1;
     }
     *elapsed += kvp_tool_now() - t0;
+    d->compute_s += kvp_tool_now() - t_qkv;
     for (row = 0; row < st->nb; ++row) {
       const kvp_batch_request *b = &st->br[st->order[row]];
       const demo_seq *s = &d->seqs[st->idx[st->order[row]]];
@@ -399,7 +424,7 @@ static int run_step(demo *d, int step) {
   return advance(d, &st);
 }
 
-static int report(const demo *d, int steps, double wall) {
+static int report(demo *d, int steps, double wall) {
   kvp_pool_stats st;
   st.struct_size = sizeof st;
   if (kvp_pool_get_stats(d->pool, &st) != KVP_OK) return demo_fail("stats");
@@ -419,11 +444,14 @@ static int report(const demo *d, int steps, double wall) {
          "values, through KVP_VIEW_KEYS / KVP_VIEW_VALUES (reused prefixes hold the recomputed bytes)\n",
          d->readback_errors == 0 ? "passed" : "FAILED", d->nseqs, d->readback_tokens, d->model.layers, DEMO_KV_HEADS,
          DEMO_HEAD_DIM);
+  if (d->tiers.count > 0 &&
+      demo_tiers_report(&d->tiers, d->pool, st.reused_tokens, d->add_s, d->compute_s / (double)d->tokens) != 0)
+    return 1;
   return d->attention_errors == 0 && d->readback_errors == 0 ? 0 : 1;
 }
 
 int kvp_cmd_demo(int argc, char **argv) {
-  demo_args da = {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, 0, NULL, KVP_PROGRESS_AUTO};
+  demo_args da = {KVP_LAYOUT_V3, KVP_DTYPE_BF16, 4, DEMO_PAGES, 0, NULL, NULL, NULL, KVP_PROGRESS_AUTO};
   int step, steps = 0, rc;
   double t_start;
   demo d;
@@ -431,7 +459,7 @@ int kvp_cmd_demo(int argc, char **argv) {
   rc = parse_args(argc, argv, &da);
   if (rc >= 0) return rc;
   d.quiet = da.quiet;
-  rc = demo_open(&d, da.layout, da.dtype, da.layers);
+  rc = demo_open(&d, &da);
   if (rc == 0) {
     printf("\nserving %d requests that share a %d-token system prompt (chunked prefill, token budget %d per step)\n"
            "through a %" PRId64 "-layer model (%d query heads over %d KV heads of %d), %s layout, %s cache,\n"

@@ -115,5 +115,8 @@ KVP_API_ENTRY(store_exists)
 KVP_API_ENTRY(store_remove)
 KVP_API_ENTRY(store_get_stats)
 KVP_API_ENTRY(store_scrub)
+KVP_API_ENTRY(store_list)
+KVP_API_ENTRY(store_block_inspect)
+KVP_API_ENTRY(pool_flush_tiers)
 KVP_API_ENTRY(store_create_redis)
 /* END GENERATED NAMES */

@@ -4,8 +4,9 @@
  * a refused connection; round trips on one server and on the cluster, keys spread over every
  * master; a slot migrated between masters while in use (ASK, then MOVED followed); a server
  * stopped (the timeout bounds every call), killed between and during calls, and restarted; values
- * truncated or bit-flipped behind the store's back (through hiredis) found on get and by scrub; a
- * pool whose tier is Redis restores exactly the bytes it evicted, and nothing wrong after damage. */
+ * truncated or bit-flipped behind the store's back (through hiredis) found on get and by scrub;
+ * listings (kvp_store_list) a few keys at a time; a pool whose tier is Redis restores exactly the
+ * bytes it evicted, and nothing wrong after damage. */
 #include "support.h"
 
 #include <hiredis/hiredis.h>
@@ -125,6 +126,33 @@ static void expect_missing(kvp_store *s, uint32_t key) {
   assert_int_equal(found, 0);
 }
 
+/* Lists the store's keys `cap` at a time (kvp_store_list) and checks that exactly keys 0..n-1
+ * but `missing` were found (each at least once; Redis SCAN may repeat one). */
+static void expect_listing(kvp_store *s, uint32_t n, uint32_t missing, size_t cap) {
+  uint8_t seen[256] = {0};
+  assert_true(n <= 256);
+  kvp_store_key page[64];
+  assert_true(cap <= 64);
+  uint64_t cursor = 0;
+  int calls = 0;
+  do {
+    size_t got = 99;
+    assert_kvp_ok(kvp_store_list(s, &cursor, page, cap, &got));
+    assert_true(got <= cap);
+    for (size_t i = 0; i < got; ++i) {
+      uint32_t k = 0;
+      for (; k < n; ++k) {
+        const kvp_store_key want = key_of(k);
+        if (memcmp(want.bytes, page[i].bytes, 16) == 0) break;
+      }
+      assert_true(k < n); /* one of ours */
+      seen[k] = 1;
+    }
+    assert_true(++calls < 10000);
+  } while (cursor != 0);
+  for (uint32_t k = 0; k < n; ++k) assert_int_equal(seen[k], k != missing);
+}
+
 /* ---- cases -------------------------------------------------------------------------------- */
 
 static void test_store_redis__bad_urls(void **state) {
@@ -199,9 +227,19 @@ static void round_trip(const char *url, const char *prefix) {
   assert_kvp_ok(kvp_store_remove(s, &k5));
   expect_missing(s, 5);
   assert_kvp_status(kvp_store_remove(s, &k5), KVP_ERR_NOT_FOUND, "no block");
+  /* listing: every key but 5, a few at a time and in one go */
+  expect_listing(s, 64, 5, 7);
+  expect_listing(s, 64, 5, 64);
   /* another prefix is another store */
   kvp_store *other = open_store(url, "other:", 0);
   expect_missing(other, 6);
+  uint64_t cursor = 0;
+  size_t listed = 9;
+  kvp_store_key one[4];
+  do {
+    assert_kvp_ok(kvp_store_list(other, &cursor, one, 4, &listed));
+    assert_int_equal(listed, 0);
+  } while (cursor != 0);
   assert_kvp_ok(kvp_store_destroy(other));
   /* scrub: every value checked, none damaged */
   kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
@@ -608,6 +646,7 @@ static void test_store_redis__pool_restores_what_it_evicted(void **state) {
   assert_kvp_ok(kvp_pool_add_store(p, store));
   assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, NULL)));
   assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, b, 7 * PS, NULL)));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0)); /* Redis puts run on the pool's writer thread */
   kvp_pool_tier_stats ts = KVP_POOL_TIER_STATS_INIT;
   assert_kvp_ok(kvp_pool_get_tier_stats(p, 0, &ts));
   assert_int_equal(ts.blocks_written, 3);

@@ -114,6 +114,7 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_attention", .zig = "Cache.attention" },
     .{ .c_name = "kvp_pool_add_store", .zig = "Pool.addStore" },
     .{ .c_name = "kvp_pool_get_tier_stats", .zig = "Pool.tierStats" },
+    .{ .c_name = "kvp_pool_flush_tiers", .zig = "Pool.flushTiers" },
     .{ .c_name = "kvp_store_options_init", .zig = "Store.directory" },
     .{ .c_name = "kvp_store_create_memory", .zig = "Store.memory" },
     .{ .c_name = "kvp_store_create_directory", .zig = "Store.directory" },
@@ -124,6 +125,8 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_store_remove", .zig = "Store.remove" },
     .{ .c_name = "kvp_store_get_stats", .zig = "Store.stats" },
     .{ .c_name = "kvp_store_scrub", .zig = "Store.scrub" },
+    .{ .c_name = "kvp_store_list", .zig = "Store.list" },
+    .{ .c_name = "kvp_store_block_inspect", .zig = "Store.inspectBlock" },
     .{ .c_name = "kvp_store_create_redis", .zig = "Store.redis" },
 };
 
