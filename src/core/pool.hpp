@@ -110,6 +110,12 @@ class Pool {
   void add_store(kvp_store* store);
   kvp_pool_tier_stats tier_stats(uint32_t tier) const;
 
+  // Per-sequence save and restore (core/pool_sequence_io.cpp).
+  void save_sequence(kvp_seq_id id, void* dst, size_t capacity, size_t* size_out);
+  void save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags);
+  kvp_seq_id restore_sequence(const void* src, size_t size, uint32_t flags, const char* function);
+  kvp_seq_id restore_sequence_from_file(const char* path, uint32_t flags);
+
  private:
   struct Scan;  // what check_invariants() collects
   void allocate_arrays(const Shape& shape);
@@ -184,6 +190,18 @@ class Pool {
   // if the block is missing or does not check out. Throws when the store or the copy fails.
   bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
                     int32_t* r);
+
+  // Per-sequence save and restore (core/pool_sequence_io.cpp).
+  // The sequence in slot `slot` for a save: every token computed, its blocks' shape (throws).
+  BlockShape saved_shape(uint32_t slot, const char* function) const;
+  // Writes the block of page i of the sequence in `slot` into `block`; `parent` is the key of
+  // page i-1 (zero for page 0) and becomes page i's; `pad` holds page_size_ token ids.
+  void seal_page(uint32_t slot, size_t i, const BlockShape& bs, Key128& parent, int32_t* pad, uint8_t* block,
+                 const char* function);
+  // Checks every block of a blob whose header checked out, gathering the token ids (num_blocks
+  // pages of them, the last page's tail zero) into `tokens`. Throws FORMAT_* naming the block.
+  void check_blocks(const uint8_t* blocks, const BlockShape& bs, uint64_t num_tokens, uint64_t salt, int32_t* tokens,
+                    const char* function);
 
   kvp_cache* cache_handle_ = nullptr;
   uint64_t cache_serial_ = 0;  // handle_serial(cache_handle_) when the pool was made

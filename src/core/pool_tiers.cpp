@@ -15,14 +15,6 @@
 namespace kvp::detail {
 namespace {
 
-// Store keys are the prefix index's keys masked with the config's fingerprint, so pools of
-// different models (or KV-head slices) sharing a store and a salt never overwrite each other's
-// blocks; the mask is its own inverse.
-StoreKey mask_of(uint64_t fingerprint) noexcept {
-  const XXH128_hash_t m = XXH3_128bits_withSeed(&fingerprint, sizeof fingerprint, 0x4B56504Bu);
-  return StoreKey{m.low64, m.high64};
-}
-
 // A store's complaint about a block itself (damaged file, block of another size): a rejected
 // block, not a failing store.
 bool block_fault(kvp_status code) noexcept {
@@ -63,7 +55,7 @@ void Pool::add_store(kvp_store* h) {
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
     found_ = mem + found;
     block_ = shape;
-    key_mask_ = mask_of(shape.fingerprint);
+    key_mask_ = store_key_mask(shape.fingerprint);
   }
   Tier& t = tiers_[num_tiers_++];
   t.handle = h;
