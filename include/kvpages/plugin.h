@@ -297,6 +297,14 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *store_get_stats)(kvp_store *store, kvp_store_stats *out);
   /** kvp_store_scrub() */
   kvp_status (KVP_CALL *store_scrub)(kvp_store *store, kvp_store_scrub_report *report);
+  /** kvp_pool_save_sequence() */
+  kvp_status (KVP_CALL *pool_save_sequence)(kvp_pool *pool, kvp_seq_id seq, void *dst, size_t capacity, size_t *size_out);
+  /** kvp_pool_save_sequence_to_file() */
+  kvp_status (KVP_CALL *pool_save_sequence_to_file)(kvp_pool *pool, kvp_seq_id seq, const char *path, uint32_t flags);
+  /** kvp_pool_restore_sequence() */
+  kvp_status (KVP_CALL *pool_restore_sequence)(kvp_pool *pool, const void *src, size_t size, uint32_t flags, kvp_seq_id *seq_out);
+  /** kvp_pool_restore_sequence_from_file() */
+  kvp_status (KVP_CALL *pool_restore_sequence_from_file)(kvp_pool *pool, const char *path, uint32_t flags, kvp_seq_id *seq_out);
   /* END GENERATED TABLE */
 } kvp_api_v1;
 

@@ -124,6 +124,10 @@ const kvp_api_v1 kTableV1 = {
     &kvp_store_remove,
     &kvp_store_get_stats,
     &kvp_store_scrub,
+    &kvp_pool_save_sequence,
+    &kvp_pool_save_sequence_to_file,
+    &kvp_pool_restore_sequence,
+    &kvp_pool_restore_sequence_from_file,
     // END GENERATED TABLE
 };
 

@@ -127,8 +127,8 @@ void check_path(const char* path, const char* fn) {
 BlockShape Pool::saved_shape(uint32_t slot, const char* fn) const {
   const Seq& s = seqs_[slot];
   if (s.computed < s.length)
-    fail(KVP_ERR_INVALID_ARGUMENT, "%s: only %llu of the sequence's %llu tokens are computed; declare the rest with "
-         "kvp_pool_set_computed() once their K/V is written", fn, (u64)s.computed, (u64)s.length);
+    fail(KVP_ERR_INVALID_ARGUMENT, "%s: only %llu of the sequence's %llu tokens are computed; declare the rest computed "
+         "(kvp_pool_set_computed) once their K/V is written", fn, (u64)s.computed, (u64)s.length);
   Cache& c = cache(fn);
   c.check_healthy(fn);
   return block_shape(c);

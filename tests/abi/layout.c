@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 920);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 952);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -329,6 +329,10 @@ KVP_PIN_OFFSET(kvp_api_v1, store_exists, 888);
 KVP_PIN_OFFSET(kvp_api_v1, store_remove, 896);
 KVP_PIN_OFFSET(kvp_api_v1, store_get_stats, 904);
 KVP_PIN_OFFSET(kvp_api_v1, store_scrub, 912);
+KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence, 920);
+KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence_to_file, 928);
+KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence, 936);
+KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence_from_file, 944);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);

@@ -115,4 +115,8 @@ KVP_API_ENTRY(store_exists)
 KVP_API_ENTRY(store_remove)
 KVP_API_ENTRY(store_get_stats)
 KVP_API_ENTRY(store_scrub)
+KVP_API_ENTRY(pool_save_sequence)
+KVP_API_ENTRY(pool_save_sequence_to_file)
+KVP_API_ENTRY(pool_restore_sequence)
+KVP_API_ENTRY(pool_restore_sequence_from_file)
 /* END GENERATED NAMES */
