@@ -61,6 +61,9 @@ COUNTERPARTS = {
     "kvp_cache_group_get_shard": "CacheGroup.shard", "kvp_cache_group_concatenate": "CacheGroup.concatenate",
     # storage tiers (since 1.4)
     "kvp_pool_add_store": "Pool.add_store", "kvp_pool_get_tier_stats": "Pool.tier_stats",
+    "kvp_pool_save_sequence": "Pool.save_sequence", "kvp_pool_save_sequence_to_file": "Pool.save_sequence_to_file",
+    "kvp_pool_restore_sequence": "Pool.restore_sequence",
+    "kvp_pool_restore_sequence_from_file": "Pool.restore_sequence_from_file",
     "kvp_store_options_init": "Store.directory", "kvp_store_create": "Store.plugin",
     "kvp_store_create_memory": "Store.memory", "kvp_store_create_directory": "Store.directory",
     "kvp_store_destroy": "Store.close", "kvp_store_put": "Store.put", "kvp_store_get": "Store.get",
