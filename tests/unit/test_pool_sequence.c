@@ -620,6 +620,64 @@ static void test_pool_sequence__pool_without_prefix_cache(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
+/* ---- the golden blob (tests/data/sequence-v1, README there) ------------------------------------ */
+
+#ifndef KVP_TEST_DATA_DIR
+#define KVP_TEST_DATA_DIR "tests/data"
+#endif
+
+static unsigned char golden_byte(uint32_t layer, uint64_t page, uint64_t offset) {
+  uint64_t v = (uint64_t)layer * 1000003u + page * 10007u + offset * 31u;
+  return (unsigned char)((v ^ (v >> 7)) & 0xFF);
+}
+
+static void test_pool_sequence__golden_blob_restores_and_is_written_again(void **state) {
+  (void)state;
+  const char *path = KVP_TEST_DATA_DIR "/sequence-v1/seq-v3-h64-bf16.kvpq";
+  kvp_config cfg = kvp_test_config_len(2, 2, 64, 4, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3, MAXLEN);
+  kvp_cache *c = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  kvp_pool *p = make_pool(c);
+  int32_t tokens[10], filler[5];
+  for (int k = 0; k < 10; ++k) tokens[k] = 1000 + 37 * k;
+  prompt(filler, 5, 3);
+  run_prompt(p, c, filler, 5, 0, 0); /* other page ids than the saving pool's 1, 2, 3 */
+  kvp_seq_id s = {0};
+  assert_kvp_ok(kvp_pool_restore_sequence_from_file(p, path, 0, &s));
+  size_t len = 0, computed = 0;
+  assert_kvp_ok(kvp_pool_get_sequence_length(p, s, &len, &computed));
+  assert_int_equal(len, 10);
+  assert_int_equal(computed, 10);
+  /* page j of the sequence holds the pattern of page j + 1 of the saving cache, every byte */
+  for (size_t j = 0; j < 3; ++j)
+    for (uint32_t l = 0; l < 2; ++l) {
+      size_t nb;
+      const uint8_t *got = page_ptr(c, l, page_of(p, s, j), &nb);
+      assert_int_not_equal(page_of(p, s, j), (int32_t)j + 1);
+      for (size_t i = 0; i < nb; ++i)
+        if (got[i] != golden_byte(l, j + 1, i)) fail_msg("page %zu layer %u byte %zu", j, l, i);
+    }
+  /* the token ids and the salt: a prompt with them hits the two full pages */
+  kvp_seq_id hit = {0};
+  size_t reused = 0;
+  assert_kvp_ok(kvp_pool_add_sequence(p, tokens, 10, 0x5EED, 0, &hit, &reused));
+  assert_int_equal(reused, 8);
+  /* and today's writer writes the same bytes */
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  uint8_t *file = (uint8_t *)test_malloc(1 << 14);
+  const size_t n = fread(file, 1, 1 << 14, fp);
+  fclose(fp);
+  size_t size = 0;
+  uint8_t *blob = save(p, s, &size);
+  assert_int_equal(size, n);
+  assert_memory_equal(blob, file, n);
+  test_free(blob);
+  test_free(file);
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_sequence__round_trip_into_another_pool),
@@ -632,6 +690,7 @@ int main(void) {
       cmocka_unit_test(test_pool_sequence__out_of_pages_or_slots_changes_nothing),
       cmocka_unit_test(test_pool_sequence__sharded_pool_restores_into_the_shard),
       cmocka_unit_test(test_pool_sequence__pool_without_prefix_cache),
+      cmocka_unit_test(test_pool_sequence__golden_blob_restores_and_is_written_again),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
