@@ -297,6 +297,12 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *store_get_stats)(kvp_store *store, kvp_store_stats *out);
   /** kvp_store_scrub() */
   kvp_status (KVP_CALL *store_scrub)(kvp_store *store, kvp_store_scrub_report *report);
+  /** kvp_store_list() */
+  kvp_status (KVP_CALL *store_list)(kvp_store *store, uint64_t *cursor, kvp_store_key *keys, size_t capacity, size_t *count_out);
+  /** kvp_store_block_inspect() */
+  kvp_status (KVP_CALL *store_block_inspect)(const void *block, size_t size, kvp_store_block_info *out);
+  /** kvp_pool_flush_tiers() */
+  kvp_status (KVP_CALL *pool_flush_tiers)(kvp_pool *pool, uint32_t flags);
   /** kvp_pool_save_sequence() */
   kvp_status (KVP_CALL *pool_save_sequence)(kvp_pool *pool, kvp_seq_id seq, void *dst, size_t capacity, size_t *size_out);
   /** kvp_pool_save_sequence_to_file() */

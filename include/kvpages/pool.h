@@ -36,8 +36,10 @@
  * after its in-memory match, asks the tiers in order for the prompt's next full pages (keyed by
  * the same chained keys, masked with the config's fingerprint so that pools of other models or
  * KV-head slices sharing a store neither find nor overwrite each other's blocks) and restores the blocks that check out (config fingerprint, keys,
- * salt, token ids, checksum) into fresh pages as if computed. Both happen synchronously inside
- * the call that evicts or adds (see kvp_pool_add_store() for the cost); a failing store or a
+ * salt, token ids, checksum) into fresh pages as if computed. Restores happen inside
+ * kvp_pool_add_sequence(); writes copy the page inside the evicting call, and put it there (a
+ * memory store) or on the pool's writer thread (any other store; see kvp_pool_add_store() for
+ * what is synchronous and its cost; kvp_pool_flush_tiers() waits for them). A failing store or a
  * damaged block is a miss, never an error of the call. kvp_pool_get_tier_stats() counts them.
  *
  * **When KV counts as computed.** Each sequence has a computed watermark: tokens whose K/V has
@@ -105,8 +107,12 @@ typedef struct kvp_seq_id {
 /** Flag of kvp_pool_options::flags: never index pages (no prefix reuse; released pages are freed at once). */
 #define KVP_POOL_FLAG_NO_PREFIX_CACHE (1u << 0)
 
-/** Current value of kvp_pool_options::abi_version. */
-#define KVP_POOL_OPTIONS_VERSION 1u
+/**
+ * Current value of kvp_pool_options::abi_version. Version 2 (since 1.5) appends
+ * `write_queue_bytes`; a caller compiled against version 1 (`struct_size` = 24 on LP64) is still
+ * accepted and gets its default.
+ */
+#define KVP_POOL_OPTIONS_VERSION 2u
 
 /** @brief Options of kvp_pool_create(). Zero means default for every field. */
 typedef struct kvp_pool_options {
@@ -115,6 +121,7 @@ typedef struct kvp_pool_options {
   uint32_t max_sequences;              /**< Live sequences at most, 1 … 1048575; 0 = the config's `max_num_reqs` if > 0, else its `get_max_num_seqs()` (a 128k-entry page-table budget). */
   uint32_t flags;                      /**< `KVP_POOL_FLAG_*`. */
   const kvp_host_allocator *allocator; /**< Host allocator for the pool's memory (borrowed, must outlive the pool); NULL = built-in. */
+  uint64_t write_queue_bytes;          /**< Since 1.5 (abi_version 2): bytes of staging blocks queued for a tier 0 whose writes are asynchronous (kvp_pool_add_store()); at least one block is queued whatever the value; 0 = 64 MiB. */
 } kvp_pool_options;
 
 /** Static initialiser: all defaults. */
@@ -533,16 +540,30 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
 /**
  * @brief Adds a block store as the pool's next storage tier (see the file overview).
  *
- * Tier 0, the first store added, receives the pages the pool evicts: before a cached page is
- * reused, its token ids, keys and bytes in every layer are copied to host memory (CUDA: device
- * to host on the stream of the evicting call, synchronously) and put in the store, inside the
- * call that evicts (kvp_pool_add_sequence(), kvp_pool_append()). That costs one page copy per
- * layer and a put (a memory copy for a memory store, a file write for a directory store) per
- * evicted page. A failed write is counted (kvp_pool_tier_stats::errors), never reported by the
- * evicting call. Every tier is read by kvp_pool_add_sequence().
+ * Tier 0, the first store added, receives the pages the pool evicts. What is synchronous:
+ * before a cached page is reused, inside the call that evicts (kvp_pool_add_sequence(),
+ * kvp_pool_append()), its token ids, keys and bytes in every layer are copied into a host block
+ * (CUDA: device to host on the stream of the evicting call, synchronously) — one page copy per
+ * layer. Then:
+ * - a memory store (kvp_store_create_memory()) gets the block at once, in that call (its put is
+ *   a memory copy);
+ * - any other store (directory, plug-in; since 1.5) gets it asynchronously: the block is a
+ *   staging block of the pool's write queue (kvp_pool_options::write_queue_bytes), and the
+ *   pool's writer thread (one per pool, started here) puts it, so the evicting call never waits
+ *   on a file or a network round trip. When every staging block is still queued, the evicted
+ *   page is not written (kvp_pool_tier_stats::dropped) rather than waited for. A plug-in's put
+ *   callback is then called on the writer thread (still one callback at a time per store).
+ *   kvp_pool_flush_tiers() waits for the queue; kvp_pool_destroy() drains it (waits for every
+ *   queued write) and joins the thread.
+ *
+ * A page whose block tier 0 already holds from this pool (restored from tier 0, or written or
+ * queued since its content last changed) is not written again. A failed write is counted
+ * (kvp_pool_tier_stats::errors), never reported by the evicting call. Every tier is read by
+ * kvp_pool_add_sequence().
  *
  * The first tier added allocates two block buffers (the pages' bytes in every layer, plus a
- * header) and the prompt's keys from the pool's allocator.
+ * header), the prompt's keys and, for an asynchronous tier 0, the write queue from the pool's
+ * allocator.
  *
  * @param[in] pool Pool handle.
  * @param[in] store Store handle; borrowed: it must outlive the pool (a pool whose store was
@@ -553,7 +574,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  *         has this store.
  * @retval KVP_ERR_UNSUPPORTED The pool was created with ::KVP_POOL_FLAG_NO_PREFIX_CACHE (it keeps
  *         no prefix pages to offload).
- * @retval KVP_ERR_OUT_OF_MEMORY No memory for the buffers; nothing changed.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the buffers (or the writer thread could not be
+ *         started); nothing changed.
  * @threadsafety Must not race with other calls on the same pool.
  * @since 1.4
  */
@@ -573,7 +595,9 @@ typedef struct kvp_pool_tier_stats {
                                 every tier's restored_tokens. */
   int64_t bytes_read;      /**< Block bytes read from the tier. */
   int64_t blocks_written;  /**< Evicted pages written to the tier (tier 0 only). */
-  int64_t bytes_written;   /**< Their block bytes. */
+  int64_t bytes_written;   /**< Their block bytes. Asynchronous writes count when their put is done. */
+  int64_t dropped;         /**< Since 1.5: evicted pages not written because the pool's write queue
+                                was full (tier 0 with asynchronous writes only). */
 } kvp_pool_tier_stats;
 
 /** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). @since 1.4 */
@@ -594,6 +618,36 @@ typedef struct kvp_pool_tier_stats {
  * @since 1.4
  */
 KVP_API kvp_status KVP_CALL kvp_pool_get_tier_stats(const kvp_pool *pool, uint32_t tier, kvp_pool_tier_stats *out);
+
+/** Flag of kvp_pool_flush_tiers(): first write every cached prefix page to tier 0. @since 1.5 */
+#define KVP_POOL_FLUSH_CACHED (1u << 0)
+
+/**
+ * @brief Waits until every write to tier 0 queued so far has reached its store (or failed,
+ *        counted in kvp_pool_tier_stats::errors).
+ *
+ * With ::KVP_POOL_FLUSH_CACHED it first writes every cached prefix page (indexed, so computed,
+ * in use or evictable) whose block tier 0 does not already hold from this pool, waiting for room
+ * in the write queue rather than dropping — so that a process can persist its prefix cache (at
+ * exit, say) and a later pool over the same store restores every cached prefix. The pages stay
+ * cached. Without tiers, or with a memory store as tier 0 and no flag, there is nothing to wait
+ * for.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] flags 0 or ::KVP_POOL_FLUSH_CACHED.
+ * @retval KVP_OK Every write queued (and, with the flag, every cached page) has been put or has
+ *         failed (counted).
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or (with ::KVP_POOL_FLUSH_CACHED) the pool's
+ *         cache was destroyed.
+ * @retval KVP_ERR_INVALID_ARGUMENT Unknown flags; nothing was written or waited for.
+ * @retval KVP_ERR_DEVICE_LOST (With ::KVP_POOL_FLUSH_CACHED) the cache has a pending
+ *         asynchronous error; nothing was written or waited for.
+ * @threadsafety Must not race with other calls on the same pool.
+ * @stream With ::KVP_POOL_FLUSH_CACHED, a CUDA cache's pages are copied to host on the legacy
+ *         default stream, synchronously.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_flush_tiers(kvp_pool *pool, uint32_t flags);
 
 /** Flag of kvp_pool_save_sequence_to_file(): skip the two `fsync`s (see there). @since 1.5 */
 #define KVP_POOL_SAVE_FLAG_NO_SYNC (1u << 0)

@@ -40,8 +40,10 @@ typedef struct kvp_store_key {
   uint8_t bytes[16]; /**< The key. */
 } kvp_store_key;
 
-/** Current value of kvp_store_vtable::abi_version. @since 1.4 */
-#define KVP_STORE_VTABLE_VERSION 1u
+/** Current value of kvp_store_vtable::abi_version. Version 2 (since 1.5) appends `list`; a
+ *  version-1 table (`struct_size` = `offsetof(kvp_store_vtable, list)`, `abi_version` 1) is still
+ *  accepted and lists nothing (kvp_store_list() returns ::KVP_ERR_UNSUPPORTED). @since 1.4 */
+#define KVP_STORE_VTABLE_VERSION 2u
 
 /**
  * @brief The callbacks of a plug-in store (kvp_store_create()).
@@ -71,6 +73,13 @@ typedef struct kvp_store_vtable {
   /** Releases the plug-in's state; called once, by kvp_store_destroy() (or by a failing
    *  kvp_store_create() after it accepted the table: never). May be NULL. */
   void(KVP_CALL *destroy)(void *user_data);
+  /** Since 1.5 (abi_version 2): lists the keys held, a page at a time, as kvp_store_list()
+   *  describes: from `*cursor` (0 = the start) writes up to `capacity` keys (capacity > 0) to
+   *  `keys` and their number to `*count_out`, and sets `*cursor` to 0 when the listing is
+   *  complete (any other value is the plug-in's own, passed back on the next call). May be NULL:
+   *  the store cannot list. */
+  kvp_status(KVP_CALL *list)(void *user_data, uint64_t *cursor, kvp_store_key *keys, size_t capacity,
+                             size_t *count_out);
 } kvp_store_vtable;
 
 /** Flag of kvp_store_options::flags (directory store): do not fsync block files and the
@@ -113,7 +122,7 @@ KVP_API kvp_status KVP_CALL kvp_store_options_init(kvp_store_options *opts, uint
  *             not called: the caller still owns `user_data`).
  * @retval KVP_OK Created.
  * @retval KVP_ERR_INVALID_ARGUMENT `vtable` or `out` is NULL, or `put`, `get`, `exists` or
- *         `remove` is NULL (the message names it).
+ *         `remove` is NULL (the message names it). (`destroy` and `list` may be NULL.)
  * @retval KVP_ERR_VERSION_MISMATCH Unknown table size or version.
  * @retval KVP_ERR_UNSUPPORTED A non-zero tail in a larger table.
  * @retval KVP_ERR_OUT_OF_MEMORY Host memory exhausted.
@@ -126,6 +135,10 @@ KVP_API kvp_status KVP_CALL kvp_store_create(const kvp_store_vtable *vtable, kvp
 /**
  * @brief Creates a store in host memory, bounded in bytes: a put that would exceed the bound
  *        first drops the least recently used blocks (put or read).
+ *
+ * The memory of the largest block dropped, removed or replaced is kept for the next put, so a
+ * store at its bound copies each new block into memory already in use rather than allocating it:
+ * the store's memory is its bound plus at most one block.
  * @param[in] max_bytes The bound: the sum of the block sizes held, > 0. A block larger than the
  *            bound is refused.
  * @param[in] opts Options, or NULL for defaults (flags must be 0).
@@ -319,6 +332,79 @@ typedef struct kvp_store_scrub_report {
  * @since 1.4
  */
 KVP_API kvp_status KVP_CALL kvp_store_scrub(kvp_store *store, kvp_store_scrub_report *report);
+
+/**
+ * @brief Lists the keys a store holds, a page at a time (a cursor, like Redis SCAN).
+ *
+ * Start with `*cursor` = 0 and call again with the cursor the call left until it is 0 again:
+ * each call writes up to `capacity` keys (possibly none, and possibly fewer than `capacity`
+ * while the listing is not complete) and their number. The store is locked for one call, not
+ * across calls, so other threads may put and remove meanwhile: a key present for the whole
+ * listing appears at least once; keys put or removed during the listing may or may not appear;
+ * a key may appear more than once (the shipped stores list each key at most once, a plug-in
+ * store or a network store may repeat one). A listing reads no block and does not count as a
+ * use for the LRU.
+ *
+ * @param[in] store Store handle.
+ * @param[in,out] cursor Where to continue, not NULL: 0 to start; set to 0 when the listing is
+ *                complete, else to the value to pass next. Left unchanged on failure.
+ * @param[out] keys Receives the keys, `capacity` of them at most; not NULL.
+ * @param[in] capacity Room at `keys`, > 0.
+ * @param[out] count_out Receives the number of keys written, not NULL.
+ * @retval KVP_OK Listed a page.
+ * @retval KVP_ERR_INVALID_HANDLE Bad store handle.
+ * @retval KVP_ERR_INVALID_ARGUMENT `cursor`, `keys` or `count_out` is NULL, or `capacity` is 0;
+ *         nothing written.
+ * @retval KVP_ERR_UNSUPPORTED A plug-in store without a `list` callback (a version-1 table).
+ * @return Or the status a plug-in store's `list` returned.
+ * @threadsafety Thread-safe.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_store_list(kvp_store *store, uint64_t *cursor, kvp_store_key *keys, size_t capacity,
+                                           size_t *count_out);
+
+/** @brief What kvp_store_block_inspect() read in a block the pool wrote (docs/store-format.md).
+ *  @since 1.5 */
+typedef struct kvp_store_block_info {
+  uint32_t struct_size;    /**< Set by the caller: sizeof(kvp_store_block_info). */
+  uint32_t format_version; /**< The block format's version (1). */
+  uint64_t fingerprint;    /**< The fingerprint of the config that wrote it (model shape, dtype, layout, page size, shard slice). */
+  kvp_store_key key;       /**< The page's store key. */
+  kvp_store_key parent;    /**< Its parent page's store key (the prefix-chain link). */
+  uint64_t salt;           /**< The sequence's salt. */
+  uint32_t page_size;      /**< Tokens per page. */
+  uint32_t num_layers;     /**< Layers. */
+  uint64_t page_bytes;     /**< Bytes of the page in one layer. */
+  uint64_t block_bytes;    /**< Bytes of the whole block. */
+  uint32_t checksum_ok;    /**< 1 when the block's checksum holds, 0 when it is damaged. */
+  uint32_t _reserved;      /**< 0. */
+} kvp_store_block_info;
+
+/** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). @since 1.5 */
+#define KVP_STORE_BLOCK_INFO_INIT KVP__OUTPUT_INIT(kvp_store_block_info)
+
+/**
+ * @brief Reads the header of a block a pool wrote to a store (docs/store-format.md) and checks its
+ *        checksum, so that tools and engines can see what a store holds without knowing the format.
+ *
+ * The header must be whole and consistent: magic, version, a geometry whose block size is `size`.
+ * A block that passes those is described even when its checksum fails (`checksum_ok` = 0).
+ *
+ * @param[in] block The block's bytes, `size` of them; may be NULL only when `size` is 0.
+ * @param[in] size Bytes at `block`.
+ * @param[in,out] out Info with `struct_size` set, not NULL; the first `struct_size` bytes are
+ *                filled on success, nothing is written on failure.
+ * @retval KVP_OK Read (see `checksum_ok`).
+ * @retval KVP_ERR_INVALID_ARGUMENT `out` is NULL, or `block` is NULL with `size` > 0.
+ * @retval KVP_ERR_VERSION_MISMATCH `struct_size` smaller than version 1 of the struct.
+ * @retval KVP_ERR_FORMAT_MAGIC Not a pool block (no `KVPB` magic).
+ * @retval KVP_ERR_FORMAT_VERSION A block format version this library does not know.
+ * @retval KVP_ERR_FORMAT_TRUNCATED Shorter than its header or than its geometry says.
+ * @retval KVP_ERR_FORMAT_CORRUPT Longer than its geometry says, or an impossible geometry.
+ * @threadsafety Thread-safe.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_store_block_inspect(const void *block, size_t size, kvp_store_block_info *out);
 
 KVP_END_DECLS
 

@@ -14,7 +14,7 @@ extern "C" {
 KVP_API kvp_status kvp_pool_options_init(kvp_pool_options* opts, uint32_t struct_size) {
   KVP_API_BEGIN;
   KVP_REQUIRE_NOT_NULL(opts);
-  init_versioned(opts, struct_size, sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, "kvp_pool_options_init",
+  init_versioned(opts, struct_size, kPoolOptionsV1Size, KVP_POOL_OPTIONS_VERSION, "kvp_pool_options_init",
                  "kvp_pool_options");
   KVP_API_END;
 }
@@ -143,9 +143,15 @@ KVP_API kvp_status kvp_pool_get_tier_stats(const kvp_pool* pool, uint32_t tier, 
   KVP_API_BEGIN;
   const Pool& p = pool_from(pool, "kvp_pool_get_tier_stats");
   KVP_REQUIRE_NOT_NULL(out);
-  check_struct_size(out->struct_size, sizeof(kvp_pool_tier_stats), "kvp_pool_get_tier_stats", "kvp_pool_tier_stats");
-  write_versioned(out, p.tier_stats(tier), sizeof(kvp_pool_tier_stats), "kvp_pool_get_tier_stats",
+  check_struct_size(out->struct_size, kPoolTierStatsV1Size, "kvp_pool_get_tier_stats", "kvp_pool_tier_stats");
+  write_versioned(out, p.tier_stats(tier), kPoolTierStatsV1Size, "kvp_pool_get_tier_stats",
                   "kvp_pool_tier_stats");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_flush_tiers(kvp_pool* pool, uint32_t flags) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_flush_tiers").flush_tiers(flags);
   KVP_API_END;
 }
 

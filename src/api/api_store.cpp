@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "core/store.hpp"
+#include "core/store_block.hpp"
 #include "kvpages/store.h"
 #include "util/error.hpp"
 #include "util/handle.hpp"
@@ -31,6 +32,9 @@ void require_bound(uint64_t max_bytes, const char* fn) {
   fail(KVP_ERR_NOT_FOUND, "%s: no block under key %016llx%016llx", fn, static_cast<unsigned long long>(k.hi),
        static_cast<unsigned long long>(k.lo));
 }
+
+// The most keys one kvp_store_list call returns (it converts them through a buffer of this many).
+constexpr size_t kListPage = 4096;
 
 }  // namespace
 
@@ -143,6 +147,34 @@ KVP_API kvp_status kvp_store_scrub(kvp_store* store, kvp_store_scrub_report* rep
   KVP_REQUIRE_NOT_NULL(report);
   check_struct_size(report->struct_size, sizeof(kvp_store_scrub_report), "kvp_store_scrub", "kvp_store_scrub_report");
   write_versioned(report, s.scrub(), sizeof(kvp_store_scrub_report), "kvp_store_scrub", "kvp_store_scrub_report");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_store_list(kvp_store* store, uint64_t* cursor, kvp_store_key* keys, size_t capacity,
+                                  size_t* count_out) {
+  KVP_API_BEGIN;
+  Store& s = store_from(store, "kvp_store_list");
+  KVP_REQUIRE_NOT_NULL(cursor);
+  KVP_REQUIRE_NOT_NULL(keys);
+  KVP_REQUIRE_NOT_NULL(count_out);
+  if (capacity == 0) fail(KVP_ERR_INVALID_ARGUMENT, "kvp_store_list: capacity must be > 0");
+  HostVector<StoreKey> page(capacity < kListPage ? capacity : kListPage, StoreKey{}, HostAllocator());
+  uint64_t next = *cursor;
+  const size_t n = s.list(&next, page.data(), page.size());
+  for (size_t i = 0; i < n; ++i) keys[i] = page[i].to_c();
+  *count_out = n;
+  *cursor = next;
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_store_block_inspect(const void* block, size_t size, kvp_store_block_info* out) {
+  KVP_API_BEGIN;
+  const char* fn = "kvp_store_block_inspect";
+  KVP_REQUIRE_NOT_NULL(out);
+  if (size > 0 && block == nullptr) fail(KVP_ERR_INVALID_ARGUMENT, "%s: 'block' must not be NULL when size is %zu", fn, size);
+  check_struct_size(out->struct_size, sizeof(kvp_store_block_info), fn, "kvp_store_block_info");
+  write_versioned(out, block_inspect(static_cast<const uint8_t*>(block), size, fn), sizeof(kvp_store_block_info), fn,
+                  "kvp_store_block_info");
   KVP_API_END;
 }
 

@@ -77,6 +77,7 @@ Pool::Shape Pool::shape_of(const Cache& cache, const kvp_pool_options& o, const 
     fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x in kvp_pool_options.flags", fn, o.flags);
   check_host_allocator(o.allocator, fn);
   sh.prefix = (o.flags & KVP_POOL_FLAG_NO_PREFIX_CACHE) == 0;
+  sh.write_queue_bytes = o.write_queue_bytes;
   sh.max_len = cfg.max_model_length;
   sh.row_len = static_cast<size_t>(cdiv(sh.max_len, sh.S));
   uint64_t m = o.max_sequences;
@@ -144,6 +145,7 @@ Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc)
   cache_handle_ = cache_handle;
   cache_serial_ = handle_serial(cache_handle);
   prefix_enabled_ = sh.prefix;
+  write_queue_bytes_ = sh.write_queue_bytes;
   num_pages_ = sh.P;
   page_size_ = sh.S;
   max_length_ = static_cast<uint64_t>(sh.max_len);
@@ -181,6 +183,7 @@ Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc)
 }
 
 Pool::~Pool() {
+  writer_.reset();  // drains the write queue and joins the writer thread
   alloc_.deallocate(arrays_);
   alloc_.deallocate(tier_arrays_);
 }
@@ -195,7 +198,7 @@ kvp_pool* create_pool(kvp_cache* cache_handle, const kvp_pool_options* opts, con
   cache.check_healthy(fn);
   kvp_pool_options o;
   std::memset(&o, 0, sizeof o);
-  if (opts != nullptr) o = read_versioned(opts, sizeof(kvp_pool_options), KVP_POOL_OPTIONS_VERSION, fn, "kvp_pool_options");
+  if (opts != nullptr) o = read_versioned(opts, kPoolOptionsV1Size, KVP_POOL_OPTIONS_VERSION, fn, "kvp_pool_options");
   const Pool::Shape sh = Pool::shape_of(cache, o, fn);
   const HostAllocator alloc(o.allocator);
   return handle_new<kvp_pool>(make_host<Pool>(alloc, cache_handle, sh, alloc));
@@ -223,6 +226,7 @@ void Pool::free_push(int32_t p) noexcept {
   Page& pg = pages_[p];
   pg.state = kFree;
   pg.key_valid = 0;
+  pg.stored = 0;
   Shard& sd = shards_[shard_of(p)];
   pg.prev = -1;
   pg.next = sd.free_head;
@@ -264,7 +268,7 @@ int32_t Pool::alloc_page(uint32_t shard, kvp_stream stream) {
   } else {
     p = sd.lru_head;
     if (p < 0) fail(KVP_ERR_INTERNAL, "kvp_pool: no page left after the availability check (please report)");
-    if (num_tiers_ > 0) write_back(p, stream);
+    if (num_tiers_ > 0) write_back(p, stream, false);
     lru_remove(p);
     index_remove(p);
     ++evictions_;
@@ -273,6 +277,7 @@ int32_t Pool::alloc_page(uint32_t shard, kvp_stream stream) {
   pg.state = kUsed;
   pg.ref = 1;
   pg.key_valid = 0;
+  pg.stored = 0;
   pg.prev = pg.next = -1;
   ++n_used_;
   return p;
@@ -558,6 +563,7 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
     Page& pg = pages_[tail];
     if (pg.indexed) index_remove(tail);
     pg.key_valid = 0;
+    pg.stored = 0;
   }
   uint64_t pos = len;
   size_t done = 0;

@@ -11,6 +11,7 @@
 
 #include "kvpages/cache.h"
 #include "core/store_block.hpp"
+#include "core/tier_writer.hpp"
 #include "kvpages/pool.h"
 #include "util/handle.hpp"
 #include "util/memory.hpp"
@@ -18,6 +19,7 @@
 namespace kvp::detail {
 
 class Cache;
+class HostPipe;
 
 struct Key128 {
   uint64_t lo = 0;
@@ -30,6 +32,13 @@ struct Key128 {
 // destinations disjoint from sources) first. Runs of consecutive ids are copied as one block.
 void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size_t count,
                       kvp_stream stream, const char* function);
+
+// The size of version 1 of kvp_pool_options (before write_queue_bytes).
+constexpr size_t kPoolOptionsV1Size = offsetof(kvp_pool_options, write_queue_bytes);
+// The size of version 1 of kvp_pool_tier_stats (before dropped).
+constexpr size_t kPoolTierStatsV1Size = offsetof(kvp_pool_tier_stats, dropped);
+// kvp_pool_options::write_queue_bytes when 0.
+constexpr uint64_t kDefaultWriteQueueBytes = uint64_t{64} << 20;
 
 class Pool {
  public:
@@ -46,7 +55,7 @@ class Pool {
     uint8_t state;
     uint8_t indexed;
     uint8_t key_valid;
-    uint8_t pad_;
+    uint8_t stored;  // tier 0 holds (or its writer has queued) this page's block: not written again
   };
 
   struct Seq {
@@ -78,6 +87,7 @@ class Pool {
     uint32_t m = 0;  // max sequences
     uint32_t dp = 1; // data-parallel shards
     bool prefix = true;
+    uint64_t write_queue_bytes = 0;  // staging for a slow tier 0 (kvp_pool_options, 0 = default)
   };
   static Shape shape_of(const Cache& cache, const kvp_pool_options& o, const char* function);
 
@@ -109,6 +119,7 @@ class Pool {
   // Storage tiers (core/pool_tiers.cpp).
   void add_store(kvp_store* store);
   kvp_pool_tier_stats tier_stats(uint32_t tier) const;
+  void flush_tiers(uint32_t flags);
 
   // Per-sequence save and restore (core/pool_sequence_io.cpp).
   void save_sequence(kvp_seq_id id, void* dst, size_t capacity, size_t* size_out);
@@ -180,16 +191,26 @@ class Pool {
   // A prefix-index key as the tiers store it, and back (key_mask_).
   StoreKey store_key(const Key128& k) const noexcept;
   Key128 index_key(const StoreKey& k) const noexcept;
-  // Writes evicted page p to tier 0 (never throws: a failure is counted).
-  void write_back(int32_t p, kvp_stream stream) noexcept;
+  // Writes page p's block to tier 0 unless it holds it already (the page's `stored` bit): into a
+  // store with a cheap put at once, else into a staging block of the writer thread; with none
+  // free, the block is dropped (counted), or with `wait` the call waits for one. The page's bytes
+  // are copied out (on `stream`, synchronously) before the call returns. Never throws: a failure
+  // is counted.
+  void write_back(int32_t p, kvp_stream stream, bool wait) noexcept;
+  // Copies page p (every layer, on `stream`, synchronously) and its identity into block `buf`.
+  void fill_block(int32_t p, uint8_t* buf, kvp_stream stream);
   // Restores pages [from, max_hits) of a prompt from the tiers into fresh pages of `shard`, as
   // far as the prefix continues; their ids go to r[from…]. Returns how many (never throws).
   size_t restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
                  size_t nkeys) noexcept;
   // Restores page i of a prompt (key tier_keys_[i]) from one store into a fresh page r[i]; false
   // if the block is missing or does not check out. Throws when the store or the copy fails.
+  // The backend's host pipe when a block fits one of its slots (a device cache), else null.
+  HostPtr<HostPipe> block_pipe() const;
+  // With a host pipe (a device cache whose block fits a pipe slot), the block is read into slot
+  // i % 2 and uploaded asynchronously, so that page i+1 is read while page i is uploaded.
   bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
-                    int32_t* r);
+                    int32_t* r, HostPipe* pipe);
 
   // Per-sequence save and restore (core/pool_sequence_io.cpp).
   // The sequence in slot `slot` for a save: every token computed, its blocks' shape (throws).
@@ -240,6 +261,8 @@ class Pool {
   StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore), as store keys
   StoreKey key_mask_;                 // store key = index key ^ mask of the config's fingerprint
   uint8_t* found_ = nullptr;          // [row_len_]: a tier's answer to exists
+  uint64_t write_queue_bytes_ = 0;    // kvp_pool_options::write_queue_bytes (0 = default)
+  HostPtr<TierWriter> writer_;        // puts for a tier 0 with a slow put (else null)
 
   int64_t n_used_ = 0, n_indexed_ = 0;
   uint32_t n_seqs_ = 0;

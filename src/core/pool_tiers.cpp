@@ -1,7 +1,10 @@
 // The pool's storage tiers (include/kvpages/pool.h, "Storage tiers"): evicted prefix pages are
-// written as blocks (core/store_block) to tier 0; add_sequence restores the pages after its
-// in-memory match from the tiers, in order. Nothing here fails a pool call: a store error or a
-// block that does not check out is counted and treated as a miss.
+// written as blocks (core/store_block) to tier 0, at once or through the writer thread
+// (core/tier_writer) when the store's put is slow; add_sequence restores the pages after its
+// in-memory match from the tiers, in order (on a device, double-buffered through the backend's
+// host pipe). Nothing here fails a pool call: a store error or a block that does not check out is
+// counted and treated as a miss.
+#include <algorithm>
 #include <cstring>
 
 #include <xxhash.h>
@@ -57,6 +60,17 @@ void Pool::add_store(kvp_store* h) {
     block_ = shape;
     key_mask_ = store_key_mask(shape.fingerprint);
   }
+  if (num_tiers_ == 0 && !store_from(h, fn).put_is_cheap()) {
+    const uint64_t want = write_queue_bytes_ == 0 ? kDefaultWriteQueueBytes : write_queue_bytes_;
+    const size_t slots = static_cast<size_t>(std::max<uint64_t>(1, want / block_.total));
+    try {
+      writer_ = make_host<TierWriter>(alloc_, h, serial, slots, block_.total, alloc_);
+    } catch (...) {
+      alloc_.deallocate(tier_arrays_);  // nothing changed
+      tier_arrays_ = nullptr;
+      throw;
+    }
+  }
   Tier& t = tiers_[num_tiers_++];
   t.handle = h;
   t.serial = serial;
@@ -70,25 +84,59 @@ kvp_pool_tier_stats Pool::tier_stats(uint32_t tier) const {
          num_tiers_);
   kvp_pool_tier_stats st = tiers_[tier].st;
   st.num_tiers = num_tiers_;
+  if (tier == 0 && writer_) {
+    st.blocks_written += writer_->written();
+    st.bytes_written += writer_->bytes();
+    st.errors += writer_->errors();
+  }
   return st;
 }
 
-void Pool::write_back(int32_t p, kvp_stream stream) noexcept {
+void Pool::flush_tiers(uint32_t flags) {
+  const char* fn = "kvp_pool_flush_tiers";
+  if ((flags & ~KVP_POOL_FLUSH_CACHED) != 0) fail(KVP_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x", fn, flags);
+  if (num_tiers_ == 0) return;
+  if ((flags & KVP_POOL_FLUSH_CACHED) != 0) {
+    cache(fn).check_healthy(fn);
+    for (int32_t p = 1; p < num_pages_; ++p)
+      if (pages_[p].indexed) write_back(p, nullptr, true);
+  }
+  if (writer_) writer_->flush();
+}
+
+void Pool::fill_block(int32_t p, uint8_t* buf, kvp_stream stream) {
   const char* fn = "kvp_pool (writing an evicted page to tier 0)";
-  Tier& t = tiers_[0];
   const Page& pg = pages_[p];
+  Cache& c = cache(fn);
+  const size_t pb = block_.page_bytes;
+  for (int64_t l = 0; l < c.num_layers(); ++l)
+    c.backend().copy_to_host(block_.layer(buf, l), c.layer_data(l) + static_cast<size_t>(p) * pb, pb, stream, true,
+                             fn);
+  block_seal(block_, buf, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},
+             tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_));
+}
+
+void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
+  Tier& t = tiers_[0];
+  Page& pg = pages_[p];
+  if (pg.stored) return;
   try {
-    Store& store = tier_store(t, fn);
-    Cache& c = cache(fn);
-    const size_t pb = block_.page_bytes;
-    for (int64_t l = 0; l < c.num_layers(); ++l)
-      c.backend().copy_to_host(block_.layer(write_buf_, l), c.layer_data(l) + static_cast<size_t>(p) * pb, pb, stream,
-                               true, fn);
-    block_seal(block_, write_buf_, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},
-               tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_));
-    store.put(store_key(pg.key), write_buf_, block_.total);
-    ++t.st.blocks_written;
-    t.st.bytes_written += static_cast<int64_t>(block_.total);
+    if (writer_) {
+      uint8_t* buf = writer_->staging(wait);
+      if (buf == nullptr) {
+        ++t.st.dropped;
+        return;
+      }
+      fill_block(p, buf, stream);
+      writer_->submit(store_key(pg.key));
+    } else {
+      Store& store = tier_store(t, "kvp_pool (writing an evicted page to tier 0)");
+      fill_block(p, write_buf_, stream);
+      store.put(store_key(pg.key), write_buf_, block_.total);
+      ++t.st.blocks_written;
+      t.st.bytes_written += static_cast<int64_t>(block_.total);
+    }
+    pg.stored = 1;
   } catch (...) {
     ++t.st.errors;
   }
@@ -97,13 +145,17 @@ void Pool::write_back(int32_t p, kvp_stream stream) noexcept {
 size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
                      size_t nkeys) noexcept {
   const size_t S = static_cast<size_t>(page_size_);
-  // The prompt's chained keys, exactly as the prefix index computes them.
+  // The prompt's chained keys, exactly as the prefix index computes them, from the last page
+  // matched in memory (its key is the first restored block's parent: restore_page).
   Key128 parent = from == 0 ? Key128{} : pages_[r[from - 1]].key;
+  if (from > 0) tier_keys_[from - 1] = store_key(parent);
   for (size_t i = from; i < max_hits; ++i) {
     const Key128 k = i < nkeys ? scratch_keys_[i] : compute_key(parent, tokens + i * S, salt);
     tier_keys_[i] = store_key(k);
     parent = k;
   }
+  HostPtr<HostPipe> pipe;  // a device cache's, taken when the first block is found
+  bool piped = false;
   size_t next = from;
   for (uint32_t ti = 0; ti < num_tiers_ && next < max_hits; ++ti) {
     Tier& t = tiers_[ti];
@@ -112,7 +164,12 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
     try {
       Store& store = tier_store(t, "kvp_pool_add_sequence");
       store.exists(tier_keys_ + next, asked, found_);
-      while (got < asked && found_[got] && restore_page(store, t, next + got, tokens, salt, shard, r)) ++got;
+      if (found_[0] && !piped) {
+        piped = true;
+        pipe = block_pipe();
+      }
+      while (got < asked && found_[got] && restore_page(store, t, next + got, tokens, salt, shard, r, pipe.get()))
+        ++got;
     } catch (...) {
       ++t.st.errors;
     }
@@ -122,24 +179,42 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
     t.st.restored_tokens += static_cast<int64_t>(got * S);
     next += got;
   }
+  if (pipe) {
+    try {
+      pipe->wait(0);  // the one synchronisation of the uploads (before the pages are used)
+      pipe->wait(1);
+    } catch (...) {
+      ++tiers_[0].st.errors;  // the cache records the device error too (kvp_cache_get_error)
+    }
+  }
   return next - from;
 }
 
+HostPtr<HostPipe> Pool::block_pipe() const {
+  const char* fn = "kvp_pool_add_sequence";
+  HostPtr<HostPipe> pipe = cache(fn).backend().host_pipe(fn);
+  if (pipe && pipe->piece_bytes() < block_.total) pipe.reset();
+  return pipe;
+}
+
 bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
-                        int32_t* r) {
+                        int32_t* r, HostPipe* pipe) {
   const char* fn = "kvp_pool_add_sequence";
   const size_t S = static_cast<size_t>(page_size_);
   const BlockId id{tier_keys_[i], i == 0 ? store_key(Key128{}) : tier_keys_[i - 1], salt};
+  const int k = static_cast<int>(i & 1);
+  if (pipe != nullptr) pipe->wait(k);  // the upload of page i-2 from this slot is done
+  uint8_t* buf = pipe != nullptr ? pipe->slot(k) : read_buf_;
   size_t size = 0;
   try {
-    if (!store.get(id.key, read_buf_, block_.total, &size)) return false;  // gone since exists
+    if (!store.get(id.key, buf, block_.total, &size)) return false;  // gone since exists
   } catch (const error& e) {
     if (!block_fault(e.code())) throw;
     ++t.st.rejected;
     return false;
   }
   t.st.bytes_read += static_cast<int64_t>(size);
-  if (block_check(block_, read_buf_, size, id, tokens + i * S) != nullptr) {
+  if (block_check(block_, buf, size, id, tokens + i * S) != nullptr) {
     ++t.st.rejected;
     return false;
   }
@@ -147,9 +222,13 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
   const int32_t p = alloc_page(shard);
   try {
     const size_t pb = block_.page_bytes;
-    for (int64_t l = 0; l < c.num_layers(); ++l)
-      c.backend().copy_from_host(c.layer_data(l) + static_cast<size_t>(p) * pb, block_.layer(read_buf_, l), pb,
-                                 nullptr, true, fn);
+    for (int64_t l = 0; l < c.num_layers(); ++l) {
+      uint8_t* dst = c.layer_data(l) + static_cast<size_t>(p) * pb;
+      const uint8_t* src = block_.layer(buf, l);
+      if (pipe != nullptr) pipe->upload(k, static_cast<size_t>(src - buf), dst, pb);
+      else c.backend().copy_from_host(dst, src, pb, nullptr, true, fn);
+    }
+    if (pipe != nullptr) pipe->fence(k);
   } catch (...) {
     release_page(p);
     throw;
@@ -160,6 +239,7 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
   pg.parent = index_key(id.parent);
   pg.salt = salt;
   pg.key_valid = 1;
+  pg.stored = &t == &tiers_[0];  // tier 0 holds it: not written again when evicted
   index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
   r[i] = p;
   return true;

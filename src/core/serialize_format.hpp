@@ -2,22 +2,13 @@
 // codec, the blob's geometry, the page-id table and the XXH3 checksums.
 #pragma once
 
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack: hashing never allocates
-#include <xxhash.h>
-// Debian's libxxhash is built with the x86 dispatcher: route the XXH3 calls through it so that
-// the checksum uses AVX2/AVX-512 where the CPU has them (about 2x the SSE2 baseline).
-#if defined(__x86_64__) && defined(__has_include)
-#if __has_include(<xxh_x86dispatch.h>)
-#include <xxh_x86dispatch.h>
-#endif
-#endif
-
 #include <cstddef>
 #include <cstdint>
 
 #include "backend/geometry.hpp"
 #include "core/serialize_io.hpp"
 #include "core/shard.hpp"
+#include "core/xxh3.hpp"
 #include "kvpages/config.h"
 #include "kvpages/serialize.h"
 #include "util/memory.hpp"

@@ -1,5 +1,6 @@
 #include "core/store.hpp"
 
+#include <cstddef>
 #include <cstring>
 
 #include "util/error.hpp"
@@ -86,6 +87,28 @@ kvp_store_scrub_report Store::scrub() {
   return counted([&] { return do_scrub(); });
 }
 
+size_t Store::list(uint64_t* cursor, StoreKey* keys, size_t cap) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counted([&] { return do_list(cursor, keys, cap); });
+}
+
+size_t Store::do_list(uint64_t*, StoreKey*, size_t) {
+  fail(KVP_ERR_UNSUPPORTED, "kvp_store_list: this store cannot list its keys (a plug-in store without a list callback)");
+}
+
+uint64_t ListOrder::add(const StoreKey& k) {
+  by_number_.emplace_hint(by_number_.end(), next_, k);
+  return next_++;
+}
+
+size_t ListOrder::list(uint64_t* cursor, StoreKey* keys, size_t cap) const {
+  size_t n = 0;
+  auto it = by_number_.lower_bound(*cursor);
+  for (; it != by_number_.end() && n < cap; ++it) keys[n++] = it->second;
+  *cursor = it == by_number_.end() ? 0 : it->first;
+  return n;
+}
+
 kvp_store_scrub_report Store::do_scrub() {
   fail(KVP_ERR_UNSUPPORTED, "kvp_store_scrub: a plug-in store cannot be scrubbed by kvpages (it checks its own blocks)");
 }
@@ -137,6 +160,19 @@ class PluginStore final : public Store {
     check(st, "remove");
     return true;
   }
+  size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap) override {
+    if (vt_.list == nullptr) return Store::do_list(cursor, keys, cap);
+    HostVector<kvp_store_key> ck(cap, kvp_store_key{}, HostAllocator());
+    uint64_t next = *cursor;
+    size_t n = 0;
+    check(vt_.list(vt_.user_data, &next, ck.data(), cap, &n), "list");
+    if (n > cap)
+      fail(KVP_ERR_INTERNAL, "kvp_store: the plug-in store's list callback returned OK with %zu keys above capacity %zu",
+           n, cap);
+    for (size_t i = 0; i < n; ++i) keys[i] = StoreKey::from(ck[i]);
+    *cursor = next;
+    return n;
+  }
 
   kvp_store_vtable vt_;
   bool owns_ = false;
@@ -145,7 +181,7 @@ class PluginStore final : public Store {
 }  // namespace
 
 kvp_store* create_plugin_store(const kvp_store_vtable* in, const char* fn) {
-  const kvp_store_vtable vt = read_versioned(in, sizeof(kvp_store_vtable), KVP_STORE_VTABLE_VERSION, fn,
+  const kvp_store_vtable vt = read_versioned(in, offsetof(kvp_store_vtable, list), KVP_STORE_VTABLE_VERSION, fn,
                                              "kvp_store_vtable");
   const char* missing = vt.put == nullptr      ? "put"
                         : vt.get == nullptr    ? "get"

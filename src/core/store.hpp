@@ -6,6 +6,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <mutex>
 
 #include "kvpages/store.h"
@@ -39,6 +41,11 @@ class Store {
   bool remove(const StoreKey& k);
   kvp_store_stats stats();
   kvp_store_scrub_report scrub();
+  size_t list(uint64_t* cursor, StoreKey* keys, size_t cap);
+  // Whether a put costs about a memory copy (the memory store), so that a pool writes to it
+  // inside the evicting call; a slow put (a file, the network, a plug-in) is handed to the
+  // pool's writer thread (core/tier_writer).
+  virtual bool put_is_cheap() const noexcept { return false; }
 
  protected:
   // What a shipped store holds (a plug-in: unknown, -1).
@@ -51,6 +58,10 @@ class Store {
   virtual bool do_remove(const StoreKey& k) = 0;
   virtual Usage do_usage() const { return Usage{}; }
   virtual kvp_store_scrub_report do_scrub();  // default: UNSUPPORTED
+  // Lists the keys held, a page at a time: from *cursor (0 = the start) writes up to cap keys to
+  // keys and returns how many; *cursor becomes 0 when the listing is complete. Keys added or
+  // removed during a listing may or may not appear; a key present throughout appears at least once.
+  virtual size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap);  // default: UNSUPPORTED
   int64_t evictions_ = 0;                     // shipped stores count what their bound dropped
 
  private:
@@ -58,6 +69,24 @@ class Store {
   auto counted(F&& f) -> decltype(f());
   std::mutex mu_;
   int64_t puts_ = 0, hits_ = 0, misses_ = 0, errors_ = 0;
+};
+
+// The order in which a shipped store lists its keys: a key gets the next number when it arrives
+// and keeps it while it stays, so a listing that resumes after the last number it returned sees
+// every key present throughout exactly once, whatever else arrives or leaves meanwhile.
+class ListOrder {
+ public:
+  explicit ListOrder(const HostAllocator& a) : by_number_(std::less<uint64_t>(), a) {}
+  // Numbers a new key (may throw; then nothing changed).
+  uint64_t add(const StoreKey& k);
+  void erase(uint64_t number) noexcept { by_number_.erase(number); }
+  // Store::do_list over the keys in number order; the cursor is the next number to list.
+  size_t list(uint64_t* cursor, StoreKey* keys, size_t cap) const;
+
+ private:
+  using Map = std::map<uint64_t, StoreKey, std::less<uint64_t>, StdAllocator<std::pair<const uint64_t, StoreKey>>>;
+  Map by_number_;
+  uint64_t next_ = 1;  // 0 is the cursor of a listing's start
 };
 
 // A store in host memory bounded by max_bytes, LRU.

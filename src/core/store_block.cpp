@@ -1,10 +1,9 @@
 #include "core/store_block.hpp"
 
-#include <xxhash.h>
-
 #include <cstring>
 
 #include "core/cache.hpp"
+#include "core/xxh3.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
 
@@ -66,17 +65,34 @@ StoreKey store_key_mask(uint64_t fingerprint) noexcept {
   return StoreKey{m.low64, m.high64};
 }
 
-BlockShape block_shape(const Cache& cache) {
+namespace {
+
+StoreKey key_at(const uint8_t* p) noexcept {
+  StoreKey k;
+  k.lo = get64(p);
+  k.hi = get64(p + 8);
+  return k;
+}
+
+// The shape of blocks of this geometry (the offsets and the size follow from it).
+BlockShape shape_of(uint64_t fingerprint, uint32_t page_size, uint32_t num_layers, size_t page_bytes) {
   BlockShape s;
-  s.fingerprint = config_fingerprint(cache);
-  s.page_size = static_cast<uint32_t>(cache.layout().page_size);
-  s.num_layers = static_cast<uint32_t>(cache.num_layers());
-  s.page_bytes = cache.page_bytes();
+  s.fingerprint = fingerprint;
+  s.page_size = page_size;
+  s.num_layers = num_layers;
+  s.page_bytes = page_bytes;
   const size_t tokens = checked_bytes(s.page_size, sizeof(int32_t), "a block's token ids");
   s.data_offset = checked_bytes_add(kHeaderBytes, tokens + 63, "a block header") / 64 * 64;
   const size_t layers = checked_bytes(s.num_layers, s.page_bytes, "a block's layer bytes");
   s.total = checked_bytes_add(checked_bytes_add(s.data_offset, layers, "a block"), kChecksumBytes, "a block");
   return s;
+}
+
+}  // namespace
+
+BlockShape block_shape(const Cache& cache) {
+  return shape_of(config_fingerprint(cache), static_cast<uint32_t>(cache.layout().page_size),
+                  static_cast<uint32_t>(cache.num_layers()), cache.page_bytes());
 }
 
 void block_seal(const BlockShape& s, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept {
@@ -99,6 +115,43 @@ const char* block_check(const BlockShape& s, const uint8_t* block, size_t size, 
   if (std::memcmp(block + kHeaderBytes, tokens, sizeof(int32_t) * s.page_size) != 0) return "token ids";
   if (XXH3_64bits(block, s.total - kChecksumBytes) != get64(block + s.total - kChecksumBytes)) return "checksum";
   return nullptr;
+}
+
+kvp_store_block_info block_inspect(const uint8_t* b, size_t size, const char* fn) {
+  if (size < 4 || get32(b) != kBlockMagic)
+    fail(KVP_ERR_FORMAT_MAGIC, "%s: not a page block (%zu bytes, no KVPB magic)", fn, size);
+  if (size < kHeaderBytes)
+    fail(KVP_ERR_FORMAT_TRUNCATED, "%s: a block of %zu bytes is shorter than its %zu-byte header", fn, size,
+         kHeaderBytes);
+  if (get32(b + 4) != kBlockVersion)
+    fail(KVP_ERR_FORMAT_VERSION, "%s: block format version %u is not supported (this library reads %u)", fn,
+         get32(b + 4), kBlockVersion);
+  const uint64_t page_bytes = get64(b + 64);
+  BlockShape s;
+  try {
+    s = shape_of(get64(b + 8), get32(b + 56), get32(b + 60), static_cast<size_t>(page_bytes));
+  } catch (const error&) {
+    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the block's geometry (page size %u, %u layers, %llu bytes per page) is impossible",
+         fn, get32(b + 56), get32(b + 60), static_cast<unsigned long long>(page_bytes));
+  }
+  if (size < s.total)
+    fail(KVP_ERR_FORMAT_TRUNCATED, "%s: the block has %zu bytes but its geometry needs %zu", fn, size, s.total);
+  if (size > s.total)
+    fail(KVP_ERR_FORMAT_CORRUPT, "%s: the block has %zu bytes, more than the %zu its geometry needs", fn, size, s.total);
+  kvp_store_block_info info;
+  std::memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  info.format_version = kBlockVersion;
+  info.fingerprint = s.fingerprint;
+  info.key = key_at(b + 16).to_c();
+  info.parent = key_at(b + 32).to_c();
+  info.salt = get64(b + 48);
+  info.page_size = s.page_size;
+  info.num_layers = s.num_layers;
+  info.page_bytes = s.page_bytes;
+  info.block_bytes = s.total;
+  info.checksum_ok = XXH3_64bits(b, s.total - kChecksumBytes) == get64(b + s.total - kChecksumBytes);
+  return info;
 }
 
 }  // namespace kvp::detail

@@ -59,4 +59,9 @@ void block_seal(const BlockShape& shape, uint8_t* block, const BlockId& id, cons
 const char* block_check(const BlockShape& shape, const uint8_t* block, size_t size, const BlockId& id,
                         const int32_t* tokens) noexcept;
 
+// What the header of a block of `size` bytes says, and whether its checksum holds
+// (kvp_store_block_inspect). Throws FORMAT_MAGIC, FORMAT_VERSION, FORMAT_TRUNCATED or
+// FORMAT_CORRUPT (with `function` in the message) for what is not a whole block.
+kvp_store_block_info block_inspect(const uint8_t* block, size_t size, const char* function);
+
 }  // namespace kvp::detail

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -16,6 +15,7 @@
 #include <unordered_map>
 
 #include "core/store.hpp"
+#include "core/xxh3.hpp"
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 
@@ -74,7 +74,7 @@ class DirectoryStore final : public Store {
  public:
   DirectoryStore(const char* path, uint64_t max_bytes, bool sync, const HostAllocator& a, const char* fn)
       : dir_(path, a), max_(max_bytes), sync_(sync), alloc_(a), lru_(a),
-        map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a) {
+        map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a), order_(a) {
     if (::mkdir(path, 0777) != 0 && errno != EEXIST)
       fail(KVP_ERR_IO, "%s: cannot create the directory '%s': %s", fn, path, std::strerror(errno));
     scan(fn);
@@ -86,6 +86,7 @@ class DirectoryStore final : public Store {
   struct Entry {
     uint64_t file_bytes;
     Lru::iterator at;  // in lru_ (front = least recently used)
+    uint64_t number;   // in order_
   };
   using Map = std::unordered_map<StoreKey, Entry, StoreKeyHash, std::equal_to<StoreKey>,
                                  StdAllocator<std::pair<const StoreKey, Entry>>>;
@@ -139,7 +140,7 @@ class DirectoryStore final : public Store {
     });
     for (const Found& f : found) {
       const Lru::iterator at = lru_.insert(lru_.end(), f.key);
-      map_.emplace(f.key, Entry{f.bytes, at});
+      map_.emplace(f.key, Entry{f.bytes, at, order_.add(f.key)});
       bytes_ += f.bytes;
     }
   }
@@ -147,6 +148,7 @@ class DirectoryStore final : public Store {
   void forget(Map::iterator it) noexcept {
     bytes_ -= it->second.file_bytes;
     lru_.erase(it->second.at);
+    order_.erase(it->second.number);
     map_.erase(it);
   }
 
@@ -173,11 +175,14 @@ class DirectoryStore final : public Store {
     auto it = map_.find(k);
     const bool fresh = it == map_.end();
     if (fresh) {
-      const Lru::iterator at = lru_.insert(lru_.end(), k);
+      const uint64_t number = order_.add(k);
+      Lru::iterator at = lru_.end();
       try {
-        it = map_.emplace(k, Entry{0, at}).first;
+        at = lru_.insert(lru_.end(), k);
+        it = map_.emplace(k, Entry{0, at, number}).first;
       } catch (...) {
-        lru_.erase(at);
+        if (at != lru_.end()) lru_.erase(at);
+        order_.erase(number);
         throw;
       }
     }
@@ -260,6 +265,8 @@ class DirectoryStore final : public Store {
     return true;
   }
 
+  size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap) override { return order_.list(cursor, keys, cap); }
+
   Usage do_usage() const override {
     return Usage{static_cast<int64_t>(map_.size()), static_cast<int64_t>(bytes_), static_cast<int64_t>(max_)};
   }
@@ -293,6 +300,7 @@ class DirectoryStore final : public Store {
   HostAllocator alloc_;
   Lru lru_;
   Map map_;
+  ListOrder order_;
 };
 
 }  // namespace

@@ -1,4 +1,8 @@
-// The host-memory store: blocks in a hash map, an LRU list of keys, bounded in bytes.
+// The host-memory store: blocks in a hash map, an LRU list of keys, bounded in bytes. The memory
+// of the largest block dropped or replaced so far is kept as a spare for the next put (so a store
+// at its bound, dropping a block for every block it takes, copies into memory already mapped
+// instead of allocating and faulting in fresh pages each time): the store holds at most one
+// block more than its bound.
 #include <cstring>
 #include <list>
 #include <unordered_map>
@@ -11,39 +15,53 @@ namespace {
 
 class MemoryStore final : public Store {
  public:
-  MemoryStore(uint64_t max_bytes, const HostAllocator& a) : max_(max_bytes), alloc_(a), lru_(a), map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a) {}
+  MemoryStore(uint64_t max_bytes, const HostAllocator& a) : max_(max_bytes), alloc_(a), lru_(a), map_(16, StoreKeyHash(), std::equal_to<StoreKey>(), a), order_(a) {}
 
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;
   struct Entry {
     HostVector<uint8_t> data;
     Lru::iterator at;  // in lru_ (front = least recently used)
+    uint64_t number;   // in order_
   };
   using Map = std::unordered_map<StoreKey, Entry, StoreKeyHash, std::equal_to<StoreKey>,
                                  StdAllocator<std::pair<const StoreKey, Entry>>>;
 
   void touch(Entry& e) { lru_.splice(lru_.end(), lru_, e.at); }
 
+  // Keeps `v`'s memory as the spare if it is larger than the spare's.
+  void recycle(HostVector<uint8_t>& v) noexcept {
+    if (v.capacity() > spare_.capacity()) spare_.swap(v);
+  }
+
   void drop(Map::iterator it) noexcept {
     bytes_ -= it->second.data.size();
+    recycle(it->second.data);
     lru_.erase(it->second.at);
+    order_.erase(it->second.number);
     map_.erase(it);
   }
+
+  bool put_is_cheap() const noexcept override { return true; }
 
   void do_put(const StoreKey& k, const void* data, size_t n) override {
     if (n > max_)
       fail(KVP_ERR_INVALID_ARGUMENT, "kvp_store_put: a block of %zu bytes exceeds the store's bound of %llu bytes", n,
            static_cast<unsigned long long>(max_));
     const auto* p = static_cast<const uint8_t*>(data);
-    HostVector<uint8_t> copy(p, p + n, alloc_);  // allocate before anything changes
+    HostVector<uint8_t> copy(alloc_);
+    if (spare_.capacity() >= n) copy.swap(spare_);
+    copy.assign(p, p + n);  // allocates (if the spare is too small) before anything changes
     Lru::iterator at = lru_.end();
     auto it = map_.find(k);
     if (it == map_.end()) {
-      at = lru_.insert(lru_.end(), k);
+      const uint64_t number = order_.add(k);
       try {
-        it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at}).first;
+        at = lru_.insert(lru_.end(), k);
+        it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at, number}).first;
       } catch (...) {
-        lru_.erase(at);
+        if (at != lru_.end()) lru_.erase(at);
+        order_.erase(number);
         throw;
       }
     } else {
@@ -51,6 +69,7 @@ class MemoryStore final : public Store {
       touch(it->second);
     }
     it->second.data.swap(copy);
+    recycle(copy);  // the replaced block's memory
     bytes_ += n;
     while (bytes_ > max_) {  // the new block is the most recent: it is never dropped (n <= max_)
       drop(map_.find(lru_.front()));
@@ -85,6 +104,8 @@ class MemoryStore final : public Store {
     return Usage{static_cast<int64_t>(map_.size()), static_cast<int64_t>(bytes_), static_cast<int64_t>(max_)};
   }
 
+  size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap) override { return order_.list(cursor, keys, cap); }
+
   kvp_store_scrub_report do_scrub() override {
     kvp_store_scrub_report r;
     std::memset(&r, 0, sizeof r);
@@ -96,8 +117,10 @@ class MemoryStore final : public Store {
   uint64_t max_;
   uint64_t bytes_ = 0;
   HostAllocator alloc_;
+  HostVector<uint8_t> spare_{alloc_};  // memory of a dropped or replaced block, for the next put
   Lru lru_;
   Map map_;
+  ListOrder order_;
 };
 
 }  // namespace

@@ -14,11 +14,12 @@ static void usage(FILE *f) {
           "  inspect   print a serialized cache file's header and verify its checksums\n"
           "  load      load a serialized cache file into a new CPU cache (and save it again)\n"
           "  bench     time concatenate, serialization and the page pool on the CPU against memcpy\n"
+          "  store     list, summarise or check a block store (storage tier): kvp store ls|stat|scrub SPEC\n"
           "  version   print the library version and build information\n"
           "  help      print this message\n"
           "\n"
           "Every command has --help; options take their value as --opt VALUE or --opt=VALUE.\n"
-          "plan, inspect, load and bench print one JSON object with --json (docs/kvp-tool.md).\n");
+          "plan, inspect, load, bench and store print one JSON object with --json (docs/kvp-tool.md).\n");
 }
 
 int main(int argc, char **argv) {
@@ -54,6 +55,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "inspect") == 0) return kvp_cmd_inspect(argc - 1, argv + 1);
   if (strcmp(cmd, "load") == 0) return kvp_cmd_load(argc - 1, argv + 1);
   if (strcmp(cmd, "bench") == 0) return kvp_cmd_bench(argc - 1, argv + 1);
+  if (strcmp(cmd, "store") == 0) return kvp_cmd_store(argc - 1, argv + 1);
   fprintf(stderr, "kvp: unknown command '%s'\n\n", cmd);
   usage(stderr);
   return 2;

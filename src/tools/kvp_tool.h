@@ -13,6 +13,15 @@ int kvp_cmd_demo(int argc, char **argv);
 int kvp_cmd_inspect(int argc, char **argv);
 int kvp_cmd_load(int argc, char **argv);
 int kvp_cmd_bench(int argc, char **argv);
+int kvp_cmd_store(int argc, char **argv);
+
+/* ---- Block stores (kvp_store.c) ---------------------------------------------------------------- */
+
+/* Opens the store SPEC names: a directory (kvp_store_create_directory(), bounded by max_bytes, 0 =
+ * unbounded; with create 0 a missing directory is an error, not created) or a redis:// or
+ * redis+cluster:// URL. Returns 0 with *out set, or the exit status (1 the store cannot be
+ * opened, 2 SPEC is no store) after printing why on stderr with the prefix cmd. */
+int kvp_tool_open_store(const char *cmd, const char *spec, uint64_t max_bytes, int create, kvp_store **out);
 
 /* ---- Command-line parsing (kvp_args.c) ------------------------------------------------------ */
 

@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 952);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 976);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -329,22 +329,26 @@ KVP_PIN_OFFSET(kvp_api_v1, store_exists, 888);
 KVP_PIN_OFFSET(kvp_api_v1, store_remove, 896);
 KVP_PIN_OFFSET(kvp_api_v1, store_get_stats, 904);
 KVP_PIN_OFFSET(kvp_api_v1, store_scrub, 912);
-KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence, 920);
-KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence_to_file, 928);
-KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence, 936);
-KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence_from_file, 944);
+KVP_PIN_OFFSET(kvp_api_v1, store_list, 920);
+KVP_PIN_OFFSET(kvp_api_v1, store_block_inspect, 928);
+KVP_PIN_OFFSET(kvp_api_v1, pool_flush_tiers, 936);
+KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence, 944);
+KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence_to_file, 952);
+KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence, 960);
+KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence_from_file, 968);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);
 KVP_PIN_OFFSET(kvp_seq_id, id, 0);
 
 /* kvp_pool_options (pool.h) */
-KVP_PIN_MIN_SIZE(kvp_pool_options, 24);
+KVP_PIN_MIN_SIZE(kvp_pool_options, 32);
 KVP_PIN_OFFSET(kvp_pool_options, struct_size, 0);
 KVP_PIN_OFFSET(kvp_pool_options, abi_version, 4);
 KVP_PIN_OFFSET(kvp_pool_options, max_sequences, 8);
 KVP_PIN_OFFSET(kvp_pool_options, flags, 12);
 KVP_PIN_OFFSET(kvp_pool_options, allocator, 16);
+KVP_PIN_OFFSET(kvp_pool_options, write_queue_bytes, 24);
 
 /* kvp_pool_stats (pool.h) */
 KVP_PIN_MIN_SIZE(kvp_pool_stats, 104);
@@ -376,7 +380,7 @@ KVP_PIN_OFFSET(kvp_pool_shard_stats, used_pages, 40);
 KVP_PIN_OFFSET(kvp_pool_shard_stats, num_sequences, 48);
 
 /* kvp_pool_tier_stats (pool.h) */
-KVP_PIN_MIN_SIZE(kvp_pool_tier_stats, 80);
+KVP_PIN_MIN_SIZE(kvp_pool_tier_stats, 88);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, struct_size, 0);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, num_tiers, 4);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, lookups, 8);
@@ -388,6 +392,7 @@ KVP_PIN_OFFSET(kvp_pool_tier_stats, restored_tokens, 48);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, bytes_read, 56);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, blocks_written, 64);
 KVP_PIN_OFFSET(kvp_pool_tier_stats, bytes_written, 72);
+KVP_PIN_OFFSET(kvp_pool_tier_stats, dropped, 80);
 
 /* kvp_serialize_options (serialize.h) */
 KVP_PIN_MIN_SIZE(kvp_serialize_options, 32);
@@ -439,7 +444,7 @@ KVP_PIN_SIZE(kvp_store_key, 16);
 KVP_PIN_OFFSET(kvp_store_key, bytes, 0);
 
 /* kvp_store_vtable (store.h) */
-KVP_PIN_MIN_SIZE(kvp_store_vtable, 56);
+KVP_PIN_MIN_SIZE(kvp_store_vtable, 64);
 KVP_PIN_OFFSET(kvp_store_vtable, struct_size, 0);
 KVP_PIN_OFFSET(kvp_store_vtable, abi_version, 4);
 KVP_PIN_OFFSET(kvp_store_vtable, user_data, 8);
@@ -448,6 +453,7 @@ KVP_PIN_OFFSET(kvp_store_vtable, get, 24);
 KVP_PIN_OFFSET(kvp_store_vtable, exists, 32);
 KVP_PIN_OFFSET(kvp_store_vtable, remove, 40);
 KVP_PIN_OFFSET(kvp_store_vtable, destroy, 48);
+KVP_PIN_OFFSET(kvp_store_vtable, list, 56);
 
 /* kvp_store_options (store.h) */
 KVP_PIN_MIN_SIZE(kvp_store_options, 24);
@@ -477,6 +483,21 @@ KVP_PIN_OFFSET(kvp_store_scrub_report, _reserved, 4);
 KVP_PIN_OFFSET(kvp_store_scrub_report, blocks_checked, 8);
 KVP_PIN_OFFSET(kvp_store_scrub_report, blocks_damaged, 16);
 KVP_PIN_OFFSET(kvp_store_scrub_report, bytes_freed, 24);
+
+/* kvp_store_block_info (store.h) */
+KVP_PIN_MIN_SIZE(kvp_store_block_info, 88);
+KVP_PIN_OFFSET(kvp_store_block_info, struct_size, 0);
+KVP_PIN_OFFSET(kvp_store_block_info, format_version, 4);
+KVP_PIN_OFFSET(kvp_store_block_info, fingerprint, 8);
+KVP_PIN_OFFSET(kvp_store_block_info, key, 16);
+KVP_PIN_OFFSET(kvp_store_block_info, parent, 32);
+KVP_PIN_OFFSET(kvp_store_block_info, salt, 48);
+KVP_PIN_OFFSET(kvp_store_block_info, page_size, 56);
+KVP_PIN_OFFSET(kvp_store_block_info, num_layers, 60);
+KVP_PIN_OFFSET(kvp_store_block_info, page_bytes, 64);
+KVP_PIN_OFFSET(kvp_store_block_info, block_bytes, 72);
+KVP_PIN_OFFSET(kvp_store_block_info, checksum_ok, 80);
+KVP_PIN_OFFSET(kvp_store_block_info, _reserved, 84);
 
 /* kvp_tensor (types.h) */
 KVP_PIN_SIZE(kvp_tensor, 120);

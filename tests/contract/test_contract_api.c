@@ -413,6 +413,7 @@ static void expect_every_pool_call_rejected(kvp_pool *h) {
   assert_kvp_ok(kvp_store_create_memory(1 << 20, NULL, &store));
   EXPECT_BAD_HANDLE(kvp_pool_add_store(h, store), "kvp_pool_add_store");
   assert_kvp_ok(kvp_store_destroy(store));
+  EXPECT_BAD_HANDLE(kvp_pool_flush_tiers(h, 0), "kvp_pool_flush_tiers");
   size_t blob_size = 0x55;
   uint8_t blob[8] = {0};
   EXPECT_BAD_HANDLE(kvp_pool_save_sequence(h, s, blob, sizeof blob, &blob_size), "kvp_pool_save_sequence");
@@ -514,6 +515,14 @@ static void expect_every_store_call_rejected(kvp_store *h) {
   r0 = r;
   EXPECT_BAD_HANDLE(kvp_store_scrub(h, &r), "kvp_store_scrub");
   assert_memory_equal(&r, &r0, sizeof r);
+  kvp_store_key keys[2], keys0[2];
+  memset(keys, FILL, sizeof keys);
+  memcpy(keys0, keys, sizeof keys);
+  uint64_t cursor = 0x66;
+  EXPECT_BAD_HANDLE(kvp_store_list(h, &cursor, keys, 2, &size), "kvp_store_list");
+  assert_int_equal(cursor, 0x66);
+  assert_int_equal(size, 0x55);
+  assert_memory_equal(keys, keys0, sizeof keys);
   if (h != NULL) EXPECT_BAD_HANDLE(kvp_store_destroy(h), "kvp_store_destroy"); /* destroy(NULL) is OK */
   assert_kvp_ok(kvp_pool_check_invariants(F.pool));
 }
@@ -577,6 +586,14 @@ static void test_contract_api__null_pointers_store(void **state) {
   EXPECT_NULL_ARG(kvp_store_get_stats(s, NULL), "kvp_store_get_stats", "out");
   EXPECT_NULL_ARG(kvp_store_scrub(s, NULL), "kvp_store_scrub", "report");
   EXPECT_NULL_ARG(kvp_pool_get_tier_stats(F.pool, 0, NULL), "kvp_pool_get_tier_stats", "out");
+  kvp_store_key keys[2];
+  uint64_t cursor = 0;
+  EXPECT_NULL_ARG(kvp_store_list(s, NULL, keys, 2, &n), "kvp_store_list", "cursor");
+  EXPECT_NULL_ARG(kvp_store_list(s, &cursor, NULL, 2, &n), "kvp_store_list", "keys");
+  EXPECT_NULL_ARG(kvp_store_list(s, &cursor, keys, 2, NULL), "kvp_store_list", "count_out");
+  kvp_store_block_info bi = KVP_STORE_BLOCK_INFO_INIT;
+  EXPECT_NULL_ARG(kvp_store_block_inspect(b, sizeof b, NULL), "kvp_store_block_inspect", "out");
+  EXPECT_NULL_ARG(kvp_store_block_inspect(NULL, 1, &bi), "kvp_store_block_inspect", "block");
   kvp_store_stats st = KVP_STORE_STATS_INIT;
   assert_kvp_ok(kvp_store_get_stats(s, &st));
   assert_int_equal(st.blocks, 0);
@@ -592,6 +609,9 @@ static void test_contract_api__null_pointers_store(void **state) {
   CLEARS(kvp_store_get_stats(s, &st));
   kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
   CLEARS(kvp_store_scrub(s, &r));
+  CLEARS(kvp_store_list(s, &cursor, keys, 2, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(cursor, 0);
   CLEARS(kvp_store_remove(s, &key));
   kvp_pool *p = NULL;
   assert_kvp_ok(kvp_pool_create(F.cache, NULL, &p));
@@ -599,6 +619,7 @@ static void test_contract_api__null_pointers_store(void **state) {
   kvp_pool_tier_stats ts = KVP_POOL_TIER_STATS_INIT;
   CLEARS(kvp_pool_get_tier_stats(p, 0, &ts));
   assert_int_equal(ts.num_tiers, 1);
+  CLEARS(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
   assert_kvp_ok(kvp_pool_destroy(p));
   CLEARS(kvp_store_destroy(s));
   CLEARS(kvp_store_destroy(NULL));
@@ -1361,12 +1382,15 @@ static const char *const covered_by_this_file[] = {
     "kvp_pool_get_sequence_length", "kvp_pool_get_page_table", "kvp_pool_get_slots", "kvp_pool_get_batch_request",
     "kvp_pool_get_page_state", "kvp_pool_get_stats", "kvp_pool_check_invariants", "kvp_pool_clear_prefix_cache",
     "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats", "kvp_pool_add_store",
-    "kvp_pool_get_tier_stats", "kvp_pool_save_sequence", "kvp_pool_save_sequence_to_file",
+    "kvp_pool_get_tier_stats", "kvp_pool_flush_tiers",
+    "kvp_pool_save_sequence", "kvp_pool_save_sequence_to_file",
     "kvp_pool_restore_sequence", "kvp_pool_restore_sequence_from_file",
     /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c) */
     "kvp_store_options_init", "kvp_store_create", "kvp_store_create_memory", "kvp_store_create_directory",
     "kvp_store_destroy", "kvp_store_put", "kvp_store_get", "kvp_store_exists", "kvp_store_remove",
-    "kvp_store_get_stats", "kvp_store_scrub",
+    "kvp_store_get_stats", "kvp_store_scrub", "kvp_store_list",
+    /* kvp_store_block_inspect succeeding: tests/unit/test_store_list.c */
+    "kvp_store_block_inspect",
     /* serialize.h */
     "kvp_serialize_options_init", "kvp_serialized_size", "kvp_serialize", "kvp_serialize_to_writer",
     "kvp_serialize_to_file", "kvp_deserialize_options_init", "kvp_deserialize_new",

@@ -1,10 +1,14 @@
-/* GPU tests of kvpages/pool.h: kvp_cache_copy_pages, the pool's copy-on-write and the save and
- * restore of a sequence on a CUDA cache give the same bytes as on a CPU cache. Every test skip()s when the build has no CUDA or the
+/* GPU tests of kvpages/pool.h: kvp_cache_copy_pages, the pool's copy-on-write, the storage tiers
+ * (evicted pages written from device pages, restored into them through the host pipe) and the
+ * save and restore of a sequence on a CUDA cache give the same bytes as on a CPU cache. Every
+ * test skip()s when the build has no CUDA or the
  * machine has no GPU (then "kvpages: no CUDA device" is printed). */
 #include "support.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "kvpages/device.h"
 #include "kvpages/pool.h"
@@ -106,6 +110,89 @@ static void test_cuda_pool__copy_on_write_matches_cpu(void **state) {
   assert_kvp_ok(kvp_cache_destroy(cpu));
 }
 
+/* A's 3 full pages are evicted from both caches (the GPU pool's tier 0 a directory store,
+ * written asynchronously from device pages; the CPU pool's a memory store), then restored into
+ * new pages (on the GPU through the pinned, double-buffered host pipe): the restored pages hold
+ * A's original bytes and both caches stay byte-identical. */
+static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config_len(3, 2, 128, 16, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3, 256);
+  kvp_cache *cpu = NULL, *gpu = NULL;
+  if (!make_pair(&cfg, &cpu, &gpu)) skip();
+  fill_both(cpu, gpu, 3, 11);
+  char dir[] = "/tmp/kvp_cuda_tiers_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  kvp_store *ms = NULL, *ds = NULL;
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &ms));
+  kvp_store_options so = KVP_STORE_OPTIONS_INIT;
+  so.flags = KVP_STORE_FLAG_NO_SYNC;
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &so, &ds));
+  kvp_pool *pool[2];
+  kvp_cache *cache[2] = {cpu, gpu};
+  assert_kvp_ok(kvp_pool_create(cpu, NULL, &pool[0]));
+  assert_kvp_ok(kvp_pool_create(gpu, NULL, &pool[1]));
+  assert_kvp_ok(kvp_pool_add_store(pool[0], ms));
+  assert_kvp_ok(kvp_pool_add_store(pool[1], ds));
+  int32_t a[49], b[240];
+  for (int i = 0; i < 49; ++i) a[i] = 100 + i;
+  for (int i = 0; i < 240; ++i) b[i] = 5000 + i;
+  const size_t n = kvp_test_layer_bytes(cpu), pb = n / 16;
+  uint8_t *before = (uint8_t *)malloc(3 * n), *after = (uint8_t *)malloc(n);
+  assert_non_null(before);
+  assert_non_null(after);
+  int32_t ra[4];
+  size_t np;
+  for (int d = 0; d < 2; ++d) {
+    kvp_seq_id s;
+    assert_kvp_ok(kvp_pool_add_sequence(pool[d], a, 49, 0, 0, &s, NULL));
+    assert_kvp_ok(kvp_pool_set_computed(pool[d], s, 49));
+    assert_kvp_ok(kvp_pool_get_page_table(pool[d], s, ra, 4, &np));
+    assert_kvp_ok(kvp_pool_free_sequence(pool[d], s)); /* 3 cached pages */
+    assert_kvp_ok(kvp_pool_add_sequence(pool[d], b, 240, 0, 0, &s, NULL)); /* every page: A's evicted */
+    assert_kvp_ok(kvp_pool_free_sequence(pool[d], s));
+    assert_kvp_ok(kvp_pool_flush_tiers(pool[d], 0));
+    kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
+    assert_kvp_ok(kvp_pool_get_tier_stats(pool[d], 0, &st));
+    assert_int_equal(st.blocks_written, 3);
+    assert_int_equal(st.errors + st.dropped, 0);
+  }
+  for (uint32_t l = 0; l < 3; ++l) { /* A's bytes (the same in both caches) */
+    assert_kvp_ok(kvp_cache_read_layer(cpu, l, after, n, NULL));
+    for (int i = 0; i < 3; ++i) memcpy(before + l * n + (size_t)i * pb, after + (size_t)ra[i] * pb, pb);
+  }
+  /* scribble over A's old pages so that only a restore can bring its bytes back */
+  memset(after, 0x5A, n);
+  for (uint32_t l = 0; l < 3; ++l) {
+    assert_kvp_ok(kvp_cache_write_layer(cpu, l, after, n, NULL));
+    assert_kvp_ok(kvp_cache_write_layer(gpu, l, after, n, NULL));
+  }
+  int32_t rr[2][4];
+  for (int d = 0; d < 2; ++d) {
+    kvp_seq_id s;
+    size_t reused = 0;
+    assert_kvp_ok(kvp_pool_add_sequence(pool[d], a, 49, 0, 0, &s, &reused));
+    assert_int_equal(reused, 48);
+    assert_kvp_ok(kvp_pool_get_page_table(pool[d], s, rr[d], 4, &np));
+    for (uint32_t l = 0; l < 3; ++l) {
+      assert_kvp_ok(kvp_cache_read_layer(cache[d], l, after, n, NULL));
+      for (int i = 0; i < 3; ++i) assert_memory_equal(after + (size_t)rr[d][i] * pb, before + l * n + (size_t)i * pb, pb);
+    }
+    assert_kvp_ok(kvp_pool_check_invariants(pool[d]));
+  }
+  assert_memory_equal(rr[0], rr[1], sizeof rr[0]); /* same bookkeeping on both devices */
+  assert_same_bytes(cpu, gpu, 3);
+  free(before);
+  free(after);
+  for (int d = 0; d < 2; ++d) assert_kvp_ok(kvp_pool_destroy(pool[d]));
+  assert_kvp_ok(kvp_store_destroy(ms));
+  assert_kvp_ok(kvp_store_destroy(ds));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+  char cmd[96];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 static void test_cuda_pool__saved_sequence_matches_cpu_across_devices(void **state) {
   (void)state;
   kvp_config cfg = kvp_test_config(2, 4, 64, 8, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
@@ -158,6 +245,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cuda_pool__copy_pages_matches_cpu),
       cmocka_unit_test(test_cuda_pool__copy_on_write_matches_cpu),
+      cmocka_unit_test(test_cuda_pool__tiers_restore_matches_cpu),
       cmocka_unit_test(test_cuda_pool__saved_sequence_matches_cpu_across_devices),
   };
   return cmocka_run_group_tests_name("cuda_pool", tests, NULL, NULL);

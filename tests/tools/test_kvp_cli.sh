@@ -5,9 +5,11 @@
 # reference numbers (also from Hugging Face configs, and with --tp), --json prints one valid JSON
 # object, save/load/inspect show a progress bar only on a terminal (or --progress always), and
 # `kvp demo` serves its requests with correct attention and read-back in both layouts and every
-# storage dtype.
+# storage dtype, and `kvp store ls/stat/scrub` show and check a directory store that fill_store
+# filled with evicted page blocks of two configs, a damaged one and a foreign one.
 set -u
-kvp=${1:?usage: test_kvp_cli.sh <path to kvp>}
+kvp=${1:?usage: test_kvp_cli.sh <path to kvp> <path to fill_store>}
+fill_store=${2:?usage: test_kvp_cli.sh <path to kvp> <path to fill_store>}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 hf=$here/../data/hf
 golden=$here/../data/v1.0/whole-v3-h64-bf16.kvps
@@ -346,6 +348,46 @@ valid_json "bench --json" bench --quick --min-ms 1 --shape=2,4,64,fp16 --json
 expect_value "bench --json --shape" "2 4 64 fp16 --shape 3 2" \
   "$(json_field "d['shape']['layers'], d['shape']['kv_heads'], d['shape']['head_dim'], d['shape']['dtype'], d['shape']['source'], len(d['concatenate']), d['serialization']['layers']" \
     bench --quick --min-ms 1 --shape 2,4,64,fp16 --json)"
+
+# kvp store: a directory store with 6 evicted page blocks (two configs, 3 + 3), one of them damaged
+# inside (the file is sound: ls and stat show it, scrub removes it), and one foreign block.
+store=$(mktemp -d)/tier
+"$fill_store" "$store" || fail "fill_store $store" ""
+expect_stdout 0 "usage: kvp store ls|stat|scrub SPEC" store --help
+expect 0 "  store     list, summarise or check a block store" help
+expect 2 "an action (ls, stat or scrub) is required" store
+expect 2 "SPEC is required" store ls
+expect 2 "unknown action 'list' (valid actions: ls, stat, scrub)" store list "$store"
+expect 2 "one SPEC only" store ls "$store" "$store"
+expect 2 "unknown option '--all' (valid options: --json, --help)" store ls --all "$store"
+expect 2 "'http://x' is not a store: give a directory, a redis:// or a redis+cluster:// URL" store ls http://x
+expect 1 "this kvp has no Redis store" store stat redis://127.0.0.1:1
+expect 1 "this kvp has no Redis store" store ls redis+cluster://127.0.0.1:1
+expect 1 "the store directory '$store-missing' does not exist" store ls "$store-missing"
+[ -e "$store-missing" ] && fail "kvp store ls created the missing directory $store-missing" ""
+expect 1 "'$hf/qwen2-7b.json' is not a directory" store stat "$hf/qwen2-7b.json"
+expect_both 1 "  ok" "kvp store ls: " store ls "$store"
+expect_value "store ls: ok/BAD/other lines" "5 1 1" \
+  "$("$kvp" store ls "$store" 2>/dev/null | awk '$NF == "ok" {o++} $NF == "BAD" {b++} $NF == "other" {x++} END {print o, b, x}')"
+expect_both 1 "blocks:   7 (" "damaged:  1" store stat "$store"
+valid_json "store ls --json" store ls --json "$store"
+valid_json "store stat --json" store stat --json "$store"
+expect_value "store stat --json: configs" "2 [2, 3] [4, 4] [2, 2] 1 1" \
+  "$(json_field "len(d['configs']), sorted(c['blocks'] for c in d['configs']), [c['page_size'] for c in d['configs']], [c['layers'] for c in d['configs']], d['damaged'], d['other']" store stat --json "$store")"
+expect_value "store ls --json: the damaged block's checksum" "[False]" \
+  "$(json_field "[b['checksum_ok'] for b in d['blocks'] if b['state'] == 'BAD']" store ls --json "$store")"
+expect_both 1 "1 damaged page blocks (1 removed)" "the block's checksum does not match: removed" store scrub "$store"
+expect_value "store scrub removed the damaged block" "6 0" "$(json_field "d['blocks'], d['damaged']" store stat --json "$store")"
+expect 0 "0 damaged page blocks (0 removed), 1 other blocks left alone" store scrub "$store"
+# a block file damaged on disk: scrub's store check deletes it
+victim=$(ls "$store"/*.kvpb | head -1)
+python3 -c "import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[200] ^= 1; open(p, 'wb').write(b)" "$victim"
+expect 1 "1 damaged (deleted)" store scrub "$store"
+[ -e "$victim" ] && fail "kvp store scrub left the damaged file $victim" ""
+expect_value "store scrub --json after the repair" "5 0 0" \
+  "$(json_field "d['blocks'], d['damaged'], d['store_check']['blocks_damaged']" store scrub --json "$store")"
+expect 0 "  ok" store ls "$store"
+rm -rf "$(dirname "$store")"
 
 echo "kvp cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

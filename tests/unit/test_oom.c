@@ -943,6 +943,27 @@ static void test_oom__stores_and_tiers(void **state) {
   assert_kvp_ok(kvp_pool_check_invariants(p));
   assert_kvp_ok(kvp_pool_destroy(p));
   assert_kvp_ok(kvp_store_destroy(store));
+
+  /* a directory tier 0 is written asynchronously: its first tier also allocates the write
+   * queue; a failure of either allocation adds no tier and leaks nothing */
+  snprintf(dir, sizeof dir, "/tmp/kvp_test_oom_XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &o, &store));
+  assert_kvp_ok(kvp_pool_create(c, NULL, &p));
+  const long base2 = g_alloc.live;
+  for (n = 0; n < MAX_N; ++n) {
+    fail_from(n);
+    const kvp_status st = kvp_pool_add_store(p, store);
+    disarm();
+    if (st == KVP_OK) break;
+    expect_oom(st, base2, n, "kvp_pool_add_store");
+    assert_int_equal(kvp_pool_get_tier_stats(p, 0, &ts), KVP_ERR_INVALID_ARGUMENT);
+  }
+  assert_true(n >= 2);
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(store));
+  rmdir(dir);
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 

@@ -3,22 +3,42 @@
  * run against the pool and against a simple reference model written here. After every
  * operation: the status matches the model's prediction, kvp_pool_check_invariants() passes, every
  * page's reference count and state, every sequence's page table, length and watermark, and the
- * pool's counters equal the model's, and every live sequence's K/V (a tag per token written
- * into the cache when the token was added) is intact.
+ * pool's counters equal the model's, and every live sequence's K/V (a tag per token and layer,
+ * in K and V, written into the cache when the token was computed) is intact.
  *
  * The model knows nothing of hashes or links: its prefix index maps (salt, whole token prefix)
  * to a page, its free set is a set, and its LRU is an array in release order. It predicts which
- * pages are reused, when an eviction happens and exactly which page it takes. */
+ * pages are reused, when an eviction happens and exactly which page it takes.
+ *
+ * With storage tiers (kvp_pool_add_store: memory and directory stores with small bounds), the
+ * model also holds each store as an LRU list of blocks named by the prefix they end, bounded in
+ * bytes as the store is: it predicts every write-back of an evicted page to tier 0, every block
+ * a store drops, and exactly how many pages kvp_pool_add_sequence() restores from which tier
+ * (and the tier counters). Random operations behind the pool's back remove blocks, move or copy
+ * them between tiers, overwrite them with damaged or short blocks, flip or cut block files on
+ * disk, scrub a directory, and make tier 0's next write fail. Tier 0 is a plug-in that forwards
+ * to the shipped store and records the keys written, so the model learns the key of each prefix.
+ *
+ * KVP_MODEL_SEED (a number) replaces every run's seed and KVP_MODEL_OPS its number of operations
+ * (for longer runs); the seed is printed. */
 #include "support.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "kvpages/pool.h"
+#include "kvpages/store.h"
 
 #define MAXP 64
 #define MAXL 64
 #define MAXS 12
+#define MAXLAYERS 2
+#define MAXT 3  /* tiers */
+#define MAXB 48 /* blocks a model store holds at most */
+#define NBASE 6 /* the prompts most prompts of a run with tiers start with */
+#define DIR_HEADER 48 /* a directory store's file header (kvp_store_create_directory) */
 
 typedef struct mseq {
   int alive;
@@ -28,6 +48,40 @@ typedef struct mseq {
   uint64_t salt;
   int32_t pages[MAXL];
 } mseq;
+
+/* A block in a model store: the prefix its page ends (salt, tokens), the key the pool wrote it
+ * under (learned from tier 0's recorder), its size, and what the test did to it. */
+typedef struct mblock {
+  uint64_t salt;
+  int plen;
+  int32_t tok[MAXL];
+  kvp_store_key key;
+  size_t size;       /* block bytes */
+  int damaged;       /* overwritten with a block that fails the pool's check */
+  int disk_damaged;  /* its file flipped or cut behind the store's back */
+} mblock;
+
+/* Tier 0 as the pool sees it: forwards to the shipped store, records the keys and sizes written,
+ * and fails the next `fail_puts` writes with KVP_ERR_IO. */
+typedef struct recorder {
+  kvp_store *inner;
+  kvp_store_key keys[2 * MAXL];
+  size_t sizes[2 * MAXL];
+  int n, fail_puts;
+} recorder;
+
+/* A tier: the shipped store and the model of it (LRU order: b[0] least recent). */
+typedef struct mstore {
+  kvp_store *store; /* what the pool was given (tier 0: the recorder's plug-in) */
+  kvp_store *inner; /* the shipped store */
+  int dir;
+  char path[64];
+  uint64_t max_bytes, bytes;
+  int64_t evictions;
+  mblock b[MAXB];
+  int n;
+  kvp_pool_tier_stats st; /* the pool's counters as the model predicts them */
+} mstore;
 
 typedef struct model {
   int P, S, maxlen, prefix;
@@ -43,8 +97,18 @@ typedef struct model {
   /* pool side */
   kvp_cache *cache;
   kvp_pool *pool;
-  float *kbase;
+  int layers;
+  float *kv[MAXLAYERS][2]; /* keys and values of each layer */
   int64_t page_stride, row_stride;
+  /* storage tiers */
+  int ntiers;
+  mstore tier[MAXT];
+  recorder rec;
+  int consumed;      /* recorder entries matched to predicted write-backs */
+  int fail_puts;     /* the model's copy of rec.fail_puts */
+  size_t block_size; /* learned from the first write-back */
+  int32_t base[NBASE][MAXL];
+  int64_t restored, back_ops;
   /* recent prompts for prefix hits, and freed ids for stale checks */
   int32_t hist[8][MAXL];
   size_t hist_len[8];
@@ -54,6 +118,8 @@ typedef struct model {
   uint64_t rng;
   long ops[10];
 } model;
+
+static void m_write_back(model *m, int p);
 
 static int live_count(const model *m) {
   int n = 0;
@@ -92,6 +158,7 @@ static void m_take(model *m, int32_t p) {
   } else {
     if (m->nlru == 0 || m->lru[0] != p)
       fail_msg("pool evicted page %d, model expected LRU head %d", p, m->nlru ? m->lru[0] : -1);
+    if (m->ntiers > 0) m_write_back(m, p);
     lru_erase(m, p);
     m->indexed[p] = 0;
     ++m->evictions;
@@ -123,36 +190,358 @@ static int m_find(const model *m, uint64_t salt, const int32_t *tok, int plen) {
   return -1;
 }
 
+/* Page p, the one that ends the first plen tokens of s, enters the index unless an identical
+ * page is already there. */
+static void m_index(model *m, const mseq *s, int p, int plen) {
+  if (m->indexed[p] || m_find(m, s->salt, s->tok, plen) >= 0) return;
+  m->indexed[p] = 1;
+  m->isalt[p] = s->salt;
+  m->iplen[p] = plen;
+  memcpy(m->itok[p], s->tok, sizeof(int32_t) * (size_t)plen);
+}
+
 static void m_mark_computed(model *m, mseq *s, size_t n) {
   if (n <= s->computed) return;
   if (!m->prefix) {
     s->computed = n;
     return;
   }
-  for (size_t i = s->computed / (size_t)m->S; i < n / (size_t)m->S; ++i) {
-    const int p = s->pages[i];
-    const int plen = (int)(i + 1) * m->S;
-    if (!m->indexed[p] && m_find(m, s->salt, s->tok, plen) < 0) {
-      m->indexed[p] = 1;
-      m->isalt[p] = s->salt;
-      m->iplen[p] = plen;
-      memcpy(m->itok[p], s->tok, sizeof(int32_t) * (size_t)plen);
-    }
-  }
+  for (size_t i = s->computed / (size_t)m->S; i < n / (size_t)m->S; ++i) m_index(m, s, s->pages[i], (int)(i + 1) * m->S);
   s->computed = n;
 }
 
 /* ---- K/V tags in the cache ----------------------------------------------------------------- */
 
-static float *slot_ptr(model *m, int32_t slot) {
-  return m->kbase + (slot / m->S) * m->page_stride + (slot % m->S) * m->row_stride;
+static float *slot_ptr(model *m, int layer, int v, int32_t slot) {
+  return m->kv[layer][v] + (slot / m->S) * m->page_stride + (slot % m->S) * m->row_stride;
+}
+
+/* The K (v = 0) or V (v = 1) tag of a token in a layer. */
+static float kv_tag(const int32_t *tok, size_t pos, uint64_t salt, int layer, int v) {
+  return (float)(tag_of(tok, pos, salt) + (uint32_t)(4 * layer + 2 * v));
 }
 
 static void write_tags(model *m, const mseq *s, size_t from, size_t to) {
   int32_t slots[MAXL];
   if (to <= from) return;
   assert_kvp_ok(kvp_pool_get_slots(m->pool, s->id, from, to - from, slots));
-  for (size_t i = from; i < to; ++i) *slot_ptr(m, slots[i - from]) = (float)tag_of(s->tok, i, s->salt);
+  for (size_t i = from; i < to; ++i)
+    for (int l = 0; l < m->layers; ++l)
+      for (int v = 0; v < 2; ++v) *slot_ptr(m, l, v, slots[i - from]) = kv_tag(s->tok, i, s->salt, l, v);
+}
+
+/* ---- storage tiers ------------------------------------------------------------------------- */
+
+static int b_find(const mstore *t, uint64_t salt, const int32_t *tok, int plen) {
+  for (int j = 0; j < t->n; ++j)
+    if (t->b[j].salt == salt && t->b[j].plen == plen && memcmp(t->b[j].tok, tok, sizeof(int32_t) * (size_t)plen) == 0)
+      return j;
+  return -1;
+}
+
+/* What a block counts against its store's bound (a directory store: the file, header included). */
+static uint64_t b_bytes(const mstore *t, size_t size) { return size + (t->dir ? DIR_HEADER : 0); }
+
+static void b_drop(mstore *t, int j) {
+  t->bytes -= b_bytes(t, t->b[j].size);
+  memmove(&t->b[j], &t->b[j + 1], sizeof(mblock) * (size_t)(t->n - j - 1));
+  --t->n;
+}
+
+/* A read: the block becomes the most recent; returns its new index. */
+static int b_touch(mstore *t, int j) {
+  const mblock b = t->b[j];
+  memmove(&t->b[j], &t->b[j + 1], sizeof(mblock) * (size_t)(t->n - j - 1));
+  t->b[t->n - 1] = b;
+  return t->n - 1;
+}
+
+/* A put that succeeds: the block (replacing one of the same prefix) is the most recent; the least
+ * recent ones are dropped while the store is over its bound. */
+static void b_put(mstore *t, const mblock *b) {
+  const int j = b_find(t, b->salt, b->tok, b->plen);
+  if (j >= 0) {
+    if (memcmp(&t->b[j].key, &b->key, sizeof b->key) != 0) fail_msg("model: one prefix written under two keys");
+    b_drop(t, j);
+  }
+  if (t->n == MAXB) fail_msg("model store over %d blocks: lower its bound", MAXB);
+  t->b[t->n++] = *b;
+  t->bytes += b_bytes(t, b->size);
+  while (t->bytes > t->max_bytes) {
+    b_drop(t, 0);
+    ++t->evictions;
+  }
+}
+
+/* The pool evicts page p (m_take): it writes the page's block to tier 0, which the recorder saw
+ * (unless the write was made to fail). */
+static void m_write_back(model *m, int p) {
+  mstore *t = &m->tier[0];
+  if (m->fail_puts > 0) {
+    --m->fail_puts;
+    ++t->st.errors;
+    return;
+  }
+  if (m->consumed == m->rec.n) fail_msg("model: the pool evicted page %d but wrote no block to tier 0", p);
+  mblock b;
+  memset(&b, 0, sizeof b);
+  b.salt = m->isalt[p];
+  b.plen = m->iplen[p];
+  memcpy(b.tok, m->itok[p], sizeof(int32_t) * (size_t)b.plen);
+  b.key = m->rec.keys[m->consumed];
+  b.size = m->rec.sizes[m->consumed++];
+  if (m->block_size == 0) m->block_size = b.size;
+  assert_int_equal(b.size, m->block_size);
+  b_put(t, &b);
+  ++t->st.blocks_written;
+  t->st.bytes_written += (int64_t)b.size;
+}
+
+/* kvp_pool_add_sequence after its in-memory match (pool.h, "Storage tiers"): the prompt's pages
+ * [from, max_hits) are asked of each tier in turn (one exists), then read while they were found,
+ * are still there and check out; each restored page takes a fresh page, row[i], and is indexed.
+ * Returns the end of the restored run. */
+static int m_restore(model *m, const mseq *s, int from, int max_hits, const int32_t *row) {
+  int next = from;
+  for (int ti = 0; ti < m->ntiers && next < max_hits; ++ti) {
+    mstore *t = &m->tier[ti];
+    const int asked = max_hits - next;
+    int found[MAXL], got = 0;
+    for (int j = 0; j < asked; ++j) found[j] = b_find(t, s->salt, s->tok, (next + j + 1) * m->S) >= 0;
+    while (got < asked && found[got]) {
+      const int i = next + got, plen = (i + 1) * m->S;
+      int j = b_find(t, s->salt, s->tok, plen);
+      if (j < 0) break; /* dropped since the exists, by the write-back of an eviction */
+      if (t->b[j].disk_damaged) { /* the store finds it damaged and deletes it */
+        b_drop(t, j);
+        ++t->st.rejected;
+        break;
+      }
+      t->st.bytes_read += (int64_t)t->b[j].size;
+      j = b_touch(t, j);
+      if (t->b[j].damaged) {
+        ++t->st.rejected;
+        break;
+      }
+      m_take(m, row[i]);
+      m_index(m, s, row[i], plen);
+      ++got;
+    }
+    t->st.lookups += asked;
+    t->st.hits += got;
+    t->st.misses += asked - got;
+    t->st.restored_tokens += (int64_t)got * m->S;
+    next += got;
+  }
+  m->restored += next - from;
+  return next;
+}
+
+static kvp_status KVP_CALL rec_put(void *u, const kvp_store_key *k, const void *d, size_t n) {
+  recorder *r = (recorder *)u;
+  if (r->fail_puts > 0) {
+    --r->fail_puts;
+    return KVP_ERR_IO;
+  }
+  const kvp_status st = kvp_store_put(r->inner, k, d, n);
+  if (st == KVP_OK) {
+    if (r->n == 2 * MAXL) return KVP_ERR_INTERNAL;
+    r->keys[r->n] = *k;
+    r->sizes[r->n++] = n;
+  }
+  return st;
+}
+static kvp_status KVP_CALL rec_get(void *u, const kvp_store_key *k, void *dst, size_t cap, size_t *size) {
+  return kvp_store_get(((recorder *)u)->inner, k, dst, cap, size);
+}
+static kvp_status KVP_CALL rec_exists(void *u, const kvp_store_key *k, size_t n, uint8_t *found) {
+  return kvp_store_exists(((recorder *)u)->inner, k, n, found);
+}
+static kvp_status KVP_CALL rec_remove(void *u, const kvp_store_key *k) {
+  return kvp_store_remove(((recorder *)u)->inner, k);
+}
+
+static void block_file(const mstore *t, const kvp_store_key *k, char *out, size_t cap) {
+  int at = snprintf(out, cap, "%s/", t->path);
+  for (int i = 0; i < 16; ++i) at += snprintf(out + at, cap - (size_t)at, "%02x", k->bytes[i]);
+  snprintf(out + at, cap - (size_t)at, ".kvpb");
+}
+
+/* Reads block j of a tier as a user would (a use for the LRU). False when the store found its
+ * file damaged and deleted it. */
+static int read_block(model *m, mstore *t, int *j, uint8_t *buf, size_t cap, size_t *size) {
+  const kvp_status st = kvp_store_get(t->inner, &t->b[*j].key, buf, cap, size);
+  if (t->b[*j].disk_damaged) {
+    if (st != KVP_ERR_FORMAT_CHECKSUM && st != KVP_ERR_FORMAT_TRUNCATED)
+      fail_msg("a damaged block file read back as %s", kvp_status_name(st));
+    b_drop(t, *j);
+    return 0;
+  }
+  assert_kvp_ok(st);
+  assert_int_equal(*size, t->b[*j].size);
+  *j = b_touch(t, *j);
+  return 1;
+}
+
+/* Damage behind the store's back: flip a byte of a block file or cut it short. */
+static void damage_file(model *m, mstore *t, mblock *b) {
+  char path[128];
+  if (b->disk_damaged) return;
+  block_file(t, &b->key, path, sizeof path);
+  const int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  const off_t at = (off_t)kvp_test_rand_range(&m->rng, DIR_HEADER, DIR_HEADER + (int64_t)b->size - 1);
+  if (kvp_test_rand_range(&m->rng, 0, 1) == 0) {
+    assert_int_equal(ftruncate(fd, at), 0);
+  } else {
+    uint8_t c = 0;
+    assert_int_equal(pread(fd, &c, 1, at), 1);
+    c ^= 0x5A;
+    assert_int_equal(pwrite(fd, &c, 1, at), 1);
+  }
+  close(fd);
+  b->disk_damaged = 1;
+}
+
+/* An operation on the tiers behind the pool's back. */
+static void op_behind(model *m) {
+  static uint8_t buf[1 << 16];
+  const int ti = (int)kvp_test_rand_range(&m->rng, 0, m->ntiers - 1);
+  mstore *t = &m->tier[ti];
+  int64_t kind = kvp_test_rand_range(&m->rng, 0, 11);
+  if (kind > 7) kind = 4 + (kind & 1); /* mostly copies and moves: the lower tiers' content */
+  ++m->back_ops;
+  if (kind == 7) { /* tier 0's next write fails */
+    if (m->fail_puts < 2) {
+      ++m->fail_puts;
+      ++m->rec.fail_puts;
+    }
+    return;
+  }
+  if (kind == 6) {
+    if (!t->dir) return;
+    kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
+    assert_kvp_ok(kvp_store_scrub(t->inner, &r));
+    int64_t damaged = 0, freed = 0;
+    assert_int_equal(r.blocks_checked, t->n);
+    for (int j = t->n - 1; j >= 0; --j)
+      if (t->b[j].disk_damaged) {
+        ++damaged;
+        freed += (int64_t)b_bytes(t, t->b[j].size);
+        b_drop(t, j);
+      }
+    assert_int_equal(r.blocks_damaged, damaged);
+    assert_int_equal(r.bytes_freed, freed);
+    return;
+  }
+  if (t->n == 0) return;
+  int j = (int)kvp_test_rand_range(&m->rng, 0, t->n - 1);
+  size_t size = 0;
+  if (kind == 0) { /* remove */
+    assert_kvp_ok(kvp_store_remove(t->inner, &t->b[j].key));
+    b_drop(t, j);
+  } else if (kind == 1 && t->dir) { /* damage on disk */
+    damage_file(m, t, &t->b[j]);
+  } else if (kind <= 3) { /* overwrite with a damaged or short block */
+    if (!read_block(m, t, &j, buf, sizeof buf, &size)) return;
+    mblock b = t->b[j];
+    if (kind == 2 && size > 1) {
+      b.size = (size_t)kvp_test_rand_range(&m->rng, 1, (int64_t)size - 1);
+    } else {
+      buf[kvp_test_rand_range(&m->rng, 0, (int64_t)size - 1)] ^= (uint8_t)kvp_test_rand_range(&m->rng, 1, 255);
+    }
+    b.damaged = 1;
+    assert_kvp_ok(kvp_store_put(t->inner, &b.key, buf, b.size));
+    b_put(t, &b);
+  } else if (m->ntiers > 1) { /* copy (4) or move (5) to another tier */
+    const int ui = (int)(ti + kvp_test_rand_range(&m->rng, 1, m->ntiers - 1)) % m->ntiers;
+    if (!read_block(m, t, &j, buf, sizeof buf, &size)) return;
+    mblock b = t->b[j];
+    if (kind == 5) {
+      assert_kvp_ok(kvp_store_remove(t->inner, &b.key));
+      b_drop(t, j);
+    }
+    assert_kvp_ok(kvp_store_put(m->tier[ui].inner, &b.key, buf, size));
+    b_put(&m->tier[ui], &b);
+  }
+}
+
+static void compare_tiers(model *m, long op) {
+  if (op >= 0 && m->consumed != m->rec.n) fail_msg("op %ld: tier 0 got %d writes, the model %d", op, m->rec.n, m->consumed);
+  m->consumed = m->rec.n = 0;
+  assert_int_equal(m->fail_puts, m->rec.fail_puts);
+  for (int ti = 0; ti < m->ntiers; ++ti) {
+    const mstore *t = &m->tier[ti];
+    kvp_pool_tier_stats ps = KVP_POOL_TIER_STATS_INIT;
+    assert_kvp_ok(kvp_pool_get_tier_stats(m->pool, (uint32_t)ti, &ps));
+    const int64_t got[] = {ps.lookups, ps.hits, ps.misses, ps.rejected, ps.errors,
+                           ps.restored_tokens, ps.bytes_read, ps.blocks_written, ps.bytes_written};
+    const int64_t want[] = {t->st.lookups, t->st.hits, t->st.misses, t->st.rejected, t->st.errors,
+                            t->st.restored_tokens, t->st.bytes_read, t->st.blocks_written, t->st.bytes_written};
+    static const char *const names[] = {"lookups", "hits", "misses", "rejected", "errors",
+                                        "restored_tokens", "bytes_read", "blocks_written", "bytes_written"};
+    int wrong = 0;
+    for (size_t k = 0; k < sizeof got / sizeof got[0]; ++k)
+      if (got[k] != want[k] && ++wrong)
+        print_message("op %ld: tier %d %s: pool %lld, model %lld\n", op, ti, names[k], (long long)got[k], (long long)want[k]);
+    if (wrong) fail_msg("op %ld: tier %d: %d counter(s) differ from the model", op, ti, wrong);
+    assert_int_equal(ps.num_tiers, m->ntiers);
+    kvp_store_stats ss = KVP_STORE_STATS_INIT;
+    assert_kvp_ok(kvp_store_get_stats(t->inner, &ss));
+    if (ss.blocks != t->n || ss.bytes != (int64_t)t->bytes || ss.evictions != t->evictions)
+      fail_msg("op %ld: tier %d holds %lld blocks, %lld bytes, dropped %lld; the model %d, %llu, %lld", op, ti,
+               (long long)ss.blocks, (long long)ss.bytes, (long long)ss.evictions, t->n, (unsigned long long)t->bytes,
+               (long long)t->evictions);
+    kvp_store_key keys[MAXB];
+    uint8_t found[MAXB];
+    for (int j = 0; j < t->n; ++j) keys[j] = t->b[j].key;
+    assert_kvp_ok(kvp_store_exists(t->inner, keys, (size_t)t->n, found));
+    for (int j = 0; j < t->n; ++j)
+      if (!found[j]) fail_msg("op %ld: tier %d lost block %d of the model", op, ti, j);
+  }
+}
+
+/* Tiers from a spec such as "m6d12": a memory (m) or directory (d) store bounded to about that
+ * many blocks, in order; tier 0 is reached through the recorder. */
+static void open_tiers(model *m, const char *spec) {
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = KVP_STORE_FLAG_NO_SYNC;
+  const uint64_t block = kvp_test_layer_bytes(m->cache) / (size_t)m->P * (size_t)m->layers + 4 * (size_t)m->S + 200;
+  while (*spec != '\0') {
+    mstore *t = &m->tier[m->ntiers++];
+    assert_true(m->ntiers <= MAXT);
+    t->dir = *spec++ == 'd';
+    t->max_bytes = strtoull(spec, (char **)&spec, 10) * (block + (t->dir ? DIR_HEADER : 0));
+    if (t->dir) {
+      snprintf(t->path, sizeof t->path, "/tmp/kvp_model_XXXXXX");
+      assert_non_null(mkdtemp(t->path));
+      assert_kvp_ok(kvp_store_create_directory(t->path, t->max_bytes, &o, &t->inner));
+    } else {
+      assert_kvp_ok(kvp_store_create_memory(t->max_bytes, NULL, &t->inner));
+    }
+    t->store = t->inner;
+    t->st.struct_size = sizeof t->st;
+  }
+  m->rec.inner = m->tier[0].inner;
+  const kvp_store_vtable vt = {sizeof vt, KVP_STORE_VTABLE_VERSION, &m->rec, rec_put, rec_get, rec_exists, rec_remove,
+                               NULL};
+  assert_kvp_ok(kvp_store_create(&vt, &m->tier[0].store));
+  for (int ti = 0; ti < m->ntiers; ++ti) assert_kvp_ok(kvp_pool_add_store(m->pool, m->tier[ti].store));
+}
+
+static void close_tiers(model *m) {
+  for (int ti = 0; ti < m->ntiers; ++ti) {
+    mstore *t = &m->tier[ti];
+    if (t->store != t->inner) assert_kvp_ok(kvp_store_destroy(t->store));
+    assert_kvp_ok(kvp_store_destroy(t->inner));
+    if (!t->dir) continue;
+    char path[128];
+    for (int j = 0; j < t->n; ++j) {
+      block_file(t, &t->b[j].key, path, sizeof path);
+      unlink(path);
+    }
+    if (rmdir(t->path) != 0) fail_msg("%s holds files the model does not know", t->path);
+  }
 }
 
 /* ---- full comparison ----------------------------------------------------------------------- */
@@ -184,6 +573,7 @@ static void compare(model *m, long op) {
   assert_int_equal(ps.cow_copies, m->cow);
   assert_int_equal(ps.prompt_tokens, m->prompt_tokens);
   assert_int_equal(ps.reused_tokens, m->reused_tokens);
+  if (m->ntiers > 0) compare_tiers(m, op);
   for (int i = 0; i < MAXS; ++i) {
     const mseq *s = &m->seq[i];
     if (!s->alive) continue;
@@ -196,12 +586,14 @@ static void compare(model *m, long op) {
     assert_int_equal(n, cdiv(s->len, m->S));
     if (n > 0 && memcmp(row, s->pages, n * sizeof(int32_t)) != 0) fail_msg("op %ld: page table of seq %d differs", op, i);
     assert_kvp_ok(kvp_pool_get_slots(m->pool, s->id, 0, s->len, slots));
-    for (size_t pos = 0; pos < s->len; ++pos) {
-      const float got = *slot_ptr(m, slots[pos]);
-      if (got != (float)tag_of(s->tok, pos, s->salt))
-        fail_msg("op %ld: seq %d position %zu (slot %d) holds tag %.0f, want %u", op, i, pos, slots[pos], (double)got,
-                 tag_of(s->tok, pos, s->salt));
-    }
+    for (size_t pos = 0; pos < s->len; ++pos)
+      for (int l = 0; l < m->layers; ++l)
+        for (int v = 0; v < 2; ++v) {
+          const float got = *slot_ptr(m, l, v, slots[pos]), want = kv_tag(s->tok, pos, s->salt, l, v);
+          if (got != want)
+            fail_msg("op %ld: seq %d position %zu (slot %d) layer %d %c holds tag %.0f, want %.0f", op, i, pos,
+                     slots[pos], l, v ? 'V' : 'K', (double)got, (double)want);
+        }
   }
 }
 
@@ -238,17 +630,23 @@ static void op_add(model *m) {
     if (keep > n) keep = n;
     memcpy(tok, m->hist[h], sizeof(int32_t) * keep);
   }
+  if (m->ntiers > 0 && kvp_test_rand_range(&m->rng, 0, 3) > 0) {
+    /* with tiers, mostly one of a few long prompts, so that evicted prefixes are asked again */
+    const int64_t b = kvp_test_rand_range(&m->rng, 0, NBASE - 1);
+    const size_t keep = (size_t)kvp_test_rand_range(&m->rng, (int64_t)n / 2, (int64_t)n);
+    memcpy(tok, m->base[b], sizeof(int32_t) * keep);
+  }
   const uint64_t salt = (uint64_t)kvp_test_rand_range(&m->rng, 0, 3) == 0 ? 1 : 0;
   const uint32_t flags = kvp_test_rand_range(&m->rng, 0, 3) == 0 ? KVP_POOL_ADD_FLAG_REUSE_ALL : 0;
   const int slot = free_model_slot(m);
 
   kvp_status want = KVP_OK;
-  int hits = 0, hit_pages[MAXL], hit_evictable = 0;
+  int hits = 0, hit_pages[MAXL], hit_evictable = 0, max_hits = 0;
   if (n > (size_t)m->maxlen) want = KVP_ERR_INVALID_ARGUMENT;
   else if (slot < 0) want = KVP_ERR_OUT_OF_PAGES;
   else {
     if (n > 0 && m->prefix) {
-      const int max_hits = (int)((flags & KVP_POOL_ADD_FLAG_REUSE_ALL) ? n / (size_t)m->S : (n - 1) / (size_t)m->S);
+      max_hits = (int)((flags & KVP_POOL_ADD_FLAG_REUSE_ALL) ? n / (size_t)m->S : (n - 1) / (size_t)m->S);
       while (hits < max_hits) {
         const int p = m_find(m, salt, tok, (hits + 1) * m->S);
         if (p < 0) break;
@@ -267,7 +665,6 @@ static void op_add(model *m) {
     assert_int_equal(reused, 12345);
     return;
   }
-  assert_int_equal(reused, (size_t)hits * (size_t)m->S);
   mseq *s = &m->seq[slot];
   memset(s, 0, sizeof *s);
   s->alive = 1;
@@ -283,7 +680,13 @@ static void op_add(model *m) {
     assert_int_equal(s->pages[i], hit_pages[i]);
     m_acquire(m, hit_pages[i]);
   }
-  for (size_t i = (size_t)hits; i < np; ++i) m_take(m, s->pages[i]);
+  const int restored_end = m->ntiers > 0 && hits < max_hits ? m_restore(m, s, hits, max_hits, s->pages) : hits;
+  if (reused != (size_t)restored_end * (size_t)m->S) {
+    compare_tiers(m, -1);
+    fail_msg("add(n=%zu): %zu tokens reused, the model says %d from memory and %d from the tiers", n, reused, hits * m->S,
+             (restored_end - hits) * m->S);
+  }
+  for (size_t i = (size_t)restored_end; i < np; ++i) m_take(m, s->pages[i]);
   m->prompt_tokens += (int64_t)n;
   m->reused_tokens += (int64_t)reused;
   write_tags(m, s, reused, n); /* the runtime computes the tokens that were not reused */
@@ -412,41 +815,72 @@ static void op_clear(model *m) {
   m->nlru = 0;
 }
 
-static void run_model(int S, int P, int maxlen, uint64_t seed, long num_ops, int prefix) {
+/* One run: the cache's shape, the pool's size, the tiers ("" = none, see open_tiers), the seed
+ * and the number of operations (both replaced by KVP_MODEL_SEED / KVP_MODEL_OPS when set). */
+typedef struct run_spec {
+  int S, P, maxlen, layers, head_dim, prefix;
+  const char *tiers;
+  uint64_t seed;
+  long ops;
+} run_spec;
+
+static uint64_t env_or(const char *name, uint64_t value) {
+  const char *v = getenv(name);
+  return v != NULL && *v != '\0' ? strtoull(v, NULL, 0) : value;
+}
+
+static void run_model(run_spec r) {
+  const int S = r.S, P = r.P;
+  const uint64_t seed = env_or("KVP_MODEL_SEED", r.seed);
+  const long num_ops = (long)env_or("KVP_MODEL_OPS", (uint64_t)r.ops);
+  printf("# seed 0x%016llx (KVP_MODEL_SEED), %ld ops (KVP_MODEL_OPS), tiers '%s'\n", (unsigned long long)seed, num_ops,
+         r.tiers);
   model *m = (model *)test_calloc(1, sizeof *m);
-  m->prefix = prefix;
+  m->prefix = r.prefix;
   m->S = S;
   m->P = P;
-  m->maxlen = maxlen;
+  m->maxlen = r.maxlen;
+  m->layers = r.layers;
   m->rng = seed;
-  assert_true(P <= MAXP && maxlen <= MAXL);
-  kvp_config cfg = kvp_test_config(1, 1, 128, S, P, KVP_DTYPE_F32, KVP_LAYOUT_V3);
-  cfg.max_model_length = maxlen;
-  cfg.max_num_pages_per_req = (maxlen + S - 1) / S;
+  assert_true(P <= MAXP && r.maxlen <= MAXL && r.layers <= MAXLAYERS);
+  kvp_config cfg = kvp_test_config(r.layers, 1, r.head_dim, S, P, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  cfg.max_model_length = r.maxlen;
+  cfg.max_num_pages_per_req = (r.maxlen + S - 1) / S;
   assert_kvp_ok(kvp_cache_create(&cfg, NULL, &m->cache));
   kvp_pool_options o = KVP_POOL_OPTIONS_INIT;
   o.max_sequences = MAXS;
-  o.flags = prefix ? 0 : KVP_POOL_FLAG_NO_PREFIX_CACHE;
+  o.flags = r.prefix ? 0 : KVP_POOL_FLAG_NO_PREFIX_CACHE;
   assert_kvp_ok(kvp_pool_create(m->cache, &o, &m->pool));
-  kvp_tensor kt;
-  assert_kvp_ok(kvp_cache_get_view(m->cache, 0, KVP_VIEW_KEYS, &kt));
-  m->kbase = (float *)kt.data;
-  m->page_stride = kt.strides[0];
-  m->row_stride = kt.strides[1];
+  for (int l = 0; l < r.layers; ++l)
+    for (int v = 0; v < 2; ++v) {
+      kvp_tensor kt;
+      assert_kvp_ok(kvp_cache_get_view(m->cache, (uint32_t)l, v ? KVP_VIEW_VALUES : KVP_VIEW_KEYS, &kt));
+      m->kv[l][v] = (float *)kt.data;
+      m->page_stride = kt.strides[0];
+      m->row_stride = kt.strides[1];
+    }
+  open_tiers(m, r.tiers);
+  if (m->ntiers > 0)
+    for (int b = 0; b < NBASE; ++b)
+      for (int i = 0; i < MAXL; ++i) m->base[b][i] = (int32_t)kvp_test_rand_range(&m->rng, 0, 1000);
   m->isfree[0] = 0;
   for (int p = 1; p < P; ++p) m->isfree[p] = 1;
   m->nfree = P - 1;
   for (long op = 0; op < num_ops; ++op) {
-    const int64_t r = kvp_test_rand_range(&m->rng, 0, 99);
     int kind;
-    if (r < 22) kind = 0;
-    else if (r < 52) kind = 1;
-    else if (r < 60) kind = 2;
-    else if (r < 68) kind = 3;
-    else if (r < 76) kind = 4;
-    else if (r < 95) kind = 5;
-    else if (r < 99) kind = 6;
-    else kind = 7;
+    if (m->ntiers > 0 && kvp_test_rand_range(&m->rng, 0, 9) == 0) {
+      kind = 8;
+    } else {
+      const int64_t x = kvp_test_rand_range(&m->rng, 0, 99);
+      if (x < 22) kind = 0;
+      else if (x < 52) kind = 1;
+      else if (x < 60) kind = 2;
+      else if (x < 68) kind = 3;
+      else if (x < 76) kind = 4;
+      else if (x < 95) kind = 5;
+      else if (x < 99) kind = 6;
+      else kind = 7;
+    }
     switch (kind) {
       case 0: op_add(m); break;
       case 1: op_append(m); break;
@@ -455,9 +889,10 @@ static void run_model(int S, int P, int maxlen, uint64_t seed, long num_ops, int
       case 4: op_fork(m); break;
       case 5: op_free(m); break;
       case 6: op_stale(m); break;
-      default:
+      case 7:
         if (kvp_test_rand_range(&m->rng, 0, 4) == 0) op_clear(m);
         break;
+      default: op_behind(m); break;
     }
     ++m->ops[kind];
     compare(m, op);
@@ -467,11 +902,24 @@ static void run_model(int S, int P, int maxlen, uint64_t seed, long num_ops, int
          num_ops, (long long)m->evictions, (long long)m->cow, (long long)m->reused_tokens,
          (long long)m->prompt_tokens);
   assert_true(m->cow > 10);
-  if (prefix) {
+  if (r.prefix) {
     assert_true(m->evictions > 10);
     assert_true(m->reused_tokens > 100);
   } else {
     assert_int_equal(m->evictions + m->reused_tokens, 0);
+  }
+  if (m->ntiers > 0) {
+    int64_t rejected = 0, errors = 0;
+    for (int ti = 0; ti < m->ntiers; ++ti) {
+      const kvp_pool_tier_stats *st = &m->tier[ti].st;
+      printf("#   tier %d (%s): %lld pages restored of %lld asked, %lld rejected, %lld errors, %lld written\n", ti,
+             m->tier[ti].dir ? "directory" : "memory", (long long)st->hits, (long long)st->lookups,
+             (long long)st->rejected, (long long)st->errors, (long long)st->blocks_written);
+      if (st->hits == 0) fail_msg("tier %d restored nothing", ti);
+      rejected += st->rejected;
+      errors += st->errors;
+    }
+    assert_true(m->restored > 50 && rejected > 0 && errors > 0 && m->back_ops > 100);
   }
   while (live_count(m) > 0) op_free(m);
   compare(m, num_ops);
@@ -481,28 +929,54 @@ static void run_model(int S, int P, int maxlen, uint64_t seed, long num_ops, int
   assert_int_equal(ps.used_pages, 0);
   assert_int_equal(ps.free_pages + ps.evictable_pages, P - 1);
   assert_kvp_ok(kvp_pool_destroy(m->pool));
+  close_tiers(m);
   assert_kvp_ok(kvp_cache_destroy(m->cache));
   test_free(m);
 }
 
 static void test_pool_model__page4_random_ops(void **state) {
   (void)state;
-  run_model(4, 24, 48, 0x9E3779B97F4A7C15ull, 20000, 1);
+  run_model((run_spec){.S = 4, .P = 24, .maxlen = 48, .layers = 1, .head_dim = 128, .prefix = 1, .tiers = "",
+                       .seed = 0x9E3779B97F4A7C15ull, .ops = 20000});
 }
 
 static void test_pool_model__page2_random_ops(void **state) {
   (void)state;
-  run_model(2, 32, 40, 0xD1B54A32D192ED03ull, 20000, 1);
+  run_model((run_spec){.S = 2, .P = 32, .maxlen = 40, .layers = 1, .head_dim = 128, .prefix = 1, .tiers = "",
+                       .seed = 0xD1B54A32D192ED03ull, .ops = 20000});
 }
 
 static void test_pool_model__page8_random_ops(void **state) {
   (void)state;
-  run_model(8, 12, 64, 0x2545F4914F6CDD1Dull, 20000, 1);
+  run_model((run_spec){.S = 8, .P = 12, .maxlen = 64, .layers = 1, .head_dim = 128, .prefix = 1, .tiers = "",
+                       .seed = 0x2545F4914F6CDD1Dull, .ops = 20000});
 }
 
 static void test_pool_model__no_prefix_cache_random_ops(void **state) {
   (void)state;
-  run_model(4, 20, 48, 0x8CB92BA72F3D8DD7ull, 10000, 0);
+  run_model((run_spec){.S = 4, .P = 20, .maxlen = 48, .layers = 1, .head_dim = 128, .prefix = 0, .tiers = "",
+                       .seed = 0x8CB92BA72F3D8DD7ull, .ops = 10000});
+}
+
+/* Storage tiers: one small memory store. */
+static void test_pool_model__memory_tier_random_ops(void **state) {
+  (void)state;
+  run_model((run_spec){.S = 4, .P = 16, .maxlen = 40, .layers = 2, .head_dim = 32, .prefix = 1, .tiers = "m16",
+                       .seed = 0x94D049BB133111EBull, .ops = 20000});
+}
+
+/* A memory store in front of a directory store. */
+static void test_pool_model__memory_and_directory_tiers_random_ops(void **state) {
+  (void)state;
+  run_model((run_spec){.S = 4, .P = 16, .maxlen = 40, .layers = 2, .head_dim = 32, .prefix = 1, .tiers = "m8d24",
+                       .seed = 0xBF58476D1CE4E5B9ull, .ops = 20000});
+}
+
+/* A directory store as tier 0, then two memory stores. */
+static void test_pool_model__three_tiers_random_ops(void **state) {
+  (void)state;
+  run_model((run_spec){.S = 2, .P = 20, .maxlen = 32, .layers = 2, .head_dim = 32, .prefix = 1, .tiers = "d16m8m12",
+                       .seed = 0x5851F42D4C957F2Dull, .ops = 20000});
 }
 
 int main(void) {
@@ -511,6 +985,9 @@ int main(void) {
       cmocka_unit_test(test_pool_model__page2_random_ops),
       cmocka_unit_test(test_pool_model__page8_random_ops),
       cmocka_unit_test(test_pool_model__no_prefix_cache_random_ops),
+      cmocka_unit_test(test_pool_model__memory_tier_random_ops),
+      cmocka_unit_test(test_pool_model__memory_and_directory_tiers_random_ops),
+      cmocka_unit_test(test_pool_model__three_tiers_random_ops),
   };
   return cmocka_run_group_tests_name("pool_model", tests, NULL, NULL);
 }

@@ -1,9 +1,13 @@
 /* Unit tests of the pool's storage tiers (kvp_pool_add_store): evicted prefix pages are written to
  * tier 0 and restored into a new sequence with the same prompt, with the bytes computed for them
- * originally; a different salt, another config (fingerprint), other token ids in a block, a
+ * originally, also after an in-memory match of its first pages; a different salt, another config (fingerprint), other token ids in a block, a
  * damaged block (in memory through a plug-in, on disk) are misses; a directory tier survives a
  * restart; a sharded pool restores into the sequence's shard; bad input changes nothing; two pools
- * on two threads share a store at once; the invariants hold after every call. K/V is "computed" by a deterministic function of the prompt
+ * on two threads share a store at once; the invariants hold after every call. Writes to a slow
+ * tier 0 (directory, plug-in) are asynchronous: flushed and counted, never blocking the evicting
+ * call (a plug-in whose put blocks until released), dropped when the queue is full, drained by
+ * destroy; kvp_pool_flush_tiers(KVP_POOL_FLUSH_CACHED) persists the cached prefixes; a page tier
+ * 0 already holds is not written again. K/V is "computed" by a deterministic function of the prompt
  * prefix a page ends, so recomputing it gives the bytes to compare with. */
 #include "support.h"
 
@@ -191,6 +195,35 @@ static void test_pool_tiers__evicted_pages_come_back(void **state) {
   assert_int_equal(computed, 3 * PS);
 }
 
+/* A prompt whose first page is still in memory continues from the tier, also when another
+ * prompt was restored in between (the first restored block's parent is the in-memory page's key,
+ * not a key left over from that other restore). */
+static void test_pool_tiers__restore_continues_an_in_memory_match(void **state) {
+  fixture *f = (fixture *)*state;
+  int32_t d[9], e[9], b[7 * PS];
+  prompt(d, 9, 100);
+  prompt(e, 9, 200);
+  prompt(b, 7 * PS, 5000);
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, d, 9, 0, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, e, 9, 0, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, b, 7 * PS, 99, 0, NULL)));
+  assert_int_equal(tier(f->pool, 0).blocks_written, 4); /* D's and E's two pages each */
+  size_t reused = 0;
+  /* D's first page alone comes back (a 5-token prompt reuses at most one page) and stays cached */
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, d, 5, 0, 0, &reused)));
+  assert_int_equal(reused, PS);
+  /* E, restored from the tier from its first page */
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, e, 9, 0, 0, &reused)));
+  assert_int_equal(reused, 2 * PS);
+  /* D: page 0 from memory, page 1 from the tier */
+  const int64_t hits = tier(f->pool, 0).hits;
+  kvp_seq_id s = run_prompt(f->pool, f->cache, d, 9, 0, 0, &reused);
+  assert_int_equal(reused, 2 * PS);
+  assert_int_equal(tier(f->pool, 0).hits, hits + 1);
+  assert_int_equal(tier(f->pool, 0).rejected, 0);
+  expect_kv(f->pool, f->cache, s, d, 2);
+}
+
 static void test_pool_tiers__other_salt_or_tokens_miss(void **state) {
   fixture *f = (fixture *)*state;
   int32_t a[13];
@@ -351,6 +384,8 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   int32_t a[13];
   prompt(a, 13, 1000);
   evict_a(p, f->cache, a, 7);
+  /* a plug-in tier 0 is written by the pool's writer thread: wait for it before looking */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   assert_int_equal(m.puts, 3);
   assert_int_equal(tier(p, 1).blocks_written, 0); /* only tier 0 is written */
   /* a bit flipped in page 1's layer bytes: pages 0 comes back, the restore stops at 1 */
@@ -376,6 +411,7 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   /* other token ids in page 0's block, checksum made right again: refused on the ids */
   p = make_pool(f->cache, ms);
   evict_a(p, f->cache, a, 7); /* its first run restored page 0 and rewrote pages 1 and 2 on eviction */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   const int64_t rejected0 = tier(p, 0).rejected;
   const int j0 = block_of_page(&m, a, 0);
   m.data[j0][72] ^= 1;
@@ -624,10 +660,285 @@ static void test_pool_tiers__two_pools_share_a_store_at_once(void **state) {
   rmdir(dir);
 }
 
+/* ---- asynchronous writes to a slow tier 0 ------------------------------------------------------ */
+
+/* A plug-in tier whose put blocks while its gate is closed and fails while fail_puts is set; it
+ * keeps nothing (every key is missing). */
+typedef struct gated_store {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int open, fail_puts, puts;
+} gated_store;
+
+static kvp_status gated_put(void *u, const kvp_store_key *k, const void *d, size_t n) {
+  gated_store *g = (gated_store *)u;
+  (void)k, (void)d, (void)n;
+  pthread_mutex_lock(&g->mu);
+  while (!g->open) pthread_cond_wait(&g->cv, &g->mu);
+  ++g->puts;
+  const kvp_status st = g->fail_puts ? KVP_ERR_IO : KVP_OK;
+  pthread_mutex_unlock(&g->mu);
+  return st;
+}
+static kvp_status gated_get(void *u, const kvp_store_key *k, void *dst, size_t cap, size_t *size) {
+  (void)u, (void)k, (void)dst, (void)cap, (void)size;
+  return KVP_ERR_NOT_FOUND;
+}
+static kvp_status gated_exists(void *u, const kvp_store_key *keys, size_t n, uint8_t *found) {
+  (void)u, (void)keys;
+  memset(found, 0, n);
+  return KVP_OK;
+}
+static kvp_status gated_remove(void *u, const kvp_store_key *k) {
+  (void)u, (void)k;
+  return KVP_ERR_NOT_FOUND;
+}
+
+static kvp_store *make_gated_store(gated_store *g) {
+  memset(g, 0, sizeof *g);
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->cv, NULL);
+  kvp_store_vtable vt;
+  memset(&vt, 0, sizeof vt);
+  vt.struct_size = sizeof vt;
+  vt.abi_version = KVP_STORE_VTABLE_VERSION;
+  vt.user_data = g;
+  vt.put = gated_put;
+  vt.get = gated_get;
+  vt.exists = gated_exists;
+  vt.remove = gated_remove;
+  kvp_store *s = NULL;
+  assert_kvp_ok(kvp_store_create(&vt, &s));
+  return s;
+}
+
+static void *open_gate(void *u) {
+  gated_store *g = (gated_store *)u;
+  pthread_mutex_lock(&g->mu);
+  g->open = 1;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+  return NULL;
+}
+
+static int gated_puts(gated_store *g) {
+  pthread_mutex_lock(&g->mu);
+  const int n = g->puts;
+  pthread_mutex_unlock(&g->mu);
+  return n;
+}
+
+static kvp_pool *make_pool_queue(kvp_cache *c, kvp_store *store, uint64_t queue_bytes) {
+  kvp_pool_options o = KVP_POOL_OPTIONS_INIT;
+  o.write_queue_bytes = queue_bytes;
+  kvp_pool *p = NULL;
+  assert_kvp_ok(kvp_pool_create(c, &o, &p));
+  assert_kvp_ok(kvp_pool_add_store(p, store));
+  return p;
+}
+
+/* Computes prompt A (3 full cached pages after its free), then a sequence C of 1 token grows by
+ * kvp_pool_append to 7 pages, evicting A's 3 pages inside the append. Returns C. */
+static kvp_seq_id evict_a_by_append(kvp_pool *p, kvp_cache *c, const int32_t *a) {
+  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, 7, 0, NULL)));
+  int32_t t[7 * PS];
+  prompt(t, 7 * PS, 7000);
+  kvp_seq_id s = {0};
+  assert_kvp_ok(kvp_pool_add_sequence(p, t, 1, 3, 0, &s, NULL));
+  assert_kvp_ok(kvp_pool_append(p, s, t + 1, 7 * PS - 1, NULL));
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  return s;
+}
+
+/* A tier 0 whose put blocks does not block kvp_pool_append: with a queue of one block, the first
+ * evicted page waits in it and the other two are dropped; released, the queued one is written;
+ * failing puts are counted as errors. */
+static void test_pool_tiers__blocked_store_does_not_block_append(void **state) {
+  fixture *f = (fixture *)*state;
+  gated_store g;
+  kvp_store *gs = make_gated_store(&g);
+  kvp_pool *p = make_pool_queue(f->cache, gs, 1); /* one staging block, whatever the size */
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  kvp_seq_id s = evict_a_by_append(p, f->cache, a); /* returns although the store blocks */
+  kvp_pool_stats ps = KVP_POOL_STATS_INIT;
+  assert_kvp_ok(kvp_pool_get_stats(p, &ps));
+  assert_int_equal(ps.evictions, 3);
+  kvp_pool_tier_stats st = tier(p, 0);
+  assert_int_equal(st.dropped, 2);
+  assert_int_equal(st.blocks_written, 0);
+  assert_int_equal(st.errors, 0);
+  assert_int_equal(gated_puts(&g), 0);
+  open_gate(&g);
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  st = tier(p, 0);
+  assert_int_equal(st.blocks_written, 1);
+  assert_true(st.bytes_written > 0);
+  assert_int_equal(st.dropped, 2);
+  assert_int_equal(gated_puts(&g), 1);
+  /* failing puts: C's 7 pages computed, flushed as cached pages: 7 errors, nothing dropped */
+  pthread_mutex_lock(&g.mu);
+  g.fail_puts = 1;
+  pthread_mutex_unlock(&g.mu);
+  assert_kvp_ok(kvp_pool_set_computed(p, s, 7 * PS));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  st = tier(p, 0);
+  assert_int_equal(st.errors, 7);
+  assert_int_equal(st.blocks_written, 1);
+  assert_int_equal(st.dropped, 2);
+  assert_int_equal(gated_puts(&g), 1 + 7);
+  uint32_t ref = 0, flags = 0; /* the pages stay cached and in use */
+  assert_kvp_ok(kvp_pool_get_page_state(p, page_of(p, s, 6), &ref, &flags));
+  assert_int_equal(ref, 1);
+  assert_true((flags & KVP_PAGE_FLAG_INDEXED) != 0);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(gs));
+  pthread_cond_destroy(&g.cv);
+  pthread_mutex_destroy(&g.mu);
+}
+
+/* kvp_pool_destroy drains: writes still queued behind a blocked put reach the store before it
+ * returns (the gate is opened by another thread, before or during the destroy). */
+static void test_pool_tiers__destroy_drains_pending_writes(void **state) {
+  fixture *f = (fixture *)*state;
+  gated_store g;
+  kvp_store *gs = make_gated_store(&g);
+  kvp_pool *p = make_pool_queue(f->cache, gs, 0); /* the default queue holds all three */
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  evict_a_by_append(p, f->cache, a);
+  kvp_pool_tier_stats st = tier(p, 0);
+  assert_int_equal(st.dropped, 0);
+  assert_int_equal(st.blocks_written, 0);
+  pthread_t opener;
+  assert_int_equal(pthread_create(&opener, NULL, open_gate, &g), 0);
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_int_equal(gated_puts(&g), 3);
+  assert_int_equal(pthread_join(opener, NULL), 0);
+  assert_kvp_ok(kvp_store_destroy(gs));
+  pthread_cond_destroy(&g.cv);
+  pthread_mutex_destroy(&g.mu);
+}
+
+static kvp_store *make_dir_store(char *dir) {
+  strcpy(dir, "/tmp/kvp_tiers_async_XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = KVP_STORE_FLAG_NO_SYNC;
+  kvp_store *store = NULL;
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &o, &store));
+  return store;
+}
+
+static int64_t store_puts(kvp_store *s) {
+  kvp_store_stats st = KVP_STORE_STATS_INIT;
+  assert_kvp_ok(kvp_store_get_stats(s, &st));
+  return st.puts;
+}
+
+/* A directory tier 0 is written asynchronously: after a flush every evicted page is counted and
+ * restored equal; a page restored from tier 0, or already written, is not written again (by
+ * eviction or by a flush of the cached pages); a fresh pool over the store restores it all. */
+static void test_pool_tiers__directory_tier_async_no_rewrite(void **state) {
+  (void)state;
+  char dir[64];
+  kvp_store *store = make_dir_store(dir);
+  kvp_cache *c = make_cache(KVP_DTYPE_F32, NP, 1);
+  kvp_pool *p = make_pool(c, store);
+  int32_t a[13], b[7 * PS];
+  prompt(a, 13, 1000);
+  prompt(b, 7 * PS, 5000);
+  evict_a(p, c, a, 7);
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  assert_int_equal(tier(p, 0).blocks_written, 3);
+  assert_int_equal(store_puts(store), 3);
+  /* A comes back from disk (evicting 4 of B's 7 cached pages, written) */
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(p, c, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  expect_kv(p, c, s, a, 3);
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  assert_int_equal(tier(p, 0).blocks_written, 3 + 4);
+  /* the cached pages: A's 3 (restored from tier 0: skipped) and B's other 3 (written) */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(tier(p, 0).blocks_written, 3 + 4 + 3);
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED)); /* nothing new */
+  assert_int_equal(tier(p, 0).blocks_written, 10);
+  assert_int_equal(store_puts(store), 10);
+  assert_int_equal(tier(p, 0).errors, 0);
+  assert_int_equal(tier(p, 0).dropped, 0);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  /* a fresh pool (a new cache, zeroed) restores B's 6 reusable pages from disk */
+  kvp_cache *c2 = make_cache(KVP_DTYPE_F32, NP, 1);
+  kvp_pool *p2 = make_pool(c2, store);
+  s = run_prompt(p2, c2, b, 7 * PS, 99, 0, &reused);
+  assert_int_equal(reused, 6 * PS);
+  expect_kv(p2, c2, s, b, 6);
+  assert_kvp_ok(kvp_pool_check_invariants(p2));
+  assert_kvp_ok(kvp_pool_destroy(p2));
+  assert_kvp_ok(kvp_cache_destroy(c2));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_store_destroy(store));
+  remove_dir(dir);
+}
+
+/* kvp_pool_flush_tiers: without KVP_POOL_FLUSH_CACHED cached pages stay unwritten (a fresh pool
+ * finds nothing); with it every cached prefix is written and a fresh pool over the same
+ * directory restores it; unknown flags change nothing. */
+static void test_pool_tiers__flush_cached_persists_the_prefix_cache(void **state) {
+  (void)state;
+  char dir[64];
+  kvp_store *store = make_dir_store(dir);
+  kvp_cache *c = make_cache(KVP_DTYPE_F32, NP, 1);
+  kvp_pool *p = make_pool(c, store);
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  kvp_seq_id s = run_prompt(p, c, a, 13, 7, 0, NULL); /* in use: cached pages too */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  assert_int_equal(tier(p, 0).blocks_written, 0);
+  assert_int_equal(store_puts(store), 0);
+  kvp_cache *c2 = make_cache(KVP_DTYPE_F32, NP, 1);
+  kvp_pool *p2 = make_pool(c2, store);
+  size_t reused = 99;
+  assert_kvp_ok(kvp_pool_free_sequence(p2, run_prompt(p2, c2, a, 13, 7, 0, &reused)));
+  assert_int_equal(reused, 0);
+  assert_kvp_ok(kvp_pool_destroy(p2));
+  /* bad flags: nothing written or changed */
+  const kvp_pool_tier_stats before = tier(p, 0);
+  assert_kvp_status(kvp_pool_flush_tiers(p, 2), KVP_ERR_INVALID_ARGUMENT, "unknown flags 0x2");
+  kvp_pool_tier_stats after = tier(p, 0);
+  assert_memory_equal(&before, &after, sizeof before);
+  assert_int_equal(store_puts(store), 0);
+  /* the cached prefix persisted: a fresh pool (as after a restart) restores it */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(tier(p, 0).blocks_written, 3);
+  assert_int_equal(store_puts(store), 3);
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_cache_destroy(c2));
+  c2 = make_cache(KVP_DTYPE_F32, NP, 1);
+  p2 = make_pool(c2, store);
+  s = run_prompt(p2, c2, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  expect_kv(p2, c2, s, a, 3);
+  assert_int_equal(tier(p2, 0).hits, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(p2));
+  assert_kvp_ok(kvp_pool_destroy(p2));
+  assert_kvp_ok(kvp_cache_destroy(c2));
+  assert_kvp_ok(kvp_store_destroy(store));
+  remove_dir(dir);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(test_pool_tiers__evicted_pages_come_back),
+      T(test_pool_tiers__restore_continues_an_in_memory_match),
       T(test_pool_tiers__other_salt_or_tokens_miss),
       T(test_pool_tiers__another_config_is_a_miss),
       T(test_pool_tiers__plugin_tier_and_damaged_blocks),
@@ -635,6 +946,10 @@ int main(void) {
       T(test_pool_tiers__sharded_pool_restores_into_the_shard),
       T(test_pool_tiers__bad_input_changes_nothing),
       T(test_pool_tiers__two_pools_share_a_store_at_once),
+      T(test_pool_tiers__blocked_store_does_not_block_append),
+      T(test_pool_tiers__destroy_drains_pending_writes),
+      T(test_pool_tiers__directory_tier_async_no_rewrite),
+      T(test_pool_tiers__flush_cached_persists_the_prefix_cache),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -423,7 +423,7 @@ static void test_store__plugin_table_checked(void **state) {
   assert_kvp_status(kvp_store_create(&vt, &s), KVP_ERR_INVALID_ARGUMENT, "kvp_store_vtable.exists must not be NULL");
   assert_null(s);
   vt = counting_vtable(&c);
-  vt.abi_version = 2;
+  vt.abi_version = KVP_STORE_VTABLE_VERSION + 1;
   assert_kvp_status(kvp_store_create(&vt, &s), KVP_ERR_VERSION_MISMATCH, "abi_version");
   vt = counting_vtable(&c);
   vt.struct_size = 8;

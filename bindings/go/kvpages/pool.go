@@ -31,6 +31,9 @@ func (s SeqID) c() C.kvp_seq_id { return C.kvp_seq_id{id: C.uint32_t(s.id)} }
 type PoolOptions struct {
 	MaxSequences  uint32 // live sequences at most; 0 = the config's MaxNumReqs if set, else its default
 	NoPrefixCache bool   // never index pages: no prefix reuse, released pages are freed at once
+	// WriteQueueBytes (since 1.5): bytes of staging blocks queued for a tier 0 written
+	// asynchronously; at least one block; 0 = 64 MiB.
+	WriteQueueBytes uint64
 }
 
 // PoolStats are the counters of a pool (kvp_pool_stats).
@@ -77,6 +80,7 @@ func NewPool(cache *Cache, o PoolOptions) (*Pool, error) {
 			return st
 		}
 		opts.max_sequences = C.uint32_t(o.MaxSequences)
+		opts.write_queue_bytes = C.uint64_t(o.WriteQueueBytes)
 		if o.NoPrefixCache {
 			opts.flags |= C.KVP_POOL_FLAG_NO_PREFIX_CACHE
 		}

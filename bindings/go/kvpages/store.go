@@ -35,12 +35,13 @@ type ScrubReport struct {
 
 // PoolTierStats are the counters of one storage tier of a pool (kvp_pool_tier_stats, since 1.4):
 // pages looked up and restored (RestoredTokens), blocks rejected by the checks, evicted pages
-// written (tier 0).
+// written (tier 0) and, since 1.5, Dropped: evicted pages not written because the write queue
+// was full.
 type PoolTierStats struct {
 	NumTiers                                uint32
 	Lookups, Hits, Misses, Rejected, Errors int64
 	RestoredTokens, BytesRead               int64
-	BlocksWritten, BytesWritten             int64
+	BlocksWritten, BytesWritten, Dropped    int64
 }
 
 // Store owns a kvp_store, a bounded store of blocks of bytes under 16-byte keys: where a Pool
@@ -199,6 +200,66 @@ func (s *Store) Scrub() (ScrubReport, error) {
 		BytesFreed: int64(r.bytes_freed)}, nil
 }
 
+// listPage is the number of keys per kvp_store_list call of List.
+const listPage = 256
+
+// List calls kvp_store_list until the listing is complete (since 1.5): every key the store holds,
+// a page at a time (the store locked per page, not across pages). A key present throughout
+// appears at least once; keys put or removed meanwhile may or may not.
+func (s *Store) List() ([]StoreKey, error) {
+	var keys []StoreKey
+	page := make([]StoreKey, listPage)
+	var cursor C.uint64_t
+	for {
+		var n C.size_t
+		err := s.do(func(h *C.kvp_store) C.kvp_status {
+			return C.kvp_store_list(h, &cursor, page[0].c(), C.size_t(len(page)), &n)
+		})
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, page[:int(n)]...)
+		if cursor == 0 {
+			return keys, nil
+		}
+	}
+}
+
+// BlockInfo is what InspectBlock read in a block a pool wrote to a store (kvp_store_block_info,
+// since 1.5): the config's fingerprint, the page's key and its parent's (the prefix chain), the
+// salt, the geometry (PageBytes: of the page in one layer), and whether the checksum holds.
+type BlockInfo struct {
+	FormatVersion         uint32
+	Fingerprint           uint64
+	Key, Parent           StoreKey
+	Salt                  uint64
+	PageSize, NumLayers   uint32
+	PageBytes, BlockBytes uint64
+	ChecksumOK            bool
+}
+
+// InspectBlock calls kvp_store_block_inspect (since 1.5): the header of a block a pool wrote to a
+// store and whether its checksum holds. Bytes that are not a whole block are an ErrFormat* error.
+func InspectBlock(block []byte) (BlockInfo, error) {
+	var info C.kvp_store_block_info
+	info.struct_size = C.uint32_t(unsafe.Sizeof(info))
+	var p unsafe.Pointer
+	if len(block) > 0 {
+		p = unsafe.Pointer(&block[0])
+	}
+	err := call(func() C.kvp_status { return C.kvp_store_block_inspect(p, C.size_t(len(block)), &info) })
+	runtime.KeepAlive(block)
+	if err != nil {
+		return BlockInfo{}, err
+	}
+	return BlockInfo{
+		FormatVersion: uint32(info.format_version), Fingerprint: uint64(info.fingerprint),
+		Key: *(*StoreKey)(unsafe.Pointer(&info.key)), Parent: *(*StoreKey)(unsafe.Pointer(&info.parent)),
+		Salt: uint64(info.salt), PageSize: uint32(info.page_size), NumLayers: uint32(info.num_layers),
+		PageBytes: uint64(info.page_bytes), BlockBytes: uint64(info.block_bytes), ChecksumOK: info.checksum_ok != 0,
+	}, nil
+}
+
 // AddStore calls kvp_pool_add_store: store becomes the pool's next storage tier (at most
 // KVP_POOL_MAX_TIERS). Tier 0 receives the prefix pages the pool evicts; AddSequence restores a
 // prompt's next pages from the tiers in order. The pool keeps the store reachable.
@@ -228,5 +289,17 @@ func (p *Pool) TierStats(tier uint32) (PoolTierStats, error) {
 		NumTiers: uint32(s.num_tiers), Lookups: int64(s.lookups), Hits: int64(s.hits), Misses: int64(s.misses),
 		Rejected: int64(s.rejected), Errors: int64(s.errors), RestoredTokens: int64(s.restored_tokens),
 		BytesRead: int64(s.bytes_read), BlocksWritten: int64(s.blocks_written), BytesWritten: int64(s.bytes_written),
+		Dropped: int64(s.dropped),
 	}, nil
+}
+
+// FlushTiers calls kvp_pool_flush_tiers: waits until every write to tier 0 queued so far has
+// reached its store (or failed, counted in PoolTierStats.Errors); with cached, it first writes
+// every cached prefix page tier 0 does not hold yet (to persist the prefix cache, at exit say).
+func (p *Pool) FlushTiers(cached bool) error {
+	var flags C.uint32_t
+	if cached {
+		flags = C.KVP_POOL_FLUSH_CACHED
+	}
+	return p.do(func(h *C.kvp_pool) C.kvp_status { return C.kvp_pool_flush_tiers(h, flags) })
 }

@@ -163,6 +163,7 @@ func TestPoolMemoryTierRestoresEvictedPrefixPages(t *testing.T) {
 	if err := p.CheckInvariants(); err != nil {
 		t.Fatal(err)
 	}
+	checkEvictedBlocks(t, store)
 	_, err = p.TierStats(1)
 	if e := wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT"); !strings.Contains(e.Message, "tier") {
 		t.Fatalf("message %q does not name the tier", e.Message)
@@ -171,6 +172,152 @@ func TestPoolMemoryTierRestoresEvictedPrefixPages(t *testing.T) {
 	if st, _ := p.TierStats(0); st.NumTiers != 1 {
 		t.Fatalf("a failed AddStore changed the tiers: %+v", st)
 	}
+}
+
+// checkEvictedBlocks lists the store's blocks and inspects each (since 1.5): a pool's evicted
+// pages of one config, chained, their checksums whole; a damaged or cut block is refused or flagged.
+func checkEvictedBlocks(t *testing.T, store *Store) {
+	keys, err := store.List()
+	ss, _ := store.Stats()
+	if err != nil || len(keys) < 2 || int64(len(keys)) != ss.Blocks {
+		t.Fatalf("List = %d keys, %v; the store holds %d", len(keys), err, ss.Blocks)
+	}
+	chained := false
+	var first BlockInfo
+	for i, k := range keys {
+		block, err := store.Get(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := InspectBlock(block)
+		if err != nil || info.Key != k || info.FormatVersion != 1 || info.PageSize != page || info.NumLayers != poolLayers ||
+			info.Salt != 0 || !info.ChecksumOK || info.BlockBytes != uint64(len(block)) {
+			t.Fatalf("InspectBlock(%x) = %+v, %v", k, info, err)
+		}
+		if i == 0 {
+			first = info
+		} else if info.Fingerprint != first.Fingerprint {
+			t.Fatalf("two configs in one pool's blocks: %x, %x", info.Fingerprint, first.Fingerprint)
+		}
+		for _, other := range keys {
+			chained = chained || info.Parent == other
+		}
+		if i == 0 {
+			block[len(block)-20] ^= 1
+			if info, err := InspectBlock(block); err != nil || info.ChecksumOK {
+				t.Fatalf("a flipped bit: %+v, %v", info, err)
+			}
+			_, err = InspectBlock(block[:len(block)-1])
+			wantErr(t, err, ErrFormatTruncated, "KVP_ERR_FORMAT_TRUNCATED")
+		}
+	}
+	if !chained {
+		t.Fatal("no block's parent is another block (A's second page follows its first)")
+	}
+	_, err = InspectBlock([]byte("not a block"))
+	if e := wantErr(t, err, ErrFormatMagic, "KVP_ERR_FORMAT_MAGIC"); !strings.Contains(e.Message, "KVPB") {
+		t.Fatalf("message %q", e.Message)
+	}
+}
+
+func TestListEveryStore(t *testing.T) {
+	mem, err := NewMemoryStore(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	dir, err := OpenDirectoryStore(filepath.Join(t.TempDir(), "d"), 1<<20, StoreOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	for _, s := range []*Store{mem, dir} {
+		if keys, err := s.List(); err != nil || len(keys) != 0 {
+			t.Fatalf("List of an empty store = %v, %v", keys, err)
+		}
+		want := map[StoreKey]bool{}
+		for i := 0; i < 300; i++ { // more than one page of 256
+			k := StoreKey{byte(i), byte(i >> 8), 7}
+			want[k] = true
+			if err := s.Put(k, []byte{1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		keys, err := s.List()
+		if err != nil || len(keys) != len(want) {
+			t.Fatalf("List = %d keys, %v; want %d", len(keys), err, len(want))
+		}
+		for _, k := range keys {
+			if !want[k] {
+				t.Fatalf("List returned %x twice or never put", k)
+			}
+			delete(want, k)
+		}
+	}
+	mem.Close()
+	_, err = mem.List()
+	wantErr(t, err, ErrInvalidHandle, "KVP_ERR_INVALID_HANDLE")
+}
+
+func TestPoolDirectoryTierWritesAsynchronouslyAndFlushes(t *testing.T) {
+	cfg, err := NewConfig(ConfigOptions{NumHiddenLayers: poolLayers, NumKVHeads: heads, MaxModelLength: maxLen,
+		HeadDim: headDim, PageSize: page, Dtype: DtypeF32, BudgetBytes: 8 * poolLayers * page * 2 * heads * headDim * 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := OpenDirectoryStore(t.TempDir(), 1<<24, StoreOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	promptA := tierPrompt(1000, 40) // 2 full pages and a partial one
+	newPool := func(o PoolOptions) (*Cache, *Pool) {
+		cache, err := NewCache(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := NewPool(cache, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.AddStore(store); err != nil {
+			t.Fatal(err)
+		}
+		return cache, p
+	}
+	cache, p := newPool(PoolOptions{WriteQueueBytes: 1 << 20})
+	seq, _, err := p.AddSequence(promptA, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePending(t, p, cfg, []pending{{seq, promptA}})
+	if err := p.FlushTiers(false); err != nil { // nothing queued: the cached pages stay unwritten
+		t.Fatal(err)
+	}
+	if st, _ := p.TierStats(0); st.BlocksWritten != 0 {
+		t.Fatalf("FlushTiers(false) wrote cached pages: %+v", st)
+	}
+	for i := 0; i < 2; i++ { // the second flush finds them held by tier 0: nothing rewritten
+		if err := p.FlushTiers(true); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := p.TierStats(0); st.BlocksWritten != 2 || st.Errors != 0 || st.Dropped != 0 {
+			t.Fatalf("FlushTiers(true) #%d: %+v", i, st)
+		}
+	}
+	if ss, _ := store.Stats(); ss.Puts != 2 {
+		t.Fatalf("store got %d puts, want 2", ss.Puts)
+	}
+	p.Close()
+	cache.Close()
+	cache, p = newPool(PoolOptions{}) // as after a restart: the prefix comes back from disk
+	defer cache.Close()
+	defer p.Close()
+	a, reused, err := p.AddSequence(promptA, 0, false)
+	if err != nil || reused != 32 {
+		t.Fatalf("AddSequence(A) in a fresh pool reused %d, %v; want 32", reused, err)
+	}
+	checkTokens(t, p, a, promptA, 0, 32)
 }
 
 func TestStoreBadInputChangesNothing(t *testing.T) {

@@ -68,7 +68,7 @@ from .metadata import BatchRequest, Metadata  # noqa: E402
 from .pool import (PAGE_FLAG_FREE, PAGE_FLAG_INDEXED, PAGE_FLAG_NULL, Pool, PoolShardStats, PoolStats,  # noqa: E402
                    PoolTierStats, SeqId)
 from .serialize import SerializedInfo, inspect  # noqa: E402
-from .store import STORE_FLAG_NO_SYNC, ScrubReport, Store, StoreStats  # noqa: E402
+from .store import STORE_FLAG_NO_SYNC, BlockInfo, ScrubReport, Store, StoreStats, inspect_block  # noqa: E402
 
 
 def device_count() -> int:
@@ -120,7 +120,7 @@ __all__ = [
     "Dtype", "Layout", "Device", "View", "BudgetMode", "MetadataField",
     "Config", "LayoutInfo", "Plan", "ShardInfo", "HeadSharding", "MemoryStats", "memory_stats", "hbm_budget_bytes", "DEFAULT_SAFETY_MARGIN",
     "FALLBACK_BUDGET", "Cache", "CacheGroup", "Metadata", "BatchRequest", "Pool", "PoolStats", "PoolShardStats",
-    "PoolTierStats", "SeqId", "Store", "StoreStats", "ScrubReport", "STORE_FLAG_NO_SYNC", "DLPackTensor",
+    "PoolTierStats", "SeqId", "Store", "StoreStats", "ScrubReport", "BlockInfo", "inspect_block", "STORE_FLAG_NO_SYNC", "DLPackTensor",
     "SerializedInfo", "inspect", "convert", "has_ml_dtypes", "live_exports", "release_unconsumed",
     "cdiv", "align_to_multiple", "previous_power_of_2", "page_size_bytes", "num_slices_per_kv_cache_update_page",
     "version", "version_number", "build_info", "check_abi", "device_count", "set_misuse_handler",

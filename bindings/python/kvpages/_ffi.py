@@ -110,7 +110,7 @@ class kvp_seq_id(ctypes.Structure):
 
 class kvp_pool_options(ctypes.Structure):
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("max_sequences", _u32), ("flags", _u32),
-                ("allocator", _vp)]
+                ("allocator", _vp), ("write_queue_bytes", _u64)]  # write_queue_bytes: since 1.5 (abi_version 2)
 
 
 class kvp_pool_stats(ctypes.Structure):
@@ -165,12 +165,13 @@ StoreGetFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key), _vp, _size, _P(_size
 StoreExistsFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key), _size, _P(_u8))
 StoreRemoveFn = ctypes.CFUNCTYPE(_i32, _vp, _P(kvp_store_key))
 StoreDestroyFn = ctypes.CFUNCTYPE(None, _vp)
+StoreListFn = ctypes.CFUNCTYPE(_i32, _vp, _P(_u64), _P(kvp_store_key), _size, _P(_size))  # since 1.5
 
 
 class kvp_store_vtable(ctypes.Structure):  # since 1.4
     _fields_ = [("struct_size", _u32), ("abi_version", _u32), ("user_data", _vp), ("put", StorePutFn),
                 ("get", StoreGetFn), ("exists", StoreExistsFn), ("remove", StoreRemoveFn),
-                ("destroy", StoreDestroyFn)]
+                ("destroy", StoreDestroyFn), ("list", StoreListFn)]  # list: since 1.5 (abi_version 2)
 
 
 class kvp_store_options(ctypes.Structure):  # since 1.4
@@ -188,10 +189,16 @@ class kvp_store_scrub_report(ctypes.Structure):  # since 1.4
                 ("bytes_freed", _i64)]
 
 
+class kvp_store_block_info(ctypes.Structure):  # since 1.5
+    _fields_ = [("struct_size", _u32), ("format_version", _u32), ("fingerprint", _u64), ("key", kvp_store_key),
+                ("parent", kvp_store_key), ("salt", _u64), ("page_size", _u32), ("num_layers", _u32),
+                ("page_bytes", _u64), ("block_bytes", _u64), ("checksum_ok", _u32), ("_reserved", _u32)]
+
+
 class kvp_pool_tier_stats(ctypes.Structure):  # since 1.4
     _fields_ = [("struct_size", _u32), ("num_tiers", _u32), ("lookups", _i64), ("hits", _i64), ("misses", _i64),
                 ("rejected", _i64), ("errors", _i64), ("restored_tokens", _i64), ("bytes_read", _i64),
-                ("blocks_written", _i64), ("bytes_written", _i64)]
+                ("blocks_written", _i64), ("bytes_written", _i64), ("dropped", _i64)]  # dropped: since 1.5
 
 
 class kvp_attention_options(ctypes.Structure):
@@ -225,7 +232,7 @@ STRUCTS = [kvp_config, kvp_memory_stats, kvp_config_options, kvp_layout_info, kv
            kvp_tensor, kvp_metadata_desc, kvp_batch_request, kvp_batch_options, kvp_seq_id, kvp_pool_options,
            kvp_pool_stats, kvp_pool_shard_stats, kvp_serialize_options, kvp_deserialize_options, kvp_shard_info,
            kvp_serialized_info, kvp_blob_ref, kvp_attention_options, kvp_store_key, kvp_store_vtable,
-           kvp_store_options, kvp_store_stats, kvp_store_scrub_report, kvp_pool_tier_stats]
+           kvp_store_options, kvp_store_stats, kvp_store_scrub_report, kvp_pool_tier_stats, kvp_store_block_info]
 
 WriteFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _vp)
 ReadFn = ctypes.CFUNCTYPE(_i32, _vp, _size, _P(_size), _vp)
@@ -387,6 +394,7 @@ _SIGNATURES = {
     "kvp_cache_group_concatenate": (_ST, _vp, _u32, _vp, _vp, _u32, _vp, _vp),
     "kvp_pool_add_store": (_ST, _vp, _vp),
     "kvp_pool_get_tier_stats": (_ST, _vp, _u32, _P(kvp_pool_tier_stats)),
+    "kvp_pool_flush_tiers": (_ST, _vp, _u32),
     "kvp_store_options_init": (_ST, _P(kvp_store_options), _u32),
     "kvp_store_create": (_ST, _P(kvp_store_vtable), _P(_vp)),
     "kvp_store_create_memory": (_ST, _u64, _P(kvp_store_options), _P(_vp)),
@@ -398,6 +406,8 @@ _SIGNATURES = {
     "kvp_store_remove": (_ST, _vp, _P(kvp_store_key)),
     "kvp_store_get_stats": (_ST, _vp, _P(kvp_store_stats)),
     "kvp_store_scrub": (_ST, _vp, _P(kvp_store_scrub_report)),
+    "kvp_store_list": (_ST, _vp, _P(_u64), _P(kvp_store_key), _size, _P(_size)),  # since 1.5
+    "kvp_store_block_inspect": (_ST, _vp, _size, _P(kvp_store_block_info)),  # since 1.5
     "kvp_pool_save_sequence": (_ST, _vp, kvp_seq_id, _vp, _size, _P(_size)),
     "kvp_pool_save_sequence_to_file": (_ST, _vp, kvp_seq_id, _cp, _u32),
     "kvp_pool_restore_sequence": (_ST, _vp, _vp, _size, _u32, _P(kvp_seq_id)),
@@ -406,9 +416,9 @@ _SIGNATURES = {
 #: Per-sequence save and restore (pool.h, since 1.5).
 _SEQUENCE_IO_FUNCTIONS = {"kvp_pool_save_sequence", "kvp_pool_save_sequence_to_file", "kvp_pool_restore_sequence",
                           "kvp_pool_restore_sequence_from_file"}
-#: The storage-tier functions (store.h and two of pool.h, since 1.4).
+#: The storage-tier functions (store.h and two of pool.h, since 1.4; list and block_inspect since 1.5).
 _STORE_FUNCTIONS = {name for name in _SIGNATURES if name.startswith("kvp_store_")} | {
-    "kvp_pool_add_store", "kvp_pool_get_tier_stats"}
+    "kvp_pool_add_store", "kvp_pool_get_tier_stats", "kvp_pool_flush_tiers"}
 #: Functions that appeared after 1.0: bound after the version check, so an old library fails with
 #: VersionMismatch rather than a missing symbol.
 LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",

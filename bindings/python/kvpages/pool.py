@@ -16,6 +16,7 @@ from .errors import check, invalid
 from .metadata import BatchRequest
 
 POOL_FLAG_NO_PREFIX_CACHE, POOL_ADD_FLAG_REUSE_ALL, POOL_ADD_FLAG_SHARD = 1, 1, 2
+POOL_FLUSH_CACHED = 1  # kvp_pool_flush_tiers (since 1.5)
 PAGE_FLAG_NULL, PAGE_FLAG_FREE, PAGE_FLAG_INDEXED = 1, 2, 4
 POOL_SAVE_FLAG_NO_SYNC = 1
 _BUFFER_TOO_SMALL = 6  # KVP_ERR_BUFFER_TOO_SMALL: the size half of size-then-fill
@@ -28,7 +29,8 @@ PoolStats = collections.namedtuple("PoolStats", [f for f, _ in kvp_pool_stats._f
 PoolShardStats = collections.namedtuple("PoolShardStats",
                                         [f for f, _ in kvp_pool_shard_stats._fields_ if f != "struct_size"])
 #: Counters of one storage tier of a pool (kvp_pool_get_tier_stats, since 1.4): pages looked up
-#: and restored (``restored_tokens``), blocks rejected by the checks, evicted pages written.
+#: and restored (``restored_tokens``), blocks rejected by the checks, evicted pages written, and
+#: (since 1.5) ``dropped``: evicted pages not written because the write queue was full.
 PoolTierStats = collections.namedtuple("PoolTierStats",
                                        [f for f, _ in kvp_pool_tier_stats._fields_ if f != "struct_size"])
 
@@ -90,10 +92,11 @@ class Pool(Handle):
     call raises and leaves the pool unchanged."""
     _destroy = lib.kvp_pool_destroy
 
-    def __init__(self, cache, max_sequences=0, no_prefix_cache=False):
+    def __init__(self, cache, max_sequences=0, no_prefix_cache=False, write_queue_bytes=0):
         o = kvp_pool_options()
         check(lib.kvp_pool_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_pool_options_init")
         o.max_sequences = max_sequences
+        o.write_queue_bytes = write_queue_bytes  # staging for an asynchronous tier 0; 0 = 64 MiB
         if no_prefix_cache:
             o.flags |= POOL_FLAG_NO_PREFIX_CACHE
         out = _vp()
@@ -223,6 +226,12 @@ class Pool(Handle):
         st = sized(kvp_pool_tier_stats)
         check(lib.kvp_pool_get_tier_stats(self.ptr, tier, ctypes.byref(st)), "kvp_pool_get_tier_stats")
         return PoolTierStats(*(getattr(st, f) for f in PoolTierStats._fields))
+
+    def flush_tiers(self, cached=False):
+        """Waits until every write to tier 0 queued so far has reached its store (or failed,
+        counted in :meth:`tier_stats`); with ``cached`` first writes every cached prefix page tier 0
+        does not hold yet (to persist the prefix cache, at exit say)."""
+        check(lib.kvp_pool_flush_tiers(self.ptr, POOL_FLUSH_CACHED if cached else 0), "kvp_pool_flush_tiers")
 
     def save_sequence(self, seq):
         """The blob (``bytes``) of sequence ``seq``: its token ids and its pages' bytes in every

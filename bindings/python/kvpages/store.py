@@ -8,17 +8,19 @@ import ctypes
 import os
 import sys
 import weakref
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
-from ._ffi import (StoreDestroyFn, StoreExistsFn, StoreGetFn, StorePutFn, StoreRemoveFn, _u8, _vp, kvp_store_key,
-                   kvp_store_options, kvp_store_scrub_report, kvp_store_stats, kvp_store_vtable, lib, sized)
+from ._ffi import (StoreDestroyFn, StoreExistsFn, StoreGetFn, StoreListFn, StorePutFn, StoreRemoveFn, _u8, _u64, _vp,
+                   kvp_store_block_info, kvp_store_key, kvp_store_options, kvp_store_scrub_report, kvp_store_stats,
+                   kvp_store_vtable, lib, sized)
 from ._handle import Handle
 from .errors import KvpagesError, check, invalid
 
 #: KVP_STORE_FLAG_NO_SYNC: a directory store does not fsync its files (faster, less durable).
 STORE_FLAG_NO_SYNC = 1
 _NOT_FOUND, _BUFFER_TOO_SMALL, _IO = 3, 6, 66  # KVP_ERR_NOT_FOUND, KVP_ERR_BUFFER_TOO_SMALL, KVP_ERR_IO
-STORE_VTABLE_VERSION = 1
+STORE_VTABLE_VERSION = 2  # version 2 (since 1.5) appends list
+_LIST_PAGE = 256  # keys per kvp_store_list call
 
 #: Content and counters of a store (kvp_store_get_stats); ``blocks``, ``bytes`` and ``max_bytes``
 #: are -1 for a plug-in store.
@@ -27,6 +29,11 @@ StoreStats = collections.namedtuple("StoreStats", [f for f, _ in kvp_store_stats
 #: What :meth:`Store.scrub` found: blocks read, damaged ones deleted, and the bytes freed.
 ScrubReport = collections.namedtuple("ScrubReport", [f for f, _ in kvp_store_scrub_report._fields_
                                                      if f not in ("struct_size", "_reserved")])
+
+#: What :func:`inspect_block` read in a block a pool wrote (kvp_store_block_inspect, since 1.5):
+#: ``key`` and ``parent`` are 16-byte ``bytes``, ``checksum_ok`` a bool.
+BlockInfo = collections.namedtuple("BlockInfo", [f for f, _ in kvp_store_block_info._fields_
+                                                 if f not in ("struct_size", "_reserved")])
 
 Key = Union[bytes, bytearray, memoryview]
 
@@ -38,6 +45,19 @@ def _key(key: Key) -> kvp_store_key:
     k = kvp_store_key()
     ctypes.memmove(k.bytes, raw, 16)
     return k
+
+
+def inspect_block(block: Union[bytes, bytearray, memoryview]) -> BlockInfo:
+    """The header of a block a pool wrote to a store (its config fingerprint, key, parent key,
+    salt, geometry) and whether its checksum holds (kvp_store_block_inspect, since 1.5). Bytes
+    that are not a whole block raise a FormatError."""
+    view = memoryview(block).cast("B")
+    buf = (ctypes.c_char * len(view)).from_buffer_copy(view) if len(view) else None
+    info = sized(kvp_store_block_info)
+    check(lib.kvp_store_block_inspect(buf, len(view), ctypes.byref(info)), "kvp_store_block_inspect")
+    values = {f: getattr(info, f) for f in BlockInfo._fields}
+    values.update(key=bytes(info.key.bytes), parent=bytes(info.parent.bytes), checksum_ok=bool(info.checksum_ok))
+    return BlockInfo(**values)
 
 
 def _options(sync: bool) -> kvp_store_options:
@@ -81,7 +101,8 @@ class Store(Handle):
         """A store whose blocks ``backend`` keeps (kvp_store_create): an object with
         ``put(key: bytes, data: bytes)``, ``get(key) -> bytes or None`` (None: missing),
         ``exists(keys: list of bytes) -> list of bool`` and ``remove(key) -> bool`` (False:
-        missing). The library calls them one at a time, from the thread that uses the store. An
+        missing), and optionally ``keys() -> iterable of bytes`` (every key held; without it
+        :meth:`list` raises Unsupported). The library calls them one at a time, from the thread that uses the store. An
         exception never crosses the C library: a :class:`KvpagesError` returns its status, any
         other KVP_ERR_IO (a pool counts either as a miss or a failed write)."""
         def guard(f: Callable[..., int]) -> Callable[..., int]:
@@ -121,8 +142,26 @@ class Store(Handle):
         def remove(_: Any, key: Any) -> int:
             return 0 if backend.remove(bytes(key.contents.bytes)) else _NOT_FOUND
 
+        listings: dict = {}  # cursor -> the keys a listing has still to return (keys() at its start)
+        next_listing = [1]
+
+        def list_keys(_: Any, cursor: Any, keys: Any, capacity: int, count: Any) -> int:
+            at = cursor[0]
+            if at == 0:
+                at, next_listing[0] = next_listing[0], next_listing[0] + 1
+                listings[at] = [bytes(k) for k in backend.keys()]
+            pending = listings.pop(at, [])
+            n = min(capacity, len(pending))
+            for i in range(n):
+                ctypes.memmove(keys[i].bytes, _key(pending[i]).bytes, 16)
+            if len(pending) > n:
+                listings[at] = pending[n:]
+            cursor[0], count[0] = (at if at in listings else 0), n
+            return 0
+
         fns = (StorePutFn(guard(put)), StoreGetFn(guard(get)), StoreExistsFn(guard(exists)),
-               StoreRemoveFn(guard(remove)), StoreDestroyFn())  # NULL destroy: the Python objects live on the Store
+               StoreRemoveFn(guard(remove)), StoreDestroyFn(),  # NULL destroy: the Python objects live on the Store
+               StoreListFn(guard(list_keys)) if hasattr(backend, "keys") else StoreListFn())
         vt = kvp_store_vtable(ctypes.sizeof(kvp_store_vtable), STORE_VTABLE_VERSION, None, *fns)
         out = _vp()
         check(lib.kvp_store_create(ctypes.byref(vt), ctypes.byref(out)), "kvp_store_create")
@@ -174,6 +213,20 @@ class Store(Handle):
         st = sized(kvp_store_stats)
         check(lib.kvp_store_get_stats(self.ptr, ctypes.byref(st)), "kvp_store_get_stats")
         return StoreStats(*(getattr(st, f) for f in StoreStats._fields))
+
+    def list(self) -> Iterator[bytes]:
+        """Every key the store holds, as 16-byte ``bytes`` (kvp_store_list, since 1.5; one call a
+        page of keys, the store locked per call): a key present throughout appears at least once,
+        keys put or removed meanwhile may or may not. Unsupported for a plug-in without ``keys``."""
+        cursor, count = _u64(0), ctypes.c_size_t()
+        keys = (kvp_store_key * _LIST_PAGE)()
+        while True:
+            check(lib.kvp_store_list(self.ptr, ctypes.byref(cursor), keys, _LIST_PAGE, ctypes.byref(count)),
+                  "kvp_store_list")
+            for i in range(count.value):
+                yield bytes(keys[i].bytes)
+            if cursor.value == 0:
+                return
 
     def scrub(self) -> ScrubReport:
         """Reads and verifies every block, deleting damaged ones (Unsupported for a plug-in store)."""

@@ -61,6 +61,7 @@ COUNTERPARTS = {
     "kvp_cache_group_get_shard": "CacheGroup.shard", "kvp_cache_group_concatenate": "CacheGroup.concatenate",
     # storage tiers (since 1.4)
     "kvp_pool_add_store": "Pool.add_store", "kvp_pool_get_tier_stats": "Pool.tier_stats",
+    "kvp_pool_flush_tiers": "Pool.flush_tiers",
     "kvp_pool_save_sequence": "Pool.save_sequence", "kvp_pool_save_sequence_to_file": "Pool.save_sequence_to_file",
     "kvp_pool_restore_sequence": "Pool.restore_sequence",
     "kvp_pool_restore_sequence_from_file": "Pool.restore_sequence_from_file",
@@ -68,7 +69,7 @@ COUNTERPARTS = {
     "kvp_store_create_memory": "Store.memory", "kvp_store_create_directory": "Store.directory",
     "kvp_store_destroy": "Store.close", "kvp_store_put": "Store.put", "kvp_store_get": "Store.get",
     "kvp_store_exists": "Store.exists", "kvp_store_remove": "Store.remove", "kvp_store_get_stats": "Store.stats",
-    "kvp_store_scrub": "Store.scrub",
+    "kvp_store_scrub": "Store.scrub", "kvp_store_list": "Store.list", "kvp_store_block_inspect": "inspect_block",
 }
 
 #: C functions deliberately without a Python counterpart, and why.

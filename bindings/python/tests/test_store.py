@@ -1,7 +1,8 @@
 """pytest suite of the block stores (kvpages.Store, since 1.4): a memory store's round trip and
 counters, a directory store surviving close and reopen and scrubbing a damaged file, a pool with a
 memory tier restoring evicted prefix pages with the bytes computed for them, a plug-in store
-written in Python, and bad input raising the library's error with nothing changed."""
+written in Python, listing every store's keys and inspecting the evicted blocks (since 1.5), and
+bad input raising the library's error with nothing changed."""
 import gc
 import os
 import sys
@@ -96,6 +97,23 @@ def test_pool_with_a_memory_tier_restores_evicted_prefix_pages():
         np.testing.assert_array_equal(v, -pool_key(1, range(32)))
     pool.check_invariants()
 
+    keys = list(store.list())  # every evicted block, each inspected (since 1.5)
+    assert len(keys) == len(set(keys)) == store.stats().blocks >= 2
+    infos = [kvpages.inspect_block(store.get(k)) for k in keys]
+    assert [i.key for i in infos] == keys
+    assert all(i.checksum_ok and i.format_version == 1 and i.page_size == 16 and i.num_layers == 2 and
+               i.salt == 0 and i.fingerprint == infos[0].fingerprint for i in infos)
+    assert any(i.parent in keys for i in infos)  # a's second page's parent is its first
+    damaged = bytearray(store.get(keys[0]))
+    damaged[-20] ^= 1
+    assert not kvpages.inspect_block(damaged).checksum_ok
+    with pytest.raises(kvpages.FormatError) as e:
+        kvpages.inspect_block(b"not a block")
+    assert e.value.name == "KVP_ERR_FORMAT_MAGIC" and "KVPB" in e.value.message
+    with pytest.raises(kvpages.FormatError) as e:
+        kvpages.inspect_block(bytes(damaged[:-1]))
+    assert e.value.name == "KVP_ERR_FORMAT_TRUNCATED"
+
     with pytest.raises(BufferError):  # the pool uses the store
         store.close()
     with pytest.raises(kvpages.InvalidArgument) as e:
@@ -105,6 +123,41 @@ def test_pool_with_a_memory_tier_restores_evicted_prefix_pages():
         pool.add_store(store)  # already a tier
     assert e.value.message
     assert pool.stores == [store] and pool.tier_stats(0).num_tiers == 1
+    pool.close()
+    store.close()
+    gc.collect()
+    cache.close()
+
+
+def test_pool_with_a_directory_tier_writes_asynchronously_and_flushes(tmp_path):
+    cfg = make_config(budget_bytes=POOL_BUDGET)  # 7 usable pages of 16 tokens
+    cache = kvpages.Cache(cfg)
+    store = kvpages.Store.directory(str(tmp_path), 1 << 24, sync=False)
+    pool = kvpages.Pool(cache, write_queue_bytes=1 << 20)
+    pool.add_store(store)
+    prompt_a = list(range(1000, 1040))  # 2 full pages and a partial one
+    a, _ = pool.add_sequence(prompt_a)
+    prefill(pool, cache, cfg, a, 1)
+    pool.flush_tiers()  # nothing queued: the cached pages stay unwritten
+    assert (pool.tier_stats(0).blocks_written, store.stats().puts) == (0, 0)
+    pool.flush_tiers(cached=True)  # the cached prefix persisted
+    st = pool.tier_stats(0)
+    assert (st.blocks_written, st.errors, st.dropped) == (2, 0, 0) and store.stats().puts == 2
+    pool.flush_tiers(cached=True)  # already held by tier 0: not written again
+    assert pool.tier_stats(0).blocks_written == 2
+    pool.close()
+    cache.close()
+
+    cache = kvpages.Cache(cfg)  # as after a restart: a fresh cache and pool over the directory
+    pool = kvpages.Pool(cache)
+    pool.add_store(store)
+    a, reused = pool.add_sequence(prompt_a)
+    assert reused == 32 and pool.tier_stats(0).hits == 2
+    table = pool.page_table(a)
+    for layer in range(2):
+        k, v = read_tokens(cache, table, range(32), layer)
+        np.testing.assert_array_equal(k, pool_key(1, range(32)))
+        np.testing.assert_array_equal(v, -pool_key(1, range(32)))
     pool.close()
     store.close()
     gc.collect()
@@ -158,6 +211,29 @@ def test_plugin_store_in_python_and_exceptions_become_statuses(capsys):
             store.put(K1, b"y")
         assert "disk on fire" in capsys.readouterr().err
         assert store.stats().errors == errors + 1 and backend.blocks == {}
+
+
+def test_list_every_store(tmp_path):
+    keys = [bytes([i]) * 16 for i in range(10)]
+    with kvpages.Store.memory(1 << 20) as memory, kvpages.Store.directory(tmp_path / "d", 1 << 20) as directory:
+        for store in (memory, directory):
+            assert list(store.list()) == []
+            for k in keys:
+                store.put(k, k)
+            assert sorted(store.list()) == keys
+    backend = DictStore()
+    with kvpages.Store.plugin(backend) as store:  # without keys(): cannot list
+        with pytest.raises(kvpages.Unsupported) as e:
+            list(store.list())
+        assert "list" in e.value.message
+    backend.keys = lambda: list(backend.blocks)
+    with kvpages.Store.plugin(backend) as store:  # with keys(): listed 256 at a time
+        many = [i.to_bytes(16, "little") for i in range(600)]
+        for k in many:
+            store.put(k, b"v")
+        assert sorted(store.list()) == sorted(many)
+        inner, outer = store.list(), store.list()  # two listings at once keep their own cursors
+        assert sorted(list(inner) + list(outer)) == sorted(many * 2)
 
 
 def test_bad_input_raises_the_librarys_error_and_changes_nothing(tmp_path):

@@ -114,6 +114,7 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_attention", .zig = "Cache.attention" },
     .{ .c_name = "kvp_pool_add_store", .zig = "Pool.addStore" },
     .{ .c_name = "kvp_pool_get_tier_stats", .zig = "Pool.tierStats" },
+    .{ .c_name = "kvp_pool_flush_tiers", .zig = "Pool.flushTiers" },
     .{ .c_name = "kvp_pool_save_sequence", .zig = "Pool.saveSequenceAlloc" },
     .{ .c_name = "kvp_pool_save_sequence_to_file", .zig = "Pool.saveSequenceFile" },
     .{ .c_name = "kvp_pool_restore_sequence", .zig = "Pool.restoreSequence" },
@@ -128,6 +129,8 @@ const counterparts = [_]Counterpart{
     .{ .c_name = "kvp_store_remove", .zig = "Store.remove" },
     .{ .c_name = "kvp_store_get_stats", .zig = "Store.stats" },
     .{ .c_name = "kvp_store_scrub", .zig = "Store.scrub" },
+    .{ .c_name = "kvp_store_list", .zig = "Store.list" },
+    .{ .c_name = "kvp_store_block_inspect", .zig = "Store.inspectBlock" },
 };
 
 /// C functions with no Zig counterpart on purpose.

@@ -1816,6 +1816,8 @@ pub const PoolTierStats = extern struct {
     bytes_read: i64,
     blocks_written: i64,
     bytes_written: i64,
+    /// Since 1.5: evicted pages not written because the write queue was full.
+    dropped: i64,
 };
 
 /// Flag bits of `PageState.flags`.
@@ -1859,6 +1861,9 @@ pub const Pool = struct {
         no_prefix_cache: bool = false,
         /// Host allocator of all the pool's memory (borrowed; must outlive the pool).
         allocator: ?*const HostAllocator = null,
+        /// Since 1.5: bytes of staging blocks queued for a tier 0 written asynchronously; at
+        /// least one block; 0 = 64 MiB.
+        write_queue_bytes: u64 = 0,
     };
 
     pub fn init(cache: *Cache, o: Options) Error!Pool {
@@ -1867,6 +1872,7 @@ pub const Pool = struct {
         opts.max_sequences = o.max_sequences;
         if (o.no_prefix_cache) opts.flags |= c.KVP_POOL_FLAG_NO_PREFIX_CACHE;
         if (o.allocator) |a| opts.allocator = &a.table;
+        opts.write_queue_bytes = o.write_queue_bytes;
         var out: ?*c.kvp_pool = null;
         try check(c.kvp_pool_create(cache.handle, &opts, &out));
         return .{ .handle = out.? };
@@ -1996,6 +2002,13 @@ pub const Pool = struct {
         s.struct_size = @sizeOf(PoolTierStats);
         try check(c.kvp_pool_get_tier_stats(self.handle, tier, @ptrCast(&s)));
         return s;
+    }
+
+    /// Waits until every write to tier 0 queued so far has reached its store (or failed,
+    /// counted in `PoolTierStats.errors`); with `cached`, first writes every cached prefix page
+    /// tier 0 does not hold yet (to persist the prefix cache, at exit say). Since 1.5.
+    pub fn flushTiers(self: *Pool, cached: bool) Error!void {
+        try check(c.kvp_pool_flush_tiers(self.handle, if (cached) c.KVP_POOL_FLUSH_CACHED else 0));
     }
 
     /// The blob of sequence `seq` (its token ids and its pages' bytes in every layer), which
@@ -2171,6 +2184,52 @@ pub const Store = struct {
         try check(c.kvp_store_scrub(self.handle, @ptrCast(&r)));
         return r;
     }
+
+    /// Every key the store holds, allocated with `allocator` (the caller frees it): since 1.5,
+    /// `kvp_store_list` a page at a time (the store locked per page, not across pages) until the
+    /// listing is complete. A key present throughout appears at least once; keys put or removed
+    /// meanwhile may or may not. error.Unsupported for a plug-in store that cannot list.
+    pub fn list(self: *const Store, allocator: Allocator) (Error || Allocator.Error)![]Key {
+        var page: [256]Key = undefined;
+        var keys: []Key = &.{};
+        errdefer allocator.free(keys);
+        var cursor: u64 = 0;
+        while (true) {
+            var n: usize = 0;
+            try check(c.kvp_store_list(self.handle, &cursor, @ptrCast(&page), page.len, &n));
+            const old = keys.len;
+            keys = try allocator.realloc(keys, old + n);
+            @memcpy(keys[old..], page[0..n]);
+            if (cursor == 0) return keys;
+        }
+    }
+
+    /// What `inspectBlock` read in a block a pool wrote (`kvp_store_block_info`, since 1.5):
+    /// the config's fingerprint, the page's key and its parent's (the prefix chain), the salt, the
+    /// geometry (`page_bytes`: of the page in one layer), and `checksum_ok` (1 when it holds).
+    pub const BlockInfo = extern struct {
+        struct_size: u32,
+        format_version: u32,
+        fingerprint: u64,
+        key: Key,
+        parent: Key,
+        salt: u64,
+        page_size: u32,
+        num_layers: u32,
+        page_bytes: u64,
+        block_bytes: u64,
+        checksum_ok: u32,
+        _reserved: u32,
+    };
+
+    /// The header of a block a pool wrote to a store and whether its checksum holds
+    /// (`kvp_store_block_inspect`, since 1.5); bytes that are not a whole block are an error.Format*.
+    pub fn inspectBlock(block: []const u8) Error!BlockInfo {
+        var info = std.mem.zeroes(BlockInfo);
+        info.struct_size = @sizeOf(BlockInfo);
+        try check(c.kvp_store_block_inspect(block.ptr, block.len, @ptrCast(&info)));
+        return info;
+    }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -2204,6 +2263,7 @@ comptime {
     assertSameLayout(PoolTierStats, c.kvp_pool_tier_stats);
     assertSameLayout(Store.Stats, c.kvp_store_stats);
     assertSameLayout(Store.ScrubReport, c.kvp_store_scrub_report);
+    assertSameLayout(Store.BlockInfo, c.kvp_store_block_info);
     if (@sizeOf(Store.Key) != @sizeOf(c.kvp_store_key) or @alignOf(c.kvp_store_key) != 1)
         @compileError("layout of Store.Key differs from kvp_store_key");
     if (@sizeOf(SeqId) != @sizeOf(c.kvp_seq_id) or @alignOf(SeqId) != @alignOf(c.kvp_seq_id) or
@@ -2653,6 +2713,28 @@ test "pool: a memory tier restores evicted prefix pages" {
     try std.testing.expectEqual(@as(i64, 0), st.rejected);
     try std.testing.expectEqual(st.lookups, st.hits + st.misses);
     try std.testing.expect(st.bytes_read > 0);
+
+    // every evicted block, listed and inspected (since 1.5)
+    const keys = try store.list(std.testing.allocator);
+    defer std.testing.allocator.free(keys);
+    try std.testing.expect(keys.len >= 2);
+    try std.testing.expectEqual((try store.stats()).blocks, @as(i64, @intCast(keys.len)));
+    var chained = false;
+    for (keys) |k| {
+        const block = try store.get(std.testing.allocator, &k);
+        defer std.testing.allocator.free(block);
+        const info = try Store.inspectBlock(block);
+        try std.testing.expectEqualSlices(u8, &k, &info.key);
+        try std.testing.expectEqual(@as(u32, 1), info.checksum_ok);
+        try std.testing.expectEqual(@as(u32, 16), info.page_size);
+        try std.testing.expectEqual(@as(u64, block.len), info.block_bytes);
+        for (keys) |other| chained = chained or std.mem.eql(u8, &info.parent, &other);
+        block[block.len - 20] ^= 1;
+        try std.testing.expectEqual(@as(u32, 0), (try Store.inspectBlock(block)).checksum_ok);
+        try std.testing.expectError(error.FormatTruncated, Store.inspectBlock(block[0 .. block.len - 1]));
+    }
+    try std.testing.expect(chained); // A's second page's parent is its first
+    try std.testing.expectError(error.FormatMagic, Store.inspectBlock("not a block"));
     var pages: [4]i32 = undefined;
     try expectTokens(&cache, try pool.pageTable(again.seq, &pages), 0, 32, 1);
     try pool.checkInvariants();
@@ -2661,6 +2743,48 @@ test "pool: a memory tier restores evicted prefix pages" {
     try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "tier") != null);
     try std.testing.expectError(error.InvalidArgument, pool.addStore(&store)); // already a tier
     try std.testing.expectEqual(@as(u32, 1), (try pool.tierStats(0)).num_tiers);
+}
+
+// A directory tier is written asynchronously: flushTiers(false) leaves the cached pages
+// unwritten, flushTiers(true) persists them once, and a fresh pool over the directory (as after a
+// restart) restores the prefix with the bytes computed first.
+test "pool: flushTiers persists the prefix cache to a directory tier" {
+    var tmp = std.testing.tmpDir(.{});
+    defer tmp.cleanup();
+    var path_buf: [256]u8 = undefined;
+    const path = try std.fmt.bufPrint(&path_buf, ".zig-cache/tmp/{s}/blocks", .{tmp.sub_path});
+    const cfg = try poolConfig();
+    var store = try Store.directory(path, 1 << 24, .{ .no_sync = true });
+    defer store.deinit();
+    var prompt_a: [40]i32 = undefined; // 2 full pages and a partial one
+    for (&prompt_a, 0..) |*x, i| x.* = @intCast(1000 + i);
+    {
+        var cache = try Cache.init(&cfg);
+        defer cache.deinit();
+        var pool = try Pool.init(&cache, .{ .write_queue_bytes = 1 << 20 });
+        defer pool.deinit();
+        try pool.addStore(&store);
+        const a = try pool.addSequence(&prompt_a, 0, false);
+        try prefill(&pool, &cache, &cfg, a.seq, 1);
+        try pool.flushTiers(false);
+        try std.testing.expectEqual(@as(i64, 0), (try pool.tierStats(0)).blocks_written);
+        try pool.flushTiers(true);
+        try pool.flushTiers(true); // tier 0 holds them: nothing rewritten
+        const st = try pool.tierStats(0);
+        try std.testing.expectEqual(@as(i64, 2), st.blocks_written);
+        try std.testing.expectEqual(@as(i64, 0), st.errors);
+        try std.testing.expectEqual(@as(i64, 0), st.dropped);
+        try std.testing.expectEqual(@as(i64, 2), (try store.stats()).puts);
+    }
+    var cache = try Cache.init(&cfg);
+    defer cache.deinit();
+    var pool = try Pool.init(&cache, .{});
+    defer pool.deinit();
+    try pool.addStore(&store);
+    const again = try pool.addSequence(&prompt_a, 0, false);
+    try std.testing.expectEqual(@as(usize, 32), again.reused_tokens);
+    var pages: [4]i32 = undefined;
+    try expectTokens(&cache, try pool.pageTable(again.seq, &pages), 0, 32, 1);
 }
 
 test "pool: a saved sequence restores into another pool; a damaged blob changes nothing" {

@@ -125,16 +125,17 @@ constants! {
     KVP_BATCH_OPTIONS_VERSION: u32 = 1;
     // pool.h
     KVP_POOL_FLAG_NO_PREFIX_CACHE: u32 = 1 << 0;
-    KVP_POOL_OPTIONS_VERSION: u32 = 1;
+    KVP_POOL_OPTIONS_VERSION: u32 = 2;
     KVP_POOL_ADD_FLAG_REUSE_ALL: u32 = 1 << 0;
     KVP_POOL_ADD_FLAG_SHARD: u32 = 1 << 1;
     KVP_PAGE_FLAG_NULL: u32 = 1 << 0;
     KVP_PAGE_FLAG_FREE: u32 = 1 << 1;
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
     KVP_POOL_MAX_TIERS: u32 = 4;
+    KVP_POOL_FLUSH_CACHED: u32 = 1 << 0;
     KVP_POOL_SAVE_FLAG_NO_SYNC: u32 = 1 << 0;
     // store.h
-    KVP_STORE_VTABLE_VERSION: u32 = 1;
+    KVP_STORE_VTABLE_VERSION: u32 = 2;
     KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
     KVP_STORE_OPTIONS_VERSION: u32 = 1;
     // serialize.h
@@ -411,7 +412,7 @@ pub struct kvp_seq_id {
     pub id: u32,
 }
 
-/// `kvp_pool_options` (pool.h).
+/// `kvp_pool_options` (pool.h; `write_queue_bytes` since 1.5, `abi_version` 2).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_pool_options {
@@ -420,6 +421,7 @@ pub struct kvp_pool_options {
     pub max_sequences: u32,
     pub flags: u32,
     pub allocator: *const kvp_host_allocator,
+    pub write_queue_bytes: u64,
 }
 
 /// `kvp_pool_stats` (pool.h): an output struct.
@@ -457,7 +459,7 @@ pub struct kvp_pool_shard_stats {
     pub num_sequences: i64,
 }
 
-/// `kvp_pool_tier_stats` (pool.h, since 1.4): an output struct.
+/// `kvp_pool_tier_stats` (pool.h, since 1.4; `dropped` since 1.5): an output struct.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct kvp_pool_tier_stats {
@@ -472,6 +474,7 @@ pub struct kvp_pool_tier_stats {
     pub bytes_read: i64,
     pub blocks_written: i64,
     pub bytes_written: i64,
+    pub dropped: i64,
 }
 
 /// Opaque block store handle (`kvp_store`, store.h, since 1.4).
@@ -488,6 +491,7 @@ pub struct kvp_store_key {
 }
 
 /// `kvp_store_vtable` (store.h, since 1.4): the callbacks of a plug-in store. They must not unwind.
+/// `list` is version 2's (since 1.5) and may be `None`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kvp_store_vtable {
@@ -513,6 +517,15 @@ pub struct kvp_store_vtable {
     >,
     pub remove: Option<unsafe extern "C" fn(user_data: *mut c_void, key: *const kvp_store_key) -> kvp_status>,
     pub destroy: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+    pub list: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            cursor: *mut u64,
+            keys: *mut kvp_store_key,
+            capacity: usize,
+            count_out: *mut usize,
+        ) -> kvp_status,
+    >,
 }
 
 /// `kvp_store_options` (store.h, since 1.4); zero means default for every field.
@@ -551,6 +564,24 @@ pub struct kvp_store_scrub_report {
     pub blocks_checked: i64,
     pub blocks_damaged: i64,
     pub bytes_freed: i64,
+}
+
+/// `kvp_store_block_info` (store.h, since 1.5): an output struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct kvp_store_block_info {
+    pub struct_size: u32,
+    pub format_version: u32,
+    pub fingerprint: u64,
+    pub key: kvp_store_key,
+    pub parent: kvp_store_key,
+    pub salt: u64,
+    pub page_size: u32,
+    pub num_layers: u32,
+    pub page_bytes: u64,
+    pub block_bytes: u64,
+    pub checksum_ok: u32,
+    pub _reserved: u32,
 }
 
 /// `kvp_serialize_options` (serialize.h).
@@ -1184,6 +1215,18 @@ pub struct kvp_api_v1 {
     pub store_get_stats: Option<unsafe extern "C" fn(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status>,
     pub store_scrub:
         Option<unsafe extern "C" fn(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status>,
+    pub store_list: Option<
+        unsafe extern "C" fn(
+            store: *mut kvp_store,
+            cursor: *mut u64,
+            keys: *mut kvp_store_key,
+            capacity: usize,
+            count_out: *mut usize,
+        ) -> kvp_status,
+    >,
+    pub store_block_inspect:
+        Option<unsafe extern "C" fn(block: *const c_void, size: usize, out: *mut kvp_store_block_info) -> kvp_status>,
+    pub pool_flush_tiers: Option<unsafe extern "C" fn(pool: *mut kvp_pool, flags: u32) -> kvp_status>,
     pub pool_save_sequence: Option<
         unsafe extern "C" fn(pool: *mut kvp_pool, seq: kvp_seq_id, dst: *mut c_void, capacity: usize, size_out: *mut usize)
             -> kvp_status,
@@ -1433,6 +1476,7 @@ extern "C" {
         -> kvp_status;
     pub fn kvp_pool_add_store(pool: *mut kvp_pool, store: *mut kvp_store) -> kvp_status;
     pub fn kvp_pool_get_tier_stats(pool: *const kvp_pool, tier: u32, out: *mut kvp_pool_tier_stats) -> kvp_status;
+    pub fn kvp_pool_flush_tiers(pool: *mut kvp_pool, flags: u32) -> kvp_status;
     pub fn kvp_pool_save_sequence(
         pool: *mut kvp_pool,
         seq: kvp_seq_id,
@@ -1618,6 +1662,14 @@ extern "C" {
     pub fn kvp_store_remove(store: *mut kvp_store, key: *const kvp_store_key) -> kvp_status;
     pub fn kvp_store_get_stats(store: *mut kvp_store, out: *mut kvp_store_stats) -> kvp_status;
     pub fn kvp_store_scrub(store: *mut kvp_store, report: *mut kvp_store_scrub_report) -> kvp_status;
+    pub fn kvp_store_list(
+        store: *mut kvp_store,
+        cursor: *mut u64,
+        keys: *mut kvp_store_key,
+        capacity: usize,
+        count_out: *mut usize,
+    ) -> kvp_status;
+    pub fn kvp_store_block_inspect(block: *const c_void, size: usize, out: *mut kvp_store_block_info) -> kvp_status;
 
     // plugin.h
     pub fn kvp_get_api(requested_version: u32) -> *const kvp_api_v1;

@@ -45,7 +45,8 @@ fn struct_layouts_match_c() {
     layout!(probe, rust, kvp_batch_options { struct_size, abi_version, max_num_reqs, max_num_tokens, flags,
         _reserved0 });
     layout!(probe, rust, kvp_seq_id { id });
-    layout!(probe, rust, kvp_pool_options { struct_size, abi_version, max_sequences, flags, allocator });
+    layout!(probe, rust, kvp_pool_options { struct_size, abi_version, max_sequences, flags, allocator,
+        write_queue_bytes });
     layout!(probe, rust, kvp_pool_stats { struct_size, max_sequences, page_size, max_pages_per_sequence, total_pages,
         free_pages, evictable_pages, used_pages, indexed_pages, num_sequences, prompt_tokens, reused_tokens,
         evictions, cow_copies });
@@ -74,17 +75,21 @@ fn struct_layouts_match_c() {
         page_end, global_pages });
     layout!(probe, rust, kvp_blob_ref { data, size, path });
     layout!(probe, rust, kvp_pool_tier_stats { struct_size, num_tiers, lookups, hits, misses, rejected, errors,
-        restored_tokens, bytes_read, blocks_written, bytes_written });
+        restored_tokens, bytes_read, blocks_written, bytes_written, dropped });
     layout!(probe, rust, kvp_store_key { bytes });
-    layout!(probe, rust, kvp_store_vtable { struct_size, abi_version, user_data, put, get, exists, remove, destroy });
+    layout!(probe, rust, kvp_store_vtable { struct_size, abi_version, user_data, put, get, exists, remove, destroy,
+        list });
     layout!(probe, rust, kvp_store_options { struct_size, abi_version, flags, _reserved, allocator });
     layout!(probe, rust, kvp_store_stats { struct_size, _reserved, blocks, bytes, max_bytes, puts, hits, misses, errors,
         evictions });
     layout!(probe, rust, kvp_store_scrub_report { struct_size, _reserved, blocks_checked, blocks_damaged,
         bytes_freed });
+    layout!(probe, rust, kvp_store_block_info { struct_size, format_version, fingerprint, key, parent, salt, page_size,
+        num_layers, page_bytes, block_bytes, checksum_ok, _reserved });
     // The function table: its size and a field of each end (the field list is tests/headers.rs').
     layout!(probe, rust, kvp_api_v1 { struct_size, api_version, status_name, cache_export_dlpack, convert,
-        pool_get_shard_stats, cache_group_concatenate, pool_add_store, store_scrub });
+        pool_get_shard_stats, cache_group_concatenate, pool_add_store, store_scrub, store_block_inspect,
+        pool_flush_tiers });
     // Pool and attention constants (flags and the options versions) are compared the same way.
     for (name, value) in [
         ("KVP_ATTENTION_OPTIONS_VERSION", KVP_ATTENTION_OPTIONS_VERSION),
@@ -98,6 +103,7 @@ fn struct_layouts_match_c() {
         ("KVP_PAGE_FLAG_FREE", KVP_PAGE_FLAG_FREE),
         ("KVP_PAGE_FLAG_INDEXED", KVP_PAGE_FLAG_INDEXED),
         ("KVP_POOL_MAX_TIERS", KVP_POOL_MAX_TIERS),
+        ("KVP_POOL_FLUSH_CACHED", KVP_POOL_FLUSH_CACHED),
         ("KVP_STORE_VTABLE_VERSION", KVP_STORE_VTABLE_VERSION),
         ("KVP_STORE_FLAG_NO_SYNC", KVP_STORE_FLAG_NO_SYNC),
         ("KVP_STORE_OPTIONS_VERSION", KVP_STORE_OPTIONS_VERSION),

@@ -75,7 +75,7 @@ pub use group::{CacheGroup, GroupShard};
 pub use metadata::{Batch, BatchOptions, BatchRequest, HostArrays, Metadata, MetadataField};
 pub use pool::{Pool, PoolOptions, PoolShardStats, PoolStats, PoolTierStats, SeqId, KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
 pub use serialize::{inspect, inspect_file, BlobRef, DeserializeOptions, SerializeOptions, SerializedInfo};
-pub use store::{ScrubReport, Store, StoreBackend, StoreKey, StoreOptions, StoreStats};
+pub use store::{inspect_block, BlockInfo, ScrubReport, Store, StoreBackend, StoreKey, StoreOptions, StoreStats};
 
 /// The kind of a failure, from the status code (`KVP_ERR_*`). Codes this crate does not know
 /// map to `Other`.

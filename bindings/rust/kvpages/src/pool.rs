@@ -31,6 +31,9 @@ pub struct PoolOptions {
     pub max_sequences: u32,
     /// Never index pages: no prefix reuse, released pages are freed at once.
     pub no_prefix_cache: bool,
+    /// Bytes of staging blocks queued for a tier 0 written asynchronously (since 1.5); at least
+    /// one block; 0 = 64 MiB.
+    pub write_queue_bytes: u64,
 }
 
 /// Counters of a pool (`kvp_pool_stats`): `free_pages + evictable_pages + used_pages ==
@@ -68,7 +71,8 @@ pub struct PoolShardStats {
 }
 
 /// Counters of one storage tier of a pool (`kvp_pool_tier_stats`, since 1.4): pages looked up
-/// and restored (`restored_tokens`), blocks rejected by the checks, evicted pages written.
+/// and restored (`restored_tokens`), blocks rejected by the checks, evicted pages written, and
+/// (since 1.5) `dropped`: evicted pages not written because the write queue was full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolTierStats {
     pub num_tiers: u32,
@@ -81,6 +85,7 @@ pub struct PoolTierStats {
     pub bytes_read: i64,
     pub blocks_written: i64,
     pub bytes_written: i64,
+    pub dropped: i64,
 }
 
 /// A page pool (`kvp_pool`): hands the pages of a [`Cache`] to sequences, shares them by
@@ -120,6 +125,7 @@ impl<'a> Pool<'a> {
             let mut opts = std::mem::MaybeUninit::<sys::kvp_pool_options>::zeroed().assume_init();
             check(sys::kvp_pool_options_init(&mut opts, std::mem::size_of::<sys::kvp_pool_options>() as u32))?;
             opts.max_sequences = options.max_sequences;
+            opts.write_queue_bytes = options.write_queue_bytes;
             if options.no_prefix_cache {
                 opts.flags |= sys::KVP_POOL_FLAG_NO_PREFIX_CACHE;
             }
@@ -331,7 +337,16 @@ impl<'a> Pool<'a> {
             bytes_read: s.bytes_read,
             blocks_written: s.blocks_written,
             bytes_written: s.bytes_written,
+            dropped: s.dropped,
         })
+    }
+
+    /// `kvp_pool_flush_tiers`: waits until every write to tier 0 queued so far has reached its
+    /// store (or failed, counted in [`PoolTierStats::errors`]); with `cached`, first writes every
+    /// cached prefix page tier 0 does not hold yet (to persist the prefix cache, at exit say).
+    pub fn flush_tiers(&mut self, cached: bool) -> Result<()> {
+        let flags = if cached { sys::KVP_POOL_FLUSH_CACHED } else { 0 };
+        check(unsafe { sys::kvp_pool_flush_tiers(self.ptr.as_ptr(), flags) })
     }
 
     /// `kvp_pool_save_sequence`: the blob of sequence `seq` (its token ids and its pages' bytes in

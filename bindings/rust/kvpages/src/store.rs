@@ -41,6 +41,50 @@ pub struct ScrubReport {
     pub bytes_freed: i64,
 }
 
+/// What [`inspect_block`] read in a block a pool wrote to a store (`kvp_store_block_info`, since
+/// 1.5): the config's fingerprint, the page's key and its parent's (the prefix chain), the salt,
+/// the geometry, and whether the checksum holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub format_version: u32,
+    pub fingerprint: u64,
+    pub key: StoreKey,
+    pub parent: StoreKey,
+    pub salt: u64,
+    pub page_size: u32,
+    pub num_layers: u32,
+    /// Bytes of the page in one layer.
+    pub page_bytes: u64,
+    /// Bytes of the whole block.
+    pub block_bytes: u64,
+    pub checksum_ok: bool,
+}
+
+/// `kvp_store_block_inspect` (since 1.5): the header of a block a pool wrote to a store and
+/// whether its checksum holds; bytes that are not a whole block are an error of a `Format*` kind.
+pub fn inspect_block(block: &[u8]) -> Result<BlockInfo> {
+    let mut i = sys::kvp_store_block_info {
+        struct_size: std::mem::size_of::<sys::kvp_store_block_info>() as u32,
+        ..Default::default()
+    };
+    check(unsafe { sys::kvp_store_block_inspect(block.as_ptr() as *const c_void, block.len(), &mut i) })?;
+    Ok(BlockInfo {
+        format_version: i.format_version,
+        fingerprint: i.fingerprint,
+        key: i.key.bytes,
+        parent: i.parent.bytes,
+        salt: i.salt,
+        page_size: i.page_size,
+        num_layers: i.num_layers,
+        page_bytes: i.page_bytes,
+        block_bytes: i.block_bytes,
+        checksum_ok: i.checksum_ok != 0,
+    })
+}
+
+/// Keys per `kvp_store_list` call of [`Store::list`].
+const LIST_PAGE: usize = 256;
+
 /// The blocks of a plug-in store ([`Store::plugin`]), kept by Rust code. The library calls one
 /// method at a time (the store's lock is held). An `Err` returns its status to the library; a
 /// panic is caught and returns `KVP_ERR_INTERNAL` (it never unwinds into C).
@@ -53,6 +97,14 @@ pub trait StoreBackend: Send {
     fn exists(&mut self, keys: &[StoreKey]) -> Result<Vec<bool>>;
     /// Removes the block of `key`; `false` when there was none.
     fn remove(&mut self, key: &StoreKey) -> Result<bool>;
+    /// One page of the listing of the keys held ([`Store::list`], since 1.5): from `cursor` (0 =
+    /// the start) up to `max` keys and the cursor to continue from, 0 when the listing is
+    /// complete. A key present for a whole listing must appear in it. The default cannot list
+    /// (`ErrorKind::Unsupported`).
+    fn list(&mut self, cursor: u64, max: usize) -> Result<(Vec<StoreKey>, u64)> {
+        let _ = (cursor, max);
+        Err(crate::Error::new(sys::KVP_ERR_UNSUPPORTED, "this plug-in store cannot list its keys"))
+    }
 }
 
 /// A block store (`kvp_store`), released by `Drop`. Internally synchronised, so it is `Send` and
@@ -121,6 +173,7 @@ impl Store {
             exists: Some(exists_trampoline::<B>),
             remove: Some(remove_trampoline::<B>),
             destroy: Some(destroy_trampoline::<B>),
+            list: Some(list_trampoline::<B>),
         };
         let mut out = ptr::null_mut();
         if let Err(e) = check(unsafe { sys::kvp_store_create(&vtable, &mut out) }) {
@@ -197,6 +250,24 @@ impl Store {
             errors: s.errors,
             evictions: s.evictions,
         })
+    }
+
+    /// `kvp_store_list` (since 1.5): every key the store holds, listed a page at a time (the
+    /// store locked per page, not across pages): a key present throughout appears at least once,
+    /// keys put or removed meanwhile may or may not ([`ErrorKind::Unsupported`] for a plug-in
+    /// store that cannot list).
+    pub fn list(&self) -> Result<Vec<StoreKey>> {
+        let mut keys = Vec::new();
+        let mut page = vec![sys::kvp_store_key::default(); LIST_PAGE];
+        let mut cursor = 0u64;
+        loop {
+            let mut n = 0usize;
+            check(unsafe { sys::kvp_store_list(self.as_ptr(), &mut cursor, page.as_mut_ptr(), page.len(), &mut n) })?;
+            keys.extend(page[..n].iter().map(|k| k.bytes));
+            if cursor == 0 {
+                return Ok(keys);
+            }
+        }
     }
 
     /// `kvp_store_scrub`: reads and verifies every block, deleting damaged ones
@@ -292,6 +363,27 @@ unsafe extern "C" fn remove_trampoline<B: StoreBackend>(
     guarded(|| match backend::<B>(user_data).remove(&(*key).bytes)? {
         true => Ok(()),
         false => Err(crate::Error::new(sys::KVP_ERR_NOT_FOUND, "no block under this key")),
+    })
+}
+
+unsafe extern "C" fn list_trampoline<B: StoreBackend>(
+    user_data: *mut c_void,
+    cursor: *mut u64,
+    keys: *mut sys::kvp_store_key,
+    capacity: usize,
+    count_out: *mut usize,
+) -> sys::kvp_status {
+    guarded(|| {
+        let (page, next) = backend::<B>(user_data).list(*cursor, capacity)?;
+        if page.len() > capacity {
+            return Err(internal(format!("list returned {} keys for a capacity of {capacity}", page.len())));
+        }
+        for (i, k) in page.iter().enumerate() {
+            *keys.add(i) = c_key(k);
+        }
+        *count_out = page.len();
+        *cursor = next;
+        Ok(())
     })
 }
 

@@ -228,7 +228,7 @@ fn no_prefix_cache_and_reuse_all() {
     let cfg = config();
     let mut cache = Cache::new(&cfg).unwrap();
     {
-        let mut pool = Pool::new(&mut cache, &PoolOptions { max_sequences: 4, no_prefix_cache: true }).unwrap();
+        let mut pool = Pool::new(&mut cache, &PoolOptions { max_sequences: 4, no_prefix_cache: true, ..Default::default() }).unwrap();
         let toks: Vec<i32> = (0..32).collect();
         let (s, _) = pool.add_sequence(&toks, 0, false).unwrap();
         write_pending(&mut pool, &cfg, &[(s, &toks)]);

@@ -1,8 +1,8 @@
 //! Block stores and the pool's storage tiers: a memory store's round trip and counters, a
 //! directory store surviving drop and reopen and scrubbing a damaged file, a pool with a memory
 //! tier restoring evicted prefix pages with the bytes computed for them, a plug-in store written
-//! in Rust (errors and panics become statuses), and bad input giving the library's error with
-//! nothing changed.
+//! in Rust (errors and panics become statuses), listing every store's keys and inspecting the
+//! evicted blocks (since 1.5), and bad input giving the library's error with nothing changed.
 use std::collections::HashMap;
 
 use kvpages::*;
@@ -130,12 +130,80 @@ fn pool_with_a_memory_tier_restores_evicted_prefix_pages() {
     }
     pool.check_invariants().unwrap();
 
+    // every evicted block, listed and inspected (since 1.5)
+    let keys = store.list().unwrap();
+    assert!(keys.len() >= 2 && keys.len() as i64 == store.stats().unwrap().blocks);
+    let infos: Vec<BlockInfo> = keys.iter().map(|k| inspect_block(&store.get(k).unwrap().unwrap()).unwrap()).collect();
+    for (info, key) in infos.iter().zip(&keys) {
+        assert_eq!((info.key, info.format_version, info.page_size, info.num_layers, info.salt), (*key, 1, S as u32, 2, 0));
+        assert!(info.checksum_ok && info.fingerprint == infos[0].fingerprint);
+        assert_eq!(info.page_bytes as usize, S * 2 * H * D * 4);
+    }
+    assert!(infos.iter().any(|i| keys.contains(&i.parent))); // a's second page's parent is its first
+    let mut damaged = store.get(&keys[0]).unwrap().unwrap();
+    let at = damaged.len() - 20;
+    damaged[at] ^= 1;
+    assert!(!inspect_block(&damaged).unwrap().checksum_ok);
+    let e = inspect_block(b"not a block").unwrap_err();
+    assert_eq!(e.name, "KVP_ERR_FORMAT_MAGIC");
+    assert!(e.message.contains("KVPB"), "{}", e.message);
+    assert_eq!(inspect_block(&damaged[..damaged.len() - 1]).unwrap_err().name, "KVP_ERR_FORMAT_TRUNCATED");
+
     let e = pool.tier_stats(1).unwrap_err();
     assert_eq!((e.kind(), e.name.as_str()), (ErrorKind::InvalidArgument, "KVP_ERR_INVALID_ARGUMENT"));
     assert!(e.message.contains("tier"), "{}", e.message);
     let e = pool.add_store(&store).unwrap_err(); // already a tier
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert_eq!(pool.tier_stats(0).unwrap().num_tiers, 1);
+}
+
+#[test]
+fn pool_with_a_directory_tier_writes_asynchronously_and_flushes() {
+    let cfg = Config::create(&ConfigOptions {
+        num_hidden_layers: 2,
+        num_kv_heads: H as i64,
+        max_model_length: 64,
+        head_dim: D as i64,
+        page_size: S as i64,
+        dtype: Dtype::F32,
+        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("kvpages-rs-flush-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::directory(&dir, 1 << 24, &StoreOptions { no_sync: true }).unwrap();
+    let prompt_a: Vec<i32> = (1000..1040).collect(); // 2 full pages and a partial one
+    {
+        let mut cache = Cache::new(&cfg).unwrap();
+        let opts = PoolOptions { write_queue_bytes: 1 << 20, ..Default::default() };
+        let mut pool = Pool::new(&mut cache, &opts).unwrap();
+        pool.add_store(&store).unwrap();
+        let (a, _) = pool.add_sequence(&prompt_a, 0, false).unwrap();
+        prefill(&mut pool, &cfg, a, &prompt_a);
+        pool.flush_tiers(false).unwrap(); // nothing queued: the cached pages stay unwritten
+        assert_eq!((pool.tier_stats(0).unwrap().blocks_written, store.stats().unwrap().puts), (0, 0));
+        pool.flush_tiers(true).unwrap(); // the cached prefix persisted
+        let st = pool.tier_stats(0).unwrap();
+        assert_eq!((st.blocks_written, st.errors, st.dropped), (2, 0, 0));
+        pool.flush_tiers(true).unwrap(); // tier 0 holds them: not written again
+        assert_eq!(store.stats().unwrap().puts, 2);
+    }
+    // as after a restart: a fresh cache and pool over the same directory restore the prefix
+    let mut cache = Cache::new(&cfg).unwrap();
+    let mut pool = Pool::new(&mut cache, &PoolOptions::default()).unwrap();
+    pool.add_store(&store).unwrap();
+    let (a, reused) = pool.add_sequence(&prompt_a, 0, false).unwrap();
+    assert_eq!((reused, pool.tier_stats(0).unwrap().hits), (32, 2));
+    let pages = pool.page_table(a).unwrap();
+    let keys = pool.cache().view(1, ViewKind::Keys).unwrap();
+    for pos in [0usize, 17, 31] {
+        let (page, row) = (pages[pos / S] as i64, (pos % S) as i64);
+        assert_eq!(keys.get_f32(&[page, row, 1, 127]), Some(kv(prompt_a[pos], 1, 127)));
+    }
+    drop(pool);
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[derive(Default)]
@@ -182,6 +250,58 @@ fn plugin_store_in_rust_errors_and_panics_become_statuses() {
     let st = store.stats().unwrap();
     assert_eq!((st.blocks, st.bytes, st.max_bytes, st.puts, st.hits, st.misses), (-1, -1, -1, 1, 1, 1));
     assert_eq!(store.scrub().unwrap_err().kind(), ErrorKind::Unsupported);
+}
+
+/// A plug-in that lists its keys in key order: the cursor is one past the last key's index.
+struct SortedBackend(Vec<StoreKey>);
+
+impl StoreBackend for SortedBackend {
+    fn put(&mut self, key: &StoreKey, _: &[u8]) -> Result<()> {
+        self.0.push(*key);
+        self.0.sort();
+        Ok(())
+    }
+    fn get(&mut self, _: &StoreKey) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn exists(&mut self, keys: &[StoreKey]) -> Result<Vec<bool>> {
+        Ok(keys.iter().map(|k| self.0.contains(k)).collect())
+    }
+    fn remove(&mut self, _: &StoreKey) -> Result<bool> {
+        Ok(false)
+    }
+    fn list(&mut self, cursor: u64, max: usize) -> Result<(Vec<StoreKey>, u64)> {
+        let from = cursor as usize;
+        let to = (from + max).min(self.0.len());
+        Ok((self.0[from..to].to_vec(), if to < self.0.len() { to as u64 } else { 0 }))
+    }
+}
+
+#[test]
+fn list_every_store() {
+    let keys: Vec<StoreKey> = (0..10u8).map(|i| [i; 16]).collect();
+    let dir = std::env::temp_dir().join(format!("kvpages-list-{}", std::process::id()));
+    let directory = Store::directory(&dir, 1 << 20, &StoreOptions { no_sync: true }).unwrap();
+    for store in [Store::memory(1 << 20).unwrap(), directory] {
+        assert!(store.list().unwrap().is_empty());
+        for k in &keys {
+            store.put(k, k).unwrap();
+        }
+        let mut listed = store.list().unwrap();
+        listed.sort();
+        assert_eq!(listed, keys);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let many: Vec<StoreKey> = (0..600u32).map(|i| { let mut k = [0u8; 16]; k[..4].copy_from_slice(&i.to_be_bytes()); k }).collect();
+    let store = Store::plugin(SortedBackend(Vec::new())).unwrap();
+    for k in &many {
+        store.put(k, b"v").unwrap();
+    }
+    assert_eq!(store.list().unwrap(), many); // 256 keys a page, in the plug-in's order
+    let store = Store::plugin(MapBackend::default()).unwrap(); // no list: the default
+    let e = store.list().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.message.contains("list"), "{}", e.message);
 }
 
 #[test]

@@ -1,0 +1,318 @@
+/* Storage tiers: offload (write-back of evicted pages to tier 0) and restore (kvp_pool_add_sequence
+ * reading them back) of 1 GiB of KV pages through a pool, for a memory store and a directory
+ * store, against the physical limit measured in the same run: memcpy of the same bytes (memory)
+ * and a sequential write / read of the same bytes to one file in the same directory with the
+ * same sync policy (disk). The stores are also timed directly (kvp_store_put / kvp_store_get of
+ * blocks of the same size) to separate the pool's share (page copies, block sealing and checks)
+ * from the store's.
+ *
+ *   bench_tiers [--quick] [--reps N] [--dir DIR] [--sync]
+ *
+ * Shape: llama3-8b (32 layers, 8 KV heads x 128, bf16), page sizes 16 and 128; 1 GiB of page
+ * bytes (--quick: 64 MiB, one repetition by default: the ctest smoke run). Every figure is the
+ * best of N repetitions (default 3), each on a new store and pool; each disk phase starts after a
+ * sync(2), with no dirty pages left by the phase before. The directory store is in DIR (default
+ * the current directory); without --sync it is opened with KVP_STORE_FLAG_NO_SYNC and the
+ * baseline file is not fsynced either (both then measure the page cache, not the disk); with
+ * --sync every block file is fsynced (and its directory) and the baseline fsyncs after every
+ * block-sized write. The write-back is synchronous today: after each eviction phase a flush of
+ * asynchronous tier writes would go where `end_of_evictions` is called. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bench_support.h"
+#include "kvpages.h"
+
+static void check(kvp_status s, const char *what) {
+  if (s != KVP_OK) {
+    fprintf(stderr, "bench_tiers: %s: %s: %s\n", what, kvp_status_name(s), kvp_last_error_message());
+    exit(1);
+  }
+}
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n);
+  if (p == NULL) {
+    fprintf(stderr, "bench_tiers: out of memory (%zu bytes)\n", n);
+    exit(1);
+  }
+  memset(p, 0x5A, n); /* touched: no page faults inside a timing */
+  return p;
+}
+
+typedef struct run {
+  int quick, reps, sync;
+  const char *dir;
+  uint64_t total; /* page bytes offloaded and restored */
+} run;
+
+/* llama3-8b, page size S, `pages` usable pages. */
+static kvp_config make_config(int64_t S, int64_t pages) {
+  kvp_config probe;
+  kvp_layout_info li;
+  check(kvp_config_init(&probe, sizeof probe), "config_init");
+  probe.num_hidden_layers = 32;
+  probe.num_kv_heads = 8;
+  probe.k_headdim = probe.v_headdim = 128;
+  probe.max_model_length = (pages + 1) * S;
+  probe.page_size = S;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  check(kvp_config_get_layout(&probe, &li), "layout");
+  kvp_config_options co;
+  check(kvp_config_options_init(&co, sizeof co), "options");
+  co.num_hidden_layers = 32;
+  co.num_kv_heads = 8;
+  co.kv_head_dim_size = 128;
+  co.max_model_length = (pages + 1) * S;
+  co.page_size = S;
+  co.flags = KVP_CONFIG_FLAG_NO_SAFETY_MARGIN;
+  co.budget_bytes = (pages + 1) * li.page_bytes_per_layer * 32;
+  kvp_config cfg;
+  check(kvp_config_create(&co, &cfg), "config_create");
+  return cfg;
+}
+
+static void remove_files(const char *dir) {
+  char path[4096];
+  DIR *d = opendir(dir);
+  if (d == NULL) return;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (e->d_name[0] != '.') {
+      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+      unlink(path);
+    }
+  closedir(d);
+}
+
+/* A store bounded to about `bytes` of blocks (one repetition's). */
+static kvp_store *open_store(const run *r, int directory, const char *path, uint64_t bytes) {
+  kvp_store *s = NULL;
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = r->sync ? 0 : KVP_STORE_FLAG_NO_SYNC;
+  if (directory) check(kvp_store_create_directory(path, bytes, &o, &s), "store_create_directory");
+  else check(kvp_store_create_memory(bytes, NULL, &s), "store_create_memory");
+  return s;
+}
+
+/* Where asynchronous tier writes would be flushed (none today: write-back is synchronous). */
+static void end_of_evictions(kvp_pool *pool) { (void)pool; }
+
+/* One offload and restore of every page of the cache through a new pool with `store` as tier 0:
+ * prompt A fills the cache and is released; prompt B evicts all of it (A's pages written to tier
+ * 0); B's pages are dropped; A again restores every page from the tier. Each repetition uses
+ * another salt, so its blocks are new keys: from the second on, the store drops the blocks of the
+ * one before (a store at its bound, the steady state of a server). */
+static void through_pool(kvp_store *store, kvp_cache *cache, int64_t S, int64_t pages, const int32_t *a,
+                         const int32_t *b, uint64_t salt, double *evict_s, double *restore_s) {
+  kvp_pool *pool;
+  kvp_seq_id s;
+  size_t reused = 0, n = (size_t)(pages * S);
+  sync(); /* every disk phase starts with no dirty pages of the one before */
+  check(kvp_pool_create(cache, NULL, &pool), "pool_create");
+  check(kvp_pool_add_store(pool, store), "add_store");
+  check(kvp_pool_add_sequence(pool, a, n, salt, KVP_POOL_ADD_FLAG_REUSE_ALL, &s, NULL), "add A");
+  check(kvp_pool_set_computed(pool, s, n), "set_computed A");
+  check(kvp_pool_free_sequence(pool, s), "free A");
+  double t0 = bench_now_s();
+  check(kvp_pool_add_sequence(pool, b, n, salt, KVP_POOL_ADD_FLAG_REUSE_ALL, &s, NULL), "add B (evicts A)");
+  end_of_evictions(pool);
+  double t1 = bench_now_s();
+  check(kvp_pool_free_sequence(pool, s), "free B");
+  check(kvp_pool_clear_prefix_cache(pool), "clear");
+  double t2 = bench_now_s();
+  check(kvp_pool_add_sequence(pool, a, n, salt, KVP_POOL_ADD_FLAG_REUSE_ALL, &s, &reused), "add A (restores)");
+  double t3 = bench_now_s();
+  kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
+  check(kvp_pool_get_tier_stats(pool, 0, &st), "tier_stats");
+  if (reused != n || st.errors != 0 || st.blocks_written != pages) {
+    fprintf(stderr, "bench_tiers: restored %zu of %zu tokens, %lld blocks written, %lld errors\n", reused, n,
+            (long long)st.blocks_written, (long long)st.errors);
+    exit(1);
+  }
+  check(kvp_pool_free_sequence(pool, s), "free A");
+  check(kvp_pool_destroy(pool), "pool_destroy");
+  *evict_s = t1 - t0;
+  *restore_s = t3 - t2;
+}
+
+/* The store alone: `pages` blocks of `block` bytes put under distinct keys, then read back. */
+static void store_direct(const run *r, int64_t pages, size_t block, uint8_t *buf, int directory, const char *path,
+                         double *put_s, double *get_s) {
+  kvp_store *store = open_store(r, directory, path, 2 * (uint64_t)pages * block);
+  sync();
+  kvp_store_key k;
+  memset(&k, 0, sizeof k);
+  double t0 = bench_now_s();
+  for (int64_t i = 0; i < pages; ++i) {
+    memcpy(k.bytes, &i, sizeof i);
+    check(kvp_store_put(store, &k, buf, block), "store_put");
+  }
+  double t1 = bench_now_s();
+  for (int64_t i = 0; i < pages; ++i) {
+    size_t size = 0;
+    memcpy(k.bytes, &i, sizeof i);
+    check(kvp_store_get(store, &k, buf, block, &size), "store_get");
+  }
+  double t2 = bench_now_s();
+  check(kvp_store_destroy(store), "store_destroy");
+  if (directory) remove_files(path);
+  *put_s = t1 - t0;
+  *get_s = t2 - t1;
+}
+
+/* The disk's own speed: `pages` writes of `block` bytes to one new file (fsync after each with
+ * --sync), then reading it back the same way. */
+static void file_baseline(const run *r, int64_t pages, size_t block, uint8_t *buf, const char *path, double *write_s,
+                          double *read_s) {
+  char file[4096];
+  snprintf(file, sizeof file, "%s/baseline.bin", path);
+  sync();
+  double t0 = bench_now_s();
+  int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    perror(file);
+    exit(1);
+  }
+  for (int64_t i = 0; i < pages; ++i)
+    if (write(fd, buf, block) != (ssize_t)block || (r->sync && fsync(fd) != 0)) {
+      perror("write");
+      exit(1);
+    }
+  close(fd);
+  double t1 = bench_now_s();
+  fd = open(file, O_RDONLY | O_CLOEXEC);
+  for (int64_t i = 0; i < pages; ++i)
+    if (read(fd, buf, block) != (ssize_t)block) {
+      perror("read");
+      exit(1);
+    }
+  close(fd);
+  double t2 = bench_now_s();
+  unlink(file);
+  *write_s = t1 - t0;
+  *read_s = t2 - t1;
+}
+
+static double gbs(uint64_t bytes, double s) { return (double)bytes / s / 1e9; }
+
+static void bench_page_size(const run *r, int64_t S) {
+  kvp_config probe = make_config(S, 1);
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
+  check(kvp_config_get_layout(&probe, &li), "layout");
+  const size_t page = (size_t)li.page_bytes_per_layer * 32; /* one page in every layer */
+  const int64_t pages = (int64_t)(r->total / page);
+  const uint64_t bytes = (uint64_t)pages * page;
+  kvp_config cfg = make_config(S, pages);
+  kvp_cache *cache;
+  check(kvp_cache_create(&cfg, NULL, &cache), "cache_create");
+  for (uint32_t l = 0; l < 32; ++l) {
+    kvp_tensor t;
+    check(kvp_cache_get_view(cache, l, KVP_VIEW_FLAT, &t), "view");
+    uint8_t *p = (uint8_t *)t.data;
+    for (size_t i = 0; i < (size_t)li.page_bytes_per_layer * (size_t)(pages + 1); ++i) p[i] = (uint8_t)(i * 131 + l);
+  }
+  const size_t n = (size_t)(pages * S);
+  int32_t *a = (int32_t *)xmalloc(sizeof(int32_t) * n), *b = (int32_t *)xmalloc(sizeof(int32_t) * n);
+  for (size_t i = 0; i < n; ++i) {
+    a[i] = (int32_t)(bench_rand() % 128256u);
+    b[i] = (int32_t)(bench_rand() % 128256u);
+  }
+  uint8_t *src = (uint8_t *)xmalloc(bytes), *dst = (uint8_t *)xmalloc(bytes);
+  /* [kind][0]: the first repetition (an empty store); [kind][1]: the best of the others (full) */
+  double copy = 1e9, ev[2][2] = {{1e9, 1e9}, {1e9, 1e9}}, re[2][2] = {{1e9, 1e9}, {1e9, 1e9}};
+  double put[2] = {1e9, 1e9}, get[2] = {1e9, 1e9}, fw = 1e9, fr = 1e9;
+  kvp_store *stores[2];
+  char path[4096];
+  snprintf(path, sizeof path, "%s/bench_tiers.%d", r->dir, (int)getpid());
+  if (mkdir(path, 0777) != 0) {
+    perror(path);
+    exit(1);
+  }
+  char store_dir[4096];
+  snprintf(store_dir, sizeof store_dir, "%s/store", path);
+  /* one repetition's blocks (plus their headers) fit; two do not */
+  const uint64_t bound = bytes + (uint64_t)pages * 4096;
+  stores[0] = open_store(r, 0, NULL, bound);
+  stores[1] = open_store(r, 1, store_dir, bound);
+  for (int rep = 0; rep < r->reps; ++rep) {
+    double t0 = bench_now_s();
+    memcpy(dst, src, bytes);
+    const double t = bench_now_s() - t0;
+    if (t < copy) copy = t;
+    for (int d = 0; d < 2; ++d) {
+      double e, s2;
+      const int full = rep > 0;
+      through_pool(stores[d], cache, S, pages, a, b, (uint64_t)rep, &e, &s2);
+      if (e < ev[d][full]) ev[d][full] = e;
+      if (s2 < re[d][full]) re[d][full] = s2;
+      store_direct(r, pages, page, src, d, path, &e, &s2);
+      if (e < put[d]) put[d] = e;
+      if (s2 < get[d]) get[d] = s2;
+    }
+    double w, rd;
+    file_baseline(r, pages, page, src, path, &w, &rd);
+    if (w < fw) fw = w;
+    if (rd < fr) fr = rd;
+  }
+  check(kvp_store_destroy(stores[0]), "store_destroy");
+  check(kvp_store_destroy(stores[1]), "store_destroy");
+  remove_files(store_dir);
+  rmdir(store_dir);
+  rmdir(path);
+  printf("\npage_size %lld: %lld pages of %.2f MiB (32 layers) = %.0f MiB\n", (long long)S, (long long)pages,
+         (double)page / 1048576.0, (double)bytes / 1048576.0);
+  printf("  memcpy of the same bytes                 : %6.2f GB/s\n", gbs(bytes, copy));
+  for (int d = 0; d < 2; ++d) {
+    const double limit_w = d ? fw : copy, limit_r = d ? fr : copy;
+    const char *lw = d ? "file write" : "memcpy", *lr = d ? "file read" : "memcpy";
+    if (d) printf("  file write / read (%s)         : %6.2f / %6.2f GB/s in %s\n", r->sync ? "fsync per block" : "no fsync",
+                  gbs(bytes, fw), gbs(bytes, fr), r->dir);
+    printf("  %s store, through the pool:\n", d ? "directory" : "memory");
+    for (int full = 0; full < 2 && full < r->reps; ++full)
+      printf("    %-20s offload %6.2f GB/s (%.2f of %s), restore %6.2f GB/s (%.2f of %s)\n",
+             full ? "store full (steady)" : "empty store", gbs(bytes, ev[d][full]), limit_w / ev[d][full], lw,
+             gbs(bytes, re[d][full]), limit_r / re[d][full], lr);
+    printf("    kvp_store_put / get alone  : %6.2f / %6.2f GB/s (%.2f of %s / %.2f of %s)\n", gbs(bytes, put[d]),
+           gbs(bytes, get[d]), limit_w / put[d], lw, limit_r / get[d], lr);
+  }
+  free(src);
+  free(dst);
+  free(a);
+  free(b);
+  check(kvp_cache_destroy(cache), "cache_destroy");
+}
+
+int main(int argc, char **argv) {
+  run r = {0, 0, 0, ".", 1ull << 30};
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "--quick") == 0) r.quick = 1;
+    else if (strcmp(argv[i], "--sync") == 0) r.sync = 1;
+    else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) r.reps = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) r.dir = argv[++i];
+    else {
+      fprintf(stderr, "usage: bench_tiers [--quick] [--reps N] [--dir DIR] [--sync]\n");
+      return 2;
+    }
+  }
+  if (r.quick) r.total = 64ull << 20;
+  if (r.reps < 1) r.reps = r.quick ? 1 : 3;
+  char date[64], cpu[256];
+  bench_utc_date(date, sizeof date);
+  bench_cpu_model(cpu, sizeof cpu);
+  printf("bench_tiers: %s, device CPU (%s), %s, best of %d, llama3-8b (32 layers, 8 KV heads x 128, bf16), "
+         "directory store in %s, %s\n",
+         kvp_build_info(), cpu, date, r.reps, r.dir, r.sync ? "fsync (default store)" : "KVP_STORE_FLAG_NO_SYNC");
+  bench_page_size(&r, 16);
+  bench_page_size(&r, 128);
+  return 0;
+}
