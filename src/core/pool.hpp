@@ -197,8 +197,10 @@ class Pool {
   // are copied out (on `stream`, synchronously) before the call returns. Never throws: a failure
   // is counted.
   void write_back(int32_t p, kvp_stream stream, bool wait) noexcept;
-  // Copies page p (every layer, on `stream`, synchronously) and its identity into block `buf`.
-  void fill_block(int32_t p, uint8_t* buf, kvp_stream stream);
+  // Copies page p (every layer, on `stream`, synchronously) into block `buf` of shape `bs` and
+  // seals it as page `id` holding `tokens` (page_size_ ids).
+  void fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
+                  kvp_stream stream, const char* function);
   // Restores pages [from, max_hits) of a prompt from the tiers into fresh pages of `shard`, as
   // far as the prefix continues; their ids go to r[from…]. Returns how many (never throws).
   size_t restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,

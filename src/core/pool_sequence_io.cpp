@@ -142,14 +142,11 @@ void Pool::seal_page(uint32_t slot, size_t i, const BlockShape& bs, Key128& pare
   const size_t valid = std::min<size_t>(S, static_cast<size_t>(s.length) - i * S);
   std::memcpy(pad, tokens_ + static_cast<size_t>(p) * S, sizeof(int32_t) * valid);
   std::memset(pad + valid, 0, sizeof(int32_t) * (S - valid));
-  Cache& c = cache(fn);
-  for (int64_t l = 0; l < c.num_layers(); ++l)
-    c.backend().copy_to_host(bs.layer(block, l), c.layer_data(l) + static_cast<size_t>(p) * bs.page_bytes,
-                             bs.page_bytes, nullptr, true, fn);
   const StoreKey mask = store_key_mask(bs.fingerprint);
   const Key128 key = compute_key(parent, pad, s.salt);
-  block_seal(bs, block, BlockId{StoreKey{key.lo ^ mask.lo, key.hi ^ mask.hi}, StoreKey{parent.lo ^ mask.lo, parent.hi ^ mask.hi}, s.salt},
-             pad);
+  const BlockId id{StoreKey{key.lo ^ mask.lo, key.hi ^ mask.hi}, StoreKey{parent.lo ^ mask.lo, parent.hi ^ mask.hi},
+                   s.salt};
+  fill_block(p, bs, id, pad, block, nullptr, fn);
   parent = key;
 }
 
