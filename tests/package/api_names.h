@@ -118,4 +118,8 @@ KVP_API_ENTRY(store_scrub)
 KVP_API_ENTRY(store_list)
 KVP_API_ENTRY(store_block_inspect)
 KVP_API_ENTRY(pool_flush_tiers)
+KVP_API_ENTRY(pool_save_sequence)
+KVP_API_ENTRY(pool_save_sequence_to_file)
+KVP_API_ENTRY(pool_restore_sequence)
+KVP_API_ENTRY(pool_restore_sequence_from_file)
 /* END GENERATED NAMES */
