@@ -303,6 +303,14 @@ typedef struct kvp_api_v1 {
   kvp_status (KVP_CALL *store_block_inspect)(const void *block, size_t size, kvp_store_block_info *out);
   /** kvp_pool_flush_tiers() */
   kvp_status (KVP_CALL *pool_flush_tiers)(kvp_pool *pool, uint32_t flags);
+  /** kvp_pool_save_sequence() */
+  kvp_status (KVP_CALL *pool_save_sequence)(kvp_pool *pool, kvp_seq_id seq, void *dst, size_t capacity, size_t *size_out);
+  /** kvp_pool_save_sequence_to_file() */
+  kvp_status (KVP_CALL *pool_save_sequence_to_file)(kvp_pool *pool, kvp_seq_id seq, const char *path, uint32_t flags);
+  /** kvp_pool_restore_sequence() */
+  kvp_status (KVP_CALL *pool_restore_sequence)(kvp_pool *pool, const void *src, size_t size, uint32_t flags, kvp_seq_id *seq_out);
+  /** kvp_pool_restore_sequence_from_file() */
+  kvp_status (KVP_CALL *pool_restore_sequence_from_file)(kvp_pool *pool, const char *path, uint32_t flags, kvp_seq_id *seq_out);
   /** kvp_store_create_redis() */
   kvp_status (KVP_CALL *store_create_redis)(const char *url, const kvp_store_options *opts, kvp_store **out);
   /* END GENERATED TABLE */

@@ -649,6 +649,142 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_tier_stats(const kvp_pool *pool, uint32
  */
 KVP_API kvp_status KVP_CALL kvp_pool_flush_tiers(kvp_pool *pool, uint32_t flags);
 
+/** Flag of kvp_pool_save_sequence_to_file(): skip the two `fsync`s (see there). @since 1.5 */
+#define KVP_POOL_SAVE_FLAG_NO_SYNC (1u << 0)
+
+/**
+ * @brief Saves one sequence, its token ids and its pages' bytes in every layer, to a blob that
+ *        kvp_pool_restore_sequence() turns into a new sequence of any pool of a compatible cache.
+ *
+ * Size-then-fill: `*size_out` receives the blob's size, `64 + cdiv(length, page_size)` × the
+ * block size of one page (docs/store-format.md, "The blob of a sequence"); the blob is written
+ * when `capacity` is at least that. The blob is a checksummed header (config fingerprint, salt,
+ * token count, geometry) followed by the store block (kvpages/store.h) of each page in order;
+ * the last block of a sequence whose length is not a multiple of `page_size` holds the valid
+ * token ids followed by zeros, and the page's bytes as the cache holds them (rows past the end
+ * included). Every token must be computed (kvp_pool_set_computed()): the blob holds KV the
+ * restoring pool will reuse as computed.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[out] dst Destination of `capacity` bytes; may be NULL when `capacity` is 0.
+ * @param[in] capacity Bytes available at `dst`.
+ * @param[out] size_out Receives the blob's size, not NULL (also on ::KVP_ERR_BUFFER_TOO_SMALL).
+ * @retval KVP_OK Written.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or the pool's cache was destroyed.
+ * @retval KVP_ERR_INVALID_ARGUMENT `size_out` is NULL, `dst` is NULL with `capacity` > 0, or not
+ *         every token of the sequence is computed (the message gives both counts).
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @retval KVP_ERR_BUFFER_TOO_SMALL `capacity` is below the blob's size; nothing written to `dst`.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for a page's token ids.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @ownership Borrows `dst` for the call.
+ * @threadsafety Must not race with other calls on the same pool or that write the sequence's pages.
+ * @stream CUDA caches: each page is copied to the host on the legacy default stream, synchronously.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_save_sequence(kvp_pool *pool, kvp_seq_id seq, void *dst, size_t capacity,
+                                                   size_t *size_out);
+
+/**
+ * @brief Saves one sequence (as kvp_pool_save_sequence()) to a file, replacing it atomically.
+ *
+ * Writes a new file in the target's directory, `fsync`s it, renames it over the target and
+ * `fsync`s the directory (::KVP_POOL_SAVE_FLAG_NO_SYNC skips both `fsync`s), exactly as
+ * kvp_serialize_to_file(): on any failure a file that existed under the target name is left as
+ * it was; the new file keeps the mode bits of the file it replaces; a symbolic link at `path`
+ * is followed and stays.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] seq Sequence id.
+ * @param[in] path Destination path, NUL-terminated, not NULL or empty.
+ * @param[in] flags 0 or ::KVP_POOL_SAVE_FLAG_NO_SYNC.
+ * @retval KVP_OK Written and renamed into place.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or the pool's cache was destroyed.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL or empty `path`, unknown flags, or not every token of the
+ *         sequence is computed.
+ * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
+ * @retval KVP_ERR_IO Creating, writing, syncing or renaming failed (the message has the OS error).
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for one page's block.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @retval KVP_ERR_DEVICE A device copy failed.
+ * @threadsafety Must not race with other calls on the same pool or that write the sequence's pages.
+ * @stream CUDA caches: each page is copied to the host on the legacy default stream, synchronously.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_save_sequence_to_file(kvp_pool *pool, kvp_seq_id seq, const char *path,
+                                                           uint32_t flags);
+
+/**
+ * @brief Restores a sequence saved by kvp_pool_save_sequence() as a new sequence of this pool.
+ *
+ * The pool's cache must have the saved cache's config fingerprint (model shape, dtype, layout,
+ * page size, tensor-parallel slice; the number of pages and data-parallel shards may differ).
+ * The whole blob is checked before the pool changes: header checksum, fingerprint and geometry,
+ * size, and every block (its checksum, its chained key and parent key recomputed from its token
+ * ids and the salt, the zeros after the last valid token). Then the sequence is placed as
+ * kvp_pool_add_sequence() places a prompt (KVP_POOL_ADD_IN_SHARD() forces a data-parallel
+ * shard); its full pages that the shard's prefix index holds (same token ids, same salt, same
+ * prefix) are shared by reference count, every other page is written into a fresh page (evicting
+ * cached pages only when no free page is left). The new sequence has the saved salt, length and
+ * token ids, and every token counts as computed: its full pages enter the prefix index, so a
+ * later prompt with that prefix reuses them. kvp_pool_stats::prompt_tokens and `reused_tokens`
+ * are not changed.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] src The blob, `size` bytes; may be NULL only when `size` is 0.
+ * @param[in] size Its size in bytes: exactly one blob.
+ * @param[in] flags 0 or KVP_POOL_ADD_IN_SHARD().
+ * @param[out] seq_out Receives the new sequence id, not NULL; unchanged on failure.
+ * @retval KVP_OK Restored.
+ * @retval KVP_ERR_INVALID_HANDLE Bad pool handle, or the pool's cache was destroyed.
+ * @retval KVP_ERR_INVALID_ARGUMENT NULL `seq_out`, NULL `src` with `size` > 0, unknown flags, a
+ *         forced shard not below `data_parallel_size`, or a saved length above this pool's
+ *         `max_model_length`.
+ * @retval KVP_ERR_FORMAT_TRUNCATED The blob ends before its header or its last block.
+ * @retval KVP_ERR_FORMAT_MAGIC Not a sequence blob, or a block without the block magic.
+ * @retval KVP_ERR_FORMAT_VERSION A version this library does not read.
+ * @retval KVP_ERR_FORMAT_CHECKSUM The header or a block fails its checksum.
+ * @retval KVP_ERR_FORMAT_MISMATCH Saved from a cache of another config (the message gives both).
+ * @retval KVP_ERR_FORMAT_CORRUPT Inconsistent header, bytes after the last block, or a block whose
+ *         keys, salt, geometry or padding do not match (the message names the block).
+ * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages in the shard than the pages not
+ *         shared, or every sequence slot is in use.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the token ids.
+ * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
+ * @retval KVP_ERR_DEVICE A device copy failed: the pages taken are returned, but cached pages
+ *         evicted for them have left the prefix index (as a failed copy-on-write). Every
+ *         other failure leaves the pool unchanged.
+ * @ownership Borrows `src` for the call.
+ * @threadsafety Must not race with other calls on the same pool or that use its cache's pages.
+ * @stream CUDA caches: each page is copied to the device on the legacy default stream, synchronously.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_restore_sequence(kvp_pool *pool, const void *src, size_t size, uint32_t flags,
+                                                      kvp_seq_id *seq_out);
+
+/**
+ * @brief Restores a sequence (as kvp_pool_restore_sequence()) from a file written by
+ *        kvp_pool_save_sequence_to_file().
+ *
+ * The header is read and checked first; then the whole file is read into host memory (one
+ * buffer of its size) and restored. The file must hold exactly one blob.
+ *
+ * @param[in] pool Pool handle.
+ * @param[in] path File path, NUL-terminated, not NULL or empty.
+ * @param[in] flags 0 or KVP_POOL_ADD_IN_SHARD().
+ * @param[out] seq_out Receives the new sequence id, not NULL; unchanged on failure.
+ * @retval KVP_OK Restored.
+ * @retval KVP_ERR_IO The file cannot be opened or read, or is not a regular file.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the file's bytes.
+ * @retval others As kvp_pool_restore_sequence(), with `path` for `src`.
+ * @threadsafety Must not race with other calls on the same pool or that use its cache's pages.
+ * @since 1.5
+ */
+KVP_API kvp_status KVP_CALL kvp_pool_restore_sequence_from_file(kvp_pool *pool, const char *path, uint32_t flags,
+                                                                kvp_seq_id *seq_out);
+
 /**
  * @brief Checks every invariant of the pool's bookkeeping (O(pages + sequence pages)).
  *

@@ -127,6 +127,10 @@ const kvp_api_v1 kTableV1 = {
     &kvp_store_list,
     &kvp_store_block_inspect,
     &kvp_pool_flush_tiers,
+    &kvp_pool_save_sequence,
+    &kvp_pool_save_sequence_to_file,
+    &kvp_pool_restore_sequence,
+    &kvp_pool_restore_sequence_from_file,
     &kvp_store_create_redis,
     // END GENERATED TABLE
 };

@@ -179,4 +179,35 @@ KVP_API kvp_status kvp_cache_copy_pages(kvp_cache* cache, const int32_t* src_pag
   KVP_API_END;
 }
 
+KVP_API kvp_status kvp_pool_save_sequence(kvp_pool* pool, kvp_seq_id seq, void* dst, size_t capacity,
+                                          size_t* size_out) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_save_sequence").save_sequence(seq, dst, capacity, size_out);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_save_sequence_to_file(kvp_pool* pool, kvp_seq_id seq, const char* path, uint32_t flags) {
+  KVP_API_BEGIN;
+  pool_from(pool, "kvp_pool_save_sequence_to_file").save_sequence_to_file(seq, path, flags);
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_restore_sequence(kvp_pool* pool, const void* src, size_t size, uint32_t flags,
+                                             kvp_seq_id* seq_out) {
+  KVP_API_BEGIN;
+  Pool& p = pool_from(pool, "kvp_pool_restore_sequence");
+  KVP_REQUIRE_NOT_NULL(seq_out);
+  *seq_out = p.restore_sequence(src, size, flags, "kvp_pool_restore_sequence");
+  KVP_API_END;
+}
+
+KVP_API kvp_status kvp_pool_restore_sequence_from_file(kvp_pool* pool, const char* path, uint32_t flags,
+                                                       kvp_seq_id* seq_out) {
+  KVP_API_BEGIN;
+  Pool& p = pool_from(pool, "kvp_pool_restore_sequence_from_file");
+  KVP_REQUIRE_NOT_NULL(seq_out);
+  *seq_out = p.restore_sequence_from_file(path, flags);
+  KVP_API_END;
+}
+
 }  // extern "C"

@@ -121,6 +121,12 @@ class Pool {
   kvp_pool_tier_stats tier_stats(uint32_t tier) const;
   void flush_tiers(uint32_t flags);
 
+  // Per-sequence save and restore (core/pool_sequence_io.cpp).
+  void save_sequence(kvp_seq_id id, void* dst, size_t capacity, size_t* size_out);
+  void save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags);
+  kvp_seq_id restore_sequence(const void* src, size_t size, uint32_t flags, const char* function);
+  kvp_seq_id restore_sequence_from_file(const char* path, uint32_t flags);
+
  private:
   struct Scan;  // what check_invariants() collects
   void allocate_arrays(const Shape& shape);
@@ -191,8 +197,10 @@ class Pool {
   // are copied out (on `stream`, synchronously) before the call returns. Never throws: a failure
   // is counted.
   void write_back(int32_t p, kvp_stream stream, bool wait) noexcept;
-  // Copies page p (every layer, on `stream`, synchronously) and its identity into block `buf`.
-  void fill_block(int32_t p, uint8_t* buf, kvp_stream stream);
+  // Copies page p (every layer, on `stream`, synchronously) into block `buf` of shape `bs` and
+  // seals it as page `id` holding `tokens` (page_size_ ids).
+  void fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
+                  kvp_stream stream, const char* function);
   // Restores pages [from, max_hits) of a prompt from the tiers into fresh pages of `shard`, as
   // far as the prefix continues; their ids go to r[from…]. Returns how many (never throws).
   size_t restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
@@ -205,6 +213,18 @@ class Pool {
   // i % 2 and uploaded asynchronously, so that page i+1 is read while page i is uploaded.
   bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
                     int32_t* r, HostPipe* pipe);
+
+  // Per-sequence save and restore (core/pool_sequence_io.cpp).
+  // The sequence in slot `slot` for a save: every token computed, its blocks' shape (throws).
+  BlockShape saved_shape(uint32_t slot, const char* function) const;
+  // Writes the block of page i of the sequence in `slot` into `block`; `parent` is the key of
+  // page i-1 (zero for page 0) and becomes page i's; `pad` holds page_size_ token ids.
+  void seal_page(uint32_t slot, size_t i, const BlockShape& bs, Key128& parent, int32_t* pad, uint8_t* block,
+                 const char* function);
+  // Checks every block of a blob whose header checked out, gathering the token ids (num_blocks
+  // pages of them, the last page's tail zero) into `tokens`. Throws FORMAT_* naming the block.
+  void check_blocks(const uint8_t* blocks, const BlockShape& bs, uint64_t num_tokens, uint64_t salt, int32_t* tokens,
+                    const char* function);
 
   kvp_cache* cache_handle_ = nullptr;
   uint64_t cache_serial_ = 0;  // handle_serial(cache_handle_) when the pool was made

@@ -18,14 +18,6 @@
 namespace kvp::detail {
 namespace {
 
-// Store keys are the prefix index's keys masked with the config's fingerprint, so pools of
-// different models (or KV-head slices) sharing a store and a salt never overwrite each other's
-// blocks; the mask is its own inverse.
-StoreKey mask_of(uint64_t fingerprint) noexcept {
-  const XXH128_hash_t m = XXH3_128bits_withSeed(&fingerprint, sizeof fingerprint, 0x4B56504Bu);
-  return StoreKey{m.low64, m.high64};
-}
-
 // A store's complaint about a block itself (damaged file, block of another size): a rejected
 // block, not a failing store.
 bool block_fault(kvp_status code) noexcept {
@@ -66,7 +58,7 @@ void Pool::add_store(kvp_store* h) {
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
     found_ = mem + found;
     block_ = shape;
-    key_mask_ = mask_of(shape.fingerprint);
+    key_mask_ = store_key_mask(shape.fingerprint);
   }
   if (num_tiers_ == 0 && !store_from(h, fn).put_is_cheap()) {
     const uint64_t want = write_queue_bytes_ == 0 ? kDefaultWriteQueueBytes : write_queue_bytes_;
@@ -112,22 +104,22 @@ void Pool::flush_tiers(uint32_t flags) {
   if (writer_) writer_->flush();
 }
 
-void Pool::fill_block(int32_t p, uint8_t* buf, kvp_stream stream) {
-  const char* fn = "kvp_pool (writing an evicted page to tier 0)";
-  const Page& pg = pages_[p];
+void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
+                      kvp_stream stream, const char* fn) {
   Cache& c = cache(fn);
-  const size_t pb = block_.page_bytes;
   for (int64_t l = 0; l < c.num_layers(); ++l)
-    c.backend().copy_to_host(block_.layer(buf, l), c.layer_data(l) + static_cast<size_t>(p) * pb, pb, stream, true,
-                             fn);
-  block_seal(block_, buf, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},
-             tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_));
+    c.backend().copy_to_host(bs.layer(buf, l), c.layer_data(l) + static_cast<size_t>(p) * bs.page_bytes, bs.page_bytes,
+                             stream, true, fn);
+  block_seal(bs, buf, id, tokens);
 }
 
 void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
+  const char* fn = "kvp_pool (writing an evicted page to tier 0)";
   Tier& t = tiers_[0];
   Page& pg = pages_[p];
   if (pg.stored) return;
+  const BlockId id{store_key(pg.key), store_key(pg.parent), pg.salt};
+  const int32_t* page_tokens = tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_);
   try {
     if (writer_) {
       uint8_t* buf = writer_->staging(wait);
@@ -135,11 +127,11 @@ void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
         ++t.st.dropped;
         return;
       }
-      fill_block(p, buf, stream);
+      fill_block(p, block_, id, page_tokens, buf, stream, fn);
       writer_->submit(store_key(pg.key));
     } else {
-      Store& store = tier_store(t, "kvp_pool (writing an evicted page to tier 0)");
-      fill_block(p, write_buf_, stream);
+      Store& store = tier_store(t, fn);
+      fill_block(p, block_, id, page_tokens, write_buf_, stream, fn);
       store.put(store_key(pg.key), write_buf_, block_.total);
       ++t.st.blocks_written;
       t.st.bytes_written += static_cast<int64_t>(block_.total);

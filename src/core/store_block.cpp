@@ -12,7 +12,7 @@ namespace {
 
 constexpr uint32_t kBlockMagic = 0x4250564Bu;  // 'KVPB'
 constexpr uint32_t kBlockVersion = 1;
-constexpr size_t kHeaderBytes = 72;
+constexpr size_t kHeaderBytes = kBlockTokensOffset;
 constexpr size_t kChecksumBytes = 8;
 
 void put32(uint8_t* p, uint32_t v) noexcept {
@@ -58,6 +58,11 @@ uint64_t config_fingerprint(const Cache& cache) {
   uint8_t bytes[sizeof fields];
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; ++i) put64(bytes + 8 * i, static_cast<uint64_t>(fields[i]));
   return XXH3_64bits(bytes, sizeof bytes);
+}
+
+StoreKey store_key_mask(uint64_t fingerprint) noexcept {
+  const XXH128_hash_t m = XXH3_128bits_withSeed(&fingerprint, sizeof fingerprint, 0x4B56504Bu);
+  return StoreKey{m.low64, m.high64};
 }
 
 namespace {

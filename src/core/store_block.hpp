@@ -14,6 +14,9 @@ namespace kvp::detail {
 
 class Cache;
 
+// Where a block's token ids start (after the fixed header).
+constexpr size_t kBlockTokensOffset = 72;
+
 // The shape of the blocks of one cache's pages.
 struct BlockShape {
   uint64_t fingerprint = 0;  // XXH3-64 of the config (config_fingerprint)
@@ -23,6 +26,9 @@ struct BlockShape {
   size_t data_offset = 0;    // where layer 0's bytes start (64-byte aligned)
   size_t total = 0;          // bytes of a block
   uint8_t* layer(uint8_t* block, int64_t l) const noexcept { return block + data_offset + static_cast<size_t>(l) * page_bytes; }
+  const uint8_t* layer(const uint8_t* block, int64_t l) const noexcept {
+    return block + data_offset + static_cast<size_t>(l) * page_bytes;
+  }
 };
 
 // The blocks of `cache`'s pages. Throws INVALID_ARGUMENT if a block would not fit size_t.
@@ -32,6 +38,11 @@ BlockShape block_shape(const Cache& cache);
 // packing, dtype, head geometry), page size, layers, and the tensor-parallel slice of heads.
 // The number of pages and the data-parallel page shards do not enter it.
 uint64_t config_fingerprint(const Cache& cache);
+
+// Store keys are the prefix index's keys XOR-ed with this mask of the config's fingerprint, so
+// pools of different models (or KV-head slices) sharing a store and a salt never overwrite each
+// other's blocks; the mask is its own inverse.
+StoreKey store_key_mask(uint64_t fingerprint) noexcept;
 
 // What identifies a page: its chained key, its parent's key (zero for a first page), the salt.
 struct BlockId {

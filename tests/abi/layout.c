@@ -212,7 +212,7 @@ KVP_PIN_OFFSET(kvp_batch_options, flags, 24);
 KVP_PIN_OFFSET(kvp_batch_options, _reserved0, 28);
 
 /* kvp_api_v1 (plugin.h) */
-KVP_PIN_MIN_SIZE(kvp_api_v1, 952);
+KVP_PIN_MIN_SIZE(kvp_api_v1, 984);
 KVP_PIN_OFFSET(kvp_api_v1, struct_size, 0);
 KVP_PIN_OFFSET(kvp_api_v1, api_version, 4);
 KVP_PIN_OFFSET(kvp_api_v1, status_name, 8);
@@ -332,7 +332,11 @@ KVP_PIN_OFFSET(kvp_api_v1, store_scrub, 912);
 KVP_PIN_OFFSET(kvp_api_v1, store_list, 920);
 KVP_PIN_OFFSET(kvp_api_v1, store_block_inspect, 928);
 KVP_PIN_OFFSET(kvp_api_v1, pool_flush_tiers, 936);
-KVP_PIN_OFFSET(kvp_api_v1, store_create_redis, 944);
+KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence, 944);
+KVP_PIN_OFFSET(kvp_api_v1, pool_save_sequence_to_file, 952);
+KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence, 960);
+KVP_PIN_OFFSET(kvp_api_v1, pool_restore_sequence_from_file, 968);
+KVP_PIN_OFFSET(kvp_api_v1, store_create_redis, 976);
 
 /* kvp_seq_id (pool.h) */
 KVP_PIN_SIZE(kvp_seq_id, 4);

@@ -414,6 +414,16 @@ static void expect_every_pool_call_rejected(kvp_pool *h) {
   EXPECT_BAD_HANDLE(kvp_pool_add_store(h, store), "kvp_pool_add_store");
   assert_kvp_ok(kvp_store_destroy(store));
   EXPECT_BAD_HANDLE(kvp_pool_flush_tiers(h, 0), "kvp_pool_flush_tiers");
+  size_t blob_size = 0x55;
+  uint8_t blob[8] = {0};
+  EXPECT_BAD_HANDLE(kvp_pool_save_sequence(h, s, blob, sizeof blob, &blob_size), "kvp_pool_save_sequence");
+  assert_int_equal(blob_size, 0x55);
+  EXPECT_BAD_HANDLE(kvp_pool_save_sequence_to_file(h, s, "/nonexistent-dir/seq", 0), "kvp_pool_save_sequence_to_file");
+  kvp_seq_id restored = {0xABCDu};
+  EXPECT_BAD_HANDLE(kvp_pool_restore_sequence(h, blob, sizeof blob, 0, &restored), "kvp_pool_restore_sequence");
+  EXPECT_BAD_HANDLE(kvp_pool_restore_sequence_from_file(h, "/nonexistent-dir/seq", 0, &restored),
+                    "kvp_pool_restore_sequence_from_file");
+  assert_int_equal(restored.id, 0xABCDu);
   EXPECT_BAD_HANDLE(kvp_pool_check_invariants(h), "kvp_pool_check_invariants");
   EXPECT_BAD_HANDLE(kvp_pool_clear_prefix_cache(h), "kvp_pool_clear_prefix_cache");
   if (h != NULL) EXPECT_BAD_HANDLE(kvp_pool_destroy(h), "kvp_pool_destroy"); /* destroy(NULL) is OK */
@@ -924,6 +934,19 @@ static void test_contract_api__null_pointers_pool(void **state) {
   EXPECT_NULL_ARG(kvp_pool_get_stats(F.pool, NULL), "kvp_pool_get_stats", "out");
   EXPECT_NULL_ARG(kvp_pool_get_sequence_shard(F.pool, F.seq, NULL), "kvp_pool_get_sequence_shard", "shard_out");
   EXPECT_NULL_ARG(kvp_pool_get_shard_stats(F.pool, 0, NULL), "kvp_pool_get_shard_stats", "out");
+  uint8_t blob[8] = {0};
+  size_t blob_size = 0x55;
+  EXPECT_NULL_ARG(kvp_pool_save_sequence(F.pool, F.seq, blob, sizeof blob, NULL), "kvp_pool_save_sequence", "size_out");
+  EXPECT_NULL_ARG(kvp_pool_save_sequence(F.pool, F.seq, NULL, 8, &blob_size), "kvp_pool_save_sequence", "dst");
+  assert_int_equal(blob_size, 0x55);
+  EXPECT_NULL_ARG(kvp_pool_save_sequence_to_file(F.pool, F.seq, NULL, 0), "kvp_pool_save_sequence_to_file", "path");
+  EXPECT_NULL_ARG(kvp_pool_restore_sequence(F.pool, NULL, 8, 0, &seq), "kvp_pool_restore_sequence", "src");
+  EXPECT_NULL_ARG(kvp_pool_restore_sequence(F.pool, blob, sizeof blob, 0, NULL), "kvp_pool_restore_sequence", "seq_out");
+  EXPECT_NULL_ARG(kvp_pool_restore_sequence_from_file(F.pool, NULL, 0, &seq), "kvp_pool_restore_sequence_from_file",
+                  "path");
+  EXPECT_NULL_ARG(kvp_pool_restore_sequence_from_file(F.pool, "/tmp/x", 0, NULL), "kvp_pool_restore_sequence_from_file",
+                  "seq_out");
+  assert_int_equal(seq.id, 0xABCDu);
   int32_t one[1] = {1}, two[1] = {2};
   EXPECT_NULL_ARG(kvp_cache_copy_pages(F.cache, NULL, two, 1, NULL), "kvp_cache_copy_pages", "src_pages");
   EXPECT_NULL_ARG(kvp_cache_copy_pages(F.cache, one, NULL, 1, NULL), "kvp_cache_copy_pages", "dst_pages");
@@ -1250,6 +1273,23 @@ static void test_contract_api__message_cleared_by_every_success(void **state) {
   CLEARS(kvp_pool_get_shard_stats(p, 0, &sst));
   assert_int_equal(sst.num_sequences, 2);
   assert_int_equal(sst.total_pages, st.total_pages);
+  CLEARS(kvp_pool_set_computed(p, s, 6));
+  size_t blob_size = 0;
+  assert_int_equal(kvp_pool_save_sequence(p, s, NULL, 0, &blob_size), KVP_ERR_BUFFER_TOO_SMALL);
+  uint8_t *blob = (uint8_t *)test_malloc(blob_size);
+  CLEARS(kvp_pool_save_sequence(p, s, blob, blob_size, &blob_size));
+  kvp_seq_id restored = {0};
+  CLEARS(kvp_pool_restore_sequence(p, blob, blob_size, 0, &restored));
+  CLEARS(kvp_pool_free_sequence(p, restored));
+  test_free(blob);
+  char seq_path[] = "/tmp/kvp_contract_seq_XXXXXX";
+  const int seq_fd = mkstemp(seq_path);
+  assert_true(seq_fd >= 0);
+  close(seq_fd);
+  CLEARS(kvp_pool_save_sequence_to_file(p, s, seq_path, KVP_POOL_SAVE_FLAG_NO_SYNC));
+  CLEARS(kvp_pool_restore_sequence_from_file(p, seq_path, 0, &restored));
+  unlink(seq_path);
+  CLEARS(kvp_pool_free_sequence(p, restored));
   CLEARS(kvp_pool_check_invariants(p));
   CLEARS(kvp_pool_free_sequence(p, child));
   CLEARS(kvp_pool_clear_prefix_cache(p));
@@ -1345,6 +1385,8 @@ static const char *const covered_by_this_file[] = {
     "kvp_pool_get_page_state", "kvp_pool_get_stats", "kvp_pool_check_invariants", "kvp_pool_clear_prefix_cache",
     "kvp_cache_copy_pages", "kvp_pool_get_sequence_shard", "kvp_pool_get_shard_stats", "kvp_pool_add_store",
     "kvp_pool_get_tier_stats", "kvp_pool_flush_tiers",
+    "kvp_pool_save_sequence", "kvp_pool_save_sequence_to_file",
+    "kvp_pool_restore_sequence", "kvp_pool_restore_sequence_from_file",
     /* store.h (kvp_store_create and kvp_store_create_directory succeeding: tests/unit/test_store.c;
      * kvp_store_create_redis: tests/redis/test_store_redis.c) */
     "kvp_store_options_init", "kvp_store_create", "kvp_store_create_memory", "kvp_store_create_directory",

@@ -1,8 +1,9 @@
-/* Writes the golden blobs of tests/data/v1.0/ (see tests/data/README.md). Run it only when a new
- * format version gets its own golden directory: committed blobs are never regenerated, they are
- * the format's compatibility promise.
+/* Writes the golden blobs of tests/data/v1.0/ (see tests/data/README.md), or with --sequence the
+ * golden sequence blob of tests/data/sequence-v1/. Run it only when a new format version gets its
+ * own golden directory: committed blobs are never regenerated, they are the format's
+ * compatibility promise.
  *
- *   build/tests/kvp_gen_golden OUTDIR
+ *   build/tests/kvp_gen_golden [--sequence] OUTDIR
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,14 +32,12 @@ typedef struct shard_spec {
   int32_t tp_rank, dp_rank;
 } shard_spec;
 
-static int write_golden(const char *dir, const char *name, int64_t layers, int64_t heads, int64_t head_dim,
-                        int64_t page_size, int64_t pages, kvp_dtype dtype, kvp_layout layout, const int32_t *ids,
-                        uint32_t nids, uint64_t chunk_bytes, shard_spec shard) {
+/* The config of a golden cache of exactly `pages` pages (over tp x dp devices). */
+static int golden_config(const char *name, int64_t layers, int64_t heads, int64_t head_dim, int64_t page_size,
+                         int64_t pages, kvp_dtype dtype, kvp_layout layout, shard_spec shard, kvp_config *out) {
   kvp_config probe, cfg;
   kvp_layout_info li;
   kvp_config_options o;
-  kvp_cache *c = NULL;
-  char path[1024];
   kvp_config_init(&probe, sizeof probe);
   probe.num_hidden_layers = layers;
   probe.num_kv_heads = heads;
@@ -68,11 +67,15 @@ static int write_golden(const char *dir, const char *name, int64_t layers, int64
     fprintf(stderr, "kvp_gen_golden: %s: %lld pages, not %lld\n", name, (long long)cfg.num_pages, (long long)pages);
     return 1;
   }
-  if (shard.tp * shard.dp > 1) {
-    if (check(kvp_cache_create_shard(&cfg, shard.tp_rank, shard.dp_rank, NULL, &c), "shard")) return 1;
-  } else if (check(kvp_cache_create(&cfg, NULL, &c), "cache")) {
-    return 1;
-  }
+  *out = cfg;
+  return 0;
+}
+
+/* Fills every page of every layer of `c` with the pattern of its global page id. */
+static int fill_golden(kvp_cache *c, int64_t layers) {
+  kvp_layout_info li;
+  memset(&li, 0, sizeof li);
+  li.struct_size = sizeof li;
   kvp_shard_info si = KVP_SHARD_INFO_INIT;
   if (check(kvp_cache_get_layout(c, &li), "layout") || check(kvp_cache_get_shard(c, &si), "shard info")) return 1;
   for (uint32_t l = 0; l < (uint32_t)layers; ++l) {
@@ -83,6 +86,22 @@ static int write_golden(const char *dir, const char *name, int64_t layers, int64
       for (int64_t i = 0; i < li.page_bytes_per_layer; ++i)
         p[pg * li.page_bytes_per_layer + i] = golden_byte(l, (uint64_t)(si.page_begin + pg), (uint64_t)i);
   }
+  return 0;
+}
+
+static int write_golden(const char *dir, const char *name, int64_t layers, int64_t heads, int64_t head_dim,
+                        int64_t page_size, int64_t pages, kvp_dtype dtype, kvp_layout layout, const int32_t *ids,
+                        uint32_t nids, uint64_t chunk_bytes, shard_spec shard) {
+  kvp_config cfg;
+  kvp_cache *c = NULL;
+  char path[1024];
+  if (golden_config(name, layers, heads, head_dim, page_size, pages, dtype, layout, shard, &cfg)) return 1;
+  if (shard.tp * shard.dp > 1) {
+    if (check(kvp_cache_create_shard(&cfg, shard.tp_rank, shard.dp_rank, NULL, &c), "shard")) return 1;
+  } else if (check(kvp_cache_create(&cfg, NULL, &c), "cache")) {
+    return 1;
+  }
+  if (fill_golden(c, layers)) return 1;
   kvp_serialize_options so;
   kvp_serialize_options_init(&so, sizeof so);
   so.page_ids = ids;
@@ -95,10 +114,36 @@ static int write_golden(const char *dir, const char *name, int64_t layers, int64
   return 0;
 }
 
+/* The golden sequence blob (sequence-v1/): the 10 tokens 1000 + 37 k, salt 0x5EED, saved from a
+ * fresh pool (its pages 1, 2, 3) over a v3 bf16 cache of 8 pages filled with the pattern. */
+static int write_golden_sequence(const char *dir) {
+  const shard_spec whole = {1, 1, 0, 0};
+  kvp_config cfg;
+  kvp_cache *c = NULL;
+  kvp_pool *pool = NULL;
+  kvp_seq_id seq;
+  int32_t tokens[10];
+  char path[1024];
+  for (int k = 0; k < 10; ++k) tokens[k] = 1000 + 37 * k;
+  if (golden_config("sequence", 2, 2, 64, 4, 8, KVP_DTYPE_BF16, KVP_LAYOUT_V3, whole, &cfg) ||
+      check(kvp_cache_create(&cfg, NULL, &c), "cache") || fill_golden(c, 2) ||
+      check(kvp_pool_create(c, NULL, &pool), "pool") ||
+      check(kvp_pool_add_sequence(pool, tokens, 10, 0x5EED, 0, &seq, NULL), "add_sequence") ||
+      check(kvp_pool_set_computed(pool, seq, 10), "set_computed"))
+    return 1;
+  snprintf(path, sizeof path, "%s/seq-v3-h64-bf16.kvpq", dir);
+  if (check(kvp_pool_save_sequence_to_file(pool, seq, path, 0), path)) return 1;
+  kvp_pool_destroy(pool);
+  kvp_cache_destroy(c);
+  printf("wrote %s\n", path);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   static const int32_t subset[] = {3, 1};
+  if (argc == 3 && strcmp(argv[1], "--sequence") == 0) return write_golden_sequence(argv[2]);
   if (argc != 2) {
-    fprintf(stderr, "usage: kvp_gen_golden OUTDIR\n");
+    fprintf(stderr, "usage: kvp_gen_golden [--sequence] OUTDIR\n");
     return 2;
   }
   static const int32_t shard_subset[] = {7, 5};

@@ -5,6 +5,11 @@ if(TARGET test_serialize)
   target_link_libraries(test_serialize PRIVATE PkgConfig::XXHASH)
 endif()
 
+# The golden sequence blob (tests/data/sequence-v1) for test_pool_sequence.
+if(TARGET test_pool_sequence)
+  target_compile_definitions(test_pool_sequence PRIVATE KVP_TEST_DATA_DIR="${CMAKE_CURRENT_LIST_DIR}")
+endif()
+
 # Generator of the golden blobs (not run by the tests; see tests/data/README.md).
 add_executable(kvp_gen_golden ${CMAKE_CURRENT_LIST_DIR}/gen_golden.c)
 target_link_libraries(kvp_gen_golden PRIVATE kvpages)

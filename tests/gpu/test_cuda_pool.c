@@ -1,6 +1,7 @@
-/* GPU tests of kvpages/pool.h: kvp_cache_copy_pages, the pool's copy-on-write, and the storage
- * tiers (evicted pages written from device pages, restored into them through the host pipe) on a
- * CUDA cache give the same bytes as on a CPU cache. Every test skip()s when the build has no CUDA or the
+/* GPU tests of kvpages/pool.h: kvp_cache_copy_pages, the pool's copy-on-write, the storage tiers
+ * (evicted pages written from device pages, restored into them through the host pipe) and the
+ * save and restore of a sequence on a CUDA cache give the same bytes as on a CPU cache. Every
+ * test skip()s when the build has no CUDA or the
  * machine has no GPU (then "kvpages: no CUDA device" is printed). */
 #include "support.h"
 
@@ -192,11 +193,60 @@ static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
   assert_int_equal(system(cmd), 0);
 }
 
+static void test_cuda_pool__saved_sequence_matches_cpu_across_devices(void **state) {
+  (void)state;
+  kvp_config cfg = kvp_test_config(2, 4, 64, 8, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3);
+  kvp_cache *cpu = NULL, *gpu = NULL;
+  if (!make_pair(&cfg, &cpu, &gpu)) skip();
+  fill_both(cpu, gpu, 2, 11);
+  kvp_pool *pc, *pg;
+  assert_kvp_ok(kvp_pool_create(cpu, NULL, &pc));
+  assert_kvp_ok(kvp_pool_create(gpu, NULL, &pg));
+  int32_t t[20];
+  for (int i = 0; i < 20; ++i) t[i] = 100 + 3 * i;
+  kvp_seq_id a, b;
+  assert_kvp_ok(kvp_pool_add_sequence(pc, t, 20, 9, 0, &a, NULL)); /* 2 full pages and 4 tokens */
+  assert_kvp_ok(kvp_pool_add_sequence(pg, t, 20, 9, 0, &b, NULL));
+  assert_kvp_ok(kvp_pool_set_computed(pc, a, 20));
+  assert_kvp_ok(kvp_pool_set_computed(pg, b, 20));
+  size_t nc = 0, ng = 0;
+  assert_int_equal(kvp_pool_save_sequence(pc, a, NULL, 0, &nc), KVP_ERR_BUFFER_TOO_SMALL);
+  assert_int_equal(kvp_pool_save_sequence(pg, b, NULL, 0, &ng), KVP_ERR_BUFFER_TOO_SMALL);
+  assert_int_equal(nc, ng);
+  uint8_t *from_cpu = (uint8_t *)malloc(nc), *from_gpu = (uint8_t *)malloc(ng);
+  assert_non_null(from_cpu);
+  assert_non_null(from_gpu);
+  assert_kvp_ok(kvp_pool_save_sequence(pc, a, from_cpu, nc, &nc));
+  assert_kvp_ok(kvp_pool_save_sequence(pg, b, from_gpu, ng, &ng));
+  assert_memory_equal(from_cpu, from_gpu, nc); /* the blob does not depend on the device */
+  /* each pool restores the other device's blob into fresh pages after a filler */
+  int32_t filler[8] = {7, 7, 7, 7, 7, 7, 7, 7};
+  kvp_seq_id fc, fg, rc, rg;
+  assert_kvp_ok(kvp_pool_add_sequence(pc, filler, 8, 1, 0, &fc, NULL));
+  assert_kvp_ok(kvp_pool_add_sequence(pg, filler, 8, 1, 0, &fg, NULL));
+  assert_kvp_ok(kvp_pool_restore_sequence(pc, from_gpu, ng, 0, &rc));
+  assert_kvp_ok(kvp_pool_restore_sequence(pg, from_cpu, nc, 0, &rg));
+  int32_t pages_c[3], pages_g[3];
+  size_t n;
+  assert_kvp_ok(kvp_pool_get_page_table(pg, rg, pages_g, 3, &n));
+  assert_kvp_ok(kvp_pool_get_page_table(pc, rc, pages_c, 3, &n));
+  assert_int_equal(pages_c[2], pages_g[2]); /* same bookkeeping on both devices: a fresh last page */
+  assert_same_bytes(cpu, gpu, 2);
+  assert_kvp_ok(kvp_pool_check_invariants(pg));
+  free(from_cpu);
+  free(from_gpu);
+  assert_kvp_ok(kvp_pool_destroy(pg));
+  assert_kvp_ok(kvp_pool_destroy(pc));
+  assert_kvp_ok(kvp_cache_destroy(gpu));
+  assert_kvp_ok(kvp_cache_destroy(cpu));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cuda_pool__copy_pages_matches_cpu),
       cmocka_unit_test(test_cuda_pool__copy_on_write_matches_cpu),
       cmocka_unit_test(test_cuda_pool__tiers_restore_matches_cpu),
+      cmocka_unit_test(test_cuda_pool__saved_sequence_matches_cpu_across_devices),
   };
   return cmocka_run_group_tests_name("cuda_pool", tests, NULL, NULL);
 }

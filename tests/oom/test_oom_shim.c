@@ -235,6 +235,28 @@ static kvp_status call_pool_create_and_add(void *ctx) {
   return st != KVP_OK ? st : d;
 }
 
+/* A 40-token sequence saved to a buffer and to a file and restored from both (since 1.5). */
+static kvp_status call_pool_save_and_restore(void *ctx) {
+  (void)ctx;
+  kvp_pool *p = NULL;
+  kvp_seq_id s, r;
+  size_t size = 0;
+  char path[80];
+  snprintf(path, sizeof path, "%s.seq", g.path);
+  kvp_status st = kvp_pool_create(g.cache, NULL, &p);
+  if (st != KVP_OK) return st;
+  st = kvp_pool_add_sequence(p, g.tokens, 40, 0, 0, &s, NULL);
+  if (st == KVP_OK) st = kvp_pool_set_computed(p, s, 40);
+  if (st == KVP_OK) st = kvp_pool_save_sequence(p, s, g.buf, g.whole_len, &size);
+  if (st == KVP_OK) st = kvp_pool_restore_sequence(p, g.buf, size, 0, &r);
+  if (st == KVP_OK) st = kvp_pool_save_sequence_to_file(p, s, path, KVP_POOL_SAVE_FLAG_NO_SYNC);
+  if (st == KVP_OK) st = kvp_pool_restore_sequence_from_file(p, path, 0, &r);
+  if (st == KVP_OK) st = kvp_pool_check_invariants(p);
+  unlink(path);
+  const kvp_status d = kvp_pool_destroy(p);
+  return st != KVP_OK ? st : d;
+}
+
 static kvp_status call_config_json(void *ctx) {
   (void)ctx;
   kvp_config back = KVP_CONFIG_INIT;
@@ -292,6 +314,7 @@ static void test_oom_shim__create_and_metadata(void **state) {
       {"kvp_cache_create", call_cache_create, destroy_made, NULL},
       {"kvp_metadata_build", call_metadata_build, destroy_md, NULL},
       {"kvp_pool create, add, set_computed, append, check", call_pool_create_and_add, NULL, NULL},
+      {"kvp_pool save and restore a sequence (buffer, file)", call_pool_save_and_restore, NULL, NULL},
   };
   for (size_t i = 0; i < sizeof s / sizeof s[0]; ++i) sweep(&s[i]);
 }

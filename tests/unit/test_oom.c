@@ -832,6 +832,59 @@ static void test_oom__pool_operations(void **state) {
   assert_kvp_ok(kvp_cache_destroy(c));
 }
 
+/* Save and restore of a sequence (since 1.5): to and from a buffer and a file; each failing
+ * allocation is KVP_ERR_OUT_OF_MEMORY, leaks nothing and leaves the pool as it was. */
+typedef struct seq_case {
+  pool_case pc; /* first: pool_unchanged reads it */
+  uint8_t *blob;
+  size_t size;
+  char path[64];
+  int op;
+} seq_case;
+
+enum { SEQ_SAVE, SEQ_SAVE_FILE, SEQ_RESTORE, SEQ_RESTORE_FILE, SEQ_COUNT };
+static const char *const kSeqOps[SEQ_COUNT] = {"save_sequence", "save_sequence_to_file", "restore_sequence",
+                                               "restore_sequence_from_file"};
+
+static kvp_status seq_op(void *p) {
+  seq_case *sc = (seq_case *)p;
+  kvp_pool *pool = sc->pc.p;
+  kvp_seq_id out = {0};
+  kvp_status st = KVP_ERR_INTERNAL;
+  read_pool(&sc->pc, &sc->pc.before);
+  switch (sc->op) {
+    case SEQ_SAVE: st = kvp_pool_save_sequence(pool, sc->pc.seqs[0], sc->blob, sc->size, &sc->size); break;
+    case SEQ_SAVE_FILE: st = kvp_pool_save_sequence_to_file(pool, sc->pc.seqs[0], sc->path, KVP_POOL_SAVE_FLAG_NO_SYNC); break;
+    case SEQ_RESTORE: st = kvp_pool_restore_sequence(pool, sc->blob, sc->size, 0, &out); break;
+    default: st = kvp_pool_restore_sequence_from_file(pool, sc->path, 0, &out); break;
+  }
+  if (st == KVP_OK && out.id != 0) st = kvp_pool_free_sequence(pool, out);
+  return st;
+}
+
+static void test_oom__pool_save_and_restore_sequence(void **state) {
+  (void)state;
+  kvp_cache *c = make_cache(KVP_LAYOUT_V3);
+  seq_case sc;
+  memset(&sc, 0, sizeof sc);
+  for (int i = 0; i < 64; ++i) sc.pc.tokens[i] = 1000 + i;
+  snprintf(sc.path, sizeof sc.path, "/tmp/kvp_test_oom_seq_%d.kvpq", (int)getpid());
+  assert_kvp_ok(kvp_pool_create(c, NULL, &sc.pc.p));
+  assert_kvp_ok(kvp_pool_add_sequence(sc.pc.p, sc.pc.tokens, 40, 0, 0, &sc.pc.seqs[0], NULL));
+  assert_kvp_ok(kvp_pool_set_computed(sc.pc.p, sc.pc.seqs[0], 40));
+  assert_int_equal(kvp_pool_save_sequence(sc.pc.p, sc.pc.seqs[0], NULL, 0, &sc.size), KVP_ERR_BUFFER_TOO_SMALL);
+  sc.blob = (uint8_t *)test_malloc(sc.size);
+  for (sc.op = 0; sc.op < SEQ_COUNT; ++sc.op) {
+    const long points = sweep(kSeqOps[sc.op], seq_op, pool_unchanged, &sc);
+    assert_true(points >= 1); /* a page's token ids, the blob's tokens, the file's bytes */
+    assert_kvp_ok(kvp_pool_check_invariants(sc.pc.p));
+  }
+  unlink(sc.path);
+  test_free(sc.blob);
+  assert_kvp_ok(kvp_pool_destroy(sc.pc.p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 static void test_oom__set_host_allocator_rejects_half_allocators(void **state) {
   (void)state;
   kvp_host_allocator half = kvp_test_allocator(&g_alloc);
@@ -1007,6 +1060,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_oom__deserialize_into_buffer_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__deserialize_new_small_and_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__pool_operations, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oom__pool_save_and_restore_sequence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__stores_and_tiers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__redis_store_create, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oom__set_host_allocator_rejects_half_allocators, setup, teardown),

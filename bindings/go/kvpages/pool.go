@@ -381,3 +381,77 @@ func (c *Cache) CopyPages(src, dst []int32) error {
 	runtime.KeepAlive(dst)
 	return err
 }
+
+// SaveSequence calls kvp_pool_save_sequence: the blob of sequence seq (its token ids and its
+// pages' bytes in every layer), which RestoreSequence turns into a new sequence of any pool of a
+// compatible cache. Every token must be computed (SetComputed).
+func (p *Pool) SaveSequence(seq SeqID) ([]byte, error) {
+	var size C.size_t
+	err := p.do(func(h *C.kvp_pool) C.kvp_status { return C.kvp_pool_save_sequence(h, seq.c(), nil, 0, &size) })
+	if e, ok := err.(*Error); !ok || e.Status != ErrBufferTooSmall {
+		return nil, err // a blob has at least a header: size 0 never fits
+	}
+	blob := make([]byte, int(size))
+	err = p.do(func(h *C.kvp_pool) C.kvp_status {
+		return C.kvp_pool_save_sequence(h, seq.c(), unsafe.Pointer(&blob[0]), C.size_t(len(blob)), &size)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return blob[:int(size)], nil
+}
+
+// SaveSequenceFile calls kvp_pool_save_sequence_to_file: SaveSequence into a file replaced
+// atomically; sync false skips the two fsyncs (KVP_POOL_SAVE_FLAG_NO_SYNC).
+func (p *Pool) SaveSequenceFile(seq SeqID, path string, sync bool) error {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var flags C.uint32_t
+	if !sync {
+		flags = C.KVP_POOL_SAVE_FLAG_NO_SYNC
+	}
+	return p.do(func(h *C.kvp_pool) C.kvp_status { return C.kvp_pool_save_sequence_to_file(h, seq.c(), cpath, flags) })
+}
+
+// RestoreSequence calls kvp_pool_restore_sequence: a new sequence from a saved blob, checked
+// whole before the pool changes; its full pages that the prefix index holds are shared, and every
+// token counts as computed. shard >= 0 forces that data-parallel shard (KVP_POOL_ADD_IN_SHARD);
+// shard < 0 places it as AddSequence does.
+func (p *Pool) RestoreSequence(blob []byte, shard int) (SeqID, error) {
+	var src unsafe.Pointer
+	if len(blob) > 0 {
+		src = unsafe.Pointer(&blob[0])
+	}
+	var seq C.kvp_seq_id
+	err := p.do(func(h *C.kvp_pool) C.kvp_status {
+		return C.kvp_pool_restore_sequence(h, src, C.size_t(len(blob)), shardFlags(shard), &seq)
+	})
+	runtime.KeepAlive(blob)
+	if err != nil {
+		return SeqID{}, err
+	}
+	return SeqID{uint32(seq.id)}, nil
+}
+
+// RestoreSequenceFile calls kvp_pool_restore_sequence_from_file: RestoreSequence from a file
+// written by SaveSequenceFile.
+func (p *Pool) RestoreSequenceFile(path string, shard int) (SeqID, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var seq C.kvp_seq_id
+	err := p.do(func(h *C.kvp_pool) C.kvp_status {
+		return C.kvp_pool_restore_sequence_from_file(h, cpath, shardFlags(shard), &seq)
+	})
+	if err != nil {
+		return SeqID{}, err
+	}
+	return SeqID{uint32(seq.id)}, nil
+}
+
+// shardFlags are the flags of a restore into shard (KVP_POOL_ADD_IN_SHARD), or 0 when shard < 0.
+func shardFlags(shard int) C.uint32_t {
+	if shard < 0 {
+		return 0
+	}
+	return C.KVP_POOL_ADD_FLAG_SHARD | C.uint32_t(shard)<<16
+}

@@ -383,3 +383,77 @@ func TestRedisStoreBadURLRefusedServerAndRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSavedSequenceRestoresIntoAnotherPool(t *testing.T) {
+	cfg, err := NewConfig(ConfigOptions{NumHiddenLayers: poolLayers, NumKVHeads: heads, MaxModelLength: maxLen,
+		HeadDim: headDim, PageSize: page, Dtype: DtypeF32, BudgetBytes: 8 * poolLayers * page * 2 * heads * headDim * 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newPool := func() *Pool {
+		cache, err := NewCache(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cache.Close() })
+		p, err := NewPool(cache, PoolOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	pa, pb := newPool(), newPool()
+	prompt := tierPrompt(1000, 40) // 2 full pages and 8 tokens
+	a, _, err := pa.AddSequence(prompt, 3, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePending(t, pa, cfg, []pending{{a, prompt}})
+	blob, err := pa.SaveSequence(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "seq.kvpq")
+	if err := pa.SaveSequenceFile(a, path, false); err != nil {
+		t.Fatal(err)
+	}
+	if raw, err := os.ReadFile(path); err != nil || !bytes.Equal(raw, blob) {
+		t.Fatalf("the file is not the blob: %v", err)
+	}
+	if _, _, err := pb.AddSequence(tierPrompt(9000, 20), 0, false); err != nil { // other page ids in B
+		t.Fatal(err)
+	}
+	b, err := pb.RestoreSequence(blob, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, computed, err := pb.Length(b); err != nil || n != 40 || computed != 40 {
+		t.Fatalf("restored length %d computed %d, %v", n, computed, err)
+	}
+	checkTokens(t, pb, b, prompt, 0, 40)
+	c, err := pb.RestoreSequenceFile(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pagesB, _ := pb.PageTable(b)
+	pagesC, _ := pb.PageTable(c)
+	if pagesC[0] != pagesB[0] || pagesC[1] != pagesB[1] || pagesC[2] == pagesB[2] {
+		t.Fatalf("full pages not shared: %v %v", pagesB, pagesC)
+	}
+	bad := append([]byte(nil), blob...)
+	bad[len(bad)-1] ^= 1
+	before, _ := pb.Stats()
+	_, err = pb.RestoreSequence(bad, -1)
+	if e := wantErr(t, err, ErrFormatChecksum, "KVP_ERR_FORMAT_CHECKSUM"); !strings.Contains(e.Message, "block 2 of 3") {
+		t.Fatalf("message %q does not name the block", e.Message)
+	}
+	_, err = pb.RestoreSequence(blob, 1)
+	wantErr(t, err, ErrInvalidArgument, "KVP_ERR_INVALID_ARGUMENT")
+	if after, _ := pb.Stats(); after != before {
+		t.Fatalf("a failed restore changed the pool: %+v, was %+v", after, before)
+	}
+	if err := pb.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -408,8 +408,15 @@ _SIGNATURES = {
     "kvp_store_scrub": (_ST, _vp, _P(kvp_store_scrub_report)),
     "kvp_store_list": (_ST, _vp, _P(_u64), _P(kvp_store_key), _size, _P(_size)),  # since 1.5
     "kvp_store_block_inspect": (_ST, _vp, _size, _P(kvp_store_block_info)),  # since 1.5
+    "kvp_pool_save_sequence": (_ST, _vp, kvp_seq_id, _vp, _size, _P(_size)),
+    "kvp_pool_save_sequence_to_file": (_ST, _vp, kvp_seq_id, _cp, _u32),
+    "kvp_pool_restore_sequence": (_ST, _vp, _vp, _size, _u32, _P(kvp_seq_id)),
+    "kvp_pool_restore_sequence_from_file": (_ST, _vp, _cp, _u32, _P(kvp_seq_id)),
     "kvp_store_create_redis": (_ST, _cp, _P(kvp_store_options), _P(_vp)),  # since 1.5
 }
+#: Per-sequence save and restore (pool.h, since 1.5).
+_SEQUENCE_IO_FUNCTIONS = {"kvp_pool_save_sequence", "kvp_pool_save_sequence_to_file", "kvp_pool_restore_sequence",
+                          "kvp_pool_restore_sequence_from_file"}
 #: The storage-tier functions (store.h and two of pool.h, since 1.4; list and block_inspect since 1.5).
 _STORE_FUNCTIONS = {name for name in _SIGNATURES if name.startswith("kvp_store_")} | {
     "kvp_pool_add_store", "kvp_pool_get_tier_stats", "kvp_pool_flush_tiers"}
@@ -418,7 +425,8 @@ _STORE_FUNCTIONS = {name for name in _SIGNATURES if name.startswith("kvp_store_"
 LATER = {"kvp_attention_options_init", "kvp_attention", "kvp_convert", "kvp_config_get_shard",
          "kvp_cache_create_shard", "kvp_cache_get_shard", "kvp_deserialize_shards_into", "kvp_pool_get_sequence_shard",
          "kvp_pool_get_shard_stats", "kvp_cache_group_create", "kvp_cache_group_destroy",
-         "kvp_cache_group_get_num_shards", "kvp_cache_group_get_shard", "kvp_cache_group_concatenate"} | _STORE_FUNCTIONS
+         "kvp_cache_group_get_num_shards", "kvp_cache_group_get_shard", "kvp_cache_group_concatenate"} | _STORE_FUNCTIONS \
+    | _SEQUENCE_IO_FUNCTIONS
 
 
 def bind(names: Optional[set] = None) -> None:

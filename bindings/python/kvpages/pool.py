@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import os
 from typing import Any, List, Sequence, Tuple
 
 import numpy as np
@@ -17,6 +18,8 @@ from .metadata import BatchRequest
 POOL_FLAG_NO_PREFIX_CACHE, POOL_ADD_FLAG_REUSE_ALL, POOL_ADD_FLAG_SHARD = 1, 1, 2
 POOL_FLUSH_CACHED = 1  # kvp_pool_flush_tiers (since 1.5)
 PAGE_FLAG_NULL, PAGE_FLAG_FREE, PAGE_FLAG_INDEXED = 1, 2, 4
+POOL_SAVE_FLAG_NO_SYNC = 1
+_BUFFER_TOO_SMALL = 6  # KVP_ERR_BUFFER_TOO_SMALL: the size half of size-then-fill
 _size = ctypes.c_size_t
 
 #: Counters of a pool (kvp_pool_get_stats); ``free_pages + evictable_pages + used_pages == total_pages``.
@@ -70,6 +73,15 @@ def _tokens(tokens):
     if a.ndim != 1:
         raise invalid("expected a 1-D sequence of token ids, got %d dimensions" % a.ndim)
     return a, a.ctypes.data_as(_P(_i32)), a.shape[0]
+
+
+def _shard_flags(shard):
+    """The flags of a restore into data-parallel shard ``shard`` (KVP_POOL_ADD_IN_SHARD), or 0 for None."""
+    if shard is None:
+        return 0
+    if not 0 <= shard < 1 << 16:
+        raise invalid("shard %d is out of range [0, 65536)" % shard)
+    return POOL_ADD_FLAG_SHARD | (shard << 16)
 
 
 class Pool(Handle):
@@ -220,6 +232,44 @@ class Pool(Handle):
         counted in :meth:`tier_stats`); with ``cached`` first writes every cached prefix page tier 0
         does not hold yet (to persist the prefix cache, at exit say)."""
         check(lib.kvp_pool_flush_tiers(self.ptr, POOL_FLUSH_CACHED if cached else 0), "kvp_pool_flush_tiers")
+
+    def save_sequence(self, seq):
+        """The blob (``bytes``) of sequence ``seq``: its token ids and its pages' bytes in every
+        layer, which :meth:`restore_sequence` turns into a new sequence of any pool of a compatible
+        cache. Every token must be computed (:meth:`set_computed`)."""
+        size = _size()
+        status = lib.kvp_pool_save_sequence(self.ptr, _seq(seq), None, 0, ctypes.byref(size))
+        if status != _BUFFER_TOO_SMALL:
+            check(status, "kvp_pool_save_sequence")
+        buf = ctypes.create_string_buffer(size.value)
+        check(lib.kvp_pool_save_sequence(self.ptr, _seq(seq), buf, size.value, ctypes.byref(size)),
+              "kvp_pool_save_sequence")
+        return buf.raw[: size.value]
+
+    def save_sequence_to_file(self, seq, path, sync=True):
+        """:meth:`save_sequence` into a file replaced atomically; ``sync=False`` skips the two
+        fsyncs (KVP_POOL_SAVE_FLAG_NO_SYNC)."""
+        flags = 0 if sync else POOL_SAVE_FLAG_NO_SYNC
+        check(lib.kvp_pool_save_sequence_to_file(self.ptr, _seq(seq), os.fsencode(path), flags),
+              "kvp_pool_save_sequence_to_file")
+
+    def restore_sequence(self, blob, shard=None):
+        """A new sequence (its :class:`SeqId`) from a saved blob (bytes-like), checked whole
+        before the pool changes; its full pages that the prefix index holds are shared, and every
+        token counts as computed. ``shard`` forces a data-parallel shard; None places it as
+        :meth:`add_sequence` does."""
+        data = bytes(blob)
+        seq = kvp_seq_id()
+        check(lib.kvp_pool_restore_sequence(self.ptr, data, len(data), _shard_flags(shard), ctypes.byref(seq)),
+              "kvp_pool_restore_sequence")
+        return SeqId(seq.id)
+
+    def restore_sequence_from_file(self, path, shard=None):
+        """:meth:`restore_sequence` from a file written by :meth:`save_sequence_to_file`."""
+        seq = kvp_seq_id()
+        check(lib.kvp_pool_restore_sequence_from_file(self.ptr, os.fsencode(path), _shard_flags(shard),
+                                                      ctypes.byref(seq)), "kvp_pool_restore_sequence_from_file")
+        return SeqId(seq.id)
 
     def check_invariants(self):
         """Raises KvpError (KVP_ERR_INTERNAL, naming the violation) if the bookkeeping is inconsistent."""

@@ -62,6 +62,9 @@ COUNTERPARTS = {
     # storage tiers (since 1.4)
     "kvp_pool_add_store": "Pool.add_store", "kvp_pool_get_tier_stats": "Pool.tier_stats",
     "kvp_pool_flush_tiers": "Pool.flush_tiers",
+    "kvp_pool_save_sequence": "Pool.save_sequence", "kvp_pool_save_sequence_to_file": "Pool.save_sequence_to_file",
+    "kvp_pool_restore_sequence": "Pool.restore_sequence",
+    "kvp_pool_restore_sequence_from_file": "Pool.restore_sequence_from_file",
     "kvp_store_options_init": "Store.directory", "kvp_store_create": "Store.plugin",
     "kvp_store_create_memory": "Store.memory", "kvp_store_create_directory": "Store.directory",
     "kvp_store_destroy": "Store.close", "kvp_store_put": "Store.put", "kvp_store_get": "Store.get",

@@ -275,3 +275,49 @@ def test_redis_store_bad_url_refused_server_and_round_trip():
         assert store.get(K1) == b"abc" and store.exists([K1, K2]) == [True, False]
         store.remove(K1)
         assert store.exists([K1]) == [False] and store.stats().blocks == -1
+
+
+def test_a_saved_sequence_restores_into_another_pool_and_a_damaged_one_changes_nothing(tmp_path):
+    cfg = make_config(budget_bytes=POOL_BUDGET)  # 7 usable pages of 16 tokens
+    cache_a, cache_b = kvpages.Cache(cfg), kvpages.Cache(cfg)
+    pool_a, pool_b = kvpages.Pool(cache_a), kvpages.Pool(cache_b)
+    prompt = list(range(1000, 1040))  # 2 full pages and 8 tokens
+    a, _ = pool_a.add_sequence(prompt, salt=3)
+    prefill(pool_a, cache_a, cfg, a, 1)
+    blob = pool_a.save_sequence(a)
+    path = tmp_path / "seq.kvpq"
+    pool_a.save_sequence_to_file(a, path, sync=False)
+    assert path.read_bytes() == blob
+
+    pool_b.add_sequence(list(range(9000, 9020)))  # pool B hands out other page ids
+    b = pool_b.restore_sequence(blob)
+    assert (pool_b.length(b), pool_b.computed(b)) == (40, 40)
+    table = pool_b.page_table(b)
+    assert table != pool_a.page_table(a)
+    for layer in range(2):
+        k, v = read_tokens(cache_b, table, range(40), layer)
+        np.testing.assert_array_equal(k, pool_key(1, range(40)))
+        np.testing.assert_array_equal(v, -pool_key(1, range(40)))
+    c = pool_b.restore_sequence_from_file(path, shard=0)  # its full pages are shared
+    shared = pool_b.page_table(c)
+    assert shared[:2] == table[:2] and shared[2] != table[2]
+    assert pool_b.page_state(table[0])[0] == 2
+
+    bad = bytearray(blob)
+    bad[-1] ^= 1
+    before = pool_b.stats()
+    with pytest.raises(kvpages.KvpagesError) as e:
+        pool_b.restore_sequence(bad)
+    assert e.value.name == "KVP_ERR_FORMAT_CHECKSUM" and "block 2 of 3" in e.value.message
+    with pytest.raises(kvpages.InvalidArgument):
+        pool_b.restore_sequence(blob, shard=1)
+    with pytest.raises(kvpages.KvpagesError) as e:
+        pool_b.restore_sequence_from_file(tmp_path / "missing.kvpq")
+    assert e.value.name == "KVP_ERR_IO"
+    assert pool_b.stats() == before
+    pool_b.check_invariants()
+    for p in (pool_a, pool_b):
+        p.close()
+    gc.collect()
+    cache_a.close()
+    cache_b.close()

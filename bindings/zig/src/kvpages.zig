@@ -2011,6 +2011,48 @@ pub const Pool = struct {
         try check(c.kvp_pool_flush_tiers(self.handle, if (cached) c.KVP_POOL_FLUSH_CACHED else 0));
     }
 
+    /// The blob of sequence `seq` (its token ids and its pages' bytes in every layer), which
+    /// `restoreSequence` turns into a new sequence of any pool of a compatible cache; the caller
+    /// owns it (free with `allocator`). Every token must be computed (`setComputed`).
+    pub fn saveSequenceAlloc(self: *Pool, allocator: Allocator, seq: SeqId) Error![]u8 {
+        var size: usize = 0;
+        const sized = c.kvp_pool_save_sequence(self.handle, seq.raw(), null, 0, &size);
+        if (sized != c.KVP_ERR_BUFFER_TOO_SMALL) try check(sized);
+        const buf = try allocator.alloc(u8, size);
+        errdefer allocator.free(buf);
+        try check(c.kvp_pool_save_sequence(self.handle, seq.raw(), buf.ptr, buf.len, &size));
+        return buf;
+    }
+
+    /// `saveSequenceAlloc` into a file replaced atomically; `sync` false skips the two `fsync`s
+    /// (`KVP_POOL_SAVE_FLAG_NO_SYNC`).
+    pub fn saveSequenceFile(self: *Pool, seq: SeqId, path: []const u8, sync: bool) Error!void {
+        var p: CPath = .{};
+        const flags: u32 = if (sync) 0 else c.KVP_POOL_SAVE_FLAG_NO_SYNC;
+        try check(c.kvp_pool_save_sequence_to_file(self.handle, seq.raw(), try p.of(path), flags));
+    }
+
+    /// A new sequence from a saved blob, checked whole before the pool changes; its full pages
+    /// that the prefix index holds are shared, and every token counts as computed. `shard` forces
+    /// a data-parallel shard (`KVP_POOL_ADD_IN_SHARD`); null places it as `addSequence` does.
+    pub fn restoreSequence(self: *Pool, bytes: []const u8, shard: ?u16) Error!SeqId {
+        var seq: c.kvp_seq_id = .{ .id = 0 };
+        try check(c.kvp_pool_restore_sequence(self.handle, bytes.ptr, bytes.len, shardFlags(shard), &seq));
+        return @fromBackingInt(@intCast(seq.id));
+    }
+
+    /// `restoreSequence` from a file written by `saveSequenceFile`.
+    pub fn restoreSequenceFile(self: *Pool, path: []const u8, shard: ?u16) Error!SeqId {
+        var p: CPath = .{};
+        var seq: c.kvp_seq_id = .{ .id = 0 };
+        try check(c.kvp_pool_restore_sequence_from_file(self.handle, try p.of(path), shardFlags(shard), &seq));
+        return @fromBackingInt(@intCast(seq.id));
+    }
+
+    fn shardFlags(shard: ?u16) u32 {
+        return if (shard) |s| c.KVP_POOL_ADD_FLAG_SHARD | (@as(u32, s) << 16) else 0;
+    }
+
     /// error.Internal (with the violated invariant in `lastErrorMessage()`) if the bookkeeping
     /// is inconsistent.
     pub fn checkInvariants(self: *const Pool) Error!void {
@@ -2761,6 +2803,54 @@ test "pool: flushTiers persists the prefix cache to a directory tier" {
     try std.testing.expectEqual(@as(usize, 32), again.reused_tokens);
     var pages: [4]i32 = undefined;
     try expectTokens(&cache, try pool.pageTable(again.seq, &pages), 0, 32, 1);
+}
+
+test "pool: a saved sequence restores into another pool; a damaged blob changes nothing" {
+    const cfg = try poolConfig();
+    var cache_a = try Cache.init(&cfg);
+    defer cache_a.deinit();
+    var pool_a = try Pool.init(&cache_a, .{});
+    defer pool_a.deinit();
+    var prompt: [40]i32 = undefined; // 2 full pages and 8 tokens
+    for (&prompt, 0..) |*x, i| x.* = @intCast(1000 + i);
+    const a = try pool_a.addSequence(&prompt, 3, false);
+    try prefill(&pool_a, &cache_a, &cfg, a.seq, 1);
+    const blob = try pool_a.saveSequenceAlloc(std.testing.allocator, a.seq);
+    defer std.testing.allocator.free(blob);
+    var tmp = std.testing.tmpDir(.{});
+    defer tmp.cleanup();
+    var path_buf: [256]u8 = undefined;
+    const path = try std.fmt.bufPrint(&path_buf, ".zig-cache/tmp/{s}/seq.kvpq", .{tmp.sub_path});
+    try pool_a.saveSequenceFile(a.seq, path, false);
+
+    var cache_b = try Cache.init(&cfg);
+    defer cache_b.deinit();
+    var pool_b = try Pool.init(&cache_b, .{});
+    defer pool_b.deinit();
+    const filler: [20]i32 = @splat(9);
+    _ = try pool_b.addSequence(&filler, 0, false); // pool B hands out other page ids
+    const b = try pool_b.restoreSequence(blob, null);
+    const l = try pool_b.length(b);
+    try std.testing.expectEqual(@as(usize, 40), l.length);
+    try std.testing.expectEqual(@as(usize, 40), l.computed);
+    var pages: [4]i32 = undefined;
+    const table = try pool_b.pageTable(b, &pages);
+    try expectTokens(&cache_b, table, 0, 40, 1);
+    const c2 = try pool_b.restoreSequenceFile(path, 0); // its full pages are shared
+    var pages_c: [4]i32 = undefined;
+    const table_c = try pool_b.pageTable(c2, &pages_c);
+    try std.testing.expectEqualSlices(i32, table[0..2], table_c[0..2]);
+    try std.testing.expect(table[2] != table_c[2]);
+
+    const bad = try std.testing.allocator.dupe(u8, blob);
+    defer std.testing.allocator.free(bad);
+    bad[bad.len - 1] ^= 1;
+    const before = try pool_b.stats();
+    try std.testing.expectError(error.FormatChecksum, pool_b.restoreSequence(bad, null));
+    try std.testing.expect(std.mem.indexOf(u8, lastErrorMessage(), "block 2 of 3") != null);
+    try std.testing.expectError(error.InvalidArgument, pool_b.restoreSequence(blob, 1));
+    try std.testing.expectEqual(before, try pool_b.stats());
+    try pool_b.checkInvariants();
 }
 
 // Attention: the worked example E1 of ATTENTION.md §13 (v3, GQA 2:1 with Hkv 1 and Hq 2, D 4, page

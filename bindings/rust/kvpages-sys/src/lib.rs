@@ -133,6 +133,7 @@ constants! {
     KVP_PAGE_FLAG_INDEXED: u32 = 1 << 2;
     KVP_POOL_MAX_TIERS: u32 = 4;
     KVP_POOL_FLUSH_CACHED: u32 = 1 << 0;
+    KVP_POOL_SAVE_FLAG_NO_SYNC: u32 = 1 << 0;
     // store.h
     KVP_STORE_VTABLE_VERSION: u32 = 2;
     KVP_STORE_FLAG_NO_SYNC: u32 = 1 << 0;
@@ -1228,6 +1229,20 @@ pub struct kvp_api_v1 {
     pub store_block_inspect:
         Option<unsafe extern "C" fn(block: *const c_void, size: usize, out: *mut kvp_store_block_info) -> kvp_status>,
     pub pool_flush_tiers: Option<unsafe extern "C" fn(pool: *mut kvp_pool, flags: u32) -> kvp_status>,
+    pub pool_save_sequence: Option<
+        unsafe extern "C" fn(pool: *mut kvp_pool, seq: kvp_seq_id, dst: *mut c_void, capacity: usize, size_out: *mut usize)
+            -> kvp_status,
+    >,
+    pub pool_save_sequence_to_file:
+        Option<unsafe extern "C" fn(pool: *mut kvp_pool, seq: kvp_seq_id, path: *const c_char, flags: u32) -> kvp_status>,
+    pub pool_restore_sequence: Option<
+        unsafe extern "C" fn(pool: *mut kvp_pool, src: *const c_void, size: usize, flags: u32, seq_out: *mut kvp_seq_id)
+            -> kvp_status,
+    >,
+    pub pool_restore_sequence_from_file: Option<
+        unsafe extern "C" fn(pool: *mut kvp_pool, path: *const c_char, flags: u32, seq_out: *mut kvp_seq_id)
+            -> kvp_status,
+    >,
     pub store_create_redis: Option<
         unsafe extern "C" fn(url: *const c_char, opts: *const kvp_store_options, out: *mut *mut kvp_store) -> kvp_status,
     >,
@@ -1467,6 +1482,28 @@ extern "C" {
     pub fn kvp_pool_add_store(pool: *mut kvp_pool, store: *mut kvp_store) -> kvp_status;
     pub fn kvp_pool_get_tier_stats(pool: *const kvp_pool, tier: u32, out: *mut kvp_pool_tier_stats) -> kvp_status;
     pub fn kvp_pool_flush_tiers(pool: *mut kvp_pool, flags: u32) -> kvp_status;
+    pub fn kvp_pool_save_sequence(
+        pool: *mut kvp_pool,
+        seq: kvp_seq_id,
+        dst: *mut c_void,
+        capacity: usize,
+        size_out: *mut usize,
+    ) -> kvp_status;
+    pub fn kvp_pool_save_sequence_to_file(pool: *mut kvp_pool, seq: kvp_seq_id, path: *const c_char, flags: u32)
+        -> kvp_status;
+    pub fn kvp_pool_restore_sequence(
+        pool: *mut kvp_pool,
+        src: *const c_void,
+        size: usize,
+        flags: u32,
+        seq_out: *mut kvp_seq_id,
+    ) -> kvp_status;
+    pub fn kvp_pool_restore_sequence_from_file(
+        pool: *mut kvp_pool,
+        path: *const c_char,
+        flags: u32,
+        seq_out: *mut kvp_seq_id,
+    ) -> kvp_status;
     pub fn kvp_cache_copy_pages(
         cache: *mut kvp_cache,
         src_pages: *const i32,

@@ -1,8 +1,9 @@
 //! The page pool (`kvpages/pool.h`): pages handed to sequences, shared by reference count and
 //! reused across requests by prefix hash.
+use std::path::Path;
 use std::ptr::{self, NonNull};
 
-use crate::{check, internal, sys, BatchRequest, Cache, ErrorKind, Result, Store};
+use crate::{c_path, check, internal, sys, BatchRequest, Cache, ErrorKind, Result, Store};
 
 /// Page state flags of [`Pool::page_state`] (`KVP_PAGE_FLAG_*`).
 pub use sys::{KVP_PAGE_FLAG_FREE, KVP_PAGE_FLAG_INDEXED, KVP_PAGE_FLAG_NULL};
@@ -348,6 +349,55 @@ impl<'a> Pool<'a> {
         check(unsafe { sys::kvp_pool_flush_tiers(self.ptr.as_ptr(), flags) })
     }
 
+    /// `kvp_pool_save_sequence`: the blob of sequence `seq` (its token ids and its pages' bytes in
+    /// every layer), which [`Pool::restore_sequence`] turns into a new sequence of any pool of a
+    /// compatible cache. Every token must be computed ([`Pool::set_computed`]).
+    pub fn save_sequence(&mut self, seq: SeqId) -> Result<Vec<u8>> {
+        let mut size = 0usize;
+        let status = unsafe { sys::kvp_pool_save_sequence(self.ptr.as_ptr(), seq.c(), ptr::null_mut(), 0, &mut size) };
+        if status != sys::KVP_ERR_BUFFER_TOO_SMALL {
+            check(status)?;
+        }
+        let mut blob = vec![0u8; size];
+        check(unsafe {
+            sys::kvp_pool_save_sequence(self.ptr.as_ptr(), seq.c(), blob.as_mut_ptr().cast(), blob.len(), &mut size)
+        })?;
+        blob.truncate(size);
+        Ok(blob)
+    }
+
+    /// `kvp_pool_save_sequence_to_file`: [`Pool::save_sequence`] into a file replaced atomically;
+    /// `sync` = false skips the two `fsync`s (`KVP_POOL_SAVE_FLAG_NO_SYNC`).
+    pub fn save_sequence_to_file(&mut self, seq: SeqId, path: impl AsRef<Path>, sync: bool) -> Result<()> {
+        let path = c_path(path.as_ref())?;
+        let flags = if sync { 0 } else { sys::KVP_POOL_SAVE_FLAG_NO_SYNC };
+        check(unsafe { sys::kvp_pool_save_sequence_to_file(self.ptr.as_ptr(), seq.c(), path.as_ptr(), flags) })
+    }
+
+    /// `kvp_pool_restore_sequence`: a new sequence from a saved blob, checked whole before the pool
+    /// changes; its full pages that the prefix index holds are shared, and every token counts as
+    /// computed. `shard` forces a data-parallel shard (`KVP_POOL_ADD_IN_SHARD`); `None` places it
+    /// as [`Pool::add_sequence`] does.
+    pub fn restore_sequence(&mut self, blob: &[u8], shard: Option<u16>) -> Result<SeqId> {
+        let mut seq = sys::kvp_seq_id::default();
+        check(unsafe {
+            sys::kvp_pool_restore_sequence(self.ptr.as_ptr(), blob.as_ptr().cast(), blob.len(), shard_flags(shard),
+                                           &mut seq)
+        })?;
+        Ok(SeqId(seq.id))
+    }
+
+    /// `kvp_pool_restore_sequence_from_file`: [`Pool::restore_sequence`] from a file written by
+    /// [`Pool::save_sequence_to_file`].
+    pub fn restore_sequence_from_file(&mut self, path: impl AsRef<Path>, shard: Option<u16>) -> Result<SeqId> {
+        let path = c_path(path.as_ref())?;
+        let mut seq = sys::kvp_seq_id::default();
+        check(unsafe {
+            sys::kvp_pool_restore_sequence_from_file(self.ptr.as_ptr(), path.as_ptr(), shard_flags(shard), &mut seq)
+        })?;
+        Ok(SeqId(seq.id))
+    }
+
     /// `kvp_pool_check_invariants`: [`ErrorKind::Internal`] with a message if one is violated.
     pub fn check_invariants(&self) -> Result<()> {
         check(unsafe { sys::kvp_pool_check_invariants(self.ptr.as_ptr()) })
@@ -357,6 +407,11 @@ impl<'a> Pool<'a> {
     pub fn clear_prefix_cache(&mut self) -> Result<()> {
         check(unsafe { sys::kvp_pool_clear_prefix_cache(self.ptr.as_ptr()) })
     }
+}
+
+/// The flags of a restore into `shard` (`KVP_POOL_ADD_IN_SHARD`), or 0.
+fn shard_flags(shard: Option<u16>) -> u32 {
+    shard.map_or(0, |s| sys::KVP_POOL_ADD_FLAG_SHARD | (u32::from(s) << 16))
 }
 
 impl Drop for Pool<'_> {

@@ -346,3 +346,67 @@ fn redis_store_bad_url_refused_server_and_round_trip() {
     store.remove(&K1).unwrap();
     assert_eq!(store.stats().unwrap().blocks, -1);
 }
+
+#[test]
+fn a_saved_sequence_restores_into_another_pool_and_a_damaged_one_changes_nothing() {
+    let cfg = Config::create(&ConfigOptions {
+        num_hidden_layers: 2,
+        num_kv_heads: H as i64,
+        max_model_length: 64,
+        head_dim: D as i64,
+        page_size: S as i64,
+        dtype: Dtype::F32,
+        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
+        ..Default::default()
+    })
+    .unwrap();
+    let prompt: Vec<i32> = (1000..1040).collect(); // 2 full pages and 8 tokens
+    let path = std::env::temp_dir().join(format!("kvpages-rust-seq-{}.kvpq", std::process::id()));
+    let mut cache_a = Cache::new(&cfg).unwrap();
+    let mut pool_a = Pool::new(&mut cache_a, &PoolOptions::default()).unwrap();
+    let (a, _) = pool_a.add_sequence(&prompt, 3, false).unwrap();
+    prefill(&mut pool_a, &cfg, a, &prompt);
+    let blob = pool_a.save_sequence(a).unwrap();
+    pool_a.save_sequence_to_file(a, &path, false).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), blob);
+
+    let mut cache_b = Cache::new(&cfg).unwrap();
+    let mut pool_b = Pool::new(&mut cache_b, &PoolOptions::default()).unwrap();
+    let filler: Vec<i32> = (9000..9020).collect();
+    pool_b.add_sequence(&filler, 0, false).unwrap(); // pool B hands out other page ids
+    let b = pool_b.restore_sequence(&blob, None).unwrap();
+    assert_eq!(pool_b.length(b).unwrap(), (40, 40));
+    let pages = pool_b.page_table(b).unwrap();
+    assert_ne!(pages, pool_a.page_table(a).unwrap());
+    for layer in 0..2 {
+        let keys = pool_b.cache().view(layer, ViewKind::Keys).unwrap();
+        let values = pool_b.cache().view(layer, ViewKind::Values).unwrap();
+        for pos in 0..40 {
+            let (page, row) = (pages[pos / S] as i64, (pos % S) as i64);
+            for (h, d) in [(0, 0), (1, 127), (0, 64)] {
+                let want = kv(prompt[pos], h, d);
+                assert_eq!(keys.get_f32(&[page, row, h as i64, d as i64]), Some(want));
+                assert_eq!(values.get_f32(&[page, row, h as i64, d as i64]), Some(-want));
+            }
+        }
+    }
+    // from the file, into shard 0: the full pages are shared with the first restore
+    let c = pool_b.restore_sequence_from_file(&path, Some(0)).unwrap();
+    let shared = pool_b.page_table(c).unwrap();
+    assert_eq!(shared[..2], pages[..2]);
+    assert_ne!(shared[2], pages[2]);
+    assert_eq!(pool_b.page_state(pages[0]).unwrap().0, 2);
+
+    let mut bad = blob.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let before = pool_b.stats().unwrap();
+    let e = pool_b.restore_sequence(&bad, None).unwrap_err();
+    assert_eq!(e.name, "KVP_ERR_FORMAT_CHECKSUM");
+    assert!(e.message.contains("block 2 of 3"), "{}", e.message);
+    let e = pool_b.restore_sequence(&blob, Some(1)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let after = pool_b.stats().unwrap();
+    assert_eq!((after.used_pages, after.num_sequences), (before.used_pages, before.num_sequences));
+    pool_b.check_invariants().unwrap();
+    std::fs::remove_file(&path).unwrap();
+}
