@@ -57,13 +57,13 @@ void Pool::add_store(kvp_store* h) {
     if (tiers_[t].serial == serial) fail(KVP_ERR_INVALID_ARGUMENT, "%s: the store is already tier %u of the pool", fn, t);
   if (num_tiers_ == 0) {
     const BlockShape shape = block_shape(c);
-    const size_t buf = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
-    const size_t keys = checked_bytes_add(buf, buf, "a pool's block buffers");
+    const size_t keys = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
     const size_t found = checked_bytes_add(keys, checked_bytes(row_len_, sizeof(StoreKey), "a prompt's keys"), "tiers");
+    HostVector<uint8_t> out(shape.total, 0, alloc_);
     auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(found, row_len_, "tiers"), 64));
+    block_buf_.swap(out);
     tier_arrays_ = mem;
-    write_buf_ = mem;
-    read_buf_ = mem + buf;
+    read_buf_ = mem;
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
     found_ = mem + found;
     block_ = shape;
@@ -79,6 +79,7 @@ void Pool::add_store(kvp_store* h) {
       if (num_tiers_ == 0) {
         alloc_.deallocate(tier_arrays_);  // nothing changed
         tier_arrays_ = nullptr;
+        HostVector<uint8_t>(alloc_).swap(block_buf_);
       }
       throw;
     }
@@ -136,7 +137,7 @@ void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
   uint32_t now = 0, queued = 0;  // the tiers lacking the block, by how they are written
   for (uint32_t t = 0; t < num_tiers_; ++t)
     if ((pg.stored & (1u << t)) == 0) (tiers_[t].queued ? queued : now) |= 1u << t;
-  uint8_t* buf = write_buf_;
+  uint8_t* buf = nullptr;
   if (queued != 0) {
     try {
       buf = writer_->staging(wait);
@@ -146,22 +147,29 @@ void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
     if (buf == nullptr) {
       count_tiers(queued, &kvp_pool_tier_stats::dropped);
       queued = 0;
-      buf = write_buf_;
     }
   }
   if ((now | queued) == 0) return;
   try {
+    if (buf == nullptr) {
+      block_buf_.resize(block_.total);  // after a memory store handed back a smaller spare (or none)
+      buf = block_buf_.data();
+    }
     fill_block(p, buf, stream);
   } catch (...) {
     count_tiers(now | queued, &kvp_pool_tier_stats::errors);  // the staging block stays free
     return;
   }
   const StoreKey key = store_key(pg.key);
+  // The last synchronous tier may take block_buf_ itself (nothing else reads it afterwards).
+  const uint32_t adopt = queued == 0 ? 1u << (31 - __builtin_clz(now)) : 0;
   for (uint32_t t = 0; t < num_tiers_; ++t) {
     if ((now & (1u << t)) == 0) continue;
     Tier& tier = tiers_[t];
     try {
-      tier_store(tier, "kvp_pool (writing an evicted page to a tier)").put(key, buf, block_.total);
+      Store& store = tier_store(tier, "kvp_pool (writing an evicted page to a tier)");
+      if ((1u << t) == adopt) store.put_adopt(key, block_buf_);
+      else store.put(key, buf, block_.total);
       ++tier.st.blocks_written;
       tier.st.bytes_written += static_cast<int64_t>(block_.total);
       pg.stored |= static_cast<uint8_t>(1u << t);

@@ -2,7 +2,8 @@
 // of the largest block dropped or replaced so far is kept as a spare for the next put (so a store
 // at its bound, dropping a block for every block it takes, copies into memory already mapped
 // instead of allocating and faulting in fresh pages each time): the store holds at most one
-// block more than its bound.
+// block more than its bound. put_adopt (a pool's evicted page) takes the caller's block without
+// copying it and hands back the spare in exchange.
 #include <cstring>
 #include <list>
 #include <unordered_map>
@@ -44,18 +45,20 @@ class MemoryStore final : public Store {
 
   bool put_is_cheap() const noexcept override { return true; }
 
-  void do_put(const StoreKey& k, const void* data, size_t n) override {
+  void check_size(size_t n) const {
     if (n > max_)
       fail(KVP_ERR_INVALID_ARGUMENT, "kvp_store_put: a block of %zu bytes exceeds the store's bound of %llu bytes", n,
            static_cast<unsigned long long>(max_));
-    const auto* p = static_cast<const uint8_t*>(data);
-    HostVector<uint8_t> copy(alloc_);
-    if (spare_.capacity() >= n) copy.swap(spare_);
-    copy.assign(p, p + n);  // allocates (if the spare is too small) before anything changes
-    Lru::iterator at = lru_.end();
+  }
+
+  // Puts the block in `data` (of at most max_ bytes) under k, the most recent; `data` receives
+  // the memory of the block it replaces (or nothing). On an exception nothing changed.
+  void insert(const StoreKey& k, HostVector<uint8_t>& data) {
+    const size_t n = data.size();
     auto it = map_.find(k);
     if (it == map_.end()) {
       const uint64_t number = order_.add(k);
+      Lru::iterator at = lru_.end();
       try {
         at = lru_.insert(lru_.end(), k);
         it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at, number}).first;
@@ -68,13 +71,33 @@ class MemoryStore final : public Store {
       bytes_ -= it->second.data.size();
       touch(it->second);
     }
-    it->second.data.swap(copy);
-    recycle(copy);  // the replaced block's memory
+    it->second.data.swap(data);
     bytes_ += n;
     while (bytes_ > max_) {  // the new block is the most recent: it is never dropped (n <= max_)
       drop(map_.find(lru_.front()));
       ++evictions_;
     }
+  }
+
+  void do_put(const StoreKey& k, const void* data, size_t n) override {
+    check_size(n);
+    const auto* p = static_cast<const uint8_t*>(data);
+    HostVector<uint8_t> copy(alloc_);
+    if (spare_.capacity() >= n) copy.swap(spare_);
+    copy.assign(p, p + n);  // allocates (if the spare is too small) before anything changes
+    insert(k, copy);
+    recycle(copy);  // the replaced block's memory
+  }
+
+  void do_put_adopt(const StoreKey& k, HostVector<uint8_t>& block) override {
+    if (block.get_allocator() != StdAllocator<uint8_t>(alloc_)) {
+      do_put(k, block.data(), block.size());
+      return;
+    }
+    check_size(block.size());
+    insert(k, block);  // block: the replaced one's memory, or none
+    recycle(block);
+    block.swap(spare_);  // handed back: the spare (say, the memory of a block dropped just now)
   }
 
   bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) override {
