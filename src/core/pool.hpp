@@ -241,7 +241,7 @@ class Pool {
   Tier tiers_[KVP_POOL_MAX_TIERS] = {};
   uint32_t num_tiers_ = 0;
   BlockShape block_;                  // the blocks of this cache's pages (set by the first tier)
-  HostVector<uint8_t> block_buf_{alloc_};  // an evicted page on its way out when no tier queues it
+  HostBytes block_buf_{alloc_};  // an evicted page on its way out when no tier queues it
                                            // (a memory store adopts it, handing back its spare)
   void* tier_arrays_ = nullptr;       // one block from alloc_ holding the three below
   uint8_t* read_buf_ = nullptr;       // [block_.total]: a block on its way in

@@ -59,7 +59,8 @@ void Pool::add_store(kvp_store* h) {
     const BlockShape shape = block_shape(c);
     const size_t keys = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
     const size_t found = checked_bytes_add(keys, checked_bytes(row_len_, sizeof(StoreKey), "a prompt's keys"), "tiers");
-    HostVector<uint8_t> out(shape.total, 0, alloc_);
+    HostBytes out(alloc_);
+    out.resize(shape.total);
     auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(found, row_len_, "tiers"), 64));
     block_buf_.swap(out);
     tier_arrays_ = mem;
@@ -79,7 +80,7 @@ void Pool::add_store(kvp_store* h) {
       if (num_tiers_ == 0) {
         alloc_.deallocate(tier_arrays_);  // nothing changed
         tier_arrays_ = nullptr;
-        HostVector<uint8_t>(alloc_).swap(block_buf_);
+        HostBytes(alloc_).swap(block_buf_);
       }
       throw;
     }

@@ -48,7 +48,7 @@ void Store::put(const StoreKey& k, const void* data, size_t n) {
   ++puts_;
 }
 
-void Store::put_adopt(const StoreKey& k, HostVector<uint8_t>& block) {
+void Store::put_adopt(const StoreKey& k, HostBytes& block) {
   std::lock_guard<std::mutex> lock(mu_);
   counted([&] { do_put_adopt(k, block); });
   ++puts_;
