@@ -32,7 +32,9 @@
  *
  * **Storage tiers** (since 1.4). kvp_pool_add_store() gives the pool up to
  * ::KVP_POOL_MAX_TIERS block stores (kvpages/store.h), in order. A cached page the pool evicts is
- * first written as a block (docs/store-format.md) to the first tier; kvp_pool_add_sequence(),
+ * first written as a block (docs/store-format.md) to every tier that does not hold it yet
+ * (write-through: a memory tier serves this process while a directory or a shared store keeps the
+ * page for a restarted process or another server); kvp_pool_add_sequence(),
  * after its in-memory match, asks the tiers in order for the prompt's next full pages (keyed by
  * the same chained keys, masked with the config's fingerprint so that pools of other models or
  * KV-head slices sharing a store neither find nor overwrite each other's blocks) and restores the blocks that check out (config fingerprint, keys,
@@ -540,26 +542,29 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
 /**
  * @brief Adds a block store as the pool's next storage tier (see the file overview).
  *
- * Tier 0, the first store added, receives the pages the pool evicts. What is synchronous:
- * before a cached page is reused, inside the call that evicts (kvp_pool_add_sequence(),
- * kvp_pool_append()), its token ids, keys and bytes in every layer are copied into a host block
- * (CUDA: device to host on the stream of the evicting call, synchronously) — one page copy per
- * layer. Then:
+ * Every tier receives the pages the pool evicts (write-through; since 1.5, before: tier 0 only).
+ * What is synchronous: before a cached page is reused, inside the call that evicts
+ * (kvp_pool_add_sequence(), kvp_pool_append()), its token ids, keys and bytes in every layer are
+ * copied into a host block (CUDA: device to host on the stream of the evicting call,
+ * synchronously) — one page copy per layer, once, however many tiers receive it. Then:
  * - a memory store (kvp_store_create_memory()) gets the block at once, in that call (its put is
  *   a memory copy);
  * - any other store (directory, plug-in; since 1.5) gets it asynchronously: the block is a
- *   staging block of the pool's write queue (kvp_pool_options::write_queue_bytes), and the
- *   pool's writer thread (one per pool, started here) puts it, so the evicting call never waits
- *   on a file or a network round trip. When every staging block is still queued, the evicted
- *   page is not written (kvp_pool_tier_stats::dropped) rather than waited for. A plug-in's put
- *   callback is then called on the writer thread (still one callback at a time per store).
+ *   staging block of the pool's write queue (kvp_pool_options::write_queue_bytes), queued once
+ *   for all such tiers, and the pool's writer thread (one per pool, started by the first such
+ *   tier) puts it into each of them in tier order, so the evicting call never waits on a file or
+ *   a network round trip. When every staging block is still queued, the evicted page is not
+ *   written to those tiers (kvp_pool_tier_stats::dropped) rather than waited for. A plug-in's
+ *   put callback is then called on the writer thread (still one callback at a time per store).
  *   kvp_pool_flush_tiers() waits for the queue; kvp_pool_destroy() drains it (waits for every
  *   queued write) and joins the thread.
  *
- * A page whose block tier 0 already holds from this pool (restored from tier 0, or written or
- * queued since its content last changed) is not written again. A failed write is counted
- * (kvp_pool_tier_stats::errors), never reported by the evicting call. Every tier is read by
- * kvp_pool_add_sequence().
+ * Each page knows which tiers hold its block from this pool: a page restored from tier t is held
+ * by tier t only; a page written or queued since its content last changed is held by the tiers it
+ * went to. An eviction writes only the tiers that do not hold the page — also when a tier has
+ * dropped the block since (a bounded store, a block removed behind the pool's back): the pool
+ * does not ask. A failed write is counted on its tier (kvp_pool_tier_stats::errors), never
+ * reported by the evicting call. Every tier is read by kvp_pool_add_sequence().
  *
  * The first tier added allocates two block buffers (the pages' bytes in every layer, plus a
  * header), the prompt's keys and, for an asynchronous tier 0, the write queue from the pool's
@@ -594,10 +599,10 @@ typedef struct kvp_pool_tier_stats {
                                 memory (the prefix index) are kvp_pool_stats::reused_tokens minus
                                 every tier's restored_tokens. */
   int64_t bytes_read;      /**< Block bytes read from the tier. */
-  int64_t blocks_written;  /**< Evicted pages written to the tier (tier 0 only). */
+  int64_t blocks_written;  /**< Evicted pages written to the tier (to every tier since 1.5; tier 0 only before). */
   int64_t bytes_written;   /**< Their block bytes. Asynchronous writes count when their put is done. */
-  int64_t dropped;         /**< Since 1.5: evicted pages not written because the pool's write queue
-                                was full (tier 0 with asynchronous writes only). */
+  int64_t dropped;         /**< Since 1.5: evicted pages not written to the tier because the pool's
+                                write queue was full (tiers with asynchronous writes only). */
 } kvp_pool_tier_stats;
 
 /** Initialiser of an output struct: `struct_size` set, the rest zero (filled by the call). @since 1.4 */
@@ -619,19 +624,19 @@ typedef struct kvp_pool_tier_stats {
  */
 KVP_API kvp_status KVP_CALL kvp_pool_get_tier_stats(const kvp_pool *pool, uint32_t tier, kvp_pool_tier_stats *out);
 
-/** Flag of kvp_pool_flush_tiers(): first write every cached prefix page to tier 0. @since 1.5 */
+/** Flag of kvp_pool_flush_tiers(): first write every cached prefix page to every tier. @since 1.5 */
 #define KVP_POOL_FLUSH_CACHED (1u << 0)
 
 /**
- * @brief Waits until every write to tier 0 queued so far has reached its store (or failed,
+ * @brief Waits until every write to the tiers queued so far has reached its store (or failed,
  *        counted in kvp_pool_tier_stats::errors).
  *
  * With ::KVP_POOL_FLUSH_CACHED it first writes every cached prefix page (indexed, so computed,
- * in use or evictable) whose block tier 0 does not already hold from this pool, waiting for room
+ * in use or evictable) to every tier that does not already hold its block from this pool (as an
+ * eviction does, kvp_pool_add_store()), waiting for room
  * in the write queue rather than dropping — so that a process can persist its prefix cache (at
  * exit, say) and a later pool over the same store restores every cached prefix. The pages stay
- * cached. Without tiers, or with a memory store as tier 0 and no flag, there is nothing to wait
- * for.
+ * cached. Without tiers, or with memory stores only and no flag, there is nothing to wait for.
  *
  * @param[in] pool Pool handle.
  * @param[in] flags 0 or ::KVP_POOL_FLUSH_CACHED.

@@ -55,7 +55,8 @@ class Pool {
     uint8_t state;
     uint8_t indexed;
     uint8_t key_valid;
-    uint8_t stored;  // tier 0 holds (or its writer has queued) this page's block: not written again
+    uint8_t stored;  // bit t: tier t holds (or the writer has queued for it) this page's block:
+                     // not written to that tier again
   };
 
   struct Seq {
@@ -185,22 +186,25 @@ class Pool {
   struct Tier {
     kvp_store* handle;
     uint64_t serial;
+    bool queued;  // its puts go through the writer thread (the store's put is not cheap)
     kvp_pool_tier_stats st;
   };
   Store& tier_store(const Tier& t, const char* function) const;
   // A prefix-index key as the tiers store it, and back (key_mask_).
   StoreKey store_key(const Key128& k) const noexcept;
   Key128 index_key(const StoreKey& k) const noexcept;
-  // Writes page p's block to tier 0 unless it holds it already (the page's `stored` bit): into a
-  // store with a cheap put at once, else into a staging block of the writer thread; with none
-  // free, the block is dropped (counted), or with `wait` the call waits for one. The page's bytes
-  // are copied out (on `stream`, synchronously) before the call returns. Never throws: a failure
-  // is counted.
+  // Writes page p's block to every tier that does not hold it already (the page's `stored` bits):
+  // the page is copied out once (on `stream`, synchronously) into one block, put at once into the
+  // stores with a cheap put, and queued once for the writer thread for all the others; with no
+  // staging block free, those are dropped (counted), or with `wait` the call waits for one.
+  // Never throws: a failure is counted on its tier.
   void write_back(int32_t p, kvp_stream stream, bool wait) noexcept;
   // Copies page p (every layer, on `stream`, synchronously) into block `buf` of shape `bs` and
   // seals it as page `id` holding `tokens` (page_size_ ids).
   void fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
                   kvp_stream stream, const char* function);
+  // Adds one to `counter` of every tier in the mask `tiers` (bit t: tier t).
+  void count_tiers(uint32_t tiers, int64_t kvp_pool_tier_stats::*counter) noexcept;
   // Restores pages [from, max_hits) of a prompt from the tiers into fresh pages of `shard`, as
   // far as the prefix continues; their ids go to r[from…]. Returns how many (never throws).
   size_t restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
@@ -257,14 +261,15 @@ class Pool {
   Tier tiers_[KVP_POOL_MAX_TIERS] = {};
   uint32_t num_tiers_ = 0;
   BlockShape block_;                  // the blocks of this cache's pages (set by the first tier)
+  HostBytes block_buf_{alloc_};  // an evicted page on its way out when no tier queues it
+                                           // (a memory store adopts it, handing back its spare)
   void* tier_arrays_ = nullptr;       // one block from alloc_ holding the three below
-  uint8_t* write_buf_ = nullptr;      // [block_.total]: an evicted page on its way out
   uint8_t* read_buf_ = nullptr;       // [block_.total]: a block on its way in
   StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore), as store keys
   StoreKey key_mask_;                 // store key = index key ^ mask of the config's fingerprint
   uint8_t* found_ = nullptr;          // [row_len_]: a tier's answer to exists
   uint64_t write_queue_bytes_ = 0;    // kvp_pool_options::write_queue_bytes (0 = default)
-  HostPtr<TierWriter> writer_;        // puts for a tier 0 with a slow put (else null)
+  HostPtr<TierWriter> writer_;        // puts for the tiers with a slow put (null if none)
 
   int64_t n_used_ = 0, n_indexed_ = 0;
   uint32_t n_seqs_ = 0;

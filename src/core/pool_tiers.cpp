@@ -1,6 +1,7 @@
 // The pool's storage tiers (include/kvpages/pool.h, "Storage tiers"): evicted prefix pages are
-// written as blocks (core/store_block) to tier 0, at once or through the writer thread
-// (core/tier_writer) when the store's put is slow; add_sequence restores the pages after its
+// written as blocks (core/store_block) to every tier that does not hold them yet (write-through),
+// at once where the store's put is cheap and through the writer thread (core/tier_writer) where
+// it is slow; add_sequence restores the pages after its
 // in-memory match from the tiers, in order (on a device, double-buffered through the backend's
 // host pipe). Nothing here fails a pool call: a store error or a block that does not check out is
 // counted and treated as a miss.
@@ -48,34 +49,42 @@ void Pool::add_store(kvp_store* h) {
     if (tiers_[t].serial == serial) fail(KVP_ERR_INVALID_ARGUMENT, "%s: the store is already tier %u of the pool", fn, t);
   if (num_tiers_ == 0) {
     const BlockShape shape = block_shape(c);
-    const size_t buf = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
-    const size_t keys = checked_bytes_add(buf, buf, "a pool's block buffers");
+    const size_t keys = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
     const size_t found = checked_bytes_add(keys, checked_bytes(row_len_, sizeof(StoreKey), "a prompt's keys"), "tiers");
+    HostBytes out(alloc_);
+    out.resize(shape.total);
     auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(found, row_len_, "tiers"), 64));
+    block_buf_.swap(out);
     tier_arrays_ = mem;
-    write_buf_ = mem;
-    read_buf_ = mem + buf;
+    read_buf_ = mem;
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
     found_ = mem + found;
     block_ = shape;
     key_mask_ = store_key_mask(shape.fingerprint);
   }
-  if (num_tiers_ == 0 && !store_from(h, fn).put_is_cheap()) {
+  const bool queued = !store_from(h, fn).put_is_cheap();
+  if (queued && !writer_) {
     const uint64_t want = write_queue_bytes_ == 0 ? kDefaultWriteQueueBytes : write_queue_bytes_;
     const size_t slots = static_cast<size_t>(std::max<uint64_t>(1, want / block_.total));
     try {
-      writer_ = make_host<TierWriter>(alloc_, h, serial, slots, block_.total, alloc_);
+      writer_ = make_host<TierWriter>(alloc_, slots, block_.total, alloc_);
     } catch (...) {
-      alloc_.deallocate(tier_arrays_);  // nothing changed
-      tier_arrays_ = nullptr;
+      if (num_tiers_ == 0) {
+        alloc_.deallocate(tier_arrays_);  // nothing changed
+        tier_arrays_ = nullptr;
+        HostBytes(alloc_).swap(block_buf_);
+      }
       throw;
     }
   }
-  Tier& t = tiers_[num_tiers_++];
+  const uint32_t index = num_tiers_++;
+  Tier& t = tiers_[index];
   t.handle = h;
   t.serial = serial;
+  t.queued = queued;
   std::memset(&t.st, 0, sizeof t.st);
   t.st.struct_size = sizeof t.st;
+  if (queued) writer_->add_store(index, h, serial);
 }
 
 kvp_pool_tier_stats Pool::tier_stats(uint32_t tier) const {
@@ -84,10 +93,10 @@ kvp_pool_tier_stats Pool::tier_stats(uint32_t tier) const {
          num_tiers_);
   kvp_pool_tier_stats st = tiers_[tier].st;
   st.num_tiers = num_tiers_;
-  if (tier == 0 && writer_) {
-    st.blocks_written += writer_->written();
-    st.bytes_written += writer_->bytes();
-    st.errors += writer_->errors();
+  if (tiers_[tier].queued) {
+    st.blocks_written += writer_->written(tier);
+    st.bytes_written += writer_->bytes(tier);
+    st.errors += writer_->errors(tier);
   }
   return st;
 }
@@ -114,32 +123,64 @@ void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const 
 }
 
 void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
-  const char* fn = "kvp_pool (writing an evicted page to tier 0)";
-  Tier& t = tiers_[0];
   Page& pg = pages_[p];
-  if (pg.stored) return;
-  const BlockId id{store_key(pg.key), store_key(pg.parent), pg.salt};
-  const int32_t* page_tokens = tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_);
-  try {
-    if (writer_) {
-      uint8_t* buf = writer_->staging(wait);
-      if (buf == nullptr) {
-        ++t.st.dropped;
-        return;
-      }
-      fill_block(p, block_, id, page_tokens, buf, stream, fn);
-      writer_->submit(store_key(pg.key));
-    } else {
-      Store& store = tier_store(t, fn);
-      fill_block(p, block_, id, page_tokens, write_buf_, stream, fn);
-      store.put(store_key(pg.key), write_buf_, block_.total);
-      ++t.st.blocks_written;
-      t.st.bytes_written += static_cast<int64_t>(block_.total);
+  uint32_t now = 0, queued = 0;  // the tiers lacking the block, by how they are written
+  for (uint32_t t = 0; t < num_tiers_; ++t)
+    if ((pg.stored & (1u << t)) == 0) (tiers_[t].queued ? queued : now) |= 1u << t;
+  uint8_t* buf = nullptr;
+  if (queued != 0) {
+    try {
+      buf = writer_->staging(wait);
+    } catch (...) {
+      buf = nullptr;  // waiting failed (a system error): as good as no room
     }
-    pg.stored = 1;
-  } catch (...) {
-    ++t.st.errors;
+    if (buf == nullptr) {
+      count_tiers(queued, &kvp_pool_tier_stats::dropped);
+      queued = 0;
+    }
   }
+  if ((now | queued) == 0) return;
+  try {
+    if (buf == nullptr) {
+      block_buf_.resize(block_.total);  // after a memory store handed back a smaller spare (or none)
+      buf = block_buf_.data();
+    }
+    fill_block(p, block_, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},
+               tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_), buf, stream,
+               "kvp_pool (writing an evicted page to the tiers)");
+  } catch (...) {
+    count_tiers(now | queued, &kvp_pool_tier_stats::errors);  // the staging block stays free
+    return;
+  }
+  const StoreKey key = store_key(pg.key);
+  // The last synchronous tier may take block_buf_ itself (nothing else reads it afterwards).
+  const uint32_t adopt = queued == 0 ? 1u << (31 - __builtin_clz(now)) : 0;
+  for (uint32_t t = 0; t < num_tiers_; ++t) {
+    if ((now & (1u << t)) == 0) continue;
+    Tier& tier = tiers_[t];
+    try {
+      Store& store = tier_store(tier, "kvp_pool (writing an evicted page to a tier)");
+      if ((1u << t) == adopt) store.put_adopt(key, block_buf_);
+      else store.put(key, buf, block_.total);
+      ++tier.st.blocks_written;
+      tier.st.bytes_written += static_cast<int64_t>(block_.total);
+      pg.stored |= static_cast<uint8_t>(1u << t);
+    } catch (...) {
+      ++tier.st.errors;
+    }
+  }
+  if (queued == 0) return;
+  try {
+    writer_->submit(key, queued);
+    pg.stored |= static_cast<uint8_t>(queued);
+  } catch (...) {
+    count_tiers(queued, &kvp_pool_tier_stats::errors);
+  }
+}
+
+void Pool::count_tiers(uint32_t tiers, int64_t kvp_pool_tier_stats::*counter) noexcept {
+  for (uint32_t t = 0; t < num_tiers_; ++t)
+    if ((tiers & (1u << t)) != 0) ++(tiers_[t].st.*counter);
 }
 
 size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
@@ -239,7 +280,7 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
   pg.parent = index_key(id.parent);
   pg.salt = salt;
   pg.key_valid = 1;
-  pg.stored = &t == &tiers_[0];  // tier 0 holds it: not written again when evicted
+  pg.stored = static_cast<uint8_t>(1u << (&t - tiers_));  // that tier holds it: not written there again
   index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
   r[i] = p;
   return true;

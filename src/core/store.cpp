@@ -69,6 +69,12 @@ void Store::put(const StoreKey& k, const void* data, size_t n) {
   ++puts_;
 }
 
+void Store::put_adopt(const StoreKey& k, HostBytes& block) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counted([&] { do_put_adopt(k, block); });
+  ++puts_;
+}
+
 bool Store::get(const StoreKey& k, void* dst, size_t cap, size_t* size) {
   std::lock_guard<std::mutex> lock(mu_);
   const bool hit = counted([&] { return do_get(k, dst, cap, size); });

@@ -38,6 +38,11 @@ class Store {
   virtual ~Store() = default;
 
   void put(const StoreKey& k, const void* data, size_t n);
+  // Puts the block.size() bytes of `block` under k, taking its memory where the store keeps
+  // blocks in memory from the same allocator (the memory store), else copying them (as put).
+  // `block` then holds memory the caller may reuse, of any size (possibly none); on an exception
+  // it is unchanged.
+  void put_adopt(const StoreKey& k, HostBytes& block);
   // False on a miss; throws BUFFER_TOO_SMALL with *size = the block's size.
   bool get(const StoreKey& k, void* dst, size_t cap, size_t* size);
   void exists(const StoreKey* keys, size_t n, uint8_t* found);
@@ -57,6 +62,7 @@ class Store {
     int64_t blocks = -1, bytes = -1, max_bytes = -1;
   };
   virtual void do_put(const StoreKey& k, const void* data, size_t n) = 0;
+  virtual void do_put_adopt(const StoreKey& k, HostBytes& block) { do_put(k, block.data(), block.size()); }
   virtual bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) = 0;
   virtual void do_exists(const StoreKey* keys, size_t n, uint8_t* found) = 0;
   virtual bool do_remove(const StoreKey& k) = 0;

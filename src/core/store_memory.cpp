@@ -2,7 +2,8 @@
 // of the largest block dropped or replaced so far is kept as a spare for the next put (so a store
 // at its bound, dropping a block for every block it takes, copies into memory already mapped
 // instead of allocating and faulting in fresh pages each time): the store holds at most one
-// block more than its bound.
+// block more than its bound. put_adopt (a pool's evicted page) takes the caller's block without
+// copying it and hands back the spare in exchange.
 #include <cstring>
 #include <list>
 #include <unordered_map>
@@ -20,7 +21,7 @@ class MemoryStore final : public Store {
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;
   struct Entry {
-    HostVector<uint8_t> data;
+    HostBytes data;
     Lru::iterator at;  // in lru_ (front = least recently used)
     uint64_t number;   // in order_
   };
@@ -30,7 +31,7 @@ class MemoryStore final : public Store {
   void touch(Entry& e) { lru_.splice(lru_.end(), lru_, e.at); }
 
   // Keeps `v`'s memory as the spare if it is larger than the spare's.
-  void recycle(HostVector<uint8_t>& v) noexcept {
+  void recycle(HostBytes& v) noexcept {
     if (v.capacity() > spare_.capacity()) spare_.swap(v);
   }
 
@@ -44,21 +45,23 @@ class MemoryStore final : public Store {
 
   bool put_is_cheap() const noexcept override { return true; }
 
-  void do_put(const StoreKey& k, const void* data, size_t n) override {
+  void check_size(size_t n) const {
     if (n > max_)
       fail(KVP_ERR_INVALID_ARGUMENT, "kvp_store_put: a block of %zu bytes exceeds the store's bound of %llu bytes", n,
            static_cast<unsigned long long>(max_));
-    const auto* p = static_cast<const uint8_t*>(data);
-    HostVector<uint8_t> copy(alloc_);
-    if (spare_.capacity() >= n) copy.swap(spare_);
-    copy.assign(p, p + n);  // allocates (if the spare is too small) before anything changes
-    Lru::iterator at = lru_.end();
+  }
+
+  // Puts the block in `data` (of at most max_ bytes) under k, the most recent; `data` receives
+  // the memory of the block it replaces (or nothing). On an exception nothing changed.
+  void insert(const StoreKey& k, HostBytes& data) {
+    const size_t n = data.size();
     auto it = map_.find(k);
     if (it == map_.end()) {
       const uint64_t number = order_.add(k);
+      Lru::iterator at = lru_.end();
       try {
         at = lru_.insert(lru_.end(), k);
-        it = map_.emplace(k, Entry{HostVector<uint8_t>(alloc_), at, number}).first;
+        it = map_.emplace(k, Entry{HostBytes(alloc_), at, number}).first;
       } catch (...) {
         if (at != lru_.end()) lru_.erase(at);
         order_.erase(number);
@@ -68,8 +71,7 @@ class MemoryStore final : public Store {
       bytes_ -= it->second.data.size();
       touch(it->second);
     }
-    it->second.data.swap(copy);
-    recycle(copy);  // the replaced block's memory
+    it->second.data.swap(data);
     bytes_ += n;
     while (bytes_ > max_) {  // the new block is the most recent: it is never dropped (n <= max_)
       drop(map_.find(lru_.front()));
@@ -77,10 +79,31 @@ class MemoryStore final : public Store {
     }
   }
 
+  void do_put(const StoreKey& k, const void* data, size_t n) override {
+    check_size(n);
+    const auto* p = static_cast<const uint8_t*>(data);
+    HostBytes copy(alloc_);
+    if (spare_.capacity() >= n) copy.swap(spare_);
+    copy.assign(p, p + n);  // allocates (if the spare is too small) before anything changes
+    insert(k, copy);
+    recycle(copy);  // the replaced block's memory
+  }
+
+  void do_put_adopt(const StoreKey& k, HostBytes& block) override {
+    if (block.get_allocator() != UninitAllocator<uint8_t>(alloc_)) {
+      do_put(k, block.data(), block.size());
+      return;
+    }
+    check_size(block.size());
+    insert(k, block);  // block: the replaced one's memory, or none
+    recycle(block);
+    block.swap(spare_);  // handed back: the spare (say, the memory of a block dropped just now)
+  }
+
   bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) override {
     auto it = map_.find(k);
     if (it == map_.end()) return false;
-    const HostVector<uint8_t>& d = it->second.data;
+    const HostBytes& d = it->second.data;
     *size = d.size();
     if (cap < d.size())
       fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_store_get: the block has %zu bytes but capacity is %zu", d.size(), cap);
@@ -117,7 +140,7 @@ class MemoryStore final : public Store {
   uint64_t max_;
   uint64_t bytes_ = 0;
   HostAllocator alloc_;
-  HostVector<uint8_t> spare_{alloc_};  // memory of a dropped or replaced block, for the next put
+  HostBytes spare_{alloc_};  // memory of a dropped or replaced block, for the next put
   Lru lru_;
   Map map_;
   ListOrder order_;

@@ -1,5 +1,6 @@
 #include "core/tier_writer.hpp"
 
+#include <new>
 #include <system_error>
 
 #include "util/checked.hpp"
@@ -7,14 +8,15 @@
 
 namespace kvp::detail {
 
-TierWriter::TierWriter(kvp_store* handle, uint64_t serial, size_t slots, size_t block_bytes,
-                       const HostAllocator& alloc)
-    : handle_(handle), serial_(serial), slots_(slots), block_bytes_(block_bytes), alloc_(alloc) {
-  const size_t ring = checked_bytes(slots, block_bytes, "a pool's write queue");
-  const size_t keys = checked_bytes(slots, sizeof(StoreKey), "a pool's write queue");
-  auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(ring, keys, "a pool's write queue"), 64));
+TierWriter::TierWriter(size_t slots, size_t block_bytes, const HostAllocator& alloc)
+    : slots_(slots), block_bytes_(block_bytes), alloc_(alloc) {
+  const size_t ring = checked_bytes_add(checked_bytes(slots, block_bytes, "a pool's write queue"), 63,
+                                        "a pool's write queue") / 64 * 64;
+  const size_t jobs = checked_bytes(slots, sizeof(Job), "a pool's write queue");
+  auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(ring, jobs, "a pool's write queue"), 64));
   ring_ = mem;
-  keys_ = reinterpret_cast<StoreKey*>(mem + ring);
+  jobs_ = reinterpret_cast<Job*>(mem + ring);
+  for (size_t i = 0; i < slots; ++i) new (jobs_ + i) Job();
   try {
     thread_ = std::thread([this] { run(); });
   } catch (const std::system_error& e) {
@@ -33,6 +35,11 @@ TierWriter::~TierWriter() {
   alloc_.deallocate(ring_);
 }
 
+void TierWriter::add_store(uint32_t tier, kvp_store* handle, uint64_t serial) noexcept {
+  std::lock_guard<std::mutex> lock(mu_);
+  targets_[tier] = Target{handle, serial};
+}
+
 uint8_t* TierWriter::staging(bool wait) {
   std::unique_lock<std::mutex> lock(mu_);
   if (wait) done_.wait(lock, [this] { return count_ < slots_; });
@@ -41,10 +48,10 @@ uint8_t* TierWriter::staging(bool wait) {
   return ring_ + ((head_ + count_) % slots_) * block_bytes_;
 }
 
-void TierWriter::submit(const StoreKey& key) {
+void TierWriter::submit(const StoreKey& key, uint32_t tiers) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    keys_[(head_ + count_) % slots_] = key;
+    jobs_[(head_ + count_) % slots_] = Job{key, tiers};
     ++count_;
   }
   work_.notify_one();
@@ -55,15 +62,21 @@ void TierWriter::flush() {
   done_.wait(lock, [this] { return count_ == 0; });
 }
 
+// Puts the block of `slot` into each tier of its job, in tier order; a failure is counted for
+// its tier and does not stop the others.
 void TierWriter::put_one(size_t slot) noexcept {
-  try {
-    Store& store = handle_get(handle_, serial_, "kvp_pool (writing an evicted page to tier 0)",
-                              "a store of the pool (kvp_pool_add_store) was destroyed");
-    store.put(keys_[slot], ring_ + slot * block_bytes_, block_bytes_);
-    written_.fetch_add(1, std::memory_order_relaxed);
-    bytes_.fetch_add(static_cast<int64_t>(block_bytes_), std::memory_order_relaxed);
-  } catch (...) {
-    errors_.fetch_add(1, std::memory_order_relaxed);
+  const Job job = jobs_[slot];
+  for (uint32_t t = 0; t < KVP_POOL_MAX_TIERS; ++t) {
+    if ((job.tiers & (1u << t)) == 0) continue;
+    try {
+      Store& store = handle_get(targets_[t].handle, targets_[t].serial, "kvp_pool (writing an evicted page to a tier)",
+                                "a store of the pool (kvp_pool_add_store) was destroyed");
+      store.put(job.key, ring_ + slot * block_bytes_, block_bytes_);
+      written_[t].fetch_add(1, std::memory_order_relaxed);
+      bytes_[t].fetch_add(static_cast<int64_t>(block_bytes_), std::memory_order_relaxed);
+    } catch (...) {
+      errors_[t].fetch_add(1, std::memory_order_relaxed);
+    }
   }
 }
 

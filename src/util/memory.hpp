@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -88,6 +89,24 @@ class StdAllocator {
 
 template <class T>
 using HostVector = std::vector<T, StdAllocator<T>>;
+
+// StdAllocator whose containers leave new elements default-initialised (vector::resize does not
+// zero a byte buffer): for buffers written whole before they are read.
+template <class T>
+class UninitAllocator : public StdAllocator<T> {
+ public:
+  using StdAllocator<T>::StdAllocator;
+  template <class U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible<U>::value) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+// A byte buffer from a HostAllocator that resize() does not zero.
+using HostBytes = std::vector<uint8_t, UninitAllocator<uint8_t>>;
 using HostString = std::basic_string<char, std::char_traits<char>, StdAllocator<char>>;
 
 // An uninitialised, aligned array of trivial T from a HostAllocator: scratch that is written

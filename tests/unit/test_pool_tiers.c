@@ -1,13 +1,13 @@
 /* Unit tests of the pool's storage tiers (kvp_pool_add_store): evicted prefix pages are written to
- * tier 0 and restored into a new sequence with the same prompt, with the bytes computed for them
+ * every tier (write-through) and restored into a new sequence with the same prompt, with the bytes computed for them
  * originally, also after an in-memory match of its first pages; a different salt, another config (fingerprint), other token ids in a block, a
  * damaged block (in memory through a plug-in, on disk) are misses; a directory tier survives a
  * restart; a sharded pool restores into the sequence's shard; bad input changes nothing; two pools
  * on two threads share a store at once; the invariants hold after every call. Writes to a slow
  * tier 0 (directory, plug-in) are asynchronous: flushed and counted, never blocking the evicting
  * call (a plug-in whose put blocks until released), dropped when the queue is full, drained by
- * destroy; kvp_pool_flush_tiers(KVP_POOL_FLUSH_CACHED) persists the cached prefixes; a page tier
- * 0 already holds is not written again. K/V is "computed" by a deterministic function of the prompt
+ * destroy; kvp_pool_flush_tiers(KVP_POOL_FLUSH_CACHED) persists the cached prefixes to every
+ * tier; a page a tier already holds is not written to it again (one bit per tier). K/V is "computed" by a deterministic function of the prompt
  * prefix a page ends, so recomputing it gives the bytes to compare with. */
 #include "support.h"
 
@@ -380,14 +380,14 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   map_store m;
   kvp_store *ms = make_map_store(&m);
   kvp_pool *p = make_pool(f->cache, ms);
-  assert_kvp_ok(kvp_pool_add_store(p, f->store)); /* a second tier, empty */
   int32_t a[13];
   prompt(a, 13, 1000);
   evict_a(p, f->cache, a, 7);
   /* a plug-in tier 0 is written by the pool's writer thread: wait for it before looking */
   assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   assert_int_equal(m.puts, 3);
-  assert_int_equal(tier(p, 1).blocks_written, 0); /* only tier 0 is written */
+  assert_kvp_ok(kvp_pool_add_store(p, f->store)); /* a second tier, added after A's eviction: empty */
+  assert_int_equal(tier(p, 1).blocks_written, 0);
   /* a bit flipped in page 1's layer bytes: pages 0 comes back, the restore stops at 1 */
   const int j1 = block_of_page(&m, a, 1);
   m.data[j1][m.size[j1] - 100] ^= 4;
@@ -885,6 +885,118 @@ static void test_pool_tiers__directory_tier_async_no_rewrite(void **state) {
   remove_dir(dir);
 }
 
+/* The keys a store holds (at most `cap`). */
+static size_t keys_of(kvp_store *s, kvp_store_key *keys, size_t cap) {
+  uint64_t cursor = 0;
+  size_t n = 0;
+  assert_kvp_ok(kvp_store_list(s, &cursor, keys, cap, &n));
+  assert_int_equal(cursor, 0);
+  return n;
+}
+
+/* Whether a store holds every one of n keys. */
+static int holds_all(kvp_store *s, const kvp_store_key *keys, size_t n) {
+  uint8_t found[16];
+  assert_true(n <= sizeof found);
+  assert_kvp_ok(kvp_store_exists(s, keys, n, found));
+  for (size_t i = 0; i < n; ++i)
+    if (!found[i]) return 0;
+  return 1;
+}
+
+/* Write-through: an evicted page goes to every tier, the memory tier at once (in the evicting
+ * call), the directory tier through the writer thread; a page restored from tier 1 is written to
+ * tier 0 when evicted again, not back to tier 1. */
+static void test_pool_tiers__every_tier_receives_evictions(void **state) {
+  fixture *f = (fixture *)*state;
+  char dir[64];
+  kvp_store *disk = make_dir_store(dir);
+  kvp_pool *p = make_pool(f->cache, f->store);
+  assert_kvp_ok(kvp_pool_add_store(p, disk));
+  int32_t a[13], c[7 * PS];
+  prompt(a, 13, 1000);
+  prompt(c, 7 * PS, 9000);
+  evict_a(p, f->cache, a, 7);
+  assert_int_equal(tier(p, 0).blocks_written, 3); /* synchronous: no flush needed */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  assert_int_equal(tier(p, 1).blocks_written, 3);
+  assert_int_equal(store_puts(disk), 3);
+  kvp_store_key keys[8];
+  assert_int_equal(keys_of(f->store, keys, 8), 3);
+  assert_true(holds_all(disk, keys, 3)); /* the same blocks under the same keys */
+
+  /* the memory tier loses A's blocks: A comes back from the disk */
+  for (int i = 0; i < 3; ++i) assert_kvp_ok(kvp_store_remove(f->store, &keys[i]));
+  size_t reused = 0;
+  kvp_seq_id s = run_prompt(p, f->cache, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  assert_int_equal(tier(p, 0).hits, 0);
+  assert_int_equal(tier(p, 1).hits, 3);
+  expect_kv(p, f->cache, s, a, 3);
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  /* C takes every page: A's 3 restored pages go to tier 0 only, B's 3 unwritten ones to both */
+  const kvp_pool_tier_stats t0 = tier(p, 0), t1 = tier(p, 1);
+  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, f->cache, c, 7 * PS, 3, 0, NULL)));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  assert_int_equal(tier(p, 0).blocks_written - t0.blocks_written, 3 + 3);
+  assert_int_equal(tier(p, 1).blocks_written - t1.blocks_written, 3);
+  assert_int_equal(store_puts(disk), t1.blocks_written + 3);
+  assert_true(holds_all(f->store, keys, 3));
+  assert_int_equal(tier(p, 0).errors + tier(p, 1).errors + tier(p, 1).dropped, 0);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(disk));
+  remove_dir(dir);
+}
+
+/* kvp_pool_flush_tiers(KVP_POOL_FLUSH_CACHED) writes every cached page to every tier that lacks
+ * it: a page restored from tier 0 goes to tier 1 only. */
+static void test_pool_tiers__flush_cached_fills_every_tier(void **state) {
+  fixture *f = (fixture *)*state;
+  char dir[64];
+  kvp_store *disk = make_dir_store(dir);
+  kvp_pool *p = make_pool(f->cache, f->store);
+  assert_kvp_ok(kvp_pool_add_store(p, disk));
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  kvp_seq_id s = run_prompt(p, f->cache, a, 13, 7, 0, NULL); /* in use: cached pages too */
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(tier(p, 0).blocks_written, 3);
+  assert_int_equal(tier(p, 1).blocks_written, 3);
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED)); /* nothing new */
+  assert_int_equal(tier(p, 0).blocks_written, 3);
+  assert_int_equal(tier(p, 1).blocks_written, 3);
+  assert_int_equal(store_puts(disk), 3);
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_destroy(p));
+
+  /* a fresh pool over a fresh cache and tiers [disk, memory]: A from tier 0, then flushed to tier 1 */
+  kvp_store *mem = NULL;
+  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &mem));
+  kvp_cache *c2 = make_cache(KVP_DTYPE_F32, NP, 1);
+  p = make_pool(c2, disk);
+  assert_kvp_ok(kvp_pool_add_store(p, mem));
+  size_t reused = 0;
+  s = run_prompt(p, c2, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  expect_kv(p, c2, s, a, 3);
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(tier(p, 0).blocks_written, 0);
+  assert_int_equal(tier(p, 1).blocks_written, 3);
+  assert_int_equal(store_puts(disk), 3);
+  kvp_store_key keys[8];
+  assert_int_equal(keys_of(mem, keys, 8), 3);
+  assert_true(holds_all(disk, keys, 3));
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c2));
+  assert_kvp_ok(kvp_store_destroy(mem));
+  assert_kvp_ok(kvp_store_destroy(disk));
+  remove_dir(dir);
+}
+
 /* kvp_pool_flush_tiers: without KVP_POOL_FLUSH_CACHED cached pages stay unwritten (a fresh pool
  * finds nothing); with it every cached prefix is written and a fresh pool over the same
  * directory restores it; unknown flags change nothing. */
@@ -950,6 +1062,8 @@ int main(void) {
       T(test_pool_tiers__destroy_drains_pending_writes),
       T(test_pool_tiers__directory_tier_async_no_rewrite),
       T(test_pool_tiers__flush_cached_persists_the_prefix_cache),
+      T(test_pool_tiers__every_tier_receives_evictions),
+      T(test_pool_tiers__flush_cached_fills_every_tier),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
