@@ -8,8 +8,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include <xxhash.h>
-
 #include "backend/backend.hpp"
 #include "core/cache.hpp"
 #include "core/pool.hpp"
@@ -116,9 +114,15 @@ void Pool::flush_tiers(uint32_t flags) {
 void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
                       kvp_stream stream, const char* fn) {
   Cache& c = cache(fn);
+  const size_t at = static_cast<size_t>(p) * bs.page_bytes;
+  if (c.device_type() == KVP_DEVICE_CPU) {  // one pass: each piece is summed right after its copy
+    BlockSum sum = block_start(bs, buf, id, tokens);
+    for (int64_t l = 0; l < c.num_layers(); ++l) copy_summed(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, sum);
+    block_finish(bs, buf, sum);
+    return;
+  }
   for (int64_t l = 0; l < c.num_layers(); ++l)
-    c.backend().copy_to_host(bs.layer(buf, l), c.layer_data(l) + static_cast<size_t>(p) * bs.page_bytes, bs.page_bytes,
-                             stream, true, fn);
+    c.backend().copy_to_host(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, stream, true, fn);
   block_seal(bs, buf, id, tokens);
 }
 
@@ -240,24 +244,75 @@ HostPtr<HostPipe> Pool::block_pipe() const {
 
 bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
                         int32_t* r, HostPipe* pipe) {
-  const char* fn = "kvp_pool_add_sequence";
   const size_t S = static_cast<size_t>(page_size_);
   const BlockId id{tier_keys_[i], i == 0 ? store_key(Key128{}) : tier_keys_[i - 1], salt};
-  const int k = static_cast<int>(i & 1);
-  if (pipe != nullptr) pipe->wait(k);  // the upload of page i-2 from this slot is done
+  const int32_t* want = tokens + i * S;
+  const bool in_place = store.blocks_in_memory() && cache("kvp_pool_add_sequence").device_type() == KVP_DEVICE_CPU;
+  const int32_t p = in_place ? restore_in_place(store, t, id, want, shard)
+                             : restore_copied(store, t, id, want, shard, pipe, static_cast<int>(i & 1));
+  if (p < 0) return false;
+  std::memcpy(tokens_ + static_cast<size_t>(p) * S, want, sizeof(int32_t) * S);
+  Page& pg = pages_[p];
+  pg.key = index_key(id.key);
+  pg.parent = index_key(id.parent);
+  pg.salt = salt;
+  pg.key_valid = 1;
+  pg.stored = static_cast<uint8_t>(1u << (&t - tiers_));  // that tier holds it: not written there again
+  index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
+  r[i] = p;
+  return true;
+}
+
+int32_t Pool::restore_in_place(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard) {
+  Cache& c = cache("kvp_pool_add_sequence");
+  bool ok = false;
+  if (!store.read_in_place(id.key, true, [&](const uint8_t* block, size_t size) {
+        t.st.bytes_read += static_cast<int64_t>(size);
+        ok = block_check(block_, block, size, id, tokens) == nullptr;
+      }))
+    return -1;  // gone since exists
+  if (!ok) {
+    ++t.st.rejected;
+    return -1;
+  }
+  // The page after the check, outside the store's lock: taking it may evict a page into this
+  // store. The second look copies the block while summing it again (from the cache), so that a
+  // block replaced meanwhile is never restored unchecked.
+  const int32_t p = alloc_page(shard);
+  bool found = false;
+  try {
+    ok = false;
+    found = store.read_in_place(id.key, false, [&](const uint8_t* block, size_t size) {
+      BlockSum sum;
+      ok = block_check_head(block_, block, size, id, tokens, &sum) == nullptr && load_summed(c, block, p, sum);
+    });
+  } catch (...) {
+    release_page(p);
+    throw;
+  }
+  if (ok) return p;
+  if (found) ++t.st.rejected;  // replaced by a bad block since the check (by another thread)
+  release_page(p);             // or dropped since: a store bound below two blocks
+  return -1;
+}
+
+int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard,
+                             HostPipe* pipe, int k) {
+  const char* fn = "kvp_pool_add_sequence";
+  if (pipe != nullptr) pipe->wait(k);  // the upload of the page before last from this slot is done
   uint8_t* buf = pipe != nullptr ? pipe->slot(k) : read_buf_;
   size_t size = 0;
   try {
-    if (!store.get(id.key, buf, block_.total, &size)) return false;  // gone since exists
+    if (!store.get(id.key, buf, block_.total, &size)) return -1;  // gone since exists
   } catch (const error& e) {
     if (!block_fault(e.code())) throw;
     ++t.st.rejected;
-    return false;
+    return -1;
   }
   t.st.bytes_read += static_cast<int64_t>(size);
-  if (block_check(block_, buf, size, id, tokens + i * S) != nullptr) {
+  if (block_check(block_, buf, size, id, tokens) != nullptr) {
     ++t.st.rejected;
-    return false;
+    return -1;
   }
   Cache& c = cache(fn);
   const int32_t p = alloc_page(shard);
@@ -274,16 +329,14 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
     release_page(p);
     throw;
   }
-  std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + i * S, sizeof(int32_t) * S);
-  Page& pg = pages_[p];
-  pg.key = index_key(id.key);
-  pg.parent = index_key(id.parent);
-  pg.salt = salt;
-  pg.key_valid = 1;
-  pg.stored = static_cast<uint8_t>(1u << (&t - tiers_));  // that tier holds it: not written there again
-  index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
-  r[i] = p;
-  return true;
+  return p;
+}
+
+bool Pool::load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum sum) const noexcept {
+  const size_t pb = block_.page_bytes;
+  for (int64_t l = 0; l < c.num_layers(); ++l)
+    copy_summed(c.layer_data(l) + static_cast<size_t>(p) * pb, block_.layer(block, l), pb, sum);
+  return block_sum_holds(block_, block, sum);
 }
 
 }  // namespace kvp::detail

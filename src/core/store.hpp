@@ -55,6 +55,15 @@ class Store {
   // inside the evicting call; a slow put (a file, the network, a plug-in) is handed to the
   // pool's writer thread (core/tier_writer).
   virtual bool put_is_cheap() const noexcept { return false; }
+  // Whether the store keeps its blocks in its own host memory (the memory store), so that
+  // read_in_place serves them without a copy.
+  virtual bool blocks_in_memory() const noexcept { return false; }
+  // Where blocks_in_memory(): calls read(data, size) with the block of k where it lies, under the
+  // store's lock (read must not throw or call the store); false on a miss (read not called). A
+  // `use` counts as a hit (or a miss) and makes the block the most recent, as get does; without
+  // it the look changes nothing (a second look at a block just used).
+  template <class F>
+  bool read_in_place(const StoreKey& k, bool use, F&& read);
 
  protected:
   // What a shipped store holds (a plug-in: unknown, -1).
@@ -64,6 +73,9 @@ class Store {
   virtual void do_put(const StoreKey& k, const void* data, size_t n) = 0;
   virtual void do_put_adopt(const StoreKey& k, HostBytes& block) { do_put(k, block.data(), block.size()); }
   virtual bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) = 0;
+  // The block of k in the store's memory (with `use`, now the most recent); nullptr on a miss
+  // (and where the store does not keep blocks in memory).
+  virtual const HostBytes* do_find(const StoreKey&, bool) noexcept { return nullptr; }
   virtual void do_exists(const StoreKey* keys, size_t n, uint8_t* found) = 0;
   virtual bool do_remove(const StoreKey& k) = 0;
   virtual Usage do_usage() const { return Usage{}; }
@@ -80,6 +92,15 @@ class Store {
   std::mutex mu_;
   int64_t puts_ = 0, hits_ = 0, misses_ = 0, errors_ = 0;
 };
+
+template <class F>
+bool Store::read_in_place(const StoreKey& k, bool use, F&& read) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const HostBytes* block = do_find(k, use);
+  if (use) ++(block != nullptr ? hits_ : misses_);
+  if (block != nullptr) read(block->data(), block->size());
+  return block != nullptr;
+}
 
 // The order in which a shipped store lists its keys: a key gets the next number when it arrives
 // and keeps it while it stays, so a listing that resumes after the last number it returned sees

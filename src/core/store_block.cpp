@@ -6,6 +6,7 @@
 #include "core/xxh3.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
+#include "util/nontemporal.hpp"
 
 namespace kvp::detail {
 namespace {
@@ -95,16 +96,39 @@ BlockShape block_shape(const Cache& cache) {
                   static_cast<uint32_t>(cache.num_layers()), cache.page_bytes());
 }
 
-void block_seal(const BlockShape& s, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept {
+void copy_summed(void* dst, const void* src, size_t n, BlockSum& sum) noexcept {
+  constexpr size_t kPiece = 64 << 10;  // stays in L2 between the copy and the sum
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  for (size_t off = 0; off < n; off += kPiece) {
+    const size_t m = n - off < kPiece ? n - off : kPiece;
+    copy_nontemporal(d + off, s + off, m);
+    sum.add(s + off, m);
+  }
+}
+
+BlockSum block_start(const BlockShape& s, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept {
   write_header(s, block, id);
   std::memcpy(block + kHeaderBytes, tokens, sizeof(int32_t) * s.page_size);
   std::memset(block + kHeaderBytes + sizeof(int32_t) * s.page_size, 0,
               s.data_offset - kHeaderBytes - sizeof(int32_t) * s.page_size);
-  put64(block + s.total - kChecksumBytes, XXH3_64bits(block, s.total - kChecksumBytes));
+  BlockSum sum;
+  sum.add(block, s.data_offset);
+  return sum;
 }
 
-const char* block_check(const BlockShape& s, const uint8_t* block, size_t size, const BlockId& id,
-                        const int32_t* tokens) noexcept {
+void block_finish(const BlockShape& s, uint8_t* block, const BlockSum& sum) noexcept {
+  put64(block + s.total - kChecksumBytes, sum.value());
+}
+
+void block_seal(const BlockShape& s, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept {
+  BlockSum sum = block_start(s, block, id, tokens);
+  sum.add(block + s.data_offset, s.total - kChecksumBytes - s.data_offset);
+  block_finish(s, block, sum);
+}
+
+const char* block_check_head(const BlockShape& s, const uint8_t* block, size_t size, const BlockId& id,
+                             const int32_t* tokens, BlockSum* sum) noexcept {
   if (size != s.total) return "size";
   if (get32(block) != kBlockMagic) return "magic";
   if (get32(block + 4) != kBlockVersion) return "version";
@@ -113,8 +137,20 @@ const char* block_check(const BlockShape& s, const uint8_t* block, size_t size, 
   write_header(s, expected, id);
   if (std::memcmp(block, expected, kHeaderBytes) != 0) return "page key, parent key, salt or geometry";
   if (std::memcmp(block + kHeaderBytes, tokens, sizeof(int32_t) * s.page_size) != 0) return "token ids";
-  if (XXH3_64bits(block, s.total - kChecksumBytes) != get64(block + s.total - kChecksumBytes)) return "checksum";
+  sum->add(block, s.data_offset);
   return nullptr;
+}
+
+bool block_sum_holds(const BlockShape& s, const uint8_t* block, const BlockSum& sum) noexcept {
+  return sum.value() == get64(block + s.total - kChecksumBytes);
+}
+
+const char* block_check(const BlockShape& s, const uint8_t* block, size_t size, const BlockId& id,
+                        const int32_t* tokens) noexcept {
+  BlockSum sum;
+  if (const char* bad = block_check_head(s, block, size, id, tokens, &sum)) return bad;
+  sum.add(block + s.data_offset, s.total - kChecksumBytes - s.data_offset);
+  return block_sum_holds(s, block, sum) ? nullptr : "checksum";
 }
 
 kvp_store_block_info block_inspect(const uint8_t* b, size_t size, const char* fn) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "core/store.hpp"
+#include "core/xxh3.hpp"
 
 namespace kvp::detail {
 
@@ -50,12 +51,34 @@ struct BlockId {
   uint64_t salt = 0;
 };
 
-// Writes the header and the token ids (shape.page_size of them) into a block whose layer bytes
-// are already in place, then the checksum.
+// A block's checksum (XXH3-64 of every byte before it) computed piece by piece, in order.
+using BlockSum = Xxh3Sum;
+
+// Copies n bytes from src to dst (non-temporal stores: the destination is not read for
+// ownership) and adds them to `sum`, a piece at a time, so that the checksum reads each piece
+// from the cache the copy just loaded it into: a block costs one pass over memory, not two.
+// Host memory only; src must not change meanwhile.
+void copy_summed(void* dst, const void* src, size_t n, BlockSum& sum) noexcept;
+
+// Writes the header and the token ids (shape.page_size of them) into a block and returns the
+// checksum over them; the layer bytes follow, added in order (BlockSum::add or copy_summed),
+// and block_finish writes the checksum.
+BlockSum block_start(const BlockShape& shape, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept;
+void block_finish(const BlockShape& shape, uint8_t* block, const BlockSum& sum) noexcept;
+
+// block_start and block_finish of a block whose layer bytes are already in place.
 void block_seal(const BlockShape& shape, uint8_t* block, const BlockId& id, const int32_t* tokens) noexcept;
 
-// Checks a block of `size` bytes against the shape, the page it should be and its token ids:
-// nullptr if it may be restored, else what is wrong ("checksum", "token ids", ...).
+// Checks everything of a block of `size` bytes before its layer bytes against the shape, the
+// page it should be and its token ids: nullptr if they hold (and *sum holds the checksum over
+// them), else what is wrong ("size", "token ids", ...). block_sum_holds then checks the checksum
+// of the whole block once its layer bytes were added to *sum in order.
+const char* block_check_head(const BlockShape& shape, const uint8_t* block, size_t size, const BlockId& id,
+                             const int32_t* tokens, BlockSum* sum) noexcept;
+bool block_sum_holds(const BlockShape& shape, const uint8_t* block, const BlockSum& sum) noexcept;
+
+// block_check_head and the checksum over the layer bytes in place: nullptr if the block may be
+// restored, else what is wrong ("checksum", "token ids", ...).
 const char* block_check(const BlockShape& shape, const uint8_t* block, size_t size, const BlockId& id,
                         const int32_t* tokens) noexcept;
 

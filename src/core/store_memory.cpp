@@ -100,6 +100,15 @@ class MemoryStore final : public Store {
     block.swap(spare_);  // handed back: the spare (say, the memory of a block dropped just now)
   }
 
+  bool blocks_in_memory() const noexcept override { return true; }
+
+  const HostBytes* do_find(const StoreKey& k, bool use) noexcept override {
+    auto it = map_.find(k);
+    if (it == map_.end()) return nullptr;
+    if (use) touch(it->second);
+    return &it->second.data;
+  }
+
   bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) override {
     auto it = map_.find(k);
     if (it == map_.end()) return false;

@@ -10,3 +10,18 @@
 #include <xxh_x86dispatch.h>
 #endif
 #endif
+
+namespace kvp::detail {
+
+// XXH3-64 of bytes given piece by piece, in order: the same value as XXH3_64bits of them all.
+class Xxh3Sum {
+ public:
+  Xxh3Sum() noexcept { XXH3_64bits_reset(&state_); }
+  void add(const void* bytes, size_t n) noexcept { XXH3_64bits_update(&state_, bytes, n); }
+  uint64_t value() const noexcept { return XXH3_64bits_digest(&state_); }
+
+ private:
+  XXH3_state_t state_;
+};
+
+}  // namespace kvp::detail
