@@ -13,6 +13,7 @@
 #include "core/pool.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
+#include "util/nontemporal.hpp"
 
 namespace kvp::detail {
 namespace {
@@ -315,6 +316,7 @@ int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int
     return -1;
   }
   Cache& c = cache(fn);
+  const bool host = c.device_type() == KVP_DEVICE_CPU;
   const int32_t p = alloc_page(shard);
   try {
     const size_t pb = block_.page_bytes;
@@ -322,6 +324,7 @@ int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int
       uint8_t* dst = c.layer_data(l) + static_cast<size_t>(p) * pb;
       const uint8_t* src = block_.layer(buf, l);
       if (pipe != nullptr) pipe->upload(k, static_cast<size_t>(src - buf), dst, pb);
+      else if (host) copy_nontemporal(dst, src, pb);  // a whole block: not read back soon
       else c.backend().copy_from_host(dst, src, pb, nullptr, true, fn);
     }
     if (pipe != nullptr) pipe->fence(k);

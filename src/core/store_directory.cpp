@@ -16,6 +16,7 @@
 
 #include "core/store.hpp"
 #include "core/store_frame.hpp"
+#include "core/xxh3.hpp"
 #include "util/atomic_file.hpp"
 #include "util/error.hpp"
 
@@ -159,12 +160,18 @@ class DirectoryStore final : public Store {
       }
     }
     try {
-      uint8_t h[kHeaderBytes];
-      write_frame_header(h, k, data, n);
       const HostString file = file_of(k);
       AtomicFile f(file.c_str(), "kvp_store_put");
-      f.write(h, sizeof h);
-      f.write(data, n);
+      const auto* p = static_cast<const uint8_t*>(data);
+      Xxh3Sum sum;  // each piece summed just before it is written (read from the cache)
+      for (size_t off = 0; off < n; off += kFramePieceBytes) {
+        const size_t m = std::min(n - off, kFramePieceBytes);
+        sum.add(p + off, m);
+        f.write_at(kHeaderBytes + off, p + off, m);
+      }
+      uint8_t h[kHeaderBytes];
+      write_frame_header(h, k, n, sum.value());
+      f.write_at(0, h, sizeof h);
       f.commit(sync_ ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
     } catch (...) {
       if (fresh) forget(it);
@@ -201,8 +208,14 @@ class DirectoryStore final : public Store {
     } else if (cap < n) {
       fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_store_get: the block has %zu bytes but capacity is %zu", *size, cap);
     }
-    if (!read_exact(fd, dst, *size, kHeaderBytes)) damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "truncated");
-    if (const FrameFault f = check_frame_block(h, dst, *size)) damaged(it, file, f.code, f.what);
+    auto* p = static_cast<uint8_t*>(dst);
+    Xxh3Sum sum;  // each piece summed just after it is read (from the cache)
+    for (size_t off = 0; off < *size; off += kFramePieceBytes) {
+      const size_t m = std::min(*size - off, kFramePieceBytes);
+      if (!read_exact(fd, p + off, m, kHeaderBytes + off)) damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "truncated");
+      sum.add(p + off, m);
+    }
+    if (const FrameFault f = check_frame_sum(h, sum.value())) damaged(it, file, f.code, f.what);
     return true;
   }
 

@@ -19,11 +19,15 @@ uint64_t get64(const uint8_t* p) noexcept {
 }  // namespace
 
 void write_frame_header(uint8_t* h, const StoreKey& k, const void* block, size_t n) noexcept {
+  write_frame_header(h, k, n, XXH3_64bits(block, n));
+}
+
+void write_frame_header(uint8_t* h, const StoreKey& k, size_t n, uint64_t checksum) noexcept {
   put64(h, kMagicVersion);
   put64(h + 8, k.lo);
   put64(h + 16, k.hi);
   put64(h + 24, n);
-  put64(h + 32, XXH3_64bits(block, n));
+  put64(h + 32, checksum);
   put64(h + 40, 0);
 }
 
@@ -36,7 +40,11 @@ FrameFault check_frame_header(const uint8_t* h, uint64_t frame_bytes, const Stor
 }
 
 FrameFault check_frame_block(const uint8_t* h, const void* block, size_t n) noexcept {
-  if (XXH3_64bits(block, n) != get64(h + 32)) return {KVP_ERR_FORMAT_CHECKSUM, "checksum mismatch"};
+  return check_frame_sum(h, XXH3_64bits(block, n));
+}
+
+FrameFault check_frame_sum(const uint8_t* h, uint64_t checksum) noexcept {
+  if (checksum != get64(h + 32)) return {KVP_ERR_FORMAT_CHECKSUM, "checksum mismatch"};
   return {};
 }
 
