@@ -1,5 +1,6 @@
 #include "core/tier_writer.hpp"
 
+#include <cstring>
 #include <new>
 #include <system_error>
 
@@ -14,6 +15,9 @@ TierWriter::TierWriter(size_t slots, size_t block_bytes, const HostAllocator& al
                                         "a pool's write queue") / 64 * 64;
   const size_t jobs = checked_bytes(slots, sizeof(Job), "a pool's write queue");
   auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(ring, jobs, "a pool's write queue"), 64));
+  // Touched now, once: the evicting calls that fill the staging blocks never take the page
+  // faults of their first use (about as long as the copy into them).
+  std::memset(mem, 0, ring);
   ring_ = mem;
   jobs_ = reinterpret_cast<Job*>(mem + ring);
   for (size_t i = 0; i < slots; ++i) new (jobs_ + i) Job();
