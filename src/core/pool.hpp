@@ -218,11 +218,13 @@ class Pool {
   bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
                     int32_t* r, HostPipe* pipe);
   // The fresh page of `shard` that the block of `id` restores (holding `tokens`), or -1 if the
-  // block is missing or does not check out. In place: the block is checked where it lies (under
-  // the store's lock, no copy), the page taken (outside it: that may evict a page into the same
-  // store), and the block copied into the page under the lock again, summed once more on the way
-  // (from the CPU's cache) in case it was replaced meanwhile. Copied: with a host pipe (a device cache whose block fits a pipe slot), the block is
-  // read into slot k and uploaded asynchronously, so that the next page is read meanwhile.
+  // block is missing or does not check out; a block that does not check out never takes a page.
+  // In place: the block is checked where it lies (under the store's lock, no copy), the page is
+  // taken outside the lock (that may evict a page into the same store), and the block is copied
+  // into the page under the lock again, summed once more on the way (from the CPU's cache) in
+  // case it was replaced meanwhile. Copied: with a host pipe (a device cache whose block fits a
+  // pipe slot), the block is read into slot k and uploaded asynchronously, so that the next page
+  // is read meanwhile.
   int32_t restore_in_place(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard);
   int32_t restore_copied(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard,
                          HostPipe* pipe, int k);

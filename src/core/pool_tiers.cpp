@@ -118,7 +118,8 @@ void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const 
   const size_t at = static_cast<size_t>(p) * bs.page_bytes;
   if (c.device_type() == KVP_DEVICE_CPU) {  // one pass: each piece is summed right after its copy
     BlockSum sum = block_start(bs, buf, id, tokens);
-    for (int64_t l = 0; l < c.num_layers(); ++l) copy_summed(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, sum);
+    for (int64_t l = 0; l < c.num_layers(); ++l)
+      copy_summed(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, sum);
     block_finish(bs, buf, sum);
     return;
   }
