@@ -1,5 +1,5 @@
 /* Tests of the Redis store (kvp_store_create_redis) against real servers started by
- * tests/redis/with-redis.sh (a single server and a three-master Redis Cluster on loopback ports;
+ * scripts/with-redis.sh (a single server and a three-master Redis Cluster on loopback ports;
  * their addresses in KVP_TEST_REDIS_* variables; a case needing them skips without). Bad URLs and
  * a refused connection; round trips on one server and on the cluster, keys spread over every
  * master; a slot migrated between masters while in use (ASK, then MOVED followed); a server
@@ -26,7 +26,7 @@
 static const char *need(const char *var) {
   const char *v = getenv(var);
   if (v == NULL || v[0] == '\0') {
-    print_message("kvpages: %s not set (run through tests/redis/with-redis.sh): skipped\n", var);
+    print_message("kvpages: %s not set (run through scripts/with-redis.sh): skipped\n", var);
     skip();
   }
   return v;
