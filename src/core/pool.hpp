@@ -211,9 +211,9 @@ class Pool {
                  size_t nkeys) noexcept;
   // Restores page i of a prompt (key tier_keys_[i]) from one store into a fresh page r[i]; false
   // if the block is missing or does not check out. Throws when the store or the copy fails.
-  // The backend's host pipe when a block fits one of its slots (a device cache), else null.
+  // A host pipe whose slots hold a whole block (a device cache), else null (a host cache).
   HostPtr<HostPipe> block_pipe() const;
-  // With a host pipe (a device cache whose block fits a pipe slot), the block is read into slot
+  // With a host pipe (a device cache), the block is read into slot
   // i % 2 and uploaded asynchronously, so that page i+1 is read while page i is uploaded.
   bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
                     int32_t* r, HostPipe* pipe);

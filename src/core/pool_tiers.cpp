@@ -233,9 +233,9 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
 
 HostPtr<HostPipe> Pool::block_pipe() const {
   const char* fn = "kvp_pool_add_sequence";
-  HostPtr<HostPipe> pipe = cache(fn).backend().host_pipe(fn);
-  if (pipe && pipe->piece_bytes() < block_.total) pipe.reset();
-  return pipe;
+  // Slots of a whole block: the backend's shared pinned buffers when a block fits them (2 MiB on
+  // CUDA), else two pinned buffers of a block each, allocated for this call.
+  return cache(fn).backend().host_pipe(fn, block_.total);
 }
 
 bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
