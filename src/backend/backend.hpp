@@ -61,11 +61,13 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
                               const char* function) = 0;
   virtual void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) = 0;
-  // A HostPipe for bulk copies between this backend's memory and the host, or nullptr where the
-  // memory is host memory (copy directly). CUDA: refused with KVP_ERR_UNSUPPORTED while the legacy
-  // stream cannot be used because a graph is being captured.
-  virtual HostPtr<HostPipe> host_pipe(const char* function) {
+  // A HostPipe for bulk copies between this backend's memory and the host, with slots of at least
+  // `min_piece_bytes` (0: the backend's own size), or nullptr where the memory is host memory (copy
+  // directly). CUDA: refused with KVP_ERR_UNSUPPORTED while the legacy stream cannot be used
+  // because a graph is being captured.
+  virtual HostPtr<HostPipe> host_pipe(const char* function, size_t min_piece_bytes = 0) {
     (void)function;
+    (void)min_piece_bytes;
     return nullptr;
   }
 

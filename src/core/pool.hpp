@@ -209,12 +209,12 @@ class Pool {
   // far as the prefix continues; their ids go to r[from…]. Returns how many (never throws).
   size_t restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_hits, uint64_t salt, uint32_t shard,
                  size_t nkeys) noexcept;
-  // The backend's host pipe when a block fits one of its slots (a device cache), else null.
+  // A host pipe whose slots hold a whole block (a device cache), else null (a host cache).
   HostPtr<HostPipe> block_pipe() const;
   // Restores page i of a prompt (key tier_keys_[i]) from one store into a fresh page r[i]; false
   // if the block is missing or does not check out. Throws when the store or the copy fails.
-  // A host cache reads a memory store's block where it lies (restore_in_place); otherwise the
-  // block is read into a buffer first (restore_copied).
+  // A host cache (no pipe) reads a memory store's block where it lies (restore_in_place);
+  // otherwise the block is read into a buffer first (restore_copied).
   bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
                     int32_t* r, HostPipe* pipe);
   // The fresh page of `shard` that the block of `id` restores (holding `tokens`), or -1 if the
@@ -222,9 +222,9 @@ class Pool {
   // In place: the block is checked where it lies (under the store's lock, no copy), the page is
   // taken outside the lock (that may evict a page into the same store), and the block is copied
   // into the page under the lock again, summed once more on the way (from the CPU's cache) in
-  // case it was replaced meanwhile. Copied: with a host pipe (a device cache whose block fits a
-  // pipe slot), the block is read into slot k and uploaded asynchronously, so that the next page
-  // is read meanwhile.
+  // case it was replaced meanwhile. Copied: with a host pipe (a device cache), the block is read
+  // into slot k and uploaded asynchronously, so that the next page is read meanwhile; without
+  // one, into read_buf_, then copied into the page with non-temporal stores.
   int32_t restore_in_place(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard);
   int32_t restore_copied(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard,
                          HostPipe* pipe, int k);

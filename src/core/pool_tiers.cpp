@@ -239,9 +239,9 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
 
 HostPtr<HostPipe> Pool::block_pipe() const {
   const char* fn = "kvp_pool_add_sequence";
-  HostPtr<HostPipe> pipe = cache(fn).backend().host_pipe(fn);
-  if (pipe && pipe->piece_bytes() < block_.total) pipe.reset();
-  return pipe;
+  // Slots of a whole block: the backend's shared pinned buffers when a block fits them (2 MiB on
+  // CUDA), else two pinned buffers of a block each, allocated for this call.
+  return cache(fn).backend().host_pipe(fn, block_.total);
 }
 
 bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
@@ -249,7 +249,7 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
   const size_t S = static_cast<size_t>(page_size_);
   const BlockId id{tier_keys_[i], i == 0 ? store_key(Key128{}) : tier_keys_[i - 1], salt};
   const int32_t* want = tokens + i * S;
-  const bool in_place = store.blocks_in_memory() && cache("kvp_pool_add_sequence").device_type() == KVP_DEVICE_CPU;
+  const bool in_place = pipe == nullptr && store.blocks_in_memory();  // no pipe: a host cache
   const int32_t p = in_place ? restore_in_place(store, t, id, want, shard)
                              : restore_copied(store, t, id, want, shard, pipe, static_cast<int>(i & 1));
   if (p < 0) return false;
@@ -317,7 +317,6 @@ int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int
     return -1;
   }
   Cache& c = cache(fn);
-  const bool host = c.device_type() == KVP_DEVICE_CPU;
   const int32_t p = alloc_page(shard);
   try {
     const size_t pb = block_.page_bytes;
@@ -325,8 +324,7 @@ int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int
       uint8_t* dst = c.layer_data(l) + static_cast<size_t>(p) * pb;
       const uint8_t* src = block_.layer(buf, l);
       if (pipe != nullptr) pipe->upload(k, static_cast<size_t>(src - buf), dst, pb);
-      else if (host) copy_nontemporal(dst, src, pb);  // a whole block: not read back soon
-      else c.backend().copy_from_host(dst, src, pb, nullptr, true, fn);
+      else copy_nontemporal(dst, src, pb);  // host memory; a whole block, not read back soon
     }
     if (pipe != nullptr) pipe->fence(k);
   } catch (...) {

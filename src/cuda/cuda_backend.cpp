@@ -2,6 +2,7 @@
 // error record and the metadata staging ring (see cuda_backend.hpp).
 #include "cuda/cuda_backend.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -282,8 +283,7 @@ static void alloc_pipe_buffers(CudaBackend::PipeBuffers& b, const char* fn) {
   try {
     for (int k = 0; k < 2; ++k) {
       cuda_check(cudaEventCreateWithFlags(&b.done[k], cudaEventDisableTiming), fn, "cudaEventCreate (host pipe)");
-      cuda_check(cudaHostAlloc(reinterpret_cast<void**>(&b.host[k]), CudaBackend::kPipePieceBytes,
-                               cudaHostAllocDefault),
+      cuda_check(cudaHostAlloc(reinterpret_cast<void**>(&b.host[k]), b.bytes, cudaHostAllocDefault),
                  fn, "cudaHostAlloc (host pipe)");
     }
   } catch (...) {
@@ -296,12 +296,14 @@ namespace {
 
 class CudaHostPipe final : public HostPipe {
  public:
-  // Uses `shared` (the backend's buffers) when it can claim them through `busy`, and otherwise
-  // buffers of its own, freed by the destructor.
-  CudaHostPipe(int32_t device, CudaBackend::PipeBuffers* shared, std::atomic<bool>* busy, const char* fn)
+  // Uses `shared` (the backend's buffers) when slots of `min_bytes` fit them and it can claim them
+  // through `busy`, and otherwise buffers of its own (slots of the larger size), freed by the
+  // destructor.
+  CudaHostPipe(int32_t device, CudaBackend::PipeBuffers* shared, std::atomic<bool>* busy, size_t min_bytes,
+               const char* fn)
       : device_(device), fn_(fn) {
     bool expected = false;
-    if (busy->compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+    if (min_bytes <= shared->bytes && busy->compare_exchange_strong(expected, true, std::memory_order_acquire)) {
       busy_ = busy;
       buf_ = shared;
       try {
@@ -312,6 +314,7 @@ class CudaHostPipe final : public HostPipe {
       }
     } else {
       buf_ = &own_;
+      own_.bytes = std::max(min_bytes, shared->bytes);
       alloc_pipe_buffers(own_, fn);
     }
   }
@@ -324,7 +327,7 @@ class CudaHostPipe final : public HostPipe {
   CudaHostPipe(const CudaHostPipe&) = delete;
   CudaHostPipe& operator=(const CudaHostPipe&) = delete;
 
-  size_t piece_bytes() const noexcept override { return CudaBackend::kPipePieceBytes; }
+  size_t piece_bytes() const noexcept override { return buf_->bytes; }
   uint8_t* slot(int k) const noexcept override { return buf_->host[k]; }
 
   void download(int k, size_t offset, const void* src, size_t n) override {
@@ -359,10 +362,10 @@ class CudaHostPipe final : public HostPipe {
 
 }  // namespace
 
-HostPtr<HostPipe> CudaBackend::host_pipe(const char* fn) {
+HostPtr<HostPipe> CudaBackend::host_pipe(const char* fn, size_t min_piece_bytes) {
   DeviceGuard guard(device_, fn);
   refuse_if_capturing(nullptr, fn);
-  return make_host<CudaHostPipe>(alloc_, device_, &pipe_, &pipe_busy_, fn);
+  return make_host<CudaHostPipe>(alloc_, device_, &pipe_, &pipe_busy_, min_piece_bytes, fn);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class CudaBackend final : public Backend {
   struct PipeBuffers {
     uint8_t* host[2] = {};
     cudaEvent_t done[2] = {};
+    size_t bytes = kPipePieceBytes;  // of each slot
     bool allocated() const noexcept { return host[1] != nullptr; }
   };
 
@@ -57,7 +58,7 @@ class CudaBackend final : public Backend {
   void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
                       const char* function) override;
   void copy_within(void* dst, const void* src, size_t bytes, kvp_stream stream) override;
-  HostPtr<HostPipe> host_pipe(const char* function) override;
+  HostPtr<HostPipe> host_pipe(const char* function, size_t min_piece_bytes = 0) override;
   void concatenate(const ConcatJob& job, kvp_stream stream) override;  // cuda_concat.cpp
   void attend(const AttentionJob& job, const ConcatJob* write, kvp_stream stream) override;  // cuda_attention.cpp
 

@@ -114,28 +114,34 @@ static void test_cuda_pool__copy_on_write_matches_cpu(void **state) {
  * written asynchronously from device pages; the CPU pool's a memory store), then restored into
  * new pages (on the GPU through the pinned, double-buffered host pipe): the restored pages hold
  * A's original bytes and both caches stay byte-identical. */
-static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
-  (void)state;
-  kvp_config cfg = kvp_test_config_len(3, 2, 128, 16, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3, 256);
+/* Prompt A (3 full pages and a token) computed and freed, then B (15 pages) evicts A's pages to
+ * the tier (a memory store for the CPU pool, a directory for the CUDA pool's writer thread); the
+ * pages are scribbled over and A comes back from the tier: both caches hold A's bytes again, on
+ * the same pages. `heads` x 128 bf16 with `page` tokens per page over 3 layers. */
+static void tiers_restore_matches_cpu(int64_t heads, int64_t page) {
+  const size_t na = (size_t)(3 * page + 1), nb = (size_t)(15 * page);
+  kvp_config cfg = kvp_test_config_len(3, heads, 128, page, 16, KVP_DTYPE_BF16, KVP_LAYOUT_V3, 16 * page);
   kvp_cache *cpu = NULL, *gpu = NULL;
   if (!make_pair(&cfg, &cpu, &gpu)) skip();
   fill_both(cpu, gpu, 3, 11);
   char dir[] = "/tmp/kvp_cuda_tiers_XXXXXX";
   assert_non_null(mkdtemp(dir));
   kvp_store *ms = NULL, *ds = NULL;
-  assert_kvp_ok(kvp_store_create_memory(1 << 24, NULL, &ms));
+  assert_kvp_ok(kvp_store_create_memory(1 << 26, NULL, &ms));
   kvp_store_options so = KVP_STORE_OPTIONS_INIT;
   so.flags = KVP_STORE_FLAG_NO_SYNC;
-  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 24, &so, &ds));
+  assert_kvp_ok(kvp_store_create_directory(dir, 1 << 26, &so, &ds));
   kvp_pool *pool[2];
   kvp_cache *cache[2] = {cpu, gpu};
   assert_kvp_ok(kvp_pool_create(cpu, NULL, &pool[0]));
   assert_kvp_ok(kvp_pool_create(gpu, NULL, &pool[1]));
   assert_kvp_ok(kvp_pool_add_store(pool[0], ms));
   assert_kvp_ok(kvp_pool_add_store(pool[1], ds));
-  int32_t a[49], b[240];
-  for (int i = 0; i < 49; ++i) a[i] = 100 + i;
-  for (int i = 0; i < 240; ++i) b[i] = 5000 + i;
+  int32_t *a = (int32_t *)malloc(sizeof(int32_t) * na), *b = (int32_t *)malloc(sizeof(int32_t) * nb);
+  assert_non_null(a);
+  assert_non_null(b);
+  for (size_t i = 0; i < na; ++i) a[i] = 100 + (int32_t)i;
+  for (size_t i = 0; i < nb; ++i) b[i] = 50000 + (int32_t)i;
   const size_t n = kvp_test_layer_bytes(cpu), pb = n / 16;
   uint8_t *before = (uint8_t *)malloc(3 * n), *after = (uint8_t *)malloc(n);
   assert_non_null(before);
@@ -144,11 +150,11 @@ static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
   size_t np;
   for (int d = 0; d < 2; ++d) {
     kvp_seq_id s;
-    assert_kvp_ok(kvp_pool_add_sequence(pool[d], a, 49, 0, 0, &s, NULL));
-    assert_kvp_ok(kvp_pool_set_computed(pool[d], s, 49));
+    assert_kvp_ok(kvp_pool_add_sequence(pool[d], a, na, 0, 0, &s, NULL));
+    assert_kvp_ok(kvp_pool_set_computed(pool[d], s, na));
     assert_kvp_ok(kvp_pool_get_page_table(pool[d], s, ra, 4, &np));
     assert_kvp_ok(kvp_pool_free_sequence(pool[d], s)); /* 3 cached pages */
-    assert_kvp_ok(kvp_pool_add_sequence(pool[d], b, 240, 0, 0, &s, NULL)); /* every page: A's evicted */
+    assert_kvp_ok(kvp_pool_add_sequence(pool[d], b, nb, 0, 0, &s, NULL)); /* every page: A's evicted */
     assert_kvp_ok(kvp_pool_free_sequence(pool[d], s));
     assert_kvp_ok(kvp_pool_flush_tiers(pool[d], 0));
     kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
@@ -170,8 +176,8 @@ static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
   for (int d = 0; d < 2; ++d) {
     kvp_seq_id s;
     size_t reused = 0;
-    assert_kvp_ok(kvp_pool_add_sequence(pool[d], a, 49, 0, 0, &s, &reused));
-    assert_int_equal(reused, 48);
+    assert_kvp_ok(kvp_pool_add_sequence(pool[d], a, na, 0, 0, &s, &reused));
+    assert_int_equal(reused, na - 1);
     assert_kvp_ok(kvp_pool_get_page_table(pool[d], s, rr[d], 4, &np));
     for (uint32_t l = 0; l < 3; ++l) {
       assert_kvp_ok(kvp_cache_read_layer(cache[d], l, after, n, NULL));
@@ -183,6 +189,8 @@ static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
   assert_same_bytes(cpu, gpu, 3);
   free(before);
   free(after);
+  free(a);
+  free(b);
   for (int d = 0; d < 2; ++d) assert_kvp_ok(kvp_pool_destroy(pool[d]));
   assert_kvp_ok(kvp_store_destroy(ms));
   assert_kvp_ok(kvp_store_destroy(ds));
@@ -191,6 +199,16 @@ static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
   char cmd[96];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   assert_int_equal(system(cmd), 0);
+}
+
+static void test_cuda_pool__tiers_restore_matches_cpu(void **state) {
+  (void)state;
+  tiers_restore_matches_cpu(2, 16); /* 48 KiB blocks: the backend's shared pipe slots */
+}
+
+static void test_cuda_pool__tiers_restore_large_blocks(void **state) {
+  (void)state;
+  tiers_restore_matches_cpu(8, 256); /* 3 MiB blocks: pinned slots of a block, for the call */
 }
 
 static void test_cuda_pool__saved_sequence_matches_cpu_across_devices(void **state) {
@@ -246,6 +264,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_pool__copy_pages_matches_cpu),
       cmocka_unit_test(test_cuda_pool__copy_on_write_matches_cpu),
       cmocka_unit_test(test_cuda_pool__tiers_restore_matches_cpu),
+      cmocka_unit_test(test_cuda_pool__tiers_restore_large_blocks),
       cmocka_unit_test(test_cuda_pool__saved_sequence_matches_cpu_across_devices),
   };
   return cmocka_run_group_tests_name("cuda_pool", tests, NULL, NULL);

@@ -1,5 +1,5 @@
 /* Tests of the Redis store (kvp_store_create_redis) against real servers started by
- * tests/redis/with-redis.sh (a single server and a three-master Redis Cluster on loopback ports;
+ * scripts/with-redis.sh (a single server and a three-master Redis Cluster on loopback ports;
  * their addresses in KVP_TEST_REDIS_* variables; a case needing them skips without). Bad URLs and
  * a refused connection; round trips on one server and on the cluster, keys spread over every
  * master; a slot migrated between masters while in use (ASK, then MOVED followed); a server
@@ -7,6 +7,7 @@
  * truncated or bit-flipped behind the store's back (through hiredis) found on get and by scrub;
  * listings (kvp_store_list) a few keys at a time; a pool whose tier is Redis restores exactly the
  * bytes it evicted, and nothing wrong after damage. */
+#include "prompt_pages.h"
 #include "support.h"
 
 #include <hiredis/hiredis.h>
@@ -26,7 +27,7 @@
 static const char *need(const char *var) {
   const char *v = getenv(var);
   if (v == NULL || v[0] == '\0') {
-    print_message("kvpages: %s not set (run through tests/redis/with-redis.sh): skipped\n", var);
+    print_message("kvpages: %s not set (run through scripts/with-redis.sh): skipped\n", var);
     skip();
   }
   return v;
@@ -576,61 +577,6 @@ static kvp_cache *make_cache(void) {
   return c;
 }
 
-static uint8_t *page_ptr(kvp_cache *c, uint32_t layer, int32_t page, size_t *nbytes) {
-  kvp_tensor t;
-  assert_kvp_ok(kvp_cache_get_view(c, layer, KVP_VIEW_FLAT, &t));
-  *nbytes = kvp_test_layer_bytes(c) / (size_t)t.shape[0];
-  return (uint8_t *)t.data + (size_t)page * *nbytes;
-}
-
-/* The K/V of page i of a prompt in one layer: a function of the tokens up to the page's end. */
-static void kv_of(const int32_t *tokens, size_t i, uint32_t layer, uint8_t *out, size_t n) {
-  uint64_t h = 1469598103934665603ull + layer;
-  for (size_t t = 0; t < (i + 1) * PS; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
-  for (size_t b = 0; b < n; ++b) {
-    h ^= h >> 29;
-    h *= 0xBF58476D1CE4E5B9ull;
-    out[b] = (uint8_t)(h >> 56);
-  }
-}
-
-static int32_t page_of(kvp_pool *p, kvp_seq_id s, size_t i) {
-  int32_t row[MAXLEN / PS];
-  size_t n = 0;
-  assert_kvp_ok(kvp_pool_get_page_table(p, s, row, MAXLEN / PS, &n));
-  assert_true(i < n);
-  return row[i];
-}
-
-/* Adds a prompt, "computes" the full pages it did not reuse, declares them computed. */
-static kvp_seq_id run_prompt(kvp_pool *p, kvp_cache *c, const int32_t *tokens, size_t n, size_t *reused) {
-  kvp_seq_id s = {0};
-  size_t r = 0;
-  assert_kvp_ok(kvp_pool_add_sequence(p, tokens, n, 7, 0, &s, &r));
-  assert_kvp_ok(kvp_pool_check_invariants(p));
-  for (size_t i = r / PS; i < n / PS; ++i)
-    for (uint32_t l = 0; l < LAYERS; ++l) {
-      size_t nb;
-      uint8_t *dst = page_ptr(c, l, page_of(p, s, i), &nb);
-      kv_of(tokens, i, l, dst, nb);
-    }
-  assert_kvp_ok(kvp_pool_set_computed(p, s, n));
-  assert_kvp_ok(kvp_pool_check_invariants(p));
-  if (reused != NULL) *reused = r;
-  return s;
-}
-
-static void expect_kv(kvp_pool *p, kvp_cache *c, kvp_seq_id s, const int32_t *tokens, size_t pages) {
-  uint8_t want[1 << 14];
-  for (size_t i = 0; i < pages; ++i)
-    for (uint32_t l = 0; l < LAYERS; ++l) {
-      size_t nb;
-      const uint8_t *got = page_ptr(c, l, page_of(p, s, i), &nb);
-      kv_of(tokens, i, l, want, nb);
-      assert_memory_equal(got, want, nb);
-    }
-}
-
 /* Prompt A (13 tokens: 3 full pages) computed and freed, then B fills the pool: A's pages go to
  * the tier. A new cache and pool (another process, in effect) restores them from Redis. */
 static void test_store_redis__pool_restores_what_it_evicted(void **state) {
@@ -644,8 +590,8 @@ static void test_store_redis__pool_restores_what_it_evicted(void **state) {
   kvp_pool *p = NULL;
   assert_kvp_ok(kvp_pool_create(c, NULL, &p));
   assert_kvp_ok(kvp_pool_add_store(p, store));
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, NULL)));
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, b, 7 * PS, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, 13, 7, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, 7 * PS, 7, 0, NULL)));
   assert_kvp_ok(kvp_pool_flush_tiers(p, 0)); /* Redis puts run on the pool's writer thread */
   kvp_pool_tier_stats ts = KVP_POOL_TIER_STATS_INIT;
   assert_kvp_ok(kvp_pool_get_tier_stats(p, 0, &ts));
@@ -658,9 +604,9 @@ static void test_store_redis__pool_restores_what_it_evicted(void **state) {
   assert_kvp_ok(kvp_pool_create(c, NULL, &p));
   assert_kvp_ok(kvp_pool_add_store(p, store));
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(p, c, a, 13, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
-  expect_kv(p, c, s, a, 3);
+  kvp_test_expect_prompt_kv(p, c, s, a, 3);
   assert_kvp_ok(kvp_pool_get_tier_stats(p, 0, &ts));
   assert_int_equal(ts.hits, 3);
   assert_kvp_ok(kvp_pool_destroy(p));
@@ -696,9 +642,9 @@ static void test_store_redis__pool_restores_what_it_evicted(void **state) {
     redisFree(rc);
   }
   assert_true(damaged);
-  s = run_prompt(p, c, a, 13, &reused);
+  s = kvp_test_run_prompt(p, c, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 1 * PS); /* page 0 from Redis; 1 damaged; 2 follows it */
-  expect_kv(p, c, s, a, 3);
+  kvp_test_expect_prompt_kv(p, c, s, a, 3);
   assert_kvp_ok(kvp_pool_get_tier_stats(p, 0, &ts));
   assert_int_equal(ts.hits, 1);
   assert_true(ts.errors + ts.rejected >= 1);

@@ -1,4 +1,4 @@
-# The Redis store's tests against real servers: tests/redis/with-redis.sh starts a server and a
+# The Redis store's tests against real servers: scripts/with-redis.sh starts a server and a
 # three-master cluster on loopback ports for the test program and stops them after; it exits 77
 # (skipped) when redis-server is not installed. A build without Redis registers a skipped test.
 if(KVP_HAS_REDIS)
@@ -6,7 +6,7 @@ if(KVP_HAS_REDIS)
   target_link_libraries(test_store_redis PRIVATE kvp_test_support PkgConfig::HIREDIS Threads::Threads)
   target_compile_options(test_store_redis PRIVATE -Wall -Wextra -Wno-unused-parameter)
   add_test(NAME redis.test_store_redis
-           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/with-redis.sh $<TARGET_FILE:test_store_redis>)
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/../../scripts/with-redis.sh $<TARGET_FILE:test_store_redis>)
 else()
   add_test(NAME redis.test_store_redis
            COMMAND sh -c "echo 'SKIP: built without Redis (KVPAGES_REDIS=OFF or no hiredis)'; exit 77")

@@ -7,6 +7,7 @@
  * afterwards holds the K/V computed for its prompt.
  *
  *   test_full_disk DIR   (DIR: an empty directory on a small filesystem) */
+#include "prompt_pages.h"
 #include "support.h"
 
 #include <dirent.h>
@@ -116,24 +117,6 @@ static void test_full_disk__put_fails_and_keeps_the_old_block(void **state) {
 
 /* ---- the pool ------------------------------------------------------------------------------ */
 
-static uint8_t *page_ptr(kvp_cache *c, uint32_t layer, int32_t page, size_t *nbytes) {
-  kvp_tensor t;
-  assert_kvp_ok(kvp_cache_get_view(c, layer, KVP_VIEW_FLAT, &t));
-  *nbytes = kvp_test_layer_bytes(c) / (size_t)t.shape[0];
-  return (uint8_t *)t.data + (size_t)page * *nbytes;
-}
-
-/* The K/V of page i of a prompt in one layer: a function of the tokens up to the page's end. */
-static void kv_of(const int32_t *tokens, size_t i, uint32_t layer, uint8_t *out, size_t n) {
-  uint64_t h = 1469598103934665603ull + layer;
-  for (size_t t = 0; t < (i + 1) * PS; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
-  for (size_t b = 0; b < n; ++b) {
-    h ^= h >> 29;
-    h *= 0xBF58476D1CE4E5B9ull;
-    out[b] = (uint8_t)(h >> 56);
-  }
-}
-
 /* Adds prompt number `which` (4 full pages and one token), computes what was not reused, checks
  * what was, frees it; returns the tokens reused. */
 static size_t run_prompt(kvp_pool *p, kvp_cache *c, int which) {
@@ -147,9 +130,9 @@ static size_t run_prompt(kvp_pool *p, kvp_cache *c, int which) {
   for (size_t i = 0; i < 4; ++i)
     for (uint32_t l = 0; l < LAYERS; ++l) {
       size_t nb;
-      uint8_t *page = page_ptr(c, l, row[i], &nb);
+      uint8_t *page = kvp_test_page_bytes(c, l, row[i], &nb);
       assert_true(nb <= sizeof want);
-      kv_of(tok, i, l, want, nb);
+      kvp_test_prompt_kv(tok, PS, i, l, want, nb);
       if (i < reused / PS) assert_memory_equal(page, want, nb); /* restored: the bytes computed */
       else memcpy(page, want, nb);
     }

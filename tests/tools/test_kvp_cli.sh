@@ -5,7 +5,7 @@
 # reference numbers (also from Hugging Face configs, and with --tp), --json prints one valid JSON
 # object, save/load/inspect show a progress bar only on a terminal (or --progress always), and
 # `kvp demo` serves its requests with correct attention and read-back in both layouts and every
-# storage dtype, and `kvp store ls/stat/scrub` show and check a directory store that fill_store
+# storage dtype (and a second run restores its prompts from the first run's disk tier), and `kvp store ls/stat/scrub` show and check a directory store that fill_store
 # filled with evicted page blocks of two configs, a damaged one and a foreign one.
 set -u
 kvp=${1:?usage: test_kvp_cli.sh <path to kvp> <path to fill_store>}
@@ -264,6 +264,18 @@ for run in "v2 fp32" "v2 fp8_e4m3fn" "v3 fp16" "v3 fp8_e5m2"; do
   set -- $run
   expect 0 "attention check passed" demo --quiet --layers 1 --layout "$1" --dtype "$2"
 done
+
+# Storage tiers: the first run persists its cached prefix pages to the directory store, the
+# second (a new process) restores 816 prompt tokens from it, and both pass every check; the store
+# then holds the 68 blocks of one config.
+tiers=$(mktemp -d)
+expect_both 0 "0 from $tiers/disk" "read-back check passed" demo --quiet --layers 1 --disk "$tiers/disk"
+expect_both 0 "816 from $tiers/disk" "attention check passed" demo --quiet --layers 1 --disk "$tiers/disk"
+expect_both 0 "blocks:   68" "damaged:  0" store stat "$tiers/disk"
+expect 2 "invalid value '39' for --pages: expected an integer in [40, 4096]" demo --pages 39
+touch "$tiers/file"
+expect 1 "kvp demo:" demo --quiet --layers 1 --disk "$tiers/file"
+rm -rf "$tiers"
 
 # Save (kvp demo --save, kvp load --save), load and inspect, with and without a progress bar.
 scratch=$(mktemp -d)

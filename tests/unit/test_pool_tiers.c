@@ -9,6 +9,7 @@
  * destroy; kvp_pool_flush_tiers(KVP_POOL_FLUSH_CACHED) persists the cached prefixes to every
  * tier; a page a tier already holds is not written to it again (one bit per tier). K/V is "computed" by a deterministic function of the prompt
  * prefix a page ends, so recomputing it gives the bytes to compare with. */
+#include "prompt_pages.h"
 #include "support.h"
 
 #include <dirent.h>
@@ -70,63 +71,6 @@ static int teardown(void **state) {
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static uint8_t *page_ptr(kvp_cache *c, uint32_t layer, int32_t page, size_t *nbytes) {
-  kvp_tensor t;
-  assert_kvp_ok(kvp_cache_get_view(c, layer, KVP_VIEW_FLAT, &t));
-  *nbytes = kvp_test_layer_bytes(c) / (size_t)t.shape[0];
-  return (uint8_t *)t.data + (size_t)page * *nbytes;
-}
-
-/* The K/V of page i of a prompt in one layer: a function of the tokens up to the page's end. */
-static void kv_of(const int32_t *tokens, size_t i, uint32_t layer, uint8_t *out, size_t n) {
-  uint64_t h = 1469598103934665603ull + layer;
-  for (size_t t = 0; t < (i + 1) * PS; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
-  for (size_t b = 0; b < n; ++b) {
-    h ^= h >> 29;
-    h *= 0xBF58476D1CE4E5B9ull;
-    out[b] = (uint8_t)(h >> 56);
-  }
-}
-
-static int32_t page_of(kvp_pool *p, kvp_seq_id s, size_t i) {
-  int32_t row[MAXLEN / PS];
-  size_t n = 0;
-  assert_kvp_ok(kvp_pool_get_page_table(p, s, row, MAXLEN / PS, &n));
-  assert_true(i < n);
-  return row[i];
-}
-
-/* Adds a prompt, "computes" the full pages it did not reuse and declares them computed. */
-static kvp_seq_id run_prompt(kvp_pool *p, kvp_cache *c, const int32_t *tokens, size_t n, uint64_t salt, uint32_t flags,
-                             size_t *reused) {
-  kvp_seq_id s = {0};
-  size_t r = 0;
-  assert_kvp_ok(kvp_pool_add_sequence(p, tokens, n, salt, flags, &s, &r));
-  assert_kvp_ok(kvp_pool_check_invariants(p));
-  for (size_t i = r / PS; i < n / PS; ++i)
-    for (uint32_t l = 0; l < LAYERS; ++l) {
-      size_t nb;
-      uint8_t *dst = page_ptr(c, l, page_of(p, s, i), &nb);
-      kv_of(tokens, i, l, dst, nb);
-    }
-  assert_kvp_ok(kvp_pool_set_computed(p, s, n));
-  if (reused != NULL) *reused = r;
-  return s;
-}
-
-/* The first `pages` pages of sequence s hold the K/V computed for its prompt. */
-static void expect_kv(kvp_pool *p, kvp_cache *c, kvp_seq_id s, const int32_t *tokens, size_t pages) {
-  uint8_t want[1 << 14];
-  for (size_t i = 0; i < pages; ++i)
-    for (uint32_t l = 0; l < LAYERS; ++l) {
-      size_t nb;
-      const uint8_t *got = page_ptr(c, l, page_of(p, s, i), &nb);
-      assert_true(nb <= sizeof want);
-      kv_of(tokens, i, l, want, nb);
-      assert_memory_equal(got, want, nb);
-    }
-}
-
 static kvp_pool_tier_stats tier(kvp_pool *p, uint32_t t) {
   kvp_pool_tier_stats st = KVP_POOL_TIER_STATS_INIT;
   assert_kvp_ok(kvp_pool_get_tier_stats(p, t, &st));
@@ -142,8 +86,8 @@ static void prompt(int32_t *t, size_t n, int32_t base) {
 static void evict_a(kvp_pool *p, kvp_cache *c, const int32_t *a, uint64_t salt) {
   int32_t b[7 * PS];
   prompt(b, 7 * PS, 5000);
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, salt, 0, NULL)));
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, b, 7 * PS, 99, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, 13, salt, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, 7 * PS, 99, 0, NULL)));
   assert_kvp_ok(kvp_pool_check_invariants(p));
 }
 
@@ -167,9 +111,9 @@ static void test_pool_tiers__evicted_pages_come_back(void **state) {
   assert_int_equal(st.lookups, 3 + 6);
   assert_int_equal(st.misses, 3 + 6);
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(f->pool, f->cache, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(f->pool, f->cache, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS); /* every page but the one holding the last token */
-  expect_kv(f->pool, f->cache, s, a, 3);
+  kvp_test_expect_prompt_kv(f->pool, f->cache, s, a, 3);
   size_t len = 0, computed = 0;
   st = tier(f->pool, 0);
   assert_int_equal(st.lookups, 9 + 3);
@@ -184,12 +128,12 @@ static void test_pool_tiers__evicted_pages_come_back(void **state) {
   assert_int_equal(ps.reused_tokens, 3 * PS);
   /* the restored pages are indexed: a second sequence shares them from memory */
   uint32_t ref = 0, flags = 0;
-  assert_kvp_ok(kvp_pool_get_page_state(f->pool, page_of(f->pool, s, 0), &ref, &flags));
+  assert_kvp_ok(kvp_pool_get_page_state(f->pool, kvp_test_page_of(f->pool, s, 0), &ref, &flags));
   assert_true((flags & KVP_PAGE_FLAG_INDEXED) != 0);
   kvp_seq_id s2 = {0};
   assert_kvp_ok(kvp_pool_add_sequence(f->pool, a, 13, 7, 0, &s2, &reused));
   assert_int_equal(reused, 3 * PS);
-  assert_int_equal(page_of(f->pool, s2, 2), page_of(f->pool, s, 2));
+  assert_int_equal(kvp_test_page_of(f->pool, s2, 2), kvp_test_page_of(f->pool, s, 2));
   assert_int_equal(tier(f->pool, 0).lookups, 12); /* nothing left to ask the tiers */
   assert_kvp_ok(kvp_pool_get_sequence_length(f->pool, s2, &len, &computed));
   assert_int_equal(computed, 3 * PS);
@@ -204,24 +148,24 @@ static void test_pool_tiers__restore_continues_an_in_memory_match(void **state) 
   prompt(d, 9, 100);
   prompt(e, 9, 200);
   prompt(b, 7 * PS, 5000);
-  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, d, 9, 0, 0, NULL)));
-  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, e, 9, 0, 0, NULL)));
-  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, b, 7 * PS, 99, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, kvp_test_run_prompt(f->pool, f->cache, d, 9, 0, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, kvp_test_run_prompt(f->pool, f->cache, e, 9, 0, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, kvp_test_run_prompt(f->pool, f->cache, b, 7 * PS, 99, 0, NULL)));
   assert_int_equal(tier(f->pool, 0).blocks_written, 4); /* D's and E's two pages each */
   size_t reused = 0;
   /* D's first page alone comes back (a 5-token prompt reuses at most one page) and stays cached */
-  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, d, 5, 0, 0, &reused)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, kvp_test_run_prompt(f->pool, f->cache, d, 5, 0, 0, &reused)));
   assert_int_equal(reused, PS);
   /* E, restored from the tier from its first page */
-  assert_kvp_ok(kvp_pool_free_sequence(f->pool, run_prompt(f->pool, f->cache, e, 9, 0, 0, &reused)));
+  assert_kvp_ok(kvp_pool_free_sequence(f->pool, kvp_test_run_prompt(f->pool, f->cache, e, 9, 0, 0, &reused)));
   assert_int_equal(reused, 2 * PS);
   /* D: page 0 from memory, page 1 from the tier */
   const int64_t hits = tier(f->pool, 0).hits;
-  kvp_seq_id s = run_prompt(f->pool, f->cache, d, 9, 0, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(f->pool, f->cache, d, 9, 0, 0, &reused);
   assert_int_equal(reused, 2 * PS);
   assert_int_equal(tier(f->pool, 0).hits, hits + 1);
   assert_int_equal(tier(f->pool, 0).rejected, 0);
-  expect_kv(f->pool, f->cache, s, d, 2);
+  kvp_test_expect_prompt_kv(f->pool, f->cache, s, d, 2);
 }
 
 static void test_pool_tiers__other_salt_or_tokens_miss(void **state) {
@@ -231,7 +175,7 @@ static void test_pool_tiers__other_salt_or_tokens_miss(void **state) {
   evict_a(f->pool, f->cache, a, 7);
   size_t reused = 99;
   const kvp_pool_tier_stats st0 = tier(f->pool, 0);
-  kvp_seq_id s = run_prompt(f->pool, f->cache, a, 13, 8, 0, &reused); /* another salt */
+  kvp_seq_id s = kvp_test_run_prompt(f->pool, f->cache, a, 13, 8, 0, &reused); /* another salt */
   assert_int_equal(reused, 0);
   kvp_pool_tier_stats st = tier(f->pool, 0);
   assert_int_equal(st.lookups - st0.lookups, 3);
@@ -243,9 +187,9 @@ static void test_pool_tiers__other_salt_or_tokens_miss(void **state) {
   int32_t a2[13];
   memcpy(a2, a, sizeof a2);
   a2[9] = -5;
-  s = run_prompt(f->pool, f->cache, a2, 13, 7, 0, &reused);
+  s = kvp_test_run_prompt(f->pool, f->cache, a2, 13, 7, 0, &reused);
   assert_int_equal(reused, 2 * PS);
-  expect_kv(f->pool, f->cache, s, a2, 3);
+  kvp_test_expect_prompt_kv(f->pool, f->cache, s, a2, 3);
 }
 
 static void test_pool_tiers__another_config_is_a_miss(void **state) {
@@ -261,7 +205,7 @@ static void test_pool_tiers__another_config_is_a_miss(void **state) {
   evict_a(p1, c1, a, 7);
   assert_int_equal(tier(p1, 0).blocks_written, 3);
   size_t reused = 99;
-  kvp_seq_id s = run_prompt(p2, c2, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p2, c2, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 0);
   kvp_pool_tier_stats st = tier(p2, 0);
   assert_int_equal(st.hits, 0);
@@ -273,9 +217,9 @@ static void test_pool_tiers__another_config_is_a_miss(void **state) {
   /* the same config finds them */
   kvp_pool *p3 = make_pool(c1, store);
   assert_kvp_ok(kvp_pool_destroy(p1));
-  s = run_prompt(p3, c1, a, 13, 7, 0, &reused);
+  s = kvp_test_run_prompt(p3, c1, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
-  expect_kv(p3, c1, s, a, 3);
+  kvp_test_expect_prompt_kv(p3, c1, s, a, 3);
   assert_kvp_ok(kvp_pool_check_invariants(p3));
   assert_kvp_ok(kvp_pool_destroy(p3));
   assert_kvp_ok(kvp_pool_destroy(p2));
@@ -394,9 +338,9 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   int exists0 = m.exists, gets0 = m.gets;
   const kvp_pool_tier_stats t1 = tier(p, 1);
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(p, f->cache, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p, f->cache, a, 13, 7, 0, &reused);
   assert_int_equal(reused, PS);
-  expect_kv(p, f->cache, s, a, 3); /* pages 1 and 2 were recomputed */
+  kvp_test_expect_prompt_kv(p, f->cache, s, a, 3); /* pages 1 and 2 were recomputed */
   assert_int_equal(m.exists - exists0, 1); /* one batched query */
   assert_int_equal(m.gets - gets0, 2);
   kvp_pool_tier_stats st = tier(p, 0);
@@ -416,10 +360,10 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   const int j0 = block_of_page(&m, a, 0);
   m.data[j0][72] ^= 1;
   reseal(&m, j0);
-  s = run_prompt(p, f->cache, a, 13, 7, 0, &reused);
+  s = kvp_test_run_prompt(p, f->cache, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 0);
   assert_int_equal(tier(p, 0).rejected - rejected0, 1);
-  expect_kv(p, f->cache, s, a, 3);
+  kvp_test_expect_prompt_kv(p, f->cache, s, a, 3);
   assert_kvp_ok(kvp_pool_check_invariants(p));
   assert_kvp_ok(kvp_pool_destroy(p));
   assert_kvp_ok(kvp_store_destroy(ms));
@@ -461,9 +405,9 @@ static void test_pool_tiers__directory_tier_survives_restart(void **state) {
   c = make_cache(KVP_DTYPE_F32, NP, 1);
   p = make_pool(c, store);
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(p, c, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
-  expect_kv(p, c, s, a, 3);
+  kvp_test_expect_prompt_kv(p, c, s, a, 3);
   assert_int_equal(tier(p, 0).hits, 3);
   assert_kvp_ok(kvp_pool_check_invariants(p));
   assert_kvp_ok(kvp_pool_destroy(p));
@@ -482,18 +426,18 @@ static void test_pool_tiers__sharded_pool_restores_into_the_shard(void **state) 
   prompt(a, 13, 1000);
   prompt(b, 7 * PS, 5000);
   /* A computed in shard 0 and evicted there */
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, 7, KVP_POOL_ADD_IN_SHARD(0), NULL)));
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, b, 7 * PS, 9, KVP_POOL_ADD_IN_SHARD(0), NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, 13, 7, KVP_POOL_ADD_IN_SHARD(0), NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, 7 * PS, 9, KVP_POOL_ADD_IN_SHARD(0), NULL)));
   assert_int_equal(tier(p, 0).blocks_written, 3);
   /* A again, in shard 1: restored there */
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(p, c, a, 13, 7, KVP_POOL_ADD_IN_SHARD(1), &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, 13, 7, KVP_POOL_ADD_IN_SHARD(1), &reused);
   assert_int_equal(reused, 3 * PS);
   for (size_t i = 0; i < 4; ++i) {
-    assert_true(page_of(p, s, i) >= NP);
-    assert_true(page_of(p, s, i) < 2 * NP);
+    assert_true(kvp_test_page_of(p, s, i) >= NP);
+    assert_true(kvp_test_page_of(p, s, i) < 2 * NP);
   }
-  expect_kv(p, c, s, a, 3);
+  kvp_test_expect_prompt_kv(p, c, s, a, 3);
   assert_kvp_ok(kvp_pool_check_invariants(p));
   assert_kvp_ok(kvp_pool_destroy(p));
   assert_kvp_ok(kvp_cache_destroy(c));
@@ -531,10 +475,10 @@ static void test_pool_tiers__bad_input_changes_nothing(void **state) {
   f->store = more[3];
   more[3] = NULL;
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(f->pool, f->cache, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(f->pool, f->cache, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 0);
   assert_true(tier(f->pool, 0).errors >= 1);
-  expect_kv(f->pool, f->cache, s, a, 3);
+  kvp_test_expect_prompt_kv(f->pool, f->cache, s, a, 3);
   assert_kvp_ok(kvp_pool_check_invariants(f->pool));
   assert_kvp_ok(kvp_pool_destroy(f->pool));
   f->pool = make_pool(f->cache, NULL);
@@ -580,10 +524,10 @@ static void race_prompt(racer *r, const int32_t *tokens, size_t n, uint64_t salt
         continue;
       }
       if (i < reused / PS) {
-        kv_of(tokens, i, l, want, nb);
+        kvp_test_prompt_kv(tokens, PS, i, l, want, nb);
         r->mismatches += memcmp(page, want, nb) != 0;
       } else {
-        kv_of(tokens, i, l, page, nb);
+        kvp_test_prompt_kv(tokens, PS, i, l, page, nb);
       }
     }
   if (kvp_pool_set_computed(r->pool, s, n) != KVP_OK || kvp_pool_free_sequence(r->pool, s) != KVP_OK ||
@@ -740,7 +684,7 @@ static kvp_pool *make_pool_queue(kvp_cache *c, kvp_store *store, uint64_t queue_
 /* Computes prompt A (3 full cached pages after its free), then a sequence C of 1 token grows by
  * kvp_pool_append to 7 pages, evicting A's 3 pages inside the append. Returns C. */
 static kvp_seq_id evict_a_by_append(kvp_pool *p, kvp_cache *c, const int32_t *a) {
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, c, a, 13, 7, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, 13, 7, 0, NULL)));
   int32_t t[7 * PS];
   prompt(t, 7 * PS, 7000);
   kvp_seq_id s = {0};
@@ -788,7 +732,7 @@ static void test_pool_tiers__blocked_store_does_not_block_append(void **state) {
   assert_int_equal(st.dropped, 2);
   assert_int_equal(gated_puts(&g), 1 + 7);
   uint32_t ref = 0, flags = 0; /* the pages stay cached and in use */
-  assert_kvp_ok(kvp_pool_get_page_state(p, page_of(p, s, 6), &ref, &flags));
+  assert_kvp_ok(kvp_pool_get_page_state(p, kvp_test_page_of(p, s, 6), &ref, &flags));
   assert_int_equal(ref, 1);
   assert_true((flags & KVP_PAGE_FLAG_INDEXED) != 0);
   assert_kvp_ok(kvp_pool_check_invariants(p));
@@ -855,9 +799,9 @@ static void test_pool_tiers__directory_tier_async_no_rewrite(void **state) {
   assert_int_equal(store_puts(store), 3);
   /* A comes back from disk (evicting 4 of B's 7 cached pages, written) */
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(p, c, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
-  expect_kv(p, c, s, a, 3);
+  kvp_test_expect_prompt_kv(p, c, s, a, 3);
   assert_kvp_ok(kvp_pool_free_sequence(p, s));
   assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   assert_int_equal(tier(p, 0).blocks_written, 3 + 4);
@@ -873,9 +817,9 @@ static void test_pool_tiers__directory_tier_async_no_rewrite(void **state) {
   /* a fresh pool (a new cache, zeroed) restores B's 6 reusable pages from disk */
   kvp_cache *c2 = make_cache(KVP_DTYPE_F32, NP, 1);
   kvp_pool *p2 = make_pool(c2, store);
-  s = run_prompt(p2, c2, b, 7 * PS, 99, 0, &reused);
+  s = kvp_test_run_prompt(p2, c2, b, 7 * PS, 99, 0, &reused);
   assert_int_equal(reused, 6 * PS);
-  expect_kv(p2, c2, s, b, 6);
+  kvp_test_expect_prompt_kv(p2, c2, s, b, 6);
   assert_kvp_ok(kvp_pool_check_invariants(p2));
   assert_kvp_ok(kvp_pool_destroy(p2));
   assert_kvp_ok(kvp_cache_destroy(c2));
@@ -928,16 +872,16 @@ static void test_pool_tiers__every_tier_receives_evictions(void **state) {
   /* the memory tier loses A's blocks: A comes back from the disk */
   for (int i = 0; i < 3; ++i) assert_kvp_ok(kvp_store_remove(f->store, &keys[i]));
   size_t reused = 0;
-  kvp_seq_id s = run_prompt(p, f->cache, a, 13, 7, 0, &reused);
+  kvp_seq_id s = kvp_test_run_prompt(p, f->cache, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
   assert_int_equal(tier(p, 0).hits, 0);
   assert_int_equal(tier(p, 1).hits, 3);
-  expect_kv(p, f->cache, s, a, 3);
+  kvp_test_expect_prompt_kv(p, f->cache, s, a, 3);
   assert_kvp_ok(kvp_pool_free_sequence(p, s));
   assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   /* C takes every page: A's 3 restored pages go to tier 0 only, B's 3 unwritten ones to both */
   const kvp_pool_tier_stats t0 = tier(p, 0), t1 = tier(p, 1);
-  assert_kvp_ok(kvp_pool_free_sequence(p, run_prompt(p, f->cache, c, 7 * PS, 3, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, f->cache, c, 7 * PS, 3, 0, NULL)));
   assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   assert_int_equal(tier(p, 0).blocks_written - t0.blocks_written, 3 + 3);
   assert_int_equal(tier(p, 1).blocks_written - t1.blocks_written, 3);
@@ -960,7 +904,7 @@ static void test_pool_tiers__flush_cached_fills_every_tier(void **state) {
   assert_kvp_ok(kvp_pool_add_store(p, disk));
   int32_t a[13];
   prompt(a, 13, 1000);
-  kvp_seq_id s = run_prompt(p, f->cache, a, 13, 7, 0, NULL); /* in use: cached pages too */
+  kvp_seq_id s = kvp_test_run_prompt(p, f->cache, a, 13, 7, 0, NULL); /* in use: cached pages too */
   assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
   assert_int_equal(tier(p, 0).blocks_written, 3);
   assert_int_equal(tier(p, 1).blocks_written, 3);
@@ -978,9 +922,9 @@ static void test_pool_tiers__flush_cached_fills_every_tier(void **state) {
   p = make_pool(c2, disk);
   assert_kvp_ok(kvp_pool_add_store(p, mem));
   size_t reused = 0;
-  s = run_prompt(p, c2, a, 13, 7, 0, &reused);
+  s = kvp_test_run_prompt(p, c2, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
-  expect_kv(p, c2, s, a, 3);
+  kvp_test_expect_prompt_kv(p, c2, s, a, 3);
   assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
   assert_int_equal(tier(p, 0).blocks_written, 0);
   assert_int_equal(tier(p, 1).blocks_written, 3);
@@ -1008,14 +952,14 @@ static void test_pool_tiers__flush_cached_persists_the_prefix_cache(void **state
   kvp_pool *p = make_pool(c, store);
   int32_t a[13];
   prompt(a, 13, 1000);
-  kvp_seq_id s = run_prompt(p, c, a, 13, 7, 0, NULL); /* in use: cached pages too */
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, 13, 7, 0, NULL); /* in use: cached pages too */
   assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
   assert_int_equal(tier(p, 0).blocks_written, 0);
   assert_int_equal(store_puts(store), 0);
   kvp_cache *c2 = make_cache(KVP_DTYPE_F32, NP, 1);
   kvp_pool *p2 = make_pool(c2, store);
   size_t reused = 99;
-  assert_kvp_ok(kvp_pool_free_sequence(p2, run_prompt(p2, c2, a, 13, 7, 0, &reused)));
+  assert_kvp_ok(kvp_pool_free_sequence(p2, kvp_test_run_prompt(p2, c2, a, 13, 7, 0, &reused)));
   assert_int_equal(reused, 0);
   assert_kvp_ok(kvp_pool_destroy(p2));
   /* bad flags: nothing written or changed */
@@ -1035,9 +979,9 @@ static void test_pool_tiers__flush_cached_persists_the_prefix_cache(void **state
   assert_kvp_ok(kvp_cache_destroy(c2));
   c2 = make_cache(KVP_DTYPE_F32, NP, 1);
   p2 = make_pool(c2, store);
-  s = run_prompt(p2, c2, a, 13, 7, 0, &reused);
+  s = kvp_test_run_prompt(p2, c2, a, 13, 7, 0, &reused);
   assert_int_equal(reused, 3 * PS);
-  expect_kv(p2, c2, s, a, 3);
+  kvp_test_expect_prompt_kv(p2, c2, s, a, 3);
   assert_int_equal(tier(p2, 0).hits, 3);
   assert_kvp_ok(kvp_pool_check_invariants(p2));
   assert_kvp_ok(kvp_pool_destroy(p2));

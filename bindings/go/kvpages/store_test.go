@@ -345,7 +345,7 @@ func TestStoreBadInputChangesNothing(t *testing.T) {
 }
 
 // Without a server: a bad URL and a refused connection (ErrUnsupported in a build without
-// Redis); with one (KVP_TEST_REDIS_URL, tests/redis/with-redis.sh), a round trip.
+// Redis); with one (KVP_TEST_REDIS_URL, scripts/with-redis.sh), a round trip.
 func TestRedisStoreBadURLRefusedServerAndRoundTrip(t *testing.T) {
 	if !strings.Contains(BuildInfo(), "redis=on") {
 		_, err := OpenRedisStore("redis://127.0.0.1:6379", StoreOptions{})
@@ -362,7 +362,7 @@ func TestRedisStoreBadURLRefusedServerAndRoundTrip(t *testing.T) {
 	}
 	url := os.Getenv("KVP_TEST_REDIS_URL")
 	if url == "" {
-		t.Skip("KVP_TEST_REDIS_URL not set (tests/redis/with-redis.sh starts a server)")
+		t.Skip("KVP_TEST_REDIS_URL not set (scripts/with-redis.sh starts a server)")
 	}
 	s, err := OpenRedisStore(url+"?prefix=go:", StoreOptions{TimeoutMs: 500})
 	if err != nil {

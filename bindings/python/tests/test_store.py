@@ -256,7 +256,7 @@ def test_bad_input_raises_the_librarys_error_and_changes_nothing(tmp_path):
 
 def test_redis_store_bad_url_refused_server_and_round_trip():
     """Without a server: a bad URL and a refused connection (or Unsupported in a build without
-    Redis). With one (KVP_TEST_REDIS_URL, tests/redis/with-redis.sh): a round trip."""
+    Redis). With one (KVP_TEST_REDIS_URL, scripts/with-redis.sh): a round trip."""
     if "redis=on" not in kvpages.build_info():
         with pytest.raises(kvpages.Unsupported):
             kvpages.Store.redis("redis://127.0.0.1:6379")
@@ -269,7 +269,7 @@ def test_redis_store_bad_url_refused_server_and_round_trip():
     assert "127.0.0.1:1" in e.value.message
     url = os.environ.get("KVP_TEST_REDIS_URL")
     if not url:
-        pytest.skip("KVP_TEST_REDIS_URL not set (tests/redis/with-redis.sh starts a server)")
+        pytest.skip("KVP_TEST_REDIS_URL not set (scripts/with-redis.sh starts a server)")
     with kvpages.Store.redis(url + "?prefix=py:", timeout_ms=500) as store:
         store.put(K1, b"abc")
         assert store.get(K1) == b"abc" and store.exists([K1, K2]) == [True, False]

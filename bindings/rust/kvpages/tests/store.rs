@@ -322,7 +322,7 @@ fn bad_input_gives_the_librarys_error_and_changes_nothing() {
 }
 
 /// Without a server: a bad URL and a refused connection (or Unsupported in a build without
-/// Redis); with one (KVP_TEST_REDIS_URL, tests/redis/with-redis.sh), a round trip.
+/// Redis); with one (KVP_TEST_REDIS_URL, scripts/with-redis.sh), a round trip.
 #[test]
 fn redis_store_bad_url_refused_server_and_round_trip() {
     if !build_info().contains("redis=on") {
@@ -337,7 +337,7 @@ fn redis_store_bad_url_refused_server_and_round_trip() {
     assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
     let url = match std::env::var("KVP_TEST_REDIS_URL") {
         Ok(u) if !u.is_empty() => u,
-        _ => return, // no server: tests/redis/with-redis.sh starts one
+        _ => return, // no server: scripts/with-redis.sh starts one
     };
     let store = Store::redis(&format!("{url}?prefix=rs:"), 500).unwrap();
     store.put(&K1, b"abc").unwrap();

@@ -3,7 +3,7 @@
 # 127.0.0.1 ports (no persistence, a temporary directory), and stops them all when it ends, even
 # on failure. Exit 77 (ctest's SKIP_RETURN_CODE) when redis-server or redis-cli is missing.
 #
-#   tests/redis/with-redis.sh PROGRAM [ARGS...]
+#   scripts/with-redis.sh PROGRAM [ARGS...]
 #
 # PROGRAM sees:
 #   KVP_TEST_REDIS_URL          redis://127.0.0.1:PORT of the single server
