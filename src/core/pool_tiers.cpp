@@ -148,7 +148,7 @@ void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
   if ((now | queued) == 0) return;
   try {
     if (buf == nullptr) {
-      block_buf_.resize(block_.total);  // after a memory store handed back a smaller spare (or none)
+      resize_for_write(block_buf_, block_.total);  // a memory store may have handed back less (or none)
       buf = block_buf_.data();
     }
     fill_block(p, block_, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},

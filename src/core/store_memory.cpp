@@ -84,7 +84,8 @@ class MemoryStore final : public Store {
     const auto* p = static_cast<const uint8_t*>(data);
     HostBytes copy(alloc_);
     if (spare_.capacity() >= n) copy.swap(spare_);
-    copy.assign(p, p + n);  // allocates (if the spare is too small) before anything changes
+    resize_for_write(copy, n);  // allocates (if the spare is too small) before anything changes
+    if (n != 0) std::memcpy(copy.data(), p, n);
     insert(k, copy);
     recycle(copy);  // the replaced block's memory
   }

@@ -1,5 +1,8 @@
 #include "util/memory.hpp"
 
+#include <sys/mman.h>
+
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 
@@ -54,6 +57,20 @@ void HostAllocator::deallocate(void* p) const noexcept {
     a_.free(a_.user_data, p);
   else
     std::free(p);
+}
+
+void resize_for_write(HostBytes& b, size_t n) {
+  const bool fresh = b.capacity() < n;
+  b.resize(n);
+#if defined(__linux__)
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
+  const uintptr_t page = 4096;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(b.data()) + page - 1) & ~(page - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(b.data()) + n) & ~(page - 1);
+  if (fresh && hi > lo + page) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, kPopulateWrite);
+#else
+  (void)fresh;
+#endif
 }
 
 void check_host_allocator(const kvp_host_allocator* a, const char* function) {

@@ -109,6 +109,12 @@ class UninitAllocator : public StdAllocator<T> {
 using HostBytes = std::vector<uint8_t, UninitAllocator<uint8_t>>;
 using HostString = std::basic_string<char, std::char_traits<char>, StdAllocator<char>>;
 
+// Resizes b to n bytes (new bytes uninitialised, like resize) for a caller about to write them
+// all; where that takes new memory, its pages are mapped in with one system call
+// (MADV_POPULATE_WRITE, Linux 5.14) instead of a page fault per 4 KiB page on the first write:
+// measured 1.7x as fast to fill fresh 2 and 16 MiB blocks on a 2-vCPU VM. Best effort elsewhere.
+void resize_for_write(HostBytes& b, size_t n);
+
 // An uninitialised, aligned array of trivial T from a HostAllocator: scratch that is written
 // before it is read (a HostVector would zero it first).
 template <class T>
