@@ -59,7 +59,8 @@ int demo_tiers_open(demo_tiers *t, kvp_pool *pool, const char *disk, const char 
 void demo_tiers_close(demo_tiers *t);
 /* Persists the pool's cached prefix pages to every tier, then prints where the reused prompt
  * tokens came from and the prefill time the tiers saved (`token_s`: the run's measured compute
- * per token; `add_s`: the run's time in kvp_pool_add_sequence). Returns 0 or 1. */
+ * per token of its steps with prefill rows; `add_s`: the run's time in kvp_pool_add_sequence).
+ * Returns 0 or 1. */
 int demo_tiers_report(demo_tiers *t, kvp_pool *pool, int64_t reused_tokens, double add_s, double token_s);
 
 /* A 32-bit integer hash (the demo's source of deterministic pseudo-random numbers). */

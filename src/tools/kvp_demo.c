@@ -50,7 +50,10 @@ typedef struct demo {
   float *q, *k, *v, *out; /* one layer of a step: [DEMO_TOKEN_BUDGET][width] */
   int64_t tokens, rows_checked, shared_rows_checked, attention_errors, readback_tokens, readback_errors;
   double attention_s, max_err;
-  double compute_s, add_s; /* the model's q/k/v and kvp_attention (excluding the checks); kvp_pool_add_sequence */
+  /* The model's q/k/v and kvp_attention (not the checks) in steps with prefill rows, their
+   * tokens, and the time in kvp_pool_add_sequence: what the tiers' report needs. */
+  double prefill_s, add_s;
+  int64_t prefill_tokens;
 } demo;
 
 typedef struct demo_step {
@@ -328,7 +331,7 @@ static int run_layers(demo *d, const demo_step *st, int step, double *elapsed) {
       return 1;
     }
     *elapsed += kvp_tool_now() - t0;
-    d->compute_s += kvp_tool_now() - t_qkv;
+    if (st->npre > 0) d->prefill_s += kvp_tool_now() - t_qkv;
     for (row = 0; row < st->nb; ++row) {
       const kvp_batch_request *b = &st->br[st->order[row]];
       const demo_seq *s = &d->seqs[st->idx[st->order[row]]];
@@ -417,6 +420,7 @@ static int run_step(demo *d, int step) {
   if (rc != 0) return 1;
   d->attention_s += elapsed;
   d->tokens += st.T;
+  if (st.npre > 0) d->prefill_tokens += st.T;
   if (!d->quiet)
     printf("step %3d: %d decode + %d prefill rows, %4" PRId64 " tokens, attention x%" PRId64 " layers %8.3f ms"
            "  %9.0f tokens/s\n",
@@ -445,7 +449,8 @@ static int report(demo *d, int steps, double wall) {
          d->readback_errors == 0 ? "passed" : "FAILED", d->nseqs, d->readback_tokens, d->model.layers, DEMO_KV_HEADS,
          DEMO_HEAD_DIM);
   if (d->tiers.count > 0 &&
-      demo_tiers_report(&d->tiers, d->pool, st.reused_tokens, d->add_s, d->compute_s / (double)d->tokens) != 0)
+      demo_tiers_report(&d->tiers, d->pool, st.reused_tokens, d->add_s,
+                        d->prefill_tokens > 0 ? d->prefill_s / (double)d->prefill_tokens : 0.0) != 0)
     return 1;
   return d->attention_errors == 0 && d->readback_errors == 0 ? 0 : 1;
 }
