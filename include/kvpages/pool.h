@@ -632,10 +632,12 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_tier_stats(const kvp_pool *pool, uint32
  *        counted in kvp_pool_tier_stats::errors).
  *
  * With ::KVP_POOL_FLUSH_CACHED it first writes every cached prefix page (indexed, so computed,
- * in use or evictable) to every tier that does not already hold its block from this pool (as an
- * eviction does, kvp_pool_add_store()), waiting for room
- * in the write queue rather than dropping — so that a process can persist its prefix cache (at
- * exit, say) and a later pool over the same store restores every cached prefix. The pages stay
+ * in use or evictable) to every tier that does not already hold its block (as an eviction does,
+ * kvp_pool_add_store()), waiting for room in the write queue rather than dropping — so that a
+ * process can persist its prefix cache (at exit, say) and a later pool over the same store
+ * restores every cached prefix. Whether a tier holds a block is known from this pool's own
+ * writes and restores and asked of the tier (one batched exists per tier for up to 256 pages), so
+ * blocks another pool, server or earlier process wrote are not written again. The pages stay
  * cached. Without tiers, or with memory stores only and no flag, there is nothing to wait for.
  *
  * @param[in] pool Pool handle.

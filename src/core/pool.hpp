@@ -121,6 +121,11 @@ class Pool {
   void add_store(kvp_store* store);
   kvp_pool_tier_stats tier_stats(uint32_t tier) const;
   void flush_tiers(uint32_t flags);
+  // Sets the "tier holds it" bit of each of the n pages whose block a tier already has (one
+  // batched exists per tier; n <= row_len_), so that a flush of cached pages writes only what a
+  // tier lacks: blocks another pool, server or earlier process wrote are not written again. A
+  // failing exists is counted and marks nothing.
+  void mark_held(const int32_t* pages, size_t n) noexcept;
 
   // Per-sequence save and restore (core/pool_sequence_io.cpp).
   void save_sequence(kvp_seq_id id, void* dst, size_t capacity, size_t* size_out);

@@ -106,10 +106,37 @@ void Pool::flush_tiers(uint32_t flags) {
   if (num_tiers_ == 0) return;
   if ((flags & KVP_POOL_FLUSH_CACHED) != 0) {
     cache(fn).check_healthy(fn);
+    int32_t chunk[256] = {};
+    const size_t cap = std::min<size_t>(sizeof chunk / sizeof chunk[0], row_len_);
+    size_t n = 0;
+    const auto write_chunk = [&] {
+      mark_held(chunk, n);
+      for (size_t i = 0; i < n; ++i) write_back(chunk[i], nullptr, true);
+      n = 0;
+    };
     for (int32_t p = 1; p < num_pages_; ++p)
-      if (pages_[p].indexed) write_back(p, nullptr, true);
+      if (pages_[p].indexed && (chunk[n++] = p, n == cap)) write_chunk();
+    write_chunk();
   }
   if (writer_) writer_->flush();
+}
+
+void Pool::mark_held(const int32_t* pages, size_t n) noexcept {
+  for (uint32_t t = 0; t < num_tiers_ && n > 0; ++t) {
+    const uint8_t bit = static_cast<uint8_t>(1u << t);
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i)
+      if ((pages_[pages[i]].stored & bit) == 0) tier_keys_[m++] = store_key(pages_[pages[i]].key);
+    if (m == 0) continue;
+    try {
+      tier_store(tiers_[t], "kvp_pool_flush_tiers").exists(tier_keys_, m, found_);
+    } catch (...) {
+      ++tiers_[t].st.errors;  // nothing marked: the pages are written
+      continue;
+    }
+    for (size_t i = 0, j = 0; i < n; ++i)
+      if ((pages_[pages[i]].stored & bit) == 0 && found_[j++] != 0) pages_[pages[i]].stored |= bit;
+  }
 }
 
 void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,

@@ -941,6 +941,44 @@ static void test_pool_tiers__flush_cached_fills_every_tier(void **state) {
   remove_dir(dir);
 }
 
+/* A flush of cached pages asks each tier what it already holds: blocks another pool wrote (a
+ * restarted process, or another server on a shared store) are not written again. */
+static void test_pool_tiers__flush_cached_skips_blocks_a_tier_holds(void **state) {
+  (void)state;
+  char dir[64];
+  kvp_store *disk = make_dir_store(dir);
+  int32_t a[13], b[9];
+  prompt(a, 13, 1000);
+  prompt(b, 9, 3000);
+  kvp_cache *c[2];
+  kvp_pool *p[2];
+  kvp_seq_id s[2];
+  for (int i = 0; i < 2; ++i) { /* both pools compute A themselves, with the store not yet a tier */
+    c[i] = make_cache(KVP_DTYPE_F32, NP, 1);
+    p[i] = make_pool(c[i], NULL);
+    s[i] = kvp_test_run_prompt(p[i], c[i], a, 13, 7, 0, NULL);
+    assert_kvp_ok(kvp_pool_add_store(p[i], disk));
+  }
+  assert_kvp_ok(kvp_pool_flush_tiers(p[0], KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(tier(p[0], 0).blocks_written, 3);
+  assert_int_equal(store_puts(disk), 3);
+  /* the second pool holds the same 3 pages and 2 of its own (B's full pages): only those are written */
+  assert_kvp_ok(kvp_pool_free_sequence(p[1], kvp_test_run_prompt(p[1], c[1], b, 9, 7, 0, NULL)));
+  assert_kvp_ok(kvp_pool_flush_tiers(p[1], KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(tier(p[1], 0).blocks_written, 2);
+  assert_int_equal(store_puts(disk), 5);
+  kvp_store_key keys[8];
+  assert_int_equal(keys_of(disk, keys, 8), 5);
+  for (int i = 0; i < 2; ++i) {
+    assert_kvp_ok(kvp_pool_free_sequence(p[i], s[i]));
+    assert_kvp_ok(kvp_pool_check_invariants(p[i]));
+    assert_kvp_ok(kvp_pool_destroy(p[i]));
+    assert_kvp_ok(kvp_cache_destroy(c[i]));
+  }
+  assert_kvp_ok(kvp_store_destroy(disk));
+  remove_dir(dir);
+}
+
 /* kvp_pool_flush_tiers: without KVP_POOL_FLUSH_CACHED cached pages stay unwritten (a fresh pool
  * finds nothing); with it every cached prefix is written and a fresh pool over the same
  * directory restores it; unknown flags change nothing. */
@@ -1008,6 +1046,7 @@ int main(void) {
       T(test_pool_tiers__flush_cached_persists_the_prefix_cache),
       T(test_pool_tiers__every_tier_receives_evictions),
       T(test_pool_tiers__flush_cached_fills_every_tier),
+      cmocka_unit_test(test_pool_tiers__flush_cached_skips_blocks_a_tier_holds),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
