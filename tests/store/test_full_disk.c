@@ -132,7 +132,7 @@ static size_t run_prompt(kvp_pool *p, kvp_cache *c, int which) {
       size_t nb;
       uint8_t *page = kvp_test_page_bytes(c, l, row[i], &nb);
       assert_true(nb <= sizeof want);
-      kvp_test_prompt_kv(tok, PS, i, l, want, nb);
+      kvp_test_prompt_kv(tok, (i + 1) * PS, l, want, nb);
       if (i < reused / PS) assert_memory_equal(page, want, nb); /* restored: the bytes computed */
       else memcpy(page, want, nb);
     }

@@ -23,9 +23,9 @@ uint8_t *kvp_test_page_bytes(kvp_cache *c, uint32_t layer, int32_t page, size_t 
   return (uint8_t *)t.data + (size_t)page * *nbytes;
 }
 
-void kvp_test_prompt_kv(const int32_t *tokens, size_t page_size, size_t i, uint32_t layer, uint8_t *out, size_t n) {
+void kvp_test_prompt_kv(const int32_t *tokens, size_t end, uint32_t layer, uint8_t *out, size_t n) {
   uint64_t h = 1469598103934665603ull + layer;
-  for (size_t t = 0; t < (i + 1) * page_size; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
+  for (size_t t = 0; t < end; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
   for (size_t b = 0; b < n; ++b) {
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ull;
@@ -57,7 +57,7 @@ kvp_seq_id kvp_test_run_prompt(kvp_pool *p, kvp_cache *c, const int32_t *tokens,
     for (uint32_t l = 0; l < (uint32_t)cfg.num_hidden_layers; ++l) {
       size_t nb;
       uint8_t *dst = kvp_test_page_bytes(c, l, kvp_test_page_of(p, s, i), &nb);
-      kvp_test_prompt_kv(tokens, ps, i, l, dst, nb);
+      kvp_test_prompt_kv(tokens, (i + 1) * ps, l, dst, nb);
     }
   assert_kvp_ok(kvp_pool_set_computed(p, s, n));
   assert_kvp_ok(kvp_pool_check_invariants(p));
@@ -72,7 +72,7 @@ void kvp_test_expect_prompt_kv(const kvp_pool *p, kvp_cache *c, kvp_seq_id s, co
       size_t nb;
       const uint8_t *got = kvp_test_page_bytes(c, l, kvp_test_page_of(p, s, i), &nb);
       uint8_t *want = (uint8_t *)test_malloc(nb);
-      kvp_test_prompt_kv(tokens, (size_t)cfg.page_size, i, l, want, nb);
+      kvp_test_prompt_kv(tokens, (i + 1) * (size_t)cfg.page_size, l, want, nb);
       assert_memory_equal(got, want, nb);
       test_free(want);
     }

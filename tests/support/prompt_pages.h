@@ -13,8 +13,9 @@
 
 /* The bytes of `page` in `layer` of a CPU cache; *nbytes receives their count. */
 uint8_t *kvp_test_page_bytes(kvp_cache *c, uint32_t layer, int32_t page, size_t *nbytes);
-/* What computing page i of a prompt gives in one layer: n bytes, from tokens[0, (i + 1) * page_size). */
-void kvp_test_prompt_kv(const int32_t *tokens, size_t page_size, size_t i, uint32_t layer, uint8_t *out, size_t n);
+/* What computing a page of a prompt gives in one layer: n bytes, from the prompt's tokens up to
+ * the page's end, tokens[0, end) (end = (i + 1) * page_size for full page i). */
+void kvp_test_prompt_kv(const int32_t *tokens, size_t end, uint32_t layer, uint8_t *out, size_t n);
 /* The id of the sequence's i-th page (asserts it has one). */
 int32_t kvp_test_page_of(const kvp_pool *p, kvp_seq_id s, size_t i);
 /* Adds a prompt of n tokens (salt, flags as kvp_pool_add_sequence), "computes" the full pages it

@@ -5,6 +5,7 @@
  * bad input and every damaged byte class is refused with its status and message, leaving the
  * pool exactly as it was. K/V is "computed" by a deterministic function of the tokens a page
  * ends with. */
+#include "prompt_pages.h"
 #include "support.h"
 
 #include <stdio.h>
@@ -41,34 +42,8 @@ static kvp_pool *make_pool(kvp_cache *c) {
   return p;
 }
 
-static uint8_t *page_ptr(kvp_cache *c, uint32_t layer, int32_t page, size_t *nbytes) {
-  kvp_tensor t;
-  assert_kvp_ok(kvp_cache_get_view(c, layer, KVP_VIEW_FLAT, &t));
-  *nbytes = kvp_test_layer_bytes(c) / (size_t)t.shape[0];
-  return (uint8_t *)t.data + (size_t)page * *nbytes;
-}
-
-static int32_t page_of(const kvp_pool *p, kvp_seq_id s, size_t i) {
-  int32_t row[MAXLEN / PS];
-  size_t n = 0;
-  assert_kvp_ok(kvp_pool_get_page_table(p, s, row, MAXLEN / PS, &n));
-  assert_true(i < n);
-  return row[i];
-}
-
 static void prompt(int32_t *t, size_t n, int32_t base) {
   for (size_t i = 0; i < n; ++i) t[i] = base + (int32_t)i;
-}
-
-/* The bytes of a page in one layer: a function of the tokens [0, end) and the layer. */
-static void kv_of(const int32_t *tokens, size_t end, uint32_t layer, uint8_t *out, size_t n) {
-  uint64_t h = 1469598103934665603ull + layer;
-  for (size_t t = 0; t < end; ++t) h = (h ^ (uint32_t)tokens[t]) * 1099511628211ull;
-  for (size_t b = 0; b < n; ++b) {
-    h ^= h >> 29;
-    h *= 0xBF58476D1CE4E5B9ull;
-    out[b] = (uint8_t)(h >> 56);
-  }
 }
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
@@ -82,8 +57,8 @@ static kvp_seq_id run_prompt(kvp_pool *p, kvp_cache *c, const int32_t *tokens, s
   for (size_t i = reused / PS; i * PS < n; ++i)
     for (uint32_t l = 0; l < LAYERS; ++l) {
       size_t nb;
-      uint8_t *dst = page_ptr(c, l, page_of(p, s, i), &nb);
-      kv_of(tokens, min_sz((i + 1) * PS, n), l, dst, nb);
+      uint8_t *dst = kvp_test_page_bytes(c, l, kvp_test_page_of(p, s, i), &nb);
+      kvp_test_prompt_kv(tokens, min_sz((i + 1) * PS, n), l, dst, nb);
     }
   assert_kvp_ok(kvp_pool_set_computed(p, s, n));
   assert_kvp_ok(kvp_pool_check_invariants(p));
@@ -100,9 +75,9 @@ static void expect_sequence(const kvp_pool *p, kvp_cache *c, kvp_seq_id s, const
   for (size_t i = 0; i * PS < n; ++i)
     for (uint32_t l = 0; l < LAYERS; ++l) {
       size_t nb;
-      const uint8_t *got = page_ptr(c, l, page_of(p, s, i), &nb);
+      const uint8_t *got = kvp_test_page_bytes(c, l, kvp_test_page_of(p, s, i), &nb);
       assert_true(nb <= sizeof want);
-      kv_of(tokens, min_sz((i + 1) * PS, n), l, want, nb);
+      kvp_test_prompt_kv(tokens, min_sz((i + 1) * PS, n), l, want, nb);
       assert_memory_equal(got, want, nb);
     }
 }
@@ -178,13 +153,13 @@ static void test_pool_sequence__round_trip_into_another_pool(void **state) {
   assert_kvp_ok(kvp_pool_restore_sequence(pb, blob, size, 0, &sb));
   assert_kvp_ok(kvp_pool_check_invariants(pb));
   expect_sequence(pb, cb, sb, a, 14);
-  for (size_t i = 0; i < 4; ++i) assert_int_not_equal(page_of(pb, sb, i), page_of(pa, sa, i));
+  for (size_t i = 0; i < 4; ++i) assert_int_not_equal(kvp_test_page_of(pb, sb, i), kvp_test_page_of(pa, sa, i));
   /* every byte of every page, rows past the end of the last page included */
   for (size_t i = 0; i < 4; ++i)
     for (uint32_t l = 0; l < LAYERS; ++l) {
       size_t na, nb;
-      const uint8_t *x = page_ptr(ca, l, page_of(pa, sa, i), &na);
-      const uint8_t *y = page_ptr(cb, l, page_of(pb, sb, i), &nb);
+      const uint8_t *x = kvp_test_page_bytes(ca, l, kvp_test_page_of(pa, sa, i), &na);
+      const uint8_t *y = kvp_test_page_bytes(cb, l, kvp_test_page_of(pb, sb, i), &nb);
       assert_memory_equal(x, y, na);
     }
   /* the restored pages are indexed: a later prompt with that prefix hits them */
@@ -195,7 +170,7 @@ static void test_pool_sequence__round_trip_into_another_pool(void **state) {
   prompt(longer + 14, 3, 90);
   assert_kvp_ok(kvp_pool_add_sequence(pb, a, 13, 5, 0, &s2, &reused));
   assert_int_equal(reused, 3 * PS);
-  for (size_t i = 0; i < 3; ++i) assert_int_equal(page_of(pb, s2, i), page_of(pb, sb, i));
+  for (size_t i = 0; i < 3; ++i) assert_int_equal(kvp_test_page_of(pb, s2, i), kvp_test_page_of(pb, sb, i));
   /* the restored sequence goes on like any other: append, save again (same bytes), free */
   assert_kvp_ok(kvp_pool_append(pb, sb, longer + 14, 3, NULL));
   assert_kvp_ok(kvp_pool_truncate(pb, sb, 14));
@@ -232,11 +207,11 @@ static void test_pool_sequence__shares_the_pages_the_pool_has(void **state) {
   expect_sequence(pb, cb, s, a, 12);
   uint32_t ref = 0, flags = 0;
   for (size_t i = 0; i < 2; ++i) {
-    assert_int_equal(page_of(pb, s, i), page_of(pb, pre, i));
-    assert_kvp_ok(kvp_pool_get_page_state(pb, page_of(pb, s, i), &ref, &flags));
+    assert_int_equal(kvp_test_page_of(pb, s, i), kvp_test_page_of(pb, pre, i));
+    assert_kvp_ok(kvp_pool_get_page_state(pb, kvp_test_page_of(pb, s, i), &ref, &flags));
     assert_int_equal(ref, 2);
   }
-  assert_kvp_ok(kvp_pool_get_page_state(pb, page_of(pb, s, 2), &ref, &flags));
+  assert_kvp_ok(kvp_pool_get_page_state(pb, kvp_test_page_of(pb, s, 2), &ref, &flags));
   assert_int_equal(ref, 1);
   assert_true((flags & KVP_PAGE_FLAG_INDEXED) != 0);
   kvp_pool_stats st = KVP_POOL_STATS_INIT;
@@ -254,7 +229,7 @@ static void test_pool_sequence__shares_the_pages_the_pool_has(void **state) {
   assert_int_equal(st.evictable_pages, 0);
   assert_int_equal(st.used_pages, 3);
   kvp_seq_id other = run_prompt(pb, cb, a, 12, 10, 0);
-  assert_int_not_equal(page_of(pb, other, 0), page_of(pb, s, 0));
+  assert_int_not_equal(kvp_test_page_of(pb, other, 0), kvp_test_page_of(pb, s, 0));
   assert_kvp_ok(kvp_pool_check_invariants(pb));
   test_free(blob);
   assert_kvp_ok(kvp_pool_destroy(pa));
@@ -572,8 +547,8 @@ static void test_pool_sequence__sharded_pool_restores_into_the_shard(void **stat
     assert_kvp_ok(kvp_pool_get_sequence_shard(pb, r, &got));
     assert_int_equal(got, shard);
     for (size_t i = 0; i < 4; ++i) {
-      assert_true(page_of(pb, r, i) >= (shard == 0 ? 1 : NP));
-      assert_true(page_of(pb, r, i) < (int32_t)((shard + 1) * NP));
+      assert_true(kvp_test_page_of(pb, r, i) >= (shard == 0 ? 1 : NP));
+      assert_true(kvp_test_page_of(pb, r, i) < (int32_t)((shard + 1) * NP));
     }
     expect_sequence(pb, cb, r, a, 14);
   }
@@ -584,7 +559,7 @@ static void test_pool_sequence__sharded_pool_restores_into_the_shard(void **stat
   assert_kvp_ok(kvp_pool_get_sequence_shard(pb, r, &got));
   assert_int_equal(got, 1);
   uint32_t ref = 0;
-  assert_kvp_ok(kvp_pool_get_page_state(pb, page_of(pb, r, 0), &ref, NULL));
+  assert_kvp_ok(kvp_pool_get_page_state(pb, kvp_test_page_of(pb, r, 0), &ref, NULL));
   assert_int_equal(ref, 2);
   expect_refused(pb, blob, size, KVP_POOL_ADD_IN_SHARD(2), KVP_ERR_INVALID_ARGUMENT, "2 data-parallel shard(s)");
   assert_kvp_ok(kvp_pool_check_invariants(pb));
@@ -610,7 +585,7 @@ static void test_pool_sequence__pool_without_prefix_cache(void **state) {
   kvp_seq_id r = {0};
   assert_kvp_ok(kvp_pool_restore_sequence(p, blob, size, 0, &r));
   expect_sequence(p, c, r, a, 9);
-  assert_int_not_equal(page_of(p, r, 0), page_of(p, s, 0)); /* nothing indexed, nothing shared */
+  assert_int_not_equal(kvp_test_page_of(p, r, 0), kvp_test_page_of(p, s, 0)); /* nothing indexed, nothing shared */
   kvp_pool_stats st = KVP_POOL_STATS_INIT;
   assert_kvp_ok(kvp_pool_get_stats(p, &st));
   assert_int_equal(st.indexed_pages, 0);
@@ -652,8 +627,8 @@ static void test_pool_sequence__golden_blob_restores_and_is_written_again(void *
   for (size_t j = 0; j < 3; ++j)
     for (uint32_t l = 0; l < 2; ++l) {
       size_t nb;
-      const uint8_t *got = page_ptr(c, l, page_of(p, s, j), &nb);
-      assert_int_not_equal(page_of(p, s, j), (int32_t)j + 1);
+      const uint8_t *got = kvp_test_page_bytes(c, l, kvp_test_page_of(p, s, j), &nb);
+      assert_int_not_equal(kvp_test_page_of(p, s, j), (int32_t)j + 1);
       for (size_t i = 0; i < nb; ++i)
         if (got[i] != golden_byte(l, j + 1, i)) fail_msg("page %zu layer %u byte %zu", j, l, i);
     }

@@ -524,10 +524,10 @@ static void race_prompt(racer *r, const int32_t *tokens, size_t n, uint64_t salt
         continue;
       }
       if (i < reused / PS) {
-        kvp_test_prompt_kv(tokens, PS, i, l, want, nb);
+        kvp_test_prompt_kv(tokens, (i + 1) * PS, l, want, nb);
         r->mismatches += memcmp(page, want, nb) != 0;
       } else {
-        kvp_test_prompt_kv(tokens, PS, i, l, page, nb);
+        kvp_test_prompt_kv(tokens, (i + 1) * PS, l, page, nb);
       }
     }
   if (kvp_pool_set_computed(r->pool, s, n) != KVP_OK || kvp_pool_free_sequence(r->pool, s) != KVP_OK ||
