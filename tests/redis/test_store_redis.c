@@ -8,6 +8,7 @@
  * listings (kvp_store_list) a few keys at a time; a pool whose tier is Redis restores exactly the
  * bytes it evicted, and nothing wrong after damage. */
 #include "prompt_pages.h"
+#include "store_blocks.h"
 #include "support.h"
 
 #include <hiredis/hiredis.h>
@@ -83,44 +84,16 @@ static kvp_store *open_store(const char *url, const char *prefix, uint32_t timeo
 
 /* ---- blocks ------------------------------------------------------------------------------- */
 
-static kvp_store_key key_of(uint32_t n) {
-  kvp_store_key k;
-  for (int i = 0; i < 16; ++i) k.bytes[i] = (uint8_t)(n * 37u + (uint32_t)i * 11u + (n >> 8));
-  return k;
-}
-
 /* The Redis name of a key: prefix and 32 hex digits. */
 static void name_of(const char *prefix, const kvp_store_key *k, char *out, size_t cap) {
   int n = snprintf(out, cap, "%s", prefix);
   for (int i = 0; i < 16; ++i) n += snprintf(out + n, cap - (size_t)n, "%02x", k->bytes[i]);
 }
 
-static void fill(uint8_t *b, size_t n, uint32_t seed) {
-  for (size_t i = 0; i < n; ++i) b[i] = (uint8_t)(seed * 7u + i * 31u);
-}
-
-static void put(kvp_store *s, uint32_t key, size_t n) {
-  uint8_t b[4096];
-  assert_true(n <= sizeof b);
-  fill(b, n, key);
-  const kvp_store_key k = key_of(key);
-  assert_kvp_ok(kvp_store_put(s, &k, b, n));
-}
-
-static void expect_block(kvp_store *s, uint32_t key, size_t n) {
-  uint8_t b[4096], want[4096];
-  size_t got = 0;
-  const kvp_store_key k = key_of(key);
-  assert_kvp_ok(kvp_store_get(s, &k, b, sizeof b, &got));
-  assert_int_equal(got, n);
-  fill(want, n, key);
-  assert_memory_equal(b, want, n);
-}
-
 static void expect_missing(kvp_store *s, uint32_t key) {
   uint8_t b[16];
   size_t got = 0;
-  const kvp_store_key k = key_of(key);
+  const kvp_store_key k = kvp_test_store_key(key);
   assert_kvp_status(kvp_store_get(s, &k, b, sizeof b, &got), KVP_ERR_NOT_FOUND, "no block");
   uint8_t found = 9;
   assert_kvp_ok(kvp_store_exists(s, &k, 1, &found));
@@ -143,7 +116,7 @@ static void expect_listing(kvp_store *s, uint32_t n, uint32_t missing, size_t ca
     for (size_t i = 0; i < got; ++i) {
       uint32_t k = 0;
       for (; k < n; ++k) {
-        const kvp_store_key want = key_of(k);
+        const kvp_store_key want = kvp_test_store_key(k);
         if (memcmp(want.bytes, page[i].bytes, 16) == 0) break;
       }
       assert_true(k < n); /* one of ours */
@@ -200,27 +173,27 @@ static void test_store_redis__timeout_ignored_elsewhere(void **state) {
   o.timeout_ms = 5;
   kvp_store *s = NULL;
   assert_kvp_ok(kvp_store_create_memory(1 << 16, &o, &s));
-  put(s, 1, 100);
-  expect_block(s, 1, 100);
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_expect_block(s, 1, 100);
   assert_kvp_ok(kvp_store_destroy(s));
 }
 
 static void round_trip(const char *url, const char *prefix) {
   kvp_store *s = open_store(url, prefix, 0);
-  for (uint32_t k = 0; k < 64; ++k) put(s, k, 1 + k * 61 % 4000);
-  for (uint32_t k = 0; k < 64; ++k) expect_block(s, k, 1 + k * 61 % 4000);
-  put(s, 0, 0); /* an empty block, replacing */
-  expect_block(s, 0, 0);
+  for (uint32_t k = 0; k < 64; ++k) kvp_test_store_put(s, k, 1 + k * 61 % 4000);
+  for (uint32_t k = 0; k < 64; ++k) kvp_test_store_expect_block(s, k, 1 + k * 61 % 4000);
+  kvp_test_store_put(s, 0, 0); /* an empty block, replacing */
+  kvp_test_store_expect_block(s, 0, 0);
   /* exists: one batch, present and absent keys mixed */
   kvp_store_key keys[80];
   uint8_t found[80];
-  for (uint32_t i = 0; i < 80; ++i) keys[i] = key_of(i);
+  for (uint32_t i = 0; i < 80; ++i) keys[i] = kvp_test_store_key(i);
   assert_kvp_ok(kvp_store_exists(s, keys, 80, found));
   for (uint32_t i = 0; i < 80; ++i) assert_int_equal(found[i], i < 64);
   /* too small a buffer: the size, nothing written */
   uint8_t b[8] = {1, 2, 3, 4, 5, 6, 7, 8};
   size_t got = 0;
-  const kvp_store_key k5 = key_of(5);
+  const kvp_store_key k5 = kvp_test_store_key(5);
   assert_kvp_status(kvp_store_get(s, &k5, b, 4, &got), KVP_ERR_BUFFER_TOO_SMALL, "capacity");
   assert_int_equal(got, 1 + 5 * 61);
   assert_int_equal(b[0], 1);
@@ -257,7 +230,7 @@ static void round_trip(const char *url, const char *prefix) {
   assert_int_equal(st.errors, 0);
   assert_int_equal(st.evictions, 0);
   for (uint32_t k = 0; k < 64; ++k) {
-    const kvp_store_key kk = key_of(k);
+    const kvp_store_key kk = kvp_test_store_key(k);
     if (k != 5) assert_kvp_ok(kvp_store_remove(s, &kk));
   }
   assert_kvp_ok(kvp_store_scrub(s, &r));
@@ -272,8 +245,8 @@ static void test_store_redis__round_trip_single(void **state) {
   char url[256];
   snprintf(url, sizeof url, "%s/3", need("KVP_TEST_REDIS_URL"));
   kvp_store *s = open_store(url, "db3:", 0);
-  put(s, 1, 10);
-  expect_block(s, 1, 10);
+  kvp_test_store_put(s, 1, 10);
+  kvp_test_store_expect_block(s, 1, 10);
   kvp_store *s0 = open_store(need("KVP_TEST_REDIS_URL"), "db3:", 0);
   expect_missing(s0, 1);
   assert_kvp_ok(kvp_store_destroy(s0));
@@ -309,7 +282,7 @@ static void test_store_redis__round_trip_cluster(void **state) {
   (void)state;
   const char *url = need("KVP_TEST_REDIS_CLUSTER_URL");
   kvp_store *s = open_store(url, "spread:", 0);
-  for (uint32_t k = 0; k < 64; ++k) put(s, k, 100);
+  for (uint32_t k = 0; k < 64; ++k) kvp_test_store_put(s, k, 100);
   int ports[3];
   cluster_ports(ports);
   long long total = 0;
@@ -357,7 +330,7 @@ static void test_store_redis__resharding(void **state) {
   int ports[3];
   cluster_ports(ports);
   kvp_store *s = open_store(url, "{moving}:", 0); /* a hash tag: every key in one slot */
-  for (uint32_t k = 0; k < 20; ++k) put(s, k, 500);
+  for (uint32_t k = 0; k < 20; ++k) kvp_test_store_put(s, k, 500);
   redisContext *c0 = raw_connect(ports[0]);
   redisReply *r = raw(c0, "CLUSTER KEYSLOT {moving}:");
   const long long slot = r->integer;
@@ -374,25 +347,25 @@ static void test_store_redis__resharding(void **state) {
   /* migrate the first 10 keys */
   for (uint32_t k = 0; k < 10; ++k) {
     char name[64];
-    const kvp_store_key kk = key_of(k);
+    const kvp_store_key kk = kvp_test_store_key(k);
     name_of("{moving}:", &kk, name, sizeof name);
     r = raw(cs, "MIGRATE 127.0.0.1 %d %s 0 5000", dst, name);
     assert_int_equal(r->type, REDIS_REPLY_STATUS);
     freeReplyObject(r);
   }
-  for (uint32_t k = 0; k < 20; ++k) expect_block(s, k, 500); /* the first 10 through ASK */
-  put(s, 100, 300);                                           /* new: ASK to the target */
-  expect_block(s, 100, 300);
+  for (uint32_t k = 0; k < 20; ++k) kvp_test_store_expect_block(s, k, 500); /* the first 10 through ASK */
+  kvp_test_store_put(s, 100, 300);                                           /* new: ASK to the target */
+  kvp_test_store_expect_block(s, 100, 300);
   kvp_store_key keys[21];
   uint8_t found[21];
-  for (uint32_t k = 0; k < 20; ++k) keys[k] = key_of(k);
-  keys[20] = key_of(100);
+  for (uint32_t k = 0; k < 20; ++k) keys[k] = kvp_test_store_key(k);
+  keys[20] = kvp_test_store_key(100);
   assert_kvp_ok(kvp_store_exists(s, keys, 21, found));
   for (int i = 0; i < 21; ++i) assert_int_equal(found[i], 1);
   /* the rest, then the slot is the target's */
   for (uint32_t k = 10; k < 20; ++k) {
     char name[64];
-    const kvp_store_key kk = key_of(k);
+    const kvp_store_key kk = kvp_test_store_key(k);
     name_of("{moving}:", &kk, name, sizeof name);
     freeReplyObject(raw(cs, "MIGRATE 127.0.0.1 %d %s 0 5000", dst, name));
   }
@@ -403,8 +376,8 @@ static void test_store_redis__resharding(void **state) {
   }
   redisFree(cs);
   redisFree(cd);
-  for (uint32_t k = 0; k < 20; ++k) expect_block(s, k, 500); /* MOVED: the map reloaded */
-  expect_block(s, 100, 300);
+  for (uint32_t k = 0; k < 20; ++k) kvp_test_store_expect_block(s, k, 500); /* MOVED: the map reloaded */
+  kvp_test_store_expect_block(s, 100, 300);
   assert_int_equal(keys_on(dst, "{moving}:"), 21);
   kvp_store_stats st = KVP_STORE_STATS_INIT;
   assert_kvp_ok(kvp_store_get_stats(s, &st));
@@ -421,12 +394,12 @@ static void test_store_redis__stopped_killed_restarted(void **state) {
   char where[64];
   snprintf(where, sizeof where, "127.0.0.1:%d", url_port(url));
   kvp_store *s = open_store(url, "faults:", 100);
-  put(s, 1, 100);
+  kvp_test_store_put(s, 1, 100);
   pid_t pid = single_pid();
   assert_int_equal(kill(pid, SIGSTOP), 0);
   uint8_t b[256];
   size_t got = 0;
-  const kvp_store_key k1 = key_of(1);
+  const kvp_store_key k1 = kvp_test_store_key(1);
   assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "no answer within 100 ms");
   assert_kvp_status(kvp_store_put(s, &k1, b, 10), KVP_ERR_IO, where);
   uint8_t found = 0;
@@ -435,8 +408,8 @@ static void test_store_redis__stopped_killed_restarted(void **state) {
   /* the put that timed out may or may not have happened: either block is whole */
   assert_kvp_ok(kvp_store_get(s, &k1, b, sizeof b, &got));
   assert_true(got == 100 || got == 10);
-  put(s, 1, 100);
-  expect_block(s, 1, 100);
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_expect_block(s, 1, 100);
   /* killed between calls */
   assert_int_equal(kill(pid, SIGKILL), 0);
   usleep(100000);
@@ -449,8 +422,8 @@ static void test_store_redis__stopped_killed_restarted(void **state) {
   assert_null(none);
   restart_single();
   expect_missing(s, 1);
-  put(s, 1, 100);
-  expect_block(s, 1, 100);
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_expect_block(s, 1, 100);
   kvp_store_stats st = KVP_STORE_STATS_INIT;
   assert_kvp_ok(kvp_store_get_stats(s, &st));
   assert_int_equal(st.errors, 6); /* get, put, exists stopped; get, put, scrub killed */
@@ -468,8 +441,8 @@ static void *hammer_run(void *arg) {
   hammer *h = (hammer *)arg;
   const size_t n = 4u << 20;
   uint8_t *b = (uint8_t *)malloc(n);
-  fill(b, n, 3);
-  const kvp_store_key k = key_of(9);
+  memset(b, 3, n); /* what the bytes are does not matter here */
+  const kvp_store_key k = kvp_test_store_key(9);
   size_t got = 0;
   for (h->calls = 0;; ++h->calls) {
     h->last = h->calls % 2 == 0 ? kvp_store_put(h->store, &k, b, n) : kvp_store_get(h->store, &k, b, n, &got);
@@ -491,15 +464,15 @@ static void test_store_redis__killed_during_calls(void **state) {
   assert_int_equal(pthread_join(t, NULL), 0);
   assert_int_equal(h.last, KVP_ERR_IO);
   restart_single();
-  put(h.store, 2, 50);
-  expect_block(h.store, 2, 50);
+  kvp_test_store_put(h.store, 2, 50);
+  kvp_test_store_expect_block(h.store, 2, 50);
   assert_kvp_ok(kvp_store_destroy(h.store));
 }
 
 /* Writes `len` bytes of a damaged value under the name of key k. */
 static void set_raw(int port, const char *prefix, uint32_t k, const void *v, size_t len) {
   char name[128];
-  const kvp_store_key kk = key_of(k);
+  const kvp_store_key kk = kvp_test_store_key(k);
   name_of(prefix, &kk, name, sizeof name);
   redisContext *c = raw_connect(port);
   freeReplyObject(raw(c, "SET %s %b", name, v, len));
@@ -508,7 +481,7 @@ static void set_raw(int port, const char *prefix, uint32_t k, const void *v, siz
 
 static size_t get_raw(int port, const char *prefix, uint32_t k, uint8_t *v, size_t cap) {
   char name[128];
-  const kvp_store_key kk = key_of(k);
+  const kvp_store_key kk = kvp_test_store_key(k);
   name_of(prefix, &kk, name, sizeof name);
   redisContext *c = raw_connect(port);
   redisReply *r = raw(c, "GET %s", name);
@@ -528,7 +501,7 @@ static void test_store_redis__damaged_values(void **state) {
   const char *url = need("KVP_TEST_REDIS_URL");
   const int port = url_port(url);
   kvp_store *s = open_store(url, "dmg:", 0);
-  for (uint32_t k = 1; k <= 6; ++k) put(s, k, 1000);
+  for (uint32_t k = 1; k <= 6; ++k) kvp_test_store_put(s, k, 1000);
   uint8_t v[2048];
   size_t n = get_raw(port, "dmg:", 1, v, sizeof v);
   assert_int_equal(n, 48 + 1000); /* the frame: header, block */
@@ -541,7 +514,7 @@ static void test_store_redis__damaged_values(void **state) {
   set_raw(port, "dmg:", 4, "short", 5);       /* shorter than a header */
   uint8_t b[2048];
   size_t got = 0;
-  const kvp_store_key k1 = key_of(1), k2 = key_of(2), k3 = key_of(3);
+  const kvp_store_key k1 = kvp_test_store_key(1), k2 = kvp_test_store_key(2), k3 = kvp_test_store_key(3);
   assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_FORMAT_TRUNCATED, "deleted");
   assert_kvp_status(kvp_store_get(s, &k2, b, sizeof b, &got), KVP_ERR_FORMAT_CORRUPT, "dmg:");
   assert_kvp_status(kvp_store_get(s, &k3, b, sizeof b, &got), KVP_ERR_FORMAT_CHECKSUM, "checksum");
@@ -557,7 +530,7 @@ static void test_store_redis__damaged_values(void **state) {
   assert_int_equal(r.bytes_freed, 5 + (int64_t)n);
   expect_missing(s, 4);
   expect_missing(s, 6);
-  expect_block(s, 5, 1000);
+  kvp_test_store_expect_block(s, 5, 1000);
   assert_kvp_ok(kvp_store_destroy(s));
 }
 

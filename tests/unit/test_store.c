@@ -2,6 +2,7 @@
  * (restart, atomic replacement, stale temporary files, bound, scrub of a truncated and a
  * bit-flipped file, a damaged file read), a plug-in store through its vtable (a test store
  * counting its calls), and every bad input with its status, message and proof nothing changed. */
+#include "store_blocks.h"
 #include "support.h"
 
 #include <dirent.h>
@@ -14,36 +15,8 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static kvp_store_key key_of(uint8_t n) {
-  kvp_store_key k;
-  for (int i = 0; i < 16; ++i) k.bytes[i] = (uint8_t)(n * 17 + i);
-  return k;
-}
-
-static void fill(uint8_t *b, size_t n, uint8_t seed) {
-  for (size_t i = 0; i < n; ++i) b[i] = (uint8_t)(seed + i * 31u);
-}
-
-static void put(kvp_store *s, uint8_t key, size_t n) {
-  uint8_t b[512];
-  fill(b, n, key);
-  const kvp_store_key k = key_of(key);
-  assert_kvp_ok(kvp_store_put(s, &k, b, n));
-}
-
-/* The block of `key` is there, `n` bytes, as put() wrote it. */
-static void expect_block(kvp_store *s, uint8_t key, size_t n) {
-  uint8_t b[512], want[512];
-  size_t got = 0;
-  const kvp_store_key k = key_of(key);
-  assert_kvp_ok(kvp_store_get(s, &k, b, sizeof b, &got));
-  assert_int_equal(got, n);
-  fill(want, n, key);
-  assert_memory_equal(b, want, n);
-}
-
 static int has(kvp_store *s, uint8_t key) {
-  const kvp_store_key k = key_of(key);
+  const kvp_store_key k = kvp_test_store_key(key);
   uint8_t found = 7;
   assert_kvp_ok(kvp_store_exists(s, &k, 1, &found));
   return found;
@@ -61,7 +34,7 @@ static void make_dir(char *path, size_t cap) {
 }
 
 static void file_of(char *out, size_t cap, const char *dir, uint8_t key) {
-  const kvp_store_key k = key_of(key);
+  const kvp_store_key k = kvp_test_store_key(key);
   int at = snprintf(out, cap, "%s/", dir);
   for (int i = 0; i < 16; ++i) at += snprintf(out + at, cap - (size_t)at, "%02x", k.bytes[i]);
   snprintf(out + at, cap - (size_t)at, ".kvpb");
@@ -104,11 +77,11 @@ static void test_store__memory_round_trip(void **state) {
   (void)state;
   kvp_store *s = NULL;
   assert_kvp_ok(kvp_store_create_memory(1 << 20, NULL, &s));
-  put(s, 1, 100);
-  put(s, 2, 0); /* an empty block is a block */
-  expect_block(s, 1, 100);
-  expect_block(s, 2, 0);
-  kvp_store_key keys[3] = {key_of(1), key_of(3), key_of(2)};
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_put(s, 2, 0); /* an empty block is a block */
+  kvp_test_store_expect_block(s, 1, 100);
+  kvp_test_store_expect_block(s, 2, 0);
+  kvp_store_key keys[3] = {kvp_test_store_key(1), kvp_test_store_key(3), kvp_test_store_key(2)};
   uint8_t found[3] = {9, 9, 9};
   assert_kvp_ok(kvp_store_exists(s, keys, 3, found));
   assert_int_equal(found[0], 1);
@@ -122,8 +95,8 @@ static void test_store__memory_round_trip(void **state) {
   assert_int_equal(n, 100);
   for (int i = 0; i < 8; ++i) assert_int_equal(b[i], 0);
   /* replace, remove */
-  put(s, 1, 50);
-  expect_block(s, 1, 50);
+  kvp_test_store_put(s, 1, 50);
+  kvp_test_store_expect_block(s, 1, 50);
   assert_kvp_ok(kvp_store_remove(s, &keys[0]));
   assert_false(has(s, 1));
   assert_kvp_status(kvp_store_remove(s, &keys[0]), KVP_ERR_NOT_FOUND, "no block");
@@ -145,33 +118,33 @@ static void test_store__memory_bound_drops_least_recent(void **state) {
   (void)state;
   kvp_store *s = NULL;
   assert_kvp_ok(kvp_store_create_memory(300, NULL, &s));
-  put(s, 1, 100);
-  put(s, 2, 100);
-  put(s, 3, 100);
-  expect_block(s, 1, 100); /* 1 is now more recent than 2 */
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_put(s, 2, 100);
+  kvp_test_store_put(s, 3, 100);
+  kvp_test_store_expect_block(s, 1, 100); /* 1 is now more recent than 2 */
   assert_true(has(s, 2));  /* exists is not a use */
-  put(s, 4, 100);          /* over the bound: 2, the least recent, goes */
+  kvp_test_store_put(s, 4, 100);          /* over the bound: 2, the least recent, goes */
   assert_false(has(s, 2));
   assert_true(has(s, 1) && has(s, 3) && has(s, 4));
-  put(s, 5, 200); /* 3 and 1 go */
+  kvp_test_store_put(s, 5, 200); /* 3 and 1 go */
   assert_false(has(s, 3));
   assert_false(has(s, 1));
-  expect_block(s, 4, 100);
-  expect_block(s, 5, 200);
+  kvp_test_store_expect_block(s, 4, 100);
+  kvp_test_store_expect_block(s, 5, 200);
   kvp_store_stats st = stats(s);
   assert_int_equal(st.blocks, 2);
   assert_int_equal(st.bytes, 300);
   assert_int_equal(st.evictions, 3);
   /* a block larger than the bound is refused and nothing changes */
   uint8_t big[301] = {0};
-  const kvp_store_key k = key_of(9);
+  const kvp_store_key k = kvp_test_store_key(9);
   assert_kvp_status(kvp_store_put(s, &k, big, sizeof big), KVP_ERR_INVALID_ARGUMENT, "exceeds the store's bound of 300");
   kvp_store_stats after = stats(s);
   assert_int_equal(after.blocks, 2);
   assert_int_equal(after.bytes, 300);
   assert_int_equal(after.errors, 1);
-  expect_block(s, 4, 100);
-  expect_block(s, 5, 200);
+  kvp_test_store_expect_block(s, 4, 100);
+  kvp_test_store_expect_block(s, 5, 200);
   assert_kvp_ok(kvp_store_destroy(s));
 }
 
@@ -182,9 +155,9 @@ static void test_store__directory_survives_restart(void **state) {
   char dir[64];
   make_dir(dir, sizeof dir);
   kvp_store *s = open_dir(dir, 1 << 20);
-  put(s, 1, 100);
-  put(s, 2, 200);
-  put(s, 3, 1);
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_put(s, 2, 200);
+  kvp_test_store_put(s, 3, 1);
   assert_int_equal(count_files(dir), 3);
   assert_kvp_ok(kvp_store_destroy(s));
   /* a new store over the same directory holds the same blocks */
@@ -192,9 +165,9 @@ static void test_store__directory_survives_restart(void **state) {
   kvp_store_stats st = stats(s);
   assert_int_equal(st.blocks, 3);
   assert_int_equal(st.bytes, 3 * 48 + 301);
-  expect_block(s, 1, 100);
-  expect_block(s, 2, 200);
-  expect_block(s, 3, 1);
+  kvp_test_store_expect_block(s, 1, 100);
+  kvp_test_store_expect_block(s, 2, 200);
+  kvp_test_store_expect_block(s, 3, 1);
   assert_false(has(s, 4));
   assert_kvp_ok(kvp_store_destroy(s));
   remove_dir(dir);
@@ -219,13 +192,13 @@ static void test_store__directory_writes_atomically(void **state) {
   assert_int_equal(access(junk, F_OK), 0);
   assert_int_equal(stats(s).blocks, 0);
   /* a replacement leaves one file, of the new size, and no temporary file */
-  put(s, 1, 300);
-  put(s, 1, 20);
+  kvp_test_store_put(s, 1, 300);
+  kvp_test_store_put(s, 1, 20);
   assert_int_equal(count_files(dir), 2); /* the block and notes.txt */
   struct stat sb;
   assert_int_equal(stat(file, &sb), 0);
   assert_int_equal(sb.st_size, 48 + 20);
-  expect_block(s, 1, 20);
+  kvp_test_store_expect_block(s, 1, 20);
   assert_kvp_ok(kvp_store_destroy(s));
   remove_dir(dir);
 }
@@ -235,10 +208,10 @@ static void test_store__directory_bound_deletes_least_recent(void **state) {
   char dir[64], f1[256], f2[256];
   make_dir(dir, sizeof dir);
   kvp_store *s = open_dir(dir, 2 * (48 + 100));
-  put(s, 1, 100);
-  put(s, 2, 100);
-  expect_block(s, 1, 100);
-  put(s, 3, 100); /* full: 2 goes, from the disk too */
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_put(s, 2, 100);
+  kvp_test_store_expect_block(s, 1, 100);
+  kvp_test_store_put(s, 3, 100); /* full: 2 goes, from the disk too */
   file_of(f1, sizeof f1, dir, 1);
   file_of(f2, sizeof f2, dir, 2);
   assert_int_equal(access(f2, F_OK), -1);
@@ -272,10 +245,10 @@ static void test_store__directory_scrub_drops_damaged(void **state) {
   char dir[64], f1[256], f2[256], f4[256];
   make_dir(dir, sizeof dir);
   kvp_store *s = open_dir(dir, 1 << 20);
-  put(s, 1, 100);
-  put(s, 2, 100);
-  put(s, 3, 100);
-  put(s, 4, 100);
+  kvp_test_store_put(s, 1, 100);
+  kvp_test_store_put(s, 2, 100);
+  kvp_test_store_put(s, 3, 100);
+  kvp_test_store_put(s, 4, 100);
   assert_kvp_ok(kvp_store_destroy(s));
   file_of(f1, sizeof f1, dir, 1);
   file_of(f2, sizeof f2, dir, 2);
@@ -293,7 +266,7 @@ static void test_store__directory_scrub_drops_damaged(void **state) {
   assert_int_equal(access(f2, F_OK), -1);
   assert_int_equal(access(f4, F_OK), -1);
   assert_false(has(s, 1) || has(s, 2) || has(s, 4));
-  expect_block(s, 3, 100);
+  kvp_test_store_expect_block(s, 3, 100);
   assert_int_equal(stats(s).blocks, 1);
   /* a damaged block found by a read: an error, and the file is gone */
   char f3[256];
@@ -301,7 +274,7 @@ static void test_store__directory_scrub_drops_damaged(void **state) {
   flip_byte(f3, 48 + 99);
   uint8_t b[128];
   size_t n = 0;
-  const kvp_store_key k3 = key_of(3);
+  const kvp_store_key k3 = kvp_test_store_key(3);
   assert_kvp_status(kvp_store_get(s, &k3, b, sizeof b, &n), KVP_ERR_FORMAT_CHECKSUM, "damaged");
   assert_int_equal(access(f3, F_OK), -1);
   assert_kvp_status(kvp_store_get(s, &k3, b, sizeof b, &n), KVP_ERR_NOT_FOUND, "no block");
@@ -379,13 +352,13 @@ static void test_store__plugin_through_vtable(void **state) {
   kvp_store *s = NULL;
   assert_kvp_ok(kvp_store_create(&vt, &s));
   memset(&vt, 0xAB, sizeof vt); /* the table was copied */
-  put(s, 1, 40);
-  expect_block(s, 1, 40);
+  kvp_test_store_put(s, 1, 40);
+  kvp_test_store_expect_block(s, 1, 40);
   assert_true(has(s, 1)); /* the plug-in's 5 comes back as 1 */
   assert_false(has(s, 2));
   uint8_t b[8];
   size_t n = 0;
-  const kvp_store_key k1 = key_of(1), k2 = key_of(2);
+  const kvp_store_key k1 = kvp_test_store_key(1), k2 = kvp_test_store_key(2);
   assert_kvp_status(kvp_store_get(s, &k2, b, sizeof b, &n), KVP_ERR_NOT_FOUND, "no block");
   assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &n), KVP_ERR_BUFFER_TOO_SMALL, "get callback");
   assert_int_equal(n, 40);
@@ -452,8 +425,8 @@ static void test_store__bad_input_changes_nothing(void **state) {
   assert_int_equal(o.abi_version, KVP_STORE_OPTIONS_VERSION);
 
   assert_kvp_ok(kvp_store_create_memory(1000, NULL, &s));
-  put(s, 1, 10);
-  const kvp_store_key k = key_of(1);
+  kvp_test_store_put(s, 1, 10);
+  const kvp_store_key k = kvp_test_store_key(1);
   uint8_t b[16];
   size_t n = 77;
   assert_kvp_status(kvp_store_put(s, NULL, b, 1), KVP_ERR_INVALID_ARGUMENT, "key");
@@ -477,7 +450,7 @@ static void test_store__bad_input_changes_nothing(void **state) {
   assert_int_equal(st.blocks, 1);
   assert_int_equal(st.bytes, 10);
   assert_int_equal(st.puts, 1);
-  expect_block(s, 1, 10);
+  kvp_test_store_expect_block(s, 1, 10);
   assert_kvp_ok(kvp_store_destroy(s));
   /* a destroyed handle */
   assert_kvp_status(kvp_store_put(s, &k, b, 1), KVP_ERR_INVALID_HANDLE, "");

@@ -3,6 +3,7 @@
  * capacities 1, 3 and many; a listing while another thread puts and removes sees every key
  * present throughout; the header of real blocks a pool evicted, and of damaged, short, long and
  * foreign bytes; every bad input with its status, message and proof nothing changed. */
+#include "store_blocks.h"
 #include "support.h"
 
 #include <dirent.h>
@@ -20,15 +21,8 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static kvp_store_key key_of(uint32_t n) {
-  kvp_store_key k;
-  for (int i = 0; i < 16; ++i) k.bytes[i] = (uint8_t)(n * 37u + (uint32_t)i * 11u + (n >> 8));
-  memcpy(k.bytes, &n, sizeof n); /* distinct for distinct n */
-  return k;
-}
-
 static void put_key(kvp_store *s, uint32_t n) {
-  const kvp_store_key k = key_of(n);
+  const kvp_store_key k = kvp_test_store_key(n);
   const uint8_t b[8] = {1, 2, 3, 4, 5, 6, 7, (uint8_t)n};
   assert_kvp_ok(kvp_store_put(s, &k, b, sizeof b));
 }
@@ -46,7 +40,7 @@ static size_t list_all(kvp_store *s, size_t cap, int *seen, size_t seen_cap) {
     for (size_t i = 0; i < n; ++i) {
       uint32_t id;
       memcpy(&id, keys[i].bytes, sizeof id);
-      const kvp_store_key want = key_of(id);
+      const kvp_store_key want = kvp_test_store_key(id);
       assert_memory_equal(&keys[i], &want, sizeof want); /* a key that was put, whole */
       assert_true(id < seen_cap);
       ++seen[id];
@@ -103,7 +97,7 @@ static void test_store_list__memory_pages(void **state) {
   for (uint32_t i = 0; i < 10; ++i) put_key(s, i);
   put_key(s, 4); /* a replaced block is still one key */
   expect_listing(s, 10);
-  const kvp_store_key k = key_of(9);
+  const kvp_store_key k = kvp_test_store_key(9);
   assert_kvp_ok(kvp_store_remove(s, &k));
   for (uint32_t i = 10; i < 40; ++i) put_key(s, i);
   put_key(s, 9); /* back, listed after the newer keys */
@@ -137,7 +131,7 @@ static void test_store_list__directory_pages_and_restart(void **state) {
   assert_kvp_ok(kvp_store_destroy(s));
   s = open_dir(dir); /* the scanned files are listed */
   expect_listing(s, 20);
-  const kvp_store_key k = key_of(3);
+  const kvp_store_key k = kvp_test_store_key(3);
   assert_kvp_ok(kvp_store_remove(s, &k));
   put_key(s, 3);
   put_key(s, 20);
@@ -159,10 +153,10 @@ static void *churn_main(void *arg) {
   churn *c = (churn *)arg;
   const uint8_t b[8] = {0};
   for (uint32_t i = 0; !atomic_load(&c->stop) || c->rounds < 3; ++i) {
-    const kvp_store_key k = key_of(100 + i % 100);
+    const kvp_store_key k = kvp_test_store_key(100 + i % 100);
     if (kvp_store_put(c->store, &k, b, sizeof b) != KVP_OK) return (void *)1;
     if (i % 3 == 0) {
-      const kvp_store_key r = key_of(100 + (i * 7) % 100);
+      const kvp_store_key r = kvp_test_store_key(100 + (i * 7) % 100);
       const kvp_status st = kvp_store_remove(c->store, &r);
       if (st != KVP_OK && st != KVP_ERR_NOT_FOUND) return (void *)1;
     }
@@ -246,7 +240,7 @@ static kvp_status ls_list(void *u, uint64_t *cursor, kvp_store_key *keys, size_t
   /* its own cursor: 1000 + the next key number */
   uint32_t next = *cursor == 0 ? 0 : (uint32_t)(*cursor - 1000);
   size_t n = 0;
-  while (n < cap && n < 2 && next < p->count) keys[n++] = key_of(next++);
+  while (n < cap && n < 2 && next < p->count) keys[n++] = kvp_test_store_key(next++);
   *cursor = next < p->count ? 1000 + next : 0;
   *count = n;
   return KVP_OK;
