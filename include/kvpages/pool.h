@@ -39,7 +39,8 @@
  * the same chained keys, masked with the config's fingerprint so that pools of other models or
  * KV-head slices sharing a store neither find nor overwrite each other's blocks) and restores the blocks that check out (config fingerprint, keys,
  * salt, token ids, checksum) into fresh pages as if computed. Restores happen inside
- * kvp_pool_add_sequence(); writes copy the page inside the evicting call, and put it there (a
+ * kvp_pool_add_sequence() (on a CPU cache several blocks at once on the library's threads);
+ * writes copy the page inside the evicting call, and put it there (a
  * memory store) or on the pool's writer thread (any other store; see kvp_pool_add_store() for
  * what is synchronous and its cost; kvp_pool_flush_tiers() waits for them). A failing store or a
  * damaged block is a miss, never an error of the call. kvp_pool_get_tier_stats() counts them.
@@ -220,10 +221,18 @@ KVP_API kvp_status KVP_CALL kvp_pool_destroy(kvp_pool *pool);
  * @param[out] seq_out Receives the new sequence id, not NULL; unchanged on failure.
  * **Storage tiers**: when the pool has tiers (kvp_pool_add_store()), the pages after the
  * in-memory match, up to the same limit, are looked up in the tiers in order: one batched
- * `exists` per tier for the remaining pages, then a `get` per page while the prefix continues;
- * each block is verified and its bytes copied into a fresh page of every layer (CUDA: host to
- * device on the legacy default stream, synchronously), and the page is indexed as computed. A
- * store error or a block that fails a check ends the restore from that tier (a miss).
+ * `exists` per tier for the remaining pages, then the blocks are read while the prefix continues;
+ * each is verified, its bytes copied into a fresh page of every layer, and the page is indexed as
+ * computed. A block's head (config fingerprint, keys, salt, geometry, token ids) is always
+ * checked before a page is taken for it. From a memory store into a CPU cache, up to 8 blocks at
+ * a time are read where they lie, and copied and checksummed in one pass on the library's
+ * threads: a block whose checksum fails then ends the restore, and the pages taken for it and for
+ * the blocks after it in its group are released (free again; a page evicted for them was written
+ * to the tiers first). From any other store, or into a CUDA cache (through two pinned buffers,
+ * each block's host-to-device copies overlapping the next block's read, all done before the call
+ * returns), a block is verified whole before its page is taken. A store error or a block that
+ * fails a check ends the restore from that tier (a miss); damaged bytes never reach a page that
+ * is indexed or returned.
  *
  * @param[out] reused_tokens_out Receives the number of reused prompt tokens, those of the
  *             in-memory match plus those restored from tiers (a multiple of `page_size`); may be
@@ -546,7 +555,10 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  * What is synchronous: before a cached page is reused, inside the call that evicts
  * (kvp_pool_add_sequence(), kvp_pool_append()), its token ids, keys and bytes in every layer are
  * copied into a host block (CUDA: device to host on the stream of the evicting call,
- * synchronously) — one page copy per layer, once, however many tiers receive it. Then:
+ * synchronously) — one page copy per layer, once, however many tiers receive it. The blocks of
+ * all the pages a call evicts are made before the first is reused; on a CPU cache several at
+ * once (up to 8, one per thread of the library's pool: copied and checksummed in one pass each).
+ * Then:
  * - a memory store (kvp_store_create_memory()) gets the block at once, in that call (its put is
  *   a memory copy);
  * - any other store (directory, plug-in; since 1.5) gets it asynchronously: the block is a
@@ -568,7 +580,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  *
  * The first tier added allocates two block buffers (the pages' bytes in every layer, plus a
  * header), the prompt's keys and, for an asynchronous tier 0, the write queue from the pool's
- * allocator.
+ * allocator; evictions into a memory store on a CPU cache use up to one block buffer per thread
+ * of the library's pool (allocated when first needed, then recycled with the store's memory).
  *
  * @param[in] pool Pool handle.
  * @param[in] store Store handle; borrowed: it must outlive the pool (a pool whose store was

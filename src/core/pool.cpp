@@ -257,9 +257,25 @@ void Pool::lru_remove(int32_t p) noexcept {
   --sd.n_evictable;
 }
 
-// Takes a page of `shard`: a free one, else the least recently released cached one (written to
-// tier 0 first, if the pool has tiers).
-int32_t Pool::alloc_page(uint32_t shard, kvp_stream stream) {
+void Pool::alloc_pages(uint32_t shard, size_t n, int32_t* out, kvp_stream stream) {
+  const Shard& sd = shards_[shard];
+  if (num_tiers_ > 0 && static_cast<int64_t>(n) > sd.n_free)
+    write_back_lru(shard, n - static_cast<size_t>(sd.n_free), stream);
+  for (size_t k = 0; k < n; ++k) out[k] = take_page(shard);
+}
+
+void Pool::write_back_lru(uint32_t shard, size_t n, kvp_stream stream) noexcept {
+  int32_t chunk[256];
+  int32_t p = shards_[shard].lru_head;
+  while (n > 0 && p >= 0) {
+    size_t m = 0;
+    for (; m < sizeof chunk / sizeof chunk[0] && m < n && p >= 0; p = pages_[p].next) chunk[m++] = p;
+    write_back(chunk, m, stream, false);
+    n -= m;
+  }
+}
+
+int32_t Pool::take_page(uint32_t shard) {
   Shard& sd = shards_[shard];
   int32_t p = sd.free_head;
   if (p >= 0) {
@@ -268,7 +284,6 @@ int32_t Pool::alloc_page(uint32_t shard, kvp_stream stream) {
   } else {
     p = sd.lru_head;
     if (p < 0) fail(KVP_ERR_INTERNAL, "kvp_pool: no page left after the availability check (please report)");
-    if (num_tiers_ > 0) write_back(p, stream, false);
     lru_remove(p);
     index_remove(p);
     ++evictions_;
@@ -503,11 +518,10 @@ kvp_seq_id Pool::add_sequence(const int32_t* tokens, size_t n, uint64_t salt, ui
   const size_t restored = num_tiers_ > 0 && hits < max_hits ? restore(r, tokens, hits, max_hits, salt, shard, nkeys) : 0;
   const size_t reused = (hits + restored) * S;
   s.computed = reused;
+  alloc_pages(shard, need_pages - hits - restored, r + hits + restored);
   for (size_t i = hits + restored; i < need_pages; ++i) {
-    const int32_t p = alloc_page(shard);
-    r[i] = p;
     const size_t begin = i * S, cnt = std::min<size_t>(S, n - begin);
-    std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + begin, sizeof(int32_t) * cnt);
+    std::memcpy(tokens_ + static_cast<size_t>(r[i]) * S, tokens + begin, sizeof(int32_t) * cnt);
   }
   prompt_tokens_ += static_cast<int64_t>(n);
   reused_tokens_ += static_cast<int64_t>(reused);
@@ -543,7 +557,8 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
   }
 
   if (cow) {
-    const int32_t q = alloc_page(s.shard, stream);
+    int32_t q = -1;
+    alloc_pages(s.shard, 1, &q, stream);
     try {
       copy_cache_pages(cache, &tail, &q, 1, stream, fn);
     } catch (...) {
@@ -565,11 +580,12 @@ void Pool::append(kvp_seq_id id, const int32_t* tokens, size_t n, kvp_stream str
     pg.key_valid = 0;
     pg.stored = 0;
   }
+  const uint64_t first_new = cdiv_u(len, S);
+  alloc_pages(s.shard, static_cast<size_t>(cdiv_u(len + n, S) - first_new), r + first_new, stream);
   uint64_t pos = len;
   size_t done = 0;
   while (done < n) {
     const uint64_t i = pos / S, off = pos % S;
-    if (off == 0) r[i] = alloc_page(s.shard, stream);
     const size_t cnt = std::min<size_t>(S - off, n - done);
     std::memcpy(tokens_ + static_cast<size_t>(r[i]) * S + off, tokens + done, sizeof(int32_t) * cnt);
     done += cnt;

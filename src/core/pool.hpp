@@ -37,6 +37,10 @@ void copy_cache_pages(Cache& cache, const int32_t* src, const int32_t* dst, size
 constexpr size_t kPoolOptionsV1Size = offsetof(kvp_pool_options, write_queue_bytes);
 // The size of version 1 of kvp_pool_tier_stats (before dropped).
 constexpr size_t kPoolTierStatsV1Size = offsetof(kvp_pool_tier_stats, dropped);
+// The most blocks the pool fills (write-back) or restores (from a memory store) at once, on
+// several threads.
+constexpr size_t kMaxBlockGroup = 8;
+
 // kvp_pool_options::write_queue_bytes when 0.
 constexpr uint64_t kDefaultWriteQueueBytes = uint64_t{64} << 20;
 
@@ -167,10 +171,14 @@ class Pool {
   }
   void mark_computed(uint32_t slot, uint64_t n);
 
-  // Page lifecycle (callers have checked availability). Evicting a cached page writes it to
-  // tier 0 first (on `stream`).
+  // Page lifecycle (callers have checked availability).
   uint32_t take_slot();
-  int32_t alloc_page(uint32_t shard, kvp_stream stream = nullptr);
+  // Takes n pages of `shard` into out: free ones first, then the least recently released cached
+  // ones, whose blocks are written to the tiers that lack them (write_back, on `stream`) before
+  // the first page is taken.
+  void alloc_pages(uint32_t shard, size_t n, int32_t* out, kvp_stream stream = nullptr);
+  int32_t take_page(uint32_t shard);  // the next page alloc_pages takes, without a write-back
+  void write_back_lru(uint32_t shard, size_t n, kvp_stream stream) noexcept;  // of the n LRU heads
   void release_page(int32_t p) noexcept;
   void acquire_page(int32_t p) noexcept;
   void free_push(int32_t p) noexcept;
@@ -198,14 +206,30 @@ class Pool {
   // A prefix-index key as the tiers store it, and back (key_mask_).
   StoreKey store_key(const Key128& k) const noexcept;
   Key128 index_key(const StoreKey& k) const noexcept;
-  // Writes page p's block to every tier that does not hold it already (the page's `stored` bits):
-  // the page is copied out once (on `stream`, synchronously) into one block, put at once into the
-  // stores with a cheap put, and queued once for the writer thread for all the others; with no
-  // staging block free, those are dropped (counted), or with `wait` the call waits for one.
-  // Never throws: a failure is counted on its tier.
-  void write_back(int32_t p, kvp_stream stream, bool wait) noexcept;
-  // Copies page p (every layer, on `stream`, synchronously) into block `buf` of shape `bs` and
-  // seals it as page `id` holding `tokens` (page_size_ ids).
+  // Writes the blocks of pages[0, n) to every tier that does not hold them already (each page's
+  // `stored` bits), in order, a group of blocks at a time (write_group): each page is copied out
+  // once into one block (on `stream`, synchronously), put at once into the stores with a cheap
+  // put, and queued once for the writer thread for all the others; with no staging block free,
+  // those are dropped (counted), or with `wait` the call waits for one. Never throws: a failure
+  // is counted on its tier.
+  void write_back(const int32_t* pages, size_t n, kvp_stream stream, bool wait) noexcept;
+  // One group of write_back (n <= write_group(c)); c is the pool's cache, or null when it is gone
+  // (every block fails).
+  void write_back_group(Cache* c, const int32_t* pages, size_t n, kvp_stream stream, bool wait) noexcept;
+  // Puts the filled block `buf` of page pg under `key` into the tiers of the mask `now`, at once;
+  // the last of them takes `adopt` (the HostBytes holding buf, when nothing reads it afterwards)
+  // instead of a copy. Sets the page's bit of each tier written.
+  void put_now(Page& pg, const StoreKey& key, uint32_t now, HostBytes* adopt, const uint8_t* buf) noexcept;
+  // How many blocks write_back fills at once: on a host cache, one per thread of the library's
+  // pool (at most kMaxBlockGroup; copying and summing different blocks on several threads is
+  // what reaches the memory's bandwidth), and no more than the writer has staging blocks; on a
+  // device cache, one. The group size changes how fast, never what is written.
+  size_t write_group(const Cache* c) const noexcept;
+  // Copies page p (every layer) into block `buf` of shape `bs` and seals it as page `id` holding
+  // `tokens` (page_size_ ids). The host version copies and sums in one pass and never fails; the
+  // device version copies on `stream`, synchronously.
+  void fill_host_block(Cache& c, int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens,
+                       uint8_t* buf) const noexcept;
   void fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
                   kvp_stream stream, const char* function);
   // Adds one to `counter` of every tier in the mask `tiers` (bit t: tier t).
@@ -216,23 +240,30 @@ class Pool {
                  size_t nkeys) noexcept;
   // A host pipe whose slots hold a whole block (a device cache), else null (a host cache).
   HostPtr<HostPipe> block_pipe() const;
-  // Restores page i of a prompt (key tier_keys_[i]) from one store into a fresh page r[i]; false
-  // if the block is missing or does not check out. Throws when the store or the copy fails.
-  // A host cache (no pipe) reads a memory store's block where it lies (restore_in_place);
-  // otherwise the block is read into a buffer first (restore_copied).
-  bool restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
-                    int32_t* r, HostPipe* pipe);
-  // The fresh page of `shard` that the block of `id` restores (holding `tokens`), or -1 if the
-  // block is missing or does not check out; a block that does not check out never takes a page.
-  // In place: the block is checked where it lies (under the store's lock, no copy), the page is
-  // taken outside the lock (that may evict a page into the same store), and the block is copied
-  // into the page under the lock again, summed once more on the way (from the CPU's cache) in
-  // case it was replaced meanwhile. Copied: with a host pipe (a device cache), the block is read
-  // into slot k and uploaded asynchronously, so that the next page is read meanwhile; without
-  // one, into read_buf_, then copied into the page with non-temporal stores.
-  int32_t restore_in_place(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard);
-  int32_t restore_copied(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard,
-                         HostPipe* pipe, int k);
+  // The id of page i of the prompt being restored (its key tier_keys_[i]).
+  BlockId restore_id(size_t i, uint64_t salt) const noexcept;
+  // Restores pages [i, i + n) of a prompt (n <= kMaxBlockGroup) from a store that keeps its
+  // blocks in memory into fresh pages r[i…] of a host cache, as far as they continue: returns how
+  // many. First look (under the store's lock, no copy): each block's head (keys, salt, geometry,
+  // token ids) is checked and the block made the most recent, so that the write-backs of the
+  // pages taken next do not drop it; a block missing or with a wrong head ends the run before
+  // any page is taken. Then one page per block is taken (outside the lock: taking it may evict a
+  // page into the same store), and the second look copies the blocks into their pages, summing
+  // them on the way, on several threads; a block whose checksum fails (or that was replaced by
+  // a bad one meanwhile) ends the run and its page and those after it are released: a damaged
+  // block costs the pages of its group, never wrong KV.
+  size_t restore_in_place(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
+                          uint32_t shard, int32_t* r);
+  // Restores page i of a prompt from a store through a buffer into a fresh page r[i]; false if the
+  // block is missing or does not check out (then it took no page). Throws when the store or the
+  // copy fails. With a host pipe (a device cache), the block is read into slot k and uploaded
+  // asynchronously, so that the next page is read meanwhile; without one, into read_buf_, then
+  // copied into the page with non-temporal stores.
+  bool restore_copied(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
+                      int32_t* r, HostPipe* pipe, int k);
+  // Makes fresh page p, just loaded with the block of prompt page i from tier t, that page:
+  // its token ids, keys and "held by tier t" bit, indexed; r[i] = p.
+  void finish_restore(int32_t p, const Tier& t, size_t i, const int32_t* tokens, uint64_t salt, int32_t* r) noexcept;
   // Copies the layers of a block whose head checked out (sum: its checksum so far) into page p of
   // host cache c, adding them to the checksum; whether the block's checksum holds.
   bool load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum sum) const noexcept;
@@ -280,8 +311,9 @@ class Pool {
   Tier tiers_[KVP_POOL_MAX_TIERS] = {};
   uint32_t num_tiers_ = 0;
   BlockShape block_;                  // the blocks of this cache's pages (set by the first tier)
-  HostBytes block_buf_{alloc_};  // an evicted page on its way out when no tier queues it
-                                           // (a memory store adopts it, handing back its spare)
+  // Blocks of evicted pages on their way out when no tier queues them (a memory store adopts
+  // them, handing back its spare): [kMaxBlockGroup], made by the first tier.
+  HostVector<HostBytes> block_bufs_{StdAllocator<HostBytes>(alloc_)};
   void* tier_arrays_ = nullptr;       // one block from alloc_ holding the three below
   uint8_t* read_buf_ = nullptr;       // [block_.total]: a block on its way in
   StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore), as store keys

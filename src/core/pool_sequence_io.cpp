@@ -268,11 +268,11 @@ kvp_seq_id Pool::restore_sequence(const void* src, size_t size, uint32_t flags, 
     r[i] = scratch_pages_[i];
     acquire_page(r[i]);
   }
+  alloc_pages(shard, need - m.hits, r + m.hits);
+  s.length = need * S;  // what a failure below releases
   try {
     for (size_t i = m.hits; i < need; ++i) {
-      const int32_t p = alloc_page(shard);
-      r[i] = p;
-      s.length = (i + 1) * S;  // what a failure below releases
+      const int32_t p = r[i];
       const uint8_t* b = blocks + i * bs.total;
       for (int64_t l = 0; l < c.num_layers(); ++l)
         c.backend().copy_from_host(c.layer_data(l) + static_cast<size_t>(p) * bs.page_bytes,

@@ -14,6 +14,7 @@
 #include "util/checked.hpp"
 #include "util/error.hpp"
 #include "util/nontemporal.hpp"
+#include "util/thread_pool.hpp"
 
 namespace kvp::detail {
 namespace {
@@ -22,6 +23,17 @@ namespace {
 // block, not a failing store.
 bool block_fault(kvp_status code) noexcept {
   return code == KVP_ERR_BUFFER_TOO_SMALL || (code >= KVP_ERR_FORMAT_MAGIC && code <= KVP_ERR_FORMAT_MISMATCH);
+}
+
+constexpr const char* kWriteBackFn = "kvp_pool (writing an evicted page to the tiers)";
+
+// Runs f(j) for every block j in [0, n) of `block_bytes` each: on several threads of the
+// library's pool when there is enough to copy to pay for waking them (f must not throw).
+template <class F>
+void for_blocks(size_t n, size_t block_bytes, F&& f) {
+  const bool worth = n > 1 && n * block_bytes >= (size_t{1} << 20);
+  const int threads = worth ? static_cast<int>(std::min<size_t>(n, ThreadPool::instance().max_threads())) : 1;
+  parallel_for(static_cast<int64_t>(n), threads, [&f](int64_t j) { f(static_cast<size_t>(j)); });
 }
 
 }  // namespace
@@ -50,10 +62,12 @@ void Pool::add_store(kvp_store* h) {
     const BlockShape shape = block_shape(c);
     const size_t keys = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
     const size_t found = checked_bytes_add(keys, checked_bytes(row_len_, sizeof(StoreKey), "a prompt's keys"), "tiers");
-    HostBytes out(alloc_);
-    out.resize(shape.total);
+    HostVector<HostBytes> out{StdAllocator<HostBytes>(alloc_)};
+    out.reserve(kMaxBlockGroup);
+    for (size_t i = 0; i < kMaxBlockGroup; ++i) out.emplace_back(alloc_);
+    out[0].resize(shape.total);  // the others when a group first needs them
     auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(found, row_len_, "tiers"), 64));
-    block_buf_.swap(out);
+    block_bufs_.swap(out);
     tier_arrays_ = mem;
     read_buf_ = mem;
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
@@ -71,7 +85,7 @@ void Pool::add_store(kvp_store* h) {
       if (num_tiers_ == 0) {
         alloc_.deallocate(tier_arrays_);  // nothing changed
         tier_arrays_ = nullptr;
-        HostBytes(alloc_).swap(block_buf_);
+        HostVector<HostBytes>{StdAllocator<HostBytes>(alloc_)}.swap(block_bufs_);
       }
       throw;
     }
@@ -111,7 +125,7 @@ void Pool::flush_tiers(uint32_t flags) {
     size_t n = 0;
     const auto write_chunk = [&] {
       mark_held(chunk, n);
-      for (size_t i = 0; i < n; ++i) write_back(chunk[i], nullptr, true);
+      write_back(chunk, n, nullptr, true);
       n = 0;
     };
     for (int32_t p = 1; p < num_pages_; ++p)
@@ -139,61 +153,132 @@ void Pool::mark_held(const int32_t* pages, size_t n) noexcept {
   }
 }
 
+void Pool::fill_host_block(Cache& c, int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens,
+                           uint8_t* buf) const noexcept {
+  const size_t at = static_cast<size_t>(p) * bs.page_bytes;
+  BlockSum sum = block_start(bs, buf, id, tokens);  // one pass: each piece is summed right after its copy
+  for (int64_t l = 0; l < c.num_layers(); ++l) copy_summed(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, sum);
+  block_finish(bs, buf, sum);
+}
+
 void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const int32_t* tokens, uint8_t* buf,
                       kvp_stream stream, const char* fn) {
   Cache& c = cache(fn);
+  if (c.device_type() == KVP_DEVICE_CPU) return fill_host_block(c, p, bs, id, tokens, buf);
   const size_t at = static_cast<size_t>(p) * bs.page_bytes;
-  if (c.device_type() == KVP_DEVICE_CPU) {  // one pass: each piece is summed right after its copy
-    BlockSum sum = block_start(bs, buf, id, tokens);
-    for (int64_t l = 0; l < c.num_layers(); ++l)
-      copy_summed(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, sum);
-    block_finish(bs, buf, sum);
-    return;
-  }
   for (int64_t l = 0; l < c.num_layers(); ++l)
     c.backend().copy_to_host(bs.layer(buf, l), c.layer_data(l) + at, bs.page_bytes, stream, true, fn);
   block_seal(bs, buf, id, tokens);
 }
 
-void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
-  Page& pg = pages_[p];
-  uint32_t now = 0, queued = 0;  // the tiers lacking the block, by how they are written
-  for (uint32_t t = 0; t < num_tiers_; ++t)
-    if ((pg.stored & (1u << t)) == 0) (tiers_[t].queued ? queued : now) |= 1u << t;
-  uint8_t* buf = nullptr;
-  if (queued != 0) {
-    try {
-      buf = writer_->staging(wait);
-    } catch (...) {
-      buf = nullptr;  // waiting failed (a system error): as good as no room
-    }
-    if (buf == nullptr) {
-      count_tiers(queued, &kvp_pool_tier_stats::dropped);
-      queued = 0;
-    }
-  }
-  if ((now | queued) == 0) return;
+size_t Pool::write_group(const Cache* c) const noexcept {
+  if (c == nullptr || c->device_type() != KVP_DEVICE_CPU) return 1;
+  size_t g = std::min<size_t>(kMaxBlockGroup, static_cast<size_t>(ThreadPool::instance().max_threads()));
+  if (writer_) g = std::min(g, writer_->slots());
+  return std::max<size_t>(g, 1);
+}
+
+void Pool::write_back(const int32_t* pages, size_t n, kvp_stream stream, bool wait) noexcept {
+  Cache* c = nullptr;
   try {
-    if (buf == nullptr) {
-      resize_for_write(block_buf_, block_.total);  // a memory store may have handed back less (or none)
-      buf = block_buf_.data();
-    }
-    fill_block(p, block_, BlockId{store_key(pg.key), store_key(pg.parent), pg.salt},
-               tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_), buf, stream,
-               "kvp_pool (writing an evicted page to the tiers)");
+    c = &cache(kWriteBackFn);
   } catch (...) {
-    count_tiers(now | queued, &kvp_pool_tier_stats::errors);  // the staging block stays free
-    return;
+    c = nullptr;  // every block fails to fill (counted)
   }
-  const StoreKey key = store_key(pg.key);
-  // The last synchronous tier may take block_buf_ itself (nothing else reads it afterwards).
-  const uint32_t adopt = queued == 0 ? 1u << (31 - __builtin_clz(now)) : 0;
+  const size_t group = write_group(c);
+  for (size_t i = 0; i < n; i += group) write_back_group(c, pages + i, std::min(group, n - i), stream, wait);
+}
+
+void Pool::write_back_group(Cache* c, const int32_t* pages, size_t n, kvp_stream stream, bool wait) noexcept {
+  struct Out {
+    uint32_t now = 0, queued = 0;  // the tiers lacking the block, by how they are written
+    uint8_t* buf = nullptr;        // where its block is filled: a staging block, or block_bufs_[j]
+    bool ok = false;               // filled
+  } out[kMaxBlockGroup];
+  size_t staged = 0;
+  for (size_t j = 0; j < n; ++j) {
+    Out& o = out[j];
+    for (uint32_t t = 0; t < num_tiers_; ++t)
+      if ((pages_[pages[j]].stored & (1u << t)) == 0) (tiers_[t].queued ? o.queued : o.now) |= 1u << t;
+    if (o.queued != 0) {
+      try {
+        o.buf = writer_->staging(wait, staged);
+      } catch (...) {
+        o.buf = nullptr;  // waiting failed (a system error): as good as no room
+      }
+      if (o.buf == nullptr) {
+        count_tiers(o.queued, &kvp_pool_tier_stats::dropped);
+        o.queued = 0;
+      } else {
+        ++staged;
+      }
+    }
+    if (o.buf != nullptr || o.now == 0) continue;
+    try {
+      resize_for_write(block_bufs_[j], block_.total);  // a memory store may have handed back less (or none)
+      o.buf = block_bufs_[j].data();
+    } catch (...) {
+      count_tiers(o.now, &kvp_pool_tier_stats::errors);
+      o.now = 0;
+    }
+  }
+  const auto id_of = [this](const Page& pg) { return BlockId{store_key(pg.key), store_key(pg.parent), pg.salt}; };
+  const auto tokens_of = [this](int32_t p) { return tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_); };
+  if (c != nullptr && c->device_type() == KVP_DEVICE_CPU) {  // cannot fail: on several threads
+    for_blocks(n, block_.total, [&](size_t j) {
+      if (out[j].buf == nullptr) return;
+      fill_host_block(*c, pages[j], block_, id_of(pages_[pages[j]]), tokens_of(pages[j]), out[j].buf);
+      out[j].ok = true;
+    });
+  } else if (c != nullptr) {
+    for (size_t j = 0; j < n; ++j) {
+      if (out[j].buf == nullptr) continue;
+      try {
+        fill_block(pages[j], block_, id_of(pages_[pages[j]]), tokens_of(pages[j]), out[j].buf, stream, kWriteBackFn);
+        out[j].ok = true;
+      } catch (...) {
+        out[j].ok = false;
+      }
+    }
+  }
+  bool submitting = true;  // staged blocks are submitted in order: one that is not ends the queueing
+  for (size_t j = 0; j < n; ++j) {
+    Out& o = out[j];
+    if (o.buf == nullptr) continue;
+    if (!o.ok) {
+      count_tiers(o.now | o.queued, &kvp_pool_tier_stats::errors);  // its staging block stays free
+      submitting = submitting && o.queued == 0;
+      continue;
+    }
+    Page& pg = pages_[pages[j]];
+    const StoreKey key = store_key(pg.key);
+    put_now(pg, key, o.now, o.queued == 0 ? &block_bufs_[j] : nullptr, o.buf);
+    if (o.queued == 0) continue;
+    bool queued = submitting;
+    if (queued) {
+      try {
+        writer_->submit(key, o.queued);
+      } catch (...) {
+        queued = false;
+      }
+    }
+    if (queued) {
+      pg.stored |= static_cast<uint8_t>(o.queued);
+    } else {
+      count_tiers(o.queued, &kvp_pool_tier_stats::errors);
+      submitting = false;
+    }
+  }
+}
+
+void Pool::put_now(Page& pg, const StoreKey& key, uint32_t now, HostBytes* adopt, const uint8_t* buf) noexcept {
+  const uint32_t last = now == 0 ? 0 : 1u << (31 - __builtin_clz(now));
   for (uint32_t t = 0; t < num_tiers_; ++t) {
     if ((now & (1u << t)) == 0) continue;
     Tier& tier = tiers_[t];
     try {
       Store& store = tier_store(tier, "kvp_pool (writing an evicted page to a tier)");
-      if ((1u << t) == adopt) store.put_adopt(key, block_buf_);
+      if ((1u << t) == last && adopt != nullptr) store.put_adopt(key, *adopt);
       else store.put(key, buf, block_.total);
       ++tier.st.blocks_written;
       tier.st.bytes_written += static_cast<int64_t>(block_.total);
@@ -201,13 +286,6 @@ void Pool::write_back(int32_t p, kvp_stream stream, bool wait) noexcept {
     } catch (...) {
       ++tier.st.errors;
     }
-  }
-  if (queued == 0) return;
-  try {
-    writer_->submit(key, queued);
-    pg.stored |= static_cast<uint8_t>(queued);
-  } catch (...) {
-    count_tiers(queued, &kvp_pool_tier_stats::errors);
   }
 }
 
@@ -242,8 +320,21 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
         piped = true;
         pipe = block_pipe();
       }
-      while (got < asked && found_[got] && restore_page(store, t, next + got, tokens, salt, shard, r, pipe.get()))
-        ++got;
+      const bool in_place = pipe == nullptr && store.blocks_in_memory();  // no pipe: a host cache
+      while (got < asked && found_[got]) {
+        if (!in_place) {
+          if (!restore_copied(store, t, next + got, tokens, salt, shard, r, pipe.get(),
+                              static_cast<int>((next + got) & 1)))
+            break;
+          ++got;
+          continue;
+        }
+        size_t n = 1;
+        while (n < kMaxBlockGroup && got + n < asked && found_[got + n]) ++n;
+        const size_t k = restore_in_place(store, t, next + got, n, tokens, salt, shard, r);
+        got += k;
+        if (k < n) break;
+      }
     } catch (...) {
       ++t.st.errors;
     }
@@ -271,16 +362,15 @@ HostPtr<HostPipe> Pool::block_pipe() const {
   return cache(fn).backend().host_pipe(fn, block_.total);
 }
 
-bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
-                        int32_t* r, HostPipe* pipe) {
+BlockId Pool::restore_id(size_t i, uint64_t salt) const noexcept {
+  return BlockId{tier_keys_[i], i == 0 ? store_key(Key128{}) : tier_keys_[i - 1], salt};
+}
+
+void Pool::finish_restore(int32_t p, const Tier& t, size_t i, const int32_t* tokens, uint64_t salt,
+                          int32_t* r) noexcept {
   const size_t S = static_cast<size_t>(page_size_);
-  const BlockId id{tier_keys_[i], i == 0 ? store_key(Key128{}) : tier_keys_[i - 1], salt};
-  const int32_t* want = tokens + i * S;
-  const bool in_place = pipe == nullptr && store.blocks_in_memory();  // no pipe: a host cache
-  const int32_t p = in_place ? restore_in_place(store, t, id, want, shard)
-                             : restore_copied(store, t, id, want, shard, pipe, static_cast<int>(i & 1));
-  if (p < 0) return false;
-  std::memcpy(tokens_ + static_cast<size_t>(p) * S, want, sizeof(int32_t) * S);
+  std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens + i * S, sizeof(int32_t) * S);
+  const BlockId id = restore_id(i, salt);
   Page& pg = pages_[p];
   pg.key = index_key(id.key);
   pg.parent = index_key(id.parent);
@@ -289,62 +379,77 @@ bool Pool::restore_page(Store& store, Tier& t, size_t i, const int32_t* tokens, 
   pg.stored = static_cast<uint8_t>(1u << (&t - tiers_));  // that tier holds it: not written there again
   index_insert(p);  // false only if another page holds the key (a collision): kept, not indexed
   r[i] = p;
-  return true;
 }
 
-int32_t Pool::restore_in_place(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard) {
+size_t Pool::restore_in_place(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
+                              uint32_t shard, int32_t* r) {
+  const size_t S = static_cast<size_t>(page_size_);
   Cache& c = cache("kvp_pool_add_sequence");
-  bool ok = false;
-  if (!store.read_in_place(id.key, true, [&](const uint8_t* block, size_t size) {
-        t.st.bytes_read += static_cast<int64_t>(size);
-        ok = block_check(block_, block, size, id, tokens) == nullptr;
-      }))
-    return -1;  // gone since exists
-  if (!ok) {
-    ++t.st.rejected;
-    return -1;
-  }
-  // The page after the check, outside the store's lock: taking it may evict a page into this
-  // store. The second look copies the block while summing it again (from the cache), so that a
-  // block replaced meanwhile is never restored unchecked.
-  const int32_t p = alloc_page(shard);
-  bool found = false;
-  try {
-    ok = false;
-    found = store.read_in_place(id.key, false, [&](const uint8_t* block, size_t size) {
+  size_t heads = 0;  // the blocks whose heads checked out
+  store.read_in_place([&](const auto& find) {
+    for (; heads < n; ++heads) {
+      const HostBytes* b = find(tier_keys_[i + heads], true);
+      if (b == nullptr) return;  // gone since exists
+      t.st.bytes_read += static_cast<int64_t>(b->size());
       BlockSum sum;
-      ok = block_check_head(block_, block, size, id, tokens, &sum) == nullptr && load_summed(c, block, p, sum);
+      if (block_check_head(block_, b->data(), b->size(), restore_id(i + heads, salt), tokens + (i + heads) * S, &sum) !=
+          nullptr) {
+        ++t.st.rejected;
+        return;
+      }
+    }
+  });
+  if (heads == 0) return 0;
+  int32_t* pages = r + i;
+  alloc_pages(shard, heads, pages);
+  uint8_t ok[kMaxBlockGroup] = {};
+  size_t seen = 0;  // the blocks still there (a store bound below a group's blocks drops some)
+  try {
+    store.read_in_place([&](const auto& find) {
+      const HostBytes* blocks[kMaxBlockGroup];
+      while (seen < heads && (blocks[seen] = find(tier_keys_[i + seen], false)) != nullptr) ++seen;
+      for_blocks(seen, block_.total, [&](size_t k) {
+        const HostBytes& b = *blocks[k];
+        BlockSum sum;
+        ok[k] = block_check_head(block_, b.data(), b.size(), restore_id(i + k, salt), tokens + (i + k) * S, &sum) ==
+                    nullptr &&
+                load_summed(c, b.data(), pages[k], sum);
+      });
     });
   } catch (...) {
-    release_page(p);
+    for (size_t k = heads; k-- > 0;) release_page(pages[k]);
     throw;
   }
-  if (ok) return p;
-  if (found) ++t.st.rejected;  // replaced by a bad block since the check (by another thread)
-  release_page(p);             // or dropped since: a store bound below two blocks
-  return -1;
+  size_t good = 0;
+  while (good < seen && ok[good]) ++good;
+  if (good < seen) ++t.st.rejected;  // damaged, or replaced by a bad block since the first look
+  for (size_t k = heads; k-- > good;) release_page(pages[k]);
+  for (size_t k = 0; k < good; ++k) finish_restore(pages[k], t, i + k, tokens, salt, r);
+  return good;
 }
 
-int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int32_t* tokens, uint32_t shard,
-                             HostPipe* pipe, int k) {
+bool Pool::restore_copied(Store& store, Tier& t, size_t i, const int32_t* tokens, uint64_t salt, uint32_t shard,
+                          int32_t* r, HostPipe* pipe, int k) {
   const char* fn = "kvp_pool_add_sequence";
   if (pipe != nullptr) pipe->wait(k);  // the upload of the page before last from this slot is done
   uint8_t* buf = pipe != nullptr ? pipe->slot(k) : read_buf_;
+  const BlockId id = restore_id(i, salt);
   size_t size = 0;
   try {
-    if (!store.get(id.key, buf, block_.total, &size)) return -1;  // gone since exists
+    if (!store.get(id.key, buf, block_.total, &size)) return false;  // gone since exists
   } catch (const error& e) {
     if (!block_fault(e.code())) throw;
     ++t.st.rejected;
-    return -1;
+    return false;
   }
   t.st.bytes_read += static_cast<int64_t>(size);
-  if (block_check(block_, buf, size, id, tokens) != nullptr) {
+  if (block_check(block_, buf, size, id, tokens + i * static_cast<size_t>(page_size_)) != nullptr) {
     ++t.st.rejected;
-    return -1;
+    return false;
   }
   Cache& c = cache(fn);
-  const int32_t p = alloc_page(shard);
+  int32_t p = -1;
+  alloc_pages(shard, 1, &p);
   try {
     const size_t pb = block_.page_bytes;
     for (int64_t l = 0; l < c.num_layers(); ++l) {
@@ -358,7 +463,8 @@ int32_t Pool::restore_copied(Store& store, Tier& t, const BlockId& id, const int
     release_page(p);
     throw;
   }
-  return p;
+  finish_restore(p, t, i, tokens, salt, r);
+  return true;
 }
 
 bool Pool::load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum sum) const noexcept {

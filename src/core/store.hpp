@@ -58,12 +58,13 @@ class Store {
   // Whether the store keeps its blocks in its own host memory (the memory store), so that
   // read_in_place serves them without a copy.
   virtual bool blocks_in_memory() const noexcept { return false; }
-  // Where blocks_in_memory(): calls read(data, size) with the block of k where it lies, under the
-  // store's lock (read must not throw or call the store); false on a miss (read not called). A
-  // `use` counts as a hit (or a miss) and makes the block the most recent, as get does; without
-  // it the look changes nothing (a second look at a block just used).
+  // Where blocks_in_memory(): calls look(find) under the store's lock, where find(k, use) is the
+  // block of k where it lies (a const HostBytes*), nullptr on a miss. A `use` counts as a hit (or a
+  // miss) and makes the block the most recent, as get does; without it the look changes nothing
+  // (a second look at a block just used). look must not throw or call the store; the blocks it
+  // found stay as they are until it returns.
   template <class F>
-  bool read_in_place(const StoreKey& k, bool use, F&& read);
+  void read_in_place(F&& look);
 
  protected:
   // What a shipped store holds (a plug-in: unknown, -1).
@@ -94,12 +95,13 @@ class Store {
 };
 
 template <class F>
-bool Store::read_in_place(const StoreKey& k, bool use, F&& read) {
+void Store::read_in_place(F&& look) {
   std::lock_guard<std::mutex> lock(mu_);
-  const HostBytes* block = do_find(k, use);
-  if (use) ++(block != nullptr ? hits_ : misses_);
-  if (block != nullptr) read(block->data(), block->size());
-  return block != nullptr;
+  look([this](const StoreKey& k, bool use) {
+    const HostBytes* block = do_find(k, use);
+    if (use) ++(block != nullptr ? hits_ : misses_);
+    return block;
+  });
 }
 
 // The order in which a shipped store lists its keys: a key gets the next number when it arrives

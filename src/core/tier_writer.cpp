@@ -44,12 +44,13 @@ void TierWriter::add_store(uint32_t tier, kvp_store* handle, uint64_t serial) no
   targets_[tier] = Target{handle, serial};
 }
 
-uint8_t* TierWriter::staging(bool wait) {
+uint8_t* TierWriter::staging(bool wait, size_t ahead) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (wait) done_.wait(lock, [this] { return count_ < slots_; });
-  if (count_ == slots_) return nullptr;
+  if (ahead >= slots_) return nullptr;
+  if (wait) done_.wait(lock, [this, ahead] { return count_ + ahead < slots_; });
+  if (count_ + ahead >= slots_) return nullptr;
   // Slots past the queued ones belong to the pool's thread until submit().
-  return ring_ + ((head_ + count_) % slots_) * block_bytes_;
+  return ring_ + ((head_ + count_ + ahead) % slots_) * block_bytes_;
 }
 
 void TierWriter::submit(const StoreKey& key, uint32_t tiers) {

@@ -36,12 +36,14 @@ class TierWriter {
 
   // Pool tier `tier` is the store behind `handle` (checked by its serial before every put).
   void add_store(uint32_t tier, kvp_store* handle, uint64_t serial) noexcept;
-  // A free staging block to fill, or nullptr when all are queued (wait = false), or once one is
-  // free (wait = true). The block stays the caller's until submit().
-  uint8_t* staging(bool wait);
-  // Queues the block staging() returned, to be put under `key` into the tiers of `tiers` (bit t:
-  // tier t, added with add_store).
+  // The free staging block `ahead` places after the next one to fill (ahead < slots()), or nullptr
+  // when there are not that many free (wait = false), or once there are (wait = true). The
+  // blocks stay the caller's until submitted, in order.
+  uint8_t* staging(bool wait, size_t ahead = 0);
+  // Queues the next staging block, to be put under `key` into the tiers of `tiers` (bit t: tier
+  // t, added with add_store).
   void submit(const StoreKey& key, uint32_t tiers);
+  size_t slots() const noexcept { return slots_; }
   // Waits until every block submitted so far has been put or has failed.
   void flush();
 

@@ -45,6 +45,7 @@
 #define MAXB 48 /* blocks a model store holds at most */
 #define NBASE 6 /* the prompts most prompts of a run with tiers start with */
 #define DIR_HEADER 48 /* a directory store's file header (kvp_store_create_directory) */
+#define MAX_BLOCK_GROUP 8 /* blocks a pool restores from a memory store at once (pool.h) */
 
 typedef struct mseq {
   int alive;
@@ -66,6 +67,7 @@ typedef struct mblock {
   int key_known;
   size_t size;       /* block bytes */
   int damaged;       /* overwritten with a block that fails the pool's check */
+  int head_bad;      /* ... in its head (size, header, token ids): checked before a page is taken */
   int disk_damaged;  /* its file flipped or cut behind the store's back */
 } mblock;
 
@@ -125,6 +127,7 @@ typedef struct model {
   size_t block_size;         /* the block format's size for this cache (docs/store-format.md) */
   int32_t base[NBASE][MAXL];
   int64_t restored, back_ops, held_gone;
+  int64_t group_pages, late_rejects; /* memory tiers: pages taken by groups of 2+ blocks, rejects after a take */
   /* recent prompts for prefix hits, and freed ids for stale checks */
   int32_t hist[8][MAXL];
   size_t hist_len[8];
@@ -380,6 +383,68 @@ static void settle_tiers(model *m, long op) {
       if (!m->tier[ti].b[j].key_known) fail_msg("op %ld: tier %d: block %d was written under no key learned", op, ti, j);
 }
 
+/* Restores pages [i, i + n) of s from a memory tier (the pool reads its blocks in place, a group
+ * of up to MAX_BLOCK_GROUP at a time): a first look makes each block the most recent and checks its
+ * head, ending the run at a missing block or a bad head before any page is taken; then a page is
+ * taken per block (free pages first, then the LRU heads, all written back before the first is
+ * evicted); the second look finds the blocks still there, and the first damaged one ends the run:
+ * its page and the ones after it are released (the evicted ones to the free set). Returns how many
+ * were restored. */
+static int m_restore_group(model *m, const mseq *s, mstore *t, int ti, int i, int n, const int32_t *row) {
+  int heads = 0;
+  for (; heads < n; ++heads) {
+    int j = b_find(t, s->salt, s->tok, (i + heads + 1) * m->S);
+    if (j < 0) break;
+    t->st.bytes_read += (int64_t)t->b[j].size;
+    j = b_touch(t, j);
+    if (t->b[j].head_bad) {
+      ++t->st.rejected;
+      break;
+    }
+  }
+  const int from_free = heads < m->nfree ? heads : m->nfree;
+  int evicted[MAX_BLOCK_GROUP];
+  for (int k = from_free; k < heads; ++k) evicted[k] = m->lru[k - from_free];
+  for (int k = from_free; k < heads; ++k) m_write_back(m, evicted[k]);
+  for (int k = from_free; k < heads; ++k) {
+    lru_erase(m, evicted[k]);
+    m->indexed[evicted[k]] = 0;
+    ++m->evictions;
+  }
+  int seen = 0, good = 0;
+  while (seen < heads && b_find(t, s->salt, s->tok, (i + seen + 1) * m->S) >= 0) ++seen;
+  while (good < seen && !t->b[b_find(t, s->salt, s->tok, (i + good + 1) * m->S)].damaged) ++good;
+  if (good < seen) {
+    ++t->st.rejected;
+    ++m->late_rejects;
+  }
+  if (heads > 1) m->group_pages += heads;
+  for (int k = 0; k < heads; ++k) {
+    const int32_t p = k < good ? row[i + k] : k < from_free ? -1 : evicted[k];
+    if (k < from_free && k < good) { /* one of the free pages */
+      if (!m->isfree[p]) fail_msg("pool restored into page %d which the model has not free", p);
+      m->isfree[p] = 0;
+      --m->nfree;
+    } else if (k >= from_free && p != evicted[k]) {
+      fail_msg("pool restored into page %d, the model expected evicted page %d", p, evicted[k]);
+    }
+    if (k >= good) { /* released: an evicted page is free now, a free one stays free */
+      if (k >= from_free) {
+        m->isfree[p] = 1;
+        ++m->nfree;
+      }
+      continue;
+    }
+    assert_int_equal(m->ref[p], 0);
+    m->ref[p] = 1;
+    const int plen = (i + k + 1) * m->S;
+    m_index(m, s, p, plen);
+    m->held[p] = 1u << ti;
+    m->pblock[p] = t->b[b_find(t, s->salt, s->tok, plen)];
+  }
+  return good;
+}
+
 /* kvp_pool_add_sequence after its in-memory match (pool.h, "Storage tiers"): the prompt's pages
  * [from, max_hits) are asked of each tier in turn (one exists), then read while they were found,
  * are still there and check out; each restored page takes a fresh page, row[i], and is indexed.
@@ -392,6 +457,14 @@ static int m_restore(model *m, const mseq *s, int from, int max_hits, const int3
     int found[MAXL], got = 0;
     for (int j = 0; j < asked; ++j) found[j] = b_find(t, s->salt, s->tok, (next + j + 1) * m->S) >= 0;
     while (got < asked && found[got]) {
+      if (!t->queued) { /* a shipped memory store: read in place, by groups */
+        int n = 1;
+        while (n < MAX_BLOCK_GROUP && got + n < asked && found[got + n]) ++n;
+        const int k = m_restore_group(m, s, t, ti, next + got, n, row);
+        got += k;
+        if (k < n) break;
+        continue;
+      }
       const int i = next + got, plen = (i + 1) * m->S;
       int j = b_find(t, s->salt, s->tok, plen);
       if (j < 0) break; /* dropped since the exists, by the write-back of an eviction */
@@ -535,8 +608,11 @@ static void op_behind(model *m) {
     mblock b = t->b[j];
     if (kind == 2 && size > 1) {
       b.size = (size_t)kvp_test_rand_range(&m->rng, 1, (int64_t)size - 1);
+      b.head_bad = 1;
     } else {
-      buf[kvp_test_rand_range(&m->rng, 0, (int64_t)size - 1)] ^= (uint8_t)kvp_test_rand_range(&m->rng, 1, 255);
+      const size_t at = (size_t)kvp_test_rand_range(&m->rng, 0, (int64_t)size - 1);
+      buf[at] ^= (uint8_t)kvp_test_rand_range(&m->rng, 1, 255);
+      b.head_bad = at < 72 + 4 * (size_t)m->S; /* the header or the token ids, else the checksum's bytes */
     }
     b.damaged = 1;
     assert_kvp_ok(kvp_store_put(t->inner, &b.key, buf, b.size));
@@ -1014,6 +1090,13 @@ static void run_model(run_spec r) {
     printf("#   %lld evicted pages not rewritten to the tier they came from, which had dropped them\n",
            (long long)m->held_gone);
     assert_true(m->restored > 50 && rejected > 0 && errors > 0 && m->back_ops > 100 && m->held_gone > 0);
+    int in_place = 0;
+    for (int ti = 0; ti < m->ntiers; ++ti) in_place |= !m->tier[ti].queued;
+    if (in_place) {
+      printf("#   memory tiers: %lld pages taken by groups of several blocks, %lld blocks rejected after a take\n",
+             (long long)m->group_pages, (long long)m->late_rejects);
+      assert_true(m->group_pages > 0 && m->late_rejects > 0);
+    }
   }
   while (live_count(m) > 0) op_free(m);
   compare(m, num_ops);

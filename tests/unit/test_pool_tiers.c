@@ -370,6 +370,82 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   assert_int_equal(m.destroys, 1);
 }
 
+/* Flips one byte, `from_end` bytes before the end, of the block a memory store holds for the page
+ * whose token ids are page_tokens (ps of them, at offset 72 of a block), and puts it back. */
+static void damage_stored_page(kvp_store *s, const int32_t *page_tokens, size_t ps, size_t from_end) {
+  kvp_store_key keys[64];
+  uint64_t cursor = 0;
+  size_t n = 0, size = 0;
+  assert_kvp_ok(kvp_store_list(s, &cursor, keys, 64, &n));
+  assert_int_equal(cursor, 0);
+  for (size_t i = 0; i < n; ++i) {
+    assert_kvp_ok(kvp_store_get(s, &keys[i], NULL, 0, &size) == KVP_ERR_BUFFER_TOO_SMALL ? KVP_OK : KVP_ERR_INTERNAL);
+    uint8_t *b = (uint8_t *)test_malloc(size);
+    assert_kvp_ok(kvp_store_get(s, &keys[i], b, size, &size));
+    if (memcmp(b + 72, page_tokens, ps * sizeof(int32_t)) == 0) {
+      b[size - from_end] ^= 0x10;
+      assert_kvp_ok(kvp_store_put(s, &keys[i], b, size));
+      test_free(b);
+      return;
+    }
+    test_free(b);
+  }
+  fail_msg("the store holds no block of that page");
+}
+
+/* Blocks of half a MiB (2 layers, 8 heads x 128, page 32, f32): a memory tier restores them a
+ * group at a time, copied and checked on the library's threads. All six pages of a prompt come
+ * back; then a byte flipped in the layer bytes of page 3's block ends the restore there: pages 0
+ * to 2 are restored, the pages taken for pages 3 to 5 are released, the rest is recomputed, and
+ * no wrong byte is in the cache. */
+static void test_pool_tiers__memory_tier_restores_groups_of_large_blocks(void **state) {
+  (void)state;
+  enum { BPS = 32, BNP = 10, A_LEN = 6 * BPS + 1, B_LEN = 9 * BPS };
+  kvp_config cfg = kvp_test_config_len(2, 8, 128, BPS, BNP, KVP_DTYPE_F32, KVP_LAYOUT_V3, 512);
+  kvp_cache *c = NULL;
+  kvp_store *ms = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  assert_kvp_ok(kvp_store_create_memory(64 << 20, NULL, &ms));
+  kvp_pool *p = make_pool(c, ms);
+  int32_t a[A_LEN], b[B_LEN];
+  prompt(a, A_LEN, 1000);
+  prompt(b, B_LEN, 7000);
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, A_LEN, 3, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, B_LEN, 3, 0, NULL)));
+  assert_int_equal(tier(p, 0).blocks_written, 6); /* A's six full pages, evicted for B */
+
+  size_t reused = 0;
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, A_LEN, 3, 0, &reused);
+  assert_int_equal(reused, 6 * BPS);
+  kvp_test_expect_prompt_kv(p, c, s, a, 6);
+  kvp_pool_tier_stats st = tier(p, 0);
+  assert_int_equal(st.hits, 6);
+  assert_int_equal(st.rejected, 0);
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, B_LEN, 3, 0, NULL)));
+
+  damage_stored_page(ms, a + 3 * BPS, BPS, 100);
+  st = tier(p, 0); /* B came back from the tier too */
+  kvp_pool_stats before = KVP_POOL_STATS_INIT;
+  assert_kvp_ok(kvp_pool_get_stats(p, &before));
+  s = kvp_test_run_prompt(p, c, a, A_LEN, 3, 0, &reused);
+  assert_int_equal(reused, 3 * BPS);
+  const kvp_pool_tier_stats st2 = tier(p, 0);
+  assert_int_equal(st2.hits - st.hits, 3);
+  assert_int_equal(st2.rejected - st.rejected, 1);
+  kvp_test_expect_prompt_kv(p, c, s, a, 6); /* pages 3 to 5 recomputed */
+  kvp_pool_stats after = KVP_POOL_STATS_INIT;
+  assert_kvp_ok(kvp_pool_get_stats(p, &after));
+  assert_int_equal(after.used_pages, 7);
+  /* six pages taken for the group, three given back and taken again, one more for the last token */
+  assert_int_equal(after.evictions - before.evictions, 7 - before.free_pages);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(ms));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 static void remove_dir(const char *dir) {
   DIR *d = opendir(dir);
   if (d == NULL) return;
@@ -1047,6 +1123,7 @@ int main(void) {
       T(test_pool_tiers__every_tier_receives_evictions),
       T(test_pool_tiers__flush_cached_fills_every_tier),
       cmocka_unit_test(test_pool_tiers__flush_cached_skips_blocks_a_tier_holds),
+      cmocka_unit_test(test_pool_tiers__memory_tier_restores_groups_of_large_blocks),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
