@@ -696,12 +696,13 @@ KVP_API kvp_status KVP_CALL kvp_pool_flush_tiers(kvp_pool *pool, uint32_t flags)
  *         every token of the sequence is computed (the message gives both counts).
  * @retval KVP_ERR_NOT_FOUND `seq` is unknown or stale.
  * @retval KVP_ERR_BUFFER_TOO_SMALL `capacity` is below the blob's size; nothing written to `dst`.
- * @retval KVP_ERR_OUT_OF_MEMORY No memory for a page's token ids.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the pages' token ids and keys.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A device copy failed.
  * @ownership Borrows `dst` for the call.
  * @threadsafety Must not race with other calls on the same pool or that write the sequence's pages.
  * @stream CUDA caches: each page is copied to the host on the legacy default stream, synchronously.
+ *         CPU caches: the blocks are filled on the library's threads.
  * @since 1.5
  */
 KVP_API kvp_status KVP_CALL kvp_pool_save_sequence(kvp_pool *pool, kvp_seq_id seq, void *dst, size_t capacity,
@@ -771,7 +772,7 @@ KVP_API kvp_status KVP_CALL kvp_pool_save_sequence_to_file(kvp_pool *pool, kvp_s
  *         keys, salt, geometry or padding do not match (the message names the block).
  * @retval KVP_ERR_OUT_OF_PAGES Fewer free plus evictable pages in the shard than the pages not
  *         shared, or every sequence slot is in use.
- * @retval KVP_ERR_OUT_OF_MEMORY No memory for the token ids.
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the token ids and keys.
  * @retval KVP_ERR_DEVICE_LOST The cache has a pending asynchronous error.
  * @retval KVP_ERR_DEVICE A device copy failed: the pages taken are returned, but cached pages
  *         evicted for them have left the prefix index (as a failed copy-on-write). Every
@@ -779,6 +780,7 @@ KVP_API kvp_status KVP_CALL kvp_pool_save_sequence_to_file(kvp_pool *pool, kvp_s
  * @ownership Borrows `src` for the call.
  * @threadsafety Must not race with other calls on the same pool or that use its cache's pages.
  * @stream CUDA caches: each page is copied to the device on the legacy default stream, synchronously.
+ *         CPU caches: the blocks are checked and copied on the library's threads.
  * @since 1.5
  */
 KVP_API kvp_status KVP_CALL kvp_pool_restore_sequence(kvp_pool *pool, const void *src, size_t size, uint32_t flags,

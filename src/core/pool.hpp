@@ -271,10 +271,10 @@ class Pool {
   // Per-sequence save and restore (core/pool_sequence_io.cpp).
   // The sequence in slot `slot` for a save: every token computed, its blocks' shape (throws).
   BlockShape saved_shape(uint32_t slot, const char* function) const;
-  // Writes the block of page i of the sequence in `slot` into `block`; `parent` is the key of
-  // page i-1 (zero for page 0) and becomes page i's; `pad` holds page_size_ token ids.
-  void seal_page(uint32_t slot, size_t i, const BlockShape& bs, Key128& parent, int32_t* pad, uint8_t* block,
-                 const char* function);
+  // The id of the block of page i of the sequence in `slot`, its token ids written to `pad`
+  // (page_size_ of them, zero past the sequence's end); `parent` is the key of page i-1 (zero for
+  // page 0) and becomes page i's.
+  BlockId saved_page_id(uint32_t slot, size_t i, const BlockShape& bs, Key128& parent, int32_t* pad);
   // Checks every block of a blob whose header checked out, gathering the token ids (num_blocks
   // pages of them, the last page's tail zero) into `tokens`. Throws FORMAT_* naming the block.
   void check_blocks(const uint8_t* blocks, const BlockShape& bs, uint64_t num_tokens, uint64_t salt, int32_t* tokens,

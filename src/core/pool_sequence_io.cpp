@@ -16,6 +16,8 @@
 #include "util/atomic_file.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
+#include "util/nontemporal.hpp"
+#include "util/thread_pool.hpp"
 
 namespace kvp::detail {
 namespace {
@@ -134,8 +136,7 @@ BlockShape Pool::saved_shape(uint32_t slot, const char* fn) const {
   return block_shape(c);
 }
 
-void Pool::seal_page(uint32_t slot, size_t i, const BlockShape& bs, Key128& parent, int32_t* pad, uint8_t* block,
-                     const char* fn) {
+BlockId Pool::saved_page_id(uint32_t slot, size_t i, const BlockShape& bs, Key128& parent, int32_t* pad) {
   const Seq& s = seqs_[slot];
   const size_t S = static_cast<size_t>(page_size_);
   const int32_t p = row(slot)[i];
@@ -146,8 +147,8 @@ void Pool::seal_page(uint32_t slot, size_t i, const BlockShape& bs, Key128& pare
   const Key128 key = compute_key(parent, pad, s.salt);
   const BlockId id{StoreKey{key.lo ^ mask.lo, key.hi ^ mask.hi}, StoreKey{parent.lo ^ mask.lo, parent.hi ^ mask.hi},
                    s.salt};
-  fill_block(p, bs, id, pad, block, nullptr, fn);
   parent = key;
+  return id;
 }
 
 void Pool::save_sequence(kvp_seq_id id, void* dst, size_t capacity, size_t* size_out) {
@@ -162,12 +163,24 @@ void Pool::save_sequence(kvp_seq_id id, void* dst, size_t capacity, size_t* size
   *size_out = size;
   if (capacity < size)
     fail(KVP_ERR_BUFFER_TOO_SMALL, "%s: the sequence's blob takes %zu bytes but capacity is %zu", fn, size, capacity);
-  HostVector<int32_t> pad(static_cast<size_t>(page_size_), alloc_);
+  // The keys are a chain (page by page); the blocks are then filled on the library's threads.
+  const size_t np = pages_of(s.length, bs.page_size), S = static_cast<size_t>(page_size_);
+  HostVector<int32_t> pad(np * S, alloc_);
+  HostVector<BlockId> ids(np, alloc_);
+  Key128 parent{};
+  for (size_t i = 0; i < np; ++i) ids[i] = saved_page_id(slot, i, bs, parent, pad.data() + i * S);
   auto* out = static_cast<uint8_t*>(dst);
   write_seq_header(out, bs, s.salt, s.length);
-  Key128 parent{};
-  for (size_t i = 0; i < pages_of(s.length, bs.page_size); ++i)
-    seal_page(slot, i, bs, parent, pad.data(), out + kSeqHeaderBytes + i * bs.total, fn);
+  uint8_t* blocks = out + kSeqHeaderBytes;
+  const int32_t* r = row(slot);
+  Cache& c = cache(fn);
+  if (c.device_type() != KVP_DEVICE_CPU) {
+    for (size_t i = 0; i < np; ++i) fill_block(r[i], bs, ids[i], pad.data() + i * S, blocks + i * bs.total, nullptr, fn);
+    return;
+  }
+  parallel_for_bytes(np, bs.total, [&](size_t i) {
+    fill_host_block(c, r[i], bs, ids[i], pad.data() + i * S, blocks + i * bs.total);
+  });
 }
 
 void Pool::save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags) {
@@ -187,7 +200,8 @@ void Pool::save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags
   file.write(header, sizeof header);
   Key128 parent{};
   for (size_t i = 0; i < pages_of(s.length, bs.page_size); ++i) {
-    seal_page(slot, i, bs, parent, pad.data(), block.data(), fn);
+    const BlockId pid = saved_page_id(slot, i, bs, parent, pad.data());
+    fill_block(row(slot)[i], bs, pid, pad.data(), block.data(), nullptr, fn);
     file.write(block.data(), block.size());
   }
   file.commit((flags & KVP_POOL_SAVE_FLAG_NO_SYNC) != 0 ? AtomicFile::Sync::kUnsynced : AtomicFile::Sync::kSynced);
@@ -200,22 +214,32 @@ void Pool::check_blocks(const uint8_t* blocks, const BlockShape& bs, uint64_t nu
                         int32_t* tokens, const char* fn) {
   const size_t S = bs.page_size, n = static_cast<size_t>(num_tokens), num_blocks = pages_of(n, S);
   const StoreKey mask = store_key_mask(bs.fingerprint);
+  // The token ids and the key chain page by page, then the blocks checked on the library's
+  // threads; the first failure in block order is reported (a bad tail is block num_blocks-1's).
+  HostVector<BlockId> ids(num_blocks, alloc_);
+  HostVector<const char*> why(num_blocks, nullptr, alloc_);
+  size_t tail_row = S;  // the row of the last block's first non-zero id past the tokens
   Key128 parent{};
   for (size_t i = 0; i < num_blocks; ++i) {
-    const uint8_t* b = blocks + i * bs.total;
     int32_t* t = tokens + i * S;
-    std::memcpy(t, b + kBlockTokensOffset, sizeof(int32_t) * S);
-    for (size_t j = std::min(S, n - i * S); j < S; ++j)
-      if (t[j] != 0)
-        fail(KVP_ERR_FORMAT_CORRUPT, "%s: block %zu of the sequence blob (its last) holds token id %d at row %zu, past "
-             "the sequence's %zu tokens, where 0 belongs", fn, i, t[j], j, n);
+    std::memcpy(t, blocks + i * bs.total + kBlockTokensOffset, sizeof(int32_t) * S);
+    for (size_t j = std::min(S, n - i * S); j < S && tail_row == S; ++j)
+      if (t[j] != 0) tail_row = j;
     const Key128 key = compute_key(parent, t, salt);
-    const BlockId id{StoreKey{key.lo ^ mask.lo, key.hi ^ mask.hi}, StoreKey{parent.lo ^ mask.lo, parent.hi ^ mask.hi},
+    ids[i] = BlockId{StoreKey{key.lo ^ mask.lo, key.hi ^ mask.hi}, StoreKey{parent.lo ^ mask.lo, parent.hi ^ mask.hi},
                      salt};
-    if (const char* why = block_check(bs, b, bs.total, id, t))
-      fail(block_status(why), "%s: block %zu of %zu of the sequence blob does not check out: its %s", fn, i,
-           num_blocks, why);
     parent = key;
+  }
+  parallel_for_bytes(num_blocks, bs.total, [&](size_t i) {
+    why[i] = block_check(bs, blocks + i * bs.total, bs.total, ids[i], tokens + i * S);
+  });
+  for (size_t i = 0; i < num_blocks; ++i) {
+    if (i + 1 == num_blocks && tail_row < S)
+      fail(KVP_ERR_FORMAT_CORRUPT, "%s: block %zu of the sequence blob (its last) holds token id %d at row %zu, past "
+           "the sequence's %zu tokens, where 0 belongs", fn, i, tokens[i * S + tail_row], tail_row, n);
+    if (why[i] != nullptr)
+      fail(block_status(why[i]), "%s: block %zu of %zu of the sequence blob does not check out: its %s", fn, i,
+           num_blocks, why[i]);
   }
 }
 
@@ -270,14 +294,22 @@ kvp_seq_id Pool::restore_sequence(const void* src, size_t size, uint32_t flags, 
   }
   alloc_pages(shard, need - m.hits, r + m.hits);
   s.length = need * S;  // what a failure below releases
+  const bool host = c.device_type() == KVP_DEVICE_CPU;
+  const auto load = [&](size_t i) {
+    const int32_t p = r[i];
+    const uint8_t* b = blocks + i * bs.total;
+    for (int64_t l = 0; l < c.num_layers(); ++l) {
+      uint8_t* dst = c.layer_data(l) + static_cast<size_t>(p) * bs.page_bytes;
+      if (host) copy_nontemporal(dst, bs.layer(b, l), bs.page_bytes);  // not read back soon
+      else c.backend().copy_from_host(dst, bs.layer(b, l), bs.page_bytes, nullptr, true, fn);
+    }
+    std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens.data() + i * S, sizeof(int32_t) * S);
+  };
   try {
-    for (size_t i = m.hits; i < need; ++i) {
-      const int32_t p = r[i];
-      const uint8_t* b = blocks + i * bs.total;
-      for (int64_t l = 0; l < c.num_layers(); ++l)
-        c.backend().copy_from_host(c.layer_data(l) + static_cast<size_t>(p) * bs.page_bytes,
-                                   bs.layer(b, l), bs.page_bytes, nullptr, true, fn);
-      std::memcpy(tokens_ + static_cast<size_t>(p) * S, tokens.data() + i * S, sizeof(int32_t) * S);
+    if (host) {  // pages on the library's threads
+      parallel_for_bytes(need - m.hits, bs.total, [&](size_t k) { load(m.hits + k); });
+    } else {
+      for (size_t i = m.hits; i < need; ++i) load(i);
     }
   } catch (...) {
     free_sequence(id);

@@ -27,15 +27,6 @@ bool block_fault(kvp_status code) noexcept {
 
 constexpr const char* kWriteBackFn = "kvp_pool (writing an evicted page to the tiers)";
 
-// Runs f(j) for every block j in [0, n) of `block_bytes` each: on several threads of the
-// library's pool when there is enough to copy to pay for waking them (f must not throw).
-template <class F>
-void for_blocks(size_t n, size_t block_bytes, F&& f) {
-  const bool worth = n > 1 && n * block_bytes >= (size_t{1} << 20);
-  const int threads = worth ? static_cast<int>(std::min<size_t>(n, ThreadPool::instance().max_threads())) : 1;
-  parallel_for(static_cast<int64_t>(n), threads, [&f](int64_t j) { f(static_cast<size_t>(j)); });
-}
-
 }  // namespace
 
 StoreKey Pool::store_key(const Key128& k) const noexcept { return StoreKey{k.lo ^ key_mask_.lo, k.hi ^ key_mask_.hi}; }
@@ -225,7 +216,7 @@ void Pool::write_back_group(Cache* c, const int32_t* pages, size_t n, kvp_stream
   const auto id_of = [this](const Page& pg) { return BlockId{store_key(pg.key), store_key(pg.parent), pg.salt}; };
   const auto tokens_of = [this](int32_t p) { return tokens_ + static_cast<size_t>(p) * static_cast<size_t>(page_size_); };
   if (c != nullptr && c->device_type() == KVP_DEVICE_CPU) {  // cannot fail: on several threads
-    for_blocks(n, block_.total, [&](size_t j) {
+    parallel_for_bytes(n, block_.total, [&](size_t j) {
       if (out[j].buf == nullptr) return;
       fill_host_block(*c, pages[j], block_, id_of(pages_[pages[j]]), tokens_of(pages[j]), out[j].buf);
       out[j].ok = true;
@@ -408,7 +399,7 @@ size_t Pool::restore_in_place(Store& store, Tier& t, size_t i, size_t n, const i
     store.read_in_place([&](const auto& find) {
       const HostBytes* blocks[kMaxBlockGroup];
       while (seen < heads && (blocks[seen] = find(tier_keys_[i + seen], false)) != nullptr) ++seen;
-      for_blocks(seen, block_.total, [&](size_t k) {
+      parallel_for_bytes(seen, block_.total, [&](size_t k) {
         const HostBytes& b = *blocks[k];
         BlockSum sum;
         ok[k] = block_check_head(block_, b.data(), b.size(), restore_id(i + k, salt), tokens + (i + k) * S, &sum) ==

@@ -103,4 +103,17 @@ void parallel_for(int64_t n, int threads, F&& f) {
   if (ctx.err) std::rethrow_exception(ctx.err);
 }
 
+// Runs f(i) for every i in [0, n), items of about `bytes_each` bytes of memory traffic each: on
+// up to all of the pool's threads (one item per chunk) when there is enough work to pay for
+// waking them (1 MiB in all), else on the caller's thread alone. f as for parallel_for.
+template <class F>
+void parallel_for_bytes(size_t n, size_t bytes_each, F&& f) {
+  const bool worth = n > 1 && bytes_each > 0 && n >= (size_t{1} << 20) / bytes_each;
+  const int threads = worth ? static_cast<int>(n < static_cast<size_t>(ThreadPool::instance().max_threads())
+                                                   ? n
+                                                   : static_cast<size_t>(ThreadPool::instance().max_threads()))
+                            : 1;
+  parallel_for(static_cast<int64_t>(n), threads, [&f](int64_t i) { f(static_cast<size_t>(i)); });
+}
+
 }  // namespace kvp::detail
