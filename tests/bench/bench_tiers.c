@@ -210,15 +210,51 @@ static double write_file(const char *file, int64_t pages, size_t block, const ui
   return bench_now_s() - t0;
 }
 
-/* The disk's own speed: `pages` writes of `block` bytes to one new file (fsync after each with
- * --sync; with --sync also streamed, one fsync at the end: *stream_s), then reading it back the
- * same way. */
-static void file_baseline(const run *r, int64_t pages, size_t block, uint8_t *buf, const char *path, double *write_s,
-                          double *stream_s, double *read_s) {
+/* Seconds for `pages` new files of `block` bytes each in a new directory under `path`, each
+ * written under a temporary name and renamed (the directory store's layout: one file per block,
+ * replaced atomically), with an fsync of each file and of the directory after each rename when
+ * `sync`. The files are removed afterwards (not timed). */
+static double write_files(const char *path, int64_t pages, size_t block, const uint8_t *buf, int sync_each) {
+  char dir[4096], tmp[4200], name[4200];
+  snprintf(dir, sizeof dir, "%s/files", path);
+  if (mkdir(dir, 0777) != 0) {
+    perror(dir);
+    exit(1);
+  }
+  sync();
+  const double t0 = bench_now_s();
+  const int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  for (int64_t i = 0; i < pages; ++i) {
+    snprintf(tmp, sizeof tmp, "%s/.tmp%lld", dir, (long long)i);
+    snprintf(name, sizeof name, "%s/b%lld", dir, (long long)i);
+    const int fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, buf, block) != (ssize_t)block || (sync_each && fsync(fd) != 0) || close(fd) != 0 ||
+        rename(tmp, name) != 0 || (sync_each && fsync(dfd) != 0)) {
+      perror(tmp);
+      exit(1);
+    }
+  }
+  close(dfd);
+  const double t = bench_now_s() - t0;
+  remove_files(dir);
+  rmdir(dir);
+  return t;
+}
+
+/* The disk's own speed, in seconds for the same bytes: `pages` writes of `block` bytes to one
+ * new file (an fsync after each with --sync; with --sync also streamed, one fsync at the end),
+ * the same bytes as one file per block (write_files), and reading the one file back. */
+typedef struct file_times {
+  double write, stream, files, read;
+} file_times;
+
+static file_times file_baseline(const run *r, int64_t pages, size_t block, uint8_t *buf, const char *path) {
   char file[4096];
   snprintf(file, sizeof file, "%s/baseline.bin", path);
-  *stream_s = r->sync ? write_file(file, pages, block, buf, 0, 1) : 0;
-  *write_s = write_file(file, pages, block, buf, r->sync, 0);
+  file_times t;
+  t.stream = r->sync ? write_file(file, pages, block, buf, 0, 1) : 0;
+  t.files = write_files(path, pages, block, buf, r->sync);
+  t.write = write_file(file, pages, block, buf, r->sync, 0);
   const double t1 = bench_now_s();
   int fd = open(file, O_RDONLY | O_CLOEXEC);
   for (int64_t i = 0; i < pages; ++i)
@@ -227,9 +263,9 @@ static void file_baseline(const run *r, int64_t pages, size_t block, uint8_t *bu
       exit(1);
     }
   close(fd);
-  double t2 = bench_now_s();
+  t.read = bench_now_s() - t1;
   unlink(file);
-  *read_s = t2 - t1;
+  return t;
 }
 
 static double gbs(uint64_t bytes, double s) { return (double)bytes / s / 1e9; }
@@ -302,7 +338,7 @@ static void bench_page_size(const run *r, int64_t S) {
   double copy = 1e9;
   const pool_times none = {1e9, 1e9, 1e9};
   pool_times pt[2][2] = {{none, none}, {none, none}};
-  double put[2] = {1e9, 1e9}, get[2] = {1e9, 1e9}, fw = 1e9, fws = 1e9, fr = 1e9;
+  double put[2] = {1e9, 1e9}, get[2] = {1e9, 1e9}, fw = 1e9, fws = 1e9, ff = 1e9, fr = 1e9;
   kvp_store *stores[2];
   char path[4096];
   snprintf(path, sizeof path, "%s/bench_tiers.%d", r->dir, (int)getpid());
@@ -333,11 +369,11 @@ static void bench_page_size(const run *r, int64_t S) {
       if (e < put[d]) put[d] = e;
       if (s2 < get[d]) get[d] = s2;
     }
-    double w, ws, rd;
-    file_baseline(r, pages, page, src, path, &w, &ws, &rd);
-    if (w < fw) fw = w;
-    if (ws < fws) fws = ws;
-    if (rd < fr) fr = rd;
+    const file_times ft = file_baseline(r, pages, page, src, path);
+    if (ft.write < fw) fw = ft.write;
+    if (ft.stream < fws) fws = ft.stream;
+    if (ft.files < ff) ff = ft.files;
+    if (ft.read < fr) fr = ft.read;
   }
   check(kvp_store_destroy(stores[0]), "store_destroy");
   check(kvp_store_destroy(stores[1]), "store_destroy");
@@ -356,6 +392,10 @@ static void bench_page_size(const run *r, int64_t S) {
     if (d && r->sync)
       printf("  file write streamed (one fsync at the end): %6.2f GB/s; directory offload against it: %.2f / %.2f "
              "(empty / steady)\n", gbs(bytes, fws), fws / pt[d][0].offload, r->reps > 1 ? fws / pt[d][1].offload : 0.0);
+    if (d)
+      printf("  one new file per block (write, rename%s): %6.2f GB/s; directory offload against it: %.2f / %.2f "
+             "(empty / steady)\n", r->sync ? ", fsyncs" : "", gbs(bytes, ff), ff / pt[d][0].offload,
+             r->reps > 1 ? ff / pt[d][1].offload : 0.0);
     printf("  %s store, through the pool%s:\n", d ? "directory" : "memory",
            d ? "" : " (in parentheses after the ratio to memcpy: the ratio to memcpy on the same threads)");
     for (int full = 0; full < 2 && full < r->reps; ++full) {
