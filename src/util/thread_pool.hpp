@@ -1,5 +1,5 @@
 // The library's one CPU runtime: a process-wide work-sharing thread pool over POSIX threads, used
-// by every parallel CPU path (concatenate, serialization, attention).
+// by every parallel CPU path (concatenate, serialization, attention, the pool's block copies).
 //
 // The caller publishes a job of `n` chunks, wakes up to `helpers` pool threads and works on the
 // chunks itself; chunks are claimed from an atomic counter. The caller returns as soon as every
