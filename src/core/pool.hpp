@@ -266,7 +266,7 @@ class Pool {
   void finish_restore(int32_t p, const Tier& t, size_t i, const int32_t* tokens, uint64_t salt, int32_t* r) noexcept;
   // Copies the layers of a block whose head checked out (sum: its checksum so far) into page p of
   // host cache c, adding them to the checksum; whether the block's checksum holds.
-  bool load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum sum) const noexcept;
+  bool load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum& sum) const noexcept;
 
   // Per-sequence save and restore (core/pool_sequence_io.cpp).
   // The sequence in slot `slot` for a save: every token computed, its blocks' shape (throws).

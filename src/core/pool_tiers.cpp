@@ -458,7 +458,7 @@ bool Pool::restore_copied(Store& store, Tier& t, size_t i, const int32_t* tokens
   return true;
 }
 
-bool Pool::load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum sum) const noexcept {
+bool Pool::load_summed(Cache& c, const uint8_t* block, int32_t p, BlockSum& sum) const noexcept {
   const size_t pb = block_.page_bytes;
   for (int64_t l = 0; l < c.num_layers(); ++l)
     copy_summed(c.layer_data(l) + static_cast<size_t>(p) * pb, block_.layer(block, l), pb, sum);
