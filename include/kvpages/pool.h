@@ -124,7 +124,7 @@ typedef struct kvp_pool_options {
   uint32_t max_sequences;              /**< Live sequences at most, 1 … 1048575; 0 = the config's `max_num_reqs` if > 0, else its `get_max_num_seqs()` (a 128k-entry page-table budget). */
   uint32_t flags;                      /**< `KVP_POOL_FLAG_*`. */
   const kvp_host_allocator *allocator; /**< Host allocator for the pool's memory (borrowed, must outlive the pool); NULL = built-in. */
-  uint64_t write_queue_bytes;          /**< Since 1.5 (abi_version 2): bytes of staging blocks queued for a tier 0 whose writes are asynchronous (kvp_pool_add_store()); at least one block is queued whatever the value; 0 = 64 MiB. */
+  uint64_t write_queue_bytes;          /**< Since 1.5 (abi_version 2): bytes of staging blocks queued for the tiers whose writes are asynchronous (kvp_pool_add_store()); at least one block is queued whatever the value; 0 = 64 MiB. */
 } kvp_pool_options;
 
 /** Static initialiser: all defaults. */
@@ -579,7 +579,7 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  * reported by the evicting call. Every tier is read by kvp_pool_add_sequence().
  *
  * The first tier added allocates two block buffers (the pages' bytes in every layer, plus a
- * header), the prompt's keys and, for an asynchronous tier 0, the write queue from the pool's
+ * header), the prompt's keys and, with the first asynchronous tier, the write queue from the pool's
  * allocator; evictions into a memory store on a CPU cache use up to one block buffer per thread
  * of the library's pool (allocated when first needed, then recycled with the store's memory).
  *

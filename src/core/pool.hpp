@@ -92,7 +92,7 @@ class Pool {
     uint32_t m = 0;  // max sequences
     uint32_t dp = 1; // data-parallel shards
     bool prefix = true;
-    uint64_t write_queue_bytes = 0;  // staging for a slow tier 0 (kvp_pool_options, 0 = default)
+    uint64_t write_queue_bytes = 0;  // staging for the slow tiers (kvp_pool_options, 0 = default)
   };
   static Shape shape_of(const Cache& cache, const kvp_pool_options& o, const char* function);
 

@@ -96,7 +96,7 @@ class Pool(Handle):
         o = kvp_pool_options()
         check(lib.kvp_pool_options_init(ctypes.byref(o), ctypes.sizeof(o)), "kvp_pool_options_init")
         o.max_sequences = max_sequences
-        o.write_queue_bytes = write_queue_bytes  # staging for an asynchronous tier 0; 0 = 64 MiB
+        o.write_queue_bytes = write_queue_bytes  # staging for the asynchronous tiers; 0 = 64 MiB
         if no_prefix_cache:
             o.flags |= POOL_FLAG_NO_PREFIX_CACHE
         out = _vp()
