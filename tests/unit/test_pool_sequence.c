@@ -42,6 +42,12 @@ static kvp_pool *make_pool(kvp_cache *c) {
   return p;
 }
 
+/* Destroys a pool, then its cache. */
+static void destroy(kvp_pool *p, kvp_cache *c) {
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+}
+
 static void prompt(int32_t *t, size_t n, int32_t base) {
   for (size_t i = 0; i < n; ++i) t[i] = base + (int32_t)i;
 }
@@ -184,10 +190,8 @@ static void test_pool_sequence__round_trip_into_another_pool(void **state) {
   assert_kvp_ok(kvp_pool_check_invariants(pb));
   test_free(blob2);
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(pa));
-  assert_kvp_ok(kvp_pool_destroy(pb));
-  assert_kvp_ok(kvp_cache_destroy(ca));
-  assert_kvp_ok(kvp_cache_destroy(cb));
+  destroy(pa, ca);
+  destroy(pb, cb);
 }
 
 static void test_pool_sequence__shares_the_pages_the_pool_has(void **state) {
@@ -232,10 +236,8 @@ static void test_pool_sequence__shares_the_pages_the_pool_has(void **state) {
   assert_int_not_equal(kvp_test_page_of(pb, other, 0), kvp_test_page_of(pb, s, 0));
   assert_kvp_ok(kvp_pool_check_invariants(pb));
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(pa));
-  assert_kvp_ok(kvp_pool_destroy(pb));
-  assert_kvp_ok(kvp_cache_destroy(ca));
-  assert_kvp_ok(kvp_cache_destroy(cb));
+  destroy(pa, ca);
+  destroy(pb, cb);
 }
 
 static void test_pool_sequence__lengths_at_the_edges(void **state) {
@@ -264,8 +266,7 @@ static void test_pool_sequence__lengths_at_the_edges(void **state) {
     assert_kvp_ok(kvp_pool_free_sequence(p, r));
     test_free(blob);
   }
-  assert_kvp_ok(kvp_pool_destroy(p));
-  assert_kvp_ok(kvp_cache_destroy(c));
+  destroy(p, c);
 }
 
 static void test_pool_sequence__file_round_trip(void **state) {
@@ -336,10 +337,8 @@ static void test_pool_sequence__file_round_trip(void **state) {
   rmdir(dir);
   test_free(file);
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(pa));
-  assert_kvp_ok(kvp_pool_destroy(pb));
-  assert_kvp_ok(kvp_cache_destroy(ca));
-  assert_kvp_ok(kvp_cache_destroy(cb));
+  destroy(pa, ca);
+  destroy(pb, cb);
 }
 
 static void test_pool_sequence__bad_input_changes_nothing(void **state) {
@@ -392,8 +391,7 @@ static void test_pool_sequence__bad_input_changes_nothing(void **state) {
   assert_int_equal(r.id, 12345);
   expect_unchanged(p, &before);
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(p));
-  assert_kvp_ok(kvp_cache_destroy(c));
+  destroy(p, c);
 }
 
 static void test_pool_sequence__damaged_blobs_change_nothing(void **state) {
@@ -468,8 +466,7 @@ static void test_pool_sequence__damaged_blobs_change_nothing(void **state) {
   expect_sequence(p, c, r, a, 14);
   test_free(bad);
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(p));
-  assert_kvp_ok(kvp_cache_destroy(c));
+  destroy(p, c);
 }
 
 /* Blocks of half a MiB (2 layers, 8 heads x 128, page 32, f32): saved and checked on the
@@ -505,10 +502,8 @@ static void test_pool_sequence__large_blocks_on_threads(void **state) {
   expect_refused(pb, blob, size, 0, KVP_ERR_FORMAT_CHECKSUM, "block 2 of 5");
   test_free(again);
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(pa));
-  assert_kvp_ok(kvp_pool_destroy(pb));
-  assert_kvp_ok(kvp_cache_destroy(ca));
-  assert_kvp_ok(kvp_cache_destroy(cb));
+  destroy(pa, ca);
+  destroy(pb, cb);
 }
 
 static void test_pool_sequence__another_config_is_refused(void **state) {
@@ -524,18 +519,15 @@ static void test_pool_sequence__another_config_is_refused(void **state) {
   for (size_t k = 0; k < 2; ++k) {
     kvp_pool *q = make_pool(others[k]);
     expect_refused(q, blob, size, 0, KVP_ERR_FORMAT_MISMATCH, msgs[k]);
-    assert_kvp_ok(kvp_pool_destroy(q));
-    assert_kvp_ok(kvp_cache_destroy(others[k]));
+    destroy(q, others[k]);
   }
   /* the same model with a shorter max_model_length: the sequence does not fit */
   kvp_cache *shortc = make_cache_ps(KVP_DTYPE_F32, PS, NP, 1, 8);
   kvp_pool *q = make_pool(shortc);
   expect_refused(q, blob, size, 0, KVP_ERR_INVALID_ARGUMENT, "max_model_length 8");
-  assert_kvp_ok(kvp_pool_destroy(q));
-  assert_kvp_ok(kvp_cache_destroy(shortc));
+  destroy(q, shortc);
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(p));
-  assert_kvp_ok(kvp_cache_destroy(c));
+  destroy(p, c);
 }
 
 static void test_pool_sequence__out_of_pages_or_slots_changes_nothing(void **state) {
@@ -603,10 +595,8 @@ static void test_pool_sequence__sharded_pool_restores_into_the_shard(void **stat
   expect_refused(pb, blob, size, KVP_POOL_ADD_IN_SHARD(2), KVP_ERR_INVALID_ARGUMENT, "2 data-parallel shard(s)");
   assert_kvp_ok(kvp_pool_check_invariants(pb));
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(pa));
-  assert_kvp_ok(kvp_pool_destroy(pb));
-  assert_kvp_ok(kvp_cache_destroy(ca));
-  assert_kvp_ok(kvp_cache_destroy(cb));
+  destroy(pa, ca);
+  destroy(pb, cb);
 }
 
 static void test_pool_sequence__pool_without_prefix_cache(void **state) {
@@ -630,8 +620,7 @@ static void test_pool_sequence__pool_without_prefix_cache(void **state) {
   assert_int_equal(st.indexed_pages, 0);
   assert_kvp_ok(kvp_pool_check_invariants(p));
   test_free(blob);
-  assert_kvp_ok(kvp_pool_destroy(p));
-  assert_kvp_ok(kvp_cache_destroy(c));
+  destroy(p, c);
 }
 
 /* ---- the golden blob (tests/data/sequence-v1, README there) ------------------------------------ */
@@ -688,8 +677,7 @@ static void test_pool_sequence__golden_blob_restores_and_is_written_again(void *
   assert_memory_equal(blob, file, n);
   test_free(blob);
   test_free(file);
-  assert_kvp_ok(kvp_pool_destroy(p));
-  assert_kvp_ok(kvp_cache_destroy(c));
+  destroy(p, c);
 }
 
 int main(void) {

@@ -14,6 +14,21 @@ const K1: StoreKey = [1; 16];
 const K2: StoreKey = [2; 16];
 const K3: StoreKey = [3; 16];
 
+/// The pool tests' config: 2 layers of H heads x D, page S, f32, 8 pages (7 usable).
+fn small_config() -> Config {
+    Config::create(&ConfigOptions {
+        num_hidden_layers: 2,
+        num_kv_heads: H as i64,
+        max_model_length: 64,
+        head_dim: D as i64,
+        page_size: S as i64,
+        dtype: Dtype::F32,
+        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 fn hex(key: &StoreKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -80,17 +95,7 @@ fn prefill(pool: &mut Pool<'_>, cfg: &Config, seq: SeqId, toks: &[i32]) {
 
 #[test]
 fn pool_with_a_memory_tier_restores_evicted_prefix_pages() {
-    let cfg = Config::create(&ConfigOptions {
-        num_hidden_layers: 2,
-        num_kv_heads: H as i64,
-        max_model_length: 64,
-        head_dim: D as i64,
-        page_size: S as i64,
-        dtype: Dtype::F32,
-        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
-        ..Default::default()
-    })
-    .unwrap();
+    let cfg = small_config();
     let store = Store::memory(1 << 24).unwrap();
     let mut cache = Cache::new(&cfg).unwrap();
     let mut pool = Pool::new(&mut cache, &PoolOptions::default()).unwrap();
@@ -159,17 +164,7 @@ fn pool_with_a_memory_tier_restores_evicted_prefix_pages() {
 
 #[test]
 fn pool_with_a_directory_tier_writes_asynchronously_and_flushes() {
-    let cfg = Config::create(&ConfigOptions {
-        num_hidden_layers: 2,
-        num_kv_heads: H as i64,
-        max_model_length: 64,
-        head_dim: D as i64,
-        page_size: S as i64,
-        dtype: Dtype::F32,
-        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
-        ..Default::default()
-    })
-    .unwrap();
+    let cfg = small_config();
     let dir = std::env::temp_dir().join(format!("kvpages-rs-flush-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::directory(&dir, 1 << 24, &StoreOptions { no_sync: true }).unwrap();
@@ -349,17 +344,7 @@ fn redis_store_bad_url_refused_server_and_round_trip() {
 
 #[test]
 fn a_saved_sequence_restores_into_another_pool_and_a_damaged_one_changes_nothing() {
-    let cfg = Config::create(&ConfigOptions {
-        num_hidden_layers: 2,
-        num_kv_heads: H as i64,
-        max_model_length: 64,
-        head_dim: D as i64,
-        page_size: S as i64,
-        dtype: Dtype::F32,
-        budget_bytes: 8 * 2 * (S * 2 * H * D * 4) as i64, // 8 pages: 7 usable
-        ..Default::default()
-    })
-    .unwrap();
+    let cfg = small_config();
     let prompt: Vec<i32> = (1000..1040).collect(); // 2 full pages and 8 tokens
     let path = std::env::temp_dir().join(format!("kvpages-rust-seq-{}.kvpq", std::process::id()));
     let mut cache_a = Cache::new(&cfg).unwrap();
