@@ -214,6 +214,12 @@ KVP_API kvp_status KVP_CALL kvp_store_create_directory(const char *path, uint64_
  * lasts at most kvp_store_options::timeout_ms; an unreachable, refused or silent server is
  * ::KVP_ERR_IO naming `host:port` and the reason, never a hang; the connection is closed and the
  * next call reconnects. A put that failed so may or may not have replaced the value (whole).
+ * A server (a cluster: a node) that did not answer within the timeout is then skipped:
+ * for `timeout_ms`, twice that after a second timeout in a row, and so on up to 32 × `timeout_ms`,
+ * calls that need it fail at once (::KVP_ERR_IO, "skipped", and when it is tried again) instead of
+ * waiting, so that a silent server costs one timeout now and then rather than one per call (a
+ * pool's lookups and its writer thread included). An answer ends it. A refused or reset
+ * connection costs no wait and is retried at every call.
  *
  * @param[in] url `redis://HOST:PORT[/DB]` (one server, database DB, default 0) or
  *            `redis+cluster://HOST:PORT[,HOST:PORT...]` (seed nodes of a cluster), each optionally

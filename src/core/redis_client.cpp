@@ -196,7 +196,7 @@ RedisClient::RedisClient(const RedisUrl& url, uint32_t timeout_ms, const HostAll
       num_seeds_(url.seeds.size()), slots_(a), masters_(a), asking_(a) {
   timeout_.tv_sec = static_cast<time_t>(timeout_ms / 1000);
   timeout_.tv_usec = static_cast<suseconds_t>(timeout_ms % 1000) * 1000;
-  for (const RedisUrl::Endpoint& e : url.seeds) nodes_.push_back(Node{e.host, e.port, nullptr});
+  for (const RedisUrl::Endpoint& e : url.seeds) nodes_.push_back(Node{e.host, e.port});
   asking_.start(1).arg("ASKING");
   try {
     if (cluster_) {
@@ -221,21 +221,38 @@ void RedisClient::drop(size_t node) noexcept {
 
 void RedisClient::io_failure(size_t node, const char* what) {
   char reason[160];
-  const redisContext* c = nodes_[node].ctx;
-  const bool timed_out = c != nullptr && c->err == REDIS_ERR_IO && std::strstr(c->errstr, "temporarily unavailable");
+  Node& n = nodes_[node];
+  const redisContext* c = n.ctx;
+  // hiredis: a wait that timed out reads EAGAIN, a connect that timed out ETIMEDOUT.
+  const bool timed_out = c != nullptr && c->err == REDIS_ERR_IO &&
+                         (std::strstr(c->errstr, "temporarily unavailable") || std::strstr(c->errstr, "timed out"));
   if (timed_out) {
     std::snprintf(reason, sizeof reason, "no answer within %u ms", timeout_ms_);
+    ++n.timeouts;
+    n.retry_at = Clock::now() + std::chrono::milliseconds(uint64_t{timeout_ms_} << std::min(n.timeouts - 1, kMaxBackoffShift));
   } else {
     std::snprintf(reason, sizeof reason, "%s", c != nullptr && c->errstr[0] != '\0' ? c->errstr : "connection lost");
   }
   drop(node);
   map_stale_ = cluster_;  // a node that failed may have been replaced
-  fail(KVP_ERR_IO, "kvp_store: Redis %s:%d: %s: %s", nodes_[node].host.c_str(), nodes_[node].port, what, reason);
+  fail(KVP_ERR_IO, "kvp_store: Redis %s:%d: %s: %s", n.host.c_str(), n.port, what, reason);
+}
+
+void RedisClient::check_not_skipped(size_t node) {
+  const Node& n = nodes_[node];
+  if (n.timeouts == 0) return;
+  const Clock::time_point now = Clock::now();
+  if (now >= n.retry_at) return;
+  const long long left = std::chrono::ceil<std::chrono::milliseconds>(n.retry_at - now).count();
+  map_stale_ = cluster_;  // its slots may have moved to a replica meanwhile
+  fail(KVP_ERR_IO, "kvp_store: Redis %s:%d: skipped: no answer within %u ms %u time(s) in a row; tried again in %lld ms",
+       n.host.c_str(), n.port, timeout_ms_, n.timeouts, left);
 }
 
 redisContext* RedisClient::connect(size_t node) {
   Node& n = nodes_[node];
   if (n.ctx != nullptr) return n.ctx;
+  check_not_skipped(node);
   n.ctx = redisConnectWithTimeout(n.host.c_str(), n.port, timeout_);
   if (n.ctx == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "kvp_store: out of memory connecting to Redis");
   if (n.ctx->err != 0) io_failure(node, "cannot connect");
@@ -261,6 +278,7 @@ RedisReply RedisClient::receive(size_t node) {
   const SigpipeBlock no_sigpipe;  // redisGetReply writes what send queued
   void* r = nullptr;
   if (redisGetReply(nodes_[node].ctx, &r) != REDIS_OK) io_failure(node, "no reply");
+  nodes_[node].timeouts = 0;
   return RedisReply(static_cast<redisReply*>(r));
 }
 
@@ -285,7 +303,7 @@ size_t RedisClient::node_index(const char* host, size_t host_len, int port) {
     if (nodes_[i].port == port && nodes_[i].host.size() == host_len && nodes_[i].host.compare(0, host_len, host, host_len) == 0)
       return i;
   if (nodes_.size() >= kNoNode) fail(KVP_ERR_IO, "kvp_store: Redis Cluster: too many nodes");
-  nodes_.push_back(Node{HostString(host, host_len, alloc_), port, nullptr});
+  nodes_.push_back(Node{HostString(host, host_len, alloc_), port});
   return nodes_.size() - 1;
 }
 

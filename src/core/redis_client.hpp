@@ -2,11 +2,15 @@
 // Redis Cluster routed here (hiredis 0.14 has no cluster support): CRC16 hash slots, the slot map
 // from CLUSTER SLOTS, MOVED (refresh the map, retry) and ASK (ASKING, retry on the named node)
 // redirects, bounded. Every connect and command is bounded by the timeout; a connection that
-// failed is closed and reopened by the next call. Not synchronised (the store's lock is held).
+// failed is closed and reopened by the next call, except after a timeout: a node that did not
+// answer in time is skipped (calls that need it fail at once) for the timeout, doubled after each
+// further timeout in a row up to kMaxBackoffShift doublings, so that a silent node costs one
+// timeout now and then rather than one per call. Not synchronised (the store's lock is held).
 #pragma once
 
 #include <hiredis/hiredis.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -74,14 +78,20 @@ class RedisClient {
   RedisReply run_on_master(size_t master, const RedisCommand& cmd);
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct Node {
     HostString host;
     int port;
-    redisContext* ctx;
+    redisContext* ctx = nullptr;
+    uint32_t timeouts = 0;        // in a row (a reply resets it)
+    Clock::time_point retry_at{};  // after a timeout: not tried before then
   };
   static constexpr uint16_t kNoNode = 0xFFFF;
+  static constexpr uint32_t kMaxBackoffShift = 5;  // skipped for at most 32 timeouts
 
   redisContext* connect(size_t node);
+  // Throws IO, without trying, while the node is skipped after a timeout.
+  void check_not_skipped(size_t node);
   void drop(size_t node) noexcept;
   [[noreturn]] void io_failure(size_t node, const char* what);
   // Queues a command on a node (sent by the next receive); reads the node's next reply.

@@ -3,7 +3,8 @@
  * their addresses in KVP_TEST_REDIS_* variables; a case needing them skips without). Bad URLs and
  * a refused connection; round trips on one server and on the cluster, keys spread over every
  * master; a slot migrated between masters while in use (ASK, then MOVED followed); a server
- * stopped (the timeout bounds every call), killed between and during calls, and restarted; values
+ * stopped (the timeout bounds every call, and after a timeout the server is skipped for a growing
+ * while), killed between and during calls, and restarted; values
  * truncated or bit-flipped behind the store's back (through hiredis) found on get and by scrub;
  * listings (kvp_store_list) a few keys at a time; a pool whose tier is Redis restores exactly the
  * bytes it evicted, and nothing wrong after damage. */
@@ -385,9 +386,22 @@ static void test_store_redis__resharding(void **state) {
   assert_kvp_ok(kvp_store_destroy(s));
 }
 
+/* Once the server answers again: polls kvp_store_exists until the store stops skipping it after
+ * its timeouts (at most 10 s). Returns the failed polls (each counts in the store's errors). */
+static int wait_until_tried(kvp_store *s) {
+  const kvp_store_key k = kvp_test_store_key(0);
+  uint8_t found = 0;
+  for (int i = 0; i < 200; ++i) {
+    if (kvp_store_exists(s, &k, 1, &found) == KVP_OK) return i;
+    usleep(50000);
+  }
+  fail_msg("the store still fails 10 s after the server continued: %s", kvp_last_error_message());
+  return -1;
+}
+
 /* A server stopped (SIGSTOP) answers nothing: every call fails within the timeout with an I/O
- * status naming it, and works again once it continues; killed, the same, and after a restart it
- * works again (empty: no persistence). */
+ * status naming it (after the first timeout without trying), and works again once it continues;
+ * killed, the same (refused at once), and after a restart it works again (empty: no persistence). */
 static void test_store_redis__stopped_killed_restarted(void **state) {
   (void)state;
   const char *url = need("KVP_TEST_REDIS_URL");
@@ -405,6 +419,7 @@ static void test_store_redis__stopped_killed_restarted(void **state) {
   uint8_t found = 0;
   assert_kvp_status(kvp_store_exists(s, &k1, 1, &found), KVP_ERR_IO, where);
   assert_int_equal(kill(pid, SIGCONT), 0);
+  const int polls = wait_until_tried(s);
   /* the put that timed out may or may not have happened: either block is whole */
   assert_kvp_ok(kvp_store_get(s, &k1, b, sizeof b, &got));
   assert_true(got == 100 || got == 10);
@@ -426,7 +441,56 @@ static void test_store_redis__stopped_killed_restarted(void **state) {
   kvp_test_store_expect_block(s, 1, 100);
   kvp_store_stats st = KVP_STORE_STATS_INIT;
   assert_kvp_ok(kvp_store_get_stats(s, &st));
-  assert_int_equal(st.errors, 6); /* get, put, exists stopped; get, put, scrub killed */
+  assert_int_equal(st.errors, 6 + polls); /* get, put, exists stopped; get, put, scrub killed */
+  assert_kvp_ok(kvp_store_destroy(s));
+}
+
+/* After a timeout the server is skipped: calls fail at once, naming it, for the timeout, then
+ * twice as long after the next timeout in a row; an answer ends it (the next timeout is the first
+ * again). A refused connection is not a timeout: tried at every call. */
+static void test_store_redis__silent_server_is_skipped_after_a_timeout(void **state) {
+  (void)state;
+  const char *url = need("KVP_TEST_REDIS_URL");
+  char where[64];
+  snprintf(where, sizeof where, "Redis 127.0.0.1:%d: skipped", url_port(url));
+  kvp_store *s = open_store(url, "skip:", 300);
+  kvp_test_store_put(s, 1, 100);
+  const pid_t pid = single_pid();
+  uint8_t b[256];
+  size_t got = 0;
+  uint8_t found = 0;
+  const kvp_store_key k1 = kvp_test_store_key(1);
+  assert_int_equal(kill(pid, SIGSTOP), 0);
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "no answer within 300 ms");
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, where);
+  assert_kvp_status(kvp_store_exists(s, &k1, 1, &found), KVP_ERR_IO, "1 time(s) in a row");
+  assert_kvp_status(kvp_store_put(s, &k1, b, 10), KVP_ERR_IO, where);
+  usleep(400000); /* past the first 300 ms: tried again, times out again, skipped for 600 ms */
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "no answer within 300 ms");
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "2 time(s) in a row");
+  assert_int_equal(kill(pid, SIGCONT), 0);
+  int polls = wait_until_tried(s);
+  kvp_test_store_expect_block(s, 1, 100);
+  /* an answer reset the count: the next timeout is the first */
+  assert_int_equal(kill(pid, SIGSTOP), 0);
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "no answer within 300 ms");
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "1 time(s) in a row");
+  assert_int_equal(kill(pid, SIGCONT), 0);
+  polls += wait_until_tried(s);
+  kvp_store_stats st = KVP_STORE_STATS_INIT;
+  assert_kvp_ok(kvp_store_get_stats(s, &st));
+  assert_int_equal(st.errors, 8 + polls); /* every failed call counts, skipped or not */
+  assert_kvp_ok(kvp_store_destroy(s));
+  /* killed: refused at every call, never skipped; after a restart it works at once */
+  s = open_store(url, "skip:", 300);
+  assert_int_equal(kill(single_pid(), SIGKILL), 0);
+  usleep(100000);
+  assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "no reply"); /* its connection */
+  for (int i = 0; i < 3; ++i) {
+    assert_kvp_status(kvp_store_get(s, &k1, b, sizeof b, &got), KVP_ERR_IO, "cannot connect: Connection refused");
+  }
+  restart_single();
+  expect_missing(s, 1);
   assert_kvp_ok(kvp_store_destroy(s));
 }
 
@@ -637,6 +701,7 @@ int main(void) {
       cmocka_unit_test(test_store_redis__damaged_values),
       cmocka_unit_test(test_store_redis__pool_restores_what_it_evicted),
       cmocka_unit_test(test_store_redis__stopped_killed_restarted),
+      cmocka_unit_test(test_store_redis__silent_server_is_skipped_after_a_timeout),
       cmocka_unit_test(test_store_redis__killed_during_calls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,7 +20,8 @@ type StoreOptions struct {
 	// power loss a block may be missing or damaged, which every read and Scrub detect.
 	NoSync bool
 	// TimeoutMs bounds every connect and command of a network store (OpenRedisStore; since 1.5),
-	// 0 = the default, 1000 ms. The memory and directory stores ignore it.
+	// 0 = the default, 1000 ms; a server that timed out is then skipped for a while (its calls fail
+	// at once; see kvp_store_create_redis). The memory and directory stores ignore it.
 	TimeoutMs uint32
 }
 

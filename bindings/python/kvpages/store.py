@@ -103,7 +103,9 @@ class Store(Handle):
         (``redis+cluster://HOST:PORT[,HOST:PORT...]``), optionally ``?prefix=STR`` (default
         ``kvp:``), shared by every process that opens it (kvp_store_create_redis, since 1.5).
         Every connect and command is bounded by ``timeout_ms`` (0: 1000 ms); a server that fails
-        raises :class:`KvpagesIOError`. A library built without Redis raises :class:`Unsupported`."""
+        raises :class:`KvpagesIOError`, and one that timed out is skipped for a while (its calls
+        raise at once; see kvp_store_create_redis). A library built without Redis raises
+        :class:`Unsupported`."""
         if not 0 <= timeout_ms < 1 << 32:
             raise invalid("timeout_ms must be in [0, 2**32), got %d" % timeout_ms)
         out, o = _vp(), _options(timeout_ms=timeout_ms)

@@ -2133,8 +2133,9 @@ pub const Store = struct {
     /// A store in a Redis server (`redis://HOST:PORT[/DB]`) or a Redis Cluster
     /// (`redis+cluster://HOST:PORT[,HOST:PORT...]`), optionally followed by `?prefix=STR` (default
     /// `kvp:`), shared by every process that opens it (`kvp_store_create_redis`, since 1.5). A
-    /// server that fails or does not answer within `o.timeout_ms` is `error.Io`; a library built
-    /// without Redis returns `error.Unsupported`.
+    /// server that fails or does not answer within `o.timeout_ms` is `error.Io` (one that timed out
+    /// is then skipped for a while: its calls fail at once, see `kvp_store_create_redis`); a
+    /// library built without Redis returns `error.Unsupported`.
     pub fn redis(url: []const u8, o: Options) Error!Store {
         var opts: c.kvp_store_options = undefined;
         try check(c.kvp_store_options_init(&opts, @sizeOf(c.kvp_store_options)));

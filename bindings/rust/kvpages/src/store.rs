@@ -165,8 +165,9 @@ impl Store {
     /// or a Redis Cluster (`redis+cluster://HOST:PORT[,HOST:PORT...]`), optionally followed by
     /// `?prefix=STR` (default `kvp:`), shared by every process that opens it. Every connect and
     /// command is bounded by `timeout_ms` (`kvp_store_options::timeout_ms`, 0 = 1000 ms); a server
-    /// that fails is an [`ErrorKind::Io`](crate::ErrorKind::Io) error. A library built without
-    /// Redis returns [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+    /// that fails is an [`ErrorKind::Io`](crate::ErrorKind::Io) error, and one that timed out is
+    /// skipped for a while (its calls fail at once; see `kvp_store_create_redis`). A library built
+    /// without Redis returns [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
     pub fn redis(url: &str, timeout_ms: u32) -> Result<Store> {
         let url = std::ffi::CString::new(url).map_err(|_| invalid(format!("Redis URL {url:?} contains NUL")))?;
         let mut opts = c_options(&StoreOptions::default())?;
