@@ -86,10 +86,11 @@ KVP_API kvp_status KVP_CALL kvp_set_host_allocator(const kvp_host_allocator *all
 /**
  * Flag of kvp_cache_options::flags (since 1.2): no transparent huge pages for the page buffers.
  *
- * By default a CPU cache with the built-in allocator maps each layer buffer of 2 MiB or more
- * aligned to 2 MiB and advises the kernel to back it with huge pages (`madvise(MADV_HUGEPAGE)`),
- * so filling it takes one page fault per 2 MiB instead of one per 4 KiB (a load of a large
- * cache is several times faster where the kernel's THP mode is `madvise`). With this flag the
+ * By default a CPU cache of 2 MiB or more with the built-in allocator maps its layer buffers as
+ * one mapping aligned to 2 MiB and advises the kernel to back it with huge pages
+ * (`madvise(MADV_HUGEPAGE)`), so filling it takes one page fault per 2 MiB instead of one per
+ * 4 KiB, however small its layers (a load of a cache is several times faster where the kernel's
+ * THP mode is `madvise`). With this flag the
  * buffers are mapped as plain 4 KiB pages and advised `MADV_NOHUGEPAGE`, so they get no huge
  * pages even where the THP mode is `always`: for processes that must not fragment memory or
  * that count resident memory in 4 KiB steps. No effect with a custom allocator (its memory is
@@ -142,9 +143,11 @@ KVP_API kvp_status KVP_CALL kvp_cache_options_init(kvp_cache_options *opts, uint
 /**
  * @brief Allocates a cache for a config: one zero-filled buffer per layer.
  *
- * On the CPU, large buffers come from the operating system already zeroed (anonymous mappings),
- * so memory is not touched twice; with a custom allocator the library zero-fills what it gets.
- * Buffers of 2 MiB or more are 2 MiB-aligned and advised for transparent huge pages unless
+ * On the CPU, the buffers of a cache of 2 MiB or more are one anonymous mapping (each layer
+ * starting on 64 bytes, on 2 MiB where it has 2 MiB or more) that comes from the operating system
+ * already zeroed, so memory is not touched twice (a smaller cache: calloc per layer); with a custom
+ * allocator the library zero-fills what it gets, one block per layer.
+ * The mapping is 2 MiB-aligned and advised for transparent huge pages unless
  * ::KVP_CACHE_FLAG_NO_HUGE_PAGES is set (the advice is best effort: a kernel without THP, or
  * with THP `never`, maps 4 KiB pages and the call still succeeds); ::KVP_CACHE_FLAG_PREFAULT
  * touches every page before the call returns. See "Host memory" in the main page.

@@ -54,7 +54,7 @@ KVP_BEGIN_DECLS
 typedef struct kvp_config {
   uint32_t struct_size;                        /**< sizeof(kvp_config) as compiled by the caller. */
   uint32_t abi_version;                        /**< ::KVP_CONFIG_VERSION. */
-  int64_t num_hidden_layers;                   /**< Layers (= per-layer buffers), 1 … 65536 (each layer is one allocation). */
+  int64_t num_hidden_layers;                   /**< Layers (= per-layer buffers), 1 … 65536 (each layer is one buffer). */
   int64_t max_model_length;                    /**< Longest sequence in tokens, 1 … 2^31 − 1 (positions are int32). */
   int64_t num_kv_heads;                        /**< KV heads per layer, 1 … 2^24. */
   int64_t k_headdim;                           /**< Key head dim, 1 … 2^24; drives the layout (64 → packed [K|V] lanes). */

@@ -46,10 +46,12 @@ class Backend {
   virtual int32_t device_id() const noexcept = 0;
 
   // ---- memory
-  // Allocates `bytes` of zero-filled memory. Throws error(KVP_ERR_OUT_OF_MEMORY or
-  // KVP_ERR_DEVICE_OUT_OF_MEMORY). Never returns nullptr.
-  virtual void* alloc_zeroed(size_t bytes) = 0;
-  virtual void release(void* ptr, size_t bytes) noexcept = 0;
+  // Zero-filled memory for the n layer buffers of a cache, `bytes` each (n >= 1): layer l at
+  // layers[l]; the backend may place them all in one allocation. Throws
+  // error(KVP_ERR_OUT_OF_MEMORY or KVP_ERR_DEVICE_OUT_OF_MEMORY) with nothing left allocated.
+  virtual void alloc_layers(size_t n, size_t bytes, uint8_t** layers) = 0;
+  // Frees what alloc_layers(n, bytes, layers) gave.
+  virtual void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept = 0;
 
   // ---- copies
   // Between this backend's memory and the host. For CUDA these are stream-ordered on `stream`;

@@ -25,18 +25,11 @@ Cache::Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> ba
       alloc_(alloc),
       backend_(std::move(backend)),
       layers_(StdAllocator<uint8_t*>(alloc)) {
-  layers_.reserve(static_cast<size_t>(layout_.num_layers));
-  try {
-    for (int64_t l = 0; l < layout_.num_layers; ++l) layers_.push_back(static_cast<uint8_t*>(backend_->alloc_zeroed(layer_bytes())));
-  } catch (...) {
-    for (uint8_t* p : layers_) backend_->release(p, layer_bytes());
-    throw;
-  }
+  layers_.resize(static_cast<size_t>(layout_.num_layers));
+  backend_->alloc_layers(layers_.size(), layer_bytes(), layers_.data());
 }
 
-Cache::~Cache() {
-  for (uint8_t* p : layers_) backend_->release(p, layer_bytes());
-}
+Cache::~Cache() { backend_->release_layers(layers_.data(), layers_.size(), layer_bytes()); }
 
 void Cache::refuse_shard(const char* fn, bool dp_only) const {
   if (dp_only ? shard_.dp_size > 1 : layout_.shard)

@@ -1,17 +1,21 @@
 // CPU backend: page buffers in host memory; operations in the cpu_*.cpp files beside it.
 //
-// Zero fill without touching memory twice: with the built-in allocator, large buffers are mapped
-// anonymously (mmap), which the kernel hands out as zero pages on first touch, so no memset pass
-// runs and untouched pages cost no physical memory; small buffers use calloc. A caller-provided
-// allocator gives no such guarantee, so its blocks are zero-filled explicitly.
+// The layer buffers of a cache (built-in allocator): a cache of 2 MiB or more in all is one
+// anonymous mapping (mmap) with layer l at l slices, a slice being the layer's bytes rounded up to
+// 64 (to 2 MiB from 2 MiB on, so that a large layer starts on a huge page); a smaller cache is one
+// calloc per layer. Zero fill without touching memory twice: the kernel hands out a mapping as zero
+// pages on first touch (calloc takes fresh memory the same way), so no memset pass runs and
+// untouched pages cost no physical memory. A caller-provided allocator gives no such guarantee,
+// so it is asked for one block per layer and each is zero-filled explicitly.
 //
-// Huge pages (kvp_cache_options::flags): a mapping of 2 MiB or more is made 2 MiB-aligned (map
-// 2 MiB more, unmap the unaligned head and the tail) and advised MADV_HUGEPAGE, so that where the
-// kernel's THP mode is "madvise" or "always" each 2 MiB of it faults in as one huge page; the
-// advice is best effort (a kernel without THP refuses it and the mapping keeps 4 KiB pages).
-// KVP_CACHE_FLAG_NO_HUGE_PAGES maps exactly as before and advises MADV_NOHUGEPAGE instead.
-// KVP_CACHE_FLAG_PREFAULT writes one zero byte per 4 KiB page (which faults in the whole huge
-// page where there is one), in 2 MiB chunks spread over the thread pool.
+// Huge pages (kvp_cache_options::flags): the mapping is made 2 MiB-aligned (map 2 MiB more, unmap
+// the unaligned head and the tail) and advised MADV_HUGEPAGE, so that where the kernel's THP mode
+// is "madvise" or "always" each 2 MiB of it faults in as one huge page, however small its layers
+// (a cache of 8 layers of 1 MiB fills with 4 faults, not 2048); the advice is best effort (a
+// kernel without THP refuses it and the mapping keeps 4 KiB pages). KVP_CACHE_FLAG_NO_HUGE_PAGES
+// maps without alignment and advises MADV_NOHUGEPAGE instead. KVP_CACHE_FLAG_PREFAULT writes one
+// zero byte per 4 KiB page (which faults in the whole huge page where there is one), in 2 MiB
+// chunks spread over the thread pool.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -26,14 +30,14 @@
 
 #include "backend/backend.hpp"
 #include "cpu/cpu_ops.hpp"
+#include "util/checked.hpp"
 #include "util/error.hpp"
 #include "util/thread_pool.hpp"
 
 namespace kvp::detail {
 namespace {
 
-constexpr size_t kMmapThreshold = size_t{1} << 20;  // 1 MiB
-constexpr size_t kHugePage = size_t{2} << 20;       // 2 MiB, the x86-64 and arm64 (4 KiB granule) PMD size
+constexpr size_t kHugePage = size_t{2} << 20;  // 2 MiB, the x86-64 and arm64 (4 KiB granule) PMD size
 constexpr size_t kSmallPage = 4096;
 constexpr size_t kAlign = 64;
 
@@ -72,33 +76,35 @@ class CpuBackend final : public Backend {
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CPU; }
   int32_t device_id() const noexcept override { return 0; }
 
-  void* alloc_zeroed(size_t bytes) override {
-    if (bytes == 0) bytes = 1;
-    if (!alloc_.builtin()) {
-      void* p = alloc_.allocate(bytes, kAlign);
-      std::memset(p, 0, bytes);
-      return p;
-    }
-    void* p;
-    if (bytes >= kMmapThreshold) {
-      p = map_page_buffer(bytes);
+  void alloc_layers(size_t n, size_t bytes, uint8_t** layers) override {
+    const size_t total = mapped_bytes(n, bytes);
+    if (total != 0) {
+      uint8_t* base = static_cast<uint8_t*>(map_page_buffer(total));
+      for (size_t l = 0; l < n; ++l) layers[l] = base + l * slice_bytes(bytes);
     } else {
-      p = std::calloc(1, bytes);
-      if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
+      size_t done = 0;
+      try {
+        for (; done < n; ++done) layers[done] = static_cast<uint8_t*>(alloc_one(bytes));
+      } catch (...) {
+        release_layers(layers, done, bytes);
+        throw;
+      }
     }
-    if ((flags_ & KVP_CACHE_FLAG_PREFAULT) != 0) prefault(p, bytes);
-    return p;
+    if ((flags_ & KVP_CACHE_FLAG_PREFAULT) != 0) {
+      if (total != 0) prefault(layers[0], total);
+      else for (size_t l = 0; l < n; ++l) prefault(layers[l], bytes);
+    }
   }
 
-  void release(void* p, size_t bytes) noexcept override {
-    if (p == nullptr) return;
-    if (bytes == 0) bytes = 1;
-    if (!alloc_.builtin()) {
-      alloc_.deallocate(p);
-    } else if (bytes >= kMmapThreshold) {
-      munmap(p, bytes);
-    } else {
-      std::free(p);
+  void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept override {
+    if (n == 0) return;
+    if (const size_t total = mapped_bytes(n, bytes)) {
+      munmap(layers[0], total);
+      return;
+    }
+    for (size_t l = 0; l < n; ++l) {
+      if (alloc_.builtin()) std::free(layers[l]);
+      else alloc_.deallocate(layers[l]);
     }
   }
 
@@ -116,19 +122,47 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // A layer's share of the one mapping: its bytes rounded up to 64, or to 2 MiB from 2 MiB on.
+  static size_t slice_bytes(size_t bytes) noexcept {
+    const size_t align = bytes >= kHugePage ? kHugePage : kAlign;
+    return (bytes + align - 1) / align * align;
+  }
+
+  // The size of the one mapping of n layers, or 0 where they are allocated one by one (a custom
+  // allocator, or a cache under 2 MiB).
+  size_t mapped_bytes(size_t n, size_t bytes) const {
+    if (!alloc_.builtin()) return 0;
+    const size_t total = checked_bytes(n, slice_bytes(bytes), "a cache's layer buffers");
+    return total >= kHugePage ? total : 0;
+  }
+
+  // One zero-filled layer buffer of a cache that is not mapped whole.
+  void* alloc_one(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    if (alloc_.builtin()) {
+      void* p = std::calloc(1, bytes);
+      if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
+      return p;
+    }
+    void* p = alloc_.allocate(bytes, kAlign);
+    std::memset(p, 0, bytes);
+    return p;
+  }
+
+  // The one mapping of a cache's layers (bytes >= kHugePage), advised for huge pages or not.
   void* map_page_buffer(size_t bytes) {
     const bool huge = (flags_ & KVP_CACHE_FLAG_NO_HUGE_PAGES) == 0;
     void* p = nullptr;
-    if (huge && bytes >= kHugePage) {
+    if (huge) {
       p = map_huge_aligned(bytes);
     } else {
       p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) p = nullptr;
     }
-    if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot map %zu bytes of host memory for a page buffer", bytes);
+    if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot map %zu bytes of host memory for the page buffers", bytes);
 #if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
     // Best effort: EINVAL from a kernel built without THP leaves the mapping as it is.
-    if (bytes >= kHugePage || !huge) (void)madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    (void)madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 #endif
     return p;
   }

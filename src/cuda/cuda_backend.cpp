@@ -197,9 +197,7 @@ void CudaBackend::free_all() noexcept {
   (void)cudaGetLastError();
 }
 
-void* CudaBackend::alloc_zeroed(size_t bytes) {
-  const char* fn = "kvp_cache_create";
-  DeviceGuard guard(device_, fn);
+void* CudaBackend::alloc_zeroed(size_t bytes, const char* fn) {
   void* p = nullptr;
   cudaError_t err = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
   if (err != cudaSuccess) {
@@ -218,13 +216,24 @@ void* CudaBackend::alloc_zeroed(size_t bytes) {
   return p;
 }
 
-void CudaBackend::release(void* ptr, size_t) noexcept {
-  if (ptr == nullptr) return;
+void CudaBackend::alloc_layers(size_t n, size_t bytes, uint8_t** layers) {
+  const char* fn = "kvp_cache_create";
+  DeviceGuard guard(device_, fn);
+  size_t done = 0;
+  try {
+    for (; done < n; ++done) layers[done] = static_cast<uint8_t*>(alloc_zeroed(bytes, fn));
+  } catch (...) {
+    release_layers(layers, done, bytes);
+    throw;
+  }
+}
+
+void CudaBackend::release_layers(uint8_t* const* layers, size_t n, size_t) noexcept {
   int previous = -1;
   bool switched = false;
   if (cudaGetDevice(&previous) == cudaSuccess && previous != device_)
     switched = cudaSetDevice(device_) == cudaSuccess;
-  (void)cudaFree(ptr);  // cudaFree synchronises the device: pending work finishes first
+  for (size_t l = 0; l < n; ++l) (void)cudaFree(layers[l]);  // cudaFree synchronises: pending work finishes first
   (void)cudaGetLastError();
   if (switched) (void)cudaSetDevice(previous);
 }

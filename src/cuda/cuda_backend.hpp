@@ -51,8 +51,9 @@ class CudaBackend final : public Backend {
 
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CUDA; }
   int32_t device_id() const noexcept override { return device_; }
-  void* alloc_zeroed(size_t bytes) override;
-  void release(void* ptr, size_t bytes) noexcept override;
+  // One cudaMalloc per layer, zero-filled.
+  void alloc_layers(size_t n, size_t bytes, uint8_t** layers) override;
+  void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept override;
   void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync,
                     const char* function) override;
   void copy_from_host(void* dst, const void* host_src, size_t bytes, kvp_stream stream, bool sync,
@@ -109,6 +110,8 @@ class CudaBackend final : public Backend {
 
  private:
   void free_all() noexcept;
+  // cudaMalloc of `bytes`, zero-filled on the internal stream (waited for).
+  void* alloc_zeroed(size_t bytes, const char* fn);
   void grow_slots(size_t bytes, const char* function);
 
   int32_t device_;

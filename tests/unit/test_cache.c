@@ -428,6 +428,53 @@ static void test_cache__large_buffers_get_huge_pages_unless_turned_off(void **st
   assert_kvp_ok(kvp_cache_destroy(off));
 }
 
+/* Layers under 2 MiB in a cache of 2 MiB or more: they share the cache's one mapping, so they get
+ * huge pages too (8 x 1 MiB: 4 faults to fill, not 2048); each layer is its own zeroed buffer
+ * (a write of one whole layer changes no other) with either flag. */
+static void test_cache__small_layers_share_huge_pages(void **state) {
+  (void)state;
+  char mode[32];
+  thp_mode(mode, sizeof mode);
+  /* 8 layers x 8 pages x 16 rows x 16 combined x 128 lanes x 4 B = 8 x 1 MiB */
+  const kvp_config cfg = kvp_test_config(8, 8, 128, 16, 8, KVP_DTYPE_F32, KVP_LAYOUT_V3);
+  for (int k = 0; k < 2; k++) {
+    const uint32_t flags = k ? KVP_CACHE_FLAG_NO_HUGE_PAGES : 0;
+    kvp_cache *c = make_cache_flags(&cfg, flags);
+    const int64_t lb = layer_bytes_of(c);
+    assert_int_equal(lb, 1 << 20);
+    unsigned char *zero = calloc(1, (size_t)lb), *fill = malloc((size_t)lb);
+    assert_non_null(zero);
+    assert_non_null(fill);
+    unsigned char *data[8];
+    for (uint32_t l = 0; l < 8; l++) {
+      kvp_tensor t;
+      assert_kvp_ok(kvp_cache_get_view(c, l, KVP_VIEW_PAGES, &t));
+      data[l] = (unsigned char *)t.data;
+      assert_int_equal((uintptr_t)data[l] % 64, 0);
+      if (memcmp(data[l], zero, (size_t)lb) != 0) fail_msg("flags 0x%x: layer %u is not zeroed", flags, l);
+    }
+    for (uint32_t l = 0; l < 8; l++) {
+      memset(fill, (int)(0x10 + l), (size_t)lb);
+      assert_kvp_ok(kvp_cache_write_layer(c, l, fill, (size_t)lb, NULL));
+    }
+    for (uint32_t l = 0; l < 8; l++) {
+      memset(fill, (int)(0x10 + l), (size_t)lb);
+      if (memcmp(data[l], fill, (size_t)lb) != 0) fail_msg("flags 0x%x: layer %u was overwritten", flags, l);
+    }
+    const long huge = smaps_kb(data[0], "AnonHugePages");
+    if (huge < 0) {
+      print_message("no AnonHugePages in /proc/self/smaps (THP mode '%s'): huge page check skipped\n", mode);
+    } else if (flags) {
+      assert_int_equal(huge, 0);
+    } else if (strcmp(mode, "always") == 0 || strcmp(mode, "madvise") == 0) {
+      if (huge == 0) fail_msg("THP mode '%s' but 8 layers of 1 MiB got no huge page", mode);
+    }
+    free(zero);
+    free(fill);
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+}
+
 /* KVP_CACHE_FLAG_PREFAULT: the buffers are resident when create returns (without it they are not).
  * One cache at a time: the kernel merges adjacent mappings of the same kind into one entry. */
 static void test_cache__prefault_makes_buffers_resident(void **state) {
@@ -582,6 +629,7 @@ int main(void) {
       cmocka_unit_test(test_cache__flags_give_identical_zeroed_caches),
       cmocka_unit_test(test_cache__large_buffers_get_huge_pages_unless_turned_off),
       cmocka_unit_test(test_cache__prefault_makes_buffers_resident),
+      cmocka_unit_test(test_cache__small_layers_share_huge_pages),
       cmocka_unit_test(test_cache__bad_flags_are_unsupported),
       cmocka_unit_test(test_cache__version_1_options_are_accepted),
   };
