@@ -63,16 +63,17 @@ sanitizers() {
     -DCMAKE_BUILD_TYPE=RelWithDebInfo
 }
 # Only the library and the tests that run kvpages on several threads are built (a few minutes on
-# 2 cores): the threads test, two pools sharing a store (and their writer threads), a store
-# listed while another thread writes, a group writing its shards in parallel.
+# 2 cores): the threads test, two pools sharing a store (and their writer threads), threads
+# sharing a directory store (its file I/O outside its lock), a store listed while another thread
+# writes, a group writing its shards in parallel.
 # Any report fails.
 tsan() {
   local dir=build-ci-tsan
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVPAGES_CUDA=OFF -DKVPAGES_TSAN=ON \
     -DKVPAGES_BUILD_BENCH=OFF -DKVPAGES_BUILD_DOCS=OFF >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; return 1; }
-  cmake --build "$dir" -j"$JOBS" --target test_threads test_pool_tiers test_pool_sequence test_store_list test_group || return 1
+  cmake --build "$dir" -j"$JOBS" --target test_threads test_pool_tiers test_pool_sequence test_store test_store_list test_group || return 1
   TSAN_OPTIONS=halt_on_error=1:abort_on_error=1:second_deadlock_stack=1 \
-    ctest --test-dir "$dir" -R '^unit\.(test_threads|test_pool_tiers|test_pool_sequence|test_store_list|test_group)$' --output-on-failure
+    ctest --test-dir "$dir" -R '^unit\.(test_threads|test_pool_tiers|test_pool_sequence|test_store|test_store_list|test_group)$' --output-on-failure
 }
 fuzz() { [ -f tests/fuzz/run.sh ] || return 0; bash tests/fuzz/run.sh "$FUZZ_SECONDS"; }
 # The bindings run beside a Redis server and cluster of their own (scripts/with-redis.sh), so their

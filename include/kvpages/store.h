@@ -16,7 +16,8 @@
  * engine's own (a ::kvp_store_vtable).
  *
  * **Thread safety.** A store is internally synchronised: several pools, on several threads, may
- * share one. A plug-in store's callbacks are called under that lock, one at a time.
+ * share one. A plug-in store's callbacks are called under that lock, one at a time. The
+ * directory store reads and writes its files outside the lock (kvp_store_create_directory()).
  *
  * @defgroup kvp_store Block stores (storage tiers)
  * @ingroup kvpages
@@ -173,6 +174,13 @@ KVP_API kvp_status KVP_CALL kvp_store_create_memory(uint64_t max_bytes, const kv
  * read verifies the block: a damaged file is deleted and the read fails with a `KVP_ERR_FORMAT_*`
  * status. Over the bound, the least recently used blocks are deleted. Recency is kept in memory;
  * a read also refreshes the file's times, so the order survives a restart.
+ *
+ * Calls on several threads write and read their files at the same time: the store's lock covers
+ * only its bookkeeping, so an `exists` or a `get` never waits for another thread's file write. A
+ * put or a remove of a key waits while another put of the same key writes its file; a get of a
+ * key being replaced reads the old block or the new one, whole. A block counts toward the bound
+ * (and is visible to `exists`, `get` and the stats) once its put has written it, so the files on
+ * disk can exceed the bound by the blocks being written at that moment.
  *
  * @param[in] path Directory, not NULL. Its parent must exist.
  * @param[in] max_bytes The bound on the sum of the file sizes (blocks plus headers), > 0. If the

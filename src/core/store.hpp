@@ -4,6 +4,7 @@
 // to byte blocks and knows nothing of what is in them (the pool's block format: core/store_block).
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -86,6 +87,25 @@ class Store {
   // removed during a listing may or may not appear; a key present throughout appears at least once.
   virtual size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap);  // default: UNSUPPORTED
   int64_t evictions_ = 0;                     // shipped stores count what their bound dropped
+
+  // Inside a do_* call (the lock held): releases the store's lock while it lives, for file or
+  // network I/O that other calls need not wait for; it is held again when this is destroyed (also
+  // when unwinding), so the do_* call returns or throws with the lock held.
+  class Unlocked {
+   public:
+    explicit Unlocked(Store& s) : mu_(s.mu_) { mu_.unlock(); }
+    ~Unlocked() { mu_.lock(); }
+    Unlocked(const Unlocked&) = delete;
+    Unlocked& operator=(const Unlocked&) = delete;
+
+   private:
+    std::mutex& mu_;
+  };
+  // Inside a do_* call: waits on cv, the lock released meanwhile, until pred() holds.
+  template <class P>
+  void wait(std::condition_variable_any& cv, P pred) {
+    cv.wait(mu_, pred);
+  }
 
  private:
   template <class F>

@@ -2,7 +2,8 @@
 // (util/atomic_file), holding the block's frame (core/store_frame: a 48-byte header, then the
 // block). The directory is scanned at open; recency (LRU) is kept in memory,
 // seeded from the files' modification times, and a read refreshes the file's times so that the
-// order survives a restart. Bounded by the sum of file sizes.
+// order survives a restart. Bounded by the sum of file sizes. Files are written and read outside
+// the store's lock (see DirectoryStore).
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <list>
 #include <unordered_map>
@@ -48,6 +50,59 @@ bool parse_name(const char* name, StoreKey* key) {
          StoreKey::from_hex(name, key);
 }
 
+// How reading a block file ended: read and verified, gone, or damaged (code and reason).
+struct FileRead {
+  enum { kOk, kGone, kDamaged } outcome = kOk;
+  FrameFault fault;
+};
+
+// Reads the frame file `file` of `file_bytes` bytes stored under k and verifies it, its block
+// into dst (the caller checked that it fits). Touches no store state (runs without the lock);
+// throws IO when the file cannot be opened or read.
+FileRead read_frame_file(const HostString& file, uint64_t file_bytes, const StoreKey& k, uint8_t* dst) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) return FileRead{FileRead::kGone, {}};
+  if (fd < 0) fail(KVP_ERR_IO, "kvp_store: cannot open the block file '%s': %s", file.c_str(), std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  const auto damaged = [](kvp_status code, const char* what) { return FileRead{FileRead::kDamaged, {code, what}}; };
+  uint8_t h[kHeaderBytes];
+  if (!read_exact(fd, h, sizeof h, 0)) return damaged(KVP_ERR_FORMAT_TRUNCATED, "shorter than its header");
+  if (const FrameFault f = check_frame_header(h, file_bytes, k)) return FileRead{FileRead::kDamaged, f};
+  const size_t n = static_cast<size_t>(file_bytes - kHeaderBytes);
+  Xxh3Sum sum;  // each piece summed just after it is read (from the cache)
+  for (size_t off = 0; off < n; off += kFramePieceBytes) {
+    const size_t m = std::min(n - off, kFramePieceBytes);
+    if (!read_exact(fd, dst + off, m, kHeaderBytes + off)) return damaged(KVP_ERR_FORMAT_TRUNCATED, "truncated");
+    sum.add(dst + off, m);
+  }
+  if (const FrameFault f = check_frame_sum(h, sum.value())) return FileRead{FileRead::kDamaged, f};
+  return FileRead{};
+}
+
+// Writes the frame of block (n bytes) under k to `file`, replacing it atomically. No store state.
+void write_frame_file(const HostString& file, const StoreKey& k, const void* data, size_t n, bool sync) {
+  AtomicFile f(file.c_str(), "kvp_store_put");
+  const auto* p = static_cast<const uint8_t*>(data);
+  Xxh3Sum sum;  // each piece summed just before it is written (read from the cache)
+  for (size_t off = 0; off < n; off += kFramePieceBytes) {
+    const size_t m = std::min(n - off, kFramePieceBytes);
+    sum.add(p + off, m);
+    f.write_at(kHeaderBytes + off, p + off, m);
+  }
+  uint8_t h[kHeaderBytes];
+  write_frame_header(h, k, n, sum.value());
+  f.write_at(0, h, sizeof h);
+  f.commit(sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+}
+
+// Files are written and read without the store's lock (Store::Unlocked), so one call's file I/O
+// does not hold up the others (a pool's lookups while its writer thread puts, several pools
+// sharing the store). The lock covers the bookkeeping; a key being put is marked `writing`, and
+// while it is, no other call replaces, evicts, removes or deletes its file (a second put or a
+// remove of it waits), so each file operation on a key sees the entry it expects.
 class DirectoryStore final : public Store {
  public:
   DirectoryStore(const char* path, uint64_t max_bytes, bool sync, const HostAllocator& a, const char* fn)
@@ -56,15 +111,18 @@ class DirectoryStore final : public Store {
     if (::mkdir(path, 0777) != 0 && errno != EEXIST)
       fail(KVP_ERR_IO, "%s: cannot create the directory '%s': %s", fn, path, std::strerror(errno));
     scan(fn);
-    while (bytes_ > max_) evict_oldest();
+    shrink_to_bound();
   }
 
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;
   struct Entry {
     uint64_t file_bytes;
-    Lru::iterator at;  // in lru_ (front = least recently used)
-    uint64_t number;   // in order_
+    Lru::iterator at;       // in lru_ (front = least recently used)
+    uint64_t number;        // in order_
+    uint64_t version = 0;   // completed puts of the key since the store opened
+    bool pending = false;   // its first file is being written: not in the store yet
+    bool writing = false;   // a put of the key is writing its file
   };
   using Map = std::unordered_map<StoreKey, Entry, StoreKeyHash, std::equal_to<StoreKey>,
                                  StdAllocator<std::pair<const StoreKey, Entry>>>;
@@ -115,28 +173,51 @@ class DirectoryStore final : public Store {
       const Lru::iterator at = lru_.insert(lru_.end(), f.key);
       map_.emplace(f.key, Entry{f.bytes, at, order_.add(f.key)});
       bytes_ += f.bytes;
+      ++blocks_;
     }
   }
 
+  // The entry of k when its block is in the store (not a first put still writing).
+  Map::iterator find_block(const StoreKey& k) {
+    auto it = map_.find(k);
+    return it == map_.end() || it->second.pending ? map_.end() : it;
+  }
+
   void forget(Map::iterator it) noexcept {
-    bytes_ -= it->second.file_bytes;
+    if (!it->second.pending) {
+      bytes_ -= it->second.file_bytes;
+      --blocks_;
+    }
     lru_.erase(it->second.at);
     order_.erase(it->second.number);
     map_.erase(it);
   }
 
-  void evict_oldest() noexcept {
-    auto it = map_.find(lru_.front());
-    ::unlink(file_of(it->first).c_str());  // a file that cannot be deleted is forgotten all the same
-    forget(it);
-    ++evictions_;
+  // Deletes the least recently used block whose key is not being written; false if none is left.
+  bool evict_oldest() noexcept {
+    for (const StoreKey& k : lru_) {
+      auto it = map_.find(k);
+      if (it->second.writing) continue;  // pending entries are writing too
+      ::unlink(file_of(k).c_str());      // a file that cannot be deleted is forgotten all the same
+      forget(it);
+      ++evictions_;
+      return true;
+    }
+    return false;
   }
 
-  // Deletes a damaged block and throws `code` with `what`.
-  [[noreturn]] void damaged(Map::iterator it, const HostString& file, kvp_status code, const char* what) {
-    ::unlink(file.c_str());
-    forget(it);
-    fail(code, "kvp_store: the block file '%s' is damaged (%s): deleted", file.c_str(), what);
+  // Over the bound, evicts until it holds, or until only keys being written are left (their
+  // files count once written: the bound can be exceeded by the puts in flight).
+  void shrink_to_bound() noexcept {
+    while (bytes_ > max_ && evict_oldest()) {
+    }
+  }
+
+  void wait_not_writing(const StoreKey& k) {
+    wait(idle_, [&] {
+      auto it = map_.find(k);
+      return it == map_.end() || !it->second.writing;
+    });
   }
 
   void do_put(const StoreKey& k, const void* data, size_t n) override {
@@ -144,6 +225,7 @@ class DirectoryStore final : public Store {
       fail(KVP_ERR_INVALID_ARGUMENT,
            "kvp_store_put: a block of %zu bytes (plus its %zu-byte file header) exceeds the store's bound of %llu bytes",
            n, kHeaderBytes, static_cast<unsigned long long>(max_));
+    wait_not_writing(k);
     // The entry first (it may need memory), the file next, so a failure leaves both as they were.
     auto it = map_.find(k);
     const bool fresh = it == map_.end();
@@ -158,81 +240,99 @@ class DirectoryStore final : public Store {
         order_.erase(number);
         throw;
       }
+      it->second.pending = true;
     }
+    it->second.writing = true;
     try {
       const HostString file = file_of(k);
-      AtomicFile f(file.c_str(), "kvp_store_put");
-      const auto* p = static_cast<const uint8_t*>(data);
-      Xxh3Sum sum;  // each piece summed just before it is written (read from the cache)
-      for (size_t off = 0; off < n; off += kFramePieceBytes) {
-        const size_t m = std::min(n - off, kFramePieceBytes);
-        sum.add(p + off, m);
-        f.write_at(kHeaderBytes + off, p + off, m);
-      }
-      uint8_t h[kHeaderBytes];
-      write_frame_header(h, k, n, sum.value());
-      f.write_at(0, h, sizeof h);
-      f.commit(sync_ ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+      Unlocked io(*this);
+      write_frame_file(file, k, data, n, sync_);
     } catch (...) {
+      it = map_.find(k);  // still there: no other call forgets a key being written
       if (fresh) forget(it);
+      else it->second.writing = false;
+      idle_.notify_all();
       throw;
     }
-    bytes_ = bytes_ - it->second.file_bytes + kHeaderBytes + n;
-    it->second.file_bytes = kHeaderBytes + n;
-    lru_.splice(lru_.end(), lru_, it->second.at);
-    while (bytes_ > max_) evict_oldest();  // never the new block: it alone fits
+    it = map_.find(k);
+    Entry& e = it->second;
+    if (e.pending) {
+      e.pending = false;
+      ++blocks_;
+    } else {
+      bytes_ -= e.file_bytes;
+    }
+    bytes_ += kHeaderBytes + n;
+    e.file_bytes = kHeaderBytes + n;
+    e.writing = false;
+    ++e.version;
+    lru_.splice(lru_.end(), lru_, e.at);
+    idle_.notify_all();
+    shrink_to_bound();  // never the new block: it is the most recent and alone fits
   }
 
-  // Reads and verifies the block of `it` into dst (cap bytes; cap == SIZE_MAX with dst null: into
-  // scratch, for scrub). Throws (after deleting a damaged file); false if the file has vanished.
-  bool read_block(Map::iterator it, void* dst, size_t cap, size_t* size, HostVector<uint8_t>* scratch) {
+  // Reads and verifies the block of k, outside the lock, into dst (cap bytes; with scratch: into
+  // it, for scrub). False on a miss; a damaged file is deleted and throws its FORMAT status.
+  bool read_block(const StoreKey& k, uint8_t* dst, size_t cap, size_t* size, HostVector<uint8_t>* scratch) {
+    for (bool retried = false;; retried = true) {
+      auto it = find_block(k);
+      if (it == map_.end()) return false;
+      const uint64_t file_bytes = it->second.file_bytes, version = it->second.version;
+      if (file_bytes < kHeaderBytes) {
+        damaged(it, KVP_ERR_FORMAT_TRUNCATED, "shorter than its header");
+      }
+      *size = static_cast<size_t>(file_bytes - kHeaderBytes);
+      if (scratch != nullptr) {
+        scratch->resize(*size);
+        dst = scratch->data();
+      } else if (cap < *size) {
+        fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_store_get: the block has %zu bytes but capacity is %zu", *size, cap);
+      }
+      const HostString file = file_of(k);
+      FileRead r;
+      {
+        Unlocked io(*this);
+        r = read_frame_file(file, file_bytes, k, dst);
+      }
+      it = map_.find(k);
+      if (r.outcome == FileRead::kOk) {
+        if (it != map_.end()) lru_.splice(lru_.end(), lru_, it->second.at);
+        ::utimensat(AT_FDCWD, file.c_str(), nullptr, 0);  // recency for the next open
+        return true;
+      }
+      if (it == map_.end()) return false;  // removed meanwhile
+      // Replaced while it was read (or being replaced): read the new file once more.
+      if (it->second.writing || it->second.version != version) {
+        if (retried) return false;
+        continue;
+      }
+      if (r.outcome == FileRead::kGone) {
+        forget(it);
+        return false;
+      }
+      damaged(it, r.fault.code, r.fault.what);
+    }
+  }
+
+  // Deletes the damaged file of `it` (not being written) and throws `code` with `what`.
+  [[noreturn]] void damaged(Map::iterator it, kvp_status code, const char* what) {
     const HostString file = file_of(it->first);
-    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT) {
-      forget(it);
-      return false;
-    }
-    if (fd < 0) fail(KVP_ERR_IO, "kvp_store: cannot open the block file '%s': %s", file.c_str(), std::strerror(errno));
-    struct Closer {
-      int fd;
-      ~Closer() { ::close(fd); }
-    } closer{fd};
-    uint8_t h[kHeaderBytes];
-    if (!read_exact(fd, h, sizeof h, 0)) damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "shorter than its header");
-    if (const FrameFault f = check_frame_header(h, it->second.file_bytes, it->first)) damaged(it, file, f.code, f.what);
-    const uint64_t n = it->second.file_bytes - kHeaderBytes;
-    *size = static_cast<size_t>(n);
-    if (scratch != nullptr) {
-      scratch->resize(*size);
-      dst = scratch->data();
-    } else if (cap < n) {
-      fail(KVP_ERR_BUFFER_TOO_SMALL, "kvp_store_get: the block has %zu bytes but capacity is %zu", *size, cap);
-    }
-    auto* p = static_cast<uint8_t*>(dst);
-    Xxh3Sum sum;  // each piece summed just after it is read (from the cache)
-    for (size_t off = 0; off < *size; off += kFramePieceBytes) {
-      const size_t m = std::min(*size - off, kFramePieceBytes);
-      if (!read_exact(fd, p + off, m, kHeaderBytes + off)) damaged(it, file, KVP_ERR_FORMAT_TRUNCATED, "truncated");
-      sum.add(p + off, m);
-    }
-    if (const FrameFault f = check_frame_sum(h, sum.value())) damaged(it, file, f.code, f.what);
-    return true;
+    ::unlink(file.c_str());
+    forget(it);
+    fail(code, "kvp_store: the block file '%s' is damaged (%s): deleted", file.c_str(), what);
   }
 
   bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) override {
-    auto it = map_.find(k);
-    if (it == map_.end() || !read_block(it, dst, cap, size, nullptr)) return false;
-    lru_.splice(lru_.end(), lru_, it->second.at);
-    ::utimensat(AT_FDCWD, file_of(k).c_str(), nullptr, 0);  // recency for the next open
-    return true;
+    return read_block(k, static_cast<uint8_t*>(dst), cap, size, nullptr);
   }
 
   void do_exists(const StoreKey* keys, size_t n, uint8_t* found) override {
-    for (size_t i = 0; i < n; ++i) found[i] = map_.count(keys[i]) != 0;
+    for (size_t i = 0; i < n; ++i) found[i] = find_block(keys[i]) != map_.end();
   }
 
   bool do_remove(const StoreKey& k) override {
-    auto it = map_.find(k);
+    wait_not_writing(k);
+    auto it = find_block(k);
     if (it == map_.end()) return false;
     const HostString file = file_of(k);
     if (::unlink(file.c_str()) != 0 && errno != ENOENT)
@@ -241,10 +341,17 @@ class DirectoryStore final : public Store {
     return true;
   }
 
-  size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap) override { return order_.list(cursor, keys, cap); }
+  // The keys of the blocks in the store: a first put still writing is left out of its page.
+  size_t do_list(uint64_t* cursor, StoreKey* keys, size_t cap) override {
+    const size_t n = order_.list(cursor, keys, cap);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (find_block(keys[i]) != map_.end()) keys[kept++] = keys[i];
+    return kept;
+  }
 
   Usage do_usage() const override {
-    return Usage{static_cast<int64_t>(map_.size()), static_cast<int64_t>(bytes_), static_cast<int64_t>(max_)};
+    return Usage{static_cast<int64_t>(blocks_), static_cast<int64_t>(bytes_), static_cast<int64_t>(max_)};
   }
 
   kvp_store_scrub_report do_scrub() override {
@@ -254,12 +361,13 @@ class DirectoryStore final : public Store {
     HostVector<StoreKey> keys(lru_.begin(), lru_.end(), alloc_);
     HostVector<uint8_t> scratch(alloc_);
     for (const StoreKey& k : keys) {
-      auto it = map_.find(k);
+      const auto it = find_block(k);
+      if (it == map_.end()) continue;  // gone, or a first put still writing
       const uint64_t file_bytes = it->second.file_bytes;
       size_t size = 0;
       ++r.blocks_checked;
       try {
-        read_block(it, nullptr, 0, &size, &scratch);
+        read_block(k, nullptr, 0, &size, &scratch);
       } catch (const error& e) {
         if (e.code() == KVP_ERR_IO || e.code() == KVP_ERR_OUT_OF_MEMORY) throw;
         ++r.blocks_damaged;
@@ -272,11 +380,13 @@ class DirectoryStore final : public Store {
   HostString dir_;
   uint64_t max_;
   bool sync_;
-  uint64_t bytes_ = 0;
+  uint64_t bytes_ = 0;   // of the blocks in the store (pending ones not counted)
+  uint64_t blocks_ = 0;  // the same
   HostAllocator alloc_;
   Lru lru_;
   Map map_;
   ListOrder order_;
+  std::condition_variable_any idle_;  // a put of some key ended
 };
 
 }  // namespace

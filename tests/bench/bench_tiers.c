@@ -5,7 +5,8 @@
  * and a sequential write / read of the same bytes to one file in the same directory with the
  * same sync policy (disk). The stores are also timed directly (kvp_store_put / kvp_store_get of
  * blocks of the same size) to separate the pool's share (page copies, block sealing and checks)
- * from the store's.
+ * from the store's; the directory store also with its puts split over two threads while a third
+ * times kvp_store_exists (how long a pool's lookup waits on another thread's file write).
  *
  *   bench_tiers [--quick] [--reps N] [--dir DIR] [--sync]
  *
@@ -187,6 +188,78 @@ static void store_direct(const run *r, int64_t pages, size_t block, uint8_t *buf
   *get_s = t2 - t1;
 }
 
+/* kvp_store_exists of one key, again and again until told to stop, on its own thread: how long a
+ * pool's lookup waits while another thread puts blocks into the same store. */
+typedef struct prober {
+  kvp_store *store;
+  volatile int stop;
+  double max_s, sum_s;
+  long calls, over_1ms; /* calls that took 1 ms or more */
+} prober;
+
+static void *probe_main(void *p) {
+  prober *pr = (prober *)p;
+  kvp_store_key k;
+  memset(&k, 0xEE, sizeof k);
+  while (!pr->stop) {
+    uint8_t found = 0;
+    const double t0 = bench_now_s();
+    check(kvp_store_exists(pr->store, &k, 1, &found), "store_exists");
+    const double dt = bench_now_s() - t0;
+    if (dt > pr->max_s) pr->max_s = dt;
+    pr->sum_s += dt;
+    ++pr->calls;
+    if (dt >= 1e-3) ++pr->over_1ms;
+  }
+  return NULL;
+}
+
+typedef struct putter {
+  kvp_store *store;
+  int64_t first, count;
+  size_t block;
+  const uint8_t *buf;
+} putter;
+
+static void *put_main(void *p) {
+  const putter *w = (const putter *)p;
+  kvp_store_key k;
+  memset(&k, 0, sizeof k);
+  for (int64_t i = w->first; i < w->first + w->count; ++i) {
+    memcpy(k.bytes, &i, sizeof i);
+    check(kvp_store_put(w->store, &k, w->buf, w->block), "store_put");
+  }
+  return NULL;
+}
+
+/* The directory store shared by threads: `pages` puts split over two threads (seconds), and the
+ * mean and longest kvp_store_exists (µs) on a third thread meanwhile. */
+typedef struct shared_times {
+  double put2_s, probe_mean_us, probe_max_us;
+  long probes, probes_over_1ms;
+} shared_times;
+
+static shared_times store_shared(const run *r, int64_t pages, size_t block, const uint8_t *buf, const char *path) {
+  kvp_store *store = open_store(r, 1, path, 2 * (uint64_t)pages * block);
+  sync();
+  prober pr = {store, 0, 0.0, 0.0, 0, 0};
+  putter w[2] = {{store, 0, pages / 2, block, buf}, {store, pages / 2, pages - pages / 2, block, buf}};
+  pthread_t tp, tw[2];
+  if (pthread_create(&tp, NULL, probe_main, &pr) != 0) exit(1);
+  const double t0 = bench_now_s();
+  for (int i = 0; i < 2; ++i)
+    if (pthread_create(&tw[i], NULL, put_main, &w[i]) != 0) exit(1);
+  for (int i = 0; i < 2; ++i) pthread_join(tw[i], NULL);
+  const double t1 = bench_now_s();
+  pr.stop = 1;
+  pthread_join(tp, NULL);
+  check(kvp_store_destroy(store), "store_destroy");
+  remove_files(path);
+  shared_times t = {t1 - t0, pr.calls ? pr.sum_s / (double)pr.calls * 1e6 : 0.0, pr.max_s * 1e6, pr.calls,
+                    pr.over_1ms};
+  return t;
+}
+
 /* Seconds for `pages` writes of `block` bytes to a new file: fsync after each (per_block), at
  * the end (sync), or never. */
 static double write_file(const char *file, int64_t pages, size_t block, const uint8_t *buf, int sync_each, int sync_end) {
@@ -339,6 +412,7 @@ static void bench_page_size(const run *r, int64_t S) {
   const pool_times none = {1e9, 1e9, 1e9};
   pool_times pt[2][2] = {{none, none}, {none, none}};
   double put[2] = {1e9, 1e9}, get[2] = {1e9, 1e9}, fw = 1e9, fws = 1e9, ff = 1e9, fr = 1e9;
+  shared_times shared = {1e9, 0.0, 0.0, 0, 0};
   kvp_store *stores[2];
   char path[4096];
   snprintf(path, sizeof path, "%s/bench_tiers.%d", r->dir, (int)getpid());
@@ -369,6 +443,8 @@ static void bench_page_size(const run *r, int64_t S) {
       if (e < put[d]) put[d] = e;
       if (s2 < get[d]) get[d] = s2;
     }
+    const shared_times st = store_shared(r, pages, page, src, path);
+    if (st.put2_s < shared.put2_s) shared = st;
     const file_times ft = file_baseline(r, pages, page, src, path);
     if (ft.write < fw) fw = ft.write;
     if (ft.stream < fws) fws = ft.stream;
@@ -413,6 +489,10 @@ static void bench_page_size(const run *r, int64_t S) {
     }
     printf("    kvp_store_put / get alone  : %6.2f / %6.2f GB/s (%.2f of %s / %.2f of %s)\n", gbs(bytes, put[d]),
            gbs(bytes, get[d]), limit_w / put[d], lw, limit_r / get[d], lr);
+    if (d)
+      printf("    kvp_store_put on 2 threads : %6.2f GB/s (%.2f of one thread); kvp_store_exists meanwhile on a "
+             "third: mean %.1f us, %ld of %ld calls took >= 1 ms, longest %.0f us\n", gbs(bytes, shared.put2_s),
+             put[d] / shared.put2_s, shared.probe_mean_us, shared.probes_over_1ms, shared.probes, shared.probe_max_us);
   }
   free(src);
   free(dst);

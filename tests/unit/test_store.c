@@ -1,11 +1,12 @@
 /* Unit tests of kvpages/store.h: the memory store (round trip, bound, LRU), the directory store
  * (restart, atomic replacement, stale temporary files, bound, scrub of a truncated and a
- * bit-flipped file, a damaged file read), a plug-in store through its vtable (a test store
+ * bit-flipped file, a damaged file read, several threads sharing one store), a plug-in store through its vtable (a test store
  * counting its calls), and every bad input with its status, message and proof nothing changed. */
 #include "store_blocks.h"
 #include "support.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -282,6 +283,134 @@ static void test_store__directory_scrub_drops_damaged(void **state) {
   remove_dir(dir);
 }
 
+/* Several threads on one directory store, whose files are written and read outside its lock:
+ * puts (the same keys by several threads at once), gets, exists, removes, scrubs and listings over
+ * 24 keys, under a bound that holds 12. No call fails but with a miss, every block read is the one
+ * put, and afterwards the counts match the files: in this store, on disk, and in a store reopened. */
+enum { kShareKeys = 24, kShareThreads = 4, kShareOps = 400 };
+
+static size_t share_size(uint32_t key) { return 4096 + 64 * (size_t)key; }
+
+static void share_fill(uint8_t *b, uint32_t key, size_t n) {
+  for (size_t i = 0; i < n; ++i) b[i] = (uint8_t)(key * 37u + i * 11u + (i >> 8));
+}
+
+typedef struct {
+  kvp_store *store;
+  unsigned seed;
+  int failures;
+  char first[256];
+} share_worker;
+
+static void share_failed(share_worker *w, const char *what) {
+  if (w->failures++ == 0) snprintf(w->first, sizeof w->first, "%s: %s", what, kvp_last_error_message());
+}
+
+static void *share_main(void *arg) {
+  share_worker *w = (share_worker *)arg;
+  uint8_t want[4096 + 64 * kShareKeys], got[4096 + 64 * kShareKeys];
+  for (int op = 0; op < kShareOps; ++op) {
+    const uint32_t key = (uint32_t)(rand_r(&w->seed) % kShareKeys), what = (uint32_t)(rand_r(&w->seed) % 17);
+    const kvp_store_key k = kvp_test_store_key(key);
+    const size_t n = share_size(key);
+    size_t size = 0;
+    uint8_t found = 9;
+    kvp_status st;
+    if (what < 6) {
+      share_fill(want, key, n);
+      if (kvp_store_put(w->store, &k, want, n) != KVP_OK) share_failed(w, "put");
+    } else if (what < 12) {
+      st = kvp_store_get(w->store, &k, got, sizeof got, &size);
+      share_fill(want, key, n);
+      if (st == KVP_OK && (size != n || memcmp(got, want, n) != 0)) share_failed(w, "get read other bytes");
+      if (st != KVP_OK && st != KVP_ERR_NOT_FOUND) share_failed(w, "get");
+    } else if (what < 14) {
+      if (kvp_store_exists(w->store, &k, 1, &found) != KVP_OK || found > 1) share_failed(w, "exists");
+    } else if (what < 15) {
+      st = kvp_store_remove(w->store, &k);
+      if (st != KVP_OK && st != KVP_ERR_NOT_FOUND) share_failed(w, "remove");
+    } else if (what < 16) {
+      kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
+      if (kvp_store_scrub(w->store, &r) != KVP_OK || r.blocks_damaged != 0) share_failed(w, "scrub");
+    } else {
+      kvp_store_key page[8];
+      uint64_t cursor = 0;
+      if (kvp_store_list(w->store, &cursor, page, 8, &size) != KVP_OK) share_failed(w, "list");
+      for (size_t i = 0; i < size; ++i) {
+        uint32_t j = 0;
+        while (j < kShareKeys && memcmp(page[i].bytes, kvp_test_store_key(j).bytes, 16) != 0) ++j;
+        if (j == kShareKeys) share_failed(w, "list gave a key never put");
+      }
+    }
+  }
+  return NULL;
+}
+
+/* The block files of dir: how many, and their bytes. */
+static void files_in(const char *dir, int64_t *count, int64_t *bytes) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  *count = *bytes = 0;
+  char p[512];
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (strstr(e->d_name, ".kvpb") == NULL) continue;
+    assert_null(strstr(e->d_name, ".tmp.")); /* no temporary file left behind */
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    ++*count;
+    *bytes += sb.st_size;
+  }
+  closedir(d);
+}
+
+static void test_store__directory_threads_share_one_store(void **state) {
+  (void)state;
+  char dir[64];
+  make_dir(dir, sizeof dir);
+  const uint64_t bound = 12 * (48 + share_size(kShareKeys - 1));
+  kvp_store *s = open_dir(dir, bound);
+  share_worker w[kShareThreads];
+  pthread_t t[kShareThreads];
+  for (int i = 0; i < kShareThreads; ++i) {
+    memset(&w[i], 0, sizeof w[i]);
+    w[i].store = s;
+    w[i].seed = 1234u + (unsigned)i;
+    assert_int_equal(pthread_create(&t[i], NULL, share_main, &w[i]), 0);
+  }
+  for (int i = 0; i < kShareThreads; ++i) assert_int_equal(pthread_join(t[i], NULL), 0);
+  for (int i = 0; i < kShareThreads; ++i)
+    if (w[i].failures != 0) fail_msg("thread %d: %d failures, the first: %s", i, w[i].failures, w[i].first);
+  const kvp_store_stats st = stats(s);
+  int64_t files = 0, bytes = 0;
+  files_in(dir, &files, &bytes);
+  assert_int_equal(st.blocks, files);
+  assert_int_equal(st.bytes, bytes);
+  assert_true((uint64_t)st.bytes <= bound);
+  assert_true(st.blocks > 0);
+  assert_int_equal(st.errors, 0);
+  static uint8_t want[4096 + 64 * kShareKeys], got[4096 + 64 * kShareKeys];
+  for (uint32_t key = 0; key < kShareKeys; ++key) {
+    if (!has(s, (uint8_t)key)) continue;
+    const kvp_store_key k = kvp_test_store_key(key);
+    size_t size = 0;
+    assert_kvp_ok(kvp_store_get(s, &k, got, sizeof got, &size));
+    share_fill(want, key, share_size(key));
+    assert_int_equal(size, share_size(key));
+    assert_memory_equal(got, want, size);
+  }
+  assert_kvp_ok(kvp_store_destroy(s));
+  s = open_dir(dir, bound);
+  assert_int_equal(stats(s).blocks, files);
+  assert_int_equal(stats(s).bytes, bytes);
+  kvp_store_scrub_report r = KVP_STORE_SCRUB_REPORT_INIT;
+  assert_kvp_ok(kvp_store_scrub(s, &r));
+  assert_int_equal(r.blocks_checked, files);
+  assert_int_equal(r.blocks_damaged, 0);
+  assert_kvp_ok(kvp_store_destroy(s));
+  remove_dir(dir);
+}
+
 /* ---- plug-in store ------------------------------------------------------------------------ */
 
 typedef struct counting_store {
@@ -482,6 +611,7 @@ int main(void) {
       cmocka_unit_test(test_store__directory_writes_atomically),
       cmocka_unit_test(test_store__directory_bound_deletes_least_recent),
       cmocka_unit_test(test_store__directory_scrub_drops_damaged),
+      cmocka_unit_test(test_store__directory_threads_share_one_store),
       cmocka_unit_test(test_store__plugin_through_vtable),
       cmocka_unit_test(test_store__plugin_table_checked),
       cmocka_unit_test(test_store__bad_input_changes_nothing),
