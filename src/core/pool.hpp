@@ -254,6 +254,18 @@ class Pool {
   // block costs the pages of its group, never wrong KV.
   size_t restore_in_place(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
                           uint32_t shard, int32_t* r);
+  // How many blocks restore_read_group reads at once: one per thread of the library's pool (at
+  // most kMaxBlockGroup).
+  size_t read_group() const noexcept;
+  // Restores pages [i, i + n) of a prompt (n <= read_group()) from a store whose gets read at once
+  // (Store::reads_concurrently: the directory store) into fresh pages r[i…] of a host cache, as
+  // far as they continue: returns how many. Each block is read into a buffer of its own and
+  // checked, on the library's threads, before any page is taken, so a block that is missing or
+  // does not check out takes no page (the group's blocks after it were read for nothing); then a
+  // page is taken for each block before it and they are copied in, on the threads. A failing
+  // store call ends the run like a miss and counts as the tier's error.
+  size_t restore_read_group(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
+                            uint32_t shard, int32_t* r);
   // Restores page i of a prompt from a store through a buffer into a fresh page r[i]; false if the
   // block is missing or does not check out (then it took no page). Throws when the store or the
   // copy fails. With a host pipe (a device cache), the block is read into slot k and uploaded
@@ -314,6 +326,9 @@ class Pool {
   // Blocks of evicted pages on their way out when no tier queues them (a memory store adopts
   // them, handing back its spare): [kMaxBlockGroup], made by the first tier.
   HostVector<HostBytes> block_bufs_{StdAllocator<HostBytes>(alloc_)};
+  // Blocks on their way in beside read_buf_ (restore_read_group): [kMaxBlockGroup - 1], made by
+  // the first tier, each sized when a group first needs it.
+  HostVector<HostBytes> read_bufs_{StdAllocator<HostBytes>(alloc_)};
   void* tier_arrays_ = nullptr;       // one block from alloc_ holding the three below
   uint8_t* read_buf_ = nullptr;       // [block_.total]: a block on its way in
   StoreKey* tier_keys_ = nullptr;     // [row_len_]: a prompt's chained keys (restore), as store keys

@@ -53,12 +53,15 @@ void Pool::add_store(kvp_store* h) {
     const BlockShape shape = block_shape(c);
     const size_t keys = checked_bytes_add(shape.total, 63, "a pool's block buffers") / 64 * 64;
     const size_t found = checked_bytes_add(keys, checked_bytes(row_len_, sizeof(StoreKey), "a prompt's keys"), "tiers");
-    HostVector<HostBytes> out{StdAllocator<HostBytes>(alloc_)};
+    HostVector<HostBytes> out{StdAllocator<HostBytes>(alloc_)}, in{StdAllocator<HostBytes>(alloc_)};
     out.reserve(kMaxBlockGroup);
+    in.reserve(kMaxBlockGroup - 1);
     for (size_t i = 0; i < kMaxBlockGroup; ++i) out.emplace_back(alloc_);
+    for (size_t i = 1; i < kMaxBlockGroup; ++i) in.emplace_back(alloc_);
     out[0].resize(shape.total);  // the others when a group first needs them
     auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(found, row_len_, "tiers"), 64));
     block_bufs_.swap(out);
+    read_bufs_.swap(in);
     tier_arrays_ = mem;
     read_buf_ = mem;
     tier_keys_ = reinterpret_cast<StoreKey*>(mem + keys);
@@ -77,6 +80,7 @@ void Pool::add_store(kvp_store* h) {
         alloc_.deallocate(tier_arrays_);  // nothing changed
         tier_arrays_ = nullptr;
         HostVector<HostBytes>{StdAllocator<HostBytes>(alloc_)}.swap(block_bufs_);
+        HostVector<HostBytes>{StdAllocator<HostBytes>(alloc_)}.swap(read_bufs_);
       }
       throw;
     }
@@ -311,9 +315,12 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
         piped = true;
         pipe = block_pipe();
       }
-      const bool in_place = pipe == nullptr && store.blocks_in_memory();  // no pipe: a host cache
+      // Groups of blocks on the library's threads where the cache is in host memory (no pipe)
+      // and the store serves blocks in place or reads them at once; else one block at a time.
+      const bool in_place = pipe == nullptr && store.blocks_in_memory();
+      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr && store.reads_concurrently() ? read_group() : 0;
       while (got < asked && found_[got]) {
-        if (!in_place) {
+        if (group == 0) {
           if (!restore_copied(store, t, next + got, tokens, salt, shard, r, pipe.get(),
                               static_cast<int>((next + got) & 1)))
             break;
@@ -321,8 +328,9 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
           continue;
         }
         size_t n = 1;
-        while (n < kMaxBlockGroup && got + n < asked && found_[got + n]) ++n;
-        const size_t k = restore_in_place(store, t, next + got, n, tokens, salt, shard, r);
+        while (n < group && got + n < asked && found_[got + n]) ++n;
+        const size_t k = in_place ? restore_in_place(store, t, next + got, n, tokens, salt, shard, r)
+                                  : restore_read_group(store, t, next + got, n, tokens, salt, shard, r);
         got += k;
         if (k < n) break;
       }
@@ -415,6 +423,55 @@ size_t Pool::restore_in_place(Store& store, Tier& t, size_t i, size_t n, const i
   while (good < seen && ok[good]) ++good;
   if (good < seen) ++t.st.rejected;  // damaged, or replaced by a bad block since the first look
   for (size_t k = heads; k-- > good;) release_page(pages[k]);
+  for (size_t k = 0; k < good; ++k) finish_restore(pages[k], t, i + k, tokens, salt, r);
+  return good;
+}
+
+size_t Pool::read_group() const noexcept {
+  return std::max<size_t>(1, std::min<size_t>(kMaxBlockGroup, static_cast<size_t>(ThreadPool::instance().max_threads())));
+}
+
+size_t Pool::restore_read_group(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
+                                uint32_t shard, int32_t* r) {
+  const size_t S = static_cast<size_t>(page_size_);
+  Cache& c = cache("kvp_pool_add_sequence");
+  uint8_t* bufs[kMaxBlockGroup] = {read_buf_};
+  for (size_t k = 1; k < n; ++k) {
+    resize_for_write(read_bufs_[k - 1], block_.total);
+    bufs[k] = read_bufs_[k - 1].data();
+  }
+  struct Read {
+    size_t size = 0;
+    bool hit = false, ok = false;
+    kvp_status failed = KVP_OK;  // what the store's get threw
+  } rd[kMaxBlockGroup];
+  parallel_for_bytes(n, block_.total, [&](size_t k) {
+    const BlockId id = restore_id(i + k, salt);
+    try {
+      rd[k].hit = store.get(id.key, bufs[k], block_.total, &rd[k].size);
+    } catch (const error& e) {
+      rd[k].failed = e.code();
+    } catch (...) {
+      rd[k].failed = KVP_ERR_INTERNAL;
+    }
+    rd[k].ok = rd[k].hit && block_check(block_, bufs[k], rd[k].size, id, tokens + (i + k) * S) == nullptr;
+  });
+  size_t good = 0;
+  while (good < n && rd[good].ok) ++good;
+  for (size_t k = 0; k < n; ++k)
+    if (rd[k].hit) t.st.bytes_read += static_cast<int64_t>(rd[k].size);
+  if (good < n) {  // what ended the run: a miss counts nothing more, as one block at a time
+    if (rd[good].hit || block_fault(rd[good].failed)) ++t.st.rejected;
+    else if (rd[good].failed != KVP_OK) ++t.st.errors;
+  }
+  if (good == 0) return 0;
+  int32_t* pages = r + i;
+  alloc_pages(shard, good, pages);
+  const size_t pb = block_.page_bytes;
+  parallel_for_bytes(good, block_.total, [&](size_t k) {
+    for (int64_t l = 0; l < c.num_layers(); ++l)
+      copy_nontemporal(c.layer_data(l) + static_cast<size_t>(pages[k]) * pb, block_.layer(bufs[k], l), pb);
+  });
   for (size_t k = 0; k < good; ++k) finish_restore(pages[k], t, i + k, tokens, salt, r);
   return good;
 }

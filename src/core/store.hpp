@@ -59,6 +59,9 @@ class Store {
   // Whether the store keeps its blocks in its own host memory (the memory store), so that
   // read_in_place serves them without a copy.
   virtual bool blocks_in_memory() const noexcept { return false; }
+  // Whether gets on several threads read at once (the directory store reads its files outside
+  // its lock), so that a pool reads several blocks of a prompt on its threads.
+  virtual bool reads_concurrently() const noexcept { return false; }
   // Where blocks_in_memory(): calls look(find) under the store's lock, where find(k, use) is the
   // block of k where it lies (a const HostBytes*), nullptr on a miss. A `use` counts as a hit (or a
   // miss) and makes the block the most recent, as get does; without it the look changes nothing

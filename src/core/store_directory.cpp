@@ -114,6 +114,8 @@ class DirectoryStore final : public Store {
     shrink_to_bound();
   }
 
+  bool reads_concurrently() const noexcept override { return true; }
+
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;
   struct Entry {

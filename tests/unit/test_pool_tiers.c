@@ -370,27 +370,37 @@ static void test_pool_tiers__plugin_tier_and_damaged_blocks(void **state) {
   assert_int_equal(m.destroys, 1);
 }
 
-/* Flips one byte, `from_end` bytes before the end, of the block a memory store holds for the page
- * whose token ids are page_tokens (ps of them, at offset 72 of a block), and puts it back. */
-static void damage_stored_page(kvp_store *s, const int32_t *page_tokens, size_t ps, size_t from_end) {
+/* The key under which store s holds the block of the page whose token ids are page_tokens (ps of
+ * them, at offset 72 of a block); its bytes go to *block (test_malloc'd) and *size. */
+static kvp_store_key stored_page(kvp_store *s, const int32_t *page_tokens, size_t ps, uint8_t **block, size_t *size) {
   kvp_store_key keys[64];
   uint64_t cursor = 0;
-  size_t n = 0, size = 0;
+  size_t n = 0;
   assert_kvp_ok(kvp_store_list(s, &cursor, keys, 64, &n));
   assert_int_equal(cursor, 0);
   for (size_t i = 0; i < n; ++i) {
-    assert_kvp_status(kvp_store_get(s, &keys[i], NULL, 0, &size), KVP_ERR_BUFFER_TOO_SMALL, "capacity is 0");
-    uint8_t *b = (uint8_t *)test_malloc(size);
-    assert_kvp_ok(kvp_store_get(s, &keys[i], b, size, &size));
+    assert_kvp_status(kvp_store_get(s, &keys[i], NULL, 0, size), KVP_ERR_BUFFER_TOO_SMALL, "capacity is 0");
+    uint8_t *b = (uint8_t *)test_malloc(*size);
+    assert_kvp_ok(kvp_store_get(s, &keys[i], b, *size, size));
     if (memcmp(b + 72, page_tokens, ps * sizeof(int32_t)) == 0) {
-      b[size - from_end] ^= 0x10;
-      assert_kvp_ok(kvp_store_put(s, &keys[i], b, size));
-      test_free(b);
-      return;
+      *block = b;
+      return keys[i];
     }
     test_free(b);
   }
   fail_msg("the store holds no block of that page");
+  return keys[0];
+}
+
+/* Flips one byte, `from_end` bytes before the end, of the block a store holds for the page whose
+ * token ids are page_tokens, and puts it back (the store's own frame stays valid). */
+static void damage_stored_page(kvp_store *s, const int32_t *page_tokens, size_t ps, size_t from_end) {
+  uint8_t *b = NULL;
+  size_t size = 0;
+  const kvp_store_key k = stored_page(s, page_tokens, ps, &b, &size);
+  b[size - from_end] ^= 0x10;
+  assert_kvp_ok(kvp_store_put(s, &k, b, size));
+  test_free(b);
 }
 
 /* Blocks of half a MiB (2 layers, 8 heads x 128, page 32, f32): a memory tier restores them a
@@ -489,6 +499,98 @@ static void test_pool_tiers__directory_tier_survives_restart(void **state) {
   assert_kvp_ok(kvp_pool_destroy(p));
   assert_kvp_ok(kvp_cache_destroy(c));
   assert_kvp_ok(kvp_store_destroy(store));
+  remove_dir(dir);
+}
+
+/* The same blocks from a directory tier, whose files are read at once on the library's threads (a
+ * group of blocks per call) before any page is taken. All six pages come back; a block whose
+ * page checksum fails (put back damaged under its key) ends the restore there, and so does a
+ * block file damaged on disk (which the store deletes): the pages before it are restored, no page
+ * is taken for it or the ones after, no wrong byte is in the cache. */
+static void test_pool_tiers__directory_tier_restores_groups_of_large_blocks(void **state) {
+  (void)state;
+  enum { BPS = 32, BNP = 10, A_LEN = 6 * BPS + 1, B_LEN = 9 * BPS };
+  char dir[64];
+  snprintf(dir, sizeof dir, "/tmp/kvp_test_tiers_XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  kvp_store_options o = KVP_STORE_OPTIONS_INIT;
+  o.flags = KVP_STORE_FLAG_NO_SYNC;
+  kvp_config cfg = kvp_test_config_len(2, 8, 128, BPS, BNP, KVP_DTYPE_F32, KVP_LAYOUT_V3, 512);
+  kvp_cache *c = NULL;
+  kvp_store *ds = NULL;
+  assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+  assert_kvp_ok(kvp_store_create_directory(dir, 64 << 20, &o, &ds));
+  kvp_pool *p = make_pool(c, ds);
+  int32_t a[A_LEN], b[B_LEN];
+  prompt(a, A_LEN, 1000);
+  prompt(b, B_LEN, 7000);
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, A_LEN, 3, 0, NULL)));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, B_LEN, 3, 0, NULL)));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  assert_int_equal(tier(p, 0).blocks_written, 6); /* A's six full pages, evicted for B */
+
+  size_t reused = 0;
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, A_LEN, 3, 0, &reused);
+  assert_int_equal(reused, 6 * BPS);
+  kvp_test_expect_prompt_kv(p, c, s, a, 6);
+  kvp_pool_tier_stats st = tier(p, 0);
+  assert_int_equal(st.hits, 6);
+  assert_int_equal(st.rejected, 0);
+  const int64_t block = st.bytes_read / 6;
+  assert_int_equal(st.bytes_read, 6 * block);
+  assert_true(block > (1 << 19)); /* two layers of 256 KiB and a header */
+  assert_kvp_ok(kvp_pool_free_sequence(p, s));
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, B_LEN, 3, 0, NULL)));
+  assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+
+  for (int round = 0; round < 2; ++round) {
+    /* round 0: page 3's block fails the pool's check; round 1: page 1's file fails the store's */
+    const int bad = round == 0 ? 3 : 1;
+    if (round == 0) {
+      damage_stored_page(ds, a + bad * BPS, BPS, 100);
+    } else {
+      uint8_t *blk = NULL;
+      size_t size = 0;
+      const kvp_store_key k = stored_page(ds, a + bad * BPS, BPS, &blk, &size);
+      test_free(blk);
+      char file[256];
+      int at = snprintf(file, sizeof file, "%s/", dir);
+      for (int i = 0; i < 16; ++i) at += snprintf(file + at, sizeof file - (size_t)at, "%02x", k.bytes[i]);
+      snprintf(file + at, sizeof file - (size_t)at, ".kvpb");
+      FILE *fp = fopen(file, "r+b");
+      assert_non_null(fp);
+      assert_int_equal(fseek(fp, -100, SEEK_END), 0);
+      const int ch = fgetc(fp);
+      assert_int_equal(fseek(fp, -100, SEEK_END), 0);
+      fputc(ch ^ 0x10, fp);
+      fclose(fp);
+    }
+    st = tier(p, 0);
+    kvp_pool_stats before = KVP_POOL_STATS_INIT;
+    assert_kvp_ok(kvp_pool_get_stats(p, &before));
+    s = kvp_test_run_prompt(p, c, a, A_LEN, 3, 0, &reused);
+    assert_int_equal(reused, (size_t)bad * BPS);
+    const kvp_pool_tier_stats st2 = tier(p, 0);
+    assert_int_equal(st2.hits - st.hits, bad);
+    assert_int_equal(st2.rejected - st.rejected, 1);
+    assert_int_equal(st2.errors, 0);
+    /* the blocks before the bad one, and those of its group after it that were read too */
+    const int64_t read = (st2.bytes_read - st.bytes_read) / block;
+    assert_true(read >= bad + (round == 0) && read <= 6);
+    kvp_test_expect_prompt_kv(p, c, s, a, 6); /* the pages from the bad one on recomputed */
+    kvp_pool_stats after = KVP_POOL_STATS_INIT;
+    assert_kvp_ok(kvp_pool_get_stats(p, &after));
+    assert_int_equal(after.used_pages, 7);
+    /* a page for each restored block and each recomputed page, none for a block that failed */
+    assert_int_equal(after.evictions - before.evictions, 7 - before.free_pages);
+    assert_kvp_ok(kvp_pool_check_invariants(p));
+    assert_kvp_ok(kvp_pool_free_sequence(p, s));
+    assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, b, B_LEN, 3, 0, NULL)));
+    assert_kvp_ok(kvp_pool_flush_tiers(p, 0));
+  }
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_store_destroy(ds));
+  assert_kvp_ok(kvp_cache_destroy(c));
   remove_dir(dir);
 }
 
@@ -1124,6 +1226,7 @@ int main(void) {
       T(test_pool_tiers__flush_cached_fills_every_tier),
       cmocka_unit_test(test_pool_tiers__flush_cached_skips_blocks_a_tier_holds),
       cmocka_unit_test(test_pool_tiers__memory_tier_restores_groups_of_large_blocks),
+      cmocka_unit_test(test_pool_tiers__directory_tier_restores_groups_of_large_blocks),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
