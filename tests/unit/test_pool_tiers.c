@@ -7,7 +7,9 @@
  * tier 0 (directory, plug-in) are asynchronous: flushed and counted, never blocking the evicting
  * call (a plug-in whose put blocks until released), dropped when the queue is full, drained by
  * destroy; kvp_pool_flush_tiers(KVP_POOL_FLUSH_CACHED) persists the cached prefixes to every
- * tier; a page a tier already holds is not written to it again (one bit per tier). K/V is "computed" by a deterministic function of the prompt
+ * tier (all of them when a tier cannot say what it holds); a page a tier already holds is not
+ * written to it again (one bit per tier); a memory and a directory tier restore large blocks a
+ * group at a time on the library's threads. K/V is "computed" by a deterministic function of the prompt
  * prefix a page ends, so recomputing it gives the bytes to compare with. */
 #include "prompt_pages.h"
 #include "support.h"
@@ -237,6 +239,7 @@ typedef struct map_store {
   size_t size[MAP_SLOTS];
   int used[MAP_SLOTS];
   int puts, gets, exists, destroys;
+  int exists_fails; /* exists returns KVP_ERR_IO while set */
 } map_store;
 
 static int map_find(map_store *m, const kvp_store_key *k) {
@@ -272,6 +275,7 @@ static kvp_status map_get(void *u, const kvp_store_key *k, void *dst, size_t cap
 static kvp_status map_exists(void *u, const kvp_store_key *keys, size_t n, uint8_t *found) {
   map_store *m = (map_store *)u;
   ++m->exists;
+  if (m->exists_fails) return KVP_ERR_IO;
   for (size_t i = 0; i < n; ++i) found[i] = map_find(m, &keys[i]) >= 0;
   return KVP_OK;
 }
@@ -1157,6 +1161,46 @@ static void test_pool_tiers__flush_cached_skips_blocks_a_tier_holds(void **state
   remove_dir(dir);
 }
 
+/* A flush of cached pages whose tier cannot say what it holds (exists fails): every page is
+ * written (the tier's error counted once), and a second flush writes nothing again and asks
+ * nothing (each page now knows the tier holds it). */
+static void test_pool_tiers__flush_cached_writes_when_exists_fails(void **state) {
+  (void)state;
+  map_store m;
+  kvp_store *store = make_map_store(&m);
+  kvp_cache *c = make_cache(KVP_DTYPE_F32, NP, 1);
+  kvp_pool *p = make_pool(c, store);
+  int32_t a[13];
+  prompt(a, 13, 1000);
+  assert_kvp_ok(kvp_pool_free_sequence(p, kvp_test_run_prompt(p, c, a, 13, 7, 0, NULL)));
+  const int asked = m.exists; /* A's lookup */
+  m.exists_fails = 1;
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  kvp_pool_tier_stats st = tier(p, 0);
+  assert_int_equal(m.exists, asked + 1);
+  assert_int_equal(st.errors, 1);
+  assert_int_equal(st.blocks_written, 3);
+  assert_int_equal(m.puts, 3);
+  m.exists_fails = 0;
+  assert_kvp_ok(kvp_pool_flush_tiers(p, KVP_POOL_FLUSH_CACHED));
+  assert_int_equal(m.exists, asked + 1);
+  assert_int_equal(m.puts, 3);
+  assert_int_equal(tier(p, 0).blocks_written, 3);
+  assert_kvp_ok(kvp_pool_check_invariants(p));
+  /* the blocks are whole: a new pool restores A from them */
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  c = make_cache(KVP_DTYPE_F32, NP, 1);
+  p = make_pool(c, store);
+  size_t reused = 0;
+  kvp_seq_id s = kvp_test_run_prompt(p, c, a, 13, 7, 0, &reused);
+  assert_int_equal(reused, 3 * PS);
+  kvp_test_expect_prompt_kv(p, c, s, a, 3);
+  assert_kvp_ok(kvp_pool_destroy(p));
+  assert_kvp_ok(kvp_cache_destroy(c));
+  assert_kvp_ok(kvp_store_destroy(store));
+}
+
 /* kvp_pool_flush_tiers: without KVP_POOL_FLUSH_CACHED cached pages stay unwritten (a fresh pool
  * finds nothing); with it every cached prefix is written and a fresh pool over the same
  * directory restores it; unknown flags change nothing. */
@@ -1225,6 +1269,7 @@ int main(void) {
       T(test_pool_tiers__every_tier_receives_evictions),
       T(test_pool_tiers__flush_cached_fills_every_tier),
       cmocka_unit_test(test_pool_tiers__flush_cached_skips_blocks_a_tier_holds),
+      cmocka_unit_test(test_pool_tiers__flush_cached_writes_when_exists_fails),
       cmocka_unit_test(test_pool_tiers__memory_tier_restores_groups_of_large_blocks),
       cmocka_unit_test(test_pool_tiers__directory_tier_restores_groups_of_large_blocks),
   };
