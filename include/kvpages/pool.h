@@ -41,7 +41,7 @@
  * salt, token ids, checksum) into fresh pages as if computed. Restores happen inside
  * kvp_pool_add_sequence() (on a CPU cache several blocks at once on the library's threads);
  * writes copy the page inside the evicting call, and put it there (a
- * memory store) or on the pool's writer thread (any other store; see kvp_pool_add_store() for
+ * memory store) or on the pool's writer threads (any other store; see kvp_pool_add_store() for
  * what is synchronous and its cost; kvp_pool_flush_tiers() waits for them). A failing store or a
  * damaged block is a miss, never an error of the call. kvp_pool_get_tier_stats() counts them.
  *
@@ -563,13 +563,16 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  *   a memory copy);
  * - any other store (directory, plug-in; since 1.5) gets it asynchronously: the block is a
  *   staging block of the pool's write queue (kvp_pool_options::write_queue_bytes), queued once
- *   for all such tiers, and the pool's writer thread (one per pool, started by the first such
- *   tier) puts it into each of them in tier order, so the evicting call never waits on a file or
- *   a network round trip. When every staging block is still queued, the evicted page is not
+ *   for all such tiers, and the pool's writer threads (started by the first such tier: one per
+ *   thread of the library's pool, at most 8 and the number of staging blocks) put it into each of
+ *   them in tier order, so the evicting call never waits on a file or a network round trip.
+ *   While every such tier is a directory store, several blocks are put at once, one per writer
+ *   thread; once one is not (Redis, a plug-in), one block at a time, in queue order. When every
+ *   staging block is still queued, the evicted page is not
  *   written to those tiers (kvp_pool_tier_stats::dropped) rather than waited for. A plug-in's
- *   put callback is then called on the writer thread (still one callback at a time per store).
+ *   put callback is then called on a writer thread (still one callback at a time per store).
  *   kvp_pool_flush_tiers() waits for the queue; kvp_pool_destroy() drains it (waits for every
- *   queued write) and joins the thread.
+ *   queued write) and joins the threads.
  *
  * Each page knows which tiers hold its block from this pool: a page restored from tier t is held
  * by tier t only; a page written or queued since its content last changed is held by the tiers it
@@ -594,7 +597,7 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  *         has this store.
  * @retval KVP_ERR_UNSUPPORTED The pool was created with ::KVP_POOL_FLAG_NO_PREFIX_CACHE (it keeps
  *         no prefix pages to offload).
- * @retval KVP_ERR_OUT_OF_MEMORY No memory for the buffers (or the writer thread could not be
+ * @retval KVP_ERR_OUT_OF_MEMORY No memory for the buffers (or the writer threads could not be
  *         started); nothing changed.
  * @threadsafety Must not race with other calls on the same pool.
  * @since 1.4

@@ -226,7 +226,7 @@ KVP_API kvp_status KVP_CALL kvp_store_create_directory(const char *path, uint64_
  * for `timeout_ms`, twice that after a second timeout in a row, and so on up to 32 × `timeout_ms`,
  * calls that need it fail at once (::KVP_ERR_IO, "skipped", and when it is tried again) instead of
  * waiting, so that a silent server costs one timeout now and then rather than one per call (a
- * pool's lookups and its writer thread included). An answer ends it. A refused or reset
+ * pool's lookups and its writer threads included). An answer ends it. A refused or reset
  * connection costs no wait and is retried at every call.
  *
  * @param[in] url `redis://HOST:PORT[/DB]` (one server, database DB, default 0) or

@@ -183,7 +183,7 @@ Pool::Pool(kvp_cache* cache_handle, const Shape& sh, const HostAllocator& alloc)
 }
 
 Pool::~Pool() {
-  writer_.reset();  // drains the write queue and joins the writer thread
+  writer_.reset();  // drains the write queue and joins the writer threads
   alloc_.deallocate(arrays_);
   alloc_.deallocate(tier_arrays_);
 }

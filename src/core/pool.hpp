@@ -199,7 +199,7 @@ class Pool {
   struct Tier {
     kvp_store* handle;
     uint64_t serial;
-    bool queued;  // its puts go through the writer thread (the store's put is not cheap)
+    bool queued;  // its puts go through the writer threads (the store's put is not cheap)
     kvp_pool_tier_stats st;
   };
   Store& tier_store(const Tier& t, const char* function) const;
@@ -209,7 +209,7 @@ class Pool {
   // Writes the blocks of pages[0, n) to every tier that does not hold them already (each page's
   // `stored` bits), in order, a group of blocks at a time (write_group): each page is copied out
   // once into one block (on `stream`, synchronously), put at once into the stores with a cheap
-  // put, and queued once for the writer thread for all the others; with no staging block free,
+  // put, and queued once for the writer threads for all the others; with no staging block free,
   // those are dropped (counted), or with `wait` the call waits for one. Never throws: a failure
   // is counted on its tier.
   void write_back(const int32_t* pages, size_t n, kvp_stream stream, bool wait) noexcept;
@@ -258,7 +258,7 @@ class Pool {
   // most kMaxBlockGroup).
   size_t read_group() const noexcept;
   // Restores pages [i, i + n) of a prompt (n <= read_group()) from a store whose gets read at once
-  // (Store::reads_concurrently: the directory store) into fresh pages r[i…] of a host cache, as
+  // (Store::concurrent_io: the directory store) into fresh pages r[i…] of a host cache, as
   // far as they continue: returns how many. Each block is read into a buffer of its own and
   // checked, on the library's threads, before any page is taken, so a block that is missing or
   // does not check out takes no page (the group's blocks after it were read for nothing); then a

@@ -1,6 +1,6 @@
 // The pool's storage tiers (include/kvpages/pool.h, "Storage tiers"): evicted prefix pages are
 // written as blocks (core/store_block) to every tier that does not hold them yet (write-through),
-// at once where the store's put is cheap and through the writer thread (core/tier_writer) where
+// at once where the store's put is cheap and through the writer threads (core/tier_writer) where
 // it is slow; add_sequence restores the pages after its
 // in-memory match from the tiers, in order (on a device, double-buffered through the backend's
 // host pipe). Nothing here fails a pool call: a store error or a block that does not check out is
@@ -74,7 +74,7 @@ void Pool::add_store(kvp_store* h) {
     const uint64_t want = write_queue_bytes_ == 0 ? kDefaultWriteQueueBytes : write_queue_bytes_;
     const size_t slots = static_cast<size_t>(std::max<uint64_t>(1, want / block_.total));
     try {
-      writer_ = make_host<TierWriter>(alloc_, slots, block_.total, alloc_);
+      writer_ = make_host<TierWriter>(alloc_, slots, block_.total, std::min(slots, read_group()), alloc_);
     } catch (...) {
       if (num_tiers_ == 0) {
         alloc_.deallocate(tier_arrays_);  // nothing changed
@@ -92,7 +92,7 @@ void Pool::add_store(kvp_store* h) {
   t.queued = queued;
   std::memset(&t.st, 0, sizeof t.st);
   t.st.struct_size = sizeof t.st;
-  if (queued) writer_->add_store(index, h, serial);
+  if (queued) writer_->add_store(index, h, serial, store_from(h, fn).concurrent_io());
 }
 
 kvp_pool_tier_stats Pool::tier_stats(uint32_t tier) const {
@@ -318,7 +318,7 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
       // Groups of blocks on the library's threads where the cache is in host memory (no pipe)
       // and the store serves blocks in place or reads them at once; else one block at a time.
       const bool in_place = pipe == nullptr && store.blocks_in_memory();
-      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr && store.reads_concurrently() ? read_group() : 0;
+      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr && store.concurrent_io() ? read_group() : 0;
       while (got < asked && found_[got]) {
         if (group == 0) {
           if (!restore_copied(store, t, next + got, tokens, salt, shard, r, pipe.get(),

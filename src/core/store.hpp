@@ -54,14 +54,15 @@ class Store {
   size_t list(uint64_t* cursor, StoreKey* keys, size_t cap);
   // Whether a put costs about a memory copy (the memory store), so that a pool writes to it
   // inside the evicting call; a slow put (a file, the network, a plug-in) is handed to the
-  // pool's writer thread (core/tier_writer).
+  // pool's writer threads (core/tier_writer).
   virtual bool put_is_cheap() const noexcept { return false; }
   // Whether the store keeps its blocks in its own host memory (the memory store), so that
   // read_in_place serves them without a copy.
   virtual bool blocks_in_memory() const noexcept { return false; }
-  // Whether gets on several threads read at once (the directory store reads its files outside
-  // its lock), so that a pool reads several blocks of a prompt on its threads.
-  virtual bool reads_concurrently() const noexcept { return false; }
+  // Whether gets and puts on several threads do their I/O at once (the directory store reads and
+  // writes its files outside its lock), so that a pool reads several blocks of a prompt on its
+  // threads and its writer puts several blocks at once.
+  virtual bool concurrent_io() const noexcept { return false; }
   // Where blocks_in_memory(): calls look(find) under the store's lock, where find(k, use) is the
   // block of k where it lies (a const HostBytes*), nullptr on a miss. A `use` counts as a hit (or a
   // miss) and makes the block the most recent, as get does; without it the look changes nothing

@@ -99,7 +99,7 @@ void write_frame_file(const HostString& file, const StoreKey& k, const void* dat
 }
 
 // Files are written and read without the store's lock (Store::Unlocked), so one call's file I/O
-// does not hold up the others (a pool's lookups while its writer thread puts, several pools
+// does not hold up the others (a pool's lookups while its writer threads put, several pools
 // sharing the store). The lock covers the bookkeeping; a key being put is marked `writing`, and
 // while it is, no other call replaces, evicts, removes or deletes its file (a second put or a
 // remove of it waits), so each file operation on a key sees the entry it expects.
@@ -114,7 +114,7 @@ class DirectoryStore final : public Store {
     shrink_to_bound();
   }
 
-  bool reads_concurrently() const noexcept override { return true; }
+  bool concurrent_io() const noexcept override { return true; }
 
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;

@@ -9,39 +9,48 @@
 
 namespace kvp::detail {
 
-TierWriter::TierWriter(size_t slots, size_t block_bytes, const HostAllocator& alloc)
-    : slots_(slots), block_bytes_(block_bytes), alloc_(alloc) {
+TierWriter::TierWriter(size_t slots, size_t block_bytes, size_t threads, const HostAllocator& alloc)
+    : slots_(slots), block_bytes_(block_bytes), alloc_(alloc), threads_(StdAllocator<std::thread>(alloc)) {
   const size_t ring = checked_bytes_add(checked_bytes(slots, block_bytes, "a pool's write queue"), 63,
                                         "a pool's write queue") / 64 * 64;
-  const size_t jobs = checked_bytes(slots, sizeof(Job), "a pool's write queue");
+  const size_t jobs = checked_bytes(slots, sizeof(Job) + 1, "a pool's write queue");
   auto* mem = static_cast<uint8_t*>(alloc_.allocate(checked_bytes_add(ring, jobs, "a pool's write queue"), 64));
   // Touched now, once: the evicting calls that fill the staging blocks never take the page
   // faults of their first use (about as long as the copy into them).
-  std::memset(mem, 0, ring);
+  std::memset(mem, 0, ring + jobs);
   ring_ = mem;
   jobs_ = reinterpret_cast<Job*>(mem + ring);
+  put_ = mem + ring + slots * sizeof(Job);
   for (size_t i = 0; i < slots; ++i) new (jobs_ + i) Job();
   try {
-    thread_ = std::thread([this] { run(); });
-  } catch (const std::system_error& e) {
+    threads_.reserve(threads);
+    for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+  } catch (const std::exception& e) {
+    stop_threads();
     alloc_.deallocate(mem);
-    fail(KVP_ERR_OUT_OF_MEMORY, "kvp_pool_add_store: could not start the pool's writer thread (%s)", e.what());
+    fail(KVP_ERR_OUT_OF_MEMORY, "kvp_pool_add_store: could not start the pool's writer threads (%s)", e.what());
   }
 }
 
 TierWriter::~TierWriter() {
+  stop_threads();
+  alloc_.deallocate(ring_);
+}
+
+void TierWriter::stop_threads() noexcept {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  work_.notify_one();
-  thread_.join();
-  alloc_.deallocate(ring_);
+  work_.notify_all();
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
 }
 
-void TierWriter::add_store(uint32_t tier, kvp_store* handle, uint64_t serial) noexcept {
+void TierWriter::add_store(uint32_t tier, kvp_store* handle, uint64_t serial, bool concurrent) noexcept {
   std::lock_guard<std::mutex> lock(mu_);
   targets_[tier] = Target{handle, serial};
+  serial_ = serial_ || !concurrent;
 }
 
 uint8_t* TierWriter::staging(bool wait, size_t ahead) {
@@ -85,20 +94,29 @@ void TierWriter::put_one(size_t slot) noexcept {
   }
 }
 
-// Puts the oldest queued block, outside the lock, until stopped with an empty queue (so the
-// destructor drains).
+// Takes the next queued block and puts it, outside the lock; then frees the slots that are put
+// from the oldest on. Until stopped with nothing left to take (so the destructor drains).
 void TierWriter::run() noexcept {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    work_.wait(lock, [this] { return count_ > 0 || stop_; });
-    if (count_ == 0) return;
-    const size_t slot = head_;
+    work_.wait(lock, [this] { return can_take() || (stop_ && taken_ == count_); });
+    if (!can_take()) return;
+    const size_t slot = (head_ + taken_) % slots_;
+    ++taken_;
+    ++in_flight_;
     lock.unlock();
     put_one(slot);
     lock.lock();
-    head_ = (head_ + 1) % slots_;
-    --count_;
+    --in_flight_;
+    put_[slot] = 1;
+    while (count_ > 0 && put_[head_] != 0) {
+      put_[head_] = 0;
+      head_ = (head_ + 1) % slots_;
+      --count_;
+      --taken_;
+    }
     done_.notify_all();
+    work_.notify_all();  // one block at a time: the next may go now
   }
 }
 
