@@ -122,7 +122,7 @@ class DirectoryStore final : public Store {
     uint64_t file_bytes;
     Lru::iterator at;       // in lru_ (front = least recently used)
     uint64_t number;        // in order_
-    uint64_t version = 0;   // completed puts of the key since the store opened
+    uint64_t version = 0;   // the store's count of completed puts when this key's last one completed
     bool pending = false;   // its first file is being written: not in the store yet
     bool writing = false;   // a put of the key is writing its file
   };
@@ -267,7 +267,7 @@ class DirectoryStore final : public Store {
     bytes_ += kHeaderBytes + n;
     e.file_bytes = kHeaderBytes + n;
     e.writing = false;
-    ++e.version;
+    e.version = ++puts_done_;  // unique: a key removed and put again never reads as unchanged
     lru_.splice(lru_.end(), lru_, e.at);
     idle_.notify_all();
     shrink_to_bound();  // never the new block: it is the most recent and alone fits
@@ -280,7 +280,8 @@ class DirectoryStore final : public Store {
       auto it = find_block(k);
       if (it == map_.end()) return false;
       const uint64_t file_bytes = it->second.file_bytes, version = it->second.version;
-      if (file_bytes < kHeaderBytes) {
+      if (file_bytes < kHeaderBytes) {  // found so by the scan at open
+        if (it->second.writing) return false;
         damaged(it, KVP_ERR_FORMAT_TRUNCATED, "shorter than its header");
       }
       *size = static_cast<size_t>(file_bytes - kHeaderBytes);
@@ -384,6 +385,7 @@ class DirectoryStore final : public Store {
   bool sync_;
   uint64_t bytes_ = 0;   // of the blocks in the store (pending ones not counted)
   uint64_t blocks_ = 0;  // the same
+  uint64_t puts_done_ = 0;
   HostAllocator alloc_;
   Lru lru_;
   Map map_;
