@@ -179,8 +179,8 @@ KVP_API kvp_status KVP_CALL kvp_store_create_memory(uint64_t max_bytes, const kv
  * only its bookkeeping, so an `exists` or a `get` never waits for another thread's file write. A
  * put or a remove of a key waits while another put of the same key writes its file; a get of a
  * key being replaced reads the old block or the new one, whole. A block counts toward the bound
- * (and is visible to `exists`, `get` and the stats) once its put has written it, so the files on
- * disk can exceed the bound by the blocks being written at that moment.
+ * (and is visible to `exists`, `get`, `list` and the stats) once its put has written it, so the
+ * files on disk can exceed the bound by the blocks being written at that moment.
  *
  * @param[in] path Directory, not NULL. Its parent must exist.
  * @param[in] max_bytes The bound on the sum of the file sizes (blocks plus headers), > 0. If the
