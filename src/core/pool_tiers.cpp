@@ -74,7 +74,10 @@ void Pool::add_store(kvp_store* h) {
     const uint64_t want = write_queue_bytes_ == 0 ? kDefaultWriteQueueBytes : write_queue_bytes_;
     const size_t slots = static_cast<size_t>(std::max<uint64_t>(1, want / block_.total));
     try {
-      writer_ = make_host<TierWriter>(alloc_, slots, block_.total, std::min(slots, read_group()), alloc_);
+      // Several writer threads only where they can put at once: a first slow tier that cannot
+      // makes the writer put one block at a time for good.
+      const size_t threads = store_from(h, fn).concurrent_io() ? std::min(slots, read_group()) : 1;
+      writer_ = make_host<TierWriter>(alloc_, slots, block_.total, threads, alloc_);
     } catch (...) {
       if (num_tiers_ == 0) {
         alloc_.deallocate(tier_arrays_);  // nothing changed
