@@ -6,9 +6,10 @@
  * same sync policy (disk). The stores are also timed directly (kvp_store_put / kvp_store_get of
  * blocks of the same size) to separate the pool's share (page copies, block sealing and checks)
  * from the store's; the directory store also with its puts split over two threads while a third
- * times kvp_store_exists (how long a pool's lookup waits on another thread's file write).
+ * times kvp_store_exists (how long a pool's lookup waits on another thread's file write). With
+ * --redis, a Redis store too, against its own put / get one block (one round trip) at a time.
  *
- *   bench_tiers [--quick] [--reps N] [--dir DIR] [--sync]
+ *   bench_tiers [--quick] [--reps N] [--dir DIR] [--sync] [--redis redis://HOST:PORT]
  *
  * Shape: llama3-8b (32 layers, 8 KV heads x 128, bf16), page sizes 16 and 128; 1 GiB of page
  * bytes (--quick: 64 MiB, one repetition by default: the ctest smoke run). Every figure is the
@@ -56,7 +57,8 @@ static void *xmalloc(size_t n) {
 typedef struct run {
   int quick, reps, sync;
   const char *dir;
-  uint64_t total; /* page bytes offloaded and restored */
+  const char *redis; /* --redis URL, or NULL */
+  uint64_t total;    /* page bytes offloaded and restored */
 } run;
 
 /* llama3-8b, page size S, `pages` usable pages. */
@@ -156,6 +158,8 @@ static pool_times through_pool(kvp_store *store, kvp_cache *cache, int64_t S, in
   return t;
 }
 
+static double gbs(uint64_t bytes, double s) { return (double)bytes / s / 1e9; }
+
 /* Keeps the smaller of each time. */
 static void best_of(pool_times *best, const pool_times *t) {
   if (t->evict < best->evict) best->evict = t->evict;
@@ -163,11 +167,9 @@ static void best_of(pool_times *best, const pool_times *t) {
   if (t->restore < best->restore) best->restore = t->restore;
 }
 
-/* The store alone: `pages` blocks of `block` bytes put under distinct keys, then read back. */
-static void store_direct(const run *r, int64_t pages, size_t block, uint8_t *buf, int directory, const char *path,
-                         double *put_s, double *get_s) {
-  kvp_store *store = open_store(r, directory, path, 2 * (uint64_t)pages * block);
-  sync();
+/* `pages` blocks of `block` bytes put into `store` under distinct keys, one call each, then read
+ * back (seconds of each half). */
+static void puts_then_gets(kvp_store *store, int64_t pages, size_t block, uint8_t *buf, double *put_s, double *get_s) {
   kvp_store_key k;
   memset(&k, 0, sizeof k);
   double t0 = bench_now_s();
@@ -182,10 +184,63 @@ static void store_direct(const run *r, int64_t pages, size_t block, uint8_t *buf
     check(kvp_store_get(store, &k, buf, block, &size), "store_get");
   }
   double t2 = bench_now_s();
-  check(kvp_store_destroy(store), "store_destroy");
-  if (directory) remove_files(path);
   *put_s = t1 - t0;
   *get_s = t2 - t1;
+}
+
+/* The store alone: puts_then_gets into a new store. */
+static void store_direct(const run *r, int64_t pages, size_t block, uint8_t *buf, int directory, const char *path,
+                         double *put_s, double *get_s) {
+  kvp_store *store = open_store(r, directory, path, 2 * (uint64_t)pages * block);
+  sync();
+  puts_then_gets(store, pages, block, buf, put_s, get_s);
+  check(kvp_store_destroy(store), "store_destroy");
+  if (directory) remove_files(path);
+}
+
+/* Removes every block of a store (kvp_store_list, then kvp_store_remove). */
+static void empty_store(kvp_store *s) {
+  kvp_store_key keys[256];
+  for (;;) {
+    uint64_t cursor = 0;
+    size_t n = 0, total = 0;
+    do {
+      check(kvp_store_list(s, &cursor, keys, 256, &n), "store_list");
+      for (size_t i = 0; i < n; ++i) (void)kvp_store_remove(s, &keys[i]); /* a repeat is NOT_FOUND */
+      total += n;
+    } while (cursor != 0);
+    if (total == 0) return;
+  }
+}
+
+/* A Redis store (--redis URL, under a key prefix of this process) as tier 0: offload and restore
+ * through a pool, best of the repetitions, each on new keys removed afterwards (the server is not
+ * bounded here); against the same blocks put and got by the store one call (one round trip) at a
+ * time. The pool's restore reads a group of blocks in one pipelined batch. */
+static void bench_redis_tier(const run *r, kvp_cache *cache, int64_t S, int64_t pages, size_t block, uint64_t bytes,
+                             const int32_t *a, const int32_t *b, uint8_t *buf) {
+  char url[1024];
+  snprintf(url, sizeof url, "%s?prefix=bench_tiers:%d:", r->redis, (int)getpid());
+  kvp_store *store = NULL;
+  check(kvp_store_create_redis(url, NULL, &store), "store_create_redis");
+  pool_times best = {1e9, 1e9, 1e9};
+  double put = 1e9, get = 1e9;
+  for (int rep = 0; rep < r->reps; ++rep) {
+    const pool_times t = through_pool(store, cache, S, pages, bytes + (uint64_t)pages * 4096, a, b, 1000 + (uint64_t)rep);
+    best_of(&best, &t);
+    empty_store(store);
+    double p1, g1;
+    puts_then_gets(store, pages, block, buf, &p1, &g1);
+    if (p1 < put) put = p1;
+    if (g1 < get) get = g1;
+    empty_store(store);
+  }
+  check(kvp_store_destroy(store), "store_destroy");
+  printf("  redis store (%s), through the pool:\n", r->redis);
+  printf("    offload %6.2f GB/s (%.2f of kvp_store_put one block at a time: %.2f GB/s)\n", gbs(bytes, best.offload),
+         put / best.offload, gbs(bytes, put));
+  printf("    restore %6.2f GB/s (%.2f of kvp_store_get one block at a time: %.2f GB/s)\n", gbs(bytes, best.restore),
+         get / best.restore, gbs(bytes, get));
 }
 
 /* kvp_store_exists of one key, again and again until told to stop, on its own thread: how long a
@@ -341,7 +396,6 @@ static file_times file_baseline(const run *r, int64_t pages, size_t block, uint8
   return t;
 }
 
-static double gbs(uint64_t bytes, double s) { return (double)bytes / s / 1e9; }
 
 /* The threads the library's parallel paths use (kvp_build_info's "threads="). */
 static int library_threads(void) {
@@ -494,6 +548,7 @@ static void bench_page_size(const run *r, int64_t S) {
              "third: mean %.1f us, %ld of %ld calls took >= 1 ms, longest %.0f us\n", gbs(bytes, shared.put2_s),
              put[d] / shared.put2_s, shared.probe_mean_us, shared.probes_over_1ms, shared.probes, shared.probe_max_us);
   }
+  if (r->redis != NULL) bench_redis_tier(r, cache, S, pages, page, bytes, a, b, src);
   free(src);
   free(dst);
   free(a);
@@ -502,14 +557,15 @@ static void bench_page_size(const run *r, int64_t S) {
 }
 
 int main(int argc, char **argv) {
-  run r = {0, 0, 0, ".", 1ull << 30};
+  run r = {0, 0, 0, ".", NULL, 1ull << 30};
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--quick") == 0) r.quick = 1;
     else if (strcmp(argv[i], "--sync") == 0) r.sync = 1;
     else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) r.reps = atoi(argv[++i]);
     else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) r.dir = argv[++i];
+    else if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc) r.redis = argv[++i];
     else {
-      fprintf(stderr, "usage: bench_tiers [--quick] [--reps N] [--dir DIR] [--sync]\n");
+      fprintf(stderr, "usage: bench_tiers [--quick] [--reps N] [--dir DIR] [--sync] [--redis URL]\n");
       return 2;
     }
   }
