@@ -586,9 +586,8 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  * header), the prompt's keys and, with the first asynchronous tier, the write queue from the pool's
  * allocator; evictions into a memory store on a CPU cache use up to one block buffer per thread
  * of the library's pool (allocated when first needed, then recycled with the store's memory), and
- * so do restores from a directory or Redis store on a CPU cache (a group of blocks read at once:
- * files on those threads, Redis values in one pipelined batch; allocated when first needed, kept
- * by the pool).
+ * so do restores from a directory store on a CPU cache (read a group of blocks at once on those
+ * threads; allocated when first needed, kept by the pool).
  *
  * @param[in] pool Pool handle.
  * @param[in] store Store handle; borrowed: it must outlive the pool (a pool whose store was

@@ -210,9 +210,7 @@ KVP_API kvp_status KVP_CALL kvp_store_create_directory(const char *path, uint64_
  * of the block, then the block: docs/store-format.md), so a get verifies it: a damaged value is
  * deleted and the get fails with a `KVP_ERR_FORMAT_*` status; kvp_store_scrub() checks every
  * value under the prefix (Redis SCAN). A put is a SET, a get a GET, a remove a DEL and
- * kvp_store_exists() one pipelined batch of EXISTS (a cluster: one pipeline per node); a pool
- * restoring into a CPU cache reads a prompt's blocks in pipelined batches of GET the same way
- * (up to 8 blocks and 64 MiB a batch).
+ * kvp_store_exists() one pipelined batch of EXISTS (a cluster: one pipeline per node).
  *
  * **Cluster.** Keys are routed to the master serving their hash slot (CRC16 of the key, or of its
  * `{hash tag}`, mod 16384) from the map CLUSTER SLOTS gives; MOVED redirects reload the map and

@@ -40,8 +40,6 @@ constexpr size_t kPoolTierStatsV1Size = offsetof(kvp_pool_tier_stats, dropped);
 // The most blocks the pool fills (write-back) or restores (from a memory store) at once, on
 // several threads.
 constexpr size_t kMaxBlockGroup = 8;
-// The most block bytes a pool asks of a store in one batch of gets (Store::get_batch).
-constexpr size_t kMaxBatchBytes = size_t{64} << 20;
 
 // kvp_pool_options::write_queue_bytes when 0.
 constexpr uint64_t kDefaultWriteQueueBytes = uint64_t{64} << 20;
@@ -259,14 +257,10 @@ class Pool {
   // How many blocks restore_read_group reads at once: one per thread of the library's pool (at
   // most kMaxBlockGroup).
   size_t read_group() const noexcept;
-  // The same for a store: read_group() where its gets run at once, a batch of at most
-  // kMaxBatchBytes where it batches them, else 0 (one block at a time: restore_copied).
-  size_t read_group(const Store& store) const noexcept;
-  // Restores pages [i, i + n) of a prompt (n <= read_group(store)) from a store whose gets run at
-  // once (Store::concurrent_io: the directory store; a get per thread) or come in batches
-  // (Store::batches_gets: Redis; one batch) into fresh pages r[i…] of a host cache, as far as
-  // they continue: returns how many. Each block is read into a buffer of its own and checked, on
-  // the library's threads, before any page is taken, so a block that is missing or
+  // Restores pages [i, i + n) of a prompt (n <= read_group()) from a store whose gets read at once
+  // (Store::concurrent_io: the directory store) into fresh pages r[i…] of a host cache, as
+  // far as they continue: returns how many. Each block is read into a buffer of its own and
+  // checked, on the library's threads, before any page is taken, so a block that is missing or
   // does not check out takes no page (the group's blocks after it were read for nothing); then a
   // page is taken for each block before it and they are copied in, on the threads. A failing
   // store call ends the run like a miss and counts as the tier's error.

@@ -321,7 +321,7 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
       // Groups of blocks on the library's threads where the cache is in host memory (no pipe)
       // and the store serves blocks in place or reads them at once; else one block at a time.
       const bool in_place = pipe == nullptr && store.blocks_in_memory();
-      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr ? read_group(store) : 0;
+      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr && store.concurrent_io() ? read_group() : 0;
       while (got < asked && found_[got]) {
         if (group == 0) {
           if (!restore_copied(store, t, next + got, tokens, salt, shard, r, pipe.get(),
@@ -434,13 +434,6 @@ size_t Pool::read_group() const noexcept {
   return std::max<size_t>(1, std::min<size_t>(kMaxBlockGroup, static_cast<size_t>(ThreadPool::instance().max_threads())));
 }
 
-size_t Pool::read_group(const Store& store) const noexcept {
-  if (store.concurrent_io()) return read_group();
-  if (!store.batches_gets()) return 0;
-  // One batch of gets: the store holds every reply at once, so at most kMaxBatchBytes of them.
-  return std::max<size_t>(1, std::min<size_t>(kMaxBlockGroup, kMaxBatchBytes / block_.total));
-}
-
 size_t Pool::restore_read_group(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
                                 uint32_t shard, int32_t* r) {
   const size_t S = static_cast<size_t>(page_size_);
@@ -455,33 +448,16 @@ size_t Pool::restore_read_group(Store& store, Tier& t, size_t i, size_t n, const
     bool hit = false, ok = false;
     kvp_status failed = KVP_OK;  // what the store's get threw
   } rd[kMaxBlockGroup];
-  if (store.concurrent_io()) {  // a get per thread
-    parallel_for_bytes(n, block_.total, [&](size_t k) {
-      try {
-        rd[k].hit = store.get(tier_keys_[i + k], bufs[k], block_.total, &rd[k].size);
-      } catch (const error& e) {
-        rd[k].failed = e.code();
-      } catch (...) {
-        rd[k].failed = KVP_ERR_INTERNAL;
-      }
-    });
-  } else {  // one batch of gets
-    kvp_status st[kMaxBlockGroup];
-    size_t sizes[kMaxBlockGroup] = {};
-    try {
-      store.get_batch(tier_keys_ + i, n, bufs, block_.total, sizes, st);
-    } catch (const error& e) {
-      std::fill(st, st + n, e.code());
-    }
-    for (size_t k = 0; k < n; ++k) {
-      rd[k].hit = st[k] == KVP_OK;
-      rd[k].size = sizes[k];
-      if (st[k] != KVP_OK && st[k] != KVP_ERR_NOT_FOUND) rd[k].failed = st[k];
-    }
-  }
   parallel_for_bytes(n, block_.total, [&](size_t k) {
-    rd[k].ok = rd[k].hit && block_check(block_, bufs[k], rd[k].size, restore_id(i + k, salt), tokens + (i + k) * S) ==
-                                nullptr;
+    const BlockId id = restore_id(i + k, salt);
+    try {
+      rd[k].hit = store.get(id.key, bufs[k], block_.total, &rd[k].size);
+    } catch (const error& e) {
+      rd[k].failed = e.code();
+    } catch (...) {
+      rd[k].failed = KVP_ERR_INTERNAL;
+    }
+    rd[k].ok = rd[k].hit && block_check(block_, bufs[k], rd[k].size, id, tokens + (i + k) * S) == nullptr;
   });
   size_t good = 0;
   while (good < n && rd[good].ok) ++good;

@@ -82,21 +82,6 @@ bool Store::get(const StoreKey& k, void* dst, size_t cap, size_t* size) {
   return hit;
 }
 
-void Store::get_batch(const StoreKey* keys, size_t n, uint8_t* const* dsts, size_t cap, size_t* sizes,
-                      kvp_status* status) {
-  std::lock_guard<std::mutex> lock(mu_);
-  counted([&] { do_get_batch(keys, n, dsts, cap, sizes, status); });
-  for (size_t i = 0; i < n; ++i) {
-    if (status[i] == KVP_OK) ++hits_;
-    else if (status[i] == KVP_ERR_NOT_FOUND) ++misses_;
-    else if (status[i] != KVP_ERR_BUFFER_TOO_SMALL) ++errors_;
-  }
-}
-
-void Store::do_get_batch(const StoreKey*, size_t, uint8_t* const*, size_t, size_t*, kvp_status*) {
-  fail(KVP_ERR_INTERNAL, "kvp_store: get_batch of a store that does not batch its gets");
-}
-
 void Store::exists(const StoreKey* keys, size_t n, uint8_t* found) {
   std::lock_guard<std::mutex> lock(mu_);
   counted([&] { do_exists(keys, n, found); });

@@ -46,14 +46,6 @@ class Store {
   void put_adopt(const StoreKey& k, HostBytes& block);
   // False on a miss; throws BUFFER_TOO_SMALL with *size = the block's size.
   bool get(const StoreKey& k, void* dst, size_t cap, size_t* size);
-  // Where batches_gets(): the blocks of n keys, block i into dsts[i] (cap bytes each): status[i]
-  // is KVP_OK (sizes[i] its size), KVP_ERR_NOT_FOUND, or the status a get of that key alone would
-  // have thrown (a damaged block's, BUFFER_TOO_SMALL). Counted as n gets. Throws when the store
-  // fails as a whole.
-  void get_batch(const StoreKey* keys, size_t n, uint8_t* const* dsts, size_t cap, size_t* sizes, kvp_status* status);
-  // Whether get_batch costs less than n gets (the Redis store pipelines them: one round trip per
-  // node), so that a pool reads a prompt's blocks a group at a time.
-  virtual bool batches_gets() const noexcept { return false; }
   void exists(const StoreKey* keys, size_t n, uint8_t* found);
   // False when the key has no block.
   bool remove(const StoreKey& k);
@@ -87,9 +79,6 @@ class Store {
   virtual void do_put(const StoreKey& k, const void* data, size_t n) = 0;
   virtual void do_put_adopt(const StoreKey& k, HostBytes& block) { do_put(k, block.data(), block.size()); }
   virtual bool do_get(const StoreKey& k, void* dst, size_t cap, size_t* size) = 0;
-  // Default (no batches_gets): INTERNAL.
-  virtual void do_get_batch(const StoreKey* keys, size_t n, uint8_t* const* dsts, size_t cap, size_t* sizes,
-                            kvp_status* status);
   // The block of k in the store's memory (with `use`, now the most recent); nullptr on a miss
   // (and where the store does not keep blocks in memory).
   virtual const HostBytes* do_find(const StoreKey&, bool) noexcept { return nullptr; }

@@ -83,8 +83,7 @@ class RedisStore final : public Store {
     return true;
   }
 
-  // One `verb KEY` command per key, run as one pipeline per node; the replies in key order.
-  HostVector<RedisReply> run_each(const char* verb, const StoreKey* keys, size_t n) {
+  void do_exists(const StoreKey* keys, size_t n, uint8_t* found) override {
     HostVector<HostString> names(alloc_);
     HostVector<RedisCommand> cmds(alloc_);
     HostVector<RedisReply> replies(alloc_);
@@ -94,40 +93,9 @@ class RedisStore final : public Store {
     for (size_t i = 0; i < n; ++i) {
       names.push_back(name_of(keys[i]));
       cmds.emplace_back(alloc_);
-      cmds.back().start(2).arg(verb).arg(names[i].data(), names[i].size());
+      cmds.back().start(2).arg("EXISTS").arg(names[i].data(), names[i].size());
     }
     client_.run_batch(names.data(), cmds.data(), n, replies.data());
-    return replies;
-  }
-
-  bool batches_gets() const noexcept override { return true; }
-
-  void do_get_batch(const StoreKey* keys, size_t n, uint8_t* const* dsts, size_t cap, size_t* sizes,
-                    kvp_status* status) override {
-    const HostVector<RedisReply> replies = run_each("GET", keys, n);
-    for (size_t i = 0; i < n; ++i) {
-      const redisReply& r = *replies[i];
-      if (r.type == REDIS_REPLY_NIL) {
-        status[i] = KVP_ERR_NOT_FOUND;
-        continue;
-      }
-      expect(r, REDIS_REPLY_STRING, "GET");
-      if (const FrameFault e = check_value(keys[i], r)) {
-        try {
-          damaged(keys[i], e);
-        } catch (const error& d) {
-          status[i] = d.code();
-        }
-        continue;
-      }
-      sizes[i] = r.len - kFrameHeaderBytes;
-      status[i] = cap < sizes[i] ? KVP_ERR_BUFFER_TOO_SMALL : KVP_OK;
-      if (status[i] == KVP_OK && sizes[i] > 0) std::memcpy(dsts[i], r.str + kFrameHeaderBytes, sizes[i]);
-    }
-  }
-
-  void do_exists(const StoreKey* keys, size_t n, uint8_t* found) override {
-    const HostVector<RedisReply> replies = run_each("EXISTS", keys, n);
     for (size_t i = 0; i < n; ++i) {
       expect(*replies[i], REDIS_REPLY_INTEGER, "EXISTS");
       found[i] = replies[i]->integer != 0;
