@@ -4,10 +4,10 @@
  * a refused connection; round trips on one server and on the cluster, keys spread over every
  * master; a slot migrated between masters while in use (ASK, then MOVED followed); a server
  * stopped (the timeout bounds every call, and after a timeout the server is skipped for a growing
- * while), killed between and during calls, and restarted; values
- * truncated or bit-flipped behind the store's back (through hiredis) found on get and by scrub;
- * listings (kvp_store_list) a few keys at a time; a pool whose tier is Redis restores exactly the
- * bytes it evicted, and nothing wrong after damage. */
+ * while; in the cluster only the stopped master), killed between and during calls, and restarted;
+ * values truncated or bit-flipped behind the store's back (through hiredis) found on get and by
+ * scrub; listings (kvp_store_list) a few keys at a time; a pool whose tier is Redis restores
+ * exactly the bytes it evicted, and nothing wrong after damage. */
 #include "prompt_pages.h"
 #include "store_blocks.h"
 #include "support.h"
@@ -494,6 +494,69 @@ static void test_store_redis__silent_server_is_skipped_after_a_timeout(void **st
   assert_kvp_ok(kvp_store_destroy(s));
 }
 
+/* The process id of the Redis server on `port` (INFO server). */
+static pid_t pid_of_port(int port) {
+  redisContext *c = raw_connect(port);
+  redisReply *r = raw(c, "INFO server");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  const char *at = strstr(r->str, "process_id:");
+  assert_non_null(at);
+  const pid_t pid = (pid_t)atoi(at + strlen("process_id:"));
+  freeReplyObject(r);
+  redisFree(c);
+  return pid;
+}
+
+/* The port of the cluster master that holds key k of `prefix` (raw EXISTS on each). */
+static int port_holding(const int *ports, const char *prefix, uint32_t k) {
+  char name[128];
+  const kvp_store_key kk = kvp_test_store_key(k);
+  name_of(prefix, &kk, name, sizeof name);
+  for (int i = 0; i < 3; ++i) {
+    redisContext *c = raw_connect(ports[i]);
+    redisReply *r = raw(c, "EXISTS %s", name);
+    const int here = r->type == REDIS_REPLY_INTEGER && r->integer == 1; /* elsewhere: a MOVED error */
+    freeReplyObject(r);
+    redisFree(c);
+    if (here) return ports[i];
+  }
+  fail_msg("no master holds the key");
+  return -1;
+}
+
+/* In a cluster the skip is per node: with one master stopped, its keys fail (the first call after
+ * a timeout, the next at once, naming the node), while the keys of the other masters are served
+ * as before; once it continues, its keys are served again. */
+static void test_store_redis__cluster_skips_only_the_silent_node(void **state) {
+  (void)state;
+  int ports[3];
+  cluster_ports(ports);
+  kvp_store *s = open_store(need("KVP_TEST_REDIS_CLUSTER_URL"), "nodeskip:", 300);
+  for (uint32_t k = 0; k < 24; ++k) kvp_test_store_put(s, k, 200);
+  const int stopped = port_holding(ports, "nodeskip:", 0);
+  uint32_t elsewhere = 1;
+  while (port_holding(ports, "nodeskip:", elsewhere) == stopped) ++elsewhere;
+  char skipped[64];
+  snprintf(skipped, sizeof skipped, "Redis 127.0.0.1:%d: skipped", stopped);
+  const pid_t pid = pid_of_port(stopped);
+  const kvp_store_key k0 = kvp_test_store_key(0);
+  uint8_t b[256];
+  size_t got = 0;
+  assert_int_equal(kill(pid, SIGSTOP), 0);
+  assert_kvp_status(kvp_store_get(s, &k0, b, sizeof b, &got), KVP_ERR_IO, "no answer within 300 ms");
+  assert_kvp_status(kvp_store_get(s, &k0, b, sizeof b, &got), KVP_ERR_IO, skipped);
+  kvp_test_store_expect_block(s, elsewhere, 200); /* another master's key, while the node is skipped */
+  assert_kvp_status(kvp_store_get(s, &k0, b, sizeof b, &got), KVP_ERR_IO, skipped);
+  assert_int_equal(kill(pid, SIGCONT), 0);
+  int tries = 0;
+  while (kvp_store_get(s, &k0, b, sizeof b, &got) != KVP_OK) {
+    assert_true(++tries < 200); /* 10 s */
+    usleep(50000);
+  }
+  for (uint32_t k = 0; k < 24; ++k) kvp_test_store_expect_block(s, k, 200);
+  assert_kvp_ok(kvp_store_destroy(s));
+}
+
 typedef struct {
   kvp_store *store;
   kvp_status last;
@@ -702,6 +765,7 @@ int main(void) {
       cmocka_unit_test(test_store_redis__pool_restores_what_it_evicted),
       cmocka_unit_test(test_store_redis__stopped_killed_restarted),
       cmocka_unit_test(test_store_redis__silent_server_is_skipped_after_a_timeout),
+      cmocka_unit_test(test_store_redis__cluster_skips_only_the_silent_node),
       cmocka_unit_test(test_store_redis__killed_during_calls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
