@@ -225,6 +225,10 @@ class Pool {
   // what reaches the memory's bandwidth), and no more than the writer has staging blocks; on a
   // device cache, one. The group size changes how fast, never what is written.
   size_t write_group(const Cache* c) const noexcept;
+  // One block per thread of the library's pool, at most kMaxBlockGroup: how many blocks a group
+  // fills (write_group), reads from a directory store (restore_read_group), and how many writer
+  // threads put at once into one.
+  static size_t thread_group() noexcept;
   // Copies page p (every layer) into block `buf` of shape `bs` and seals it as page `id` holding
   // `tokens` (page_size_ ids). The host version copies and sums in one pass and never fails; the
   // device version copies on `stream`, synchronously.
@@ -254,10 +258,7 @@ class Pool {
   // block costs the pages of its group, never wrong KV.
   size_t restore_in_place(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,
                           uint32_t shard, int32_t* r);
-  // How many blocks restore_read_group reads at once: one per thread of the library's pool (at
-  // most kMaxBlockGroup).
-  size_t read_group() const noexcept;
-  // Restores pages [i, i + n) of a prompt (n <= read_group()) from a store whose gets read at once
+  // Restores pages [i, i + n) of a prompt (n <= thread_group()) from a store whose gets read at once
   // (Store::concurrent_io: the directory store) into fresh pages r[i…] of a host cache, as
   // far as they continue: returns how many. Each block is read into a buffer of its own and
   // checked, on the library's threads, before any page is taken, so a block that is missing or

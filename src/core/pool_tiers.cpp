@@ -76,7 +76,7 @@ void Pool::add_store(kvp_store* h) {
     try {
       // Several writer threads only where they can put at once: a first slow tier that cannot
       // makes the writer put one block at a time for good.
-      const size_t threads = store_from(h, fn).concurrent_io() ? std::min(slots, read_group()) : 1;
+      const size_t threads = store_from(h, fn).concurrent_io() ? std::min(slots, thread_group()) : 1;
       writer_ = make_host<TierWriter>(alloc_, slots, block_.total, threads, alloc_);
     } catch (...) {
       if (num_tiers_ == 0) {
@@ -169,11 +169,13 @@ void Pool::fill_block(int32_t p, const BlockShape& bs, const BlockId& id, const 
   block_seal(bs, buf, id, tokens);
 }
 
+size_t Pool::thread_group() noexcept {
+  return std::max<size_t>(1, std::min<size_t>(kMaxBlockGroup, static_cast<size_t>(ThreadPool::instance().max_threads())));
+}
+
 size_t Pool::write_group(const Cache* c) const noexcept {
   if (c == nullptr || c->device_type() != KVP_DEVICE_CPU) return 1;
-  size_t g = std::min<size_t>(kMaxBlockGroup, static_cast<size_t>(ThreadPool::instance().max_threads()));
-  if (writer_) g = std::min(g, writer_->slots());
-  return std::max<size_t>(g, 1);
+  return writer_ ? std::min(thread_group(), writer_->slots()) : thread_group();
 }
 
 void Pool::write_back(const int32_t* pages, size_t n, kvp_stream stream, bool wait) noexcept {
@@ -321,7 +323,7 @@ size_t Pool::restore(int32_t* r, const int32_t* tokens, size_t from, size_t max_
       // Groups of blocks on the library's threads where the cache is in host memory (no pipe)
       // and the store serves blocks in place or reads them at once; else one block at a time.
       const bool in_place = pipe == nullptr && store.blocks_in_memory();
-      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr && store.concurrent_io() ? read_group() : 0;
+      const size_t group = in_place ? kMaxBlockGroup : pipe == nullptr && store.concurrent_io() ? thread_group() : 0;
       while (got < asked && found_[got]) {
         if (group == 0) {
           if (!restore_copied(store, t, next + got, tokens, salt, shard, r, pipe.get(),
@@ -428,10 +430,6 @@ size_t Pool::restore_in_place(Store& store, Tier& t, size_t i, size_t n, const i
   for (size_t k = heads; k-- > good;) release_page(pages[k]);
   for (size_t k = 0; k < good; ++k) finish_restore(pages[k], t, i + k, tokens, salt, r);
   return good;
-}
-
-size_t Pool::read_group() const noexcept {
-  return std::max<size_t>(1, std::min<size_t>(kMaxBlockGroup, static_cast<size_t>(ThreadPool::instance().max_threads())));
 }
 
 size_t Pool::restore_read_group(Store& store, Tier& t, size_t i, size_t n, const int32_t* tokens, uint64_t salt,

@@ -122,9 +122,10 @@ class DirectoryStore final : public Store {
     uint64_t file_bytes;
     Lru::iterator at;       // in lru_ (front = least recently used)
     uint64_t number;        // in order_
-    uint64_t version = 0;   // the store's count of completed puts when this key's last one completed
-    bool pending = false;   // its first file is being written: not in the store yet
+    uint64_t version = 0;   // unique in the store, given when the file is complete (found by the
+                            // scan, or put); 0: the key's first put is still writing it
     bool writing = false;   // a put of the key is writing its file
+    bool in_store() const noexcept { return version != 0; }
   };
   using Map = std::unordered_map<StoreKey, Entry, StoreKeyHash, std::equal_to<StoreKey>,
                                  StdAllocator<std::pair<const StoreKey, Entry>>>;
@@ -173,7 +174,7 @@ class DirectoryStore final : public Store {
     });
     for (const Found& f : found) {
       const Lru::iterator at = lru_.insert(lru_.end(), f.key);
-      map_.emplace(f.key, Entry{f.bytes, at, order_.add(f.key)});
+      map_.emplace(f.key, Entry{f.bytes, at, order_.add(f.key), ++versions_});
       bytes_ += f.bytes;
       ++blocks_;
     }
@@ -182,11 +183,11 @@ class DirectoryStore final : public Store {
   // The entry of k when its block is in the store (not a first put still writing).
   Map::iterator find_block(const StoreKey& k) {
     auto it = map_.find(k);
-    return it == map_.end() || it->second.pending ? map_.end() : it;
+    return it == map_.end() || !it->second.in_store() ? map_.end() : it;
   }
 
   void forget(Map::iterator it) noexcept {
-    if (!it->second.pending) {
+    if (it->second.in_store()) {
       bytes_ -= it->second.file_bytes;
       --blocks_;
     }
@@ -199,7 +200,7 @@ class DirectoryStore final : public Store {
   bool evict_oldest() noexcept {
     for (const StoreKey& k : lru_) {
       auto it = map_.find(k);
-      if (it->second.writing) continue;  // pending entries are writing too
+      if (it->second.writing) continue;  // first puts still writing included
       ::unlink(file_of(k).c_str());      // a file that cannot be deleted is forgotten all the same
       forget(it);
       ++evictions_;
@@ -242,7 +243,6 @@ class DirectoryStore final : public Store {
         order_.erase(number);
         throw;
       }
-      it->second.pending = true;
     }
     it->second.writing = true;
     try {
@@ -258,16 +258,12 @@ class DirectoryStore final : public Store {
     }
     it = map_.find(k);
     Entry& e = it->second;
-    if (e.pending) {
-      e.pending = false;
-      ++blocks_;
-    } else {
-      bytes_ -= e.file_bytes;
-    }
+    if (e.in_store()) bytes_ -= e.file_bytes;
+    else ++blocks_;
     bytes_ += kHeaderBytes + n;
     e.file_bytes = kHeaderBytes + n;
     e.writing = false;
-    e.version = ++puts_done_;  // unique: a key removed and put again never reads as unchanged
+    e.version = ++versions_;  // unique: a key removed and put again never reads as unchanged
     lru_.splice(lru_.end(), lru_, e.at);
     idle_.notify_all();
     shrink_to_bound();  // never the new block: it is the most recent and alone fits
@@ -298,12 +294,12 @@ class DirectoryStore final : public Store {
         r = read_frame_file(file, file_bytes, k, dst);
       }
       it = map_.find(k);
+      if (it == map_.end()) return r.outcome == FileRead::kOk;  // removed meanwhile
       if (r.outcome == FileRead::kOk) {
-        if (it != map_.end()) lru_.splice(lru_.end(), lru_, it->second.at);
+        lru_.splice(lru_.end(), lru_, it->second.at);
         ::utimensat(AT_FDCWD, file.c_str(), nullptr, 0);  // recency for the next open
         return true;
       }
-      if (it == map_.end()) return false;  // removed meanwhile
       // Replaced while it was read (or being replaced): read the new file once more.
       if (it->second.writing || it->second.version != version) {
         if (retried) return false;
@@ -383,9 +379,9 @@ class DirectoryStore final : public Store {
   HostString dir_;
   uint64_t max_;
   bool sync_;
-  uint64_t bytes_ = 0;   // of the blocks in the store (pending ones not counted)
-  uint64_t blocks_ = 0;  // the same
-  uint64_t puts_done_ = 0;
+  uint64_t bytes_ = 0;     // of the blocks in the store (first puts still writing not counted)
+  uint64_t blocks_ = 0;    // the same
+  uint64_t versions_ = 0;  // the last Entry::version given
   HostAllocator alloc_;
   Lru lru_;
   Map map_;
