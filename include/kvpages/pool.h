@@ -564,8 +564,9 @@ KVP_API kvp_status KVP_CALL kvp_pool_get_shard_stats(const kvp_pool *pool, uint3
  * - any other store (directory, plug-in; since 1.5) gets it asynchronously: the block is a
  *   staging block of the pool's write queue (kvp_pool_options::write_queue_bytes), queued once
  *   for all such tiers, and the pool's writer threads (started by the first such tier: for a
- *   directory store one per thread of the library's pool, at most 8 and the number of staging
- *   blocks; else one) put it into each of them in tier order, so the evicting call never waits
+ *   directory store one per thread of the library's pool, at most 8, or 8 when it fsyncs (each
+ *   put then waits for the disk), never more than the staging blocks; else one) put it into
+ *   each of them in tier order, so the evicting call never waits
  *   on a file or a network round trip.
  *   While every such tier is a directory store, several blocks are put at once, one per writer
  *   thread; once one is not (Redis, a plug-in), one block at a time, in queue order. When every

@@ -74,9 +74,12 @@ void Pool::add_store(kvp_store* h) {
     const uint64_t want = write_queue_bytes_ == 0 ? kDefaultWriteQueueBytes : write_queue_bytes_;
     const size_t slots = static_cast<size_t>(std::max<uint64_t>(1, want / block_.total));
     try {
-      // Several writer threads only where they can put at once: a first slow tier that cannot
-      // makes the writer put one block at a time for good.
-      const size_t threads = store_from(h, fn).concurrent_io() ? std::min(slots, thread_group()) : 1;
+      // Several writer threads only where they can put at once (a first slow tier that cannot
+      // makes the writer put one block at a time for good): one per CPU thread of the group where
+      // a put is a copy into the page cache, kMaxBlockGroup where each put waits for the disk.
+      const Store& s = store_from(h, fn);
+      const size_t threads =
+          !s.concurrent_io() ? 1 : std::min(slots, s.put_waits_for_device() ? kMaxBlockGroup : thread_group());
       writer_ = make_host<TierWriter>(alloc_, slots, block_.total, threads, alloc_);
     } catch (...) {
       if (num_tiers_ == 0) {

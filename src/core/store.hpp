@@ -63,6 +63,9 @@ class Store {
   // writes its files outside its lock), so that a pool reads several blocks of a prompt on its
   // threads and its writer puts several blocks at once.
   virtual bool concurrent_io() const noexcept { return false; }
+  // Whether a put waits for the device (the directory store's fsyncs), so that writer threads
+  // beyond the CPUs keep the disk busy while others wait. Only where concurrent_io().
+  virtual bool put_waits_for_device() const noexcept { return false; }
   // Where blocks_in_memory(): calls look(find) under the store's lock, where find(k, use) is the
   // block of k where it lies (a const HostBytes*), nullptr on a miss. A `use` counts as a hit (or a
   // miss) and makes the block the most recent, as get does; without it the look changes nothing

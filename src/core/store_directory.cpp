@@ -115,6 +115,7 @@ class DirectoryStore final : public Store {
   }
 
   bool concurrent_io() const noexcept override { return true; }
+  bool put_waits_for_device() const noexcept override { return sync_; }
 
  private:
   using Lru = std::list<StoreKey, StdAllocator<StoreKey>>;

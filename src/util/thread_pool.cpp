@@ -20,6 +20,18 @@ struct ThreadPool::Job {
 
 namespace {
 
+constexpr long kDefaultSpinUs = 100;  // KVP_SPIN_US when unset
+constexpr long kMaxSpinUs = 100000;   // 0.1 s: a larger KVP_SPIN_US is clamped to it
+
+// Tells the CPU this is a spin-wait loop (fewer wasted cycles, and a hyper-thread sibling runs).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 // The pool lives in the library's own static storage and is never destroyed: a thread of the
 // process may still call in while static destructors run at exit. Unloading the library releases
 // the storage; shutdown() has joined the helpers by then.
@@ -43,6 +55,9 @@ ThreadPool::ThreadPool() {
   if (n <= 0) n = static_cast<long>(std::thread::hardware_concurrency());
   if (n <= 0) n = 1;
   threads_total_ = static_cast<int>(std::min<long>(n, kMaxThreads));
+  const char* spin = std::getenv("KVP_SPIN_US");
+  const long us = spin != nullptr && *spin != 0 ? std::strtol(spin, nullptr, 10) : kDefaultSpinUs;
+  spin_ns_ = std::clamp<long>(us, 0, kMaxSpinUs) * 1000;
 }
 
 namespace {
@@ -78,7 +93,7 @@ void ThreadPool::run(int64_t n, int helpers, ChunkFn fn, void* arg) {
     std::lock_guard<std::mutex> lk(s_.mu);
     s_.job = &job;
     s_.wanted = helpers;
-    ++s_.gen;
+    s_.posted.store(++s_.gen, std::memory_order_release);
   }
   s_.cv.notify_all();
   work(job);
@@ -114,15 +129,29 @@ void* ThreadPool::helper_main(void* self) noexcept {
   return nullptr;
 }
 
+// Returns once a job newer than `seen` is posted, or after spin_ns_ (the caller then sleeps on the
+// condition variable, which stop_helpers() also wakes).
+void ThreadPool::watch_for_job(uint64_t seen) const noexcept {
+  if (spin_ns_ <= 0) return;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
+  for (unsigned i = 1;; ++i) {
+    if (s_.posted.load(std::memory_order_acquire) != seen) return;
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) return;
+  }
+}
+
 void ThreadPool::loop() {
   uint64_t seen = 0;
   for (;;) {
+    watch_for_job(seen);
     Job* j;
     {
       std::unique_lock<std::mutex> lk(s_.mu);
-      s_.cv.wait(lk, [&] { return s_.stop || (s_.job != nullptr && s_.gen != seen && s_.wanted > 0); });
+      s_.cv.wait(lk, [&] { return s_.stop || s_.gen != seen; });
       if (s_.stop) return;
       seen = s_.gen;
+      if (s_.job == nullptr || s_.wanted <= 0) continue;  // over, or helped enough: watch for the next
       --s_.wanted;
       j = s_.job;
       s_.inside.fetch_add(1, std::memory_order_relaxed);

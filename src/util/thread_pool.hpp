@@ -9,6 +9,11 @@
 // inside a chunk (no nesting). Threads: KVP_NUM_THREADS from the environment (read once), else
 // the number of CPUs.
 //
+// Waking a sleeping thread costs tens of microseconds (a futex wake, and on a VM an interrupt to an
+// idle virtual CPU), as much as the work of a mid-sized job. So a helper that finishes a job keeps
+// watching for the next one for a short while (KVP_SPIN_US, default 100 µs; 0: never) before it
+// sleeps, as OpenMP runtimes do: the per-layer calls of a step find their helpers awake.
+//
 // What the runtime survives (util/lifecycle.cpp drives the last two):
 //  - thread creation failing: helpers are created on the first parallel job; when the OS refuses
 //    one, the pool keeps the ones it has (possibly none) and never retries, and every job still
@@ -55,6 +60,7 @@ class ThreadPool {
     std::condition_variable cv;
     Job* job = nullptr;
     uint64_t gen = 0;
+    std::atomic<uint64_t> posted{0};  // gen, readable without mu by a helper watching for a job
     int wanted = 0;
     bool stop = false;
     std::atomic<int> inside{0};
@@ -66,9 +72,11 @@ class ThreadPool {
   void stop_helpers();  // run_mu_ held
   static void* helper_main(void* self) noexcept;
   void loop();
+  void watch_for_job(uint64_t seen) const noexcept;
   static void work(Job& j);
 
   int threads_total_ = 1;
+  int64_t spin_ns_ = 0;  // how long a helper watches for the next job before sleeping
   std::mutex run_mu_;  // one job at a time; concurrent callers run inline
   // Guarded by run_mu_:
   bool started_ = false;  // helper creation was tried (it is never retried)
