@@ -469,12 +469,13 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
 
   const int64_t total = job.total_tokens;
   const int64_t bytes = total * c.token_bytes;
-  // Threads pay off from 256 KiB each (the helpers of back-to-back calls are still awake,
-  // util/thread_pool.hpp; measured with bench_step); single-token and small calls stay on the
-  // calling thread (no wake-ups, no allocation).
-  constexpr int64_t kBytesPerThread = int64_t(1) << 18;
-  const int threads = total >= 64 && bytes >= 2 * kBytesPerThread
-                          ? static_cast<int>(std::min<int64_t>(ThreadPool::instance().max_threads(), bytes / kBytesPerThread))
+  // Threads pay off from 256 KiB each where the helpers of back-to-back calls are still awake
+  // (util/thread_pool.hpp), from 1 MiB where each call wakes them (measured with bench_step);
+  // single-token and small calls stay on the calling thread (no wake-ups, no allocation).
+  ThreadPool& pool = ThreadPool::instance();
+  const int64_t per_thread = pool.helpers_stay_awake() ? int64_t(256) << 10 : int64_t(1) << 20;
+  const int threads = total >= 64 && bytes >= 2 * per_thread
+                          ? static_cast<int>(std::min<int64_t>(pool.max_threads(), bytes / per_thread))
                           : 1;
 
   // Contiguous rows: the fixed-size writer at the machine's width (same dtype, a table size) or
@@ -522,7 +523,7 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   const int64_t chunk_tokens = std::max<int64_t>(
       1, std::min<int64_t>((int64_t(256) << 10) / c.token_bytes + 1, total / (4 * static_cast<int64_t>(threads))));
   ParallelWrite w{&c, fn, starts.data(), chunk_tokens, stream};
-  ThreadPool::instance().run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
+  pool.run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
 }
 
 }  // namespace kvp::detail

@@ -45,6 +45,9 @@ class ThreadPool {
   static ThreadPool& instance();
   // Threads a job may use, the caller included (>= 1).
   int max_threads() const noexcept { return threads_total_; }
+  // Whether a helper watches for the next job before it sleeps (KVP_SPIN_US > 0): back-to-back
+  // jobs then find it awake, so smaller jobs are worth splitting.
+  bool helpers_stay_awake() const noexcept { return spin_ns_ > 0; }
   // Runs fn(arg, i) for every i in [0, n); returns when all are done.
   void run(int64_t n, int helpers, ChunkFn fn, void* arg);
 
