@@ -194,7 +194,8 @@ void Pool::save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags
   seq_blob_size(bs, s.length);  // fits size_t
   HostVector<int32_t> pad(static_cast<size_t>(page_size_), alloc_);
   HostVector<uint8_t> block(bs.total, alloc_);
-  AtomicFile file(path, fn);
+  const bool sync = (flags & KVP_POOL_SAVE_FLAG_NO_SYNC) == 0;
+  AtomicFile file(path, fn, sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
   uint8_t header[kSeqHeaderBytes];
   write_seq_header(header, bs, s.salt, s.length);
   file.write(header, sizeof header);
@@ -204,7 +205,7 @@ void Pool::save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags
     fill_block(row(slot)[i], bs, pid, pad.data(), block.data(), nullptr, fn);
     file.write(block.data(), block.size());
   }
-  file.commit((flags & KVP_POOL_SAVE_FLAG_NO_SYNC) != 0 ? AtomicFile::Sync::kUnsynced : AtomicFile::Sync::kSynced);
+  file.commit();
 }
 
 // ---------------------------------------------------------------------------------------------

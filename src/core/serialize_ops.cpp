@@ -193,10 +193,10 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
 
 void serialize_to_file(const Cache& cache, const Selection& sel, const char* path, const char* function) {
   cache.check_healthy(function);
-  AtomicFile file(path, function);
+  AtomicFile file(path, function, sel.sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
   FileSink sink(file, cache.allocator());
   serialize(cache, sel, sink, function);
-  file.commit(sel.sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+  file.commit();
 }
 
 kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, const char* function) {

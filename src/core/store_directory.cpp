@@ -84,7 +84,7 @@ FileRead read_frame_file(const HostString& file, uint64_t file_bytes, const Stor
 
 // Writes the frame of block (n bytes) under k to `file`, replacing it atomically. No store state.
 void write_frame_file(const HostString& file, const StoreKey& k, const void* data, size_t n, bool sync) {
-  AtomicFile f(file.c_str(), "kvp_store_put");
+  AtomicFile f(file.c_str(), "kvp_store_put", sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
   const auto* p = static_cast<const uint8_t*>(data);
   Xxh3Sum sum;  // each piece summed just before it is written (read from the cache)
   for (size_t off = 0; off < n; off += kFramePieceBytes) {
@@ -95,7 +95,7 @@ void write_frame_file(const HostString& file, const StoreKey& k, const void* dat
   uint8_t h[kHeaderBytes];
   write_frame_header(h, k, n, sum.value());
   f.write_at(0, h, sizeof h);
-  f.commit(sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+  f.commit();
 }
 
 // Files are written and read without the store's lock (Store::Unlocked), so one call's file I/O

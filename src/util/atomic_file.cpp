@@ -18,6 +18,8 @@ namespace kvp::detail {
 namespace {
 
 constexpr int kNameTries = 100;
+// Bytes written between two starts of the writeback of a file that will be synced.
+constexpr uint64_t kWriteBackBytes = uint64_t{1} << 20;
 
 // The file a save to `path` replaces: `path`, or the target of a symbolic link at `path`.
 HostString resolve_target(const char* path, const char* fn) {
@@ -72,7 +74,8 @@ int open_named(const HostString& target, HostString* tmp, const char* fn) {
 
 }  // namespace
 
-AtomicFile::AtomicFile(const char* path, const char* function) : target_(resolve_target(path, function)), function_(function) {
+AtomicFile::AtomicFile(const char* path, const char* function, Sync sync)
+    : target_(resolve_target(path, function)), function_(function), sync_(sync) {
   struct stat old;
   const bool replaces = ::stat(target_.c_str(), &old) == 0;
   fd_ = open_unnamed(directory_of(target_));
@@ -103,6 +106,7 @@ void AtomicFile::write(const void* data, size_t n) {
     }
     p += w;
     n -= static_cast<size_t>(w);
+    wrote(static_cast<size_t>(w));
   }
 }
 
@@ -117,7 +121,20 @@ void AtomicFile::write_at(uint64_t off, const void* data, size_t n) {
     p += w;
     off += static_cast<uint64_t>(w);
     n -= static_cast<size_t>(w);
+    wrote(static_cast<size_t>(w));
   }
+}
+
+void AtomicFile::wrote(size_t n) noexcept {
+#ifdef SYNC_FILE_RANGE_WRITE
+  if (sync_ != Sync::kSynced || unsent_.fetch_add(n, std::memory_order_relaxed) + n < kWriteBackBytes) return;
+  if (unsent_.exchange(0, std::memory_order_relaxed) < kWriteBackBytes) return;  // another thread started it
+  // Starts writing every dirty page not under writeback yet, without waiting; a failure shows
+  // in commit()'s fsync.
+  (void)::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+#else
+  (void)n;
+#endif
 }
 
 // Gives the unnamed file a temporary name (linkat cannot replace the target itself).
@@ -135,7 +152,8 @@ void AtomicFile::link_unnamed() {
   fail(KVP_ERR_IO, "%s: cannot link the new file next to '%s': %s", function_, target_.c_str(), std::strerror(errno));
 }
 
-void AtomicFile::commit(Sync sync) {
+void AtomicFile::commit() {
+  const Sync sync = sync_;
   const char* fn = function_;
   const char* target = target_.c_str();
   if (sync == Sync::kSynced && ::fsync(fd_) != 0) fail(KVP_ERR_IO, "%s: fsync of the new '%s' failed: %s", fn, target, std::strerror(errno));

@@ -7,7 +7,15 @@
 //
 // The target is `path`, or the file a symbolic link at `path` points to (the link stays). The new
 // file keeps the mode of the file it replaces; a new file gets 0666 less the umask.
+//
+// A file that will be synced has its writeback started every 1 MiB written
+// (sync_file_range, where the system has it), so the disk writes while the caller still fills the
+// file and the final fsync waits only for the tail (a synced 256 MiB kvp_serialize_to_file on a
+// virtio disk: 320-365 -> 228-270 ms).
 #pragma once
+
+#include <atomic>
+#include <cstdint>
 
 #include "util/memory.hpp"
 
@@ -15,9 +23,14 @@ namespace kvp::detail {
 
 class AtomicFile {
  public:
+  // How commit() makes the replacement last: kSynced syncs the new file before the rename and the
+  // directory after it (the new content survives a power loss); kUnsynced skips both syncs (other
+  // processes still see the old file or the whole new one, but after a power loss or kernel crash
+  // the target may hold the old file, the new one or an empty or partial file).
+  enum class Sync { kSynced, kUnsynced };
   // Opens the new file. Throws KVP_ERR_IO naming `function` (a dangling or looping link at
   // `path` included).
-  AtomicFile(const char* path, const char* function);
+  AtomicFile(const char* path, const char* function, Sync sync);
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -27,15 +40,12 @@ class AtomicFile {
   // Writes all n bytes at offset `off` (pwrite: the current offset is unchanged); callers may
   // write different ranges from several threads at once. Throws KVP_ERR_IO.
   void write_at(uint64_t off, const void* p, size_t n);
-  // How commit() makes the replacement last: kSynced syncs the new file before the rename and the
-  // directory after it (the new content survives a power loss); kUnsynced skips both syncs (other
-  // processes still see the old file or the whole new one, but after a power loss or kernel crash
-  // the target may hold the old file, the new one or an empty or partial file).
-  enum class Sync { kSynced, kUnsynced };
   // [fsync], naming, rename over the target, [fsync of the directory]; throws KVP_ERR_IO.
-  void commit(Sync sync = Sync::kSynced);
+  void commit();
 
  private:
+  // Counts n bytes written; starts the writeback of the file each kWriteBackBytes (kSynced).
+  void wrote(size_t n) noexcept;
   void link_unnamed();
   // Closes the file and removes its temporary name unless it was renamed.
   void discard() noexcept;
@@ -43,6 +53,8 @@ class AtomicFile {
   HostString target_;  // the file replaced
   HostString tmp_;     // the temporary name; empty while the file has none
   const char* function_;
+  Sync sync_;
+  std::atomic<uint64_t> unsent_{0};  // bytes written since the writeback was last started
   int fd_ = -1;
   bool renamed_ = false;
 };
