@@ -1221,15 +1221,7 @@ static void test_pool_tiers__flush_cached_persists_the_prefix_cache(void **state
   assert_kvp_ok(kvp_pool_destroy(p));
   assert_kvp_ok(kvp_cache_destroy(c));
   assert_kvp_ok(kvp_cache_destroy(c2));
-  c2 = make_cache(KVP_DTYPE_F32, NP, 1);
-  p2 = make_pool(c2, store);
-  s = kvp_test_run_prompt(p2, c2, a, 13, 7, 0, &reused);
-  assert_int_equal(reused, 3 * PS);
-  kvp_test_expect_prompt_kv(p2, c2, s, a, 3);
-  assert_int_equal(tier(p2, 0).hits, 3);
-  assert_kvp_ok(kvp_pool_check_invariants(p2));
-  assert_kvp_ok(kvp_pool_destroy(p2));
-  assert_kvp_ok(kvp_cache_destroy(c2));
+  expect_new_pool_restores_a(store, a);
   assert_kvp_ok(kvp_store_destroy(store));
   remove_dir(dir);
 }
