@@ -194,8 +194,7 @@ void Pool::save_sequence_to_file(kvp_seq_id id, const char* path, uint32_t flags
   seq_blob_size(bs, s.length);  // fits size_t
   HostVector<int32_t> pad(static_cast<size_t>(page_size_), alloc_);
   HostVector<uint8_t> block(bs.total, alloc_);
-  const bool sync = (flags & KVP_POOL_SAVE_FLAG_NO_SYNC) == 0;
-  AtomicFile file(path, fn, sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+  AtomicFile file(path, fn, AtomicFile::synced_if((flags & KVP_POOL_SAVE_FLAG_NO_SYNC) == 0));
   uint8_t header[kSeqHeaderBytes];
   write_seq_header(header, bs, s.salt, s.length);
   file.write(header, sizeof header);

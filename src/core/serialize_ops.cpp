@@ -193,7 +193,7 @@ void serialize(const Cache& cache, const Selection& sel, Sink& sink, const char*
 
 void serialize_to_file(const Cache& cache, const Selection& sel, const char* path, const char* function) {
   cache.check_healthy(function);
-  AtomicFile file(path, function, sel.sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+  AtomicFile file(path, function, AtomicFile::synced_if(sel.sync));
   FileSink sink(file, cache.allocator());
   serialize(cache, sel, sink, function);
   file.commit();

@@ -84,7 +84,7 @@ FileRead read_frame_file(const HostString& file, uint64_t file_bytes, const Stor
 
 // Writes the frame of block (n bytes) under k to `file`, replacing it atomically. No store state.
 void write_frame_file(const HostString& file, const StoreKey& k, const void* data, size_t n, bool sync) {
-  AtomicFile f(file.c_str(), "kvp_store_put", sync ? AtomicFile::Sync::kSynced : AtomicFile::Sync::kUnsynced);
+  AtomicFile f(file.c_str(), "kvp_store_put", AtomicFile::synced_if(sync));
   const auto* p = static_cast<const uint8_t*>(data);
   Xxh3Sum sum;  // each piece summed just before it is written (read from the cache)
   for (size_t off = 0; off < n; off += kFramePieceBytes) {

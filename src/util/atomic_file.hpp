@@ -28,6 +28,7 @@ class AtomicFile {
   // processes still see the old file or the whole new one, but after a power loss or kernel crash
   // the target may hold the old file, the new one or an empty or partial file).
   enum class Sync { kSynced, kUnsynced };
+  static constexpr Sync synced_if(bool sync) noexcept { return sync ? Sync::kSynced : Sync::kUnsynced; }
   // Opens the new file. Throws KVP_ERR_IO naming `function` (a dangling or looping link at
   // `path` included).
   AtomicFile(const char* path, const char* function, Sync sync);

@@ -473,7 +473,7 @@ static void bench_page_size(const run *r, int64_t S) {
   double copy = 1e9;
   const pool_times none = {1e9, 1e9, 1e9};
   pool_times pt[2][2] = {{none, none}, {none, none}};
-  double put[2] = {1e9, 1e9}, get[2] = {1e9, 1e9}, fw = 1e9, fws = 1e9, fd = 1e9, ff = 1e9, fr = 1e9;
+  double put[2] = {1e9, 1e9}, get[2] = {1e9, 1e9}, fw = 1e9, fws = 1e9, fdirect = 1e9, ff = 1e9, fr = 1e9;
   shared_times shared = {1e9, 0.0, 0.0, 0, 0};
   kvp_store *stores[2];
   char path[4096];
@@ -510,7 +510,7 @@ static void bench_page_size(const run *r, int64_t S) {
     const file_times ft = file_baseline(r, pages, page, src, path);
     if (ft.write < fw) fw = ft.write;
     if (ft.stream < fws) fws = ft.stream;
-    if (ft.direct < fd) fd = ft.direct; /* -1 (refused) stays */
+    if (ft.direct < fdirect) fdirect = ft.direct; /* -1 (refused) stays */
     if (ft.files < ff) ff = ft.files;
     if (ft.read < fr) fr = ft.read;
   }
@@ -531,10 +531,10 @@ static void bench_page_size(const run *r, int64_t S) {
     if (d && r->sync)
       printf("  file write streamed (one fsync at the end): %6.2f GB/s; directory offload against it: %.2f / %.2f "
              "(empty / steady)\n", gbs(bytes, fws), fws / pt[d][0].offload, r->reps > 1 ? fws / pt[d][1].offload : 0.0);
-    if (d && fd > 0)
+    if (d && fdirect > 0)
       printf("  the disk's own write speed (O_DIRECT, one fsync at the end): %6.2f GB/s; directory offload against "
-             "it: %.2f / %.2f (empty / steady)\n", gbs(bytes, fd), fd / pt[d][0].offload,
-             r->reps > 1 ? fd / pt[d][1].offload : 0.0);
+             "it: %.2f / %.2f (empty / steady)\n", gbs(bytes, fdirect), fdirect / pt[d][0].offload,
+             r->reps > 1 ? fdirect / pt[d][1].offload : 0.0);
     else if (d)
       printf("  the disk's own write speed: not measured (O_DIRECT refused in %s)\n", r->dir);
     if (d)
