@@ -184,6 +184,12 @@ KVP_API kvp_status KVP_CALL kvp_cache_create(const kvp_config *cfg, const kvp_ca
  * the destroyed handle, a double destroy included, is refused and changes nothing. (After that
  * many, the old pointer names the new handle.)
  *
+ * On the CPU, the one mapping of a cache of 2 to 32 MiB (built-in allocator) is not unmapped at
+ * once: it is kept, advised `MADV_FREE` (the kernel takes its pages back under memory pressure),
+ * for the next kvp_deserialize_new() of the same size whose blob holds every page, and unmapped
+ * when another cache's mapping is kept instead or the library is unloaded. See "Host memory" in
+ * the main page.
+ *
  * @param[in] cache Handle or NULL.
  * @retval KVP_OK Released (or NULL).
  * @retval KVP_ERR_INVALID_HANDLE Not a live cache handle.

@@ -298,7 +298,9 @@ KVP_API kvp_status KVP_CALL kvp_deserialize_options_init(kvp_deserialize_options
  *
  * The cache gets the blob's config; the pages the blob carries are loaded at their original
  * page ids and every other page is zero. The whole input must be exactly one blob: trailing
- * bytes are rejected.
+ * bytes are rejected. When the blob holds every page, a CPU cache may get the memory of the
+ * cache destroyed last (see kvp_cache_destroy()) instead of fresh zeroed pages, since the load
+ * overwrites every byte.
  *
  * @param[in] src The blob, may be NULL only when `len` is 0.
  * @param[in] len Bytes in `src`.

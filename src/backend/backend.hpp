@@ -46,10 +46,14 @@ class Backend {
   virtual int32_t device_id() const noexcept = 0;
 
   // ---- memory
-  // Zero-filled memory for the n layer buffers of a cache, `bytes` each (n >= 1): layer l at
-  // layers[l]; the backend may place them all in one allocation. Throws
-  // error(KVP_ERR_OUT_OF_MEMORY or KVP_ERR_DEVICE_OUT_OF_MEMORY) with nothing left allocated.
-  virtual void alloc_layers(size_t n, size_t bytes, uint8_t** layers) = 0;
+  // What a new cache's layer buffers hold: zeros, or anything, because the caller writes every
+  // byte of every layer before the cache is seen (kvp_deserialize_new of a blob with all pages).
+  enum class Fill { kZero, kOverwritten };
+  // Memory for the n layer buffers of a cache, `bytes` each (n >= 1), zero-filled unless `fill`
+  // says the caller overwrites it: layer l at layers[l]; the backend may place them all in one
+  // allocation. Throws error(KVP_ERR_OUT_OF_MEMORY or KVP_ERR_DEVICE_OUT_OF_MEMORY) with nothing
+  // left allocated.
+  virtual void alloc_layers(size_t n, size_t bytes, Fill fill, uint8_t** layers) = 0;
   // Frees what alloc_layers(n, bytes, layers) gave.
   virtual void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept = 0;
 

@@ -16,7 +16,8 @@ uint64_t next_cache_id() noexcept {
 }
 }  // namespace
 
-Cache::Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> backend, const HostAllocator& alloc)
+Cache::Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> backend, const HostAllocator& alloc,
+             Backend::Fill fill)
     : config_(cfg),
       shard_(shard),
       layout_(shard_layout(cfg, shard, "kvp_cache_create")),
@@ -26,7 +27,7 @@ Cache::Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> ba
       backend_(std::move(backend)),
       layers_(StdAllocator<uint8_t*>(alloc)) {
   layers_.resize(static_cast<size_t>(layout_.num_layers));
-  backend_->alloc_layers(layers_.size(), layer_bytes(), layers_.data());
+  backend_->alloc_layers(layers_.size(), layer_bytes(), fill, layers_.data());
 }
 
 Cache::~Cache() { backend_->release_layers(layers_.data(), layers_.size(), layer_bytes()); }
@@ -130,7 +131,7 @@ void Cache::write_layer(int64_t layer, const void* host_src, size_t size, kvp_st
 }
 
 kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts, const ShardRanks* ranks,
-                        const char* fn) {
+                        const char* fn, Backend::Fill fill) {
   const kvp_config cfg = read_config(config, fn);
   kvp_cache_options o;
   std::memset(&o, 0, sizeof o);
@@ -149,7 +150,7 @@ kvp_cache* create_cache(const kvp_config* config, const kvp_cache_options* opts,
   const ShardCoord shard = ranks != nullptr ? shard_coord(cfg, ranks->tp_rank, ranks->dp_rank, fn) : ShardCoord{};
   const HostAllocator alloc(o.allocator);
   HostPtr<Cache> cache =
-      make_host<Cache>(alloc, cfg, shard, make_backend(dev, o.device_id, alloc, o.flags, fn), alloc);
+      make_host<Cache>(alloc, cfg, shard, make_backend(dev, o.device_id, alloc, o.flags, fn), alloc, fill);
   return handle_new<kvp_cache>(std::move(cache));
 }
 

@@ -17,9 +17,11 @@ namespace kvp::detail {
 
 class Cache {
  public:
-  // Allocates all layer buffers (zeroed) of the whole cache or of one shard of `cfg`. Throws on
-  // failure, leaking nothing.
-  Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> backend, const HostAllocator& alloc);
+  // Allocates all layer buffers of the whole cache or of one shard of `cfg`: zeroed, or (`fill`
+  // kOverwritten) holding anything, for a caller that writes every byte before the cache is seen.
+  // Throws on failure, leaking nothing.
+  Cache(const kvp_config& cfg, const ShardCoord& shard, HostPtr<Backend> backend, const HostAllocator& alloc,
+        Backend::Fill fill = Backend::Fill::kZero);
   ~Cache();
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
@@ -76,12 +78,13 @@ class Cache {
 
 // Creates a cache and its handle (kvp_cache_create, and kvp_cache_create_shard with `ranks`): reads and validates the caller's config and options (NULL = defaults),
 // builds the backend of the device they name (everything that can be checked is checked before a
-// device is touched) and allocates the pages. Throws; leaks nothing.
+// device is touched) and allocates the pages (zeroed unless `fill` says the caller overwrites
+// them all: see Cache). Throws; leaks nothing.
 // Version 1 of kvp_cache_options (1.0, 1.1) ends before `flags`: the smallest struct_size accepted.
 constexpr size_t kCacheOptionsV1Size = offsetof(kvp_cache_options, flags);
 
 kvp_cache* create_cache(const kvp_config* cfg, const kvp_cache_options* opts, const ShardRanks* ranks,
-                        const char* function);
+                        const char* function, Backend::Fill fill = Backend::Fill::kZero);
 
 }  // namespace kvp::detail
 

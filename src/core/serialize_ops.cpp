@@ -218,7 +218,11 @@ kvp_cache* deserialize_new(Source& src, const kvp_deserialize_options* opts, con
   read_table(src, p, function);
   const ShardRanks ranks{p.shard.tp_rank, p.shard.dp_rank};
   const bool slice = (p.flags & KVP_FORMAT_FLAG_SHARD) != 0;
-  kvp_cache* h = create_cache(&p.config, o.cache_options, slice ? &ranks : nullptr, function);
+  // The ids are unique and in the cache's pages (read_table): as many as it has pages means the
+  // payload writes every byte of every layer, so the cache need not start zeroed.
+  const bool all_pages = p.ids.size() == static_cast<size_t>(p.layout.num_pages);
+  kvp_cache* h = create_cache(&p.config, o.cache_options, slice ? &ranks : nullptr, function,
+                              all_pages ? Backend::Fill::kOverwritten : Backend::Fill::kZero);
   try {
     const Cache& cache = cache_from(h, function);
     make_local(cache, p.ids);

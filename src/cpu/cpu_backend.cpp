@@ -6,7 +6,8 @@
 // calloc per layer. Zero fill without touching memory twice: the kernel hands out a mapping as zero
 // pages on first touch (calloc takes fresh memory the same way), so no memset pass runs and
 // untouched pages cost no physical memory. A caller-provided allocator gives no such guarantee,
-// so it is asked for one block per layer and each is zero-filled explicitly.
+// so it is asked for one block per layer and each is zero-filled explicitly (unless its caller
+// overwrites it, below).
 //
 // Huge pages (kvp_cache_options::flags): the mapping is made 2 MiB-aligned (map 2 MiB more, unmap
 // the unaligned head and the tail) and advised MADV_HUGEPAGE, so that where the kernel's THP mode
@@ -16,6 +17,14 @@
 // maps without alignment and advises MADV_NOHUGEPAGE instead. KVP_CACHE_FLAG_PREFAULT writes one
 // zero byte per 4 KiB page (which faults in the whole huge page where there is one), in 2 MiB
 // chunks spread over the thread pool.
+//
+// Reuse (Backend::Fill::kOverwritten): the kernel's zeroing of fresh pages is a third of the time
+// of loading a small cache (kvp_deserialize_new of 8 MiB, perf), work that numpy skips because
+// malloc hands back freed heap memory. So a released mapping goes to util/kept_mapping (which
+// keeps the last one, up to 32 MiB, advised MADV_FREE) and is given to the next cache of the same
+// size and page advice whose every byte its caller overwrites (a load of a blob that holds all
+// pages); any other cache maps fresh zero pages as before. A small cache's calloc becomes a malloc
+// for such a caller.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -32,6 +41,7 @@
 #include "cpu/cpu_ops.hpp"
 #include "util/checked.hpp"
 #include "util/error.hpp"
+#include "util/kept_mapping.hpp"
 #include "util/thread_pool.hpp"
 
 namespace kvp::detail {
@@ -76,15 +86,17 @@ class CpuBackend final : public Backend {
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CPU; }
   int32_t device_id() const noexcept override { return 0; }
 
-  void alloc_layers(size_t n, size_t bytes, uint8_t** layers) override {
+  void alloc_layers(size_t n, size_t bytes, Fill fill, uint8_t** layers) override {
     const size_t total = mapped_bytes(n, bytes);
     if (total != 0) {
-      uint8_t* base = static_cast<uint8_t*>(map_page_buffer(total));
+      void* kept = fill == Fill::kOverwritten ? kept_mapping_take(total, huge_pages()) : nullptr;
+      uint8_t* base = static_cast<uint8_t*>(kept != nullptr ? kept : map_page_buffer(total));
       for (size_t l = 0; l < n; ++l) layers[l] = base + l * slice_bytes(bytes);
+      if (kept != nullptr) return;  // faulted in already: nothing to prefault
     } else {
       size_t done = 0;
       try {
-        for (; done < n; ++done) layers[done] = static_cast<uint8_t*>(alloc_one(bytes));
+        for (; done < n; ++done) layers[done] = static_cast<uint8_t*>(alloc_one(bytes, fill));
       } catch (...) {
         release_layers(layers, done, bytes);
         throw;
@@ -99,7 +111,7 @@ class CpuBackend final : public Backend {
   void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept override {
     if (n == 0) return;
     if (const size_t total = mapped_bytes(n, bytes)) {
-      munmap(layers[0], total);
+      kept_mapping_keep(layers[0], total, huge_pages());
       return;
     }
     for (size_t l = 0; l < n; ++l) {
@@ -136,22 +148,25 @@ class CpuBackend final : public Backend {
     return total >= kHugePage ? total : 0;
   }
 
-  // One zero-filled layer buffer of a cache that is not mapped whole.
-  void* alloc_one(size_t bytes) {
+  bool huge_pages() const noexcept { return (flags_ & KVP_CACHE_FLAG_NO_HUGE_PAGES) == 0; }
+
+  // One layer buffer of a cache that is not mapped whole, zero-filled unless `fill` says the
+  // caller overwrites it.
+  void* alloc_one(size_t bytes, Fill fill) {
     if (bytes == 0) bytes = 1;
     if (alloc_.builtin()) {
-      void* p = std::calloc(1, bytes);
+      void* p = fill == Fill::kOverwritten ? std::malloc(bytes) : std::calloc(1, bytes);
       if (p == nullptr) fail(KVP_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
       return p;
     }
     void* p = alloc_.allocate(bytes, kAlign);
-    std::memset(p, 0, bytes);
+    if (fill == Fill::kZero) std::memset(p, 0, bytes);
     return p;
   }
 
   // The one mapping of a cache's layers (bytes >= kHugePage), advised for huge pages or not.
   void* map_page_buffer(size_t bytes) {
-    const bool huge = (flags_ & KVP_CACHE_FLAG_NO_HUGE_PAGES) == 0;
+    const bool huge = huge_pages();
     void* p = nullptr;
     if (huge) {
       p = map_huge_aligned(bytes);

@@ -216,7 +216,9 @@ void* CudaBackend::alloc_zeroed(size_t bytes, const char* fn) {
   return p;
 }
 
-void CudaBackend::alloc_layers(size_t n, size_t bytes, uint8_t** layers) {
+// Zero-filled even where `fill` allows stale memory: cudaMalloc hands out recycled device memory
+// and no CUDA run has measured what skipping the memset would save.
+void CudaBackend::alloc_layers(size_t n, size_t bytes, Fill, uint8_t** layers) {
   const char* fn = "kvp_cache_create";
   DeviceGuard guard(device_, fn);
   size_t done = 0;

@@ -52,7 +52,7 @@ class CudaBackend final : public Backend {
   kvp_device_type device_type() const noexcept override { return KVP_DEVICE_CUDA; }
   int32_t device_id() const noexcept override { return device_; }
   // One cudaMalloc per layer, zero-filled.
-  void alloc_layers(size_t n, size_t bytes, uint8_t** layers) override;
+  void alloc_layers(size_t n, size_t bytes, Fill fill, uint8_t** layers) override;
   void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept override;
   void copy_to_host(void* host_dst, const void* src, size_t bytes, kvp_stream stream, bool sync,
                     const char* function) override;

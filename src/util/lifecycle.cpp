@@ -3,12 +3,14 @@
 //    one locked by a thread it does not have; in the child the thread pool forgets its helpers
 //    (the child's first parallel job starts its own).
 //  - unload (dlclose, or exit): the thread pool's helpers are stopped and joined, so no thread runs
-//    the library's code after it is unmapped, and the handle table is unmapped when no handle is
-//    live. A later dlopen starts from fresh static state.
+//    the library's code after it is unmapped, the handle table is unmapped when no handle is
+//    live, and so is the kept mapping of the last cache released. A later dlopen starts from fresh
+//    static state.
 // glibc removes the fork handlers of a library when it is unloaded.
 #include <pthread.h>
 
 #include "util/handle.hpp"
+#include "util/kept_mapping.hpp"
 #include "util/memory.hpp"
 #include "util/thread_pool.hpp"
 
@@ -18,14 +20,17 @@ namespace {
 void prepare_fork() {
   host_allocator_prepare_fork();
   handle_table_prepare_fork();
+  kept_mapping_prepare_fork();
 }
 
 void after_fork_in_parent() {
+  kept_mapping_after_fork();
   handle_table_after_fork();
   host_allocator_after_fork();
 }
 
 void after_fork_in_child() {
+  kept_mapping_after_fork();
   handle_table_after_fork();
   host_allocator_after_fork();
   ThreadPool::after_fork_in_child();
@@ -36,6 +41,7 @@ __attribute__((constructor)) void on_load() { pthread_atfork(prepare_fork, after
 __attribute__((destructor)) void on_unload() {
   ThreadPool::shutdown();
   handle_table_release();
+  kept_mapping_release();
 }
 
 }  // namespace

@@ -238,6 +238,61 @@ static void test_serialize__subset_new_cache_has_pages_at_original_ids(void **st
   assert_kvp_ok(kvp_cache_destroy(src));
 }
 
+/* A new cache loaded from a blob may get the memory of the cache destroyed before it (a kept
+ * mapping, or malloc's reuse for a small cache): with every page in the blob it holds exactly the
+ * blob's bytes, never the old cache's; with some pages, the others are zero; kvp_cache_create
+ * always starts from zeros. The old caches are scribbled on before they go. */
+static void expect_loads_ignore_freed_caches(int64_t L, int64_t H, int64_t P, kvp_dtype dt) {
+  kvp_cache *src = mk(L, H, 128, 16, P, dt, KVP_LAYOUT_V3);
+  fill_random(src, 41);
+  uint8_t *want = snapshot(src);
+  const int32_t sel[] = {1, 3};
+  kvp_serialize_options o;
+  kvp_serialize_options_init(&o, sizeof o);
+  o.page_ids = sel;
+  o.num_page_ids = 2;
+  size_t n_all = 0, n_sub = 0;
+  uint8_t *all = blob_of(src, NULL, &n_all), *sub = blob_of(src, &o, &n_sub);
+  const size_t pb = (size_t)info_of(src).page_bytes_per_layer;
+  uint8_t *zero = calloc(1, pb);
+  for (int round = 0; round < 3; ++round) {
+    kvp_cache *a = NULL, *b = NULL, *c = NULL;
+    assert_kvp_ok(kvp_deserialize_new(all, n_all, NULL, &a));
+    assert_unchanged(a, want);
+    fill_random(a, 100 + (uint64_t)round);
+    const uint8_t *old = layer_ptr(a, 0);
+    assert_kvp_ok(kvp_cache_destroy(a));
+    assert_kvp_ok(kvp_deserialize_new(all, n_all, NULL, &a));
+    if (cache_bytes(a) >= (2u << 20)) assert_ptr_equal(layer_ptr(a, 0), old); /* the kept mapping */
+    assert_unchanged(a, want);
+    fill_random(a, 200 + (uint64_t)round);
+    assert_kvp_ok(kvp_cache_destroy(a));
+    assert_kvp_ok(kvp_deserialize_new(sub, n_sub, NULL, &b));
+    for (uint32_t l = 0; l < (uint32_t)L; ++l)
+      for (int64_t p = 0; p < P; ++p)
+        assert_memory_equal(page_ptr(b, l, p), (p == 1 || p == 3) ? page_ptr(src, l, p) : zero, pb);
+    fill_random(b, 300 + (uint64_t)round);
+    assert_kvp_ok(kvp_cache_destroy(b));
+    kvp_config cfg = config_of(src);
+    assert_kvp_ok(kvp_cache_create(&cfg, NULL, &c));
+    for (uint32_t l = 0; l < (uint32_t)L; ++l)
+      for (int64_t p = 0; p < P; ++p) assert_memory_equal(page_ptr(c, l, p), zero, pb);
+    fill_random(c, 400 + (uint64_t)round);
+    assert_kvp_ok(kvp_cache_destroy(c));
+  }
+  free(zero);
+  free(sub);
+  free(all);
+  free(want);
+  assert_kvp_ok(kvp_cache_destroy(src));
+}
+
+static void test_serialize__new_caches_never_show_freed_caches(void **state) {
+  (void)state;
+  expect_loads_ignore_freed_caches(2, 8, 16, KVP_DTYPE_F32); /* 4 MiB: one mapping, kept when freed */
+  expect_loads_ignore_freed_caches(2, 2, 6, KVP_DTYPE_BF16); /* 96 KiB: a malloc per layer */
+}
+
 /* ---- the documented byte layout --------------------------------------------------------------- */
 
 static void test_serialize__layout_matches_the_format_document(void **state) {
@@ -1608,6 +1663,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_serialize__checksums_do_not_depend_on_stack_contents),
       cmocka_unit_test(test_serialize__subset_loads_into_other_page_ids),
       cmocka_unit_test(test_serialize__subset_new_cache_has_pages_at_original_ids),
+      cmocka_unit_test(test_serialize__new_caches_never_show_freed_caches),
       cmocka_unit_test(test_serialize__layout_matches_the_format_document),
       cmocka_unit_test(test_serialize__size_query_and_buffer_too_small),
       cmocka_unit_test(test_serialize__every_truncation_is_rejected),
