@@ -39,7 +39,7 @@ struct Plan {
   uint64_t key = 0;  // Cache::plan_scope().key
   PlanKind kind = PlanKind::kWrite;
   int64_t min_tokens = 0;  // the fewest input token rows the metadata is valid with
-  // kWrite: every write, sorted by destination slot, no two overlapping, in the local slots of
+  // kWrite: every write, in input-token order (by src), no two overlapping, in the local slots of
   // each data rank the plan covers (its cache's; for a group's shards every rank, one block per
   // rank: `ranks`, empty when the plan covers one rank); Σ len; the v3 rows or v2 slices
   // processed (-1 for the other layout).
