@@ -13,8 +13,8 @@
 
 namespace kvp::detail {
 
-// A job plus the plan its `runs` point into (host-validated metadata: sorted by destination slot,
-// no two overlapping).
+// A job plus the plan its `runs` point into (host-validated metadata: in input-token order, no two
+// overlapping).
 struct PreparedConcat {
   ConcatJob job{};
   PlanRef plan;

@@ -9,7 +9,10 @@
  * same process: memcpy (ordinary stores below glibc's own non-temporal threshold) and a
  * streaming copy (non-temporal stores whatever the size), single-threaded; the "xN" baselines
  * split the same copies over the row's thread count (helper threads that sleep while kvpages is
- * timed). ratio = the faster baseline's time / concatenate time.
+ * timed). ratio = the faster baseline's time / concatenate time. A decode batch writes each token
+ * to a row of its own page, which no contiguous copy pays for: the "scatter" baseline stores the
+ * same input bytes into the same rows (the faster of ordinary and widest non-temporal stores;
+ * same-dtype shapes, one thread), the limit for that pattern.
  *
  * Patterns: "decode" = N requests of one token each, each at its own page while the cache stays
  * under 512 MiB (beyond that, requests share pages, one row each); "prefill" = requests of up to
@@ -31,6 +34,12 @@
 #include <unistd.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define BENCH_X86 1
+#else
+#define BENCH_X86 0
 #endif
 
 #include "kvpages.h"
@@ -140,6 +149,81 @@ static void run_copy(void *p) {
   copy_arg *a = (copy_arg *)p;
   a->copy(a->dk, a->sk, a->bytes);
   a->copy(a->dv, a->sv, a->bytes);
+}
+
+/* The physical limit of a scattered write: each token's K and V input bytes stored into the cache
+ * row of its slot (K then V, not interleaved by head), tokens in input order, one thread, with
+ * ordinary stores (memcpy) or non-temporal ones of the widest width the CPU has (one store fence
+ * at the end); the faster of the two counts. Only where a row holds the input bytes as they are
+ * (same dtype in and out). */
+typedef struct scatter_arg {
+  unsigned char *layer;
+  const unsigned char *k, *v;
+  const int64_t *slots;
+  int64_t tokens, token_bytes, half; /* half = one token's K (or V) input bytes */
+  int stream;
+} scatter_arg;
+
+#if BENCH_X86
+/* n bytes from s to the 64-byte aligned d: whole 64-byte lines with non-temporal stores. */
+__attribute__((target("avx512f"))) static void stream_lines_avx512(unsigned char *d, const unsigned char *s,
+                                                                   int64_t n) {
+  int64_t i;
+  for (i = 0; i + 64 <= n; i += 64) _mm512_stream_si512((__m512i *)(d + i), _mm512_loadu_si512(s + i));
+  memcpy(d + i, s + i, (size_t)(n - i));
+}
+#endif
+
+static void stream_lines_sse2(unsigned char *d, const unsigned char *s, int64_t n) {
+#if defined(__SSE2__)
+  int64_t i;
+  for (i = 0; i + 64 <= n; i += 64) {
+    const __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+    const __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
+    _mm_stream_si128((__m128i *)(d + i), a);
+    _mm_stream_si128((__m128i *)(d + i + 16), b);
+    _mm_stream_si128((__m128i *)(d + i + 32), c);
+    _mm_stream_si128((__m128i *)(d + i + 48), e);
+  }
+  memcpy(d + i, s + i, (size_t)(n - i));
+#else
+  memcpy(d, s, (size_t)n);
+#endif
+}
+
+static void run_scatter(void *p) {
+  const scatter_arg *a = (const scatter_arg *)p;
+  void (*put)(unsigned char *, const unsigned char *, int64_t) = stream_lines_sse2;
+  int64_t t;
+#if BENCH_X86
+  if (__builtin_cpu_supports("avx512f")) put = stream_lines_avx512;
+#endif
+  for (t = 0; t < a->tokens; ++t) {
+    unsigned char *row = a->layer + a->slots[t] * a->token_bytes;
+    if (a->stream) {
+      put(row, a->k + t * a->half, a->half);
+      put(row + a->half, a->v + t * a->half, a->half);
+    } else {
+      memcpy(row, a->k + t * a->half, (size_t)a->half);
+      memcpy(row + a->half, a->v + t * a->half, (size_t)a->half);
+    }
+  }
+#if defined(__SSE2__)
+  if (a->stream) _mm_sfence();
+#endif
+}
+
+/* The slot of every input token row of a batch the builder made from `reqs` (its row order). */
+static void batch_slots(const kvp_batch_request *reqs, const int32_t *order, int nreq, int64_t *slots) {
+  int64_t q = 0, t;
+  int row;
+  for (row = 0; row < nreq; ++row) {
+    const kvp_batch_request *r = &reqs[order[row]];
+    for (t = 0; t < r->num_scheduled; ++t) {
+      const int64_t pos = r->num_computed + t;
+      slots[q++] = (int64_t)r->page_ids[pos / PAGE] * PAGE + pos % PAGE;
+    }
+  }
 }
 
 /* The same copy split over `g_copy_threads` threads (the calling one included): the memory
@@ -253,7 +337,9 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
   const char *only_pattern = getenv("KVP_BENCH_PATTERN");
   int64_t pages_needed = MAX_TOKENS / PAGE + 2;
   unsigned char *kin, *vin, *dk, *dv;
-  int32_t *perm, *pages_buf;
+  int32_t *perm, *pages_buf, *order;
+  int64_t *slots;
+  kvp_tensor view;
   kvp_batch_request *reqs;
   size_t ti, pi;
   int64_t i;
@@ -297,7 +383,10 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
   perm = (int32_t *)malloc(sizeof(int32_t) * (size_t)cfg.num_pages);
   pages_buf = (int32_t *)malloc(sizeof(int32_t) * MAX_TOKENS);
   reqs = (kvp_batch_request *)malloc(sizeof(kvp_batch_request) * MAX_TOKENS);
-  if (!kin || !vin || !dk || !dv || !perm || !pages_buf || !reqs) {
+  order = (int32_t *)malloc(sizeof(int32_t) * MAX_TOKENS);
+  slots = (int64_t *)malloc(sizeof(int64_t) * MAX_TOKENS);
+  if (kvp_cache_get_view(cache, 0, KVP_VIEW_PAGES, &view) != KVP_OK) die("kvp_cache_get_view");
+  if (!kin || !vin || !dk || !dv || !perm || !pages_buf || !reqs || !order || !slots) {
     fprintf(stderr, "bench_concatenate: out of memory\n");
     exit(1);
   }
@@ -322,14 +411,16 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
       kvp_metadata *md = NULL;
       concat_arg ca;
       copy_arg cp;
-      double tc, tm, ts, tmp, tsp, best, bestp;
+      scatter_arg sa;
+      char scatter_gbs[16] = "—", scatter_ratio[16] = "—";
+      double tc, tm, ts, tmp, tsp, tsc = 0, ts1, best, bestp;
       int nreq;
       const double bytes = (double)(2 * N * s->H * s->D * in_sz);
       if (quick && (N == 4 || N == 64 || N == 4096)) continue;
       if (pi == 1 && N < 16) continue;
       if (only_pattern != NULL && strcmp(only_pattern, pattern) != 0) continue;
       nreq = make_batch(pattern, N, perm, cfg.num_pages - 1, reqs, pages_buf);
-      if (kvp_metadata_build(&cfg, reqs, (uint32_t)nreq, NULL, NULL, &md) != KVP_OK) die("kvp_metadata_build");
+      if (kvp_metadata_build(&cfg, reqs, (uint32_t)nreq, NULL, order, &md) != KVP_OK) die("kvp_metadata_build");
       memset(&ca.k, 0, sizeof ca.k);
       ca.k.data = kin;
       ca.k.dtype = s->in;
@@ -356,14 +447,33 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
       cp.copy = copy_stream;
       ts = best_time(run_copy, &cp, 0.02);
       tsp = g_copy_threads > 1 ? best_time(run_copy_parallel, &cp, 0.02) : ts;
+      if (s->in == s->cache) {
+        batch_slots(reqs, order, nreq, slots);
+        sa.layer = (unsigned char *)view.data;
+        sa.k = kin;
+        sa.v = vin;
+        sa.slots = slots;
+        sa.tokens = N;
+        sa.token_bytes = li.page_bytes_per_layer / PAGE;
+        sa.half = s->H * s->D * in_sz;
+        sa.stream = 0;
+        tsc = best_time(run_scatter, &sa, 0.02);
+        sa.stream = 1;
+        ts1 = best_time(run_scatter, &sa, 0.02);
+        if (ts1 < tsc) tsc = ts1;
+      }
       tc = best_time(run_concat, &ca, 0.03);
+      if (s->in == s->cache) {
+        snprintf(scatter_gbs, sizeof scatter_gbs, "%7.2f", bytes / tsc / 1e9);
+        snprintf(scatter_ratio, sizeof scatter_ratio, "%5.2f", tsc / tc);
+      }
       best = tm < ts ? tm : ts;
       bestp = tmp < tsp ? tmp : tsp;
       printf("| %-25s | %s | %-4s->%-10s | %-7s | %5" PRId64
-             " | %3s | %10.2f | %7.2f | %7.2f | %7.2f | %5.2f | %7.2f | %7.2f | %5.2f |\n",
+             " | %3s | %10.2f | %7.2f | %7.2f | %7.2f | %5.2f | %7s | %5s | %7.2f | %7.2f | %5.2f |\n",
              s->name, kvp_layout_name(s->layout), kvp_dtype_name(s->in), kvp_dtype_name(s->cache), pattern, N, threads,
-             tc * 1e6, bytes / tc / 1e9, bytes / tm / 1e9, bytes / ts / 1e9, best / tc, bytes / tmp / 1e9,
-             bytes / tsp / 1e9, bestp / tc);
+             tc * 1e6, bytes / tc / 1e9, bytes / tm / 1e9, bytes / ts / 1e9, best / tc, scatter_gbs, scatter_ratio,
+             bytes / tmp / 1e9, bytes / tsp / 1e9, bestp / tc);
       fflush(stdout);
       kvp_metadata_destroy(md);
     }
@@ -374,6 +484,8 @@ static void bench_shape(const shape *s, int quick, const char *threads) {
   free(perm);
   free(pages_buf);
   free(reqs);
+  free(order);
+  free(slots);
   kvp_cache_destroy(cache);
 }
 
@@ -395,11 +507,14 @@ int main(int argc, char **argv) {
     printf("- bytes = K+V input bytes; memcpy / stream = single-thread memcpy and non-temporal-store copy of\n"
            "  the same bytes in the same run; ratio = the faster copy's time / concatenate time (1.00 = as\n"
            "  fast as the faster copy); xN = the same copies split over the row's N threads (the bandwidth\n"
-           "  limit for multi-thread rows) and the ratio to the faster of them. Page size %d.\n\n",
+           "  limit for multi-thread rows) and the ratio to the faster of them; scatter = each token's K and V\n"
+           "  input bytes stored into its own slot's row, in input order, one thread, the faster of ordinary\n"
+           "  and widest non-temporal stores (the limit of a scattered write; same-dtype shapes only), and\n"
+           "  its time / concatenate time. Page size %d.\n\n",
            PAGE);
     printf("| shape | layout | dtype in->cache | pattern | tokens | thr | concat us | GB/s | memcpy GB/s "
-           "| stream GB/s | ratio | memcpy xN GB/s | stream xN GB/s | ratio xN |\n");
-    printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+           "| stream GB/s | ratio | scatter GB/s | ratio scatter | memcpy xN GB/s | stream xN GB/s | ratio xN |\n");
+    printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     fflush(stdout);
     counts[0] = 1;
     counts[1] = nproc;
