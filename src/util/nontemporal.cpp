@@ -14,8 +14,8 @@ size_t nontemporal_threshold() noexcept {
 #ifdef _SC_LEVEL2_CACHE_SIZE
     l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
-    if (l2 <= 0) return size_t(1) << 20;
-    return std::clamp(static_cast<size_t>(l2), size_t(512) << 10, size_t(8) << 20);
+    if (l2 <= 0) return size_t(2) << 20;
+    return std::clamp(static_cast<size_t>(l2), size_t(2) << 20, size_t(8) << 20);
   }();
   return threshold;
 }
