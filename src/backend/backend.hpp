@@ -54,7 +54,7 @@ class Backend {
   // allocation. Throws error(KVP_ERR_OUT_OF_MEMORY or KVP_ERR_DEVICE_OUT_OF_MEMORY) with nothing
   // left allocated.
   virtual void alloc_layers(size_t n, size_t bytes, Fill fill, uint8_t** layers) = 0;
-  // Frees what alloc_layers(n, bytes, layers) gave.
+  // Frees what alloc_layers(n, bytes, ..., layers) gave.
   virtual void release_layers(uint8_t* const* layers, size_t n, size_t bytes) noexcept = 0;
 
   // ---- copies
