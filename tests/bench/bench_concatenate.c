@@ -118,18 +118,12 @@ typedef struct copy_arg {
 
 static void copy_memcpy(void *d, const void *s, size_t n) { memcpy(d, s, n); }
 
-/* memcpy with non-temporal stores for the whole 64-byte lines of the destination (SSE2: every
- * x86-64 CPU has it, and the store width does not matter to a copy that waits on memory). */
-static void copy_stream(void *dst, const void *src, size_t n) {
+/* n bytes from s to d, whole 64-byte lines with SSE2 non-temporal stores (d 16-byte aligned; every
+ * x86-64 CPU has SSE2, and the store width does not matter to a copy that waits on memory), the
+ * rest with memcpy. No fence. */
+static void stream_lines_sse2(unsigned char *d, const unsigned char *s, int64_t n) {
 #if defined(__SSE2__)
-  unsigned char *d = (unsigned char *)dst;
-  const unsigned char *s = (const unsigned char *)src;
-  size_t head = (64 - ((uintptr_t)d & 63)) & 63, i;
-  if (head > n) head = n;
-  memcpy(d, s, head);
-  d += head;
-  s += head;
-  n -= head;
+  int64_t i;
   for (i = 0; i + 64 <= n; i += 64) {
     const __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
     const __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
@@ -138,10 +132,22 @@ static void copy_stream(void *dst, const void *src, size_t n) {
     _mm_stream_si128((__m128i *)(d + i + 32), c);
     _mm_stream_si128((__m128i *)(d + i + 48), e);
   }
-  _mm_sfence();
-  memcpy(d + i, s + i, n - i);
+  memcpy(d + i, s + i, (size_t)(n - i));
 #else
-  memcpy(dst, src, n);
+  memcpy(d, s, (size_t)n);
+#endif
+}
+
+/* memcpy with non-temporal stores for the whole 64-byte lines of the destination. */
+static void copy_stream(void *dst, const void *src, size_t n) {
+  unsigned char *d = (unsigned char *)dst;
+  const unsigned char *s = (const unsigned char *)src;
+  size_t head = (64 - ((uintptr_t)d & 63)) & 63;
+  if (head > n) head = n;
+  memcpy(d, s, head);
+  stream_lines_sse2(d + head, s + head, (int64_t)(n - head));
+#if defined(__SSE2__)
+  _mm_sfence();
 #endif
 }
 
@@ -173,23 +179,6 @@ __attribute__((target("avx512f"))) static void stream_lines_avx512(unsigned char
   memcpy(d + i, s + i, (size_t)(n - i));
 }
 #endif
-
-static void stream_lines_sse2(unsigned char *d, const unsigned char *s, int64_t n) {
-#if defined(__SSE2__)
-  int64_t i;
-  for (i = 0; i + 64 <= n; i += 64) {
-    const __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
-    const __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
-    _mm_stream_si128((__m128i *)(d + i), a);
-    _mm_stream_si128((__m128i *)(d + i + 16), b);
-    _mm_stream_si128((__m128i *)(d + i + 32), c);
-    _mm_stream_si128((__m128i *)(d + i + 48), e);
-  }
-  memcpy(d + i, s + i, (size_t)(n - i));
-#else
-  memcpy(d, s, (size_t)n);
-#endif
-}
 
 static void run_scatter(void *p) {
   const scatter_arg *a = (const scatter_arg *)p;
