@@ -118,7 +118,7 @@ void keep_local_runs(HostVector<ConcatRun>& runs, const Layout& L) {
 // rank's pages in its local slots (in destination order the runs of a rank are a contiguous
 // stretch) and put back in input-token order.
 void split_by_rank(Plan& p, const Layout& L, int64_t begin, int64_t end) {
-  std::sort(p.runs.begin(), p.runs.end(), dst_before);
+  if (!std::is_sorted(p.runs.begin(), p.runs.end(), dst_before)) std::sort(p.runs.begin(), p.runs.end(), dst_before);
   const int64_t span = L.num_pages * L.page_size;
   HostVector<ConcatRun> out(p.runs.get_allocator());
   out.reserve(p.runs.size() + static_cast<size_t>(end - begin));
