@@ -72,20 +72,20 @@ void sort_by_source(ConcatRun* begin, ConcatRun* end) {
   if (!std::is_sorted(begin, end, src_before)) std::sort(begin, end, src_before);
 }
 
-// `runs` in destination order: the runs themselves where they ascend already, else `copy`.
-const HostVector<ConcatRun>& by_destination(const HostVector<ConcatRun>& runs, HostVector<ConcatRun>& copy) {
-  if (std::is_sorted(runs.begin(), runs.end(), dst_before)) return runs;
-  copy = runs;
+// The n runs at `runs` in destination order: `runs` itself where they ascend already, else a
+// sorted copy in `copy`.
+const ConcatRun* by_destination(const ConcatRun* runs, size_t n, HostVector<ConcatRun>& copy) {
+  if (std::is_sorted(runs, runs + n, dst_before)) return runs;
+  copy.assign(runs, runs + n);
   std::sort(copy.begin(), copy.end(), dst_before);
-  return copy;
+  return copy.data();
 }
 
 // Refuses two runs that write one slot.
 void check_no_overlap(const HostVector<ConcatRun>& runs, const char* fn) {
-  if (runs.size() < 2) return;
   HostVector<ConcatRun> copy(runs.get_allocator());
-  const HostVector<ConcatRun>& sorted = by_destination(runs, copy);
-  for (size_t x = 1; x < sorted.size(); ++x) {
+  const ConcatRun* sorted = by_destination(runs.data(), runs.size(), copy);
+  for (size_t x = 1; x < runs.size(); ++x) {
     const ConcatRun& p = sorted[x - 1];
     const ConcatRun& c = sorted[x];
     if (c.dst_slot < p.dst_slot + p.len)
@@ -115,10 +115,9 @@ void keep_local_runs(HostVector<ConcatRun>& runs, const Layout& L) {
 }
 
 // The runs of every data rank in [begin, end), one block after the other, each clipped to the
-// rank's pages in its local slots (in destination order the runs of a rank are a contiguous
-// stretch) and put back in input-token order.
+// rank's pages in its local slots and put back in input-token order. The runs come in
+// destination order, where those of a rank are a contiguous stretch.
 void split_by_rank(Plan& p, const Layout& L, int64_t begin, int64_t end) {
-  if (!std::is_sorted(p.runs.begin(), p.runs.end(), dst_before)) std::sort(p.runs.begin(), p.runs.end(), dst_before);
   const int64_t span = L.num_pages * L.page_size;
   HostVector<ConcatRun> out(p.runs.get_allocator());
   out.reserve(p.runs.size() + static_cast<size_t>(end - begin));
@@ -148,9 +147,12 @@ void build_write(const MetadataArrays& m, const Layout& L, const PlanScope& scop
     runs_v3(m, L, T, p, fn);
   else
     runs_v2(m, L, T, p, fn);
+  const bool ranks = scope.rank_end - scope.rank_begin > 1;
+  if (ranks && !std::is_sorted(p.runs.begin(), p.runs.end(), dst_before))
+    std::sort(p.runs.begin(), p.runs.end(), dst_before);  // split_by_rank cuts this order
   check_no_overlap(p.runs, fn);
   for (const ConcatRun& r : p.runs) p.min_tokens = std::max(p.min_tokens, r.src + r.len);  // every shard checks all
-  if (scope.rank_end - scope.rank_begin > 1) {
+  if (ranks) {
     split_by_rank(p, L, scope.rank_begin, scope.rank_end);
   } else {
     keep_local_runs(p.runs, L);
@@ -217,11 +219,9 @@ void build_read(const MetadataArrays& m, const Layout& L, int64_t dp_rank, int64
   if (is_page_block(L)) keep_block_rows(m, L, p, fn);
   if (write == nullptr) return;
   const RankRuns mine = write->runs_of(dp_rank);  // the runs this cache writes, in its slots
-  const ConcatRun* first = write->runs.data() + mine.first;
-  HostVector<ConcatRun> runs(first, first + mine.count, write->runs.get_allocator());
-  std::sort(runs.begin(), runs.end(), dst_before);
-  check_writes_not_read_elsewhere(runs.data(), runs.data() + runs.size(), is_page_block(L) ? block_view(m, p) : m, L,
-                                  p.num_rows, fn);
+  HostVector<ConcatRun> copy(write->runs.get_allocator());
+  const ConcatRun* runs = by_destination(write->runs.data() + mine.first, static_cast<size_t>(mine.count), copy);
+  check_writes_not_read_elsewhere(runs, runs + mine.count, is_page_block(L) ? block_view(m, p) : m, L, p.num_rows, fn);
 }
 
 }  // namespace
