@@ -9,11 +9,12 @@
 // test_concatenate check every 16-bit code and random f32 patterns at each level; a one-off check
 // of all 2^32 f32 inputs and all 2^16 f16 inputs at both levels, with MXCSR at its default and
 // with DAZ|FTZ set in the calling thread, found no difference):
-// - f32 -> f16: vcvtps2ph (256-bit at both levels) with imm8 = 0 (round to nearest even, whatever
-//   MXCSR.RC says; MXCSR.FTZ is ignored, so f16 subnormals are kept; an f32 subnormal rounds to a
-//   signed zero with or without DAZ). Overflow gives inf, and a NaN gives sign | 0x7C00 | 0x200 |
-//   top 10 payload bits, which is fp_convert.hpp's rule for f16 NaNs. The 512-bit form measured
-//   5-8 % slower on the Intel VM (docs/benchmarks.md, 256-4096 tokens).
+// - f32 -> f16: vcvtps2ph with imm8 = 0 (round to nearest even, whatever MXCSR.RC says;
+//   MXCSR.FTZ is ignored, so f16 subnormals are kept; an f32 subnormal rounds to a signed zero
+//   with or without DAZ). Overflow gives inf, and a NaN gives sign | 0x7C00 | 0x200 | top 10
+//   payload bits, which is fp_convert.hpp's rule for f16 NaNs. The 512-bit form at the AVX-512
+//   level, but in the streaming writers of cpu_concat.cpp, which keep the 256-bit one (5-8 %
+//   faster there on the Intel VM, docs/benchmarks.md).
 // - f16 -> f32: vcvtph2ps is exact except that it quiets a signalling NaN (sets f32 bit 22);
 //   fp_convert.hpp keeps the payload as it is, so that bit is cleared again in those lanes.
 // - f32 -> bf16 has no kernel here: the portable body, compiled for AVX2 / AVX-512, already is the

@@ -272,9 +272,11 @@ constexpr int64_t kMaxStreamEntry = 4096;
 template <class V, bool kStream>
 constexpr CpuIsa kConvertIsa = kStream && V::kIsa == CpuIsa::avx512 ? CpuIsa::avx2 : V::kIsa;
 
-template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
+// kD: the head dim when the writer is compiled for one (its conversion loop then unrolls whole:
+// 8 x 64 f32 -> f16 at 4-64 tokens 10-35 % faster), 0 for any.
+template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream, int64_t kD>
 KVP_ALWAYS_INLINE inline void convert_entry(const Ctx& c, uint8_t* d, const uint8_t* s, uint8_t* buf) {
-  const int64_t D = c.job->head_dim;
+  const int64_t D = kD != 0 ? kD : c.job->head_dim;
   if constexpr (kStream) {
 #if KVP_HAVE_NONTEMPORAL
     cvt::convert_contiguous<kConvertIsa<V, kStream>, SD, DD>(s, buf, D);
@@ -286,77 +288,95 @@ KVP_ALWAYS_INLINE inline void convert_entry(const Ctx& c, uint8_t* d, const uint
   }
 }
 
-template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
+template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream, int64_t kD>
 KVP_ALWAYS_INLINE inline void write_converting_body(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
   alignas(64) uint8_t buf[kStream ? kMaxStreamEntry : 1];
   if (kStream && c.pad_lanes) std::memset(buf + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
   for_each_entry<kStream>(c, r, off, tokens, [&c, &buf](uint8_t* d, const uint8_t* s) KVP_ALWAYS_INLINE {
-    convert_entry<V, SD, DD, kStream>(c, d, s, buf);
+    convert_entry<V, SD, DD, kStream, kD>(c, d, s, buf);
   });
 }
 
-template <kvp_dtype SD, kvp_dtype DD, bool kStream>
+template <kvp_dtype SD, kvp_dtype DD, bool kStream, int64_t kD>
 __attribute__((flatten)) void write_converting_baseline(const Ctx& c, int64_t r, int64_t off, int64_t tokens) {
 #if KVP_HAVE_NONTEMPORAL
-  write_converting_body<Sse2, SD, DD, kStream>(c, r, off, tokens);
+  write_converting_body<Sse2, SD, DD, kStream, kD>(c, r, off, tokens);
 #else
-  write_converting_body<Scalar, SD, DD, false>(c, r, off, tokens);
+  write_converting_body<Scalar, SD, DD, false, kD>(c, r, off, tokens);
 #endif
 }
 
 #if KVP_CPU_DISPATCH
-template <kvp_dtype SD, kvp_dtype DD, bool kStream>
+template <kvp_dtype SD, kvp_dtype DD, bool kStream, int64_t kD>
 KVP_TARGET_AVX2 __attribute__((flatten)) void write_converting_avx2(const Ctx& c, int64_t r, int64_t off,
                                                                      int64_t tokens) {
-  write_converting_body<Avx2, SD, DD, kStream>(c, r, off, tokens);
+  write_converting_body<Avx2, SD, DD, kStream, kD>(c, r, off, tokens);
 }
 
-template <kvp_dtype SD, kvp_dtype DD, bool kStream>
+template <kvp_dtype SD, kvp_dtype DD, bool kStream, int64_t kD>
 KVP_TARGET_AVX512 __attribute__((flatten)) void write_converting_avx512(const Ctx& c, int64_t r, int64_t off,
                                                                          int64_t tokens) {
-  write_converting_body<Avx512, SD, DD, kStream>(c, r, off, tokens);
+  write_converting_body<Avx512, SD, DD, kStream, kD>(c, r, off, tokens);
 }
 #endif
 
-// The converting writer of one dtype pair at the CPU's level (table conversions: baseline, wider
-// vectors do not help them).
+// The converting writer of one dtype pair for head dim kD (0: any) at the CPU's level (table
+// conversions: baseline, wider vectors do not help them).
+template <kvp_dtype SD, kvp_dtype DD, int64_t kD>
+RangeFn converting_writer_for(bool stream) {
+#if KVP_CPU_DISPATCH
+  if constexpr (!cvt::kUseTable<SD, DD>) {
+    switch (cpu_isa()) {
+      case CpuIsa::avx512:
+        return stream ? write_converting_avx512<SD, DD, true, kD> : write_converting_avx512<SD, DD, false, kD>;
+      case CpuIsa::avx2:
+        return stream ? write_converting_avx2<SD, DD, true, kD> : write_converting_avx2<SD, DD, false, kD>;
+      default: break;
+    }
+  }
+#endif
+  // Baseline CPUs (and KVP_CPU_ISA=baseline) share the one for any head dim.
+  return stream ? write_converting_baseline<SD, DD, true, 0> : write_converting_baseline<SD, DD, false, 0>;
+}
+
+// Head dims with a writer of their own: the common ones of the vector-converted pairs (f32 to and
+// from 16 bits, f32 to fp8), where the per-head loop is a few instructions and its setup shows.
 template <kvp_dtype SD, kvp_dtype DD>
-RangeFn converting_writer(bool stream) {
+RangeFn converting_writer(bool stream, int64_t head_dim) {
   if constexpr (SD == DD) {
     return nullptr;
   } else {
-#if KVP_CPU_DISPATCH
     if constexpr (!cvt::kUseTable<SD, DD>) {
-      switch (cpu_isa()) {
-        case CpuIsa::avx512: return stream ? write_converting_avx512<SD, DD, true> : write_converting_avx512<SD, DD, false>;
-        case CpuIsa::avx2: return stream ? write_converting_avx2<SD, DD, true> : write_converting_avx2<SD, DD, false>;
+      switch (head_dim) {
+        case 64: return converting_writer_for<SD, DD, 64>(stream);
+        case 96: return converting_writer_for<SD, DD, 96>(stream);
+        case 128: return converting_writer_for<SD, DD, 128>(stream);
         default: break;
       }
     }
-#endif
-    return stream ? write_converting_baseline<SD, DD, true> : write_converting_baseline<SD, DD, false>;
+    return converting_writer_for<SD, DD, 0>(stream);
   }
 }
 
 template <kvp_dtype SD>
-RangeFn converting_writer_to(kvp_dtype dd, bool stream) {
+RangeFn converting_writer_to(kvp_dtype dd, bool stream, int64_t head_dim) {
   switch (dd) {
-    case KVP_DTYPE_F32: return converting_writer<SD, KVP_DTYPE_F32>(stream);
-    case KVP_DTYPE_F16: return converting_writer<SD, KVP_DTYPE_F16>(stream);
-    case KVP_DTYPE_BF16: return converting_writer<SD, KVP_DTYPE_BF16>(stream);
-    case KVP_DTYPE_F8_E4M3FN: return converting_writer<SD, KVP_DTYPE_F8_E4M3FN>(stream);
-    case KVP_DTYPE_F8_E5M2: return converting_writer<SD, KVP_DTYPE_F8_E5M2>(stream);
+    case KVP_DTYPE_F32: return converting_writer<SD, KVP_DTYPE_F32>(stream, head_dim);
+    case KVP_DTYPE_F16: return converting_writer<SD, KVP_DTYPE_F16>(stream, head_dim);
+    case KVP_DTYPE_BF16: return converting_writer<SD, KVP_DTYPE_BF16>(stream, head_dim);
+    case KVP_DTYPE_F8_E4M3FN: return converting_writer<SD, KVP_DTYPE_F8_E4M3FN>(stream, head_dim);
+    case KVP_DTYPE_F8_E5M2: return converting_writer<SD, KVP_DTYPE_F8_E5M2>(stream, head_dim);
     default: return nullptr;
   }
 }
 
-RangeFn pick_converting(kvp_dtype sd, kvp_dtype dd, bool stream) {
+RangeFn pick_converting(kvp_dtype sd, kvp_dtype dd, bool stream, int64_t head_dim) {
   switch (sd) {
-    case KVP_DTYPE_F32: return converting_writer_to<KVP_DTYPE_F32>(dd, stream);
-    case KVP_DTYPE_F16: return converting_writer_to<KVP_DTYPE_F16>(dd, stream);
-    case KVP_DTYPE_BF16: return converting_writer_to<KVP_DTYPE_BF16>(dd, stream);
-    case KVP_DTYPE_F8_E4M3FN: return converting_writer_to<KVP_DTYPE_F8_E4M3FN>(dd, stream);
-    case KVP_DTYPE_F8_E5M2: return converting_writer_to<KVP_DTYPE_F8_E5M2>(dd, stream);
+    case KVP_DTYPE_F32: return converting_writer_to<KVP_DTYPE_F32>(dd, stream, head_dim);
+    case KVP_DTYPE_F16: return converting_writer_to<KVP_DTYPE_F16>(dd, stream, head_dim);
+    case KVP_DTYPE_BF16: return converting_writer_to<KVP_DTYPE_BF16>(dd, stream, head_dim);
+    case KVP_DTYPE_F8_E4M3FN: return converting_writer_to<KVP_DTYPE_F8_E4M3FN>(dd, stream, head_dim);
+    case KVP_DTYPE_F8_E5M2: return converting_writer_to<KVP_DTYPE_F8_E5M2>(dd, stream, head_dim);
     default: return nullptr;
   }
 }
@@ -503,7 +523,7 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
     else stream = false;
   } else if (contiguous && whole_heads && job.key.dtype == job.value.dtype) {
     stream = want_stream && align >= 16 && c.entry_write_bytes % 16 == 0 && c.entry_write_bytes <= kMaxStreamEntry;
-    const RangeFn converting = pick_converting(job.key.dtype, job.cache_dtype, stream);
+    const RangeFn converting = pick_converting(job.key.dtype, job.cache_dtype, stream, D);
     if (converting != nullptr) fn = converting;
     else stream = false;
   }

@@ -359,6 +359,30 @@ static void test_concatenate__row_writers_every_size_and_source(void **state) {
                         &rng);
 }
 
+/* The converting writers (same dtype for key and value, contiguous whole heads) compiled for one
+ * head dim each (64 as h64, 96 padded to 128, 128) and the one for any other (80), for every pair
+ * converted with vector code (f32 to 16 bits and fp8, 16 bits to f32) and a table pair, with
+ * contiguous, gapped and misaligned sources (the other patterns take the per-head row converter). */
+static void test_concatenate__converting_writers_every_head_dim(void **state) {
+  static const kvp_dtype kPairs[][2] = {
+      {KVP_DTYPE_F32, KVP_DTYPE_F16},  {KVP_DTYPE_F32, KVP_DTYPE_BF16}, {KVP_DTYPE_F32, KVP_DTYPE_F8_E4M3FN},
+      {KVP_DTYPE_F32, KVP_DTYPE_F8_E5M2}, {KVP_DTYPE_F16, KVP_DTYPE_F32}, {KVP_DTYPE_BF16, KVP_DTYPE_F32},
+      {KVP_DTYPE_BF16, KVP_DTYPE_F16},
+  };
+  static const int64_t kDims[] = {64, 96, 128, 80};
+  static const int kPatterns[] = {0, 1, 4};
+  uint64_t rng = 0xD1A5;
+  size_t p, d, q;
+  (void)state;
+  for (p = 0; p < sizeof kPairs / sizeof kPairs[0]; ++p)
+    for (d = 0; d < sizeof kDims / sizeof kDims[0]; ++d)
+      for (q = 0; q < sizeof kPatterns / sizeof kPatterns[0]; ++q) {
+        const kvp_dtype sd = kPairs[p][0], dd = kPairs[p][1];
+        const int64_t S = kvp_test_dtype_size(dd) == 1 ? 8 : 4;
+        random_batch_case(KVP_LAYOUT_V3, sd, sd, dd, kvp_test_rand_range(&rng, 1, 4), kDims[d], S, kPatterns[q], &rng);
+      }
+}
+
 /* A large batch (spread over the library's thread pool) still matches. */
 static void test_concatenate__large_batch_matches_reference(void **state) {
   (void)state;
@@ -1047,6 +1071,7 @@ int main(void) {
       cmocka_unit_test(test_concatenate__random_batches_v3_h64),
       cmocka_unit_test(test_concatenate__random_batches_v2),
       cmocka_unit_test(test_concatenate__row_writers_every_size_and_source),
+      cmocka_unit_test(test_concatenate__converting_writers_every_head_dim),
       cmocka_unit_test(test_concatenate__mqa_decode_and_prefill_large_batch),
       cmocka_unit_test(test_concatenate__large_batch_matches_reference),
       cmocka_unit_test(test_concatenate__very_large_batch_matches_reference),
