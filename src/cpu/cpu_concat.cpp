@@ -266,11 +266,13 @@ RangeFn pick_fixed(int64_t row_bytes, int64_t pad_bytes, bool stream, Width widt
 // lane padding zero) and the entry streamed out from there (16-byte stores: entries need 16-byte
 // alignment only). Streaming batches are memory-bound: there the 256-bit F16C conversion measured
 // 5-8 % faster than the 512-bit one (Intel VM, f32 -> f16 at 1024-4096 tokens), while L2-resident
-// batches gain ~10 % from the 512-bit one (f16 -> f32 streams with its 256-bit kernel too).
+// batches gain ~10 % from the 512-bit one (f16 -> f32 streams with its 256-bit kernel too). The
+// AVX-512 fp8 kernels stream at their own level: the AVX2 level has only the table for them.
 constexpr int64_t kMaxStreamEntry = 4096;
 
-template <class V, bool kStream>
-constexpr CpuIsa kConvertIsa = kStream && V::kIsa == CpuIsa::avx512 ? CpuIsa::avx2 : V::kIsa;
+template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
+constexpr CpuIsa kConvertIsa =
+    kStream && V::kIsa == CpuIsa::avx512 && !cvt::kFp8Kernel<CpuIsa::avx512, SD, DD> ? CpuIsa::avx2 : V::kIsa;
 
 // kD: the head dim when the writer is compiled for one (its conversion loop then unrolls whole:
 // 8 x 64 f32 -> f16 at 4-64 tokens 10-35 % faster), 0 for any.
@@ -279,11 +281,11 @@ KVP_ALWAYS_INLINE inline void convert_entry(const Ctx& c, uint8_t* d, const uint
   const int64_t D = kD != 0 ? kD : c.job->head_dim;
   if constexpr (kStream) {
 #if KVP_HAVE_NONTEMPORAL
-    cvt::convert_contiguous<kConvertIsa<V, kStream>, SD, DD>(s, buf, D);
+    cvt::convert_contiguous<kConvertIsa<V, SD, DD, kStream>, SD, DD>(s, buf, D);
     for (int64_t b = 0; b < c.entry_write_bytes; b += 16) Sse2::copy<true>(d + b, buf + b);
 #endif
   } else {
-    cvt::convert_contiguous<kConvertIsa<V, kStream>, SD, DD>(s, d, D);
+    cvt::convert_contiguous<kConvertIsa<V, SD, DD, kStream>, SD, DD>(s, d, D);
     if (c.pad_lanes) std::memset(d + c.pad_lane_off, 0, static_cast<size_t>(c.pad_lane_bytes));
   }
 }
@@ -321,18 +323,20 @@ KVP_TARGET_AVX512 __attribute__((flatten)) void write_converting_avx512(const Ct
 #endif
 
 // The converting writer of one dtype pair for head dim kD (0: any) at the CPU's level (table
-// conversions: baseline, wider vectors do not help them).
+// lookups: baseline, wider vectors do not help them).
 template <kvp_dtype SD, kvp_dtype DD, int64_t kD>
 RangeFn converting_writer_for(bool stream) {
 #if KVP_CPU_DISPATCH
-  if constexpr (!cvt::kUseTable<SD, DD>) {
-    switch (cpu_isa()) {
-      case CpuIsa::avx512:
+  switch (cpu_isa()) {
+    case CpuIsa::avx512:
+      if constexpr (cvt::kVectorAt<CpuIsa::avx512, SD, DD>)
         return stream ? write_converting_avx512<SD, DD, true, kD> : write_converting_avx512<SD, DD, false, kD>;
-      case CpuIsa::avx2:
+      break;
+    case CpuIsa::avx2:
+      if constexpr (cvt::kVectorAt<CpuIsa::avx2, SD, DD>)
         return stream ? write_converting_avx2<SD, DD, true, kD> : write_converting_avx2<SD, DD, false, kD>;
-      default: break;
-    }
+      break;
+    default: break;
   }
 #endif
   // Baseline CPUs (and KVP_CPU_ISA=baseline) share the one for any head dim.
@@ -340,13 +344,14 @@ RangeFn converting_writer_for(bool stream) {
 }
 
 // Head dims with a writer of their own: the common ones of the vector-converted pairs (f32 to and
-// from 16 bits, f32 to fp8), where the per-head loop is a few instructions and its setup shows.
+// from 16 bits, f32 and, at the AVX-512 level, 16 bits to fp8), where the per-head loop is a few
+// instructions and its setup shows.
 template <kvp_dtype SD, kvp_dtype DD>
 RangeFn converting_writer(bool stream, int64_t head_dim) {
   if constexpr (SD == DD) {
     return nullptr;
   } else {
-    if constexpr (!cvt::kUseTable<SD, DD>) {
+    if constexpr (cvt::kVectorAt<CpuIsa::avx512, SD, DD>) {
       switch (head_dim) {
         case 64: return converting_writer_for<SD, DD, 64>(stream);
         case 96: return converting_writer_for<SD, DD, 96>(stream);

@@ -26,7 +26,7 @@ void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
 #if KVP_CPU_DISPATCH
 // The same rows compiled for AVX2 and for AVX-512 (the arithmetic conversions are branch-free
 // lane-wise integer and f32-add code, so the wider vectors give the same bytes 2-3x faster,
-// docs/benchmarks.md; f32 <-> f16 use F16C).
+// docs/benchmarks.md; f32 <-> f16 use F16C; 16 bits -> fp8 has an AVX-512 kernel).
 template <kvp_dtype SD, kvp_dtype DD>
 KVP_TARGET_AVX2 void convert_row_avx2(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   cvt::convert_strided<CpuIsa::avx2, SD, DD>(src, stride, dst, n);
@@ -52,18 +52,20 @@ template <kvp_dtype SD, kvp_dtype DD>
 RowFn prepared() {
   if constexpr (SD == DD) {
     return copy_row<sizeof(typename Bits<SD>::type)>;
-  } else if constexpr (kUseTable<SD, DD>) {
-    (void)cvt::table<SD, DD>();  // build before the first row
-    return convert_row<SD, DD>;  // table lookups: wider vectors do not help
   } else {
 #if KVP_CPU_DISPATCH
     switch (cpu_isa()) {
-      case CpuIsa::avx512: return convert_row_avx512<SD, DD>;
-      case CpuIsa::avx2: return convert_row_avx2<SD, DD>;
+      case CpuIsa::avx512:
+        if constexpr (cvt::kVectorAt<CpuIsa::avx512, SD, DD>) return convert_row_avx512<SD, DD>;
+        break;
+      case CpuIsa::avx2:
+        if constexpr (cvt::kVectorAt<CpuIsa::avx2, SD, DD>) return convert_row_avx2<SD, DD>;
+        break;
       default: break;
     }
 #endif
-    return convert_row<SD, DD>;
+    if constexpr (kUseTable<SD, DD>) (void)cvt::table<SD, DD>();  // build before the first row
+    return convert_row<SD, DD>;  // table lookups: wider vectors do not help
   }
 }
 
