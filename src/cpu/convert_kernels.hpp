@@ -243,7 +243,7 @@ KVP_TARGET_AVX512 inline __m512i fp8_from_16bit_avx512_lanes(__m512i x) {
     const __m512i half = _mm512_sllv_epi16(one, _mm512_sub_epi16(sh, one));
     const __m512i slsb = _mm512_and_si512(_mm512_srlv_epi16(sig, sh), one);
     const __m512i rs = _mm512_srlv_epi16(_mm512_add_epi16(_mm512_add_epi16(sig, half), _mm512_sub_epi16(slsb, one)), sh);
-    const int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
+    constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
     r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(kMinNormal))), rs);
   }
   r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(r, _mm512_set1_epi16(kMaxFinite)), _mm512_set1_epi16(kOverflow));

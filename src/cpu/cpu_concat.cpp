@@ -275,7 +275,7 @@ constexpr CpuIsa kConvertIsa =
     kStream && V::kIsa == CpuIsa::avx512 && !cvt::kFp8Kernel<CpuIsa::avx512, SD, DD> ? CpuIsa::avx2 : V::kIsa;
 
 // kD: the head dim when the writer is compiled for one (its conversion loop then unrolls whole:
-// 8 x 64 f32 -> f16 at 4-64 tokens 10-35 % faster), 0 for any.
+// 8 x 64 f32 -> f16 at 1-64 tokens 6-21 % faster, docs/benchmarks.md), 0 for any.
 template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream, int64_t kD>
 KVP_ALWAYS_INLINE inline void convert_entry(const Ctx& c, uint8_t* d, const uint8_t* s, uint8_t* buf) {
   const int64_t D = kD != 0 ? kD : c.job->head_dim;

@@ -26,7 +26,7 @@ void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
 #if KVP_CPU_DISPATCH
 // The same rows compiled for AVX2 and for AVX-512 (the arithmetic conversions are branch-free
 // lane-wise integer and f32-add code, so the wider vectors give the same bytes 2-3x faster,
-// docs/benchmarks.md; f32 <-> f16 use F16C; 16 bits -> fp8 has an AVX-512 kernel).
+// docs/benchmarks.md; f32 <-> f16 use F16C; conversions to fp8 have AVX-512 kernels).
 template <kvp_dtype SD, kvp_dtype DD>
 KVP_TARGET_AVX2 void convert_row_avx2(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   cvt::convert_strided<CpuIsa::avx2, SD, DD>(src, stride, dst, n);
