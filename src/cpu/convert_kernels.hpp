@@ -22,13 +22,14 @@
 //   quiet NaN), and a hand-written AVX-512 version of it measured 3-5 % slower (docs/benchmarks.md).
 //   AVX512-BF16's vcvtneps2bf16 is not used: it treats subnormal inputs as zero (bf16 keeps them)
 //   and keeps truncated NaN payloads, so fixing its lanes up costs as much as the sequence itself.
-// - f16 / bf16 -> fp8 e4m3fn / e5m2 at the AVX-512 level: fp8_from_16bit_avx512, the same rounding
-//   in 16-bit lanes (32 per vector, AVX512BW), 2.2-2.9x the table lookup it replaces there (bf16 ->
-//   e4m3fn, docs/benchmarks.md); the other levels keep the table (at the AVX2 level the f32 rule
-//   vectorized by the compiler measured slower than the table). f32 -> fp8 at the AVX-512 level:
-//   fp8_from_f32_avx512, the f32 rule with mask-register selects, 1.5-2.1x the compiler's
-//   vectorization of it. Both checked once against the baseline path on every 16-bit input and
-//   all 2^32 f32 inputs, with MXCSR at its default and with DAZ|FTZ set: the same bytes.
+// - f32 / f16 / bf16 -> fp8 e4m3fn / e5m2 (no tables above baseline): at the AVX-512 level the
+//   16-bit sources in fp8_from_16bit_avx512, the f32 rule on their codes in 16-bit lanes (32 per
+//   vector, AVX512BW), 2.2-2.9x the 64K-entry table lookup; f32 in fp8_from_f32_avx512, the rule
+//   with mask-register selects, 1.5-2.1x the compiler's vectorization of it. At the AVX2 level
+//   fp8_avx2 widens every source to f32 bits and applies the rule with blends (the compiler's
+//   own vectorization measured slower than the table there). All checked once against the
+//   baseline path on every 16-bit input and all 2^32 f32 inputs, with MXCSR at its default and
+//   with DAZ|FTZ set: the same bytes (docs/benchmarks.md).
 #pragma once
 
 #include <cstdint>
@@ -91,10 +92,10 @@ template <kvp_dtype SD, kvp_dtype DD>
 constexpr bool kUseTable = SD != DD && (sizeof(typename Bits<SD>::type) == 1 ||
                                         (sizeof(typename Bits<SD>::type) == 2 && DD != KVP_DTYPE_F32));
 
-// Conversions to fp8 from f32, f16 and bf16 have a hand-written kernel at the AVX-512 level (the
-// 16-bit sources in AVX512BW's 16-bit lanes), which replaces the table there.
+// Conversions to fp8 from f32, f16 and bf16 have hand-written kernels at the AVX2 and AVX-512
+// levels, which replace the table there.
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
-constexpr bool kFp8Kernel = I == CpuIsa::avx512 &&
+constexpr bool kFp8Kernel = I != CpuIsa::baseline &&
                             (SD == KVP_DTYPE_F32 || SD == KVP_DTYPE_F16 || SD == KVP_DTYPE_BF16) &&
                             (DD == KVP_DTYPE_F8_E4M3FN || DD == KVP_DTYPE_F8_E5M2);
 
@@ -302,6 +303,76 @@ KVP_TARGET_AVX512 inline void fp8_from_f32_avx512(const uint8_t* src, uint8_t* d
   }
 }
 
+// The same f32 rule in AVX2's 8 lanes (compares and blends instead of mask registers; a is below
+// 2^31 and the results below 2^12, so signed compares order them as unsigned ones would).
+template <int kExpBits, int kManBits, bool kFiniteOnly>
+KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
+  constexpr int kBias = (1 << (kExpBits - 1)) - 1;
+  constexpr int kShift = 23 - kManBits;
+  constexpr int kManMask = (1 << kManBits) - 1;
+  constexpr int kInf = ((1 << kExpBits) - 1) << kManBits;
+  constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
+  constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
+  constexpr int kMinNormal = (127 + 1 - kBias) << 23;
+  constexpr int kMagic = (151 - kBias - kManBits) << 23;
+  constexpr uint32_t kRound = (1u << (kShift - 1)) - 1u - (static_cast<uint32_t>(127 - kBias) << 23);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i a = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(a, kShift), one);
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
+  const __m256i magic = _mm256_set1_epi32(kMagic);
+  const __m256i rs = _mm256_sub_epi32(
+      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(magic))), magic);
+  r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi32(_mm256_set1_epi32(kMinNormal), a));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(kOverflow), _mm256_cmpgt_epi32(r, _mm256_set1_epi32(kMaxFinite)));
+  if constexpr (!kFiniteOnly) {
+    const __m256i nan = _mm256_or_si256(_mm256_set1_epi32(kInf | (1 << (kManBits - 1))),
+                                        _mm256_and_si256(_mm256_srli_epi32(a, kShift), _mm256_set1_epi32(kManMask)));
+    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7F800000)));
+  }
+  return _mm256_or_si256(r, _mm256_and_si256(_mm256_srli_epi32(x, 24), _mm256_set1_epi32(0x80)));
+}
+
+// Eight source elements as f32 bits (exact: a 16-bit float is an f32 with zero low bits; F16C
+// quiets a signalling f16 NaN, which changes no fp8 NaN).
+template <kvp_dtype SD>
+KVP_TARGET_AVX2 inline __m256i f32_bits_avx2(const uint8_t* src) {
+  if constexpr (SD == KVP_DTYPE_F32)
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  if constexpr (SD == KVP_DTYPE_F16) return _mm256_castps_si256(_mm256_cvtph_ps(h));
+  return _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+}
+
+// 32 elements of f32, f16 or bf16 to fp8 at the AVX2 level: four vectors of the f32 rule, packed
+// to bytes (the packs work per 128-bit lane, so the dwords of the result come out as 0 2 4 6 1 3
+// 5 7 and one permute puts them in order).
+template <kvp_dtype SD, int kExpBits, int kManBits, bool kFiniteOnly>
+KVP_TARGET_AVX2 inline void fp8_avx2_32(const uint8_t* src, uint8_t* dst) {
+  constexpr int64_t kSize = sizeof(typename Bits<SD>::type);
+  __m256i r[4];
+  for (int i = 0; i < 4; ++i)
+    r[i] = fp8_from_f32_avx2_lanes<kExpBits, kManBits, kFiniteOnly>(f32_bits_avx2<SD>(src + 8 * i * kSize));
+  const __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]), _mm256_packus_epi32(r[2], r[3]));
+  const __m256i b = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), b);
+}
+
+// n elements: 32 at a time, the tail through a zero-padded copy.
+template <kvp_dtype SD, int kExpBits, int kManBits, bool kFiniteOnly>
+KVP_TARGET_AVX2 inline void fp8_avx2(const uint8_t* src, uint8_t* dst, int64_t n) {
+  constexpr int64_t kSize = sizeof(typename Bits<SD>::type);
+  int64_t d = 0;
+  for (; d + 32 <= n; d += 32) fp8_avx2_32<SD, kExpBits, kManBits, kFiniteOnly>(src + d * kSize, dst + d);
+  if (d < n) {
+    alignas(32) uint8_t in[32 * kSize] = {};
+    alignas(32) uint8_t out[32];
+    std::memcpy(in, src + d * kSize, static_cast<size_t>((n - d) * kSize));
+    fp8_avx2_32<SD, kExpBits, kManBits, kFiniteOnly>(in, out);
+    std::memcpy(dst + d, out, static_cast<size_t>(n - d));
+  }
+}
+
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX512 inline void fp8_from_16bit_avx512(const uint8_t* src, uint8_t* dst, int64_t n) {
   int64_t d = 0;
@@ -333,6 +404,8 @@ KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* ds
     f16_to_f32_avx2(src, dst, n);
   else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
     f16_to_f32_avx512(src, dst, n);
+  else if constexpr (kFp8Kernel<I, SD, DD> && I == CpuIsa::avx2)
+    fp8_avx2<SD, DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2, DD == KVP_DTYPE_F8_E4M3FN>(src, dst, n);
   else if constexpr (kFp8Kernel<I, SD, DD> && SD == KVP_DTYPE_F32)
     fp8_from_f32_avx512<DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2,
                         DD == KVP_DTYPE_F8_E4M3FN>(src, dst, n);

@@ -267,7 +267,7 @@ RangeFn pick_fixed(int64_t row_bytes, int64_t pad_bytes, bool stream, Width widt
 // alignment only). Streaming batches are memory-bound: there the 256-bit F16C conversion measured
 // 5-8 % faster than the 512-bit one (Intel VM, f32 -> f16 at 1024-4096 tokens), while L2-resident
 // batches gain ~10 % from the 512-bit one (f16 -> f32 streams with its 256-bit kernel too). The
-// AVX-512 fp8 kernels stream at their own level: the AVX2 level has only the table for them.
+// fp8 kernels stream at the writer's own level (the AVX-512 ones are the faster).
 constexpr int64_t kMaxStreamEntry = 4096;
 
 template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
@@ -344,8 +344,8 @@ RangeFn converting_writer_for(bool stream) {
 }
 
 // Head dims with a writer of their own: the common ones of the vector-converted pairs (f32 to and
-// from 16 bits, f32 and, at the AVX-512 level, 16 bits to fp8), where the per-head loop is a few
-// instructions and its setup shows.
+// from 16 bits, f32 and 16 bits to fp8), where the per-head loop is a few instructions and its
+// setup shows.
 template <kvp_dtype SD, kvp_dtype DD>
 RangeFn converting_writer(bool stream, int64_t head_dim) {
   if constexpr (SD == DD) {
