@@ -65,7 +65,7 @@ RowFn prepared() {
     }
 #endif
     if constexpr (kUseTable<SD, DD>) (void)cvt::table<SD, DD>();  // build before the first row
-    return convert_row<SD, DD>;  // table lookups: wider vectors do not help
+    return convert_row<SD, DD>;  // baseline CPUs, and table lookups (wider vectors do not help them)
   }
 }
 
