@@ -1,6 +1,7 @@
 /* kvp_convert: every pair of the five float dtypes against the test's own codec (tests/support,
  * double arithmetic, independent of the library): every code of each 8- and 16-bit source, and
- * f32 sources made of specials, boundaries, ties and random bit patterns; then in-place and
+ * f32 sources made of specials, boundaries, ties and random bit patterns; NaN payloads bit for bit;
+ * calls of every short length against one long call (the vector tails); then in-place and
  * threaded conversions, and bad input (status, message, destination unchanged). Run again at each
  * lower instruction-set level by CMake (KVP_CPU_ISA), like the concatenate tests. */
 #include <math.h>
@@ -156,6 +157,80 @@ static void test_nan_payloads(void **state) {
   }
 }
 
+/* fp8 NaNs, bit for bit: e4m3fn has the one NaN S.1111.111; e5m2 keeps the sign, sets the quiet
+ * bit and keeps the next payload bit (f32 bit 21: f16 bit 8, bf16 bit 5). Rows of 37, as above. */
+static void test_fp8_nan_payloads(void **state) {
+  (void)state;
+  enum { kRow = 37 };
+  uint32_t wide[kRow];
+  uint16_t half[kRow];
+  uint8_t out[kRow];
+  for (uint32_t v = 0; v < 64; ++v) {
+    /* f32 NaNs with every pattern of payload bits 22..21 and 0, and both signs */
+    const uint32_t x = ((v & 32u) << 26) | 0x7F800000u | ((v & 3u) << 21) | (v & 4u ? 1u : 0u) | ((v & 24u) << 16);
+    if ((x & 0x7FFFFFFFu) == 0x7F800000u) continue; /* infinity */
+    for (int i = 0; i < kRow; ++i) wide[i] = x;
+    assert_kvp_ok(kvp_convert(wide, KVP_DTYPE_F32, out, KVP_DTYPE_F8_E5M2, kRow));
+    for (int i = 0; i < kRow; ++i)
+      if (out[i] != (((x >> 24) & 0x80u) | 0x7Eu | ((x >> 21) & 1u))) fail_msg("f32 0x%08x -> e5m2 0x%02x [%d]", x, out[i], i);
+    assert_kvp_ok(kvp_convert(wide, KVP_DTYPE_F32, out, KVP_DTYPE_F8_E4M3FN, kRow));
+    for (int i = 0; i < kRow; ++i)
+      if (out[i] != (((x >> 24) & 0x80u) | 0x7Fu)) fail_msg("f32 0x%08x -> e4m3fn 0x%02x [%d]", x, out[i], i);
+  }
+  for (int src = 0; src < 2; ++src) {
+    const kvp_dtype sd = src == 0 ? KVP_DTYPE_F16 : KVP_DTYPE_BF16;
+    const uint32_t inf = src == 0 ? 0x7C00u : 0x7F80u, bit = src == 0 ? 8u : 5u;
+    for (uint32_t code = inf + 1u; code <= 0xFFFFu; code += code == 0x7FFFu ? inf + 2u : 1u) {
+      for (int i = 0; i < kRow; ++i) half[i] = (uint16_t)code;
+      assert_kvp_ok(kvp_convert(half, sd, out, KVP_DTYPE_F8_E5M2, kRow));
+      for (int i = 0; i < kRow; ++i)
+        if (out[i] != (((code >> 8) & 0x80u) | 0x7Eu | ((code >> bit) & 1u)))
+          fail_msg("%s 0x%04x -> e5m2 0x%02x [%d]", kvp_dtype_name(sd), code, out[i], i);
+      assert_kvp_ok(kvp_convert(half, sd, out, KVP_DTYPE_F8_E4M3FN, kRow));
+      for (int i = 0; i < kRow; ++i)
+        if (out[i] != (((code >> 8) & 0x80u) | 0x7Fu)) fail_msg("%s 0x%04x -> e4m3fn 0x%02x [%d]", kvp_dtype_name(sd), code, out[i], i);
+    }
+  }
+}
+
+/* Calls of every length from 1 to 40 (every vector body and tail of each instruction-set level)
+ * give the bytes of one call over the same input: every 16-bit code and the f32 cases into every
+ * dtype, NaN payloads included. */
+static void test_short_calls_match_one_call(void **state) {
+  (void)state;
+  enum { kCases = 65536 };
+  uint32_t *codes = malloc(kCases * sizeof *codes);
+  assert_non_null(codes);
+  for (size_t s = 0; s < 3; ++s) {
+    const kvp_dtype sd = kDtypes[s];
+    const int ss = kvp_test_dtype_size(sd);
+    size_t n = kCases;
+    if (sd == KVP_DTYPE_F32) n = f32_cases(codes, kCases);
+    else
+      for (size_t c = 0; c < n; ++c) codes[c] = (uint32_t)c;
+    unsigned char *in = malloc(n * (size_t)ss), *one = malloc(n * 4), *pieces = malloc(n * 4);
+    assert_non_null(in);
+    assert_non_null(one);
+    assert_non_null(pieces);
+    for (size_t i = 0; i < n; ++i) kvp_test_store_code(in + i * (size_t)ss, ss, codes[i]);
+    for (size_t d = 0; d < NUM_DTYPES; ++d) {
+      const size_t ds = (size_t)kvp_test_dtype_size(kDtypes[d]);
+      assert_kvp_ok(kvp_convert(in, sd, one, kDtypes[d], n));
+      size_t len = 1;
+      for (size_t at = 0; at < n; at += len, len = len % 40 + 1) {
+        const size_t m = n - at < len ? n - at : len;
+        assert_kvp_ok(kvp_convert(in + at * (size_t)ss, sd, pieces + at * ds, kDtypes[d], m));
+      }
+      if (memcmp(one, pieces, n * ds) != 0)
+        fail_msg("%s -> %s: calls of 1..40 elements differ from one call", kvp_dtype_name(sd), kvp_dtype_name(kDtypes[d]));
+    }
+    free(in);
+    free(one);
+    free(pieces);
+  }
+  free(codes);
+}
+
 static void test_zero_count_accepts_null(void **state) {
   (void)state;
   assert_kvp_ok(kvp_convert(NULL, KVP_DTYPE_F32, NULL, KVP_DTYPE_BF16, 0));
@@ -191,7 +266,8 @@ int main(void) {
       cmocka_unit_test(test_every_small_source_code), cmocka_unit_test(test_f32_sources),
       cmocka_unit_test(test_large_conversion_matches), cmocka_unit_test(test_in_place_same_width),
       cmocka_unit_test(test_zero_count_accepts_null),  cmocka_unit_test(test_bad_input_changes_nothing),
-      cmocka_unit_test(test_nan_payloads),
+      cmocka_unit_test(test_nan_payloads),             cmocka_unit_test(test_fp8_nan_payloads),
+      cmocka_unit_test(test_short_calls_match_one_call),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
