@@ -42,15 +42,16 @@ if [[ ! -e "$KVPAGES_LIBRARY" ]]; then
 fi
 export KVPAGES_LIBRARY
 
-# 2. The venv: numpy always; torch unless disabled.
+# 2. The venv: numpy and ml_dtypes (numpy's bfloat16 / fp8 types, which JAX casts with) always;
+# torch unless disabled.
 bench_venv=${KVP_BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kvpages-bench-venv}
 if [[ ! -x "$bench_venv/bin/python" ]]; then
   echo "== creating $bench_venv" >&2
   "${PYTHON:-python3}" -m venv "$bench_venv"
 fi
 VPY="$bench_venv/bin/python"
-if ! "$VPY" -c "import numpy" 2>/dev/null; then
-  "$VPY" -m pip install --quiet numpy >&2
+if ! "$VPY" -c "import numpy, ml_dtypes" 2>/dev/null; then
+  "$VPY" -m pip install --quiet numpy ml_dtypes >&2
 fi
 if [[ -z "${KVP_BENCH_NO_TORCH:-}" ]] && ! "$VPY" -c "import torch" 2>/dev/null; then
   if [[ -n "${KVP_BENCH_TORCH_INDEX:-}" ]]; then

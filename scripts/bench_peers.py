@@ -17,7 +17,8 @@ N >= 16, prefill (requests of up to 512 tokens). Peers, all on the same slots:
            f16 rows, so bf16 rows run through it as f16 (a byte copy: the same bytes)
   numpy    cache[slots] = rows into [kv_size, H, D] caches (bf16 as uint16; f32 rows
            .astype(float16) first, inside the timed call: a converting fancy assignment is
-           about 50x slower)
+           about 50x slower; bf16 rows into an fp8 cache .astype(ml_dtypes.float8_e4m3fn) first,
+           ml_dtypes being what JAX casts with; ggml has no fp8 type, torch is not timed there)
   torch    cache.index_copy_(0, slots, rows) into the same memory (f32 rows .to(float16) first,
            inside the timed call, as a torch user must: index_copy_ wants equal dtypes)
 The peers' caches hold plain rows (96 lanes for 32x96; kvpages writes its padding too); bytes
@@ -48,10 +49,10 @@ import time
 
 import numpy as np
 
-F32, F16, BF16 = 1, 2, 3
+F32, F16, BF16, E4M3 = 1, 2, 3, 4
 KVPAGES, MEMCPY, STREAM, GGML = 0, 1, 2, 3
 SHAPES = {"8x128": "llama3-8b", "8x64": "h64", "1x128": "MQA", "32x96": "padded to 128"}
-DTYPES = [("bf16->bf16", BF16, BF16), ("f16->f16", F16, F16), ("f32->f16", F32, F16)]
+DTYPES = [("bf16->bf16", BF16, BF16), ("f16->f16", F16, F16), ("f32->f16", F32, F16), ("bf16->fp8", BF16, E4M3)]
 TOKENS = [1, 4, 16, 64, 256, 1024, 4096, 16384]
 QUICK = {"shapes": ["8x128", "1x128"], "tokens": [1, 64, 1024], "threads": [1], "reps": 3}
 TARGET_S = 5e-4  # back-to-back time per sample
@@ -92,6 +93,14 @@ def load_torch():
     return torch, "torch %s" % torch.__version__
 
 
+def ml_dtypes_version():
+    try:
+        import ml_dtypes  # noqa: PLC0415
+    except ImportError:
+        return "(not installed)"
+    return ml_dtypes.__version__
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -122,16 +131,23 @@ class Case:
         self.requests = b.num_requests
         self.slots = wrap(b.slots, ctypes.c_int64, (n,))
         rows = (b.kv_size, h, d)
-        self.cache_bits = [wrap(p, ctypes.c_uint16, rows) for p in (b.peer_k, b.peer_v)]
+        self.fp8 = dcache == E4M3
+        self.cache_bits = [wrap(p, ctypes.c_uint8 if self.fp8 else ctypes.c_uint16, rows) for p in (b.peer_k, b.peer_v)]
         in_type = ctypes.c_float if din == F32 else ctypes.c_uint16
         self.inputs = [wrap(p, in_type, (n, h, d)) for p in (b.k_in, b.v_in)]
         self.in_bytes = 2 * self.inputs[0].nbytes
-        # numpy: f16 caches as float16 (so f32 rows are converted on assignment), bf16 as raw bits.
+        # numpy: f16 caches as float16 (so f32 rows are converted on assignment), bf16 as raw bits;
+        # fp8: bf16 rows viewed as ml_dtypes.bfloat16, cast to float8_e4m3fn, stored as bits.
         as_np = (lambda a: a.view(np.float16)) if dcache == F16 else (lambda a: a)
         self.np_caches = [as_np(c) for c in self.cache_bits]
         self.np_inputs = [as_np(x) if din == F16 else x for x in self.inputs]
         self.np_dtype = np.float16 if din == F32 else None
-        if torch is not None:
+        if self.fp8:
+            import ml_dtypes  # noqa: PLC0415
+            self.np_inputs = [x.view(ml_dtypes.bfloat16) for x in self.inputs]
+            self.np_caches = [c.view(ml_dtypes.float8_e4m3fn) for c in self.cache_bits]
+            self.np_dtype = ml_dtypes.float8_e4m3fn
+        if torch is not None and not self.fp8:
             tdt = torch.float16 if dcache == F16 else torch.bfloat16
             self.t_caches = [torch.from_numpy(c.view(np.int16)).view(tdt) for c in self.cache_bits]
             self.t_inputs = [torch.from_numpy(x) if din == F32 else torch.from_numpy(x.view(np.int16)).view(tdt)
@@ -176,9 +192,11 @@ class Case:
 
     def timers(self):
         t = {"kvpages": self.c_timer(KVPAGES), "memcpy": self.c_timer(MEMCPY), "stream": self.c_timer(STREAM),
-             "ggml": self.c_timer(GGML), "numpy": self.py_timer(self.numpy_write)}
-        if self.torch is not None:
-            t["torch"] = self.py_timer(self.torch_write)
+             "numpy": self.py_timer(self.numpy_write)}
+        if not self.fp8:
+            t["ggml"] = self.c_timer(GGML)
+            if self.torch is not None:
+                t["torch"] = self.py_timer(self.torch_write)
         return t
 
     def check(self):
@@ -187,13 +205,15 @@ class Case:
         want = [np.empty_like(self.cache_bits[0][:self.n]) for _ in range(2)]
         if self.lib.kvpb_kvpages_rows(self.ptr, want[0].ctypes.data, want[1].ctypes.data) != 0:
             raise RuntimeError(self.lib.kvpb_error().decode())
-        writers = {"ggml": lambda: self.c_timer(GGML)(1), "numpy": self.numpy_write}
-        if self.torch is not None:
-            writers["torch"] = self.torch_write
+        writers = {"numpy": self.numpy_write}
+        if not self.fp8:
+            writers["ggml"] = lambda: self.c_timer(GGML)(1)
+            if self.torch is not None:
+                writers["torch"] = self.torch_write
         out = {}
         for peer, write in writers.items():
             for c in self.cache_bits:
-                c[self.slots] = 0x7E01  # a NaN no peer writes
+                c[self.slots] = 0xFF if self.fp8 else 0x7E01  # a NaN no peer writes (finite inputs)
             write()
             out[peer] = None
             for kv, (c, w) in enumerate(zip(self.cache_bits, want)):
@@ -294,6 +314,8 @@ def header(lib, torch_note, args):
           "× peer = peer time / kvpages time (> 1: kvpages is faster)")
     print("- every peer's rows were compared with kvpages' before timing; ≠ marks a difference "
           "(listed under the table); bf16 rows run through ggml set_rows as f16 (a byte copy)")
+    print("- bf16->fp8: an fp8 e4m3fn cache; numpy casts with ml_dtypes %s (.astype(float8_e4m3fn)); "
+          "ggml has no fp8 type and torch is not timed there" % ml_dtypes_version())
     print("- ggml, numpy and torch write plain rows into separate K and V caches [kv_size, H*D] (llama.cpp's "
           "layout) at kvpages' slots; memcpy and stream copy the K+V input bytes contiguously (glibc memcpy; "
           "the streaming copy uses the widest non-temporal store of -march=native)")

@@ -174,7 +174,8 @@ static void describe_input(kvpb_case *c, kvp_dtype in) {
 
 /* Two set_rows nodes (K and V) into [kv_size, H*D] caches, as llama.cpp's KV cache writes, in a
  * graph planned once for `threads` threads on a reused ggml threadpool. ggml's set_rows takes f32
- * or f16 rows; bf16 rows go through it as f16 (a byte copy: the same bytes). */
+ * or f16 rows; bf16 rows go through it as f16 (a byte copy: the same bytes). Only for 16-bit
+ * caches: ggml has no fp8 type. */
 static int make_ggml(kvpb_case *c, kvp_dtype in) {
   const enum ggml_type tin = in == KVP_DTYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
   const enum ggml_type tcache = GGML_TYPE_F16;
@@ -254,7 +255,7 @@ kvpb_case *kvpb_case_new(int64_t h, int64_t d, int in, int cache, int64_t n, int
   memset(c->copy_v, 1, in_bytes);
   if (build_batch(c, &cfg, prefill) != 0) goto fail;
   describe_input(c, (kvp_dtype)in);
-  if (make_ggml(c, (kvp_dtype)in) != 0) goto fail;
+  if (c->cache_size == 2 && make_ggml(c, (kvp_dtype)in) != 0) goto fail; /* ggml has no fp8 type */
   return c;
 fail:
   kvpb_case_free(c);
@@ -348,6 +349,10 @@ static int run_once(kvpb_case *c, int peer) {
     copy_inputs(c, peer == PEER_STREAM);
     return 0;
   case PEER_GGML:
+    if (c->graph == NULL) {
+      snprintf(g_error, sizeof g_error, "no ggml peer for this cache dtype");
+      return -1;
+    }
     if (ggml_graph_compute(c->graph, &c->plan) == GGML_STATUS_SUCCESS) return 0;
     snprintf(g_error, sizeof g_error, "ggml_graph_compute failed");
     return -1;
