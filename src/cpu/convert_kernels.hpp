@@ -30,8 +30,14 @@
 //   own vectorization measured slower than the table there). All checked once against the
 //   baseline path on every 16-bit input and all 2^32 f32 inputs, with MXCSR at its default and
 //   with DAZ|FTZ set: the same bytes (docs/benchmarks.md).
+// - fp8 -> f32 at the AVX2 and AVX-512 levels: the attention kernels' widening (exponent and
+//   mantissa moved into place, subnormals by one exact fused 2x - 2^(1-bias)), 3-6x the table;
+//   fp8 -> f16 / bf16 through it and the f32 kernels above, 1.2-3x. Checked once on every fp8
+//   code at both levels, with and without DAZ|FTZ.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -92,12 +98,12 @@ template <kvp_dtype SD, kvp_dtype DD>
 constexpr bool kUseTable = SD != DD && (sizeof(typename Bits<SD>::type) == 1 ||
                                         (sizeof(typename Bits<SD>::type) == 2 && DD != KVP_DTYPE_F32));
 
-// Conversions to fp8 from f32, f16 and bf16 have hand-written kernels at the AVX2 and AVX-512
-// levels, which replace the table there.
+// Conversions between fp8 and f32, f16 or bf16 have hand-written kernels at the AVX2 and AVX-512
+// levels, which replace the table there (fp8 -> f16 / bf16 through f32).
+template <kvp_dtype D>
+constexpr bool kIsFp8 = D == KVP_DTYPE_F8_E4M3FN || D == KVP_DTYPE_F8_E5M2;
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
-constexpr bool kFp8Kernel = I != CpuIsa::baseline &&
-                            (SD == KVP_DTYPE_F32 || SD == KVP_DTYPE_F16 || SD == KVP_DTYPE_BF16) &&
-                            (DD == KVP_DTYPE_F8_E4M3FN || DD == KVP_DTYPE_F8_E5M2);
+constexpr bool kFp8Kernel = I != CpuIsa::baseline && (kIsFp8<SD> != kIsFp8<DD>);
 
 // Whether the conversion is vector code at level I (else a table lookup, the same at every level).
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
@@ -207,6 +213,97 @@ KVP_TARGET_AVX512 inline void f16_to_f32_avx512(const uint8_t* src, uint8_t* dst
     const __mmask16 m = static_cast<__mmask16>((1u << (n - d)) - 1u);
     const __m256i h = _mm256_maskz_loadu_epi16(m, src + 2 * d);
     _mm512_mask_storeu_epi32(dst + 4 * d, m, f16_to_f32_avx512_lanes(h));
+  }
+}
+
+// Small formats in 32-bit lanes -> f32, exact (fp_convert.hpp's bytes, NaN payloads included): the
+// exponent and mantissa placed at the f32 position and the bias difference added; for a subnormal
+// that reads 2^(1-bias-1) (1 + m), which one fused 2x - 2^(1-bias) turns into the value (every
+// operand and result a normal f32, so a caller's denormals-are-zero mode changes nothing);
+// all-ones exponents (f16, e5m2: infinity and NaN) and the e4m3fn NaN pattern are patched; the sign
+// is or-ed in. Shared with the attention kernels' widening (cpu_attention.cpp).
+// f16 (or e5m2 shifted into f16) bits in 32-bit lanes -> f32.
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_f16_bits512(__m512i h) {
+  const __m512i o = _mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x7FFF)), 13);
+  const __m512i exp = _mm512_and_si512(o, _mm512_set1_epi32(0x0F800000));
+  __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(o, _mm512_set1_epi32(112 << 23)));
+  // Subnormal (exponent 0): f holds 2^-15 (1 + m/1024); the value is 2 f - 2^-14.
+  f = _mm512_mask_fmsub_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_setzero_si512()), _mm512_set1_ps(2.0f),
+                           _mm512_set1_ps(0x1p-14f));
+  f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_set1_epi32(0x0F800000)),
+                         _mm512_castsi512_ps(_mm512_or_si512(o, _mm512_set1_epi32(0x7F800000))));
+  return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x8000)), 16)));
+}
+
+// e4m3fn bytes in 32-bit lanes -> f32.
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_e4m3fn512(__m512i b) {
+  const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
+  __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
+  // Subnormal (magnitude below 8): f holds 2^-7 (1 + m/8); the value is 2 f - 2^-6.
+  f = _mm512_mask_fmsub_ps(f, _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8)), _mm512_set1_ps(2.0f),
+                           _mm512_set1_ps(0x1p-6f));
+  f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)), _mm512_set1_ps(NAN));
+  return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24)));
+}
+
+KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_f16_bits256(__m256i h) {
+  const __m256i o = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7FFF)), 13);
+  const __m256i exp = _mm256_and_si256(o, _mm256_set1_epi32(0x0F800000));
+  __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(o, _mm256_set1_epi32(112 << 23)));
+  // Subnormal (exponent 0): f holds 2^-15 (1 + m/1024); the value is 2 f - 2^-14.
+  const __m256 sub = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-14f));
+  f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpeq_epi32(exp, _mm256_setzero_si256())));
+  f = _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_or_si256(o, _mm256_set1_epi32(0x7F800000))),
+                       _mm256_castsi256_ps(_mm256_cmpeq_epi32(exp, _mm256_set1_epi32(0x0F800000))));
+  return _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16)));
+}
+
+KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_e4m3fn256(__m256i b) {
+  const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
+  __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+  // Subnormal (magnitude below 8): f holds 2^-7 (1 + m/8); the value is 2 f - 2^-6.
+  const __m256 sub = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-6f));
+  f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
+  f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
+  return _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24)));
+}
+
+// fp8 bytes in 32-bit lanes -> f32 (e5m2 is the upper byte of an f16).
+template <kvp_dtype SD>
+KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_fp8_512(__m512i b) {
+  return SD == KVP_DTYPE_F8_E5M2 ? f32_from_f16_bits512(_mm512_slli_epi32(b, 8)) : f32_from_e4m3fn512(b);
+}
+
+template <kvp_dtype SD>
+KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_fp8_256(__m256i b) {
+  return SD == KVP_DTYPE_F8_E5M2 ? f32_from_f16_bits256(_mm256_slli_epi32(b, 8)) : f32_from_e4m3fn256(b);
+}
+
+// n fp8 codes -> f32 at the AVX-512 level (the tail masked) and at the AVX2 level (the tail through
+// a zero-padded copy).
+template <kvp_dtype SD>
+KVP_TARGET_AVX512 inline void f32_from_fp8_avx512(const uint8_t* src, uint8_t* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 16 <= n; d += 16)
+    _mm512_storeu_ps(dst + 4 * d, f32_from_fp8_512<SD>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d)))));
+  if (d < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - d)) - 1u);
+    _mm512_mask_storeu_ps(dst + 4 * d, m, f32_from_fp8_512<SD>(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, src + d))));
+  }
+}
+
+template <kvp_dtype SD>
+KVP_TARGET_AVX2 inline void f32_from_fp8_avx2(const uint8_t* src, uint8_t* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    _mm256_storeu_ps(reinterpret_cast<float*>(dst + 4 * d),
+                     f32_from_fp8_256<SD>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + d)))));
+  if (d < n) {
+    uint8_t in[8] = {};
+    alignas(32) float out[8];
+    std::memcpy(in, src + d, static_cast<size_t>(n - d));
+    _mm256_store_ps(out, f32_from_fp8_256<SD>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(in)))));
+    std::memcpy(dst + 4 * d, out, static_cast<size_t>(4 * (n - d)));
   }
 }
 
@@ -404,7 +501,18 @@ KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* ds
     f16_to_f32_avx2(src, dst, n);
   else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
     f16_to_f32_avx512(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD> && I == CpuIsa::avx2)
+  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD> && DD == KVP_DTYPE_F32 && I == CpuIsa::avx2)
+    f32_from_fp8_avx2<SD>(src, dst, n);
+  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD> && DD == KVP_DTYPE_F32)
+    f32_from_fp8_avx512<SD>(src, dst, n);
+  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD>) {  // through f32, 256 elements at a time
+    alignas(64) uint8_t buf[4 * 256];
+    for (int64_t d0 = 0; d0 < n; d0 += 256) {
+      const int64_t m = std::min<int64_t>(256, n - d0);
+      convert_contiguous<I, SD, KVP_DTYPE_F32>(src + d0, buf, m);
+      convert_contiguous<I, KVP_DTYPE_F32, DD>(buf, dst + 2 * d0, m);
+    }
+  } else if constexpr (kFp8Kernel<I, SD, DD> && I == CpuIsa::avx2)
     fp8_avx2<SD, DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2, DD == KVP_DTYPE_F8_E4M3FN>(src, dst, n);
   else if constexpr (kFp8Kernel<I, SD, DD> && SD == KVP_DTYPE_F32)
     fp8_from_f32_avx512<DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2,

@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "backend/fp_convert.hpp"
+#include "cpu/convert_kernels.hpp"
 #include "cpu/cpu_ops.hpp"
 #include "util/cpu_features.hpp"
 #include "util/error.hpp"
@@ -473,13 +474,8 @@ constexpr int fp_size() {
   return SD == KVP_DTYPE_F32 ? 4 : SD == KVP_DTYPE_F16 || SD == KVP_DTYPE_BF16 ? 2 : 1;
 }
 
-// ---- widening the pages to f32 (bit-exact with backend/fp_convert.hpp)
-//
-// The vector forms place a small format's exponent and mantissa at the f32 position and add the
-// bias difference to the exponent; for a subnormal that reads 2^(1-bias-1) (1 + m), which one
-// fused 2x - 2^(1-bias) turns into the value (every operand and result a normal f32, so a
-// caller's denormals-are-zero mode changes nothing); all-ones exponents (f16, e5m2: infinity and
-// NaN) and the e4m3fn NaN pattern are patched; the sign is or-ed in.
+// ---- widening the pages to f32 (bit-exact with backend/fp_convert.hpp): the vector forms are
+// cpu/convert_kernels.hpp's lane conversions, which kvp_convert uses too.
 
 template <kvp_dtype SD>
 KVP_ALWAYS_INLINE inline void widen_scalar(const uint8_t* src, float* dst, int64_t n) {
@@ -505,30 +501,6 @@ void widen_baseline(const uint8_t* const* rows, int n, int64_t v_bytes, int64_t 
 }
 
 #if KVP_CPU_DISPATCH
-// f16 (or e5m2 shifted into f16) bits in 32-bit lanes -> f32.
-KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_f16_bits512(__m512i h) {
-  const __m512i o = _mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x7FFF)), 13);
-  const __m512i exp = _mm512_and_si512(o, _mm512_set1_epi32(0x0F800000));
-  __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(o, _mm512_set1_epi32(112 << 23)));
-  // Subnormal (exponent 0): f holds 2^-15 (1 + m/1024); the value is 2 f - 2^-14.
-  f = _mm512_mask_fmsub_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_setzero_si512()), _mm512_set1_ps(2.0f),
-                           _mm512_set1_ps(0x1p-14f));
-  f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_set1_epi32(0x0F800000)),
-                         _mm512_castsi512_ps(_mm512_or_si512(o, _mm512_set1_epi32(0x7F800000))));
-  return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x8000)), 16)));
-}
-
-// e4m3fn bytes in 32-bit lanes -> f32.
-KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_e4m3fn512(__m512i b) {
-  const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
-  __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
-  // Subnormal (magnitude below 8): f holds 2^-7 (1 + m/8); the value is 2 f - 2^-6.
-  f = _mm512_mask_fmsub_ps(f, _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8)), _mm512_set1_ps(2.0f),
-                           _mm512_set1_ps(0x1p-6f));
-  f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)), _mm512_set1_ps(NAN));
-  return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24)));
-}
-
 template <kvp_dtype SD>
 KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline void widen_row_avx512(const uint8_t* src, float* dst, int64_t n) {
   int64_t i = 0;
@@ -539,36 +511,14 @@ KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline void widen_row_avx512(const uint8_t* 
     } else if constexpr (SD == KVP_DTYPE_BF16) {
       f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i))), 16));
     } else if constexpr (SD == KVP_DTYPE_F16) {
-      f = f32_from_f16_bits512(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i))));
+      f = cvt::f32_from_f16_bits512(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i))));
     } else {
       const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-      f = SD == KVP_DTYPE_F8_E5M2 ? f32_from_f16_bits512(_mm512_slli_epi32(b, 8)) : f32_from_e4m3fn512(b);
+      f = cvt::f32_from_fp8_512<SD>(b);
     }
     _mm512_storeu_ps(dst + i, f);
   }
   widen_scalar<SD>(src + i * static_cast<int64_t>(fp_size<SD>()), dst + i, n - i);
-}
-
-KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_f16_bits256(__m256i h) {
-  const __m256i o = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7FFF)), 13);
-  const __m256i exp = _mm256_and_si256(o, _mm256_set1_epi32(0x0F800000));
-  __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(o, _mm256_set1_epi32(112 << 23)));
-  // Subnormal (exponent 0): f holds 2^-15 (1 + m/1024); the value is 2 f - 2^-14.
-  const __m256 sub = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-14f));
-  f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpeq_epi32(exp, _mm256_setzero_si256())));
-  f = _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_or_si256(o, _mm256_set1_epi32(0x7F800000))),
-                       _mm256_castsi256_ps(_mm256_cmpeq_epi32(exp, _mm256_set1_epi32(0x0F800000))));
-  return _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16)));
-}
-
-KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_e4m3fn256(__m256i b) {
-  const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
-  __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
-  // Subnormal (magnitude below 8): f holds 2^-7 (1 + m/8); the value is 2 f - 2^-6.
-  const __m256 sub = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-6f));
-  f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
-  f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
-  return _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24)));
 }
 
 template <kvp_dtype SD>
@@ -581,10 +531,10 @@ KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline void widen_row_avx2(const uint8_t* src,
     } else if constexpr (SD == KVP_DTYPE_BF16) {
       f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))), 16));
     } else if constexpr (SD == KVP_DTYPE_F16) {
-      f = f32_from_f16_bits256(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+      f = cvt::f32_from_f16_bits256(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
     } else {
       const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i)));
-      f = SD == KVP_DTYPE_F8_E5M2 ? f32_from_f16_bits256(_mm256_slli_epi32(b, 8)) : f32_from_e4m3fn256(b);
+      f = cvt::f32_from_fp8_256<SD>(b);
     }
     _mm256_storeu_ps(dst + i, f);
   }

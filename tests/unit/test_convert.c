@@ -157,8 +157,10 @@ static void test_nan_payloads(void **state) {
   }
 }
 
-/* fp8 NaNs, bit for bit: e4m3fn has the one NaN S.1111.111; e5m2 keeps the sign, sets the quiet
- * bit and keeps the next payload bit (f32 bit 21: f16 bit 8, bf16 bit 5). Rows of 37, as above. */
+/* fp8 NaNs, bit for bit. Into fp8: e4m3fn has the one NaN S.1111.111; e5m2 keeps the sign, sets
+ * the quiet bit and keeps the next payload bit (f32 bit 21: f16 bit 8, bf16 bit 5). Out of fp8:
+ * f32 gets e5m2's payload at bits 22..21 (e4m3fn: the quiet NaN), f16 the same with its quiet bit
+ * set, bf16 the canonical quiet NaN. Rows of 37, as above. */
 static void test_fp8_nan_payloads(void **state) {
   (void)state;
   enum { kRow = 37 };
@@ -191,6 +193,34 @@ static void test_fp8_nan_payloads(void **state) {
         if (out[i] != (((code >> 8) & 0x80u) | 0x7Fu)) fail_msg("%s 0x%04x -> e4m3fn 0x%02x [%d]", kvp_dtype_name(sd), code, out[i], i);
     }
   }
+  for (uint32_t code = 0x7Du; code <= 0xFFu; code += code == 0x7Fu ? 0x7Eu : 1u) { /* e5m2 NaNs */
+    const uint32_t s = code & 0x80u, m = code & 3u;
+    uint8_t in[kRow];
+    memset(in, (int)code, sizeof in);
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F8_E5M2, wide, KVP_DTYPE_F32, kRow));
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F8_E5M2, half, KVP_DTYPE_F16, kRow));
+    for (int i = 0; i < kRow; ++i) {
+      if (wide[i] != ((s << 24) | 0x7F800000u | (m << 21))) fail_msg("e5m2 0x%02x -> f32 0x%08x [%d]", code, wide[i], i);
+      if (half[i] != ((s << 8) | 0x7E00u | (m << 8))) fail_msg("e5m2 0x%02x -> f16 0x%04x [%d]", code, half[i], i);
+    }
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F8_E5M2, half, KVP_DTYPE_BF16, kRow));
+    for (int i = 0; i < kRow; ++i)
+      if (half[i] != ((s << 8) | 0x7FC0u)) fail_msg("e5m2 0x%02x -> bf16 0x%04x [%d]", code, half[i], i);
+  }
+  for (uint32_t code = 0x7Fu; code <= 0xFFu; code += 0x80u) { /* e4m3fn's NaN, both signs */
+    const uint32_t s = code & 0x80u;
+    uint8_t in[kRow];
+    memset(in, (int)code, sizeof in);
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F8_E4M3FN, wide, KVP_DTYPE_F32, kRow));
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F8_E4M3FN, half, KVP_DTYPE_F16, kRow));
+    for (int i = 0; i < kRow; ++i) {
+      if (wide[i] != ((s << 24) | 0x7FC00000u)) fail_msg("e4m3fn 0x%02x -> f32 0x%08x [%d]", code, wide[i], i);
+      if (half[i] != ((s << 8) | 0x7E00u)) fail_msg("e4m3fn 0x%02x -> f16 0x%04x [%d]", code, half[i], i);
+    }
+    assert_kvp_ok(kvp_convert(in, KVP_DTYPE_F8_E4M3FN, half, KVP_DTYPE_BF16, kRow));
+    for (int i = 0; i < kRow; ++i)
+      if (half[i] != ((s << 8) | 0x7FC0u)) fail_msg("e4m3fn 0x%02x -> bf16 0x%04x [%d]", code, half[i], i);
+  }
 }
 
 /* Calls of every length from 1 to 40 (every vector body and tail of each instruction-set level)
@@ -201,13 +231,13 @@ static void test_short_calls_match_one_call(void **state) {
   enum { kCases = 65536 };
   uint32_t *codes = malloc(kCases * sizeof *codes);
   assert_non_null(codes);
-  for (size_t s = 0; s < 3; ++s) {
+  for (size_t s = 0; s < NUM_DTYPES; ++s) {
     const kvp_dtype sd = kDtypes[s];
     const int ss = kvp_test_dtype_size(sd);
     size_t n = kCases;
     if (sd == KVP_DTYPE_F32) n = f32_cases(codes, kCases);
     else
-      for (size_t c = 0; c < n; ++c) codes[c] = (uint32_t)c;
+      for (size_t c = 0; c < n; ++c) codes[c] = (uint32_t)c & ((1u << (8 * ss)) - 1u);
     unsigned char *in = malloc(n * (size_t)ss), *one = malloc(n * 4), *pieces = malloc(n * 4);
     assert_non_null(in);
     assert_non_null(one);
