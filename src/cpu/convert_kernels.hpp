@@ -485,11 +485,55 @@ KVP_TARGET_AVX512 inline void fp8_from_16bit_avx512(const uint8_t* src, uint8_t*
     _mm256_mask_storeu_epi8(dst + d, m, _mm512_cvtepi16_epi8(r));
   }
 }
+
+// The fp8 formats as f32_to_small's parameters.
+template <kvp_dtype D>
+struct Fp8Format {
+  static constexpr int kExp = D == KVP_DTYPE_F8_E4M3FN ? 4 : 5;
+  static constexpr int kMan = D == KVP_DTYPE_F8_E4M3FN ? 3 : 2;
+  static constexpr bool kFiniteOnly = D == KVP_DTYPE_F8_E4M3FN;
+};
+
+// f32, f16 or bf16 -> fp8 at level I (AVX2 or AVX-512).
+template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
+KVP_ALWAYS_INLINE inline void to_fp8(const uint8_t* src, uint8_t* dst, int64_t n) {
+  using F = Fp8Format<DD>;
+  if constexpr (I == CpuIsa::avx2)
+    fp8_avx2<SD, F::kExp, F::kMan, F::kFiniteOnly>(src, dst, n);
+  else if constexpr (SD == KVP_DTYPE_F32)
+    fp8_from_f32_avx512<F::kExp, F::kMan, F::kFiniteOnly>(src, dst, n);
+  else
+    fp8_from_16bit_avx512<SD == KVP_DTYPE_BF16 ? 8 : 5, SD == KVP_DTYPE_BF16 ? 7 : 10, F::kExp, F::kMan,
+                          F::kFiniteOnly>(src, dst, n);
+}
 #endif
 
 // n contiguous elements at level I: the hardware kernel where there is one, else the portable
 // body. Inline it only into a function compiled for level I (KVP_TARGET_AVX2 / KVP_TARGET_AVX512
 // or the default target for baseline), so no AVX code can reach a CPU without it.
+template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
+KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* dst, int64_t n);
+
+#if KVP_CPU_DISPATCH
+// fp8 -> f32, f16 or bf16 at level I (AVX2 or AVX-512): f32 directly, the others through f32,
+// 256 elements at a time.
+template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
+KVP_ALWAYS_INLINE inline void from_fp8(const uint8_t* src, uint8_t* dst, int64_t n) {
+  if constexpr (DD == KVP_DTYPE_F32 && I == CpuIsa::avx2) {
+    f32_from_fp8_avx2<SD>(src, dst, n);
+  } else if constexpr (DD == KVP_DTYPE_F32) {
+    f32_from_fp8_avx512<SD>(src, dst, n);
+  } else {
+    alignas(64) uint8_t buf[4 * 256];
+    for (int64_t d0 = 0; d0 < n; d0 += 256) {
+      const int64_t m = std::min<int64_t>(256, n - d0);
+      from_fp8<I, SD, KVP_DTYPE_F32>(src + d0, buf, m);
+      convert_contiguous<I, KVP_DTYPE_F32, DD>(buf, dst + 2 * d0, m);
+    }
+  }
+}
+#endif
+
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
 KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* dst, int64_t n) {
 #if KVP_CPU_DISPATCH
@@ -501,26 +545,10 @@ KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* ds
     f16_to_f32_avx2(src, dst, n);
   else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
     f16_to_f32_avx512(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD> && DD == KVP_DTYPE_F32 && I == CpuIsa::avx2)
-    f32_from_fp8_avx2<SD>(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD> && DD == KVP_DTYPE_F32)
-    f32_from_fp8_avx512<SD>(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD>) {  // through f32, 256 elements at a time
-    alignas(64) uint8_t buf[4 * 256];
-    for (int64_t d0 = 0; d0 < n; d0 += 256) {
-      const int64_t m = std::min<int64_t>(256, n - d0);
-      convert_contiguous<I, SD, KVP_DTYPE_F32>(src + d0, buf, m);
-      convert_contiguous<I, KVP_DTYPE_F32, DD>(buf, dst + 2 * d0, m);
-    }
-  } else if constexpr (kFp8Kernel<I, SD, DD> && I == CpuIsa::avx2)
-    fp8_avx2<SD, DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2, DD == KVP_DTYPE_F8_E4M3FN>(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD> && SD == KVP_DTYPE_F32)
-    fp8_from_f32_avx512<DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2,
-                        DD == KVP_DTYPE_F8_E4M3FN>(src, dst, n);
+  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD>)
+    from_fp8<I, SD, DD>(src, dst, n);
   else if constexpr (kFp8Kernel<I, SD, DD>)
-    fp8_from_16bit_avx512<SD == KVP_DTYPE_BF16 ? 8 : 5, SD == KVP_DTYPE_BF16 ? 7 : 10,
-                          DD == KVP_DTYPE_F8_E4M3FN ? 4 : 5, DD == KVP_DTYPE_F8_E4M3FN ? 3 : 2,
-                          DD == KVP_DTYPE_F8_E4M3FN>(src, dst, n);
+    to_fp8<I, SD, DD>(src, dst, n);
   else
 #endif
     convert_portable<SD, DD>(src, dst, n);
