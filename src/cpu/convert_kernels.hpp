@@ -31,12 +31,14 @@
 //   baseline path on every 16-bit input and all 2^32 f32 inputs, with MXCSR at its default and
 //   with DAZ|FTZ set: the same bytes (docs/benchmarks.md).
 // - fp8 -> f32 at the AVX2 and AVX-512 levels: the attention kernels' widening (exponent and
-//   mantissa moved into place, subnormals by one exact fused 2x - 2^(1-bias)), 3-6x the table;
-//   fp8 -> f16 / bf16 through it and the f32 kernels above, 1.2-3x. Checked once on every fp8
-//   code at both levels, with and without DAZ|FTZ.
+//   mantissa moved into place, subnormals by one exact fused 2x - 2^(1-bias)), 3-6x the table.
+// - fp8 -> f16 / bf16 and f16 <-> bf16 go through f32 with the conversions above at those levels
+//   (cpu_convert.cpp's row converters: kvp_convert, strided rows), 1.1-6x the tables; baseline
+//   CPUs, fp8 -> fp8 and kvp_concatenate's fused writers for these rare pairs keep tables.
+//   Checked once on every 8- and 16-bit code at both levels, with and without DAZ|FTZ: the
+//   baseline path's bytes.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -98,16 +100,16 @@ template <kvp_dtype SD, kvp_dtype DD>
 constexpr bool kUseTable = SD != DD && (sizeof(typename Bits<SD>::type) == 1 ||
                                         (sizeof(typename Bits<SD>::type) == 2 && DD != KVP_DTYPE_F32));
 
-// Conversions between fp8 and f32, f16 or bf16 have hand-written kernels at the AVX2 and AVX-512
-// levels, which replace the table there (fp8 -> f16 / bf16 through f32).
+// At the AVX2 and AVX-512 levels fp8 -> f32 and f32 / f16 / bf16 -> fp8 have kernels of their
+// own instead of the table (fp8 -> f16 / bf16 and f16 <-> bf16 are composed through f32 by
+// cpu_convert.cpp's row converters; fp8 -> fp8 keeps its 256-entry table).
 template <kvp_dtype D>
 constexpr bool kIsFp8 = D == KVP_DTYPE_F8_E4M3FN || D == KVP_DTYPE_F8_E5M2;
-template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
-constexpr bool kFp8Kernel = I != CpuIsa::baseline && (kIsFp8<SD> != kIsFp8<DD>);
 
 // Whether the conversion is vector code at level I (else a table lookup, the same at every level).
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
-constexpr bool kVectorAt = !kUseTable<SD, DD> || kFp8Kernel<I, SD, DD>;
+constexpr bool kVectorAt = !kUseTable<SD, DD> || (I != CpuIsa::baseline && ((kIsFp8<SD> && DD == KVP_DTYPE_F32) ||
+                                                                          (!kIsFp8<SD> && kIsFp8<DD>)));
 
 template <kvp_dtype SD, kvp_dtype DD>
 struct Table {
@@ -512,29 +514,6 @@ KVP_ALWAYS_INLINE inline void to_fp8(const uint8_t* src, uint8_t* dst, int64_t n
 // body. Inline it only into a function compiled for level I (KVP_TARGET_AVX2 / KVP_TARGET_AVX512
 // or the default target for baseline), so no AVX code can reach a CPU without it.
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
-KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* dst, int64_t n);
-
-#if KVP_CPU_DISPATCH
-// fp8 -> f32, f16 or bf16 at level I (AVX2 or AVX-512): f32 directly, the others through f32,
-// 256 elements at a time.
-template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
-KVP_ALWAYS_INLINE inline void from_fp8(const uint8_t* src, uint8_t* dst, int64_t n) {
-  if constexpr (DD == KVP_DTYPE_F32 && I == CpuIsa::avx2) {
-    f32_from_fp8_avx2<SD>(src, dst, n);
-  } else if constexpr (DD == KVP_DTYPE_F32) {
-    f32_from_fp8_avx512<SD>(src, dst, n);
-  } else {
-    alignas(64) uint8_t buf[4 * 256];
-    for (int64_t d0 = 0; d0 < n; d0 += 256) {
-      const int64_t m = std::min<int64_t>(256, n - d0);
-      from_fp8<I, SD, KVP_DTYPE_F32>(src + d0, buf, m);
-      convert_contiguous<I, KVP_DTYPE_F32, DD>(buf, dst + 2 * d0, m);
-    }
-  }
-}
-#endif
-
-template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
 KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* dst, int64_t n) {
 #if KVP_CPU_DISPATCH
   if constexpr (I == CpuIsa::avx2 && SD == KVP_DTYPE_F32 && DD == KVP_DTYPE_F16)
@@ -545,9 +524,11 @@ KVP_ALWAYS_INLINE inline void convert_contiguous(const uint8_t* src, uint8_t* ds
     f16_to_f32_avx2(src, dst, n);
   else if constexpr (I == CpuIsa::avx512 && SD == KVP_DTYPE_F16 && DD == KVP_DTYPE_F32)
     f16_to_f32_avx512(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD> && kIsFp8<SD>)
-    from_fp8<I, SD, DD>(src, dst, n);
-  else if constexpr (kFp8Kernel<I, SD, DD>)
+  else if constexpr (I == CpuIsa::avx2 && kIsFp8<SD> && DD == KVP_DTYPE_F32)
+    f32_from_fp8_avx2<SD>(src, dst, n);
+  else if constexpr (I == CpuIsa::avx512 && kIsFp8<SD> && DD == KVP_DTYPE_F32)
+    f32_from_fp8_avx512<SD>(src, dst, n);
+  else if constexpr (I != CpuIsa::baseline && !kIsFp8<SD> && kIsFp8<DD>)
     to_fp8<I, SD, DD>(src, dst, n);
   else
 #endif

@@ -267,12 +267,14 @@ RangeFn pick_fixed(int64_t row_bytes, int64_t pad_bytes, bool stream, Width widt
 // alignment only). Streaming batches are memory-bound: there the 256-bit F16C conversion measured
 // 5-8 % faster than the 512-bit one (Intel VM, f32 -> f16 at 1024-4096 tokens), while L2-resident
 // batches gain ~10 % from the 512-bit one (f16 -> f32 streams with its 256-bit kernel too). The
-// fp8 kernels stream at the writer's own level (the AVX-512 ones are the faster).
+// pairs that convert without a table at baseline do the same (they always have); the others
+// (to fp8, and those that would be tables at baseline) convert at the writer's own level, where
+// their kernels are the faster.
 constexpr int64_t kMaxStreamEntry = 4096;
 
 template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
 constexpr CpuIsa kConvertIsa =
-    kStream && V::kIsa == CpuIsa::avx512 && !cvt::kFp8Kernel<CpuIsa::avx512, SD, DD> ? CpuIsa::avx2 : V::kIsa;
+    kStream && V::kIsa == CpuIsa::avx512 && !cvt::kUseTable<SD, DD> && !cvt::kIsFp8<DD> ? CpuIsa::avx2 : V::kIsa;
 
 // kD: the head dim when the writer is compiled for one (its conversion loop then unrolls whole:
 // 8 x 64 f32 -> f16 at 1-64 tokens 6-21 % faster, docs/benchmarks.md), 0 for any.
@@ -322,36 +324,39 @@ KVP_TARGET_AVX512 __attribute__((flatten)) void write_converting_avx512(const Ct
 }
 #endif
 
-// The converting writer of one dtype pair for head dim kD (0: any) at the CPU's level (table
-// lookups: baseline, wider vectors do not help them).
+// The pairs a model's KV write takes (f32 to and from 16 bits, f32 and 16 bits to fp8) have
+// converting writers per instruction-set level; the rest (fp8 inputs, f16 <-> bf16) keep the
+// baseline one, which converts through a table: a fused writer per level for each of them would
+// add about 400 KB of code for paths no model's write takes (kvp_convert has them vectorized).
+template <kvp_dtype SD, kvp_dtype DD>
+constexpr bool kWriterPerLevel = !cvt::kUseTable<SD, DD> || (cvt::kIsFp8<DD> && !cvt::kIsFp8<SD>);
+
+// The converting writer of one dtype pair for head dim kD (0: any) at the CPU's level.
 template <kvp_dtype SD, kvp_dtype DD, int64_t kD>
 RangeFn converting_writer_for(bool stream) {
 #if KVP_CPU_DISPATCH
-  switch (cpu_isa()) {
-    case CpuIsa::avx512:
-      if constexpr (cvt::kVectorAt<CpuIsa::avx512, SD, DD>)
+  if constexpr (kWriterPerLevel<SD, DD>) {
+    switch (cpu_isa()) {
+      case CpuIsa::avx512:
         return stream ? write_converting_avx512<SD, DD, true, kD> : write_converting_avx512<SD, DD, false, kD>;
-      break;
-    case CpuIsa::avx2:
-      if constexpr (cvt::kVectorAt<CpuIsa::avx2, SD, DD>)
+      case CpuIsa::avx2:
         return stream ? write_converting_avx2<SD, DD, true, kD> : write_converting_avx2<SD, DD, false, kD>;
-      break;
-    default: break;
+      default: break;
+    }
   }
 #endif
   // Baseline CPUs (and KVP_CPU_ISA=baseline) share the one for any head dim.
   return stream ? write_converting_baseline<SD, DD, true, 0> : write_converting_baseline<SD, DD, false, 0>;
 }
 
-// Head dims with a writer of their own: the common ones of the vector-converted pairs (f32 to and
-// from 16 bits, f32 and 16 bits to fp8), where the per-head loop is a few instructions and its
-// setup shows.
+// Head dims with a writer of their own, for the pairs with writers per level: the common ones,
+// where the per-head loop is a few instructions and its setup shows.
 template <kvp_dtype SD, kvp_dtype DD>
 RangeFn converting_writer(bool stream, int64_t head_dim) {
   if constexpr (SD == DD) {
     return nullptr;
   } else {
-    if constexpr (cvt::kVectorAt<CpuIsa::avx512, SD, DD>) {
+    if constexpr (kWriterPerLevel<SD, DD>) {
       switch (head_dim) {
         case 64: return converting_writer_for<SD, DD, 64>(stream);
         case 96: return converting_writer_for<SD, DD, 96>(stream);
