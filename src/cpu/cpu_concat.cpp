@@ -267,9 +267,8 @@ RangeFn pick_fixed(int64_t row_bytes, int64_t pad_bytes, bool stream, Width widt
 // alignment only). Streaming batches are memory-bound: there the 256-bit F16C conversion measured
 // 5-8 % faster than the 512-bit one (Intel VM, f32 -> f16 at 1024-4096 tokens), while L2-resident
 // batches gain ~10 % from the 512-bit one (f16 -> f32 streams with its 256-bit kernel too). The
-// pairs that convert without a table at baseline do the same (they always have); the others
-// (to fp8, and those that would be tables at baseline) convert at the writer's own level, where
-// their kernels are the faster.
+// other pairs without a table at baseline do the same (they always have); the conversions to fp8
+// run at the writer's own level, where their kernels are the faster.
 constexpr int64_t kMaxStreamEntry = 4096;
 
 template <class V, kvp_dtype SD, kvp_dtype DD, bool kStream>
