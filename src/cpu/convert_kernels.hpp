@@ -92,10 +92,11 @@ inline typename Bits<DD>::type from_f32(float f) {
     return fp::e5m2_from_f32(f);
 }
 
-// Sources of 8 or 16 bits convert through a table of every source code (256 or 65,536 entries),
-// built once from the same conversion functions (static storage, no allocation; exact by
-// construction); 16-bit -> f32 is a shift or a short sequence, faster than the table. Table
-// lookups gain nothing from wider vectors.
+// In portable code, sources of 8 or 16 bits convert through a table of every source code (256 or
+// 65,536 entries), built once from the same conversion functions (static storage, no allocation;
+// exact by construction); 16-bit -> f32 is a shift or a short sequence, faster than the table.
+// Table lookups gain nothing from wider vectors (compiled for AVX2 / AVX-512 they even become
+// slow gathers), so the levels above baseline replace them with kernels where they can (below).
 template <kvp_dtype SD, kvp_dtype DD>
 constexpr bool kUseTable = SD != DD && (sizeof(typename Bits<SD>::type) == 1 ||
                                         (sizeof(typename Bits<SD>::type) == 2 && DD != KVP_DTYPE_F32));
