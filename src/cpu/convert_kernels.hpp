@@ -22,7 +22,7 @@
 //   quiet NaN), and a hand-written AVX-512 version of it measured 3-5 % slower (docs/benchmarks.md).
 //   AVX512-BF16's vcvtneps2bf16 is not used: it treats subnormal inputs as zero (bf16 keeps them)
 //   and keeps truncated NaN payloads, so fixing its lanes up costs as much as the sequence itself.
-// - f32 / f16 / bf16 -> fp8 e4m3fn / e5m2 (no tables above baseline): at the AVX-512 level the
+// - f32 / f16 / bf16 -> fp8 e4m3fn / e5m2 (no table above baseline): at the AVX-512 level the
 //   16-bit sources in fp8_from_16bit_avx512, the f32 rule on their codes in 16-bit lanes (32 per
 //   vector, AVX512BW), 2.2-2.9x the 64K-entry table lookup; f32 in fp8_from_f32_avx512, the rule
 //   with mask-register selects, 1.5-2.1x the compiler's vectorization of it. At the AVX2 level

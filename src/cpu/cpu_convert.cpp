@@ -26,7 +26,7 @@ void convert_row(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
 #if KVP_CPU_DISPATCH
 // The same rows compiled for AVX2 and for AVX-512 (the arithmetic conversions are branch-free
 // lane-wise integer and f32-add code, so the wider vectors give the same bytes 2-3x faster,
-// docs/benchmarks.md; f32 <-> f16 use F16C; conversions to fp8 have AVX-512 kernels).
+// docs/benchmarks.md; f32 <-> f16 use F16C; fp8 <-> f32 and 16 bits -> fp8 have kernels of their own).
 template <kvp_dtype SD, kvp_dtype DD>
 KVP_TARGET_AVX2 void convert_row_avx2(const uint8_t* src, int64_t stride, uint8_t* dst, int64_t n) {
   cvt::convert_strided<CpuIsa::avx2, SD, DD>(src, stride, dst, n);
@@ -83,8 +83,8 @@ RowFn prepared() {
         break;
       default: break;
     }
-    if constexpr (SD != KVP_DTYPE_F32 && DD != KVP_DTYPE_F32 && !(cvt::kIsFp8<SD> && cvt::kIsFp8<DD>))
-      if (cpu_isa() != CpuIsa::baseline) return convert_row_via_f32<SD, DD>;
+    if constexpr (kUseTable<SD, DD> && !(cvt::kIsFp8<SD> && cvt::kIsFp8<DD>))
+      if (cpu_isa() != CpuIsa::baseline) return convert_row_via_f32<SD, DD>;  // no kernel at this level
 #endif
     if constexpr (kUseTable<SD, DD>) (void)cvt::table<SD, DD>();  // build before the first row
     return convert_row<SD, DD>;  // baseline CPUs, and table lookups (wider vectors do not help them)
