@@ -127,8 +127,11 @@ KVP_API uint32_t KVP_CALL kvp_dtype_bits(kvp_dtype dtype);
  * infinity (NaN for fp8 e4m3fn, which has no infinity); NaN stays NaN with its sign: bf16 gets
  * the canonical quiet NaN 0x7FC0 / 0xFFC0 (as JAX / ml_dtypes), f16 and fp8 e5m2 keep the top
  * payload bits and set the quiet bit (f32 0x7FA00000 gives bf16 0x7FC0, f16 0x7F00), fp8 e4m3fn
- * has one NaN per sign. Widening is exact, NaN payloads included. Elements are read and written as bytes (no alignment needed), little-endian bit
- * patterns as in the cache. Large conversions run on the library's threads (`KVP_NUM_THREADS`).
+ * has one NaN per sign. Widening is exact, NaN payloads included. The bytes do not depend on the
+ * calling thread's floating-point environment: its rounding mode (fesetround) and flush-to-zero /
+ * denormals-are-zero flags change nothing (since 1.5.1). Elements are read and written as bytes
+ * (no alignment needed), little-endian bit patterns as in the cache. Large conversions run on the
+ * library's threads (`KVP_NUM_THREADS`).
  *
  * Use it to read a bf16, f16 or fp8 view as f32, or to prepare keys in the cache's dtype.
  * @code

@@ -50,15 +50,35 @@ KVP_HD inline float f32_from_bits(uint32_t u) {
 #endif
 }
 
+// The code of an f32 magnitude (bits a) below the smallest normal of a format with bias kBias and
+// kManBits mantissa bits: a / 2^(1 - kBias - kManBits) rounded to nearest even. The scaling is an
+// exact f32 product (or 0, with DAZ or FTZ, where the code is 0 anyway), truncated to an integer;
+// rounding up is decided by the exact remainder against 1/2, in integer arithmetic on its bits
+// (compares would become branches, not vector code). So the caller's rounding mode (fesetround,
+// MXCSR.RC) changes nothing. Larger a, which f32_to_small selects away, are first replaced by the
+// smallest normal (a select by mask, again branch-free): the conversion to int stays defined for
+// them, inf and NaN included, and no product is a subnormal (slow on x86).
+template <int kBias, int kManBits>
+KVP_HD inline uint32_t f32_to_small_subnormal(uint32_t a) {
+  constexpr uint32_t kMinNormal = static_cast<uint32_t>(127 + 1 - kBias) << 23;         // 2^(1 - bias)
+  constexpr uint32_t kScale = static_cast<uint32_t>(127 + kBias + kManBits - 1) << 23;  // 2^(bias + M - 1)
+  constexpr uint32_t kHalf = 126u << 23;                                                // 0.5
+  const uint32_t below = static_cast<uint32_t>(static_cast<int32_t>(a - kMinNormal) >> 31);  // a < kMinNormal
+  const float v = f32_from_bits((a & below) | (kMinNormal & ~below)) * f32_from_bits(kScale);
+  const uint32_t t = static_cast<uint32_t>(static_cast<int32_t>(v));
+  const uint32_t rest = f32_bits(v - static_cast<float>(static_cast<int32_t>(t))) & 0x7FFFFFFFu;  // [0, 1): not -0
+  // Up when rest > 1/2, or rest == 1/2 and t is odd: as bit patterns, rest + (t & 1) > 1/2.
+  return t + ((kHalf - (rest + (t & 1u))) >> 31);
+}
+
 // f32 -> a small IEEE-like format with kExpBits exponent bits (bias 2^(e-1) - 1) and kManBits
 // mantissa bits. kFiniteOnly selects the "fn" convention (no infinity, the all-ones pattern is the
 // only NaN and exponent all-ones is otherwise a normal binade), as in fp8 e4m3fn.
 // Branch-free (both paths computed, then selected) so loops over it vectorize:
 // - normal results: rebias the exponent and round the mantissa to nearest-even with integer
 //   arithmetic (a carry moves into the exponent field, which is exactly right);
-// - subnormal / zero results: add 2^(24 - bias - M) in f32, whose ulp is the target's
-//   subnormal unit, so the IEEE addition itself rounds to nearest-even; the difference of the
-//   bit patterns is the code (it reaches the smallest normal code exactly when it should).
+// - subnormal / zero results: f32_to_small_subnormal, integer arithmetic too (it reaches the
+//   smallest normal code exactly when it should).
 template <int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_HD inline uint32_t f32_to_small(float f) {
   constexpr int kBias = (1 << (kExpBits - 1)) - 1;
@@ -69,19 +89,13 @@ KVP_HD inline uint32_t f32_to_small(float f) {
   constexpr uint32_t kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1u)) : (kInf - 1u);
   constexpr uint32_t kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
   constexpr uint32_t kMinNormal = static_cast<uint32_t>(127 + 1 - kBias) << 23;  // 2^(1-bias) as f32 bits
-  constexpr uint32_t kMagic = static_cast<uint32_t>(151 - kBias - kManBits) << 23;  // 2^(24-bias-M)
   const uint32_t x = f32_bits(f);
   const uint32_t sign = (x >> 31) << kSignShift;
   const uint32_t a = x & 0x7FFFFFFFu;
   const uint32_t rebased = a - (static_cast<uint32_t>(127 - kBias) << 23);
   const uint32_t rn = (rebased + ((1u << (kShift - 1)) - 1u) + ((rebased >> kShift) & 1u)) >> kShift;
-#if defined(__CUDA_ARCH__)
-  const uint32_t rs = f32_bits(__fadd_rn(f32_from_bits(a), f32_from_bits(kMagic))) - kMagic;
-#else
-  const uint32_t rs = f32_bits(f32_from_bits(a) + f32_from_bits(kMagic)) - kMagic;
-#endif
-  // Bitwise select: keeps the f32 addition unconditional, so compilers need not assume it might
-  // trap and can vectorize loops over this function.
+  const uint32_t rs = f32_to_small_subnormal<kBias, kManBits>(a);
+  // Bitwise selects: both paths computed, so compilers can vectorize loops over this function.
   const uint32_t sub_mask = 0u - static_cast<uint32_t>(a < kMinNormal);
   uint32_t r = (rs & sub_mask) | (rn & ~sub_mask);
   const uint32_t ovf_mask = 0u - static_cast<uint32_t>(r > kMaxFinite);  // also +-inf (no saturation)
@@ -106,7 +120,8 @@ KVP_HD inline float f32_from_bf16(uint16_t h) { return f32_from_bits(static_cast
 
 // Small format -> f32, exactly, branch-free: shift the exponent/mantissa into place and rebias;
 // the exponent-all-ones binade gets the extra rebias to f32's all-ones (inf/NaN); subnormals are
-// renormalised by an exact f32 subtraction.
+// renormalised by an exact f32 subtraction (its operands and result normal f32s, so DAZ and FTZ
+// change nothing; its sign dropped, as x - x is -0 when the caller rounds down).
 template <int kExpBits, int kManBits>
 KVP_HD inline float small_to_f32(uint32_t c) {
   constexpr int kBias = (1 << (kExpBits - 1)) - 1;
@@ -119,10 +134,11 @@ KVP_HD inline float small_to_f32(uint32_t c) {
   const uint32_t inf_nan = o + (static_cast<uint32_t>(128 - (kBias + 1)) << 23);
   const uint32_t min_normal = static_cast<uint32_t>(127 + 1 - kBias) << 23;  // 2^(1-bias)
 #if defined(__CUDA_ARCH__)
-  const uint32_t sub = f32_bits(__fsub_rn(f32_from_bits(o + (1u << 23)), f32_from_bits(min_normal)));
+  const float diff = __fsub_rn(f32_from_bits(o + (1u << 23)), f32_from_bits(min_normal));
 #else
-  const uint32_t sub = f32_bits(f32_from_bits(o + (1u << 23)) - f32_from_bits(min_normal));
+  const float diff = f32_from_bits(o + (1u << 23)) - f32_from_bits(min_normal);
 #endif
+  const uint32_t sub = f32_bits(diff) & 0x7FFFFFFFu;  // code 0 gives -0 when the caller rounds down
   o = exp == kExpMask ? inf_nan : o;
   const uint32_t sub_mask = 0u - static_cast<uint32_t>(exp == 0);  // bitwise select (see above)
   o = (sub & sub_mask) | (o & ~sub_mask);
@@ -141,10 +157,11 @@ KVP_HD inline float f32_from_e4m3fn(uint8_t b) {
   const uint32_t exp = o & (0xFu << 23);
   o += 120u << 23;
 #if defined(__CUDA_ARCH__)
-  const uint32_t sub = f32_bits(__fsub_rn(f32_from_bits(o + (1u << 23)), f32_from_bits(121u << 23)));
+  const float diff = __fsub_rn(f32_from_bits(o + (1u << 23)), f32_from_bits(121u << 23));
 #else
-  const uint32_t sub = f32_bits(f32_from_bits(o + (1u << 23)) - f32_from_bits(121u << 23));
+  const float diff = f32_from_bits(o + (1u << 23)) - f32_from_bits(121u << 23);
 #endif
+  const uint32_t sub = f32_bits(diff) & 0x7FFFFFFFu;  // as in small_to_f32
   const uint32_t sub_mask = 0u - static_cast<uint32_t>(exp == 0);  // bitwise select (see above)
   o = (sub & sub_mask) | (o & ~sub_mask);
   o = (b & 0x7Fu) == 0x7Fu ? 0x7FC00000u : o;

@@ -24,12 +24,19 @@
 //   and keeps truncated NaN payloads, so fixing its lanes up costs as much as the sequence itself.
 // - f32 / f16 / bf16 -> fp8 e4m3fn / e5m2 (no table above baseline): at the AVX-512 level the
 //   16-bit sources in fp8_from_16bit_avx512, the f32 rule on their codes in 16-bit lanes (32 per
-//   vector, AVX512BW), 2.2-2.9x the 64K-entry table lookup; f32 in fp8_from_f32_avx512, the rule
+//   vector, AVX512BW), 3-4x the 64K-entry table lookup; f32 in fp8_from_f32_avx512, the rule
 //   with mask-register selects, 1.5-2.1x the compiler's vectorization of it. At the AVX2 level
 //   fp8_avx2 widens every source to f32 bits and applies the rule with blends (the compiler's
 //   own vectorization measured slower than the table there). All checked once against the
 //   baseline path on every 16-bit input and all 2^32 f32 inputs, with MXCSR at its default and
 //   with DAZ|FTZ set: the same bytes (docs/benchmarks.md).
+//
+// No conversion depends on the calling thread's floating-point environment: where a kernel
+// rounds with f32 arithmetic, the rounding mode is in the instruction ({rn-sae} at AVX-512,
+// vroundps' immediate at AVX2), and every f32 operation is exact or on normal numbers, so
+// fesetround and DAZ / FTZ change no byte (test_convert checks every 16-bit code and the f32
+// cases under each directed rounding mode; a one-off run of all 2^32 f32 inputs into f16 and
+// both fp8 formats under each, at every level, matched the default-mode bytes).
 // - fp8 -> f32 at the AVX2 and AVX-512 levels: the attention kernels' widening (exponent and
 //   mantissa moved into place, subnormals by one exact fused 2x - 2^(1-bias)), 3-6x the table.
 // - fp8 -> f16 / bf16 and f16 <-> bf16 go through f32 with the conversions above at those levels
@@ -221,8 +228,10 @@ KVP_TARGET_AVX512 inline void f16_to_f32_avx512(const uint8_t* src, uint8_t* dst
 
 // Small formats in 32-bit lanes -> f32, exact (fp_convert.hpp's bytes, NaN payloads included): the
 // exponent and mantissa placed at the f32 position and the bias difference added; for a subnormal
-// that reads 2^(1-bias-1) (1 + m), which one fused 2x - 2^(1-bias) turns into the value (every
-// operand and result a normal f32, so a caller's denormals-are-zero mode changes nothing);
+// that reads 2^(1-bias-1) (1 + m), which one fused 2x - 2^(1-bias) at {rn-sae} turns into the
+// value at AVX-512 (AVX2: m converted to f32 and scaled by a power of two); every operand and
+// result is a normal f32 or exact, so neither DAZ nor the caller's rounding mode changes a bit
+// (a plain 2x - 2^(1-bias) would give -0 for m = 0 when rounding down);
 // all-ones exponents (f16, e5m2: infinity and NaN) and the e4m3fn NaN pattern are patched; the sign
 // is or-ed in. Shared with the attention kernels' widening (cpu_attention.cpp).
 // f16 (or e5m2 shifted into f16) bits in 32-bit lanes -> f32.
@@ -231,8 +240,8 @@ KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_f16_bits512(__m512i h
   const __m512i exp = _mm512_and_si512(o, _mm512_set1_epi32(0x0F800000));
   __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(o, _mm512_set1_epi32(112 << 23)));
   // Subnormal (exponent 0): f holds 2^-15 (1 + m/1024); the value is 2 f - 2^-14.
-  f = _mm512_mask_fmsub_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_setzero_si512()), _mm512_set1_ps(2.0f),
-                           _mm512_set1_ps(0x1p-14f));
+  f = _mm512_mask_fmsub_round_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_setzero_si512()), _mm512_set1_ps(2.0f),
+                                 _mm512_set1_ps(0x1p-14f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(exp, _mm512_set1_epi32(0x0F800000)),
                          _mm512_castsi512_ps(_mm512_or_si512(o, _mm512_set1_epi32(0x7F800000))));
   return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x8000)), 16)));
@@ -243,8 +252,8 @@ KVP_TARGET_AVX512 KVP_ALWAYS_INLINE inline __m512 f32_from_e4m3fn512(__m512i b) 
   const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
   __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
   // Subnormal (magnitude below 8): f holds 2^-7 (1 + m/8); the value is 2 f - 2^-6.
-  f = _mm512_mask_fmsub_ps(f, _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8)), _mm512_set1_ps(2.0f),
-                           _mm512_set1_ps(0x1p-6f));
+  f = _mm512_mask_fmsub_round_ps(f, _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(8)), _mm512_set1_ps(2.0f),
+                                 _mm512_set1_ps(0x1p-6f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)), _mm512_set1_ps(NAN));
   return _mm512_or_ps(f, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24)));
 }
@@ -253,8 +262,9 @@ KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_f16_bits256(__m256i h) 
   const __m256i o = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7FFF)), 13);
   const __m256i exp = _mm256_and_si256(o, _mm256_set1_epi32(0x0F800000));
   __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(o, _mm256_set1_epi32(112 << 23)));
-  // Subnormal (exponent 0): f holds 2^-15 (1 + m/1024); the value is 2 f - 2^-14.
-  const __m256 sub = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-14f));
+  // Subnormal (exponent 0): the value is m 2^-24.
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(h, _mm256_set1_epi32(0x7FFF))),
+                                   _mm256_set1_ps(0x1p-24f));
   f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpeq_epi32(exp, _mm256_setzero_si256())));
   f = _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_or_si256(o, _mm256_set1_epi32(0x7F800000))),
                        _mm256_castsi256_ps(_mm256_cmpeq_epi32(exp, _mm256_set1_epi32(0x0F800000))));
@@ -264,8 +274,8 @@ KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_f16_bits256(__m256i h) 
 KVP_TARGET_AVX2 KVP_ALWAYS_INLINE inline __m256 f32_from_e4m3fn256(__m256i b) {
   const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
   __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
-  // Subnormal (magnitude below 8): f holds 2^-7 (1 + m/8); the value is 2 f - 2^-6.
-  const __m256 sub = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-6f));
+  // Subnormal (magnitude below 8): the value is m 2^-9.
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0x1p-9f));
   f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
   f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
   return _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24)));
@@ -310,13 +320,26 @@ KVP_TARGET_AVX2 inline void f32_from_fp8_avx2(const uint8_t* src, uint8_t* dst, 
   }
 }
 
+// fp8_from_16bit_avx512_lanes' results below the smallest normal: 16-bit source codes (kSrcMan
+// mantissa bits) in the high halves of 32-bit lanes, widened to f32 bits, plus the f32 2^(kMagicExp
+// - 127); the bits the add contributes are the fp8 codes.
+template <int kSrcMan, int kMagicExp>
+KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes(__m512i hi16) {
+  __m512i bits = hi16;
+  if constexpr (kSrcMan != 7) bits = _mm512_srli_epi32(hi16, kSrcMan + 16 - 23);
+  const __m512i magic = _mm512_set1_epi32(kMagicExp << 23);
+  const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(bits), _mm512_castsi512_ps(magic),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_sub_epi32(_mm512_castps_si512(sum), magic);
+}
+
 // 16-bit floats (kSrcExp exponent bits, kSrcMan mantissa bits: bf16 8/7, f16 5/10) to fp8, 32
 // lanes at a time in 16-bit integer arithmetic: fp_convert.hpp's f32_to_small on the source's
 // codes directly (every 16-bit float is an f32 whose low bits are zero, so the rounding
 // increments shrink with them). Results that stay normal are rebiased and rounded to nearest
-// even with one add; results below the smallest normal fp8 take the source significand with its
-// implicit bit, shifted right per lane (vpsrlvw) with the same rounding; larger shifts than the
-// significand has bits give 0, as they should. Overflow gives kOverflow (inf, or NaN for e4m3fn,
+// even with one add; results below the smallest normal fp8 come from fp8_subnormal_codes (an
+// f32 add at {rn-sae} in 32-bit lanes, 1.3-1.5x the per-lane variable shifts it replaced, which
+// cost Zen 4 as much as everything else here). Overflow gives kOverflow (inf, or NaN for e4m3fn,
 // also for inf and NaN inputs there); e5m2 NaNs keep the top payload bits, quiet. Where both
 // formats share the exponent (f16 -> e5m2) the normal rule covers the subnormals too.
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
@@ -335,15 +358,15 @@ KVP_TARGET_AVX512 inline __m512i fp8_from_16bit_avx512_lanes(__m512i x) {
   const __m512i biased = _mm512_add_epi16(a, _mm512_set1_epi16(static_cast<int16_t>((1 << (kShift - 1)) - 1 - kRebias)));
   __m512i r = _mm512_srli_epi16(_mm512_add_epi16(biased, lsb), kShift);
   if constexpr (kRebias != 0) {
-    // Subnormal results: the significand shifted right by s = kSubBase - e, at most kSrcMan + 2.
-    constexpr int kSubBase = kSrcBias + kSrcMan + 1 - kBias - kManBits;
-    const __m512i e = _mm512_srli_epi16(a, kSrcMan);
-    const __m512i sh = _mm512_min_epu16(_mm512_sub_epi16(_mm512_set1_epi16(kSubBase), e), _mm512_set1_epi16(kSrcMan + 2));
-    const __m512i sig = _mm512_ternarylogic_epi32(a, _mm512_set1_epi16((1 << kSrcMan) - 1),
-                                                  _mm512_set1_epi16(1 << kSrcMan), 0xEA);  // (a & m) | i
-    const __m512i half = _mm512_sllv_epi16(one, _mm512_sub_epi16(sh, one));
-    const __m512i slsb = _mm512_and_si512(_mm512_srlv_epi16(sig, sh), one);
-    const __m512i rs = _mm512_srlv_epi16(_mm512_add_epi16(_mm512_add_epi16(sig, half), _mm512_sub_epi16(slsb, one)), sh);
+    // Subnormal results: the source widened to f32 bits (value * 2^(kSrcBias - 127), exact) plus
+    // a magic number whose last mantissa bit is worth one fp8 subnormal step; the f32 add rounds
+    // to nearest even ({rn-sae}: whatever MXCSR says, and no flags), and the bits it adds are the
+    // code, up to 2^kManBits (the smallest normal). DAZ may read a source subnormal as 0: its
+    // code is 0 either way. The unpacks and the pack work within 128-bit lanes and undo each other.
+    constexpr int kMagicExp = 127 + (1 - kBias - kManBits) + (kSrcBias - 127) + 23;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i rs = _mm512_packus_epi32(fp8_subnormal_codes<kSrcMan, kMagicExp>(_mm512_unpacklo_epi16(zero, a)),
+                                           fp8_subnormal_codes<kSrcMan, kMagicExp>(_mm512_unpackhi_epi16(zero, a)));
     constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
     r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(kMinNormal))), rs);
   }
@@ -376,8 +399,9 @@ KVP_TARGET_AVX512 inline __m512i fp8_from_f32_avx512_lanes(__m512i x) {
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, kShift), one);
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
   const __m512i magic = _mm512_set1_epi32(static_cast<int>(kMagic));
-  const __m512i rs = _mm512_sub_epi32(
-      _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(magic))), magic);
+  const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(magic),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // not MXCSR's mode
+  const __m512i rs = _mm512_sub_epi32(_mm512_castps_si512(sum), magic);
   r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(static_cast<int>(kMinNormal))), rs);
   r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, _mm512_set1_epi32(static_cast<int>(kMaxFinite))),
                             _mm512_set1_epi32(static_cast<int>(kOverflow)));
@@ -414,15 +438,20 @@ KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
   constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
   constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
   constexpr int kMinNormal = (127 + 1 - kBias) << 23;
-  constexpr int kMagic = (151 - kBias - kManBits) << 23;
+  constexpr int kStepScale = (127 + kBias + kManBits - 1) << 23;  // 2^(bias + M - 1) as f32 bits
   constexpr uint32_t kRound = (1u << (kShift - 1)) - 1u - (static_cast<uint32_t>(127 - kBias) << 23);
   const __m256i one = _mm256_set1_epi32(1);
   const __m256i a = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFFFFFF));
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(a, kShift), one);
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
-  const __m256i magic = _mm256_set1_epi32(kMagic);
-  const __m256i rs = _mm256_sub_epi32(
-      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(magic))), magic);
+  // Subnormal results: a scaled so that one subnormal step is 1.0 (exact), rounded to nearest
+  // even by vroundps' own mode (AVX2 has no per-instruction rounding for an add), truncated to int.
+  // a is raised to 2^-30 first (code 0 either way): a multiply by an f32 subnormal takes a
+  // microcode assist on Zen 4 (1.8x slower writes of data with a few of them).
+  const __m256i tiny = _mm256_set1_epi32((127 - 30) << 23);
+  const __m256 steps = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_max_epi32(a, tiny)),
+                                     _mm256_castsi256_ps(_mm256_set1_epi32(kStepScale)));
+  const __m256i rs = _mm256_cvttps_epi32(_mm256_round_ps(steps, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi32(_mm256_set1_epi32(kMinNormal), a));
   r = _mm256_blendv_epi8(r, _mm256_set1_epi32(kOverflow), _mm256_cmpgt_epi32(r, _mm256_set1_epi32(kMaxFinite)));
   if constexpr (!kFiniteOnly) {

@@ -4,11 +4,17 @@
  * calls of every short length against one long call (the vector tails); then in-place and
  * threaded conversions, and bad input (status, message, destination unchanged). Run again at each
  * lower instruction-set level by CMake (KVP_CPU_ISA), like the concatenate tests. */
+#include <fenv.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "support.h"
+
+#if defined(__x86_64__) || defined(__SSE__)
+#include <xmmintrin.h>
+#define KVP_TEST_HAVE_MXCSR 1
+#endif
 
 static const kvp_dtype kDtypes[] = {KVP_DTYPE_F32, KVP_DTYPE_F16, KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN,
                                     KVP_DTYPE_F8_E5M2};
@@ -261,6 +267,80 @@ static void test_short_calls_match_one_call(void **state) {
   free(codes);
 }
 
+/* The caller's floating-point environment changes no code: every small source code and the f32
+ * cases again with each directed rounding mode (fesetround; a program may set one), and on x86
+ * with flush-to-zero and denormals-are-zero too (-ffast-math programs and
+ * torch.set_flush_denormal set them). The calls stay under the size kvp_convert hands to its
+ * thread pool, so they run on this thread, in this environment. */
+typedef struct {
+  int rounding;
+#if KVP_TEST_HAVE_MXCSR
+  unsigned int mxcsr;
+#endif
+} fp_env;
+
+static int save_fp_env(void **state) {
+  static fp_env saved;
+  saved.rounding = fegetround();
+#if KVP_TEST_HAVE_MXCSR
+  saved.mxcsr = _mm_getcsr();
+#endif
+  *state = &saved;
+  return 0;
+}
+
+static int restore_fp_env(void **state) {
+  const fp_env *saved = *state;
+  fesetround(saved->rounding);
+#if KVP_TEST_HAVE_MXCSR
+  _mm_setcsr(saved->mxcsr);
+#endif
+  return 0;
+}
+
+/* Every small source code and the f32 cases into every dtype: the bytes with each directed
+ * rounding mode (FTZ | DAZ too with the first) equal those in the default environment, which the
+ * tests above check against the codec (whose double arithmetic needs the default mode itself). */
+static void test_codes_ignore_the_fp_environment(void **state) {
+  static const int kModes[] = {FE_TOWARDZERO, FE_DOWNWARD, FE_UPWARD};
+  enum { kCases = 200000 };
+  uint32_t *codes = malloc(kCases * sizeof *codes);
+  unsigned char *in = malloc(kCases * 4), *want = malloc(kCases * 4), *got = malloc(kCases * 4);
+  assert_true(codes && in && want && got);
+  for (size_t s = 0; s < NUM_DTYPES; ++s) {
+    const kvp_dtype sd = kDtypes[s];
+    const int ss = kvp_test_dtype_size(sd);
+    size_t n = kCases;
+    if (sd == KVP_DTYPE_F32) n = f32_cases(codes, kCases);
+    else
+      for (n = 0; n < ((size_t)1 << (8 * ss)); ++n) codes[n] = (uint32_t)n;
+    for (size_t i = 0; i < n; ++i) kvp_test_store_code(in + i * (size_t)ss, ss, codes[i]);
+    for (size_t d = 0; d < NUM_DTYPES; ++d) {
+      const size_t bytes = n * (size_t)kvp_test_dtype_size(kDtypes[d]);
+      assert_kvp_ok(kvp_convert(in, sd, want, kDtypes[d], n));
+      for (size_t m = 0; m < sizeof kModes / sizeof kModes[0]; ++m) {
+        assert_int_equal(fesetround(kModes[m]), 0);
+#if KVP_TEST_HAVE_MXCSR
+        if (m == 0) _mm_setcsr(_mm_getcsr() | 0x8040u); /* FTZ | DAZ */
+#endif
+        memset(got, 0xA5, bytes);
+        const kvp_status st = kvp_convert(in, sd, got, kDtypes[d], n);
+        restore_fp_env(state);
+        assert_kvp_ok(st);
+        for (size_t i = 0; i < bytes; ++i)
+          if (got[i] != want[i])
+            fail_msg("%s -> %s, rounding mode %zu: byte %zu (source code 0x%x) is 0x%02x, 0x%02x by default",
+                     kvp_dtype_name(sd), kvp_dtype_name(kDtypes[d]), m, i,
+                     codes[i / (size_t)kvp_test_dtype_size(kDtypes[d])], got[i], want[i]);
+      }
+    }
+  }
+  free(codes);
+  free(in);
+  free(want);
+  free(got);
+}
+
 static void test_zero_count_accepts_null(void **state) {
   (void)state;
   assert_kvp_ok(kvp_convert(NULL, KVP_DTYPE_F32, NULL, KVP_DTYPE_BF16, 0));
@@ -298,6 +378,7 @@ int main(void) {
       cmocka_unit_test(test_zero_count_accepts_null),  cmocka_unit_test(test_bad_input_changes_nothing),
       cmocka_unit_test(test_nan_payloads),             cmocka_unit_test(test_fp8_nan_payloads),
       cmocka_unit_test(test_short_calls_match_one_call),
+      cmocka_unit_test_setup_teardown(test_codes_ignore_the_fp_environment, save_fp_env, restore_fp_env),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
