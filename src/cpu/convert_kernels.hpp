@@ -26,8 +26,9 @@
 //   16-bit sources in fp8_from_16bit_avx512, the f32 rule on their codes in 16-bit lanes (32 per
 //   vector, AVX512BW), 3-4x the 64K-entry table lookup; f32 in fp8_from_f32_avx512, the rule
 //   with mask-register selects, 1.5-2.1x the compiler's vectorization of it. At the AVX2 level
-//   fp8_avx2 widens every source to f32 bits and applies the rule with blends (the compiler's
-//   own vectorization measured slower than the table there). All checked once against the
+//   the same two with compares and blends: 16-bit sources in 16-bit lanes (1.2-2.9x the f32
+//   lanes they were widened to before), f32 in f32 lanes (the compiler's own vectorization
+//   measured slower than the table there). All checked once against the
 //   baseline path on every 16-bit input and all 2^32 f32 inputs, with MXCSR at its default and
 //   with DAZ|FTZ set: the same bytes (docs/benchmarks.md).
 //
@@ -427,6 +428,20 @@ KVP_TARGET_AVX512 inline void fp8_from_f32_avx512(const uint8_t* src, uint8_t* d
   }
 }
 
+// Subnormal fp8 codes at the AVX2 level: f32 magnitudes (bits, >= 0) times 2^(kScaleExp - 127),
+// exact, which makes one fp8 subnormal step 1.0; rounded to nearest even by vroundps' immediate
+// (AVX2 has no per-instruction rounding for an add) and truncated to int. f32 subnormals are
+// raised to the smallest normal first (code 0 either way): a multiply by a subnormal takes a
+// microcode assist on Zen 4 (1.8x slower writes of data with a few of them).
+// kShiftRight first moves the bits into place (16-bit codes unpacked into the high halves).
+template <int kScaleExp, int kShiftRight = 0>
+KVP_TARGET_AVX2 inline __m256i fp8_subnormal_codes_avx2(__m256i a) {
+  if constexpr (kShiftRight != 0) a = _mm256_srli_epi32(a, kShiftRight);
+  const __m256 steps = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_max_epi32(a, _mm256_set1_epi32(1 << 23))),
+                                     _mm256_castsi256_ps(_mm256_set1_epi32(kScaleExp << 23)));
+  return _mm256_cvttps_epi32(_mm256_round_ps(steps, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 // The same f32 rule in AVX2's 8 lanes (compares and blends instead of mask registers; a is below
 // 2^31 and the results below 2^12, so signed compares order them as unsigned ones would).
 template <int kExpBits, int kManBits, bool kFiniteOnly>
@@ -438,20 +453,13 @@ KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
   constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
   constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
   constexpr int kMinNormal = (127 + 1 - kBias) << 23;
-  constexpr int kStepScale = (127 + kBias + kManBits - 1) << 23;  // 2^(bias + M - 1) as f32 bits
+  constexpr int kStepScaleExp = 127 + kBias + kManBits - 1;  // 2^(bias + M - 1): one step is 1.0
   constexpr uint32_t kRound = (1u << (kShift - 1)) - 1u - (static_cast<uint32_t>(127 - kBias) << 23);
   const __m256i one = _mm256_set1_epi32(1);
   const __m256i a = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFFFFFF));
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(a, kShift), one);
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
-  // Subnormal results: a scaled so that one subnormal step is 1.0 (exact), rounded to nearest
-  // even by vroundps' own mode (AVX2 has no per-instruction rounding for an add), truncated to int.
-  // a is raised to 2^-30 first (code 0 either way): a multiply by an f32 subnormal takes a
-  // microcode assist on Zen 4 (1.8x slower writes of data with a few of them).
-  const __m256i tiny = _mm256_set1_epi32((127 - 30) << 23);
-  const __m256 steps = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_max_epi32(a, tiny)),
-                                     _mm256_castsi256_ps(_mm256_set1_epi32(kStepScale)));
-  const __m256i rs = _mm256_cvttps_epi32(_mm256_round_ps(steps, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m256i rs = fp8_subnormal_codes_avx2<kStepScaleExp>(a);
   r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi32(_mm256_set1_epi32(kMinNormal), a));
   r = _mm256_blendv_epi8(r, _mm256_set1_epi32(kOverflow), _mm256_cmpgt_epi32(r, _mm256_set1_epi32(kMaxFinite)));
   if constexpr (!kFiniteOnly) {
@@ -462,29 +470,66 @@ KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
   return _mm256_or_si256(r, _mm256_and_si256(_mm256_srli_epi32(x, 24), _mm256_set1_epi32(0x80)));
 }
 
-// Eight source elements as f32 bits (exact: a 16-bit float is an f32 with zero low bits; F16C
-// quiets a signalling f16 NaN, which changes no fp8 NaN).
-template <kvp_dtype SD>
-KVP_TARGET_AVX2 inline __m256i f32_bits_avx2(const uint8_t* src) {
-  if constexpr (SD == KVP_DTYPE_F32)
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-  if constexpr (SD == KVP_DTYPE_F16) return _mm256_castps_si256(_mm256_cvtph_ps(h));
-  return _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+// 16-bit floats to fp8 at the AVX2 level, 16 lanes at a time: fp8_from_16bit_avx512_lanes' rule
+// with compares and blends (every lane holds a value below 2^15, so signed compares order them as
+// unsigned ones would), its subnormal results from fp8_subnormal_codes_avx2 on the codes widened
+// to f32 bits (the unpacks and the pack work within 128-bit lanes and undo each other).
+template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
+KVP_TARGET_AVX2 inline __m256i fp8_from_16bit_avx2_lanes(__m256i x) {
+  constexpr int kSrcBias = (1 << (kSrcExp - 1)) - 1, kBias = (1 << (kExpBits - 1)) - 1;
+  constexpr int kShift = kSrcMan - kManBits;
+  constexpr int kManMask = (1 << kManBits) - 1;
+  constexpr int kInf = ((1 << kExpBits) - 1) << kManBits;
+  constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
+  constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
+  constexpr int kRebias = (kSrcBias - kBias) << kSrcMan;
+  const __m256i one = _mm256_set1_epi16(1);
+  const __m256i a = _mm256_and_si256(x, _mm256_set1_epi16(0x7FFF));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(a, kShift), one);
+  constexpr int kRound = (1 << (kShift - 1)) - 1 - kRebias;  // wraps for a below the range: replaced
+  const __m256i biased = _mm256_add_epi16(a, _mm256_set1_epi16(static_cast<int16_t>(kRound)));
+  __m256i r = _mm256_srli_epi16(_mm256_add_epi16(biased, lsb), kShift);
+  if constexpr (kRebias != 0) {
+    constexpr int kScaleExp = 127 + kBias + kManBits - 1 + 127 - kSrcBias;  // the f32 bits read x 2^(kSrcBias - 127)
+    const __m256i zero = _mm256_setzero_si256();
+    constexpr int kWiden = kSrcMan + 16 - 23;  // the codes sit in the high halves: f16 needs 3 more
+    const __m256i rs = _mm256_packus_epi32(fp8_subnormal_codes_avx2<kScaleExp, kWiden>(_mm256_unpacklo_epi16(zero, a)),
+                                           fp8_subnormal_codes_avx2<kScaleExp, kWiden>(_mm256_unpackhi_epi16(zero, a)));
+    constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
+    r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi16(_mm256_set1_epi16(static_cast<int16_t>(kMinNormal)), a));
+  }
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi16(kOverflow), _mm256_cmpgt_epi16(r, _mm256_set1_epi16(kMaxFinite)));
+  if constexpr (!kFiniteOnly) {
+    constexpr int kSrcInf = ((1 << kSrcExp) - 1) << kSrcMan;
+    const __m256i nan = _mm256_or_si256(_mm256_set1_epi16(kInf | (1 << (kManBits - 1))),
+                                        _mm256_and_si256(_mm256_srli_epi16(a, kShift), _mm256_set1_epi16(kManMask)));
+    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi16(a, _mm256_set1_epi16(static_cast<int16_t>(kSrcInf))));
+  }
+  return _mm256_or_si256(r, _mm256_and_si256(_mm256_srli_epi16(x, 8), _mm256_set1_epi16(0x80)));
 }
 
-// 32 elements of f32, f16 or bf16 to fp8 at the AVX2 level: four vectors of the f32 rule, packed
-// to bytes (the packs work per 128-bit lane, so the dwords of the result come out as 0 2 4 6 1 3
-// 5 7 and one permute puts them in order).
+// 32 elements of f32, f16 or bf16 to fp8 at the AVX2 level: two vectors of 16-bit lanes, or four
+// of the f32 rule, packed to bytes (the packs work per 128-bit lane; one permute puts the result
+// in order).
 template <kvp_dtype SD, int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX2 inline void fp8_avx2_32(const uint8_t* src, uint8_t* dst) {
-  constexpr int64_t kSize = sizeof(typename Bits<SD>::type);
-  __m256i r[4];
-  for (int i = 0; i < 4; ++i)
-    r[i] = fp8_from_f32_avx2_lanes<kExpBits, kManBits, kFiniteOnly>(f32_bits_avx2<SD>(src + 8 * i * kSize));
-  const __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]), _mm256_packus_epi32(r[2], r[3]));
-  const __m256i b = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), b);
+  const auto* in = reinterpret_cast<const __m256i*>(src);
+  __m256i bytes;
+  if constexpr (SD == KVP_DTYPE_F32) {
+    __m256i r[4];
+    for (int i = 0; i < 4; ++i)
+      r[i] = fp8_from_f32_avx2_lanes<kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in + i));
+    const __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]), _mm256_packus_epi32(r[2], r[3]));
+    bytes = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // dwords were 0 2 4 6 1 3 5 7
+  } else {
+    constexpr int kSrcExp = SD == KVP_DTYPE_BF16 ? 8 : 5, kSrcMan = SD == KVP_DTYPE_BF16 ? 7 : 10;
+    const __m256i r0 =
+        fp8_from_16bit_avx2_lanes<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in));
+    const __m256i r1 =
+        fp8_from_16bit_avx2_lanes<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in + 1));
+    bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(r0, r1), 0xD8);  // qwords were 0 2 1 3
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bytes);
 }
 
 // n elements: 32 at a time, the tail through a zero-padded copy.
