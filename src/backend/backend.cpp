@@ -10,6 +10,7 @@ void Backend::set_async_error(kvp_status code, std::string message, bool sticky)
   async_code_ = code;
   async_sticky_ = sticky;
   async_message_ = std::move(message);
+  async_pending_.store(code != KVP_OK, std::memory_order_release);
 }
 
 kvp_status Backend::async_error(std::string* message) {
@@ -27,12 +28,14 @@ bool Backend::clear_async_error() {
     if (async_code_ == KVP_OK) return true;
     async_code_ = KVP_OK;
     async_message_.clear();
+    async_pending_.store(false, std::memory_order_release);
   }
   reset_device_errors();
   return true;
 }
 
 void Backend::check_healthy(const char* function) const {
+  if (!async_pending_.load(std::memory_order_acquire)) return;  // every call's path: no lock
   std::lock_guard<std::mutex> lock(async_mu_);
   if (async_code_ != KVP_OK)
     fail(KVP_ERR_DEVICE_LOST, "%s: the cache has a pending asynchronous error (%s: %s); read it with "

@@ -5,6 +5,7 @@
 // one place that does is make_backend() (backend/devices.cpp).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -103,6 +104,7 @@ class Backend {
 
  private:
   mutable std::mutex async_mu_;
+  std::atomic<bool> async_pending_{false};  // async_code_ != KVP_OK: check_healthy reads it unlocked
   kvp_status async_code_ = KVP_OK;
   bool async_sticky_ = false;
   std::string async_message_;

@@ -63,8 +63,7 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
   cache.check_healthy(fn);
   cache.check_layer(layer, fn);
   const Layout& L = cache.layout();
-  ConcatJob& job = out.job;
-  job = ConcatJob{};
+  ConcatJob& job = out.job;  // every field is set below
   // All H heads, or a shard's own heads (the shape says which; equal counts are the same heads).
   const HeadRange local = tensor_heads(L);
   const bool whole = key.ndim != 3 || key.shape[1] == L.num_kv_heads;
@@ -97,6 +96,8 @@ void prepare_concat(const Cache& cache, int64_t layer, const kvp_tensor& key, co
   job.num_valid_slices = -1;
   job.num_runs = -1;
   job.runs = nullptr;
+  job.total_tokens = 0;
+  job.call_bytes = 0;
   if (job.metadata_on_device) {
     if (m.device_type != cache.device_type())
       fail(KVP_ERR_INVALID_ARGUMENT, "%s: metadata arrays live in CUDA device memory but the cache is on the CPU", fn);

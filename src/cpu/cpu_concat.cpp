@@ -440,12 +440,11 @@ void write_chunk(void* p, int64_t chunk) {
   if (w.stream) fence_nontemporal();  // order the streaming stores before the chunk is reported done
 }
 
-// Largest power of two (up to 64) dividing every value.
+// Largest power of two (up to 64) dividing every value: the lowest bit set in any of them.
 int64_t common_alignment(std::initializer_list<int64_t> values) {
-  int64_t a = 64;
-  for (int64_t v : values)
-    while (a > 1 && v % a != 0) a /= 2;
-  return a;
+  uint64_t bits = 64;
+  for (int64_t v : values) bits |= static_cast<uint64_t>(v);
+  return static_cast<int64_t>(bits & (~bits + 1));
 }
 
 }  // namespace

@@ -33,12 +33,6 @@ HostAllocator::HostAllocator(const kvp_host_allocator* a) noexcept {
   }
 }
 
-HostAllocator HostAllocator::builtin_allocator() noexcept {
-  HostAllocator a(nullptr);
-  a.a_ = kvp_host_allocator{};
-  return a;
-}
-
 void* HostAllocator::allocate(size_t bytes, size_t align) const {
   if (bytes == 0) bytes = 1;
   void* p = nullptr;

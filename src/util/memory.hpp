@@ -30,8 +30,9 @@ class HostAllocator {
   HostAllocator() noexcept;
   // `a` (copied), or the process default when `a` is null.
   explicit HostAllocator(const kvp_host_allocator* a) noexcept;
-  // The built-in allocator, whatever the default: for the library's process-wide infrastructure.
-  static HostAllocator builtin_allocator() noexcept;
+  // The built-in allocator, whatever the default: for the library's process-wide infrastructure
+  // and for the deleter of an empty HostPtr (which frees nothing), without the default's lock.
+  static HostAllocator builtin_allocator() noexcept { return HostAllocator(Builtin{}); }
 
   // Throws error(KVP_ERR_OUT_OF_MEMORY). bytes == 0 allocates 1 byte. align is a power of two.
   void* allocate(size_t bytes, size_t align) const;
@@ -44,6 +45,8 @@ class HostAllocator {
   bool operator!=(const HostAllocator& o) const noexcept { return !(*this == o); }
 
  private:
+  struct Builtin {};
+  explicit HostAllocator(Builtin) noexcept {}
   kvp_host_allocator a_{};
 };
 
@@ -163,7 +166,7 @@ void host_delete(const HostAllocator& a, T* p) noexcept {
 template <class T>
 struct HostDeleter {
   HostAllocator alloc;
-  HostDeleter() noexcept = default;
+  HostDeleter() noexcept : alloc(HostAllocator::builtin_allocator()) {}  // an empty HostPtr's: no lock
   explicit HostDeleter(const HostAllocator& a) noexcept : alloc(a) {}
   template <class U>
   HostDeleter(const HostDeleter<U>& o) noexcept : alloc(o.alloc) {}  // NOLINT: derived -> base
