@@ -321,15 +321,16 @@ KVP_TARGET_AVX2 inline void f32_from_fp8_avx2(const uint8_t* src, uint8_t* dst, 
   }
 }
 
-// fp8_from_16bit_avx512_lanes' results below the smallest normal: 16-bit source codes (kSrcMan
-// mantissa bits) in the high halves of 32-bit lanes, widened to f32 bits, plus the f32 2^(kMagicExp
-// - 127); the bits the add contributes are the fp8 codes.
-template <int kSrcMan, int kMagicExp>
-KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes(__m512i hi16) {
-  __m512i bits = hi16;
-  if constexpr (kSrcMan != 7) bits = _mm512_srli_epi32(hi16, kSrcMan + 16 - 23);
+// Subnormal fp8 codes at the AVX-512 level: f32 magnitudes (bits, >= 0) plus the f32 2^(kMagicExp -
+// 127), whose last mantissa bit is worth one fp8 subnormal step; the add rounds to nearest even at
+// {rn-sae} (whatever MXCSR says, and no flags), and the bits it adds are the code, up to the
+// smallest normal's. DAZ may read an f32 subnormal as 0: its code is 0 either way. kShiftRight
+// first moves the bits into place (16-bit codes unpacked into the high halves).
+template <int kMagicExp, int kShiftRight = 0>
+KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes_avx512(__m512i a) {
+  if constexpr (kShiftRight != 0) a = _mm512_srli_epi32(a, kShiftRight);
   const __m512i magic = _mm512_set1_epi32(kMagicExp << 23);
-  const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(bits), _mm512_castsi512_ps(magic),
+  const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(magic),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm512_sub_epi32(_mm512_castps_si512(sum), magic);
 }
@@ -338,8 +339,8 @@ KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes(__m512i hi16) {
 // lanes at a time in 16-bit integer arithmetic: fp_convert.hpp's f32_to_small on the source's
 // codes directly (every 16-bit float is an f32 whose low bits are zero, so the rounding
 // increments shrink with them). Results that stay normal are rebiased and rounded to nearest
-// even with one add; results below the smallest normal fp8 come from fp8_subnormal_codes (an
-// f32 add at {rn-sae} in 32-bit lanes, 1.3-1.5x the per-lane variable shifts it replaced, which
+// even with one add; results below the smallest normal fp8 come from fp8_subnormal_codes_avx512
+// (an f32 add at {rn-sae} in 32-bit lanes, 1.3-1.5x the per-lane variable shifts it replaced, which
 // cost Zen 4 as much as everything else here). Overflow gives kOverflow (inf, or NaN for e4m3fn,
 // also for inf and NaN inputs there); e5m2 NaNs keep the top payload bits, quiet. Where both
 // formats share the exponent (f16 -> e5m2) the normal rule covers the subnormals too.
@@ -359,15 +360,15 @@ KVP_TARGET_AVX512 inline __m512i fp8_from_16bit_avx512_lanes(__m512i x) {
   const __m512i biased = _mm512_add_epi16(a, _mm512_set1_epi16(static_cast<int16_t>((1 << (kShift - 1)) - 1 - kRebias)));
   __m512i r = _mm512_srli_epi16(_mm512_add_epi16(biased, lsb), kShift);
   if constexpr (kRebias != 0) {
-    // Subnormal results: the source widened to f32 bits (value * 2^(kSrcBias - 127), exact) plus
-    // a magic number whose last mantissa bit is worth one fp8 subnormal step; the f32 add rounds
-    // to nearest even ({rn-sae}: whatever MXCSR says, and no flags), and the bits it adds are the
-    // code, up to 2^kManBits (the smallest normal). DAZ may read a source subnormal as 0: its
-    // code is 0 either way. The unpacks and the pack work within 128-bit lanes and undo each other.
-    constexpr int kMagicExp = 127 + (1 - kBias - kManBits) + (kSrcBias - 127) + 23;
+    // Subnormal results: the codes widened to f32 bits, which read value * 2^(kSrcBias - 127)
+    // (exact), so the magic number carries that factor too. The unpacks and the pack work within
+    // 128-bit lanes and undo each other.
+    constexpr int kMagicExp = 151 - kBias - kManBits + kSrcBias - 127;
+    constexpr int kWiden = kSrcMan + 16 - 23;  // the codes sit in the high halves: f16 needs 3 more
     const __m512i zero = _mm512_setzero_si512();
-    const __m512i rs = _mm512_packus_epi32(fp8_subnormal_codes<kSrcMan, kMagicExp>(_mm512_unpacklo_epi16(zero, a)),
-                                           fp8_subnormal_codes<kSrcMan, kMagicExp>(_mm512_unpackhi_epi16(zero, a)));
+    const __m512i rs =
+        _mm512_packus_epi32(fp8_subnormal_codes_avx512<kMagicExp, kWiden>(_mm512_unpacklo_epi16(zero, a)),
+                            fp8_subnormal_codes_avx512<kMagicExp, kWiden>(_mm512_unpackhi_epi16(zero, a)));
     constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
     r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(kMinNormal))), rs);
   }
@@ -393,16 +394,12 @@ KVP_TARGET_AVX512 inline __m512i fp8_from_f32_avx512_lanes(__m512i x) {
   constexpr uint32_t kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1u)) : (kInf - 1u);
   constexpr uint32_t kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
   constexpr uint32_t kMinNormal = static_cast<uint32_t>(127 + 1 - kBias) << 23;
-  constexpr uint32_t kMagic = static_cast<uint32_t>(151 - kBias - kManBits) << 23;
   constexpr uint32_t kRound = (1u << (kShift - 1)) - 1u - (static_cast<uint32_t>(127 - kBias) << 23);
   const __m512i one = _mm512_set1_epi32(1);
   const __m512i a = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFFFFFF));
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, kShift), one);
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
-  const __m512i magic = _mm512_set1_epi32(static_cast<int>(kMagic));
-  const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(magic),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // not MXCSR's mode
-  const __m512i rs = _mm512_sub_epi32(_mm512_castps_si512(sum), magic);
+  const __m512i rs = fp8_subnormal_codes_avx512<151 - kBias - kManBits>(a);
   r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(static_cast<int>(kMinNormal))), rs);
   r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, _mm512_set1_epi32(static_cast<int>(kMaxFinite))),
                             _mm512_set1_epi32(static_cast<int>(kOverflow)));
