@@ -1,9 +1,10 @@
 /* kvp_convert: every pair of the five float dtypes against the test's own codec (tests/support,
  * double arithmetic, independent of the library): every code of each 8- and 16-bit source, and
  * f32 sources made of specials, boundaries, ties and random bit patterns; NaN payloads bit for bit;
- * calls of every short length against one long call (the vector tails); then in-place and
- * threaded conversions, and bad input (status, message, destination unchanged). Run again at each
- * lower instruction-set level by CMake (KVP_CPU_ISA), like the concatenate tests. */
+ * calls of every short length against one long call (the vector tails); the same bytes under every
+ * directed rounding mode and FTZ | DAZ; then in-place and threaded conversions, and bad input
+ * (status, message, destination unchanged). Run again at each lower instruction-set level by
+ * CMake (KVP_CPU_ISA), like the concatenate tests. */
 #include <fenv.h>
 #include <math.h>
 #include <stdlib.h>
