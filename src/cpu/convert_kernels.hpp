@@ -335,6 +335,28 @@ KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes_avx512(__m512i a) {
   return _mm512_sub_epi32(_mm512_castps_si512(sum), magic);
 }
 
+// The constants of the 16-bit -> fp8 rule (source kSrcExp / kSrcMan bits, fp8 kExpBits / kManBits),
+// shared by its AVX-512 and AVX2 kernels; all values fit 16-bit lanes.
+template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
+struct Fp8From16Bit {
+  static constexpr int kSrcBias = (1 << (kSrcExp - 1)) - 1, kBias = (1 << (kExpBits - 1)) - 1;
+  static constexpr int kShift = kSrcMan - kManBits;
+  static constexpr int kManMask = (1 << kManBits) - 1;
+  static constexpr int kInf = ((1 << kExpBits) - 1) << kManBits;
+  static constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
+  static constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
+  static constexpr int kRebias = (kSrcBias - kBias) << kSrcMan;  // 0: the normal rule covers subnormals
+  static constexpr int kRound = (1 << (kShift - 1)) - 1 - kRebias;  // wraps for codes below the range
+  static constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;  // the smallest normal fp8's code
+  static constexpr int kSrcInf = ((1 << kSrcExp) - 1) << kSrcMan;
+  static constexpr int kNan = kInf | (1 << (kManBits - 1));          // e5m2: or-ed with top payload bits
+  static constexpr int kWiden = kSrcMan + 16 - 23;  // codes in the high halves of 32-bit lanes: f16 needs 3 more
+  // The codes widened to f32 bits read value * 2^(kSrcBias - 127) (exact); the subnormal helpers'
+  // constants carry that factor: the AVX-512 magic number and the AVX2 step scale.
+  static constexpr int kMagicExp = 151 - kBias - kManBits + kSrcBias - 127;
+  static constexpr int kStepScaleExp = 127 + kBias + kManBits - 1 + 127 - kSrcBias;
+};
+
 // 16-bit floats (kSrcExp exponent bits, kSrcMan mantissa bits: bf16 8/7, f16 5/10) to fp8, 32
 // lanes at a time in 16-bit integer arithmetic: fp_convert.hpp's f32_to_small on the source's
 // codes directly (every 16-bit float is an f32 whose low bits are zero, so the rounding
@@ -346,45 +368,36 @@ KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes_avx512(__m512i a) {
 // formats share the exponent (f16 -> e5m2) the normal rule covers the subnormals too.
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX512 inline __m512i fp8_from_16bit_avx512_lanes(__m512i x) {
-  constexpr int kSrcBias = (1 << (kSrcExp - 1)) - 1, kBias = (1 << (kExpBits - 1)) - 1;
-  constexpr int kShift = kSrcMan - kManBits;
-  constexpr int kManMask = (1 << kManBits) - 1;
-  constexpr int kInf = ((1 << kExpBits) - 1) << kManBits;
-  constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
-  constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
-  constexpr int kRebias = (kSrcBias - kBias) << kSrcMan;
+  using C = Fp8From16Bit<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>;
   const __m512i one = _mm512_set1_epi16(1);
   const __m512i a = _mm512_and_si512(x, _mm512_set1_epi16(0x7FFF));
   // Normal results: (a - rebias + half - 1 + lsb) >> shift (lanes below the range wrap; replaced).
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi16(a, kShift), one);
-  const __m512i biased = _mm512_add_epi16(a, _mm512_set1_epi16(static_cast<int16_t>((1 << (kShift - 1)) - 1 - kRebias)));
-  __m512i r = _mm512_srli_epi16(_mm512_add_epi16(biased, lsb), kShift);
-  if constexpr (kRebias != 0) {
-    // Subnormal results: the codes widened to f32 bits, which read value * 2^(kSrcBias - 127)
-    // (exact), so the magic number carries that factor too. The unpacks and the pack work within
-    // 128-bit lanes and undo each other.
-    constexpr int kMagicExp = 151 - kBias - kManBits + kSrcBias - 127;
-    constexpr int kWiden = kSrcMan + 16 - 23;  // the codes sit in the high halves: f16 needs 3 more
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi16(a, C::kShift), one);
+  const __m512i biased = _mm512_add_epi16(a, _mm512_set1_epi16(static_cast<int16_t>(C::kRound)));
+  __m512i r = _mm512_srli_epi16(_mm512_add_epi16(biased, lsb), C::kShift);
+  if constexpr (C::kRebias != 0) {
+    // Subnormal results from the codes widened to f32 bits (the unpacks and the pack work within
+    // 128-bit lanes and undo each other).
     const __m512i zero = _mm512_setzero_si512();
     const __m512i rs =
-        _mm512_packus_epi32(fp8_subnormal_codes_avx512<kMagicExp, kWiden>(_mm512_unpacklo_epi16(zero, a)),
-                            fp8_subnormal_codes_avx512<kMagicExp, kWiden>(_mm512_unpackhi_epi16(zero, a)));
-    constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
-    r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(kMinNormal))), rs);
+        _mm512_packus_epi32(fp8_subnormal_codes_avx512<C::kMagicExp, C::kWiden>(_mm512_unpacklo_epi16(zero, a)),
+                            fp8_subnormal_codes_avx512<C::kMagicExp, C::kWiden>(_mm512_unpackhi_epi16(zero, a)));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(C::kMinNormal))), rs);
   }
-  r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(r, _mm512_set1_epi16(kMaxFinite)), _mm512_set1_epi16(kOverflow));
+  r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(r, _mm512_set1_epi16(C::kMaxFinite)),
+                            _mm512_set1_epi16(C::kOverflow));
   if constexpr (!kFiniteOnly) {
-    constexpr int kSrcInf = ((1 << kSrcExp) - 1) << kSrcMan;
-    const __m512i nan = _mm512_or_si512(_mm512_set1_epi16(kInf | (1 << (kManBits - 1))),
-                                        _mm512_and_si512(_mm512_srli_epi16(a, kShift), _mm512_set1_epi16(kManMask)));
-    r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(kSrcInf))), nan);
+    const __m512i nan = _mm512_or_si512(_mm512_set1_epi16(C::kNan),
+                                        _mm512_and_si512(_mm512_srli_epi16(a, C::kShift), _mm512_set1_epi16(C::kManMask)));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(a, _mm512_set1_epi16(static_cast<int16_t>(C::kSrcInf))), nan);
   }
   // The sign, bit 15 of the source, to bit 7.
   return _mm512_ternarylogic_epi32(r, _mm512_srli_epi16(x, 8), _mm512_set1_epi16(0x80), 0xF8);  // r | (b & c)
 }
 
 // f32 to fp8, 16 lanes at a time: fp_convert.hpp's f32_to_small with mask registers for its
-// selects (the compiler's vectorization of it spends about twice the instructions on them).
+// selects (the compiler's vectorization of it spends about twice the instructions on them) and its
+// subnormal results from fp8_subnormal_codes_avx512 (the same codes, by one add).
 template <int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX512 inline __m512i fp8_from_f32_avx512_lanes(__m512i x) {
   constexpr int kBias = (1 << (kExpBits - 1)) - 1;
@@ -440,7 +453,8 @@ KVP_TARGET_AVX2 inline __m256i fp8_subnormal_codes_avx2(__m256i a) {
 }
 
 // The same f32 rule in AVX2's 8 lanes (compares and blends instead of mask registers; a is below
-// 2^31 and the results below 2^12, so signed compares order them as unsigned ones would).
+// 2^31 and the results below 2^12, so signed compares order them as unsigned ones would), its
+// subnormal results from fp8_subnormal_codes_avx2.
 template <int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
   constexpr int kBias = (1 << (kExpBits - 1)) - 1;
@@ -473,34 +487,24 @@ KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
 // to f32 bits (the unpacks and the pack work within 128-bit lanes and undo each other).
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX2 inline __m256i fp8_from_16bit_avx2_lanes(__m256i x) {
-  constexpr int kSrcBias = (1 << (kSrcExp - 1)) - 1, kBias = (1 << (kExpBits - 1)) - 1;
-  constexpr int kShift = kSrcMan - kManBits;
-  constexpr int kManMask = (1 << kManBits) - 1;
-  constexpr int kInf = ((1 << kExpBits) - 1) << kManBits;
-  constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
-  constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
-  constexpr int kRebias = (kSrcBias - kBias) << kSrcMan;
+  using C = Fp8From16Bit<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>;
   const __m256i one = _mm256_set1_epi16(1);
   const __m256i a = _mm256_and_si256(x, _mm256_set1_epi16(0x7FFF));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(a, kShift), one);
-  constexpr int kRound = (1 << (kShift - 1)) - 1 - kRebias;  // wraps for a below the range: replaced
-  const __m256i biased = _mm256_add_epi16(a, _mm256_set1_epi16(static_cast<int16_t>(kRound)));
-  __m256i r = _mm256_srli_epi16(_mm256_add_epi16(biased, lsb), kShift);
-  if constexpr (kRebias != 0) {
-    constexpr int kScaleExp = 127 + kBias + kManBits - 1 + 127 - kSrcBias;  // the f32 bits read x 2^(kSrcBias - 127)
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(a, C::kShift), one);
+  const __m256i biased = _mm256_add_epi16(a, _mm256_set1_epi16(static_cast<int16_t>(C::kRound)));
+  __m256i r = _mm256_srli_epi16(_mm256_add_epi16(biased, lsb), C::kShift);
+  if constexpr (C::kRebias != 0) {
     const __m256i zero = _mm256_setzero_si256();
-    constexpr int kWiden = kSrcMan + 16 - 23;  // the codes sit in the high halves: f16 needs 3 more
-    const __m256i rs = _mm256_packus_epi32(fp8_subnormal_codes_avx2<kScaleExp, kWiden>(_mm256_unpacklo_epi16(zero, a)),
-                                           fp8_subnormal_codes_avx2<kScaleExp, kWiden>(_mm256_unpackhi_epi16(zero, a)));
-    constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;
-    r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi16(_mm256_set1_epi16(static_cast<int16_t>(kMinNormal)), a));
+    const __m256i rs =
+        _mm256_packus_epi32(fp8_subnormal_codes_avx2<C::kStepScaleExp, C::kWiden>(_mm256_unpacklo_epi16(zero, a)),
+                            fp8_subnormal_codes_avx2<C::kStepScaleExp, C::kWiden>(_mm256_unpackhi_epi16(zero, a)));
+    r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi16(_mm256_set1_epi16(static_cast<int16_t>(C::kMinNormal)), a));
   }
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi16(kOverflow), _mm256_cmpgt_epi16(r, _mm256_set1_epi16(kMaxFinite)));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi16(C::kOverflow), _mm256_cmpgt_epi16(r, _mm256_set1_epi16(C::kMaxFinite)));
   if constexpr (!kFiniteOnly) {
-    constexpr int kSrcInf = ((1 << kSrcExp) - 1) << kSrcMan;
-    const __m256i nan = _mm256_or_si256(_mm256_set1_epi16(kInf | (1 << (kManBits - 1))),
-                                        _mm256_and_si256(_mm256_srli_epi16(a, kShift), _mm256_set1_epi16(kManMask)));
-    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi16(a, _mm256_set1_epi16(static_cast<int16_t>(kSrcInf))));
+    const __m256i nan = _mm256_or_si256(_mm256_set1_epi16(C::kNan),
+                                        _mm256_and_si256(_mm256_srli_epi16(a, C::kShift), _mm256_set1_epi16(C::kManMask)));
+    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi16(a, _mm256_set1_epi16(static_cast<int16_t>(C::kSrcInf))));
   }
   return _mm256_or_si256(r, _mm256_and_si256(_mm256_srli_epi16(x, 8), _mm256_set1_epi16(0x80)));
 }

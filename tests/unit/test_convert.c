@@ -230,6 +230,15 @@ static void test_fp8_nan_payloads(void **state) {
   }
 }
 
+/* The source codes of the tests below: the f32 cases (up to f32_cap) for f32, else every code of
+ * the dtype, repeated to 65536 entries (room the caller gives). Returns the count. */
+static size_t source_codes(kvp_dtype sd, uint32_t *codes, size_t f32_cap) {
+  if (sd == KVP_DTYPE_F32) return f32_cases(codes, f32_cap);
+  const uint32_t mask = (1u << (8 * kvp_test_dtype_size(sd))) - 1u;
+  for (size_t c = 0; c < 65536; ++c) codes[c] = (uint32_t)c & mask;
+  return 65536;
+}
+
 /* Calls of every length from 1 to 40 (every vector body and tail of each instruction-set level)
  * give the bytes of one call over the same input: every 16-bit code and the f32 cases into every
  * dtype, NaN payloads included. */
@@ -241,10 +250,7 @@ static void test_short_calls_match_one_call(void **state) {
   for (size_t s = 0; s < NUM_DTYPES; ++s) {
     const kvp_dtype sd = kDtypes[s];
     const int ss = kvp_test_dtype_size(sd);
-    size_t n = kCases;
-    if (sd == KVP_DTYPE_F32) n = f32_cases(codes, kCases);
-    else
-      for (size_t c = 0; c < n; ++c) codes[c] = (uint32_t)c & ((1u << (8 * ss)) - 1u);
+    const size_t n = source_codes(sd, codes, kCases);
     unsigned char *in = malloc(n * (size_t)ss), *one = malloc(n * 4), *pieces = malloc(n * 4);
     assert_non_null(in);
     assert_non_null(one);
@@ -311,10 +317,7 @@ static void test_codes_ignore_the_fp_environment(void **state) {
   for (size_t s = 0; s < NUM_DTYPES; ++s) {
     const kvp_dtype sd = kDtypes[s];
     const int ss = kvp_test_dtype_size(sd);
-    size_t n = kCases;
-    if (sd == KVP_DTYPE_F32) n = f32_cases(codes, kCases);
-    else
-      for (n = 0; n < ((size_t)1 << (8 * ss)); ++n) codes[n] = (uint32_t)n;
+    const size_t n = source_codes(sd, codes, kCases);
     for (size_t i = 0; i < n; ++i) kvp_test_store_code(in + i * (size_t)ss, ss, codes[i]);
     for (size_t d = 0; d < NUM_DTYPES; ++d) {
       const size_t bytes = n * (size_t)kvp_test_dtype_size(kDtypes[d]);
