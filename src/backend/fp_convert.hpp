@@ -77,8 +77,9 @@ KVP_HD inline uint32_t f32_to_small_subnormal(uint32_t a) {
 // Branch-free (both paths computed, then selected) so loops over it vectorize:
 // - normal results: rebias the exponent and round the mantissa to nearest-even with integer
 //   arithmetic (a carry moves into the exponent field, which is exactly right);
-// - subnormal / zero results: f32_to_small_subnormal, integer arithmetic too (it reaches the
-//   smallest normal code exactly when it should).
+// - subnormal / zero results: f32_to_small_subnormal on the host (it reaches the smallest normal
+//   code exactly when it should); on a CUDA device, where nothing can change the rounding mode, the
+//   same codes by one f32 add.
 template <int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_HD inline uint32_t f32_to_small(float f) {
   constexpr int kBias = (1 << (kExpBits - 1)) - 1;
@@ -94,7 +95,14 @@ KVP_HD inline uint32_t f32_to_small(float f) {
   const uint32_t a = x & 0x7FFFFFFFu;
   const uint32_t rebased = a - (static_cast<uint32_t>(127 - kBias) << 23);
   const uint32_t rn = (rebased + ((1u << (kShift - 1)) - 1u) + ((rebased >> kShift) & 1u)) >> kShift;
+#if defined(__CUDA_ARCH__)
+  // The device has no rounding-mode state: one add of 2^(24 - bias - M), whose ulp is the target's
+  // subnormal unit, rounds to nearest even (the bits it adds are the code), in fewer registers.
+  constexpr uint32_t kMagic = static_cast<uint32_t>(151 - kBias - kManBits) << 23;
+  const uint32_t rs = f32_bits(__fadd_rn(f32_from_bits(a), f32_from_bits(kMagic))) - kMagic;
+#else
   const uint32_t rs = f32_to_small_subnormal<kBias, kManBits>(a);
+#endif
   // Bitwise selects: both paths computed, so compilers can vectorize loops over this function.
   const uint32_t sub_mask = 0u - static_cast<uint32_t>(a < kMinNormal);
   uint32_t r = (rs & sub_mask) | (rn & ~sub_mask);
