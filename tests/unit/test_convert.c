@@ -274,11 +274,8 @@ static void test_short_calls_match_one_call(void **state) {
   free(codes);
 }
 
-/* The caller's floating-point environment changes no code: every small source code and the f32
- * cases again with each directed rounding mode (fesetround; a program may set one), and on x86
- * with flush-to-zero and denormals-are-zero too (-ffast-math programs and
- * torch.set_flush_denormal set them). The calls stay under the size kvp_convert hands to its
- * thread pool, so they run on this thread, in this environment. */
+/* This thread's floating-point environment, saved before and restored after the test that changes
+ * it (cmocka setup / teardown, so a failing check leaves the next tests the default). */
 typedef struct {
   int rounding;
 #if KVP_TEST_HAVE_MXCSR
@@ -305,9 +302,12 @@ static int restore_fp_env(void **state) {
   return 0;
 }
 
-/* Every small source code and the f32 cases into every dtype: the bytes with each directed
- * rounding mode (FTZ | DAZ too with the first) equal those in the default environment, which the
- * tests above check against the codec (whose double arithmetic needs the default mode itself). */
+/* The caller's floating-point environment changes no code: every small source code and the f32
+ * cases into every dtype give, with each directed rounding mode (fesetround; a program may set
+ * one) and on x86 with flush-to-zero and denormals-are-zero too (-ffast-math programs and
+ * torch.set_flush_denormal set them), the bytes of the default environment, which the tests above
+ * check against the codec (whose double arithmetic needs the default mode itself). The calls stay
+ * under the size kvp_convert hands to its thread pool, so they run on this thread. */
 static void test_codes_ignore_the_fp_environment(void **state) {
   static const int kModes[] = {FE_TOWARDZERO, FE_DOWNWARD, FE_UPWARD};
   enum { kCases = 200000 };
