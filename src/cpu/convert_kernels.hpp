@@ -31,6 +31,14 @@
 //   measured slower than the table there). All checked once against the
 //   baseline path on every 16-bit input and all 2^32 f32 inputs, with MXCSR at its default and
 //   with DAZ|FTZ set: the same bytes (docs/benchmarks.md).
+// - fp8 -> f32 at the AVX2 and AVX-512 levels: the attention kernels' widening (exponent and
+//   mantissa moved into place; subnormals by one exact fused 2x - 2^(1-bias) at AVX-512, by the
+//   mantissa converted to f32 and scaled at AVX2), 3-6x the table.
+// - fp8 -> f16 / bf16 and f16 <-> bf16 go through f32 with the conversions above at those levels
+//   (cpu_convert.cpp's row converters: kvp_convert, strided rows), 1.1-6x the tables; baseline
+//   CPUs, fp8 -> fp8 and kvp_concatenate's fused writers for these rare pairs keep tables.
+//   Checked once on every 8- and 16-bit code at both levels, with and without DAZ|FTZ: the
+//   baseline path's bytes.
 //
 // No conversion depends on the calling thread's floating-point environment: where a kernel
 // rounds with f32 arithmetic, the rounding mode is in the instruction ({rn-sae} at AVX-512,
@@ -38,13 +46,6 @@
 // fesetround and DAZ / FTZ change no byte (test_convert checks every 16-bit code and the f32
 // cases under each directed rounding mode; a one-off run of all 2^32 f32 inputs into f16 and
 // both fp8 formats under each, at every level, matched the default-mode bytes).
-// - fp8 -> f32 at the AVX2 and AVX-512 levels: the attention kernels' widening (exponent and
-//   mantissa moved into place, subnormals by one exact fused 2x - 2^(1-bias)), 3-6x the table.
-// - fp8 -> f16 / bf16 and f16 <-> bf16 go through f32 with the conversions above at those levels
-//   (cpu_convert.cpp's row converters: kvp_convert, strided rows), 1.1-6x the tables; baseline
-//   CPUs, fp8 -> fp8 and kvp_concatenate's fused writers for these rare pairs keep tables.
-//   Checked once on every 8- and 16-bit code at both levels, with and without DAZ|FTZ: the
-//   baseline path's bytes.
 #pragma once
 
 #include <cmath>
@@ -70,6 +71,18 @@ template <kvp_dtype D>
 struct Bits {
   using type = std::conditional_t<D == KVP_DTYPE_F32, uint32_t,
                                   std::conditional_t<D == KVP_DTYPE_F16 || D == KVP_DTYPE_BF16, uint16_t, uint8_t>>;
+};
+
+// The float formats' exponent and mantissa bits (fp8: f32_to_small's parameters).
+template <kvp_dtype D>
+struct FloatFormat {
+  static constexpr int kExp = D == KVP_DTYPE_F16 ? 5 : D == KVP_DTYPE_F8_E4M3FN ? 4 : D == KVP_DTYPE_F8_E5M2 ? 5 : 8;
+  static constexpr int kMan = D == KVP_DTYPE_F32        ? 23
+                              : D == KVP_DTYPE_F16      ? 10
+                              : D == KVP_DTYPE_BF16     ? 7
+                              : D == KVP_DTYPE_F8_E4M3FN ? 3
+                                                        : 2;
+  static constexpr bool kFiniteOnly = D == KVP_DTYPE_F8_E4M3FN;
 };
 
 template <kvp_dtype SD>
@@ -335,10 +348,11 @@ KVP_TARGET_AVX512 inline __m512i fp8_subnormal_codes_avx512(__m512i a) {
   return _mm512_sub_epi32(_mm512_castps_si512(sum), magic);
 }
 
-// The constants of the 16-bit -> fp8 rule (source kSrcExp / kSrcMan bits, fp8 kExpBits / kManBits),
-// shared by its AVX-512 and AVX2 kernels; all values fit 16-bit lanes.
+// The constants of fp_convert.hpp's rule from a float format (kSrcExp / kSrcMan bits: f32 8/23,
+// bf16 8/7, f16 5/10) to fp8 (kExpBits / kManBits), in terms of the source's codes, shared by the
+// AVX-512 and AVX2 kernels of both source widths. With 16-bit sources every value fits 16-bit lanes.
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
-struct Fp8From16Bit {
+struct Fp8Rule {
   static constexpr int kSrcBias = (1 << (kSrcExp - 1)) - 1, kBias = (1 << (kExpBits - 1)) - 1;
   static constexpr int kShift = kSrcMan - kManBits;
   static constexpr int kManMask = (1 << kManBits) - 1;
@@ -350,9 +364,10 @@ struct Fp8From16Bit {
   static constexpr int kMinNormal = (kSrcBias - kBias + 1) << kSrcMan;  // the smallest normal fp8's code
   static constexpr int kSrcInf = ((1 << kSrcExp) - 1) << kSrcMan;
   static constexpr int kNan = kInf | (1 << (kManBits - 1));          // e5m2: or-ed with top payload bits
-  static constexpr int kWiden = kSrcMan + 16 - 23;  // codes in the high halves of 32-bit lanes: f16 needs 3 more
-  // The codes widened to f32 bits read value * 2^(kSrcBias - 127) (exact); the subnormal helpers'
-  // constants carry that factor: the AVX-512 magic number and the AVX2 step scale.
+  // 16-bit codes unpacked into the high halves of 32-bit lanes: f16 needs 3 more bits of shift.
+  static constexpr int kWiden = kSrcMan + 16 - 23;
+  // The codes as (or widened to) f32 bits read value * 2^(kSrcBias - 127) (exact); the subnormal
+  // helpers' constants carry that factor: the AVX-512 magic number and the AVX2 step scale.
   static constexpr int kMagicExp = 151 - kBias - kManBits + kSrcBias - 127;
   static constexpr int kStepScaleExp = 127 + kBias + kManBits - 1 + 127 - kSrcBias;
 };
@@ -368,7 +383,7 @@ struct Fp8From16Bit {
 // formats share the exponent (f16 -> e5m2) the normal rule covers the subnormals too.
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX512 inline __m512i fp8_from_16bit_avx512_lanes(__m512i x) {
-  using C = Fp8From16Bit<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>;
+  using C = Fp8Rule<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>;
   const __m512i one = _mm512_set1_epi16(1);
   const __m512i a = _mm512_and_si512(x, _mm512_set1_epi16(0x7FFF));
   // Normal results: (a - rebias + half - 1 + lsb) >> shift (lanes below the range wrap; replaced).
@@ -400,26 +415,19 @@ KVP_TARGET_AVX512 inline __m512i fp8_from_16bit_avx512_lanes(__m512i x) {
 // subnormal results from fp8_subnormal_codes_avx512 (the same codes, by one add).
 template <int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX512 inline __m512i fp8_from_f32_avx512_lanes(__m512i x) {
-  constexpr int kBias = (1 << (kExpBits - 1)) - 1;
-  constexpr int kShift = 23 - kManBits;
-  constexpr uint32_t kManMask = (1u << kManBits) - 1u;
-  constexpr uint32_t kInf = ((1u << kExpBits) - 1u) << kManBits;
-  constexpr uint32_t kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1u)) : (kInf - 1u);
-  constexpr uint32_t kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
-  constexpr uint32_t kMinNormal = static_cast<uint32_t>(127 + 1 - kBias) << 23;
-  constexpr uint32_t kRound = (1u << (kShift - 1)) - 1u - (static_cast<uint32_t>(127 - kBias) << 23);
+  using C = Fp8Rule<8, 23, kExpBits, kManBits, kFiniteOnly>;
   const __m512i one = _mm512_set1_epi32(1);
   const __m512i a = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFFFFFF));
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, kShift), one);
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
-  const __m512i rs = fp8_subnormal_codes_avx512<151 - kBias - kManBits>(a);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(static_cast<int>(kMinNormal))), rs);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, _mm512_set1_epi32(static_cast<int>(kMaxFinite))),
-                            _mm512_set1_epi32(static_cast<int>(kOverflow)));
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, C::kShift), one);
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(C::kRound)), lsb), C::kShift);
+  const __m512i rs = fp8_subnormal_codes_avx512<C::kMagicExp>(a);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(C::kMinNormal)), rs);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, _mm512_set1_epi32(C::kMaxFinite)),
+                            _mm512_set1_epi32(C::kOverflow));
   if constexpr (!kFiniteOnly) {
-    const __m512i nan = _mm512_or_si512(_mm512_set1_epi32(static_cast<int>(kInf | (1u << (kManBits - 1)))),
-                                        _mm512_and_si512(_mm512_srli_epi32(a, kShift), _mm512_set1_epi32(kManMask)));
-    r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), nan);
+    const __m512i nan = _mm512_or_si512(_mm512_set1_epi32(C::kNan),
+                                        _mm512_and_si512(_mm512_srli_epi32(a, C::kShift), _mm512_set1_epi32(C::kManMask)));
+    r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(C::kSrcInf)), nan);
   }
   return _mm512_ternarylogic_epi32(r, _mm512_srli_epi32(x, 24), _mm512_set1_epi32(0x80), 0xF8);  // r | (b & c)
 }
@@ -457,26 +465,18 @@ KVP_TARGET_AVX2 inline __m256i fp8_subnormal_codes_avx2(__m256i a) {
 // subnormal results from fp8_subnormal_codes_avx2.
 template <int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
-  constexpr int kBias = (1 << (kExpBits - 1)) - 1;
-  constexpr int kShift = 23 - kManBits;
-  constexpr int kManMask = (1 << kManBits) - 1;
-  constexpr int kInf = ((1 << kExpBits) - 1) << kManBits;
-  constexpr int kMaxFinite = kFiniteOnly ? (kInf | (kManMask - 1)) : (kInf - 1);
-  constexpr int kOverflow = kFiniteOnly ? (kInf | kManMask) : kInf;
-  constexpr int kMinNormal = (127 + 1 - kBias) << 23;
-  constexpr int kStepScaleExp = 127 + kBias + kManBits - 1;  // 2^(bias + M - 1): one step is 1.0
-  constexpr uint32_t kRound = (1u << (kShift - 1)) - 1u - (static_cast<uint32_t>(127 - kBias) << 23);
+  using C = Fp8Rule<8, 23, kExpBits, kManBits, kFiniteOnly>;
   const __m256i one = _mm256_set1_epi32(1);
   const __m256i a = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFFFFFF));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(a, kShift), one);
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(static_cast<int>(kRound))), lsb), kShift);
-  const __m256i rs = fp8_subnormal_codes_avx2<kStepScaleExp>(a);
-  r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi32(_mm256_set1_epi32(kMinNormal), a));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(kOverflow), _mm256_cmpgt_epi32(r, _mm256_set1_epi32(kMaxFinite)));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(a, C::kShift), one);
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(C::kRound)), lsb), C::kShift);
+  const __m256i rs = fp8_subnormal_codes_avx2<C::kStepScaleExp>(a);
+  r = _mm256_blendv_epi8(r, rs, _mm256_cmpgt_epi32(_mm256_set1_epi32(C::kMinNormal), a));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(C::kOverflow), _mm256_cmpgt_epi32(r, _mm256_set1_epi32(C::kMaxFinite)));
   if constexpr (!kFiniteOnly) {
-    const __m256i nan = _mm256_or_si256(_mm256_set1_epi32(kInf | (1 << (kManBits - 1))),
-                                        _mm256_and_si256(_mm256_srli_epi32(a, kShift), _mm256_set1_epi32(kManMask)));
-    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7F800000)));
+    const __m256i nan = _mm256_or_si256(_mm256_set1_epi32(C::kNan),
+                                        _mm256_and_si256(_mm256_srli_epi32(a, C::kShift), _mm256_set1_epi32(C::kManMask)));
+    r = _mm256_blendv_epi8(r, nan, _mm256_cmpgt_epi32(a, _mm256_set1_epi32(C::kSrcInf)));
   }
   return _mm256_or_si256(r, _mm256_and_si256(_mm256_srli_epi32(x, 24), _mm256_set1_epi32(0x80)));
 }
@@ -487,7 +487,7 @@ KVP_TARGET_AVX2 inline __m256i fp8_from_f32_avx2_lanes(__m256i x) {
 // to f32 bits (the unpacks and the pack work within 128-bit lanes and undo each other).
 template <int kSrcExp, int kSrcMan, int kExpBits, int kManBits, bool kFiniteOnly>
 KVP_TARGET_AVX2 inline __m256i fp8_from_16bit_avx2_lanes(__m256i x) {
-  using C = Fp8From16Bit<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>;
+  using C = Fp8Rule<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>;
   const __m256i one = _mm256_set1_epi16(1);
   const __m256i a = _mm256_and_si256(x, _mm256_set1_epi16(0x7FFF));
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi16(a, C::kShift), one);
@@ -523,11 +523,11 @@ KVP_TARGET_AVX2 inline void fp8_avx2_32(const uint8_t* src, uint8_t* dst) {
     const __m256i w = _mm256_packus_epi16(_mm256_packus_epi32(r[0], r[1]), _mm256_packus_epi32(r[2], r[3]));
     bytes = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // dwords were 0 2 4 6 1 3 5 7
   } else {
-    constexpr int kSrcExp = SD == KVP_DTYPE_BF16 ? 8 : 5, kSrcMan = SD == KVP_DTYPE_BF16 ? 7 : 10;
+    using S = FloatFormat<SD>;
     const __m256i r0 =
-        fp8_from_16bit_avx2_lanes<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in));
+        fp8_from_16bit_avx2_lanes<S::kExp, S::kMan, kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in));
     const __m256i r1 =
-        fp8_from_16bit_avx2_lanes<kSrcExp, kSrcMan, kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in + 1));
+        fp8_from_16bit_avx2_lanes<S::kExp, S::kMan, kExpBits, kManBits, kFiniteOnly>(_mm256_loadu_si256(in + 1));
     bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(r0, r1), 0xD8);  // qwords were 0 2 1 3
   }
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bytes);
@@ -564,25 +564,17 @@ KVP_TARGET_AVX512 inline void fp8_from_16bit_avx512(const uint8_t* src, uint8_t*
   }
 }
 
-// The fp8 formats as f32_to_small's parameters.
-template <kvp_dtype D>
-struct Fp8Format {
-  static constexpr int kExp = D == KVP_DTYPE_F8_E4M3FN ? 4 : 5;
-  static constexpr int kMan = D == KVP_DTYPE_F8_E4M3FN ? 3 : 2;
-  static constexpr bool kFiniteOnly = D == KVP_DTYPE_F8_E4M3FN;
-};
-
 // f32, f16 or bf16 -> fp8 at level I (AVX2 or AVX-512).
 template <CpuIsa I, kvp_dtype SD, kvp_dtype DD>
 KVP_ALWAYS_INLINE inline void to_fp8(const uint8_t* src, uint8_t* dst, int64_t n) {
-  using F = Fp8Format<DD>;
+  using S = FloatFormat<SD>;
+  using F = FloatFormat<DD>;
   if constexpr (I == CpuIsa::avx2)
     fp8_avx2<SD, F::kExp, F::kMan, F::kFiniteOnly>(src, dst, n);
   else if constexpr (SD == KVP_DTYPE_F32)
     fp8_from_f32_avx512<F::kExp, F::kMan, F::kFiniteOnly>(src, dst, n);
   else
-    fp8_from_16bit_avx512<SD == KVP_DTYPE_BF16 ? 8 : 5, SD == KVP_DTYPE_BF16 ? 7 : 10, F::kExp, F::kMan,
-                          F::kFiniteOnly>(src, dst, n);
+    fp8_from_16bit_avx512<S::kExp, S::kMan, F::kExp, F::kMan, F::kFiniteOnly>(src, dst, n);
 }
 #endif
 

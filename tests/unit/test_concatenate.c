@@ -361,13 +361,14 @@ static void test_concatenate__row_writers_every_size_and_source(void **state) {
 
 /* The converting writers (same dtype for key and value, contiguous whole heads) compiled for one
  * head dim each (64 as h64, 96 padded to 128, 128) and the one for any other (80), for every pair
- * converted with vector code (f32 to 16 bits and fp8, 16 bits to f32) and a table pair, with
+ * converted with vector code (f32 to 16 bits and fp8, 16 bits to f32 and fp8) and a table pair, with
  * contiguous, gapped and misaligned sources (the other patterns take the per-head row converter). */
 static void test_concatenate__converting_writers_every_head_dim(void **state) {
   static const kvp_dtype kPairs[][2] = {
       {KVP_DTYPE_F32, KVP_DTYPE_F16},  {KVP_DTYPE_F32, KVP_DTYPE_BF16}, {KVP_DTYPE_F32, KVP_DTYPE_F8_E4M3FN},
       {KVP_DTYPE_F32, KVP_DTYPE_F8_E5M2}, {KVP_DTYPE_F16, KVP_DTYPE_F32}, {KVP_DTYPE_BF16, KVP_DTYPE_F32},
-      {KVP_DTYPE_BF16, KVP_DTYPE_F16},
+      {KVP_DTYPE_BF16, KVP_DTYPE_F8_E4M3FN}, {KVP_DTYPE_BF16, KVP_DTYPE_F8_E5M2}, {KVP_DTYPE_F16, KVP_DTYPE_F8_E4M3FN},
+      {KVP_DTYPE_F16, KVP_DTYPE_F8_E5M2}, {KVP_DTYPE_BF16, KVP_DTYPE_F16},
   };
   static const int64_t kDims[] = {64, 96, 128, 80};
   static const int kPatterns[] = {0, 1, 4};
