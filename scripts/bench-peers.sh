@@ -4,7 +4,7 @@
 # indexing and torch index_copy_ (scripts/bench_peers.py). A benchmark, not a test: it downloads
 # and builds a peer and prints markdown tables.
 #
-#   scripts/bench-peers.sh [args for bench_peers.py: --quick, --shape 8x128, --threads 1,2, --reps 9]
+#   scripts/bench-peers.sh [args for bench_peers.py: --quick, --cold, --shape 8x128, --threads 1,2, --reps 9]
 #
 # The library and the venv (numpy, torch) come from scripts/bench-env.sh (its comments list the
 # environment variables and say which torch PyPI gives). ggml comes from the llama-cpp-python

@@ -27,7 +27,12 @@ counted = K+V input bytes.
 Timing: kvpages, memcpy, stream and ggml are timed in C loops in the harness; numpy and torch in
 Python loops (interpreter overhead included, as Python users see them). Each timing runs a peer
 back to back enough times to take about 0.5 ms; the peers are interleaved (rotated each
-repetition) and the best of --reps repetitions is kept. Threads: KVP_NUM_THREADS for kvpages (read
+repetition) and the best of --reps repetitions is kept. Back to back, a destination that fits the
+L3 is still there at the next call (hot destinations). --cold times what a model step meets
+instead, where the other layers' writes and attention run between two writes of one layer: before
+each timed call the harness reads an eviction buffer (KVP_BENCH_EVICT_MIB, default 64 MiB) and
+then the K and V inputs (as the layer's projection leaves them), and times one call; best of
+--reps. Threads: KVP_NUM_THREADS for kvpages (read
 once per process, so the script re-runs itself per thread count), ggml n_threads, OpenMP threads
 for the copies, torch.set_num_threads; numpy is single-threaded.
 
@@ -36,7 +41,7 @@ the slots are compared with kvpages' (read back through kvp_cache_get_view KEYS 
 f32 inputs (magnitudes 2^-8 .. 2^3) hold exact f16 ties (every 16th value) and values in f16's
 subnormal range (every 1024th), so agreement means the same round-to-nearest-even. A peer that differs is marked '≠' and its first differences are printed.
 
-Usage: bench_peers.py [--quick] [--shape 8x128,1x128] [--threads 1,2] [--reps 9] [--tokens 1,1024]
+Usage: bench_peers.py [--quick] [--cold] [--shape 8x128,1x128] [--threads 1,2] [--reps 9] [--tokens 1,1024]
 """
 import argparse
 import ctypes
@@ -76,6 +81,9 @@ def load_harness():
     lib.kvpb_kvpages_rows.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.kvpb_time.restype = ctypes.c_double
     lib.kvpb_time.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.kvpb_time_cold.restype = ctypes.c_double
+    lib.kvpb_time_cold.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.kvpb_evict.argtypes = [ctypes.c_void_p]
     for name in ("kvpb_error", "kvpb_ggml_version", "kvp_build_info"):
         getattr(lib, name).restype = ctypes.c_char_p
         getattr(lib, name).argtypes = []
@@ -121,8 +129,8 @@ class Case:
     """One write (shape, dtype, tokens, pattern) set up in the harness, with numpy / torch views of
     its input rows and peer caches."""
 
-    def __init__(self, lib, torch, h, d, dt, n, prefill, threads):
-        self.lib, self.torch, self.n, self.prefill = lib, torch, n, prefill
+    def __init__(self, lib, torch, h, d, dt, n, prefill, threads, cold):
+        self.lib, self.torch, self.n, self.prefill, self.cold = lib, torch, n, prefill, cold
         self.name, din, dcache = dt
         self.ptr = lib.kvpb_case_new(h, d, din, dcache, n, int(prefill), threads)
         if not self.ptr:
@@ -175,15 +183,16 @@ class Case:
 
     def c_timer(self, peer):
         def run(inner):
-            t = self.lib.kvpb_time(self.ptr, peer, inner)
+            t = self.lib.kvpb_time_cold(self.ptr, peer) if self.cold else self.lib.kvpb_time(self.ptr, peer, inner)
             if t < 0:
                 raise RuntimeError(self.lib.kvpb_error().decode())
             return t
         return run
 
-    @staticmethod
-    def py_timer(fn):
+    def py_timer(self, fn):
         def run(inner):
+            if self.cold and self.lib.kvpb_evict(self.ptr) != 0:
+                raise RuntimeError(self.lib.kvpb_error().decode())
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()
@@ -233,12 +242,13 @@ def fmt_input(x):
     return "0x%04x" % x if x.dtype == np.uint16 else "%s (%.9g)" % (float(x).hex(), x)
 
 
-def best_times(timers, reps):
-    """Best seconds per call of each timer, interleaved: one sample of each per repetition."""
+def best_times(timers, reps, cold):
+    """Best seconds per call of each timer, interleaved: one sample of each per repetition (of one
+    call when cold)."""
     inner = {}
     for name, run in timers.items():
         run(1)  # warm-up: first touch
-        inner[name] = max(1, min(100000, int(TARGET_S / max(run(1), 1e-9))))
+        inner[name] = 1 if cold else max(1, min(100000, int(TARGET_S / max(run(1), 1e-9))))
     best = dict.fromkeys(timers, float("inf"))
     names = list(timers)
     for r in range(reps):
@@ -285,10 +295,10 @@ def child(args, threads):
         for dt in DTYPES:
             for n in args.tokens:
                 for prefill in ([False, True] if n >= 16 else [False]):
-                    case = Case(lib, torch, h, d, dt, n, prefill, threads)
+                    case = Case(lib, torch, h, d, dt, n, prefill, threads, args.cold)
                     try:
                         bad = case.check()
-                        best = best_times(case.timers(), args.reps)
+                        best = best_times(case.timers(), args.reps, args.cold)
                     finally:
                         case.free()
                     notes += [m for m in bad.values() if m]
@@ -310,6 +320,13 @@ def header(lib, torch_note, args):
     print("- numpy %s; %s" % (np.__version__, torch_note))
     print("- best of %d, peers interleaved; kvpages, memcpy, stream and ggml timed in C loops; numpy and "
           "torch timed from Python (their interpreter overhead counts, as Python users see them)" % args.reps)
+    if args.cold:
+        print("- cold destinations: before each timed call (one call per sample) %s MiB are read to evict the "
+              "caches, then the K and V inputs are read back in, as in a model step where other layers and "
+              "attention run between two writes of a layer" % (os.environ.get("KVP_BENCH_EVICT_MIB") or "64"))
+    else:
+        print("- hot destinations: each sample calls a peer back to back for about 0.5 ms, so a destination "
+              "that fits the L3 stays there between calls (--cold: evicted before each call)")
     print("- GB/s = K+V input bytes / kvpages time; × copy = min(memcpy, stream) time / kvpages time; "
           "× peer = peer time / kvpages time (> 1: kvpages is faster)")
     print("- every peer's rows were compared with kvpages' before timing; ≠ marks a difference "
@@ -334,6 +351,8 @@ def main():
     ap.add_argument("--threads", help="comma list (default 1,2)")
     ap.add_argument("--tokens", help="comma list (default 1,4,...,16384)")
     ap.add_argument("--reps", type=int, help="repetitions, best kept (default 9; --quick 3)")
+    ap.add_argument("--cold", action="store_true",
+                    help="evict the caches before each timed call (one call per sample), as in a model step")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.shapes = parse_list(args.shape) if args.shape else (QUICK["shapes"] if args.quick else list(SHAPES))
@@ -347,7 +366,7 @@ def main():
     sys.stdout.flush()
     for n in threads:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n), "--shape", ",".join(args.shapes),
-               "--tokens", ",".join(map(str, args.tokens)), "--reps", str(args.reps)]
+               "--tokens", ",".join(map(str, args.tokens)), "--reps", str(args.reps)] + (["--cold"] if args.cold else [])
         env = dict(os.environ, KVP_NUM_THREADS=str(n), OMP_NUM_THREADS=str(n))
         if subprocess.run(cmd, env=env, check=False).returncode != 0:
             return 1

@@ -1,8 +1,9 @@
 /* The C side of scripts/bench_peers.py (built and loaded through ctypes by scripts/bench-peers.sh):
  * one KV write of N tokens set up for kvpages (kvp_concatenate into a one-layer paged cache) and
  * for the C peers (memcpy and a streaming copy of the same input bytes; ggml set_rows into
- * llama.cpp-style caches [kv_size, H*D]), and a timer that runs one peer `inner` times in a C
- * loop, so no Python overhead counts for the C peers.
+ * llama.cpp-style caches [kv_size, H*D]), a timer that runs one peer `inner` times in a C loop,
+ * so no Python overhead counts for the C peers, and a timer of one call after the caches were
+ * evicted (cold destinations).
  *
  * Slots: a token written to page p at offset s has slot p * PAGE + s, in kvpages and in the peer
  * caches alike; the peer caches (one for K, one for V, [kv_size, H, D] in the cache dtype) are
@@ -371,6 +372,50 @@ double kvpb_time(kvpb_case *c, int peer, int inner) {
     if (run_once(c, peer) != 0) return -1.0;
   clock_gettime(CLOCK_MONOTONIC, &t1);
   return ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) / inner;
+}
+
+/* Cold destinations (bench_peers.py --cold): what a layer's write meets in a model step, where the
+ * other layers' writes and attention pass between two writes of one layer. kvpb_evict() reads an
+ * eviction buffer (KVP_BENCH_EVICT_MIB, default 64 MiB: twice the 32 MiB L3 of the AMD EPYC this
+ * was written on) so that no cache level keeps any peer's destination, then reads the K and V
+ * inputs back in, as the layer's projection leaves them. Clean lines only: the eviction itself
+ * leaves nothing dirty to write back during the timed call. */
+static volatile uint64_t g_sink;
+
+static size_t evict_bytes(void) {
+  const char *mib = getenv("KVP_BENCH_EVICT_MIB");
+  const long v = mib != NULL ? atol(mib) : 0;
+  return (size_t)(v > 0 ? v : 64) << 20;
+}
+
+static uint64_t read_lines(const void *p, size_t bytes) {
+  const unsigned char *b = (const unsigned char *)p;
+  uint64_t sum = 0;
+  size_t i;
+  for (i = 0; i + 8 <= bytes; i += 64) sum += *(const uint64_t *)(const void *)(b + i);
+  return sum;
+}
+
+int kvpb_evict(kvpb_case *c) {
+  static unsigned char *buf;
+  static size_t bytes;
+  const size_t in_bytes = (size_t)(c->n * c->h * c->d * c->in_size);
+  if (buf == NULL) {
+    bytes = evict_bytes();
+    buf = (unsigned char *)alloc_aligned(bytes);
+    if (buf == NULL) {
+      snprintf(g_error, sizeof g_error, "out of memory (eviction buffer of %zu MiB)", bytes >> 20);
+      return -1;
+    }
+    memset(buf, 1, bytes);
+  }
+  g_sink += read_lines(buf, bytes) + read_lines(c->b.k_in, in_bytes) + read_lines(c->b.v_in, in_bytes);
+  return 0;
+}
+
+/* Seconds of one call of one peer after kvpb_evict(); negative on failure. */
+double kvpb_time_cold(kvpb_case *c, int peer) {
+  return kvpb_evict(c) != 0 ? -1.0 : kvpb_time(c, peer, 1);
 }
 
 /* "ggml <version> (<commit>)" for the header. */
