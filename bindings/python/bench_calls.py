@@ -12,8 +12,9 @@ of the row's dtype (same-dtype copy), heads x 128:
   numpy          key_cache[slot] = key and the same for values, fancy assignment into [slots, H, D]
                  numpy arrays (bf16 as uint16 bits: the same bytes)
 Inputs: numpy f32 / f16, numpy bf16 (ml_dtypes' bfloat16 when installed, and uint16 bits with
-dtype="bf16"), torch f32 / f16 / bf16 CPU tensors (torch is optional), and a torch bf16 tensor
-behind a wrapper that only offers __dlpack__ (the general DLPack path JAX or CuPy inputs take).
+dtype="bf16"), torch f32 / f16 / bf16 CPU tensors (torch is optional), and a numpy f16 array and
+a torch bf16 tensor behind a wrapper that only offers __dlpack__ (the general DLPack path JAX or
+CuPy inputs take).
 Before timing, the cache's stored key row is checked against the input's bytes.
 
 Timing: best of --reps rounds; in each round every column runs --calls calls back to back, the
@@ -120,6 +121,9 @@ def inputs(torch, heads, rng):
         bf = kvpages.Dtype.BF16.numpy()
         rows.append(("numpy bf16 (ml_dtypes)", "bf16", kb.view(bf), vb.view(bf), kb, vb, None))
     rows.append(('numpy bf16 bits, dtype="bf16"', "bf16", kb, vb, kb, vb, "bf16"))
+    k16, v16 = rows[1][2], rows[1][3]
+    if hasattr(k16, "__dlpack__"):  # numpy >= 1.22
+        rows.append(("numpy f16 via __dlpack__ only", "f16", DLPackOnly(k16), DLPackOnly(v16), k16, v16, None))
     if torch is not None:
         for name, td, bits in (("f32", torch.float32, (k32, v32)),
                                ("f16", torch.float16, (k32.astype(np.float16), v32.astype(np.float16))),

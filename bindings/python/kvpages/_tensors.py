@@ -4,12 +4,14 @@ object, passed to the library as ``const kvp_tensor *``), with what keeps its me
 
 Everything in a descriptor but the data pointer follows from the input's layout: the numpy dtype
 (and ``dtype=``) with the shape and strides of an array; the dtype, shape and strides of a torch
-tensor. The first input of a layout goes through the general path (``_array_tensor``, or DLPack
-for torch), which validates it and raises its errors; its descriptor without the data pointer is
-then remembered, and later inputs of that layout only add their data pointer. So a decode step's
-call costs a dictionary lookup per tensor instead of a capsule round trip or a ctypes struct
-filled field by field, and every input is still validated exactly as the general path does:
-a layout is only remembered once that path accepted it, and anything else takes that path."""
+tensor; the device, dtype, shape and strides of a DLTensor. The first input of a layout goes
+through the general path (``_array_tensor``, or DLPack's ``tensor_of_capsule``), which validates
+it and raises its errors; its descriptor without the data pointer is then remembered, and later
+inputs of that layout only add their data pointer. So a decode step's call costs a dictionary
+lookup per tensor (after the capsule round trip a DLPack producer needs) instead of a ctypes
+struct read and filled field by field, and every input is still validated exactly as the general
+path does: a layout is only remembered once that path accepted it, and anything else takes that
+path."""
 from __future__ import annotations
 
 import ctypes
@@ -19,8 +21,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ._ffi import kvp_tensor
-from .dlpack import tensor_from_dlpack, tensor_of_array
+from ._ffi import MAX_DIMS, DLTensor, kvp_tensor
+from .dlpack import capsule_tensor_address, dlpack_capsule, tensor_from_dlpack, tensor_of_array, tensor_of_capsule
 from .errors import KvpagesError, invalid
 from .types import CONVERTIBLE, Device, Dtype, DtypeLike, convert, dtype_of_array
 
@@ -32,6 +34,7 @@ assert struct.calcsize("P") == _HEAD
 #: Validated layouts: key -> the descriptor's bytes after the data pointer. Cleared when full.
 _ARRAY_LAYOUTS: Dict[Any, bytes] = {}
 _TORCH_LAYOUTS: Dict[Any, bytes] = {}
+_DLPACK_LAYOUTS: Dict[Any, bytes] = {}
 _MAX_LAYOUTS = 4096
 
 
@@ -126,6 +129,35 @@ def _torch_descriptor(a: Any, stream: Any) -> Optional[Tuple[bytes, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Other DLPack producers (JAX, CuPy, ...): the DLTensor read as bytes
+
+#: DLTensor: data, device type and id, ndim, dtype code, bits and lanes, shape, strides, byte_offset.
+_dltensor = struct.Struct("@PiiiBBHPPQ")
+assert _dltensor.size == ctypes.sizeof(DLTensor)
+_string_at = ctypes.string_at
+
+
+def _dlpack_descriptor(a: Any, stream: Any) -> Tuple[bytes, Any]:
+    """A DLPack producer's descriptor: the capsule's DLTensor read with one ``string_at`` per
+    field group, its layout (everything but the data address) looked up; a new layout takes the
+    general path."""
+    capsule = dlpack_capsule(a, stream)
+    data, dev, dev_id, ndim, code, bits, lanes, shape, strides, offset = _dltensor.unpack(
+        _string_at(capsule_tensor_address(capsule), _dltensor.size))
+    key = None
+    if 0 < ndim <= MAX_DIMS and shape:
+        key = (dev, dev_id, code, bits, lanes, _string_at(shape, 8 * ndim),
+               _string_at(strides, 8 * ndim) if strides else None)
+        tail = _DLPACK_LAYOUTS.get(key)
+        if tail is not None:
+            return _pack_data((data or 0) + offset) + tail, capsule
+    descriptor = bytes(tensor_of_capsule(capsule))
+    if key is not None:
+        _remember(_DLPACK_LAYOUTS, key, descriptor)
+    return descriptor, capsule
+
+
+# ---------------------------------------------------------------------------------------------
 # Inputs and outputs of a call
 
 def input_descriptor(a: Any, stream: Any, dtype: Optional[DtypeLike] = None) -> Tuple[bytes, Any]:
@@ -142,8 +174,7 @@ def input_descriptor(a: Any, stream: Any, dtype: Optional[DtypeLike] = None) -> 
         if found is not None:
             return found
     if hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__"):
-        t, keep = tensor_from_dlpack(a, stream)
-        return bytes(t), keep
+        return _dlpack_descriptor(a, stream)
     raise invalid("expected a numpy array or a DLPack producer (__dlpack__), got %s" % type(a).__name__, "input")
 
 

@@ -135,16 +135,30 @@ def _wrap(inner: DLManagedTensor, bits: bool) -> Tuple[DLManagedTensor, Any]:
 # ---------------------------------------------------------------------------------------------
 # Inputs: DLPack producers as kvp_tensor
 
-def tensor_from_dlpack(a: Any, stream: Any, int_ok: bool = False) -> Tuple[kvp_tensor, Any]:
-    """A kvp_tensor for a DLPack producer and what keeps its memory alive (the capsule, which the
-    producer's own destructor releases)."""
+def dlpack_capsule(a: Any, stream: Any) -> Any:
+    """The DLPack capsule of a producer (the producer's own destructor releases it), for
+    ``stream`` where its memory is on a CUDA device."""
     dev_type, _ = a.__dlpack_device__()
     if dev_type == DL_CUDA:
         # The consumer's stream: 1 is the legacy default stream, which NULL means to kvpages.
-        capsule = a.__dlpack__(stream=1 if stream is None else stream.value)
-    else:
-        capsule = a.__dlpack__()
-    dl = DLManagedTensor.from_address(_PyCapsule_GetPointer(capsule, _CAPSULE_NAME)).dl_tensor
+        return a.__dlpack__(stream=1 if stream is None else stream.value)
+    return a.__dlpack__()
+
+
+def capsule_tensor_address(capsule: Any) -> int:
+    """The address of the DLManagedTensor (whose first member is the DLTensor) in a capsule."""
+    return _PyCapsule_GetPointer(capsule, _CAPSULE_NAME)
+
+
+def tensor_from_dlpack(a: Any, stream: Any, int_ok: bool = False) -> Tuple[kvp_tensor, Any]:
+    """A kvp_tensor for a DLPack producer and what keeps its memory alive (the capsule)."""
+    capsule = dlpack_capsule(a, stream)
+    return tensor_of_capsule(capsule, int_ok), capsule
+
+
+def tensor_of_capsule(capsule: Any, int_ok: bool = False) -> kvp_tensor:
+    """A kvp_tensor for the DLTensor in a DLPack capsule; raises where kvpages cannot read it."""
+    dl = DLManagedTensor.from_address(capsule_tensor_address(capsule)).dl_tensor
     key = (dl.dtype.code, dl.dtype.bits)
     if int_ok and key == (DL_INT, 32):
         dtype = Dtype.F32  # metadata arrays: only the address and shape are used
@@ -170,7 +184,7 @@ def tensor_from_dlpack(a: Any, stream: Any, int_ok: bool = False) -> Tuple[kvp_t
     else:
         raise invalid("DLPack input on device type %d: expected CPU or CUDA memory" % dl.device.device_type,
                       "DLPack input")
-    return t, capsule
+    return t
 
 
 def tensor_of_array(a: np.ndarray, dtype: Dtype) -> kvp_tensor:

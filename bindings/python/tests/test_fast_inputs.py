@@ -1,10 +1,10 @@
-"""The per-call input path of concatenate (kvpages/_tensors.py): numpy arrays and torch CPU tensors
-are described from their layout, validated once per layout by the general path (numpy's dtype
-rules, DLPack for torch), then only their data pointer is read. Checked here: both paths write
-identical bytes (the first call of a layout takes the general path, the next ones the fast one)
-for contiguous and strided numpy arrays and torch views in f32, f16 and bf16; bad dtypes,
-devices and ranks raise the general path's errors after a layout was remembered, and the cache
-is unchanged; the layout memo stays bounded."""
+"""The per-call input path of concatenate (kvpages/_tensors.py): numpy arrays, torch CPU tensors
+and other DLPack producers are described from their layout, validated once per layout by the
+general path (numpy's dtype rules, DLPack for torch and the rest), then only their data pointer is
+read. Checked here: both paths write identical bytes (the first call of a layout takes the general
+path, the next ones the fast one) for contiguous and strided numpy arrays, torch views and DLPack
+producers in f32, f16 and bf16; bad dtypes, devices and ranks raise the general path's errors
+after a layout was remembered, and the cache is unchanged; the layout memos stay bounded."""
 import ctypes
 import os
 import sys
@@ -162,6 +162,70 @@ def test_the_layout_memo_stays_bounded(monkeypatch):
         md.close()
 
 
+# -- other DLPack producers (JAX, CuPy, ...) -------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_dlpack_producers_write_what_numpy_writes_in_every_layout(dtype, monkeypatch):
+    monkeypatch.setattr(_tensors, "_DLPACK_LAYOUTS", {})
+    from test_kvpages import Bf16Producer
+    key, value = values(dtype, 13), values(dtype, 14)
+    kw = {"dtype": "bf16"} if dtype == "bf16" else {}
+    want = written(dtype, lambda c, md: c.concatenate(1, key, value, md, **kw))
+    assert want[1].any()
+    # numpy exports its strides; the bf16 producer passes NULL strides (compact) and bf16's code.
+    cases = {"compact": (Bf16Producer(key), Bf16Producer(value))} if dtype == "bf16" else \
+        {name: (DLPackOnly(k), DLPackOnly(layouts(value)[name])) for name, k in layouts(key).items()}
+    for name, (k, v) in cases.items():
+        def twice(cache, md):  # the first call remembers the layout, the second uses it
+            cache.concatenate(0, k, v, md)
+            cache.concatenate(1, k, v, md)
+        got = written(dtype, twice)
+        np.testing.assert_array_equal(got[0], want[1], err_msg=name)
+        np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+    # One layout each: compact (and at an offset: the same strides), head-major, every other row.
+    assert len(_tensors._DLPACK_LAYOUTS) == (1 if dtype == "bf16" else 3)
+
+
+def test_bad_dlpack_inputs_raise_after_a_good_layout_and_change_nothing():
+    cfg = make_config("f32")
+    key = values("f32", 15)
+    opencl = opencl_producer(key)
+    with kvpages.Cache(cfg) as cache:
+        md, _ = kvpages.Metadata.build(cfg, REQUESTS)
+        cache.concatenate(1, DLPackOnly(key), DLPackOnly(key), md)
+        cache.concatenate(1, DLPackOnly(key), DLPackOnly(key), md)  # remembered
+        before = cache.read_layer(1)
+        bad = [(key.view(np.int32), "code 0, 32 bits"),
+               (key.astype(np.float64), "code 2, 64 bits"),
+               (key.reshape((T, H, D) + (1,) * 4), "7 dimensions"),
+               (key.reshape(T, H * D), "rank 3"),
+               (key[:, :1], "heads")]
+        for k, message in bad:
+            with pytest.raises(kvpages.InvalidArgument, match=message):
+                cache.concatenate(1, DLPackOnly(k), DLPackOnly(key), md)
+        with pytest.raises(kvpages.InvalidArgument, match="device type 4"):  # same shape, dtype, strides
+            cache.concatenate(1, opencl, DLPackOnly(key), md)
+        np.testing.assert_array_equal(cache.read_layer(1), before)
+        md.close()
+
+
+def test_the_dlpack_layout_memo_stays_bounded(monkeypatch):
+    monkeypatch.setattr(_tensors, "_MAX_LAYOUTS", 3)
+    monkeypatch.setattr(_tensors, "_DLPACK_LAYOUTS", {})
+    cfg = make_config("f16")
+    key = values("f16", 16)
+    with kvpages.Cache(cfg) as cache:
+        md, _ = kvpages.Metadata.build(cfg, REQUESTS)
+        want = None
+        for _ in range(2):
+            for name, k in layouts(key).items():  # four layouts, three places
+                cache.concatenate(1, DLPackOnly(k), DLPackOnly(k), md)
+                assert 1 <= len(_tensors._DLPACK_LAYOUTS) <= 3
+                want = cache.read_layer(1) if want is None else want
+                np.testing.assert_array_equal(cache.read_layer(1), want, err_msg=name)
+        md.close()
+
+
 # -- torch (skipped without it) ------------------------------------------------------------------
 
 def torch_or_skip():
@@ -225,10 +289,23 @@ def test_a_device_the_library_cannot_reach_is_refused_after_a_good_layout():
     layout still goes through DLPack and is refused."""
     cfg = make_config("f32")
     key = values("f32", 12)
+    with kvpages.Cache(cfg) as cache:
+        md, _ = kvpages.Metadata.build(cfg, REQUESTS)
+        cache.concatenate(1, key, key, md)
+        before = cache.read_layer(1)
+        with pytest.raises(kvpages.InvalidArgument, match="device type 4"):
+            cache.concatenate(1, opencl_producer(key), key, md)
+        np.testing.assert_array_equal(cache.read_layer(1), before)
+        md.close()
+
+
+def opencl_producer(a):
+    """A DLPack producer of ``a``'s float32 memory described as OpenCL memory (device type 4), with
+    NULL strides (compact)."""
     managed = kvpages._ffi.DLManagedTensor()
-    shape = (ctypes.c_int64 * 3)(*key.shape)
+    shape = (ctypes.c_int64 * a.ndim)(*a.shape)
     t = managed.dl_tensor
-    t.data, t.device, t.ndim = key.ctypes.data, kvpages._ffi.DLDevice(4, 0), 3
+    t.data, t.device, t.ndim = a.ctypes.data, kvpages._ffi.DLDevice(4, 0), a.ndim
     t.dtype, t.shape, t.strides, t.byte_offset = kvpages._ffi.DLDataType(2, 32, 1), shape, None, 0
 
     class OpenCL:
@@ -239,11 +316,6 @@ def test_a_device_the_library_cannot_reach_is_refused_after_a_good_layout():
             new = ctypes.pythonapi.PyCapsule_New
             new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
             return new(ctypes.addressof(managed), b"dltensor", None)
-    with kvpages.Cache(cfg) as cache:
-        md, _ = kvpages.Metadata.build(cfg, REQUESTS)
-        cache.concatenate(1, key, key, md)
-        before = cache.read_layer(1)
-        with pytest.raises(kvpages.InvalidArgument, match="device type 4"):
-            cache.concatenate(1, OpenCL(), key, md)
-        np.testing.assert_array_equal(cache.read_layer(1), before)
-        md.close()
+    producer = OpenCL()
+    producer.keep = (a, managed, shape)
+    return producer
