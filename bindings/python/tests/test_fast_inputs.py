@@ -145,20 +145,26 @@ def test_bad_numpy_inputs_raise_after_a_good_layout_and_change_nothing():
         md.close()
 
 
-def test_the_layout_memo_stays_bounded(monkeypatch):
+@pytest.mark.parametrize("memo, wrap", [("_ARRAY_LAYOUTS", lambda a: a), ("_DLPACK_LAYOUTS", DLPackOnly)],
+                         ids=["numpy", "dlpack"])
+def test_the_layout_memos_stay_bounded(memo, wrap, monkeypatch):
     monkeypatch.setattr(_tensors, "_MAX_LAYOUTS", 3)
-    monkeypatch.setattr(_tensors, "_ARRAY_LAYOUTS", {})
+    monkeypatch.setattr(_tensors, memo, {})
     cfg = make_config("f32")
     key = values("f32", 8)
+    every_third = np.zeros((3 * T,) + key.shape[1:], key.dtype)
+    every_third[::3] = key
+    cases = dict(layouts(key), every_third_row=every_third[::3])  # four strides (offset: compact's)
     with kvpages.Cache(cfg) as cache:
         md, _ = kvpages.Metadata.build(cfg, REQUESTS)
-        want = None
+        want, sizes = None, []
         for _ in range(2):
-            for name, k in layouts(key).items():  # four layouts, three places
-                cache.concatenate(1, k, k, md)
-                assert 1 <= len(_tensors._ARRAY_LAYOUTS) <= 3
+            for name, k in cases.items():
+                cache.concatenate(1, wrap(k), wrap(k), md)
+                sizes.append(len(getattr(_tensors, memo)))
                 want = cache.read_layer(1) if want is None else want
                 np.testing.assert_array_equal(cache.read_layer(1), want, err_msg=name)
+        assert max(sizes) == 3 and any(b < a for a, b in zip(sizes, sizes[1:]))  # full, then cleared
         md.close()
 
 
@@ -206,23 +212,6 @@ def test_bad_dlpack_inputs_raise_after_a_good_layout_and_change_nothing():
         with pytest.raises(kvpages.InvalidArgument, match="device type 4"):  # same shape, dtype, strides
             cache.concatenate(1, opencl, DLPackOnly(key), md)
         np.testing.assert_array_equal(cache.read_layer(1), before)
-        md.close()
-
-
-def test_the_dlpack_layout_memo_stays_bounded(monkeypatch):
-    monkeypatch.setattr(_tensors, "_MAX_LAYOUTS", 3)
-    monkeypatch.setattr(_tensors, "_DLPACK_LAYOUTS", {})
-    cfg = make_config("f16")
-    key = values("f16", 16)
-    with kvpages.Cache(cfg) as cache:
-        md, _ = kvpages.Metadata.build(cfg, REQUESTS)
-        want = None
-        for _ in range(2):
-            for name, k in layouts(key).items():  # four layouts, three places
-                cache.concatenate(1, DLPackOnly(k), DLPackOnly(k), md)
-                assert 1 <= len(_tensors._DLPACK_LAYOUTS) <= 3
-                want = cache.read_layer(1) if want is None else want
-                np.testing.assert_array_equal(cache.read_layer(1), want, err_msg=name)
         md.close()
 
 
