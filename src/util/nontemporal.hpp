@@ -21,8 +21,13 @@ namespace kvp::detail {
 void copy_nontemporal(void* dst, const void* src, size_t n) noexcept;
 
 // Bytes one thread writes from which non-temporal stores beat ordinary ones for data written
-// once and not read back soon: the size of the core's private (L2) cache, from
-// sysconf(_SC_LEVEL2_CACHE_SIZE), clamped to [2 MiB, 8 MiB] (2 MiB where unknown).
+// once and not read back soon: KVP_STREAM_KIB KiB when the environment sets it (read once; 0:
+// always), else the size of the core's private (L2) cache, from sysconf(_SC_LEVEL2_CACHE_SIZE),
+// clamped to [2 MiB, 8 MiB] (2 MiB where unknown). Which is faster depends on whether the
+// destination is still in the caches, which the library cannot see: a model step's writes (the
+// other layers, their weights and attention in between) find it evicted, and there streaming won
+// from 64 tokens of 8 x 128 up (KVP_STREAM_KIB=0: 1.1-1.6x; docs/benchmarks.md, "cold
+// destinations"), while writes that repeat over the same slots find it in the L3 up to its size.
 // Measured (2-core Xeon VM with AVX-512, L2 2 MiB, a hypervisor-reported 260 MiB L3): a
 // scattered write of 512-byte and 4 KiB rows with 64-byte stores, repeated over the same
 // destination, runs 0.45-0.67x as fast with streaming stores at 1 MiB, and 1.5-2.7x as fast from
