@@ -15,10 +15,10 @@ constexpr long kMaxStreamKib = long(1) << 30;  // 1 TiB: KVP_STREAM_KIB above it
 
 size_t nontemporal_threshold() noexcept {
   static const size_t threshold = [] {
-    const char* env = std::getenv("KVP_STREAM_KIB");
-    if (env != nullptr && *env != 0) {
-      const long kib = std::strtol(env, nullptr, 10);
-      return static_cast<size_t>(std::clamp<long>(kib, 0, kMaxStreamKib)) << 10;
+    if (const char* env = std::getenv("KVP_STREAM_KIB")) {
+      char* end = nullptr;
+      const long kib = std::strtol(env, &end, 10);
+      if (end != env && *end == 0) return static_cast<size_t>(std::clamp<long>(kib, 0, kMaxStreamKib)) << 10;
     }
     long l2 = 0;
 #ifdef _SC_LEVEL2_CACHE_SIZE
