@@ -5,7 +5,6 @@ read. Checked here: both paths write identical bytes (the first call of a layout
 path, the next ones the fast one) for contiguous and strided numpy arrays, torch views and DLPack
 producers in f32, f16 and bf16; bad dtypes, devices and ranks raise the general path's errors
 after a layout was remembered, and the cache is unchanged; the layout memos stay bounded."""
-import ctypes
 import os
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import kvpages  # noqa: E402
 from kvpages import _tensors  # noqa: E402
-from test_kvpages import DLPackOnly  # noqa: E402
+from test_kvpages import DLPackOnly, RawProducer  # noqa: E402
 
 H, D, S = 2, 128, 16
 REQUESTS = [(0, 3, [1]), (5, 1, [2]), (17, 2, [3, 4])]  # 6 rows: a prefill, a decode, a page crossing
@@ -195,7 +194,7 @@ def test_dlpack_producers_write_what_numpy_writes_in_every_layout(dtype, monkeyp
 def test_bad_dlpack_inputs_raise_after_a_good_layout_and_change_nothing():
     cfg = make_config("f32")
     key = values("f32", 15)
-    opencl = opencl_producer(key)
+    opencl = RawProducer(key, 4, 2, 32)  # float32 described as OpenCL memory
     with kvpages.Cache(cfg) as cache:
         md, _ = kvpages.Metadata.build(cfg, REQUESTS)
         cache.concatenate(1, DLPackOnly(key), DLPackOnly(key), md)
@@ -283,28 +282,6 @@ def test_a_device_the_library_cannot_reach_is_refused_after_a_good_layout():
         cache.concatenate(1, key, key, md)
         before = cache.read_layer(1)
         with pytest.raises(kvpages.InvalidArgument, match="device type 4"):
-            cache.concatenate(1, opencl_producer(key), key, md)
+            cache.concatenate(1, RawProducer(key, 4, 2, 32), key, md)  # float32 as OpenCL memory
         np.testing.assert_array_equal(cache.read_layer(1), before)
         md.close()
-
-
-def opencl_producer(a):
-    """A DLPack producer of ``a``'s float32 memory described as OpenCL memory (device type 4), with
-    NULL strides (compact)."""
-    managed = kvpages._ffi.DLManagedTensor()
-    shape = (ctypes.c_int64 * a.ndim)(*a.shape)
-    t = managed.dl_tensor
-    t.data, t.device, t.ndim = a.ctypes.data, kvpages._ffi.DLDevice(4, 0), a.ndim
-    t.dtype, t.shape, t.strides, t.byte_offset = kvpages._ffi.DLDataType(2, 32, 1), shape, None, 0
-
-    class OpenCL:
-        def __dlpack_device__(self):
-            return (4, 0)
-
-        def __dlpack__(self, **kw):
-            new = ctypes.pythonapi.PyCapsule_New
-            new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-            return new(ctypes.addressof(managed), b"dltensor", None)
-    producer = OpenCL()
-    producer.keep = (a, managed, shape)
-    return producer

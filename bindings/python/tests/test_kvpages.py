@@ -184,30 +184,36 @@ class DLPackOnly:
         return self.a.__dlpack__(**kw)
 
 
-class Bf16Producer:
-    """A minimal DLPack producer of bfloat16 (numpy has no bfloat16): the bit patterns in a
-    uint16 array, described as kDLBfloat 16 with compact strides."""
+class RawProducer:
+    """A minimal DLPack producer that describes an array's bytes as it is told: DLPack device type
+    ``device`` and dtype ``(code, bits)``, compact (NULL strides). For what numpy cannot export."""
 
-    def __init__(self, bits):
-        self.bits = np.ascontiguousarray(bits, dtype=np.uint16)
-        self.shape = (ctypes.c_int64 * self.bits.ndim)(*self.bits.shape)
+    def __init__(self, a, device, code, bits):
+        self.a = np.ascontiguousarray(a)
+        self.device = device
+        self.shape = (ctypes.c_int64 * self.a.ndim)(*self.a.shape)
         self.managed = kvpages._ffi.DLManagedTensor()
         t = self.managed.dl_tensor
-        t.data = self.bits.ctypes.data
-        t.device = kvpages._ffi.DLDevice(1, 0)
-        t.ndim = self.bits.ndim
-        t.dtype = kvpages._ffi.DLDataType(4, 16, 1)
+        t.data = self.a.ctypes.data
+        t.device = kvpages._ffi.DLDevice(device, 0)
+        t.ndim = self.a.ndim
+        t.dtype = kvpages._ffi.DLDataType(code, bits, 1)
         t.shape = self.shape
         t.strides = None
         t.byte_offset = 0
 
     def __dlpack_device__(self):
-        return (1, 0)
+        return (self.device, 0)
 
     def __dlpack__(self, **kw):
         new = ctypes.pythonapi.PyCapsule_New
         new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
         return new(ctypes.addressof(self.managed), b"dltensor", None)
+
+
+def Bf16Producer(bits):  # noqa: N802 (used like the class it was)
+    """bfloat16 (numpy has none): the bit patterns of a uint16 array, as CPU kDLBfloat 16."""
+    return RawProducer(np.asarray(bits, dtype=np.uint16), 1, 4, 16)
 
 
 def test_concatenate_takes_dlpack_producers():
