@@ -78,6 +78,8 @@ struct ConcatRun {
 //   skips, silently, the tokens whose page is outside [page_begin, page_begin + num_pages).
 // - layout.padding_rows(): v3 rows of query length 0 write nothing (on the device, one with a
 //   context_len other than 0 is flagged as the host check does).
+// Not zero-initialised: core/concat.cpp's prepare_concat sets every field on every call (a new
+// field must be set there too).
 struct ConcatJob {
   uint8_t* dst;   // the layer buffer (device pointer for a CUDA cache)
   Layout layout;
