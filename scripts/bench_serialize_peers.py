@@ -13,12 +13,21 @@ tofile+fsync' the file); with KVP_SERIALIZE_FLAG_NO_SYNC (atomic rename, no fsyn
 the plain 'safetensors save_file' and 'numpy tofile'. The file loads read files that are in the
 page cache.
 
+Cache state. By default every in-memory operation first reads its own input (the cache's pages,
+the tensors, the blob it loads), so each one starts with its input as warm as the L3 allows and
+none inherits a cold input from the operation before it (kvp_serialize streams its blob past the
+caches, so the blob kvpages loads next would otherwise come from memory while the peers' inputs
+come from the L3); a destination that a peer allocates and frees in a loop is then still in the L3
+at the next call (hot). --cold instead reads an eviction buffer (KVP_BENCH_EVICT_MIB, default 64
+MiB) before each timed operation, so no input or destination is in any CPU cache: a load of a blob
+that came from the network or a file a while ago. Files stay in the page cache in both modes.
+
 Each thread count (--threads, KVP_NUM_THREADS of the library, read once per process) runs in a
 child process of this script. Needs numpy, xxhash and safetensors (pip install safetensors xxhash)
 and the library: KVPAGES_LIBRARY=/path/to/libkvpages.so.1 (or an installed wheel).
 
     PYTHONPATH=bindings/python KVPAGES_LIBRARY=build/libkvpages.so.1 \\
-        python scripts/bench_serialize_peers.py [--quick] [--reps N] [--mib A,B] [--threads 1,2]
+        python scripts/bench_serialize_peers.py [--quick] [--cold] [--reps N] [--mib A,B] [--threads 1,2]
 """
 from __future__ import annotations
 
@@ -118,13 +127,20 @@ class Kvp:
         return n.value
 
 
+def evict_bytes() -> int:
+    mib = os.environ.get("KVP_BENCH_EVICT_MIB", "64")
+    if not mib.isdigit() or int(mib) == 0:
+        raise SystemExit(f"KVP_BENCH_EVICT_MIB={mib!r}: a positive whole number of MiB")
+    return int(mib) << 20
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def measure(mib: float, reps: int, tmpdir: str) -> dict:
+def measure(mib: float, reps: int, tmpdir: str, cold: bool) -> dict:
     import safetensors.numpy as stn
     import xxhash
 
@@ -279,11 +295,22 @@ def measure(mib: float, reps: int, tmpdir: str) -> dict:
         "kvp deserialize_into_from_file": kvp_into_file,
         "numpy readinto (existing array)": np_readinto,
     }
+    inputs = {  # what each in-memory operation reads (hot mode reads it first)
+        "kvp serialize (memory)": lambda: layers,
+        "numpy copy + xxh3": lambda: [data],
+        "safetensors save": lambda: list(tensors.values()),
+        "kvp deserialize_new (memory)": lambda: [blob],
+        "numpy new copy + xxh3": lambda: [copy_dst],
+        "safetensors load": lambda: [peer_out["st"]],
+    }
+    evict = np.ones(evict_bytes(), dtype=np.uint8) if cold else None
     best = {name: float("inf") for name in ops}
     for _ in range(reps):
         for name, fn in ops.items():  # interleaved: every op sees the same machine load
             if name == "safetensors load":
                 st_save()
+            for buf in [evict] if cold else inputs.get(name, lambda: [])():
+                xxhash.xxh3_64_intdigest(buf)  # a read of every byte
             t = timed(fn)
             best[name] = min(best[name], t)
             destroy_made()
@@ -314,14 +341,17 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions, best kept (default 7, --quick 3)")
     ap.add_argument("--mib", default=None, help="cache sizes in MiB, comma-separated (default 256,8; --quick 64,4)")
     ap.add_argument("--threads", default="1,2", help="KVP_NUM_THREADS values, comma-separated (default 1,2)")
+    ap.add_argument("--cold", action="store_true",
+                    help="evict the CPU caches before each timed operation (default: read its input first)")
     ap.add_argument("--dir", default=REPO, help="where the temporary directory goes (default: the repository)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     reps = a.reps or (3 if a.quick else 7)
     sizes = [float(x) for x in (a.mib or ("64,4" if a.quick else "256,8")).split(",")]
+    evict_mib = evict_bytes() >> 20 if a.cold else 0  # a bad KVP_BENCH_EVICT_MIB stops here, not in a child
 
     if a.child:
-        out = [measure(mib, reps, a.child) for mib in sizes]
+        out = [measure(mib, reps, a.child, a.cold) for mib in sizes]
         print(json.dumps(out))
         return 0
 
@@ -331,7 +361,7 @@ def main() -> int:
         for t in [int(x) for x in a.threads.split(",")]:
             env = dict(os.environ, KVP_NUM_THREADS=str(t))
             cmd = [sys.executable, os.path.abspath(__file__), "--child", tmpdir, "--reps", str(reps),
-                   "--mib", ",".join(str(s) for s in sizes)]
+                   "--mib", ",".join(str(s) for s in sizes)] + (["--cold"] if a.cold else [])
             p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, check=True, text=True)
             results[t] = json.loads(p.stdout.strip().splitlines()[-1])
     finally:
@@ -346,7 +376,9 @@ def main() -> int:
           f"{LAYERS} layers x {HEADS} KV heads x {HEAD_DIM}, bf16, {PAGE}-token pages. Ratio = peer time / kvpages "
           f"time (> 1: kvpages faster). kvpages' file save is atomic (fsync + rename + directory fsync; NO_SYNC: "
           f"rename only) and is compared with peers that sync as much; the file loads read a file in the page "
-          f"cache.\n")
+          f"cache. " + (f"Cold: {evict_mib} MiB read before each timed operation, so no input or "
+          "destination is in a CPU cache." if a.cold else "Hot: each in-memory operation reads its input "
+          "first; destinations a peer frees and allocates again stay in the L3 between calls.") + "\n")
     print("| threads | MiB | kvpages operation | kvpages GB/s | peer | peer GB/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for t, per_size in results.items():
