@@ -323,7 +323,7 @@ def header(lib, torch_note, args):
     if args.cold:
         print("- cold destinations: before each timed call (one call per sample) %s MiB are read to evict the "
               "caches, then the K and V inputs are read back in, as in a model step where other layers and "
-              "attention run between two writes of a layer" % (os.environ.get("KVP_BENCH_EVICT_MIB") or "64"))
+              "attention run between two writes of a layer" % evict_mib())
     else:
         print("- hot destinations: each sample calls a peer back to back for about 0.5 ms, so a destination "
               "that fits the L3 stays there between calls (--cold: evicted before each call)")
@@ -338,6 +338,15 @@ def header(lib, torch_note, args):
           "the streaming copy uses the widest non-temporal store of -march=native)")
     print("- 32x96: kvpages stores 128-lane rows (padding written too), the peers 96-lane rows; "
           "8x64: kvpages' h64 layout, [K|V] in one 128-lane row")
+
+
+def evict_mib() -> int:
+    """KVP_BENCH_EVICT_MIB (default 64), checked: the MiB that --cold reads before each timed call
+    (also used by bench_serialize_peers.py)."""
+    mib = os.environ.get("KVP_BENCH_EVICT_MIB", "64")
+    if not mib.isdigit() or int(mib) == 0:
+        raise SystemExit(f"KVP_BENCH_EVICT_MIB={mib!r}: a positive whole number of MiB")
+    return int(mib)
 
 
 def parse_list(s, conv=str):
@@ -362,6 +371,8 @@ def main():
         child(args, args.child)
         return 0
     threads = parse_list(args.threads, int) if args.threads else (QUICK["threads"] if args.quick else [1, 2])
+    if args.cold:
+        evict_mib()  # a bad KVP_BENCH_EVICT_MIB stops here, not in the harness (which would read 64)
     header(load_harness(), load_torch()[1], args)
     sys.stdout.flush()
     for n in threads:

@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from bench_peers import evict_mib  # this directory is on sys.path when the script runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS, HEADS, HEAD_DIM, PAGE = 8, 8, 128, 16  # bf16, v3: 64 KiB per page and layer
 
@@ -125,13 +127,6 @@ class Kvp:
         n = ctypes.c_size_t()
         self.ok(self.lib.kvp_serialized_size(h, None, ctypes.byref(n)), "serialized_size")
         return n.value
-
-
-def evict_bytes() -> int:
-    mib = os.environ.get("KVP_BENCH_EVICT_MIB", "64")
-    if not mib.isdigit() or int(mib) == 0:
-        raise SystemExit(f"KVP_BENCH_EVICT_MIB={mib!r}: a positive whole number of MiB")
-    return int(mib) << 20
 
 
 def timed(fn) -> float:
@@ -303,7 +298,7 @@ def measure(mib: float, reps: int, tmpdir: str, cold: bool) -> dict:
         "numpy new copy + xxh3": lambda: [copy_dst],
         "safetensors load": lambda: [peer_out["st"]],
     }
-    evict = np.ones(evict_bytes(), dtype=np.uint8) if cold else None
+    evict = np.ones(evict_mib() << 20, dtype=np.uint8) if cold else None
     best = {name: float("inf") for name in ops}
     for _ in range(reps):
         for name, fn in ops.items():  # interleaved: every op sees the same machine load
@@ -348,7 +343,7 @@ def main() -> int:
     a = ap.parse_args()
     reps = a.reps or (3 if a.quick else 7)
     sizes = [float(x) for x in (a.mib or ("64,4" if a.quick else "256,8")).split(",")]
-    evict_mib = evict_bytes() >> 20 if a.cold else 0  # a bad KVP_BENCH_EVICT_MIB stops here, not in a child
+    cold_mib = evict_mib() if a.cold else 0  # a bad KVP_BENCH_EVICT_MIB stops here, not in a child
 
     if a.child:
         out = [measure(mib, reps, a.child, a.cold) for mib in sizes]
@@ -376,7 +371,7 @@ def main() -> int:
           f"{LAYERS} layers x {HEADS} KV heads x {HEAD_DIM}, bf16, {PAGE}-token pages. Ratio = peer time / kvpages "
           f"time (> 1: kvpages faster). kvpages' file save is atomic (fsync + rename + directory fsync; NO_SYNC: "
           f"rename only) and is compared with peers that sync as much; the file loads read a file in the page "
-          f"cache. " + (f"Cold: {evict_mib} MiB read before each timed operation, so no input or "
+          f"cache. " + (f"Cold: {cold_mib} MiB read before each timed operation, so no input or "
           "destination is in a CPU cache." if a.cold else "Hot: each in-memory operation reads its input "
           "first; destinations a peer frees and allocates again stay in the L3 between calls.") + "\n")
     print("| threads | MiB | kvpages operation | kvpages GB/s | peer | peer GB/s | ratio |")
