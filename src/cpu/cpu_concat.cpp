@@ -10,6 +10,7 @@
 // stores through a converted entry in L1); strided or mixed-dtype sources go through
 // row_converter head by head.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <initializer_list>
 #include <type_traits>
@@ -440,11 +441,70 @@ void write_chunk(void* p, int64_t chunk) {
   if (w.stream) fence_nontemporal();  // order the streaming stores before the chunk is reported done
 }
 
+// The write split over `threads` threads in chunks of ~256 KiB (at least 4 per thread), so a
+// slow helper holds up little work.
+void write_parallel(const Ctx& c, RangeFn fn, bool stream, int threads, const HostAllocator& alloc) {
+  const ConcatJob& j = *c.job;
+  HostVector<int64_t> starts(static_cast<size_t>(j.num_runs), 0, alloc);
+  int64_t acc = 0;
+  for (int64_t r = 0; r < j.num_runs; ++r) {
+    starts[static_cast<size_t>(r)] = acc;
+    acc += j.runs[r].len;
+  }
+  const int64_t chunk_tokens = std::max<int64_t>(
+      1, std::min<int64_t>((int64_t(256) << 10) / c.token_bytes + 1, j.total_tokens / (4 * static_cast<int64_t>(threads))));
+  ParallelWrite w{&c, fn, starts.data(), chunk_tokens, stream};
+  ThreadPool::instance().run((j.total_tokens + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
+}
+
 // Largest power of two (up to 64) dividing every value: the lowest bit set in any of them.
 int64_t common_alignment(std::initializer_list<int64_t> values) {
   uint64_t bits = 64;
   for (int64_t v : values) bits |= static_cast<uint64_t>(v);
   return static_cast<int64_t>(bits & (~bits + 1));
+}
+
+// Whether a write's destination is in the CPU caches, which decides between ordinary and
+// streaming stores for writes between the two sizes of util/nontemporal.hpp. A model step's write
+// (after the other layers' writes, their weights and attention, onto new slots) finds it in
+// memory; a loop that writes the same slots again finds it cached. Two ways to tell: the write
+// repeats this thread's previous one, which ended less than kRepeatWindow ago (from its second write
+// on such a loop keeps its rows cached, even after a first write that streamed them out), or the
+// memory says so (lines_cached on one line of kProbeRows rows spread over the write). A wrong
+// answer costs time, never bytes.
+constexpr int kProbeRows = 4;
+constexpr std::chrono::microseconds kRepeatWindow{100};
+
+struct WriteKey {
+  const uint8_t* dst;
+  int64_t first_slot, last_slot, num_runs, total_tokens;
+  bool operator==(const WriteKey& o) const {
+    return dst == o.dst && first_slot == o.first_slot && last_slot == o.last_slot && num_runs == o.num_runs &&
+           total_tokens == o.total_tokens;
+  }
+};
+
+thread_local WriteKey t_last_write{};
+thread_local std::chrono::steady_clock::time_point t_last_write_end{};
+
+WriteKey write_key(const ConcatJob& j) {
+  return {j.dst, j.runs[0].dst_slot, j.runs[j.num_runs - 1].dst_slot, j.num_runs, j.total_tokens};
+}
+
+bool destination_cached(const Ctx& c, const WriteKey& key) {
+  if (key == t_last_write && std::chrono::steady_clock::now() - t_last_write_end < kRepeatWindow) return true;
+  const ConcatJob& j = *c.job;
+  const uint8_t* lines[kProbeRows];
+  for (int i = 0; i < kProbeRows; ++i) {
+    const ConcatRun& run = j.runs[j.num_runs * i / kProbeRows];
+    lines[i] = j.dst + (run.dst_slot + run.len * i / kProbeRows) * c.token_bytes;
+  }
+  return lines_cached(lines, kProbeRows);
+}
+
+void remember_write(const WriteKey& key) {
+  t_last_write = key;
+  t_last_write_end = std::chrono::steady_clock::now();
 }
 
 }  // namespace
@@ -507,13 +567,18 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
                           : 1;
 
   // Contiguous rows: the fixed-size writer at the machine's width (same dtype, a table size) or
-  // the converting writer. Streaming stores once each thread writes more than its share of the
-  // caches holds (util/nontemporal.hpp), and only on destinations aligned to the store width.
+  // the converting writer. Streaming stores from the bytes per thread util/nontemporal.hpp gives
+  // for a destination in or out of the caches (destination_cached), and only on destinations
+  // aligned to the store width.
   RangeFn fn = write_converted;
   bool stream = false;
   // A group's shards are written one after the other: what the call writes in all decides.
-  const int64_t call_bytes = std::max(bytes, job.call_bytes);
-  const bool want_stream = KVP_HAVE_NONTEMPORAL && static_cast<size_t>(call_bytes / threads) >= nontemporal_threshold();
+  const auto per_thread_bytes = static_cast<size_t>(std::max(bytes, job.call_bytes) / threads);
+  // Only writes between the two thresholds depend on where the destination is (and pay to ask).
+  const bool asked = per_thread_bytes >= nontemporal_threshold(false) && per_thread_bytes < nontemporal_threshold(true);
+  const WriteKey key = asked ? write_key(job) : WriteKey{};
+  const bool cached = asked && destination_cached(c, key);
+  const bool want_stream = KVP_HAVE_NONTEMPORAL && per_thread_bytes >= nontemporal_threshold(cached);
   const int64_t align = common_alignment({static_cast<int64_t>(reinterpret_cast<uintptr_t>(job.dst)), c.token_bytes,
                                           c.head_step, c.val_off0, c.entry_bytes});
   const bool contiguous = job.key.stride_d == 1 && job.value.stride_d == 1;
@@ -539,19 +604,10 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   if (threads <= 1) {
     fn(c, 0, 0, total);
     if (stream) fence_nontemporal();
-    return;
+  } else {
+    write_parallel(c, fn, stream, threads, alloc);
   }
-  HostVector<int64_t> starts(static_cast<size_t>(job.num_runs), 0, alloc);
-  int64_t acc = 0;
-  for (int64_t r = 0; r < job.num_runs; ++r) {
-    starts[static_cast<size_t>(r)] = acc;
-    acc += job.runs[r].len;
-  }
-  // Chunks of ~256 KiB (at least 4 per thread) so a slow helper holds up little work.
-  const int64_t chunk_tokens = std::max<int64_t>(
-      1, std::min<int64_t>((int64_t(256) << 10) / c.token_bytes + 1, total / (4 * static_cast<int64_t>(threads))));
-  ParallelWrite w{&c, fn, starts.data(), chunk_tokens, stream};
-  pool.run((total + chunk_tokens - 1) / chunk_tokens, threads - 1, write_chunk, &w);
+  if (asked) remember_write(key);
 }
 
 }  // namespace kvp::detail

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -13,13 +14,16 @@ namespace {
 constexpr long kMaxStreamKib = long(1) << 30;  // 1 TiB: KVP_STREAM_KIB above it is clamped to it
 }  // namespace
 
-size_t nontemporal_threshold() noexcept {
-  static const size_t threshold = [] {
+size_t nontemporal_threshold(bool cached) noexcept {
+  static const long env_kib = [] {
     if (const char* env = std::getenv("KVP_STREAM_KIB")) {
       char* end = nullptr;
       const long kib = std::strtol(env, &end, 10);
-      if (end != env && *end == 0) return static_cast<size_t>(std::clamp<long>(kib, 0, kMaxStreamKib)) << 10;
+      if (end != env && *end == 0) return std::clamp<long>(kib, 0, kMaxStreamKib);
     }
+    return long(-1);
+  }();
+  static const size_t cached_threshold = [] {
     long l2 = 0;
 #ifdef _SC_LEVEL2_CACHE_SIZE
     l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -27,7 +31,24 @@ size_t nontemporal_threshold() noexcept {
     if (l2 <= 0) return size_t(2) << 20;
     return std::clamp(static_cast<size_t>(l2), size_t(2) << 20, size_t(8) << 20);
   }();
-  return threshold;
+  if (env_kib >= 0) return static_cast<size_t>(env_kib) << 10;
+  return cached ? cached_threshold : size_t(128) << 10;
+}
+
+bool lines_cached(const unsigned char* const* lines, int n) noexcept {
+  // Each load's address depends on the value before it (through a zero the compiler cannot see),
+  // so the loads cannot overlap and the time is the sum of their latencies.
+  using Clock = std::chrono::steady_clock;
+  constexpr std::chrono::nanoseconds kCachedPerLine{100};  // the clock read included
+  static volatile uint64_t zero = 0;
+  const uint64_t z = zero;
+  uint64_t dep = 0;
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    dep = *reinterpret_cast<const volatile unsigned char*>(lines[i] + (dep & z));
+    if (Clock::now() - t0 > kCachedPerLine * (i + 1)) return false;
+  }
+  return true;
 }
 
 void copy_nontemporal(void* dst, const void* src, size_t n) noexcept {
