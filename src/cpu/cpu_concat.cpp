@@ -557,12 +557,14 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
 
   const int64_t total = job.total_tokens;
   const int64_t bytes = total * c.token_bytes;
-  // Threads pay off from 256 KiB each where the helpers of back-to-back calls are still awake
-  // (util/thread_pool.hpp), from 1 MiB where each call wakes them (measured with bench_step);
+  // Threads pay off from 256 KiB each where a helper is still awake after the previous job
+  // (util/thread_pool.hpp), from 1 MiB where the call must wake it (measured with bench_step; and
+  // cold 1 MiB writes whose helper slept: 61-68 us on two threads, 45-47 us on one);
   // single-token and small calls stay on the calling thread (no wake-ups, no allocation).
   ThreadPool& pool = ThreadPool::instance();
-  const int64_t per_thread = pool.helpers_stay_awake() ? int64_t(256) << 10 : int64_t(1) << 20;
-  const int threads = total >= 64 && bytes >= 2 * per_thread
+  const bool splittable = total >= 64 && bytes >= int64_t(512) << 10;
+  const int64_t per_thread = splittable && pool.helpers_awake() ? int64_t(256) << 10 : int64_t(1) << 20;
+  const int threads = splittable && bytes >= 2 * per_thread
                           ? static_cast<int>(std::min<int64_t>(pool.max_threads(), bytes / per_thread))
                           : 1;
 

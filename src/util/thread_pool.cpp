@@ -36,6 +36,10 @@ inline void cpu_relax() noexcept {
 // process may still call in while static destructors run at exit. Unloading the library releases
 // the storage; shutdown() has joined the helpers by then.
 alignas(ThreadPool) unsigned char g_storage[sizeof(ThreadPool)];
+
+int64_t steady_ns(std::chrono::steady_clock::time_point t) noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
 std::atomic<ThreadPool*> g_pool{nullptr};
 
 }  // namespace
@@ -131,14 +135,19 @@ void* ThreadPool::helper_main(void* self) noexcept {
 
 // Returns once a job newer than `seen` is posted, or after spin_ns_ (the caller then sleeps on the
 // condition variable, which stop_helpers() also wakes).
-void ThreadPool::watch_for_job(uint64_t seen) const noexcept {
+void ThreadPool::watch_for_job(uint64_t seen) noexcept {
   if (spin_ns_ <= 0) return;
   const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
+  watching_until_ns_.store(steady_ns(until), std::memory_order_relaxed);
   for (unsigned i = 1;; ++i) {
     if (s_.posted.load(std::memory_order_acquire) != seen) return;
     cpu_relax();
     if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) return;
   }
+}
+
+bool ThreadPool::helpers_awake() const noexcept {
+  return steady_ns(std::chrono::steady_clock::now()) < watching_until_ns_.load(std::memory_order_relaxed);
 }
 
 void ThreadPool::loop() {

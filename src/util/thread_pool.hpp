@@ -45,9 +45,9 @@ class ThreadPool {
   static ThreadPool& instance();
   // Threads a job may use, the caller included (>= 1).
   int max_threads() const noexcept { return threads_total_; }
-  // Whether a helper watches for the next job before it sleeps (KVP_SPIN_US > 0): back-to-back
-  // jobs then find it awake, so smaller jobs are worth splitting.
-  bool helpers_stay_awake() const noexcept { return spin_ns_ > 0; }
+  // Whether a helper is watching for the next job now (for KVP_SPIN_US after its last one): a job
+  // posted now starts without a wake-up, so smaller jobs are worth splitting.
+  bool helpers_awake() const noexcept;
   // Runs fn(arg, i) for every i in [0, n); returns when all are done.
   void run(int64_t n, int helpers, ChunkFn fn, void* arg);
 
@@ -75,11 +75,12 @@ class ThreadPool {
   void stop_helpers();  // run_mu_ held
   static void* helper_main(void* self) noexcept;
   void loop();
-  void watch_for_job(uint64_t seen) const noexcept;
+  void watch_for_job(uint64_t seen) noexcept;
   static void work(Job& j);
 
   int threads_total_ = 1;
   int64_t spin_ns_ = 0;  // how long a helper watches for the next job before sleeping
+  std::atomic<int64_t> watching_until_ns_{0};  // steady clock: when the last helper to watch stops
   std::mutex run_mu_;  // one job at a time; concurrent callers run inline
   // Guarded by run_mu_:
   bool started_ = false;  // helper creation was tried (it is never retried)
