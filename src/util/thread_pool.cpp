@@ -36,11 +36,11 @@ inline void cpu_relax() noexcept {
 // process may still call in while static destructors run at exit. Unloading the library releases
 // the storage; shutdown() has joined the helpers by then.
 alignas(ThreadPool) unsigned char g_storage[sizeof(ThreadPool)];
+std::atomic<ThreadPool*> g_pool{nullptr};
 
 int64_t steady_ns(std::chrono::steady_clock::time_point t) noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
-std::atomic<ThreadPool*> g_pool{nullptr};
 
 }  // namespace
 
@@ -203,6 +203,7 @@ void ThreadPool::after_fork_in_child() noexcept {
   new (&p->s_) Shared();
   p->started_ = false;
   p->num_helpers_ = 0;
+  p->watching_until_ns_.store(0, std::memory_order_relaxed);
 }
 
 }  // namespace kvp::detail
