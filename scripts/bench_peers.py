@@ -26,7 +26,8 @@ counted = K+V input bytes.
 
 Timing: kvpages, memcpy, stream and ggml are timed in C loops in the harness; numpy and torch in
 Python loops (interpreter overhead included, as Python users see them). Each timing runs a peer
-back to back enough times to take about 0.5 ms; the peers are interleaved (rotated each
+back to back enough times to take about 0.5 ms (the count from the fastest of three single calls
+after a warm-up call); the peers are interleaved (rotated each
 repetition) and the best of --reps repetitions is kept. Back to back, a destination that fits the
 L3 is still there at the next call (hot destinations). --cold times what a model step meets
 instead, where the other layers' writes and attention run between two writes of one layer: before
@@ -248,7 +249,10 @@ def best_times(timers, reps, cold):
     inner = {}
     for name, run in timers.items():
         run(1)  # warm-up: first touch
-        inner[name] = 1 if cold else max(1, min(100000, int(TARGET_S / max(run(1), 1e-9))))
+        # Calls per sample from the fastest of three single calls: the first calls after the
+        # warm-up may still be settling (caches, pages, a library's own choices), and one slow call
+        # would shorten every sample of that peer to a few calls.
+        inner[name] = 1 if cold else max(1, min(100000, int(TARGET_S / max(min(run(1) for _ in range(3)), 1e-9))))
     best = dict.fromkeys(timers, float("inf"))
     names = list(timers)
     for r in range(reps):
