@@ -49,7 +49,8 @@ size_t nontemporal_threshold(bool cached) noexcept;
 // one 10-30 ns; measured on a 2-vCPU AMD EPYC (Zen 4) VM, 2026-12-07: 4 KiB rows of a 1 MiB
 // write just made, 8 lines in 70-280 ns; the same after reading 64 MiB, 2.1-5.1 us. Stops at the
 // first line that shows the answer is no, so a cold destination costs about one miss (which the
-// write would have paid).
+// write would have paid). Where reading the clock alone takes 100 ns or more (a clock source the
+// vDSO cannot read), the answer is always no.
 bool lines_cached(const unsigned char* const* lines, int n) noexcept;
 
 // Orders the non-temporal stores before later stores (and before other threads see a flag).
