@@ -563,9 +563,9 @@ void cpu_concatenate(const ConcatJob& job, const HostAllocator& alloc) {
   // single-token and small calls stay on the calling thread (no wake-ups, no allocation).
   ThreadPool& pool = ThreadPool::instance();
   const bool splittable = total >= 64 && bytes >= int64_t(512) << 10;
-  const int64_t per_thread = splittable && pool.helpers_awake() ? int64_t(256) << 10 : int64_t(1) << 20;
-  const int threads = splittable && bytes >= 2 * per_thread
-                          ? static_cast<int>(std::min<int64_t>(pool.max_threads(), bytes / per_thread))
+  const int64_t share = splittable && pool.helpers_awake() ? int64_t(256) << 10 : int64_t(1) << 20;
+  const int threads = splittable && bytes >= 2 * share
+                          ? static_cast<int>(std::min<int64_t>(pool.max_threads(), bytes / share))
                           : 1;
 
   // Contiguous rows: the fixed-size writer at the machine's width (same dtype, a table size) or
